@@ -1,1 +1,105 @@
-//! gdb-remote
+//! A client for the GDB remote serial protocol (RSP), as spoken by the gdb
+//! stubs of QEMU, Firecracker and Cloud Hypervisor.
+//!
+//! Synchronous, blocking I/O over TCP ([`Client::connect_tcp`]) or a Unix
+//! socket ([`Client::connect_unix`]); std only. The client is on the hot path
+//! of every probe hit, so it uses `TCP_NODELAY`, no-ack mode (after
+//! `QStartNoAckMode` succeeds; acks are exchanged until then), a reusable read
+//! buffer with an incremental packet decoder, reusable packet buffers (no
+//! per-packet allocation on the `g`/`p`/`m`/`vCont`/stop-reply paths), and one
+//! `write` per packet.
+//!
+//! # Protocol coverage
+//!
+//! Framing `$data#cs` with checksum verification, `}` escapes, `*` run-length
+//! decoding, `%` notifications (skipped), acks/naks; `qSupported` (honouring
+//! `PacketSize`), `QStartNoAckMode`, `vCont?`; the register map from
+//! `qXfer:features:read:target.xml` including `<xi:include>`d documents;
+//! `g`, `p` (falling back to `g`), `P`, `Hg`/`Hc` (cached), `m`/`M` split by
+//! packet size, `Z0`-`Z4`/`z0`-`z4`, `vCont` with per-thread actions (falling
+//! back to `Hc` + `c`/`s`), `qfThreadInfo`/`qsThreadInfo`, stop replies (`S`,
+//! `T`, `W`, `X`; `O` console output is collected, see
+//! [`Client::take_console_output`]), interrupt (raw `0x03`), `?`, `D`, `k`,
+//! `qRcmd` (monitor commands).
+//!
+//! Every buffer is bounded: packets whose decoded payload exceeds 1 MiB are
+//! rejected as [`Error::Malformed`]. No byte sequence from the stub panics.
+//!
+//! # QEMU behaviours that matter
+//!
+//! - **While the target runs, QEMU treats ANY received byte as an interrupt
+//!   request** (`vm_stop`), not just `0x03`. Hence nothing may be sent while
+//!   running except [`Client::interrupt`]; the client tracks the running state
+//!   and refuses requests until a stop reply has been received
+//!   ([`Client::wait_stop`]). (In ack mode even a `+` would stop the VM; we
+//!   leave ack mode during the handshake.)
+//! - **A single-stepping vCPU ignores breakpoints at its current pc** under
+//!   TCG, so the engine can step over a breakpoint with `vCont;s:TID`
+//!   ([`Client::step_thread`]) without removing it. Under TCG, `Z0` and `Z1`
+//!   are implemented identically (no guest memory is patched) and `Z2`-`Z4`
+//!   watchpoints are supported.
+//! - QEMU speaks the multiprocess extension when asked (we ask): vCPU n is
+//!   thread `p01.0n` (hex), and stop replies look like `T05thread:p01.01;`
+//!   (watchpoint hits add `watch:`/`rwatch:`/`awatch:ADDR;`). After a stop,
+//!   QEMU makes the stopping vCPU the `Hg` thread; see
+//!   [`Client::set_trust_stop_thread`].
+//! - `qfThreadInfo` lists one vCPU per packet (`mp01.01`, then `qsThreadInfo`
+//!   gives `mp01.02`, ..., then `l`).
+//! - QEMU 7.2 does not implement `QStartNoAckMode` (empty reply; newer
+//!   QEMUs do). The client always tries it and otherwise stays in ack mode,
+//!   piggybacking each `+` on the next packet it sends (so a request still
+//!   costs one write). QEMU consumes a `+` that acks its last packet as an
+//!   ack, even while running, so acks are safe.
+//! - QEMU needs `D;PID` (not bare `D`) once multiprocess is negotiated.
+//! - `PacketSize` is `1000` (hex, 4096 bytes); `m` requests longer than half
+//!   of that fail with `E22`, hence the splitting.
+//! - `D` (detach) removes all breakpoints and resumes the VM; `k` (kill)
+//!   terminates QEMU.
+//! - QEMU's `target.xml` uses `<xi:include>` without declaring the `xi`
+//!   namespace prefix; the client declares it before parsing.
+//!
+//! # Caveat
+//!
+//! After an [`Error::Timeout`] on a request, a late reply may still arrive
+//! and would be taken as the reply to the next request; treat the connection
+//! as unreliable after a request timeout (a `wait_stop` timeout is fine: it
+//! returns `Ok(None)` and keeps any partially received packet).
+
+mod client;
+mod packet;
+mod regs;
+mod types;
+
+#[cfg(test)]
+mod tests;
+
+pub use client::Client;
+pub use regs::{RegisterInfo, RegisterMap, Registers};
+pub use types::{
+    BreakpointKind, Features, ResumeAction, StopReason, StopReply, ThreadId, VContSupport,
+    WatchKind,
+};
+
+/// Errors. Each renders as a single line.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot connect to gdb stub at {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("timed out waiting for {waiting_for}")]
+    Timeout { waiting_for: String },
+    #[error("gdb stub closed the connection while {during}")]
+    Closed { during: String },
+    #[error("malformed packet from gdb stub ({reason}): {packet}")]
+    Malformed { packet: String, reason: String },
+    #[error("unexpected reply from gdb stub: `{packet}` (expected {expected})")]
+    Unexpected { packet: String, expected: String },
+    #[error("gdb stub does not support {feature}")]
+    Unsupported { feature: String },
+    #[error("gdb stub replied with error {code} to `{command}`")]
+    ErrorReply { command: String, code: String },
+    #[error("i/o error talking to gdb stub: {0}")]
+    Io(#[from] std::io::Error),
+}

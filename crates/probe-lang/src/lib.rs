@@ -1,1 +1,164 @@
-//! probe-lang
+//! probe-lang: the vmprobe script language, a bpftrace-compatible language.
+//!
+//! The passes are kept apart as in bpftrace:
+//!
+//! 1. [`lexer`]: source -> tokens with byte spans (attach points are lexed
+//!    on request, since `kprobe:vfs_*+4` is not made of ordinary tokens);
+//! 2. [`parser`]: tokens -> [`ast::Ast`] (every node has a span);
+//! 3. [`check`]: semantic check: attach points -> [`ProbeSpec`], expression
+//!    types, builtins, calls, printf formats, consistent map key/value types;
+//! 4. [`ir`]: lowering to a resolved tree IR (maps/variables/strings/formats
+//!    as indices, builtins as enum variants, operators with signedness);
+//! 5. [`interp`]: the [`Runtime`] that runs one block per probe hit, with a
+//!    step budget, and emits output events to the [`printer::Printer`]
+//!    (formatting lives there, byte-compatible with bpftrace 0.17).
+//!
+//! [`compile`] runs passes 1-4; errors are [`Diagnostics`] rendered like
+//! rustc.
+
+pub mod ast;
+pub mod check;
+pub mod diag;
+pub mod format;
+pub mod interp;
+pub mod ir;
+pub mod lexer;
+pub mod parser;
+pub mod printer;
+pub mod value;
+
+pub use diag::{Diagnostic, Diagnostics, Span};
+pub use interp::{ContextError, DEFAULT_STEP_BUDGET, Flow, ProbeContext, Runtime};
+pub use value::Value;
+
+use diag::Reporter;
+
+/// One attach point.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeSpec {
+    Begin,
+    End,
+    Kprobe { target: KprobeTarget, offset: u64 },
+    Kretprobe { function: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KprobeTarget {
+    /// Function name; may contain `*`/`?` wildcards (the engine expands them).
+    Function(String),
+    Address(u64),
+}
+
+impl ProbeSpec {
+    /// bpftrace-style probe name, e.g. `kprobe:vfs_read+16`.
+    pub fn name(&self) -> String {
+        match self {
+            ProbeSpec::Begin => "BEGIN".into(),
+            ProbeSpec::End => "END".into(),
+            ProbeSpec::Kprobe { target, offset } => {
+                let t = match target {
+                    KprobeTarget::Function(f) => f.clone(),
+                    KprobeTarget::Address(a) => format!("{a:#x}"),
+                };
+                if *offset != 0 {
+                    format!("kprobe:{t}+{offset}")
+                } else {
+                    format!("kprobe:{t}")
+                }
+            }
+            ProbeSpec::Kretprobe { function } => format!("kretprobe:{function}"),
+        }
+    }
+}
+
+/// Index of a probe block (predicate + body) in the program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlockId(pub u32);
+
+/// A compiled script: probes, their blocks in IR form, and the AST for dumps.
+#[derive(Debug)]
+pub struct Program {
+    probes: Vec<ProbeSpec>,
+    probe_blocks: Vec<BlockId>,
+    ast: ast::Ast,
+    pub(crate) ir: ir::Ir,
+}
+
+impl Program {
+    /// Every attach point, in source order; several may share one block.
+    pub fn probes(&self) -> &[ProbeSpec] {
+        &self.probes
+    }
+
+    /// Block run when probe `probe_index` (an index into [`probes`]) fires.
+    ///
+    /// [`probes`]: Program::probes
+    pub fn block_of(&self, probe_index: usize) -> BlockId {
+        self.probe_blocks[probe_index]
+    }
+
+    /// Number of blocks.
+    pub fn block_count(&self) -> usize {
+        self.ir.blocks.len()
+    }
+
+    /// Names of the maps the script uses (with `@`), sorted.
+    pub fn map_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .ir
+            .maps
+            .iter()
+            .map(|m| format!("@{}", m.name))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// AST and IR in readable text, for `-d`.
+    pub fn dump(&self) -> String {
+        let mut s = String::from("probes\n");
+        for (p, b) in self.probes.iter().zip(&self.probe_blocks) {
+            s.push_str(&format!(" {} -> block {}\n", p.name(), b.0));
+        }
+        s.push_str(&self.ast.dump());
+        s.push_str(&self.ir.dump());
+        s
+    }
+}
+
+/// bpftrace's banner, printed by bpftrace 0.17 on **stdout** before running:
+/// `Attaching 1 probe...` / `Attaching 2 probes...` (N = attach points after
+/// wildcard expansion, BEGIN/END included).
+pub fn attaching_message(n: usize) -> String {
+    if n == 1 {
+        "Attaching 1 probe...\n".into()
+    } else {
+        format!("Attaching {n} probes...\n")
+    }
+}
+
+/// Runs every pass up to IR.
+pub fn compile(source: &str, source_name: &str) -> Result<Program, Diagnostics> {
+    let mut r = Reporter::new(source, source_name);
+    let mut ast = match parser::parse(source) {
+        Ok(a) => a,
+        Err(e) => {
+            r.error(e.span, e.message);
+            return Err(r.finish().expect_err("one error"));
+        }
+    };
+    let checked = check::check(&mut ast, &mut r);
+    r.finish()?;
+    let ir = ir::lower(&ast, &checked);
+    let (probes, probe_blocks) = checked
+        .probes
+        .iter()
+        .map(|(p, b)| (p.clone(), BlockId(*b as u32)))
+        .unzip();
+    Ok(Program {
+        probes,
+        probe_blocks,
+        ast,
+        ir,
+    })
+}

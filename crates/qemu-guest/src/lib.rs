@@ -1,1 +1,46 @@
-//! qemu-guest
+//! The guest side of vmprobe: building the default guest (a Debian kernel plus a
+//! busybox initramfs) and launching QEMU paused, with its gdbstub, QMP monitor,
+//! console and control channel on Unix sockets in a private directory.
+//!
+//! Nothing here knows about probes or scripts: it hands out socket paths and
+//! guest-control messages, and guarantees the QEMU process never outlives us.
+
+mod cpio;
+mod image;
+mod launch;
+
+pub use image::{DEFAULT_APPEND, GuestImage, build_default_guest, cache_dir, default_guest};
+pub use launch::{Accel, ControlEvent, LaunchConfig, Vm, kvm_usable};
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{tool} not found: {hint}")]
+    MissingTool {
+        tool: &'static str,
+        hint: &'static str,
+    },
+    #[error("`{command}` failed: {detail}")]
+    Command { command: String, detail: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("QEMU exited before the guest was up: {stderr}")]
+    QemuExited { stderr: String },
+    #[error("timed out after {seconds} s waiting for {what}")]
+    Timeout { what: &'static str, seconds: u64 },
+    #[error("guest control channel closed while waiting for {what} (QEMU or the guest went away)")]
+    ControlClosed { what: &'static str },
+    #[error("unexpected message from guest init: {0:?}")]
+    Protocol(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.into();
+    move |source| Error::Io { path, source }
+}

@@ -1,0 +1,709 @@
+//! Client tests against a scripted fake stub.
+
+use std::io::{BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::*;
+
+enum Step {
+    /// Expect a packet with exactly this payload.
+    Expect(&'static str),
+    ExpectPrefix(&'static str),
+    ExpectInterrupt,
+    /// Expect a `-` (nak) from the client.
+    ExpectNak,
+    /// Send a correctly framed packet.
+    Reply(&'static str),
+    /// Send raw bytes.
+    Raw(Vec<u8>),
+    Sleep(u64),
+    Close,
+}
+use Step::*;
+
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let sum = payload.iter().fold(0u8, |s, &b| s.wrapping_add(b));
+    let mut v = vec![b'$'];
+    v.extend_from_slice(payload);
+    v.extend_from_slice(format!("#{sum:02x}").as_bytes());
+    v
+}
+
+enum Incoming {
+    Packet(String),
+    Interrupt,
+    Nak,
+}
+
+fn read_incoming(r: &mut BufReader<TcpStream>, expect_ack: &mut bool) -> Incoming {
+    let mut byte = [0u8];
+    loop {
+        r.read_exact(&mut byte).expect("stub: client closed");
+        match byte[0] {
+            0x03 => return Incoming::Interrupt,
+            b'+' => *expect_ack = false,
+            b'-' => return Incoming::Nak,
+            b'$' => break,
+            b => panic!("stub: unexpected byte {b:#x}"),
+        }
+    }
+    assert!(!*expect_ack, "stub: client did not ack our packet");
+    let mut payload = vec![];
+    let mut sum = 0u8;
+    loop {
+        r.read_exact(&mut byte).unwrap();
+        if byte[0] == b'#' {
+            break;
+        }
+        sum = sum.wrapping_add(byte[0]);
+        payload.push(byte[0]);
+    }
+    let mut cs = [0u8; 2];
+    r.read_exact(&mut cs).unwrap();
+    assert_eq!(
+        u8::from_str_radix(std::str::from_utf8(&cs).unwrap(), 16).unwrap(),
+        sum,
+        "stub: bad checksum from client"
+    );
+    Incoming::Packet(String::from_utf8(payload).unwrap())
+}
+
+fn spawn(steps: Vec<Step>) -> (SocketAddr, JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let h = std::thread::spawn(move || {
+        let (s, _) = l.accept().unwrap();
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        let mut ack_mode = true;
+        let mut expect_ack = false;
+        let mut last_cmd = String::new();
+        for step in steps {
+            match step {
+                Expect(e) | ExpectPrefix(e) => {
+                    let prefix = matches!(step, ExpectPrefix(_));
+                    match read_incoming(&mut r, &mut expect_ack) {
+                        Incoming::Packet(p) => {
+                            if prefix {
+                                assert!(p.starts_with(e), "stub: expected {e}..., got {p}");
+                            } else {
+                                assert_eq!(p, e, "stub: wrong packet");
+                            }
+                            if ack_mode {
+                                w.write_all(b"+").unwrap();
+                            }
+                            last_cmd = p;
+                        }
+                        Incoming::Interrupt => panic!("stub: got interrupt, expected {e}"),
+                        Incoming::Nak => panic!("stub: got nak, expected {e}"),
+                    }
+                }
+                ExpectInterrupt => {
+                    assert!(matches!(
+                        read_incoming(&mut r, &mut expect_ack),
+                        Incoming::Interrupt
+                    ));
+                }
+                ExpectNak => {
+                    assert!(matches!(
+                        read_incoming(&mut r, &mut expect_ack),
+                        Incoming::Nak
+                    ));
+                }
+                Reply(p) => {
+                    let _ = w.write_all(&frame(p.as_bytes()));
+                    expect_ack = ack_mode;
+                    if last_cmd == "QStartNoAckMode" && p == "OK" {
+                        ack_mode = false;
+                    }
+                }
+                Raw(b) => {
+                    let _ = w.write_all(&b);
+                    expect_ack = false;
+                }
+                Sleep(ms) => std::thread::sleep(Duration::from_millis(ms)),
+                Close => return,
+            }
+        }
+        // Keep the connection open until the client is done.
+        let mut rest = vec![];
+        let _ = r.read_to_end(&mut rest);
+    });
+    (addr, h)
+}
+
+const FEATURES: &str = "PacketSize=1000;QStartNoAckMode+;multiprocess+;swbreak+;vContSupported+";
+
+fn handshake_steps(qsupported: &'static str, vcont: &'static str) -> Vec<Step> {
+    let mut v = vec![ExpectPrefix("qSupported:multiprocess+"), Reply(qsupported)];
+    let ok = if qsupported.contains("QStartNoAckMode+") {
+        "OK"
+    } else {
+        ""
+    };
+    v.extend([Expect("QStartNoAckMode"), Reply(ok)]);
+    v.extend([Expect("vCont?"), Reply(vcont)]);
+    v
+}
+
+/// Runs `client_fn` against a stub doing the default handshake then `steps`.
+fn run(steps: Vec<Step>, client_fn: impl FnOnce(&mut Client)) {
+    run_with(FEATURES, "vCont;c;C;s;S", steps, client_fn)
+}
+
+fn run_with(
+    qsupported: &'static str,
+    vcont: &'static str,
+    steps: Vec<Step>,
+    client_fn: impl FnOnce(&mut Client),
+) {
+    let mut all = handshake_steps(qsupported, vcont);
+    all.extend(steps);
+    let (addr, h) = spawn(all);
+    let mut c = Client::connect_tcp(addr, Duration::from_secs(5)).unwrap();
+    client_fn(&mut c);
+    drop(c);
+    h.join().expect("stub thread failed");
+}
+
+fn p11() -> ThreadId {
+    ThreadId::with_pid(1, 1)
+}
+
+#[test]
+fn handshake_features_and_chunked_target_xml() {
+    const TARGET: &str = r#"<?xml version="1.0"?><!DOCTYPE target SYSTEM "gdb-target.dtd"><target><architecture>i386:x86-64</architecture><xi:include href="core.xml"/></target>"#;
+    const CORE: &str = r#"<?xml version="1.0"?><!DOCTYPE feature SYSTEM "gdb-target.dtd"><feature name="core"><reg name="rax" bitsize="64" regnum="0"/><reg name="rip" bitsize="64" type="code_ptr"/><reg name="eflags" bitsize="32"/></feature>"#;
+    let (t1, t2) = TARGET.split_at(60);
+    let m1: &'static str = Box::leak(format!("m{t1}").into_boxed_str());
+    let l2: &'static str = Box::leak(format!("l{t2}").into_boxed_str());
+    let lcore: &'static str = Box::leak(format!("l{CORE}").into_boxed_str());
+    let mut steps = handshake_steps(
+        "PacketSize=100;qXfer:features:read+;QStartNoAckMode+;multiprocess+",
+        "vCont;c;s",
+    );
+    steps.extend([
+        Expect("qXfer:features:read:target.xml:0,fb"),
+        Reply(m1),
+        Expect("qXfer:features:read:target.xml:3c,fb"),
+        Reply(l2),
+        Expect("qXfer:features:read:core.xml:0,fb"),
+        Reply(lcore),
+        Expect("g"),
+        Reply("0100000000000000f0ff000000000000020000"),
+    ]);
+    let (addr, h) = spawn(steps);
+    let mut c = Client::connect_tcp(addr, Duration::from_secs(5)).unwrap();
+    let f = c.features().clone();
+    assert_eq!(f.packet_size, 0x100);
+    assert!(f.no_ack && f.multiprocess && f.xfer_features);
+    assert_eq!(
+        f.vcont,
+        Some(VContSupport {
+            cont: true,
+            step: true,
+            ..Default::default()
+        })
+    );
+    assert_eq!(f.raw.len(), 4);
+    let m = c.register_map();
+    assert_eq!(m.len(), 3);
+    assert_eq!(m.lookup("rip").unwrap().offset, 8);
+    assert_eq!(m.lookup("eflags").unwrap().regnum, 2);
+    // Hg is cached from... nothing yet; but `g` with a thread needs Hg: use
+    // the trust mode to skip it after a (simulated) stop.
+    c.set_trust_stop_thread(true);
+    c.on_stop_for_test(p11());
+    let r = c.read_registers(p11()).unwrap();
+    assert_eq!(r.get("rax"), Some(1));
+    assert_eq!(r.get("rip"), Some(0xfff0));
+    // Short `g` reply: eflags only has 3 of 4 bytes.
+    assert_eq!(r.get("eflags"), None);
+    assert_eq!(c.round_trips(), 7);
+    drop(c);
+    h.join().unwrap();
+}
+
+#[test]
+fn ack_mode_and_checksum_retransmit() {
+    // No QStartNoAckMode: acks throughout; a bad checksum gets a `-` and the
+    // stub's retransmission is accepted.
+    run_with(
+        "PacketSize=1000",
+        "",
+        vec![
+            Expect("?"),
+            Raw(b"$S05#00".to_vec()),
+            ExpectNak,
+            Reply("S05"),
+        ],
+        |c| {
+            assert!(!c.features().no_ack);
+            assert_eq!(
+                c.halt_reason().unwrap(),
+                StopReply::Signal {
+                    signal: 5,
+                    thread: None,
+                    reason: None
+                }
+            );
+        },
+    );
+}
+
+#[test]
+fn checksum_error_in_no_ack_mode() {
+    run(vec![Expect("?"), Raw(b"$T05thread:01;#00".to_vec())], |c| {
+        let e = c.halt_reason().unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, Error::Malformed { .. }), "{e:?}");
+        assert!(
+            msg.contains("T05thread:01;") && msg.contains("checksum"),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'));
+    });
+}
+
+#[test]
+fn escapes_and_rle() {
+    let mut escaped = b"a}]b}\x03c}\x04d}\x0a".to_vec();
+    escaped.extend_from_slice(b"x* y");
+    run(
+        vec![
+            Expect("qFoo"),
+            Raw(frame(&escaped)),
+            Expect("m1000,3"),
+            Reply("0* 12"),
+        ],
+        |c| {
+            assert_eq!(c.request(b"qFoo").unwrap(), b"a}b#c$d*xxxxy");
+            let mut buf = [0xffu8; 3];
+            c.read_memory(0x1000, &mut buf).unwrap();
+            assert_eq!(buf, [0, 0, 0x12]);
+        },
+    );
+}
+
+#[test]
+fn error_replies_are_typed() {
+    run(
+        vec![
+            Expect("Z0,1000,1"),
+            Reply("E22"),
+            Expect("z1,2000,1"),
+            Reply("E.no such breakpoint"),
+            Expect("Z2,3000,8"),
+            Reply(""),
+            Expect("Z4,3000,8"),
+            Reply("OK"),
+        ],
+        |c| {
+            match c.insert_breakpoint(BreakpointKind::Software, 0x1000, 1) {
+                Err(Error::ErrorReply { command, code }) => {
+                    assert_eq!(command, "Z0,1000,1");
+                    assert_eq!(code, "22");
+                }
+                r => panic!("{r:?}"),
+            }
+            let e = c
+                .remove_breakpoint(BreakpointKind::Hardware, 0x2000, 1)
+                .unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "gdb stub replied with error no such breakpoint to `z1,2000,1`"
+            );
+            let e = c
+                .insert_breakpoint(BreakpointKind::WriteWatch, 0x3000, 8)
+                .unwrap_err();
+            assert!(matches!(e, Error::Unsupported { .. }), "{e:?}");
+            c.insert_breakpoint(BreakpointKind::AccessWatch, 0x3000, 8)
+                .unwrap();
+        },
+    );
+}
+
+#[test]
+fn stub_closing_mid_packet_is_closed_error() {
+    run(vec![Expect("?"), Raw(b"$T05thr".to_vec()), Close], |c| {
+        let t = Instant::now();
+        let e = c.halt_reason().unwrap_err();
+        assert!(matches!(e, Error::Closed { .. }), "{e:?}");
+        assert!(e.to_string().contains("`?`"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(2));
+    });
+}
+
+#[test]
+fn stub_closing_while_running() {
+    run(vec![Expect("vCont;c"), Close], |c| {
+        c.resume(&[]).unwrap();
+        let e = c.wait_stop(Some(Duration::from_secs(5))).unwrap_err();
+        assert!(matches!(e, Error::Closed { .. }), "{e:?}");
+    });
+}
+
+#[test]
+fn reply_timeout() {
+    run(vec![Expect("qfThreadInfo"), Sleep(800)], |c| {
+        c.set_timeout(Duration::from_millis(200));
+        let t = Instant::now();
+        let e = c.threads().unwrap_err();
+        assert!(
+            matches!(&e, Error::Timeout { waiting_for } if waiting_for.contains("qfThreadInfo")),
+            "{e:?}"
+        );
+        assert!(t.elapsed() < Duration::from_millis(700));
+    });
+}
+
+#[test]
+fn garbage_between_packets_is_skipped() {
+    run(
+        vec![
+            Expect("D;1"),
+            Raw(b"\x00\xff garbage\r\n+++".to_vec()),
+            Reply("OK"),
+        ],
+        |c| c.detach().unwrap(),
+    );
+}
+
+#[test]
+fn oversized_packet_is_rejected() {
+    let mut big = b"$".to_vec();
+    big.resize(1_200_000, b'a');
+    big.extend_from_slice(b"#00");
+    run(vec![Expect("g"), Raw(big)], |c| {
+        c.selected_g_for_test(p11());
+        let e = c.read_registers(p11()).unwrap_err();
+        assert!(
+            matches!(&e, Error::Malformed { reason, .. } if reason.contains("1 MiB")),
+            "{e:?}"
+        );
+        assert!(e.to_string().len() < 400);
+    });
+}
+
+#[test]
+fn vcont_unsupported_falls_back_to_c_and_s() {
+    run_with(
+        "PacketSize=1000;QStartNoAckMode+;multiprocess+",
+        "",
+        vec![
+            Expect("c"),
+            Reply("S05"),
+            Expect("Hcp1.2"),
+            Reply("OK"),
+            Expect("s"),
+            Reply("T05thread:p01.02;"),
+            Expect("s"),
+            Reply("T05thread:p01.02;"),
+        ],
+        |c| {
+            assert_eq!(c.features().vcont, None);
+            c.resume(&[(None, ResumeAction::Continue)]).unwrap();
+            assert!(c.is_running());
+            let s = c.wait_stop(None).unwrap().unwrap();
+            assert_eq!(s.thread(), None);
+            let t = ThreadId::with_pid(1, 2);
+            let s = c.step_thread(t).unwrap();
+            assert_eq!(s.thread(), Some(t));
+            // Different actions for two threads cannot be expressed.
+            let e = c
+                .resume(&[
+                    (Some(t), ResumeAction::Step),
+                    (Some(p11()), ResumeAction::Continue),
+                ])
+                .unwrap_err();
+            assert!(matches!(e, Error::Unsupported { .. }));
+            c.resume(&[(None, ResumeAction::Step)]).unwrap();
+            c.wait_stop(Some(Duration::from_secs(5))).unwrap().unwrap();
+        },
+    );
+}
+
+#[test]
+fn vcont_actions() {
+    run(
+        vec![
+            Expect("vCont;s:p1.1;c"),
+            Reply("T05thread:p01.01;"),
+            Expect("vCont;s:p1.2;c:p1.1"),
+            Reply("T05thread:p01.02;hwbreak:;"),
+            Expect("vCont;s:p1.1"),
+            Reply("T05thread:p01.01;"),
+        ],
+        |c| {
+            c.resume(&[
+                (None, ResumeAction::Continue),
+                (Some(p11()), ResumeAction::Step),
+            ])
+            .unwrap();
+            c.wait_stop(None).unwrap().unwrap();
+            let t2 = ThreadId::with_pid(1, 2);
+            c.resume(&[
+                (Some(t2), ResumeAction::Step),
+                (Some(p11()), ResumeAction::Continue),
+            ])
+            .unwrap();
+            assert_eq!(
+                c.wait_stop(None).unwrap().unwrap(),
+                StopReply::Signal {
+                    signal: 5,
+                    thread: Some(t2),
+                    reason: Some(StopReason::HwBreak)
+                }
+            );
+            let rt = c.round_trips();
+            c.step_thread(p11()).unwrap();
+            assert_eq!(c.round_trips(), rt + 1);
+        },
+    );
+}
+
+#[test]
+fn memory_read_split_by_packet_size() {
+    // PacketSize=0x20 -> (32-4)/2 = 14 bytes per `m`.
+    let data: Vec<u8> = (0u8..32).collect();
+    let hex = |r: std::ops::Range<usize>| -> &'static str {
+        Box::leak(
+            data[r]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+                .into_boxed_str(),
+        )
+    };
+    run_with(
+        "PacketSize=20;QStartNoAckMode+",
+        "vCont;c;s",
+        vec![
+            Expect("mfffffffffffffff0,e"),
+            Reply(hex(0..14)),
+            Expect("mfffffffffffffffe,e"),
+            // A short (partial) reply: the client continues after it.
+            Reply(hex(14..18)),
+            Expect("m2,e"),
+            Reply(hex(18..32)),
+            Expect("m10,1"),
+            Reply("E14"),
+        ],
+        |c| {
+            let mut buf = [0u8; 32];
+            c.read_memory(0xffff_ffff_ffff_fff0, &mut buf).unwrap();
+            assert_eq!(&buf[..], &data[..]);
+            let e = c.read_memory(0x10, &mut buf[..1]).unwrap_err();
+            assert!(
+                matches!(&e, Error::ErrorReply { command, code } if command == "m10,1" && code == "14")
+            );
+        },
+    );
+}
+
+#[test]
+fn interrupt_and_stop_reply() {
+    run(
+        vec![
+            Expect("vCont;c"),
+            Sleep(100),
+            ExpectInterrupt,
+            Reply("T02thread:p01.01;"),
+            Expect("?"),
+            Reply("T02thread:p01.01;"),
+        ],
+        |c| {
+            c.resume(&[(None, ResumeAction::Continue)]).unwrap();
+            // Nothing but 0x03 may be sent while running.
+            assert!(matches!(c.halt_reason(), Err(Error::Unexpected { .. })));
+            assert!(c.resume(&[]).is_err());
+            assert_eq!(c.wait_stop(Some(Duration::from_millis(20))).unwrap(), None);
+            c.interrupt().unwrap();
+            let s = c.wait_stop(Some(Duration::from_secs(5))).unwrap().unwrap();
+            assert_eq!(
+                s,
+                StopReply::Signal {
+                    signal: 2,
+                    thread: Some(p11()),
+                    reason: None
+                }
+            );
+            assert!(!c.is_running());
+            c.halt_reason().unwrap();
+        },
+    );
+}
+
+#[test]
+fn console_output_packets() {
+    run(
+        vec![
+            Expect("vCont;c"),
+            Reply("O48690a"),
+            Reply("O6f6b"),
+            Reply("T05thread:p01.01;swbreak:;"),
+            Expect("qRcmd,696e666f"),
+            Reply("O6f7574"),
+            Reply("OK"),
+        ],
+        |c| {
+            c.resume(&[]).unwrap();
+            let s = c.wait_stop(None).unwrap().unwrap();
+            assert_eq!(
+                s,
+                StopReply::Signal {
+                    signal: 5,
+                    thread: Some(p11()),
+                    reason: Some(StopReason::SwBreak)
+                }
+            );
+            assert_eq!(c.take_console_output(), b"Hi\nok");
+            assert_eq!(c.monitor("info").unwrap(), "out");
+        },
+    );
+}
+
+#[test]
+fn partial_packet_survives_wait_stop_timeout() {
+    run(
+        vec![
+            Expect("vCont;c"),
+            Raw(b"$T05thr".to_vec()),
+            Sleep(300),
+            Raw(frame(b"T05thread:p01.01;")[7..].to_vec()),
+        ],
+        |c| {
+            c.resume(&[]).unwrap();
+            assert_eq!(c.wait_stop(Some(Duration::from_millis(100))).unwrap(), None);
+            assert!(c.in_packet_for_test());
+            let s = c.wait_stop(Some(Duration::from_secs(5))).unwrap().unwrap();
+            assert_eq!(s.thread(), Some(p11()));
+        },
+    );
+}
+
+#[test]
+fn exit_and_termination() {
+    run(
+        vec![
+            Expect("vCont;c"),
+            Reply("W00;process:1"),
+            Expect("vCont;c"),
+            Reply("X09"),
+            Expect("vCont;c"),
+            Reply("OK"),
+        ],
+        |c| {
+            c.resume(&[]).unwrap();
+            assert_eq!(
+                c.wait_stop(None).unwrap(),
+                Some(StopReply::Exited { status: 0 })
+            );
+            c.resume(&[]).unwrap();
+            assert_eq!(
+                c.wait_stop(None).unwrap(),
+                Some(StopReply::Terminated { signal: 9 })
+            );
+            c.resume(&[]).unwrap();
+            assert!(matches!(c.wait_stop(None), Err(Error::Unexpected { .. })));
+        },
+    );
+}
+
+#[test]
+fn threads_multiprocess_and_plain() {
+    run(
+        vec![
+            Expect("qfThreadInfo"),
+            Reply("mp01.01"),
+            Expect("qsThreadInfo"),
+            Reply("mp01.02,p01.0a"),
+            Expect("qsThreadInfo"),
+            Reply("l"),
+            Expect("qfThreadInfo"),
+            Reply("m1,2"),
+            Expect("qsThreadInfo"),
+            Reply("l"),
+            Expect("qfThreadInfo"),
+            Reply("mzz"),
+        ],
+        |c| {
+            assert_eq!(
+                c.threads().unwrap(),
+                [
+                    ThreadId::with_pid(1, 1),
+                    ThreadId::with_pid(1, 2),
+                    ThreadId::with_pid(1, 10)
+                ]
+            );
+            assert_eq!(c.threads().unwrap(), [ThreadId::new(1), ThreadId::new(2)]);
+            assert!(matches!(c.threads(), Err(Error::Malformed { .. })));
+        },
+    );
+}
+
+#[test]
+fn registers_p_with_hg_cache_and_g_fallback() {
+    const XML: &str = r#"<target><feature name="core"><reg name="rax" bitsize="64"/><reg name="eflags" bitsize="32"/><reg name="xmm0" bitsize="128"/></feature></target>"#;
+    let lx: &'static str = Box::leak(format!("l{XML}").into_boxed_str());
+    let mut steps = handshake_steps(
+        "PacketSize=1000;QStartNoAckMode+;multiprocess+;qXfer:features:read+",
+        "vCont;c;s",
+    );
+    steps.extend([
+        ExpectPrefix("qXfer:features:read:target.xml:0,"),
+        Reply(lx),
+        Expect("Hgp1.1"),
+        Reply("OK"),
+        Expect("p0"),
+        Reply("efbeadde00000000"),
+        Expect("p1"),
+        Reply("46020000"),
+        Expect("Hgp1.2"),
+        Reply("OK"),
+        Expect("p1"),
+        Reply(""),
+        Expect("g"),
+        Reply("0100000000000000020000000102030405060708090a0b0c0d0e0f10"),
+        Expect("g"),
+        Reply("0100000000000000020000000102030405060708090a0b0c0d0e0f10"),
+        Expect("g"),
+        Reply("0100000000000000020000000102030405060708090a0b0c0d0e0f10"),
+        Expect("vCont;c"),
+        Reply("T05thread:p01.02;"),
+        Expect("Hgp1.2"),
+        Reply("E01"),
+    ]);
+    let (addr, h) = spawn(steps);
+    let mut c = Client::connect_tcp(addr, Duration::from_secs(5)).unwrap();
+    assert_eq!(c.read_register(p11(), "rax").unwrap(), 0xdeadbeef);
+    assert_eq!(c.read_register(p11(), "eflags").unwrap(), 0x246);
+    let t2 = ThreadId::with_pid(1, 2);
+    // `p` unsupported -> `g`.
+    assert_eq!(c.read_register(t2, "eflags").unwrap(), 2);
+    assert!(matches!(
+        c.read_register(t2, "xmm0"),
+        Err(Error::Unsupported { .. })
+    ));
+    assert!(matches!(
+        c.read_register(t2, "nope"),
+        Err(Error::Unsupported { .. })
+    ));
+    let r = c.read_registers(t2).unwrap();
+    assert_eq!(r.raw("xmm0").unwrap(), (1u8..=16).collect::<Vec<_>>());
+    let mut r2 = Registers::new(c.register_map_arc());
+    c.read_registers_into(t2, &mut r2).unwrap();
+    assert_eq!(r2.get("rax"), Some(1));
+    c.resume(&[]).unwrap();
+    c.wait_stop(None).unwrap().unwrap();
+    // The Hg cache was dropped on resume.
+    let e = c.read_register(t2, "rax").unwrap_err();
+    assert!(
+        matches!(&e, Error::ErrorReply { command, code } if command == "Hgp1.2" && code == "01"),
+        "{e:?}"
+    );
+    drop(c);
+    h.join().unwrap();
+}

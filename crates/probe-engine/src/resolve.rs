@@ -1,0 +1,113 @@
+//! From probe specs (names, patterns, addresses) to guest addresses.
+
+use crate::{Error, Result};
+use kernel_image::KernelSymbols;
+use probe_lang::{BlockId, KprobeTarget, ProbeSpec, Program};
+use std::sync::Arc;
+
+/// Wildcards may attach to at most this many functions: every site is a
+/// breakpoint that costs a stop on each hit, and QEMU keeps them in a list.
+pub const WILDCARD_LIMIT: usize = 512;
+
+/// One breakpoint address and the handlers that run when it is hit.
+#[derive(Clone, Debug)]
+pub struct ProbeSite {
+    /// Run-time (slid) guest virtual address.
+    pub addr: u64,
+    pub func: Arc<str>,
+    pub handlers: Vec<(BlockId, Arc<str>)>,
+}
+
+/// Resolves every kprobe in `program` against `symbols`, shifted by the
+/// KASLR `slide`. Several probes on one address share one site.
+pub fn resolve_probes(
+    program: &Program,
+    symbols: &KernelSymbols,
+    slide: u64,
+) -> Result<Vec<ProbeSite>> {
+    let mut sites: Vec<ProbeSite> = Vec::new();
+    for (index, spec) in program.probes().iter().enumerate() {
+        let block = program.block_of(index);
+        let mut add = |addr: u64, func: &str, probe: String| {
+            let probe: Arc<str> = probe.into();
+            match sites.iter_mut().find(|s| s.addr == addr) {
+                Some(site) => site.handlers.push((block, probe)),
+                None => sites.push(ProbeSite {
+                    addr,
+                    func: func.into(),
+                    handlers: vec![(block, probe)],
+                }),
+            }
+        };
+        match spec {
+            ProbeSpec::Begin | ProbeSpec::End => {}
+            ProbeSpec::Kprobe {
+                target: KprobeTarget::Address(addr),
+                offset,
+            } => {
+                let addr = addr.wrapping_add(*offset);
+                let func = symbols
+                    .symbolize(addr.wrapping_sub(slide))
+                    .map(|(s, off)| {
+                        if off == 0 {
+                            s.name.clone()
+                        } else {
+                            format!("{}+{off}", s.name)
+                        }
+                    })
+                    .unwrap_or_else(|| format!("{addr:#x}"));
+                add(addr, &func, format!("kprobe:{addr:#x}"));
+            }
+            ProbeSpec::Kprobe {
+                target: KprobeTarget::Function(pattern),
+                offset,
+            } => {
+                let suffix = if *offset == 0 {
+                    String::new()
+                } else {
+                    format!("+{offset}")
+                };
+                if pattern.contains(['*', '?']) {
+                    let matches = symbols.matching(pattern);
+                    let probe = format!("kprobe:{pattern}{suffix}");
+                    if matches.is_empty() {
+                        return Err(Error::NoMatch {
+                            probe,
+                            pattern: pattern.clone(),
+                        });
+                    }
+                    if matches.len() > WILDCARD_LIMIT {
+                        return Err(Error::TooManyMatches {
+                            probe,
+                            pattern: pattern.clone(),
+                            count: matches.len(),
+                            limit: WILDCARD_LIMIT,
+                        });
+                    }
+                    for sym in matches {
+                        add(
+                            sym.addr + slide + offset,
+                            &sym.name,
+                            format!("kprobe:{}{suffix}", sym.name),
+                        );
+                    }
+                } else {
+                    let sym = symbols
+                        .lookup(pattern)
+                        .filter(|s| symbols.is_text(s))
+                        .ok_or_else(|| Error::UnknownSymbol {
+                            probe: format!("kprobe:{pattern}{suffix}"),
+                            name: pattern.clone(),
+                        })?;
+                    add(
+                        sym.addr + slide + offset,
+                        &sym.name,
+                        format!("kprobe:{pattern}{suffix}"),
+                    );
+                }
+            }
+            other => return Err(Error::Unsupported(format!("{other:?}"))),
+        }
+    }
+    Ok(sites)
+}

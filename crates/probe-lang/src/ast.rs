@@ -1,0 +1,255 @@
+//! The abstract syntax tree produced by the parser. Every node has a byte
+//! span; expression nodes get their type filled in by the checker.
+
+use crate::diag::Span;
+use std::fmt::Write;
+
+#[derive(Clone, Debug)]
+pub struct Ast {
+    pub probes: Vec<ProbeBlock>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ProbeBlock {
+    /// Raw attach point text with span, e.g. `kprobe:vfs_read+4`.
+    pub attach: Vec<(String, Span)>,
+    pub predicate: Option<Expr>,
+    pub body: Vec<Stmt>,
+}
+
+/// Value types of the language. Integers are 64-bit; signedness only
+/// affects comparison, avg/min/max and how values are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Type {
+    Unknown,
+    Int { signed: bool },
+    Str,
+}
+
+impl Type {
+    pub const SIGNED: Type = Type::Int { signed: true };
+    pub const UNSIGNED: Type = Type::Int { signed: false };
+    pub fn name(self) -> &'static str {
+        match self {
+            Type::Unknown => "unknown",
+            Type::Int { .. } => "integer",
+            Type::Str => "string",
+        }
+    }
+    pub fn is_int(self) -> bool {
+        matches!(self, Type::Int { .. })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Expr {
+    pub kind: ExprKind,
+    pub span: Span,
+    pub ty: Type,
+}
+
+#[derive(Clone, Debug)]
+pub enum ExprKind {
+    Int(u64),
+    Str(String),
+    Var(String),
+    /// Builtin identifier such as `arg0`, `func`.
+    Ident(String),
+    Map {
+        name: String,
+        keys: Vec<Expr>,
+    },
+    /// Function call used as expression (aggregation functions, or an
+    /// unknown function that the checker rejects).
+    Call {
+        name: String,
+        args: Vec<Expr>,
+    },
+    Unary(UnOp, Box<Expr>),
+    Binary(BinOp, Box<Expr>, Box<Expr>),
+    Ternary(Box<Expr>, Box<Expr>, Box<Expr>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnOp {
+    Neg,
+    Not,
+    BitNot,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+    And,
+    Or,
+    Xor,
+    Shl,
+    Shr,
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    LogAnd,
+    LogOr,
+}
+
+impl BinOp {
+    pub fn symbol(self) -> &'static str {
+        use BinOp::*;
+        match self {
+            Add => "+",
+            Sub => "-",
+            Mul => "*",
+            Div => "/",
+            Mod => "%",
+            And => "&",
+            Or => "|",
+            Xor => "^",
+            Shl => "<<",
+            Shr => ">>",
+            Eq => "==",
+            Ne => "!=",
+            Lt => "<",
+            Le => "<=",
+            Gt => ">",
+            Ge => ">=",
+            LogAnd => "&&",
+            LogOr => "||",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Stmt {
+    pub kind: StmtKind,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug)]
+pub enum StmtKind {
+    /// `@m[keys] = value;`
+    MapAssign {
+        name: String,
+        name_span: Span,
+        keys: Vec<Expr>,
+        value: Expr,
+    },
+    /// `$x = value;`
+    VarAssign { name: String, value: Expr },
+    /// A call statement: `printf(..)`, `print(@m)`, `exit()`, ...
+    Call {
+        name: String,
+        name_span: Span,
+        args: Vec<Expr>,
+    },
+    If {
+        cond: Expr,
+        then: Vec<Stmt>,
+        els: Vec<Stmt>,
+    },
+}
+
+impl Ast {
+    /// Readable indented dump (for `-d`).
+    pub fn dump(&self) -> String {
+        let mut s = String::from("AST\n");
+        for p in &self.probes {
+            let names: Vec<&str> = p.attach.iter().map(|a| a.0.as_str()).collect();
+            let _ = writeln!(s, " probe {}", names.join(","));
+            if let Some(pred) = &p.predicate {
+                let _ = writeln!(s, "  predicate");
+                dump_expr(&mut s, pred, 3);
+            }
+            dump_stmts(&mut s, &p.body, 2);
+        }
+        s
+    }
+}
+
+fn dump_stmts(s: &mut String, stmts: &[Stmt], d: usize) {
+    for st in stmts {
+        let ind = " ".repeat(d);
+        match &st.kind {
+            StmtKind::MapAssign {
+                name, keys, value, ..
+            } => {
+                let _ = writeln!(s, "{ind}= @{name}");
+                for k in keys {
+                    dump_expr(s, k, d + 2);
+                }
+                dump_expr(s, value, d + 1);
+            }
+            StmtKind::VarAssign { name, value } => {
+                let _ = writeln!(s, "{ind}= ${name}");
+                dump_expr(s, value, d + 1);
+            }
+            StmtKind::Call { name, args, .. } => {
+                let _ = writeln!(s, "{ind}call {name}");
+                for a in args {
+                    dump_expr(s, a, d + 1);
+                }
+            }
+            StmtKind::If { cond, then, els } => {
+                let _ = writeln!(s, "{ind}if");
+                dump_expr(s, cond, d + 1);
+                let _ = writeln!(s, "{ind} then");
+                dump_stmts(s, then, d + 2);
+                if !els.is_empty() {
+                    let _ = writeln!(s, "{ind} else");
+                    dump_stmts(s, els, d + 2);
+                }
+            }
+        }
+    }
+}
+
+fn dump_expr(s: &mut String, e: &Expr, d: usize) {
+    let ind = " ".repeat(d);
+    match &e.kind {
+        ExprKind::Int(v) => {
+            let _ = writeln!(s, "{ind}int: {v}");
+        }
+        ExprKind::Str(v) => {
+            let _ = writeln!(s, "{ind}string: {v:?}");
+        }
+        ExprKind::Var(v) => {
+            let _ = writeln!(s, "{ind}variable: ${v}");
+        }
+        ExprKind::Ident(v) => {
+            let _ = writeln!(s, "{ind}builtin: {v}");
+        }
+        ExprKind::Map { name, keys } => {
+            let _ = writeln!(s, "{ind}map: @{name}");
+            for k in keys {
+                dump_expr(s, k, d + 1);
+            }
+        }
+        ExprKind::Call { name, args } => {
+            let _ = writeln!(s, "{ind}call: {name}");
+            for a in args {
+                dump_expr(s, a, d + 1);
+            }
+        }
+        ExprKind::Unary(op, a) => {
+            let _ = writeln!(s, "{ind}unop: {op:?}");
+            dump_expr(s, a, d + 1);
+        }
+        ExprKind::Binary(op, a, b) => {
+            let _ = writeln!(s, "{ind}{}", op.symbol());
+            dump_expr(s, a, d + 1);
+            dump_expr(s, b, d + 1);
+        }
+        ExprKind::Ternary(c, a, b) => {
+            let _ = writeln!(s, "{ind}?:");
+            dump_expr(s, c, d + 1);
+            dump_expr(s, a, d + 1);
+            dump_expr(s, b, d + 1);
+        }
+    }
+}

@@ -1,0 +1,444 @@
+//! Pass 4: lowering of the checked AST into a compact resolved IR.
+//!
+//! The IR is a *resolved tree*: maps, scratch variables, strings and printf
+//! formats are indices into tables, builtins are enum variants, and every
+//! operator already carries its signedness (e.g. `SLt` vs `ULt`). No names
+//! are looked up at run time.
+//!
+//! Why a tree rather than bytecode or closures: handlers are short (a few
+//! dozen nodes), so a `match` over a tree costs about the same as a bytecode
+//! dispatch loop while keeping lowering and the `-d` dump trivial; closures
+//! would be slightly faster but opaque to dumping. Evaluation counts one step
+//! per node, which is what the per-run step budget limits.
+
+use crate::ast::{self, BinOp, ExprKind, StmtKind, Type, UnOp};
+use crate::check::{AggKind, Checked, MapDecl};
+use crate::format::Format;
+use rustc_hash::FxHashMap;
+use std::fmt::Write;
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Builtin {
+    Arg(u8),
+    Retval,
+    Func,
+    Probe,
+    Vcpu,
+    Nsecs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op1 {
+    Neg,
+    Not,
+    BitNot,
+}
+
+/// Binary operators with signedness resolved. Division and modulo are
+/// unsigned, as bpftrace's generated BPF code does (`-7 / 2` is a huge
+/// number, printed by `%d` as its low 32 bits: -4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op2 {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+    And,
+    Or,
+    Xor,
+    Shl,
+    LShr,
+    AShr,
+    Eq,
+    Ne,
+    ULt,
+    ULe,
+    UGt,
+    UGe,
+    SLt,
+    SLe,
+    SGt,
+    SGe,
+    StrEq,
+    StrNe,
+}
+
+#[derive(Clone, Debug)]
+pub enum Expr {
+    Const(u64),
+    Str(u32),
+    Scratch(u16),
+    Builtin(Builtin),
+    MapRead { map: u32, key: KeyExpr },
+    Unary(Op1, Box<Expr>),
+    Binary(Op2, Box<Expr>, Box<Expr>),
+    LogAnd(Box<Expr>, Box<Expr>),
+    LogOr(Box<Expr>, Box<Expr>),
+    Ternary(Box<Expr>, Box<Expr>, Box<Expr>),
+}
+
+#[derive(Clone, Debug)]
+pub enum KeyExpr {
+    None,
+    Single(Box<Expr>),
+    Multi(Vec<Expr>),
+}
+
+/// Aggregation update; min/max/avg carry the argument's signedness.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AggOp {
+    Count,
+    Sum,
+    Min { signed: bool },
+    Max { signed: bool },
+    Avg,
+}
+
+#[derive(Clone, Debug)]
+pub enum Stmt {
+    Agg {
+        map: u32,
+        key: KeyExpr,
+        op: AggOp,
+        arg: Option<Expr>,
+    },
+    Printf {
+        fmt: u32,
+        args: Vec<Expr>,
+    },
+    Print(u32),
+    Clear(u32),
+    Delete {
+        map: u32,
+        key: KeyExpr,
+    },
+    Exit,
+    Set(u16, Expr),
+    If {
+        cond: Expr,
+        then: Vec<Stmt>,
+        els: Vec<Stmt>,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct Block {
+    pub predicate: Option<Expr>,
+    pub body: Vec<Stmt>,
+    pub slots: u16,
+}
+
+#[derive(Clone, Debug)]
+pub struct Ir {
+    pub blocks: Vec<Block>,
+    pub maps: Vec<MapDecl>,
+    pub strings: Vec<Arc<str>>,
+    pub formats: Vec<Format>,
+}
+
+struct Lower<'a> {
+    maps: &'a FxHashMap<String, usize>,
+    vars: &'a FxHashMap<String, (u16, Type)>,
+    strings: &'a mut Vec<Arc<str>>,
+    string_ids: &'a mut FxHashMap<String, u32>,
+    formats: &'a mut Vec<Format>,
+}
+
+pub fn lower(ast: &ast::Ast, checked: &Checked) -> Ir {
+    let mut strings = Vec::new();
+    let mut string_ids = FxHashMap::default();
+    let mut formats = Vec::new();
+    let mut blocks = Vec::new();
+    for (b, vars) in ast.probes.iter().zip(&checked.scratch) {
+        let mut l = Lower {
+            maps: &checked.map_index,
+            vars,
+            strings: &mut strings,
+            string_ids: &mut string_ids,
+            formats: &mut formats,
+        };
+        blocks.push(Block {
+            predicate: b.predicate.as_ref().map(|p| l.expr(p)),
+            body: l.stmts(&b.body),
+            slots: vars.len() as u16,
+        });
+    }
+    Ir {
+        blocks,
+        maps: checked.maps.clone(),
+        strings,
+        formats,
+    }
+}
+
+impl Lower<'_> {
+    fn map(&self, name: &str) -> u32 {
+        self.maps[name] as u32
+    }
+
+    fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&i) = self.string_ids.get(s) {
+            return i;
+        }
+        let i = self.strings.len() as u32;
+        self.strings.push(Arc::from(s));
+        self.string_ids.insert(s.to_string(), i);
+        i
+    }
+
+    fn key(&mut self, keys: &[ast::Expr]) -> KeyExpr {
+        match keys {
+            [] => KeyExpr::None,
+            [k] => KeyExpr::Single(Box::new(self.expr(k))),
+            ks => KeyExpr::Multi(ks.iter().map(|k| self.expr(k)).collect()),
+        }
+    }
+
+    fn stmts(&mut self, stmts: &[ast::Stmt]) -> Vec<Stmt> {
+        stmts.iter().map(|s| self.stmt(s)).collect()
+    }
+
+    fn stmt(&mut self, s: &ast::Stmt) -> Stmt {
+        match &s.kind {
+            StmtKind::MapAssign {
+                name, keys, value, ..
+            } => {
+                let ExprKind::Call { name: f, args } = &value.kind else {
+                    unreachable!("checked: map values are aggregation calls")
+                };
+                let signed = args.first().is_some_and(|a| a.ty == Type::SIGNED);
+                let op = match AggKind::from_name(f).expect("checked") {
+                    AggKind::Count => AggOp::Count,
+                    AggKind::Sum => AggOp::Sum,
+                    AggKind::Min => AggOp::Min { signed },
+                    AggKind::Max => AggOp::Max { signed },
+                    AggKind::Avg => AggOp::Avg,
+                };
+                Stmt::Agg {
+                    map: self.map(name),
+                    key: self.key(keys),
+                    op,
+                    arg: args.first().map(|a| self.expr(a)),
+                }
+            }
+            StmtKind::VarAssign { name, value } => Stmt::Set(self.vars[name].0, self.expr(value)),
+            StmtKind::If { cond, then, els } => Stmt::If {
+                cond: self.expr(cond),
+                then: self.stmts(then),
+                els: self.stmts(els),
+            },
+            StmtKind::Call { name, args, .. } => {
+                let map_arg = |l: &mut Self| match &args[0].kind {
+                    ExprKind::Map { name, keys } => (l.map(name), l.key(keys)),
+                    _ => unreachable!("checked: map argument"),
+                };
+                match name.as_str() {
+                    "printf" => {
+                        let ExprKind::Str(f) = &args[0].kind else {
+                            unreachable!("checked: literal format")
+                        };
+                        self.formats.push(Format::parse(f).expect("checked"));
+                        Stmt::Printf {
+                            fmt: self.formats.len() as u32 - 1,
+                            args: args[1..].iter().map(|a| self.expr(a)).collect(),
+                        }
+                    }
+                    "exit" => Stmt::Exit,
+                    "print" => Stmt::Print(map_arg(self).0),
+                    "clear" => Stmt::Clear(map_arg(self).0),
+                    "delete" => {
+                        let (map, key) = map_arg(self);
+                        Stmt::Delete { map, key }
+                    }
+                    _ => unreachable!("checked: known statement"),
+                }
+            }
+        }
+    }
+
+    fn expr(&mut self, e: &ast::Expr) -> Expr {
+        match &e.kind {
+            ExprKind::Int(v) => Expr::Const(*v),
+            ExprKind::Str(s) => Expr::Str(self.intern(s)),
+            ExprKind::Var(v) => Expr::Scratch(self.vars[v].0),
+            ExprKind::Ident(n) => Expr::Builtin(match n.as_str() {
+                "func" => Builtin::Func,
+                "probe" => Builtin::Probe,
+                "vcpu" | "cpu" => Builtin::Vcpu,
+                "nsecs" => Builtin::Nsecs,
+                "retval" => Builtin::Retval,
+                a => Builtin::Arg(a.as_bytes()[3] - b'0'),
+            }),
+            ExprKind::Map { name, keys } => Expr::MapRead {
+                map: self.map(name),
+                key: self.key(keys),
+            },
+            ExprKind::Call { .. } => unreachable!("checked: no calls in expressions"),
+            ExprKind::Unary(op, a) => Expr::Unary(
+                match op {
+                    UnOp::Neg => Op1::Neg,
+                    UnOp::Not => Op1::Not,
+                    UnOp::BitNot => Op1::BitNot,
+                },
+                Box::new(self.expr(a)),
+            ),
+            ExprKind::Binary(op, a, b) => {
+                let la = Box::new(self.expr(a));
+                let lb = Box::new(self.expr(b));
+                // Signed only if both operands are signed (C conversions).
+                let s = a.ty == Type::SIGNED && b.ty == Type::SIGNED;
+                let strs = a.ty == Type::Str;
+                let op = match op {
+                    BinOp::LogAnd => return Expr::LogAnd(la, lb),
+                    BinOp::LogOr => return Expr::LogOr(la, lb),
+                    BinOp::Add => Op2::Add,
+                    BinOp::Sub => Op2::Sub,
+                    BinOp::Mul => Op2::Mul,
+                    BinOp::Div => Op2::Div,
+                    BinOp::Mod => Op2::Mod,
+                    BinOp::And => Op2::And,
+                    BinOp::Or => Op2::Or,
+                    BinOp::Xor => Op2::Xor,
+                    BinOp::Shl => Op2::Shl,
+                    BinOp::Shr if a.ty == Type::SIGNED => Op2::AShr,
+                    BinOp::Shr => Op2::LShr,
+                    BinOp::Eq if strs => Op2::StrEq,
+                    BinOp::Ne if strs => Op2::StrNe,
+                    BinOp::Eq => Op2::Eq,
+                    BinOp::Ne => Op2::Ne,
+                    BinOp::Lt if s => Op2::SLt,
+                    BinOp::Le if s => Op2::SLe,
+                    BinOp::Gt if s => Op2::SGt,
+                    BinOp::Ge if s => Op2::SGe,
+                    BinOp::Lt => Op2::ULt,
+                    BinOp::Le => Op2::ULe,
+                    BinOp::Gt => Op2::UGt,
+                    BinOp::Ge => Op2::UGe,
+                };
+                Expr::Binary(op, la, lb)
+            }
+            ExprKind::Ternary(c, a, b) => Expr::Ternary(
+                Box::new(self.expr(c)),
+                Box::new(self.expr(a)),
+                Box::new(self.expr(b)),
+            ),
+        }
+    }
+}
+
+impl Ir {
+    /// Readable IR listing for `-d`.
+    pub fn dump(&self) -> String {
+        let mut s = String::from("IR\n maps:\n");
+        for (i, m) in self.maps.iter().enumerate() {
+            let keys: Vec<&str> = m.keys.iter().map(|t| t.name()).collect();
+            let _ = writeln!(
+                s,
+                "  m{i} @{} {}[{}] {}",
+                m.name,
+                m.kind.name(),
+                keys.join(", "),
+                if m.signed { "signed" } else { "unsigned" }
+            );
+        }
+        let _ = writeln!(s, " strings:");
+        for (i, st) in self.strings.iter().enumerate() {
+            let _ = writeln!(s, "  s{i} {st:?}");
+        }
+        let _ = writeln!(s, " formats:");
+        for (i, f) in self.formats.iter().enumerate() {
+            let _ = writeln!(s, "  f{i} {:?}", f.to_string());
+        }
+        for (i, b) in self.blocks.iter().enumerate() {
+            let _ = writeln!(s, " block {i} (slots: {})", b.slots);
+            if let Some(p) = &b.predicate {
+                let _ = writeln!(s, "  predicate {}", dexpr(p));
+            }
+            dstmts(&mut s, &b.body, 2);
+        }
+        s
+    }
+}
+
+fn dkey(k: &KeyExpr) -> String {
+    match k {
+        KeyExpr::None => String::new(),
+        KeyExpr::Single(e) => format!("[{}]", dexpr(e)),
+        KeyExpr::Multi(v) => format!("[{}]", v.iter().map(dexpr).collect::<Vec<_>>().join(", ")),
+    }
+}
+
+fn dexpr(e: &Expr) -> String {
+    match e {
+        Expr::Const(v) => v.to_string(),
+        Expr::Str(i) => format!("s{i}"),
+        Expr::Scratch(i) => format!("${i}"),
+        Expr::Builtin(b) => format!("{b:?}").to_lowercase(),
+        Expr::MapRead { map, key } => format!("m{map}{}", dkey(key)),
+        Expr::Unary(op, a) => format!("{op:?}({})", dexpr(a)),
+        Expr::Binary(op, a, b) => format!("{op:?}({}, {})", dexpr(a), dexpr(b)),
+        Expr::LogAnd(a, b) => format!("LogAnd({}, {})", dexpr(a), dexpr(b)),
+        Expr::LogOr(a, b) => format!("LogOr({}, {})", dexpr(a), dexpr(b)),
+        Expr::Ternary(c, a, b) => format!("Select({}, {}, {})", dexpr(c), dexpr(a), dexpr(b)),
+    }
+}
+
+fn dstmts(s: &mut String, stmts: &[Stmt], d: usize) {
+    let ind = " ".repeat(d);
+    for st in stmts {
+        let _ = match st {
+            Stmt::Agg { map, key, op, arg } => writeln!(
+                s,
+                "{ind}m{map}{} <- {op:?}({})",
+                dkey(key),
+                arg.as_ref().map(dexpr).unwrap_or_default()
+            ),
+            Stmt::Printf { fmt, args } => writeln!(
+                s,
+                "{ind}printf f{fmt}({})",
+                args.iter().map(dexpr).collect::<Vec<_>>().join(", ")
+            ),
+            Stmt::Print(m) => writeln!(s, "{ind}print m{m}"),
+            Stmt::Clear(m) => writeln!(s, "{ind}clear m{m}"),
+            Stmt::Delete { map, key } => writeln!(s, "{ind}delete m{map}{}", dkey(key)),
+            Stmt::Exit => writeln!(s, "{ind}exit"),
+            Stmt::Set(v, e) => writeln!(s, "{ind}${v} = {}", dexpr(e)),
+            Stmt::If { cond, then, els } => {
+                let _ = writeln!(s, "{ind}if {}", dexpr(cond));
+                dstmts(s, then, d + 2);
+                if !els.is_empty() {
+                    let _ = writeln!(s, "{ind}else");
+                    dstmts(s, els, d + 2);
+                }
+                Ok(())
+            }
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::compile;
+
+    #[test]
+    fn resolves_names_to_indices_and_signed_ops() {
+        let p = compile(
+            "kprobe:f { @a = count(); @b[arg0] = sum(1); $x = \"s\"; $y = \"s\"; if (-1 < 1 && arg0 < 1) { @b[-1 >> 1] = sum(arg0 >> 1); } }",
+            "t",
+        )
+        .unwrap();
+        let d = p.ir.dump();
+        assert!(d.contains("m0 @a count[] unsigned"), "{d}");
+        assert!(d.contains("m1 @b sum[integer] signed"), "{d}");
+        // Identical string literals are interned once.
+        assert_eq!(p.ir.strings.len(), 1);
+        assert!(d.contains("LogAnd(SLt(Neg(1), 1), ULt(arg(0), 1))"), "{d}");
+        assert!(
+            d.contains("m1[AShr(Neg(1), 1)] <- Sum(LShr(arg(0), 1))"),
+            "{d}"
+        );
+        assert!(d.contains("$0 = s0") && d.contains("$1 = s0"), "{d}");
+    }
+}

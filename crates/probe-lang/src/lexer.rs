@@ -1,0 +1,283 @@
+//! Pass 1: lexer. Turns source bytes into [`Token`]s with spans.
+//!
+//! Like bpftrace's flex scanner, lexing is slightly context dependent: an
+//! attach point such as `kprobe:vfs_*+0x10` is not a sequence of ordinary
+//! tokens (`*` and `+` would be operators), so the parser asks for it
+//! explicitly with [`Lexer::attach_point`] when it expects one.
+
+use crate::diag::Span;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tok {
+    Ident(String),
+    /// `@name` (name may be empty: `@`).
+    Map(String),
+    /// `$name`.
+    Var(String),
+    Int(u64),
+    Str(String),
+    /// Punctuation / operator, e.g. `"<<="`... stored as its text.
+    Punct(&'static str),
+    Eof,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Token {
+    pub tok: Tok,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LexError {
+    pub span: Span,
+    pub message: String,
+}
+
+// Longest first so that maximal munch works with a simple prefix scan.
+const PUNCTS: &[&str] = &[
+    "<<", ">>", "<=", ">=", "==", "!=", "&&", "||", "+", "-", "*", "/", "%", "&", "|", "^", "~",
+    "!", "<", ">", "=", "(", ")", "{", "}", "[", "]", ",", ";", "?", ":",
+];
+
+pub struct Lexer<'s> {
+    src: &'s str,
+    pos: usize,
+}
+
+impl<'s> Lexer<'s> {
+    pub fn new(src: &'s str) -> Self {
+        Lexer { src, pos: 0 }
+    }
+
+    fn bytes(&self) -> &'s [u8] {
+        self.src.as_bytes()
+    }
+
+    /// Skips whitespace and comments.
+    fn skip_trivia(&mut self) -> Result<(), LexError> {
+        let b = self.bytes();
+        loop {
+            while self.pos < b.len() && b[self.pos].is_ascii_whitespace() {
+                self.pos += 1;
+            }
+            if b[self.pos..].starts_with(b"//") {
+                while self.pos < b.len() && b[self.pos] != b'\n' {
+                    self.pos += 1;
+                }
+            } else if b[self.pos..].starts_with(b"/*") {
+                let start = self.pos;
+                match self.src[self.pos + 2..].find("*/") {
+                    Some(i) => self.pos += 2 + i + 2,
+                    None => {
+                        return Err(LexError {
+                            span: Span::new(start, start + 2),
+                            message: "unterminated comment".into(),
+                        });
+                    }
+                }
+            } else {
+                return Ok(());
+            }
+        }
+    }
+
+    /// True when only whitespace/comments remain.
+    pub fn at_eof(&mut self) -> Result<bool, LexError> {
+        self.skip_trivia()?;
+        Ok(self.pos >= self.src.len())
+    }
+
+    /// Reads one raw attach point (`kprobe:foo*+0x10`, `BEGIN`): everything
+    /// up to whitespace, `,`, `{` or `/`.
+    pub fn attach_point(&mut self) -> Result<(String, Span), LexError> {
+        self.skip_trivia()?;
+        let start = self.pos;
+        let b = self.bytes();
+        while self.pos < b.len() {
+            let c = b[self.pos];
+            if c.is_ascii_whitespace() || matches!(c, b',' | b'{' | b'/') {
+                break;
+            }
+            self.pos += 1;
+        }
+        // Stop on a char boundary even for non-ASCII garbage.
+        while !self.src.is_char_boundary(self.pos) {
+            self.pos += 1;
+        }
+        Ok((
+            self.src[start..self.pos].to_string(),
+            Span::new(start, self.pos),
+        ))
+    }
+
+    /// Next ordinary token.
+    pub fn next_token(&mut self) -> Result<Token, LexError> {
+        self.skip_trivia()?;
+        let b = self.bytes();
+        let start = self.pos;
+        if start >= b.len() {
+            return Ok(Token {
+                tok: Tok::Eof,
+                span: Span::new(start, start),
+            });
+        }
+        let c = b[start];
+        let ident_end = |mut p: usize| {
+            while p < b.len() && (b[p].is_ascii_alphanumeric() || b[p] == b'_') {
+                p += 1;
+            }
+            p
+        };
+        let tok = if c.is_ascii_alphabetic() || c == b'_' {
+            self.pos = ident_end(start);
+            Tok::Ident(self.src[start..self.pos].to_string())
+        } else if c == b'@' || c == b'$' {
+            self.pos = ident_end(start + 1);
+            let name = self.src[start + 1..self.pos].to_string();
+            if c == b'@' {
+                Tok::Map(name)
+            } else if name.is_empty() {
+                return Err(self.err(start, start + 1, "expected variable name after '$'"));
+            } else {
+                Tok::Var(name)
+            }
+        } else if c.is_ascii_digit() {
+            self.pos = ident_end(start);
+            let text = &self.src[start..self.pos];
+            Tok::Int(parse_int(text).ok_or_else(|| {
+                self.err(start, self.pos, format!("invalid integer literal '{text}'"))
+            })?)
+        } else if c == b'"' {
+            Tok::Str(self.string(start)?)
+        } else if let Some(p) = PUNCTS.iter().find(|p| b[start..].starts_with(p.as_bytes())) {
+            self.pos += p.len();
+            Tok::Punct(p)
+        } else {
+            let ch = self.src[start..].chars().next().unwrap_or('?');
+            return Err(self.err(
+                start,
+                start + ch.len_utf8(),
+                format!("unexpected character '{ch}'"),
+            ));
+        };
+        Ok(Token {
+            tok,
+            span: Span::new(start, self.pos),
+        })
+    }
+
+    fn err(&self, s: usize, e: usize, m: impl Into<String>) -> LexError {
+        LexError {
+            span: Span::new(s, e),
+            message: m.into(),
+        }
+    }
+
+    fn string(&mut self, start: usize) -> Result<String, LexError> {
+        let mut out = String::new();
+        let mut chars = self.src[start + 1..].char_indices();
+        while let Some((i, ch)) = chars.next() {
+            let at = start + 1 + i;
+            match ch {
+                '"' => {
+                    self.pos = at + 1;
+                    return Ok(out);
+                }
+                '\n' => break,
+                '\\' => {
+                    let (_, e) = chars
+                        .next()
+                        .ok_or_else(|| self.err(start, at + 1, "unterminated string"))?;
+                    out.push(match e {
+                        'n' => '\n',
+                        't' => '\t',
+                        'r' => '\r',
+                        '"' => '"',
+                        '\\' => '\\',
+                        '0' => '\0',
+                        _ => {
+                            return Err(self.err(
+                                at,
+                                at + 1 + e.len_utf8(),
+                                format!("unknown escape sequence '\\{e}'"),
+                            ));
+                        }
+                    });
+                }
+                c => out.push(c),
+            }
+        }
+        Err(self.err(start, start + 1, "unterminated string"))
+    }
+}
+
+/// Decimal or `0x` hex, as in bpftrace.
+pub fn parse_int(text: &str) -> Option<u64> {
+    if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        u64::from_str_radix(hex, 16).ok()
+    } else {
+        text.parse().ok()
+    }
+}
+
+/// Lexes everything (used by tests and `dump`).
+pub fn tokenize(src: &str) -> Result<Vec<Token>, LexError> {
+    let mut lx = Lexer::new(src);
+    let mut out = Vec::new();
+    loop {
+        let t = lx.next_token()?;
+        let eof = t.tok == Tok::Eof;
+        out.push(t);
+        if eof {
+            return Ok(out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toks(s: &str) -> Vec<Tok> {
+        tokenize(s).unwrap().into_iter().map(|t| t.tok).collect()
+    }
+
+    #[test]
+    fn basic_tokens() {
+        assert_eq!(
+            toks("@m[$x, 0x1f] <<= \"a\\n\\\"\" // c\n /* x */ 10"),
+            vec![
+                Tok::Map("m".into()),
+                Tok::Punct("["),
+                Tok::Var("x".into()),
+                Tok::Punct(","),
+                Tok::Int(31),
+                Tok::Punct("]"),
+                Tok::Punct("<<"),
+                Tok::Punct("="),
+                Tok::Str("a\n\"".into()),
+                Tok::Int(10),
+                Tok::Eof
+            ]
+        );
+    }
+
+    #[test]
+    fn spans_and_errors() {
+        let t = tokenize("  abc").unwrap();
+        assert_eq!(t[0].span, Span::new(2, 5));
+        assert!(tokenize("\"abc").is_err());
+        assert!(tokenize("/* x").is_err());
+        assert!(tokenize("12ab").is_err());
+        assert!(tokenize("#").is_err());
+        assert!(tokenize("\"\\q\"").is_err());
+    }
+
+    #[test]
+    fn attach_points() {
+        let mut lx = Lexer::new("  kprobe:vfs_*+0x10,BEGIN/");
+        assert_eq!(lx.attach_point().unwrap().0, "kprobe:vfs_*+0x10");
+        assert_eq!(lx.next_token().unwrap().tok, Tok::Punct(","));
+        assert_eq!(lx.attach_point().unwrap().0, "BEGIN");
+    }
+}

@@ -1,0 +1,470 @@
+//! Pass 2: recursive-descent parser producing the [`Ast`].
+//!
+//! Binary operators use precedence climbing with C precedence. Inside a
+//! predicate `/.../` a bare `/` ends the predicate, so division there needs
+//! parentheses (as in bpftrace). The first error aborts parsing.
+
+use crate::ast::*;
+use crate::diag::Span;
+use crate::lexer::{LexError, Lexer, Tok, Token};
+
+/// Nesting limit so hostile input can't overflow the stack.
+const MAX_DEPTH: usize = 128;
+
+pub type ParseError = LexError;
+
+pub fn parse(src: &str) -> Result<Ast, ParseError> {
+    let mut p = Parser {
+        lx: Lexer::new(src),
+        peeked: None,
+        depth: 0,
+        last_end: 0,
+    };
+    let mut probes = Vec::new();
+    while !p.lx.at_eof()? {
+        probes.push(p.probe_block()?);
+    }
+    if probes.is_empty() {
+        return Err(LexError {
+            span: Span::new(0, 0),
+            message: "expected at least one probe".into(),
+        });
+    }
+    Ok(Ast { probes })
+}
+
+struct Parser<'s> {
+    lx: Lexer<'s>,
+    peeked: Option<Token>,
+    depth: usize,
+    last_end: u32,
+}
+
+fn err<T>(span: Span, msg: impl Into<String>) -> Result<T, ParseError> {
+    Err(LexError {
+        span,
+        message: msg.into(),
+    })
+}
+
+fn describe(t: &Tok) -> String {
+    match t {
+        Tok::Ident(s) => format!("'{s}'"),
+        Tok::Map(s) => format!("'@{s}'"),
+        Tok::Var(s) => format!("'${s}'"),
+        Tok::Int(v) => format!("integer {v}"),
+        Tok::Str(_) => "string".into(),
+        Tok::Punct(p) => format!("'{p}'"),
+        Tok::Eof => "end of input".into(),
+    }
+}
+
+impl Parser<'_> {
+    fn peek(&mut self) -> Result<&Token, ParseError> {
+        if self.peeked.is_none() {
+            self.peeked = Some(self.lx.next_token()?);
+        }
+        Ok(self.peeked.as_ref().expect("just filled"))
+    }
+
+    fn bump(&mut self) -> Result<Token, ParseError> {
+        self.peek()?;
+        let t = self.peeked.take().expect("peeked");
+        self.last_end = t.span.end;
+        Ok(t)
+    }
+
+    fn is_punct(&mut self, p: &str) -> Result<bool, ParseError> {
+        Ok(matches!(&self.peek()?.tok, Tok::Punct(q) if *q == p))
+    }
+
+    fn eat(&mut self, p: &str) -> Result<bool, ParseError> {
+        if self.is_punct(p)? {
+            self.bump()?;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    fn expect(&mut self, p: &str) -> Result<Span, ParseError> {
+        let t = self.bump()?;
+        match &t.tok {
+            Tok::Punct(q) if *q == p => Ok(t.span),
+            other => err(t.span, format!("expected '{p}', found {}", describe(other))),
+        }
+    }
+
+    fn probe_block(&mut self) -> Result<ProbeBlock, ParseError> {
+        let mut attach = Vec::new();
+        loop {
+            let (text, span) = self.lx.attach_point()?;
+            if text.is_empty() {
+                let t = self.bump()?;
+                return err(
+                    t.span,
+                    format!("expected probe name, found {}", describe(&t.tok)),
+                );
+            }
+            attach.push((text, span));
+            if !self.eat(",")? {
+                break;
+            }
+        }
+        let predicate = if self.eat("/")? {
+            let e = self.expr_nodiv(true)?;
+            self.expect("/")?;
+            Some(e)
+        } else {
+            None
+        };
+        let body = self.block()?;
+        Ok(ProbeBlock {
+            attach,
+            predicate,
+            body,
+        })
+    }
+
+    fn block(&mut self) -> Result<Vec<Stmt>, ParseError> {
+        self.expect("{")?;
+        self.enter()?;
+        let mut stmts = Vec::new();
+        loop {
+            if self.eat("}")? {
+                break;
+            }
+            if self.eat(";")? {
+                continue;
+            }
+            let st = self.stmt()?;
+            let is_if = matches!(st.kind, StmtKind::If { .. });
+            stmts.push(st);
+            // Statements are `;`-separated; the last one may omit it.
+            if !is_if && !self.eat(";")? && !self.is_punct("}")? {
+                let t = self.bump()?;
+                return err(
+                    t.span,
+                    format!("expected ';' or '}}', found {}", describe(&t.tok)),
+                );
+            }
+        }
+        self.depth -= 1;
+        Ok(stmts)
+    }
+
+    fn enter(&mut self) -> Result<(), ParseError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            let end = self.last_end as usize;
+            return err(Span::new(end, end), "nesting too deep");
+        }
+        Ok(())
+    }
+
+    fn stmt(&mut self) -> Result<Stmt, ParseError> {
+        let t = self.bump()?;
+        let start = t.span;
+        let kind = match t.tok {
+            Tok::Ident(ref name) if name == "if" => {
+                self.expect("(")?;
+                let cond = self.expr()?;
+                self.expect(")")?;
+                let then = self.block()?;
+                let els = if matches!(&self.peek()?.tok, Tok::Ident(s) if s == "else") {
+                    self.bump()?;
+                    if matches!(&self.peek()?.tok, Tok::Ident(s) if s == "if") {
+                        self.enter()?;
+                        let s = vec![self.stmt()?];
+                        self.depth -= 1;
+                        s
+                    } else {
+                        self.block()?
+                    }
+                } else {
+                    Vec::new()
+                };
+                StmtKind::If { cond, then, els }
+            }
+            Tok::Ident(name) => {
+                self.expect("(")?;
+                let args = self.args(")")?;
+                StmtKind::Call {
+                    name,
+                    name_span: start,
+                    args,
+                }
+            }
+            Tok::Map(name) => {
+                let keys = if self.eat("[")? {
+                    self.args("]")?
+                } else {
+                    Vec::new()
+                };
+                self.expect("=")?;
+                let value = self.expr()?;
+                StmtKind::MapAssign {
+                    name,
+                    name_span: start,
+                    keys,
+                    value,
+                }
+            }
+            Tok::Var(name) => {
+                self.expect("=")?;
+                let value = self.expr()?;
+                StmtKind::VarAssign { name, value }
+            }
+            other => {
+                return err(
+                    start,
+                    format!("expected statement, found {}", describe(&other)),
+                );
+            }
+        };
+        Ok(Stmt {
+            kind,
+            span: Span::new(start.start as usize, self.last_end as usize),
+        })
+    }
+
+    /// Comma-separated expressions up to `close` (consumed). Empty allowed.
+    fn args(&mut self, close: &str) -> Result<Vec<Expr>, ParseError> {
+        let mut v = Vec::new();
+        if self.eat(close)? {
+            return Ok(v);
+        }
+        loop {
+            v.push(self.expr()?);
+            if self.eat(close)? {
+                return Ok(v);
+            }
+            self.expect(",")?;
+        }
+    }
+
+    fn expr(&mut self) -> Result<Expr, ParseError> {
+        self.expr_nodiv(false)
+    }
+
+    fn expr_nodiv(&mut self, no_div: bool) -> Result<Expr, ParseError> {
+        self.enter()?;
+        let c = self.binary(0, no_div)?;
+        let r = if self.eat("?")? {
+            let a = self.expr_nodiv(no_div)?;
+            self.expect(":")?;
+            let b = self.expr_nodiv(no_div)?;
+            let span = c.span.to(b.span);
+            Expr {
+                kind: ExprKind::Ternary(Box::new(c), Box::new(a), Box::new(b)),
+                span,
+                ty: Type::Unknown,
+            }
+        } else {
+            c
+        };
+        self.depth -= 1;
+        Ok(r)
+    }
+
+    fn peek_binop(&mut self, no_div: bool) -> Result<Option<(BinOp, u8)>, ParseError> {
+        use BinOp::*;
+        let Tok::Punct(p) = self.peek()?.tok else {
+            return Ok(None);
+        };
+        Ok(Some(match p {
+            "||" => (LogOr, 1),
+            "&&" => (LogAnd, 2),
+            "|" => (Or, 3),
+            "^" => (Xor, 4),
+            "&" => (And, 5),
+            "==" => (Eq, 6),
+            "!=" => (Ne, 6),
+            "<" => (Lt, 7),
+            "<=" => (Le, 7),
+            ">" => (Gt, 7),
+            ">=" => (Ge, 7),
+            "<<" => (Shl, 8),
+            ">>" => (Shr, 8),
+            "+" => (Add, 9),
+            "-" => (Sub, 9),
+            "*" => (Mul, 10),
+            "/" if !no_div => (Div, 10),
+            "%" => (Mod, 10),
+            _ => return Ok(None),
+        }))
+    }
+
+    /// Precedence climbing; all binary operators are left associative.
+    fn binary(&mut self, min_prec: u8, no_div: bool) -> Result<Expr, ParseError> {
+        let mut lhs = self.unary()?;
+        while let Some((op, prec)) = self.peek_binop(no_div)? {
+            if prec < min_prec {
+                break;
+            }
+            self.bump()?;
+            self.enter()?;
+            let rhs = self.binary(prec + 1, no_div)?;
+            self.depth -= 1;
+            let span = lhs.span.to(rhs.span);
+            lhs = Expr {
+                kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)),
+                span,
+                ty: Type::Unknown,
+            };
+        }
+        Ok(lhs)
+    }
+
+    fn unary(&mut self) -> Result<Expr, ParseError> {
+        let op = match self.peek()?.tok {
+            Tok::Punct("-") => Some(UnOp::Neg),
+            Tok::Punct("!") => Some(UnOp::Not),
+            Tok::Punct("~") => Some(UnOp::BitNot),
+            _ => None,
+        };
+        if let Some(op) = op {
+            let t = self.bump()?;
+            self.enter()?;
+            let e = self.unary()?;
+            self.depth -= 1;
+            let span = t.span.to(e.span);
+            return Ok(Expr {
+                kind: ExprKind::Unary(op, Box::new(e)),
+                span,
+                ty: Type::Unknown,
+            });
+        }
+        self.primary()
+    }
+
+    fn primary(&mut self) -> Result<Expr, ParseError> {
+        let t = self.bump()?;
+        let mut span = t.span;
+        let kind = match t.tok {
+            Tok::Int(v) => ExprKind::Int(v),
+            Tok::Str(s) => ExprKind::Str(s),
+            Tok::Var(v) => ExprKind::Var(v),
+            Tok::Map(name) => {
+                let keys = if self.eat("[")? {
+                    self.args("]")?
+                } else {
+                    Vec::new()
+                };
+                span = Span::new(span.start as usize, self.last_end as usize);
+                ExprKind::Map { name, keys }
+            }
+            Tok::Ident(name) => {
+                if self.eat("(")? {
+                    let args = self.args(")")?;
+                    span = Span::new(span.start as usize, self.last_end as usize);
+                    ExprKind::Call { name, args }
+                } else {
+                    ExprKind::Ident(name)
+                }
+            }
+            Tok::Punct("(") => {
+                // Division is allowed again inside parentheses.
+                let mut e = self.expr()?;
+                let close = self.expect(")")?;
+                e.span = span.to(close);
+                return Ok(e);
+            }
+            other => {
+                return err(
+                    span,
+                    format!("expected expression, found {}", describe(&other)),
+                );
+            }
+        };
+        Ok(Expr {
+            kind,
+            span,
+            ty: Type::Unknown,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(src: &str) -> Vec<Stmt> {
+        parse(src).unwrap().probes.remove(0).body
+    }
+
+    fn expr_of(src: &str) -> Expr {
+        let s = format!("BEGIN {{ $x = {src}; }}");
+        match body(&s).remove(0).kind {
+            StmtKind::VarAssign { value, .. } => value,
+            _ => unreachable!(),
+        }
+    }
+
+    fn sexpr(e: &Expr) -> String {
+        match &e.kind {
+            ExprKind::Int(v) => v.to_string(),
+            ExprKind::Ident(v) => v.clone(),
+            ExprKind::Unary(op, a) => format!("({op:?} {})", sexpr(a)),
+            ExprKind::Binary(op, a, b) => format!("({} {} {})", op.symbol(), sexpr(a), sexpr(b)),
+            ExprKind::Ternary(c, a, b) => format!("(? {} {} {})", sexpr(c), sexpr(a), sexpr(b)),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn precedence() {
+        assert_eq!(sexpr(&expr_of("1 + 2 * 3")), "(+ 1 (* 2 3))");
+        assert_eq!(sexpr(&expr_of("1 - 2 - 3")), "(- (- 1 2) 3)");
+        assert_eq!(
+            sexpr(&expr_of("1 | 2 ^ 3 & 4 == 5 < 6 << 7")),
+            "(| 1 (^ 2 (& 3 (== 4 (< 5 (<< 6 7))))))"
+        );
+        assert_eq!(
+            sexpr(&expr_of("a || b && c ? 1 : 2")),
+            "(? (|| a (&& b c)) 1 2)"
+        );
+        assert_eq!(
+            sexpr(&expr_of("-~!1 * (2 + 3)")),
+            "(* (Neg (BitNot (Not 1))) (+ 2 3))"
+        );
+    }
+
+    #[test]
+    fn spans() {
+        let e = expr_of("arg0 + 12");
+        assert_eq!(e.span, Span::new(13, 22));
+    }
+
+    #[test]
+    fn probes_and_predicate() {
+        let ast = parse("kprobe:a,kprobe:b* /arg0 > 1 && (arg1 / 2) == 3/ { @c = count() } END {}")
+            .unwrap();
+        assert_eq!(ast.probes.len(), 2);
+        assert_eq!(ast.probes[0].attach.len(), 2);
+        assert!(ast.probes[0].predicate.is_some());
+        assert_eq!(ast.probes[1].attach[0].0, "END");
+    }
+
+    #[test]
+    fn statements() {
+        let b = body(
+            "BEGIN { @m[1, \"a\"] = count(); printf(\"%d\\n\", 1); if (1) { exit() } else if (2) { $x = 1 } else { clear(@m) } delete(@m[1, \"a\"]) }",
+        );
+        assert_eq!(b.len(), 4);
+        assert!(matches!(&b[0].kind, StmtKind::MapAssign { keys, .. } if keys.len() == 2));
+        assert!(matches!(&b[2].kind, StmtKind::If { els, .. } if els.len() == 1));
+    }
+
+    #[test]
+    fn errors_have_positions() {
+        let e = parse("BEGIN { @x = ; }").unwrap_err();
+        assert_eq!(e.span.start, 13);
+        assert!(e.message.contains("expected expression"));
+        assert!(parse("BEGIN { exit() exit() }").is_err());
+        assert!(parse("").is_err());
+        assert!(parse("BEGIN").is_err());
+        let deep = format!("BEGIN {{ $x = {}1; }}", "(".repeat(10_000));
+        assert!(parse(&deep).is_err());
+    }
+}

@@ -1,0 +1,45 @@
+//! Runtime values and map keys.
+
+use std::sync::Arc;
+
+/// A runtime value. Integers are raw 64-bit patterns; whether they are read
+/// as signed is a static property of the expression (see [`crate::ast::Type`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Value {
+    Int(u64),
+    Str(Arc<str>),
+}
+
+impl Value {
+    pub fn as_int(&self) -> u64 {
+        match self {
+            Value::Int(v) => *v,
+            Value::Str(_) => 0,
+        }
+    }
+}
+
+/// Map key. The common single-integer key is stored inline so a keyed
+/// `count()` never allocates.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Key {
+    None,
+    Int(u64),
+    Str(Arc<str>),
+    Multi(Box<[KeyPart]>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KeyPart {
+    Int(u64),
+    Str(Arc<str>),
+}
+
+impl From<Value> for KeyPart {
+    fn from(v: Value) -> Self {
+        match v {
+            Value::Int(i) => KeyPart::Int(i),
+            Value::Str(s) => KeyPart::Str(s),
+        }
+    }
+}

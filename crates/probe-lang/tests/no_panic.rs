@@ -1,0 +1,67 @@
+//! compile() must never panic: every prefix of valid scripts, byte-level
+//! mutations, and random token soup must yield Ok or Diagnostics. Whatever
+//! compiles must also run on a fake context without panicking.
+
+mod support;
+
+use proptest::prelude::*;
+use support::{FakeCtx, run_script};
+
+const SCRIPTS: &[&str] = &[
+    "kprobe:vfs_* /arg0 > 1 && (arg1 / 2) == 3/ { @c[func, arg0] = count(); @s = sum(arg2); }",
+    "BEGIN { $x = 1; if ($x) { printf(\"%-5s|%08lx %%\\n\", \"a\\tb\", -$x); } else { exit(); } }",
+    "kretprobe:f { @r = avg(retval); @m = min(retval ? 1 : 2); } END { print(@r); clear(@m); delete(@r); }",
+    "/* c */ kprobe:0xffff+0x10 { @x[1, \"a\"] = max(~nsecs << 2 | vcpu ^ cpu % 3); } // end",
+];
+
+#[test]
+fn every_prefix_and_mutation() {
+    let junk = [
+        "", "(", ")", "{", "}", "/", "@", "$", "\"", "%", "*", ",", ";", "\\", "é", "0x", "?", ":",
+    ];
+    for s in SCRIPTS {
+        for i in 0..=s.len() {
+            if !s.is_char_boundary(i) {
+                continue;
+            }
+            let _ = probe_lang::compile(&s[..i], "p");
+            for j in junk {
+                let m = format!("{}{}{}", &s[..i], j, &s[i..]);
+                let _ = probe_lang::compile(&m, "p");
+                let _ = probe_lang::compile(&format!("{}{}", &s[..i], j), "p");
+            }
+        }
+    }
+}
+
+#[test]
+fn compiled_begin_scripts_run() {
+    let _ = run_script("BEGIN { printf(\"%d %d\\n\", 1 / 0, 5 % 0); @a = count(); }");
+    let _ = FakeCtx::new("x");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #[test]
+    fn random_bytes(s in "\\PC{0,80}") {
+        let _ = probe_lang::compile(&s, "p");
+    }
+
+    #[test]
+    fn token_soup(toks in proptest::collection::vec(prop::sample::select(vec![
+        "BEGIN", "END", "kprobe:f", "kretprobe:g", "{", "}", "(", ")", "[", "]", "/", ",", ";", "=",
+        "@m", "@", "$x", "arg0", "retval", "func", "count()", "sum(", "printf(\"%d\\n\"", "\"s\"",
+        "1", "0x10", "+", "-", "*", "%", "<<", ">", "==", "&&", "!", "~", "?", ":", "if", "else",
+        "print(@m)", "clear(", "delete(", "exit()",
+    ]), 0..40)) {
+        let src = toks.join(" ");
+        if let Ok(p) = probe_lang::compile(&src, "p") {
+            let p = std::sync::Arc::new(p);
+            let mut rt = probe_lang::Runtime::new(p.clone(), Box::new(std::io::sink()));
+            for i in 0..p.probes().len() {
+                rt.run(p.block_of(i), &mut FakeCtx::new("kprobe:f"));
+            }
+            rt.print_maps();
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! Test helpers: a fake ProbeContext and a capturing writer.
+#![allow(dead_code)]
+
+use probe_lang::{ContextError, Flow, ProbeContext, ProbeSpec, Runtime};
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone, Default)]
+pub struct Capture(pub Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    pub fn take(&self) -> String {
+        String::from_utf8(std::mem::take(&mut *self.0.lock().unwrap())).unwrap()
+    }
+}
+
+pub struct FakeCtx {
+    pub args: [u64; 6],
+    pub retval: u64,
+    pub vcpu: u32,
+    pub nsecs: u64,
+    pub func: String,
+    pub probe: String,
+    /// Make arg reads fail, like a gdbstub error.
+    pub fail_args: bool,
+}
+
+impl FakeCtx {
+    pub fn new(probe: &str) -> Self {
+        FakeCtx {
+            args: [0; 6],
+            retval: 0,
+            vcpu: 0,
+            nsecs: 0,
+            func: probe.rsplit(':').next().unwrap_or("").to_string(),
+            probe: probe.to_string(),
+            fail_args: false,
+        }
+    }
+}
+
+impl ProbeContext for FakeCtx {
+    fn arg(&mut self, n: u8) -> Result<u64, ContextError> {
+        if self.fail_args {
+            return Err(ContextError::Message("register read failed".into()));
+        }
+        Ok(self.args[n as usize])
+    }
+    fn retval(&mut self) -> Result<u64, ContextError> {
+        Ok(self.retval)
+    }
+    fn vcpu(&self) -> u32 {
+        self.vcpu
+    }
+    fn nsecs(&self) -> u64 {
+        self.nsecs
+    }
+    fn func(&self) -> &str {
+        &self.func
+    }
+    fn probe(&self) -> &str {
+        &self.probe
+    }
+    fn read_memory(&mut self, _addr: u64, _buf: &mut [u8]) -> Result<(), ContextError> {
+        Err(ContextError::Message("no memory".into()))
+    }
+}
+
+/// Runs a script the way bpftrace does for BEGIN/END-only programs: every
+/// BEGIN block (stopping at exit()), then END blocks, then the exit print.
+pub fn run_script(src: &str) -> String {
+    let prog = Arc::new(probe_lang::compile(src, "test").unwrap_or_else(|d| panic!("{d}")));
+    let cap = Capture::default();
+    let mut rt = Runtime::new(prog.clone(), Box::new(cap.clone()));
+    for (i, p) in prog.probes().iter().enumerate() {
+        if *p == ProbeSpec::Begin
+            && rt.run(prog.block_of(i), &mut FakeCtx::new("BEGIN")) == Flow::Exit
+        {
+            break;
+        }
+    }
+    for (i, p) in prog.probes().iter().enumerate() {
+        if *p == ProbeSpec::End {
+            rt.run(prog.block_of(i), &mut FakeCtx::new("END"));
+        }
+    }
+    rt.print_maps();
+    cap.take()
+}

@@ -1,0 +1,199 @@
+//! The default guest: Debian's current `linux-image-amd64` kernel and
+//! `busybox-static`, fetched with `apt-get download` and unpacked with
+//! `dpkg-deb -x` into vmprobe's cache (never installed into the host's /boot),
+//! plus an initramfs whose `/init` is `guest/init` from this crate.
+
+use crate::cpio::CpioWriter;
+use crate::{Error, Result, io_err};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The init script, embedded so the binary alone can build a guest.
+const INIT: &str = include_str!("../guest/init");
+
+/// Boot arguments of the default guest. KASLR stays on, as on real systems.
+pub const DEFAULT_APPEND: &str = "console=ttyS0 panic=-1 quiet";
+
+/// What QEMU boots.
+#[derive(Clone, Debug)]
+pub struct GuestImage {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub append: String,
+    /// Kernel package version, e.g. "6.1.0-56-amd64"; "custom" for user images.
+    pub version: String,
+}
+
+/// `$XDG_CACHE_HOME/vmprobe`, else `~/.cache/vmprobe`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("vmprobe");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    PathBuf::from(home).join(".cache/vmprobe")
+}
+
+/// The default guest if it was built before, without touching apt.
+pub fn default_guest(cache: &Path) -> Option<GuestImage> {
+    let manifest = std::fs::read_to_string(cache.join("guest/current")).ok()?;
+    let version = manifest.trim().to_string();
+    let dir = cache.join("guest").join(&version);
+    let image = GuestImage {
+        kernel: dir.join("vmlinuz"),
+        initrd: dir.join("initrd.cpio"),
+        append: DEFAULT_APPEND.to_string(),
+        version,
+    };
+    (image.kernel.is_file() && image.initrd.is_file()).then_some(image)
+}
+
+/// Builds (or refreshes) the default guest in `cache`, reporting each step
+/// through `progress`. Idempotent: packages already unpacked are reused.
+pub fn build_default_guest(cache: &Path, progress: &mut dyn FnMut(&str)) -> Result<GuestImage> {
+    require_tool(
+        "apt-get",
+        "the default guest is built from Debian packages; on other systems pass --kernel and --initrd",
+    )?;
+    require_tool("dpkg-deb", "install dpkg (Debian: apt-get install dpkg)")?;
+
+    progress("resolving the current linux-image-amd64 package");
+    let kernel_pkg = current_kernel_package()?;
+    let version = kernel_pkg.trim_start_matches("linux-image-").to_string();
+    let dir = cache.join("guest").join(&version);
+    let debs = cache.join("debs");
+    for d in [&dir, &debs] {
+        std::fs::create_dir_all(d).map_err(io_err(d))?;
+    }
+
+    let kernel_root = unpack(&debs, &kernel_pkg, progress)?;
+    let busybox_root = unpack(&debs, "busybox-static", progress)?;
+
+    let vmlinuz = kernel_root.join(format!("boot/vmlinuz-{version}"));
+    let kernel = dir.join("vmlinuz");
+    std::fs::copy(&vmlinuz, &kernel).map_err(io_err(&vmlinuz))?;
+
+    progress("writing the initramfs");
+    let busybox_path = busybox_root.join("bin/busybox");
+    let busybox = std::fs::read(&busybox_path).map_err(io_err(&busybox_path))?;
+    let initrd = dir.join("initrd.cpio");
+    write_initramfs(&initrd, &busybox)?;
+
+    let current = cache.join("guest/current");
+    write_atomically(&current, version.as_bytes())?;
+    progress(&format!("default guest ready: kernel {version}"));
+    Ok(GuestImage {
+        kernel,
+        initrd,
+        append: DEFAULT_APPEND.to_string(),
+        version,
+    })
+}
+
+fn write_initramfs(path: &Path, busybox: &[u8]) -> Result<()> {
+    let mut w = CpioWriter::new(Vec::with_capacity(busybox.len() + 4096));
+    let build = |w: &mut CpioWriter<Vec<u8>>| -> std::io::Result<()> {
+        for d in [
+            "bin", "sbin", "usr", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp",
+        ] {
+            w.dir(d)?;
+        }
+        w.file("bin/busybox", 0o755, busybox)?;
+        w.symlink("bin/sh", "busybox")?;
+        w.file("init", 0o755, INIT.as_bytes())
+    };
+    build(&mut w)
+        .and_then(|_| w.finish())
+        .map_err(io_err(path))
+        .and_then(|bytes| write_atomically(path, &bytes))
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// `linux-image-amd64` is a metapackage; its dependency names the real kernel.
+fn current_kernel_package() -> Result<String> {
+    let out = run(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
+    out.lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends:"))
+        .map(str::trim)
+        .find(|p| p.starts_with("linux-image-") && p != &"linux-image-amd64")
+        .map(str::to_string)
+        .ok_or_else(|| Error::Command {
+            command: "apt-cache depends linux-image-amd64".into(),
+            detail: "no linux-image-* dependency listed (run `apt-get update` first)".into(),
+        })
+}
+
+/// Downloads `pkg`'s .deb into `debs` and unpacks it to `debs/<pkg>.root`.
+fn unpack(debs: &Path, pkg: &str, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    let root = debs.join(format!("{pkg}.root"));
+    let stamp = root.join(".unpacked");
+    if stamp.exists() {
+        return Ok(root);
+    }
+    progress(&format!("downloading {pkg} (apt-get download)"));
+    run(Command::new("apt-get")
+        .args(["download", pkg])
+        .current_dir(debs))
+    .map_err(|e| match e {
+        Error::Command { command, detail } => Error::Command {
+            command,
+            detail: format!("{detail} (is the package list current? try `apt-get update`)"),
+        },
+        e => e,
+    })?;
+    let deb = std::fs::read_dir(debs)
+        .map_err(io_err(debs))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.starts_with(&format!("{pkg}_")) && name.ends_with(".deb")
+        })
+        .max()
+        .ok_or_else(|| Error::Command {
+            command: format!("apt-get download {pkg}"),
+            detail: "no .deb file appeared".into(),
+        })?;
+    progress(&format!(
+        "unpacking {} (dpkg-deb -x)",
+        deb.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let _ = std::fs::remove_dir_all(&root);
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    std::fs::write(&stamp, b"").map_err(io_err(&stamp))?;
+    Ok(root)
+}
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let command = format!("{cmd:?}").replace('"', "");
+    let out = cmd.output().map_err(|e| Error::Command {
+        command: command.clone(),
+        detail: e.to_string(),
+    })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty() && !l.starts_with("W:"));
+        return Err(Error::Command {
+            command,
+            detail: last.unwrap_or("failed").trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub(crate) fn require_tool(tool: &'static str, hint: &'static str) -> Result<()> {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    if found {
+        Ok(())
+    } else {
+        Err(Error::MissingTool { tool, hint })
+    }
+}

@@ -1,0 +1,401 @@
+//! Launching QEMU for vmprobe.
+//!
+//! QEMU starts paused (`-S`). Its gdbstub, QMP monitor, console (ttyS0) and the
+//! init control channel (ttyS1) are Unix sockets in a fresh 0700 directory, so
+//! nothing listens on any network interface. QEMU runs in its own process group
+//! (a terminal's Ctrl-C reaches vmprobe only, which then ends the run in order)
+//! and is killed by the kernel if vmprobe dies (PR_SET_PDEATHSIG), and by `Drop`.
+
+use crate::image::{GuestImage, require_tool};
+use crate::{Error, Result, io_err};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How QEMU executes the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+/// KVM can run a Linux guest only when /dev/kvm is usable and backed by
+/// hardware virtualization (kvm_intel or kvm_amd). Some hosts offer a
+/// paravirtual KVM (kvm_pvm) on which stock Linux kernels hang at boot.
+pub fn kvm_usable() -> bool {
+    let hw = ["kvm_intel", "kvm_amd"]
+        .iter()
+        .any(|m| Path::new("/sys/module").join(m).exists());
+    hw && std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+#[derive(Clone)]
+pub struct LaunchConfig {
+    pub image: GuestImage,
+    pub accel: Accel,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    /// Where the guest console goes, besides the tail kept for error reports.
+    pub console: Option<Arc<Mutex<dyn Write + Send>>>,
+}
+
+impl LaunchConfig {
+    pub fn new(image: GuestImage) -> Self {
+        let accel = if kvm_usable() { Accel::Kvm } else { Accel::Tcg };
+        LaunchConfig {
+            image,
+            accel,
+            vcpus: 1,
+            memory_mib: 512,
+            console: None,
+        }
+    }
+}
+
+/// Messages from the guest's init on the control channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ControlEvent {
+    Ready,
+    Exited(i32),
+}
+
+/// A running QEMU. Dropping it kills QEMU and removes its socket directory.
+pub struct Vm {
+    child: Child,
+    dir: tempfile::TempDir,
+    control: UnixStream,
+    events: Receiver<Result<ControlEvent, String>>,
+    console_tail: Arc<Mutex<Vec<u8>>>,
+}
+
+const CONSOLE_TAIL: usize = 8192;
+
+impl Vm {
+    pub fn launch(cfg: &LaunchConfig) -> Result<Vm> {
+        require_tool(
+            "qemu-system-x86_64",
+            "install QEMU (Debian: apt-get install qemu-system-x86)",
+        )?;
+        let dir = tempfile::Builder::new()
+            .prefix("vmprobe-")
+            .tempdir()
+            .map_err(io_err("temporary directory"))?;
+        // tempdir() creates the directory 0700: only this user can reach the sockets.
+        let sock = |name: &str| dir.path().join(name);
+        let stderr_path = sock("qemu.stderr");
+        let stderr = std::fs::File::create(&stderr_path).map_err(io_err(&stderr_path))?;
+        let unix_server = |name: &str| format!("unix:{},server=on,wait=off", sock(name).display());
+
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args([
+            "-M",
+            "pc",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-S",
+        ]);
+        match cfg.accel {
+            Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
+            Accel::Tcg => cmd.args(["-accel", "tcg", "-cpu", "qemu64"]),
+        };
+        cmd.args([
+            "-m",
+            &cfg.memory_mib.to_string(),
+            "-smp",
+            &cfg.vcpus.to_string(),
+        ])
+        .args(["-gdb", &unix_server("gdb.sock")])
+        .args(["-qmp", &unix_server("qmp.sock")])
+        .args([
+            "-chardev",
+            &format!(
+                "socket,id=con,path={},server=on,wait=off",
+                sock("con.sock").display()
+            ),
+        ])
+        .args(["-serial", "chardev:con"])
+        .args([
+            "-chardev",
+            &format!(
+                "socket,id=ctl,path={},server=on,wait=off",
+                sock("ctl.sock").display()
+            ),
+        ])
+        .args(["-serial", "chardev:ctl"])
+        .arg("-kernel")
+        .arg(&cfg.image.kernel)
+        .arg("-initrd")
+        .arg(&cfg.image.initrd)
+        .args(["-append", &cfg.image.append])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .process_group(0);
+        // SAFETY: the closure runs in the forked child before exec and calls only
+        // prctl(2), which is async-signal-safe; it touches no Rust state.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(io_err("qemu-system-x86_64"))?;
+
+        let exited = |child: &mut Child| -> Option<Error> {
+            match child.try_wait() {
+                Ok(Some(_)) => Some(Error::QemuExited {
+                    stderr: last_lines(&stderr_path),
+                }),
+                _ => None,
+            }
+        };
+        let connect = |child: &mut Child, name: &str| -> Result<UnixStream> {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(s) = UnixStream::connect(sock(name)) {
+                    return Ok(s);
+                }
+                if let Some(e) = exited(child) {
+                    return Err(e);
+                }
+                if Instant::now() > deadline {
+                    return Err(Error::Timeout {
+                        what: "QEMU's sockets",
+                        seconds: 10,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        let connected = connect(&mut child, "con.sock")
+            .and_then(|con| Ok((con, connect(&mut child, "ctl.sock")?)));
+        // The gdbstub and QMP sockets come up after the serial ones; wait for
+        // them to exist without connecting (the gdbstub serves one client).
+        let connected = connected.and_then(|pair| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !(sock("gdb.sock").exists() && sock("qmp.sock").exists()) {
+                if let Some(e) = exited(&mut child) {
+                    return Err(e);
+                }
+                if Instant::now() > deadline {
+                    return Err(Error::Timeout {
+                        what: "QEMU's gdbstub socket",
+                        seconds: 10,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(pair)
+        });
+        let (console, control) = match connected {
+            Ok(pair) => pair,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+        };
+
+        let console_tail = Arc::new(Mutex::new(Vec::new()));
+        spawn_console_reader(console, console_tail.clone(), cfg.console.clone());
+        let events = spawn_control_reader(control.try_clone().map_err(io_err(sock("ctl.sock")))?);
+        Ok(Vm {
+            child,
+            dir,
+            control,
+            events,
+            console_tail,
+        })
+    }
+
+    pub fn gdb_socket(&self) -> PathBuf {
+        self.dir.path().join("gdb.sock")
+    }
+
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.dir.path().join("qmp.sock")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the guest's init to report it is up.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        match self.next_event(timeout, "the guest to boot")? {
+            ControlEvent::Ready => Ok(()),
+            other => Err(Error::Protocol(format!("{other:?} before READY"))),
+        }
+    }
+
+    /// Sends the workload's shell command line to init.
+    pub fn start_workload(&mut self, command_line: &str) -> Result<()> {
+        if command_line.contains('\n') {
+            return Err(Error::Protocol(
+                "the workload command must be one line".into(),
+            ));
+        }
+        self.send_line(command_line)
+    }
+
+    /// The workload's exit status, if it has finished. Never blocks.
+    pub fn poll_exit(&mut self) -> Result<Option<i32>> {
+        match self.events.try_recv() {
+            Ok(Ok(ControlEvent::Exited(status))) => Ok(Some(status)),
+            Ok(Ok(other)) => Err(Error::Protocol(format!(
+                "{other:?} while the workload runs"
+            ))),
+            Ok(Err(line)) => Err(Error::Protocol(line)),
+            Err(TryRecvError::Empty) => Ok(None),
+            Err(TryRecvError::Disconnected) => Err(Error::ControlClosed {
+                what: "the workload to finish",
+            }),
+        }
+    }
+
+    /// Blocks until the workload finishes.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<i32> {
+        match self.next_event(timeout, "the workload to finish")? {
+            ControlEvent::Exited(status) => Ok(status),
+            other => Err(Error::Protocol(format!(
+                "{other:?} while the workload runs"
+            ))),
+        }
+    }
+
+    /// Tells init it may power off, and waits (bounded) for QEMU to exit.
+    pub fn shutdown(&mut self, timeout: Duration) -> Result<()> {
+        let _ = self.send_line("poweroff");
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        Err(Error::Timeout {
+            what: "the guest to power off",
+            seconds: timeout.as_secs(),
+        })
+    }
+
+    /// Whether the QEMU process is still alive.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The last lines the guest printed on its console.
+    pub fn console_tail(&self) -> String {
+        let tail = self.console_tail.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&tail).into_owned()
+    }
+
+    fn next_event(&mut self, timeout: Duration, what: &'static str) -> Result<ControlEvent> {
+        match self.events.recv_timeout(timeout) {
+            Ok(Ok(ev)) => Ok(ev),
+            Ok(Err(line)) => Err(Error::Protocol(line)),
+            Err(RecvTimeoutError::Timeout) => Err(Error::Timeout {
+                what,
+                seconds: timeout.as_secs(),
+            }),
+            Err(RecvTimeoutError::Disconnected) => Err(Error::ControlClosed { what }),
+        }
+    }
+
+    fn send_line(&mut self, line: &str) -> Result<()> {
+        let mut msg = Vec::with_capacity(line.len() + 1);
+        msg.extend_from_slice(line.as_bytes());
+        msg.push(b'\n');
+        self.control
+            .write_all(&msg)
+            .map_err(io_err(self.dir.path().join("ctl.sock")))
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn_console_reader(
+    mut console: UnixStream,
+    tail: Arc<Mutex<Vec<u8>>>,
+    sink: Option<Arc<Mutex<dyn Write + Send>>>,
+) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = console.read(&mut buf) {
+            if let Some(sink) = &sink {
+                let mut sink = sink.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = sink.write_all(&buf[..n]);
+                let _ = sink.flush();
+            }
+            let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+            tail.extend_from_slice(&buf[..n]);
+            if tail.len() > CONSOLE_TAIL {
+                let cut = tail.len() - CONSOLE_TAIL;
+                tail.drain(..cut);
+            }
+        }
+    });
+}
+
+fn spawn_control_reader(control: UnixStream) -> Receiver<Result<ControlEvent, String>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(control).lines() {
+            let Ok(line) = line else { break };
+            let line = line.trim();
+            let event = if line.is_empty() {
+                continue;
+            } else if line == "VMPROBE:READY" {
+                Ok(ControlEvent::Ready)
+            } else if let Some(status) = line.strip_prefix("VMPROBE:EXIT ") {
+                status
+                    .trim()
+                    .parse()
+                    .map(ControlEvent::Exited)
+                    .map_err(|_| line.to_string())
+            } else {
+                Err(line.to_string())
+            };
+            if tx.send(event).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn last_lines(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let start = lines.len().saturating_sub(3);
+    let joined = lines[start..].join(" | ");
+    if joined.is_empty() {
+        "no error output".into()
+    } else {
+        joined
+    }
+}

@@ -1,0 +1,133 @@
+//! vmprobe: dynamic instrumentation for virtual machines, from outside the guest.
+//!
+//! The CLI is thin: it parses arguments, wires the crates together in the order
+//! a run needs (compile, prepare guest, load symbols, boot, attach, arm, run,
+//! detach, report) and turns their typed errors into one-line messages.
+
+mod run;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "vmprobe",
+    version,
+    about = "Dynamic instrumentation for virtual machines, from outside the guest"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a guest, run a probe program while it runs WORKLOAD, print the results.
+    Run(RunArgs),
+    /// Manage the default guest.
+    Guest {
+        #[command(subcommand)]
+        command: GuestCommand,
+    },
+    /// List kernel functions that kprobes can attach to, without booting.
+    List {
+        /// Only functions matching this pattern ('*' and '?' wildcards; "kprobe:" prefix allowed).
+        pattern: Option<String>,
+        #[command(flatten)]
+        guest: GuestArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum GuestCommand {
+    /// Fetch Debian's current kernel and busybox (apt-get download) and write the initramfs.
+    Build,
+}
+
+#[derive(Args)]
+pub struct GuestArgs {
+    /// Kernel image to boot instead of the default guest's (bzImage or vmlinux).
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Initramfs to boot with --kernel (its /init must speak vmprobe's control protocol; see README).
+    #[arg(long, value_name = "PATH", requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "ARGS")]
+    append: Option<String>,
+    /// Where kernel symbols come from, if not the kernel image (System.map, /proc/kallsyms dump or ELF).
+    #[arg(long, value_name = "PATH")]
+    symbols: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The probe program.
+    #[arg(short = 'e', value_name = "PROGRAM", conflicts_with = "file")]
+    program: Option<String>,
+    /// A file holding the probe program.
+    #[arg(value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Print the program's AST and IR, then exit.
+    #[arg(short = 'd')]
+    dump: bool,
+    #[command(flatten)]
+    guest: GuestArgs,
+    /// Accelerator; by default KVM when it can run the guest, else TCG.
+    #[arg(long, value_enum)]
+    accel: Option<AccelArg>,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// Show the guest console (kernel messages and the workload's output) on stderr.
+    #[arg(long)]
+    console: bool,
+    /// Print hit statistics (hits, service time per hit, round trips) on stderr at the end.
+    #[arg(long)]
+    stats: bool,
+    /// The workload: one argument is a shell command line; several are quoted and joined.
+    #[arg(last = true, value_name = "WORKLOAD")]
+    workload: Vec<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AccelArg {
+    Kvm,
+    Tcg,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result: Result<i32> = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Guest {
+            command: GuestCommand::Build,
+        } => run::guest_build().map(|_| 0),
+        Command::List { pattern, guest } => run::list(pattern.as_deref(), &guest).map(|_| 0),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("vmprobe: {}", one_line(&e));
+            std::process::exit(1);
+        }
+    }
+}
+
+/// The error and its causes on one line. Library errors often print their
+/// cause in their own message too; a cause already shown is not repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}

@@ -1,0 +1,266 @@
+//! `vmprobe run`, `guest build` and `list`: the order of a run, and its reports.
+
+use crate::{AccelArg, GuestArgs, RunArgs};
+use anyhow::{Context, Result, anyhow, bail};
+use gdb_remote::Client;
+use kernel_image::KernelSymbols;
+use probe_engine::{EndReason, Session, resolve_probes, run_special};
+use probe_lang::{Flow, ProbeSpec, Runtime};
+use qemu_guest::{Accel, GuestImage, LaunchConfig, Vm};
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// A TCG boot takes 5-20 s on a loaded 2-core machine; leave ample room.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+pub fn guest_build() -> Result<GuestImage> {
+    let cache = qemu_guest::cache_dir();
+    let image =
+        qemu_guest::build_default_guest(&cache, &mut |step| eprintln!("vmprobe: guest: {step}"))
+            .context("building the default guest")?;
+    eprintln!("vmprobe: guest: kernel {}", image.kernel.display());
+    eprintln!("vmprobe: guest: initrd {}", image.initrd.display());
+    Ok(image)
+}
+
+/// The user's images, else the default guest, built on first use.
+fn guest_image(args: &GuestArgs) -> Result<GuestImage> {
+    let mut image = match &args.kernel {
+        Some(kernel) => {
+            let default = qemu_guest::default_guest(&qemu_guest::cache_dir());
+            let initrd = match (&args.initrd, default) {
+                (Some(initrd), _) => initrd.clone(),
+                (None, Some(d)) => d.initrd,
+                (None, None) => guest_build()?.initrd,
+            };
+            GuestImage {
+                kernel: kernel.clone(),
+                initrd,
+                append: qemu_guest::DEFAULT_APPEND.to_string(),
+                version: "custom".into(),
+            }
+        }
+        None => match qemu_guest::default_guest(&qemu_guest::cache_dir()) {
+            Some(image) => image,
+            None => {
+                eprintln!("vmprobe: preparing the default guest (first use)");
+                guest_build()?
+            }
+        },
+    };
+    if let Some(append) = &args.append {
+        image.append = append.clone();
+    }
+    Ok(image)
+}
+
+fn load_symbols(args: &GuestArgs, image: &GuestImage) -> Result<KernelSymbols> {
+    let path = args.symbols.as_ref().unwrap_or(&image.kernel);
+    let cache = qemu_guest::cache_dir().join("symbols");
+    let _ = std::fs::create_dir_all(&cache);
+    KernelSymbols::load(path, Some(&cache)).with_context(|| "loading kernel symbols".to_string())
+}
+
+pub fn list(pattern: Option<&str>, args: &GuestArgs) -> Result<()> {
+    let image = guest_image(args)?;
+    let symbols = load_symbols(args, &image)?;
+    let pattern = pattern
+        .map(|p| p.strip_prefix("kprobe:").unwrap_or(p))
+        .unwrap_or("*");
+    let mut out = std::io::stdout().lock();
+    for sym in symbols.matching(pattern) {
+        if writeln!(out, "kprobe:{}", sym.name).is_err() {
+            break; // stdout closed (e.g. piped into head)
+        }
+    }
+    Ok(())
+}
+
+/// Joins the workload words into one shell command line for the guest.
+fn command_line(words: &[String]) -> String {
+    if let [only] = words {
+        return only.clone();
+    }
+    let quote = |w: &String| {
+        if !w.is_empty()
+            && w.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+        {
+            w.clone()
+        } else {
+            format!("'{}'", w.replace('\'', r"'\''"))
+        }
+    };
+    words.iter().map(quote).collect::<Vec<_>>().join(" ")
+}
+
+pub fn run(args: RunArgs) -> Result<i32> {
+    // Everything that can be checked before booting is checked first.
+    let (source, source_name) = match (&args.program, &args.file) {
+        (Some(p), _) => (p.clone(), "stdin".to_string()),
+        (None, Some(f)) => {
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            (text, f.display().to_string())
+        }
+        (None, None) => bail!("no program: give -e PROGRAM or a FILE"),
+    };
+    let program = match probe_lang::compile(&source, &source_name) {
+        Ok(p) => Arc::new(p),
+        Err(diags) => {
+            eprint!("{diags}");
+            return Ok(1);
+        }
+    };
+    if args.dump {
+        print!("{}", program.dump());
+        return Ok(0);
+    }
+    if args.workload.is_empty() {
+        bail!("no workload: give the command to run in the guest after `--`");
+    }
+    let image = guest_image(&args.guest)?;
+    let symbols = load_symbols(&args.guest, &image)?;
+    // Unknown symbols and bad patterns fail here, before anything boots.
+    resolve_probes(&program, &symbols, 0)?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+
+    let mut cfg = LaunchConfig::new(image);
+    cfg.vcpus = args.vcpus;
+    if let Some(a) = args.accel {
+        cfg.accel = match a {
+            AccelArg::Kvm => Accel::Kvm,
+            AccelArg::Tcg => Accel::Tcg,
+        };
+    }
+    if args.console {
+        cfg.console = Some(Arc::new(std::sync::Mutex::new(std::io::stderr())));
+    }
+    eprintln!(
+        "vmprobe: booting {} ({:?})",
+        cfg.image.kernel.display(),
+        cfg.accel
+    );
+    let mut vm = Vm::launch(&cfg).context("starting QEMU")?;
+    let client = Client::connect_unix(&vm.gdb_socket(), Duration::from_secs(5))
+        .context("attaching to QEMU's gdbstub")?;
+    let mut session = Session::new(client);
+    session.resume()?;
+    let booted = Instant::now();
+    vm.wait_ready(BOOT_TIMEOUT)
+        .map_err(|e| anyhow!("{e}; last console output: {}", tail(&vm)))?;
+    session.pause()?;
+    let slide = session.detect_slide(&symbols)?;
+    let sites = resolve_probes(&program, &symbols, slide)?;
+    let nprobes = program.probes().len();
+    eprintln!(
+        "vmprobe: guest up in {:.1} s, KASLR slide {slide:#x}",
+        booted.elapsed().as_secs_f64()
+    );
+    session.arm(sites)?;
+
+    let mut runtime = Runtime::new(program.clone(), Box::new(std::io::stdout()));
+    print!("{}", probe_lang::attaching_message(nprobes));
+    let _ = std::io::stdout().flush();
+
+    let mut reason = None;
+    if run_special(&program, &mut runtime, &ProbeSpec::Begin) == Flow::Exit {
+        reason = Some(EndReason::ScriptExit);
+    }
+    let reason = match reason {
+        Some(r) => r,
+        None => {
+            session.resume()?;
+            vm.start_workload(&command_line(&args.workload))?;
+            let mut poll = || {
+                if stop.load(Ordering::Relaxed) {
+                    return Some(EndReason::Interrupted);
+                }
+                match vm.poll_exit() {
+                    Ok(Some(status)) => Some(EndReason::WorkloadExited(status)),
+                    Ok(None) => None,
+                    Err(e) => Some(EndReason::TargetGone(e.to_string())),
+                }
+            };
+            session.run(&mut runtime, &mut poll)
+        }
+    };
+
+    let hits = session.stats.hits;
+    let round_trips = session.client().round_trips();
+    let stats = args.stats.then(|| {
+        let h = &session.stats.service_ns;
+        format!(
+            "vmprobe: stats: {hits} hits, {} stray stops, service time per hit: mean {:.1} us, p50 {:.1} us, p99 {:.1} us, {} round trips in all",
+            session.stats.stray_stops,
+            h.mean() / 1e3,
+            h.value_at_quantile(0.5) as f64 / 1e3,
+            h.value_at_quantile(0.99) as f64 / 1e3,
+            round_trips,
+        )
+    });
+    let gone = matches!(reason, EndReason::TargetGone(_));
+    let detach_error = if gone { None } else { session.detach().err() };
+
+    run_special(&program, &mut runtime, &ProbeSpec::End);
+    runtime.print_maps();
+    let _ = std::io::stdout().flush();
+    for (probe, error, count) in runtime.errors() {
+        eprintln!("vmprobe: {probe}: {error} ({count} times)");
+    }
+    if let Some(stats) = stats {
+        eprintln!("{stats}");
+    }
+    if let Some(e) = detach_error {
+        eprintln!("vmprobe: detach: {e}");
+    }
+
+    let code = match reason {
+        EndReason::WorkloadExited(status) => {
+            if let Err(e) = vm.shutdown(Duration::from_secs(10)) {
+                eprintln!("vmprobe: {e}");
+            }
+            status
+        }
+        EndReason::ScriptExit => 0,
+        EndReason::Interrupted => 0,
+        EndReason::TargetGone(why) => {
+            eprintln!("vmprobe: the VM went away ({why}); output above is what was collected");
+            1
+        }
+    };
+    vm.kill();
+    Ok(code)
+}
+
+fn tail(vm: &Vm) -> String {
+    let text = vm.console_tail();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(3)..].join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::command_line;
+
+    #[test]
+    fn workload_words_are_quoted_for_the_guest_shell() {
+        let w = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            command_line(&w(&["dd", "if=/dev/zero", "bs=1"])),
+            "dd if=/dev/zero bs=1"
+        );
+        assert_eq!(
+            command_line(&w(&["echo", "a b", "it's"])),
+            r"echo 'a b' 'it'\''s'"
+        );
+        assert_eq!(command_line(&w(&["echo a; echo b"])), "echo a; echo b");
+        assert_eq!(command_line(&w(&["printf", ""])), "printf ''");
+    }
+}
