@@ -170,6 +170,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
     let _ = std::io::stdout().flush();
 
     let mut reason = None;
+    let mut workload_started = None;
     if run_special(&program, &mut runtime, &ProbeSpec::Begin) == Flow::Exit {
         reason = Some(EndReason::ScriptExit);
     }
@@ -178,6 +179,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
         None => {
             session.resume()?;
             vm.start_workload(&command_line(&args.workload))?;
+            workload_started = Some(Instant::now());
             let mut poll = || {
                 if stop.load(Ordering::Relaxed) {
                     return Some(EndReason::Interrupted);
@@ -192,12 +194,13 @@ pub fn run(args: RunArgs) -> Result<i32> {
         }
     };
 
+    let workload_secs = workload_started.map_or(0.0, |t| t.elapsed().as_secs_f64());
     let hits = session.stats.hits;
     let round_trips = session.client().round_trips();
     let stats = args.stats.then(|| {
         let h = &session.stats.service_ns;
         format!(
-            "vmprobe: stats: {hits} hits, {} stray stops, service time per hit: mean {:.1} us, p50 {:.1} us, p99 {:.1} us, {} round trips in all",
+            "vmprobe: stats: workload {workload_secs:.3} s wall, {hits} hits, {} stray stops, service time per hit: mean {:.1} us, p50 {:.1} us, p99 {:.1} us, {} round trips in all",
             session.stats.stray_stops,
             h.mean() / 1e3,
             h.value_at_quantile(0.5) as f64 / 1e3,

@@ -384,8 +384,18 @@ impl Client {
         self.send_cmd()?;
         self.round_trips += 1;
         let deadline = Instant::now() + self.timeout;
-        self.recv(Some(deadline))
-            .map_err(|e| self.recv_err(e, || format!("reply to {}", self.cmd_text())))
+        // A stop reply answers only `?`. One arriving for any other request
+        // is unsolicited: QEMU sends one when a new debugger connects to a
+        // VM that an earlier one detached from (it stops the VM). Taking it
+        // as this request's reply would shift every later reply by one.
+        let expects_stop = self.cmd.first() == Some(&b'?');
+        loop {
+            self.recv(Some(deadline))
+                .map_err(|e| self.recv_err(e, || format!("reply to {}", self.cmd_text())))?;
+            if expects_stop || !looks_like_stop_reply(&self.dec.payload) {
+                return Ok(());
+            }
+        }
     }
 
     fn request_str(&mut self, s: &str) -> Result<(), Error> {
@@ -1030,4 +1040,13 @@ fn is_console(p: &[u8]) -> bool {
         && p[0] == b'O'
         && !p.len().is_multiple_of(2)
         && p[1..].iter().all(u8::is_ascii_hexdigit)
+}
+
+/// `Sxx`, `Txx...`, `Wxx`, `Xxx`: the shapes of a stop reply. No other reply
+/// starts with one of these letters followed by two hex digits.
+fn looks_like_stop_reply(p: &[u8]) -> bool {
+    p.len() >= 3
+        && matches!(p[0], b'S' | b'T' | b'W' | b'X')
+        && p[1].is_ascii_hexdigit()
+        && p[2].is_ascii_hexdigit()
 }

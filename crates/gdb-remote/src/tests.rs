@@ -707,3 +707,28 @@ fn registers_p_with_hg_cache_and_g_fallback() {
     drop(c);
     h.join().unwrap();
 }
+
+/// QEMU sends a stop reply, unasked, when a debugger connects to a VM an
+/// earlier debugger detached from. It must not be taken as the reply to the
+/// next request, or every later reply would be off by one.
+#[test]
+fn unsolicited_stop_reply_is_not_taken_as_a_reply() {
+    run(
+        vec![
+            Expect("m1000,4"),
+            Reply("T02thread:p01.01;"),
+            Reply("01020304"),
+            Expect("?"),
+            Reply("T05thread:p01.01;"),
+        ],
+        |c| {
+            let mut buf = [0u8; 4];
+            c.read_memory(0x1000, &mut buf).unwrap();
+            assert_eq!(buf, [1, 2, 3, 4]);
+            assert!(matches!(
+                c.halt_reason().unwrap(),
+                StopReply::Signal { signal: 5, .. }
+            ));
+        },
+    );
+}

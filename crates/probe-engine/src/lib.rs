@@ -19,7 +19,7 @@ mod context;
 mod resolve;
 mod session;
 
-pub use resolve::{ProbeSite, resolve_probes};
+pub use resolve::{ProbeSite, Skip, resolve_probes};
 pub use session::{EndReason, HitStats, Session};
 
 /// Host CLOCK_MONOTONIC in nanoseconds: the one time base of every event.

@@ -16,6 +16,19 @@ pub struct ProbeSite {
     pub addr: u64,
     pub func: Arc<str>,
     pub handlers: Vec<(BlockId, Arc<str>)>,
+    /// Length of the instruction at `addr` if it is one the engine may skip
+    /// instead of single-stepping (set when arming, from guest memory).
+    pub skippable: Option<Skip>,
+}
+
+/// How a hit may move the pc past the instruction at a probe site instead of
+/// single-stepping it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// A no-op the guest never rewrites: skip this many bytes.
+    Stable(u8),
+    /// A no-op the guest may rewrite: skip this many bytes after re-reading them.
+    Verify(u8),
 }
 
 /// Resolves every kprobe in `program` against `symbols`, shifted by the
@@ -36,6 +49,7 @@ pub fn resolve_probes(
                     addr,
                     func: func.into(),
                     handlers: vec![(block, probe)],
+                    skippable: None,
                 }),
             }
         };

@@ -1,7 +1,7 @@
 //! A probing session on one guest: arm, serve hits, disarm, detach.
 
 use crate::context::HitContext;
-use crate::resolve::ProbeSite;
+use crate::resolve::{ProbeSite, Skip};
 use crate::{Error, Result, monotonic_ns};
 use gdb_remote::{BreakpointKind, Client, ResumeAction, StopReply, ThreadId};
 use hdrhistogram::Histogram;
@@ -16,6 +16,13 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 const STOP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bytes compared at each probe site across attach and detach.
 const SITE_BYTES: usize = 16;
+/// `endbr64`, the first instruction of functions in kernels built with IBT
+/// support. Without CET enabled it is a no-op, and the kernel never patches
+/// it at run time, so moving the pc past it is exactly executing it.
+const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
+/// The 5-byte NOP of an idle ftrace site. The guest may patch it into a call
+/// at any time (ftrace, kprobes, BPF), so it is re-read at each hit.
+const NOP5: [u8; 5] = [0x0f, 0x1f, 0x44, 0x00, 0x00];
 
 /// Why a run ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,6 +64,7 @@ pub struct Session {
     before: Vec<(u64, Vec<u8>)>,
     armed: Vec<u64>,
     running: bool,
+    skip_nops: bool,
     pub stats: HitStats,
 }
 
@@ -73,8 +81,18 @@ impl Session {
             before: Vec::new(),
             armed: Vec::new(),
             running: false,
+            skip_nops: true,
             stats: HitStats::new(),
         }
+    }
+
+    /// Whether a hit on an `endbr64` may be resumed by moving the pc past it
+    /// (one register write) instead of a single step (a VM stop/start cycle,
+    /// the most expensive part of a hit). On by default; turn it off for guests
+    /// that enable CET indirect-branch tracking, where skipping the endbr64
+    /// would leave the CPU expecting one.
+    pub fn set_skip_nops(&mut self, on: bool) {
+        self.skip_nops = on;
     }
 
     pub fn client(&mut self) -> &mut Client {
@@ -132,10 +150,17 @@ impl Session {
 
     /// Inserts a breakpoint at every site, after recording the guest memory
     /// there. The guest must be stopped.
-    pub fn arm(&mut self, sites: Vec<ProbeSite>) -> Result<()> {
-        for site in &sites {
+    pub fn arm(&mut self, mut sites: Vec<ProbeSite>) -> Result<()> {
+        for site in &mut sites {
             let mut bytes = vec![0u8; SITE_BYTES];
             self.client.read_memory(site.addr, &mut bytes)?;
+            if self.skip_nops {
+                if bytes.starts_with(&ENDBR64) {
+                    site.skippable = Some(Skip::Stable(ENDBR64.len() as u8));
+                } else if bytes.starts_with(&NOP5) {
+                    site.skippable = Some(Skip::Verify(NOP5.len() as u8));
+                }
+            }
             self.before.push((site.addr, bytes));
         }
         for site in &sites {
@@ -262,7 +287,27 @@ impl Session {
         if matches!(flow, Flow::Exit) {
             return Ok(Flow::Exit);
         }
-        self.resume_if(resume, Some(thread), received)?;
+        let (addr, skippable) = (site.addr, site.skippable);
+        let skip = match skippable {
+            Some(Skip::Stable(len)) => Some(len),
+            Some(Skip::Verify(len)) => {
+                let mut now = [0u8; NOP5.len()];
+                self.client
+                    .read_memory(addr, &mut now)
+                    .map_err(|e| e.to_string())?;
+                (now == NOP5).then_some(len)
+            }
+            None => None,
+        };
+        match skip {
+            Some(len) if resume => {
+                self.client
+                    .write_register(thread, "rip", addr + u64::from(len))
+                    .map_err(|e| e.to_string())?;
+                self.resume_if(resume, None, received)?;
+            }
+            _ => self.resume_if(resume, Some(thread), received)?,
+        }
         Ok(flow)
     }
 
@@ -276,17 +321,7 @@ impl Session {
             return Ok(());
         }
         if let Some(thread) = stepping {
-            // A single-stepping vCPU ignores the breakpoint at its pc, so the
-            // breakpoint stays armed while the vCPU moves past it.
-            match self.client.step_thread(thread).map_err(|e| e.to_string())? {
-                StopReply::Exited { status } => {
-                    return Err(format!("the VM exited (status {status})"));
-                }
-                StopReply::Terminated { signal } => {
-                    return Err(format!("the VM was terminated (signal {signal})"));
-                }
-                StopReply::Signal { .. } => {}
-            }
+            self.step_off_site(thread)?;
         }
         self.client
             .resume(&[(None, ResumeAction::Continue)])
@@ -297,6 +332,37 @@ impl Session {
             .service_ns
             .record(monotonic_ns().saturating_sub(received));
         Ok(())
+    }
+
+    /// Single-steps `thread` until its pc has left every probe site. A
+    /// single-stepping vCPU ignores the breakpoint at its pc, so breakpoints
+    /// stay armed. QEMU occasionally reports a step done with the pc unmoved
+    /// (seen about once in a thousand steps on TCG); resuming then would hit
+    /// the same breakpoint again and count one call twice, so the pc is
+    /// checked and the step repeated.
+    fn step_off_site(&mut self, thread: ThreadId) -> Result<(), String> {
+        const MAX_STEPS: usize = 8;
+        for _ in 0..MAX_STEPS {
+            match self.client.step_thread(thread).map_err(|e| e.to_string())? {
+                StopReply::Exited { status } => {
+                    return Err(format!("the VM exited (status {status})"));
+                }
+                StopReply::Terminated { signal } => {
+                    return Err(format!("the VM was terminated (signal {signal})"));
+                }
+                StopReply::Signal { .. } => {}
+            }
+            let pc = self
+                .client
+                .read_register(thread, "rip")
+                .map_err(|e| e.to_string())?;
+            if !self.by_addr.contains_key(&pc) {
+                return Ok(());
+            }
+        }
+        Err(format!(
+            "vCPU {thread} did not move off a probe site after {MAX_STEPS} single steps"
+        ))
     }
 
     /// Removes every breakpoint, checks guest memory at the probe sites is

@@ -33,6 +33,14 @@ pub fn cache_dir() -> PathBuf {
     PathBuf::from(home).join(".cache/vmprobe")
 }
 
+/// The default guest: as built before, else built now.
+pub fn ensure_default_guest(cache: &Path, progress: &mut dyn FnMut(&str)) -> Result<GuestImage> {
+    match default_guest(cache) {
+        Some(image) => Ok(image),
+        None => build_default_guest(cache, progress),
+    }
+}
+
 /// The default guest if it was built before, without touching apt.
 pub fn default_guest(cache: &Path) -> Option<GuestImage> {
     let manifest = std::fs::read_to_string(cache.join("guest/current")).ok()?;
@@ -55,6 +63,15 @@ pub fn build_default_guest(cache: &Path, progress: &mut dyn FnMut(&str)) -> Resu
         "the default guest is built from Debian packages; on other systems pass --kernel and --initrd",
     )?;
     require_tool("dpkg-deb", "install dpkg (Debian: apt-get install dpkg)")?;
+
+    std::fs::create_dir_all(cache).map_err(io_err(cache))?;
+    // Concurrent builds (parallel tests, two shells) take turns.
+    let lock_path = cache.join("guest.lock");
+    let lock = std::fs::File::create(&lock_path).map_err(io_err(&lock_path))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).map_err(|e| Error::Io {
+        path: lock_path.clone(),
+        source: e.into(),
+    })?;
 
     progress("resolving the current linux-image-amd64 package");
     let kernel_pkg = current_kernel_package()?;

@@ -9,7 +9,9 @@ mod cpio;
 mod image;
 mod launch;
 
-pub use image::{DEFAULT_APPEND, GuestImage, build_default_guest, cache_dir, default_guest};
+pub use image::{
+    DEFAULT_APPEND, GuestImage, build_default_guest, cache_dir, default_guest, ensure_default_guest,
+};
 pub use launch::{Accel, ControlEvent, LaunchConfig, Vm, kvm_usable};
 
 use std::path::PathBuf;

@@ -1,0 +1,132 @@
+//! Bad input: each gives a one-line error naming the problem, a non-zero
+//! exit, no panic, and no QEMU left behind. None of these boot a guest.
+
+mod support;
+use std::time::Duration;
+use support::*;
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn fails_with(args: &[&str], env: &[(&str, &str)], needle: &str) -> String {
+    let mut cmd = vmprobe();
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = run_bounded(&mut cmd, LIMIT);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "expected failure for {args:?}");
+    assert!(stderr.contains(needle), "expected {needle:?} in:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+/// The error is one line, the last, and nothing before it is an error
+/// (earlier lines may report progress such as "booting").
+fn last_line_is_one_error(stderr: &str, needle: &str) {
+    let last = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+    assert!(
+        last.starts_with("vmprobe: ") && last.contains(needle),
+        "last line should name the problem:\n{stderr}"
+    );
+    let naming = stderr.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(naming, 1, "the problem is reported once:\n{stderr}");
+}
+
+#[test]
+fn unknown_symbol_is_reported_before_booting() {
+    let e = fails_with(
+        &[
+            "run",
+            "-e",
+            "kprobe:no_such_function_xyz { @c = count(); }",
+            "--",
+            "true",
+        ],
+        &[],
+        "unknown kernel symbol 'no_such_function_xyz'",
+    );
+    last_line_is_one_error(&e, "no_such_function_xyz");
+    assert!(!e.contains("booting"), "must fail before booting:\n{e}");
+}
+
+#[test]
+fn syntax_error_points_at_line_and_column() {
+    let e = fails_with(
+        &[
+            "run",
+            "-e",
+            "kprobe:ksys_write {\n  @c = count(;\n}",
+            "--",
+            "true",
+        ],
+        &[],
+        "stdin:2:",
+    );
+    assert!(e.contains('^'), "caret line expected:\n{e}");
+}
+
+#[test]
+fn non_kernel_image_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.img");
+    std::fs::write(&junk, b"this is not a kernel image at all\n").unwrap();
+    let e = fails_with(
+        &[
+            "run",
+            "--kernel",
+            junk.to_str().unwrap(),
+            "-e",
+            "kprobe:ksys_write { @c = count(); }",
+            "--",
+            "true",
+        ],
+        &[],
+        "junk.img",
+    );
+    last_line_is_one_error(&e, "junk.img");
+}
+
+#[test]
+fn unreadable_image_is_rejected() {
+    let e = fails_with(
+        &[
+            "run",
+            "--kernel",
+            "/nonexistent/vmlinuz",
+            "-e",
+            "BEGIN { exit(); }",
+            "--",
+            "true",
+        ],
+        &[],
+        "/nonexistent/vmlinuz",
+    );
+    last_line_is_one_error(&e, "/nonexistent/vmlinuz");
+}
+
+#[test]
+fn missing_qemu_says_what_to_install() {
+    // With the default guest in place and an empty PATH, only QEMU is missing.
+    default_guest();
+    let dir = tempfile::tempdir().unwrap();
+    let e = fails_with(
+        &[
+            "run",
+            "-e",
+            "kprobe:ksys_write { @c = count(); }",
+            "--",
+            "true",
+        ],
+        &[("PATH", dir.path().to_str().unwrap())],
+        "qemu-system-x86_64 not found",
+    );
+    assert!(e.contains("apt-get install qemu-system-x86"), "{e}");
+    last_line_is_one_error(&e, "qemu-system-x86_64 not found");
+}
+
+#[test]
+fn missing_program_and_workload_are_errors() {
+    fails_with(&["run", "--", "true"], &[], "no program");
+    fails_with(&["run", "-e", "BEGIN { exit(); }"], &[], "no workload");
+}

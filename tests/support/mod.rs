@@ -1,0 +1,113 @@
+//! Shared helpers for end-to-end tests: run the real vmprobe binary against
+//! the real default guest under QEMU, with bounded waits.
+
+#![allow(dead_code)]
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn vmprobe() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmprobe"));
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `cmd` to completion, killing it after `limit` (a hang detector, not a
+/// performance assertion).
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vmprobe");
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "vmprobe did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A TCG boot plus workload takes 10-60 s on a loaded 2-core machine.
+pub const RUN_LIMIT: Duration = Duration::from_secs(300);
+
+/// One-write markers around the measured window, sizes nothing else writes.
+pub const WINDOW_START: u64 = 4242;
+pub const WINDOW_END: u64 = 4343;
+
+/// Shell that makes the guest kernel record every `ksys_write` of 1 byte and
+/// the two marker writes with its own kprobe event, runs WORKLOAD between the
+/// markers, and prints the kernel's trace to the console as "GT <line>".
+pub fn ground_truth_workload(workload: &str) -> String {
+    format!(
+        "cd /sys/kernel/tracing && echo 'p:gt ksys_write count=%dx:u64' > kprobe_events && \
+         echo 'count == 1 || count == {WINDOW_START} || count == {WINDOW_END}' > events/kprobes/gt/filter && \
+         echo 1 > events/kprobes/gt/enable && \
+         dd if=/dev/zero of=/dev/null bs={WINDOW_START} count=1 2>/dev/null && {workload} && \
+         dd if=/dev/zero of=/dev/null bs={WINDOW_END} count=1 2>/dev/null; \
+         echo 0 > events/kprobes/gt/enable; grep -v '^#' trace | sed 's/^/GT /'"
+    )
+}
+
+/// The guest kernel's count of 1-byte writes between the markers, from the
+/// trace printed by `ground_truth_workload`.
+pub fn ground_truth_hits(console: &str) -> u64 {
+    let mut inside = None;
+    for line in console.lines().filter(|l| l.starts_with("GT ")) {
+        let count = line
+            .rsplit("count=")
+            .next()
+            .and_then(|c| c.trim().parse::<u64>().ok());
+        match (count, inside) {
+            (Some(WINDOW_START), None) => inside = Some(0),
+            (Some(WINDOW_END), Some(n)) => return n,
+            (Some(1), Some(n)) => inside = Some(n + 1),
+            _ => {}
+        }
+    }
+    panic!("no complete window in the guest's trace:\n{console}")
+}
+
+/// The probe program that counts the same thing as the guest: 1-byte
+/// `ksys_write`s between the marker writes.
+pub fn windowed_count_program() -> String {
+    format!(
+        "kprobe:ksys_write /arg2 == {WINDOW_START}/ {{ @on = sum(1); }}\n\
+         kprobe:ksys_write /arg2 == {WINDOW_END}/ {{ @on = sum(-1); }}\n\
+         kprobe:ksys_write /arg2 == 1 && @on == 1/ {{ @writes = count(); }}\n\
+         END {{ clear(@on); }}"
+    )
+}
+
+/// Value of a bpftrace-style scalar map line `@name: N` (last occurrence).
+pub fn map_value(stdout: &str, name: &str) -> u64 {
+    let prefix = format!("@{name}: ");
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no @{name} in output:\n{stdout}"))
+        .trim()
+        .parse()
+        .expect("integer map value")
+}
+
+/// The default guest, built on first use (serialised by a lock in the cache).
+pub fn default_guest() -> qemu_guest::GuestImage {
+    qemu_guest::ensure_default_guest(&qemu_guest::cache_dir(), &mut |s| eprintln!("guest: {s}"))
+        .expect("building the default guest")
+}
