@@ -8,7 +8,7 @@ mod support;
 use support::*;
 
 fn count_matches_guest(append: Option<&str>, expect_slide_zero: bool) {
-    let n = 1000;
+    let n = 300;
     let workload = ground_truth_workload(&format!("dd if=/dev/zero of=/dev/null bs=1 count={n}"));
     let program = windowed_count_program();
     let mut cmd = vmprobe();

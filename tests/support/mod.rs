@@ -52,6 +52,8 @@ pub const WINDOW_END: u64 = 4343;
 /// Shell that makes the guest kernel record every `ksys_write` of 1 byte and
 /// the two marker writes with its own kprobe event, runs WORKLOAD between the
 /// markers, and prints the kernel's trace to the console as "GT <line>".
+/// The trace goes through a file so that printing it takes a few large
+/// writes rather than one probed write per line.
 pub fn ground_truth_workload(workload: &str) -> String {
     format!(
         "cd /sys/kernel/tracing && echo 'p:gt ksys_write count=%dx:u64' > kprobe_events && \
@@ -59,7 +61,8 @@ pub fn ground_truth_workload(workload: &str) -> String {
          echo 1 > events/kprobes/gt/enable && \
          dd if=/dev/zero of=/dev/null bs={WINDOW_START} count=1 2>/dev/null && {workload} && \
          dd if=/dev/zero of=/dev/null bs={WINDOW_END} count=1 2>/dev/null; \
-         echo 0 > events/kprobes/gt/enable; grep -v '^#' trace | sed 's/^/GT /'"
+         echo 0 > events/kprobes/gt/enable; \
+         grep -v '^#' trace | sed 's/^/GT /' > /tmp/gt.txt; cat /tmp/gt.txt"
     )
 }
 
