@@ -24,7 +24,7 @@ fn image_symbols_plus_detected_slide_equal_guest_kallsyms() {
             "run",
             "--console",
             "-e",
-            "kprobe:vfs_read { @n = count(); }",
+            "kprobe:do_sys_openat2 { @n = count(); }",
             "--",
             &workload,
         ]),
