@@ -148,8 +148,10 @@ pub fn run(args: RunArgs) -> Result<i32> {
         cfg.accel
     );
     let mut vm = Vm::launch(&cfg).context("starting QEMU")?;
-    let client = Client::connect_unix(&vm.gdb_socket(), Duration::from_secs(5))
+    let mut client = Client::connect_unix(&vm.gdb_socket(), Duration::from_secs(5))
         .context("attaching to QEMU's gdbstub")?;
+    // QEMU's system-mode stub reads packets without waiting for our acks.
+    client.set_stub_ignores_acks(true);
     let mut session = Session::new(client);
     session.resume()?;
     let booted = Instant::now();

@@ -114,3 +114,50 @@ pub fn default_guest() -> qemu_guest::GuestImage {
     qemu_guest::ensure_default_guest(&qemu_guest::cache_dir(), &mut |s| eprintln!("guest: {s}"))
         .expect("building the default guest")
 }
+
+/// Like [`ground_truth_workload`], for returns: the guest kernel records the
+/// return value of every `ksys_write` with its own kretprobe event.
+pub fn ground_truth_return_workload(workload: &str) -> String {
+    format!(
+        "cd /sys/kernel/tracing && echo 'r:gtr ksys_write ret=$retval:u64' > kprobe_events && \
+         echo 1 > events/kprobes/gtr/enable && \
+         dd if=/dev/zero of=/dev/null bs={WINDOW_START} count=1 2>/dev/null && {workload} && \
+         dd if=/dev/zero of=/dev/null bs={WINDOW_END} count=1 2>/dev/null; \
+         echo 0 > events/kprobes/gtr/enable; \
+         grep -v '^#' trace | sed 's/^/GT /' > /tmp/gt.txt; cat /tmp/gt.txt"
+    )
+}
+
+/// Return values (value -> count) the guest recorded between the markers.
+pub fn ground_truth_returns(console: &str) -> std::collections::BTreeMap<u64, u64> {
+    let mut inside = None::<std::collections::BTreeMap<u64, u64>>;
+    for line in console.lines().filter(|l| l.starts_with("GT ")) {
+        let Some(ret) = line
+            .rsplit("ret=")
+            .next()
+            .and_then(|c| c.trim().parse::<u64>().ok())
+        else {
+            continue;
+        };
+        match (ret, inside.as_mut()) {
+            (WINDOW_START, None) => inside = Some(Default::default()),
+            (WINDOW_END, Some(_)) => return inside.unwrap(),
+            (r, Some(m)) => *m.entry(r).or_default() += 1,
+            _ => {}
+        }
+    }
+    panic!("no complete window in the guest's trace:\n{console}")
+}
+
+/// Entries `@name[KEY]: VALUE` of a bpftrace-style keyed map with integer keys.
+pub fn keyed_map(stdout: &str, name: &str) -> std::collections::BTreeMap<u64, u64> {
+    let prefix = format!("@{name}[");
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (k, v) = rest.split_once("]: ")?;
+            Some((k.trim().parse().ok()?, v.trim().parse().ok()?))
+        })
+        .collect()
+}

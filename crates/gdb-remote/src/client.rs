@@ -92,6 +92,7 @@ pub struct Client {
     selected_g: Option<ThreadId>,
     selected_c: Option<ThreadId>,
     trust_stop_thread: bool,
+    stub_ignores_acks: bool,
     running: bool,
     p_supported: bool,
     /// Process id last seen in a multiprocess thread id.
@@ -142,6 +143,7 @@ impl Client {
             selected_g: None,
             selected_c: None,
             trust_stop_thread: false,
+            stub_ignores_acks: false,
             running: false,
             p_supported: true,
             pid: None,
@@ -213,6 +215,15 @@ impl Client {
     /// Off by default: then the `Hg` cache is cleared on every resume.
     pub fn set_trust_stop_thread(&mut self, trust: bool) {
         self.trust_stop_thread = trust;
+    }
+
+    /// Declare that the stub never waits for our `+` before reading its next
+    /// packet (true for QEMU's system-mode stub, which has no no-ack mode but
+    /// ignores acks). Lets [`Client::write_register_and_resume`] send two
+    /// packets in one write even in ack mode. Off by default: a stub such as
+    /// gdbserver waits for the ack and would drop a packet sent before it.
+    pub fn set_stub_ignores_acks(&mut self, yes: bool) {
+        self.stub_ignores_acks = yes;
     }
 
     // ----- low level -----------------------------------------------------
@@ -700,6 +711,18 @@ impl Client {
         name: &str,
         value: u64,
     ) -> Result<(), Error> {
+        self.encode_register_write(thread, name, value)?;
+        self.exchange()?;
+        self.expect_ok(|| "P (register write)".into())
+    }
+
+    /// Selects `thread` for `g`/`P` and puts the `P` packet into `self.cmd`.
+    fn encode_register_write(
+        &mut self,
+        thread: ThreadId,
+        name: &str,
+        value: u64,
+    ) -> Result<(), Error> {
         let info = self.regmap.lookup(name).ok_or_else(|| Error::Unsupported {
             feature: format!("register `{name}` (not in the target description)"),
         })?;
@@ -712,8 +735,7 @@ impl Client {
         let size = size.min(buf.len());
         buf[..size.min(8)].copy_from_slice(&bytes[..size.min(8)]);
         push_hex(&mut self.cmd, &buf[..size]);
-        self.exchange()?;
-        self.expect_ok(|| "P (register write)".into())
+        Ok(())
     }
 
     // ----- memory -------------------------------------------------------
@@ -801,13 +823,77 @@ impl Client {
     /// is expected: the target is running until [`Client::wait_stop`]
     /// returns a stop.
     pub fn resume(&mut self, actions: &[(Option<ThreadId>, ResumeAction)]) -> Result<(), Error> {
+        self.not_running()?;
+        self.encode_resume(actions)?;
+        self.send_cmd()?;
+        self.round_trips += 1;
+        self.now_running();
+        Ok(())
+    }
+
+    /// Writes a register of `thread` (`P`) and resumes (`vCont`) in one
+    /// write, then reads the `P` reply. This saves waiting a round trip for
+    /// `OK` before resuming, the common case at a probe hit (move the pc
+    /// past an instruction, continue). Stubs handle packets in order, so the
+    /// `P` reply always arrives before any stop reply. If `P` fails the
+    /// target is running anyway and the error is returned. In ack mode this
+    /// needs [`Client::set_stub_ignores_acks`]; otherwise it is two exchanges.
+    pub fn write_register_and_resume(
+        &mut self,
+        thread: ThreadId,
+        name: &str,
+        value: u64,
+        actions: &[(Option<ThreadId>, ResumeAction)],
+    ) -> Result<(), Error> {
+        self.not_running()?;
+        if self.ack_mode && !self.stub_ignores_acks {
+            self.write_register(thread, name, value)?;
+            return self.resume(actions);
+        }
+        self.encode_register_write(thread, name, value)?;
+        let write_cmd = std::mem::take(&mut self.cmd);
+        self.encode_resume(actions)?;
+        let resume_cmd = std::mem::replace(&mut self.cmd, write_cmd);
+        self.wbuf.clear();
+        if std::mem::take(&mut self.pending_ack) {
+            self.wbuf.push(b'+');
+        }
+        self.wstart = self.wbuf.len();
+        packet::encode(&mut self.wbuf, &self.cmd);
+        packet::encode(&mut self.wbuf, &resume_cmd);
+        self.conn
+            .write_all(&self.wbuf)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::BrokenPipe
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted => Error::Closed {
+                    during: format!("sending {}", self.cmd_text()),
+                },
+                _ => Error::Io(e),
+            })?;
+        self.round_trips += 1;
+        let deadline = Instant::now() + self.timeout;
+        self.recv(Some(deadline))
+            .map_err(|e| self.recv_err(e, || format!("reply to {}", self.cmd_text())))?;
+        self.now_running();
+        self.expect_ok(|| "P (register write)".into())
+    }
+
+    fn now_running(&mut self) {
+        self.running = true;
+        self.selected_g = None;
+        self.selected_c = None;
+    }
+
+    /// Puts the resume packet for `actions` into `self.cmd` (`vCont`, or
+    /// `c`/`s` after an `Hc` exchange when the stub lacks `vCont`).
+    fn encode_resume(&mut self, actions: &[(Option<ThreadId>, ResumeAction)]) -> Result<(), Error> {
         const ALL_CONTINUE: &[(Option<ThreadId>, ResumeAction)] = &[(None, ResumeAction::Continue)];
         let actions = if actions.is_empty() {
             ALL_CONTINUE
         } else {
             actions
         };
-        self.not_running()?;
         let defaults = actions.iter().filter(|(t, _)| t.is_none()).count();
         if defaults > 1 {
             return Err(Error::Unsupported {
@@ -864,11 +950,6 @@ impl Client {
             self.cmd.clear();
             self.cmd.push(letter(action));
         }
-        self.send_cmd()?;
-        self.round_trips += 1;
-        self.running = true;
-        self.selected_g = None;
-        self.selected_c = None;
         Ok(())
     }
 

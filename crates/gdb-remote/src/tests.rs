@@ -732,3 +732,78 @@ fn unsolicited_stop_reply_is_not_taken_as_a_reply() {
         },
     );
 }
+
+/// In no-ack mode `P` and `vCont` go out in one write; the `P` reply is read,
+/// then the stop. The stub sees them in order, as two packets.
+#[test]
+fn register_write_and_resume_pipelined() {
+    const XML: &str = r#"<target><feature name="core"><reg name="rax" bitsize="64"/><reg name="rip" bitsize="64"/></feature></target>"#;
+    let lx: &'static str = Box::leak(format!("l{XML}").into_boxed_str());
+    let mut steps = handshake_steps(
+        "PacketSize=1000;QStartNoAckMode+;multiprocess+;qXfer:features:read+",
+        "vCont;c;s",
+    );
+    steps.extend([
+        ExpectPrefix("qXfer:features:read:target.xml:0,"),
+        Reply(lx),
+        Expect("Hgp1.1"),
+        Reply("OK"),
+        Expect("P1=efbeadde00000000"),
+        Reply("OK"),
+        Expect("vCont;c"),
+        Reply("T05thread:p01.01;"),
+        Expect("Hgp1.1"),
+        Reply("OK"),
+        Expect("P1=0100000000000000"),
+        Reply("E22"),
+        Expect("vCont;c"),
+    ]);
+    let (addr, h) = spawn(steps);
+    let mut c = Client::connect_tcp(addr, Duration::from_secs(5)).unwrap();
+    let rt = c.round_trips();
+    c.write_register_and_resume(p11(), "rip", 0xdeadbeef, &[])
+        .unwrap();
+    assert_eq!(c.round_trips(), rt + 2, "Hg, then P and vCont together");
+    assert!(c.is_running());
+    assert!(c.wait_stop(None).unwrap().is_some());
+    // A failed `P`: the error is reported, and the target runs all the same.
+    let e = c
+        .write_register_and_resume(p11(), "rip", 1, &[])
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::ErrorReply { code, .. } if code == "22"),
+        "{e:?}"
+    );
+    assert!(c.is_running());
+    drop(c);
+    h.join().unwrap();
+}
+
+/// In ack mode, unless told the stub ignores acks, the write and the resume
+/// are two exchanges, each reply acked before the next packet.
+#[test]
+fn register_write_and_resume_waits_for_acking_stubs() {
+    const XML: &str =
+        r#"<target><feature name="core"><reg name="rip" bitsize="64"/></feature></target>"#;
+    let lx: &'static str = Box::leak(format!("l{XML}").into_boxed_str());
+    let mut steps = handshake_steps(
+        "PacketSize=1000;multiprocess+;qXfer:features:read+",
+        "vCont;c;s",
+    );
+    steps.extend([
+        ExpectPrefix("qXfer:features:read:target.xml:0,"),
+        Reply(lx),
+        Expect("Hgp1.1"),
+        Reply("OK"),
+        Expect("P0=0200000000000000"),
+        Reply("OK"),
+        Expect("vCont;c"),
+    ]);
+    let (addr, h) = spawn(steps);
+    let mut c = Client::connect_tcp(addr, Duration::from_secs(5)).unwrap();
+    let rt = c.round_trips();
+    c.write_register_and_resume(p11(), "rip", 2, &[]).unwrap();
+    assert_eq!(c.round_trips(), rt + 3);
+    drop(c);
+    h.join().unwrap();
+}

@@ -15,7 +15,10 @@ pub struct ProbeSite {
     /// Run-time (slid) guest virtual address.
     pub addr: u64,
     pub func: Arc<str>,
+    /// Blocks run at entry (`kprobe`), with their probe names.
     pub handlers: Vec<(BlockId, Arc<str>)>,
+    /// Blocks run when the call made at this entry returns (`kretprobe`).
+    pub ret_handlers: Vec<(BlockId, Arc<str>)>,
     /// Length of the instruction at `addr` if it is one the engine may skip
     /// instead of single-stepping (set when arming, from guest memory).
     pub skippable: Option<Skip>,
@@ -41,16 +44,26 @@ pub fn resolve_probes(
     let mut sites: Vec<ProbeSite> = Vec::new();
     for (index, spec) in program.probes().iter().enumerate() {
         let block = program.block_of(index);
+        let on_return = matches!(spec, ProbeSpec::Kretprobe { .. });
         let mut add = |addr: u64, func: &str, probe: String| {
             let probe: Arc<str> = probe.into();
-            match sites.iter_mut().find(|s| s.addr == addr) {
-                Some(site) => site.handlers.push((block, probe)),
-                None => sites.push(ProbeSite {
-                    addr,
-                    func: func.into(),
-                    handlers: vec![(block, probe)],
-                    skippable: None,
-                }),
+            let site = match sites.iter_mut().position(|s| s.addr == addr) {
+                Some(i) => &mut sites[i],
+                None => {
+                    sites.push(ProbeSite {
+                        addr,
+                        func: func.into(),
+                        handlers: Vec::new(),
+                        ret_handlers: Vec::new(),
+                        skippable: None,
+                    });
+                    sites.last_mut().expect("just pushed")
+                }
+            };
+            if on_return {
+                site.ret_handlers.push((block, probe));
+            } else {
+                site.handlers.push((block, probe));
             }
         };
         match spec {
@@ -73,9 +86,18 @@ pub fn resolve_probes(
                 add(addr, &func, format!("kprobe:{addr:#x}"));
             }
             ProbeSpec::Kprobe {
-                target: KprobeTarget::Function(pattern),
-                offset,
-            } => {
+                target: KprobeTarget::Function(_),
+                ..
+            }
+            | ProbeSpec::Kretprobe { .. } => {
+                let (kind, pattern, offset) = match spec {
+                    ProbeSpec::Kprobe {
+                        target: KprobeTarget::Function(p),
+                        offset,
+                    } => ("kprobe", p, offset),
+                    ProbeSpec::Kretprobe { function } => ("kretprobe", function, &0),
+                    _ => unreachable!("matched above"),
+                };
                 let suffix = if *offset == 0 {
                     String::new()
                 } else {
@@ -83,7 +105,7 @@ pub fn resolve_probes(
                 };
                 if pattern.contains(['*', '?']) {
                     let matches = symbols.matching(pattern);
-                    let probe = format!("kprobe:{pattern}{suffix}");
+                    let probe = format!("{kind}:{pattern}{suffix}");
                     if matches.is_empty() {
                         return Err(Error::NoMatch {
                             probe,
@@ -102,7 +124,7 @@ pub fn resolve_probes(
                         add(
                             sym.addr + slide + offset,
                             &sym.name,
-                            format!("kprobe:{}{suffix}", sym.name),
+                            format!("{kind}:{}{suffix}", sym.name),
                         );
                     }
                 } else {
@@ -110,17 +132,16 @@ pub fn resolve_probes(
                         .lookup(pattern)
                         .filter(|s| symbols.is_text(s))
                         .ok_or_else(|| Error::UnknownSymbol {
-                            probe: format!("kprobe:{pattern}{suffix}"),
+                            probe: format!("{kind}:{pattern}{suffix}"),
                             name: pattern.clone(),
                         })?;
                     add(
                         sym.addr + slide + offset,
                         &sym.name,
-                        format!("kprobe:{pattern}{suffix}"),
+                        format!("{kind}:{pattern}{suffix}"),
                     );
                 }
             }
-            other => return Err(Error::Unsupported(format!("{other:?}"))),
         }
     }
     Ok(sites)

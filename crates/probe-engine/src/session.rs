@@ -3,11 +3,14 @@
 use crate::context::HitContext;
 use crate::resolve::{ProbeSite, Skip};
 use crate::{Error, Result, monotonic_ns};
-use gdb_remote::{BreakpointKind, Client, ResumeAction, StopReply, ThreadId};
+use gdb_remote::{
+    BreakpointKind, Client, Registers, ResumeAction, StopReason, StopReply, ThreadId,
+};
 use hdrhistogram::Histogram;
 use kernel_image::KernelSymbols;
-use probe_lang::{Flow, Runtime};
+use probe_lang::{BlockId, Flow, Runtime};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long the loop waits for a stop before polling for the end of the run.
@@ -41,6 +44,15 @@ pub enum EndReason {
 /// report and `vmprobe bench`.
 pub struct HitStats {
     pub hits: u64,
+    /// Returns matched to a call seen at entry (kretprobe fires).
+    pub returns: u64,
+    /// Calls whose return could not be tracked: more calls in flight than
+    /// [`MAX_PENDING_RETURNS`] (bpftrace's "missed" kretprobes).
+    pub missed_returns: u64,
+    /// Timer (`interval`, `profile`) firings, counting each vCPU sampled.
+    pub timer_fires: u64,
+    /// Watchpoint hits.
+    pub watch_hits: u64,
     /// Stops that matched no probe site (resumed and otherwise ignored).
     pub stray_stops: u64,
     /// Nanoseconds from receiving a hit's stop reply to resuming the guest.
@@ -51,16 +63,70 @@ impl HitStats {
     fn new() -> Self {
         HitStats {
             hits: 0,
+            returns: 0,
+            missed_returns: 0,
+            timer_fires: 0,
+            watch_hits: 0,
             stray_stops: 0,
             service_ns: Histogram::new(3).expect("3 significant digits is valid"),
         }
     }
 }
 
+/// Calls in flight whose return is awaited, at most. A guest that recurses
+/// deeply or blocks many tasks in a probed function must not grow vmprobe's
+/// memory without bound; calls past the limit are counted as missed.
+pub const MAX_PENDING_RETURNS: usize = 4096;
+
+/// A probe that fires on a host timer: `interval` runs its block once per
+/// period, `profile` once per vCPU per period with that vCPU's registers.
+#[derive(Clone, Debug)]
+pub struct TimerProbe {
+    pub period_ns: u64,
+    pub every_vcpu: bool,
+    pub block: BlockId,
+    pub probe: Arc<str>,
+}
+
+/// A data watchpoint (`Z2`-`Z4`) and the block it runs.
+#[derive(Clone, Debug)]
+pub struct WatchProbe {
+    pub addr: u64,
+    pub len: u64,
+    pub kind: BreakpointKind,
+    pub block: BlockId,
+    pub probe: Arc<str>,
+}
+
+/// A call seen at entry whose return is awaited.
+struct PendingReturn {
+    site: usize,
+}
+
+/// How a stopped vCPU gets going again after its stop was served.
+enum Resume {
+    /// Continue all vCPUs as they are.
+    Continue,
+    /// Move `thread`'s pc to `pc`, then continue.
+    SetPc(ThreadId, u64),
+    /// Single-step `thread` off the breakpoint at its pc, then continue.
+    StepOff(ThreadId),
+}
+
 pub struct Session {
     client: Client,
     sites: Vec<ProbeSite>,
     by_addr: HashMap<u64, usize>,
+    /// Return addresses with a breakpoint, and how many pending calls use it.
+    return_bps: HashMap<u64, usize>,
+    /// Calls awaiting their return, keyed by (return address, stack pointer
+    /// right after the return). Kernel stacks are per task, so the pair tells
+    /// nested and concurrent calls apart, also when a task returns on
+    /// another vCPU than it entered on.
+    pending: HashMap<(u64, u64), PendingReturn>,
+    timers: Vec<(TimerProbe, u64)>,
+    watches: Vec<WatchProbe>,
+    vcpus: Vec<ThreadId>,
     before: Vec<(u64, Vec<u8>)>,
     armed: Vec<u64>,
     running: bool,
@@ -78,6 +144,11 @@ impl Session {
             client,
             sites: Vec::new(),
             by_addr: HashMap::new(),
+            return_bps: HashMap::new(),
+            pending: HashMap::new(),
+            timers: Vec::new(),
+            watches: Vec::new(),
+            vcpus: Vec::new(),
             before: Vec::new(),
             armed: Vec::new(),
             running: false,
@@ -166,7 +237,9 @@ impl Session {
         for site in &sites {
             let probe = site
                 .handlers
-                .first()
+                .iter()
+                .chain(&site.ret_handlers)
+                .next()
                 .map(|(_, p)| p.to_string())
                 .unwrap_or_default();
             self.client
@@ -180,6 +253,38 @@ impl Session {
         }
         self.by_addr = sites.iter().enumerate().map(|(i, s)| (s.addr, i)).collect();
         self.sites = sites;
+        Ok(())
+    }
+
+    /// Inserts the data watchpoints. The guest must be stopped.
+    pub fn arm_watches(&mut self, watches: Vec<WatchProbe>) -> Result<()> {
+        for w in watches {
+            self.client
+                .insert_breakpoint(w.kind, w.addr, w.len)
+                .map_err(|source| Error::Arm {
+                    probe: w.probe.to_string(),
+                    addr: w.addr,
+                    source,
+                })?;
+            self.watches.push(w);
+        }
+        Ok(())
+    }
+
+    /// Registers timer probes; they start counting now. The guest must be
+    /// stopped (the vCPU list is read for `profile`).
+    pub fn set_timers(&mut self, timers: Vec<TimerProbe>) -> Result<()> {
+        if timers.iter().any(|t| t.every_vcpu) {
+            self.vcpus = self.client.threads()?;
+        }
+        let now = monotonic_ns();
+        self.timers = timers
+            .into_iter()
+            .map(|t| {
+                let first = now + t.period_ns.max(1);
+                (t, first)
+            })
+            .collect();
         Ok(())
     }
 
@@ -203,7 +308,19 @@ impl Session {
                     Err(e) => EndReason::TargetGone(e.to_string()),
                 };
             }
-            match self.client.wait_stop(Some(POLL_INTERVAL)) {
+            let now = monotonic_ns();
+            let next_timer = self.timers.iter().map(|(_, due)| *due).min();
+            if next_timer.is_some_and(|due| due <= now) {
+                match self.fire_timers(runtime) {
+                    Ok(Flow::Continue) => continue,
+                    Ok(Flow::Exit) => return EndReason::ScriptExit,
+                    Err(e) => return EndReason::TargetGone(e),
+                }
+            }
+            let wait = next_timer.map_or(POLL_INTERVAL, |due| {
+                Duration::from_nanos(due - now).min(POLL_INTERVAL)
+            });
+            match self.client.wait_stop(Some(wait)) {
                 Ok(None) => {}
                 Ok(Some(stop)) => {
                     self.running = false;
@@ -221,8 +338,70 @@ impl Session {
         }
     }
 
-    /// Handles one stop: runs the handlers of the site hit and, if
-    /// `resume`, steps the vCPU over the breakpoint and lets the guest go.
+    /// Stops the guest and runs every timer probe that is due. A breakpoint
+    /// hit that races with the interrupt is served first (and resumed); the
+    /// timers then stay due and fire on the next pass.
+    fn fire_timers(&mut self, runtime: &mut Runtime) -> Result<Flow, String> {
+        let stop = self.stop().map_err(|e| e.to_string())?;
+        let stopped_thread = match stop {
+            Some(
+                stop @ StopReply::Signal {
+                    signal: 5,
+                    thread: Some(_),
+                    ..
+                },
+            ) => return self.serve(stop, runtime, true),
+            Some(StopReply::Exited { status }) => {
+                return Err(format!("the VM exited (status {status})"));
+            }
+            Some(StopReply::Terminated { signal }) => {
+                return Err(format!("the VM was terminated (signal {signal})"));
+            }
+            Some(stop) => stop.thread(),
+            None => None,
+        };
+        let received = monotonic_ns();
+        let mut flow = Flow::Continue;
+        for i in 0..self.timers.len() {
+            let (timer, due) = &mut self.timers[i];
+            if *due > received {
+                continue;
+            }
+            // Periods missed while the guest was slow are skipped, not
+            // replayed in a burst (as bpftrace's timers, which do not queue).
+            let period = timer.period_ns.max(1);
+            let late = (received - *due) / period;
+            *due += (late + 1) * period;
+            let timer = timer.clone();
+            let threads: Vec<Option<ThreadId>> = if timer.every_vcpu {
+                self.vcpus.iter().copied().map(Some).collect()
+            } else {
+                vec![stopped_thread]
+            };
+            for thread in threads {
+                self.stats.timer_fires += 1;
+                let mut ctx = HitContext {
+                    client: Some(&mut self.client),
+                    thread,
+                    regs: None,
+                    vcpu: thread.map_or(0, vcpu_index),
+                    nsecs: received,
+                    func: "",
+                    probe: &timer.probe,
+                };
+                if let Flow::Exit = runtime.run(timer.block, &mut ctx) {
+                    flow = Flow::Exit;
+                }
+            }
+        }
+        if matches!(flow, Flow::Continue) {
+            self.resume_with(Resume::Continue, received)?;
+        }
+        Ok(flow)
+    }
+
+    /// Handles one stop: runs the handlers of the probe hit and, if
+    /// `resume`, gets the vCPU past the breakpoint and lets the guest go.
     fn serve(
         &mut self,
         stop: StopReply,
@@ -230,16 +409,16 @@ impl Session {
         resume: bool,
     ) -> Result<Flow, String> {
         let received = monotonic_ns();
-        let thread = match stop {
+        let (thread, reason) = match stop {
             StopReply::Signal {
                 signal: 5,
                 thread: Some(thread),
-                ..
-            } => thread,
+                reason,
+            } => (thread, reason),
             StopReply::Signal { .. } => {
                 self.stats.stray_stops += 1;
                 return self
-                    .resume_if(resume, None, received)
+                    .resume_if(resume, Resume::Continue, received)
                     .map(|_| Flow::Continue);
             }
             StopReply::Exited { status } => return Err(format!("the VM exited (status {status})")),
@@ -247,32 +426,55 @@ impl Session {
                 return Err(format!("the VM was terminated (signal {signal})"));
             }
         };
-        // With a single site every SIGTRAP while continuing is that site's
-        // breakpoint (QEMU reports only its own breakpoints to us; guest int3s
-        // stay in the guest), so the pc need not be read.
-        let index = if self.sites.len() == 1 {
-            Some(0)
+        if let Some(StopReason::Watch { addr, .. }) = reason {
+            return self.serve_watch(thread, addr, runtime, resume, received);
+        }
+        // With a single entry site and nothing else armed, every SIGTRAP
+        // while continuing is that site's breakpoint (QEMU reports only its
+        // own breakpoints to us; guest int3s stay in the guest), so the pc
+        // need not be read.
+        let only_site = self.sites.len() == 1
+            && self.return_bps.is_empty()
+            && self.sites[0].ret_handlers.is_empty();
+        let mut regs = None;
+        let pc = if only_site {
+            self.sites[0].addr
         } else {
-            let pc = self
+            let r = self
                 .client
-                .read_register(thread, "rip")
+                .read_registers(thread)
                 .map_err(|e| e.to_string())?;
-            self.by_addr.get(&pc).copied()
+            let pc = r.get("rip").ok_or("the stub reports no rip register")?;
+            regs = Some(r);
+            pc
         };
-        let Some(index) = index else {
-            self.stats.stray_stops += 1;
-            return self
-                .resume_if(resume, Some(thread), received)
-                .map(|_| Flow::Continue);
-        };
+        if let Some(&index) = self.by_addr.get(&pc) {
+            return self.serve_entry(index, thread, regs, runtime, resume, received);
+        }
+        if self.return_bps.contains_key(&pc) {
+            return self.serve_return(pc, thread, regs, runtime, resume, received);
+        }
+        self.stats.stray_stops += 1;
+        self.resume_if(resume, Resume::Continue, received)
+            .map(|_| Flow::Continue)
+    }
+
+    fn serve_entry(
+        &mut self,
+        index: usize,
+        thread: ThreadId,
+        regs: Option<Registers>,
+        runtime: &mut Runtime,
+        resume: bool,
+        received: u64,
+    ) -> Result<Flow, String> {
         self.stats.hits += 1;
         let site = &self.sites[index];
         let mut ctx = HitContext {
             client: Some(&mut self.client),
             thread: Some(thread),
-            regs: None,
-            // QEMU numbers vCPU threads from 1.
-            vcpu: thread.tid.saturating_sub(1) as u32,
+            regs,
+            vcpu: vcpu_index(thread),
             nsecs: received,
             func: &site.func,
             probe: "",
@@ -284,9 +486,14 @@ impl Session {
                 flow = Flow::Exit;
             }
         }
+        let regs = ctx.regs.take();
         if matches!(flow, Flow::Exit) {
             return Ok(Flow::Exit);
         }
+        if !site.ret_handlers.is_empty() {
+            self.await_return(index, thread, regs)?;
+        }
+        let site = &self.sites[index];
         let (addr, skippable) = (site.addr, site.skippable);
         let skip = match skippable {
             Some(Skip::Stable(len)) => Some(len),
@@ -299,33 +506,187 @@ impl Session {
             }
             None => None,
         };
-        match skip {
-            Some(len) if resume => {
-                self.client
-                    .write_register(thread, "rip", addr + u64::from(len))
-                    .map_err(|e| e.to_string())?;
-                self.resume_if(resume, None, received)?;
+        let how = match skip {
+            Some(len) => Resume::SetPc(thread, addr + u64::from(len)),
+            None => Resume::StepOff(thread),
+        };
+        self.resume_if(resume, how, received)?;
+        Ok(flow)
+    }
+
+    /// At a function entry (the return address is on top of the stack),
+    /// arms a breakpoint at the return address and remembers the call.
+    fn await_return(
+        &mut self,
+        site: usize,
+        thread: ThreadId,
+        regs: Option<Registers>,
+    ) -> Result<(), String> {
+        let rsp = match regs.as_ref().and_then(|r| r.get("rsp")) {
+            Some(rsp) => rsp,
+            None => self
+                .client
+                .read_register(thread, "rsp")
+                .map_err(|e| e.to_string())?,
+        };
+        let mut word = [0u8; 8];
+        if self.client.read_memory(rsp, &mut word).is_err() {
+            self.stats.missed_returns += 1;
+            return Ok(());
+        }
+        let ret = u64::from_le_bytes(word);
+        let key = (ret, rsp.wrapping_add(8));
+        if let Some(pending) = self.pending.get_mut(&key) {
+            // The same frame again: the earlier call never came back (the
+            // task died, or vmprobe missed its return). Replace it.
+            pending.site = site;
+            return Ok(());
+        }
+        if self.pending.len() >= MAX_PENDING_RETURNS {
+            self.stats.missed_returns += 1;
+            return Ok(());
+        }
+        if !self.return_bps.contains_key(&ret) {
+            if self
+                .client
+                .insert_breakpoint(BreakpointKind::Software, ret, 1)
+                .is_err()
+            {
+                // Not code the stub can break on (a wild return address).
+                self.stats.missed_returns += 1;
+                return Ok(());
             }
-            _ => self.resume_if(resume, Some(thread), received)?,
+            self.return_bps.insert(ret, 0);
+        }
+        *self.return_bps.get_mut(&ret).expect("inserted above") += 1;
+        self.pending.insert(key, PendingReturn { site });
+        Ok(())
+    }
+
+    fn serve_return(
+        &mut self,
+        pc: u64,
+        thread: ThreadId,
+        regs: Option<Registers>,
+        runtime: &mut Runtime,
+        resume: bool,
+        received: u64,
+    ) -> Result<Flow, String> {
+        let rsp = match regs.as_ref().and_then(|r| r.get("rsp")) {
+            Some(rsp) => rsp,
+            None => self
+                .client
+                .read_register(thread, "rsp")
+                .map_err(|e| e.to_string())?,
+        };
+        let Some(PendingReturn { site }) = self.pending.remove(&(pc, rsp)) else {
+            // Another call returning to the same place (one that started
+            // before attaching, or an untracked one): not ours.
+            self.stats.stray_stops += 1;
+            return self
+                .resume_if(resume, Resume::StepOff(thread), received)
+                .map(|_| Flow::Continue);
+        };
+        self.stats.returns += 1;
+        let users = self.return_bps.get_mut(&pc).expect("checked by caller");
+        *users -= 1;
+        let last = *users == 0;
+        let site = &self.sites[site];
+        let mut ctx = HitContext {
+            client: Some(&mut self.client),
+            thread: Some(thread),
+            regs,
+            vcpu: vcpu_index(thread),
+            nsecs: received,
+            func: &site.func,
+            probe: "",
+        };
+        let mut flow = Flow::Continue;
+        for (block, probe) in &site.ret_handlers {
+            ctx.probe = probe;
+            if let Flow::Exit = runtime.run(*block, &mut ctx) {
+                flow = Flow::Exit;
+            }
+        }
+        let how = if last {
+            // No call awaits this address any more: drop its breakpoint, and
+            // the vCPU can simply continue.
+            self.return_bps.remove(&pc);
+            self.client
+                .remove_breakpoint(BreakpointKind::Software, pc, 1)
+                .map_err(|e| e.to_string())?;
+            Resume::Continue
+        } else {
+            Resume::StepOff(thread)
+        };
+        if matches!(flow, Flow::Continue) {
+            self.resume_if(resume, how, received)?;
         }
         Ok(flow)
     }
 
-    fn resume_if(
+    fn serve_watch(
         &mut self,
+        thread: ThreadId,
+        addr: u64,
+        runtime: &mut Runtime,
         resume: bool,
-        stepping: Option<ThreadId>,
         received: u64,
-    ) -> Result<(), String> {
-        if !resume {
-            return Ok(());
+    ) -> Result<Flow, String> {
+        // QEMU reports a data watchpoint after the access completed, with the
+        // pc on the next instruction: there is nothing to step over.
+        let hit: Vec<WatchProbe> = self
+            .watches
+            .iter()
+            .filter(|w| addr >= w.addr && addr < w.addr + w.len.max(1))
+            .cloned()
+            .collect();
+        if hit.is_empty() {
+            self.stats.stray_stops += 1;
         }
-        if let Some(thread) = stepping {
-            self.step_off_site(thread)?;
+        let mut flow = Flow::Continue;
+        let mut ctx = HitContext {
+            client: Some(&mut self.client),
+            thread: Some(thread),
+            regs: None,
+            vcpu: vcpu_index(thread),
+            nsecs: received,
+            func: "",
+            probe: "",
+        };
+        for w in &hit {
+            self.stats.watch_hits += 1;
+            ctx.probe = &w.probe;
+            if let Flow::Exit = runtime.run(w.block, &mut ctx) {
+                flow = Flow::Exit;
+            }
         }
-        self.client
-            .resume(&[(None, ResumeAction::Continue)])
-            .map_err(|e| e.to_string())?;
+        if matches!(flow, Flow::Continue) {
+            self.resume_if(resume, Resume::Continue, received)?;
+        }
+        Ok(flow)
+    }
+
+    fn resume_if(&mut self, resume: bool, how: Resume, received: u64) -> Result<(), String> {
+        if resume {
+            self.resume_with(how, received)?;
+        }
+        Ok(())
+    }
+
+    fn resume_with(&mut self, how: Resume, received: u64) -> Result<(), String> {
+        const ALL: &[(Option<ThreadId>, ResumeAction)] = &[(None, ResumeAction::Continue)];
+        match how {
+            Resume::Continue => self.client.resume(ALL),
+            Resume::SetPc(thread, pc) => self
+                .client
+                .write_register_and_resume(thread, "rip", pc, ALL),
+            Resume::StepOff(thread) => {
+                self.step_off_site(thread)?;
+                self.client.resume(ALL)
+            }
+        }
+        .map_err(|e| e.to_string())?;
         self.running = true;
         let _ = self
             .stats
@@ -334,7 +695,7 @@ impl Session {
         Ok(())
     }
 
-    /// Single-steps `thread` until its pc has left every probe site. A
+    /// Single-steps `thread` until its pc has left every breakpoint. A
     /// single-stepping vCPU ignores the breakpoint at its pc, so breakpoints
     /// stay armed. QEMU occasionally reports a step done with the pc unmoved
     /// (seen about once in a thousand steps on TCG); resuming then would hit
@@ -356,7 +717,7 @@ impl Session {
                 .client
                 .read_register(thread, "rip")
                 .map_err(|e| e.to_string())?;
-            if !self.by_addr.contains_key(&pc) {
+            if !self.by_addr.contains_key(&pc) && !self.return_bps.contains_key(&pc) {
                 return Ok(());
             }
         }
@@ -365,16 +726,23 @@ impl Session {
         ))
     }
 
-    /// Removes every breakpoint, checks guest memory at the probe sites is
-    /// as it was before arming, and detaches, leaving the guest running.
+    /// Removes every breakpoint and watchpoint, checks guest memory at the
+    /// probe sites is as it was before arming, and detaches, leaving the
+    /// guest running.
     pub fn detach(mut self) -> Result<()> {
         self.stop()?;
         let mut first_error = None;
-        for addr in std::mem::take(&mut self.armed) {
+        let returns: Vec<u64> = self.return_bps.drain().map(|(addr, _)| addr).collect();
+        for addr in std::mem::take(&mut self.armed).into_iter().chain(returns) {
             if let Err(e) = self
                 .client
                 .remove_breakpoint(BreakpointKind::Software, addr, 1)
             {
+                first_error.get_or_insert(Error::from(e));
+            }
+        }
+        for w in std::mem::take(&mut self.watches) {
+            if let Err(e) = self.client.remove_breakpoint(w.kind, w.addr, w.len) {
                 first_error.get_or_insert(Error::from(e));
             }
         }
@@ -393,4 +761,9 @@ impl Session {
         self.client.detach()?;
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// QEMU numbers vCPU threads from 1; scripts see vCPUs from 0, as CPUs.
+fn vcpu_index(thread: ThreadId) -> u32 {
+    thread.tid.saturating_sub(1) as u32
 }
