@@ -11,6 +11,28 @@ use std::process::Command;
 /// The init script, embedded so the binary alone can build a guest.
 const INIT: &str = include_str!("../guest/init");
 
+/// Small static programs for `vmprobe bench`, compiled on the host when the
+/// guest is built (busybox has no null-syscall or fork/exec loop), installed
+/// in the guest as `/bin/vmprobe-<name>`.
+const BENCH_PROGRAMS: [(&str, &str); 2] = [
+    ("nullsys", include_str!("../guest/bench/nullsys.c")),
+    ("forkexec", include_str!("../guest/bench/forkexec.c")),
+];
+
+/// The initramfs file name, keyed by everything vmprobe puts into it, so
+/// that a changed init or bench program rebuilds a cached guest.
+fn initrd_name() -> String {
+    // FNV-1a: a stable cache key, nothing to defend against.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let parts = std::iter::once(INIT).chain(BENCH_PROGRAMS.iter().flat_map(|(n, c)| [*n, *c]));
+    for part in parts {
+        for b in part.bytes().chain([0]) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("initrd-{h:016x}.cpio")
+}
+
 /// Boot arguments of the default guest. KASLR stays on, as on real systems.
 pub const DEFAULT_APPEND: &str = "console=ttyS0 panic=-1 quiet";
 
@@ -48,7 +70,7 @@ pub fn default_guest(cache: &Path) -> Option<GuestImage> {
     let dir = cache.join("guest").join(&version);
     let image = GuestImage {
         kernel: dir.join("vmlinuz"),
-        initrd: dir.join("initrd.cpio"),
+        initrd: dir.join(initrd_name()),
         append: DEFAULT_APPEND.to_string(),
         version,
     };
@@ -89,11 +111,13 @@ pub fn build_default_guest(cache: &Path, progress: &mut dyn FnMut(&str)) -> Resu
     let kernel = dir.join("vmlinuz");
     std::fs::copy(&vmlinuz, &kernel).map_err(io_err(&vmlinuz))?;
 
+    progress("compiling the benchmark programs (cc -static)");
+    let programs = compile_bench_programs(&dir)?;
     progress("writing the initramfs");
     let busybox_path = busybox_root.join("bin/busybox");
     let busybox = std::fs::read(&busybox_path).map_err(io_err(&busybox_path))?;
-    let initrd = dir.join("initrd.cpio");
-    write_initramfs(&initrd, &busybox)?;
+    let initrd = dir.join(initrd_name());
+    write_initramfs(&initrd, &busybox, &programs)?;
 
     let current = cache.join("guest/current");
     write_atomically(&current, version.as_bytes())?;
@@ -106,7 +130,32 @@ pub fn build_default_guest(cache: &Path, progress: &mut dyn FnMut(&str)) -> Resu
     })
 }
 
-fn write_initramfs(path: &Path, busybox: &[u8]) -> Result<()> {
+/// Compiles each bench program statically (the initramfs has no libc).
+fn compile_bench_programs(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    require_tool(
+        "cc",
+        "the default guest's benchmark programs are C (Debian: apt-get install gcc libc6-dev)",
+    )?;
+    let src_dir = dir.join("bench-src");
+    std::fs::create_dir_all(&src_dir).map_err(io_err(&src_dir))?;
+    let mut out = Vec::new();
+    for (name, source) in BENCH_PROGRAMS {
+        let src = src_dir.join(format!("{name}.c"));
+        let bin = src_dir.join(name);
+        std::fs::write(&src, source).map_err(io_err(&src))?;
+        run(Command::new("cc")
+            .args(["-static", "-O2", "-o"])
+            .arg(&bin)
+            .arg(&src))?;
+        out.push((
+            format!("bin/vmprobe-{name}"),
+            std::fs::read(&bin).map_err(io_err(&bin))?,
+        ));
+    }
+    Ok(out)
+}
+
+fn write_initramfs(path: &Path, busybox: &[u8], programs: &[(String, Vec<u8>)]) -> Result<()> {
     let mut w = CpioWriter::new(Vec::with_capacity(busybox.len() + 4096));
     let build = |w: &mut CpioWriter<Vec<u8>>| -> std::io::Result<()> {
         for d in [
@@ -116,6 +165,9 @@ fn write_initramfs(path: &Path, busybox: &[u8]) -> Result<()> {
         }
         w.file("bin/busybox", 0o755, busybox)?;
         w.symlink("bin/sh", "busybox")?;
+        for (path, bytes) in programs {
+            w.file(path, 0o755, bytes)?;
+        }
         w.file("init", 0o755, INIT.as_bytes())
     };
     build(&mut w)
