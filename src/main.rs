@@ -4,6 +4,7 @@
 //! a run needs (compile, prepare guest, load symbols, boot, attach, arm, run,
 //! detach, report) and turns their typed errors into one-line messages.
 
+mod bench;
 mod run;
 
 use anyhow::Result;
@@ -25,6 +26,9 @@ struct Cli {
 enum Command {
     /// Boot a guest, run a probe program while it runs WORKLOAD, print the results.
     Run(RunArgs),
+    /// Measure what probing costs: boot the default guest and run workloads
+    /// under every configuration (no vmprobe ... GDB ... in-guest kprobes).
+    Bench(BenchArgs),
     /// Manage the default guest.
     Guest {
         #[command(subcommand)]
@@ -45,7 +49,7 @@ enum GuestCommand {
     Build,
 }
 
-#[derive(Args)]
+#[derive(Args, Default)]
 pub struct GuestArgs {
     /// Kernel image to boot instead of the default guest's (bzImage or vmlinux).
     #[arg(long, value_name = "PATH")]
@@ -91,8 +95,27 @@ pub struct RunArgs {
     workload: Vec<String>,
 }
 
+#[derive(Args)]
+pub struct BenchArgs {
+    /// A short matrix (one workload, few hits) that finishes in a few minutes.
+    #[arg(long)]
+    quick: bool,
+    /// Repetitions of each cell (default 3).
+    #[arg(long)]
+    reps: Option<u32>,
+    /// Where the report (REPORT.md), charts (SVG) and raw samples (CSV) go.
+    #[arg(short = 'o', long, default_value = "bench/results")]
+    output: PathBuf,
+    /// Accelerator; by default KVM when it can run the guest, else TCG.
+    #[arg(long, value_enum)]
+    accel: Option<AccelArg>,
+    /// The QEMU binary to benchmark (default: qemu-system-x86_64 from PATH).
+    #[arg(long, value_name = "PATH")]
+    qemu: Option<PathBuf>,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
-enum AccelArg {
+pub(crate) enum AccelArg {
     Kvm,
     Tcg,
 }
@@ -101,6 +124,7 @@ fn main() {
     let cli = Cli::parse();
     let result: Result<i32> = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Bench(args) => bench::bench(args),
         Command::Guest {
             command: GuestCommand::Build,
         } => run::guest_build().map(|_| 0),

@@ -56,6 +56,16 @@ fn guest_image(args: &GuestArgs) -> Result<GuestImage> {
     Ok(image)
 }
 
+/// The default guest, built on first use.
+pub fn default_image() -> Result<GuestImage> {
+    guest_image(&GuestArgs::default())
+}
+
+/// Symbols from the image itself, cached.
+pub fn load_image_symbols(image: &GuestImage) -> Result<KernelSymbols> {
+    load_symbols(&GuestArgs::default(), image)
+}
+
 fn load_symbols(args: &GuestArgs, image: &GuestImage) -> Result<KernelSymbols> {
     let path = args.symbols.as_ref().unwrap_or(&image.kernel);
     let cache = qemu_guest::cache_dir().join("symbols");

@@ -14,9 +14,10 @@ const INIT: &str = include_str!("../guest/init");
 /// Small static programs for `vmprobe bench`, compiled on the host when the
 /// guest is built (busybox has no null-syscall or fork/exec loop), installed
 /// in the guest as `/bin/vmprobe-<name>`.
-const BENCH_PROGRAMS: [(&str, &str); 2] = [
+const BENCH_PROGRAMS: [(&str, &str); 3] = [
     ("nullsys", include_str!("../guest/bench/nullsys.c")),
     ("forkexec", include_str!("../guest/bench/forkexec.c")),
+    ("mix", include_str!("../guest/bench/mix.c")),
 ];
 
 /// The initramfs file name, keyed by everything vmprobe puts into it, so

@@ -46,6 +46,9 @@ pub struct LaunchConfig {
     pub memory_mib: u32,
     /// Where the guest console goes, besides the tail kept for error reports.
     pub console: Option<Arc<Mutex<dyn Write + Send>>>,
+    /// The QEMU binary: `qemu-system-x86_64` from PATH unless set (for
+    /// comparing QEMU builds, e.g. in `vmprobe bench --qemu`).
+    pub qemu: PathBuf,
 }
 
 impl LaunchConfig {
@@ -57,6 +60,7 @@ impl LaunchConfig {
             vcpus: 1,
             memory_mib: 512,
             console: None,
+            qemu: PathBuf::from("qemu-system-x86_64"),
         }
     }
 }
@@ -74,6 +78,9 @@ pub struct Vm {
     dir: tempfile::TempDir,
     control: UnixStream,
     events: Receiver<Result<ControlEvent, String>>,
+    /// When the last control message arrived, stamped by the reader thread,
+    /// so a workload's end is timed exactly however late it is polled.
+    last_event_at: Arc<Mutex<Option<Instant>>>,
     console_tail: Arc<Mutex<Vec<u8>>>,
 }
 
@@ -81,10 +88,12 @@ const CONSOLE_TAIL: usize = 8192;
 
 impl Vm {
     pub fn launch(cfg: &LaunchConfig) -> Result<Vm> {
-        require_tool(
-            "qemu-system-x86_64",
-            "install QEMU (Debian: apt-get install qemu-system-x86)",
-        )?;
+        if cfg.qemu.as_os_str() == "qemu-system-x86_64" {
+            require_tool(
+                "qemu-system-x86_64",
+                "install QEMU (Debian: apt-get install qemu-system-x86)",
+            )?;
+        }
         let dir = tempfile::Builder::new()
             .prefix("vmprobe-")
             .tempdir()
@@ -95,7 +104,7 @@ impl Vm {
         let stderr = std::fs::File::create(&stderr_path).map_err(io_err(&stderr_path))?;
         let unix_server = |name: &str| format!("unix:{},server=on,wait=off", sock(name).display());
 
-        let mut cmd = Command::new("qemu-system-x86_64");
+        let mut cmd = Command::new(&cfg.qemu);
         cmd.args([
             "-M",
             "pc",
@@ -153,7 +162,7 @@ impl Vm {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(io_err("qemu-system-x86_64"))?;
+        let mut child = cmd.spawn().map_err(io_err(&cfg.qemu))?;
 
         let exited = |child: &mut Child| -> Option<Error> {
             match child.try_wait() {
@@ -212,12 +221,17 @@ impl Vm {
 
         let console_tail = Arc::new(Mutex::new(Vec::new()));
         spawn_console_reader(console, console_tail.clone(), cfg.console.clone());
-        let events = spawn_control_reader(control.try_clone().map_err(io_err(sock("ctl.sock")))?);
+        let last_event_at = Arc::new(Mutex::new(None));
+        let events = spawn_control_reader(
+            control.try_clone().map_err(io_err(sock("ctl.sock")))?,
+            last_event_at.clone(),
+        );
         Ok(Vm {
             child,
             dir,
             control,
             events,
+            last_event_at,
             console_tail,
         })
     }
@@ -240,6 +254,11 @@ impl Vm {
             ControlEvent::Ready => Ok(()),
             other => Err(Error::Protocol(format!("{other:?} before READY"))),
         }
+    }
+
+    /// When the most recent control message (READY, EXIT) arrived.
+    pub fn last_event_at(&self) -> Option<Instant> {
+        self.last_event_at.lock().ok().and_then(|at| *at)
     }
 
     /// Sends the workload's shell command line to init.
@@ -361,11 +380,17 @@ fn spawn_console_reader(
     });
 }
 
-fn spawn_control_reader(control: UnixStream) -> Receiver<Result<ControlEvent, String>> {
+fn spawn_control_reader(
+    control: UnixStream,
+    last_event_at: Arc<Mutex<Option<Instant>>>,
+) -> Receiver<Result<ControlEvent, String>> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(control).lines() {
             let Ok(line) = line else { break };
+            if let Ok(mut at) = last_event_at.lock() {
+                *at = Some(Instant::now());
+            }
             let line = line.trim();
             let event = if line.is_empty() {
                 continue;
