@@ -1,0 +1,1 @@
+//! Size comparison (filled below).
