@@ -315,6 +315,18 @@ impl CtfWriter {
         self.streams.get(stream.0 as usize).map_or(0, |s| s.events)
     }
 
+    /// Packets written to `stream` so far.
+    pub fn packet_count(&self, stream: StreamId) -> u64 {
+        self.streams.get(stream.0 as usize).map_or(0, |s| s.seq)
+    }
+
+    /// Path of `stream`'s file.
+    pub fn stream_path(&self, stream: StreamId) -> Option<&Path> {
+        self.streams
+            .get(stream.0 as usize)
+            .map(|s| s.path.as_path())
+    }
+
     /// Closes every open packet and writes it out.
     pub fn flush(&mut self) -> Result<(), Error> {
         for i in 0..self.streams.len() {
@@ -585,7 +597,7 @@ pub fn fits_compact(id: u32, last: u64, ts: u64) -> bool {
     id <= COMPACT_MAX_ID && ts - last < 1 << COMPACT_TS_BITS
 }
 
-fn encode_event(
+pub(crate) fn encode_event(
     buf: &mut Vec<u8>,
     layout: Layout,
     last: u64,
