@@ -1,5 +1,6 @@
 //! The event model shared by every output format.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use crate::Error;
@@ -152,6 +153,8 @@ impl EventClass {
 #[derive(Clone, Debug, Default)]
 pub struct Schema {
     classes: Vec<EventClass>,
+    /// Name lookup on every `write_named`: hashed, not a scan.
+    by_name: HashMap<String, ClassId>,
 }
 
 impl Schema {
@@ -169,8 +172,10 @@ impl Schema {
             return Ok(id);
         }
         validate_class(&class)?;
+        let id = ClassId(self.classes.len() as u32);
+        self.by_name.insert(class.name.clone(), id);
         self.classes.push(class);
-        Ok(ClassId(self.classes.len() as u32 - 1))
+        Ok(id)
     }
 
     /// Declares on first use from named values; later uses must match.
@@ -205,10 +210,7 @@ impl Schema {
     }
 
     pub fn lookup(&self, name: &str) -> Option<ClassId> {
-        self.classes
-            .iter()
-            .position(|c| c.name == name)
-            .map(|i| ClassId(i as u32))
+        self.by_name.get(name).copied()
     }
 
     pub fn get(&self, id: ClassId) -> Option<&EventClass> {

@@ -15,7 +15,8 @@
 
 use std::collections::VecDeque;
 
-use crate::model::{ClassId, OwnedValue};
+use crate::ctf::CtfWriter;
+use crate::model::{ClassId, OwnedValue, StreamId};
 use crate::{Error, Value};
 
 const RECORD_HEADER: usize = 4 + 8 + 8 + 4;
@@ -40,6 +41,7 @@ pub struct EventRing {
     /// Sequence number of the oldest event still held.
     first_seq: u64,
     overwritten: u64,
+    refused: u64,
     scratch: Vec<u8>,
 }
 
@@ -52,6 +54,7 @@ impl EventRing {
             next_seq: 0,
             first_seq: 0,
             overwritten: 0,
+            refused: 0,
             scratch: Vec::new(),
         }
     }
@@ -115,6 +118,11 @@ impl EventRing {
         self.overwritten
     }
 
+    /// Events refused because larger than the ring.
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
     /// Events currently held.
     pub fn len(&self) -> u64 {
         self.next_seq - self.first_seq
@@ -154,6 +162,71 @@ impl EventRing {
             *d = *s;
         }
         u32::from_le_bytes(b) as usize
+    }
+}
+
+/// One [`EventRing`] per stream, indexed by the [`StreamId`]s of the
+/// [`CtfWriter`] it is eventually drained into.
+#[derive(Debug)]
+pub struct FlightRecorder {
+    rings: Vec<EventRing>,
+    capacity: usize,
+    /// Per ring, lost events (overwritten + refused) already reported.
+    reported: Vec<u64>,
+}
+
+impl FlightRecorder {
+    /// Each stream gets a ring of `capacity_bytes` (e.g. 1 MiB) on first use.
+    pub fn new(capacity_bytes: usize) -> Self {
+        FlightRecorder {
+            rings: Vec::new(),
+            capacity: capacity_bytes,
+            reported: Vec::new(),
+        }
+    }
+
+    /// Records an event on `stream`'s ring; see [`EventRing::push`].
+    pub fn push(
+        &mut self,
+        stream: StreamId,
+        ts_ns: u64,
+        class: ClassId,
+        values: &[Value<'_>],
+    ) -> Result<u64, Error> {
+        let i = stream.0 as usize;
+        while self.rings.len() <= i {
+            self.rings.push(EventRing::new(self.capacity));
+            self.reported.push(0);
+        }
+        self.rings[i].push(ts_ns, class, values)
+    }
+
+    pub fn ring(&self, stream: StreamId) -> Option<&EventRing> {
+        self.rings.get(stream.0 as usize)
+    }
+
+    /// Writes every held event to `ctf` (the same stream ids, classes
+    /// declared there with the same ids) and empties the rings. Events lost
+    /// since the last drain (overwritten or refused) are first added to the
+    /// stream's discarded count, so the trace says what the window misses.
+    /// Returns the number of events written; on an error the rest of the
+    /// drained window is not written (the error says so).
+    pub fn drain_into(&mut self, ctf: &mut CtfWriter) -> Result<u64, Error> {
+        let mut written = 0;
+        for (i, ring) in self.rings.iter_mut().enumerate() {
+            let stream = StreamId(i as u32);
+            let lost = ring.overwritten() + ring.refused();
+            if lost > self.reported[i] {
+                ctf.add_discarded(stream, lost - self.reported[i])?;
+                self.reported[i] = lost;
+            }
+            for e in ring.drain() {
+                let values: Vec<Value<'_>> = e.values.iter().map(OwnedValue::as_value).collect();
+                ctf.write(stream, e.ts_ns, e.class, &values)?;
+                written += 1;
+            }
+        }
+        Ok(written)
     }
 }
 

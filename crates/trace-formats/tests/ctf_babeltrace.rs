@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use trace_formats::ctf::{CtfOptions, CtfWriter, Layout};
+use trace_formats::ring::FlightRecorder;
 use trace_formats::size::{ctf_event_bytes, fixed_record_bytes};
 use trace_formats::{
     ClassId, ClockOffset, Error, EventClass, FieldType, Layer, OwnedValue, StreamId, StreamKey,
@@ -595,5 +596,65 @@ fn bytes_per_event_ctf_vs_fixed_records() {
             100.0 * (1.0 - measured[0] / fixed)
         );
         assert!(measured[0] < fixed);
+    }
+}
+
+#[test]
+fn flight_recorder_window_drains_into_ctf_with_losses_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = CtfWriter::create(tmp.path(), CtfOptions::new(OFFSET)).unwrap();
+    let class = w
+        .declare(EventClass::new(
+            "kprobe:f",
+            &[("i", FieldType::U64), ("comm", FieldType::Str)],
+        ))
+        .unwrap();
+    let streams = [
+        w.add_stream(StreamKey::new("vm", Some(0), Layer::Guest))
+            .unwrap(),
+        w.add_stream(StreamKey::new("vm", Some(1), Layer::Guest))
+            .unwrap(),
+    ];
+    let mut rec = FlightRecorder::new(4096);
+    let total = 5_000u64;
+    for i in 0..total {
+        for &s in &streams {
+            rec.push(
+                s,
+                1_000 + i * 1_000,
+                class,
+                &[Value::U64(i), Value::Str("sh")],
+            )
+            .unwrap();
+        }
+    }
+    let held = rec.ring(streams[0]).unwrap().len();
+    let lost = rec.ring(streams[0]).unwrap().overwritten();
+    assert_eq!(held + lost, total);
+    assert_eq!(rec.drain_into(&mut w).unwrap(), 2 * held);
+    w.finish().unwrap();
+
+    let (out, err) = babeltrace2(&["--clock-cycles"], tmp.path());
+    let lines = parse(&out);
+    assert_eq!(lines.len() as u64, 2 * held);
+    for (vcpu, _) in streams.iter().enumerate() {
+        let got: Vec<&Line> = lines
+            .iter()
+            .filter(|l| l.ctx.starts_with(&format!("cpu_id = {vcpu},")))
+            .collect();
+        assert_eq!(got.len() as u64, held);
+        for (k, l) in got.iter().enumerate() {
+            let i = total - held + k as u64;
+            assert_eq!(l.ts, 1_000 + i * 1_000);
+            assert_eq!(l.payload, format!("i = {i}, comm = \"sh\""));
+        }
+    }
+    let warnings: Vec<&str> = err.lines().collect();
+    assert_eq!(warnings.len(), 2, "{err}");
+    for w in warnings {
+        assert!(
+            w.starts_with(&format!("WARNING: Tracer discarded {lost} events")),
+            "{w}"
+        );
     }
 }
