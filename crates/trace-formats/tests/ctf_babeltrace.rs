@@ -658,3 +658,45 @@ fn flight_recorder_window_drains_into_ctf_with_losses_reported() {
         );
     }
 }
+
+#[test]
+fn files_on_disk_stay_readable_without_finish() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut opts = CtfOptions::new(OFFSET);
+    opts.packet_bytes = 256;
+    let mut w = CtfWriter::create(tmp.path(), opts).unwrap();
+    let s = w
+        .add_stream(StreamKey::new("vm", Some(0), Layer::Guest))
+        .unwrap();
+    for i in 0..100u64 {
+        w.write_named(s, i, "a", &[("i", Value::U64(i))]).unwrap();
+    }
+    // A class first used after packets were written, then a new stream.
+    for i in 100..200u64 {
+        w.write_named(s, i, "b", &[("s", Value::Str("late"))])
+            .unwrap();
+    }
+    let t = w
+        .add_stream(StreamKey::new("vm", Some(1), Layer::Guest))
+        .unwrap();
+    for i in 0..100u64 {
+        w.write_named(t, i, "c", &[]).unwrap();
+    }
+    let packets = w.packet_count(s) + w.packet_count(t);
+    // As if the process died: no finish, no Drop.
+    std::mem::forget(w);
+    let (out, err) = babeltrace2(&["--clock-cycles"], tmp.path());
+    assert_eq!(err, "");
+    let lines = parse(&out);
+    for name in ["a", "b", "c"] {
+        assert!(
+            lines.iter().any(|l| l.name == name),
+            "events of class {name} readable"
+        );
+    }
+    assert!(
+        packets >= 3 && lines.len() > 250,
+        "{} events read",
+        lines.len()
+    );
+}
