@@ -594,7 +594,10 @@ fn payload_align(layout: Layout, class: &EventClass) -> usize {
 /// the reader rebuilds the full value from the low 27 bits assuming at
 /// most one wrap, which holds when less than 2^27 ns passed.
 pub fn fits_compact(id: u32, last: u64, ts: u64) -> bool {
-    id <= COMPACT_MAX_ID && ts - last < 1 << COMPACT_TS_BITS
+    id <= COMPACT_MAX_ID
+        && ts
+            .checked_sub(last)
+            .is_some_and(|d| d < 1 << COMPACT_TS_BITS)
 }
 
 pub(crate) fn encode_event(
@@ -641,5 +644,20 @@ pub(crate) fn encode_event(
                 buf.extend_from_slice(b);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_header_limits() {
+        assert!(fits_compact(30, 5, 5 + (1 << 27) - 1));
+        assert!(!fits_compact(30, 5, 5 + (1 << 27)));
+        assert!(!fits_compact(31, 5, 6));
+        assert!(!fits_compact(0, 6, 5));
+        // One wrap of the low 27 bits is fine when the delta is small.
+        assert!(fits_compact(0, (1 << 27) - 1, 1 << 27));
     }
 }

@@ -9,7 +9,7 @@
 //! 8-byte words.
 
 use crate::ctf::{self, Layout};
-use crate::model::{EventClass, FieldType};
+use crate::model::EventClass;
 use crate::{Error, Value};
 
 /// Size in bytes of one event in the fixed-size record layout.
@@ -51,9 +51,4 @@ pub fn ctf_event_bytes(
     let mut buf = Vec::with_capacity(64);
     ctf::encode_event(&mut buf, layout, 0, delta_ns, class_id, class, values);
     Ok(buf.len())
-}
-
-/// Field types of `values`, for building an [`EventClass`] to measure.
-pub fn types_of(values: &[Value<'_>]) -> Vec<FieldType> {
-    values.iter().map(Value::field_type).collect()
 }
