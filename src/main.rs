@@ -5,6 +5,7 @@
 //! detach, report) and turns their typed errors into one-line messages.
 
 mod bench;
+mod record;
 mod run;
 
 use anyhow::Result;
@@ -26,6 +27,9 @@ struct Cli {
 enum Command {
     /// Boot a guest, run a probe program while it runs WORKLOAD, print the results.
     Run(RunArgs),
+    /// Like `run`, and write every probe event into trace files (CTF or
+    /// Perfetto JSON), directly or through an in-memory flight recorder.
+    Record(RecordArgs),
     /// Measure what probing costs: boot the default guest and run workloads
     /// under every configuration (no vmprobe ... GDB ... in-guest kprobes).
     Bench(BenchArgs),
@@ -96,6 +100,44 @@ pub struct RunArgs {
 }
 
 #[derive(Args)]
+pub struct RecordArgs {
+    /// The trace directory (CTF: `metadata` plus a stream file per vCPU;
+    /// Perfetto: `trace.json`; flight recorder: `snapshot-N/` CTF traces).
+    #[arg(short = 'o', long, value_name = "DIR")]
+    output: PathBuf,
+    #[arg(long, value_enum, default_value = "ctf")]
+    format: record::Format,
+    /// Flight recorder: keep only the newest SIZE bytes of events per vCPU in
+    /// memory (e.g. 1M); write them on exit or on SIGUSR1, nothing before.
+    #[arg(long, value_name = "SIZE", value_parser = record::parse_size)]
+    ring: Option<usize>,
+    /// The probe program; every probe it fires is recorded with its arguments.
+    #[arg(short = 'e', value_name = "PROGRAM")]
+    program: Option<String>,
+    /// A program FILE, or probes to trace with their arguments (`kprobe:F`,
+    /// `kretprobe:F`, wildcards allowed).
+    #[arg(value_name = "FILE|PROBE")]
+    probes: Vec<String>,
+    #[command(flatten)]
+    guest: GuestArgs,
+    /// Accelerator; by default KVM when it can run the guest, else TCG.
+    #[arg(long, value_enum)]
+    accel: Option<AccelArg>,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// Show the guest console on stderr.
+    #[arg(long)]
+    console: bool,
+    /// Print hit statistics on stderr at the end.
+    #[arg(long)]
+    stats: bool,
+    /// The workload, as for `run`.
+    #[arg(last = true, value_name = "WORKLOAD")]
+    workload: Vec<String>,
+}
+
+#[derive(Args)]
 pub struct BenchArgs {
     /// A short matrix (one workload, few hits) that finishes in a few minutes.
     #[arg(long)]
@@ -125,6 +167,7 @@ fn main() {
     let result: Result<i32> = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Bench(args) => bench::bench(args),
+        Command::Record(args) => run::record(args),
         Command::Guest {
             command: GuestCommand::Build,
         } => run::guest_build().map(|_| 0),

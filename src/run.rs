@@ -106,7 +106,61 @@ fn command_line(words: &[String]) -> String {
     words.iter().map(quote).collect::<Vec<_>>().join(" ")
 }
 
+/// `vmprobe record`: a run whose probe events also go into trace files.
+pub fn record(args: crate::RecordArgs) -> Result<i32> {
+    let (program, file) = match (&args.program, args.probes.as_slice()) {
+        (Some(p), []) => (Some(p.clone()), None),
+        (Some(_), _) => bail!("give either -e PROGRAM or probes/FILE, not both"),
+        (None, [one]) if !one.contains(':') => (None, Some(std::path::PathBuf::from(one))),
+        (None, []) => {
+            bail!("nothing to record: give probes (e.g. kprobe:ksys_write), -e PROGRAM or a FILE")
+        }
+        (None, probes) => {
+            // A bare probe list traces those probes with their arguments:
+            // every probe an empty action block.
+            if let Some(bad) = probes.iter().find(|p| !p.contains(':')) {
+                bail!("'{bad}' is not a probe (e.g. kprobe:ksys_write, kretprobe:vfs_read)");
+            }
+            let text = probes
+                .iter()
+                .map(|p| format!("{p} {{ }}\n"))
+                .collect::<String>();
+            (Some(text), None)
+        }
+    };
+    let run_args = RunArgs {
+        program,
+        file,
+        dump: false,
+        guest: args.guest,
+        accel: args.accel,
+        vcpus: args.vcpus,
+        console: args.console,
+        stats: args.stats,
+        workload: args.workload,
+    };
+    run_recording(
+        run_args,
+        Some(Recording {
+            dir: args.output,
+            format: args.format,
+            ring: args.ring,
+        }),
+    )
+}
+
+/// What `vmprobe record` adds to a run.
+pub struct Recording {
+    pub dir: std::path::PathBuf,
+    pub format: crate::record::Format,
+    pub ring: Option<usize>,
+}
+
 pub fn run(args: RunArgs) -> Result<i32> {
+    run_recording(args, None)
+}
+
+pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32> {
     // Everything that can be checked before booting is checked first.
     let (source, source_name) = match (&args.program, &args.file) {
         (Some(p), _) => (p.clone(), "stdin".to_string()),
@@ -140,6 +194,17 @@ pub fn run(args: RunArgs) -> Result<i32> {
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
+    let snapshot_requested = Arc::new(AtomicBool::new(false));
+    let recorder = match &recording {
+        Some(r) => {
+            signal_hook::flag::register(signal_hook::consts::SIGUSR1, snapshot_requested.clone())
+                .context("installing the SIGUSR1 handler")?;
+            Some(crate::record::SharedRecorder(Arc::new(
+                std::sync::Mutex::new(crate::record::Recorder::create(&r.dir, r.format, r.ring)?),
+            )))
+        }
+        None => None,
+    };
 
     let mut cfg = LaunchConfig::new(image);
     cfg.vcpus = args.vcpus;
@@ -176,6 +241,9 @@ pub fn run(args: RunArgs) -> Result<i32> {
         booted.elapsed().as_secs_f64()
     );
     session.arm(sites)?;
+    if let Some(r) = &recorder {
+        session.set_recorder(Box::new(r.clone()));
+    }
 
     let mut runtime = Runtime::new(program.clone(), Box::new(std::io::stdout()));
     print!("{}", probe_lang::attaching_message(nprobes));
@@ -195,6 +263,24 @@ pub fn run(args: RunArgs) -> Result<i32> {
             let mut poll = || {
                 if stop.load(Ordering::Relaxed) {
                     return Some(EndReason::Interrupted);
+                }
+                if snapshot_requested.swap(false, Ordering::Relaxed)
+                    && let Some(r) = &recorder
+                {
+                    {
+                        match r
+                            .0
+                            .lock()
+                            .map_err(|_| anyhow!("recorder lock"))
+                            .and_then(|mut r| r.snapshot())
+                        {
+                            Ok(Some((dir, n))) => {
+                                eprintln!("vmprobe: snapshot: {n} events in {}", dir.display())
+                            }
+                            Ok(None) => eprintln!("vmprobe: SIGUSR1: no flight recorder (--ring)"),
+                            Err(e) => eprintln!("vmprobe: snapshot failed: {e}"),
+                        }
+                    }
                 }
                 match vm.poll_exit() {
                     Ok(Some(status)) => Some(EndReason::WorkloadExited(status)),
@@ -221,8 +307,19 @@ pub fn run(args: RunArgs) -> Result<i32> {
         )
     });
     let gone = matches!(reason, EndReason::TargetGone(_));
+    drop(session.take_recorder());
     let detach_error = if gone { None } else { session.detach().err() };
 
+    if let Some(r) = recorder {
+        let recorder = Arc::try_unwrap(r.0)
+            .map_err(|_| anyhow!("recorder still shared"))?
+            .into_inner()
+            .map_err(|_| anyhow!("recorder lock poisoned"))?;
+        match recorder.finish() {
+            Ok(summary) => eprintln!("vmprobe: recorded {summary}"),
+            Err(e) => eprintln!("vmprobe: writing the trace: {e:#}"),
+        }
+    }
     run_special(&program, &mut runtime, &ProbeSpec::End);
     runtime.print_maps();
     let _ = std::io::stdout().flush();

@@ -20,7 +20,10 @@ mod resolve;
 mod session;
 
 pub use resolve::{ProbeSite, Skip, resolve_probes};
-pub use session::{EndReason, HitStats, MAX_PENDING_RETURNS, Session, TimerProbe, WatchProbe};
+pub use session::{
+    EndReason, EventSink, HitStats, MAX_PENDING_RETURNS, RecordedEvent, Session, TimerProbe,
+    WatchProbe,
+};
 
 /// Host CLOCK_MONOTONIC in nanoseconds: the one time base of every event.
 pub fn monotonic_ns() -> u64 {

@@ -101,7 +101,32 @@ pub struct WatchProbe {
 /// A call seen at entry whose return is awaited.
 struct PendingReturn {
     site: usize,
+    entry_ns: u64,
 }
+
+/// One probe firing, as handed to an [`EventSink`] (`vmprobe record`).
+#[derive(Debug)]
+pub struct RecordedEvent<'a> {
+    /// Host CLOCK_MONOTONIC nanoseconds of the stop.
+    pub ts_ns: u64,
+    pub vcpu: u32,
+    /// The probe as written, e.g. `kretprobe:ksys_write`.
+    pub probe: &'a str,
+    pub func: &'a str,
+    /// For a return: when the matching call entered.
+    pub entry_ns: Option<u64>,
+    /// `arg0`..`arg5` at an entry, `retval` at a return.
+    pub fields: &'a [(&'static str, u64)],
+}
+
+/// Where recorded events go. Called with the guest stopped, so a slow sink
+/// slows the guest but never loses events.
+pub trait EventSink {
+    fn event(&mut self, event: &RecordedEvent<'_>);
+}
+
+const ARG_NAMES: [&str; 6] = ["arg0", "arg1", "arg2", "arg3", "arg4", "arg5"];
+const ARG_REGS: [&str; 6] = ["rdi", "rsi", "rdx", "rcx", "r8", "r9"];
 
 /// How a stopped vCPU gets going again after its stop was served.
 enum Resume {
@@ -127,6 +152,7 @@ pub struct Session {
     timers: Vec<(TimerProbe, u64)>,
     watches: Vec<WatchProbe>,
     vcpus: Vec<ThreadId>,
+    recorder: Option<Box<dyn EventSink>>,
     before: Vec<(u64, Vec<u8>)>,
     armed: Vec<u64>,
     running: bool,
@@ -149,6 +175,7 @@ impl Session {
             timers: Vec::new(),
             watches: Vec::new(),
             vcpus: Vec::new(),
+            recorder: None,
             before: Vec::new(),
             armed: Vec::new(),
             running: false,
@@ -164,6 +191,17 @@ impl Session {
     /// would leave the CPU expecting one.
     pub fn set_skip_nops(&mut self, on: bool) {
         self.skip_nops = on;
+    }
+
+    /// Records every kprobe hit (with `arg0`..`arg5`) and kretprobe return
+    /// (with `retval`) into `sink`, besides running the handlers.
+    pub fn set_recorder(&mut self, sink: Box<dyn EventSink>) {
+        self.recorder = Some(sink);
+    }
+
+    /// Takes the recorder back (to finish writing it).
+    pub fn take_recorder(&mut self) -> Option<Box<dyn EventSink>> {
+        self.recorder.take()
     }
 
     pub fn client(&mut self) -> &mut Client {
@@ -486,12 +524,36 @@ impl Session {
                 flow = Flow::Exit;
             }
         }
-        let regs = ctx.regs.take();
+        let mut regs = ctx.regs.take();
+        if let Some(sink) = self.recorder.as_mut() {
+            if regs.is_none() {
+                regs = Some(
+                    self.client
+                        .read_registers(thread)
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            let r = regs.as_ref().expect("fetched above");
+            let mut fields = [("", 0u64); 6];
+            for (i, f) in fields.iter_mut().enumerate() {
+                *f = (ARG_NAMES[i], r.get(ARG_REGS[i]).unwrap_or(0));
+            }
+            for (_, probe) in &site.handlers {
+                sink.event(&RecordedEvent {
+                    ts_ns: received,
+                    vcpu: vcpu_index(thread),
+                    probe,
+                    func: &site.func,
+                    entry_ns: None,
+                    fields: &fields,
+                });
+            }
+        }
         if matches!(flow, Flow::Exit) {
             return Ok(Flow::Exit);
         }
         if !site.ret_handlers.is_empty() {
-            self.await_return(index, thread, regs)?;
+            self.await_return(index, thread, regs, received)?;
         }
         let site = &self.sites[index];
         let (addr, skippable) = (site.addr, site.skippable);
@@ -521,6 +583,7 @@ impl Session {
         site: usize,
         thread: ThreadId,
         regs: Option<Registers>,
+        entry_ns: u64,
     ) -> Result<(), String> {
         let rsp = match regs.as_ref().and_then(|r| r.get("rsp")) {
             Some(rsp) => rsp,
@@ -539,7 +602,7 @@ impl Session {
         if let Some(pending) = self.pending.get_mut(&key) {
             // The same frame again: the earlier call never came back (the
             // task died, or vmprobe missed its return). Replace it.
-            pending.site = site;
+            *pending = PendingReturn { site, entry_ns };
             return Ok(());
         }
         if self.pending.len() >= MAX_PENDING_RETURNS {
@@ -559,7 +622,7 @@ impl Session {
             self.return_bps.insert(ret, 0);
         }
         *self.return_bps.get_mut(&ret).expect("inserted above") += 1;
-        self.pending.insert(key, PendingReturn { site });
+        self.pending.insert(key, PendingReturn { site, entry_ns });
         Ok(())
     }
 
@@ -579,7 +642,7 @@ impl Session {
                 .read_register(thread, "rsp")
                 .map_err(|e| e.to_string())?,
         };
-        let Some(PendingReturn { site }) = self.pending.remove(&(pc, rsp)) else {
+        let Some(PendingReturn { site, entry_ns }) = self.pending.remove(&(pc, rsp)) else {
             // Another call returning to the same place (one that started
             // before attaching, or an untracked one): not ours.
             self.stats.stray_stops += 1;
@@ -606,6 +669,26 @@ impl Session {
             ctx.probe = probe;
             if let Flow::Exit = runtime.run(*block, &mut ctx) {
                 flow = Flow::Exit;
+            }
+        }
+        let regs = ctx.regs.take();
+        if let Some(sink) = self.recorder.as_mut() {
+            let retval = match regs.as_ref().and_then(|r| r.get("rax")) {
+                Some(v) => v,
+                None => self
+                    .client
+                    .read_register(thread, "rax")
+                    .map_err(|e| e.to_string())?,
+            };
+            for (_, probe) in &site.ret_handlers {
+                sink.event(&RecordedEvent {
+                    ts_ns: received,
+                    vcpu: vcpu_index(thread),
+                    probe,
+                    func: &site.func,
+                    entry_ns: Some(entry_ns),
+                    fields: &[("retval", retval)],
+                });
             }
         }
         let how = if last {

@@ -11,13 +11,14 @@ use std::process::Command;
 /// The init script, embedded so the binary alone can build a guest.
 const INIT: &str = include_str!("../guest/init");
 
-/// Small static programs for `vmprobe bench`, compiled on the host when the
+/// Small static programs for `vmprobe bench` and the tests, compiled on the host when the
 /// guest is built (busybox has no null-syscall or fork/exec loop), installed
 /// in the guest as `/bin/vmprobe-<name>`.
-const BENCH_PROGRAMS: [(&str, &str); 3] = [
+const BENCH_PROGRAMS: [(&str, &str); 4] = [
     ("nullsys", include_str!("../guest/bench/nullsys.c")),
     ("forkexec", include_str!("../guest/bench/forkexec.c")),
     ("mix", include_str!("../guest/bench/mix.c")),
+    ("seq", include_str!("../guest/bench/seq.c")),
 ];
 
 /// The initramfs file name, keyed by everything vmprobe puts into it, so

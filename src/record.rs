@@ -1,0 +1,287 @@
+//! `vmprobe record`: probe events into trace files (CTF for babeltrace2 and
+//! Trace Compass, Chrome/Perfetto JSON), directly or through a flight
+//! recorder that keeps only the newest events in memory until a snapshot.
+//!
+//! The engine calls the sink with the guest stopped, so the writer never
+//! falls behind: a slow disk slows the guest instead of losing events. What
+//! can still be lost (a failed write, events overwritten in the ring) is
+//! counted per stream, written into the trace as CTF `events_discarded`, and
+//! reported on stderr.
+
+use anyhow::{Context, Result};
+use probe_engine::{EventSink, RecordedEvent};
+use std::collections::HashMap;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use trace_formats::ctf::{CtfOptions, CtfWriter};
+use trace_formats::perfetto::PerfettoWriter;
+use trace_formats::ring::FlightRecorder;
+use trace_formats::{
+    ClassId, ClockOffset, EventClass, FieldType, Layer, StreamId, StreamKey, Value,
+};
+
+/// The name streams carry for the one guest vmprobe runs today.
+pub const GUEST_NAME: &str = "vm0";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Ctf,
+    Perfetto,
+}
+
+enum Output {
+    Ctf(CtfWriter),
+    Perfetto(PerfettoWriter<BufWriter<std::fs::File>>),
+    Ring {
+        ring: FlightRecorder,
+        snapshots: u32,
+    },
+}
+
+/// Streams (one per vCPU) and event classes (one per probe), numbered in
+/// order of first use, the same in every snapshot.
+#[derive(Default)]
+struct Registry {
+    streams: HashMap<u32, StreamId>,
+    stream_keys: Vec<StreamKey>,
+    classes: HashMap<String, ClassId>,
+    class_list: Vec<EventClass>,
+}
+
+pub struct Recorder {
+    dir: PathBuf,
+    clock: ClockOffset,
+    output: Output,
+    registry: Registry,
+    /// Events that could not be written, per stream index.
+    dropped: Vec<u64>,
+    written: u64,
+    first_error: Option<String>,
+}
+
+/// The engine owns its sink; the CLI keeps a handle to snapshot and finish.
+#[derive(Clone)]
+pub struct SharedRecorder(pub Arc<Mutex<Recorder>>);
+
+impl EventSink for SharedRecorder {
+    fn event(&mut self, event: &RecordedEvent<'_>) {
+        if let Ok(mut r) = self.0.lock() {
+            r.event(event);
+        }
+    }
+}
+
+impl Recorder {
+    /// `ring`: keep only the newest `ring` bytes per vCPU in memory and
+    /// write nothing until a snapshot.
+    pub fn create(dir: &Path, format: Format, ring: Option<usize>) -> Result<Recorder> {
+        let clock = ClockOffset::measure();
+        let output = match (ring, format) {
+            (Some(bytes), _) => Output::Ring {
+                ring: FlightRecorder::new(bytes),
+                snapshots: 0,
+            },
+            (None, Format::Ctf) => Output::Ctf(
+                CtfWriter::create(dir, ctf_options(clock))
+                    .with_context(|| format!("creating the trace in {}", dir.display()))?,
+            ),
+            (None, Format::Perfetto) => {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                let path = dir.join("trace.json");
+                let file = std::fs::File::create(&path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                Output::Perfetto(PerfettoWriter::new(BufWriter::new(file))?)
+            }
+        };
+        Ok(Recorder {
+            dir: dir.to_path_buf(),
+            clock,
+            output,
+            registry: Registry::default(),
+            dropped: Vec::new(),
+            written: 0,
+            first_error: None,
+        })
+    }
+
+    fn stream(&mut self, vcpu: u32) -> Result<StreamId, trace_formats::Error> {
+        if let Some(&id) = self.registry.streams.get(&vcpu) {
+            return Ok(id);
+        }
+        let key = StreamKey::new(GUEST_NAME, Some(vcpu), Layer::Guest);
+        let id = match &mut self.output {
+            Output::Ctf(w) => w.add_stream(key.clone())?,
+            Output::Perfetto(w) => w.add_stream(key.clone())?,
+            Output::Ring { .. } => StreamId(self.registry.stream_keys.len() as u32),
+        };
+        self.registry.streams.insert(vcpu, id);
+        self.registry.stream_keys.push(key);
+        self.dropped.push(0);
+        Ok(id)
+    }
+
+    fn class(&mut self, event: &RecordedEvent<'_>) -> Result<ClassId, trace_formats::Error> {
+        if let Some(&id) = self.registry.classes.get(event.probe) {
+            return Ok(id);
+        }
+        let fields: Vec<(&str, FieldType)> = event
+            .fields
+            .iter()
+            .map(|(n, _)| (*n, FieldType::U64))
+            .collect();
+        let class = EventClass::new(event.probe, &fields);
+        let id = match &mut self.output {
+            Output::Ctf(w) => w.declare(class.clone())?,
+            _ => ClassId(self.registry.class_list.len() as u32),
+        };
+        self.registry.classes.insert(event.probe.to_string(), id);
+        self.registry.class_list.push(class);
+        Ok(id)
+    }
+
+    fn event(&mut self, event: &RecordedEvent<'_>) {
+        let result = self.try_event(event);
+        match result {
+            Ok(()) => self.written += 1,
+            Err(e) => {
+                if let Some(&StreamId(i)) = self.registry.streams.get(&event.vcpu)
+                    && let Some(d) = self.dropped.get_mut(i as usize)
+                {
+                    *d += 1;
+                }
+                self.first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+
+    fn try_event(&mut self, event: &RecordedEvent<'_>) -> Result<(), trace_formats::Error> {
+        let stream = self.stream(event.vcpu)?;
+        let values: Vec<Value<'_>> = event.fields.iter().map(|(_, v)| Value::U64(*v)).collect();
+        let args: Vec<(&str, Value<'_>)> = event
+            .fields
+            .iter()
+            .map(|(n, v)| (*n, Value::U64(*v)))
+            .collect();
+        match &mut self.output {
+            Output::Perfetto(w) => match event.entry_ns {
+                // A return closes the slice of its call.
+                Some(entry) => w.complete(
+                    stream,
+                    entry,
+                    event.ts_ns.saturating_sub(entry),
+                    event.func,
+                    &args,
+                ),
+                None => w.instant(stream, event.ts_ns, event.probe, &args),
+            },
+            Output::Ctf(_) => {
+                let class = self.class(event)?;
+                let Output::Ctf(w) = &mut self.output else {
+                    unreachable!("matched above")
+                };
+                w.write(stream, event.ts_ns, class, &values)
+            }
+            Output::Ring { .. } => {
+                let class = self.class(event)?;
+                let Output::Ring { ring, .. } = &mut self.output else {
+                    unreachable!("matched above")
+                };
+                ring.push(stream, event.ts_ns, class, &values).map(|_| ())
+            }
+        }
+    }
+
+    /// Flight recorder: writes the events held now as a CTF trace in
+    /// `DIR/snapshot-N` and empties the ring. Returns the path and count.
+    pub fn snapshot(&mut self) -> Result<Option<(PathBuf, u64)>> {
+        let Output::Ring { ring, snapshots } = &mut self.output else {
+            return Ok(None);
+        };
+        *snapshots += 1;
+        let dir = self.dir.join(format!("snapshot-{snapshots}"));
+        let mut ctf = CtfWriter::create(&dir, ctf_options(self.clock))
+            .with_context(|| format!("creating {}", dir.display()))?;
+        for key in &self.registry.stream_keys {
+            ctf.add_stream(key.clone())?;
+        }
+        for class in &self.registry.class_list {
+            ctf.declare(class.clone())?;
+        }
+        let n = ring.drain_into(&mut ctf)?;
+        ctf.finish()?;
+        Ok(Some((dir, n)))
+    }
+
+    /// Ends the trace: writes the ring (as a last snapshot) or closes the
+    /// files, with dropped events counted in the trace. Returns a summary.
+    pub fn finish(mut self) -> Result<String> {
+        let dropped: u64 = self.dropped.iter().sum();
+        let snapshot = self.snapshot()?;
+        match self.output {
+            Output::Ctf(mut w) => {
+                for (i, &d) in self.dropped.iter().enumerate() {
+                    if d > 0 {
+                        w.add_discarded(StreamId(i as u32), d)?;
+                    }
+                }
+                w.finish()?;
+            }
+            Output::Perfetto(w) => {
+                w.finish()?;
+            }
+            Output::Ring { .. } => {}
+        }
+        let mut summary = match snapshot {
+            Some((dir, n)) => format!("{n} newest events in {}", dir.display()),
+            None => format!("{} events in {}", self.written, self.dir.display()),
+        };
+        if dropped > 0 {
+            summary.push_str(&format!(
+                "; {dropped} events could not be written ({})",
+                self.first_error.unwrap_or_default()
+            ));
+        }
+        Ok(summary)
+    }
+}
+
+fn ctf_options(clock: ClockOffset) -> CtfOptions {
+    let mut opts = CtfOptions::new(clock);
+    opts.env.push(("tracer_name".into(), "vmprobe".into()));
+    opts.env.push(("guest_0".into(), GUEST_NAME.into()));
+    opts
+}
+
+/// Parses sizes like `1M`, `512K`, `4096`.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let (digits, mult) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 1 << 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (e.g. 1M, 512K, 65536)"))?;
+    n.checked_mul(mult)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("'{text}' is not a usable size"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("512k"), Ok(512 << 10));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("").is_err());
+    }
+}
