@@ -383,10 +383,14 @@ fn real_image() -> Option<PathBuf> {
     }
 }
 
-fn real_btf_bytes() -> Option<Vec<u8>> {
+/// The image's `.BTF`, decompressed once per test binary (slow in debug builds).
+fn real_btf_bytes() -> Option<&'static [u8]> {
+    static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     let img = real_image()?;
-    let secs = kernel_image::KernelSections::load(&img, &[".BTF"], None).unwrap();
-    Some(secs.get(".BTF").expect("image has .BTF").data.clone())
+    Some(BYTES.get_or_init(|| {
+        let secs = kernel_image::KernelSections::load(&img, &[".BTF"], None).unwrap();
+        secs.get(".BTF").expect("image has .BTF").data.clone()
+    }))
 }
 
 #[test]
@@ -395,7 +399,7 @@ fn real_image_types() {
         return;
     };
     let t0 = Instant::now();
-    let btf = Btf::parse(&bytes).unwrap();
+    let btf = Btf::parse(bytes).unwrap();
     eprintln!(
         "parsed {} bytes of BTF, {} types, in {:?}",
         bytes.len(),
@@ -458,7 +462,7 @@ fn real_image_matches_bpftool() {
     let Some(bytes) = real_btf_bytes() else {
         return;
     };
-    let dump = match bpftool_raw(&bytes) {
+    let dump = match bpftool_raw(bytes) {
         Some(d) => d,
         None if std::env::var_os("CI").is_some() => panic!("bpftool must be installed in CI"),
         None => {
@@ -466,7 +470,7 @@ fn real_image_matches_bpftool() {
             return;
         }
     };
-    let btf = Btf::parse(&bytes).unwrap();
+    let btf = Btf::parse(bytes).unwrap();
     let mine = render_raw(&btf);
     let theirs: HashMap<TypeId, String> = dump;
     assert_eq!(theirs.len(), btf.type_count() - 1, "type count");

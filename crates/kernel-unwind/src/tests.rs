@@ -397,22 +397,27 @@ fn real_image() -> Option<PathBuf> {
     }
 }
 
-fn real_table(img: &std::path::Path) -> OrcTable {
-    let secs =
-        kernel_image::KernelSections::load(img, &[".orc_unwind_ip", ".orc_unwind"], None).unwrap();
-    let ip = secs.get(".orc_unwind_ip").expect(".orc_unwind_ip");
-    let orc = secs.get(".orc_unwind").expect(".orc_unwind");
-    let t0 = std::time::Instant::now();
-    let t = OrcTable::parse(&ip.data, ip.addr, &orc.data).unwrap();
-    eprintln!("parsed {} ORC entries in {:?}", t.len(), t0.elapsed());
-    t
+/// The image's ORC table and symbols, decoded once per test binary (slow in debug builds).
+fn real() -> Option<&'static (OrcTable, kernel_image::KernelSymbols)> {
+    static REAL: std::sync::OnceLock<(OrcTable, kernel_image::KernelSymbols)> =
+        std::sync::OnceLock::new();
+    let img = real_image()?;
+    Some(REAL.get_or_init(|| {
+        let secs =
+            kernel_image::KernelSections::load(&img, &[".orc_unwind_ip", ".orc_unwind"], None)
+                .unwrap();
+        let ip = secs.get(".orc_unwind_ip").expect(".orc_unwind_ip");
+        let orc = secs.get(".orc_unwind").expect(".orc_unwind");
+        let t0 = std::time::Instant::now();
+        let t = OrcTable::parse(&ip.data, ip.addr, &orc.data).unwrap();
+        eprintln!("parsed {} ORC entries in {:?}", t.len(), t0.elapsed());
+        (t, kernel_image::KernelSymbols::load(&img, None).unwrap())
+    }))
 }
 
 #[test]
 fn real_image_table() {
-    let Some(img) = real_image() else { return };
-    let t = real_table(&img);
-    let syms = kernel_image::KernelSymbols::load(&img, None).unwrap();
+    let Some((t, syms)) = real() else { return };
     assert!(t.len() > 100_000, "{} entries", t.len());
     assert!(
         t.was_sorted(),
@@ -428,6 +433,17 @@ fn real_image_table() {
 
     let kw = syms.lookup("ksys_write").unwrap().addr;
     assert_eq!(t.find(kw), Some(&call_sp(8)), "ksys_write entry");
+    // Past the end of .text (rodata, data) only the section's terminator covers an address,
+    // so a bogus return address there ends an unwind.
+    let past = t.find(etext + 0x1000).unwrap();
+    assert_eq!((past.sp_reg, past.end), (reg::UNDEFINED, false));
+    let u = t.unwind_detailed(
+        Regs::new(etext + 0x1000, STACK, 0),
+        &mut |_, _| Err(()),
+        0,
+        8,
+    );
+    assert_eq!(u.stop, Stop::BadEntry { ip: etext + 0x1000 });
 
     // Independent check against kallsyms: at the first byte of ordinary C functions the
     // return address is the only thing on the stack.
@@ -455,9 +471,7 @@ fn real_image_table() {
 /// this checks the walk over real entries of three kinds, with a KASLR slide.
 #[test]
 fn real_image_syscall_stack() {
-    let Some(img) = real_image() else { return };
-    let t = real_table(&img);
-    let syms = kernel_image::KernelSymbols::load(&img, None).unwrap();
+    let Some((t, syms)) = real() else { return };
     let slide = 0x1e00_0000u64; // a KASLR slide (2 MiB aligned)
     let range = |name: &str| {
         let s = syms.lookup(name).unwrap_or_else(|| panic!("{name}"));
