@@ -16,6 +16,24 @@
 //! not cached.
 //!
 //! Format: <https://docs.kernel.org/bpf/btf.html> (`include/uapi/linux/btf.h`).
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let (vmlinuz, cache) = (std::path::Path::new("vmlinuz"), std::path::Path::new("cache"));
+//! let secs = kernel_image::KernelSections::load(vmlinuz, &[".BTF"], Some(cache))?;
+//! let btf = kernel_btf::Btf::parse(&secs.get(".BTF").ok_or("no .BTF")?.data)?;
+//!
+//! let task = btf.lookup("struct task_struct").ok_or("no task_struct")?;
+//! let comm = btf.member(task, "comm")?.ok_or("no comm")?;
+//! println!("comm at {} is {}", comm.offset, btf.type_name(comm.ty)); // 2976, char[16]
+//!
+//! let f = btf.function("ksys_write").ok_or("no ksys_write")?;
+//! for p in &f.params {
+//!     println!("{} {}", btf.type_name(p.ty), p.name); // unsigned int fd, ...
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 use std::fmt;
 

@@ -13,6 +13,23 @@
 //! Entry layout, as in the 6.1 kernel's `arch/x86/include/asm/orc_types.h` (drgn calls this
 //! format version 1; 6.3 and 6.4 changed the flag bits): `s16 sp_offset; s16 bp_offset;` then
 //! a little-endian bitfield `sp_reg:4, bp_reg:4, type:2, end:1`.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let (vmlinuz, cache) = (std::path::Path::new("vmlinuz"), std::path::Path::new("cache"));
+//! # let (rip, rsp, rbp, slide) = (0, 0, 0, 0);
+//! # let mut guest_read = |_: u64, _: &mut [u8]| -> Result<(), ()> { Ok(()) };
+//! use kernel_unwind::{OrcTable, Regs};
+//! let names = [".orc_unwind_ip", ".orc_unwind"];
+//! let secs = kernel_image::KernelSections::load(vmlinuz, &names, Some(cache))?;
+//! let (ip, orc) = (secs.get(names[0]).ok_or("no ORC")?, secs.get(names[1]).ok_or("no ORC")?);
+//! let table = OrcTable::parse(&ip.data, ip.addr, &orc.data)?;
+//!
+//! // e.g. read_mem = |addr, buf| gdb_client.read_memory(addr, buf)
+//! let frames: Vec<u64> = table.unwind(Regs::new(rip, rsp, rbp), &mut guest_read, slide, 64);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::HashSet;
 
@@ -474,6 +491,62 @@ impl OrcTable {
             signal = orc.kind != OrcType::Call;
             frames.push(ip);
         }
+    }
+}
+
+/// Serves small reads from aligned blocks of guest memory fetched once, so an unwind costs a
+/// few guest reads (GDB round trips) instead of one or more per frame. Blocks are aligned to
+/// their size (a power of two up to 4096), so a block never spans two pages: when a block
+/// cannot be read, the exact range is read instead. Use one per stop: guest memory changes
+/// while the guest runs.
+pub struct CachedReader<F> {
+    inner: F,
+    block: u64,
+    /// (block address, contents); cleared when full (a kernel stack is 16 KiB).
+    blocks: Vec<(u64, Vec<u8>)>,
+}
+
+const MAX_CACHED_BLOCKS: usize = 64;
+
+impl<F, E> CachedReader<F>
+where
+    F: FnMut(u64, &mut [u8]) -> Result<(), E>,
+{
+    /// `block_size` is rounded to a power of two in 8..=4096.
+    pub fn new(inner: F, block_size: usize) -> CachedReader<F> {
+        let block = (block_size.clamp(8, 4096) as u64)
+            .next_power_of_two()
+            .min(4096);
+        CachedReader {
+            inner,
+            block,
+            blocks: Vec::new(),
+        }
+    }
+
+    pub fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), E> {
+        let base = addr & !(self.block - 1);
+        let off = (addr - base) as usize;
+        let fits = off
+            .checked_add(buf.len())
+            .is_some_and(|end| end as u64 <= self.block);
+        if !fits {
+            return (self.inner)(addr, buf);
+        }
+        if let Some((_, data)) = self.blocks.iter().find(|(b, _)| *b == base) {
+            buf.copy_from_slice(&data[off..off + buf.len()]);
+            return Ok(());
+        }
+        let mut data = vec![0u8; self.block as usize];
+        if (self.inner)(base, &mut data).is_err() {
+            return (self.inner)(addr, buf);
+        }
+        buf.copy_from_slice(&data[off..off + buf.len()]);
+        if self.blocks.len() >= MAX_CACHED_BLOCKS {
+            self.blocks.clear();
+        }
+        self.blocks.push((base, data));
+        Ok(())
     }
 }
 

@@ -96,7 +96,8 @@ impl Mem {
     fn reader(&self) -> impl FnMut(u64, &mut [u8]) -> Result<(), String> + '_ {
         |addr, buf| {
             let v = self.0.get(&addr).ok_or(format!("unmapped {addr:#x}"))?;
-            buf.copy_from_slice(&v.to_le_bytes()[..buf.len()]);
+            let bytes = v.to_le_bytes();
+            buf.copy_from_slice(bytes.get(..buf.len()).ok_or("read past a word")?);
             Ok(())
         }
     }
@@ -566,4 +567,81 @@ fn real_image_syscall_stack() {
             "entry_SYSCALL_64_after_hwframe"
         ]
     );
+}
+
+#[test]
+fn cached_reader_matches_direct_reads() {
+    let t = table();
+    let (regs, m, want) = three_frames();
+    let mut direct_calls = 0;
+    let mut counting = |a: u64, b: &mut [u8]| {
+        direct_calls += 1;
+        m.reader()(a, b)
+    };
+    assert_eq!(t.unwind(regs, &mut counting, SLIDE, 64), want);
+
+    // The fake memory only maps single words, so blocks fail and exact reads take over.
+    let mut calls = 0;
+    let mut cached = CachedReader::new(
+        |a: u64, b: &mut [u8]| {
+            calls += 1;
+            m.reader()(a, b)
+        },
+        256,
+    );
+    assert_eq!(
+        t.unwind(regs, &mut |a, b| cached.read(a, b), SLIDE, 64),
+        want
+    );
+    drop(cached);
+    assert_eq!(
+        calls,
+        2 * direct_calls,
+        "a failed block read, then the exact read"
+    );
+
+    // Memory mapped as whole blocks: one read per block touched.
+    let mut flat = vec![0u8; 0x200];
+    let base = STACK;
+    for (addr, v) in &m.0 {
+        if let Some(o) = addr.checked_sub(base).map(|o| o as usize)
+            && o + 8 <= flat.len()
+        {
+            flat[o..o + 8].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    let mut block_reads = Vec::new();
+    let mut cached = CachedReader::new(
+        |a: u64, b: &mut [u8]| -> Result<(), ()> {
+            block_reads.push((a, b.len()));
+            let o = a.checked_sub(base).ok_or(())? as usize;
+            b.copy_from_slice(flat.get(o..o + b.len()).ok_or(())?);
+            Ok(())
+        },
+        256,
+    );
+    assert_eq!(
+        t.unwind(regs, &mut |a, b| cached.read(a, b), SLIDE, 64),
+        want
+    );
+    drop(cached);
+    assert_eq!(block_reads, [(STACK, 256), (STACK + 0x100, 256)]);
+    assert!(direct_calls >= 5, "{direct_calls}");
+
+    // Reads that straddle a block go straight through; odd sizes are rounded.
+    let mut seen = Vec::new();
+    let mut c = CachedReader::new(
+        |a: u64, b: &mut [u8]| -> Result<(), ()> {
+            seen.push((a, b.len()));
+            b.fill(0xab);
+            Ok(())
+        },
+        100,
+    );
+    let mut buf = [0u8; 8];
+    c.read(0x1000 + 124, &mut buf).unwrap();
+    c.read(0x1000 + 8, &mut buf).unwrap();
+    assert_eq!(buf, [0xab; 8]);
+    drop(c);
+    assert_eq!(seen, [(0x1000 + 124, 8), (0x1000, 128)]);
 }
