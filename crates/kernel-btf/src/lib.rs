@@ -541,7 +541,8 @@ impl Btf {
         } else if let Some(n) = c_name.strip_prefix("union ") {
             (&[Kind::Union, Kind::Fwd], n)
         } else if let Some(n) = c_name.strip_prefix("enum ") {
-            (&[Kind::Enum, Kind::Enum64, Kind::Fwd], n)
+            // BTF has no enum forwards (they are empty ENUMs); FWD is for structs/unions.
+            (&[Kind::Enum, Kind::Enum64], n)
         } else if c_name == "void" {
             return Some(0);
         } else {

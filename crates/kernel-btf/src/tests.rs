@@ -133,6 +133,9 @@ fn check_sample(btf: &Btf) {
         "a union forward is not a struct"
     );
     assert_eq!(btf.lookup("enum color"), Some(13));
+    assert_eq!(btf.lookup("enum big"), Some(14));
+    assert_eq!(btf.lookup("enum fwdonly"), None);
+    assert_eq!(btf.lookup("color"), None, "enums need the keyword, as in C");
     assert_eq!(btf.lookup("u32_t"), Some(8));
     assert_eq!(btf.lookup("unsigned int"), Some(9));
     assert_eq!(btf.lookup("void"), Some(0));
