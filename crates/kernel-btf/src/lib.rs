@@ -857,7 +857,7 @@ impl Btf {
 
     fn name_depth(&self, id: TypeId, depth: usize) -> String {
         if depth > MAX_DEPTH {
-            return "...".into();
+            return "<too deep>".into();
         }
         let Ok(h) = self.hdr(id) else {
             return format!("<bad type {id}>");
