@@ -554,7 +554,11 @@ fn compare_with_bpftool(bytes: &[u8], theirs: HashMap<TypeId, String>) {
 }
 
 fn bpftool_raw(bytes: &[u8]) -> Option<HashMap<TypeId, String>> {
-    let path = std::env::temp_dir().join(format!("kernel-btf-test-{}.btf", std::process::id()));
+    // Unique per call: tests run in parallel threads of one process.
+    static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path =
+        std::env::temp_dir().join(format!("kernel-btf-test-{}-{seq}.btf", std::process::id()));
     std::fs::write(&path, bytes).unwrap();
     // Debian installs it in /usr/sbin, which a non-root PATH may lack.
     let out = ["bpftool", "/usr/sbin/bpftool"].iter().find_map(|tool| {
