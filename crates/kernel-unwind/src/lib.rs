@@ -174,7 +174,9 @@ pub enum Stop {
     UserMode { ip: u64, sp: u64 },
     /// `max_frames` frames were collected.
     MaxFrames,
-    /// No ORC entry covers this (runtime) ip: a module, BPF or a bad address.
+    /// No ORC entry covers this (runtime) ip: a module, BPF or a bad address. It is the last
+    /// frame (module and BPF frames are real, so it is kept; the kernel would guess on with
+    /// a frame pointer, which these kernels do not keep).
     NoOrcEntry { ip: u64 },
     /// An entry this unwinder cannot follow (terminator, unknown register or type) at `ip`.
     BadEntry { ip: u64 },
