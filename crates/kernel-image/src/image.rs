@@ -59,6 +59,23 @@ pub(crate) fn decode_any(bytes: &[u8]) -> Result<Decoded, Fail> {
     Err(Fail::NotKernel)
 }
 
+/// The ELF inside any accepted kernel image: the input itself, or its decompressed payload.
+pub(crate) fn elf_bytes(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, Fail> {
+    if bytes.starts_with(b"\x7fELF") {
+        return Ok(bytes.into());
+    }
+    if is_bzimage(bytes) {
+        return Ok(decompress_bzimage(bytes)?.into());
+    }
+    if let Some(kind) = compression_at(bytes) {
+        let elf = decompress(kind, bytes)?;
+        if elf.starts_with(b"\x7fELF") {
+            return Ok(elf.into());
+        }
+    }
+    Err(Fail::NotKernel)
+}
+
 fn is_bzimage(b: &[u8]) -> bool {
     b.get(0x1fe..0x200) == Some(&[0x55, 0xaa][..]) && b.get(0x202..0x206) == Some(&b"HdrS"[..])
 }

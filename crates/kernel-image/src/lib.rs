@@ -9,12 +9,18 @@
 //! (`.symtab` when present, otherwise its kallsyms tables), and System.map or `/proc/kallsyms`
 //! text. [`KernelSymbols::load`] can cache the result keyed by the input's SHA-256.
 //!
+//! [`KernelSections`] gives other crates raw ELF sections of the image (`.BTF`, the ORC
+//! tables), decompressed once and cached the same way.
+//!
 //! [`detect_slide`] finds the KASLR slide of a running guest by matching [`TextSample`]s of the
 //! image's `.text` against guest memory.
 
 mod cache;
 mod image;
 mod kallsyms;
+mod sections;
+
+pub use sections::{KernelSections, Section};
 
 use std::path::{Path, PathBuf};
 

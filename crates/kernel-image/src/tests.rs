@@ -527,3 +527,107 @@ fn compare_with_dump(ks: &KernelSymbols, dump: &Path) -> (usize, usize, Option<S
         .map(|(g, m)| format!("guest {g:x?} vs image {m:x?}"));
     (guest.len(), matched, first_diff)
 }
+
+#[test]
+fn sections_from_elf_and_bzimage_with_cache() {
+    let d = tmpdir("sections");
+    let cache = d.join("cache");
+    let elf = synthetic_elf();
+    let gz = {
+        let mut w = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut w, &elf).unwrap();
+        w.finish().unwrap()
+    };
+    let (pe, pb) = (d.join("vmlinux"), d.join("vmlinuz"));
+    std::fs::write(&pe, &elf).unwrap();
+    std::fs::write(&pb, bzimage_around(&gz)).unwrap();
+    let names = [".rodata", ".text", ".BTF"];
+    let a = KernelSections::load(&pe, &names, None).unwrap();
+    let ro = a.get(".rodata").unwrap();
+    assert_eq!(ro.addr, 0xffffffff82000000);
+    assert_eq!(&ro.data[..], &synthetic_blob()[..]);
+    assert_eq!(a.get(".text").unwrap().addr, TEXT);
+    assert!(a.get(".BTF").is_none(), "absent, not an error");
+    assert!(a.get(".data").is_none(), "not requested");
+    for round in 0..2 {
+        let b = KernelSections::load(&pb, &names, Some(&cache)).unwrap();
+        assert_eq!(b.get(".rodata"), a.get(".rodata"), "round {round}");
+        assert_eq!(b.get(".text"), a.get(".text"));
+        assert!(b.get(".BTF").is_none());
+        assert_ne!(
+            b.image_key(),
+            a.image_key(),
+            "keyed by the file, not the ELF"
+        );
+    }
+    let mut files: Vec<String> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    let key = KernelSections::load(&pb, &[], Some(&cache))
+        .unwrap()
+        .image_key()
+        .to_string();
+    assert_eq!(
+        files,
+        [
+            format!("{key}.BTF.sec"),
+            format!("{key}.rodata.sec"),
+            format!("{key}.text.sec")
+        ]
+    );
+    // A corrupt cache file is a miss: the section comes from the image again and is rewritten.
+    let f = cache.join(format!("{key}.rodata.sec"));
+    let good = std::fs::read(&f).unwrap();
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n - 1] ^= 1;
+    std::fs::write(&f, &bad).unwrap();
+    let c = KernelSections::load(&pb, &names, Some(&cache)).unwrap();
+    assert_eq!(c.get(".rodata"), a.get(".rodata"));
+    assert_eq!(std::fs::read(&f).unwrap(), good);
+
+    std::fs::write(d.join("junk"), b"junk").unwrap();
+    assert!(matches!(
+        KernelSections::load(&d.join("junk"), &names, None),
+        Err(Error::NotKernel { .. })
+    ));
+    assert!(matches!(
+        KernelSections::load(&d.join("missing"), &names, None),
+        Err(Error::Io { .. })
+    ));
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn real_image_sections() {
+    let Some(img) = real_image() else { return };
+    let d = tmpdir("real-sections");
+    let names = [".BTF", ".orc_unwind_ip", ".orc_unwind", ".text"];
+    let t0 = Instant::now();
+    let a = KernelSections::load(&img, &names, Some(&d)).unwrap();
+    let cold = t0.elapsed();
+    let t1 = Instant::now();
+    let b = KernelSections::load(&img, &names, Some(&d)).unwrap();
+    let warm = t1.elapsed();
+    eprintln!("sections: cold {cold:?}, warm (cached) {warm:?}");
+    for n in names {
+        assert!(a.get(n).is_some(), "{n} missing");
+        assert_eq!(a.get(n), b.get(n), "{n}");
+    }
+    assert_eq!(a.get(".text").unwrap().addr, TEXT);
+    let btf = &a.get(".BTF").unwrap().data;
+    assert_eq!(&btf[..2], &0xeb9fu16.to_le_bytes(), "BTF magic");
+    let (ip, orc) = (
+        a.get(".orc_unwind_ip").unwrap(),
+        a.get(".orc_unwind").unwrap(),
+    );
+    assert_eq!(
+        ip.data.len() / 4,
+        orc.data.len() / 6,
+        "one ORC entry per ip"
+    );
+    assert!(warm < cold, "cache not faster: {warm:?} vs {cold:?}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
