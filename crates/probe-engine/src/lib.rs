@@ -16,6 +16,7 @@
 //!   disarming, and a difference is reported as an error.
 
 mod context;
+pub mod guest;
 mod resolve;
 mod session;
 
