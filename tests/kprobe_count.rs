@@ -10,13 +10,23 @@ use support::*;
 fn count_matches_guest(append: Option<&str>, expect_slide_zero: bool) {
     let n = 300;
     let workload = ground_truth_workload(&format!("dd if=/dev/zero of=/dev/null bs=1 count={n}"));
+    count_matches_guest_with(append, expect_slide_zero, 1, &workload, n);
+}
+
+fn count_matches_guest_with(
+    append: Option<&str>,
+    expect_slide_zero: bool,
+    vcpus: u32,
+    workload: &str,
+    n: u64,
+) {
     let program = windowed_count_program();
     let mut cmd = vmprobe();
-    cmd.args(["run", "--console", "-e", &program]);
+    cmd.args(["run", "--console", "--vcpus", &vcpus.to_string(), "-e", &program]);
     if let Some(a) = append {
         cmd.args(["--append", a]);
     }
-    cmd.args(["--", &workload]);
+    cmd.args(["--", workload]);
     let out = run_bounded(&mut cmd, RUN_LIMIT);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "vmprobe failed: {stderr}");
@@ -46,4 +56,14 @@ fn count_equals_guest_kprobe_profile_with_kaslr() {
 #[test]
 fn count_equals_guest_kprobe_profile_without_kaslr() {
     count_matches_guest(Some("console=ttyS0 panic=-1 quiet nokaslr"), true);
+}
+
+#[test]
+fn count_equals_guest_on_two_vcpus_with_two_writers() {
+    // Two dd processes in parallel on two vCPUs: every hit on either vCPU
+    // is counted once.
+    let workload = ground_truth_workload(
+        "{ dd if=/dev/zero of=/dev/null bs=1 count=150 & dd if=/dev/zero of=/dev/null bs=1 count=150 & wait; }",
+    );
+    count_matches_guest_with(None, false, 2, &workload, 300);
 }
