@@ -88,6 +88,10 @@ pub struct RunArgs {
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]
     vcpus: u32,
+    /// Boot this many default guests (vm0, vm1, ...), run the workload in
+    /// each (with VMPROBE_GUEST and VMPROBE_GUEST_INDEX set) and probe them all.
+    #[arg(long, default_value_t = 1)]
+    guests: u32,
     /// Show the guest console (kernel messages and the workload's output) on stderr.
     #[arg(long)]
     console: bool,
@@ -126,6 +130,10 @@ pub struct RecordArgs {
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]
     vcpus: u32,
+    /// Boot this many default guests (vm0, vm1, ...), run the workload in
+    /// each (with VMPROBE_GUEST and VMPROBE_GUEST_INDEX set) and probe them all.
+    #[arg(long, default_value_t = 1)]
+    guests: u32,
     /// Show the guest console on stderr.
     #[arg(long)]
     console: bool,

@@ -21,9 +21,6 @@ use trace_formats::{
     ClassId, ClockOffset, EventClass, FieldType, Layer, StreamId, StreamKey, Value,
 };
 
-/// The name streams carry for the one guest vmprobe runs today.
-pub const GUEST_NAME: &str = "vm0";
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     Ctf,
@@ -43,7 +40,7 @@ enum Output {
 /// order of first use, the same in every snapshot.
 #[derive(Default)]
 struct Registry {
-    streams: HashMap<u32, StreamId>,
+    streams: HashMap<(String, u32), StreamId>,
     stream_keys: Vec<StreamKey>,
     classes: HashMap<String, ClassId>,
     class_list: Vec<EventClass>,
@@ -106,17 +103,17 @@ impl Recorder {
         })
     }
 
-    fn stream(&mut self, vcpu: u32) -> Result<StreamId, trace_formats::Error> {
-        if let Some(&id) = self.registry.streams.get(&vcpu) {
+    fn stream(&mut self, guest: &str, vcpu: u32) -> Result<StreamId, trace_formats::Error> {
+        if let Some(&id) = self.registry.streams.get(&(guest.to_string(), vcpu)) {
             return Ok(id);
         }
-        let key = StreamKey::new(GUEST_NAME, Some(vcpu), Layer::Guest);
+        let key = StreamKey::new(guest, Some(vcpu), Layer::Guest);
         let id = match &mut self.output {
             Output::Ctf(w) => w.add_stream(key.clone())?,
             Output::Perfetto(w) => w.add_stream(key.clone())?,
             Output::Ring { .. } => StreamId(self.registry.stream_keys.len() as u32),
         };
-        self.registry.streams.insert(vcpu, id);
+        self.registry.streams.insert((guest.to_string(), vcpu), id);
         self.registry.stream_keys.push(key);
         self.dropped.push(0);
         Ok(id)
@@ -146,7 +143,10 @@ impl Recorder {
         match result {
             Ok(()) => self.written += 1,
             Err(e) => {
-                if let Some(&StreamId(i)) = self.registry.streams.get(&event.vcpu)
+                if let Some(&StreamId(i)) = self
+                    .registry
+                    .streams
+                    .get(&(event.guest.to_string(), event.vcpu))
                     && let Some(d) = self.dropped.get_mut(i as usize)
                 {
                     *d += 1;
@@ -157,7 +157,7 @@ impl Recorder {
     }
 
     fn try_event(&mut self, event: &RecordedEvent<'_>) -> Result<(), trace_formats::Error> {
-        let stream = self.stream(event.vcpu)?;
+        let stream = self.stream(event.guest, event.vcpu)?;
         let values: Vec<Value<'_>> = event.fields.iter().map(|(_, v)| Value::U64(*v)).collect();
         let args: Vec<(&str, Value<'_>)> = event
             .fields
@@ -250,7 +250,6 @@ impl Recorder {
 fn ctf_options(clock: ClockOffset) -> CtfOptions {
     let mut opts = CtfOptions::new(clock);
     opts.env.push(("tracer_name".into(), "vmprobe".into()));
-    opts.env.push(("guest_0".into(), GUEST_NAME.into()));
     opts
 }
 

@@ -8,8 +8,8 @@ use probe_engine::{EndReason, Session, resolve_probes, run_special};
 use probe_lang::{Flow, ProbeSpec, Runtime};
 use qemu_guest::{Accel, GuestImage, LaunchConfig, Vm};
 use std::io::Write;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A TCG boot takes 5-20 s on a loaded 2-core machine; leave ample room.
@@ -135,6 +135,7 @@ pub fn record(args: crate::RecordArgs) -> Result<i32> {
         guest: args.guest,
         accel: args.accel,
         vcpus: args.vcpus,
+        guests: args.guests,
         console: args.console,
         stats: args.stats,
         workload: args.workload,
@@ -217,98 +218,140 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
     if args.console {
         cfg.console = Some(Arc::new(std::sync::Mutex::new(std::io::stderr())));
     }
+    let count = args.guests.max(1);
     eprintln!(
-        "vmprobe: booting {} ({:?})",
+        "vmprobe: booting {} guest{} of {} ({:?})",
+        count,
+        if count == 1 { "" } else { "s" },
         cfg.image.kernel.display(),
         cfg.accel
     );
-    let mut vm = Vm::launch(&cfg).context("starting QEMU")?;
-    let mut client = Client::connect_unix(&vm.gdb_socket(), Duration::from_secs(5))
-        .context("attaching to QEMU's gdbstub")?;
-    // QEMU's system-mode stub reads packets without waiting for our acks.
-    client.set_stub_ignores_acks(true);
-    let mut session = Session::new(client);
-    session.resume()?;
-    let booted = Instant::now();
-    vm.wait_ready(BOOT_TIMEOUT)
-        .map_err(|e| anyhow!("{e}; last console output: {}", tail(&vm)))?;
-    session.pause()?;
-    let slide = session.detect_slide(&symbols)?;
-    let sites = resolve_probes(&program, &symbols, slide)?;
-    let nprobes = program.probes().len();
-    eprintln!(
-        "vmprobe: guest up in {:.1} s, KASLR slide {slide:#x}",
-        booted.elapsed().as_secs_f64()
-    );
-    session.arm(sites)?;
-    if let Some(r) = &recorder {
-        session.set_recorder(Box::new(r.clone()));
+    // QEMUs are started from this thread: PR_SET_PDEATHSIG fires when the
+    // *thread* that forked them exits. They then boot in parallel; any
+    // failure ends the run (the others' QEMUs are killed when their `Vm`s
+    // drop).
+    let mut vms = Vec::new();
+    for i in 0..count {
+        let name = format!("vm{i}");
+        let vm = Vm::launch(&cfg).with_context(|| format!("{name}: starting QEMU"))?;
+        vms.push((name, vm));
+    }
+    let booted: Vec<Result<Guest>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = vms
+            .into_iter()
+            .map(|(name, vm)| {
+                let (symbols, program) = (&symbols, &program);
+                scope.spawn(move || boot_guest(name, vm, symbols, program))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow!("booting a guest panicked")))
+            })
+            .collect()
+    });
+    let mut guests = Vec::new();
+    for g in booted {
+        guests.push(g?);
+    }
+    for g in &mut guests {
+        if let Some(r) = &recorder {
+            g.session.set_recorder(Box::new(r.clone()));
+        }
     }
 
-    let mut runtime = Runtime::new(program.clone(), Box::new(std::io::stdout()));
+    let nprobes = program.probes().len();
+    let runtime = Mutex::new(Runtime::new(program.clone(), Box::new(std::io::stdout())));
     print!("{}", probe_lang::attaching_message(nprobes));
     let _ = std::io::stdout().flush();
 
-    let mut reason = None;
-    let mut workload_started = None;
-    if run_special(&program, &mut runtime, &ProbeSpec::Begin) == Flow::Exit {
-        reason = Some(EndReason::ScriptExit);
-    }
-    let reason = match reason {
-        Some(r) => r,
-        None => {
-            session.resume()?;
-            vm.start_workload(&command_line(&args.workload))?;
-            workload_started = Some(Instant::now());
-            let mut poll = || {
-                if stop.load(Ordering::Relaxed) {
-                    return Some(EndReason::Interrupted);
-                }
-                if snapshot_requested.swap(false, Ordering::Relaxed)
-                    && let Some(r) = &recorder
-                {
-                    {
-                        match r
-                            .0
-                            .lock()
-                            .map_err(|_| anyhow!("recorder lock"))
-                            .and_then(|mut r| r.snapshot())
-                        {
-                            Ok(Some((dir, n))) => {
-                                eprintln!("vmprobe: snapshot: {n} events in {}", dir.display())
-                            }
-                            Ok(None) => eprintln!("vmprobe: SIGUSR1: no flight recorder (--ring)"),
-                            Err(e) => eprintln!("vmprobe: snapshot failed: {e}"),
-                        }
-                    }
-                }
-                match vm.poll_exit() {
-                    Ok(Some(status)) => Some(EndReason::WorkloadExited(status)),
-                    Ok(None) => None,
-                    Err(e) => Some(EndReason::TargetGone(e.to_string())),
-                }
-            };
-            session.run(&mut runtime, &mut poll)
-        }
+    let script_exit = AtomicBool::new(false);
+    let begin_exit = {
+        let mut rt = runtime.lock().unwrap_or_else(|e| e.into_inner());
+        run_special(&program, &mut rt, &ProbeSpec::Begin) == Flow::Exit
     };
-
-    let workload_secs = workload_started.map_or(0.0, |t| t.elapsed().as_secs_f64());
-    let hits = session.stats.hits;
-    let round_trips = session.client().round_trips();
-    let stats = args.stats.then(|| {
-        let h = &session.stats.service_ns;
-        format!(
-            "vmprobe: stats: workload {workload_secs:.3} s wall, {hits} hits, {} stray stops, service time per hit: mean {:.1} us, p50 {:.1} us, p99 {:.1} us, {} round trips in all",
-            session.stats.stray_stops,
-            h.mean() / 1e3,
-            h.value_at_quantile(0.5) as f64 / 1e3,
-            h.value_at_quantile(0.99) as f64 / 1e3,
-            round_trips,
-        )
+    let command = command_line(&args.workload);
+    // One thread per guest: a slow or dead guest never stalls the others.
+    // They share the runtime (maps, output), held only while a handler runs.
+    let outcomes: Vec<GuestOutcome> = std::thread::scope(|scope| {
+        let handles: Vec<_> = guests
+            .into_iter()
+            .enumerate()
+            .map(|(index, mut g)| {
+                let (runtime, stop, script_exit) = (&runtime, &stop, &script_exit);
+                let (snapshot_requested, recorder, command) =
+                    (&snapshot_requested, &recorder, &command);
+                scope.spawn(move || {
+                    if begin_exit {
+                        return GuestOutcome::new(g, EndReason::ScriptExit, None);
+                    }
+                    let started = Instant::now();
+                    let exports = format!(
+                        "export VMPROBE_GUEST={} VMPROBE_GUEST_INDEX={index}; ",
+                        g.name
+                    );
+                    if let Err(e) = g
+                        .session
+                        .resume()
+                        .map_err(anyhow::Error::from)
+                        .and_then(|_| Ok(g.vm.start_workload(&format!("{exports}{command}"))?))
+                    {
+                        return GuestOutcome::new(g, EndReason::TargetGone(e.to_string()), None);
+                    }
+                    let vm = &mut g.vm;
+                    let mut poll = || {
+                        if stop.load(Ordering::Relaxed) {
+                            return Some(EndReason::Interrupted);
+                        }
+                        if script_exit.load(Ordering::Relaxed) {
+                            return Some(EndReason::ScriptExit);
+                        }
+                        if index == 0 && snapshot_requested.swap(false, Ordering::Relaxed) {
+                            snapshot(recorder.as_ref());
+                        }
+                        match vm.poll_exit() {
+                            Ok(Some(status)) => Some(EndReason::WorkloadExited(status)),
+                            Ok(None) => None,
+                            Err(e) => Some(EndReason::TargetGone(e.to_string())),
+                        }
+                    };
+                    let reason = g.session.run(runtime, &mut poll);
+                    if reason == EndReason::ScriptExit {
+                        script_exit.store(true, Ordering::Relaxed);
+                    }
+                    GuestOutcome::new(g, reason, Some(started.elapsed().as_secs_f64()))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a guest thread panicked"))
+            .collect()
     });
-    let gone = matches!(reason, EndReason::TargetGone(_));
-    drop(session.take_recorder());
-    let detach_error = if gone { None } else { session.detach().err() };
+
+    let mut outcomes = outcomes;
+    let mut detach_errors = Vec::new();
+    let mut stats_lines = Vec::new();
+    for o in &mut outcomes {
+        if args.stats {
+            stats_lines.push(stats_line(o));
+        }
+    }
+    let mut finished = Vec::new();
+    for o in outcomes {
+        let GuestOutcome {
+            mut guest, reason, ..
+        } = o;
+        drop(guest.session.take_recorder());
+        let gone = matches!(reason, EndReason::TargetGone(_));
+        let name = guest.name.clone();
+        if !gone && let Err(e) = guest.session.detach() {
+            detach_errors.push(format!("{name}: {e}"));
+        }
+        finished.push((name, guest.vm, reason));
+    }
 
     if let Some(r) = recorder {
         let recorder = Arc::try_unwrap(r.0)
@@ -320,35 +363,139 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
             Err(e) => eprintln!("vmprobe: writing the trace: {e:#}"),
         }
     }
+    let mut runtime = runtime.into_inner().unwrap_or_else(|e| e.into_inner());
     run_special(&program, &mut runtime, &ProbeSpec::End);
     runtime.print_maps();
     let _ = std::io::stdout().flush();
     for (probe, error, count) in runtime.errors() {
         eprintln!("vmprobe: {probe}: {error} ({count} times)");
     }
-    if let Some(stats) = stats {
-        eprintln!("{stats}");
+    for line in stats_lines {
+        eprintln!("{line}");
     }
-    if let Some(e) = detach_error {
+    for e in detach_errors {
         eprintln!("vmprobe: detach: {e}");
     }
 
-    let code = match reason {
-        EndReason::WorkloadExited(status) => {
-            if let Err(e) = vm.shutdown(Duration::from_secs(10)) {
-                eprintln!("vmprobe: {e}");
-            }
-            status
-        }
-        EndReason::ScriptExit => 0,
-        EndReason::Interrupted => 0,
-        EndReason::TargetGone(why) => {
-            eprintln!("vmprobe: the VM went away ({why}); output above is what was collected");
-            1
+    let prefix = |name: &str| {
+        if count == 1 {
+            String::new()
+        } else {
+            format!("{name}: ")
         }
     };
-    vm.kill();
+    let mut code = 0;
+    for (name, mut vm, reason) in finished {
+        let c = match reason {
+            EndReason::WorkloadExited(status) => {
+                if let Err(e) = vm.shutdown(Duration::from_secs(10)) {
+                    eprintln!("vmprobe: {}{e}", prefix(&name));
+                }
+                status
+            }
+            EndReason::ScriptExit | EndReason::Interrupted => 0,
+            EndReason::TargetGone(why) => {
+                eprintln!(
+                    "vmprobe: {}the VM went away ({why}); output above is what was collected",
+                    prefix(&name)
+                );
+                1
+            }
+        };
+        if code == 0 {
+            code = c;
+        }
+        vm.kill();
+    }
     Ok(code)
+}
+
+/// One booted guest, armed and stopped.
+struct Guest {
+    name: String,
+    vm: Vm,
+    session: Session,
+}
+
+struct GuestOutcome {
+    guest: Guest,
+    reason: EndReason,
+    workload_secs: Option<f64>,
+}
+
+impl GuestOutcome {
+    fn new(guest: Guest, reason: EndReason, workload_secs: Option<f64>) -> Self {
+        GuestOutcome {
+            guest,
+            reason,
+            workload_secs,
+        }
+    }
+}
+
+fn stats_line(o: &mut GuestOutcome) -> String {
+    let round_trips = o.guest.session.client().round_trips();
+    let s = &o.guest.session.stats;
+    let h = &s.service_ns;
+    format!(
+        "vmprobe: stats: {}: workload {:.3} s wall, {} hits, {} returns, {} stray stops, service time per hit: mean {:.1} us, p50 {:.1} us, p99 {:.1} us, {} round trips in all",
+        o.guest.name,
+        o.workload_secs.unwrap_or(0.0),
+        s.hits,
+        s.returns,
+        s.stray_stops,
+        h.mean() / 1e3,
+        h.value_at_quantile(0.5) as f64 / 1e3,
+        h.value_at_quantile(0.99) as f64 / 1e3,
+        round_trips,
+    )
+}
+
+/// Lets a launched guest boot, attaches, finds its KASLR slide and arms the
+/// program.
+fn boot_guest(
+    name: String,
+    mut vm: Vm,
+    symbols: &KernelSymbols,
+    program: &Arc<probe_lang::Program>,
+) -> Result<Guest> {
+    let mut client = Client::connect_unix(&vm.gdb_socket(), Duration::from_secs(5))
+        .with_context(|| format!("{name}: attaching to QEMU's gdbstub"))?;
+    // QEMU's system-mode stub reads packets without waiting for our acks.
+    client.set_stub_ignores_acks(true);
+    let mut session = Session::new(client);
+    session.set_name(&name);
+    session.resume()?;
+    let booted = Instant::now();
+    vm.wait_ready(BOOT_TIMEOUT)
+        .map_err(|e| anyhow!("{name}: {e}; last console output: {}", tail(&vm)))?;
+    session.pause()?;
+    let slide = session.detect_slide(symbols)?;
+    let sites = resolve_probes(program, symbols, slide)?;
+    eprintln!(
+        "vmprobe: {name} up in {:.1} s, KASLR slide {slide:#x}",
+        booted.elapsed().as_secs_f64()
+    );
+    session.arm(sites)?;
+    Ok(Guest { name, vm, session })
+}
+
+/// Flight recorder snapshot on SIGUSR1.
+fn snapshot(recorder: Option<&crate::record::SharedRecorder>) {
+    let Some(r) = recorder else {
+        eprintln!("vmprobe: SIGUSR1: nothing is being recorded");
+        return;
+    };
+    match r
+        .0
+        .lock()
+        .map_err(|_| anyhow!("recorder lock"))
+        .and_then(|mut r| r.snapshot())
+    {
+        Ok(Some((dir, n))) => eprintln!("vmprobe: snapshot: {n} events in {}", dir.display()),
+        Ok(None) => eprintln!("vmprobe: SIGUSR1: no flight recorder (--ring)"),
+        Err(e) => eprintln!("vmprobe: snapshot failed: {e}"),
+    }
 }
 
 fn tail(vm: &Vm) -> String {

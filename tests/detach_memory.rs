@@ -1,13 +1,14 @@
 //! Acceptance (c): guest memory at every probe address is byte-identical
 //! before attach and after detach, read through a fresh connection to the
-//! stub once vmprobe's session has detached.
+//! stub once vmprobe's session has detached; and no breakpoint is left: the
+//! guest then runs the probed functions without a single stop.
 
 mod support;
 use gdb_remote::Client;
 use probe_engine::{EndReason, Session, resolve_probes};
 use probe_lang::Runtime;
 use qemu_guest::{Accel, LaunchConfig, Vm};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn read_sites(client: &mut Client, addrs: &[u64]) -> Vec<Vec<u8>> {
@@ -27,7 +28,8 @@ fn probe_sites_are_unchanged_after_detach() {
     let symbols = kernel_image::KernelSymbols::load(&image.kernel, None).expect("symbols");
     let program = Arc::new(
         probe_lang::compile(
-            "kprobe:ksys_write, kprobe:vfs_read, kprobe:vfs_write { @[func] = count(); }",
+            "kprobe:ksys_write, kprobe:vfs_read, kprobe:vfs_write { @[func] = count(); }\n\
+             kretprobe:vfs_read, kretprobe:ksys_write { @ret = count(); }",
             "test",
         )
         .expect("compiles"),
@@ -49,11 +51,11 @@ fn probe_sites_are_unchanged_after_detach() {
     let before = read_sites(session.client(), &addrs);
 
     session.arm(sites).expect("arm");
-    let mut runtime = Runtime::new(program.clone(), Box::new(std::io::sink()));
+    let runtime = Mutex::new(Runtime::new(program.clone(), Box::new(std::io::sink())));
     session.resume().unwrap();
     vm.start_workload("cat /proc/version > /dev/null; dd if=/dev/zero of=/dev/null bs=1 count=50")
         .unwrap();
-    let reason = session.run(&mut runtime, &mut || {
+    let reason = session.run(&runtime, &mut || {
         vm.poll_exit().ok().flatten().map(EndReason::WorkloadExited)
     });
     assert_eq!(reason, EndReason::WorkloadExited(0));
@@ -74,6 +76,19 @@ fn probe_sites_are_unchanged_after_detach() {
         before.iter().all(|b| b.iter().any(|&x| x != 0)),
         "{before:02x?}"
     );
+    // The same workload again, with a debugger attached but nothing armed
+    // by it: any stop would be a breakpoint vmprobe left behind.
+    fresh.resume(&[]).unwrap();
+    vm.start_workload("dd if=/dev/zero of=/dev/null bs=1 count=50")
+        .unwrap();
+    assert_eq!(vm.wait_exit(Duration::from_secs(120)).unwrap(), 0);
+    assert_eq!(
+        fresh.wait_stop(Some(Duration::from_millis(200))).unwrap(),
+        None,
+        "a breakpoint survived the detach"
+    );
+    fresh.interrupt().unwrap();
+    fresh.wait_stop(Some(Duration::from_secs(5))).unwrap();
     fresh.detach().unwrap();
     vm.shutdown(Duration::from_secs(20))
         .expect("guest powers off after detach");

@@ -22,7 +22,14 @@ fn count_matches_guest_with(
 ) {
     let program = windowed_count_program();
     let mut cmd = vmprobe();
-    cmd.args(["run", "--console", "--vcpus", &vcpus.to_string(), "-e", &program]);
+    cmd.args([
+        "run",
+        "--console",
+        "--vcpus",
+        &vcpus.to_string(),
+        "-e",
+        &program,
+    ]);
     if let Some(a) = append {
         cmd.args(["--append", a]);
     }

@@ -390,7 +390,7 @@ impl Bench {
         } else {
             Box::new(printed.clone())
         };
-        let mut runtime = Runtime::new(program, out);
+        let runtime = Mutex::new(Runtime::new(program, out));
         session.resume()?;
         let t = Instant::now();
         self.vm.start_workload(command)?;
@@ -400,10 +400,13 @@ impl Bench {
             Ok(None) => None,
             Err(e) => Some(EndReason::TargetGone(e.to_string())),
         };
-        let reason = session.run(&mut runtime, &mut poll);
+        let reason = session.run(&runtime, &mut poll);
         let end = self.vm.last_event_at().unwrap_or_else(Instant::now);
         let stops = session.stats.hits;
-        runtime.print_maps();
+        runtime
+            .lock()
+            .map_err(|_| anyhow!("runtime lock"))?
+            .print_maps();
         drop(runtime);
         match reason {
             EndReason::WorkloadExited(0) => {}

@@ -10,7 +10,7 @@ use hdrhistogram::Histogram;
 use kernel_image::KernelSymbols;
 use probe_lang::{BlockId, Flow, Runtime};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// How long the loop waits for a stop before polling for the end of the run.
@@ -107,6 +107,8 @@ struct PendingReturn {
 /// One probe firing, as handed to an [`EventSink`] (`vmprobe record`).
 #[derive(Debug)]
 pub struct RecordedEvent<'a> {
+    /// The guest's name in this run (`vm0`, ...).
+    pub guest: &'a str,
     /// Host CLOCK_MONOTONIC nanoseconds of the stop.
     pub ts_ns: u64,
     pub vcpu: u32,
@@ -121,7 +123,7 @@ pub struct RecordedEvent<'a> {
 
 /// Where recorded events go. Called with the guest stopped, so a slow sink
 /// slows the guest but never loses events.
-pub trait EventSink {
+pub trait EventSink: Send {
     fn event(&mut self, event: &RecordedEvent<'_>);
 }
 
@@ -140,6 +142,7 @@ enum Resume {
 
 pub struct Session {
     client: Client,
+    name: Arc<str>,
     sites: Vec<ProbeSite>,
     by_addr: HashMap<u64, usize>,
     /// Return addresses with a breakpoint, and how many pending calls use it.
@@ -168,6 +171,7 @@ impl Session {
         client.set_trust_stop_thread(true);
         Session {
             client,
+            name: "vm0".into(),
             sites: Vec::new(),
             by_addr: HashMap::new(),
             return_bps: HashMap::new(),
@@ -191,6 +195,15 @@ impl Session {
     /// would leave the CPU expecting one.
     pub fn set_skip_nops(&mut self, on: bool) {
         self.skip_nops = on;
+    }
+
+    /// Names the guest (`guest` in scripts, stream names in traces).
+    pub fn set_name(&mut self, name: &str) {
+        self.name = name.into();
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Records every kprobe hit (with `arg0`..`arg5`) and kretprobe return
@@ -330,7 +343,7 @@ impl Session {
     /// `exit()`, or the target goes away. Returns with the guest stopped (or gone).
     pub fn run(
         &mut self,
-        runtime: &mut Runtime,
+        runtime: &Mutex<Runtime>,
         poll: &mut dyn FnMut() -> Option<EndReason>,
     ) -> EndReason {
         loop {
@@ -379,7 +392,7 @@ impl Session {
     /// Stops the guest and runs every timer probe that is due. A breakpoint
     /// hit that races with the interrupt is served first (and resumed); the
     /// timers then stay due and fire on the next pass.
-    fn fire_timers(&mut self, runtime: &mut Runtime) -> Result<Flow, String> {
+    fn fire_timers(&mut self, runtime: &Mutex<Runtime>) -> Result<Flow, String> {
         let stop = self.stop().map_err(|e| e.to_string())?;
         let stopped_thread = match stop {
             Some(
@@ -427,7 +440,7 @@ impl Session {
                     func: "",
                     probe: &timer.probe,
                 };
-                if let Flow::Exit = runtime.run(timer.block, &mut ctx) {
+                if let Flow::Exit = lock(runtime).run(timer.block, &mut ctx) {
                     flow = Flow::Exit;
                 }
             }
@@ -443,7 +456,7 @@ impl Session {
     fn serve(
         &mut self,
         stop: StopReply,
-        runtime: &mut Runtime,
+        runtime: &Mutex<Runtime>,
         resume: bool,
     ) -> Result<Flow, String> {
         let received = monotonic_ns();
@@ -502,7 +515,7 @@ impl Session {
         index: usize,
         thread: ThreadId,
         regs: Option<Registers>,
-        runtime: &mut Runtime,
+        runtime: &Mutex<Runtime>,
         resume: bool,
         received: u64,
     ) -> Result<Flow, String> {
@@ -520,7 +533,7 @@ impl Session {
         let mut flow = Flow::Continue;
         for (block, probe) in &site.handlers {
             ctx.probe = probe;
-            if let Flow::Exit = runtime.run(*block, &mut ctx) {
+            if let Flow::Exit = lock(runtime).run(*block, &mut ctx) {
                 flow = Flow::Exit;
             }
         }
@@ -540,6 +553,7 @@ impl Session {
             }
             for (_, probe) in &site.handlers {
                 sink.event(&RecordedEvent {
+                    guest: &self.name,
                     ts_ns: received,
                     vcpu: vcpu_index(thread),
                     probe,
@@ -631,7 +645,7 @@ impl Session {
         pc: u64,
         thread: ThreadId,
         regs: Option<Registers>,
-        runtime: &mut Runtime,
+        runtime: &Mutex<Runtime>,
         resume: bool,
         received: u64,
     ) -> Result<Flow, String> {
@@ -667,7 +681,7 @@ impl Session {
         let mut flow = Flow::Continue;
         for (block, probe) in &site.ret_handlers {
             ctx.probe = probe;
-            if let Flow::Exit = runtime.run(*block, &mut ctx) {
+            if let Flow::Exit = lock(runtime).run(*block, &mut ctx) {
                 flow = Flow::Exit;
             }
         }
@@ -682,6 +696,7 @@ impl Session {
             };
             for (_, probe) in &site.ret_handlers {
                 sink.event(&RecordedEvent {
+                    guest: &self.name,
                     ts_ns: received,
                     vcpu: vcpu_index(thread),
                     probe,
@@ -712,7 +727,7 @@ impl Session {
         &mut self,
         thread: ThreadId,
         addr: u64,
-        runtime: &mut Runtime,
+        runtime: &Mutex<Runtime>,
         resume: bool,
         received: u64,
     ) -> Result<Flow, String> {
@@ -740,7 +755,7 @@ impl Session {
         for w in &hit {
             self.stats.watch_hits += 1;
             ctx.probe = &w.probe;
-            if let Flow::Exit = runtime.run(w.block, &mut ctx) {
+            if let Flow::Exit = lock(runtime).run(w.block, &mut ctx) {
                 flow = Flow::Exit;
             }
         }
@@ -849,4 +864,11 @@ impl Session {
 /// QEMU numbers vCPU threads from 1; scripts see vCPUs from 0, as CPUs.
 fn vcpu_index(thread: ThreadId) -> u32 {
     thread.tid.saturating_sub(1) as u32
+}
+
+/// The runtime is shared by the sessions of all guests of a run; a handler
+/// holds it only while it runs. A poisoned lock (a panicking handler, which
+/// must not happen) still gives the maps for the final report.
+fn lock(runtime: &Mutex<Runtime>) -> MutexGuard<'_, Runtime> {
+    runtime.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -87,6 +87,9 @@ pub struct Vm {
 const CONSOLE_TAIL: usize = 8192;
 
 impl Vm {
+    /// Starts QEMU. Call it from a thread that lives as long as the VM:
+    /// the kernel's parent-death signal, which keeps QEMU from outliving
+    /// vmprobe, fires when the *thread* that forked QEMU exits.
     pub fn launch(cfg: &LaunchConfig) -> Result<Vm> {
         if cfg.qemu.as_os_str() == "qemu-system-x86_64" {
             require_tool(
