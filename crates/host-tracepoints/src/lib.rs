@@ -1,0 +1,2 @@
+//! Host kernel tracepoints for vmprobe.
+pub mod format;
