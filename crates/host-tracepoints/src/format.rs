@@ -2,7 +2,7 @@
 //! the raw records they describe.
 //!
 //! A format file lists every field of the record as
-//! `field:TYPE NAME;	offset:N;	size:N;	signed:N;`. The common fields
+//! `field:TYPE NAME; offset:N; size:N; signed:N;`. The common fields
 //! (`common_type`, `common_pid`, ...) come first, then a blank line, then the
 //! event's own fields. The raw data of a perf sample (`PERF_SAMPLE_RAW`) is
 //! exactly this record, so offsets apply to it directly.
@@ -244,7 +244,7 @@ fn truncate(s: &str) -> &str {
     }
 }
 
-/// Parses `field:TYPE NAME;	offset:N;	size:N;	signed:N;`.
+/// Parses `field:TYPE NAME; offset:N; size:N; signed:N;`.
 fn parse_field(line: &str) -> Result<Field, String> {
     let body = line.strip_prefix("field:").unwrap_or(line);
     let mut parts = body.split(';').map(str::trim);
@@ -275,9 +275,7 @@ fn parse_field(line: &str) -> Result<Field, String> {
 
     // Split `TYPE NAME[LEN]` at the last identifier.
     let decl = decl.trim();
-    let name_start = decl
-        .rfind(|c: char| c == ' ' || c == '*' || c == '\t')
-        .map_or(0, |i| i + 1);
+    let name_start = decl.rfind([' ', '*', '\t']).map_or(0, |i| i + 1);
     let (ty, name) = decl.split_at(name_start);
     let ty = ty.trim();
     let (name, array) = match name.find('[') {
