@@ -112,13 +112,16 @@ impl Sample {
     }
 }
 
-/// Loss and decode accounting since the reader was opened.
+/// Loss and decode accounting since the reader was opened, as of the last
+/// [`TracepointReader::read`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Samples decoded and returned.
     pub samples: u64,
-    /// Samples the kernel dropped because a ring was full
-    /// (`PERF_RECORD_LOST` and `PERF_RECORD_LOST_SAMPLES`).
+    /// Samples the kernel dropped because a ring was full. The kernel reports
+    /// them in `PERF_RECORD_LOST` records only once space frees up again, so
+    /// where it can (Linux 6.0+, `PERF_FORMAT_LOST`) this is read from the
+    /// event instead, which is exact at any time.
     pub lost: u64,
     /// Samples whose raw data did not match the format (never expected).
     pub undecodable: u64,
@@ -159,11 +162,24 @@ impl TracepointReader {
         attr.set_watermark(1);
         attr.__bindgen_anon_2.wakeup_watermark = (data_size / 4).max(1) as u32;
 
+        // read() then gives {hits, lost}: an exact loss count at any time.
+        attr.read_format = b::PERF_FORMAT_LOST as u64;
         let mut rings = Vec::new();
         for (pid, cpu) in targets(target)? {
-            let fd = perf_open(&mut attr, pid, cpu, tp)?;
+            let fd = match perf_open(&mut attr, pid, cpu, tp) {
+                Err(Error::PerfOpen { source, .. })
+                    if source.raw_os_error() == Some(libc::EINVAL) && attr.read_format != 0 =>
+                {
+                    // Before Linux 6.0: LOST records are all there is.
+                    attr.read_format = 0;
+                    perf_open(&mut attr, pid, cpu, tp)?
+                }
+                r => r?,
+            };
             set_filter(&fd, tp, opts.filter.as_deref())?;
-            rings.push(Ring::map(fd, page, data_size)?);
+            let mut ring = Ring::map(fd, page, data_size)?;
+            ring.lost_format = attr.read_format != 0;
+            rings.push(ring);
         }
         let reader = TracepointReader {
             tp: tp.clone(),
@@ -233,9 +249,21 @@ impl TracepointReader {
             let (rings, scratch) = (&mut self.rings, &mut self.scratch);
             let ring = &mut rings[i];
             let tp = &self.tp;
-            let stats = &mut self.stats;
-            ring.drain(scratch, |rec| handle_record(tp, rec, stats, out));
+            let mut stats = Stats::default();
+            ring.drain(scratch, |rec| handle_record(tp, rec, &mut stats, out));
+            self.stats.samples += stats.samples;
+            self.stats.undecodable += stats.undecodable;
+            ring.lost_records += stats.lost;
         }
+        let mut lost = 0;
+        for r in &self.rings {
+            // The event's own count is exact; records only catch up later.
+            lost += match r.lost_format {
+                true => r.read_counts()?.1.max(r.lost_records),
+                false => r.lost_records,
+            };
+        }
+        self.stats.lost = lost;
         let n = out.len() - start;
         if self.rings.len() > 1 {
             out[start..].sort_by_key(|s| s.ts_ns);
@@ -247,9 +275,19 @@ impl TracepointReader {
         self.stats
     }
 
-    /// Samples dropped by the kernel so far (full rings).
+    /// Samples dropped by the kernel (full rings), as of the last read.
     pub fn lost(&self) -> u64 {
         self.stats.lost
+    }
+
+    /// How many times the tracepoint fired for the target (after the
+    /// filter), sampled or lost: `samples + lost + still unread`.
+    pub fn hits(&self) -> Result<u64, Error> {
+        let mut n = 0;
+        for r in &self.rings {
+            n += r.read_counts()?.0;
+        }
+        Ok(n)
     }
 }
 
@@ -500,7 +538,11 @@ fn page_size() -> usize {
 /// One mmap'd perf ring: a control page, then `data_size` bytes of records.
 #[derive(Debug)]
 struct Ring {
-    fd: OwnedFd,
+    fd: File,
+    /// Opened with `PERF_FORMAT_LOST`.
+    lost_format: bool,
+    /// Sum of `PERF_RECORD_LOST*` records seen.
+    lost_records: u64,
     base: *mut u8,
     map_len: usize,
     data: *const u8,
@@ -553,13 +595,29 @@ impl Ring {
             });
         }
         Ok(Ring {
-            fd,
+            fd: File::from(fd),
+            lost_format: false,
+            lost_records: 0,
             base,
             map_len,
             // SAFETY: off + size <= map_len, checked above.
             data: unsafe { base.add(off) },
             data_size: size,
         })
+    }
+
+    /// `(hits, lost)`; lost is 0 without `PERF_FORMAT_LOST`.
+    fn read_counts(&self) -> Result<(u64, u64), Error> {
+        let mut b = [0u8; 16];
+        let n = if self.lost_format { 16 } else { 8 };
+        (&self.fd)
+            .read_exact(&mut b[..n])
+            .map_err(|source| Error::Sys {
+                op: "read perf event",
+                source,
+            })?;
+        let v = |i: usize| u64::from_ne_bytes(b[i..i + 8].try_into().unwrap_or_default());
+        Ok((v(0), v(8)))
     }
 
     fn head_tail(&self) -> (&AtomicU64, &AtomicU64) {
