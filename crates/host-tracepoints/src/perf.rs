@@ -88,6 +88,11 @@ impl Options {
         self.filter = Some(filter.into());
         self
     }
+
+    pub fn ring_pages(mut self, pages: usize) -> Self {
+        self.ring_pages = pages;
+        self
+    }
 }
 
 /// One decoded tracepoint hit.
@@ -253,15 +258,18 @@ impl TracepointReader {
             ring.drain(scratch, |rec| handle_record(tp, rec, &mut stats, out));
             self.stats.samples += stats.samples;
             self.stats.undecodable += stats.undecodable;
-            ring.lost_records += stats.lost;
+            ring.lost_records = ring.lost_records.saturating_add(stats.lost);
         }
         let mut lost = 0;
         for r in &self.rings {
             // The event's own count is exact; records only catch up later.
-            lost += match r.lost_format {
-                true => r.read_counts()?.1.max(r.lost_records),
-                false => r.lost_records,
-            };
+            lost = u64::saturating_add(
+                lost,
+                match r.lost_format {
+                    true => r.read_counts()?.1.max(r.lost_records),
+                    false => r.lost_records,
+                },
+            );
         }
         self.stats.lost = lost;
         let n = out.len() - start;
@@ -307,9 +315,11 @@ fn handle_record(
             None => stats.undecodable += 1,
         },
         // { u64 id; u64 lost; }
-        b::PERF_RECORD_LOST => stats.lost += u64_at(body, 8).unwrap_or(1),
+        b::PERF_RECORD_LOST => stats.lost = stats.lost.saturating_add(u64_at(body, 8).unwrap_or(1)),
         // { u64 lost; }
-        b::PERF_RECORD_LOST_SAMPLES => stats.lost += u64_at(body, 0).unwrap_or(1),
+        b::PERF_RECORD_LOST_SAMPLES => {
+            stats.lost = stats.lost.saturating_add(u64_at(body, 0).unwrap_or(1))
+        }
         _ => {} // THROTTLE and the like carry no samples.
     }
 }
@@ -758,5 +768,24 @@ mod tests {
             &mut out,
         );
         assert_eq!(stats.lost, 3 + 5);
+    }
+
+    #[test]
+    fn junk_records_never_panic() {
+        let tp = tp();
+        let (mut stats, mut out) = (Stats::default(), Vec::new());
+        let mut x = 0x1234_5678_9abc_def1u64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 120) as usize;
+            let body: Vec<u8> = (0..len)
+                .map(|i| (x >> (i % 8 * 8)) as u8 ^ i as u8)
+                .collect();
+            let kind = [b::PERF_RECORD_SAMPLE, b::PERF_RECORD_LOST, 0, 99][(x >> 40) as usize % 4];
+            handle_record(&tp, (kind, &body), &mut stats, &mut out);
+        }
+        assert_eq!(stats.samples as usize, out.len());
     }
 }

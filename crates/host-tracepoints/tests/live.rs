@@ -272,10 +272,7 @@ fn full_ring_losses_are_counted_not_hidden() {
     let mut r = TracepointReader::open_with(
         &tp,
         &Target::Threads(vec![w.tid]),
-        &Options {
-            ring_pages: 1,
-            ..Options::default()
-        },
+        &Options::default().ring_pages(1),
     )
     .unwrap();
     w.run(); // Nobody reads meanwhile: a 4 KiB ring holds about 50 samples.
