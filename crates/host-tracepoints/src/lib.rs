@@ -45,7 +45,8 @@ pub mod tracefs;
 
 pub use format::{EventFormat, Field, FieldValue};
 pub use perf::{
-    Options, Sample, Stats, Target, Tracepoint, TracepointCounter, TracepointReader, open,
+    EventSpec, Options, Sample, Stats, Target, Tracepoint, TracepointCounter, TracepointReader,
+    open,
 };
 pub use tracefs::{Tracefs, TracepointName};
 

@@ -5,9 +5,10 @@
 //! so nothing fires before the filter is in place. Sample times use
 //! `CLOCK_MONOTONIC` (`use_clockid`), vmprobe's one time base.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -139,79 +140,135 @@ pub fn open(tracepoint: &str, tids: &[i32]) -> Result<TracepointReader, Error> {
     TracepointReader::open_with(&tp, &Target::Threads(tids.to_vec()), &Options::default())
 }
 
-/// Samples of one tracepoint, decoded.
+/// One tracepoint of a [`TracepointReader::open_many`], with its own filter.
+#[derive(Debug, Clone)]
+pub struct EventSpec {
+    pub tracepoint: Tracepoint,
+    pub filter: Option<String>,
+}
+
+/// Samples of one or more tracepoints, decoded. All tracepoints of one
+/// thread (or CPU) share one ring, so their samples come out in the order
+/// they happened.
 #[derive(Debug)]
 pub struct TracepointReader {
-    tp: Tracepoint,
+    tps: Vec<Tracepoint>,
+    // Unmapped before the descriptors close (field order).
     rings: Vec<Ring>,
+    fds: Vec<EventFd>,
+    /// Kernel event id (`PERF_SAMPLE_IDENTIFIER`) to index in `tps`.
+    ids: HashMap<u64, usize>,
     stats: Stats,
     scratch: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct EventFd {
+    file: File,
+    /// Opened with `PERF_FORMAT_LOST`.
+    lost_format: bool,
 }
 
 impl TracepointReader {
     /// Opens the tracepoint for `target`, sampling every hit that passes the
     /// filter, and enables it.
     pub fn open_with(tp: &Tracepoint, target: &Target, opts: &Options) -> Result<Self, Error> {
-        if !opts.ring_pages.is_power_of_two() {
-            return Err(Error::BadRingSize(opts.ring_pages));
+        let spec = EventSpec {
+            tracepoint: tp.clone(),
+            filter: opts.filter.clone(),
+        };
+        Self::open_many(&[spec], target, opts.ring_pages)
+    }
+
+    /// Opens several tracepoints for `target` into one ring per thread (or
+    /// CPU) of `ring_pages` pages, and enables them.
+    pub fn open_many(
+        events: &[EventSpec],
+        target: &Target,
+        ring_pages: usize,
+    ) -> Result<Self, Error> {
+        if !ring_pages.is_power_of_two() {
+            return Err(Error::BadRingSize(ring_pages));
+        }
+        if events.is_empty() {
+            return Err(Error::NoTargets);
         }
         let page = page_size();
-        let data_size = opts.ring_pages * page;
-        let mut attr = base_attr(tp.id());
-        attr.__bindgen_anon_1.sample_period = 1;
-        attr.sample_type =
-            (b::PERF_SAMPLE_TID | b::PERF_SAMPLE_TIME | b::PERF_SAMPLE_CPU | b::PERF_SAMPLE_RAW)
-                as u64;
-        // Wake a waiting reader when a quarter of the ring is used, not per
-        // sample: hot tracepoints must not cost a wakeup each.
-        attr.set_watermark(1);
-        attr.__bindgen_anon_2.wakeup_watermark = (data_size / 4).max(1) as u32;
-
-        // read() then gives {hits, lost}: an exact loss count at any time.
-        attr.read_format = b::PERF_FORMAT_LOST as u64;
-        let mut rings = Vec::new();
-        for (pid, cpu) in targets(target)? {
-            let fd = match perf_open(&mut attr, pid, cpu, tp) {
-                Err(Error::PerfOpen { source, .. })
-                    if source.raw_os_error() == Some(libc::EINVAL) && attr.read_format != 0 =>
-                {
-                    // Before Linux 6.0: LOST records are all there is.
-                    attr.read_format = 0;
-                    perf_open(&mut attr, pid, cpu, tp)?
-                }
-                r => r?,
-            };
-            set_filter(&fd, tp, opts.filter.as_deref())?;
-            let mut ring = Ring::map(fd, page, data_size)?;
-            ring.lost_format = attr.read_format != 0;
-            rings.push(ring);
-        }
-        let reader = TracepointReader {
-            tp: tp.clone(),
-            rings,
+        let data_size = ring_pages * page;
+        let mut reader = TracepointReader {
+            tps: events.iter().map(|e| e.tracepoint.clone()).collect(),
+            rings: Vec::new(),
+            fds: Vec::new(),
+            ids: HashMap::new(),
             stats: Stats::default(),
             scratch: Vec::new(),
         };
+        // read() gives {hits, lost}: an exact loss count at any time.
+        let mut read_format = b::PERF_FORMAT_LOST as u64;
+        for (pid, cpu) in targets(target)? {
+            let mut leader = None;
+            for (i, ev) in events.iter().enumerate() {
+                let tp = &ev.tracepoint;
+                let mut attr = base_attr(tp.id());
+                attr.__bindgen_anon_1.sample_period = 1;
+                // IDENTIFIER first in every sample: which tracepoint it is.
+                attr.sample_type = (b::PERF_SAMPLE_IDENTIFIER
+                    | b::PERF_SAMPLE_TID
+                    | b::PERF_SAMPLE_TIME
+                    | b::PERF_SAMPLE_CPU
+                    | b::PERF_SAMPLE_RAW) as u64;
+                // Wake a waiting reader when a quarter of the ring is used,
+                // not per sample: hot tracepoints must not cost a wakeup each.
+                attr.set_watermark(1);
+                attr.__bindgen_anon_2.wakeup_watermark = (data_size / 4).max(1) as u32;
+                attr.read_format = read_format;
+                let fd = match perf_open(&mut attr, pid, cpu, tp) {
+                    Err(Error::PerfOpen { source, .. })
+                        if source.raw_os_error() == Some(libc::EINVAL) && read_format != 0 =>
+                    {
+                        // Before Linux 6.0: LOST records are all there is.
+                        read_format = 0;
+                        attr.read_format = 0;
+                        perf_open(&mut attr, pid, cpu, tp)?
+                    }
+                    r => r?,
+                };
+                set_filter(&fd, tp, ev.filter.as_deref())?;
+                reader.ids.insert(event_id(&fd)?, i);
+                match leader {
+                    None => {
+                        leader = Some(fd.as_raw_fd());
+                        reader.rings.push(Ring::map(&fd, page, data_size)?);
+                    }
+                    Some(l) => set_output(&fd, l)?,
+                }
+                reader.fds.push(EventFd {
+                    file: File::from(fd),
+                    lost_format: attr.read_format != 0,
+                });
+            }
+        }
         reader.enable()?;
         Ok(reader)
     }
 
-    pub fn tracepoint(&self) -> &Tracepoint {
-        &self.tp
+    /// The tracepoints, in the order given when opening.
+    pub fn tracepoints(&self) -> &[Tracepoint] {
+        &self.tps
     }
 
     /// Starts (or resumes) sampling.
     pub fn enable(&self) -> Result<(), Error> {
-        for r in &self.rings {
-            ioctl_enable(&r.fd, true)?;
+        for f in &self.fds {
+            ioctl_enable(&f.file, true)?;
         }
         Ok(())
     }
 
     /// Stops sampling; samples already in the rings can still be read.
     pub fn disable(&self) -> Result<(), Error> {
-        for r in &self.rings {
-            ioctl_enable(&r.fd, false)?;
+        for f in &self.fds {
+            ioctl_enable(&f.file, false)?;
         }
         Ok(())
     }
@@ -224,7 +281,7 @@ impl TracepointReader {
             .rings
             .iter()
             .map(|r| libc::pollfd {
-                fd: r.fd.as_raw_fd(),
+                fd: r.fd,
                 events: libc::POLLIN,
                 revents: 0,
             })
@@ -245,33 +302,31 @@ impl TracepointReader {
         Ok(rc > 0)
     }
 
-    /// Drains every ring, appending decoded samples to `out` sorted by time
-    /// (order across threads holds within one call). Returns how many were
-    /// appended.
+    /// Drains every ring, appending decoded samples to `out` sorted by time.
+    /// Samples of one thread (or CPU) are always in order; across threads
+    /// the order holds within one call. Returns how many were appended.
     pub fn read(&mut self, out: &mut Vec<Sample>) -> Result<usize, Error> {
         let start = out.len();
-        for i in 0..self.rings.len() {
-            let (rings, scratch) = (&mut self.rings, &mut self.scratch);
-            let ring = &mut rings[i];
-            let tp = &self.tp;
-            let mut stats = Stats::default();
-            ring.drain(scratch, |rec| handle_record(tp, rec, &mut stats, out));
-            self.stats.samples += stats.samples;
-            self.stats.undecodable += stats.undecodable;
+        let mut stats = Stats::default();
+        let mut lost_records = 0u64;
+        for ring in &mut self.rings {
+            let (tps, ids, scratch) = (&self.tps, &self.ids, &mut self.scratch);
+            ring.drain(scratch, |rec| handle_record(tps, ids, rec, &mut stats, out));
             ring.lost_records = ring.lost_records.saturating_add(stats.lost);
+            lost_records = lost_records.saturating_add(ring.lost_records);
+            stats.lost = 0;
         }
-        let mut lost = 0;
-        for r in &self.rings {
-            // The event's own count is exact; records only catch up later.
-            lost = u64::saturating_add(
-                lost,
-                match r.lost_format {
-                    true => r.read_counts()?.1.max(r.lost_records),
-                    false => r.lost_records,
-                },
-            );
+        self.stats.samples += stats.samples;
+        self.stats.undecodable += stats.undecodable;
+        self.stats.lost = lost_records;
+        if self.fds.iter().all(|f| f.lost_format) {
+            // The events' own counts are exact; records only catch up later.
+            let mut lost = 0u64;
+            for f in &self.fds {
+                lost = lost.saturating_add(read_counts(f)?.1);
+            }
+            self.stats.lost = lost.max(lost_records);
         }
-        self.stats.lost = lost;
         let n = out.len() - start;
         if self.rings.len() > 1 {
             out[start..].sort_by_key(|s| s.ts_ns);
@@ -288,26 +343,41 @@ impl TracepointReader {
         self.stats.lost
     }
 
-    /// How many times the tracepoint fired for the target (after the
-    /// filter), sampled or lost: `samples + lost + still unread`.
+    /// How many times the tracepoints fired for the target (after their
+    /// filters), sampled or lost: `samples + lost + still unread`.
     pub fn hits(&self) -> Result<u64, Error> {
-        let mut n = 0;
-        for r in &self.rings {
-            n += r.read_counts()?.0;
+        let mut n = 0u64;
+        for f in &self.fds {
+            n = n.saturating_add(read_counts(f)?.0);
         }
         Ok(n)
     }
 }
 
+/// `(hits, lost)` of one event; lost is 0 without `PERF_FORMAT_LOST`.
+fn read_counts(f: &EventFd) -> Result<(u64, u64), Error> {
+    let mut b = [0u8; 16];
+    let n = if f.lost_format { 16 } else { 8 };
+    (&f.file)
+        .read_exact(&mut b[..n])
+        .map_err(|source| Error::Sys {
+            op: "read perf event",
+            source,
+        })?;
+    let v = |i: usize| u64::from_ne_bytes(b[i..i + 8].try_into().unwrap_or_default());
+    Ok((v(0), v(8)))
+}
+
 /// One perf record: `(type, body after the 8-byte header)`.
 fn handle_record(
-    tp: &Tracepoint,
+    tps: &[Tracepoint],
+    ids: &HashMap<u64, usize>,
     (kind, body): (u32, &[u8]),
     stats: &mut Stats,
     out: &mut Vec<Sample>,
 ) {
     match kind {
-        b::PERF_RECORD_SAMPLE => match parse_sample(tp, body) {
+        b::PERF_RECORD_SAMPLE => match parse_sample(tps, ids, body) {
             Some(s) => {
                 stats.samples += 1;
                 out.push(s);
@@ -324,15 +394,17 @@ fn handle_record(
     }
 }
 
-/// A sample with `TID | TIME | CPU | RAW`, fields in the kernel's order:
-/// `u32 pid, tid; u64 time; u32 cpu, res; u32 size; u8 data[size]`.
-fn parse_sample(tp: &Tracepoint, body: &[u8]) -> Option<Sample> {
-    let pid = u32_at(body, 0)? as i32;
-    let tid = u32_at(body, 4)? as i32;
-    let ts_ns = u64_at(body, 8)?;
-    let cpu = u32_at(body, 16)?;
-    let size = u32_at(body, 24)? as usize;
-    let raw = body.get(28..28usize.checked_add(size)?)?;
+/// A sample with `IDENTIFIER | TID | TIME | CPU | RAW`, fields in the
+/// kernel's order: `u64 id; u32 pid, tid; u64 time; u32 cpu, res; u32 size;
+/// u8 data[size]`.
+fn parse_sample(tps: &[Tracepoint], ids: &HashMap<u64, usize>, body: &[u8]) -> Option<Sample> {
+    let tp = tps.get(*ids.get(&u64_at(body, 0)?)?)?;
+    let pid = u32_at(body, 8)? as i32;
+    let tid = u32_at(body, 12)? as i32;
+    let ts_ns = u64_at(body, 16)?;
+    let cpu = u32_at(body, 24)?;
+    let size = u32_at(body, 32)? as usize;
+    let raw = body.get(36..36usize.checked_add(size)?)?;
     let fields = tp.format.decode(raw).ok()?;
     Some(Sample {
         ts_ns,
@@ -520,6 +592,36 @@ fn set_filter(fd: &impl AsRawFd, tp: &Tracepoint, filter: Option<&str>) -> Resul
     Ok(())
 }
 
+/// The kernel's id for the event, as `PERF_SAMPLE_IDENTIFIER` reports it.
+fn event_id(fd: &OwnedFd) -> Result<u64, Error> {
+    let mut id = 0u64;
+    // SAFETY: PERF_EVENT_IOC_ID writes one u64 through the pointer, which
+    // points at `id` for the duration of the call.
+    let rc = unsafe { sys::ioctls::ID(fd.as_raw_fd(), &mut id) };
+    if rc < 0 {
+        return Err(Error::Sys {
+            op: "PERF_EVENT_IOC_ID",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(id)
+}
+
+/// Sends `fd`'s samples to the ring mapped from `leader` (same thread or
+/// CPU), so one ring per thread serves every tracepoint.
+fn set_output(fd: &OwnedFd, leader: RawFd) -> Result<(), Error> {
+    // SAFETY: both are perf event descriptors we hold open; the ioctl takes
+    // the target descriptor as an integer.
+    let rc = unsafe { sys::ioctls::SET_OUTPUT(fd.as_raw_fd(), leader) };
+    if rc < 0 {
+        return Err(Error::Sys {
+            op: "PERF_EVENT_IOC_SET_OUTPUT",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
 fn ioctl_enable(fd: &impl AsRawFd, on: bool) -> Result<(), Error> {
     // SAFETY: ENABLE/DISABLE take an integer flag (0: this event only) and
     // touch no memory of ours.
@@ -548,9 +650,8 @@ fn page_size() -> usize {
 /// One mmap'd perf ring: a control page, then `data_size` bytes of records.
 #[derive(Debug)]
 struct Ring {
-    fd: File,
-    /// Opened with `PERF_FORMAT_LOST`.
-    lost_format: bool,
+    /// The descriptor it was mapped from (owned by the reader's `fds`).
+    fd: RawFd,
     /// Sum of `PERF_RECORD_LOST*` records seen.
     lost_records: u64,
     base: *mut u8,
@@ -564,7 +665,7 @@ struct Ring {
 unsafe impl Send for Ring {}
 
 impl Ring {
-    fn map(fd: OwnedFd, page: usize, data_size: usize) -> Result<Ring, Error> {
+    fn map(fd: &OwnedFd, page: usize, data_size: usize) -> Result<Ring, Error> {
         let map_len = page + data_size;
         // SAFETY: mapping a perf fd with its documented layout (1 + 2^n
         // pages, shared, writable so data_tail can be written); the kernel
@@ -605,8 +706,7 @@ impl Ring {
             });
         }
         Ok(Ring {
-            fd: File::from(fd),
-            lost_format: false,
+            fd: fd.as_raw_fd(),
             lost_records: 0,
             base,
             map_len,
@@ -614,20 +714,6 @@ impl Ring {
             data: unsafe { base.add(off) },
             data_size: size,
         })
-    }
-
-    /// `(hits, lost)`; lost is 0 without `PERF_FORMAT_LOST`.
-    fn read_counts(&self) -> Result<(u64, u64), Error> {
-        let mut b = [0u8; 16];
-        let n = if self.lost_format { 16 } else { 8 };
-        (&self.fd)
-            .read_exact(&mut b[..n])
-            .map_err(|source| Error::Sys {
-                op: "read perf event",
-                source,
-            })?;
-        let v = |i: usize| u64::from_ne_bytes(b[i..i + 8].try_into().unwrap_or_default());
-        Ok((v(0), v(8)))
     }
 
     fn head_tail(&self) -> (&AtomicU64, &AtomicU64) {
@@ -725,11 +811,13 @@ mod tests {
 
     #[test]
     fn sample_records() {
-        let tp = tp();
+        let tps = [tp()];
+        let ids = HashMap::from([(77u64, 0usize)]);
         let mut raw = vec![0u8; 40];
         raw[16..24].copy_from_slice(&1u64.to_ne_bytes());
         raw[32..40].copy_from_slice(&7u64.to_ne_bytes());
         let mut body = Vec::new();
+        body.extend_from_slice(&77u64.to_ne_bytes());
         body.extend_from_slice(&10u32.to_ne_bytes());
         body.extend_from_slice(&11u32.to_ne_bytes());
         body.extend_from_slice(&123_456u64.to_ne_bytes());
@@ -739,40 +827,38 @@ mod tests {
         body.extend_from_slice(&raw);
         body.extend_from_slice(&[0; 4]);
         let (mut stats, mut out) = (Stats::default(), Vec::new());
-        handle_record(&tp, (b::PERF_RECORD_SAMPLE, &body), &mut stats, &mut out);
+        let mut handle = |kind, body: &[u8], stats: &mut Stats| {
+            handle_record(&tps, &ids, (kind, body), stats, &mut out)
+        };
+        handle(b::PERF_RECORD_SAMPLE, &body, &mut stats);
+        // Truncated: counted as undecodable, not lost silently, not a panic.
+        for n in 0..body.len() - 4 {
+            handle(b::PERF_RECORD_SAMPLE, &body[..n], &mut stats);
+        }
+        assert_eq!(stats.undecodable as usize, body.len() - 4);
+        // An id that is none of ours: the same.
+        let mut other = body.clone();
+        other[0] = 78;
+        handle(b::PERF_RECORD_SAMPLE, &other, &mut stats);
+        assert_eq!(stats.undecodable as usize, body.len() - 4 + 1);
+        // Lost records: { id, lost } and { lost }.
+        let mut lost = 5u64.to_ne_bytes().to_vec();
+        lost.extend_from_slice(&3u64.to_ne_bytes());
+        handle(b::PERF_RECORD_LOST, &lost, &mut stats);
+        handle(b::PERF_RECORD_LOST_SAMPLES, &lost, &mut stats);
+        assert_eq!(stats.lost, 3 + 5);
         assert_eq!(out.len(), 1);
         let s = &out[0];
         assert_eq!((s.pid, s.tid, s.ts_ns, s.cpu), (10, 11, 123_456, 1));
         assert_eq!(s.field("count"), Some(&FieldValue::U64(7)));
         assert_eq!(s.field("fd"), Some(&FieldValue::U64(1)));
         assert_eq!(&*s.name, "syscalls:sys_enter_write");
-        // Truncated: counted as undecodable, not lost silently, not a panic.
-        for n in 0..body.len() - 4 {
-            handle_record(
-                &tp,
-                (b::PERF_RECORD_SAMPLE, &body[..n]),
-                &mut stats,
-                &mut out,
-            );
-        }
-        assert_eq!(out.len(), 1);
-        assert_eq!(stats.undecodable as usize, body.len() - 4);
-        // Lost records.
-        let mut lost = 5u64.to_ne_bytes().to_vec();
-        lost.extend_from_slice(&3u64.to_ne_bytes());
-        handle_record(&tp, (b::PERF_RECORD_LOST, &lost), &mut stats, &mut out);
-        handle_record(
-            &tp,
-            (b::PERF_RECORD_LOST_SAMPLES, &lost),
-            &mut stats,
-            &mut out,
-        );
-        assert_eq!(stats.lost, 3 + 5);
     }
 
     #[test]
     fn junk_records_never_panic() {
-        let tp = tp();
+        let tps = [tp()];
+        let ids = HashMap::from([(0u64, 0usize), (u64::MAX, 0)]);
         let (mut stats, mut out) = (Stats::default(), Vec::new());
         let mut x = 0x1234_5678_9abc_def1u64;
         for _ in 0..20_000 {
@@ -784,7 +870,7 @@ mod tests {
                 .map(|i| (x >> (i % 8 * 8)) as u8 ^ i as u8)
                 .collect();
             let kind = [b::PERF_RECORD_SAMPLE, b::PERF_RECORD_LOST, 0, 99][(x >> 40) as usize % 4];
-            handle_record(&tp, (kind, &body), &mut stats, &mut out);
+            handle_record(&tps, &ids, (kind, &body), &mut stats, &mut out);
         }
         assert_eq!(stats.samples as usize, out.len());
     }

@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::thread;
 
 use host_tracepoints::{
-    FieldValue, Options, Sample, Target, Tracefs, Tracepoint, TracepointReader,
+    EventSpec, FieldValue, Sample, Target, Tracefs, Tracepoint, TracepointReader,
 };
 
 // From <linux/kvm.h>; x86-64.
@@ -198,7 +198,13 @@ fn kvm_pio_and_userspace_exits_of_a_vcpu_thread() {
     });
     let tid = tid_rx.recv().unwrap();
     let target = Target::Threads(vec![tid]);
-    let mut rp = match TracepointReader::open_with(&pio, &target, &Options::default()) {
+    // Both tracepoints into the vCPU thread's one ring: in order as they
+    // happened, without sorting.
+    let specs = [pio, exit].map(|tracepoint| EventSpec {
+        tracepoint,
+        filter: None,
+    });
+    let mut r = match TracepointReader::open_many(&specs, &target, 64) {
         Ok(r) => r,
         Err(e) if std::env::var_os("CI").is_none() => {
             drop(go);
@@ -207,16 +213,15 @@ fn kvm_pio_and_userspace_exits_of_a_vcpu_thread() {
         }
         Err(e) => panic!("{e}"),
     };
-    let mut re = TracepointReader::open_with(&exit, &target, &Options::default()).unwrap();
     go.send(()).unwrap();
     let seen = vcpu.join().unwrap();
     assert_eq!(seen.outs, (0..OUTS).collect::<Vec<_>>());
 
     let mut s: Vec<Sample> = Vec::new();
-    rp.read(&mut s).unwrap();
-    re.read(&mut s).unwrap();
-    assert_eq!((rp.lost(), re.lost()), (0, 0));
-    s.sort_by_key(|x| x.ts_ns);
+    r.read(&mut s).unwrap();
+    assert_eq!(r.lost(), 0);
+    assert!(s.windows(2).all(|w| w[0].ts_ns <= w[1].ts_ns));
+    assert_eq!(r.hits().unwrap(), s.len() as u64);
     assert!(s.iter().all(|x| x.tid == tid));
 
     let pios: Vec<&Sample> = s.iter().filter(|x| &*x.name == "kvm:kvm_pio").collect();

@@ -12,7 +12,7 @@ use std::thread;
 use std::time::Duration;
 
 use host_tracepoints::{
-    Error, FieldValue, Options, Sample, Target, Tracefs, Tracepoint, TracepointCounter,
+    Error, EventSpec, FieldValue, Options, Sample, Target, Tracefs, Tracepoint, TracepointCounter,
     TracepointReader,
 };
 
@@ -362,4 +362,52 @@ fn every_available_format_parses() {
         failed.len(),
         evs.len()
     );
+}
+
+#[test]
+fn several_tracepoints_one_ring_in_order_with_own_filters() {
+    let Some(t) = tracefs() else { return };
+    let enter = resolve(&t, "syscalls:sys_enter_write");
+    let exit = resolve(&t, "syscalls:sys_exit_write");
+    let lengths: Vec<usize> = (0..100).map(|i| if i % 4 == 0 { 7 } else { 3 }).collect();
+    let w = Writer::spawn(lengths);
+    let specs = [
+        EventSpec {
+            tracepoint: enter,
+            filter: Some("count == 7".into()),
+        },
+        EventSpec {
+            tracepoint: exit,
+            filter: None,
+        },
+    ];
+    let mut r = TracepointReader::open_many(&specs, &Target::Threads(vec![w.tid]), 64).unwrap();
+    assert_eq!(r.tracepoints().len(), 2);
+    w.run();
+    let s = drain(&mut r);
+    let names: Vec<&str> = s.iter().map(|x| &*x.name).collect();
+    assert_eq!(
+        names
+            .iter()
+            .filter(|n| **n == "syscalls:sys_enter_write")
+            .count(),
+        25
+    );
+    assert_eq!(
+        names
+            .iter()
+            .filter(|n| **n == "syscalls:sys_exit_write")
+            .count(),
+        100
+    );
+    assert_eq!(r.hits().unwrap(), 125);
+    // Every filtered enter is followed by its exit, returning 7.
+    for (i, x) in s.iter().enumerate() {
+        if &*x.name == "syscalls:sys_enter_write" {
+            let next = &s[i + 1];
+            assert_eq!(&*next.name, "syscalls:sys_exit_write");
+            assert_eq!(next.field("ret"), Some(&FieldValue::I64(7)));
+            assert!(x.ts_ns < next.ts_ns);
+        }
+    }
 }
