@@ -59,6 +59,10 @@ impl Tracepoint {
 pub enum Target {
     /// These threads only, on whatever CPU they run (pid = tid, cpu = -1):
     /// a VM's vCPU threads. One ring buffer per thread.
+    ///
+    /// The kernel detaches such events when the thread exits (in `do_exit`),
+    /// so events of an exiting thread's last moments, e.g. its final
+    /// `sched_switch`, are not seen.
     Threads(Vec<i32>),
     /// Every thread, one ring buffer per online CPU (pid = -1, cpu = N).
     AllCpus,
