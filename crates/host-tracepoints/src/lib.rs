@@ -11,7 +11,9 @@
 //!   in-kernel filters.
 //!
 //! ```no_run
-//! use host_tracepoints::{Options, Target, Tracefs, Tracepoint, TracepointCounter, TracepointReader};
+//! use host_tracepoints::{
+//!     EventSpec, Options, Target, Tracefs, Tracepoint, TracepointCounter, TracepointReader,
+//! };
 //! use std::time::Duration;
 //!
 //! let vcpu_tids = [4242, 4243]; // from the VMM
@@ -29,6 +31,16 @@
 //!     println!("{} {} tid={} prev={}", s.ts_ns, s.name, s.tid, s.field("prev_comm").unwrap());
 //! }
 //! assert_eq!(reader.lost(), 0); // losses are counted, never hidden
+//!
+//! // Several tracepoints, each with its own filter, one ring per thread:
+//! // samples of one thread come out in the order they happened.
+//! let specs = ["kvm:kvm_exit", "kvm:kvm_userspace_exit"].map(|name| EventSpec {
+//!     tracepoint: Tracepoint::resolve(&tracefs, name).unwrap(),
+//!     filter: None,
+//! });
+//! let mut kvm = TracepointReader::open_many(&specs, &Target::Threads(vcpu_tids.to_vec()), 64)?;
+//! kvm.add_threads(&[4244])?; // a vCPU thread started later
+//! kvm.read(&mut samples)?;
 //!
 //! // Hot events: count in the kernel, no samples.
 //! let writes = Tracepoint::resolve(&tracefs, "syscalls:sys_enter_write")?;
@@ -90,8 +102,10 @@ pub enum Error {
         filter: String,
         source: std::io::Error,
     },
-    #[error("no threads to trace")]
+    #[error("no threads or tracepoints to trace")]
     NoTargets,
+    #[error("threads can only be added to a per-thread reader")]
+    NotPerThread,
     #[error("ring size {0} pages is not a power of two")]
     BadRingSize(usize),
     #[error("{op}: {source}")]

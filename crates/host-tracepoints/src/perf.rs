@@ -164,6 +164,14 @@ pub struct TracepointReader {
     ids: HashMap<u64, usize>,
     stats: Stats,
     scratch: Vec<u8>,
+    specs: Vec<EventSpec>,
+    /// Bytes of each ring's data area.
+    data_size: usize,
+    /// `PERF_FORMAT_LOST`, or 0 on kernels without it.
+    read_format: u64,
+    /// The traced threads, for [`Target::Threads`].
+    threads: Option<Vec<i32>>,
+    enabled: bool,
 }
 
 #[derive(Debug)]
@@ -197,63 +205,118 @@ impl TracepointReader {
         if events.is_empty() {
             return Err(Error::NoTargets);
         }
-        let page = page_size();
-        let data_size = ring_pages * page;
         let mut reader = TracepointReader {
             tps: events.iter().map(|e| e.tracepoint.clone()).collect(),
+            specs: events.to_vec(),
             rings: Vec::new(),
             fds: Vec::new(),
             ids: HashMap::new(),
             stats: Stats::default(),
             scratch: Vec::new(),
+            data_size: ring_pages * page_size(),
+            read_format: b::PERF_FORMAT_LOST as u64,
+            threads: match target {
+                Target::Threads(t) => Some(Vec::with_capacity(t.len())),
+                Target::AllCpus => None,
+            },
+            enabled: false,
         };
-        // read() gives {hits, lost}: an exact loss count at any time.
-        let mut read_format = b::PERF_FORMAT_LOST as u64;
         for (pid, cpu) in targets(target)? {
-            let mut leader = None;
-            for (i, ev) in events.iter().enumerate() {
-                let tp = &ev.tracepoint;
-                let mut attr = base_attr(tp.id());
-                attr.__bindgen_anon_1.sample_period = 1;
-                // IDENTIFIER first in every sample: which tracepoint it is.
-                attr.sample_type = (b::PERF_SAMPLE_IDENTIFIER
-                    | b::PERF_SAMPLE_TID
-                    | b::PERF_SAMPLE_TIME
-                    | b::PERF_SAMPLE_CPU
-                    | b::PERF_SAMPLE_RAW) as u64;
-                // Wake a waiting reader when a quarter of the ring is used,
-                // not per sample: hot tracepoints must not cost a wakeup each.
-                attr.set_watermark(1);
-                attr.__bindgen_anon_2.wakeup_watermark = (data_size / 4).max(1) as u32;
-                attr.read_format = read_format;
-                let fd = match perf_open(&mut attr, pid, cpu, tp) {
-                    Err(Error::PerfOpen { source, .. })
-                        if source.raw_os_error() == Some(libc::EINVAL) && read_format != 0 =>
-                    {
-                        // Before Linux 6.0: LOST records are all there is.
-                        read_format = 0;
-                        attr.read_format = 0;
-                        perf_open(&mut attr, pid, cpu, tp)?
-                    }
-                    r => r?,
-                };
-                set_filter(&fd, tp, ev.filter.as_deref())?;
-                reader.ids.insert(event_id(&fd)?, i);
-                match leader {
-                    None => {
-                        leader = Some(fd.as_raw_fd());
-                        reader.rings.push(Ring::map(&fd, page, data_size)?);
-                    }
-                    Some(l) => set_output(&fd, l)?,
-                }
-                reader.fds.push(EventFd {
-                    file: File::from(fd),
-                    lost_format: attr.read_format != 0,
-                });
-            }
+            reader.attach(pid, cpu)?;
         }
         reader.enable()?;
         Ok(reader)
+    }
+
+    /// Adds threads to a [`Target::Threads`] reader (vCPU threads the VMM
+    /// started later); ones already traced are skipped. They are enabled if
+    /// the reader is. On error none of `tids` from the failing one on is
+    /// traced.
+    pub fn add_threads(&mut self, tids: &[i32]) -> Result<(), Error> {
+        if self.threads.is_none() {
+            return Err(Error::NotPerThread);
+        }
+        for &tid in tids {
+            if self.threads.as_ref().is_some_and(|t| t.contains(&tid)) {
+                continue;
+            }
+            let first = self.fds.len();
+            self.attach(tid, -1)?;
+            if self.enabled {
+                for f in &self.fds[first..] {
+                    ioctl_enable(&f.file, true)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The threads traced (`None` for [`Target::AllCpus`]).
+    pub fn threads(&self) -> Option<&[i32]> {
+        self.threads.as_deref()
+    }
+
+    /// Opens every tracepoint for one thread or CPU, disabled, into one new
+    /// ring; all or nothing.
+    fn attach(&mut self, pid: i32, cpu: i32) -> Result<(), Error> {
+        let (rings, fds) = (self.rings.len(), self.fds.len());
+        let r = self.attach_inner(pid, cpu);
+        if r.is_err() {
+            self.rings.truncate(rings);
+            self.fds.truncate(fds);
+        } else if pid >= 0
+            && let Some(t) = &mut self.threads
+        {
+            t.push(pid);
+        }
+        r
+    }
+
+    fn attach_inner(&mut self, pid: i32, cpu: i32) -> Result<(), Error> {
+        let mut leader = None;
+        for (i, ev) in self.specs.iter().enumerate() {
+            let tp = &ev.tracepoint;
+            let mut attr = base_attr(tp.id());
+            attr.__bindgen_anon_1.sample_period = 1;
+            // IDENTIFIER first in every sample: which tracepoint it is.
+            attr.sample_type = (b::PERF_SAMPLE_IDENTIFIER
+                | b::PERF_SAMPLE_TID
+                | b::PERF_SAMPLE_TIME
+                | b::PERF_SAMPLE_CPU
+                | b::PERF_SAMPLE_RAW) as u64;
+            // Wake a waiting reader when a quarter of the ring is used, not
+            // per sample: hot tracepoints must not cost a wakeup each.
+            attr.set_watermark(1);
+            attr.__bindgen_anon_2.wakeup_watermark = (self.data_size / 4).max(1) as u32;
+            // read() gives {hits, lost}: an exact loss count at any time.
+            attr.read_format = self.read_format;
+            let fd = match perf_open(&mut attr, pid, cpu, tp) {
+                Err(Error::PerfOpen { source, .. })
+                    if source.raw_os_error() == Some(libc::EINVAL) && self.read_format != 0 =>
+                {
+                    // Before Linux 6.0: LOST records are all there is.
+                    self.read_format = 0;
+                    attr.read_format = 0;
+                    perf_open(&mut attr, pid, cpu, tp)?
+                }
+                r => r?,
+            };
+            set_filter(&fd, tp, ev.filter.as_deref())?;
+            self.ids.insert(event_id(&fd)?, i);
+            match leader {
+                None => {
+                    leader = Some(fd.as_raw_fd());
+                    self.rings
+                        .push(Ring::map(&fd, page_size(), self.data_size)?);
+                }
+                Some(l) => set_output(&fd, l)?,
+            }
+            self.fds.push(EventFd {
+                file: File::from(fd),
+                lost_format: attr.read_format != 0,
+            });
+        }
+        Ok(())
     }
 
     /// The tracepoints, in the order given when opening.
@@ -262,15 +325,17 @@ impl TracepointReader {
     }
 
     /// Starts (or resumes) sampling.
-    pub fn enable(&self) -> Result<(), Error> {
+    pub fn enable(&mut self) -> Result<(), Error> {
         for f in &self.fds {
             ioctl_enable(&f.file, true)?;
         }
+        self.enabled = true;
         Ok(())
     }
 
     /// Stops sampling; samples already in the rings can still be read.
-    pub fn disable(&self) -> Result<(), Error> {
+    pub fn disable(&mut self) -> Result<(), Error> {
+        self.enabled = false;
         for f in &self.fds {
             ioctl_enable(&f.file, false)?;
         }

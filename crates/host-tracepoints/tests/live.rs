@@ -411,3 +411,30 @@ fn several_tracepoints_one_ring_in_order_with_own_filters() {
         }
     }
 }
+
+#[test]
+fn threads_added_later_are_traced() {
+    let Some(t) = tracefs() else { return };
+    let tp = resolve(&t, "syscalls:sys_enter_write");
+    let a = Writer::spawn(vec![2; 20]);
+    let ta = a.tid;
+    let mut r =
+        TracepointReader::open_with(&tp, &Target::Threads(vec![ta]), &Options::default()).unwrap();
+    // A vCPU thread the VMM starts later.
+    let b = Writer::spawn(vec![4; 30]);
+    let tb = b.tid;
+    let e = r.add_threads(&[i32::MAX]).unwrap_err();
+    assert!(matches!(e, Error::NoSuchThread(_)), "{e}");
+    r.add_threads(&[tb, ta, tb]).unwrap();
+    assert_eq!(r.threads(), Some(&[ta, tb][..]));
+    a.run();
+    b.run();
+    let s = drain(&mut r);
+    assert_eq!(s.iter().filter(|x| x.tid == ta).count(), 20);
+    assert_eq!(s.iter().filter(|x| x.tid == tb).count(), 30);
+    assert_eq!(s.len(), 50);
+
+    let mut all = TracepointReader::open_with(&tp, &Target::AllCpus, &Options::default()).unwrap();
+    assert!(matches!(all.add_threads(&[ta]), Err(Error::NotPerThread)));
+    assert_eq!(all.threads(), None);
+}
