@@ -8,6 +8,7 @@
 //! exactly this record, so offsets apply to it directly.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// A parse failure, with the 1-based line it was found on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,7 +56,8 @@ pub enum Element {
 /// One field of an event record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Field {
-    pub name: String,
+    /// Shared with every decoded value of this field: no allocation per sample.
+    pub name: Arc<str>,
     /// The declared type as written in the format file (`char[16]` is written
     /// `char`, with the length in [`Layout::Array`]).
     pub type_name: String,
@@ -221,7 +223,7 @@ impl EventFormat {
 
     /// The field called `name`, common or not.
     pub fn field(&self, name: &str) -> Option<&Field> {
-        self.fields.iter().find(|f| f.name == name)
+        self.fields.iter().find(|f| &*f.name == name)
     }
 
     /// The event's own fields (not `common_*`), in record order.
@@ -230,7 +232,7 @@ impl EventFormat {
     }
 
     /// Decodes the event's own fields of one raw record.
-    pub fn decode(&self, raw: &[u8]) -> Result<Vec<(String, FieldValue)>, DecodeError> {
+    pub fn decode(&self, raw: &[u8]) -> Result<Vec<(Arc<str>, FieldValue)>, DecodeError> {
         self.event_fields()
             .map(|f| Ok((f.name.clone(), f.decode(raw)?)))
             .collect()
@@ -355,7 +357,7 @@ fn parse_field(line: &str) -> Result<Field, String> {
         }
     };
     Ok(Field {
-        name: name.to_string(),
+        name: name.into(),
         type_name: type_name.to_string(),
         offset,
         size,
@@ -412,7 +414,7 @@ impl Field {
     /// offsets are errors.
     pub fn decode(&self, raw: &[u8]) -> Result<FieldValue, DecodeError> {
         let err = |message: String| DecodeError {
-            field: self.name.clone(),
+            field: self.name.to_string(),
             message,
         };
         let slice = |start: usize, len: usize| -> Result<&[u8], DecodeError> {

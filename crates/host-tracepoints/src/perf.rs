@@ -113,12 +113,15 @@ pub struct Sample {
     pub name: Arc<str>,
     /// The event's own fields in record order (`common_*` left out: `pid`
     /// and `tid` say the same).
-    pub fields: Vec<(String, FieldValue)>,
+    pub fields: Vec<(Arc<str>, FieldValue)>,
 }
 
 impl Sample {
     pub fn field(&self, name: &str) -> Option<&FieldValue> {
-        self.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+        self.fields
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, v)| v)
     }
 }
 

@@ -70,7 +70,7 @@ fn every_fixture_parses_with_four_common_fields() {
 fn sched_switch_layout() {
     let f = parse("sched_switch");
     assert_eq!((f.name.as_str(), f.id), ("sched_switch", 372));
-    let names: Vec<_> = f.event_fields().map(|g| g.name.as_str()).collect();
+    let names: Vec<_> = f.event_fields().map(|g| &*g.name).collect();
     assert_eq!(
         names,
         [
@@ -241,7 +241,7 @@ fn decode_sched_switch() {
     let v = f.decode(&raw).unwrap();
     let get = |n: &str| {
         v.iter()
-            .find(|(k, _)| k == n)
+            .find(|(k, _)| &**k == n)
             .map(|(_, v)| v.clone())
             .unwrap()
     };
