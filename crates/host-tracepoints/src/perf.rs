@@ -32,7 +32,10 @@ impl Tracepoint {
     /// Resolves `system:event` (e.g. `sched:sched_switch`).
     pub fn resolve(tracefs: &Tracefs, name: &str) -> Result<Tracepoint, Error> {
         let name: TracepointName = name.parse()?;
-        let format = tracefs.format(&name)?;
+        let mut format = tracefs.format(&name)?;
+        // The `id` file is what perf documents; the format's ID line has
+        // always matched it, but the file wins.
+        format.id = tracefs.id(&name)?;
         Ok(Tracepoint {
             label: name.to_string().into(),
             name,

@@ -123,6 +123,25 @@ impl Tracefs {
         let text = read(&path)?;
         EventFormat::parse(&text).map_err(|source| Error::Format { path, source })
     }
+
+    /// The tracepoint's id (`events/<system>/<event>/id`): what perf wants
+    /// in `perf_event_attr.config`.
+    pub fn id(&self, tp: &TracepointName) -> Result<u64, Error> {
+        let path = self
+            .root
+            .join("events")
+            .join(&tp.system)
+            .join(&tp.event)
+            .join("id");
+        if !path.exists() {
+            return Err(Error::UnknownTracepoint(tp.to_string()));
+        }
+        let text = read(&path)?;
+        text.trim().parse().map_err(|_| Error::Io {
+            path,
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not a number"),
+        })
+    }
 }
 
 fn read(path: &Path) -> Result<String, Error> {
@@ -200,6 +219,9 @@ mod tests {
         assert_eq!(evs[0].to_string(), "kvm:kvm_exit");
         let f = t.format(&evs[1]).unwrap();
         assert_eq!(f.id, 372);
+        assert!(matches!(t.id(&evs[1]), Err(Error::UnknownTracepoint(_))));
+        std::fs::write(ev.join("id"), "372\n").unwrap();
+        assert_eq!(t.id(&evs[1]).unwrap(), 372);
         assert!(matches!(
             t.format(&evs[0]),
             Err(Error::UnknownTracepoint(_))

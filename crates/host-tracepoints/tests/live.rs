@@ -352,7 +352,10 @@ fn every_available_format_parses() {
     let mut failed = Vec::new();
     for e in &evs {
         match t.format(e) {
-            Ok(f) => assert_eq!(f.name, e.event),
+            Ok(f) => {
+                assert_eq!(f.name, e.event);
+                assert_eq!(f.id, t.id(e).unwrap(), "{e}");
+            }
             Err(err) => failed.push(format!("{e}: {err}")),
         }
     }
