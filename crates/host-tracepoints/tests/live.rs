@@ -197,11 +197,24 @@ fn counting_mode_counts_exactly() {
     let all = TracepointCounter::open(&tp, &target, &Options::default()).unwrap();
     let sevens =
         TracepointCounter::open(&tp, &target, &Options::default().filter("count == 7")).unwrap();
+    // System-wide, per CPU, narrowed to the thread by an in-kernel filter.
+    let per_cpu = TracepointCounter::open(
+        &tp,
+        &Target::AllCpus,
+        &Options::default().filter(format!("common_pid == {}", w.tid)),
+    )
+    .unwrap();
     assert_eq!(all.read().unwrap(), 0);
     w.run();
     assert_eq!(all.read().unwrap(), 5000);
     assert_eq!(all.read_each().unwrap(), [5000]);
     assert_eq!(sevens.read().unwrap(), 500);
+    assert_eq!(per_cpu.read().unwrap(), 5000);
+    let each = per_cpu.read_each().unwrap();
+    assert_eq!(
+        each.len(),
+        host_tracepoints::perf::online_cpus().unwrap().len()
+    );
 }
 
 #[test]
