@@ -454,3 +454,46 @@ fn threads_added_later_are_traced() {
     assert!(matches!(all.add_threads(&[ta]), Err(Error::NotPerThread)));
     assert_eq!(all.threads(), None);
 }
+
+#[test]
+fn wait_wakes_on_the_watermark_and_times_out_when_idle() {
+    let Some(t) = tracefs() else { return };
+    let tp = resolve(&t, "syscalls:sys_enter_write");
+    // A writer that stays alive after its writes: a thread's exit would wake
+    // the wait too (POLLHUP), and that is not what is tested here.
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let (go, go_rx) = mpsc::channel::<usize>();
+    let h = thread::spawn(move || {
+        let null = File::options().write(true).open("/dev/null").unwrap();
+        tid_tx.send(tid()).unwrap();
+        while let Ok(n) = go_rx.recv() {
+            for _ in 0..n {
+                assert_eq!((&null).write(b"x").unwrap(), 1);
+            }
+        }
+    });
+    let wtid = tid_rx.recv().unwrap();
+    let mut r = TracepointReader::open_with(
+        &tp,
+        &Target::Threads(vec![wtid]),
+        &Options::default().ring_pages(4),
+    )
+    .unwrap();
+    // Below the mark (a quarter of 16 KiB, about 40 samples): no wakeup,
+    // but read() still gets them.
+    go.send(5).unwrap();
+    let t0 = std::time::Instant::now();
+    assert!(!r.wait(Duration::from_millis(100)).unwrap());
+    assert!(t0.elapsed() >= Duration::from_millis(95));
+    let mut s = Vec::new();
+    assert_eq!(r.read(&mut s).unwrap(), 5);
+    // Past the mark: woken well before the timeout.
+    go.send(100).unwrap();
+    let t0 = std::time::Instant::now();
+    assert!(r.wait(Duration::from_secs(10)).unwrap());
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    drop(go);
+    h.join().unwrap();
+    s.extend(drain(&mut r));
+    assert_eq!(s.len(), 105);
+}
