@@ -64,8 +64,8 @@ pub use tracefs::{Tracefs, TracepointName};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("tracefs not found at /sys/kernel/tracing or /sys/kernel/debug/tracing: {reason}")]
-    TracefsNotFound { reason: String },
+    #[error("tracefs unavailable at /sys/kernel/tracing and /sys/kernel/debug/tracing: {reason}")]
+    TracefsUnavailable { reason: String },
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,

@@ -72,12 +72,22 @@ impl Tracefs {
         // SAFETY: geteuid has no preconditions and cannot fail.
         let euid = unsafe { libc::geteuid() };
         if euid != 0 {
-            return Err(Error::TracefsNotFound {
-                reason: "not mounted, and mounting it needs root".into(),
+            // tracefs is root-only (0700) by default: say so rather than
+            // "not mounted".
+            let denied = TRACEFS_PATHS.iter().any(|p| {
+                std::fs::metadata(Path::new(p).join("events"))
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+            });
+            return Err(Error::TracefsUnavailable {
+                reason: if denied {
+                    "permission denied (tracefs is readable by root only)".into()
+                } else {
+                    "not mounted, and mounting it needs root".into()
+                },
             });
         }
         mount_tracefs(Path::new(TRACEFS_PATHS[0]))?;
-        Self::find().ok_or_else(|| Error::TracefsNotFound {
+        Self::find().ok_or_else(|| Error::TracefsUnavailable {
             reason: format!("mounted at {} but it has no events/", TRACEFS_PATHS[0]),
         })
     }
@@ -154,9 +164,10 @@ fn read(path: &Path) -> Result<String, Error> {
 fn mount_tracefs(at: &Path) -> Result<(), Error> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
-    let target = CString::new(at.as_os_str().as_bytes()).map_err(|_| Error::TracefsNotFound {
-        reason: "mount point has a NUL".into(),
-    })?;
+    let target =
+        CString::new(at.as_os_str().as_bytes()).map_err(|_| Error::TracefsUnavailable {
+            reason: "mount point has a NUL".into(),
+        })?;
     // SAFETY: all pointers are NUL-terminated strings that outlive the call;
     // tracefs takes no mount data, so `data` may be null.
     let rc = unsafe {
@@ -170,7 +181,7 @@ fn mount_tracefs(at: &Path) -> Result<(), Error> {
     };
     if rc != 0 {
         let e = std::io::Error::last_os_error();
-        return Err(Error::TracefsNotFound {
+        return Err(Error::TracefsUnavailable {
             reason: format!("mounting tracefs at {} failed: {e}", at.display()),
         });
     }
