@@ -1,0 +1,130 @@
+//! `sched:sched_switch` decoded by us and by bpftrace (an independent
+//! decoder) for the same thread over the same interval: the same switches,
+//! field for field.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use host_tracepoints::{Options, Target, Tracefs, Tracepoint, TracepointReader};
+
+fn skip(why: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("cannot cross-check with bpftrace under CI: {why}");
+    }
+    eprintln!("note: skipping: {why}");
+}
+
+type Switch = (i64, String, i64, String);
+
+#[test]
+fn sched_switch_agrees_with_bpftrace() {
+    let Ok(t) = Tracefs::open() else {
+        return skip("no tracefs");
+    };
+    if !Path::new("/usr/bin/bpftrace").exists() {
+        return skip("bpftrace not installed");
+    }
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let (go, go_rx) = mpsc::channel::<()>();
+    // The thread must outlive the comparison: perf detaches per-thread events
+    // in do_exit, before the thread's last switch, which bpftrace still sees.
+    let (slept_tx, slept_rx) = mpsc::channel::<()>();
+    let (end, end_rx) = mpsc::channel::<()>();
+    let sleeper = thread::Builder::new()
+        .name("ht-bt-sleeper".into())
+        .spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tid_tx.send(unsafe { libc::gettid() }).unwrap();
+            if go_rx.recv().is_ok() {
+                for _ in 0..30 {
+                    thread::sleep(Duration::from_micros(500));
+                }
+                slept_tx.send(()).unwrap();
+                end_rx.recv().ok();
+            }
+        })
+        .unwrap();
+    let tid = tid_rx.recv().unwrap();
+
+    let tp = Tracepoint::resolve(&t, "sched:sched_switch").unwrap();
+    let mut r =
+        match TracepointReader::open_with(&tp, &Target::Threads(vec![tid]), &Options::default()) {
+            Ok(r) => r,
+            Err(e) => {
+                drop(go);
+                sleeper.join().unwrap();
+                return skip(&e.to_string());
+            }
+        };
+    // BEGIN runs once every probe is attached.
+    let prog = format!(
+        "BEGIN {{ printf(\"ready\\n\"); }} \
+         tracepoint:sched:sched_switch /args->prev_pid == {tid}/ {{ \
+           printf(\"%d|%s|%d|%s\\n\", args->prev_pid, args->prev_comm, args->next_pid, args->next_comm); }}"
+    );
+    let mut bt = Command::new("/usr/bin/bpftrace")
+        .args(["-e", &prog])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(bt.stdout.take().unwrap()).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l == "ready" => break,
+            Some(Ok(_)) => continue,
+            _ => {
+                drop(go);
+                sleeper.join().unwrap();
+                bt.wait().ok();
+                return skip("bpftrace did not start");
+            }
+        }
+    }
+    go.send(()).unwrap();
+    slept_rx.recv().unwrap();
+    // Let bpftrace's perf buffer drain, then stop it with SIGINT so it
+    // flushes its output and exits cleanly.
+    thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling the child we spawned, by its pid.
+    unsafe { libc::kill(bt.id() as i32, libc::SIGINT) };
+    let theirs: Vec<Switch> = lines
+        .map_while(Result::ok)
+        .filter_map(|l| {
+            let p: Vec<&str> = l.split('|').collect();
+            Some((
+                p.first()?.parse().ok()?,
+                p.get(1)?.to_string(),
+                p.get(2)?.parse().ok()?,
+                p.get(3)?.to_string(),
+            ))
+        })
+        .collect();
+    bt.wait().unwrap();
+
+    r.disable().unwrap();
+    drop(end);
+    sleeper.join().unwrap();
+    let mut s = Vec::new();
+    r.read(&mut s).unwrap();
+    let ours: Vec<Switch> = s
+        .iter()
+        .map(|x| {
+            let i = |n| x.field(n).unwrap().as_i64().unwrap();
+            let st = |n| x.field(n).unwrap().as_str().unwrap().to_string();
+            (
+                i("prev_pid"),
+                st("prev_comm"),
+                i("next_pid"),
+                st("next_comm"),
+            )
+        })
+        .collect();
+    assert!(ours.len() >= 30, "{} switches", ours.len());
+    assert_eq!(r.lost(), 0);
+    assert_eq!(ours, theirs);
+}
