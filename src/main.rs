@@ -4,6 +4,7 @@
 //! a run needs (compile, prepare guest, load symbols, boot, attach, arm, run,
 //! detach, report) and turns their typed errors into one-line messages.
 
+mod attach;
 mod bench;
 mod record;
 mod run;
@@ -27,6 +28,9 @@ struct Cli {
 enum Command {
     /// Boot a guest, run a probe program while it runs WORKLOAD, print the results.
     Run(RunArgs),
+    /// Probe VMs vmprobe did not start, through the GDB stub their VMM offers;
+    /// they keep running after detach.
+    Attach(AttachArgs),
     /// Like `run`, and write every probe event into trace files (CTF or
     /// Perfetto JSON), directly or through an in-memory flight recorder.
     Record(RecordArgs),
@@ -104,6 +108,26 @@ pub struct RunArgs {
 }
 
 #[derive(Args)]
+pub struct AttachArgs {
+    /// A VM to probe: NAME=gdb:HOST:PORT (or gdb:unix:PATH)[,qmp:PATH][,kernel:IMAGE].
+    /// Repeat for several VMs. Without kernel:, the default guest's kernel.
+    #[arg(long, value_name = "SPEC", value_parser = attach::parse_vm_spec, required = true)]
+    vm: Vec<attach::VmSpec>,
+    /// The probe program.
+    #[arg(short = 'e', value_name = "PROGRAM", conflicts_with = "file")]
+    program: Option<String>,
+    /// A file holding the probe program.
+    #[arg(value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Detach after this many seconds (else at Ctrl-C or `exit()`).
+    #[arg(long, value_name = "SECONDS")]
+    duration: Option<f64>,
+    /// Print hit statistics on stderr at the end.
+    #[arg(long)]
+    stats: bool,
+}
+
+#[derive(Args)]
 pub struct RecordArgs {
     /// The trace directory (CTF: `metadata` plus a stream file per vCPU;
     /// Perfetto: `trace.json`; flight recorder: `snapshot-N/` CTF traces).
@@ -176,6 +200,7 @@ fn main() {
         Command::Run(args) => run::run(args),
         Command::Bench(args) => bench::bench(args),
         Command::Record(args) => run::record(args),
+        Command::Attach(args) => attach::attach(args),
         Command::Guest {
             command: GuestCommand::Build,
         } => run::guest_build().map(|_| 0),

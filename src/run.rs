@@ -262,6 +262,50 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
         }
     }
 
+    let plan = ServePlan {
+        workload: Some(command_line(&args.workload)),
+        deadline: None,
+        stats: args.stats,
+    };
+    serve_and_report(
+        guests,
+        &program,
+        recorder,
+        &stop,
+        &snapshot_requested,
+        &plan,
+    )
+}
+
+/// How the guests of a run are served and when the run ends.
+pub struct ServePlan {
+    /// The command each guest's init runs (`run`); `None` when attaching to
+    /// VMs that run whatever they run.
+    pub workload: Option<String>,
+    /// Ends the run at this time (`attach --duration`).
+    pub deadline: Option<Instant>,
+    pub stats: bool,
+}
+
+/// Runs BEGIN, serves every guest in its own thread until the run ends
+/// (workloads done, Ctrl-C, `exit()`, deadline, or the target gone), then
+/// detaches, finishes the trace, runs END, prints the maps and returns the
+/// exit status.
+pub fn serve_and_report(
+    guests: Vec<Guest>,
+    program: &Arc<probe_lang::Program>,
+    recorder: Option<crate::record::SharedRecorder>,
+    stop: &AtomicBool,
+    snapshot_requested: &AtomicBool,
+    plan: &ServePlan,
+) -> Result<i32> {
+    let count = guests.len();
+    let mut guests = guests;
+    for g in &mut guests {
+        if let Some(r) = &recorder {
+            g.session.set_recorder(Box::new(r.clone()));
+        }
+    }
     let nprobes = program.probes().len();
     let runtime = Mutex::new(Runtime::new(program.clone(), Box::new(std::io::stdout())));
     print!("{}", probe_lang::attaching_message(nprobes));
@@ -270,9 +314,8 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
     let script_exit = AtomicBool::new(false);
     let begin_exit = {
         let mut rt = runtime.lock().unwrap_or_else(|e| e.into_inner());
-        run_special(&program, &mut rt, &ProbeSpec::Begin) == Flow::Exit
+        run_special(program, &mut rt, &ProbeSpec::Begin) == Flow::Exit
     };
-    let command = command_line(&args.workload);
     // One thread per guest: a slow or dead guest never stalls the others.
     // They share the runtime (maps, output), held only while a handler runs.
     let outcomes: Vec<GuestOutcome> = std::thread::scope(|scope| {
@@ -280,24 +323,24 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
             .into_iter()
             .enumerate()
             .map(|(index, mut g)| {
-                let (runtime, stop, script_exit) = (&runtime, &stop, &script_exit);
-                let (snapshot_requested, recorder, command) =
-                    (&snapshot_requested, &recorder, &command);
+                let (runtime, script_exit, recorder) = (&runtime, &script_exit, &recorder);
                 scope.spawn(move || {
                     if begin_exit {
                         return GuestOutcome::new(g, EndReason::ScriptExit, None);
                     }
                     let started = Instant::now();
-                    let exports = format!(
-                        "export VMPROBE_GUEST={} VMPROBE_GUEST_INDEX={index}; ",
-                        g.name
-                    );
-                    if let Err(e) = g
-                        .session
-                        .resume()
-                        .map_err(anyhow::Error::from)
-                        .and_then(|_| Ok(g.vm.start_workload(&format!("{exports}{command}"))?))
-                    {
+                    let mut start = || -> Result<()> {
+                        g.session.resume()?;
+                        if let (Some(command), Some(vm)) = (&plan.workload, g.vm.as_mut()) {
+                            let exports = format!(
+                                "export VMPROBE_GUEST={} VMPROBE_GUEST_INDEX={index}; ",
+                                g.name
+                            );
+                            vm.start_workload(&format!("{exports}{command}"))?;
+                        }
+                        Ok(())
+                    };
+                    if let Err(e) = start() {
                         return GuestOutcome::new(g, EndReason::TargetGone(e.to_string()), None);
                     }
                     let vm = &mut g.vm;
@@ -308,9 +351,13 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
                         if script_exit.load(Ordering::Relaxed) {
                             return Some(EndReason::ScriptExit);
                         }
+                        if plan.deadline.is_some_and(|d| Instant::now() >= d) {
+                            return Some(EndReason::Interrupted);
+                        }
                         if index == 0 && snapshot_requested.swap(false, Ordering::Relaxed) {
                             snapshot(recorder.as_ref());
                         }
+                        let vm = vm.as_mut()?;
                         match vm.poll_exit() {
                             Ok(Some(status)) => Some(EndReason::WorkloadExited(status)),
                             Ok(None) => None,
@@ -335,7 +382,7 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
     let mut detach_errors = Vec::new();
     let mut stats_lines = Vec::new();
     for o in &mut outcomes {
-        if args.stats {
+        if plan.stats {
             stats_lines.push(stats_line(o));
         }
     }
@@ -364,7 +411,7 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
         }
     }
     let mut runtime = runtime.into_inner().unwrap_or_else(|e| e.into_inner());
-    run_special(&program, &mut runtime, &ProbeSpec::End);
+    run_special(program, &mut runtime, &ProbeSpec::End);
     runtime.print_maps();
     let _ = std::io::stdout().flush();
     for (probe, error, count) in runtime.errors() {
@@ -385,10 +432,12 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
         }
     };
     let mut code = 0;
-    for (name, mut vm, reason) in finished {
+    for (name, vm, reason) in finished {
         let c = match reason {
             EndReason::WorkloadExited(status) => {
-                if let Err(e) = vm.shutdown(Duration::from_secs(10)) {
+                if let Some(mut vm) = vm
+                    && let Err(e) = vm.shutdown(Duration::from_secs(10))
+                {
                     eprintln!("vmprobe: {}{e}", prefix(&name));
                 }
                 status
@@ -405,19 +454,19 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
         if code == 0 {
             code = c;
         }
-        vm.kill();
     }
     Ok(code)
 }
 
-/// One booted guest, armed and stopped.
-struct Guest {
-    name: String,
-    vm: Vm,
-    session: Session,
+/// One guest, armed and stopped: booted by vmprobe (with its `Vm`) or
+/// attached to (no `Vm`: someone else's QEMU, left running on detach).
+pub struct Guest {
+    pub name: String,
+    pub vm: Option<Vm>,
+    pub session: Session,
 }
 
-struct GuestOutcome {
+pub struct GuestOutcome {
     guest: Guest,
     reason: EndReason,
     workload_secs: Option<f64>,
@@ -477,7 +526,11 @@ fn boot_guest(
         booted.elapsed().as_secs_f64()
     );
     session.arm(sites)?;
-    Ok(Guest { name, vm, session })
+    Ok(Guest {
+        name,
+        vm: Some(vm),
+        session,
+    })
 }
 
 /// Flight recorder snapshot on SIGUSR1.

@@ -1,0 +1,88 @@
+//! `vmprobe attach` on a VM it did not start: the test plays the user, who
+//! started QEMU with a gdbstub and runs a workload in the guest. vmprobe
+//! attaches, counts until its script exits, and detaches; the guest carries
+//! on and finishes its workload as if nothing had happened.
+
+mod support;
+use gdb_remote::Client;
+use qemu_guest::{Accel, LaunchConfig, Vm};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use support::*;
+
+#[test]
+fn attach_counts_then_leaves_the_vm_running() {
+    let image = default_guest();
+    let kernel = image.kernel.clone();
+    let console = Arc::new(Mutex::new(Vec::new()));
+    let mut cfg = LaunchConfig::new(image);
+    cfg.accel = Accel::Tcg;
+    cfg.console = Some(console.clone());
+    let mut vm = Vm::launch(&cfg).expect("launch");
+    // The user's QEMU starts paused (-S); let it boot, then leave the stub.
+    let mut user = Client::connect_unix(&vm.gdb_socket(), Duration::from_secs(5)).unwrap();
+    user.resume(&[]).unwrap();
+    vm.wait_ready(Duration::from_secs(180))
+        .expect("guest boots");
+    user.interrupt().unwrap();
+    user.wait_stop(Some(Duration::from_secs(5))).unwrap();
+    user.detach().unwrap();
+    drop(user);
+
+    // A workload that writes one byte at a time for a long while (seconds
+    // under TCG): vmprobe attaches while it runs.
+    vm.start_workload(
+        "i=0; while [ $i -lt 20000 ]; do echo -n x > /dev/null; i=$((i+1)); done; echo WORKLOAD-DONE",
+    )
+    .unwrap();
+    let spec = format!(
+        "vm0=gdb:unix:{},kernel:{}",
+        vm.gdb_socket().display(),
+        kernel.display()
+    );
+    let out = run_bounded(
+        vmprobe().args([
+            "attach",
+            "--duration",
+            "120",
+            "--vm",
+            &spec,
+            "-e",
+            "kprobe:ksys_write /arg2 == 1/ { @writes = count(); if (@writes == 50) { exit(); } }",
+        ]),
+        RUN_LIMIT,
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "vmprobe attach failed: {stderr}");
+    assert!(stderr.contains("attached to vm0"), "{stderr}");
+    assert_eq!(map_value(&stdout, "writes"), 50, "{stdout}");
+    // Detached: the guest finishes on its own, its workload intact.
+    assert_eq!(vm.wait_exit(Duration::from_secs(120)).unwrap(), 0);
+    std::thread::sleep(Duration::from_millis(300));
+    let console = String::from_utf8_lossy(&console.lock().unwrap()).into_owned();
+    assert!(console.contains("WORKLOAD-DONE"), "{console}");
+    vm.shutdown(Duration::from_secs(20))
+        .expect("guest powers off");
+}
+
+#[test]
+fn attach_refuses_a_bad_vm_spec_before_connecting() {
+    let out = run_bounded(
+        vmprobe().args([
+            "attach",
+            "--vm",
+            "vm0=gdb:localhost",
+            "-e",
+            "BEGIN { exit(); }",
+        ]),
+        RUN_LIMIT,
+    );
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    // clap's usage error: the first line says what is wrong.
+    let first = stderr.lines().next().unwrap_or("");
+    assert!(
+        first.contains("'localhost': expected HOST:PORT"),
+        "{stderr}"
+    );
+}
