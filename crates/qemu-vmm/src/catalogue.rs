@@ -1,0 +1,1 @@
+//! `trace-events` source files: for tests and documentation only.
