@@ -26,7 +26,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -136,10 +136,7 @@ impl LogFollower {
 
     /// The next event, waiting at most `timeout`.
     pub fn recv_timeout(&self, timeout: Duration) -> Option<TraceEvent> {
-        match self.rx.recv_timeout(timeout) {
-            Ok(e) => Some(e),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-        }
+        self.rx.recv_timeout(timeout).ok()
     }
 
     /// Every event queued now, without waiting.
@@ -381,7 +378,7 @@ mod tests {
         let e = follower.recv_timeout(Duration::from_secs(5)).unwrap();
         assert_eq!(e.field("val").and_then(|v| v.as_u64()), Some(0x41));
         assert!(follower.recv_timeout(Duration::from_millis(50)).is_none());
-        write!(f, "ite addr 0x00 val 0x42\n").unwrap();
+        writeln!(f, "ite addr 0x00 val 0x42").unwrap();
         for i in 0..10 {
             writeln!(
                 f,

@@ -489,17 +489,13 @@ impl Qmp {
     /// arrive without issuing a command. Returns how many are queued.
     pub fn poll_events(&mut self, timeout: Duration) -> Result<usize> {
         let deadline = Instant::now() + timeout;
-        loop {
-            match self.read_message(deadline, "QMP events") {
-                Ok((text, _)) => {
-                    return Err(Error::Malformed {
-                        text,
-                        reason: "a message that is not an event, with no request pending".into(),
-                    });
-                }
-                Err(Error::Timeout { .. }) => return Ok(self.events.len()),
-                Err(e) => return Err(e),
-            }
+        match self.read_message(deadline, "QMP events") {
+            Ok((text, _)) => Err(Error::Malformed {
+                text,
+                reason: "a message that is not an event, with no request pending".into(),
+            }),
+            Err(Error::Timeout { .. }) => Ok(self.events.len()),
+            Err(e) => Err(e),
         }
     }
 

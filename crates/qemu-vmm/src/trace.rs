@@ -339,17 +339,20 @@ pub fn parse_fields(msg: &str) -> Vec<(String, FieldValue)> {
         if let Some((key, rest)) = word.split_once('=').filter(|(k, _)| is_key(k)) {
             // key=value; the value may be a quoted string with separators.
             let vstart = i + key.len() + 1;
-            if let Some(q) = rest.chars().next().filter(|&q| q == '\'' || q == '"') {
-                if let Some(qend) = quoted_end(msg, vstart, q) {
-                    push(
-                        &mut fields,
-                        Some(key.to_string()),
-                        FieldValue::Str(msg[vstart + 1..qend].to_string()),
-                    );
-                    pending = None;
-                    i = qend + 1;
-                    continue;
-                }
+            if let Some(qend) = rest
+                .chars()
+                .next()
+                .filter(|&q| q == '\'' || q == '"')
+                .and_then(|q| quoted_end(msg, vstart, q))
+            {
+                push(
+                    &mut fields,
+                    Some(key.to_string()),
+                    FieldValue::Str(msg[vstart + 1..qend].to_string()),
+                );
+                pending = None;
+                i = qend + 1;
+                continue;
             }
             let v = parse_number(rest).unwrap_or_else(|| FieldValue::Text(rest.to_string()));
             push(&mut fields, Some(key.to_string()), v);
