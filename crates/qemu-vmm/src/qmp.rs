@@ -240,6 +240,33 @@ impl Qmp {
         Self::handshake(Conn::Unix(s), timeout)
     }
 
+    /// Like [`Qmp::connect_unix`], but retries while the socket does not
+    /// exist yet or refuses connections (QEMU creates the file with bind(2)
+    /// before it calls listen(2)), for up to `timeout` in all.
+    pub fn connect_unix_wait(path: &Path, timeout: Duration) -> Result<Qmp> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match UnixStream::connect(path) {
+                Ok(s) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    return Self::handshake(Conn::Unix(s), left);
+                }
+                Err(e)
+                    if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused)
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(source) => {
+                    return Err(Error::Connect {
+                        addr: path.display().to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
     /// Connects over TCP. Only loopback addresses are accepted: QMP has no
     /// authentication, so a monitor must never be reachable from the network.
     pub fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<Qmp> {
