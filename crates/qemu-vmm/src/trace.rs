@@ -236,7 +236,7 @@ fn is_key(s: &str) -> bool {
 /// An integer as printf prints one, or `(nil)`; surrounding brackets and a
 /// trailing `:`/`.` are ignored.
 fn parse_number(word: &str) -> Option<FieldValue> {
-    let w = word.trim_start_matches(['(', '[']);
+    let w = word.trim_start_matches(['(', '[', '#']);
     if w == "nil)" || word == "(nil)" {
         return Some(FieldValue::Unsigned(0));
     }
@@ -259,6 +259,35 @@ fn parse_number(word: &str) -> Option<FieldValue> {
     } else {
         digits.parse().ok().map(FieldValue::Unsigned)
     }
+}
+
+/// Several integers joined by one delimiter (`640x480`, `0:3`, `1..7`,
+/// `-3->5`, `1,2`, `4/8`).
+fn split_compound(word: &str) -> Option<Vec<FieldValue>> {
+    let word = word.trim_end_matches([',', ':', '.', ')', ']']);
+    ["->", "=>", "..", ",", ":", "/", "x"]
+        .iter()
+        .find_map(|sep| {
+            let parts: Vec<&str> = word.split(sep).collect();
+            if parts.len() < 2 {
+                return None;
+            }
+            parts.iter().map(|p| parse_number(p)).collect()
+        })
+}
+
+/// `name[INT]` or `name(INT)`, with an optional trailing `:`.
+fn indexed(word: &str) -> Option<(&str, FieldValue)> {
+    let w = word.strip_suffix(':').unwrap_or(word);
+    let open = w.find(['[', '('])?;
+    let close = match w.as_bytes()[open] {
+        b'[' => ']',
+        _ => ')',
+    };
+    let inner = w[open + 1..].strip_suffix(close)?;
+    let key = &w[..open];
+    (is_key(key) && !inner.starts_with(['(', '['])).then_some(())?;
+    Some((key, parse_number(inner)?))
 }
 
 /// `quote` at byte `start` of `s`: the end of the quoted string, i.e. the
@@ -354,8 +383,33 @@ pub fn parse_fields(msg: &str) -> Vec<(String, FieldValue)> {
                 i = qend + 1;
                 continue;
             }
-            let v = parse_number(rest).unwrap_or_else(|| FieldValue::Text(rest.to_string()));
-            push(&mut fields, Some(key.to_string()), v);
+            match (parse_number(rest), split_compound(rest)) {
+                (Some(v), _) => push(&mut fields, Some(key.to_string()), v),
+                (None, Some(parts)) => {
+                    for v in parts {
+                        push(&mut fields, Some(key.to_string()), v);
+                    }
+                }
+                (None, None) => push(
+                    &mut fields,
+                    Some(key.to_string()),
+                    FieldValue::Text(rest.to_string()),
+                ),
+            }
+            pending = None;
+            i = end;
+            continue;
+        }
+        if let Some((key, rest)) = word
+            .split_once(':')
+            .filter(|(k, r)| is_key(k) && parse_number(r).is_some())
+        {
+            // key:value, no space (`addr:0x10`).
+            push(
+                &mut fields,
+                Some(key.to_string()),
+                parse_number(rest).expect("checked"),
+            );
             pending = None;
             i = end;
             continue;
@@ -365,12 +419,32 @@ pub fn parse_fields(msg: &str) -> Vec<(String, FieldValue)> {
             i = end;
             continue;
         }
+        if let Some((key, v)) = indexed(word) {
+            // `reg[0x10]`, `bus[3]:`, `ahci(0x55d0)`: the index is the value.
+            push(&mut fields, Some(key.to_string()), v);
+            pending = None;
+            i = end;
+            continue;
+        }
+        if let Some(parts) = split_compound(word) {
+            // `%dx%d`, `%d:%d`, `%u..%u`, `%d->%d`: one field per number,
+            // the later ones named after the first (`size`, `size_2`).
+            let key = pending.take();
+            for v in parts {
+                push(&mut fields, key.clone(), v);
+            }
+            i = end;
+            continue;
+        }
         if let Some(key) = word.strip_suffix(':').filter(|k| is_key(k)) {
-            // `key: value`; a value that is not a number or a string is free
-            // text to the end of the line (e.g. `cmdline: info status`).
+            // `key: value`. When nothing numeric follows, the value is free
+            // text to the end of the line (`cmdline: info status`);
+            // otherwise `key:` is a label like any word (`write: offset 0x1`).
             let rest = msg[end..].trim_start();
-            let next = rest.split(is_sep).next().unwrap_or("");
-            if rest.is_empty() || parse_number(next).is_some() || rest.starts_with(['\'', '"']) {
+            let numeric = rest.split(is_sep).any(|w| {
+                parse_number(w).is_some() || split_compound(w).is_some() || w.contains('=')
+            });
+            if rest.is_empty() || numeric || rest.starts_with(['\'', '"']) {
                 pending = Some(key.to_string());
                 i = end;
             } else {
@@ -384,8 +458,13 @@ pub fn parse_fields(msg: &str) -> Vec<(String, FieldValue)> {
             }
             continue;
         }
-        if is_key(word) {
-            pending = Some(word.to_string());
+        let bare = word
+            .trim_start_matches(['(', '[', '{'])
+            .trim_end_matches([')', ']', '}', ':']);
+        if is_key(bare) {
+            pending = Some(bare.to_string());
+        } else if word.chars().all(|c| c.is_ascii_punctuation()) {
+            // `=`, `->`, `@`, `-`: between a name and its value.
         } else if let Some(key) = pending.take() {
             push(&mut fields, Some(key), FieldValue::Text(word.to_string()));
         }
@@ -524,6 +603,32 @@ mod tests {
             [kv("big", Text("0x1ffffffffffffffff".into()))]
         );
         assert_eq!(f("just words here"), []);
+        assert_eq!(
+            f("size=640x480 dev 1:2 tb:0x10 RCTL = 7 port #3"),
+            [
+                kv("size", Unsigned(640)),
+                kv("size_2", Unsigned(480)),
+                kv("dev", Unsigned(1)),
+                kv("dev_2", Unsigned(2)),
+                kv("tb", Unsigned(0x10)),
+                kv("RCTL", Unsigned(7)),
+                kv("port", Unsigned(3)),
+            ]
+        );
+        assert_eq!(
+            f("write reg[0x10] = 0x5 ahci(0x55d0): x -3->4"),
+            [
+                kv("reg", Unsigned(0x10)),
+                kv("arg1", Unsigned(5)),
+                kv("ahci", Unsigned(0x55d0)),
+                kv("x", Signed(-3)),
+                kv("x_2", Unsigned(4)),
+            ]
+        );
+        assert_eq!(
+            f("GICv3 distributor write: offset 0x10 data 0x2"),
+            [kv("offset", Unsigned(0x10)), kv("data", Unsigned(2))]
+        );
         assert_eq!(f("é=1 ü 0x2"), [kv("arg0", Unsigned(2))]);
     }
 
