@@ -247,7 +247,7 @@ fn run(
     shared: &Shared,
     stop: &AtomicBool,
 ) -> Result<()> {
-    let mut clock = RealtimeToMonotonic::measure();
+    let clock = RealtimeToMonotonic::measure();
     *shared.clock.lock().unwrap_or_else(|e| e.into_inner()) = Some(clock);
     let mut parser = LineParser::new(clock).accept_untimed(cfg.accept_untimed);
     if let Some(k) = &cfg.known_events {
@@ -312,14 +312,14 @@ fn run(
                 shared.consumed.store(0, Ordering::Release);
                 continue;
             }
-            if last_clock.elapsed() >= CLOCK_REFRESH {
-                clock = RealtimeToMonotonic::measure();
-                parser.set_clock(clock);
-                *shared.clock.lock().unwrap_or_else(|e| e.into_inner()) = Some(clock);
-                last_clock = Instant::now();
-            }
             std::thread::sleep(cfg.poll_interval);
             continue;
+        }
+        if last_clock.elapsed() >= CLOCK_REFRESH {
+            let clock = RealtimeToMonotonic::measure();
+            parser.set_clock(clock);
+            *shared.clock.lock().unwrap_or_else(|e| e.into_inner()) = Some(clock);
+            last_clock = Instant::now();
         }
         let read_ns = monotonic_now_ns();
         offset += n as u64;

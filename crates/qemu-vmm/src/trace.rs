@@ -22,7 +22,12 @@
 //! and a value with no word before it is `argN` (N its position).
 
 use crate::clock::RealtimeToMonotonic;
+use crate::{Error, Result, io_err};
 use std::collections::HashSet;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// A field's value as printed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,6 +94,54 @@ impl TraceEvent {
     pub fn field(&self, name: &str) -> Option<&FieldValue> {
         self.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v)
     }
+}
+
+/// The trace events a QEMU binary knows (`QEMU -trace help`), without
+/// starting a VM: lets a script's `vmm:EVENT` probes be checked before
+/// booting. Bounded by `timeout`; QEMU is killed if it takes longer.
+pub fn list_events_from_binary(qemu: &Path, timeout: Duration) -> Result<Vec<String>> {
+    let what = format!("{} -trace help", qemu.display());
+    let mut child = Command::new(qemu)
+        .args(["-trace", "help"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(io_err(&what))?;
+    let mut stdout = child.stdout.take().expect("piped");
+    // Read on a thread so a hung QEMU cannot block past the deadline.
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        stdout.read_to_string(&mut out).map(|_| out)
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait().map_err(io_err(&what))? {
+            Some(status) => break status,
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Error::Timeout {
+                    what,
+                    after: timeout,
+                });
+            }
+            None => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    let out = reader
+        .join()
+        .map_err(|_| Error::Protocol(format!("{what}: reader thread panicked")))?
+        .map_err(io_err(&what))?;
+    if !status.success() {
+        return Err(Error::Protocol(format!("{what} failed: {status}")));
+    }
+    Ok(out
+        .lines()
+        .map(str::trim)
+        .filter(|l| is_event_name(l))
+        .map(str::to_string)
+        .collect())
 }
 
 /// The parts of a line, before field parsing.
@@ -630,6 +683,19 @@ mod tests {
             [kv("offset", Unsigned(0x10)), kv("data", Unsigned(2))]
         );
         assert_eq!(f("é=1 ü 0x2"), [kv("arg0", Unsigned(2))]);
+    }
+
+    #[test]
+    fn event_list_from_a_binary_errors() {
+        let t = Duration::from_secs(5);
+        assert!(matches!(
+            list_events_from_binary("/nonexistent/qemu".as_ref(), t),
+            Err(Error::Io { .. })
+        ));
+        assert!(matches!(
+            list_events_from_binary("false".as_ref(), t),
+            Err(Error::Protocol(_))
+        ));
     }
 
     #[test]

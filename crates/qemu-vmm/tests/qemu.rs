@@ -110,6 +110,16 @@ fn handshake_status_events_and_trace_list() {
 
     let all = q.trace_event_list("*").unwrap();
     assert!(all.len() > 4000, "{} events", all.len());
+    // The binary lists the same events without a VM.
+    let mut from_binary = qemu_vmm::trace::list_events_from_binary(
+        "qemu-system-x86_64".as_ref(),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let mut from_qmp: Vec<String> = all.iter().map(|e| e.name.clone()).collect();
+    from_binary.sort();
+    from_qmp.sort();
+    assert_eq!(from_binary, from_qmp);
     let serial = q.trace_event_list("serial_*").unwrap();
     let w = serial.iter().find(|e| e.name == "serial_write").unwrap();
     assert_eq!(w.state, TraceEventState::Disabled);
