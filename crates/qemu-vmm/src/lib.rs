@@ -20,6 +20,25 @@
 //!   ship them.
 //!
 //! Nothing here knows about scripts, probes or the CLI.
+//!
+//! ```no_run
+//! # fn main() -> qemu_vmm::Result<()> {
+//! use qemu_vmm::{FollowConfig, LogFollower, Qmp};
+//! use std::time::Duration;
+//! // QEMU launched with `-qmp unix:DIR/qmp.sock,server=on,wait=off
+//! // -D DIR/qemu.log -msg timestamp=on` (qemu_guest::LaunchConfig::log_file).
+//! let mut qmp = Qmp::connect_unix_wait("/tmp/vm/qmp.sock".as_ref(), Duration::from_secs(5))?;
+//! let events = LogFollower::spawn("/tmp/vm/qemu.log", FollowConfig::default())?;
+//! qmp.trace_event_set_state("serial_write", true)?;
+//! while let Some(ev) = events.recv_timeout(Duration::from_secs(1)) {
+//!     let val = ev.field("val").and_then(|v| v.as_u64());
+//!     println!("{} ns tid {:?} {} val={val:?}", ev.ts_ns, ev.tid, ev.name);
+//! }
+//! qmp.trace_event_set_state("serial_write", false)?;
+//! let stats = events.stop();
+//! eprintln!("{} dropped, {} unparsable lines", stats.dropped, stats.skipped);
+//! # Ok(()) }
+//! ```
 
 pub mod catalogue;
 pub mod clock;
