@@ -513,7 +513,8 @@ impl Qmp {
     }
 
     /// Reads whatever QEMU sends within `timeout` (events only), so events
-    /// arrive without issuing a command. Returns how many are queued.
+    /// arrive without issuing a command. Returns how many are queued. Events
+    /// read before an error (e.g. QEMU hanging up) stay queued.
     pub fn poll_events(&mut self, timeout: Duration) -> Result<usize> {
         let deadline = Instant::now() + timeout;
         match self.read_message(deadline, "QMP events") {
@@ -541,7 +542,14 @@ impl Qmp {
                     after: timeout,
                 });
             }
-            self.poll_events((deadline - now).min(Duration::from_millis(50)))?;
+            // QEMU may send its last events and hang up in one go (SHUTDOWN
+            // on exit): look at the queue before reporting the close.
+            if let Err(e) = self.poll_events((deadline - now).min(Duration::from_millis(50))) {
+                return match self.events.iter().position(|e| e.name == name) {
+                    Some(i) => Ok(self.events.remove(i).expect("index just found")),
+                    None => Err(e),
+                };
+            }
         }
     }
 

@@ -271,3 +271,28 @@ fn monitor_failure_is_reported() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn last_event_before_hang_up_is_delivered() {
+    let f = fake(
+        GREETING,
+        Box::new(|_| {
+            (
+                vec![
+                    "{\"return\": {}, \"id\": ID}\n{\"event\": \"SHUTDOWN\", \"data\": {\"guest\": true}}\n"
+                        .into(),
+                ],
+                true,
+            )
+        }),
+    );
+    let mut q = connect(&f);
+    q.cont().unwrap();
+    let ev = q.wait_event("SHUTDOWN", Duration::from_secs(2)).unwrap();
+    assert_eq!(ev.data["guest"], true);
+    assert_eq!(ev.realtime_us, None);
+    assert!(matches!(
+        q.wait_event("SHUTDOWN", Duration::from_secs(2)),
+        Err(Error::Closed { .. })
+    ));
+}

@@ -102,5 +102,11 @@ fn serial_write_matches_console_bytes() {
         events.len(),
         got_console.len()
     );
-    let _ = vm.shutdown(Duration::from_secs(10));
+    vm.shutdown(Duration::from_secs(30)).unwrap();
+    let ev = qmp.wait_event("SHUTDOWN", T).unwrap();
+    assert_eq!(ev.data["guest"], true, "{ev:?}");
+    assert!(matches!(
+        qmp.query_status(),
+        Err(qemu_vmm::Error::Closed { .. })
+    ));
 }

@@ -300,9 +300,21 @@ fn gdbstub_at_run_time_tcp_and_unix() {
     drop(gdb);
     q.close_gdbstub().unwrap();
 
+    // Again on a running VM, over a Unix socket: connecting stops the VM
+    // (QEMU does so when a debugger attaches), detaching resumes it.
+    q.cont().unwrap();
+    assert!(q.query_status().unwrap().running);
     let sock = vm.dir.path().join("gdb-late.sock");
     q.open_gdbstub_unix(&sock).unwrap();
     let mut gdb = gdb_remote::Client::connect_unix(&sock, T).unwrap();
-    assert_eq!(gdb.threads().unwrap().len(), 1);
+    let threads = gdb.threads().unwrap();
+    assert_eq!(threads.len(), 1);
+    assert_ne!(gdb.read_register(threads[0], "rip").unwrap(), 0xfff0);
+    assert!(!q.query_status().unwrap().running);
     gdb.detach().unwrap();
+    let deadline = Instant::now() + T;
+    while !q.query_status().unwrap().running {
+        assert!(Instant::now() < deadline, "VM not resumed after detach");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
