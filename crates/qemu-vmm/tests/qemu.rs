@@ -161,9 +161,13 @@ fn handshake_status_events_and_trace_list() {
 }
 
 /// Events on, events off, every line parsed, and the clock conversion
-/// checked against the host: QEMU logs `monitor_qmp_cmd_in_band` (its
-/// message is the command's id) when it runs a QMP command, which must lie
-/// between sending the command and reading its reply.
+/// checked against the host. For each QMP command QEMU logs
+/// `handle_qmp_command` (monitor thread, on reading the request),
+/// `monitor_qmp_cmd_in_band` (main loop, on dispatch; its message is the
+/// id) and `monitor_qmp_respond` (before writing the reply). Converted to
+/// CLOCK_MONOTONIC they must lie, in that order, between sending the request
+/// and reading the reply; the closest approach to either end bounds the
+/// conversion error from measurement alone.
 #[test]
 fn trace_events_on_off_and_clock_error() {
     let Some(vm) = start(&[]) else { return };
@@ -176,9 +180,11 @@ fn trace_events_on_off_and_clock_error() {
         std::thread::sleep(Duration::from_millis(1));
     };
 
-    q.trace_event_set_state("monitor_qmp_cmd_in_band", true)
+    let events = "monitor_qmp_cmd_in_band";
+    q.trace_event_set_state(events, true).unwrap();
+    q.trace_event_set_state("handle_qmp_command", true).unwrap();
+    q.trace_event_set_state("monitor_qmp_respond", true)
         .unwrap();
-    let first_id = 100; // ids so far: capabilities, set-state
     let mut brackets = Vec::new();
     for _ in 0..300 {
         let t0 = monotonic_now_ns();
@@ -186,56 +192,87 @@ fn trace_events_on_off_and_clock_error() {
         let t1 = monotonic_now_ns();
         brackets.push((t0, t1));
     }
-    q.trace_event_set_state("monitor_qmp_cmd_in_band", false)
+    q.trace_event_set_state("monitor_qmp_*", false).unwrap();
+    q.trace_event_set_state("handle_qmp_command", false)
         .unwrap();
     for _ in 0..20 {
         q.query_status().unwrap();
     }
     follower.sync(T).unwrap();
-    let events = follower.drain();
+    let got = follower.drain();
     let stats = follower.stop();
     assert_eq!(stats.dropped, 0);
     assert_eq!(stats.skipped, 0, "{stats:?}");
-    // The event fires as dispatch begins, before set-state takes effect: the
-    // enabling command is not logged, the disabling one is. So: 300
-    // query-status, then the disabling set-state, consecutive ids.
-    let ids: Vec<u64> = events
+
+    // The request/reply id, from the in-band event's field or the JSON text.
+    let id_of = |e: &qemu_vmm::TraceEvent| -> u64 {
+        if e.name == "monitor_qmp_cmd_in_band" {
+            return e.field("arg0").and_then(|v| v.as_u64()).unwrap();
+        }
+        let at = e.message.find("\"id\": ").unwrap() + 6;
+        let digits: String = e.message[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().unwrap()
+    };
+    let in_band: Vec<u64> = got
         .iter()
-        .map(|e| {
-            assert_eq!(e.name, "monitor_qmp_cmd_in_band");
-            assert!(e.tid.is_some());
-            e.field("arg0").and_then(|v| v.as_u64()).unwrap()
-        })
+        .filter(|e| e.name == "monitor_qmp_cmd_in_band")
+        .map(id_of)
         .collect();
-    assert_eq!(ids.len(), 301, "{ids:?}");
-    let base = ids[0];
-    assert!(base < first_id);
-    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "{ids:?}");
+    // A set-state is logged only once it has taken effect for that event:
+    // ids run from the two set-states after the first one, through the 300
+    // query-status, to the disabling `monitor_qmp_*`, consecutively.
+    assert_eq!(in_band.len(), 303, "{in_band:?}");
+    assert!(in_band.windows(2).all(|w| w[1] == w[0] + 1), "{in_band:?}");
+    let base = in_band[2];
 
     let err = clock.max_error_ns() as i64;
-    let (mut worst_early, mut worst_late) = (i64::MIN, i64::MIN);
+    let (mut after_send, mut before_reply) = (i64::MAX, i64::MAX);
     let mut widths = Vec::new();
-    for (e, &(t0, t1)) in events.iter().zip(&brackets) {
-        let ts = e.ts_ns as i64;
-        worst_early = worst_early.max(t0 as i64 - ts);
-        worst_late = worst_late.max(ts - t1 as i64);
+    for (i, &(t0, t1)) in brackets.iter().enumerate() {
+        let id = base + i as u64;
+        let stamp = |name: &str| {
+            let e = got
+                .iter()
+                .find(|e| e.name == name && id_of(e) == id)
+                .unwrap_or_else(|| panic!("no {name} for id {id}"));
+            assert!(e.tid.is_some());
+            e.ts_ns as i64
+        };
+        let (h, b, r) = (
+            stamp("handle_qmp_command"),
+            stamp("monitor_qmp_cmd_in_band"),
+            stamp("monitor_qmp_respond"),
+        );
+        assert!(h <= b && b <= r, "order {h} {b} {r}");
+        after_send = after_send.min(h - t0 as i64);
+        before_reply = before_reply.min(t1 as i64 - r);
         widths.push(t1 - t0);
     }
     widths.sort_unstable();
     eprintln!(
-        "clock: offset uncertainty {} ns, max error {} ns; QMP round trip median {} us; \
-         worst stamp before send {} ns, after reply {} ns (negative: inside)",
+        "clock: offset bracket ±{} ns, stated max error {} ns; QMP round trip median {} us; \
+         closest stamp after send {} ns, closest before reply {} ns \
+         (so the conversion error is within -{}..+{} ns by measurement)",
         clock.uncertainty_ns,
         err,
         widths[widths.len() / 2] / 1000,
-        worst_early,
-        worst_late
+        after_send,
+        before_reply,
+        after_send.max(0),
+        before_reply.max(0),
     );
     assert!(
-        worst_early <= err,
-        "stamp {worst_early} ns before the request"
+        after_send >= -err,
+        "stamp {after_send} ns before the request"
     );
-    assert!(worst_late <= err, "stamp {worst_late} ns after the reply");
+    assert!(
+        before_reply >= -err,
+        "stamp {} ns after the reply",
+        -before_reply
+    );
 }
 
 #[test]
