@@ -53,7 +53,9 @@ pub struct LaunchConfig {
     /// trace events (crate `qemu-vmm` follows and parses it). Also turns on
     /// `-msg timestamp=on`, without which QEMU 7.2 prints trace lines with
     /// neither thread id nor time stamp. `None` (the default): trace output,
-    /// if any, goes to QEMU's stderr file as before.
+    /// if any, goes to QEMU's stderr file as before. Trace lines can carry
+    /// guest data (serial bytes, addresses): put the file in a private
+    /// directory.
     pub log_file: Option<PathBuf>,
 }
 

@@ -16,6 +16,17 @@
 //!   neither relative to the other (both clocks are slewed alike).
 //!   [`crate::LogFollower`] re-measures the offset every second, so a step
 //!   mis-dates at most the lines stamped before it and read after it.
+//!
+//! Measured (tests/qemu.rs, `trace_events_on_off_and_clock_error`, on the
+//! project's 2-core nested-virtualization host): the offset bracket is
+//! ±40-55 ns, so the stated bound is about ±0.55 µs. Checked end to end
+//! against 300 QMP round trips, each bracketed on the host by CLOCK_MONOTONIC
+//! and stamped inside QEMU three times (request read, dispatch, reply): every
+//! converted stamp fell inside its bracket, in order, the closest 15-25 µs
+//! before the reply was read and 180-200 µs after the request was sent. That
+//! bounds any systematic error to under +15 µs / -180 µs by measurement
+//! alone (the window is QEMU's own request latency), consistent with the
+//! ±0.55 µs from the method.
 
 use rustix::time::{ClockId, Timespec, clock_gettime};
 

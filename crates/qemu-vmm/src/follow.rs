@@ -399,6 +399,46 @@ mod tests {
         assert_eq!(s.dropped, 7);
     }
 
+    /// How fast lines are parsed and delivered (`cargo test --release --
+    /// --ignored throughput --nocapture`).
+    #[test]
+    #[ignore]
+    fn throughput() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qemu.log");
+        let mut text = String::new();
+        let n = 500_000;
+        for i in 0..n {
+            text += &format!(
+                "911@1795317888.{:06}:memory_region_ops_write cpu 0 mr 0x5561d77cd980 addr 0x70 value 0x{i:x} size 1 name 'rtc-index'\n",
+                i % 1_000_000
+            );
+        }
+        std::fs::write(&path, &text).unwrap();
+        let t = Instant::now();
+        let mut p = LineParser::new(RealtimeToMonotonic::measure());
+        for line in text.lines() {
+            std::hint::black_box(p.parse(line, 0));
+        }
+        eprintln!("parse only: {:.2} s", t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let follower = LogFollower::spawn(&path, FollowConfig::default()).unwrap();
+        let mut got = 0;
+        while got < n {
+            if follower.recv_timeout(Duration::from_secs(10)).is_none() {
+                break;
+            }
+            got += 1;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        eprintln!(
+            "{got} events in {secs:.2} s: {:.0} events/s, {:.0} MB/s",
+            got as f64 / secs,
+            text.len() as f64 / secs / 1e6
+        );
+        assert_eq!(got, n);
+    }
+
     #[test]
     fn missing_file_times_out() {
         let dir = tempfile::tempdir().unwrap();

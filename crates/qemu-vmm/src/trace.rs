@@ -371,13 +371,15 @@ fn quoted_end(s: &str, start: usize, quote: char) -> Option<usize> {
 /// ```
 pub fn parse_fields(msg: &str) -> Vec<(String, FieldValue)> {
     let mut fields: Vec<(String, FieldValue)> = Vec::new();
-    let mut pending: Option<String> = None;
-    let push = |fields: &mut Vec<(String, FieldValue)>, key: Option<String>, v: FieldValue| {
-        let base = key.unwrap_or_else(|| format!("arg{}", fields.len()));
-        let base: String = base
-            .chars()
-            .map(|c| if c == '-' || c == '.' { '_' } else { c })
-            .collect();
+    // The word waiting for a value: a slice of `msg`, so that the common
+    // case (words that are not followed by a value) allocates nothing.
+    let mut pending: Option<&str> = None;
+    let push = |fields: &mut Vec<(String, FieldValue)>, key: Option<&str>, v: FieldValue| {
+        let base = match key {
+            Some(k) if k.contains(['-', '.']) => k.replace(['-', '.'], "_"),
+            Some(k) => k.to_string(),
+            None => format!("arg{}", fields.len()),
+        };
         let mut name = base.clone();
         let mut n = 2;
         while fields.iter().any(|(k, _)| *k == name) {
@@ -418,6 +420,13 @@ pub fn parse_fields(msg: &str) -> Vec<(String, FieldValue)> {
         }
         let end = msg[i..].find(is_sep).map_or(msg.len(), |o| i + o);
         let word = &msg[i..end];
+        if is_key(word) {
+            // The common case, checked first: a plain word (no `=`, `:`,
+            // brackets or digits up front) is a label, never a value.
+            pending = Some(word);
+            i = end;
+            continue;
+        }
         if let Some((key, rest)) = word.split_once('=').filter(|(k, _)| is_key(k)) {
             // key=value; the value may be a quoted string with separators.
             let vstart = i + key.len() + 1;
@@ -429,7 +438,7 @@ pub fn parse_fields(msg: &str) -> Vec<(String, FieldValue)> {
             {
                 push(
                     &mut fields,
-                    Some(key.to_string()),
+                    Some(key),
                     FieldValue::Str(msg[vstart + 1..qend].to_string()),
                 );
                 pending = None;
@@ -437,17 +446,13 @@ pub fn parse_fields(msg: &str) -> Vec<(String, FieldValue)> {
                 continue;
             }
             match (parse_number(rest), split_compound(rest)) {
-                (Some(v), _) => push(&mut fields, Some(key.to_string()), v),
+                (Some(v), _) => push(&mut fields, Some(key), v),
                 (None, Some(parts)) => {
                     for v in parts {
-                        push(&mut fields, Some(key.to_string()), v);
+                        push(&mut fields, Some(key), v);
                     }
                 }
-                (None, None) => push(
-                    &mut fields,
-                    Some(key.to_string()),
-                    FieldValue::Text(rest.to_string()),
-                ),
+                (None, None) => push(&mut fields, Some(key), FieldValue::Text(rest.to_string())),
             }
             pending = None;
             i = end;
@@ -458,11 +463,7 @@ pub fn parse_fields(msg: &str) -> Vec<(String, FieldValue)> {
             .filter(|(k, r)| is_key(k) && parse_number(r).is_some())
         {
             // key:value, no space (`addr:0x10`).
-            push(
-                &mut fields,
-                Some(key.to_string()),
-                parse_number(rest).expect("checked"),
-            );
+            push(&mut fields, Some(key), parse_number(rest).expect("checked"));
             pending = None;
             i = end;
             continue;
@@ -474,7 +475,7 @@ pub fn parse_fields(msg: &str) -> Vec<(String, FieldValue)> {
         }
         if let Some((key, v)) = indexed(word) {
             // `reg[0x10]`, `bus[3]:`, `ahci(0x55d0)`: the index is the value.
-            push(&mut fields, Some(key.to_string()), v);
+            push(&mut fields, Some(key), v);
             pending = None;
             i = end;
             continue;
@@ -498,12 +499,12 @@ pub fn parse_fields(msg: &str) -> Vec<(String, FieldValue)> {
                 parse_number(w).is_some() || split_compound(w).is_some() || w.contains('=')
             });
             if rest.is_empty() || numeric || rest.starts_with(['\'', '"']) {
-                pending = Some(key.to_string());
+                pending = Some(key);
                 i = end;
             } else {
                 push(
                     &mut fields,
-                    Some(key.to_string()),
+                    Some(key),
                     FieldValue::Text(rest.trim_end().to_string()),
                 );
                 pending = None;
@@ -515,7 +516,7 @@ pub fn parse_fields(msg: &str) -> Vec<(String, FieldValue)> {
             .trim_start_matches(['(', '[', '{'])
             .trim_end_matches([')', ']', '}', ':']);
         if is_key(bare) {
-            pending = Some(bare.to_string());
+            pending = Some(bare);
         } else if word.chars().all(|c| c.is_ascii_punctuation()) {
             // `=`, `->`, `@`, `-`: between a name and its value.
         } else if let Some(key) = pending.take() {
