@@ -485,7 +485,7 @@ pub fn parse_fields(msg: &str) -> Vec<(String, FieldValue)> {
             // the later ones named after the first (`size`, `size_2`).
             let key = pending.take();
             for v in parts {
-                push(&mut fields, key.clone(), v);
+                push(&mut fields, key, v);
             }
             i = end;
             continue;
