@@ -48,7 +48,7 @@ pub mod trace;
 
 pub use clock::{RealtimeToMonotonic, monotonic_now_ns};
 pub use follow::{FollowConfig, FollowStats, LogFollower};
-pub use qmp::{Qmp, QmpEvent, RunState, StatusInfo, TraceEventInfo, TraceEventState};
+pub use qmp::{CpuInfoFast, Qmp, QmpEvent, RunState, StatusInfo, TraceEventInfo, TraceEventState};
 pub use trace::{FieldValue, LineParser, TraceEvent};
 
 use std::time::Duration;

@@ -64,6 +64,24 @@ no_arg_command!(Stop, "stop", Empty);
 no_arg_command!(Cont, "cont", Empty);
 no_arg_command!(Quit, "quit", Empty);
 
+no_arg_command!(QueryCpusFast, "query-cpus-fast", Vec<CpuInfoFast>);
+
+/// One vCPU of `query-cpus-fast`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct CpuInfoFast {
+    #[serde(rename = "cpu-index")]
+    pub cpu_index: u32,
+    /// The host thread running this vCPU: the `tid` of the trace events it
+    /// emits (with KVM or multi-threaded TCG; single-threaded TCG runs all
+    /// vCPUs on one thread).
+    #[serde(rename = "thread-id")]
+    pub thread_id: u32,
+    #[serde(rename = "qom-path")]
+    pub qom_path: String,
+    #[serde(default)]
+    pub target: String,
+}
+
 /// `trace-event-get-state`: the events matching a name pattern (`*` and `?`
 /// wildcards) with their state. QEMU 7.2's name for a trace-event list.
 #[derive(Clone, Debug, Serialize)]
@@ -555,6 +573,12 @@ impl Qmp {
 
     pub fn query_status(&mut self) -> Result<StatusInfo> {
         self.execute(&QueryStatus {})
+    }
+
+    /// The vCPUs and their host threads (maps a trace event's `tid` to a
+    /// vCPU index).
+    pub fn query_cpus_fast(&mut self) -> Result<Vec<CpuInfoFast>> {
+        self.execute(&QueryCpusFast {})
     }
 
     /// The trace events whose names match `pattern` (`*`/`?` wildcards; `*`

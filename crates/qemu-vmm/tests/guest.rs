@@ -70,6 +70,19 @@ fn serial_write_matches_console_bytes() {
     follower.sync(T).unwrap();
     let events = follower.drain();
 
+    // The guest wrote the UART from its vCPU's thread.
+    let vcpu_threads: Vec<u32> = qmp
+        .query_cpus_fast()
+        .unwrap()
+        .iter()
+        .map(|c| c.thread_id)
+        .collect();
+    assert!(
+        events
+            .iter()
+            .all(|e| e.tid.is_some_and(|t| vcpu_threads.contains(&t))),
+        "{vcpu_threads:?}"
+    );
     let tx = transmitted(&events);
     let (to_console, to_control): (Vec<u8>, Vec<u8>) =
         tx.iter().partition(|b| b.is_ascii_lowercase());

@@ -90,7 +90,9 @@ fn start(extra: &[&str]) -> Option<Qemu> {
 
 #[test]
 fn handshake_status_events_and_trace_list() {
-    let Some(vm) = start(&[]) else { return };
+    let Some(vm) = start(&["-smp", "2"]) else {
+        return;
+    };
     let mut q = Qmp::connect_unix_wait(&vm.qmp(), T).unwrap();
     let v = q.greeting().version.qemu;
     assert!(v.major >= 7, "{v:?}");
@@ -98,6 +100,11 @@ fn handshake_status_events_and_trace_list() {
     let st = q.query_status().unwrap();
     assert!(!st.running);
     assert_eq!(st.status, RunState::Prelaunch);
+    let cpus = q.query_cpus_fast().unwrap();
+    assert_eq!(cpus.len(), 2);
+    assert_eq!((cpus[0].cpu_index, cpus[1].cpu_index), (0, 1));
+    assert_ne!(cpus[0].thread_id, cpus[1].thread_id);
+    assert_eq!(cpus[0].target, "x86_64");
     q.cont().unwrap();
     q.wait_event("RESUME", T).unwrap();
     let st = q.query_status().unwrap();
