@@ -183,19 +183,19 @@ impl LogFollower {
     pub fn sync(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let size = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        // A partial last line is never consumed: wait for what is complete,
+        // which is everything QEMU has finished writing.
+        let target = self.complete_up_to(size);
         loop {
             if let Some(e) = self.error() {
                 return Err(Error::Protocol(format!("log follower failed: {e}")));
             }
-            // A partial last line is never consumed: wait for what is
-            // complete, which is everything QEMU has finished writing.
-            let consumed = self.shared.consumed.load(Ordering::Acquire);
-            if consumed >= size || self.complete_up_to(size) <= consumed {
+            if self.shared.consumed.load(Ordering::Acquire) >= target {
                 return Ok(());
             }
             if Instant::now() >= deadline {
                 return Err(Error::Timeout {
-                    what: format!("the log follower to reach offset {size}"),
+                    what: format!("the log follower to reach offset {target}"),
                     after: timeout,
                 });
             }
