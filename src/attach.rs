@@ -103,7 +103,7 @@ pub fn attach(args: crate::AttachArgs) -> Result<i32> {
     }
     let mut guests = Vec::new();
     for spec in &args.vm {
-        guests.push(attach_one(spec, &program).with_context(|| format!("{}", spec.name))?);
+        guests.push(attach_one(spec, &program).with_context(|| spec.name.clone())?);
     }
     let plan = ServePlan {
         workload: None,

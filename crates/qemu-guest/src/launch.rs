@@ -49,6 +49,14 @@ pub struct LaunchConfig {
     /// The QEMU binary: `qemu-system-x86_64` from PATH unless set (for
     /// comparing QEMU builds, e.g. in `vmprobe bench --qemu`).
     pub qemu: PathBuf,
+    /// QEMU's log file (`-D`), where its `log` trace backend writes enabled
+    /// trace events (crate `qemu-vmm` follows and parses it). Also turns on
+    /// `-msg timestamp=on`, without which QEMU 7.2 prints trace lines with
+    /// neither thread id nor time stamp. `None` (the default): trace output,
+    /// if any, goes to QEMU's stderr file as before. Trace lines can carry
+    /// guest data (serial bytes, addresses): put the file in a private
+    /// directory.
+    pub log_file: Option<PathBuf>,
 }
 
 impl LaunchConfig {
@@ -61,6 +69,7 @@ impl LaunchConfig {
             memory_mib: 512,
             console: None,
             qemu: PathBuf::from("qemu-system-x86_64"),
+            log_file: None,
         }
     }
 }
@@ -82,6 +91,7 @@ pub struct Vm {
     /// so a workload's end is timed exactly however late it is polled.
     last_event_at: Arc<Mutex<Option<Instant>>>,
     console_tail: Arc<Mutex<Vec<u8>>>,
+    log_file: Option<PathBuf>,
 }
 
 const CONSOLE_TAIL: usize = 8192;
@@ -150,11 +160,14 @@ impl Vm {
         .arg(&cfg.image.kernel)
         .arg("-initrd")
         .arg(&cfg.image.initrd)
-        .args(["-append", &cfg.image.append])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .process_group(0);
+        .args(["-append", &cfg.image.append]);
+        if let Some(log) = &cfg.log_file {
+            cmd.arg("-D").arg(log).args(["-msg", "timestamp=on"]);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .process_group(0);
         // SAFETY: the closure runs in the forked child before exec and calls only
         // prctl(2), which is async-signal-safe; it touches no Rust state.
         unsafe {
@@ -236,6 +249,7 @@ impl Vm {
             events,
             last_event_at,
             console_tail,
+            log_file: cfg.log_file.clone(),
         })
     }
 
@@ -245,6 +259,11 @@ impl Vm {
 
     pub fn qmp_socket(&self) -> PathBuf {
         self.dir.path().join("qmp.sock")
+    }
+
+    /// QEMU's log file (`-D`), if [`LaunchConfig::log_file`] set one.
+    pub fn log_file(&self) -> Option<&Path> {
+        self.log_file.as_deref()
     }
 
     pub fn pid(&self) -> u32 {
