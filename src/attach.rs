@@ -6,6 +6,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use gdb_remote::Client;
 use kernel_image::KernelSymbols;
 use probe_engine::{Session, resolve_probes};
+use qemu_vmm::Qmp;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -101,9 +102,22 @@ pub fn attach(args: crate::AttachArgs) -> Result<i32> {
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
+    // Stubs opened through QMP live in a private 0700 directory and are
+    // closed again after detach, leaving the VM as it was.
+    let private = tempfile::Builder::new()
+        .prefix("vmprobe-attach-")
+        .tempdir()
+        .context("creating a private socket directory")?;
+    let mut opened: Vec<(String, Qmp)> = Vec::new();
     let mut guests = Vec::new();
     for spec in &args.vm {
-        guests.push(attach_one(spec, &program).with_context(|| spec.name.clone())?);
+        match attach_one(spec, &program, private.path(), &mut opened) {
+            Ok(g) => guests.push(g),
+            Err(e) => {
+                close_stubs(&mut opened);
+                return Err(e.context(spec.name.clone()));
+            }
+        }
     }
     let plan = ServePlan {
         workload: None,
@@ -112,17 +126,32 @@ pub fn attach(args: crate::AttachArgs) -> Result<i32> {
             .map(|s| Instant::now() + Duration::from_secs_f64(s)),
         stats: args.stats,
     };
-    serve_and_report(
+    let code = serve_and_report(
         guests,
         &program,
         None,
         &stop,
         &AtomicBool::new(false),
         &plan,
-    )
+    );
+    close_stubs(&mut opened);
+    code
 }
 
-fn attach_one(spec: &VmSpec, program: &Arc<probe_lang::Program>) -> Result<Guest> {
+fn close_stubs(opened: &mut Vec<(String, Qmp)>) {
+    for (name, mut qmp) in opened.drain(..) {
+        if let Err(e) = qmp.close_gdbstub() {
+            eprintln!("vmprobe: {name}: closing the gdbstub opened through QMP: {e}");
+        }
+    }
+}
+
+fn attach_one(
+    spec: &VmSpec,
+    program: &Arc<probe_lang::Program>,
+    private: &std::path::Path,
+    opened: &mut Vec<(String, Qmp)>,
+) -> Result<Guest> {
     let image = match &spec.kernel {
         Some(k) => k.clone(),
         None => crate::run::default_image()?.kernel,
@@ -141,7 +170,21 @@ fn attach_one(spec: &VmSpec, program: &Arc<probe_lang::Program>) -> Result<Guest
                 .ok_or_else(|| anyhow!("{addr}: no address"))?;
             Client::connect_tcp(addr, timeout)
         }
-        None => bail!("opening a stub through QMP is not supported yet: give gdb:HOST:PORT"),
+        None => {
+            // No stub given: open one on the running VM through its QMP
+            // monitor (HMP `gdbserver`), on a Unix socket only we can reach.
+            let qmp_path = spec
+                .qmp
+                .as_ref()
+                .expect("parse_vm_spec requires gdb: or qmp:");
+            let mut qmp = Qmp::connect_unix(qmp_path, timeout)
+                .with_context(|| format!("connecting to QMP at {}", qmp_path.display()))?;
+            let sock = private.join(format!("{}.gdb", spec.name));
+            qmp.open_gdbstub_unix(&sock)
+                .context("opening a gdbstub through QMP")?;
+            opened.push((spec.name.clone(), qmp));
+            Client::connect_unix(&sock, timeout)
+        }
     }
     .context("connecting to the GDB stub")?;
     // QEMU stops the VM when a debugger connects; from here it is as after

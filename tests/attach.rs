@@ -12,22 +12,42 @@ use support::*;
 
 #[test]
 fn attach_counts_then_leaves_the_vm_running() {
+    attach_and_count(false);
+}
+
+/// Only QMP given: vmprobe opens a gdbstub on the running VM through the
+/// monitor, on a private Unix socket, and closes it again after detach.
+#[test]
+fn attach_through_qmp_opens_and_closes_a_stub() {
+    attach_and_count(true);
+}
+
+fn attach_and_count(through_qmp: bool) {
     let image = default_guest();
     let kernel = image.kernel.clone();
     let console = Arc::new(Mutex::new(Vec::new()));
     let mut cfg = LaunchConfig::new(image);
     cfg.accel = Accel::Tcg;
     cfg.console = Some(console.clone());
+    // Through QMP: a VM started without any gdbstub.
+    cfg.gdbstub = !through_qmp;
     let mut vm = Vm::launch(&cfg).expect("launch");
-    // The user's QEMU starts paused (-S); let it boot, then leave the stub.
-    let mut user = Client::connect_unix(&vm.gdb_socket(), Duration::from_secs(5)).unwrap();
-    user.resume(&[]).unwrap();
-    vm.wait_ready(Duration::from_secs(180))
-        .expect("guest boots");
-    user.interrupt().unwrap();
-    user.wait_stop(Some(Duration::from_secs(5))).unwrap();
-    user.detach().unwrap();
-    drop(user);
+    // The user's QEMU starts paused (-S); let it boot.
+    if through_qmp {
+        let mut qmp =
+            qemu_vmm::Qmp::connect_unix_wait(&vm.qmp_socket(), Duration::from_secs(5)).unwrap();
+        qmp.cont().unwrap();
+        vm.wait_ready(Duration::from_secs(180))
+            .expect("guest boots");
+    } else {
+        let mut user = Client::connect_unix(&vm.gdb_socket(), Duration::from_secs(5)).unwrap();
+        user.resume(&[]).unwrap();
+        vm.wait_ready(Duration::from_secs(180))
+            .expect("guest boots");
+        user.interrupt().unwrap();
+        user.wait_stop(Some(Duration::from_secs(5))).unwrap();
+        user.detach().unwrap();
+    }
 
     // A workload that writes one byte at a time for a long while (seconds
     // under TCG): vmprobe attaches while it runs.
@@ -35,11 +55,19 @@ fn attach_counts_then_leaves_the_vm_running() {
         "i=0; while [ $i -lt 20000 ]; do echo -n x > /dev/null; i=$((i+1)); done; echo WORKLOAD-DONE",
     )
     .unwrap();
-    let spec = format!(
-        "vm0=gdb:unix:{},kernel:{}",
-        vm.gdb_socket().display(),
-        kernel.display()
-    );
+    let spec = if through_qmp {
+        format!(
+            "vm0=qmp:{},kernel:{}",
+            vm.qmp_socket().display(),
+            kernel.display()
+        )
+    } else {
+        format!(
+            "vm0=gdb:unix:{},kernel:{}",
+            vm.gdb_socket().display(),
+            kernel.display()
+        )
+    };
     let out = run_bounded(
         vmprobe().args([
             "attach",

@@ -57,6 +57,9 @@ pub struct LaunchConfig {
     /// guest data (serial bytes, addresses): put the file in a private
     /// directory.
     pub log_file: Option<PathBuf>,
+    /// Start QEMU with a gdbstub (`-gdb`, on by default). Off gives a VM as
+    /// users often run it, whose stub can be opened later through QMP.
+    pub gdbstub: bool,
 }
 
 impl LaunchConfig {
@@ -70,6 +73,7 @@ impl LaunchConfig {
             console: None,
             qemu: PathBuf::from("qemu-system-x86_64"),
             log_file: None,
+            gdbstub: true,
         }
     }
 }
@@ -138,7 +142,6 @@ impl Vm {
             "-smp",
             &cfg.vcpus.to_string(),
         ])
-        .args(["-gdb", &unix_server("gdb.sock")])
         .args(["-qmp", &unix_server("qmp.sock")])
         .args([
             "-chardev",
@@ -178,6 +181,9 @@ impl Vm {
                 Ok(())
             });
         }
+        if cfg.gdbstub {
+            cmd.args(["-gdb", &unix_server("gdb.sock")]);
+        }
         let mut child = cmd.spawn().map_err(io_err(&cfg.qemu))?;
 
         let exited = |child: &mut Child| -> Option<Error> {
@@ -212,7 +218,7 @@ impl Vm {
         // them to exist without connecting (the gdbstub serves one client).
         let connected = connected.and_then(|pair| {
             let deadline = Instant::now() + Duration::from_secs(10);
-            while !(sock("gdb.sock").exists() && sock("qmp.sock").exists()) {
+            while !((sock("gdb.sock").exists() || !cfg.gdbstub) && sock("qmp.sock").exists()) {
                 if let Some(e) = exited(&mut child) {
                     return Err(e);
                 }
