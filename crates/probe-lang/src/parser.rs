@@ -138,7 +138,10 @@ impl Parser<'_> {
                 continue;
             }
             let st = self.stmt()?;
-            let is_if = matches!(st.kind, StmtKind::If { .. });
+            let is_if = matches!(
+                st.kind,
+                StmtKind::If { .. } | StmtKind::Unroll { .. } | StmtKind::While { .. }
+            );
             stmts.push(st);
             // Statements are `;`-separated; the last one may omit it.
             if !is_if && !self.eat(";")? && !self.is_punct("}")? {
@@ -186,6 +189,28 @@ impl Parser<'_> {
                 };
                 StmtKind::If { cond, then, els }
             }
+            Tok::Ident(ref name) if name == "unroll" => {
+                self.expect("(")?;
+                let n = self.bump()?;
+                let Tok::Int(count) = n.tok else {
+                    return err(n.span, "unroll needs an integer literal count");
+                };
+                if !(1..=100).contains(&count) {
+                    return err(n.span, "unroll count must be between 1 and 100");
+                }
+                self.expect(")")?;
+                let body = self.block()?;
+                StmtKind::Unroll { count, body }
+            }
+            Tok::Ident(ref name) if name == "while" => {
+                self.expect("(")?;
+                let cond = self.expr()?;
+                self.expect(")")?;
+                let body = self.block()?;
+                StmtKind::While { cond, body }
+            }
+            Tok::Ident(ref name) if name == "break" => StmtKind::Break,
+            Tok::Ident(ref name) if name == "continue" => StmtKind::Continue,
             Tok::Ident(name) => {
                 self.expect("(")?;
                 let args = self.args(")")?;
@@ -201,18 +226,41 @@ impl Parser<'_> {
                 } else {
                     Vec::new()
                 };
-                self.expect("=")?;
-                let value = self.expr()?;
-                StmtKind::MapAssign {
-                    name,
-                    name_span: start,
-                    keys,
-                    value,
+                let name_span = Span::new(start.start as usize, self.last_end as usize);
+                match self.assign_op()? {
+                    None => StmtKind::MapAssign {
+                        name,
+                        name_span: start,
+                        keys,
+                        value: self.expr()?,
+                    },
+                    Some((op, value)) => StmtKind::MapUpdate {
+                        name,
+                        name_span,
+                        keys,
+                        op,
+                        value,
+                    },
                 }
             }
             Tok::Var(name) => {
-                self.expect("=")?;
-                let value = self.expr()?;
+                let value = match self.assign_op()? {
+                    None => self.expr()?,
+                    // `$x op= v` is `$x = $x op v`.
+                    Some((op, v)) => {
+                        let span = start.to(v.span);
+                        let var = Expr {
+                            kind: ExprKind::Var(name.clone()),
+                            span: start,
+                            ty: Type::Unknown,
+                        };
+                        Expr {
+                            kind: ExprKind::Binary(op, Box::new(var), Box::new(v)),
+                            span,
+                            ty: Type::Unknown,
+                        }
+                    }
+                };
                 StmtKind::VarAssign { name, value }
             }
             other => {
@@ -226,6 +274,48 @@ impl Parser<'_> {
             kind,
             span: Span::new(start.start as usize, self.last_end as usize),
         })
+    }
+
+    /// After an lvalue: `=` (None), or `op=` / `++` / `--` with the
+    /// right-hand side (`++` is `+= 1`).
+    fn assign_op(&mut self) -> Result<Option<(BinOp, Expr)>, ParseError> {
+        use BinOp::*;
+        let t = self.bump()?;
+        let Tok::Punct(p) = t.tok else {
+            return err(t.span, format!("expected '=', found {}", describe(&t.tok)));
+        };
+        let one = |op| {
+            Ok(Some((
+                op,
+                Expr {
+                    kind: ExprKind::Int(1),
+                    span: t.span,
+                    ty: Type::Unknown,
+                },
+            )))
+        };
+        let op = match p {
+            "=" => return Ok(None),
+            "++" => return one(Add),
+            "--" => return one(Sub),
+            "+=" => Add,
+            "-=" => Sub,
+            "*=" => Mul,
+            "/=" => Div,
+            "%=" => Mod,
+            "&=" => And,
+            "|=" => Or,
+            "^=" => Xor,
+            "<<=" => Shl,
+            ">>=" => Shr,
+            _ => return err(t.span, format!("expected '=', found '{p}'")),
+        };
+        Ok(Some((op, self.expr()?)))
+    }
+
+    /// True if the next token names an integer type (a cast follows `(`).
+    fn peek_type_name(&mut self) -> Result<bool, ParseError> {
+        Ok(matches!(&self.peek()?.tok, Tok::Ident(n) if INT_TYPES.iter().any(|t| t.0 == n)))
     }
 
     /// Comma-separated expressions up to `close` (consumed). Empty allowed.
@@ -321,6 +411,18 @@ impl Parser<'_> {
             Tok::Punct("-") => Some(UnOp::Neg),
             Tok::Punct("!") => Some(UnOp::Not),
             Tok::Punct("~") => Some(UnOp::BitNot),
+            Tok::Punct("*") => {
+                let t = self.bump()?;
+                self.enter()?;
+                let e = self.unary()?;
+                self.depth -= 1;
+                let span = t.span.to(e.span);
+                return Ok(Expr {
+                    kind: ExprKind::Deref(Box::new(e)),
+                    span,
+                    ty: Type::Unknown,
+                });
+            }
             _ => None,
         };
         if let Some(op) = op {
@@ -362,6 +464,31 @@ impl Parser<'_> {
                 } else {
                     ExprKind::Ident(name)
                 }
+            }
+            Tok::Punct("(") if self.peek_type_name()? => {
+                let Tok::Ident(tn) = self.bump()?.tok else {
+                    unreachable!("peeked a type name")
+                };
+                let &(_, size, signed) = INT_TYPES
+                    .iter()
+                    .find(|t| t.0 == tn)
+                    .expect("peeked a type name");
+                let ptr = self.eat("*")?;
+                let close = self.expect(")")?;
+                self.enter()?;
+                let e = self.unary()?;
+                self.depth -= 1;
+                let span = span.to(close).to(e.span);
+                return Ok(Expr {
+                    kind: ExprKind::Cast {
+                        size,
+                        signed,
+                        ptr,
+                        expr: Box::new(e),
+                    },
+                    span,
+                    ty: Type::Unknown,
+                });
             }
             Tok::Punct("(") => {
                 // Division is allowed again inside parentheses.

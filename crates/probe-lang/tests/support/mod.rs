@@ -1,7 +1,7 @@
 //! Test helpers: a fake ProbeContext and a capturing writer.
 #![allow(dead_code)]
 
-use probe_lang::{ContextError, Flow, ProbeContext, ProbeSpec, Runtime};
+use probe_lang::{ContextError, Flow, OutputFormat, ProbeContext, ProbeSpec, Runtime};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
@@ -79,9 +79,15 @@ impl ProbeContext for FakeCtx {
 /// Runs a script the way bpftrace does for BEGIN/END-only programs: every
 /// BEGIN block (stopping at exit()), then END blocks, then the exit print.
 pub fn run_script(src: &str) -> String {
+    run_script_as(src, OutputFormat::Text)
+}
+
+/// [`run_script`] in the given output format.
+pub fn run_script_as(src: &str, format: OutputFormat) -> String {
     let prog = Arc::new(probe_lang::compile(src, "test").unwrap_or_else(|d| panic!("{d}")));
     let cap = Capture::default();
     let mut rt = Runtime::new(prog.clone(), Box::new(cap.clone()));
+    rt.set_output_format(format);
     for (i, p) in prog.probes().iter().enumerate() {
         if *p == ProbeSpec::Begin
             && rt.run(prog.block_of(i), &mut FakeCtx::new("BEGIN")) == Flow::Exit
