@@ -427,27 +427,24 @@ impl Checker<'_, '_> {
                 let span = name_span.to(value.span);
                 // `@m++` declares an integer map like `@m = 0` would.
                 let vt = match self.map_index.get(name.as_str()) {
-                    Some(&i) => Type::Int {
-                        signed: self.maps[i].signed,
-                    },
+                    Some(&i) => {
+                        let d = &self.maps[i];
+                        if d.kind != AggKind::Value || !d.value.is_int() {
+                            let what = if d.kind == AggKind::Value {
+                                format!("{} values", d.value.name())
+                            } else {
+                                format!("{}() values", d.kind.name())
+                            };
+                            let m =
+                                format!("@{name} holds {what}; '{}=' needs integers", op.symbol());
+                            self.r.error(span, m);
+                            return;
+                        }
+                        Type::Int { signed: d.signed }
+                    }
                     None => Type::SIGNED,
                 };
                 self.declare(name, AggKind::Value, key_tys, vt, None, span);
-                if let Some(&i) = self.map_index.get(name.as_str())
-                    && (self.maps[i].kind != AggKind::Value || !self.maps[i].value.is_int())
-                {
-                    let d = &self.maps[i];
-                    let what = if d.kind == AggKind::Value {
-                        d.value.name().to_string()
-                    } else {
-                        format!("{}()", d.kind.name())
-                    };
-                    let m = format!(
-                        "@{name} holds {what} values; '{}=' needs integers",
-                        op.symbol()
-                    );
-                    self.r.error(span, m);
-                }
             }
             StmtKind::VarAssign { name, value } => {
                 self.expr(value);

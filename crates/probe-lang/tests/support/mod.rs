@@ -33,6 +33,12 @@ pub struct FakeCtx {
     pub probe: String,
     /// Make arg reads fail, like a gdbstub error.
     pub fail_args: bool,
+    /// Readable guest memory: (start address, bytes).
+    pub memory: Vec<(u64, Vec<u8>)>,
+    pub registers: Vec<(String, u64)>,
+    pub symbols: Vec<(String, u64)>,
+    /// Largest single read_memory request seen (reads must be bounded).
+    pub max_read: usize,
 }
 
 impl FakeCtx {
@@ -45,6 +51,10 @@ impl FakeCtx {
             func: probe.rsplit(':').next().unwrap_or("").to_string(),
             probe: probe.to_string(),
             fail_args: false,
+            memory: Vec::new(),
+            registers: Vec::new(),
+            symbols: Vec::new(),
+            max_read: 0,
         }
     }
 }
@@ -71,8 +81,40 @@ impl ProbeContext for FakeCtx {
     fn probe(&self) -> &str {
         &self.probe
     }
-    fn read_memory(&mut self, _addr: u64, _buf: &mut [u8]) -> Result<(), ContextError> {
-        Err(ContextError::Message("no memory".into()))
+    fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), ContextError> {
+        self.max_read = self.max_read.max(buf.len());
+        for (start, bytes) in &self.memory {
+            let Some(off) = addr.checked_sub(*start) else {
+                continue;
+            };
+            let off = off as usize;
+            if off + buf.len() <= bytes.len() {
+                buf.copy_from_slice(&bytes[off..off + buf.len()]);
+                return Ok(());
+            }
+        }
+        Err(ContextError::Memory {
+            addr,
+            reason: "unmapped".into(),
+        })
+    }
+    fn register(&mut self, name: &str) -> Result<u64, ContextError> {
+        self.registers
+            .iter()
+            .find(|r| r.0 == name)
+            .map(|r| r.1)
+            .ok_or_else(|| ContextError::Register(format!("no register '{name}'")))
+    }
+    fn kaddr(&self, name: &str) -> Option<u64> {
+        self.symbols.iter().find(|s| s.0 == name).map(|s| s.1)
+    }
+    fn ksym(&self, addr: u64) -> Option<String> {
+        // Nearest symbol at or below addr, like kallsyms.
+        self.symbols
+            .iter()
+            .filter(|s| s.1 <= addr)
+            .max_by_key(|s| s.1)
+            .map(|s| s.0.clone())
     }
 }
 
