@@ -34,6 +34,9 @@ pub enum Type {
         size: u8,
         signed: bool,
     },
+    /// A tuple; the index is into the checker's tuple type table
+    /// (`Checked::tuples`), so `Type` stays `Copy`.
+    Tuple(u32),
 }
 
 impl Type {
@@ -46,6 +49,7 @@ impl Type {
             Type::Str => "string",
             Type::Buf => "buffer",
             Type::Ptr { .. } => "pointer",
+            Type::Tuple(_) => "tuple",
         }
     }
     /// Integers and pointers (a pointer is an address, usable as one).
@@ -97,6 +101,10 @@ pub enum ExprKind {
     },
     /// `*e` on a pointer.
     Deref(Box<Expr>),
+    /// `(a, b, ...)`, two or more elements.
+    Tuple(Vec<Expr>),
+    /// `t.N`
+    Field(Box<Expr>, u32),
 }
 
 /// Integer type names usable in casts: (name, size, signed).
@@ -351,6 +359,16 @@ fn dump_expr(s: &mut String, e: &Expr, d: usize) {
         }
         ExprKind::Deref(a) => {
             let _ = writeln!(s, "{ind}deref");
+            dump_expr(s, a, d + 1);
+        }
+        ExprKind::Tuple(v) => {
+            let _ = writeln!(s, "{ind}tuple");
+            for e in v {
+                dump_expr(s, e, d + 1);
+            }
+        }
+        ExprKind::Field(a, n) => {
+            let _ = writeln!(s, "{ind}field .{n}");
             dump_expr(s, a, d + 1);
         }
         ExprKind::Ternary(c, a, b) => {

@@ -101,6 +101,8 @@ pub struct Checked {
     /// Symbol names given to `kaddr()`, so the engine can resolve them
     /// before attaching.
     pub kaddrs: Vec<String>,
+    /// Element types of each `Type::Tuple(i)`.
+    pub tuples: Vec<Vec<Type>>,
 }
 
 const BUILTINS: &[&str] = &[
@@ -147,6 +149,7 @@ struct Checker<'a, 's> {
     all_kretprobe: bool,
     loops: usize,
     kaddrs: Vec<String>,
+    tuples: Vec<Vec<Type>>,
 }
 
 pub(crate) fn check(ast: &mut Ast, r: &mut Reporter<'_>) -> Checked {
@@ -175,6 +178,7 @@ pub(crate) fn check(ast: &mut Ast, r: &mut Reporter<'_>) -> Checked {
     let mut maps = Vec::new();
     let mut map_index = FxHashMap::default();
     let mut kaddrs = Vec::new();
+    let mut tuples = Vec::new();
     for pass in 0..2 {
         let mut tmp = Reporter::new(r.source, r.name);
         let rep = if pass == 0 { &mut tmp } else { &mut *r };
@@ -187,6 +191,7 @@ pub(crate) fn check(ast: &mut Ast, r: &mut Reporter<'_>) -> Checked {
             all_kretprobe: false,
             loops: 0,
             kaddrs: Vec::new(),
+            tuples: std::mem::take(&mut tuples),
         };
         scratch.clear();
         for (block, &(k, kr)) in ast.probes.iter_mut().zip(&kinds) {
@@ -203,6 +208,7 @@ pub(crate) fn check(ast: &mut Ast, r: &mut Reporter<'_>) -> Checked {
         maps = c.maps;
         map_index = c.map_index;
         kaddrs = c.kaddrs;
+        tuples = c.tuples;
     }
     Checked {
         maps,
@@ -210,6 +216,7 @@ pub(crate) fn check(ast: &mut Ast, r: &mut Reporter<'_>) -> Checked {
         probes,
         scratch,
         kaddrs,
+        tuples,
     }
 }
 
@@ -507,7 +514,10 @@ impl Checker<'_, '_> {
         span: Span,
     ) {
         let Some(keys) = keys else { return };
-        if let Some(k) = keys.iter().find(|t| **t == Type::Buf) {
+        if let Some(k) = keys
+            .iter()
+            .find(|t| matches!(t, Type::Buf | Type::Tuple(_)))
+        {
             self.r
                 .error(span, format!("a {} cannot be used as a map key", k.name()));
             return;
@@ -531,6 +541,8 @@ impl Checker<'_, '_> {
                 let what = |k: AggKind, v: Type| {
                     if k == AggKind::Value && v.is_int() {
                         "an integer value".to_string()
+                    } else if let (AggKind::Value, Type::Tuple(_)) = (k, v) {
+                        format!("a {} tuple", self.ty_name(v))
                     } else if k == AggKind::Value {
                         format!("a {} value", v.name())
                     } else {
@@ -553,6 +565,21 @@ impl Checker<'_, '_> {
                     self.check_keys(name, &keys, span);
                 }
             }
+        }
+    }
+
+    /// Type name with tuple elements spelled out: `(integer, string)`.
+    fn ty_name(&self, t: Type) -> String {
+        match t {
+            Type::Tuple(i) => {
+                let el: Vec<String> = self
+                    .tuples
+                    .get(i as usize)
+                    .map(|ts| ts.iter().map(|t| self.ty_name(*t)).collect())
+                    .unwrap_or_default();
+                format!("({})", el.join(", "))
+            }
+            t => t.name().to_string(),
         }
     }
 
@@ -652,7 +679,16 @@ impl Checker<'_, '_> {
                     return;
                 }
                 let (m, rest) = args.split_first_mut().expect("arity checked");
-                self.map_arg(name, m, false);
+                if !matches!(m.kind, ExprKind::Map { .. }) && rest.is_empty() {
+                    // `print(value)`
+                    self.expr(m);
+                    if m.ty == Type::Buf {
+                        self.r
+                            .error(m.span, "print() cannot print a buffer; use printf(\"%r\")");
+                    }
+                } else {
+                    self.map_arg(name, m, false);
+                }
                 for a in rest {
                     self.expr(a);
                     self.want_int(a, "print() top/div argument");
@@ -813,6 +849,56 @@ impl Checker<'_, '_> {
                         signed: *signed,
                     },
                     (true, false) => Type::Int { signed: *signed },
+                }
+            }
+            ExprKind::Tuple(elems) => {
+                let mut tys = Vec::new();
+                for el in elems.iter_mut() {
+                    self.expr(el);
+                    tys.push(el.ty);
+                    if el.ty == Type::Buf {
+                        self.r.error(el.span, "a buffer cannot be part of a tuple");
+                    }
+                }
+                if tys.iter().any(|t| matches!(t, Type::Unknown | Type::Buf)) {
+                    Type::Unknown
+                } else {
+                    let tys: Vec<Type> = tys.into_iter().map(Type::as_int).collect();
+                    let id = match self.tuples.iter().position(|t| *t == tys) {
+                        Some(i) => i,
+                        None => {
+                            self.tuples.push(tys);
+                            self.tuples.len() - 1
+                        }
+                    };
+                    Type::Tuple(id as u32)
+                }
+            }
+            ExprKind::Field(a, n) => {
+                self.expr(a);
+                match a.ty {
+                    Type::Unknown => Type::Unknown,
+                    Type::Tuple(id) => {
+                        let tys = &self.tuples[id as usize];
+                        match tys.get(*n as usize) {
+                            Some(t) => *t,
+                            None => {
+                                let m = format!(
+                                    "tuple index {n} out of range (the tuple has {} elements)",
+                                    tys.len()
+                                );
+                                self.r.error(e.span, m);
+                                Type::Unknown
+                            }
+                        }
+                    }
+                    t => {
+                        self.r.error(
+                            e.span,
+                            format!("cannot access field .{n} of a value of type {}", t.name()),
+                        );
+                        Type::Unknown
+                    }
                 }
             }
             ExprKind::Deref(a) => {

@@ -84,9 +84,13 @@ pub const DEFAULT_STEP_BUDGET: u64 = 100_000;
 /// in `a`, count in `b`).
 #[derive(Clone, Debug)]
 enum Cell {
-    Num { a: u64, b: u64 },
+    Num {
+        a: u64,
+        b: u64,
+    },
     Hist(Box<[u64]>),
-    Str(Arc<str>),
+    /// A string or tuple value.
+    Val(Value),
 }
 
 type Map = FxHashMap<Key, Cell>;
@@ -127,10 +131,11 @@ impl Runtime {
                 m.insert(Key::None, Cell::Num { a: 0, b: 0 });
             }
         }
+        let tuples = program.ir.tuples.clone();
         Runtime {
             program,
             maps,
-            printer: Printer::new(out),
+            printer: Printer::new(out, tuples),
             slots: Vec::new(),
             steps: 0,
             budget: DEFAULT_STEP_BUDGET,
@@ -224,7 +229,7 @@ impl Runtime {
             .map(|(k, c)| {
                 let shown = match (c, decl.kind) {
                     (Cell::Hist(b), _) => Shown::Hist(b.to_vec()),
-                    (Cell::Str(s), _) => Shown::Str(s.clone()),
+                    (Cell::Val(v), _) => Shown::Val(v.clone()),
                     (&Cell::Num { a, b }, AggKind::Stats) => Shown::Stats { count: b, total: a },
                     (Cell::Num { .. }, _) => Shown::Int(self.read(i, k).as_int()),
                 };
@@ -237,9 +242,8 @@ impl Runtime {
     fn read(&self, map: usize, key: &Key) -> Value {
         let decl = &self.program.ir.maps[map];
         match self.maps[map].get(key) {
-            None if decl.value == crate::ast::Type::Str => Value::Str(Arc::from("")),
-            None => Value::Int(0),
-            Some(Cell::Str(s)) => Value::Str(s.clone()),
+            None => zero_value(decl.value, &self.program.ir.tuples),
+            Some(Cell::Val(v)) => v.clone(),
             Some(Cell::Hist(_)) => Value::Int(0),
             Some(&Cell::Num { a, b }) => Value::Int(match decl.kind {
                 AggKind::Avg | AggKind::Stats => avg(a, b, decl.signed),
@@ -340,11 +344,8 @@ impl Runtime {
                 Stmt::MapSet { map, key, value } => {
                     let key = self.key(p, key, ctx)?;
                     let cell = match self.eval(p, value, ctx)? {
-                        Value::Str(s) => Cell::Str(s),
-                        v => Cell::Num {
-                            a: v.as_int(),
-                            b: 0,
-                        },
+                        Value::Int(a) => Cell::Num { a, b: 0 },
+                        v => Cell::Val(v),
                     };
                     self.maps[*map as usize].insert(key, cell);
                 }
@@ -392,7 +393,7 @@ impl Runtime {
                         match c {
                             Cell::Num { a, b } => (*a, *b) = (0, 0),
                             Cell::Hist(b) => b.fill(0),
-                            Cell::Str(s) => *s = Arc::from(""),
+                            Cell::Val(v) => *v = zero_like(v),
                         }
                     }
                 }
@@ -432,6 +433,10 @@ impl Runtime {
                         }
                     }
                 }
+                Stmt::PrintValue(e, ty) => {
+                    let v = self.eval(p, e, ctx)?;
+                    self.printer.value(&v, *ty);
+                }
                 Stmt::Break => return Err(RunError::Break),
                 Stmt::Continue => return Err(RunError::Continue),
             }
@@ -467,7 +472,7 @@ impl Runtime {
             KeyExpr::Single(e) => match self.eval(p, e, ctx)? {
                 Value::Int(v) => Key::Int(v),
                 Value::Str(s) => Key::Str(s),
-                v @ Value::Buf(_) => Key::Multi(Box::new([KeyPart::from(v)])),
+                v @ (Value::Buf(_) | Value::Tuple(_)) => Key::Multi(Box::new([KeyPart::from(v)])),
             },
             KeyExpr::Multi(es) => {
                 let mut parts = Vec::with_capacity(es.len());
@@ -529,6 +534,17 @@ impl Runtime {
                 self.read(*map as usize, &k)
             }
             Expr::Len(m) => Value::Int(self.maps[*m as usize].len() as u64),
+            Expr::Tuple(es) => {
+                let mut v = Vec::with_capacity(es.len());
+                for e in es {
+                    v.push(self.eval(p, e, ctx)?);
+                }
+                Value::Tuple(Arc::from(v))
+            }
+            Expr::Field(t, n) => match self.eval(p, t, ctx)? {
+                Value::Tuple(v) => v.get(*n as usize).cloned().unwrap_or(Value::Int(0)),
+                _ => Value::Int(0),
+            },
             Expr::HasKey { map, key } => {
                 let k = self.key(p, key, ctx)?;
                 Value::Int(self.maps[*map as usize].contains_key(&k) as u64)
@@ -670,6 +686,31 @@ fn binop(op: Op2, x: u64, y: u64) -> Result<u64, RunError> {
     })
 }
 
+/// The value a missing map entry of type `ty` reads as.
+fn zero_value(ty: crate::ast::Type, tuples: &[Vec<crate::ast::Type>]) -> Value {
+    use crate::ast::Type;
+    match ty {
+        Type::Str => Value::Str(Arc::from("")),
+        Type::Tuple(i) => Value::Tuple(
+            tuples
+                .get(i as usize)
+                .map(|ts| ts.iter().map(|t| zero_value(*t, tuples)).collect())
+                .unwrap_or_default(),
+        ),
+        _ => Value::Int(0),
+    }
+}
+
+/// `zero()` of a string or tuple value: same shape, zeros and "".
+fn zero_like(v: &Value) -> Value {
+    match v {
+        Value::Int(_) => Value::Int(0),
+        Value::Str(_) => Value::Str(Arc::from("")),
+        Value::Buf(b) => Value::Buf(Arc::from(vec![0u8; b.len()])),
+        Value::Tuple(t) => Value::Tuple(t.iter().map(zero_like).collect()),
+    }
+}
+
 /// Truncates to `size` bytes, then sign- or zero-extends to 64 bits.
 fn extend(v: u64, size: u8, signed: bool) -> u64 {
     if size >= 8 {
@@ -735,7 +776,7 @@ fn ntop(af: Option<u64>, v: &Value) -> Result<String, RunError> {
     let bytes: Vec<u8> = match v {
         Value::Int(i) => (*i as u32).to_le_bytes().to_vec(),
         Value::Buf(b) => b.to_vec(),
-        Value::Str(_) => Vec::new(),
+        Value::Str(_) | Value::Tuple(_) => Vec::new(),
     };
     match (af, bytes.len()) {
         (None | Some(2), 4) => {
@@ -760,7 +801,7 @@ pub(crate) fn make_key(mut vals: Vec<Value>) -> Key {
         1 => match vals.pop().expect("len 1") {
             Value::Int(v) => Key::Int(v),
             Value::Str(s) => Key::Str(s),
-            v @ Value::Buf(_) => Key::Multi(Box::new([KeyPart::from(v)])),
+            v @ (Value::Buf(_) | Value::Tuple(_)) => Key::Multi(Box::new([KeyPart::from(v)])),
         },
         _ => Key::Multi(vals.into_iter().map(KeyPart::from).collect()),
     }

@@ -114,6 +114,8 @@ pub enum Expr {
     Reg(u32),
     Strncmp(Box<Expr>, Box<Expr>, Box<Expr>),
     Ntop(Option<Box<Expr>>, Box<Expr>),
+    Tuple(Vec<Expr>),
+    Field(Box<Expr>, u32),
 }
 
 #[derive(Clone, Debug)]
@@ -177,6 +179,8 @@ pub enum Stmt {
     },
     Break,
     Continue,
+    /// `print(value)`, with the value's type for formatting.
+    PrintValue(Expr, Type),
     Delete {
         map: u32,
         key: KeyExpr,
@@ -203,6 +207,8 @@ pub struct Ir {
     pub maps: Vec<MapDecl>,
     pub strings: Vec<Arc<str>>,
     pub formats: Vec<Format>,
+    /// Element types of `Type::Tuple(i)`.
+    pub tuples: Vec<Vec<Type>>,
 }
 
 struct Lower<'a> {
@@ -239,6 +245,7 @@ pub fn lower(ast: &ast::Ast, checked: &Checked) -> Ir {
         maps: checked.maps.clone(),
         strings,
         formats,
+        tuples: checked.tuples.clone(),
     }
 }
 
@@ -360,6 +367,9 @@ impl Lower<'_> {
                         };
                         Stmt::Time(self.intern(f))
                     }
+                    "print" if !matches!(args[0].kind, ExprKind::Map { .. }) => {
+                        Stmt::PrintValue(self.expr(&args[0]), args[0].ty)
+                    }
                     "print" => Stmt::Print {
                         map: map_arg(self).0,
                         top: args.get(1).map(|a| self.expr(a)),
@@ -413,6 +423,8 @@ impl Lower<'_> {
                     }
                 }
             }
+            ExprKind::Tuple(v) => Expr::Tuple(v.iter().map(|e| self.expr(e)).collect()),
+            ExprKind::Field(a, n) => Expr::Field(Box::new(self.expr(a)), *n),
             ExprKind::Deref(a) => {
                 let Type::Ptr { size, signed } = a.ty else {
                     unreachable!("checked: deref of a pointer")
@@ -611,6 +623,8 @@ fn dexpr(e: &Expr) -> String {
             )
         }
         Expr::Len(m) => format!("len(m{m})"),
+        Expr::Tuple(v) => format!("({})", v.iter().map(dexpr).collect::<Vec<_>>().join(", ")),
+        Expr::Field(a, n) => format!("{}.{n}", dexpr(a)),
         Expr::HasKey { map, key } => format!("has_key(m{map}{})", dkey(key)),
         Expr::StrRead { ptr, len } => match len {
             Some(l) => format!("str({}, {})", dexpr(ptr), dexpr(l)),
@@ -676,6 +690,7 @@ fn dstmts(s: &mut String, stmts: &[Stmt], d: usize) {
                 Ok(())
             }
             Stmt::Break => writeln!(s, "{ind}break"),
+            Stmt::PrintValue(e, _) => writeln!(s, "{ind}print {}", dexpr(e)),
             Stmt::Continue => writeln!(s, "{ind}continue"),
             Stmt::Delete { map, key } => writeln!(s, "{ind}delete m{map}{}", dkey(key)),
             Stmt::Exit => writeln!(s, "{ind}exit"),

@@ -493,9 +493,19 @@ impl Parser<'_> {
             Tok::Punct("(") => {
                 // Division is allowed again inside parentheses.
                 let mut e = self.expr()?;
+                if self.eat(",")? {
+                    let mut elems = vec![e];
+                    elems.extend(self.args(")")?);
+                    let span = Span::new(span.start as usize, self.last_end as usize);
+                    return self.postfix(Expr {
+                        kind: ExprKind::Tuple(elems),
+                        span,
+                        ty: Type::Unknown,
+                    });
+                }
                 let close = self.expect(")")?;
                 e.span = span.to(close);
-                return Ok(e);
+                return self.postfix(e);
             }
             other => {
                 return err(
@@ -504,11 +514,34 @@ impl Parser<'_> {
                 );
             }
         };
-        Ok(Expr {
+        self.postfix(Expr {
             kind,
             span,
             ty: Type::Unknown,
         })
+    }
+
+    /// Tuple field accesses `.N` after a primary expression.
+    fn postfix(&mut self, mut e: Expr) -> Result<Expr, ParseError> {
+        while self.eat(".")? {
+            let t = self.bump()?;
+            let Tok::Int(n) = t.tok else {
+                return err(
+                    t.span,
+                    format!(
+                        "expected a tuple index after '.', found {}",
+                        describe(&t.tok)
+                    ),
+                );
+            };
+            let span = e.span.to(t.span);
+            e = Expr {
+                kind: ExprKind::Field(Box::new(e), n.min(u32::MAX as u64) as u32),
+                span,
+                ty: Type::Unknown,
+            };
+        }
+        Ok(e)
     }
 }
 

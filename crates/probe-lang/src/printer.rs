@@ -22,7 +22,6 @@ use crate::format::Format;
 use crate::value::{Key, KeyPart, Value};
 use std::fmt::Write as _;
 use std::io::Write;
-use std::sync::Arc;
 
 /// Output mode of a [`crate::Runtime`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -39,7 +38,8 @@ pub enum OutputFormat {
 pub enum Shown {
     /// count, sum, min, max, avg (already divided) or an integer value.
     Int(u64),
-    Str(Arc<str>),
+    /// A string or tuple value.
+    Val(Value),
     Stats {
         count: u64,
         total: u64,
@@ -51,6 +51,8 @@ pub struct Printer {
     out: Box<dyn Write + Send>,
     buf: String,
     format: OutputFormat,
+    /// Element types of `Type::Tuple(i)`, for printing tuple values.
+    tuples: Vec<Vec<Type>>,
 }
 
 /// Renders an integer the way a value of `signed`-ness is printed.
@@ -159,12 +161,91 @@ fn bucket(i: usize, n: usize, lhist: Option<LhistParams>) -> (String, Option<i64
 }
 
 impl Printer {
-    pub fn new(out: Box<dyn Write + Send>) -> Printer {
+    pub fn new(out: Box<dyn Write + Send>, tuples: Vec<Vec<Type>>) -> Printer {
         Printer {
             out,
             buf: String::new(),
             format: OutputFormat::Text,
+            tuples,
         }
+    }
+
+    /// A value as text (`print(v)`, map values): tuples as `(1, a)`.
+    fn value_text(&self, v: &Value, ty: Type, out: &mut String) {
+        match v {
+            Value::Int(i) => int(out, *i, ty == Type::SIGNED),
+            Value::Str(s) => out.push_str(s),
+            Value::Buf(b) => crate::format::escape_buf(b, out),
+            Value::Tuple(vs) => {
+                out.push('(');
+                for (i, v) in vs.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    self.value_text(v, self.elem_type(ty, i), out);
+                }
+                out.push(')');
+            }
+        }
+    }
+
+    /// A value as JSON: tuples as arrays without spaces, like bpftrace.
+    fn value_json(&self, v: &Value, ty: Type, out: &mut String) {
+        match v {
+            Value::Int(i) => int(out, *i, ty == Type::SIGNED),
+            Value::Str(s) => {
+                out.push('"');
+                json_escape(s, out);
+                out.push('"');
+            }
+            Value::Buf(b) => {
+                let mut s = String::new();
+                crate::format::escape_buf(b, &mut s);
+                out.push('"');
+                json_escape(&s, out);
+                out.push('"');
+            }
+            Value::Tuple(vs) => {
+                out.push('[');
+                for (i, v) in vs.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    self.value_json(v, self.elem_type(ty, i), out);
+                }
+                out.push(']');
+            }
+        }
+    }
+
+    fn elem_type(&self, ty: Type, i: usize) -> Type {
+        match ty {
+            Type::Tuple(t) => self
+                .tuples
+                .get(t as usize)
+                .and_then(|ts| ts.get(i))
+                .copied()
+                .unwrap_or(Type::Unknown),
+            _ => Type::Unknown,
+        }
+    }
+
+    /// `print(value)`: the value and a newline (JSON: a "value" event).
+    pub fn value(&mut self, v: &Value, ty: Type) {
+        let mut s = String::new();
+        match self.format {
+            OutputFormat::Text => {
+                self.value_text(v, ty, &mut s);
+                s.push('\n');
+            }
+            OutputFormat::Json => {
+                s.push_str("{\"type\": \"value\", \"data\": ");
+                self.value_json(v, ty, &mut s);
+                s.push_str("}\n");
+            }
+        }
+        self.buf.push_str(&s);
+        self.emit();
     }
 
     pub fn set_format(&mut self, f: OutputFormat) {
@@ -228,7 +309,7 @@ impl Printer {
                     c => (total / c) as i128,
                 },
                 Shown::Hist(b) => b.iter().map(|&x| x as i128).sum(),
-                Shown::Str(_) => 0,
+                Shown::Val(_) => 0,
             }
         };
         // bpftrace sorts by value; ties are in hash order there, by key here.
@@ -251,7 +332,11 @@ impl Printer {
             self.buf.push_str(": ");
             match v {
                 Shown::Int(v) => int(&mut self.buf, divide(*v, div, signed), signed),
-                Shown::Str(s) => self.buf.push_str(s),
+                Shown::Val(v) => {
+                    let mut s = String::new();
+                    self.value_text(v, decl.value, &mut s);
+                    self.buf.push_str(&s);
+                }
                 Shown::Stats { count, total } => {
                     let a = crate::interp::avg_of(*total, *count, signed);
                     let _ = write!(self.buf, "count {count}, average ");
@@ -322,10 +407,10 @@ impl Printer {
             }
             match v {
                 Shown::Int(v) => int(&mut self.buf, divide(*v, div, signed), signed),
-                Shown::Str(s) => {
-                    self.buf.push('"');
-                    json_escape(s, &mut self.buf);
-                    self.buf.push('"');
+                Shown::Val(v) => {
+                    let mut s = String::new();
+                    self.value_json(v, decl.value, &mut s);
+                    self.buf.push_str(&s);
                 }
                 Shown::Stats { count, total } => {
                     let a = crate::interp::avg_of(*total, *count, signed);

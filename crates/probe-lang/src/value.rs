@@ -10,13 +10,14 @@ pub enum Value {
     Str(Arc<str>),
     /// Bytes read by `buf()`.
     Buf(Arc<[u8]>),
+    Tuple(Arc<[Value]>),
 }
 
 impl Value {
     pub fn as_int(&self) -> u64 {
         match self {
             Value::Int(v) => *v,
-            Value::Str(_) | Value::Buf(_) => 0,
+            Value::Str(_) | Value::Buf(_) | Value::Tuple(_) => 0,
         }
     }
 }
@@ -44,6 +45,7 @@ impl From<Value> for KeyPart {
             Value::Str(s) => KeyPart::Str(s),
             // The checker rejects buffer keys; keep the bytes visible anyway.
             Value::Buf(b) => KeyPart::Str(String::from_utf8_lossy(&b).into()),
+            Value::Tuple(_) => KeyPart::Str("".into()),
         }
     }
 }

@@ -131,7 +131,7 @@ fn checker_errors() {
             "@a is used with key [string] here but key [integer] elsewhere",
         ),
         (
-            "kprobe:f { @a = count(); print(1); }",
+            "kprobe:f { @a = count(); print(1, 2); }",
             "print() expects a map argument",
         ),
         (
@@ -298,6 +298,30 @@ fn checker_errors() {
             "invalid watchpoint mode 'x' (r, w or rw)",
         ),
         ("watchpoint:zz:8:w { }", "invalid watchpoint address 'zz'"),
+        (
+            "BEGIN { $t = (1, \"a\"); $x = $t.2; }",
+            "tuple index 2 out of range (the tuple has 2 elements)",
+        ),
+        (
+            "BEGIN { $x = 1; $y = $x.0; }",
+            "cannot access field .0 of a value of type integer",
+        ),
+        (
+            "BEGIN { @m[(1, 2)] = 1; }",
+            "a tuple cannot be used as a map key",
+        ),
+        (
+            "BEGIN { @m = (1, \"a\"); @m = (\"a\", 1); }",
+            "@m is used as a (string, integer) tuple here but as a (integer, string) tuple elsewhere",
+        ),
+        (
+            "BEGIN { printf(\"%d\", (1, 2)); }",
+            "printf: %d specifier expects a value of type integer (tuple supplied)",
+        ),
+        (
+            "BEGIN { $x = (1, 2).a; }",
+            "expected a tuple index after '.', found 'a'",
+        ),
         (
             "watchpoint:0x1000:8 { }",
             "watchpoint probes look like 'watchpoint:ADDR:LEN:MODE', e.g. 'watchpoint:0xffffffff81000000:8:w'",

@@ -149,3 +149,11 @@ fn json_hist_edge() {
 fn json_printf_escape() {
     golden_json("printf_escape");
 }
+#[test]
+fn tuples() {
+    golden("tuples");
+}
+#[test]
+fn json_tuples() {
+    golden_json("tuples");
+}

@@ -15,6 +15,7 @@ const SCRIPTS: &[&str] = &[
     "kprobe:f { @h[func] = hist(arg0); @l = lhist(arg1, 0, 100, 10); @s = stats(arg2); } END { print(@h, 2, 10); zero(@l); clear(@s); }",
     "BEGIN { $i = 0; while ($i < 5) { $i++; if ($i == 2) { continue; } if ($i > 3) { break; } } unroll(3) { @c[$i] += 2; } @v = \"s\"; printf(\"%p %o %r\\n\", 1, 2, buf(0, 1)); }",
     "kprobe:f { $p = (uint32 *)arg0; printf(\"%s %s %d %d\\n\", str($p + 1, 8), ksym(reg(\"rip\")), *(int8 *)(arg1 - 1), (uint16)kaddr(\"x\")); }",
+    "BEGIN { $t = ((1, \"a\"), -2); @t[1] = $t; print($t.0); print(@t); printf(\"%s %d\\n\", $t.0.1, $t.1); zero(@t); }",
     "interval:ms:10, profile:hz:99, watchpoint:0x10:8:rw { @n = len(@m); @m[1, \"k\"]--; $b = has_key(@m, 1, \"k\"); $q = ntop(2, elapsed); $r = strncmp(\"a\", probe, 1); time(\"%H:%M\\n\"); }",
 ];
 
@@ -75,7 +76,7 @@ proptest! {
         "zero(@m)", "while", "unroll(2)", "break", "continue", "++", "+=", "<<=", "(uint8 *)",
         "(int32)", "str(", "buf(arg0, 4)", "ksym(", "kaddr(\"s\")", "reg(\"rax\")", "ntop(",
         "strncmp(", "len(@m)", "has_key(@m,", "elapsed", "time()", "interval:ms:1",
-        "watchpoint:0x10:4:w", "profile:hz:9",
+        "watchpoint:0x10:4:w", "profile:hz:9", "(1, \"a\")", ".0", ".1", "print(",
     ]), 0..40)) {
         let src = toks.join(" ");
         if let Ok(p) = probe_lang::compile(&src, "p") {
