@@ -103,6 +103,9 @@ pub struct Checked {
     pub kaddrs: Vec<String>,
     /// Element types of each `Type::Tuple(i)`.
     pub tuples: Vec<Vec<Type>>,
+    /// Register names given to `reg()`, so the engine can check them
+    /// against the stub's register set before attaching.
+    pub regs: Vec<String>,
 }
 
 const BUILTINS: &[&str] = &[
@@ -150,6 +153,7 @@ struct Checker<'a, 's> {
     loops: usize,
     kaddrs: Vec<String>,
     tuples: Vec<Vec<Type>>,
+    regs: Vec<String>,
 }
 
 pub(crate) fn check(ast: &mut Ast, r: &mut Reporter<'_>) -> Checked {
@@ -179,6 +183,7 @@ pub(crate) fn check(ast: &mut Ast, r: &mut Reporter<'_>) -> Checked {
     let mut map_index = FxHashMap::default();
     let mut kaddrs = Vec::new();
     let mut tuples = Vec::new();
+    let mut regs = Vec::new();
     for pass in 0..2 {
         let mut tmp = Reporter::new(r.source, r.name);
         let rep = if pass == 0 { &mut tmp } else { &mut *r };
@@ -192,6 +197,7 @@ pub(crate) fn check(ast: &mut Ast, r: &mut Reporter<'_>) -> Checked {
             loops: 0,
             kaddrs: Vec::new(),
             tuples: std::mem::take(&mut tuples),
+            regs: Vec::new(),
         };
         scratch.clear();
         for (block, &(k, kr)) in ast.probes.iter_mut().zip(&kinds) {
@@ -209,6 +215,7 @@ pub(crate) fn check(ast: &mut Ast, r: &mut Reporter<'_>) -> Checked {
         map_index = c.map_index;
         kaddrs = c.kaddrs;
         tuples = c.tuples;
+        regs = c.regs;
     }
     Checked {
         maps,
@@ -217,6 +224,7 @@ pub(crate) fn check(ast: &mut Ast, r: &mut Reporter<'_>) -> Checked {
         scratch,
         kaddrs,
         tuples,
+        regs,
     }
 }
 
@@ -1081,8 +1089,13 @@ impl Checker<'_, '_> {
             }
             "kaddr" | "reg" => match lit(&args[0]) {
                 Some(s) if !s.is_empty() => {
-                    if name == "kaddr" && !self.kaddrs.contains(&s) {
-                        self.kaddrs.push(s);
+                    let list = if name == "kaddr" {
+                        &mut self.kaddrs
+                    } else {
+                        &mut self.regs
+                    };
+                    if !list.contains(&s) {
+                        list.push(s);
                     }
                     Type::UNSIGNED
                 }

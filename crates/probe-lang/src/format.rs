@@ -526,4 +526,39 @@ mod tests {
         assert!(Format::parse("%99999999999d").is_err());
         assert_eq!(Format::parse("a%%b").unwrap().specs().count(), 0);
     }
+
+    // Expected strings from GNU `date -u -d @N +FORMAT`.
+    #[test]
+    fn strftime_matches_gnu_date() {
+        let f1 = "%Y-%m-%d %H:%M:%S|%a %b %j %y %p %%";
+        let f2 = "%A %B %e %I %T %D %F %R %s %Z %z";
+        assert_eq!(
+            strftime(f1, 1795000000),
+            "2026-11-18 11:06:40|Wed Nov 322 26 AM %"
+        );
+        assert_eq!(
+            strftime(f1, 951782400),
+            "2000-02-29 00:00:00|Tue Feb 060 00 AM %"
+        );
+        assert_eq!(
+            strftime(f2, 1795000000),
+            "Wednesday November 18 11 11:06:40 11/18/26 2026-11-18 11:06 1795000000 UTC +0000"
+        );
+        assert_eq!(
+            strftime(f2, 951782400),
+            "Tuesday February 29 12 00:00:00 02/29/00 2000-02-29 00:00 951782400 UTC +0000"
+        );
+        assert_eq!(strftime("%q%", 0), "%q%");
+    }
+
+    // From `bpftrace -e 'BEGIN { printf("%p|%p|%o|...") }'` (tests/golden/printf_conv).
+    #[test]
+    fn pointer_octal_buf() {
+        assert_eq!(
+            render("%p|%p|%o|%lo|", &[i(255), i(0), i(8), i(64)]),
+            "0xff|(nil)|10|100|"
+        );
+        let b = Value::Buf(std::sync::Arc::from(vec![b'a', 0, 0x7f, b'"']));
+        assert_eq!(render("%r|", &[b]), "a\\x00\\x7f\"|");
+    }
 }

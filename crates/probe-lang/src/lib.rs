@@ -160,6 +160,7 @@ pub struct Program {
     ast: ast::Ast,
     pub(crate) ir: ir::Ir,
     kaddrs: Vec<String>,
+    regs: Vec<String>,
 }
 
 impl Program {
@@ -179,6 +180,12 @@ impl Program {
     /// check they exist before attaching anything.
     pub fn kaddr_symbols(&self) -> &[String] {
         &self.kaddrs
+    }
+
+    /// Register names used with `reg("...")`, for an up-front check
+    /// against the target's registers.
+    pub fn register_names(&self) -> &[String] {
+        &self.regs
     }
 
     /// Number of blocks.
@@ -256,5 +263,6 @@ pub fn compile(source: &str, source_name: &str) -> Result<Program, Diagnostics> 
         ast,
         ir,
         kaddrs: checked.kaddrs,
+        regs: checked.regs,
     })
 }

@@ -100,6 +100,12 @@ fn registers_and_symbols() {
     )
     .unwrap();
     assert_eq!(p.kaddr_symbols(), ["x", "y"]);
+    let p = compile(
+        r#"BEGIN { $a = reg("rax"); $b = reg("cr3"); $c = reg("rax"); }"#,
+        "t",
+    )
+    .unwrap();
+    assert_eq!(p.register_names(), ["rax", "cr3"]);
 }
 
 #[test]
@@ -250,4 +256,33 @@ fn map_updates_in_handlers() {
         cap.take(),
         "\n\n@last: 20\n@n[1]: 1\n@n[0]: 2\n@s[0]: vfs_read\n@s[1]: vfs_read\n@t[1]: 10\n@t[0]: 20\n"
     );
+}
+
+#[test]
+fn time_prints_wall_clock_in_both_formats() {
+    let (p, mut rt, cap) = runtime(r#"BEGIN { time(); time("%Y|\n"); }"#);
+    rt.run(p.block_of(0), &mut FakeCtx::new("BEGIN"));
+    let out = cap.take();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out:?}");
+    let b = lines[0].as_bytes();
+    assert!(
+        b.len() == 8
+            && b[2] == b':'
+            && b[5] == b':'
+            && lines[0]
+                .replace(':', "")
+                .bytes()
+                .all(|c| c.is_ascii_digit()),
+        "{out:?}"
+    );
+    assert!(lines[1].len() == 5 && lines[1].ends_with('|'), "{out:?}");
+    rt.set_output_format(probe_lang::OutputFormat::Json);
+    rt.run(p.block_of(0), &mut FakeCtx::new("BEGIN"));
+    let out = cap.take();
+    assert!(
+        out.starts_with("{\"type\": \"time\", \"data\": \""),
+        "{out:?}"
+    );
+    assert!(out.contains("\\n\"}\n{\"type\": \"time\""), "{out:?}");
 }
