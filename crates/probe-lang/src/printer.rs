@@ -8,7 +8,8 @@
 //!   string-valued maps are sorted by key, `stats()` by average and
 //!   histograms by their total count;
 //! * `print(@m, top, div)` keeps the last `top` entries (0: all) and
-//!   divides the printed values (histogram bars still use the raw counts);
+//!   divides the printed values (histogram bars still use the raw counts;
+//!   `lhist` maps ignore `div`, `stats` maps ignore both);
 //! * an empty map prints a lone blank line (nothing in JSON);
 //! * `avg()` and `stats()` maps print one extra `\n` after their entries;
 //! * a histogram entry is `@name[key]: ` and its bucket lines from the
@@ -294,10 +295,10 @@ impl Printer {
     /// divides values by `div`.
     pub fn map(&mut self, decl: &MapDecl, entries: &mut Vec<(Key, Shown)>, top: u64, div: u64) {
         let signed = decl.signed && decl.kind != AggKind::Count;
-        let (top, div) = if decl.kind == AggKind::Stats {
-            (0, 1) // bpftrace ignores top/div for stats() (with a warning)
-        } else {
-            (top, div)
+        let (top, div) = match decl.kind {
+            AggKind::Stats => (0, 1),   // bpftrace ignores top/div (with a warning)
+            AggKind::Lhist => (top, 1), // bpftrace 0.17 ignores div for lhist
+            _ => (top, div),
         };
         let sort_val = |s: &Shown| -> i128 {
             match s {

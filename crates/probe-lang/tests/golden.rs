@@ -157,3 +157,15 @@ fn tuples() {
 fn json_tuples() {
     golden_json("tuples");
 }
+#[test]
+fn json_aggs() {
+    golden_json("aggs");
+}
+#[test]
+fn lhist_div() {
+    golden("lhist_div");
+}
+#[test]
+fn json_lhist_div() {
+    golden_json("lhist_div");
+}
