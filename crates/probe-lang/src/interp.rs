@@ -1,9 +1,10 @@
 //! Pass 5: the interpreter. Walks the resolved IR of one block per probe hit.
 //!
 //! Integer semantics: every integer is a 64-bit two's complement pattern;
-//! `+ - * << ~` and unary `-` wrap. Comparisons and `>>` are signed only
-//! when the static types say so (literals are signed; `argN`, `nsecs`,
-//! `vcpu`, `retval` are unsigned; mixing makes the result unsigned, as in C).
+//! `+ - * << ~` and unary `-` wrap. Comparisons are signed only when the
+//! static types say so (literals are signed; `argN`, `nsecs`, `vcpu`,
+//! `retval` are unsigned; mixing makes the result unsigned, as in C); `>>`
+//! is always logical, as in bpftrace 0.17.
 //! `/` and `%` are unsigned like bpftrace's BPF code; division by zero is a
 //! runtime error.
 //!
@@ -291,6 +292,16 @@ impl Runtime {
                 && let Some(x) = b.get_mut(idx)
             {
                 *x += 1;
+            }
+            return;
+        }
+        if let AggOp::Max { signed } = op
+            && !m.contains_key(&key)
+        {
+            // bpftrace 0.17 compares with 0 when the entry is missing, so a
+            // max() map never gets an entry for negative values.
+            if !signed || v as i64 >= 0 {
+                m.insert(key, Cell::Num { a: v, b: 1 });
             }
             return;
         }
@@ -671,7 +682,6 @@ fn binop(op: Op2, x: u64, y: u64) -> Result<u64, RunError> {
         Op2::Xor => x ^ y,
         Op2::Shl => x.wrapping_shl(y as u32 & 63),
         Op2::LShr => x.wrapping_shr(y as u32 & 63),
-        Op2::AShr => sx.wrapping_shr(y as u32 & 63) as u64,
         Op2::Eq => (x == y) as u64,
         Op2::Ne => (x != y) as u64,
         Op2::ULt => (x < y) as u64,

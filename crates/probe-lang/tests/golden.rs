@@ -169,3 +169,31 @@ fn lhist_div() {
 fn json_lhist_div() {
     golden_json("lhist_div");
 }
+#[test]
+fn compound_ops() {
+    golden("compound_ops");
+}
+#[test]
+fn keys_signed_values() {
+    golden("keys_signed_values");
+}
+#[test]
+fn max_negative() {
+    golden("max_negative");
+}
+#[test]
+fn nested_while() {
+    golden("nested_while");
+}
+#[test]
+fn value_updates() {
+    golden("value_updates");
+}
+#[test]
+fn printf_more() {
+    golden("printf_more");
+}
+#[test]
+fn hist_end() {
+    golden("hist_end");
+}
