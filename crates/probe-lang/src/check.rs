@@ -159,12 +159,23 @@ struct Checker<'a, 's> {
 pub(crate) fn check(ast: &mut Ast, r: &mut Reporter<'_>) -> Checked {
     let mut probes = Vec::new();
     let mut kinds = Vec::new();
+    let (mut begins, mut ends) = (0, 0);
     for (bi, block) in ast.probes.iter().enumerate() {
         let mut all_k = true;
         let mut all_kr = true;
         for (text, span) in &block.attach {
             match parse_probe(text) {
                 Ok(spec) => {
+                    // bpftrace 0.17 allows one of each.
+                    let n = match spec {
+                        ProbeSpec::Begin => &mut begins,
+                        ProbeSpec::End => &mut ends,
+                        _ => &mut 0,
+                    };
+                    *n += 1;
+                    if *n == 2 {
+                        r.error(*span, format!("More than one {text} probe defined"));
+                    }
                     all_k &= matches!(spec, ProbeSpec::Kprobe { .. });
                     all_kr &= matches!(spec, ProbeSpec::Kretprobe { .. });
                     probes.push((spec, bi));

@@ -110,6 +110,11 @@ fn checker_errors() {
             "probe type 'tracepoint' is not supported (supported: BEGIN, END, kprobe, kretprobe, interval, profile, watchpoint)",
         ),
         ("foo:bar { }", "unknown probe type 'foo'"),
+        (
+            "BEGIN { } END { } BEGIN { }",
+            "More than one BEGIN probe defined",
+        ),
+        ("END, END { }", "More than one END probe defined"),
         ("kprobe:f* + 4 { }", "expected '{', found '+'"),
         (
             "kprobe:f*+4 { }",

@@ -197,3 +197,23 @@ fn printf_more() {
 fn hist_end() {
     golden("hist_end");
 }
+#[test]
+fn map_names() {
+    golden("map_names");
+}
+#[test]
+fn clear_zero_values() {
+    golden("clear_zero_values");
+}
+#[test]
+fn signed_div_strcmp() {
+    golden("signed_div_strcmp");
+}
+#[test]
+fn key_text() {
+    golden("key_text");
+}
+#[test]
+fn stats_zero_min() {
+    golden("stats_zero_min");
+}
