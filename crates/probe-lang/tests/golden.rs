@@ -217,3 +217,11 @@ fn key_text() {
 fn stats_zero_min() {
     golden("stats_zero_min");
 }
+#[test]
+fn json_misc() {
+    golden_json("misc");
+}
+#[test]
+fn json_values() {
+    golden_json("values");
+}
