@@ -326,7 +326,10 @@ impl Runtime {
                 } else {
                     !less && v != *a
                 };
-                if *b == 0 || better {
+                // A max() entry always holds a value (0 after zero()), and
+                // bpftrace compares with it; min() takes the first value.
+                let first = *b == 0 && matches!(op, AggOp::Min { .. });
+                if first || better {
                     *a = v;
                     *b = 1;
                 }

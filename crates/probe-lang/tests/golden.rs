@@ -225,3 +225,7 @@ fn json_misc() {
 fn json_values() {
     golden_json("values");
 }
+#[test]
+fn zero_minmax() {
+    golden("zero_minmax");
+}
