@@ -110,7 +110,7 @@ pub struct Checked {
 
 const BUILTINS: &[&str] = &[
     "arg0", "arg1", "arg2", "arg3", "arg4", "arg5", "func", "probe", "vcpu", "cpu", "nsecs",
-    "retval", "elapsed",
+    "retval", "elapsed", "rand",
 ];
 
 /// Functions usable as expressions, with their (min, max) argument counts.
@@ -124,6 +124,10 @@ const EXPR_FUNCS: &[(&str, usize, usize)] = &[
     ("reg", 1, 1),
     ("strncmp", 3, 3),
     ("ntop", 1, 2),
+    ("kptr", 1, 1),
+    ("uptr", 1, 1),
+    ("sizeof", 1, 1),
+    ("strftime", 2, 2),
 ];
 
 /// Default and maximum bytes `str()` reads (bpftrace's default
@@ -1055,6 +1059,22 @@ impl Checker<'_, '_> {
                 self.map_arg(name, &mut args[0], false);
                 return Type::UNSIGNED;
             }
+            "sizeof" => {
+                if let ExprKind::Ident(t) = &args[0].kind
+                    && INT_TYPES.iter().any(|x| x.0 == t)
+                {
+                    args[0].ty = Type::UNSIGNED;
+                    return Type::UNSIGNED;
+                }
+                self.expr(&mut args[0]);
+                if !matches!(args[0].ty, Type::Unknown) && !args[0].ty.is_int() {
+                    self.r.error(
+                        args[0].span,
+                        "sizeof() takes an integer type (e.g. uint32) or an integer expression",
+                    );
+                }
+                return Type::UNSIGNED;
+            }
             "has_key" => {
                 let (m, keys) = args.split_first_mut().expect("arity checked");
                 let ExprKind::Map { keys: mk, .. } = &m.kind else {
@@ -1096,6 +1116,25 @@ impl Checker<'_, '_> {
             }
             "ksym" => {
                 self.want_int(&args[0], "argument of ksym()");
+                Type::Str
+            }
+            // Address-space annotations; addresses are used as they are.
+            "kptr" | "uptr" => {
+                self.want_int(&args[0], &format!("argument of {name}()"));
+                if args[0].ty.is_int() {
+                    args[0].ty
+                } else {
+                    Type::Unknown
+                }
+            }
+            "strftime" => {
+                if lit(&args[0]).is_none() {
+                    self.r.error(
+                        args[0].span,
+                        "strftime() takes a string literal format, e.g. strftime(\"%H:%M:%S\", nsecs)",
+                    );
+                }
+                self.want_int(&args[1], "timestamp argument of strftime()");
                 Type::Str
             }
             "kaddr" | "reg" => match lit(&args[0]) {

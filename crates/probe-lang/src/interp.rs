@@ -121,6 +121,11 @@ pub struct Runtime {
     args: Vec<Value>,
     /// nsecs of the first run, the origin of `elapsed`.
     start_ns: Option<u64>,
+    /// (nsecs, Unix time in ns) at the first run, to turn `nsecs`
+    /// timestamps into wall-clock time for `strftime()`.
+    wall_origin: Option<(u64, u64)>,
+    /// xorshift64 state for `rand`.
+    rng: u64,
 }
 
 impl Runtime {
@@ -143,6 +148,8 @@ impl Runtime {
             errors: FxHashMap::default(),
             args: Vec::new(),
             start_ns: None,
+            wall_origin: None,
+            rng: 0,
         }
     }
 
@@ -169,6 +176,13 @@ impl Runtime {
             return Flow::Continue;
         };
         self.start_ns.get_or_insert(ctx.nsecs());
+        if self.wall_origin.is_none() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            self.wall_origin = Some((ctx.nsecs(), now));
+            self.rng = now | 1;
+        }
         self.steps = 0;
         self.slots.clear();
         self.slots.resize(b.slots as usize, Value::Int(0));
@@ -540,6 +554,15 @@ impl Runtime {
                 Builtin::Elapsed => {
                     Value::Int(ctx.nsecs().saturating_sub(self.start_ns.unwrap_or(0)))
                 }
+                Builtin::Rand => {
+                    // xorshift64: cheap, and rand needs no quality.
+                    let mut x = self.rng.max(1);
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    self.rng = x;
+                    Value::Int(x >> 32)
+                }
                 Builtin::Func => Value::Str(Arc::from(ctx.func())),
                 Builtin::Probe => Value::Str(Arc::from(ctx.probe())),
             },
@@ -554,6 +577,15 @@ impl Runtime {
                     v.push(self.eval(p, e, ctx)?);
                 }
                 Value::Tuple(Arc::from(v))
+            }
+            Expr::Strftime(f, ts) => {
+                let ns = self.eval(p, ts, ctx)?.as_int();
+                let (ns0, wall0) = self.wall_origin.unwrap_or((ns, 0));
+                let wall = wall0.wrapping_add(ns.wrapping_sub(ns0)) / 1_000_000_000;
+                Value::Str(Arc::from(crate::format::strftime(
+                    &p.ir.strings[*f as usize],
+                    wall,
+                )))
             }
             Expr::Field(t, n) => match self.eval(p, t, ctx)? {
                 Value::Tuple(v) => v.get(*n as usize).cloned().unwrap_or(Value::Int(0)),

@@ -27,6 +27,7 @@ pub enum Builtin {
     Vcpu,
     Nsecs,
     Elapsed,
+    Rand,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +116,8 @@ pub enum Expr {
     Ntop(Option<Box<Expr>>, Box<Expr>),
     Tuple(Vec<Expr>),
     Field(Box<Expr>, u32),
+    /// `strftime(fmt, nsecs)`: format (string table index) and timestamp.
+    Strftime(u32, Box<Expr>),
 }
 
 #[derive(Clone, Debug)]
@@ -398,6 +401,7 @@ impl Lower<'_> {
                 "nsecs" => Builtin::Nsecs,
                 "retval" => Builtin::Retval,
                 "elapsed" => Builtin::Elapsed,
+                "rand" => Builtin::Rand,
                 a => Builtin::Arg(a.as_bytes()[3] - b'0'),
             }),
             ExprKind::Map { name, keys } => Expr::MapRead {
@@ -538,6 +542,16 @@ impl Lower<'_> {
             "kaddr" => Expr::Kaddr(lit(self)),
             "reg" => Expr::Reg(lit(self)),
             "strncmp" => Expr::Strncmp(b(self, 0), b(self, 1), b(self, 2)),
+            "kptr" | "uptr" => self.expr(&args[0]),
+            "sizeof" => Expr::Const(match &args[0].kind {
+                ExprKind::Ident(t) => ast::INT_TYPES
+                    .iter()
+                    .find(|x| x.0 == t)
+                    .map_or(8, |x| x.1 as u64),
+                // Every integer expression is 64-bit here.
+                _ => 8,
+            }),
+            "strftime" => Expr::Strftime(lit(self), b(self, 1)),
             "ntop" if args.len() == 2 => Expr::Ntop(Some(b(self, 0)), b(self, 1)),
             "ntop" => Expr::Ntop(None, b(self, 0)),
             _ => unreachable!("checked: known function {name}"),
@@ -623,6 +637,7 @@ fn dexpr(e: &Expr) -> String {
         Expr::Len(m) => format!("len(m{m})"),
         Expr::Tuple(v) => format!("({})", v.iter().map(dexpr).collect::<Vec<_>>().join(", ")),
         Expr::Field(a, n) => format!("{}.{n}", dexpr(a)),
+        Expr::Strftime(f, a) => format!("strftime(s{f}, {})", dexpr(a)),
         Expr::HasKey { map, key } => format!("has_key(m{map}{})", dkey(key)),
         Expr::StrRead { ptr, len } => match len {
             Some(l) => format!("str({}, {})", dexpr(ptr), dexpr(l)),

@@ -286,3 +286,23 @@ fn time_prints_wall_clock_in_both_formats() {
     );
     assert!(out.contains("\\n\"}\n{\"type\": \"time\""), "{out:?}");
 }
+
+#[test]
+fn strftime_maps_nsecs_to_wall_clock_and_rand_is_32_bit() {
+    let (p, mut rt, cap) = runtime(
+        r#"kprobe:f { printf("%s %s|%d %d\n", strftime("%s", nsecs), strftime("%s", nsecs + 86400000000000), rand < 4294967296, rand != rand); }"#,
+    );
+    let mut c = ctx();
+    c.nsecs = 5_000_000_000;
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    rt.run(p.block_of(0), &mut c);
+    let out = cap.take();
+    let (times, flags) = out.trim_end().split_once('|').unwrap();
+    let t: Vec<u64> = times.split(' ').map(|x| x.parse().unwrap()).collect();
+    assert!(t[0] >= before && t[0] <= before + 5, "{out}");
+    assert_eq!(t[1], t[0] + 86400, "{out}");
+    assert_eq!(flags, "1 1");
+}

@@ -115,6 +115,18 @@ fn checker_errors() {
             "More than one BEGIN probe defined",
         ),
         ("END, END { }", "More than one END probe defined"),
+        (
+            "BEGIN { $x = sizeof(\"s\"); }",
+            "sizeof() takes an integer type (e.g. uint32) or an integer expression",
+        ),
+        (
+            "BEGIN { $x = strftime(func, 1); }",
+            "strftime() takes a string literal format, e.g. strftime(\"%H:%M:%S\", nsecs)",
+        ),
+        (
+            "BEGIN { $x = kptr(\"a\"); }",
+            "argument of kptr() must be an integer, found string",
+        ),
         ("kprobe:f* + 4 { }", "expected '{', found '+'"),
         (
             "kprobe:f*+4 { }",

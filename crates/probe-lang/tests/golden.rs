@@ -229,3 +229,7 @@ fn json_values() {
 fn zero_minmax() {
     golden("zero_minmax");
 }
+#[test]
+fn sizeof_kptr() {
+    golden("sizeof_kptr");
+}
