@@ -100,12 +100,12 @@ pub struct Checked {
     pub scratch: Vec<FxHashMap<String, (u16, Type)>>,
     /// Symbol names given to `kaddr()`, so the engine can resolve them
     /// before attaching.
-    pub kaddrs: Vec<String>,
+    pub kaddrs: Vec<(String, Span)>,
     /// Element types of each `Type::Tuple(i)`.
     pub tuples: Vec<Vec<Type>>,
     /// Register names given to `reg()`, so the engine can check them
     /// against the stub's register set before attaching.
-    pub regs: Vec<String>,
+    pub regs: Vec<(String, Span)>,
 }
 
 const BUILTINS: &[&str] = &[
@@ -155,9 +155,9 @@ struct Checker<'a, 's> {
     all_kprobe: bool,
     all_kretprobe: bool,
     loops: usize,
-    kaddrs: Vec<String>,
+    kaddrs: Vec<(String, Span)>,
     tuples: Vec<Vec<Type>>,
-    regs: Vec<String>,
+    regs: Vec<(String, Span)>,
 }
 
 pub(crate) fn check(ast: &mut Ast, r: &mut Reporter<'_>) -> Checked {
@@ -1144,9 +1144,7 @@ impl Checker<'_, '_> {
                     } else {
                         &mut self.regs
                     };
-                    if !list.contains(&s) {
-                        list.push(s);
-                    }
+                    list.push((s, args[0].span));
                     Type::UNSIGNED
                 }
                 _ => {

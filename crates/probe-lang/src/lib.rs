@@ -159,8 +159,11 @@ pub struct Program {
     probe_blocks: Vec<BlockId>,
     ast: ast::Ast,
     pub(crate) ir: ir::Ir,
-    kaddrs: Vec<String>,
-    regs: Vec<String>,
+    /// Every `kaddr("sym")` / `reg("name")` argument with its span.
+    kaddrs: Vec<(String, Span)>,
+    regs: Vec<(String, Span)>,
+    source: String,
+    source_name: String,
 }
 
 impl Program {
@@ -176,16 +179,41 @@ impl Program {
         self.probe_blocks[probe_index]
     }
 
-    /// Kernel symbols named in `kaddr("...")` calls, so the engine can
-    /// check they exist before attaching anything.
-    pub fn kaddr_symbols(&self) -> &[String] {
-        &self.kaddrs
+    /// Kernel symbols named in `kaddr("...")` calls (each once, in source
+    /// order), so the engine can resolve them before attaching.
+    pub fn kaddr_symbols(&self) -> Vec<String> {
+        unique(&self.kaddrs)
     }
 
-    /// Register names used with `reg("...")`, for an up-front check
-    /// against the target's registers.
-    pub fn register_names(&self) -> &[String] {
-        &self.regs
+    /// Register names used with `reg("...")` (each once, in source order).
+    pub fn register_names(&self) -> Vec<String> {
+        unique(&self.regs)
+    }
+
+    /// Checks every `kaddr("sym")` before attaching: an unknown symbol is a
+    /// diagnostic at the call's argument, like a compile error.
+    pub fn check_kaddrs(&self, exists: impl Fn(&str) -> bool) -> Result<(), Diagnostics> {
+        self.check_names(&self.kaddrs, exists, "unknown kernel symbol")
+    }
+
+    /// Checks every `reg("name")` against the target's register names.
+    pub fn check_registers(&self, exists: impl Fn(&str) -> bool) -> Result<(), Diagnostics> {
+        self.check_names(&self.regs, exists, "unknown register")
+    }
+
+    fn check_names(
+        &self,
+        uses: &[(String, Span)],
+        exists: impl Fn(&str) -> bool,
+        what: &str,
+    ) -> Result<(), Diagnostics> {
+        let mut r = Reporter::new(&self.source, &self.source_name);
+        for (name, span) in uses {
+            if !exists(name) {
+                r.error(*span, format!("{what} '{name}'"));
+            }
+        }
+        r.finish()
     }
 
     /// Number of blocks.
@@ -239,6 +267,16 @@ pub fn attaching_message_for(n: usize, format: OutputFormat) -> String {
     }
 }
 
+fn unique(uses: &[(String, Span)]) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    for (n, _) in uses {
+        if !v.contains(n) {
+            v.push(n.clone());
+        }
+    }
+    v
+}
+
 /// Runs every pass up to IR.
 pub fn compile(source: &str, source_name: &str) -> Result<Program, Diagnostics> {
     let mut r = Reporter::new(source, source_name);
@@ -264,5 +302,7 @@ pub fn compile(source: &str, source_name: &str) -> Result<Program, Diagnostics> 
         ir,
         kaddrs: checked.kaddrs,
         regs: checked.regs,
+        source: source.to_string(),
+        source_name: source_name.to_string(),
     })
 }

@@ -491,6 +491,16 @@ impl Parser<'_> {
                 });
             }
             Tok::Punct("(") => {
+                if let Tok::Ident(k) = &self.peek()?.tok
+                    && matches!(k.as_str(), "struct" | "union" | "enum")
+                {
+                    let t = self.bump()?;
+                    return err(
+                        t.span,
+                        "struct, union and enum types are not supported (the guest has no type \
+                         information here); cast to an integer pointer such as (uint64 *)",
+                    );
+                }
                 // Division is allowed again inside parentheses.
                 let mut e = self.expr()?;
                 if self.eat(",")? {

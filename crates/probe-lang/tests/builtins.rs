@@ -95,17 +95,28 @@ fn registers_and_symbols() {
     assert_eq!(errs[0].1, "unknown kernel symbol 'no_such_sym'");
     // The engine can check kaddr() symbols before attaching.
     let p = compile(
-        r#"BEGIN { $a = kaddr("x"); $b = kaddr("y"); $c = kaddr("x"); }"#,
-        "t",
+        "BEGIN {\n  $a = kaddr(\"x\");\n  $b = kaddr(\"y\");\n  $c = kaddr(\"x\");\n}",
+        "s.bt",
     )
     .unwrap();
     assert_eq!(p.kaddr_symbols(), ["x", "y"]);
+    assert!(p.check_kaddrs(|s| s == "x" || s == "y").is_ok());
+    let e = p.check_kaddrs(|s| s == "y").unwrap_err();
+    assert_eq!(e.0.len(), 2);
+    assert_eq!((e.0[0].line, e.0[0].col, e.0[1].line), (2, 14, 4));
+    assert_eq!(e.0[0].message, "unknown kernel symbol 'x'");
     let p = compile(
         r#"BEGIN { $a = reg("rax"); $b = reg("cr3"); $c = reg("rax"); }"#,
         "t",
     )
     .unwrap();
     assert_eq!(p.register_names(), ["rax", "cr3"]);
+    assert!(p.check_registers(|r| r == "rax" || r == "cr3").is_ok());
+    let e = p.check_registers(|r| r == "rax").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "error: unknown register 'cr3'\n --> t:1:35\n  |\n1 | BEGIN { $a = reg(\"rax\"); $b = reg(\"cr3\"); $c = reg(\"rax\"); }\n  |                                   ^^^^^"
+    );
 }
 
 #[test]

@@ -116,6 +116,10 @@ fn checker_errors() {
         ),
         ("END, END { }", "More than one END probe defined"),
         (
+            "kprobe:f { $t = (struct task_struct *)arg0; }",
+            "struct, union and enum types are not supported (the guest has no type information here); cast to an integer pointer such as (uint64 *)",
+        ),
+        (
             "BEGIN { $x = sizeof(\"s\"); }",
             "sizeof() takes an integer type (e.g. uint32) or an integer expression",
         ),
