@@ -233,3 +233,11 @@ fn zero_minmax() {
 fn sizeof_kptr() {
     golden("sizeof_kptr");
 }
+#[test]
+fn hist_bars() {
+    golden("hist_bars");
+}
+#[test]
+fn printf_pad() {
+    golden("printf_pad");
+}
