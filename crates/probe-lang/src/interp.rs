@@ -80,6 +80,9 @@ pub enum Flow {
 /// [`Runtime::set_step_budget`].
 pub const DEFAULT_STEP_BUDGET: u64 = 100_000;
 
+/// Entries per map, as bpftrace's default BPFTRACE_MAP_KEYS_MAX.
+pub const DEFAULT_MAP_LIMIT: usize = 4096;
+
 /// One map entry. `Num` serves count / sum / min / max / integer values
 /// (in `a`; min/max set `b`=1 once they hold a value) and avg / stats (sum
 /// in `a`, count in `b`).
@@ -126,6 +129,7 @@ pub struct Runtime {
     wall_origin: Option<(u64, u64)>,
     /// xorshift64 state for `rand`.
     rng: u64,
+    map_limit: usize,
 }
 
 impl Runtime {
@@ -150,12 +154,18 @@ impl Runtime {
             start_ns: None,
             wall_origin: None,
             rng: 0,
+            map_limit: DEFAULT_MAP_LIMIT,
         }
     }
 
     /// Text (default, like `bpftrace`) or JSON (like `bpftrace -f json`).
     pub fn set_output_format(&mut self, f: OutputFormat) {
         self.printer.set_format(f);
+    }
+
+    /// Maximum entries per map (default [`DEFAULT_MAP_LIMIT`]).
+    pub fn set_map_limit(&mut self, entries: usize) {
+        self.map_limit = entries;
     }
 
     pub fn set_step_budget(&mut self, steps: u64) {
@@ -292,6 +302,22 @@ impl Runtime {
         self.exec(p, &b.body, ctx)
     }
 
+    /// Whether `key` exists or may be added: like bpftrace's BPF maps, a
+    /// map holds at most `map_limit` entries and further new keys are
+    /// dropped (counted as an error, the handler goes on).
+    fn has_room(&mut self, map: usize, key: &Key, ctx: &dyn ProbeContext) -> bool {
+        let m = &self.maps[map];
+        if m.len() < self.map_limit || m.contains_key(key) {
+            return true;
+        }
+        let msg = format!(
+            "map @{} is full ({} entries); new keys are dropped",
+            self.program.ir.maps[map].name, self.map_limit
+        );
+        self.count_error(ctx.probe(), msg);
+        false
+    }
+
     fn agg(&mut self, map: usize, key: Key, op: AggOp, v: u64) {
         let m = &mut self.maps[map];
         if let AggOp::Hist | AggOp::Lhist(_) = op {
@@ -367,7 +393,9 @@ impl Runtime {
                         Some(a) => self.eval(p, a, ctx)?.as_int(),
                         None => 0,
                     };
-                    self.agg(*map as usize, key, *op, v);
+                    if self.has_room(*map as usize, &key, ctx) {
+                        self.agg(*map as usize, key, *op, v);
+                    }
                 }
                 Stmt::MapSet { map, key, value } => {
                     let key = self.key(p, key, ctx)?;
@@ -375,7 +403,9 @@ impl Runtime {
                         Value::Int(a) => Cell::Num { a, b: 0 },
                         v => Cell::Val(v),
                     };
-                    self.maps[*map as usize].insert(key, cell);
+                    if self.has_room(*map as usize, &key, ctx) {
+                        self.maps[*map as usize].insert(key, cell);
+                    }
                 }
                 Stmt::MapUpdate {
                     map,
@@ -387,7 +417,9 @@ impl Runtime {
                     let old = self.read(*map as usize, &key).as_int();
                     let v = self.eval(p, value, ctx)?.as_int();
                     let a = binop(*op, old, v)?;
-                    self.maps[*map as usize].insert(key, Cell::Num { a, b: 0 });
+                    if self.has_room(*map as usize, &key, ctx) {
+                        self.maps[*map as usize].insert(key, Cell::Num { a, b: 0 });
+                    }
                 }
                 Stmt::Printf { fmt, args } => {
                     let mut vals = std::mem::take(&mut self.args);

@@ -28,7 +28,9 @@ pub mod printer;
 pub mod value;
 
 pub use diag::{Diagnostic, Diagnostics, Span};
-pub use interp::{ContextError, DEFAULT_STEP_BUDGET, Flow, ProbeContext, Runtime};
+pub use interp::{
+    ContextError, DEFAULT_MAP_LIMIT, DEFAULT_STEP_BUDGET, Flow, ProbeContext, Runtime,
+};
 pub use printer::OutputFormat;
 pub use value::Value;
 

@@ -317,3 +317,25 @@ fn strftime_maps_nsecs_to_wall_clock_and_rand_is_32_bit() {
     assert_eq!(t[1], t[0] + 86400, "{out}");
     assert_eq!(flags, "1 1");
 }
+
+#[test]
+fn maps_hold_at_most_4096_entries_like_bpftrace() {
+    // bpftrace 0.17: `while ($i < 5000) { @m[$i] = 1; $i++; }` keeps 4096.
+    let (p, mut rt, _) = runtime(
+        "BEGIN { $i = 0; while ($i < 5000) { @m[$i] = 1; @c[$i] = count(); @u[$i]++; $i++; } @m[0] = 7; @after = count(); }",
+    );
+    rt.set_step_budget(1_000_000);
+    rt.run(p.block_of(0), &mut FakeCtx::new("BEGIN"));
+    assert_eq!(rt.map_value("m", &[probe_lang::Value::Int(4095)]), Some(1));
+    assert_eq!(rt.map_value("m", &[probe_lang::Value::Int(4096)]), Some(0));
+    // Existing keys still update, and the handler goes on.
+    assert_eq!(rt.map_value("m", &[probe_lang::Value::Int(0)]), Some(7));
+    assert_eq!(rt.map_value("after", &[]), Some(1));
+    let errs = rt.errors();
+    assert_eq!(errs.len(), 3, "{errs:?}");
+    assert_eq!(
+        errs[1].1,
+        "map @m is full (4096 entries); new keys are dropped"
+    );
+    assert_eq!(errs[1].2, 904);
+}
