@@ -37,6 +37,8 @@ pub enum Type {
     /// A tuple; the index is into the checker's tuple type table
     /// (`Checked::tuples`), so `Type` stays `Copy`.
     Tuple(u32),
+    /// `kstack`: printed one frame per line.
+    Stack,
 }
 
 impl Type {
@@ -50,6 +52,7 @@ impl Type {
             Type::Buf => "buffer",
             Type::Ptr { .. } => "pointer",
             Type::Tuple(_) => "tuple",
+            Type::Stack => "stack",
         }
     }
     /// Integers and pointers (a pointer is an address, usable as one).

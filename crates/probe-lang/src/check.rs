@@ -110,7 +110,7 @@ pub struct Checked {
 
 const BUILTINS: &[&str] = &[
     "arg0", "arg1", "arg2", "arg3", "arg4", "arg5", "func", "probe", "vcpu", "cpu", "nsecs",
-    "retval", "elapsed", "rand",
+    "retval", "elapsed", "rand", "kstack",
 ];
 
 /// Functions usable as expressions, with their (min, max) argument counts.
@@ -128,11 +128,15 @@ const EXPR_FUNCS: &[(&str, usize, usize)] = &[
     ("uptr", 1, 1),
     ("sizeof", 1, 1),
     ("strftime", 2, 2),
+    ("kstack", 1, 1),
 ];
 
 /// Default and maximum bytes `str()` reads (bpftrace's default
 /// BPFTRACE_STRLEN is 64).
 pub const STR_MAX: u64 = 64;
+/// Frames `kstack` keeps (bpftrace's limit for BPF stack maps).
+pub const KSTACK_MAX: u64 = 127;
+
 /// Maximum bytes `buf()` reads.
 pub const BUF_MAX: u64 = 64;
 
@@ -787,7 +791,7 @@ impl Checker<'_, '_> {
             };
             let ok = a.ty == Type::Unknown
                 || match want {
-                    Type::Str => a.ty == Type::Str,
+                    Type::Str => matches!(a.ty, Type::Str | Type::Stack),
                     Type::Buf => a.ty == Type::Buf,
                     _ => a.ty.is_int(),
                 };
@@ -1127,6 +1131,16 @@ impl Checker<'_, '_> {
                     Type::Unknown
                 }
             }
+            "kstack" => match args[0].kind {
+                ExprKind::Int(n) if (1..=KSTACK_MAX).contains(&n) => Type::Stack,
+                _ => {
+                    self.r.error(
+                        args[0].span,
+                        format!("kstack() takes a frame count literal from 1 to {KSTACK_MAX}"),
+                    );
+                    Type::Unknown
+                }
+            },
             "strftime" => {
                 if lit(&args[0]).is_none() {
                     self.r.error(
@@ -1201,6 +1215,7 @@ impl Checker<'_, '_> {
         }
         match name {
             "func" | "probe" => Type::Str,
+            "kstack" => Type::Stack,
             "retval" if !self.all_kretprobe => {
                 self.r.error(
                     span,

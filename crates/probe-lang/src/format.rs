@@ -56,6 +56,18 @@ impl Conv {
     }
 }
 
+/// bpftrace's rendering of a `kstack`: a newline, then each frame on its
+/// own line indented by `indent` spaces (8 in printf, 4 as a map key).
+pub fn stack_text(frames: &[std::sync::Arc<str>], indent: usize) -> String {
+    let mut s = String::from("\n");
+    for f in frames {
+        s.extend(std::iter::repeat_n(' ', indent));
+        s.push_str(f);
+        s.push('\n');
+    }
+    s
+}
+
 /// bpftrace's rendering of a buffer: printable ASCII as is, other bytes
 /// as `\xNN` (lower-case hex).
 pub fn escape_buf(b: &[u8], out: &mut String) {
@@ -212,8 +224,13 @@ impl Spec {
         };
         let (sign, mut digits) = match self.conv {
             Conv::Str => {
+                let stack;
                 let s = match arg {
                     Some(Value::Str(s)) => &s[..],
+                    Some(Value::Stack(frames)) => {
+                        stack = stack_text(frames, 8);
+                        &stack[..]
+                    }
                     _ => "",
                 };
                 let s = match self.precision {

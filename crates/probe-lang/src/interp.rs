@@ -53,9 +53,18 @@ pub trait ProbeContext {
     fn kaddr(&self, _name: &str) -> Option<u64> {
         None
     }
-    /// Name of the guest kernel symbol containing `addr` (`ksym()`).
-    fn ksym(&self, _addr: u64) -> Option<String> {
+    /// The guest kernel symbol containing `addr` and `addr`'s offset into
+    /// it (`ksym()`, `kstack` frames).
+    fn ksym(&self, _addr: u64) -> Option<(String, u64)> {
         None
+    }
+    /// Return addresses of the interrupted kernel stack, innermost first,
+    /// at most `limit` (for `kstack`). The language symbolizes them with
+    /// [`ProbeContext::ksym`].
+    fn kstack(&mut self, _limit: usize) -> Result<Vec<u64>, ContextError> {
+        Err(ContextError::Message(
+            "kstack is not supported by this probe context".into(),
+        ))
     }
 }
 
@@ -532,7 +541,9 @@ impl Runtime {
             KeyExpr::Single(e) => match self.eval(p, e, ctx)? {
                 Value::Int(v) => Key::Int(v),
                 Value::Str(s) => Key::Str(s),
-                v @ (Value::Buf(_) | Value::Tuple(_)) => Key::Multi(Box::new([KeyPart::from(v)])),
+                v @ (Value::Buf(_) | Value::Tuple(_) | Value::Stack(_)) => {
+                    Key::Multi(Box::new([KeyPart::from(v)]))
+                }
             },
             KeyExpr::Multi(es) => {
                 let mut parts = Vec::with_capacity(es.len());
@@ -610,6 +621,18 @@ impl Runtime {
                 }
                 Value::Tuple(Arc::from(v))
             }
+            Expr::Kstack(limit) => {
+                let frames = ctx.kstack(*limit as usize)?;
+                let lines: Vec<Arc<str>> = frames
+                    .iter()
+                    .take(*limit as usize)
+                    .map(|&a| match ctx.ksym(a) {
+                        Some((s, off)) => Arc::from(format!("{s}+{off}")),
+                        None => Arc::from(format!("{a:#x}")),
+                    })
+                    .collect();
+                Value::Stack(Arc::from(lines))
+            }
             Expr::Strftime(f, ts) => {
                 let ns = self.eval(p, ts, ctx)?.as_int();
                 let (ns0, wall0) = self.wall_origin.unwrap_or((ns, 0));
@@ -666,7 +689,7 @@ impl Runtime {
             Expr::Ksym(a) => {
                 let addr = self.eval(p, a, ctx)?.as_int();
                 Value::Str(Arc::from(match ctx.ksym(addr) {
-                    Some(s) => s,
+                    Some((s, _)) => s,
                     // As bpftrace 0.17 prints unresolvable addresses.
                     None if addr == 0 => "0".to_string(),
                     None => format!("{addr:#x}"),
@@ -785,6 +808,7 @@ fn zero_like(v: &Value) -> Value {
         Value::Str(_) => Value::Str(Arc::from("")),
         Value::Buf(b) => Value::Buf(Arc::from(vec![0u8; b.len()])),
         Value::Tuple(t) => Value::Tuple(t.iter().map(zero_like).collect()),
+        Value::Stack(_) => Value::Stack(Arc::from(Vec::new())),
     }
 }
 
@@ -853,7 +877,7 @@ fn ntop(af: Option<u64>, v: &Value) -> Result<String, RunError> {
     let bytes: Vec<u8> = match v {
         Value::Int(i) => (*i as u32).to_le_bytes().to_vec(),
         Value::Buf(b) => b.to_vec(),
-        Value::Str(_) | Value::Tuple(_) => Vec::new(),
+        Value::Str(_) | Value::Tuple(_) | Value::Stack(_) => Vec::new(),
     };
     match (af, bytes.len()) {
         (None | Some(2), 4) => {
@@ -878,7 +902,9 @@ pub(crate) fn make_key(mut vals: Vec<Value>) -> Key {
         1 => match vals.pop().expect("len 1") {
             Value::Int(v) => Key::Int(v),
             Value::Str(s) => Key::Str(s),
-            v @ (Value::Buf(_) | Value::Tuple(_)) => Key::Multi(Box::new([KeyPart::from(v)])),
+            v @ (Value::Buf(_) | Value::Tuple(_) | Value::Stack(_)) => {
+                Key::Multi(Box::new([KeyPart::from(v)]))
+            }
         },
         _ => Key::Multi(vals.into_iter().map(KeyPart::from).collect()),
     }

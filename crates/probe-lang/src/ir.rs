@@ -116,6 +116,8 @@ pub enum Expr {
     Ntop(Option<Box<Expr>>, Box<Expr>),
     Tuple(Vec<Expr>),
     Field(Box<Expr>, u32),
+    /// `kstack` / `kstack(n)`: at most n frames.
+    Kstack(u64),
     /// `strftime(fmt, nsecs)`: format (string table index) and timestamp.
     Strftime(u32, Box<Expr>),
 }
@@ -394,6 +396,7 @@ impl Lower<'_> {
             ExprKind::Int(v) => Expr::Const(*v),
             ExprKind::Str(s) => Expr::Str(self.intern(s)),
             ExprKind::Var(v) => Expr::Scratch(self.vars[v].0),
+            ExprKind::Ident(n) if n == "kstack" => Expr::Kstack(crate::check::KSTACK_MAX),
             ExprKind::Ident(n) => Expr::Builtin(match n.as_str() {
                 "func" => Builtin::Func,
                 "probe" => Builtin::Probe,
@@ -552,6 +555,10 @@ impl Lower<'_> {
                 _ => 8,
             }),
             "strftime" => Expr::Strftime(lit(self), b(self, 1)),
+            "kstack" => Expr::Kstack(match args[0].kind {
+                ExprKind::Int(n) => n,
+                _ => unreachable!("checked: literal frame count"),
+            }),
             "ntop" if args.len() == 2 => Expr::Ntop(Some(b(self, 0)), b(self, 1)),
             "ntop" => Expr::Ntop(None, b(self, 0)),
             _ => unreachable!("checked: known function {name}"),
@@ -638,6 +645,7 @@ fn dexpr(e: &Expr) -> String {
         Expr::Tuple(v) => format!("({})", v.iter().map(dexpr).collect::<Vec<_>>().join(", ")),
         Expr::Field(a, n) => format!("{}.{n}", dexpr(a)),
         Expr::Strftime(f, a) => format!("strftime(s{f}, {})", dexpr(a)),
+        Expr::Kstack(n) => format!("kstack({n})"),
         Expr::HasKey { map, key } => format!("has_key(m{map}{})", dkey(key)),
         Expr::StrRead { ptr, len } => match len {
             Some(l) => format!("str({}, {})", dexpr(ptr), dexpr(l)),

@@ -174,6 +174,7 @@ impl Printer {
     /// A value as text (`print(v)`, map values): tuples as `(1, a)`.
     fn value_text(&self, v: &Value, ty: Type, out: &mut String) {
         match v {
+            Value::Stack(f) => out.push_str(&crate::format::stack_text(f, 8)),
             Value::Int(i) => int(out, *i, ty == Type::SIGNED),
             Value::Str(s) => out.push_str(s),
             Value::Buf(b) => crate::format::escape_buf(b, out),
@@ -193,6 +194,11 @@ impl Printer {
     /// A value as JSON: tuples as arrays without spaces, like bpftrace.
     fn value_json(&self, v: &Value, ty: Type, out: &mut String) {
         match v {
+            Value::Stack(f) => {
+                out.push('"');
+                json_escape(&crate::format::stack_text(f, 8), out);
+                out.push('"');
+            }
             Value::Int(i) => int(out, *i, ty == Type::SIGNED),
             Value::Str(s) => {
                 out.push('"');
@@ -466,6 +472,7 @@ fn key_text(key: &Key, tys: &[Type], sep: &str, buf: &mut String) {
     let part = |buf: &mut String, p: &KeyPart, ty: Option<&Type>| match p {
         KeyPart::Int(v) => int(buf, *v, ty == Some(&Type::SIGNED)),
         KeyPart::Str(s) => buf.push_str(s),
+        KeyPart::Stack(f) => buf.push_str(&crate::format::stack_text(f, 4)),
     };
     match key {
         Key::None => {}

@@ -11,13 +11,15 @@ pub enum Value {
     /// Bytes read by `buf()`.
     Buf(Arc<[u8]>),
     Tuple(Arc<[Value]>),
+    /// `kstack`: symbolized frames (`func+off` or a hex address).
+    Stack(Arc<[Arc<str>]>),
 }
 
 impl Value {
     pub fn as_int(&self) -> u64 {
         match self {
             Value::Int(v) => *v,
-            Value::Str(_) | Value::Buf(_) | Value::Tuple(_) => 0,
+            Value::Str(_) | Value::Buf(_) | Value::Tuple(_) | Value::Stack(_) => 0,
         }
     }
 }
@@ -36,6 +38,7 @@ pub enum Key {
 pub enum KeyPart {
     Int(u64),
     Str(Arc<str>),
+    Stack(Arc<[Arc<str>]>),
 }
 
 impl From<Value> for KeyPart {
@@ -46,6 +49,7 @@ impl From<Value> for KeyPart {
             // The checker rejects buffer keys; keep the bytes visible anyway.
             Value::Buf(b) => KeyPart::Str(String::from_utf8_lossy(&b).into()),
             Value::Tuple(_) => KeyPart::Str("".into()),
+            Value::Stack(s) => KeyPart::Stack(s),
         }
     }
 }

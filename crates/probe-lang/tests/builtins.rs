@@ -339,3 +339,40 @@ fn maps_hold_at_most_4096_entries_like_bpftrace() {
     );
     assert_eq!(errs[1].2, 904);
 }
+
+/// Layouts as bpftrace 0.17 prints kstack (checked on the host with
+/// `bpftrace -e 'BEGIN { @v = kstack(2); @k[kstack(1), 5] = count(); printf("[%s]", kstack(1)); }'`
+/// and with `-f json`): frames indented by 8 spaces in printf and map
+/// values, by 4 in map keys.
+#[test]
+fn kstack_layouts() {
+    let src = r#"kprobe:f { printf("[%s]\n", kstack); @k[kstack(2), 5] = count(); @v = kstack(1); print(kstack(1)); }"#;
+    let (p, mut rt, cap) = runtime(src);
+    let mut c = ctx();
+    c.stack = vec![0xffff_8005, 0x3004, 0x10];
+    rt.run(p.block_of(0), &mut c);
+    rt.print_maps();
+    assert!(rt.errors().is_empty(), "{:?}", rt.errors());
+    assert_eq!(
+        cap.take(),
+        "[\n        vfs_read+5\n        jiffies+4\n        0x10\n]\n\n        vfs_read+5\n\n\n\n\
+         @k[\n    vfs_read+5\n    jiffies+4\n, 5]: 1\n@v: \n        vfs_read+5\n\n"
+    );
+    let (p, mut rt, cap) = runtime(src);
+    rt.set_output_format(probe_lang::OutputFormat::Json);
+    rt.run(p.block_of(0), &mut c);
+    rt.print_maps();
+    let out = cap.take();
+    assert!(
+        out.contains("{\"type\": \"value\", \"data\": \"\\n        vfs_read+5\\n\"}"),
+        "{out}"
+    );
+    assert!(
+        out.contains("{\"@k\": {\"\\n    vfs_read+5\\n    jiffies+4\\n,5\": 1}}"),
+        "{out}"
+    );
+    // Without stack support the read is a counted error.
+    let (p, mut rt, _) = runtime(src);
+    rt.run(p.block_of(0), &mut ctx());
+    assert_eq!(rt.errors()[0].1, "no stack");
+}

@@ -116,6 +116,14 @@ fn checker_errors() {
         ),
         ("END, END { }", "More than one END probe defined"),
         (
+            "kprobe:f { @x[kstack(0)] = count(); }",
+            "kstack() takes a frame count literal from 1 to 127",
+        ),
+        (
+            "kprobe:f { printf(\"%d\", kstack); }",
+            "printf: %d specifier expects a value of type integer (stack supplied)",
+        ),
+        (
             "kprobe:f { $t = (struct task_struct *)arg0; }",
             "struct, union and enum types are not supported (the guest has no type information here); cast to an integer pointer such as (uint64 *)",
         ),

@@ -77,7 +77,7 @@ proptest! {
         "(int32)", "str(", "buf(arg0, 4)", "ksym(", "kaddr(\"s\")", "reg(\"rax\")", "ntop(",
         "strncmp(", "len(@m)", "has_key(@m,", "elapsed", "time()", "interval:ms:1",
         "watchpoint:0x10:4:w", "profile:hz:9", "(1, \"a\")", ".0", ".1", "print(",
-        "rand", "sizeof(uint16)", "sizeof(", "kptr(", "uptr(", "strftime(\"%H\",",
+        "rand", "kstack", "kstack(3)", "sizeof(uint16)", "sizeof(", "kptr(", "uptr(", "strftime(\"%H\",",
     ]), 0..40)) {
         let src = toks.join(" ");
         if let Ok(p) = probe_lang::compile(&src, "p") {

@@ -39,6 +39,8 @@ pub struct FakeCtx {
     pub symbols: Vec<(String, u64)>,
     /// Largest single read_memory request seen (reads must be bounded).
     pub max_read: usize,
+    /// Return addresses for kstack.
+    pub stack: Vec<u64>,
 }
 
 impl FakeCtx {
@@ -55,6 +57,7 @@ impl FakeCtx {
             registers: Vec::new(),
             symbols: Vec::new(),
             max_read: 0,
+            stack: Vec::new(),
         }
     }
 }
@@ -108,13 +111,19 @@ impl ProbeContext for FakeCtx {
     fn kaddr(&self, name: &str) -> Option<u64> {
         self.symbols.iter().find(|s| s.0 == name).map(|s| s.1)
     }
-    fn ksym(&self, addr: u64) -> Option<String> {
+    fn ksym(&self, addr: u64) -> Option<(String, u64)> {
         // Nearest symbol at or below addr, like kallsyms.
         self.symbols
             .iter()
             .filter(|s| s.1 <= addr)
             .max_by_key(|s| s.1)
-            .map(|s| s.0.clone())
+            .map(|s| (s.0.clone(), addr - s.1))
+    }
+    fn kstack(&mut self, limit: usize) -> Result<Vec<u64>, ContextError> {
+        if self.stack.is_empty() {
+            return Err(ContextError::Message("no stack".into()));
+        }
+        Ok(self.stack.iter().copied().take(limit).collect())
     }
 }
 
