@@ -108,9 +108,13 @@ enum Cell {
 
 type Map = FxHashMap<Key, Cell>;
 
+/// Why a handler run stopped early. Kept to 16 bytes (boxed payloads) so
+/// `Result<Value, RunError>`, returned by every `eval`, stays small.
+// The extra Box around the String is the point: one pointer-sized payload.
+#[allow(clippy::box_collection)]
 enum RunError {
-    Msg(String),
-    Ctx(ContextError),
+    Msg(Box<String>),
+    Ctx(Box<ContextError>),
     Exit,
     Break,
     Continue,
@@ -118,7 +122,7 @@ enum RunError {
 
 impl From<ContextError> for RunError {
     fn from(e: ContextError) -> Self {
-        RunError::Ctx(e)
+        RunError::Ctx(Box::new(e))
     }
 }
 
@@ -194,11 +198,12 @@ impl Runtime {
             self.count_error(ctx.probe(), format!("no such block {}", block.0));
             return Flow::Continue;
         };
-        self.start_ns.get_or_insert(ctx.nsecs());
         if self.wall_origin.is_none() {
+            // First run: the origin of `elapsed` and of strftime's clock.
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64);
+            self.start_ns.get_or_insert(ctx.nsecs());
             self.wall_origin = Some((ctx.nsecs(), now));
             self.rng = now | 1;
         }
@@ -209,7 +214,7 @@ impl Runtime {
             Ok(()) | Err(RunError::Break | RunError::Continue) => Flow::Continue,
             Err(RunError::Exit) => Flow::Exit,
             Err(RunError::Msg(m)) => {
-                self.count_error(ctx.probe(), m);
+                self.count_error(ctx.probe(), *m);
                 Flow::Continue
             }
             Err(RunError::Ctx(e)) => {
@@ -289,10 +294,10 @@ impl Runtime {
     fn step(&mut self) -> Result<(), RunError> {
         self.steps += 1;
         if self.steps > self.budget {
-            return Err(RunError::Msg(format!(
+            return Err(RunError::Msg(Box::new(format!(
                 "handler exceeded its step budget of {} operations",
                 self.budget
-            )));
+            ))));
         }
         Ok(())
     }
@@ -314,6 +319,7 @@ impl Runtime {
     /// Whether `key` exists or may be added: like bpftrace's BPF maps, a
     /// map holds at most `map_limit` entries and further new keys are
     /// dropped (counted as an error, the handler goes on).
+    #[inline]
     fn has_room(&mut self, map: usize, key: &Key, ctx: &dyn ProbeContext) -> bool {
         let m = &self.maps[map];
         if m.len() < self.map_limit || m.contains_key(key) {
@@ -327,6 +333,7 @@ impl Runtime {
         false
     }
 
+    #[inline]
     fn agg(&mut self, map: usize, key: Key, op: AggOp, v: u64) {
         let m = &mut self.maps[map];
         if let AggOp::Hist | AggOp::Lhist(_) = op {
@@ -445,39 +452,6 @@ impl Runtime {
                     self.printer.printf(&p.ir.formats[*fmt as usize], &vals);
                     self.args = vals;
                 }
-                Stmt::Print { map, top, div } => {
-                    let top = match top {
-                        Some(e) => self.eval(p, e, ctx)?.as_int(),
-                        None => 0,
-                    };
-                    let div = match div {
-                        Some(e) => self.eval(p, e, ctx)?.as_int(),
-                        None => 1,
-                    };
-                    self.print_map(*map as usize, top, div);
-                }
-                Stmt::Clear(m) => self.clear(*m as usize, None),
-                Stmt::Zero(m) => {
-                    for c in self.maps[*m as usize].values_mut() {
-                        match c {
-                            Cell::Num { a, b } => (*a, *b) = (0, 0),
-                            Cell::Hist(b) => b.fill(0),
-                            Cell::Val(v) => *v = zero_like(v),
-                        }
-                    }
-                }
-                Stmt::Delete { map, key } => {
-                    let k = self.key(p, key, ctx)?;
-                    self.clear(*map as usize, Some(k));
-                }
-                Stmt::Time(f) => {
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0);
-                    let s = crate::format::strftime(&p.ir.strings[*f as usize], now);
-                    self.printer.time(&s);
-                }
                 Stmt::Exit => return Err(RunError::Exit),
                 Stmt::Set(slot, e) => {
                     let v = self.eval(p, e, ctx)?;
@@ -502,13 +476,73 @@ impl Runtime {
                         }
                     }
                 }
-                Stmt::PrintValue(e, ty) => {
-                    let v = self.eval(p, e, ctx)?;
-                    self.printer.value(&v, *ty);
-                }
                 Stmt::Break => return Err(RunError::Break),
                 Stmt::Continue => return Err(RunError::Continue),
+                _ => self.exec_rare(p, s, ctx)?,
             }
+        }
+        Ok(())
+    }
+
+    /// Statements that are not on the per-hit fast path, kept out of
+    /// [`Runtime::exec`] for the same reason as [`Runtime::eval_rare`].
+    #[inline(never)]
+    fn exec_rare(
+        &mut self,
+        p: &Program,
+        s: &Stmt,
+        ctx: &mut dyn ProbeContext,
+    ) -> Result<(), RunError> {
+        match s {
+            Stmt::Print { map, top, div } => {
+                let top = match top {
+                    Some(e) => self.eval(p, e, ctx)?.as_int(),
+                    None => 0,
+                };
+                let div = match div {
+                    Some(e) => self.eval(p, e, ctx)?.as_int(),
+                    None => 1,
+                };
+                self.print_map(*map as usize, top, div);
+            }
+            Stmt::Clear(m) => self.clear(*m as usize, None),
+            Stmt::Zero(m) => {
+                for c in self.maps[*m as usize].values_mut() {
+                    match c {
+                        Cell::Num { a, b } => (*a, *b) = (0, 0),
+                        Cell::Hist(b) => b.fill(0),
+                        Cell::Val(v) => *v = zero_like(v),
+                    }
+                }
+            }
+            Stmt::Delete { map, key } => {
+                let k = self.key(p, key, ctx)?;
+                self.clear(*map as usize, Some(k));
+            }
+            Stmt::Time(f) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let s = crate::format::strftime(&p.ir.strings[*f as usize], now);
+                self.printer.time(&s);
+            }
+            Stmt::PrintValue(e, ty) => {
+                let v = self.eval(p, e, ctx)?;
+                self.printer.value(&v, *ty);
+            }
+            // The rest is run by `exec` itself and never sent here.
+            Stmt::Agg { .. }
+            | Stmt::MapSet { .. }
+            | Stmt::MapUpdate { .. }
+            | Stmt::Printf { .. }
+            | Stmt::Exit
+            | Stmt::Set(..)
+            | Stmt::If { .. }
+            | Stmt::Unroll(..)
+            | Stmt::While { .. }
+            | Stmt::Break
+            | Stmt::Continue => self.exec(p, std::slice::from_ref(s), ctx)?,
         }
         Ok(())
     }
@@ -541,9 +575,7 @@ impl Runtime {
             KeyExpr::Single(e) => match self.eval(p, e, ctx)? {
                 Value::Int(v) => Key::Int(v),
                 Value::Str(s) => Key::Str(s),
-                v @ (Value::Buf(_) | Value::Tuple(_) | Value::Stack(_)) => {
-                    Key::Multi(Box::new([KeyPart::from(v)]))
-                }
+                v => single_part_key(v),
             },
             KeyExpr::Multi(es) => {
                 let mut parts = Vec::with_capacity(es.len());
@@ -613,6 +645,50 @@ impl Runtime {
                 let k = self.key(p, key, ctx)?;
                 self.read(*map as usize, &k)
             }
+            Expr::Unary(op, a) => {
+                let v = self.eval(p, a, ctx)?.as_int();
+                Value::Int(match op {
+                    Op1::Neg => v.wrapping_neg(),
+                    Op1::Not => (v == 0) as u64,
+                    Op1::BitNot => !v,
+                })
+            }
+            Expr::LogAnd(a, b) => Value::Int(
+                (self.eval(p, a, ctx)?.as_int() != 0 && self.eval(p, b, ctx)?.as_int() != 0) as u64,
+            ),
+            Expr::LogOr(a, b) => Value::Int(
+                (self.eval(p, a, ctx)?.as_int() != 0 || self.eval(p, b, ctx)?.as_int() != 0) as u64,
+            ),
+            Expr::Ternary(c, a, b) => {
+                if self.eval(p, c, ctx)?.as_int() != 0 {
+                    self.eval(p, a, ctx)?
+                } else {
+                    self.eval(p, b, ctx)?
+                }
+            }
+            Expr::Binary(op, a, b) => {
+                let x = self.eval(p, a, ctx)?;
+                let y = self.eval(p, b, ctx)?;
+                if let (Op2::StrEq | Op2::StrNe, Value::Str(s), Value::Str(t)) = (op, &x, &y) {
+                    return Ok(Value::Int(((s == t) == (*op == Op2::StrEq)) as u64));
+                }
+                Value::Int(binop(*op, x.as_int(), y.as_int())?)
+            }
+            _ => return self.eval_rare(p, e, ctx),
+        })
+    }
+
+    /// The less common expressions, kept out of [`Runtime::eval`] so the
+    /// hot recursive function stays small (its frame size is paid at every
+    /// node). The step was already counted by `eval`.
+    #[inline(never)]
+    fn eval_rare(
+        &mut self,
+        p: &Program,
+        e: &Expr,
+        ctx: &mut dyn ProbeContext,
+    ) -> Result<Value, RunError> {
+        Ok(match e {
             Expr::Len(m) => Value::Int(self.maps[*m as usize].len() as u64),
             Expr::Tuple(es) => {
                 let mut v = Vec::with_capacity(es.len());
@@ -649,14 +725,6 @@ impl Runtime {
             Expr::HasKey { map, key } => {
                 let k = self.key(p, key, ctx)?;
                 Value::Int(self.maps[*map as usize].contains_key(&k) as u64)
-            }
-            Expr::Unary(op, a) => {
-                let v = self.eval(p, a, ctx)?.as_int();
-                Value::Int(match op {
-                    Op1::Neg => v.wrapping_neg(),
-                    Op1::Not => (v == 0) as u64,
-                    Op1::BitNot => !v,
-                })
             }
             Expr::Cast { size, signed, e } => {
                 let v = self.eval(p, e, ctx)?.as_int();
@@ -700,7 +768,9 @@ impl Runtime {
                 match ctx.kaddr(name) {
                     Some(a) => Value::Int(a),
                     None => {
-                        return Err(RunError::Msg(format!("unknown kernel symbol '{name}'")));
+                        return Err(RunError::Msg(Box::new(format!(
+                            "unknown kernel symbol '{name}'"
+                        ))));
                     }
                 }
             }
@@ -731,31 +801,21 @@ impl Runtime {
                 let v = self.eval(p, a, ctx)?;
                 Value::Str(Arc::from(ntop(af, &v)?))
             }
-            Expr::LogAnd(a, b) => Value::Int(
-                (self.eval(p, a, ctx)?.as_int() != 0 && self.eval(p, b, ctx)?.as_int() != 0) as u64,
-            ),
-            Expr::LogOr(a, b) => Value::Int(
-                (self.eval(p, a, ctx)?.as_int() != 0 || self.eval(p, b, ctx)?.as_int() != 0) as u64,
-            ),
-            Expr::Ternary(c, a, b) => {
-                if self.eval(p, c, ctx)?.as_int() != 0 {
-                    self.eval(p, a, ctx)?
-                } else {
-                    self.eval(p, b, ctx)?
-                }
-            }
-            Expr::Binary(op, a, b) => {
-                let x = self.eval(p, a, ctx)?;
-                let y = self.eval(p, b, ctx)?;
-                if let (Op2::StrEq | Op2::StrNe, Value::Str(s), Value::Str(t)) = (op, &x, &y) {
-                    return Ok(Value::Int(((s == t) == (*op == Op2::StrEq)) as u64));
-                }
-                Value::Int(binop(*op, x.as_int(), y.as_int())?)
-            }
+            Expr::Const(_)
+            | Expr::Str(_)
+            | Expr::Scratch(_)
+            | Expr::Builtin(_)
+            | Expr::MapRead { .. }
+            | Expr::Unary(..)
+            | Expr::LogAnd(..)
+            | Expr::LogOr(..)
+            | Expr::Ternary(..)
+            | Expr::Binary(..) => return self.eval(p, e, ctx),
         })
     }
 }
 
+#[inline]
 fn binop(op: Op2, x: u64, y: u64) -> Result<u64, RunError> {
     let (sx, sy) = (x as i64, y as i64);
     Ok(match op {
@@ -763,7 +823,7 @@ fn binop(op: Op2, x: u64, y: u64) -> Result<u64, RunError> {
         Op2::Sub => x.wrapping_sub(y),
         Op2::Mul => x.wrapping_mul(y),
         Op2::Div | Op2::Mod if y == 0 => {
-            return Err(RunError::Msg("division by zero".into()));
+            return Err(RunError::Msg(Box::new("division by zero".into())));
         }
         Op2::Div => x / y,
         Op2::Mod => x % y,
@@ -888,11 +948,19 @@ fn ntop(af: Option<u64>, v: &Value) -> Result<String, RunError> {
             let a: [u8; 16] = bytes[..16].try_into().expect("16 bytes");
             Ok(std::net::Ipv6Addr::from(a).to_string())
         }
-        (af, n) => Err(RunError::Msg(format!(
+        (af, n) => Err(RunError::Msg(Box::new(format!(
             "ntop: unsupported address (family {}, {n} bytes)",
             af.map_or("none".to_string(), |f| f.to_string())
-        ))),
+        )))),
     }
+}
+
+/// A one-part key of a kind without its own `Key` variant (a stack); out
+/// of line so the common integer/string keys stay cheap.
+#[cold]
+#[inline(never)]
+fn single_part_key(v: Value) -> Key {
+    Key::Multi(Box::new([KeyPart::from(v)]))
 }
 
 /// Builds a map key from evaluated key values (same shape as the interpreter).
