@@ -162,6 +162,10 @@ struct Checker<'a, 's> {
     kaddrs: Vec<(String, Span)>,
     tuples: Vec<Vec<Type>>,
     regs: Vec<(String, Span)>,
+    /// The map whose assignment's value is being checked: reading it there
+    /// before any declaration (`@x = @x + 1`) reads an unsigned 0, as in
+    /// bpftrace 0.17.
+    assigning: Option<String>,
 }
 
 pub(crate) fn check(ast: &mut Ast, r: &mut Reporter<'_>) -> Checked {
@@ -217,6 +221,7 @@ pub(crate) fn check(ast: &mut Ast, r: &mut Reporter<'_>) -> Checked {
             kaddrs: Vec::new(),
             tuples: std::mem::take(&mut tuples),
             regs: Vec::new(),
+            assigning: None,
         };
         scratch.clear();
         for (block, &(k, kr)) in ast.probes.iter_mut().zip(&kinds) {
@@ -394,7 +399,9 @@ impl Checker<'_, '_> {
                     _ => None,
                 };
                 let Some(kind) = agg else {
+                    self.assigning = Some(name.clone());
                     self.expr(value);
+                    self.assigning = None;
                     match value.ty {
                         Type::Unknown => {}
                         Type::Buf => self
@@ -850,6 +857,7 @@ impl Checker<'_, '_> {
                             _ => value,
                         }
                     }
+                    (None, _) if self.assigning.as_ref() == Some(name) => Type::UNSIGNED,
                     (None, _) => {
                         self.r.error(e.span, format!("undefined map '@{name}'"));
                         Type::Unknown

@@ -115,6 +115,7 @@ fn checker_errors() {
             "More than one BEGIN probe defined",
         ),
         ("END, END { }", "More than one END probe defined"),
+        ("BEGIN { @s = @s; @t = @u; }", "undefined map '@u'"),
         (
             "kprobe:f { @x[kstack(0)] = count(); }",
             "kstack() takes a frame count literal from 1 to 127",

@@ -241,3 +241,7 @@ fn hist_bars() {
 fn printf_pad() {
     golden("printf_pad");
 }
+#[test]
+fn self_reference() {
+    golden("self_reference");
+}
