@@ -245,3 +245,11 @@ fn printf_pad() {
 fn self_reference() {
     golden("self_reference");
 }
+#[test]
+fn value_types() {
+    golden("value_types");
+}
+#[test]
+fn operators() {
+    golden("operators");
+}
