@@ -22,8 +22,23 @@ pub struct ProbeBlock {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Type {
     Unknown,
-    Int { signed: bool },
+    Int {
+        signed: bool,
+    },
     Str,
+    /// Bytes from `buf(ptr, len)`; printed with `%r`.
+    Buf,
+    /// A guest pointer to an integer of `size` bytes (from a cast such as
+    /// `(uint32 *)arg0`); `*p` reads it, `p + n` advances `n * size` bytes.
+    Ptr {
+        size: u8,
+        signed: bool,
+    },
+    /// A tuple; the index is into the checker's tuple type table
+    /// (`Checked::tuples`), so `Type` stays `Copy`.
+    Tuple(u32),
+    /// `kstack`: printed one frame per line.
+    Stack,
 }
 
 impl Type {
@@ -34,10 +49,22 @@ impl Type {
             Type::Unknown => "unknown",
             Type::Int { .. } => "integer",
             Type::Str => "string",
+            Type::Buf => "buffer",
+            Type::Ptr { .. } => "pointer",
+            Type::Tuple(_) => "tuple",
+            Type::Stack => "stack",
         }
     }
+    /// Integers and pointers (a pointer is an address, usable as one).
     pub fn is_int(self) -> bool {
-        matches!(self, Type::Int { .. })
+        matches!(self, Type::Int { .. } | Type::Ptr { .. })
+    }
+    /// The integer type a value of this type behaves as in arithmetic.
+    pub fn as_int(self) -> Type {
+        match self {
+            Type::Ptr { .. } => Type::UNSIGNED,
+            t => t,
+        }
     }
 }
 
@@ -68,7 +95,32 @@ pub enum ExprKind {
     Unary(UnOp, Box<Expr>),
     Binary(BinOp, Box<Expr>, Box<Expr>),
     Ternary(Box<Expr>, Box<Expr>, Box<Expr>),
+    /// `(uint32)e` (an integer of `size` bytes) or `(uint32 *)e` (`ptr`).
+    Cast {
+        size: u8,
+        signed: bool,
+        ptr: bool,
+        expr: Box<Expr>,
+    },
+    /// `*e` on a pointer.
+    Deref(Box<Expr>),
+    /// `(a, b, ...)`, two or more elements.
+    Tuple(Vec<Expr>),
+    /// `t.N`
+    Field(Box<Expr>, u32),
 }
+
+/// Integer type names usable in casts: (name, size, signed).
+pub const INT_TYPES: &[(&str, u8, bool)] = &[
+    ("int8", 1, true),
+    ("int16", 2, true),
+    ("int32", 4, true),
+    ("int64", 8, true),
+    ("uint8", 1, false),
+    ("uint16", 2, false),
+    ("uint32", 4, false),
+    ("uint64", 8, false),
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UnOp {
@@ -141,7 +193,10 @@ pub enum StmtKind {
         value: Expr,
     },
     /// `$x = value;`
-    VarAssign { name: String, value: Expr },
+    VarAssign {
+        name: String,
+        value: Expr,
+    },
     /// A call statement: `printf(..)`, `print(@m)`, `exit()`, ...
     Call {
         name: String,
@@ -153,6 +208,27 @@ pub enum StmtKind {
         then: Vec<Stmt>,
         els: Vec<Stmt>,
     },
+    /// `@m[keys] op= value;`, `@m[keys]++` (op `Add`, value 1): a
+    /// read-modify-write of an integer map value.
+    MapUpdate {
+        name: String,
+        name_span: Span,
+        keys: Vec<Expr>,
+        op: BinOp,
+        value: Expr,
+    },
+    /// `unroll (N) { .. }`: the body N times (N a literal, 1..=100).
+    Unroll {
+        count: u64,
+        body: Vec<Stmt>,
+    },
+    /// `while (cond) { .. }`, bounded by the per-run step budget.
+    While {
+        cond: Expr,
+        body: Vec<Stmt>,
+    },
+    Break,
+    Continue,
 }
 
 impl Ast {
@@ -194,6 +270,34 @@ fn dump_stmts(s: &mut String, stmts: &[Stmt], d: usize) {
                 for a in args {
                     dump_expr(s, a, d + 1);
                 }
+            }
+            StmtKind::MapUpdate {
+                name,
+                keys,
+                op,
+                value,
+                ..
+            } => {
+                let _ = writeln!(s, "{ind}{}= @{name}", op.symbol());
+                for k in keys {
+                    dump_expr(s, k, d + 2);
+                }
+                dump_expr(s, value, d + 1);
+            }
+            StmtKind::Unroll { count, body } => {
+                let _ = writeln!(s, "{ind}unroll {count}");
+                dump_stmts(s, body, d + 1);
+            }
+            StmtKind::While { cond, body } => {
+                let _ = writeln!(s, "{ind}while");
+                dump_expr(s, cond, d + 1);
+                dump_stmts(s, body, d + 1);
+            }
+            StmtKind::Break => {
+                let _ = writeln!(s, "{ind}break");
+            }
+            StmtKind::Continue => {
+                let _ = writeln!(s, "{ind}continue");
             }
             StmtKind::If { cond, then, els } => {
                 let _ = writeln!(s, "{ind}if");
@@ -244,6 +348,31 @@ fn dump_expr(s: &mut String, e: &Expr, d: usize) {
             let _ = writeln!(s, "{ind}{}", op.symbol());
             dump_expr(s, a, d + 1);
             dump_expr(s, b, d + 1);
+        }
+        ExprKind::Cast {
+            size,
+            signed,
+            ptr,
+            expr,
+        } => {
+            let star = if *ptr { " *" } else { "" };
+            let u = if *signed { "" } else { "u" };
+            let _ = writeln!(s, "{ind}cast: {u}int{}{star}", *size as u32 * 8);
+            dump_expr(s, expr, d + 1);
+        }
+        ExprKind::Deref(a) => {
+            let _ = writeln!(s, "{ind}deref");
+            dump_expr(s, a, d + 1);
+        }
+        ExprKind::Tuple(v) => {
+            let _ = writeln!(s, "{ind}tuple");
+            for e in v {
+                dump_expr(s, e, d + 1);
+            }
+        }
+        ExprKind::Field(a, n) => {
+            let _ = writeln!(s, "{ind}field .{n}");
+            dump_expr(s, a, d + 1);
         }
         ExprKind::Ternary(c, a, b) => {
             let _ = writeln!(s, "{ind}?:");

@@ -7,7 +7,7 @@ use crate::ast::*;
 use crate::diag::{Reporter, Span};
 use crate::format::{Conv, Format};
 use crate::lexer::parse_int;
-use crate::{KprobeTarget, ProbeSpec};
+use crate::{KprobeTarget, ProbeSpec, RateUnit, WatchMode};
 use rustc_hash::FxHashMap;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,9 +17,15 @@ pub enum AggKind {
     Min,
     Max,
     Avg,
+    Stats,
+    Hist,
+    Lhist,
+    /// A plain value map: `@m[k] = expr` (integer or string).
+    Value,
 }
 
 impl AggKind {
+    /// Aggregation functions (not `Value`).
     pub fn from_name(n: &str) -> Option<AggKind> {
         Some(match n {
             "count" => AggKind::Count,
@@ -27,6 +33,9 @@ impl AggKind {
             "min" => AggKind::Min,
             "max" => AggKind::Max,
             "avg" => AggKind::Avg,
+            "stats" => AggKind::Stats,
+            "hist" => AggKind::Hist,
+            "lhist" => AggKind::Lhist,
             _ => return None,
         })
     }
@@ -37,9 +46,36 @@ impl AggKind {
             AggKind::Min => "min",
             AggKind::Max => "max",
             AggKind::Avg => "avg",
+            AggKind::Stats => "stats",
+            AggKind::Hist => "hist",
+            AggKind::Lhist => "lhist",
+            AggKind::Value => "value",
         }
     }
+    /// Maps whose entries are histograms (bucket arrays).
+    pub fn is_hist(self) -> bool {
+        matches!(self, AggKind::Hist | AggKind::Lhist)
+    }
 }
+
+/// `lhist(v, min, max, step)` parameters (literals, checked).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LhistParams {
+    pub min: u64,
+    pub max: u64,
+    pub step: u64,
+}
+
+impl LhistParams {
+    /// Buckets: `(..., min)`, one per step, `[max, ...)`.
+    pub fn buckets(self) -> usize {
+        ((self.max - self.min) / self.step) as usize + 2
+    }
+}
+
+/// Number of `hist()` buckets: `(..., 0)`, `[0]`, `[1]`, then powers of
+/// two up to `[2G, 4G)` (bpftrace 0.17's log2 stops at 2^31).
+pub const HIST_BUCKETS: usize = 34;
 
 /// Key component types are `Int{..}` or `Str`; empty for scalar maps.
 #[derive(Clone, Debug)]
@@ -49,6 +85,9 @@ pub struct MapDecl {
     pub keys: Vec<Type>,
     /// Signedness of the aggregated value (count is unsigned).
     pub signed: bool,
+    /// For `Value` maps: the value type (`Int{..}` or `Str`).
+    pub value: Type,
+    pub lhist: Option<LhistParams>,
     pub span: Span,
 }
 
@@ -59,12 +98,47 @@ pub struct Checked {
     pub probes: Vec<(ProbeSpec, usize)>,
     /// Scratch variable slots per block.
     pub scratch: Vec<FxHashMap<String, (u16, Type)>>,
+    /// Symbol names given to `kaddr()`, so the engine can resolve them
+    /// before attaching.
+    pub kaddrs: Vec<(String, Span)>,
+    /// Element types of each `Type::Tuple(i)`.
+    pub tuples: Vec<Vec<Type>>,
+    /// Register names given to `reg()`, so the engine can check them
+    /// against the stub's register set before attaching.
+    pub regs: Vec<(String, Span)>,
 }
 
 const BUILTINS: &[&str] = &[
     "arg0", "arg1", "arg2", "arg3", "arg4", "arg5", "func", "probe", "vcpu", "cpu", "nsecs",
-    "retval",
+    "retval", "elapsed", "rand", "kstack",
 ];
+
+/// Functions usable as expressions, with their (min, max) argument counts.
+const EXPR_FUNCS: &[(&str, usize, usize)] = &[
+    ("len", 1, 1),
+    ("has_key", 2, 9),
+    ("str", 1, 2),
+    ("buf", 2, 2),
+    ("ksym", 1, 1),
+    ("kaddr", 1, 1),
+    ("reg", 1, 1),
+    ("strncmp", 3, 3),
+    ("ntop", 1, 2),
+    ("kptr", 1, 1),
+    ("uptr", 1, 1),
+    ("sizeof", 1, 1),
+    ("strftime", 2, 2),
+    ("kstack", 1, 1),
+];
+
+/// Default and maximum bytes `str()` reads (bpftrace's default
+/// BPFTRACE_STRLEN is 64).
+pub const STR_MAX: u64 = 64;
+/// Frames `kstack` keeps (bpftrace's limit for BPF stack maps).
+pub const KSTACK_MAX: u64 = 127;
+
+/// Maximum bytes `buf()` reads.
+pub const BUF_MAX: u64 = 64;
 
 fn same_shape(a: Type, b: Type) -> bool {
     a.is_int() && b.is_int() || a == b
@@ -84,17 +158,36 @@ struct Checker<'a, 's> {
     /// What the current block's attach points allow.
     all_kprobe: bool,
     all_kretprobe: bool,
+    loops: usize,
+    kaddrs: Vec<(String, Span)>,
+    tuples: Vec<Vec<Type>>,
+    regs: Vec<(String, Span)>,
+    /// The map whose assignment's value is being checked: reading it there
+    /// before any declaration (`@x = @x + 1`) reads an unsigned 0, as in
+    /// bpftrace 0.17.
+    assigning: Option<String>,
 }
 
 pub(crate) fn check(ast: &mut Ast, r: &mut Reporter<'_>) -> Checked {
     let mut probes = Vec::new();
     let mut kinds = Vec::new();
+    let (mut begins, mut ends) = (0, 0);
     for (bi, block) in ast.probes.iter().enumerate() {
         let mut all_k = true;
         let mut all_kr = true;
         for (text, span) in &block.attach {
             match parse_probe(text) {
                 Ok(spec) => {
+                    // bpftrace 0.17 allows one of each.
+                    let n = match spec {
+                        ProbeSpec::Begin => &mut begins,
+                        ProbeSpec::End => &mut ends,
+                        _ => &mut 0,
+                    };
+                    *n += 1;
+                    if *n == 2 {
+                        r.error(*span, format!("More than one {text} probe defined"));
+                    }
                     all_k &= matches!(spec, ProbeSpec::Kprobe { .. });
                     all_kr &= matches!(spec, ProbeSpec::Kretprobe { .. });
                     probes.push((spec, bi));
@@ -111,6 +204,9 @@ pub(crate) fn check(ast: &mut Ast, r: &mut Reporter<'_>) -> Checked {
     let mut scratch = Vec::new();
     let mut maps = Vec::new();
     let mut map_index = FxHashMap::default();
+    let mut kaddrs = Vec::new();
+    let mut tuples = Vec::new();
+    let mut regs = Vec::new();
     for pass in 0..2 {
         let mut tmp = Reporter::new(r.source, r.name);
         let rep = if pass == 0 { &mut tmp } else { &mut *r };
@@ -121,6 +217,11 @@ pub(crate) fn check(ast: &mut Ast, r: &mut Reporter<'_>) -> Checked {
             vars: FxHashMap::default(),
             all_kprobe: false,
             all_kretprobe: false,
+            loops: 0,
+            kaddrs: Vec::new(),
+            tuples: std::mem::take(&mut tuples),
+            regs: Vec::new(),
+            assigning: None,
         };
         scratch.clear();
         for (block, &(k, kr)) in ast.probes.iter_mut().zip(&kinds) {
@@ -136,12 +237,18 @@ pub(crate) fn check(ast: &mut Ast, r: &mut Reporter<'_>) -> Checked {
         }
         maps = c.maps;
         map_index = c.map_index;
+        kaddrs = c.kaddrs;
+        tuples = c.tuples;
+        regs = c.regs;
     }
     Checked {
         maps,
         map_index,
         probes,
         scratch,
+        kaddrs,
+        tuples,
+        regs,
     }
 }
 
@@ -195,10 +302,67 @@ pub fn parse_probe(text: &str) -> Result<ProbeSpec, String> {
                 function: rest.to_string(),
             })
         }
-        "tracepoint" | "t" | "uprobe" | "u" | "uretprobe" | "ur" | "usdt" | "U" | "profile"
-        | "p" | "interval" | "i" | "software" | "s" | "hardware" | "h" | "watchpoint" | "w"
-        | "kfunc" | "f" | "kretfunc" | "fr" | "rawtracepoint" | "rt" | "iter" => Err(format!(
-            "probe type '{kind}' is not supported yet (supported: BEGIN, END, kprobe, kretprobe)"
+        "interval" | "i" | "profile" | "p" => {
+            let full = if kind.len() == 1 {
+                if kind == "i" { "interval" } else { "profile" }
+            } else {
+                kind
+            };
+            let Some((unit, n)) = rest.split_once(':') else {
+                return Err(format!(
+                    "{full} probes take a unit and a count, e.g. '{full}:ms:100'"
+                ));
+            };
+            let unit = match unit {
+                "s" => RateUnit::S,
+                "ms" => RateUnit::Ms,
+                "us" => RateUnit::Us,
+                "hz" => RateUnit::Hz,
+                _ => {
+                    return Err(format!(
+                        "invalid {full} unit '{unit}' (expected s, ms, us or hz)"
+                    ));
+                }
+            };
+            let value = match parse_int(n) {
+                Some(v) if v > 0 => v,
+                _ => return Err(format!("invalid {full} count '{n}' (a positive integer)")),
+            };
+            if unit == RateUnit::Hz && value > 1_000_000_000 {
+                return Err(format!("{full} rate too high: {value} hz"));
+            }
+            Ok(if full == "interval" {
+                ProbeSpec::Interval { unit, value }
+            } else {
+                ProbeSpec::Profile { unit, value }
+            })
+        }
+        "watchpoint" | "w" => {
+            let parts: Vec<&str> = rest.split(':').collect();
+            let [addr, len, mode] = parts[..] else {
+                return Err(
+                    "watchpoint probes look like 'watchpoint:ADDR:LEN:MODE', e.g. 'watchpoint:0xffffffff81000000:8:w'"
+                        .into(),
+                );
+            };
+            let addr =
+                parse_int(addr).ok_or_else(|| format!("invalid watchpoint address '{addr}'"))?;
+            let len = match parse_int(len) {
+                Some(l @ (1 | 2 | 4 | 8)) => l as u8,
+                _ => return Err(format!("invalid watchpoint length '{len}' (1, 2, 4 or 8)")),
+            };
+            let mode = match mode {
+                "r" => WatchMode::Read,
+                "w" => WatchMode::Write,
+                "rw" | "wr" => WatchMode::ReadWrite,
+                _ => return Err(format!("invalid watchpoint mode '{mode}' (r, w or rw)")),
+            };
+            Ok(ProbeSpec::Watchpoint { addr, len, mode })
+        }
+        "tracepoint" | "t" | "uprobe" | "u" | "uretprobe" | "ur" | "usdt" | "U" | "software"
+        | "s" | "hardware" | "h" | "kfunc" | "f" | "kretfunc" | "fr" | "rawtracepoint" | "rt"
+        | "iter" => Err(format!(
+            "probe type '{kind}' is not supported (supported: BEGIN, END, kprobe, kretprobe, interval, profile, watchpoint)"
         )),
         _ => Err(format!("unknown probe type '{kind}'")),
     }
@@ -229,25 +393,35 @@ impl Checker<'_, '_> {
                 value,
             } => {
                 let key_tys = self.keys(keys);
-                let ExprKind::Call { name: f, args } = &mut value.kind else {
+                let span = name_span.to(value.span);
+                let agg = match &value.kind {
+                    ExprKind::Call { name: f, .. } => AggKind::from_name(f),
+                    _ => None,
+                };
+                let Some(kind) = agg else {
+                    self.assigning = Some(name.clone());
                     self.expr(value);
-                    self.r.error(
-                        value.span,
-                        "map values must be aggregations for now: count(), sum(), min(), max(), avg()",
-                    );
+                    self.assigning = None;
+                    match value.ty {
+                        Type::Unknown => {}
+                        Type::Buf => self
+                            .r
+                            .error(value.span, "a buffer cannot be stored in a map"),
+                        t => self.declare(name, AggKind::Value, key_tys, t.as_int(), None, span),
+                    }
                     return;
                 };
-                let Some(kind) = AggKind::from_name(f) else {
-                    self.r.error(
-                        value.span,
-                        format!("unknown aggregation function '{f}' (expected count, sum, min, max or avg)"),
-                    );
+                let ExprKind::Call { name: f, args } = &mut value.kind else {
                     return;
                 };
                 for a in args.iter_mut() {
                     self.expr(a);
                 }
-                let want = if kind == AggKind::Count { 0 } else { 1 };
+                let want = match kind {
+                    AggKind::Count => 0,
+                    AggKind::Lhist => 4,
+                    _ => 1,
+                };
                 if args.len() != want {
                     self.r.error(
                         value.span,
@@ -262,13 +436,56 @@ impl Checker<'_, '_> {
                 let signed = match args.first() {
                     Some(a) => {
                         self.want_int(a, &format!("argument of {f}()"));
-                        a.ty == Type::SIGNED
+                        a.ty.as_int() == Type::SIGNED
                     }
                     None => false,
                 };
+                let lhist = if kind == AggKind::Lhist {
+                    match lhist_params(&args[1..]) {
+                        Ok(p) => Some(p),
+                        Err((span, m)) => {
+                            self.r.error(span, m);
+                            return;
+                        }
+                    }
+                } else {
+                    None
+                };
                 value.ty = Type::UNSIGNED;
-                let span = *name_span;
-                self.declare(name, kind, key_tys, signed, span.to(value.span));
+                let vt = Type::Int { signed };
+                self.declare(name, kind, key_tys, vt, lhist, span);
+            }
+            StmtKind::MapUpdate {
+                name,
+                name_span,
+                keys,
+                value,
+                op,
+            } => {
+                let key_tys = self.keys(keys);
+                self.expr(value);
+                self.want_int(value, &format!("right operand of '{}='", op.symbol()));
+                let span = name_span.to(value.span);
+                // `@m++` declares an integer map like `@m = 0` would.
+                let vt = match self.map_index.get(name.as_str()) {
+                    Some(&i) => {
+                        let d = &self.maps[i];
+                        if d.kind != AggKind::Value || !d.value.is_int() {
+                            let what = if d.kind == AggKind::Value {
+                                format!("{} values", d.value.name())
+                            } else {
+                                format!("{}() values", d.kind.name())
+                            };
+                            let m =
+                                format!("@{name} holds {what}; '{}=' needs integers", op.symbol());
+                            self.r.error(span, m);
+                            return;
+                        }
+                        Type::Int { signed: d.signed }
+                    }
+                    None => Type::SIGNED,
+                };
+                self.declare(name, AggKind::Value, key_tys, vt, None, span);
             }
             StmtKind::VarAssign { name, value } => {
                 self.expr(value);
@@ -297,6 +514,22 @@ impl Checker<'_, '_> {
                 self.stmts(then);
                 self.stmts(els);
             }
+            StmtKind::Unroll { body, .. } => self.stmts(body),
+            StmtKind::While { cond, body } => {
+                self.expr(cond);
+                self.want_int(cond, "while condition");
+                self.loops += 1;
+                self.stmts(body);
+                self.loops -= 1;
+            }
+            StmtKind::Break | StmtKind::Continue => {
+                if self.loops == 0 {
+                    self.r.error(
+                        s.span,
+                        "break and continue can only be used in a while loop",
+                    );
+                }
+            }
             StmtKind::Call {
                 name,
                 name_span,
@@ -310,10 +543,20 @@ impl Checker<'_, '_> {
         name: &str,
         kind: AggKind,
         keys: Option<Vec<Type>>,
-        signed: bool,
+        value: Type,
+        lhist: Option<LhistParams>,
         span: Span,
     ) {
         let Some(keys) = keys else { return };
+        if let Some(k) = keys
+            .iter()
+            .find(|t| matches!(t, Type::Buf | Type::Tuple(_)))
+        {
+            self.r
+                .error(span, format!("a {} cannot be used as a map key", k.name()));
+            return;
+        }
+        let signed = value == Type::SIGNED;
         match self.map_index.get(name) {
             None => {
                 self.map_index.insert(name.to_string(), self.maps.len());
@@ -322,22 +565,55 @@ impl Checker<'_, '_> {
                     kind,
                     keys,
                     signed,
+                    value,
+                    lhist,
                     span,
                 });
             }
             Some(&i) => {
                 let d = &self.maps[i];
-                if d.kind != kind {
+                let what = |k: AggKind, v: Type| {
+                    if k == AggKind::Value && v.is_int() {
+                        "an integer value".to_string()
+                    } else if let (AggKind::Value, Type::Tuple(_)) = (k, v) {
+                        format!("a {} tuple", self.ty_name(v))
+                    } else if k == AggKind::Value {
+                        format!("a {} value", v.name())
+                    } else {
+                        format!("{}()", k.name())
+                    }
+                };
+                if d.kind != kind || !same_shape(d.value, value) {
                     let m = format!(
-                        "@{name} is used as {}() here but as {}() elsewhere",
-                        kind.name(),
-                        d.kind.name()
+                        "@{name} is used as {} here but as {} elsewhere",
+                        what(kind, value),
+                        what(d.kind, d.value)
                     );
                     self.r.error(span, m);
+                } else if d.lhist != lhist {
+                    self.r.error(
+                        span,
+                        format!("@{name} is used with different lhist() parameters elsewhere"),
+                    );
                 } else if d.span != span {
                     self.check_keys(name, &keys, span);
                 }
             }
+        }
+    }
+
+    /// Type name with tuple elements spelled out: `(integer, string)`.
+    fn ty_name(&self, t: Type) -> String {
+        match t {
+            Type::Tuple(i) => {
+                let el: Vec<String> = self
+                    .tuples
+                    .get(i as usize)
+                    .map(|ts| ts.iter().map(|t| self.ty_name(*t)).collect())
+                    .unwrap_or_default();
+                format!("({})", el.join(", "))
+            }
+            t => t.name().to_string(),
         }
     }
 
@@ -364,7 +640,7 @@ impl Checker<'_, '_> {
         let mut out = Vec::new();
         for k in keys.iter_mut() {
             self.expr(k);
-            out.push(k.ty);
+            out.push(k.ty.as_int());
         }
         if out.contains(&Type::Unknown) {
             None
@@ -373,27 +649,13 @@ impl Checker<'_, '_> {
         }
     }
 
-    fn map_arg(
-        &mut self,
-        f: &str,
-        args: &mut [Expr],
-        call_span: Span,
-        keyed: bool,
-    ) -> Option<(String, Span, Option<Vec<Type>>)> {
-        if args.len() != 1 {
-            self.r.error(
-                call_span,
-                format!("{f}() takes 1 argument, got {}", args.len()),
-            );
-            return None;
-        }
-        let span = args[0].span;
-        if !matches!(args[0].kind, ExprKind::Map { .. }) {
-            self.expr(&mut args[0]);
+    /// Checks that `arg` is a map (whole or with a key, per `keyed`) and
+    /// exists; returns its index.
+    fn map_arg(&mut self, f: &str, arg: &mut Expr, keyed: bool) -> Option<usize> {
+        let span = arg.span;
+        let ExprKind::Map { name, keys } = &mut arg.kind else {
+            self.expr(arg);
             self.r.error(span, format!("{f}() expects a map argument"));
-            return None;
-        }
-        let ExprKind::Map { name, keys } = &mut args[0].kind else {
             return None;
         };
         if !keyed && !keys.is_empty() {
@@ -401,37 +663,91 @@ impl Checker<'_, '_> {
                 .error(span, format!("{f}() expects a whole map, without a key"));
             return None;
         }
+        let name = name.clone();
         let key_tys = self.keys(keys);
-        Some((name.clone(), span, key_tys))
+        let Some(&i) = self.map_index.get(&name) else {
+            self.r.error(span, format!("undefined map '@{name}'"));
+            return None;
+        };
+        if let Some(k) = key_tys
+            && keyed
+        {
+            self.check_keys(&name, &k, span);
+        }
+        Some(i)
+    }
+
+    fn arity(&mut self, f: &str, n: usize, min: usize, max: usize, span: Span) -> bool {
+        if (min..=max).contains(&n) {
+            return true;
+        }
+        let want = if min == max {
+            format!("{min} argument{}", if min == 1 { "" } else { "s" })
+        } else {
+            format!("{min} to {max} arguments")
+        };
+        self.r.error(span, format!("{f}() takes {want}, got {n}"));
+        false
     }
 
     fn call_stmt(&mut self, name: &str, name_span: Span, args: &mut [Expr], span: Span) {
         match name {
             "printf" => self.printf(args, span),
             "exit" => {
-                if !args.is_empty() {
-                    self.r.error(
-                        span,
-                        format!("exit() takes 0 arguments, got {}", args.len()),
-                    );
+                self.arity(name, args.len(), 0, 0, span);
+            }
+            "time" => {
+                if !self.arity(name, args.len(), 0, 1, span) {
+                    return;
+                }
+                if let Some(a) = args.first_mut() {
+                    self.expr(a);
+                    if !matches!(a.kind, ExprKind::Str(_)) {
+                        self.r
+                            .error(a.span, "time: the argument must be a string literal");
+                    }
                 }
             }
-            "print" | "clear" | "delete" => {
-                let keyed = name == "delete";
-                if let Some((m, mspan, keys)) = self.map_arg(name, args, span, keyed) {
-                    match keys {
-                        Some(keys) if keyed => self.check_keys(&m, &keys, mspan),
-                        _ if !self.map_index.contains_key(&m) => {
-                            self.r.error(mspan, format!("undefined map '@{m}'"))
-                        }
-                        _ => {}
+            "print" => {
+                if !self.arity(name, args.len(), 1, 3, span) {
+                    return;
+                }
+                let (m, rest) = args.split_first_mut().expect("arity checked");
+                if !matches!(m.kind, ExprKind::Map { .. }) && rest.is_empty() {
+                    // `print(value)`
+                    self.expr(m);
+                    if m.ty == Type::Buf {
+                        self.r
+                            .error(m.span, "print() cannot print a buffer; use printf(\"%r\")");
                     }
+                } else {
+                    self.map_arg(name, m, false);
+                }
+                for a in rest {
+                    self.expr(a);
+                    self.want_int(a, "print() top/div argument");
+                }
+            }
+            "clear" | "zero" => {
+                if self.arity(name, args.len(), 1, 1, span) {
+                    self.map_arg(name, &mut args[0], false);
+                }
+            }
+            "delete" => {
+                if self.arity(name, args.len(), 1, 1, span) {
+                    self.map_arg(name, &mut args[0], true);
                 }
             }
             _ if AggKind::from_name(name).is_some() => self.r.error(
                 span,
                 format!("{name}() must be assigned to a map, e.g. @x = {name}(...)"),
             ),
+            _ if EXPR_FUNCS.iter().any(|f| f.0 == name) => {
+                self.r.error(
+                    span,
+                    format!("the value of {name}() is unused; assign it or print it"),
+                );
+            }
             _ => self
                 .r
                 .error(name_span, format!("unknown function '{name}'")),
@@ -475,29 +791,28 @@ impl Checker<'_, '_> {
             return;
         }
         for (spec, a) in specs.iter().zip(&args[1..]) {
-            let need_str = spec.conv == Conv::Str;
-            let bad = match a.ty {
-                Type::Unknown => false,
-                Type::Str => !need_str,
-                Type::Int { .. } => need_str,
+            let want = match spec.conv {
+                Conv::Str => Type::Str,
+                Conv::Buf => Type::Buf,
+                _ => Type::SIGNED,
             };
-            if bad {
-                let (want, c) = if need_str {
-                    ("string", "s")
-                } else {
-                    ("integer", "d")
+            let ok = a.ty == Type::Unknown
+                || match want {
+                    Type::Str => matches!(a.ty, Type::Str | Type::Stack),
+                    Type::Buf => a.ty == Type::Buf,
+                    _ => a.ty.is_int(),
                 };
-                let c = match spec.conv {
-                    Conv::Str | Conv::Signed => c,
-                    Conv::Unsigned => "u",
-                    Conv::HexLower => "x",
-                    Conv::HexUpper => "X",
-                    Conv::Char => "c",
+            if !ok {
+                let wname = if want.is_int() {
+                    "integer"
+                } else {
+                    want.name()
                 };
                 self.r.error(
                     a.span,
                     format!(
-                        "printf: %{c} specifier expects a value of type {want} ({} supplied)",
+                        "printf: %{} specifier expects a value of type {wname} ({} supplied)",
+                        spec.conv.letter(),
                         a.ty.name()
                     ),
                 );
@@ -522,11 +837,27 @@ impl Checker<'_, '_> {
                 let key_tys = self.keys(keys);
                 match (self.map_index.get(name.as_str()), key_tys) {
                     (Some(&i), Some(k)) => {
-                        let signed = self.maps[i].signed;
+                        let d = &self.maps[i];
+                        let (kind, value) = (d.kind, d.value);
                         let name = name.clone();
                         self.check_keys(&name, &k, e.span);
-                        Type::Int { signed }
+                        match kind {
+                            AggKind::Value => value,
+                            AggKind::Hist | AggKind::Lhist | AggKind::Stats => {
+                                self.r.error(
+                                    e.span,
+                                    format!(
+                                        "@{name} is a {}() map and cannot be read as a value",
+                                        kind.name()
+                                    ),
+                                );
+                                Type::Unknown
+                            }
+                            AggKind::Count => Type::UNSIGNED,
+                            _ => value,
+                        }
                     }
+                    (None, _) if self.assigning.as_ref() == Some(name) => Type::UNSIGNED,
                     (None, _) => {
                         self.r.error(e.span, format!("undefined map '@{name}'"));
                         Type::Unknown
@@ -535,21 +866,92 @@ impl Checker<'_, '_> {
                 }
             }
             ExprKind::Call { name, args } => {
-                for a in args.iter_mut() {
-                    self.expr(a);
+                let name = name.clone();
+                self.call_expr(&name, args, e.span)
+            }
+            ExprKind::Cast {
+                size,
+                signed,
+                ptr,
+                expr,
+            } => {
+                self.expr(expr);
+                self.want_int(expr, "operand of a cast");
+                match (expr.ty.is_int(), *ptr) {
+                    (false, _) => Type::Unknown,
+                    (true, true) => Type::Ptr {
+                        size: *size,
+                        signed: *signed,
+                    },
+                    (true, false) => Type::Int { signed: *signed },
                 }
-                let m = if AggKind::from_name(name).is_some() {
-                    format!("{name}() can only be used as a map value, e.g. @x = {name}(...)")
-                } else if matches!(
-                    name.as_str(),
-                    "printf" | "print" | "clear" | "delete" | "exit"
-                ) {
-                    format!("{name}() is a statement and has no value")
+            }
+            ExprKind::Tuple(elems) => {
+                let mut tys = Vec::new();
+                for el in elems.iter_mut() {
+                    self.expr(el);
+                    tys.push(el.ty);
+                    if el.ty == Type::Buf {
+                        self.r.error(el.span, "a buffer cannot be part of a tuple");
+                    }
+                }
+                if tys.iter().any(|t| matches!(t, Type::Unknown | Type::Buf)) {
+                    Type::Unknown
                 } else {
-                    format!("unknown function '{name}'")
-                };
-                self.r.error(e.span, m);
-                Type::Unknown
+                    let tys: Vec<Type> = tys.into_iter().map(Type::as_int).collect();
+                    let id = match self.tuples.iter().position(|t| *t == tys) {
+                        Some(i) => i,
+                        None => {
+                            self.tuples.push(tys);
+                            self.tuples.len() - 1
+                        }
+                    };
+                    Type::Tuple(id as u32)
+                }
+            }
+            ExprKind::Field(a, n) => {
+                self.expr(a);
+                match a.ty {
+                    Type::Unknown => Type::Unknown,
+                    Type::Tuple(id) => {
+                        let tys = &self.tuples[id as usize];
+                        match tys.get(*n as usize) {
+                            Some(t) => *t,
+                            None => {
+                                let m = format!(
+                                    "tuple index {n} out of range (the tuple has {} elements)",
+                                    tys.len()
+                                );
+                                self.r.error(e.span, m);
+                                Type::Unknown
+                            }
+                        }
+                    }
+                    t => {
+                        self.r.error(
+                            e.span,
+                            format!("cannot access field .{n} of a value of type {}", t.name()),
+                        );
+                        Type::Unknown
+                    }
+                }
+            }
+            ExprKind::Deref(a) => {
+                self.expr(a);
+                match a.ty {
+                    Type::Ptr { signed, .. } => Type::Int { signed },
+                    Type::Unknown => Type::Unknown,
+                    t => {
+                        self.r.error(
+                            e.span,
+                            format!(
+                                "cannot dereference a value of type {} (cast it first, e.g. *(uint64 *)addr)",
+                                t.name()
+                            ),
+                        );
+                        Type::Unknown
+                    }
+                }
             }
             ExprKind::Unary(op, a) => {
                 self.expr(a);
@@ -565,9 +967,9 @@ impl Checker<'_, '_> {
                     ),
                 );
                 match (op, a.ty) {
-                    (_, Type::Unknown) | (_, Type::Str) => Type::Unknown,
+                    (_, t) if !t.is_int() => Type::Unknown,
                     (UnOp::Not, _) => Type::SIGNED,
-                    (_, t) => t,
+                    (_, t) => t.as_int(),
                 }
             }
             ExprKind::Binary(op, a, b) => {
@@ -577,19 +979,28 @@ impl Checker<'_, '_> {
                 match (a.ty, b.ty) {
                     (Type::Unknown, _) | (_, Type::Unknown) => Type::Unknown,
                     (Type::Str, Type::Str) if matches!(op, BinOp::Eq | BinOp::Ne) => Type::SIGNED,
-                    (Type::Int { signed: x }, Type::Int { signed: y }) => match op {
-                        BinOp::Eq
-                        | BinOp::Ne
-                        | BinOp::Lt
-                        | BinOp::Le
-                        | BinOp::Gt
-                        | BinOp::Ge
-                        | BinOp::LogAnd
-                        | BinOp::LogOr => Type::SIGNED,
-                        BinOp::Shl | BinOp::Shr => Type::Int { signed: x },
-                        // C's usual arithmetic conversions for 64-bit operands.
-                        _ => Type::Int { signed: x && y },
-                    },
+                    // C pointer arithmetic: `p + n` / `p - n` stay pointers.
+                    (p @ Type::Ptr { .. }, Type::Int { .. })
+                        if matches!(op, BinOp::Add | BinOp::Sub) =>
+                    {
+                        p
+                    }
+                    (x, y) if x.is_int() && y.is_int() => {
+                        let (x, y) = (x == Type::SIGNED, y == Type::SIGNED);
+                        match op {
+                            BinOp::Eq
+                            | BinOp::Ne
+                            | BinOp::Lt
+                            | BinOp::Le
+                            | BinOp::Gt
+                            | BinOp::Ge
+                            | BinOp::LogAnd
+                            | BinOp::LogOr => Type::SIGNED,
+                            BinOp::Shl | BinOp::Shr => Type::Int { signed: x },
+                            // C's usual arithmetic conversions for 64-bit operands.
+                            _ => Type::Int { signed: x && y },
+                        }
+                    }
                     (x, y) => {
                         self.r.error(
                             e.span,
@@ -611,9 +1022,9 @@ impl Checker<'_, '_> {
                 self.expr(b);
                 match (a.ty, b.ty) {
                     (Type::Unknown, _) | (_, Type::Unknown) => Type::Unknown,
-                    (Type::Int { signed: x }, Type::Int { signed: y }) => {
-                        Type::Int { signed: x && y }
-                    }
+                    (x, y) if x.is_int() && y.is_int() => Type::Int {
+                        signed: x == Type::SIGNED && y == Type::SIGNED,
+                    },
                     (Type::Str, Type::Str) => Type::Str,
                     (x, y) => {
                         self.r.error(
@@ -631,6 +1042,180 @@ impl Checker<'_, '_> {
         };
     }
 
+    fn call_expr(&mut self, name: &str, args: &mut [Expr], span: Span) -> Type {
+        let Some(&(_, min, max)) = EXPR_FUNCS.iter().find(|f| f.0 == name) else {
+            for a in args.iter_mut() {
+                self.expr(a);
+            }
+            let m = if AggKind::from_name(name).is_some() {
+                format!("{name}() can only be used as a map value, e.g. @x = {name}(...)")
+            } else if matches!(
+                name,
+                "printf" | "print" | "clear" | "zero" | "delete" | "exit" | "time"
+            ) {
+                format!("{name}() is a statement and has no value")
+            } else {
+                format!("unknown function '{name}'")
+            };
+            self.r.error(span, m);
+            return Type::Unknown;
+        };
+        if !self.arity(name, args.len(), min, max, span) {
+            for a in args.iter_mut() {
+                self.expr(a);
+            }
+            return Type::Unknown;
+        }
+        match name {
+            "len" => {
+                self.map_arg(name, &mut args[0], false);
+                return Type::UNSIGNED;
+            }
+            "sizeof" => {
+                if let ExprKind::Ident(t) = &args[0].kind
+                    && INT_TYPES.iter().any(|x| x.0 == t)
+                {
+                    args[0].ty = Type::UNSIGNED;
+                    return Type::UNSIGNED;
+                }
+                self.expr(&mut args[0]);
+                if !matches!(args[0].ty, Type::Unknown) && !args[0].ty.is_int() {
+                    self.r.error(
+                        args[0].span,
+                        "sizeof() takes an integer type (e.g. uint32) or an integer expression",
+                    );
+                }
+                return Type::UNSIGNED;
+            }
+            "has_key" => {
+                let (m, keys) = args.split_first_mut().expect("arity checked");
+                let ExprKind::Map { keys: mk, .. } = &m.kind else {
+                    self.map_arg(name, m, false);
+                    return Type::Unknown;
+                };
+                if !mk.is_empty() {
+                    self.r.error(
+                        m.span,
+                        "has_key() takes the map without a key: has_key(@m, k)",
+                    );
+                    return Type::Unknown;
+                }
+                let i = self.map_arg(name, m, false);
+                let key_tys = self.keys(keys);
+                if let (Some(i), Some(k)) = (i, key_tys) {
+                    let n = self.maps[i].name.clone();
+                    let span = m.span.to(keys[keys.len() - 1].span);
+                    self.check_keys(&n, &k, span);
+                }
+                return Type::SIGNED;
+            }
+            _ => {}
+        }
+        for a in args.iter_mut() {
+            self.expr(a);
+        }
+        let lit = |e: &Expr| match &e.kind {
+            ExprKind::Str(s) => Some(s.clone()),
+            _ => None,
+        };
+        match name {
+            "str" | "buf" => {
+                self.want_int(&args[0], &format!("pointer argument of {name}()"));
+                if let Some(l) = args.get(1) {
+                    self.want_int(l, &format!("length argument of {name}()"));
+                }
+                if name == "str" { Type::Str } else { Type::Buf }
+            }
+            "ksym" => {
+                self.want_int(&args[0], "argument of ksym()");
+                Type::Str
+            }
+            // Address-space annotations; addresses are used as they are.
+            "kptr" | "uptr" => {
+                self.want_int(&args[0], &format!("argument of {name}()"));
+                if args[0].ty.is_int() {
+                    args[0].ty
+                } else {
+                    Type::Unknown
+                }
+            }
+            "kstack" => match args[0].kind {
+                ExprKind::Int(n) if (1..=KSTACK_MAX).contains(&n) => Type::Stack,
+                _ => {
+                    self.r.error(
+                        args[0].span,
+                        format!("kstack() takes a frame count literal from 1 to {KSTACK_MAX}"),
+                    );
+                    Type::Unknown
+                }
+            },
+            "strftime" => {
+                if lit(&args[0]).is_none() {
+                    self.r.error(
+                        args[0].span,
+                        "strftime() takes a string literal format, e.g. strftime(\"%H:%M:%S\", nsecs)",
+                    );
+                }
+                self.want_int(&args[1], "timestamp argument of strftime()");
+                Type::Str
+            }
+            "kaddr" | "reg" => match lit(&args[0]) {
+                Some(s) if !s.is_empty() => {
+                    let list = if name == "kaddr" {
+                        &mut self.kaddrs
+                    } else {
+                        &mut self.regs
+                    };
+                    list.push((s, args[0].span));
+                    Type::UNSIGNED
+                }
+                _ => {
+                    self.r.error(
+                        args[0].span,
+                        format!(
+                            "{name}() takes a string literal, e.g. {name}(\"{}\")",
+                            if name == "reg" { "rax" } else { "jiffies" }
+                        ),
+                    );
+                    Type::Unknown
+                }
+            },
+            "strncmp" => {
+                for a in &args[..2] {
+                    if a.ty != Type::Str && a.ty != Type::Unknown {
+                        self.r.error(
+                            a.span,
+                            format!("strncmp() compares strings, found {}", a.ty.name()),
+                        );
+                    }
+                }
+                self.want_int(&args[2], "length argument of strncmp()");
+                Type::SIGNED
+            }
+            "ntop" => {
+                let (af, addr) = match args {
+                    [a] => (None, &*a),
+                    [f, a] => (Some(f), &*a),
+                    _ => return Type::Unknown,
+                };
+                if let Some(f) = af {
+                    self.want_int(f, "address family of ntop()");
+                }
+                if !addr.ty.is_int() && addr.ty != Type::Buf && addr.ty != Type::Unknown {
+                    self.r.error(
+                        addr.span,
+                        format!(
+                            "ntop() takes an integer (IPv4) or a buffer (IPv4/IPv6), found {}",
+                            addr.ty.name()
+                        ),
+                    );
+                }
+                Type::Str
+            }
+            _ => Type::Unknown,
+        }
+    }
+
     fn builtin(&mut self, name: &str, span: Span) -> Type {
         if !BUILTINS.contains(&name) {
             self.r.error(span, format!("unknown builtin '{name}'"));
@@ -638,6 +1223,7 @@ impl Checker<'_, '_> {
         }
         match name {
             "func" | "probe" => Type::Str,
+            "kstack" => Type::Stack,
             "retval" if !self.all_kretprobe => {
                 self.r.error(
                     span,
@@ -655,6 +1241,37 @@ impl Checker<'_, '_> {
             _ => Type::UNSIGNED,
         }
     }
+}
+
+/// Validates lhist's min, max, step: integer literals, as in bpftrace.
+fn lhist_params(args: &[Expr]) -> Result<LhistParams, (Span, String)> {
+    let mut v = [0u64; 3];
+    for (i, (a, what)) in args.iter().zip(["min", "max", "step"]).enumerate() {
+        match a.kind {
+            ExprKind::Int(n) => v[i] = n,
+            ExprKind::Unary(UnOp::Neg, ref x) if matches!(x.kind, ExprKind::Int(n) if n > 0) => {
+                return Err((a.span, format!("lhist() {what} must be non-negative")));
+            }
+            _ => {
+                return Err((a.span, format!("lhist() {what} must be an integer literal")));
+            }
+        }
+    }
+    let [min, max, step] = v;
+    let span = args[0].span.to(args[2].span);
+    if step == 0 {
+        return Err((args[2].span, "lhist() step must be >= 1".into()));
+    }
+    if min >= max {
+        return Err((span, "lhist() max must be greater than min".into()));
+    }
+    if min > i64::MAX as u64 || max > i64::MAX as u64 {
+        return Err((span, "lhist() bounds are too large".into()));
+    }
+    if (max - min) / step > 1000 {
+        return Err((span, "lhist() too many buckets, must be <= 1000".into()));
+    }
+    Ok(LhistParams { min, max, step })
 }
 
 #[cfg(test)]

@@ -33,6 +33,51 @@ pub enum Conv {
     HexUpper,
     Str,
     Char,
+    /// `%r`: a `buf()` value, non-printable bytes as `\xNN`.
+    Buf,
+    Octal,
+    /// `%p`: `0x`-prefixed hex of all 64 bits, `(nil)` for 0 (glibc).
+    Pointer,
+}
+
+impl Conv {
+    pub fn letter(self) -> char {
+        match self {
+            Conv::Signed => 'd',
+            Conv::Unsigned => 'u',
+            Conv::HexLower => 'x',
+            Conv::HexUpper => 'X',
+            Conv::Str => 's',
+            Conv::Char => 'c',
+            Conv::Buf => 'r',
+            Conv::Octal => 'o',
+            Conv::Pointer => 'p',
+        }
+    }
+}
+
+/// bpftrace's rendering of a `kstack`: a newline, then each frame on its
+/// own line indented by `indent` spaces (8 in printf, 4 as a map key).
+pub fn stack_text(frames: &[std::sync::Arc<str>], indent: usize) -> String {
+    let mut s = String::from("\n");
+    for f in frames {
+        s.extend(std::iter::repeat_n(' ', indent));
+        s.push_str(f);
+        s.push('\n');
+    }
+    s
+}
+
+/// bpftrace's rendering of a buffer: printable ASCII as is, other bytes
+/// as `\xNN` (lower-case hex).
+pub fn escape_buf(b: &[u8], out: &mut String) {
+    for &c in b {
+        if (0x20..0x7f).contains(&c) {
+            out.push(c as char);
+        } else {
+            let _ = write!(out, "\\x{c:02x}");
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -129,6 +174,9 @@ impl Format {
                 'X' => Conv::HexUpper,
                 's' if !long => Conv::Str,
                 'c' if !long => Conv::Char,
+                'r' if !long => Conv::Buf,
+                'o' => Conv::Octal,
+                'p' if !long => Conv::Pointer,
                 _ => return Err(format!("printf: invalid format specifier '{text}'")),
             };
             if !lit.is_empty() {
@@ -176,8 +224,13 @@ impl Spec {
         };
         let (sign, mut digits) = match self.conv {
             Conv::Str => {
+                let stack;
                 let s = match arg {
                     Some(Value::Str(s)) => &s[..],
+                    Some(Value::Stack(frames)) => {
+                        stack = stack_text(frames, 8);
+                        &stack[..]
+                    }
                     _ => "",
                 };
                 let s = match self.precision {
@@ -185,6 +238,13 @@ impl Spec {
                     None => s,
                 };
                 return pad(out, "", s, self.width, self.flags.left, false);
+            }
+            Conv::Buf => {
+                let mut s = String::new();
+                if let Some(Value::Buf(b)) = arg {
+                    escape_buf(b, &mut s);
+                }
+                return pad(out, "", &s, self.width, self.flags.left, false);
             }
             Conv::Char => {
                 let mut b = [0u8; 4];
@@ -215,10 +275,19 @@ impl Spec {
                 };
                 (sign, n.unsigned_abs().to_string())
             }
-            Conv::Unsigned | Conv::HexLower | Conv::HexUpper => {
+            Conv::Pointer => {
+                let s = if v == 0 {
+                    "(nil)".to_string()
+                } else {
+                    format!("{v:#x}")
+                };
+                return pad(out, "", &s, self.width, self.flags.left, false);
+            }
+            Conv::Unsigned | Conv::HexLower | Conv::HexUpper | Conv::Octal => {
                 let n = if self.long { v } else { v as u32 as u64 };
                 let s = match self.conv {
                     Conv::Unsigned => n.to_string(),
+                    Conv::Octal => format!("{n:o}"),
                     Conv::HexLower => format!("{n:x}"),
                     _ => format!("{n:X}"),
                 };
@@ -262,6 +331,100 @@ fn pad(out: &mut String, sign: &str, body: &str, width: usize, left: bool, zero:
     }
 }
 
+/// `strftime` for `time(fmt)`, in UTC (the guest's wall clock is not
+/// known; bpftrace would use the host's local time zone). Supports the
+/// common conversions; unknown ones are copied through.
+pub fn strftime(fmt: &str, unix_secs: u64) -> String {
+    const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+    const LDAYS: [&str; 7] = [
+        "Sunday",
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+    ];
+    const MONS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    const LMONS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    let days = unix_secs / 86400;
+    let secs = unix_secs % 86400;
+    let (h, mi, sec) = (secs / 3600, secs / 60 % 60, secs % 60);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy_mar = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy_mar + 2) / 153;
+    let d = doy_mar - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let cum = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
+    let yday = cum[(m - 1) as usize] + d + i64::from(leap && m > 2);
+    let wday = ((days + 4) % 7) as usize;
+    let mut out = String::new();
+    let mut it = fmt.chars();
+    while let Some(c) = it.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let _ = match it.next() {
+            Some('Y') => write!(out, "{y}"),
+            Some('y') => write!(out, "{:02}", y.rem_euclid(100)),
+            Some('m') => write!(out, "{m:02}"),
+            Some('d') => write!(out, "{d:02}"),
+            Some('e') => write!(out, "{d:2}"),
+            Some('H') => write!(out, "{h:02}"),
+            Some('I') => write!(out, "{:02}", (h + 11) % 12 + 1),
+            Some('M') => write!(out, "{mi:02}"),
+            Some('S') => write!(out, "{sec:02}"),
+            Some('j') => write!(out, "{yday:03}"),
+            Some('a') => write!(out, "{}", DAYS[wday]),
+            Some('A') => write!(out, "{}", LDAYS[wday]),
+            Some('b') | Some('h') => write!(out, "{}", MONS[(m - 1) as usize]),
+            Some('B') => write!(out, "{}", LMONS[(m - 1) as usize]),
+            Some('p') => write!(out, "{}", if h < 12 { "AM" } else { "PM" }),
+            Some('T') => write!(out, "{h:02}:{mi:02}:{sec:02}"),
+            Some('R') => write!(out, "{h:02}:{mi:02}"),
+            Some('D') => write!(out, "{m:02}/{d:02}/{:02}", y.rem_euclid(100)),
+            Some('F') => write!(out, "{y}-{m:02}-{d:02}"),
+            Some('s') => write!(out, "{unix_secs}"),
+            Some('Z') => write!(out, "UTC"),
+            Some('z') => write!(out, "+0000"),
+            Some('n') => {
+                out.push('\n');
+                Ok(())
+            }
+            Some('t') => {
+                out.push('\t');
+                Ok(())
+            }
+            Some('%') => write!(out, "%"),
+            Some(o) => write!(out, "%{o}"),
+            None => write!(out, "%"),
+        };
+    }
+    out
+}
+
 impl std::fmt::Display for Format {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let last = self.pieces.len().saturating_sub(1);
@@ -291,14 +454,7 @@ impl std::fmt::Display for Format {
                     if s.long {
                         f.write_char('l')?;
                     }
-                    f.write_char(match s.conv {
-                        Conv::Signed => 'd',
-                        Conv::Unsigned => 'u',
-                        Conv::HexLower => 'x',
-                        Conv::HexUpper => 'X',
-                        Conv::Str => 's',
-                        Conv::Char => 'c',
-                    })?;
+                    f.write_char(s.conv.letter())?;
                 }
             }
         }
@@ -386,5 +542,40 @@ mod tests {
         assert!(Format::parse("%ls").is_err());
         assert!(Format::parse("%99999999999d").is_err());
         assert_eq!(Format::parse("a%%b").unwrap().specs().count(), 0);
+    }
+
+    // Expected strings from GNU `date -u -d @N +FORMAT`.
+    #[test]
+    fn strftime_matches_gnu_date() {
+        let f1 = "%Y-%m-%d %H:%M:%S|%a %b %j %y %p %%";
+        let f2 = "%A %B %e %I %T %D %F %R %s %Z %z";
+        assert_eq!(
+            strftime(f1, 1795000000),
+            "2026-11-18 11:06:40|Wed Nov 322 26 AM %"
+        );
+        assert_eq!(
+            strftime(f1, 951782400),
+            "2000-02-29 00:00:00|Tue Feb 060 00 AM %"
+        );
+        assert_eq!(
+            strftime(f2, 1795000000),
+            "Wednesday November 18 11 11:06:40 11/18/26 2026-11-18 11:06 1795000000 UTC +0000"
+        );
+        assert_eq!(
+            strftime(f2, 951782400),
+            "Tuesday February 29 12 00:00:00 02/29/00 2000-02-29 00:00 951782400 UTC +0000"
+        );
+        assert_eq!(strftime("%q%", 0), "%q%");
+    }
+
+    // From `bpftrace -e 'BEGIN { printf("%p|%p|%o|...") }'` (tests/golden/printf_conv).
+    #[test]
+    fn pointer_octal_buf() {
+        assert_eq!(
+            render("%p|%p|%o|%lo|", &[i(255), i(0), i(8), i(64)]),
+            "0xff|(nil)|10|100|"
+        );
+        let b = Value::Buf(std::sync::Arc::from(vec![b'a', 0, 0x7f, b'"']));
+        assert_eq!(render("%r|", &[b]), "a\\x00\\x7f\"|");
     }
 }

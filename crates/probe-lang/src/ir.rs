@@ -12,7 +12,7 @@
 //! per node, which is what the per-run step budget limits.
 
 use crate::ast::{self, BinOp, ExprKind, StmtKind, Type, UnOp};
-use crate::check::{AggKind, Checked, MapDecl};
+use crate::check::{AggKind, Checked, LhistParams, MapDecl};
 use crate::format::Format;
 use rustc_hash::FxHashMap;
 use std::fmt::Write;
@@ -26,6 +26,8 @@ pub enum Builtin {
     Probe,
     Vcpu,
     Nsecs,
+    Elapsed,
+    Rand,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,7 +52,6 @@ pub enum Op2 {
     Xor,
     Shl,
     LShr,
-    AShr,
     Eq,
     Ne,
     ULt,
@@ -71,12 +72,54 @@ pub enum Expr {
     Str(u32),
     Scratch(u16),
     Builtin(Builtin),
-    MapRead { map: u32, key: KeyExpr },
+    MapRead {
+        map: u32,
+        key: KeyExpr,
+    },
     Unary(Op1, Box<Expr>),
     Binary(Op2, Box<Expr>, Box<Expr>),
     LogAnd(Box<Expr>, Box<Expr>),
     LogOr(Box<Expr>, Box<Expr>),
     Ternary(Box<Expr>, Box<Expr>, Box<Expr>),
+    /// Integer cast to `size` bytes: truncate, then sign-extend if signed.
+    Cast {
+        size: u8,
+        signed: bool,
+        e: Box<Expr>,
+    },
+    /// Guest memory read of `size` bytes at the pointer.
+    Deref {
+        size: u8,
+        signed: bool,
+        ptr: Box<Expr>,
+    },
+    Len(u32),
+    HasKey {
+        map: u32,
+        key: KeyExpr,
+    },
+    /// `str(ptr[, len])`: at most `len` (capped at STR_MAX) bytes, to NUL.
+    StrRead {
+        ptr: Box<Expr>,
+        len: Option<Box<Expr>>,
+    },
+    BufRead {
+        ptr: Box<Expr>,
+        len: Box<Expr>,
+    },
+    Ksym(Box<Expr>),
+    /// Symbol name (string table index).
+    Kaddr(u32),
+    /// Register name (string table index).
+    Reg(u32),
+    Strncmp(Box<Expr>, Box<Expr>, Box<Expr>),
+    Ntop(Option<Box<Expr>>, Box<Expr>),
+    Tuple(Vec<Expr>),
+    Field(Box<Expr>, u32),
+    /// `kstack` / `kstack(n)`: at most n frames.
+    Kstack(u64),
+    /// `strftime(fmt, nsecs)`: format (string table index) and timestamp.
+    Strftime(u32, Box<Expr>),
 }
 
 #[derive(Clone, Debug)]
@@ -94,6 +137,9 @@ pub enum AggOp {
     Min { signed: bool },
     Max { signed: bool },
     Avg,
+    Stats,
+    Hist,
+    Lhist(LhistParams),
 }
 
 #[derive(Clone, Debug)]
@@ -108,8 +154,37 @@ pub enum Stmt {
         fmt: u32,
         args: Vec<Expr>,
     },
-    Print(u32),
+    Print {
+        map: u32,
+        top: Option<Expr>,
+        div: Option<Expr>,
+    },
     Clear(u32),
+    Zero(u32),
+    /// `@m[k] = v` on a value map.
+    MapSet {
+        map: u32,
+        key: KeyExpr,
+        value: Expr,
+    },
+    /// `@m[k] op= v` (missing entries read as 0).
+    MapUpdate {
+        map: u32,
+        key: KeyExpr,
+        op: Op2,
+        value: Expr,
+    },
+    /// `time(fmt)`: string-table index of the strftime format.
+    Time(u32),
+    Unroll(u64, Vec<Stmt>),
+    While {
+        cond: Expr,
+        body: Vec<Stmt>,
+    },
+    Break,
+    Continue,
+    /// `print(value)`, with the value's type for formatting.
+    PrintValue(Expr, Type),
     Delete {
         map: u32,
         key: KeyExpr,
@@ -136,10 +211,13 @@ pub struct Ir {
     pub maps: Vec<MapDecl>,
     pub strings: Vec<Arc<str>>,
     pub formats: Vec<Format>,
+    /// Element types of `Type::Tuple(i)`.
+    pub tuples: Vec<Vec<Type>>,
 }
 
 struct Lower<'a> {
     maps: &'a FxHashMap<String, usize>,
+    decls: &'a [MapDecl],
     vars: &'a FxHashMap<String, (u16, Type)>,
     strings: &'a mut Vec<Arc<str>>,
     string_ids: &'a mut FxHashMap<String, u32>,
@@ -154,6 +232,7 @@ pub fn lower(ast: &ast::Ast, checked: &Checked) -> Ir {
     for (b, vars) in ast.probes.iter().zip(&checked.scratch) {
         let mut l = Lower {
             maps: &checked.map_index,
+            decls: &checked.maps,
             vars,
             strings: &mut strings,
             string_ids: &mut string_ids,
@@ -170,6 +249,7 @@ pub fn lower(ast: &ast::Ast, checked: &Checked) -> Ir {
         maps: checked.maps.clone(),
         strings,
         formats,
+        tuples: checked.tuples.clone(),
     }
 }
 
@@ -205,24 +285,62 @@ impl Lower<'_> {
             StmtKind::MapAssign {
                 name, keys, value, ..
             } => {
-                let ExprKind::Call { name: f, args } = &value.kind else {
-                    unreachable!("checked: map values are aggregation calls")
+                let map = self.map(name);
+                let key = self.key(keys);
+                let agg = match &value.kind {
+                    ExprKind::Call { name: f, args } => AggKind::from_name(f).map(|k| (k, args)),
+                    _ => None,
+                };
+                let Some((kind, args)) = agg else {
+                    return Stmt::MapSet {
+                        map,
+                        key,
+                        value: self.expr(value),
+                    };
                 };
                 let signed = args.first().is_some_and(|a| a.ty == Type::SIGNED);
-                let op = match AggKind::from_name(f).expect("checked") {
+                let op = match kind {
                     AggKind::Count => AggOp::Count,
                     AggKind::Sum => AggOp::Sum,
                     AggKind::Min => AggOp::Min { signed },
                     AggKind::Max => AggOp::Max { signed },
                     AggKind::Avg => AggOp::Avg,
+                    AggKind::Stats => AggOp::Stats,
+                    AggKind::Hist => AggOp::Hist,
+                    AggKind::Lhist => {
+                        AggOp::Lhist(self.decls[map as usize].lhist.expect("checked lhist"))
+                    }
+                    AggKind::Value => unreachable!("not an aggregation function"),
                 };
                 Stmt::Agg {
-                    map: self.map(name),
-                    key: self.key(keys),
+                    map,
+                    key,
                     op,
                     arg: args.first().map(|a| self.expr(a)),
                 }
             }
+            StmtKind::MapUpdate {
+                name,
+                keys,
+                op,
+                value,
+                ..
+            } => {
+                let signed = self.decls[self.map(name) as usize].signed;
+                Stmt::MapUpdate {
+                    map: self.map(name),
+                    key: self.key(keys),
+                    op: op2(*op, signed && value.ty == Type::SIGNED, false),
+                    value: self.expr(value),
+                }
+            }
+            StmtKind::Unroll { count, body } => Stmt::Unroll(*count, self.stmts(body)),
+            StmtKind::While { cond, body } => Stmt::While {
+                cond: self.expr(cond),
+                body: self.stmts(body),
+            },
+            StmtKind::Break => Stmt::Break,
+            StmtKind::Continue => Stmt::Continue,
             StmtKind::VarAssign { name, value } => Stmt::Set(self.vars[name].0, self.expr(value)),
             StmtKind::If { cond, then, els } => Stmt::If {
                 cond: self.expr(cond),
@@ -246,8 +364,23 @@ impl Lower<'_> {
                         }
                     }
                     "exit" => Stmt::Exit,
-                    "print" => Stmt::Print(map_arg(self).0),
+                    "time" => {
+                        let f = match args.first().map(|a| &a.kind) {
+                            Some(ExprKind::Str(f)) => f.as_str(),
+                            _ => "%H:%M:%S\n",
+                        };
+                        Stmt::Time(self.intern(f))
+                    }
+                    "print" if !matches!(args[0].kind, ExprKind::Map { .. }) => {
+                        Stmt::PrintValue(self.expr(&args[0]), args[0].ty)
+                    }
+                    "print" => Stmt::Print {
+                        map: map_arg(self).0,
+                        top: args.get(1).map(|a| self.expr(a)),
+                        div: args.get(2).map(|a| self.expr(a)),
+                    },
                     "clear" => Stmt::Clear(map_arg(self).0),
+                    "zero" => Stmt::Zero(map_arg(self).0),
                     "delete" => {
                         let (map, key) = map_arg(self);
                         Stmt::Delete { map, key }
@@ -263,19 +396,51 @@ impl Lower<'_> {
             ExprKind::Int(v) => Expr::Const(*v),
             ExprKind::Str(s) => Expr::Str(self.intern(s)),
             ExprKind::Var(v) => Expr::Scratch(self.vars[v].0),
+            ExprKind::Ident(n) if n == "kstack" => Expr::Kstack(crate::check::KSTACK_MAX),
             ExprKind::Ident(n) => Expr::Builtin(match n.as_str() {
                 "func" => Builtin::Func,
                 "probe" => Builtin::Probe,
                 "vcpu" | "cpu" => Builtin::Vcpu,
                 "nsecs" => Builtin::Nsecs,
                 "retval" => Builtin::Retval,
+                "elapsed" => Builtin::Elapsed,
+                "rand" => Builtin::Rand,
                 a => Builtin::Arg(a.as_bytes()[3] - b'0'),
             }),
             ExprKind::Map { name, keys } => Expr::MapRead {
                 map: self.map(name),
                 key: self.key(keys),
             },
-            ExprKind::Call { .. } => unreachable!("checked: no calls in expressions"),
+            ExprKind::Call { name, args } => self.call(name, args),
+            ExprKind::Cast {
+                size,
+                signed,
+                ptr,
+                expr,
+            } => {
+                let inner = self.expr(expr);
+                if *ptr || *size == 8 {
+                    inner
+                } else {
+                    Expr::Cast {
+                        size: *size,
+                        signed: *signed,
+                        e: Box::new(inner),
+                    }
+                }
+            }
+            ExprKind::Tuple(v) => Expr::Tuple(v.iter().map(|e| self.expr(e)).collect()),
+            ExprKind::Field(a, n) => Expr::Field(Box::new(self.expr(a)), *n),
+            ExprKind::Deref(a) => {
+                let Type::Ptr { size, signed } = a.ty else {
+                    unreachable!("checked: deref of a pointer")
+                };
+                Expr::Deref {
+                    size,
+                    signed,
+                    ptr: Box::new(self.expr(a)),
+                }
+            }
             ExprKind::Unary(op, a) => Expr::Unary(
                 match op {
                     UnOp::Neg => Op1::Neg,
@@ -286,38 +451,27 @@ impl Lower<'_> {
             ),
             ExprKind::Binary(op, a, b) => {
                 let la = Box::new(self.expr(a));
-                let lb = Box::new(self.expr(b));
+                let mut lb = Box::new(self.expr(b));
+                // C pointer arithmetic: the offset counts pointees.
+                if let Type::Ptr { size, .. } = a.ty
+                    && size > 1
+                    && matches!(op, BinOp::Add | BinOp::Sub)
+                    && b.ty.is_int()
+                    && !matches!(b.ty, Type::Ptr { .. })
+                {
+                    lb = Box::new(Expr::Binary(
+                        Op2::Mul,
+                        lb,
+                        Box::new(Expr::Const(size as u64)),
+                    ));
+                }
                 // Signed only if both operands are signed (C conversions).
                 let s = a.ty == Type::SIGNED && b.ty == Type::SIGNED;
-                let strs = a.ty == Type::Str;
-                let op = match op {
-                    BinOp::LogAnd => return Expr::LogAnd(la, lb),
-                    BinOp::LogOr => return Expr::LogOr(la, lb),
-                    BinOp::Add => Op2::Add,
-                    BinOp::Sub => Op2::Sub,
-                    BinOp::Mul => Op2::Mul,
-                    BinOp::Div => Op2::Div,
-                    BinOp::Mod => Op2::Mod,
-                    BinOp::And => Op2::And,
-                    BinOp::Or => Op2::Or,
-                    BinOp::Xor => Op2::Xor,
-                    BinOp::Shl => Op2::Shl,
-                    BinOp::Shr if a.ty == Type::SIGNED => Op2::AShr,
-                    BinOp::Shr => Op2::LShr,
-                    BinOp::Eq if strs => Op2::StrEq,
-                    BinOp::Ne if strs => Op2::StrNe,
-                    BinOp::Eq => Op2::Eq,
-                    BinOp::Ne => Op2::Ne,
-                    BinOp::Lt if s => Op2::SLt,
-                    BinOp::Le if s => Op2::SLe,
-                    BinOp::Gt if s => Op2::SGt,
-                    BinOp::Ge if s => Op2::SGe,
-                    BinOp::Lt => Op2::ULt,
-                    BinOp::Le => Op2::ULe,
-                    BinOp::Gt => Op2::UGt,
-                    BinOp::Ge => Op2::UGe,
-                };
-                Expr::Binary(op, la, lb)
+                match op {
+                    BinOp::LogAnd => Expr::LogAnd(la, lb),
+                    BinOp::LogOr => Expr::LogOr(la, lb),
+                    op => Expr::Binary(op2(*op, s, a.ty == Type::Str), la, lb),
+                }
             }
             ExprKind::Ternary(c, a, b) => Expr::Ternary(
                 Box::new(self.expr(c)),
@@ -328,17 +482,106 @@ impl Lower<'_> {
     }
 }
 
+/// Binary operator with signedness: `s` both operands signed, `strs` for
+/// string comparison.
+fn op2(op: BinOp, s: bool, strs: bool) -> Op2 {
+    match op {
+        // Lowered separately (short-circuit); never reached from there.
+        BinOp::LogAnd => Op2::And,
+        BinOp::LogOr => Op2::Or,
+        BinOp::Add => Op2::Add,
+        BinOp::Sub => Op2::Sub,
+        BinOp::Mul => Op2::Mul,
+        BinOp::Div => Op2::Div,
+        BinOp::Mod => Op2::Mod,
+        BinOp::And => Op2::And,
+        BinOp::Or => Op2::Or,
+        BinOp::Xor => Op2::Xor,
+        BinOp::Shl => Op2::Shl,
+        // bpftrace 0.17 shifts right logically even for signed operands
+        // (`-16 >> 2` is 4611686018427387900).
+        BinOp::Shr => Op2::LShr,
+        BinOp::Eq if strs => Op2::StrEq,
+        BinOp::Ne if strs => Op2::StrNe,
+        BinOp::Eq => Op2::Eq,
+        BinOp::Ne => Op2::Ne,
+        BinOp::Lt if s => Op2::SLt,
+        BinOp::Le if s => Op2::SLe,
+        BinOp::Gt if s => Op2::SGt,
+        BinOp::Ge if s => Op2::SGe,
+        BinOp::Lt => Op2::ULt,
+        BinOp::Le => Op2::ULe,
+        BinOp::Gt => Op2::UGt,
+        BinOp::Ge => Op2::UGe,
+    }
+}
+
+impl Lower<'_> {
+    fn call(&mut self, name: &str, args: &[ast::Expr]) -> Expr {
+        let b = |l: &mut Self, i: usize| Box::new(l.expr(&args[i]));
+        let lit = |l: &mut Self| match &args[0].kind {
+            ExprKind::Str(s) => l.intern(s),
+            _ => unreachable!("checked: string literal"),
+        };
+        let map_of = |l: &mut Self| match &args[0].kind {
+            ExprKind::Map { name, .. } => l.map(name),
+            _ => unreachable!("checked: map argument"),
+        };
+        match name {
+            "len" => Expr::Len(map_of(self)),
+            "has_key" => Expr::HasKey {
+                map: map_of(self),
+                key: self.key(&args[1..]),
+            },
+            "str" => Expr::StrRead {
+                ptr: b(self, 0),
+                len: (args.len() > 1).then(|| b(self, 1)),
+            },
+            "buf" => Expr::BufRead {
+                ptr: b(self, 0),
+                len: b(self, 1),
+            },
+            "ksym" => Expr::Ksym(b(self, 0)),
+            "kaddr" => Expr::Kaddr(lit(self)),
+            "reg" => Expr::Reg(lit(self)),
+            "strncmp" => Expr::Strncmp(b(self, 0), b(self, 1), b(self, 2)),
+            "kptr" | "uptr" => self.expr(&args[0]),
+            "sizeof" => Expr::Const(match &args[0].kind {
+                ExprKind::Ident(t) => ast::INT_TYPES
+                    .iter()
+                    .find(|x| x.0 == t)
+                    .map_or(8, |x| x.1 as u64),
+                // Every integer expression is 64-bit here.
+                _ => 8,
+            }),
+            "strftime" => Expr::Strftime(lit(self), b(self, 1)),
+            "kstack" => Expr::Kstack(match args[0].kind {
+                ExprKind::Int(n) => n,
+                _ => unreachable!("checked: literal frame count"),
+            }),
+            "ntop" if args.len() == 2 => Expr::Ntop(Some(b(self, 0)), b(self, 1)),
+            "ntop" => Expr::Ntop(None, b(self, 0)),
+            _ => unreachable!("checked: known function {name}"),
+        }
+    }
+}
+
 impl Ir {
     /// Readable IR listing for `-d`.
     pub fn dump(&self) -> String {
         let mut s = String::from("IR\n maps:\n");
         for (i, m) in self.maps.iter().enumerate() {
             let keys: Vec<&str> = m.keys.iter().map(|t| t.name()).collect();
+            let kind = match (m.kind, m.lhist) {
+                (AggKind::Value, _) => m.value.name().to_string(),
+                (_, Some(l)) => format!("lhist({}, {}, {})", l.min, l.max, l.step),
+                (k, None) => k.name().to_string(),
+            };
             let _ = writeln!(
                 s,
                 "  m{i} @{} {}[{}] {}",
                 m.name,
-                m.kind.name(),
+                kind,
                 keys.join(", "),
                 if m.signed { "signed" } else { "unsigned" }
             );
@@ -382,6 +625,41 @@ fn dexpr(e: &Expr) -> String {
         Expr::LogAnd(a, b) => format!("LogAnd({}, {})", dexpr(a), dexpr(b)),
         Expr::LogOr(a, b) => format!("LogOr({}, {})", dexpr(a), dexpr(b)),
         Expr::Ternary(c, a, b) => format!("Select({}, {}, {})", dexpr(c), dexpr(a), dexpr(b)),
+        Expr::Cast { size, signed, e } => {
+            format!(
+                "{}int{}({})",
+                if *signed { "" } else { "u" },
+                *size as u32 * 8,
+                dexpr(e)
+            )
+        }
+        Expr::Deref { size, signed, ptr } => {
+            format!(
+                "load{}{}({})",
+                if *signed { "s" } else { "u" },
+                *size as u32 * 8,
+                dexpr(ptr)
+            )
+        }
+        Expr::Len(m) => format!("len(m{m})"),
+        Expr::Tuple(v) => format!("({})", v.iter().map(dexpr).collect::<Vec<_>>().join(", ")),
+        Expr::Field(a, n) => format!("{}.{n}", dexpr(a)),
+        Expr::Strftime(f, a) => format!("strftime(s{f}, {})", dexpr(a)),
+        Expr::Kstack(n) => format!("kstack({n})"),
+        Expr::HasKey { map, key } => format!("has_key(m{map}{})", dkey(key)),
+        Expr::StrRead { ptr, len } => match len {
+            Some(l) => format!("str({}, {})", dexpr(ptr), dexpr(l)),
+            None => format!("str({})", dexpr(ptr)),
+        },
+        Expr::BufRead { ptr, len } => format!("buf({}, {})", dexpr(ptr), dexpr(len)),
+        Expr::Ksym(a) => format!("ksym({})", dexpr(a)),
+        Expr::Kaddr(i) => format!("kaddr(s{i})"),
+        Expr::Reg(i) => format!("reg(s{i})"),
+        Expr::Strncmp(a, b, n) => format!("strncmp({}, {}, {})", dexpr(a), dexpr(b), dexpr(n)),
+        Expr::Ntop(f, a) => match f {
+            Some(f) => format!("ntop({}, {})", dexpr(f), dexpr(a)),
+            None => format!("ntop({})", dexpr(a)),
+        },
     }
 }
 
@@ -400,8 +678,41 @@ fn dstmts(s: &mut String, stmts: &[Stmt], d: usize) {
                 "{ind}printf f{fmt}({})",
                 args.iter().map(dexpr).collect::<Vec<_>>().join(", ")
             ),
-            Stmt::Print(m) => writeln!(s, "{ind}print m{m}"),
+            Stmt::Print { map, top, div } => writeln!(
+                s,
+                "{ind}print m{map}{}{}",
+                top.as_ref()
+                    .map(|e| format!(" top {}", dexpr(e)))
+                    .unwrap_or_default(),
+                div.as_ref()
+                    .map(|e| format!(" div {}", dexpr(e)))
+                    .unwrap_or_default()
+            ),
             Stmt::Clear(m) => writeln!(s, "{ind}clear m{m}"),
+            Stmt::Zero(m) => writeln!(s, "{ind}zero m{m}"),
+            Stmt::MapSet { map, key, value } => {
+                writeln!(s, "{ind}m{map}{} = {}", dkey(key), dexpr(value))
+            }
+            Stmt::MapUpdate {
+                map,
+                key,
+                op,
+                value,
+            } => writeln!(s, "{ind}m{map}{} {op:?}= {}", dkey(key), dexpr(value)),
+            Stmt::Time(f) => writeln!(s, "{ind}time s{f}"),
+            Stmt::Unroll(n, body) => {
+                let _ = writeln!(s, "{ind}unroll {n}");
+                dstmts(s, body, d + 2);
+                Ok(())
+            }
+            Stmt::While { cond, body } => {
+                let _ = writeln!(s, "{ind}while {}", dexpr(cond));
+                dstmts(s, body, d + 2);
+                Ok(())
+            }
+            Stmt::Break => writeln!(s, "{ind}break"),
+            Stmt::PrintValue(e, _) => writeln!(s, "{ind}print {}", dexpr(e)),
+            Stmt::Continue => writeln!(s, "{ind}continue"),
             Stmt::Delete { map, key } => writeln!(s, "{ind}delete m{map}{}", dkey(key)),
             Stmt::Exit => writeln!(s, "{ind}exit"),
             Stmt::Set(v, e) => writeln!(s, "{ind}${v} = {}", dexpr(e)),
@@ -436,7 +747,7 @@ mod tests {
         assert_eq!(p.ir.strings.len(), 1);
         assert!(d.contains("LogAnd(SLt(Neg(1), 1), ULt(arg(0), 1))"), "{d}");
         assert!(
-            d.contains("m1[AShr(Neg(1), 1)] <- Sum(LShr(arg(0), 1))"),
+            d.contains("m1[LShr(Neg(1), 1)] <- Sum(LShr(arg(0), 1))"),
             "{d}"
         );
         assert!(d.contains("$0 = s0") && d.contains("$1 = s0"), "{d}");

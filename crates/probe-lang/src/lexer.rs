@@ -35,8 +35,9 @@ pub struct LexError {
 
 // Longest first so that maximal munch works with a simple prefix scan.
 const PUNCTS: &[&str] = &[
-    "<<", ">>", "<=", ">=", "==", "!=", "&&", "||", "+", "-", "*", "/", "%", "&", "|", "^", "~",
-    "!", "<", ">", "=", "(", ")", "{", "}", "[", "]", ",", ";", "?", ":",
+    "<<=", ">>=", "++", "--", "+=", "-=", "*=", "/=", "%=", "&=", "|=", "^=", "<<", ">>", "<=",
+    ">=", "==", "!=", "&&", "||", "+", "-", "*", "/", "%", "&", "|", "^", "~", "!", "<", ">", "=",
+    "(", ")", "{", "}", "[", "]", ",", ";", "?", ":", ".",
 ];
 
 pub struct Lexer<'s> {
@@ -195,6 +196,25 @@ impl<'s> Lexer<'s> {
                         '"' => '"',
                         '\\' => '\\',
                         '0' => '\0',
+                        'x' => {
+                            // `\xNN`: one or two hex digits.
+                            let mut v = 0u32;
+                            let mut n = 0;
+                            while n < 2 {
+                                match chars.clone().next() {
+                                    Some((_, d)) if d.is_ascii_hexdigit() => {
+                                        v = v * 16 + d.to_digit(16).unwrap_or(0);
+                                        chars.next();
+                                        n += 1;
+                                    }
+                                    _ => break,
+                                }
+                            }
+                            if n == 0 {
+                                return Err(self.err(at, at + 2, "\\x needs hex digits"));
+                            }
+                            char::from_u32(v).unwrap_or('?')
+                        }
                         _ => {
                             return Err(self.err(
                                 at,
@@ -253,8 +273,7 @@ mod tests {
                 Tok::Punct(","),
                 Tok::Int(31),
                 Tok::Punct("]"),
-                Tok::Punct("<<"),
-                Tok::Punct("="),
+                Tok::Punct("<<="),
                 Tok::Str("a\n\"".into()),
                 Tok::Int(10),
                 Tok::Eof

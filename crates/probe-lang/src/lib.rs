@@ -28,7 +28,10 @@ pub mod printer;
 pub mod value;
 
 pub use diag::{Diagnostic, Diagnostics, Span};
-pub use interp::{ContextError, DEFAULT_STEP_BUDGET, Flow, ProbeContext, Runtime};
+pub use interp::{
+    ContextError, DEFAULT_MAP_LIMIT, DEFAULT_STEP_BUDGET, Flow, ProbeContext, Runtime,
+};
+pub use printer::OutputFormat;
 pub use value::Value;
 
 use diag::Reporter;
@@ -38,8 +41,79 @@ use diag::Reporter;
 pub enum ProbeSpec {
     Begin,
     End,
-    Kprobe { target: KprobeTarget, offset: u64 },
-    Kretprobe { function: String },
+    Kprobe {
+        target: KprobeTarget,
+        offset: u64,
+    },
+    Kretprobe {
+        function: String,
+    },
+    /// `interval:ms:100`: fires on one vCPU every period.
+    Interval {
+        unit: RateUnit,
+        value: u64,
+    },
+    /// `profile:hz:99`: fires on every vCPU at the rate.
+    Profile {
+        unit: RateUnit,
+        value: u64,
+    },
+    /// `watchpoint:0xADDR:LEN:MODE`: a hardware data breakpoint.
+    Watchpoint {
+        addr: u64,
+        len: u8,
+        mode: WatchMode,
+    },
+}
+
+/// Unit of an `interval`/`profile` probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateUnit {
+    S,
+    Ms,
+    Us,
+    /// `value` is a frequency, not a period.
+    Hz,
+}
+
+impl RateUnit {
+    pub fn name(self) -> &'static str {
+        match self {
+            RateUnit::S => "s",
+            RateUnit::Ms => "ms",
+            RateUnit::Us => "us",
+            RateUnit::Hz => "hz",
+        }
+    }
+
+    /// Period in nanoseconds of `value` in this unit (saturating; never 0).
+    pub fn period_ns(self, value: u64) -> u64 {
+        let ns = match self {
+            RateUnit::S => value.saturating_mul(1_000_000_000),
+            RateUnit::Ms => value.saturating_mul(1_000_000),
+            RateUnit::Us => value.saturating_mul(1_000),
+            RateUnit::Hz => 1_000_000_000 / value.max(1),
+        };
+        ns.max(1)
+    }
+}
+
+/// Access that triggers a watchpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchMode {
+    Read,
+    Write,
+    ReadWrite,
+}
+
+impl WatchMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            WatchMode::Read => "r",
+            WatchMode::Write => "w",
+            WatchMode::ReadWrite => "rw",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +141,11 @@ impl ProbeSpec {
                 }
             }
             ProbeSpec::Kretprobe { function } => format!("kretprobe:{function}"),
+            ProbeSpec::Interval { unit, value } => format!("interval:{}:{value}", unit.name()),
+            ProbeSpec::Profile { unit, value } => format!("profile:{}:{value}", unit.name()),
+            ProbeSpec::Watchpoint { addr, len, mode } => {
+                format!("watchpoint:{addr:#x}:{len}:{}", mode.name())
+            }
         }
     }
 }
@@ -82,6 +161,11 @@ pub struct Program {
     probe_blocks: Vec<BlockId>,
     ast: ast::Ast,
     pub(crate) ir: ir::Ir,
+    /// Every `kaddr("sym")` / `reg("name")` argument with its span.
+    kaddrs: Vec<(String, Span)>,
+    regs: Vec<(String, Span)>,
+    source: String,
+    source_name: String,
 }
 
 impl Program {
@@ -95,6 +179,43 @@ impl Program {
     /// [`probes`]: Program::probes
     pub fn block_of(&self, probe_index: usize) -> BlockId {
         self.probe_blocks[probe_index]
+    }
+
+    /// Kernel symbols named in `kaddr("...")` calls (each once, in source
+    /// order), so the engine can resolve them before attaching.
+    pub fn kaddr_symbols(&self) -> Vec<String> {
+        unique(&self.kaddrs)
+    }
+
+    /// Register names used with `reg("...")` (each once, in source order).
+    pub fn register_names(&self) -> Vec<String> {
+        unique(&self.regs)
+    }
+
+    /// Checks every `kaddr("sym")` before attaching: an unknown symbol is a
+    /// diagnostic at the call's argument, like a compile error.
+    pub fn check_kaddrs(&self, exists: impl Fn(&str) -> bool) -> Result<(), Diagnostics> {
+        self.check_names(&self.kaddrs, exists, "unknown kernel symbol")
+    }
+
+    /// Checks every `reg("name")` against the target's register names.
+    pub fn check_registers(&self, exists: impl Fn(&str) -> bool) -> Result<(), Diagnostics> {
+        self.check_names(&self.regs, exists, "unknown register")
+    }
+
+    fn check_names(
+        &self,
+        uses: &[(String, Span)],
+        exists: impl Fn(&str) -> bool,
+        what: &str,
+    ) -> Result<(), Diagnostics> {
+        let mut r = Reporter::new(&self.source, &self.source_name);
+        for (name, span) in uses {
+            if !exists(name) {
+                r.error(*span, format!("{what} '{name}'"));
+            }
+        }
+        r.finish()
     }
 
     /// Number of blocks.
@@ -137,6 +258,27 @@ pub fn attaching_message(n: usize) -> String {
     }
 }
 
+/// The banner in the given output format; in JSON, bpftrace 0.17 prints
+/// `{"type": "attached_probes", "data": {"probes": N}}`.
+pub fn attaching_message_for(n: usize, format: OutputFormat) -> String {
+    match format {
+        OutputFormat::Text => attaching_message(n),
+        OutputFormat::Json => {
+            format!("{{\"type\": \"attached_probes\", \"data\": {{\"probes\": {n}}}}}\n")
+        }
+    }
+}
+
+fn unique(uses: &[(String, Span)]) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    for (n, _) in uses {
+        if !v.contains(n) {
+            v.push(n.clone());
+        }
+    }
+    v
+}
+
 /// Runs every pass up to IR.
 pub fn compile(source: &str, source_name: &str) -> Result<Program, Diagnostics> {
     let mut r = Reporter::new(source, source_name);
@@ -160,5 +302,9 @@ pub fn compile(source: &str, source_name: &str) -> Result<Program, Diagnostics> 
         probe_blocks,
         ast,
         ir,
+        kaddrs: checked.kaddrs,
+        regs: checked.regs,
+        source: source.to_string(),
+        source_name: source_name.to_string(),
     })
 }

@@ -138,7 +138,10 @@ impl Parser<'_> {
                 continue;
             }
             let st = self.stmt()?;
-            let is_if = matches!(st.kind, StmtKind::If { .. });
+            let is_if = matches!(
+                st.kind,
+                StmtKind::If { .. } | StmtKind::Unroll { .. } | StmtKind::While { .. }
+            );
             stmts.push(st);
             // Statements are `;`-separated; the last one may omit it.
             if !is_if && !self.eat(";")? && !self.is_punct("}")? {
@@ -186,6 +189,28 @@ impl Parser<'_> {
                 };
                 StmtKind::If { cond, then, els }
             }
+            Tok::Ident(ref name) if name == "unroll" => {
+                self.expect("(")?;
+                let n = self.bump()?;
+                let Tok::Int(count) = n.tok else {
+                    return err(n.span, "unroll needs an integer literal count");
+                };
+                if !(1..=100).contains(&count) {
+                    return err(n.span, "unroll count must be between 1 and 100");
+                }
+                self.expect(")")?;
+                let body = self.block()?;
+                StmtKind::Unroll { count, body }
+            }
+            Tok::Ident(ref name) if name == "while" => {
+                self.expect("(")?;
+                let cond = self.expr()?;
+                self.expect(")")?;
+                let body = self.block()?;
+                StmtKind::While { cond, body }
+            }
+            Tok::Ident(ref name) if name == "break" => StmtKind::Break,
+            Tok::Ident(ref name) if name == "continue" => StmtKind::Continue,
             Tok::Ident(name) => {
                 self.expect("(")?;
                 let args = self.args(")")?;
@@ -201,18 +226,41 @@ impl Parser<'_> {
                 } else {
                     Vec::new()
                 };
-                self.expect("=")?;
-                let value = self.expr()?;
-                StmtKind::MapAssign {
-                    name,
-                    name_span: start,
-                    keys,
-                    value,
+                let name_span = Span::new(start.start as usize, self.last_end as usize);
+                match self.assign_op()? {
+                    None => StmtKind::MapAssign {
+                        name,
+                        name_span: start,
+                        keys,
+                        value: self.expr()?,
+                    },
+                    Some((op, value)) => StmtKind::MapUpdate {
+                        name,
+                        name_span,
+                        keys,
+                        op,
+                        value,
+                    },
                 }
             }
             Tok::Var(name) => {
-                self.expect("=")?;
-                let value = self.expr()?;
+                let value = match self.assign_op()? {
+                    None => self.expr()?,
+                    // `$x op= v` is `$x = $x op v`.
+                    Some((op, v)) => {
+                        let span = start.to(v.span);
+                        let var = Expr {
+                            kind: ExprKind::Var(name.clone()),
+                            span: start,
+                            ty: Type::Unknown,
+                        };
+                        Expr {
+                            kind: ExprKind::Binary(op, Box::new(var), Box::new(v)),
+                            span,
+                            ty: Type::Unknown,
+                        }
+                    }
+                };
                 StmtKind::VarAssign { name, value }
             }
             other => {
@@ -226,6 +274,48 @@ impl Parser<'_> {
             kind,
             span: Span::new(start.start as usize, self.last_end as usize),
         })
+    }
+
+    /// After an lvalue: `=` (None), or `op=` / `++` / `--` with the
+    /// right-hand side (`++` is `+= 1`).
+    fn assign_op(&mut self) -> Result<Option<(BinOp, Expr)>, ParseError> {
+        use BinOp::*;
+        let t = self.bump()?;
+        let Tok::Punct(p) = t.tok else {
+            return err(t.span, format!("expected '=', found {}", describe(&t.tok)));
+        };
+        let one = |op| {
+            Ok(Some((
+                op,
+                Expr {
+                    kind: ExprKind::Int(1),
+                    span: t.span,
+                    ty: Type::Unknown,
+                },
+            )))
+        };
+        let op = match p {
+            "=" => return Ok(None),
+            "++" => return one(Add),
+            "--" => return one(Sub),
+            "+=" => Add,
+            "-=" => Sub,
+            "*=" => Mul,
+            "/=" => Div,
+            "%=" => Mod,
+            "&=" => And,
+            "|=" => Or,
+            "^=" => Xor,
+            "<<=" => Shl,
+            ">>=" => Shr,
+            _ => return err(t.span, format!("expected '=', found '{p}'")),
+        };
+        Ok(Some((op, self.expr()?)))
+    }
+
+    /// True if the next token names an integer type (a cast follows `(`).
+    fn peek_type_name(&mut self) -> Result<bool, ParseError> {
+        Ok(matches!(&self.peek()?.tok, Tok::Ident(n) if INT_TYPES.iter().any(|t| t.0 == n)))
     }
 
     /// Comma-separated expressions up to `close` (consumed). Empty allowed.
@@ -321,6 +411,18 @@ impl Parser<'_> {
             Tok::Punct("-") => Some(UnOp::Neg),
             Tok::Punct("!") => Some(UnOp::Not),
             Tok::Punct("~") => Some(UnOp::BitNot),
+            Tok::Punct("*") => {
+                let t = self.bump()?;
+                self.enter()?;
+                let e = self.unary()?;
+                self.depth -= 1;
+                let span = t.span.to(e.span);
+                return Ok(Expr {
+                    kind: ExprKind::Deref(Box::new(e)),
+                    span,
+                    ty: Type::Unknown,
+                });
+            }
             _ => None,
         };
         if let Some(op) = op {
@@ -363,12 +465,57 @@ impl Parser<'_> {
                     ExprKind::Ident(name)
                 }
             }
+            Tok::Punct("(") if self.peek_type_name()? => {
+                let Tok::Ident(tn) = self.bump()?.tok else {
+                    unreachable!("peeked a type name")
+                };
+                let &(_, size, signed) = INT_TYPES
+                    .iter()
+                    .find(|t| t.0 == tn)
+                    .expect("peeked a type name");
+                let ptr = self.eat("*")?;
+                let close = self.expect(")")?;
+                self.enter()?;
+                let e = self.unary()?;
+                self.depth -= 1;
+                let span = span.to(close).to(e.span);
+                return Ok(Expr {
+                    kind: ExprKind::Cast {
+                        size,
+                        signed,
+                        ptr,
+                        expr: Box::new(e),
+                    },
+                    span,
+                    ty: Type::Unknown,
+                });
+            }
             Tok::Punct("(") => {
+                if let Tok::Ident(k) = &self.peek()?.tok
+                    && matches!(k.as_str(), "struct" | "union" | "enum")
+                {
+                    let t = self.bump()?;
+                    return err(
+                        t.span,
+                        "struct, union and enum types are not supported (the guest has no type \
+                         information here); cast to an integer pointer such as (uint64 *)",
+                    );
+                }
                 // Division is allowed again inside parentheses.
                 let mut e = self.expr()?;
+                if self.eat(",")? {
+                    let mut elems = vec![e];
+                    elems.extend(self.args(")")?);
+                    let span = Span::new(span.start as usize, self.last_end as usize);
+                    return self.postfix(Expr {
+                        kind: ExprKind::Tuple(elems),
+                        span,
+                        ty: Type::Unknown,
+                    });
+                }
                 let close = self.expect(")")?;
                 e.span = span.to(close);
-                return Ok(e);
+                return self.postfix(e);
             }
             other => {
                 return err(
@@ -377,11 +524,34 @@ impl Parser<'_> {
                 );
             }
         };
-        Ok(Expr {
+        self.postfix(Expr {
             kind,
             span,
             ty: Type::Unknown,
         })
+    }
+
+    /// Tuple field accesses `.N` after a primary expression.
+    fn postfix(&mut self, mut e: Expr) -> Result<Expr, ParseError> {
+        while self.eat(".")? {
+            let t = self.bump()?;
+            let Tok::Int(n) = t.tok else {
+                return err(
+                    t.span,
+                    format!(
+                        "expected a tuple index after '.', found {}",
+                        describe(&t.tok)
+                    ),
+                );
+            };
+            let span = e.span.to(t.span);
+            e = Expr {
+                kind: ExprKind::Field(Box::new(e), n.min(u32::MAX as u64) as u32),
+                span,
+                ty: Type::Unknown,
+            };
+        }
+        Ok(e)
     }
 }
 

@@ -8,13 +8,18 @@ use std::sync::Arc;
 pub enum Value {
     Int(u64),
     Str(Arc<str>),
+    /// Bytes read by `buf()`.
+    Buf(Arc<[u8]>),
+    Tuple(Arc<[Value]>),
+    /// `kstack`: symbolized frames (`func+off` or a hex address).
+    Stack(Arc<[Arc<str>]>),
 }
 
 impl Value {
     pub fn as_int(&self) -> u64 {
         match self {
             Value::Int(v) => *v,
-            Value::Str(_) => 0,
+            Value::Str(_) | Value::Buf(_) | Value::Tuple(_) | Value::Stack(_) => 0,
         }
     }
 }
@@ -33,6 +38,7 @@ pub enum Key {
 pub enum KeyPart {
     Int(u64),
     Str(Arc<str>),
+    Stack(Arc<[Arc<str>]>),
 }
 
 impl From<Value> for KeyPart {
@@ -40,6 +46,10 @@ impl From<Value> for KeyPart {
         match v {
             Value::Int(i) => KeyPart::Int(i),
             Value::Str(s) => KeyPart::Str(s),
+            // The checker rejects buffer keys; keep the bytes visible anyway.
+            Value::Buf(b) => KeyPart::Str(String::from_utf8_lossy(&b).into()),
+            Value::Tuple(_) => KeyPart::Str("".into()),
+            Value::Stack(s) => KeyPart::Stack(s),
         }
     }
 }

@@ -107,9 +107,39 @@ fn checker_errors() {
         ),
         (
             "tracepoint:a:b { }",
-            "probe type 'tracepoint' is not supported yet (supported: BEGIN, END, kprobe, kretprobe)",
+            "probe type 'tracepoint' is not supported (supported: BEGIN, END, kprobe, kretprobe, interval, profile, watchpoint)",
         ),
         ("foo:bar { }", "unknown probe type 'foo'"),
+        (
+            "BEGIN { } END { } BEGIN { }",
+            "More than one BEGIN probe defined",
+        ),
+        ("END, END { }", "More than one END probe defined"),
+        ("BEGIN { @s = @s; @t = @u; }", "undefined map '@u'"),
+        (
+            "kprobe:f { @x[kstack(0)] = count(); }",
+            "kstack() takes a frame count literal from 1 to 127",
+        ),
+        (
+            "kprobe:f { printf(\"%d\", kstack); }",
+            "printf: %d specifier expects a value of type integer (stack supplied)",
+        ),
+        (
+            "kprobe:f { $t = (struct task_struct *)arg0; }",
+            "struct, union and enum types are not supported (the guest has no type information here); cast to an integer pointer such as (uint64 *)",
+        ),
+        (
+            "BEGIN { $x = sizeof(\"s\"); }",
+            "sizeof() takes an integer type (e.g. uint32) or an integer expression",
+        ),
+        (
+            "BEGIN { $x = strftime(func, 1); }",
+            "strftime() takes a string literal format, e.g. strftime(\"%H:%M:%S\", nsecs)",
+        ),
+        (
+            "BEGIN { $x = kptr(\"a\"); }",
+            "argument of kptr() must be an integer, found string",
+        ),
         ("kprobe:f* + 4 { }", "expected '{', found '+'"),
         (
             "kprobe:f*+4 { }",
@@ -131,7 +161,7 @@ fn checker_errors() {
             "@a is used with key [string] here but key [integer] elsewhere",
         ),
         (
-            "kprobe:f { @a = count(); print(1); }",
+            "kprobe:f { @a = count(); print(1, 2); }",
             "print() expects a map argument",
         ),
         (
@@ -143,8 +173,8 @@ fn checker_errors() {
             "count() can only be used as a map value, e.g. @x = count(...)",
         ),
         (
-            "kprobe:f { @x = 1; }",
-            "map values must be aggregations for now: count(), sum(), min(), max(), avg()",
+            "kprobe:f { @x = 1; @x = \"s\"; }",
+            "@x is used as a string value here but as an integer value elsewhere",
         ),
         (
             "kprobe:f { $x = \"a\" + 1; }",
@@ -159,6 +189,173 @@ fn checker_errors() {
             "predicate must be an integer, found string",
         ),
         ("kprobe:f { exit(1); }", "exit() takes 0 arguments, got 1"),
+        (
+            "kprobe:f { @h = hist(1, 2); }",
+            "hist() takes 1 argument, got 2",
+        ),
+        (
+            "kprobe:f { @h = lhist(1, 0, 10); }",
+            "lhist() takes 4 arguments, got 3",
+        ),
+        (
+            "kprobe:f { @h = lhist(arg0, 0, arg1, 1); }",
+            "lhist() max must be an integer literal",
+        ),
+        (
+            "kprobe:f { @h = lhist(arg0, -5, 10, 1); }",
+            "lhist() min must be non-negative",
+        ),
+        (
+            "kprobe:f { @h = lhist(arg0, 0, 10, 0); }",
+            "lhist() step must be >= 1",
+        ),
+        (
+            "kprobe:f { @h = lhist(arg0, 10, 10, 1); }",
+            "lhist() max must be greater than min",
+        ),
+        (
+            "kprobe:f { @h = lhist(arg0, 0, 100000, 1); }",
+            "lhist() too many buckets, must be <= 1000",
+        ),
+        (
+            "kprobe:f { @h = lhist(arg0, 0, 10, 1); @h = lhist(arg0, 0, 20, 1); }",
+            "@h is used with different lhist() parameters elsewhere",
+        ),
+        (
+            "kprobe:f { @h = hist(arg0); $x = @h; }",
+            "@h is a hist() map and cannot be read as a value",
+        ),
+        (
+            "kprobe:f { @h = stats(arg0); @h = 1; }",
+            "@h is used as an integer value here but as stats() elsewhere",
+        ),
+        (
+            "kprobe:f { @s = \"x\"; @s++; }",
+            "@s holds string values; '+=' needs integers",
+        ),
+        (
+            "kprobe:f { break; }",
+            "break and continue can only be used in a while loop",
+        ),
+        (
+            "kprobe:f { while (func) { } }",
+            "while condition must be an integer, found string",
+        ),
+        (
+            "BEGIN { unroll(0) { } }",
+            "unroll count must be between 1 and 100",
+        ),
+        (
+            "BEGIN { unroll(arg0) { } }",
+            "unroll needs an integer literal count",
+        ),
+        (
+            "kprobe:f { $x = kaddr(func); }",
+            "kaddr() takes a string literal, e.g. kaddr(\"jiffies\")",
+        ),
+        ("kprobe:f { $x = reg(); }", "reg() takes 1 argument, got 0"),
+        (
+            "kprobe:f { $x = str(); }",
+            "str() takes 1 to 2 arguments, got 0",
+        ),
+        (
+            "kprobe:f { $x = str(func); }",
+            "pointer argument of str() must be an integer, found string",
+        ),
+        (
+            "kprobe:f { $x = *arg0; }",
+            "cannot dereference a value of type integer (cast it first, e.g. *(uint64 *)addr)",
+        ),
+        (
+            "kprobe:f { $x = strncmp(1, \"a\", 1); }",
+            "strncmp() compares strings, found integer",
+        ),
+        (
+            "kprobe:f { $x = ntop(func); }",
+            "ntop() takes an integer (IPv4) or a buffer (IPv4/IPv6), found string",
+        ),
+        ("kprobe:f { $x = len(1); }", "len() expects a map argument"),
+        (
+            "kprobe:f { @m[1] = 1; $x = has_key(@m, \"a\"); }",
+            "@m is used with key [string] here but key [integer] elsewhere",
+        ),
+        (
+            "kprobe:f { printf(\"%r\", 1); }",
+            "printf: %r specifier expects a value of type buffer (integer supplied)",
+        ),
+        (
+            "kprobe:f { @b = buf(arg0, 4); }",
+            "a buffer cannot be stored in a map",
+        ),
+        (
+            "kprobe:f { zero(@m[1]); }",
+            "zero() expects a whole map, without a key",
+        ),
+        (
+            "kprobe:f { @m = count(); print(@m, \"a\"); }",
+            "print() top/div argument must be an integer, found string",
+        ),
+        (
+            "kprobe:f { print(@m, 1, 2, 3); }",
+            "print() takes 1 to 3 arguments, got 4",
+        ),
+        (
+            "kprobe:f { len(@m); }",
+            "the value of len() is unused; assign it or print it",
+        ),
+        (
+            "kprobe:f { time(1); }",
+            "time: the argument must be a string literal",
+        ),
+        (
+            "interval:ms { }",
+            "interval probes take a unit and a count, e.g. 'interval:ms:100'",
+        ),
+        (
+            "interval:min:1 { }",
+            "invalid interval unit 'min' (expected s, ms, us or hz)",
+        ),
+        (
+            "profile:hz:0 { }",
+            "invalid profile count '0' (a positive integer)",
+        ),
+        (
+            "watchpoint:0x1000:3:w { }",
+            "invalid watchpoint length '3' (1, 2, 4 or 8)",
+        ),
+        (
+            "watchpoint:0x1000:8:x { }",
+            "invalid watchpoint mode 'x' (r, w or rw)",
+        ),
+        ("watchpoint:zz:8:w { }", "invalid watchpoint address 'zz'"),
+        (
+            "BEGIN { $t = (1, \"a\"); $x = $t.2; }",
+            "tuple index 2 out of range (the tuple has 2 elements)",
+        ),
+        (
+            "BEGIN { $x = 1; $y = $x.0; }",
+            "cannot access field .0 of a value of type integer",
+        ),
+        (
+            "BEGIN { @m[(1, 2)] = 1; }",
+            "a tuple cannot be used as a map key",
+        ),
+        (
+            "BEGIN { @m = (1, \"a\"); @m = (\"a\", 1); }",
+            "@m is used as a (string, integer) tuple here but as a (integer, string) tuple elsewhere",
+        ),
+        (
+            "BEGIN { printf(\"%d\", (1, 2)); }",
+            "printf: %d specifier expects a value of type integer (tuple supplied)",
+        ),
+        (
+            "BEGIN { $x = (1, 2).a; }",
+            "expected a tuple index after '.', found 'a'",
+        ),
+        (
+            "watchpoint:0x1000:8 { }",
+            "watchpoint probes look like 'watchpoint:ADDR:LEN:MODE', e.g. 'watchpoint:0xffffffff81000000:8:w'",
+        ),
     ];
     for (src, want) in cases {
         assert_eq!(msg(src), want, "for {src}");
@@ -185,5 +382,25 @@ fn kretprobe_retval_ok() {
         &[probe_lang::ProbeSpec::Kretprobe {
             function: "vfs_read".into()
         }]
+    );
+}
+
+#[test]
+fn unknown_probe_type_has_line_col_and_caret() {
+    assert_eq!(
+        err("BEGIN { }\n  kprobe:f, bogus:x { }"),
+        "error: unknown probe type 'bogus'\n --> script:2:13\n  |\n2 |   kprobe:f, bogus:x { }\n  |             ^^^^^^^"
+    );
+}
+
+#[test]
+fn new_syntax_errors_have_carets() {
+    assert_eq!(
+        err("kprobe:f {\n  @h = hist(arg0);\n  if (@h > 1) { }\n}"),
+        "error: @h is a hist() map and cannot be read as a value\n --> script:3:7\n  |\n3 |   if (@h > 1) { }\n  |       ^^"
+    );
+    assert_eq!(
+        err("BEGIN { $x = (uint32 *)1; $y = $x + \"a\"; }"),
+        "error: operator '+' cannot be applied to pointer and string\n --> script:1:32\n  |\n1 | BEGIN { $x = (uint32 *)1; $y = $x + \"a\"; }\n  |                                ^^^^^^^^"
     );
 }

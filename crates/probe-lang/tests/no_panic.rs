@@ -12,6 +12,11 @@ const SCRIPTS: &[&str] = &[
     "BEGIN { $x = 1; if ($x) { printf(\"%-5s|%08lx %%\\n\", \"a\\tb\", -$x); } else { exit(); } }",
     "kretprobe:f { @r = avg(retval); @m = min(retval ? 1 : 2); } END { print(@r); clear(@m); delete(@r); }",
     "/* c */ kprobe:0xffff+0x10 { @x[1, \"a\"] = max(~nsecs << 2 | vcpu ^ cpu % 3); } // end",
+    "kprobe:f { @h[func] = hist(arg0); @l = lhist(arg1, 0, 100, 10); @s = stats(arg2); } END { print(@h, 2, 10); zero(@l); clear(@s); }",
+    "BEGIN { $i = 0; while ($i < 5) { $i++; if ($i == 2) { continue; } if ($i > 3) { break; } } unroll(3) { @c[$i] += 2; } @v = \"s\"; printf(\"%p %o %r\\n\", 1, 2, buf(0, 1)); }",
+    "kprobe:f { $p = (uint32 *)arg0; printf(\"%s %s %d %d\\n\", str($p + 1, 8), ksym(reg(\"rip\")), *(int8 *)(arg1 - 1), (uint16)kaddr(\"x\")); }",
+    "BEGIN { $t = ((1, \"a\"), -2); @t[1] = $t; print($t.0); print(@t); printf(\"%s %d\\n\", $t.0.1, $t.1); zero(@t); }",
+    "interval:ms:10, profile:hz:99, watchpoint:0x10:8:rw { @n = len(@m); @m[1, \"k\"]--; $b = has_key(@m, 1, \"k\"); $q = ntop(2, elapsed); $r = strncmp(\"a\", probe, 1); time(\"%H:%M\\n\"); }",
 ];
 
 #[test]
@@ -35,6 +40,21 @@ fn every_prefix_and_mutation() {
 }
 
 #[test]
+fn corpus_compiles_and_runs() {
+    for s in SCRIPTS {
+        let p = std::sync::Arc::new(probe_lang::compile(s, "p").unwrap_or_else(|d| panic!("{d}")));
+        let mut rt = probe_lang::Runtime::new(p.clone(), Box::new(std::io::sink()));
+        for i in 0..p.probes().len() {
+            let mut ctx = FakeCtx::new("kprobe:f");
+            ctx.args = [u64::MAX, 0, 1 << 40, 3, 4, 5];
+            rt.run(p.block_of(i), &mut ctx);
+        }
+        rt.set_output_format(probe_lang::OutputFormat::Json);
+        rt.print_maps();
+    }
+}
+
+#[test]
 fn compiled_begin_scripts_run() {
     let _ = run_script("BEGIN { printf(\"%d %d\\n\", 1 / 0, 5 % 0); @a = count(); }");
     let _ = FakeCtx::new("x");
@@ -52,7 +72,12 @@ proptest! {
         "BEGIN", "END", "kprobe:f", "kretprobe:g", "{", "}", "(", ")", "[", "]", "/", ",", ";", "=",
         "@m", "@", "$x", "arg0", "retval", "func", "count()", "sum(", "printf(\"%d\\n\"", "\"s\"",
         "1", "0x10", "+", "-", "*", "%", "<<", ">", "==", "&&", "!", "~", "?", ":", "if", "else",
-        "print(@m)", "clear(", "delete(", "exit()",
+        "print(@m)", "clear(", "delete(", "exit()", "hist(", "lhist(arg0, 0, 10, 1)", "stats(",
+        "zero(@m)", "while", "unroll(2)", "break", "continue", "++", "+=", "<<=", "(uint8 *)",
+        "(int32)", "str(", "buf(arg0, 4)", "ksym(", "kaddr(\"s\")", "reg(\"rax\")", "ntop(",
+        "strncmp(", "len(@m)", "has_key(@m,", "elapsed", "time()", "interval:ms:1",
+        "watchpoint:0x10:4:w", "profile:hz:9", "(1, \"a\")", ".0", ".1", "print(",
+        "rand", "kstack", "kstack(3)", "sizeof(uint16)", "sizeof(", "kptr(", "uptr(", "strftime(\"%H\",",
     ]), 0..40)) {
         let src = toks.join(" ");
         if let Ok(p) = probe_lang::compile(&src, "p") {

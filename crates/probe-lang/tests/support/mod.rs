@@ -1,7 +1,7 @@
 //! Test helpers: a fake ProbeContext and a capturing writer.
 #![allow(dead_code)]
 
-use probe_lang::{ContextError, Flow, ProbeContext, ProbeSpec, Runtime};
+use probe_lang::{ContextError, Flow, OutputFormat, ProbeContext, ProbeSpec, Runtime};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
@@ -33,6 +33,14 @@ pub struct FakeCtx {
     pub probe: String,
     /// Make arg reads fail, like a gdbstub error.
     pub fail_args: bool,
+    /// Readable guest memory: (start address, bytes).
+    pub memory: Vec<(u64, Vec<u8>)>,
+    pub registers: Vec<(String, u64)>,
+    pub symbols: Vec<(String, u64)>,
+    /// Largest single read_memory request seen (reads must be bounded).
+    pub max_read: usize,
+    /// Return addresses for kstack.
+    pub stack: Vec<u64>,
 }
 
 impl FakeCtx {
@@ -45,6 +53,11 @@ impl FakeCtx {
             func: probe.rsplit(':').next().unwrap_or("").to_string(),
             probe: probe.to_string(),
             fail_args: false,
+            memory: Vec::new(),
+            registers: Vec::new(),
+            symbols: Vec::new(),
+            max_read: 0,
+            stack: Vec::new(),
         }
     }
 }
@@ -71,17 +84,61 @@ impl ProbeContext for FakeCtx {
     fn probe(&self) -> &str {
         &self.probe
     }
-    fn read_memory(&mut self, _addr: u64, _buf: &mut [u8]) -> Result<(), ContextError> {
-        Err(ContextError::Message("no memory".into()))
+    fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), ContextError> {
+        self.max_read = self.max_read.max(buf.len());
+        for (start, bytes) in &self.memory {
+            let Some(off) = addr.checked_sub(*start) else {
+                continue;
+            };
+            let off = off as usize;
+            if off + buf.len() <= bytes.len() {
+                buf.copy_from_slice(&bytes[off..off + buf.len()]);
+                return Ok(());
+            }
+        }
+        Err(ContextError::Memory {
+            addr,
+            reason: "unmapped".into(),
+        })
+    }
+    fn register(&mut self, name: &str) -> Result<u64, ContextError> {
+        self.registers
+            .iter()
+            .find(|r| r.0 == name)
+            .map(|r| r.1)
+            .ok_or_else(|| ContextError::Register(format!("no register '{name}'")))
+    }
+    fn kaddr(&self, name: &str) -> Option<u64> {
+        self.symbols.iter().find(|s| s.0 == name).map(|s| s.1)
+    }
+    fn ksym(&self, addr: u64) -> Option<(String, u64)> {
+        // Nearest symbol at or below addr, like kallsyms.
+        self.symbols
+            .iter()
+            .filter(|s| s.1 <= addr)
+            .max_by_key(|s| s.1)
+            .map(|s| (s.0.clone(), addr - s.1))
+    }
+    fn kstack(&mut self, limit: usize) -> Result<Vec<u64>, ContextError> {
+        if self.stack.is_empty() {
+            return Err(ContextError::Message("no stack".into()));
+        }
+        Ok(self.stack.iter().copied().take(limit).collect())
     }
 }
 
 /// Runs a script the way bpftrace does for BEGIN/END-only programs: every
 /// BEGIN block (stopping at exit()), then END blocks, then the exit print.
 pub fn run_script(src: &str) -> String {
+    run_script_as(src, OutputFormat::Text)
+}
+
+/// [`run_script`] in the given output format.
+pub fn run_script_as(src: &str, format: OutputFormat) -> String {
     let prog = Arc::new(probe_lang::compile(src, "test").unwrap_or_else(|d| panic!("{d}")));
     let cap = Capture::default();
     let mut rt = Runtime::new(prog.clone(), Box::new(cap.clone()));
+    rt.set_output_format(format);
     for (i, p) in prog.probes().iter().enumerate() {
         if *p == ProbeSpec::Begin
             && rt.run(prog.block_of(i), &mut FakeCtx::new("BEGIN")) == Flow::Exit
