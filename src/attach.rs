@@ -5,7 +5,7 @@ use crate::run::{Guest, ServePlan, serve_and_report};
 use anyhow::{Context, Result, anyhow, bail};
 use gdb_remote::Client;
 use kernel_image::KernelSymbols;
-use probe_engine::{Session, resolve_probes};
+use probe_engine::Session;
 use qemu_vmm::Qmp;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -125,6 +125,7 @@ pub fn attach(args: crate::AttachArgs) -> Result<i32> {
             .duration
             .map(|s| Instant::now() + Duration::from_secs_f64(s)),
         stats: args.stats,
+        output: args.format.format(),
     };
     let code = serve_and_report(
         guests,
@@ -159,7 +160,10 @@ fn attach_one(
     let cache = qemu_guest::cache_dir().join("symbols");
     let _ = std::fs::create_dir_all(&cache);
     let symbols = KernelSymbols::load(&image, Some(&cache)).context("loading kernel symbols")?;
-    resolve_probes(program, &symbols, 0)?;
+    if !crate::run::check_program(program, &symbols)? {
+        bail!("the program names unknown kernel symbols");
+    }
+    let kernel = crate::run::load_kernel(symbols, &image);
     let timeout = Duration::from_secs(5);
     let client = match &spec.gdb {
         Some(StubAddr::Unix(path)) => Client::connect_unix(path, timeout),
@@ -191,10 +195,8 @@ fn attach_one(
     // boot in `run`.
     let mut session = Session::new(client);
     session.set_name(&spec.name);
-    let slide = session.detect_slide(&symbols)?;
-    let sites = resolve_probes(program, &symbols, slide)?;
+    let slide = crate::run::arm_program(&mut session, program, &kernel)?;
     eprintln!("vmprobe: attached to {}, KASLR slide {slide:#x}", spec.name);
-    session.arm(sites)?;
     Ok(Guest {
         name: spec.name.clone(),
         vm: None,

@@ -84,6 +84,9 @@ pub struct RunArgs {
     /// Print the program's AST and IR, then exit.
     #[arg(short = 'd')]
     dump: bool,
+    /// Output format, as bpftrace's `-f`: text, or json (one object per line).
+    #[arg(short = 'f', value_enum, default_value = "text")]
+    format: OutputArg,
     #[command(flatten)]
     guest: GuestArgs,
     /// Accelerator; by default KVM when it can run the guest, else TCG.
@@ -119,6 +122,9 @@ pub struct AttachArgs {
     /// A file holding the probe program.
     #[arg(value_name = "FILE")]
     file: Option<PathBuf>,
+    /// Output format, as bpftrace's `-f`: text, or json (one object per line).
+    #[arg(short = 'f', value_enum, default_value = "text")]
+    format: OutputArg,
     /// Detach after this many seconds (else at Ctrl-C or `exit()`).
     #[arg(long, value_name = "SECONDS")]
     duration: Option<f64>,
@@ -186,6 +192,21 @@ pub struct BenchArgs {
     /// The QEMU binary to benchmark (default: qemu-system-x86_64 from PATH).
     #[arg(long, value_name = "PATH")]
     qemu: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum OutputArg {
+    Text,
+    Json,
+}
+
+impl OutputArg {
+    pub fn format(self) -> probe_lang::OutputFormat {
+        match self {
+            OutputArg::Text => probe_lang::OutputFormat::Text,
+            OutputArg::Json => probe_lang::OutputFormat::Json,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -3,8 +3,11 @@
 use crate::{AccelArg, GuestArgs, RunArgs};
 use anyhow::{Context, Result, anyhow, bail};
 use gdb_remote::Client;
+use kernel_image::KernelSections;
 use kernel_image::KernelSymbols;
-use probe_engine::{EndReason, Session, resolve_probes, run_special};
+use probe_engine::{
+    EndReason, Session, resolve_probes, resolve_timers, resolve_watches, run_special,
+};
 use probe_lang::{Flow, ProbeSpec, Runtime};
 use qemu_guest::{Accel, GuestImage, LaunchConfig, Vm};
 use std::io::Write;
@@ -64,6 +67,59 @@ pub fn default_image() -> Result<GuestImage> {
 /// Symbols from the image itself, cached.
 pub fn load_image_symbols(image: &GuestImage) -> Result<KernelSymbols> {
     load_symbols(&GuestArgs::default(), image)
+}
+
+/// What vmprobe reads from a guest kernel image: symbols, plus the sections
+/// behind types and stacks (absent from System.map-style symbol files).
+pub struct KernelInfo {
+    pub symbols: Arc<KernelSymbols>,
+    pub sections: Option<KernelSections>,
+}
+
+pub fn load_kernel(symbols: KernelSymbols, image: &std::path::Path) -> KernelInfo {
+    let cache = qemu_guest::cache_dir().join("sections");
+    let _ = std::fs::create_dir_all(&cache);
+    // Types and stacks are extras: an image without them still probes.
+    let sections = KernelSections::load(image, &probe_engine::guest::SECTIONS, Some(&cache)).ok();
+    KernelInfo {
+        symbols: Arc::new(symbols),
+        sections,
+    }
+}
+
+/// Checks what the program names in the kernel (`kaddr`) before booting.
+pub fn check_program(program: &probe_lang::Program, symbols: &KernelSymbols) -> Result<bool> {
+    if let Err(diags) = program.check_kaddrs(|s| symbols.lookup(s).is_some()) {
+        eprint!("{diags}");
+        return Ok(false);
+    }
+    resolve_probes(program, symbols, 0)?;
+    Ok(true)
+}
+
+/// On a stopped, attached guest: finds the KASLR slide, arms every probe of
+/// the program (breakpoints, watchpoints, timers) and gives handlers the
+/// guest kernel's symbols, types and unwind tables. Returns the slide.
+pub fn arm_program(
+    session: &mut Session,
+    program: &probe_lang::Program,
+    kernel: &KernelInfo,
+) -> Result<u64> {
+    let slide = session.detect_slide(&kernel.symbols)?;
+    let map = session.client().register_map();
+    if let Err(diags) = program.check_registers(|r| map.lookup(r).is_some()) {
+        bail!("{}", diags.to_string().trim_end());
+    }
+    let sites = resolve_probes(program, &kernel.symbols, slide)?;
+    session.arm(sites)?;
+    session.arm_watches(resolve_watches(program))?;
+    session.set_timers(resolve_timers(program))?;
+    session.set_kernel(Arc::new(probe_engine::guest::GuestKernel::new(
+        kernel.symbols.clone(),
+        slide,
+        kernel.sections.as_ref(),
+    )));
+    Ok(slide)
 }
 
 fn load_symbols(args: &GuestArgs, image: &GuestImage) -> Result<KernelSymbols> {
@@ -132,6 +188,7 @@ pub fn record(args: crate::RecordArgs) -> Result<i32> {
         program,
         file,
         dump: false,
+        format: crate::OutputArg::Text,
         guest: args.guest,
         accel: args.accel,
         vcpus: args.vcpus,
@@ -189,7 +246,10 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
     let image = guest_image(&args.guest)?;
     let symbols = load_symbols(&args.guest, &image)?;
     // Unknown symbols and bad patterns fail here, before anything boots.
-    resolve_probes(&program, &symbols, 0)?;
+    if !check_program(&program, &symbols)? {
+        return Ok(1);
+    }
+    let kernel = load_kernel(symbols, &image.kernel);
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -233,6 +293,14 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
     let mut vms = Vec::new();
     for i in 0..count {
         let name = format!("vm{i}");
+        let mut cfg = cfg.clone();
+        if args.console && count > 1 {
+            // Several consoles on one stderr: each line says whose it is.
+            cfg.console = Some(Arc::new(std::sync::Mutex::new(PrefixLines::new(
+                format!("{name}: "),
+                std::io::stderr(),
+            ))));
+        }
         let vm = Vm::launch(&cfg).with_context(|| format!("{name}: starting QEMU"))?;
         vms.push((name, vm));
     }
@@ -240,8 +308,8 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
         let handles: Vec<_> = vms
             .into_iter()
             .map(|(name, vm)| {
-                let (symbols, program) = (&symbols, &program);
-                scope.spawn(move || boot_guest(name, vm, symbols, program))
+                let (kernel, program) = (&kernel, &program);
+                scope.spawn(move || boot_guest(name, vm, kernel, program))
             })
             .collect();
         handles
@@ -266,6 +334,7 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
         workload: Some(command_line(&args.workload)),
         deadline: None,
         stats: args.stats,
+        output: args.format.format(),
     };
     serve_and_report(
         guests,
@@ -285,6 +354,7 @@ pub struct ServePlan {
     /// Ends the run at this time (`attach --duration`).
     pub deadline: Option<Instant>,
     pub stats: bool,
+    pub output: probe_lang::OutputFormat,
 }
 
 /// Runs BEGIN, serves every guest in its own thread until the run ends
@@ -307,14 +377,27 @@ pub fn serve_and_report(
         }
     }
     let nprobes = program.probes().len();
-    let runtime = Mutex::new(Runtime::new(program.clone(), Box::new(std::io::stdout())));
-    print!("{}", probe_lang::attaching_message(nprobes));
+    let mut runtime = Runtime::new(program.clone(), Box::new(std::io::stdout()));
+    runtime.set_output_format(plan.output);
+    runtime.set_start_nsecs(probe_engine::monotonic_ns());
+    let runtime = Mutex::new(runtime);
+    print!(
+        "{}",
+        probe_lang::attaching_message_for(nprobes, plan.output)
+    );
     let _ = std::io::stdout().flush();
 
     let script_exit = AtomicBool::new(false);
+    // BEGIN and END see the first guest's kernel symbols (for kaddr/ksym).
+    let special_kernel = guests.first().and_then(|g| g.session.kernel().cloned());
     let begin_exit = {
         let mut rt = runtime.lock().unwrap_or_else(|e| e.into_inner());
-        run_special(program, &mut rt, &ProbeSpec::Begin) == Flow::Exit
+        run_special(
+            program,
+            &mut rt,
+            &ProbeSpec::Begin,
+            special_kernel.as_deref(),
+        ) == Flow::Exit
     };
     // One thread per guest: a slow or dead guest never stalls the others.
     // They share the runtime (maps, output), held only while a handler runs.
@@ -411,7 +494,12 @@ pub fn serve_and_report(
         }
     }
     let mut runtime = runtime.into_inner().unwrap_or_else(|e| e.into_inner());
-    run_special(program, &mut runtime, &ProbeSpec::End);
+    run_special(
+        program,
+        &mut runtime,
+        &ProbeSpec::End,
+        special_kernel.as_deref(),
+    );
     runtime.print_maps();
     let _ = std::io::stdout().flush();
     for (probe, error, count) in runtime.errors() {
@@ -505,7 +593,7 @@ fn stats_line(o: &mut GuestOutcome) -> String {
 fn boot_guest(
     name: String,
     mut vm: Vm,
-    symbols: &KernelSymbols,
+    kernel: &KernelInfo,
     program: &Arc<probe_lang::Program>,
 ) -> Result<Guest> {
     let mut client = Client::connect_unix(&vm.gdb_socket(), Duration::from_secs(5))
@@ -519,18 +607,52 @@ fn boot_guest(
     vm.wait_ready(BOOT_TIMEOUT)
         .map_err(|e| anyhow!("{name}: {e}; last console output: {}", tail(&vm)))?;
     session.pause()?;
-    let slide = session.detect_slide(symbols)?;
-    let sites = resolve_probes(program, symbols, slide)?;
+    let slide = arm_program(&mut session, program, kernel)?;
     eprintln!(
         "vmprobe: {name} up in {:.1} s, KASLR slide {slide:#x}",
         booted.elapsed().as_secs_f64()
     );
-    session.arm(sites)?;
     Ok(Guest {
         name,
         vm: Some(vm),
         session,
     })
+}
+
+/// Puts a prefix in front of every line written through it.
+struct PrefixLines<W> {
+    prefix: String,
+    inner: W,
+    at_line_start: bool,
+}
+
+impl<W: Write> PrefixLines<W> {
+    fn new(prefix: String, inner: W) -> Self {
+        PrefixLines {
+            prefix,
+            inner,
+            at_line_start: true,
+        }
+    }
+}
+
+impl<W: Write> Write for PrefixLines<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut out = Vec::with_capacity(buf.len() + self.prefix.len());
+        for &b in buf {
+            if self.at_line_start {
+                out.extend_from_slice(self.prefix.as_bytes());
+            }
+            out.push(b);
+            self.at_line_start = b == b'\n';
+        }
+        self.inner.write_all(&out)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Flight recorder snapshot on SIGUSR1.
@@ -559,7 +681,19 @@ fn tail(vm: &Vm) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::command_line;
+    use super::{PrefixLines, command_line};
+    use std::io::Write;
+
+    #[test]
+    fn console_lines_get_the_guest_prefix() {
+        let mut w = PrefixLines::new("vm1: ".into(), Vec::new());
+        w.write_all(b"a\nb").unwrap();
+        w.write_all(b"c\n\nd").unwrap();
+        assert_eq!(
+            String::from_utf8(w.inner).unwrap(),
+            "vm1: a\nvm1: bc\nvm1: \nvm1: d"
+        );
+    }
 
     #[test]
     fn workload_words_are_quoted_for_the_guest_shell() {

@@ -1,5 +1,6 @@
 //! What a handler sees at a hit: registers fetched lazily from the stub.
 
+use crate::guest::GuestKernel;
 use gdb_remote::{Client, Registers, ThreadId};
 use probe_lang::{ContextError, ProbeContext};
 
@@ -14,10 +15,47 @@ pub(crate) struct HitContext<'a> {
     pub nsecs: u64,
     pub func: &'a str,
     pub probe: &'a str,
+    pub kernel: Option<&'a GuestKernel>,
+    pub guest: &'a str,
+    /// The current task, once looked up in this hit.
+    pub task: Option<u64>,
 }
 
-impl HitContext<'_> {
-    fn register(&mut self, name: &str) -> Result<u64, ContextError> {
+impl<'a> HitContext<'a> {
+    fn kernel(&self, what: &str) -> Result<&'a GuestKernel, ContextError> {
+        self.kernel.ok_or_else(|| {
+            ContextError::Message(format!(
+                "{what}: no guest kernel information in {}",
+                self.probe
+            ))
+        })
+    }
+
+    /// All registers (one `g`), fetched once per hit.
+    fn registers(&mut self) -> Result<&Registers, ContextError> {
+        if self.regs.is_none() {
+            self.get_register("rip")?;
+        }
+        Ok(self.regs.as_ref().expect("fetched above"))
+    }
+
+    fn task(&mut self) -> Result<u64, ContextError> {
+        if let Some(t) = self.task {
+            return Ok(t);
+        }
+        let kernel = self.kernel("curtask")?;
+        self.registers()?;
+        let (Some(client), Some(regs)) = (self.client.as_deref_mut(), self.regs.as_ref()) else {
+            return Err(ContextError::Message("no guest in this probe".into()));
+        };
+        let t = kernel
+            .current_task(client, regs)
+            .map_err(|e| ContextError::Message(e.to_string()))?;
+        self.task = Some(t);
+        Ok(t)
+    }
+
+    fn get_register(&mut self, name: &str) -> Result<u64, ContextError> {
         if self.regs.is_none() {
             let (Some(client), Some(thread)) = (self.client.as_deref_mut(), self.thread) else {
                 return Err(ContextError::Message(format!(
@@ -43,11 +81,75 @@ impl ProbeContext for HitContext<'_> {
         let reg = ARG_REGS.get(n as usize).ok_or_else(|| {
             ContextError::Message(format!("arg{n}: only arg0..arg5 are passed in registers"))
         })?;
-        self.register(reg)
+        self.get_register(reg)
     }
 
     fn retval(&mut self) -> Result<u64, ContextError> {
-        self.register("rax")
+        self.get_register("rax")
+    }
+
+    fn register(&mut self, name: &str) -> Result<u64, ContextError> {
+        self.get_register(name)
+    }
+
+    fn kaddr(&self, name: &str) -> Option<u64> {
+        let k = self.kernel?;
+        k.symbols.lookup(name).map(|s| s.addr.wrapping_add(k.slide))
+    }
+
+    fn ksym(&self, addr: u64) -> Option<(String, u64)> {
+        let k = self.kernel?;
+        k.symbols
+            .symbolize(addr.wrapping_sub(k.slide))
+            .map(|(s, off)| (s.name.clone(), off))
+    }
+
+    fn kstack(&mut self, limit: usize) -> Result<Vec<u64>, ContextError> {
+        let kernel = self.kernel("kstack")?;
+        self.registers()?;
+        let (Some(client), Some(regs)) = (self.client.as_deref_mut(), self.regs.as_ref()) else {
+            return Err(ContextError::Message("no guest in this probe".into()));
+        };
+        kernel
+            .kstack(client, regs, limit)
+            .map_err(|e| ContextError::Message(e.to_string()))
+    }
+
+    fn curtask(&mut self) -> Result<u64, ContextError> {
+        self.task()
+    }
+
+    fn comm(&mut self) -> Result<String, ContextError> {
+        let task = self.task()?;
+        let kernel = self.kernel("comm")?;
+        let client = self.client.as_deref_mut().expect("task() needs a client");
+        kernel
+            .comm(client, task)
+            .map_err(|e| ContextError::Message(e.to_string()))
+    }
+
+    fn pid(&mut self) -> Result<u64, ContextError> {
+        let task = self.task()?;
+        let kernel = self.kernel("pid")?;
+        let client = self.client.as_deref_mut().expect("task() needs a client");
+        kernel
+            .tgid(client, task)
+            .map(u64::from)
+            .map_err(|e| ContextError::Message(e.to_string()))
+    }
+
+    fn tid(&mut self) -> Result<u64, ContextError> {
+        let task = self.task()?;
+        let kernel = self.kernel("tid")?;
+        let client = self.client.as_deref_mut().expect("task() needs a client");
+        kernel
+            .pid(client, task)
+            .map(u64::from)
+            .map_err(|e| ContextError::Message(e.to_string()))
+    }
+
+    fn guest(&self) -> &str {
+        self.guest
     }
 
     fn vcpu(&self) -> u32 {

@@ -20,7 +20,7 @@ pub mod guest;
 mod resolve;
 mod session;
 
-pub use resolve::{ProbeSite, Skip, resolve_probes};
+pub use resolve::{ProbeSite, Skip, resolve_probes, resolve_timers, resolve_watches};
 pub use session::{
     EndReason, EventSink, HitStats, MAX_PENDING_RETURNS, RecordedEvent, Session, TimerProbe,
     WatchProbe,
@@ -67,11 +67,13 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Runs the blocks of every `BEGIN` (or `END`) probe, which see no guest state.
+/// Runs the blocks of every `BEGIN` (or `END`) probe, which see no guest
+/// state beyond the kernel's symbols (`kaddr`, `ksym`).
 pub fn run_special(
     program: &probe_lang::Program,
     runtime: &mut probe_lang::Runtime,
     which: &probe_lang::ProbeSpec,
+    kernel: Option<&guest::GuestKernel>,
 ) -> probe_lang::Flow {
     let name = match which {
         probe_lang::ProbeSpec::Begin => "BEGIN",
@@ -88,6 +90,9 @@ pub fn run_special(
                 nsecs: monotonic_ns(),
                 func: name,
                 probe: name,
+                kernel,
+                guest: "",
+                task: None,
             };
             if let probe_lang::Flow::Exit = runtime.run(program.block_of(index), &mut ctx) {
                 flow = probe_lang::Flow::Exit;

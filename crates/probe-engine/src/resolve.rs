@@ -1,8 +1,10 @@
 //! From probe specs (names, patterns, addresses) to guest addresses.
 
+use crate::session::{TimerProbe, WatchProbe};
 use crate::{Error, Result};
+use gdb_remote::BreakpointKind;
 use kernel_image::KernelSymbols;
-use probe_lang::{BlockId, KprobeTarget, ProbeSpec, Program};
+use probe_lang::{BlockId, KprobeTarget, ProbeSpec, Program, WatchMode};
 use std::sync::Arc;
 
 /// Wildcards may attach to at most this many functions: every site is a
@@ -67,7 +69,11 @@ pub fn resolve_probes(
             }
         };
         match spec {
-            ProbeSpec::Begin | ProbeSpec::End => {}
+            ProbeSpec::Begin
+            | ProbeSpec::End
+            | ProbeSpec::Interval { .. }
+            | ProbeSpec::Profile { .. }
+            | ProbeSpec::Watchpoint { .. } => {}
             ProbeSpec::Kprobe {
                 target: KprobeTarget::Address(addr),
                 offset,
@@ -145,4 +151,45 @@ pub fn resolve_probes(
         }
     }
     Ok(sites)
+}
+
+/// The program's `interval` and `profile` probes.
+pub fn resolve_timers(program: &Program) -> Vec<TimerProbe> {
+    let mut out = Vec::new();
+    for (index, spec) in program.probes().iter().enumerate() {
+        let (unit, value, every_vcpu) = match spec {
+            ProbeSpec::Interval { unit, value } => (unit, value, false),
+            ProbeSpec::Profile { unit, value } => (unit, value, true),
+            _ => continue,
+        };
+        out.push(TimerProbe {
+            period_ns: unit.period_ns(*value),
+            every_vcpu,
+            block: program.block_of(index),
+            probe: spec.name().into(),
+        });
+    }
+    out
+}
+
+/// The program's `watchpoint` probes, as stub watchpoints.
+pub fn resolve_watches(program: &Program) -> Vec<WatchProbe> {
+    let mut out = Vec::new();
+    for (index, spec) in program.probes().iter().enumerate() {
+        let ProbeSpec::Watchpoint { addr, len, mode } = spec else {
+            continue;
+        };
+        out.push(WatchProbe {
+            addr: *addr,
+            len: u64::from(*len),
+            kind: match mode {
+                WatchMode::Read => BreakpointKind::ReadWatch,
+                WatchMode::Write => BreakpointKind::WriteWatch,
+                WatchMode::ReadWrite => BreakpointKind::AccessWatch,
+            },
+            block: program.block_of(index),
+            probe: spec.name().into(),
+        });
+    }
+    out
 }

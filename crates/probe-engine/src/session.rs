@@ -1,6 +1,7 @@
 //! A probing session on one guest: arm, serve hits, disarm, detach.
 
 use crate::context::HitContext;
+use crate::guest::GuestKernel;
 use crate::resolve::{ProbeSite, Skip};
 use crate::{Error, Result, monotonic_ns};
 use gdb_remote::{
@@ -155,6 +156,7 @@ pub struct Session {
     timers: Vec<(TimerProbe, u64)>,
     watches: Vec<WatchProbe>,
     vcpus: Vec<ThreadId>,
+    kernel: Option<Arc<GuestKernel>>,
     recorder: Option<Box<dyn EventSink>>,
     before: Vec<(u64, Vec<u8>)>,
     armed: Vec<u64>,
@@ -179,6 +181,7 @@ impl Session {
             timers: Vec::new(),
             watches: Vec::new(),
             vcpus: Vec::new(),
+            kernel: None,
             recorder: None,
             before: Vec::new(),
             armed: Vec::new(),
@@ -195,6 +198,16 @@ impl Session {
     /// would leave the CPU expecting one.
     pub fn set_skip_nops(&mut self, on: bool) {
         self.skip_nops = on;
+    }
+
+    /// What handlers may know of the guest kernel (symbols for `kaddr`,
+    /// `ksym`; BTF and ORC for `comm`, `pid`, `kstack`).
+    pub fn set_kernel(&mut self, kernel: Arc<GuestKernel>) {
+        self.kernel = Some(kernel);
+    }
+
+    pub fn kernel(&self) -> Option<&Arc<GuestKernel>> {
+        self.kernel.as_ref()
     }
 
     /// Names the guest (`guest` in scripts, stream names in traces).
@@ -439,6 +452,9 @@ impl Session {
                     nsecs: received,
                     func: "",
                     probe: &timer.probe,
+                    kernel: self.kernel.as_deref(),
+                    guest: &self.name,
+                    task: None,
                 };
                 if let Flow::Exit = lock(runtime).run(timer.block, &mut ctx) {
                     flow = Flow::Exit;
@@ -529,6 +545,9 @@ impl Session {
             nsecs: received,
             func: &site.func,
             probe: "",
+            kernel: self.kernel.as_deref(),
+            guest: &self.name,
+            task: None,
         };
         let mut flow = Flow::Continue;
         for (block, probe) in &site.handlers {
@@ -677,6 +696,9 @@ impl Session {
             nsecs: received,
             func: &site.func,
             probe: "",
+            kernel: self.kernel.as_deref(),
+            guest: &self.name,
+            task: None,
         };
         let mut flow = Flow::Continue;
         for (block, probe) in &site.ret_handlers {
@@ -751,6 +773,9 @@ impl Session {
             nsecs: received,
             func: "",
             probe: "",
+            kernel: self.kernel.as_deref(),
+            guest: &self.name,
+            task: None,
         };
         for w in &hit {
             self.stats.watch_hits += 1;

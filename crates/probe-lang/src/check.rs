@@ -110,7 +110,7 @@ pub struct Checked {
 
 const BUILTINS: &[&str] = &[
     "arg0", "arg1", "arg2", "arg3", "arg4", "arg5", "func", "probe", "vcpu", "cpu", "nsecs",
-    "retval", "elapsed", "rand", "kstack",
+    "retval", "elapsed", "rand", "kstack", "comm", "pid", "tid", "curtask", "guest",
 ];
 
 /// Functions usable as expressions, with their (min, max) argument counts.
@@ -1222,7 +1222,7 @@ impl Checker<'_, '_> {
             return Type::Unknown;
         }
         match name {
-            "func" | "probe" => Type::Str,
+            "func" | "probe" | "comm" | "guest" => Type::Str,
             "kstack" => Type::Stack,
             "retval" if !self.all_kretprobe => {
                 self.r.error(

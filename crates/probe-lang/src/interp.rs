@@ -66,6 +66,34 @@ pub trait ProbeContext {
             "kstack is not supported by this probe context".into(),
         ))
     }
+    /// Address of the current task's `task_struct` (Linux guests).
+    fn curtask(&mut self) -> Result<u64, ContextError> {
+        Err(ContextError::Message(
+            "curtask is not supported by this probe context".into(),
+        ))
+    }
+    /// The current task's `comm` (Linux guests).
+    fn comm(&mut self) -> Result<String, ContextError> {
+        Err(ContextError::Message(
+            "comm is not supported by this probe context".into(),
+        ))
+    }
+    /// The current process id, `task->tgid` (Linux guests).
+    fn pid(&mut self) -> Result<u64, ContextError> {
+        Err(ContextError::Message(
+            "pid is not supported by this probe context".into(),
+        ))
+    }
+    /// The current thread id, `task->pid` (Linux guests).
+    fn tid(&mut self) -> Result<u64, ContextError> {
+        Err(ContextError::Message(
+            "tid is not supported by this probe context".into(),
+        ))
+    }
+    /// The VM the probe fired in (`guest`).
+    fn guest(&self) -> &str {
+        "vm0"
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -640,6 +668,11 @@ impl Runtime {
                 }
                 Builtin::Func => Value::Str(Arc::from(ctx.func())),
                 Builtin::Probe => Value::Str(Arc::from(ctx.probe())),
+                Builtin::Comm => Value::Str(Arc::from(ctx.comm()?.as_str())),
+                Builtin::Pid => Value::Int(ctx.pid()?),
+                Builtin::Tid => Value::Int(ctx.tid()?),
+                Builtin::Curtask => Value::Int(ctx.curtask()?),
+                Builtin::Guest => Value::Str(Arc::from(ctx.guest())),
             },
             Expr::MapRead { map, key } => {
                 let k = self.key(p, key, ctx)?;

@@ -28,6 +28,14 @@ pub enum Builtin {
     Nsecs,
     Elapsed,
     Rand,
+    /// Linux guests: the current task's name, process id (tgid), thread id
+    /// and `task_struct` address.
+    Comm,
+    Pid,
+    Tid,
+    Curtask,
+    /// The name of the VM the probe fired in.
+    Guest,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -405,6 +413,11 @@ impl Lower<'_> {
                 "retval" => Builtin::Retval,
                 "elapsed" => Builtin::Elapsed,
                 "rand" => Builtin::Rand,
+                "comm" => Builtin::Comm,
+                "pid" => Builtin::Pid,
+                "tid" => Builtin::Tid,
+                "curtask" => Builtin::Curtask,
+                "guest" => Builtin::Guest,
                 a => Builtin::Arg(a.as_bytes()[3] - b'0'),
             }),
             ExprKind::Map { name, keys } => Expr::MapRead {
