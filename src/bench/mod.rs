@@ -14,8 +14,7 @@ mod report;
 use crate::BenchArgs;
 use anyhow::{Context, Result, anyhow, bail};
 use gdb_remote::Client;
-use kernel_image::KernelSymbols;
-use probe_engine::{EndReason, Session, resolve_probes};
+use probe_engine::{EndReason, Session};
 use probe_lang::Runtime;
 use qemu_guest::{Accel, LaunchConfig, Vm};
 use std::io::Write;
@@ -89,17 +88,32 @@ pub struct Workload {
 
 #[derive(Clone, Debug)]
 pub struct Filter {
-    pub predicate: &'static str,
+    pub predicate: String,
     pub fetch: &'static str,
-    pub tracefs: &'static str,
+    pub tracefs: String,
+}
+
+/// Selects the calls of the process named `comm` (truncated to 15
+/// characters as the kernel does), plus an optional extra condition on both
+/// sides: the guest shell and init make the same calls too.
+fn by_comm(comm: &str, extra: Option<(&str, &'static str, &str)>) -> Filter {
+    let comm: String = comm.chars().take(15).collect();
+    match extra {
+        Some((pred, fetch, tracefs)) => Filter {
+            predicate: format!("comm == \"{comm}\" && {pred}"),
+            fetch,
+            tracefs: format!("comm == \"{comm}\" && {tracefs}"),
+        },
+        None => Filter {
+            predicate: format!("comm == \"{comm}\""),
+            fetch: "",
+            tracefs: format!("comm == \"{comm}\""),
+        },
+    }
 }
 
 fn workloads(quick: bool) -> Vec<Workload> {
-    let dd_filter = Filter {
-        predicate: "arg2 == 1",
-        fetch: "count=%dx:u64",
-        tracefs: "count == 1",
-    };
+    let dd_filter = by_comm("dd", Some(("arg2 == 1", "count=%dx:u64", "count == 1")));
     if quick {
         return vec![Workload {
             name: "dd-bs1",
@@ -115,28 +129,28 @@ fn workloads(quick: bool) -> Vec<Workload> {
             command: "dd if=/dev/zero of=/dev/null bs=1 count=1000 2>/dev/null".into(),
             setup: None,
             function: "ksys_write",
-            filter: Some(dd_filter),
+            filter: Some(dd_filter.clone()),
         },
         Workload {
             name: "null-syscall",
             command: "vmprobe-nullsys 1000".into(),
             setup: None,
             function: "__x64_sys_getppid",
-            filter: None,
+            filter: Some(by_comm("vmprobe-nullsys", None)),
         },
         Workload {
             name: "fork-exec",
             command: "vmprobe-forkexec 100".into(),
             setup: None,
             function: "wake_up_new_task",
-            filter: None,
+            filter: Some(by_comm("vmprobe-forkexec", None)),
         },
         Workload {
             name: "gzip",
             command: "gzip -c /tmp/bench.in > /dev/null".into(),
             setup: Some("dd if=/dev/urandom of=/tmp/bench.in bs=1k count=512 2>/dev/null".into()),
             function: "ksys_read",
-            filter: None,
+            filter: Some(by_comm("gzip", None)),
         },
         Workload {
             name: "tar",
@@ -149,7 +163,7 @@ fn workloads(quick: bool) -> Vec<Workload> {
                     .into(),
             ),
             function: "do_sys_openat2",
-            filter: None,
+            filter: Some(by_comm("tar", None)),
         },
     ]
 }
@@ -164,7 +178,7 @@ const IDLE_FUNCTIONS: [&str; 3] = [
 /// The booted guest the matrix runs on.
 struct Bench {
     vm: Vm,
-    symbols: KernelSymbols,
+    kernel: crate::run::KernelInfo,
     slide: u64,
     console: Arc<Mutex<Vec<u8>>>,
     scratch: PathBuf,
@@ -176,7 +190,7 @@ pub fn bench(args: BenchArgs) -> Result<i32> {
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     require_gdb()?;
     let image = crate::run::default_image()?;
-    let symbols = crate::run::load_image_symbols(&image)?;
+    let kernel = crate::run::load_kernel(crate::run::load_image_symbols(&image)?, &image.kernel);
     let mut cfg = LaunchConfig::new(image.clone());
     cfg.accel = match args.accel {
         Some(crate::AccelArg::Kvm) => Accel::Kvm,
@@ -190,7 +204,7 @@ pub fn bench(args: BenchArgs) -> Result<i32> {
     cfg.console = Some(console.clone());
     let started = Instant::now();
     eprintln!("vmprobe bench: booting the default guest ({:?})", cfg.accel);
-    let mut bench = Bench::boot(&cfg, symbols, console, out_dir.clone())?;
+    let mut bench = Bench::boot(&cfg, kernel, console, out_dir.clone())?;
     eprintln!(
         "vmprobe bench: guest up in {:.1} s, KASLR slide {:#x}",
         started.elapsed().as_secs_f64(),
@@ -271,7 +285,7 @@ fn require_gdb() -> Result<()> {
 impl Bench {
     fn boot(
         cfg: &LaunchConfig,
-        symbols: KernelSymbols,
+        kernel: crate::run::KernelInfo,
         console: Arc<Mutex<Vec<u8>>>,
         scratch: PathBuf,
     ) -> Result<Bench> {
@@ -280,13 +294,13 @@ impl Bench {
         session.resume()?;
         vm.wait_ready(BOOT_TIMEOUT)?;
         session.pause()?;
-        let slide = session.detect_slide(&symbols)?;
+        let slide = session.detect_slide(&kernel.symbols)?;
         // Detaching leaves the guest running with no debugger connected:
         // the state of configuration (0).
         session.detach()?;
         Ok(Bench {
             vm,
-            symbols,
+            kernel,
             slide,
             console,
             scratch,
@@ -379,8 +393,7 @@ impl Bench {
         );
         // QEMU stops the guest when a debugger connects.
         let mut session = Session::new(connect(&self.vm)?);
-        let sites = resolve_probes(&program, &self.symbols, self.slide)?;
-        session.arm(sites)?;
+        crate::run::arm_program(&mut session, &program, &self.kernel)?;
         let printed = SharedBuf::default();
         let out: Box<dyn Write + Send> = if record {
             let path = self.scratch.join("record.txt");
@@ -423,6 +436,7 @@ impl Bench {
     /// counts and returns False, as a GDB user would count calls.
     fn with_gdb(&mut self, w: &Workload) -> Result<(f64, u64)> {
         let sym = self
+            .kernel
             .symbols
             .lookup(w.function)
             .ok_or_else(|| anyhow!("unknown function {}", w.function))?;
