@@ -1,0 +1,53 @@
+//! Issue 4 through the language: `comm`, `pid`, `tid`, `str()` and `kstack`
+//! in scripts, checked against what the guest's workload says of itself and
+//! what it opens.
+
+mod support;
+use support::*;
+
+#[test]
+fn comm_pid_str_and_kstack_match_the_workload() {
+    let program = r#"
+kprobe:ksys_write /comm == "dd" && arg2 == 1/ { @writes[comm, pid, tid] = count(); @stack[kstack] = count(); }
+kprobe:do_sys_openat2 /comm == "cat"/ { @opened[str(arg1)] = count(); }
+"#;
+    let workload = "sh -c 'echo WORKLOAD-PID $$; exec dd if=/dev/zero of=/dev/null bs=1 count=25 2>/dev/null'; \
+                    cat /proc/version /etc/vmprobe-none /proc/uptime > /dev/null 2>&1; true";
+    let out = run_bounded(
+        vmprobe().args(["run", "--console", "-e", program, "--", workload]),
+        RUN_LIMIT,
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "vmprobe failed: {stderr}");
+    let pid: u64 = stderr
+        .lines()
+        .find_map(|l| l.split("WORKLOAD-PID ").nth(1))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the workload did not print its pid: {stderr}"));
+    assert!(
+        stdout.contains(&format!("@writes[dd, {pid}, {pid}]: 25")),
+        "comm, pid and tid of dd's 25 writes (pid {pid}):\n{stdout}"
+    );
+    // Exactly the paths cat was asked to open, the missing one included.
+    for path in ["/proc/version", "/etc/vmprobe-none", "/proc/uptime"] {
+        assert!(
+            stdout.contains(&format!("@opened[{path}]: 1")),
+            "{path} not seen opened once:\n{stdout}"
+        );
+    }
+    // The stack of a write(2): ksys_write at the top, then the system call
+    // path, innermost first (as bpftrace prints kstack).
+    let frames: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("@stack["))
+        .skip(1)
+        .take_while(|l| !l.starts_with(']'))
+        .map(|l| l.trim().split('+').next().unwrap_or(""))
+        .collect();
+    assert_eq!(frames.first(), Some(&"ksys_write"), "{stdout}");
+    let syscall = frames.iter().position(|f| *f == "do_syscall_64");
+    let entry = frames
+        .iter()
+        .position(|f| f.starts_with("entry_SYSCALL_64"));
+    assert!(syscall.is_some() && entry > syscall, "{frames:?}");
+}
