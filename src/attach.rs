@@ -126,6 +126,7 @@ pub fn attach(args: crate::AttachArgs) -> Result<i32> {
             .map(|s| Instant::now() + Duration::from_secs_f64(s)),
         stats: args.stats,
         output: args.format.format(),
+        flamegraph: None,
     };
     let code = serve_and_report(
         guests,

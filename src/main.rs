@@ -145,6 +145,11 @@ pub struct RecordArgs {
     /// memory (e.g. 1M); write them on exit or on SIGUSR1, nothing before.
     #[arg(long, value_name = "SIZE", value_parser = record::parse_size)]
     ring: Option<usize>,
+    /// Also draw the program's kstack-keyed maps (e.g. `profile:hz:99 {
+    /// @[kstack] = count(); }`) as a flame graph: FILE (SVG) and FILE's
+    /// `.folded` sibling (Brendan Gregg's folded stacks).
+    #[arg(long, value_name = "FILE")]
+    flamegraph: Option<PathBuf>,
     /// The probe program; every probe it fires is recorded with its arguments.
     #[arg(short = 'e', value_name = "PROGRAM")]
     program: Option<String>,

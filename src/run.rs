@@ -200,6 +200,7 @@ pub fn record(args: crate::RecordArgs) -> Result<i32> {
     run_recording(
         run_args,
         Some(Recording {
+            flamegraph: args.flamegraph,
             dir: args.output,
             format: args.format,
             ring: args.ring,
@@ -209,6 +210,7 @@ pub fn record(args: crate::RecordArgs) -> Result<i32> {
 
 /// What `vmprobe record` adds to a run.
 pub struct Recording {
+    pub flamegraph: Option<std::path::PathBuf>,
     pub dir: std::path::PathBuf,
     pub format: crate::record::Format,
     pub ring: Option<usize>,
@@ -335,6 +337,7 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
         deadline: None,
         stats: args.stats,
         output: args.format.format(),
+        flamegraph: recording.as_ref().and_then(|r| r.flamegraph.clone()),
     };
     serve_and_report(
         guests,
@@ -355,6 +358,9 @@ pub struct ServePlan {
     pub deadline: Option<Instant>,
     pub stats: bool,
     pub output: probe_lang::OutputFormat,
+    /// Write the program's `kstack`-keyed maps as a flame graph (SVG, and
+    /// folded stacks next to it).
+    pub flamegraph: Option<std::path::PathBuf>,
 }
 
 /// Runs BEGIN, serves every guest in its own thread until the run ends
@@ -500,6 +506,12 @@ pub fn serve_and_report(
         &ProbeSpec::End,
         special_kernel.as_deref(),
     );
+    if let Some(path) = &plan.flamegraph {
+        match write_flamegraph(path, runtime.stack_entries()) {
+            Ok(n) => eprintln!("vmprobe: flame graph of {n} stacks in {}", path.display()),
+            Err(e) => eprintln!("vmprobe: writing the flame graph: {e:#}"),
+        }
+    }
     runtime.print_maps();
     let _ = std::io::stdout().flush();
     for (probe, error, count) in runtime.errors() {
@@ -617,6 +629,33 @@ fn boot_guest(
         vm: Some(vm),
         session,
     })
+}
+
+/// Folds stacks (frames innermost first, as `kstack` holds them) root first,
+/// without offsets so that calls from anywhere in a function merge, and
+/// writes `PATH` (SVG) and `PATH` with extension `folded`.
+fn write_flamegraph(path: &std::path::Path, stacks: Vec<(Vec<String>, u64)>) -> Result<usize> {
+    let n = stacks.len();
+    let folded = trace_formats::flame::fold(stacks.into_iter().map(|(frames, count)| {
+        let root_first: Vec<String> = frames
+            .iter()
+            .rev()
+            .map(|f| f.split('+').next().unwrap_or(f).to_string())
+            .collect();
+        (root_first, count)
+    }));
+    let folded_path = path.with_extension("folded");
+    let file = std::fs::File::create(&folded_path)
+        .with_context(|| format!("creating {}", folded_path.display()))?;
+    trace_formats::flame::write_folded(std::io::BufWriter::new(file), &folded)?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    trace_formats::flame::write_flamegraph(
+        std::io::BufWriter::new(file),
+        &folded,
+        "vmprobe: kernel stacks",
+    )?;
+    Ok(n)
 }
 
 /// Puts a prefix in front of every line written through it.

@@ -255,3 +255,48 @@ fn flight_recorder_snapshot_holds_the_newest_events_without_gaps() {
         "snapshot 1 precedes snapshot 2"
     );
 }
+
+#[test]
+fn profile_kernel_stacks_as_a_flame_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("stacks.svg");
+    let out = run_bounded(
+        vmprobe()
+            .args(["record", "-o"])
+            .arg(dir.path().join("trace"))
+            .arg("--flamegraph")
+            .arg(&svg)
+            .args([
+                "-e",
+                "profile:hz:100 { @stacks[kstack] = count(); @samples = count(); }",
+                "--",
+                "vmprobe-nullsys 100000",
+            ]),
+        RUN_LIMIT,
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    let folded = std::fs::read_to_string(svg.with_extension("folded")).unwrap();
+    let counts: u64 = folded
+        .lines()
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    // Every sample taken in the kernel is a folded stack; samples in user
+    // space have an empty kernel stack, as in bpftrace.
+    let samples = map_value(&stdout, "samples");
+    assert!(
+        counts > 0 && counts <= samples,
+        "{counts} of {samples}\n{folded}"
+    );
+    assert!(
+        folded
+            .lines()
+            .any(|l| l.starts_with("entry_SYSCALL_64") && l.contains(";do_syscall_64;")),
+        "system-call stacks, root first:\n{folded}"
+    );
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        svg.contains("<svg") && svg.contains("do_syscall_64"),
+        "an SVG flame graph"
+    );
+}

@@ -156,6 +156,11 @@ impl GuestKernel {
             .as_ref()
             .ok_or(GuestError::Missing("kstack", "ORC unwind tables"))?;
         let get = |name: &'static str| regs.get(name).ok_or(GuestError::Register(name));
+        // Stopped in user space: no kernel stack (bpftrace's kstack is
+        // empty there too).
+        if !is_kernel_address(get("rip")?) {
+            return Ok(Vec::new());
+        }
         let mut start = Regs::new(get("rip")?, get("rsp")?, get("rbp")?);
         start.r10 = regs.get("r10");
         start.r13 = regs.get("r13");

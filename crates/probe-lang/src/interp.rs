@@ -282,6 +282,24 @@ impl Runtime {
         }
     }
 
+    /// Every map entry keyed by a `kstack` (alone or with other keys), as
+    /// (frames innermost first, value): what a flame graph is drawn from.
+    pub fn stack_entries(&self) -> Vec<(Vec<String>, u64)> {
+        let mut out = Vec::new();
+        for (i, map) in self.maps.iter().enumerate() {
+            for key in map.keys() {
+                let Key::Multi(parts) = key else { continue };
+                for part in parts.iter() {
+                    if let KeyPart::Stack(frames) = part {
+                        let frames = frames.iter().map(|f| f.to_string()).collect();
+                        out.push((frames, self.read(i, key).as_int()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Current value of a map entry as `@m[key]` reads it (for tests/tools).
     pub fn map_value(&self, name: &str, key: &[Value]) -> Option<u64> {
         let i = self.program.ir.maps.iter().position(|m| m.name == name)?;
