@@ -80,7 +80,14 @@ fn ctf_trace_read_by_babeltrace2_matches_guest_count() {
         lines.len(),
         "only the two probes: {lines:?}"
     );
-    assert_eq!(entries.len(), returns, "every call recorded returned");
+    // Every call returned, except possibly init's write of the exit message
+    // on the control port: the run ends when that message arrives, before
+    // the write returns.
+    assert!(
+        entries.len() == returns || entries.len() == returns + 1,
+        "{} calls, {returns} returns",
+        entries.len()
+    );
     // The same window as the guest's own kprobe event: 1-byte writes
     // between the marker writes, from arg2 of each entry.
     let mut inside = None;
