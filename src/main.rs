@@ -95,6 +95,9 @@ pub struct RunArgs {
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]
     vcpus: u32,
+    /// The QEMU binary (default: qemu-system-x86_64 from PATH).
+    #[arg(long, value_name = "PATH")]
+    qemu: Option<PathBuf>,
     /// Boot this many default guests (vm0, vm1, ...), run the workload in
     /// each (with VMPROBE_GUEST and VMPROBE_GUEST_INDEX set) and probe them all.
     #[arg(long, default_value_t = 1)]
@@ -165,6 +168,9 @@ pub struct RecordArgs {
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]
     vcpus: u32,
+    /// The QEMU binary (default: qemu-system-x86_64 from PATH).
+    #[arg(long, value_name = "PATH")]
+    qemu: Option<PathBuf>,
     /// Boot this many default guests (vm0, vm1, ...), run the workload in
     /// each (with VMPROBE_GUEST and VMPROBE_GUEST_INDEX set) and probe them all.
     #[arg(long, default_value_t = 1)]

@@ -192,6 +192,7 @@ pub fn record(args: crate::RecordArgs) -> Result<i32> {
         guest: args.guest,
         accel: args.accel,
         vcpus: args.vcpus,
+        qemu: args.qemu,
         guests: args.guests,
         console: args.console,
         stats: args.stats,
@@ -271,6 +272,9 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
 
     let mut cfg = LaunchConfig::new(image);
     cfg.vcpus = args.vcpus;
+    if let Some(q) = &args.qemu {
+        cfg.qemu = q.clone();
+    }
     if let Some(a) = args.accel {
         cfg.accel = match a {
             AccelArg::Kvm => Accel::Kvm,

@@ -130,3 +130,63 @@ fn missing_program_and_workload_are_errors() {
     fails_with(&["run", "--", "true"], &[], "no program");
     fails_with(&["run", "-e", "BEGIN { exit(); }"], &[], "no workload");
 }
+
+#[test]
+fn unknown_kaddr_symbol_is_a_diagnostic_before_booting() {
+    let e = fails_with(
+        &[
+            "run",
+            "-e",
+            "BEGIN { printf(\"%x\\n\", kaddr(\"no_such_symbol_xyz\")); exit(); }",
+            "--",
+            "true",
+        ],
+        &[],
+        "unknown kernel symbol",
+    );
+    assert!(e.contains("1:"), "line:col of the call: {e}");
+    assert!(!e.contains("booting"), "nothing booted: {e}");
+}
+
+#[test]
+fn bad_record_and_attach_arguments() {
+    fails_with(
+        &[
+            "record",
+            "-o",
+            "/tmp/x",
+            "--ring",
+            "1X",
+            "kprobe:ksys_write",
+            "--",
+            "true",
+        ],
+        &[],
+        "'1X' is not a size",
+    );
+    let e = fails_with(
+        &[
+            "record",
+            "-o",
+            "/tmp/x",
+            "ksys_write",
+            "vfs_read",
+            "--",
+            "true",
+        ],
+        &[],
+        "is not a probe",
+    );
+    last_line_is_one_error(&e, "is not a probe");
+    fails_with(
+        &[
+            "attach",
+            "--vm",
+            "vm0=gdb:127.0.0.1:notaport",
+            "-e",
+            "BEGIN { exit(); }",
+        ],
+        &[],
+        "not a TCP port",
+    );
+}
