@@ -1,6 +1,7 @@
 //! What a handler sees at a hit: registers fetched lazily from the stub.
 
 use crate::guest::GuestKernel;
+use crate::layers::LayerValue;
 use gdb_remote::{Client, Registers, ThreadId};
 use probe_lang::{ContextError, ProbeContext};
 
@@ -19,6 +20,10 @@ pub(crate) struct HitContext<'a> {
     pub guest: &'a str,
     /// The current task, once looked up in this hit.
     pub task: Option<u64>,
+    /// A VMM or host event's fields (`args.NAME` in its probe's block).
+    // Read once the language gives probe blocks named arguments.
+    #[allow(dead_code)]
+    pub fields: Option<&'a [(String, LayerValue)]>,
 }
 
 impl<'a> HitContext<'a> {

@@ -17,6 +17,7 @@
 
 mod context;
 pub mod guest;
+pub mod layers;
 mod resolve;
 mod session;
 
@@ -93,6 +94,7 @@ pub fn run_special(
                 kernel,
                 guest: "",
                 task: None,
+                fields: None,
             };
             if let probe_lang::Flow::Exit = runtime.run(program.block_of(index), &mut ctx) {
                 flow = probe_lang::Flow::Exit;

@@ -2,6 +2,7 @@
 
 use crate::context::HitContext;
 use crate::guest::GuestKernel;
+use crate::layers::{LayerEvent, LayerSource};
 use crate::resolve::{ProbeSite, Skip};
 use crate::{Error, Result, monotonic_ns};
 use gdb_remote::{
@@ -54,6 +55,8 @@ pub struct HitStats {
     pub timer_fires: u64,
     /// Watchpoint hits.
     pub watch_hits: u64,
+    /// VMM and host events that ran a handler.
+    pub layer_events: u64,
     /// Stops that matched no probe site (resumed and otherwise ignored).
     pub stray_stops: u64,
     /// Nanoseconds from receiving a hit's stop reply to resuming the guest.
@@ -68,6 +71,7 @@ impl HitStats {
             missed_returns: 0,
             timer_fires: 0,
             watch_hits: 0,
+            layer_events: 0,
             stray_stops: 0,
             service_ns: Histogram::new(3).expect("3 significant digits is valid"),
         }
@@ -157,6 +161,10 @@ pub struct Session {
     watches: Vec<WatchProbe>,
     vcpus: Vec<ThreadId>,
     kernel: Option<Arc<GuestKernel>>,
+    /// VMM and host event sources, and the blocks of their probes by name.
+    layers: Vec<Box<dyn LayerSource>>,
+    layer_handlers: HashMap<String, Vec<(BlockId, Arc<str>)>>,
+    layer_events: Vec<LayerEvent>,
     recorder: Option<Box<dyn EventSink>>,
     before: Vec<(u64, Vec<u8>)>,
     armed: Vec<u64>,
@@ -182,6 +190,9 @@ impl Session {
             watches: Vec::new(),
             vcpus: Vec::new(),
             kernel: None,
+            layers: Vec::new(),
+            layer_handlers: HashMap::new(),
+            layer_events: Vec::new(),
             recorder: None,
             before: Vec::new(),
             armed: Vec::new(),
@@ -204,6 +215,67 @@ impl Session {
     /// `ksym`; BTF and ORC for `comm`, `pid`, `kstack`).
     pub fn set_kernel(&mut self, kernel: Arc<GuestKernel>) {
         self.kernel = Some(kernel);
+    }
+
+    /// Adds a source of VMM or host events; `handlers` maps probe names
+    /// (`vmm:serial_write`, `tracepoint:sched:sched_switch`) to blocks.
+    pub fn add_layer(
+        &mut self,
+        source: Box<dyn LayerSource>,
+        handlers: &HashMap<String, Vec<(BlockId, Arc<str>)>>,
+    ) {
+        self.layers.push(source);
+        for (name, blocks) in handlers {
+            self.layer_handlers
+                .entry(name.clone())
+                .or_default()
+                .extend(blocks.iter().cloned());
+        }
+    }
+
+    /// Switches the layer sources off; one summary line each.
+    pub fn finish_layers(&mut self) -> Vec<String> {
+        self.layers.iter_mut().map(|l| l.finish()).collect()
+    }
+
+    /// Runs the handlers of the VMM and host events that arrived.
+    fn serve_layers(&mut self, runtime: &Mutex<Runtime>) -> Flow {
+        if self.layers.is_empty() {
+            return Flow::Continue;
+        }
+        let mut events = std::mem::take(&mut self.layer_events);
+        for l in &mut self.layers {
+            l.drain(&mut events);
+        }
+        events.sort_by_key(|e| e.ts_ns);
+        let mut flow = Flow::Continue;
+        for ev in events.drain(..) {
+            let Some(blocks) = self.layer_handlers.get(&ev.probe) else {
+                continue;
+            };
+            self.stats.layer_events += 1;
+            let mut ctx = HitContext {
+                client: None,
+                thread: None,
+                regs: None,
+                vcpu: ev.vcpu.unwrap_or(0),
+                nsecs: ev.ts_ns,
+                func: &ev.probe,
+                probe: "",
+                kernel: self.kernel.as_deref(),
+                guest: &self.name,
+                task: None,
+                fields: Some(&ev.fields),
+            };
+            for (block, probe) in blocks {
+                ctx.probe = probe;
+                if let Flow::Exit = lock(runtime).run(*block, &mut ctx) {
+                    flow = Flow::Exit;
+                }
+            }
+        }
+        self.layer_events = events;
+        flow
     }
 
     pub fn kernel(&self) -> Option<&Arc<GuestKernel>> {
@@ -381,6 +453,9 @@ impl Session {
                     Err(e) => return EndReason::TargetGone(e),
                 }
             }
+            if let Flow::Exit = self.serve_layers(runtime) {
+                return EndReason::ScriptExit;
+            }
             let wait = next_timer.map_or(POLL_INTERVAL, |due| {
                 Duration::from_nanos(due - now).min(POLL_INTERVAL)
             });
@@ -455,6 +530,7 @@ impl Session {
                     kernel: self.kernel.as_deref(),
                     guest: &self.name,
                     task: None,
+                    fields: None,
                 };
                 if let Flow::Exit = lock(runtime).run(timer.block, &mut ctx) {
                     flow = Flow::Exit;
@@ -548,6 +624,7 @@ impl Session {
             kernel: self.kernel.as_deref(),
             guest: &self.name,
             task: None,
+            fields: None,
         };
         let mut flow = Flow::Continue;
         for (block, probe) in &site.handlers {
@@ -699,6 +776,7 @@ impl Session {
             kernel: self.kernel.as_deref(),
             guest: &self.name,
             task: None,
+            fields: None,
         };
         let mut flow = Flow::Continue;
         for (block, probe) in &site.ret_handlers {
@@ -776,6 +854,7 @@ impl Session {
             kernel: self.kernel.as_deref(),
             guest: &self.name,
             task: None,
+            fields: None,
         };
         for w in &hit {
             self.stats.watch_hits += 1;
