@@ -217,16 +217,25 @@ impl Recorder {
     /// Ends the trace: writes the ring (as a last snapshot) or closes the
     /// files, with dropped events counted in the trace. Returns a summary.
     pub fn finish(mut self) -> Result<String> {
-        let dropped: u64 = self.dropped.iter().sum();
+        let mut dropped: u64 = self.dropped.iter().sum();
         let snapshot = self.snapshot()?;
         match self.output {
             Output::Ctf(mut w) => {
                 for (i, &d) in self.dropped.iter().enumerate() {
                     if d > 0 {
-                        w.add_discarded(StreamId(i as u32), d)?;
+                        // Best effort: the disk may be what failed.
+                        let _ = w.add_discarded(StreamId(i as u32), d);
                     }
                 }
-                w.finish()?;
+                // Events lost with packets that could not be written.
+                let lost: u64 = (0..self.dropped.len())
+                    .map(|i| w.discarded_count(StreamId(i as u32)))
+                    .sum();
+                dropped = dropped.max(lost);
+                self.written = self.written.saturating_sub(lost);
+                if let Err(e) = w.finish() {
+                    self.first_error.get_or_insert_with(|| e.to_string());
+                }
             }
             Output::Perfetto(w) => {
                 w.finish()?;

@@ -30,7 +30,7 @@
 //! always readable up to the last packet written.
 
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
@@ -104,6 +104,11 @@ struct Stream {
     discarded: u64,
     discarded_written: u64,
     events: u64,
+    /// Events in the open packet (counted as discarded if it cannot be written).
+    packet_events: u64,
+    /// Bytes of complete packets in the file: where a failed write is cut
+    /// back to, so that the file always ends on a packet boundary.
+    written: u64,
 }
 
 /// Writes one CTF trace directory.
@@ -214,6 +219,8 @@ impl CtfWriter {
             discarded: 0,
             discarded_written: 0,
             events: 0,
+            packet_events: 0,
+            written: 0,
         });
         Ok(StreamId(id))
     }
@@ -253,6 +260,7 @@ impl CtfWriter {
         encode_event(&mut st.buf, layout, st.last_ts, ts_ns, class.0, ec, values);
         st.last_ts = ts_ns;
         st.events += 1;
+        st.packet_events += 1;
         if st.buf.len() >= self.opts.packet_bytes {
             self.close_packet(stream.0 as usize)?;
         }
@@ -313,6 +321,14 @@ impl CtfWriter {
     /// Events written to `stream` so far.
     pub fn event_count(&self, stream: StreamId) -> u64 {
         self.streams.get(stream.0 as usize).map_or(0, |s| s.events)
+    }
+
+    /// Events of `stream` counted as discarded: added by the caller, or lost
+    /// with a packet that could not be written (disk full).
+    pub fn discarded_count(&self, stream: StreamId) -> u64 {
+        self.streams
+            .get(stream.0 as usize)
+            .map_or(0, |s| s.discarded)
     }
 
     /// Packets written to `stream` so far.
@@ -376,11 +392,23 @@ impl CtfWriter {
         b[84..86].copy_from_slice(&st.guest_id.to_le_bytes());
         b[86] = layer_code(st.key.layer);
         b[87] = st.key.vcpu.is_some() as u8;
-        st.file.write_all(b).map_err(|source| Error::Io {
-            path: st.path.clone(),
-            source,
-        })?;
+        if let Err(source) = st.file.write_all(b) {
+            // Disk full or I/O error: cut the partial packet off so the file
+            // still reads as CTF up to its last whole packet, and count the
+            // lost events as discarded (a later packet will say so).
+            let _ = st.file.set_len(st.written);
+            let _ = st.file.seek(SeekFrom::Start(st.written));
+            st.buf.clear();
+            st.discarded += st.packet_events;
+            st.packet_events = 0;
+            return Err(Error::Io {
+                path: st.path.clone(),
+                source,
+            });
+        }
+        st.written += st.buf.len() as u64;
         st.buf.clear();
+        st.packet_events = 0;
         st.seq += 1;
         st.discarded_written = st.discarded;
         Ok(())
