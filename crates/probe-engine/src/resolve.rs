@@ -74,6 +74,10 @@ pub fn resolve_probes(
             | ProbeSpec::Interval { .. }
             | ProbeSpec::Profile { .. }
             | ProbeSpec::Watchpoint { .. } => {}
+            // The language parses these; the engine does not serve them yet.
+            ProbeSpec::Vmm { .. } | ProbeSpec::Tracepoint { .. } => {
+                return Err(Error::Unsupported(spec.name()));
+            }
             ProbeSpec::Kprobe {
                 target: KprobeTarget::Address(addr),
                 offset,
