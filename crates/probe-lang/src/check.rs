@@ -1295,6 +1295,13 @@ impl Checker<'_, '_> {
                 let (id, ptr) = match base.ty {
                     Type::Unknown => return Type::Unknown,
                     Type::Kernel { id, ptr } => (TypeRef(id), ptr),
+                    Type::Tuple(_) if !*arrow => {
+                        self.r.error(
+                            span,
+                            format!("expected a tuple index after '.', found '{name}'"),
+                        );
+                        return Type::Unknown;
+                    }
                     t => {
                         let what = if *arrow { "->" } else { "." };
                         let hint = if self.types.is_none() && t.is_int() {
@@ -1823,7 +1830,7 @@ mod tests {
     fn checked(src: &str) -> (Ast, Checked, usize) {
         let mut ast = parse(src).unwrap();
         let mut r = Reporter::new(src, "t");
-        let c = check(&mut ast, &mut r);
+        let c = check(&mut ast, &mut r, None);
         let n = r.diags.len();
         (ast, c, n)
     }
