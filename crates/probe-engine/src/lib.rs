@@ -19,6 +19,8 @@ mod context;
 pub mod guest;
 mod resolve;
 mod session;
+pub mod types;
+pub use types::BtfTypes;
 
 pub use resolve::{ProbeSite, Skip, resolve_probes, resolve_timers, resolve_watches};
 pub use session::{
