@@ -129,15 +129,39 @@ fn load_symbols(args: &GuestArgs, image: &GuestImage) -> Result<KernelSymbols> {
     KernelSymbols::load(path, Some(&cache)).with_context(|| "loading kernel symbols".to_string())
 }
 
-pub fn list(pattern: Option<&str>, args: &GuestArgs) -> Result<()> {
+/// `vmprobe list [-v] [PATTERN]`: with `-v`, each function's parameters
+/// from the kernel's BTF, one `    TYPE NAME` line each, as `bpftrace -lv`.
+pub fn list(pattern: Option<&str>, verbose: bool, args: &GuestArgs) -> Result<()> {
     let image = guest_image(args)?;
     let symbols = load_symbols(args, &image)?;
     let pattern = pattern
         .map(|p| p.strip_prefix("kprobe:").unwrap_or(p))
-        .unwrap_or("*");
+        .unwrap_or("*")
+        .to_string();
+    // Sections (BTF) are loaded only for -v.
+    let (symbols, guest) = if verbose {
+        let k = load_kernel(symbols, &image.kernel);
+        let g = probe_engine::guest::GuestKernel::new(k.symbols.clone(), 0, k.sections.as_ref());
+        (k.symbols, Some(g))
+    } else {
+        (Arc::new(symbols), None)
+    };
+    let types = guest.as_ref().and_then(|g| g.types());
+    if verbose && types.is_none() {
+        bail!("the kernel image has no BTF: -v cannot show function parameters");
+    }
     let mut out = std::io::stdout().lock();
-    for sym in symbols.matching(pattern) {
-        if writeln!(out, "kprobe:{}", sym.name).is_err() {
+    for sym in symbols.matching(&pattern) {
+        let mut text = format!("kprobe:{}\n", sym.name);
+        if let Some(t) = &types
+            && let Some(proto) = probe_lang::KernelTypes::function(t, &sym.name)
+        {
+            for line in probe_lang::types::prototype_lines(t, &proto) {
+                text.push_str(&line);
+                text.push('\n');
+            }
+        }
+        if out.write_all(text.as_bytes()).is_err() {
             break; // stdout closed (e.g. piped into head)
         }
     }
