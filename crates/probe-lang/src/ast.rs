@@ -76,7 +76,7 @@ impl Type {
     /// The integer type a value of this type behaves as in arithmetic.
     pub fn as_int(self) -> Type {
         match self {
-            Type::Ptr { .. } | Type::Kernel { .. } => Type::UNSIGNED,
+            Type::Ptr { .. } | Type::Kernel { ptr: 1.., .. } => Type::UNSIGNED,
             t => t,
         }
     }

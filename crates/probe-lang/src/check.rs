@@ -454,6 +454,10 @@ impl Checker<'_, '_> {
                         Type::Buf => self
                             .r
                             .error(value.span, "a buffer cannot be stored in a map"),
+                        Type::Kernel { ptr: 0, .. } => self.r.error(
+                            value.span,
+                            "a struct, union or array cannot be stored in a map; store one of its members",
+                        ),
                         t => self.declare(name, AggKind::Value, key_tys, t.as_int(), None, span),
                     }
                     return;
@@ -597,7 +601,7 @@ impl Checker<'_, '_> {
         let Some(keys) = keys else { return };
         if let Some(k) = keys
             .iter()
-            .find(|t| matches!(t, Type::Buf | Type::Tuple(_)))
+            .find(|t| matches!(t, Type::Buf | Type::Tuple(_) | Type::Kernel { ptr: 0, .. }))
         {
             self.r
                 .error(span, format!("a {} cannot be used as a map key", k.name()));
@@ -766,6 +770,12 @@ impl Checker<'_, '_> {
                     if m.ty == Type::Buf {
                         self.r
                             .error(m.span, "print() cannot print a buffer; use printf(\"%r\")");
+                    }
+                    if let Type::Kernel { ptr: 0, .. } = m.ty {
+                        self.r.error(
+                            m.span,
+                            "print() cannot print a struct, union or array; print its members",
+                        );
                     }
                 } else {
                     self.map_arg(name, m, false);
@@ -970,8 +980,14 @@ impl Checker<'_, '_> {
                     if el.ty == Type::Buf {
                         self.r.error(el.span, "a buffer cannot be part of a tuple");
                     }
+                    if let Type::Kernel { ptr: 0, .. } = el.ty {
+                        self.r.error(el.span, "a struct cannot be part of a tuple");
+                    }
                 }
-                if tys.iter().any(|t| matches!(t, Type::Unknown | Type::Buf)) {
+                if tys
+                    .iter()
+                    .any(|t| matches!(t, Type::Unknown | Type::Buf | Type::Kernel { ptr: 0, .. }))
+                {
                     Type::Unknown
                 } else {
                     let tys: Vec<Type> = tys.into_iter().map(Type::as_int).collect();
@@ -1026,7 +1042,7 @@ impl Checker<'_, '_> {
                 let ty = ty.clone();
                 match self.lookup(&ty, e.span).map(|id| (id, self.size_of(id))) {
                     Some((_, Some(n))) => {
-                        e.kind = ExprKind::Int(n);
+                        e.kind = unsigned_const(n, e.span);
                         Type::UNSIGNED
                     }
                     Some((_, None)) => {
@@ -1040,7 +1056,7 @@ impl Checker<'_, '_> {
                 let (ty, path) = (ty.clone(), path.clone());
                 match self.offsetof(&ty, &path, e.span) {
                     Some(n) => {
-                        e.kind = ExprKind::Int(n);
+                        e.kind = unsigned_const(n, e.span);
                         Type::UNSIGNED
                     }
                     None => Type::Unknown,
@@ -1788,6 +1804,21 @@ impl Checker<'_, '_> {
             }
             _ => Type::UNSIGNED,
         }
+    }
+}
+
+/// `(uint64)n`: what `sizeof`/`offsetof` become once resolved, so the
+/// checker's second pass still types them unsigned.
+fn unsigned_const(n: u64, span: Span) -> ExprKind {
+    ExprKind::Cast {
+        size: 8,
+        signed: false,
+        ptr: false,
+        expr: Box::new(Expr {
+            kind: ExprKind::Int(n),
+            span,
+            ty: Type::SIGNED,
+        }),
     }
 }
 

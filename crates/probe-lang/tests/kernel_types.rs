@@ -493,3 +493,103 @@ fn vmm_and_tracepoint_args() {
         assert!(compile(&format!("{bad} {{ }}"), "t").is_err(), "{bad}");
     }
 }
+
+#[test]
+fn sizeof_and_offsetof_are_unsigned() {
+    // Unsigned: a huge difference, not a negative one.
+    assert_eq!(
+        run(r#"kprobe:do_sys_openat2 { printf("%d\n", sizeof(struct task_struct) - 81 > 0); }"#),
+        "1\n"
+    );
+}
+
+/// Every combination of bases, member/index chains and probe types either
+/// compiles and runs (against fake memory) or is a diagnostic: no panic.
+#[test]
+fn no_panic_on_combinations() {
+    let bases = [
+        "curtask",
+        "args",
+        "(struct task_struct *)arg0",
+        "(struct task_struct **)arg0",
+        "(union u *)arg2",
+        "*curtask",
+        "curtask->pp",
+        "arg0",
+        "(1, 2)",
+        "\"s\"",
+        "sizeof(struct task_struct)",
+        "offsetof(struct task_struct, u.a)",
+    ];
+    let posts = [
+        "",
+        "->pid",
+        ".pid",
+        "->comm",
+        "[0]",
+        "[99]",
+        "[arg1]",
+        "->u.b",
+        ".0",
+        "->arr[3]",
+        "->pp[0]",
+        "->flags",
+        "->delta",
+        "->nope",
+        "->comm[15]",
+        ".filename",
+        "->dfd",
+        ".a",
+    ];
+    let probes = [
+        "kprobe:do_sys_openat2",
+        "kretprobe:f",
+        "BEGIN",
+        "vmm:e",
+        "tracepoint:a:b",
+    ];
+    let mut compiled = 0;
+    for probe in probes {
+        for b in bases {
+            for p1 in posts {
+                for p2 in posts {
+                    let e = format!("{b}{p1}{p2}");
+                    for body in [
+                        format!("printf(\"%d\\n\", {e});"),
+                        format!("print({e});"),
+                        format!("$x = {e}; @m[$x] = count();"),
+                    ] {
+                        let src = format!("{probe} {{ {body} }}");
+                        if let Ok(p) = compile_with_types(&src, "t", Some(&Fake)) {
+                            compiled += 1;
+                            let p = Arc::new(p);
+                            let mut rt = Runtime::new(p.clone(), Box::new(Capture::default()));
+                            let mut c = ctx(probe);
+                            c.args = [TASK_ADDR, 3, TASK_ADDR + 64, 0, 0, 0];
+                            rt.run(p.block_of(0), &mut c);
+                            assert!(c.max_read <= 64, "{src}: read {} bytes", c.max_read);
+                        }
+                        let _ = compile(&src, "t");
+                    }
+                }
+            }
+        }
+    }
+    assert!(compiled > 100, "{compiled}");
+}
+
+#[test]
+fn struct_values_are_not_printed_as_numbers() {
+    for src in [
+        "kprobe:f { print(curtask->u); }",
+        "kprobe:f { @m = curtask->u; }",
+        "kprobe:f { @m[curtask->u] = count(); }",
+        "kprobe:f { printf(\"%d\\n\", curtask->arr); }",
+    ] {
+        let e = compile_err(src);
+        assert!(e.contains("struct"), "{src}: {e}");
+    }
+    // Pointers print as addresses, as bpftrace does.
+    let (out, _) = run_with("kprobe:f { print(curtask); }", &mut ctx("kprobe:f"));
+    assert_eq!(out, "8192\n");
+}
