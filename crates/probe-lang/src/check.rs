@@ -1777,6 +1777,13 @@ impl Checker<'_, '_> {
     }
 
     fn builtin(&mut self, name: &str, span: Span) -> Type {
+        if name == "args" {
+            self.r.error(
+                span,
+                "args is used with a field name: args.NAME or args->NAME",
+            );
+            return Type::Unknown;
+        }
         if !BUILTINS.contains(&name) {
             self.r.error(span, format!("unknown builtin '{name}'"));
             return Type::Unknown;

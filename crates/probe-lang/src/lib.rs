@@ -14,7 +14,9 @@
 //!    (formatting lives there, byte-compatible with bpftrace 0.17).
 //!
 //! [`compile`] runs passes 1-4; errors are [`Diagnostics`] rendered like
-//! rustc.
+//! rustc. [`compile_with_types`] does the same with the guest kernel's types
+//! ([`types::KernelTypes`], e.g. from BTF) for `args.NAME`, struct casts,
+//! member access, `sizeof`/`offsetof` and a typed `curtask`.
 
 pub mod ast;
 pub mod check;
