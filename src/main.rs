@@ -46,6 +46,9 @@ enum Command {
     List {
         /// Only functions matching this pattern ('*' and '?' wildcards; "kprobe:" prefix allowed).
         pattern: Option<String>,
+        /// Also print each function's parameters from the kernel's BTF (bpftrace's -lv).
+        #[arg(short, long)]
+        verbose: bool,
         #[command(flatten)]
         guest: GuestArgs,
     },
@@ -236,7 +239,11 @@ fn main() {
         Command::Guest {
             command: GuestCommand::Build,
         } => run::guest_build().map(|_| 0),
-        Command::List { pattern, guest } => run::list(pattern.as_deref(), &guest).map(|_| 0),
+        Command::List {
+            pattern,
+            verbose,
+            guest,
+        } => run::list(pattern.as_deref(), verbose, &guest).map(|_| 0),
     };
     match result {
         Ok(code) => std::process::exit(code),

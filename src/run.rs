@@ -87,6 +87,22 @@ pub fn load_kernel(symbols: KernelSymbols, image: &std::path::Path) -> KernelInf
     }
 }
 
+/// Compiles with the kernel's BTF as the type provider, when the image has it.
+pub fn compile_typed(
+    source: &str,
+    source_name: &str,
+    kernel: &KernelInfo,
+) -> Result<probe_lang::Program, probe_lang::Diagnostics> {
+    let typing =
+        probe_engine::guest::GuestKernel::new(kernel.symbols.clone(), 0, kernel.sections.as_ref());
+    let types = typing.types();
+    probe_lang::compile_with_types(
+        source,
+        source_name,
+        types.as_ref().map(|t| t as &dyn probe_lang::KernelTypes),
+    )
+}
+
 /// Checks what the program names in the kernel (`kaddr`) before booting.
 pub fn check_program(program: &probe_lang::Program, symbols: &KernelSymbols) -> Result<bool> {
     if let Err(diags) = program.check_kaddrs(|s| symbols.lookup(s).is_some()) {
@@ -129,15 +145,39 @@ fn load_symbols(args: &GuestArgs, image: &GuestImage) -> Result<KernelSymbols> {
     KernelSymbols::load(path, Some(&cache)).with_context(|| "loading kernel symbols".to_string())
 }
 
-pub fn list(pattern: Option<&str>, args: &GuestArgs) -> Result<()> {
+/// `vmprobe list [-v] [PATTERN]`: with `-v`, each function's parameters
+/// from the kernel's BTF, one `    TYPE NAME` line each, as `bpftrace -lv`.
+pub fn list(pattern: Option<&str>, verbose: bool, args: &GuestArgs) -> Result<()> {
     let image = guest_image(args)?;
     let symbols = load_symbols(args, &image)?;
     let pattern = pattern
         .map(|p| p.strip_prefix("kprobe:").unwrap_or(p))
-        .unwrap_or("*");
+        .unwrap_or("*")
+        .to_string();
+    // Sections (BTF) are loaded only for -v.
+    let (symbols, guest) = if verbose {
+        let k = load_kernel(symbols, &image.kernel);
+        let g = probe_engine::guest::GuestKernel::new(k.symbols.clone(), 0, k.sections.as_ref());
+        (k.symbols, Some(g))
+    } else {
+        (Arc::new(symbols), None)
+    };
+    let types = guest.as_ref().and_then(|g| g.types());
+    if verbose && types.is_none() {
+        bail!("the kernel image has no BTF: -v cannot show function parameters");
+    }
     let mut out = std::io::stdout().lock();
-    for sym in symbols.matching(pattern) {
-        if writeln!(out, "kprobe:{}", sym.name).is_err() {
+    for sym in symbols.matching(&pattern) {
+        let mut text = format!("kprobe:{}\n", sym.name);
+        if let Some(t) = &types
+            && let Some(proto) = probe_lang::KernelTypes::function(t, &sym.name)
+        {
+            for line in probe_lang::types::prototype_lines(t, &proto) {
+                text.push_str(&line);
+                text.push('\n');
+            }
+        }
+        if out.write_all(text.as_bytes()).is_err() {
             break; // stdout closed (e.g. piped into head)
         }
     }
@@ -232,7 +272,24 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
         }
         (None, None) => bail!("no program: give -e PROGRAM or a FILE"),
     };
-    let program = match probe_lang::compile(&source, &source_name) {
+    // The program is typed with the guest kernel's BTF (args, struct
+    // casts); without an image, a program that needs no types still checks.
+    let loaded = guest_image(&args.guest).and_then(|image| {
+        let symbols = load_symbols(&args.guest, &image)?;
+        let kernel = load_kernel(symbols, &image.kernel);
+        Ok((image, kernel))
+    });
+    let (image, kernel) = match loaded {
+        Ok(pair) => pair,
+        Err(e) => {
+            if let Err(diags) = probe_lang::compile(&source, &source_name) {
+                eprint!("{diags}");
+                return Ok(1);
+            }
+            return Err(e);
+        }
+    };
+    let program = match compile_typed(&source, &source_name, &kernel) {
         Ok(p) => Arc::new(p),
         Err(diags) => {
             eprint!("{diags}");
@@ -246,13 +303,10 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
     if args.workload.is_empty() {
         bail!("no workload: give the command to run in the guest after `--`");
     }
-    let image = guest_image(&args.guest)?;
-    let symbols = load_symbols(&args.guest, &image)?;
     // Unknown symbols and bad patterns fail here, before anything boots.
-    if !check_program(&program, &symbols)? {
+    if !check_program(&program, &kernel.symbols)? {
         return Ok(1);
     }
-    let kernel = load_kernel(symbols, &image.kernel);
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -296,6 +350,11 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
     // *thread* that forked them exits. They then boot in parallel; any
     // failure ends the run (the others' QEMUs are killed when their `Vm`s
     // drop).
+    let layers = probe_engine::resolve_layers(&program);
+    let logs = tempfile::Builder::new()
+        .prefix("vmprobe-logs-")
+        .tempdir()
+        .context("creating a private log directory")?;
     let mut vms = Vec::new();
     for i in 0..count {
         let name = format!("vm{i}");
@@ -307,6 +366,11 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
                 std::io::stderr(),
             ))));
         }
+        if !layers.vmm_events.is_empty() {
+            // QEMU's trace events go to a log file vmprobe follows; it can
+            // carry guest data, so it lives in a private directory.
+            cfg.log_file = Some(logs.path().join(format!("{name}.log")));
+        }
         let vm = Vm::launch(&cfg).with_context(|| format!("{name}: starting QEMU"))?;
         vms.push((name, vm));
     }
@@ -314,8 +378,8 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
         let handles: Vec<_> = vms
             .into_iter()
             .map(|(name, vm)| {
-                let (kernel, program) = (&kernel, &program);
-                scope.spawn(move || boot_guest(name, vm, kernel, program))
+                let (kernel, program, layers) = (&kernel, &program, &layers);
+                scope.spawn(move || boot_guest(name, vm, kernel, program, layers))
             })
             .collect();
         handles
@@ -485,6 +549,11 @@ pub fn serve_and_report(
             mut guest, reason, ..
         } = o;
         drop(guest.session.take_recorder());
+        for line in guest.session.finish_layers() {
+            if plan.stats {
+                eprintln!("vmprobe: stats: {}: {line}", guest.name);
+            }
+        }
         let gone = matches!(reason, EndReason::TargetGone(_));
         let name = guest.name.clone();
         if !gone && let Err(e) = guest.session.detach() {
@@ -611,6 +680,7 @@ fn boot_guest(
     mut vm: Vm,
     kernel: &KernelInfo,
     program: &Arc<probe_lang::Program>,
+    layers: &probe_engine::LayerPlan,
 ) -> Result<Guest> {
     let mut client = Client::connect_unix(&vm.gdb_socket(), Duration::from_secs(5))
         .with_context(|| format!("{name}: attaching to QEMU's gdbstub"))?;
@@ -624,6 +694,20 @@ fn boot_guest(
         .map_err(|e| anyhow!("{name}: {e}; last console output: {}", tail(&vm)))?;
     session.pause()?;
     let slide = arm_program(&mut session, program, kernel)?;
+    if !layers.vmm_events.is_empty() {
+        let log = vm
+            .log_file()
+            .context("QEMU was started without a log file")?;
+        let source =
+            probe_engine::layers::VmmSource::start(&vm.qmp_socket(), log, &layers.vmm_events)
+                .with_context(|| format!("{name}: QEMU trace events"))?;
+        session.add_layer(Box::new(source), &layers.handlers);
+    }
+    if !layers.tracepoints.is_empty() {
+        let source = probe_engine::layers::HostSource::start(vm.pid(), &layers.tracepoints)
+            .with_context(|| format!("{name}: host tracepoints"))?;
+        session.add_layer(Box::new(source), &layers.handlers);
+    }
     eprintln!(
         "vmprobe: {name} up in {:.1} s, KASLR slide {slide:#x}",
         booted.elapsed().as_secs_f64()

@@ -338,7 +338,7 @@ fn unwritable_trace_folder_is_one_error_before_booting() {
 fn guest_killed_mid_record_leaves_a_readable_trace() {
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("trace");
-    let mut child = vmprobe()
+    let child = vmprobe()
         .args(["record", "-o"])
         .arg(&trace)
         .args(["kprobe:ksys_lseek", "--", "vmprobe-seq 100000"])

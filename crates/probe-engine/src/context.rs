@@ -21,8 +21,6 @@ pub(crate) struct HitContext<'a> {
     /// The current task, once looked up in this hit.
     pub task: Option<u64>,
     /// A VMM or host event's fields (`args.NAME` in its probe's block).
-    // Read once the language gives probe blocks named arguments.
-    #[allow(dead_code)]
     pub fields: Option<&'a [(String, LayerValue)]>,
 }
 
@@ -155,6 +153,28 @@ impl ProbeContext for HitContext<'_> {
 
     fn guest(&self) -> &str {
         self.guest
+    }
+
+    fn probe_arg(&mut self, name: &str) -> Result<probe_lang::Value, ContextError> {
+        let Some(fields) = self.fields else {
+            return Err(ContextError::Message(format!(
+                "args.{name}: {} has no named arguments",
+                self.probe
+            )));
+        };
+        match fields.iter().find(|(n, _)| n == name) {
+            Some((_, LayerValue::Int(v))) => Ok(probe_lang::Value::Int(*v)),
+            Some((_, LayerValue::Str(s))) => Ok(probe_lang::Value::Str(s.as_str().into())),
+            None => Err(ContextError::Message(format!(
+                "args.{name}: {} has fields {}",
+                self.probe,
+                fields
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
     }
 
     fn vcpu(&self) -> u32 {

@@ -84,6 +84,11 @@ impl GuestKernel {
         self.btf.as_ref()
     }
 
+    /// The kernel's types for [`probe_lang::compile_with_types`].
+    pub fn types(&self) -> Option<crate::BtfTypes<'_>> {
+        self.btf.as_ref().map(crate::BtfTypes::new)
+    }
+
     /// `func+off` (decimal offset, as bpftrace prints kernel frames), or the
     /// address in hex when no symbol covers it.
     pub fn symbolize(&self, addr: u64) -> String {

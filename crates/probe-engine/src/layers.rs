@@ -46,6 +46,10 @@ pub enum LayerError {
 
 /// Something that yields layer events without blocking.
 pub trait LayerSource: Send {
+    /// Waits (briefly) until every event emitted before now can be drained:
+    /// called at each guest stop, so that events older than the stop run
+    /// their handlers first and handlers see the layers in causal order.
+    fn sync(&mut self) {}
     /// Appends the events that arrived since the last call.
     fn drain(&mut self, out: &mut Vec<LayerEvent>);
     /// Switches the events off; returns a one-line summary (counts, drops).
@@ -92,6 +96,14 @@ impl VmmSource {
 }
 
 impl LayerSource for VmmSource {
+    fn sync(&mut self) {
+        // QEMU flushes a trace line before the vCPU goes on, so a stop
+        // comes after the lines of everything the guest did before it.
+        if let Some(f) = &self.follower {
+            let _ = f.sync(Duration::from_millis(100));
+        }
+    }
+
     fn drain(&mut self, out: &mut Vec<LayerEvent>) {
         let Some(f) = &self.follower else { return };
         for ev in f.drain() {

@@ -20,8 +20,12 @@ pub mod guest;
 pub mod layers;
 mod resolve;
 mod session;
+pub mod types;
+pub use types::BtfTypes;
 
-pub use resolve::{ProbeSite, Skip, resolve_probes, resolve_timers, resolve_watches};
+pub use resolve::{
+    LayerPlan, ProbeSite, Skip, resolve_layers, resolve_probes, resolve_timers, resolve_watches,
+};
 pub use session::{
     EndReason, EventSink, HitStats, MAX_PENDING_RETURNS, RecordedEvent, Session, TimerProbe,
     WatchProbe,

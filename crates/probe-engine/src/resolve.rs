@@ -73,7 +73,9 @@ pub fn resolve_probes(
             | ProbeSpec::End
             | ProbeSpec::Interval { .. }
             | ProbeSpec::Profile { .. }
-            | ProbeSpec::Watchpoint { .. } => {}
+            | ProbeSpec::Watchpoint { .. }
+            | ProbeSpec::Vmm { .. }
+            | ProbeSpec::Tracepoint { .. } => {}
             ProbeSpec::Kprobe {
                 target: KprobeTarget::Address(addr),
                 offset,
@@ -192,4 +194,39 @@ pub fn resolve_watches(program: &Program) -> Vec<WatchProbe> {
         });
     }
     out
+}
+
+/// The program's `vmm:` and `tracepoint:` probes: QEMU trace event names,
+/// host tracepoints (`sys:event`), and the blocks of each probe name.
+#[derive(Default)]
+pub struct LayerPlan {
+    pub vmm_events: Vec<String>,
+    pub tracepoints: Vec<String>,
+    pub handlers: std::collections::HashMap<String, Vec<(BlockId, Arc<str>)>>,
+}
+
+pub fn resolve_layers(program: &Program) -> LayerPlan {
+    let mut plan = LayerPlan::default();
+    for (index, spec) in program.probes().iter().enumerate() {
+        match spec {
+            ProbeSpec::Vmm { event } => {
+                if !plan.vmm_events.contains(event) {
+                    plan.vmm_events.push(event.clone());
+                }
+            }
+            ProbeSpec::Tracepoint { system, event } => {
+                let tp = format!("{system}:{event}");
+                if !plan.tracepoints.contains(&tp) {
+                    plan.tracepoints.push(tp);
+                }
+            }
+            _ => continue,
+        }
+        let name: Arc<str> = spec.name().into();
+        plan.handlers
+            .entry(spec.name())
+            .or_default()
+            .push((program.block_of(index), name));
+    }
+    plan
 }

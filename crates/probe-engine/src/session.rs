@@ -238,13 +238,17 @@ impl Session {
         self.layers.iter_mut().map(|l| l.finish()).collect()
     }
 
-    /// Runs the handlers of the VMM and host events that arrived.
-    fn serve_layers(&mut self, runtime: &Mutex<Runtime>) -> Flow {
+    /// Runs the handlers of the VMM and host events that arrived; with
+    /// `sync`, first waits for every event emitted before now (at a stop).
+    fn serve_layers(&mut self, runtime: &Mutex<Runtime>, sync: bool) -> Flow {
         if self.layers.is_empty() {
             return Flow::Continue;
         }
         let mut events = std::mem::take(&mut self.layer_events);
         for l in &mut self.layers {
+            if sync {
+                l.sync();
+            }
             l.drain(&mut events);
         }
         events.sort_by_key(|e| e.ts_ns);
@@ -433,6 +437,7 @@ impl Session {
     ) -> EndReason {
         loop {
             if let Some(reason) = poll() {
+                let _ = self.serve_layers(runtime, true);
                 return match self.stop() {
                     Ok(Some(stop)) => {
                         // A hit that raced with our interrupt still counts;
@@ -453,7 +458,7 @@ impl Session {
                     Err(e) => return EndReason::TargetGone(e),
                 }
             }
-            if let Flow::Exit = self.serve_layers(runtime) {
+            if let Flow::Exit = self.serve_layers(runtime, false) {
                 return EndReason::ScriptExit;
             }
             let wait = next_timer.map_or(POLL_INTERVAL, |due| {
@@ -552,6 +557,11 @@ impl Session {
         resume: bool,
     ) -> Result<Flow, String> {
         let received = monotonic_ns();
+        // Events of the other layers that happened before this stop run
+        // first: one script sees the layers in the order things happened.
+        if let Flow::Exit = self.serve_layers(runtime, true) {
+            return Ok(Flow::Exit);
+        }
         let (thread, reason) = match stop {
             StopReply::Signal {
                 signal: 5,

@@ -39,6 +39,14 @@ pub enum Type {
     Tuple(u32),
     /// `kstack`: printed one frame per line.
     Stack,
+    /// A guest kernel type (from the [`crate::types::KernelTypes`]
+    /// provider): `ptr` levels of pointer to type `id`. With `ptr == 0` it
+    /// is a struct, union or array in guest memory, whose value at run time
+    /// is its address (a place, not loaded).
+    Kernel {
+        id: u32,
+        ptr: u8,
+    },
 }
 
 impl Type {
@@ -53,16 +61,22 @@ impl Type {
             Type::Ptr { .. } => "pointer",
             Type::Tuple(_) => "tuple",
             Type::Stack => "stack",
+            Type::Kernel { ptr: 0, .. } => "struct",
+            Type::Kernel { .. } => "pointer",
         }
     }
     /// Integers and pointers (a pointer is an address, usable as one).
     pub fn is_int(self) -> bool {
-        matches!(self, Type::Int { .. } | Type::Ptr { .. })
+        matches!(self, Type::Int { .. } | Type::Ptr { .. }) || self.is_kernel_ptr()
+    }
+    /// A kernel pointer (`Type::Kernel` with at least one `*`).
+    pub fn is_kernel_ptr(self) -> bool {
+        matches!(self, Type::Kernel { ptr: 1.., .. })
     }
     /// The integer type a value of this type behaves as in arithmetic.
     pub fn as_int(self) -> Type {
         match self {
-            Type::Ptr { .. } => Type::UNSIGNED,
+            Type::Ptr { .. } | Type::Kernel { ptr: 1.., .. } => Type::UNSIGNED,
             t => t,
         }
     }
@@ -108,6 +122,65 @@ pub enum ExprKind {
     Tuple(Vec<Expr>),
     /// `t.N`
     Field(Box<Expr>, u32),
+    /// `e.name` / `e->name` on a kernel struct, or `args.name`.
+    Member {
+        base: Box<Expr>,
+        name: String,
+        arrow: bool,
+        /// Filled in by the checker: byte offset and how to read it.
+        offset: u64,
+        access: Access,
+    },
+    /// `e[i]` on a kernel array or pointer.
+    Index {
+        base: Box<Expr>,
+        index: Box<Expr>,
+        /// Filled in by the checker.
+        elem_size: u64,
+        access: Access,
+    },
+    /// `(struct task_struct *)e`: `ty` is the C name, `ptr` the stars.
+    KCast {
+        ty: String,
+        ptr: u8,
+        expr: Box<Expr>,
+    },
+    /// `sizeof(struct file)`.
+    SizeofType(String),
+    /// `offsetof(struct task_struct, comm)` (a `.`-separated member path).
+    Offsetof(String, Vec<String>),
+}
+
+/// How a kernel member/element is read; decided by the checker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Unresolved,
+    /// A scalar (integer, enum, pointer) of `size` bytes.
+    Load {
+        size: u8,
+        signed: bool,
+    },
+    /// A bitfield: `size` bytes loaded, shifted right, masked to `width`.
+    Bits {
+        size: u8,
+        shift: u8,
+        width: u8,
+        signed: bool,
+    },
+    /// A `char` array, read as a string of at most `len` bytes.
+    Str {
+        len: u32,
+    },
+    /// A struct, union or array: its address.
+    Place,
+    /// `args.NAME` of a kprobe: argument register `index`, `size` bytes.
+    Arg {
+        index: u8,
+        size: u8,
+        signed: bool,
+    },
+    /// `args.NAME` of a `vmm:`/`tracepoint:` probe.
+    ProbeArg,
 }
 
 /// Integer type names usable in casts: (name, size, signed).
@@ -373,6 +446,27 @@ fn dump_expr(s: &mut String, e: &Expr, d: usize) {
         ExprKind::Field(a, n) => {
             let _ = writeln!(s, "{ind}field .{n}");
             dump_expr(s, a, d + 1);
+        }
+        ExprKind::Member {
+            base, name, arrow, ..
+        } => {
+            let _ = writeln!(s, "{ind}{}{name}", if *arrow { "->" } else { "." });
+            dump_expr(s, base, d + 1);
+        }
+        ExprKind::Index { base, index, .. } => {
+            let _ = writeln!(s, "{ind}[]");
+            dump_expr(s, base, d + 1);
+            dump_expr(s, index, d + 1);
+        }
+        ExprKind::KCast { ty, ptr, expr } => {
+            let _ = writeln!(s, "{ind}cast: {ty} {}", "*".repeat(*ptr as usize));
+            dump_expr(s, expr, d + 1);
+        }
+        ExprKind::SizeofType(t) => {
+            let _ = writeln!(s, "{ind}sizeof: {t}");
+        }
+        ExprKind::Offsetof(t, path) => {
+            let _ = writeln!(s, "{ind}offsetof: {t}, {}", path.join("."));
         }
         ExprKind::Ternary(c, a, b) => {
             let _ = writeln!(s, "{ind}?:");

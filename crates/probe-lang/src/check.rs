@@ -7,6 +7,7 @@ use crate::ast::*;
 use crate::diag::{Reporter, Span};
 use crate::format::{Conv, Format};
 use crate::lexer::parse_int;
+use crate::types::{FieldType, KernelTypes, TypeInfo, TypeRef};
 use crate::{KprobeTarget, ProbeSpec, RateUnit, WatchMode};
 use rustc_hash::FxHashMap;
 
@@ -166,15 +167,32 @@ struct Checker<'a, 's> {
     /// before any declaration (`@x = @x + 1`) reads an unsigned 0, as in
     /// bpftrace 0.17.
     assigning: Option<String>,
+    /// Guest kernel types, when the caller has them (BTF).
+    types: Option<&'a dyn KernelTypes>,
+    /// The current block's attach points.
+    specs: Vec<ProbeSpec>,
 }
 
-pub(crate) fn check(ast: &mut Ast, r: &mut Reporter<'_>) -> Checked {
+/// Why kernel types are unavailable, for messages.
+const NO_BTF: &str =
+    "needs the guest kernel's type information (BTF), which this compilation does not have";
+
+/// Pointer levels followed when normalizing a kernel type.
+const MAX_PTR_DEPTH: u8 = 16;
+
+pub(crate) fn check(
+    ast: &mut Ast,
+    r: &mut Reporter<'_>,
+    types: Option<&dyn KernelTypes>,
+) -> Checked {
     let mut probes = Vec::new();
     let mut kinds = Vec::new();
+    let mut block_specs: Vec<Vec<ProbeSpec>> = Vec::new();
     let (mut begins, mut ends) = (0, 0);
     for (bi, block) in ast.probes.iter().enumerate() {
         let mut all_k = true;
         let mut all_kr = true;
+        let mut specs = Vec::new();
         for (text, span) in &block.attach {
             match parse_probe(text) {
                 Ok(spec) => {
@@ -190,12 +208,14 @@ pub(crate) fn check(ast: &mut Ast, r: &mut Reporter<'_>) -> Checked {
                     }
                     all_k &= matches!(spec, ProbeSpec::Kprobe { .. });
                     all_kr &= matches!(spec, ProbeSpec::Kretprobe { .. });
+                    specs.push(spec.clone());
                     probes.push((spec, bi));
                 }
                 Err(m) => r.error(*span, m),
             }
         }
         kinds.push((all_k, all_kr));
+        block_specs.push(specs);
     }
 
     // Pass A discovers map declarations wherever they are in the script (a
@@ -222,10 +242,13 @@ pub(crate) fn check(ast: &mut Ast, r: &mut Reporter<'_>) -> Checked {
             tuples: std::mem::take(&mut tuples),
             regs: Vec::new(),
             assigning: None,
+            types,
+            specs: Vec::new(),
         };
         scratch.clear();
-        for (block, &(k, kr)) in ast.probes.iter_mut().zip(&kinds) {
+        for ((block, &(k, kr)), specs) in ast.probes.iter_mut().zip(&kinds).zip(&block_specs) {
             c.vars.clear();
+            c.specs.clone_from(specs);
             c.all_kprobe = k;
             c.all_kretprobe = kr;
             if let Some(p) = &mut block.predicate {
@@ -359,11 +382,35 @@ pub fn parse_probe(text: &str) -> Result<ProbeSpec, String> {
             };
             Ok(ProbeSpec::Watchpoint { addr, len, mode })
         }
-        "tracepoint" | "t" | "uprobe" | "u" | "uretprobe" | "ur" | "usdt" | "U" | "software"
-        | "s" | "hardware" | "h" | "kfunc" | "f" | "kretfunc" | "fr" | "rawtracepoint" | "rt"
-        | "iter" => Err(format!(
-            "probe type '{kind}' is not supported (supported: BEGIN, END, kprobe, kretprobe, interval, profile, watchpoint)"
-        )),
+        "vmm" => {
+            if !valid_name(rest) || rest.contains(['*', '?']) {
+                return Err(format!("invalid vmm event name '{rest}'"));
+            }
+            Ok(ProbeSpec::Vmm {
+                event: rest.to_string(),
+            })
+        }
+        "tracepoint" | "t" => {
+            let Some((system, event)) = rest.split_once(':') else {
+                return Err(
+                    "tracepoint probes look like 'tracepoint:SYSTEM:EVENT', e.g. 'tracepoint:kvm:kvm_exit'"
+                        .into(),
+                );
+            };
+            if !valid_name(system) || !valid_name(event) {
+                return Err(format!("invalid tracepoint '{system}:{event}'"));
+            }
+            Ok(ProbeSpec::Tracepoint {
+                system: system.to_string(),
+                event: event.to_string(),
+            })
+        }
+        "uprobe" | "u" | "uretprobe" | "ur" | "usdt" | "U" | "software" | "s" | "hardware"
+        | "h" | "kfunc" | "f" | "kretfunc" | "fr" | "rawtracepoint" | "rt" | "iter" => {
+            Err(format!(
+                "probe type '{kind}' is not supported (supported: BEGIN, END, kprobe, kretprobe, interval, profile, watchpoint, vmm, tracepoint)"
+            ))
+        }
         _ => Err(format!("unknown probe type '{kind}'")),
     }
 }
@@ -407,6 +454,10 @@ impl Checker<'_, '_> {
                         Type::Buf => self
                             .r
                             .error(value.span, "a buffer cannot be stored in a map"),
+                        Type::Kernel { ptr: 0, .. } => self.r.error(
+                            value.span,
+                            "a struct, union or array cannot be stored in a map; store one of its members",
+                        ),
                         t => self.declare(name, AggKind::Value, key_tys, t.as_int(), None, span),
                     }
                     return;
@@ -550,7 +601,7 @@ impl Checker<'_, '_> {
         let Some(keys) = keys else { return };
         if let Some(k) = keys
             .iter()
-            .find(|t| matches!(t, Type::Buf | Type::Tuple(_)))
+            .find(|t| matches!(t, Type::Buf | Type::Tuple(_) | Type::Kernel { ptr: 0, .. }))
         {
             self.r
                 .error(span, format!("a {} cannot be used as a map key", k.name()));
@@ -720,6 +771,12 @@ impl Checker<'_, '_> {
                         self.r
                             .error(m.span, "print() cannot print a buffer; use printf(\"%r\")");
                     }
+                    if let Type::Kernel { ptr: 0, .. } = m.ty {
+                        self.r.error(
+                            m.span,
+                            "print() cannot print a struct, union or array; print its members",
+                        );
+                    }
                 } else {
                     self.map_arg(name, m, false);
                 }
@@ -821,6 +878,35 @@ impl Checker<'_, '_> {
     }
 
     fn expr(&mut self, e: &mut Expr) {
+        if let ExprKind::Deref(a) = &mut e.kind {
+            self.expr(a);
+            if let Type::Kernel { .. } = a.ty {
+                // `*p` on a kernel pointer is `p[0]`.
+                let placeholder = Expr {
+                    kind: ExprKind::Int(0),
+                    span: a.span,
+                    ty: Type::SIGNED,
+                };
+                let base = std::mem::replace(&mut **a, placeholder);
+                let mut index = Expr {
+                    kind: ExprKind::Int(0),
+                    span: base.span,
+                    ty: Type::Unknown,
+                };
+                self.expr(&mut index);
+                e.kind = ExprKind::Index {
+                    base: Box::new(base),
+                    index: Box::new(index),
+                    elem_size: 0,
+                    access: Access::Unresolved,
+                };
+                e.ty = self.kernel_access(e, true);
+            } else {
+                let t = a.ty;
+                e.ty = self.deref_type(t, e.span);
+            }
+            return;
+        }
         e.ty = match &mut e.kind {
             ExprKind::Int(_) => Type::SIGNED,
             ExprKind::Str(_) => Type::Str,
@@ -894,8 +980,14 @@ impl Checker<'_, '_> {
                     if el.ty == Type::Buf {
                         self.r.error(el.span, "a buffer cannot be part of a tuple");
                     }
+                    if let Type::Kernel { ptr: 0, .. } = el.ty {
+                        self.r.error(el.span, "a struct cannot be part of a tuple");
+                    }
                 }
-                if tys.iter().any(|t| matches!(t, Type::Unknown | Type::Buf)) {
+                if tys
+                    .iter()
+                    .any(|t| matches!(t, Type::Unknown | Type::Buf | Type::Kernel { ptr: 0, .. }))
+                {
                     Type::Unknown
                 } else {
                     let tys: Vec<Type> = tys.into_iter().map(Type::as_int).collect();
@@ -936,23 +1028,41 @@ impl Checker<'_, '_> {
                     }
                 }
             }
-            ExprKind::Deref(a) => {
-                self.expr(a);
-                match a.ty {
-                    Type::Ptr { signed, .. } => Type::Int { signed },
-                    Type::Unknown => Type::Unknown,
-                    t => {
-                        self.r.error(
-                            e.span,
-                            format!(
-                                "cannot dereference a value of type {} (cast it first, e.g. *(uint64 *)addr)",
-                                t.name()
-                            ),
-                        );
-                        Type::Unknown
-                    }
+            ExprKind::Member { .. } | ExprKind::Index { .. } => self.kernel_access(e, true),
+            ExprKind::KCast { ty, ptr, expr } => {
+                self.expr(expr);
+                self.want_int(expr, "operand of a cast");
+                let (ty, ptr) = (ty.clone(), *ptr);
+                match self.lookup(&ty, e.span) {
+                    Some(id) => self.norm(id, ptr),
+                    None => Type::Unknown,
                 }
             }
+            ExprKind::SizeofType(ty) => {
+                let ty = ty.clone();
+                match self.lookup(&ty, e.span).map(|id| (id, self.size_of(id))) {
+                    Some((_, Some(n))) => {
+                        e.kind = unsigned_const(n, e.span);
+                        Type::UNSIGNED
+                    }
+                    Some((_, None)) => {
+                        self.r.error(e.span, format!("'{ty}' has no size"));
+                        Type::Unknown
+                    }
+                    None => Type::Unknown,
+                }
+            }
+            ExprKind::Offsetof(ty, path) => {
+                let (ty, path) = (ty.clone(), path.clone());
+                match self.offsetof(&ty, &path, e.span) {
+                    Some(n) => {
+                        e.kind = unsigned_const(n, e.span);
+                        Type::UNSIGNED
+                    }
+                    None => Type::Unknown,
+                }
+            }
+            ExprKind::Deref(_) => unreachable!("handled above"),
             ExprKind::Unary(op, a) => {
                 self.expr(a);
                 self.want_int(
@@ -1040,6 +1150,456 @@ impl Checker<'_, '_> {
                 }
             }
         };
+    }
+
+    fn deref_type(&mut self, t: Type, span: Span) -> Type {
+        match t {
+            Type::Ptr { signed, .. } => Type::Int { signed },
+            Type::Unknown => Type::Unknown,
+            t => {
+                self.r.error(
+                    span,
+                    format!(
+                        "cannot dereference a value of type {} (cast it first, e.g. *(uint64 *)addr)",
+                        t.name()
+                    ),
+                );
+                Type::Unknown
+            }
+        }
+    }
+
+    /// A kernel type by C name; errors at `span` without BTF or when the
+    /// guest kernel has no such type.
+    fn lookup(&mut self, c_name: &str, span: Span) -> Option<TypeRef> {
+        let Some(t) = self.types else {
+            self.r.error(span, format!("'{c_name}' {NO_BTF}"));
+            return None;
+        };
+        let id = t.lookup(c_name);
+        if id.is_none() {
+            self.r.error(
+                span,
+                format!("unknown type '{c_name}' (not in the guest kernel's BTF)"),
+            );
+        }
+        id
+    }
+
+    /// `ptr` pointers to `id`, with pointer types followed into levels.
+    fn norm(&self, mut id: TypeRef, mut ptr: u8) -> Type {
+        if let Some(t) = self.types {
+            for _ in 0..MAX_PTR_DEPTH {
+                match t.info(id) {
+                    TypeInfo::Ptr { pointee } => {
+                        id = pointee;
+                        ptr = ptr.saturating_add(1);
+                    }
+                    _ => break,
+                }
+            }
+        }
+        Type::Kernel { id: id.0, ptr }
+    }
+
+    fn info(&self, id: TypeRef) -> TypeInfo {
+        self.types.map_or(TypeInfo::Other, |t| t.info(id))
+    }
+
+    fn type_name(&self, ty: Type) -> String {
+        match (ty, self.types) {
+            (Type::Kernel { id, ptr }, Some(t)) => {
+                let n = t.type_name(TypeRef(id));
+                if ptr == 0 {
+                    n
+                } else {
+                    format!("{n} {}", "*".repeat(ptr as usize))
+                }
+            }
+            (t, _) => t.name().to_string(),
+        }
+    }
+
+    /// Size in bytes of a kernel type (arrays nest a bounded depth).
+    fn size_of(&self, id: TypeRef) -> Option<u64> {
+        let mut id = id;
+        let mut mult: u64 = 1;
+        for _ in 0..MAX_PTR_DEPTH {
+            let n = match self.info(id) {
+                TypeInfo::Int { size, .. } | TypeInfo::Enum { size, .. } => size as u64,
+                TypeInfo::Ptr { .. } => 8,
+                TypeInfo::Struct { size } | TypeInfo::Union { size } => size,
+                TypeInfo::Array { elem, count } => {
+                    mult = mult.checked_mul(count as u64)?;
+                    id = elem;
+                    continue;
+                }
+                TypeInfo::Void | TypeInfo::Other => return None,
+            };
+            return n.checked_mul(mult);
+        }
+        None
+    }
+
+    /// What reading a value of kernel type `id` gives: its language type
+    /// and how to read it. `decay`: a `char` array is read as a string.
+    fn value_of(&mut self, id: TypeRef, decay: bool, span: Span) -> Option<(Type, Access)> {
+        Some(match self.info(id) {
+            TypeInfo::Int { size, signed, .. } | TypeInfo::Enum { size, signed } => {
+                if !(1..=8).contains(&size) {
+                    self.r
+                        .error(span, format!("{size}-byte integers are not supported"));
+                    return None;
+                }
+                (Type::Int { signed }, Access::Load { size, signed })
+            }
+            TypeInfo::Ptr { .. } => (
+                self.norm(id, 0),
+                Access::Load {
+                    size: 8,
+                    signed: false,
+                },
+            ),
+            TypeInfo::Array { elem, count }
+                if decay && matches!(self.info(elem), TypeInfo::Int { char: true, .. }) =>
+            {
+                (Type::Str, Access::Str { len: count })
+            }
+            TypeInfo::Array { .. } | TypeInfo::Struct { .. } | TypeInfo::Union { .. } => {
+                (Type::Kernel { id: id.0, ptr: 0 }, Access::Place)
+            }
+            TypeInfo::Void | TypeInfo::Other => {
+                let n = self.types.map_or_else(String::new, |t| t.type_name(id));
+                self.r
+                    .error(span, format!("cannot read a value of type '{n}'"));
+                return None;
+            }
+        })
+    }
+
+    /// The base of `.`/`->`/`[]`: a member or element stays a place (no
+    /// string decay) so that `task->comm[0]` indexes the array.
+    fn base_expr(&mut self, e: &mut Expr) {
+        if matches!(e.kind, ExprKind::Member { .. } | ExprKind::Index { .. }) {
+            e.ty = self.kernel_access(e, false);
+        } else {
+            self.expr(e);
+        }
+    }
+
+    /// Types `e` (a `Member` or `Index`) and records how it is read.
+    fn kernel_access(&mut self, e: &mut Expr, decay: bool) -> Type {
+        let span = e.span;
+        match &mut e.kind {
+            ExprKind::Member {
+                base,
+                name,
+                arrow,
+                offset,
+                access,
+            } => {
+                if matches!(&base.kind, ExprKind::Ident(b) if b == "args") {
+                    return match self.args_member(name, span) {
+                        Some((t, a)) => {
+                            *access = a;
+                            t
+                        }
+                        None => Type::Unknown,
+                    };
+                }
+                self.base_expr(base);
+                let (id, ptr) = match base.ty {
+                    Type::Unknown => return Type::Unknown,
+                    Type::Kernel { id, ptr } => (TypeRef(id), ptr),
+                    Type::Tuple(_) if !*arrow => {
+                        self.r.error(
+                            span,
+                            format!("expected a tuple index after '.', found '{name}'"),
+                        );
+                        return Type::Unknown;
+                    }
+                    t => {
+                        let what = if *arrow { "->" } else { "." };
+                        let hint = if self.types.is_none() && t.is_int() {
+                            format!(" (casting it to a struct pointer {NO_BTF})")
+                        } else {
+                            String::new()
+                        };
+                        self.r.error(
+                            span,
+                            format!(
+                                "cannot use '{what}{name}' on a value of type {}{hint}",
+                                t.name()
+                            ),
+                        );
+                        return Type::Unknown;
+                    }
+                };
+                if ptr > 1 || (ptr == 1) != *arrow {
+                    let tn = self.type_name(base.ty);
+                    let m = if ptr > 1 {
+                        format!("'{tn}' is a pointer to a pointer; dereference it first")
+                    } else if *arrow {
+                        format!("'{tn}' is not a pointer; use '.{name}'")
+                    } else {
+                        format!("'{tn}' is a pointer; use '->{name}'")
+                    };
+                    self.r.error(span, m);
+                    return Type::Unknown;
+                }
+                if !matches!(
+                    self.info(id),
+                    TypeInfo::Struct { .. } | TypeInfo::Union { .. }
+                ) {
+                    let tn = self.type_name(Type::Kernel { id: id.0, ptr: 0 });
+                    self.r
+                        .error(span, format!("'{tn}' is not a struct or union"));
+                    return Type::Unknown;
+                }
+                let Some(m) = self.types.and_then(|t| t.member(id, name)) else {
+                    let tn = self.type_name(Type::Kernel { id: id.0, ptr: 0 });
+                    self.r
+                        .error(span, format!("'{tn}' has no member named '{name}'"));
+                    return Type::Unknown;
+                };
+                *offset = m.bit_offset / 8;
+                if m.bitfield_size > 0 {
+                    let shift = (m.bit_offset % 8) as u32;
+                    let bytes = (shift + m.bitfield_size).div_ceil(8);
+                    if bytes > 8 || m.bitfield_size > 64 {
+                        self.r
+                            .error(span, format!("bitfield '{name}' is wider than 64 bits"));
+                        return Type::Unknown;
+                    }
+                    let signed = matches!(
+                        self.info(m.ty),
+                        TypeInfo::Int { signed: true, .. } | TypeInfo::Enum { signed: true, .. }
+                    );
+                    *access = Access::Bits {
+                        size: bytes as u8,
+                        shift: shift as u8,
+                        width: m.bitfield_size as u8,
+                        signed,
+                    };
+                    return Type::Int { signed };
+                }
+                match self.value_of(m.ty, decay, span) {
+                    Some((t, a)) => {
+                        *access = a;
+                        t
+                    }
+                    None => Type::Unknown,
+                }
+            }
+            ExprKind::Index {
+                base,
+                index,
+                elem_size,
+                access,
+            } => {
+                self.base_expr(base);
+                self.expr(index);
+                self.want_int(index, "array index");
+                let (elem, count) = match base.ty {
+                    Type::Unknown => return Type::Unknown,
+                    Type::Kernel { id, ptr: 0 } => match self.info(TypeRef(id)) {
+                        TypeInfo::Array { elem, count } => (self.norm(elem, 0), Some(count)),
+                        _ => {
+                            let tn = self.type_name(base.ty);
+                            self.r
+                                .error(span, format!("'{tn}' is not an array or a pointer"));
+                            return Type::Unknown;
+                        }
+                    },
+                    Type::Kernel { id, ptr } => (Type::Kernel { id, ptr: ptr - 1 }, None),
+                    t => {
+                        self.r
+                            .error(span, format!("cannot index a value of type {}", t.name()));
+                        return Type::Unknown;
+                    }
+                };
+                if let (Some(n), ExprKind::Int(i)) = (count, &index.kind)
+                    && *i >= n as u64
+                {
+                    self.r.error(
+                        index.span,
+                        format!("index {i} is out of bounds for an array of {n} elements"),
+                    );
+                    return Type::Unknown;
+                }
+                let Type::Kernel { id, ptr } = elem else {
+                    return Type::Unknown;
+                };
+                if ptr > 0 {
+                    *elem_size = 8;
+                    *access = Access::Load {
+                        size: 8,
+                        signed: false,
+                    };
+                    return elem;
+                }
+                let Some(size) = self.size_of(TypeRef(id)) else {
+                    let tn = self.type_name(elem);
+                    self.r
+                        .error(span, format!("cannot index: '{tn}' has no size"));
+                    return Type::Unknown;
+                };
+                *elem_size = size;
+                match self.value_of(TypeRef(id), decay, span) {
+                    Some((t, a)) => {
+                        *access = a;
+                        t
+                    }
+                    None => Type::Unknown,
+                }
+            }
+            _ => {
+                self.expr(e);
+                e.ty
+            }
+        }
+    }
+
+    /// `args.NAME` / `args->NAME` in the current block.
+    fn args_member(&mut self, name: &str, span: Span) -> Option<(Type, Access)> {
+        let specs = self.specs.clone();
+        let is_event =
+            |s: &ProbeSpec| matches!(s, ProbeSpec::Vmm { .. } | ProbeSpec::Tracepoint { .. });
+        if !specs.is_empty() && specs.iter().all(is_event) {
+            let field = self.types.and_then(|t| t.event_field(&specs[0], name));
+            let t = match field {
+                Some(FieldType::Str) => Type::Str,
+                Some(FieldType::Int { signed }) => Type::Int { signed },
+                None => Type::UNSIGNED,
+            };
+            return Some((t, Access::ProbeArg));
+        }
+        let mut funcs = Vec::new();
+        for s in &specs {
+            match s {
+                ProbeSpec::Kprobe {
+                    target: KprobeTarget::Function(f),
+                    offset: 0,
+                } if !f.contains(['*', '?']) => funcs.push(f.clone()),
+                ProbeSpec::Kretprobe { .. } => {
+                    self.r.error(
+                        span,
+                        "args is not available in kretprobe blocks (use retval for the return value)",
+                    );
+                    return None;
+                }
+                other => {
+                    self.r.error(
+                        span,
+                        format!(
+                            "args can only be used in kprobes on a named function (without offset or wildcard), vmm and tracepoint probes, not in '{}'",
+                            other.name()
+                        ),
+                    );
+                    return None;
+                }
+            }
+        }
+        if funcs.is_empty() {
+            return None;
+        }
+        let Some(types) = self.types else {
+            self.r.error(span, format!("args {NO_BTF}"));
+            return None;
+        };
+        let mut found: Option<(usize, TypeRef)> = None;
+        for f in &funcs {
+            let Some(proto) = types.function(f) else {
+                self.r.error(
+                    span,
+                    format!("no prototype for function '{f}' in the guest kernel's BTF"),
+                );
+                return None;
+            };
+            let Some(i) = proto.params.iter().position(|p| p.name == name) else {
+                let names: Vec<&str> = proto.params.iter().map(|p| p.name.as_str()).collect();
+                self.r.error(
+                    span,
+                    format!(
+                        "function '{f}' has no parameter named '{name}' (parameters: {})",
+                        if names.is_empty() {
+                            "none".to_string()
+                        } else {
+                            names.join(", ")
+                        }
+                    ),
+                );
+                return None;
+            };
+            let ty = proto.params[i].ty;
+            match found {
+                Some((j, t)) if j != i || types.type_name(t) != types.type_name(ty) => {
+                    self.r.error(
+                        span,
+                        format!("parameter '{name}' differs between the probed functions"),
+                    );
+                    return None;
+                }
+                _ => found = Some((i, ty)),
+            }
+        }
+        let (index, ty) = found?;
+        if index >= 6 {
+            self.r.error(
+                span,
+                format!("parameter '{name}' is passed on the stack (parameter {}), which is not supported", index + 1),
+            );
+            return None;
+        }
+        match self.value_of(ty, true, span)? {
+            (t, Access::Load { size, signed }) => Some((
+                t,
+                Access::Arg {
+                    index: index as u8,
+                    size,
+                    signed,
+                },
+            )),
+            _ => {
+                self.r.error(
+                    span,
+                    format!(
+                        "parameter '{name}' is passed by value as a '{}', which is not supported",
+                        types.type_name(ty)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// `offsetof(struct X, a.b)`.
+    fn offsetof(&mut self, ty: &str, path: &[String], span: Span) -> Option<u64> {
+        let mut id = self.lookup(ty, span)?;
+        let types = self.types?;
+        let mut off = 0u64;
+        for m in path {
+            if !matches!(
+                types.info(id),
+                TypeInfo::Struct { .. } | TypeInfo::Union { .. }
+            ) {
+                self.r.error(
+                    span,
+                    format!("'{}' is not a struct or union", types.type_name(id)),
+                );
+                return None;
+            }
+            let Some(mi) = types.member(id, m) else {
+                self.r.error(
+                    span,
+                    format!("'{}' has no member named '{m}'", types.type_name(id)),
+                );
+                return None;
+            };
+            off = off.saturating_add(mi.bit_offset / 8);
+            id = mi.ty;
+        }
+        Some(off)
     }
 
     fn call_expr(&mut self, name: &str, args: &mut [Expr], span: Span) -> Type {
@@ -1217,6 +1777,13 @@ impl Checker<'_, '_> {
     }
 
     fn builtin(&mut self, name: &str, span: Span) -> Type {
+        if name == "args" {
+            self.r.error(
+                span,
+                "args is used with a field name: args.NAME or args->NAME",
+            );
+            return Type::Unknown;
+        }
         if !BUILTINS.contains(&name) {
             self.r.error(span, format!("unknown builtin '{name}'"));
             return Type::Unknown;
@@ -1224,6 +1791,10 @@ impl Checker<'_, '_> {
         match name {
             "func" | "probe" | "comm" | "guest" => Type::Str,
             "kstack" => Type::Stack,
+            "curtask" => match self.types.and_then(|t| t.lookup("struct task_struct")) {
+                Some(id) => Type::Kernel { id: id.0, ptr: 1 },
+                None => Type::UNSIGNED,
+            },
             "retval" if !self.all_kretprobe => {
                 self.r.error(
                     span,
@@ -1240,6 +1811,21 @@ impl Checker<'_, '_> {
             }
             _ => Type::UNSIGNED,
         }
+    }
+}
+
+/// `(uint64)n`: what `sizeof`/`offsetof` become once resolved, so the
+/// checker's second pass still types them unsigned.
+fn unsigned_const(n: u64, span: Span) -> ExprKind {
+    ExprKind::Cast {
+        size: 8,
+        signed: false,
+        ptr: false,
+        expr: Box::new(Expr {
+            kind: ExprKind::Int(n),
+            span,
+            ty: Type::SIGNED,
+        }),
     }
 }
 
@@ -1282,7 +1868,7 @@ mod tests {
     fn checked(src: &str) -> (Ast, Checked, usize) {
         let mut ast = parse(src).unwrap();
         let mut r = Reporter::new(src, "t");
-        let c = check(&mut ast, &mut r);
+        let c = check(&mut ast, &mut r, None);
         let n = r.diags.len();
         (ast, c, n)
     }

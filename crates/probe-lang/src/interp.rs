@@ -90,6 +90,14 @@ pub trait ProbeContext {
             "tid is not supported by this probe context".into(),
         ))
     }
+    /// Named argument `args.NAME` of a `vmm:EVENT` or
+    /// `tracepoint:SYSTEM:EVENT` probe (an integer, or a string where the
+    /// type provider said so).
+    fn probe_arg(&mut self, name: &str) -> Result<Value, ContextError> {
+        Err(ContextError::Message(format!(
+            "args.{name} is not supported by this probe context"
+        )))
+    }
     /// The VM the probe fired in (`guest`).
     fn guest(&self) -> &str {
         "vm0"
@@ -826,6 +834,7 @@ impl Runtime {
                 }
             }
             Expr::Reg(i) => Value::Int(ctx.register(&p.ir.strings[*i as usize])?),
+            Expr::ProbeArg(i) => ctx.probe_arg(&p.ir.strings[*i as usize])?,
             Expr::Strncmp(a, b, n) => {
                 let a = self.eval(p, a, ctx)?;
                 let b = self.eval(p, b, ctx)?;
@@ -883,6 +892,7 @@ fn binop(op: Op2, x: u64, y: u64) -> Result<u64, RunError> {
         Op2::Xor => x ^ y,
         Op2::Shl => x.wrapping_shl(y as u32 & 63),
         Op2::LShr => x.wrapping_shr(y as u32 & 63),
+        Op2::AShr => (sx.wrapping_shr(y as u32 & 63)) as u64,
         Op2::Eq => (x == y) as u64,
         Op2::Ne => (x != y) as u64,
         Op2::ULt => (x < y) as u64,

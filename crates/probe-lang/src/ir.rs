@@ -11,7 +11,7 @@
 //! would be slightly faster but opaque to dumping. Evaluation counts one step
 //! per node, which is what the per-run step budget limits.
 
-use crate::ast::{self, BinOp, ExprKind, StmtKind, Type, UnOp};
+use crate::ast::{self, Access, BinOp, ExprKind, StmtKind, Type, UnOp};
 use crate::check::{AggKind, Checked, LhistParams, MapDecl};
 use crate::format::Format;
 use rustc_hash::FxHashMap;
@@ -60,6 +60,8 @@ pub enum Op2 {
     Xor,
     Shl,
     LShr,
+    /// Arithmetic shift right (signed bitfields only; `>>` is logical).
+    AShr,
     Eq,
     Ne,
     ULt,
@@ -128,6 +130,8 @@ pub enum Expr {
     Kstack(u64),
     /// `strftime(fmt, nsecs)`: format (string table index) and timestamp.
     Strftime(u32, Box<Expr>),
+    /// `args.NAME` of a `vmm:`/`tracepoint:` probe (string table index).
+    ProbeArg(u32),
 }
 
 #[derive(Clone, Debug)]
@@ -443,6 +447,69 @@ impl Lower<'_> {
                 }
             }
             ExprKind::Tuple(v) => Expr::Tuple(v.iter().map(|e| self.expr(e)).collect()),
+            ExprKind::Member {
+                base,
+                name,
+                offset,
+                access,
+                ..
+            } => match *access {
+                Access::Arg {
+                    index,
+                    size,
+                    signed,
+                } => {
+                    let a = Expr::Builtin(Builtin::Arg(index));
+                    if size < 8 {
+                        Expr::Cast {
+                            size,
+                            signed,
+                            e: Box::new(a),
+                        }
+                    } else {
+                        a
+                    }
+                }
+                Access::ProbeArg => Expr::ProbeArg(self.intern(name)),
+                acc => {
+                    let b = self.expr(base);
+                    let addr = if *offset == 0 {
+                        b
+                    } else {
+                        Expr::Binary(Op2::Add, Box::new(b), Box::new(Expr::Const(*offset)))
+                    };
+                    read_access(addr, acc)
+                }
+            },
+            ExprKind::Index {
+                base,
+                index,
+                elem_size,
+                access: acc,
+            } => {
+                let b = self.expr(base);
+                let addr = match (&index.kind, *elem_size) {
+                    (ExprKind::Int(0), _) => b,
+                    (ExprKind::Int(i), n) => Expr::Binary(
+                        Op2::Add,
+                        Box::new(b),
+                        Box::new(Expr::Const(i.wrapping_mul(n))),
+                    ),
+                    (_, n) => Expr::Binary(
+                        Op2::Add,
+                        Box::new(b),
+                        Box::new(Expr::Binary(
+                            Op2::Mul,
+                            Box::new(self.expr(index)),
+                            Box::new(Expr::Const(n)),
+                        )),
+                    ),
+                };
+                read_access(addr, *acc)
+            }
+            ExprKind::KCast { expr, .. } => self.expr(expr),
+            // The checker replaces both by their value.
+            ExprKind::SizeofType(_) | ExprKind::Offsetof(..) => Expr::Const(0),
             ExprKind::Field(a, n) => Expr::Field(Box::new(self.expr(a)), *n),
             ExprKind::Deref(a) => {
                 let Type::Ptr { size, signed } = a.ty else {
@@ -492,6 +559,44 @@ impl Lower<'_> {
                 Box::new(self.expr(b)),
             ),
         }
+    }
+}
+
+/// Reads a kernel member/element at `addr` as the checker decided.
+fn read_access(addr: Expr, acc: Access) -> Expr {
+    match acc {
+        Access::Load { size, signed } => Expr::Deref {
+            size,
+            signed,
+            ptr: Box::new(addr),
+        },
+        Access::Bits {
+            size,
+            shift,
+            width,
+            signed,
+        } => {
+            let raw = Expr::Deref {
+                size,
+                signed: false,
+                ptr: Box::new(addr),
+            };
+            // Move the field to the top bits, then shift it back down
+            // (arithmetically for signed fields).
+            let up = 64 - (shift as u64 + width as u64);
+            let top = Expr::Binary(Op2::Shl, Box::new(raw), Box::new(Expr::Const(up)));
+            let down = 64 - width as u64;
+            if signed {
+                Expr::Binary(Op2::AShr, Box::new(top), Box::new(Expr::Const(down)))
+            } else {
+                Expr::Binary(Op2::LShr, Box::new(top), Box::new(Expr::Const(down)))
+            }
+        }
+        Access::Str { len } => Expr::StrRead {
+            ptr: Box::new(addr),
+            len: Some(Box::new(Expr::Const(len as u64))),
+        },
+        Access::Place | Access::Unresolved | Access::Arg { .. } | Access::ProbeArg => addr,
     }
 }
 
@@ -658,6 +763,7 @@ fn dexpr(e: &Expr) -> String {
         Expr::Tuple(v) => format!("({})", v.iter().map(dexpr).collect::<Vec<_>>().join(", ")),
         Expr::Field(a, n) => format!("{}.{n}", dexpr(a)),
         Expr::Strftime(f, a) => format!("strftime(s{f}, {})", dexpr(a)),
+        Expr::ProbeArg(i) => format!("probe_arg(s{i})"),
         Expr::Kstack(n) => format!("kstack({n})"),
         Expr::HasKey { map, key } => format!("has_key(m{map}{})", dkey(key)),
         Expr::StrRead { ptr, len } => match len {

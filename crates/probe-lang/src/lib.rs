@@ -14,7 +14,9 @@
 //!    (formatting lives there, byte-compatible with bpftrace 0.17).
 //!
 //! [`compile`] runs passes 1-4; errors are [`Diagnostics`] rendered like
-//! rustc.
+//! rustc. [`compile_with_types`] does the same with the guest kernel's types
+//! ([`types::KernelTypes`], e.g. from BTF) for `args.NAME`, struct casts,
+//! member access, `sizeof`/`offsetof` and a typed `curtask`.
 
 pub mod ast;
 pub mod check;
@@ -25,6 +27,7 @@ pub mod ir;
 pub mod lexer;
 pub mod parser;
 pub mod printer;
+pub mod types;
 pub mod value;
 
 pub use diag::{Diagnostic, Diagnostics, Span};
@@ -32,6 +35,7 @@ pub use interp::{
     ContextError, DEFAULT_MAP_LIMIT, DEFAULT_STEP_BUDGET, Flow, ProbeContext, Runtime,
 };
 pub use printer::OutputFormat;
+pub use types::{FieldType, KernelTypes, MemberInfo, Param, Prototype, TypeInfo, TypeRef};
 pub use value::Value;
 
 use diag::Reporter;
@@ -63,6 +67,15 @@ pub enum ProbeSpec {
         addr: u64,
         len: u8,
         mode: WatchMode,
+    },
+    /// `vmm:EVENT`: a trace event of the VMM (QEMU) itself.
+    Vmm {
+        event: String,
+    },
+    /// `tracepoint:SYSTEM:EVENT`: a host kernel tracepoint.
+    Tracepoint {
+        system: String,
+        event: String,
     },
 }
 
@@ -146,6 +159,8 @@ impl ProbeSpec {
             ProbeSpec::Watchpoint { addr, len, mode } => {
                 format!("watchpoint:{addr:#x}:{len}:{}", mode.name())
             }
+            ProbeSpec::Vmm { event } => format!("vmm:{event}"),
+            ProbeSpec::Tracepoint { system, event } => format!("tracepoint:{system}:{event}"),
         }
     }
 }
@@ -279,8 +294,20 @@ fn unique(uses: &[(String, Span)]) -> Vec<String> {
     v
 }
 
-/// Runs every pass up to IR.
+/// Runs every pass up to IR, without kernel types: `args`, struct casts,
+/// `sizeof(struct ..)` and `offsetof` are errors naming the missing BTF.
 pub fn compile(source: &str, source_name: &str) -> Result<Program, Diagnostics> {
+    compile_with_types(source, source_name, None)
+}
+
+/// Runs every pass up to IR with the guest kernel's types (BTF), which type
+/// `args.NAME` from function prototypes, `curtask` as `struct task_struct
+/// *`, struct casts, member access, `sizeof` and `offsetof`.
+pub fn compile_with_types(
+    source: &str,
+    source_name: &str,
+    types: Option<&dyn KernelTypes>,
+) -> Result<Program, Diagnostics> {
     let mut r = Reporter::new(source, source_name);
     let mut ast = match parser::parse(source) {
         Ok(a) => a,
@@ -289,7 +316,7 @@ pub fn compile(source: &str, source_name: &str) -> Result<Program, Diagnostics> 
             return Err(r.finish().expect_err("one error"));
         }
     };
-    let checked = check::check(&mut ast, &mut r);
+    let checked = check::check(&mut ast, &mut r, types);
     r.finish()?;
     let ir = ir::lower(&ast, &checked);
     let (probes, probe_blocks) = checked

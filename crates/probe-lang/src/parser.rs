@@ -456,6 +456,41 @@ impl Parser<'_> {
                 span = Span::new(span.start as usize, self.last_end as usize);
                 ExprKind::Map { name, keys }
             }
+            Tok::Ident(name)
+                if (name == "sizeof" || name == "offsetof") && self.is_punct("(")? =>
+            {
+                self.bump()?;
+                if name == "offsetof" || self.peek_aggregate()? {
+                    let (ty, _) = self.type_name()?;
+                    let kind = if name == "sizeof" {
+                        ExprKind::SizeofType(ty)
+                    } else {
+                        self.expect(",")?;
+                        let mut path = Vec::new();
+                        loop {
+                            let t = self.bump()?;
+                            let Tok::Ident(m) = t.tok else {
+                                return err(
+                                    t.span,
+                                    format!("expected a member name, found {}", describe(&t.tok)),
+                                );
+                            };
+                            path.push(m);
+                            if !self.eat(".")? {
+                                break;
+                            }
+                        }
+                        ExprKind::Offsetof(ty, path)
+                    };
+                    self.expect(")")?;
+                    span = Span::new(span.start as usize, self.last_end as usize);
+                    kind
+                } else {
+                    let args = self.args(")")?;
+                    span = Span::new(span.start as usize, self.last_end as usize);
+                    ExprKind::Call { name, args }
+                }
+            }
             Tok::Ident(name) => {
                 if self.eat("(")? {
                     let args = self.args(")")?;
@@ -491,15 +526,34 @@ impl Parser<'_> {
                 });
             }
             Tok::Punct("(") => {
-                if let Tok::Ident(k) = &self.peek()?.tok
-                    && matches!(k.as_str(), "struct" | "union" | "enum")
-                {
-                    let t = self.bump()?;
-                    return err(
-                        t.span,
-                        "struct, union and enum types are not supported (the guest has no type \
-                         information here); cast to an integer pointer such as (uint64 *)",
-                    );
+                if self.peek_aggregate()? {
+                    let (ty, _) = self.type_name()?;
+                    let mut ptr = 0u8;
+                    while self.eat("*")? {
+                        ptr = ptr.saturating_add(1);
+                    }
+                    let close = self.expect(")")?;
+                    if ptr == 0 {
+                        return err(
+                            span.to(close),
+                            format!(
+                                "cannot cast to '{ty}': only pointers to structs can be cast to, e.g. ({ty} *)"
+                            ),
+                        );
+                    }
+                    self.enter()?;
+                    let e = self.unary()?;
+                    self.depth -= 1;
+                    let span = span.to(e.span);
+                    return Ok(Expr {
+                        kind: ExprKind::KCast {
+                            ty,
+                            ptr,
+                            expr: Box::new(e),
+                        },
+                        span,
+                        ty: Type::Unknown,
+                    });
                 }
                 // Division is allowed again inside parentheses.
                 let mut e = self.expr()?;
@@ -531,22 +585,93 @@ impl Parser<'_> {
         })
     }
 
-    /// Tuple field accesses `.N` after a primary expression.
+    /// True if the next token is `struct`, `union` or `enum`.
+    fn peek_aggregate(&mut self) -> Result<bool, ParseError> {
+        Ok(
+            matches!(&self.peek()?.tok, Tok::Ident(k) if matches!(k.as_str(), "struct" | "union" | "enum")),
+        )
+    }
+
+    /// `struct NAME` (or union/enum): the C name and its span.
+    fn type_name(&mut self) -> Result<(String, Span), ParseError> {
+        let k = self.bump()?;
+        let Tok::Ident(kw) = k.tok else {
+            return err(
+                k.span,
+                format!("expected 'struct', found {}", describe(&k.tok)),
+            );
+        };
+        if !matches!(kw.as_str(), "struct" | "union" | "enum") {
+            return err(
+                k.span,
+                format!("expected 'struct', 'union' or 'enum', found '{kw}'"),
+            );
+        }
+        let t = self.bump()?;
+        let Tok::Ident(n) = t.tok else {
+            return err(
+                t.span,
+                format!("expected a type name, found {}", describe(&t.tok)),
+            );
+        };
+        Ok((format!("{kw} {n}"), k.span.to(t.span)))
+    }
+
+    /// Postfix operators after a primary expression: tuple fields `.N`,
+    /// struct members `.name` / `->name`, and indexing `[i]`.
     fn postfix(&mut self, mut e: Expr) -> Result<Expr, ParseError> {
-        while self.eat(".")? {
-            let t = self.bump()?;
-            let Tok::Int(n) = t.tok else {
-                return err(
-                    t.span,
-                    format!(
-                        "expected a tuple index after '.', found {}",
-                        describe(&t.tok)
-                    ),
-                );
+        loop {
+            if self.eat("[")? {
+                self.enter()?;
+                let index = self.expr()?;
+                self.depth -= 1;
+                self.expect("]")?;
+                let span = Span::new(e.span.start as usize, self.last_end as usize);
+                e = Expr {
+                    kind: ExprKind::Index {
+                        base: Box::new(e),
+                        index: Box::new(index),
+                        elem_size: 0,
+                        access: Access::Unresolved,
+                    },
+                    span,
+                    ty: Type::Unknown,
+                };
+                continue;
+            }
+            let arrow = if self.eat(".")? {
+                false
+            } else if self.eat("->")? {
+                true
+            } else {
+                break;
             };
+            let t = self.bump()?;
             let span = e.span.to(t.span);
+            let kind = match t.tok {
+                Tok::Int(n) if !arrow => {
+                    ExprKind::Field(Box::new(e), n.min(u32::MAX as u64) as u32)
+                }
+                Tok::Ident(name) => ExprKind::Member {
+                    base: Box::new(e),
+                    name,
+                    arrow,
+                    offset: 0,
+                    access: Access::Unresolved,
+                },
+                other => {
+                    return err(
+                        t.span,
+                        format!(
+                            "expected a field name or tuple index after '{}', found {}",
+                            if arrow { "->" } else { "." },
+                            describe(&other)
+                        ),
+                    );
+                }
+            };
             e = Expr {
-                kind: ExprKind::Field(Box::new(e), n.min(u32::MAX as u64) as u32),
+                kind,
                 span,
                 ty: Type::Unknown,
             };

@@ -106,8 +106,8 @@ fn checker_errors() {
             "the arg0 builtin can only be used in kprobe blocks",
         ),
         (
-            "tracepoint:a:b { }",
-            "probe type 'tracepoint' is not supported (supported: BEGIN, END, kprobe, kretprobe, interval, profile, watchpoint)",
+            "uprobe:a:b { }",
+            "probe type 'uprobe' is not supported (supported: BEGIN, END, kprobe, kretprobe, interval, profile, watchpoint, vmm, tracepoint)",
         ),
         ("foo:bar { }", "unknown probe type 'foo'"),
         (
@@ -126,7 +126,7 @@ fn checker_errors() {
         ),
         (
             "kprobe:f { $t = (struct task_struct *)arg0; }",
-            "struct, union and enum types are not supported (the guest has no type information here); cast to an integer pointer such as (uint64 *)",
+            "'struct task_struct' needs the guest kernel's type information (BTF), which this compilation does not have",
         ),
         (
             "BEGIN { $x = sizeof(\"s\"); }",

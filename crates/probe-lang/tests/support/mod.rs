@@ -1,7 +1,7 @@
 //! Test helpers: a fake ProbeContext and a capturing writer.
 #![allow(dead_code)]
 
-use probe_lang::{ContextError, Flow, OutputFormat, ProbeContext, ProbeSpec, Runtime};
+use probe_lang::{ContextError, Flow, OutputFormat, ProbeContext, ProbeSpec, Runtime, Value};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
@@ -41,6 +41,12 @@ pub struct FakeCtx {
     pub max_read: usize,
     /// Return addresses for kstack.
     pub stack: Vec<u64>,
+    /// `curtask` (None: not supported).
+    pub curtask: Option<u64>,
+    /// `args.NAME` of vmm/tracepoint probes.
+    pub probe_args: Vec<(String, Value)>,
+    /// Number of read_memory calls.
+    pub reads: usize,
 }
 
 impl FakeCtx {
@@ -58,6 +64,9 @@ impl FakeCtx {
             symbols: Vec::new(),
             max_read: 0,
             stack: Vec::new(),
+            curtask: None,
+            probe_args: Vec::new(),
+            reads: 0,
         }
     }
 }
@@ -86,6 +95,7 @@ impl ProbeContext for FakeCtx {
     }
     fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), ContextError> {
         self.max_read = self.max_read.max(buf.len());
+        self.reads += 1;
         for (start, bytes) in &self.memory {
             let Some(off) = addr.checked_sub(*start) else {
                 continue;
@@ -118,6 +128,17 @@ impl ProbeContext for FakeCtx {
             .filter(|s| s.1 <= addr)
             .max_by_key(|s| s.1)
             .map(|s| (s.0.clone(), addr - s.1))
+    }
+    fn curtask(&mut self) -> Result<u64, ContextError> {
+        self.curtask
+            .ok_or_else(|| ContextError::Message("no curtask".into()))
+    }
+    fn probe_arg(&mut self, name: &str) -> Result<Value, ContextError> {
+        self.probe_args
+            .iter()
+            .find(|a| a.0 == name)
+            .map(|a| a.1.clone())
+            .ok_or_else(|| ContextError::Message(format!("no field '{name}'")))
     }
     fn kstack(&mut self, limit: usize) -> Result<Vec<u64>, ContextError> {
         if self.stack.is_empty() {

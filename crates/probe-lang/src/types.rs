@@ -1,0 +1,107 @@
+//! Kernel type information for the language: what the checker asks of the
+//! guest kernel's types (from its BTF, through [`KernelTypes`]) to type
+//! `args.NAME`, struct casts, `->`/`.` member access, `[i]`, `sizeof` and
+//! `offsetof`. The language knows nothing of BTF itself; the engine (or a
+//! test) implements the trait. Every answer is used at compile time only:
+//! the compiled program holds plain offsets and sizes.
+
+use crate::ProbeSpec;
+
+/// An opaque type id of the provider (for BTF: the BTF type id; 0 = void).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TypeRef(pub u32);
+
+/// A type with typedefs and qualifiers (`const`, `volatile`) resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TypeInfo {
+    Void,
+    /// Integers, `char` and `_Bool`; `size` in bytes (1..=8).
+    Int {
+        size: u8,
+        signed: bool,
+        char: bool,
+    },
+    Enum {
+        size: u8,
+        signed: bool,
+    },
+    Ptr {
+        pointee: TypeRef,
+    },
+    Array {
+        elem: TypeRef,
+        count: u32,
+    },
+    Struct {
+        size: u64,
+    },
+    Union {
+        size: u64,
+    },
+    /// Functions, floats and anything else a script cannot use.
+    Other,
+}
+
+/// A struct/union member as C finds it (through anonymous members).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub ty: TypeRef,
+    /// From the start of the struct the lookup began at.
+    pub bit_offset: u64,
+    /// Width for a bitfield, 0 otherwise.
+    pub bitfield_size: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Param {
+    pub name: String,
+    pub ty: TypeRef,
+}
+
+/// A kernel function's prototype.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prototype {
+    pub params: Vec<Param>,
+    /// `TypeRef(0)` for `void`.
+    pub ret: TypeRef,
+}
+
+/// The type of a named field of a non-kernel probe (`vmm:EVENT`,
+/// `tracepoint:SYS:EVENT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldType {
+    Int { signed: bool },
+    Str,
+}
+
+/// Kernel types for the checker. Implementations must not panic on any
+/// name or id (ids come only from earlier answers of the same provider).
+pub trait KernelTypes {
+    /// Prototype of a kernel function by name.
+    fn function(&self, name: &str) -> Option<Prototype>;
+    /// A type by its C name: `struct task_struct`, `union u`, `enum e`, or
+    /// a typedef/base type name such as `pid_t`.
+    fn lookup(&self, c_name: &str) -> Option<TypeRef>;
+    /// What a type is, typedefs and qualifiers resolved.
+    fn info(&self, ty: TypeRef) -> TypeInfo;
+    /// Member `name` of struct/union `ty` (anonymous members searched).
+    fn member(&self, ty: TypeRef, name: &str) -> Option<MemberInfo>;
+    /// C spelling of a type, for messages and `vmprobe list -v`.
+    fn type_name(&self, ty: TypeRef) -> String;
+    /// Type of field `field` of a `vmm:`/`tracepoint:` probe. `None`: not
+    /// known, the field is read as an integer.
+    fn event_field(&self, _probe: &ProbeSpec, _field: &str) -> Option<FieldType> {
+        None
+    }
+}
+
+/// bpftrace's `-lv` listing of one kernel function's parameters:
+/// `    TYPE NAME` per line (a pointer's `*` stays on the type, as
+/// `const char * buf`).
+pub fn prototype_lines(types: &dyn KernelTypes, proto: &Prototype) -> Vec<String> {
+    proto
+        .params
+        .iter()
+        .map(|p| format!("    {} {}", types.type_name(p.ty), p.name))
+        .collect()
+}
