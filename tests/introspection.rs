@@ -51,3 +51,54 @@ kprobe:do_sys_openat2 /comm == "cat"/ { @opened[str(arg1)] = count(); }
         .position(|f| f.starts_with("entry_SYSCALL_64"));
     assert!(syscall.is_some() && entry > syscall, "{frames:?}");
 }
+
+/// A bounded walk of the kernel's task list (from `init_task`, through
+/// `tasks.next`, typed by the image's BTF) finds the workload by name with
+/// the pid the `pid` builtin gives; a wild pointer in the same handler is
+/// a counted, reported error, and the run goes on.
+#[test]
+fn task_list_walk_finds_the_workload_and_wild_pointers_are_counted() {
+    let program = r#"
+kprobe:ksys_write /comm == "dd" && arg2 == 1/ {
+    $t = (struct task_struct *)kaddr("init_task");
+    $i = 0;
+    while ($i < 500) {
+        $n = $t->tasks.next;
+        $t = (struct task_struct *)($n - offsetof(struct task_struct, tasks));
+        if ($t->comm == "dd") { @found[$t->comm, $t->pid] = count(); break; }
+        $i++;
+    }
+    @me[pid] = count();
+    $wild = (struct task_struct *)0xdead000000000000;
+    @wild[$wild->pid] = count();
+}
+"#;
+    let out = run_bounded(
+        vmprobe().args([
+            "run",
+            "-e",
+            program,
+            "--",
+            "dd if=/dev/zero of=/dev/null bs=1 count=7 2>/dev/null",
+        ]),
+        RUN_LIMIT,
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    let pid = keyed_map(&stdout, "me");
+    assert_eq!(pid.len(), 1, "{stdout}");
+    let (&pid, &n) = pid.iter().next().unwrap();
+    assert_eq!(n, 7);
+    assert!(
+        stdout.contains(&format!("@found[dd, {pid}]: 7")),
+        "the walk found dd (pid {pid}) at every write:\n{stdout}"
+    );
+    assert!(
+        !stdout.contains("@wild["),
+        "no value from a wild pointer: {stdout}"
+    );
+    assert!(
+        stderr.contains("0xdead00000000") && stderr.contains("(7 times)"),
+        "the wild reads are counted and reported: {stderr}"
+    );
+}
