@@ -76,20 +76,9 @@ pub struct GuestArgs {
     symbols: Option<PathBuf>,
 }
 
+/// How `run` and `record` boot their guests.
 #[derive(Args)]
-pub struct RunArgs {
-    /// The probe program.
-    #[arg(short = 'e', value_name = "PROGRAM", conflicts_with = "file")]
-    program: Option<String>,
-    /// A file holding the probe program.
-    #[arg(value_name = "FILE")]
-    file: Option<PathBuf>,
-    /// Print the program's AST and IR, then exit.
-    #[arg(short = 'd')]
-    dump: bool,
-    /// Output format, as bpftrace's `-f`: text, or json (one object per line).
-    #[arg(short = 'f', value_enum, default_value = "text")]
-    format: OutputArg,
+pub struct BootArgs {
     #[command(flatten)]
     guest: GuestArgs,
     /// Accelerator; by default KVM when it can run the guest, else TCG.
@@ -105,6 +94,24 @@ pub struct RunArgs {
     /// each (with VMPROBE_GUEST and VMPROBE_GUEST_INDEX set) and probe them all.
     #[arg(long, default_value_t = 1)]
     guests: u32,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The probe program.
+    #[arg(short = 'e', value_name = "PROGRAM", conflicts_with = "file")]
+    program: Option<String>,
+    /// A file holding the probe program.
+    #[arg(value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Print the program's AST and IR, then exit.
+    #[arg(short = 'd')]
+    dump: bool,
+    /// Output format, as bpftrace's `-f`: text, or json (one object per line).
+    #[arg(short = 'f', value_enum, default_value = "text")]
+    format: OutputArg,
+    #[command(flatten)]
+    boot: BootArgs,
     /// Show the guest console (kernel messages and the workload's output) on stderr.
     #[arg(long)]
     console: bool,
@@ -164,20 +171,7 @@ pub struct RecordArgs {
     #[arg(value_name = "FILE|PROBE")]
     probes: Vec<String>,
     #[command(flatten)]
-    guest: GuestArgs,
-    /// Accelerator; by default KVM when it can run the guest, else TCG.
-    #[arg(long, value_enum)]
-    accel: Option<AccelArg>,
-    /// Number of vCPUs.
-    #[arg(long, default_value_t = 1)]
-    vcpus: u32,
-    /// The QEMU binary (default: qemu-system-x86_64 from PATH).
-    #[arg(long, value_name = "PATH")]
-    qemu: Option<PathBuf>,
-    /// Boot this many default guests (vm0, vm1, ...), run the workload in
-    /// each (with VMPROBE_GUEST and VMPROBE_GUEST_INDEX set) and probe them all.
-    #[arg(long, default_value_t = 1)]
-    guests: u32,
+    boot: BootArgs,
     /// Show the guest console on stderr.
     #[arg(long)]
     console: bool,

@@ -229,11 +229,7 @@ pub fn record(args: crate::RecordArgs) -> Result<i32> {
         file,
         dump: false,
         format: crate::OutputArg::Text,
-        guest: args.guest,
-        accel: args.accel,
-        vcpus: args.vcpus,
-        qemu: args.qemu,
-        guests: args.guests,
+        boot: args.boot,
         console: args.console,
         stats: args.stats,
         workload: args.workload,
@@ -274,8 +270,8 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
     };
     // The program is typed with the guest kernel's BTF (args, struct
     // casts); without an image, a program that needs no types still checks.
-    let loaded = guest_image(&args.guest).and_then(|image| {
-        let symbols = load_symbols(&args.guest, &image)?;
+    let loaded = guest_image(&args.boot.guest).and_then(|image| {
+        let symbols = load_symbols(&args.boot.guest, &image)?;
         let kernel = load_kernel(symbols, &image.kernel);
         Ok((image, kernel))
     });
@@ -325,11 +321,11 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
     };
 
     let mut cfg = LaunchConfig::new(image);
-    cfg.vcpus = args.vcpus;
-    if let Some(q) = &args.qemu {
+    cfg.vcpus = args.boot.vcpus;
+    if let Some(q) = &args.boot.qemu {
         cfg.qemu = q.clone();
     }
-    if let Some(a) = args.accel {
+    if let Some(a) = args.boot.accel {
         cfg.accel = match a {
             AccelArg::Kvm => Accel::Kvm,
             AccelArg::Tcg => Accel::Tcg,
@@ -338,7 +334,7 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
     if args.console {
         cfg.console = Some(Arc::new(std::sync::Mutex::new(std::io::stderr())));
     }
-    let count = args.guests.max(1);
+    let count = args.boot.guests.max(1);
     eprintln!(
         "vmprobe: booting {} guest{} of {} ({:?})",
         count,

@@ -3,7 +3,8 @@
 use crate::guest::GuestKernel;
 use crate::layers::LayerValue;
 use gdb_remote::{Client, Registers, ThreadId};
-use probe_lang::{ContextError, ProbeContext};
+use probe_lang::{BlockId, ContextError, Flow, ProbeContext, Runtime};
+use std::sync::{Arc, Mutex};
 
 /// x86-64 System V argument registers, in order.
 const ARG_REGS: [&str; 6] = ["rdi", "rsi", "rdx", "rcx", "r8", "r9"];
@@ -25,6 +26,51 @@ pub(crate) struct HitContext<'a> {
 }
 
 impl<'a> HitContext<'a> {
+    /// The view of a stop of `thread` (registers fetched on first use,
+    /// unless already read).
+    pub fn at_stop(
+        client: &'a mut Client,
+        kernel: Option<&'a GuestKernel>,
+        guest: &'a str,
+        thread: Option<ThreadId>,
+        regs: Option<Registers>,
+        nsecs: u64,
+        func: &'a str,
+    ) -> Self {
+        HitContext {
+            client: Some(client),
+            thread,
+            regs,
+            // QEMU numbers vCPU threads from 1; scripts see vCPUs from 0.
+            vcpu: thread.map_or(0, |t| t.tid.saturating_sub(1) as u32),
+            nsecs,
+            func,
+            probe: "",
+            kernel,
+            guest,
+            task: None,
+            fields: None,
+        }
+    }
+
+    /// Runs each handler with this view, holding the shared runtime only
+    /// while one runs. `Exit` if any called `exit()`.
+    pub fn run_all(
+        &mut self,
+        runtime: &Mutex<Runtime>,
+        handlers: &'a [(BlockId, Arc<str>)],
+    ) -> Flow {
+        let mut flow = Flow::Continue;
+        for (block, probe) in handlers {
+            self.probe = probe;
+            let mut rt = runtime.lock().unwrap_or_else(|e| e.into_inner());
+            if let Flow::Exit = rt.run(*block, self) {
+                flow = Flow::Exit;
+            }
+        }
+        flow
+    }
+
     fn kernel(&self, what: &str) -> Result<&'a GuestKernel, ContextError> {
         self.kernel.ok_or_else(|| {
             ContextError::Message(format!(

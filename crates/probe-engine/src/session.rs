@@ -623,26 +623,16 @@ impl Session {
     ) -> Result<Flow, String> {
         self.stats.hits += 1;
         let site = &self.sites[index];
-        let mut ctx = HitContext {
-            client: Some(&mut self.client),
-            thread: Some(thread),
+        let mut ctx = HitContext::at_stop(
+            &mut self.client,
+            self.kernel.as_deref(),
+            &self.name,
+            Some(thread),
             regs,
-            vcpu: vcpu_index(thread),
-            nsecs: received,
-            func: &site.func,
-            probe: "",
-            kernel: self.kernel.as_deref(),
-            guest: &self.name,
-            task: None,
-            fields: None,
-        };
-        let mut flow = Flow::Continue;
-        for (block, probe) in &site.handlers {
-            ctx.probe = probe;
-            if let Flow::Exit = lock(runtime).run(*block, &mut ctx) {
-                flow = Flow::Exit;
-            }
-        }
+            received,
+            &site.func,
+        );
+        let flow = ctx.run_all(runtime, &site.handlers);
         let mut regs = ctx.regs.take();
         if let Some(sink) = self.recorder.as_mut() {
             if regs.is_none() {
@@ -775,26 +765,16 @@ impl Session {
         *users -= 1;
         let last = *users == 0;
         let site = &self.sites[site];
-        let mut ctx = HitContext {
-            client: Some(&mut self.client),
-            thread: Some(thread),
+        let mut ctx = HitContext::at_stop(
+            &mut self.client,
+            self.kernel.as_deref(),
+            &self.name,
+            Some(thread),
             regs,
-            vcpu: vcpu_index(thread),
-            nsecs: received,
-            func: &site.func,
-            probe: "",
-            kernel: self.kernel.as_deref(),
-            guest: &self.name,
-            task: None,
-            fields: None,
-        };
-        let mut flow = Flow::Continue;
-        for (block, probe) in &site.ret_handlers {
-            ctx.probe = probe;
-            if let Flow::Exit = lock(runtime).run(*block, &mut ctx) {
-                flow = Flow::Exit;
-            }
-        }
+            received,
+            &site.func,
+        );
+        let flow = ctx.run_all(runtime, &site.ret_handlers);
         let regs = ctx.regs.take();
         if let Some(sink) = self.recorder.as_mut() {
             let retval = match regs.as_ref().and_then(|r| r.get("rax")) {
