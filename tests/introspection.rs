@@ -102,3 +102,43 @@ kprobe:ksys_write /comm == "dd" && arg2 == 1/ {
         "the wild reads are counted and reported: {stderr}"
     );
 }
+
+/// A handler that walks a cyclic kernel structure without end (the task
+/// list is circular) stops at its step budget at every hit; the errors are
+/// counted and reported, the guest runs on, and the run completes.
+#[test]
+fn endless_walk_of_a_cyclic_list_stops_at_the_budget() {
+    let program = r#"
+kprobe:ksys_write /comm == "dd" && arg2 == 1/ {
+    @calls = count();
+    $t = (struct task_struct *)kaddr("init_task");
+    $n = 0;
+    while (1) {
+        $t = (struct task_struct *)($t->tasks.next - offsetof(struct task_struct, tasks));
+        $n++;
+        @laps = max($n);
+    }
+}
+"#;
+    let out = run_bounded(
+        vmprobe().args([
+            "run",
+            "-e",
+            program,
+            "--",
+            "dd if=/dev/zero of=/dev/null bs=1 count=3 2>/dev/null; echo done",
+        ]),
+        RUN_LIMIT,
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(map_value(&stdout, "calls"), 3, "{stdout}");
+    assert!(
+        map_value(&stdout, "laps") > 100,
+        "walked far around the cycle: {stdout}"
+    );
+    assert!(
+        stderr.contains("exceeded its step budget") && stderr.contains("(3 times)"),
+        "{stderr}"
+    );
+}
