@@ -158,14 +158,13 @@ impl Recorder {
 
     fn try_event(&mut self, event: &RecordedEvent<'_>) -> Result<(), trace_formats::Error> {
         let stream = self.stream(event.guest, event.vcpu)?;
-        let values: Vec<Value<'_>> = event.fields.iter().map(|(_, v)| Value::U64(*v)).collect();
-        let args: Vec<(&str, Value<'_>)> = event
-            .fields
-            .iter()
-            .map(|(n, v)| (*n, Value::U64(*v)))
-            .collect();
-        match &mut self.output {
-            Output::Perfetto(w) => match event.entry_ns {
+        if let Output::Perfetto(w) = &mut self.output {
+            let args: Vec<(&str, Value<'_>)> = event
+                .fields
+                .iter()
+                .map(|(n, v)| (*n, Value::U64(*v)))
+                .collect();
+            return match event.entry_ns {
                 // A return closes the slice of its call.
                 Some(entry) => w.complete(
                     stream,
@@ -175,21 +174,14 @@ impl Recorder {
                     &args,
                 ),
                 None => w.instant(stream, event.ts_ns, event.probe, &args),
-            },
-            Output::Ctf(_) => {
-                let class = self.class(event)?;
-                let Output::Ctf(w) = &mut self.output else {
-                    unreachable!("matched above")
-                };
-                w.write(stream, event.ts_ns, class, &values)
-            }
-            Output::Ring { .. } => {
-                let class = self.class(event)?;
-                let Output::Ring { ring, .. } = &mut self.output else {
-                    unreachable!("matched above")
-                };
-                ring.push(stream, event.ts_ns, class, &values).map(|_| ())
-            }
+            };
+        }
+        let class = self.class(event)?;
+        let values: Vec<Value<'_>> = event.fields.iter().map(|(_, v)| Value::U64(*v)).collect();
+        match &mut self.output {
+            Output::Ctf(w) => w.write(stream, event.ts_ns, class, &values),
+            Output::Ring { ring, .. } => ring.push(stream, event.ts_ns, class, &values).map(|_| ()),
+            Output::Perfetto(_) => unreachable!("handled above"),
         }
     }
 

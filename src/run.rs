@@ -5,6 +5,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use gdb_remote::Client;
 use kernel_image::KernelSections;
 use kernel_image::KernelSymbols;
+use probe_engine::guest::GuestKernel;
 use probe_engine::{
     EndReason, Session, resolve_probes, resolve_timers, resolve_watches, run_special,
 };
@@ -73,7 +74,8 @@ pub fn load_image_symbols(image: &GuestImage) -> Result<KernelSymbols> {
 /// behind types and stacks (absent from System.map-style symbol files).
 pub struct KernelInfo {
     pub symbols: Arc<KernelSymbols>,
-    pub sections: Option<KernelSections>,
+    /// Parsed once (BTF, ORC); each guest takes it with its own slide.
+    pub guest: GuestKernel,
 }
 
 pub fn load_kernel(symbols: KernelSymbols, image: &std::path::Path) -> KernelInfo {
@@ -81,10 +83,9 @@ pub fn load_kernel(symbols: KernelSymbols, image: &std::path::Path) -> KernelInf
     let _ = std::fs::create_dir_all(&cache);
     // Types and stacks are extras: an image without them still probes.
     let sections = KernelSections::load(image, &probe_engine::guest::SECTIONS, Some(&cache)).ok();
-    KernelInfo {
-        symbols: Arc::new(symbols),
-        sections,
-    }
+    let symbols = Arc::new(symbols);
+    let guest = GuestKernel::new(symbols.clone(), 0, sections.as_ref());
+    KernelInfo { symbols, guest }
 }
 
 /// Compiles with the kernel's BTF as the type provider, when the image has it.
@@ -93,9 +94,7 @@ pub fn compile_typed(
     source_name: &str,
     kernel: &KernelInfo,
 ) -> Result<probe_lang::Program, probe_lang::Diagnostics> {
-    let typing =
-        probe_engine::guest::GuestKernel::new(kernel.symbols.clone(), 0, kernel.sections.as_ref());
-    let types = typing.types();
+    let types = kernel.guest.types();
     probe_lang::compile_with_types(
         source,
         source_name,
@@ -130,11 +129,7 @@ pub fn arm_program(
     session.arm(sites)?;
     session.arm_watches(resolve_watches(program))?;
     session.set_timers(resolve_timers(program))?;
-    session.set_kernel(Arc::new(probe_engine::guest::GuestKernel::new(
-        kernel.symbols.clone(),
-        slide,
-        kernel.sections.as_ref(),
-    )));
+    session.set_kernel(Arc::new(kernel.guest.with_slide(slide)));
     Ok(slide)
 }
 
@@ -157,8 +152,7 @@ pub fn list(pattern: Option<&str>, verbose: bool, args: &GuestArgs) -> Result<()
     // Sections (BTF) are loaded only for -v.
     let (symbols, guest) = if verbose {
         let k = load_kernel(symbols, &image.kernel);
-        let g = probe_engine::guest::GuestKernel::new(k.symbols.clone(), 0, k.sections.as_ref());
-        (k.symbols, Some(g))
+        (k.symbols, Some(k.guest))
     } else {
         (Arc::new(symbols), None)
     };

@@ -143,18 +143,29 @@ pub(crate) fn write(dir: &Path, key: &str, ks: &KernelSymbols) -> std::io::Resul
     {
         return Ok(());
     }
+    write_atomically(dir, key, &file_for(dir, key), render(key, ks).as_bytes())
+}
+
+/// Writes `bytes` to `dest` atomically: a temp file unique to this process
+/// and moment in the same directory, synced, then renamed over `dest`, so
+/// that a reader never sees a half-written cache file.
+pub(crate) fn write_atomically(
+    dir: &Path,
+    key: &str,
+    dest: &Path,
+    bytes: &[u8],
+) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     let tmp = dir.join(format!(".{key}.{}.{nanos}.tmp", std::process::id()));
-    let body = render(key, ks);
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(body.as_bytes())?;
+        f.write_all(bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, file_for(dir, key))
+        std::fs::rename(&tmp, dest)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);

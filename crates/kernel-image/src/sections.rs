@@ -13,7 +13,6 @@
 //!
 //! Anything unexpected in a cache file makes it a miss; the sections are then decoded again.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use object::{Object, ObjectSection};
@@ -175,22 +174,7 @@ fn write_cached(dir: &Path, key: &str, name: &str, sec: Option<&Section>) -> std
     let Some(dest) = file_for(dir, key, name) else {
         return Ok(());
     };
-    std::fs::create_dir_all(dir)?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let tmp = dir.join(format!(".{key}.{}.{nanos}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&render_cached(sec))?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &dest)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    crate::cache::write_atomically(dir, key, &dest, &render_cached(sec))
 }
 
 #[cfg(test)]

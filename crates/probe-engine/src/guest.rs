@@ -27,12 +27,15 @@ struct TaskLayout {
     tgid: u64,
 }
 
-/// The guest kernel as the engine sees it.
+/// The guest kernel as the engine sees it. Parsed once per image; each
+/// guest gets a copy with its own KASLR slide ([`GuestKernel::with_slide`])
+/// that shares the parsed tables.
+#[derive(Clone)]
 pub struct GuestKernel {
     pub symbols: Arc<KernelSymbols>,
     pub slide: u64,
-    btf: Option<Btf>,
-    orc: Option<OrcTable>,
+    btf: Option<Arc<Btf>>,
+    orc: Option<Arc<OrcTable>>,
     task: Option<TaskLayout>,
     /// Per-CPU offset of `current_task` (not moved by KASLR).
     current_task: Option<u64>,
@@ -73,20 +76,28 @@ impl GuestKernel {
         GuestKernel {
             symbols,
             slide,
-            btf,
-            orc,
+            btf: btf.map(Arc::new),
+            orc: orc.map(Arc::new),
             task,
             current_task,
         }
     }
 
+    /// The same kernel, running with this KASLR slide.
+    pub fn with_slide(&self, slide: u64) -> GuestKernel {
+        GuestKernel {
+            slide,
+            ..self.clone()
+        }
+    }
+
     pub fn btf(&self) -> Option<&Btf> {
-        self.btf.as_ref()
+        self.btf.as_deref()
     }
 
     /// The kernel's types for [`probe_lang::compile_with_types`].
     pub fn types(&self) -> Option<crate::BtfTypes<'_>> {
-        self.btf.as_ref().map(crate::BtfTypes::new)
+        self.btf.as_deref().map(crate::BtfTypes::new)
     }
 
     /// `func+off` (decimal offset, as bpftrace prints kernel frames), or the

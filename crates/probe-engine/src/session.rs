@@ -524,20 +524,17 @@ impl Session {
             };
             for thread in threads {
                 self.stats.timer_fires += 1;
-                let mut ctx = HitContext {
-                    client: Some(&mut self.client),
+                let mut ctx = HitContext::at_stop(
+                    &mut self.client,
+                    self.kernel.as_deref(),
+                    &self.name,
                     thread,
-                    regs: None,
-                    vcpu: thread.map_or(0, vcpu_index),
-                    nsecs: received,
-                    func: "",
-                    probe: &timer.probe,
-                    kernel: self.kernel.as_deref(),
-                    guest: &self.name,
-                    task: None,
-                    fields: None,
-                };
-                if let Flow::Exit = lock(runtime).run(timer.block, &mut ctx) {
+                    None,
+                    received,
+                    "",
+                );
+                let block = [(timer.block, timer.probe.clone())];
+                if let Flow::Exit = ctx.run_all(runtime, &block) {
                     flow = Flow::Exit;
                 }
             }
@@ -695,13 +692,7 @@ impl Session {
         regs: Option<Registers>,
         entry_ns: u64,
     ) -> Result<(), String> {
-        let rsp = match regs.as_ref().and_then(|r| r.get("rsp")) {
-            Some(rsp) => rsp,
-            None => self
-                .client
-                .read_register(thread, "rsp")
-                .map_err(|e| e.to_string())?,
-        };
+        let rsp = register(&mut self.client, regs.as_ref(), thread, "rsp")?;
         let mut word = [0u8; 8];
         if self.client.read_memory(rsp, &mut word).is_err() {
             self.stats.missed_returns += 1;
@@ -745,13 +736,7 @@ impl Session {
         resume: bool,
         received: u64,
     ) -> Result<Flow, String> {
-        let rsp = match regs.as_ref().and_then(|r| r.get("rsp")) {
-            Some(rsp) => rsp,
-            None => self
-                .client
-                .read_register(thread, "rsp")
-                .map_err(|e| e.to_string())?,
-        };
+        let rsp = register(&mut self.client, regs.as_ref(), thread, "rsp")?;
         let Some(PendingReturn { site, entry_ns }) = self.pending.remove(&(pc, rsp)) else {
             // Another call returning to the same place (one that started
             // before attaching, or an untracked one): not ours.
@@ -777,13 +762,7 @@ impl Session {
         let flow = ctx.run_all(runtime, &site.ret_handlers);
         let regs = ctx.regs.take();
         if let Some(sink) = self.recorder.as_mut() {
-            let retval = match regs.as_ref().and_then(|r| r.get("rax")) {
-                Some(v) => v,
-                None => self
-                    .client
-                    .read_register(thread, "rax")
-                    .map_err(|e| e.to_string())?,
-            };
+            let retval = register(&mut self.client, regs.as_ref(), thread, "rax")?;
             for (_, probe) in &site.ret_handlers {
                 sink.event(&RecordedEvent {
                     guest: &self.name,
@@ -833,19 +812,15 @@ impl Session {
             self.stats.stray_stops += 1;
         }
         let mut flow = Flow::Continue;
-        let mut ctx = HitContext {
-            client: Some(&mut self.client),
-            thread: Some(thread),
-            regs: None,
-            vcpu: vcpu_index(thread),
-            nsecs: received,
-            func: "",
-            probe: "",
-            kernel: self.kernel.as_deref(),
-            guest: &self.name,
-            task: None,
-            fields: None,
-        };
+        let mut ctx = HitContext::at_stop(
+            &mut self.client,
+            self.kernel.as_deref(),
+            &self.name,
+            Some(thread),
+            None,
+            received,
+            "",
+        );
         for w in &hit {
             self.stats.watch_hits += 1;
             ctx.probe = &w.probe;
@@ -952,6 +927,22 @@ impl Session {
         }
         self.client.detach()?;
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// A register of a stopped thread: from the registers already read at this
+/// stop, else with one `p`.
+fn register(
+    client: &mut Client,
+    regs: Option<&Registers>,
+    thread: ThreadId,
+    name: &str,
+) -> Result<u64, String> {
+    match regs.and_then(|r| r.get(name)) {
+        Some(v) => Ok(v),
+        None => client
+            .read_register(thread, name)
+            .map_err(|e| e.to_string()),
     }
 }
 
