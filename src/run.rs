@@ -736,39 +736,70 @@ fn write_flamegraph(path: &std::path::Path, stacks: Vec<(Vec<String>, u64)>) -> 
     Ok(n)
 }
 
-/// Puts a prefix in front of every line written through it.
-struct PrefixLines<W> {
+/// Puts a prefix in front of every line written through it, and passes on
+/// whole lines only: several guests share one stderr, and a line written in
+/// two pieces would otherwise have another guest's line land in its middle.
+struct PrefixLines<W: Write> {
     prefix: String,
     inner: W,
-    at_line_start: bool,
+    pending: Vec<u8>,
 }
+
+/// A line longer than this is passed on in pieces rather than held forever.
+const MAX_HELD_LINE: usize = 64 * 1024;
 
 impl<W: Write> PrefixLines<W> {
     fn new(prefix: String, inner: W) -> Self {
         PrefixLines {
             prefix,
             inner,
-            at_line_start: true,
+            pending: Vec::new(),
         }
+    }
+
+    /// Writes `line` (newline included, if any) with the prefix, in one write.
+    fn emit(&mut self, line: &[u8]) -> std::io::Result<()> {
+        let mut out = Vec::with_capacity(self.prefix.len() + line.len());
+        out.extend_from_slice(self.prefix.as_bytes());
+        out.extend_from_slice(line);
+        self.inner.write_all(&out)
     }
 }
 
 impl<W: Write> Write for PrefixLines<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut out = Vec::with_capacity(buf.len() + self.prefix.len());
-        for &b in buf {
-            if self.at_line_start {
-                out.extend_from_slice(self.prefix.as_bytes());
-            }
-            out.push(b);
-            self.at_line_start = b == b'\n';
+        self.pending.extend_from_slice(buf);
+        let mut out = Vec::new();
+        let mut start = 0;
+        while let Some(nl) = self.pending[start..].iter().position(|&b| b == b'\n') {
+            out.extend_from_slice(self.prefix.as_bytes());
+            out.extend_from_slice(&self.pending[start..start + nl + 1]);
+            start += nl + 1;
         }
-        self.inner.write_all(&out)?;
+        self.pending.drain(..start);
+        if !out.is_empty() {
+            self.inner.write_all(&out)?;
+        }
+        if self.pending.len() > MAX_HELD_LINE {
+            let held = std::mem::take(&mut self.pending);
+            self.emit(&held)?;
+            self.inner.write_all(b"\n")?;
+        }
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+impl<W: Write> Drop for PrefixLines<W> {
+    /// The guest's last words, even without a final newline.
+    fn drop(&mut self) {
+        if !self.pending.is_empty() {
+            let held = std::mem::take(&mut self.pending);
+            let _ = self.emit(&held).and_then(|_| self.inner.write_all(b"\n"));
+        }
     }
 }
 
@@ -803,12 +834,18 @@ mod tests {
 
     #[test]
     fn console_lines_get_the_guest_prefix() {
-        let mut w = PrefixLines::new("vm1: ".into(), Vec::new());
-        w.write_all(b"a\nb").unwrap();
-        w.write_all(b"c\n\nd").unwrap();
+        let mut out = Vec::new();
+        {
+            let mut w = PrefixLines::new("vm1: ".into(), &mut out);
+            w.write_all(b"a\nb").unwrap();
+            // Only whole lines go out, so another guest's line cannot land
+            // inside "bc".
+            assert_eq!(w.inner.as_slice(), b"vm1: a\n");
+            w.write_all(b"c\n\nd").unwrap();
+        }
         assert_eq!(
-            String::from_utf8(w.inner).unwrap(),
-            "vm1: a\nvm1: bc\nvm1: \nvm1: d"
+            String::from_utf8(out).unwrap(),
+            "vm1: a\nvm1: bc\nvm1: \nvm1: d\n"
         );
     }
 
