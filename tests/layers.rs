@@ -2,7 +2,9 @@
 //! dd's one-byte writes to the serial console and QEMU's own `serial_write`
 //! trace event for each byte, on one clock. Every byte is seen in both
 //! layers, the latency between them is reported, and no event of the VMM
-//! layer comes before the guest write that caused it.
+//! layer comes before the guest write that caused it. The event's fields
+//! carry the names of QEMU's source (`serial_write(uint16_t addr, uint8_t
+//! value)`), read through its installed `trace-events-all`.
 
 mod support;
 use support::*;
@@ -11,7 +13,7 @@ use support::*;
 fn guest_write_then_vmm_serial_event_in_causal_order() {
     let program = r#"
 kprobe:ksys_write /comm == "dd" && arg2 == 1/ { @start = nsecs; @writes = count(); }
-vmm:serial_write /args.val == 90/ {
+vmm:serial_write /args.value == 90 && args.addr == 0/ {
     @serial = count();
     if (@start == 0 || nsecs < @start) { @acausal = count(); }
     @latency_ns = hist(nsecs - @start);

@@ -78,8 +78,13 @@ impl VmmSource {
             .into_iter()
             .map(|c| (c.thread_id, c.cpu_index))
             .collect();
-        let follower = LogFollower::spawn(log_file, FollowConfig::default())
-            .map_err(|e| LayerError::Follow(e.to_string()))?;
+        let follow = FollowConfig {
+            // Fields named as in QEMU's source, where its catalogue is installed.
+            catalogue: qemu_vmm::catalogue::Catalogue::installed().map(std::sync::Arc::new),
+            ..FollowConfig::default()
+        };
+        let follower =
+            LogFollower::spawn(log_file, follow).map_err(|e| LayerError::Follow(e.to_string()))?;
         for e in events {
             if qmp.trace_event_list(e)?.is_empty() {
                 return Err(LayerError::UnknownVmmEvent(e.clone()));

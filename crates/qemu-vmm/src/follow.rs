@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+use crate::catalogue::Catalogue;
 use crate::clock::{RealtimeToMonotonic, monotonic_now_ns};
 use crate::trace::{LineParser, TraceEvent};
 use crate::{Error, Result};
@@ -51,6 +52,8 @@ pub struct FollowConfig {
     pub known_events: Option<Vec<String>>,
     /// Accept untimed lines (QEMU without `-msg timestamp=on`), stamped when read.
     pub accept_untimed: bool,
+    /// Event declarations that name fields (see [`LineParser::with_catalogue`]).
+    pub catalogue: Option<Arc<Catalogue>>,
 }
 
 impl Default for FollowConfig {
@@ -62,6 +65,7 @@ impl Default for FollowConfig {
             wait_for_file: Duration::from_secs(10),
             known_events: None,
             accept_untimed: false,
+            catalogue: None,
         }
     }
 }
@@ -252,6 +256,9 @@ fn run(
     let mut parser = LineParser::new(clock).accept_untimed(cfg.accept_untimed);
     if let Some(k) = &cfg.known_events {
         parser = parser.with_known_events(k.iter().cloned());
+    }
+    if let Some(c) = &cfg.catalogue {
+        parser = parser.with_catalogue(c.clone());
     }
     let deadline = Instant::now() + cfg.wait_for_file;
     let mut file = loop {

@@ -7,17 +7,19 @@
 //! - [`trace`]: QEMU's `log` trace backend output, parsed. QEMU 7.2 prints an
 //!   enabled event as `TID@SECONDS.MICROS:name message` (with `-msg
 //!   timestamp=on`; `name message` without it). The message is the event's
-//!   printf format expanded, so field names come from the line itself (see
-//!   [`trace::parse_fields`]).
+//!   printf format expanded: read back through the event's declaration
+//!   ([`catalogue`]), each value is named after its C argument; without one,
+//!   names come from the line itself (see [`trace::parse_fields`]).
 //! - [`clock`]: QEMU stamps lines with `gettimeofday` (CLOCK_REALTIME, in
 //!   microseconds); [`clock::RealtimeToMonotonic`] converts to vmprobe's one
 //!   time base, CLOCK_MONOTONIC, with a measured offset.
 //! - [`follow`]: follows QEMU's log file like `tail -f` in a background
 //!   thread and delivers parsed events over a bounded channel, counting what
 //!   it had to drop or could not parse.
-//! - [`catalogue`]: `trace-events` source files (format strings and argument
-//!   types); for tests and documentation only, since the QEMU binary does not
-//!   ship them.
+//! - [`catalogue`]: `trace-events` declarations (format strings, argument
+//!   names and types), from the `trace-events-all` installed with QEMU
+//!   (Debian: qemu-system-common); [`catalogue::EventDecl::match_message`]
+//!   reads a message back through its format.
 //!
 //! Nothing here knows about scripts, probes or the CLI.
 //!
@@ -31,7 +33,7 @@
 //! let events = LogFollower::spawn("/tmp/vm/qemu.log", FollowConfig::default())?;
 //! qmp.trace_event_set_state("serial_write", true)?;
 //! while let Some(ev) = events.recv_timeout(Duration::from_secs(1)) {
-//!     let val = ev.field("val").and_then(|v| v.as_u64());
+//!     let val = ev.field("value").and_then(|v| v.as_u64());
 //!     println!("{} ns tid {:?} {} val={val:?}", ev.ts_ns, ev.tid, ev.name);
 //! }
 //! qmp.trace_event_set_state("serial_write", false)?;

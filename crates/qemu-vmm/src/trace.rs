@@ -21,12 +21,14 @@
 //! `key=value` is one field, `key: free text` runs to the end of the line,
 //! and a value with no word before it is `argN` (N its position).
 
+use crate::catalogue::Catalogue;
 use crate::clock::RealtimeToMonotonic;
 use crate::{Error, Result, io_err};
 use std::collections::HashSet;
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A field's value as printed.
@@ -200,6 +202,7 @@ pub fn split_untimed(line: &str) -> Option<RawLine<'_>> {
 pub struct LineParser {
     clock: RealtimeToMonotonic,
     known: Option<HashSet<String>>,
+    catalogue: Option<Arc<Catalogue>>,
     untimed: bool,
     /// Events parsed.
     pub events: u64,
@@ -213,6 +216,7 @@ impl LineParser {
         LineParser {
             clock,
             known: None,
+            catalogue: None,
             untimed: false,
             events: 0,
             skipped: 0,
@@ -223,6 +227,15 @@ impl LineParser {
     /// with `*`); anything else is skipped.
     pub fn with_known_events(mut self, names: impl IntoIterator<Item = String>) -> Self {
         self.known = Some(names.into_iter().collect());
+        self
+    }
+
+    /// Name fields after the C arguments of the events' declarations where
+    /// a message reads back through its format; [`parse_fields`]'s names
+    /// otherwise (events the catalogue lacks, another QEMU version's
+    /// format, ambiguous strings).
+    pub fn with_catalogue(mut self, catalogue: Arc<Catalogue>) -> Self {
+        self.catalogue = Some(catalogue);
         self
     }
 
@@ -269,7 +282,12 @@ impl LineParser {
             tid: raw.tid,
             name: raw.name.to_string(),
             message: raw.message.to_string(),
-            fields: parse_fields(raw.message),
+            fields: self
+                .catalogue
+                .as_ref()
+                .and_then(|c| c.get(raw.name))
+                .and_then(|d| d.match_message(raw.message))
+                .unwrap_or_else(|| parse_fields(raw.message)),
         })
     }
 }
