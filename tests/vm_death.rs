@@ -17,28 +17,25 @@ fn qemu_children(parent: u32) -> Vec<u32> {
         .collect()
 }
 
-#[test]
-fn killing_qemu_mid_run_reports_what_was_collected() {
+/// `vmprobe run --console -e PROGRAM -- WORKLOAD`, its output collected.
+fn spawn_run(program: &str, workload: &str) -> (std::process::Child, Collected, Collected) {
     let mut child = vmprobe()
-        .args([
-            "run",
-            "-e",
-            "kprobe:ksys_write { @writes = count(); }",
-            "--",
-            "while true; do echo x; done",
-        ])
+        .args(["run", "--console", "-e", program, "--", workload])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait for the probes to be armed and firing: the banner is on stdout.
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        use std::io::Read;
-        let mut all = Vec::new();
-        let _ = stdout.read_to_end(&mut all);
-        all
-    });
+    let stdout = collect(child.stdout.take().unwrap());
+    let stderr = collect(child.stderr.take().unwrap());
+    (child, stdout, stderr)
+}
+
+#[test]
+fn killing_qemu_mid_run_reports_what_was_collected() {
+    let (mut child, stdout, stderr) = spawn_run(
+        "kprobe:ksys_write { @writes = count(); }",
+        "while true; do echo x; done",
+    );
     let start = Instant::now();
     let qemu = loop {
         if let Some(pid) = qemu_children(child.id()).first() {
@@ -48,17 +45,7 @@ fn killing_qemu_mid_run_reports_what_was_collected() {
         std::thread::sleep(Duration::from_millis(100));
     };
     // Give the guest time to boot and the workload to produce hits.
-    let mut stderr = child.stderr.take().unwrap();
-    let mut seen = Vec::new();
-    {
-        use std::io::Read;
-        let mut buf = [0u8; 256];
-        while !text(&seen).contains("KASLR slide") {
-            let n = stderr.read(&mut buf).unwrap();
-            assert!(n > 0, "vmprobe ended early: {}", text(&seen));
-            seen.extend_from_slice(&buf[..n]);
-        }
-    }
+    stderr.wait_for("KASLR slide", RUN_LIMIT);
     std::thread::sleep(Duration::from_secs(3));
     let killed = Instant::now();
     std::process::Command::new("kill")
@@ -76,12 +63,7 @@ fn killing_qemu_mid_run_reports_what_was_collected() {
         std::thread::sleep(Duration::from_millis(20));
     };
     let ended_after = killed.elapsed();
-    let mut rest = Vec::new();
-    use std::io::Read;
-    let _ = stderr.read_to_end(&mut rest);
-    seen.extend_from_slice(&rest);
-    let stdout = text(&reader.join().unwrap());
-    let stderr = text(&seen);
+    let (stdout, stderr) = (stdout.finish(), stderr.finish());
     assert!(!status.success(), "a dead VM is a failed run");
     assert!(
         ended_after < Duration::from_secs(2),
@@ -91,5 +73,42 @@ fn killing_qemu_mid_run_reports_what_was_collected() {
     assert!(
         map_value(&stdout, "writes") > 0,
         "counts collected before the kill are printed:\n{stdout}"
+    );
+}
+
+/// Ctrl-C ends a run as it ends bpftrace: probes removed, END run, every
+/// map printed, exit status 0, and QEMU gone with vmprobe.
+#[test]
+fn ctrl_c_runs_end_and_prints_the_maps() {
+    let (mut child, stdout, stderr) = spawn_run(
+        "kprobe:ksys_write { @writes = count(); } END { printf(\"END ran\\n\"); }",
+        "i=0; while true; do i=$((i+1)); echo tick$i; sleep 0.2; done",
+    );
+    // The workload's ticks reach the console only through probed writes.
+    stderr.wait_for("tick3", RUN_LIMIT);
+    let qemu = qemu_children(child.id());
+    assert_eq!(qemu.len(), 1, "one QEMU child");
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < RUN_LIMIT, "vmprobe did not end at SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (stdout, stderr) = (stdout.finish(), stderr.finish());
+    assert!(
+        status.success(),
+        "Ctrl-C is a normal end: {status:?}\n{stderr}"
+    );
+    assert!(stdout.contains("END ran\n"), "{stdout}");
+    assert!(map_value(&stdout, "writes") >= 3, "{stdout}");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{}", qemu[0])).exists(),
+        "QEMU outlived vmprobe"
     );
 }

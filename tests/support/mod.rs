@@ -161,3 +161,54 @@ pub fn keyed_map(stdout: &str, name: &str) -> std::collections::BTreeMap<u64, u6
         })
         .collect()
 }
+
+/// A child's output stream, read into memory by a thread so that the test
+/// can wait for a line with a deadline instead of blocking on a read.
+pub struct Collected {
+    bytes: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+pub fn collect(mut stream: impl std::io::Read + Send + 'static) -> Collected {
+    let bytes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = bytes.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = stream.read(&mut buf) {
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    Collected { bytes, reader }
+}
+
+impl Collected {
+    pub fn text(&self) -> String {
+        text(&self.bytes.lock().unwrap())
+    }
+
+    /// Waits until the output contains `needle`; panics after `limit` or
+    /// when the stream ends without it.
+    pub fn wait_for(&self, needle: &str, limit: Duration) {
+        let start = Instant::now();
+        loop {
+            // Whether it had ended is read before the text: no line is missed.
+            let ended = self.reader.is_finished();
+            if self.text().contains(needle) {
+                return;
+            }
+            assert!(!ended, "output ended before {needle:?}:\n{}", self.text());
+            assert!(
+                start.elapsed() < limit,
+                "no {needle:?} within {limit:?}:\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Everything, once the stream has ended.
+    pub fn finish(self) -> String {
+        self.reader.join().unwrap();
+        text(&self.bytes.lock().unwrap())
+    }
+}
