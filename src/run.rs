@@ -94,7 +94,7 @@ pub fn compile_typed(
     source_name: &str,
     kernel: &KernelInfo,
 ) -> Result<probe_lang::Program, probe_lang::Diagnostics> {
-    let types = kernel.guest.types();
+    let types = kernel.guest.types().map(probe_engine::LayerTypes::new);
     probe_lang::compile_with_types(
         source,
         source_name,

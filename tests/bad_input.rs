@@ -190,3 +190,39 @@ fn bad_record_and_attach_arguments() {
         "not a TCP port",
     );
 }
+
+/// A field the event does not declare is an error before booting, naming
+/// the fields it has: QEMU's declaration for `vmm:` events, the host's
+/// tracefs format for `tracepoint:` events.
+#[test]
+fn unknown_event_field_is_a_diagnostic_before_booting() {
+    let e = fails_with(
+        &[
+            "run",
+            "-e",
+            "vmm:serial_write { @[args.val] = count(); }",
+            "--",
+            "true",
+        ],
+        &[],
+        "'vmm:serial_write' has no field 'val' (fields: addr, value)",
+    );
+    assert!(e.contains("stdin:1:22"), "{e}");
+    assert!(!e.contains("booting"), "must fail before booting:\n{e}");
+    let format = "/sys/kernel/tracing/events/sched/sched_switch/format";
+    if !std::path::Path::new(format).exists() {
+        eprintln!("no {format}: tracepoint part skipped");
+        return;
+    }
+    fails_with(
+        &[
+            "run",
+            "-e",
+            "tracepoint:sched:sched_switch { @[args.next_cmm] = count(); }",
+            "--",
+            "true",
+        ],
+        &[],
+        "'tracepoint:sched:sched_switch' has no field 'next_cmm' (fields: prev_comm, prev_pid",
+    );
+}

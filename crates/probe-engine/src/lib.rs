@@ -16,11 +16,13 @@
 //!   disarming, and a difference is reported as an error.
 
 mod context;
+pub mod event_types;
 pub mod guest;
 pub mod layers;
 mod resolve;
 mod session;
 pub mod types;
+pub use event_types::LayerTypes;
 pub use types::BtfTypes;
 
 pub use resolve::{

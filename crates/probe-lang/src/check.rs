@@ -1466,6 +1466,27 @@ impl Checker<'_, '_> {
         let is_event =
             |s: &ProbeSpec| matches!(s, ProbeSpec::Vmm { .. } | ProbeSpec::Tracepoint { .. });
         if !specs.is_empty() && specs.iter().all(is_event) {
+            for spec in &specs {
+                let Some(fields) = self.types.and_then(|t| t.event_fields(spec)) else {
+                    continue;
+                };
+                if !fields.iter().any(|(n, _)| n == name) {
+                    let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
+                    self.r.error(
+                        span,
+                        format!(
+                            "'{}' has no field '{name}' (fields: {})",
+                            spec.name(),
+                            if names.is_empty() {
+                                "none".to_string()
+                            } else {
+                                names.join(", ")
+                            }
+                        ),
+                    );
+                    return None;
+                }
+            }
             let field = self.types.and_then(|t| t.event_field(&specs[0], name));
             let t = match field {
                 Some(FieldType::Str) => Type::Str,

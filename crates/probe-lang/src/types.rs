@@ -90,7 +90,14 @@ pub trait KernelTypes {
     fn type_name(&self, ty: TypeRef) -> String;
     /// Type of field `field` of a `vmm:`/`tracepoint:` probe. `None`: not
     /// known, the field is read as an integer.
-    fn event_field(&self, _probe: &ProbeSpec, _field: &str) -> Option<FieldType> {
+    fn event_field(&self, probe: &ProbeSpec, field: &str) -> Option<FieldType> {
+        self.event_fields(probe)?
+            .into_iter()
+            .find_map(|(n, t)| (n == field).then_some(t))
+    }
+    /// Every field of a `vmm:`/`tracepoint:` probe, when the event's
+    /// declaration is known: a name outside it is an error before attaching.
+    fn event_fields(&self, _probe: &ProbeSpec) -> Option<Vec<(String, FieldType)>> {
         None
     }
 }

@@ -180,6 +180,16 @@ impl KernelTypes for Fake {
             _ => None,
         }
     }
+    fn event_fields(&self, probe: &ProbeSpec) -> Option<Vec<(String, FieldType)>> {
+        match probe {
+            ProbeSpec::Tracepoint { event, .. } if event == "kvm_pio" => Some(
+                ["rw", "port", "size", "count"]
+                    .map(|n| (n.to_string(), FieldType::Int { signed: false }))
+                    .to_vec(),
+            ),
+            _ => None,
+        }
+    }
 }
 
 fn task(pid: i32, comm: &str, parent: u64) -> Vec<u8> {
@@ -493,6 +503,15 @@ fn vmm_and_tracepoint_args() {
     // A missing field is a counted runtime error (the default context has none).
     rt.run(p.block_of(1), &mut FakeCtx::new("tracepoint:kvm:kvm_exit"));
     assert_eq!(rt.errors()[0].1, "no field 'exit_reason'");
+    // Where the event's fields are known, another name is an error.
+    let e = compile_err("tracepoint:kvm:kvm_pio { @[args.prot] = count(); }");
+    assert!(
+        e.contains(
+            "error: 'tracepoint:kvm:kvm_pio' has no field 'prot' (fields: rw, port, size, count)\n --> t:1:28"
+        ),
+        "{e}"
+    );
+    compile_ok("tracepoint:kvm:kvm_pio /args.port == 0x99/ { @[args.size] = count(); }");
     // Without a type provider, event fields are integers.
     let p = compile("vmm:e { printf(\"%d\\n\", args.x); }", "t").unwrap();
     assert_eq!(p.probes()[0].name(), "vmm:e");

@@ -283,6 +283,22 @@ fn pieces(format: &str) -> Vec<Piece<'_>> {
 const MATCH_BUDGET: usize = 1024;
 
 impl EventDecl {
+    /// The fields [`EventDecl::match_message`] gives, with the conversion
+    /// that prints each (so its kind: integer, signed or not, or text).
+    /// `None` when the declaration and its format disagree.
+    pub fn fields(&self) -> Option<Vec<(String, Conv)>> {
+        let mut names = self.args.iter().map(|(_, n)| n);
+        let mut out = Vec::new();
+        let mut taken = 0;
+        for p in pieces(&self.format) {
+            if let Piece::Conv { conv, stars, .. } = p {
+                out.push((names.nth(stars)?.clone(), conv));
+                taken += 1 + stars;
+            }
+        }
+        (taken == self.args.len()).then_some(out)
+    }
+
     /// Reads a printed message back through this event's format and names
     /// each value after the C argument it came from. `None` when the message
     /// does not fit the format (another QEMU version) or is ambiguous (two

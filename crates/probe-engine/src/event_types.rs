@@ -1,0 +1,135 @@
+//! Types for the checker across layers: the guest kernel's BTF for kernel
+//! probes, and the declared fields of `vmm:` events (QEMU's installed
+//! `trace-events-all`) and `tracepoint:` events (the host's tracefs
+//! `format` files). With them `args.NAME` of an event is typed (string or
+//! integer) and a name the event lacks is an error before attaching.
+
+use crate::BtfTypes;
+use host_tracepoints::format::{Element, Layout};
+use host_tracepoints::{Tracefs, TracepointName};
+use probe_lang::{FieldType, KernelTypes, MemberInfo, ProbeSpec, Prototype, TypeInfo, TypeRef};
+use qemu_vmm::catalogue::{Catalogue, Conv};
+use std::sync::{Arc, OnceLock};
+
+/// [`KernelTypes`] of the guest kernel, plus the VMM's and host's events.
+pub struct LayerTypes<'a> {
+    kernel: BtfTypes<'a>,
+    /// Loaded when a `vmm:` probe first asks: most programs have none.
+    vmm: OnceLock<Option<Arc<Catalogue>>>,
+    host: OnceLock<Option<Tracefs>>,
+}
+
+impl<'a> LayerTypes<'a> {
+    /// Event declarations from QEMU's installed catalogue and the host's
+    /// tracefs, each found when first needed.
+    pub fn new(kernel: BtfTypes<'a>) -> Self {
+        LayerTypes {
+            kernel,
+            vmm: OnceLock::new(),
+            host: OnceLock::new(),
+        }
+    }
+
+    fn vmm(&self) -> Option<&Catalogue> {
+        self.vmm
+            .get_or_init(|| Catalogue::installed().map(Arc::new))
+            .as_deref()
+    }
+
+    fn host(&self) -> Option<&Tracefs> {
+        self.host.get_or_init(Tracefs::find).as_ref()
+    }
+}
+
+impl KernelTypes for LayerTypes<'_> {
+    fn function(&self, name: &str) -> Option<Prototype> {
+        self.kernel.function(name)
+    }
+
+    fn lookup(&self, c_name: &str) -> Option<TypeRef> {
+        self.kernel.lookup(c_name)
+    }
+
+    fn info(&self, ty: TypeRef) -> TypeInfo {
+        self.kernel.info(ty)
+    }
+
+    fn member(&self, ty: TypeRef, name: &str) -> Option<MemberInfo> {
+        self.kernel.member(ty, name)
+    }
+
+    fn type_name(&self, ty: TypeRef) -> String {
+        self.kernel.type_name(ty)
+    }
+
+    fn event_fields(&self, probe: &ProbeSpec) -> Option<Vec<(String, FieldType)>> {
+        match probe {
+            ProbeSpec::Vmm { event } => vmm_fields(self.vmm()?, event),
+            ProbeSpec::Tracepoint { system, event } => {
+                let name = TracepointName::new(system, event).ok()?;
+                let format = self.host()?.format(&name).ok()?;
+                Some(
+                    format
+                        .event_fields()
+                        .map(|f| {
+                            let ty = match (f.layout, f.element) {
+                                (Layout::Scalar, Element::Int { signed, .. }) => {
+                                    FieldType::Int { signed }
+                                }
+                                // Strings, arrays and opaque bytes reach
+                                // handlers as text (layers::LayerValue).
+                                _ => FieldType::Str,
+                            };
+                            (f.name.to_string(), ty)
+                        })
+                        .collect(),
+                )
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A `vmm:` event's fields as [`qemu_vmm::catalogue::EventDecl::match_message`]
+/// gives them. Patterns (`vmm:serial_*`) have no one declaration.
+fn vmm_fields(catalogue: &Catalogue, event: &str) -> Option<Vec<(String, FieldType)>> {
+    let fields = catalogue.get(event)?.fields()?;
+    Some(
+        fields
+            .into_iter()
+            .map(|(name, conv)| {
+                let ty = match conv {
+                    Conv::Signed => FieldType::Int { signed: true },
+                    Conv::Unsigned | Conv::Hex { .. } | Conv::Octal | Conv::Pointer => {
+                        FieldType::Int { signed: false }
+                    }
+                    Conv::Str | Conv::Char | Conv::Float => FieldType::Str,
+                };
+                (name, ty)
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vmm_fields_follow_the_format() {
+        let cat = Catalogue::parse(
+            r#"serial_write(uint16_t addr, uint8_t value) "write addr 0x%02x val 0x%02x"
+memory_region_ops_read(int cpu_index, void *mr, uint64_t addr, uint64_t value, unsigned size, const char *name) "cpu %d mr %p addr 0x%"PRIx64" value 0x%"PRIx64" size %u name '%s'"
+"#,
+        );
+        let u = FieldType::Int { signed: false };
+        assert_eq!(
+            vmm_fields(&cat, "serial_write"),
+            Some(vec![("addr".into(), u), ("value".into(), u)])
+        );
+        let f = vmm_fields(&cat, "memory_region_ops_read").unwrap();
+        assert_eq!(f[0], ("cpu_index".into(), FieldType::Int { signed: true }));
+        assert_eq!(f[5], ("name".into(), FieldType::Str));
+        assert_eq!(vmm_fields(&cat, "serial_*"), None);
+    }
+}
