@@ -94,6 +94,10 @@ pub struct BootArgs {
     /// each (with VMPROBE_GUEST and VMPROBE_GUEST_INDEX set) and probe them all.
     #[arg(long, default_value_t = 1)]
     guests: u32,
+    /// Give the guest a virtio-blk disk backed by this raw image (/dev/vda
+    /// in the default guest); it is written to if the workload writes.
+    #[arg(long, value_name = "FILE")]
+    disk: Option<PathBuf>,
 }
 
 #[derive(Args)]

@@ -293,6 +293,12 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
     if args.workload.is_empty() {
         bail!("no workload: give the command to run in the guest after `--`");
     }
+    if let Some(disk) = &args.boot.disk {
+        if args.boot.guests > 1 {
+            bail!("--disk gives one guest a disk; several guests (--guests) cannot share it");
+        }
+        std::fs::metadata(disk).with_context(|| format!("--disk {}", disk.display()))?;
+    }
     // Unknown symbols and bad patterns fail here, before anything boots.
     if !check_program(&program, &kernel.symbols)? {
         return Ok(1);
@@ -316,6 +322,7 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
 
     let mut cfg = LaunchConfig::new(image);
     cfg.vcpus = args.boot.vcpus;
+    cfg.disk = args.boot.disk.clone();
     if let Some(q) = &args.boot.qemu {
         cfg.qemu = q.clone();
     }

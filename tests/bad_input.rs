@@ -226,3 +226,37 @@ fn unknown_event_field_is_a_diagnostic_before_booting() {
         "'tracepoint:sched:sched_switch' has no field 'next_cmm' (fields: prev_comm, prev_pid",
     );
 }
+
+#[test]
+fn bad_disk_arguments() {
+    let prog = "kprobe:ksys_write { @c = count(); }";
+    let e = fails_with(
+        &[
+            "run",
+            "--disk",
+            "/nonexistent/disk.img",
+            "-e",
+            prog,
+            "--",
+            "true",
+        ],
+        &[],
+        "--disk /nonexistent/disk.img",
+    );
+    last_line_is_one_error(&e, "/nonexistent/disk.img");
+    fails_with(
+        &[
+            "run",
+            "--disk",
+            "/dev/null",
+            "--guests",
+            "2",
+            "-e",
+            prog,
+            "--",
+            "true",
+        ],
+        &[],
+        "several guests (--guests) cannot share it",
+    );
+}

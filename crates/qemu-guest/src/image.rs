@@ -21,12 +21,27 @@ const BENCH_PROGRAMS: [(&str, &str); 4] = [
     ("seq", include_str!("../guest/bench/seq.c")),
 ];
 
+/// Kernel modules packed into the initramfs, in load order (each after what
+/// it depends on). Debian builds virtio as modules; with these a guest given
+/// a disk ([`crate::LaunchConfig::disk`]) sees it as /dev/vda. The init
+/// loads them only when QEMU gave the guest a virtio device.
+const GUEST_MODULES: [&str; 6] = [
+    "drivers/virtio/virtio_ring.ko",
+    "drivers/virtio/virtio.ko",
+    "drivers/virtio/virtio_pci_legacy_dev.ko",
+    "drivers/virtio/virtio_pci_modern_dev.ko",
+    "drivers/virtio/virtio_pci.ko",
+    "drivers/block/virtio_blk.ko",
+];
+
 /// The initramfs file name, keyed by everything vmprobe puts into it, so
 /// that a changed init or bench program rebuilds a cached guest.
 fn initrd_name() -> String {
     // FNV-1a: a stable cache key, nothing to defend against.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let parts = std::iter::once(INIT).chain(BENCH_PROGRAMS.iter().flat_map(|(n, c)| [*n, *c]));
+    let parts = std::iter::once(INIT)
+        .chain(BENCH_PROGRAMS.iter().flat_map(|(n, c)| [*n, *c]))
+        .chain(GUEST_MODULES);
     for part in parts {
         for b in part.bytes().chain([0]) {
             h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
@@ -118,8 +133,19 @@ pub fn build_default_guest(cache: &Path, progress: &mut dyn FnMut(&str)) -> Resu
     progress("writing the initramfs");
     let busybox_path = busybox_root.join("bin/busybox");
     let busybox = std::fs::read(&busybox_path).map_err(io_err(&busybox_path))?;
+    let modules_dir = kernel_root.join(format!("lib/modules/{version}/kernel"));
+    let mut files = programs;
+    for module in GUEST_MODULES {
+        let path = modules_dir.join(module);
+        // Another kernel may build one in: the guest then needs no module.
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        let name = Path::new(module).file_name().unwrap_or_default();
+        files.push((format!("lib/modules/{}", name.to_string_lossy()), bytes));
+    }
     let initrd = dir.join(initrd_name());
-    write_initramfs(&initrd, &busybox, &programs)?;
+    write_initramfs(&initrd, &busybox, &files)?;
 
     let current = cache.join("guest/current");
     write_atomically(&current, version.as_bytes())?;
@@ -157,17 +183,28 @@ fn compile_bench_programs(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     Ok(out)
 }
 
-fn write_initramfs(path: &Path, busybox: &[u8], programs: &[(String, Vec<u8>)]) -> Result<()> {
+/// `files`: (path in the guest, bytes), each installed executable.
+fn write_initramfs(path: &Path, busybox: &[u8], files: &[(String, Vec<u8>)]) -> Result<()> {
     let mut w = CpioWriter::new(Vec::with_capacity(busybox.len() + 4096));
     let build = |w: &mut CpioWriter<Vec<u8>>| -> std::io::Result<()> {
         for d in [
-            "bin", "sbin", "usr", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp",
+            "bin",
+            "sbin",
+            "usr",
+            "usr/bin",
+            "usr/sbin",
+            "proc",
+            "sys",
+            "dev",
+            "tmp",
+            "lib",
+            "lib/modules",
         ] {
             w.dir(d)?;
         }
         w.file("bin/busybox", 0o755, busybox)?;
         w.symlink("bin/sh", "busybox")?;
-        for (path, bytes) in programs {
+        for (path, bytes) in files {
             w.file(path, 0o755, bytes)?;
         }
         w.file("init", 0o755, INIT.as_bytes())

@@ -60,6 +60,9 @@ pub struct LaunchConfig {
     /// Start QEMU with a gdbstub (`-gdb`, on by default). Off gives a VM as
     /// users often run it, whose stub can be opened later through QMP.
     pub gdbstub: bool,
+    /// A raw disk image given to the guest as a virtio-blk device
+    /// (/dev/vda in the default guest).
+    pub disk: Option<PathBuf>,
 }
 
 impl LaunchConfig {
@@ -74,6 +77,7 @@ impl LaunchConfig {
             qemu: PathBuf::from("qemu-system-x86_64"),
             log_file: None,
             gdbstub: true,
+            disk: None,
         }
     }
 }
@@ -166,6 +170,16 @@ impl Vm {
         .args(["-append", &cfg.image.append]);
         if let Some(log) = &cfg.log_file {
             cmd.arg("-D").arg(log).args(["-msg", "timestamp=on"]);
+        }
+        if let Some(disk) = &cfg.disk {
+            // QEMU splits -drive options at commas: a comma in the path is doubled.
+            let file = disk.to_string_lossy().replace(',', ",,");
+            cmd.args([
+                "-drive",
+                &format!("file={file},if=none,id=disk0,format=raw"),
+                "-device",
+                "virtio-blk-pci,drive=disk0",
+            ]);
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
