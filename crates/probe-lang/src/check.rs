@@ -1086,7 +1086,9 @@ impl Checker<'_, '_> {
                 self.expr(a);
                 self.expr(b);
                 let op = *op;
+                let pointer = self.kernel_pointer_arithmetic(op, a, b);
                 match (a.ty, b.ty) {
+                    _ if pointer.is_some() => pointer.unwrap_or(Type::Unknown),
                     (Type::Unknown, _) | (_, Type::Unknown) => Type::Unknown,
                     (Type::Str, Type::Str) if matches!(op, BinOp::Eq | BinOp::Ne) => Type::SIGNED,
                     // C pointer arithmetic: `p + n` / `p - n` stay pointers.
@@ -1150,6 +1152,62 @@ impl Checker<'_, '_> {
                 }
             }
         };
+    }
+
+    /// C pointer arithmetic on a kernel pointer: `p + n` and `p - n` stay
+    /// pointers of the same type and move `n` pointees (`n` is scaled here,
+    /// in the tree, so later passes see plain byte arithmetic). `None` when
+    /// the operation is not one.
+    fn kernel_pointer_arithmetic(&mut self, op: BinOp, a: &Expr, b: &mut Expr) -> Option<Type> {
+        let Type::Kernel { id, ptr: ptr @ 1.. } = a.ty else {
+            return None;
+        };
+        if !matches!(op, BinOp::Add | BinOp::Sub) || !matches!(b.ty, Type::Int { .. }) {
+            return None;
+        }
+        let size = if ptr > 1 {
+            Some(8)
+        } else {
+            self.size_of(TypeRef(id))
+        };
+        let Some(size) = size else {
+            let name = self
+                .types
+                .map_or_else(String::new, |t| t.type_name(TypeRef(id)));
+            self.r.error(
+                a.span,
+                format!("pointer arithmetic on a pointer to '{name}', which has no size"),
+            );
+            return Some(Type::Unknown);
+        };
+        // Blocks can be checked more than once: scale only once. The
+        // scaled form is `count * (uint64)SIZE` spanning what the user wrote.
+        let scaled = matches!(&b.kind, ExprKind::Binary(BinOp::Mul, _, k)
+            if k.span == b.span && matches!(&k.kind, ExprKind::Cast { expr, .. }
+                if matches!(expr.kind, ExprKind::Int(n) if n == size)));
+        if size != 1 && !scaled {
+            let span = b.span;
+            let placeholder = Expr {
+                kind: ExprKind::Int(0),
+                span,
+                ty: Type::SIGNED,
+            };
+            let count = std::mem::replace(b, placeholder);
+            *b = Expr {
+                kind: ExprKind::Binary(
+                    BinOp::Mul,
+                    Box::new(count),
+                    Box::new(Expr {
+                        kind: unsigned_const(size, span),
+                        span,
+                        ty: Type::UNSIGNED,
+                    }),
+                ),
+                span,
+                ty: Type::UNSIGNED,
+            };
+        }
+        Some(a.ty)
     }
 
     fn deref_type(&mut self, t: Type, span: Span) -> Type {

@@ -521,6 +521,23 @@ fn vmm_and_tracepoint_args() {
     }
 }
 
+/// `p + n` on a kernel pointer moves n pointees (80-byte tasks here, 8-byte
+/// pointers for `**`), as in C and bpftrace; the result keeps its type.
+#[test]
+fn kernel_pointer_arithmetic_counts_pointees() {
+    assert_eq!(
+        run(r#"kprobe:do_sys_openat2 {
+            $t = (struct task_struct *)0x1000;
+            $n = 2;
+            printf("%x %x %x %d\n", $t + $n, $t - 1, (struct task_struct **)0x1000 + 3,
+                   ($t + 1) - $t);
+        }"#),
+        "10a0 fb0 1018 80\n"
+    );
+    // The sum is still a task pointer: members resolve through it.
+    compile_ok("kprobe:do_sys_openat2 { $t = (struct task_struct *)arg0; print(($t + 1)->pid); }");
+}
+
 #[test]
 fn sizeof_and_offsetof_are_unsigned() {
     // Unsigned: a huge difference, not a negative one.
