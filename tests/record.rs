@@ -280,6 +280,46 @@ fn trace_fields_chosen_by_the_script_match_the_guest_kernel() {
 }
 
 #[test]
+fn bare_trace_records_a_vmm_event_with_its_fields_next_to_the_guest_write() {
+    // Each byte dd writes to the serial port is a guest kprobe hit and a
+    // QEMU `serial_write` event; trace() records both with their own fields.
+    let program = r#"
+kprobe:ksys_write /comm == "dd" && arg2 == 1/ { trace(); }
+vmm:serial_write /args.val == 90/ { trace(); }
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let workload = "printf ZZZZZZZZZZ > /tmp/z && dd if=/tmp/z of=/dev/ttyS0 bs=1 2>/dev/null";
+    let out = run_bounded(
+        vmprobe()
+            .args(["record", "-o"])
+            .arg(dir.path())
+            .args(["-e", program, "--", workload]),
+        RUN_LIMIT,
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines = babeltrace(dir.path());
+    let guest: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains(" kprobe:ksys_write: "))
+        .collect();
+    let vmm: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains(" vmm:serial_write: "))
+        .collect();
+    assert_eq!(guest.len() + vmm.len(), lines.len(), "{lines:?}");
+    assert_eq!(guest.len(), 10, "{lines:?}");
+    assert!(guest.iter().all(|l| event_field(l, "arg2") == Some(1)));
+    assert_eq!(vmm.len(), 10, "{lines:?}");
+    assert!(
+        vmm.iter()
+            .all(|l| event_field(l, "val") == Some(90) && l.contains("\"vmm\"")),
+        "the VMM layer, with the event's fields: {vmm:?}"
+    );
+    assert_time_ordered(&lines);
+}
+
+#[test]
 fn trace_fields_become_perfetto_args() {
     let dir = tempfile::tempdir().unwrap();
     let program = "kprobe:ksys_write /arg2 == 1/ { trace(n = arg2, who = comm, b = buf(arg1, 1)); }\n\
