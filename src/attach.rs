@@ -88,7 +88,9 @@ pub fn attach(args: crate::AttachArgs) -> Result<i32> {
         ),
         (None, None) => bail!("no program: give -e PROGRAM or a FILE"),
     };
-    let program = match probe_lang::compile(&source, &source_name) {
+    let compiled = probe_lang::compile(&source, &source_name)
+        .and_then(|p| p.check_not_recording("attach").map(|()| p));
+    let program = match compiled {
         Ok(p) => Arc::new(p),
         Err(diags) => {
             eprint!("{diags}");

@@ -17,9 +17,7 @@ use std::sync::{Arc, Mutex};
 use trace_formats::ctf::{CtfOptions, CtfWriter};
 use trace_formats::perfetto::PerfettoWriter;
 use trace_formats::ring::FlightRecorder;
-use trace_formats::{
-    ClassId, ClockOffset, EventClass, FieldType, Layer, StreamId, StreamKey, Value,
-};
+use trace_formats::{ClassId, ClockOffset, EventClass, FieldType, StreamId, StreamKey, Value};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -36,13 +34,14 @@ enum Output {
     },
 }
 
-/// Streams (one per vCPU) and event classes (one per probe), numbered in
-/// order of first use, the same in every snapshot.
+/// Streams (one per guest vCPU and layer) and event classes (one per probe
+/// and `trace(name = ...)` call site), numbered in order of first use, the
+/// same in every snapshot.
 #[derive(Default)]
 struct Registry {
-    streams: HashMap<(String, u32), StreamId>,
+    streams: HashMap<StreamKey, StreamId>,
     stream_keys: Vec<StreamKey>,
-    classes: HashMap<String, ClassId>,
+    classes: HashMap<(String, Option<u32>), ClassId>,
     class_list: Vec<EventClass>,
 }
 
@@ -55,6 +54,8 @@ pub struct Recorder {
     dropped: Vec<u64>,
     written: u64,
     first_error: Option<String>,
+    /// `snapshot()` without `--ring` was reported once.
+    warned_snapshot: bool,
 }
 
 /// The engine owns its sink; the CLI keeps a handle to snapshot and finish.
@@ -65,6 +66,24 @@ impl EventSink for SharedRecorder {
     fn event(&mut self, event: &RecordedEvent<'_>) {
         if let Ok(mut r) = self.0.lock() {
             r.event(event);
+        }
+    }
+
+    fn snapshot(&mut self) {
+        let Ok(mut r) = self.0.lock() else { return };
+        if !matches!(r.output, Output::Ring { .. }) {
+            if !std::mem::replace(&mut r.warned_snapshot, true) {
+                eprintln!(
+                    "vmprobe: warning: snapshot() does nothing without a flight recorder (--ring SIZE); events go to {} as they happen",
+                    r.dir.display()
+                );
+            }
+            return;
+        }
+        match r.snapshot() {
+            Ok(Some((dir, n))) => eprintln!("vmprobe: snapshot: {n} events in {}", dir.display()),
+            Ok(None) => {}
+            Err(e) => eprintln!("vmprobe: snapshot failed: {e:#}"),
         }
     }
 }
@@ -100,41 +119,65 @@ impl Recorder {
             dropped: Vec::new(),
             written: 0,
             first_error: None,
+            warned_snapshot: false,
         })
     }
 
-    fn stream(&mut self, guest: &str, vcpu: u32) -> Result<StreamId, trace_formats::Error> {
-        if let Some(&id) = self.registry.streams.get(&(guest.to_string(), vcpu)) {
+    fn stream_key(event: &RecordedEvent<'_>) -> StreamKey {
+        StreamKey::new(event.guest, event.vcpu, event.layer)
+    }
+
+    fn stream(&mut self, event: &RecordedEvent<'_>) -> Result<StreamId, trace_formats::Error> {
+        let key = Self::stream_key(event);
+        if let Some(&id) = self.registry.streams.get(&key) {
             return Ok(id);
         }
-        let key = StreamKey::new(guest, Some(vcpu), Layer::Guest);
         let id = match &mut self.output {
             Output::Ctf(w) => w.add_stream(key.clone())?,
             Output::Perfetto(w) => w.add_stream(key.clone())?,
             Output::Ring { .. } => StreamId(self.registry.stream_keys.len() as u32),
         };
-        self.registry.streams.insert((guest.to_string(), vcpu), id);
+        self.registry.streams.insert(key.clone(), id);
         self.registry.stream_keys.push(key);
         self.dropped.push(0);
         Ok(id)
     }
 
+    /// The class of a probe's own fields, or of one `trace(name = ...)`
+    /// call site in that probe. It is named after the probe (what
+    /// babeltrace2 shows); a second layout in the same probe (another call
+    /// site) gets `probe#2`, and so on, since class names are unique.
     fn class(&mut self, event: &RecordedEvent<'_>) -> Result<ClassId, trace_formats::Error> {
-        if let Some(&id) = self.registry.classes.get(event.probe) {
+        let key = (event.probe.to_string(), event.site);
+        if let Some(&id) = self.registry.classes.get(&key) {
             return Ok(id);
         }
         let fields: Vec<(&str, FieldType)> = event
             .fields
             .iter()
-            .map(|(n, _)| (*n, FieldType::U64))
+            .map(|(n, v)| (*n, v.field_type()))
             .collect();
-        let class = EventClass::new(event.probe, &fields);
+        let mut class = EventClass::new(event.probe, &fields);
+        let taken = |c: &EventClass, list: &[EventClass]| {
+            list.iter()
+                .any(|o| o.name == c.name && o.fields != c.fields)
+        };
+        let mut n = 1;
+        while taken(&class, &self.registry.class_list) {
+            n += 1;
+            class.name = format!("{}#{n}", event.probe);
+        }
         let id = match &mut self.output {
             Output::Ctf(w) => w.declare(class.clone())?,
-            _ => ClassId(self.registry.class_list.len() as u32),
+            _ => match self.registry.class_list.iter().position(|c| *c == class) {
+                Some(i) => ClassId(i as u32),
+                None => ClassId(self.registry.class_list.len() as u32),
+            },
         };
-        self.registry.classes.insert(event.probe.to_string(), id);
-        self.registry.class_list.push(class);
+        self.registry.classes.insert(key, id);
+        if id.0 as usize == self.registry.class_list.len() {
+            self.registry.class_list.push(class);
+        }
         Ok(id)
     }
 
@@ -143,10 +186,7 @@ impl Recorder {
         match result {
             Ok(()) => self.written += 1,
             Err(e) => {
-                if let Some(&StreamId(i)) = self
-                    .registry
-                    .streams
-                    .get(&(event.guest.to_string(), event.vcpu))
+                if let Some(&StreamId(i)) = self.registry.streams.get(&Self::stream_key(event))
                     && let Some(d) = self.dropped.get_mut(i as usize)
                 {
                     *d += 1;
@@ -157,13 +197,9 @@ impl Recorder {
     }
 
     fn try_event(&mut self, event: &RecordedEvent<'_>) -> Result<(), trace_formats::Error> {
-        let stream = self.stream(event.guest, event.vcpu)?;
+        let stream = self.stream(event)?;
         if let Output::Perfetto(w) = &mut self.output {
-            let args: Vec<(&str, Value<'_>)> = event
-                .fields
-                .iter()
-                .map(|(n, v)| (*n, Value::U64(*v)))
-                .collect();
+            let args: Vec<(&str, Value<'_>)> = event.fields.to_vec();
             return match event.entry_ns {
                 // A return closes the slice of its call.
                 Some(entry) => w.complete(
@@ -177,7 +213,7 @@ impl Recorder {
             };
         }
         let class = self.class(event)?;
-        let values: Vec<Value<'_>> = event.fields.iter().map(|(_, v)| Value::U64(*v)).collect();
+        let values: Vec<Value<'_>> = event.fields.iter().map(|(_, v)| *v).collect();
         match &mut self.output {
             Output::Ctf(w) => w.write(stream, event.ts_ns, class, &values),
             Output::Ring { ring, .. } => ring.push(stream, event.ts_ns, class, &values).map(|_| ()),

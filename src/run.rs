@@ -290,6 +290,14 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
         print!("{}", program.dump());
         return Ok(0);
     }
+    // trace() and snapshot() need the trace `record` writes: an error
+    // before anything boots, as bpftrace reports errors before attaching.
+    if recording.is_none()
+        && let Err(diags) = program.check_not_recording("run")
+    {
+        eprint!("{diags}");
+        return Ok(1);
+    }
     if args.workload.is_empty() {
         bail!("no workload: give the command to run in the guest after `--`");
     }
@@ -445,6 +453,8 @@ pub fn serve_and_report(
     for g in &mut guests {
         if let Some(r) = &recorder {
             g.session.set_recorder(Box::new(r.clone()));
+            // With trace() the script decides what is recorded.
+            g.session.set_record_every_hit(!program.uses_trace());
         }
     }
     let nprobes = program.probes().len();

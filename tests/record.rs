@@ -41,6 +41,24 @@ fn timestamp(line: &str) -> &str {
     &line[1..line.find(']').expect("timestamp")]
 }
 
+fn assert_time_ordered(lines: &[String]) {
+    let stamps: Vec<&str> = lines.iter().map(|l| timestamp(l)).collect();
+    assert!(
+        stamps.windows(2).all(|w| w[0] <= w[1]),
+        "timestamps out of order"
+    );
+}
+
+/// The events of `DIR/trace.json` (Chrome trace-event JSON).
+fn perfetto_events(dir: &Path) -> Vec<serde_json::Value> {
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("trace.json")).unwrap()).unwrap();
+    json.as_array()
+        .or_else(|| json["traceEvents"].as_array())
+        .expect("a trace-event array")
+        .clone()
+}
+
 #[test]
 fn ctf_trace_read_by_babeltrace2_matches_guest_count() {
     let n = 40;
@@ -57,14 +75,9 @@ fn ctf_trace_read_by_babeltrace2_matches_guest_count() {
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "vmprobe record failed: {stderr}");
     let lines = babeltrace(&trace);
-    let recorded: usize = stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("vmprobe: recorded "))
-        .and_then(|l| l.split(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no 'recorded N events' line: {stderr}"));
     assert_eq!(
         lines.len(),
-        recorded,
+        recorded_count(&stderr),
         "babeltrace2 reads every event vmprobe wrote"
     );
     let entries: Vec<&String> = lines
@@ -102,11 +115,7 @@ fn ctf_trace_read_by_babeltrace2_matches_guest_count() {
     let guest = ground_truth_hits(&stderr);
     assert_eq!(inside, Some(guest), "trace and guest kernel disagree");
     assert_eq!(guest, n);
-    let stamps: Vec<&str> = lines.iter().map(|l| timestamp(l)).collect();
-    assert!(
-        stamps.windows(2).all(|w| w[0] <= w[1]),
-        "timestamps out of order"
-    );
+    assert_time_ordered(&lines);
 }
 
 #[test]
@@ -129,12 +138,7 @@ fn perfetto_trace_has_tracks_instants_and_call_slices() {
         "vmprobe record failed: {}",
         text(&out.stderr)
     );
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("trace.json")).unwrap()).unwrap();
-    let events = json
-        .as_array()
-        .or_else(|| json["traceEvents"].as_array())
-        .expect("a trace-event array");
+    let events = perfetto_events(dir.path());
     let of = |ph: &str| events.iter().filter(|e| e["ph"] == ph).collect::<Vec<_>>();
     let names: Vec<String> = of("M")
         .iter()
@@ -166,37 +170,276 @@ fn perfetto_trace_has_tracks_instants_and_call_slices() {
     assert_eq!(returned_one, 15);
 }
 
+/// A payload field of a babeltrace2 text line, as printed (`"dd"`, `-100`,
+/// `[ [0] = 0x41 ]`): from `field = ` to the next top-level `,` or `}`.
+fn field_text<'a>(line: &'a str, field: &str) -> Option<&'a str> {
+    let payload = line.rsplit_once("}, {")?.1;
+    let at = payload.find(&format!(" {field} = "))?;
+    let rest = &payload[at + field.len() + 4..];
+    let mut depth = 0;
+    for (i, c) in rest.char_indices() {
+        match c {
+            '[' | '(' => depth += 1,
+            ']' | ')' => depth -= 1,
+            ',' | '}' if depth == 0 => return Some(rest[..i].trim()),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The "recorded N events" count vmprobe reports on stderr.
+fn recorded_count(stderr: &str) -> usize {
+    stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("vmprobe: recorded "))
+        .and_then(|l| l.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no 'recorded N events' line: {stderr}"))
+}
+
+#[test]
+fn trace_fields_chosen_by_the_script_match_the_guest_kernel() {
+    let n = 30;
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace");
+    // Only what trace() records is written: the 1-byte writes and the
+    // window markers (as the guest's own kprobe event counts them), the
+    // 3-byte write of "ABC", and the opens; snapshot() without --ring warns
+    // once and changes nothing.
+    let program = format!(
+        "kprobe:ksys_write /arg2 == 1 || arg2 == {WINDOW_START} || arg2 == {WINDOW_END}/ \
+           {{ trace(wfd = arg0, wlen = arg2, wcomm = comm); }}\n\
+         kprobe:ksys_write /arg2 == 3/ {{ trace(data = buf(arg1, 3), fd = (int32)arg0); }}\n\
+         kprobe:do_sys_openat2 {{ trace(path = str(args.filename), dfd = args.dfd); snapshot(); }}"
+    );
+    let workload = ground_truth_workload(&format!(
+        "dd if=/dev/zero of=/dev/null bs=1 count={n} 2>/dev/null && echo -n ABC > /tmp/vmprobe-traced"
+    ));
+    let out = run_bounded(
+        vmprobe()
+            .args(["record", "--console", "-o"])
+            .arg(&trace)
+            .args(["-e", &program, "--", &workload]),
+        RUN_LIMIT,
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "vmprobe record failed: {stderr}");
+    assert_eq!(
+        stderr.matches("snapshot() does nothing without").count(),
+        1,
+        "one warning: {stderr}"
+    );
+    let lines = babeltrace(&trace);
+    assert_eq!(lines.len(), recorded_count(&stderr));
+    let of = |class: &str| -> Vec<&String> {
+        let tag = format!(" {class}: ");
+        lines.iter().filter(|l| l.contains(&tag)).collect()
+    };
+    // One event class per call site, named after the probe; the second
+    // layout in the same probe gets `#2`.
+    let (writes, abc, opens) = (
+        of("kprobe:ksys_write"),
+        of("kprobe:ksys_write#2"),
+        of("kprobe:do_sys_openat2"),
+    );
+    assert_eq!(writes.len() + abc.len() + opens.len(), lines.len());
+    let mut inside = None;
+    for l in &writes {
+        match (event_field(l, "wlen"), inside) {
+            (Some(WINDOW_START), None) => inside = Some(0u64),
+            (Some(WINDOW_END), Some(_)) => break,
+            (Some(1), Some(k)) => {
+                assert_eq!(field_text(l, "wcomm"), Some("\"dd\""), "{l}");
+                assert_eq!(event_field(l, "wfd"), Some(1), "{l}");
+                inside = Some(k + 1);
+            }
+            _ => {}
+        }
+    }
+    let guest = ground_truth_hits(&stderr);
+    assert_eq!(guest, n);
+    assert_eq!(inside, Some(guest), "trace and guest kernel disagree");
+    // The byte array, as a CTF sequence of uint8.
+    let abc_bytes = "[ [0] = 0x41, [1] = 0x42, [2] = 0x43 ]";
+    assert_eq!(
+        abc.iter()
+            .filter(|l| field_text(l, "data") == Some(abc_bytes))
+            .count(),
+        1,
+        "{abc:?}"
+    );
+    // The string, and a signed field (AT_FDCWD).
+    assert!(
+        opens
+            .iter()
+            .any(|l| field_text(l, "path") == Some("\"/tmp/vmprobe-traced\"")
+                && field_text(l, "dfd") == Some("-100")),
+        "{opens:?}"
+    );
+    assert_time_ordered(&lines);
+}
+
+#[test]
+fn bare_trace_records_a_vmm_event_with_its_fields_next_to_the_guest_write() {
+    // Each byte dd writes to the serial port is a guest kprobe hit and a
+    // QEMU `serial_write` event; trace() records both with their own fields.
+    let program = r#"
+kprobe:ksys_write /comm == "dd" && arg2 == 1/ { trace(); }
+vmm:serial_write /args.val == 90/ { trace(); }
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let workload = "printf ZZZZZZZZZZ > /tmp/z && dd if=/tmp/z of=/dev/ttyS0 bs=1 2>/dev/null";
+    let out = run_bounded(
+        vmprobe()
+            .args(["record", "-o"])
+            .arg(dir.path())
+            .args(["-e", program, "--", workload]),
+        RUN_LIMIT,
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines = babeltrace(dir.path());
+    let guest: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains(" kprobe:ksys_write: "))
+        .collect();
+    let vmm: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains(" vmm:serial_write: "))
+        .collect();
+    assert_eq!(guest.len() + vmm.len(), lines.len(), "{lines:?}");
+    assert_eq!(guest.len(), 10, "{lines:?}");
+    assert!(guest.iter().all(|l| event_field(l, "arg2") == Some(1)));
+    assert_eq!(vmm.len(), 10, "{lines:?}");
+    assert!(
+        vmm.iter()
+            .all(|l| event_field(l, "val") == Some(90) && l.contains("\"vmm\"")),
+        "the VMM layer, with the event's fields: {vmm:?}"
+    );
+    assert_time_ordered(&lines);
+}
+
+#[test]
+fn trace_fields_become_perfetto_args() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = "kprobe:ksys_write /arg2 == 1/ { trace(n = arg2, who = comm, b = buf(arg1, 1)); }\n\
+                   kretprobe:ksys_write /retval == 1/ { trace(); }";
+    let out = run_bounded(
+        vmprobe()
+            .args(["record", "--format", "perfetto", "-o"])
+            .arg(dir.path())
+            .args([
+                "-e",
+                program,
+                "--",
+                "dd if=/dev/zero of=/dev/null bs=1 count=12 2>/dev/null",
+            ]),
+        RUN_LIMIT,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let events = perfetto_events(dir.path());
+    let of = |ph: &str| events.iter().filter(|e| e["ph"] == ph).collect::<Vec<_>>();
+    let instants = of("i");
+    assert_eq!(instants.len(), 12, "{instants:?}");
+    for i in &instants {
+        assert_eq!(i["name"], "kprobe:ksys_write");
+        assert_eq!(i["args"]["n"], 1);
+        assert_eq!(i["args"]["who"], "dd");
+        assert!(i["args"]["b"].is_string(), "{i}");
+    }
+    // A bare trace() in a kretprobe is the return's slice with its retval.
+    let slices = of("X");
+    assert_eq!(slices.len(), 12, "{slices:?}");
+    assert!(slices.iter().all(|s| s["args"]["retval"] == 1));
+}
+
+#[test]
+fn trace_outside_record_is_an_error_before_booting() {
+    let out = run_bounded(
+        vmprobe().args([
+            "run",
+            "-e",
+            "kprobe:ksys_write {\n  trace(fd = arg0);\n}",
+            "--",
+            "true",
+        ]),
+        RUN_LIMIT,
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("booting"), "{stderr}");
+    assert!(
+        stderr.contains("trace() writes to a trace, which `vmprobe run` does not make")
+            && stderr.contains("stdin:2:3"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn snapshot_called_by_the_script_writes_the_ring_at_that_point() {
+    let n = 600;
+    let dir = tempfile::tempdir().unwrap();
+    let program = format!(
+        "kprobe:ksys_lseek /comm == \"vmprobe-seq\"/ {{ trace(seq = arg1); if (arg1 == {}) {{ snapshot(); }} }}",
+        n / 2
+    );
+    let out = run_bounded(
+        vmprobe()
+            .args(["record", "--ring", "256K", "-o"])
+            .arg(dir.path())
+            .args(["-e", &program, "--", &format!("vmprobe-seq {n}")]),
+        RUN_LIMIT,
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let seqs = |name: &str| -> Vec<u64> {
+        babeltrace(&dir.path().join(name))
+            .iter()
+            .filter_map(|l| event_field(l, "seq"))
+            .collect()
+    };
+    // The ring holds every event here: the script's snapshot has exactly
+    // the calls up to the one that asked for it, the exit snapshot the rest.
+    assert_eq!(seqs("snapshot-1"), (1..=n / 2).collect::<Vec<_>>());
+    assert_eq!(seqs("snapshot-2"), (n / 2 + 1..=n).collect::<Vec<_>>());
+}
+
 #[test]
 fn flight_recorder_snapshot_holds_the_newest_events_without_gaps() {
-    let n = 4000;
+    // Events of about 1 KiB (16 buffers of 64 bytes of guest kernel memory
+    // and a sequence number from the guest), so a 1 MiB ring holds about
+    // 900 and the workload makes more than three times that.
+    let (n, half) = (3000, 1500);
+    let pad: String = (0..16)
+        .map(|i| format!(", p{i} = buf(kaddr(\"init_task\") + {}, 64)", i * 64))
+        .collect();
+    let program = format!(
+        "kprobe:ksys_lseek /comm == \"vmprobe-seq\"/ {{ trace(seq = arg1{pad}); \
+           if (arg1 == {half}) {{ printf(\"half\\n\"); }} }}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let mut child = vmprobe()
-        .args(["record", "--ring", "32K", "-o"])
+        .args(["record", "--ring", "1M", "-o"])
         .arg(dir.path())
-        .args(["kprobe:ksys_lseek", "--", &format!("vmprobe-seq {n}")])
+        .args(["-e", &program, "--", &format!("vmprobe-seq {n}")])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Probes are armed when "Attaching" is printed; the workload runs for
-    // tens of seconds after that (thousands of stops).
+    // The script says when half the events (well over 1 MiB) were made.
     let stdout = child.stdout.take().unwrap();
-    let attached = Arc::new(Mutex::new(None::<Instant>));
-    let seen = attached.clone();
+    let half_seen = Arc::new(Mutex::new(false));
+    let seen = half_seen.clone();
     let reader = std::thread::spawn(move || {
         use std::io::BufRead;
-        let mut out = String::new();
         for line in std::io::BufReader::new(stdout)
             .lines()
             .map_while(Result::ok)
         {
-            if line.starts_with("Attaching") {
-                *seen.lock().unwrap() = Some(Instant::now());
+            if line == "half" {
+                *seen.lock().unwrap() = true;
             }
-            out.push_str(&line);
-            out.push('\n');
         }
-        out
     });
     let start = Instant::now();
     let mut signalled = false;
@@ -205,8 +448,7 @@ fn flight_recorder_snapshot_holds_the_newest_events_without_gaps() {
             break status;
         }
         assert!(start.elapsed() < RUN_LIMIT, "vmprobe record did not finish");
-        let since_attach = attached.lock().unwrap().map(|t| t.elapsed());
-        if !signalled && since_attach.is_some_and(|d| d > Duration::from_secs(5)) {
+        if !signalled && *half_seen.lock().unwrap() {
             // Nothing is written before a snapshot is asked for.
             let entries = std::fs::read_dir(dir.path()).unwrap().count();
             assert_eq!(entries, 0, "the flight recorder wrote before a snapshot");
@@ -216,7 +458,7 @@ fn flight_recorder_snapshot_holds_the_newest_events_without_gaps() {
                 .unwrap();
             signalled = true;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(20));
     };
     let out = child.wait_with_output().unwrap();
     let _ = reader.join();
@@ -226,37 +468,36 @@ fn flight_recorder_snapshot_holds_the_newest_events_without_gaps() {
         signalled,
         "the run ended before the snapshot was asked for: {stderr}"
     );
-    let seqs = |name: &str| -> Vec<u64> {
+    let read = |name: &str| -> (Vec<u64>, Vec<String>) {
         let out = Command::new("babeltrace2")
             .arg(dir.path().join(name))
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", text(&out.stderr));
-        text(&out.stdout)
-            .lines()
-            .filter_map(|l| event_field(l, "arg1"))
-            .collect()
+        let lines: Vec<String> = text(&out.stdout).lines().map(str::to_string).collect();
+        let seqs = lines.iter().filter_map(|l| event_field(l, "seq")).collect();
+        (seqs, lines)
     };
-    let first = seqs("snapshot-1");
-    let last = seqs("snapshot-2");
-    for window in [&first, &last] {
-        assert!(
-            window.len() > 100,
-            "a 32K ring holds hundreds of events: {}",
-            window.len()
-        );
+    let ((first, first_lines), (last, last_lines)) = (read("snapshot-1"), read("snapshot-2"));
+    for (window, lines) in [(&first, &first_lines), (&last, &last_lines)] {
+        assert_eq!(window.len(), lines.len(), "every event has its seq");
         assert!(
             window.windows(2).all(|w| w[1] == w[0] + 1),
             "gap or disorder inside the snapshot window"
         );
+        assert_time_ordered(lines);
+        // A full ring of ~1 KiB events: hundreds, and far fewer than made.
+        assert!(
+            (500..1100).contains(&window.len()),
+            "a 1 MiB ring of ~1 KiB events: {}",
+            window.len()
+        );
     }
-    // The final snapshot ends with the workload's last call, and the ring
-    // was overwritten (far more events than fit).
+    // The SIGUSR1 snapshot is the newest events when it was asked for: it
+    // ends past the half-way call and the oldest were overwritten.
+    assert!(*first.last().unwrap() >= half && first[0] > 1, "{first:?}");
+    // The final snapshot ends with the workload's last call.
     assert_eq!(*last.last().unwrap(), n);
-    assert!(
-        last.len() < n as usize,
-        "the ring kept only the newest events"
-    );
     assert!(
         first.last() < last.first(),
         "snapshot 1 precedes snapshot 2"

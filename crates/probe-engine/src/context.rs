@@ -3,7 +3,7 @@
 use crate::guest::GuestKernel;
 use crate::layers::LayerValue;
 use gdb_remote::{Client, Registers, ThreadId};
-use probe_lang::{BlockId, ContextError, Flow, ProbeContext, Runtime};
+use probe_lang::{BlockId, ContextError, Flow, ProbeContext, Runtime, Traced};
 use std::sync::{Arc, Mutex};
 
 /// x86-64 System V argument registers, in order.
@@ -23,6 +23,9 @@ pub(crate) struct HitContext<'a> {
     pub task: Option<u64>,
     /// A VMM or host event's fields (`args.NAME` in its probe's block).
     pub fields: Option<&'a [(String, LayerValue)]>,
+    /// What this hit's `trace()`/`snapshot()` calls asked for, with the
+    /// probe that asked; the session hands it to the recorder.
+    pub traced: Vec<(Box<str>, Traced)>,
 }
 
 impl<'a> HitContext<'a> {
@@ -50,6 +53,7 @@ impl<'a> HitContext<'a> {
             guest,
             task: None,
             fields: None,
+            traced: Vec::new(),
         }
     }
 
@@ -199,6 +203,11 @@ impl ProbeContext for HitContext<'_> {
 
     fn guest(&self) -> &str {
         self.guest
+    }
+
+    fn trace(&mut self, what: Traced) -> Result<(), ContextError> {
+        self.traced.push((self.probe.into(), what));
+        Ok(())
     }
 
     fn probe_arg(&mut self, name: &str) -> Result<probe_lang::Value, ContextError> {

@@ -101,6 +101,7 @@ pub fn run_special(
                 guest: "",
                 task: None,
                 fields: None,
+                traced: Vec::new(),
             };
             if let probe_lang::Flow::Exit = runtime.run(program.block_of(index), &mut ctx) {
                 flow = probe_lang::Flow::Exit;

@@ -2,7 +2,7 @@
 
 use crate::context::HitContext;
 use crate::guest::GuestKernel;
-use crate::layers::{LayerEvent, LayerSource};
+use crate::layers::{LayerEvent, LayerSource, LayerValue};
 use crate::resolve::{ProbeSite, Skip};
 use crate::{Error, Result, monotonic_ns};
 use gdb_remote::{
@@ -10,10 +10,11 @@ use gdb_remote::{
 };
 use hdrhistogram::Histogram;
 use kernel_image::KernelSymbols;
-use probe_lang::{BlockId, Flow, Runtime};
+use probe_lang::{BlockId, Flow, Runtime, Traced, TracedValue};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use trace_formats::{Layer, Value as FieldValue};
 
 /// How long the loop waits for a stop before polling for the end of the run.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -114,22 +115,123 @@ struct PendingReturn {
 pub struct RecordedEvent<'a> {
     /// The guest's name in this run (`vm0`, ...).
     pub guest: &'a str,
-    /// Host CLOCK_MONOTONIC nanoseconds of the stop.
+    /// Host CLOCK_MONOTONIC nanoseconds of the stop (or of the VMM/host
+    /// event).
     pub ts_ns: u64,
-    pub vcpu: u32,
+    /// `None` for a VMM or host event not emitted by a vCPU thread.
+    pub vcpu: Option<u32>,
+    pub layer: Layer,
     /// The probe as written, e.g. `kretprobe:ksys_write`.
     pub probe: &'a str,
     pub func: &'a str,
     /// For a return: when the matching call entered.
     pub entry_ns: Option<u64>,
-    /// `arg0`..`arg5` at an entry, `retval` at a return.
-    pub fields: &'a [(&'static str, u64)],
+    /// The `trace(name = ...)` call site (an index into the program's
+    /// `trace_sites()`) whose fields these are; `None` for the probe's own
+    /// fields: `arg0`..`arg5` at an entry, `retval` at a return, a VMM or
+    /// host event's fields.
+    pub site: Option<u32>,
+    pub fields: &'a [(&'a str, FieldValue<'a>)],
 }
 
 /// Where recorded events go. Called with the guest stopped, so a slow sink
 /// slows the guest but never loses events.
 pub trait EventSink: Send {
     fn event(&mut self, event: &RecordedEvent<'_>);
+    /// A script called `snapshot()`.
+    fn snapshot(&mut self) {}
+}
+
+/// What the events of one stop have in common.
+struct EventBase<'a> {
+    guest: &'a str,
+    ts_ns: u64,
+    vcpu: Option<u32>,
+    layer: Layer,
+    func: &'a str,
+    entry_ns: Option<u64>,
+}
+
+impl<'a> EventBase<'a> {
+    /// A stop of `thread` in the guest.
+    fn guest_stop(
+        guest: &'a str,
+        ts_ns: u64,
+        thread: ThreadId,
+        func: &'a str,
+        entry_ns: Option<u64>,
+    ) -> Self {
+        EventBase {
+            guest,
+            ts_ns,
+            vcpu: Some(vcpu_index(thread)),
+            layer: Layer::Guest,
+            func,
+            entry_ns,
+        }
+    }
+
+    /// A kprobe/kretprobe hit: an event per probe in `every_hit` (when
+    /// every hit is recorded), then what the handlers traced.
+    fn emit_hit(
+        &self,
+        sink: &mut dyn EventSink,
+        own: &[(&str, FieldValue<'_>)],
+        every_hit: Option<&Vec<(BlockId, Arc<str>)>>,
+        traced: &[(Box<str>, Traced)],
+    ) {
+        if let Some(handlers) = every_hit {
+            let all: Vec<(Box<str>, Traced)> = handlers
+                .iter()
+                .map(|(_, p)| (Box::from(&**p), Traced::Probe))
+                .collect();
+            self.emit(sink, own, &all);
+        }
+        self.emit(sink, own, traced);
+    }
+
+    /// Hands `traced` (what the handlers' `trace()`/`snapshot()` calls
+    /// asked for) to the sink; `own` is the probe's own fields, for a bare
+    /// `trace()`.
+    fn emit(
+        &self,
+        sink: &mut dyn EventSink,
+        own: &[(&str, FieldValue<'_>)],
+        traced: &[(Box<str>, Traced)],
+    ) {
+        for (probe, t) in traced {
+            let event = |site, fields| RecordedEvent {
+                guest: self.guest,
+                ts_ns: self.ts_ns,
+                vcpu: self.vcpu,
+                layer: self.layer,
+                probe,
+                func: self.func,
+                entry_ns: self.entry_ns,
+                site,
+                fields,
+            };
+            match t {
+                Traced::Probe => sink.event(&event(None, own)),
+                Traced::Fields { site, fields } => {
+                    let fields: Vec<(&str, FieldValue<'_>)> = fields
+                        .iter()
+                        .map(|(n, v)| {
+                            let v = match v {
+                                TracedValue::U64(v) => FieldValue::U64(*v),
+                                TracedValue::I64(v) => FieldValue::I64(*v),
+                                TracedValue::Str(s) => FieldValue::Str(s),
+                                TracedValue::Bytes(b) => FieldValue::Bytes(b),
+                            };
+                            (&**n, v)
+                        })
+                        .collect();
+                    sink.event(&event(Some(*site), &fields));
+                }
+                Traced::Snapshot => sink.snapshot(),
+            }
+        }
+    }
 }
 
 const ARG_NAMES: [&str; 6] = ["arg0", "arg1", "arg2", "arg3", "arg4", "arg5"];
@@ -166,6 +268,9 @@ pub struct Session {
     layer_handlers: HashMap<String, Vec<(BlockId, Arc<str>)>>,
     layer_events: Vec<LayerEvent>,
     recorder: Option<Box<dyn EventSink>>,
+    /// Record every probe hit (a program without `trace()`), not only what
+    /// `trace()` asks for.
+    record_every_hit: bool,
     before: Vec<(u64, Vec<u8>)>,
     armed: Vec<u64>,
     running: bool,
@@ -194,6 +299,7 @@ impl Session {
             layer_handlers: HashMap::new(),
             layer_events: Vec::new(),
             recorder: None,
+            record_every_hit: true,
             before: Vec::new(),
             armed: Vec::new(),
             running: false,
@@ -270,12 +376,41 @@ impl Session {
                 guest: &self.name,
                 task: None,
                 fields: Some(&ev.fields),
+                traced: Vec::new(),
             };
             for (block, probe) in blocks {
                 ctx.probe = probe;
                 if let Flow::Exit = lock(runtime).run(*block, &mut ctx) {
                     flow = Flow::Exit;
                 }
+            }
+            if let Some(sink) = self.recorder.as_mut() {
+                let own: Vec<(&str, FieldValue<'_>)> = ev
+                    .fields
+                    .iter()
+                    .map(|(n, v)| {
+                        let v = match v {
+                            LayerValue::Int(i) => FieldValue::U64(*i),
+                            LayerValue::Str(s) => FieldValue::Str(s),
+                        };
+                        (n.as_str(), v)
+                    })
+                    .collect();
+                let base = EventBase {
+                    guest: &self.name,
+                    ts_ns: ev.ts_ns,
+                    vcpu: ev.vcpu,
+                    layer: if ev.probe.starts_with("vmm:") {
+                        Layer::Vmm
+                    } else {
+                        Layer::Host
+                    },
+                    func: &ev.probe,
+                    entry_ns: None,
+                };
+                // VMM and host events are recorded when a script traces
+                // them (they can be many: every exit, every I/O).
+                base.emit(sink.as_mut(), &own, &ctx.traced);
             }
         }
         self.layer_events = events;
@@ -296,9 +431,16 @@ impl Session {
     }
 
     /// Records every kprobe hit (with `arg0`..`arg5`) and kretprobe return
-    /// (with `retval`) into `sink`, besides running the handlers.
+    /// (with `retval`) into `sink`, besides running the handlers, and
+    /// whatever the handlers' `trace()` calls trace.
     pub fn set_recorder(&mut self, sink: Box<dyn EventSink>) {
         self.recorder = Some(sink);
+    }
+
+    /// Off: only what `trace()` calls trace is recorded (the program
+    /// decides); on (the default): every kprobe/kretprobe hit as well.
+    pub fn set_record_every_hit(&mut self, on: bool) {
+        self.record_every_hit = on;
     }
 
     /// Takes the recorder back (to finish writing it).
@@ -537,6 +679,18 @@ impl Session {
                 if let Flow::Exit = ctx.run_all(runtime, &block) {
                     flow = Flow::Exit;
                 }
+                let vcpu = ctx.vcpu;
+                if let Some(sink) = self.recorder.as_mut() {
+                    let base = EventBase {
+                        guest: &self.name,
+                        ts_ns: received,
+                        vcpu: Some(vcpu),
+                        layer: Layer::Guest,
+                        func: "",
+                        entry_ns: None,
+                    };
+                    base.emit(sink.as_mut(), &[], &ctx.traced);
+                }
             }
         }
         if matches!(flow, Flow::Continue) {
@@ -631,30 +785,32 @@ impl Session {
         );
         let flow = ctx.run_all(runtime, &site.handlers);
         let mut regs = ctx.regs.take();
+        let traced = std::mem::take(&mut ctx.traced);
         if let Some(sink) = self.recorder.as_mut() {
-            if regs.is_none() {
-                regs = Some(
-                    self.client
-                        .read_registers(thread)
-                        .map_err(|e| e.to_string())?,
-                );
+            let every = self.record_every_hit;
+            let mut fields = [("", FieldValue::U64(0)); 6];
+            if every || traced.iter().any(|(_, t)| *t == Traced::Probe) {
+                if regs.is_none() {
+                    regs = Some(
+                        self.client
+                            .read_registers(thread)
+                            .map_err(|e| e.to_string())?,
+                    );
+                }
+                let r = regs.as_ref().expect("fetched above");
+                for (i, f) in fields.iter_mut().enumerate() {
+                    *f = (
+                        ARG_NAMES[i],
+                        FieldValue::U64(r.get(ARG_REGS[i]).unwrap_or(0)),
+                    );
+                }
             }
-            let r = regs.as_ref().expect("fetched above");
-            let mut fields = [("", 0u64); 6];
-            for (i, f) in fields.iter_mut().enumerate() {
-                *f = (ARG_NAMES[i], r.get(ARG_REGS[i]).unwrap_or(0));
-            }
-            for (_, probe) in &site.handlers {
-                sink.event(&RecordedEvent {
-                    guest: &self.name,
-                    ts_ns: received,
-                    vcpu: vcpu_index(thread),
-                    probe,
-                    func: &site.func,
-                    entry_ns: None,
-                    fields: &fields,
-                });
-            }
+            EventBase::guest_stop(&self.name, received, thread, &site.func, None).emit_hit(
+                sink.as_mut(),
+                &fields,
+                every.then_some(&site.handlers),
+                &traced,
+            );
         }
         if matches!(flow, Flow::Exit) {
             return Ok(Flow::Exit);
@@ -761,19 +917,22 @@ impl Session {
         );
         let flow = ctx.run_all(runtime, &site.ret_handlers);
         let regs = ctx.regs.take();
+        let traced = std::mem::take(&mut ctx.traced);
         if let Some(sink) = self.recorder.as_mut() {
-            let retval = register(&mut self.client, regs.as_ref(), thread, "rax")?;
-            for (_, probe) in &site.ret_handlers {
-                sink.event(&RecordedEvent {
-                    guest: &self.name,
-                    ts_ns: received,
-                    vcpu: vcpu_index(thread),
-                    probe,
-                    func: &site.func,
-                    entry_ns: Some(entry_ns),
-                    fields: &[("retval", retval)],
-                });
-            }
+            let every = self.record_every_hit;
+            let retval = if every || traced.iter().any(|(_, t)| *t == Traced::Probe) {
+                register(&mut self.client, regs.as_ref(), thread, "rax")?
+            } else {
+                0
+            };
+            let own = [("retval", FieldValue::U64(retval))];
+            EventBase::guest_stop(&self.name, received, thread, &site.func, Some(entry_ns))
+                .emit_hit(
+                    sink.as_mut(),
+                    &own,
+                    every.then_some(&site.ret_handlers),
+                    &traced,
+                );
         }
         let how = if last {
             // No call awaits this address any more: drop its breakpoint, and
@@ -827,6 +986,14 @@ impl Session {
             if let Flow::Exit = lock(runtime).run(w.block, &mut ctx) {
                 flow = Flow::Exit;
             }
+        }
+        let traced = std::mem::take(&mut ctx.traced);
+        if let Some(sink) = self.recorder.as_mut() {
+            EventBase::guest_stop(&self.name, received, thread, "", None).emit(
+                sink.as_mut(),
+                &[("addr", FieldValue::U64(addr))],
+                &traced,
+            );
         }
         if matches!(flow, Flow::Continue) {
             self.resume_if(resume, Resume::Continue, received)?;

@@ -302,6 +302,21 @@ pub enum StmtKind {
     },
     Break,
     Continue,
+    /// `trace()` (the probe's own fields) or `trace(name = expr, ...)`
+    /// (`vmprobe record`). `site` numbers the call sites with fields; the
+    /// checker fills it in.
+    Trace {
+        fields: Vec<TraceArg>,
+        site: Option<u32>,
+    },
+}
+
+/// One argument of `trace(...)`: `name = value`, or a bare value (which the
+/// checker rejects, with its position).
+#[derive(Clone, Debug)]
+pub struct TraceArg {
+    pub name: Option<(String, Span)>,
+    pub value: Expr,
 }
 
 impl Ast {
@@ -371,6 +386,15 @@ fn dump_stmts(s: &mut String, stmts: &[Stmt], d: usize) {
             }
             StmtKind::Continue => {
                 let _ = writeln!(s, "{ind}continue");
+            }
+            StmtKind::Trace { fields, .. } => {
+                let _ = writeln!(s, "{ind}trace");
+                for f in fields {
+                    if let Some((n, _)) = &f.name {
+                        let _ = writeln!(s, "{ind} {n} =");
+                    }
+                    dump_expr(s, &f.value, d + 2);
+                }
             }
             StmtKind::If { cond, then, els } => {
                 let _ = writeln!(s, "{ind}if");

@@ -107,6 +107,27 @@ pub struct Checked {
     /// Register names given to `reg()`, so the engine can check them
     /// against the stub's register set before attaching.
     pub regs: Vec<(String, Span)>,
+    /// The field layout of each `trace(name = expr, ...)` call site.
+    pub traces: Vec<TraceSite>,
+    /// Every `trace()` / `snapshot()` call (`"trace"` or `"snapshot"`),
+    /// which only `vmprobe record` can serve.
+    pub recording: Vec<(String, Span)>,
+}
+
+/// The static type of a `trace()` field, which becomes its type in the
+/// trace file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TraceType {
+    Unsigned,
+    Signed,
+    Str,
+    Buf,
+}
+
+/// One `trace(name = expr, ...)` call site: its fields, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceSite {
+    pub fields: Vec<(String, TraceType)>,
 }
 
 const BUILTINS: &[&str] = &[
@@ -171,6 +192,8 @@ struct Checker<'a, 's> {
     types: Option<&'a dyn KernelTypes>,
     /// The current block's attach points.
     specs: Vec<ProbeSpec>,
+    traces: Vec<TraceSite>,
+    recording: Vec<(String, Span)>,
 }
 
 /// Why kernel types are unavailable, for messages.
@@ -227,6 +250,8 @@ pub(crate) fn check(
     let mut kaddrs = Vec::new();
     let mut tuples = Vec::new();
     let mut regs = Vec::new();
+    let mut traces = Vec::new();
+    let mut recording = Vec::new();
     for pass in 0..2 {
         let mut tmp = Reporter::new(r.source, r.name);
         let rep = if pass == 0 { &mut tmp } else { &mut *r };
@@ -244,6 +269,8 @@ pub(crate) fn check(
             assigning: None,
             types,
             specs: Vec::new(),
+            traces: Vec::new(),
+            recording: Vec::new(),
         };
         scratch.clear();
         for ((block, &(k, kr)), specs) in ast.probes.iter_mut().zip(&kinds).zip(&block_specs) {
@@ -263,6 +290,8 @@ pub(crate) fn check(
         kaddrs = c.kaddrs;
         tuples = c.tuples;
         regs = c.regs;
+        traces = c.traces;
+        recording = c.recording;
     }
     Checked {
         maps,
@@ -272,6 +301,8 @@ pub(crate) fn check(
         kaddrs,
         tuples,
         regs,
+        traces,
+        recording,
     }
 }
 
@@ -586,7 +617,93 @@ impl Checker<'_, '_> {
                 name_span,
                 args,
             } => self.call_stmt(name, *name_span, args, s.span),
+            StmtKind::Trace { fields, site } => *site = self.trace(fields, s.span),
         }
+    }
+
+    /// `trace()` records the probe's own fields; `trace(name = expr, ...)`
+    /// declares a call site whose fields are integers, strings or buffers.
+    /// Returns the site's index (None for a bare `trace()`).
+    fn trace(&mut self, fields: &mut [TraceArg], span: Span) -> Option<u32> {
+        self.recording_call("trace", span);
+        if fields.is_empty() {
+            return None;
+        }
+        let mut site = TraceSite { fields: Vec::new() };
+        for f in fields.iter_mut() {
+            self.expr(&mut f.value);
+            let Some((name, name_span)) = &f.name else {
+                self.r.error(
+                    f.value.span,
+                    "trace() fields need a name, as in trace(fd = arg0, n = arg2)",
+                );
+                continue;
+            };
+            if site.fields.iter().any(|(n, _)| n == name) {
+                self.r
+                    .error(*name_span, format!("trace() field '{name}' is given twice"));
+                continue;
+            }
+            let ty = match f.value.ty {
+                Type::Unknown => continue,
+                t if t.is_int() => match t.as_int() {
+                    Type::Int { signed: true } => TraceType::Signed,
+                    _ => TraceType::Unsigned,
+                },
+                Type::Str => TraceType::Str,
+                Type::Buf => TraceType::Buf,
+                t => {
+                    let what = match t {
+                        Type::Tuple(_) => "a tuple; trace its elements as separate fields",
+                        Type::Stack => "a stack; trace(...) takes integers, str() or buf()",
+                        _ => "a struct, union or array; trace one of its members",
+                    };
+                    self.r.error(
+                        f.value.span,
+                        format!("trace() field '{name}' cannot hold {what}"),
+                    );
+                    continue;
+                }
+            };
+            site.fields.push((name.clone(), ty));
+        }
+        // A byte array `b` is written to CTF with a length field `_b_length`.
+        for (name, ty) in &site.fields {
+            if *ty == TraceType::Buf
+                && let Some(f) = fields.iter().find(|f| {
+                    f.name.as_ref().is_some_and(|(n, _)| {
+                        n.strip_prefix('_') == Some(&format!("{name}_length"))
+                    })
+                })
+            {
+                let (n, sp) = f.name.as_ref().expect("found by name");
+                self.r.error(
+                    *sp,
+                    format!("trace() field '{n}' clashes with the length of buffer field '{name}'"),
+                );
+            }
+        }
+        self.traces.push(site);
+        Some(self.traces.len() as u32 - 1)
+    }
+
+    /// `trace()` and `snapshot()` write to the trace of `vmprobe record`:
+    /// they need a probe that fires in a guest.
+    fn recording_call(&mut self, name: &str, span: Span) {
+        if let Some(p) = self
+            .specs
+            .iter()
+            .find(|p| matches!(p, ProbeSpec::Begin | ProbeSpec::End))
+        {
+            self.r.error(
+                span,
+                format!(
+                    "{name}() cannot be used in {}: it records what happens in a guest",
+                    p.name()
+                ),
+            );
+        }
+        self.recording.push((name.to_string(), span));
     }
 
     fn declare(
@@ -746,6 +863,10 @@ impl Checker<'_, '_> {
             "printf" => self.printf(args, span),
             "exit" => {
                 self.arity(name, args.len(), 0, 0, span);
+            }
+            "snapshot" => {
+                self.arity(name, args.len(), 0, 0, span);
+                self.recording_call(name, span);
             }
             "time" => {
                 if !self.arity(name, args.len(), 0, 1, span) {

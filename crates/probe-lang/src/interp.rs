@@ -15,7 +15,7 @@
 //! Guest memory is only read through [`ProbeContext::read_memory`], and
 //! every read is bounded (`str()` and `buf()` by [`STR_MAX`]/[`BUF_MAX`]).
 
-use crate::check::{AggKind, BUF_MAX, HIST_BUCKETS, LhistParams, STR_MAX};
+use crate::check::{AggKind, BUF_MAX, HIST_BUCKETS, LhistParams, STR_MAX, TraceType};
 use crate::ir::{AggOp, Block, Builtin, Expr, KeyExpr, Op1, Op2, Stmt};
 use crate::printer::{OutputFormat, Printer, Shown};
 use crate::value::{Key, KeyPart, Value};
@@ -102,6 +102,37 @@ pub trait ProbeContext {
     fn guest(&self) -> &str {
         "vm0"
     }
+    /// `trace(...)` and `snapshot()`: hands the event (or the snapshot
+    /// request) to the recorder of `vmprobe record`.
+    fn trace(&mut self, _what: Traced) -> Result<(), ContextError> {
+        Err(ContextError::Message(
+            "trace() and snapshot() work only under `vmprobe record`".into(),
+        ))
+    }
+}
+
+/// What a `trace(...)` or `snapshot()` call asks the recorder to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Traced {
+    /// `trace()`: an event with the probe's own fields (arguments, return
+    /// value, or a VMM/host event's fields), which the engine knows.
+    Probe,
+    /// `trace(name = expr, ...)` at call site `site`: the fields in order.
+    Fields {
+        site: u32,
+        fields: Vec<(Arc<str>, TracedValue)>,
+    },
+    /// `snapshot()`.
+    Snapshot,
+}
+
+/// A typed `trace()` field value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TracedValue {
+    U64(u64),
+    I64(i64),
+    Str(Arc<str>),
+    Bytes(Arc<[u8]>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -584,6 +615,24 @@ impl Runtime {
             Stmt::PrintValue(e, ty) => {
                 let v = self.eval(p, e, ctx)?;
                 self.printer.value(&v, *ty);
+            }
+            Stmt::TraceProbe => ctx.trace(Traced::Probe)?,
+            Stmt::Snapshot => ctx.trace(Traced::Snapshot)?,
+            Stmt::Trace { site, fields } => {
+                let mut out = Vec::with_capacity(fields.len());
+                for (name, ty, e) in fields {
+                    let v = match (self.eval(p, e, ctx)?, ty) {
+                        (Value::Str(s), _) => TracedValue::Str(s),
+                        (Value::Buf(b), _) => TracedValue::Bytes(b),
+                        (v, TraceType::Signed) => TracedValue::I64(v.as_int() as i64),
+                        (v, _) => TracedValue::U64(v.as_int()),
+                    };
+                    out.push((name.clone(), v));
+                }
+                ctx.trace(Traced::Fields {
+                    site: *site,
+                    fields: out,
+                })?;
             }
             // The rest is run by `exec` itself and never sent here.
             Stmt::Agg { .. }

@@ -12,7 +12,7 @@
 //! per node, which is what the per-run step budget limits.
 
 use crate::ast::{self, Access, BinOp, ExprKind, StmtKind, Type, UnOp};
-use crate::check::{AggKind, Checked, LhistParams, MapDecl};
+use crate::check::{AggKind, Checked, LhistParams, MapDecl, TraceSite, TraceType};
 use crate::format::Format;
 use rustc_hash::FxHashMap;
 use std::fmt::Write;
@@ -208,6 +208,16 @@ pub enum Stmt {
         then: Vec<Stmt>,
         els: Vec<Stmt>,
     },
+    /// `trace()`: an event with the probe's own fields.
+    TraceProbe,
+    /// `trace(name = expr, ...)` at call site `site` (an index into
+    /// [`Ir::traces`]), each field with its static type.
+    Trace {
+        site: u32,
+        fields: Vec<(Arc<str>, TraceType, Expr)>,
+    },
+    /// `snapshot()`: write the flight recorder's ring.
+    Snapshot,
 }
 
 #[derive(Clone, Debug)]
@@ -225,10 +235,13 @@ pub struct Ir {
     pub formats: Vec<Format>,
     /// Element types of `Type::Tuple(i)`.
     pub tuples: Vec<Vec<Type>>,
+    /// Field layouts of the `trace(name = ...)` call sites.
+    pub traces: Vec<TraceSite>,
 }
 
 struct Lower<'a> {
     maps: &'a FxHashMap<String, usize>,
+    traces: &'a [TraceSite],
     decls: &'a [MapDecl],
     vars: &'a FxHashMap<String, (u16, Type)>,
     strings: &'a mut Vec<Arc<str>>,
@@ -244,6 +257,7 @@ pub fn lower(ast: &ast::Ast, checked: &Checked) -> Ir {
     for (b, vars) in ast.probes.iter().zip(&checked.scratch) {
         let mut l = Lower {
             maps: &checked.map_index,
+            traces: &checked.traces,
             decls: &checked.maps,
             vars,
             strings: &mut strings,
@@ -262,6 +276,7 @@ pub fn lower(ast: &ast::Ast, checked: &Checked) -> Ir {
         strings,
         formats,
         tuples: checked.tuples.clone(),
+        traces: checked.traces.clone(),
     }
 }
 
@@ -359,6 +374,21 @@ impl Lower<'_> {
                 then: self.stmts(then),
                 els: self.stmts(els),
             },
+            StmtKind::Trace { site: None, .. } => Stmt::TraceProbe,
+            StmtKind::Trace {
+                site: Some(site),
+                fields,
+            } => {
+                let layout = &self.traces[*site as usize].fields;
+                Stmt::Trace {
+                    site: *site,
+                    fields: layout
+                        .iter()
+                        .zip(fields)
+                        .map(|((name, ty), f)| (Arc::from(name.as_str()), *ty, self.expr(&f.value)))
+                        .collect(),
+                }
+            }
             StmtKind::Call { name, args, .. } => {
                 let map_arg = |l: &mut Self| match &args[0].kind {
                     ExprKind::Map { name, keys } => (l.map(name), l.key(keys)),
@@ -376,6 +406,7 @@ impl Lower<'_> {
                         }
                     }
                     "exit" => Stmt::Exit,
+                    "snapshot" => Stmt::Snapshot,
                     "time" => {
                         let f = match args.first().map(|a| &a.kind) {
                             Some(ExprKind::Str(f)) => f.as_str(),
@@ -834,6 +865,15 @@ fn dstmts(s: &mut String, stmts: &[Stmt], d: usize) {
             Stmt::Continue => writeln!(s, "{ind}continue"),
             Stmt::Delete { map, key } => writeln!(s, "{ind}delete m{map}{}", dkey(key)),
             Stmt::Exit => writeln!(s, "{ind}exit"),
+            Stmt::TraceProbe => writeln!(s, "{ind}trace probe"),
+            Stmt::Trace { site, fields } => {
+                let f: Vec<String> = fields
+                    .iter()
+                    .map(|(n, t, e)| format!("{n}: {t:?} = {}", dexpr(e)))
+                    .collect();
+                writeln!(s, "{ind}trace site{site} {}", f.join(", "))
+            }
+            Stmt::Snapshot => writeln!(s, "{ind}snapshot"),
             Stmt::Set(v, e) => writeln!(s, "{ind}${v} = {}", dexpr(e)),
             Stmt::If { cond, then, els } => {
                 let _ = writeln!(s, "{ind}if {}", dexpr(cond));

@@ -30,9 +30,11 @@ pub mod printer;
 pub mod types;
 pub mod value;
 
+pub use check::{TraceSite, TraceType};
 pub use diag::{Diagnostic, Diagnostics, Span};
 pub use interp::{
-    ContextError, DEFAULT_MAP_LIMIT, DEFAULT_STEP_BUDGET, Flow, ProbeContext, Runtime,
+    ContextError, DEFAULT_MAP_LIMIT, DEFAULT_STEP_BUDGET, Flow, ProbeContext, Runtime, Traced,
+    TracedValue,
 };
 pub use printer::OutputFormat;
 pub use types::{FieldType, KernelTypes, MemberInfo, Param, Prototype, TypeInfo, TypeRef};
@@ -179,6 +181,8 @@ pub struct Program {
     /// Every `kaddr("sym")` / `reg("name")` argument with its span.
     kaddrs: Vec<(String, Span)>,
     regs: Vec<(String, Span)>,
+    /// Every `trace()` / `snapshot()` call with its span.
+    recording: Vec<(String, Span)>,
     source: String,
     source_name: String,
 }
@@ -229,6 +233,31 @@ impl Program {
             if !exists(name) {
                 r.error(*span, format!("{what} '{name}'"));
             }
+        }
+        r.finish()
+    }
+
+    /// Whether the script calls `trace()`: then `vmprobe record` writes
+    /// only the events it traces, not every probe hit.
+    pub fn uses_trace(&self) -> bool {
+        self.recording.iter().any(|(n, _)| n == "trace")
+    }
+
+    /// The field layouts of the `trace(name = ...)` call sites.
+    pub fn trace_sites(&self) -> &[TraceSite] {
+        &self.ir.traces
+    }
+
+    /// `trace()` and `snapshot()` write to a trace, which only `vmprobe
+    /// record` has: elsewhere each call is an error at its position, before
+    /// anything attaches (as bpftrace reports errors before attaching).
+    pub fn check_not_recording(&self, command: &str) -> Result<(), Diagnostics> {
+        let mut r = Reporter::new(&self.source, &self.source_name);
+        for (name, span) in &self.recording {
+            r.error(
+                *span,
+                format!("{name}() writes to a trace, which `vmprobe {command}` does not make; use `vmprobe record`"),
+            );
         }
         r.finish()
     }
@@ -331,6 +360,7 @@ pub fn compile_with_types(
         ir,
         kaddrs: checked.kaddrs,
         regs: checked.regs,
+        recording: checked.recording,
         source: source.to_string(),
         source_name: source_name.to_string(),
     })

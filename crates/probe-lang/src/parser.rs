@@ -211,6 +211,13 @@ impl Parser<'_> {
             }
             Tok::Ident(ref name) if name == "break" => StmtKind::Break,
             Tok::Ident(ref name) if name == "continue" => StmtKind::Continue,
+            Tok::Ident(ref name) if name == "trace" => {
+                self.expect("(")?;
+                StmtKind::Trace {
+                    fields: self.trace_args()?,
+                    site: None,
+                }
+            }
             Tok::Ident(name) => {
                 self.expect("(")?;
                 let args = self.args(")")?;
@@ -335,6 +342,41 @@ impl Parser<'_> {
 
     fn expr(&mut self) -> Result<Expr, ParseError> {
         self.expr_nodiv(false)
+    }
+
+    /// `trace(...)` arguments up to `)`: `name = expr` or a bare `expr`
+    /// (kept, so that the checker can say where a name is missing).
+    fn trace_args(&mut self) -> Result<Vec<TraceArg>, ParseError> {
+        let mut v = Vec::new();
+        if self.eat(")")? {
+            return Ok(v);
+        }
+        loop {
+            let e = self.expr()?;
+            let arg = if self.is_punct("=")? {
+                let eq = self.bump()?.span;
+                let ExprKind::Ident(name) = e.kind else {
+                    return err(
+                        eq,
+                        "a trace() field name must be a plain name, as in trace(fd = arg0)",
+                    );
+                };
+                TraceArg {
+                    name: Some((name, e.span)),
+                    value: self.expr()?,
+                }
+            } else {
+                TraceArg {
+                    name: None,
+                    value: e,
+                }
+            };
+            v.push(arg);
+            if self.eat(")")? {
+                return Ok(v);
+            }
+            self.expect(",")?;
+        }
     }
 
     fn expr_nodiv(&mut self, no_div: bool) -> Result<Expr, ParseError> {
