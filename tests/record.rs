@@ -285,7 +285,7 @@ fn bare_trace_records_a_vmm_event_with_its_fields_next_to_the_guest_write() {
     // QEMU `serial_write` event; trace() records both with their own fields.
     let program = r#"
 kprobe:ksys_write /comm == "dd" && arg2 == 1/ { trace(); }
-vmm:serial_write /args.val == 90/ { trace(); }
+vmm:serial_write /args.value == 90/ { trace(); }
 "#;
     let dir = tempfile::tempdir().unwrap();
     let workload = "printf ZZZZZZZZZZ > /tmp/z && dd if=/tmp/z of=/dev/ttyS0 bs=1 2>/dev/null";
@@ -313,7 +313,7 @@ vmm:serial_write /args.val == 90/ { trace(); }
     assert_eq!(vmm.len(), 10, "{lines:?}");
     assert!(
         vmm.iter()
-            .all(|l| event_field(l, "val") == Some(90) && l.contains("\"vmm\"")),
+            .all(|l| event_field(l, "value") == Some(90) && l.contains("\"vmm\"")),
         "the VMM layer, with the event's fields: {vmm:?}"
     );
     assert_time_ordered(&lines);
