@@ -6,12 +6,13 @@
 
 mod attach;
 mod bench;
+mod list;
 mod record;
 mod run;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(
@@ -42,15 +43,21 @@ enum Command {
         #[command(subcommand)]
         command: GuestCommand,
     },
-    /// List kernel functions that kprobes can attach to, without booting.
+    /// List the probes a script can name, without booting: kernel functions,
+    /// QEMU trace events, host tracepoints, and the parametric kinds.
     List {
-        /// Only functions matching this pattern ('*' and '?' wildcards; "kprobe:" prefix allowed).
+        /// Only probes matching this pattern ('*' and '?' wildcards), of one
+        /// kind with a prefix ("kprobe:vfs_*", "vmm:serial_*", "tracepoint:kvm:*").
         pattern: Option<String>,
-        /// Also print each function's parameters from the kernel's BTF (bpftrace's -lv).
+        /// Also print parameters and fields: kernel functions' from BTF, QEMU
+        /// events' from their declarations, tracepoints' from tracefs (bpftrace's -lv).
         #[arg(short, long)]
         verbose: bool,
         #[command(flatten)]
         guest: GuestArgs,
+        /// The QEMU binary whose trace events are listed (default: qemu-system-x86_64 from PATH).
+        #[arg(long, value_name = "PATH")]
+        qemu: Option<PathBuf>,
     },
 }
 
@@ -241,7 +248,14 @@ fn main() {
             pattern,
             verbose,
             guest,
-        } => run::list(pattern.as_deref(), verbose, &guest).map(|_| 0),
+            qemu,
+        } => list::list(
+            pattern.as_deref(),
+            verbose,
+            &guest,
+            qemu.as_deref().unwrap_or(Path::new("qemu-system-x86_64")),
+        )
+        .map(|_| 0),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -30,7 +30,7 @@ pub fn guest_build() -> Result<GuestImage> {
 }
 
 /// The user's images, else the default guest, built on first use.
-fn guest_image(args: &GuestArgs) -> Result<GuestImage> {
+pub(crate) fn guest_image(args: &GuestArgs) -> Result<GuestImage> {
     let mut image = match &args.kernel {
         Some(kernel) => {
             let default = qemu_guest::default_guest(&qemu_guest::cache_dir());
@@ -133,7 +133,7 @@ pub fn arm_program(
     Ok(slide)
 }
 
-fn load_symbols(args: &GuestArgs, image: &GuestImage) -> Result<KernelSymbols> {
+pub(crate) fn load_symbols(args: &GuestArgs, image: &GuestImage) -> Result<KernelSymbols> {
     let path = args.symbols.as_ref().unwrap_or(&image.kernel);
     let cache = qemu_guest::cache_dir().join("symbols");
     let _ = std::fs::create_dir_all(&cache);
@@ -142,42 +142,6 @@ fn load_symbols(args: &GuestArgs, image: &GuestImage) -> Result<KernelSymbols> {
 
 /// `vmprobe list [-v] [PATTERN]`: with `-v`, each function's parameters
 /// from the kernel's BTF, one `    TYPE NAME` line each, as `bpftrace -lv`.
-pub fn list(pattern: Option<&str>, verbose: bool, args: &GuestArgs) -> Result<()> {
-    let image = guest_image(args)?;
-    let symbols = load_symbols(args, &image)?;
-    let pattern = pattern
-        .map(|p| p.strip_prefix("kprobe:").unwrap_or(p))
-        .unwrap_or("*")
-        .to_string();
-    // Sections (BTF) are loaded only for -v.
-    let (symbols, guest) = if verbose {
-        let k = load_kernel(symbols, &image.kernel);
-        (k.symbols, Some(k.guest))
-    } else {
-        (Arc::new(symbols), None)
-    };
-    let types = guest.as_ref().and_then(|g| g.types());
-    if verbose && types.is_none() {
-        bail!("the kernel image has no BTF: -v cannot show function parameters");
-    }
-    let mut out = std::io::stdout().lock();
-    for sym in symbols.matching(&pattern) {
-        let mut text = format!("kprobe:{}\n", sym.name);
-        if let Some(t) = &types
-            && let Some(proto) = probe_lang::KernelTypes::function(t, &sym.name)
-        {
-            for line in probe_lang::types::prototype_lines(t, &proto) {
-                text.push_str(&line);
-                text.push('\n');
-            }
-        }
-        if out.write_all(text.as_bytes()).is_err() {
-            break; // stdout closed (e.g. piped into head)
-        }
-    }
-    Ok(())
-}
-
 /// Joins the workload words into one shell command line for the guest.
 fn command_line(words: &[String]) -> String {
     if let [only] = words {

@@ -37,3 +37,37 @@ fn list_verbose_prints_btf_prototypes() {
     );
     assert_eq!(text(&out.stdout), "kprobe:ksys_write\n");
 }
+
+/// Every kind of probe is listed: QEMU's trace events with their declared
+/// arguments, the host's tracepoints with their tracefs fields, and the
+/// parametric kinds.
+#[test]
+fn list_covers_vmm_events_tracepoints_and_parametric_kinds() {
+    let _ = default_guest();
+    let list = |args: &[&str]| {
+        let out = run_bounded(vmprobe().arg("list").args(args), Duration::from_secs(120));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    assert_eq!(
+        list(&["-v", "vmm:serial_write"]),
+        "vmm:serial_write\n    uint16_t addr\n    uint8_t value\n"
+    );
+    // No kind: every kind whose names match.
+    let serial = list(&["serial_write"]);
+    assert_eq!(serial, "vmm:serial_write\n", "{serial}");
+    assert_eq!(
+        list(&["profile:*"]),
+        "profile:hz:N\n",
+        "parametric kinds are listed"
+    );
+    if std::path::Path::new("/sys/kernel/tracing/events/sched/sched_switch").exists() {
+        let tp = list(&["-v", "t:sched:sched_switch"]);
+        assert!(
+            tp.starts_with(
+                "tracepoint:sched:sched_switch\n    char prev_comm[16]\n    pid_t prev_pid\n"
+            ),
+            "{tp}"
+        );
+    }
+}

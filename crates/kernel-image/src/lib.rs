@@ -229,6 +229,13 @@ impl KernelSymbols {
     }
 }
 
+/// Whether `name` matches `pattern` (`*` any run, `?` one character), as
+/// [`KernelSymbols::matching`] matches; for listing other kinds of names
+/// the same way.
+pub fn glob(pattern: &str, name: &str) -> bool {
+    glob_match(&pattern.chars().collect::<Vec<_>>(), name)
+}
+
 /// Iterative glob match with single-star backtracking (linear-ish, no recursion blowup).
 fn glob_match(pat: &[char], name: &str) -> bool {
     let s: Vec<char> = name.chars().collect();

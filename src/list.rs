@@ -1,0 +1,196 @@
+//! `vmprobe list [-v] [PATTERN]`: every probe a script can name, without
+//! booting: kernel functions (from the image's symbols), QEMU's trace events
+//! (from the QEMU binary), the host's tracepoints (from tracefs) and the
+//! kinds that take parameters (interval, profile, watchpoint), as
+//! `bpftrace -l` lists probes. `-v` adds parameters and fields, as
+//! `bpftrace -lv` does.
+
+use crate::GuestArgs;
+use crate::run::{guest_image, load_kernel, load_symbols};
+use anyhow::{Result, bail};
+use kernel_image::glob;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Probe kinds whose names are patterns of parameters, not a catalogue.
+const PARAMETRIC: [&str; 8] = [
+    "BEGIN",
+    "END",
+    "interval:s:N",
+    "interval:ms:N",
+    "interval:us:N",
+    "interval:hz:N",
+    "profile:hz:N",
+    "watchpoint:ADDR:LEN:r|w|rw",
+];
+
+/// What a listing pattern selects: one kind (`kprobe:vfs_*`) or every kind
+/// (`vfs_*`, matched against the name after the kind).
+struct Selection<'a> {
+    kind: Option<&'a str>,
+    name: &'a str,
+}
+
+impl<'a> Selection<'a> {
+    fn parse(pattern: Option<&'a str>) -> Self {
+        let pattern = pattern.unwrap_or("*");
+        for kind in [
+            "kprobe",
+            "vmm",
+            "tracepoint",
+            "t",
+            "interval",
+            "profile",
+            "watchpoint",
+        ] {
+            if let Some(name) = pattern.strip_prefix(kind).and_then(|r| r.strip_prefix(':')) {
+                let kind = if kind == "t" { "tracepoint" } else { kind };
+                return Selection {
+                    kind: Some(kind),
+                    name,
+                };
+            }
+        }
+        Selection {
+            kind: None,
+            name: pattern,
+        }
+    }
+
+    fn wants(&self, kind: &str) -> bool {
+        self.kind.is_none_or(|k| k == kind)
+    }
+}
+
+pub fn list(pattern: Option<&str>, verbose: bool, args: &GuestArgs, qemu: &Path) -> Result<()> {
+    let sel = Selection::parse(pattern);
+    let mut out = std::io::stdout().lock();
+    let mut emit = |text: String| out.write_all(text.as_bytes()).is_ok();
+    if sel.wants("kprobe") && !list_kprobes(&sel, verbose, args, &mut emit)? {
+        return Ok(()); // stdout closed (e.g. piped into head)
+    }
+    if sel.wants("vmm") && !list_vmm(&sel, verbose, qemu, &mut emit) {
+        return Ok(());
+    }
+    if sel.wants("tracepoint") && !list_tracepoints(&sel, verbose, &mut emit) {
+        return Ok(());
+    }
+    for probe in PARAMETRIC {
+        let (kind, rest) = probe.split_once(':').unwrap_or((probe, ""));
+        let matched = match sel.kind {
+            Some(k) => k == kind && glob(sel.name, rest),
+            None => glob(sel.name, probe),
+        };
+        if matched && !emit(format!("{probe}\n")) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Kernel functions; with `-v`, their parameters from BTF. False once
+/// stdout is closed.
+fn list_kprobes(
+    sel: &Selection,
+    verbose: bool,
+    args: &GuestArgs,
+    emit: &mut dyn FnMut(String) -> bool,
+) -> Result<bool> {
+    let image = guest_image(args)?;
+    let symbols = load_symbols(args, &image)?;
+    // Sections (BTF) are loaded only for -v.
+    let (symbols, guest) = if verbose {
+        let k = load_kernel(symbols, &image.kernel);
+        (k.symbols, Some(k.guest))
+    } else {
+        (Arc::new(symbols), None)
+    };
+    let types = guest.as_ref().and_then(|g| g.types());
+    if verbose && types.is_none() {
+        bail!("the kernel image has no BTF: -v cannot show function parameters");
+    }
+    for sym in symbols.matching(sel.name) {
+        let mut text = format!("kprobe:{}\n", sym.name);
+        if let Some(t) = &types
+            && let Some(proto) = probe_lang::KernelTypes::function(t, &sym.name)
+        {
+            for line in probe_lang::types::prototype_lines(t, &proto) {
+                text.push_str(&line);
+                text.push('\n');
+            }
+        }
+        if !emit(text) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// QEMU's trace events, as the binary lists them; with `-v`, each event's
+/// arguments from its declaration (the installed `trace-events-all`).
+fn list_vmm(
+    sel: &Selection,
+    verbose: bool,
+    qemu: &Path,
+    emit: &mut dyn FnMut(String) -> bool,
+) -> bool {
+    let events = match qemu_vmm::trace::list_events_from_binary(qemu, Duration::from_secs(30)) {
+        Ok(events) => events,
+        Err(e) => {
+            // Only a listing of everything goes on without QEMU.
+            eprintln!("vmprobe: vmm events not listed: {e}");
+            return true;
+        }
+    };
+    let catalogue = verbose
+        .then(qemu_vmm::catalogue::Catalogue::installed)
+        .flatten();
+    for event in events.iter().filter(|e| glob(sel.name, e)) {
+        let mut text = format!("vmm:{event}\n");
+        if let Some(decl) = catalogue.as_ref().and_then(|c| c.get(event)) {
+            for (ty, name) in &decl.args {
+                text.push_str(&format!("    {ty} {name}\n"));
+            }
+        }
+        if !emit(text) {
+            return false;
+        }
+    }
+    true
+}
+
+/// The host's tracepoints; with `-v`, their fields from tracefs.
+fn list_tracepoints(sel: &Selection, verbose: bool, emit: &mut dyn FnMut(String) -> bool) -> bool {
+    let Some(tracefs) = host_tracepoints::Tracefs::find() else {
+        eprintln!("vmprobe: host tracepoints not listed: no tracefs mounted");
+        return true;
+    };
+    let events = match tracefs.available_events() {
+        Ok(events) => events,
+        Err(e) => {
+            eprintln!("vmprobe: host tracepoints not listed: {e}");
+            return true;
+        }
+    };
+    for tp in events {
+        if !glob(sel.name, &format!("{}:{}", tp.system, tp.event)) {
+            continue;
+        }
+        let mut text = format!("tracepoint:{}:{}\n", tp.system, tp.event);
+        if verbose && let Ok(format) = tracefs.format(&tp) {
+            for f in format.event_fields() {
+                let array = match f.layout {
+                    host_tracepoints::format::Layout::Array { len } => format!("[{len}]"),
+                    _ => String::new(),
+                };
+                text.push_str(&format!("    {} {}{array}\n", f.type_name, f.name));
+            }
+        }
+        if !emit(text) {
+            return false;
+        }
+    }
+    true
+}
