@@ -2,7 +2,7 @@
 
 use crate::context::HitContext;
 use crate::guest::GuestKernel;
-use crate::layers::{LayerEvent, LayerSource};
+use crate::layers::{LayerSet, LayerSource};
 use crate::resolve::{ProbeSite, Skip};
 use crate::{Error, Result, monotonic_ns};
 use gdb_remote::{
@@ -162,9 +162,7 @@ pub struct Session {
     vcpus: Vec<ThreadId>,
     kernel: Option<Arc<GuestKernel>>,
     /// VMM and host event sources, and the blocks of their probes by name.
-    layers: Vec<Box<dyn LayerSource>>,
-    layer_handlers: HashMap<String, Vec<(BlockId, Arc<str>)>>,
-    layer_events: Vec<LayerEvent>,
+    layers: LayerSet,
     recorder: Option<Box<dyn EventSink>>,
     before: Vec<(u64, Vec<u8>)>,
     armed: Vec<u64>,
@@ -190,9 +188,7 @@ impl Session {
             watches: Vec::new(),
             vcpus: Vec::new(),
             kernel: None,
-            layers: Vec::new(),
-            layer_handlers: HashMap::new(),
-            layer_events: Vec::new(),
+            layers: LayerSet::default(),
             recorder: None,
             before: Vec::new(),
             armed: Vec::new(),
@@ -224,18 +220,12 @@ impl Session {
         source: Box<dyn LayerSource>,
         handlers: &HashMap<String, Vec<(BlockId, Arc<str>)>>,
     ) {
-        self.layers.push(source);
-        for (name, blocks) in handlers {
-            self.layer_handlers
-                .entry(name.clone())
-                .or_default()
-                .extend(blocks.iter().cloned());
-        }
+        self.layers.add(source, handlers);
     }
 
     /// Switches the layer sources off; one summary line each.
     pub fn finish_layers(&mut self) -> Vec<String> {
-        self.layers.iter_mut().map(|l| l.finish()).collect()
+        self.layers.finish()
     }
 
     /// Runs the handlers of the VMM and host events that arrived; with
@@ -244,41 +234,10 @@ impl Session {
         if self.layers.is_empty() {
             return Flow::Continue;
         }
-        let mut events = std::mem::take(&mut self.layer_events);
-        for l in &mut self.layers {
-            if sync {
-                l.sync();
-            }
-            l.drain(&mut events);
-        }
-        events.sort_by_key(|e| e.ts_ns);
-        let mut flow = Flow::Continue;
-        for ev in events.drain(..) {
-            let Some(blocks) = self.layer_handlers.get(&ev.probe) else {
-                continue;
-            };
-            self.stats.layer_events += 1;
-            let mut ctx = HitContext {
-                client: None,
-                thread: None,
-                regs: None,
-                vcpu: ev.vcpu.unwrap_or(0),
-                nsecs: ev.ts_ns,
-                func: &ev.probe,
-                probe: "",
-                kernel: self.kernel.as_deref(),
-                guest: &self.name,
-                task: None,
-                fields: Some(&ev.fields),
-            };
-            for (block, probe) in blocks {
-                ctx.probe = probe;
-                if let Flow::Exit = lock(runtime).run(*block, &mut ctx) {
-                    flow = Flow::Exit;
-                }
-            }
-        }
-        self.layer_events = events;
+        let (flow, served) = self
+            .layers
+            .serve(runtime, sync, self.kernel.as_deref(), &self.name);
+        self.stats.layer_events += served;
         flow
     }
 

@@ -21,6 +21,7 @@
 pub mod ast;
 pub mod check;
 pub mod diag;
+pub mod filter;
 pub mod format;
 pub mod interp;
 pub mod ir;
@@ -31,6 +32,7 @@ pub mod types;
 pub mod value;
 
 pub use diag::{Diagnostic, Diagnostics, Span};
+pub use filter::FieldCondition;
 pub use interp::{
     ContextError, DEFAULT_MAP_LIMIT, DEFAULT_STEP_BUDGET, Flow, ProbeContext, Runtime,
 };
