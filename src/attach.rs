@@ -361,7 +361,7 @@ fn serve_host_only(
         if ending {
             break;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(10));
     }
     let mut runtime = runtime.into_inner().unwrap_or_else(|e| e.into_inner());
     for vm in &mut vms {

@@ -231,6 +231,9 @@ impl LayerSource for VmmSource {
     }
 }
 
+/// Ring pages per vCPU thread for host tracepoints (4 MiB with 4 KiB pages).
+const HOST_RING_PAGES: usize = 1024;
+
 /// Host kernel tracepoints on one VM's vCPU threads (perf_event_open).
 pub struct HostSource {
     reader: TracepointReader,
@@ -269,11 +272,16 @@ impl HostSource {
                 Ok(host_tracepoints::EventSpec { tracepoint, filter })
             })
             .collect::<Result<Vec<_>, host_tracepoints::Error>>()?;
-        let mut reader = TracepointReader::open_many(
-            &specs,
-            &Target::Threads(tids),
-            Options::default().ring_pages,
-        )?;
+        let target = Target::Threads(tids);
+        // Hot events (a vCPU's exits) fill a ring at megabytes a second, and
+        // on a loaded host vmprobe may not run for a while: rings of 4 MiB
+        // per vCPU where memory may be locked (root), else the default.
+        let mut reader = match TracepointReader::open_many(&specs, &target, HOST_RING_PAGES) {
+            Err(host_tracepoints::Error::Sys { .. }) => {
+                TracepointReader::open_many(&specs, &target, Options::default().ring_pages)?
+            }
+            r => r?,
+        };
         reader.enable()?;
         Ok(HostSource {
             reader,
