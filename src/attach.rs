@@ -269,8 +269,7 @@ fn host_source(
     layers: &LayerPlan,
 ) -> Result<HostSource> {
     let conditions = probe_engine::layers::host_conditions(program);
-    let source = HostSource::start_threads(vcpus, &layers.tracepoints, &conditions)
-        .context("host tracepoints")?;
+    let source = HostSource::start_threads(vcpus, &layers.tracepoints, &conditions)?;
     for (tp, filter) in source.filters() {
         if let Some(f) = filter {
             eprintln!("vmprobe: {tp}: in-kernel filter `{f}`");

@@ -348,3 +348,41 @@ fn kvm_pio_count_without_an_in_kernel_filter_is_the_same() {
     );
     eprintln!("guest ran {:?}", run.guest);
 }
+
+/// Host tracepoints find the vCPU threads through QMP: a VM given by its
+/// stub alone is refused up front, naming what is missing. `vmm:` probes,
+/// which attach cannot serve yet, are refused rather than never firing.
+#[test]
+fn attach_refuses_host_tracepoints_without_qmp_and_vmm_probes() {
+    let out = run_bounded(
+        vmprobe().args([
+            "attach",
+            "--vm",
+            "vm1=gdb:127.0.0.1:1",
+            "-e",
+            "tracepoint:kvm:kvm_pio { @ = count(); }",
+        ]),
+        RUN_LIMIT,
+    );
+    assert!(!out.status.success());
+    assert_eq!(
+        text(&out.stderr).trim(),
+        "vmprobe: vm1: tracepoint: probes need qmp:PATH to find the VM's vCPU threads"
+    );
+    let out = run_bounded(
+        vmprobe().args([
+            "attach",
+            "--vm",
+            "vm1=qmp:/nonexistent/vm1.qmp",
+            "-e",
+            "vmm:serial_write { @ = count(); }",
+        ]),
+        RUN_LIMIT,
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("vmm:serial_write: QEMU trace events need the log file"),
+        "{}",
+        text(&out.stderr)
+    );
+}
