@@ -120,14 +120,21 @@ fn lines_of(
     (rx, all)
 }
 
-fn wait_for_line(rx: &mpsc::Receiver<String>, what: &str, who: &str) {
+/// Waits for a line containing `what`; else panics with the child's stderr.
+fn wait_for_line(rx: &mpsc::Receiver<String>, what: &str, who: &mut Reap, name: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) if line.contains(what) => return,
             Ok(_) => {}
-            Err(e) => panic!("{who} never printed '{what}': {e}"),
+            Err(e) => {
+                let _ = who.0.kill();
+                panic!(
+                    "{name} never printed '{what}' ({e}): {}",
+                    stderr_of(&mut who.0)
+                )
+            }
         }
     }
 }
@@ -240,7 +247,7 @@ fn run_guest(program: &str, with_bpftrace: bool) -> Option<Run> {
         .flatten();
     let bpftrace_out = bpftrace.as_mut().map(|b| {
         let (rx, all) = lines_of(b.0.stdout.take().unwrap());
-        wait_for_line(&rx, "ready", "bpftrace");
+        wait_for_line(&rx, "ready", b, "bpftrace");
         all
     });
 
@@ -255,9 +262,9 @@ fn run_guest(program: &str, with_bpftrace: bool) -> Option<Run> {
             .expect("spawn vmprobe"),
     );
     let (probe_lines, probe_out) = lines_of(probe.0.stdout.take().unwrap());
-    let (_, probe_err) = lines_of(probe.0.stderr.take().unwrap());
     // Armed: the perf events are enabled before this line is printed.
-    wait_for_line(&probe_lines, "Attaching 1 probe", "vmprobe");
+    wait_for_line(&probe_lines, "Attaching 1 probe", &mut probe, "vmprobe");
+    let (_, probe_err) = lines_of(probe.0.stderr.take().unwrap());
 
     let started = Instant::now();
     user.cont().expect("starting the guest");
