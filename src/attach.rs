@@ -113,6 +113,13 @@ pub fn attach(args: crate::AttachArgs) -> Result<i32> {
              cannot probe them yet"
         );
     }
+    // Host tracepoints fail here, not after a guest has been stopped and armed.
+    if !layers.tracepoints.is_empty() {
+        probe_engine::layers::check_tracepoints(&layers.tracepoints)?;
+        if let Some(spec) = args.vm.iter().find(|s| s.qmp.is_none()) {
+            bail!("{}: {NEED_QMP}", spec.name);
+        }
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
@@ -244,11 +251,10 @@ fn host_only(program: &probe_lang::Program) -> bool {
         .any(|p| matches!(p, ProbeSpec::Tracepoint { .. }))
 }
 
+const NEED_QMP: &str = "tracepoint: probes need qmp:PATH to find the VM's vCPU threads";
+
 fn connect_qmp(spec: &VmSpec, timeout: Duration) -> Result<Qmp> {
-    let path = spec
-        .qmp
-        .as_ref()
-        .ok_or_else(|| anyhow!("tracepoint: probes need qmp:PATH to find the VM's vCPU threads"))?;
+    let path = spec.qmp.as_ref().ok_or_else(|| anyhow!(NEED_QMP))?;
     Qmp::connect_unix(path, timeout)
         .with_context(|| format!("connecting to QMP at {}", path.display()))
 }

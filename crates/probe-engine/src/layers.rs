@@ -300,6 +300,19 @@ impl HostSource {
     }
 }
 
+/// Checks that the host has every tracepoint (`sys:event`), before anything
+/// is attached.
+pub fn check_tracepoints(tracepoints: &[String]) -> Result<(), LayerError> {
+    if tracepoints.is_empty() {
+        return Ok(());
+    }
+    let tracefs = Tracefs::open()?;
+    for t in tracepoints {
+        Tracepoint::resolve(&tracefs, t)?;
+    }
+    Ok(())
+}
+
 /// For each host tracepoint (`sys:event`) of the program, what every block
 /// on it requires of the event's fields (the OR of their predicates'
 /// [`FieldCondition`]s), where all of them say something. The kernel then
