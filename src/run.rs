@@ -675,8 +675,10 @@ fn boot_guest(
         session.add_layer(Box::new(source), &layers.handlers);
     }
     if !layers.tracepoints.is_empty() {
-        let source = probe_engine::layers::HostSource::start(vm.pid(), &layers.tracepoints)
-            .with_context(|| format!("{name}: host tracepoints"))?;
+        let conditions = probe_engine::layers::host_conditions(program);
+        let source =
+            probe_engine::layers::HostSource::start(vm.pid(), &layers.tracepoints, &conditions)
+                .with_context(|| format!("{name}: host tracepoints"))?;
         session.add_layer(Box::new(source), &layers.handlers);
     }
     eprintln!(

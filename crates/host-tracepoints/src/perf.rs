@@ -330,6 +330,11 @@ impl TracepointReader {
         &self.tps
     }
 
+    /// The tracepoints with their filters, in the order given when opening.
+    pub fn specs(&self) -> &[EventSpec] {
+        &self.specs
+    }
+
     /// Starts (or resumes) sampling.
     pub fn enable(&mut self) -> Result<(), Error> {
         for f in &self.fds {

@@ -6,10 +6,14 @@
 //! between stops. Their handlers see the event's fields, not the guest:
 //! the guest is running when they fire.
 
-use host_tracepoints::{Options, Target, Tracefs, Tracepoint, TracepointReader};
+use crate::context::HitContext;
+use crate::guest::GuestKernel;
+use host_tracepoints::{EventFormat, Options, Target, Tracefs, Tracepoint, TracepointReader};
+use probe_lang::{BlockId, FieldCondition, Flow, ProbeSpec, Program, Runtime, Traced};
 use qemu_vmm::{FollowConfig, LogFollower, Qmp};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A field of a layer event.
@@ -44,6 +48,10 @@ pub enum LayerError {
     UnknownVmmEvent(String),
 }
 
+/// Called after a layer event's handlers, with what they `trace()`d (by
+/// probe name): the session records it.
+pub type RecordLayerEvent<'a> = dyn FnMut(&LayerEvent, &[(Box<str>, Traced)]) + 'a;
+
 /// Something that yields layer events without blocking.
 pub trait LayerSource: Send {
     /// Waits (briefly) until every event emitted before now can be drained:
@@ -54,6 +62,91 @@ pub trait LayerSource: Send {
     fn drain(&mut self, out: &mut Vec<LayerEvent>);
     /// Switches the events off; returns a one-line summary (counts, drops).
     fn finish(&mut self) -> String;
+}
+
+/// The layer sources of one VM and the blocks of their probes: runs the
+/// handlers of their events in time order.
+#[derive(Default)]
+pub struct LayerSet {
+    sources: Vec<Box<dyn LayerSource>>,
+    handlers: HashMap<String, Vec<(BlockId, Arc<str>)>>,
+    events: Vec<LayerEvent>,
+}
+
+impl LayerSet {
+    /// Adds a source; `handlers` maps probe names (`vmm:serial_write`,
+    /// `tracepoint:sched:sched_switch`) to blocks.
+    pub fn add(
+        &mut self,
+        source: Box<dyn LayerSource>,
+        handlers: &HashMap<String, Vec<(BlockId, Arc<str>)>>,
+    ) {
+        self.sources.push(source);
+        for (name, blocks) in handlers {
+            self.handlers
+                .entry(name.clone())
+                .or_default()
+                .extend(blocks.iter().cloned());
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty()
+    }
+
+    /// Runs the handlers of the events that arrived; with `sync`, first
+    /// waits for every event emitted before now (at a guest stop). After an
+    /// event's handlers, `record` gets it with what they `trace()`d. Returns
+    /// whether a handler called `exit()`, and how many events had handlers.
+    pub fn serve(
+        &mut self,
+        runtime: &Mutex<Runtime>,
+        sync: bool,
+        kernel: Option<&GuestKernel>,
+        guest: &str,
+        record: &mut RecordLayerEvent<'_>,
+    ) -> (Flow, u64) {
+        let mut events = std::mem::take(&mut self.events);
+        for l in &mut self.sources {
+            if sync {
+                l.sync();
+            }
+            l.drain(&mut events);
+        }
+        events.sort_by_key(|e| e.ts_ns);
+        let (mut flow, mut served) = (Flow::Continue, 0);
+        for ev in events.drain(..) {
+            let Some(blocks) = self.handlers.get(&ev.probe) else {
+                continue;
+            };
+            served += 1;
+            let mut ctx = HitContext {
+                client: None,
+                thread: None,
+                regs: None,
+                vcpu: ev.vcpu.unwrap_or(0),
+                nsecs: ev.ts_ns,
+                func: &ev.probe,
+                probe: "",
+                kernel,
+                guest,
+                task: None,
+                fields: Some(&ev.fields),
+                traced: Vec::new(),
+            };
+            if let Flow::Exit = ctx.run_all(runtime, blocks) {
+                flow = Flow::Exit;
+            }
+            record(&ev, &ctx.traced);
+        }
+        self.events = events;
+        (flow, served)
+    }
+
+    /// Switches the sources off; one summary line each.
+    pub fn finish(&mut self) -> Vec<String> {
+        self.sources.iter_mut().map(|l| l.finish()).collect()
+    }
 }
 
 /// QEMU trace events of one VM: enabled through QMP, read from its log.
@@ -151,6 +244,9 @@ impl LayerSource for VmmSource {
     }
 }
 
+/// Ring pages per vCPU thread for host tracepoints (4 MiB with 4 KiB pages).
+const HOST_RING_PAGES: usize = 1024;
+
 /// Host kernel tracepoints on one VM's vCPU threads (perf_event_open).
 pub struct HostSource {
     reader: TracepointReader,
@@ -160,31 +256,128 @@ pub struct HostSource {
 
 impl HostSource {
     /// Opens `tracepoints` (`sys:event`) on the vCPU threads of the QEMU
-    /// process `qemu_pid` (threads named `CPU N/KVM` or `CPU N/TCG`).
-    pub fn start(qemu_pid: u32, tracepoints: &[String]) -> Result<Self, LayerError> {
-        let vcpu_of_tid = vcpu_threads(qemu_pid);
+    /// process `qemu_pid` (threads named `CPU N/KVM` or `CPU N/TCG`), with
+    /// in-kernel filters from `conditions` (see [`host_conditions`]).
+    pub fn start(
+        qemu_pid: u32,
+        tracepoints: &[String],
+        conditions: &HashMap<String, FieldCondition>,
+    ) -> Result<Self, LayerError> {
+        Self::start_threads(vcpu_threads(qemu_pid), tracepoints, conditions)
+    }
+
+    /// As [`start`](Self::start), on the given vCPU threads (thread id to
+    /// vCPU index, e.g. from QMP `query-cpus-fast`).
+    pub fn start_threads(
+        vcpu_of_tid: HashMap<i32, u32>,
+        tracepoints: &[String],
+        conditions: &HashMap<String, FieldCondition>,
+    ) -> Result<Self, LayerError> {
         let tids: Vec<i32> = vcpu_of_tid.keys().copied().collect();
         let tracefs = Tracefs::open()?;
         let specs = tracepoints
             .iter()
             .map(|t| {
-                Ok(host_tracepoints::EventSpec {
-                    tracepoint: Tracepoint::resolve(&tracefs, t)?,
-                    filter: None,
-                })
+                let tracepoint = Tracepoint::resolve(&tracefs, t)?;
+                let filter = conditions
+                    .get(t)
+                    .and_then(|c| tracefs_filter(c, tracepoint.format()));
+                Ok(host_tracepoints::EventSpec { tracepoint, filter })
             })
             .collect::<Result<Vec<_>, host_tracepoints::Error>>()?;
-        let mut reader = TracepointReader::open_many(
-            &specs,
-            &Target::Threads(tids),
-            Options::default().ring_pages,
-        )?;
+        let target = Target::Threads(tids);
+        // Hot events (a vCPU's exits) fill a ring at megabytes a second, and
+        // on a loaded host vmprobe may not run for a while: rings of 4 MiB
+        // per vCPU where memory may be locked (root), else the default.
+        let mut reader = match TracepointReader::open_many(&specs, &target, HOST_RING_PAGES) {
+            Err(host_tracepoints::Error::Sys { .. }) => {
+                TracepointReader::open_many(&specs, &target, Options::default().ring_pages)?
+            }
+            r => r?,
+        };
         reader.enable()?;
         Ok(HostSource {
             reader,
             vcpu_of_tid,
             samples: Vec::new(),
         })
+    }
+
+    /// The in-kernel filter of each tracepoint (`sys:event`), if it has one.
+    pub fn filters(&self) -> Vec<(String, Option<String>)> {
+        self.reader
+            .specs()
+            .iter()
+            .map(|s| (s.tracepoint.name().to_string(), s.filter.clone()))
+            .collect()
+    }
+}
+
+/// Checks that the host has every tracepoint (`sys:event`), before anything
+/// is attached.
+pub fn check_tracepoints(tracepoints: &[String]) -> Result<(), LayerError> {
+    if tracepoints.is_empty() {
+        return Ok(());
+    }
+    let tracefs = Tracefs::open()?;
+    for t in tracepoints {
+        Tracepoint::resolve(&tracefs, t)?;
+    }
+    Ok(())
+}
+
+/// For each host tracepoint (`sys:event`) of the program, what every block
+/// on it requires of the event's fields (the OR of their predicates'
+/// [`FieldCondition`]s), where all of them say something. The kernel then
+/// drops events no handler would accept before they cost a sample.
+pub fn host_conditions(program: &Program) -> HashMap<String, FieldCondition> {
+    let mut all: HashMap<String, Option<FieldCondition>> = HashMap::new();
+    for (i, spec) in program.probes().iter().enumerate() {
+        let ProbeSpec::Tracepoint { system, event } = spec else {
+            continue;
+        };
+        let c = program.field_condition(program.block_of(i));
+        all.entry(format!("{system}:{event}"))
+            .and_modify(|acc| {
+                *acc = match (acc.take(), c.clone()) {
+                    (Some(a), Some(b)) => Some(FieldCondition::Or(Box::new(a), Box::new(b))),
+                    _ => None,
+                }
+            })
+            .or_insert(c);
+    }
+    all.into_iter().filter_map(|(k, c)| Some((k, c?))).collect()
+}
+
+/// `c` as a tracefs filter on `format`'s fields. Only comparisons whose
+/// meaning is the same in the kernel and the script are kept: unsigned
+/// scalar integer fields of the event (not `common_*`), against constants
+/// that fit the field. As in [`FieldCondition`], a conjunction keeps the
+/// parts that qualify, a disjunction needs all of them.
+pub fn tracefs_filter(c: &FieldCondition, format: &EventFormat) -> Option<String> {
+    match c {
+        FieldCondition::Cmp { field, op, value } => {
+            let f = format.field(field)?;
+            let fits = f.size >= 8 || *value < 1u64 << (8 * f.size);
+            let unsigned_int = matches!(
+                f.element,
+                host_tracepoints::format::Element::Int { signed: false, .. }
+            );
+            (!f.common
+                && f.layout == host_tracepoints::format::Layout::Scalar
+                && unsigned_int
+                && fits)
+                .then(|| format!("{} {} {value}", f.name, op.symbol()))
+        }
+        FieldCondition::And(a, b) => match (tracefs_filter(a, format), tracefs_filter(b, format)) {
+            (Some(a), Some(b)) => Some(format!("({a}) && ({b})")),
+            (one, None) | (None, one) => one,
+        },
+        FieldCondition::Or(a, b) => Some(format!(
+            "({}) || ({})",
+            tracefs_filter(a, format)?,
+            tracefs_filter(b, format)?
+        )),
     }
 }
 
@@ -245,4 +438,79 @@ pub fn vcpu_threads(qemu_pid: u32) -> HashMap<i32, u32> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn format(name: &str) -> EventFormat {
+        let path = format!(
+            "{}/../host-tracepoints/tests/formats/{name}.format",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        EventFormat::parse(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn filters(script: &str) -> HashMap<String, Option<String>> {
+        let program = probe_lang::compile(script, "t").unwrap();
+        let conditions = host_conditions(&program);
+        ["kvm_pio", "sched_switch"]
+            .into_iter()
+            .map(|e| {
+                let (sys, file) = match e {
+                    "kvm_pio" => ("kvm", "kvm_kvm_pio"),
+                    _ => ("sched", "sched_sched_switch"),
+                };
+                let name = format!("{sys}:{e}");
+                let f = conditions
+                    .get(&name)
+                    .and_then(|c| tracefs_filter(c, &format(file)));
+                (name, f)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn predicates_become_in_kernel_filters() {
+        let f = filters(
+            "tracepoint:kvm:kvm_pio /args.port == 0x99 && args.size <= 2/ { @ = count(); }",
+        );
+        assert_eq!(
+            f["kvm:kvm_pio"].as_deref(),
+            Some("(port == 153) && (size <= 2)")
+        );
+        // Two blocks on one tracepoint: either may want the event.
+        let f = filters(
+            "tracepoint:kvm:kvm_pio /args.port == 1/ { @a = count(); }
+             tracepoint:kvm:kvm_pio /args.port > 7 || args.rw != 0/ { @b = count(); }",
+        );
+        assert_eq!(
+            f["kvm:kvm_pio"].as_deref(),
+            Some("(port == 1) || ((port > 7) || (rw != 0))")
+        );
+    }
+
+    #[test]
+    fn only_exact_comparisons_go_into_the_kernel() {
+        // A block without a predicate wants every event.
+        let f = filters(
+            "tracepoint:kvm:kvm_pio /args.port == 1/ { @a = count(); }
+             tracepoint:kvm:kvm_pio { @b = count(); }",
+        );
+        assert_eq!(f["kvm:kvm_pio"], None);
+        // A constant wider than the field would be truncated by the kernel;
+        // a field the event lacks would be refused: both left to the
+        // handler, and the conjunction keeps the rest.
+        let f = filters(
+            "tracepoint:kvm:kvm_pio /args.port == 0x100000099 && args.nosuch == 1 && args.val == 7/ { @ = count(); }",
+        );
+        assert_eq!(f["kvm:kvm_pio"].as_deref(), Some("val == 7"));
+        // Signed fields (prev_pid is an int) compare differently; strings
+        // (prev_comm) are not integers.
+        let f = filters(
+            "tracepoint:sched:sched_switch /args.prev_pid == 5 || args.prev_comm == 1/ { @ = count(); }",
+        );
+        assert_eq!(f["sched:sched_switch"], None);
+    }
 }

@@ -2,7 +2,7 @@
 
 use crate::context::HitContext;
 use crate::guest::GuestKernel;
-use crate::layers::{LayerEvent, LayerSource, LayerValue};
+use crate::layers::{LayerSet, LayerSource, LayerValue};
 use crate::resolve::{ProbeSite, Skip};
 use crate::{Error, Result, monotonic_ns};
 use gdb_remote::{
@@ -264,9 +264,7 @@ pub struct Session {
     vcpus: Vec<ThreadId>,
     kernel: Option<Arc<GuestKernel>>,
     /// VMM and host event sources, and the blocks of their probes by name.
-    layers: Vec<Box<dyn LayerSource>>,
-    layer_handlers: HashMap<String, Vec<(BlockId, Arc<str>)>>,
-    layer_events: Vec<LayerEvent>,
+    layers: LayerSet,
     recorder: Option<Box<dyn EventSink>>,
     /// Record every probe hit (a program without `trace()`), not only what
     /// `trace()` asks for.
@@ -295,9 +293,7 @@ impl Session {
             watches: Vec::new(),
             vcpus: Vec::new(),
             kernel: None,
-            layers: Vec::new(),
-            layer_handlers: HashMap::new(),
-            layer_events: Vec::new(),
+            layers: LayerSet::default(),
             recorder: None,
             record_every_hit: true,
             before: Vec::new(),
@@ -330,18 +326,12 @@ impl Session {
         source: Box<dyn LayerSource>,
         handlers: &HashMap<String, Vec<(BlockId, Arc<str>)>>,
     ) {
-        self.layers.push(source);
-        for (name, blocks) in handlers {
-            self.layer_handlers
-                .entry(name.clone())
-                .or_default()
-                .extend(blocks.iter().cloned());
-        }
+        self.layers.add(source, handlers);
     }
 
     /// Switches the layer sources off; one summary line each.
     pub fn finish_layers(&mut self) -> Vec<String> {
-        self.layers.iter_mut().map(|l| l.finish()).collect()
+        self.layers.finish()
     }
 
     /// Runs the handlers of the VMM and host events that arrived; with
@@ -350,70 +340,42 @@ impl Session {
         if self.layers.is_empty() {
             return Flow::Continue;
         }
-        let mut events = std::mem::take(&mut self.layer_events);
-        for l in &mut self.layers {
-            if sync {
-                l.sync();
-            }
-            l.drain(&mut events);
-        }
-        events.sort_by_key(|e| e.ts_ns);
-        let mut flow = Flow::Continue;
-        for ev in events.drain(..) {
-            let Some(blocks) = self.layer_handlers.get(&ev.probe) else {
-                continue;
+        let (name, recorder) = (&self.name, &mut self.recorder);
+        let mut record = |ev: &crate::layers::LayerEvent, traced: &[(Box<str>, Traced)]| {
+            let Some(sink) = recorder.as_mut() else {
+                return;
             };
-            self.stats.layer_events += 1;
-            let mut ctx = HitContext {
-                client: None,
-                thread: None,
-                regs: None,
-                vcpu: ev.vcpu.unwrap_or(0),
-                nsecs: ev.ts_ns,
+            let own: Vec<(&str, FieldValue<'_>)> = ev
+                .fields
+                .iter()
+                .map(|(n, v)| {
+                    let v = match v {
+                        LayerValue::Int(i) => FieldValue::U64(*i),
+                        LayerValue::Str(s) => FieldValue::Str(s),
+                    };
+                    (n.as_str(), v)
+                })
+                .collect();
+            let base = EventBase {
+                guest: name,
+                ts_ns: ev.ts_ns,
+                vcpu: ev.vcpu,
+                layer: if ev.probe.starts_with("vmm:") {
+                    Layer::Vmm
+                } else {
+                    Layer::Host
+                },
                 func: &ev.probe,
-                probe: "",
-                kernel: self.kernel.as_deref(),
-                guest: &self.name,
-                task: None,
-                fields: Some(&ev.fields),
-                traced: Vec::new(),
+                entry_ns: None,
             };
-            for (block, probe) in blocks {
-                ctx.probe = probe;
-                if let Flow::Exit = lock(runtime).run(*block, &mut ctx) {
-                    flow = Flow::Exit;
-                }
-            }
-            if let Some(sink) = self.recorder.as_mut() {
-                let own: Vec<(&str, FieldValue<'_>)> = ev
-                    .fields
-                    .iter()
-                    .map(|(n, v)| {
-                        let v = match v {
-                            LayerValue::Int(i) => FieldValue::U64(*i),
-                            LayerValue::Str(s) => FieldValue::Str(s),
-                        };
-                        (n.as_str(), v)
-                    })
-                    .collect();
-                let base = EventBase {
-                    guest: &self.name,
-                    ts_ns: ev.ts_ns,
-                    vcpu: ev.vcpu,
-                    layer: if ev.probe.starts_with("vmm:") {
-                        Layer::Vmm
-                    } else {
-                        Layer::Host
-                    },
-                    func: &ev.probe,
-                    entry_ns: None,
-                };
-                // VMM and host events are recorded when a script traces
-                // them (they can be many: every exit, every I/O).
-                base.emit(sink.as_mut(), &own, &ctx.traced);
-            }
-        }
-        self.layer_events = events;
+            // VMM and host events are recorded when a script traces
+            // them (they can be many: every exit, every I/O).
+            base.emit(sink.as_mut(), &own, traced);
+        };
+        let (flow, served) =
+            self.layers
+                .serve(runtime, sync, self.kernel.as_deref(), name, &mut record);
+        self.stats.layer_events += served;
         flow
     }
 

@@ -21,6 +21,7 @@
 pub mod ast;
 pub mod check;
 pub mod diag;
+pub mod filter;
 pub mod format;
 pub mod interp;
 pub mod ir;
@@ -32,6 +33,7 @@ pub mod value;
 
 pub use check::{TraceSite, TraceType};
 pub use diag::{Diagnostic, Diagnostics, Span};
+pub use filter::FieldCondition;
 pub use interp::{
     ContextError, DEFAULT_MAP_LIMIT, DEFAULT_STEP_BUDGET, Flow, ProbeContext, Runtime, Traced,
     TracedValue,
