@@ -9,7 +9,7 @@ use crate::run::{Guest, ServePlan, serve_and_report};
 use anyhow::{Context, Result, anyhow, bail};
 use gdb_remote::Client;
 use kernel_image::KernelSymbols;
-use probe_engine::layers::{HostSource, LayerSet};
+use probe_engine::layers::{HostSource, LayerSet, VmmSource};
 use probe_engine::{LayerPlan, Session};
 use probe_lang::{Flow, ProbeSpec, Runtime};
 use qemu_vmm::Qmp;
@@ -27,19 +27,21 @@ pub enum StubAddr {
     Unix(PathBuf),
 }
 
-/// One `--vm NAME=gdb:HOST:PORT[,qmp:PATH][,kernel:IMAGE]`.
+/// One `--vm NAME=gdb:HOST:PORT[,qmp:PATH][,log:PATH][,kernel:IMAGE]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmSpec {
     pub name: String,
     pub gdb: Option<StubAddr>,
     pub qmp: Option<PathBuf>,
+    /// QEMU's log file (`-D PATH -msg timestamp=on`), for `vmm:` probes.
+    pub log: Option<PathBuf>,
     pub kernel: Option<PathBuf>,
 }
 
 /// Parses a `--vm` value; the error names the part that is wrong.
 pub fn parse_vm_spec(text: &str) -> Result<VmSpec, String> {
     let (name, rest) = text.split_once('=').ok_or_else(|| {
-        format!("'{text}': expected NAME=gdb:HOST:PORT[,qmp:PATH][,kernel:IMAGE]")
+        format!("'{text}': expected NAME=gdb:HOST:PORT[,qmp:PATH][,log:PATH][,kernel:IMAGE]")
     })?;
     if name.is_empty()
         || !name
@@ -54,12 +56,13 @@ pub fn parse_vm_spec(text: &str) -> Result<VmSpec, String> {
         name: name.to_string(),
         gdb: None,
         qmp: None,
+        log: None,
         kernel: None,
     };
     for part in rest.split(',') {
         let (key, value) = part
             .split_once(':')
-            .ok_or_else(|| format!("'{part}': expected KEY:VALUE (gdb:, qmp: or kernel:)"))?;
+            .ok_or_else(|| format!("'{part}': expected KEY:VALUE (gdb:, qmp:, log: or kernel:)"))?;
         match key {
             "gdb" => {
                 spec.gdb = Some(match value.strip_prefix("unix:") {
@@ -75,8 +78,9 @@ pub fn parse_vm_spec(text: &str) -> Result<VmSpec, String> {
                 })
             }
             "qmp" => spec.qmp = Some(PathBuf::from(value)),
+            "log" => spec.log = Some(PathBuf::from(value)),
             "kernel" => spec.kernel = Some(PathBuf::from(value)),
-            other => return Err(format!("'{other}': unknown key (gdb, qmp or kernel)")),
+            other => return Err(format!("'{other}': unknown key (gdb, qmp, log or kernel)")),
         }
     }
     if spec.gdb.is_none() && spec.qmp.is_none() {
@@ -96,24 +100,32 @@ pub fn attach(args: crate::AttachArgs) -> Result<i32> {
         ),
         (None, None) => bail!("no program: give -e PROGRAM or a FILE"),
     };
-    let compiled = probe_lang::compile(&source, &source_name)
-        .and_then(|p| p.check_not_recording("attach").map(|()| p));
-    let program = match compiled {
+    if args.vm.is_empty() {
+        bail!("no VM: give --vm NAME=gdb:HOST:PORT (repeatable)");
+    }
+    let program = match compile_for(&source, &source_name, &args.vm[0])? {
         Ok(p) => Arc::new(p),
         Err(diags) => {
             eprint!("{diags}");
             return Ok(1);
         }
     };
-    if args.vm.is_empty() {
-        bail!("no VM: give --vm NAME=gdb:HOST:PORT (repeatable)");
-    }
     let layers = probe_engine::resolve_layers(&program);
-    if let Some(e) = layers.vmm_events.first() {
-        bail!(
-            "vmm:{e}: QEMU trace events need the log file `vmprobe run` gives QEMU; attach \
-             cannot probe them yet"
-        );
+    if !layers.vmm_events.is_empty() {
+        if let Some(spec) = args.vm.iter().find(|s| s.qmp.is_none() || s.log.is_none()) {
+            bail!("{}: {NEED_LOG}", spec.name);
+        }
+        // QEMU serves one client per monitor: the one that opened a stub
+        // cannot also switch trace events.
+        if !layers_only(&program)
+            && let Some(spec) = args.vm.iter().find(|s| s.gdb.is_none())
+        {
+            bail!(
+                "{}: vmm: probes next to guest probes need the stub given as gdb:..., \
+                 not opened through qmp:",
+                spec.name
+            );
+        }
     }
     // Host tracepoints fail here, not after a guest has been stopped and armed.
     if !layers.tracepoints.is_empty() {
@@ -129,8 +141,8 @@ pub fn attach(args: crate::AttachArgs) -> Result<i32> {
     let deadline = args
         .duration
         .map(|s| Instant::now() + Duration::from_secs_f64(s));
-    if host_only(&program) {
-        return serve_host_only(&args, &program, &layers, deadline, &stop);
+    if layers_only(&program) {
+        return serve_layers_only(&args, &program, &layers, deadline, &stop);
     }
     // Stubs opened through QMP live in a private 0700 directory and are
     // closed again after detach, leaving the VM as it was.
@@ -183,17 +195,10 @@ fn attach_one(
     private: &std::path::Path,
     opened: &mut Vec<(String, Qmp)>,
 ) -> Result<Guest> {
-    let image = match &spec.kernel {
-        Some(k) => k.clone(),
-        None => crate::run::default_image()?.kernel,
-    };
-    let cache = qemu_guest::cache_dir().join("symbols");
-    let _ = std::fs::create_dir_all(&cache);
-    let symbols = KernelSymbols::load(&image, Some(&cache)).context("loading kernel symbols")?;
+    let (symbols, kernel) = vm_kernel(spec)?;
     if !crate::run::check_program(program, &symbols)? {
         bail!("the program names unknown kernel symbols");
     }
-    let kernel = crate::run::load_kernel(symbols, &image);
     let timeout = Duration::from_secs(5);
     let client = match &spec.gdb {
         Some(StubAddr::Unix(path)) => Client::connect_unix(path, timeout),
@@ -231,6 +236,9 @@ fn attach_one(
         let source = host_source(vcpus, program, layers)?;
         session.add_layer(Box::new(source), &layers.handlers);
     }
+    if !layers.vmm_events.is_empty() {
+        session.add_layer(Box::new(vmm_source(spec, layers)?), &layers.handlers);
+    }
     eprintln!("vmprobe: attached to {}, KASLR slide {slide:#x}", spec.name);
     Ok(Guest {
         name: spec.name.clone(),
@@ -239,21 +247,66 @@ fn attach_one(
     })
 }
 
+/// The VM's kernel (`kernel:IMAGE`, else the default guest's): its symbols
+/// and what handlers need of it.
+fn vm_kernel(spec: &VmSpec) -> Result<(Arc<KernelSymbols>, crate::run::KernelInfo)> {
+    let image = match &spec.kernel {
+        Some(k) => k.clone(),
+        None => crate::run::default_image()?.kernel,
+    };
+    let cache = qemu_guest::cache_dir().join("symbols");
+    let _ = std::fs::create_dir_all(&cache);
+    let symbols = KernelSymbols::load(&image, Some(&cache)).context("loading kernel symbols")?;
+    let kernel = crate::run::load_kernel(symbols, &image);
+    Ok((kernel.symbols.clone(), kernel))
+}
+
 /// Whether every probe of the program is outside the guest (host
-/// tracepoints, BEGIN, END): then no stub is opened and no kernel read.
-fn host_only(program: &probe_lang::Program) -> bool {
-    program.probes().iter().all(|p| {
-        matches!(
-            p,
-            ProbeSpec::Begin | ProbeSpec::End | ProbeSpec::Tracepoint { .. }
-        )
-    }) && program
+/// tracepoints, QEMU trace events, BEGIN, END): then no stub is opened and
+/// no kernel read.
+fn layers_only(program: &probe_lang::Program) -> bool {
+    let layer = |p: &ProbeSpec| matches!(p, ProbeSpec::Tracepoint { .. } | ProbeSpec::Vmm { .. });
+    program
         .probes()
         .iter()
-        .any(|p| matches!(p, ProbeSpec::Tracepoint { .. }))
+        .all(|p| layer(p) || matches!(p, ProbeSpec::Begin | ProbeSpec::End))
+        && program.probes().iter().any(layer)
+}
+
+/// Compiles the program typed: with the first VM's kernel types for guest
+/// probes (every VM's kernel is checked against it when attaching), with
+/// event fields only for a program of VMM and host events. The outer error
+/// is a kernel that cannot be read; the inner one the program's diagnostics.
+fn compile_for(
+    source: &str,
+    source_name: &str,
+    first: &VmSpec,
+) -> Result<Result<probe_lang::Program, probe_lang::Diagnostics>> {
+    let untyped = match probe_lang::compile(source, source_name) {
+        Ok(p) => p,
+        Err(d) => return Ok(Err(d)),
+    };
+    let typed = if layers_only(&untyped) {
+        let types = probe_engine::LayerTypes::events_only();
+        probe_lang::compile_with_types(source, source_name, Some(&types))
+    } else {
+        let (_, kernel) = vm_kernel(first)?;
+        crate::run::compile_typed(source, source_name, &kernel)
+    };
+    Ok(typed.and_then(|p| p.check_not_recording("attach").map(|()| p)))
 }
 
 const NEED_QMP: &str = "tracepoint: probes need qmp:PATH to find the VM's vCPU threads";
+const NEED_LOG: &str = "vmm: probes need qmp:PATH and log:PATH (QEMU's -D file; start QEMU \
+                        with -D PATH -msg timestamp=on)";
+
+/// QEMU's trace events of the VM, through its monitor and log file.
+fn vmm_source(spec: &VmSpec, layers: &LayerPlan) -> Result<VmmSource> {
+    let (Some(qmp), Some(log)) = (&spec.qmp, &spec.log) else {
+        bail!(NEED_LOG);
+    };
+    VmmSource::start(qmp, log, &layers.vmm_events).context("enabling QEMU trace events")
+}
 
 fn connect_qmp(spec: &VmSpec, timeout: Duration) -> Result<Qmp> {
     let path = spec.qmp.as_ref().ok_or_else(|| anyhow!(NEED_QMP))?;
@@ -286,14 +339,14 @@ fn host_source(
     Ok(source)
 }
 
-/// One VM probed through host tracepoints only.
-struct HostOnlyVm {
+/// One VM probed through its layers only (host tracepoints, QEMU events).
+struct LayersOnlyVm {
     name: String,
     layers: LayerSet,
     tids: Vec<i32>,
 }
 
-impl HostOnlyVm {
+impl LayersOnlyVm {
     /// The VM is gone once none of its vCPU threads runs (exited, or a
     /// zombie until the VMM's parent reaps it).
     fn gone(&self) -> bool {
@@ -308,10 +361,11 @@ impl HostOnlyVm {
     }
 }
 
-/// Serves scripts of host tracepoints: the events come from perf rings and
-/// the guest never stops, so one thread serves every VM. Ends at Ctrl-C,
-/// `exit()`, the deadline, or when every VM has exited.
-fn serve_host_only(
+/// Serves scripts of host tracepoints and QEMU trace events: the events
+/// come from perf rings and QEMU's log and the guest never stops, so one
+/// thread serves every VM. Ends at Ctrl-C, `exit()`, the deadline, or when
+/// every VM has exited.
+fn serve_layers_only(
     args: &crate::AttachArgs,
     program: &Arc<probe_lang::Program>,
     layers: &LayerPlan,
@@ -326,11 +380,20 @@ fn serve_host_only(
         let vcpus = vcpu_threads(&mut qmp).context(spec.name.clone())?;
         drop(qmp);
         let tids = vcpus.keys().copied().collect();
-        let source = host_source(vcpus, program, layers).context(spec.name.clone())?;
         let mut set = LayerSet::default();
-        set.add(Box::new(source), &layers.handlers);
-        eprintln!("vmprobe: attached to {} (host tracepoints only)", spec.name);
-        vms.push(HostOnlyVm {
+        if !layers.tracepoints.is_empty() {
+            let source = host_source(vcpus, program, layers).context(spec.name.clone())?;
+            set.add(Box::new(source), &layers.handlers);
+        }
+        if !layers.vmm_events.is_empty() {
+            let source = vmm_source(spec, layers).context(spec.name.clone())?;
+            set.add(Box::new(source), &layers.handlers);
+        }
+        eprintln!(
+            "vmprobe: attached to {} (VMM and host layers only, no stub)",
+            spec.name
+        );
+        vms.push(LayersOnlyVm {
             name: spec.name.clone(),
             layers: set,
             tids,
@@ -351,7 +414,7 @@ fn serve_host_only(
     while !exited {
         // Checked before draining, so that the events up to the end are
         // served.
-        let all_gone = vms.iter().all(HostOnlyVm::gone);
+        let all_gone = vms.iter().all(LayersOnlyVm::gone);
         let ending = all_gone
             || stop.load(Ordering::Relaxed)
             || deadline.is_some_and(|d| Instant::now() >= d);
@@ -404,8 +467,15 @@ mod tests {
                 name: "web".into(),
                 gdb: Some(StubAddr::Tcp("127.0.0.1:1234".into())),
                 qmp: None,
+                log: None,
                 kernel: Some("/boot/vmlinuz".into()),
             }
+        );
+        assert_eq!(
+            parse_vm_spec("k=qmp:/run/k.qmp,log:/run/k.log")
+                .unwrap()
+                .log,
+            Some("/run/k.log".into())
         );
         assert_eq!(
             parse_vm_spec("a=gdb:unix:/run/a.sock,qmp:/run/a.qmp")
@@ -420,6 +490,7 @@ mod tests {
             "a=gdb:h",
             "a=gdb:h:port",
             "a=kernel:/x",
+            "a=log:/x",
             "a=foo:bar",
             "a=gdb",
         ] {

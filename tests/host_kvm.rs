@@ -176,6 +176,12 @@ struct Run {
 /// guest to its end and collects both outputs. `None` (after saying why)
 /// where KVM is unusable.
 fn run_guest(program: &str, with_bpftrace: bool) -> Option<Run> {
+    run_guest_with(program, with_bpftrace, false)
+}
+
+/// [`run_guest`], and with `vmm_log` QEMU writes its trace events to a log
+/// that vmprobe follows (`--vm ...,log:PATH`), for `vmm:` probes.
+fn run_guest_with(program: &str, with_bpftrace: bool, vmm_log: bool) -> Option<Run> {
     if let Err(e) = std::fs::File::options()
         .read(true)
         .write(true)
@@ -209,6 +215,10 @@ fn run_guest(program: &str, with_bpftrace: bool) -> Option<Run> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    let log = dir.path().join("qemu.log");
+    if vmm_log {
+        qemu.arg("-D").arg(&log).args(["-msg", "timestamp=on"]);
+    }
     let mut qemu = Reap(qemu.spawn().expect("starting qemu-system-x86_64"));
     let qemu_pid = qemu.0.id();
     let mut user = match qemu_vmm::Qmp::connect_unix_wait(&user_qmp, Duration::from_secs(10)) {
@@ -254,7 +264,11 @@ fn run_guest(program: &str, with_bpftrace: bool) -> Option<Run> {
     let mut probe = Reap(
         vmprobe()
             .args(["attach", "--stats", "--duration", "120", "--vm"])
-            .arg(format!("kvm1=qmp:{}", probe_qmp.display()))
+            .arg(if vmm_log {
+                format!("kvm1=qmp:{},log:{}", probe_qmp.display(), log.display())
+            } else {
+                format!("kvm1=qmp:{}", probe_qmp.display())
+            })
             .args(["-e", program])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -263,7 +277,7 @@ fn run_guest(program: &str, with_bpftrace: bool) -> Option<Run> {
     );
     let (probe_lines, probe_out) = lines_of(probe.0.stdout.take().unwrap());
     // Armed: the perf events are enabled before this line is printed.
-    wait_for_line(&probe_lines, "Attaching 1 probe", &mut probe, "vmprobe");
+    wait_for_line(&probe_lines, "Attaching ", &mut probe, "vmprobe");
     let (_, probe_err) = lines_of(probe.0.stderr.take().unwrap());
 
     let started = Instant::now();
@@ -357,10 +371,10 @@ fn kvm_pio_count_without_an_in_kernel_filter_is_the_same() {
 }
 
 /// Host tracepoints find the vCPU threads through QMP: a VM given by its
-/// stub alone is refused up front, naming what is missing. `vmm:` probes,
-/// which attach cannot serve yet, are refused rather than never firing.
+/// stub alone is refused up front, naming what is missing; so are `vmm:`
+/// probes without QEMU's log file.
 #[test]
-fn attach_refuses_host_tracepoints_without_qmp_and_vmm_probes() {
+fn attach_refuses_layers_without_what_they_need() {
     let out = run_bounded(
         vmprobe().args([
             "attach",
@@ -388,8 +402,28 @@ fn attach_refuses_host_tracepoints_without_qmp_and_vmm_probes() {
     );
     assert!(!out.status.success());
     assert!(
-        text(&out.stderr).contains("vmm:serial_write: QEMU trace events need the log file"),
+        text(&out.stderr).contains("vm1: vmm: probes need qmp:PATH and log:PATH"),
         "{}",
         text(&out.stderr)
     );
+}
+
+/// Two layers, one truth: every port write of the guest is a `kvm_pio` in
+/// the host kernel and a `KVM_EXIT_IO` (reason 2) that QEMU's own
+/// `kvm_run_exit` trace event reports. vmprobe counts both from one script
+/// (host tracepoint through perf, VMM event through QEMU's log) on a VM it
+/// attached to through QMP alone.
+#[test]
+fn kvm_run_exit_in_qemu_equals_kvm_pio_in_the_host() {
+    let program = "tracepoint:kvm:kvm_pio { @pio = count(); }\n\
+                   vmm:kvm_run_exit /args.reason == 2/ { @io_exits = count(); @vcpu[args.cpu_index] = count(); }";
+    let Some(run) = run_guest_with(program, false, true) else {
+        return;
+    };
+    let stdout = &run.stdout;
+    // Both ports in the loop, and the exit port once.
+    let writes = 2 * WRITES as u64 + 1;
+    assert_eq!(map_value(stdout, "pio"), writes, "{stdout}");
+    assert_eq!(map_value(stdout, "io_exits"), writes, "{stdout}");
+    assert_eq!(keyed_map(stdout, "vcpu"), [(0, writes)].into(), "{stdout}");
 }

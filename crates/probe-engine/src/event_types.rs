@@ -13,7 +13,8 @@ use std::sync::{Arc, OnceLock};
 
 /// [`KernelTypes`] of the guest kernel, plus the VMM's and host's events.
 pub struct LayerTypes<'a> {
-    kernel: BtfTypes<'a>,
+    /// `None` for programs with no guest probe (host and VMM events only).
+    kernel: Option<BtfTypes<'a>>,
     /// Loaded when a `vmm:` probe first asks: most programs have none.
     vmm: OnceLock<Option<Arc<Catalogue>>>,
     host: OnceLock<Option<Tracefs>>,
@@ -23,6 +24,16 @@ impl<'a> LayerTypes<'a> {
     /// Event declarations from QEMU's installed catalogue and the host's
     /// tracefs, each found when first needed.
     pub fn new(kernel: BtfTypes<'a>) -> Self {
+        Self::with_kernel(Some(kernel))
+    }
+
+    /// Event types alone, for a program of VMM and host events only: it
+    /// names no kernel type, and no kernel image need be read.
+    pub fn events_only() -> LayerTypes<'static> {
+        LayerTypes::with_kernel(None)
+    }
+
+    fn with_kernel(kernel: Option<BtfTypes<'a>>) -> Self {
         LayerTypes {
             kernel,
             vmm: OnceLock::new(),
@@ -43,23 +54,23 @@ impl<'a> LayerTypes<'a> {
 
 impl KernelTypes for LayerTypes<'_> {
     fn function(&self, name: &str) -> Option<Prototype> {
-        self.kernel.function(name)
+        self.kernel?.function(name)
     }
 
     fn lookup(&self, c_name: &str) -> Option<TypeRef> {
-        self.kernel.lookup(c_name)
+        self.kernel?.lookup(c_name)
     }
 
     fn info(&self, ty: TypeRef) -> TypeInfo {
-        self.kernel.info(ty)
+        self.kernel.map_or(TypeInfo::Other, |k| k.info(ty))
     }
 
     fn member(&self, ty: TypeRef, name: &str) -> Option<MemberInfo> {
-        self.kernel.member(ty, name)
+        self.kernel?.member(ty, name)
     }
 
     fn type_name(&self, ty: TypeRef) -> String {
-        self.kernel.type_name(ty)
+        self.kernel.map_or_else(String::new, |k| k.type_name(ty))
     }
 
     fn event_fields(&self, probe: &ProbeSpec) -> Option<Vec<(String, FieldType)>> {

@@ -82,11 +82,15 @@ impl LayerSet {
         handlers: &HashMap<String, Vec<(BlockId, Arc<str>)>>,
     ) {
         self.sources.push(source);
+        // Each source comes with the program's handlers: a VM with a VMM and
+        // a host source must still run each handler once per event.
         for (name, blocks) in handlers {
-            self.handlers
-                .entry(name.clone())
-                .or_default()
-                .extend(blocks.iter().cloned());
+            let mine = self.handlers.entry(name.clone()).or_default();
+            for b in blocks {
+                if !mine.contains(b) {
+                    mine.push(b.clone());
+                }
+            }
         }
     }
 
