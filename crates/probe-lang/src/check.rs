@@ -107,6 +107,8 @@ pub struct Checked {
     /// Register names given to `reg()`, so the engine can check them
     /// against the stub's register set before attaching.
     pub regs: Vec<(String, Span)>,
+    /// Per-vCPU variables (`self->name`): name and type, by slot.
+    pub self_vars: Vec<(String, Type)>,
 }
 
 const BUILTINS: &[&str] = &[
@@ -171,6 +173,10 @@ struct Checker<'a, 's> {
     types: Option<&'a dyn KernelTypes>,
     /// The current block's attach points.
     specs: Vec<ProbeSpec>,
+    /// Per-vCPU variables of the whole program: slot and type.
+    self_vars: FxHashMap<String, (u16, Type)>,
+    /// The first pass, which only discovers declarations.
+    discovering: bool,
 }
 
 /// Why kernel types are unavailable, for messages.
@@ -227,6 +233,7 @@ pub(crate) fn check(
     let mut kaddrs = Vec::new();
     let mut tuples = Vec::new();
     let mut regs = Vec::new();
+    let mut self_vars = FxHashMap::default();
     for pass in 0..2 {
         let mut tmp = Reporter::new(r.source, r.name);
         let rep = if pass == 0 { &mut tmp } else { &mut *r };
@@ -244,6 +251,8 @@ pub(crate) fn check(
             assigning: None,
             types,
             specs: Vec::new(),
+            self_vars: std::mem::take(&mut self_vars),
+            discovering: pass == 0,
         };
         scratch.clear();
         for ((block, &(k, kr)), specs) in ast.probes.iter_mut().zip(&kinds).zip(&block_specs) {
@@ -263,7 +272,10 @@ pub(crate) fn check(
         kaddrs = c.kaddrs;
         tuples = c.tuples;
         regs = c.regs;
+        self_vars = c.self_vars;
     }
+    let mut self_vars: Vec<(String, (u16, Type))> = self_vars.into_iter().collect();
+    self_vars.sort_by_key(|(_, (slot, _))| *slot);
     Checked {
         maps,
         map_index,
@@ -272,6 +284,7 @@ pub(crate) fn check(
         kaddrs,
         tuples,
         regs,
+        self_vars: self_vars.into_iter().map(|(n, (_, t))| (n, t)).collect(),
     }
 }
 
@@ -545,20 +558,16 @@ impl Checker<'_, '_> {
                 }
                 let next = self.vars.len() as u16;
                 match self.vars.get(name.as_str()) {
-                    Some(&(_, t)) if !same_shape(t, value.ty) => self.r.error(
-                        value.span,
-                        format!(
-                            "type mismatch for ${name}: assigning {} to a variable of type {}",
-                            value.ty.name(),
-                            t.name()
-                        ),
-                    ),
+                    Some(&(_, t)) if !same_shape(t, value.ty) => {
+                        self.var_mismatch(&format!("${name}"), value, t)
+                    }
                     Some(_) => {}
                     None => {
                         self.vars.insert(name.clone(), (next, value.ty));
                     }
                 }
             }
+            StmtKind::SelfAssign { name, value } => self.self_assign(name, value),
             StmtKind::If { cond, then, els } => {
                 self.expr(cond);
                 self.want_int(cond, "if condition");
@@ -586,6 +595,64 @@ impl Checker<'_, '_> {
                 name_span,
                 args,
             } => self.call_stmt(name, *name_span, args, s.span),
+        }
+    }
+
+    fn var_mismatch(&mut self, var: &str, value: &Expr, t: Type) {
+        self.r.error(
+            value.span,
+            format!(
+                "type mismatch for {var}: assigning {} to a variable of type {}",
+                value.ty.name(),
+                t.name()
+            ),
+        );
+    }
+
+    /// `self->name = value`: one type per name in the whole program, as
+    /// scratch variables have per block. A literal `0` clears the variable
+    /// (as in DTrace) whatever its type, so it does not fix the type itself
+    /// unless nothing else does.
+    fn self_assign(&mut self, name: &str, value: &mut Expr) {
+        let clears = matches!(value.kind, ExprKind::Int(0));
+        // `self->n++` / `self->n += v` on a variable nothing else assigns
+        // makes it an integer, as `@m++` does for maps.
+        if let ExprKind::Binary(_, lhs, _) = &value.kind
+            && matches!(&lhs.kind, ExprKind::SelfVar(n) if n == name)
+            && !self.self_vars.contains_key(name)
+        {
+            let slot = self.self_vars.len() as u16;
+            self.self_vars
+                .insert(name.to_string(), (slot, Type::SIGNED));
+        }
+        self.expr(value);
+        if value.ty == Type::Unknown {
+            return;
+        }
+        match self.self_vars.get(name) {
+            Some(_) if clears => {}
+            Some(&(_, t)) if !same_shape(t, value.ty) => {
+                self.var_mismatch(&format!("self->{name}"), value, t)
+            }
+            Some(_) => {}
+            None if clears && self.discovering => {}
+            None => {
+                if matches!(
+                    value.ty,
+                    Type::Buf | Type::Stack | Type::Kernel { ptr: 0, .. }
+                ) {
+                    self.r.error(
+                        value.span,
+                        format!(
+                            "a {} cannot be stored in a per-vCPU variable",
+                            value.ty.name()
+                        ),
+                    );
+                    return;
+                }
+                let slot = self.self_vars.len() as u16;
+                self.self_vars.insert(name.to_string(), (slot, value.ty));
+            }
         }
     }
 
@@ -792,7 +859,12 @@ impl Checker<'_, '_> {
             }
             "delete" => {
                 if self.arity(name, args.len(), 1, 1, span) {
-                    self.map_arg(name, &mut args[0], true);
+                    // `delete(self->x)` unsets a per-vCPU variable.
+                    if let ExprKind::SelfVar(_) = args[0].kind {
+                        self.expr(&mut args[0]);
+                    } else {
+                        self.map_arg(name, &mut args[0], true);
+                    }
                 }
             }
             _ if AggKind::from_name(name).is_some() => self.r.error(
@@ -919,6 +991,16 @@ impl Checker<'_, '_> {
                 }
             },
             ExprKind::Ident(name) => self.builtin(name, e.span),
+            ExprKind::SelfVar(name) => match self.self_vars.get(name.as_str()) {
+                Some(&(_, t)) => t,
+                None => {
+                    self.r.error(
+                        e.span,
+                        format!("undefined variable 'self->{name}' (it is never assigned)"),
+                    );
+                    Type::Unknown
+                }
+            },
             ExprKind::Map { name, keys } => {
                 let key_tys = self.keys(keys);
                 match (self.map_index.get(name.as_str()), key_tys) {
@@ -1777,6 +1859,13 @@ impl Checker<'_, '_> {
     }
 
     fn builtin(&mut self, name: &str, span: Span) -> Type {
+        if name == "self" {
+            self.r.error(
+                span,
+                "self is used with a variable name: self->NAME (a per-vCPU variable)",
+            );
+            return Type::Unknown;
+        }
         if name == "args" {
             self.r.error(
                 span,
