@@ -88,16 +88,23 @@ pub fn attach(args: crate::AttachArgs) -> Result<i32> {
         ),
         (None, None) => bail!("no program: give -e PROGRAM or a FILE"),
     };
-    let program = match probe_lang::compile(&source, &source_name) {
+    if args.vm.is_empty() {
+        bail!("no VM: give --vm NAME=gdb:HOST:PORT (repeatable)");
+    }
+    // Typed with the first VM's kernel (BTF: args, struct casts, curtask),
+    // as `run` does; without its image, a program needing no types checks.
+    let mut first = load_kernel_of(&args.vm[0]);
+    let compiled = match &first {
+        Ok(kernel) => crate::run::compile_typed(&source, &source_name, kernel),
+        Err(_) => probe_lang::compile(&source, &source_name),
+    };
+    let program = match compiled {
         Ok(p) => Arc::new(p),
         Err(diags) => {
             eprint!("{diags}");
             return Ok(1);
         }
     };
-    if args.vm.is_empty() {
-        bail!("no VM: give --vm NAME=gdb:HOST:PORT (repeatable)");
-    }
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
@@ -110,8 +117,15 @@ pub fn attach(args: crate::AttachArgs) -> Result<i32> {
         .context("creating a private socket directory")?;
     let mut opened: Vec<(String, Qmp)> = Vec::new();
     let mut guests = Vec::new();
-    for spec in &args.vm {
-        match attach_one(spec, &program, private.path(), &mut opened) {
+    for (i, spec) in args.vm.iter().enumerate() {
+        let kernel = if i == 0 {
+            std::mem::replace(&mut first, Err(anyhow!("taken")))
+        } else {
+            load_kernel_of(spec)
+        };
+        let attached =
+            kernel.and_then(|k| attach_one(spec, k, &program, private.path(), &mut opened));
+        match attached {
             Ok(g) => guests.push(g),
             Err(e) => {
                 close_stubs(&mut opened);
@@ -148,12 +162,8 @@ fn close_stubs(opened: &mut Vec<(String, Qmp)>) {
     }
 }
 
-fn attach_one(
-    spec: &VmSpec,
-    program: &Arc<probe_lang::Program>,
-    private: &std::path::Path,
-    opened: &mut Vec<(String, Qmp)>,
-) -> Result<Guest> {
+/// The kernel image of a `--vm` (the default guest's unless `kernel:`).
+fn load_kernel_of(spec: &VmSpec) -> Result<crate::run::KernelInfo> {
     let image = match &spec.kernel {
         Some(k) => k.clone(),
         None => crate::run::default_image()?.kernel,
@@ -161,10 +171,19 @@ fn attach_one(
     let cache = qemu_guest::cache_dir().join("symbols");
     let _ = std::fs::create_dir_all(&cache);
     let symbols = KernelSymbols::load(&image, Some(&cache)).context("loading kernel symbols")?;
-    if !crate::run::check_program(program, &symbols)? {
+    Ok(crate::run::load_kernel(symbols, &image))
+}
+
+fn attach_one(
+    spec: &VmSpec,
+    kernel: crate::run::KernelInfo,
+    program: &Arc<probe_lang::Program>,
+    private: &std::path::Path,
+    opened: &mut Vec<(String, Qmp)>,
+) -> Result<Guest> {
+    if !crate::run::check_program(program, &kernel.symbols)? {
         bail!("the program names unknown kernel symbols");
     }
-    let kernel = crate::run::load_kernel(symbols, &image);
     let timeout = Duration::from_secs(5);
     let client = match &spec.gdb {
         Some(StubAddr::Unix(path)) => Client::connect_unix(path, timeout),
