@@ -47,6 +47,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -418,12 +419,15 @@ fn wrapped_workload(f: &Fixture, marker: &str) -> String {
     s
 }
 
-/// Lines of a child's pipe, collected in a thread.
-fn collect(pipe: impl Read + Send + 'static) -> (Arc<Mutex<String>>, Receiver<String>) {
+/// Lines of a child's pipe, collected in a thread (which ends at the
+/// pipe's end: join it before reading everything).
+fn collect(
+    pipe: impl Read + Send + 'static,
+) -> (Arc<Mutex<String>>, Receiver<String>, JoinHandle<()>) {
     let buf = Arc::new(Mutex::new(String::new()));
     let (tx, rx) = channel();
     let b = buf.clone();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         for line in BufReader::new(pipe).lines() {
             let Ok(line) = line else { break };
             let mut s = b.lock().unwrap();
@@ -432,7 +436,7 @@ fn collect(pipe: impl Read + Send + 'static) -> (Arc<Mutex<String>>, Receiver<St
             let _ = tx.send(line);
         }
     });
-    (buf, rx)
+    (buf, rx, reader)
 }
 
 fn wait_child(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
@@ -491,8 +495,8 @@ fn run_one(g: &mut Guest, f: &Fixture, index: usize) -> Result<Outcome, String> 
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("spawning vmprobe: {e}"))?;
-    let (stdout, _) = collect(child.stdout.take().unwrap());
-    let (stderr, lines) = collect(child.stderr.take().unwrap());
+    let (stdout, _, out_reader) = collect(child.stdout.take().unwrap());
+    let (stderr, lines, err_reader) = collect(child.stderr.take().unwrap());
     let err_text = || stderr.lock().unwrap().clone();
     // Armed: the guest is stopped until vmprobe resumes it, so a workload
     // sent now starts under the probes.
@@ -527,6 +531,9 @@ fn run_one(g: &mut Guest, f: &Fixture, index: usize) -> Result<Outcome, String> 
         rustix::process::Signal::INT,
     );
     let exit = wait_child(&mut child, DETACH_LIMIT);
+    // vmprobe has exited (or was killed): its pipes are at their end.
+    let _ = out_reader.join();
+    let _ = err_reader.join();
     eprintln!(
         "  {}: attach {:.1} s, workload {:.1} s, detach {:.1} s",
         f.name,
@@ -575,10 +582,13 @@ fn fixtures() -> Vec<Fixture> {
 fn fixtures_parse() {
     let all = fixtures();
     assert!(all.len() >= 40, "{} scripts", all.len());
-    // Each is a valid script for the language as well (BTF-free check
-    // where possible is left to the e2e run, which compiles with types).
+    // Each parses (its `//-` lines are comments); typing needs the guest
+    // kernel's BTF, which the e2e run compiles with.
     for f in &all {
-        assert!(!f.expects.is_empty(), "{}", f.name);
+        let source = std::fs::read_to_string(&f.path).unwrap();
+        if let Err(e) = probe_lang::parser::parse(&source) {
+            panic!("{}: {} at byte {}", f.name, e.message, e.span.start);
+        }
     }
 }
 
