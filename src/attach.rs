@@ -103,7 +103,8 @@ pub fn attach(args: crate::AttachArgs) -> Result<i32> {
     if args.vm.is_empty() {
         bail!("no VM: give --vm NAME=gdb:HOST:PORT (repeatable)");
     }
-    let program = match compile_for(&source, &source_name, &args.vm[0])? {
+    let (compiled, mut first_kernel) = compile_for(&source, &source_name, &args.vm[0])?;
+    let program = match compiled {
         Ok(p) => Arc::new(p),
         Err(diags) => {
             eprint!("{diags}");
@@ -152,8 +153,15 @@ pub fn attach(args: crate::AttachArgs) -> Result<i32> {
         .context("creating a private socket directory")?;
     let mut opened: Vec<(String, Qmp)> = Vec::new();
     let mut guests = Vec::new();
-    for spec in &args.vm {
-        match attach_one(spec, &program, &layers, private.path(), &mut opened) {
+    for (i, spec) in args.vm.iter().enumerate() {
+        // The first VM's kernel was loaded to type the program.
+        let kernel = match first_kernel.take().filter(|_| i == 0) {
+            Some(k) => Ok(k),
+            None => vm_kernel(spec),
+        };
+        let attached = kernel
+            .and_then(|k| attach_one(spec, k, &program, &layers, private.path(), &mut opened));
+        match attached {
             Ok(g) => guests.push(g),
             Err(e) => {
                 close_stubs(&mut opened);
@@ -190,13 +198,13 @@ fn close_stubs(opened: &mut Vec<(String, Qmp)>) {
 
 fn attach_one(
     spec: &VmSpec,
+    kernel: crate::run::KernelInfo,
     program: &Arc<probe_lang::Program>,
     layers: &LayerPlan,
     private: &std::path::Path,
     opened: &mut Vec<(String, Qmp)>,
 ) -> Result<Guest> {
-    let (symbols, kernel) = vm_kernel(spec)?;
-    if !crate::run::check_program(program, &symbols)? {
+    if !crate::run::check_program(program, &kernel.symbols)? {
         bail!("the program names unknown kernel symbols");
     }
     let timeout = Duration::from_secs(5);
@@ -249,7 +257,7 @@ fn attach_one(
 
 /// The VM's kernel (`kernel:IMAGE`, else the default guest's): its symbols
 /// and what handlers need of it.
-fn vm_kernel(spec: &VmSpec) -> Result<(Arc<KernelSymbols>, crate::run::KernelInfo)> {
+fn vm_kernel(spec: &VmSpec) -> Result<crate::run::KernelInfo> {
     let image = match &spec.kernel {
         Some(k) => k.clone(),
         None => crate::run::default_image()?.kernel,
@@ -257,8 +265,7 @@ fn vm_kernel(spec: &VmSpec) -> Result<(Arc<KernelSymbols>, crate::run::KernelInf
     let cache = qemu_guest::cache_dir().join("symbols");
     let _ = std::fs::create_dir_all(&cache);
     let symbols = KernelSymbols::load(&image, Some(&cache)).context("loading kernel symbols")?;
-    let kernel = crate::run::load_kernel(symbols, &image);
-    Ok((kernel.symbols.clone(), kernel))
+    Ok(crate::run::load_kernel(symbols, &image))
 }
 
 /// Whether every probe of the program is outside the guest (host
@@ -273,27 +280,37 @@ fn layers_only(program: &probe_lang::Program) -> bool {
         && program.probes().iter().any(layer)
 }
 
+/// What compiling for attach gives: the program or its diagnostics, and
+/// the first VM's kernel if it was loaded to type the program.
+type Compiled = (
+    Result<probe_lang::Program, probe_lang::Diagnostics>,
+    Option<crate::run::KernelInfo>,
+);
+
 /// Compiles the program typed: with the first VM's kernel types for guest
 /// probes (every VM's kernel is checked against it when attaching), with
-/// event fields only for a program of VMM and host events. The outer error
-/// is a kernel that cannot be read; the inner one the program's diagnostics.
-fn compile_for(
-    source: &str,
-    source_name: &str,
-    first: &VmSpec,
-) -> Result<Result<probe_lang::Program, probe_lang::Diagnostics>> {
+/// event fields only for a program of VMM and host events. The error is a
+/// kernel that cannot be read.
+fn compile_for(source: &str, source_name: &str, first: &VmSpec) -> Result<Compiled> {
     let untyped = match probe_lang::compile(source, source_name) {
         Ok(p) => p,
-        Err(d) => return Ok(Err(d)),
+        Err(d) => return Ok((Err(d), None)),
     };
-    let typed = if layers_only(&untyped) {
+    let (typed, kernel) = if layers_only(&untyped) {
         let types = probe_engine::LayerTypes::events_only();
-        probe_lang::compile_with_types(source, source_name, Some(&types))
+        let typed = probe_lang::compile_with_types(source, source_name, Some(&types));
+        (typed, None)
     } else {
-        let (_, kernel) = vm_kernel(first)?;
-        crate::run::compile_typed(source, source_name, &kernel)
+        let kernel = vm_kernel(first)?;
+        (
+            crate::run::compile_typed(source, source_name, &kernel),
+            Some(kernel),
+        )
     };
-    Ok(typed.and_then(|p| p.check_not_recording("attach").map(|()| p)))
+    Ok((
+        typed.and_then(|p| p.check_not_recording("attach").map(|()| p)),
+        kernel,
+    ))
 }
 
 const NEED_QMP: &str = "tracepoint: probes need qmp:PATH to find the VM's vCPU threads";

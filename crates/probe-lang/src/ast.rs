@@ -149,6 +149,8 @@ pub enum ExprKind {
     SizeofType(String),
     /// `offsetof(struct task_struct, comm)` (a `.`-separated member path).
     Offsetof(String, Vec<String>),
+    /// `self->name`: a per-vCPU variable (DTrace's thread-local syntax).
+    SelfVar(String),
 }
 
 /// How a kernel member/element is read; decided by the checker.
@@ -309,6 +311,11 @@ pub enum StmtKind {
         fields: Vec<TraceArg>,
         site: Option<u32>,
     },
+    /// `self->name = value;` (`op=`, `++`, `--` desugared as for `$x`).
+    SelfAssign {
+        name: String,
+        value: Expr,
+    },
 }
 
 /// One argument of `trace(...)`: `name = value`, or a bare value (which the
@@ -395,6 +402,10 @@ fn dump_stmts(s: &mut String, stmts: &[Stmt], d: usize) {
                     }
                     dump_expr(s, &f.value, d + 2);
                 }
+            }
+            StmtKind::SelfAssign { name, value } => {
+                let _ = writeln!(s, "{ind}= self->{name}");
+                dump_expr(s, value, d + 1);
             }
             StmtKind::If { cond, then, els } => {
                 let _ = writeln!(s, "{ind}if");
@@ -491,6 +502,9 @@ fn dump_expr(s: &mut String, e: &Expr, d: usize) {
         }
         ExprKind::Offsetof(t, path) => {
             let _ = writeln!(s, "{ind}offsetof: {t}, {}", path.join("."));
+        }
+        ExprKind::SelfVar(v) => {
+            let _ = writeln!(s, "{ind}per-vcpu variable: self->{v}");
         }
         ExprKind::Ternary(c, a, b) => {
             let _ = writeln!(s, "{ind}?:");

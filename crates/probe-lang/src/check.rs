@@ -107,6 +107,8 @@ pub struct Checked {
     /// Register names given to `reg()`, so the engine can check them
     /// against the stub's register set before attaching.
     pub regs: Vec<(String, Span)>,
+    /// Per-vCPU variables (`self->name`): name and type, by slot.
+    pub self_vars: Vec<(String, Type)>,
     /// The field layout of each `trace(name = expr, ...)` call site.
     pub traces: Vec<TraceSite>,
     /// Every `trace()` / `snapshot()` call (`"trace"` or `"snapshot"`),
@@ -194,6 +196,10 @@ struct Checker<'a, 's> {
     specs: Vec<ProbeSpec>,
     traces: Vec<TraceSite>,
     recording: Vec<(String, Span)>,
+    /// Per-vCPU variables of the whole program: slot and type.
+    self_vars: FxHashMap<String, (u16, Type)>,
+    /// The first pass, which only discovers declarations.
+    discovering: bool,
 }
 
 /// Why kernel types are unavailable, for messages.
@@ -252,6 +258,7 @@ pub(crate) fn check(
     let mut regs = Vec::new();
     let mut traces = Vec::new();
     let mut recording = Vec::new();
+    let mut self_vars = FxHashMap::default();
     for pass in 0..2 {
         let mut tmp = Reporter::new(r.source, r.name);
         let rep = if pass == 0 { &mut tmp } else { &mut *r };
@@ -271,6 +278,8 @@ pub(crate) fn check(
             specs: Vec::new(),
             traces: Vec::new(),
             recording: Vec::new(),
+            self_vars: std::mem::take(&mut self_vars),
+            discovering: pass == 0,
         };
         scratch.clear();
         for ((block, &(k, kr)), specs) in ast.probes.iter_mut().zip(&kinds).zip(&block_specs) {
@@ -292,7 +301,10 @@ pub(crate) fn check(
         regs = c.regs;
         traces = c.traces;
         recording = c.recording;
+        self_vars = c.self_vars;
     }
+    let mut self_vars: Vec<(String, (u16, Type))> = self_vars.into_iter().collect();
+    self_vars.sort_by_key(|(_, (slot, _))| *slot);
     Checked {
         maps,
         map_index,
@@ -303,6 +315,7 @@ pub(crate) fn check(
         regs,
         traces,
         recording,
+        self_vars: self_vars.into_iter().map(|(n, (_, t))| (n, t)).collect(),
     }
 }
 
@@ -576,20 +589,16 @@ impl Checker<'_, '_> {
                 }
                 let next = self.vars.len() as u16;
                 match self.vars.get(name.as_str()) {
-                    Some(&(_, t)) if !same_shape(t, value.ty) => self.r.error(
-                        value.span,
-                        format!(
-                            "type mismatch for ${name}: assigning {} to a variable of type {}",
-                            value.ty.name(),
-                            t.name()
-                        ),
-                    ),
+                    Some(&(_, t)) if !same_shape(t, value.ty) => {
+                        self.var_mismatch(&format!("${name}"), value, t)
+                    }
                     Some(_) => {}
                     None => {
                         self.vars.insert(name.clone(), (next, value.ty));
                     }
                 }
             }
+            StmtKind::SelfAssign { name, value } => self.self_assign(name, value),
             StmtKind::If { cond, then, els } => {
                 self.expr(cond);
                 self.want_int(cond, "if condition");
@@ -704,6 +713,64 @@ impl Checker<'_, '_> {
             );
         }
         self.recording.push((name.to_string(), span));
+    }
+
+    fn var_mismatch(&mut self, var: &str, value: &Expr, t: Type) {
+        self.r.error(
+            value.span,
+            format!(
+                "type mismatch for {var}: assigning {} to a variable of type {}",
+                value.ty.name(),
+                t.name()
+            ),
+        );
+    }
+
+    /// `self->name = value`: one type per name in the whole program, as
+    /// scratch variables have per block. A literal `0` clears the variable
+    /// (as in DTrace) whatever its type, so it does not fix the type itself
+    /// unless nothing else does.
+    fn self_assign(&mut self, name: &str, value: &mut Expr) {
+        let clears = matches!(value.kind, ExprKind::Int(0));
+        // `self->n++` / `self->n += v` on a variable nothing else assigns
+        // makes it an integer, as `@m++` does for maps.
+        if let ExprKind::Binary(_, lhs, _) = &value.kind
+            && matches!(&lhs.kind, ExprKind::SelfVar(n) if n == name)
+            && !self.self_vars.contains_key(name)
+        {
+            let slot = self.self_vars.len() as u16;
+            self.self_vars
+                .insert(name.to_string(), (slot, Type::SIGNED));
+        }
+        self.expr(value);
+        if value.ty == Type::Unknown {
+            return;
+        }
+        match self.self_vars.get(name) {
+            Some(_) if clears => {}
+            Some(&(_, t)) if !same_shape(t, value.ty) => {
+                self.var_mismatch(&format!("self->{name}"), value, t)
+            }
+            Some(_) => {}
+            None if clears && self.discovering => {}
+            None => {
+                if matches!(
+                    value.ty,
+                    Type::Buf | Type::Stack | Type::Kernel { ptr: 0, .. }
+                ) {
+                    self.r.error(
+                        value.span,
+                        format!(
+                            "a {} cannot be stored in a per-vCPU variable",
+                            value.ty.name()
+                        ),
+                    );
+                    return;
+                }
+                let slot = self.self_vars.len() as u16;
+                self.self_vars.insert(name.to_string(), (slot, value.ty));
+            }
+        }
     }
 
     fn declare(
@@ -913,7 +980,12 @@ impl Checker<'_, '_> {
             }
             "delete" => {
                 if self.arity(name, args.len(), 1, 1, span) {
-                    self.map_arg(name, &mut args[0], true);
+                    // `delete(self->x)` unsets a per-vCPU variable.
+                    if let ExprKind::SelfVar(_) = args[0].kind {
+                        self.expr(&mut args[0]);
+                    } else {
+                        self.map_arg(name, &mut args[0], true);
+                    }
                 }
             }
             _ if AggKind::from_name(name).is_some() => self.r.error(
@@ -1040,6 +1112,16 @@ impl Checker<'_, '_> {
                 }
             },
             ExprKind::Ident(name) => self.builtin(name, e.span),
+            ExprKind::SelfVar(name) => match self.self_vars.get(name.as_str()) {
+                Some(&(_, t)) => t,
+                None => {
+                    self.r.error(
+                        e.span,
+                        format!("undefined variable 'self->{name}' (it is never assigned)"),
+                    );
+                    Type::Unknown
+                }
+            },
             ExprKind::Map { name, keys } => {
                 let key_tys = self.keys(keys);
                 match (self.map_index.get(name.as_str()), key_tys) {
@@ -1977,6 +2059,13 @@ impl Checker<'_, '_> {
     }
 
     fn builtin(&mut self, name: &str, span: Span) -> Type {
+        if name == "self" {
+            self.r.error(
+                span,
+                "self is used with a variable name: self->NAME (a per-vCPU variable)",
+            );
+            return Type::Unknown;
+        }
         if name == "args" {
             self.r.error(
                 span,

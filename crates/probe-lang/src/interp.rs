@@ -175,6 +175,14 @@ enum Cell {
 
 type Map = FxHashMap<Key, Cell>;
 
+/// The per-vCPU variables (`self->name`) of one vCPU of one guest, by
+/// slot; `None` is unset (reads as the type's zero).
+struct VcpuVars {
+    guest: String,
+    vcpu: u32,
+    vals: Vec<Option<Value>>,
+}
+
 /// Why a handler run stopped early. Kept to 16 bytes (boxed payloads) so
 /// `Result<Value, RunError>`, returned by every `eval`, stays small.
 // The extra Box around the String is the point: one pointer-sized payload.
@@ -210,6 +218,8 @@ pub struct Runtime {
     /// xorshift64 state for `rand`.
     rng: u64,
     map_limit: usize,
+    /// Few entries (one per vCPU seen), so a linear search is the fastest.
+    per_vcpu: Vec<VcpuVars>,
 }
 
 impl Runtime {
@@ -235,6 +245,7 @@ impl Runtime {
             wall_origin: None,
             rng: 0,
             map_limit: DEFAULT_MAP_LIMIT,
+            per_vcpu: Vec::new(),
         }
     }
 
@@ -374,6 +385,27 @@ impl Runtime {
                 _ => a,
             }),
         }
+    }
+
+    /// The per-vCPU variables of the vCPU (of the guest) a probe fired on.
+    fn vcpu_vars(&mut self, ctx: &dyn ProbeContext) -> &mut Vec<Option<Value>> {
+        let (guest, vcpu) = (ctx.guest(), ctx.vcpu());
+        let i = match self
+            .per_vcpu
+            .iter()
+            .position(|v| v.vcpu == vcpu && v.guest == guest)
+        {
+            Some(i) => i,
+            None => {
+                self.per_vcpu.push(VcpuVars {
+                    guest: guest.to_string(),
+                    vcpu,
+                    vals: vec![None; self.program.ir.self_vars.len()],
+                });
+                self.per_vcpu.len() - 1
+            }
+        };
+        &mut self.per_vcpu[i].vals
     }
 
     fn step(&mut self) -> Result<(), RunError> {
@@ -634,6 +666,11 @@ impl Runtime {
                     fields: out,
                 })?;
             }
+            Stmt::SelfSet(slot, e) => {
+                let v = self.eval(p, e, ctx)?;
+                self.vcpu_vars(ctx)[*slot as usize] = Some(v);
+            }
+            Stmt::SelfDelete(slot) => self.vcpu_vars(ctx)[*slot as usize] = None,
             // The rest is run by `exec` itself and never sent here.
             Stmt::Agg { .. }
             | Stmt::MapSet { .. }
@@ -798,6 +835,11 @@ impl Runtime {
     ) -> Result<Value, RunError> {
         Ok(match e {
             Expr::Len(m) => Value::Int(self.maps[*m as usize].len() as u64),
+            Expr::SelfVar(slot) => match &self.vcpu_vars(ctx)[*slot as usize] {
+                Some(v) => v.clone(),
+                // Unset reads as 0 or "" (DTrace's thread-locals do too).
+                None => zero_value(p.ir.self_vars[*slot as usize].1, &p.ir.tuples),
+            },
             Expr::Tuple(es) => {
                 let mut v = Vec::with_capacity(es.len());
                 for e in es {

@@ -81,6 +81,8 @@ pub enum Expr {
     Const(u64),
     Str(u32),
     Scratch(u16),
+    /// A per-vCPU variable (`self->name`) by slot.
+    SelfVar(u16),
     Builtin(Builtin),
     MapRead {
         map: u32,
@@ -203,6 +205,9 @@ pub enum Stmt {
     },
     Exit,
     Set(u16, Expr),
+    /// `self->x = v` / clearing it (`delete(self->x)`, `self->x = 0`).
+    SelfSet(u16, Expr),
+    SelfDelete(u16),
     If {
         cond: Expr,
         then: Vec<Stmt>,
@@ -237,6 +242,8 @@ pub struct Ir {
     pub tuples: Vec<Vec<Type>>,
     /// Field layouts of the `trace(name = ...)` call sites.
     pub traces: Vec<TraceSite>,
+    /// Per-vCPU variables by slot: name and type (what an unset one reads as).
+    pub self_vars: Vec<(String, Type)>,
 }
 
 struct Lower<'a> {
@@ -244,6 +251,7 @@ struct Lower<'a> {
     traces: &'a [TraceSite],
     decls: &'a [MapDecl],
     vars: &'a FxHashMap<String, (u16, Type)>,
+    self_vars: &'a [(String, Type)],
     strings: &'a mut Vec<Arc<str>>,
     string_ids: &'a mut FxHashMap<String, u32>,
     formats: &'a mut Vec<Format>,
@@ -260,6 +268,7 @@ pub fn lower(ast: &ast::Ast, checked: &Checked) -> Ir {
             traces: &checked.traces,
             decls: &checked.maps,
             vars,
+            self_vars: &checked.self_vars,
             strings: &mut strings,
             string_ids: &mut string_ids,
             formats: &mut formats,
@@ -277,12 +286,20 @@ pub fn lower(ast: &ast::Ast, checked: &Checked) -> Ir {
         formats,
         tuples: checked.tuples.clone(),
         traces: checked.traces.clone(),
+        self_vars: checked.self_vars.clone(),
     }
 }
 
 impl Lower<'_> {
     fn map(&self, name: &str) -> u32 {
         self.maps[name] as u32
+    }
+
+    fn self_slot(&self, name: &str) -> u16 {
+        self.self_vars
+            .iter()
+            .position(|(n, _)| n == name)
+            .expect("checked: assigned per-vCPU variable") as u16
     }
 
     fn intern(&mut self, s: &str) -> u32 {
@@ -369,6 +386,10 @@ impl Lower<'_> {
             StmtKind::Break => Stmt::Break,
             StmtKind::Continue => Stmt::Continue,
             StmtKind::VarAssign { name, value } => Stmt::Set(self.vars[name].0, self.expr(value)),
+            StmtKind::SelfAssign { name, value } => match value.kind {
+                ExprKind::Int(0) => Stmt::SelfDelete(self.self_slot(name)),
+                _ => Stmt::SelfSet(self.self_slot(name), self.expr(value)),
+            },
             StmtKind::If { cond, then, els } => Stmt::If {
                 cond: self.expr(cond),
                 then: self.stmts(then),
@@ -424,10 +445,13 @@ impl Lower<'_> {
                     },
                     "clear" => Stmt::Clear(map_arg(self).0),
                     "zero" => Stmt::Zero(map_arg(self).0),
-                    "delete" => {
-                        let (map, key) = map_arg(self);
-                        Stmt::Delete { map, key }
-                    }
+                    "delete" => match &args[0].kind {
+                        ExprKind::SelfVar(v) => Stmt::SelfDelete(self.self_slot(v)),
+                        _ => {
+                            let (map, key) = map_arg(self);
+                            Stmt::Delete { map, key }
+                        }
+                    },
                     _ => unreachable!("checked: known statement"),
                 }
             }
@@ -439,6 +463,7 @@ impl Lower<'_> {
             ExprKind::Int(v) => Expr::Const(*v),
             ExprKind::Str(s) => Expr::Str(self.intern(s)),
             ExprKind::Var(v) => Expr::Scratch(self.vars[v].0),
+            ExprKind::SelfVar(v) => Expr::SelfVar(self.self_slot(v)),
             ExprKind::Ident(n) if n == "kstack" => Expr::Kstack(crate::check::KSTACK_MAX),
             ExprKind::Ident(n) => Expr::Builtin(match n.as_str() {
                 "func" => Builtin::Func,
@@ -735,6 +760,12 @@ impl Ir {
                 if m.signed { "signed" } else { "unsigned" }
             );
         }
+        if !self.self_vars.is_empty() {
+            let _ = writeln!(s, " per-vcpu variables:");
+            for (i, (name, ty)) in self.self_vars.iter().enumerate() {
+                let _ = writeln!(s, "  self{i} self->{name} {}", ty.name());
+            }
+        }
         let _ = writeln!(s, " strings:");
         for (i, st) in self.strings.iter().enumerate() {
             let _ = writeln!(s, "  s{i} {st:?}");
@@ -767,6 +798,7 @@ fn dexpr(e: &Expr) -> String {
         Expr::Const(v) => v.to_string(),
         Expr::Str(i) => format!("s{i}"),
         Expr::Scratch(i) => format!("${i}"),
+        Expr::SelfVar(i) => format!("self{i}"),
         Expr::Builtin(b) => format!("{b:?}").to_lowercase(),
         Expr::MapRead { map, key } => format!("m{map}{}", dkey(key)),
         Expr::Unary(op, a) => format!("{op:?}({})", dexpr(a)),
@@ -875,6 +907,8 @@ fn dstmts(s: &mut String, stmts: &[Stmt], d: usize) {
             }
             Stmt::Snapshot => writeln!(s, "{ind}snapshot"),
             Stmt::Set(v, e) => writeln!(s, "{ind}${v} = {}", dexpr(e)),
+            Stmt::SelfSet(v, e) => writeln!(s, "{ind}self{v} = {}", dexpr(e)),
+            Stmt::SelfDelete(v) => writeln!(s, "{ind}delete self{v}"),
             Stmt::If { cond, then, els } => {
                 let _ = writeln!(s, "{ind}if {}", dexpr(cond));
                 dstmts(s, then, d + 2);

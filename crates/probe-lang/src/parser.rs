@@ -168,6 +168,29 @@ impl Parser<'_> {
     fn stmt(&mut self) -> Result<Stmt, ParseError> {
         let t = self.bump()?;
         let start = t.span;
+        if self.at_self_var(&t.tok)? {
+            let var = self.self_var(start)?;
+            let ExprKind::SelfVar(name) = &var.kind else {
+                unreachable!("self_var builds a SelfVar")
+            };
+            let name = name.clone();
+            let value = match self.assign_op()? {
+                None => self.expr()?,
+                // `self->x op= v` is `self->x = self->x op v`.
+                Some((op, v)) => {
+                    let span = var.span.to(v.span);
+                    Expr {
+                        kind: ExprKind::Binary(op, Box::new(var), Box::new(v)),
+                        span,
+                        ty: Type::Unknown,
+                    }
+                }
+            };
+            return Ok(Stmt {
+                kind: StmtKind::SelfAssign { name, value },
+                span: Span::new(start.start as usize, self.last_end as usize),
+            });
+        }
         let kind = match t.tok {
             Tok::Ident(ref name) if name == "if" => {
                 self.expect("(")?;
@@ -280,6 +303,32 @@ impl Parser<'_> {
         Ok(Stmt {
             kind,
             span: Span::new(start.start as usize, self.last_end as usize),
+        })
+    }
+
+    /// True when `tok` (just taken) is `self` and `->` follows: a per-vCPU
+    /// variable rather than an identifier.
+    fn at_self_var(&mut self, tok: &Tok) -> Result<bool, ParseError> {
+        Ok(matches!(tok, Tok::Ident(n) if n == "self") && self.is_punct("->")?)
+    }
+
+    /// `->NAME` after `self` (at `start`): the variable expression.
+    fn self_var(&mut self, start: Span) -> Result<Expr, ParseError> {
+        self.expect("->")?;
+        let t = self.bump()?;
+        let Tok::Ident(name) = t.tok else {
+            return err(
+                t.span,
+                format!(
+                    "expected a variable name after 'self->', found {}",
+                    describe(&t.tok)
+                ),
+            );
+        };
+        Ok(Expr {
+            kind: ExprKind::SelfVar(name),
+            span: start.to(t.span),
+            ty: Type::Unknown,
         })
     }
 
@@ -485,6 +534,10 @@ impl Parser<'_> {
     fn primary(&mut self) -> Result<Expr, ParseError> {
         let t = self.bump()?;
         let mut span = t.span;
+        if self.at_self_var(&t.tok)? {
+            let var = self.self_var(span)?;
+            return self.postfix(var);
+        }
         let kind = match t.tok {
             Tok::Int(v) => ExprKind::Int(v),
             Tok::Str(s) => ExprKind::Str(s),

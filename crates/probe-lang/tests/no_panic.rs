@@ -16,6 +16,7 @@ const SCRIPTS: &[&str] = &[
     "BEGIN { $i = 0; while ($i < 5) { $i++; if ($i == 2) { continue; } if ($i > 3) { break; } } unroll(3) { @c[$i] += 2; } @v = \"s\"; printf(\"%p %o %r\\n\", 1, 2, buf(0, 1)); }",
     "kprobe:f { $p = (uint32 *)arg0; printf(\"%s %s %d %d\\n\", str($p + 1, 8), ksym(reg(\"rip\")), *(int8 *)(arg1 - 1), (uint16)kaddr(\"x\")); }",
     "BEGIN { $t = ((1, \"a\"), -2); @t[1] = $t; print($t.0); print(@t); printf(\"%s %d\\n\", $t.0.1, $t.1); zero(@t); }",
+    "kprobe:f { self->ts = nsecs; self->n++; self->s = comm; } kretprobe:f /self->ts/ { @l = hist(nsecs - self->ts); delete(self->ts); self->n = 0; printf(\"%s\\n\", self->s); }",
     "interval:ms:10, profile:hz:99, watchpoint:0x10:8:rw { @n = len(@m); @m[1, \"k\"]--; $b = has_key(@m, 1, \"k\"); $q = ntop(2, elapsed); $r = strncmp(\"a\", probe, 1); time(\"%H:%M\\n\"); }",
 ];
 

@@ -1,0 +1,669 @@
+//! The language end to end: every script in `tests/scripts/*.bt` runs
+//! against ONE long-lived default guest. For each script the test starts
+//! `vmprobe attach` on the guest's gdbstub, waits until it has armed its
+//! probes, runs the script's workload in the guest, and when the workload
+//! is done interrupts vmprobe as a user's Ctrl-C would (END runs, maps
+//! print, every breakpoint is removed, the stub is detached). The next
+//! script attaches to the same guest, so each one also proves the previous
+//! detach left the guest running and attachable.
+//!
+//! A script file is a valid script whose `//-` comment lines (in the style
+//! of rust-analyzer's test fixtures) say how to run and judge it:
+//!
+//! ```text
+//! //- workload: dd if=/dev/zero of=/dev/null bs=1 count=40
+//! //- truth: p:gv vfs_read /comm == "dd"/
+//! //- expect: hist(@ns) == hits(gv)
+//! //- expect: stdout contains "@ns:"
+//! ```
+//!
+//! - `workload:` a shell command line for the guest's init (in `/tmp`).
+//! - `truth:` a kprobe event the guest kernel itself records around the
+//!   workload: the text before `/` goes to `kprobe_events` as is, the text
+//!   between slashes is the event's filter. `hits(NAME)` is the kernel's
+//!   `kprobe_profile` hit count, `events(NAME)` the number of events that
+//!   passed the filter into the trace.
+//! - `expect: LHS OP RHS` with OP one of `== != >= <= > <`; operands are
+//!   integers, `@m` (a scalar map's value), `@m[KEY]` (an entry, KEY as
+//!   printed), `len(@m)`, `sum(@m)` (entries of a keyed map), `hist(@m)`
+//!   (all counts of a hist/lhist map), `lines("TEXT")` (stdout lines
+//!   containing TEXT), `hits(NAME)`, `events(NAME)`, `console(KEY)` (an
+//!   integer the workload printed as `KEY=N`).
+//! - `expect: stdout contains "TEXT"` / `stdout lacks "TEXT"` (`\n` allowed).
+//! - `expect: stderr contains "TEXT"`.
+//! - `flags: ...` more `vmprobe attach` options (e.g. `-f json`).
+//! - `allow: runtime-errors`: the script's handlers may report counted
+//!   errors (by default any is a failure).
+//!
+//! Every script must also exit 0, print its `Attaching N probes...` banner
+//! and detach without error.
+
+mod support;
+
+use qemu_guest::{Accel, LaunchConfig, Vm};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use support::*;
+
+/// Bounds on each phase (hang detectors, not performance assertions).
+const ATTACH_LIMIT: Duration = Duration::from_secs(90);
+const WORKLOAD_LIMIT: Duration = Duration::from_secs(120);
+const DETACH_LIMIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+struct Fixture {
+    name: String,
+    path: PathBuf,
+    workload: Vec<String>,
+    truths: Vec<Truth>,
+    expects: Vec<Expect>,
+    allow_errors: bool,
+    flags: Vec<String>,
+}
+
+#[derive(Debug)]
+struct Truth {
+    name: String,
+    definition: String,
+    filter: Option<String>,
+}
+
+#[derive(Debug)]
+enum Expect {
+    Compare(Operand, String, Operand),
+    Contains(String),
+    Lacks(String),
+    StderrContains(String),
+}
+
+#[derive(Debug)]
+enum Operand {
+    Int(u64),
+    Map(String),
+    Entry(String, String),
+    Len(String),
+    Sum(String),
+    Hist(String),
+    Lines(String),
+    Hits(String),
+    Events(String),
+    Console(String),
+}
+
+fn parse_fixture(path: &Path) -> Result<Fixture, String> {
+    let source = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+    let mut f = Fixture {
+        name,
+        path: path.to_path_buf(),
+        workload: Vec::new(),
+        truths: Vec::new(),
+        expects: Vec::new(),
+        allow_errors: false,
+        flags: Vec::new(),
+    };
+    for (i, line) in source.lines().enumerate() {
+        let Some(d) = line.strip_prefix("//-") else {
+            continue;
+        };
+        let at = |m: String| format!("{}:{}: {m}", path.display(), i + 1);
+        let (key, value) = d
+            .split_once(':')
+            .ok_or_else(|| at(format!("expected '//- KEY: VALUE', found {d:?}")))?;
+        let value = value.trim();
+        match key.trim() {
+            "workload" => f.workload.push(value.to_string()),
+            "truth" => f.truths.push(parse_truth(value).map_err(at)?),
+            "expect" => f.expects.push(parse_expect(value).map_err(at)?),
+            "allow" if value == "runtime-errors" => f.allow_errors = true,
+            "flags" => f.flags.extend(value.split_whitespace().map(str::to_string)),
+            other => return Err(at(format!("unknown directive '{other}'"))),
+        }
+    }
+    if f.workload.is_empty() {
+        return Err(format!("{}: no '//- workload:'", path.display()));
+    }
+    if f.expects.is_empty() {
+        return Err(format!("{}: no '//- expect:'", path.display()));
+    }
+    Ok(f)
+}
+
+fn parse_truth(v: &str) -> Result<Truth, String> {
+    let (definition, filter) = match v.split_once('/') {
+        Some((d, rest)) => {
+            let filter = rest
+                .strip_suffix('/')
+                .ok_or("a truth filter is written /FILTER/")?;
+            (d.trim(), Some(filter.to_string()))
+        }
+        None => (v, None),
+    };
+    // `p:NAME ...` or `r:NAME ...`
+    let name = definition
+        .split_whitespace()
+        .next()
+        .and_then(|head| head.split_once(':'))
+        .map(|(_, n)| n.to_string())
+        .filter(|n| !n.is_empty())
+        .ok_or("a truth looks like 'p:NAME FUNCTION [/FILTER/]'")?;
+    Ok(Truth {
+        name,
+        definition: definition.to_string(),
+        filter,
+    })
+}
+
+fn unquote(s: &str) -> Result<String, String> {
+    let inner = s
+        .trim()
+        .strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .ok_or_else(|| format!("expected a \"quoted\" text, found {s}"))?;
+    // `\n`, `\"` and `\\` as in Rust strings.
+    let mut out = String::new();
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some(c @ ('"' | '\\')) => out.push(c),
+            other => return Err(format!("unknown escape \\{other:?} in {s}")),
+        }
+    }
+    Ok(out)
+}
+
+fn parse_expect(v: &str) -> Result<Expect, String> {
+    if let Some(t) = v.strip_prefix("stdout contains ") {
+        return Ok(Expect::Contains(unquote(t)?));
+    }
+    if let Some(t) = v.strip_prefix("stdout lacks ") {
+        return Ok(Expect::Lacks(unquote(t)?));
+    }
+    if let Some(t) = v.strip_prefix("stderr contains ") {
+        return Ok(Expect::StderrContains(unquote(t)?));
+    }
+    for op in ["==", "!=", ">=", "<=", ">", "<"] {
+        if let Some((a, b)) = v.split_once(op) {
+            return Ok(Expect::Compare(
+                parse_operand(a)?,
+                op.to_string(),
+                parse_operand(b)?,
+            ));
+        }
+    }
+    Err(format!("cannot read expectation {v:?}"))
+}
+
+fn parse_operand(s: &str) -> Result<Operand, String> {
+    let s = s.trim();
+    if let Ok(n) = s.parse() {
+        return Ok(Operand::Int(n));
+    }
+    if let Some((f, arg)) = s.strip_suffix(')').and_then(|s| s.split_once('(')) {
+        let map = || {
+            arg.strip_prefix('@')
+                .map(str::to_string)
+                .ok_or_else(|| format!("{f}() takes a map, found {arg}"))
+        };
+        return Ok(match f {
+            "len" => Operand::Len(map()?),
+            "sum" => Operand::Sum(map()?),
+            "hist" => Operand::Hist(map()?),
+            "lines" => Operand::Lines(unquote(arg)?),
+            "hits" => Operand::Hits(arg.to_string()),
+            "events" => Operand::Events(arg.to_string()),
+            "console" => Operand::Console(arg.to_string()),
+            _ => return Err(format!("unknown operand function {f}()")),
+        });
+    }
+    if let Some(m) = s.strip_prefix('@') {
+        return Ok(match m.split_once('[') {
+            Some((name, key)) => Operand::Entry(
+                name.to_string(),
+                key.strip_suffix(']').ok_or("unclosed [")?.to_string(),
+            ),
+            None => Operand::Map(m.to_string()),
+        });
+    }
+    Err(format!("cannot read operand {s:?}"))
+}
+
+/// What one script produced.
+struct Outcome {
+    stdout: String,
+    stderr: String,
+    console: String,
+}
+
+impl Outcome {
+    fn value(&self, o: &Operand) -> Result<u64, String> {
+        let map_lines = |name: &str| {
+            let prefix = format!("@{name}[");
+            self.stdout
+                .lines()
+                .filter_map(move |l| l.strip_prefix(prefix.as_str()).map(str::to_string))
+                .filter_map(|rest| {
+                    let (k, v) = rest.rsplit_once("]: ")?;
+                    Some((k.to_string(), v.trim().parse::<u64>().ok()?))
+                })
+                .collect::<BTreeMap<String, u64>>()
+        };
+        Ok(match o {
+            Operand::Int(n) => *n,
+            Operand::Map(name) => {
+                let prefix = format!("@{name}: ");
+                self.stdout
+                    .lines()
+                    .rev()
+                    .find_map(|l| l.strip_prefix(&prefix))
+                    .and_then(|v| v.trim().parse().ok())
+                    .ok_or_else(|| format!("no integer @{name} in the output"))?
+            }
+            Operand::Entry(name, key) => *map_lines(name)
+                .get(key)
+                .ok_or_else(|| format!("no @{name}[{key}] in the output"))?,
+            Operand::Len(name) => map_lines(name).len() as u64,
+            Operand::Sum(name) => map_lines(name).values().sum(),
+            Operand::Hist(name) => hist_total(&self.stdout, name)?,
+            Operand::Lines(t) => self.stdout.lines().filter(|l| l.contains(t)).count() as u64,
+            Operand::Hits(n) => self.truth(n, "hits")?,
+            Operand::Events(n) => self.truth(n, "events")?,
+            Operand::Console(key) => {
+                let prefix = format!("{key}=");
+                self.console
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix(&prefix))
+                    .and_then(|v| v.trim().parse().ok())
+                    .ok_or_else(|| format!("the workload printed no {key}=N"))?
+            }
+        })
+    }
+
+    /// `GT NAME hits=H events=E`, printed by the workload wrapper.
+    fn truth(&self, name: &str, what: &str) -> Result<u64, String> {
+        let line = self
+            .console
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("GT {name} ")))
+            .ok_or_else(|| format!("the guest reported no count for {name}"))?;
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{what}=")))
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("no {what}= for {name} in {line:?}"))
+    }
+}
+
+/// Sum of the counts of every histogram printed for `@name` (keyed or
+/// not): the lines from `@name...:` up to the next blank line.
+fn hist_total(stdout: &str, name: &str) -> Result<u64, String> {
+    let mut total = 0;
+    let mut seen = false;
+    let mut inside = false;
+    for l in stdout.lines() {
+        if l.starts_with(&format!("@{name}:")) || l.starts_with(&format!("@{name}[")) {
+            inside = true;
+            seen = true;
+            continue;
+        }
+        if !inside {
+            continue;
+        }
+        if l.trim().is_empty() || l.starts_with('@') {
+            inside = l.starts_with(&format!("@{name}"));
+            continue;
+        }
+        // `[4K, 8K)   12 |@@@@   |`
+        let n = l
+            .split(')')
+            .nth(1)
+            .or_else(|| l.split(']').nth(1))
+            .and_then(|rest| rest.split('|').next())
+            .and_then(|c| c.trim().parse::<u64>().ok())
+            .ok_or_else(|| format!("not a histogram line of @{name}: {l:?}"))?;
+        total += n;
+    }
+    if !seen {
+        return Err(format!("no histogram @{name} in the output"));
+    }
+    Ok(total)
+}
+
+fn check(f: &Fixture, o: &Outcome) -> Vec<String> {
+    let mut fails = Vec::new();
+    for e in &f.expects {
+        match e {
+            Expect::Contains(t) if !o.stdout.contains(t.as_str()) => {
+                fails.push(format!("stdout lacks {t:?}"))
+            }
+            Expect::Lacks(t) if o.stdout.contains(t.as_str()) => {
+                fails.push(format!("stdout contains {t:?}"))
+            }
+            Expect::StderrContains(t) if !o.stderr.contains(t.as_str()) => {
+                fails.push(format!("stderr lacks {t:?}"))
+            }
+            Expect::Compare(a, op, b) => match (o.value(a), o.value(b)) {
+                (Ok(x), Ok(y)) => {
+                    let ok = match op.as_str() {
+                        "==" => x == y,
+                        "!=" => x != y,
+                        ">=" => x >= y,
+                        "<=" => x <= y,
+                        ">" => x > y,
+                        _ => x < y,
+                    };
+                    if !ok {
+                        fails.push(format!("{a:?} {op} {b:?} is false: {x} {op} {y}"));
+                    }
+                }
+                (Err(m), _) | (_, Err(m)) => fails.push(m),
+            },
+            _ => {}
+        }
+    }
+    if !f.allow_errors
+        && let Some(l) = o.stderr.lines().find(|l| l.ends_with(" times)"))
+    {
+        fails.push(format!("runtime errors: {l}"));
+    }
+    if let Some(l) = o.stderr.lines().find(|l| l.contains("detach:")) {
+        fails.push(format!("detach failed: {l}"));
+    }
+    if !o.stdout.starts_with("Attaching ")
+        && !o.stdout.starts_with("{\"type\": \"attached_probes\"")
+    {
+        fails.push("no 'Attaching N probes...' banner".into());
+    }
+    fails
+}
+
+/// The workload with the guest kernel's own kprobe events around it, then
+/// their counts as `GT NAME hits=H events=E`, then an end marker.
+fn wrapped_workload(f: &Fixture, marker: &str) -> String {
+    let t = "/sys/kernel/tracing";
+    let mut s = String::new();
+    for tr in &f.truths {
+        let ev = format!("{t}/events/kprobes/{}", tr.name);
+        s.push_str(&format!(
+            "echo '{}' >> {t}/kprobe_events && ",
+            tr.definition
+        ));
+        if let Some(filter) = &tr.filter {
+            s.push_str(&format!("echo '{filter}' > {ev}/filter && "));
+        }
+        s.push_str(&format!("echo 1 > {ev}/enable && "));
+    }
+    s.push_str(&format!("( {} ); status=$?; ", f.workload.join("; ")));
+    for tr in &f.truths {
+        let n = &tr.name;
+        s.push_str(&format!(
+            "echo 0 > {t}/events/kprobes/{n}/enable; \
+             echo GT {n} hits=$(awk '$1==\"{n}\"{{print $2}}' {t}/kprobe_profile) \
+             events=$(grep -c ' {n}: ' {t}/trace); "
+        ));
+    }
+    if !f.truths.is_empty() {
+        s.push_str(&format!("echo > {t}/trace; echo > {t}/kprobe_events; "));
+    }
+    s.push_str(&format!("echo {marker}; exit $status"));
+    s
+}
+
+/// Lines of a child's pipe, collected in a thread (which ends at the
+/// pipe's end: join it before reading everything).
+fn collect(
+    pipe: impl Read + Send + 'static,
+) -> (Arc<Mutex<String>>, Receiver<String>, JoinHandle<()>) {
+    let buf = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = channel();
+    let b = buf.clone();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            let mut s = b.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+            let _ = tx.send(line);
+        }
+    });
+    (buf, rx, reader)
+}
+
+fn wait_child(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+struct Guest {
+    vm: Vm,
+    kernel: PathBuf,
+    console: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Guest {
+    fn console_len(&self) -> usize {
+        self.console.lock().unwrap().len()
+    }
+
+    fn console_since(&self, from: usize) -> String {
+        String::from_utf8_lossy(&self.console.lock().unwrap()[from..]).into_owned()
+    }
+}
+
+/// Runs one script: attach, workload, Ctrl-C, detach. Err: what failed.
+fn run_one(g: &mut Guest, f: &Fixture, index: usize) -> Result<Outcome, String> {
+    // The wrapper goes into a file first, unprobed: init reads its
+    // command line a byte at a time, and each read would be a probe hit
+    // for scripts that probe reads.
+    let script = wrapped_workload(f, &format!("SCRIPT-DONE-{index}")).replace('\'', "'\\''");
+    g.vm.start_workload(&format!("printf '%s\\n' '{script}' > /tmp/w.sh"))
+        .map_err(|e| e.to_string())?;
+    match g.vm.wait_exit(WORKLOAD_LIMIT) {
+        Ok(0) => {}
+        other => return Err(format!("writing the workload file: {other:?}")),
+    }
+    let from = g.console_len();
+    let spec = format!(
+        "vm0=gdb:unix:{},kernel:{}",
+        g.vm.gdb_socket().display(),
+        g.kernel.display()
+    );
+    let t0 = Instant::now();
+    let mut child = vmprobe()
+        .args(["attach", "--vm", &spec])
+        .args(&f.flags)
+        .arg(&f.path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawning vmprobe: {e}"))?;
+    let (stdout, _, out_reader) = collect(child.stdout.take().unwrap());
+    let (stderr, lines, err_reader) = collect(child.stderr.take().unwrap());
+    let err_text = || stderr.lock().unwrap().clone();
+    // Armed: the guest is stopped until vmprobe resumes it, so a workload
+    // sent now starts under the probes.
+    let deadline = Instant::now() + ATTACH_LIMIT;
+    loop {
+        match lines.recv_timeout(Duration::from_millis(100)) {
+            Ok(l) if l.contains("attached to vm0") => break,
+            Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = wait_child(&mut child, DETACH_LIMIT);
+                return Err(format!("vmprobe ended before attaching:\n{}", err_text()));
+            }
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err(format!(
+                "no attach within {ATTACH_LIMIT:?}:\n{}",
+                err_text()
+            ));
+        }
+    }
+    let t1 = Instant::now();
+    let marker = format!("SCRIPT-DONE-{index}");
+    g.vm.start_workload("sh /tmp/w.sh")
+        .map_err(|e| e.to_string())?;
+    let status = g.vm.wait_exit(WORKLOAD_LIMIT);
+    let t2 = Instant::now();
+    // Ctrl-C, as a user ends a bpftrace session (the script may have
+    // called exit() already; then this signals a finished process).
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::INT,
+    );
+    let exit = wait_child(&mut child, DETACH_LIMIT);
+    // vmprobe has exited (or was killed): its pipes are at their end.
+    let _ = out_reader.join();
+    let _ = err_reader.join();
+    eprintln!(
+        "  {}: attach {:.1} s, workload {:.1} s, detach {:.1} s",
+        f.name,
+        (t1 - t0).as_secs_f64(),
+        (t2 - t1).as_secs_f64(),
+        t2.elapsed().as_secs_f64()
+    );
+    match status {
+        Ok(0) => {}
+        Ok(s) => return Err(format!("the workload exited with {s}")),
+        Err(e) => return Err(format!("the workload did not finish: {e}")),
+    }
+    // The console arrives on its own socket: wait for the end marker.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !g.console_since(from).contains(&marker) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let out = Outcome {
+        stdout: stdout.lock().unwrap().clone(),
+        stderr: err_text(),
+        console: g.console_since(from),
+    };
+    match exit {
+        Some(s) if s.success() => Ok(out),
+        Some(s) => Err(format!("vmprobe exited with {s}:\n{}", out.stderr)),
+        None => Err(format!("vmprobe did not detach:\n{}", out.stderr)),
+    }
+}
+
+fn fixtures() -> Vec<Fixture> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("tests/scripts")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "bt"))
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .map(|p| parse_fixture(p).unwrap_or_else(|e| panic!("{e}")))
+        .collect()
+}
+
+#[test]
+fn fixtures_parse() {
+    let all = fixtures();
+    assert!(all.len() >= 40, "{} scripts", all.len());
+    // Each parses (its `//-` lines are comments); typing needs the guest
+    // kernel's BTF, which the e2e run compiles with.
+    for f in &all {
+        let source = std::fs::read_to_string(&f.path).unwrap();
+        if let Err(e) = probe_lang::parser::parse(&source) {
+            panic!("{}: {} at byte {}", f.name, e.message, e.span.start);
+        }
+    }
+}
+
+#[test]
+fn every_script_against_one_guest() {
+    let only = std::env::var("VMPROBE_SCRIPTS").ok();
+    let all: Vec<Fixture> = fixtures()
+        .into_iter()
+        .filter(|f| {
+            only.as_ref()
+                .is_none_or(|o| o.split(',').any(|n| n == f.name))
+        })
+        .collect();
+    let image = default_guest();
+    let kernel = image.kernel.clone();
+    let console = Arc::new(Mutex::new(Vec::new()));
+    let mut cfg = LaunchConfig::new(image);
+    cfg.accel = Accel::Tcg;
+    cfg.vcpus = 2;
+    cfg.console = Some(console.clone());
+    let mut vm = Vm::launch(&cfg).expect("launch");
+    // QEMU starts paused (-S); let the guest boot, untouched by any stub.
+    let mut qmp =
+        qemu_vmm::Qmp::connect_unix_wait(&vm.qmp_socket(), Duration::from_secs(5)).unwrap();
+    qmp.cont().unwrap();
+    vm.wait_ready(Duration::from_secs(180))
+        .expect("guest boots");
+    let mut g = Guest {
+        vm,
+        kernel,
+        console,
+    };
+    let mut failures = Vec::new();
+    let start = Instant::now();
+    for (i, f) in all.iter().enumerate() {
+        let t = Instant::now();
+        let result = run_one(&mut g, f, i).and_then(|o| {
+            let fails = check(f, &o);
+            if fails.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{}\n--- stdout\n{}--- stderr\n{}--- console\n{}",
+                    fails.join("\n"),
+                    o.stdout,
+                    o.stderr,
+                    o.console
+                ))
+            }
+        });
+        eprintln!(
+            "script {} ... {} ({:.1} s)",
+            f.name,
+            if result.is_ok() { "ok" } else { "FAILED" },
+            t.elapsed().as_secs_f64()
+        );
+        if let Err(e) = result {
+            failures.push(format!("=== {}\n{e}", f.name));
+            // A guest that is gone fails every later script the same way.
+            if !g.vm.is_running() {
+                break;
+            }
+        }
+    }
+    eprintln!(
+        "{} scripts in {:.1} s",
+        all.len(),
+        start.elapsed().as_secs_f64()
+    );
+    let _ = g.vm.shutdown(Duration::from_secs(20));
+    assert!(
+        failures.is_empty(),
+        "{} of {} scripts failed:\n{}",
+        failures.len(),
+        all.len(),
+        failures.join("\n")
+    );
+}
