@@ -807,3 +807,131 @@ fn register_write_and_resume_waits_for_acking_stubs() {
     drop(c);
     h.join().unwrap();
 }
+
+#[test]
+fn physical_reads_switch_mode_and_always_switch_back() {
+    run(
+        vec![
+            // A plain physical read: on, read, off.
+            Expect("Qqemu.PhyMemMode:1"),
+            Reply("OK"),
+            Expect("m1000,4"),
+            Reply("01020304"),
+            Expect("Qqemu.PhyMemMode:0"),
+            Reply("OK"),
+            // A failing read still switches back.
+            Expect("Qqemu.PhyMemMode:1"),
+            Reply("OK"),
+            Expect("m7fff0000000,1"),
+            Reply("E14"),
+            Expect("Qqemu.PhyMemMode:0"),
+            Reply("OK"),
+            // Several reads share one switch.
+            Expect("Qqemu.PhyMemMode:1"),
+            Reply("OK"),
+            Expect("m2000,1"),
+            Reply("aa"),
+            Expect("m3000,1"),
+            Reply("bb"),
+            Expect("Qqemu.PhyMemMode:0"),
+            Reply("OK"),
+            // Virtual reads after all that need no switch.
+            Expect("mffffffff81000000,1"),
+            Reply("cc"),
+        ],
+        |c| {
+            let mut b = [0u8; 4];
+            c.read_physical(0x1000, &mut b).unwrap();
+            assert_eq!(b, [1, 2, 3, 4]);
+            let e = c.read_physical(0x7ff_f000_0000, &mut b[..1]).unwrap_err();
+            assert!(
+                matches!(&e, Error::ErrorReply { command, .. } if command == "m7fff0000000,1"),
+                "{e:?}"
+            );
+            let (x, y) = c
+                .with_physical(|m| {
+                    let (mut x, mut y) = ([0u8], [0u8]);
+                    m.read(0x2000, &mut x)
+                        .and_then(|()| m.read(0x3000, &mut y))?;
+                    Ok::<_, Error>((x[0], y[0]))
+                })
+                .unwrap()
+                .unwrap();
+            assert_eq!((x, y), (0xaa, 0xbb));
+            c.read_memory(0xffff_ffff_8100_0000, &mut b[..1]).unwrap();
+            assert_eq!(b[0], 0xcc);
+        },
+    );
+}
+
+#[test]
+fn failed_switch_back_is_retried_before_the_next_virtual_read() {
+    run(
+        vec![
+            Expect("Qqemu.PhyMemMode:1"),
+            Reply("OK"),
+            Expect("m1000,1"),
+            Reply("01"),
+            Expect("Qqemu.PhyMemMode:0"),
+            Reply("E01"),
+            // The next virtual read first switches back, then reads.
+            Expect("Qqemu.PhyMemMode:0"),
+            Reply("OK"),
+            Expect("m1000,1"),
+            Reply("02"),
+        ],
+        |c| {
+            let mut b = [0u8];
+            let e = c.read_physical(0x1000, &mut b).unwrap_err();
+            assert!(
+                matches!(&e, Error::ErrorReply { command, .. } if command == "Qqemu.PhyMemMode:0"),
+                "{e:?}"
+            );
+            c.read_memory(0x1000, &mut b).unwrap();
+            assert_eq!(b[0], 2);
+        },
+    );
+}
+
+#[test]
+fn stub_without_physical_mode_is_unsupported_and_asked_once() {
+    run(
+        vec![
+            Expect("qqemu.PhyMemMode"),
+            Reply(""),
+            Expect("m1000,1"),
+            Reply("05"),
+        ],
+        |c| {
+            assert!(!c.has_physical_mode().unwrap());
+            // Not asked again.
+            assert!(!c.has_physical_mode().unwrap());
+            let mut b = [0u8];
+            // Known unsupported: refused without a packet.
+            let e = c.read_physical(0x1000, &mut b).unwrap_err();
+            assert!(matches!(e, Error::Unsupported { .. }), "{e:?}");
+            c.read_memory(0x1000, &mut b).unwrap();
+            assert_eq!(b[0], 5);
+        },
+    );
+}
+
+#[test]
+fn a_stub_left_in_physical_mode_is_switched_back() {
+    run(
+        vec![
+            Expect("qqemu.PhyMemMode"),
+            Reply("1"),
+            Expect("Qqemu.PhyMemMode:0"),
+            Reply("OK"),
+            Expect("m1000,1"),
+            Reply("07"),
+        ],
+        |c| {
+            assert!(c.has_physical_mode().unwrap());
+            let mut b = [0u8];
+            c.read_memory(0x1000, &mut b).unwrap();
+            assert_eq!(b[0], 7);
+        },
+    );
+}
