@@ -674,11 +674,7 @@ impl Runtime {
     /// Reads up to `len` bytes at `addr`; if the whole range is unreadable,
     /// retries up to the end of the first page (a short string may sit
     /// just before an unmapped page).
-    fn read_bytes(
-        read: &mut ReadFn<'_>,
-        addr: u64,
-        len: u64,
-    ) -> Result<Vec<u8>, ContextError> {
+    fn read_bytes(read: &mut ReadFn<'_>, addr: u64, len: u64) -> Result<Vec<u8>, ContextError> {
         let mut buf = vec![0u8; len as usize];
         match read(addr, &mut buf) {
             Ok(()) => Ok(buf),
@@ -695,11 +691,7 @@ impl Runtime {
     }
 
     /// `str()`'s result from at most `max` bytes read with `read`.
-    fn read_str(
-        read: &mut ReadFn<'_>,
-        addr: u64,
-        max: u64,
-    ) -> Result<Value, ContextError> {
+    fn read_str(read: &mut ReadFn<'_>, addr: u64, max: u64) -> Result<Value, ContextError> {
         let b = Self::read_bytes(read, addr, max)?;
         let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
         Ok(Value::Str(Arc::from(String::from_utf8_lossy(&b[..end]))))

@@ -60,6 +60,9 @@ pub struct LaunchConfig {
     /// Start QEMU with a gdbstub (`-gdb`, on by default). Off gives a VM as
     /// users often run it, whose stub can be opened later through QMP.
     pub gdbstub: bool,
+    /// Extra CPU features for TCG's `qemu64` model, e.g. `"+la57"` for
+    /// five-level paging (empty by default).
+    pub tcg_cpu_features: String,
 }
 
 impl LaunchConfig {
@@ -74,6 +77,7 @@ impl LaunchConfig {
             qemu: PathBuf::from("qemu-system-x86_64"),
             log_file: None,
             gdbstub: true,
+            tcg_cpu_features: String::new(),
         }
     }
 }
@@ -134,7 +138,15 @@ impl Vm {
         ]);
         match cfg.accel {
             Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
-            Accel::Tcg => cmd.args(["-accel", "tcg", "-cpu", "qemu64"]),
+            Accel::Tcg if cfg.tcg_cpu_features.is_empty() => {
+                cmd.args(["-accel", "tcg", "-cpu", "qemu64"])
+            }
+            Accel::Tcg => cmd.args([
+                "-accel".to_string(),
+                "tcg".into(),
+                "-cpu".into(),
+                format!("qemu64,{}", cfg.tcg_cpu_features.trim_start_matches(',')),
+            ]),
         };
         cmd.args([
             "-m",

@@ -1,0 +1,144 @@
+//! Page walks on the real guest, 4-level (the default `qemu64` CPU) and
+//! 5-level (`qemu64,+la57`, where the Debian kernel turns LA57 on): every
+//! translation equals QEMU's own (`gva2gpa` in its monitor), the physical
+//! bytes there equal the virtual ones, and unmapped addresses are
+//! `NotPresent` where QEMU says "Unmapped". Also prints the cost of a
+//! physical read and of a walk through the stub (for bench/RESULTS.md;
+//! never asserted).
+
+use gdb_remote::Client;
+use kernel_image::{KernelSections, KernelSymbols};
+use probe_engine::guest::{GuestError, GuestKernel, SECTIONS, vtop};
+use qemu_guest::{LaunchConfig, Vm};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use x86_paging::{CR4_LA57, WalkError};
+
+fn default_guest() -> Option<qemu_guest::GuestImage> {
+    let image = qemu_guest::default_guest(&qemu_guest::cache_dir());
+    if image.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must build the default guest first (vmprobe guest build)"
+        );
+        eprintln!("no default guest built: skipping");
+    }
+    image
+}
+
+/// QEMU's translation of `va` on the monitor's vCPU: `Some(gpa)` or
+/// `None` for "Unmapped".
+fn qemu_gva2gpa(client: &mut Client, va: u64) -> Option<u64> {
+    let out = client.monitor(&format!("gva2gpa {va:#x}")).unwrap();
+    if out.contains("Unmapped") {
+        return None;
+    }
+    let hex = out
+        .trim()
+        .strip_prefix("gpa: 0x")
+        .unwrap_or_else(|| panic!("gva2gpa {va:#x}: {out}"));
+    Some(u64::from_str_radix(hex, 16).unwrap())
+}
+
+fn walks_equal_qemus(cpu_features: &str, five_level: bool) {
+    let Some(image) = default_guest() else { return };
+    let cache = qemu_guest::cache_dir();
+    let symbols =
+        Arc::new(KernelSymbols::load(&image.kernel, Some(&cache.join("symbols"))).unwrap());
+    let sections =
+        KernelSections::load(&image.kernel, &SECTIONS, Some(&cache.join("sections"))).unwrap();
+    let mut cfg = LaunchConfig::new(image);
+    cfg.accel = qemu_guest::Accel::Tcg;
+    cfg.tcg_cpu_features = cpu_features.into();
+    let mut vm = Vm::launch(&cfg).unwrap();
+    let mut client = Client::connect_unix(&vm.gdb_socket(), Duration::from_secs(5)).unwrap();
+    client.resume(&[]).unwrap();
+    vm.wait_ready(Duration::from_secs(180)).unwrap();
+    client.interrupt().unwrap();
+    client
+        .wait_stop(Some(Duration::from_secs(5)))
+        .unwrap()
+        .unwrap();
+    let thread = client.threads().unwrap()[0];
+    let regs = client.read_registers(thread).unwrap();
+    let (cr3, cr4) = (regs.get("cr3").unwrap(), regs.get("cr4").unwrap());
+    assert_eq!(cr4 & CR4_LA57 != 0, five_level, "cr4 {cr4:#x}");
+    let slide = kernel_image::detect_slide(symbols.text_samples(), |addr, len| {
+        let mut buf = vec![0u8; len];
+        client.read_memory(addr, &mut buf).ok().map(|_| buf)
+    })
+    .expect("KASLR slide");
+    let kernel = GuestKernel::new(symbols.clone(), slide, Some(&sections));
+    let sym = |name: &str| symbols.lookup(name).unwrap().addr + slide;
+    let mut word = [0u8; 8];
+    client
+        .read_memory(sym("page_offset_base"), &mut word)
+        .unwrap();
+    let direct_map = u64::from_le_bytes(word);
+    let addrs = [
+        sym("ksys_write"),              // kernel text (2 MiB pages)
+        sym("init_task") + 0x123,       // kernel data
+        regs.get("rsp").unwrap() & !7,  // a kernel stack (vmalloc, 4 KiB)
+        direct_map + 0x10_0000 + 0x678, // the direct map
+        sym("page_offset_base"),        // a variable read above
+        0x1000,                         // unmapped user address
+        direct_map - 0x1000_0000,       // a hole below the direct map
+    ];
+    for va in addrs {
+        let ours = vtop(&mut client, &regs, Some(&kernel), cr3, va);
+        match (ours, qemu_gva2gpa(&mut client, va)) {
+            (Ok(p), Some(q)) => {
+                assert_eq!(p, q, "{va:#x}");
+                let (mut v, mut ph) = ([0u8; 16], [0u8; 16]);
+                client.read_memory(va, &mut v).unwrap();
+                client.read_physical(p, &mut ph).unwrap();
+                assert_eq!(v, ph, "bytes at {va:#x} / physical {p:#x}");
+            }
+            (Err(GuestError::Walk(WalkError::NotPresent { .. })), None) => {}
+            (ours, theirs) => panic!("{va:#x}: ours {ours:?}, QEMU {theirs:?}"),
+        }
+    }
+
+    // Costs through the stub, for bench/RESULTS.md (not asserted).
+    let n = 200;
+    let text = sym("ksys_write");
+    let phys = vtop(&mut client, &regs, Some(&kernel), cr3, text).unwrap();
+    let time = |client: &mut Client, f: &mut dyn FnMut(&mut Client)| {
+        let t = Instant::now();
+        for _ in 0..n {
+            f(client);
+        }
+        t.elapsed() / n
+    };
+    let virt = time(&mut client, &mut |c| {
+        c.read_memory(text, &mut word).unwrap()
+    });
+    let physical = time(&mut client, &mut |c| {
+        c.read_physical(phys, &mut word).unwrap()
+    });
+    let walk = time(&mut client, &mut |c| {
+        vtop(c, &regs, Some(&kernel), cr3, text).unwrap();
+    });
+    let mut buf = [0u8; 64];
+    let task_read = time(&mut client, &mut |c| {
+        kernel
+            .read_task_memory(c, &regs, sym("init_task"), 0x1000, &mut buf)
+            .unwrap_err();
+    });
+    eprintln!(
+        "COST {}-level: virtual read {virt:?}, physical read {physical:?}, vtop {walk:?}, \
+         task read refused (kernel thread) {task_read:?}",
+        if five_level { 5 } else { 4 }
+    );
+    vm.kill();
+}
+
+#[test]
+fn four_level_walks_equal_qemus() {
+    walks_equal_qemus("", false);
+}
+
+#[test]
+fn five_level_walks_equal_qemus() {
+    walks_equal_qemus("+la57", true);
+}
