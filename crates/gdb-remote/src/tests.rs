@@ -935,3 +935,27 @@ fn a_stub_left_in_physical_mode_is_switched_back() {
         },
     );
 }
+
+#[test]
+fn physical_mode_refused_on_first_use_sends_nothing_more() {
+    run(
+        vec![
+            Expect("Qqemu.PhyMemMode:1"),
+            Reply(""),
+            // No switch back (nothing was switched), and virtual reads go
+            // straight out.
+            Expect("m1000,1"),
+            Reply("09"),
+        ],
+        |c| {
+            let mut b = [0u8];
+            let e = c.read_physical(0x1000, &mut b).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "gdb stub does not support physical memory reads (Qqemu.PhyMemMode)"
+            );
+            c.read_memory(0x1000, &mut b).unwrap();
+            assert_eq!(b[0], 9);
+        },
+    );
+}
