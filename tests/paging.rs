@@ -211,3 +211,43 @@ fn ustack_by_frame_pointers_matches_the_binary() {
     assert_eq!(tail, "]: 4");
     assert!(!stderr.contains("ustack"), "{stderr}");
 }
+
+/// Samples taken while the vCPU runs the workload's user code (a spin in
+/// f2) walk from the vCPU's own registers: f2, f1, main as well.
+#[test]
+fn ustack_in_user_mode_samples() {
+    let syms = guest_program_symbols("fpstack");
+    let program = r#"profile:hz:50 /comm == "vmprobe-fpstack"/ { @mode[reg("cs") & 3] = count(); @u[ustack(3)] = count(); }"#;
+    let out = run_bounded(
+        vmprobe().args(["run", "-e", program, "--", "vmprobe-fpstack 40 spin"]),
+        RUN_LIMIT,
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "vmprobe failed: {stderr}");
+    let modes = keyed_map(&stdout, "mode");
+    assert!(
+        modes.get(&3).copied().unwrap_or(0) > 0,
+        "no sample in user mode: {stdout}"
+    );
+    // Each @u entry: frames up to "]: N"; the spin's stack dominates.
+    let mut spin_samples = 0;
+    let mut lines = stdout.lines().skip_while(|l| !l.starts_with("@u["));
+    while let Some(l) = lines.next() {
+        if !l.starts_with("@u[") {
+            continue;
+        }
+        let frames: Vec<&str> = lines
+            .by_ref()
+            .take_while(|l| !l.starts_with(']'))
+            .map(|l| {
+                let a = u64::from_str_radix(l.trim().trim_start_matches("0x"), 16).unwrap();
+                symbolize(&syms, a)
+            })
+            .collect();
+        if frames.first() == Some(&"f2") {
+            assert_eq!(frames, ["f2", "f1", "main"], "{stdout}");
+            spin_samples += 1;
+        }
+    }
+    assert!(spin_samples > 0, "{stdout}");
+}
