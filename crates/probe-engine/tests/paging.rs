@@ -6,25 +6,12 @@
 //! physical read and of a walk through the stub (for bench/RESULTS.md;
 //! never asserted).
 
+mod support;
+
 use gdb_remote::Client;
-use kernel_image::{KernelSections, KernelSymbols};
-use probe_engine::guest::{GuestError, GuestKernel, SECTIONS, vtop};
-use qemu_guest::{LaunchConfig, Vm};
-use std::sync::Arc;
+use probe_engine::guest::{GuestError, vtop};
 use std::time::{Duration, Instant};
 use x86_paging::{CR4_LA57, WalkError};
-
-fn default_guest() -> Option<qemu_guest::GuestImage> {
-    let image = qemu_guest::default_guest(&qemu_guest::cache_dir());
-    if image.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must build the default guest first (vmprobe guest build)"
-        );
-        eprintln!("no default guest built: skipping");
-    }
-    image
-}
 
 /// QEMU's translation of `va` on the monitor's vCPU: `Some(gpa)` or
 /// `None` for "Unmapped".
@@ -41,35 +28,15 @@ fn qemu_gva2gpa(client: &mut Client, va: u64) -> Option<u64> {
 }
 
 fn walks_equal_qemus(cpu_features: &str, five_level: bool) {
-    let Some(image) = default_guest() else { return };
-    let cache = qemu_guest::cache_dir();
-    let symbols =
-        Arc::new(KernelSymbols::load(&image.kernel, Some(&cache.join("symbols"))).unwrap());
-    let sections =
-        KernelSections::load(&image.kernel, &SECTIONS, Some(&cache.join("sections"))).unwrap();
-    let mut cfg = LaunchConfig::new(image);
-    cfg.accel = qemu_guest::Accel::Tcg;
-    cfg.tcg_cpu_features = cpu_features.into();
-    let mut vm = Vm::launch(&cfg).unwrap();
-    let mut client = Client::connect_unix(&vm.gdb_socket(), Duration::from_secs(5)).unwrap();
-    client.resume(&[]).unwrap();
-    vm.wait_ready(Duration::from_secs(180)).unwrap();
-    client.interrupt().unwrap();
-    client
-        .wait_stop(Some(Duration::from_secs(5)))
-        .unwrap()
-        .unwrap();
+    let Some(g) = support::boot(|cfg| cfg.tcg_cpu_features = cpu_features.into()) else {
+        return;
+    };
+    let (mut vm, mut client, kernel) = (g.vm, g.client, g.kernel);
     let thread = client.threads().unwrap()[0];
     let regs = client.read_registers(thread).unwrap();
     let (cr3, cr4) = (regs.get("cr3").unwrap(), regs.get("cr4").unwrap());
     assert_eq!(cr4 & CR4_LA57 != 0, five_level, "cr4 {cr4:#x}");
-    let slide = kernel_image::detect_slide(symbols.text_samples(), |addr, len| {
-        let mut buf = vec![0u8; len];
-        client.read_memory(addr, &mut buf).ok().map(|_| buf)
-    })
-    .expect("KASLR slide");
-    let kernel = GuestKernel::new(symbols.clone(), slide, Some(&sections));
-    let sym = |name: &str| symbols.lookup(name).unwrap().addr + slide;
+    let sym = |name: &str| g.symbols.lookup(name).unwrap().addr + g.slide;
     let mut word = [0u8; 8];
     client
         .read_memory(sym("page_offset_base"), &mut word)
