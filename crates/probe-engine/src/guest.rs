@@ -63,7 +63,8 @@ impl MmLayout {
             task_mm: off("task_struct", "mm")?,
             task_stack: off("task_struct", "stack")?,
             mm_pgd: off("mm_struct", "pgd")?,
-            regs_size: btf.size_of(regs).ok()?,
+            // Bounded: it sizes a read (x86-64's is 168 bytes).
+            regs_size: btf.size_of(regs).ok().filter(|&n| (8..=512).contains(&n))?,
             regs_ip: off("pt_regs", "ip")?,
             regs_bp: off("pt_regs", "bp")?,
             regs_cs: off("pt_regs", "cs")?,
