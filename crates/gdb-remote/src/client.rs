@@ -173,6 +173,10 @@ impl Client {
         }
         c.request_str("vCont?")?;
         c.features.vcont = VContSupport::parse(&c.dec.payload);
+        // A debugger that died inside `with_physical` leaves QEMU's (global)
+        // physical-memory mode on; learn the mode now, so that the first
+        // virtual access switches it back.
+        c.has_physical_mode()?;
         if c.features.xfer_features {
             let root = c.xfer_read_string("features", "target.xml")?;
             let map = RegisterMap::from_target_xml(&root, &mut |annex| {
@@ -829,7 +833,7 @@ impl Client {
     }
 
     /// Whether the stub reads physical memory ([`Client::with_physical`]);
-    /// asks it once (`qqemu.PhyMemMode`).
+    /// asked once (`qqemu.PhyMemMode`), during the handshake.
     pub fn has_physical_mode(&mut self) -> Result<bool, Error> {
         if let Some(s) = self.phys_supported {
             return Ok(s);

@@ -13,7 +13,7 @@
 //!
 //! Framing `$data#cs` with checksum verification, `}` escapes, `*` run-length
 //! decoding, `%` notifications (skipped), acks/naks; `qSupported` (honouring
-//! `PacketSize`), `QStartNoAckMode`, `vCont?`; the register map from
+//! `PacketSize`), `QStartNoAckMode`, `vCont?`, `qqemu.PhyMemMode`; the register map from
 //! `qXfer:features:read:target.xml` including `<xi:include>`d documents;
 //! `g`, `p` (falling back to `g`), `P`, `Hg`/`Hc` (cached), `m`/`M` split by
 //! packet size, `Z0`-`Z4`/`z0`-`z4`, `vCont` with per-thread actions (falling
@@ -56,7 +56,9 @@
 //!   across connections); `qqemu.PhyMemMode` answers `0` or `1`. Physical
 //!   reads outside RAM succeed in QEMU (unassigned memory reads as ones or
 //!   zeros), so callers bound physical addresses themselves. The client
-//!   switches back after every physical access and before any virtual one.
+//!   switches back after every physical access and before any virtual one,
+//!   and asks for the mode in its handshake (a debugger that died in
+//!   physical mode leaves it on for the next).
 //! - QEMU needs `D;PID` (not bare `D`) once multiprocess is negotiated.
 //! - `PacketSize` is `1000` (hex, 4096 bytes); `m` requests longer than half
 //!   of that fail with `E22`, hence the splitting.

@@ -137,6 +137,15 @@ fn spawn(steps: Vec<Step>) -> (SocketAddr, JoinHandle<()>) {
 const FEATURES: &str = "PacketSize=1000;QStartNoAckMode+;multiprocess+;swbreak+;vContSupported+";
 
 fn handshake_steps(qsupported: &'static str, vcont: &'static str) -> Vec<Step> {
+    handshake_steps_phys(qsupported, vcont, "0")
+}
+
+/// The handshake, with `phys` as the reply to `qqemu.PhyMemMode`.
+fn handshake_steps_phys(
+    qsupported: &'static str,
+    vcont: &'static str,
+    phys: &'static str,
+) -> Vec<Step> {
     let mut v = vec![ExpectPrefix("qSupported:multiprocess+"), Reply(qsupported)];
     let ok = if qsupported.contains("QStartNoAckMode+") {
         "OK"
@@ -145,6 +154,7 @@ fn handshake_steps(qsupported: &'static str, vcont: &'static str) -> Vec<Step> {
     };
     v.extend([Expect("QStartNoAckMode"), Reply(ok)]);
     v.extend([Expect("vCont?"), Reply(vcont)]);
+    v.extend([Expect("qqemu.PhyMemMode"), Reply(phys)]);
     v
 }
 
@@ -221,7 +231,7 @@ fn handshake_features_and_chunked_target_xml() {
     assert_eq!(r.get("rip"), Some(0xfff0));
     // Short `g` reply: eflags only has 3 of 4 bytes.
     assert_eq!(r.get("eflags"), None);
-    assert_eq!(c.round_trips(), 7);
+    assert_eq!(c.round_trips(), 8);
     drop(c);
     h.join().unwrap();
 }
@@ -893,35 +903,42 @@ fn failed_switch_back_is_retried_before_the_next_virtual_read() {
     );
 }
 
+/// Runs `client_fn` against a stub whose handshake answers `phys` to
+/// `qqemu.PhyMemMode`.
+fn run_phys(phys: &'static str, steps: Vec<Step>, client_fn: impl FnOnce(&mut Client)) {
+    let mut all = handshake_steps_phys(FEATURES, "vCont;c;C;s;S", phys);
+    all.extend(steps);
+    let (addr, h) = spawn(all);
+    let mut c = Client::connect_tcp(addr, Duration::from_secs(5)).unwrap();
+    client_fn(&mut c);
+    drop(c);
+    h.join().expect("stub thread failed");
+}
+
 #[test]
 fn stub_without_physical_mode_is_unsupported_and_asked_once() {
-    run(
-        vec![
-            Expect("qqemu.PhyMemMode"),
-            Reply(""),
-            Expect("m1000,1"),
-            Reply("05"),
-        ],
-        |c| {
-            assert!(!c.has_physical_mode().unwrap());
-            // Not asked again.
-            assert!(!c.has_physical_mode().unwrap());
-            let mut b = [0u8];
-            // Known unsupported: refused without a packet.
-            let e = c.read_physical(0x1000, &mut b).unwrap_err();
-            assert!(matches!(e, Error::Unsupported { .. }), "{e:?}");
-            c.read_memory(0x1000, &mut b).unwrap();
-            assert_eq!(b[0], 5);
-        },
-    );
+    // Asked in the handshake only; physical reads are refused without a
+    // packet, virtual reads go straight out.
+    run_phys("", vec![Expect("m1000,1"), Reply("05")], |c| {
+        assert!(!c.has_physical_mode().unwrap());
+        let mut b = [0u8];
+        let e = c.read_physical(0x1000, &mut b).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "gdb stub does not support physical memory reads (Qqemu.PhyMemMode)"
+        );
+        c.read_memory(0x1000, &mut b).unwrap();
+        assert_eq!(b[0], 5);
+    });
 }
 
 #[test]
 fn a_stub_left_in_physical_mode_is_switched_back() {
-    run(
+    // A debugger died in physical mode: the first virtual read switches
+    // back first.
+    run_phys(
+        "1",
         vec![
-            Expect("qqemu.PhyMemMode"),
-            Reply("1"),
             Expect("Qqemu.PhyMemMode:0"),
             Reply("OK"),
             Expect("m1000,1"),
@@ -937,23 +954,21 @@ fn a_stub_left_in_physical_mode_is_switched_back() {
 }
 
 #[test]
-fn physical_mode_refused_on_first_use_sends_nothing_more() {
+fn physical_mode_refused_at_the_switch_sends_nothing_more() {
+    // The stub said it has the mode, then refuses to switch: unsupported,
+    // and no switch back (nothing was switched).
     run(
         vec![
             Expect("Qqemu.PhyMemMode:1"),
             Reply(""),
-            // No switch back (nothing was switched), and virtual reads go
-            // straight out.
             Expect("m1000,1"),
             Reply("09"),
         ],
         |c| {
             let mut b = [0u8];
             let e = c.read_physical(0x1000, &mut b).unwrap_err();
-            assert_eq!(
-                e.to_string(),
-                "gdb stub does not support physical memory reads (Qqemu.PhyMemMode)"
-            );
+            assert!(matches!(e, Error::Unsupported { .. }), "{e:?}");
+            assert!(!c.has_physical_mode().unwrap());
             c.read_memory(0x1000, &mut b).unwrap();
             assert_eq!(b[0], 9);
         },

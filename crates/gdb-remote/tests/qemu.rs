@@ -366,4 +366,13 @@ fn qemu_physical_memory_matches_the_monitor() {
     let mut far = [0u8; 8];
     c.read_physical(0x1_0000_0000, &mut far).unwrap();
     assert_eq!(c.request(b"qqemu.PhyMemMode").unwrap(), b"0");
+    // A client that dies in physical mode leaves QEMU's global switch on;
+    // the next client notices in its handshake and switches back before
+    // its first virtual read.
+    assert_eq!(c.request(b"Qqemu.PhyMemMode:1").unwrap(), b"OK");
+    drop(c);
+    let mut c = connect(&q);
+    assert_eq!(c.request(b"qqemu.PhyMemMode").unwrap(), b"1");
+    c.read_memory(0x20_0000, &mut phys[..8]).unwrap();
+    assert_eq!(c.request(b"qqemu.PhyMemMode").unwrap(), b"0");
 }
