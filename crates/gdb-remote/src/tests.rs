@@ -169,9 +169,13 @@ fn run_with(
     steps: Vec<Step>,
     client_fn: impl FnOnce(&mut Client),
 ) {
-    let mut all = handshake_steps(qsupported, vcont);
-    all.extend(steps);
-    let (addr, h) = spawn(all);
+    run_after(handshake_steps(qsupported, vcont), steps, client_fn)
+}
+
+/// Runs `client_fn` against a stub doing `handshake`, then `steps`.
+fn run_after(mut handshake: Vec<Step>, steps: Vec<Step>, client_fn: impl FnOnce(&mut Client)) {
+    handshake.extend(steps);
+    let (addr, h) = spawn(handshake);
     let mut c = Client::connect_tcp(addr, Duration::from_secs(5)).unwrap();
     client_fn(&mut c);
     drop(c);
@@ -906,13 +910,8 @@ fn failed_switch_back_is_retried_before_the_next_virtual_read() {
 /// Runs `client_fn` against a stub whose handshake answers `phys` to
 /// `qqemu.PhyMemMode`.
 fn run_phys(phys: &'static str, steps: Vec<Step>, client_fn: impl FnOnce(&mut Client)) {
-    let mut all = handshake_steps_phys(FEATURES, "vCont;c;C;s;S", phys);
-    all.extend(steps);
-    let (addr, h) = spawn(all);
-    let mut c = Client::connect_tcp(addr, Duration::from_secs(5)).unwrap();
-    client_fn(&mut c);
-    drop(c);
-    h.join().expect("stub thread failed");
+    let handshake = handshake_steps_phys(FEATURES, "vCont;c;C;s;S", phys);
+    run_after(handshake, steps, client_fn)
 }
 
 #[test]
