@@ -352,7 +352,9 @@ impl GuestKernel {
     /// frame pointers: from the vCPU's registers if it stopped in user
     /// mode, else from the user registers the kernel saved at syscall or
     /// interrupt entry (`task_pt_regs`). Empty for kernel threads. Reads
-    /// go through the current address space, bounded by `max_frames`; the
+    /// go through the current address space (through the task's page
+    /// tables if the vCPU is on another one, as inside a context switch),
+    /// bounded by `max_frames`; the
     /// walk ends at a zero, misaligned, kernel or non-increasing frame
     /// pointer, or an unreadable frame.
     pub fn ustack(
@@ -363,6 +365,10 @@ impl GuestKernel {
         max_frames: usize,
     ) -> Result<Vec<u64>, GuestError> {
         let get = |name: &'static str| regs.get(name).ok_or(GuestError::Register(name));
+        // Where the user stack is read: the current address space, or,
+        // when the vCPU runs on another one than the task's (a sample in
+        // the middle of a context switch), the task's page tables.
+        let mut other_space = None;
         let (ip, mut bp) = if get("cs")? & 3 == 3 {
             (get("rip")?, get("rbp")?)
         } else {
@@ -385,7 +391,17 @@ impl GuestKernel {
             if field(l.regs_cs) & 3 != 3 {
                 return Ok(Vec::new());
             }
+            let cr3 = self.task_cr3(client, task)?;
+            // PCID (bits 11:0) and PTI's user half (bit 12) aside.
+            const TABLE: u64 = 0x000f_ffff_ffff_e000;
+            if get("cr3")? & TABLE != cr3 & TABLE {
+                other_space = Some((cr3, self.walker(client, regs)?));
+            }
             (field(l.regs_ip), field(l.regs_bp))
+        };
+        let read_frame = |client: &mut Client, addr: u64, buf: &mut [u8]| match other_space {
+            None => client.read_memory(addr, buf).is_ok(),
+            Some((cr3, walker)) => read_physical_virtual(client, walker, cr3, addr, buf).is_ok(),
         };
         let max = max_frames.min(MAX_USTACK);
         let mut frames = Vec::with_capacity(max.min(16));
@@ -398,7 +414,7 @@ impl GuestKernel {
                 break;
             }
             let mut frame = [0u8; 16];
-            if client.read_memory(bp, &mut frame).is_err() {
+            if !read_frame(client, bp, &mut frame) {
                 break;
             }
             let next = u64::from_le_bytes(frame[..8].try_into().expect("8 bytes"));
