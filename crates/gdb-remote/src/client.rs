@@ -99,6 +99,11 @@ pub struct Client {
     pid: Option<u64>,
     round_trips: u64,
     console: Vec<u8>,
+    /// The stub's memory mode as we last set it: `m` reads physical
+    /// addresses while true (QEMU's `Qqemu.PhyMemMode`).
+    phys_mode: bool,
+    /// Whether the stub has a physical-memory mode (`None`: not asked yet).
+    phys_supported: Option<bool>,
 }
 
 fn map_io_connect(addr: String) -> impl FnOnce(io::Error) -> Error {
@@ -149,6 +154,8 @@ impl Client {
             pid: None,
             round_trips: 0,
             console: Vec::new(),
+            phys_mode: false,
+            phys_supported: None,
         };
         c.request_str(
             "qSupported:multiprocess+;swbreak+;hwbreak+;vContSupported+;no-resumed+;xmlRegisters=i386",
@@ -166,6 +173,10 @@ impl Client {
         }
         c.request_str("vCont?")?;
         c.features.vcont = VContSupport::parse(&c.dec.payload);
+        // A debugger that died inside `with_physical` leaves QEMU's (global)
+        // physical-memory mode on; learn the mode now, so that the first
+        // virtual access switches it back.
+        c.has_physical_mode()?;
         if c.features.xfer_features {
             let root = c.xfer_read_string("features", "target.xml")?;
             let map = RegisterMap::from_target_xml(&root, &mut |annex| {
@@ -745,7 +756,14 @@ impl Client {
     }
 
     /// Reads target memory with `m`, split so each reply fits `PacketSize`.
+    /// Addresses are virtual, in the selected vCPU's current address space.
     pub fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), Error> {
+        self.ensure_virtual_mode()?;
+        self.read_memory_raw(addr, buf)
+    }
+
+    /// `m` reads in whatever mode the stub is in.
+    fn read_memory_raw(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), Error> {
         let chunk = self.mem_chunk();
         let mut done = 0;
         while done < buf.len() {
@@ -771,8 +789,10 @@ impl Client {
         Ok(())
     }
 
-    /// Writes target memory with `M`, split by `PacketSize`.
+    /// Writes target memory with `M`, split by `PacketSize` (virtual
+    /// addresses).
     pub fn write_memory(&mut self, addr: u64, data: &[u8]) -> Result<(), Error> {
+        self.ensure_virtual_mode()?;
         let chunk = (self.features.packet_size.saturating_sub(32) / 2).max(1);
         for (i, part) in data.chunks(chunk).enumerate() {
             let a = addr.wrapping_add((i * chunk) as u64);
@@ -783,6 +803,82 @@ impl Client {
             self.expect_ok(|| "M (memory write)".into())?;
         }
         Ok(())
+    }
+
+    /// Reads guest-physical memory: switches the stub to physical mode,
+    /// reads, and switches back (also when the read failed). For several
+    /// reads in a row, [`Client::with_physical`] switches once.
+    pub fn read_physical(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), Error> {
+        self.with_physical(|m| m.read(addr, buf))?
+    }
+
+    /// Runs `f` with the stub in physical-memory mode (QEMU:
+    /// `Qqemu.PhyMemMode:1`, where `m` reads guest-physical addresses) and
+    /// switches back to virtual mode afterwards, whatever `f` returned.
+    /// `Err` only if the mode could not be switched; `f`'s own result is
+    /// returned inside `Ok`. If switching back fails, the client remembers
+    /// and switches back before its next virtual read or write.
+    pub fn with_physical<R>(
+        &mut self,
+        f: impl FnOnce(&mut PhysicalMemory<'_>) -> R,
+    ) -> Result<R, Error> {
+        self.not_running()?;
+        if self.phys_supported == Some(false) {
+            return Err(phys_unsupported());
+        }
+        self.set_phys_mode(true)?;
+        let r = f(&mut PhysicalMemory { client: self });
+        self.set_phys_mode(false)?;
+        Ok(r)
+    }
+
+    /// Whether the stub reads physical memory ([`Client::with_physical`]);
+    /// asked once (`qqemu.PhyMemMode`), during the handshake.
+    pub fn has_physical_mode(&mut self) -> Result<bool, Error> {
+        if let Some(s) = self.phys_supported {
+            return Ok(s);
+        }
+        self.request_str("qqemu.PhyMemMode")?;
+        let s = matches!(&self.dec.payload[..], b"0" | b"1");
+        // A stub left in physical mode (a client that died in it) is put
+        // back, so virtual reads mean what they say.
+        if self.dec.payload == b"1" {
+            self.phys_mode = true;
+        }
+        self.phys_supported = Some(s);
+        Ok(s)
+    }
+
+    fn ensure_virtual_mode(&mut self) -> Result<(), Error> {
+        if self.phys_mode {
+            self.set_phys_mode(false)?;
+        }
+        Ok(())
+    }
+
+    fn set_phys_mode(&mut self, on: bool) -> Result<(), Error> {
+        self.cmd.clear();
+        let _ = write!(self.cmd, "Qqemu.PhyMemMode:{}", on as u8);
+        self.exchange()?;
+        if self.dec.payload.is_empty() {
+            self.phys_supported = Some(false);
+            return Err(phys_unsupported());
+        }
+        match self.expect_ok(|| "Qqemu.PhyMemMode".into()) {
+            Ok(()) => {
+                self.phys_supported = Some(true);
+                self.phys_mode = on;
+                Ok(())
+            }
+            Err(e) => {
+                // Unknown state: assume the worst, so the next virtual
+                // access tries to switch back first.
+                if !on {
+                    self.phys_mode = true;
+                }
+                Err(e)
+            }
+        }
     }
 
     // ----- breakpoints --------------------------------------------------
@@ -1112,6 +1208,25 @@ impl Client {
     }
     pub(crate) fn in_packet_for_test(&self) -> bool {
         self.dec.in_packet()
+    }
+}
+
+/// Guest-physical memory, while the stub is in physical mode (see
+/// [`Client::with_physical`]).
+pub struct PhysicalMemory<'a> {
+    client: &'a mut Client,
+}
+
+impl PhysicalMemory<'_> {
+    /// Reads guest-physical memory at `addr` (split by `PacketSize`).
+    pub fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), Error> {
+        self.client.read_memory_raw(addr, buf)
+    }
+}
+
+fn phys_unsupported() -> Error {
+    Error::Unsupported {
+        feature: "physical memory reads (Qqemu.PhyMemMode)".into(),
     }
 }
 

@@ -13,14 +13,15 @@
 //!
 //! Framing `$data#cs` with checksum verification, `}` escapes, `*` run-length
 //! decoding, `%` notifications (skipped), acks/naks; `qSupported` (honouring
-//! `PacketSize`), `QStartNoAckMode`, `vCont?`; the register map from
+//! `PacketSize`), `QStartNoAckMode`, `vCont?`, `qqemu.PhyMemMode`; the register map from
 //! `qXfer:features:read:target.xml` including `<xi:include>`d documents;
 //! `g`, `p` (falling back to `g`), `P`, `Hg`/`Hc` (cached), `m`/`M` split by
 //! packet size, `Z0`-`Z4`/`z0`-`z4`, `vCont` with per-thread actions (falling
 //! back to `Hc` + `c`/`s`), `qfThreadInfo`/`qsThreadInfo`, stop replies (`S`,
 //! `T`, `W`, `X`; `O` console output is collected, see
 //! [`Client::take_console_output`]), interrupt (raw `0x03`), `?`, `D`, `k`,
-//! `qRcmd` (monitor commands).
+//! `qRcmd` (monitor commands); guest-physical reads through QEMU's
+//! `Qqemu.PhyMemMode` ([`Client::with_physical`], [`Client::read_physical`]).
 //!
 //! Every buffer is bounded: packets whose decoded payload exceeds 1 MiB are
 //! rejected as [`Error::Malformed`]. No byte sequence from the stub panics.
@@ -50,6 +51,14 @@
 //!   piggybacking each `+` on the next packet it sends (so a request still
 //!   costs one write). QEMU consumes a `+` that acks its last packet as an
 //!   ack, even while running, so acks are safe.
+//! - `Qqemu.PhyMemMode:1` makes `m`/`M` use guest-physical addresses for
+//!   every vCPU until `Qqemu.PhyMemMode:0` (a global switch in QEMU, kept
+//!   across connections); `qqemu.PhyMemMode` answers `0` or `1`. Physical
+//!   reads outside RAM succeed in QEMU (unassigned memory reads as ones or
+//!   zeros), so callers bound physical addresses themselves. The client
+//!   switches back after every physical access and before any virtual one,
+//!   and asks for the mode in its handshake (a debugger that died in
+//!   physical mode leaves it on for the next).
 //! - QEMU needs `D;PID` (not bare `D`) once multiprocess is negotiated.
 //! - `PacketSize` is `1000` (hex, 4096 bytes); `m` requests longer than half
 //!   of that fail with `E22`, hence the splitting.
@@ -73,7 +82,7 @@ mod types;
 #[cfg(test)]
 mod tests;
 
-pub use client::Client;
+pub use client::{Client, PhysicalMemory};
 pub use regs::{RegisterInfo, RegisterMap, Registers};
 pub use types::{
     BreakpointKind, Features, ResumeAction, StopReason, StopReply, ThreadId, VContSupport,

@@ -137,6 +137,15 @@ fn spawn(steps: Vec<Step>) -> (SocketAddr, JoinHandle<()>) {
 const FEATURES: &str = "PacketSize=1000;QStartNoAckMode+;multiprocess+;swbreak+;vContSupported+";
 
 fn handshake_steps(qsupported: &'static str, vcont: &'static str) -> Vec<Step> {
+    handshake_steps_phys(qsupported, vcont, "0")
+}
+
+/// The handshake, with `phys` as the reply to `qqemu.PhyMemMode`.
+fn handshake_steps_phys(
+    qsupported: &'static str,
+    vcont: &'static str,
+    phys: &'static str,
+) -> Vec<Step> {
     let mut v = vec![ExpectPrefix("qSupported:multiprocess+"), Reply(qsupported)];
     let ok = if qsupported.contains("QStartNoAckMode+") {
         "OK"
@@ -145,6 +154,7 @@ fn handshake_steps(qsupported: &'static str, vcont: &'static str) -> Vec<Step> {
     };
     v.extend([Expect("QStartNoAckMode"), Reply(ok)]);
     v.extend([Expect("vCont?"), Reply(vcont)]);
+    v.extend([Expect("qqemu.PhyMemMode"), Reply(phys)]);
     v
 }
 
@@ -159,9 +169,13 @@ fn run_with(
     steps: Vec<Step>,
     client_fn: impl FnOnce(&mut Client),
 ) {
-    let mut all = handshake_steps(qsupported, vcont);
-    all.extend(steps);
-    let (addr, h) = spawn(all);
+    run_after(handshake_steps(qsupported, vcont), steps, client_fn)
+}
+
+/// Runs `client_fn` against a stub doing `handshake`, then `steps`.
+fn run_after(mut handshake: Vec<Step>, steps: Vec<Step>, client_fn: impl FnOnce(&mut Client)) {
+    handshake.extend(steps);
+    let (addr, h) = spawn(handshake);
     let mut c = Client::connect_tcp(addr, Duration::from_secs(5)).unwrap();
     client_fn(&mut c);
     drop(c);
@@ -221,7 +235,7 @@ fn handshake_features_and_chunked_target_xml() {
     assert_eq!(r.get("rip"), Some(0xfff0));
     // Short `g` reply: eflags only has 3 of 4 bytes.
     assert_eq!(r.get("eflags"), None);
-    assert_eq!(c.round_trips(), 7);
+    assert_eq!(c.round_trips(), 8);
     drop(c);
     h.join().unwrap();
 }
@@ -806,4 +820,156 @@ fn register_write_and_resume_waits_for_acking_stubs() {
     assert_eq!(c.round_trips(), rt + 3);
     drop(c);
     h.join().unwrap();
+}
+
+#[test]
+fn physical_reads_switch_mode_and_always_switch_back() {
+    run(
+        vec![
+            // A plain physical read: on, read, off.
+            Expect("Qqemu.PhyMemMode:1"),
+            Reply("OK"),
+            Expect("m1000,4"),
+            Reply("01020304"),
+            Expect("Qqemu.PhyMemMode:0"),
+            Reply("OK"),
+            // A failing read still switches back.
+            Expect("Qqemu.PhyMemMode:1"),
+            Reply("OK"),
+            Expect("m7fff0000000,1"),
+            Reply("E14"),
+            Expect("Qqemu.PhyMemMode:0"),
+            Reply("OK"),
+            // Several reads share one switch.
+            Expect("Qqemu.PhyMemMode:1"),
+            Reply("OK"),
+            Expect("m2000,1"),
+            Reply("aa"),
+            Expect("m3000,1"),
+            Reply("bb"),
+            Expect("Qqemu.PhyMemMode:0"),
+            Reply("OK"),
+            // Virtual reads after all that need no switch.
+            Expect("mffffffff81000000,1"),
+            Reply("cc"),
+        ],
+        |c| {
+            let mut b = [0u8; 4];
+            c.read_physical(0x1000, &mut b).unwrap();
+            assert_eq!(b, [1, 2, 3, 4]);
+            let e = c.read_physical(0x7ff_f000_0000, &mut b[..1]).unwrap_err();
+            assert!(
+                matches!(&e, Error::ErrorReply { command, .. } if command == "m7fff0000000,1"),
+                "{e:?}"
+            );
+            let (x, y) = c
+                .with_physical(|m| {
+                    let (mut x, mut y) = ([0u8], [0u8]);
+                    m.read(0x2000, &mut x)
+                        .and_then(|()| m.read(0x3000, &mut y))?;
+                    Ok::<_, Error>((x[0], y[0]))
+                })
+                .unwrap()
+                .unwrap();
+            assert_eq!((x, y), (0xaa, 0xbb));
+            c.read_memory(0xffff_ffff_8100_0000, &mut b[..1]).unwrap();
+            assert_eq!(b[0], 0xcc);
+        },
+    );
+}
+
+#[test]
+fn failed_switch_back_is_retried_before_the_next_virtual_read() {
+    run(
+        vec![
+            Expect("Qqemu.PhyMemMode:1"),
+            Reply("OK"),
+            Expect("m1000,1"),
+            Reply("01"),
+            Expect("Qqemu.PhyMemMode:0"),
+            Reply("E01"),
+            // The next virtual read first switches back, then reads.
+            Expect("Qqemu.PhyMemMode:0"),
+            Reply("OK"),
+            Expect("m1000,1"),
+            Reply("02"),
+        ],
+        |c| {
+            let mut b = [0u8];
+            let e = c.read_physical(0x1000, &mut b).unwrap_err();
+            assert!(
+                matches!(&e, Error::ErrorReply { command, .. } if command == "Qqemu.PhyMemMode:0"),
+                "{e:?}"
+            );
+            c.read_memory(0x1000, &mut b).unwrap();
+            assert_eq!(b[0], 2);
+        },
+    );
+}
+
+/// Runs `client_fn` against a stub whose handshake answers `phys` to
+/// `qqemu.PhyMemMode`.
+fn run_phys(phys: &'static str, steps: Vec<Step>, client_fn: impl FnOnce(&mut Client)) {
+    let handshake = handshake_steps_phys(FEATURES, "vCont;c;C;s;S", phys);
+    run_after(handshake, steps, client_fn)
+}
+
+#[test]
+fn stub_without_physical_mode_is_unsupported_and_asked_once() {
+    // Asked in the handshake only; physical reads are refused without a
+    // packet, virtual reads go straight out.
+    run_phys("", vec![Expect("m1000,1"), Reply("05")], |c| {
+        assert!(!c.has_physical_mode().unwrap());
+        let mut b = [0u8];
+        let e = c.read_physical(0x1000, &mut b).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "gdb stub does not support physical memory reads (Qqemu.PhyMemMode)"
+        );
+        c.read_memory(0x1000, &mut b).unwrap();
+        assert_eq!(b[0], 5);
+    });
+}
+
+#[test]
+fn a_stub_left_in_physical_mode_is_switched_back() {
+    // A debugger died in physical mode: the first virtual read switches
+    // back first.
+    run_phys(
+        "1",
+        vec![
+            Expect("Qqemu.PhyMemMode:0"),
+            Reply("OK"),
+            Expect("m1000,1"),
+            Reply("07"),
+        ],
+        |c| {
+            assert!(c.has_physical_mode().unwrap());
+            let mut b = [0u8];
+            c.read_memory(0x1000, &mut b).unwrap();
+            assert_eq!(b[0], 7);
+        },
+    );
+}
+
+#[test]
+fn physical_mode_refused_at_the_switch_sends_nothing_more() {
+    // The stub said it has the mode, then refuses to switch: unsupported,
+    // and no switch back (nothing was switched).
+    run(
+        vec![
+            Expect("Qqemu.PhyMemMode:1"),
+            Reply(""),
+            Expect("m1000,1"),
+            Reply("09"),
+        ],
+        |c| {
+            let mut b = [0u8];
+            let e = c.read_physical(0x1000, &mut b).unwrap_err();
+            assert!(matches!(e, Error::Unsupported { .. }), "{e:?}");
+            assert!(!c.has_physical_mode().unwrap());
+            c.read_memory(0x1000, &mut b).unwrap();
+            assert_eq!(b[0], 9);
+        },
+    );
 }

@@ -335,3 +335,44 @@ fn qemu_breakpoint_hit_loop() {
     c.remove_breakpoint(BreakpointKind::Software, 0x1001, 1)
         .unwrap();
 }
+
+/// Physical reads through QEMU 7.2's `Qqemu.PhyMemMode` equal what QEMU's
+/// own monitor (`xp`) shows at that physical address, and the stub is back
+/// in virtual mode afterwards. (Translation itself, where virtual and
+/// physical differ, is checked on a booted guest in probe-engine's tests.)
+#[test]
+fn qemu_physical_memory_matches_the_monitor() {
+    let Some(q) = start_qemu(1) else { return };
+    let mut c = connect(&q);
+    c.halt_reason().unwrap();
+    assert!(c.has_physical_mode().unwrap());
+    let pattern: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37) ^ 0x5a).collect();
+    // Paging is off at reset, so this virtual write lands at 0x200000.
+    c.write_memory(0x20_0000, &pattern).unwrap();
+    let mut phys = vec![0u8; 64];
+    c.read_physical(0x20_0000, &mut phys).unwrap();
+    assert_eq!(phys, pattern);
+    let xp = c.monitor("xp /64xb 0x200000").unwrap();
+    let truth: Vec<u8> = xp
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .flat_map(|(_, rest)| rest.split_whitespace())
+        .filter_map(|t| u8::from_str_radix(t.trim_start_matches("0x"), 16).ok())
+        .collect();
+    assert_eq!(truth, pattern, "monitor output:\n{xp}");
+    assert_eq!(c.request(b"qqemu.PhyMemMode").unwrap(), b"0");
+    // Past the end of RAM (64 MiB) QEMU still answers; callers bound
+    // physical addresses themselves.
+    let mut far = [0u8; 8];
+    c.read_physical(0x1_0000_0000, &mut far).unwrap();
+    assert_eq!(c.request(b"qqemu.PhyMemMode").unwrap(), b"0");
+    // A client that dies in physical mode leaves QEMU's global switch on;
+    // the next client notices in its handshake and switches back before
+    // its first virtual read.
+    assert_eq!(c.request(b"Qqemu.PhyMemMode:1").unwrap(), b"OK");
+    drop(c);
+    let mut c = connect(&q);
+    assert_eq!(c.request(b"qqemu.PhyMemMode").unwrap(), b"1");
+    c.read_memory(0x20_0000, &mut phys[..8]).unwrap();
+    assert_eq!(c.request(b"qqemu.PhyMemMode").unwrap(), b"0");
+}

@@ -172,6 +172,51 @@ impl ProbeContext for HitContext<'_> {
         self.task()
     }
 
+    fn vtop(&mut self, cr3: u64, vaddr: u64) -> Result<u64, ContextError> {
+        self.registers()?;
+        let kernel = self.kernel;
+        let (Some(client), Some(regs)) = (self.client.as_deref_mut(), self.regs.as_ref()) else {
+            return Err(ContextError::Message("no guest in this probe".into()));
+        };
+        crate::guest::vtop(client, regs, kernel, cr3, vaddr)
+            .map_err(|e| ContextError::Message(format!("vtop: {e}")))
+    }
+
+    fn read_task_memory(
+        &mut self,
+        task: u64,
+        addr: u64,
+        buf: &mut [u8],
+    ) -> Result<(), ContextError> {
+        let kernel = self.kernel("reading another task's memory")?;
+        self.registers()?;
+        let (Some(client), Some(regs)) = (self.client.as_deref_mut(), self.regs.as_ref()) else {
+            return Err(ContextError::Message("no guest in this probe".into()));
+        };
+        kernel
+            .read_task_memory(client, regs, task, addr, buf)
+            .map_err(|e| ContextError::Message(format!("read at {addr:#x} in task {task:#x}: {e}")))
+    }
+
+    fn ustack(&mut self, limit: usize) -> Result<Vec<u64>, ContextError> {
+        let kernel = self.kernel("ustack")?;
+        self.registers()?;
+        // The task (for its saved user registers) only matters when the
+        // vCPU stopped in the kernel.
+        let in_user = self
+            .regs
+            .as_ref()
+            .and_then(|r| r.get("cs"))
+            .is_some_and(|cs| cs & 3 == 3);
+        let task = if in_user { None } else { Some(self.task()?) };
+        let (Some(client), Some(regs)) = (self.client.as_deref_mut(), self.regs.as_ref()) else {
+            return Err(ContextError::Message("no guest in this probe".into()));
+        };
+        kernel
+            .ustack(client, regs, task, limit)
+            .map_err(|e| ContextError::Message(e.to_string()))
+    }
+
     fn comm(&mut self) -> Result<String, ContextError> {
         let task = self.task()?;
         let kernel = self.kernel("comm")?;

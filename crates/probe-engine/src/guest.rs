@@ -4,14 +4,19 @@
 //! image; the guest is only read, through the stub, with bounded reads.
 //!
 //! Linux-specific (x86-64): `current_task` is a per-CPU variable reached
-//! through the GS base; task fields come from `struct task_struct`.
-//! Everything else in the engine is OS-independent.
+//! through the GS base; task fields come from `struct task_struct`; a
+//! task's address space is `task->mm->pgd` (a direct-map address, so its
+//! physical address is `pgd - page_offset_base`); a task's user registers
+//! are the `pt_regs` at the top of its kernel stack. [`vtop`] (page walks
+//! from a CR3) is x86-64 but OS-independent; everything else in the engine
+//! is OS-independent.
 
 use gdb_remote::{Client, Registers, ThreadId};
 use kernel_btf::Btf;
 use kernel_image::{KernelSections, KernelSymbols};
 use kernel_unwind::{OrcTable, Regs};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use x86_paging::{VirtualReadError, Walker};
 
 /// The image sections this module reads.
 pub const SECTIONS: [&str; 3] = [".BTF", ".orc_unwind_ip", ".orc_unwind"];
@@ -19,12 +24,52 @@ pub const SECTIONS: [&str; 3] = [".BTF", ".orc_unwind_ip", ".orc_unwind"];
 /// Deepest kernel stack unwound (bpftrace's default for kstack is 127).
 pub const MAX_STACK: usize = 127;
 
+/// Deepest user stack walked (bpftrace's default for ustack).
+pub const MAX_USTACK: usize = 127;
+
+/// `THREAD_SIZE` of x86-64 Linux: 16 KiB, doubled under KASAN
+/// (`KASAN_STACK_ORDER`); 6.1 puts no padding above `pt_regs`.
+const THREAD_SIZE: u64 = 16 << 10;
+
 /// Offsets inside `struct task_struct`, from BTF.
 #[derive(Clone, Copy, Debug)]
 struct TaskLayout {
     comm: u64,
     pid: u64,
     tgid: u64,
+}
+
+/// What reading another task's memory and its user registers needs:
+/// offsets in `task_struct`, `mm_struct` and `pt_regs`, from BTF.
+#[derive(Clone, Copy, Debug)]
+struct MmLayout {
+    task_mm: u64,
+    task_stack: u64,
+    mm_pgd: u64,
+    regs_size: u64,
+    regs_ip: u64,
+    regs_bp: u64,
+    regs_cs: u64,
+}
+
+impl MmLayout {
+    fn from_btf(btf: &Btf) -> Option<MmLayout> {
+        let off = |ty: &str, name: &str| {
+            let t = btf.struct_by_name(ty)?;
+            Some(btf.member(t, name).ok()??.offset)
+        };
+        let regs = btf.struct_by_name("pt_regs")?;
+        Some(MmLayout {
+            task_mm: off("task_struct", "mm")?,
+            task_stack: off("task_struct", "stack")?,
+            mm_pgd: off("mm_struct", "pgd")?,
+            // Bounded: it sizes a read (x86-64's is 168 bytes).
+            regs_size: btf.size_of(regs).ok().filter(|&n| (8..=512).contains(&n))?,
+            regs_ip: off("pt_regs", "ip")?,
+            regs_bp: off("pt_regs", "bp")?,
+            regs_cs: off("pt_regs", "cs")?,
+        })
+    }
 }
 
 /// The guest kernel as the engine sees it. Parsed once per image; each
@@ -39,6 +84,12 @@ pub struct GuestKernel {
     task: Option<TaskLayout>,
     /// Per-CPU offset of `current_task` (not moved by KASLR).
     current_task: Option<u64>,
+    mm: Option<MmLayout>,
+    thread_size: u64,
+    /// Values of `page_offset_base` (start of the direct map, randomized
+    /// by KASLR) and `max_pfn`, read from the guest once per guest.
+    page_offset: Arc<OnceLock<u64>>,
+    max_pfn: Arc<OnceLock<u64>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +102,16 @@ pub enum GuestError {
     NoCurrentTask(u64),
     #[error("reading guest memory at {addr:#x}: {reason}")]
     Memory { addr: u64, reason: String },
+    #[error("task {0:#x} has no address space (mm is NULL: a kernel thread or an exited task)")]
+    NoMm(u64),
+    #[error(
+        "task {task:#x}: mm->pgd {pgd:#x} is not in the direct map (page_offset_base {base:#x})"
+    )]
+    BadPgd { task: u64, pgd: u64, base: u64 },
+    #[error("{0}")]
+    Walk(#[from] x86_paging::WalkError),
+    #[error("physical memory: {0}")]
+    Physical(String),
 }
 
 impl GuestKernel {
@@ -73,6 +134,13 @@ impl GuestKernel {
             })
         });
         let current_task = symbols.lookup("current_task").map(|s| s.addr);
+        let mm = btf.as_ref().and_then(MmLayout::from_btf);
+        // KASAN doubles the kernel stacks; its runtime is in the image.
+        let thread_size = if symbols.lookup("__asan_load8").is_some() {
+            2 * THREAD_SIZE
+        } else {
+            THREAD_SIZE
+        };
         GuestKernel {
             symbols,
             slide,
@@ -80,13 +148,20 @@ impl GuestKernel {
             orc: orc.map(Arc::new),
             task,
             current_task,
+            mm,
+            thread_size,
+            page_offset: Arc::default(),
+            max_pfn: Arc::default(),
         }
     }
 
-    /// The same kernel, running with this KASLR slide.
+    /// The same kernel, running with this KASLR slide (in another guest:
+    /// values read from guest memory are not shared).
     pub fn with_slide(&self, slide: u64) -> GuestKernel {
         GuestKernel {
             slide,
+            page_offset: Arc::default(),
+            max_pfn: Arc::default(),
             ..self.clone()
         }
     }
@@ -193,6 +268,222 @@ impl GuestKernel {
             max_frames.min(MAX_STACK),
         ))
     }
+}
+
+impl GuestKernel {
+    fn mm_layout(&self) -> Result<MmLayout, GuestError> {
+        self.mm.ok_or(GuestError::Missing(
+            "address spaces of tasks",
+            ".BTF with task_struct.mm, mm_struct.pgd and pt_regs",
+        ))
+    }
+
+    /// A kernel variable's value, read once per guest (`cell`); only a
+    /// plausible value (`ok`) is kept, so a read during early boot is
+    /// retried later.
+    fn kernel_u64(
+        &self,
+        client: &mut Client,
+        cell: &OnceLock<u64>,
+        name: &'static str,
+        ok: impl Fn(u64) -> bool,
+    ) -> Result<u64, GuestError> {
+        if let Some(&v) = cell.get() {
+            return Ok(v);
+        }
+        let sym = self
+            .symbols
+            .lookup(name)
+            .ok_or(GuestError::Missing(name, "symbol"))?;
+        let addr = sym.addr.wrapping_add(self.slide);
+        let v = read_u64(client, addr)?;
+        if !ok(v) {
+            return Err(GuestError::Memory {
+                addr,
+                reason: format!("{name} is {v:#x}, not yet set up"),
+            });
+        }
+        Ok(*cell.get_or_init(|| v))
+    }
+
+    /// The walker for the vCPU `regs` came from: its paging mode (CR4.LA57)
+    /// and the guest's memory size (`max_pfn`) as the physical limit.
+    fn walker(&self, client: &mut Client, regs: &Registers) -> Result<Walker, GuestError> {
+        let w = walker_for(regs)?;
+        let pfns = self.kernel_u64(client, &self.max_pfn, "max_pfn", |v| v > 0)?;
+        Ok(w.with_limit(pfns.saturating_mul(4096)))
+    }
+
+    /// The physical address of `task`'s top-level page table: what CR3
+    /// holds while it runs (PCID bits aside).
+    pub fn task_cr3(&self, client: &mut Client, task: u64) -> Result<u64, GuestError> {
+        let l = self.mm_layout()?;
+        let mm = read_u64(client, task.wrapping_add(l.task_mm))?;
+        if mm == 0 {
+            return Err(GuestError::NoMm(task));
+        }
+        let pgd = read_u64(client, mm.wrapping_add(l.mm_pgd))?;
+        let base = self.kernel_u64(client, &self.page_offset, "page_offset_base", |v| {
+            is_kernel_address(v)
+        })?;
+        if pgd < base || pgd & 0xfff != 0 {
+            return Err(GuestError::BadPgd { task, pgd, base });
+        }
+        Ok(pgd - base)
+    }
+
+    /// Reads `buf.len()` bytes at `vaddr` in `task`'s address space, by
+    /// walking its page tables in guest-physical memory (one walk per
+    /// page touched). Works whatever task the vCPU is running.
+    pub fn read_task_memory(
+        &self,
+        client: &mut Client,
+        regs: &Registers,
+        task: u64,
+        vaddr: u64,
+        buf: &mut [u8],
+    ) -> Result<(), GuestError> {
+        let cr3 = self.task_cr3(client, task)?;
+        let walker = self.walker(client, regs)?;
+        read_physical_virtual(client, walker, cr3, vaddr, buf)
+    }
+
+    /// The user-space stack of the current task, innermost first, by
+    /// frame pointers: from the vCPU's registers if it stopped in user
+    /// mode, else from the user registers the kernel saved at syscall or
+    /// interrupt entry (`task_pt_regs`). Empty for kernel threads. Reads
+    /// go through the current address space (through the task's page
+    /// tables if the vCPU is on another one, as inside a context switch),
+    /// bounded by `max_frames`; the
+    /// walk ends at a zero, misaligned, kernel or non-increasing frame
+    /// pointer, or an unreadable frame.
+    pub fn ustack(
+        &self,
+        client: &mut Client,
+        regs: &Registers,
+        task: Option<u64>,
+        max_frames: usize,
+    ) -> Result<Vec<u64>, GuestError> {
+        let get = |name: &'static str| regs.get(name).ok_or(GuestError::Register(name));
+        // Where the user stack is read: the current address space, or,
+        // when the vCPU runs on another one than the task's (a sample in
+        // the middle of a context switch), the task's page tables.
+        let mut other_space = None;
+        let (ip, mut bp) = if get("cs")? & 3 == 3 {
+            (get("rip")?, get("rbp")?)
+        } else {
+            let l = self.mm_layout()?;
+            let Some(task) = task else {
+                return Ok(Vec::new());
+            };
+            let stack = read_u64(client, task.wrapping_add(l.task_stack))?;
+            let pt = stack
+                .wrapping_add(self.thread_size)
+                .wrapping_sub(l.regs_size);
+            let mut raw = vec![0u8; l.regs_size as usize];
+            read(client, pt, &mut raw)?;
+            let field = |off: u64| {
+                let o = off as usize;
+                raw.get(o..o + 8)
+                    .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+            };
+            // Entered from kernel mode (a kernel thread): no user stack.
+            if field(l.regs_cs) & 3 != 3 {
+                return Ok(Vec::new());
+            }
+            let cr3 = self.task_cr3(client, task)?;
+            // PCID (bits 11:0) and PTI's user half (bit 12) aside.
+            const TABLE: u64 = 0x000f_ffff_ffff_e000;
+            if get("cr3")? & TABLE != cr3 & TABLE {
+                other_space = Some((cr3, self.walker(client, regs)?));
+            }
+            (field(l.regs_ip), field(l.regs_bp))
+        };
+        let read_frame = |client: &mut Client, addr: u64, buf: &mut [u8]| match other_space {
+            None => client.read_memory(addr, buf).is_ok(),
+            Some((cr3, walker)) => read_physical_virtual(client, walker, cr3, addr, buf).is_ok(),
+        };
+        let max = max_frames.min(MAX_USTACK);
+        let mut frames = Vec::with_capacity(max.min(16));
+        if max == 0 || is_kernel_address(ip) {
+            return Ok(frames);
+        }
+        frames.push(ip);
+        while frames.len() < max {
+            if bp == 0 || bp & 7 != 0 || is_kernel_address(bp) {
+                break;
+            }
+            let mut frame = [0u8; 16];
+            if !read_frame(client, bp, &mut frame) {
+                break;
+            }
+            let next = u64::from_le_bytes(frame[..8].try_into().expect("8 bytes"));
+            let ret = u64::from_le_bytes(frame[8..].try_into().expect("8 bytes"));
+            if ret == 0 || is_kernel_address(ret) {
+                break;
+            }
+            frames.push(ret);
+            // Frames live higher up the stack than their callees'.
+            if next <= bp {
+                break;
+            }
+            bp = next;
+        }
+        Ok(frames)
+    }
+}
+
+/// The page walker for the vCPU `regs` came from (CR4.LA57), without a
+/// memory limit: x86-64, any OS.
+fn walker_for(regs: &Registers) -> Result<Walker, GuestError> {
+    let cr4 = regs.get("cr4").ok_or(GuestError::Register("cr4"))?;
+    Ok(Walker::from_cr4(cr4))
+}
+
+/// The physical address of `vaddr` in the address space `cr3`, with the
+/// vCPU's paging mode; x86-64, any OS.
+pub fn vtop(
+    client: &mut Client,
+    regs: &Registers,
+    kernel: Option<&GuestKernel>,
+    cr3: u64,
+    vaddr: u64,
+) -> Result<u64, GuestError> {
+    let walker = match kernel {
+        Some(k) => k.walker(client, regs).or_else(|_| walker_for(regs))?,
+        None => walker_for(regs)?,
+    };
+    let t = client
+        .with_physical(|m| walker.translate(&mut |a: u64, b: &mut [u8]| m.read(a, b), cr3, vaddr))
+        .map_err(|e| GuestError::Physical(e.to_string()))??;
+    Ok(t.phys)
+}
+
+/// `buf.len()` bytes at `vaddr` of address space `cr3`, through physical
+/// memory, in one physical-mode session of the stub.
+fn read_physical_virtual(
+    client: &mut Client,
+    walker: Walker,
+    cr3: u64,
+    vaddr: u64,
+    buf: &mut [u8],
+) -> Result<(), GuestError> {
+    client
+        .with_physical(|m| {
+            walker.read_virtual(&mut |a: u64, b: &mut [u8]| m.read(a, b), cr3, vaddr, buf)
+        })
+        .map_err(|e| GuestError::Physical(e.to_string()))?
+        .map_err(|e| match e {
+            VirtualReadError::Walk(w) => GuestError::Walk(w),
+            VirtualReadError::Memory {
+                vaddr,
+                phys,
+                reason,
+            } => GuestError::Memory {
+                addr: vaddr,
+                reason: format!("physical {phys:#x}: {reason}"),
+            },
+        })
 }
 
 /// Canonical upper-half addresses belong to the kernel on x86-64.

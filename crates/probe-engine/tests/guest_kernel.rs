@@ -3,53 +3,25 @@
 //! the kernel stack unwound with ORC matches the guest kernel's own
 //! `stacktrace` trigger for the same call.
 
-use gdb_remote::{BreakpointKind, Client, ResumeAction, StopReply};
-use kernel_image::{KernelSections, KernelSymbols};
-use probe_engine::guest::{GuestKernel, SECTIONS};
-use qemu_guest::{LaunchConfig, Vm};
+mod support;
+
+use gdb_remote::{BreakpointKind, ResumeAction, StopReply};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn default_guest() -> Option<qemu_guest::GuestImage> {
-    let image = qemu_guest::default_guest(&qemu_guest::cache_dir());
-    if image.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must build the default guest first (vmprobe guest build)"
-        );
-        eprintln!("no default guest built: skipping");
-    }
-    image
-}
-
 #[test]
 fn current_task_and_kstack_at_ksys_write() {
-    let Some(image) = default_guest() else { return };
-    let cache = qemu_guest::cache_dir();
-    let symbols =
-        Arc::new(KernelSymbols::load(&image.kernel, Some(&cache.join("symbols"))).unwrap());
-    let sections =
-        KernelSections::load(&image.kernel, &SECTIONS, Some(&cache.join("sections"))).unwrap();
-
     let console = Arc::new(Mutex::new(Vec::new()));
-    let mut cfg = LaunchConfig::new(image);
-    cfg.accel = qemu_guest::Accel::Tcg;
-    cfg.console = Some(console.clone());
-    let mut vm = Vm::launch(&cfg).unwrap();
-    let mut client = Client::connect_unix(&vm.gdb_socket(), Duration::from_secs(5)).unwrap();
-    client.resume(&[]).unwrap();
-    vm.wait_ready(Duration::from_secs(180)).unwrap();
-    client.interrupt().unwrap();
-    client
-        .wait_stop(Some(Duration::from_secs(5)))
-        .unwrap()
-        .unwrap();
-    let slide = kernel_image::detect_slide(symbols.text_samples(), |addr, len| {
-        let mut buf = vec![0u8; len];
-        client.read_memory(addr, &mut buf).ok().map(|_| buf)
-    })
-    .expect("KASLR slide");
-    let kernel = GuestKernel::new(symbols.clone(), slide, Some(&sections));
+    let Some(support::Booted {
+        mut vm,
+        mut client,
+        symbols,
+        kernel,
+        slide,
+    }) = support::boot(|cfg| cfg.console = Some(console.clone()))
+    else {
+        return;
+    };
     let ksys_write = symbols.lookup("ksys_write").unwrap().addr + slide;
 
     // The guest records its own stack for the same call (a kprobe event with

@@ -5,6 +5,8 @@
 //! paths the workload opens; `curtask->comm` equals `comm`; a bounded walk of
 //! `real_parent` reaches pid 1.
 
+mod support;
+
 use gdb_remote::Client;
 use kernel_btf::Btf;
 use kernel_image::{KernelSections, KernelSymbols};
@@ -17,18 +19,7 @@ use qemu_guest::{LaunchConfig, Vm};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn default_guest() -> Option<qemu_guest::GuestImage> {
-    let image = qemu_guest::default_guest(&qemu_guest::cache_dir());
-    if image.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must build the default guest first (vmprobe guest build)"
-        );
-        eprintln!("no default guest built: skipping");
-    }
-    image
-}
+use support::default_guest;
 
 fn sections(image: &qemu_guest::GuestImage) -> KernelSections {
     let cache = qemu_guest::cache_dir();

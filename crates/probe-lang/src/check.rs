@@ -134,7 +134,7 @@ pub struct TraceSite {
 
 const BUILTINS: &[&str] = &[
     "arg0", "arg1", "arg2", "arg3", "arg4", "arg5", "func", "probe", "vcpu", "cpu", "nsecs",
-    "retval", "elapsed", "rand", "kstack", "comm", "pid", "tid", "curtask", "guest",
+    "retval", "elapsed", "rand", "kstack", "comm", "pid", "tid", "curtask", "guest", "ustack",
 ];
 
 /// Functions usable as expressions, with their (min, max) argument counts.
@@ -153,6 +153,12 @@ const EXPR_FUNCS: &[(&str, usize, usize)] = &[
     ("sizeof", 1, 1),
     ("strftime", 2, 2),
     ("kstack", 1, 1),
+    // Other address spaces and user stacks (x86-64 paging; see README).
+    ("vtop", 2, 2),
+    ("str_as", 2, 3),
+    ("buf_as", 3, 3),
+    ("uint_as", 3, 3),
+    ("ustack", 1, 1),
 ];
 
 /// Default and maximum bytes `str()` reads (bpftrace's default
@@ -1981,16 +1987,42 @@ impl Checker<'_, '_> {
                     Type::Unknown
                 }
             }
-            "kstack" => match args[0].kind {
+            "kstack" | "ustack" => match args[0].kind {
                 ExprKind::Int(n) if (1..=KSTACK_MAX).contains(&n) => Type::Stack,
                 _ => {
                     self.r.error(
                         args[0].span,
-                        format!("kstack() takes a frame count literal from 1 to {KSTACK_MAX}"),
+                        format!("{name}() takes a frame count literal from 1 to {KSTACK_MAX}"),
                     );
                     Type::Unknown
                 }
             },
+            "vtop" => {
+                self.want_int(&args[0], "cr3 argument of vtop()");
+                self.want_int(&args[1], "address argument of vtop()");
+                Type::UNSIGNED
+            }
+            "str_as" | "buf_as" | "uint_as" => {
+                self.want_int(&args[0], &format!("task argument of {name}()"));
+                self.want_int(&args[1], &format!("address argument of {name}()"));
+                if name == "uint_as" {
+                    if !matches!(args[2].kind, ExprKind::Int(1 | 2 | 4 | 8)) {
+                        self.r.error(
+                            args[2].span,
+                            "uint_as() takes a size literal of 1, 2, 4 or 8 bytes",
+                        );
+                    }
+                    return Type::UNSIGNED;
+                }
+                if let Some(l) = args.get(2) {
+                    self.want_int(l, &format!("length argument of {name}()"));
+                }
+                if name == "str_as" {
+                    Type::Str
+                } else {
+                    Type::Buf
+                }
+            }
             "strftime" => {
                 if lit(&args[0]).is_none() {
                     self.r.error(
@@ -2079,7 +2111,7 @@ impl Checker<'_, '_> {
         }
         match name {
             "func" | "probe" | "comm" | "guest" => Type::Str,
-            "kstack" => Type::Stack,
+            "kstack" | "ustack" => Type::Stack,
             "curtask" => match self.types.and_then(|t| t.lookup("struct task_struct")) {
                 Some(id) => Type::Kernel { id: id.0, ptr: 1 },
                 None => Type::UNSIGNED,

@@ -16,7 +16,7 @@
 //! every read is bounded (`str()` and `buf()` by [`STR_MAX`]/[`BUF_MAX`]).
 
 use crate::check::{AggKind, BUF_MAX, HIST_BUCKETS, LhistParams, STR_MAX, TraceType};
-use crate::ir::{AggOp, Block, Builtin, Expr, KeyExpr, Op1, Op2, Stmt};
+use crate::ir::{AggOp, Block, Builtin, Expr, KeyExpr, Op1, Op2, ReadAsKind, Stmt};
 use crate::printer::{OutputFormat, Printer, Shown};
 use crate::value::{Key, KeyPart, Value};
 use crate::{BlockId, Program};
@@ -102,6 +102,33 @@ pub trait ProbeContext {
     fn guest(&self) -> &str {
         "vm0"
     }
+    /// The physical address of `vaddr` in the address space whose
+    /// top-level page table is at physical address `cr3` (`vtop`).
+    fn vtop(&mut self, _cr3: u64, _vaddr: u64) -> Result<u64, ContextError> {
+        Err(ContextError::Message(
+            "vtop is not supported by this probe context".into(),
+        ))
+    }
+    /// Reads memory at `addr` in the address space of `task` (a kernel
+    /// task structure's address), whatever runs on the vCPU (`str_as`,
+    /// `buf_as`, `uint_as`).
+    fn read_task_memory(
+        &mut self,
+        _task: u64,
+        _addr: u64,
+        _buf: &mut [u8],
+    ) -> Result<(), ContextError> {
+        Err(ContextError::Message(
+            "reading another task's memory is not supported by this probe context".into(),
+        ))
+    }
+    /// Return addresses of the current task's user stack, innermost first,
+    /// at most `limit` (for `ustack`).
+    fn ustack(&mut self, _limit: usize) -> Result<Vec<u64>, ContextError> {
+        Err(ContextError::Message(
+            "ustack is not supported by this probe context".into(),
+        ))
+    }
     /// `trace(...)` and `snapshot()`: hands the event (or the snapshot
     /// request) to the recorder of `vmprobe record`.
     fn trace(&mut self, _what: Traced) -> Result<(), ContextError> {
@@ -134,6 +161,9 @@ pub enum TracedValue {
     Str(Arc<str>),
     Bytes(Arc<[u8]>),
 }
+
+/// A bounded memory read: the current address space or another task's.
+type ReadFn<'a> = dyn FnMut(u64, &mut [u8]) -> Result<(), ContextError> + 'a;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContextError {
@@ -730,13 +760,9 @@ impl Runtime {
     /// Reads up to `len` bytes at `addr`; if the whole range is unreadable,
     /// retries up to the end of the first page (a short string may sit
     /// just before an unmapped page).
-    fn read_bytes(
-        ctx: &mut dyn ProbeContext,
-        addr: u64,
-        len: u64,
-    ) -> Result<Vec<u8>, ContextError> {
+    fn read_bytes(read: &mut ReadFn<'_>, addr: u64, len: u64) -> Result<Vec<u8>, ContextError> {
         let mut buf = vec![0u8; len as usize];
-        match ctx.read_memory(addr, &mut buf) {
+        match read(addr, &mut buf) {
             Ok(()) => Ok(buf),
             Err(e) => {
                 let to_page = 4096 - (addr % 4096);
@@ -744,10 +770,17 @@ impl Runtime {
                     return Err(e);
                 }
                 buf.truncate(to_page as usize);
-                ctx.read_memory(addr, &mut buf)?;
+                read(addr, &mut buf)?;
                 Ok(buf)
             }
         }
+    }
+
+    /// `str()`'s result from at most `max` bytes read with `read`.
+    fn read_str(read: &mut ReadFn<'_>, addr: u64, max: u64) -> Result<Value, ContextError> {
+        let b = Self::read_bytes(read, addr, max)?;
+        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+        Ok(Value::Str(Arc::from(String::from_utf8_lossy(&b[..end]))))
     }
 
     fn eval(
@@ -859,6 +892,46 @@ impl Runtime {
                     .collect();
                 Value::Stack(Arc::from(lines))
             }
+            Expr::Ustack(limit) => {
+                let frames = ctx.ustack(*limit as usize)?;
+                // No user symbols: addresses as bpftrace prints frames it
+                // cannot resolve.
+                let lines: Vec<Arc<str>> = frames
+                    .iter()
+                    .take(*limit as usize)
+                    .map(|&a| Arc::from(format!("{a:#x}")))
+                    .collect();
+                Value::Stack(Arc::from(lines))
+            }
+            Expr::Vtop(cr3, va) => {
+                let cr3 = self.eval(p, cr3, ctx)?.as_int();
+                let va = self.eval(p, va, ctx)?.as_int();
+                Value::Int(ctx.vtop(cr3, va)?)
+            }
+            Expr::ReadAs { task, addr, kind } => {
+                let task = self.eval(p, task, ctx)?.as_int();
+                let addr = self.eval(p, addr, ctx)?.as_int();
+                match kind {
+                    ReadAsKind::Str(len) => {
+                        let max = match len {
+                            Some(l) => self.eval(p, l, ctx)?.as_int().min(STR_MAX - 1),
+                            None => STR_MAX - 1,
+                        };
+                        Self::read_str(&mut |a, b| ctx.read_task_memory(task, a, b), addr, max)?
+                    }
+                    ReadAsKind::Buf(len) => {
+                        let len = self.eval(p, len, ctx)?.as_int().min(BUF_MAX);
+                        let mut b = vec![0u8; len as usize];
+                        ctx.read_task_memory(task, addr, &mut b)?;
+                        Value::Buf(Arc::from(b))
+                    }
+                    ReadAsKind::Uint(n) => {
+                        let mut b = [0u8; 8];
+                        ctx.read_task_memory(task, addr, &mut b[..*n as usize])?;
+                        Value::Int(u64::from_le_bytes(b))
+                    }
+                }
+            }
             Expr::Strftime(f, ts) => {
                 let ns = self.eval(p, ts, ctx)?.as_int();
                 let (ns0, wall0) = self.wall_origin.unwrap_or((ns, 0));
@@ -893,9 +966,7 @@ impl Runtime {
                     Some(l) => self.eval(p, l, ctx)?.as_int().min(STR_MAX - 1),
                     None => STR_MAX - 1,
                 };
-                let b = Self::read_bytes(ctx, addr, max)?;
-                let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-                Value::Str(Arc::from(String::from_utf8_lossy(&b[..end])))
+                Self::read_str(&mut |a, b| ctx.read_memory(a, b), addr, max)?
             }
             Expr::BufRead { ptr, len } => {
                 let addr = self.eval(p, ptr, ctx)?.as_int();

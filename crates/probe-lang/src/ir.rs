@@ -130,10 +130,31 @@ pub enum Expr {
     Field(Box<Expr>, u32),
     /// `kstack` / `kstack(n)`: at most n frames.
     Kstack(u64),
+    /// `ustack` / `ustack(n)`: at most n user frames (frame pointers).
+    Ustack(u64),
+    /// `vtop(cr3, vaddr)`: physical address.
+    Vtop(Box<Expr>, Box<Expr>),
+    /// `str_as` / `buf_as` / `uint_as(task, addr, ...)`: a read in the
+    /// address space of another task.
+    ReadAs {
+        task: Box<Expr>,
+        addr: Box<Expr>,
+        kind: ReadAsKind,
+    },
     /// `strftime(fmt, nsecs)`: format (string table index) and timestamp.
     Strftime(u32, Box<Expr>),
     /// `args.NAME` of a `vmm:`/`tracepoint:` probe (string table index).
     ProbeArg(u32),
+}
+
+/// What a [`Expr::ReadAs`] reads.
+#[derive(Clone, Debug)]
+pub enum ReadAsKind {
+    /// A string of at most the length (capped at STR_MAX), to its NUL.
+    Str(Option<Box<Expr>>),
+    Buf(Box<Expr>),
+    /// An unsigned integer of 1, 2, 4 or 8 bytes.
+    Uint(u8),
 }
 
 #[derive(Clone, Debug)]
@@ -465,6 +486,7 @@ impl Lower<'_> {
             ExprKind::Var(v) => Expr::Scratch(self.vars[v].0),
             ExprKind::SelfVar(v) => Expr::SelfVar(self.self_slot(v)),
             ExprKind::Ident(n) if n == "kstack" => Expr::Kstack(crate::check::KSTACK_MAX),
+            ExprKind::Ident(n) if n == "ustack" => Expr::Ustack(crate::check::KSTACK_MAX),
             ExprKind::Ident(n) => Expr::Builtin(match n.as_str() {
                 "func" => Builtin::Func,
                 "probe" => Builtin::Probe,
@@ -729,10 +751,30 @@ impl Lower<'_> {
                 _ => 8,
             }),
             "strftime" => Expr::Strftime(lit(self), b(self, 1)),
-            "kstack" => Expr::Kstack(match args[0].kind {
-                ExprKind::Int(n) => n,
-                _ => unreachable!("checked: literal frame count"),
-            }),
+            "kstack" | "ustack" => {
+                let n = match args[0].kind {
+                    ExprKind::Int(n) => n,
+                    _ => unreachable!("checked: literal frame count"),
+                };
+                if name == "kstack" {
+                    Expr::Kstack(n)
+                } else {
+                    Expr::Ustack(n)
+                }
+            }
+            "vtop" => Expr::Vtop(b(self, 0), b(self, 1)),
+            "str_as" | "buf_as" | "uint_as" => Expr::ReadAs {
+                task: b(self, 0),
+                addr: b(self, 1),
+                kind: match name {
+                    "str_as" => ReadAsKind::Str((args.len() > 2).then(|| b(self, 2))),
+                    "buf_as" => ReadAsKind::Buf(b(self, 2)),
+                    _ => ReadAsKind::Uint(match args[2].kind {
+                        ExprKind::Int(n) => n as u8,
+                        _ => unreachable!("checked: literal size"),
+                    }),
+                },
+            },
             "ntop" if args.len() == 2 => Expr::Ntop(Some(b(self, 0)), b(self, 1)),
             "ntop" => Expr::Ntop(None, b(self, 0)),
             _ => unreachable!("checked: known function {name}"),
@@ -828,6 +870,23 @@ fn dexpr(e: &Expr) -> String {
         Expr::Strftime(f, a) => format!("strftime(s{f}, {})", dexpr(a)),
         Expr::ProbeArg(i) => format!("probe_arg(s{i})"),
         Expr::Kstack(n) => format!("kstack({n})"),
+        Expr::Ustack(n) => format!("ustack({n})"),
+        Expr::Vtop(c, a) => format!("vtop({}, {})", dexpr(c), dexpr(a)),
+        Expr::ReadAs { task, addr, kind } => match kind {
+            ReadAsKind::Str(None) => format!("str_as({}, {})", dexpr(task), dexpr(addr)),
+            ReadAsKind::Str(Some(l)) | ReadAsKind::Buf(l) => format!(
+                "{}_as({}, {}, {})",
+                if matches!(kind, ReadAsKind::Str(_)) {
+                    "str"
+                } else {
+                    "buf"
+                },
+                dexpr(task),
+                dexpr(addr),
+                dexpr(l)
+            ),
+            ReadAsKind::Uint(n) => format!("uint_as({}, {}, {n})", dexpr(task), dexpr(addr)),
+        },
         Expr::HasKey { map, key } => format!("has_key(m{map}{})", dkey(key)),
         Expr::StrRead { ptr, len } => match len {
             Some(l) => format!("str({}, {})", dexpr(ptr), dexpr(l)),

@@ -14,11 +14,13 @@ const INIT: &str = include_str!("../guest/init");
 /// Small static programs for `vmprobe bench` and the tests, compiled on the host when the
 /// guest is built (busybox has no null-syscall or fork/exec loop), installed
 /// in the guest as `/bin/vmprobe-<name>`.
-const BENCH_PROGRAMS: [(&str, &str); 4] = [
+const BENCH_PROGRAMS: [(&str, &str); 6] = [
     ("nullsys", include_str!("../guest/bench/nullsys.c")),
     ("forkexec", include_str!("../guest/bench/forkexec.c")),
     ("mix", include_str!("../guest/bench/mix.c")),
     ("seq", include_str!("../guest/bench/seq.c")),
+    ("pagewalk", include_str!("../guest/test/pagewalk.c")),
+    ("fpstack", include_str!("../guest/test/fpstack.c")),
 ];
 
 /// Kernel modules packed into the initramfs, in load order (each after what
@@ -158,7 +160,9 @@ pub fn build_default_guest(cache: &Path, progress: &mut dyn FnMut(&str)) -> Resu
     })
 }
 
-/// Compiles each bench program statically (the initramfs has no libc).
+/// Compiles each bench program statically (the initramfs has no libc),
+/// with frame pointers so that `ustack` can walk them. The binaries stay
+/// in `<guest dir>/bench-src/` for tests that resolve their symbols.
 fn compile_bench_programs(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     require_tool(
         "cc",
@@ -172,7 +176,7 @@ fn compile_bench_programs(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
         let bin = src_dir.join(name);
         std::fs::write(&src, source).map_err(io_err(&src))?;
         run(Command::new("cc")
-            .args(["-static", "-O2", "-o"])
+            .args(["-static", "-O2", "-fno-omit-frame-pointer", "-o"])
             .arg(&bin)
             .arg(&src))?;
         out.push((

@@ -63,6 +63,9 @@ pub struct LaunchConfig {
     /// A raw disk image given to the guest as a virtio-blk device
     /// (/dev/vda in the default guest).
     pub disk: Option<PathBuf>,
+    /// Extra CPU features for TCG's `qemu64` model, e.g. `"+la57"` for
+    /// five-level paging (empty by default).
+    pub tcg_cpu_features: String,
 }
 
 impl LaunchConfig {
@@ -78,6 +81,7 @@ impl LaunchConfig {
             log_file: None,
             gdbstub: true,
             disk: None,
+            tcg_cpu_features: String::new(),
         }
     }
 }
@@ -138,7 +142,15 @@ impl Vm {
         ]);
         match cfg.accel {
             Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
-            Accel::Tcg => cmd.args(["-accel", "tcg", "-cpu", "qemu64"]),
+            Accel::Tcg if cfg.tcg_cpu_features.is_empty() => {
+                cmd.args(["-accel", "tcg", "-cpu", "qemu64"])
+            }
+            Accel::Tcg => cmd.args([
+                "-accel".to_string(),
+                "tcg".into(),
+                "-cpu".into(),
+                format!("qemu64,{}", cfg.tcg_cpu_features.trim_start_matches(',')),
+            ]),
         };
         cmd.args([
             "-m",
