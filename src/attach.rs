@@ -272,12 +272,15 @@ fn vm_kernel(spec: &VmSpec) -> Result<crate::run::KernelInfo> {
 /// tracepoints, QEMU trace events, BEGIN, END): then no stub is opened and
 /// no kernel read.
 fn layers_only(program: &probe_lang::Program) -> bool {
+    only_layers(program.probes())
+}
+
+fn only_layers(probes: &[ProbeSpec]) -> bool {
     let layer = |p: &ProbeSpec| matches!(p, ProbeSpec::Tracepoint { .. } | ProbeSpec::Vmm { .. });
-    program
-        .probes()
+    probes
         .iter()
         .all(|p| layer(p) || matches!(p, ProbeSpec::Begin | ProbeSpec::End))
-        && program.probes().iter().any(layer)
+        && probes.iter().any(layer)
 }
 
 /// What compiling for attach gives: the program or its diagnostics, and
@@ -292,11 +295,7 @@ type Compiled = (
 /// event fields only for a program of VMM and host events. The error is a
 /// kernel that cannot be read.
 fn compile_for(source: &str, source_name: &str, first: &VmSpec) -> Result<Compiled> {
-    let untyped = match probe_lang::compile(source, source_name) {
-        Ok(p) => p,
-        Err(d) => return Ok((Err(d), None)),
-    };
-    let (typed, kernel) = if layers_only(&untyped) {
+    let (typed, kernel) = if only_layers(&probe_lang::attach_points(source)) {
         let types = probe_engine::LayerTypes::events_only();
         let typed = probe_lang::compile_with_types(source, source_name, Some(&types));
         (typed, None)

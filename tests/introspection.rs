@@ -64,7 +64,7 @@ kprobe:ksys_write /comm == "dd" && arg2 == 1/ {
     $i = 0;
     while ($i < 500) {
         $n = $t->tasks.next;
-        $t = (struct task_struct *)($n - offsetof(struct task_struct, tasks));
+        $t = (struct task_struct *)((uint64)$n - offsetof(struct task_struct, tasks));
         if ($t->comm == "dd") { @found[$t->comm, $t->pid] = count(); break; }
         $i++;
     }
@@ -114,7 +114,7 @@ kprobe:ksys_write /comm == "dd" && arg2 == 1/ {
     $t = (struct task_struct *)kaddr("init_task");
     $n = 0;
     while (1) {
-        $t = (struct task_struct *)($t->tasks.next - offsetof(struct task_struct, tasks));
+        $t = (struct task_struct *)((uint64)$t->tasks.next - offsetof(struct task_struct, tasks));
         $n++;
         @laps = max($n);
     }

@@ -20,7 +20,7 @@ fn find_task(comm: &str, body: &str) -> String {
         r#"$t = (struct task_struct *)kaddr("init_task");
     $i = 0;
     while ($i < 500) {{
-        $t = (struct task_struct *)($t->tasks.next - offsetof(struct task_struct, tasks));
+        $t = (struct task_struct *)((uint64)$t->tasks.next - offsetof(struct task_struct, tasks));
         if ($t->comm == "{comm}") {{ {body} break; }}
         $i++;
     }}"#

@@ -327,6 +327,21 @@ fn unique(uses: &[(String, Span)]) -> Vec<String> {
 
 /// Runs every pass up to IR, without kernel types: `args`, struct casts,
 /// `sizeof(struct ..)` and `offsetof` are errors naming the missing BTF.
+/// The attach points of a program, parsed but not type-checked: lets a
+/// caller choose the types to compile it with (a program of host and VMM
+/// events needs no kernel image). Attach points that do not parse are left
+/// out; compiling reports them.
+pub fn attach_points(source: &str) -> Vec<ProbeSpec> {
+    let Ok(ast) = parser::parse(source) else {
+        return Vec::new();
+    };
+    ast.probes
+        .iter()
+        .flat_map(|b| &b.attach)
+        .filter_map(|(text, _)| check::parse_probe(text).ok())
+        .collect()
+}
+
 pub fn compile(source: &str, source_name: &str) -> Result<Program, Diagnostics> {
     compile_with_types(source, source_name, None)
 }

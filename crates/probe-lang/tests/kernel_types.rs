@@ -512,6 +512,21 @@ fn vmm_and_tracepoint_args() {
         "{e}"
     );
     compile_ok("tracepoint:kvm:kvm_pio /args.port == 0x99/ { @[args.size] = count(); }");
+    // Attach points without type checking (a caller picks the types).
+    assert_eq!(
+        probe_lang::attach_points("kprobe:f { $x = args.y; } vmm:e, t:kvm:x { } nope:a { }"),
+        [
+            ProbeSpec::Kprobe {
+                target: probe_lang::KprobeTarget::Function("f".into()),
+                offset: 0
+            },
+            ProbeSpec::Vmm { event: "e".into() },
+            ProbeSpec::Tracepoint {
+                system: "kvm".into(),
+                event: "x".into()
+            },
+        ]
+    );
     // Without a type provider, event fields are integers.
     let p = compile("vmm:e { printf(\"%d\\n\", args.x); }", "t").unwrap();
     assert_eq!(p.probes()[0].name(), "vmm:e");
