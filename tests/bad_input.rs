@@ -260,3 +260,20 @@ fn bad_disk_arguments() {
         "several guests (--guests) cannot share it",
     );
 }
+
+/// `F+OFFSET` past the end of F is refused before booting, as bpftrace does.
+#[test]
+fn kprobe_offset_past_the_function_is_refused_before_booting() {
+    let e = fails_with(
+        &[
+            "run",
+            "-e",
+            "kprobe:vfs_read+1000000 { @c = count(); }",
+            "--",
+            "true",
+        ],
+        &[],
+        "kprobe:vfs_read+1000000: offset 1000000 is past the end of the function",
+    );
+    assert!(!e.contains("booting"), "must fail before booting:\n{e}");
+}

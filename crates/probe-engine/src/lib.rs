@@ -60,6 +60,18 @@ pub enum Error {
         "could not find the kernel in guest memory (KASLR slide detection failed); is the guest kernel the image given?"
     )]
     SlideNotFound,
+    #[error("{probe}: offset {offset} is past the end of the function")]
+    OffsetOutside { probe: String, offset: u64 },
+    #[error(
+        "{probe}: offset {offset} is inside an instruction (the one at +{insn} is {len} bytes long); \
+         a probe must start an instruction"
+    )]
+    NotOnInstruction {
+        probe: String,
+        offset: u64,
+        insn: u64,
+        len: usize,
+    },
     #[error("cannot arm probe at {addr:#x} ({probe}): {source}")]
     Arm {
         probe: String,

@@ -21,6 +21,10 @@ pub struct ProbeSite {
     pub handlers: Vec<(BlockId, Arc<str>)>,
     /// Blocks run when the call made at this entry returns (`kretprobe`).
     pub ret_handlers: Vec<(BlockId, Arc<str>)>,
+    /// Bytes from the start of the function (`kprobe:F+OFFSET`); 0 at an
+    /// entry or an absolute address. Arming checks that a non-zero offset
+    /// falls on an instruction boundary.
+    pub offset: u64,
     /// Length of the instruction at `addr` if it is one the engine may skip
     /// instead of single-stepping (set when arming, from guest memory).
     pub skippable: Option<Skip>,
@@ -47,13 +51,14 @@ pub fn resolve_probes(
     for (index, spec) in program.probes().iter().enumerate() {
         let block = program.block_of(index);
         let on_return = matches!(spec, ProbeSpec::Kretprobe { .. });
-        let mut add = |addr: u64, func: &str, probe: String| {
+        let mut add = |addr: u64, offset: u64, func: &str, probe: String| {
             let probe: Arc<str> = probe.into();
             let site = match sites.iter_mut().position(|s| s.addr == addr) {
                 Some(i) => &mut sites[i],
                 None => {
                     sites.push(ProbeSite {
                         addr,
+                        offset,
                         func: func.into(),
                         handlers: Vec::new(),
                         ret_handlers: Vec::new(),
@@ -91,7 +96,7 @@ pub fn resolve_probes(
                         }
                     })
                     .unwrap_or_else(|| format!("{addr:#x}"));
-                add(addr, &func, format!("kprobe:{addr:#x}"));
+                add(addr, 0, &func, format!("kprobe:{addr:#x}"));
             }
             ProbeSpec::Kprobe {
                 target: KprobeTarget::Function(_),
@@ -129,11 +134,9 @@ pub fn resolve_probes(
                         });
                     }
                     for sym in matches {
-                        add(
-                            sym.addr + slide + offset,
-                            &sym.name,
-                            format!("{kind}:{}{suffix}", sym.name),
-                        );
+                        let probe = format!("{kind}:{}{suffix}", sym.name);
+                        within_function(symbols, sym, *offset, &probe)?;
+                        add(sym.addr + slide + offset, *offset, &sym.name, probe);
                     }
                 } else {
                     let sym = symbols
@@ -143,16 +146,34 @@ pub fn resolve_probes(
                             probe: format!("{kind}:{pattern}{suffix}"),
                             name: pattern.clone(),
                         })?;
-                    add(
-                        sym.addr + slide + offset,
-                        &sym.name,
-                        format!("{kind}:{pattern}{suffix}"),
-                    );
+                    let probe = format!("{kind}:{pattern}{suffix}");
+                    within_function(symbols, sym, *offset, &probe)?;
+                    add(sym.addr + slide + offset, *offset, &sym.name, probe);
                 }
             }
         }
     }
     Ok(sites)
+}
+
+/// `F+OFFSET` must stay inside F, as bpftrace requires: the symbol that
+/// covers the address is F itself.
+fn within_function(
+    symbols: &KernelSymbols,
+    sym: &kernel_image::Symbol,
+    offset: u64,
+    probe: &str,
+) -> Result<()> {
+    if offset == 0 {
+        return Ok(());
+    }
+    match symbols.symbolize(sym.addr + offset) {
+        Some((covering, _)) if covering.addr == sym.addr => Ok(()),
+        _ => Err(Error::OffsetOutside {
+            probe: probe.to_string(),
+            offset,
+        }),
+    }
 }
 
 /// The program's `interval` and `profile` probes.

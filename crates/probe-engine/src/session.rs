@@ -16,6 +16,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use trace_formats::{Layer, Value as FieldValue};
 
+/// The largest `F+OFFSET` checked for an instruction boundary (and so
+/// allowed).
+const MAX_CHECKED_OFFSET: usize = 64 * 1024;
+
 /// How long the loop waits for a stop before polling for the end of the run.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// How long a stopped guest may take to answer an interrupt.
@@ -466,6 +470,9 @@ impl Session {
     /// Inserts a breakpoint at every site, after recording the guest memory
     /// there. The guest must be stopped.
     pub fn arm(&mut self, mut sites: Vec<ProbeSite>) -> Result<()> {
+        for site in &sites {
+            self.check_instruction_boundary(site)?;
+        }
         for site in &mut sites {
             let mut bytes = vec![0u8; SITE_BYTES];
             self.client.read_memory(site.addr, &mut bytes)?;
@@ -497,6 +504,50 @@ impl Session {
         }
         self.by_addr = sites.iter().enumerate().map(|(i, s)| (s.addr, i)).collect();
         self.sites = sites;
+        Ok(())
+    }
+
+    /// A breakpoint inside an instruction never fires under TCG and, where
+    /// the stub writes `int3` (KVM), corrupts the guest's code: decode the
+    /// function from its start, as it is in guest memory, up to the site.
+    fn check_instruction_boundary(&mut self, site: &ProbeSite) -> Result<()> {
+        if site.offset == 0 {
+            return Ok(());
+        }
+        let probe = || {
+            site.handlers
+                .iter()
+                .chain(&site.ret_handlers)
+                .next()
+                .map(|(_, p)| p.to_string())
+                .unwrap_or_default()
+        };
+        let start = site.addr - site.offset;
+        // The longest x86 instruction is 15 bytes; functions this long are
+        // none in Linux, and the read stays bounded.
+        let len = usize::try_from(site.offset)
+            .ok()
+            .filter(|&n| n <= MAX_CHECKED_OFFSET)
+            .ok_or_else(|| Error::OffsetOutside {
+                probe: probe(),
+                offset: site.offset,
+            })?;
+        let mut code = vec![0u8; len + 15];
+        self.client.read_memory(start, &mut code)?;
+        let mut decoder =
+            iced_x86::Decoder::with_ip(64, &code, start, iced_x86::DecoderOptions::NONE);
+        let mut insn = iced_x86::Instruction::default();
+        while decoder.can_decode() && decoder.ip() < site.addr {
+            decoder.decode_out(&mut insn);
+        }
+        if decoder.ip() != site.addr {
+            return Err(Error::NotOnInstruction {
+                probe: probe(),
+                offset: site.offset,
+                insn: insn.ip() - start,
+                len: insn.len(),
+            });
+        }
         Ok(())
     }
 
