@@ -67,6 +67,32 @@ fn benches(c: &mut Criterion) {
     c.bench_function("compile_10_lines", |b| {
         b.iter(|| compile(black_box(SCRIPT), "b").unwrap())
     });
+
+    // The end-to-end suite's scripts (tests/scripts/*.bt), each compiled
+    // once per iteration; those that need the kernel's BTF (args, casts)
+    // are checked up to their first type error, which is most of the work.
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/scripts");
+    let mut scripts: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "bt"))
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    scripts.sort();
+    let typed_free = scripts.iter().filter(|s| compile(s, "b").is_ok()).count();
+    eprintln!(
+        "compile_suite: {} scripts ({typed_free} compile without kernel types)",
+        scripts.len()
+    );
+    c.bench_function("compile_suite", |b| {
+        b.iter(|| {
+            for s in &scripts {
+                let _ = black_box(compile(black_box(s), "b"));
+            }
+        })
+    });
 }
 
 criterion_group!(group, benches);
