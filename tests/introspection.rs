@@ -142,3 +142,35 @@ kprobe:ksys_write /comm == "dd" && arg2 == 1/ {
         "{stderr}"
     );
 }
+
+/// `cgroup` is the current task's cgroup v2 id, as in bpftrace: the inode
+/// number of its directory in cgroupfs, which the guest reports itself.
+#[test]
+fn cgroup_id_equals_the_guests_cgroup_directory_inode() {
+    let workload = "mount -t cgroup2 none /sys/fs/cgroup && mkdir /sys/fs/cgroup/probed && \
+        echo $$ > /sys/fs/cgroup/probed/cgroup.procs && \
+        echo CGID $(stat -c %i /sys/fs/cgroup/probed) && \
+        dd if=/dev/zero of=/dev/null bs=1 count=5 2>/dev/null";
+    let out = run_bounded(
+        vmprobe().args([
+            "run",
+            "--console",
+            "-e",
+            "kprobe:ksys_write /comm == \"dd\"/ { @writes[cgroup] = count(); }",
+            "--",
+            workload,
+        ]),
+        RUN_LIMIT,
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "vmprobe failed: {stderr}");
+    let theirs: u64 = stderr
+        .lines()
+        .find_map(|l| l.split("CGID ").nth(1))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no cgroup id from the guest: {stderr}"));
+    // dd's 5 one-byte writes and its record counts, all in that cgroup.
+    let writes = keyed_map(&stdout, "writes");
+    assert_eq!(writes.keys().collect::<Vec<_>>(), [&theirs], "{stdout}");
+    assert!(writes[&theirs] >= 5, "{stdout}");
+}

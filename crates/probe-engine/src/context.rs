@@ -1,6 +1,6 @@
 //! What a handler sees at a hit: registers fetched lazily from the stub.
 
-use crate::guest::GuestKernel;
+use crate::guest::{GuestError, GuestKernel};
 use crate::layers::LayerValue;
 use gdb_remote::{Client, Registers, ThreadId};
 use probe_lang::{BlockId, ContextError, Flow, ProbeContext, Runtime, Traced};
@@ -82,6 +82,19 @@ impl<'a> HitContext<'a> {
                 self.probe
             ))
         })
+    }
+
+    /// Something the guest kernel knows of the current task (`comm`,
+    /// `pid`, ...).
+    fn of_current_task<T>(
+        &mut self,
+        what: &str,
+        read: impl FnOnce(&GuestKernel, &mut Client, u64) -> Result<T, GuestError>,
+    ) -> Result<T, ContextError> {
+        let task = self.task()?;
+        let kernel = self.kernel(what)?;
+        let client = self.client.as_deref_mut().expect("task() needs a client");
+        read(kernel, client, task).map_err(|e| ContextError::Message(e.to_string()))
     }
 
     /// All registers (one `g`), fetched once per hit.
@@ -218,32 +231,19 @@ impl ProbeContext for HitContext<'_> {
     }
 
     fn comm(&mut self) -> Result<String, ContextError> {
-        let task = self.task()?;
-        let kernel = self.kernel("comm")?;
-        let client = self.client.as_deref_mut().expect("task() needs a client");
-        kernel
-            .comm(client, task)
-            .map_err(|e| ContextError::Message(e.to_string()))
+        self.of_current_task("comm", |k, c, t| k.comm(c, t))
     }
 
     fn pid(&mut self) -> Result<u64, ContextError> {
-        let task = self.task()?;
-        let kernel = self.kernel("pid")?;
-        let client = self.client.as_deref_mut().expect("task() needs a client");
-        kernel
-            .tgid(client, task)
-            .map(u64::from)
-            .map_err(|e| ContextError::Message(e.to_string()))
+        self.of_current_task("pid", |k, c, t| k.tgid(c, t).map(u64::from))
     }
 
     fn tid(&mut self) -> Result<u64, ContextError> {
-        let task = self.task()?;
-        let kernel = self.kernel("tid")?;
-        let client = self.client.as_deref_mut().expect("task() needs a client");
-        kernel
-            .pid(client, task)
-            .map(u64::from)
-            .map_err(|e| ContextError::Message(e.to_string()))
+        self.of_current_task("tid", |k, c, t| k.pid(c, t).map(u64::from))
+    }
+
+    fn cgroup(&mut self) -> Result<u64, ContextError> {
+        self.of_current_task("cgroup", |k, c, t| k.cgroup_id(c, t))
     }
 
     fn guest(&self) -> &str {

@@ -54,10 +54,7 @@ struct MmLayout {
 
 impl MmLayout {
     fn from_btf(btf: &Btf) -> Option<MmLayout> {
-        let off = |ty: &str, name: &str| {
-            let t = btf.struct_by_name(ty)?;
-            Some(btf.member(t, name).ok()??.offset)
-        };
+        let off = |ty: &str, name: &str| member_offset(btf, ty, name);
         let regs = btf.struct_by_name("pt_regs")?;
         Some(MmLayout {
             task_mm: off("task_struct", "mm")?,
@@ -68,6 +65,35 @@ impl MmLayout {
             regs_ip: off("pt_regs", "ip")?,
             regs_bp: off("pt_regs", "bp")?,
             regs_cs: off("pt_regs", "cs")?,
+        })
+    }
+}
+
+/// Byte offset of member `name` of `struct ty`.
+fn member_offset(btf: &Btf, ty: &str, name: &str) -> Option<u64> {
+    let t = btf.struct_by_name(ty)?;
+    Some(btf.member(t, name).ok()??.offset)
+}
+
+/// Where the cgroup v2 id of a task is: `task->cgroups->dfl_cgrp->kn->id`
+/// (the id bpftrace's `cgroup` gives, and the inode number of the cgroup's
+/// directory in cgroupfs), from BTF.
+#[derive(Clone, Copy, Debug)]
+struct CgroupLayout {
+    task_cgroups: u64,
+    css_set_dfl_cgrp: u64,
+    cgroup_kn: u64,
+    kn_id: u64,
+}
+
+impl CgroupLayout {
+    fn from_btf(btf: &Btf) -> Option<CgroupLayout> {
+        let off = |ty: &str, name: &str| member_offset(btf, ty, name);
+        Some(CgroupLayout {
+            task_cgroups: off("task_struct", "cgroups")?,
+            css_set_dfl_cgrp: off("css_set", "dfl_cgrp")?,
+            cgroup_kn: off("cgroup", "kn")?,
+            kn_id: off("kernfs_node", "id")?,
         })
     }
 }
@@ -85,6 +111,7 @@ pub struct GuestKernel {
     /// Per-CPU offset of `current_task` (not moved by KASLR).
     current_task: Option<u64>,
     mm: Option<MmLayout>,
+    cgroup: Option<CgroupLayout>,
     thread_size: u64,
     /// Values of `page_offset_base` (start of the direct map, randomized
     /// by KASLR) and `max_pfn`, read from the guest once per guest.
@@ -135,6 +162,7 @@ impl GuestKernel {
         });
         let current_task = symbols.lookup("current_task").map(|s| s.addr);
         let mm = btf.as_ref().and_then(MmLayout::from_btf);
+        let cgroup = btf.as_ref().and_then(CgroupLayout::from_btf);
         // KASAN doubles the kernel stacks; its runtime is in the image.
         let thread_size = if symbols.lookup("__asan_load8").is_some() {
             2 * THREAD_SIZE
@@ -149,6 +177,7 @@ impl GuestKernel {
             task,
             current_task,
             mm,
+            cgroup,
             thread_size,
             page_offset: Arc::default(),
             max_pfn: Arc::default(),
@@ -226,6 +255,18 @@ impl GuestKernel {
     /// `task->tgid`: what user space (and bpftrace's `pid`) calls the pid.
     pub fn tgid(&self, client: &mut Client, task: u64) -> Result<u32, GuestError> {
         read_u32(client, task.wrapping_add(self.layout()?.tgid))
+    }
+
+    /// The task's cgroup v2 id (bpftrace's `cgroup`): four dependent reads.
+    pub fn cgroup_id(&self, client: &mut Client, task: u64) -> Result<u64, GuestError> {
+        let l = self.cgroup.ok_or(GuestError::Missing(
+            "cgroup",
+            ".BTF with task_struct.cgroups, css_set, cgroup and kernfs_node",
+        ))?;
+        let set = read_u64(client, task.wrapping_add(l.task_cgroups))?;
+        let cgrp = read_u64(client, set.wrapping_add(l.css_set_dfl_cgrp))?;
+        let kn = read_u64(client, cgrp.wrapping_add(l.cgroup_kn))?;
+        read_u64(client, kn.wrapping_add(l.kn_id))
     }
 
     /// `task->pid`: the thread id (bpftrace's `tid`).

@@ -134,7 +134,8 @@ pub struct TraceSite {
 
 const BUILTINS: &[&str] = &[
     "arg0", "arg1", "arg2", "arg3", "arg4", "arg5", "func", "probe", "vcpu", "cpu", "nsecs",
-    "retval", "elapsed", "rand", "kstack", "comm", "pid", "tid", "curtask", "guest", "ustack",
+    "retval", "elapsed", "rand", "kstack", "comm", "pid", "tid", "cgroup", "curtask", "guest",
+    "ustack",
 ];
 
 /// Functions usable as expressions, with their (min, max) argument counts.

@@ -90,6 +90,12 @@ pub trait ProbeContext {
             "tid is not supported by this probe context".into(),
         ))
     }
+    /// The current task's cgroup v2 id (Linux guests), as bpftrace's `cgroup`.
+    fn cgroup(&mut self) -> Result<u64, ContextError> {
+        Err(ContextError::Message(
+            "cgroup is not supported by this probe context".into(),
+        ))
+    }
     /// Named argument `args.NAME` of a `vmm:EVENT` or
     /// `tracepoint:SYSTEM:EVENT` probe (an integer, or a string where the
     /// type provider said so).
@@ -816,6 +822,7 @@ impl Runtime {
                 Builtin::Comm => Value::Str(Arc::from(ctx.comm()?.as_str())),
                 Builtin::Pid => Value::Int(ctx.pid()?),
                 Builtin::Tid => Value::Int(ctx.tid()?),
+                Builtin::Cgroup => Value::Int(ctx.cgroup()?),
                 Builtin::Curtask => Value::Int(ctx.curtask()?),
                 Builtin::Guest => Value::Str(Arc::from(ctx.guest())),
             },

@@ -33,6 +33,7 @@ pub enum Builtin {
     Comm,
     Pid,
     Tid,
+    Cgroup,
     Curtask,
     /// The name of the VM the probe fired in.
     Guest,
@@ -498,6 +499,7 @@ impl Lower<'_> {
                 "comm" => Builtin::Comm,
                 "pid" => Builtin::Pid,
                 "tid" => Builtin::Tid,
+                "cgroup" => Builtin::Cgroup,
                 "curtask" => Builtin::Curtask,
                 "guest" => Builtin::Guest,
                 a => Builtin::Arg(a.as_bytes()[3] - b'0'),
