@@ -336,6 +336,7 @@ impl Vm {
             Err(TryRecvError::Empty) => Ok(None),
             Err(TryRecvError::Disconnected) => Err(Error::ControlClosed {
                 what: "the workload to finish",
+                detail: self.why_gone(),
             }),
         }
     }
@@ -391,8 +392,26 @@ impl Vm {
                 what,
                 seconds: timeout.as_secs(),
             }),
-            Err(RecvTimeoutError::Disconnected) => Err(Error::ControlClosed { what }),
+            Err(RecvTimeoutError::Disconnected) => Err(Error::ControlClosed {
+                what,
+                detail: self.why_gone(),
+            }),
         }
+    }
+
+    /// What is known of a VM whose control channel closed: whether QEMU
+    /// exited (and how), its last error lines, the console's last lines.
+    fn why_gone(&mut self) -> String {
+        let qemu = match self.child.try_wait() {
+            Ok(Some(status)) => format!("QEMU {status}"),
+            Ok(None) => "QEMU still running".to_string(),
+            Err(e) => format!("QEMU state unknown ({e})"),
+        };
+        let stderr = last_lines(&self.dir.path().join("qemu.stderr"));
+        let console = self.console_tail();
+        let lines: Vec<&str> = console.lines().filter(|l| !l.trim().is_empty()).collect();
+        let console = lines[lines.len().saturating_sub(3)..].join(" | ");
+        format!("{qemu}; QEMU said: {stderr}; console: {console}")
     }
 
     fn send_line(&mut self, line: &str) -> Result<()> {

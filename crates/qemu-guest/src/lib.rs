@@ -34,8 +34,14 @@ pub enum Error {
     QemuExited { stderr: String },
     #[error("timed out after {seconds} s waiting for {what}")]
     Timeout { what: &'static str, seconds: u64 },
-    #[error("guest control channel closed while waiting for {what} (QEMU or the guest went away)")]
-    ControlClosed { what: &'static str },
+    #[error(
+        "guest control channel closed while waiting for {what} (QEMU or the guest went away): {detail}"
+    )]
+    ControlClosed {
+        what: &'static str,
+        /// QEMU's state and error output, and the console's last lines.
+        detail: String,
+    },
     #[error("unexpected message from guest init: {0:?}")]
     Protocol(String),
 }
