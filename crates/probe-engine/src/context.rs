@@ -105,15 +105,21 @@ impl<'a> HitContext<'a> {
         Ok(self.regs.as_ref().expect("fetched above"))
     }
 
+    /// The stub and the registers of this stop (fetched once per hit).
+    fn stopped(&mut self) -> Result<(&mut Client, &Registers), ContextError> {
+        self.registers()?;
+        match (self.client.as_deref_mut(), self.regs.as_ref()) {
+            (Some(client), Some(regs)) => Ok((client, regs)),
+            _ => Err(ContextError::Message("no guest in this probe".into())),
+        }
+    }
+
     fn task(&mut self) -> Result<u64, ContextError> {
         if let Some(t) = self.task {
             return Ok(t);
         }
         let kernel = self.kernel("curtask")?;
-        self.registers()?;
-        let (Some(client), Some(regs)) = (self.client.as_deref_mut(), self.regs.as_ref()) else {
-            return Err(ContextError::Message("no guest in this probe".into()));
-        };
+        let (client, regs) = self.stopped()?;
         let t = kernel
             .current_task(client, regs)
             .map_err(|e| ContextError::Message(e.to_string()))?;
@@ -172,10 +178,7 @@ impl ProbeContext for HitContext<'_> {
 
     fn kstack(&mut self, limit: usize) -> Result<Vec<u64>, ContextError> {
         let kernel = self.kernel("kstack")?;
-        self.registers()?;
-        let (Some(client), Some(regs)) = (self.client.as_deref_mut(), self.regs.as_ref()) else {
-            return Err(ContextError::Message("no guest in this probe".into()));
-        };
+        let (client, regs) = self.stopped()?;
         kernel
             .kstack(client, regs, limit)
             .map_err(|e| ContextError::Message(e.to_string()))
@@ -186,11 +189,8 @@ impl ProbeContext for HitContext<'_> {
     }
 
     fn vtop(&mut self, cr3: u64, vaddr: u64) -> Result<u64, ContextError> {
-        self.registers()?;
         let kernel = self.kernel;
-        let (Some(client), Some(regs)) = (self.client.as_deref_mut(), self.regs.as_ref()) else {
-            return Err(ContextError::Message("no guest in this probe".into()));
-        };
+        let (client, regs) = self.stopped()?;
         crate::guest::vtop(client, regs, kernel, cr3, vaddr)
             .map_err(|e| ContextError::Message(format!("vtop: {e}")))
     }
@@ -202,10 +202,7 @@ impl ProbeContext for HitContext<'_> {
         buf: &mut [u8],
     ) -> Result<(), ContextError> {
         let kernel = self.kernel("reading another task's memory")?;
-        self.registers()?;
-        let (Some(client), Some(regs)) = (self.client.as_deref_mut(), self.regs.as_ref()) else {
-            return Err(ContextError::Message("no guest in this probe".into()));
-        };
+        let (client, regs) = self.stopped()?;
         kernel
             .read_task_memory(client, regs, task, addr, buf)
             .map_err(|e| ContextError::Message(format!("read at {addr:#x} in task {task:#x}: {e}")))
@@ -222,9 +219,7 @@ impl ProbeContext for HitContext<'_> {
             .and_then(|r| r.get("cs"))
             .is_some_and(|cs| cs & 3 == 3);
         let task = if in_user { None } else { Some(self.task()?) };
-        let (Some(client), Some(regs)) = (self.client.as_deref_mut(), self.regs.as_ref()) else {
-            return Err(ContextError::Message("no guest in this probe".into()));
-        };
+        let (client, regs) = self.stopped()?;
         kernel
             .ustack(client, regs, task, limit)
             .map_err(|e| ContextError::Message(e.to_string()))

@@ -9,14 +9,13 @@ use host_tracepoints::format::{Element, Layout};
 use host_tracepoints::{Tracefs, TracepointName};
 use probe_lang::{FieldType, KernelTypes, MemberInfo, ProbeSpec, Prototype, TypeInfo, TypeRef};
 use qemu_vmm::catalogue::{Catalogue, Conv};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 /// [`KernelTypes`] of the guest kernel, plus the VMM's and host's events.
 pub struct LayerTypes<'a> {
     /// `None` for programs with no guest probe (host and VMM events only).
     kernel: Option<BtfTypes<'a>>,
-    /// Loaded when a `vmm:` probe first asks: most programs have none.
-    vmm: OnceLock<Option<Arc<Catalogue>>>,
+    /// Found when a `tracepoint:` probe first asks: most programs have none.
     host: OnceLock<Option<Tracefs>>,
 }
 
@@ -36,15 +35,8 @@ impl<'a> LayerTypes<'a> {
     fn with_kernel(kernel: Option<BtfTypes<'a>>) -> Self {
         LayerTypes {
             kernel,
-            vmm: OnceLock::new(),
             host: OnceLock::new(),
         }
-    }
-
-    fn vmm(&self) -> Option<&Catalogue> {
-        self.vmm
-            .get_or_init(|| Catalogue::installed().map(Arc::new))
-            .as_deref()
     }
 
     fn host(&self) -> Option<&Tracefs> {
@@ -75,7 +67,7 @@ impl KernelTypes for LayerTypes<'_> {
 
     fn event_fields(&self, probe: &ProbeSpec) -> Option<Vec<(String, FieldType)>> {
         match probe {
-            ProbeSpec::Vmm { event } => vmm_fields(self.vmm()?, event),
+            ProbeSpec::Vmm { event } => vmm_fields(Catalogue::installed()?.as_ref(), event),
             ProbeSpec::Tracepoint { system, event } => {
                 let name = TracepointName::new(system, event).ok()?;
                 let format = self.host()?.format(&name).ok()?;

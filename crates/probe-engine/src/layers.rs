@@ -177,7 +177,7 @@ impl VmmSource {
             .collect();
         let follow = FollowConfig {
             // Fields named as in QEMU's source, where its catalogue is installed.
-            catalogue: qemu_vmm::catalogue::Catalogue::installed().map(std::sync::Arc::new),
+            catalogue: qemu_vmm::catalogue::Catalogue::installed(),
             ..FollowConfig::default()
         };
         let follower =

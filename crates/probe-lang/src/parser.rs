@@ -498,37 +498,27 @@ impl Parser<'_> {
     }
 
     fn unary(&mut self) -> Result<Expr, ParseError> {
+        // `None`: `*`, a dereference.
         let op = match self.peek()?.tok {
             Tok::Punct("-") => Some(UnOp::Neg),
             Tok::Punct("!") => Some(UnOp::Not),
             Tok::Punct("~") => Some(UnOp::BitNot),
-            Tok::Punct("*") => {
-                let t = self.bump()?;
-                self.enter()?;
-                let e = self.unary()?;
-                self.depth -= 1;
-                let span = t.span.to(e.span);
-                return Ok(Expr {
-                    kind: ExprKind::Deref(Box::new(e)),
-                    span,
-                    ty: Type::Unknown,
-                });
-            }
-            _ => None,
+            Tok::Punct("*") => None,
+            _ => return self.primary(),
         };
-        if let Some(op) = op {
-            let t = self.bump()?;
-            self.enter()?;
-            let e = self.unary()?;
-            self.depth -= 1;
-            let span = t.span.to(e.span);
-            return Ok(Expr {
-                kind: ExprKind::Unary(op, Box::new(e)),
-                span,
-                ty: Type::Unknown,
-            });
-        }
-        self.primary()
+        let t = self.bump()?;
+        self.enter()?;
+        let e = Box::new(self.unary()?);
+        self.depth -= 1;
+        let span = t.span.to(e.span);
+        Ok(Expr {
+            kind: match op {
+                Some(op) => ExprKind::Unary(op, e),
+                None => ExprKind::Deref(e),
+            },
+            span,
+            ty: Type::Unknown,
+        })
     }
 
     fn primary(&mut self) -> Result<Expr, ParseError> {

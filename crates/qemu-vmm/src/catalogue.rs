@@ -187,13 +187,21 @@ impl Catalogue {
     }
 
     /// The catalogue installed with QEMU, if any: `$VMPROBE_QEMU_TRACE_EVENTS`
-    /// first, then [`INSTALLED_PATHS`].
-    pub fn installed() -> Option<Self> {
-        let env = std::env::var_os("VMPROBE_QEMU_TRACE_EVENTS").map(std::path::PathBuf::from);
-        env.into_iter()
-            .chain(INSTALLED_PATHS.iter().map(std::path::PathBuf::from))
-            .find_map(|p| std::fs::read_to_string(p).ok())
-            .map(|t| Self::parse(&t))
+    /// first, then [`INSTALLED_PATHS`]. Read and parsed once per process
+    /// (checking a program and following each guest's log share it).
+    pub fn installed() -> Option<std::sync::Arc<Self>> {
+        static INSTALLED: std::sync::OnceLock<Option<std::sync::Arc<Catalogue>>> =
+            std::sync::OnceLock::new();
+        INSTALLED
+            .get_or_init(|| {
+                let env =
+                    std::env::var_os("VMPROBE_QEMU_TRACE_EVENTS").map(std::path::PathBuf::from);
+                env.into_iter()
+                    .chain(INSTALLED_PATHS.iter().map(std::path::PathBuf::from))
+                    .find_map(|p| std::fs::read_to_string(p).ok())
+                    .map(|t| std::sync::Arc::new(Self::parse(&t)))
+            })
+            .clone()
     }
 
     pub fn get(&self, name: &str) -> Option<&EventDecl> {
