@@ -72,16 +72,28 @@ fn sched_switch_agrees_with_bpftrace() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(bt.stdout.take().unwrap()).lines();
+    // bpftrace's output is read on a thread, so that every wait below has
+    // a deadline: a bpftrace that never starts or never exits is killed,
+    // not waited for forever.
+    let (line_tx, lines) = mpsc::channel::<String>();
+    let stdout = bt.stdout.take().unwrap();
+    let reader = thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line_tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
     loop {
-        match lines.next() {
-            Some(Ok(l)) if l == "ready" => break,
-            Some(Ok(_)) => continue,
-            _ => {
+        match lines.recv_timeout(Duration::from_secs(120)) {
+            Ok(l) if l == "ready" => break,
+            Ok(_) => continue,
+            Err(_) => {
                 drop(go);
                 sleeper.join().unwrap();
+                bt.kill().ok();
                 bt.wait().ok();
-                return skip("bpftrace did not start");
+                return skip("bpftrace did not start within 120 s");
             }
         }
     }
@@ -92,8 +104,22 @@ fn sched_switch_agrees_with_bpftrace() {
     thread::sleep(Duration::from_millis(500));
     // SAFETY: signalling the child we spawned, by its pid.
     unsafe { libc::kill(bt.id() as i32, libc::SIGINT) };
-    let theirs: Vec<Switch> = lines
-        .map_while(Result::ok)
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut out = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(l) => out.push(l),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                bt.kill().ok();
+                panic!("bpftrace did not exit within 60 s of SIGINT");
+            }
+        }
+    }
+    reader.join().unwrap();
+    let theirs: Vec<Switch> = out
+        .iter()
         .filter_map(|l| {
             let p: Vec<&str> = l.split('|').collect();
             Some((
