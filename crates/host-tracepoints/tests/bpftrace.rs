@@ -20,6 +20,17 @@ fn skip(why: &str) {
 
 type Switch = (i64, String, i64, String);
 
+/// The name the sleeper takes before its last switch: the end of the window.
+const DONE: &str = "ht-bt-done";
+
+/// The switches up to and including the first one out of the renamed thread.
+fn up_to_end_marker(mut switches: Vec<Switch>) -> Vec<Switch> {
+    if let Some(i) = switches.iter().position(|s| s.1 == DONE) {
+        switches.truncate(i + 1);
+    }
+    switches
+}
+
 #[test]
 fn sched_switch_agrees_with_bpftrace() {
     let Ok(t) = Tracefs::open() else {
@@ -43,6 +54,13 @@ fn sched_switch_agrees_with_bpftrace() {
                 for _ in 0..30 {
                     thread::sleep(Duration::from_micros(500));
                 }
+                // The last switch is the end marker both sides look for: a
+                // switch out of a thread named DONE.
+                let name = std::ffi::CString::new(DONE).unwrap();
+                // SAFETY: PR_SET_NAME reads a NUL-terminated string of at
+                // most 16 bytes, which `name` is.
+                unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+                thread::sleep(Duration::from_micros(500));
                 slept_tx.send(()).unwrap();
                 end_rx.recv().ok();
             }
@@ -99,38 +117,42 @@ fn sched_switch_agrees_with_bpftrace() {
     }
     go.send(()).unwrap();
     slept_rx.recv().unwrap();
-    // Let bpftrace's perf buffer drain, then stop it with SIGINT so it
-    // flushes its output and exits cleanly.
-    thread::sleep(Duration::from_millis(500));
-    // SAFETY: signalling the child we spawned, by its pid.
-    unsafe { libc::kill(bt.id() as i32, libc::SIGINT) };
+    // Read bpftrace's lines up to the end marker, then kill it: its output
+    // is complete by then, and waiting for it to exit gracefully hung in CI
+    // (bpftrace 0.17 once did not exit within 60 s of SIGINT).
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut out = Vec::new();
+    let mut theirs: Vec<Switch> = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match lines.recv_timeout(left) {
-            Ok(l) => out.push(l),
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
+            Ok(l) => {
+                let p: Vec<&str> = l.split('|').collect();
+                let parsed = (|| {
+                    Some((
+                        p.first()?.parse().ok()?,
+                        p.get(1)?.to_string(),
+                        p.get(2)?.parse().ok()?,
+                        p.get(3)?.to_string(),
+                    ))
+                })();
+                if let Some(sw) = parsed {
+                    let done = sw.1 == DONE;
+                    theirs.push(sw);
+                    if done {
+                        break;
+                    }
+                }
+            }
+            Err(e) => {
                 bt.kill().ok();
-                panic!("bpftrace did not exit within 60 s of SIGINT");
+                bt.wait().ok();
+                panic!("bpftrace printed no end-marker switch within 60 s ({e:?})");
             }
         }
     }
+    bt.kill().ok();
+    bt.wait().ok();
     reader.join().unwrap();
-    let theirs: Vec<Switch> = out
-        .iter()
-        .filter_map(|l| {
-            let p: Vec<&str> = l.split('|').collect();
-            Some((
-                p.first()?.parse().ok()?,
-                p.get(1)?.to_string(),
-                p.get(2)?.parse().ok()?,
-                p.get(3)?.to_string(),
-            ))
-        })
-        .collect();
-    bt.wait().unwrap();
 
     r.disable().unwrap();
     drop(end);
@@ -150,6 +172,7 @@ fn sched_switch_agrees_with_bpftrace() {
             )
         })
         .collect();
+    let ours = up_to_end_marker(ours);
     assert!(ours.len() >= 30, "{} switches", ours.len());
     assert_eq!(r.lost(), 0);
     assert_eq!(ours, theirs);
