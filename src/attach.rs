@@ -434,10 +434,12 @@ fn serve_layers_only(
         let ending = all_gone
             || stop.load(Ordering::Relaxed)
             || deadline.is_some_and(|d| Instant::now() >= d);
+        // The last pass waits for the events still in flight.
+        let final_sync = ending.then_some(probe_engine::layers::FINAL_SYNC);
         for vm in &mut vms {
             if vm
                 .layers
-                .serve(&runtime, false, None, &vm.name, &mut |_, _| {})
+                .serve(&runtime, final_sync, None, &vm.name, &mut |_, _| {})
                 .0
                 == Flow::Exit
             {

@@ -52,12 +52,21 @@ pub enum LayerError {
 /// probe name): the session records it.
 pub type RecordLayerEvent<'a> = dyn FnMut(&LayerEvent, &[(Box<str>, Traced)]) + 'a;
 
+/// How long a guest stop waits for the layers to catch up: bounded, because
+/// the guest stays stopped meanwhile.
+pub const STOP_SYNC: Duration = Duration::from_millis(100);
+/// How long the end of a run waits for the layers' last events (a loaded
+/// host can leave QEMU's log follower far behind; events it has not read
+/// yet would otherwise be lost).
+pub const FINAL_SYNC: Duration = Duration::from_secs(10);
+
 /// Something that yields layer events without blocking.
 pub trait LayerSource: Send {
-    /// Waits (briefly) until every event emitted before now can be drained:
-    /// called at each guest stop, so that events older than the stop run
-    /// their handlers first and handlers see the layers in causal order.
-    fn sync(&mut self) {}
+    /// Waits (at most `timeout`) until every event emitted before now can be
+    /// drained: called at each guest stop, so that events older than the
+    /// stop run their handlers first and handlers see the layers in causal
+    /// order, and once more at the end of a run, so that none is lost.
+    fn sync(&mut self, _timeout: Duration) {}
     /// Appends the events that arrived since the last call.
     fn drain(&mut self, out: &mut Vec<LayerEvent>);
     /// Switches the events off; returns a one-line summary (counts, drops).
@@ -105,15 +114,15 @@ impl LayerSet {
     pub fn serve(
         &mut self,
         runtime: &Mutex<Runtime>,
-        sync: bool,
+        sync: Option<Duration>,
         kernel: Option<&GuestKernel>,
         guest: &str,
         record: &mut RecordLayerEvent<'_>,
     ) -> (Flow, u64) {
         let mut events = std::mem::take(&mut self.events);
         for l in &mut self.sources {
-            if sync {
-                l.sync();
+            if let Some(timeout) = sync {
+                l.sync(timeout);
             }
             l.drain(&mut events);
         }
@@ -198,11 +207,11 @@ impl VmmSource {
 }
 
 impl LayerSource for VmmSource {
-    fn sync(&mut self) {
+    fn sync(&mut self, timeout: Duration) {
         // QEMU flushes a trace line before the vCPU goes on, so a stop
         // comes after the lines of everything the guest did before it.
         if let Some(f) = &self.follower {
-            let _ = f.sync(Duration::from_millis(100));
+            let _ = f.sync(timeout);
         }
     }
 

@@ -340,7 +340,7 @@ impl Session {
 
     /// Runs the handlers of the VMM and host events that arrived; with
     /// `sync`, first waits for every event emitted before now (at a stop).
-    fn serve_layers(&mut self, runtime: &Mutex<Runtime>, sync: bool) -> Flow {
+    fn serve_layers(&mut self, runtime: &Mutex<Runtime>, sync: Option<Duration>) -> Flow {
         if self.layers.is_empty() {
             return Flow::Continue;
         }
@@ -592,7 +592,7 @@ impl Session {
     ) -> EndReason {
         loop {
             if let Some(reason) = poll() {
-                let _ = self.serve_layers(runtime, true);
+                let _ = self.serve_layers(runtime, Some(crate::layers::FINAL_SYNC));
                 return match self.stop() {
                     Ok(Some(stop)) => {
                         // A hit that raced with our interrupt still counts;
@@ -613,7 +613,7 @@ impl Session {
                     Err(e) => return EndReason::TargetGone(e),
                 }
             }
-            if let Flow::Exit = self.serve_layers(runtime, false) {
+            if let Flow::Exit = self.serve_layers(runtime, None) {
                 return EndReason::ScriptExit;
             }
             let wait = next_timer.map_or(POLL_INTERVAL, |due| {
@@ -723,7 +723,7 @@ impl Session {
         let received = monotonic_ns();
         // Events of the other layers that happened before this stop run
         // first: one script sees the layers in the order things happened.
-        if let Flow::Exit = self.serve_layers(runtime, true) {
+        if let Flow::Exit = self.serve_layers(runtime, Some(crate::layers::STOP_SYNC)) {
             return Ok(Flow::Exit);
         }
         let (thread, reason) = match stop {
