@@ -55,6 +55,10 @@ use support::*;
 const ATTACH_LIMIT: Duration = Duration::from_secs(90);
 const WORKLOAD_LIMIT: Duration = Duration::from_secs(120);
 const DETACH_LIMIT: Duration = Duration::from_secs(60);
+/// Writing a small file in the guest, with nothing attached.
+const GUEST_STEP_LIMIT: Duration = Duration::from_secs(30);
+/// Marks a failure after which no later script can run on this guest.
+const GUEST_UNRESPONSIVE: &str = "the guest stopped responding";
 
 #[derive(Debug)]
 struct Fixture {
@@ -476,9 +480,14 @@ fn run_one(g: &mut Guest, f: &Fixture, index: usize) -> Result<Outcome, String> 
     let script = wrapped_workload(f, &format!("SCRIPT-DONE-{index}")).replace('\'', "'\\''");
     g.vm.start_workload(&format!("printf '%s\\n' '{script}' > /tmp/w.sh"))
         .map_err(|e| e.to_string())?;
-    match g.vm.wait_exit(WORKLOAD_LIMIT) {
+    match g.vm.wait_exit(GUEST_STEP_LIMIT) {
         Ok(0) => {}
-        other => return Err(format!("writing the workload file: {other:?}")),
+        other => {
+            return Err(format!(
+                "{GUEST_UNRESPONSIVE}: writing the workload file: {other:?}\n--- console tail\n{}",
+                g.vm.console_tail()
+            ));
+        }
     }
     let from = g.console_len();
     let spec = format!(
@@ -646,11 +655,13 @@ fn every_script_against_one_guest() {
             t.elapsed().as_secs_f64()
         );
         if let Err(e) = result {
-            failures.push(format!("=== {}\n{e}", f.name));
-            // A guest that is gone fails every later script the same way.
-            if !g.vm.is_running() {
+            // A guest that is gone or hung fails every later script the
+            // same way: stop here, with this script's report.
+            if !g.vm.is_running() || e.contains(GUEST_UNRESPONSIVE) {
+                failures.push(format!("=== {}\n{e}", f.name));
                 break;
             }
+            failures.push(format!("=== {}\n{e}", f.name));
         }
     }
     eprintln!(
