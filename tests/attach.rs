@@ -49,11 +49,13 @@ fn attach_and_count(through_qmp: bool) {
         user.detach().unwrap();
     }
 
-    // A workload that writes one byte at a time for a long while (20,000
-    // iterations took about 2 s under TCG, less than vmprobe's start in a
-    // debug build on a loaded machine): vmprobe attaches while it runs.
+    // A workload that makes 100 one-byte writes every half second for about
+    // 24 s: vmprobe attaches while it runs (a busy loop of 20,000 writes
+    // ended in 2 s under TCG, before vmprobe had armed on a loaded machine).
+    // Paced, the guest idles between bursts instead of taking a core.
     vm.start_workload(
-        "i=0; while [ $i -lt 200000 ]; do echo -n x > /dev/null; i=$((i+1)); done; echo WORKLOAD-DONE",
+        "i=0; while [ $i -lt 40 ]; do dd if=/dev/zero of=/dev/null bs=1 count=100 2>/dev/null; \
+         sleep 0.5; i=$((i+1)); done; echo WORKLOAD-DONE",
     )
     .unwrap();
     let spec = if through_qmp {
