@@ -472,6 +472,27 @@ impl Guest {
     }
 }
 
+/// Samples a hung guest's vCPUs with vmprobe itself (function and task per
+/// vCPU), so that a guest that stops responding in CI says where it spins.
+fn where_the_vcpus_are(g: &Guest) -> String {
+    let spec = format!(
+        "vm0=gdb:unix:{},kernel:{}",
+        g.vm.gdb_socket().display(),
+        g.kernel.display()
+    );
+    let out = run_bounded(
+        vmprobe().args([
+            "attach",
+            "--vm",
+            &spec,
+            "-e",
+            "profile:hz:20 { @[vcpu, ksym(reg(\"rip\")), comm] = count(); } interval:s:3 { exit(); }",
+        ]),
+        Duration::from_secs(60),
+    );
+    format!("{}{}", text(&out.stdout), text(&out.stderr))
+}
+
 /// Runs one script: attach, workload, Ctrl-C, detach. Err: what failed.
 fn run_one(g: &mut Guest, f: &Fixture, index: usize) -> Result<Outcome, String> {
     // The wrapper goes into a file first, unprobed: init reads its
@@ -484,8 +505,10 @@ fn run_one(g: &mut Guest, f: &Fixture, index: usize) -> Result<Outcome, String> 
         Ok(0) => {}
         other => {
             return Err(format!(
-                "{GUEST_UNRESPONSIVE}: writing the workload file: {other:?}\n--- console tail\n{}",
-                g.vm.console_tail()
+                "{GUEST_UNRESPONSIVE}: writing the workload file: {other:?}\n\
+                 --- console tail\n{}\n--- where the vCPUs are\n{}",
+                g.vm.console_tail(),
+                where_the_vcpus_are(g)
             ));
         }
     }
