@@ -467,6 +467,15 @@ impl Guest {
         self.console.lock().unwrap().len()
     }
 
+    /// The `--vm` argument that attaches vmprobe to this guest.
+    fn attach_spec(&self) -> String {
+        format!(
+            "vm0=gdb:unix:{},kernel:{}",
+            self.vm.gdb_socket().display(),
+            self.kernel.display()
+        )
+    }
+
     fn console_since(&self, from: usize) -> String {
         String::from_utf8_lossy(&self.console.lock().unwrap()[from..]).into_owned()
     }
@@ -475,16 +484,11 @@ impl Guest {
 /// Samples a hung guest's vCPUs with vmprobe itself (function and task per
 /// vCPU), so that a guest that stops responding in CI says where it spins.
 fn where_the_vcpus_are(g: &Guest) -> String {
-    let spec = format!(
-        "vm0=gdb:unix:{},kernel:{}",
-        g.vm.gdb_socket().display(),
-        g.kernel.display()
-    );
     let out = run_bounded(
         vmprobe().args([
             "attach",
             "--vm",
-            &spec,
+            &g.attach_spec(),
             "-e",
             "profile:hz:20 { @[vcpu, ksym(reg(\"rip\")), comm] = count(); } interval:s:3 { exit(); }",
         ]),
@@ -513,11 +517,7 @@ fn run_one(g: &mut Guest, f: &Fixture, index: usize) -> Result<Outcome, String> 
         }
     }
     let from = g.console_len();
-    let spec = format!(
-        "vm0=gdb:unix:{},kernel:{}",
-        g.vm.gdb_socket().display(),
-        g.kernel.display()
-    );
+    let spec = g.attach_spec();
     let t0 = Instant::now();
     let mut child = vmprobe()
         .args(["attach", "--vm", &spec])
@@ -680,11 +680,11 @@ fn every_script_against_one_guest() {
         if let Err(e) = result {
             // A guest that is gone or hung fails every later script the
             // same way: stop here, with this script's report.
-            if !g.vm.is_running() || e.contains(GUEST_UNRESPONSIVE) {
-                failures.push(format!("=== {}\n{e}", f.name));
+            let stop = !g.vm.is_running() || e.contains(GUEST_UNRESPONSIVE);
+            failures.push(format!("=== {}\n{e}", f.name));
+            if stop {
                 break;
             }
-            failures.push(format!("=== {}\n{e}", f.name));
         }
     }
     eprintln!(

@@ -23,6 +23,17 @@ type Switch = (i64, String, i64, String);
 /// The name the sleeper takes before its last switch: the end of the window.
 const DONE: &str = "ht-bt-done";
 
+/// One line of the bpftrace program's output: `prev_pid|prev_comm|next_pid|next_comm`.
+fn parse_switch(line: &str) -> Option<Switch> {
+    let p: Vec<&str> = line.split('|').collect();
+    Some((
+        p.first()?.parse().ok()?,
+        p.get(1)?.to_string(),
+        p.get(2)?.parse().ok()?,
+        p.get(3)?.to_string(),
+    ))
+}
+
 /// The switches up to and including the first one out of the renamed thread.
 fn up_to_end_marker(mut switches: Vec<Switch>) -> Vec<Switch> {
     if let Some(i) = switches.iter().position(|s| s.1 == DONE) {
@@ -126,16 +137,7 @@ fn sched_switch_agrees_with_bpftrace() {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match lines.recv_timeout(left) {
             Ok(l) => {
-                let p: Vec<&str> = l.split('|').collect();
-                let parsed = (|| {
-                    Some((
-                        p.first()?.parse().ok()?,
-                        p.get(1)?.to_string(),
-                        p.get(2)?.parse().ok()?,
-                        p.get(3)?.to_string(),
-                    ))
-                })();
-                if let Some(sw) = parsed {
+                if let Some(sw) = parse_switch(&l) {
                     let done = sw.1 == DONE;
                     theirs.push(sw);
                     if done {

@@ -7,7 +7,6 @@
  * Each node is a 16-byte struct { void *next; long value; }.
  * Usage: vmprobe-hostile */
 #include <fcntl.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
