@@ -9,7 +9,7 @@
 //! reported on stderr.
 
 use anyhow::{Context, Result};
-use probe_engine::{EventSink, RecordedEvent};
+use probe_engine::{EventSink, RecordedEvent, UnfinishedCall};
 use std::collections::HashMap;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex};
 use trace_formats::ctf::{CtfOptions, CtfWriter};
 use trace_formats::perfetto::PerfettoWriter;
 use trace_formats::ring::FlightRecorder;
-use trace_formats::{ClassId, ClockOffset, EventClass, FieldType, StreamId, StreamKey, Value};
+use trace_formats::{
+    ClassId, ClockOffset, EventClass, FieldType, Layer, StreamId, StreamKey, Value,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -86,6 +88,12 @@ impl EventSink for SharedRecorder {
             Err(e) => eprintln!("vmprobe: snapshot failed: {e:#}"),
         }
     }
+
+    fn unfinished_call(&mut self, call: &UnfinishedCall<'_>) {
+        if let Ok(mut r) = self.0.lock() {
+            r.unfinished_call(call);
+        }
+    }
 }
 
 impl Recorder {
@@ -127,8 +135,7 @@ impl Recorder {
         StreamKey::new(event.guest, event.vcpu, event.layer)
     }
 
-    fn stream(&mut self, event: &RecordedEvent<'_>) -> Result<StreamId, trace_formats::Error> {
-        let key = Self::stream_key(event);
+    fn stream(&mut self, key: StreamKey) -> Result<StreamId, trace_formats::Error> {
         if let Some(&id) = self.registry.streams.get(&key) {
             return Ok(id);
         }
@@ -197,7 +204,7 @@ impl Recorder {
     }
 
     fn try_event(&mut self, event: &RecordedEvent<'_>) -> Result<(), trace_formats::Error> {
-        let stream = self.stream(event)?;
+        let stream = self.stream(Self::stream_key(event))?;
         if let Output::Perfetto(w) = &mut self.output {
             let args: Vec<(&str, Value<'_>)> = event.fields.to_vec();
             return match event.entry_ns {
@@ -218,6 +225,26 @@ impl Recorder {
             Output::Ctf(w) => w.write(stream, event.ts_ns, class, &values),
             Output::Ring { ring, .. } => ring.push(stream, event.ts_ns, class, &values).map(|_| ()),
             Output::Perfetto(_) => unreachable!("handled above"),
+        }
+    }
+
+    /// A call in flight when the run ended. In Perfetto it opens a slice
+    /// that never closes, which the UI shows as "Did not end"; CTF already
+    /// holds its entry event, and the missing return says the same.
+    fn unfinished_call(&mut self, call: &UnfinishedCall<'_>) {
+        if !matches!(self.output, Output::Perfetto(_)) {
+            return;
+        }
+        let key = StreamKey::new(call.guest, Some(call.vcpu), Layer::Guest);
+        let result = self.stream(key).and_then(|stream| match &mut self.output {
+            Output::Perfetto(w) => w.begin(stream, call.entry_ns, call.func, &[]),
+            _ => unreachable!("checked above"),
+        });
+        match result {
+            Ok(()) => self.written += 1,
+            Err(e) => {
+                self.first_error.get_or_insert_with(|| e.to_string());
+            }
         }
     }
 

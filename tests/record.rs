@@ -129,7 +129,10 @@ fn perfetto_trace_has_tracks_instants_and_call_slices() {
                 "kprobe:ksys_write",
                 "kretprobe:ksys_write",
                 "--",
-                "dd if=/dev/zero of=/dev/null bs=1 count=15 2>/dev/null",
+                // The background dd's one 100,000-byte write fills the
+                // pipe and blocks: a call still in flight at the end.
+                "dd if=/dev/zero bs=100000 count=1 2>/dev/null | sleep 1000 & sleep 1; \
+                 dd if=/dev/zero of=/dev/null bs=1 count=15 2>/dev/null",
             ]),
         RUN_LIMIT,
     );
@@ -154,13 +157,27 @@ fn perfetto_trace_has_tracks_instants_and_call_slices() {
     );
     let instants = of("i");
     let slices = of("X");
-    // Every call is an instant at entry and a slice from entry to return.
-    assert_eq!(instants.len(), slices.len());
+    let unfinished = of("B");
+    // Every call is an instant at entry, and a slice from entry to return;
+    // a call still in flight at the end opens a slice that never closes.
+    assert_eq!(instants.len(), slices.len() + unfinished.len());
     assert!(instants.iter().all(|i| i["name"] == "kprobe:ksys_write"));
     assert!(
         slices
             .iter()
             .all(|s| s["name"] == "ksys_write" && s["dur"].as_f64().unwrap() > 0.0)
+    );
+    assert!(of("E").is_empty());
+    assert!(unfinished.iter().all(|b| b["name"] == "ksys_write"));
+    let blocked = instants
+        .iter()
+        .find(|i| i["args"]["arg2"] == 100_000)
+        .unwrap_or_else(|| panic!("no entry of the blocked write: {instants:?}"));
+    assert!(
+        unfinished
+            .iter()
+            .any(|b| b["ts"] == blocked["ts"] && b["tid"] == blocked["tid"]),
+        "the blocked write is an unfinished slice: {unfinished:?}"
     );
     // dd's 15 one-byte writes (its status lines and init's messages are
     // longer writes).

@@ -112,6 +112,8 @@ pub struct WatchProbe {
 struct PendingReturn {
     site: usize,
     entry_ns: u64,
+    /// The vCPU the call entered on.
+    vcpu: u32,
 }
 
 /// One probe firing, as handed to an [`EventSink`] (`vmprobe record`).
@@ -138,12 +140,25 @@ pub struct RecordedEvent<'a> {
     pub fields: &'a [(&'a str, FieldValue<'a>)],
 }
 
+/// A call seen at entry (by a `kretprobe`) whose return had not come when
+/// recording ended: the run ended while the call was in flight.
+#[derive(Debug)]
+pub struct UnfinishedCall<'a> {
+    pub guest: &'a str,
+    /// The vCPU the call entered on.
+    pub vcpu: u32,
+    pub func: &'a str,
+    pub entry_ns: u64,
+}
+
 /// Where recorded events go. Called with the guest stopped, so a slow sink
 /// slows the guest but never loses events.
 pub trait EventSink: Send {
     fn event(&mut self, event: &RecordedEvent<'_>);
     /// A script called `snapshot()`.
     fn snapshot(&mut self) {}
+    /// At the end of recording, once per call still awaiting its return.
+    fn unfinished_call(&mut self, _call: &UnfinishedCall<'_>) {}
 }
 
 /// What the events of one stop have in common.
@@ -409,9 +424,21 @@ impl Session {
         self.record_every_hit = on;
     }
 
-    /// Takes the recorder back (to finish writing it).
+    /// Takes the recorder back (to finish writing it), first telling it of
+    /// the calls still awaiting their return, oldest first.
     pub fn take_recorder(&mut self) -> Option<Box<dyn EventSink>> {
-        self.recorder.take()
+        let mut sink = self.recorder.take()?;
+        let mut calls: Vec<&PendingReturn> = self.pending.values().collect();
+        calls.sort_by_key(|p| p.entry_ns);
+        for p in calls {
+            sink.unfinished_call(&UnfinishedCall {
+                guest: &self.name,
+                vcpu: p.vcpu,
+                func: &self.sites[p.site].func,
+                entry_ns: p.entry_ns,
+            });
+        }
+        Some(sink)
     }
 
     pub fn client(&mut self) -> &mut Client {
@@ -872,7 +899,11 @@ impl Session {
         if let Some(pending) = self.pending.get_mut(&key) {
             // The same frame again: the earlier call never came back (the
             // task died, or vmprobe missed its return). Replace it.
-            *pending = PendingReturn { site, entry_ns };
+            *pending = PendingReturn {
+                site,
+                entry_ns,
+                vcpu: vcpu_index(thread),
+            };
             return Ok(());
         }
         if self.pending.len() >= MAX_PENDING_RETURNS {
@@ -892,7 +923,14 @@ impl Session {
             self.return_bps.insert(ret, 0);
         }
         *self.return_bps.get_mut(&ret).expect("inserted above") += 1;
-        self.pending.insert(key, PendingReturn { site, entry_ns });
+        self.pending.insert(
+            key,
+            PendingReturn {
+                site,
+                entry_ns,
+                vcpu: vcpu_index(thread),
+            },
+        );
         Ok(())
     }
 
@@ -906,7 +944,7 @@ impl Session {
         received: u64,
     ) -> Result<Flow, String> {
         let rsp = register(&mut self.client, regs.as_ref(), thread, "rsp")?;
-        let Some(PendingReturn { site, entry_ns }) = self.pending.remove(&(pc, rsp)) else {
+        let Some(PendingReturn { site, entry_ns, .. }) = self.pending.remove(&(pc, rsp)) else {
             // Another call returning to the same place (one that started
             // before attaching, or an untracked one): not ours.
             self.stats.stray_stops += 1;
