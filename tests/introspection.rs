@@ -145,32 +145,54 @@ kprobe:ksys_write /comm == "dd" && arg2 == 1/ {
 
 /// `cgroup` is the current task's cgroup v2 id, as in bpftrace: the inode
 /// number of its directory in cgroupfs, which the guest reports itself.
+/// `cgroup_path(id)` is that cgroup's path as the guest kernel gives it in
+/// `/proc/self/cgroup`, in bpftrace's `unified:PATH` form; an unknown id or
+/// a filter that excludes the hierarchy gives an empty string.
 #[test]
-fn cgroup_id_equals_the_guests_cgroup_directory_inode() {
-    let workload = "mount -t cgroup2 none /sys/fs/cgroup && mkdir /sys/fs/cgroup/probed && \
-        echo $$ > /sys/fs/cgroup/probed/cgroup.procs && \
-        echo CGID $(stat -c %i /sys/fs/cgroup/probed) && \
+fn cgroup_id_and_path_equal_the_guests_own() {
+    let workload = "mount -t cgroup2 none /sys/fs/cgroup && mkdir -p /sys/fs/cgroup/probed/inner && \
+        echo $$ > /sys/fs/cgroup/probed/inner/cgroup.procs && \
+        echo CGID $(stat -c %i /sys/fs/cgroup/probed/inner) && \
+        echo ROOTID $(stat -c %i /sys/fs/cgroup) && \
+        echo CGPATH $(cat /proc/self/cgroup) && \
         dd if=/dev/zero of=/dev/null bs=1 count=5 2>/dev/null";
+    let program = r#"kprobe:ksys_write /comm == "dd"/ {
+        @writes[cgroup] = count();
+        @paths[cgroup_path(cgroup), cgroup_path(1), cgroup_path(0xdead0000beef),
+               cgroup_path(cgroup, "cpu*")] = count();
+    }"#;
     let out = run_bounded(
-        vmprobe().args([
-            "run",
-            "--console",
-            "-e",
-            "kprobe:ksys_write /comm == \"dd\"/ { @writes[cgroup] = count(); }",
-            "--",
-            workload,
-        ]),
+        vmprobe().args(["run", "--console", "-e", program, "--", workload]),
         RUN_LIMIT,
     );
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "vmprobe failed: {stderr}");
-    let theirs: u64 = stderr
-        .lines()
-        .find_map(|l| l.split("CGID ").nth(1))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no cgroup id from the guest: {stderr}"));
+    let guest_says = |key: &str| {
+        stderr
+            .lines()
+            .find_map(|l| l.split(&format!("{key} ")).nth(1))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {key} from the guest: {stderr}"))
+    };
+    let theirs: u64 = guest_says("CGID").parse().unwrap();
     // dd's 5 one-byte writes and its record counts, all in that cgroup.
     let writes = keyed_map(&stdout, "writes");
     assert_eq!(writes.keys().collect::<Vec<_>>(), [&theirs], "{stdout}");
     assert!(writes[&theirs] >= 5, "{stdout}");
+
+    // `0::/probed/inner`: hierarchy 0 is cgroup v2's.
+    let path = guest_says("CGPATH");
+    let path = path.strip_prefix("0::").expect("a cgroup v2 line");
+    assert_eq!(path, "/probed/inner");
+    // The hierarchy's root directory is the cgroup with id 1.
+    assert_eq!(guest_says("ROOTID"), "1");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("@paths["))
+        .unwrap_or_else(|| panic!("no @paths: {stdout}"));
+    assert_eq!(
+        line.split("]:").next().unwrap(),
+        format!("@paths[unified:{path}, unified:/, , "),
+        "{stdout}"
+    );
 }

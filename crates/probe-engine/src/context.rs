@@ -84,6 +84,15 @@ impl<'a> HitContext<'a> {
         })
     }
 
+    /// The stub, for reading guest memory; none for a probe that is not a
+    /// guest stop (a VMM or host event).
+    fn memory(&mut self) -> Result<&mut Client, ContextError> {
+        let probe = self.probe;
+        self.client
+            .as_deref_mut()
+            .ok_or_else(|| ContextError::Message(format!("no guest memory in {probe}")))
+    }
+
     /// Something the guest kernel knows of the current task (`comm`,
     /// `pid`, ...).
     fn of_current_task<T>(
@@ -241,6 +250,14 @@ impl ProbeContext for HitContext<'_> {
         self.of_current_task("cgroup", |k, c, t| k.cgroup_id(c, t))
     }
 
+    fn cgroup_path(&mut self, id: u64) -> Result<Option<String>, ContextError> {
+        let kernel = self.kernel("cgroup_path")?;
+        let client = self.memory()?;
+        kernel
+            .cgroup_path(client, id)
+            .map_err(|e| ContextError::Message(e.to_string()))
+    }
+
     fn guest(&self) -> &str {
         self.guest
     }
@@ -289,13 +306,7 @@ impl ProbeContext for HitContext<'_> {
     }
 
     fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), ContextError> {
-        let Some(client) = self.client.as_deref_mut() else {
-            return Err(ContextError::Message(format!(
-                "no guest memory in {}",
-                self.probe
-            )));
-        };
-        client
+        self.memory()?
             .read_memory(addr, buf)
             .map_err(|e| ContextError::Message(format!("read at {addr:#x}: {e}")))
     }

@@ -98,6 +98,56 @@ impl CgroupLayout {
     }
 }
 
+/// What resolving a cgroup v2 id to its path needs (`cgroup_path()`), from
+/// BTF and the symbol table: the default hierarchy's root
+/// (`cgrp_dfl_root.kf_root`), its id-to-node table (`ino_idr`, an IDR: a
+/// radix tree keyed by inode number), and each kernfs node's name and
+/// parent. The path is what the kernel's own `kernfs_path_from_node()`
+/// gives: the names from the hierarchy's root down, joined by `/`.
+#[derive(Clone, Copy, Debug)]
+struct CgroupPathLayout {
+    /// Unslid address of `cgrp_dfl_root`.
+    dfl_root: u64,
+    root_kf_root: u64,
+    kf_root_ino_idr: u64,
+    idr_rt: u64,
+    idr_base: u64,
+    xa_head: u64,
+    node_shift: u64,
+    node_slots: u64,
+    kn_id: u64,
+    kn_parent: u64,
+    kn_name: u64,
+}
+
+/// Deepest cgroup nesting `cgroup_path()` follows: a deeper chain of
+/// parents is taken for a corrupt (cyclic) one.
+pub const MAX_CGROUP_DEPTH: usize = 128;
+/// Longest kernfs node name read (the kernel's NAME_MAX).
+const MAX_KERNFS_NAME: usize = 255;
+/// Radix tree levels: 6 bits each, so 11 cover a 64-bit index.
+const MAX_RADIX_LEVELS: usize = 11;
+
+impl CgroupPathLayout {
+    fn new(btf: &Btf, symbols: &KernelSymbols) -> Option<CgroupPathLayout> {
+        let off = |ty: &str, name: &str| member_offset(btf, ty, name);
+        Some(CgroupPathLayout {
+            dfl_root: symbols.lookup("cgrp_dfl_root")?.addr,
+            root_kf_root: off("cgroup_root", "kf_root")?,
+            kf_root_ino_idr: off("kernfs_root", "ino_idr")?,
+            idr_rt: off("idr", "idr_rt")?,
+            idr_base: off("idr", "idr_base")?,
+            // `struct radix_tree_root` is a macro for `struct xarray`.
+            xa_head: off("xarray", "xa_head")?,
+            node_shift: off("xa_node", "shift")?,
+            node_slots: off("xa_node", "slots")?,
+            kn_id: off("kernfs_node", "id")?,
+            kn_parent: off("kernfs_node", "parent")?,
+            kn_name: off("kernfs_node", "name")?,
+        })
+    }
+}
+
 /// The guest kernel as the engine sees it. Parsed once per image; each
 /// guest gets a copy with its own KASLR slide ([`GuestKernel::with_slide`])
 /// that shares the parsed tables.
@@ -112,6 +162,7 @@ pub struct GuestKernel {
     current_task: Option<u64>,
     mm: Option<MmLayout>,
     cgroup: Option<CgroupLayout>,
+    cgroup_path: Option<CgroupPathLayout>,
     thread_size: u64,
     /// Values of `page_offset_base` (start of the direct map, randomized
     /// by KASLR) and `max_pfn`, read from the guest once per guest.
@@ -139,6 +190,8 @@ pub enum GuestError {
     Walk(#[from] x86_paging::WalkError),
     #[error("physical memory: {0}")]
     Physical(String),
+    #[error("corrupt kernel structure: {0}")]
+    Corrupt(String),
 }
 
 impl GuestKernel {
@@ -163,6 +216,9 @@ impl GuestKernel {
         let current_task = symbols.lookup("current_task").map(|s| s.addr);
         let mm = btf.as_ref().and_then(MmLayout::from_btf);
         let cgroup = btf.as_ref().and_then(CgroupLayout::from_btf);
+        let cgroup_path = btf
+            .as_ref()
+            .and_then(|b| CgroupPathLayout::new(b, &symbols));
         // KASAN doubles the kernel stacks; its runtime is in the image.
         let thread_size = if symbols.lookup("__asan_load8").is_some() {
             2 * THREAD_SIZE
@@ -178,6 +234,7 @@ impl GuestKernel {
             current_task,
             mm,
             cgroup,
+            cgroup_path,
             thread_size,
             page_offset: Arc::default(),
             max_pfn: Arc::default(),
@@ -267,6 +324,106 @@ impl GuestKernel {
         let cgrp = read_u64(client, set.wrapping_add(l.css_set_dfl_cgrp))?;
         let kn = read_u64(client, cgrp.wrapping_add(l.cgroup_kn))?;
         read_u64(client, kn.wrapping_add(l.kn_id))
+    }
+
+    /// The path of cgroup v2 id `id` in the default hierarchy (`/` for its
+    /// root, `/a/b` below it), as the kernel's `cgroup_path()` gives it;
+    /// `None` when no cgroup has that id. The id is looked up in the
+    /// hierarchy's own id table, as `kernfs_find_and_get_node_by_id()`
+    /// does; every step is bounded, so a corrupt table or a cyclic chain of
+    /// parents ends in an error, not a hang.
+    pub fn cgroup_path(&self, client: &mut Client, id: u64) -> Result<Option<String>, GuestError> {
+        let l = self.cgroup_path.ok_or(GuestError::Missing(
+            "cgroup_path",
+            "cgrp_dfl_root symbol or .BTF with cgroup_root, kernfs_root, idr, xa_node and kernfs_node",
+        ))?;
+        let kf_root = read_u64(
+            client,
+            l.dfl_root
+                .wrapping_add(self.slide)
+                .wrapping_add(l.root_kf_root),
+        )?;
+        let idr = kf_root.wrapping_add(l.kf_root_ino_idr);
+        let base = u64::from(read_u32(client, idr.wrapping_add(l.idr_base))?);
+        // `idr_find(&root->ino_idr, (u32)id)`: the low 32 bits are the inode
+        // number; the whole id is checked against the node found.
+        let Some(index) = (id & 0xffff_ffff).checked_sub(base) else {
+            return Ok(None);
+        };
+        let head = read_u64(client, idr.wrapping_add(l.idr_rt).wrapping_add(l.xa_head))?;
+        let Some(kn) = self.radix_lookup(client, &l, head, index)? else {
+            return Ok(None);
+        };
+        if read_u64(client, kn.wrapping_add(l.kn_id))? != id {
+            return Ok(None);
+        }
+        let mut names = Vec::new();
+        let mut node = kn;
+        loop {
+            let parent = read_u64(client, node.wrapping_add(l.kn_parent))?;
+            if parent == 0 {
+                break;
+            }
+            if names.len() == MAX_CGROUP_DEPTH {
+                return Err(GuestError::Corrupt(format!(
+                    "cgroup {id}: more than {MAX_CGROUP_DEPTH} parents (a cycle?)"
+                )));
+            }
+            let name = read_u64(client, node.wrapping_add(l.kn_name))?;
+            names.push(read_cstr(client, name, MAX_KERNFS_NAME)?);
+            node = parent;
+        }
+        names.reverse();
+        Ok(Some(format!("/{}", names.join("/"))))
+    }
+
+    /// The radix tree (xarray) lookup of `radix_tree_lookup()`: an internal
+    /// entry (low bits `10`) is a node, whose `shift` says which 6 bits of
+    /// the index pick the next slot; any other entry is the value.
+    fn radix_lookup(
+        &self,
+        client: &mut Client,
+        l: &CgroupPathLayout,
+        head: u64,
+        index: u64,
+    ) -> Result<Option<u64>, GuestError> {
+        const INTERNAL: u64 = 2;
+        // Internal entries below this are retry and sibling markers, not
+        // nodes.
+        const FIRST_NODE: u64 = 4096;
+        let is_internal = |e: u64| e & 3 == INTERNAL;
+        let mut entry = head;
+        if !is_internal(entry) {
+            // A lone entry at the head holds index 0 only.
+            return Ok((index == 0 && entry != 0).then_some(entry));
+        }
+        for level in 0..MAX_RADIX_LEVELS {
+            if entry <= FIRST_NODE {
+                return Ok(None);
+            }
+            let node = entry - INTERNAL;
+            let mut shift = [0u8];
+            read(client, node.wrapping_add(l.node_shift), &mut shift)?;
+            let shift = u32::from(shift[0]);
+            if shift >= 64 || (level == 0 && shift + 6 < 64 && index >> (shift + 6) != 0) {
+                // Past the tree's largest index (or not a radix node).
+                return Ok(None);
+            }
+            let slot = (index >> shift) & 63;
+            entry = read_u64(
+                client,
+                node.wrapping_add(l.node_slots).wrapping_add(8 * slot),
+            )?;
+            if shift == 0 {
+                return Ok((!is_internal(entry) && entry != 0).then_some(entry));
+            }
+            if !is_internal(entry) {
+                return Ok(None);
+            }
+        }
+        Err(GuestError::Corrupt(format!(
+            "cgroup id table deeper than {MAX_RADIX_LEVELS} levels"
+        )))
     }
 
     /// `task->pid`: the thread id (bpftrace's `tid`).
@@ -539,6 +696,27 @@ fn read(client: &mut Client, addr: u64, buf: &mut [u8]) -> Result<(), GuestError
             addr,
             reason: e.to_string(),
         })
+}
+
+/// A NUL-terminated string of at most `max` bytes (cut there if longer),
+/// read a page at a time so that a short string at the end of a mapping
+/// reads.
+fn read_cstr(client: &mut Client, addr: u64, max: usize) -> Result<String, GuestError> {
+    const PAGE: u64 = 4096;
+    let mut out = Vec::new();
+    let mut at = addr;
+    while out.len() < max {
+        let chunk = ((PAGE - at % PAGE) as usize).min(max - out.len());
+        let mut buf = vec![0u8; chunk];
+        read(client, at, &mut buf)?;
+        if let Some(end) = buf.iter().position(|&b| b == 0) {
+            out.extend_from_slice(&buf[..end]);
+            break;
+        }
+        out.extend_from_slice(&buf);
+        at = at.wrapping_add(chunk as u64);
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 fn read_u64(client: &mut Client, addr: u64) -> Result<u64, GuestError> {

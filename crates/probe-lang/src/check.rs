@@ -145,6 +145,7 @@ const EXPR_FUNCS: &[(&str, usize, usize)] = &[
     ("str", 1, 2),
     ("buf", 2, 2),
     ("ksym", 1, 1),
+    ("cgroup_path", 1, 2),
     ("kaddr", 1, 1),
     ("reg", 1, 1),
     ("strncmp", 3, 3),
@@ -2023,6 +2024,18 @@ impl Checker<'_, '_> {
                 } else {
                     Type::Buf
                 }
+            }
+            "cgroup_path" => {
+                self.want_int(&args[0], "cgroup id argument of cgroup_path()");
+                if let Some(f) = args.get(1)
+                    && lit(f).is_none()
+                {
+                    self.r.error(
+                        f.span,
+                        "cgroup_path() takes a string literal hierarchy filter, e.g. cgroup_path(cgroup, \"unified\")",
+                    );
+                }
+                Type::Str
             }
             "strftime" => {
                 if lit(&args[0]).is_none() {

@@ -96,6 +96,13 @@ pub trait ProbeContext {
             "cgroup is not supported by this probe context".into(),
         ))
     }
+    /// The path of cgroup v2 id `id` in the default hierarchy (`/`,
+    /// `/a/b`), `None` when no cgroup has that id (Linux guests).
+    fn cgroup_path(&mut self, _id: u64) -> Result<Option<String>, ContextError> {
+        Err(ContextError::Message(
+            "cgroup_path is not supported by this probe context".into(),
+        ))
+    }
     /// Named argument `args.NAME` of a `vmm:EVENT` or
     /// `tracepoint:SYSTEM:EVENT` probe (an integer, or a string where the
     /// type provider said so).
@@ -990,6 +997,18 @@ impl Runtime {
                     None if addr == 0 => "0".to_string(),
                     None => format!("{addr:#x}"),
                 }))
+            }
+            Expr::CgroupPath { id, unified } => {
+                let id = self.eval(p, id, ctx)?.as_int();
+                // As bpftrace prints it: `hierarchy:path` for each
+                // hierarchy where the id has a path.
+                let path = match unified {
+                    true => ctx.cgroup_path(id)?,
+                    false => None,
+                };
+                Value::Str(Arc::from(
+                    path.map_or_else(String::new, |p| format!("unified:{p}")),
+                ))
             }
             Expr::Kaddr(i) => {
                 let name = &p.ir.strings[*i as usize];

@@ -121,6 +121,13 @@ pub enum Expr {
         len: Box<Expr>,
     },
     Ksym(Box<Expr>),
+    /// `cgroup_path(id [, filter])`: `unified:PATH`, or empty when the
+    /// filter excludes the cgroup v2 hierarchy (bpftrace calls it
+    /// `unified`; vmprobe knows no v1 hierarchies).
+    CgroupPath {
+        id: Box<Expr>,
+        unified: bool,
+    },
     /// Symbol name (string table index).
     Kaddr(u32),
     /// Register name (string table index).
@@ -740,6 +747,14 @@ impl Lower<'_> {
                 len: b(self, 1),
             },
             "ksym" => Expr::Ksym(b(self, 0)),
+            "cgroup_path" => Expr::CgroupPath {
+                id: b(self, 0),
+                unified: match args.get(1).map(|a| &a.kind) {
+                    Some(ExprKind::Str(filter)) => wildcard_match(filter, "unified"),
+                    Some(_) => unreachable!("checked: string literal"),
+                    None => true,
+                },
+            },
             "kaddr" => Expr::Kaddr(lit(self)),
             "reg" => Expr::Reg(lit(self)),
             "strncmp" => Expr::Strncmp(b(self, 0), b(self, 1), b(self, 2)),
@@ -896,6 +911,9 @@ fn dexpr(e: &Expr) -> String {
         },
         Expr::BufRead { ptr, len } => format!("buf({}, {})", dexpr(ptr), dexpr(len)),
         Expr::Ksym(a) => format!("ksym({})", dexpr(a)),
+        Expr::CgroupPath { id, unified } => {
+            format!("cgroup_path({}, unified={unified})", dexpr(id))
+        }
         Expr::Kaddr(i) => format!("kaddr(s{i})"),
         Expr::Reg(i) => format!("reg(s{i})"),
         Expr::Strncmp(a, b, n) => format!("strncmp({}, {}, {})", dexpr(a), dexpr(b), dexpr(n)),
@@ -983,8 +1001,30 @@ fn dstmts(s: &mut String, stmts: &[Stmt], d: usize) {
     }
 }
 
+/// `*`-only wildcard match, as bpftrace matches `cgroup_path()` filters
+/// against hierarchy names.
+fn wildcard_match(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
 #[cfg(test)]
 mod tests {
+    use super::wildcard_match;
     use crate::compile;
 
     #[test]
@@ -1005,5 +1045,22 @@ mod tests {
             "{d}"
         );
         assert!(d.contains("$0 = s0") && d.contains("$1 = s0"), "{d}");
+    }
+
+    #[test]
+    fn cgroup_path_filters_match_like_bpftrace_wildcards() {
+        for (pattern, hit) in [
+            ("unified", true),
+            ("*", true),
+            ("uni*", true),
+            ("*fied", true),
+            ("u*i*d", true),
+            ("", false),
+            ("cpu", false),
+            ("unified*x", false),
+            ("*unifiedx", false),
+        ] {
+            assert_eq!(wildcard_match(pattern, "unified"), hit, "{pattern}");
+        }
     }
 }

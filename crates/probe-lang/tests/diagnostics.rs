@@ -137,6 +137,14 @@ fn checker_errors() {
             "strftime() takes a string literal format, e.g. strftime(\"%H:%M:%S\", nsecs)",
         ),
         (
+            "kprobe:f { $x = cgroup_path(cgroup, func); }",
+            "cgroup_path() takes a string literal hierarchy filter, e.g. cgroup_path(cgroup, \"unified\")",
+        ),
+        (
+            "kprobe:f { $x = cgroup_path(comm); }",
+            "cgroup id argument of cgroup_path() must be an integer, found string",
+        ),
+        (
             "BEGIN { $x = kptr(\"a\"); }",
             "argument of kptr() must be an integer, found string",
         ),
