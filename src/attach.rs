@@ -112,21 +112,10 @@ pub fn attach(args: crate::AttachArgs) -> Result<i32> {
         }
     };
     let layers = probe_engine::resolve_layers(&program);
-    if !layers.vmm_events.is_empty() {
-        if let Some(spec) = args.vm.iter().find(|s| s.qmp.is_none() || s.log.is_none()) {
-            bail!("{}: {NEED_LOG}", spec.name);
-        }
-        // QEMU serves one client per monitor: the one that opened a stub
-        // cannot also switch trace events.
-        if !layers_only(&program)
-            && let Some(spec) = args.vm.iter().find(|s| s.gdb.is_none())
-        {
-            bail!(
-                "{}: vmm: probes next to guest probes need the stub given as gdb:..., \
-                 not opened through qmp:",
-                spec.name
-            );
-        }
+    if !layers.vmm_events.is_empty()
+        && let Some(spec) = args.vm.iter().find(|s| s.qmp.is_none() || s.log.is_none())
+    {
+        bail!("{}: {NEED_LOG}", spec.name);
     }
     // Host tracepoints fail here, not after a guest has been stopped and armed.
     if !layers.tracepoints.is_empty() {
@@ -151,7 +140,7 @@ pub fn attach(args: crate::AttachArgs) -> Result<i32> {
         .prefix("vmprobe-attach-")
         .tempdir()
         .context("creating a private socket directory")?;
-    let mut opened: Vec<(String, Qmp)> = Vec::new();
+    let mut opened: Vec<&VmSpec> = Vec::new();
     let mut guests = Vec::new();
     for (i, spec) in args.vm.iter().enumerate() {
         // The first VM's kernel was loaded to type the program.
@@ -164,6 +153,11 @@ pub fn attach(args: crate::AttachArgs) -> Result<i32> {
         match attached {
             Ok(g) => guests.push(g),
             Err(e) => {
+                // The VMs attached so far are the user's: leave them as
+                // they were, running and without breakpoints.
+                for g in guests {
+                    detach_after_error(&g.name, g.session);
+                }
                 close_stubs(&mut opened);
                 return Err(e.context(spec.name.clone()));
             }
@@ -188,21 +182,29 @@ pub fn attach(args: crate::AttachArgs) -> Result<i32> {
     code
 }
 
-fn close_stubs(opened: &mut Vec<(String, Qmp)>) {
-    for (name, mut qmp) in opened.drain(..) {
-        if let Err(e) = qmp.close_gdbstub() {
-            eprintln!("vmprobe: {name}: closing the gdbstub opened through QMP: {e}");
+/// Closes the stubs opened through QMP, each through a new monitor
+/// connection: QEMU serves one client per monitor, and while attached that
+/// client may be the `vmm:` event source.
+fn close_stubs(opened: &mut Vec<&VmSpec>) {
+    for spec in opened.drain(..) {
+        let closed = connect_qmp(spec, Duration::from_secs(5))
+            .and_then(|mut qmp| qmp.close_gdbstub().map_err(anyhow::Error::from));
+        if let Err(e) = closed {
+            eprintln!(
+                "vmprobe: {}: closing the gdbstub opened through QMP: {e:#}",
+                spec.name
+            );
         }
     }
 }
 
-fn attach_one(
-    spec: &VmSpec,
+fn attach_one<'s>(
+    spec: &'s VmSpec,
     kernel: crate::run::KernelInfo,
     program: &Arc<probe_lang::Program>,
     layers: &LayerPlan,
     private: &std::path::Path,
-    opened: &mut Vec<(String, Qmp)>,
+    opened: &mut Vec<&'s VmSpec>,
 ) -> Result<Guest> {
     if !crate::run::check_program(program, &kernel.symbols)? {
         bail!("the program names unknown kernel symbols");
@@ -220,11 +222,13 @@ fn attach_one(
         None => {
             // No stub given: open one on the running VM through its QMP
             // monitor (HMP `gdbserver`), on a Unix socket only we can reach.
-            let mut qmp = connect_qmp(spec, timeout)?;
+            // The monitor connection is closed right after, freeing the
+            // monitor for the `vmm:` event source.
             let sock = private.join(format!("{}.gdb", spec.name));
-            qmp.open_gdbstub_unix(&sock)
+            connect_qmp(spec, timeout)?
+                .open_gdbstub_unix(&sock)
                 .context("opening a gdbstub through QMP")?;
-            opened.push((spec.name.clone(), qmp));
+            opened.push(spec);
             Client::connect_unix(&sock, timeout)
         }
     }
@@ -233,26 +237,54 @@ fn attach_one(
     // boot in `run`.
     let mut session = Session::new(client);
     session.set_name(&spec.name);
-    let slide = crate::run::arm_program(&mut session, program, &kernel)?;
+    match arm_with_layers(spec, &mut session, kernel, program, layers) {
+        Ok(slide) => {
+            eprintln!("vmprobe: attached to {}, KASLR slide {slide:#x}", spec.name);
+            Ok(Guest {
+                name: spec.name.clone(),
+                vm: None,
+                session,
+            })
+        }
+        Err(e) => {
+            detach_after_error(&spec.name, session);
+            Err(e)
+        }
+    }
+}
+
+/// Removes what was armed and lets the VM run again: the VM stays stopped
+/// with its breakpoints when a debugger just disconnects.
+fn detach_after_error(name: &str, mut session: Session) {
+    // Trace events and host counters off first.
+    session.finish_layers();
+    if let Err(e) = session.detach() {
+        eprintln!("vmprobe: {name}: detaching after the error: {e}");
+    }
+}
+
+/// Arms the program on a stopped VM and adds its host and VMM event
+/// sources. Returns the KASLR slide.
+fn arm_with_layers(
+    spec: &VmSpec,
+    session: &mut Session,
+    kernel: crate::run::KernelInfo,
+    program: &Arc<probe_lang::Program>,
+    layers: &LayerPlan,
+) -> Result<u64> {
+    let timeout = Duration::from_secs(5);
+    let slide = crate::run::arm_program(session, program, &kernel)?;
     if !layers.tracepoints.is_empty() {
         // The guest is stopped: no event is missed between arming and
         // resuming.
-        let vcpus = match opened.iter_mut().find(|(n, _)| *n == spec.name) {
-            Some((_, qmp)) => vcpu_threads(qmp)?,
-            None => vcpu_threads(&mut connect_qmp(spec, timeout)?)?,
-        };
+        let vcpus = vcpu_threads(&mut connect_qmp(spec, timeout)?)?;
         let source = host_source(vcpus, program, layers)?;
         session.add_layer(Box::new(source), &layers.handlers);
     }
     if !layers.vmm_events.is_empty() {
         session.add_layer(Box::new(vmm_source(spec, layers)?), &layers.handlers);
     }
-    eprintln!("vmprobe: attached to {}, KASLR slide {slide:#x}", spec.name);
-    Ok(Guest {
-        name: spec.name.clone(),
-        vm: None,
-        session,
-    })
+    Ok(slide)
 }
 
 /// The VM's kernel (`kernel:IMAGE`, else the default guest's): its symbols

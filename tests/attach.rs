@@ -17,6 +17,9 @@ fn attach_counts_then_leaves_the_vm_running() {
 
 /// Only QMP given: vmprobe opens a gdbstub on the running VM through the
 /// monitor, on a private Unix socket, and closes it again after detach.
+/// The same monitor then serves `vmm:` events next to the guest probes.
+/// Before that, an attach that fails on a second VM leaves the first one
+/// running, not stopped where vmprobe had armed it.
 #[test]
 fn attach_through_qmp_opens_and_closes_a_stub() {
     attach_and_count(true);
@@ -29,8 +32,14 @@ fn attach_and_count(through_qmp: bool) {
     let mut cfg = LaunchConfig::new(image);
     cfg.accel = Accel::Tcg;
     cfg.console = Some(console.clone());
-    // Through QMP: a VM started without any gdbstub.
+    // Through QMP: a VM started without any gdbstub, with a QEMU log for
+    // `vmm:` events.
     cfg.gdbstub = !through_qmp;
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("qemu.log");
+    if through_qmp {
+        cfg.log_file = Some(log.clone());
+    }
     let mut vm = Vm::launch(&cfg).expect("launch");
     // The user's QEMU starts paused (-S); let it boot.
     if through_qmp {
@@ -55,13 +64,14 @@ fn attach_and_count(through_qmp: bool) {
     // Paced, the guest idles between bursts instead of taking a core.
     vm.start_workload(
         "i=0; while [ $i -lt 40 ]; do dd if=/dev/zero of=/dev/null bs=1 count=100 2>/dev/null; \
-         sleep 0.5; i=$((i+1)); done; echo WORKLOAD-DONE",
+         echo tick; sleep 0.5; i=$((i+1)); done; echo WORKLOAD-DONE",
     )
     .unwrap();
     let spec = if through_qmp {
         format!(
-            "vm0=qmp:{},kernel:{}",
+            "vm0=qmp:{},log:{},kernel:{}",
             vm.qmp_socket().display(),
+            log.display(),
             kernel.display()
         )
     } else {
@@ -71,22 +81,52 @@ fn attach_and_count(through_qmp: bool) {
             kernel.display()
         )
     };
+    let mut program =
+        "kprobe:ksys_write /arg2 == 1/ { @writes = count(); if (@writes == 50) { exit(); } }"
+            .to_string();
+    if through_qmp {
+        let missing = log_dir.path().join("missing.sock");
+        let out = run_bounded(
+            vmprobe().args([
+                "attach",
+                "--vm",
+                &spec,
+                "--vm",
+                &format!(
+                    "vm1=gdb:unix:{},kernel:{}",
+                    missing.display(),
+                    kernel.display()
+                ),
+                "-e",
+                &program,
+            ]),
+            RUN_LIMIT,
+        );
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains("vm1"), "{stderr}");
+        let mut qmp =
+            qemu_vmm::Qmp::connect_unix(&vm.qmp_socket(), Duration::from_secs(5)).unwrap();
+        let status = qmp.query_status().unwrap();
+        assert!(status.running, "vm0 after vm1 failed: {status:?}\n{stderr}");
+        drop(qmp);
+        // Each `echo tick` writes its 't' to the serial port, which QEMU
+        // traces: count the one-byte writes of the dd run between two ticks.
+        program = "kprobe:ksys_write /arg2 == 1 && @ticks == 1/ { @writes = count(); }
+            vmm:serial_write /args.addr == 0 && args.value == 0x74/ {
+                @ticks = sum(1); if (@ticks == 2) { exit(); }
+            }"
+        .to_string();
+    }
     let out = run_bounded(
-        vmprobe().args([
-            "attach",
-            "--duration",
-            "120",
-            "--vm",
-            &spec,
-            "-e",
-            "kprobe:ksys_write /arg2 == 1/ { @writes = count(); if (@writes == 50) { exit(); } }",
-        ]),
+        vmprobe().args(["attach", "--duration", "120", "--vm", &spec, "-e", &program]),
         RUN_LIMIT,
     );
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "vmprobe attach failed: {stderr}");
     assert!(stderr.contains("attached to vm0"), "{stderr}");
-    assert_eq!(map_value(&stdout, "writes"), 50, "{stdout}");
+    let writes = if through_qmp { 100 } else { 50 };
+    assert_eq!(map_value(&stdout, "writes"), writes, "{stdout}");
     // Detached: the guest finishes on its own, its workload intact.
     assert_eq!(vm.wait_exit(RUN_LIMIT).unwrap(), 0);
     std::thread::sleep(Duration::from_millis(300));
