@@ -122,7 +122,7 @@ struct CgroupPathLayout {
 
 /// Deepest cgroup nesting `cgroup_path()` follows: a deeper chain of
 /// parents is taken for a corrupt (cyclic) one.
-pub const MAX_CGROUP_DEPTH: usize = 128;
+const MAX_CGROUP_DEPTH: usize = 128;
 /// Longest kernfs node name read (the kernel's NAME_MAX).
 const MAX_KERNFS_NAME: usize = 255;
 /// Radix tree levels: 6 bits each, so 11 cover a 64-bit index.
@@ -351,7 +351,7 @@ impl GuestKernel {
             return Ok(None);
         };
         let head = read_u64(client, idr.wrapping_add(l.idr_rt).wrapping_add(l.xa_head))?;
-        let Some(kn) = self.radix_lookup(client, &l, head, index)? else {
+        let Some(kn) = radix_lookup(client, &l, head, index)? else {
             return Ok(None);
         };
         if read_u64(client, kn.wrapping_add(l.kn_id))? != id {
@@ -375,55 +375,6 @@ impl GuestKernel {
         }
         names.reverse();
         Ok(Some(format!("/{}", names.join("/"))))
-    }
-
-    /// The radix tree (xarray) lookup of `radix_tree_lookup()`: an internal
-    /// entry (low bits `10`) is a node, whose `shift` says which 6 bits of
-    /// the index pick the next slot; any other entry is the value.
-    fn radix_lookup(
-        &self,
-        client: &mut Client,
-        l: &CgroupPathLayout,
-        head: u64,
-        index: u64,
-    ) -> Result<Option<u64>, GuestError> {
-        const INTERNAL: u64 = 2;
-        // Internal entries below this are retry and sibling markers, not
-        // nodes.
-        const FIRST_NODE: u64 = 4096;
-        let is_internal = |e: u64| e & 3 == INTERNAL;
-        let mut entry = head;
-        if !is_internal(entry) {
-            // A lone entry at the head holds index 0 only.
-            return Ok((index == 0 && entry != 0).then_some(entry));
-        }
-        for level in 0..MAX_RADIX_LEVELS {
-            if entry <= FIRST_NODE {
-                return Ok(None);
-            }
-            let node = entry - INTERNAL;
-            let mut shift = [0u8];
-            read(client, node.wrapping_add(l.node_shift), &mut shift)?;
-            let shift = u32::from(shift[0]);
-            if shift >= 64 || (level == 0 && shift + 6 < 64 && index >> (shift + 6) != 0) {
-                // Past the tree's largest index (or not a radix node).
-                return Ok(None);
-            }
-            let slot = (index >> shift) & 63;
-            entry = read_u64(
-                client,
-                node.wrapping_add(l.node_slots).wrapping_add(8 * slot),
-            )?;
-            if shift == 0 {
-                return Ok((!is_internal(entry) && entry != 0).then_some(entry));
-            }
-            if !is_internal(entry) {
-                return Ok(None);
-            }
-        }
-        Err(GuestError::Corrupt(format!(
-            "cgroup id table deeper than {MAX_RADIX_LEVELS} levels"
-        )))
     }
 
     /// `task->pid`: the thread id (bpftrace's `tid`).
@@ -696,6 +647,54 @@ fn read(client: &mut Client, addr: u64, buf: &mut [u8]) -> Result<(), GuestError
             addr,
             reason: e.to_string(),
         })
+}
+
+/// The radix tree (xarray) lookup of `radix_tree_lookup()`: an internal
+/// entry (low bits `10`) is a node, whose `shift` says which 6 bits of
+/// the index pick the next slot; any other entry is the value.
+fn radix_lookup(
+    client: &mut Client,
+    l: &CgroupPathLayout,
+    head: u64,
+    index: u64,
+) -> Result<Option<u64>, GuestError> {
+    const INTERNAL: u64 = 2;
+    // Internal entries below this are retry and sibling markers, not
+    // nodes.
+    const FIRST_NODE: u64 = 4096;
+    let is_internal = |e: u64| e & 3 == INTERNAL;
+    let mut entry = head;
+    if !is_internal(entry) {
+        // A lone entry at the head holds index 0 only.
+        return Ok((index == 0 && entry != 0).then_some(entry));
+    }
+    for level in 0..MAX_RADIX_LEVELS {
+        if entry <= FIRST_NODE {
+            return Ok(None);
+        }
+        let node = entry - INTERNAL;
+        let mut shift = [0u8];
+        read(client, node.wrapping_add(l.node_shift), &mut shift)?;
+        let shift = u32::from(shift[0]);
+        if shift >= 64 || (level == 0 && shift + 6 < 64 && index >> (shift + 6) != 0) {
+            // Past the tree's largest index (or not a radix node).
+            return Ok(None);
+        }
+        let slot = (index >> shift) & 63;
+        entry = read_u64(
+            client,
+            node.wrapping_add(l.node_slots).wrapping_add(8 * slot),
+        )?;
+        if shift == 0 {
+            return Ok((!is_internal(entry) && entry != 0).then_some(entry));
+        }
+        if !is_internal(entry) {
+            return Ok(None);
+        }
+    }
+    Err(GuestError::Corrupt(format!(
+        "cgroup id table deeper than {MAX_RADIX_LEVELS} levels"
+    )))
 }
 
 /// A NUL-terminated string of at most `max` bytes (cut there if longer),
