@@ -424,10 +424,15 @@ impl Session {
         self.record_every_hit = on;
     }
 
-    /// Takes the recorder back (to finish writing it), first telling it of
-    /// the calls still awaiting their return, oldest first.
+    /// Takes the recorder back (to finish writing it). When every hit is
+    /// recorded, it is first told of the calls still awaiting their return,
+    /// oldest first; a program that calls `trace()` records only what it
+    /// traces.
     pub fn take_recorder(&mut self) -> Option<Box<dyn EventSink>> {
         let mut sink = self.recorder.take()?;
+        if !self.record_every_hit {
+            return Some(sink);
+        }
         let mut calls: Vec<&PendingReturn> = self.pending.values().collect();
         calls.sort_by_key(|p| p.entry_ns);
         for p in calls {
