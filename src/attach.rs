@@ -92,6 +92,15 @@ pub fn parse_vm_spec(text: &str) -> Result<VmSpec, String> {
 }
 
 pub fn attach(args: crate::AttachArgs) -> Result<i32> {
+    attach_recording(args, None)
+}
+
+/// `attach`, or with a recording `record --vm`: the probe events of running
+/// VMs also go into trace files.
+pub fn attach_recording(
+    args: crate::AttachArgs,
+    recording: Option<crate::run::Recording>,
+) -> Result<i32> {
     let (source, source_name) = match (&args.program, &args.file) {
         (Some(p), _) => (p.clone(), "stdin".to_string()),
         (None, Some(f)) => (
@@ -103,7 +112,8 @@ pub fn attach(args: crate::AttachArgs) -> Result<i32> {
     if args.vm.is_empty() {
         bail!("no VM: give --vm NAME=gdb:HOST:PORT (repeatable)");
     }
-    let (compiled, mut first_kernel) = compile_for(&source, &source_name, &args.vm[0])?;
+    let (compiled, mut first_kernel) =
+        compile_for(&source, &source_name, &args.vm[0], recording.is_some())?;
     let program = match compiled {
         Ok(p) => Arc::new(p),
         Err(diags) => {
@@ -132,8 +142,16 @@ pub fn attach(args: crate::AttachArgs) -> Result<i32> {
         .duration
         .map(|s| Instant::now() + Duration::from_secs_f64(s));
     if layers_only(&program) {
+        if recording.is_some() {
+            bail!(
+                "record --vm records guest probes; a program of vmm: and tracepoint: probes only is \
+                 recorded by `vmprobe record` on a VM it boots"
+            );
+        }
         return serve_layers_only(&args, &program, &layers, deadline, &stop);
     }
+    let snapshot_requested = Arc::new(AtomicBool::new(false));
+    let recorder = crate::run::start_recorder(recording.as_ref(), &snapshot_requested)?;
     // Stubs opened through QMP live in a private 0700 directory and are
     // closed again after detach, leaving the VM as it was.
     let private = tempfile::Builder::new()
@@ -168,14 +186,14 @@ pub fn attach(args: crate::AttachArgs) -> Result<i32> {
         deadline,
         stats: args.stats,
         output: args.format.format(),
-        flamegraph: None,
+        flamegraph: recording.and_then(|r| r.flamegraph),
     };
     let code = serve_and_report(
         guests,
         &program,
-        None,
+        recorder,
         &stop,
-        &AtomicBool::new(false),
+        &snapshot_requested,
         &plan,
     );
     close_stubs(&mut opened);
@@ -326,7 +344,12 @@ type Compiled = (
 /// probes (every VM's kernel is checked against it when attaching), with
 /// event fields only for a program of VMM and host events. The error is a
 /// kernel that cannot be read.
-fn compile_for(source: &str, source_name: &str, first: &VmSpec) -> Result<Compiled> {
+fn compile_for(
+    source: &str,
+    source_name: &str,
+    first: &VmSpec,
+    recording: bool,
+) -> Result<Compiled> {
     let (typed, kernel) = if only_layers(&probe_lang::attach_points(source)) {
         let types = probe_engine::LayerTypes::events_only();
         let typed = probe_lang::compile_with_types(source, source_name, Some(&types));
@@ -338,10 +361,11 @@ fn compile_for(source: &str, source_name: &str, first: &VmSpec) -> Result<Compil
             Some(kernel),
         )
     };
-    Ok((
-        typed.and_then(|p| p.check_not_recording("attach").map(|()| p)),
-        kernel,
-    ))
+    let checked = match recording {
+        true => typed,
+        false => typed.and_then(|p| p.check_not_recording("attach").map(|()| p)),
+    };
+    Ok((checked, kernel))
 }
 
 const NEED_QMP: &str = "tracepoint: probes need qmp:PATH to find the VM's vCPU threads";

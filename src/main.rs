@@ -189,6 +189,14 @@ pub struct RecordArgs {
     /// Print hit statistics on stderr at the end.
     #[arg(long)]
     stats: bool,
+    /// Record a running VM instead of booting one, as `attach --vm` (no
+    /// workload; the recording ends at Ctrl-C, `exit()` or --duration).
+    /// Repeatable.
+    #[arg(long, value_name = "SPEC", value_parser = attach::parse_vm_spec)]
+    vm: Vec<attach::VmSpec>,
+    /// With --vm: detach after this many seconds.
+    #[arg(long, value_name = "SECONDS", requires = "vm")]
+    duration: Option<f64>,
     /// The workload, as for `run`.
     #[arg(last = true, value_name = "WORKLOAD")]
     workload: Vec<String>,

@@ -182,6 +182,26 @@ pub fn record(args: crate::RecordArgs) -> Result<i32> {
             (Some(text), None)
         }
     };
+    let recording = Recording {
+        flamegraph: args.flamegraph,
+        dir: args.output,
+        format: args.format,
+        ring: args.ring,
+    };
+    if !args.vm.is_empty() {
+        if !args.workload.is_empty() {
+            bail!("--vm records a running VM: it takes no workload after `--`");
+        }
+        let attach_args = crate::AttachArgs {
+            vm: args.vm,
+            program,
+            file,
+            format: crate::OutputArg::Text,
+            duration: args.duration,
+            stats: args.stats,
+        };
+        return crate::attach::attach_recording(attach_args, Some(recording));
+    }
     let run_args = RunArgs {
         program,
         file,
@@ -192,15 +212,23 @@ pub fn record(args: crate::RecordArgs) -> Result<i32> {
         stats: args.stats,
         workload: args.workload,
     };
-    run_recording(
-        run_args,
-        Some(Recording {
-            flamegraph: args.flamegraph,
-            dir: args.output,
-            format: args.format,
-            ring: args.ring,
-        }),
-    )
+    run_recording(run_args, Some(recording))
+}
+
+/// Creates the trace writer of a recording, and sets SIGUSR1 to ask for a
+/// flight-recorder snapshot.
+pub fn start_recorder(
+    recording: Option<&Recording>,
+    snapshot_requested: &Arc<AtomicBool>,
+) -> Result<Option<crate::record::SharedRecorder>> {
+    let Some(r) = recording else {
+        return Ok(None);
+    };
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, snapshot_requested.clone())
+        .context("installing the SIGUSR1 handler")?;
+    Ok(Some(crate::record::SharedRecorder(Arc::new(
+        std::sync::Mutex::new(crate::record::Recorder::create(&r.dir, r.format, r.ring)?),
+    ))))
 }
 
 /// What `vmprobe record` adds to a run.
@@ -281,16 +309,7 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
     let snapshot_requested = Arc::new(AtomicBool::new(false));
-    let recorder = match &recording {
-        Some(r) => {
-            signal_hook::flag::register(signal_hook::consts::SIGUSR1, snapshot_requested.clone())
-                .context("installing the SIGUSR1 handler")?;
-            Some(crate::record::SharedRecorder(Arc::new(
-                std::sync::Mutex::new(crate::record::Recorder::create(&r.dir, r.format, r.ring)?),
-            )))
-        }
-        None => None,
-    };
+    let recorder = start_recorder(recording.as_ref(), &snapshot_requested)?;
 
     let mut cfg = LaunchConfig::new(image);
     cfg.vcpus = args.boot.vcpus;

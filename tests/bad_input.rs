@@ -189,6 +189,21 @@ fn bad_record_and_attach_arguments() {
         &[],
         "not a TCP port",
     );
+    let e = fails_with(
+        &[
+            "record",
+            "--vm",
+            "vm0=gdb:unix:/nonexistent/gdb.sock",
+            "-o",
+            "/tmp/x",
+            "kprobe:ksys_write",
+            "--",
+            "true",
+        ],
+        &[],
+        "--vm records a running VM: it takes no workload",
+    );
+    last_line_is_one_error(&e, "takes no workload");
 }
 
 /// A field the event does not declare is an error before booting, naming

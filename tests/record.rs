@@ -9,22 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::*;
 
-/// babeltrace2's text output of a trace; fails on any warning or error.
-fn babeltrace(dir: &Path) -> Vec<String> {
-    let out = Command::new("babeltrace2")
-        .arg(dir)
-        .output()
-        .expect("babeltrace2 is installed by .ci/install-deps");
-    let stderr = text(&out.stderr);
-    assert!(
-        out.status.success(),
-        "babeltrace2 failed on {}: {stderr}",
-        dir.display()
-    );
-    assert!(stderr.trim().is_empty(), "babeltrace2 warned: {stderr}");
-    text(&out.stdout).lines().map(str::to_string).collect()
-}
-
 /// `name` and the payload field `field` of a babeltrace2 text line.
 fn event_field(line: &str, field: &str) -> Option<u64> {
     let key = format!("{field} = ");

@@ -212,3 +212,19 @@ impl Collected {
         text(&self.bytes.lock().unwrap())
     }
 }
+
+/// babeltrace2's text output of a trace; fails on any warning or error.
+pub fn babeltrace(dir: &std::path::Path) -> Vec<String> {
+    let out = Command::new("babeltrace2")
+        .arg(dir)
+        .output()
+        .expect("babeltrace2 is installed by .ci/install-deps");
+    let stderr = text(&out.stderr);
+    assert!(
+        out.status.success(),
+        "babeltrace2 failed on {}: {stderr}",
+        dir.display()
+    );
+    assert!(stderr.trim().is_empty(), "babeltrace2 warned: {stderr}");
+    text(&out.stdout).lines().map(str::to_string).collect()
+}
