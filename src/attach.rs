@@ -247,7 +247,7 @@ fn attach_one<'s>(
                 .open_gdbstub_unix(&sock)
                 .context("opening a gdbstub through QMP")?;
             opened.push(spec);
-            Client::connect_unix(&sock, timeout)
+            Client::connect_unix_wait(&sock, timeout)
         }
     }
     .context("connecting to the GDB stub")?;

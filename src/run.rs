@@ -672,7 +672,7 @@ fn boot_guest(
     program: &Arc<probe_lang::Program>,
     layers: &probe_engine::LayerPlan,
 ) -> Result<Guest> {
-    let mut client = Client::connect_unix(&vm.gdb_socket(), Duration::from_secs(5))
+    let mut client = Client::connect_unix_wait(&vm.gdb_socket(), Duration::from_secs(5))
         .with_context(|| format!("{name}: attaching to QEMU's gdbstub"))?;
     // QEMU's system-mode stub reads packets without waiting for our acks.
     client.set_stub_ignores_acks(true);

@@ -49,7 +49,7 @@ fn attach_and_count(through_qmp: bool) {
         vm.wait_ready(Duration::from_secs(180))
             .expect("guest boots");
     } else {
-        let mut user = Client::connect_unix(&vm.gdb_socket(), Duration::from_secs(5)).unwrap();
+        let mut user = Client::connect_unix_wait(&vm.gdb_socket(), Duration::from_secs(5)).unwrap();
         user.resume(&[]).unwrap();
         vm.wait_ready(Duration::from_secs(180))
             .expect("guest boots");

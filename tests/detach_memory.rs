@@ -39,7 +39,7 @@ fn probe_sites_are_unchanged_after_detach() {
     let mut vm = Vm::launch(&cfg).expect("launch");
     let timeout = Duration::from_secs(5);
     let mut session =
-        Session::new(Client::connect_unix(&vm.gdb_socket(), timeout).expect("connect"));
+        Session::new(Client::connect_unix_wait(&vm.gdb_socket(), timeout).expect("connect"));
     session.resume().unwrap();
     vm.wait_ready(Duration::from_secs(180))
         .expect("guest boots");
@@ -68,7 +68,7 @@ fn probe_sites_are_unchanged_after_detach() {
 
     // A new debugger connection, as GDB would make, sees the original bytes.
     let mut fresh =
-        Client::connect_unix(&vm.gdb_socket(), timeout).expect("reconnect after detach");
+        Client::connect_unix_wait(&vm.gdb_socket(), timeout).expect("reconnect after detach");
     let after = read_sites(&mut fresh, &addrs);
     assert_eq!(before, after);
     // Sanity: we compared code, not an unmapped page of zeros.

@@ -630,7 +630,7 @@ impl Write for SharedBuf {
 }
 
 fn connect(vm: &Vm) -> Result<Client> {
-    let mut client = Client::connect_unix(&vm.gdb_socket(), Duration::from_secs(5))
+    let mut client = Client::connect_unix_wait(&vm.gdb_socket(), Duration::from_secs(5))
         .context("attaching to QEMU's gdbstub")?;
     client.set_stub_ignores_acks(true);
     Ok(client)

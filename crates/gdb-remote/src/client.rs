@@ -127,6 +127,28 @@ impl Client {
         Self::handshake(Conn::Unix(s), timeout)
     }
 
+    /// [`connect_unix`](Self::connect_unix) to a stub that is still
+    /// starting: retries while the socket does not exist or refuses (QEMU
+    /// binds its socket before it listens on it) until `timeout` has passed.
+    #[cfg(unix)]
+    pub fn connect_unix_wait(path: &std::path::Path, timeout: Duration) -> Result<Client, Error> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match UnixStream::connect(path) {
+                Ok(s) => return Self::handshake(Conn::Unix(s), timeout),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                    ) && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(map_io_connect(path.display().to_string())(e)),
+            }
+        }
+    }
+
     fn handshake(conn: Conn, timeout: Duration) -> Result<Client, Error> {
         let timeout = timeout.max(Duration::from_millis(1));
         conn.set_write_timeout(Some(timeout))?;

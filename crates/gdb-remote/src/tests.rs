@@ -973,3 +973,16 @@ fn physical_mode_refused_at_the_switch_sends_nothing_more() {
         },
     );
 }
+
+#[cfg(unix)]
+#[test]
+fn connect_unix_wait_gives_up_at_its_timeout_on_a_missing_socket() {
+    let dir = std::env::temp_dir().join(format!("gdb-remote-wait-{}", std::process::id()));
+    let start = Instant::now();
+    let err = Client::connect_unix_wait(&dir.join("none.sock"), Duration::from_millis(200))
+        .err()
+        .expect("no stub there");
+    let waited = start.elapsed();
+    assert!(matches!(err, Error::Connect { .. }), "{err}");
+    assert!(waited >= Duration::from_millis(200), "{waited:?}");
+}

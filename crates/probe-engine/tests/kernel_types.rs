@@ -156,7 +156,7 @@ kprobe:ksys_write /comm == "cat"/ {
     let mut cfg = LaunchConfig::new(image);
     cfg.accel = qemu_guest::Accel::Tcg;
     let mut vm = Vm::launch(&cfg).unwrap();
-    let mut client = Client::connect_unix(&vm.gdb_socket(), Duration::from_secs(5)).unwrap();
+    let mut client = Client::connect_unix_wait(&vm.gdb_socket(), Duration::from_secs(5)).unwrap();
     client.set_stub_ignores_acks(true);
     let mut session = Session::new(client);
     session.resume().unwrap();

@@ -252,6 +252,8 @@ impl Vm {
             .and_then(|con| Ok((con, connect(&mut child, "ctl.sock")?)));
         // The gdbstub and QMP sockets come up after the serial ones; wait for
         // them to exist without connecting (the gdbstub serves one client).
+        // QEMU binds a socket before it listens on it: clients connect with
+        // `connect_unix_wait`, which retries a refused connection.
         let connected = connected.and_then(|pair| {
             let deadline = Instant::now() + Duration::from_secs(10);
             while !((sock("gdb.sock").exists() || !cfg.gdbstub) && sock("qmp.sock").exists()) {

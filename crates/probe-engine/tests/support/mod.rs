@@ -45,7 +45,7 @@ pub fn boot(configure: impl FnOnce(&mut LaunchConfig)) -> Option<Booted> {
     cfg.accel = qemu_guest::Accel::Tcg;
     configure(&mut cfg);
     let mut vm = Vm::launch(&cfg).unwrap();
-    let mut client = Client::connect_unix(&vm.gdb_socket(), Duration::from_secs(5)).unwrap();
+    let mut client = Client::connect_unix_wait(&vm.gdb_socket(), Duration::from_secs(5)).unwrap();
     client.resume(&[]).unwrap();
     vm.wait_ready(Duration::from_secs(180)).unwrap();
     client.interrupt().unwrap();
