@@ -141,17 +141,17 @@ pub fn attach_recording(
     let deadline = args
         .duration
         .map(|s| Instant::now() + Duration::from_secs_f64(s));
-    if layers_only(&program) {
-        if recording.is_some() {
-            bail!(
-                "record --vm records guest probes; a program of vmm: and tracepoint: probes only is \
-                 recorded by `vmprobe record` on a VM it boots"
-            );
-        }
-        return serve_layers_only(&args, &program, &layers, deadline, &stop);
-    }
     let snapshot_requested = Arc::new(AtomicBool::new(false));
     let recorder = crate::run::start_recorder(recording.as_ref(), &snapshot_requested)?;
+    if layers_only(&program) {
+        let plan = LayersOnlyPlan {
+            deadline,
+            stop: &stop,
+            recorder,
+            snapshot_requested: &snapshot_requested,
+        };
+        return serve_layers_only(&args, &program, &layers, plan);
+    }
     // Stubs opened through QMP live in a private 0700 directory and are
     // closed again after detach, leaving the VM as it was.
     let private = tempfile::Builder::new()
@@ -437,13 +437,26 @@ impl LayersOnlyVm {
 /// come from perf rings and QEMU's log and the guest never stops, so one
 /// thread serves every VM. Ends at Ctrl-C, `exit()`, the deadline, or when
 /// every VM has exited.
+/// When a layers-only attach ends, and where its events are recorded.
+struct LayersOnlyPlan<'a> {
+    deadline: Option<Instant>,
+    stop: &'a AtomicBool,
+    recorder: Option<crate::record::SharedRecorder>,
+    snapshot_requested: &'a AtomicBool,
+}
+
 fn serve_layers_only(
     args: &crate::AttachArgs,
     program: &Arc<probe_lang::Program>,
     layers: &LayerPlan,
-    deadline: Option<Instant>,
-    stop: &AtomicBool,
+    plan: LayersOnlyPlan<'_>,
 ) -> Result<i32> {
+    let LayersOnlyPlan {
+        deadline,
+        stop,
+        mut recorder,
+        snapshot_requested,
+    } = plan;
     let mut vms = Vec::new();
     for spec in &args.vm {
         let mut qmp = connect_qmp(spec, Duration::from_secs(5)).context(spec.name.clone())?;
@@ -492,10 +505,19 @@ fn serve_layers_only(
             || deadline.is_some_and(|d| Instant::now() >= d);
         // The last pass waits for the events still in flight.
         let final_sync = ending.then_some(probe_engine::layers::FINAL_SYNC);
+        if snapshot_requested.swap(false, Ordering::Relaxed) {
+            crate::run::snapshot(recorder.as_ref());
+        }
         for vm in &mut vms {
+            let name = vm.name.clone();
+            let mut record = |ev: &probe_engine::layers::LayerEvent, traced: &[_]| {
+                if let Some(r) = recorder.as_mut() {
+                    probe_engine::record_layer_event(r, &name, ev, traced);
+                }
+            };
             if vm
                 .layers
-                .serve(&runtime, final_sync, None, &vm.name, &mut |_, _| {})
+                .serve(&runtime, final_sync, None, &vm.name, &mut record)
                 .0
                 == Flow::Exit
             {
@@ -519,6 +541,9 @@ fn serve_layers_only(
                 eprintln!("vmprobe: stats: {}: {line}", vm.name);
             }
         }
+    }
+    if let Some(r) = recorder {
+        crate::run::finish_recorder(r)?;
     }
     probe_engine::run_special(program, &mut runtime, &ProbeSpec::End, None);
     runtime.print_maps();

@@ -553,14 +553,7 @@ pub fn serve_and_report(
     }
 
     if let Some(r) = recorder {
-        let recorder = Arc::try_unwrap(r.0)
-            .map_err(|_| anyhow!("recorder still shared"))?
-            .into_inner()
-            .map_err(|_| anyhow!("recorder lock poisoned"))?;
-        match recorder.finish() {
-            Ok(summary) => eprintln!("vmprobe: recorded {summary}"),
-            Err(e) => eprintln!("vmprobe: writing the trace: {e:#}"),
-        }
+        finish_recorder(r)?;
     }
     let mut runtime = runtime.into_inner().unwrap_or_else(|e| e.into_inner());
     run_special(
@@ -805,8 +798,22 @@ impl<W: Write> Drop for PrefixLines<W> {
     }
 }
 
+/// Writes the rest of the trace (or the flight recorder's last snapshot)
+/// once nothing else holds the recorder, and says what was recorded.
+pub(crate) fn finish_recorder(r: crate::record::SharedRecorder) -> Result<()> {
+    let recorder = Arc::try_unwrap(r.0)
+        .map_err(|_| anyhow!("recorder still shared"))?
+        .into_inner()
+        .map_err(|_| anyhow!("recorder lock poisoned"))?;
+    match recorder.finish() {
+        Ok(summary) => eprintln!("vmprobe: recorded {summary}"),
+        Err(e) => eprintln!("vmprobe: writing the trace: {e:#}"),
+    }
+    Ok(())
+}
+
 /// Flight recorder snapshot on SIGUSR1.
-fn snapshot(recorder: Option<&crate::record::SharedRecorder>) {
+pub(crate) fn snapshot(recorder: Option<&crate::record::SharedRecorder>) {
     let Some(r) = recorder else {
         eprintln!("vmprobe: SIGUSR1: nothing is being recorded");
         return;

@@ -30,7 +30,7 @@ pub use resolve::{
 };
 pub use session::{
     EndReason, EventSink, HitStats, MAX_PENDING_RETURNS, RecordedEvent, Session, TimerProbe,
-    UnfinishedCall, WatchProbe,
+    UnfinishedCall, WatchProbe, record_layer_event,
 };
 
 /// Host CLOCK_MONOTONIC in nanoseconds: the one time base of every event.

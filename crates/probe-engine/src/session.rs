@@ -361,35 +361,9 @@ impl Session {
         }
         let (name, recorder) = (&self.name, &mut self.recorder);
         let mut record = |ev: &crate::layers::LayerEvent, traced: &[(Box<str>, Traced)]| {
-            let Some(sink) = recorder.as_mut() else {
-                return;
-            };
-            let own: Vec<(&str, FieldValue<'_>)> = ev
-                .fields
-                .iter()
-                .map(|(n, v)| {
-                    let v = match v {
-                        LayerValue::Int(i) => FieldValue::U64(*i),
-                        LayerValue::Str(s) => FieldValue::Str(s),
-                    };
-                    (n.as_str(), v)
-                })
-                .collect();
-            let base = EventBase {
-                guest: name,
-                ts_ns: ev.ts_ns,
-                vcpu: ev.vcpu,
-                layer: if ev.probe.starts_with("vmm:") {
-                    Layer::Vmm
-                } else {
-                    Layer::Host
-                },
-                func: &ev.probe,
-                entry_ns: None,
-            };
-            // VMM and host events are recorded when a script traces
-            // them (they can be many: every exit, every I/O).
-            base.emit(sink.as_mut(), &own, traced);
+            if let Some(sink) = recorder.as_mut() {
+                record_layer_event(sink.as_mut(), name, ev, traced);
+            }
         };
         let (flow, served) =
             self.layers
@@ -1151,6 +1125,41 @@ impl Session {
         self.client.detach()?;
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// Hands what the handlers of a VMM or host event traced to `sink`. Such
+/// events are recorded only when a script traces them (they can be many:
+/// every exit, every I/O).
+pub fn record_layer_event(
+    sink: &mut dyn EventSink,
+    guest: &str,
+    ev: &crate::layers::LayerEvent,
+    traced: &[(Box<str>, Traced)],
+) {
+    let own: Vec<(&str, FieldValue<'_>)> = ev
+        .fields
+        .iter()
+        .map(|(n, v)| {
+            let v = match v {
+                LayerValue::Int(i) => FieldValue::U64(*i),
+                LayerValue::Str(s) => FieldValue::Str(s),
+            };
+            (n.as_str(), v)
+        })
+        .collect();
+    let base = EventBase {
+        guest,
+        ts_ns: ev.ts_ns,
+        vcpu: ev.vcpu,
+        layer: if ev.probe.starts_with("vmm:") {
+            Layer::Vmm
+        } else {
+            Layer::Host
+        },
+        func: &ev.probe,
+        entry_ns: None,
+    };
+    base.emit(sink, &own, traced);
 }
 
 /// A register of a stopped thread: from the registers already read at this
