@@ -509,15 +509,14 @@ fn serve_layers_only(
             crate::run::snapshot(recorder.as_ref());
         }
         for vm in &mut vms {
-            let name = vm.name.clone();
+            let (name, layers) = (&vm.name, &mut vm.layers);
             let mut record = |ev: &probe_engine::layers::LayerEvent, traced: &[_]| {
                 if let Some(r) = recorder.as_mut() {
-                    probe_engine::record_layer_event(r, &name, ev, traced);
+                    probe_engine::record_layer_event(r, name, ev, traced);
                 }
             };
-            if vm
-                .layers
-                .serve(&runtime, final_sync, None, &vm.name, &mut record)
+            if layers
+                .serve(&runtime, final_sync, None, name, &mut record)
                 .0
                 == Flow::Exit
             {

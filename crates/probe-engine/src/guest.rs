@@ -304,7 +304,7 @@ impl GuestKernel {
     /// `task->comm`, up to its NUL.
     pub fn comm(&self, client: &mut Client, task: u64) -> Result<String, GuestError> {
         let mut buf = [0u8; 16];
-        read(client, task.wrapping_add(self.layout()?.comm), &mut buf)?;
+        client.read(task.wrapping_add(self.layout()?.comm), &mut buf)?;
         let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
         Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
     }
@@ -493,7 +493,7 @@ impl GuestKernel {
                 .wrapping_add(self.thread_size)
                 .wrapping_sub(l.regs_size);
             let mut raw = vec![0u8; l.regs_size as usize];
-            read(client, pt, &mut raw)?;
+            client.read(pt, &mut raw)?;
             let field = |off: u64| {
                 let o = off as usize;
                 raw.get(o..o + 8)
@@ -617,10 +617,6 @@ impl Memory for Client {
     }
 }
 
-fn read<M: Memory + ?Sized>(m: &mut M, addr: u64, buf: &mut [u8]) -> Result<(), GuestError> {
-    m.read(addr, buf)
-}
-
 /// [`GuestKernel::cgroup_path`] over any memory, with the kernel's layout
 /// and KASLR slide.
 fn cgroup_path_in<M: Memory + ?Sized>(
@@ -692,7 +688,7 @@ fn radix_lookup<M: Memory + ?Sized>(
         }
         let node = entry - INTERNAL;
         let mut shift = [0u8];
-        read(client, node.wrapping_add(l.node_shift), &mut shift)?;
+        client.read(node.wrapping_add(l.node_shift), &mut shift)?;
         let shift = u32::from(shift[0]);
         if shift >= 64 || (level == 0 && shift + 6 < 64 && index >> (shift + 6) != 0) {
             // Past the tree's largest index (or not a radix node).
@@ -729,7 +725,7 @@ fn read_cstr<M: Memory + ?Sized>(
     while out.len() < max {
         let chunk = ((PAGE - at % PAGE) as usize).min(max - out.len());
         let mut buf = vec![0u8; chunk];
-        read(client, at, &mut buf)?;
+        client.read(at, &mut buf)?;
         if let Some(end) = buf.iter().position(|&b| b == 0) {
             out.extend_from_slice(&buf[..end]);
             break;
@@ -742,13 +738,13 @@ fn read_cstr<M: Memory + ?Sized>(
 
 fn read_u64<M: Memory + ?Sized>(client: &mut M, addr: u64) -> Result<u64, GuestError> {
     let mut b = [0u8; 8];
-    read(client, addr, &mut b)?;
+    client.read(addr, &mut b)?;
     Ok(u64::from_le_bytes(b))
 }
 
 fn read_u32<M: Memory + ?Sized>(client: &mut M, addr: u64) -> Result<u32, GuestError> {
     let mut b = [0u8; 4];
-    read(client, addr, &mut b)?;
+    client.read(addr, &mut b)?;
     Ok(u32::from_le_bytes(b))
 }
 

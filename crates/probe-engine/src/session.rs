@@ -875,14 +875,15 @@ impl Session {
         }
         let ret = u64::from_le_bytes(word);
         let key = (ret, rsp.wrapping_add(8));
+        let call = PendingReturn {
+            site,
+            entry_ns,
+            vcpu: vcpu_index(thread),
+        };
         if let Some(pending) = self.pending.get_mut(&key) {
             // The same frame again: the earlier call never came back (the
             // task died, or vmprobe missed its return). Replace it.
-            *pending = PendingReturn {
-                site,
-                entry_ns,
-                vcpu: vcpu_index(thread),
-            };
+            *pending = call;
             return Ok(());
         }
         if self.pending.len() >= MAX_PENDING_RETURNS {
@@ -902,14 +903,7 @@ impl Session {
             self.return_bps.insert(ret, 0);
         }
         *self.return_bps.get_mut(&ret).expect("inserted above") += 1;
-        self.pending.insert(
-            key,
-            PendingReturn {
-                site,
-                entry_ns,
-                vcpu: vcpu_index(thread),
-            },
-        );
+        self.pending.insert(key, call);
         Ok(())
     }
 
