@@ -11,7 +11,8 @@ use gdb_remote::Client;
 use kernel_image::KernelSymbols;
 use probe_engine::layers::{HostSource, LayerSet, VmmSource};
 use probe_engine::{LayerPlan, Session};
-use probe_lang::{Flow, ProbeSpec, Runtime};
+use probe_lang::ProbeSpec;
+use probe_runtime::Flow;
 use qemu_vmm::Qmp;
 use std::collections::HashMap;
 use std::io::Write;
@@ -485,12 +486,15 @@ fn serve_layers_only(
         });
     }
     let output = args.format.format();
-    let mut runtime = Runtime::new(program.clone(), Box::new(std::io::stdout()));
-    runtime.set_output_format(output);
+    let mut runtime = probe_output::printing_runtime(
+        program.executable().clone(),
+        Box::new(std::io::stdout()),
+        output,
+    );
     runtime.set_start_nsecs(probe_engine::monotonic_ns());
     print!(
         "{}",
-        probe_lang::attaching_message_for(program.probes().len(), output)
+        probe_output::attaching_message_for(program.probes().len(), output)
     );
     let _ = std::io::stdout().flush();
     let begin = probe_engine::run_special(program, &mut runtime, &ProbeSpec::Begin, None);

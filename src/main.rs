@@ -228,10 +228,10 @@ pub(crate) enum OutputArg {
 }
 
 impl OutputArg {
-    pub fn format(self) -> probe_lang::OutputFormat {
+    pub fn format(self) -> probe_output::OutputFormat {
         match self {
-            OutputArg::Text => probe_lang::OutputFormat::Text,
-            OutputArg::Json => probe_lang::OutputFormat::Json,
+            OutputArg::Text => probe_output::OutputFormat::Text,
+            OutputArg::Json => probe_output::OutputFormat::Json,
         }
     }
 }

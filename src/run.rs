@@ -9,7 +9,8 @@ use probe_engine::guest::GuestKernel;
 use probe_engine::{
     EndReason, Session, resolve_probes, resolve_timers, resolve_watches, run_special,
 };
-use probe_lang::{Flow, ProbeSpec, Runtime};
+use probe_lang::ProbeSpec;
+use probe_runtime::Flow;
 use qemu_guest::{Accel, GuestImage, LaunchConfig, Vm};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -413,7 +414,7 @@ pub struct ServePlan {
     /// Ends the run at this time (`attach --duration`).
     pub deadline: Option<Instant>,
     pub stats: bool,
-    pub output: probe_lang::OutputFormat,
+    pub output: probe_output::OutputFormat,
     /// Write the program's `kstack`-keyed maps as a flame graph (SVG, and
     /// folded stacks next to it).
     pub flamegraph: Option<std::path::PathBuf>,
@@ -441,13 +442,16 @@ pub fn serve_and_report(
         }
     }
     let nprobes = program.probes().len();
-    let mut runtime = Runtime::new(program.clone(), Box::new(std::io::stdout()));
-    runtime.set_output_format(plan.output);
+    let mut runtime = probe_output::printing_runtime(
+        program.executable().clone(),
+        Box::new(std::io::stdout()),
+        plan.output,
+    );
     runtime.set_start_nsecs(probe_engine::monotonic_ns());
     let runtime = Mutex::new(runtime);
     print!(
         "{}",
-        probe_lang::attaching_message_for(nprobes, plan.output)
+        probe_output::attaching_message_for(nprobes, plan.output)
     );
     let _ = std::io::stdout().flush();
 

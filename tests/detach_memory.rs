@@ -6,7 +6,6 @@
 mod support;
 use gdb_remote::Client;
 use probe_engine::{EndReason, Session, resolve_probes};
-use probe_lang::Runtime;
 use qemu_guest::{Accel, LaunchConfig, Vm};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -51,7 +50,11 @@ fn probe_sites_are_unchanged_after_detach() {
     let before = read_sites(session.client(), &addrs);
 
     session.arm(sites).expect("arm");
-    let runtime = Mutex::new(Runtime::new(program.clone(), Box::new(std::io::sink())));
+    let runtime = Mutex::new(probe_output::printing_runtime(
+        program.executable().clone(),
+        Box::new(std::io::sink()),
+        probe_output::OutputFormat::Text,
+    ));
     session.resume().unwrap();
     vm.start_workload("cat /proc/version > /dev/null; dd if=/dev/zero of=/dev/null bs=1 count=50")
         .unwrap();

@@ -15,7 +15,6 @@ use crate::BenchArgs;
 use anyhow::{Context, Result, anyhow, bail};
 use gdb_remote::Client;
 use probe_engine::{EndReason, Session};
-use probe_lang::Runtime;
 use qemu_guest::{Accel, LaunchConfig, Vm};
 use std::io::Write;
 use std::path::PathBuf;
@@ -403,7 +402,11 @@ impl Bench {
         } else {
             Box::new(printed.clone())
         };
-        let runtime = Mutex::new(Runtime::new(program, out));
+        let runtime = Mutex::new(probe_output::printing_runtime(
+            program.executable().clone(),
+            out,
+            probe_output::OutputFormat::Text,
+        ));
         session.resume()?;
         let t = Instant::now();
         self.vm.start_workload(command)?;

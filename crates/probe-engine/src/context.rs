@@ -3,7 +3,8 @@
 use crate::guest::{GuestError, GuestKernel};
 use crate::layers::LayerValue;
 use gdb_remote::{Client, Registers, ThreadId};
-use probe_lang::{BlockId, ContextError, Flow, ProbeContext, Runtime, Traced};
+use probe_lang::BlockId;
+use probe_runtime::{ContextError, Flow, ProbeContext, Runtime, Traced};
 use std::sync::{Arc, Mutex};
 
 /// x86-64 System V argument registers, in order.

@@ -9,7 +9,8 @@
 use crate::context::HitContext;
 use crate::guest::GuestKernel;
 use host_tracepoints::{EventFormat, Options, Target, Tracefs, Tracepoint, TracepointReader};
-use probe_lang::{BlockId, FieldCondition, Flow, ProbeSpec, Program, Runtime, Traced};
+use probe_lang::{BlockId, FieldCondition, ProbeSpec, Program};
+use probe_runtime::{Flow, Runtime, Traced};
 use qemu_vmm::{FollowConfig, LogFollower, Qmp};
 use std::collections::HashMap;
 use std::path::Path;

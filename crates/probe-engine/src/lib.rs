@@ -33,11 +33,7 @@ pub use session::{
     UnfinishedCall, WatchProbe, record_layer_event,
 };
 
-/// Host CLOCK_MONOTONIC in nanoseconds: the one time base of every event.
-pub fn monotonic_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
-}
+pub use host_clock::monotonic_ns;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -90,15 +86,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// state beyond the kernel's symbols (`kaddr`, `ksym`).
 pub fn run_special(
     program: &probe_lang::Program,
-    runtime: &mut probe_lang::Runtime,
+    runtime: &mut probe_runtime::Runtime,
     which: &probe_lang::ProbeSpec,
     kernel: Option<&guest::GuestKernel>,
-) -> probe_lang::Flow {
+) -> probe_runtime::Flow {
     let name = match which {
         probe_lang::ProbeSpec::Begin => "BEGIN",
         _ => "END",
     };
-    let mut flow = probe_lang::Flow::Continue;
+    let mut flow = probe_runtime::Flow::Continue;
     for (index, spec) in program.probes().iter().enumerate() {
         if spec == which {
             let mut ctx = context::HitContext {
@@ -115,8 +111,8 @@ pub fn run_special(
                 fields: None,
                 traced: Vec::new(),
             };
-            if let probe_lang::Flow::Exit = runtime.run(program.block_of(index), &mut ctx) {
-                flow = probe_lang::Flow::Exit;
+            if let probe_runtime::Flow::Exit = runtime.run(program.block_of(index), &mut ctx) {
+                flow = probe_runtime::Flow::Exit;
             }
         }
     }

@@ -10,7 +10,8 @@ use gdb_remote::{
 };
 use hdrhistogram::Histogram;
 use kernel_image::KernelSymbols;
-use probe_lang::{BlockId, Flow, Runtime, Traced, TracedValue};
+use probe_lang::BlockId;
+use probe_runtime::{Flow, Runtime, Traced, TracedValue};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;

@@ -12,9 +12,8 @@ use kernel_btf::Btf;
 use kernel_image::{KernelSections, KernelSymbols};
 use probe_engine::guest::{GuestKernel, SECTIONS};
 use probe_engine::{BtfTypes, EndReason, Session, resolve_probes};
-use probe_lang::{
-    ContextError, KernelTypes, ProbeContext, Runtime, compile_with_types, types::prototype_lines,
-};
+use probe_lang::{KernelTypes, compile_with_types, types::prototype_lines};
+use probe_runtime::{ContextError, ProbeContext};
 use qemu_guest::{LaunchConfig, Vm};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -93,7 +92,7 @@ fn sizes_offsets_and_prototypes_from_the_image_btf() {
         .unwrap_or_else(|d| panic!("{d}")),
     );
     let cap = Capture::default();
-    let mut rt = Runtime::new(p.clone(), Box::new(cap.clone()));
+    let mut rt = printing(&p, cap.clone());
     rt.run(p.block_of(0), &mut NoGuest);
     // bpftool btf dump: struct task_struct size=9792, comm bits_offset=23808.
     let file = btf.size_of(btf.lookup("struct file").unwrap()).unwrap();
@@ -172,7 +171,7 @@ kprobe:ksys_write /comm == "cat"/ {
         Some(&sections),
     )));
     let cap = Capture::default();
-    let runtime = Mutex::new(Runtime::new(program.clone(), Box::new(cap.clone())));
+    let runtime = Mutex::new(printing(&program, cap.clone()));
     session.resume().unwrap();
     vm.start_workload("cat /proc/version /etc/nonexistent; cat /proc/1/comm > /dev/ttyS0")
         .unwrap();
@@ -217,4 +216,13 @@ kprobe:ksys_write /comm == "cat"/ {
         assert!((1..64).contains(&steps), "{out}");
     }
     eprintln!("{out}");
+}
+
+/// A runtime printing as bpftrace to `out`.
+fn printing(p: &probe_lang::Program, out: Capture) -> probe_runtime::Runtime {
+    probe_output::printing_runtime(
+        p.executable().clone(),
+        Box::new(out),
+        probe_output::OutputFormat::Text,
+    )
 }

@@ -19,7 +19,7 @@ pub struct ProbeBlock {
 
 /// Value types of the language. Integers are 64-bit; signedness only
 /// affects comparison, avg/min/max and how values are printed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Type {
     Unknown,
     Int {

@@ -11,7 +11,7 @@ use crate::types::{FieldType, KernelTypes, TypeInfo, TypeRef};
 use crate::{KprobeTarget, ProbeSpec, RateUnit, WatchMode};
 use rustc_hash::FxHashMap;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum AggKind {
     Count,
     Sum,
@@ -60,7 +60,7 @@ impl AggKind {
 }
 
 /// `lhist(v, min, max, step)` parameters (literals, checked).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LhistParams {
     pub min: u64,
     pub max: u64,
@@ -79,7 +79,7 @@ impl LhistParams {
 pub const HIST_BUCKETS: usize = 34;
 
 /// Key component types are `Int{..}` or `Str`; empty for scalar maps.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct MapDecl {
     pub name: String,
     pub kind: AggKind,
@@ -118,7 +118,7 @@ pub struct Checked {
 
 /// The static type of a `trace()` field, which becomes its type in the
 /// trace file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum TraceType {
     Unsigned,
     Signed,
@@ -127,7 +127,7 @@ pub enum TraceType {
 }
 
 /// One `trace(name = expr, ...)` call site: its fields, in order.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TraceSite {
     pub fields: Vec<(String, TraceType)>,
 }

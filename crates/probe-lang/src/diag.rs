@@ -7,7 +7,7 @@
 use std::fmt;
 
 /// Half-open byte range `[start, end)` into the script source.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Span {
     pub start: u32,
     pub end: u32,

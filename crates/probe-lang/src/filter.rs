@@ -42,7 +42,7 @@ impl Program {
     /// only; `None` when nothing is known (no predicate, or none of it is a
     /// plain comparison of a field with a constant).
     pub fn field_condition(&self, block: BlockId) -> Option<FieldCondition> {
-        let b = self.ir.blocks.get(block.0 as usize)?;
+        let b = self.ir().blocks.get(block.0 as usize)?;
         condition(self, b.predicate.as_ref()?)
     }
 }
@@ -75,7 +75,7 @@ fn condition(p: &Program, e: &Expr) -> Option<FieldCondition> {
                 _ => return None,
             };
             Some(FieldCondition::Cmp {
-                field: p.ir.strings[field as usize].to_string(),
+                field: p.ir().strings[field as usize].to_string(),
                 op,
                 value,
             })

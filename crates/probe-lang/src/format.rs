@@ -1,5 +1,5 @@
-//! printf format strings: parsed once at check time, rendered by the
-//! [`crate::printer::Printer`].
+//! printf format strings: parsed once at check time, rendered when output
+//! is printed (`probe-output`).
 //!
 //! Matches bpftrace 0.17 text output: without an `l`/`ll` length modifier the
 //! integer conversions `%d %u %x %X` use the low 32 bits (bpftrace hands the
@@ -14,18 +14,18 @@
 use crate::value::Value;
 use std::fmt::Write;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Format {
     pub pieces: Vec<Piece>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Piece {
     Lit(String),
     Spec(Spec),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Conv {
     Signed,
     Unsigned,
@@ -80,7 +80,7 @@ pub fn escape_buf(b: &[u8], out: &mut String) {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Flags {
     pub left: bool,
     pub zero: bool,
@@ -89,7 +89,7 @@ pub struct Flags {
     pub alt: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Spec {
     pub flags: Flags,
     pub width: usize,

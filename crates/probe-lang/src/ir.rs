@@ -18,7 +18,7 @@ use rustc_hash::FxHashMap;
 use std::fmt::Write;
 use std::sync::Arc;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Builtin {
     Arg(u8),
     Retval,
@@ -39,7 +39,7 @@ pub enum Builtin {
     Guest,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Op1 {
     Neg,
     Not,
@@ -49,7 +49,7 @@ pub enum Op1 {
 /// Binary operators with signedness resolved. Division and modulo are
 /// unsigned, as bpftrace's generated BPF code does (`-7 / 2` is a huge
 /// number, printed by `%d` as its low 32 bits: -4).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Op2 {
     Add,
     Sub,
@@ -77,7 +77,7 @@ pub enum Op2 {
     StrNe,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Expr {
     Const(u64),
     Str(u32),
@@ -156,7 +156,7 @@ pub enum Expr {
 }
 
 /// What a [`Expr::ReadAs`] reads.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum ReadAsKind {
     /// A string of at most the length (capped at STR_MAX), to its NUL.
     Str(Option<Box<Expr>>),
@@ -165,7 +165,7 @@ pub enum ReadAsKind {
     Uint(u8),
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum KeyExpr {
     None,
     Single(Box<Expr>),
@@ -173,7 +173,7 @@ pub enum KeyExpr {
 }
 
 /// Aggregation update; min/max/avg carry the argument's signedness.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum AggOp {
     Count,
     Sum,
@@ -185,7 +185,7 @@ pub enum AggOp {
     Lhist(LhistParams),
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Stmt {
     Agg {
         map: u32,
@@ -254,14 +254,14 @@ pub enum Stmt {
     Snapshot,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Block {
     pub predicate: Option<Expr>,
     pub body: Vec<Stmt>,
     pub slots: u16,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Ir {
     pub blocks: Vec<Block>,
     pub maps: Vec<MapDecl>,
@@ -1034,11 +1034,11 @@ mod tests {
             "t",
         )
         .unwrap();
-        let d = p.ir.dump();
+        let d = p.ir().dump();
         assert!(d.contains("m0 @a count[] unsigned"), "{d}");
         assert!(d.contains("m1 @b sum[integer] signed"), "{d}");
         // Identical string literals are interned once.
-        assert_eq!(p.ir.strings.len(), 1);
+        assert_eq!(p.ir().strings.len(), 1);
         assert!(d.contains("LogAnd(SLt(Neg(1), 1), ULt(arg(0), 1))"), "{d}");
         assert!(
             d.contains("m1[LShr(Neg(1), 1)] <- Sum(LShr(arg(0), 1))"),

@@ -9,9 +9,10 @@
 //!    types, builtins, calls, printf formats, consistent map key/value types;
 //! 4. [`ir`]: lowering to a resolved tree IR (maps/variables/strings/formats
 //!    as indices, builtins as enum variants, operators with signedness);
-//! 5. [`interp`]: the [`Runtime`] that runs one block per probe hit, with a
-//!    step budget, and emits output events to the [`printer::Printer`]
-//!    (formatting lives there, byte-compatible with bpftrace 0.17).
+//!
+//! The crate compiles only: running the result (the [`Executable`]) is
+//! `probe-runtime`'s job, and printing its output `probe-output`'s, as
+//! bpftrace keeps its passes, its runtime and its output apart.
 //!
 //! [`compile`] runs passes 1-4; errors are [`Diagnostics`] rendered like
 //! rustc. [`compile_with_types`] does the same with the guest kernel's types
@@ -23,29 +24,22 @@ pub mod check;
 pub mod diag;
 pub mod filter;
 pub mod format;
-pub mod interp;
 pub mod ir;
 pub mod lexer;
 pub mod parser;
-pub mod printer;
 pub mod types;
 pub mod value;
 
 pub use check::{TraceSite, TraceType};
 pub use diag::{Diagnostic, Diagnostics, Span};
 pub use filter::FieldCondition;
-pub use interp::{
-    ContextError, DEFAULT_MAP_LIMIT, DEFAULT_STEP_BUDGET, Flow, ProbeContext, Runtime, Traced,
-    TracedValue,
-};
-pub use printer::OutputFormat;
 pub use types::{FieldType, KernelTypes, MemberInfo, Param, Prototype, TypeInfo, TypeRef};
 pub use value::Value;
 
 use diag::Reporter;
 
 /// One attach point.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ProbeSpec {
     Begin,
     End,
@@ -84,7 +78,7 @@ pub enum ProbeSpec {
 }
 
 /// Unit of an `interval`/`profile` probe.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum RateUnit {
     S,
     Ms,
@@ -116,7 +110,7 @@ impl RateUnit {
 }
 
 /// Access that triggers a watchpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum WatchMode {
     Read,
     Write,
@@ -133,7 +127,7 @@ impl WatchMode {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum KprobeTarget {
     /// Function name; may contain `*`/`?` wildcards (the engine expands them).
     Function(String),
@@ -170,16 +164,36 @@ impl ProbeSpec {
 }
 
 /// Index of a probe block (predicate + body) in the program.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct BlockId(pub u32);
 
-/// A compiled script: probes, their blocks in IR form, and the AST for dumps.
+/// What running a program needs and nothing more: the attach points, the
+/// block of each, and the lowered IR. Serialisable, so that a backend in
+/// another process (vmprobe's QEMU plugin) runs exactly the program vmprobe
+/// compiled, with no compiler or kernel types of its own.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Executable {
+    pub probes: Vec<ProbeSpec>,
+    pub probe_blocks: Vec<BlockId>,
+    pub ir: ir::Ir,
+}
+
+impl Executable {
+    /// Block run when probe `probe_index` (an index into `probes`) fires.
+    pub fn block_of(&self, probe_index: usize) -> BlockId {
+        self.probe_blocks[probe_index]
+    }
+}
+
+/// A compiled script: its [`Executable`] plus what the front end keeps for
+/// checks before attaching and for dumps (the AST, the uses of `kaddr`,
+/// `reg` and `trace`, the source).
 #[derive(Debug)]
 pub struct Program {
-    probes: Vec<ProbeSpec>,
-    probe_blocks: Vec<BlockId>,
+    exec: std::sync::Arc<Executable>,
     ast: ast::Ast,
-    pub(crate) ir: ir::Ir,
     /// Every `kaddr("sym")` / `reg("name")` argument with its span.
     kaddrs: Vec<(String, Span)>,
     regs: Vec<(String, Span)>,
@@ -192,14 +206,24 @@ pub struct Program {
 impl Program {
     /// Every attach point, in source order; several may share one block.
     pub fn probes(&self) -> &[ProbeSpec] {
-        &self.probes
+        &self.exec.probes
+    }
+
+    /// What a runtime runs: shared, and serialisable for other processes.
+    pub fn executable(&self) -> &std::sync::Arc<Executable> {
+        &self.exec
+    }
+
+    /// The lowered IR.
+    pub fn ir(&self) -> &ir::Ir {
+        &self.exec.ir
     }
 
     /// Block run when probe `probe_index` (an index into [`probes`]) fires.
     ///
     /// [`probes`]: Program::probes
     pub fn block_of(&self, probe_index: usize) -> BlockId {
-        self.probe_blocks[probe_index]
+        self.exec.block_of(probe_index)
     }
 
     /// Kernel symbols named in `kaddr("...")` calls (each once, in source
@@ -247,7 +271,7 @@ impl Program {
 
     /// The field layouts of the `trace(name = ...)` call sites.
     pub fn trace_sites(&self) -> &[TraceSite] {
-        &self.ir.traces
+        &self.exec.ir.traces
     }
 
     /// `trace()` and `snapshot()` write to a trace, which only `vmprobe
@@ -266,12 +290,13 @@ impl Program {
 
     /// Number of blocks.
     pub fn block_count(&self) -> usize {
-        self.ir.blocks.len()
+        self.exec.ir.blocks.len()
     }
 
     /// Names of the maps the script uses (with `@`), sorted.
     pub fn map_names(&self) -> Vec<String> {
         let mut v: Vec<String> = self
+            .exec
             .ir
             .maps
             .iter()
@@ -284,34 +309,12 @@ impl Program {
     /// AST and IR in readable text, for `-d`.
     pub fn dump(&self) -> String {
         let mut s = String::from("probes\n");
-        for (p, b) in self.probes.iter().zip(&self.probe_blocks) {
+        for (p, b) in self.exec.probes.iter().zip(&self.exec.probe_blocks) {
             s.push_str(&format!(" {} -> block {}\n", p.name(), b.0));
         }
         s.push_str(&self.ast.dump());
-        s.push_str(&self.ir.dump());
+        s.push_str(&self.exec.ir.dump());
         s
-    }
-}
-
-/// bpftrace's banner, printed by bpftrace 0.17 on **stdout** before running:
-/// `Attaching 1 probe...` / `Attaching 2 probes...` (N = attach points after
-/// wildcard expansion, BEGIN/END included).
-pub fn attaching_message(n: usize) -> String {
-    if n == 1 {
-        "Attaching 1 probe...\n".into()
-    } else {
-        format!("Attaching {n} probes...\n")
-    }
-}
-
-/// The banner in the given output format; in JSON, bpftrace 0.17 prints
-/// `{"type": "attached_probes", "data": {"probes": N}}`.
-pub fn attaching_message_for(n: usize, format: OutputFormat) -> String {
-    match format {
-        OutputFormat::Text => attaching_message(n),
-        OutputFormat::Json => {
-            format!("{{\"type\": \"attached_probes\", \"data\": {{\"probes\": {n}}}}}\n")
-        }
     }
 }
 
@@ -371,10 +374,12 @@ pub fn compile_with_types(
         .map(|(p, b)| (p.clone(), BlockId(*b as u32)))
         .unzip();
     Ok(Program {
-        probes,
-        probe_blocks,
+        exec: std::sync::Arc::new(Executable {
+            probes,
+            probe_blocks,
+            ir,
+        }),
         ast,
-        ir,
         kaddrs: checked.kaddrs,
         regs: checked.regs,
         recording: checked.recording,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 /// A runtime value. Integers are raw 64-bit patterns; whether they are read
 /// as signed is a static property of the expression (see [`crate::ast::Type`]).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Value {
     Int(u64),
     Str(Arc<str>),
@@ -26,7 +26,9 @@ impl Value {
 
 /// Map key. The common single-integer key is stored inline so a keyed
 /// `count()` never allocates.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Key {
     None,
     Int(u64),
@@ -34,7 +36,9 @@ pub enum Key {
     Multi(Box<[KeyPart]>),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum KeyPart {
     Int(u64),
     Str(Arc<str>),

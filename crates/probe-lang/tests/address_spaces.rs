@@ -3,7 +3,8 @@
 
 mod support;
 
-use probe_lang::{ContextError, ProbeContext, Runtime, compile};
+use probe_lang::compile;
+use probe_runtime::{ContextError, ProbeContext};
 use std::sync::Arc;
 use support::{Capture, FakeCtx};
 
@@ -92,7 +93,7 @@ impl ProbeContext for Ctx {
 fn run(src: &str, ctx: &mut Ctx) -> (String, Vec<(String, String, u64)>) {
     let p = Arc::new(compile(src, "t").unwrap_or_else(|d| panic!("{d}")));
     let cap = Capture::default();
-    let mut rt = Runtime::new(p.clone(), Box::new(cap.clone()));
+    let mut rt = support::new_runtime(&p, cap.clone());
     rt.run(p.block_of(0), ctx);
     rt.print_maps();
     (cap.take(), rt.errors())
@@ -135,7 +136,7 @@ kprobe:g { @b = vtop(0x1000, 0xdead000); }
 kprobe:h { @c = uint_as(0x7000, 0x6000, 8); }"#;
     let p = Arc::new(compile(src, "t").unwrap());
     let cap = Capture::default();
-    let mut rt = Runtime::new(p.clone(), Box::new(cap.clone()));
+    let mut rt = support::new_runtime(&p, cap.clone());
     for i in 0..3 {
         rt.run(p.block_of(i), &mut c);
         rt.run(p.block_of(i), &mut c);

@@ -3,14 +3,15 @@
 
 mod support;
 
-use probe_lang::{Flow, ProbeSpec, RateUnit, Runtime, WatchMode, compile};
+use probe_lang::{ProbeSpec, RateUnit, WatchMode, compile};
+use probe_runtime::{Flow, Runtime};
 use std::sync::Arc;
 use support::{Capture, FakeCtx, run_script};
 
 fn runtime(src: &str) -> (Arc<probe_lang::Program>, Runtime, Capture) {
     let p = Arc::new(compile(src, "t").unwrap_or_else(|d| panic!("{d}")));
     let cap = Capture::default();
-    let rt = Runtime::new(p.clone(), Box::new(cap.clone()));
+    let rt = support::new_runtime(&p, cap.clone());
     (p, rt, cap)
 }
 
@@ -122,11 +123,11 @@ fn registers_and_symbols() {
 #[test]
 fn default_trait_methods_report_unsupported() {
     struct Minimal;
-    impl probe_lang::ProbeContext for Minimal {
-        fn arg(&mut self, _: u8) -> Result<u64, probe_lang::ContextError> {
+    impl probe_runtime::ProbeContext for Minimal {
+        fn arg(&mut self, _: u8) -> Result<u64, probe_runtime::ContextError> {
             Ok(0)
         }
-        fn retval(&mut self) -> Result<u64, probe_lang::ContextError> {
+        fn retval(&mut self) -> Result<u64, probe_runtime::ContextError> {
             Ok(0)
         }
         fn vcpu(&self) -> u32 {
@@ -141,7 +142,7 @@ fn default_trait_methods_report_unsupported() {
         fn probe(&self) -> &str {
             "kprobe:f"
         }
-        fn read_memory(&mut self, _: u64, _: &mut [u8]) -> Result<(), probe_lang::ContextError> {
+        fn read_memory(&mut self, _: u64, _: &mut [u8]) -> Result<(), probe_runtime::ContextError> {
             Ok(())
         }
     }
@@ -288,7 +289,7 @@ fn time_prints_wall_clock_in_both_formats() {
         "{out:?}"
     );
     assert!(lines[1].len() == 5 && lines[1].ends_with('|'), "{out:?}");
-    rt.set_output_format(probe_lang::OutputFormat::Json);
+    let mut rt = support::new_runtime_as(&p, cap.clone(), probe_output::OutputFormat::Json);
     rt.run(p.block_of(0), &mut FakeCtx::new("BEGIN"));
     let out = cap.take();
     assert!(
@@ -358,8 +359,8 @@ fn kstack_layouts() {
         "[\n        vfs_read+5\n        jiffies+4\n        0x10\n]\n\n        vfs_read+5\n\n\n\n\
          @k[\n    vfs_read+5\n    jiffies+4\n, 5]: 1\n@v: \n        vfs_read+5\n\n"
     );
-    let (p, mut rt, cap) = runtime(src);
-    rt.set_output_format(probe_lang::OutputFormat::Json);
+    let (p, _, cap) = runtime(src);
+    let mut rt = support::new_runtime_as(&p, cap.clone(), probe_output::OutputFormat::Json);
     rt.run(p.block_of(0), &mut c);
     rt.print_maps();
     let out = cap.take();

@@ -15,7 +15,8 @@
 
 mod support;
 
-use probe_lang::{OutputFormat, ProbeSpec, attaching_message_for};
+use probe_lang::ProbeSpec;
+use probe_output::{OutputFormat, attaching_message_for};
 use support::run_script_as;
 
 fn golden(name: &str) {

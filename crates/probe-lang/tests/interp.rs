@@ -3,14 +3,15 @@
 
 mod support;
 
-use probe_lang::{BlockId, Flow, KprobeTarget, ProbeSpec, Runtime, Value, compile};
+use probe_lang::{BlockId, KprobeTarget, ProbeSpec, Value, compile};
+use probe_runtime::{Flow, Runtime};
 use std::sync::Arc;
 use support::{Capture, FakeCtx, run_script};
 
 fn runtime(src: &str) -> (Arc<probe_lang::Program>, Runtime, Capture) {
     let p = Arc::new(compile(src, "t").unwrap_or_else(|d| panic!("{d}")));
     let cap = Capture::default();
-    let rt = Runtime::new(p.clone(), Box::new(cap.clone()));
+    let rt = support::new_runtime(&p, cap.clone());
     (p, rt, cap)
 }
 
@@ -200,6 +201,9 @@ fn engine_can_share_program_and_move_runtime() {
     send::<Runtime>();
     send::<probe_lang::Program>();
     sync::<probe_lang::Program>();
-    assert_eq!(probe_lang::attaching_message(1), "Attaching 1 probe...\n");
-    assert_eq!(probe_lang::attaching_message(3), "Attaching 3 probes...\n");
+    assert_eq!(probe_output::attaching_message(1), "Attaching 1 probe...\n");
+    assert_eq!(
+        probe_output::attaching_message(3),
+        "Attaching 3 probes...\n"
+    );
 }

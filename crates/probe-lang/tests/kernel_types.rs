@@ -6,9 +6,10 @@
 mod support;
 
 use probe_lang::{
-    FieldType, Flow, KernelTypes, MemberInfo, Param, ProbeSpec, Prototype, Runtime, TypeInfo,
-    TypeRef, Value, compile, compile_with_types,
+    FieldType, KernelTypes, MemberInfo, Param, ProbeSpec, Prototype, TypeInfo, TypeRef, Value,
+    compile, compile_with_types,
 };
+use probe_runtime::Flow;
 use std::sync::Arc;
 use support::{Capture, FakeCtx};
 
@@ -240,7 +241,7 @@ fn compile_err(src: &str) -> String {
 fn run_with(src: &str, c: &mut FakeCtx) -> (String, Vec<(String, String, u64)>) {
     let p = compile_ok(src);
     let cap = Capture::default();
-    let mut rt = Runtime::new(p.clone(), Box::new(cap.clone()));
+    let mut rt = support::new_runtime(&p, cap.clone());
     rt.run(p.block_of(0), c);
     (cap.take(), rt.errors())
 }
@@ -356,7 +357,7 @@ fn task_list_walk_within_budget() {
     let src = r#"kprobe:ksys_write { $t = curtask; $i = 0; while ($i < 64) { if ($t->pid == 1) { break; } $t = $t->real_parent; $i++; } printf("%s %d\n", $t->comm, $i); exit(); }"#;
     let p = compile_ok(src);
     let cap = Capture::default();
-    let mut rt = Runtime::new(p.clone(), Box::new(cap.clone()));
+    let mut rt = support::new_runtime(&p, cap.clone());
     assert_eq!(
         rt.run(p.block_of(0), &mut ctx("kprobe:ksys_write")),
         Flow::Exit
@@ -376,7 +377,7 @@ fn cyclic_walk_stops_at_the_step_budget_and_is_counted() {
         r#"kprobe:ksys_write { $t = curtask; while ($t->pid != 1) { $t = $t->real_parent; } printf("found\n"); }"#,
     );
     let cap = Capture::default();
-    let mut rt = Runtime::new(p.clone(), Box::new(cap.clone()));
+    let mut rt = support::new_runtime(&p, cap.clone());
     rt.set_step_budget(1000);
     for _ in 0..3 {
         assert_eq!(rt.run(p.block_of(0), &mut c), Flow::Continue);
@@ -497,7 +498,7 @@ fn vmm_and_tracepoint_args() {
         ("value".into(), Value::Int(65)),
     ];
     let cap = Capture::default();
-    let mut rt = Runtime::new(p.clone(), Box::new(cap.clone()));
+    let mut rt = support::new_runtime(&p, cap.clone());
     rt.run(p.block_of(0), &mut c);
     assert_eq!(cap.take(), "ttyS0 -5 65\n");
     // A missing field is a counted runtime error (the default context has none).
@@ -622,7 +623,7 @@ fn no_panic_on_combinations() {
                         if let Ok(p) = compile_with_types(&src, "t", Some(&Fake)) {
                             compiled += 1;
                             let p = Arc::new(p);
-                            let mut rt = Runtime::new(p.clone(), Box::new(Capture::default()));
+                            let mut rt = support::new_runtime(&p, Capture::default());
                             let mut c = ctx(probe);
                             c.args = [TASK_ADDR, 3, TASK_ADDR + 64, 0, 0, 0];
                             rt.run(p.block_of(0), &mut c);

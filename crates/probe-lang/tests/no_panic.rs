@@ -44,14 +44,18 @@ fn every_prefix_and_mutation() {
 fn corpus_compiles_and_runs() {
     for s in SCRIPTS {
         let p = std::sync::Arc::new(probe_lang::compile(s, "p").unwrap_or_else(|d| panic!("{d}")));
-        let mut rt = probe_lang::Runtime::new(p.clone(), Box::new(std::io::sink()));
-        for i in 0..p.probes().len() {
-            let mut ctx = FakeCtx::new("kprobe:f");
-            ctx.args = [u64::MAX, 0, 1 << 40, 3, 4, 5];
-            rt.run(p.block_of(i), &mut ctx);
+        for format in [
+            probe_output::OutputFormat::Text,
+            probe_output::OutputFormat::Json,
+        ] {
+            let mut rt = support::new_runtime_as(&p, std::io::sink(), format);
+            for i in 0..p.probes().len() {
+                let mut ctx = FakeCtx::new("kprobe:f");
+                ctx.args = [u64::MAX, 0, 1 << 40, 3, 4, 5];
+                rt.run(p.block_of(i), &mut ctx);
+            }
+            rt.print_maps();
         }
-        rt.set_output_format(probe_lang::OutputFormat::Json);
-        rt.print_maps();
     }
 }
 
@@ -83,7 +87,7 @@ proptest! {
         let src = toks.join(" ");
         if let Ok(p) = probe_lang::compile(&src, "p") {
             let p = std::sync::Arc::new(p);
-            let mut rt = probe_lang::Runtime::new(p.clone(), Box::new(std::io::sink()));
+            let mut rt = support::new_runtime(&p, std::io::sink());
             for i in 0..p.probes().len() {
                 rt.run(p.block_of(i), &mut FakeCtx::new("kprobe:f"));
             }

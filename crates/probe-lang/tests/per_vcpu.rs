@@ -4,7 +4,8 @@
 
 mod support;
 
-use probe_lang::{ContextError, ProbeContext, Runtime, compile};
+use probe_lang::compile;
+use probe_runtime::{ContextError, ProbeContext, Runtime};
 use std::sync::Arc;
 use support::{Capture, FakeCtx};
 
@@ -54,7 +55,7 @@ impl ProbeContext for Hit {
 fn runtime(src: &str) -> (Arc<probe_lang::Program>, Runtime, Capture) {
     let p = Arc::new(compile(src, "t").unwrap_or_else(|d| panic!("{d}")));
     let cap = Capture::default();
-    let rt = Runtime::new(p.clone(), Box::new(cap.clone()));
+    let rt = support::new_runtime(&p, cap.clone());
     (p, rt, cap)
 }
 

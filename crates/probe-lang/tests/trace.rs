@@ -2,10 +2,8 @@
 //! positions), the call sites' typed layouts, and what the interpreter hands
 //! to the recorder.
 
-use probe_lang::{
-    BlockId, ContextError, Flow, ProbeContext, Runtime, TraceSite, TraceType, Traced, TracedValue,
-    compile,
-};
+use probe_lang::{BlockId, TraceSite, TraceType, compile};
+use probe_runtime::{ContextError, Flow, ProbeContext, Traced, TracedValue};
 use std::sync::Arc;
 
 mod support;
@@ -170,7 +168,7 @@ fn the_interpreter_hands_typed_fields_to_the_recorder() {
         )
         .unwrap(),
     );
-    let mut rt = Runtime::new(p, Box::new(std::io::sink()));
+    let mut rt = support::new_runtime(&p, std::io::sink());
     let mut hit = FakeCtx::new("kprobe:f");
     hit.args = [0x1000, 7, u64::MAX, 0, 0, 0];
     hit.memory = vec![(0x1000, [b"hi\0\x01".as_slice(), &[0xee; 252]].concat())];
@@ -204,7 +202,7 @@ fn without_a_recorder_trace_is_a_counted_runtime_error() {
     // A context that does not record (e.g. an embedder's): the handler run
     // stops at trace() and the error is counted, nothing panics.
     let p = Arc::new(compile("kprobe:f { trace(a = 1); }", "t").unwrap());
-    let mut rt = Runtime::new(p, Box::new(std::io::sink()));
+    let mut rt = support::new_runtime(&p, std::io::sink());
     rt.run(BlockId(0), &mut FakeCtx::new("kprobe:f"));
     let errs = rt.errors();
     assert_eq!(errs.len(), 1);

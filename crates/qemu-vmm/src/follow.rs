@@ -20,9 +20,9 @@
 //! ```
 
 use crate::catalogue::Catalogue;
-use crate::clock::{RealtimeToMonotonic, monotonic_now_ns};
 use crate::trace::{LineParser, TraceEvent};
 use crate::{Error, Result};
+use host_clock::{RealtimeToMonotonic, monotonic_ns};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -328,7 +328,7 @@ fn run(
             *shared.clock.lock().unwrap_or_else(|e| e.into_inner()) = Some(clock);
             last_clock = Instant::now();
         }
-        let read_ns = monotonic_now_ns();
+        let read_ns = monotonic_ns();
         offset += n as u64;
         shared.bytes.fetch_add(n as u64, Ordering::AcqRel);
         pending.extend_from_slice(&chunk[..n]);

@@ -11,7 +11,7 @@
 //!   ([`catalogue`]), each value is named after its C argument; without one,
 //!   names come from the line itself (see [`trace::parse_fields`]).
 //! - [`clock`]: QEMU stamps lines with `gettimeofday` (CLOCK_REALTIME, in
-//!   microseconds); [`clock::RealtimeToMonotonic`] converts to vmprobe's one
+//!   microseconds); [`host_clock::RealtimeToMonotonic`] converts to vmprobe's one
 //!   time base, CLOCK_MONOTONIC, with a measured offset.
 //! - [`follow`]: follows QEMU's log file like `tail -f` in a background
 //!   thread and delivers parsed events over a bounded channel, counting what
@@ -43,13 +43,12 @@
 //! ```
 
 pub mod catalogue;
-pub mod clock;
 pub mod follow;
 pub mod qmp;
 pub mod trace;
 
-pub use clock::{RealtimeToMonotonic, monotonic_now_ns};
 pub use follow::{FollowConfig, FollowStats, LogFollower};
+pub use host_clock::{RealtimeToMonotonic, monotonic_ns};
 pub use qmp::{CpuInfoFast, Qmp, QmpEvent, RunState, StatusInfo, TraceEventInfo, TraceEventState};
 pub use trace::{FieldValue, LineParser, TraceEvent};
 

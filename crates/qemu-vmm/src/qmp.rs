@@ -19,8 +19,8 @@
 //! # let _ = (status, stub); Ok(()) }
 //! ```
 
-use crate::clock::monotonic_now_ns;
 use crate::{Error, Result, io_err};
+use host_clock::monotonic_ns;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -516,7 +516,7 @@ impl Qmp {
             name,
             data: msg.get("data").cloned().unwrap_or(Value::Null),
             realtime_us,
-            received_ns: monotonic_now_ns(),
+            received_ns: monotonic_ns(),
         });
     }
 

@@ -22,8 +22,8 @@
 //! and a value with no word before it is `argN` (N its position).
 
 use crate::catalogue::Catalogue;
-use crate::clock::RealtimeToMonotonic;
 use crate::{Error, Result, io_err};
+use host_clock::RealtimeToMonotonic;
 use std::collections::HashSet;
 use std::io::Read;
 use std::path::Path;

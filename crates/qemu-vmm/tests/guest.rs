@@ -2,7 +2,7 @@
 //! against what vmprobe received on the guest's console. Boots the default
 //! guest with TCG through `qemu_guest::Vm` (skipped if it was never built).
 
-use qemu_vmm::{FollowConfig, LogFollower, Qmp, TraceEvent, monotonic_now_ns};
+use qemu_vmm::{FollowConfig, LogFollower, Qmp, TraceEvent, monotonic_ns};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -52,7 +52,7 @@ fn serial_write_matches_console_bytes() {
     let line = "abcdefghijklmnopqrstuvwxyz";
     let workload = format!("for i in $(seq 40); do printf {line}; done");
 
-    let t_on = monotonic_now_ns();
+    let t_on = monotonic_ns();
     qmp.trace_event_set_state("serial_write", true).unwrap();
     let c0 = console_len();
     vm.start_workload(&workload).unwrap();
@@ -65,7 +65,7 @@ fn serial_write_matches_console_bytes() {
     }
     std::thread::sleep(Duration::from_millis(200));
     qmp.trace_event_set_state("serial_write", false).unwrap();
-    let t_off = monotonic_now_ns();
+    let t_off = monotonic_ns();
     let got_console = console.lock().unwrap()[c0..].to_vec();
     follower.sync(T).unwrap();
     let events = follower.drain();

@@ -2,9 +2,7 @@
 //! trace-event control, log parsing and clock conversion, gdbstub opened at
 //! run time. Skipped when qemu-system-x86_64 is not installed.
 
-use qemu_vmm::{
-    Error, FollowConfig, LogFollower, Qmp, RunState, TraceEventState, monotonic_now_ns,
-};
+use qemu_vmm::{Error, FollowConfig, LogFollower, Qmp, RunState, TraceEventState, monotonic_ns};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -194,9 +192,9 @@ fn trace_events_on_off_and_clock_error() {
         .unwrap();
     let mut brackets = Vec::new();
     for _ in 0..300 {
-        let t0 = monotonic_now_ns();
+        let t0 = monotonic_ns();
         q.query_status().unwrap();
-        let t1 = monotonic_now_ns();
+        let t1 = monotonic_ns();
         brackets.push((t0, t1));
     }
     q.trace_event_set_state("monitor_qmp_*", false).unwrap();

@@ -278,22 +278,15 @@ pub struct ClockOffset {
 }
 
 impl ClockOffset {
-    /// Measures the offset now: the monotonic read is bracketed by two
-    /// realtime reads and compared with their midpoint.
+    /// Measures the offset now (the tightest of several clock brackets).
     pub fn measure() -> Self {
-        use rustix::time::{ClockId, clock_gettime};
-        let ns = |t: rustix::time::Timespec| t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128;
-        let r0 = ns(clock_gettime(ClockId::Realtime));
-        let m = ns(clock_gettime(ClockId::Monotonic));
-        let r1 = ns(clock_gettime(ClockId::Realtime));
         ClockOffset {
-            realtime_minus_monotonic_ns: (r0 + r1) / 2 - m,
+            realtime_minus_monotonic_ns: host_clock::RealtimeToMonotonic::measure().offset_ns,
         }
     }
 
     /// Reads CLOCK_MONOTONIC, the clock every timestamp must come from.
     pub fn monotonic_now_ns() -> u64 {
-        let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-        t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+        host_clock::monotonic_ns()
     }
 }

@@ -1,7 +1,9 @@
 //! Test helpers: a fake ProbeContext and a capturing writer.
 #![allow(dead_code)]
 
-use probe_lang::{ContextError, Flow, OutputFormat, ProbeContext, ProbeSpec, Runtime, Value};
+use probe_lang::{ProbeSpec, Program, Value};
+use probe_output::OutputFormat;
+use probe_runtime::{ContextError, Flow, ProbeContext, Runtime};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
@@ -158,8 +160,7 @@ pub fn run_script(src: &str) -> String {
 pub fn run_script_as(src: &str, format: OutputFormat) -> String {
     let prog = Arc::new(probe_lang::compile(src, "test").unwrap_or_else(|d| panic!("{d}")));
     let cap = Capture::default();
-    let mut rt = Runtime::new(prog.clone(), Box::new(cap.clone()));
-    rt.set_output_format(format);
+    let mut rt = new_runtime_as(&prog, cap.clone(), format);
     for (i, p) in prog.probes().iter().enumerate() {
         if *p == ProbeSpec::Begin
             && rt.run(prog.block_of(i), &mut FakeCtx::new("BEGIN")) == Flow::Exit
@@ -174,4 +175,18 @@ pub fn run_script_as(src: &str, format: OutputFormat) -> String {
     }
     rt.print_maps();
     cap.take()
+}
+
+/// A runtime for `p` whose output, printed as bpftrace's text, goes to `out`.
+pub fn new_runtime(p: &Arc<Program>, out: impl Write + Send + 'static) -> Runtime {
+    new_runtime_as(p, out, OutputFormat::Text)
+}
+
+/// [`new_runtime`] in the given output format.
+pub fn new_runtime_as(
+    p: &Arc<Program>,
+    out: impl Write + Send + 'static,
+    format: OutputFormat,
+) -> Runtime {
+    probe_output::printing_runtime(p.executable().clone(), Box::new(out), format)
 }

@@ -1,6 +1,7 @@
-//! Output formatting, kept apart from execution: the interpreter emits
-//! events (a printf with its values, a map snapshot) and the [`Printer`]
-//! turns them into bpftrace 0.17's exact text (or `-f json`) output.
+//! probe-output: a program's output as bpftrace 0.17 prints it. The
+//! runtime emits events (a printf with its values, a map's entries) and
+//! the [`Printer`] turns them into bpftrace's exact text (or `-f json`)
+//! output; it knows nothing of how or where the program ran.
 //!
 //! Map format (captured from bpftrace 0.17):
 //! * each entry is `@name: value` or `@name[k1, k2]: value`, one per line,
@@ -17,14 +18,17 @@
 //! * at exit bpftrace prints `\n\n` (after END) and then every map in name
 //!   order.
 
-use crate::ast::Type;
-use crate::check::{AggKind, LhistParams, MapDecl};
-use crate::format::Format;
-use crate::value::{Key, KeyPart, Value};
+use probe_lang::ast::Type;
+use probe_lang::check::{AggKind, LhistParams, MapDecl};
+use probe_lang::format::{escape_buf, stack_text};
+use probe_lang::value::{Key, KeyPart, Value};
+use probe_lang::{Executable, format::Format};
+use probe_runtime::{Output, OutputEvent, Shown, store::avg};
 use std::fmt::Write as _;
 use std::io::Write;
+use std::sync::Arc;
 
-/// Output mode of a [`crate::Runtime`].
+/// Output mode of a [`Printer`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum OutputFormat {
     /// bpftrace's default text output.
@@ -34,26 +38,12 @@ pub enum OutputFormat {
     Json,
 }
 
-/// A map entry's value as printed.
-#[derive(Clone, Debug)]
-pub enum Shown {
-    /// count, sum, min, max, avg (already divided) or an integer value.
-    Int(u64),
-    /// A string or tuple value.
-    Val(Value),
-    Stats {
-        count: u64,
-        total: u64,
-    },
-    Hist(Vec<u64>),
-}
-
 pub struct Printer {
     out: Box<dyn Write + Send>,
     buf: String,
     format: OutputFormat,
-    /// Element types of `Type::Tuple(i)`, for printing tuple values.
-    tuples: Vec<Vec<Type>>,
+    /// The program whose output this is: its maps, formats and tuple types.
+    exec: Arc<Executable>,
 }
 
 /// Renders an integer the way a value of `signed`-ness is printed.
@@ -162,22 +152,54 @@ fn bucket(i: usize, n: usize, lhist: Option<LhistParams>) -> (String, Option<i64
 }
 
 impl Printer {
-    pub fn new(out: Box<dyn Write + Send>, tuples: Vec<Vec<Type>>) -> Printer {
+    pub fn new(out: Box<dyn Write + Send>, exec: Arc<Executable>) -> Printer {
         Printer {
             out,
             buf: String::new(),
             format: OutputFormat::Text,
-            tuples,
+            exec,
+        }
+    }
+
+    /// Text (default, like `bpftrace`) or JSON (like `bpftrace -f json`).
+    pub fn with_format(mut self, f: OutputFormat) -> Printer {
+        self.format = f;
+        self
+    }
+
+    /// Renders one event.
+    pub fn render(&mut self, event: OutputEvent) {
+        match event {
+            OutputEvent::Printf { fmt, args } => {
+                let exec = Arc::clone(&self.exec);
+                if let Some(f) = exec.ir.formats.get(fmt as usize) {
+                    self.printf(f, &args);
+                }
+            }
+            OutputEvent::Time(s) => self.time(&s),
+            OutputEvent::Value { value, ty } => self.value(&value, ty),
+            OutputEvent::Map {
+                map,
+                mut entries,
+                top,
+                div,
+            } => {
+                let exec = Arc::clone(&self.exec);
+                if let Some(decl) = exec.ir.maps.get(map as usize) {
+                    self.map(decl, &mut entries, top, div);
+                }
+            }
+            OutputEvent::ExitSeparator => self.exit_separator(),
         }
     }
 
     /// A value as text (`print(v)`, map values): tuples as `(1, a)`.
     fn value_text(&self, v: &Value, ty: Type, out: &mut String) {
         match v {
-            Value::Stack(f) => out.push_str(&crate::format::stack_text(f, 8)),
+            Value::Stack(f) => out.push_str(&stack_text(f, 8)),
             Value::Int(i) => int(out, *i, ty == Type::SIGNED),
             Value::Str(s) => out.push_str(s),
-            Value::Buf(b) => crate::format::escape_buf(b, out),
+            Value::Buf(b) => escape_buf(b, out),
             Value::Tuple(vs) => {
                 out.push('(');
                 for (i, v) in vs.iter().enumerate() {
@@ -196,7 +218,7 @@ impl Printer {
         match v {
             Value::Stack(f) => {
                 out.push('"');
-                json_escape(&crate::format::stack_text(f, 8), out);
+                json_escape(&stack_text(f, 8), out);
                 out.push('"');
             }
             Value::Int(i) => int(out, *i, ty == Type::SIGNED),
@@ -207,7 +229,7 @@ impl Printer {
             }
             Value::Buf(b) => {
                 let mut s = String::new();
-                crate::format::escape_buf(b, &mut s);
+                escape_buf(b, &mut s);
                 out.push('"');
                 json_escape(&s, out);
                 out.push('"');
@@ -228,6 +250,8 @@ impl Printer {
     fn elem_type(&self, ty: Type, i: usize) -> Type {
         match ty {
             Type::Tuple(t) => self
+                .exec
+                .ir
                 .tuples
                 .get(t as usize)
                 .and_then(|ts| ts.get(i))
@@ -253,10 +277,6 @@ impl Printer {
         }
         self.buf.push_str(&s);
         self.emit();
-    }
-
-    pub fn set_format(&mut self, f: OutputFormat) {
-        self.format = f;
     }
 
     fn emit(&mut self) {
@@ -345,7 +365,7 @@ impl Printer {
                     self.buf.push_str(&s);
                 }
                 Shown::Stats { count, total } => {
-                    let a = crate::interp::avg_of(*total, *count, signed);
+                    let a = avg(*total, *count, signed);
                     let _ = write!(self.buf, "count {count}, average ");
                     int(&mut self.buf, a, signed);
                     self.buf.push_str(", total ");
@@ -420,7 +440,7 @@ impl Printer {
                     self.buf.push_str(&s);
                 }
                 Shown::Stats { count, total } => {
-                    let a = crate::interp::avg_of(*total, *count, signed);
+                    let a = avg(*total, *count, signed);
                     let _ = write!(self.buf, "{{\"count\": {count}, \"average\": ");
                     int(&mut self.buf, a, signed);
                     self.buf.push_str(", \"total\": ");
@@ -468,11 +488,28 @@ impl Printer {
     }
 }
 
+/// A runtime for `exec` whose output is printed to `out` as bpftrace
+/// prints it.
+pub fn printing_runtime(
+    exec: Arc<Executable>,
+    out: Box<dyn Write + Send>,
+    format: OutputFormat,
+) -> probe_runtime::Runtime {
+    let printer = Printer::new(out, exec.clone()).with_format(format);
+    probe_runtime::Runtime::new(exec, Box::new(printer))
+}
+
+impl Output for Printer {
+    fn emit(&mut self, _ts_ns: u64, event: OutputEvent) {
+        self.render(event);
+    }
+}
+
 fn key_text(key: &Key, tys: &[Type], sep: &str, buf: &mut String) {
     let part = |buf: &mut String, p: &KeyPart, ty: Option<&Type>| match p {
         KeyPart::Int(v) => int(buf, *v, ty == Some(&Type::SIGNED)),
         KeyPart::Str(s) => buf.push_str(s),
-        KeyPart::Stack(f) => buf.push_str(&crate::format::stack_text(f, 4)),
+        KeyPart::Stack(f) => buf.push_str(&stack_text(f, 4)),
     };
     match key {
         Key::None => {}
@@ -494,10 +531,32 @@ fn json_key(key: &Key, tys: &[Type], buf: &mut String) {
     key_text(key, tys, ",", buf);
 }
 
+/// bpftrace's banner, printed by bpftrace 0.17 on **stdout** before running:
+/// `Attaching 1 probe...` / `Attaching 2 probes...` (N = attach points after
+/// wildcard expansion, BEGIN/END included).
+pub fn attaching_message(n: usize) -> String {
+    if n == 1 {
+        "Attaching 1 probe...\n".into()
+    } else {
+        format!("Attaching {n} probes...\n")
+    }
+}
+
+/// The banner in the given output format; in JSON, bpftrace 0.17 prints
+/// `{"type": "attached_probes", "data": {"probes": N}}`.
+pub fn attaching_message_for(n: usize, format: OutputFormat) -> String {
+    match format {
+        OutputFormat::Text => attaching_message(n),
+        OutputFormat::Json => {
+            format!("{{\"type\": \"attached_probes\", \"data\": {{\"probes\": {n}}}}}\n")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::HIST_BUCKETS;
+    use probe_lang::check::HIST_BUCKETS;
 
     #[test]
     fn labels() {

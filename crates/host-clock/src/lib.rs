@@ -1,4 +1,7 @@
-//! QEMU's trace timestamps on vmprobe's time base.
+//! vmprobe's one time base, host CLOCK_MONOTONIC, and the conversion of
+//! wall-clock stamps onto it. Every layer (guest probes, QEMU's trace
+//! events, host tracepoints, the QEMU plugin) stamps its events with
+//! [`monotonic_ns`].
 //!
 //! QEMU 7.2's `log` trace backend stamps each line with `gettimeofday()`
 //! (see `scripts/tracetool/backend/log.py`), i.e. CLOCK_REALTIME truncated to
@@ -14,10 +17,10 @@
 //! - a wall-clock *step* (settimeofday, NTP step) between measuring the
 //!   offset and the event shifts REALTIME alone. NTP *slewing* shifts
 //!   neither relative to the other (both clocks are slewed alike).
-//!   [`crate::LogFollower`] re-measures the offset every second, so a step
+//!   `qemu_vmm::LogFollower` re-measures the offset every second, so a step
 //!   mis-dates at most the lines stamped before it and read after it.
 //!
-//! Measured (tests/qemu.rs, `trace_events_on_off_and_clock_error`, on the
+//! Measured (qemu-vmm's tests/qemu.rs, `trace_events_on_off_and_clock_error`, on the
 //! project's 2-core nested-virtualization host): the offset bracket is
 //! ±40-55 ns, so the stated bound is about ±0.55 µs. Checked end to end
 //! against 300 QMP round trips, each bracketed on the host by CLOCK_MONOTONIC
@@ -35,7 +38,7 @@ fn ns(t: Timespec) -> i128 {
 }
 
 /// CLOCK_MONOTONIC now, in ns: vmprobe's time base.
-pub fn monotonic_now_ns() -> u64 {
+pub fn monotonic_ns() -> u64 {
     ns(clock_gettime(ClockId::Monotonic)) as u64
 }
 
@@ -99,9 +102,9 @@ mod tests {
     fn offset_converts_now_to_now() {
         let c = RealtimeToMonotonic::measure();
         assert!(c.uncertainty_ns < 1_000_000, "{c:?}");
-        let m0 = monotonic_now_ns();
+        let m0 = monotonic_ns();
         let r_us = (realtime_now_ns() / 1000) as u64;
-        let m1 = monotonic_now_ns();
+        let m1 = monotonic_ns();
         let conv = c.realtime_us_to_monotonic_ns(r_us);
         let slack = c.max_error_ns();
         assert!(

@@ -1,7 +1,8 @@
 //! Hot-path and compile-time benchmarks.
 use criterion::{Criterion, black_box, criterion_group, criterion_main};
-use probe_lang::{ContextError, ProbeContext, Runtime, compile};
-use std::sync::Arc;
+use probe_lang::compile;
+use probe_runtime::output::Discard;
+use probe_runtime::{ContextError, ProbeContext, Runtime};
 
 struct Ctx {
     arg0: u64,
@@ -43,8 +44,8 @@ END { printf("%-10s %5d %08lx\n", "total", @slow, @max); clear(@calls); }
 "#;
 
 fn benches(c: &mut Criterion) {
-    let prog = Arc::new(compile("kprobe:f { @c[arg0] = count(); }", "b").unwrap());
-    let mut rt = Runtime::new(prog.clone(), Box::new(std::io::sink()));
+    let prog = compile("kprobe:f { @c[arg0] = count(); }", "b").unwrap();
+    let mut rt = Runtime::new(prog.executable().clone(), Box::new(Discard));
     let block = prog.block_of(0);
     let mut ctx = Ctx { arg0: 0 };
     c.bench_function("keyed_count_handler", |b| {
@@ -54,8 +55,8 @@ fn benches(c: &mut Criterion) {
         })
     });
 
-    let prog = Arc::new(compile(SCRIPT, "b").unwrap());
-    let mut rt = Runtime::new(prog.clone(), Box::new(std::io::sink()));
+    let prog = compile(SCRIPT, "b").unwrap();
+    let mut rt = Runtime::new(prog.executable().clone(), Box::new(Discard));
     let block = prog.block_of(0);
     c.bench_function("ten_line_handler", |b| {
         b.iter(|| {

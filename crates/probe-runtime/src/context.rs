@@ -1,0 +1,174 @@
+//! What a handler can ask of the place its probe fired, implemented by each
+//! backend (registers and memory through a GDB stub, or inside QEMU).
+
+use probe_lang::value::Value;
+use std::sync::Arc;
+
+/// What a handler can ask about the place it fired; implemented by the
+/// probe engine (registers come lazily from the stub).
+///
+/// Methods with a default body were added after the first engine; the
+/// defaults report "not supported" so older implementors keep compiling.
+pub trait ProbeContext {
+    /// arg0..arg5 (the engine maps them to SysV argument registers).
+    fn arg(&mut self, n: u8) -> Result<u64, ContextError>;
+    fn retval(&mut self) -> Result<u64, ContextError>;
+    fn vcpu(&self) -> u32;
+    /// Host CLOCK_MONOTONIC nanoseconds of the hit.
+    fn nsecs(&self) -> u64;
+    /// Function name where the probe fired.
+    fn func(&self) -> &str;
+    /// Full probe name, e.g. `"kprobe:ksys_write"`, `"BEGIN"`.
+    fn probe(&self) -> &str;
+    /// Reads guest (virtual) memory; `buf.len()` is at most a few hundred
+    /// bytes.
+    fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), ContextError>;
+    /// Any register by its name in the stub's target description, e.g.
+    /// `"rax"`, `"rip"`, `"cr3"` (for `reg("name")`).
+    fn register(&mut self, name: &str) -> Result<u64, ContextError> {
+        Err(ContextError::Register(format!(
+            "reg(\"{name}\") is not supported by this probe context"
+        )))
+    }
+    /// Guest kernel address of a symbol, KASLR slide applied (`kaddr()`).
+    fn kaddr(&self, _name: &str) -> Option<u64> {
+        None
+    }
+    /// The guest kernel symbol containing `addr` and `addr`'s offset into
+    /// it (`ksym()`, `kstack` frames).
+    fn ksym(&self, _addr: u64) -> Option<(String, u64)> {
+        None
+    }
+    /// Return addresses of the interrupted kernel stack, innermost first,
+    /// at most `limit` (for `kstack`). The language symbolizes them with
+    /// [`ProbeContext::ksym`].
+    fn kstack(&mut self, _limit: usize) -> Result<Vec<u64>, ContextError> {
+        Err(ContextError::Message(
+            "kstack is not supported by this probe context".into(),
+        ))
+    }
+    /// Address of the current task's `task_struct` (Linux guests).
+    fn curtask(&mut self) -> Result<u64, ContextError> {
+        Err(ContextError::Message(
+            "curtask is not supported by this probe context".into(),
+        ))
+    }
+    /// The current task's `comm` (Linux guests).
+    fn comm(&mut self) -> Result<String, ContextError> {
+        Err(ContextError::Message(
+            "comm is not supported by this probe context".into(),
+        ))
+    }
+    /// The current process id, `task->tgid` (Linux guests).
+    fn pid(&mut self) -> Result<u64, ContextError> {
+        Err(ContextError::Message(
+            "pid is not supported by this probe context".into(),
+        ))
+    }
+    /// The current thread id, `task->pid` (Linux guests).
+    fn tid(&mut self) -> Result<u64, ContextError> {
+        Err(ContextError::Message(
+            "tid is not supported by this probe context".into(),
+        ))
+    }
+    /// The current task's cgroup v2 id (Linux guests), as bpftrace's `cgroup`.
+    fn cgroup(&mut self) -> Result<u64, ContextError> {
+        Err(ContextError::Message(
+            "cgroup is not supported by this probe context".into(),
+        ))
+    }
+    /// The path of cgroup v2 id `id` in the default hierarchy (`/`,
+    /// `/a/b`), `None` when no cgroup has that id (Linux guests).
+    fn cgroup_path(&mut self, _id: u64) -> Result<Option<String>, ContextError> {
+        Err(ContextError::Message(
+            "cgroup_path is not supported by this probe context".into(),
+        ))
+    }
+    /// Named argument `args.NAME` of a `vmm:EVENT` or
+    /// `tracepoint:SYSTEM:EVENT` probe (an integer, or a string where the
+    /// type provider said so).
+    fn probe_arg(&mut self, name: &str) -> Result<Value, ContextError> {
+        Err(ContextError::Message(format!(
+            "args.{name} is not supported by this probe context"
+        )))
+    }
+    /// The VM the probe fired in (`guest`).
+    fn guest(&self) -> &str {
+        "vm0"
+    }
+    /// The physical address of `vaddr` in the address space whose
+    /// top-level page table is at physical address `cr3` (`vtop`).
+    fn vtop(&mut self, _cr3: u64, _vaddr: u64) -> Result<u64, ContextError> {
+        Err(ContextError::Message(
+            "vtop is not supported by this probe context".into(),
+        ))
+    }
+    /// Reads memory at `addr` in the address space of `task` (a kernel
+    /// task structure's address), whatever runs on the vCPU (`str_as`,
+    /// `buf_as`, `uint_as`).
+    fn read_task_memory(
+        &mut self,
+        _task: u64,
+        _addr: u64,
+        _buf: &mut [u8],
+    ) -> Result<(), ContextError> {
+        Err(ContextError::Message(
+            "reading another task's memory is not supported by this probe context".into(),
+        ))
+    }
+    /// Return addresses of the current task's user stack, innermost first,
+    /// at most `limit` (for `ustack`).
+    fn ustack(&mut self, _limit: usize) -> Result<Vec<u64>, ContextError> {
+        Err(ContextError::Message(
+            "ustack is not supported by this probe context".into(),
+        ))
+    }
+    /// `trace(...)` and `snapshot()`: hands the event (or the snapshot
+    /// request) to the recorder of `vmprobe record`.
+    fn trace(&mut self, _what: Traced) -> Result<(), ContextError> {
+        Err(ContextError::Message(
+            "trace() and snapshot() work only under `vmprobe record`".into(),
+        ))
+    }
+}
+
+/// What a `trace(...)` or `snapshot()` call asks the recorder to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Traced {
+    /// `trace()`: an event with the probe's own fields (arguments, return
+    /// value, or a VMM/host event's fields), which the engine knows.
+    Probe,
+    /// `trace(name = expr, ...)` at call site `site`: the fields in order.
+    Fields {
+        site: u32,
+        fields: Vec<(Arc<str>, TracedValue)>,
+    },
+    /// `snapshot()`.
+    Snapshot,
+}
+
+/// A typed `trace()` field value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TracedValue {
+    U64(u64),
+    I64(i64),
+    Str(Arc<str>),
+    Bytes(Arc<[u8]>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error("{0}")]
+    Message(String),
+    #[error("failed to read register: {0}")]
+    Register(String),
+    #[error("failed to read memory at {addr:#x}: {reason}")]
+    Memory { addr: u64, reason: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// The handler called `exit()`.
+    Exit,
+}
