@@ -5,20 +5,23 @@
 //! neither a stub nor a kernel image: vmprobe finds the VM's vCPU threads
 //! through QMP and never stops the guest.
 
-use crate::run::{Guest, ServePlan, serve_and_report};
+use crate::kernel::KernelInfo;
+use crate::record::{Recording, start_recorder};
+use crate::report::{ServePlan, serve_and_report};
 use anyhow::{Context, Result, anyhow, bail};
+use backend_gdb::Session;
 use gdb_remote::Client;
 use kernel_image::KernelSymbols;
-use probe_engine::layers::{HostSource, LayerSet, VmmSource};
-use probe_engine::{LayerPlan, Session};
+use probe_engine::Backend;
+use probe_engine::layers::{HostSource, LayerSet, LayersOnly, VmmSource};
+use probe_engine::serve::Guest;
 use probe_lang::ProbeSpec;
-use probe_runtime::Flow;
+use probe_plan::LayerPlan;
 use qemu_vmm::Qmp;
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 /// Where a VM's stub is.
@@ -98,10 +101,7 @@ pub fn attach(args: crate::AttachArgs) -> Result<i32> {
 
 /// `attach`, or with a recording `record --vm`: the probe events of running
 /// VMs also go into trace files.
-pub fn attach_recording(
-    args: crate::AttachArgs,
-    recording: Option<crate::run::Recording>,
-) -> Result<i32> {
+pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -> Result<i32> {
     let (source, source_name) = match (&args.program, &args.file) {
         (Some(p), _) => (p.clone(), "stdin".to_string()),
         (None, Some(f)) => (
@@ -122,7 +122,7 @@ pub fn attach_recording(
             return Ok(1);
         }
     };
-    let layers = probe_engine::resolve_layers(&program);
+    let layers = probe_plan::resolve_layers(&program);
     if !layers.vmm_events.is_empty()
         && let Some(spec) = args.vm.iter().find(|s| s.qmp.is_none() || s.log.is_none())
     {
@@ -143,15 +143,24 @@ pub fn attach_recording(
         .duration
         .map(|s| Instant::now() + Duration::from_secs_f64(s));
     let snapshot_requested = Arc::new(AtomicBool::new(false));
-    let recorder = crate::run::start_recorder(recording.as_ref(), &snapshot_requested)?;
+    let recorder = start_recorder(recording.as_ref(), &snapshot_requested)?;
+    let plan = ServePlan {
+        workload: None,
+        deadline,
+        stats: args.stats,
+        output: args.format.format(),
+        flamegraph: recording.and_then(|r| r.flamegraph),
+    };
     if layers_only(&program) {
-        let plan = LayersOnlyPlan {
-            deadline,
-            stop: &stop,
+        let guests = attach_layers_only(&args, &program, &layers)?;
+        return serve_and_report(
+            guests,
+            &program,
             recorder,
-            snapshot_requested: &snapshot_requested,
-        };
-        return serve_layers_only(&args, &program, &layers, plan);
+            &stop,
+            &snapshot_requested,
+            &plan,
+        );
     }
     // Stubs opened through QMP live in a private 0700 directory and are
     // closed again after detach, leaving the VM as it was.
@@ -175,20 +184,13 @@ pub fn attach_recording(
                 // The VMs attached so far are the user's: leave them as
                 // they were, running and without breakpoints.
                 for g in guests {
-                    detach_after_error(&g.name, g.session);
+                    report_detach(&g.name, g.backend.finish(None, false));
                 }
                 close_stubs(&mut opened);
                 return Err(e.context(spec.name.clone()));
             }
         }
     }
-    let plan = ServePlan {
-        workload: None,
-        deadline,
-        stats: args.stats,
-        output: args.format.format(),
-        flamegraph: recording.and_then(|r| r.flamegraph),
-    };
     let code = serve_and_report(
         guests,
         &program,
@@ -219,13 +221,13 @@ fn close_stubs(opened: &mut Vec<&VmSpec>) {
 
 fn attach_one<'s>(
     spec: &'s VmSpec,
-    kernel: crate::run::KernelInfo,
+    kernel: KernelInfo,
     program: &Arc<probe_lang::Program>,
     layers: &LayerPlan,
     private: &std::path::Path,
     opened: &mut Vec<&'s VmSpec>,
 ) -> Result<Guest> {
-    if !crate::run::check_program(program, &kernel.symbols)? {
+    if !crate::kernel::check_program(program, &kernel.symbols)? {
         bail!("the program names unknown kernel symbols");
     }
     let timeout = Duration::from_secs(5);
@@ -261,23 +263,22 @@ fn attach_one<'s>(
             eprintln!("vmprobe: attached to {}, KASLR slide {slide:#x}", spec.name);
             Ok(Guest {
                 name: spec.name.clone(),
-                vm: None,
-                session,
+                backend: Box::new(session),
+                control: None,
             })
         }
         Err(e) => {
-            detach_after_error(&spec.name, session);
+            report_detach(&spec.name, Box::new(session).finish(None, false));
             Err(e)
         }
     }
 }
 
-/// Removes what was armed and lets the VM run again: the VM stays stopped
-/// with its breakpoints when a debugger just disconnects.
-fn detach_after_error(name: &str, mut session: Session) {
-    // Trace events and host counters off first.
-    session.finish_layers();
-    if let Err(e) = session.detach() {
+/// After an error, the VMs attached are left running and without
+/// breakpoints (a VM stays stopped with its breakpoints when a debugger
+/// just disconnects): says if that failed.
+fn report_detach(name: &str, finished: probe_engine::Finished) {
+    if let Some(e) = finished.detach_error {
         eprintln!("vmprobe: {name}: detaching after the error: {e}");
     }
 }
@@ -287,12 +288,12 @@ fn detach_after_error(name: &str, mut session: Session) {
 fn arm_with_layers(
     spec: &VmSpec,
     session: &mut Session,
-    kernel: crate::run::KernelInfo,
+    kernel: KernelInfo,
     program: &Arc<probe_lang::Program>,
     layers: &LayerPlan,
 ) -> Result<u64> {
     let timeout = Duration::from_secs(5);
-    let slide = crate::run::arm_program(session, program, &kernel)?;
+    let slide = crate::gdb::arm_program(session, program, &kernel)?;
     if !layers.tracepoints.is_empty() {
         // The guest is stopped: no event is missed between arming and
         // resuming.
@@ -308,15 +309,15 @@ fn arm_with_layers(
 
 /// The VM's kernel (`kernel:IMAGE`, else the default guest's): its symbols
 /// and what handlers need of it.
-fn vm_kernel(spec: &VmSpec) -> Result<crate::run::KernelInfo> {
+fn vm_kernel(spec: &VmSpec) -> Result<KernelInfo> {
     let image = match &spec.kernel {
         Some(k) => k.clone(),
-        None => crate::run::default_image()?.kernel,
+        None => crate::kernel::default_image()?.kernel,
     };
     let cache = qemu_guest::cache_dir().join("symbols");
     let _ = std::fs::create_dir_all(&cache);
     let symbols = KernelSymbols::load(&image, Some(&cache)).context("loading kernel symbols")?;
-    Ok(crate::run::load_kernel(symbols, &image))
+    Ok(crate::kernel::load_kernel(symbols, &image))
 }
 
 /// Whether every probe of the program is outside the guest (host
@@ -338,7 +339,7 @@ fn only_layers(probes: &[ProbeSpec]) -> bool {
 /// the first VM's kernel if it was loaded to type the program.
 type Compiled = (
     Result<probe_lang::Program, probe_lang::Diagnostics>,
-    Option<crate::run::KernelInfo>,
+    Option<KernelInfo>,
 );
 
 /// Compiles the program typed: with the first VM's kernel types for guest
@@ -358,7 +359,7 @@ fn compile_for(
     } else {
         let kernel = vm_kernel(first)?;
         (
-            crate::run::compile_typed(source, source_name, &kernel),
+            crate::kernel::compile_typed(source, source_name, &kernel),
             Some(kernel),
         )
     };
@@ -412,53 +413,15 @@ fn host_source(
     Ok(source)
 }
 
-/// One VM probed through its layers only (host tracepoints, QEMU events).
-struct LayersOnlyVm {
-    name: String,
-    layers: LayerSet,
-    tids: Vec<i32>,
-}
-
-impl LayersOnlyVm {
-    /// The VM is gone once none of its vCPU threads runs (exited, or a
-    /// zombie until the VMM's parent reaps it).
-    fn gone(&self) -> bool {
-        !self.tids.iter().any(|t| {
-            std::fs::read_to_string(format!("/proc/{t}/task/{t}/stat")).is_ok_and(|s| {
-                // `pid (comm) STATE ...`; comm may hold spaces and parens.
-                s.rsplit_once(')').is_some_and(|(_, rest)| {
-                    !matches!(rest.trim_start().chars().next(), Some('Z' | 'X'))
-                })
-            })
-        })
-    }
-}
-
-/// Serves scripts of host tracepoints and QEMU trace events: the events
-/// come from perf rings and QEMU's log and the guest never stops, so one
-/// thread serves every VM. Ends at Ctrl-C, `exit()`, the deadline, or when
-/// every VM has exited.
-/// When a layers-only attach ends, and where its events are recorded.
-struct LayersOnlyPlan<'a> {
-    deadline: Option<Instant>,
-    stop: &'a AtomicBool,
-    recorder: Option<crate::record::SharedRecorder>,
-    snapshot_requested: &'a AtomicBool,
-}
-
-fn serve_layers_only(
+/// Sets up every VM of a program of host tracepoints and QEMU trace
+/// events: the events come from perf rings and QEMU's log, and the guest
+/// never stops.
+fn attach_layers_only(
     args: &crate::AttachArgs,
     program: &Arc<probe_lang::Program>,
     layers: &LayerPlan,
-    plan: LayersOnlyPlan<'_>,
-) -> Result<i32> {
-    let LayersOnlyPlan {
-        deadline,
-        stop,
-        mut recorder,
-        snapshot_requested,
-    } = plan;
-    let mut vms = Vec::new();
+) -> Result<Vec<Guest>> {
+    let mut guests = Vec::new();
     for spec in &args.vm {
         let mut qmp = connect_qmp(spec, Duration::from_secs(5)).context(spec.name.clone())?;
         // The QMP connection is not kept: QEMU serves one client per
@@ -479,82 +442,13 @@ fn serve_layers_only(
             "vmprobe: attached to {} (VMM and host layers only, no stub)",
             spec.name
         );
-        vms.push(LayersOnlyVm {
+        guests.push(Guest {
             name: spec.name.clone(),
-            layers: set,
-            tids,
+            backend: Box::new(LayersOnly::new(&spec.name, set, tids)),
+            control: None,
         });
     }
-    let output = args.format.format();
-    let mut runtime = probe_output::printing_runtime(
-        program.executable().clone(),
-        Box::new(std::io::stdout()),
-        output,
-    );
-    runtime.set_start_nsecs(probe_engine::monotonic_ns());
-    print!(
-        "{}",
-        probe_output::attaching_message_for(program.probes().len(), output)
-    );
-    let _ = std::io::stdout().flush();
-    let begin = probe_engine::run_special(program, &mut runtime, &ProbeSpec::Begin, None);
-    let runtime = Mutex::new(runtime);
-    let mut exited = begin == Flow::Exit;
-    while !exited {
-        // Checked before draining, so that the events up to the end are
-        // served.
-        let all_gone = vms.iter().all(LayersOnlyVm::gone);
-        let ending = all_gone
-            || stop.load(Ordering::Relaxed)
-            || deadline.is_some_and(|d| Instant::now() >= d);
-        // The last pass waits for the events still in flight.
-        let final_sync = ending.then_some(probe_engine::layers::FINAL_SYNC);
-        if snapshot_requested.swap(false, Ordering::Relaxed) {
-            crate::run::snapshot(recorder.as_ref());
-        }
-        for vm in &mut vms {
-            let (name, layers) = (&vm.name, &mut vm.layers);
-            let mut record = |ev: &probe_engine::layers::LayerEvent, traced: &[_]| {
-                if let Some(r) = recorder.as_mut() {
-                    probe_engine::record_layer_event(r, name, ev, traced);
-                }
-            };
-            if layers
-                .serve(&runtime, final_sync, None, name, &mut record)
-                .0
-                == Flow::Exit
-            {
-                exited = true;
-            }
-        }
-        if all_gone {
-            for vm in &vms {
-                eprintln!("vmprobe: {}: the VM exited", vm.name);
-            }
-        }
-        if ending {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let mut runtime = runtime.into_inner().unwrap_or_else(|e| e.into_inner());
-    for vm in &mut vms {
-        for line in vm.layers.finish() {
-            if args.stats {
-                eprintln!("vmprobe: stats: {}: {line}", vm.name);
-            }
-        }
-    }
-    if let Some(r) = recorder {
-        crate::run::finish_recorder(r)?;
-    }
-    probe_engine::run_special(program, &mut runtime, &ProbeSpec::End, None);
-    runtime.print_maps();
-    let _ = std::io::stdout().flush();
-    for (probe, error, count) in runtime.errors() {
-        eprintln!("vmprobe: {probe}: {error} ({count} times)");
-    }
-    Ok(0)
+    Ok(guests)
 }
 
 #[cfg(test)]

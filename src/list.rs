@@ -6,7 +6,7 @@
 //! `bpftrace -lv` does.
 
 use crate::GuestArgs;
-use crate::run::{guest_image, load_kernel, load_symbols};
+use crate::kernel::{guest_image, load_kernel, load_symbols};
 use anyhow::{Result, bail};
 use kernel_image::glob;
 use std::io::Write;
@@ -107,7 +107,10 @@ fn list_kprobes(
     } else {
         (Arc::new(symbols), None)
     };
-    let types = guest.as_ref().and_then(|g| g.types());
+    let types = guest
+        .as_ref()
+        .and_then(|g| g.btf())
+        .map(probe_engine::BtfTypes::new);
     if verbose && types.is_none() {
         bail!("the kernel image has no BTF: -v cannot show function parameters");
     }

@@ -6,8 +6,11 @@
 
 mod attach;
 mod bench;
+mod gdb;
+mod kernel;
 mod list;
 mod record;
+mod report;
 mod run;
 
 use anyhow::Result;
@@ -247,11 +250,11 @@ fn main() {
     let result: Result<i32> = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Bench(args) => bench::bench(args),
-        Command::Record(args) => run::record(args),
+        Command::Record(args) => record::record(args),
         Command::Attach(args) => attach::attach(args),
         Command::Guest {
             command: GuestCommand::Build,
-        } => run::guest_build().map(|_| 0),
+        } => kernel::guest_build().map(|_| 0),
         Command::List {
             pattern,
             verbose,

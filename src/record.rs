@@ -8,11 +8,12 @@
 //! counted per stream, written into the trace as CTF `events_discarded`, and
 //! reported on stderr.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use probe_engine::{EventSink, RecordedEvent, UnfinishedCall};
 use std::collections::HashMap;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use trace_formats::ctf::{CtfOptions, CtfWriter};
 use trace_formats::perfetto::PerfettoWriter;
@@ -332,6 +333,117 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
     n.checked_mul(mult)
         .filter(|&b| b > 0)
         .ok_or_else(|| format!("'{text}' is not a usable size"))
+}
+
+/// `vmprobe record`: a run whose probe events also go into trace files.
+pub fn record(args: crate::RecordArgs) -> Result<i32> {
+    let (program, file) = match (&args.program, args.probes.as_slice()) {
+        (Some(p), []) => (Some(p.clone()), None),
+        (Some(_), _) => bail!("give either -e PROGRAM or probes/FILE, not both"),
+        (None, [one]) if !one.contains(':') => (None, Some(std::path::PathBuf::from(one))),
+        (None, []) => {
+            bail!("nothing to record: give probes (e.g. kprobe:ksys_write), -e PROGRAM or a FILE")
+        }
+        (None, probes) => {
+            // A bare probe list traces those probes with their arguments:
+            // every probe an empty action block.
+            if let Some(bad) = probes.iter().find(|p| !p.contains(':')) {
+                bail!("'{bad}' is not a probe (e.g. kprobe:ksys_write, kretprobe:vfs_read)");
+            }
+            let text = probes
+                .iter()
+                .map(|p| format!("{p} {{ }}\n"))
+                .collect::<String>();
+            (Some(text), None)
+        }
+    };
+    let recording = Recording {
+        flamegraph: args.flamegraph,
+        dir: args.output,
+        format: args.format,
+        ring: args.ring,
+    };
+    if !args.vm.is_empty() {
+        if !args.workload.is_empty() {
+            bail!("--vm records a running VM: it takes no workload after `--`");
+        }
+        let attach_args = crate::AttachArgs {
+            vm: args.vm,
+            program,
+            file,
+            format: crate::OutputArg::Text,
+            duration: args.duration,
+            stats: args.stats,
+        };
+        return crate::attach::attach_recording(attach_args, Some(recording));
+    }
+    let run_args = crate::RunArgs {
+        program,
+        file,
+        dump: false,
+        format: crate::OutputArg::Text,
+        boot: args.boot,
+        console: args.console,
+        stats: args.stats,
+        workload: args.workload,
+    };
+    crate::run::run_recording(run_args, Some(recording))
+}
+
+/// Creates the trace writer of a recording, and sets SIGUSR1 to ask for a
+/// flight-recorder snapshot.
+pub fn start_recorder(
+    recording: Option<&Recording>,
+    snapshot_requested: &Arc<AtomicBool>,
+) -> Result<Option<SharedRecorder>> {
+    let Some(r) = recording else {
+        return Ok(None);
+    };
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, snapshot_requested.clone())
+        .context("installing the SIGUSR1 handler")?;
+    Ok(Some(SharedRecorder(Arc::new(std::sync::Mutex::new(
+        Recorder::create(&r.dir, r.format, r.ring)?,
+    )))))
+}
+
+/// What `vmprobe record` adds to a run.
+pub struct Recording {
+    pub flamegraph: Option<std::path::PathBuf>,
+    pub dir: std::path::PathBuf,
+    pub format: crate::record::Format,
+    pub ring: Option<usize>,
+}
+
+/// Writes the rest of the trace (or the flight recorder's last snapshot)
+/// once nothing else holds the recorder, and says what was recorded.
+pub(crate) fn finish_recorder(r: SharedRecorder) -> Result<()> {
+    let recorder = Arc::try_unwrap(r.0)
+        .map_err(|_| anyhow!("recorder still shared"))?
+        .into_inner()
+        .map_err(|_| anyhow!("recorder lock poisoned"))?;
+    match recorder.finish() {
+        Ok(summary) => eprintln!("vmprobe: recorded {summary}"),
+        Err(e) => eprintln!("vmprobe: writing the trace: {e:#}"),
+    }
+    Ok(())
+}
+
+/// Flight recorder snapshot on SIGUSR1.
+pub(crate) fn snapshot(recorder: Option<&SharedRecorder>) {
+    let Some(r) = recorder else {
+        eprintln!("vmprobe: SIGUSR1: nothing is being recorded");
+        return;
+    };
+    match r
+        .0
+        .lock()
+        .map_err(|_| anyhow!("recorder lock"))
+        .and_then(|mut r| r.snapshot())
+    {
+        Ok(Some((dir, n))) => eprintln!("vmprobe: snapshot: {n} events in {}", dir.display()),
+        Ok(None) => eprintln!("vmprobe: SIGUSR1: no flight recorder (--ring)"),
+        Err(e) => eprintln!("vmprobe: snapshot failed: {e}"),
+    }
 }
 
 #[cfg(test)]

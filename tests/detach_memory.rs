@@ -4,8 +4,10 @@
 //! guest then runs the probed functions without a single stop.
 
 mod support;
+use backend_gdb::Session;
 use gdb_remote::Client;
-use probe_engine::{EndReason, Session, resolve_probes};
+use probe_engine::EndReason;
+use probe_plan::resolve_probes;
 use qemu_guest::{Accel, LaunchConfig, Vm};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

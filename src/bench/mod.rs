@@ -13,8 +13,9 @@ mod report;
 
 use crate::BenchArgs;
 use anyhow::{Context, Result, anyhow, bail};
+use backend_gdb::Session;
 use gdb_remote::Client;
-use probe_engine::{EndReason, Session};
+use probe_engine::EndReason;
 use qemu_guest::{Accel, LaunchConfig, Vm};
 use std::io::Write;
 use std::path::PathBuf;
@@ -177,7 +178,7 @@ const IDLE_FUNCTIONS: [&str; 3] = [
 /// The booted guest the matrix runs on.
 struct Bench {
     vm: Vm,
-    kernel: crate::run::KernelInfo,
+    kernel: crate::kernel::KernelInfo,
     slide: u64,
     console: Arc<Mutex<Vec<u8>>>,
     scratch: PathBuf,
@@ -188,8 +189,9 @@ pub fn bench(args: BenchArgs) -> Result<i32> {
     let out_dir = args.output.clone();
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     require_gdb()?;
-    let image = crate::run::default_image()?;
-    let kernel = crate::run::load_kernel(crate::run::load_image_symbols(&image)?, &image.kernel);
+    let image = crate::kernel::default_image()?;
+    let kernel =
+        crate::kernel::load_kernel(crate::kernel::load_image_symbols(&image)?, &image.kernel);
     let mut cfg = LaunchConfig::new(image.clone());
     cfg.accel = match args.accel {
         Some(crate::AccelArg::Kvm) => Accel::Kvm,
@@ -284,7 +286,7 @@ fn require_gdb() -> Result<()> {
 impl Bench {
     fn boot(
         cfg: &LaunchConfig,
-        kernel: crate::run::KernelInfo,
+        kernel: crate::kernel::KernelInfo,
         console: Arc<Mutex<Vec<u8>>>,
         scratch: PathBuf,
     ) -> Result<Bench> {
@@ -392,7 +394,7 @@ impl Bench {
         );
         // QEMU stops the guest when a debugger connects.
         let mut session = Session::new(connect(&self.vm)?);
-        crate::run::arm_program(&mut session, &program, &self.kernel)?;
+        crate::gdb::arm_program(&mut session, &program, &self.kernel)?;
         let printed = SharedBuf::default();
         let out: Box<dyn Write + Send> = if record {
             let path = self.scratch.join("record.txt");

@@ -15,17 +15,29 @@
 //! [`detect_slide`] finds the KASLR slide of a running guest by matching [`TextSample`]s of the
 //! image's `.text` against guest memory.
 
+//!
+//! With the default feature `images` off, only the symbol table itself is built
+//! ([`KernelSymbols`], deserialised from another process): no decompression, ELF or hashing
+//! code is linked (vmprobe's QEMU plugin looks symbols up but never reads an image).
+
+#[cfg(feature = "images")]
 mod cache;
+#[cfg(feature = "images")]
 mod image;
+#[cfg(feature = "images")]
 mod kallsyms;
+#[cfg(feature = "images")]
 mod sections;
 
+#[cfg(feature = "images")]
 pub use sections::{KernelSections, Section};
 
-use std::path::{Path, PathBuf};
+#[cfg(feature = "images")]
+use std::path::Path;
+use std::path::PathBuf;
 
 /// One kernel symbol.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Symbol {
     pub name: String,
     /// Link-time address (add the KASLR slide for a running guest).
@@ -36,7 +48,7 @@ pub struct Symbol {
 
 /// A few bytes of the image's .text at link-time addresses, for finding the KASLR slide in a
 /// running guest.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TextSample {
     pub addr: u64,
     pub bytes: Vec<u8>,
@@ -75,6 +87,7 @@ pub enum Error {
     NoSymbols { path: PathBuf, what: &'static str },
 }
 
+#[cfg(feature = "images")]
 impl Error {
     fn from_fail(path: &Path, f: image::Fail) -> Error {
         let path = path.to_path_buf();
@@ -99,7 +112,7 @@ impl Error {
 }
 
 /// Kernel symbols sorted by address, with a name index.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct KernelSymbols {
     /// Sorted by address; aliases keep their original (kallsyms) order.
     symbols: Vec<Symbol>,
@@ -115,6 +128,7 @@ impl KernelSymbols {
     /// are cached keyed by the SHA-256 of the input file, so the second load skips
     /// decompression. Cache problems never fail the load: a bad cache is rebuilt, and a cache
     /// that cannot be written is skipped.
+    #[cfg(feature = "images")]
     pub fn load(path: &Path, cache_dir: Option<&Path>) -> Result<KernelSymbols, Error> {
         let bytes = std::fs::read(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
@@ -144,6 +158,12 @@ impl KernelSymbols {
             let _ = cache::write(dir, key, &ks);
         }
         Ok(ks)
+    }
+
+    /// A table of these symbols (in any order), with no text range or samples: for symbols
+    /// that come from elsewhere than an image, and for tests.
+    pub fn from_symbols(symbols: Vec<Symbol>) -> KernelSymbols {
+        KernelSymbols::new(symbols, None, Vec::new())
     }
 
     /// Builds the table from symbols in any order (sorted stably by address here).
@@ -259,13 +279,17 @@ fn glob_match(pat: &[char], name: &str) -> bool {
     pat[p..].iter().all(|&c| c == '*')
 }
 
+#[cfg(feature = "images")]
 const SAMPLE_COUNT: usize = 8;
+#[cfg(feature = "images")]
 const SAMPLE_LEN: usize = 48;
 /// endbr64 (4 bytes) + the 5-byte `call __fentry__` that ftrace turns into a nop at boot.
+#[cfg(feature = "images")]
 const SAMPLE_SKIP: u64 = 9;
 
 /// Picks up to 8 samples from ordinary global functions spread over `.text`, skipping the
 /// boot-patched prologue. Functions must be long enough that the window stays inside them.
+#[cfg(feature = "images")]
 fn choose_samples(symbols: &[Symbol], text: &image::TextSection) -> Vec<TextSample> {
     let text_end = text.addr.saturating_add(text.data.len() as u64);
     // Sample ordinary C code only: .text ends with noinstr, sched, lock, entry and thunk
@@ -405,5 +429,5 @@ pub fn detect_slide(
     None
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "images"))]
 mod tests;

@@ -6,11 +6,13 @@
 //! between stops. Their handlers see the event's fields, not the guest:
 //! the guest is running when they fire.
 
-use crate::context::HitContext;
-use crate::guest::GuestKernel;
+use crate::event_context::EventContext;
+use crate::record::{EventSink, record_layer_event};
+use crate::{Backend, BackendError, EndReason, Finished};
 use host_tracepoints::{EventFormat, Options, Target, Tracefs, Tracepoint, TracepointReader};
+use linux_guest::GuestKernel;
 use probe_lang::{BlockId, FieldCondition, ProbeSpec, Program};
-use probe_runtime::{Flow, Runtime, Traced};
+use probe_runtime::{Flow, Runtime};
 use qemu_vmm::{FollowConfig, LogFollower, Qmp};
 use std::collections::HashMap;
 use std::path::Path;
@@ -48,10 +50,6 @@ pub enum LayerError {
     #[error("no QEMU trace event matches '{0}' (qemu-system-x86_64 -trace help lists them)")]
     UnknownVmmEvent(String),
 }
-
-/// Called after a layer event's handlers, with what they `trace()`d (by
-/// probe name): the session records it.
-pub type RecordLayerEvent<'a> = dyn FnMut(&LayerEvent, &[(Box<str>, Traced)]) + 'a;
 
 /// How long a guest stop waits for the layers to catch up: bounded, because
 /// the guest stays stopped meanwhile.
@@ -110,7 +108,7 @@ impl LayerSet {
 
     /// Runs the handlers of the events that arrived; with `sync`, first
     /// waits for every event emitted before now (at a guest stop). After an
-    /// event's handlers, `record` gets it with what they `trace()`d. Returns
+    /// event's handlers, the recorder gets what they `trace()`d. Returns
     /// whether a handler called `exit()`, and how many events had handlers.
     pub fn serve(
         &mut self,
@@ -118,7 +116,7 @@ impl LayerSet {
         sync: Option<Duration>,
         kernel: Option<&GuestKernel>,
         guest: &str,
-        record: &mut RecordLayerEvent<'_>,
+        mut recorder: Option<&mut (dyn EventSink + '_)>,
     ) -> (Flow, u64) {
         let mut events = std::mem::take(&mut self.events);
         for l in &mut self.sources {
@@ -134,24 +132,17 @@ impl LayerSet {
                 continue;
             };
             served += 1;
-            let mut ctx = HitContext {
-                client: None,
-                thread: None,
-                regs: None,
+            let mut ctx = EventContext {
                 vcpu: ev.vcpu.unwrap_or(0),
-                nsecs: ev.ts_ns,
-                func: &ev.probe,
-                probe: "",
-                kernel,
-                guest,
-                task: None,
                 fields: Some(&ev.fields),
-                traced: Vec::new(),
+                ..EventContext::new(guest, ev.ts_ns, &ev.probe, kernel)
             };
             if let Flow::Exit = ctx.run_all(runtime, blocks) {
                 flow = Flow::Exit;
             }
-            record(&ev, &ctx.traced);
+            if let Some(sink) = recorder.as_deref_mut() {
+                record_layer_event(sink, guest, &ev, &ctx.traced);
+            }
         }
         self.events = events;
         (flow, served)
@@ -452,6 +443,105 @@ pub fn vcpu_threads(qemu_pid: u32) -> HashMap<i32, u32> {
         }
     }
     out
+}
+
+/// A VM probed through its layers only (host tracepoints, QEMU trace
+/// events): no stub, no kernel, and the guest never stops. The events come
+/// from perf rings and QEMU's log, polled every few milliseconds.
+pub struct LayersOnly {
+    name: Arc<str>,
+    layers: LayerSet,
+    /// The VM's vCPU threads: the VM is gone once none of them runs.
+    tids: Vec<i32>,
+    recorder: Option<Box<dyn EventSink>>,
+    served: u64,
+}
+
+/// How often a layers-only VM's sources are drained.
+const LAYERS_POLL: Duration = Duration::from_millis(10);
+
+impl LayersOnly {
+    pub fn new(name: &str, layers: LayerSet, tids: Vec<i32>) -> Self {
+        LayersOnly {
+            name: name.into(),
+            layers,
+            tids,
+            recorder: None,
+            served: 0,
+        }
+    }
+
+    /// The VM is gone once none of its vCPU threads runs (exited, or a
+    /// zombie until the VMM's parent reaps it).
+    fn gone(&self) -> bool {
+        !self.tids.iter().any(|t| {
+            std::fs::read_to_string(format!("/proc/{t}/task/{t}/stat")).is_ok_and(|s| {
+                // `pid (comm) STATE ...`; comm may hold spaces and parens.
+                s.rsplit_once(')').is_some_and(|(_, rest)| {
+                    !matches!(rest.trim_start().chars().next(), Some('Z' | 'X'))
+                })
+            })
+        })
+    }
+
+    fn serve_once(&mut self, runtime: &Mutex<Runtime>, sync: Option<Duration>) -> Flow {
+        let recorder = self.recorder.as_deref_mut();
+        let (flow, served) = self.layers.serve(runtime, sync, None, &self.name, recorder);
+        self.served += served;
+        flow
+    }
+}
+
+impl Backend for LayersOnly {
+    fn kind(&self) -> &'static str {
+        "layers"
+    }
+
+    fn kernel(&self) -> Option<&Arc<GuestKernel>> {
+        None
+    }
+
+    fn set_recorder(&mut self, sink: Box<dyn EventSink>, _every_hit: bool) {
+        // Layer events are recorded only when a script traces them.
+        self.recorder = Some(sink);
+    }
+
+    fn start(&mut self, _runtime: &Mutex<Runtime>) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    fn run(
+        &mut self,
+        runtime: &Mutex<Runtime>,
+        poll: &mut dyn FnMut() -> Option<EndReason>,
+    ) -> EndReason {
+        loop {
+            // Checked before draining, so that the events up to the end
+            // are served; the last pass waits for those still in flight.
+            let end = if self.gone() {
+                Some(EndReason::VmExited)
+            } else {
+                poll()
+            };
+            let sync = end.as_ref().map(|_| FINAL_SYNC);
+            if let Flow::Exit = self.serve_once(runtime, sync) {
+                return EndReason::ScriptExit;
+            }
+            if let Some(reason) = end {
+                return reason;
+            }
+            std::thread::sleep(LAYERS_POLL);
+        }
+    }
+
+    fn finish(mut self: Box<Self>, _runtime: Option<&Mutex<Runtime>>, _gone: bool) -> Finished {
+        drop(self.recorder.take());
+        Finished {
+            layer_summaries: self.layers.finish(),
+            detach_error: None,
+            stats_line: format!("{} layer events served", self.served),
+        }
+    }
 }
 
 #[cfg(test)]

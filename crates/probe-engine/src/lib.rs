@@ -1,118 +1,137 @@
-//! The probe engine: turns a compiled probe program into breakpoints on a
-//! guest's GDB stub, and runs the program's handlers on each hit.
+//! The probe engine: what every backend shares. A backend (breakpoints
+//! through a GDB stub in `backend-gdb`, handlers inside QEMU in
+//! `backend-plugin`) arms a program on one guest and serves its hits; the
+//! engine gives it the rest:
 //!
-//! One hit costs, on QEMU: the stop reply, a register read only if the handler
-//! (or telling several probe sites apart) needs one, one single step of the
-//! stopped vCPU over the breakpoint, and a continue. QEMU ignores breakpoints
-//! at the pc of a single-stepping vCPU, so the breakpoint stays armed: no
-//! remove/re-insert per hit (each of which would also invalidate translated
-//! code under TCG).
+//! - [`Backend`]: what the serve loop asks of a backend;
+//! - [`serve`]: BEGIN, one thread per guest until the run ends, detach;
+//! - [`layers`]: the VMM's and host's events (`vmm:`, `tracepoint:`), run
+//!   in time order with the guest's;
+//! - [`record`]: what `vmprobe record` is handed ([`EventSink`]);
+//! - [`event_context`]: the handler's view where no vCPU stopped (BEGIN,
+//!   END, layer events);
+//! - [`types`], [`event_types`]: the kernel's BTF and the layers' event
+//!   fields as the language's type provider;
+//! - [`HitStats`]: what a backend counts.
 //!
-//! Invariants:
-//! - nothing is sent to the stub while the guest runs except an interrupt;
-//! - every breakpoint inserted is removed before detach, on every exit path
-//!   that still has a connection;
-//! - guest memory at each probe site is read before arming and after
-//!   disarming, and a difference is reported as an error.
+//! The engine knows no backend: a new one is a crate that implements
+//! [`Backend`].
 
-mod context;
+pub mod boundary;
+pub mod event_context;
 pub mod event_types;
-pub mod guest;
 pub mod layers;
-mod resolve;
-mod session;
+pub mod record;
+pub mod serve;
+mod stats;
 pub mod types;
+
 pub use event_types::LayerTypes;
+pub use host_clock::monotonic_ns;
+pub use record::{EventSink, RecordedEvent, UnfinishedCall, record_layer_event};
+pub use stats::HitStats;
 pub use types::BtfTypes;
 
-pub use resolve::{
-    LayerPlan, ProbeSite, Skip, resolve_layers, resolve_probes, resolve_timers, resolve_watches,
-};
-pub use session::{
-    EndReason, EventSink, HitStats, MAX_PENDING_RETURNS, RecordedEvent, Session, TimerProbe,
-    UnfinishedCall, WatchProbe, record_layer_event,
-};
+use event_context::EventContext;
+use linux_guest::GuestKernel;
+use probe_runtime::{Flow, Runtime};
+use std::sync::{Arc, Mutex};
 
-pub use host_clock::monotonic_ns;
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("unknown kernel symbol '{name}' in probe {probe}")]
-    UnknownSymbol { probe: String, name: String },
-    #[error(
-        "probe {probe}: pattern '{pattern}' matches {count} functions, more than the limit of {limit}"
-    )]
-    TooManyMatches {
-        probe: String,
-        pattern: String,
-        count: usize,
-        limit: usize,
-    },
-    #[error("probe {probe}: no kernel function matches '{pattern}'")]
-    NoMatch { probe: String, pattern: String },
-    #[error("probe {0} is not supported yet")]
-    Unsupported(String),
-    #[error(
-        "could not find the kernel in guest memory (KASLR slide detection failed); is the guest kernel the image given?"
-    )]
-    SlideNotFound,
-    #[error("{probe}: offset {offset} is past the end of the function")]
-    OffsetOutside { probe: String, offset: u64 },
-    #[error(
-        "{probe}: offset {offset} is inside an instruction (the one at +{insn} is {len} bytes long); \
-         a probe must start an instruction"
-    )]
-    NotOnInstruction {
-        probe: String,
-        offset: u64,
-        insn: u64,
-        len: usize,
-    },
-    #[error("cannot arm probe at {addr:#x} ({probe}): {source}")]
-    Arm {
-        probe: String,
-        addr: u64,
-        source: gdb_remote::Error,
-    },
-    #[error("guest memory at probe site {addr:#x} changed across attach/detach")]
-    MemoryChanged { addr: u64 },
-    #[error("{0}")]
-    Stub(#[from] gdb_remote::Error),
+/// Why a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// The workload finished with this exit status.
+    WorkloadExited(i32),
+    /// The user asked to stop (Ctrl-C, SIGTERM).
+    Interrupted,
+    /// A handler called `exit()`.
+    ScriptExit,
+    /// The stub or VM went away; the message says how.
+    TargetGone(String),
+    /// A VM vmprobe attached to exited (its probes were layers only, so
+    /// nothing was armed in it).
+    VmExited,
 }
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+/// A backend's error, with its own type behind it.
+pub type BackendError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the rest of a run is told when a backend has finished.
+#[derive(Debug, Default)]
+pub struct Finished {
+    /// One line per layer source (counts, drops), for `--stats`.
+    pub layer_summaries: Vec<String>,
+    /// Detaching failed (probes may be left in the guest): why.
+    pub detach_error: Option<String>,
+    /// The backend's counters, one line for `--stats`.
+    pub stats_line: String,
+}
+
+/// One guest's probes, armed by a backend, and how its hits are served.
+pub trait Backend: Send {
+    /// Which backend serves the guest: `gdb` or `plugin`.
+    fn kind(&self) -> &'static str;
+    /// The guest kernel, with the guest's KASLR slide.
+    fn kernel(&self) -> Option<&Arc<GuestKernel>>;
+    /// Records every hit (`every_hit`) or what `trace()` calls trace.
+    fn set_recorder(&mut self, sink: Box<dyn EventSink>, every_hit: bool);
+    /// Lets the guest run with the program armed; `runtime` holds what
+    /// BEGIN left in the maps.
+    fn start(&mut self, runtime: &Mutex<Runtime>) -> Result<(), BackendError>;
+    /// Serves hits until `poll` reports the end of the run, a handler calls
+    /// `exit()`, or the target goes away.
+    fn run(
+        &mut self,
+        runtime: &Mutex<Runtime>,
+        poll: &mut dyn FnMut() -> Option<EndReason>,
+    ) -> EndReason;
+    /// Ends probing: hands calls still in flight to the recorder, switches
+    /// the layers off and, unless the target is `gone`, removes every probe
+    /// and leaves the guest running. What the backend kept outside
+    /// `runtime` (maps inside QEMU) is merged into it; without a runtime
+    /// (a failed attach) it is dropped.
+    fn finish(self: Box<Self>, runtime: Option<&Mutex<Runtime>>, gone: bool) -> Finished;
+}
+
+/// Runs each of `handlers` (a probe's blocks) with `ctx`, holding the
+/// shared runtime only while one runs and telling `ctx` which probe runs
+/// through `set_probe`. `Exit` if any called `exit()`.
+pub fn run_handlers<'a, C: probe_runtime::ProbeContext>(
+    ctx: &mut C,
+    runtime: &Mutex<Runtime>,
+    handlers: &'a [(probe_lang::BlockId, Arc<str>)],
+    set_probe: impl Fn(&mut C, &'a str),
+) -> Flow {
+    let mut flow = Flow::Continue;
+    for (block, probe) in handlers {
+        set_probe(ctx, probe);
+        let mut rt = serve::lock(runtime);
+        if let Flow::Exit = rt.run(*block, ctx) {
+            flow = Flow::Exit;
+        }
+    }
+    flow
+}
 
 /// Runs the blocks of every `BEGIN` (or `END`) probe, which see no guest
 /// state beyond the kernel's symbols (`kaddr`, `ksym`).
 pub fn run_special(
     program: &probe_lang::Program,
-    runtime: &mut probe_runtime::Runtime,
+    runtime: &mut Runtime,
     which: &probe_lang::ProbeSpec,
-    kernel: Option<&guest::GuestKernel>,
-) -> probe_runtime::Flow {
+    kernel: Option<&GuestKernel>,
+) -> Flow {
     let name = match which {
         probe_lang::ProbeSpec::Begin => "BEGIN",
         _ => "END",
     };
-    let mut flow = probe_runtime::Flow::Continue;
+    let mut flow = Flow::Continue;
     for (index, spec) in program.probes().iter().enumerate() {
         if spec == which {
-            let mut ctx = context::HitContext {
-                client: None,
-                thread: None,
-                regs: None,
-                vcpu: 0,
-                nsecs: monotonic_ns(),
-                func: name,
-                probe: name,
-                kernel,
-                guest: "",
-                task: None,
-                fields: None,
-                traced: Vec::new(),
-            };
-            if let probe_runtime::Flow::Exit = runtime.run(program.block_of(index), &mut ctx) {
-                flow = probe_runtime::Flow::Exit;
+            let mut ctx = EventContext::new("", monotonic_ns(), name, kernel);
+            ctx.probe = name;
+            if let Flow::Exit = runtime.run(program.block_of(index), &mut ctx) {
+                flow = Flow::Exit;
             }
         }
     }

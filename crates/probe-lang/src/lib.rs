@@ -26,6 +26,7 @@ pub mod filter;
 pub mod format;
 pub mod ir;
 pub mod lexer;
+pub mod needs;
 pub mod parser;
 pub mod types;
 pub mod value;
@@ -199,11 +200,51 @@ pub struct Program {
     regs: Vec<(String, Span)>,
     /// Every `trace()` / `snapshot()` call with its span.
     recording: Vec<(String, Span)>,
+    needs: Vec<needs::NeedUse>,
     source: String,
     source_name: String,
 }
 
 impl Program {
+    /// What each block needs of the place its probe fires (guest state,
+    /// physical memory), with where.
+    pub fn needs(&self) -> &[needs::NeedUse] {
+        &self.needs
+    }
+
+    /// An error at each use `unsupported` names a reason for: how a backend
+    /// refuses, before anything attaches, what it cannot serve.
+    pub fn check_needs(
+        &self,
+        unsupported: impl Fn(&needs::NeedUse) -> Option<String>,
+    ) -> Result<(), Diagnostics> {
+        let mut r = Reporter::new(&self.source, &self.source_name);
+        for n in &self.needs {
+            if let Some(why) = unsupported(n) {
+                r.error(n.span, why);
+            }
+        }
+        r.finish()
+    }
+
+    /// An error at each of the spans given (a probe's attach point, say)
+    /// with its message, rendered as compile errors are; `Ok` for none.
+    pub fn errors_at(&self, errors: &[(Span, String)]) -> Result<(), Diagnostics> {
+        let mut r = Reporter::new(&self.source, &self.source_name);
+        for (span, msg) in errors {
+            r.error(*span, msg.clone());
+        }
+        r.finish()
+    }
+
+    /// The span of each attach point, in the order of [`Program::probes`].
+    pub fn probe_spans(&self) -> Vec<Span> {
+        self.ast
+            .probes
+            .iter()
+            .flat_map(|b| b.attach.iter().map(|(_, span)| *span))
+            .collect()
+    }
     /// Every attach point, in source order; several may share one block.
     pub fn probes(&self) -> &[ProbeSpec] {
         &self.exec.probes
@@ -368,6 +409,7 @@ pub fn compile_with_types(
     let checked = check::check(&mut ast, &mut r, types);
     r.finish()?;
     let ir = ir::lower(&ast, &checked);
+    let needs = needs::needs(&ast);
     let (probes, probe_blocks) = checked
         .probes
         .iter()
@@ -383,6 +425,7 @@ pub fn compile_with_types(
         kaddrs: checked.kaddrs,
         regs: checked.regs,
         recording: checked.recording,
+        needs,
         source: source.to_string(),
         source_name: source_name.to_string(),
     })

@@ -190,6 +190,8 @@ impl Printer {
                 }
             }
             OutputEvent::ExitSeparator => self.exit_separator(),
+            // Resolved into maps before they reach a printer.
+            OutputEvent::MapOp { .. } => {}
         }
     }
 

@@ -148,7 +148,7 @@ pub enum Traced {
 }
 
 /// A typed `trace()` field value.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum TracedValue {
     U64(u64),
     I64(i64),

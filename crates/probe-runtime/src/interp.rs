@@ -19,7 +19,7 @@
 //! over one store in vmprobe or over per-vCPU shards inside QEMU.
 
 use crate::context::{ContextError, Flow, ProbeContext, Traced, TracedValue};
-use crate::output::{Output, OutputEvent};
+use crate::output::{MapOp, Output, OutputEvent};
 use crate::store::{Cell, MapBackend, zero_value};
 use probe_lang::check::{BUF_MAX, STR_MAX, TraceType};
 use probe_lang::ir::{Block, Builtin, Expr, KeyExpr, Op1, Op2, ReadAsKind, Stmt};
@@ -346,16 +346,23 @@ impl Interpreter {
                     Some(e) => self.eval(p, e, env)?.as_int(),
                     None => 1,
                 };
-                let entries = env.maps.entries(*map);
-                env.emit(OutputEvent::Map {
-                    map: *map,
-                    entries,
-                    top,
-                    div,
-                });
+                if env.maps.sees_whole_maps() {
+                    let entries = env.maps.entries(*map);
+                    env.emit(OutputEvent::Map {
+                        map: *map,
+                        entries,
+                        top,
+                        div,
+                    });
+                } else {
+                    env.emit(OutputEvent::MapOp {
+                        map: *map,
+                        op: MapOp::Print { top, div },
+                    });
+                }
             }
-            Stmt::Clear(m) => env.maps.clear(*m),
-            Stmt::Zero(m) => env.maps.zero(*m),
+            Stmt::Clear(m) => whole_map(env, *m, MapOp::Clear),
+            Stmt::Zero(m) => whole_map(env, *m, MapOp::Zero),
             Stmt::Delete { map, key } => {
                 let k = self.key(p, key, env)?;
                 env.maps.delete(*map, &k);
@@ -715,6 +722,19 @@ impl Interpreter {
             | Expr::Ternary(..)
             | Expr::Binary(..) => return self.eval(p, e, env),
         })
+    }
+}
+
+/// `clear(@m)` / `zero(@m)`: done here on a backend that holds whole maps;
+/// else done to the part this thread holds, and handed on as an event for
+/// whoever holds the rest.
+fn whole_map(env: &mut Env<'_>, map: u32, op: MapOp) {
+    match op {
+        MapOp::Zero => env.maps.zero(map),
+        _ => env.maps.clear(map),
+    }
+    if !env.maps.sees_whole_maps() {
+        env.emit(OutputEvent::MapOp { map, op });
     }
 }
 

@@ -27,6 +27,18 @@ pub enum OutputEvent {
     },
     /// What bpftrace prints after END, before the maps printed at exit.
     ExitSeparator,
+    /// `print`, `clear` or `zero` of a map a handler's thread holds only a
+    /// part of (one vCPU's shard): whoever holds the whole does it, in
+    /// order with the rest of the output. A printer never sees one.
+    MapOp { map: u32, op: MapOp },
+}
+
+/// A whole-map operation handed on by [`OutputEvent::MapOp`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum MapOp {
+    Print { top: u64, div: u64 },
+    Clear,
+    Zero,
 }
 
 /// Where a runtime's output goes.

@@ -54,6 +54,25 @@ impl Runtime {
             .run(&self.exec, block, ctx, &mut self.maps, &mut *self.out)
     }
 
+    /// Runs one block with its maps elsewhere than this runtime's store
+    /// (some of them held in another process); output still goes to this
+    /// runtime's output.
+    pub fn run_with_maps(
+        &mut self,
+        block: BlockId,
+        ctx: &mut dyn ProbeContext,
+        maps: &mut dyn MapBackend,
+    ) -> Flow {
+        self.interp
+            .run(&self.exec, block, ctx, maps, &mut *self.out)
+    }
+
+    /// The store and the output at once (for a backend that merges maps
+    /// it was sent into the store as it prints them).
+    pub fn maps_and_output(&mut self) -> (&mut MapStore, &mut dyn Output) {
+        (&mut self.maps, &mut *self.out)
+    }
+
     /// Runtime error counts, sorted by probe then message.
     pub fn errors(&self) -> Vec<(String, String, u64)> {
         self.interp.errors()

@@ -71,6 +71,12 @@ pub trait MapBackend {
     fn entries(&mut self, map: u32) -> Vec<(Key, Shown)>;
     /// Entries a map may hold.
     fn limit(&self) -> usize;
+    /// Whether `entries`, `clear` and `zero` see every entry of a map;
+    /// false for a thread's shard, whose `print`/`clear`/`zero` go out as
+    /// [`crate::OutputEvent::MapOp`] for the holder of the rest.
+    fn sees_whole_maps(&self) -> bool {
+        true
+    }
 }
 
 /// Every map of one program (or one shard of them).
@@ -153,9 +159,24 @@ impl MapStore {
         }
     }
 
-    /// Takes the map's entries out (the shard forgets them).
-    pub fn clear_map(&mut self, map: u32) {
-        MapBackend::clear(self, map);
+    /// A copy holding only the maps `keep` chooses (the others empty).
+    pub fn only(&self, keep: impl Fn(&MapDecl) -> bool) -> MapStore {
+        let mut copy = self.clone();
+        for (m, d) in copy.maps.iter_mut().zip(self.decls.iter()) {
+            if !keep(d) {
+                m.clear();
+            }
+        }
+        copy
+    }
+
+    /// Empties the maps `drop` chooses (scalar counts back to 0).
+    pub fn clear_where(&mut self, drop: impl Fn(&MapDecl) -> bool) {
+        for i in 0..self.maps.len() {
+            if drop(&self.decls[i]) {
+                MapBackend::clear(self, i as u32);
+            }
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod support;
 
+use backend_gdb::{StopView, StubMemory};
 use gdb_remote::{BreakpointKind, ResumeAction, StopReply};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -69,12 +70,14 @@ fn current_task_and_kstack_at_ksys_write() {
             .unwrap()
             .unwrap();
     };
-    let task = kernel.current_task(&mut client, &regs).unwrap();
-    let comm = kernel.comm(&mut client, task).unwrap();
-    let pid = kernel.tgid(&mut client, task).unwrap();
-    let tid = kernel.pid(&mut client, task).unwrap();
+    let task = kernel
+        .current_task(&mut StopView::new(&mut client, &regs))
+        .unwrap();
+    let comm = kernel.comm(&mut StubMemory(&mut client), task).unwrap();
+    let pid = kernel.tgid(&mut StubMemory(&mut client), task).unwrap();
+    let tid = kernel.pid(&mut StubMemory(&mut client), task).unwrap();
     let stack: Vec<String> = kernel
-        .kstack(&mut client, &regs, 32)
+        .kstack(&mut StopView::new(&mut client, &regs), 32)
         .unwrap()
         .iter()
         .map(|&a| kernel.symbolize(a))

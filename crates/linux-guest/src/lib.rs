@@ -1,25 +1,105 @@
-//! What vmprobe knows of the guest kernel beyond its symbols: the layout of
-//! its task structure (from BTF), its unwind tables (ORC), and how to find
-//! the current task on a stopped vCPU. All of it comes from the kernel
-//! image; the guest is only read, through the stub, with bounded reads.
+//! linux-guest: what vmprobe knows of a Linux guest kernel beyond its
+//! symbols: the layout of its task structure (from BTF), its unwind tables
+//! (ORC), and how to find the current task on a vCPU. All of it comes from
+//! the kernel image; the guest is only read, with bounded reads, through
+//! [`GuestMemory`] and [`VcpuRegisters`], which each backend implements (a
+//! GDB stub, or QEMU's plugin API from inside the vCPU thread). The crate
+//! knows nothing of either.
 //!
 //! Linux-specific (x86-64): `current_task` is a per-CPU variable reached
 //! through the GS base; task fields come from `struct task_struct`; a
 //! task's address space is `task->mm->pgd` (a direct-map address, so its
 //! physical address is `pgd - page_offset_base`); a task's user registers
 //! are the `pt_regs` at the top of its kernel stack. [`vtop`] (page walks
-//! from a CR3) is x86-64 but OS-independent; everything else in the engine
-//! is OS-independent.
+//! from a CR3) is x86-64 but OS-independent.
+//!
+//! Every walk is bounded (frames, parents, tree levels, string lengths): the
+//! guest is untrusted, and a cyclic list or a wild pointer ends in an error,
+//! never a hang.
 
-use gdb_remote::{Client, Registers, ThreadId};
 use kernel_btf::Btf;
-use kernel_image::{KernelSections, KernelSymbols};
+use kernel_image::KernelSymbols;
 use kernel_unwind::{OrcTable, Regs};
 use std::sync::{Arc, OnceLock};
 use x86_paging::{VirtualReadError, Walker};
 
-/// The image sections this module reads.
+/// The image sections this crate reads.
 pub const SECTIONS: [&str; 3] = [".BTF", ".orc_unwind_ip", ".orc_unwind"];
+
+/// The registers introspection reads, by what they are rather than by a
+/// stub's or an API's name for them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reg {
+    Rip,
+    Rsp,
+    Rbp,
+    Rdi,
+    Rdx,
+    R10,
+    R13,
+    Cs,
+    GsBase,
+    KGsBase,
+    Cr3,
+    Cr4,
+}
+
+impl Reg {
+    /// The register's name in GDB's x86-64 target description, which QEMU's
+    /// stub and its plugin API both use.
+    pub fn gdb_name(self) -> &'static str {
+        match self {
+            Reg::Rip => "rip",
+            Reg::Rsp => "rsp",
+            Reg::Rbp => "rbp",
+            Reg::Rdi => "rdi",
+            Reg::Rdx => "rdx",
+            Reg::R10 => "r10",
+            Reg::R13 => "r13",
+            Reg::Cs => "cs",
+            Reg::GsBase => "gs_base",
+            Reg::KGsBase => "k_gs_base",
+            Reg::Cr3 => "cr3",
+            Reg::Cr4 => "cr4",
+        }
+    }
+}
+
+/// The registers of the vCPU a probe fired on.
+pub trait VcpuRegisters {
+    fn get(&mut self, reg: Reg) -> Option<u64>;
+}
+
+/// A vCPU a probe fired on: its registers and the memory it sees.
+pub trait GuestVcpu: GuestMemory + VcpuRegisters {}
+
+impl<T: GuestMemory + VcpuRegisters + ?Sized> GuestVcpu for T {}
+
+/// A guest-physical reader handed out by [`GuestMemory::with_physical`].
+pub type PhysReader<'a> = dyn FnMut(u64, &mut [u8]) -> Result<(), String> + 'a;
+
+/// Guest memory as seen from the vCPU a probe fired on.
+pub trait GuestMemory {
+    /// Reads guest-virtual memory in the vCPU's current address space.
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), GuestError>;
+    /// Runs `f` with guest-physical memory (for page walks in another
+    /// address space). Backends that cannot read physical memory keep
+    /// this default.
+    fn with_physical(&mut self, f: &mut dyn FnMut(&mut PhysReader<'_>)) -> Result<(), GuestError> {
+        let _ = f;
+        Err(GuestError::NoPhysical)
+    }
+}
+
+/// The ORC unwind tables as the image holds them (`.orc_unwind_ip` with its
+/// link address, `.orc_unwind`): what a process that does not read the
+/// image is given to unwind kernel stacks.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct OrcSections {
+    pub ip: Vec<u8>,
+    pub ip_addr: u64,
+    pub entries: Vec<u8>,
+}
 
 /// Deepest kernel stack unwound (bpftrace's default for kstack is 127).
 pub const MAX_STACK: usize = 127;
@@ -32,7 +112,7 @@ pub const MAX_USTACK: usize = 127;
 const THREAD_SIZE: u64 = 16 << 10;
 
 /// Offsets inside `struct task_struct`, from BTF.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 struct TaskLayout {
     comm: u64,
     pid: u64,
@@ -41,7 +121,7 @@ struct TaskLayout {
 
 /// What reading another task's memory and its user registers needs:
 /// offsets in `task_struct`, `mm_struct` and `pt_regs`, from BTF.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 struct MmLayout {
     task_mm: u64,
     task_stack: u64,
@@ -78,7 +158,7 @@ fn member_offset(btf: &Btf, ty: &str, name: &str) -> Option<u64> {
 /// Where the cgroup v2 id of a task is: `task->cgroups->dfl_cgrp->kn->id`
 /// (the id bpftrace's `cgroup` gives, and the inode number of the cgroup's
 /// directory in cgroupfs), from BTF.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 struct CgroupLayout {
     task_cgroups: u64,
     css_set_dfl_cgrp: u64,
@@ -104,7 +184,7 @@ impl CgroupLayout {
 /// radix tree keyed by inode number), and each kernfs node's name and
 /// parent. The path is what the kernel's own `kernfs_path_from_node()`
 /// gives: the names from the hierarchy's root down, joined by `/`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 struct CgroupPathLayout {
     /// Unslid address of `cgrp_dfl_root`.
     dfl_root: u64,
@@ -148,6 +228,58 @@ impl CgroupPathLayout {
     }
 }
 
+/// Where things are in the kernel's structures: offsets from BTF and a
+/// few symbols, computed once from the image. Serialisable, so a process
+/// without the image (the QEMU plugin) gets the same knowledge.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct KernelLayout {
+    task: Option<TaskLayout>,
+    /// Per-CPU offset of `current_task` (not moved by KASLR).
+    current_task: Option<u64>,
+    mm: Option<MmLayout>,
+    cgroup: Option<CgroupLayout>,
+    cgroup_path: Option<CgroupPathLayout>,
+    thread_size: u64,
+}
+
+impl KernelLayout {
+    /// What the kernel's BTF (if any) and symbols say of its structures.
+    pub fn new(btf: Option<&Btf>, symbols: &KernelSymbols) -> KernelLayout {
+        let task = btf.and_then(|btf| {
+            let t = btf.struct_by_name("task_struct")?;
+            let off = |name: &str| Some(btf.member(t, name).ok()??.offset);
+            Some(TaskLayout {
+                comm: off("comm")?,
+                pid: off("pid")?,
+                tgid: off("tgid")?,
+            })
+        });
+        // KASAN doubles the kernel stacks; its runtime is in the image.
+        let thread_size = if symbols.lookup("__asan_load8").is_some() {
+            2 * THREAD_SIZE
+        } else {
+            THREAD_SIZE
+        };
+        KernelLayout {
+            task,
+            current_task: symbols.lookup("current_task").map(|s| s.addr),
+            mm: btf.and_then(MmLayout::from_btf),
+            cgroup: btf.and_then(CgroupLayout::from_btf),
+            cgroup_path: btf.and_then(|b| CgroupPathLayout::new(b, symbols)),
+            thread_size,
+        }
+    }
+}
+
+/// What a process that cannot read the kernel image is sent to know the
+/// guest kernel as vmprobe does: its symbols, layout and unwind tables.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct KernelDescription {
+    pub symbols: KernelSymbols,
+    pub layout: KernelLayout,
+    pub orc: Option<OrcSections>,
+}
+
 /// The guest kernel as the engine sees it. Parsed once per image; each
 /// guest gets a copy with its own KASLR slide ([`GuestKernel::with_slide`])
 /// that shares the parsed tables.
@@ -157,13 +289,8 @@ pub struct GuestKernel {
     pub slide: u64,
     btf: Option<Arc<Btf>>,
     orc: Option<Arc<OrcTable>>,
-    task: Option<TaskLayout>,
-    /// Per-CPU offset of `current_task` (not moved by KASLR).
-    current_task: Option<u64>,
-    mm: Option<MmLayout>,
-    cgroup: Option<CgroupLayout>,
-    cgroup_path: Option<CgroupPathLayout>,
-    thread_size: u64,
+    orc_sections: Option<Arc<OrcSections>>,
+    layout: KernelLayout,
     /// Values of `page_offset_base` (start of the direct map, randomized
     /// by KASLR) and `max_pfn`, read from the guest once per guest.
     page_offset: Arc<OnceLock<u64>>,
@@ -190,54 +317,82 @@ pub enum GuestError {
     Walk(#[from] x86_paging::WalkError),
     #[error("physical memory: {0}")]
     Physical(String),
+    #[error("this backend cannot read guest-physical memory")]
+    NoPhysical,
     #[error("corrupt kernel structure: {0}")]
     Corrupt(String),
 }
 
 impl GuestKernel {
-    pub fn new(symbols: Arc<KernelSymbols>, slide: u64, sections: Option<&KernelSections>) -> Self {
-        let btf = sections
-            .and_then(|s| s.get(".BTF"))
-            .and_then(|s| Btf::parse(&s.data).ok());
-        let orc = sections.and_then(|s| {
-            let ip = s.get(".orc_unwind_ip")?;
-            let orc = s.get(".orc_unwind")?;
-            OrcTable::parse(&ip.data, ip.addr, &orc.data).ok()
-        });
-        let task = btf.as_ref().and_then(|btf| {
-            let t = btf.struct_by_name("task_struct")?;
-            let off = |name: &str| Some(btf.member(t, name).ok()??.offset);
-            Some(TaskLayout {
-                comm: off("comm")?,
-                pid: off("pid")?,
-                tgid: off("tgid")?,
-            })
-        });
-        let current_task = symbols.lookup("current_task").map(|s| s.addr);
-        let mm = btf.as_ref().and_then(MmLayout::from_btf);
-        let cgroup = btf.as_ref().and_then(CgroupLayout::from_btf);
-        let cgroup_path = btf
-            .as_ref()
-            .and_then(|b| CgroupPathLayout::new(b, &symbols));
-        // KASAN doubles the kernel stacks; its runtime is in the image.
-        let thread_size = if symbols.lookup("__asan_load8").is_some() {
-            2 * THREAD_SIZE
-        } else {
-            THREAD_SIZE
+    /// The kernel of these symbols, with its `.BTF` section's bytes and its
+    /// ORC tables where the image has them.
+    pub fn new(
+        symbols: Arc<KernelSymbols>,
+        slide: u64,
+        btf: Option<&[u8]>,
+        orc: Option<OrcSections>,
+    ) -> Self {
+        let btf = btf.and_then(|b| Btf::parse(b).ok());
+        let layout = KernelLayout::new(btf.as_ref(), &symbols);
+        let mut kernel = GuestKernel::from_layout(symbols, slide, layout, orc);
+        kernel.btf = btf.map(Arc::new);
+        kernel
+    }
+
+    /// The kernel of these symbols, with the `.BTF` and ORC sections of its
+    /// image, where it has them.
+    #[cfg(feature = "images")]
+    pub fn from_image_sections(
+        symbols: Arc<KernelSymbols>,
+        slide: u64,
+        sections: Option<&kernel_image::KernelSections>,
+    ) -> Self {
+        let section = |name: &str| sections.and_then(|s| s.get(name));
+        let orc = match (section(".orc_unwind_ip"), section(".orc_unwind")) {
+            (Some(ip), Some(entries)) => Some(OrcSections {
+                ip: ip.data.clone(),
+                ip_addr: ip.addr,
+                entries: entries.data.clone(),
+            }),
+            _ => None,
         };
+        let btf = section(".BTF").map(|s| s.data.as_slice());
+        GuestKernel::new(symbols, slide, btf, orc)
+    }
+
+    /// The kernel as another process described it (no BTF: types were
+    /// resolved when the program was compiled).
+    pub fn from_description(d: KernelDescription, slide: u64) -> Self {
+        GuestKernel::from_layout(Arc::new(d.symbols), slide, d.layout, d.orc)
+    }
+
+    fn from_layout(
+        symbols: Arc<KernelSymbols>,
+        slide: u64,
+        layout: KernelLayout,
+        orc: Option<OrcSections>,
+    ) -> Self {
+        let table = orc
+            .as_ref()
+            .and_then(|o| OrcTable::parse(&o.ip, o.ip_addr, &o.entries).ok());
         GuestKernel {
             symbols,
             slide,
-            btf: btf.map(Arc::new),
-            orc: orc.map(Arc::new),
-            task,
-            current_task,
-            mm,
-            cgroup,
-            cgroup_path,
-            thread_size,
+            btf: None,
+            orc: table.map(Arc::new),
+            orc_sections: orc.map(Arc::new),
+            layout,
             page_offset: Arc::default(),
             max_pfn: Arc::default(),
+        }
+    }
+
+    /// What [`GuestKernel::from_description`] rebuilds this kernel from.
+    pub fn description(&self) -> KernelDescription {
+        KernelDescription {
+            symbols: (*self.symbols).clone(),
+            layout: self.layout.clone(),
+            orc: self.orc_sections.as_deref().cloned(),
         }
     }
 
@@ -256,9 +411,19 @@ impl GuestKernel {
         self.btf.as_deref()
     }
 
-    /// The kernel's types for [`probe_lang::compile_with_types`].
-    pub fn types(&self) -> Option<crate::BtfTypes<'_>> {
-        self.btf.as_deref().map(crate::BtfTypes::new)
+    /// A symbol's run-time address, KASLR slide applied (`kaddr()`).
+    pub fn kaddr(&self, name: &str) -> Option<u64> {
+        self.symbols
+            .lookup(name)
+            .map(|s| s.addr.wrapping_add(self.slide))
+    }
+
+    /// The symbol containing run-time address `addr`, and the offset into
+    /// it (`ksym()`, `kstack` frames).
+    pub fn ksym(&self, addr: u64) -> Option<(String, u64)> {
+        self.symbols
+            .symbolize(addr.wrapping_sub(self.slide))
+            .map(|(s, off)| (s.name.clone(), off))
     }
 
     /// `func+off` (decimal offset, as bpftrace prints kernel frames), or the
@@ -272,58 +437,57 @@ impl GuestKernel {
     }
 
     /// The `task_struct` running on the vCPU `regs` were read from.
-    pub fn current_task(&self, client: &mut Client, regs: &Registers) -> Result<u64, GuestError> {
+    pub fn current_task(&self, cpu: &mut dyn GuestVcpu) -> Result<u64, GuestError> {
         let offset = self
+            .layout
             .current_task
             .ok_or(GuestError::Missing("curtask", "current_task symbol"))?;
         // In kernel mode after swapgs the GS base is the CPU's per-CPU area;
         // stopped in user mode (or before swapgs) the kernel's value waits
         // in KERNEL_GS_BASE. A kernel address tells which one is live.
-        let gs = regs.get("gs_base").ok_or(GuestError::Register("gs_base"))?;
+        let gs = reg(cpu, Reg::GsBase)?;
         let base = if is_kernel_address(gs) {
             gs
         } else {
-            let k = regs
-                .get("k_gs_base")
-                .ok_or(GuestError::Register("k_gs_base"))?;
+            let k = reg(cpu, Reg::KGsBase)?;
             if !is_kernel_address(k) {
                 return Err(GuestError::NoCurrentTask(gs));
             }
             k
         };
-        read_u64(client, base.wrapping_add(offset))
+        read_u64(cpu, base.wrapping_add(offset))
     }
 
-    fn layout(&self) -> Result<TaskLayout, GuestError> {
-        self.task.ok_or(GuestError::Missing(
+    fn task_layout(&self) -> Result<TaskLayout, GuestError> {
+        self.layout.task.ok_or(GuestError::Missing(
             "task fields",
             ".BTF with struct task_struct",
         ))
     }
 
     /// `task->comm`, up to its NUL.
-    pub fn comm(&self, client: &mut Client, task: u64) -> Result<String, GuestError> {
+    pub fn comm(&self, mem: &mut dyn GuestMemory, task: u64) -> Result<String, GuestError> {
         let mut buf = [0u8; 16];
-        client.read(task.wrapping_add(self.layout()?.comm), &mut buf)?;
+        mem.read(task.wrapping_add(self.task_layout()?.comm), &mut buf)?;
         let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
         Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
     }
 
     /// `task->tgid`: what user space (and bpftrace's `pid`) calls the pid.
-    pub fn tgid(&self, client: &mut Client, task: u64) -> Result<u32, GuestError> {
-        read_u32(client, task.wrapping_add(self.layout()?.tgid))
+    pub fn tgid(&self, mem: &mut dyn GuestMemory, task: u64) -> Result<u32, GuestError> {
+        read_u32(mem, task.wrapping_add(self.task_layout()?.tgid))
     }
 
     /// The task's cgroup v2 id (bpftrace's `cgroup`): four dependent reads.
-    pub fn cgroup_id(&self, client: &mut Client, task: u64) -> Result<u64, GuestError> {
-        let l = self.cgroup.ok_or(GuestError::Missing(
+    pub fn cgroup_id(&self, mem: &mut dyn GuestMemory, task: u64) -> Result<u64, GuestError> {
+        let l = self.layout.cgroup.ok_or(GuestError::Missing(
             "cgroup",
             ".BTF with task_struct.cgroups, css_set, cgroup and kernfs_node",
         ))?;
-        let set = read_u64(client, task.wrapping_add(l.task_cgroups))?;
-        let cgrp = read_u64(client, set.wrapping_add(l.css_set_dfl_cgrp))?;
-        let kn = read_u64(client, cgrp.wrapping_add(l.cgroup_kn))?;
-        read_u64(client, kn.wrapping_add(l.kn_id))
+        let set = read_u64(mem, task.wrapping_add(l.task_cgroups))?;
+        let cgrp = read_u64(mem, set.wrapping_add(l.css_set_dfl_cgrp))?;
+        let kn = read_u64(mem, cgrp.wrapping_add(l.cgroup_kn))?;
+        read_u64(mem, kn.wrapping_add(l.kn_id))
     }
 
     /// The path of cgroup v2 id `id` in the default hierarchy (`/` for its
@@ -332,17 +496,21 @@ impl GuestKernel {
     /// hierarchy's own id table, as `kernfs_find_and_get_node_by_id()`
     /// does; every step is bounded, so a corrupt table or a cyclic chain of
     /// parents ends in an error, not a hang.
-    pub fn cgroup_path(&self, client: &mut Client, id: u64) -> Result<Option<String>, GuestError> {
-        let l = self.cgroup_path.ok_or(GuestError::Missing(
+    pub fn cgroup_path(
+        &self,
+        mem: &mut dyn GuestMemory,
+        id: u64,
+    ) -> Result<Option<String>, GuestError> {
+        let l = self.layout.cgroup_path.ok_or(GuestError::Missing(
             "cgroup_path",
             "cgrp_dfl_root symbol or .BTF with cgroup_root, kernfs_root, idr, xa_node and kernfs_node",
         ))?;
-        cgroup_path_in(client, &l, self.slide, id)
+        cgroup_path_in(mem, &l, self.slide, id)
     }
 
     /// `task->pid`: the thread id (bpftrace's `tid`).
-    pub fn pid(&self, client: &mut Client, task: u64) -> Result<u32, GuestError> {
-        read_u32(client, task.wrapping_add(self.layout()?.pid))
+    pub fn pid(&self, mem: &mut dyn GuestMemory, task: u64) -> Result<u32, GuestError> {
+        read_u32(mem, task.wrapping_add(self.task_layout()?.pid))
     }
 
     /// The kernel stack at a stop, innermost frame first, unwound with the
@@ -350,29 +518,26 @@ impl GuestKernel {
     /// ends the walk with what was found.
     pub fn kstack(
         &self,
-        client: &mut Client,
-        regs: &Registers,
+        cpu: &mut dyn GuestVcpu,
         max_frames: usize,
     ) -> Result<Vec<u64>, GuestError> {
         let orc = self
             .orc
             .as_ref()
             .ok_or(GuestError::Missing("kstack", "ORC unwind tables"))?;
-        let get = |name: &'static str| regs.get(name).ok_or(GuestError::Register(name));
+        let rip = reg(cpu, Reg::Rip)?;
         // Stopped in user space: no kernel stack (bpftrace's kstack is
         // empty there too).
-        if !is_kernel_address(get("rip")?) {
+        if !is_kernel_address(rip) {
             return Ok(Vec::new());
         }
-        let mut start = Regs::new(get("rip")?, get("rsp")?, get("rbp")?);
-        start.r10 = regs.get("r10");
-        start.r13 = regs.get("r13");
-        start.rdi = regs.get("rdi");
-        start.rdx = regs.get("rdx");
-        let mut reader = kernel_unwind::CachedReader::new(
-            |addr: u64, buf: &mut [u8]| client.read_memory(addr, buf),
-            256,
-        );
+        let mut start = Regs::new(rip, reg(cpu, Reg::Rsp)?, reg(cpu, Reg::Rbp)?);
+        start.r10 = cpu.get(Reg::R10);
+        start.r13 = cpu.get(Reg::R13);
+        start.rdi = cpu.get(Reg::Rdi);
+        start.rdx = cpu.get(Reg::Rdx);
+        let mut reader =
+            kernel_unwind::CachedReader::new(|addr: u64, buf: &mut [u8]| cpu.read(addr, buf), 256);
         Ok(orc.unwind(
             start,
             &mut |addr, buf| reader.read(addr, buf),
@@ -384,7 +549,7 @@ impl GuestKernel {
 
 impl GuestKernel {
     fn mm_layout(&self) -> Result<MmLayout, GuestError> {
-        self.mm.ok_or(GuestError::Missing(
+        self.layout.mm.ok_or(GuestError::Missing(
             "address spaces of tasks",
             ".BTF with task_struct.mm, mm_struct.pgd and pt_regs",
         ))
@@ -395,7 +560,7 @@ impl GuestKernel {
     /// retried later.
     fn kernel_u64(
         &self,
-        client: &mut Client,
+        mem: &mut dyn GuestMemory,
         cell: &OnceLock<u64>,
         name: &'static str,
         ok: impl Fn(u64) -> bool,
@@ -408,7 +573,7 @@ impl GuestKernel {
             .lookup(name)
             .ok_or(GuestError::Missing(name, "symbol"))?;
         let addr = sym.addr.wrapping_add(self.slide);
-        let v = read_u64(client, addr)?;
+        let v = read_u64(mem, addr)?;
         if !ok(v) {
             return Err(GuestError::Memory {
                 addr,
@@ -420,22 +585,22 @@ impl GuestKernel {
 
     /// The walker for the vCPU `regs` came from: its paging mode (CR4.LA57)
     /// and the guest's memory size (`max_pfn`) as the physical limit.
-    fn walker(&self, client: &mut Client, regs: &Registers) -> Result<Walker, GuestError> {
-        let w = walker_for(regs)?;
-        let pfns = self.kernel_u64(client, &self.max_pfn, "max_pfn", |v| v > 0)?;
+    fn walker(&self, cpu: &mut dyn GuestVcpu) -> Result<Walker, GuestError> {
+        let w = walker_for(cpu)?;
+        let pfns = self.kernel_u64(cpu, &self.max_pfn, "max_pfn", |v| v > 0)?;
         Ok(w.with_limit(pfns.saturating_mul(4096)))
     }
 
     /// The physical address of `task`'s top-level page table: what CR3
     /// holds while it runs (PCID bits aside).
-    pub fn task_cr3(&self, client: &mut Client, task: u64) -> Result<u64, GuestError> {
+    pub fn task_cr3(&self, mem: &mut dyn GuestMemory, task: u64) -> Result<u64, GuestError> {
         let l = self.mm_layout()?;
-        let mm = read_u64(client, task.wrapping_add(l.task_mm))?;
+        let mm = read_u64(mem, task.wrapping_add(l.task_mm))?;
         if mm == 0 {
             return Err(GuestError::NoMm(task));
         }
-        let pgd = read_u64(client, mm.wrapping_add(l.mm_pgd))?;
-        let base = self.kernel_u64(client, &self.page_offset, "page_offset_base", |v| {
+        let pgd = read_u64(mem, mm.wrapping_add(l.mm_pgd))?;
+        let base = self.kernel_u64(mem, &self.page_offset, "page_offset_base", |v| {
             is_kernel_address(v)
         })?;
         if pgd < base || pgd & 0xfff != 0 {
@@ -449,15 +614,14 @@ impl GuestKernel {
     /// page touched). Works whatever task the vCPU is running.
     pub fn read_task_memory(
         &self,
-        client: &mut Client,
-        regs: &Registers,
+        cpu: &mut dyn GuestVcpu,
         task: u64,
         vaddr: u64,
         buf: &mut [u8],
     ) -> Result<(), GuestError> {
-        let cr3 = self.task_cr3(client, task)?;
-        let walker = self.walker(client, regs)?;
-        read_physical_virtual(client, walker, cr3, vaddr, buf)
+        let cr3 = self.task_cr3(cpu, task)?;
+        let walker = self.walker(cpu)?;
+        read_physical_virtual(cpu, walker, cr3, vaddr, buf)
     }
 
     /// The user-space stack of the current task, innermost first, by
@@ -466,34 +630,31 @@ impl GuestKernel {
     /// interrupt entry (`task_pt_regs`). Empty for kernel threads. Reads
     /// go through the current address space (through the task's page
     /// tables if the vCPU is on another one, as inside a context switch),
-    /// bounded by `max_frames`; the
-    /// walk ends at a zero, misaligned, kernel or non-increasing frame
-    /// pointer, or an unreadable frame.
+    /// bounded by `max_frames`; the walk ends at a zero, misaligned,
+    /// kernel or non-increasing frame pointer, or an unreadable frame.
     pub fn ustack(
         &self,
-        client: &mut Client,
-        regs: &Registers,
+        cpu: &mut dyn GuestVcpu,
         task: Option<u64>,
         max_frames: usize,
     ) -> Result<Vec<u64>, GuestError> {
-        let get = |name: &'static str| regs.get(name).ok_or(GuestError::Register(name));
         // Where the user stack is read: the current address space, or,
         // when the vCPU runs on another one than the task's (a sample in
         // the middle of a context switch), the task's page tables.
         let mut other_space = None;
-        let (ip, mut bp) = if get("cs")? & 3 == 3 {
-            (get("rip")?, get("rbp")?)
+        let (ip, mut bp) = if reg(cpu, Reg::Cs)? & 3 == 3 {
+            (reg(cpu, Reg::Rip)?, reg(cpu, Reg::Rbp)?)
         } else {
             let l = self.mm_layout()?;
             let Some(task) = task else {
                 return Ok(Vec::new());
             };
-            let stack = read_u64(client, task.wrapping_add(l.task_stack))?;
+            let stack = read_u64(cpu, task.wrapping_add(l.task_stack))?;
             let pt = stack
-                .wrapping_add(self.thread_size)
+                .wrapping_add(self.layout.thread_size)
                 .wrapping_sub(l.regs_size);
             let mut raw = vec![0u8; l.regs_size as usize];
-            client.read(pt, &mut raw)?;
+            cpu.read(pt, &mut raw)?;
             let field = |off: u64| {
                 let o = off as usize;
                 raw.get(o..o + 8)
@@ -503,17 +664,17 @@ impl GuestKernel {
             if field(l.regs_cs) & 3 != 3 {
                 return Ok(Vec::new());
             }
-            let cr3 = self.task_cr3(client, task)?;
+            let cr3 = self.task_cr3(cpu, task)?;
             // PCID (bits 11:0) and PTI's user half (bit 12) aside.
             const TABLE: u64 = 0x000f_ffff_ffff_e000;
-            if get("cr3")? & TABLE != cr3 & TABLE {
-                other_space = Some((cr3, self.walker(client, regs)?));
+            if reg(cpu, Reg::Cr3)? & TABLE != cr3 & TABLE {
+                other_space = Some((cr3, self.walker(cpu)?));
             }
             (field(l.regs_ip), field(l.regs_bp))
         };
-        let read_frame = |client: &mut Client, addr: u64, buf: &mut [u8]| match other_space {
-            None => client.read_memory(addr, buf).is_ok(),
-            Some((cr3, walker)) => read_physical_virtual(client, walker, cr3, addr, buf).is_ok(),
+        let read_frame = |cpu: &mut dyn GuestMemory, addr: u64, buf: &mut [u8]| match other_space {
+            None => cpu.read(addr, buf).is_ok(),
+            Some((cr3, walker)) => read_physical_virtual(cpu, walker, cr3, addr, buf).is_ok(),
         };
         let max = max_frames.min(MAX_USTACK);
         let mut frames = Vec::with_capacity(max.min(16));
@@ -526,7 +687,7 @@ impl GuestKernel {
                 break;
             }
             let mut frame = [0u8; 16];
-            if !read_frame(client, bp, &mut frame) {
+            if !read_frame(cpu, bp, &mut frame) {
                 break;
             }
             let next = u64::from_le_bytes(frame[..8].try_into().expect("8 bytes"));
@@ -545,46 +706,55 @@ impl GuestKernel {
     }
 }
 
+/// A register the introspection cannot do without.
+fn reg(regs: &mut dyn VcpuRegisters, r: Reg) -> Result<u64, GuestError> {
+    regs.get(r).ok_or(GuestError::Register(r.gdb_name()))
+}
+
 /// The page walker for the vCPU `regs` came from (CR4.LA57), without a
 /// memory limit: x86-64, any OS.
-fn walker_for(regs: &Registers) -> Result<Walker, GuestError> {
-    let cr4 = regs.get("cr4").ok_or(GuestError::Register("cr4"))?;
-    Ok(Walker::from_cr4(cr4))
+fn walker_for(regs: &mut dyn VcpuRegisters) -> Result<Walker, GuestError> {
+    Ok(Walker::from_cr4(reg(regs, Reg::Cr4)?))
 }
 
 /// The physical address of `vaddr` in the address space `cr3`, with the
 /// vCPU's paging mode; x86-64, any OS.
 pub fn vtop(
-    client: &mut Client,
-    regs: &Registers,
+    cpu: &mut dyn GuestVcpu,
     kernel: Option<&GuestKernel>,
     cr3: u64,
     vaddr: u64,
 ) -> Result<u64, GuestError> {
     let walker = match kernel {
-        Some(k) => k.walker(client, regs).or_else(|_| walker_for(regs))?,
-        None => walker_for(regs)?,
+        Some(k) => match k.walker(cpu) {
+            Ok(w) => w,
+            Err(_) => walker_for(cpu)?,
+        },
+        None => walker_for(cpu)?,
     };
-    let t = client
-        .with_physical(|m| walker.translate(&mut |a: u64, b: &mut [u8]| m.read(a, b), cr3, vaddr))
-        .map_err(|e| GuestError::Physical(e.to_string()))??;
+    let mut result = None;
+    cpu.with_physical(&mut |phys| {
+        result = Some(walker.translate(&mut |a: u64, b: &mut [u8]| phys(a, b), cr3, vaddr));
+    })?;
+    let t = result.ok_or_else(|| GuestError::Physical("no physical memory session".into()))??;
     Ok(t.phys)
 }
 
 /// `buf.len()` bytes at `vaddr` of address space `cr3`, through physical
-/// memory, in one physical-mode session of the stub.
+/// memory, in one physical-memory session.
 fn read_physical_virtual(
-    client: &mut Client,
+    mem: &mut dyn GuestMemory,
     walker: Walker,
     cr3: u64,
     vaddr: u64,
     buf: &mut [u8],
 ) -> Result<(), GuestError> {
-    client
-        .with_physical(|m| {
-            walker.read_virtual(&mut |a: u64, b: &mut [u8]| m.read(a, b), cr3, vaddr, buf)
-        })
-        .map_err(|e| GuestError::Physical(e.to_string()))?
+    let mut result = None;
+    mem.with_physical(&mut |phys| {
+        result = Some(walker.read_virtual(&mut |a: u64, b: &mut [u8]| phys(a, b), cr3, vaddr, buf));
+    })?;
+    result
+        .ok_or_else(|| GuestError::Physical("no physical memory session".into()))?
         .map_err(|e| match e {
             VirtualReadError::Walk(w) => GuestError::Walk(w),
             VirtualReadError::Memory {
@@ -603,23 +773,9 @@ fn is_kernel_address(addr: u64) -> bool {
     addr >= 0xffff_8000_0000_0000
 }
 
-/// Guest memory as the walks here read it: the stub, or a test's fake.
-trait Memory {
-    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), GuestError>;
-}
-
-impl Memory for Client {
-    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), GuestError> {
-        self.read_memory(addr, buf).map_err(|e| GuestError::Memory {
-            addr,
-            reason: e.to_string(),
-        })
-    }
-}
-
 /// [`GuestKernel::cgroup_path`] over any memory, with the kernel's layout
 /// and KASLR slide.
-fn cgroup_path_in<M: Memory + ?Sized>(
+fn cgroup_path_in<M: GuestMemory + ?Sized>(
     client: &mut M,
     l: &CgroupPathLayout,
     slide: u64,
@@ -666,7 +822,7 @@ fn cgroup_path_in<M: Memory + ?Sized>(
 /// The radix tree (xarray) lookup of `radix_tree_lookup()`: an internal
 /// entry (low bits `10`) is a node, whose `shift` says which 6 bits of
 /// the index pick the next slot; any other entry is the value.
-fn radix_lookup<M: Memory + ?Sized>(
+fn radix_lookup<M: GuestMemory + ?Sized>(
     client: &mut M,
     l: &CgroupPathLayout,
     head: u64,
@@ -714,7 +870,7 @@ fn radix_lookup<M: Memory + ?Sized>(
 /// A NUL-terminated string of at most `max` bytes (cut there if longer),
 /// read a page at a time so that a short string at the end of a mapping
 /// reads.
-fn read_cstr<M: Memory + ?Sized>(
+fn read_cstr<M: GuestMemory + ?Sized>(
     client: &mut M,
     addr: u64,
     max: usize,
@@ -736,21 +892,16 @@ fn read_cstr<M: Memory + ?Sized>(
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
-fn read_u64<M: Memory + ?Sized>(client: &mut M, addr: u64) -> Result<u64, GuestError> {
+fn read_u64<M: GuestMemory + ?Sized>(client: &mut M, addr: u64) -> Result<u64, GuestError> {
     let mut b = [0u8; 8];
     client.read(addr, &mut b)?;
     Ok(u64::from_le_bytes(b))
 }
 
-fn read_u32<M: Memory + ?Sized>(client: &mut M, addr: u64) -> Result<u32, GuestError> {
+fn read_u32<M: GuestMemory + ?Sized>(client: &mut M, addr: u64) -> Result<u32, GuestError> {
     let mut b = [0u8; 4];
     client.read(addr, &mut b)?;
     Ok(u32::from_le_bytes(b))
-}
-
-/// Reads the registers of `thread` (for callers without a hit context).
-pub fn registers(client: &mut Client, thread: ThreadId) -> Result<Registers, gdb_remote::Error> {
-    client.read_registers(thread)
 }
 
 #[cfg(test)]
@@ -778,7 +929,7 @@ mod tests {
         }
     }
 
-    impl Memory for FakeMemory {
+    impl GuestMemory for FakeMemory {
         fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), GuestError> {
             for (i, b) in buf.iter_mut().enumerate() {
                 let at = addr.wrapping_add(i as u64);

@@ -7,12 +7,14 @@
 
 mod support;
 
+use backend_gdb::Session;
 use gdb_remote::Client;
 use kernel_btf::Btf;
 use kernel_image::{KernelSections, KernelSymbols};
-use probe_engine::guest::{GuestKernel, SECTIONS};
-use probe_engine::{BtfTypes, EndReason, Session, resolve_probes};
+use linux_guest::{GuestKernel, SECTIONS};
+use probe_engine::{BtfTypes, EndReason};
 use probe_lang::{KernelTypes, compile_with_types, types::prototype_lines};
+use probe_plan::resolve_probes;
 use probe_runtime::{ContextError, ProbeContext};
 use qemu_guest::{LaunchConfig, Vm};
 use std::io::Write;
@@ -165,7 +167,7 @@ kprobe:ksys_write /comm == "cat"/ {
     session
         .arm(resolve_probes(&program, &symbols, slide).unwrap())
         .unwrap();
-    session.set_kernel(Arc::new(GuestKernel::new(
+    session.set_kernel(Arc::new(GuestKernel::from_image_sections(
         symbols.clone(),
         slide,
         Some(&sections),

@@ -1,8 +1,6 @@
 //! From probe specs (names, patterns, addresses) to guest addresses.
 
-use crate::session::{TimerProbe, WatchProbe};
 use crate::{Error, Result};
-use gdb_remote::BreakpointKind;
 use kernel_image::KernelSymbols;
 use probe_lang::{BlockId, KprobeTarget, ProbeSpec, Program, WatchMode};
 use std::sync::Arc;
@@ -11,8 +9,29 @@ use std::sync::Arc;
 /// breakpoint that costs a stop on each hit, and QEMU keeps them in a list.
 pub const WILDCARD_LIMIT: usize = 512;
 
-/// One breakpoint address and the handlers that run when it is hit.
-#[derive(Clone, Debug)]
+/// A probe that fires on a host timer: `interval` runs its block once per
+/// period, `profile` once per vCPU per period with that vCPU's registers.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct TimerProbe {
+    pub period_ns: u64,
+    pub every_vcpu: bool,
+    pub block: BlockId,
+    pub probe: Arc<str>,
+}
+
+/// A data watchpoint and the block it runs.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct WatchProbe {
+    pub addr: u64,
+    pub len: u64,
+    pub mode: WatchMode,
+    pub block: BlockId,
+    pub probe: Arc<str>,
+}
+
+/// One probe address (a function entry, an offset into one, a raw
+/// address) and the handlers that run when it is hit.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ProbeSite {
     /// Run-time (slid) guest virtual address.
     pub addr: u64,
@@ -32,7 +51,7 @@ pub struct ProbeSite {
 
 /// How a hit may move the pc past the instruction at a probe site instead of
 /// single-stepping it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Skip {
     /// A no-op the guest never rewrites: skip this many bytes.
     Stable(u8),
@@ -136,7 +155,12 @@ pub fn resolve_probes(
                     for sym in matches {
                         let probe = format!("{kind}:{}{suffix}", sym.name);
                         within_function(symbols, sym, *offset, &probe)?;
-                        add(sym.addr + slide + offset, *offset, &sym.name, probe);
+                        add(
+                            sym.addr.wrapping_add(slide).wrapping_add(*offset),
+                            *offset,
+                            &sym.name,
+                            probe,
+                        );
                     }
                 } else {
                     let sym = symbols
@@ -148,7 +172,12 @@ pub fn resolve_probes(
                         })?;
                     let probe = format!("{kind}:{pattern}{suffix}");
                     within_function(symbols, sym, *offset, &probe)?;
-                    add(sym.addr + slide + offset, *offset, &sym.name, probe);
+                    add(
+                        sym.addr.wrapping_add(slide).wrapping_add(*offset),
+                        *offset,
+                        &sym.name,
+                        probe,
+                    );
                 }
             }
         }
@@ -167,12 +196,14 @@ fn within_function(
     if offset == 0 {
         return Ok(());
     }
-    match symbols.symbolize(sym.addr + offset) {
+    let outside = || Error::OffsetOutside {
+        probe: probe.to_string(),
+        offset,
+    };
+    let at = sym.addr.checked_add(offset).ok_or_else(outside)?;
+    match symbols.symbolize(at) {
         Some((covering, _)) if covering.addr == sym.addr => Ok(()),
-        _ => Err(Error::OffsetOutside {
-            probe: probe.to_string(),
-            offset,
-        }),
+        _ => Err(outside()),
     }
 }
 
@@ -195,7 +226,7 @@ pub fn resolve_timers(program: &Program) -> Vec<TimerProbe> {
     out
 }
 
-/// The program's `watchpoint` probes, as stub watchpoints.
+/// The program's `watchpoint` probes.
 pub fn resolve_watches(program: &Program) -> Vec<WatchProbe> {
     let mut out = Vec::new();
     for (index, spec) in program.probes().iter().enumerate() {
@@ -205,11 +236,7 @@ pub fn resolve_watches(program: &Program) -> Vec<WatchProbe> {
         out.push(WatchProbe {
             addr: *addr,
             len: u64::from(*len),
-            kind: match mode {
-                WatchMode::Read => BreakpointKind::ReadWatch,
-                WatchMode::Write => BreakpointKind::WriteWatch,
-                WatchMode::ReadWrite => BreakpointKind::AccessWatch,
-            },
+            mode: *mode,
             block: program.block_of(index),
             probe: spec.name().into(),
         });

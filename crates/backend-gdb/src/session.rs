@@ -1,25 +1,24 @@
 //! A probing session on one guest: arm, serve hits, disarm, detach.
 
 use crate::context::HitContext;
-use crate::guest::GuestKernel;
-use crate::layers::{LayerSet, LayerSource, LayerValue};
-use crate::resolve::{ProbeSite, Skip};
-use crate::{Error, Result, monotonic_ns};
+use crate::{Error, Result, vcpu_index};
 use gdb_remote::{
     BreakpointKind, Client, Registers, ResumeAction, StopReason, StopReply, ThreadId,
 };
-use hdrhistogram::Histogram;
 use kernel_image::KernelSymbols;
-use probe_lang::BlockId;
-use probe_runtime::{Flow, Runtime, Traced, TracedValue};
+use linux_guest::GuestKernel;
+use probe_engine::layers::{LayerSet, LayerSource};
+use probe_engine::record::{EventBase, EventSink, UnfinishedCall};
+use probe_engine::{EndReason, HitStats, monotonic_ns};
+use probe_lang::{BlockId, WatchMode};
+use probe_plan::{
+    Entered, PendingCall, ProbeSite, ReturnTracker, Returned, Skip, TimerProbe, WatchProbe,
+};
+use probe_runtime::{Flow, Runtime, Traced};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use trace_formats::{Layer, Value as FieldValue};
-
-/// The largest `F+OFFSET` checked for an instruction boundary (and so
-/// allowed).
-const MAX_CHECKED_OFFSET: usize = 64 * 1024;
 
 /// How long the loop waits for a stop before polling for the end of the run.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -34,225 +33,6 @@ const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
 /// The 5-byte NOP of an idle ftrace site. The guest may patch it into a call
 /// at any time (ftrace, kprobes, BPF), so it is re-read at each hit.
 const NOP5: [u8; 5] = [0x0f, 0x1f, 0x44, 0x00, 0x00];
-
-/// Why a run ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum EndReason {
-    /// The workload finished with this exit status.
-    WorkloadExited(i32),
-    /// The user asked to stop (Ctrl-C, SIGTERM).
-    Interrupted,
-    /// A handler called `exit()`.
-    ScriptExit,
-    /// The stub or VM went away; the message says how.
-    TargetGone(String),
-}
-
-/// Counters and the service-time distribution of hits, for the end-of-run
-/// report and `vmprobe bench`.
-pub struct HitStats {
-    pub hits: u64,
-    /// Returns matched to a call seen at entry (kretprobe fires).
-    pub returns: u64,
-    /// Calls whose return could not be tracked: more calls in flight than
-    /// [`MAX_PENDING_RETURNS`] (bpftrace's "missed" kretprobes).
-    pub missed_returns: u64,
-    /// Timer (`interval`, `profile`) firings, counting each vCPU sampled.
-    pub timer_fires: u64,
-    /// Watchpoint hits.
-    pub watch_hits: u64,
-    /// VMM and host events that ran a handler.
-    pub layer_events: u64,
-    /// Stops that matched no probe site (resumed and otherwise ignored).
-    pub stray_stops: u64,
-    /// Nanoseconds from receiving a hit's stop reply to resuming the guest.
-    pub service_ns: Histogram<u64>,
-}
-
-impl HitStats {
-    fn new() -> Self {
-        HitStats {
-            hits: 0,
-            returns: 0,
-            missed_returns: 0,
-            timer_fires: 0,
-            watch_hits: 0,
-            layer_events: 0,
-            stray_stops: 0,
-            service_ns: Histogram::new(3).expect("3 significant digits is valid"),
-        }
-    }
-}
-
-/// Calls in flight whose return is awaited, at most. A guest that recurses
-/// deeply or blocks many tasks in a probed function must not grow vmprobe's
-/// memory without bound; calls past the limit are counted as missed.
-pub const MAX_PENDING_RETURNS: usize = 4096;
-
-/// A probe that fires on a host timer: `interval` runs its block once per
-/// period, `profile` once per vCPU per period with that vCPU's registers.
-#[derive(Clone, Debug)]
-pub struct TimerProbe {
-    pub period_ns: u64,
-    pub every_vcpu: bool,
-    pub block: BlockId,
-    pub probe: Arc<str>,
-}
-
-/// A data watchpoint (`Z2`-`Z4`) and the block it runs.
-#[derive(Clone, Debug)]
-pub struct WatchProbe {
-    pub addr: u64,
-    pub len: u64,
-    pub kind: BreakpointKind,
-    pub block: BlockId,
-    pub probe: Arc<str>,
-}
-
-/// A call seen at entry whose return is awaited.
-struct PendingReturn {
-    site: usize,
-    entry_ns: u64,
-    /// The vCPU the call entered on.
-    vcpu: u32,
-}
-
-/// One probe firing, as handed to an [`EventSink`] (`vmprobe record`).
-#[derive(Debug)]
-pub struct RecordedEvent<'a> {
-    /// The guest's name in this run (`vm0`, ...).
-    pub guest: &'a str,
-    /// Host CLOCK_MONOTONIC nanoseconds of the stop (or of the VMM/host
-    /// event).
-    pub ts_ns: u64,
-    /// `None` for a VMM or host event not emitted by a vCPU thread.
-    pub vcpu: Option<u32>,
-    pub layer: Layer,
-    /// The probe as written, e.g. `kretprobe:ksys_write`.
-    pub probe: &'a str,
-    pub func: &'a str,
-    /// For a return: when the matching call entered.
-    pub entry_ns: Option<u64>,
-    /// The `trace(name = ...)` call site (an index into the program's
-    /// `trace_sites()`) whose fields these are; `None` for the probe's own
-    /// fields: `arg0`..`arg5` at an entry, `retval` at a return, a VMM or
-    /// host event's fields.
-    pub site: Option<u32>,
-    pub fields: &'a [(&'a str, FieldValue<'a>)],
-}
-
-/// A call seen at entry (by a `kretprobe`) whose return had not come when
-/// recording ended: the run ended while the call was in flight.
-#[derive(Debug)]
-pub struct UnfinishedCall<'a> {
-    pub guest: &'a str,
-    /// The vCPU the call entered on.
-    pub vcpu: u32,
-    pub func: &'a str,
-    pub entry_ns: u64,
-}
-
-/// Where recorded events go. Called with the guest stopped, so a slow sink
-/// slows the guest but never loses events.
-pub trait EventSink: Send {
-    fn event(&mut self, event: &RecordedEvent<'_>);
-    /// A script called `snapshot()`.
-    fn snapshot(&mut self) {}
-    /// At the end of recording, once per call still awaiting its return.
-    fn unfinished_call(&mut self, _call: &UnfinishedCall<'_>) {}
-}
-
-/// What the events of one stop have in common.
-struct EventBase<'a> {
-    guest: &'a str,
-    ts_ns: u64,
-    vcpu: Option<u32>,
-    layer: Layer,
-    func: &'a str,
-    entry_ns: Option<u64>,
-}
-
-impl<'a> EventBase<'a> {
-    /// A stop of `thread` in the guest.
-    fn guest_stop(
-        guest: &'a str,
-        ts_ns: u64,
-        thread: ThreadId,
-        func: &'a str,
-        entry_ns: Option<u64>,
-    ) -> Self {
-        EventBase {
-            guest,
-            ts_ns,
-            vcpu: Some(vcpu_index(thread)),
-            layer: Layer::Guest,
-            func,
-            entry_ns,
-        }
-    }
-
-    /// A kprobe/kretprobe hit: an event per probe in `every_hit` (when
-    /// every hit is recorded), then what the handlers traced.
-    fn emit_hit(
-        &self,
-        sink: &mut dyn EventSink,
-        own: &[(&str, FieldValue<'_>)],
-        every_hit: Option<&Vec<(BlockId, Arc<str>)>>,
-        traced: &[(Box<str>, Traced)],
-    ) {
-        if let Some(handlers) = every_hit {
-            let all: Vec<(Box<str>, Traced)> = handlers
-                .iter()
-                .map(|(_, p)| (Box::from(&**p), Traced::Probe))
-                .collect();
-            self.emit(sink, own, &all);
-        }
-        self.emit(sink, own, traced);
-    }
-
-    /// Hands `traced` (what the handlers' `trace()`/`snapshot()` calls
-    /// asked for) to the sink; `own` is the probe's own fields, for a bare
-    /// `trace()`.
-    fn emit(
-        &self,
-        sink: &mut dyn EventSink,
-        own: &[(&str, FieldValue<'_>)],
-        traced: &[(Box<str>, Traced)],
-    ) {
-        for (probe, t) in traced {
-            let event = |site, fields| RecordedEvent {
-                guest: self.guest,
-                ts_ns: self.ts_ns,
-                vcpu: self.vcpu,
-                layer: self.layer,
-                probe,
-                func: self.func,
-                entry_ns: self.entry_ns,
-                site,
-                fields,
-            };
-            match t {
-                Traced::Probe => sink.event(&event(None, own)),
-                Traced::Fields { site, fields } => {
-                    let fields: Vec<(&str, FieldValue<'_>)> = fields
-                        .iter()
-                        .map(|(n, v)| {
-                            let v = match v {
-                                TracedValue::U64(v) => FieldValue::U64(*v),
-                                TracedValue::I64(v) => FieldValue::I64(*v),
-                                TracedValue::Str(s) => FieldValue::Str(s),
-                                TracedValue::Bytes(b) => FieldValue::Bytes(b),
-                            };
-                            (&**n, v)
-                        })
-                        .collect();
-                    sink.event(&event(Some(*site), &fields));
-                }
-                Traced::Snapshot => sink.snapshot(),
-            }
-        }
-    }
-}
 
 const ARG_NAMES: [&str; 6] = ["arg0", "arg1", "arg2", "arg3", "arg4", "arg5"];
 const ARG_REGS: [&str; 6] = ["rdi", "rsi", "rdx", "rcx", "r8", "r9"];
@@ -272,13 +52,9 @@ pub struct Session {
     name: Arc<str>,
     sites: Vec<ProbeSite>,
     by_addr: HashMap<u64, usize>,
-    /// Return addresses with a breakpoint, and how many pending calls use it.
-    return_bps: HashMap<u64, usize>,
-    /// Calls awaiting their return, keyed by (return address, stack pointer
-    /// right after the return). Kernel stacks are per task, so the pair tells
-    /// nested and concurrent calls apart, also when a task returns on
-    /// another vCPU than it entered on.
-    pending: HashMap<(u64, u64), PendingReturn>,
+    /// Calls awaiting their return, and the return addresses that have a
+    /// breakpoint for them.
+    returns: ReturnTracker,
     timers: Vec<(TimerProbe, u64)>,
     watches: Vec<WatchProbe>,
     vcpus: Vec<ThreadId>,
@@ -292,6 +68,8 @@ pub struct Session {
     before: Vec<(u64, Vec<u8>)>,
     armed: Vec<u64>,
     running: bool,
+    /// Detached from the stub: nothing is armed any more.
+    detached: bool,
     skip_nops: bool,
     pub stats: HitStats,
 }
@@ -307,8 +85,7 @@ impl Session {
             name: "vm0".into(),
             sites: Vec::new(),
             by_addr: HashMap::new(),
-            return_bps: HashMap::new(),
-            pending: HashMap::new(),
+            returns: ReturnTracker::new(),
             timers: Vec::new(),
             watches: Vec::new(),
             vcpus: Vec::new(),
@@ -319,6 +96,7 @@ impl Session {
             before: Vec::new(),
             armed: Vec::new(),
             running: false,
+            detached: false,
             skip_nops: true,
             stats: HitStats::new(),
         }
@@ -360,15 +138,11 @@ impl Session {
         if self.layers.is_empty() {
             return Flow::Continue;
         }
-        let (name, recorder) = (&self.name, &mut self.recorder);
-        let mut record = |ev: &crate::layers::LayerEvent, traced: &[(Box<str>, Traced)]| {
-            if let Some(sink) = recorder.as_mut() {
-                record_layer_event(sink.as_mut(), name, ev, traced);
-            }
-        };
-        let (flow, served) =
-            self.layers
-                .serve(runtime, sync, self.kernel.as_deref(), name, &mut record);
+        let recorder = self.recorder.as_deref_mut();
+        let kernel = self.kernel.as_deref();
+        let (flow, served) = self
+            .layers
+            .serve(runtime, sync, kernel, &self.name, recorder);
         self.stats.layer_events += served;
         flow
     }
@@ -408,9 +182,7 @@ impl Session {
         if !self.record_every_hit {
             return Some(sink);
         }
-        let mut calls: Vec<&PendingReturn> = self.pending.values().collect();
-        calls.sort_by_key(|p| p.entry_ns);
-        for p in calls {
+        for p in self.returns.pending() {
             sink.unfinished_call(&UnfinishedCall {
                 guest: &self.name,
                 vcpu: p.vcpu,
@@ -419,6 +191,22 @@ impl Session {
             });
         }
         Some(sink)
+    }
+
+    /// Packets exchanged with the stub so far.
+    pub fn round_trips(&self) -> u64 {
+        self.client.round_trips()
+    }
+
+    /// Calls whose return could not be tracked (bpftrace's missed
+    /// kretprobes): too many in flight, or an unreadable return address.
+    pub fn missed_returns(&self) -> u64 {
+        self.returns.missed
+    }
+
+    /// The target went away: there is nothing left to disarm.
+    pub fn forget_target(&mut self) {
+        self.detached = true;
     }
 
     pub fn client(&mut self) -> &mut Client {
@@ -514,47 +302,16 @@ impl Session {
         Ok(())
     }
 
-    /// A breakpoint inside an instruction never fires under TCG and, where
-    /// the stub writes `int3` (KVM), corrupts the guest's code: decode the
-    /// function from its start, as it is in guest memory, up to the site.
+    /// `F+OFFSET` must start an instruction of F as it is in guest memory.
     fn check_instruction_boundary(&mut self, site: &ProbeSite) -> Result<()> {
-        if site.offset == 0 {
-            return Ok(());
-        }
-        let probe = || {
-            site.handlers
-                .iter()
-                .chain(&site.ret_handlers)
-                .next()
-                .map(|(_, p)| p.to_string())
-                .unwrap_or_default()
-        };
-        let start = site.addr - site.offset;
-        // The longest x86 instruction is 15 bytes; functions this long are
-        // none in Linux, and the read stays bounded.
-        let len = usize::try_from(site.offset)
-            .ok()
-            .filter(|&n| n <= MAX_CHECKED_OFFSET)
-            .ok_or_else(|| Error::OffsetOutside {
-                probe: probe(),
-                offset: site.offset,
-            })?;
-        let mut code = vec![0u8; len + 15];
-        self.client.read_memory(start, &mut code)?;
-        let mut decoder =
-            iced_x86::Decoder::with_ip(64, &code, start, iced_x86::DecoderOptions::NONE);
-        let mut insn = iced_x86::Instruction::default();
-        while decoder.can_decode() && decoder.ip() < site.addr {
-            decoder.decode_out(&mut insn);
-        }
-        if decoder.ip() != site.addr {
-            return Err(Error::NotOnInstruction {
-                probe: probe(),
-                offset: site.offset,
-                insn: insn.ip() - start,
-                len: insn.len(),
-            });
-        }
+        let client = &mut self.client;
+        probe_engine::boundary::check_instruction_boundary(site, |addr, len| {
+            let mut code = vec![0u8; len];
+            client
+                .read_memory(addr, &mut code)
+                .map(|()| code)
+                .map_err(|e| e.to_string())
+        })?;
         Ok(())
     }
 
@@ -562,7 +319,7 @@ impl Session {
     pub fn arm_watches(&mut self, watches: Vec<WatchProbe>) -> Result<()> {
         for w in watches {
             self.client
-                .insert_breakpoint(w.kind, w.addr, w.len)
+                .insert_breakpoint(watch_kind(w.mode), w.addr, w.len)
                 .map_err(|source| Error::Arm {
                     probe: w.probe.to_string(),
                     addr: w.addr,
@@ -599,7 +356,7 @@ impl Session {
     ) -> EndReason {
         loop {
             if let Some(reason) = poll() {
-                let _ = self.serve_layers(runtime, Some(crate::layers::FINAL_SYNC));
+                let _ = self.serve_layers(runtime, Some(probe_engine::layers::FINAL_SYNC));
                 return match self.stop() {
                     Ok(Some(stop)) => {
                         // A hit that raced with our interrupt still counts;
@@ -730,7 +487,7 @@ impl Session {
         let received = monotonic_ns();
         // Events of the other layers that happened before this stop run
         // first: one script sees the layers in the order things happened.
-        if let Flow::Exit = self.serve_layers(runtime, Some(crate::layers::STOP_SYNC)) {
+        if let Flow::Exit = self.serve_layers(runtime, Some(probe_engine::layers::STOP_SYNC)) {
             return Ok(Flow::Exit);
         }
         let (thread, reason) = match stop {
@@ -758,7 +515,7 @@ impl Session {
         // own breakpoints to us; guest int3s stay in the guest), so the pc
         // need not be read.
         let only_site = self.sites.len() == 1
-            && self.return_bps.is_empty()
+            && self.returns.return_addresses().next().is_none()
             && self.sites[0].ret_handlers.is_empty();
         let mut regs = None;
         let pc = if only_site {
@@ -775,7 +532,7 @@ impl Session {
         if let Some(&index) = self.by_addr.get(&pc) {
             return self.serve_entry(index, thread, regs, runtime, resume, received);
         }
-        if self.return_bps.contains_key(&pc) {
+        if self.returns.is_return_address(pc) {
             return self.serve_return(pc, thread, regs, runtime, resume, received);
         }
         self.stats.stray_stops += 1;
@@ -825,12 +582,13 @@ impl Session {
                     );
                 }
             }
-            EventBase::guest_stop(&self.name, received, thread, &site.func, None).emit_hit(
-                sink.as_mut(),
-                &fields,
-                every.then_some(&site.handlers),
-                &traced,
-            );
+            EventBase::guest_hit(&self.name, received, vcpu_index(thread), &site.func, None)
+                .emit_hit(
+                    sink.as_mut(),
+                    &fields,
+                    every.then_some(&site.handlers),
+                    &traced,
+                );
         }
         if matches!(flow, Flow::Exit) {
             return Ok(Flow::Exit);
@@ -871,40 +629,24 @@ impl Session {
         let rsp = register(&mut self.client, regs.as_ref(), thread, "rsp")?;
         let mut word = [0u8; 8];
         if self.client.read_memory(rsp, &mut word).is_err() {
-            self.stats.missed_returns += 1;
+            self.returns.missed += 1;
             return Ok(());
         }
         let ret = u64::from_le_bytes(word);
-        let key = (ret, rsp.wrapping_add(8));
-        let call = PendingReturn {
+        let call = PendingCall {
             site,
             entry_ns,
             vcpu: vcpu_index(thread),
         };
-        if let Some(pending) = self.pending.get_mut(&key) {
-            // The same frame again: the earlier call never came back (the
-            // task died, or vmprobe missed its return). Replace it.
-            *pending = call;
-            return Ok(());
-        }
-        if self.pending.len() >= MAX_PENDING_RETURNS {
-            self.stats.missed_returns += 1;
-            return Ok(());
-        }
-        if !self.return_bps.contains_key(&ret) {
-            if self
+        if let Entered::NewReturnAddress(ret) = self.returns.enter(ret, rsp, call)
+            && self
                 .client
                 .insert_breakpoint(BreakpointKind::Software, ret, 1)
                 .is_err()
-            {
-                // Not code the stub can break on (a wild return address).
-                self.stats.missed_returns += 1;
-                return Ok(());
-            }
-            self.return_bps.insert(ret, 0);
+        {
+            // Not code the stub can break on (a wild return address).
+            self.returns.abandon(ret, rsp);
         }
-        *self.return_bps.get_mut(&ret).expect("inserted above") += 1;
-        self.pending.insert(key, call);
         Ok(())
     }
 
@@ -918,18 +660,17 @@ impl Session {
         received: u64,
     ) -> Result<Flow, String> {
         let rsp = register(&mut self.client, regs.as_ref(), thread, "rsp")?;
-        let Some(PendingReturn { site, entry_ns, .. }) = self.pending.remove(&(pc, rsp)) else {
-            // Another call returning to the same place (one that started
-            // before attaching, or an untracked one): not ours.
+        let Returned::Call {
+            call: PendingCall { site, entry_ns, .. },
+            last,
+        } = self.returns.returned(pc, rsp)
+        else {
             self.stats.stray_stops += 1;
             return self
                 .resume_if(resume, Resume::StepOff(thread), received)
                 .map(|_| Flow::Continue);
         };
         self.stats.returns += 1;
-        let users = self.return_bps.get_mut(&pc).expect("checked by caller");
-        *users -= 1;
-        let last = *users == 0;
         let site = &self.sites[site];
         let mut ctx = HitContext::at_stop(
             &mut self.client,
@@ -951,18 +692,23 @@ impl Session {
                 0
             };
             let own = [("retval", FieldValue::U64(retval))];
-            EventBase::guest_stop(&self.name, received, thread, &site.func, Some(entry_ns))
-                .emit_hit(
-                    sink.as_mut(),
-                    &own,
-                    every.then_some(&site.ret_handlers),
-                    &traced,
-                );
+            EventBase::guest_hit(
+                &self.name,
+                received,
+                vcpu_index(thread),
+                &site.func,
+                Some(entry_ns),
+            )
+            .emit_hit(
+                sink.as_mut(),
+                &own,
+                every.then_some(&site.ret_handlers),
+                &traced,
+            );
         }
         let how = if last {
             // No call awaits this address any more: drop its breakpoint, and
             // the vCPU can simply continue.
-            self.return_bps.remove(&pc);
             self.client
                 .remove_breakpoint(BreakpointKind::Software, pc, 1)
                 .map_err(|e| e.to_string())?;
@@ -1014,7 +760,7 @@ impl Session {
         }
         let traced = std::mem::take(&mut ctx.traced);
         if let Some(sink) = self.recorder.as_mut() {
-            EventBase::guest_stop(&self.name, received, thread, "", None).emit(
+            EventBase::guest_hit(&self.name, received, vcpu_index(thread), "", None).emit(
                 sink.as_mut(),
                 &[("addr", FieldValue::U64(addr))],
                 &traced,
@@ -1076,7 +822,7 @@ impl Session {
                 .client
                 .read_register(thread, "rip")
                 .map_err(|e| e.to_string())?;
-            if !self.by_addr.contains_key(&pc) && !self.return_bps.contains_key(&pc) {
+            if !self.by_addr.contains_key(&pc) && !self.returns.is_return_address(pc) {
                 return Ok(());
             }
         }
@@ -1089,9 +835,18 @@ impl Session {
     /// probe sites is as it was before arming, and detaches, leaving the
     /// guest running.
     pub fn detach(mut self) -> Result<()> {
+        self.disarm()
+    }
+
+    /// What [`Session::detach`] does, leaving the session with nothing
+    /// armed (what `Drop` does to a session never detached).
+    fn disarm(&mut self) -> Result<()> {
+        if self.detached {
+            return Ok(());
+        }
         self.stop()?;
         let mut first_error = None;
-        let returns: Vec<u64> = self.return_bps.drain().map(|(addr, _)| addr).collect();
+        let returns = self.returns.drain_return_addresses();
         for addr in std::mem::take(&mut self.armed).into_iter().chain(returns) {
             if let Err(e) = self
                 .client
@@ -1101,7 +856,10 @@ impl Session {
             }
         }
         for w in std::mem::take(&mut self.watches) {
-            if let Err(e) = self.client.remove_breakpoint(w.kind, w.addr, w.len) {
+            if let Err(e) = self
+                .client
+                .remove_breakpoint(watch_kind(w.mode), w.addr, w.len)
+            {
                 first_error.get_or_insert(Error::from(e));
             }
         }
@@ -1117,44 +875,18 @@ impl Session {
                 }
             }
         }
+        self.detached = true;
         self.client.detach()?;
         first_error.map_or(Ok(()), Err)
     }
 }
 
-/// Hands what the handlers of a VMM or host event traced to `sink`. Such
-/// events are recorded only when a script traces them (they can be many:
-/// every exit, every I/O).
-pub fn record_layer_event(
-    sink: &mut dyn EventSink,
-    guest: &str,
-    ev: &crate::layers::LayerEvent,
-    traced: &[(Box<str>, Traced)],
-) {
-    let own: Vec<(&str, FieldValue<'_>)> = ev
-        .fields
-        .iter()
-        .map(|(n, v)| {
-            let v = match v {
-                LayerValue::Int(i) => FieldValue::U64(*i),
-                LayerValue::Str(s) => FieldValue::Str(s),
-            };
-            (n.as_str(), v)
-        })
-        .collect();
-    let base = EventBase {
-        guest,
-        ts_ns: ev.ts_ns,
-        vcpu: ev.vcpu,
-        layer: if ev.probe.starts_with("vmm:") {
-            Layer::Vmm
-        } else {
-            Layer::Host
-        },
-        func: &ev.probe,
-        entry_ns: None,
-    };
-    base.emit(sink, &own, traced);
+impl Drop for Session {
+    /// A session dropped armed (an error path, a panicking thread) still
+    /// leaves the guest without breakpoints, running.
+    fn drop(&mut self) {
+        let _ = self.disarm();
+    }
 }
 
 /// A register of a stopped thread: from the registers already read at this
@@ -1173,14 +905,18 @@ fn register(
     }
 }
 
-/// QEMU numbers vCPU threads from 1; scripts see vCPUs from 0, as CPUs.
-fn vcpu_index(thread: ThreadId) -> u32 {
-    thread.tid.saturating_sub(1) as u32
-}
-
 /// The runtime is shared by the sessions of all guests of a run; a handler
 /// holds it only while it runs. A poisoned lock (a panicking handler, which
 /// must not happen) still gives the maps for the final report.
 fn lock(runtime: &Mutex<Runtime>) -> MutexGuard<'_, Runtime> {
     runtime.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The stub's watchpoint kind for a watch mode.
+fn watch_kind(mode: WatchMode) -> BreakpointKind {
+    match mode {
+        WatchMode::Read => BreakpointKind::ReadWatch,
+        WatchMode::Write => BreakpointKind::WriteWatch,
+        WatchMode::ReadWrite => BreakpointKind::AccessWatch,
+    }
 }

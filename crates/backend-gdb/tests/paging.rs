@@ -8,8 +8,9 @@
 
 mod support;
 
+use backend_gdb::StopView;
 use gdb_remote::Client;
-use probe_engine::guest::{GuestError, vtop};
+use linux_guest::{GuestError, vtop};
 use std::time::{Duration, Instant};
 use x86_paging::{CR4_LA57, WalkError};
 
@@ -52,7 +53,12 @@ fn walks_equal_qemus(cpu_features: &str, five_level: bool) {
         direct_map - 0x1000_0000,       // a hole below the direct map
     ];
     for va in addrs {
-        let ours = vtop(&mut client, &regs, Some(&kernel), cr3, va);
+        let ours = vtop(
+            &mut StopView::new(&mut client, &regs),
+            Some(&kernel),
+            cr3,
+            va,
+        );
         match (ours, qemu_gva2gpa(&mut client, va)) {
             (Ok(p), Some(q)) => {
                 assert_eq!(p, q, "{va:#x}");
@@ -69,7 +75,13 @@ fn walks_equal_qemus(cpu_features: &str, five_level: bool) {
     // Costs through the stub, for bench/RESULTS.md (not asserted): the
     // median of 300 and the round trips each takes.
     let text = sym("ksys_write");
-    let phys = vtop(&mut client, &regs, Some(&kernel), cr3, text).unwrap();
+    let phys = vtop(
+        &mut StopView::new(&mut client, &regs),
+        Some(&kernel),
+        cr3,
+        text,
+    )
+    .unwrap();
     let cost = |client: &mut Client, f: &mut dyn FnMut(&mut Client)| {
         let rt = client.round_trips();
         let mut times: Vec<Duration> = (0..300)
@@ -90,7 +102,7 @@ fn walks_equal_qemus(cpu_features: &str, five_level: bool) {
         c.read_physical(phys, &mut word).unwrap()
     });
     let walk = cost(&mut client, &mut |c| {
-        vtop(c, &regs, Some(&kernel), cr3, text).unwrap();
+        vtop(&mut StopView::new(c, &regs), Some(&kernel), cr3, text).unwrap();
     });
     eprintln!(
         "COST {}-level: 8-byte virtual read {virt}, 8-byte physical read {physical}, vtop {walk}",

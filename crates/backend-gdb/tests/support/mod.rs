@@ -4,7 +4,7 @@
 
 use gdb_remote::Client;
 use kernel_image::{KernelSections, KernelSymbols};
-use probe_engine::guest::{GuestKernel, SECTIONS};
+use linux_guest::{GuestKernel, SECTIONS};
 use qemu_guest::{LaunchConfig, Vm};
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,7 +58,7 @@ pub fn boot(configure: impl FnOnce(&mut LaunchConfig)) -> Option<Booted> {
         client.read_memory(addr, &mut buf).ok().map(|_| buf)
     })
     .expect("KASLR slide");
-    let kernel = GuestKernel::new(symbols.clone(), slide, Some(&sections));
+    let kernel = GuestKernel::from_image_sections(symbols.clone(), slide, Some(&sections));
     Some(Booted {
         vm,
         client,

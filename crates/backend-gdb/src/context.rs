@@ -1,0 +1,309 @@
+//! What a handler sees at a stop: registers fetched lazily from the stub
+//! (one `g` for all of them), memory read through it, and the guest
+//! kernel's view of the current task.
+
+use gdb_remote::{Client, Registers, ThreadId};
+use linux_guest::{GuestError, GuestKernel, GuestMemory, PhysReader, Reg, VcpuRegisters};
+use probe_lang::BlockId;
+use probe_runtime::{ContextError, Flow, ProbeContext, Runtime, Traced};
+use std::sync::{Arc, Mutex};
+
+/// x86-64 System V argument registers, in order.
+const ARG_REGS: [&str; 6] = ["rdi", "rsi", "rdx", "rcx", "r8", "r9"];
+
+/// The stub as the guest's memory, as `linux-guest` reads it.
+pub struct StubMemory<'a>(pub &'a mut Client);
+
+impl GuestMemory for StubMemory<'_> {
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), GuestError> {
+        self.0
+            .read_memory(addr, buf)
+            .map_err(|e| GuestError::Memory {
+                addr,
+                reason: e.to_string(),
+            })
+    }
+
+    fn with_physical(&mut self, f: &mut dyn FnMut(&mut PhysReader<'_>)) -> Result<(), GuestError> {
+        self.0
+            .with_physical(|m| f(&mut |a, b| m.read(a, b).map_err(|e| e.to_string())))
+            .map_err(|e| GuestError::Physical(e.to_string()))
+    }
+}
+
+/// A stopped vCPU as `linux-guest` reads it: the registers read from the
+/// stub at this stop, and memory through the stub.
+pub struct StopView<'a> {
+    pub memory: StubMemory<'a>,
+    pub regs: &'a Registers,
+}
+
+impl<'a> StopView<'a> {
+    pub fn new(client: &'a mut Client, regs: &'a Registers) -> Self {
+        StopView {
+            memory: StubMemory(client),
+            regs,
+        }
+    }
+}
+
+impl VcpuRegisters for StopView<'_> {
+    fn get(&mut self, reg: Reg) -> Option<u64> {
+        self.regs.get(reg.gdb_name())
+    }
+}
+
+impl GuestMemory for StopView<'_> {
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), GuestError> {
+        self.memory.read(addr, buf)
+    }
+
+    fn with_physical(&mut self, f: &mut dyn FnMut(&mut PhysReader<'_>)) -> Result<(), GuestError> {
+        self.memory.with_physical(f)
+    }
+}
+
+pub(crate) struct HitContext<'a> {
+    pub client: &'a mut Client,
+    /// The stopped vCPU; `None` for a timer firing on a stop with no thread.
+    pub thread: Option<ThreadId>,
+    pub regs: Option<Registers>,
+    pub vcpu: u32,
+    pub nsecs: u64,
+    pub func: &'a str,
+    pub probe: &'a str,
+    pub kernel: Option<&'a GuestKernel>,
+    pub guest: &'a str,
+    /// The current task, once looked up in this hit.
+    pub task: Option<u64>,
+    /// What this hit's `trace()`/`snapshot()` calls asked for, with the
+    /// probe that asked; the session hands it to the recorder.
+    pub traced: Vec<(Box<str>, Traced)>,
+}
+
+impl<'a> HitContext<'a> {
+    /// The view of a stop of `thread` (registers fetched on first use,
+    /// unless already read).
+    pub fn at_stop(
+        client: &'a mut Client,
+        kernel: Option<&'a GuestKernel>,
+        guest: &'a str,
+        thread: Option<ThreadId>,
+        regs: Option<Registers>,
+        nsecs: u64,
+        func: &'a str,
+    ) -> Self {
+        HitContext {
+            client,
+            thread,
+            regs,
+            vcpu: thread.map_or(0, crate::vcpu_index),
+            nsecs,
+            func,
+            probe: "",
+            kernel,
+            guest,
+            task: None,
+            traced: Vec::new(),
+        }
+    }
+
+    /// Runs each handler with this view, holding the shared runtime only
+    /// while one runs. `Exit` if any called `exit()`.
+    pub fn run_all(
+        &mut self,
+        runtime: &Mutex<Runtime>,
+        handlers: &'a [(BlockId, Arc<str>)],
+    ) -> Flow {
+        probe_engine::run_handlers(self, runtime, handlers, |c, p| c.probe = p)
+    }
+
+    fn kernel(&self, what: &str) -> Result<&'a GuestKernel, ContextError> {
+        self.kernel.ok_or_else(|| {
+            ContextError::Message(format!(
+                "{what}: no guest kernel information in {}",
+                self.probe
+            ))
+        })
+    }
+
+    /// The stub and the registers of this stop (fetched once per hit), as
+    /// `linux-guest` reads them.
+    fn stopped(&mut self) -> Result<StopView<'_>, ContextError> {
+        self.registers()?;
+        let regs = self.regs.as_ref().expect("fetched above");
+        Ok(StopView::new(self.client, regs))
+    }
+
+    /// All registers (one `g`), fetched once per hit.
+    fn registers(&mut self) -> Result<&Registers, ContextError> {
+        if self.regs.is_none() {
+            let Some(thread) = self.thread else {
+                return Err(ContextError::Message(format!(
+                    "no registers in {}",
+                    self.probe
+                )));
+            };
+            // One `g` fetches every register: cheaper than a `p` per register
+            // as soon as a handler reads two of them.
+            let regs = self
+                .client
+                .read_registers(thread)
+                .map_err(|e| ContextError::Message(e.to_string()))?;
+            self.regs = Some(regs);
+        }
+        Ok(self.regs.as_ref().expect("fetched above"))
+    }
+
+    fn get_register(&mut self, name: &str) -> Result<u64, ContextError> {
+        self.registers()?
+            .get(name)
+            .ok_or_else(|| ContextError::Message(format!("the stub has no register '{name}'")))
+    }
+
+    fn task(&mut self) -> Result<u64, ContextError> {
+        if let Some(t) = self.task {
+            return Ok(t);
+        }
+        let kernel = self.kernel("curtask")?;
+        let mut cpu = self.stopped()?;
+        let t = kernel.current_task(&mut cpu).map_err(guest_error)?;
+        self.task = Some(t);
+        Ok(t)
+    }
+
+    /// Something the guest kernel knows of the current task (`comm`,
+    /// `pid`, ...).
+    fn of_current_task<T>(
+        &mut self,
+        what: &str,
+        read: impl FnOnce(&GuestKernel, &mut dyn GuestMemory, u64) -> Result<T, GuestError>,
+    ) -> Result<T, ContextError> {
+        let task = self.task()?;
+        let kernel = self.kernel(what)?;
+        read(kernel, &mut StubMemory(self.client), task).map_err(guest_error)
+    }
+}
+
+fn guest_error(e: GuestError) -> ContextError {
+    ContextError::Message(e.to_string())
+}
+
+impl ProbeContext for HitContext<'_> {
+    fn arg(&mut self, n: u8) -> Result<u64, ContextError> {
+        let reg = ARG_REGS.get(n as usize).ok_or_else(|| {
+            ContextError::Message(format!("arg{n}: only arg0..arg5 are passed in registers"))
+        })?;
+        self.get_register(reg)
+    }
+
+    fn retval(&mut self) -> Result<u64, ContextError> {
+        self.get_register("rax")
+    }
+
+    fn register(&mut self, name: &str) -> Result<u64, ContextError> {
+        self.get_register(name)
+    }
+
+    fn kaddr(&self, name: &str) -> Option<u64> {
+        self.kernel?.kaddr(name)
+    }
+
+    fn ksym(&self, addr: u64) -> Option<(String, u64)> {
+        self.kernel?.ksym(addr)
+    }
+
+    fn kstack(&mut self, limit: usize) -> Result<Vec<u64>, ContextError> {
+        let kernel = self.kernel("kstack")?;
+        let mut cpu = self.stopped()?;
+        kernel.kstack(&mut cpu, limit).map_err(guest_error)
+    }
+
+    fn curtask(&mut self) -> Result<u64, ContextError> {
+        self.task()
+    }
+
+    fn vtop(&mut self, cr3: u64, vaddr: u64) -> Result<u64, ContextError> {
+        let kernel = self.kernel;
+        let mut cpu = self.stopped()?;
+        linux_guest::vtop(&mut cpu, kernel, cr3, vaddr)
+            .map_err(|e| ContextError::Message(format!("vtop: {e}")))
+    }
+
+    fn read_task_memory(
+        &mut self,
+        task: u64,
+        addr: u64,
+        buf: &mut [u8],
+    ) -> Result<(), ContextError> {
+        let kernel = self.kernel("reading another task's memory")?;
+        let mut cpu = self.stopped()?;
+        kernel
+            .read_task_memory(&mut cpu, task, addr, buf)
+            .map_err(|e| ContextError::Message(format!("read at {addr:#x} in task {task:#x}: {e}")))
+    }
+
+    fn ustack(&mut self, limit: usize) -> Result<Vec<u64>, ContextError> {
+        let kernel = self.kernel("ustack")?;
+        // The task (for its saved user registers) only matters when the
+        // vCPU stopped in the kernel.
+        let in_user = self.registers()?.get("cs").is_some_and(|cs| cs & 3 == 3);
+        let task = if in_user { None } else { Some(self.task()?) };
+        let mut cpu = self.stopped()?;
+        kernel.ustack(&mut cpu, task, limit).map_err(guest_error)
+    }
+
+    fn comm(&mut self) -> Result<String, ContextError> {
+        self.of_current_task("comm", |k, m, t| k.comm(m, t))
+    }
+
+    fn pid(&mut self) -> Result<u64, ContextError> {
+        self.of_current_task("pid", |k, m, t| k.tgid(m, t).map(u64::from))
+    }
+
+    fn tid(&mut self) -> Result<u64, ContextError> {
+        self.of_current_task("tid", |k, m, t| k.pid(m, t).map(u64::from))
+    }
+
+    fn cgroup(&mut self) -> Result<u64, ContextError> {
+        self.of_current_task("cgroup", |k, m, t| k.cgroup_id(m, t))
+    }
+
+    fn cgroup_path(&mut self, id: u64) -> Result<Option<String>, ContextError> {
+        let kernel = self.kernel("cgroup_path")?;
+        kernel
+            .cgroup_path(&mut StubMemory(self.client), id)
+            .map_err(guest_error)
+    }
+
+    fn guest(&self) -> &str {
+        self.guest
+    }
+
+    fn trace(&mut self, what: Traced) -> Result<(), ContextError> {
+        self.traced.push((self.probe.into(), what));
+        Ok(())
+    }
+
+    fn vcpu(&self) -> u32 {
+        self.vcpu
+    }
+
+    fn nsecs(&self) -> u64 {
+        self.nsecs
+    }
+
+    fn func(&self) -> &str {
+        self.func
+    }
+
+    fn probe(&self) -> &str {
+        self.probe
+    }
+
+    fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), ContextError> {
+        self.client
+            .read_memory(addr, buf)
+            .map_err(|e| ContextError::Message(format!("read at {addr:#x}: {e}")))
+    }
+}

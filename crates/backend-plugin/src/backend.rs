@@ -1,0 +1,348 @@
+//! The plugin as one of the engine's backends: the guest never stops for
+//! a probe. vmprobe renders what the plugin's handlers printed, runs
+//! `interval` blocks and the VMM/host layers itself, and at the end takes
+//! back everything the plugin held.
+
+use crate::client::PluginClient;
+use crate::home::HomeMaps;
+use linux_guest::GuestKernel;
+use plugin_protocol::{FromPlugin, TracedEvent};
+use probe_engine::event_context::EventContext;
+use probe_engine::layers::{FINAL_SYNC, LayerSet};
+use probe_engine::record::{EventSink, RecordedEvent, UnfinishedCall, field_value};
+use probe_engine::{Backend, BackendError, EndReason, Finished, monotonic_ns};
+use probe_lang::check::AggKind;
+use probe_plan::{ProbeSite, TimerProbe};
+use probe_runtime::{Cell, Flow, MapBackend, MapOp, MapStore, OutputEvent, Runtime};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use trace_formats::{Layer, Value as FieldValue};
+
+/// How long the run loop waits for the plugin before polling for the end
+/// of the run.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+pub struct PluginBackend {
+    name: Arc<str>,
+    client: PluginClient,
+    kernel: Arc<GuestKernel>,
+    /// Probe sites as sent (their functions name recorded events).
+    sites: Vec<ProbeSite>,
+    /// `interval` probes: run in vmprobe, with their next due time.
+    timers: Vec<(TimerProbe, u64)>,
+    layers: LayerSet,
+    recorder: Option<Box<dyn EventSink>>,
+    started: bool,
+    /// Handler errors vmprobe met serving the plugin (failed map requests).
+    home_errors: Vec<(String, String, u64)>,
+}
+
+impl PluginBackend {
+    pub(crate) fn new(
+        name: &str,
+        client: PluginClient,
+        kernel: Arc<GuestKernel>,
+        sites: Vec<ProbeSite>,
+        timers: Vec<TimerProbe>,
+    ) -> Self {
+        PluginBackend {
+            name: name.into(),
+            client,
+            kernel,
+            sites,
+            timers: timers.into_iter().map(|t| (t, 0)).collect(),
+            layers: LayerSet::default(),
+            recorder: None,
+            started: false,
+            home_errors: Vec::new(),
+        }
+    }
+
+    /// Adds a source of VMM or host events (served in vmprobe).
+    pub fn add_layer(
+        &mut self,
+        source: Box<dyn probe_engine::layers::LayerSource>,
+        handlers: &std::collections::HashMap<String, Vec<(probe_lang::BlockId, Arc<str>)>>,
+    ) {
+        self.layers.add(source, handlers);
+    }
+
+    pub fn plugin_version(&self) -> &str {
+        &self.client.plugin_version
+    }
+
+    /// What a message of the plugin means for the run.
+    fn handle(&mut self, runtime: &Mutex<Runtime>, m: FromPlugin) -> Flow {
+        match m {
+            FromPlugin::Output(batch) => {
+                let mut rt = lock(runtime);
+                for p in batch {
+                    self.render(&mut rt, p.ts_ns, p.event);
+                }
+                Flow::Continue
+            }
+            FromPlugin::Traced(events) => {
+                if let Some(sink) = self.recorder.as_mut() {
+                    for e in &events {
+                        record(sink.as_mut(), &self.name, &self.sites, e);
+                    }
+                }
+                Flow::Continue
+            }
+            FromPlugin::Exit => Flow::Exit,
+            // Answers to requests no longer waited for.
+            _ => Flow::Continue,
+        }
+    }
+
+    /// Runs the `interval` blocks that are due, in vmprobe, with maps
+    /// through [`HomeMaps`].
+    fn fire_timers(&mut self, runtime: &Mutex<Runtime>) -> Flow {
+        let now = monotonic_ns();
+        let mut flow = Flow::Continue;
+        for i in 0..self.timers.len() {
+            let (timer, due) = &mut self.timers[i];
+            if *due > now {
+                continue;
+            }
+            // Periods missed are skipped, not replayed in a burst.
+            let period = timer.period_ns.max(1);
+            *due += ((now - *due) / period + 1) * period;
+            let (block, probe) = (timer.block, timer.probe.clone());
+            let mut rt = lock(runtime);
+            let mut home = std::mem::replace(rt.maps_mut(), MapStore::new(&[], &[]));
+            let mut ctx = EventContext::new(&self.name, now, "", Some(&self.kernel));
+            ctx.probe = &probe;
+            let (f, failed) = {
+                let mut maps = HomeMaps::new(&mut home, &mut self.client);
+                let f = rt.run_with_maps(block, &mut ctx, &mut maps);
+                (f, maps.failed)
+            };
+            *rt.maps_mut() = home;
+            if let Some(why) = failed {
+                self.home_errors.push((probe.to_string(), why, 1));
+            }
+            if let Flow::Exit = f {
+                flow = Flow::Exit;
+            }
+        }
+        flow
+    }
+
+    /// An event the plugin printed, into vmprobe's output: a map the
+    /// plugin printed gets vmprobe's own part of it added (what `interval`
+    /// blocks aggregated), a map the plugin cleared is cleared here too.
+    fn render(&mut self, rt: &mut Runtime, ts: u64, event: OutputEvent) {
+        match event {
+            OutputEvent::Map {
+                map,
+                entries,
+                top,
+                div,
+            } if rt.maps().cells(map).any(|(_, c)| !is_empty_cell(c)) => {
+                let entries = match self.client.maps() {
+                    Ok(mut all) => {
+                        all.merge(rt.maps());
+                        MapBackend::entries(&mut all, map)
+                    }
+                    Err(e) => {
+                        self.home_errors.push(("print".into(), e.to_string(), 1));
+                        entries
+                    }
+                };
+                rt.emit(
+                    ts,
+                    OutputEvent::Map {
+                        map,
+                        entries,
+                        top,
+                        div,
+                    },
+                );
+            }
+            OutputEvent::MapOp { map, op } => match op {
+                MapOp::Clear => MapBackend::clear(rt.maps_mut(), map),
+                MapOp::Zero => MapBackend::zero(rt.maps_mut(), map),
+                // The plugin turns prints into maps before sending them.
+                MapOp::Print { .. } => {}
+            },
+            e => rt.emit(ts, e),
+        }
+    }
+
+    fn serve_layers(&mut self, runtime: &Mutex<Runtime>, sync: Option<Duration>) -> Flow {
+        if self.layers.is_empty() {
+            return Flow::Continue;
+        }
+        let recorder = self.recorder.as_deref_mut();
+        self.layers
+            .serve(runtime, sync, Some(&self.kernel), &self.name, recorder)
+            .0
+    }
+}
+
+fn record(sink: &mut dyn EventSink, guest: &str, sites: &[ProbeSite], e: &TracedEvent) {
+    if e.snapshot {
+        sink.snapshot();
+        return;
+    }
+    let func = sites.get(e.site as usize).map_or("", |s| &s.func);
+    let fields: Vec<(&str, FieldValue<'_>)> = e
+        .fields
+        .iter()
+        .map(|(n, v)| (n.as_str(), field_value(v)))
+        .collect();
+    sink.event(&RecordedEvent {
+        guest,
+        ts_ns: e.ts_ns,
+        vcpu: Some(e.vcpu),
+        layer: Layer::Guest,
+        probe: &e.probe,
+        func,
+        entry_ns: e.entry_ns,
+        site: e.trace_site,
+        fields: &fields,
+    });
+}
+
+/// A scalar count map's untouched `0`, which every store holds.
+fn is_empty_cell(c: &Cell) -> bool {
+    matches!(c, Cell::Num { a: 0, b: 0 })
+}
+
+fn lock(runtime: &Mutex<Runtime>) -> MutexGuard<'_, Runtime> {
+    runtime.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Backend for PluginBackend {
+    fn kind(&self) -> &'static str {
+        "plugin"
+    }
+
+    fn kernel(&self) -> Option<&Arc<GuestKernel>> {
+        Some(&self.kernel)
+    }
+
+    fn set_recorder(&mut self, sink: Box<dyn EventSink>, _every_hit: bool) {
+        // What the plugin records was fixed when it was attached.
+        self.recorder = Some(sink);
+    }
+
+    fn start(&mut self, runtime: &Mutex<Runtime>) -> Result<(), BackendError> {
+        let (values, start_ns) = {
+            let mut rt = lock(runtime);
+            // The value maps go to the plugin, which owns them from here.
+            let is_value = |d: &probe_lang::check::MapDecl| d.kind == AggKind::Value;
+            let values = rt.maps().only(is_value);
+            rt.maps_mut().clear_where(is_value);
+            (values, monotonic_ns())
+        };
+        self.client.start(values, start_ns)?;
+        self.started = true;
+        let now = monotonic_ns();
+        for (t, due) in &mut self.timers {
+            *due = now + t.period_ns.max(1);
+        }
+        Ok(())
+    }
+
+    fn run(
+        &mut self,
+        runtime: &Mutex<Runtime>,
+        poll: &mut dyn FnMut() -> Option<EndReason>,
+    ) -> EndReason {
+        loop {
+            if let Some(reason) = poll() {
+                let _ = self.serve_layers(runtime, Some(FINAL_SYNC));
+                return reason;
+            }
+            if let Flow::Exit = self.fire_timers(runtime) {
+                return EndReason::ScriptExit;
+            }
+            if let Flow::Exit = self.serve_layers(runtime, None) {
+                return EndReason::ScriptExit;
+            }
+            let now = monotonic_ns();
+            let wait = self
+                .timers
+                .iter()
+                .map(|(_, due)| Duration::from_nanos(due.saturating_sub(now)))
+                .min()
+                .map_or(POLL_INTERVAL, |d| d.min(POLL_INTERVAL));
+            match self.client.next_event(wait) {
+                Ok(None) => {}
+                Ok(Some(m)) => {
+                    if let Flow::Exit = self.handle(runtime, m) {
+                        return EndReason::ScriptExit;
+                    }
+                }
+                Err(e) => return EndReason::TargetGone(format!("the plugin: {e}")),
+            }
+        }
+    }
+
+    fn finish(mut self: Box<Self>, runtime: Option<&Mutex<Runtime>>, gone: bool) -> Finished {
+        let layer_summaries = self.layers.finish();
+        let mut finished = Finished {
+            layer_summaries,
+            ..Finished::default()
+        };
+        if gone {
+            finished.stats_line = "the plugin went away before detaching".into();
+            return finished;
+        }
+        let detached = match self.client.detach() {
+            Ok(d) => d,
+            Err(e) => {
+                finished.detach_error = Some(e.to_string());
+                return finished;
+            }
+        };
+        // Output the plugin printed before it detached.
+        while let Ok(Some(m)) = self.client.next_event(Duration::ZERO) {
+            if let Some(rt) = runtime {
+                self.handle(rt, m);
+            }
+        }
+        if let Some(rt) = runtime {
+            let mut rt = lock(rt);
+            rt.maps_mut().merge(&detached.store);
+            rt.interpreter_mut().add_errors(&detached.errors);
+            rt.interpreter_mut().add_errors(&self.home_errors);
+        }
+        if let Some(mut sink) = self.recorder.take() {
+            for (vcpu, site, entry_ns) in &detached.unfinished {
+                sink.unfinished_call(&UnfinishedCall {
+                    guest: &self.name,
+                    vcpu: *vcpu,
+                    func: self.sites.get(*site as usize).map_or("", |s| &s.func),
+                    entry_ns: *entry_ns,
+                });
+            }
+        }
+        let s = &detached.stats;
+        let mean_us = if s.hits + s.returns + s.samples == 0 {
+            0.0
+        } else {
+            s.service_ns_sum as f64 / (s.hits + s.returns + s.samples) as f64 / 1e3
+        };
+        finished.stats_line = format!(
+            "{} hits, {} returns, {} missed returns, {} samples, {} lost events, \
+             service time per hit inside QEMU: mean {mean_us:.2} us, max {:.1} us, \
+             {} reinstrumentations, {} panics caught",
+            s.hits,
+            s.returns,
+            s.missed_returns,
+            s.samples,
+            s.lost_events,
+            s.service_ns_max as f64 / 1e3,
+            s.reinstrumentations,
+            s.caught_panics,
+        );
+        if s.lost_events > 0 {
+            // As bpftrace reports events its ring could not hold.
+            eprintln!("vmprobe: {}: Lost {} events", self.name, s.lost_events);
+        }
+        finished
+    }
+}

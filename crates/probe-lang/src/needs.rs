@@ -1,0 +1,163 @@
+//! What each block needs of the place its probe fires, with where: a
+//! backend that lacks a capability rejects the program before anything
+//! boots, pointing at the expression that needs it (as gdbstub's optional
+//! extensions are known up front rather than failing at the first use).
+
+use crate::BlockId;
+use crate::ast::{Access, Ast, Expr, ExprKind, Stmt, StmtKind};
+use crate::diag::Span;
+
+/// A capability a block may need beyond the kernel's symbols.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Need {
+    /// The registers or memory of the vCPU the probe fired on: `argN`,
+    /// `retval`, `reg()`, `comm`, `pid`, `kstack`, `str()`, `*p`, kernel
+    /// struct members.
+    GuestState,
+    /// Guest-physical memory, for page walks in another address space:
+    /// `vtop`, `str_as`, `buf_as`, `uint_as`.
+    PhysicalMemory,
+}
+
+/// One use of a capability.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NeedUse {
+    pub need: Need,
+    pub block: BlockId,
+    pub span: Span,
+    /// What needs it, as written (`arg0`, `vtop()`, ...).
+    pub what: String,
+}
+
+const STATE_IDENTS: &[&str] = &[
+    "arg0", "arg1", "arg2", "arg3", "arg4", "arg5", "retval", "comm", "pid", "tid", "cgroup",
+    "curtask", "kstack", "ustack",
+];
+const STATE_CALLS: &[&str] = &["str", "buf", "reg", "kstack", "ustack", "cgroup_path"];
+const PHYSICAL_CALLS: &[&str] = &["vtop", "str_as", "buf_as", "uint_as"];
+
+/// Every use of a capability in the program's blocks, in source order.
+pub fn needs(ast: &Ast) -> Vec<NeedUse> {
+    let mut out = Vec::new();
+    for (i, probe) in ast.probes.iter().enumerate() {
+        let mut w = Walker {
+            block: BlockId(i as u32),
+            out: &mut out,
+        };
+        if let Some(p) = &probe.predicate {
+            w.expr(p);
+        }
+        w.stmts(&probe.body);
+    }
+    out
+}
+
+struct Walker<'a> {
+    block: BlockId,
+    out: &'a mut Vec<NeedUse>,
+}
+
+impl Walker<'_> {
+    fn note(&mut self, need: Need, span: Span, what: impl Into<String>) {
+        self.out.push(NeedUse {
+            need,
+            block: self.block,
+            span,
+            what: what.into(),
+        });
+    }
+
+    fn stmts(&mut self, stmts: &[Stmt]) {
+        for s in stmts {
+            self.stmt(s);
+        }
+    }
+
+    fn stmt(&mut self, s: &Stmt) {
+        match &s.kind {
+            StmtKind::MapAssign { keys, value, .. } | StmtKind::MapUpdate { keys, value, .. } => {
+                keys.iter().for_each(|k| self.expr(k));
+                self.expr(value);
+            }
+            StmtKind::VarAssign { value, .. } | StmtKind::SelfAssign { value, .. } => {
+                self.expr(value)
+            }
+            StmtKind::Call { args, .. } => args.iter().for_each(|a| self.expr(a)),
+            StmtKind::If { cond, then, els } => {
+                self.expr(cond);
+                self.stmts(then);
+                self.stmts(els);
+            }
+            StmtKind::Unroll { body, .. } => self.stmts(body),
+            StmtKind::While { cond, body } => {
+                self.expr(cond);
+                self.stmts(body);
+            }
+            StmtKind::Trace { fields, .. } => fields.iter().for_each(|f| self.expr(&f.value)),
+            StmtKind::Break | StmtKind::Continue => {}
+        }
+    }
+
+    fn expr(&mut self, e: &Expr) {
+        match &e.kind {
+            ExprKind::Ident(name) if STATE_IDENTS.contains(&name.as_str()) => {
+                self.note(Need::GuestState, e.span, name.clone())
+            }
+            ExprKind::Int(_)
+            | ExprKind::Str(_)
+            | ExprKind::Var(_)
+            | ExprKind::Ident(_)
+            | ExprKind::SizeofType(_)
+            | ExprKind::Offsetof(..)
+            | ExprKind::SelfVar(_) => {}
+            ExprKind::Map { keys, .. } => keys.iter().for_each(|k| self.expr(k)),
+            ExprKind::Call { name, args } => {
+                if PHYSICAL_CALLS.contains(&name.as_str()) {
+                    self.note(Need::PhysicalMemory, e.span, format!("{name}()"));
+                } else if STATE_CALLS.contains(&name.as_str()) {
+                    self.note(Need::GuestState, e.span, format!("{name}()"));
+                }
+                args.iter().for_each(|a| self.expr(a));
+            }
+            ExprKind::Unary(_, a) | ExprKind::Field(a, _) => self.expr(a),
+            ExprKind::Cast { expr, .. } | ExprKind::KCast { expr, .. } => self.expr(expr),
+            ExprKind::Binary(_, a, b) => {
+                self.expr(a);
+                self.expr(b);
+            }
+            ExprKind::Ternary(c, a, b) => {
+                self.expr(c);
+                self.expr(a);
+                self.expr(b);
+            }
+            ExprKind::Deref(a) => {
+                self.note(Need::GuestState, e.span, "*");
+                self.expr(a);
+            }
+            ExprKind::Tuple(es) => es.iter().for_each(|x| self.expr(x)),
+            ExprKind::Member {
+                base, name, access, ..
+            } => {
+                // `args.NAME` of a VMM or host event is the event's field,
+                // not guest state; everything else reads registers or memory
+                // (a struct place only when something loads from it).
+                if !matches!(access, Access::ProbeArg | Access::Place) {
+                    self.note(Need::GuestState, e.span, name.clone());
+                }
+                self.expr(base);
+            }
+            ExprKind::Index {
+                base,
+                index,
+                access,
+                ..
+            } => {
+                if !matches!(access, Access::Place) {
+                    self.note(Need::GuestState, e.span, "[]");
+                }
+                self.expr(base);
+                self.expr(index);
+            }
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! probe-plan: what a program asks to instrument, resolved against the
+//! guest kernel's symbols, and how a call's entry pairs with its return.
+//! Backend-neutral: shared by vmprobe (whatever backend serves the hits)
+//! and by its QEMU plugin, which is sent the sites resolved here.
+
+mod resolve;
+pub mod returns;
+
+pub use resolve::{
+    LayerPlan, ProbeSite, Skip, TimerProbe, WILDCARD_LIMIT, WatchProbe, resolve_layers,
+    resolve_probes, resolve_timers, resolve_watches,
+};
+pub use returns::{Entered, MAX_PENDING_RETURNS, PendingCall, ReturnTracker, Returned};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unknown kernel symbol '{name}' in probe {probe}")]
+    UnknownSymbol { probe: String, name: String },
+    #[error(
+        "probe {probe}: pattern '{pattern}' matches {count} functions, more than the limit of {limit}"
+    )]
+    TooManyMatches {
+        probe: String,
+        pattern: String,
+        count: usize,
+        limit: usize,
+    },
+    #[error("probe {probe}: no kernel function matches '{pattern}'")]
+    NoMatch { probe: String, pattern: String },
+    #[error("{probe}: offset {offset} is past the end of the function")]
+    OffsetOutside { probe: String, offset: u64 },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,183 @@
+//! Serving a run's guests and reporting on it: the banner, the engine's
+//! serve loop, then what bpftrace prints at exit (END's output, every
+//! map), the errors and statistics on stderr, and the exit status.
+
+use crate::record::{SharedRecorder, finish_recorder, snapshot};
+use anyhow::{Context, Result};
+use probe_engine::EndReason;
+use probe_engine::serve::{Guest, GuestOutcome, serve};
+use probe_lang::ProbeSpec;
+use std::io::Write;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// How the guests of a run are served and when the run ends.
+pub struct ServePlan {
+    /// The command each guest's init runs (`run`); `None` when attaching to
+    /// VMs that run whatever they run.
+    pub workload: Option<String>,
+    /// Ends the run at this time (`attach --duration`).
+    pub deadline: Option<Instant>,
+    pub stats: bool,
+    pub output: probe_output::OutputFormat,
+    /// Write the program's `kstack`-keyed maps as a flame graph (SVG, and
+    /// folded stacks next to it).
+    pub flamegraph: Option<std::path::PathBuf>,
+}
+
+/// Runs BEGIN, serves every guest in its own thread until the run ends
+/// (workloads done, Ctrl-C, `exit()`, deadline, or the target gone), then
+/// detaches, finishes the trace, runs END, prints the maps and returns the
+/// exit status.
+pub fn serve_and_report(
+    mut guests: Vec<Guest>,
+    program: &Arc<probe_lang::Program>,
+    recorder: Option<SharedRecorder>,
+    stop: &AtomicBool,
+    snapshot_requested: &AtomicBool,
+    plan: &ServePlan,
+) -> Result<i32> {
+    let count = guests.len();
+    if let Some(r) = &recorder {
+        for g in &mut guests {
+            // With trace() the script decides what is recorded.
+            g.backend
+                .set_recorder(Box::new(r.clone()), !program.uses_trace());
+        }
+    }
+    let mut runtime = probe_output::printing_runtime(
+        program.executable().clone(),
+        Box::new(std::io::stdout()),
+        plan.output,
+    );
+    runtime.set_start_nsecs(probe_engine::monotonic_ns());
+    let runtime = Mutex::new(runtime);
+    print!(
+        "{}",
+        probe_output::attaching_message_for(program.probes().len(), plan.output)
+    );
+    let _ = std::io::stdout().flush();
+
+    let take_snapshot = || snapshot(recorder.as_ref());
+    let engine_plan = probe_engine::serve::ServePlan {
+        workload: plan.workload.clone(),
+        deadline: plan.deadline,
+        stop,
+        snapshot_requested,
+        snapshot: &take_snapshot,
+    };
+    let (outcomes, kernel) = serve(guests, program, &runtime, &engine_plan);
+
+    if let Some(r) = recorder {
+        finish_recorder(r)?;
+    }
+    let mut runtime = runtime.into_inner().unwrap_or_else(|e| e.into_inner());
+    probe_engine::run_special(program, &mut runtime, &ProbeSpec::End, kernel.as_deref());
+    if let Some(path) = &plan.flamegraph {
+        match write_flamegraph(path, runtime.stack_entries()) {
+            Ok(n) => eprintln!("vmprobe: flame graph of {n} stacks in {}", path.display()),
+            Err(e) => eprintln!("vmprobe: writing the flame graph: {e:#}"),
+        }
+    }
+    runtime.print_maps();
+    let _ = std::io::stdout().flush();
+    for (probe, error, count) in runtime.errors() {
+        eprintln!("vmprobe: {probe}: {error} ({count} times)");
+    }
+    if plan.stats {
+        for o in &outcomes {
+            eprintln!("{}", stats_line(o));
+        }
+        for o in &outcomes {
+            for line in &o.finished.layer_summaries {
+                eprintln!("vmprobe: stats: {}: {line}", o.name);
+            }
+        }
+    }
+    for o in &outcomes {
+        if let Some(e) = &o.finished.detach_error {
+            eprintln!("vmprobe: detach: {}: {e}", o.name);
+        }
+    }
+    Ok(exit_status(outcomes, count))
+}
+
+fn stats_line(o: &GuestOutcome) -> String {
+    format!(
+        "vmprobe: stats: {}: {} backend, workload {:.3} s wall, {}",
+        o.name,
+        o.kind,
+        o.workload_secs.unwrap_or(0.0),
+        o.stats_line,
+    )
+}
+
+/// The first non-zero status of the guests (a workload's own status, or 1
+/// for a VM that went away); guests whose workload finished are powered
+/// off.
+fn exit_status(outcomes: Vec<GuestOutcome>, count: usize) -> i32 {
+    let prefix = |name: &str| {
+        if count == 1 {
+            String::new()
+        } else {
+            format!("{name}: ")
+        }
+    };
+    let mut code = 0;
+    for o in outcomes {
+        let c = match o.reason {
+            EndReason::WorkloadExited(status) => {
+                if let Some(mut control) = o.control
+                    && let Err(e) = control.shutdown()
+                {
+                    eprintln!("vmprobe: {}{e}", prefix(&o.name));
+                }
+                status
+            }
+            EndReason::ScriptExit | EndReason::Interrupted => 0,
+            EndReason::VmExited => {
+                eprintln!("vmprobe: {}: the VM exited", o.name);
+                0
+            }
+            EndReason::TargetGone(why) => {
+                eprintln!(
+                    "vmprobe: {}the VM went away ({why}); output above is what was collected",
+                    prefix(&o.name)
+                );
+                1
+            }
+        };
+        if code == 0 {
+            code = c;
+        }
+    }
+    code
+}
+
+/// Folds stacks (frames innermost first, as `kstack` holds them) root first,
+/// without offsets so that calls from anywhere in a function merge, and
+/// writes `PATH` (SVG) and `PATH` with extension `folded`.
+fn write_flamegraph(path: &std::path::Path, stacks: Vec<(Vec<String>, u64)>) -> Result<usize> {
+    let n = stacks.len();
+    let folded = trace_formats::flame::fold(stacks.into_iter().map(|(frames, count)| {
+        let root_first: Vec<String> = frames
+            .iter()
+            .rev()
+            .map(|f| f.split('+').next().unwrap_or(f).to_string())
+            .collect();
+        (root_first, count)
+    }));
+    let folded_path = path.with_extension("folded");
+    let file = std::fs::File::create(&folded_path)
+        .with_context(|| format!("creating {}", folded_path.display()))?;
+    trace_formats::flame::write_folded(std::io::BufWriter::new(file), &folded)?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    trace_formats::flame::write_flamegraph(
+        std::io::BufWriter::new(file),
+        &folded,
+        "vmprobe: kernel stacks",
+    )?;
+    Ok(n)
+}
