@@ -56,3 +56,12 @@ fn probes_count_and_interrupt_on_qemu10() {
     assert_eq!(ours, n, "{stderr}");
     assert!(map_value(&stdout, "ticks") >= 2, "{stdout}");
 }
+
+/// The guest patching its own code on two vCPUs while probed, as in
+/// `kprobe_count.rs`, on QEMU 10 (single-threaded TCG: QEMU 10.0.2's
+/// multi-threaded TCG crashes this guest as 7.2's does, see `qemu-guest`).
+#[test]
+fn guest_switches_its_own_kprobes_on_two_vcpus_on_qemu10() {
+    let Some(qemu) = qemu10() else { return };
+    guest_switches_its_own_kprobes_while_probed(vmprobe().args(["run", "--qemu"]).arg(&qemu));
+}
