@@ -228,3 +228,40 @@ pub fn babeltrace(dir: &std::path::Path) -> Vec<String> {
     assert!(stderr.trim().is_empty(), "babeltrace2 warned: {stderr}");
     text(&out.stdout).lines().map(str::to_string).collect()
 }
+
+/// Runs `run` (a `vmprobe run` command, with any QEMU options) on two vCPUs
+/// with a workload that makes the guest patch its own code: a kprobe event
+/// on the hot `vfs_read` is created, switched on and off, and removed 40
+/// times while two tasks call it. The guest must finish without a kernel
+/// failure, and vmprobe's probe must see each registration.
+pub fn guest_switches_its_own_kprobes_while_probed(run: &mut Command) {
+    let workload = "cd /sys/kernel/tracing || exit 1; \
+        (while :; do dd if=/dev/zero of=/dev/null bs=1 count=500 2>/dev/null; done) & \
+        (while :; do cat /proc/self/stat >/dev/null; done) & \
+        i=0; while [ $i -lt 40 ]; do echo \"p:k$i vfs_read\" >> kprobe_events && \
+        echo 1 > events/kprobes/k$i/enable && echo 0 > events/kprobes/k$i/enable && \
+        echo \"-:k$i\" >> kprobe_events || break; i=$((i+1)); done; \
+        kill %1 %2; echo SWITCHED $i";
+    let out = run_bounded(
+        run.args([
+            "--console",
+            "--vcpus",
+            "2",
+            "-e",
+            "kprobe:register_kprobe { @registered = count(); }",
+            "--",
+            workload,
+        ]),
+        RUN_LIMIT,
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "vmprobe failed: {stderr}");
+    assert!(
+        stderr.contains("SWITCHED 40"),
+        "the guest did not finish its 40 switches:\n{stderr}"
+    );
+    for sign in ["Oops", "BUG:", "soft lockup"] {
+        assert!(!stderr.contains(sign), "the guest kernel failed:\n{stderr}");
+    }
+    assert_eq!(map_value(&stdout, "registered"), 40, "{stdout}");
+}

@@ -993,6 +993,10 @@ impl Client {
         let deadline = Instant::now() + self.timeout;
         self.recv(Some(deadline))
             .map_err(|e| self.recv_err(e, || format!("reply to {}", self.cmd_text())))?;
+        // The reply is never acked: the stub took the resume packet's `$` as
+        // the end of it, and an ack now would reach a running target, which
+        // QEMU 8.1+ takes as an interrupt that sends no stop reply.
+        self.pending_ack = false;
         self.now_running();
         self.expect_ok(|| "P (register write)".into())
     }
@@ -1132,8 +1136,12 @@ impl Client {
     }
 
     /// Sends the raw interrupt byte `0x03`. The caller then `wait_stop`s.
+    /// To a running target that byte alone: QEMU 8.1+ stops the VM at any
+    /// other byte without a stop reply, then drops the `0x03` as garbage.
     pub fn interrupt(&mut self) -> Result<(), Error> {
-        self.flush_ack()?;
+        if !self.running {
+            self.flush_ack()?;
+        }
         self.conn.write_all(&[0x03])?;
         Ok(())
     }

@@ -114,8 +114,10 @@ const CONSOLE_TAIL: usize = 8192;
 /// `vfs_read` while two tasks call it crashed (a jump to 0 under
 /// `ksys_read`, or a soft lockup in the int3 handler) in 3 of 3 runs of
 /// plain QEMU, with no debugger attached, within 10-40 switches; with
-/// `thread=single` 100 switches passed in 2 of 2 runs. One vCPU runs the
-/// same either way.
+/// `thread=single` 100 switches passed in 2 of 2 runs. QEMU 10.0.2's
+/// multi-threaded TCG still crashed it (the same jump to 0) in 1 of 6 runs
+/// of 100 switches, so it stays off there too (ARCHITECTURE.md has the
+/// runs). One vCPU runs the same either way.
 const TCG_ACCEL: &str = "tcg,thread=single";
 
 impl Vm {

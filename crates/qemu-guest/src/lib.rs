@@ -8,11 +8,13 @@
 mod cpio;
 mod image;
 mod launch;
+mod qemu;
 
 pub use image::{
     DEFAULT_APPEND, GuestImage, build_default_guest, cache_dir, default_guest, ensure_default_guest,
 };
 pub use launch::{Accel, ControlEvent, LaunchConfig, Vm, kvm_usable};
+pub use qemu::{QEMU10_ENV, QemuVersion, installed_qemu10, qemu10_in};
 
 use std::path::PathBuf;
 
