@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! -plugin libcount_insns.so,out=FILE[,addr=0xA[:0xB..]][,switch=0xC[:0xD..]]
-//!         [,trigger=PATH][,after=SECONDS][,window=START:END][,sample=MS]
+//!         [,trigger=PATH][,after=SECONDS][,window=START:END][,sample=MS][,wake=off]
 //! ```
 //!
 //! - `addr`: instructions to count (repeatable, or `:`-separated: QEMU
@@ -19,6 +19,8 @@
 //!   hit whose rdx is START (included) to one whose rdx is END (excluded).
 //! - `sample=MS`: sampling on; a thread arms a sample on every vCPU every MS
 //!   milliseconds.
+//! - `wake=off`: switches wait for a doorbell block (no `async_run_on_cpu`
+//!   wake-up; see `tcg::set_immediate_wake`).
 //!
 //! At exit it writes to `out` one fact per line (see `write_report`).
 
@@ -47,6 +49,8 @@ struct Config {
     after: Option<Duration>,
     window: Option<(u64, u64)>,
     sample: Option<Duration>,
+    /// `wake=off`: no immediate wake-up of a vCPU (doorbell blocks only).
+    no_wake: bool,
 }
 
 struct Counter {
@@ -104,6 +108,7 @@ fn parse(args: &[String]) -> Result<Config, String> {
                 }
             }
             "trigger" => cfg.trigger = Some(PathBuf::from(v)),
+            "wake" => cfg.no_wake = v == "off",
             "after" => {
                 let s: f64 = v.parse().map_err(|e| format!("after={v}: {e}"))?;
                 cfg.after = Some(Duration::from_secs_f64(s));
@@ -259,6 +264,10 @@ impl Counter {
             out.push('\n');
         };
         line(format!("resets {}", tcg::resets()));
+        line(format!(
+            "immediate_wake {}",
+            u8::from(tcg::immediate_wake())
+        ));
         line(format!("panics {}", tcg::caught_panics()));
         line(format!("vcpus {}", self.vcpus_seen.load(Ordering::Relaxed)));
         for (name, v) in [
@@ -384,6 +393,7 @@ fn install(id: qemu_plugin_id_t, info: &qemu_info_t, args: &[String]) -> Result<
         return Err("installed twice".into());
     }
     let c: &'static Counter = COUNTER.get().ok_or("no counter")?;
+    tcg::set_immediate_wake(!c.cfg.no_wake);
     tcg::install(id, info, c)?;
     if let Some(period) = c.cfg.sample {
         tcg::set_sampling(true);

@@ -4,7 +4,8 @@
 use super::vcpu::{Overrides, Reg, Vcpu};
 use super::{
     ARMED, Entry, HALTED, IDLE_CALLBACKS_SEEN, IN_RESET, ON_VCPU_THREAD, PANICS, Plugin, REQUESTED,
-    RESET_PENDING, RESETS, SAMPLING, Slot, plugin, register_callbacks, start_reset,
+    RESET_PENDING, RESETS, SAMPLING, Slot, WAKE_QUEUED, plugin, register_callbacks, start_reset,
+    wake,
 };
 use qemu_plugin_sys::{
     qemu_plugin_cb_flags, qemu_plugin_cond, qemu_plugin_id_t, qemu_plugin_insn,
@@ -73,11 +74,24 @@ pub(super) unsafe extern "C" fn vcpu_init(_id: qemu_plugin_id_t, index: c_uint) 
         let Some(p) = plugin() else { return };
         if let Some(slot) = p.slots.get(index as usize) {
             refresh_words(p, index, slot);
+            slot.cpu.store(wake::cpu_state(index), Ordering::Release);
             with_vcpu(p, index, Overrides::default(), |v| v.state.init());
         }
         p.hooks.vcpu_init(index);
         // A request made before any vCPU was up rang no doorbell.
         start_reset(p);
+    });
+}
+
+/// Work queued by `ring_doorbells` (see `wake`): runs on a vCPU thread with
+/// QEMU's current_cpu set, where a reset may start.
+pub(super) unsafe extern "C" fn wake_work(_cpu: *mut c_void, _data: u64) {
+    guard(|| {
+        ON_VCPU_THREAD.set(true);
+        WAKE_QUEUED.store(false, Ordering::SeqCst);
+        if let Some(p) = plugin() {
+            start_reset(p);
+        }
     });
 }
 

@@ -40,6 +40,7 @@
 
 mod callbacks;
 mod vcpu;
+mod wake;
 
 pub use qemu_plugin_sys::{qemu_info_t, qemu_plugin_id_t};
 pub use vcpu::{Reg, Vcpu};
@@ -134,6 +135,8 @@ struct Slot {
     /// up and refreshed at every code flush (the scoreboard moves only when
     /// it grows past 16 vCPUs, with a flush). Null: not up yet.
     words: AtomicPtr<ScoreWords>,
+    /// QEMU's CPUState, for waking the vCPU (see `wake`); null if unknown.
+    cpu: AtomicPtr<std::ffi::c_void>,
     /// Set while a callback for this vCPU runs, so that a re-entrant call
     /// can never alias `state`.
     busy: Cell<bool>,
@@ -214,6 +217,8 @@ static SAMPLING: AtomicBool = AtomicBool::new(false);
 /// QEMU called an idle or resume callback: multi-threaded TCG, where waking
 /// a halted vCPU makes it call the resume callback.
 static IDLE_CALLBACKS_SEEN: AtomicBool = AtomicBool::new(false);
+/// A wake-up (`wake::queue`) is queued and has not run yet: one is enough.
+static WAKE_QUEUED: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
     /// This thread runs vCPUs (marked in vCPU-context callbacks): it may call
@@ -266,6 +271,7 @@ pub fn install(
         let s = info.__bindgen_anon_1.system;
         (s.smp_vcpus.max(1) as u32, s.max_vcpus.max(1) as u32)
     };
+    wake::init(info.version.cur);
     let out = InstallInfo {
         target,
         version_min: info.version.min,
@@ -282,6 +288,7 @@ pub fn install(
     let slots = (0..out.max_vcpus)
         .map(|_| Slot {
             words: AtomicPtr::new(std::ptr::null_mut()),
+            cpu: AtomicPtr::new(std::ptr::null_mut()),
             busy: Cell::new(false),
             state: UnsafeCell::new(VcpuState::default()),
         })
@@ -347,9 +354,38 @@ fn ring_doorbells(p: &Plugin) {
             doorbell.store(1, Ordering::SeqCst);
         }
     }
+    // One vCPU thread doing the reset is enough: its exclusive section
+    // stops them all.
+    let first = p
+        .slots
+        .iter()
+        .map(|s| s.cpu.load(Ordering::Acquire))
+        .find(|c| !c.is_null());
+    if let Some(cpu) = first {
+        if WAKE_QUEUED.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if wake::queue(cpu, callbacks::wake_work) {
+            return;
+        }
+        WAKE_QUEUED.store(false, Ordering::SeqCst);
+    }
     if IDLE_CALLBACKS_SEEN.load(Ordering::Relaxed) {
         kick_halted_vcpus(p);
     }
+}
+
+/// Whether a request from another thread wakes a vCPU at once (QEMU's
+/// `async_run_on_cpu` was found: see `wake`), rather than waiting for the
+/// next doorbell block.
+pub fn immediate_wake() -> bool {
+    wake::available()
+}
+
+/// Off: requests from other threads wait for a doorbell block (or, under
+/// multi-threaded TCG, the resume callback), using the plugin API alone.
+pub fn set_immediate_wake(on: bool) {
+    wake::ENABLED.store(on, Ordering::Relaxed);
 }
 
 /// Under multi-threaded TCG, a halted vCPU runs no block until an interrupt

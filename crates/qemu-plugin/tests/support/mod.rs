@@ -122,10 +122,10 @@ impl Guest {
     /// Boots the default guest with `plugin` (`Some((path, "a=b,c=d"))`) or
     /// none, under TCG as vmprobe runs it (one vCPU, single-threaded TCG).
     pub fn boot(qemu: &Path, plugin: Option<(&Path, &str)>) -> Guest {
-        Self::boot_with(qemu, plugin, &[])
+        Self::boot_vcpus(qemu, plugin, 1)
     }
 
-    pub fn boot_with(qemu: &Path, plugin: Option<(&Path, &str)>, extra: &[&str]) -> Guest {
+    pub fn boot_vcpus(qemu: &Path, plugin: Option<(&Path, &str)>, vcpus: u32) -> Guest {
         let mut image = default_guest();
         // Kernel addresses straight from the image: no KASLR slide to find.
         image.append = "console=ttyS0 nokaslr panic=-1 quiet".into();
@@ -133,6 +133,7 @@ impl Guest {
         cfg.accel = Accel::Tcg;
         cfg.qemu = qemu.to_path_buf();
         cfg.gdbstub = false;
+        cfg.vcpus = vcpus;
         let console = Arc::new(Mutex::new(Vec::new()));
         cfg.console = Some(Arc::new(Mutex::new(Sink(console.clone()))));
         if let Some((so, args)) = plugin {
@@ -143,7 +144,6 @@ impl Guest {
             }
             cfg.extra_args = vec!["-plugin".into(), spec];
         }
-        cfg.extra_args.extend(extra.iter().map(|s| s.to_string()));
         let mut vm = Vm::launch(&cfg).expect("launching QEMU");
         let mut qmp = qemu_vmm::Qmp::connect_unix_wait(&vm.qmp_socket(), T).expect("QMP");
         qmp.cont().expect("QMP cont");
