@@ -66,6 +66,9 @@ pub struct LaunchConfig {
     /// Extra CPU features for TCG's `qemu64` model, e.g. `"+la57"` for
     /// five-level paging (empty by default).
     pub tcg_cpu_features: String,
+    /// Further QEMU arguments, appended after all of the above (e.g.
+    /// `-plugin /abs/path.so,arg=value` for a TCG plugin).
+    pub extra_args: Vec<String>,
 }
 
 impl LaunchConfig {
@@ -82,6 +85,7 @@ impl LaunchConfig {
             gdbstub: true,
             disk: None,
             tcg_cpu_features: String::new(),
+            extra_args: Vec::new(),
         }
     }
 }
@@ -222,6 +226,7 @@ impl Vm {
         if cfg.gdbstub {
             cmd.args(["-gdb", &unix_server("gdb.sock")]);
         }
+        cmd.args(&cfg.extra_args);
         let mut child = cmd.spawn().map_err(io_err(&cfg.qemu))?;
 
         let exited = |child: &mut Child| -> Option<Error> {

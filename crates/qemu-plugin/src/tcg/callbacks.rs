@@ -1,0 +1,427 @@
+//! The `extern "C"` functions QEMU calls. Each one catches any panic (an
+//! unwind into QEMU's C frames would be undefined behaviour) and counts it.
+
+use super::vcpu::{Overrides, Reg, Vcpu};
+use super::{
+    ARMED, Entry, HALTED, IDLE_CALLBACKS_SEEN, IN_RESET, ON_VCPU_THREAD, PANICS, Plugin, REQUESTED,
+    RESET_PENDING, RESETS, SAMPLING, Slot, WAKE_QUEUED, plugin, register_callbacks, start_reset,
+    wake,
+};
+use qemu_plugin_sys::{
+    qemu_plugin_cb_flags, qemu_plugin_cond, qemu_plugin_id_t, qemu_plugin_insn,
+    qemu_plugin_insn_data, qemu_plugin_insn_size, qemu_plugin_insn_vaddr, qemu_plugin_num_vcpus,
+    qemu_plugin_register_vcpu_insn_exec_cb, qemu_plugin_register_vcpu_tb_exec_cond_cb,
+    qemu_plugin_scoreboard_find, qemu_plugin_tb, qemu_plugin_tb_get_insn, qemu_plugin_tb_n_insns,
+    qemu_plugin_tb_vaddr,
+};
+use std::cell::Cell;
+use std::ffi::{c_uint, c_void};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::Ordering;
+
+/// Runs a callback body; a panic ends it and is counted.
+fn guard(f: impl FnOnce()) {
+    if catch_unwind(AssertUnwindSafe(f)).is_err() {
+        PANICS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Gives `f` the vCPU `index`'s [`Vcpu`]. Skipped for a vCPU we have no slot
+/// for, or if a callback for it is already running on this thread (that
+/// cannot happen with QEMU 10.0; the check keeps two `&mut` from aliasing).
+fn with_vcpu(p: &Plugin, index: c_uint, overrides: Overrides, f: impl FnOnce(&mut Vcpu<'_>)) {
+    let Some(slot) = p.slots.get(index as usize) else {
+        return;
+    };
+    if slot.busy.replace(true) {
+        return;
+    }
+    struct Release<'a>(&'a Cell<bool>);
+    impl Drop for Release<'_> {
+        fn drop(&mut self) {
+            self.0.set(false);
+        }
+    }
+    let _release = Release(&slot.busy);
+    // SAFETY: we are on the thread running vCPU `index` (every caller is a
+    // QEMU callback for that vCPU), and `busy` shows no other reference to
+    // its state exists.
+    let state = unsafe { &mut *slot.state.get() };
+    let mut vcpu = Vcpu {
+        index,
+        state,
+        overrides,
+    };
+    f(&mut vcpu);
+}
+
+/// Points the vCPU's slot at its scoreboard words (QEMU must have counted
+/// the vCPU already: `qemu_plugin_scoreboard_find` asserts it).
+fn refresh_words(p: &Plugin, index: c_uint, slot: &Slot) {
+    // SAFETY: plain reads of QEMU's vCPU count and scoreboard layout.
+    let ptr = unsafe {
+        if index >= qemu_plugin_num_vcpus().max(0) as c_uint {
+            return;
+        }
+        qemu_plugin_scoreboard_find(p.score.0, index)
+    };
+    slot.words.store(ptr.cast(), Ordering::Release);
+}
+
+pub(super) unsafe extern "C" fn vcpu_init(_id: qemu_plugin_id_t, index: c_uint) {
+    guard(|| {
+        ON_VCPU_THREAD.set(true);
+        let Some(p) = plugin() else { return };
+        if let Some(slot) = p.slots.get(index as usize) {
+            refresh_words(p, index, slot);
+            slot.cpu.store(wake::cpu_state(index), Ordering::Release);
+            with_vcpu(p, index, Overrides::default(), |v| v.state.init());
+        }
+        p.hooks.vcpu_init(index);
+        // A request made before any vCPU was up rang no doorbell.
+        start_reset(p);
+    });
+}
+
+/// Work queued by `ring_doorbells` (see `wake`): runs on a vCPU thread with
+/// QEMU's current_cpu set, where a reset may start.
+pub(super) unsafe extern "C" fn wake_work(_cpu: *mut c_void, _data: u64) {
+    guard(|| {
+        ON_VCPU_THREAD.set(true);
+        WAKE_QUEUED.store(false, Ordering::SeqCst);
+        if let Some(p) = plugin() {
+            start_reset(p);
+        }
+    });
+}
+
+pub(super) unsafe extern "C" fn vcpu_exit(_id: qemu_plugin_id_t, _index: c_uint) {
+    // Registered only for an instant, to wake halted vCPUs (kick_halted_vcpus).
+}
+
+pub(super) unsafe extern "C" fn vcpu_idle(_id: qemu_plugin_id_t, _index: c_uint) {
+    guard(|| {
+        ON_VCPU_THREAD.set(true);
+        IDLE_CALLBACKS_SEEN.store(true, Ordering::Relaxed);
+        // No reset from here: QEMU calls this just before the vCPU waits, and
+        // the wake-up our reset's queued work sends would come before that
+        // wait and be lost. The `hlt` block's doorbell answered already.
+    });
+}
+
+pub(super) unsafe extern "C" fn vcpu_resume(_id: qemu_plugin_id_t, index: c_uint) {
+    guard(|| {
+        ON_VCPU_THREAD.set(true);
+        IDLE_CALLBACKS_SEEN.store(true, Ordering::Relaxed);
+        let Some(p) = plugin() else { return };
+        let Some((doorbell, sample)) = p.slots.get(index as usize).and_then(Slot::words) else {
+            return;
+        };
+        // Here QEMU processes queued work right after us: a reset starts at once.
+        if doorbell.swap(0, Ordering::SeqCst) != 0 {
+            start_reset(p);
+        }
+        if SAMPLING.load(Ordering::Relaxed) && sample.swap(0, Ordering::SeqCst) & ARMED != 0 {
+            // Before the interrupt that woke it is delivered: `env` holds the
+            // halted registers, `rip` past the `hlt`.
+            with_vcpu(p, index, Overrides::default(), |v| {
+                p.hooks.on_sample(v, true)
+            });
+        }
+    });
+}
+
+/// Instructions whose blocks carry the doorbell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Landmark {
+    Iretq,
+    Sysretq,
+    Swapgs,
+    Hlt,
+}
+
+/// Exact encodings as the kernel emits them (no prefixes but REX.W).
+pub(super) fn classify(bytes: &[u8]) -> Option<Landmark> {
+    match bytes {
+        [0x48, 0xcf] => Some(Landmark::Iretq),
+        [0x48, 0x0f, 0x07] => Some(Landmark::Sysretq),
+        [0x0f, 0x01, 0xf8] => Some(Landmark::Swapgs),
+        [0xf4] => Some(Landmark::Hlt),
+        _ => None,
+    }
+}
+
+fn landmark(insn: *mut qemu_plugin_insn) -> Option<Landmark> {
+    let mut bytes = [0u8; 3];
+    // SAFETY: `insn` is a live handle inside the translation callback; the
+    // copy is bounded by our buffer's length.
+    let got = unsafe {
+        let size = qemu_plugin_insn_size(insn);
+        if size > bytes.len() {
+            return None;
+        }
+        qemu_plugin_insn_data(insn, bytes.as_mut_ptr().cast(), size)
+    };
+    classify(&bytes[..got.min(bytes.len())])
+}
+
+pub(super) unsafe extern "C" fn tb_trans(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb) {
+    guard(|| {
+        ON_VCPU_THREAD.set(true);
+        if let Some(p) = plugin() {
+            translate(p, tb);
+        }
+    });
+}
+
+fn translate(p: &Plugin, tb: *mut qemu_plugin_tb) {
+    let sampling = SAMPLING.load(Ordering::Relaxed);
+    let mut has_landmark = false;
+    // SAFETY (for every qemu_plugin_tb_*/insn_* call below): `tb` and the
+    // insn handles it yields are valid for the duration of this translation
+    // callback, which is where we use them.
+    let n = unsafe { qemu_plugin_tb_n_insns(tb) };
+    for i in 0..n {
+        // SAFETY: see above; i < n.
+        let insn = unsafe { qemu_plugin_tb_get_insn(tb, i) };
+        if insn.is_null() {
+            continue;
+        }
+        // SAFETY: see above.
+        let (vaddr, size) = unsafe { (qemu_plugin_insn_vaddr(insn), qemu_plugin_insn_size(insn)) };
+        let mark = landmark(insn);
+        has_landmark |= mark.is_some();
+        if sampling && mark == Some(Landmark::Hlt) {
+            // SAFETY: a live insn handle; the userdata is a plain number.
+            unsafe {
+                qemu_plugin_register_vcpu_insn_exec_cb(
+                    insn,
+                    Some(on_hlt),
+                    qemu_plugin_cb_flags::QEMU_PLUGIN_CB_NO_REGS,
+                    (vaddr + size as u64) as *mut c_void,
+                );
+            }
+        }
+        // A panic in the probe logic loses only this instruction's probe,
+        // not the block's doorbell.
+        let wanted = match catch_unwind(AssertUnwindSafe(|| p.hooks.instrument(vaddr))) {
+            Ok(w) => w,
+            Err(_) => {
+                PANICS.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        };
+        if let Some(userdata) = wanted {
+            let entry = {
+                let mut entries = p.entries.lock().unwrap_or_else(|e| e.into_inner());
+                let e = entries
+                    .entry((vaddr, userdata))
+                    .or_insert_with(|| Box::new(Entry { vaddr, userdata }));
+                &**e as *const Entry
+            };
+            // SAFETY: a live insn handle; `entry` stays allocated until the
+            // next code flush, after which no block refers to it.
+            unsafe {
+                qemu_plugin_register_vcpu_insn_exec_cb(
+                    insn,
+                    Some(on_insn),
+                    qemu_plugin_cb_flags::QEMU_PLUGIN_CB_R_REGS,
+                    entry as *mut c_void,
+                );
+            }
+        }
+    }
+    if has_landmark {
+        // SAFETY: a live tb handle; the scoreboard entry is ours and outlives
+        // the block.
+        unsafe {
+            qemu_plugin_register_vcpu_tb_exec_cond_cb(
+                tb,
+                Some(on_doorbell),
+                qemu_plugin_cb_flags::QEMU_PLUGIN_CB_NO_REGS,
+                qemu_plugin_cond::QEMU_PLUGIN_COND_NE,
+                p.score
+                    .entry(std::mem::offset_of!(super::ScoreWords, doorbell)),
+                0,
+                std::ptr::null_mut(),
+            );
+        }
+    }
+    if sampling {
+        // SAFETY: as above; the userdata is the block's address, a number.
+        unsafe {
+            let vaddr = qemu_plugin_tb_vaddr(tb);
+            qemu_plugin_register_vcpu_tb_exec_cond_cb(
+                tb,
+                Some(on_sample_block),
+                qemu_plugin_cb_flags::QEMU_PLUGIN_CB_R_REGS,
+                qemu_plugin_cond::QEMU_PLUGIN_COND_NE,
+                p.score
+                    .entry(std::mem::offset_of!(super::ScoreWords, sample)),
+                0,
+                vaddr as *mut c_void,
+            );
+        }
+    }
+}
+
+unsafe extern "C" fn on_insn(index: c_uint, userdata: *mut c_void) {
+    guard(|| {
+        let Some(p) = plugin() else { return };
+        // SAFETY: `userdata` is an `Entry` from `translate`, alive until the
+        // next flush; this block cannot run after that flush.
+        let entry = unsafe { &*(userdata as *const Entry) };
+        // QEMU's rip is stale inside a block (TCG writes it back lazily).
+        let mut overrides = Overrides::default();
+        overrides.set(Reg::Rip, entry.vaddr);
+        with_vcpu(p, index, overrides, |v| p.hooks.on_insn(v, entry.userdata));
+    });
+}
+
+unsafe extern "C" fn on_doorbell(index: c_uint, _userdata: *mut c_void) {
+    guard(|| {
+        let Some(p) = plugin() else { return };
+        if let Some((doorbell, _)) = p.slots.get(index as usize).and_then(Slot::words)
+            && doorbell.swap(0, Ordering::SeqCst) != 0
+        {
+            start_reset(p);
+        }
+    });
+}
+
+unsafe extern "C" fn on_hlt(index: c_uint, resume_pc: *mut c_void) {
+    guard(|| {
+        let Some(p) = plugin() else { return };
+        let Some(slot) = p.slots.get(index as usize) else {
+            return;
+        };
+        with_vcpu(p, index, Overrides::default(), |v| {
+            v.state.halt_resume_pc = resume_pc as u64
+        });
+        if let Some((_, sample)) = slot.words() {
+            sample.fetch_or(HALTED, Ordering::SeqCst);
+        }
+    });
+}
+
+unsafe extern "C" fn on_sample_block(index: c_uint, block_vaddr: *mut c_void) {
+    guard(|| {
+        let Some(p) = plugin() else { return };
+        let Some((_, sample)) = p.slots.get(index as usize).and_then(Slot::words) else {
+            return;
+        };
+        let flags = sample.swap(0, Ordering::SeqCst);
+        if flags & ARMED == 0 {
+            return;
+        }
+        let resumed = flags & HALTED != 0;
+        let mut overrides = Overrides::default();
+        overrides.set(Reg::Rip, block_vaddr as u64);
+        with_vcpu(p, index, overrides, |v| {
+            if resumed {
+                use_halted_frame(v);
+            }
+            p.hooks.on_sample(v, resumed)
+        });
+    });
+}
+
+/// The first block a vCPU runs after `hlt` is the entry of the interrupt
+/// (or NMI) handler that woke it. Its general registers are still the
+/// halted ones; rip, cs, rflags, rsp and ss are in the frame the CPU pushed
+/// (after an error code, for vectors that have one). Used when the frame's
+/// rip is the address after that `hlt`, which is where the vCPU halted.
+fn use_halted_frame(v: &mut Vcpu<'_>) {
+    let pc = v.state.halt_resume_pc;
+    let Some(rsp) = v.reg_id(Reg::Rsp) else {
+        return;
+    };
+    let Some(words) = v.read_u64s::<6>(rsp) else {
+        return;
+    };
+    let frame = if words[0] == pc {
+        &words[0..5]
+    } else if words[1] == pc {
+        &words[1..6]
+    } else {
+        return;
+    };
+    for (r, &value) in [Reg::Rip, Reg::Cs, Reg::Eflags, Reg::Rsp, Reg::Ss]
+        .iter()
+        .zip(frame)
+    {
+        v.overrides.set(*r, value);
+    }
+}
+
+pub(super) unsafe extern "C" fn flush(_id: qemu_plugin_id_t) {
+    guard(|| {
+        let Some(p) = plugin() else { return };
+        // No block is left that points to an entry (QEMU flushes inside an
+        // exclusive section, so no translation is under way either).
+        p.entries.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        // A scoreboard that grew (past 16 vCPUs) moved, with this flush.
+        for (i, slot) in p.slots.iter().enumerate() {
+            if !slot.words.load(Ordering::Acquire).is_null() {
+                refresh_words(p, i as c_uint, slot);
+            }
+        }
+    });
+}
+
+/// QEMU's reset is done: the code is flushed, our callbacks are gone. Runs
+/// on the vCPU thread that asked, in the exclusive section.
+pub(super) unsafe extern "C" fn reset_done(id: qemu_plugin_id_t) {
+    guard(|| {
+        register_callbacks(id);
+        let Some(p) = plugin() else { return };
+        // Doorbells first, then the request: a request that comes in between
+        // keeps its doorbell, and one that comes before is satisfied by this
+        // reset (no block is translated before we return).
+        for slot in p.slots.iter() {
+            if let Some((doorbell, _)) = slot.words() {
+                doorbell.store(0, Ordering::SeqCst);
+            }
+        }
+        REQUESTED.store(false, Ordering::SeqCst);
+        RESETS.fetch_add(1, Ordering::Relaxed);
+        RESET_PENDING.store(false, Ordering::SeqCst);
+        // QEMU still counts the reset as under way until we return, so a
+        // request from `reinstrumented` rings the doorbell instead.
+        struct Leave;
+        impl Drop for Leave {
+            fn drop(&mut self) {
+                IN_RESET.set(false);
+            }
+        }
+        IN_RESET.set(true);
+        let _leave = Leave;
+        p.hooks.reinstrumented();
+    });
+}
+
+pub(super) unsafe extern "C" fn at_exit(_id: qemu_plugin_id_t, _userdata: *mut c_void) {
+    guard(|| {
+        if let Some(p) = plugin() {
+            p.hooks.at_exit();
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn landmarks_are_exact_encodings() {
+        assert_eq!(classify(&[0x48, 0xcf]), Some(Landmark::Iretq));
+        assert_eq!(classify(&[0x48, 0x0f, 0x07]), Some(Landmark::Sysretq));
+        assert_eq!(classify(&[0x0f, 0x01, 0xf8]), Some(Landmark::Swapgs));
+        assert_eq!(classify(&[0xf4]), Some(Landmark::Hlt));
+        // iret (32-bit), sysret (32-bit), rdtscp, and a longer insn starting with F4's byte.
+        assert_eq!(classify(&[0xcf]), None);
+        assert_eq!(classify(&[0x0f, 0x07]), None);
+        assert_eq!(classify(&[0x0f, 0x01, 0xf9]), None);
+        assert_eq!(classify(&[]), None);
+    }
+}
