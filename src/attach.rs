@@ -31,11 +31,13 @@ pub enum StubAddr {
     Unix(PathBuf),
 }
 
-/// One `--vm NAME=gdb:HOST:PORT[,qmp:PATH][,log:PATH][,kernel:IMAGE]`.
+/// One `--vm NAME=gdb:HOST:PORT[,plugin:SOCKET][,qmp:PATH][,log:PATH][,kernel:IMAGE]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmSpec {
     pub name: String,
     pub gdb: Option<StubAddr>,
+    /// The socket of vmprobe's plugin in the VM's QEMU.
+    pub plugin: Option<PathBuf>,
     pub qmp: Option<PathBuf>,
     /// QEMU's log file (`-D PATH -msg timestamp=on`), for `vmm:` probes.
     pub log: Option<PathBuf>,
@@ -59,14 +61,15 @@ pub fn parse_vm_spec(text: &str) -> Result<VmSpec, String> {
     let mut spec = VmSpec {
         name: name.to_string(),
         gdb: None,
+        plugin: None,
         qmp: None,
         log: None,
         kernel: None,
     };
     for part in rest.split(',') {
-        let (key, value) = part
-            .split_once(':')
-            .ok_or_else(|| format!("'{part}': expected KEY:VALUE (gdb:, qmp:, log: or kernel:)"))?;
+        let (key, value) = part.split_once(':').ok_or_else(|| {
+            format!("'{part}': expected KEY:VALUE (gdb:, plugin:, qmp:, log: or kernel:)")
+        })?;
         match key {
             "gdb" => {
                 spec.gdb = Some(match value.strip_prefix("unix:") {
@@ -82,14 +85,19 @@ pub fn parse_vm_spec(text: &str) -> Result<VmSpec, String> {
                 })
             }
             "qmp" => spec.qmp = Some(PathBuf::from(value)),
+            "plugin" => spec.plugin = Some(PathBuf::from(value)),
             "log" => spec.log = Some(PathBuf::from(value)),
             "kernel" => spec.kernel = Some(PathBuf::from(value)),
-            other => return Err(format!("'{other}': unknown key (gdb, qmp, log or kernel)")),
+            other => {
+                return Err(format!(
+                    "'{other}': unknown key (gdb, plugin, qmp, log or kernel)"
+                ));
+            }
         }
     }
-    if spec.gdb.is_none() && spec.qmp.is_none() {
+    if spec.gdb.is_none() && spec.qmp.is_none() && spec.plugin.is_none() {
         return Err(format!(
-            "'{text}': give gdb:HOST:PORT (or qmp:PATH to open one)"
+            "'{text}': give gdb:HOST:PORT (or qmp:PATH to open one), or plugin:SOCKET"
         ));
     }
     Ok(spec)
@@ -123,6 +131,7 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
         }
     };
     let layers = probe_plan::resolve_layers(&program);
+    let recording_mode = crate::plugin::record_mode(recording.is_some(), &program);
     if !layers.vmm_events.is_empty()
         && let Some(spec) = args.vm.iter().find(|s| s.qmp.is_none() || s.log.is_none())
     {
@@ -176,8 +185,10 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
             Some(k) => Ok(k),
             None => vm_kernel(spec),
         };
-        let attached = kernel
-            .and_then(|k| attach_one(spec, k, &program, &layers, private.path(), &mut opened));
+        let attached = kernel.and_then(|k| match plugin_choice(spec, &program, &args)? {
+            Some(socket) => attach_plugin(spec, &socket, k, &program, &layers, recording_mode),
+            None => attach_one(spec, k, &program, &layers, private.path(), &mut opened),
+        });
         match attached {
             Ok(g) => guests.push(g),
             Err(e) => {
@@ -217,6 +228,88 @@ fn close_stubs(opened: &mut Vec<&VmSpec>) {
             );
         }
     }
+}
+
+/// The plugin's socket when the plugin serves this VM: given (`plugin:`),
+/// not refused with `--backend gdb`, and able to serve the program (else,
+/// with `--backend plugin` or no stub to fall back on, the error says why).
+fn plugin_choice(
+    spec: &VmSpec,
+    program: &probe_lang::Program,
+    args: &crate::AttachArgs,
+) -> Result<Option<PathBuf>> {
+    let Some(socket) = &spec.plugin else {
+        if args.backend == crate::BackendArg::Plugin {
+            bail!("--backend plugin: give the VM's plugin socket (plugin:SOCKET)");
+        }
+        return Ok(None);
+    };
+    let no_stub = spec.gdb.is_none() && spec.qmp.is_none();
+    if args.backend == crate::BackendArg::Gdb {
+        if no_stub {
+            bail!("--backend gdb: give the VM's stub (gdb:, or qmp: to open one)");
+        }
+        return Ok(None);
+    }
+    match backend_plugin::check_program(program) {
+        Ok(()) => {
+            if args.verbose {
+                eprintln!("vmprobe: {}: backend: plugin", spec.name);
+            }
+            Ok(Some(socket.clone()))
+        }
+        Err(diags) if args.backend == crate::BackendArg::Plugin || no_stub => {
+            bail!(
+                "the plugin cannot serve this program:\n{}",
+                diags.to_string().trim_end()
+            )
+        }
+        Err(diags) => {
+            if args.verbose {
+                let first = diags.to_string();
+                eprintln!(
+                    "vmprobe: {}: backend: gdb ({})",
+                    spec.name,
+                    first.lines().next().unwrap_or("")
+                );
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// Attaches through vmprobe's plugin in the VM's QEMU: the guest never
+/// stops.
+fn attach_plugin(
+    spec: &VmSpec,
+    socket: &std::path::Path,
+    kernel: KernelInfo,
+    program: &Arc<probe_lang::Program>,
+    layers: &LayerPlan,
+    record: plugin_protocol::RecordMode,
+) -> Result<Guest> {
+    if !crate::kernel::check_program(program, &kernel.symbols)? {
+        bail!("the program names unknown kernel symbols");
+    }
+    let mut backend = crate::plugin::attach(&spec.name, socket, program, &kernel, record)?;
+    if !layers.tracepoints.is_empty() {
+        let vcpus = vcpu_threads(&mut connect_qmp(spec, Duration::from_secs(5))?)?;
+        let source = host_source(vcpus, program, layers)?;
+        backend.add_layer(Box::new(source), &layers.handlers);
+    }
+    if !layers.vmm_events.is_empty() {
+        backend.add_layer(Box::new(vmm_source(spec, layers)?), &layers.handlers);
+    }
+    eprintln!(
+        "vmprobe: attached to {} through its plugin ({})",
+        spec.name,
+        backend.plugin_version()
+    );
+    Ok(Guest {
+        name: spec.name.clone(),
+        backend: Box::new(backend),
+        control: None,
+    })
 }
 
 fn attach_one<'s>(
@@ -462,10 +555,15 @@ mod tests {
             VmSpec {
                 name: "web".into(),
                 gdb: Some(StubAddr::Tcp("127.0.0.1:1234".into())),
+                plugin: None,
                 qmp: None,
                 log: None,
                 kernel: Some("/boot/vmlinuz".into()),
             }
+        );
+        assert_eq!(
+            parse_vm_spec("p=plugin:/run/p.sock").unwrap().plugin,
+            Some("/run/p.sock".into())
         );
         assert_eq!(
             parse_vm_spec("k=qmp:/run/k.qmp,log:/run/k.log")

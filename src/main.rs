@@ -9,6 +9,7 @@ mod bench;
 mod gdb;
 mod kernel;
 mod list;
+mod plugin;
 mod record;
 mod report;
 mod run;
@@ -41,6 +42,14 @@ enum Command {
     /// Measure what probing costs: boot the default guest and run workloads
     /// under every configuration (no vmprobe ... GDB ... in-guest kprobes).
     Bench(BenchArgs),
+    /// Print the QEMU flags that load vmprobe's plugin, for a VM you start
+    /// yourself and attach to with `--vm NAME=plugin:SOCKET`.
+    QemuArgs {
+        /// Where the plugin listens (a Unix socket; its directory should be
+        /// yours alone).
+        #[arg(long, value_name = "SOCKET", default_value = "/run/vmprobe/vm.sock")]
+        socket: PathBuf,
+    },
     /// Manage the default guest.
     Guest {
         #[command(subcommand)]
@@ -108,6 +117,11 @@ pub struct BootArgs {
     /// in the default guest); it is written to if the workload writes.
     #[arg(long, value_name = "FILE")]
     disk: Option<PathBuf>,
+    /// Which backend serves the probes: inside QEMU (plugin: TCG, QEMU 9.2
+    /// or later, no VM stop per hit), through the GDB stub (gdb), or the
+    /// plugin where it can serve the program and QEMU, else the stub (auto).
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendArg,
 }
 
 #[derive(Args)]
@@ -132,6 +146,9 @@ pub struct RunArgs {
     /// Print hit statistics (hits, service time per hit, round trips) on stderr at the end.
     #[arg(long)]
     stats: bool,
+    /// Say which backend serves the guests, and why.
+    #[arg(short, long)]
+    verbose: bool,
     /// The workload: one argument is a shell command line; several are quoted and joined.
     #[arg(last = true, value_name = "WORKLOAD")]
     workload: Vec<String>,
@@ -158,6 +175,13 @@ pub struct AttachArgs {
     /// Print hit statistics on stderr at the end.
     #[arg(long)]
     stats: bool,
+    /// Which backend serves a VM given both `plugin:` and `gdb:`: the
+    /// plugin, the stub, or the plugin where it can serve the program.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendArg,
+    /// Say which backend serves each VM, and why.
+    #[arg(short, long)]
+    verbose: bool,
 }
 
 #[derive(Args)]
@@ -200,6 +224,9 @@ pub struct RecordArgs {
     /// With --vm: detach after this many seconds.
     #[arg(long, value_name = "SECONDS", requires = "vm")]
     duration: Option<f64>,
+    /// Say which backend serves the guests, and why.
+    #[arg(short, long)]
+    verbose: bool,
     /// The workload, as for `run`.
     #[arg(last = true, value_name = "WORKLOAD")]
     workload: Vec<String>,
@@ -239,6 +266,13 @@ impl OutputArg {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BackendArg {
+    Auto,
+    Plugin,
+    Gdb,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub(crate) enum AccelArg {
     Kvm,
@@ -252,6 +286,7 @@ fn main() {
         Command::Bench(args) => bench::bench(args),
         Command::Record(args) => record::record(args),
         Command::Attach(args) => attach::attach(args),
+        Command::QemuArgs { socket } => plugin::qemu_args(&socket).map(|_| 0),
         Command::Guest {
             command: GuestCommand::Build,
         } => kernel::guest_build().map(|_| 0),

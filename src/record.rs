@@ -374,6 +374,8 @@ pub fn record(args: crate::RecordArgs) -> Result<i32> {
             format: crate::OutputArg::Text,
             duration: args.duration,
             stats: args.stats,
+            backend: args.boot.backend,
+            verbose: args.verbose,
         };
         return crate::attach::attach_recording(attach_args, Some(recording));
     }
@@ -385,6 +387,7 @@ pub fn record(args: crate::RecordArgs) -> Result<i32> {
         boot: args.boot,
         console: args.console,
         stats: args.stats,
+        verbose: args.verbose,
         workload: args.workload,
     };
     crate::run::run_recording(run_args, Some(recording))

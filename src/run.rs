@@ -123,13 +123,33 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
     if args.console {
         cfg.console = Some(Arc::new(std::sync::Mutex::new(std::io::stderr())));
     }
+    let choice = crate::plugin::choose(
+        args.boot.backend,
+        &program,
+        cfg.accel,
+        args.boot.qemu.as_deref(),
+        args.verbose,
+    )?;
+    let plugin = match choice {
+        Err(diags) => {
+            eprint!("{diags}");
+            return Ok(1);
+        }
+        Ok(crate::plugin::Choice::Plugin { library, qemu }) => {
+            cfg.qemu = qemu;
+            cfg.plugin = Some(library);
+            Some(crate::plugin::record_mode(recording.is_some(), &program))
+        }
+        Ok(crate::plugin::Choice::Gdb) => None,
+    };
     let count = args.boot.guests.max(1);
     eprintln!(
-        "vmprobe: booting {} guest{} of {} ({:?})",
+        "vmprobe: booting {} guest{} of {} ({:?}, {} backend)",
         count,
         if count == 1 { "" } else { "s" },
         cfg.image.kernel.display(),
-        cfg.accel
+        cfg.accel,
+        if plugin.is_some() { "plugin" } else { "gdb" },
     );
     // QEMUs are started from this thread: PR_SET_PDEATHSIG fires when the
     // *thread* that forked them exits. They then boot in parallel; any
@@ -164,7 +184,10 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
             .into_iter()
             .map(|(name, vm)| {
                 let (kernel, program, layers) = (&kernel, &program, &layers);
-                scope.spawn(move || boot_guest(name, vm, kernel, program, layers))
+                scope.spawn(move || match plugin {
+                    Some(record) => boot_guest_plugin(name, vm, kernel, program, layers, record),
+                    None => boot_guest(name, vm, kernel, program, layers),
+                })
             })
             .collect();
         handles
@@ -241,6 +264,54 @@ fn boot_guest(
     Ok(Guest {
         name,
         backend: Box::new(session),
+        control: Some(Box::new(VmControl(vm))),
+    })
+}
+
+/// Lets a guest launched with vmprobe's plugin boot, then attaches the
+/// program through the plugin (the guest keeps running: no probe runs a
+/// handler until the engine starts the backend).
+fn boot_guest_plugin(
+    name: String,
+    mut vm: Vm,
+    kernel: &KernelInfo,
+    program: &Arc<probe_lang::Program>,
+    layers: &probe_plan::LayerPlan,
+    record: plugin_protocol::RecordMode,
+) -> Result<Guest> {
+    // QEMU starts paused (-S); with no debugger, the monitor lets it go.
+    qemu_vmm::Qmp::connect_unix_wait(&vm.qmp_socket(), Duration::from_secs(5))
+        .and_then(|mut qmp| qmp.cont())
+        .with_context(|| format!("{name}: starting the guest through QMP"))?;
+    let booted = Instant::now();
+    vm.wait_ready(BOOT_TIMEOUT)
+        .map_err(|e| anyhow!("{name}: {e}; last console output: {}", tail(&vm)))?;
+    let mut backend = crate::plugin::attach(&name, &vm.plugin_socket(), program, kernel, record)
+        .with_context(|| format!("{name}: attaching through vmprobe's plugin"))?;
+    if !layers.vmm_events.is_empty() {
+        let log = vm
+            .log_file()
+            .context("QEMU was started without a log file")?;
+        let source =
+            probe_engine::layers::VmmSource::start(&vm.qmp_socket(), log, &layers.vmm_events)
+                .with_context(|| format!("{name}: QEMU trace events"))?;
+        backend.add_layer(Box::new(source), &layers.handlers);
+    }
+    if !layers.tracepoints.is_empty() {
+        let conditions = probe_engine::layers::host_conditions(program);
+        let source =
+            probe_engine::layers::HostSource::start(vm.pid(), &layers.tracepoints, &conditions)
+                .with_context(|| format!("{name}: host tracepoints"))?;
+        backend.add_layer(Box::new(source), &layers.handlers);
+    }
+    eprintln!(
+        "vmprobe: {name} up in {:.1} s, plugin {} attached",
+        booted.elapsed().as_secs_f64(),
+        backend.plugin_version()
+    );
+    Ok(Guest {
+        name,
+        backend: Box::new(backend),
         control: Some(Box::new(VmControl(vm))),
     })
 }

@@ -10,7 +10,9 @@ use std::process::Command;
 /// Every package `package` depends on (normal edges, as built alone).
 fn deps(package: &str) -> BTreeSet<String> {
     let out = Command::new(env!("CARGO"))
-        .args(["tree", "-e", "normal", "--prefix", "none", "-f", "{p}", "-p"])
+        .args([
+            "tree", "-e", "normal", "--prefix", "none", "-f", "{p}", "-p",
+        ])
         .arg(package)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
@@ -74,7 +76,12 @@ fn the_language_compiles_without_its_runtime_and_output() {
 #[test]
 fn the_engine_knows_no_backend() {
     let engine = deps("probe-engine");
-    for d in ["gdb-remote", "backend-gdb", "backend-plugin", "plugin-protocol"] {
+    for d in [
+        "gdb-remote",
+        "backend-gdb",
+        "backend-plugin",
+        "plugin-protocol",
+    ] {
         assert!(!engine.contains(d), "probe-engine depends on {d}");
     }
     // A backend is a crate on top of the engine.

@@ -4,22 +4,7 @@
 //! a missing QEMU 10 fails the test.
 
 mod support;
-use std::path::PathBuf;
 use support::*;
-
-fn qemu10() -> Option<PathBuf> {
-    let found = qemu_guest::installed_qemu10();
-    if found.is_none() {
-        assert!(
-            std::env::var_os("VMPROBE_REQUIRE_QEMU10").is_none_or(|v| v != "1"),
-            "VMPROBE_REQUIRE_QEMU10=1 but no QEMU 10 at {} (run .ci/install-deps) nor in ${}",
-            qemu_guest::qemu10_in(&qemu_guest::cache_dir()).display(),
-            qemu_guest::QEMU10_ENV
-        );
-        eprintln!("no QEMU 10 on this machine: skipping (.ci/install-deps installs it)");
-    }
-    found
-}
 
 /// Every stop of a run on QEMU 10 that ends in an interrupt: an `interval`
 /// timer mid-run, and the end of the run after the workload. QEMU 10 once

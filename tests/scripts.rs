@@ -460,6 +460,9 @@ struct Guest {
     vm: Vm,
     kernel: PathBuf,
     console: Arc<Mutex<Vec<u8>>>,
+    /// Loaded with vmprobe's plugin: scripts attach through it where it
+    /// can serve them (the stub stays given, for those it cannot).
+    plugin: bool,
 }
 
 impl Guest {
@@ -469,8 +472,13 @@ impl Guest {
 
     /// The `--vm` argument that attaches vmprobe to this guest.
     fn attach_spec(&self) -> String {
+        let plugin = if self.plugin {
+            format!(",plugin:{}", self.vm.plugin_socket().display())
+        } else {
+            String::new()
+        };
         format!(
-            "vm0=gdb:unix:{},kernel:{}",
+            "vm0=gdb:unix:{}{plugin},kernel:{}",
             self.vm.gdb_socket().display(),
             self.kernel.display()
         )
@@ -530,12 +538,14 @@ fn run_one(g: &mut Guest, f: &Fixture, index: usize) -> Result<Outcome, String> 
     let (stdout, _, out_reader) = collect(child.stdout.take().unwrap());
     let (stderr, lines, err_reader) = collect(child.stderr.take().unwrap());
     let err_text = || stderr.lock().unwrap().clone();
-    // Armed: the guest is stopped until vmprobe resumes it, so a workload
-    // sent now starts under the probes.
+    // Armed: through the stub, the guest is stopped until vmprobe resumes
+    // it, so a workload sent now starts under the probes; through the
+    // plugin, the probes are live once it says so.
     let deadline = Instant::now() + ATTACH_LIMIT;
     loop {
         match lines.recv_timeout(Duration::from_millis(100)) {
-            Ok(l) if l.contains("attached to vm0") => break,
+            Ok(l) if l.contains("probes live") => break,
+            Ok(l) if l.contains("attached to vm0") && !l.contains("through its plugin") => break,
             Ok(_) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
                 let _ = wait_child(&mut child, DETACH_LIMIT);
@@ -626,6 +636,19 @@ fn fixtures_parse() {
 
 #[test]
 fn every_script_against_one_guest() {
+    run_suite(None);
+}
+
+/// The same scripts on QEMU 10 with vmprobe's plugin loaded: each one the
+/// plugin can serve runs inside QEMU, the others fall back to the stub;
+/// every count is judged against the same guest-kernel ground truth.
+#[test]
+fn every_script_on_the_plugin_backend() {
+    let Some(qemu) = qemu10() else { return };
+    run_suite(Some(qemu));
+}
+
+fn run_suite(plugin_qemu: Option<PathBuf>) {
     let only = std::env::var("VMPROBE_SCRIPTS").ok();
     let all: Vec<Fixture> = fixtures()
         .into_iter()
@@ -641,6 +664,11 @@ fn every_script_against_one_guest() {
     cfg.accel = Accel::Tcg;
     cfg.vcpus = 2;
     cfg.console = Some(console.clone());
+    let plugin = plugin_qemu.is_some();
+    if let Some(qemu) = plugin_qemu {
+        cfg.qemu = qemu;
+        cfg.plugin = Some(plugin_library());
+    }
     let mut vm = Vm::launch(&cfg).expect("launch");
     // QEMU starts paused (-S); let the guest boot, untouched by any stub.
     let mut qmp =
@@ -652,12 +680,17 @@ fn every_script_against_one_guest() {
         vm,
         kernel,
         console,
+        plugin,
     };
     let mut failures = Vec::new();
+    let mut in_qemu = Vec::new();
     let start = Instant::now();
     for (i, f) in all.iter().enumerate() {
         let t = Instant::now();
         let result = run_one(&mut g, f, i).and_then(|o| {
+            if o.stderr.contains("through its plugin") {
+                in_qemu.push(f.name.clone());
+            }
             let fails = check(f, &o);
             if fails.is_empty() {
                 Ok(())
@@ -688,10 +721,19 @@ fn every_script_against_one_guest() {
         }
     }
     eprintln!(
-        "{} scripts in {:.1} s",
+        "{} scripts in {:.1} s, {} of them inside QEMU",
         all.len(),
-        start.elapsed().as_secs_f64()
+        start.elapsed().as_secs_f64(),
+        in_qemu.len()
     );
+    if plugin {
+        let fell_back: Vec<&str> = all
+            .iter()
+            .map(|f| f.name.as_str())
+            .filter(|n| !in_qemu.iter().any(|q| q == n))
+            .collect();
+        eprintln!("through the stub instead: {}", fell_back.join(", "));
+    }
     let _ = g.vm.shutdown(Duration::from_secs(20));
     assert!(
         failures.is_empty(),
@@ -700,4 +742,15 @@ fn every_script_against_one_guest() {
         all.len(),
         failures.join("\n")
     );
+    if plugin && only.is_none() {
+        // Most of the language runs inside QEMU; what falls back is what
+        // the plugin refuses (physical memory, watchpoints, guest state in
+        // interval blocks).
+        assert!(
+            in_qemu.len() * 4 >= all.len() * 3,
+            "only {} of {} scripts ran inside QEMU",
+            in_qemu.len(),
+            all.len()
+        );
+    }
 }

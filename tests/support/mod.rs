@@ -265,3 +265,32 @@ pub fn guest_switches_its_own_kprobes_while_probed(run: &mut Command) {
     }
     assert_eq!(map_value(&stdout, "registered"), 40, "{stdout}");
 }
+
+/// QEMU 10 (plugin API v4), as `.ci/install-deps` unpacks it; `None` (skip)
+/// where this machine has none, unless `VMPROBE_REQUIRE_QEMU10=1` (CI).
+pub fn qemu10() -> Option<std::path::PathBuf> {
+    let found = qemu_guest::installed_qemu10();
+    if found.is_none() {
+        assert!(
+            std::env::var_os("VMPROBE_REQUIRE_QEMU10").is_none_or(|v| v != "1"),
+            "VMPROBE_REQUIRE_QEMU10=1 but no QEMU 10 at {} (run .ci/install-deps) nor in ${}",
+            qemu_guest::qemu10_in(&qemu_guest::cache_dir()).display(),
+            qemu_guest::QEMU10_ENV
+        );
+        eprintln!("no QEMU 10 on this machine: skipping (.ci/install-deps installs it)");
+    }
+    found
+}
+
+/// vmprobe's plugin library, built next to the vmprobe binary the tests
+/// run (`cargo build -p vmprobe-qemu-plugin`).
+pub fn plugin_library() -> std::path::PathBuf {
+    let lib = std::path::Path::new(env!("CARGO_BIN_EXE_vmprobe"))
+        .with_file_name("libvmprobe_qemu_plugin.so");
+    assert!(
+        lib.is_file(),
+        "{} missing: build it with cargo build -p vmprobe-qemu-plugin",
+        lib.display()
+    );
+    lib
+}

@@ -66,6 +66,10 @@ pub struct LaunchConfig {
     /// Extra CPU features for TCG's `qemu64` model, e.g. `"+la57"` for
     /// five-level paging (empty by default).
     pub tcg_cpu_features: String,
+    /// vmprobe's TCG plugin library: loaded with `-plugin LIB,sock=PATH`,
+    /// its socket in the VM's private directory ([`Vm::plugin_socket`]).
+    /// Needs QEMU 9.2 or later and TCG.
+    pub plugin: Option<PathBuf>,
     /// Further QEMU arguments, appended after all of the above (e.g.
     /// `-plugin /abs/path.so,arg=value` for a TCG plugin).
     pub extra_args: Vec<String>,
@@ -85,6 +89,7 @@ impl LaunchConfig {
             gdbstub: true,
             disk: None,
             tcg_cpu_features: String::new(),
+            plugin: None,
             extra_args: Vec::new(),
         }
     }
@@ -226,6 +231,12 @@ impl Vm {
         if cfg.gdbstub {
             cmd.args(["-gdb", &unix_server("gdb.sock")]);
         }
+        if let Some(lib) = &cfg.plugin {
+            // The option parser splits at commas: a comma in a path is doubled.
+            let lib = lib.to_string_lossy().replace(',', ",,");
+            let socket = sock("plugin.sock").to_string_lossy().replace(',', ",,");
+            cmd.args(["-plugin", &format!("{lib},sock={socket}")]);
+        }
         cmd.args(&cfg.extra_args);
         let mut child = cmd.spawn().map_err(io_err(&cfg.qemu))?;
 
@@ -306,6 +317,11 @@ impl Vm {
 
     pub fn gdb_socket(&self) -> PathBuf {
         self.dir.path().join("gdb.sock")
+    }
+
+    /// vmprobe's plugin's socket (with [`LaunchConfig::plugin`]).
+    pub fn plugin_socket(&self) -> PathBuf {
+        self.dir.path().join("plugin.sock")
     }
 
     pub fn qmp_socket(&self) -> PathBuf {

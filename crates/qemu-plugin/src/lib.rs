@@ -5,12 +5,18 @@
 //! `qemu_plugin_version` and `qemu_plugin_install`: [`export_plugin!`]
 //! defines both around an install function.
 //!
-//! This crate's own cdylib exports nothing yet: the probe logic's entry
-//! point will live here. It must then be behind a default cargo feature, so
-//! that `examples/` (each a plugin with its own entry point) can build with
-//! `--no-default-features` without a duplicate `qemu_plugin_install`.
+//! With the default feature `probe`, this crate's cdylib is the plugin
+//! vmprobe loads: [`probe`] runs the programs vmprobe sends over the
+//! plugin's socket (`-plugin libvmprobe_qemu_plugin.so,sock=PATH`). The
+//! `examples/` (each a plugin with its own entry point) build with
+//! `--no-default-features`, without that `qemu_plugin_install`.
 
+#[cfg(feature = "probe")]
+pub mod probe;
 pub mod tcg;
+
+#[cfg(feature = "probe")]
+export_plugin!(probe::install);
 
 /// Defines the two symbols QEMU looks up in a plugin: `qemu_plugin_version`
 /// (the API version it was built for) and `qemu_plugin_install`, which

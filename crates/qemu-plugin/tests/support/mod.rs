@@ -65,7 +65,14 @@ pub fn example_plugin(name: &str) -> PathBuf {
         .expect("target directory")
         .join("plugin-examples");
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--quiet", "--example", name])
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--no-default-features",
+            "--example",
+            name,
+        ])
         .arg("--manifest-path")
         .arg(&manifest)
         .arg("--target-dir")

@@ -1,0 +1,461 @@
+//! One attached program inside QEMU: its sites, shards, rings and
+//! counters, and what a hit does on the vCPU thread.
+
+use super::context::VcpuContext;
+use super::shards::{Shard, ShardMaps};
+use crate::tcg::{Reg, Vcpu};
+use linux_guest::GuestKernel;
+use plugin_protocol::{Attach, PluginStats, Printed, RecordMode, TracedEvent};
+use probe_lang::{BlockId, Executable};
+use probe_plan::{Entered, PendingCall, ProbeSite, ReturnTracker, Returned, TimerProbe};
+use probe_runtime::{Interpreter, MapStore, Output, OutputEvent, Traced, TracedValue};
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// What one vCPU hands the control thread, bounded: a vCPU never waits
+/// for vmprobe. What does not fit is dropped and counted.
+#[derive(Default)]
+pub(crate) struct Ring {
+    pub printed: VecDeque<Printed>,
+    pub traced: VecDeque<TracedEvent>,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub hits: AtomicU64,
+    pub returns: AtomicU64,
+    pub samples: AtomicU64,
+    pub lost: AtomicU64,
+    pub service_ns_sum: AtomicU64,
+    pub service_ns_max: AtomicU64,
+}
+
+pub(crate) struct Run {
+    pub exec: Arc<Executable>,
+    pub kernel: GuestKernel,
+    pub guest: String,
+    pub sites: Vec<ProbeSite>,
+    site_at: FxHashMap<u64, u32>,
+    /// Return addresses given a callback: every one a tracked call used,
+    /// kept until detach (dropping one would cost a flush of all code).
+    return_sites: RwLock<FxHashSet<u64>>,
+    pub tracker: Mutex<ReturnTracker>,
+    /// Hits run handlers (after BEGIN, until detach).
+    pub started: AtomicBool,
+    pub shards: Box<[Mutex<Shard>]>,
+    pub values: Mutex<MapStore>,
+    pub rings: Box<[Mutex<Ring>]>,
+    ring_events: usize,
+    pub exit: AtomicBool,
+    pub counters: Counters,
+    pub record: RecordMode,
+    pub samplers: Vec<TimerProbe>,
+}
+
+/// The `arg0`..`arg5` registers, for recorded hits.
+const ARG_REGS: [Reg; 6] = [Reg::Rdi, Reg::Rsi, Reg::Rdx, Reg::Rcx, Reg::R8, Reg::R9];
+const ARG_NAMES: [&str; 6] = ["arg0", "arg1", "arg2", "arg3", "arg4", "arg5"];
+
+impl Run {
+    pub fn new(a: Attach, vcpus: u32) -> Run {
+        let exec = Arc::new(a.exec);
+        let kernel = GuestKernel::from_description(a.kernel, a.slide);
+        let site_at = a
+            .sites
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.addr, i as u32))
+            .collect();
+        let store = || {
+            let mut s = MapStore::new(&exec.ir.maps, &exec.ir.tuples);
+            s.set_limit(a.map_limit);
+            s
+        };
+        let shards = (0..vcpus.max(1))
+            .map(|_| {
+                let mut interp = Interpreter::new();
+                interp.set_step_budget(a.step_budget);
+                Mutex::new(Shard {
+                    interp,
+                    aggs: store(),
+                })
+            })
+            .collect();
+        let rings = (0..vcpus.max(1)).map(|_| Mutex::default()).collect();
+        Run {
+            kernel,
+            guest: a.guest,
+            sites: a.sites,
+            site_at,
+            return_sites: RwLock::default(),
+            tracker: Mutex::new(ReturnTracker::new()),
+            started: AtomicBool::new(false),
+            shards,
+            values: Mutex::new(store()),
+            rings,
+            ring_events: a.ring_events.max(1),
+            exit: AtomicBool::new(false),
+            counters: Counters::default(),
+            record: a.record,
+            samplers: a.samplers,
+            exec,
+        }
+    }
+
+    /// Whether the instruction at `vaddr` gets a callback.
+    pub fn instruments(&self, vaddr: u64) -> bool {
+        self.site_at.contains_key(&vaddr)
+            || self
+                .return_sites
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&vaddr)
+    }
+
+    /// `BEGIN`'s value maps, and from now on hits run handlers.
+    pub fn start(&self, values: MapStore, start_ns: u64) {
+        let mut mine = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        mine.merge(&values);
+        for shard in self.shards.iter() {
+            shard
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .interp
+                .set_start_nsecs(start_ns);
+        }
+        self.started.store(true, Ordering::Release);
+    }
+
+    /// The instrumented instruction at `vaddr` is about to run on `vcpu`.
+    /// Returns whether a new return address needs a callback (the caller
+    /// asks QEMU to reinstrument).
+    pub fn hit(&self, vcpu: &mut Vcpu<'_>, vaddr: u64) -> bool {
+        if !self.started.load(Ordering::Acquire) {
+            return false;
+        }
+        let t0 = host_clock::monotonic_ns();
+        let mut new_return = false;
+        if let Some(&site) = self.site_at.get(&vaddr) {
+            new_return = self.entry(vcpu, site as usize, t0);
+        }
+        if self.is_return_site(vaddr) {
+            self.ret(vcpu, vaddr, t0);
+        }
+        let spent = host_clock::monotonic_ns().saturating_sub(t0);
+        self.counters
+            .service_ns_sum
+            .fetch_add(spent, Ordering::Relaxed);
+        self.counters
+            .service_ns_max
+            .fetch_max(spent, Ordering::Relaxed);
+        new_return
+    }
+
+    fn is_return_site(&self, vaddr: u64) -> bool {
+        self.return_sites
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&vaddr)
+    }
+
+    fn entry(&self, vcpu: &mut Vcpu<'_>, site: usize, now: u64) -> bool {
+        self.counters.hits.fetch_add(1, Ordering::Relaxed);
+        let s = &self.sites[site];
+        let traced = self.run_blocks(vcpu, &s.handlers, &s.func, now);
+        if self.record != RecordMode::Off {
+            let own: Vec<(String, TracedValue)> = ARG_NAMES
+                .iter()
+                .zip(ARG_REGS)
+                .map(|(n, r)| (n.to_string(), TracedValue::U64(vcpu.reg_id(r).unwrap_or(0))))
+                .collect();
+            self.record_hit(vcpu.index(), site, now, None, &s.handlers, &own, traced);
+        }
+        if s.ret_handlers.is_empty() {
+            return false;
+        }
+        // At the entry the return address is on top of the stack.
+        let Some(rsp) = vcpu.reg_id(Reg::Rsp) else {
+            return false;
+        };
+        let mut word = [0u8; 8];
+        let mut tracker = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+        if !vcpu.read_memory(rsp, &mut word) {
+            tracker.missed += 1;
+            return false;
+        }
+        let call = PendingCall {
+            site,
+            entry_ns: now,
+            vcpu: vcpu.index(),
+        };
+        match tracker.enter(u64::from_le_bytes(word), rsp, call) {
+            Entered::NewReturnAddress(ret) => self
+                .return_sites
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(ret),
+            Entered::Tracked | Entered::Full => false,
+        }
+    }
+
+    fn ret(&self, vcpu: &mut Vcpu<'_>, pc: u64, now: u64) {
+        let Some(rsp) = vcpu.reg_id(Reg::Rsp) else {
+            return;
+        };
+        let returned = self
+            .tracker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .returned(pc, rsp);
+        // Another call returning to the same place (one that started
+        // before attaching, or an untracked one) is not ours.
+        let Returned::Call { call, .. } = returned else {
+            return;
+        };
+        self.counters.returns.fetch_add(1, Ordering::Relaxed);
+        let s = &self.sites[call.site];
+        let traced = self.run_blocks(vcpu, &s.ret_handlers, &s.func, now);
+        if self.record != RecordMode::Off {
+            let retval = vcpu.reg_id(Reg::Rax).unwrap_or(0);
+            let own = [("retval".to_string(), TracedValue::U64(retval))];
+            self.record_hit(
+                vcpu.index(),
+                call.site,
+                now,
+                Some(call.entry_ns),
+                &s.ret_handlers,
+                &own,
+                traced,
+            );
+        }
+    }
+
+    /// A due `profile` sample on this vCPU.
+    pub fn sample(&self, vcpu: &mut Vcpu<'_>, blocks: &[(BlockId, Arc<str>)]) {
+        if !self.started.load(Ordering::Acquire) {
+            return;
+        }
+        self.counters.samples.fetch_add(1, Ordering::Relaxed);
+        let now = host_clock::monotonic_ns();
+        let traced = self.run_blocks(vcpu, blocks, "", now);
+        self.push_traced(vcpu.index(), u32::MAX, now, None, traced);
+    }
+
+    /// Runs `blocks` on `vcpu`'s shard; returns what they traced.
+    fn run_blocks(
+        &self,
+        vcpu: &mut Vcpu<'_>,
+        blocks: &[(BlockId, Arc<str>)],
+        func: &str,
+        now: u64,
+    ) -> Vec<(Box<str>, Traced)> {
+        let index = vcpu.index() as usize;
+        let (Some(shard), Some(ring)) = (self.shards.get(index), self.rings.get(index)) else {
+            return Vec::new();
+        };
+        let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+        let Shard { interp, aggs } = &mut *shard;
+        let mut out = RingOutput {
+            ring,
+            vcpu: index as u32,
+            cap: self.ring_events,
+            lost: &self.counters.lost,
+        };
+        let mut ctx = VcpuContext {
+            vcpu,
+            kernel: &self.kernel,
+            guest: &self.guest,
+            nsecs: now,
+            func,
+            probe: "",
+            task: None,
+            traced: Vec::new(),
+        };
+        for (block, probe) in blocks {
+            ctx.probe = probe;
+            let mut maps = ShardMaps {
+                own: aggs,
+                values: &self.values,
+            };
+            if let probe_runtime::Flow::Exit =
+                interp.run(&self.exec, *block, &mut ctx, &mut maps, &mut out)
+            {
+                self.exit.store(true, Ordering::Release);
+            }
+        }
+        ctx.traced
+    }
+
+    /// The events `vmprobe record` gets of one hit: every hit's own fields
+    /// (when every hit is recorded), then what its handlers traced.
+    #[allow(clippy::too_many_arguments)]
+    fn record_hit(
+        &self,
+        vcpu: u32,
+        site: usize,
+        now: u64,
+        entry_ns: Option<u64>,
+        handlers: &[(BlockId, Arc<str>)],
+        own: &[(String, TracedValue)],
+        traced: Vec<(Box<str>, Traced)>,
+    ) {
+        let mut all: Vec<(Box<str>, Traced)> = Vec::new();
+        if self.record == RecordMode::EveryHit {
+            all.extend(
+                handlers
+                    .iter()
+                    .map(|(_, p)| (Box::from(&**p), Traced::Probe)),
+            );
+        }
+        all.extend(traced);
+        let events = all.into_iter().map(|(probe, t)| {
+            let (trace_site, fields, snapshot) = match t {
+                Traced::Probe => (None, own.to_vec(), false),
+                Traced::Fields { site, fields } => (
+                    Some(site),
+                    fields
+                        .into_iter()
+                        .map(|(n, v)| (n.to_string(), v))
+                        .collect(),
+                    false,
+                ),
+                Traced::Snapshot => (None, Vec::new(), true),
+            };
+            TracedEvent {
+                ts_ns: now,
+                vcpu,
+                site: site as u32,
+                probe: probe.into(),
+                entry_ns,
+                trace_site,
+                fields,
+                snapshot,
+            }
+        });
+        self.push_events(vcpu, events);
+    }
+
+    fn push_traced(
+        &self,
+        vcpu: u32,
+        site: u32,
+        now: u64,
+        entry_ns: Option<u64>,
+        traced: Vec<(Box<str>, Traced)>,
+    ) {
+        if self.record == RecordMode::Off || traced.is_empty() {
+            return;
+        }
+        let events = traced.into_iter().map(|(probe, t)| {
+            let (trace_site, fields, snapshot) = match t {
+                Traced::Probe => (None, Vec::new(), false),
+                Traced::Fields { site, fields } => (
+                    Some(site),
+                    fields
+                        .into_iter()
+                        .map(|(n, v)| (n.to_string(), v))
+                        .collect(),
+                    false,
+                ),
+                Traced::Snapshot => (None, Vec::new(), true),
+            };
+            TracedEvent {
+                ts_ns: now,
+                vcpu,
+                site,
+                probe: probe.into(),
+                entry_ns,
+                trace_site,
+                fields,
+                snapshot,
+            }
+        });
+        self.push_events(vcpu, events);
+    }
+
+    fn push_events(&self, vcpu: u32, events: impl Iterator<Item = TracedEvent>) {
+        let Some(ring) = self.rings.get(vcpu as usize) else {
+            return;
+        };
+        let mut ring = ring.lock().unwrap_or_else(|e| e.into_inner());
+        for e in events {
+            if ring.traced.len() >= self.ring_events {
+                self.counters.lost.fetch_add(1, Ordering::Relaxed);
+            } else {
+                ring.traced.push_back(e);
+            }
+        }
+    }
+
+    /// Everything the rings hold, printed output in time order.
+    pub fn drain(&self) -> (Vec<Printed>, Vec<TracedEvent>) {
+        let (mut printed, mut traced) = (Vec::new(), Vec::new());
+        for ring in self.rings.iter() {
+            let mut ring = ring.lock().unwrap_or_else(|e| e.into_inner());
+            printed.extend(ring.printed.drain(..));
+            traced.extend(ring.traced.drain(..));
+        }
+        printed.sort_by_key(|p| p.ts_ns);
+        traced.sort_by_key(|t| t.ts_ns);
+        (printed, traced)
+    }
+
+    pub fn stats(&self) -> PluginStats {
+        let c = &self.counters;
+        PluginStats {
+            hits: c.hits.load(Ordering::Relaxed),
+            returns: c.returns.load(Ordering::Relaxed),
+            missed_returns: self
+                .tracker
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .missed,
+            samples: c.samples.load(Ordering::Relaxed),
+            lost_events: c.lost.load(Ordering::Relaxed),
+            caught_panics: crate::tcg::caught_panics(),
+            reinstrumentations: crate::tcg::resets(),
+            service_ns_sum: c.service_ns_sum.load(Ordering::Relaxed),
+            service_ns_max: c.service_ns_max.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Errors of every shard, summed.
+    pub fn errors(&self) -> Vec<(String, String, u64)> {
+        let mut all = Interpreter::new();
+        for shard in self.shards.iter() {
+            all.add_errors(
+                &shard
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .interp
+                    .errors(),
+            );
+        }
+        all.errors()
+    }
+}
+
+/// A vCPU's handler output, into its ring.
+struct RingOutput<'a> {
+    ring: &'a Mutex<Ring>,
+    vcpu: u32,
+    cap: usize,
+    lost: &'a AtomicU64,
+}
+
+impl Output for RingOutput<'_> {
+    fn emit(&mut self, ts_ns: u64, event: OutputEvent) {
+        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        if ring.printed.len() >= self.cap {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        ring.printed.push_back(Printed {
+            ts_ns,
+            vcpu: self.vcpu,
+            event,
+        });
+    }
+}
