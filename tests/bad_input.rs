@@ -292,3 +292,44 @@ fn kprobe_offset_past_the_function_is_refused_before_booting() {
     );
     assert!(!e.contains("booting"), "must fail before booting:\n{e}");
 }
+
+/// 100,000-link chains (up to 800 KB of script), which aborted vmprobe with
+/// a stack overflow, are one diagnostic with its line:column and exit 1,
+/// before anything boots.
+#[test]
+fn long_operator_and_member_chains_are_a_diagnostic_before_booting() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = format!(
+        "expression nested too deeply (more than {} levels)",
+        probe_lang::parser::MAX_NESTING
+    );
+    let scripts = [
+        (
+            "plus.bt",
+            format!("BEGIN {{ $x = 1{}; }}", "+1".repeat(100_000)),
+        ),
+        (
+            "arrow.bt",
+            format!(
+                "kprobe:ksys_write {{ $t = curtask{}->pid; }}",
+                "->parent".repeat(100_000)
+            ),
+        ),
+    ];
+    for (name, script) in scripts {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &script).unwrap();
+        let out = run_bounded(
+            vmprobe().args(["run", path.to_str().unwrap(), "--", "true"]),
+            LIMIT,
+        );
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert_eq!(stderr.matches(&limit).count(), 1, "{name}: {stderr}");
+        // At the link that went too deep: a `+` or a `->` on line 1.
+        let at = format!("{}:1:", path.display());
+        assert!(stderr.contains(&at), "{name}: {stderr}");
+        assert!(stderr.len() < 1000, "{name}: a short report: {stderr}");
+        assert!(!stderr.contains("booting"), "{name}: {stderr}");
+    }
+}
