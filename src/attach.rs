@@ -154,10 +154,8 @@ pub fn attach_recording(
     }
     // Stubs opened through QMP live in a private 0700 directory and are
     // closed again after detach, leaving the VM as it was.
-    let private = tempfile::Builder::new()
-        .prefix("vmprobe-attach-")
-        .tempdir()
-        .context("creating a private socket directory")?;
+    let private =
+        qemu_guest::private_dir("vmprobe-attach-").context("creating a socket directory")?;
     let mut opened: Vec<&VmSpec> = Vec::new();
     let mut guests = Vec::new();
     for (i, spec) in args.vm.iter().enumerate() {
@@ -247,6 +245,7 @@ fn attach_one<'s>(
                 .open_gdbstub_unix(&sock)
                 .context("opening a gdbstub through QMP")?;
             opened.push(spec);
+            qemu_guest::check_private_socket(&sock)?;
             Client::connect_unix_wait(&sock, timeout)
         }
     }

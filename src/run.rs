@@ -339,10 +339,7 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
     // failure ends the run (the others' QEMUs are killed when their `Vm`s
     // drop).
     let layers = probe_engine::resolve_layers(&program);
-    let logs = tempfile::Builder::new()
-        .prefix("vmprobe-logs-")
-        .tempdir()
-        .context("creating a private log directory")?;
+    let logs = qemu_guest::private_dir("vmprobe-logs-").context("creating a log directory")?;
     let mut vms = Vec::new();
     for i in 0..count {
         let name = format!("vm{i}");
