@@ -16,7 +16,7 @@ use qemu_vmm::Qmp;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -135,8 +135,12 @@ pub fn attach_recording(
         }
     }
     let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    // Which signal it was, for the exit status of an interrupted attach.
+    let signal = Arc::new(AtomicUsize::new(0));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+        signal_hook::flag::register_usize(sig, signal.clone(), sig as usize)
+            .context("installing signal handlers")?;
     }
     let deadline = args
         .duration
@@ -164,18 +168,39 @@ pub fn attach_recording(
             Some(k) => Ok(k),
             None => vm_kernel(spec),
         };
-        let attached = kernel
-            .and_then(|k| attach_one(spec, k, &program, &layers, private.path(), &mut opened));
+        let until = Until {
+            stop: stop.clone(),
+            deadline,
+        };
+        let attached = kernel.and_then(|k| {
+            attach_one(
+                spec,
+                k,
+                &program,
+                &layers,
+                private.path(),
+                &mut opened,
+                &until,
+            )
+        });
         match attached {
             Ok(g) => guests.push(g),
             Err(e) => {
                 // The VMs attached so far are the user's: leave them as
                 // they were, running and without breakpoints.
                 for g in guests {
-                    detach_after_error(&g.name, g.session);
+                    detach_after_error(&g.name, g.session, false);
                 }
                 close_stubs(&mut opened);
-                return Err(e.context(spec.name.clone()));
+                let aborted = e
+                    .chain()
+                    .any(|c| matches!(c.downcast_ref(), Some(gdb_remote::Error::Aborted)));
+                if !aborted {
+                    return Err(e.context(spec.name.clone()));
+                }
+                // Interrupted: "while connecting to the GDB stub" or "while
+                // finding the KASLR slide", from the error's context.
+                return Ok(interrupted(&spec.name, &e, &args, &signal));
             }
         }
     }
@@ -196,6 +221,59 @@ pub fn attach_recording(
     );
     close_stubs(&mut opened);
     code
+}
+
+/// What ends an attach still under way: a signal (SIGINT, SIGTERM) or the
+/// `--duration` deadline.
+#[derive(Clone)]
+struct Until {
+    stop: Arc<AtomicBool>,
+    deadline: Option<Instant>,
+}
+
+impl Until {
+    fn reached(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// The check a stub's client makes while it waits for the stub.
+    fn abort_check(&self) -> gdb_remote::AbortCheck {
+        let until = self.clone();
+        Box::new(move || until.reached())
+    }
+}
+
+/// Says why an attach stopped part way and gives the exit status: 128 plus
+/// the signal's number (130 for SIGINT, 143 for SIGTERM), as a shell
+/// reports a command a signal ended, since nothing was probed and nothing
+/// printed; 1 when `--duration` ran out first.
+fn interrupted(
+    name: &str,
+    e: &anyhow::Error,
+    args: &crate::AttachArgs,
+    signal: &AtomicUsize,
+) -> i32 {
+    let what = e.to_string();
+    match signal.load(Ordering::Relaxed) {
+        0 => {
+            let seconds = args.duration.unwrap_or_default();
+            eprintln!(
+                "vmprobe: {name}: --duration {seconds} s ran out while {what}; nothing was probed"
+            );
+            1
+        }
+        sig => {
+            let sig_name = if sig == signal_hook::consts::SIGTERM as usize {
+                "SIGTERM"
+            } else {
+                "SIGINT"
+            };
+            eprintln!(
+                "vmprobe: {name}: interrupted by {sig_name} while {what}; nothing was probed"
+            );
+            128 + sig as i32
+        }
+    }
 }
 
 /// Closes the stubs opened through QMP, each through a new monitor
@@ -221,19 +299,23 @@ fn attach_one<'s>(
     layers: &LayerPlan,
     private: &std::path::Path,
     opened: &mut Vec<&'s VmSpec>,
+    until: &Until,
 ) -> Result<Guest> {
     if !crate::run::check_program(program, &kernel.symbols)? {
         bail!("the program names unknown kernel symbols");
     }
     let timeout = Duration::from_secs(5);
+    // Signals and --duration end the connection and the search for the
+    // slide (`arm_program` takes the check off before arming).
+    let abort = Some(until.abort_check());
     let client = match &spec.gdb {
-        Some(StubAddr::Unix(path)) => Client::connect_unix(path, timeout),
+        Some(StubAddr::Unix(path)) => Client::connect_unix_abortable(path, timeout, false, abort),
         Some(StubAddr::Tcp(addr)) => {
             let addr = std::net::ToSocketAddrs::to_socket_addrs(addr)
                 .with_context(|| format!("resolving {addr}"))?
                 .next()
                 .ok_or_else(|| anyhow!("{addr}: no address"))?;
-            Client::connect_tcp(addr, timeout)
+            Client::connect_tcp_abortable(addr, timeout, abort)
         }
         None => {
             // No stub given: open one on the running VM through its QMP
@@ -246,7 +328,7 @@ fn attach_one<'s>(
                 .context("opening a gdbstub through QMP")?;
             opened.push(spec);
             qemu_guest::check_private_socket(&sock)?;
-            Client::connect_unix_wait(&sock, timeout)
+            Client::connect_unix_abortable(&sock, timeout, true, abort)
         }
     }
     .context("connecting to the GDB stub")?;
@@ -264,15 +346,21 @@ fn attach_one<'s>(
             })
         }
         Err(e) => {
-            detach_after_error(&spec.name, session);
+            detach_after_error(&spec.name, session, until.reached());
             Err(e)
         }
     }
 }
 
 /// Removes what was armed and lets the VM run again: the VM stays stopped
-/// with its breakpoints when a debugger just disconnects.
-fn detach_after_error(name: &str, mut session: Session) {
+/// with its breakpoints when a debugger just disconnects. After an
+/// interruption the stub gets half a second: a stub that stopped answering
+/// would otherwise hold the exit for its whole reply timeout.
+fn detach_after_error(name: &str, mut session: Session, interrupted: bool) {
+    session.client().set_abort(None);
+    if interrupted {
+        session.client().set_timeout(Duration::from_millis(500));
+    }
     // Trace events and host counters off first.
     session.finish_layers();
     if let Err(e) = session.detach() {

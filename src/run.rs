@@ -120,7 +120,11 @@ pub fn arm_program(
     program: &probe_lang::Program,
     kernel: &KernelInfo,
 ) -> Result<u64> {
-    let slide = session.detect_slide(&kernel.symbols)?;
+    let slide = session
+        .detect_slide(&kernel.symbols)
+        .context("finding the KASLR slide")?;
+    // Arming is not interrupted part way: what was armed is removed again.
+    session.client().set_abort(None);
     let map = session.client().register_map();
     if let Err(diags) = program.check_registers(|r| map.lookup(r).is_some()) {
         bail!("{}", diags.to_string().trim_end());

@@ -29,8 +29,8 @@ pub use resolve::{
     LayerPlan, ProbeSite, Skip, resolve_layers, resolve_probes, resolve_timers, resolve_watches,
 };
 pub use session::{
-    EndReason, EventSink, HitStats, MAX_PENDING_RETURNS, RecordedEvent, Session, TimerProbe,
-    UnfinishedCall, WatchProbe, record_layer_event,
+    EndReason, EventSink, HitStats, MAX_PENDING_RETURNS, RecordedEvent, SLIDE_DEADLINE, Session,
+    TimerProbe, UnfinishedCall, WatchProbe, record_layer_event,
 };
 
 /// Host CLOCK_MONOTONIC in nanoseconds: the one time base of every event.
@@ -60,6 +60,10 @@ pub enum Error {
         "could not find the kernel in guest memory (KASLR slide detection failed); is the guest kernel the image given?"
     )]
     SlideNotFound,
+    #[error(
+        "KASLR slide detection gave up after {seconds} s ({reads} reads of guest memory); is the stub answering?"
+    )]
+    SlideTimeout { seconds: u64, reads: u32 },
     #[error("{probe}: offset {offset} is past the end of the function")]
     OffsetOutside { probe: String, offset: u64 },
     #[error(
