@@ -628,16 +628,17 @@ fn serve_layers_only(
             }
         }
     }
-    if let Some(r) = recorder {
-        crate::run::finish_recorder(r)?;
-    }
+    let trace_complete = match recorder {
+        Some(r) => crate::run::finish_recorder(r)?,
+        None => true,
+    };
     probe_engine::run_special(program, &mut runtime, &ProbeSpec::End, None);
     runtime.print_maps();
     let _ = std::io::stdout().flush();
     for (probe, error, count) in runtime.errors() {
         eprintln!("vmprobe: {probe}: {error} ({count} times)");
     }
-    Ok(0)
+    Ok(if trace_complete { 0 } else { 1 })
 }
 
 #[cfg(test)]

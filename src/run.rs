@@ -553,9 +553,10 @@ pub fn serve_and_report(
         finished.push((name, guest.vm, reason));
     }
 
-    if let Some(r) = recorder {
-        finish_recorder(r)?;
-    }
+    let trace_complete = match recorder {
+        Some(r) => finish_recorder(r)?,
+        None => true,
+    };
     let mut runtime = runtime.into_inner().unwrap_or_else(|e| e.into_inner());
     run_special(
         program,
@@ -611,6 +612,9 @@ pub fn serve_and_report(
         if code == 0 {
             code = c;
         }
+    }
+    if code == 0 && !trace_complete {
+        code = 1;
     }
     Ok(code)
 }
@@ -800,17 +804,26 @@ impl<W: Write> Drop for PrefixLines<W> {
 }
 
 /// Writes the rest of the trace (or the flight recorder's last snapshot)
-/// once nothing else holds the recorder, and says what was recorded.
-pub(crate) fn finish_recorder(r: crate::record::SharedRecorder) -> Result<()> {
+/// once nothing else holds the recorder, and says what was recorded, and
+/// what was lost, once. Returns whether the trace holds every event.
+pub(crate) fn finish_recorder(r: crate::record::SharedRecorder) -> Result<bool> {
     let recorder = Arc::try_unwrap(r.0)
         .map_err(|_| anyhow!("recorder still shared"))?
         .into_inner()
         .map_err(|_| anyhow!("recorder lock poisoned"))?;
     match recorder.finish() {
-        Ok(summary) => eprintln!("vmprobe: recorded {summary}"),
-        Err(e) => eprintln!("vmprobe: writing the trace: {e:#}"),
+        Ok(done) => {
+            eprintln!("vmprobe: recorded {}", done.summary);
+            if let Some(e) = &done.error {
+                eprintln!("vmprobe: writing the trace: {e}");
+            }
+            Ok(done.error.is_none())
+        }
+        Err(e) => {
+            eprintln!("vmprobe: writing the trace: {e}");
+            Ok(false)
+        }
     }
-    Ok(())
 }
 
 /// Flight recorder snapshot on SIGUSR1.

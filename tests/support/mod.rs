@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod small_disk;
 pub mod stub;
 
 use std::process::{Command, Output, Stdio};
