@@ -101,14 +101,7 @@ pub fn attach_recording(
     args: crate::AttachArgs,
     recording: Option<crate::run::Recording>,
 ) -> Result<i32> {
-    let (source, source_name) = match (&args.program, &args.file) {
-        (Some(p), _) => (p.clone(), "stdin".to_string()),
-        (None, Some(f)) => (
-            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
-            f.display().to_string(),
-        ),
-        (None, None) => bail!("no program: give -e PROGRAM or a FILE"),
-    };
+    let (source, source_name) = crate::script::program_source(&args.program, &args.file)?;
     if args.vm.is_empty() {
         bail!("no VM: give --vm NAME=gdb:HOST:PORT (repeatable)");
     }

@@ -9,6 +9,7 @@ mod bench;
 mod list;
 mod record;
 mod run;
+mod script;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand, ValueEnum};

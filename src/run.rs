@@ -249,15 +249,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
 
 pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32> {
     // Everything that can be checked before booting is checked first.
-    let (source, source_name) = match (&args.program, &args.file) {
-        (Some(p), _) => (p.clone(), "stdin".to_string()),
-        (None, Some(f)) => {
-            let text =
-                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-            (text, f.display().to_string())
-        }
-        (None, None) => bail!("no program: give -e PROGRAM or a FILE"),
-    };
+    let (source, source_name) = crate::script::program_source(&args.program, &args.file)?;
     // The program is typed with the guest kernel's BTF (args, struct
     // casts); without an image, a program that needs no types still checks.
     let loaded = guest_image(&args.boot.guest).and_then(|image| {
