@@ -6,7 +6,7 @@
 
 mod support;
 use rustix::process::{Pid, Signal};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use support::stub::{FakeStub, Stall};
@@ -16,14 +16,11 @@ const PROGRAM: &str = "kprobe:ksys_write { @c = count(); }";
 
 fn attach(stub: &FakeStub, extra: &[&str]) -> (Child, Collected) {
     let kernel = default_guest().kernel;
-    let mut child = vmprobe()
-        .args(["attach", "--vm", &stub.vm_spec(&kernel), "-e", PROGRAM])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = collect(child.stderr.take().unwrap());
+    let (child, _, stderr) = spawn_collected(
+        vmprobe()
+            .args(["attach", "--vm", &stub.vm_spec(&kernel), "-e", PROGRAM])
+            .args(extra),
+    );
     (child, stderr)
 }
 
@@ -41,20 +38,13 @@ fn wait_until(count: &std::sync::atomic::AtomicUsize, n: usize) {
 
 /// Sends `signal` and waits: how long vmprobe took to exit, its status and
 /// its stderr.
-fn signal_and_wait(mut child: Child, stderr: Collected, signal: Signal) -> (Duration, i32, String) {
+fn signal_and_wait(child: Child, stderr: Collected, signal: Signal) -> (Duration, i32, String) {
     let pid = Pid::from_raw(child.id() as i32).unwrap();
-    let sent = Instant::now();
     rustix::process::kill_process(pid, signal).unwrap();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(sent.elapsed() < Duration::from_secs(30), "still running");
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    (sent.elapsed(), status.code().unwrap_or(-1), stderr.finish())
+    wait_exit(child, stderr)
 }
 
+/// Waits for vmprobe: how long it took from now, its status and stderr.
 fn wait_exit(mut child: Child, stderr: Collected) -> (Duration, i32, String) {
     let start = Instant::now();
     let status = loop {
@@ -71,47 +61,40 @@ fn wait_exit(mut child: Child, stderr: Collected) -> (Duration, i32, String) {
     )
 }
 
+/// Attaches to a stub that stalls as `stall`, sends `signal` once the
+/// stub has seen `reads` memory reads (0: any packet) and 300 ms more, and
+/// checks vmprobe ends within a second with `code`, saying `says`.
+fn interrupt(stall: Stall, reads: usize, signal: Signal, code: i32, says: &str) {
+    let stub = FakeStub::start(stall);
+    let (child, stderr) = attach(&stub, &[]);
+    match reads {
+        0 => wait_until(&stub.packets, 1),
+        n => wait_until(&stub.reads, n),
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (took, got, err) = signal_and_wait(child, stderr, signal);
+    eprintln!("{stall:?}, {signal:?}: exit {got} after {took:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}: {err}");
+    assert_eq!(got, code, "{err}");
+    assert!(err.contains(says), "{err}");
+}
+
 #[test]
 fn sigint_while_finding_the_slide_ends_within_a_second() {
-    let stub = FakeStub::start(Stall::AfterHandshake);
-    let (child, stderr) = attach(&stub, &[]);
-    wait_until(&stub.reads, 1);
-    std::thread::sleep(Duration::from_millis(300));
-    let (took, code, err) = signal_and_wait(child, stderr, Signal::INT);
-    eprintln!("SIGINT while finding the slide: exit {code} after {took:?}");
-    assert!(took < Duration::from_secs(1), "{took:?}: {err}");
-    assert_eq!(code, 130, "{err}");
-    assert!(
-        err.contains("vm0: interrupted by SIGINT while finding the KASLR slide"),
-        "{err}"
-    );
+    let says = "vm0: interrupted by SIGINT while finding the KASLR slide";
+    interrupt(Stall::AfterHandshake, 1, Signal::INT, 130, says);
 }
 
 #[test]
 fn sigterm_during_the_handshake_ends_within_a_second() {
-    let stub = FakeStub::start(Stall::AtOnce);
-    let (child, stderr) = attach(&stub, &[]);
-    wait_until(&stub.packets, 1);
-    std::thread::sleep(Duration::from_millis(300));
-    let (took, code, err) = signal_and_wait(child, stderr, Signal::TERM);
-    eprintln!("SIGTERM during the handshake: exit {code} after {took:?}");
-    assert!(took < Duration::from_secs(1), "{took:?}: {err}");
-    assert_eq!(code, 143, "{err}");
-    assert!(
-        err.contains("vm0: interrupted by SIGTERM while connecting to the GDB stub"),
-        "{err}"
-    );
+    let says = "vm0: interrupted by SIGTERM while connecting to the GDB stub";
+    interrupt(Stall::AtOnce, 0, Signal::TERM, 143, says);
 }
 
 #[test]
-fn sigint_while_a_stub_drips_its_replies() {
-    let stub = FakeStub::start(Stall::Drip(Duration::from_millis(200)));
-    let (child, stderr) = attach(&stub, &[]);
-    wait_until(&stub.reads, 2);
-    let (took, code, err) = signal_and_wait(child, stderr, Signal::INT);
-    eprintln!("SIGINT while the stub drips: exit {code} after {took:?}");
-    assert!(took < Duration::from_secs(1), "{took:?}: {err}");
-    assert_eq!(code, 130, "{err}");
+fn sigint_while_a_stub_drips_its_replies_ends_within_a_second() {
+    let drip = Stall::Drip(Duration::from_millis(200));
+    interrupt(drip, 2, Signal::INT, 130, "vm0: interrupted by SIGINT");
 }
 
 #[test]

@@ -37,22 +37,17 @@ fn shared_tmp() -> tempfile::TempDir {
 
 /// `vmprobe ARGS` under umask 000 with TMPDIR set, output collected.
 fn vmprobe_umask_000(tmp: &Path, args: &[&str]) -> (std::process::Child, Collected, Collected) {
-    let mut child = Command::new("sh")
-        .args([
-            "-c",
-            "umask 000 && exec \"$0\" \"$@\"",
-            env!("CARGO_BIN_EXE_vmprobe"),
-        ])
-        .args(args)
-        .env("TMPDIR", tmp)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = collect(child.stdout.take().unwrap());
-    let stderr = collect(child.stderr.take().unwrap());
-    (child, stdout, stderr)
+    spawn_collected(
+        Command::new("sh")
+            .args([
+                "-c",
+                "umask 000 && exec \"$0\" \"$@\"",
+                env!("CARGO_BIN_EXE_vmprobe"),
+            ])
+            .args(args)
+            .env("TMPDIR", tmp)
+            .stdin(Stdio::null()),
+    )
 }
 
 /// What uid 65534 gets listing each directory and connecting to each

@@ -165,6 +165,18 @@ pub fn keyed_map(stdout: &str, name: &str) -> std::collections::BTreeMap<u64, u6
         .collect()
 }
 
+/// Spawns `cmd` with stdout and stderr piped, each collected by a thread.
+pub fn spawn_collected(cmd: &mut Command) -> (std::process::Child, Collected, Collected) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = collect(child.stdout.take().unwrap());
+    let stderr = collect(child.stderr.take().unwrap());
+    (child, stdout, stderr)
+}
+
 /// A child's output stream, read into memory by a thread so that the test
 /// can wait for a line with a deadline instead of blocking on a read.
 pub struct Collected {

@@ -326,11 +326,7 @@ impl Parser<'_> {
 
     /// `@m[keys] = v` or `@m[keys] op= v`, after `@m`.
     fn map_stmt(&mut self, name: String, start: Span) -> Result<StmtKind, ParseError> {
-        let (keys, _) = if self.eat("[")? {
-            self.args("]")?
-        } else {
-            (Vec::new(), 0)
-        };
+        let (keys, _) = self.map_keys()?;
         let name_span = Span::new(start.start as usize, self.last_end as usize);
         Ok(match self.assign_op()? {
             None => StmtKind::MapAssign {
@@ -597,13 +593,17 @@ impl Parser<'_> {
 
     /// `@m` or `@m[keys]`, after `@m` (at `span`).
     fn map_expr(&mut self, name: String, span: Span) -> Result<Node, ParseError> {
-        let (keys, below) = if self.eat("[")? {
-            self.args("]")?
-        } else {
-            (Vec::new(), 0)
-        };
+        let (keys, below) = self.map_keys()?;
         let span = Span::new(span.start as usize, self.last_end as usize);
         self.node(ExprKind::Map { name, keys }, span, below, span)
+    }
+
+    /// `[keys]` after a map's name, if there, and the highest key's height.
+    fn map_keys(&mut self) -> Result<(Vec<Expr>, usize), ParseError> {
+        match self.eat("[")? {
+            true => self.args("]"),
+            false => Ok((Vec::new(), 0)),
+        }
     }
 
     /// A builtin's name, a call, `sizeof(...)` or `offsetof(...)`, after

@@ -5,71 +5,12 @@
 mod support;
 
 use probe_lang::parser::MAX_NESTING;
-use probe_lang::{KernelTypes, MemberInfo, Param, Prototype, Runtime, TypeInfo, TypeRef};
+use probe_lang::{KernelTypes, Runtime};
 use std::sync::Arc;
-use support::FakeCtx;
-
-/// `struct node { struct node *next; int value; }` and `f(struct node *n)`.
-struct Nodes;
-
-const INT: u32 = 1;
-const NODE: u32 = 2;
-const NODE_PTR: u32 = 3;
-/// A node at this address whose `next` points to itself.
-const NODE_ADDR: u64 = 0x1000;
-
-impl KernelTypes for Nodes {
-    fn function(&self, name: &str) -> Option<Prototype> {
-        (name == "f").then(|| Prototype {
-            params: vec![Param {
-                name: "n".into(),
-                ty: TypeRef(NODE_PTR),
-            }],
-            ret: TypeRef(INT),
-        })
-    }
-    fn lookup(&self, c_name: &str) -> Option<TypeRef> {
-        (c_name == "struct node").then_some(TypeRef(NODE))
-    }
-    fn info(&self, ty: TypeRef) -> TypeInfo {
-        match ty.0 {
-            INT => TypeInfo::Int {
-                size: 4,
-                signed: true,
-                char: false,
-            },
-            NODE => TypeInfo::Struct { size: 16 },
-            NODE_PTR => TypeInfo::Ptr {
-                pointee: TypeRef(NODE),
-            },
-            _ => TypeInfo::Other,
-        }
-    }
-    fn member(&self, ty: TypeRef, name: &str) -> Option<MemberInfo> {
-        let (ty, bit_offset) = match (ty.0, name) {
-            (NODE, "next") => (NODE_PTR, 0),
-            (NODE, "value") => (INT, 64),
-            _ => return None,
-        };
-        Some(MemberInfo {
-            ty: TypeRef(ty),
-            bit_offset,
-            bitfield_size: 0,
-        })
-    }
-    fn type_name(&self, ty: TypeRef) -> String {
-        match ty.0 {
-            INT => "int",
-            NODE => "struct node",
-            NODE_PTR => "struct node *",
-            _ => "void",
-        }
-        .into()
-    }
-}
+use support::nodes::{Nodes, hit};
 
 /// Compiles with the fake types, dumps, runs every block on a context whose
-/// memory holds the self-linked node. A program the checker rejects has
+/// memory holds a self-linked node. A program the checker rejects has
 /// still been walked by it.
 fn compile_and_run(src: &str) {
     let Ok(p) = probe_lang::compile_with_types(src, "deep", Some(&Nodes)) else {
@@ -79,12 +20,7 @@ fn compile_and_run(src: &str) {
     let p = Arc::new(p);
     let mut rt = Runtime::new(p.clone(), Box::new(std::io::sink()));
     for i in 0..p.probes().len() {
-        let mut ctx = FakeCtx::new("kprobe:f");
-        ctx.args[0] = NODE_ADDR;
-        let mut node = NODE_ADDR.to_le_bytes().to_vec();
-        node.extend(7u64.to_le_bytes());
-        ctx.memory.push((NODE_ADDR, node));
-        rt.run(p.block_of(i), &mut ctx);
+        rt.run(p.block_of(i), &mut hit());
     }
     rt.print_maps();
 }

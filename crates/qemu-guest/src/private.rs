@@ -30,46 +30,46 @@ pub fn private_dir(prefix: &str) -> Result<tempfile::TempDir> {
 /// Checks that `path` is a directory (not a symlink) of mode 0700 owned by
 /// this user.
 pub fn check_private_dir(path: &Path) -> Result<()> {
-    let meta = std::fs::symlink_metadata(path).map_err(io_err(path))?;
-    let not_private = |detail: String| Error::NotPrivate {
-        path: path.to_path_buf(),
-        detail,
-    };
-    if !meta.file_type().is_dir() {
-        return Err(not_private("not a directory".into()));
+    let meta = owned_by_me(path, |t| t.is_dir(), "not a directory")?;
+    match meta.mode() & 0o7777 {
+        0o700 => Ok(()),
+        mode => Err(not_private(path, format!("mode {mode:04o}, not 0700"))),
     }
-    check_owner(&meta).map_err(not_private)?;
-    let mode = meta.mode() & 0o7777;
-    if mode != 0o700 {
-        return Err(not_private(format!("mode {mode:04o}, not 0700")));
-    }
-    Ok(())
 }
 
 /// Checks a socket QEMU has bound: a socket owned by this user, in a
 /// private directory (its own mode does not matter, as connecting needs
 /// search permission on the directory).
 pub fn check_private_socket(path: &Path) -> Result<()> {
-    let meta = std::fs::symlink_metadata(path).map_err(io_err(path))?;
-    let not_private = |detail: String| Error::NotPrivate {
-        path: path.to_path_buf(),
-        detail,
-    };
-    if !meta.file_type().is_socket() {
-        return Err(not_private("not a socket".into()));
-    }
-    check_owner(&meta).map_err(not_private)?;
+    owned_by_me(path, |t| t.is_socket(), "not a socket")?;
     let parent = path
         .parent()
-        .ok_or_else(|| not_private("no directory".into()))?;
+        .ok_or_else(|| not_private(path, "no directory".into()))?;
     check_private_dir(parent)
 }
 
-fn check_owner(meta: &std::fs::Metadata) -> Result<(), String> {
+/// `path`'s own metadata (a symlink is not followed), if its type passes
+/// `kind` (else `not_kind`) and this user owns it.
+fn owned_by_me(
+    path: &Path,
+    kind: impl Fn(std::fs::FileType) -> bool,
+    not_kind: &str,
+) -> Result<std::fs::Metadata> {
+    let meta = std::fs::symlink_metadata(path).map_err(io_err(path))?;
+    if !kind(meta.file_type()) {
+        return Err(not_private(path, not_kind.into()));
+    }
     let me = rustix::process::geteuid().as_raw();
     match meta.uid() {
-        uid if uid == me => Ok(()),
-        uid => Err(format!("owned by uid {uid}, not {me}")),
+        uid if uid == me => Ok(meta),
+        uid => Err(not_private(path, format!("owned by uid {uid}, not {me}"))),
+    }
+}
+
+fn not_private(path: &Path, detail: String) -> Error {
+    Error::NotPrivate {
+        path: path.to_path_buf(),
+        detail,
     }
 }
 

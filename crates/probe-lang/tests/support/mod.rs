@@ -1,6 +1,8 @@
 //! Test helpers: a fake ProbeContext and a capturing writer.
 #![allow(dead_code)]
 
+pub mod nodes;
+
 use probe_lang::{ContextError, Flow, OutputFormat, ProbeContext, ProbeSpec, Runtime, Value};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
