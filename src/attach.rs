@@ -21,7 +21,7 @@ use qemu_vmm::Qmp;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Where a VM's stub is.
@@ -110,14 +110,7 @@ pub fn attach(args: crate::AttachArgs) -> Result<i32> {
 /// `attach`, or with a recording `record --vm`: the probe events of running
 /// VMs also go into trace files.
 pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -> Result<i32> {
-    let (source, source_name) = match (&args.program, &args.file) {
-        (Some(p), _) => (p.clone(), "stdin".to_string()),
-        (None, Some(f)) => (
-            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
-            f.display().to_string(),
-        ),
-        (None, None) => bail!("no program: give -e PROGRAM or a FILE"),
-    };
+    let (source, source_name) = crate::script::program_source(&args.program, &args.file)?;
     if args.vm.is_empty() {
         bail!("no VM: give --vm NAME=gdb:HOST:PORT (repeatable)");
     }
@@ -145,8 +138,12 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
         }
     }
     let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    // Which signal it was, for the exit status of an interrupted attach.
+    let signal = Arc::new(AtomicUsize::new(0));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+        signal_hook::flag::register_usize(sig, signal.clone(), sig as usize)
+            .context("installing signal handlers")?;
     }
     let deadline = args
         .duration
@@ -173,10 +170,8 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
     }
     // Stubs opened through QMP live in a private 0700 directory and are
     // closed again after detach, leaving the VM as it was.
-    let private = tempfile::Builder::new()
-        .prefix("vmprobe-attach-")
-        .tempdir()
-        .context("creating a private socket directory")?;
+    let private =
+        qemu_guest::private_dir("vmprobe-attach-").context("creating a socket directory")?;
     let mut opened: Vec<&VmSpec> = Vec::new();
     let mut guests = Vec::new();
     for (i, spec) in args.vm.iter().enumerate() {
@@ -185,9 +180,21 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
             Some(k) => Ok(k),
             None => vm_kernel(spec),
         };
+        let until = Until {
+            stop: stop.clone(),
+            deadline,
+        };
         let attached = kernel.and_then(|k| match plugin_choice(spec, &program, &args)? {
             Some(socket) => attach_plugin(spec, &socket, k, &program, &layers, recording_mode),
-            None => attach_one(spec, k, &program, &layers, private.path(), &mut opened),
+            None => attach_one(
+                spec,
+                k,
+                &program,
+                &layers,
+                private.path(),
+                &mut opened,
+                &until,
+            ),
         });
         match attached {
             Ok(g) => guests.push(g),
@@ -198,7 +205,15 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
                     report_detach(&g.name, g.backend.finish(None, false));
                 }
                 close_stubs(&mut opened);
-                return Err(e.context(spec.name.clone()));
+                let aborted = e
+                    .chain()
+                    .any(|c| matches!(c.downcast_ref(), Some(gdb_remote::Error::Aborted)));
+                if !aborted {
+                    return Err(e.context(spec.name.clone()));
+                }
+                // Interrupted: "while connecting to the GDB stub" or "while
+                // finding the KASLR slide", from the error's context.
+                return Ok(interrupted(&spec.name, &e, &args, &signal));
             }
         }
     }
@@ -212,6 +227,59 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
     );
     close_stubs(&mut opened);
     code
+}
+
+/// What ends an attach still under way: a signal (SIGINT, SIGTERM) or the
+/// `--duration` deadline.
+#[derive(Clone)]
+struct Until {
+    stop: Arc<AtomicBool>,
+    deadline: Option<Instant>,
+}
+
+impl Until {
+    fn reached(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// The check a stub's client makes while it waits for the stub.
+    fn abort_check(&self) -> gdb_remote::AbortCheck {
+        let until = self.clone();
+        Box::new(move || until.reached())
+    }
+}
+
+/// Says why an attach stopped part way and gives the exit status: 128 plus
+/// the signal's number (130 for SIGINT, 143 for SIGTERM), as a shell
+/// reports a command a signal ended, since nothing was probed and nothing
+/// printed; 1 when `--duration` ran out first.
+fn interrupted(
+    name: &str,
+    e: &anyhow::Error,
+    args: &crate::AttachArgs,
+    signal: &AtomicUsize,
+) -> i32 {
+    let what = e.to_string();
+    match signal.load(Ordering::Relaxed) {
+        0 => {
+            let seconds = args.duration.unwrap_or_default();
+            eprintln!(
+                "vmprobe: {name}: --duration {seconds} s ran out while {what}; nothing was probed"
+            );
+            1
+        }
+        sig => {
+            let sig_name = if sig == signal_hook::consts::SIGTERM as usize {
+                "SIGTERM"
+            } else {
+                "SIGINT"
+            };
+            eprintln!(
+                "vmprobe: {name}: interrupted by {sig_name} while {what}; nothing was probed"
+            );
+            128 + sig as i32
+        }
+    }
 }
 
 /// Closes the stubs opened through QMP, each through a new monitor
@@ -319,19 +387,23 @@ fn attach_one<'s>(
     layers: &LayerPlan,
     private: &std::path::Path,
     opened: &mut Vec<&'s VmSpec>,
+    until: &Until,
 ) -> Result<Guest> {
     if !crate::kernel::check_program(program, &kernel.symbols)? {
         bail!("the program names unknown kernel symbols");
     }
     let timeout = Duration::from_secs(5);
+    // Signals and --duration end the connection and the search for the
+    // slide (`arm_program` takes the check off before arming).
+    let abort = Some(until.abort_check());
     let client = match &spec.gdb {
-        Some(StubAddr::Unix(path)) => Client::connect_unix(path, timeout),
+        Some(StubAddr::Unix(path)) => Client::connect_unix_abortable(path, timeout, false, abort),
         Some(StubAddr::Tcp(addr)) => {
             let addr = std::net::ToSocketAddrs::to_socket_addrs(addr)
                 .with_context(|| format!("resolving {addr}"))?
                 .next()
                 .ok_or_else(|| anyhow!("{addr}: no address"))?;
-            Client::connect_tcp(addr, timeout)
+            Client::connect_tcp_abortable(addr, timeout, abort)
         }
         None => {
             // No stub given: open one on the running VM through its QMP
@@ -343,7 +415,8 @@ fn attach_one<'s>(
                 .open_gdbstub_unix(&sock)
                 .context("opening a gdbstub through QMP")?;
             opened.push(spec);
-            Client::connect_unix_wait(&sock, timeout)
+            qemu_guest::check_private_socket(&sock)?;
+            Client::connect_unix_abortable(&sock, timeout, true, abort)
         }
     }
     .context("connecting to the GDB stub")?;
@@ -361,6 +434,13 @@ fn attach_one<'s>(
             })
         }
         Err(e) => {
+            // After an interruption the stub gets half a second: a stub that
+            // stopped answering would otherwise hold the exit for its whole
+            // reply timeout.
+            session.client().set_abort(None);
+            if until.reached() {
+                session.client().set_timeout(Duration::from_millis(500));
+            }
             report_detach(&spec.name, Box::new(session).finish(None, false));
             Err(e)
         }

@@ -1,7 +1,7 @@
 //! Guests served through their GDB stub (`backend-gdb`).
 
 use crate::kernel::KernelInfo;
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use backend_gdb::Session;
 use probe_plan::{resolve_probes, resolve_timers, resolve_watches};
 use std::sync::Arc;
@@ -14,7 +14,11 @@ pub fn arm_program(
     program: &probe_lang::Program,
     kernel: &KernelInfo,
 ) -> Result<u64> {
-    let slide = session.detect_slide(&kernel.symbols)?;
+    let slide = session
+        .detect_slide(&kernel.symbols)
+        .context("finding the KASLR slide")?;
+    // Arming is not interrupted part way: what was armed is removed again.
+    session.client().set_abort(None);
     let map = session.client().register_map();
     if let Err(diags) = program.check_registers(|r| map.lookup(r).is_some()) {
         bail!("{}", diags.to_string().trim_end());

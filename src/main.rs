@@ -13,6 +13,7 @@ mod plugin;
 mod record;
 mod report;
 mod run;
+mod script;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand, ValueEnum};

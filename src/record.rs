@@ -6,12 +6,13 @@
 //! falls behind: a slow disk slows the guest instead of losing events. What
 //! can still be lost (a failed write, events overwritten in the ring) is
 //! counted per stream, written into the trace as CTF `events_discarded`, and
-//! reported on stderr.
+//! reported on stderr once, at the end, with the number of events lost (the
+//! run then exits non-zero). A trace that lost events still reads: CTF up
+//! to its last whole packet, Perfetto JSON up to its last complete event.
 
 use anyhow::{Context, Result, anyhow, bail};
 use probe_engine::{EventSink, RecordedEvent, UnfinishedCall};
 use std::collections::HashMap;
-use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -30,7 +31,7 @@ pub enum Format {
 
 enum Output {
     Ctf(CtfWriter),
-    Perfetto(PerfettoWriter<BufWriter<std::fs::File>>),
+    Perfetto(PerfettoWriter<std::fs::File>),
     Ring {
         ring: FlightRecorder,
         snapshots: u32,
@@ -53,9 +54,12 @@ pub struct Recorder {
     clock: ClockOffset,
     output: Output,
     registry: Registry,
-    /// Events that could not be written, per stream index.
-    dropped: Vec<u64>,
-    written: u64,
+    /// Events handed to the writer (or ring), taken or not.
+    attempted: u64,
+    /// Events the writer did not take, per stream index, and those whose
+    /// stream could not even be made.
+    rejected: Vec<u64>,
+    unstreamed: u64,
     first_error: Option<String>,
     /// `snapshot()` without `--ring` was reported once.
     warned_snapshot: bool,
@@ -117,7 +121,10 @@ impl Recorder {
                 let path = dir.join("trace.json");
                 let file = std::fs::File::create(&path)
                     .with_context(|| format!("creating {}", path.display()))?;
-                Output::Perfetto(PerfettoWriter::new(BufWriter::new(file))?)
+                Output::Perfetto(
+                    PerfettoWriter::new(file)
+                        .with_context(|| format!("writing {}", path.display()))?,
+                )
             }
         };
         Ok(Recorder {
@@ -125,8 +132,9 @@ impl Recorder {
             clock,
             output,
             registry: Registry::default(),
-            dropped: Vec::new(),
-            written: 0,
+            attempted: 0,
+            rejected: Vec::new(),
+            unstreamed: 0,
             first_error: None,
             warned_snapshot: false,
         })
@@ -147,7 +155,7 @@ impl Recorder {
         };
         self.registry.streams.insert(key.clone(), id);
         self.registry.stream_keys.push(key);
-        self.dropped.push(0);
+        self.rejected.push(0);
         Ok(id)
     }
 
@@ -191,16 +199,20 @@ impl Recorder {
 
     fn event(&mut self, event: &RecordedEvent<'_>) {
         let result = self.try_event(event);
-        match result {
-            Ok(()) => self.written += 1,
-            Err(e) => {
-                if let Some(&StreamId(i)) = self.registry.streams.get(&Self::stream_key(event))
-                    && let Some(d) = self.dropped.get_mut(i as usize)
-                {
-                    *d += 1;
-                }
-                self.first_error.get_or_insert_with(|| e.to_string());
+        self.count(&Self::stream_key(event), result);
+    }
+
+    /// Counts an event handed over; one the writer did not take is counted
+    /// against its stream. (Events the writer took but could not write out
+    /// are counted by the writer itself.)
+    fn count(&mut self, key: &StreamKey, result: Result<(), trace_formats::Error>) {
+        self.attempted += 1;
+        if let Err(e) = result {
+            match self.registry.streams.get(key) {
+                Some(&StreamId(i)) => self.rejected[i as usize] += 1,
+                None => self.unstreamed += 1,
             }
+            self.first_error.get_or_insert_with(|| e.to_string());
         }
     }
 
@@ -237,16 +249,13 @@ impl Recorder {
             return;
         }
         let key = StreamKey::new(call.guest, Some(call.vcpu), Layer::Guest);
-        let result = self.stream(key).and_then(|stream| match &mut self.output {
-            Output::Perfetto(w) => w.begin(stream, call.entry_ns, call.func, &[]),
-            _ => unreachable!("checked above"),
-        });
-        match result {
-            Ok(()) => self.written += 1,
-            Err(e) => {
-                self.first_error.get_or_insert_with(|| e.to_string());
-            }
-        }
+        let result = self
+            .stream(key.clone())
+            .and_then(|stream| match &mut self.output {
+                Output::Perfetto(w) => w.begin(stream, call.entry_ns, call.func, &[]),
+                _ => unreachable!("checked above"),
+            });
+        self.count(&key, result);
     }
 
     /// Flight recorder: writes the events held now as a CTF trace in
@@ -271,45 +280,54 @@ impl Recorder {
     }
 
     /// Ends the trace: writes the ring (as a last snapshot) or closes the
-    /// files, with dropped events counted in the trace. Returns a summary.
-    pub fn finish(mut self) -> Result<String> {
-        let mut dropped: u64 = self.dropped.iter().sum();
+    /// files, with lost events counted in the trace.
+    pub fn finish(mut self) -> Result<Finished> {
         let snapshot = self.snapshot()?;
-        match self.output {
-            Output::Ctf(mut w) => {
-                for (i, &d) in self.dropped.iter().enumerate() {
-                    if d > 0 {
-                        // Best effort: the disk may be what failed.
-                        let _ = w.add_discarded(StreamId(i as u32), d);
-                    }
+        // Events in the trace, and those it says it discarded (CTF).
+        let (in_trace, stated) = match &mut self.output {
+            Output::Ctf(w) => {
+                for (i, &n) in self.rejected.iter().enumerate() {
+                    w.add_discarded(StreamId(i as u32), n)?;
                 }
-                // Events lost with packets that could not be written.
-                let lost: u64 = (0..self.dropped.len())
-                    .map(|i| w.discarded_count(StreamId(i as u32)))
-                    .sum();
-                dropped = dropped.max(lost);
-                self.written = self.written.saturating_sub(lost);
-                if let Err(e) = w.finish() {
+                if let Err(e) = w.close() {
                     self.first_error.get_or_insert_with(|| e.to_string());
                 }
+                let t = w.totals();
+                (t.events, Some(t.discarded))
             }
             Output::Perfetto(w) => {
-                w.finish()?;
+                if let Err(e) = w.close() {
+                    self.first_error.get_or_insert_with(|| e.to_string());
+                }
+                (w.event_count(), None)
             }
-            Output::Ring { .. } => {}
-        }
-        let mut summary = match snapshot {
-            Some((dir, n)) => format!("{n} newest events in {}", dir.display()),
-            None => format!("{} events in {}", self.written, self.dir.display()),
+            Output::Ring { .. } => {
+                let rejected = self.rejected.iter().sum::<u64>() + self.unstreamed;
+                (self.attempted - rejected, None)
+            }
         };
-        if dropped > 0 {
-            summary.push_str(&format!(
-                "; {dropped} events could not be written ({})",
-                self.first_error.unwrap_or_default()
-            ));
-        }
-        Ok(summary)
+        let summary = match snapshot {
+            Some((dir, n)) => format!("{n} newest events in {}", dir.display()),
+            None => format!("{in_trace} events in {}", self.dir.display()),
+        };
+        let lost = self.attempted.saturating_sub(in_trace);
+        let error = (lost > 0).then(|| {
+            let why = self.first_error.unwrap_or_default();
+            let said = match stated {
+                Some(n) if n == lost => "; the trace counts them as discarded".to_string(),
+                Some(n) => format!("; the trace counts {n} as discarded"),
+                None => String::new(),
+            };
+            format!("{lost} events could not be written ({why}){said}")
+        });
+        Ok(Finished { summary, error })
     }
+}
+
+/// A finished trace: what it holds, and what it lost.
+pub struct Finished {
+    pub summary: String,
+    pub error: Option<String>,
 }
 
 fn ctf_options(clock: ClockOffset) -> CtfOptions {
@@ -418,17 +436,26 @@ pub struct Recording {
 }
 
 /// Writes the rest of the trace (or the flight recorder's last snapshot)
-/// once nothing else holds the recorder, and says what was recorded.
-pub(crate) fn finish_recorder(r: SharedRecorder) -> Result<()> {
+/// once nothing else holds the recorder, and says what was recorded, and
+/// what was lost, once. Returns whether the trace holds every event.
+pub(crate) fn finish_recorder(r: SharedRecorder) -> Result<bool> {
     let recorder = Arc::try_unwrap(r.0)
         .map_err(|_| anyhow!("recorder still shared"))?
         .into_inner()
         .map_err(|_| anyhow!("recorder lock poisoned"))?;
     match recorder.finish() {
-        Ok(summary) => eprintln!("vmprobe: recorded {summary}"),
-        Err(e) => eprintln!("vmprobe: writing the trace: {e:#}"),
+        Ok(done) => {
+            eprintln!("vmprobe: recorded {}", done.summary);
+            if let Some(e) = &done.error {
+                eprintln!("vmprobe: writing the trace: {e}");
+            }
+            Ok(done.error.is_none())
+        }
+        Err(e) => {
+            eprintln!("vmprobe: writing the trace: {e}");
+            Ok(false)
+        }
     }
-    Ok(())
 }
 
 /// Flight recorder snapshot on SIGUSR1.

@@ -69,9 +69,10 @@ pub fn serve_and_report(
     };
     let (outcomes, kernel) = serve(guests, program, &runtime, &engine_plan);
 
-    if let Some(r) = recorder {
-        finish_recorder(r)?;
-    }
+    let trace_complete = match recorder {
+        Some(r) => finish_recorder(r)?,
+        None => true,
+    };
     let mut runtime = runtime.into_inner().unwrap_or_else(|e| e.into_inner());
     probe_engine::run_special(program, &mut runtime, &ProbeSpec::End, kernel.as_deref());
     if let Some(path) = &plan.flamegraph {
@@ -100,7 +101,12 @@ pub fn serve_and_report(
             eprintln!("vmprobe: detach: {}: {e}", o.name);
         }
     }
-    Ok(exit_status(outcomes, count))
+    let code = exit_status(outcomes, count);
+    Ok(if code == 0 && !trace_complete {
+        1
+    } else {
+        code
+    })
 }
 
 fn stats_line(o: &GuestOutcome) -> String {

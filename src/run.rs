@@ -42,15 +42,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
 
 pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32> {
     // Everything that can be checked before booting is checked first.
-    let (source, source_name) = match (&args.program, &args.file) {
-        (Some(p), _) => (p.clone(), "stdin".to_string()),
-        (None, Some(f)) => {
-            let text =
-                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-            (text, f.display().to_string())
-        }
-        (None, None) => bail!("no program: give -e PROGRAM or a FILE"),
-    };
+    let (source, source_name) = crate::script::program_source(&args.program, &args.file)?;
     // The program is typed with the guest kernel's BTF (args, struct
     // casts); without an image, a program that needs no types still checks.
     let loaded = guest_image(&args.boot.guest).and_then(|image| {
@@ -156,10 +148,7 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
     // failure ends the run (the others' QEMUs are killed when their `Vm`s
     // drop).
     let layers = probe_plan::resolve_layers(&program);
-    let logs = tempfile::Builder::new()
-        .prefix("vmprobe-logs-")
-        .tempdir()
-        .context("creating a private log directory")?;
+    let logs = qemu_guest::private_dir("vmprobe-logs-").context("creating a log directory")?;
     let mut vms = Vec::new();
     for i in 0..count {
         let name = format!("vm{i}");

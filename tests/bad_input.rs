@@ -2,6 +2,7 @@
 //! exit, no panic, and no QEMU left behind. None of these boot a guest.
 
 mod support;
+use std::path::Path;
 use std::time::Duration;
 use support::*;
 
@@ -291,4 +292,107 @@ fn kprobe_offset_past_the_function_is_refused_before_booting() {
         "kprobe:vfs_read+1000000: offset 1000000 is past the end of the function",
     );
     assert!(!e.contains("booting"), "must fail before booting:\n{e}");
+}
+
+/// 100,000-link chains (up to 800 KB of script), which aborted vmprobe with
+/// a stack overflow, are one diagnostic with its line:column and exit 1,
+/// before anything boots.
+#[test]
+fn long_operator_and_member_chains_are_a_diagnostic_before_booting() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = format!(
+        "expression nested too deeply (more than {} levels)",
+        probe_lang::parser::MAX_NESTING
+    );
+    let scripts = [
+        (
+            "plus.bt",
+            format!("BEGIN {{ $x = 1{}; }}", "+1".repeat(100_000)),
+        ),
+        (
+            "arrow.bt",
+            format!(
+                "kprobe:ksys_write {{ $t = curtask{}->pid; }}",
+                "->parent".repeat(100_000)
+            ),
+        ),
+    ];
+    for (name, script) in scripts {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &script).unwrap();
+        let out = run_bounded(
+            vmprobe().args(["run", path.to_str().unwrap(), "--", "true"]),
+            LIMIT,
+        );
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert_eq!(stderr.matches(&limit).count(), 1, "{name}: {stderr}");
+        // At the link that went too deep: a `+` or a `->` on line 1.
+        let at = format!("{}:1:", path.display());
+        assert!(stderr.contains(&at), "{name}: {stderr}");
+        assert!(stderr.len() < 1000, "{name}: a short report: {stderr}");
+        assert!(!stderr.contains("booting"), "{name}: {stderr}");
+    }
+}
+
+/// The script file is read with a bound: `/dev/zero` (which never ends)
+/// and a 17 MiB file are refused by name, at once and in little memory,
+/// where vmprobe grew to 2.1 GB in 3.4 s reading `/dev/zero` before.
+#[test]
+fn a_script_larger_than_16_mib_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.bt");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(17 << 20)
+        .unwrap();
+    for path in [Path::new("/dev/zero"), big.as_path()] {
+        let needle = format!(
+            "{}: the script is larger than the limit of 16 MiB",
+            path.display()
+        );
+        let start = std::time::Instant::now();
+        // GNU time, where installed, gives the peak memory (KiB).
+        let time = Path::new("/usr/bin/time");
+        let mut cmd = if time.exists() {
+            let mut c = std::process::Command::new(time);
+            c.args(["-f", "peak-rss-kib %M", env!("CARGO_BIN_EXE_vmprobe")]);
+            c
+        } else {
+            vmprobe()
+        };
+        let out = run_bounded(cmd.arg("run").arg(path).args(["--", "true"]), LIMIT);
+        let took = start.elapsed();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(&needle), "{stderr}");
+        assert!(took < Duration::from_secs(10), "{took:?}");
+        let peak: Option<u64> = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("peak-rss-kib ")?.trim().parse().ok());
+        eprintln!(
+            "{}: refused in {took:?}, peak RSS {peak:?} KiB",
+            path.display()
+        );
+        assert!(peak.is_none_or(|kib| kib < 100 << 10), "{stderr}");
+    }
+}
+
+/// `profile:hz:1000000000` (a `true` workload then took 22 s) is an error
+/// at its line:column before anything boots, as bpftrace cannot attach it.
+#[test]
+fn a_timer_faster_than_100_khz_is_a_diagnostic_before_booting() {
+    let e = fails_with(
+        &[
+            "run",
+            "-e",
+            "profile:hz:1000000000 { @n = count(); }",
+            "--",
+            "true",
+        ],
+        &[],
+        "profile:hz:1000000000 fires more than 100000 times a second",
+    );
+    assert!(e.contains("stdin:1:1"), "{e}");
+    assert!(!e.contains("booting"), "{e}");
 }

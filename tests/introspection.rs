@@ -196,3 +196,38 @@ fn cgroup_id_and_path_equal_the_guests_own() {
         "{stdout}"
     );
 }
+
+/// The deepest member chain the parser accepts runs in a handler serving
+/// hits after boot (a longer one is refused before booting, see
+/// `bad_input.rs`): following `parent` from dd ends at the idle task, pid 0,
+/// whose parent is itself.
+#[test]
+fn deepest_accepted_member_chain_serves_hits() {
+    let chain = |n: usize| {
+        format!(
+            "kprobe:ksys_write /comm == \"dd\" && arg2 == 1/ {{ @pid[curtask{}->pid] = count(); }}",
+            "->parent".repeat(n)
+        )
+    };
+    let n = (0..=probe_lang::parser::MAX_NESTING)
+        .rev()
+        .find(|&n| probe_lang::parser::parse(&chain(n)).is_ok())
+        .unwrap();
+    assert!(n > 50, "{n} links");
+    let out = run_bounded(
+        vmprobe().args([
+            "run",
+            "-e",
+            &chain(n),
+            "--",
+            "dd if=/dev/zero of=/dev/null bs=1 count=5",
+        ]),
+        RUN_LIMIT,
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("@pid[0]: 5"),
+        "{n} links:\n{stdout}\n{stderr}"
+    );
+}

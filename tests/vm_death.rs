@@ -2,7 +2,6 @@
 //! message and the counts collected so far.
 
 mod support;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -19,15 +18,7 @@ fn qemu_children(parent: u32) -> Vec<u32> {
 
 /// `vmprobe run --console -e PROGRAM -- WORKLOAD`, its output collected.
 fn spawn_run(program: &str, workload: &str) -> (std::process::Child, Collected, Collected) {
-    let mut child = vmprobe()
-        .args(["run", "--console", "-e", program, "--", workload])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = collect(child.stdout.take().unwrap());
-    let stderr = collect(child.stderr.take().unwrap());
-    (child, stdout, stderr)
+    spawn_collected(vmprobe().args(["run", "--console", "-e", program, "--", workload]))
 }
 
 #[test]

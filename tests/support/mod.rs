@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod small_disk;
+pub mod stub;
+
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -160,6 +163,18 @@ pub fn keyed_map(stdout: &str, name: &str) -> std::collections::BTreeMap<u64, u6
             Some((k.trim().parse().ok()?, v.trim().parse().ok()?))
         })
         .collect()
+}
+
+/// Spawns `cmd` with stdout and stderr piped, each collected by a thread.
+pub fn spawn_collected(cmd: &mut Command) -> (std::process::Child, Collected, Collected) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = collect(child.stdout.take().unwrap());
+    let stderr = collect(child.stderr.take().unwrap());
+    (child, stdout, stderr)
 }
 
 /// A child's output stream, read into memory by a thread so that the test

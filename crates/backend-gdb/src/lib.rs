@@ -22,7 +22,7 @@ mod context;
 mod session;
 
 pub use context::{StopView, StubMemory};
-pub use session::Session;
+pub use session::{SLIDE_DEADLINE, Session};
 
 use gdb_remote::ThreadId;
 
@@ -32,6 +32,10 @@ pub enum Error {
         "could not find the kernel in guest memory (KASLR slide detection failed); is the guest kernel the image given?"
     )]
     SlideNotFound,
+    #[error(
+        "KASLR slide detection gave up after {seconds} s ({reads} reads of guest memory); is the stub answering?"
+    )]
+    SlideTimeout { seconds: u64, reads: u32 },
     #[error(transparent)]
     Plan(#[from] probe_plan::Error),
     #[error(transparent)]

@@ -17,13 +17,17 @@ use probe_plan::{
 use probe_runtime::{Flow, Runtime, Traced};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use trace_formats::{Layer, Value as FieldValue};
 
 /// How long the loop waits for a stop before polling for the end of the run.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// How long a stopped guest may take to answer an interrupt.
 const STOP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bound on finding the KASLR slide: QEMU answers its at most about 520
+/// reads (one per 2 MiB candidate, a few more where one matches) within a
+/// second; a stub slower than this is not one to probe through.
+pub const SLIDE_DEADLINE: Duration = Duration::from_secs(30);
 /// Bytes compared at each probe site across attach and detach.
 const SITE_BYTES: usize = 16;
 /// `endbr64`, the first instruction of functions in kernels built with IBT
@@ -247,18 +251,35 @@ impl Session {
     }
 
     /// Finds the KASLR slide of the running kernel by comparing guest memory
-    /// with the image's text. The guest must be stopped.
+    /// with the image's text. The guest must be stopped. Ends early, with
+    /// the error, when the stub does not answer a read (or the client's
+    /// abort check says so, see [`Client::set_abort`]), and after
+    /// [`SLIDE_DEADLINE`] in all.
     pub fn detect_slide(&mut self, symbols: &KernelSymbols) -> Result<u64> {
         let samples = symbols.text_samples();
         if samples.is_empty() {
             // Symbols from a System.map or /proc/kallsyms: taken as they are.
             return Ok(0);
         }
+        let deadline = Instant::now() + SLIDE_DEADLINE;
         let client = &mut self.client;
-        kernel_image::detect_slide(samples, |addr, len| {
+        let mut reads = 0u32;
+        kernel_image::try_detect_slide(samples, |addr, len| {
+            if Instant::now() >= deadline {
+                return Err(Error::SlideTimeout {
+                    seconds: SLIDE_DEADLINE.as_secs(),
+                    reads,
+                });
+            }
+            reads += 1;
             let mut buf = vec![0u8; len];
-            client.read_memory(addr, &mut buf).ok().map(|_| buf)
-        })
+            match client.read_memory(addr, &mut buf) {
+                Ok(()) => Ok(Some(buf)),
+                // An error reply: nothing mapped there, not this slide.
+                Err(gdb_remote::Error::ErrorReply { .. }) => Ok(None),
+                Err(e) => Err(Error::Stub(e)),
+            }
+        })?
         .ok_or(Error::SlideNotFound)
     }
 

@@ -16,6 +16,14 @@ use crate::types::{BreakpointKind, Features, ResumeAction, StopReply, ThreadId, 
 const MAX_CONSOLE: usize = 1 << 20;
 /// Bound on one `qXfer` object.
 const MAX_XFER: usize = 1 << 20;
+/// How long a client with an abort check waits on the socket between two
+/// looks at it.
+const ABORT_POLL: Duration = Duration::from_millis(50);
+
+/// A check a client makes while it waits for the stub (e.g. "was SIGINT
+/// received, or is the deadline past?"): true ends the wait with
+/// [`Error::Aborted`].
+pub type AbortCheck = Box<dyn Fn() -> bool + Send>;
 
 enum Conn {
     Tcp(TcpStream),
@@ -31,12 +39,48 @@ impl Conn {
             Conn::Unix(s) => s.read(buf),
         }
     }
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Conn::Tcp(s) => s.write_all(buf),
+            Conn::Tcp(s) => s.write(buf),
             #[cfg(unix)]
-            Conn::Unix(s) => s.write_all(buf),
+            Conn::Unix(s) => s.write(buf),
         }
+    }
+
+    /// Writes all of `buf` by `deadline`. The socket's write timeout is at
+    /// most [`ABORT_POLL`] while there is an abort check, which is looked
+    /// at whenever the stub is slow to take the bytes.
+    fn write_all(
+        &mut self,
+        mut buf: &[u8],
+        deadline: Instant,
+        abort: Option<&AbortCheck>,
+    ) -> Result<(), SendErr> {
+        let total = buf.len();
+        while !buf.is_empty() {
+            match self.write(buf) {
+                Ok(0) => return Err(SendErr::Io(io::ErrorKind::WriteZero.into())),
+                Ok(n) => buf = &buf[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if abort.is_some_and(|f| f()) {
+                        return Err(SendErr::Aborted {
+                            partial: buf.len() < total,
+                        });
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(SendErr::Io(e));
+                    }
+                }
+                Err(e) => return Err(SendErr::Io(e)),
+            }
+        }
+        Ok(())
     }
     fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         match self {
@@ -57,8 +101,22 @@ impl Conn {
 enum RecvErr {
     Timeout,
     Closed,
+    Aborted,
     Io(io::Error),
-    Malformed { packet: String, reason: String },
+    Malformed {
+        packet: String,
+        reason: String,
+    },
+    /// Writing a `-` or a retransmission failed.
+    Send(Error),
+}
+
+enum SendErr {
+    /// `partial`: part of the bytes went out, so the stream is out of step.
+    Aborted {
+        partial: bool,
+    },
+    Io(io::Error),
 }
 
 impl From<io::Error> for RecvErr {
@@ -104,6 +162,12 @@ pub struct Client {
     phys_mode: bool,
     /// Whether the stub has a physical-memory mode (`None`: not asked yet).
     phys_supported: Option<bool>,
+    abort: Option<AbortCheck>,
+    /// A request was sent whole and its wait aborted: its reply may still
+    /// come, and is taken before the next request's.
+    unanswered: bool,
+    /// A write was aborted part way: the stream is out of step for good.
+    broken: bool,
 }
 
 fn map_io_connect(addr: String) -> impl FnOnce(io::Error) -> Error {
@@ -114,17 +178,43 @@ impl Client {
     /// Connects over TCP (with `TCP_NODELAY`) and performs the handshake.
     /// `timeout` bounds the connect and becomes the reply timeout.
     pub fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<Client, Error> {
-        let s =
-            TcpStream::connect_timeout(&addr, timeout).map_err(map_io_connect(addr.to_string()))?;
+        Self::connect_tcp_abortable(addr, timeout, None)
+    }
+
+    /// [`connect_tcp`](Self::connect_tcp) with an abort check, kept by the
+    /// client (see [`Client::set_abort`]): connecting and the handshake end
+    /// with [`Error::Aborted`] soon after it says so.
+    pub fn connect_tcp_abortable(
+        addr: SocketAddr,
+        timeout: Duration,
+        abort: Option<AbortCheck>,
+    ) -> Result<Client, Error> {
+        let deadline = Instant::now() + timeout;
+        let s = loop {
+            // In attempts of 200 ms, to look at the abort check between.
+            let slice = match &abort {
+                Some(_) => Duration::from_millis(200),
+                None => timeout,
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            match TcpStream::connect_timeout(&addr, slice.min(left).max(Duration::from_millis(1))) {
+                Ok(s) => break s,
+                Err(e) if e.kind() == io::ErrorKind::TimedOut && Instant::now() < deadline => {
+                    if abort.as_ref().is_some_and(|f| f()) {
+                        return Err(Error::Aborted);
+                    }
+                }
+                Err(e) => return Err(map_io_connect(addr.to_string())(e)),
+            }
+        };
         s.set_nodelay(true)?;
-        Self::handshake(Conn::Tcp(s), timeout)
+        Self::handshake(Conn::Tcp(s), timeout, abort)
     }
 
     /// Connects to a Unix socket and performs the handshake.
     #[cfg(unix)]
     pub fn connect_unix(path: &std::path::Path, timeout: Duration) -> Result<Client, Error> {
-        let s = UnixStream::connect(path).map_err(map_io_connect(path.display().to_string()))?;
-        Self::handshake(Conn::Unix(s), timeout)
+        Self::connect_unix_abortable(path, timeout, false, None)
     }
 
     /// [`connect_unix`](Self::connect_unix) to a stub that is still
@@ -132,16 +222,35 @@ impl Client {
     /// binds its socket before it listens on it) until `timeout` has passed.
     #[cfg(unix)]
     pub fn connect_unix_wait(path: &std::path::Path, timeout: Duration) -> Result<Client, Error> {
-        let deadline = std::time::Instant::now() + timeout;
+        Self::connect_unix_abortable(path, timeout, true, None)
+    }
+
+    /// [`connect_unix`](Self::connect_unix), or with `wait`
+    /// [`connect_unix_wait`](Self::connect_unix_wait), with an abort check
+    /// kept by the client (see [`Client::set_abort`]): connecting and the
+    /// handshake end with [`Error::Aborted`] soon after it says so.
+    #[cfg(unix)]
+    pub fn connect_unix_abortable(
+        path: &std::path::Path,
+        timeout: Duration,
+        wait: bool,
+        abort: Option<AbortCheck>,
+    ) -> Result<Client, Error> {
+        let deadline = Instant::now() + timeout;
         loop {
             match UnixStream::connect(path) {
-                Ok(s) => return Self::handshake(Conn::Unix(s), timeout),
+                Ok(s) => return Self::handshake(Conn::Unix(s), timeout, abort),
                 Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
-                    ) && std::time::Instant::now() < deadline =>
+                    if wait
+                        && matches!(
+                            e.kind(),
+                            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                        )
+                        && Instant::now() < deadline =>
                 {
+                    if abort.as_ref().is_some_and(|f| f()) {
+                        return Err(Error::Aborted);
+                    }
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 Err(e) => return Err(map_io_connect(path.display().to_string())(e)),
@@ -149,9 +258,12 @@ impl Client {
         }
     }
 
-    fn handshake(conn: Conn, timeout: Duration) -> Result<Client, Error> {
+    fn handshake(
+        conn: Conn,
+        timeout: Duration,
+        abort: Option<AbortCheck>,
+    ) -> Result<Client, Error> {
         let timeout = timeout.max(Duration::from_millis(1));
-        conn.set_write_timeout(Some(timeout))?;
         let mut c = Client {
             conn,
             rbuf: vec![0u8; 64 * 1024].into_boxed_slice(),
@@ -178,7 +290,11 @@ impl Client {
             console: Vec::new(),
             phys_mode: false,
             phys_supported: None,
+            abort: None,
+            unanswered: false,
+            broken: false,
         };
+        c.set_abort(abort);
         c.request_str(
             "qSupported:multiprocess+;swbreak+;hwbreak+;vContSupported+;no-resumed+;xmlRegisters=i386",
         )?;
@@ -212,7 +328,35 @@ impl Client {
     /// Sets the reply timeout for requests (and [`Client::step_thread`]).
     pub fn set_timeout(&mut self, t: Duration) {
         self.timeout = t.max(Duration::from_millis(1));
-        let _ = self.conn.set_write_timeout(Some(self.timeout));
+        self.set_write_timeout();
+    }
+
+    /// The reply timeout for requests.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Sets (or with `None` removes) the check looked at, at least every
+    /// 50 ms, while the client waits for the stub to take a request or to
+    /// answer: once it returns true, the wait ends with [`Error::Aborted`].
+    /// A request whose reply was not awaited has it taken before the next
+    /// request's; a request aborted part way through being sent leaves the
+    /// connection unusable.
+    pub fn set_abort(&mut self, abort: Option<AbortCheck>) {
+        self.abort = abort;
+        self.set_write_timeout();
+    }
+
+    fn set_write_timeout(&mut self) {
+        let t = match self.abort {
+            Some(_) => self.timeout.min(ABORT_POLL),
+            None => self.timeout,
+        };
+        let _ = self.conn.set_write_timeout(Some(t));
+    }
+
+    fn aborted(&self) -> bool {
+        self.abort.as_ref().is_some_and(|f| f())
     }
 
     pub fn features(&self) -> &Features {
@@ -287,7 +431,18 @@ impl Client {
     }
 
     fn fill(&mut self, deadline: Option<Instant>) -> Result<(), RecvErr> {
-        self.arm_read_timeout(deadline)?;
+        // With an abort check, each read blocks for at most ABORT_POLL.
+        let slice = match self.abort {
+            None => deadline,
+            Some(_) => {
+                if self.aborted() {
+                    return Err(RecvErr::Aborted);
+                }
+                let poll = Instant::now() + ABORT_POLL;
+                Some(deadline.map_or(poll, |d| d.min(poll)))
+            }
+        };
+        self.arm_read_timeout(slice)?;
         match self.conn.read(&mut self.rbuf) {
             Ok(0) => Err(RecvErr::Closed),
             Ok(n) => {
@@ -337,13 +492,15 @@ impl Client {
                     Some(Event::Nak) => {
                         if self.ack_mode && naks < 5 && self.wbuf.len() > self.wstart {
                             naks += 1;
-                            self.conn.write_all(&self.wbuf[self.wstart..])?;
+                            let range = self.wstart..self.wbuf.len();
+                            self.write_wbuf(range, |_| "a retransmission".into())
+                                .map_err(RecvErr::Send)?;
                         }
                     }
                     Some(Event::BadChecksum { expected, computed }) => {
                         if self.ack_mode && bad < 3 {
                             bad += 1;
-                            self.conn.write_all(b"-")?;
+                            self.write_bytes(b"-").map_err(RecvErr::Send)?;
                         } else {
                             return Err(RecvErr::Malformed {
                                 packet: show(&self.dec.payload),
@@ -375,8 +532,10 @@ impl Client {
                 waiting_for: what(),
             },
             RecvErr::Closed => Error::Closed { during: what() },
+            RecvErr::Aborted => Error::Aborted,
             RecvErr::Io(e) => Error::Io(e),
             RecvErr::Malformed { packet, reason } => Error::Malformed { packet, reason },
+            RecvErr::Send(e) => e,
         }
     }
 
@@ -396,9 +555,58 @@ impl Client {
     fn flush_ack(&mut self) -> Result<(), Error> {
         if self.pending_ack {
             self.pending_ack = false;
-            self.conn.write_all(b"+")?;
+            self.write_bytes(b"+")?;
         }
         Ok(())
+    }
+
+    /// Writes `self.wbuf[range]`; `what` names it in errors.
+    fn write_wbuf(
+        &mut self,
+        range: std::ops::Range<usize>,
+        what: impl FnOnce(&Self) -> String,
+    ) -> Result<(), Error> {
+        let deadline = Instant::now() + self.timeout;
+        let sent = match self.broken {
+            true => Err(SendErr::Aborted { partial: true }),
+            false => (self.conn).write_all(&self.wbuf[range], deadline, self.abort.as_ref()),
+        };
+        self.sent(sent, what)
+    }
+
+    /// Writes a few bytes of their own (an ack, a nak, an interrupt).
+    fn write_bytes(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        let deadline = Instant::now() + self.timeout;
+        let sent = match self.broken {
+            true => Err(SendErr::Aborted { partial: true }),
+            false => (self.conn).write_all(bytes, deadline, self.abort.as_ref()),
+        };
+        self.sent(sent, |_| format!("`{}`", show(bytes)))
+    }
+
+    fn sent(
+        &mut self,
+        sent: Result<(), SendErr>,
+        what: impl FnOnce(&Self) -> String,
+    ) -> Result<(), Error> {
+        match sent {
+            Ok(()) => Ok(()),
+            Err(SendErr::Aborted { partial }) => {
+                self.broken |= partial;
+                Err(Error::Aborted)
+            }
+            Err(SendErr::Io(e)) => Err(match e.kind() {
+                io::ErrorKind::BrokenPipe
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted => Error::Closed {
+                    during: format!("sending {}", what(self)),
+                },
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Timeout {
+                    waiting_for: format!("the stub to accept {}", what(self)),
+                },
+                _ => Error::Io(e),
+            }),
+        }
     }
 
     /// Encodes `self.cmd` (after a pending `+`) and writes it in one write.
@@ -409,33 +617,37 @@ impl Client {
         }
         self.wstart = self.wbuf.len();
         packet::encode(&mut self.wbuf, &self.cmd);
-        self.conn.write_all(&self.wbuf).map_err(|e| match e.kind() {
-            io::ErrorKind::BrokenPipe
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted => Error::Closed {
-                during: format!("sending {}", self.cmd_text()),
-            },
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Timeout {
-                waiting_for: format!("the stub to accept {}", self.cmd_text()),
-            },
-            _ => Error::Io(e),
-        })
+        self.write_wbuf(0..self.wbuf.len(), Self::cmd_text)
     }
 
     /// Sends `self.cmd` and receives the reply into `self.dec.payload`.
     fn exchange(&mut self) -> Result<(), Error> {
         self.not_running()?;
+        let deadline = Instant::now() + self.timeout;
+        if self.unanswered {
+            // The reply to an aborted request comes first, if at all.
+            self.recv(Some(deadline))
+                .map_err(|e| self.recv_err(e, || "the reply to an aborted request".into()))?;
+            self.unanswered = false;
+        }
         self.send_cmd()?;
         self.round_trips += 1;
-        let deadline = Instant::now() + self.timeout;
         // A stop reply answers only `?`. One arriving for any other request
         // is unsolicited: QEMU sends one when a new debugger connects to a
         // VM that an earlier one detached from (it stops the VM). Taking it
         // as this request's reply would shift every later reply by one.
         let expects_stop = self.cmd.first() == Some(&b'?');
         loop {
-            self.recv(Some(deadline))
-                .map_err(|e| self.recv_err(e, || format!("reply to {}", self.cmd_text())))?;
+            match self.recv(Some(deadline)) {
+                Ok(()) => {}
+                Err(RecvErr::Aborted) => {
+                    self.unanswered = true;
+                    return Err(Error::Aborted);
+                }
+                Err(e) => {
+                    return Err(self.recv_err(e, || format!("reply to {}", self.cmd_text())));
+                }
+            }
             if expects_stop || !looks_like_stop_reply(&self.dec.payload) {
                 return Ok(());
             }
@@ -979,16 +1191,7 @@ impl Client {
         self.wstart = self.wbuf.len();
         packet::encode(&mut self.wbuf, &self.cmd);
         packet::encode(&mut self.wbuf, &resume_cmd);
-        self.conn
-            .write_all(&self.wbuf)
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::BrokenPipe
-                | io::ErrorKind::ConnectionReset
-                | io::ErrorKind::ConnectionAborted => Error::Closed {
-                    during: format!("sending {}", self.cmd_text()),
-                },
-                _ => Error::Io(e),
-            })?;
+        self.write_wbuf(0..self.wbuf.len(), Self::cmd_text)?;
         self.round_trips += 1;
         let deadline = Instant::now() + self.timeout;
         self.recv(Some(deadline))
@@ -1142,8 +1345,7 @@ impl Client {
         if !self.running {
             self.flush_ack()?;
         }
-        self.conn.write_all(&[0x03])?;
-        Ok(())
+        self.write_bytes(&[0x03])
     }
 
     /// `?`: why the target is stopped.

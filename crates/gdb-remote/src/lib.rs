@@ -82,7 +82,7 @@ mod types;
 #[cfg(test)]
 mod tests;
 
-pub use client::{Client, PhysicalMemory};
+pub use client::{AbortCheck, Client, PhysicalMemory};
 pub use regs::{RegisterInfo, RegisterMap, Registers};
 pub use types::{
     BreakpointKind, Features, ResumeAction, StopReason, StopReply, ThreadId, VContSupport,
@@ -111,4 +111,7 @@ pub enum Error {
     ErrorReply { command: String, code: String },
     #[error("i/o error talking to gdb stub: {0}")]
     Io(#[from] std::io::Error),
+    /// The client's abort check ([`Client::set_abort`]) said to stop waiting.
+    #[error("stopped waiting for the gdb stub (interrupted)")]
+    Aborted,
 }

@@ -1,7 +1,7 @@
 //! Client tests against a scripted fake stub.
 
 use std::io::{BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -44,11 +44,7 @@ enum Incoming {
     Nak,
 }
 
-fn read_incoming(
-    r: &mut BufReader<TcpStream>,
-    expect_ack: &mut bool,
-    acks_optional: bool,
-) -> Incoming {
+fn read_incoming(r: &mut impl Read, expect_ack: &mut bool, acks_optional: bool) -> Incoming {
     let mut byte = [0u8];
     loop {
         r.read_exact(&mut byte).expect("stub: client closed");
@@ -89,79 +85,95 @@ fn spawn(steps: Vec<Step>) -> (SocketAddr, JoinHandle<()>) {
     let addr = l.local_addr().unwrap();
     let h = std::thread::spawn(move || {
         let (s, _) = l.accept().unwrap();
-        let mut w = s.try_clone().unwrap();
-        let mut r = BufReader::new(s);
-        let mut ack_mode = true;
-        let mut expect_ack = false;
-        let mut acks_optional = false;
-        let mut last_cmd = String::new();
-        for step in steps {
-            match step {
-                Expect(e) | ExpectPrefix(e) => {
-                    let prefix = matches!(step, ExpectPrefix(_));
-                    match read_incoming(&mut r, &mut expect_ack, acks_optional) {
-                        Incoming::Packet(p) => {
-                            if prefix {
-                                assert!(p.starts_with(e), "stub: expected {e}..., got {p}");
-                            } else {
-                                assert_eq!(p, e, "stub: wrong packet");
-                            }
-                            if ack_mode {
-                                w.write_all(b"+").unwrap();
-                            }
-                            last_cmd = p;
-                        }
-                        Incoming::Interrupt => panic!("stub: got interrupt, expected {e}"),
-                        Incoming::Nak => panic!("stub: got nak, expected {e}"),
-                    }
-                }
-                ExpectInterrupt => {
-                    assert!(matches!(
-                        read_incoming(&mut r, &mut expect_ack, acks_optional),
-                        Incoming::Interrupt
-                    ));
-                }
-                ExpectNak => {
-                    assert!(matches!(
-                        read_incoming(&mut r, &mut expect_ack, acks_optional),
-                        Incoming::Nak
-                    ));
-                }
-                Reply(p) => {
-                    let _ = w.write_all(&frame(p.as_bytes()));
-                    expect_ack = ack_mode;
-                    if last_cmd == "QStartNoAckMode" && p == "OK" {
-                        ack_mode = false;
-                    }
-                }
-                Raw(b) => {
-                    let _ = w.write_all(&b);
-                    expect_ack = false;
-                }
-                Sleep(ms) => std::thread::sleep(Duration::from_millis(ms)),
-                Close => return,
-                AcksOptional => acks_optional = true,
-                RunUntilInterrupt(stop) => {
-                    let mut byte = [0u8];
-                    if r.read_exact(&mut byte).is_err() {
-                        return;
-                    }
-                    if byte[0] != 0x03 {
-                        // Stopped silently: nothing more is ever answered.
-                        let mut rest = vec![];
-                        let _ = r.read_to_end(&mut rest);
-                        return;
-                    }
-                    let _ = w.write_all(&frame(stop.as_bytes()));
-                    expect_ack = ack_mode;
-                }
-            }
-        }
-        // Keep the connection open until the client is done.
-        let mut rest = vec![];
-        let _ = r.read_to_end(&mut rest);
+        let w = s.try_clone().unwrap();
+        play(steps, BufReader::new(s), w);
     });
     (addr, h)
+}
+
+/// The stub on a Unix socket at `path`, whose buffers are far smaller than
+/// loopback TCP's.
+#[cfg(unix)]
+fn spawn_unix(path: &std::path::Path, steps: Vec<Step>) -> JoinHandle<()> {
+    let l = std::os::unix::net::UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        let (s, _) = l.accept().unwrap();
+        let w = s.try_clone().unwrap();
+        play(steps, BufReader::new(s), w);
+    })
+}
+
+/// Plays the stub's side of `steps` on a connection.
+fn play(steps: Vec<Step>, mut r: BufReader<impl Read>, mut w: impl Write) {
+    let mut ack_mode = true;
+    let mut expect_ack = false;
+    let mut acks_optional = false;
+    let mut last_cmd = String::new();
+    for step in steps {
+        match step {
+            Expect(e) | ExpectPrefix(e) => {
+                let prefix = matches!(step, ExpectPrefix(_));
+                match read_incoming(&mut r, &mut expect_ack, acks_optional) {
+                    Incoming::Packet(p) => {
+                        if prefix {
+                            assert!(p.starts_with(e), "stub: expected {e}..., got {p}");
+                        } else {
+                            assert_eq!(p, e, "stub: wrong packet");
+                        }
+                        if ack_mode {
+                            w.write_all(b"+").unwrap();
+                        }
+                        last_cmd = p;
+                    }
+                    Incoming::Interrupt => panic!("stub: got interrupt, expected {e}"),
+                    Incoming::Nak => panic!("stub: got nak, expected {e}"),
+                }
+            }
+            ExpectInterrupt => {
+                assert!(matches!(
+                    read_incoming(&mut r, &mut expect_ack, acks_optional),
+                    Incoming::Interrupt
+                ));
+            }
+            ExpectNak => {
+                assert!(matches!(
+                    read_incoming(&mut r, &mut expect_ack, acks_optional),
+                    Incoming::Nak
+                ));
+            }
+            Reply(p) => {
+                let _ = w.write_all(&frame(p.as_bytes()));
+                expect_ack = ack_mode;
+                if last_cmd == "QStartNoAckMode" && p == "OK" {
+                    ack_mode = false;
+                }
+            }
+            Raw(b) => {
+                let _ = w.write_all(&b);
+                expect_ack = false;
+            }
+            Sleep(ms) => std::thread::sleep(Duration::from_millis(ms)),
+            Close => return,
+            AcksOptional => acks_optional = true,
+            RunUntilInterrupt(stop) => {
+                let mut byte = [0u8];
+                if r.read_exact(&mut byte).is_err() {
+                    return;
+                }
+                if byte[0] != 0x03 {
+                    // Stopped silently: nothing more is ever answered.
+                    let mut rest = vec![];
+                    let _ = r.read_to_end(&mut rest);
+                    return;
+                }
+                let _ = w.write_all(&frame(stop.as_bytes()));
+                expect_ack = ack_mode;
+            }
+        }
+    }
+    // Keep the connection open until the client is done.
+    let mut rest = vec![];
+    let _ = r.read_to_end(&mut rest);
 }
 
 const FEATURES: &str = "PacketSize=1000;QStartNoAckMode+;multiprocess+;swbreak+;vContSupported+";
@@ -1076,4 +1088,80 @@ fn connect_unix_wait_gives_up_at_its_timeout_on_a_missing_socket() {
     let waited = start.elapsed();
     assert!(matches!(err, Error::Connect { .. }), "{err}");
     assert!(waited >= Duration::from_millis(200), "{waited:?}");
+}
+
+/// An abort check that says yes `ms` after it is made.
+fn abort_after(ms: u64) -> AbortCheck {
+    let start = Instant::now();
+    Box::new(move || start.elapsed() >= Duration::from_millis(ms))
+}
+
+/// A stub that stops answering: the wait ends at the abort check, not at
+/// the 5 s reply timeout, and the late reply is taken before the next one.
+#[test]
+fn abort_ends_a_wait_and_the_late_reply_is_skipped() {
+    run(
+        vec![
+            Expect("m1000,4"),
+            Sleep(700),
+            Reply("01020304"),
+            Expect("?"),
+            Reply("S05"),
+        ],
+        |c| {
+            c.set_abort(Some(abort_after(200)));
+            let start = Instant::now();
+            let e = c.read_memory(0x1000, &mut [0u8; 4]).unwrap_err();
+            let waited = start.elapsed();
+            assert!(matches!(e, Error::Aborted), "{e:?}");
+            assert!(waited < Duration::from_millis(400), "{waited:?}");
+            c.set_abort(None);
+            assert!(matches!(
+                c.halt_reason().unwrap(),
+                StopReply::Signal { signal: 5, .. }
+            ));
+        },
+    );
+}
+
+/// The handshake itself is aborted: a stub that takes `qSupported` and
+/// says nothing.
+#[test]
+fn abort_ends_a_silent_handshake() {
+    let (addr, h) = spawn(vec![ExpectPrefix("qSupported:"), Sleep(1500)]);
+    let start = Instant::now();
+    let e = Client::connect_tcp_abortable(addr, Duration::from_secs(5), Some(abort_after(200)))
+        .err()
+        .expect("aborted");
+    let waited = start.elapsed();
+    assert!(matches!(e, Error::Aborted), "{e:?}");
+    assert!(waited < Duration::from_millis(400), "{waited:?}");
+    h.join().unwrap();
+}
+
+/// A stub that stops reading while a packet larger than the socket's
+/// buffers goes out: the write is aborted part way, and the connection is
+/// refused from then on (its stream is out of step).
+#[cfg(unix)]
+#[test]
+fn abort_part_way_through_a_write_breaks_the_connection() {
+    let dir = std::env::temp_dir().join(format!("gdb-remote-abort-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("stub.sock");
+    let mut steps = handshake_steps("PacketSize=100000;QStartNoAckMode+", "");
+    steps.push(Sleep(1500));
+    let h = spawn_unix(&path, steps);
+    let mut c = Client::connect_unix_wait(&path, Duration::from_secs(5)).unwrap();
+    c.set_abort(Some(abort_after(200)));
+    let start = Instant::now();
+    // One packet of 1 MiB, five times what the socket holds.
+    let e = c.write_memory(0, &vec![0u8; 0x7ff00]).unwrap_err();
+    assert!(matches!(e, Error::Aborted), "{e:?}");
+    assert!(start.elapsed() < Duration::from_millis(400));
+    c.set_abort(None);
+    let e = c.halt_reason().unwrap_err();
+    assert!(matches!(e, Error::Aborted), "{e:?}");
+    drop(c);
+    h.join().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }

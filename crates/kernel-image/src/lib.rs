@@ -386,8 +386,25 @@ pub fn detect_slide(
     samples: &[TextSample],
     mut read: impl FnMut(u64, usize) -> Option<Vec<u8>>,
 ) -> Option<u64> {
+    let found = try_detect_slide(samples, |addr, len| {
+        Ok::<_, std::convert::Infallible>(read(addr, len))
+    });
+    match found {
+        Ok(slide) => slide,
+    }
+}
+
+/// [`detect_slide`] with reads that can fail: an error (the stub went
+/// silent, the user interrupted, a deadline passed) ends the search at
+/// once, where `Ok(None)` (unmapped memory) only rules out one slide.
+pub fn try_detect_slide<E>(
+    samples: &[TextSample],
+    mut read: impl FnMut(u64, usize) -> Result<Option<Vec<u8>>, E>,
+) -> Result<Option<u64>, E> {
     let usable: Vec<&TextSample> = samples.iter().filter(|s| s.bytes.len() >= 4).collect();
-    let (first, rest) = usable.split_first()?;
+    let Some((first, rest)) = usable.split_first() else {
+        return Ok(None);
+    };
     let need = usable.len().min(4);
     let matches = |got: &Option<Vec<u8>>, want: &[u8]| -> Option<(usize, usize)> {
         let got = got.as_ref()?;
@@ -400,19 +417,18 @@ pub fn detect_slide(
     let good = |(same, total): (usize, usize)| same * 4 >= total * 3;
     let mut slide = 0;
     while slide < SLIDE_MAX {
-        let hit = first
-            .addr
-            .checked_add(slide)
-            .map(|a| read(a, first.bytes.len()))
-            .and_then(|g| matches(&g, &first.bytes))
-            .filter(|&m| good(m));
+        let got = match first.addr.checked_add(slide) {
+            Some(a) => read(a, first.bytes.len())?,
+            None => None,
+        };
+        let hit = matches(&got, &first.bytes).filter(|&m| good(m));
         if let Some((mut same, mut total)) = hit {
             let mut matched = 1;
             for s in rest {
-                let got = s
-                    .addr
-                    .checked_add(slide)
-                    .and_then(|a| read(a, s.bytes.len()));
+                let got = match s.addr.checked_add(slide) {
+                    Some(a) => read(a, s.bytes.len())?,
+                    None => None,
+                };
                 let (sm, t) = matches(&got, &s.bytes).unwrap_or((0, s.bytes.len()));
                 if good((sm, t)) {
                     matched += 1;
@@ -421,12 +437,12 @@ pub fn detect_slide(
                 total += t;
             }
             if matched >= need && good((same, total)) {
-                return Some(slide);
+                return Ok(Some(slide));
             }
         }
         slide += SLIDE_STEP;
     }
-    None
+    Ok(None)
 }
 
 #[cfg(all(test, feature = "images"))]

@@ -411,6 +411,19 @@ fn slide_detection() {
     assert_eq!(detect_slide(&samples, |_, n| Some(vec![0xcc; n])), None);
     // Short reads are treated as misses, not panics.
     assert_eq!(detect_slide(&samples, |_, _| Some(vec![1])), None);
+    // A failed read (a stub gone silent, an interrupt) ends the search
+    // there, where unmapped memory only rules out one slide.
+    let mut reads = 0;
+    let failed = try_detect_slide(&samples, |_, _| {
+        reads += 1;
+        if reads == 3 { Err("silent") } else { Ok(None) }
+    });
+    assert_eq!((failed, reads), (Err("silent"), 3));
+    let mut guest = fake_guest(text_addr, &text, s, 0);
+    assert_eq!(
+        try_detect_slide(&samples, |a, n| Ok::<_, ()>(guest(a, n))),
+        Ok(Some(s))
+    );
 }
 
 // ---- Tests against the real Debian kernel image ----

@@ -328,6 +328,12 @@ pub(crate) fn check(
 }
 
 /// Attach point text -> ProbeSpec.
+/// The shortest period of `interval` and `profile` probes (100 kHz).
+/// bpftrace's are perf events on the kernel's cpu-clock, which refuses
+/// higher rates (`profile:hz:1000000`: "Invalid argument") and stretches
+/// shorter periods to 10 us; here every firing stops the guest.
+pub const MIN_PERIOD_NS: u64 = 10_000;
+
 pub fn parse_probe(text: &str) -> Result<ProbeSpec, String> {
     match text {
         "BEGIN" => return Ok(ProbeSpec::Begin),
@@ -403,8 +409,13 @@ pub fn parse_probe(text: &str) -> Result<ProbeSpec, String> {
                 Some(v) if v > 0 => v,
                 _ => return Err(format!("invalid {full} count '{n}' (a positive integer)")),
             };
-            if unit == RateUnit::Hz && value > 1_000_000_000 {
-                return Err(format!("{full} rate too high: {value} hz"));
+            if unit.period_ns(value) < MIN_PERIOD_NS {
+                return Err(format!(
+                    "{full}:{}:{value} fires more than 100000 times a second, the limit \
+                     (as in bpftrace, whose perf events the kernel refuses above 100000 Hz \
+                     and runs at most every 10 us)",
+                    unit.name()
+                ));
             }
             Ok(if full == "interval" {
                 ProbeSpec::Interval { unit, value }

@@ -88,21 +88,36 @@ impl fmt::Display for Diagnostic {
             self.source_name, self.line, self.col
         )?;
         writeln!(f, "{pad} |")?;
-        writeln!(f, "{num} | {}", self.source_line)?;
-        // Carets under the span, clipped to the first line; at least one.
-        let line_chars = self.source_line.chars().count();
-        let avail = (line_chars + 1).saturating_sub(self.col - 1).max(1);
+        // A long line (a generated script's) is shown around the column.
+        let chars: Vec<char> = self.source_line.chars().collect();
+        let col = self.col.min(chars.len() + 1);
+        let (from, to) = if chars.len() > SHOWN {
+            let from = (col - 1).saturating_sub(SHOWN / 3);
+            (from, (from + SHOWN).min(chars.len()))
+        } else {
+            (0, chars.len())
+        };
+        let (open, close) = (
+            if from > 0 { "..." } else { "" },
+            if to < chars.len() { "..." } else { "" },
+        );
+        let shown: String = chars[from..to].iter().collect();
+        writeln!(f, "{num} | {open}{shown}{close}")?;
+        // Carets under the span, clipped to the shown line; at least one.
+        let avail = (to + 1).saturating_sub(col - 1).max(1);
         let len = (self.span.end.saturating_sub(self.span.start) as usize).clamp(1, avail);
         // Keep tabs so carets line up under tab-indented code.
-        let lead: String = self
-            .source_line
-            .chars()
-            .take(self.col - 1)
-            .map(|c| if c == '\t' { '\t' } else { ' ' })
-            .collect();
+        let lead: String = " ".repeat(open.len())
+            + &chars[from..col - 1]
+                .iter()
+                .map(|&c| if c == '\t' { '\t' } else { ' ' })
+                .collect::<String>();
         write!(f, "{pad} | {lead}{}", "^".repeat(len))
     }
 }
+
+/// Characters of a source line shown in a diagnostic.
+const SHOWN: usize = 120;
 
 /// All errors of one compilation, in source order.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -8,8 +8,13 @@ use crate::ast::*;
 use crate::diag::Span;
 use crate::lexer::{LexError, Lexer, Tok, Token};
 
-/// Nesting limit so hostile input can't overflow the stack.
-const MAX_DEPTH: usize = 128;
+/// The deepest nesting accepted: the blocks and parser frames around an
+/// expression plus the height of its tree (a leaf is 1). Every later pass
+/// (checker, lowering, interpreter, dumps, drop) recurses along the tree,
+/// so this bounds their stack as well as the parser's: in an unoptimised
+/// build the deepest accepted scripts need at most about 720 KiB
+/// (`tests/nesting.rs` runs them all on a 1 MiB stack).
+pub const MAX_NESTING: usize = 64;
 
 pub type ParseError = LexError;
 
@@ -31,6 +36,17 @@ pub fn parse(src: &str) -> Result<Ast, ParseError> {
         });
     }
     Ok(Ast { probes })
+}
+
+/// A parsed expression and the height of its tree (a leaf is 1), kept as
+/// the tree grows so that its depth is bounded without walking it.
+struct Node {
+    e: Expr,
+    h: usize,
+}
+
+fn too_deep(what: &str) -> String {
+    format!("{what} nested too deeply (more than {MAX_NESTING} levels)")
 }
 
 struct Parser<'s> {
@@ -79,11 +95,15 @@ impl Parser<'_> {
     }
 
     fn eat(&mut self, p: &str) -> Result<bool, ParseError> {
+        Ok(self.eat_at(p)?.is_some())
+    }
+
+    /// Like `eat`, giving the token's span.
+    fn eat_at(&mut self, p: &str) -> Result<Option<Span>, ParseError> {
         if self.is_punct(p)? {
-            self.bump()?;
-            Ok(true)
+            Ok(Some(self.bump()?.span))
         } else {
-            Ok(false)
+            Ok(None)
         }
     }
 
@@ -114,7 +134,7 @@ impl Parser<'_> {
         let predicate = if self.eat("/")? {
             let e = self.expr_nodiv(true)?;
             self.expect("/")?;
-            Some(e)
+            Some(e.e)
         } else {
             None
         };
@@ -128,7 +148,7 @@ impl Parser<'_> {
 
     fn block(&mut self) -> Result<Vec<Stmt>, ParseError> {
         self.expect("{")?;
-        self.enter()?;
+        self.enter("blocks")?;
         let mut stmts = Vec::new();
         loop {
             if self.eat("}")? {
@@ -156,78 +176,48 @@ impl Parser<'_> {
         Ok(stmts)
     }
 
-    fn enter(&mut self) -> Result<(), ParseError> {
+    /// One level deeper into blocks (`what`) or expressions.
+    fn enter(&mut self, what: &str) -> Result<(), ParseError> {
         self.depth += 1;
-        if self.depth > MAX_DEPTH {
+        if self.depth > MAX_NESTING {
             let end = self.last_end as usize;
-            return err(Span::new(end, end), "nesting too deep");
+            return err(Span::new(end, end), too_deep(what));
         }
         Ok(())
     }
 
+    /// A node over children at most `below` high, at the current depth;
+    /// `at` is where the error points when that is too deep.
+    fn node(&self, kind: ExprKind, span: Span, below: usize, at: Span) -> Result<Node, ParseError> {
+        let h = below + 1;
+        if self.depth + h > MAX_NESTING {
+            return err(at, too_deep("expression"));
+        }
+        Ok(Node {
+            e: Expr {
+                kind,
+                span,
+                ty: Type::Unknown,
+            },
+            h,
+        })
+    }
+
+    // Statements and primaries are split into one function per form: in an
+    // unoptimised build a function's frame holds every arm's temporaries,
+    // and these recurse once per nesting level.
     fn stmt(&mut self) -> Result<Stmt, ParseError> {
         let t = self.bump()?;
         let start = t.span;
-        if self.at_self_var(&t.tok)? {
-            let var = self.self_var(start)?;
-            let ExprKind::SelfVar(name) = &var.kind else {
-                unreachable!("self_var builds a SelfVar")
-            };
-            let name = name.clone();
-            let value = match self.assign_op()? {
-                None => self.expr()?,
-                // `self->x op= v` is `self->x = self->x op v`.
-                Some((op, v)) => {
-                    let span = var.span.to(v.span);
-                    Expr {
-                        kind: ExprKind::Binary(op, Box::new(var), Box::new(v)),
-                        span,
-                        ty: Type::Unknown,
-                    }
-                }
-            };
-            return Ok(Stmt {
-                kind: StmtKind::SelfAssign { name, value },
-                span: Span::new(start.start as usize, self.last_end as usize),
-            });
-        }
         let kind = match t.tok {
-            Tok::Ident(ref name) if name == "if" => {
-                self.expect("(")?;
-                let cond = self.expr()?;
-                self.expect(")")?;
-                let then = self.block()?;
-                let els = if matches!(&self.peek()?.tok, Tok::Ident(s) if s == "else") {
-                    self.bump()?;
-                    if matches!(&self.peek()?.tok, Tok::Ident(s) if s == "if") {
-                        self.enter()?;
-                        let s = vec![self.stmt()?];
-                        self.depth -= 1;
-                        s
-                    } else {
-                        self.block()?
-                    }
-                } else {
-                    Vec::new()
-                };
-                StmtKind::If { cond, then, els }
+            Tok::Ident(ref name) if name == "self" && self.is_punct("->")? => {
+                self.self_assign(start)?
             }
-            Tok::Ident(ref name) if name == "unroll" => {
-                self.expect("(")?;
-                let n = self.bump()?;
-                let Tok::Int(count) = n.tok else {
-                    return err(n.span, "unroll needs an integer literal count");
-                };
-                if !(1..=100).contains(&count) {
-                    return err(n.span, "unroll count must be between 1 and 100");
-                }
-                self.expect(")")?;
-                let body = self.block()?;
-                StmtKind::Unroll { count, body }
-            }
+            Tok::Ident(ref name) if name == "if" => self.if_stmt()?,
+            Tok::Ident(ref name) if name == "unroll" => self.unroll_stmt()?,
             Tok::Ident(ref name) if name == "while" => {
                 self.expect("(")?;
-                let cond = self.expr()?;
+                let cond = self.expr()?.e;
                 self.expect(")")?;
                 let body = self.block()?;
                 StmtKind::While { cond, body }
@@ -243,54 +233,21 @@ impl Parser<'_> {
             }
             Tok::Ident(name) => {
                 self.expect("(")?;
-                let args = self.args(")")?;
+                let (args, _) = self.args(")")?;
                 StmtKind::Call {
                     name,
                     name_span: start,
                     args,
                 }
             }
-            Tok::Map(name) => {
-                let keys = if self.eat("[")? {
-                    self.args("]")?
-                } else {
-                    Vec::new()
-                };
-                let name_span = Span::new(start.start as usize, self.last_end as usize);
-                match self.assign_op()? {
-                    None => StmtKind::MapAssign {
-                        name,
-                        name_span: start,
-                        keys,
-                        value: self.expr()?,
-                    },
-                    Some((op, value)) => StmtKind::MapUpdate {
-                        name,
-                        name_span,
-                        keys,
-                        op,
-                        value,
-                    },
-                }
-            }
+            Tok::Map(name) => self.map_stmt(name, start)?,
             Tok::Var(name) => {
-                let value = match self.assign_op()? {
-                    None => self.expr()?,
-                    // `$x op= v` is `$x = $x op v`.
-                    Some((op, v)) => {
-                        let span = start.to(v.span);
-                        let var = Expr {
-                            kind: ExprKind::Var(name.clone()),
-                            span: start,
-                            ty: Type::Unknown,
-                        };
-                        Expr {
-                            kind: ExprKind::Binary(op, Box::new(var), Box::new(v)),
-                            span,
-                            ty: Type::Unknown,
-                        }
-                    }
+                let var = Expr {
+                    kind: ExprKind::Var(name.clone()),
+                    span: start,
+                    ty: Type::Unknown,
                 };
+                let value = self.assigned(var)?;
                 StmtKind::VarAssign { name, value }
             }
             other => {
@@ -303,6 +260,88 @@ impl Parser<'_> {
         Ok(Stmt {
             kind,
             span: Span::new(start.start as usize, self.last_end as usize),
+        })
+    }
+
+    /// `self->x = v` (or `op=`), after `self`.
+    fn self_assign(&mut self, start: Span) -> Result<StmtKind, ParseError> {
+        let var = self.self_var(start)?;
+        let ExprKind::SelfVar(name) = &var.kind else {
+            unreachable!("self_var builds a SelfVar")
+        };
+        let name = name.clone();
+        let value = self.assigned(var)?;
+        Ok(StmtKind::SelfAssign { name, value })
+    }
+
+    /// The value assigned to the variable `var`: after `=`, the expression;
+    /// `var op= v` is `var = var op v`.
+    fn assigned(&mut self, var: Expr) -> Result<Expr, ParseError> {
+        Ok(match self.assign_op()? {
+            None => self.expr()?.e,
+            Some((op, v)) => {
+                let span = var.span.to(v.e.span);
+                let kind = ExprKind::Binary(op, Box::new(var), Box::new(v.e));
+                self.node(kind, span, v.h, span)?.e
+            }
+        })
+    }
+
+    /// `if (c) { ... } [else if ... | else { ... }]`, after `if`.
+    fn if_stmt(&mut self) -> Result<StmtKind, ParseError> {
+        self.expect("(")?;
+        let cond = self.expr()?.e;
+        self.expect(")")?;
+        let then = self.block()?;
+        let els = if matches!(&self.peek()?.tok, Tok::Ident(s) if s == "else") {
+            self.bump()?;
+            if matches!(&self.peek()?.tok, Tok::Ident(s) if s == "if") {
+                self.enter("blocks")?;
+                let s = vec![self.stmt()?];
+                self.depth -= 1;
+                s
+            } else {
+                self.block()?
+            }
+        } else {
+            Vec::new()
+        };
+        Ok(StmtKind::If { cond, then, els })
+    }
+
+    /// `unroll (N) { ... }`, after `unroll`.
+    fn unroll_stmt(&mut self) -> Result<StmtKind, ParseError> {
+        self.expect("(")?;
+        let n = self.bump()?;
+        let Tok::Int(count) = n.tok else {
+            return err(n.span, "unroll needs an integer literal count");
+        };
+        if !(1..=100).contains(&count) {
+            return err(n.span, "unroll count must be between 1 and 100");
+        }
+        self.expect(")")?;
+        let body = self.block()?;
+        Ok(StmtKind::Unroll { count, body })
+    }
+
+    /// `@m[keys] = v` or `@m[keys] op= v`, after `@m`.
+    fn map_stmt(&mut self, name: String, start: Span) -> Result<StmtKind, ParseError> {
+        let (keys, _) = self.map_keys()?;
+        let name_span = Span::new(start.start as usize, self.last_end as usize);
+        Ok(match self.assign_op()? {
+            None => StmtKind::MapAssign {
+                name,
+                name_span: start,
+                keys,
+                value: self.expr()?.e,
+            },
+            Some((op, value)) => StmtKind::MapUpdate {
+                name,
+                name_span,
+                keys,
+                op,
+                value: value.e,
+            },
         })
     }
 
@@ -334,7 +373,7 @@ impl Parser<'_> {
 
     /// After an lvalue: `=` (None), or `op=` / `++` / `--` with the
     /// right-hand side (`++` is `+= 1`).
-    fn assign_op(&mut self) -> Result<Option<(BinOp, Expr)>, ParseError> {
+    fn assign_op(&mut self) -> Result<Option<(BinOp, Node)>, ParseError> {
         use BinOp::*;
         let t = self.bump()?;
         let Tok::Punct(p) = t.tok else {
@@ -343,10 +382,13 @@ impl Parser<'_> {
         let one = |op| {
             Ok(Some((
                 op,
-                Expr {
-                    kind: ExprKind::Int(1),
-                    span: t.span,
-                    ty: Type::Unknown,
+                Node {
+                    e: Expr {
+                        kind: ExprKind::Int(1),
+                        span: t.span,
+                        ty: Type::Unknown,
+                    },
+                    h: 1,
                 },
             )))
         };
@@ -374,22 +416,26 @@ impl Parser<'_> {
         Ok(matches!(&self.peek()?.tok, Tok::Ident(n) if INT_TYPES.iter().any(|t| t.0 == n)))
     }
 
-    /// Comma-separated expressions up to `close` (consumed). Empty allowed.
-    fn args(&mut self, close: &str) -> Result<Vec<Expr>, ParseError> {
+    /// Comma-separated expressions up to `close` (consumed), and the
+    /// height of the highest. Empty allowed.
+    fn args(&mut self, close: &str) -> Result<(Vec<Expr>, usize), ParseError> {
         let mut v = Vec::new();
+        let mut h = 0;
         if self.eat(close)? {
-            return Ok(v);
+            return Ok((v, h));
         }
         loop {
-            v.push(self.expr()?);
+            let a = self.expr()?;
+            h = h.max(a.h);
+            v.push(a.e);
             if self.eat(close)? {
-                return Ok(v);
+                return Ok((v, h));
             }
             self.expect(",")?;
         }
     }
 
-    fn expr(&mut self) -> Result<Expr, ParseError> {
+    fn expr(&mut self) -> Result<Node, ParseError> {
         self.expr_nodiv(false)
     }
 
@@ -401,7 +447,7 @@ impl Parser<'_> {
             return Ok(v);
         }
         loop {
-            let e = self.expr()?;
+            let e = self.expr()?.e;
             let arg = if self.is_punct("=")? {
                 let eq = self.bump()?.span;
                 let ExprKind::Ident(name) = e.kind else {
@@ -412,7 +458,7 @@ impl Parser<'_> {
                 };
                 TraceArg {
                     name: Some((name, e.span)),
-                    value: self.expr()?,
+                    value: self.expr()?.e,
                 }
             } else {
                 TraceArg {
@@ -428,24 +474,26 @@ impl Parser<'_> {
         }
     }
 
-    fn expr_nodiv(&mut self, no_div: bool) -> Result<Expr, ParseError> {
-        self.enter()?;
+    fn expr_nodiv(&mut self, no_div: bool) -> Result<Node, ParseError> {
+        self.enter("expression")?;
         let c = self.binary(0, no_div)?;
-        let r = if self.eat("?")? {
-            let a = self.expr_nodiv(no_div)?;
-            self.expect(":")?;
-            let b = self.expr_nodiv(no_div)?;
-            let span = c.span.to(b.span);
-            Expr {
-                kind: ExprKind::Ternary(Box::new(c), Box::new(a), Box::new(b)),
-                span,
-                ty: Type::Unknown,
-            }
-        } else {
-            c
+        let r = match self.eat_at("?")? {
+            Some(at) => self.ternary(c, at, no_div)?,
+            None => c,
         };
         self.depth -= 1;
         Ok(r)
+    }
+
+    /// `c ? a : b`, after `?` (at `at`).
+    fn ternary(&mut self, c: Node, at: Span, no_div: bool) -> Result<Node, ParseError> {
+        let a = self.expr_nodiv(no_div)?;
+        self.expect(":")?;
+        let b = self.expr_nodiv(no_div)?;
+        let span = c.e.span.to(b.e.span);
+        let below = c.h.max(a.h).max(b.h);
+        let kind = ExprKind::Ternary(Box::new(c.e), Box::new(a.e), Box::new(b.e));
+        self.node(kind, span, below, at)
     }
 
     fn peek_binop(&mut self, no_div: bool) -> Result<Option<(BinOp, u8)>, ParseError> {
@@ -477,27 +525,27 @@ impl Parser<'_> {
     }
 
     /// Precedence climbing; all binary operators are left associative.
-    fn binary(&mut self, min_prec: u8, no_div: bool) -> Result<Expr, ParseError> {
+    /// A chain such as `1 + 1 + ... + 1` is built here in a loop: its
+    /// height is checked at each link, as no recursion bounds it.
+    fn binary(&mut self, min_prec: u8, no_div: bool) -> Result<Node, ParseError> {
         let mut lhs = self.unary()?;
         while let Some((op, prec)) = self.peek_binop(no_div)? {
             if prec < min_prec {
                 break;
             }
-            self.bump()?;
-            self.enter()?;
+            let at = self.bump()?.span;
+            self.enter("expression")?;
             let rhs = self.binary(prec + 1, no_div)?;
             self.depth -= 1;
-            let span = lhs.span.to(rhs.span);
-            lhs = Expr {
-                kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)),
-                span,
-                ty: Type::Unknown,
-            };
+            let span = lhs.e.span.to(rhs.e.span);
+            let below = lhs.h.max(rhs.h);
+            let kind = ExprKind::Binary(op, Box::new(lhs.e), Box::new(rhs.e));
+            lhs = self.node(kind, span, below, at)?;
         }
         Ok(lhs)
     }
 
-    fn unary(&mut self) -> Result<Expr, ParseError> {
+    fn unary(&mut self) -> Result<Node, ParseError> {
         // `None`: `*`, a dereference.
         let op = match self.peek()?.tok {
             Tok::Punct("-") => Some(UnOp::Neg),
@@ -507,155 +555,32 @@ impl Parser<'_> {
             _ => return self.primary(),
         };
         let t = self.bump()?;
-        self.enter()?;
-        let e = Box::new(self.unary()?);
+        self.enter("expression")?;
+        let e = self.unary()?;
         self.depth -= 1;
-        let span = t.span.to(e.span);
-        Ok(Expr {
-            kind: match op {
-                Some(op) => ExprKind::Unary(op, e),
-                None => ExprKind::Deref(e),
-            },
-            span,
-            ty: Type::Unknown,
-        })
+        let span = t.span.to(e.e.span);
+        let kind = match op {
+            Some(op) => ExprKind::Unary(op, Box::new(e.e)),
+            None => ExprKind::Deref(Box::new(e.e)),
+        };
+        self.node(kind, span, e.h, t.span)
     }
 
-    fn primary(&mut self) -> Result<Expr, ParseError> {
+    fn primary(&mut self) -> Result<Node, ParseError> {
         let t = self.bump()?;
-        let mut span = t.span;
+        let span = t.span;
         if self.at_self_var(&t.tok)? {
             let var = self.self_var(span)?;
-            return self.postfix(var);
+            return self.postfix(Node { e: var, h: 1 });
         }
-        let kind = match t.tok {
-            Tok::Int(v) => ExprKind::Int(v),
-            Tok::Str(s) => ExprKind::Str(s),
-            Tok::Var(v) => ExprKind::Var(v),
-            Tok::Map(name) => {
-                let keys = if self.eat("[")? {
-                    self.args("]")?
-                } else {
-                    Vec::new()
-                };
-                span = Span::new(span.start as usize, self.last_end as usize);
-                ExprKind::Map { name, keys }
-            }
-            Tok::Ident(name)
-                if (name == "sizeof" || name == "offsetof") && self.is_punct("(")? =>
-            {
-                self.bump()?;
-                if name == "offsetof" || self.peek_aggregate()? {
-                    let (ty, _) = self.type_name()?;
-                    let kind = if name == "sizeof" {
-                        ExprKind::SizeofType(ty)
-                    } else {
-                        self.expect(",")?;
-                        let mut path = Vec::new();
-                        loop {
-                            let t = self.bump()?;
-                            let Tok::Ident(m) = t.tok else {
-                                return err(
-                                    t.span,
-                                    format!("expected a member name, found {}", describe(&t.tok)),
-                                );
-                            };
-                            path.push(m);
-                            if !self.eat(".")? {
-                                break;
-                            }
-                        }
-                        ExprKind::Offsetof(ty, path)
-                    };
-                    self.expect(")")?;
-                    span = Span::new(span.start as usize, self.last_end as usize);
-                    kind
-                } else {
-                    let args = self.args(")")?;
-                    span = Span::new(span.start as usize, self.last_end as usize);
-                    ExprKind::Call { name, args }
-                }
-            }
-            Tok::Ident(name) => {
-                if self.eat("(")? {
-                    let args = self.args(")")?;
-                    span = Span::new(span.start as usize, self.last_end as usize);
-                    ExprKind::Call { name, args }
-                } else {
-                    ExprKind::Ident(name)
-                }
-            }
-            Tok::Punct("(") if self.peek_type_name()? => {
-                let Tok::Ident(tn) = self.bump()?.tok else {
-                    unreachable!("peeked a type name")
-                };
-                let &(_, size, signed) = INT_TYPES
-                    .iter()
-                    .find(|t| t.0 == tn)
-                    .expect("peeked a type name");
-                let ptr = self.eat("*")?;
-                let close = self.expect(")")?;
-                self.enter()?;
-                let e = self.unary()?;
-                self.depth -= 1;
-                let span = span.to(close).to(e.span);
-                return Ok(Expr {
-                    kind: ExprKind::Cast {
-                        size,
-                        signed,
-                        ptr,
-                        expr: Box::new(e),
-                    },
-                    span,
-                    ty: Type::Unknown,
-                });
-            }
-            Tok::Punct("(") => {
-                if self.peek_aggregate()? {
-                    let (ty, _) = self.type_name()?;
-                    let mut ptr = 0u8;
-                    while self.eat("*")? {
-                        ptr = ptr.saturating_add(1);
-                    }
-                    let close = self.expect(")")?;
-                    if ptr == 0 {
-                        return err(
-                            span.to(close),
-                            format!(
-                                "cannot cast to '{ty}': only pointers to structs can be cast to, e.g. ({ty} *)"
-                            ),
-                        );
-                    }
-                    self.enter()?;
-                    let e = self.unary()?;
-                    self.depth -= 1;
-                    let span = span.to(e.span);
-                    return Ok(Expr {
-                        kind: ExprKind::KCast {
-                            ty,
-                            ptr,
-                            expr: Box::new(e),
-                        },
-                        span,
-                        ty: Type::Unknown,
-                    });
-                }
-                // Division is allowed again inside parentheses.
-                let mut e = self.expr()?;
-                if self.eat(",")? {
-                    let mut elems = vec![e];
-                    elems.extend(self.args(")")?);
-                    let span = Span::new(span.start as usize, self.last_end as usize);
-                    return self.postfix(Expr {
-                        kind: ExprKind::Tuple(elems),
-                        span,
-                        ty: Type::Unknown,
-                    });
-                }
-                let close = self.expect(")")?;
-                e.span = span.to(close);
-                return self.postfix(e);
-            }
+        let n = match t.tok {
+            Tok::Int(v) => self.node(ExprKind::Int(v), span, 0, span)?,
+            Tok::Str(s) => self.node(ExprKind::Str(s), span, 0, span)?,
+            Tok::Var(v) => self.node(ExprKind::Var(v), span, 0, span)?,
+            Tok::Map(name) => self.map_expr(name, span)?,
+            Tok::Ident(name) => self.ident_expr(name, span)?,
+            // A cast or a parenthesised expression or tuple.
+            Tok::Punct("(") => return self.paren(span),
             other => {
                 return err(
                     span,
@@ -663,11 +588,140 @@ impl Parser<'_> {
                 );
             }
         };
-        self.postfix(Expr {
-            kind,
-            span,
-            ty: Type::Unknown,
-        })
+        self.postfix(n)
+    }
+
+    /// `@m` or `@m[keys]`, after `@m` (at `span`).
+    fn map_expr(&mut self, name: String, span: Span) -> Result<Node, ParseError> {
+        let (keys, below) = self.map_keys()?;
+        let span = Span::new(span.start as usize, self.last_end as usize);
+        self.node(ExprKind::Map { name, keys }, span, below, span)
+    }
+
+    /// `[keys]` after a map's name, if there, and the highest key's height.
+    fn map_keys(&mut self) -> Result<(Vec<Expr>, usize), ParseError> {
+        match self.eat("[")? {
+            true => self.args("]"),
+            false => Ok((Vec::new(), 0)),
+        }
+    }
+
+    /// A builtin's name, a call, `sizeof(...)` or `offsetof(...)`, after
+    /// the name (at `span`).
+    fn ident_expr(&mut self, name: String, span: Span) -> Result<Node, ParseError> {
+        if !self.eat("(")? {
+            return self.node(ExprKind::Ident(name), span, 0, span);
+        }
+        if name == "offsetof" || (name == "sizeof" && self.peek_aggregate()?) {
+            let (ty, _) = self.type_name()?;
+            let kind = if name == "sizeof" {
+                ExprKind::SizeofType(ty)
+            } else {
+                self.expect(",")?;
+                let mut path = Vec::new();
+                loop {
+                    let t = self.bump()?;
+                    let Tok::Ident(m) = t.tok else {
+                        return err(
+                            t.span,
+                            format!("expected a member name, found {}", describe(&t.tok)),
+                        );
+                    };
+                    path.push(m);
+                    if !self.eat(".")? {
+                        break;
+                    }
+                }
+                ExprKind::Offsetof(ty, path)
+            };
+            self.expect(")")?;
+            let span = Span::new(span.start as usize, self.last_end as usize);
+            return self.node(kind, span, 0, span);
+        }
+        let (args, below) = self.args(")")?;
+        let span = Span::new(span.start as usize, self.last_end as usize);
+        self.node(ExprKind::Call { name, args }, span, below, span)
+    }
+
+    /// After `(` (at `span`): an integer cast `(uint32 *)e`, a struct
+    /// pointer cast `(struct s *)e`, a tuple, or an expression in
+    /// parentheses (where division is allowed again).
+    fn paren(&mut self, span: Span) -> Result<Node, ParseError> {
+        if self.peek_type_name()? {
+            return self.int_cast(span);
+        }
+        if self.peek_aggregate()? {
+            return self.struct_cast(span);
+        }
+        let mut e = self.expr()?;
+        if self.eat(",")? {
+            let (rest, below) = self.args(")")?;
+            let below = below.max(e.h);
+            let mut elems = vec![e.e];
+            elems.extend(rest);
+            let span = Span::new(span.start as usize, self.last_end as usize);
+            let tuple = self.node(ExprKind::Tuple(elems), span, below, span)?;
+            return self.postfix(tuple);
+        }
+        let close = self.expect(")")?;
+        e.e.span = span.to(close);
+        self.postfix(e)
+    }
+
+    /// `(uint32)e` or `(uint32 *)e`, after `(` (at `span`).
+    fn int_cast(&mut self, span: Span) -> Result<Node, ParseError> {
+        let Tok::Ident(tn) = self.bump()?.tok else {
+            unreachable!("peeked a type name")
+        };
+        let &(_, size, signed) = INT_TYPES
+            .iter()
+            .find(|t| t.0 == tn)
+            .expect("peeked a type name");
+        let ptr = self.eat("*")?;
+        let close = self.expect(")")?;
+        let e = self.cast_operand()?;
+        let span = span.to(close).to(e.e.span);
+        let kind = ExprKind::Cast {
+            size,
+            signed,
+            ptr,
+            expr: Box::new(e.e),
+        };
+        self.node(kind, span, e.h, close)
+    }
+
+    /// `(struct s *)e`, after `(` (at `span`).
+    fn struct_cast(&mut self, span: Span) -> Result<Node, ParseError> {
+        let (ty, _) = self.type_name()?;
+        let mut ptr = 0u8;
+        while self.eat("*")? {
+            ptr = ptr.saturating_add(1);
+        }
+        let close = self.expect(")")?;
+        if ptr == 0 {
+            return err(
+                span.to(close),
+                format!(
+                    "cannot cast to '{ty}': only pointers to structs can be cast to, e.g. ({ty} *)"
+                ),
+            );
+        }
+        let e = self.cast_operand()?;
+        let span = span.to(e.e.span);
+        let kind = ExprKind::KCast {
+            ty,
+            ptr,
+            expr: Box::new(e.e),
+        };
+        self.node(kind, span, e.h, close)
+    }
+
+    /// The operand of a cast, one level deeper.
+    fn cast_operand(&mut self) -> Result<Node, ParseError> {
+        self.enter("expression")?;
+        let e = self.unary()?;
+        self.depth -= 1;
+        Ok(e)
     }
 
     /// True if the next token is `struct`, `union` or `enum`.
@@ -703,42 +757,41 @@ impl Parser<'_> {
     }
 
     /// Postfix operators after a primary expression: tuple fields `.N`,
-    /// struct members `.name` / `->name`, and indexing `[i]`.
-    fn postfix(&mut self, mut e: Expr) -> Result<Expr, ParseError> {
+    /// struct members `.name` / `->name`, and indexing `[i]`. A chain such
+    /// as `a->b->c...` is built here in a loop: its height is checked at
+    /// each link, as no recursion bounds it.
+    fn postfix(&mut self, mut e: Node) -> Result<Node, ParseError> {
         loop {
-            if self.eat("[")? {
-                self.enter()?;
+            if let Some(at) = self.eat_at("[")? {
+                self.enter("expression")?;
                 let index = self.expr()?;
                 self.depth -= 1;
                 self.expect("]")?;
-                let span = Span::new(e.span.start as usize, self.last_end as usize);
-                e = Expr {
-                    kind: ExprKind::Index {
-                        base: Box::new(e),
-                        index: Box::new(index),
-                        elem_size: 0,
-                        access: Access::Unresolved,
-                    },
-                    span,
-                    ty: Type::Unknown,
+                let span = Span::new(e.e.span.start as usize, self.last_end as usize);
+                let kind = ExprKind::Index {
+                    base: Box::new(e.e),
+                    index: Box::new(index.e),
+                    elem_size: 0,
+                    access: Access::Unresolved,
                 };
+                e = self.node(kind, span, e.h.max(index.h), at)?;
                 continue;
             }
-            let arrow = if self.eat(".")? {
-                false
-            } else if self.eat("->")? {
-                true
+            let (arrow, at) = if let Some(at) = self.eat_at(".")? {
+                (false, at)
+            } else if let Some(at) = self.eat_at("->")? {
+                (true, at)
             } else {
                 break;
             };
             let t = self.bump()?;
-            let span = e.span.to(t.span);
+            let span = e.e.span.to(t.span);
             let kind = match t.tok {
                 Tok::Int(n) if !arrow => {
-                    ExprKind::Field(Box::new(e), n.min(u32::MAX as u64) as u32)
+                    ExprKind::Field(Box::new(e.e), n.min(u32::MAX as u64) as u32)
                 }
                 Tok::Ident(name) => ExprKind::Member {
-                    base: Box::new(e),
+                    base: Box::new(e.e),
                     name,
                     arrow,
                     offset: 0,
@@ -755,11 +808,7 @@ impl Parser<'_> {
                     );
                 }
             };
-            e = Expr {
-                kind,
-                span,
-                ty: Type::Unknown,
-            };
+            e = self.node(kind, span, e.h, at)?;
         }
         Ok(e)
     }

@@ -412,3 +412,32 @@ fn new_syntax_errors_have_carets() {
         "error: operator '+' cannot be applied to pointer and string\n --> script:1:32\n  |\n1 | BEGIN { $x = (uint32 *)1; $y = $x + \"a\"; }\n  |                                ^^^^^^^^"
     );
 }
+
+/// Timer rates are capped where bpftrace's are (the kernel refuses perf
+/// sampling above 100000 Hz): a faster one is an error at its line:column.
+#[test]
+fn timer_rates_above_100_khz_are_errors_at_their_position() {
+    for ok in [
+        "profile:hz:100000",
+        "interval:us:10",
+        "interval:hz:99",
+        "profile:s:1",
+    ] {
+        assert!(compile(&format!("{ok} {{ }}"), "script").is_ok(), "{ok}");
+    }
+    for fast in [
+        "profile:hz:1000000000",
+        "profile:hz:100001",
+        "interval:us:9",
+        "p:us:1",
+    ] {
+        let d = compile(&format!("BEGIN {{ }}\n  {fast} {{ }}"), "t.bt").unwrap_err();
+        assert_eq!((d.0[0].line, d.0[0].col), (2, 3), "{fast}");
+        assert!(
+            d.0[0]
+                .message
+                .contains("fires more than 100000 times a second, the limit"),
+            "{fast}: {d}"
+        );
+    }
+}

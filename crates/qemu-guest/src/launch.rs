@@ -140,11 +140,8 @@ impl Vm {
                 "install QEMU (Debian: apt-get install qemu-system-x86)",
             )?;
         }
-        let dir = tempfile::Builder::new()
-            .prefix("vmprobe-")
-            .tempdir()
-            .map_err(io_err("temporary directory"))?;
-        // tempdir() creates the directory 0700: only this user can reach the sockets.
+        // Only this user can reach the sockets (QMP runs host commands).
+        let dir = crate::private_dir("vmprobe-")?;
         let sock = |name: &str| dir.path().join(name);
         let stderr_path = sock("qemu.stderr");
         let stderr = std::fs::File::create(&stderr_path).map_err(io_err(&stderr_path))?;
@@ -285,6 +282,23 @@ impl Vm {
                     });
                 }
                 std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(pair)
+        });
+        // QEMU bound the sockets: check nobody swapped the directory or a
+        // socket in the meantime.
+        let connected = connected.and_then(|pair| {
+            let mut names = vec!["con.sock", "ctl.sock", "qmp.sock"];
+            if cfg.gdbstub {
+                names.push("gdb.sock");
+            }
+            // vmprobe's plugin binds its socket when QEMU loads it, before
+            // the machine starts.
+            if cfg.plugin.is_some() {
+                names.push("plugin.sock");
+            }
+            for name in names {
+                crate::check_private_socket(&sock(name))?;
             }
             Ok(pair)
         });

@@ -8,12 +8,14 @@
 mod cpio;
 mod image;
 mod launch;
+mod private;
 mod qemu;
 
 pub use image::{
     DEFAULT_APPEND, GuestImage, build_default_guest, cache_dir, default_guest, ensure_default_guest,
 };
 pub use launch::{Accel, ControlEvent, LaunchConfig, Vm, kvm_usable};
+pub use private::{check_private_dir, check_private_socket, private_dir};
 pub use qemu::{QEMU10_ENV, QemuVersion, installed_qemu10, qemu10_in};
 
 use std::path::PathBuf;
@@ -44,6 +46,8 @@ pub enum Error {
         /// QEMU's state and error output, and the console's last lines.
         detail: String,
     },
+    #[error("{path}: not private to this user: {detail}")]
+    NotPrivate { path: PathBuf, detail: String },
     #[error("unexpected message from guest init: {0:?}")]
     Protocol(String),
 }

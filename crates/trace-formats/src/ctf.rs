@@ -28,6 +28,15 @@
 //! The metadata file is rewritten (atomically) before any packet that needs
 //! a class or stream it did not describe yet, so the files on disk are
 //! always readable up to the last packet written.
+//!
+//! A packet that cannot be written (disk full) is cut off the file and its
+//! events are counted in `events_discarded`, as are the caller's drops
+//! ([`CtfWriter::add_discarded`]); the first error is kept
+//! ([`CtfWriter::io_error`]). [`CtfWriter::close`] makes the trace state
+//! every discarded event: when even the small packet carrying the count
+//! cannot be written, the stream's last packet is given up to make room
+//! (its events counted too), so that what the trace says is discarded is
+//! what was lost.
 
 use std::fs::{self, File};
 use std::io::{Seek, SeekFrom, Write};
@@ -101,6 +110,8 @@ struct Stream {
     ts_begin: u64,
     last_ts: u64,
     seq: u64,
+    /// Events discarded on the stream so far (the caller's and lost
+    /// packets'), and the count the last packet on disk states.
     discarded: u64,
     discarded_written: u64,
     events: u64,
@@ -109,6 +120,94 @@ struct Stream {
     /// Bytes of complete packets in the file: where a failed write is cut
     /// back to, so that the file always ends on a packet boundary.
     written: u64,
+    /// Events in the packets on disk.
+    written_events: u64,
+    /// The last packet on disk, which [`CtfWriter::close`] may give up.
+    last: Option<LastPacket>,
+}
+
+#[derive(Clone, Copy)]
+struct LastPacket {
+    start: u64,
+    events: u64,
+    /// The discarded count the packet before it states.
+    discarded_before: u64,
+}
+
+/// Events of a trace, once it is closed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtfTotals {
+    /// In the stream files.
+    pub events: u64,
+    /// Stated as discarded by the trace (`events_discarded`).
+    pub discarded: u64,
+    /// Lost without the trace saying so (the disk did not even take the
+    /// packet carrying the count, or the metadata).
+    pub unstated: u64,
+}
+
+impl Stream {
+    /// Appends `buf` (a packet of `events` events; its preamble is filled
+    /// in here) stating `discarded`. On failure the file is cut back to its
+    /// last whole packet.
+    fn put(
+        &mut self,
+        uuid: &[u8; 16],
+        index: usize,
+        buf: &mut [u8],
+        (begin, end): (u64, u64),
+        discarded: u64,
+        events: u64,
+    ) -> std::io::Result<()> {
+        let bits = buf.len() as u64 * 8;
+        buf[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        buf[4..20].copy_from_slice(uuid);
+        buf[20..24].copy_from_slice(&0u32.to_le_bytes());
+        buf[24..32].copy_from_slice(&(index as u64).to_le_bytes());
+        buf[32..40].copy_from_slice(&begin.to_le_bytes());
+        buf[40..48].copy_from_slice(&end.to_le_bytes());
+        buf[48..56].copy_from_slice(&bits.to_le_bytes()); // content_size
+        buf[56..64].copy_from_slice(&bits.to_le_bytes()); // packet_size
+        buf[64..72].copy_from_slice(&self.seq.to_le_bytes());
+        buf[72..80].copy_from_slice(&discarded.to_le_bytes());
+        buf[80..84].copy_from_slice(&self.key.vcpu.unwrap_or(0).to_le_bytes());
+        buf[84..86].copy_from_slice(&self.guest_id.to_le_bytes());
+        buf[86] = layer_code(self.key.layer);
+        buf[87] = self.key.vcpu.is_some() as u8;
+        if let Err(e) = self.file.write_all(buf) {
+            self.cut_to(self.written);
+            return Err(e);
+        }
+        self.last = Some(LastPacket {
+            start: self.written,
+            events,
+            discarded_before: self.discarded_written,
+        });
+        self.written += buf.len() as u64;
+        self.written_events += events;
+        self.seq += 1;
+        self.discarded_written = discarded;
+        Ok(())
+    }
+
+    fn cut_to(&mut self, len: u64) {
+        let _ = self.file.set_len(len);
+        let _ = self.file.seek(SeekFrom::Start(len));
+    }
+
+    /// Gives up the last packet on disk, counting its events as discarded.
+    fn drop_last_packet(&mut self) -> bool {
+        let Some(last) = self.last.take() else {
+            return false;
+        };
+        self.cut_to(last.start);
+        self.written = last.start;
+        self.written_events -= last.events;
+        self.discarded += last.events;
+        self.discarded_written = last.discarded_before;
+        self.seq -= 1;
+        true
+    }
 }
 
 /// Writes one CTF trace directory.
@@ -122,6 +221,8 @@ pub struct CtfWriter {
     guests: Vec<String>,
     /// Number of classes and streams the metadata on disk describes.
     described: (usize, usize),
+    /// The first error writing a packet or the metadata.
+    error: Option<Error>,
     finished: bool,
 }
 
@@ -147,6 +248,7 @@ impl CtfWriter {
             streams: Vec::new(),
             guests: Vec::new(),
             described: (usize::MAX, usize::MAX),
+            error: None,
             finished: false,
         };
         w.write_metadata()?;
@@ -221,6 +323,8 @@ impl CtfWriter {
             events: 0,
             packet_events: 0,
             written: 0,
+            written_events: 0,
+            last: None,
         });
         Ok(StreamId(id))
     }
@@ -231,7 +335,9 @@ impl CtfWriter {
     }
 
     /// Writes one event of a declared class; `values` follow its layout.
-    /// Timestamps must not go backwards within a stream.
+    /// Timestamps must not go backwards within a stream. An error means
+    /// the event was not taken; a packet that cannot be written is counted
+    /// as discarded instead (see [`io_error`](Self::io_error)).
     pub fn write(
         &mut self,
         stream: StreamId,
@@ -262,7 +368,7 @@ impl CtfWriter {
         st.events += 1;
         st.packet_events += 1;
         if st.buf.len() >= self.opts.packet_bytes {
-            self.close_packet(stream.0 as usize)?;
+            self.close_packet_or_count(stream.0 as usize);
         }
         Ok(())
     }
@@ -301,20 +407,7 @@ impl CtfWriter {
             .streams
             .get_mut(i)
             .ok_or(Error::UnknownStream(stream.0))?;
-        if n == 0 {
-            return Ok(());
-        }
-        if st.seq == 0 {
-            // Readers report a discarded count as the difference between two
-            // consecutive packets, so the first packet's count is never
-            // shown: close one with a count of zero before the first drop.
-            if st.buf.is_empty() {
-                st.buf.resize(PACKET_PREAMBLE_BYTES, 0);
-                st.ts_begin = st.last_ts;
-            }
-            self.close_packet(i)?;
-        }
-        self.streams[i].discarded += n;
+        st.discarded += n;
         Ok(())
     }
 
@@ -331,6 +424,24 @@ impl CtfWriter {
             .map_or(0, |s| s.discarded)
     }
 
+    /// The first error writing a packet or the metadata: what the
+    /// discarded events beyond the caller's were lost to.
+    pub fn io_error(&self) -> Option<&Error> {
+        self.error.as_ref()
+    }
+
+    /// What the trace holds and states, and what it lost without saying
+    /// (final after [`close`](Self::close)).
+    pub fn totals(&self) -> CtfTotals {
+        let mut t = CtfTotals::default();
+        for st in &self.streams {
+            t.events += st.written_events;
+            t.discarded += st.discarded_written;
+            t.unstated += st.discarded - st.discarded_written + st.packet_events;
+        }
+        t
+    }
+
     /// Packets written to `stream` so far.
     pub fn packet_count(&self, stream: StreamId) -> u64 {
         self.streams.get(stream.0 as usize).map_or(0, |s| s.seq)
@@ -343,74 +454,109 @@ impl CtfWriter {
             .map(|s| s.path.as_path())
     }
 
-    /// Closes every open packet and writes it out.
+    /// Closes every open packet and writes it out, with an empty packet
+    /// for a stream whose discarded count changed. The error is the first
+    /// of this flush; packets that failed are counted as discarded.
     pub fn flush(&mut self) -> Result<(), Error> {
+        let mut first = None;
         for i in 0..self.streams.len() {
             let st = &mut self.streams[i];
             if st.buf.is_empty() && st.discarded != st.discarded_written {
-                // An empty packet carries the new discarded count.
                 st.buf.resize(PACKET_PREAMBLE_BYTES, 0);
                 st.ts_begin = st.last_ts;
             }
-            if !st.buf.is_empty() {
-                self.close_packet(i)?;
+            if !st.buf.is_empty()
+                && let Err(e) = self.close_packet(i)
+            {
+                // Still buffered (the metadata could not be written): lost.
+                let st = &mut self.streams[i];
+                st.discarded += st.packet_events;
+                st.packet_events = 0;
+                st.buf.clear();
+                first.get_or_insert(e);
             }
         }
-        self.write_metadata_if_stale()
+        match (first, self.write_metadata_if_stale()) {
+            (Some(e), _) | (None, Err(e)) => Err(e),
+            (None, Ok(())) => Ok(()),
+        }
     }
 
-    /// Flushes and writes the final metadata.
-    pub fn finish(mut self) -> Result<(), Error> {
+    /// Writes everything out and makes the trace state every discarded
+    /// event, giving up a stream's last packet where the disk has no room
+    /// for the count (see the module's documentation); then
+    /// [`totals`](Self::totals) is final. Returns the trace's first write
+    /// error, if it had any.
+    pub fn close(&mut self) -> Result<(), Error> {
         self.finished = true;
-        self.flush()?;
-        for st in &self.streams {
-            st.file.sync_data().map_err(|source| Error::Io {
-                path: st.path.clone(),
-                source,
-            })?;
+        if let Err(e) = self.flush() {
+            self.error.get_or_insert(e);
         }
-        Ok(())
+        for i in 0..self.streams.len() {
+            let unstated = |st: &Stream| st.discarded != st.discarded_written;
+            if unstated(&self.streams[i]) && self.streams[i].drop_last_packet() {
+                let _ = self.flush();
+            }
+        }
+        for st in &self.streams {
+            if let Err(source) = st.file.sync_data() {
+                self.error.get_or_insert(Error::Io {
+                    path: st.path.clone(),
+                    source,
+                });
+            }
+        }
+        match &self.error {
+            None => Ok(()),
+            Some(e) => Err(Error::Write(std::io::Error::other(e.to_string()))),
+        }
+    }
+
+    /// [`close`](Self::close)s the trace.
+    pub fn finish(mut self) -> Result<(), Error> {
+        self.close()
+    }
+
+    /// [`close_packet`](Self::close_packet), keeping its error for
+    /// [`io_error`](Self::io_error) (its events are counted as discarded).
+    fn close_packet_or_count(&mut self, i: usize) {
+        if let Err(e) = self.close_packet(i) {
+            self.error.get_or_insert(e);
+        }
     }
 
     fn close_packet(&mut self, i: usize) -> Result<(), Error> {
+        // On failure the packet stays buffered: it may need what the
+        // metadata on disk does not describe yet.
         self.write_metadata_if_stale()?;
         let uuid = *self.uuid.as_bytes();
         let st = &mut self.streams[i];
-        let bits = st.buf.len() as u64 * 8;
-        let b = &mut st.buf;
-        b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
-        b[4..20].copy_from_slice(&uuid);
-        b[20..24].copy_from_slice(&0u32.to_le_bytes());
-        b[24..32].copy_from_slice(&(i as u64).to_le_bytes());
-        b[32..40].copy_from_slice(&st.ts_begin.to_le_bytes());
-        b[40..48].copy_from_slice(&st.last_ts.to_le_bytes());
-        b[48..56].copy_from_slice(&bits.to_le_bytes()); // content_size
-        b[56..64].copy_from_slice(&bits.to_le_bytes()); // packet_size
-        b[64..72].copy_from_slice(&st.seq.to_le_bytes());
-        b[72..80].copy_from_slice(&st.discarded.to_le_bytes());
-        b[80..84].copy_from_slice(&st.key.vcpu.unwrap_or(0).to_le_bytes());
-        b[84..86].copy_from_slice(&st.guest_id.to_le_bytes());
-        b[86] = layer_code(st.key.layer);
-        b[87] = st.key.vcpu.is_some() as u8;
-        if let Err(source) = st.file.write_all(b) {
-            // Disk full or I/O error: cut the partial packet off so the file
-            // still reads as CTF up to its last whole packet, and count the
-            // lost events as discarded (a later packet will say so).
-            let _ = st.file.set_len(st.written);
-            let _ = st.file.seek(SeekFrom::Start(st.written));
-            st.buf.clear();
-            st.discarded += st.packet_events;
-            st.packet_events = 0;
-            return Err(Error::Io {
-                path: st.path.clone(),
-                source,
-            });
+        let io = |st: &Stream, source| Error::Io {
+            path: st.path.clone(),
+            source,
+        };
+        if st.seq == 0 && st.discarded > 0 {
+            // Readers show a drop as the difference between two packets'
+            // counts, never the first packet's: an empty one stating 0
+            // goes first.
+            let mut empty = [0u8; PACKET_PREAMBLE_BYTES];
+            let at = (st.ts_begin, st.ts_begin);
+            if let Err(source) = st.put(&uuid, i, &mut empty, at, 0, 0) {
+                return Err(io(st, source));
+            }
         }
-        st.written += st.buf.len() as u64;
-        st.buf.clear();
+        let mut buf = std::mem::take(&mut st.buf);
+        let (at, events) = ((st.ts_begin, st.last_ts), st.packet_events);
+        let put = st.put(&uuid, i, &mut buf, at, st.discarded, events);
+        buf.clear();
+        st.buf = buf;
         st.packet_events = 0;
-        st.seq += 1;
-        st.discarded_written = st.discarded;
+        if let Err(source) = put {
+            // Cut off (the file ends on a whole packet): counted, and
+            // stated by a later packet.
+            st.discarded += events;
+            return Err(io(st, source));
+        }
         Ok(())
     }
 
@@ -425,9 +571,12 @@ impl CtfWriter {
         let text = self.tsdl();
         let path = self.dir.join("metadata");
         let tmp = self.dir.join(".metadata.tmp");
-        fs::write(&tmp, text).map_err(|source| Error::Io {
-            path: tmp.clone(),
-            source,
+        fs::write(&tmp, text).map_err(|source| {
+            let _ = fs::remove_file(&tmp);
+            Error::Io {
+                path: tmp.clone(),
+                source,
+            }
         })?;
         fs::rename(&tmp, &path).map_err(|source| Error::Io {
             path: path.clone(),

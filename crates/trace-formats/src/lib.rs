@@ -35,11 +35,11 @@
 //! ctf.finish()?;
 //!
 //! // Perfetto / Chrome JSON: open the file in ui.perfetto.dev.
-//! let mut pf = PerfettoWriter::new(Vec::new())?;
+//! let mut pf = PerfettoWriter::new(std::io::Cursor::new(Vec::new()))?;
 //! let t = pf.add_stream(StreamKey::new("vm1", Some(0), Layer::Guest))?;
 //! pf.instant(t, now, "kprobe:ksys_write", &[("fd", Value::U64(1))])?;
 //! pf.complete(t, now, 2_500, "ksys_write", &[("ret", Value::I64(12))])?;
-//! let json: Vec<u8> = pf.finish()?;
+//! let json: Vec<u8> = pf.finish()?.into_inner();
 //!
 //! // Folded stacks (frames root first) and a flame-graph SVG.
 //! let folded = flame::fold([(["do_syscall_64", "ksys_write"], 12)]);

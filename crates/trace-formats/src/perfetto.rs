@@ -10,12 +10,17 @@
 //! microseconds, written with their exact nanosecond fraction (`12.345`):
 //! not through an f64, which would round large values.
 //!
-//! The output is `{"displayTimeUnit":"ns","traceEvents":[...]}`, streamed:
-//! each event is written as it comes, the closing `]}` by [`finish`].
-//!
-//! [`finish`]: PerfettoWriter::finish
+//! The output is `{"displayTimeUnit":"ns","traceEvents":[...]}`, written
+//! in chunks of about 64 KiB, each followed by the closing `]}`, which the
+//! next chunk overwrites: the file is valid JSON after every chunk, also if
+//! vmprobe is killed. A chunk that cannot be written (disk full) is lost
+//! whole: the closing is put back where the last complete event ends (over
+//! bytes already in the file, so it needs no new space), the rest of what
+//! went out becomes spaces, and its events are counted
+//! ([`lost_events`](PerfettoWriter::lost_events)); later chunks are tried
+//! again.
 
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 
 use serde_json::{Map, Value as Json};
 
@@ -31,26 +36,62 @@ struct Track {
     tid: u32,
 }
 
-/// Streams Chrome trace-event JSON to `out`.
-pub struct PerfettoWriter<W: Write> {
+const HEADER: &[u8] = b"{\"displayTimeUnit\":\"ns\",\"traceEvents\":[\n";
+const CLOSE: &[u8] = b"\n]}\n";
+/// Bytes of events gathered before they are written out.
+const CHUNK: usize = 64 * 1024;
+
+/// Writes Chrome trace-event JSON to `out` (a file, or a `Cursor`).
+pub struct PerfettoWriter<W: Write + Seek> {
     out: W,
     tracks: Vec<Track>,
     /// Guest names, in order of first appearance; pid = index + 2.
     guests: Vec<String>,
     host_named: bool,
-    first: bool,
+    /// Items (events, metadata) not written yet, joined by `,\n`.
+    pending: Vec<u8>,
+    pending_events: u64,
+    /// Where the items in `out` end, and the closing starts.
+    end: u64,
+    /// Probe events in `out`, and events lost with chunks not written.
+    events: u64,
+    lost: u64,
+    error: Option<std::io::Error>,
 }
 
-impl<W: Write> PerfettoWriter<W> {
+impl<W: Write + Seek> PerfettoWriter<W> {
+    /// Writes the (empty, valid) document to `out`, at its start.
     pub fn new(mut out: W) -> Result<Self, Error> {
-        out.write_all(b"{\"displayTimeUnit\":\"ns\",\"traceEvents\":[\n")?;
+        out.seek(SeekFrom::Start(0))?;
+        out.write_all(HEADER)?;
+        out.write_all(CLOSE)?;
         Ok(PerfettoWriter {
             out,
             tracks: Vec::new(),
             guests: Vec::new(),
             host_named: false,
-            first: true,
+            pending: Vec::with_capacity(CHUNK + 4096),
+            pending_events: 0,
+            end: HEADER.len() as u64,
+            events: 0,
+            lost: 0,
+            error: None,
         })
+    }
+
+    /// Probe events written out so far (not counting metadata).
+    pub fn event_count(&self) -> u64 {
+        self.events
+    }
+
+    /// Events lost with chunks that could not be written.
+    pub fn lost_events(&self) -> u64 {
+        self.lost
+    }
+
+    /// The first write error, if any chunk was lost.
+    pub fn io_error(&self) -> Option<&std::io::Error> {
+        self.error.as_ref()
     }
 
     /// Adds a track for `key` (the same key twice gives the same id) and
@@ -153,11 +194,92 @@ impl<W: Write> PerfettoWriter<W> {
         self.event(stream, "E", ts_ns, None, name, args)
     }
 
-    /// Closes the JSON document and returns the output.
+    /// Writes out what is gathered. Its error, if any, is the first write
+    /// error of the trace (see [`lost_events`](Self::lost_events)); the
+    /// document stays valid either way.
+    pub fn close(&mut self) -> Result<(), Error> {
+        self.write_pending();
+        let flushed = self.out.flush();
+        if let Err(e) = flushed {
+            self.error.get_or_insert(e);
+        }
+        match &self.error {
+            Some(e) => Err(Error::Write(std::io::Error::new(e.kind(), e.to_string()))),
+            None => Ok(()),
+        }
+    }
+
+    /// [`close`](Self::close)s and returns the output.
     pub fn finish(mut self) -> Result<W, Error> {
-        self.out.write_all(b"\n]}\n")?;
-        self.out.flush()?;
+        self.close()?;
         Ok(self.out)
+    }
+
+    /// The output, as it stands (valid JSON up to the last chunk written).
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+
+    /// Adds one item (an event if `event`) to the chunk being gathered.
+    fn push(&mut self, item: &[u8], event: bool) {
+        if !self.pending.is_empty() {
+            self.pending.extend_from_slice(b",\n");
+        }
+        self.pending.extend_from_slice(item);
+        self.pending_events += event as u64;
+        if self.pending.len() >= CHUNK {
+            self.write_pending();
+        }
+    }
+
+    /// Writes the gathered items and the closing after the last complete
+    /// one; on an error, restores the closing there and counts them lost.
+    fn write_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let sep: &[u8] = if self.end > HEADER.len() as u64 {
+            b",\n"
+        } else {
+            b""
+        };
+        let written = self
+            .out
+            .seek(SeekFrom::Start(self.end))
+            .and_then(|_| self.out.write_all(sep))
+            .and_then(|_| self.out.write_all(&self.pending))
+            .and_then(|_| self.out.write_all(CLOSE));
+        match written {
+            Ok(()) => {
+                self.end += (sep.len() + self.pending.len()) as u64;
+                self.events += self.pending_events;
+            }
+            Err(e) => {
+                self.lost += self.pending_events;
+                self.error.get_or_insert(e);
+                // Best effort; if this fails too, the next chunk tries again.
+                let _ = self.restore_close();
+            }
+        }
+        self.pending.clear();
+        self.pending_events = 0;
+    }
+
+    /// The closing at `end` again, and spaces over whatever a failed chunk
+    /// left after it: all in bytes the file already has (the previous
+    /// closing was at `end`).
+    fn restore_close(&mut self) -> std::io::Result<()> {
+        let len = self.out.seek(SeekFrom::End(0))?;
+        self.out.seek(SeekFrom::Start(self.end))?;
+        self.out.write_all(CLOSE)?;
+        let mut left = len.saturating_sub(self.end + CLOSE.len() as u64);
+        let spaces = [b' '; 4096];
+        while left > 0 {
+            let n = left.min(spaces.len() as u64) as usize;
+            self.out.write_all(&spaces[..n])?;
+            left -= n as u64;
+        }
+        Ok(())
     }
 
     fn meta(
@@ -171,16 +293,8 @@ impl<W: Write> PerfettoWriter<W> {
         let mut args = Map::new();
         args.insert(key.to_owned(), value);
         let ev = serde_json::json!({"ph": "M", "pid": pid, "tid": tid, "name": name, "args": args});
-        self.sep()?;
-        serde_json::to_writer(&mut self.out, &ev).map_err(std::io::Error::from)?;
-        Ok(())
-    }
-
-    fn sep(&mut self) -> Result<(), Error> {
-        if !self.first {
-            self.out.write_all(b",\n")?;
-        }
-        self.first = false;
+        let item = serde_json::to_vec(&ev).map_err(std::io::Error::from)?;
+        self.push(&item, false);
         Ok(())
     }
 
@@ -210,19 +324,18 @@ impl<W: Write> PerfettoWriter<W> {
         }
         let name = serde_json::to_string(name).map_err(std::io::Error::from)?;
         let args = serde_json::to_string(&a).map_err(std::io::Error::from)?;
-        self.sep()?;
-        write!(
-            self.out,
+        let mut item = format!(
             "{{\"ph\":\"{ph}\",\"pid\":{pid},\"tid\":{tid},\"ts\":{},\"name\":{name}",
             micros(ts_ns)
-        )?;
+        );
         if ph == "i" {
-            self.out.write_all(b",\"s\":\"t\"")?;
+            item.push_str(",\"s\":\"t\"");
         }
         if let Some(d) = dur_ns {
-            write!(self.out, ",\"dur\":{}", micros(d))?;
+            item.push_str(&format!(",\"dur\":{}", micros(d)));
         }
-        write!(self.out, ",\"args\":{args}}}")?;
+        item.push_str(&format!(",\"args\":{args}}}"));
+        self.push(item.as_bytes(), true);
         Ok(())
     }
 }

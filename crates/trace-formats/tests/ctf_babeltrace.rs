@@ -700,3 +700,68 @@ fn files_on_disk_stay_readable_without_finish() {
         lines.len()
     );
 }
+
+// The workspace's own (see there).
+#[path = "../../../tests/support/small_disk.rs"]
+mod small_disk;
+use small_disk::SmallDisk;
+
+/// A disk that fills up part way: babeltrace2 reads the trace to its last
+/// whole packet without an error, and the events it says were discarded
+/// are exactly those not in it: lost packets, the caller's drops, and
+/// events of a class the full disk could not take the metadata of.
+#[test]
+fn a_full_disk_loses_whole_packets_and_the_trace_says_how_many() {
+    let Some(disk) = SmallDisk::mount(128 << 10) else {
+        return;
+    };
+    let dir = disk.path().join("trace");
+    let mut opts = CtfOptions::new(OFFSET);
+    opts.packet_bytes = 4096;
+    let mut w = CtfWriter::create(&dir, opts).unwrap();
+    let streams: Vec<StreamId> = (0..3)
+        .map(|v| {
+            w.add_stream(StreamKey::new("vm", Some(v), Layer::Guest))
+                .unwrap()
+        })
+        .collect();
+    let mut handed = 0u64;
+    for i in 0..6_000u64 {
+        for &s in &streams {
+            let fields = [("i", Value::U64(i)), ("comm", Value::Str("a-long-comm"))];
+            w.write_named(s, 1_000 + i, "hit", &fields).unwrap();
+            handed += 1;
+        }
+        if i >= 5_000 {
+            w.write_named(streams[0], 1_000 + i, "late", &[]).unwrap();
+            handed += 1;
+        }
+        if i == 3_000 {
+            w.add_discarded(streams[1], 5).unwrap();
+            handed += 5;
+        }
+    }
+    let e = w.close().unwrap_err();
+    assert!(e.to_string().contains("No space left on device"), "{e}");
+    let t = w.totals();
+    drop(w);
+    assert_eq!(t.unstated, 0, "{t:?}");
+    assert_eq!(t.events + t.discarded, handed, "{t:?}");
+    assert!(t.events > 1_000 && t.discarded > 1_000, "{t:?}");
+    let (out, err) = babeltrace2(&[], &dir);
+    assert_eq!(out.lines().count() as u64, t.events);
+    let said: u64 = err
+        .lines()
+        .map(|l| {
+            let rest = l
+                .strip_prefix("WARNING: Tracer discarded ")
+                .unwrap_or_else(|| panic!("{l}"));
+            rest.split_once(' ').unwrap().0.parse::<u64>().unwrap()
+        })
+        .sum();
+    assert_eq!(said, t.discarded, "{err}");
+    eprintln!(
+        "128 KiB disk: {} events in the trace, {} stated discarded, of {handed}",
+        t.events, t.discarded
+    );
+}

@@ -9,7 +9,7 @@ use trace_formats::{Layer, StreamKey, Value};
 
 #[test]
 fn tracks_metadata_and_events() {
-    let mut w = PerfettoWriter::new(Vec::new()).unwrap();
+    let mut w = PerfettoWriter::new(std::io::Cursor::new(Vec::new())).unwrap();
     let keys = [
         StreamKey::new("vm1", Some(0), Layer::Guest),
         StreamKey::new("vm1", Some(1), Layer::Guest),
@@ -51,7 +51,7 @@ fn tracks_metadata_and_events() {
         .unwrap();
         w.end(s, base + 50_999, "vmexit", &[]).unwrap();
     }
-    let out = String::from_utf8(w.finish().unwrap()).unwrap();
+    let out = String::from_utf8(w.finish().unwrap().into_inner()).unwrap();
 
     // Timestamps are exact decimal microseconds, not rounded through f64.
     assert!(out.contains("\"ts\":123456789012345.678"), "{out}");
@@ -141,4 +141,129 @@ fn tracks_metadata_and_events() {
     for (pid, tid, _) in counts.keys() {
         assert!(threads.contains_key(&(*pid, *tid)));
     }
+}
+
+/// A disk of `capacity` bytes (which the test may grow): writes past it
+/// go in part, then fail as a full disk does; bytes already written can be
+/// overwritten.
+struct Disk {
+    data: Vec<u8>,
+    pos: usize,
+    capacity: std::rc::Rc<std::cell::Cell<usize>>,
+}
+
+impl Disk {
+    fn new(capacity: usize) -> (Disk, std::rc::Rc<std::cell::Cell<usize>>) {
+        let cap = std::rc::Rc::new(std::cell::Cell::new(capacity));
+        let disk = Disk {
+            data: Vec::new(),
+            pos: 0,
+            capacity: cap.clone(),
+        };
+        (disk, cap)
+    }
+}
+
+impl std::io::Write for Disk {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let room = self.capacity.get().max(self.data.len()) - self.pos;
+        let n = buf.len().min(room);
+        if n == 0 && !buf.is_empty() {
+            return Err(std::io::ErrorKind::StorageFull.into());
+        }
+        let end = self.pos + n;
+        if end > self.data.len() {
+            self.data.resize(end, 0);
+        }
+        self.data[self.pos..end].copy_from_slice(&buf[..n]);
+        self.pos = end;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl std::io::Seek for Disk {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.pos = match to {
+            std::io::SeekFrom::Start(n) => n as usize,
+            std::io::SeekFrom::End(d) => (self.data.len() as i64 + d) as usize,
+            std::io::SeekFrom::Current(d) => (self.pos as i64 + d) as usize,
+        };
+        Ok(self.pos as u64)
+    }
+}
+
+/// The events (not metadata) of a document, by their `i`.
+fn event_numbers(doc: &[u8]) -> Vec<u64> {
+    let doc: Json = serde_json::from_slice(doc).expect("valid JSON");
+    doc["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["ph"] != "M")
+        .map(|e| e["args"]["i"].as_u64().unwrap())
+        .collect()
+}
+
+/// Writes `total` instants numbered 0.. on one track; `during(i, w)` runs
+/// before each.
+fn instants(
+    disk: Disk,
+    total: u64,
+    mut during: impl FnMut(u64, &PerfettoWriter<Disk>),
+) -> PerfettoWriter<Disk> {
+    let mut w = PerfettoWriter::new(disk).unwrap();
+    let s = w
+        .add_stream(StreamKey::new("vm", Some(0), Layer::Guest))
+        .unwrap();
+    for i in 0..total {
+        during(i, &w);
+        w.instant(s, 1_000 + i, "kprobe:f", &[("i", Value::U64(i))])
+            .unwrap();
+    }
+    w
+}
+
+/// A disk that fills up: the file stays valid JSON holding the events
+/// before the chunk that did not fit, every later event is counted lost,
+/// and closing reports the error.
+#[test]
+fn a_full_disk_keeps_the_json_valid_and_counts_what_is_lost() {
+    let (disk, _) = Disk::new(300_000);
+    let total = 20_000;
+    let mut w = instants(disk, total, |_, _| {});
+    let e = w.close().unwrap_err();
+    assert!(e.to_string().contains("no storage space"), "{e}");
+    let (kept, lost) = (w.event_count(), w.lost_events());
+    assert_eq!(kept + lost, total);
+    assert!(kept > 1000 && lost > 1000, "{kept} kept, {lost} lost");
+    let doc = w.into_inner().data;
+    assert!(doc.len() <= 300_000);
+    // A prefix of the events, every one whole.
+    assert_eq!(event_numbers(&doc), (0..kept).collect::<Vec<_>>());
+}
+
+/// Room again after a full disk: later chunks go in after the last
+/// complete event; only the chunks that failed are missing, and counted.
+#[test]
+fn chunks_after_the_disk_has_room_again_are_kept() {
+    let (disk, capacity) = Disk::new(100_000);
+    let total = 20_000;
+    let mut lost_while_full = 0;
+    let mut w = instants(disk, total, |i, w| {
+        if i == 10_000 {
+            lost_while_full = w.lost_events();
+            capacity.set(usize::MAX);
+        }
+    });
+    assert!(w.close().is_err(), "the lost chunks are an error");
+    let (kept, lost) = (w.event_count(), w.lost_events());
+    assert_eq!(kept + lost, total);
+    assert_eq!(lost, lost_while_full);
+    let got = event_numbers(&w.into_inner().data);
+    assert_eq!(got.len() as u64, kept);
+    assert!(got.windows(2).all(|p| p[0] < p[1]));
+    assert_eq!(got.last(), Some(&(total - 1)));
 }

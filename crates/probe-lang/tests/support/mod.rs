@@ -1,6 +1,8 @@
 //! Test helpers: a fake ProbeContext and a capturing writer.
 #![allow(dead_code)]
 
+pub mod nodes;
+
 use probe_lang::{ProbeSpec, Program, Value};
 use probe_output::OutputFormat;
 use probe_runtime::{ContextError, Flow, ProbeContext, Runtime};
