@@ -3,16 +3,15 @@
 
 use super::vcpu::{Overrides, Reg, Vcpu};
 use super::{
-    ARMED, Entry, HALTED, IDLE_CALLBACKS_SEEN, IN_RESET, ON_VCPU_THREAD, PANICS, Plugin, REQUESTED,
-    RESET_PENDING, RESETS, SAMPLING, Slot, WAKE_QUEUED, plugin, register_callbacks, start_reset,
-    wake,
+    ARMED, Entry, IDLE_CALLBACKS_SEEN, IN_RESET, ON_VCPU_THREAD, PANICS, Plugin, REQUESTED,
+    RESET_PENDING, RESETS, RING_RESET, SAMPLING, Slot, WAKE_QUEUED, plugin, register_callbacks,
+    start_reset, wake,
 };
 use qemu_plugin_sys::{
     qemu_plugin_cb_flags, qemu_plugin_cond, qemu_plugin_id_t, qemu_plugin_insn,
     qemu_plugin_insn_data, qemu_plugin_insn_size, qemu_plugin_insn_vaddr, qemu_plugin_num_vcpus,
-    qemu_plugin_register_vcpu_insn_exec_cb, qemu_plugin_register_vcpu_tb_exec_cond_cb,
+    qemu_plugin_register_vcpu_insn_exec_cb, qemu_plugin_register_vcpu_insn_exec_cond_cb,
     qemu_plugin_scoreboard_find, qemu_plugin_tb, qemu_plugin_tb_get_insn, qemu_plugin_tb_n_insns,
-    qemu_plugin_tb_vaddr,
 };
 use std::cell::Cell;
 use std::ffi::{c_uint, c_void};
@@ -95,6 +94,25 @@ pub(super) unsafe extern "C" fn wake_work(_cpu: *mut c_void, _data: u64) {
     });
 }
 
+/// A sample queued by `arm` (see `wake`): runs on the vCPU's thread between
+/// two blocks, where QEMU's copy of the registers is exact, or right after
+/// a halted vCPU woke (its registers are those it halted with).
+pub(super) unsafe extern "C" fn sample_work(_cpu: *mut c_void, vcpu: u64) {
+    guard(|| {
+        ON_VCPU_THREAD.set(true);
+        let Some(p) = plugin() else { return };
+        let index = vcpu as c_uint;
+        let Some((_, sample)) = p.slots.get(index as usize).and_then(Slot::words) else {
+            return;
+        };
+        if sample.swap(0, Ordering::SeqCst) & ARMED != 0 && SAMPLING.load(Ordering::Relaxed) {
+            with_vcpu(p, index, Overrides::default(), |v| {
+                p.hooks.on_sample(v, false)
+            });
+        }
+    });
+}
+
 pub(super) unsafe extern "C" fn vcpu_exit(_id: qemu_plugin_id_t, _index: c_uint) {
     // Registered only for an instant, to wake halted vCPUs (kick_halted_vcpus).
 }
@@ -118,7 +136,7 @@ pub(super) unsafe extern "C" fn vcpu_resume(_id: qemu_plugin_id_t, index: c_uint
             return;
         };
         // Here QEMU processes queued work right after us: a reset starts at once.
-        if doorbell.swap(0, Ordering::SeqCst) != 0 {
+        if doorbell.swap(0, Ordering::SeqCst) & RING_RESET != 0 {
             start_reset(p);
         }
         if SAMPLING.load(Ordering::Relaxed) && sample.swap(0, Ordering::SeqCst) & ARMED != 0 {
@@ -138,6 +156,32 @@ pub(super) enum Landmark {
     Sysretq,
     Swapgs,
     Hlt,
+}
+
+impl Landmark {
+    /// The callback's userdata: the kind in the low 2 bits, the address of
+    /// the next instruction (for `hlt`) above them, 4-aligned away.
+    fn userdata(self, next_pc: u64) -> u64 {
+        let kind = match self {
+            Landmark::Iretq => 0,
+            Landmark::Sysretq => 1,
+            Landmark::Swapgs => 2,
+            Landmark::Hlt => 3,
+        };
+        (next_pc << 2) | kind
+    }
+
+    /// The kind, and the next instruction's address (its top two bits are
+    /// those of a canonical kernel address: all ones).
+    fn from_userdata(u: u64) -> (Landmark, u64) {
+        let kind = match u & 3 {
+            0 => Landmark::Iretq,
+            1 => Landmark::Sysretq,
+            2 => Landmark::Swapgs,
+            _ => Landmark::Hlt,
+        };
+        (kind, (u >> 2) | (0b11 << 62))
+    }
 }
 
 /// Exact encodings as the kernel emits them (no prefixes but REX.W).
@@ -175,8 +219,6 @@ pub(super) unsafe extern "C" fn tb_trans(_id: qemu_plugin_id_t, tb: *mut qemu_pl
 }
 
 fn translate(p: &Plugin, tb: *mut qemu_plugin_tb) {
-    let sampling = SAMPLING.load(Ordering::Relaxed);
-    let mut has_landmark = false;
     // SAFETY (for every qemu_plugin_tb_*/insn_* call below): `tb` and the
     // insn handles it yields are valid for the duration of this translation
     // callback, which is where we use them.
@@ -189,16 +231,24 @@ fn translate(p: &Plugin, tb: *mut qemu_plugin_tb) {
         }
         // SAFETY: see above.
         let (vaddr, size) = unsafe { (qemu_plugin_insn_vaddr(insn), qemu_plugin_insn_size(insn)) };
-        let mark = landmark(insn);
-        has_landmark |= mark.is_some();
-        if sampling && mark == Some(Landmark::Hlt) {
-            // SAFETY: a live insn handle; the userdata is a plain number.
+        if let Some(mark) = landmark(insn) {
+            // The doorbell (and, where waking is unavailable, a due
+            // sample): a conditional call right before the instruction,
+            // where the registers are exact.
+            let entry = entry(p, vaddr, mark.userdata(vaddr + size as u64));
+            // SAFETY: a live insn handle; the scoreboard entry is ours and
+            // outlives the block; `entry` stays allocated until the next
+            // code flush, after which no block refers to it.
             unsafe {
-                qemu_plugin_register_vcpu_insn_exec_cb(
+                qemu_plugin_register_vcpu_insn_exec_cond_cb(
                     insn,
-                    Some(on_hlt),
-                    qemu_plugin_cb_flags::QEMU_PLUGIN_CB_NO_REGS,
-                    (vaddr + size as u64) as *mut c_void,
+                    Some(on_landmark),
+                    qemu_plugin_cb_flags::QEMU_PLUGIN_CB_R_REGS,
+                    qemu_plugin_cond::QEMU_PLUGIN_COND_NE,
+                    p.score
+                        .entry(std::mem::offset_of!(super::ScoreWords, doorbell)),
+                    0,
+                    entry as *mut c_void,
                 );
             }
         }
@@ -212,13 +262,7 @@ fn translate(p: &Plugin, tb: *mut qemu_plugin_tb) {
             }
         };
         if let Some(userdata) = wanted {
-            let entry = {
-                let mut entries = p.entries.lock().unwrap_or_else(|e| e.into_inner());
-                let e = entries
-                    .entry((vaddr, userdata))
-                    .or_insert_with(|| Box::new(Entry { vaddr, userdata }));
-                &**e as *const Entry
-            };
+            let entry = entry(p, vaddr, userdata);
             // SAFETY: a live insn handle; `entry` stays allocated until the
             // next code flush, after which no block refers to it.
             unsafe {
@@ -231,38 +275,15 @@ fn translate(p: &Plugin, tb: *mut qemu_plugin_tb) {
             }
         }
     }
-    if has_landmark {
-        // SAFETY: a live tb handle; the scoreboard entry is ours and outlives
-        // the block.
-        unsafe {
-            qemu_plugin_register_vcpu_tb_exec_cond_cb(
-                tb,
-                Some(on_doorbell),
-                qemu_plugin_cb_flags::QEMU_PLUGIN_CB_NO_REGS,
-                qemu_plugin_cond::QEMU_PLUGIN_COND_NE,
-                p.score
-                    .entry(std::mem::offset_of!(super::ScoreWords, doorbell)),
-                0,
-                std::ptr::null_mut(),
-            );
-        }
-    }
-    if sampling {
-        // SAFETY: as above; the userdata is the block's address, a number.
-        unsafe {
-            let vaddr = qemu_plugin_tb_vaddr(tb);
-            qemu_plugin_register_vcpu_tb_exec_cond_cb(
-                tb,
-                Some(on_sample_block),
-                qemu_plugin_cb_flags::QEMU_PLUGIN_CB_R_REGS,
-                qemu_plugin_cond::QEMU_PLUGIN_COND_NE,
-                p.score
-                    .entry(std::mem::offset_of!(super::ScoreWords, sample)),
-                0,
-                vaddr as *mut c_void,
-            );
-        }
-    }
+}
+
+/// The callback data of instruction `vaddr`, kept until the next flush.
+fn entry(p: &Plugin, vaddr: u64, userdata: u64) -> *const Entry {
+    let mut entries = p.entries.lock().unwrap_or_else(|e| e.into_inner());
+    let e = entries
+        .entry((vaddr, userdata))
+        .or_insert_with(|| Box::new(Entry { vaddr, userdata }));
+    &**e as *const Entry
 }
 
 unsafe extern "C" fn on_insn(index: c_uint, userdata: *mut c_void) {
@@ -278,77 +299,55 @@ unsafe extern "C" fn on_insn(index: c_uint, userdata: *mut c_void) {
     });
 }
 
-unsafe extern "C" fn on_doorbell(index: c_uint, _userdata: *mut c_void) {
+/// Before a landmark instruction, when its vCPU's doorbell word is set: a
+/// reset waits to start, or a sample is due and no queued work took it.
+unsafe extern "C" fn on_landmark(index: c_uint, userdata: *mut c_void) {
     guard(|| {
         let Some(p) = plugin() else { return };
-        if let Some((doorbell, _)) = p.slots.get(index as usize).and_then(Slot::words)
-            && doorbell.swap(0, Ordering::SeqCst) != 0
-        {
+        // SAFETY: `userdata` is an `Entry` from `translate`, alive until the
+        // next flush; this block cannot run after that flush.
+        let entry = unsafe { &*(userdata as *const Entry) };
+        let Some((doorbell, sample)) = p.slots.get(index as usize).and_then(Slot::words) else {
+            return;
+        };
+        if doorbell.swap(0, Ordering::SeqCst) & RING_RESET != 0 {
             start_reset(p);
         }
-    });
-}
-
-unsafe extern "C" fn on_hlt(index: c_uint, resume_pc: *mut c_void) {
-    guard(|| {
-        let Some(p) = plugin() else { return };
-        let Some(slot) = p.slots.get(index as usize) else {
-            return;
-        };
-        with_vcpu(p, index, Overrides::default(), |v| {
-            v.state.halt_resume_pc = resume_pc as u64
-        });
-        if let Some((_, sample)) = slot.words() {
-            sample.fetch_or(HALTED, Ordering::SeqCst);
-        }
-    });
-}
-
-unsafe extern "C" fn on_sample_block(index: c_uint, block_vaddr: *mut c_void) {
-    guard(|| {
-        let Some(p) = plugin() else { return };
-        let Some((_, sample)) = p.slots.get(index as usize).and_then(Slot::words) else {
-            return;
-        };
-        let flags = sample.swap(0, Ordering::SeqCst);
-        if flags & ARMED == 0 {
+        if !SAMPLING.load(Ordering::Relaxed) || sample.swap(0, Ordering::SeqCst) & ARMED == 0 {
             return;
         }
-        let resumed = flags & HALTED != 0;
+        let (mark, next_pc) = Landmark::from_userdata(entry.userdata);
         let mut overrides = Overrides::default();
-        overrides.set(Reg::Rip, block_vaddr as u64);
-        with_vcpu(p, index, overrides, |v| {
-            if resumed {
-                use_halted_frame(v);
+        overrides.set(Reg::Rip, entry.vaddr);
+        with_vcpu(p, index, overrides, |v| match mark {
+            Landmark::Iretq => {
+                // The interrupted context: its registers are restored, and
+                // the frame on the stack holds the rest.
+                use_interrupt_frame(v);
+                p.hooks.on_sample(v, true)
             }
-            p.hooks.on_sample(v, resumed)
+            Landmark::Hlt => {
+                // Idle: sampled where it will resume, as a halted vCPU is.
+                v.overrides.set(Reg::Rip, next_pc);
+                p.hooks.on_sample(v, false)
+            }
+            Landmark::Sysretq | Landmark::Swapgs => p.hooks.on_sample(v, false),
         });
     });
 }
 
-/// The first block a vCPU runs after `hlt` is the entry of the interrupt
-/// (or NMI) handler that woke it. Its general registers are still the
-/// halted ones; rip, cs, rflags, rsp and ss are in the frame the CPU pushed
-/// (after an error code, for vectors that have one). Used when the frame's
-/// rip is the address after that `hlt`, which is where the vCPU halted.
-fn use_halted_frame(v: &mut Vcpu<'_>) {
-    let pc = v.state.halt_resume_pc;
+/// At an `iretq`, the interrupted context's rip, cs, rflags, rsp and ss are
+/// the five words at rsp (its other registers are already restored).
+fn use_interrupt_frame(v: &mut Vcpu<'_>) {
     let Some(rsp) = v.reg_id(Reg::Rsp) else {
         return;
     };
-    let Some(words) = v.read_u64s::<6>(rsp) else {
-        return;
-    };
-    let frame = if words[0] == pc {
-        &words[0..5]
-    } else if words[1] == pc {
-        &words[1..6]
-    } else {
+    let Some(frame) = v.read_u64s::<5>(rsp) else {
         return;
     };
     for (r, &value) in [Reg::Rip, Reg::Cs, Reg::Eflags, Reg::Rsp, Reg::Ss]
         .iter()
-        .zip(frame)
+        .zip(&frame)
     {
         v.overrides.set(*r, value);
     }
@@ -380,7 +379,7 @@ pub(super) unsafe extern "C" fn reset_done(id: qemu_plugin_id_t) {
         // reset (no block is translated before we return).
         for slot in p.slots.iter() {
             if let Some((doorbell, _)) = slot.words() {
-                doorbell.store(0, Ordering::SeqCst);
+                doorbell.fetch_and(!RING_RESET, Ordering::SeqCst);
             }
         }
         REQUESTED.store(false, Ordering::SeqCst);

@@ -80,14 +80,15 @@ pub trait Hooks: Send + Sync + 'static {
     /// this vCPU (QEMU guarantees it is dispatched, not that it completes).
     fn on_insn(&self, vcpu: &mut Vcpu<'_>, userdata: u64);
 
-    /// A sample armed with [`arm_sample`] is due and this vCPU is at the
-    /// start of a block (`rip` is the block's address), or resumes from
-    /// idle (`resumed`: its registers are those it halted with, `rip` the
-    /// address after its `hlt`).
+    /// A sample armed with [`arm_sample`] is due. Taken between two blocks
+    /// (QEMU's queued work, which also wakes a halted vCPU: its registers
+    /// are then those it halted with, `rip` past its `hlt`), or, where
+    /// waking is unavailable, at the vCPU's next `iretq` (with the
+    /// interrupted context from the interrupt frame: `resumed`) or `hlt`.
     fn on_sample(&self, vcpu: &mut Vcpu<'_>, resumed: bool);
 
-    /// After a reinstrumentation requested with [`request_reinstrument`] (or
-    /// [`set_sampling`]) took effect: all translated code was flushed and
+    /// After a reinstrumentation requested with [`request_reinstrument`]
+    /// took effect: all translated code was flushed and
     /// every callback registered again. Runs on a vCPU thread inside QEMU's
     /// exclusive section (every vCPU stopped): keep it short and never wait
     /// for a vCPU in it.
@@ -118,16 +119,17 @@ pub struct InstallInfo {
 /// translated code; any thread writes them.
 #[repr(C)]
 struct ScoreWords {
-    /// Non-zero: a reinstrumentation is waiting for a vCPU to start it.
+    /// Non-zero: a landmark instruction calls back (`RING_RESET`: a
+    /// reinstrumentation waits for a vCPU to start it; `RING_SAMPLE`: a
+    /// sample is due and no queued work will take it).
     doorbell: u64,
-    /// `ARMED` | `HALTED`.
+    /// `ARMED`: a sample is due.
     sample: u64,
 }
 
 const ARMED: u64 = 1;
-/// Set by a `hlt` callback: the next block this vCPU runs is the first after
-/// it was idle (under single-threaded TCG, where no resume callback exists).
-const HALTED: u64 = 2;
+const RING_RESET: u64 = 1;
+const RING_SAMPLE: u64 = 2;
 
 /// One vCPU: its scoreboard words and its own state.
 struct Slot {
@@ -351,7 +353,7 @@ fn start_reset(p: &Plugin) {
 fn ring_doorbells(p: &Plugin) {
     for slot in p.slots.iter() {
         if let Some((doorbell, _)) = slot.words() {
-            doorbell.store(1, Ordering::SeqCst);
+            doorbell.fetch_or(RING_RESET, Ordering::SeqCst);
         }
     }
     // One vCPU thread doing the reset is enough: its exclusive section
@@ -365,7 +367,7 @@ fn ring_doorbells(p: &Plugin) {
         if WAKE_QUEUED.swap(true, Ordering::SeqCst) {
             return;
         }
-        if wake::queue(cpu, callbacks::wake_work) {
+        if wake::queue(cpu, callbacks::wake_work, 0) {
             return;
         }
         WAKE_QUEUED.store(false, Ordering::SeqCst);
@@ -404,29 +406,28 @@ fn kick_halted_vcpus(p: &Plugin) {
     }
 }
 
-/// Sampling on or off. On: every block gets a conditional callback on its
-/// vCPU's sample flag (an inline compare per block executed), and
-/// [`arm_sample`] makes that vCPU call [`Hooks::on_sample`] once, at its
-/// next block or when it resumes from idle. Switching is a
-/// reinstrumentation.
+/// Sampling on or off: while off, [`arm_sample`] is ignored. Sampling
+/// instruments nothing: a sample is QEMU's queued work on the vCPU's own
+/// thread, run between two blocks, or, where that is unavailable, a
+/// conditional callback on the `iretq` and `hlt` instructions the doorbell
+/// already instruments. (A conditional callback on every block, the plugin
+/// API's own way, corrupted a two-vCPU guest under single-threaded TCG in
+/// QEMU 10.0.2: Oopses within seconds, whether or not a sample was ever
+/// armed.)
 pub fn set_sampling(on: bool) {
-    if SAMPLING.swap(on, Ordering::SeqCst) != on {
-        request_reinstrument();
-    }
+    SAMPLING.store(on, Ordering::SeqCst);
 }
 
-/// From any thread: `vcpu` calls [`Hooks::on_sample`] at its next block
-/// (once, however many times it was armed). Ignored while sampling is off
-/// or for a vCPU that is not up.
+/// From any thread: `vcpu` calls [`Hooks::on_sample`] soon (once, however
+/// many times it was armed). Ignored while sampling is off or for a vCPU
+/// that is not up.
 pub fn arm_sample(vcpu: u32) {
     if !SAMPLING.load(Ordering::Relaxed) {
         return;
     }
-    if let Some((_, sample)) = plugin()
-        .and_then(|p| p.slots.get(vcpu as usize))
-        .and_then(Slot::words)
-    {
-        sample.fetch_or(ARMED, Ordering::SeqCst);
+    let Some(p) = plugin() else { return };
+    if let Some(slot) = p.slots.get(vcpu as usize) {
+        arm(slot, vcpu);
     }
 }
 
@@ -435,10 +436,28 @@ pub fn arm_all_samples() {
     if !SAMPLING.load(Ordering::Relaxed) {
         return;
     }
-    for slot in plugin().map(|p| &p.slots[..]).unwrap_or_default() {
-        if let Some((_, sample)) = slot.words() {
-            sample.fetch_or(ARMED, Ordering::SeqCst);
-        }
+    let Some(p) = plugin() else { return };
+    for (i, slot) in p.slots.iter().enumerate() {
+        arm(slot, i as u32);
+    }
+}
+
+fn arm(slot: &Slot, vcpu: u32) {
+    let Some((_, sample)) = slot.words() else {
+        return;
+    };
+    // Queued work samples once, however often it is queued: queue it only
+    // when the flag goes up.
+    if sample.fetch_or(ARMED, Ordering::SeqCst) & ARMED == 0
+        && !wake::queue(
+            slot.cpu.load(Ordering::Acquire),
+            callbacks::sample_work,
+            u64::from(vcpu),
+        )
+        && let Some((doorbell, _)) = slot.words()
+    {
+        // No queued work: the vCPU's next landmark instruction samples.
+        doorbell.fetch_or(RING_SAMPLE, Ordering::SeqCst);
     }
 }
 

@@ -136,9 +136,6 @@ pub(super) struct VcpuState {
     /// One glib array per vCPU for every register and memory read, so that a
     /// read never allocates (glib keeps its capacity when shrunk to 0).
     buf: Option<NonNull<GByteArray>>,
-    /// Under single-threaded TCG: the address after the last `hlt` this vCPU
-    /// executed, to recognise its interrupt frame on resume.
-    pub(super) halt_resume_pc: u64,
 }
 
 impl VcpuState {

@@ -83,9 +83,10 @@ pub(super) fn cpu_state(index: u32) -> *mut c_void {
     }
 }
 
-/// Queues `work` to run on `cpu`'s thread soon, waking it if it is halted.
-/// False if waking is unavailable.
-pub(super) fn queue(cpu: *mut c_void, work: WorkFn) -> bool {
+/// Queues `work(cpu, data)` to run on `cpu`'s thread soon, between two
+/// blocks (or at once if it is halted: it wakes). False if waking is
+/// unavailable.
+pub(super) fn queue(cpu: *mut c_void, work: WorkFn, data: u64) -> bool {
     match WAKE.get() {
         Some(Some(w)) if !cpu.is_null() && ENABLED.load(Ordering::Relaxed) => {
             // SAFETY: `cpu` is a CPUState QEMU gave us for a vCPU that is up
@@ -93,7 +94,7 @@ pub(super) fn queue(cpu: *mut c_void, work: WorkFn) -> bool {
             // async_run_on_cpu is made to be called from any thread; `work`
             // lives in this library, which QEMU never unloads (we never
             // uninstall).
-            unsafe { (w.run)(cpu, work, 0) };
+            unsafe { (w.run)(cpu, work, data) };
             true
         }
         _ => false,
