@@ -29,6 +29,7 @@ fn guard(f: impl FnOnce()) {
 /// for, or if a callback for it is already running on this thread (that
 /// cannot happen with QEMU 10.0; the check keeps two `&mut` from aliasing).
 fn with_vcpu(p: &Plugin, index: c_uint, overrides: Overrides, f: impl FnOnce(&mut Vcpu<'_>)) {
+    let index = running_vcpu(p, index);
     let Some(slot) = p.slots.get(index as usize) else {
         return;
     };
@@ -52,6 +53,19 @@ fn with_vcpu(p: &Plugin, index: c_uint, overrides: Overrides, f: impl FnOnce(&mu
         overrides,
     };
     f(&mut vcpu);
+}
+
+/// The vCPU this thread runs: by QEMU's `current_cpu` where it is known
+/// (see `wake::current_cpu`), else the index QEMU passed.
+fn running_vcpu(p: &Plugin, passed: c_uint) -> c_uint {
+    let cpu = wake::current_cpu();
+    if cpu.is_null() {
+        return passed;
+    }
+    p.slots
+        .iter()
+        .position(|s| s.cpu.load(Ordering::Acquire) == cpu)
+        .map_or(passed, |i| i as c_uint)
 }
 
 /// Points the vCPU's slot at its scoreboard words (QEMU must have counted
@@ -307,6 +321,7 @@ unsafe extern "C" fn on_landmark(index: c_uint, userdata: *mut c_void) {
         // SAFETY: `userdata` is an `Entry` from `translate`, alive until the
         // next flush; this block cannot run after that flush.
         let entry = unsafe { &*(userdata as *const Entry) };
+        let index = running_vcpu(p, index);
         let Some((doorbell, sample)) = p.slots.get(index as usize).and_then(Slot::words) else {
             return;
         };

@@ -100,3 +100,36 @@ pub(super) fn queue(cpu: *mut c_void, work: WorkFn, data: u64) -> bool {
         _ => false,
     }
 }
+
+thread_local! {
+    /// This thread's `current_cpu` (QEMU's thread-local `CPUState *` of the
+    /// vCPU the thread is running), looked up once per thread; null where
+    /// QEMU does not export it.
+    static CURRENT_CPU: std::cell::Cell<Option<*const *mut c_void>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// QEMU's `CPUState` of the vCPU this thread runs now, or null. Why it is
+/// needed: QEMU 10.0 passes callbacks the index of the vCPU that
+/// *translated* a block whenever TCG is single-threaded (its
+/// `gen_cpu_index` takes "not parallel" for "one vCPU"), and under
+/// single-threaded TCG every vCPU runs the same translated code, so with
+/// two vCPUs the index a callback gets is often the other one's.
+pub(super) fn current_cpu() -> *mut c_void {
+    let slot = CURRENT_CPU.with(|c| match c.get() {
+        Some(p) => p,
+        None => {
+            // SAFETY: dlsym with a NUL-terminated name; for a thread-local
+            // symbol glibc returns the calling thread's instance.
+            let p = unsafe { dlsym(RTLD_DEFAULT, c"current_cpu".as_ptr()) } as *const *mut c_void;
+            c.set(Some(p));
+            p
+        }
+    });
+    if slot.is_null() {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: `slot` is this thread's `current_cpu`, a pointer-sized
+    // thread-local QEMU sets before running a vCPU; only this thread writes it.
+    unsafe { slot.read() }
+}
