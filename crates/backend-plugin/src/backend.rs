@@ -329,13 +329,14 @@ impl Backend for PluginBackend {
         };
         finished.stats_line = format!(
             "{} hits, {} returns, {} missed returns, {} samples, {} lost events, \
-             service time per hit inside QEMU: mean {mean_us:.2} us, max {:.1} us, \
-             {} reinstrumentations, {} panics caught",
+             service time per hit inside QEMU: mean {mean_us:.2} us, median under {:.2} us, \
+             max {:.1} us, {} reinstrumentations, {} panics caught",
             s.hits,
             s.returns,
             s.missed_returns,
             s.samples,
             s.lost_events,
+            s.service_ns_median().unwrap_or(0) as f64 / 1e3,
             s.service_ns_max as f64 / 1e3,
             s.reinstrumentations,
             s.caught_panics,

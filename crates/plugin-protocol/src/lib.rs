@@ -229,6 +229,23 @@ pub struct PluginStats {
     /// nanoseconds, and the largest.
     pub service_ns_sum: u64,
     pub service_ns_max: u64,
+    /// Hits by service time: bucket `i` counts those of `[2^i, 2^(i+1))` ns.
+    pub service_ns_log2: Vec<u64>,
+}
+
+impl PluginStats {
+    /// The median service time, as the upper bound of its log2 bucket (ns).
+    pub fn service_ns_median(&self) -> Option<u64> {
+        let total: u64 = self.service_ns_log2.iter().sum();
+        let mut seen = 0;
+        for (i, n) in self.service_ns_log2.iter().enumerate() {
+            seen += n;
+            if total > 0 && seen * 2 >= total {
+                return Some(1u64 << (i + 1).min(63));
+            }
+        }
+        None
+    }
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -288,6 +305,19 @@ pub fn read_message<M: serde::de::DeserializeOwned>(r: &mut impl Read) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_is_the_bucket_holding_the_middle_hit() {
+        let mut stats = PluginStats::default();
+        assert_eq!(stats.service_ns_median(), None);
+        // 3 hits in [1024, 2048) ns, 2 in [4096, 8192): the 3rd of 5 is in the first.
+        stats.service_ns_log2 = vec![0; 32];
+        stats.service_ns_log2[10] = 3;
+        stats.service_ns_log2[12] = 2;
+        assert_eq!(stats.service_ns_median(), Some(2048));
+        stats.service_ns_log2[12] = 4;
+        assert_eq!(stats.service_ns_median(), Some(8192));
+    }
 
     #[test]
     fn messages_round_trip_through_frames() {

@@ -30,6 +30,8 @@ pub(crate) struct Counters {
     pub lost: AtomicU64,
     pub service_ns_sum: AtomicU64,
     pub service_ns_max: AtomicU64,
+    /// Hits by service time, log2 buckets of nanoseconds.
+    pub service_ns_log2: [AtomicU64; 32],
 }
 
 pub(crate) struct Run {
@@ -150,6 +152,8 @@ impl Run {
         self.counters
             .service_ns_max
             .fetch_max(spent, Ordering::Relaxed);
+        let bucket = (63 - spent.max(1).leading_zeros() as usize).min(31);
+        self.counters.service_ns_log2[bucket].fetch_add(1, Ordering::Relaxed);
         new_return
     }
 
@@ -418,6 +422,11 @@ impl Run {
             reinstrumentations: crate::tcg::resets(),
             service_ns_sum: c.service_ns_sum.load(Ordering::Relaxed),
             service_ns_max: c.service_ns_max.load(Ordering::Relaxed),
+            service_ns_log2: c
+                .service_ns_log2
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
         }
     }
 
