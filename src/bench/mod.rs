@@ -9,6 +9,7 @@
 //! message: the guest's own clock stops while QEMU is stopped at a probe, so
 //! it cannot see what probing costs.
 
+mod inside;
 mod report;
 
 use crate::BenchArgs;
@@ -25,9 +26,9 @@ use std::time::{Duration, Instant};
 
 pub use report::{Measurement, Stats};
 
-const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+pub(crate) const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 /// A hang detector for one workload run, not a performance bound.
-const RUN_TIMEOUT: Duration = Duration::from_secs(1800);
+pub(crate) const RUN_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// The configurations of the matrix, as numbered in the report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -248,10 +249,14 @@ pub fn bench(args: BenchArgs) -> Result<i32> {
         bench.rate_table(reps)?
     };
     let _ = bench.vm.shutdown(Duration::from_secs(10));
+    let inside = inside::run(args.quick, reps, &image, &bench.kernel)?;
 
     let machine = report::Machine::describe(&cfg, &image.version);
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let text = report::render(&machine, &command, &workloads, &samples, &rates, reps);
+    let mut text = report::render(&machine, &command, &workloads, &samples, &rates, reps);
+    if let Some(inside) = &inside {
+        text.push_str(&inside.render());
+    }
     let report_path = out_dir.join("REPORT.md");
     std::fs::write(&report_path, text)
         .with_context(|| format!("writing {}", report_path.display()))?;

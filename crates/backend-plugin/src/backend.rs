@@ -239,7 +239,6 @@ impl Backend for PluginBackend {
         };
         self.client.start(values, start_ns)?;
         self.started = true;
-        eprintln!("vmprobe: {}: probes live in QEMU", self.name);
         let now = monotonic_ns();
         for (t, due) in &mut self.timers {
             *due = now + t.period_ns.max(1);

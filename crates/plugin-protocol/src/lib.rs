@@ -22,7 +22,9 @@
 //!    value-map reads and writes for handlers vmprobe runs itself);
 //! 6. [`ToPlugin::Detach`] / [`FromPlugin::Detached`]: instrumentation off,
 //!    and everything the plugin held (maps, errors, calls in flight,
-//!    counters). The VM runs on, with no callback left.
+//!    counters). The VM runs on, with no callback left, and the session
+//!    is over: the plugin is free for the next vmprobe before `Detached`
+//!    is sent, and reads nothing more on this connection.
 
 use kernel_image::TextSample;
 use linux_guest::KernelDescription;

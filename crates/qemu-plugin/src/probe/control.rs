@@ -69,13 +69,10 @@ pub(crate) fn accept(listener: UnixListener, plugin: &'static Plugin) {
             );
             continue;
         }
-        let done = busy.clone();
+        let session = Session::new(plugin, conn, busy.clone());
         let spawned = std::thread::Builder::new()
             .name("vmprobe-session".into())
-            .spawn(move || {
-                Session::new(plugin, conn).serve();
-                done.store(false, Ordering::Release);
-            });
+            .spawn(move || session.serve());
         if spawned.is_err() {
             busy.store(false, Ordering::Release);
         }
@@ -105,10 +102,14 @@ struct Session {
     /// Next due time of each `profile` sampler.
     next_sample: Vec<Instant>,
     hello: bool,
+    /// Held while this session owns the plugin.
+    busy: Arc<AtomicBool>,
+    /// Detached: the plugin is free, possibly already another session's.
+    over: bool,
 }
 
 impl Session {
-    fn new(plugin: &'static Plugin, conn: UnixStream) -> Session {
+    fn new(plugin: &'static Plugin, conn: UnixStream, busy: Arc<AtomicBool>) -> Session {
         let (sender, events) = channel();
         Session {
             plugin,
@@ -119,6 +120,8 @@ impl Session {
             exit_sent: false,
             next_sample: Vec::new(),
             hello: false,
+            busy,
+            over: false,
         }
     }
 
@@ -177,9 +180,13 @@ impl Session {
                     break;
                 }
             }
+            if self.over {
+                return;
+            }
         }
-        // vmprobe went away (or detached): nothing stays instrumented.
+        // vmprobe went away: nothing stays instrumented.
         self.disarm();
+        self.busy.store(false, Ordering::Release);
     }
 
     fn send(&mut self, m: &FromPlugin) -> Result<(), ProtocolError> {
@@ -393,6 +400,10 @@ impl Session {
                     unfinished,
                     stats: run.stats(),
                 };
+                // Free before the answer, so that a vmprobe attaching as
+                // soon as this one has its answer finds the plugin free.
+                self.over = true;
+                self.busy.store(false, Ordering::Release);
                 self.send(&FromPlugin::Detached(Box::new(detached)))
             }
         }
