@@ -368,8 +368,9 @@ fn attach_plugin(
     if !layers.vmm_events.is_empty() {
         backend.add_layer(Box::new(vmm_source(spec, layers)?), &layers.handlers);
     }
+    let slide = probe_engine::Backend::kernel(&backend).map_or(0, |k| k.slide);
     eprintln!(
-        "vmprobe: attached to {} through its plugin ({})",
+        "vmprobe: attached to {} through its plugin ({}), KASLR slide {slide:#x}",
         spec.name,
         backend.plugin_version()
     );

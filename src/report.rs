@@ -66,6 +66,14 @@ pub fn serve_and_report(
         stop,
         snapshot_requested,
         snapshot: &take_snapshot,
+        on_live: &|name, kind| {
+            // Through a stub the guest waits, stopped, until it is served;
+            // inside QEMU it runs on, so a user (or a test) starting a
+            // workload needs to know when the probes see it.
+            if kind == "plugin" {
+                eprintln!("vmprobe: {name}: probes live in QEMU");
+            }
+        },
     };
     let (outcomes, kernel) = serve(guests, program, &runtime, &engine_plan);
 

@@ -293,8 +293,9 @@ fn boot_guest_plugin(
                 .with_context(|| format!("{name}: host tracepoints"))?;
         backend.add_layer(Box::new(source), &layers.handlers);
     }
+    let slide = probe_engine::Backend::kernel(&backend).map_or(0, |k| k.slide);
     eprintln!(
-        "vmprobe: {name} up in {:.1} s, plugin {} attached",
+        "vmprobe: {name} up in {:.1} s, KASLR slide {slide:#x}, plugin {} attached",
         booted.elapsed().as_secs_f64(),
         backend.plugin_version()
     );

@@ -396,3 +396,63 @@ fn a_timer_faster_than_100_khz_is_a_diagnostic_before_booting() {
     assert!(e.contains("stdin:1:1"), "{e}");
     assert!(!e.contains("booting"), "{e}");
 }
+
+/// The in-VMM backend's refusals: asked for where it cannot serve, each is
+/// one error naming why (the program's at line:column), before booting.
+#[test]
+fn the_plugin_backend_says_why_it_cannot_serve() {
+    let e = fails_with(
+        &[
+            "attach",
+            "--vm",
+            "vm0=plugin:/nonexistent/plugin.sock",
+            "-e",
+            "kprobe:ksys_write { @c = count(); }",
+        ],
+        &[],
+        "/nonexistent/plugin.sock",
+    );
+    last_line_is_one_error(&e, "connecting to the plugin at /nonexistent/plugin.sock");
+
+    // Debian 12's QEMU 7.2 has no plugin API v4.
+    let old = Path::new("/usr/bin/qemu-system-x86_64");
+    if qemu_guest::QemuVersion::of(old).is_ok_and(|v| v.major < 9) {
+        let e = fails_with(
+            &[
+                "run",
+                "--backend",
+                "plugin",
+                "--qemu",
+                "/usr/bin/qemu-system-x86_64",
+                "-e",
+                "kprobe:ksys_write { @c = count(); }",
+                "--",
+                "true",
+            ],
+            &[],
+            "the plugin needs 9.2.0 or later",
+        );
+        last_line_is_one_error(&e, "is QEMU 7.");
+        assert!(!e.contains("booting"), "{e}");
+    }
+
+    if qemu10().is_none() {
+        return;
+    }
+    plugin_library();
+    let e = fails_with(
+        &[
+            "run",
+            "--backend",
+            "plugin",
+            "-e",
+            "kprobe:ksys_write { @c = count(); }\nwatchpoint:0xffffffff81000000:8:w { @w = count(); }",
+            "--",
+            "true",
+        ],
+        &[],
+        "watchpoints are served through the GDB stub: use --backend gdb",
+    );
+    assert!(e.contains("stdin:2:1"), "{e}");
+    assert!(!e.contains("booting"), "{e}");
+}

@@ -42,6 +42,9 @@ pub struct ServePlan<'a> {
     /// Set by SIGUSR1: `snapshot` is called from the first guest's thread.
     pub snapshot_requested: &'a AtomicBool,
     pub snapshot: &'a (dyn Fn() + Sync),
+    /// Called from a guest's thread once its probes are live, with the
+    /// guest's name and backend kind, before its workload starts.
+    pub on_live: &'a (dyn Fn(&str, &'static str) + Sync),
 }
 
 /// How one guest's run went.
@@ -138,6 +141,7 @@ fn serve_guest(
     let started = Instant::now();
     let mut start = || -> Result<(), BackendError> {
         g.backend.start(runtime)?;
+        (plan.on_live)(&g.name, g.backend.kind());
         if let (Some(command), Some(control)) = (&plan.workload, g.control.as_mut()) {
             let exports = format!(
                 "export VMPROBE_GUEST={} VMPROBE_GUEST_INDEX={index}; ",

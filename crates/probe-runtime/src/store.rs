@@ -126,6 +126,36 @@ impl MapStore {
         self.maps.get(map as usize).into_iter().flatten()
     }
 
+    /// Adds this shard's `@m[k]` to `acc`, as merging whole shards would:
+    /// bpftrace reads a per-CPU aggregation in an expression as the sum
+    /// (or min, max, average) over every CPU.
+    pub fn merge_cell_into(&self, map: u32, key: &Key, acc: &mut Option<Cell>) {
+        let (Some(decl), Some(cell)) = (
+            self.decls.get(map as usize),
+            self.maps.get(map as usize).and_then(|m| m.get(key)),
+        ) else {
+            return;
+        };
+        match acc {
+            None => *acc = Some(cell.clone()),
+            Some(mine) => merge_cell(mine, cell, decl.kind, decl.signed),
+        }
+    }
+
+    /// `@m[k]` as an expression, given its cell (merged from shards).
+    pub fn value_of(&self, map: u32, cell: Option<&Cell>) -> Value {
+        let decl = &self.decls[map as usize];
+        match cell {
+            None => zero_value(decl.value, &self.tuples),
+            Some(Cell::Val(v)) => v.clone(),
+            Some(Cell::Hist(_)) => Value::Int(0),
+            Some(&Cell::Num { a, b }) => Value::Int(match decl.kind {
+                AggKind::Avg | AggKind::Stats => avg(a, b, decl.signed),
+                _ => a,
+            }),
+        }
+    }
+
     /// Index of the map named `name` (without `@`).
     pub fn index_of(&self, name: &str) -> Option<u32> {
         self.decls
@@ -245,16 +275,7 @@ impl MapBackend for MapStore {
     }
 
     fn read(&mut self, map: u32, key: &Key) -> Value {
-        let decl = &self.decls[map as usize];
-        match self.maps[map as usize].get(key) {
-            None => zero_value(decl.value, &self.tuples),
-            Some(Cell::Val(v)) => v.clone(),
-            Some(Cell::Hist(_)) => Value::Int(0),
-            Some(&Cell::Num { a, b }) => Value::Int(match decl.kind {
-                AggKind::Avg | AggKind::Stats => avg(a, b, decl.signed),
-                _ => a,
-            }),
-        }
+        self.value_of(map, self.maps[map as usize].get(key))
     }
 
     fn contains(&mut self, map: u32, key: &Key) -> bool {
@@ -536,6 +557,24 @@ mod tests {
                 let shard = if v % 2 == 0 { &mut a } else { &mut b };
                 shard.agg(i as u32, key, op, v);
             }
+        }
+        // Read in an expression, a key merged from both shards reads as
+        // the whole store's (bpftrace's per-CPU reads).
+        for i in 0..names.len() as u32 {
+            let key = if names[i as usize] == "k" {
+                Key::Int(1)
+            } else {
+                Key::None
+            };
+            let mut acc = None;
+            a.merge_cell_into(i, &key, &mut acc);
+            b.merge_cell_into(i, &key, &mut acc);
+            assert_eq!(
+                a.value_of(i, acc.as_ref()),
+                whole.read(i, &key),
+                "@{}",
+                names[i as usize]
+            );
         }
         a.merge(&b);
         for i in 0..names.len() as u32 {

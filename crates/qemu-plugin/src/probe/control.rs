@@ -313,7 +313,7 @@ impl Session {
                 };
                 for shard in run.shards.iter() {
                     let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
-                    shard.aggs.delete(map, &key);
+                    shard.delete(map, &key);
                 }
                 run.values
                     .lock()

@@ -2,7 +2,7 @@
 //! counters, and what a hit does on the vCPU thread.
 
 use super::context::VcpuContext;
-use super::shards::{Shard, ShardMaps};
+use super::shards::ShardMaps;
 use crate::tcg::{Reg, Vcpu};
 use linux_guest::GuestKernel;
 use plugin_protocol::{Attach, PluginStats, Printed, RecordMode, TracedEvent};
@@ -46,7 +46,11 @@ pub(crate) struct Run {
     pub tracker: Mutex<ReturnTracker>,
     /// Hits run handlers (after BEGIN, until detach).
     pub started: AtomicBool,
-    pub shards: Box<[Mutex<Shard>]>,
+    /// Each vCPU's interpreter (its errors, its step budget).
+    pub interps: Box<[Mutex<Interpreter>]>,
+    /// Each vCPU's aggregations.
+    pub shards: Box<[Mutex<MapStore>]>,
+    map_limit: usize,
     pub values: Mutex<MapStore>,
     pub rings: Box<[Mutex<Ring>]>,
     ring_events: usize,
@@ -75,16 +79,14 @@ impl Run {
             s.set_limit(a.map_limit);
             s
         };
-        let shards = (0..vcpus.max(1))
+        let interps = (0..vcpus.max(1))
             .map(|_| {
                 let mut interp = Interpreter::new();
                 interp.set_step_budget(a.step_budget);
-                Mutex::new(Shard {
-                    interp,
-                    aggs: store(),
-                })
+                Mutex::new(interp)
             })
             .collect();
+        let shards = (0..vcpus.max(1)).map(|_| Mutex::new(store())).collect();
         let rings = (0..vcpus.max(1)).map(|_| Mutex::default()).collect();
         Run {
             kernel,
@@ -94,7 +96,9 @@ impl Run {
             return_sites: RwLock::default(),
             tracker: Mutex::new(ReturnTracker::new()),
             started: AtomicBool::new(false),
+            interps,
             shards,
+            map_limit: a.map_limit,
             values: Mutex::new(store()),
             rings,
             ring_events: a.ring_events.max(1),
@@ -120,11 +124,10 @@ impl Run {
     pub fn start(&self, values: MapStore, start_ns: u64) {
         let mut mine = self.values.lock().unwrap_or_else(|e| e.into_inner());
         mine.merge(&values);
-        for shard in self.shards.iter() {
-            shard
+        for interp in self.interps.iter() {
+            interp
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .interp
                 .set_start_nsecs(start_ns);
         }
         self.started.store(true, Ordering::Release);
@@ -256,11 +259,10 @@ impl Run {
         now: u64,
     ) -> Vec<(Box<str>, Traced)> {
         let index = vcpu.index() as usize;
-        let (Some(shard), Some(ring)) = (self.shards.get(index), self.rings.get(index)) else {
+        let (Some(interp), Some(ring)) = (self.interps.get(index), self.rings.get(index)) else {
             return Vec::new();
         };
-        let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
-        let Shard { interp, aggs } = &mut *shard;
+        let mut interp = interp.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = RingOutput {
             ring,
             vcpu: index as u32,
@@ -280,8 +282,11 @@ impl Run {
         for (block, probe) in blocks {
             ctx.probe = probe;
             let mut maps = ShardMaps {
-                own: aggs,
+                decls: &self.exec.ir.maps,
+                shards: &self.shards,
+                own: index,
                 values: &self.values,
+                limit: self.map_limit,
             };
             if let probe_runtime::Flow::Exit =
                 interp.run(&self.exec, *block, &mut ctx, &mut maps, &mut out)
@@ -433,14 +438,8 @@ impl Run {
     /// Errors of every shard, summed.
     pub fn errors(&self) -> Vec<(String, String, u64)> {
         let mut all = Interpreter::new();
-        for shard in self.shards.iter() {
-            all.add_errors(
-                &shard
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .interp
-                    .errors(),
-            );
+        for interp in self.interps.iter() {
+            all.add_errors(&interp.lock().unwrap_or_else(|e| e.into_inner()).errors());
         }
         all.errors()
     }
