@@ -411,17 +411,16 @@ fn real_image_types() {
     );
     assert!(btf.type_count() > 100_000);
 
-    // Offsets and ids as `bpftool btf dump file vmlinux.btf format raw` prints them for
-    // linux-image-6.1.0-56-amd64 (6.1.192-2).
+    // Ids and offsets change with every Debian kernel build; real_image_matches_bpftool
+    // checks them against bpftool's dump of the same bytes. Here: what they mean.
     let task = btf.lookup("struct task_struct").unwrap();
-    assert_eq!(task, 193);
-    assert_eq!(btf.size_of(task).unwrap(), 9792);
+    assert!(btf.size_of(task).unwrap() > 4096);
     let comm = btf.member(task, "comm").unwrap().unwrap();
-    assert_eq!((comm.bit_offset, comm.offset, comm.ty), (23808, 2976, 249));
+    assert_eq!(comm.bit_offset, comm.offset * 8);
     assert_eq!(btf.type_name(comm.ty), "char[16]");
     assert_eq!(btf.array(comm.ty).unwrap().unwrap().count, 16);
     let pid = btf.member(task, "pid").unwrap().unwrap();
-    assert_eq!((pid.offset, pid.ty), (19328 / 8, 74));
+    assert!(pid.offset < comm.offset);
     assert_eq!(btf.type_name(pid.ty), "pid_t");
     assert_eq!(btf.size_of(pid.ty).unwrap(), 4);
     assert!(btf.int(pid.ty).unwrap().unwrap().signed);
@@ -430,14 +429,13 @@ fn real_image_types() {
     assert_eq!(btf.pointee(parent.ty).unwrap(), Some(task));
 
     let file = btf.lookup("struct file").unwrap();
-    assert_eq!(file, 420);
     let f_path = btf.member(file, "f_path").unwrap().unwrap();
-    assert_eq!((f_path.offset, f_path.ty), (16, 1009));
     assert_eq!(btf.type_name(f_path.ty), "struct path");
     assert_eq!(btf.size_of(f_path.ty).unwrap(), 16);
 
     let f = btf.function("ksys_write").unwrap();
-    assert_eq!((f.id, f.proto, f.ret), (11596, 11595, 83));
+    assert_eq!(btf.find("ksys_write", Kind::Func), Some(f.id));
+    assert_ne!(f.proto, f.id);
     let params: Vec<(&str, String)> = f
         .params
         .iter()
@@ -510,9 +508,17 @@ fn real_image_matches_bpftool() {
             return;
         }
     };
-    // The comparison covers member lines, not just record lines.
-    assert!(dump[&193].contains("\n'comm' type_id=249 bits_offset=23808\n"));
-    assert!(dump[&11595].ends_with("\n'count' type_id=82"));
+    // The comparison covers member lines, not just record lines; names find the ids,
+    // which change with every kernel build.
+    let btf = Btf::parse(bytes).unwrap();
+    let task = btf.lookup("struct task_struct").unwrap();
+    assert!(dump[&task].starts_with("STRUCT 'task_struct' "));
+    let comm = btf.member(task, "comm").unwrap().unwrap();
+    let line = format!("\n'comm' type_id={} bits_offset={}\n", comm.ty, comm.bit_offset);
+    assert!(dump[&task].contains(&line), "{line}");
+    let proto = btf.function("ksys_write").unwrap().proto;
+    let size_t = btf.lookup("size_t").unwrap();
+    assert!(dump[&proto].ends_with(&format!("\n'count' type_id={size_t}")));
     compare_with_bpftool(bytes, dump);
 }
 
