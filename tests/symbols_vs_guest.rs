@@ -35,7 +35,7 @@ fn image_symbols_plus_detected_slide_equal_guest_kallsyms() {
     let slide = stderr
         .split("KASLR slide ")
         .nth(1)
-        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.split(|c: char| c.is_whitespace() || c == ',').next())
         .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
         .unwrap_or_else(|| panic!("no slide reported:\n{stderr}"));
 

@@ -271,13 +271,19 @@ impl Vm {
         // `connect_unix_wait`, which retries a refused connection.
         let connected = connected.and_then(|pair| {
             let deadline = Instant::now() + Duration::from_secs(10);
-            while !((sock("gdb.sock").exists() || !cfg.gdbstub) && sock("qmp.sock").exists()) {
+            // Without a gdbstub (bound last) the plugin's socket may come
+            // after QMP's: wait for every one.
+            let bound = |name: &str, wanted: bool| !wanted || sock(name).exists();
+            while !(bound("gdb.sock", cfg.gdbstub)
+                && bound("plugin.sock", cfg.plugin.is_some())
+                && bound("qmp.sock", true))
+            {
                 if let Some(e) = exited(&mut child) {
                     return Err(e);
                 }
                 if Instant::now() > deadline {
                     return Err(Error::Timeout {
-                        what: "QEMU's gdbstub socket",
+                        what: "QEMU's sockets",
                         seconds: 10,
                     });
                 }
