@@ -514,7 +514,10 @@ fn real_image_matches_bpftool() {
     let task = btf.lookup("struct task_struct").unwrap();
     assert!(dump[&task].starts_with("STRUCT 'task_struct' "));
     let comm = btf.member(task, "comm").unwrap().unwrap();
-    let line = format!("\n'comm' type_id={} bits_offset={}\n", comm.ty, comm.bit_offset);
+    let line = format!(
+        "\n'comm' type_id={} bits_offset={}\n",
+        comm.ty, comm.bit_offset
+    );
     assert!(dump[&task].contains(&line), "{line}");
     let proto = btf.function("ksys_write").unwrap().proto;
     let size_t = btf.lookup("size_t").unwrap();
