@@ -455,4 +455,21 @@ fn the_plugin_backend_says_why_it_cannot_serve() {
     );
     assert!(e.contains("stdin:2:1"), "{e}");
     assert!(!e.contains("booting"), "{e}");
+
+    // A VMM handler reading what a guest probe wrote needs the gdb backend's order.
+    let e = fails_with(
+        &[
+            "run",
+            "--backend",
+            "plugin",
+            "-e",
+            "kprobe:ksys_write { @start = nsecs; }\nvmm:serial_write { @lat = hist(nsecs - @start); }",
+            "--",
+            "true",
+        ],
+        &[],
+        "@start is written inside QEMU, and VMM and host events are served later in vmprobe",
+    );
+    assert!(e.contains("stdin:2:40"), "{e}");
+    assert!(!e.contains("booting"), "{e}");
 }

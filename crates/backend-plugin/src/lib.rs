@@ -102,8 +102,20 @@ pub fn check_program(program: &Program) -> Result<(), Diagnostics> {
     let mut errors = Vec::new();
     let spans = program.probe_spans();
     let mut interval_blocks = Vec::new();
+    // Blocks the plugin runs, and those vmprobe runs for VMM and host events
+    // after the fact.
+    let (mut in_qemu, mut layer_blocks) = (Vec::new(), Vec::new());
     for (i, spec) in program.probes().iter().enumerate() {
         let span = spans.get(i).copied().unwrap_or_default();
+        match spec {
+            ProbeSpec::Kprobe { .. } | ProbeSpec::Kretprobe { .. } | ProbeSpec::Profile { .. } => {
+                in_qemu.push(program.block_of(i))
+            }
+            ProbeSpec::Vmm { .. } | ProbeSpec::Tracepoint { .. } => {
+                layer_blocks.push(program.block_of(i))
+            }
+            _ => {}
+        }
         match spec {
             ProbeSpec::Watchpoint { .. } => errors.push((
                 span,
@@ -114,7 +126,25 @@ pub fn check_program(program: &Program) -> Result<(), Diagnostics> {
         }
     }
     program.errors_at(&errors)?;
+    let written_in_qemu: Vec<&str> = program
+        .needs()
+        .iter()
+        .filter(|n| n.need == Need::MapWrite && in_qemu.contains(&n.block))
+        .map(|n| n.what.as_str())
+        .collect();
     program.check_needs(|n| match n.need {
+        // The guest does not stop for a VMM or host event: by the time
+        // vmprobe serves it, guest probes have gone on writing.
+        Need::MapRead
+            if layer_blocks.contains(&n.block) && written_in_qemu.contains(&n.what.as_str()) =>
+        {
+            Some(format!(
+                "{} is written inside QEMU, and VMM and host events are served later in vmprobe, \
+                 so this read would not see those writes in the order they happened: use --backend gdb",
+                n.what
+            ))
+        }
+        Need::MapRead | Need::MapWrite => None,
         Need::PhysicalMemory => Some(format!(
             "{} reads guest-physical memory, which QEMU 10.0's plugin API cannot: use --backend gdb",
             n.what

@@ -116,7 +116,33 @@ impl LayerSet {
         sync: Option<Duration>,
         kernel: Option<&GuestKernel>,
         guest: &str,
+        recorder: Option<&mut (dyn EventSink + '_)>,
+    ) -> (Flow, u64) {
+        self.serve_with(
+            runtime,
+            sync,
+            kernel,
+            guest,
+            recorder,
+            &mut |ctx, rt, blocks| ctx.run_all(rt, blocks),
+        )
+    }
+
+    /// [`serve`](Self::serve), with `run` running an event's blocks: a
+    /// backend whose maps are held elsewhere (in QEMU) runs them against
+    /// those maps.
+    pub fn serve_with(
+        &mut self,
+        runtime: &Mutex<Runtime>,
+        sync: Option<Duration>,
+        kernel: Option<&GuestKernel>,
+        guest: &str,
         mut recorder: Option<&mut (dyn EventSink + '_)>,
+        run: &mut dyn for<'c> FnMut(
+            &mut EventContext<'c>,
+            &Mutex<Runtime>,
+            &'c [(BlockId, Arc<str>)],
+        ) -> Flow,
     ) -> (Flow, u64) {
         let mut events = std::mem::take(&mut self.events);
         for l in &mut self.sources {
@@ -137,7 +163,7 @@ impl LayerSet {
                 fields: Some(&ev.fields),
                 ..EventContext::new(guest, ev.ts_ns, &ev.probe, kernel)
             };
-            if let Flow::Exit = ctx.run_all(runtime, blocks) {
+            if let Flow::Exit = run(&mut ctx, runtime, blocks) {
                 flow = Flow::Exit;
             }
             if let Some(sink) = recorder.as_deref_mut() {
@@ -540,6 +566,7 @@ impl Backend for LayersOnly {
             layer_summaries: self.layers.finish(),
             detach_error: None,
             stats_line: format!("{} layer events served", self.served),
+            caveat: None,
         }
     }
 }

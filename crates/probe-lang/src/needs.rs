@@ -17,6 +17,11 @@ pub enum Need {
     /// Guest-physical memory, for page walks in another address space:
     /// `vtop`, `str_as`, `buf_as`, `uint_as`.
     PhysicalMemory,
+    /// Reading the map `what` (`@name`): a backend that runs some blocks
+    /// apart from others checks that a read still sees the writes before it.
+    MapRead,
+    /// Writing the map `what` (`@name`).
+    MapWrite,
 }
 
 /// One use of a capability.
@@ -75,7 +80,20 @@ impl Walker<'_> {
 
     fn stmt(&mut self, s: &Stmt) {
         match &s.kind {
-            StmtKind::MapAssign { keys, value, .. } | StmtKind::MapUpdate { keys, value, .. } => {
+            StmtKind::MapAssign {
+                name,
+                name_span,
+                keys,
+                value,
+            }
+            | StmtKind::MapUpdate {
+                name,
+                name_span,
+                keys,
+                value,
+                ..
+            } => {
+                self.note(Need::MapWrite, *name_span, format!("@{name}"));
                 keys.iter().for_each(|k| self.expr(k));
                 self.expr(value);
             }
@@ -110,7 +128,10 @@ impl Walker<'_> {
             | ExprKind::SizeofType(_)
             | ExprKind::Offsetof(..)
             | ExprKind::SelfVar(_) => {}
-            ExprKind::Map { keys, .. } => keys.iter().for_each(|k| self.expr(k)),
+            ExprKind::Map { name, keys } => {
+                self.note(Need::MapRead, e.span, format!("@{name}"));
+                keys.iter().for_each(|k| self.expr(k))
+            }
             ExprKind::Call { name, args } => {
                 if PHYSICAL_CALLS.contains(&name.as_str()) {
                     self.note(Need::PhysicalMemory, e.span, format!("{name}()"));
