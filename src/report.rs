@@ -108,6 +108,9 @@ pub fn serve_and_report(
         if let Some(e) = &o.finished.detach_error {
             eprintln!("vmprobe: detach: {}: {e}", o.name);
         }
+        if let Some(c) = &o.finished.caveat {
+            eprintln!("vmprobe: {}: {c}", o.name);
+        }
     }
     let code = exit_status(outcomes, count);
     Ok(if code == 0 && !trace_complete {

@@ -46,6 +46,7 @@ impl Backend for Session {
             layer_summaries,
             detach_error,
             stats_line,
+            caveat: None,
         }
     }
 }

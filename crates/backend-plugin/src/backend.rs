@@ -22,6 +22,14 @@ use trace_formats::{Layer, Value as FieldValue};
 /// of the run.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
+/// How often, at least, vmprobe keeps a copy of the plugin's maps, so that
+/// a QEMU that dies mid-run still leaves what its probes counted.
+const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A copy takes at most 1/SNAPSHOT_SHARE of the run's time in vmprobe
+/// (large maps are copied less often).
+const SNAPSHOT_SHARE: u64 = 50;
+
 pub struct PluginBackend {
     name: Arc<str>,
     client: PluginClient,
@@ -35,6 +43,9 @@ pub struct PluginBackend {
     started: bool,
     /// Handler errors vmprobe met serving the plugin (failed map requests).
     home_errors: Vec<(String, String, u64)>,
+    /// The plugin's maps as last copied, and when (monotonic ns).
+    snapshot: Option<(MapStore, u64)>,
+    next_snapshot_ns: u64,
 }
 
 impl PluginBackend {
@@ -55,6 +66,8 @@ impl PluginBackend {
             recorder: None,
             started: false,
             home_errors: Vec::new(),
+            snapshot: None,
+            next_snapshot_ns: 0,
         }
     }
 
@@ -109,20 +122,16 @@ impl PluginBackend {
             let period = timer.period_ns.max(1);
             *due += ((now - *due) / period + 1) * period;
             let (block, probe) = (timer.block, timer.probe.clone());
-            let mut rt = lock(runtime);
-            let mut home = std::mem::replace(rt.maps_mut(), MapStore::new(&[], &[]));
             let mut ctx = EventContext::new(&self.name, now, "", Some(&self.kernel));
             ctx.probe = &probe;
-            let (f, failed) = {
-                let mut maps = HomeMaps::new(&mut home, &mut self.client);
-                let f = rt.run_with_maps(block, &mut ctx, &mut maps);
-                (f, maps.failed)
-            };
-            *rt.maps_mut() = home;
-            if let Some(why) = failed {
-                self.home_errors.push((probe.to_string(), why, 1));
-            }
-            if let Flow::Exit = f {
+            let mut rt = lock(runtime);
+            if let Flow::Exit = run_home(
+                &mut rt,
+                &mut self.client,
+                &mut self.home_errors,
+                block,
+                &mut ctx,
+            ) {
                 flow = Flow::Exit;
             }
         }
@@ -170,15 +179,73 @@ impl PluginBackend {
         }
     }
 
+    /// Copies the plugin's maps when the last copy is old enough. A failed
+    /// copy is not an error: the run loop notices a plugin that went away.
+    fn keep_snapshot(&mut self) {
+        let now = monotonic_ns();
+        if now < self.next_snapshot_ns {
+            return;
+        }
+        if let Ok(store) = self.client.maps() {
+            let done = monotonic_ns();
+            let took = done - now;
+            self.snapshot = Some((store, done));
+            self.next_snapshot_ns =
+                done + (SNAPSHOT_INTERVAL.as_nanos() as u64).max(took * SNAPSHOT_SHARE);
+        }
+    }
+
     fn serve_layers(&mut self, runtime: &Mutex<Runtime>, sync: Option<Duration>) -> Flow {
         if self.layers.is_empty() {
             return Flow::Continue;
         }
         let recorder = self.recorder.as_deref_mut();
+        let (client, errors) = (&mut self.client, &mut self.home_errors);
+        // Their handlers see the maps the plugin holds, as interval blocks do.
         self.layers
-            .serve(runtime, sync, Some(&self.kernel), &self.name, recorder)
+            .serve_with(
+                runtime,
+                sync,
+                Some(&self.kernel),
+                &self.name,
+                recorder,
+                &mut |ctx, runtime, blocks| {
+                    let mut flow = Flow::Continue;
+                    for (block, probe) in blocks {
+                        ctx.probe = probe;
+                        let mut rt = lock(runtime);
+                        if let Flow::Exit = run_home(&mut rt, client, errors, *block, ctx) {
+                            flow = Flow::Exit;
+                        }
+                    }
+                    flow
+                },
+            )
             .0
     }
+}
+
+/// Runs one block in vmprobe against the maps the plugin holds (through
+/// [`HomeMaps`]); a failed request to the plugin counts as the probe's
+/// error.
+fn run_home(
+    rt: &mut Runtime,
+    client: &mut PluginClient,
+    errors: &mut Vec<(String, String, u64)>,
+    block: probe_lang::BlockId,
+    ctx: &mut EventContext<'_>,
+) -> Flow {
+    let mut home = std::mem::replace(rt.maps_mut(), MapStore::new(&[], &[]));
+    let (flow, failed) = {
+        let mut maps = HomeMaps::new(&mut home, client);
+        let flow = rt.run_with_maps(block, ctx, &mut maps);
+        (flow, maps.failed)
+    };
+    *rt.maps_mut() = home;
+    if let Some(why) = failed {
+        errors.push((ctx.probe.to_string(), why, 1));
+    }
+    flow
 }
 
 fn record(sink: &mut dyn EventSink, guest: &str, sites: &[ProbeSite], e: &TracedEvent) {
@@ -262,6 +329,7 @@ impl Backend for PluginBackend {
             if let Flow::Exit = self.serve_layers(runtime, None) {
                 return EndReason::ScriptExit;
             }
+            self.keep_snapshot();
             let now = monotonic_ns();
             let wait = self
                 .timers
@@ -287,16 +355,33 @@ impl Backend for PluginBackend {
             layer_summaries,
             ..Finished::default()
         };
-        if gone {
+        let detached = match gone {
+            true => None,
+            false => match self.client.detach() {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    finished.detach_error = Some(e.to_string());
+                    None
+                }
+            },
+        };
+        let Some(detached) = detached else {
+            // The maps as last copied: what the probes had counted, short
+            // of the last moments.
             finished.stats_line = "the plugin went away before detaching".into();
+            finished.caveat = Some(match (self.snapshot.take(), runtime) {
+                (Some((store, at)), Some(rt)) => {
+                    let mut rt = lock(rt);
+                    rt.maps_mut().merge(&store);
+                    rt.interpreter_mut().add_errors(&self.home_errors);
+                    format!(
+                        "the plugin went away before detaching; its maps are as copied {} ms before the end",
+                        monotonic_ns().saturating_sub(at) / 1_000_000
+                    )
+                }
+                _ => "the plugin went away before detaching, before any copy of its maps".into(),
+            });
             return finished;
-        }
-        let detached = match self.client.detach() {
-            Ok(d) => d,
-            Err(e) => {
-                finished.detach_error = Some(e.to_string());
-                return finished;
-            }
         };
         // Output the plugin printed before it detached.
         while let Ok(Some(m)) = self.client.next_event(Duration::ZERO) {

@@ -65,6 +65,9 @@ pub struct Finished {
     pub detach_error: Option<String>,
     /// The backend's counters, one line for `--stats`.
     pub stats_line: String,
+    /// What the user must know of the output (maps as of an earlier
+    /// moment, say), printed whatever the options.
+    pub caveat: Option<String>,
 }
 
 /// One guest's probes, armed by a backend, and how its hits are served.
