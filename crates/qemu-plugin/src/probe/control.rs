@@ -237,7 +237,7 @@ impl Session {
                 if run.is_some() {
                     return self.error(a.id, "a program is already attached");
                 }
-                if a.samplers.len() > 64 {
+                if a.samplers.len() > super::MAX_SAMPLERS {
                     return self.error(a.id, "at most 64 profile probes");
                 }
                 let id = a.id;
@@ -253,6 +253,7 @@ impl Session {
                 let Some(run) = run else {
                     return self.error(id, "nothing is attached");
                 };
+                self.plugin.clear_ticks();
                 run.start(values, start_ns);
                 let now = Instant::now();
                 self.next_sample = run
@@ -424,9 +425,7 @@ impl Session {
             while *due <= now {
                 *due += period;
             }
-            for d in self.plugin.due.iter().take(self.plugin.vcpus() as usize) {
-                d.fetch_or(1 << i, Ordering::AcqRel);
-            }
+            self.plugin.tick(i);
             tcg::arm_all_samples();
         }
     }
@@ -454,11 +453,14 @@ impl Session {
                 }
             }
         }
-        if !printed.is_empty() {
-            self.send(&FromPlugin::Output(printed))?;
-        }
+        // Traced events first: whoever sees a line a handler printed (and
+        // asks for a flight-recorder snapshot on it, say) finds the events
+        // traced before it already recorded.
         if !traced.is_empty() {
             self.send(&FromPlugin::Traced(traced))?;
+        }
+        if !printed.is_empty() {
+            self.send(&FromPlugin::Output(printed))?;
         }
         Ok(())
     }

@@ -37,6 +37,11 @@ pub(crate) struct Plugin {
     work_pending: AtomicBool,
     /// `profile` samplers due on each vCPU, one bit per sampler.
     due: Box<[AtomicU64]>,
+    /// How many ticks of each sampler (vCPU * MAX_SAMPLERS + sampler) a
+    /// vCPU has not served yet: under single-threaded TCG a vCPU may wait
+    /// longer than a period for its turn, and each tick is still one sample,
+    /// as on a real CPU.
+    pending: Box<[AtomicU32]>,
     /// Counts the reinstrumentations that took effect, so the control
     /// thread can wait for one it asked for.
     generation: AtomicU64,
@@ -45,6 +50,13 @@ pub(crate) struct Plugin {
 /// vCPUs a QEMU may have at most (QEMU's own limit is far higher; the
 /// per-vCPU tables here are sized once, at install).
 const MAX_VCPUS: usize = 256;
+
+/// `profile` probes a program may have (one bit each in a due mask).
+pub(crate) const MAX_SAMPLERS: usize = 64;
+
+/// Ticks of one sampler a vCPU catches up at most when it runs again: a
+/// second's worth, within these bounds; older ones are dropped.
+const CATCH_UP: std::ops::RangeInclusive<u64> = 16..=1000;
 
 static PLUGIN: OnceLock<Plugin> = OnceLock::new();
 
@@ -56,6 +68,9 @@ impl Plugin {
             work: Mutex::new(Vec::new()),
             work_pending: AtomicBool::new(false),
             due: (0..MAX_VCPUS).map(|_| AtomicU64::new(0)).collect(),
+            pending: (0..MAX_VCPUS * MAX_SAMPLERS)
+                .map(|_| AtomicU32::new(0))
+                .collect(),
             generation: AtomicU64::new(0),
         }
     }
@@ -110,6 +125,24 @@ impl Plugin {
             tcg::set_sampling(false);
         }
     }
+
+    /// Forgets the ticks of an earlier session's samplers.
+    fn clear_ticks(&self) {
+        self.due.iter().for_each(|d| d.store(0, Ordering::Release));
+        self.pending
+            .iter()
+            .for_each(|p| p.store(0, Ordering::Release));
+    }
+
+    /// One tick of sampler `i` on every vCPU.
+    fn tick(&self, i: usize) {
+        let vcpus = (self.vcpus() as usize).min(MAX_VCPUS);
+        for v in 0..vcpus {
+            // Counted before the bit is set: a vCPU that sees the bit finds the count.
+            self.pending[v * MAX_SAMPLERS + i].fetch_add(1, Ordering::AcqRel);
+            self.due[v].fetch_or(1 << i, Ordering::AcqRel);
+        }
+    }
 }
 
 impl Hooks for Plugin {
@@ -144,10 +177,16 @@ impl Hooks for Plugin {
         let Some(run) = self.run.load_full() else {
             return;
         };
-        for (i, sampler) in run.samplers.iter().enumerate().take(64) {
+        let base = vcpu.index() as usize * MAX_SAMPLERS;
+        for (i, sampler) in run.samplers.iter().enumerate().take(MAX_SAMPLERS) {
             if bits & (1 << i) != 0 {
+                let ticks = self.pending[base + i].swap(0, Ordering::AcqRel);
                 let block = [(sampler.block, sampler.probe.clone())];
-                run.sample(vcpu, &block);
+                let per_second = 1_000_000_000 / sampler.period_ns.max(1);
+                let most = per_second.clamp(*CATCH_UP.start(), *CATCH_UP.end());
+                for _ in 0..u64::from(ticks).min(most) {
+                    run.sample(vcpu, &block);
+                }
             }
         }
     }
