@@ -47,7 +47,7 @@ pub struct VmSpec {
 /// Parses a `--vm` value; the error names the part that is wrong.
 pub fn parse_vm_spec(text: &str) -> Result<VmSpec, String> {
     let (name, rest) = text.split_once('=').ok_or_else(|| {
-        format!("'{text}': expected NAME=gdb:HOST:PORT[,qmp:PATH][,log:PATH][,kernel:IMAGE]")
+        format!("'{text}': expected NAME=gdb:HOST:PORT[,plugin:SOCKET][,qmp:PATH][,log:PATH][,kernel:IMAGE]")
     })?;
     if name.is_empty()
         || !name
@@ -112,7 +112,7 @@ pub fn attach(args: crate::AttachArgs) -> Result<i32> {
 pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -> Result<i32> {
     let (source, source_name) = crate::script::program_source(&args.program, &args.file)?;
     if args.vm.is_empty() {
-        bail!("no VM: give --vm NAME=gdb:HOST:PORT (repeatable)");
+        bail!("no VM: give --vm NAME=gdb:HOST:PORT or NAME=plugin:SOCKET (repeatable)");
     }
     let (compiled, mut first_kernel) =
         compile_for(&source, &source_name, &args.vm[0], recording.is_some())?;

@@ -34,8 +34,9 @@ struct Cli {
 enum Command {
     /// Boot a guest, run a probe program while it runs WORKLOAD, print the results.
     Run(RunArgs),
-    /// Probe VMs vmprobe did not start, through the GDB stub their VMM offers;
-    /// they keep running after detach.
+    /// Probe VMs vmprobe did not start, through vmprobe's plugin loaded in
+    /// their QEMU or the GDB stub their VMM offers; they keep running after
+    /// detach.
     Attach(AttachArgs),
     /// Like `run`, and write every probe event into trace files (CTF or
     /// Perfetto JSON), directly or through an in-memory flight recorder.
@@ -157,7 +158,8 @@ pub struct RunArgs {
 
 #[derive(Args)]
 pub struct AttachArgs {
-    /// A VM to probe: NAME=gdb:HOST:PORT (or gdb:unix:PATH)[,qmp:PATH][,kernel:IMAGE].
+    /// A VM to probe: NAME=gdb:HOST:PORT (or gdb:unix:PATH), and/or
+    /// plugin:SOCKET (see `vmprobe qemu-args`), [,qmp:PATH][,kernel:IMAGE].
     /// Repeat for several VMs. Without kernel:, the default guest's kernel.
     #[arg(long, value_name = "SPEC", value_parser = attach::parse_vm_spec, required = true)]
     vm: Vec<attach::VmSpec>,
@@ -250,6 +252,10 @@ pub struct BenchArgs {
     /// The QEMU binary to benchmark (default: qemu-system-x86_64 from PATH).
     #[arg(long, value_name = "PATH")]
     qemu: Option<PathBuf>,
+    /// Only the in-VMM comparison, on QEMU 10: no probes, the plugin loaded
+    /// but idle, probes inside QEMU, and probes through the stub.
+    #[arg(long)]
+    in_vmm: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -189,7 +189,6 @@ pub fn bench(args: BenchArgs) -> Result<i32> {
     let reps = args.reps.unwrap_or(3).max(1);
     let out_dir = args.output.clone();
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    require_gdb()?;
     let image = crate::kernel::default_image()?;
     let kernel =
         crate::kernel::load_kernel(crate::kernel::load_image_symbols(&image)?, &image.kernel);
@@ -202,6 +201,28 @@ pub fn bench(args: BenchArgs) -> Result<i32> {
     if let Some(q) = &args.qemu {
         cfg.qemu = q.clone();
     }
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    if args.in_vmm {
+        let started = Instant::now();
+        let inside = inside::run(args.quick, reps, &image, &kernel)?
+            .context("--in-vmm: nothing to measure (see above)")?;
+        let machine = report::Machine::describe(&cfg, &image.version);
+        let text = format!(
+            "{}\n{}",
+            report::header(&machine, &command),
+            inside.render()
+        );
+        let report_path = out_dir.join("REPORT.md");
+        std::fs::write(&report_path, text)
+            .with_context(|| format!("writing {}", report_path.display()))?;
+        eprintln!(
+            "vmprobe bench: done in {:.0} s; report in {}",
+            started.elapsed().as_secs_f64(),
+            report_path.display()
+        );
+        return Ok(0);
+    }
+    require_gdb()?;
     let console = Arc::new(Mutex::new(Vec::new()));
     cfg.console = Some(console.clone());
     let started = Instant::now();
@@ -252,7 +273,6 @@ pub fn bench(args: BenchArgs) -> Result<i32> {
     let inside = inside::run(args.quick, reps, &image, &bench.kernel)?;
 
     let machine = report::Machine::describe(&cfg, &image.version);
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
     let mut text = report::render(&machine, &command, &workloads, &samples, &rates, reps);
     if let Some(inside) = &inside {
         text.push_str(&inside.render());

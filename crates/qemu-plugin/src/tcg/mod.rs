@@ -13,8 +13,9 @@
 //!   with the registers readable ([`Vcpu`]). They run concurrently on
 //!   several vCPUs under multi-threaded TCG; never block in one: a blocked
 //!   vCPU stalls every exclusive section (code flushes, resets, `stop`).
-//! - **Sampling** ([`set_sampling`], [`arm_sample`]): a conditional call at
-//!   every block start on a per-vCPU flag that any thread may set.
+//! - **Sampling** ([`set_sampling`], [`arm_sample`]): QEMU's queued work
+//!   on the vCPU's thread, between two blocks; where that is unavailable,
+//!   a conditional call at the doorbell's `iretq` and `hlt`.
 //! - **No panic crosses into QEMU**: every callback QEMU makes into this
 //!   crate catches unwinding and counts it ([`caught_panics`]).
 //!
