@@ -72,6 +72,10 @@ pub trait LayerSource: Send {
     fn finish(&mut self) -> String;
 }
 
+/// Runs one event's blocks (a probe's handlers) with its context.
+pub type RunBlocks<'r> = dyn for<'c> FnMut(&mut EventContext<'c>, &Mutex<Runtime>, &'c [(BlockId, Arc<str>)]) -> Flow
+    + 'r;
+
 /// The layer sources of one VM and the blocks of their probes: runs the
 /// handlers of their events in time order.
 #[derive(Default)]
@@ -138,11 +142,7 @@ impl LayerSet {
         kernel: Option<&GuestKernel>,
         guest: &str,
         mut recorder: Option<&mut (dyn EventSink + '_)>,
-        run: &mut dyn for<'c> FnMut(
-            &mut EventContext<'c>,
-            &Mutex<Runtime>,
-            &'c [(BlockId, Arc<str>)],
-        ) -> Flow,
+        run: &mut RunBlocks<'_>,
     ) -> (Flow, u64) {
         let mut events = std::mem::take(&mut self.events);
         for l in &mut self.sources {
