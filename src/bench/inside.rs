@@ -135,7 +135,8 @@ pub fn run(
     }
 
     // Overhead at fixed rates.
-    let iter: u64 = if quick { 200_000 } else { 2_000_000 };
+    // Seconds-long runs: the console's latency jitters by tens of ms.
+    let iter: u64 = if quick { 200_000 } else { 10_000_000 };
     let warm_mix = format!("vmprobe-mix {} 0", iter / 10);
     let calib = plain(&mut guest, &warm_mix, &format!("vmprobe-mix {iter} 0"))?;
     let rounds_per_sec = iter as f64 / calib;
@@ -177,7 +178,7 @@ pub fn run(
     // The idle plugin: the same runs on both guests, in pairs, alternating
     // which goes first.
     let pairs = if quick { 3 } else { (reps * 4).max(12) };
-    let idle_iter = if quick { 200_000 } else { 1_000_000 };
+    let idle_iter = if quick { 200_000 } else { 10_000_000 };
     let warm_idle = "vmprobe-mix 10000 0";
     for command in [
         format!("vmprobe-mix {idle_iter} 0"),

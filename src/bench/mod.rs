@@ -206,6 +206,9 @@ pub fn bench(args: BenchArgs) -> Result<i32> {
         let started = Instant::now();
         let inside = inside::run(args.quick, reps, &image, &kernel)?
             .context("--in-vmm: nothing to measure (see above)")?;
+        if let Some(q) = qemu_guest::installed_qemu10() {
+            cfg.qemu = q;
+        }
         let machine = report::Machine::describe(&cfg, &image.version);
         let text = format!(
             "{}\n{}",
