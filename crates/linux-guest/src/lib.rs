@@ -664,7 +664,12 @@ impl GuestKernel {
             if field(l.regs_cs) & 3 != 3 {
                 return Ok(Vec::new());
             }
-            let cr3 = self.task_cr3(cpu, task)?;
+            let cr3 = match self.task_cr3(cpu, task) {
+                // An exiting task has dropped its address space (and its
+                // user stack with it), as bpftrace's ustack finds it.
+                Err(GuestError::NoMm(_)) => return Ok(Vec::new()),
+                r => r?,
+            };
             // PCID (bits 11:0) and PTI's user half (bit 12) aside.
             const TABLE: u64 = 0x000f_ffff_ffff_e000;
             if reg(cpu, Reg::Cr3)? & TABLE != cr3 & TABLE {
