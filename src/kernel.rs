@@ -101,7 +101,18 @@ pub fn check_program(program: &probe_lang::Program, symbols: &KernelSymbols) -> 
         eprint!("{diags}");
         return Ok(false);
     }
-    probe_plan::resolve_probes(program, symbols, 0)?;
+    if let Err((index, e)) = probe_plan::resolve_probes_at(program, symbols, 0) {
+        let span = program
+            .probe_spans()
+            .get(index)
+            .copied()
+            .unwrap_or_default();
+        match program.errors_at(&[(span, e.to_string())]) {
+            Err(diags) => eprint!("{diags}"),
+            Ok(()) => return Err(e.into()),
+        }
+        return Ok(false);
+    }
     Ok(true)
 }
 

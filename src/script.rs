@@ -45,8 +45,18 @@ pub fn read_script(path: &Path) -> Result<String> {
     if bytes.len() as u64 > MAX_SCRIPT_BYTES {
         return Err(too_large());
     }
-    String::from_utf8(bytes)
-        .map_err(|_| anyhow!("{}: the script is not UTF-8 text", path.display()))
+    String::from_utf8(bytes).map_err(|e| {
+        // Where, as a compile error would say it (line:column), and the byte offset.
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let valid = std::str::from_utf8(valid).unwrap_or_default();
+        let line = valid.matches('\n').count() + 1;
+        let col = valid.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+        anyhow!(
+            "{}:{line}:{col}: the script is not UTF-8 text (byte offset {})",
+            path.display(),
+            valid.len()
+        )
+    })
 }
 
 #[cfg(test)]
@@ -71,6 +81,15 @@ mod tests {
         assert!(e.contains("/dev/zero: the script is larger than"), "{e}");
         std::fs::write(&path, [0xff, 0xfe]).unwrap();
         let e = read_script(&path).unwrap_err().to_string();
-        assert!(e.contains("not UTF-8"), "{e}");
+        assert!(
+            e.contains("big.bt:1:1: the script is not UTF-8 text (byte offset 0)"),
+            "{e}"
+        );
+        std::fs::write(&path, b"BEGIN {\n  printf(\"\xc3\xa9\xff\");\n}").unwrap();
+        let e = read_script(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("big.bt:2:12: the script is not UTF-8 text (byte offset 20)"),
+            "{e}"
+        );
     }
 }

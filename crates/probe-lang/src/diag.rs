@@ -101,7 +101,9 @@ impl fmt::Display for Diagnostic {
             if from > 0 { "..." } else { "" },
             if to < chars.len() { "..." } else { "" },
         );
-        let shown: String = chars[from..to].iter().collect();
+        // Control characters as their Unicode pictures (one column each, so
+        // the carets stay aligned), never raw into a terminal.
+        let shown: String = chars[from..to].iter().map(|&c| visible(c)).collect();
         writeln!(f, "{num} | {open}{shown}{close}")?;
         // Carets under the span, clipped to the shown line; at least one.
         let avail = (to + 1).saturating_sub(col - 1).max(1);
@@ -112,7 +114,16 @@ impl fmt::Display for Diagnostic {
                 .iter()
                 .map(|&c| if c == '\t' { '\t' } else { ' ' })
                 .collect::<String>();
-        write!(f, "{pad} | {lead}{}", "^".repeat(len))
+        writeln!(f, "{pad} | {lead}{}", "^".repeat(len))
+    }
+}
+
+fn visible(c: char) -> char {
+    match c {
+        '\t' => c,
+        '\0'..='\x1f' => char::from_u32(0x2400 + c as u32).unwrap_or('?'),
+        '\x7f' => '\u{2421}',
+        _ => c,
     }
 }
 
@@ -127,7 +138,6 @@ impl fmt::Display for Diagnostics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, d) in self.0.iter().enumerate() {
             if i > 0 {
-                writeln!(f)?;
                 writeln!(f)?;
             }
             write!(f, "{d}")?;

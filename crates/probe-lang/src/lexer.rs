@@ -158,7 +158,7 @@ impl<'s> Lexer<'s> {
             return Err(self.err(
                 start,
                 start + ch.len_utf8(),
-                format!("unexpected character '{ch}'"),
+                format!("unexpected character '{}'", ch.escape_debug()),
             ));
         };
         Ok(Token {

@@ -21,6 +21,7 @@
 
 pub mod ast;
 pub mod check;
+mod consts;
 pub mod diag;
 pub mod filter;
 pub mod format;
@@ -407,6 +408,7 @@ pub fn compile_with_types(
         }
     };
     let checked = check::check(&mut ast, &mut r, types);
+    consts::check(&ast, &mut r);
     r.finish()?;
     let ir = ir::lower(&ast, &checked);
     let needs = needs::needs(&ast);

@@ -21,7 +21,7 @@ fn msg(src: &str) -> String {
 fn unknown_builtin_caret() {
     assert_eq!(
         err("kprobe:f { $x = foo; }"),
-        "error: unknown builtin 'foo'\n --> script:1:17\n  |\n1 | kprobe:f { $x = foo; }\n  |                 ^^^"
+        "error: unknown builtin 'foo'\n --> script:1:17\n  |\n1 | kprobe:f { $x = foo; }\n  |                 ^^^\n"
     );
 }
 
@@ -34,7 +34,7 @@ fn multi_line_and_multiple_errors() {
         "error: printf: Not enough arguments for format string (1 supplied, 2 expected)\n \
          --> script:2:3\n  |\n2 |   printf(\"%d %s\\n\", 1);\n  |   ^^^^^^^^^^^^^^^^^^^^\n\n\
          error: @x is used as sum() here but as count() elsewhere\n \
-         --> script:5:12\n  |\n5 | kprobe:g { @x = sum(arg0); }\n  |            ^^^^^^^^^^^^^^"
+         --> script:5:12\n  |\n5 | kprobe:g { @x = sum(arg0); }\n  |            ^^^^^^^^^^^^^^\n"
     );
 }
 
@@ -44,7 +44,7 @@ fn parse_error_line_col() {
     assert_eq!((d.0[0].line, d.0[0].col), (3, 1));
     assert_eq!(
         d.to_string(),
-        "error: expected expression, found '}'\n --> s.bt:3:1\n  |\n3 | }\n  | ^"
+        "error: expected expression, found '}'\n --> s.bt:3:1\n  |\n3 | }\n  | ^\n"
     );
 }
 
@@ -397,7 +397,7 @@ fn kretprobe_retval_ok() {
 fn unknown_probe_type_has_line_col_and_caret() {
     assert_eq!(
         err("BEGIN { }\n  kprobe:f, bogus:x { }"),
-        "error: unknown probe type 'bogus'\n --> script:2:13\n  |\n2 |   kprobe:f, bogus:x { }\n  |             ^^^^^^^"
+        "error: unknown probe type 'bogus'\n --> script:2:13\n  |\n2 |   kprobe:f, bogus:x { }\n  |             ^^^^^^^\n"
     );
 }
 
@@ -405,11 +405,11 @@ fn unknown_probe_type_has_line_col_and_caret() {
 fn new_syntax_errors_have_carets() {
     assert_eq!(
         err("kprobe:f {\n  @h = hist(arg0);\n  if (@h > 1) { }\n}"),
-        "error: @h is a hist() map and cannot be read as a value\n --> script:3:7\n  |\n3 |   if (@h > 1) { }\n  |       ^^"
+        "error: @h is a hist() map and cannot be read as a value\n --> script:3:7\n  |\n3 |   if (@h > 1) { }\n  |       ^^\n"
     );
     assert_eq!(
         err("BEGIN { $x = (uint32 *)1; $y = $x + \"a\"; }"),
-        "error: operator '+' cannot be applied to pointer and string\n --> script:1:32\n  |\n1 | BEGIN { $x = (uint32 *)1; $y = $x + \"a\"; }\n  |                                ^^^^^^^^"
+        "error: operator '+' cannot be applied to pointer and string\n --> script:1:32\n  |\n1 | BEGIN { $x = (uint32 *)1; $y = $x + \"a\"; }\n  |                                ^^^^^^^^\n"
     );
 }
 

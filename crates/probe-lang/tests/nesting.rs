@@ -133,7 +133,7 @@ const SHAPES: &[(Shape, bool)] = &[
         |n| {
             format!(
                 "kprobe:f {{ {}$x = 1; break;{} }}",
-                "while (1) { ".repeat(n),
+                "while (arg0) { ".repeat(n),
                 " }".repeat(n)
             )
         },

@@ -61,7 +61,8 @@ fn corpus_compiles_and_runs() {
 
 #[test]
 fn compiled_begin_scripts_run() {
-    let _ = run_script("BEGIN { printf(\"%d %d\\n\", 1 / 0, 5 % 0); @a = count(); }");
+    // Zero from a variable: a constant zero is a compile error.
+    let _ = run_script("BEGIN { $z = 0; printf(\"%d %d\\n\", 1 / $z, 5 % $z); @a = count(); }");
     let _ = FakeCtx::new("x");
 }
 

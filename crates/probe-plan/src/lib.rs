@@ -8,7 +8,7 @@ pub mod returns;
 
 pub use resolve::{
     LayerPlan, ProbeSite, Skip, TimerProbe, WILDCARD_LIMIT, WatchProbe, resolve_layers,
-    resolve_probes, resolve_timers, resolve_watches,
+    resolve_probes, resolve_probes_at, resolve_timers, resolve_watches,
 };
 pub use returns::{Entered, MAX_PENDING_RETURNS, PendingCall, ReturnTracker, Returned};
 

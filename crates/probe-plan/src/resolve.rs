@@ -66,6 +66,16 @@ pub fn resolve_probes(
     symbols: &KernelSymbols,
     slide: u64,
 ) -> Result<Vec<ProbeSite>> {
+    resolve_probes_at(program, symbols, slide).map_err(|(_, e)| e)
+}
+
+/// [`resolve_probes`], with the index (into [`Program::probes`]) of the
+/// probe an error is about, so that it can be shown at its line:column.
+pub fn resolve_probes_at(
+    program: &Program,
+    symbols: &KernelSymbols,
+    slide: u64,
+) -> std::result::Result<Vec<ProbeSite>, (usize, Error)> {
     let mut sites: Vec<ProbeSite> = Vec::new();
     for (index, spec) in program.probes().iter().enumerate() {
         let block = program.block_of(index);
@@ -92,68 +102,86 @@ pub fn resolve_probes(
                 site.handlers.push((block, probe));
             }
         };
-        match spec {
-            ProbeSpec::Begin
-            | ProbeSpec::End
-            | ProbeSpec::Interval { .. }
-            | ProbeSpec::Profile { .. }
-            | ProbeSpec::Watchpoint { .. }
-            | ProbeSpec::Vmm { .. }
-            | ProbeSpec::Tracepoint { .. } => {}
-            ProbeSpec::Kprobe {
-                target: KprobeTarget::Address(addr),
-                offset,
-            } => {
-                let addr = addr.wrapping_add(*offset);
-                let func = symbols
-                    .symbolize(addr.wrapping_sub(slide))
-                    .map(|(s, off)| {
-                        if off == 0 {
-                            s.name.clone()
-                        } else {
-                            format!("{}+{off}", s.name)
+        let mut one = || -> Result<()> {
+            match spec {
+                ProbeSpec::Begin
+                | ProbeSpec::End
+                | ProbeSpec::Interval { .. }
+                | ProbeSpec::Profile { .. }
+                | ProbeSpec::Watchpoint { .. }
+                | ProbeSpec::Vmm { .. }
+                | ProbeSpec::Tracepoint { .. } => {}
+                ProbeSpec::Kprobe {
+                    target: KprobeTarget::Address(addr),
+                    offset,
+                } => {
+                    let addr = addr.wrapping_add(*offset);
+                    let func = symbols
+                        .symbolize(addr.wrapping_sub(slide))
+                        .map(|(s, off)| {
+                            if off == 0 {
+                                s.name.clone()
+                            } else {
+                                format!("{}+{off}", s.name)
+                            }
+                        })
+                        .unwrap_or_else(|| format!("{addr:#x}"));
+                    add(addr, 0, &func, format!("kprobe:{addr:#x}"));
+                }
+                ProbeSpec::Kprobe {
+                    target: KprobeTarget::Function(_),
+                    ..
+                }
+                | ProbeSpec::Kretprobe { .. } => {
+                    let (kind, pattern, offset) = match spec {
+                        ProbeSpec::Kprobe {
+                            target: KprobeTarget::Function(p),
+                            offset,
+                        } => ("kprobe", p, offset),
+                        ProbeSpec::Kretprobe { function } => ("kretprobe", function, &0),
+                        _ => unreachable!("matched above"),
+                    };
+                    let suffix = if *offset == 0 {
+                        String::new()
+                    } else {
+                        format!("+{offset}")
+                    };
+                    if pattern.contains(['*', '?']) {
+                        let matches = symbols.matching(pattern);
+                        let probe = format!("{kind}:{pattern}{suffix}");
+                        if matches.is_empty() {
+                            return Err(Error::NoMatch {
+                                probe,
+                                pattern: pattern.clone(),
+                            });
                         }
-                    })
-                    .unwrap_or_else(|| format!("{addr:#x}"));
-                add(addr, 0, &func, format!("kprobe:{addr:#x}"));
-            }
-            ProbeSpec::Kprobe {
-                target: KprobeTarget::Function(_),
-                ..
-            }
-            | ProbeSpec::Kretprobe { .. } => {
-                let (kind, pattern, offset) = match spec {
-                    ProbeSpec::Kprobe {
-                        target: KprobeTarget::Function(p),
-                        offset,
-                    } => ("kprobe", p, offset),
-                    ProbeSpec::Kretprobe { function } => ("kretprobe", function, &0),
-                    _ => unreachable!("matched above"),
-                };
-                let suffix = if *offset == 0 {
-                    String::new()
-                } else {
-                    format!("+{offset}")
-                };
-                if pattern.contains(['*', '?']) {
-                    let matches = symbols.matching(pattern);
-                    let probe = format!("{kind}:{pattern}{suffix}");
-                    if matches.is_empty() {
-                        return Err(Error::NoMatch {
-                            probe,
-                            pattern: pattern.clone(),
-                        });
-                    }
-                    if matches.len() > WILDCARD_LIMIT {
-                        return Err(Error::TooManyMatches {
-                            probe,
-                            pattern: pattern.clone(),
-                            count: matches.len(),
-                            limit: WILDCARD_LIMIT,
-                        });
-                    }
-                    for sym in matches {
-                        let probe = format!("{kind}:{}{suffix}", sym.name);
+                        if matches.len() > WILDCARD_LIMIT {
+                            return Err(Error::TooManyMatches {
+                                probe,
+                                pattern: pattern.clone(),
+                                count: matches.len(),
+                                limit: WILDCARD_LIMIT,
+                            });
+                        }
+                        for sym in matches {
+                            let probe = format!("{kind}:{}{suffix}", sym.name);
+                            within_function(symbols, sym, *offset, &probe)?;
+                            add(
+                                sym.addr.wrapping_add(slide).wrapping_add(*offset),
+                                *offset,
+                                &sym.name,
+                                probe,
+                            );
+                        }
+                    } else {
+                        let sym = symbols
+                            .lookup(pattern)
+                            .filter(|s| symbols.is_text(s))
+                            .ok_or_else(|| Error::UnknownSymbol {
+                                probe: format!("{kind}:{pattern}{suffix}"),
+                                name: pattern.clone(),
+                            })?;
+                        let probe = format!("{kind}:{pattern}{suffix}");
                         within_function(symbols, sym, *offset, &probe)?;
                         add(
                             sym.addr.wrapping_add(slide).wrapping_add(*offset),
@@ -162,25 +190,11 @@ pub fn resolve_probes(
                             probe,
                         );
                     }
-                } else {
-                    let sym = symbols
-                        .lookup(pattern)
-                        .filter(|s| symbols.is_text(s))
-                        .ok_or_else(|| Error::UnknownSymbol {
-                            probe: format!("{kind}:{pattern}{suffix}"),
-                            name: pattern.clone(),
-                        })?;
-                    let probe = format!("{kind}:{pattern}{suffix}");
-                    within_function(symbols, sym, *offset, &probe)?;
-                    add(
-                        sym.addr.wrapping_add(slide).wrapping_add(*offset),
-                        *offset,
-                        &sym.name,
-                        probe,
-                    );
                 }
             }
-        }
+            Ok(())
+        };
+        one().map_err(|e| (index, e))?;
     }
     Ok(sites)
 }
