@@ -124,6 +124,10 @@ pub struct BootArgs {
     /// plugin where it can serve the program and QEMU, else the stub (auto).
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendArg,
+    /// How long a guest's QEMU may stay stopped (SIGSTOP, a debugger on
+    /// it) before the run ends with what was collected (exit status 3).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    stall_timeout: f64,
 }
 
 #[derive(Args)]

@@ -91,8 +91,22 @@ pub fn serve_and_report(
     }
     runtime.print_maps();
     let _ = std::io::stdout().flush();
-    for (probe, error, count) in runtime.errors() {
+    let mut partial = Vec::new();
+    let errors = runtime.errors();
+    for (probe, error, count) in &errors {
         eprintln!("vmprobe: {probe}: {error} ({count} times)");
+    }
+    match errors.iter().map(|e| e.2).sum::<u64>() {
+        0 => {}
+        1 => partial.push("1 handler error".to_string()),
+        n => partial.push(format!("{n} handler errors")),
+    }
+    let lost: u64 = outcomes.iter().map(|o| o.finished.lost_events).sum();
+    if lost > 0 {
+        partial.push(format!("{lost} events lost inside QEMU"));
+    }
+    if !trace_complete {
+        partial.push("events lost from the trace".to_string());
     }
     if plan.stats {
         for o in &outcomes {
@@ -107,18 +121,30 @@ pub fn serve_and_report(
     for o in &outcomes {
         if let Some(e) = &o.finished.detach_error {
             eprintln!("vmprobe: detach: {}: {e}", o.name);
+            partial.push(format!("{} did not detach", o.name));
         }
         if let Some(c) = &o.finished.caveat {
             eprintln!("vmprobe: {}: {c}", o.name);
         }
     }
-    let code = exit_status(outcomes, count);
-    Ok(if code == 0 && !trace_complete {
-        1
-    } else {
-        code
-    })
+    let code = exit_status(outcomes, count, &mut partial);
+    if partial.is_empty() {
+        return Ok(code);
+    }
+    if code != 0 {
+        partial.push(format!("and the workload exited with status {code}"));
+    }
+    eprintln!(
+        "vmprobe: partial results (exit status {EXIT_PARTIAL}): {}",
+        partial.join(", ")
+    );
+    Ok(EXIT_PARTIAL)
 }
+
+/// The exit status of a run whose results are incomplete: handler errors,
+/// lost events, a VM that went away or did not detach. (1 is an error
+/// before anything was probed, 2 a usage error, as clap makes it.)
+pub const EXIT_PARTIAL: i32 = 3;
 
 fn stats_line(o: &GuestOutcome) -> String {
     format!(
@@ -130,10 +156,10 @@ fn stats_line(o: &GuestOutcome) -> String {
     )
 }
 
-/// The first non-zero status of the guests (a workload's own status, or 1
-/// for a VM that went away); guests whose workload finished are powered
-/// off.
-fn exit_status(outcomes: Vec<GuestOutcome>, count: usize) -> i32 {
+/// The first non-zero status of the guests' workloads; a VM that went
+/// away makes the results `partial`. Guests whose workload finished are
+/// powered off.
+fn exit_status(outcomes: Vec<GuestOutcome>, count: usize, partial: &mut Vec<String>) -> i32 {
     let prefix = |name: &str| {
         if count == 1 {
             String::new()
@@ -162,7 +188,8 @@ fn exit_status(outcomes: Vec<GuestOutcome>, count: usize) -> i32 {
                     "vmprobe: {}the VM went away ({why}); output above is what was collected",
                     prefix(&o.name)
                 );
-                1
+                partial.push(format!("{} went away", o.name));
+                0
             }
         };
         if code == 0 {

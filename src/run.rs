@@ -148,6 +148,10 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
     // failure ends the run (the others' QEMUs are killed when their `Vm`s
     // drop).
     let layers = probe_plan::resolve_layers(&program);
+    let stall = std::time::Duration::try_from_secs_f64(args.boot.stall_timeout)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .context("--stall-timeout: a number of seconds above 0")?;
     let logs = qemu_guest::private_dir("vmprobe-logs-").context("creating a log directory")?;
     let mut vms = Vec::new();
     for i in 0..count {
@@ -173,6 +177,7 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
             .into_iter()
             .map(|(name, vm)| {
                 let (kernel, program, layers) = (&kernel, &program, &layers);
+                let vm = VmControl::new(&name, vm, stall);
                 scope.spawn(move || match plugin {
                     Some(record) => boot_guest_plugin(name, vm, kernel, program, layers, record),
                     None => boot_guest(name, vm, kernel, program, layers),
@@ -213,11 +218,12 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
 /// program.
 fn boot_guest(
     name: String,
-    mut vm: Vm,
+    mut control: VmControl,
     kernel: &KernelInfo,
     program: &Arc<probe_lang::Program>,
     layers: &probe_plan::LayerPlan,
 ) -> Result<Guest> {
+    let vm = &mut control.vm;
     let mut client = Client::connect_unix_wait(&vm.gdb_socket(), Duration::from_secs(5))
         .with_context(|| format!("{name}: attaching to QEMU's gdbstub"))?;
     // QEMU's system-mode stub reads packets without waiting for our acks.
@@ -227,7 +233,7 @@ fn boot_guest(
     session.resume()?;
     let booted = Instant::now();
     vm.wait_ready(BOOT_TIMEOUT)
-        .map_err(|e| anyhow!("{name}: {e}; last console output: {}", tail(&vm)))?;
+        .map_err(|e| anyhow!("{name}: {e}; last console output: {}", tail(vm)))?;
     session.pause()?;
     let slide = crate::gdb::arm_program(&mut session, program, kernel)?;
     if !layers.vmm_events.is_empty() {
@@ -253,7 +259,7 @@ fn boot_guest(
     Ok(Guest {
         name,
         backend: Box::new(session),
-        control: Some(Box::new(VmControl(vm))),
+        control: Some(Box::new(control)),
     })
 }
 
@@ -262,19 +268,20 @@ fn boot_guest(
 /// handler until the engine starts the backend).
 fn boot_guest_plugin(
     name: String,
-    mut vm: Vm,
+    mut control: VmControl,
     kernel: &KernelInfo,
     program: &Arc<probe_lang::Program>,
     layers: &probe_plan::LayerPlan,
     record: plugin_protocol::RecordMode,
 ) -> Result<Guest> {
+    let vm = &mut control.vm;
     // QEMU starts paused (-S); with no debugger, the monitor lets it go.
     qemu_vmm::Qmp::connect_unix_wait(&vm.qmp_socket(), Duration::from_secs(5))
         .and_then(|mut qmp| qmp.cont())
         .with_context(|| format!("{name}: starting the guest through QMP"))?;
     let booted = Instant::now();
     vm.wait_ready(BOOT_TIMEOUT)
-        .map_err(|e| anyhow!("{name}: {e}; last console output: {}", tail(&vm)))?;
+        .map_err(|e| anyhow!("{name}: {e}; last console output: {}", tail(vm)))?;
     let mut backend = crate::plugin::attach(&name, &vm.plugin_socket(), program, kernel, record)
         .with_context(|| format!("{name}: attaching through vmprobe's plugin"))?;
     if !layers.vmm_events.is_empty() {
@@ -302,24 +309,83 @@ fn boot_guest_plugin(
     Ok(Guest {
         name,
         backend: Box::new(backend),
-        control: Some(Box::new(VmControl(vm))),
+        control: Some(Box::new(control)),
     })
 }
 
-/// A guest vmprobe booted: its init runs the workload.
-struct VmControl(Vm);
+/// A guest vmprobe booted: its init runs the workload. A QEMU that is
+/// stopped (SIGSTOP) answers nothing; that is said once, and after the
+/// stall timeout the run ends with what was collected.
+struct VmControl {
+    vm: Vm,
+    name: String,
+    stall_timeout: Duration,
+    stopped_since: Option<Instant>,
+    checked_at: Option<Instant>,
+}
+
+/// How often QEMU's process state is looked at.
+const STALL_CHECK: Duration = Duration::from_millis(250);
+
+impl VmControl {
+    fn new(name: &str, vm: Vm, stall_timeout: Duration) -> VmControl {
+        VmControl {
+            vm,
+            name: name.to_string(),
+            stall_timeout,
+            stopped_since: None,
+            checked_at: None,
+        }
+    }
+
+    /// An error once QEMU has been stopped for the stall timeout.
+    fn check_stall(&mut self) -> Result<(), BackendError> {
+        if self.checked_at.is_some_and(|t| t.elapsed() < STALL_CHECK) {
+            return Ok(());
+        }
+        self.checked_at = Some(Instant::now());
+        if !self.vm.is_stopped() {
+            if let Some(since) = self.stopped_since.take() {
+                eprintln!(
+                    "vmprobe: {}: QEMU goes on after {:.1} s stopped",
+                    self.name,
+                    since.elapsed().as_secs_f64()
+                );
+            }
+            return Ok(());
+        }
+        let since = *self.stopped_since.get_or_insert_with(|| {
+            eprintln!(
+                "vmprobe: {}: QEMU (pid {}) is stopped (SIGSTOP?); waiting up to {:.0} s for it to go on (--stall-timeout)",
+                self.name,
+                self.vm.pid(),
+                self.stall_timeout.as_secs_f64()
+            );
+            Instant::now()
+        });
+        if since.elapsed() >= self.stall_timeout {
+            return Err(format!(
+                "QEMU stayed stopped for {:.0} s (--stall-timeout)",
+                self.stall_timeout.as_secs_f64()
+            )
+            .into());
+        }
+        Ok(())
+    }
+}
 
 impl GuestControl for VmControl {
     fn start_workload(&mut self, command: &str) -> Result<(), BackendError> {
-        Ok(self.0.start_workload(command)?)
+        Ok(self.vm.start_workload(command)?)
     }
 
     fn poll_exit(&mut self) -> Result<Option<i32>, BackendError> {
-        Ok(self.0.poll_exit()?)
+        self.check_stall()?;
+        Ok(self.vm.poll_exit()?)
     }
 
     fn shutdown(&mut self) -> Result<(), BackendError> {
-        Ok(self.0.shutdown(Duration::from_secs(10))?)
+        Ok(self.vm.shutdown(Duration::from_secs(10))?)
     }
 }
 

@@ -47,8 +47,61 @@ fn unknown_symbol_is_reported_before_booting() {
         &[],
         "unknown kernel symbol 'no_such_function_xyz'",
     );
-    last_line_is_one_error(&e, "no_such_function_xyz");
+    // A compile error's form: at its line:column, with a caret line.
+    assert!(e.contains(" --> stdin:1:1\n"), "{e}");
+    assert!(e.ends_with("^^^^^^^^^^^^^^^^^^^^^^^^^^^\n"), "{e:?}");
+    let naming = e
+        .lines()
+        .filter(|l| l.contains("unknown kernel symbol"))
+        .count();
+    assert_eq!(naming, 1, "reported once:\n{e}");
     assert!(!e.contains("booting"), "must fail before booting:\n{e}");
+}
+
+/// What constants prove is an error before booting, at its line:column: a
+/// loop that cannot end, a division or modulo by zero.
+#[test]
+fn constant_errors_are_diagnostics_before_booting() {
+    for (program, says, at) in [
+        ("BEGIN { while(1){} }", "this loop never ends", "stdin:1:9"),
+        ("BEGIN {\n  $x = 1/0;\n}", "division by zero", "stdin:2:10"),
+        (
+            "kprobe:ksys_write { @m[arg0 % (4 - 4)] = count(); }",
+            "modulo by zero",
+            "stdin:1:31",
+        ),
+    ] {
+        let e = fails_with(&["run", "-e", program, "--", "true"], &[], says);
+        assert!(e.contains(at), "{program}: {e}");
+        assert!(!e.contains("booting"), "{program}: {e}");
+    }
+}
+
+/// A NUL in a script is named, not echoed raw into the terminal; a script
+/// that is not UTF-8 gives the place of its first bad byte.
+#[test]
+fn unprintable_and_non_utf8_scripts_are_named_with_their_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let nul = dir.path().join("nul.bt");
+    std::fs::write(&nul, "BEGIN { @x = 1 \0 }").unwrap();
+    let e = fails_with(
+        &["run", nul.to_str().unwrap(), "--", "true"],
+        &[],
+        "unexpected character '\\0'",
+    );
+    assert!(!e.contains('\0'), "{e:?}");
+    assert!(e.contains("1 | BEGIN { @x = 1 \u{2400} }\n"), "{e}");
+    let path = dir.path().join("latin1.bt");
+    std::fs::write(&path, b"BEGIN {\n  printf(\"caf\xe9\");\n}").unwrap();
+    let e = fails_with(
+        &["run", path.to_str().unwrap(), "--", "true"],
+        &[],
+        "not UTF-8",
+    );
+    last_line_is_one_error(
+        &e,
+        "latin1.bt:2:14: the script is not UTF-8 text (byte offset 21)",
+    );
 }
 
 #[test]

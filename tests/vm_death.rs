@@ -74,7 +74,11 @@ fn killing_qemu_mid_run(backend: &[&str]) -> String {
     };
     let ended_after = killed.elapsed();
     let (stdout, stderr) = (stdout.finish(), stderr.finish());
-    assert!(!status.success(), "a dead VM is a failed run");
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "a dead VM makes the results partial"
+    );
     assert!(
         ended_after < Duration::from_secs(2),
         "vmprobe took {ended_after:?} to notice QEMU died"
@@ -122,4 +126,91 @@ fn ctrl_c_runs_end_and_prints_the_maps() {
         !std::path::Path::new(&format!("/proc/{}", qemu[0])).exists(),
         "QEMU outlived vmprobe"
     );
+}
+
+/// `kill -STOP` on QEMU: vmprobe says so within a second or so, waits
+/// `--stall-timeout`, then ends with what was collected and status 3.
+#[test]
+fn a_stopped_qemu_is_reported_and_ends_the_run_at_the_stall_timeout() {
+    let (mut child, stdout, stderr) = spawn_collected(vmprobe().args([
+        "run",
+        "--stall-timeout",
+        "4",
+        "-e",
+        "kprobe:ksys_write { @writes = count(); }",
+        "--",
+        "while true; do echo x > /dev/null; done",
+    ]));
+    stderr.wait_for("KASLR slide", RUN_LIMIT);
+    std::thread::sleep(Duration::from_secs(2));
+    let qemu = qemu_children(child.id());
+    assert_eq!(qemu.len(), 1, "one QEMU child: {qemu:?}");
+    let stopped = Instant::now();
+    signal(qemu[0], "-STOP");
+    stderr.wait_for("is stopped (SIGSTOP?)", Duration::from_secs(5));
+    let said_after = stopped.elapsed();
+    let status = wait_for_exit(&mut child, Duration::from_secs(30));
+    let ended_after = stopped.elapsed();
+    signal(qemu[0], "-CONT");
+    let (stdout, stderr) = (stdout.finish(), stderr.finish());
+    eprintln!("stopped QEMU: said so after {said_after:?}, ended after {ended_after:?}");
+    assert!(
+        said_after < Duration::from_secs(3),
+        "{said_after:?}: {stderr}"
+    );
+    assert!(
+        ended_after >= Duration::from_secs(4) && ended_after < Duration::from_secs(10),
+        "--stall-timeout 4 ended the run after {ended_after:?}: {stderr}"
+    );
+    assert_eq!(status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("QEMU stayed stopped for 4 s (--stall-timeout)"),
+        "{stderr}"
+    );
+    assert!(map_value(&stdout, "writes") > 0, "{stdout}");
+}
+
+/// SIGSTOP then SIGCONT within the stall timeout: the run goes on and
+/// ends as it would have, with the workload's status.
+#[test]
+fn a_qemu_stopped_then_continued_goes_on() {
+    let (mut child, stdout, stderr) = spawn_collected(vmprobe().args([
+        "run",
+        "--stall-timeout",
+        "20",
+        "-e",
+        "kprobe:ksys_write /comm == \"dd\" && arg2 == 1/ { @writes = count(); }",
+        "--",
+        "sleep 4; dd if=/dev/zero of=/dev/null bs=1 count=50 2>/dev/null",
+    ]));
+    stderr.wait_for("KASLR slide", RUN_LIMIT);
+    let qemu = qemu_children(child.id());
+    assert_eq!(qemu.len(), 1, "one QEMU child: {qemu:?}");
+    signal(qemu[0], "-STOP");
+    stderr.wait_for("is stopped (SIGSTOP?)", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(2));
+    signal(qemu[0], "-CONT");
+    let status = wait_for_exit(&mut child, RUN_LIMIT);
+    let (stdout, stderr) = (stdout.finish(), stderr.finish());
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("QEMU goes on after"), "{stderr}");
+    assert_eq!(map_value(&stdout, "writes"), 50, "{stdout}");
+}
+
+fn signal(pid: u32, sig: &str) {
+    std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+}
+
+fn wait_for_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(start.elapsed() < limit, "vmprobe did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

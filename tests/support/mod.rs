@@ -309,3 +309,14 @@ pub fn plugin_library() -> std::path::PathBuf {
     );
     lib
 }
+
+/// A run whose handlers met counted errors: its output is there, and its
+/// exit status says the results are partial.
+pub fn assert_partial(out: &std::process::Output) {
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("vmprobe: partial results (exit status 3): "),
+        "{stderr}"
+    );
+}

@@ -47,6 +47,7 @@ impl Backend for Session {
             detach_error,
             stats_line,
             caveat: None,
+            lost_events: 0,
         }
     }
 }

@@ -30,6 +30,9 @@ const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(500);
 /// (large maps are copied less often).
 const SNAPSHOT_SHARE: u64 = 50;
 
+/// How long a copy may take before it is given up on.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(1);
+
 pub struct PluginBackend {
     name: Arc<str>,
     client: PluginClient,
@@ -186,12 +189,17 @@ impl PluginBackend {
         if now < self.next_snapshot_ns {
             return;
         }
-        if let Ok(store) = self.client.maps() {
-            let done = monotonic_ns();
-            let took = done - now;
-            self.snapshot = Some((store, done));
-            self.next_snapshot_ns =
-                done + (SNAPSHOT_INTERVAL.as_nanos() as u64).max(took * SNAPSHOT_SHARE);
+        let every = SNAPSHOT_INTERVAL.as_nanos() as u64;
+        // Never long: the run loop must go on polling (a stopped QEMU
+        // answers nothing, and vmprobe must notice it).
+        match self.client.maps_within(SNAPSHOT_WAIT) {
+            Ok(store) => {
+                let done = monotonic_ns();
+                let took = done - now;
+                self.snapshot = Some((store, done));
+                self.next_snapshot_ns = done + every.max(took * SNAPSHOT_SHARE);
+            }
+            Err(_) => self.next_snapshot_ns = monotonic_ns() + every,
         }
     }
 
@@ -425,6 +433,7 @@ impl Backend for PluginBackend {
             s.reinstrumentations,
             s.caught_panics,
         );
+        finished.lost_events = s.lost_events;
         if s.lost_events > 0 {
             // As bpftrace reports events its ring could not hold.
             eprintln!("vmprobe: {}: Lost {} events", self.name, s.lost_events);

@@ -135,9 +135,20 @@ impl PluginClient {
         what: &'static str,
         make: impl FnOnce(u64) -> ToPlugin,
     ) -> Result<FromPlugin, Error> {
+        self.request_within(what, REQUEST_TIMEOUT, make)
+    }
+
+    /// [`request`](Self::request), given up on after `timeout` (a late
+    /// answer is dropped when it comes).
+    fn request_within(
+        &mut self,
+        what: &'static str,
+        timeout: Duration,
+        make: impl FnOnce(u64) -> ToPlugin,
+    ) -> Result<FromPlugin, Error> {
         let id = self.id();
         self.send(&make(id))?;
-        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let deadline = Instant::now() + timeout;
         loop {
             let Some(m) = self.receive(Some(deadline))? else {
                 return Err(Error::Timeout(what));
@@ -207,7 +218,12 @@ impl PluginClient {
 
     /// Every shard and the value maps, merged.
     pub fn maps(&mut self) -> Result<MapStore, Error> {
-        match self.request("the maps", |id| ToPlugin::Maps {
+        self.maps_within(REQUEST_TIMEOUT)
+    }
+
+    /// Every map, if the plugin answers within `timeout`.
+    pub fn maps_within(&mut self, timeout: Duration) -> Result<MapStore, Error> {
+        match self.request_within("the maps", timeout, |id| ToPlugin::Maps {
             id,
             maps: Vec::new(),
         })? {

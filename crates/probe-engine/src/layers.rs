@@ -567,6 +567,7 @@ impl Backend for LayersOnly {
             detach_error: None,
             stats_line: format!("{} layer events served", self.served),
             caveat: None,
+            lost_events: 0,
         }
     }
 }

@@ -68,6 +68,8 @@ pub struct Finished {
     /// What the user must know of the output (maps as of an earlier
     /// moment, say), printed whatever the options.
     pub caveat: Option<String>,
+    /// Events dropped before vmprobe got them (a full ring inside QEMU).
+    pub lost_events: u64,
 }
 
 /// One guest's probes, armed by a backend, and how its hits are served.

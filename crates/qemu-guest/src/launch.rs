@@ -357,6 +357,12 @@ impl Vm {
         self.child.id()
     }
 
+    /// Whether QEMU is stopped (SIGSTOP, a debugger attached to it): then
+    /// the guest, its stub and its plugin answer nothing until it goes on.
+    pub fn is_stopped(&self) -> bool {
+        process_stopped(self.child.id())
+    }
+
     /// Waits for the guest's init to report it is up.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         match self.next_event(timeout, "the guest to boot")? {
@@ -550,5 +556,50 @@ fn last_lines(path: &Path) -> String {
         "no error output".into()
     } else {
         joined
+    }
+}
+
+/// Whether process `pid` is stopped: state `T` or `t` in `/proc/PID/stat`
+/// (after the command name, which may itself hold parentheses).
+pub fn process_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let (_, rest) = s.rsplit_once(')')?;
+            Some(rest.trim_start().starts_with(['T', 't']))
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod stopped_tests {
+    #[test]
+    fn a_stopped_process_is_seen_stopped_and_a_running_one_not() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        assert!(!super::process_stopped(pid));
+        let kill = |sig: &str| {
+            std::process::Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status()
+                .unwrap()
+        };
+        kill("-STOP");
+        let start = std::time::Instant::now();
+        while !super::process_stopped(pid) {
+            assert!(start.elapsed() < std::time::Duration::from_secs(10));
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        kill("-CONT");
+        while super::process_stopped(pid) {
+            assert!(start.elapsed() < std::time::Duration::from_secs(10));
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(!super::process_stopped(u32::MAX));
     }
 }
