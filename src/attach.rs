@@ -45,6 +45,15 @@ pub struct VmSpec {
 }
 
 /// Parses a `--vm` value; the error names the part that is wrong.
+/// `localhost`, 127.0.0.0/8 or `[::1]`.
+fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 pub fn parse_vm_spec(text: &str) -> Result<VmSpec, String> {
     let (name, rest) = text.split_once('=').ok_or_else(|| {
         format!("'{text}': expected NAME=gdb:HOST:PORT[,plugin:SOCKET][,qmp:PATH][,log:PATH][,kernel:IMAGE]")
@@ -80,6 +89,13 @@ pub fn parse_vm_spec(text: &str) -> Result<VmSpec, String> {
                             .ok_or_else(|| format!("'{value}': expected HOST:PORT or unix:PATH"))?;
                         port.parse::<u16>()
                             .map_err(|_| format!("'{port}': not a TCP port"))?;
+                        if !is_loopback(host) {
+                            return Err(format!(
+                                "'{host}' is not a loopback address: a GDB stub gives whoever reaches it \
+                                 the VM, so vmprobe talks to stubs on this machine only (forward a remote one: \
+                                 ssh -L {port}:localhost:{port} HOST)"
+                            ));
+                        }
                         StubAddr::Tcp(format!("{host}:{port}"))
                     }
                 })
@@ -670,6 +686,19 @@ mod tests {
             "a=gdb",
         ] {
             assert!(parse_vm_spec(bad).is_err(), "{bad} should be refused");
+        }
+        // A stub gives away the VM: on this machine only.
+        for remote in [
+            "a=gdb:0.0.0.0:1234",
+            "a=gdb:10.0.0.5:1234",
+            "a=gdb:[::]:1",
+            "a=gdb:example.org:1",
+        ] {
+            let e = parse_vm_spec(remote).unwrap_err();
+            assert!(e.contains("is not a loopback address"), "{remote}: {e}");
+        }
+        for local in ["a=gdb:localhost:1", "a=gdb:127.0.0.2:1", "a=gdb:[::1]:1"] {
+            assert!(parse_vm_spec(local).is_ok(), "{local}");
         }
     }
 }

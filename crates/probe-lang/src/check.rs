@@ -1017,9 +1017,7 @@ impl Checker<'_, '_> {
                     format!("the value of {name}() is unused; assign it or print it"),
                 );
             }
-            _ => self
-                .r
-                .error(name_span, format!("unknown function '{name}'")),
+            _ => self.r.error(name_span, unknown_function(name)),
         }
     }
 
@@ -1916,7 +1914,7 @@ impl Checker<'_, '_> {
             ) {
                 format!("{name}() is a statement and has no value")
             } else {
-                format!("unknown function '{name}'")
+                unknown_function(name)
             };
             self.r.error(span, m);
             return Type::Unknown;
@@ -2267,5 +2265,17 @@ mod tests {
     fn error_count_is_not_doubled_by_two_passes() {
         let (_, _, errs) = checked("kprobe:f { $x = nope; @m = count(); @m = sum(1); }");
         assert_eq!(errs, 2);
+    }
+}
+
+/// bpftrace's builtins that act on the host or change the guest are not
+/// provided (vmprobe only observes): said by name, with why.
+fn unknown_function(name: &str) -> String {
+    match name {
+        "system" => "system() would run a command on the host, which a vmprobe script never does".into(),
+        "cat" => "cat() would read a host file, which a vmprobe script never does".into(),
+        "signal" => "signal() would send a signal inside the guest: vmprobe only observes, it changes nothing there".into(),
+        "override" => "override() would change a guest function's return value: vmprobe only observes, it changes nothing there".into(),
+        _ => format!("unknown function '{name}'"),
     }
 }

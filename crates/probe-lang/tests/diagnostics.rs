@@ -441,3 +441,33 @@ fn timer_rates_above_100_khz_are_errors_at_their_position() {
         );
     }
 }
+
+/// bpftrace's builtins that run host commands or change the guest are
+/// refused at check time, saying why.
+#[test]
+fn host_and_guest_changing_builtins_say_why_they_are_refused() {
+    for (src, why) in [
+        (
+            "BEGIN { system(\"ls\"); }",
+            "system() would run a command on the host",
+        ),
+        (
+            "BEGIN { cat(\"/etc/passwd\"); }",
+            "cat() would read a host file",
+        ),
+        (
+            "kprobe:f { signal(9); }",
+            "signal() would send a signal inside the guest",
+        ),
+        (
+            "kprobe:f { override(-1); }",
+            "override() would change a guest function's return value",
+        ),
+        (
+            "kprobe:f { $x = system(\"ls\"); }",
+            "system() would run a command on the host",
+        ),
+    ] {
+        assert!(msg(src).starts_with(why), "{src}: {}", msg(src));
+    }
+}
