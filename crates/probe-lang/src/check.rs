@@ -2204,6 +2204,18 @@ fn lhist_params(args: &[Expr]) -> Result<LhistParams, (Span, String)> {
     Ok(LhistParams { min, max, step })
 }
 
+/// bpftrace's builtins that act on the host or change the guest are not
+/// provided (vmprobe only observes): said by name, with why.
+fn unknown_function(name: &str) -> String {
+    match name {
+        "system" => "system() would run a command on the host, which a vmprobe script never does".into(),
+        "cat" => "cat() would read a host file, which a vmprobe script never does".into(),
+        "signal" => "signal() would send a signal inside the guest: vmprobe only observes, it changes nothing there".into(),
+        "override" => "override() would change a guest function's return value: vmprobe only observes, it changes nothing there".into(),
+        _ => format!("unknown function '{name}'"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2265,17 +2277,5 @@ mod tests {
     fn error_count_is_not_doubled_by_two_passes() {
         let (_, _, errs) = checked("kprobe:f { $x = nope; @m = count(); @m = sum(1); }");
         assert_eq!(errs, 2);
-    }
-}
-
-/// bpftrace's builtins that act on the host or change the guest are not
-/// provided (vmprobe only observes): said by name, with why.
-fn unknown_function(name: &str) -> String {
-    match name {
-        "system" => "system() would run a command on the host, which a vmprobe script never does".into(),
-        "cat" => "cat() would read a host file, which a vmprobe script never does".into(),
-        "signal" => "signal() would send a signal inside the guest: vmprobe only observes, it changes nothing there".into(),
-        "override" => "override() would change a guest function's return value: vmprobe only observes, it changes nothing there".into(),
-        _ => format!("unknown function '{name}'"),
     }
 }
