@@ -141,6 +141,65 @@ fn non_kernel_image_is_rejected() {
     last_line_is_one_error(&e, "junk.img");
 }
 
+/// An empty file, random bytes and a bzImage cut short as `--kernel`, and
+/// garbage as `--symbols`: one error naming the file and what is wrong,
+/// before booting.
+#[test]
+fn empty_random_and_truncated_images_are_one_error_before_booting() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = std::fs::read(default_guest().kernel).unwrap();
+    // Bytes that are the same on every run, as random as /dev/urandom's.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let random: Vec<u8> = (0..100_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let cases: [(&str, &[u8], &str, &str); 4] = [
+        ("empty.img", b"", "--kernel", "not a Linux kernel image"),
+        (
+            "random.img",
+            &random,
+            "--kernel",
+            "not a Linux kernel image",
+        ),
+        (
+            "cut.img",
+            &image[..image.len() / 2],
+            "--kernel",
+            "could not be decompressed",
+        ),
+        (
+            "garbage.map",
+            &random[..5000],
+            "--symbols",
+            "not a Linux kernel image",
+        ),
+    ];
+    for (name, bytes, flag, says) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let e = fails_with(
+            &[
+                "run",
+                flag,
+                path.to_str().unwrap(),
+                "-e",
+                "kprobe:ksys_write { @c = count(); }",
+                "--",
+                "true",
+            ],
+            &[],
+            says,
+        );
+        last_line_is_one_error(&e, name);
+        assert!(!e.contains("booting"), "{name}: {e}");
+    }
+}
+
 #[test]
 fn unreadable_image_is_rejected() {
     let e = fails_with(

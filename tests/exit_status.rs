@@ -59,3 +59,43 @@ fn usage_errors_exit_2_and_script_errors_1_before_booting() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(!stderr.contains("booting"), "{stderr}");
 }
+
+/// Output into a pipe closed early (`| head -1`): no panic, vmprobe ends
+/// quietly as other Unix tools do, and the guest is cleaned up.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let mut child = vmprobe()
+        .args([
+            "run",
+            "-e",
+            "kprobe:ksys_write { printf(\"write %d\\n\", arg2); }",
+            "--",
+            "dd if=/dev/zero of=/dev/null bs=1 count=200 2>/dev/null",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    assert_eq!(first, "Attaching 1 probe...\n");
+    drop(stdout);
+    let out = wait_output(child, RUN_LIMIT);
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        matches!(out.status.code(), Some(0) | None),
+        "{:?}: {stderr}",
+        out.status
+    );
+}
+
+fn wait_output(mut child: std::process::Child, limit: std::time::Duration) -> std::process::Output {
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < limit, "vmprobe did not end");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
