@@ -233,9 +233,9 @@ pub(super) unsafe extern "C" fn tb_trans(_id: qemu_plugin_id_t, tb: *mut qemu_pl
 }
 
 fn translate(p: &Plugin, tb: *mut qemu_plugin_tb) {
-    // SAFETY (for every qemu_plugin_tb_*/insn_* call below): `tb` and the
-    // insn handles it yields are valid for the duration of this translation
-    // callback, which is where we use them.
+    // SAFETY: `tb` and the insn handles it yields are valid for the
+    // duration of this translation callback, which is where we use them
+    // (this holds for every qemu_plugin_tb_*/insn_* call below).
     let n = unsafe { qemu_plugin_tb_n_insns(tb) };
     for i in 0..n {
         // SAFETY: see above; i < n.
