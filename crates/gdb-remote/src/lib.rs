@@ -115,3 +115,34 @@ pub enum Error {
     #[error("stopped waiting for the gdb stub (interrupted)")]
     Aborted,
 }
+
+/// Entry points for the fuzz targets in `fuzz/` (not a stable API).
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Feeds `bytes` to the packet decoder in pieces of `split` bytes, as
+    /// reads from a stub arrive, then parses every packet as each kind of
+    /// reply the client decodes. Must never panic.
+    pub fn decode_stream(bytes: &[u8], split: usize) {
+        let mut d = crate::packet::Decoder::default();
+        for chunk in bytes.chunks(split.max(1)) {
+            let mut rest = chunk;
+            while !rest.is_empty() {
+                let (used, event) = d.feed(rest);
+                if let Some(crate::packet::Event::Packet) = event {
+                    let p = d.payload.clone();
+                    let _ = crate::StopReply::parse(&p);
+                    let _ = crate::types::ThreadId::parse(&p);
+                    let _ = crate::types::VContSupport::parse(&p);
+                    let _ = crate::Features::parse_qsupported(&p);
+                    let _ = crate::packet::parse_hex_u64(&p);
+                    let mut out = vec![0u8; p.len() / 2];
+                    let _ = crate::packet::decode_hex_into(&p, &mut out);
+                }
+                if used == 0 {
+                    break;
+                }
+                rest = &rest[used..];
+            }
+        }
+    }
+}

@@ -447,3 +447,12 @@ pub fn try_detect_slide<E>(
 
 #[cfg(all(test, feature = "images"))]
 mod tests;
+
+/// Entry points for the fuzz targets in `fuzz/` (not a stable API).
+#[doc(hidden)]
+pub mod fuzzing {
+    /// The kallsyms finder over bytes as if loaded at `base`. Must never panic.
+    pub fn find_kallsyms(data: &[u8], base: u64) -> usize {
+        crate::kallsyms::decode(data, base).map_or(0, |s| s.len())
+    }
+}

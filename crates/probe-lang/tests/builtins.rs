@@ -378,3 +378,27 @@ fn kstack_layouts() {
     rt.run(p.block_of(0), &mut ctx());
     assert_eq!(rt.errors()[0].1, "no stack");
 }
+
+/// A handler that never ends within its step budget still ends at its
+/// wall-clock budget, counted as an error, and the next hit runs again.
+#[test]
+fn an_endless_handler_stops_at_its_time_budget() {
+    let (p, mut rt, _) =
+        runtime("kprobe:f { @before = count(); while (@before > 0) { @spin = count(); } }");
+    rt.set_step_budget(u64::MAX);
+    rt.set_time_budget(std::time::Duration::from_millis(20));
+    let mut c = ctx();
+    let start = std::time::Instant::now();
+    assert_eq!(rt.run(p.block_of(0), &mut c), Flow::Continue);
+    assert_eq!(rt.run(p.block_of(0), &mut c), Flow::Continue);
+    assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(
+        rt.errors(),
+        vec![(
+            "kprobe:vfs_read".into(),
+            "handler exceeded its time budget of 20 ms (the hit was abandoned)".into(),
+            2
+        )]
+    );
+    assert_eq!(rt.map_value("before", &[]), Some(2));
+}

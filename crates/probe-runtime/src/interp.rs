@@ -32,6 +32,16 @@ use std::sync::Arc;
 /// [`Interpreter::set_step_budget`].
 pub const DEFAULT_STEP_BUDGET: u64 = 100_000;
 
+/// Per-run wall-clock budget unless changed with
+/// [`Interpreter::set_time_budget`]: a handler whose guest reads are slow
+/// (through a stub, `kstack(127)` in a loop) must not hold a stopped guest
+/// for seconds within its step budget.
+pub const DEFAULT_TIME_BUDGET: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The clock is read every this many steps (reading it at every step would
+/// cost more than a typical handler).
+const STEPS_PER_CLOCK_READ: u64 = 32;
+
 /// The per-vCPU variables (`self->name`) of one vCPU of one guest, by
 /// slot; `None` is unset (reads as the type's zero).
 struct VcpuVars {
@@ -84,6 +94,9 @@ pub struct Interpreter {
     slots: Vec<Value>,
     steps: u64,
     budget: u64,
+    time_budget: std::time::Duration,
+    /// When the current run started.
+    started: std::time::Instant,
     errors: FxHashMap<(String, String), u64>,
     args: Vec<Value>,
     /// nsecs of the first run, the origin of `elapsed`.
@@ -109,6 +122,8 @@ impl Interpreter {
             slots: Vec::new(),
             steps: 0,
             budget: DEFAULT_STEP_BUDGET,
+            time_budget: DEFAULT_TIME_BUDGET,
+            started: std::time::Instant::now(),
             errors: FxHashMap::default(),
             args: Vec::new(),
             start_ns: None,
@@ -120,6 +135,10 @@ impl Interpreter {
 
     pub fn set_step_budget(&mut self, steps: u64) {
         self.budget = steps;
+    }
+
+    pub fn set_time_budget(&mut self, budget: std::time::Duration) {
+        self.time_budget = budget;
     }
 
     /// Sets the origin of `elapsed` (by default the first run's `nsecs`).
@@ -151,6 +170,7 @@ impl Interpreter {
             self.rng = now | 1;
         }
         self.steps = 0;
+        self.started = std::time::Instant::now();
         self.slots.clear();
         self.slots.resize(b.slots as usize, Value::Int(0));
         let mut env = Env { ctx, maps, out };
@@ -230,6 +250,14 @@ impl Interpreter {
             return Err(RunError::Msg(Box::new(format!(
                 "handler exceeded its step budget of {} operations",
                 self.budget
+            ))));
+        }
+        if self.steps.is_multiple_of(STEPS_PER_CLOCK_READ)
+            && self.started.elapsed() > self.time_budget
+        {
+            return Err(RunError::Msg(Box::new(format!(
+                "handler exceeded its time budget of {} ms (the hit was abandoned)",
+                self.time_budget.as_millis()
             ))));
         }
         Ok(())

@@ -43,6 +43,10 @@ impl Runtime {
         self.interp.set_step_budget(steps);
     }
 
+    pub fn set_time_budget(&mut self, budget: std::time::Duration) {
+        self.interp.set_time_budget(budget);
+    }
+
     /// Sets the origin of `elapsed` (by default the first run's `nsecs`).
     pub fn set_start_nsecs(&mut self, ns: u64) {
         self.interp.set_start_nsecs(ns);
