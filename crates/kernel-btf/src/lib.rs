@@ -48,6 +48,10 @@ pub const POINTER_SIZE: u64 = 8;
 /// well under 10; corrupt input may loop).
 const MAX_DEPTH: usize = 64;
 
+/// Types spelled out at most in one type name (a real kernel's longest
+/// function-pointer types have a few dozen).
+const MAX_NAME_PARTS: usize = 4096;
+
 const MAGIC: u16 = 0xeb9f;
 const HEADER_LEN: usize = 24;
 
@@ -852,19 +856,25 @@ impl Btf {
     /// A C-ish spelling of the type, as bpftrace prints types: `struct file *`,
     /// `const char *`, `unsigned int`, `char[16]`, `int (*)(struct file *, int)`.
     pub fn type_name(&self, id: TypeId) -> String {
-        self.name_depth(id, 0)
+        // Depth alone does not bound the work: a prototype whose parameters
+        // point back at it spells out params^depth types.
+        self.name_depth(id, 0, &std::cell::Cell::new(MAX_NAME_PARTS))
     }
 
-    fn name_depth(&self, id: TypeId, depth: usize) -> String {
+    fn name_depth(&self, id: TypeId, depth: usize, parts: &std::cell::Cell<usize>) -> String {
         if depth > MAX_DEPTH {
             return "<too deep>".into();
         }
+        if parts.get() == 0 {
+            return "<too big>".into();
+        }
+        parts.set(parts.get() - 1);
         let Ok(h) = self.hdr(id) else {
             return format!("<bad type {id}>");
         };
         let own = self.str_at(h.name).unwrap_or("");
         let anon = |s: &str| if s.is_empty() { "(anon)" } else { s }.to_string();
-        let sub = |t| self.name_depth(t, depth + 1);
+        let sub = |t| self.name_depth(t, depth + 1, parts);
         use Kind::*;
         match h.kind {
             Void => "void".into(),
@@ -879,7 +889,7 @@ impl Btf {
             ),
             Ptr => {
                 if self.kind(h.st).ok() == Some(FuncProto) {
-                    return self.proto_name(h.st, "(*)", depth);
+                    return self.proto_name(h.st, "(*)", depth, parts);
                 }
                 let inner = sub(h.st);
                 if inner.ends_with('*') {
@@ -913,23 +923,29 @@ impl Btf {
                     _ => inner + &dim,
                 }
             }
-            FuncProto => self.proto_name(id, "", depth),
+            FuncProto => self.proto_name(id, "", depth, parts),
         }
     }
 
-    fn proto_name(&self, proto: TypeId, mid: &str, depth: usize) -> String {
+    fn proto_name(
+        &self,
+        proto: TypeId,
+        mid: &str,
+        depth: usize,
+        parts: &std::cell::Cell<usize>,
+    ) -> String {
         let Ok(f) = self.function_by_id(proto) else {
             return format!("<bad type {proto}>");
         };
         let mut params: Vec<String> = f
             .params
             .iter()
-            .map(|p| self.name_depth(p.ty, depth + 1))
+            .map(|p| self.name_depth(p.ty, depth + 1, parts))
             .collect();
         if f.variadic {
             params.push("...".into());
         }
-        let ret = self.name_depth(f.ret, depth + 1);
+        let ret = self.name_depth(f.ret, depth + 1, parts);
         format!("{ret} {mid}({})", params.join(", "))
     }
 }
