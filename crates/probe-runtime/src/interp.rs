@@ -36,7 +36,7 @@ pub const DEFAULT_STEP_BUDGET: u64 = 100_000;
 /// [`Interpreter::set_time_budget`]: a handler whose guest reads are slow
 /// (through a stub, `kstack(127)` in a loop) must not hold a stopped guest
 /// for seconds within its step budget.
-pub const DEFAULT_TIME_BUDGET: std::time::Duration = std::time::Duration::from_millis(100);
+pub const DEFAULT_TIME_BUDGET: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The clock is read every this many steps (reading it at every step would
 /// cost more than a typical handler).
