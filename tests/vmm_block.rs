@@ -54,5 +54,7 @@ vmm:blk_co_preadv { @bytes = sum(args.bytes); }
         "{stdout}"
     );
     assert_eq!(map_value(&stdout, "bytes"), sectors * 512, "{stdout}");
-    assert!(map_value(&stdout, "notify") >= requests, "{stdout}");
+    // A guest that runs on (the plugin stops nothing) may queue two
+    // requests under one notification (virtio's notification suppression).
+    assert!(map_value(&stdout, "notify") > 0, "{stdout}");
 }
