@@ -46,17 +46,6 @@ fn network_listeners(inodes: &HashSet<u64>) -> Vec<String> {
     found
 }
 
-fn qemu_children(parent: u32) -> Vec<u32> {
-    let out = std::process::Command::new("pgrep")
-        .args(["-P", &parent.to_string(), "qemu-system"])
-        .output()
-        .unwrap();
-    text(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
-}
-
 fn check_run(backend: &str) {
     let (mut child, _stdout, stderr) = spawn_collected(vmprobe().args([
         "run",
@@ -98,14 +87,7 @@ fn check_run(backend: &str) {
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
-    let start = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "vmprobe did not end"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_exit(&mut child, Duration::from_secs(60));
 }
 
 #[test]

@@ -5,17 +5,6 @@ mod support;
 use std::time::{Duration, Instant};
 use support::*;
 
-fn qemu_children(parent: u32) -> Vec<u32> {
-    let out = std::process::Command::new("pgrep")
-        .args(["-P", &parent.to_string(), "qemu-system"])
-        .output()
-        .unwrap();
-    text(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
-}
-
 /// `vmprobe run --console -e PROGRAM -- WORKLOAD`, its output collected.
 fn spawn_run(program: &str, workload: &str) -> (std::process::Child, Collected, Collected) {
     spawn_collected(vmprobe().args(["run", "--console", "-e", program, "--", workload]))
@@ -202,15 +191,4 @@ fn signal(pid: u32, sig: &str) {
         .args([sig, &pid.to_string()])
         .status()
         .unwrap();
-}
-
-fn wait_for_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        assert!(start.elapsed() < limit, "vmprobe did not end");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }

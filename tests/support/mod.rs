@@ -320,3 +320,28 @@ pub fn assert_partial(out: &std::process::Output) {
         "{stderr}"
     );
 }
+
+/// QEMU processes started by `parent` (found once it is up: vmprobe first
+/// runs `qemu -version`).
+pub fn qemu_children(parent: u32) -> Vec<u32> {
+    let out = std::process::Command::new("pgrep")
+        .args(["-P", &parent.to_string(), "qemu-system"])
+        .output()
+        .unwrap();
+    text(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Waits for `child` to end, at most `limit`.
+pub fn wait_for_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(start.elapsed() < limit, "vmprobe did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -950,5 +950,37 @@ impl Btf {
     }
 }
 
+/// Entry points for the fuzz targets in `fuzz/` and the tests (not a
+/// stable API).
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{Btf, TypeId};
+
+    /// Every accessor on every type (and two ids past the end): corrupt
+    /// input must give errors, never panics or hangs.
+    pub fn exercise(btf: &Btf) {
+        for id in 0..btf.type_count() as TypeId + 2 {
+            let _ = btf.kind(id);
+            let _ = btf.name(id);
+            let _ = btf.resolve(id);
+            let _ = btf.size_of(id);
+            let _ = btf.members(id);
+            let _ = btf.member(id, "comm");
+            let _ = btf.member(id, "b");
+            let _ = btf.int(id);
+            let _ = btf.array(id);
+            let _ = btf.pointee(id);
+            let _ = btf.enumerators(id);
+            let _ = btf.enum_name(id, 5);
+            let _ = btf.function_by_id(id);
+            let _ = btf.type_name(id);
+        }
+        for n in ["struct task", "union fwdonly", "u32_t", "enum color", ""] {
+            let _ = btf.lookup(n);
+        }
+        let _ = btf.function("do_thing");
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -310,35 +310,13 @@ fn header_errors() {
 }
 
 /// Runs every accessor over every id; must not panic whatever the data.
-fn exercise(btf: &Btf) {
-    for id in 0..btf.type_count() as TypeId + 2 {
-        let _ = btf.kind(id);
-        let _ = btf.name(id);
-        let _ = btf.resolve(id);
-        let _ = btf.size_of(id);
-        let _ = btf.members(id);
-        let _ = btf.member(id, "comm");
-        let _ = btf.member(id, "b");
-        let _ = btf.int(id);
-        let _ = btf.array(id);
-        let _ = btf.pointee(id);
-        let _ = btf.enumerators(id);
-        let _ = btf.enum_name(id, 5);
-        let _ = btf.function_by_id(id);
-        let _ = btf.type_name(id);
-    }
-    for n in ["struct task", "union fwdonly", "u32_t", "enum color", ""] {
-        let _ = btf.lookup(n);
-    }
-    let _ = btf.function("do_thing");
-}
 
 #[test]
 fn corrupt_input_never_panics() {
     let good = sample().bytes(false);
     for cut in 0..good.len() {
         if let Ok(btf) = Btf::parse(&good[..cut]) {
-            exercise(&btf);
+            crate::fuzzing::exercise(&btf);
         }
     }
     // Deterministic pseudo-random mutations: 1-4 bytes set to random, boundary or
@@ -364,7 +342,7 @@ fn corrupt_input_never_panics() {
         }
         if let Ok(btf) = Btf::parse(&bad) {
             parsed += 1;
-            exercise(&btf);
+            crate::fuzzing::exercise(&btf);
         }
     }
     // Most single-byte changes inside names or offsets still parse: the accessors did run.
@@ -482,7 +460,7 @@ fn real_image_types() {
     }
 
     // Every accessor on every type: no panics, and no spurious cycles in real data.
-    exercise(&btf);
+    crate::fuzzing::exercise(&btf);
     for id in 0..btf.type_count() as TypeId {
         assert!(!matches!(btf.resolve(id), Err(Error::Cycle(_))), "[{id}]");
         assert!(
@@ -538,7 +516,7 @@ fn host_btf_matches_bpftool() {
         return;
     };
     compare_with_bpftool(&bytes, dump);
-    exercise(&Btf::parse(&bytes).unwrap());
+    crate::fuzzing::exercise(&Btf::parse(&bytes).unwrap());
 }
 
 fn compare_with_bpftool(bytes: &[u8], theirs: HashMap<TypeId, String>) {
