@@ -449,6 +449,7 @@ pub fn try_detect_slide<E>(
 mod tests;
 
 /// Entry points for the fuzz targets in `fuzz/` (not a stable API).
+#[cfg(feature = "images")]
 #[doc(hidden)]
 pub mod fuzzing {
     /// The kallsyms finder over bytes as if loaded at `base`. Must never panic.
