@@ -636,7 +636,10 @@ impl Client {
         // is unsolicited: QEMU sends one when a new debugger connects to a
         // VM that an earlier one detached from (it stops the VM). Taking it
         // as this request's reply would shift every later reply by one.
+        // Console output answers only `qRcmd`; elsewhere it is a running
+        // target's, kept as `wait_stop` keeps it.
         let expects_stop = self.cmd.first() == Some(&b'?');
+        let expects_console = self.cmd.starts_with(b"qRcmd,");
         loop {
             match self.recv(Some(deadline)) {
                 Ok(()) => {}
@@ -648,9 +651,25 @@ impl Client {
                     return Err(self.recv_err(e, || format!("reply to {}", self.cmd_text())));
                 }
             }
-            if expects_stop || !looks_like_stop_reply(&self.dec.payload) {
+            let p = &self.dec.payload;
+            if is_console(p) && !expects_console {
+                self.keep_console();
+            } else if expects_stop || !looks_like_stop_reply(p) {
                 return Ok(());
             }
+            // A stub may wait for the ack of what it sent unasked.
+            self.flush_ack()?;
+        }
+    }
+
+    /// Keeps the output of the `O` packet just received, up to
+    /// [`MAX_CONSOLE`] bytes in all (more is dropped).
+    fn keep_console(&mut self) {
+        let p = &self.dec.payload;
+        if self.console.len() + p.len() / 2 <= MAX_CONSOLE {
+            let start = self.console.len();
+            self.console.resize(start + p.len() / 2, 0);
+            let _ = decode_hex_into(&p[1..], &mut self.console[start..]);
         }
     }
 
@@ -1303,12 +1322,7 @@ impl Client {
             if is_console(&self.dec.payload) {
                 // A stub may wait for the ack before sending more.
                 self.flush_ack()?;
-                let p = &self.dec.payload;
-                if self.console.len() + p.len() / 2 <= MAX_CONSOLE {
-                    let start = self.console.len();
-                    self.console.resize(start + p.len() / 2, 0);
-                    let _ = decode_hex_into(&p[1..], &mut self.console[start..]);
-                }
+                self.keep_console();
                 continue;
             }
             let p = &self.dec.payload;

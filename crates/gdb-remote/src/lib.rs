@@ -19,7 +19,8 @@
 //! packet size, `Z0`-`Z4`/`z0`-`z4`, `vCont` with per-thread actions (falling
 //! back to `Hc` + `c`/`s`), `qfThreadInfo`/`qsThreadInfo`, stop replies (`S`,
 //! `T`, `W`, `X`; `O` console output is collected, see
-//! [`Client::take_console_output`]), interrupt (raw `0x03`), `?`, `D`, `k`,
+//! [`Client::take_console_output`], also where a stub sends it in place of
+//! a reply: only `qRcmd` is answered with it), interrupt (raw `0x03`), `?`, `D`, `k`,
 //! `qRcmd` (monitor commands); guest-physical reads through QEMU's
 //! `Qqemu.PhyMemMode` ([`Client::with_physical`], [`Client::read_physical`]).
 //!

@@ -443,6 +443,34 @@ fn oversized_packet_is_rejected() {
     });
 }
 
+/// Console output where a reply should be (QEMU sends it only to
+/// `qRcmd`) is kept as a running target's, and the reply after it is
+/// still this request's.
+#[test]
+fn console_output_is_not_taken_as_a_reply() {
+    run(
+        vec![
+            Expect("m1000,4"),
+            Reply("O4869"),
+            Reply("O0a"),
+            Reply("01020304"),
+            Expect("?"),
+            Reply("O6f6b"),
+            Reply("S05"),
+        ],
+        |c| {
+            let mut buf = [0u8; 4];
+            c.read_memory(0x1000, &mut buf).unwrap();
+            assert_eq!(buf, [1, 2, 3, 4]);
+            assert!(matches!(
+                c.halt_reason().unwrap(),
+                StopReply::Signal { signal: 5, .. }
+            ));
+            assert_eq!(c.take_console_output(), b"Hi\nok");
+        },
+    );
+}
+
 #[test]
 fn vcont_unsupported_falls_back_to_c_and_s() {
     run_with(
