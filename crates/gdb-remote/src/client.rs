@@ -168,6 +168,9 @@ pub struct Client {
     unanswered: bool,
     /// A write was aborted part way: the stream is out of step for good.
     broken: bool,
+    /// Bytes received since the last packet, ack or nak: what a timeout
+    /// says came (noise, or a packet too slow to finish).
+    since_packet: usize,
 }
 
 fn map_io_connect(addr: String) -> impl FnOnce(io::Error) -> Error {
@@ -293,6 +296,7 @@ impl Client {
             abort: None,
             unanswered: false,
             broken: false,
+            since_packet: 0,
         };
         c.set_abort(abort);
         c.request_str(
@@ -448,6 +452,7 @@ impl Client {
             Ok(n) => {
                 self.rpos = 0;
                 self.rlen = n;
+                self.since_packet = self.since_packet.saturating_add(n);
                 Ok(())
             }
             Err(e)
@@ -483,6 +488,9 @@ impl Client {
             while self.rpos < self.rlen {
                 let (n, ev) = self.dec.feed(&self.rbuf[self.rpos..self.rlen]);
                 self.rpos += n;
+                if ev.is_some() {
+                    self.since_packet = self.rlen - self.rpos;
+                }
                 match ev {
                     None | Some(Event::Ack) | Some(Event::Notification) => {}
                     Some(Event::Packet) => {
@@ -526,12 +534,21 @@ impl Client {
         format!("`{}`", show(&self.cmd))
     }
 
+    /// The error for `e` while waiting for `what` (a reply, a stop reply).
     fn recv_err(&self, e: RecvErr, what: impl FnOnce() -> String) -> Error {
         match e {
+            // Silence, noise and a trickle all end at the timeout; which
+            // one it was is told by what came.
             RecvErr::Timeout => Error::Timeout {
-                waiting_for: what(),
+                waiting_for: match self.since_packet {
+                    0 => what(),
+                    1 => format!("{} (1 byte received, not a whole packet)", what()),
+                    n => format!("{} ({n} bytes received, not one whole packet)", what()),
+                },
             },
-            RecvErr::Closed => Error::Closed { during: what() },
+            RecvErr::Closed => Error::Closed {
+                during: format!("waiting for {}", what()),
+            },
             RecvErr::Aborted => Error::Aborted,
             RecvErr::Io(e) => Error::Io(e),
             RecvErr::Malformed { packet, reason } => Error::Malformed { packet, reason },
@@ -1317,7 +1334,7 @@ impl Client {
             match self.recv(deadline) {
                 Ok(()) => {}
                 Err(RecvErr::Timeout) => return Ok(None),
-                Err(e) => return Err(self.recv_err(e, || "waiting for a stop reply".into())),
+                Err(e) => return Err(self.recv_err(e, || "a stop reply".into())),
             }
             if is_console(&self.dec.payload) {
                 // A stub may wait for the ack before sending more.

@@ -25,7 +25,11 @@
 //! `Qqemu.PhyMemMode` ([`Client::with_physical`], [`Client::read_physical`]).
 //!
 //! Every buffer is bounded: packets whose decoded payload exceeds 1 MiB are
-//! rejected as [`Error::Malformed`]. No byte sequence from the stub panics.
+//! rejected as [`Error::Malformed`] as soon as they pass it (not at their
+//! end), and console output is kept up to 1 MiB. No byte sequence from the
+//! stub panics, and a wait with a timeout ends at it however the stub
+//! sends (silence, noise, a byte at a time, a flood of unsolicited
+//! packets); the error says how many bytes came without making a packet.
 //!
 //! # QEMU behaviours that matter
 //!

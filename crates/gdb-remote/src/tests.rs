@@ -387,7 +387,10 @@ fn stub_closing_mid_packet_is_closed_error() {
         let t = Instant::now();
         let e = c.halt_reason().unwrap_err();
         assert!(matches!(e, Error::Closed { .. }), "{e:?}");
-        assert!(e.to_string().contains("`?`"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "gdb stub closed the connection while waiting for reply to `?`"
+        );
         assert!(t.elapsed() < Duration::from_secs(2));
     });
 }
@@ -398,6 +401,8 @@ fn stub_closing_while_running() {
         c.resume(&[]).unwrap();
         let e = c.wait_stop(Some(Duration::from_secs(5))).unwrap_err();
         assert!(matches!(e, Error::Closed { .. }), "{e:?}");
+        let msg = "gdb stub closed the connection while waiting for a stop reply";
+        assert_eq!(e.to_string(), msg);
     });
 }
 
@@ -411,8 +416,52 @@ fn reply_timeout() {
             matches!(&e, Error::Timeout { waiting_for } if waiting_for.contains("qfThreadInfo")),
             "{e:?}"
         );
+        let msg = "timed out waiting for reply to `qfThreadInfo`";
+        assert_eq!(e.to_string(), msg);
         assert!(t.elapsed() < Duration::from_millis(700));
     });
+}
+
+/// A timeout says what came instead of the reply: noise, or a packet too
+/// slow to finish; an ack is not counted.
+#[test]
+fn a_timeout_says_what_came_instead_of_a_reply() {
+    let timed_out = |c: &mut Client| {
+        c.set_timeout(Duration::from_millis(200));
+        c.threads().unwrap_err().to_string()
+    };
+    run(
+        vec![
+            Expect("qfThreadInfo"),
+            Raw(b"noise\r\n".to_vec()),
+            Sleep(500),
+        ],
+        |c| {
+            let msg = "timed out waiting for reply to `qfThreadInfo` \
+                       (7 bytes received, not one whole packet)";
+            assert_eq!(timed_out(c), msg);
+        },
+    );
+    run(
+        vec![Expect("qfThreadInfo"), Raw(b"$m".to_vec()), Sleep(500)],
+        |c| {
+            let msg = "timed out waiting for reply to `qfThreadInfo` \
+                       (2 bytes received, not one whole packet)";
+            assert_eq!(timed_out(c), msg);
+        },
+    );
+    // Ack mode: the stub's `+` for the request is no part of a reply.
+    run_with(
+        "PacketSize=1000",
+        "",
+        vec![Expect("qfThreadInfo"), Sleep(500)],
+        |c| {
+            assert_eq!(
+                timed_out(c),
+                "timed out waiting for reply to `qfThreadInfo`"
+            )
+        },
+    );
 }
 
 #[test]
