@@ -93,7 +93,11 @@ impl Decoder {
                         .position(|&b| matches!(b, b'#' | b'}' | b'*' | b'$'))
                         .unwrap_or(rest.len());
                     if n > 0 {
-                        if self.payload.len() + n > MAX_PACKET {
+                        let room = MAX_PACKET - self.payload.len();
+                        if n > room {
+                            // Kept up to the limit, so the error shows 1 MiB
+                            // of it, not whatever the last read left.
+                            self.payload.extend_from_slice(&rest[..room]);
                             return (i + n, self.fail("packet larger than 1 MiB"));
                         }
                         let chunk = &rest[..n];
@@ -252,15 +256,18 @@ pub(crate) fn decode_hex_into(hex: &[u8], out: &mut [u8]) -> Option<()> {
     Some(())
 }
 
-/// Renders packet bytes as a single printable line, truncated.
+/// Renders packet bytes as a single printable line of at most about 200
+/// characters (binary bytes take four each, as `\xff`).
 pub(crate) fn show(bytes: &[u8]) -> String {
     const LIMIT: usize = 200;
     let mut s = String::new();
-    for &b in bytes.iter().take(LIMIT) {
-        s.extend(std::ascii::escape_default(b).map(char::from));
-    }
-    if bytes.len() > LIMIT {
-        s.push_str(&format!("... ({} bytes)", bytes.len()));
+    for &b in bytes {
+        let escaped = std::ascii::escape_default(b);
+        if s.len() + escaped.len() > LIMIT {
+            s.push_str(&format!("... ({} bytes)", bytes.len()));
+            break;
+        }
+        s.extend(escaped.map(char::from));
     }
     s
 }
@@ -335,6 +342,8 @@ mod tests {
         let r = decode_all(&big);
         assert_eq!(r.len(), 1);
         assert!(matches!(r[0].0, Some(Event::Malformed(_))));
+        // What the error shows is the limit's worth of it.
+        assert_eq!(r[0].1.len(), MAX_PACKET);
     }
 
     #[test]
@@ -347,6 +356,14 @@ mod tests {
         assert_eq!(o, [0xe0, 0]);
         assert!(decode_hex_into(b"e0x", &mut o).is_none());
         assert_eq!(show(b"a\nb"), "a\\nb");
+        assert_eq!(show(&[b'a'; 200]), "a".repeat(200));
+        assert_eq!(
+            show(&[b'a'; 201]),
+            format!("{}... (201 bytes)", "a".repeat(200))
+        );
+        // Escapes count as what they take on the line.
+        let binary = show(&[0xff; 1000]);
+        assert_eq!(binary, format!("{}... (1000 bytes)", "\\xff".repeat(50)));
     }
 
     /// Random byte soup (biased towards protocol characters) never panics

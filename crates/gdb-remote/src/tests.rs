@@ -488,7 +488,38 @@ fn oversized_packet_is_rejected() {
             matches!(&e, Error::Malformed { reason, .. } if reason.contains("1 MiB")),
             "{e:?}"
         );
+        assert!(e.to_string().ends_with("... (1048576 bytes)"), "{e}");
         assert!(e.to_string().len() < 400);
+    });
+}
+
+/// Random bytes instead of a reply are one malformed packet, shown on a
+/// line of bounded length.
+#[test]
+fn random_bytes_are_a_malformed_packet_on_one_short_line() {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut noise = b"$".to_vec();
+    noise.extend((0..4000).map(|_| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        // No `#`: the packet is cut short by the limit, not its end.
+        match x as u8 {
+            b'#' | b'}' | b'*' | b'$' => 0xff,
+            b => b,
+        }
+    }));
+    noise.resize(crate::packet::MAX_PACKET + 2, 0xfe);
+    run(vec![Expect("g"), Raw(noise)], |c| {
+        c.selected_g_for_test(p11());
+        let e = c.read_registers(p11()).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, Error::Malformed { .. }), "{e:?}");
+        assert!(
+            !msg.contains('\n') && msg.len() < 320,
+            "{} chars: {msg}",
+            msg.len()
+        );
     });
 }
 
