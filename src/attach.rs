@@ -455,11 +455,24 @@ fn attach_one<'s>(
             // stopped answering would otherwise hold the exit for its whole
             // reply timeout.
             session.client().set_abort(None);
-            if until.reached() {
+            let interrupted = until.reached();
+            if interrupted {
                 session.client().set_timeout(Duration::from_millis(500));
             }
-            report_detach(&spec.name, Box::new(session).finish(None, false));
-            Err(e)
+            let finished = Box::new(session).finish(None, false);
+            match finished.detach_error {
+                // One line, in the order things happened: the error, then
+                // what it left behind (QEMU keeps a VM stopped when its
+                // debugger leaves without detaching).
+                Some(detach) if !interrupted => Err(anyhow!(
+                    "{}; detaching after it failed too (the VM may still be stopped): {detach}",
+                    crate::one_line(&e)
+                )),
+                _ => {
+                    report_detach(&spec.name, finished);
+                    Err(e)
+                }
+            }
         }
     }
 }
