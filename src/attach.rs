@@ -201,7 +201,10 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
             deadline,
         };
         let attached = kernel.and_then(|k| match plugin_choice(spec, &program, &args)? {
-            Some(socket) => attach_plugin(spec, &socket, k, &program, &layers, recording_mode),
+            Some(socket) => {
+                let how = (recording_mode, args.stall_timeout);
+                attach_plugin(spec, &socket, k, &program, &layers, how)
+            }
             None => attach_one(
                 spec,
                 k,
@@ -370,12 +373,15 @@ fn attach_plugin(
     kernel: KernelInfo,
     program: &Arc<probe_lang::Program>,
     layers: &LayerPlan,
-    record: plugin_protocol::RecordMode,
+    (record, stall_timeout): (plugin_protocol::RecordMode, Duration),
 ) -> Result<Guest> {
     if !crate::kernel::check_program(program, &kernel.symbols)? {
         bail!("the program names unknown kernel symbols");
     }
     let mut backend = crate::plugin::attach(&spec.name, socket, program, &kernel, record)?;
+    // vmprobe did not start this QEMU, so only the plugin's silence tells
+    // that it stopped.
+    backend.set_stall_timeout(Some(stall_timeout));
     if !layers.tracepoints.is_empty() {
         let vcpus = vcpu_threads(&mut connect_qmp(spec, Duration::from_secs(5))?)?;
         let source = host_source(vcpus, program, layers)?;

@@ -126,8 +126,17 @@ pub struct BootArgs {
     backend: BackendArg,
     /// How long a guest's QEMU may stay stopped (SIGSTOP, a debugger on
     /// it) before the run ends with what was collected (exit status 3).
-    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
-    stall_timeout: f64,
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_stall_timeout)]
+    stall_timeout: std::time::Duration,
+}
+
+/// `--stall-timeout`: seconds above 0.
+fn parse_stall_timeout(text: &str) -> Result<std::time::Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| "a number of seconds above 0".to_string())
 }
 
 #[derive(Args)]
@@ -189,6 +198,11 @@ pub struct AttachArgs {
     /// Say which backend serves each VM, and why.
     #[arg(short, long)]
     verbose: bool,
+    /// How long a VM's plugin may stay silent (its QEMU stopped or wedged)
+    /// before vmprobe detaches from it with what was collected (exit
+    /// status 3); it says so on stderr from 10 s of silence (or half this).
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_stall_timeout)]
+    stall_timeout: std::time::Duration,
 }
 
 #[derive(Args)]

@@ -394,6 +394,7 @@ pub fn record(args: crate::RecordArgs) -> Result<i32> {
             stats: args.stats,
             backend: args.boot.backend,
             verbose: args.verbose,
+            stall_timeout: args.boot.stall_timeout,
         };
         return crate::attach::attach_recording(attach_args, Some(recording));
     }

@@ -148,10 +148,7 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
     // failure ends the run (the others' QEMUs are killed when their `Vm`s
     // drop).
     let layers = probe_plan::resolve_layers(&program);
-    let stall = std::time::Duration::try_from_secs_f64(args.boot.stall_timeout)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .context("--stall-timeout: a number of seconds above 0")?;
+    let stall = args.boot.stall_timeout;
     let logs = qemu_guest::private_dir("vmprobe-logs-").context("creating a log directory")?;
     let mut vms = Vec::new();
     for i in 0..count {

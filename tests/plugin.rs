@@ -121,6 +121,12 @@ fn a_killed_vmprobe_leaves_the_vm_running_and_it_can_be_attached_again() {
     assert_eq!(map_value(&stdout, "writes"), ground_truth_hits(&guest));
     assert_eq!(map_value(&stdout, "writes"), n, "{stdout}\n{guest}");
     assert!(stderr.contains("plugin backend"), "{stderr}");
+    // Detached, the plugin left QEMU no translation callback: the guest
+    // runs the code it would run without the plugin.
+    assert!(
+        stderr.contains("detached: QEMU translates without the plugin"),
+        "{stderr}"
+    );
 
     // And after that detach, the guest still runs its workloads.
     vm.start_workload("true").unwrap();
@@ -165,4 +171,94 @@ fn run_counts_two_vcpus_inside_qemu_as_the_guest_does() {
     let per_vcpu = keyed_map(&stdout, "per_vcpu");
     assert_eq!(per_vcpu.len(), 2, "{stdout}");
     assert!(per_vcpu.values().all(|&n| n >= 150), "{stdout}");
+}
+
+/// Issue 14: a QEMU stopped under `vmprobe attach` (SIGSTOP), which vmprobe
+/// did not start and so cannot watch as a process, is noticed from its
+/// plugin's silence. Resumed within `--stall-timeout`, the run goes on with
+/// exact counts; stopped past it, the attach ends with what was collected
+/// and exit status 3, and the guest runs on once resumed.
+#[test]
+fn a_stopped_qemu_under_attach_is_noticed_and_ends_at_the_stall_timeout() {
+    let Some(qemu) = qemu10() else { return };
+    let console = Arc::new(Mutex::new(Vec::new()));
+    let (mut vm, kernel) = user_vm(qemu, console);
+    let spec = format!(
+        "vm0=plugin:{},kernel:{}",
+        vm.plugin_socket().display(),
+        kernel.display()
+    );
+    let qemu_pid = rustix::process::Pid::from_raw(vm.pid() as i32).unwrap();
+    let signal = |s| rustix::process::kill_process(qemu_pid, s).unwrap();
+    let program = "kprobe:ksys_write /comm == \"dd\" && arg2 == 1/ { @w = count(); }";
+    let dd = |vm: &mut Vm, n: u32| {
+        vm.start_workload(&format!(
+            "dd if=/dev/zero of=/dev/null bs=1 count={n} 2>/dev/null"
+        ))
+        .unwrap();
+        assert_eq!(vm.wait_exit(Duration::from_secs(120)).unwrap(), 0);
+    };
+
+    // Stopped for a while, then resumed: the run goes on.
+    let (mut child, stdout, stderr) = spawn_collected(vmprobe().args([
+        "attach",
+        "--stall-timeout",
+        "60",
+        "--vm",
+        &spec,
+        "-e",
+        program,
+    ]));
+    stderr.wait_for(LIVE, RUN_LIMIT);
+    dd(&mut vm, 20);
+    signal(rustix::process::Signal::STOP);
+    let stopped = Instant::now();
+    stderr.wait_for("no reply from the plugin for", Duration::from_secs(60));
+    eprintln!("stop noticed after {:?}", stopped.elapsed());
+    signal(rustix::process::Signal::CONT);
+    stderr.wait_for("the plugin answers again after", Duration::from_secs(30));
+    dd(&mut vm, 30);
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let status = wait_for_exit(&mut child, Duration::from_secs(60));
+    let (stdout, stderr) = (stdout.finish(), stderr.finish());
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(map_value(&stdout, "w"), 50, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("no reply from the plugin for 10 s; is QEMU stopped?"),
+        "{stderr}"
+    );
+
+    // Stopped past the stall timeout: the attach ends with what it has.
+    let (mut child, stdout, stderr) = spawn_collected(vmprobe().args([
+        "attach",
+        "--stall-timeout",
+        "4",
+        "--vm",
+        &spec,
+        "-e",
+        program,
+    ]));
+    stderr.wait_for(LIVE, RUN_LIMIT);
+    dd(&mut vm, 7);
+    // The count reaches vmprobe before QEMU stops (a copy every 500 ms).
+    std::thread::sleep(Duration::from_secs(2));
+    signal(rustix::process::Signal::STOP);
+    let stopped = Instant::now();
+    let status = wait_for_exit(&mut child, Duration::from_secs(60));
+    let took = stopped.elapsed();
+    signal(rustix::process::Signal::CONT);
+    let (stdout, stderr) = (stdout.finish(), stderr.finish());
+    eprintln!("--stall-timeout 4 ended the attach {took:?} after SIGSTOP");
+    assert_eq!(status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("no reply from the plugin for 4 s (--stall-timeout)"),
+        "{stderr}"
+    );
+    assert!(took >= Duration::from_secs(4), "{took:?}: {stderr}");
+    assert_eq!(map_value(&stdout, "w"), 7, "{stdout}\n{stderr}");
+    // The guest runs on, resumed.
+    dd(&mut vm, 1);
+    assert!(vm_running(&vm));
+    let _ = vm.shutdown(Duration::from_secs(10));
 }

@@ -143,10 +143,15 @@ pub fn run(
     let targets: &[u64] = if quick {
         &[10_000]
     } else {
-        &[100, 1_000, 10_000, 100_000]
+        // 0: attached, and the probe never fires (no getppid): what an
+        // active plugin costs by itself.
+        &[0, 100, 1_000, 10_000, 100_000]
     };
     for &target in targets {
-        let every = ((rounds_per_sec / target as f64).round() as u64).max(1);
+        let every = match target {
+            0 => 0,
+            t => ((rounds_per_sec / t as f64).round() as u64).max(1),
+        };
         let command = format!("vmprobe-mix {iter} {every}");
         let (mut base, mut probed, mut hits) = (Vec::new(), Vec::new(), 0);
         for _ in 0..reps {
@@ -488,11 +493,13 @@ impl InsideReport {
             );
             let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|");
             for r in &self.rates {
+                let (target, every) = match r.target {
+                    0 => ("none (attached, never fires)".to_string(), "-".to_string()),
+                    t => (format!("{t}/s"), r.every.to_string()),
+                };
                 let _ = writeln!(
                     md,
-                    "| {}/s | {} | {} | {:.0}/s | {:.3} | {:.3} | {:+.1}% |",
-                    r.target,
-                    r.every,
+                    "| {target} | {every} | {} | {:.0}/s | {:.3} | {:.3} | {:+.1}% |",
                     r.hits,
                     r.hits as f64 / r.probed.geomean,
                     r.base.geomean,

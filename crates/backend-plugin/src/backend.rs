@@ -33,6 +33,15 @@ const SNAPSHOT_SHARE: u64 = 50;
 /// How long a copy may take before it is given up on.
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(1);
 
+/// With a stall timeout: after this long with no word from the plugin,
+/// vmprobe pings it (an idle program sends nothing, a stopped QEMU answers
+/// nothing), and waits this long for the answer.
+const PING_AFTER: Duration = Duration::from_secs(1);
+const PING_WAIT: Duration = Duration::from_secs(1);
+/// Silence after which vmprobe says the QEMU seems stopped (or half the
+/// stall timeout, if that is shorter).
+const STALL_NOTICE: Duration = Duration::from_secs(10);
+
 pub struct PluginBackend {
     name: Arc<str>,
     client: PluginClient,
@@ -49,6 +58,12 @@ pub struct PluginBackend {
     /// The plugin's maps as last copied, and when (monotonic ns).
     snapshot: Option<(MapStore, u64)>,
     next_snapshot_ns: u64,
+    /// How long the plugin may stay silent before the run ends (`None`: no
+    /// limit; a QEMU vmprobe launched is watched through its process).
+    stall_timeout: Option<Duration>,
+    /// When the plugin last answered or sent anything (monotonic ns).
+    heard_ns: u64,
+    stall_reported: bool,
 }
 
 impl PluginBackend {
@@ -71,7 +86,63 @@ impl PluginBackend {
             home_errors: Vec::new(),
             snapshot: None,
             next_snapshot_ns: 0,
+            stall_timeout: None,
+            heard_ns: monotonic_ns(),
+            stall_reported: false,
         }
+    }
+
+    /// Ends the run once the plugin has not answered for `timeout` (and
+    /// says so, earlier, on stderr): for a VM vmprobe did not launch, whose
+    /// QEMU it cannot watch otherwise.
+    pub fn set_stall_timeout(&mut self, timeout: Option<Duration>) {
+        self.stall_timeout = timeout;
+    }
+
+    /// The plugin answered or sent something.
+    fn heard(&mut self) {
+        let now = monotonic_ns();
+        if self.stall_reported {
+            eprintln!(
+                "vmprobe: {}: the plugin answers again after {:.1} s",
+                self.name,
+                (now - self.heard_ns) as f64 / 1e9
+            );
+            self.stall_reported = false;
+        }
+        self.heard_ns = now;
+    }
+
+    /// With a stall timeout: pings a plugin that has been silent, reports a
+    /// silence that lasts, and ends the run at the timeout.
+    fn check_liveness(&mut self) -> Option<EndReason> {
+        let limit = self.stall_timeout?;
+        let silent = Duration::from_nanos(monotonic_ns().saturating_sub(self.heard_ns));
+        if silent >= PING_AFTER {
+            match self.client.ping_within(PING_WAIT) {
+                Ok(()) => self.heard(),
+                Err(crate::Error::Timeout(_)) => {}
+                Err(e) => return Some(EndReason::TargetGone(format!("the plugin: {e}"))),
+            }
+        }
+        let quiet = Duration::from_nanos(monotonic_ns().saturating_sub(self.heard_ns));
+        let notice = STALL_NOTICE.min(limit / 2);
+        if quiet >= notice && !self.stall_reported {
+            eprintln!(
+                "vmprobe: {}: no reply from the plugin for {:.0} s; is QEMU stopped? \
+                 waiting up to {:.0} s (--stall-timeout)",
+                self.name,
+                notice.as_secs_f64(),
+                limit.as_secs_f64()
+            );
+            self.stall_reported = true;
+        }
+        (quiet >= limit).then(|| {
+            EndReason::TargetGone(format!(
+                "no reply from the plugin for {:.0} s (--stall-timeout)",
+                limit.as_secs_f64()
+            ))
+        })
     }
 
     /// Adds a source of VMM or host events (served in vmprobe).
@@ -194,6 +265,7 @@ impl PluginBackend {
         // answers nothing, and vmprobe must notice it).
         match self.client.maps_within(SNAPSHOT_WAIT) {
             Ok(store) => {
+                self.heard();
                 let done = monotonic_ns();
                 let took = done - now;
                 self.snapshot = Some((store, done));
@@ -338,6 +410,9 @@ impl Backend for PluginBackend {
                 return EndReason::ScriptExit;
             }
             self.keep_snapshot();
+            if let Some(end) = self.check_liveness() {
+                return end;
+            }
             let now = monotonic_ns();
             let wait = self
                 .timers
@@ -348,6 +423,7 @@ impl Backend for PluginBackend {
             match self.client.next_event(wait) {
                 Ok(None) => {}
                 Ok(Some(m)) => {
+                    self.heard();
                     if let Flow::Exit = self.handle(runtime, m) {
                         return EndReason::ScriptExit;
                     }
@@ -422,7 +498,7 @@ impl Backend for PluginBackend {
         finished.stats_line = format!(
             "{} hits, {} returns, {} missed returns, {} samples, {} lost events, \
              service time per hit inside QEMU: mean {mean_us:.2} us, median under {:.2} us, \
-             max {:.1} us, {} reinstrumentations, {} panics caught",
+             max {:.1} us, {} reinstrumentations, {} panics caught, {}",
             s.hits,
             s.returns,
             s.missed_returns,
@@ -432,6 +508,11 @@ impl Backend for PluginBackend {
             s.service_ns_max as f64 / 1e3,
             s.reinstrumentations,
             s.caught_panics,
+            if s.idle_untranslated {
+                "detached: QEMU translates without the plugin"
+            } else {
+                "detached: the plugin still sees every translation"
+            },
         );
         finished.lost_events = s.lost_events;
         if s.lost_events > 0 {

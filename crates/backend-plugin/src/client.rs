@@ -216,6 +216,12 @@ impl PluginClient {
         .map(drop)
     }
 
+    /// Whether the plugin's socket thread answers within `timeout`.
+    pub fn ping_within(&mut self, timeout: Duration) -> Result<(), Error> {
+        self.request_within("a ping", timeout, |id| ToPlugin::Ping { id })
+            .map(drop)
+    }
+
     /// Every shard and the value maps, merged.
     pub fn maps(&mut self) -> Result<MapStore, Error> {
         self.maps_within(REQUEST_TIMEOUT)

@@ -35,7 +35,7 @@ use probe_runtime::{Cell, MapStore, OutputEvent, TracedValue};
 use std::io::{Read, Write};
 
 /// Bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame either side accepts: an attach carries the kernel's
 /// symbol table and unwind tables (a few MiB for Debian's 6.1).
@@ -114,6 +114,11 @@ pub enum ToPlugin {
         key: Key,
     },
     Detach {
+        id: u64,
+    },
+    /// Answered with `Done` by the plugin's socket thread: a QEMU that does
+    /// not answer is stopped (or wedged), not merely idle.
+    Ping {
         id: u64,
     },
 }
@@ -231,19 +236,48 @@ pub struct PluginStats {
     /// nanoseconds, and the largest.
     pub service_ns_sum: u64,
     pub service_ns_max: u64,
-    /// Hits by service time: bucket `i` counts those of `[2^i, 2^(i+1))` ns.
-    pub service_ns_log2: Vec<u64>,
+    /// Hits by service time, in the buckets of [`service_bucket`].
+    pub service_ns_hist: Vec<u64>,
+    /// After the detach took effect, QEMU calls no translation callback of
+    /// the plugin's: the guest runs its code as without the plugin.
+    pub idle_untranslated: bool,
+}
+
+/// Buckets of the service-time histogram: four per power of two (each
+/// within 25% of its lower bound), which is what tells a median of 0.8 us
+/// from one of 1.0 us; plain powers of two put both under 1.02 us. Exact
+/// below 8 ns; from 1.75 * 2^40 ns (32 minutes) on, all share the last one.
+pub const SERVICE_BUCKETS: usize = 4 * 40;
+
+/// The histogram bucket of a service time of `ns` nanoseconds.
+pub fn service_bucket(ns: u64) -> usize {
+    if ns < 4 {
+        return ns as usize;
+    }
+    let octave = 63 - ns.leading_zeros() as usize; // >= 2
+    let quarter = ((ns >> (octave - 2)) & 3) as usize;
+    (4 * (octave - 1) + quarter).min(SERVICE_BUCKETS - 1)
+}
+
+/// The smallest time above bucket `i`'s (its exclusive upper bound, ns).
+pub fn service_bucket_end(i: usize) -> u64 {
+    if i < 4 {
+        return i as u64 + 1;
+    }
+    let octave = (i / 4 + 1) as u32;
+    let quarter = (i % 4) as u64;
+    (5 + quarter) << (octave - 2)
 }
 
 impl PluginStats {
-    /// The median service time, as the upper bound of its log2 bucket (ns).
+    /// The median service time, as the upper bound of its bucket (ns).
     pub fn service_ns_median(&self) -> Option<u64> {
-        let total: u64 = self.service_ns_log2.iter().sum();
+        let total: u64 = self.service_ns_hist.iter().sum();
         let mut seen = 0;
-        for (i, n) in self.service_ns_log2.iter().enumerate() {
+        for (i, n) in self.service_ns_hist.iter().enumerate() {
             seen += n;
             if total > 0 && seen * 2 >= total {
-                return Some(1u64 << (i + 1).min(63));
+                return Some(service_bucket_end(i));
             }
         }
         None
@@ -312,13 +346,34 @@ mod tests {
     fn median_is_the_bucket_holding_the_middle_hit() {
         let mut stats = PluginStats::default();
         assert_eq!(stats.service_ns_median(), None);
-        // 3 hits in [1024, 2048) ns, 2 in [4096, 8192): the 3rd of 5 is in the first.
-        stats.service_ns_log2 = vec![0; 32];
-        stats.service_ns_log2[10] = 3;
-        stats.service_ns_log2[12] = 2;
-        assert_eq!(stats.service_ns_median(), Some(2048));
-        stats.service_ns_log2[12] = 4;
-        assert_eq!(stats.service_ns_median(), Some(8192));
+        // 3 hits of 800 ns, 2 of 5000 ns: the 3rd of 5 is one of the first.
+        stats.service_ns_hist = vec![0; SERVICE_BUCKETS];
+        stats.service_ns_hist[service_bucket(800)] = 3;
+        stats.service_ns_hist[service_bucket(5000)] = 2;
+        assert_eq!(stats.service_ns_median(), Some(896));
+        stats.service_ns_hist[service_bucket(5000)] = 4;
+        assert_eq!(stats.service_ns_median(), Some(5120));
+    }
+
+    #[test]
+    fn service_buckets_tile_the_line_within_a_quarter() {
+        let mut start = 0;
+        for i in 0..SERVICE_BUCKETS - 1 {
+            let end = service_bucket_end(i);
+            assert!(end > start, "bucket {i}: [{start}, {end})");
+            assert_eq!(service_bucket(start), i, "{start}");
+            assert_eq!(service_bucket(end - 1), i, "{}", end - 1);
+            // Every bucket is within a quarter of its lower bound.
+            assert!(
+                (end - start) * 4 <= start.max(4),
+                "bucket {i}: [{start}, {end})"
+            );
+            start = end;
+        }
+        assert_eq!(service_bucket(1 << 41), SERVICE_BUCKETS - 1);
+        assert_eq!(service_bucket(u64::MAX), SERVICE_BUCKETS - 1);
+        // 0.80 us and 1.00 us land in different buckets, both under 1.02 us.
+        assert!(service_bucket_end(service_bucket(800)) <= 1000);
     }
 
     #[test]

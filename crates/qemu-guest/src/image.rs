@@ -14,7 +14,7 @@ const INIT: &str = include_str!("../guest/init");
 /// Small static programs for `vmprobe bench` and the tests, compiled on the host when the
 /// guest is built (busybox has no null-syscall or fork/exec loop), installed
 /// in the guest as `/bin/vmprobe-<name>`.
-const BENCH_PROGRAMS: [(&str, &str); 7] = [
+const BENCH_PROGRAMS: [(&str, &str); 8] = [
     ("nullsys", include_str!("../guest/bench/nullsys.c")),
     ("forkexec", include_str!("../guest/bench/forkexec.c")),
     ("mix", include_str!("../guest/bench/mix.c")),
@@ -22,6 +22,7 @@ const BENCH_PROGRAMS: [(&str, &str); 7] = [
     ("pagewalk", include_str!("../guest/test/pagewalk.c")),
     ("fpstack", include_str!("../guest/test/fpstack.c")),
     ("hostile", include_str!("../guest/test/hostile.c")),
+    ("trap", include_str!("../guest/test/trap.c")),
 ];
 
 /// Kernel modules packed into the initramfs, in load order (each after what

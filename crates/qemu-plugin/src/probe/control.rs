@@ -322,6 +322,7 @@ impl Session {
                     .delete(map, &key);
                 self.send(&FromPlugin::Done { id }).is_ok()
             }
+            ToPlugin::Ping { id } => self.send(&FromPlugin::Done { id }).is_ok(),
             ToPlugin::Detach { id } => {
                 let Some(run) = run else {
                     return self.error(id, "nothing is attached");
@@ -394,12 +395,15 @@ impl Session {
                     .into_iter()
                     .map(|c| (c.vcpu, c.site as u32, c.entry_ns))
                     .collect();
+                let mut stats = run.stats();
+                // The detach's reset has run: this is the plugin idle.
+                stats.idle_untranslated = !tcg::translating();
                 let detached = Detached {
                     id: w.id,
                     store: merged(&run.shards, &run.values),
                     errors: run.errors(),
                     unfinished,
-                    stats: run.stats(),
+                    stats,
                 };
                 // Free before the answer, so that a vmprobe attaching as
                 // soon as this one has its answer finds the plugin free.

@@ -3,10 +3,10 @@
 //! stop. What it runs and how the vCPUs share maps is in [`run`] and
 //! [`shards`]; the socket vmprobe talks to is [`control`].
 //!
-//! While no vmprobe is attached, the plugin instruments nothing: the
-//! translator asks [`Plugin::instrument`] about every instruction and the
-//! answer is no (the doorbell blocks the FFI layer keeps are the one cost,
-//! see `tcg`).
+//! While no vmprobe is attached, the plugin instruments nothing: it is not
+//! [`active`](Hooks::active), so QEMU has no translation callback of ours
+//! and runs the guest's code as without the plugin (where QEMU does not
+//! export the wake-up `tcg` needs, the doorbell blocks stay: see `tcg`).
 
 mod context;
 mod control;
@@ -150,6 +150,12 @@ impl Hooks for Plugin {
         let run = self.run.load();
         let run = run.as_ref()?;
         (run.started.load(Ordering::Acquire) && run.instruments(vaddr)).then_some(vaddr)
+    }
+
+    fn active(&self) -> bool {
+        let run = self.run.load();
+        run.as_ref()
+            .is_some_and(|r| r.started.load(Ordering::Acquire))
     }
 
     fn on_insn(&self, vcpu: &mut Vcpu<'_>, vaddr: u64) {

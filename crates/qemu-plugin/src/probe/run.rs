@@ -30,8 +30,16 @@ pub(crate) struct Counters {
     pub lost: AtomicU64,
     pub service_ns_sum: AtomicU64,
     pub service_ns_max: AtomicU64,
-    /// Hits by service time, log2 buckets of nanoseconds.
-    pub service_ns_log2: [AtomicU64; 32],
+    /// Hits by service time (`plugin_protocol::service_bucket`).
+    pub service_ns_hist: ServiceHist,
+}
+
+pub(crate) struct ServiceHist(pub [AtomicU64; plugin_protocol::SERVICE_BUCKETS]);
+
+impl Default for ServiceHist {
+    fn default() -> ServiceHist {
+        ServiceHist(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
 }
 
 pub(crate) struct Run {
@@ -155,8 +163,8 @@ impl Run {
         self.counters
             .service_ns_max
             .fetch_max(spent, Ordering::Relaxed);
-        let bucket = (63 - spent.max(1).leading_zeros() as usize).min(31);
-        self.counters.service_ns_log2[bucket].fetch_add(1, Ordering::Relaxed);
+        let bucket = plugin_protocol::service_bucket(spent);
+        self.counters.service_ns_hist.0[bucket].fetch_add(1, Ordering::Relaxed);
         new_return
     }
 
@@ -427,11 +435,13 @@ impl Run {
             reinstrumentations: crate::tcg::resets(),
             service_ns_sum: c.service_ns_sum.load(Ordering::Relaxed),
             service_ns_max: c.service_ns_max.load(Ordering::Relaxed),
-            service_ns_log2: c
-                .service_ns_log2
+            service_ns_hist: c
+                .service_ns_hist
+                .0
                 .iter()
                 .map(|b| b.load(Ordering::Relaxed))
                 .collect(),
+            idle_untranslated: false,
         }
     }
 

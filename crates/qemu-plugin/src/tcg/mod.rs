@@ -95,6 +95,17 @@ pub trait Hooks: Send + Sync + 'static {
     /// for a vCPU in it.
     fn reinstrumented(&self) {}
 
+    /// Whether any block needs [`instrument`](Hooks::instrument) asked at
+    /// all. While this is false and a vCPU can be woken from another thread
+    /// (see `wake`), the next reset leaves QEMU with no translation
+    /// callback, so the guest runs exactly the code it would run without
+    /// the plugin; a [`request_reinstrument`] made when it turns true
+    /// translates everything again. Like `instrument`, the answer must
+    /// change only together with a `request_reinstrument`.
+    fn active(&self) -> bool {
+        true
+    }
+
     /// A vCPU came up (its index). Its registers are readable from here on.
     fn vcpu_init(&self, _vcpu_index: u32) {}
 
@@ -222,6 +233,8 @@ static SAMPLING: AtomicBool = AtomicBool::new(false);
 static IDLE_CALLBACKS_SEEN: AtomicBool = AtomicBool::new(false);
 /// A wake-up (`wake::queue`) is queued and has not run yet: one is enough.
 static WAKE_QUEUED: AtomicBool = AtomicBool::new(false);
+/// The translation callback is registered (see [`Hooks::active`]).
+static TRANSLATING: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
     /// This thread runs vCPUs (marked in vCPU-context callbacks): it may call
@@ -312,12 +325,23 @@ pub fn install(
 
 /// Every callback the plugin has while installed: at install, and again in
 /// the reset callback (a reset unregisters all of them).
+///
+/// The translation callback only while the hooks are active, or while a
+/// request from another thread can reach a vCPU through nothing but the
+/// doorbell blocks the translator makes. Without it QEMU translates guest
+/// code as it would with no plugin loaded (its translator skips every
+/// plugin step when no plugin wants translations), which is what makes an
+/// idle plugin cost nothing measurable on the guest.
 fn register_callbacks(id: qemu_plugin_id_t) {
+    let translate = !wake::available() || plugin().is_none_or(|p| p.hooks.active());
+    TRANSLATING.store(translate, Ordering::SeqCst);
     // SAFETY: `id` is this plugin's id and the functions are `extern "C"`
     // trampolines with QEMU's signatures that never unwind.
     unsafe {
         qemu_plugin_register_vcpu_init_cb(id, Some(callbacks::vcpu_init));
-        qemu_plugin_register_vcpu_tb_trans_cb(id, Some(callbacks::tb_trans));
+        if translate {
+            qemu_plugin_register_vcpu_tb_trans_cb(id, Some(callbacks::tb_trans));
+        }
         qemu_plugin_register_vcpu_idle_cb(id, Some(callbacks::vcpu_idle));
         qemu_plugin_register_vcpu_resume_cb(id, Some(callbacks::vcpu_resume));
         qemu_plugin_register_flush_cb(id, Some(callbacks::flush));
@@ -387,8 +411,16 @@ pub fn immediate_wake() -> bool {
 
 /// Off: requests from other threads wait for a doorbell block (or, under
 /// multi-threaded TCG, the resume callback), using the plugin API alone.
+/// Call it before the first request: while the plugin is idle with no
+/// translation callback, only the wake-up can reach a vCPU.
 pub fn set_immediate_wake(on: bool) {
     wake::ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether QEMU calls the translation callback now: false while the hooks
+/// are idle and a wake-up can start the next reset (see [`Hooks::active`]).
+pub fn translating() -> bool {
+    TRANSLATING.load(Ordering::SeqCst)
 }
 
 /// Under multi-threaded TCG, a halted vCPU runs no block until an interrupt
