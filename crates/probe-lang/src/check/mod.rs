@@ -6,10 +6,13 @@
 use crate::ast::*;
 use crate::diag::{Reporter, Span};
 use crate::format::{Conv, Format};
-use crate::lexer::parse_int;
 use crate::types::{FieldType, KernelTypes, TypeInfo, TypeRef};
-use crate::{KprobeTarget, ProbeSpec, RateUnit, WatchMode};
+use crate::{KprobeTarget, ProbeSpec};
 use rustc_hash::FxHashMap;
+
+mod attach;
+
+pub use attach::{MIN_PERIOD_NS, parse_probe};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum AggKind {
@@ -222,38 +225,7 @@ pub(crate) fn check(
     r: &mut Reporter<'_>,
     types: Option<&dyn KernelTypes>,
 ) -> Checked {
-    let mut probes = Vec::new();
-    let mut kinds = Vec::new();
-    let mut block_specs: Vec<Vec<ProbeSpec>> = Vec::new();
-    let (mut begins, mut ends) = (0, 0);
-    for (bi, block) in ast.probes.iter().enumerate() {
-        let mut all_k = true;
-        let mut all_kr = true;
-        let mut specs = Vec::new();
-        for (text, span) in &block.attach {
-            match parse_probe(text) {
-                Ok(spec) => {
-                    // bpftrace 0.17 allows one of each.
-                    let n = match spec {
-                        ProbeSpec::Begin => &mut begins,
-                        ProbeSpec::End => &mut ends,
-                        _ => &mut 0,
-                    };
-                    *n += 1;
-                    if *n == 2 {
-                        r.error(*span, format!("More than one {text} probe defined"));
-                    }
-                    all_k &= matches!(spec, ProbeSpec::Kprobe { .. });
-                    all_kr &= matches!(spec, ProbeSpec::Kretprobe { .. });
-                    specs.push(spec.clone());
-                    probes.push((spec, bi));
-                }
-                Err(m) => r.error(*span, m),
-            }
-        }
-        kinds.push((all_k, all_kr));
-        block_specs.push(specs);
-    }
+    let (probes, blocks) = attach::resolve(ast, r);
 
     // Pass A discovers map declarations wherever they are in the script (a
     // map may be read in a block that comes before its assignment); pass B
@@ -290,11 +262,11 @@ pub(crate) fn check(
             discovering: pass == 0,
         };
         scratch.clear();
-        for ((block, &(k, kr)), specs) in ast.probes.iter_mut().zip(&kinds).zip(&block_specs) {
+        for (block, attach) in ast.probes.iter_mut().zip(&blocks) {
             c.vars.clear();
-            c.specs.clone_from(specs);
-            c.all_kprobe = k;
-            c.all_kretprobe = kr;
+            c.specs.clone_from(&attach.specs);
+            c.all_kprobe = attach.all_kprobe;
+            c.all_kretprobe = attach.all_kretprobe;
             if let Some(p) = &mut block.predicate {
                 c.expr(p);
                 c.want_int(p, "predicate");
@@ -324,157 +296,6 @@ pub(crate) fn check(
         traces,
         recording,
         self_vars: self_vars.into_iter().map(|(n, (_, t))| (n, t)).collect(),
-    }
-}
-
-/// Attach point text -> ProbeSpec.
-/// The shortest period of `interval` and `profile` probes (100 kHz).
-/// bpftrace's are perf events on the kernel's cpu-clock, which refuses
-/// higher rates (`profile:hz:1000000`: "Invalid argument") and stretches
-/// shorter periods to 10 us; here every firing stops the guest.
-pub const MIN_PERIOD_NS: u64 = 10_000;
-
-pub fn parse_probe(text: &str) -> Result<ProbeSpec, String> {
-    match text {
-        "BEGIN" => return Ok(ProbeSpec::Begin),
-        "END" => return Ok(ProbeSpec::End),
-        _ => {}
-    }
-    let Some((kind, rest)) = text.split_once(':') else {
-        return Err(format!("invalid probe '{text}'"));
-    };
-    let valid_name = |n: &str| {
-        !n.is_empty()
-            && n.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '*' | '?'))
-    };
-    match kind {
-        "kprobe" | "k" => {
-            let (target, off) = match rest.split_once('+') {
-                Some((t, o)) => {
-                    let off = parse_int(o).ok_or_else(|| format!("invalid probe offset '{o}'"))?;
-                    (t, off)
-                }
-                None => (rest, 0),
-            };
-            if target.starts_with("0x") {
-                let a = parse_int(target).ok_or_else(|| format!("invalid address '{target}'"))?;
-                return Ok(ProbeSpec::Kprobe {
-                    target: KprobeTarget::Address(a),
-                    offset: off,
-                });
-            }
-            if !valid_name(target) {
-                return Err(format!("invalid kprobe function name '{target}'"));
-            }
-            if off != 0 && target.contains(['*', '?']) {
-                return Err("an offset cannot be combined with a wildcard".into());
-            }
-            Ok(ProbeSpec::Kprobe {
-                target: KprobeTarget::Function(target.to_string()),
-                offset: off,
-            })
-        }
-        "kretprobe" | "kr" => {
-            if !valid_name(rest) {
-                return Err(format!("invalid kretprobe function name '{rest}'"));
-            }
-            Ok(ProbeSpec::Kretprobe {
-                function: rest.to_string(),
-            })
-        }
-        "interval" | "i" | "profile" | "p" => {
-            let full = if kind.len() == 1 {
-                if kind == "i" { "interval" } else { "profile" }
-            } else {
-                kind
-            };
-            let Some((unit, n)) = rest.split_once(':') else {
-                return Err(format!(
-                    "{full} probes take a unit and a count, e.g. '{full}:ms:100'"
-                ));
-            };
-            let unit = match unit {
-                "s" => RateUnit::S,
-                "ms" => RateUnit::Ms,
-                "us" => RateUnit::Us,
-                "hz" => RateUnit::Hz,
-                _ => {
-                    return Err(format!(
-                        "invalid {full} unit '{unit}' (expected s, ms, us or hz)"
-                    ));
-                }
-            };
-            let value = match parse_int(n) {
-                Some(v) if v > 0 => v,
-                _ => return Err(format!("invalid {full} count '{n}' (a positive integer)")),
-            };
-            if unit.period_ns(value) < MIN_PERIOD_NS {
-                return Err(format!(
-                    "{full}:{}:{value} fires more than 100000 times a second, the limit \
-                     (as in bpftrace, whose perf events the kernel refuses above 100000 Hz \
-                     and runs at most every 10 us)",
-                    unit.name()
-                ));
-            }
-            Ok(if full == "interval" {
-                ProbeSpec::Interval { unit, value }
-            } else {
-                ProbeSpec::Profile { unit, value }
-            })
-        }
-        "watchpoint" | "w" => {
-            let parts: Vec<&str> = rest.split(':').collect();
-            let [addr, len, mode] = parts[..] else {
-                return Err(
-                    "watchpoint probes look like 'watchpoint:ADDR:LEN:MODE', e.g. 'watchpoint:0xffffffff81000000:8:w'"
-                        .into(),
-                );
-            };
-            let addr =
-                parse_int(addr).ok_or_else(|| format!("invalid watchpoint address '{addr}'"))?;
-            let len = match parse_int(len) {
-                Some(l @ (1 | 2 | 4 | 8)) => l as u8,
-                _ => return Err(format!("invalid watchpoint length '{len}' (1, 2, 4 or 8)")),
-            };
-            let mode = match mode {
-                "r" => WatchMode::Read,
-                "w" => WatchMode::Write,
-                "rw" | "wr" => WatchMode::ReadWrite,
-                _ => return Err(format!("invalid watchpoint mode '{mode}' (r, w or rw)")),
-            };
-            Ok(ProbeSpec::Watchpoint { addr, len, mode })
-        }
-        "vmm" => {
-            if !valid_name(rest) || rest.contains(['*', '?']) {
-                return Err(format!("invalid vmm event name '{rest}'"));
-            }
-            Ok(ProbeSpec::Vmm {
-                event: rest.to_string(),
-            })
-        }
-        "tracepoint" | "t" => {
-            let Some((system, event)) = rest.split_once(':') else {
-                return Err(
-                    "tracepoint probes look like 'tracepoint:SYSTEM:EVENT', e.g. 'tracepoint:kvm:kvm_exit'"
-                        .into(),
-                );
-            };
-            if !valid_name(system) || !valid_name(event) {
-                return Err(format!("invalid tracepoint '{system}:{event}'"));
-            }
-            Ok(ProbeSpec::Tracepoint {
-                system: system.to_string(),
-                event: event.to_string(),
-            })
-        }
-        "uprobe" | "u" | "uretprobe" | "ur" | "usdt" | "U" | "software" | "s" | "hardware"
-        | "h" | "kfunc" | "f" | "kretfunc" | "fr" | "rawtracepoint" | "rt" | "iter" => {
-            Err(format!(
-                "probe type '{kind}' is not supported (supported: BEGIN, END, kprobe, kretprobe, interval, profile, watchpoint, vmm, tracepoint)"
-            ))
-        }
-        _ => Err(format!("unknown probe type '{kind}'")),
     }
 }
 
@@ -2249,28 +2070,6 @@ mod tests {
         );
         assert!(!c.maps[c.map_index["u"]].signed);
         assert_eq!(c.scratch[0].len(), 2);
-    }
-
-    #[test]
-    fn probe_parsing() {
-        assert_eq!(
-            parse_probe("kprobe:f+0x10").unwrap(),
-            ProbeSpec::Kprobe {
-                target: KprobeTarget::Function("f".into()),
-                offset: 16
-            }
-        );
-        assert_eq!(
-            parse_probe("kprobe:0x10").unwrap(),
-            ProbeSpec::Kprobe {
-                target: KprobeTarget::Address(16),
-                offset: 0
-            }
-        );
-        assert!(parse_probe("kprobe:").is_err());
-        assert!(parse_probe("kprobe:f+zz").is_err());
-        assert!(parse_probe("kretprobe:f+1").is_err());
-        assert!(parse_probe("BEGINX").is_err());
     }
 
     #[test]
