@@ -5,12 +5,12 @@
 
 use crate::ast::*;
 use crate::diag::{Reporter, Span};
-use crate::format::{Conv, Format};
 use crate::types::{FieldType, KernelTypes, TypeInfo, TypeRef};
 use crate::{KprobeTarget, ProbeSpec};
 use rustc_hash::FxHashMap;
 
 mod attach;
+mod printf;
 
 pub use attach::{MIN_PERIOD_NS, parse_probe};
 
@@ -839,72 +839,6 @@ impl Checker<'_, '_> {
                 );
             }
             _ => self.r.error(name_span, unknown_function(name)),
-        }
-    }
-
-    fn printf(&mut self, args: &mut [Expr], span: Span) {
-        for a in args.iter_mut() {
-            self.expr(a);
-        }
-        let Some(first) = args.first() else {
-            self.r.error(span, "printf() needs a format string");
-            return;
-        };
-        let ExprKind::Str(fmt) = &first.kind else {
-            self.r.error(
-                first.span,
-                "printf: the first argument must be a string literal",
-            );
-            return;
-        };
-        let fmt = match Format::parse(fmt) {
-            Ok(f) => f,
-            Err(m) => {
-                self.r.error(first.span, m);
-                return;
-            }
-        };
-        let specs: Vec<_> = fmt.specs().copied().collect();
-        let (given, want) = (args.len() - 1, specs.len());
-        if given != want {
-            let which = if given > want {
-                "Too many"
-            } else {
-                "Not enough"
-            };
-            self.r.error(
-                span,
-                format!("printf: {which} arguments for format string ({given} supplied, {want} expected)"),
-            );
-            return;
-        }
-        for (spec, a) in specs.iter().zip(&args[1..]) {
-            let want = match spec.conv {
-                Conv::Str => Type::Str,
-                Conv::Buf => Type::Buf,
-                _ => Type::SIGNED,
-            };
-            let ok = a.ty == Type::Unknown
-                || match want {
-                    Type::Str => matches!(a.ty, Type::Str | Type::Stack),
-                    Type::Buf => a.ty == Type::Buf,
-                    _ => a.ty.is_int(),
-                };
-            if !ok {
-                let wname = if want.is_int() {
-                    "integer"
-                } else {
-                    want.name()
-                };
-                self.r.error(
-                    a.span,
-                    format!(
-                        "printf: %{} specifier expects a value of type {wname} ({} supplied)",
-                        spec.conv.letter(),
-                        a.ty.name()
-                    ),
-                );
-            }
         }
     }
 
