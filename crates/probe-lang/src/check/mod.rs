@@ -11,8 +11,10 @@ use rustc_hash::FxHashMap;
 
 mod attach;
 mod printf;
+mod trace;
 
 pub use attach::{MIN_PERIOD_NS, parse_probe};
+pub use trace::{TraceSite, TraceType};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum AggKind {
@@ -117,22 +119,6 @@ pub struct Checked {
     /// Every `trace()` / `snapshot()` call (`"trace"` or `"snapshot"`),
     /// which only `vmprobe record` can serve.
     pub recording: Vec<(String, Span)>,
-}
-
-/// The static type of a `trace()` field, which becomes its type in the
-/// trace file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum TraceType {
-    Unsigned,
-    Signed,
-    Str,
-    Buf,
-}
-
-/// One `trace(name = expr, ...)` call site: its fields, in order.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct TraceSite {
-    pub fields: Vec<(String, TraceType)>,
 }
 
 const BUILTINS: &[&str] = &[
@@ -468,91 +454,6 @@ impl Checker<'_, '_> {
             } => self.call_stmt(name, *name_span, args, s.span),
             StmtKind::Trace { fields, site } => *site = self.trace(fields, s.span),
         }
-    }
-
-    /// `trace()` records the probe's own fields; `trace(name = expr, ...)`
-    /// declares a call site whose fields are integers, strings or buffers.
-    /// Returns the site's index (None for a bare `trace()`).
-    fn trace(&mut self, fields: &mut [TraceArg], span: Span) -> Option<u32> {
-        self.recording_call("trace", span);
-        if fields.is_empty() {
-            return None;
-        }
-        let mut site = TraceSite { fields: Vec::new() };
-        for f in fields.iter_mut() {
-            self.expr(&mut f.value);
-            let Some((name, name_span)) = &f.name else {
-                self.r.error(
-                    f.value.span,
-                    "trace() fields need a name, as in trace(fd = arg0, n = arg2)",
-                );
-                continue;
-            };
-            if site.fields.iter().any(|(n, _)| n == name) {
-                self.r
-                    .error(*name_span, format!("trace() field '{name}' is given twice"));
-                continue;
-            }
-            let ty = match f.value.ty {
-                Type::Unknown => continue,
-                t if t.is_int() => match t.as_int() {
-                    Type::Int { signed: true } => TraceType::Signed,
-                    _ => TraceType::Unsigned,
-                },
-                Type::Str => TraceType::Str,
-                Type::Buf => TraceType::Buf,
-                t => {
-                    let what = match t {
-                        Type::Tuple(_) => "a tuple; trace its elements as separate fields",
-                        Type::Stack => "a stack; trace(...) takes integers, str() or buf()",
-                        _ => "a struct, union or array; trace one of its members",
-                    };
-                    self.r.error(
-                        f.value.span,
-                        format!("trace() field '{name}' cannot hold {what}"),
-                    );
-                    continue;
-                }
-            };
-            site.fields.push((name.clone(), ty));
-        }
-        // A byte array `b` is written to CTF with a length field `_b_length`.
-        for (name, ty) in &site.fields {
-            if *ty == TraceType::Buf
-                && let Some(f) = fields.iter().find(|f| {
-                    f.name.as_ref().is_some_and(|(n, _)| {
-                        n.strip_prefix('_') == Some(&format!("{name}_length"))
-                    })
-                })
-            {
-                let (n, sp) = f.name.as_ref().expect("found by name");
-                self.r.error(
-                    *sp,
-                    format!("trace() field '{n}' clashes with the length of buffer field '{name}'"),
-                );
-            }
-        }
-        self.traces.push(site);
-        Some(self.traces.len() as u32 - 1)
-    }
-
-    /// `trace()` and `snapshot()` write to the trace of `vmprobe record`:
-    /// they need a probe that fires in a guest.
-    fn recording_call(&mut self, name: &str, span: Span) {
-        if let Some(p) = self
-            .specs
-            .iter()
-            .find(|p| matches!(p, ProbeSpec::Begin | ProbeSpec::End))
-        {
-            self.r.error(
-                span,
-                format!(
-                    "{name}() cannot be used in {}: it records what happens in a guest",
-                    p.name()
-                ),
-            );
-        }
-        self.recording.push((name.to_string(), span));
     }
 
     fn var_mismatch(&mut self, var: &str, value: &Expr, t: Type) {
