@@ -171,6 +171,40 @@ impl Checker<'_, '_> {
         self.declare(name, kind, key_tys, vt, lhist, span);
     }
 
+    /// `@m[keys]` read as a value: only value, count, sum, min, max and
+    /// avg maps have one.
+    pub(super) fn map_read(&mut self, name: &str, keys: &mut [Expr], span: Span) -> Type {
+        let key_tys = self.keys(keys);
+        match (self.map_index.get(name), key_tys) {
+            (Some(&i), Some(k)) => {
+                let d = &self.maps[i];
+                let (kind, value) = (d.kind, d.value);
+                self.check_keys(name, &k, span);
+                match kind {
+                    AggKind::Value => value,
+                    AggKind::Hist | AggKind::Lhist | AggKind::Stats => {
+                        self.r.error(
+                            span,
+                            format!(
+                                "@{name} is a {}() map and cannot be read as a value",
+                                kind.name()
+                            ),
+                        );
+                        Type::Unknown
+                    }
+                    AggKind::Count => Type::UNSIGNED,
+                    _ => value,
+                }
+            }
+            (None, _) if self.assigning.as_deref() == Some(name) => Type::UNSIGNED,
+            (None, _) => {
+                self.r.error(span, format!("undefined map '@{name}'"));
+                Type::Unknown
+            }
+            _ => Type::Unknown,
+        }
+    }
+
     /// `@m[keys] op= value` and `@m++`: a read-modify-write of an integer.
     pub(super) fn map_update(
         &mut self,
