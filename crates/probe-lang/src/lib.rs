@@ -31,6 +31,7 @@ pub mod needs;
 pub mod parser;
 pub mod types;
 pub mod value;
+mod visit;
 
 pub use check::{TraceSite, TraceType};
 pub use diag::{Diagnostic, Diagnostics, Span};
