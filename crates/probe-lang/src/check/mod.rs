@@ -2,6 +2,14 @@
 //! fills in expression types, and validates builtins, calls, printf formats,
 //! scratch variables and map usage (one aggregation kind and one key
 //! signature per map). Nothing runs unless this pass reports no errors.
+//!
+//! One `Checker` walks the tree; its methods are split by concern, as
+//! bpftrace splits its passes: this file holds the entry point, the two
+//! walks and the state they share; `attach` the attach points, `stmt`
+//! statements and variables, `maps` map declarations and uses, `expr`
+//! expressions, `calls` builtins and functions, `printf` format strings,
+//! `trace` `trace()`/`snapshot()`, and `types`, `access` and `args` the
+//! guest kernel's types.
 
 use crate::ProbeSpec;
 use crate::ast::*;
@@ -25,6 +33,7 @@ pub use calls::{BUF_MAX, KSTACK_MAX, STR_MAX};
 pub use maps::{AggKind, HIST_BUCKETS, LhistParams, MapDecl};
 pub use trace::{TraceSite, TraceType};
 
+/// What the check found, for lowering and for the checks before attaching.
 pub struct Checked {
     pub maps: Vec<MapDecl>,
     pub map_index: FxHashMap<String, usize>,
@@ -55,6 +64,7 @@ fn same_shape(a: Type, b: Type) -> bool {
     a.is_int() && b.is_int() || a == b
 }
 
+/// The state of one walk over the program.
 struct Checker<'a, 's> {
     r: &'a mut Reporter<'s>,
     maps: Vec<MapDecl>,
@@ -164,6 +174,7 @@ pub(crate) fn check(
 }
 
 impl Checker<'_, '_> {
+    /// Reports `e` unless it is an integer (or already in error).
     fn want_int(&mut self, e: &Expr, what: &str) {
         if !e.ty.is_int() && e.ty != Type::Unknown {
             self.r.error(
