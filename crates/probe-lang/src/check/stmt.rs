@@ -5,6 +5,12 @@
 
 use super::{Checker, same_shape};
 use crate::ast::{Expr, ExprKind, Stmt, StmtKind, Type};
+use crate::diag::Span;
+
+/// Scratch and per-vCPU variables live in slots numbered by a `u16`, and
+/// a block's slot count is a `u16` too: past this, a count wraps to 0 or
+/// two variables share a slot.
+const MAX_VARS: usize = u16::MAX as usize;
 
 impl Checker<'_, '_> {
     pub(super) fn stmts(&mut self, stmts: &mut [Stmt]) {
@@ -39,12 +45,16 @@ impl Checker<'_, '_> {
                         self.var_mismatch(&format!("${name}"), value, t)
                     }
                     Some(_) => {}
+                    None if self.vars.len() >= MAX_VARS => self.r.error(
+                        s.span,
+                        format!("too many scratch variables in one block (at most {MAX_VARS})"),
+                    ),
                     None => {
                         self.vars.insert(name.clone(), (next, value.ty));
                     }
                 }
             }
-            StmtKind::SelfAssign { name, value } => self.self_assign(name, value),
+            StmtKind::SelfAssign { name, value } => self.self_assign(name, value, s.span),
             StmtKind::If { cond, then, els } => {
                 self.expr(cond);
                 self.want_int(cond, "if condition");
@@ -91,17 +101,16 @@ impl Checker<'_, '_> {
     /// scratch variables have per block. A literal `0` clears the variable
     /// (as in DTrace) whatever its type, so it does not fix the type itself
     /// unless nothing else does.
-    fn self_assign(&mut self, name: &str, value: &mut Expr) {
+    fn self_assign(&mut self, name: &str, value: &mut Expr, span: Span) {
         let clears = matches!(value.kind, ExprKind::Int(0));
         // `self->n++` / `self->n += v` on a variable nothing else assigns
         // makes it an integer, as `@m++` does for maps.
         if let ExprKind::Binary(_, lhs, _) = &value.kind
             && matches!(&lhs.kind, ExprKind::SelfVar(n) if n == name)
             && !self.self_vars.contains_key(name)
+            && !self.new_self_var(name, Type::SIGNED, span)
         {
-            let slot = self.self_vars.len() as u16;
-            self.self_vars
-                .insert(name.to_string(), (slot, Type::SIGNED));
+            return;
         }
         self.expr(value);
         if value.ty == Type::Unknown {
@@ -128,9 +137,50 @@ impl Checker<'_, '_> {
                     );
                     return;
                 }
-                let slot = self.self_vars.len() as u16;
-                self.self_vars.insert(name.to_string(), (slot, value.ty));
+                self.new_self_var(name, value.ty, span);
             }
+        }
+    }
+
+    /// Gives per-vCPU variable `name` the next slot; false (reported at
+    /// `span`) when there is none left.
+    fn new_self_var(&mut self, name: &str, ty: Type, span: Span) -> bool {
+        if self.self_vars.len() >= MAX_VARS {
+            self.r.error(
+                span,
+                format!("too many per-vCPU variables (at most {MAX_VARS})"),
+            );
+            return false;
+        }
+        let slot = self.self_vars.len() as u16;
+        self.self_vars.insert(name.to_string(), (slot, ty));
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    fn first_error(src: &str) -> Option<String> {
+        crate::compile(src, "t.bt")
+            .err()
+            .map(|d| d.to_string().lines().next().unwrap_or("").to_string())
+    }
+
+    /// `n` assignments `{prefix}vI = 1;` in one block.
+    fn assignments(prefix: &str, n: usize) -> String {
+        let body: String = (0..n).map(|i| format!("{prefix}v{i} = 1; ")).collect();
+        format!("BEGIN {{ {body} }}")
+    }
+
+    #[test]
+    fn variable_slots_do_not_wrap() {
+        // 65536 scratch variables made a block's slot count 0 (a panic
+        // when run); a 65537th per-vCPU variable shared slot 0.
+        assert_eq!(first_error(&assignments("$", 65535)), None);
+        for (prefix, what, n) in [("$", "scratch", 65536), ("self->", "per-vCPU", 65537)] {
+            let e = first_error(&assignments(prefix, n))
+                .unwrap_or_else(|| panic!("{n} {what} variables compiled"));
+            assert!(e.contains(&format!("too many {what} variables")), "{e}");
         }
     }
 }
