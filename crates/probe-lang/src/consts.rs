@@ -9,51 +9,49 @@
 
 use crate::ast::{Ast, BinOp, Expr, ExprKind, Stmt, StmtKind, UnOp};
 use crate::diag::Reporter;
+use crate::visit::{self, Visitor};
 
 pub fn check(ast: &Ast, r: &mut Reporter<'_>) {
+    let mut c = Consts { r };
     for probe in &ast.probes {
-        if let Some(p) = &probe.predicate {
-            divisions(p, r);
-        }
-        stmts(&probe.body, r);
+        visit::walk_block(&mut c, probe);
     }
 }
 
-fn stmts(body: &[Stmt], r: &mut Reporter<'_>) {
-    for s in body {
-        stmt(s, r);
-    }
+struct Consts<'a, 's> {
+    r: &'a mut Reporter<'s>,
 }
 
-fn stmt(s: &Stmt, r: &mut Reporter<'_>) {
-    match &s.kind {
-        StmtKind::MapAssign { keys, value, .. } | StmtKind::MapUpdate { keys, value, .. } => {
-            keys.iter().for_each(|k| divisions(k, r));
-            divisions(value, r);
+impl Visitor for Consts<'_, '_> {
+    /// A loop is judged after what is inside it.
+    fn visit_stmt(&mut self, s: &Stmt) {
+        visit::walk_stmt(self, s);
+        if let StmtKind::While { cond, body } = &s.kind
+            && value(cond).is_some_and(|v| v != 0)
+            && !ends(body, true)
+        {
+            self.r.error(
+                s.span,
+                "this loop never ends: its condition is always true and nothing in it \
+                 breaks or calls exit()",
+            );
         }
-        StmtKind::VarAssign { value, .. } | StmtKind::SelfAssign { value, .. } => {
-            divisions(value, r)
+    }
+
+    /// Reports every `/` or `%` by a constant zero, operands first.
+    fn visit_expr(&mut self, e: &Expr) {
+        visit::walk_expr(self, e);
+        if let ExprKind::Binary(op, _, b) = &e.kind
+            && matches!(op, BinOp::Div | BinOp::Mod)
+            && value(b) == Some(0)
+        {
+            let what = if *op == BinOp::Div {
+                "division"
+            } else {
+                "modulo"
+            };
+            self.r.error(b.span, format!("{what} by zero"));
         }
-        StmtKind::Call { args, .. } => args.iter().for_each(|a| divisions(a, r)),
-        StmtKind::If { cond, then, els } => {
-            divisions(cond, r);
-            stmts(then, r);
-            stmts(els, r);
-        }
-        StmtKind::Unroll { body, .. } => stmts(body, r),
-        StmtKind::While { cond, body } => {
-            divisions(cond, r);
-            stmts(body, r);
-            if value(cond).is_some_and(|v| v != 0) && !ends(body, true) {
-                r.error(
-                    s.span,
-                    "this loop never ends: its condition is always true and nothing in it \
-                     breaks or calls exit()",
-                );
-            }
-        }
-        StmtKind::Trace { fields, .. } => fields.iter().for_each(|f| divisions(&f.value, r)),
-        StmtKind::Break | StmtKind::Continue => {}
     }
 }
 
@@ -73,46 +71,6 @@ fn ends(body: &[Stmt], own_loop: bool) -> bool {
         StmtKind::While { body, .. } => ends(body, false),
         _ => false,
     })
-}
-
-/// Reports every `/` or `%` by a constant zero in `e`.
-fn divisions(e: &Expr, r: &mut Reporter<'_>) {
-    match &e.kind {
-        ExprKind::Binary(op, a, b) => {
-            divisions(a, r);
-            divisions(b, r);
-            if matches!(op, BinOp::Div | BinOp::Mod) && value(b) == Some(0) {
-                let what = if *op == BinOp::Div {
-                    "division"
-                } else {
-                    "modulo"
-                };
-                r.error(b.span, format!("{what} by zero"));
-            }
-        }
-        ExprKind::Unary(_, a) | ExprKind::Field(a, _) | ExprKind::Deref(a) => divisions(a, r),
-        ExprKind::Cast { expr, .. } | ExprKind::KCast { expr, .. } => divisions(expr, r),
-        ExprKind::Ternary(c, a, b) => {
-            divisions(c, r);
-            divisions(a, r);
-            divisions(b, r);
-        }
-        ExprKind::Tuple(es) => es.iter().for_each(|x| divisions(x, r)),
-        ExprKind::Map { keys, .. } => keys.iter().for_each(|k| divisions(k, r)),
-        ExprKind::Call { args, .. } => args.iter().for_each(|a| divisions(a, r)),
-        ExprKind::Member { base, .. } => divisions(base, r),
-        ExprKind::Index { base, index, .. } => {
-            divisions(base, r);
-            divisions(index, r);
-        }
-        ExprKind::Int(_)
-        | ExprKind::Str(_)
-        | ExprKind::Var(_)
-        | ExprKind::Ident(_)
-        | ExprKind::SizeofType(_)
-        | ExprKind::Offsetof(..)
-        | ExprKind::SelfVar(_) => {}
-    }
 }
 
 /// The value of a constant integer expression, if it is one.

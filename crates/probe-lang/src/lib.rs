@@ -10,6 +10,10 @@
 //! 4. [`ir`]: lowering to a resolved tree IR (maps/variables/strings/formats
 //!    as indices, builtins as enum variants, operators with signedness);
 //!
+//! Between 3 and 4, `consts` reports what constants prove wrong; after 4,
+//! [`needs`] lists what each block needs of the place its probe fires.
+//! Both walk the AST with the read-only visitor in `visit`.
+//!
 //! The crate compiles only: running the result (the [`Executable`]) is
 //! `probe-runtime`'s job, and printing its output `probe-output`'s, as
 //! bpftrace keeps its passes, its runtime and its output apart.
@@ -31,6 +35,7 @@ pub mod needs;
 pub mod parser;
 pub mod types;
 pub mod value;
+mod visit;
 
 pub use check::{TraceSite, TraceType};
 pub use diag::{Diagnostic, Diagnostics, Span};
@@ -370,8 +375,6 @@ fn unique(uses: &[(String, Span)]) -> Vec<String> {
     v
 }
 
-/// Runs every pass up to IR, without kernel types: `args`, struct casts,
-/// `sizeof(struct ..)` and `offsetof` are errors naming the missing BTF.
 /// The attach points of a program, parsed but not type-checked: lets a
 /// caller choose the types to compile it with (a program of host and VMM
 /// events needs no kernel image). Attach points that do not parse are left
@@ -387,6 +390,8 @@ pub fn attach_points(source: &str) -> Vec<ProbeSpec> {
         .collect()
 }
 
+/// Runs every pass up to IR, without kernel types: `args`, struct casts,
+/// `sizeof(struct ..)` and `offsetof` are errors naming the missing BTF.
 pub fn compile(source: &str, source_name: &str) -> Result<Program, Diagnostics> {
     compile_with_types(source, source_name, None)
 }

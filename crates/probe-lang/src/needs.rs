@@ -6,6 +6,7 @@
 use crate::BlockId;
 use crate::ast::{Access, Ast, Expr, ExprKind, Stmt, StmtKind};
 use crate::diag::Span;
+use crate::visit::{self, Visitor};
 
 /// A capability a block may need beyond the kernel's symbols.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -49,10 +50,7 @@ pub fn needs(ast: &Ast) -> Vec<NeedUse> {
             block: BlockId(i as u32),
             out: &mut out,
         };
-        if let Some(p) = &probe.predicate {
-            w.expr(p);
-        }
-        w.stmts(&probe.body);
+        visit::walk_block(&mut w, probe);
     }
     out
 }
@@ -71,114 +69,50 @@ impl Walker<'_> {
             what: what.into(),
         });
     }
+}
 
-    fn stmts(&mut self, stmts: &[Stmt]) {
-        for s in stmts {
-            self.stmt(s);
+impl Visitor for Walker<'_> {
+    fn visit_stmt(&mut self, s: &Stmt) {
+        if let StmtKind::MapAssign {
+            name, name_span, ..
         }
+        | StmtKind::MapUpdate {
+            name, name_span, ..
+        } = &s.kind
+        {
+            self.note(Need::MapWrite, *name_span, format!("@{name}"));
+        }
+        visit::walk_stmt(self, s);
     }
 
-    fn stmt(&mut self, s: &Stmt) {
-        match &s.kind {
-            StmtKind::MapAssign {
-                name,
-                name_span,
-                keys,
-                value,
-            }
-            | StmtKind::MapUpdate {
-                name,
-                name_span,
-                keys,
-                value,
-                ..
-            } => {
-                self.note(Need::MapWrite, *name_span, format!("@{name}"));
-                keys.iter().for_each(|k| self.expr(k));
-                self.expr(value);
-            }
-            StmtKind::VarAssign { value, .. } | StmtKind::SelfAssign { value, .. } => {
-                self.expr(value)
-            }
-            StmtKind::Call { args, .. } => args.iter().for_each(|a| self.expr(a)),
-            StmtKind::If { cond, then, els } => {
-                self.expr(cond);
-                self.stmts(then);
-                self.stmts(els);
-            }
-            StmtKind::Unroll { body, .. } => self.stmts(body),
-            StmtKind::While { cond, body } => {
-                self.expr(cond);
-                self.stmts(body);
-            }
-            StmtKind::Trace { fields, .. } => fields.iter().for_each(|f| self.expr(&f.value)),
-            StmtKind::Break | StmtKind::Continue => {}
-        }
-    }
-
-    fn expr(&mut self, e: &Expr) {
+    /// Notes what `e` needs itself, then what its operands need.
+    fn visit_expr(&mut self, e: &Expr) {
         match &e.kind {
             ExprKind::Ident(name) if STATE_IDENTS.contains(&name.as_str()) => {
                 self.note(Need::GuestState, e.span, name.clone())
             }
-            ExprKind::Int(_)
-            | ExprKind::Str(_)
-            | ExprKind::Var(_)
-            | ExprKind::Ident(_)
-            | ExprKind::SizeofType(_)
-            | ExprKind::Offsetof(..)
-            | ExprKind::SelfVar(_) => {}
-            ExprKind::Map { name, keys } => {
-                self.note(Need::MapRead, e.span, format!("@{name}"));
-                keys.iter().for_each(|k| self.expr(k))
-            }
-            ExprKind::Call { name, args } => {
+            ExprKind::Map { name, .. } => self.note(Need::MapRead, e.span, format!("@{name}")),
+            ExprKind::Call { name, .. } => {
                 if PHYSICAL_CALLS.contains(&name.as_str()) {
                     self.note(Need::PhysicalMemory, e.span, format!("{name}()"));
                 } else if STATE_CALLS.contains(&name.as_str()) {
                     self.note(Need::GuestState, e.span, format!("{name}()"));
                 }
-                args.iter().for_each(|a| self.expr(a));
             }
-            ExprKind::Unary(_, a) | ExprKind::Field(a, _) => self.expr(a),
-            ExprKind::Cast { expr, .. } | ExprKind::KCast { expr, .. } => self.expr(expr),
-            ExprKind::Binary(_, a, b) => {
-                self.expr(a);
-                self.expr(b);
+            ExprKind::Deref(_) => self.note(Need::GuestState, e.span, "*"),
+            // `args.NAME` of a VMM or host event is the event's field,
+            // not guest state; everything else reads registers or memory
+            // (a struct place only when something loads from it).
+            ExprKind::Member { name, access, .. }
+                if !matches!(access, Access::ProbeArg | Access::Place) =>
+            {
+                self.note(Need::GuestState, e.span, name.clone())
             }
-            ExprKind::Ternary(c, a, b) => {
-                self.expr(c);
-                self.expr(a);
-                self.expr(b);
+            ExprKind::Index { access, .. } if !matches!(access, Access::Place) => {
+                self.note(Need::GuestState, e.span, "[]")
             }
-            ExprKind::Deref(a) => {
-                self.note(Need::GuestState, e.span, "*");
-                self.expr(a);
-            }
-            ExprKind::Tuple(es) => es.iter().for_each(|x| self.expr(x)),
-            ExprKind::Member {
-                base, name, access, ..
-            } => {
-                // `args.NAME` of a VMM or host event is the event's field,
-                // not guest state; everything else reads registers or memory
-                // (a struct place only when something loads from it).
-                if !matches!(access, Access::ProbeArg | Access::Place) {
-                    self.note(Need::GuestState, e.span, name.clone());
-                }
-                self.expr(base);
-            }
-            ExprKind::Index {
-                base,
-                index,
-                access,
-                ..
-            } => {
-                if !matches!(access, Access::Place) {
-                    self.note(Need::GuestState, e.span, "[]");
-                }
-                self.expr(base);
-                self.expr(index);
-            }
+            _ => {}
         }
+        visit::walk_expr(self, e);
     }
 }

@@ -1,0 +1,410 @@
+//! Builtins: the identifiers (`pid`, `arg0`, `retval`, `curtask`) and
+//! the functions, as statements (`print`, `clear`, `delete`, ...) and as
+//! expressions (`str`, `kaddr`, `has_key`, ...), each with its argument
+//! rules. `printf` and `trace` have files of their own.
+
+use super::{AggKind, Checker};
+use crate::ast::{Expr, ExprKind, INT_TYPES, Type};
+use crate::diag::Span;
+
+/// Builtin identifiers.
+const BUILTINS: &[&str] = &[
+    "arg0", "arg1", "arg2", "arg3", "arg4", "arg5", "func", "probe", "vcpu", "cpu", "nsecs",
+    "retval", "elapsed", "rand", "kstack", "comm", "pid", "tid", "cgroup", "curtask", "guest",
+    "ustack",
+];
+
+/// Functions usable as expressions, with their (min, max) argument counts.
+const EXPR_FUNCS: &[(&str, usize, usize)] = &[
+    ("len", 1, 1),
+    ("has_key", 2, 9),
+    ("str", 1, 2),
+    ("buf", 2, 2),
+    ("ksym", 1, 1),
+    ("cgroup_path", 1, 2),
+    ("kaddr", 1, 1),
+    ("reg", 1, 1),
+    ("strncmp", 3, 3),
+    ("ntop", 1, 2),
+    ("kptr", 1, 1),
+    ("uptr", 1, 1),
+    ("sizeof", 1, 1),
+    ("strftime", 2, 2),
+    ("kstack", 1, 1),
+    // Other address spaces and user stacks (x86-64 paging; see README).
+    ("vtop", 2, 2),
+    ("str_as", 2, 3),
+    ("buf_as", 3, 3),
+    ("uint_as", 3, 3),
+    ("ustack", 1, 1),
+];
+
+/// Default and maximum bytes `str()` reads (bpftrace's default
+/// BPFTRACE_STRLEN is 64).
+pub const STR_MAX: u64 = 64;
+
+/// Frames `kstack` keeps (bpftrace's limit for BPF stack maps).
+pub const KSTACK_MAX: u64 = 127;
+
+/// Maximum bytes `buf()` reads.
+pub const BUF_MAX: u64 = 64;
+
+impl Checker<'_, '_> {
+    fn arity(&mut self, f: &str, n: usize, min: usize, max: usize, span: Span) -> bool {
+        if (min..=max).contains(&n) {
+            return true;
+        }
+        let want = if min == max {
+            format!("{min} argument{}", if min == 1 { "" } else { "s" })
+        } else {
+            format!("{min} to {max} arguments")
+        };
+        self.r.error(span, format!("{f}() takes {want}, got {n}"));
+        false
+    }
+
+    pub(super) fn call_stmt(&mut self, name: &str, name_span: Span, args: &mut [Expr], span: Span) {
+        match name {
+            "printf" => self.printf(args, span),
+            "exit" => {
+                self.arity(name, args.len(), 0, 0, span);
+            }
+            "snapshot" => {
+                self.arity(name, args.len(), 0, 0, span);
+                self.recording_call(name, span);
+            }
+            "time" => {
+                if !self.arity(name, args.len(), 0, 1, span) {
+                    return;
+                }
+                if let Some(a) = args.first_mut() {
+                    self.expr(a);
+                    if !matches!(a.kind, ExprKind::Str(_)) {
+                        self.r
+                            .error(a.span, "time: the argument must be a string literal");
+                    }
+                }
+            }
+            "print" => {
+                if !self.arity(name, args.len(), 1, 3, span) {
+                    return;
+                }
+                let (m, rest) = args.split_first_mut().expect("arity checked");
+                if !matches!(m.kind, ExprKind::Map { .. }) && rest.is_empty() {
+                    // `print(value)`
+                    self.expr(m);
+                    if m.ty == Type::Buf {
+                        self.r
+                            .error(m.span, "print() cannot print a buffer; use printf(\"%r\")");
+                    }
+                    if let Type::Kernel { ptr: 0, .. } = m.ty {
+                        self.r.error(
+                            m.span,
+                            "print() cannot print a struct, union or array; print its members",
+                        );
+                    }
+                } else {
+                    self.map_arg(name, m, false);
+                }
+                for a in rest {
+                    self.expr(a);
+                    self.want_int(a, "print() top/div argument");
+                }
+            }
+            "clear" | "zero" => {
+                if self.arity(name, args.len(), 1, 1, span) {
+                    self.map_arg(name, &mut args[0], false);
+                }
+            }
+            "delete" => {
+                if self.arity(name, args.len(), 1, 1, span) {
+                    // `delete(self->x)` unsets a per-vCPU variable.
+                    if let ExprKind::SelfVar(_) = args[0].kind {
+                        self.expr(&mut args[0]);
+                    } else {
+                        self.map_arg(name, &mut args[0], true);
+                    }
+                }
+            }
+            _ if AggKind::from_name(name).is_some() => self.r.error(
+                span,
+                format!("{name}() must be assigned to a map, e.g. @x = {name}(...)"),
+            ),
+            _ if EXPR_FUNCS.iter().any(|f| f.0 == name) => {
+                self.r.error(
+                    span,
+                    format!("the value of {name}() is unused; assign it or print it"),
+                );
+            }
+            _ => self.r.error(name_span, unknown_function(name)),
+        }
+    }
+
+    pub(super) fn call_expr(&mut self, name: &str, args: &mut [Expr], span: Span) -> Type {
+        let Some(&(_, min, max)) = EXPR_FUNCS.iter().find(|f| f.0 == name) else {
+            for a in args.iter_mut() {
+                self.expr(a);
+            }
+            let m = if AggKind::from_name(name).is_some() {
+                format!("{name}() can only be used as a map value, e.g. @x = {name}(...)")
+            } else if matches!(
+                name,
+                "printf" | "print" | "clear" | "zero" | "delete" | "exit" | "time"
+            ) {
+                format!("{name}() is a statement and has no value")
+            } else {
+                unknown_function(name)
+            };
+            self.r.error(span, m);
+            return Type::Unknown;
+        };
+        if !self.arity(name, args.len(), min, max, span) {
+            for a in args.iter_mut() {
+                self.expr(a);
+            }
+            return Type::Unknown;
+        }
+        match name {
+            "len" => {
+                self.map_arg(name, &mut args[0], false);
+                return Type::UNSIGNED;
+            }
+            "sizeof" => {
+                if let ExprKind::Ident(t) = &args[0].kind
+                    && INT_TYPES.iter().any(|x| x.0 == t)
+                {
+                    args[0].ty = Type::UNSIGNED;
+                    return Type::UNSIGNED;
+                }
+                self.expr(&mut args[0]);
+                if !matches!(args[0].ty, Type::Unknown) && !args[0].ty.is_int() {
+                    self.r.error(
+                        args[0].span,
+                        "sizeof() takes an integer type (e.g. uint32) or an integer expression",
+                    );
+                }
+                return Type::UNSIGNED;
+            }
+            "has_key" => {
+                let (m, keys) = args.split_first_mut().expect("arity checked");
+                let ExprKind::Map { keys: mk, .. } = &m.kind else {
+                    self.map_arg(name, m, false);
+                    return Type::Unknown;
+                };
+                if !mk.is_empty() {
+                    self.r.error(
+                        m.span,
+                        "has_key() takes the map without a key: has_key(@m, k)",
+                    );
+                    return Type::Unknown;
+                }
+                let i = self.map_arg(name, m, false);
+                let key_tys = self.keys(keys);
+                if let (Some(i), Some(k)) = (i, key_tys) {
+                    let n = self.maps[i].name.clone();
+                    let span = m.span.to(keys[keys.len() - 1].span);
+                    self.check_keys(&n, &k, span);
+                }
+                return Type::SIGNED;
+            }
+            _ => {}
+        }
+        for a in args.iter_mut() {
+            self.expr(a);
+        }
+        let lit = |e: &Expr| match &e.kind {
+            ExprKind::Str(s) => Some(s.clone()),
+            _ => None,
+        };
+        match name {
+            "str" | "buf" => {
+                self.want_int(&args[0], &format!("pointer argument of {name}()"));
+                if let Some(l) = args.get(1) {
+                    self.want_int(l, &format!("length argument of {name}()"));
+                }
+                if name == "str" { Type::Str } else { Type::Buf }
+            }
+            "ksym" => {
+                self.want_int(&args[0], "argument of ksym()");
+                Type::Str
+            }
+            // Address-space annotations; addresses are used as they are.
+            "kptr" | "uptr" => {
+                self.want_int(&args[0], &format!("argument of {name}()"));
+                if args[0].ty.is_int() {
+                    args[0].ty
+                } else {
+                    Type::Unknown
+                }
+            }
+            "kstack" | "ustack" => match args[0].kind {
+                ExprKind::Int(n) if (1..=KSTACK_MAX).contains(&n) => Type::Stack,
+                _ => {
+                    self.r.error(
+                        args[0].span,
+                        format!("{name}() takes a frame count literal from 1 to {KSTACK_MAX}"),
+                    );
+                    Type::Unknown
+                }
+            },
+            "vtop" => {
+                self.want_int(&args[0], "cr3 argument of vtop()");
+                self.want_int(&args[1], "address argument of vtop()");
+                Type::UNSIGNED
+            }
+            "str_as" | "buf_as" | "uint_as" => {
+                self.want_int(&args[0], &format!("task argument of {name}()"));
+                self.want_int(&args[1], &format!("address argument of {name}()"));
+                if name == "uint_as" {
+                    if !matches!(args[2].kind, ExprKind::Int(1 | 2 | 4 | 8)) {
+                        self.r.error(
+                            args[2].span,
+                            "uint_as() takes a size literal of 1, 2, 4 or 8 bytes",
+                        );
+                    }
+                    return Type::UNSIGNED;
+                }
+                if let Some(l) = args.get(2) {
+                    self.want_int(l, &format!("length argument of {name}()"));
+                }
+                if name == "str_as" {
+                    Type::Str
+                } else {
+                    Type::Buf
+                }
+            }
+            "cgroup_path" => {
+                self.want_int(&args[0], "cgroup id argument of cgroup_path()");
+                if let Some(f) = args.get(1)
+                    && lit(f).is_none()
+                {
+                    self.r.error(
+                        f.span,
+                        "cgroup_path() takes a string literal hierarchy filter, e.g. cgroup_path(cgroup, \"unified\")",
+                    );
+                }
+                Type::Str
+            }
+            "strftime" => {
+                if lit(&args[0]).is_none() {
+                    self.r.error(
+                        args[0].span,
+                        "strftime() takes a string literal format, e.g. strftime(\"%H:%M:%S\", nsecs)",
+                    );
+                }
+                self.want_int(&args[1], "timestamp argument of strftime()");
+                Type::Str
+            }
+            "kaddr" | "reg" => match lit(&args[0]) {
+                Some(s) if !s.is_empty() => {
+                    let list = if name == "kaddr" {
+                        &mut self.kaddrs
+                    } else {
+                        &mut self.regs
+                    };
+                    list.push((s, args[0].span));
+                    Type::UNSIGNED
+                }
+                _ => {
+                    self.r.error(
+                        args[0].span,
+                        format!(
+                            "{name}() takes a string literal, e.g. {name}(\"{}\")",
+                            if name == "reg" { "rax" } else { "jiffies" }
+                        ),
+                    );
+                    Type::Unknown
+                }
+            },
+            "strncmp" => {
+                for a in &args[..2] {
+                    if a.ty != Type::Str && a.ty != Type::Unknown {
+                        self.r.error(
+                            a.span,
+                            format!("strncmp() compares strings, found {}", a.ty.name()),
+                        );
+                    }
+                }
+                self.want_int(&args[2], "length argument of strncmp()");
+                Type::SIGNED
+            }
+            "ntop" => {
+                let (af, addr) = match args {
+                    [a] => (None, &*a),
+                    [f, a] => (Some(f), &*a),
+                    _ => return Type::Unknown,
+                };
+                if let Some(f) = af {
+                    self.want_int(f, "address family of ntop()");
+                }
+                if !addr.ty.is_int() && addr.ty != Type::Buf && addr.ty != Type::Unknown {
+                    self.r.error(
+                        addr.span,
+                        format!(
+                            "ntop() takes an integer (IPv4) or a buffer (IPv4/IPv6), found {}",
+                            addr.ty.name()
+                        ),
+                    );
+                }
+                Type::Str
+            }
+            _ => Type::Unknown,
+        }
+    }
+
+    pub(super) fn builtin(&mut self, name: &str, span: Span) -> Type {
+        if name == "self" {
+            self.r.error(
+                span,
+                "self is used with a variable name: self->NAME (a per-vCPU variable)",
+            );
+            return Type::Unknown;
+        }
+        if name == "args" {
+            self.r.error(
+                span,
+                "args is used with a field name: args.NAME or args->NAME",
+            );
+            return Type::Unknown;
+        }
+        if !BUILTINS.contains(&name) {
+            self.r.error(span, format!("unknown builtin '{name}'"));
+            return Type::Unknown;
+        }
+        match name {
+            "func" | "probe" | "comm" | "guest" => Type::Str,
+            "kstack" | "ustack" => Type::Stack,
+            "curtask" => match self.types.and_then(|t| t.lookup("struct task_struct")) {
+                Some(id) => Type::Kernel { id: id.0, ptr: 1 },
+                None => Type::UNSIGNED,
+            },
+            "retval" if !self.all_kretprobe => {
+                self.r.error(
+                    span,
+                    "the retval builtin can only be used in kretprobe blocks",
+                );
+                Type::Unknown
+            }
+            n if n.starts_with("arg") && !self.all_kprobe => {
+                self.r.error(
+                    span,
+                    format!("the {n} builtin can only be used in kprobe blocks"),
+                );
+                Type::Unknown
+            }
+            _ => Type::UNSIGNED,
+        }
+    }
+}
+
+/// bpftrace's builtins that act on the host or change the guest are not
+/// provided (vmprobe only observes): said by name, with why.
+fn unknown_function(name: &str) -> String {
+    match name {
+        "system" => "system() would run a command on the host, which a vmprobe script never does".into(),
+        "cat" => "cat() would read a host file, which a vmprobe script never does".into(),
+        "signal" => "signal() would send a signal inside the guest: vmprobe only observes, it changes nothing there".into(),
+        "override" => "override() would change a guest function's return value: vmprobe only observes, it changes nothing there".into(),
+        _ => format!("unknown function '{name}'"),
+    }
+}
