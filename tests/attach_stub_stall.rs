@@ -277,3 +277,54 @@ fn a_stalled_guest_does_not_stall_another() {
     // --duration ended the wait on vm0 (a second after it, at most a few).
     assert!(e.took < Duration::from_secs(30), "{:?}", e.took);
 }
+
+/// Ctrl-C while vmprobe waits for a silent stub (well within
+/// `--stall-timeout`) ends the wait within a second or so, with what was
+/// collected: exit status 3, as the VM could not be detached.
+#[test]
+fn sigint_ends_a_stalled_wait_promptly() {
+    let stub = FakeStub::hostile(
+        Hostile::StallsAfter {
+            hits: HITS_BEFORE,
+            silent_for: None,
+        },
+        memory(),
+    );
+    let (child, stdout, stderr) = spawn_collected(vmprobe().arg("attach").args(args(
+        &[&vm(&stub, "vm0")],
+        &[
+            "-e",
+            "kprobe:ksys_write { @c = count(); }",
+            "--stall-timeout",
+            "60",
+        ],
+    )));
+    let start = Instant::now();
+    while !stderr.text().contains("no reply from the gdb stub") {
+        assert!(start.elapsed() < LIMIT, "no notice:\n{}", stderr.text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let signalled = Instant::now();
+    let code = wait_bounded(child, &stderr);
+    let took = signalled.elapsed();
+    let e = Ended {
+        code,
+        took: start.elapsed(),
+        stdout: stdout.finish(),
+        stderr: stderr.finish(),
+    };
+    eprintln!("SIGINT during the stall: exit after {took:?}");
+    report("SIGINT while stalled", &stub, &e);
+    assert_eq!(e.code, 3, "{}", e.stderr);
+    assert!(
+        e.stderr
+            .contains("the gdb stub had stopped answering when the run ended"),
+        "{}",
+        e.stderr
+    );
+    assert_eq!(count(&e.stdout, "@c:"), HITS_BEFORE as u64);
+    // A hang detector, far below the 60 s stall timeout.
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
