@@ -212,7 +212,7 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
                 &layers,
                 private.path(),
                 &mut opened,
-                &until,
+                (&until, args.stall_timeout),
             ),
         });
         match attached {
@@ -410,7 +410,7 @@ fn attach_one<'s>(
     layers: &LayerPlan,
     private: &std::path::Path,
     opened: &mut Vec<&'s VmSpec>,
-    until: &Until,
+    (until, stall_timeout): (&Until, Duration),
 ) -> Result<Guest> {
     if !crate::kernel::check_program(program, &kernel.symbols)? {
         bail!("the program names unknown kernel symbols");
@@ -449,6 +449,11 @@ fn attach_one<'s>(
     session.set_name(&spec.name);
     match arm_with_layers(spec, &mut session, kernel, program, layers) {
         Ok(slide) => {
+            // vmprobe did not start this QEMU, so only the stub's silence
+            // tells that it stopped: from here on a late reply is waited
+            // for up to --stall-timeout (signals and --duration end the
+            // wait), not failed at the reply timeout.
+            session.set_stall_timeout(Some(stall_timeout), Some(until.abort_check()));
             eprintln!("vmprobe: attached to {}, KASLR slide {slide:#x}", spec.name);
             Ok(Guest {
                 name: spec.name.clone(),

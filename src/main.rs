@@ -198,9 +198,10 @@ pub struct AttachArgs {
     /// Say which backend serves each VM, and why.
     #[arg(short, long)]
     verbose: bool,
-    /// How long a VM's plugin may stay silent (its QEMU stopped or wedged)
-    /// before vmprobe detaches from it with what was collected (exit
-    /// status 3); it says so on stderr from 10 s of silence (or half this).
+    /// How long a VM's stub or plugin may stay silent (its QEMU stopped or
+    /// wedged) once the probes are live before the run ends with what was
+    /// collected (exit status 3); vmprobe says so on stderr from a stub's
+    /// reply 5 s late or 10 s of the plugin's silence (or half this).
     #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_stall_timeout)]
     stall_timeout: std::time::Duration,
 }

@@ -2,15 +2,20 @@
 //! and then stalls ([`Stall`], for what vmprobe does when a stub stalls),
 //! and hostile ones ([`Hostile`]: garbage, bad checksums, huge packets,
 //! floods, ...) around a stub that behaves as a stopped QEMU whose guest
-//! kernel is the image's, at slide 0.
+//! kernel is the image's, at slide 0 (and, with [`Hostile::Hits`], whose
+//! guest hits the probe while it runs, or then goes silent:
+//! [`Hostile::StallsAfter`]).
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, TryRecvError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// How often a running guest of [`Hostile::Hits`] stops at a breakpoint.
+const HIT_EVERY: Duration = Duration::from_millis(10);
 
 /// What the stub does once connected.
 #[derive(Clone, Copy, Debug)]
@@ -51,6 +56,18 @@ pub enum Hostile {
     /// Behaves, and from the connection on sends this packet, unasked,
     /// as fast as the socket takes it.
     Flood(&'static str),
+    /// Behaves, and while the guest runs it stops every 10 ms with a
+    /// breakpoint's stop reply (vmprobe with one probe site takes it as a
+    /// hit there without reading the pc).
+    Hits,
+    /// As [`Hostile::Hits`]; once `hits` hits were sent, the next packet
+    /// that has an answer goes unanswered for `silent_for` (a QEMU stopped
+    /// with SIGSTOP), and is then answered as if nothing happened; with
+    /// `None` nothing is ever answered again.
+    StallsAfter {
+        hits: usize,
+        silent_for: Option<Duration>,
+    },
 }
 
 pub struct FakeStub {
@@ -60,11 +77,24 @@ pub struct FakeStub {
     pub reads: Arc<AtomicUsize>,
     /// Bytes the stub has sent, floods and noise included.
     pub sent: Arc<AtomicUsize>,
+    /// Breakpoint stops sent while the guest ran ([`Hostile::Hits`]).
+    pub hits: Arc<AtomicUsize>,
+    /// The packet a [`Hostile::StallsAfter`] stub went silent on, once it
+    /// has.
+    pub stalled_on: Arc<Mutex<Option<String>>>,
     _dir: tempfile::TempDir,
 }
 
-/// What a stub counts: packets, memory reads, bytes sent.
-type Counts = (Arc<AtomicUsize>, Arc<AtomicUsize>, Arc<AtomicUsize>);
+/// What a stub counts: packets, memory reads, bytes sent, hits, and the
+/// packet it stalled on.
+#[derive(Clone, Default)]
+struct Counts {
+    packets: Arc<AtomicUsize>,
+    reads: Arc<AtomicUsize>,
+    sent: Arc<AtomicUsize>,
+    hits: Arc<AtomicUsize>,
+    stalled_on: Arc<Mutex<Option<String>>>,
+}
 
 impl FakeStub {
     pub fn start(stall: Stall) -> FakeStub {
@@ -81,33 +111,46 @@ impl FakeStub {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("stub.sock");
         let listener = UnixListener::bind(&path).unwrap();
-        let (packets, reads, sent) = (Arc::default(), Arc::default(), Arc::default());
-        let counts = (Arc::clone(&packets), Arc::clone(&reads), Arc::clone(&sent));
+        let counts = Counts::default();
+        let stub = FakeStub {
+            path,
+            packets: counts.packets.clone(),
+            reads: counts.reads.clone(),
+            sent: counts.sent.clone(),
+            hits: counts.hits.clone(),
+            stalled_on: counts.stalled_on.clone(),
+            _dir: dir,
+        };
         std::thread::spawn(move || {
             if let Ok((conn, _)) = listener.accept() {
                 serve(conn, counts);
             }
         });
-        FakeStub {
-            path,
-            packets,
-            reads,
-            sent,
-            _dir: dir,
-        }
+        stub
     }
 
     /// `--vm` for `vmprobe attach`, typed with `kernel`.
     pub fn vm_spec(&self, kernel: &std::path::Path) -> String {
+        self.vm_spec_named("vm0", kernel)
+    }
+
+    /// `--vm` naming the VM `name`.
+    pub fn vm_spec_named(&self, name: &str, kernel: &std::path::Path) -> String {
         format!(
-            "vm0=gdb:unix:{},kernel:{}",
+            "{name}=gdb:unix:{},kernel:{}",
             self.path.display(),
             kernel.display()
         )
     }
 }
 
-fn serve(mut conn: UnixStream, stall: Stall, (packets, reads, sent): Counts) {
+fn serve(mut conn: UnixStream, stall: Stall, counts: Counts) {
+    let Counts {
+        packets,
+        reads,
+        sent,
+        ..
+    } = counts;
     let mut input = Vec::new();
     let mut buf = [0u8; 4096];
     let mut silent = false;
@@ -259,7 +302,7 @@ const TARGET_XML: &str = "<?xml version=\"1.0\"?><target><architecture>i386:x86-
     </feature></target>";
 
 /// A stopped QEMU's answer to `packet` (`None`: none, the guest runs).
-fn answer(packet: &str, memory: &Memory, running: &mut bool) -> Option<String> {
+fn answer(packet: &str, memory: &Memory, running: &AtomicBool) -> Option<String> {
     let reply = match packet {
         p if p.starts_with("qSupported") => {
             "PacketSize=1000;QStartNoAckMode+;multiprocess+;qXfer:features:read+".into()
@@ -272,7 +315,7 @@ fn answer(packet: &str, memory: &Memory, running: &mut bool) -> Option<String> {
         "qfThreadInfo" => "mp01.01".into(),
         "qsThreadInfo" => "l".into(),
         p if p.starts_with("vCont;c") || p == "c" => {
-            *running = true;
+            running.store(true, Ordering::SeqCst);
             return None;
         }
         p if p.starts_with("vCont;s") => STOP.into(),
@@ -301,25 +344,36 @@ fn answer(packet: &str, memory: &Memory, running: &mut bool) -> Option<String> {
 }
 
 fn serve_hostile(mut conn: UnixStream, how: Hostile, memory: &Memory, counts: Counts) {
-    let (packets, reads, sent) = counts;
     if let Hostile::RandomBytes | Hostile::Noise = how {
-        return endless(conn, how, &sent);
+        return endless(conn, how, &counts.sent);
     }
-    // One writer sends the replies, and the flood between them.
+    let Counts {
+        packets,
+        reads,
+        hits,
+        stalled_on,
+        ..
+    } = counts.clone();
+    // One writer sends the replies, and the flood (or the hits) between
+    // them.
     let Ok(out) = conn.try_clone() else { return };
     let (replies, queue) = mpsc::channel();
-    std::thread::spawn(move || write_out(out, queue, how, &sent));
+    let running = Arc::new(AtomicBool::new(false));
+    let guest = Arc::clone(&running);
+    std::thread::spawn(move || write_out(out, queue, how, &guest, &counts));
     let mut input = Vec::new();
     let mut buf = [0u8; 4096];
-    let mut running = false;
     let mut last = Vec::new();
     let mut huge_sent = false;
+    let mut mute = false;
     while let Ok(n @ 1..) = conn.read(&mut buf) {
         input.extend_from_slice(&buf[..n]);
         while let Some(incoming) = take_incoming(&mut input) {
             let mut close = false;
             let reply = match incoming {
-                Incoming::Interrupt => std::mem::take(&mut running).then(|| frame(INTERRUPTED)),
+                Incoming::Interrupt => running
+                    .swap(false, Ordering::SeqCst)
+                    .then(|| frame(INTERRUPTED)),
                 Incoming::Nak => Some(last.clone()),
                 Incoming::Packet(p) => {
                     packets.fetch_add(1, Ordering::SeqCst);
@@ -328,7 +382,7 @@ fn serve_hostile(mut conn: UnixStream, how: Hostile, memory: &Memory, counts: Co
                     }
                     let qsupported = p.starts_with("qSupported");
                     close = qsupported && matches!(how, Hostile::CloseAfterQSupported);
-                    match how {
+                    let reply = match how {
                         Hostile::Unterminated(n) if qsupported => {
                             let mut v = vec![b'a'; n + 1];
                             v[0] = b'$';
@@ -338,13 +392,35 @@ fn serve_hostile(mut conn: UnixStream, how: Hostile, memory: &Memory, counts: Co
                             huge_sent = true;
                             Some(frame_bytes(&vec![b'0'; n], 0))
                         }
-                        Hostile::BadChecksums => answer(&p, memory, &mut running)
-                            .map(|r| frame_bytes(r.as_bytes(), 0x5a)),
-                        _ => answer(&p, memory, &mut running).map(|r| frame(&r)),
+                        Hostile::BadChecksums => {
+                            answer(&p, memory, &running).map(|r| frame_bytes(r.as_bytes(), 0x5a))
+                        }
+                        _ => answer(&p, memory, &running).map(|r| frame(&r)),
+                    };
+                    if let Hostile::StallsAfter {
+                        hits: after,
+                        silent_for,
+                    } = how
+                    {
+                        let mut stalled = stalled_on.lock().unwrap();
+                        if reply.is_some()
+                            && stalled.is_none()
+                            && hits.load(Ordering::SeqCst) >= after
+                        {
+                            *stalled = Some(p.clone());
+                            drop(stalled);
+                            match silent_for {
+                                // Stopped, then continued: the reply it owed
+                                // goes out as it would have.
+                                Some(d) => std::thread::sleep(d),
+                                None => mute = true,
+                            }
+                        }
                     }
+                    reply
                 }
             };
-            if let Some(reply) = reply {
+            if let Some(reply) = reply.filter(|_| !mute) {
                 last.clone_from(&reply);
                 if replies.send(reply).is_err() {
                     return;
@@ -358,13 +434,22 @@ fn serve_hostile(mut conn: UnixStream, how: Hostile, memory: &Memory, counts: Co
     }
 }
 
-/// Sends the replies as `how` does: at once, one byte per interval, or
-/// with the flood in every gap between them.
-fn write_out(mut out: UnixStream, replies: Receiver<Vec<u8>>, how: Hostile, sent: &AtomicUsize) {
+/// Sends the replies as `how` does: at once, one byte per interval, with
+/// the flood in every gap between them, or with a hit while the guest
+/// runs.
+fn write_out(
+    mut out: UnixStream,
+    replies: Receiver<Vec<u8>>,
+    how: Hostile,
+    running: &AtomicBool,
+    counts: &Counts,
+) {
+    let sent = &counts.sent;
     let flood = match how {
         Hostile::Flood(packet) => frame(packet).repeat(64 * 1024 / (packet.len() + 4) + 1),
         _ => Vec::new(),
     };
+    let hitting = matches!(how, Hostile::Hits | Hostile::StallsAfter { .. });
     loop {
         let next = match replies.try_recv() {
             Ok(reply) => reply,
@@ -375,6 +460,18 @@ fn write_out(mut out: UnixStream, replies: Receiver<Vec<u8>>, how: Hostile, sent
                 sent.fetch_add(flood.len(), Ordering::SeqCst);
                 continue;
             }
+            Err(TryRecvError::Empty) if hitting => match replies.recv_timeout(HIT_EVERY) {
+                Ok(reply) => reply,
+                Err(RecvTimeoutError::Timeout) => {
+                    // The guest hits the breakpoint: it stops.
+                    if !running.swap(false, Ordering::SeqCst) {
+                        continue;
+                    }
+                    counts.hits.fetch_add(1, Ordering::SeqCst);
+                    frame(STOP)
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            },
             Err(TryRecvError::Empty) => match replies.recv() {
                 Ok(reply) => reply,
                 Err(_) => return,

@@ -115,7 +115,13 @@ impl<'a> HitContext<'a> {
         runtime: &Mutex<Runtime>,
         handlers: &'a [(BlockId, Arc<str>)],
     ) -> Flow {
-        probe_engine::run_handlers(self, runtime, handlers, |c, p| c.probe = p)
+        // Others wait on the runtime while a handler runs, so a stub late
+        // with a reply fails the read at the reply timeout; the session
+        // waits for that reply afterwards.
+        self.client.set_stalls_deferred(true);
+        let flow = probe_engine::run_handlers(self, runtime, handlers, |c, p| c.probe = p);
+        self.client.set_stalls_deferred(false);
+        flow
     }
 
     fn kernel(&self, what: &str) -> Result<&'a GuestKernel, ContextError> {

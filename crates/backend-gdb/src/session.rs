@@ -3,7 +3,8 @@
 use crate::context::HitContext;
 use crate::{Error, Result, vcpu_index};
 use gdb_remote::{
-    BreakpointKind, Client, Registers, ResumeAction, StopReason, StopReply, ThreadId,
+    AbortCheck, BreakpointKind, Client, Registers, ResumeAction, Stall, StallPolicy, StopReason,
+    StopReply, ThreadId,
 };
 use kernel_image::KernelSymbols;
 use linux_guest::GuestKernel;
@@ -16,6 +17,7 @@ use probe_plan::{
 };
 use probe_runtime::{Flow, Runtime, Traced};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use trace_formats::{Layer, Value as FieldValue};
@@ -28,6 +30,14 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(2);
 /// reads (one per 2 MiB candidate, a few more where one matches) within a
 /// second; a stub slower than this is not one to probe through.
 pub const SLIDE_DEADLINE: Duration = Duration::from_secs(30);
+/// With a stall timeout: how late a reply is when vmprobe says the stub
+/// seems stopped (or half the stall timeout, if that is shorter), unless
+/// the client's reply timeout is shorter still.
+const STALL_NOTICE: Duration = Duration::from_secs(10);
+/// What [`Session::stall`] holds: no stall, one reported, one given up on.
+const STALL_NONE: u8 = 0;
+const STALL_SILENT: u8 = 1;
+const STALL_GAVE_UP: u8 = 2;
 /// Bytes compared at each probe site across attach and detach.
 const SITE_BYTES: usize = 16;
 /// `endbr64`, the first instruction of functions in kernels built with IBT
@@ -75,6 +85,11 @@ pub struct Session {
     /// Detached from the stub: nothing is armed any more.
     detached: bool,
     skip_nops: bool,
+    /// How long the stub may be late with a reply before the run ends
+    /// (`None`: the client's reply timeout; see [`Session::set_stall_timeout`]).
+    stall_timeout: Option<Duration>,
+    /// The stall under way, as the client's stall policy last reported it.
+    stall: Arc<AtomicU8>,
     pub stats: HitStats,
 }
 
@@ -102,6 +117,8 @@ impl Session {
             running: false,
             detached: false,
             skip_nops: true,
+            stall_timeout: None,
+            stall: Arc::default(),
             stats: HitStats::new(),
         }
     }
@@ -113,6 +130,67 @@ impl Session {
     /// would leave the CPU expecting one.
     pub fn set_skip_nops(&mut self, on: bool) {
         self.skip_nops = on;
+    }
+
+    /// For a VM whose QEMU vmprobe cannot watch (attach): a stub that is
+    /// late with a reply (a stopped QEMU) is waited for up to `limit`, not
+    /// just the reply timeout, and said to be silent on stderr meanwhile
+    /// (from the reply timeout, or half of `limit` if that is shorter);
+    /// then the run ends with what was collected (the target gone).
+    /// `abort` (a signal, `--duration`) ends such a wait early. Set once the
+    /// probes are armed, after [`Session::set_name`]; handlers, which others
+    /// wait on, keep the reply timeout.
+    pub fn set_stall_timeout(&mut self, limit: Option<Duration>, abort: Option<AbortCheck>) {
+        self.stall_timeout = limit;
+        let Some(limit) = limit else {
+            self.client.set_stall_policy(None);
+            return;
+        };
+        let notice = STALL_NOTICE.min(limit / 2).min(self.client.timeout());
+        let name = self.name.clone();
+        let stall = self.stall.clone();
+        let report = move |s: Stall| match s {
+            Stall::Silent { waited, limit } => {
+                eprintln!(
+                    "vmprobe: {name}: no reply from the gdb stub for {}; is QEMU stopped? \
+                     waiting up to {} (--stall-timeout)",
+                    seconds(waited),
+                    seconds(limit)
+                );
+                stall.store(STALL_SILENT, Ordering::Relaxed);
+            }
+            Stall::Answered { after } => {
+                eprintln!(
+                    "vmprobe: {name}: the gdb stub answers again after {:.1} s",
+                    after.as_secs_f64()
+                );
+                stall.store(STALL_NONE, Ordering::Relaxed);
+            }
+            Stall::GaveUp { .. } => stall.store(STALL_GAVE_UP, Ordering::Relaxed),
+        };
+        self.client.set_stall_policy(Some(StallPolicy {
+            limit,
+            notice,
+            report: Box::new(report),
+            abort,
+        }));
+    }
+
+    /// Why the run ends, after `error` from the stub: a stall said as such.
+    fn gone(&self, error: String) -> EndReason {
+        let limit = self.stall_timeout.unwrap_or_default();
+        EndReason::TargetGone(match self.stall.load(Ordering::Relaxed) {
+            STALL_GAVE_UP => format!(
+                "no reply from the gdb stub for {} (--stall-timeout)",
+                seconds(limit)
+            ),
+            // The wait was ended early (a signal, --duration), which is all
+            // `error` says then.
+            STALL_SILENT if error == gdb_remote::Error::Aborted.to_string() => {
+                "the gdb stub had stopped answering when the run ended".into()
+            }
+            _ => error,
+        })
     }
 
     /// What handlers may know of the guest kernel (symbols for `kaddr`,
@@ -235,12 +313,9 @@ impl Session {
             return Ok(None);
         }
         self.client.interrupt()?;
-        let stop =
-            self.client
-                .wait_stop(Some(STOP_TIMEOUT))?
-                .ok_or(gdb_remote::Error::Timeout {
-                    waiting_for: "the guest to stop after an interrupt".into(),
-                })?;
+        let stop = self.client.wait_stop_owed(STOP_TIMEOUT, || {
+            "the guest to stop after an interrupt".into()
+        })?;
         self.running = false;
         Ok(Some(stop))
     }
@@ -386,7 +461,7 @@ impl Session {
                         reason
                     }
                     Ok(None) => reason,
-                    Err(e) => EndReason::TargetGone(e.to_string()),
+                    Err(e) => self.gone(e.to_string()),
                 };
             }
             let now = monotonic_ns();
@@ -395,7 +470,7 @@ impl Session {
                 match self.fire_timers(runtime) {
                     Ok(Flow::Continue) => continue,
                     Ok(Flow::Exit) => return EndReason::ScriptExit,
-                    Err(e) => return EndReason::TargetGone(e),
+                    Err(e) => return self.gone(e),
                 }
             }
             if let Flow::Exit = self.serve_layers(runtime, None) {
@@ -411,12 +486,12 @@ impl Session {
                     match self.serve(stop, runtime, true) {
                         Ok(Flow::Continue) => {}
                         Ok(Flow::Exit) => return EndReason::ScriptExit,
-                        Err(e) => return EndReason::TargetGone(e),
+                        Err(e) => return self.gone(e),
                     }
                 }
                 Err(e) => {
                     self.running = false;
-                    return EndReason::TargetGone(e.to_string());
+                    return self.gone(e.to_string());
                 }
             }
         }
@@ -772,6 +847,8 @@ impl Session {
             received,
             "",
         );
+        // Others wait on the runtime while a handler runs: no stall wait.
+        ctx.client.set_stalls_deferred(true);
         for w in &hit {
             self.stats.watch_hits += 1;
             ctx.probe = &w.probe;
@@ -779,6 +856,7 @@ impl Session {
                 flow = Flow::Exit;
             }
         }
+        ctx.client.set_stalls_deferred(false);
         let traced = std::mem::take(&mut ctx.traced);
         if let Some(sink) = self.recorder.as_mut() {
             EventBase::guest_hit(&self.name, received, vcpu_index(thread), "", None).emit(
@@ -931,6 +1009,16 @@ fn register(
 /// must not happen) still gives the maps for the final report.
 fn lock(runtime: &Mutex<Runtime>) -> MutexGuard<'_, Runtime> {
     runtime.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `5 s`, `2.5 s`.
+fn seconds(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if (s - s.round()).abs() < 0.05 {
+        format!("{s:.0} s")
+    } else {
+        format!("{s:.1} s")
+    }
 }
 
 /// The stub's watchpoint kind for a watch mode.

@@ -20,10 +20,61 @@ const MAX_XFER: usize = 1 << 20;
 /// looks at it.
 const ABORT_POLL: Duration = Duration::from_millis(50);
 
+/// How late a reply must be before a stall policy's abort check is looked
+/// at: a reply a healthy stub is merely slow with is not given up on when
+/// the run ends.
+const STALL_ABORT_GRACE: Duration = Duration::from_secs(1);
+
 /// A check a client makes while it waits for the stub (e.g. "was SIGINT
 /// received, or is the deadline past?"): true ends the wait with
 /// [`Error::Aborted`].
 pub type AbortCheck = Box<dyn Fn() -> bool + Send>;
+
+/// What a client does when the stub is late with a reply it owes (to a
+/// request, an interrupt or a single step): see [`Client::set_stall_policy`].
+pub struct StallPolicy {
+    /// How long a reply is awaited in all, from when it was asked for (in
+    /// place of the reply timeout).
+    pub limit: Duration,
+    /// How late a reply is when [`Stall::Silent`] is reported (at most
+    /// `limit`).
+    pub notice: Duration,
+    /// Told of a stall as it goes: once a reply is `notice` late, when it
+    /// comes after that, and when the wait gives up at `limit`.
+    pub report: Box<dyn FnMut(Stall) + Send>,
+    /// Looked at, at least every 50 ms, once a reply is a second late:
+    /// true ends the wait with [`Error::Aborted`] (a signal, a deadline).
+    pub abort: Option<AbortCheck>,
+}
+
+/// A stall, as reported to a [`StallPolicy`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stall {
+    /// No reply for `waited` (the policy's notice); the wait goes on up
+    /// to `limit`.
+    Silent { waited: Duration, limit: Duration },
+    /// The reply came, `after` it was asked for.
+    Answered { after: Duration },
+    /// No reply for `waited` (the policy's limit): the request fails with
+    /// [`Error::Stalled`].
+    GaveUp { waited: Duration },
+}
+
+/// A reply the stub owes: when it was asked for, and whether its lateness
+/// was reported.
+struct Owed {
+    asked: Instant,
+    reported: bool,
+}
+
+impl Owed {
+    fn now() -> Owed {
+        Owed {
+            asked: Instant::now(),
+            reported: false,
+        }
+    }
+}
 
 enum Conn {
     Tcp(TcpStream),
@@ -100,6 +151,8 @@ impl Conn {
 
 enum RecvErr {
     Timeout,
+    /// A stall policy's limit passed with no reply.
+    Stalled(Duration),
     Closed,
     Aborted,
     Io(io::Error),
@@ -166,11 +219,19 @@ pub struct Client {
     /// A request was sent whole and its wait aborted: its reply may still
     /// come, and is taken before the next request's.
     unanswered: bool,
+    /// When that reply was asked for, if its wait goes on from then (a
+    /// request that failed late under a stall policy, deferred); after an
+    /// abort or a wait that gave up at the limit, it starts afresh.
+    unanswered_asked: Option<Instant>,
     /// A write was aborted part way: the stream is out of step for good.
     broken: bool,
     /// Bytes received since the last packet, ack or nak: what a timeout
     /// says came (noise, or a packet too slow to finish).
     since_packet: usize,
+    stall: Option<StallPolicy>,
+    /// While set, a late reply fails its request at the reply timeout, as
+    /// without a policy (see [`Client::set_stalls_deferred`]).
+    stalls_deferred: bool,
 }
 
 fn map_io_connect(addr: String) -> impl FnOnce(io::Error) -> Error {
@@ -295,8 +356,11 @@ impl Client {
             phys_supported: None,
             abort: None,
             unanswered: false,
+            unanswered_asked: None,
             broken: false,
             since_packet: 0,
+            stall: None,
+            stalls_deferred: false,
         };
         c.set_abort(abort);
         c.request_str(
@@ -357,6 +421,28 @@ impl Client {
             None => self.timeout,
         };
         let _ = self.conn.set_write_timeout(Some(t));
+    }
+
+    /// Sets (or with `None` removes) what the client does when the stub is
+    /// late with a reply it owes. Without a policy a request fails at the
+    /// reply timeout ([`Error::Timeout`]). With one, the client waits for
+    /// that reply (nothing is sent again, so the reply still answers its
+    /// request) up to the policy's limit, telling the policy as the stall
+    /// goes (see [`Stall`]), and fails with [`Error::Stalled`] at the
+    /// limit. A request that failed late leaves the client consistent: its
+    /// reply, if it comes, is taken before the next request's. Stop
+    /// replies to an interrupt or a step are awaited through
+    /// [`Client::wait_stop_owed`] and [`Client::step_thread`].
+    pub fn set_stall_policy(&mut self, policy: Option<StallPolicy>) {
+        self.stall = policy;
+    }
+
+    /// While `deferred`, a late reply fails its request at the reply
+    /// timeout as without a stall policy, for a caller that others wait on
+    /// meanwhile (one holding a shared lock); the reply is then awaited
+    /// under the policy before the next request's.
+    pub fn set_stalls_deferred(&mut self, deferred: bool) {
+        self.stalls_deferred = deferred;
     }
 
     fn aborted(&self) -> bool {
@@ -530,6 +616,80 @@ impl Client {
         }
     }
 
+    /// Receives the next packet of a reply the stub owes: by `timeout`
+    /// after it was asked for or, under a stall policy that is not
+    /// deferred, by the policy's limit, reporting the stall as it goes.
+    fn recv_owed(&mut self, owed: &mut Owed, timeout: Duration) -> Result<(), RecvErr> {
+        let (limit, notice, abortable) = match &self.stall {
+            Some(p) if !self.stalls_deferred => (p.limit, p.notice.min(p.limit), p.abort.is_some()),
+            _ => return self.recv(Some(owed.asked + timeout)),
+        };
+        loop {
+            let now = Instant::now();
+            let mut until = owed.asked + if owed.reported { limit } else { notice };
+            if abortable {
+                let grace = owed.asked + STALL_ABORT_GRACE;
+                until = until.min(if now >= grace {
+                    now + ABORT_POLL
+                } else {
+                    grace
+                });
+            }
+            match self.recv(Some(until)) {
+                Err(RecvErr::Timeout) => {}
+                done => return done,
+            }
+            let late = owed.asked.elapsed();
+            let policy = self.stall.as_mut().expect("matched above");
+            if late >= STALL_ABORT_GRACE && policy.abort.as_ref().is_some_and(|f| f()) {
+                return Err(RecvErr::Aborted);
+            }
+            if late >= limit {
+                (policy.report)(Stall::GaveUp { waited: late });
+                return Err(RecvErr::Stalled(late));
+            }
+            if !owed.reported && late >= notice {
+                (policy.report)(Stall::Silent {
+                    waited: notice,
+                    limit,
+                });
+                owed.reported = true;
+            }
+        }
+    }
+
+    /// The reply `owed` was for came: says so if it was reported late.
+    fn answered(&mut self, owed: &Owed) {
+        if owed.reported
+            && let Some(p) = self.stall.as_mut()
+        {
+            (p.report)(Stall::Answered {
+                after: owed.asked.elapsed(),
+            });
+        }
+    }
+
+    /// Takes the reply to a request that failed before it came (aborted,
+    /// or late under a stall policy), if it comes.
+    fn take_unanswered(&mut self) -> Result<(), Error> {
+        if !self.unanswered {
+            return Ok(());
+        }
+        let mut owed = Owed::now();
+        if let Some(asked) = self.unanswered_asked {
+            owed.asked = asked;
+        }
+        let timeout = self.timeout;
+        let got = self.recv_owed(&mut owed, timeout);
+        if let Err(RecvErr::Stalled(_)) = got {
+            self.unanswered_asked = None;
+        }
+        got.map_err(|e| self.recv_err(e, || "the reply to an earlier request".into()))?;
+        self.answered(&owed);
+        self.unanswered = false;
+        Ok(())
+    }
+
     fn cmd_text(&self) -> String {
         format!("`{}`", show(&self.cmd))
     }
@@ -545,6 +705,10 @@ impl Client {
                     1 => format!("{} (1 byte received, not a whole packet)", what()),
                     n => format!("{} ({n} bytes received, not one whole packet)", what()),
                 },
+            },
+            RecvErr::Stalled(waited) => Error::Stalled {
+                waited,
+                waiting_for: what(),
             },
             RecvErr::Closed => Error::Closed {
                 during: format!("waiting for {}", what()),
@@ -640,13 +804,8 @@ impl Client {
     /// Sends `self.cmd` and receives the reply into `self.dec.payload`.
     fn exchange(&mut self) -> Result<(), Error> {
         self.not_running()?;
-        let deadline = Instant::now() + self.timeout;
-        if self.unanswered {
-            // The reply to an aborted request comes first, if at all.
-            self.recv(Some(deadline))
-                .map_err(|e| self.recv_err(e, || "the reply to an aborted request".into()))?;
-            self.unanswered = false;
-        }
+        // The reply to an aborted (or late) request comes first, if at all.
+        self.take_unanswered()?;
         self.send_cmd()?;
         self.round_trips += 1;
         // A stop reply answers only `?`. One arriving for any other request
@@ -657,14 +816,23 @@ impl Client {
         // target's, kept as `wait_stop` keeps it.
         let expects_stop = self.cmd.first() == Some(&b'?');
         let expects_console = self.cmd.starts_with(b"qRcmd,");
+        let mut owed = Owed::now();
+        let timeout = self.timeout;
         loop {
-            match self.recv(Some(deadline)) {
+            match self.recv_owed(&mut owed, timeout) {
                 Ok(()) => {}
                 Err(RecvErr::Aborted) => {
                     self.unanswered = true;
+                    self.unanswered_asked = None;
                     return Err(Error::Aborted);
                 }
                 Err(e) => {
+                    // Under a stall policy the reply may still come late.
+                    if self.stall.is_some() && matches!(e, RecvErr::Timeout | RecvErr::Stalled(_)) {
+                        self.unanswered = true;
+                        self.unanswered_asked =
+                            (!matches!(e, RecvErr::Stalled(_))).then_some(owed.asked);
+                    }
                     return Err(self.recv_err(e, || format!("reply to {}", self.cmd_text())));
                 }
             }
@@ -672,6 +840,7 @@ impl Client {
             if is_console(p) && !expects_console {
                 self.keep_console();
             } else if expects_stop || !looks_like_stop_reply(p) {
+                self.answered(&owed);
                 return Ok(());
             }
             // A stub may wait for the ack of what it sent unasked.
@@ -1190,6 +1359,7 @@ impl Client {
     /// returns a stop.
     pub fn resume(&mut self, actions: &[(Option<ThreadId>, ResumeAction)]) -> Result<(), Error> {
         self.not_running()?;
+        self.take_unanswered()?;
         self.encode_resume(actions)?;
         self.send_cmd()?;
         self.round_trips += 1;
@@ -1212,6 +1382,7 @@ impl Client {
         actions: &[(Option<ThreadId>, ResumeAction)],
     ) -> Result<(), Error> {
         self.not_running()?;
+        self.take_unanswered()?;
         if self.ack_mode && !self.stub_ignores_acks {
             self.write_register(thread, name, value)?;
             return self.resume(actions);
@@ -1229,9 +1400,11 @@ impl Client {
         packet::encode(&mut self.wbuf, &resume_cmd);
         self.write_wbuf(0..self.wbuf.len(), Self::cmd_text)?;
         self.round_trips += 1;
-        let deadline = Instant::now() + self.timeout;
-        self.recv(Some(deadline))
+        let mut owed = Owed::now();
+        let timeout = self.timeout;
+        self.recv_owed(&mut owed, timeout)
             .map_err(|e| self.recv_err(e, || format!("reply to {}", self.cmd_text())))?;
+        self.answered(&owed);
         // The reply is never acked: the stub took the resume packet's `$` as
         // the end of it, and an ack now would reach a running target, which
         // QEMU 8.1+ takes as an interrupt that sends no stop reply.
@@ -1319,9 +1492,42 @@ impl Client {
     pub fn step_thread(&mut self, thread: ThreadId) -> Result<StopReply, Error> {
         self.resume(&[(Some(thread), ResumeAction::Step)])?;
         let t = self.timeout;
-        self.wait_stop(Some(t))?.ok_or_else(|| Error::Timeout {
-            waiting_for: format!("the stop reply after single-stepping thread {thread}"),
+        self.wait_stop_owed(t, || {
+            format!("the stop reply after single-stepping thread {thread}")
         })
+    }
+
+    /// Waits for a stop reply the stub owes (after [`Client::interrupt`]
+    /// or a step), where silence is a stall: up to `timeout`, or under a
+    /// stall policy up to its limit ([`Client::set_stall_policy`]). `what`
+    /// names the reply in errors. Console output is collected and skipped.
+    pub fn wait_stop_owed(
+        &mut self,
+        timeout: Duration,
+        what: impl Fn() -> String,
+    ) -> Result<StopReply, Error> {
+        let mut owed = Owed::now();
+        loop {
+            self.recv_owed(&mut owed, timeout)
+                .map_err(|e| self.recv_err(e, &what))?;
+            if is_console(&self.dec.payload) {
+                self.flush_ack()?;
+                self.keep_console();
+                continue;
+            }
+            self.answered(&owed);
+            let p = &self.dec.payload;
+            return match StopReply::parse(p) {
+                Ok(stop) => {
+                    self.on_stop(&stop);
+                    Ok(stop)
+                }
+                Err(reason) => Err(Error::Unexpected {
+                    packet: show(p),
+                    expected: format!("a stop reply ({reason})"),
+                }),
+            };
+        }
     }
 
     /// Waits for a stop reply. `Ok(None)` on timeout (the target is still

@@ -77,7 +77,9 @@
 //! After an [`Error::Timeout`] on a request, a late reply may still arrive
 //! and would be taken as the reply to the next request; treat the connection
 //! as unreliable after a request timeout (a `wait_stop` timeout is fine: it
-//! returns `Ok(None)` and keeps any partially received packet).
+//! returns `Ok(None)` and keeps any partially received packet). Under a
+//! stall policy ([`Client::set_stall_policy`]) the client waits for late
+//! replies instead, and stays consistent when a request fails late.
 
 mod client;
 mod packet;
@@ -87,7 +89,7 @@ mod types;
 #[cfg(test)]
 mod tests;
 
-pub use client::{AbortCheck, Client, PhysicalMemory};
+pub use client::{AbortCheck, Client, PhysicalMemory, Stall, StallPolicy};
 pub use regs::{RegisterInfo, RegisterMap, Registers};
 pub use types::{
     BreakpointKind, Features, ResumeAction, StopReason, StopReply, ThreadId, VContSupport,
@@ -116,6 +118,13 @@ pub enum Error {
     ErrorReply { command: String, code: String },
     #[error("i/o error talking to gdb stub: {0}")]
     Io(#[from] std::io::Error),
+    /// A reply was late past a stall policy's limit
+    /// ([`Client::set_stall_policy`]).
+    #[error("no reply from the gdb stub for {:.0} s (waiting for {waiting_for})", .waited.as_secs_f64())]
+    Stalled {
+        waited: std::time::Duration,
+        waiting_for: String,
+    },
     /// The client's abort check ([`Client::set_abort`]) said to stop waiting.
     #[error("stopped waiting for the gdb stub (interrupted)")]
     Aborted,

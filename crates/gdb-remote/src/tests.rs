@@ -1273,3 +1273,174 @@ fn abort_part_way_through_a_write_breaks_the_connection() {
     h.join().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A stall policy that records what it is told, with a reply timeout of
+/// 300 ms, a notice at 400 ms and a limit of `limit_ms`.
+fn stall_policy(
+    c: &mut Client,
+    limit_ms: u64,
+    abort: Option<AbortCheck>,
+) -> std::sync::Arc<std::sync::Mutex<Vec<Stall>>> {
+    let told = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = told.clone();
+    c.set_timeout(Duration::from_millis(300));
+    c.set_stall_policy(Some(StallPolicy {
+        limit: Duration::from_millis(limit_ms),
+        notice: Duration::from_millis(400),
+        report: Box::new(move |s| log.lock().unwrap().push(s)),
+        abort,
+    }));
+    told
+}
+
+/// A reply later than the reply timeout and the notice still answers its
+/// request (nothing is sent again), and the stall is told as it went.
+#[test]
+fn a_stall_policy_waits_for_a_late_reply_and_matches_it_to_its_request() {
+    run(
+        vec![
+            Expect("m1000,4"),
+            Sleep(900),
+            Reply("01020304"),
+            Expect("m2000,2"),
+            Reply("0506"),
+        ],
+        |c| {
+            let told = stall_policy(c, 5000, None);
+            let mut buf = [0u8; 4];
+            let start = Instant::now();
+            c.read_memory(0x1000, &mut buf).unwrap();
+            let waited = start.elapsed();
+            assert_eq!(buf, [1, 2, 3, 4]);
+            assert!(waited >= Duration::from_millis(900), "{waited:?}");
+            let mut two = [0u8; 2];
+            c.read_memory(0x2000, &mut two).unwrap();
+            assert_eq!(two, [5, 6]);
+            let told = told.lock().unwrap();
+            assert_eq!(told.len(), 2, "{told:?}");
+            assert_eq!(
+                told[0],
+                Stall::Silent {
+                    waited: Duration::from_millis(400),
+                    limit: Duration::from_millis(5000)
+                }
+            );
+            assert!(
+                matches!(told[1], Stall::Answered { after } if after >= Duration::from_millis(900)),
+                "{told:?}"
+            );
+        },
+    );
+}
+
+/// At the limit the request fails with `Stalled`; the reply that comes
+/// after that is taken before the next request's, not as its reply.
+#[test]
+fn a_stall_past_the_limit_fails_and_the_late_reply_is_skipped() {
+    run(
+        vec![
+            Expect("m1000,4"),
+            Sleep(1200),
+            Reply("01020304"),
+            Expect("?"),
+            Reply("S05"),
+        ],
+        |c| {
+            let told = stall_policy(c, 700, None);
+            let start = Instant::now();
+            let e = c.read_memory(0x1000, &mut [0u8; 4]).unwrap_err();
+            let waited = start.elapsed();
+            assert!(matches!(e, Error::Stalled { .. }), "{e:?}");
+            assert!(e.to_string().contains("m1000,4"), "{e}");
+            assert!(waited >= Duration::from_millis(700), "{waited:?}");
+            assert!(waited < Duration::from_millis(1100), "{waited:?}");
+            assert!(matches!(
+                c.halt_reason().unwrap(),
+                StopReply::Signal { signal: 5, .. }
+            ));
+            let told = told.lock().unwrap();
+            assert!(matches!(told[0], Stall::Silent { .. }), "{told:?}");
+            assert!(matches!(told[1], Stall::GaveUp { .. }), "{told:?}");
+            // The late reply was taken within the next request's wait, a
+            // wait of its own (reported late again, then answered).
+            assert!(
+                matches!(told[2..], [Stall::Silent { .. }, Stall::Answered { .. }]),
+                "{told:?}"
+            );
+        },
+    );
+}
+
+/// The policy's abort check ends a stalled wait soon after it says so,
+/// not at the limit.
+#[test]
+fn a_stall_policy_abort_ends_the_wait() {
+    run(vec![Expect("m1000,4"), Sleep(3000)], |c| {
+        let _told = stall_policy(c, 20_000, Some(abort_after(1200)));
+        let start = Instant::now();
+        let e = c.read_memory(0x1000, &mut [0u8; 4]).unwrap_err();
+        let waited = start.elapsed();
+        assert!(matches!(e, Error::Aborted), "{e:?}");
+        assert!(waited >= Duration::from_millis(1200), "{waited:?}");
+        assert!(waited < Duration::from_millis(1600), "{waited:?}");
+    });
+}
+
+/// Deferred, a late reply fails its request at the reply timeout, and is
+/// awaited under the policy before the next request's.
+#[test]
+fn deferred_stalls_fail_at_the_reply_timeout_and_the_reply_is_awaited_later() {
+    run(
+        vec![
+            Expect("m1000,4"),
+            Sleep(800),
+            Reply("01020304"),
+            Expect("m2000,2"),
+            Reply("0506"),
+        ],
+        |c| {
+            let told = stall_policy(c, 5000, None);
+            c.set_stalls_deferred(true);
+            let start = Instant::now();
+            let e = c.read_memory(0x1000, &mut [0u8; 4]).unwrap_err();
+            assert!(matches!(e, Error::Timeout { .. }), "{e:?}");
+            assert!(start.elapsed() < Duration::from_millis(600));
+            c.set_stalls_deferred(false);
+            let mut two = [0u8; 2];
+            c.read_memory(0x2000, &mut two).unwrap();
+            assert_eq!(two, [5, 6]);
+            let told = told.lock().unwrap();
+            assert!(
+                matches!(told[..], [Stall::Silent { .. }, Stall::Answered { .. }]),
+                "{told:?}"
+            );
+        },
+    );
+}
+
+/// The stop reply owed after an interrupt is awaited under the policy.
+#[test]
+fn a_late_stop_reply_after_an_interrupt_is_awaited() {
+    run(
+        vec![
+            Expect("vCont;c"),
+            ExpectInterrupt,
+            Sleep(900),
+            Reply("T02thread:p01.01;"),
+        ],
+        |c| {
+            let told = stall_policy(c, 5000, None);
+            c.resume(&[]).unwrap();
+            c.interrupt().unwrap();
+            let stop = c
+                .wait_stop_owed(Duration::from_millis(300), || "a stop".into())
+                .unwrap();
+            assert!(matches!(stop, StopReply::Signal { signal: 2, .. }));
+            let told = told.lock().unwrap();
+            assert!(
+                matches!(told[..], [Stall::Silent { .. }, Stall::Answered { .. }]),
+                "{told:?}"
+            );
+        },
+    );
+}
