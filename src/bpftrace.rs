@@ -35,9 +35,7 @@ pub fn apply(args: &BpftraceArgs) -> Result<()> {
 pub fn output(args: &BpftraceArgs) -> Result<Option<std::fs::File>> {
     args.output
         .as_ref()
-        .map(|path| {
-            std::fs::File::create(path).with_context(|| format!("-o {}", path.display()))
-        })
+        .map(|path| std::fs::File::create(path).with_context(|| format!("-o {}", path.display())))
         .transpose()
 }
 

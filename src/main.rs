@@ -22,10 +22,10 @@ macro_rules! progress {
 mod attach;
 mod bench;
 mod bpftrace;
-mod noguest;
 mod gdb;
 mod kernel;
 mod list;
+mod noguest;
 mod plugin;
 mod record;
 mod report;

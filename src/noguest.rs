@@ -155,7 +155,9 @@ mod tests {
 
     #[test]
     fn only_begin_end_interval_and_no_guest_reads_run_without_a_guest() {
-        assert!(no_guest("BEGIN { @h = hist(3); printf(\"hi\\n\"); exit(); }"));
+        assert!(no_guest(
+            "BEGIN { @h = hist(3); printf(\"hi\\n\"); exit(); }"
+        ));
         assert!(no_guest(
             "interval:ms:10 { @n = count(); if (@n > 2) { exit(); } } END { print(@n); time(); }"
         ));
@@ -164,8 +166,12 @@ mod tests {
         assert!(!no_guest("BEGIN { } kprobe:vfs_read { @ = count(); }"));
         assert!(!no_guest("interval:s:1 { @[comm] = count(); }"));
         assert!(!no_guest("interval:s:1 { @[kstack] = count(); }"));
-        assert!(!no_guest("BEGIN { printf(\"%x\\n\", kaddr(\"vfs_read\")); }"));
-        assert!(!no_guest("BEGIN { printf(\"%s\\n\", ksym(0xffffffff81000000)); }"));
+        assert!(!no_guest(
+            "BEGIN { printf(\"%x\\n\", kaddr(\"vfs_read\")); }"
+        ));
+        assert!(!no_guest(
+            "BEGIN { printf(\"%s\\n\", ksym(0xffffffff81000000)); }"
+        ));
         assert!(!no_guest("profile:hz:99 { @ = count(); }"));
         // The name in a string or a comment is not the builtin.
         assert!(no_guest("BEGIN { printf(\"ksym\\n\"); } // ksym"));
