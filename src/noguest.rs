@@ -20,8 +20,8 @@ use probe_runtime::{Flow, Runtime};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Whether `program` (whose text is `source`) runs without a guest.
-pub fn needs_no_guest(program: &Program, source: &str) -> bool {
+/// Whether `program` runs without a guest.
+pub fn needs_no_guest(program: &Program) -> bool {
     let host_probes = program.probes().iter().all(|p| {
         matches!(
             p,
@@ -32,23 +32,13 @@ pub fn needs_no_guest(program: &Program, source: &str) -> bool {
         .needs()
         .iter()
         .any(|n| matches!(n.need, Need::GuestState | Need::PhysicalMemory));
-    host_probes && !guest_reads && !names_kernel_symbols(program, source)
+    host_probes && !guest_reads && !names_kernel_symbols(program)
 }
 
 /// `kaddr()` and `ksym()` answer from the guest kernel's symbols, slid by
-/// its KASLR offset, which only a booted guest gives. `ksym` is looked
-/// for among the tokens: an identifier can only be that builtin, and a
-/// text the lexer refuses counts as using it (the run then boots).
-fn names_kernel_symbols(program: &Program, source: &str) -> bool {
-    if !program.kaddr_symbols().is_empty() {
-        return true;
-    }
-    match probe_lang::lexer::tokenize(source) {
-        Ok(tokens) => tokens
-            .iter()
-            .any(|t| matches!(&t.tok, probe_lang::lexer::Tok::Ident(name) if name == "ksym")),
-        Err(_) => true,
-    }
+/// its KASLR offset, which only a booted guest gives.
+fn names_kernel_symbols(program: &Program) -> bool {
+    !program.kaddr_symbols().is_empty() || program.calls("ksym")
 }
 
 /// The backend of a run without a guest: fires the `interval` blocks, in
@@ -150,7 +140,7 @@ mod tests {
 
     fn no_guest(source: &str) -> bool {
         let program = probe_lang::compile(source, "t").expect("compiles");
-        needs_no_guest(&program, source)
+        needs_no_guest(&program)
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
         recording.is_none()
             && args.workload.is_empty()
             && !args.dump
-            && crate::noguest::needs_no_guest(p, &source)
+            && crate::noguest::needs_no_guest(p)
     };
     if let Ok(program) = probe_lang::compile(&source, &source_name)
         && guest_free(&program)
