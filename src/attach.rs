@@ -126,6 +126,7 @@ pub fn attach(args: crate::AttachArgs) -> Result<i32> {
 /// `attach`, or with a recording `record --vm`: the probe events of running
 /// VMs also go into trace files.
 pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -> Result<i32> {
+    crate::bpftrace::apply(&args.bpftrace)?;
     let (source, source_name) = crate::script::program_source(&args.program, &args.file)?;
     if args.vm.is_empty() {
         bail!("no VM: give --vm NAME=gdb:HOST:PORT or NAME=plugin:SOCKET (repeatable)");
@@ -172,6 +173,7 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
         stats: args.stats,
         output: args.format.format(),
         flamegraph: recording.and_then(|r| r.flamegraph),
+        out: crate::bpftrace::output(&args.bpftrace)?,
     };
     if layers_only(&program) {
         let guests = attach_layers_only(&args, &program, &layers)?;
@@ -391,7 +393,7 @@ fn attach_plugin(
         backend.add_layer(Box::new(vmm_source(spec, layers)?), &layers.handlers);
     }
     let slide = probe_engine::Backend::kernel(&backend).map_or(0, |k| k.slide);
-    eprintln!(
+    progress!(
         "vmprobe: attached to {} through its plugin ({}), KASLR slide {slide:#x}",
         spec.name,
         backend.plugin_version()
@@ -454,7 +456,7 @@ fn attach_one<'s>(
             // for up to --stall-timeout (signals and --duration end the
             // wait), not failed at the reply timeout.
             session.set_stall_timeout(Some(stall_timeout), Some(until.abort_check()));
-            eprintln!("vmprobe: attached to {}, KASLR slide {slide:#x}", spec.name);
+            progress!("vmprobe: attached to {}, KASLR slide {slide:#x}", spec.name);
             Ok(Guest {
                 name: spec.name.clone(),
                 backend: Box::new(session),
@@ -652,7 +654,7 @@ fn attach_layers_only(
             let source = vmm_source(spec, layers).context(spec.name.clone())?;
             set.add(Box::new(source), &layers.handlers);
         }
-        eprintln!(
+        progress!(
             "vmprobe: attached to {} (VMM and host layers only, no stub)",
             spec.name
         );

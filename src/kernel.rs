@@ -39,7 +39,7 @@ pub(crate) fn guest_image(args: &GuestArgs) -> Result<GuestImage> {
         None => match qemu_guest::default_guest(&qemu_guest::cache_dir()) {
             Some(image) => image,
             None => {
-                eprintln!("vmprobe: preparing the default guest (first use)");
+                progress!("vmprobe: preparing the default guest (first use)");
                 guest_build()?
             }
         },

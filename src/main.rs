@@ -4,11 +4,28 @@
 //! a run needs (compile, prepare guest, load symbols, boot, attach, arm, run,
 //! detach, report) and turns their typed errors into one-line messages.
 
+/// `-q`: progress lines on stderr are left out, as bpftrace's `-q` leaves
+/// out its own. Set once, before anything runs.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A progress line on stderr (what is booting, what is attached), which
+/// `-q` silences; errors and what the user asked for (`-v`, `--stats`) use
+/// `eprintln!`.
+macro_rules! progress {
+    ($($arg:tt)*) => {
+        if !$crate::QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!($($arg)*);
+        }
+    };
+}
+
 mod attach;
 mod bench;
+mod bpftrace;
 mod gdb;
 mod kernel;
 mod list;
+mod noguest;
 mod plugin;
 mod record;
 mod report;
@@ -130,7 +147,7 @@ pub struct BootArgs {
     stall_timeout: std::time::Duration,
 }
 
-/// `--stall-timeout`: seconds above 0.
+/// `--stall-timeout`, `run --duration`: seconds above 0.
 fn parse_stall_timeout(text: &str) -> Result<std::time::Duration, String> {
     text.parse::<f64>()
         .ok()
@@ -161,12 +178,48 @@ pub struct RunArgs {
     /// Print hit statistics (hits, service time per hit, round trips) on stderr at the end.
     #[arg(long)]
     stats: bool,
-    /// Say which backend serves the guests, and why.
+    /// Say which backend serves the guests, and why (with -l: parameters
+    /// and fields, as bpftrace's -lv).
     #[arg(short, long)]
     verbose: bool,
+    /// End the run this many seconds after the probes are live (else when
+    /// the workload exits, at Ctrl-C or `exit()`).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_stall_timeout)]
+    duration: Option<std::time::Duration>,
+    /// The workload as one shell command line, as bpftrace's -c (the same
+    /// as giving it after `--`).
+    #[arg(short = 'c', value_name = "CMD", conflicts_with = "workload")]
+    command: Option<String>,
+    /// List probes as `vmprobe list` does, without booting: those matching
+    /// FILE taken as a PATTERN, or the program's (-e), as bpftrace's -l.
+    #[arg(short = 'l')]
+    list: bool,
+    #[command(flatten)]
+    bpftrace: BpftraceArgs,
     /// The workload: one argument is a shell command line; several are quoted and joined.
     #[arg(last = true, value_name = "WORKLOAD")]
     workload: Vec<String>,
+}
+
+/// bpftrace's options that `run` and `attach` take as bpftrace does.
+#[derive(Args, Default)]
+pub struct BpftraceArgs {
+    /// Write the program's output (printf, print, the maps, the
+    /// "Attaching" line) to FILE instead of stdout, as bpftrace's -o.
+    #[arg(short = 'o', value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Quiet, as bpftrace's -q: no "Attaching N probes..." line and no
+    /// progress lines on stderr (errors and warnings still go there).
+    #[arg(short = 'q')]
+    quiet: bool,
+    /// Accepted for bpftrace's command lines: vmprobe has no unsafe
+    /// builtins (system(), signal() ...), so it changes nothing.
+    #[arg(long = "unsafe")]
+    allow_unsafe: bool,
+    /// bpftrace's -p PID is refused with what to use instead: vmprobe
+    /// probes a VM's kernel from outside, not a host process.
+    #[arg(short = 'p', value_name = "PID")]
+    pid: Option<String>,
 }
 
 #[derive(Args)]
@@ -204,6 +257,8 @@ pub struct AttachArgs {
     /// reply 5 s late or 10 s of the plugin's silence (or half this).
     #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_stall_timeout)]
     stall_timeout: std::time::Duration,
+    #[command(flatten)]
+    bpftrace: BpftraceArgs,
 }
 
 #[derive(Args)]

@@ -395,6 +395,7 @@ pub fn record(args: crate::RecordArgs) -> Result<i32> {
             backend: args.boot.backend,
             verbose: args.verbose,
             stall_timeout: args.boot.stall_timeout,
+            bpftrace: crate::BpftraceArgs::default(),
         };
         return crate::attach::attach_recording(attach_args, Some(recording));
     }
@@ -407,6 +408,10 @@ pub fn record(args: crate::RecordArgs) -> Result<i32> {
         console: args.console,
         stats: args.stats,
         verbose: args.verbose,
+        duration: None,
+        command: None,
+        list: false,
+        bpftrace: crate::BpftraceArgs::default(),
         workload: args.workload,
     };
     crate::run::run_recording(run_args, Some(recording))

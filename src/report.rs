@@ -24,6 +24,8 @@ pub struct ServePlan {
     /// Write the program's `kstack`-keyed maps as a flame graph (SVG, and
     /// folded stacks next to it).
     pub flamegraph: Option<std::path::PathBuf>,
+    /// `-o FILE`: the program's output goes there instead of stdout.
+    pub out: Option<std::fs::File>,
 }
 
 /// Runs BEGIN, serves every guest in its own thread until the run ends
@@ -48,16 +50,19 @@ pub fn serve_and_report(
     }
     let mut runtime = probe_output::printing_runtime(
         program.executable().clone(),
-        Box::new(std::io::stdout()),
+        crate::bpftrace::writer(plan.out.as_ref())?,
         plan.output,
     );
     runtime.set_start_nsecs(probe_engine::monotonic_ns());
     let runtime = Mutex::new(runtime);
-    print!(
-        "{}",
-        probe_output::attaching_message_for(program.probes().len(), plan.output)
-    );
-    let _ = std::io::stdout().flush();
+    // bpftrace's -q leaves this line out; -o sends it to the file with the rest.
+    if !crate::QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut out = crate::bpftrace::writer(plan.out.as_ref())?;
+        let _ = out.write_all(
+            probe_output::attaching_message_for(program.probes().len(), plan.output).as_bytes(),
+        );
+        let _ = out.flush();
+    }
 
     let take_snapshot = || snapshot(recorder.as_ref());
     let engine_plan = probe_engine::serve::ServePlan {
@@ -71,7 +76,7 @@ pub fn serve_and_report(
             // inside QEMU it runs on, so a user (or a test) starting a
             // workload needs to know when the probes see it.
             if kind == "plugin" {
-                eprintln!("vmprobe: {name}: probes live in QEMU");
+                progress!("vmprobe: {name}: probes live in QEMU");
             }
         },
     };

@@ -40,9 +40,30 @@ pub fn run(args: RunArgs) -> Result<i32> {
     run_recording(args, None)
 }
 
-pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32> {
+pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<i32> {
+    crate::bpftrace::apply(&args.bpftrace)?;
+    if args.list {
+        return list_probes(&args);
+    }
     // Everything that can be checked before booting is checked first.
     let (source, source_name) = crate::script::program_source(&args.program, &args.file)?;
+    if let Some(command) = args.command.take() {
+        args.workload = vec![command];
+    }
+    // A program that needs no guest runs at once, as bpftrace runs a BEGIN
+    // block, with no image read and nothing booted; with a workload (which
+    // needs a guest to run in) or a recording, a guest boots as always.
+    let guest_free = |p: &probe_lang::Program| {
+        recording.is_none()
+            && args.workload.is_empty()
+            && !args.dump
+            && crate::noguest::needs_no_guest(p)
+    };
+    if let Ok(program) = probe_lang::compile(&source, &source_name)
+        && guest_free(&program)
+    {
+        return run_without_guest(&args, Arc::new(program));
+    }
     // The program is typed with the guest kernel's BTF (args, struct
     // casts); without an image, a program that needs no types still checks.
     let loaded = guest_image(&args.boot.guest).and_then(|image| {
@@ -79,8 +100,10 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
         eprint!("{diags}");
         return Ok(1);
     }
-    if args.workload.is_empty() {
-        bail!("no workload: give the command to run in the guest after `--`");
+    // Typed constructs (sizeof(struct file)) needed the image to compile;
+    // the program may still need no guest.
+    if guest_free(&program) {
+        return run_without_guest(&args, program);
     }
     if let Some(disk) = &args.boot.disk {
         if args.boot.guests > 1 {
@@ -99,6 +122,7 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
     }
     let snapshot_requested = Arc::new(AtomicBool::new(false));
     let recorder = start_recorder(recording.as_ref(), &snapshot_requested)?;
+    let out = crate::bpftrace::output(&args.bpftrace)?;
 
     let mut cfg = LaunchConfig::new(image);
     cfg.vcpus = args.boot.vcpus;
@@ -135,7 +159,7 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
         Ok(crate::plugin::Choice::Gdb) => None,
     };
     let count = args.boot.guests.max(1);
-    eprintln!(
+    progress!(
         "vmprobe: booting {} guest{} of {} ({:?}, {} backend)",
         count,
         if count == 1 { "" } else { "s" },
@@ -194,12 +218,26 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
         guests.push(g?);
     }
 
+    // Without a workload the guest idles and the run traces it until
+    // Ctrl-C, `exit()` or --duration, as bpftrace traces the host.
+    let workload = (!args.workload.is_empty()).then(|| command_line(&args.workload));
+    if workload.is_none() {
+        progress!(
+            "vmprobe: no workload: tracing until Ctrl-C, exit(){}",
+            if args.duration.is_some() {
+                " or --duration"
+            } else {
+                ""
+            }
+        );
+    }
     let plan = ServePlan {
-        workload: Some(command_line(&args.workload)),
-        deadline: None,
+        workload,
+        deadline: args.duration.map(|d| Instant::now() + d),
         stats: args.stats,
         output: args.format.format(),
         flamegraph: recording.as_ref().and_then(|r| r.flamegraph.clone()),
+        out,
     };
     serve_and_report(
         guests,
@@ -209,6 +247,55 @@ pub fn run_recording(args: RunArgs, recording: Option<Recording>) -> Result<i32>
         &snapshot_requested,
         &plan,
     )
+}
+
+/// Runs a program that needs no guest (see `noguest`): BEGIN, its
+/// `interval` blocks on host timers, then END and the maps, as any run.
+fn run_without_guest(args: &RunArgs, program: Arc<probe_lang::Program>) -> Result<i32> {
+    if let Err(diags) = program.check_not_recording("run") {
+        eprint!("{diags}");
+        return Ok(1);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+    let guests = vec![Guest {
+        name: "host".to_string(),
+        backend: Box::new(crate::noguest::NoGuest::new(&program)),
+        control: None,
+    }];
+    let plan = ServePlan {
+        workload: None,
+        deadline: args.duration.map(|d| Instant::now() + d),
+        stats: args.stats,
+        output: args.format.format(),
+        flamegraph: None,
+        out: crate::bpftrace::output(&args.bpftrace)?,
+    };
+    let snapshot_requested = AtomicBool::new(false);
+    serve_and_report(guests, &program, None, &stop, &snapshot_requested, &plan)
+}
+
+/// `run -l`: the probes matching FILE taken as a pattern, or the probes of
+/// the program given with -e (each of its attach points as a pattern), as
+/// bpftrace's `-l`.
+fn list_probes(args: &RunArgs) -> Result<i32> {
+    let qemu = args
+        .boot
+        .qemu
+        .as_deref()
+        .unwrap_or(std::path::Path::new("qemu-system-x86_64"));
+    let pattern = args.file.as_ref().map(|f| f.to_string_lossy().into_owned());
+    match &args.program {
+        Some(source) => {
+            for spec in probe_lang::attach_points(source) {
+                crate::list::list(Some(&spec.name()), args.verbose, &args.boot.guest, qemu)?;
+            }
+        }
+        None => crate::list::list(pattern.as_deref(), args.verbose, &args.boot.guest, qemu)?,
+    }
+    Ok(0)
 }
 
 /// Lets a launched guest boot, attaches, finds its KASLR slide and arms the
@@ -249,7 +336,7 @@ fn boot_guest(
                 .with_context(|| format!("{name}: host tracepoints"))?;
         session.add_layer(Box::new(source), &layers.handlers);
     }
-    eprintln!(
+    progress!(
         "vmprobe: {name} up in {:.1} s, KASLR slide {slide:#x}",
         booted.elapsed().as_secs_f64()
     );
@@ -298,7 +385,7 @@ fn boot_guest_plugin(
         backend.add_layer(Box::new(source), &layers.handlers);
     }
     let slide = probe_engine::Backend::kernel(&backend).map_or(0, |k| k.slide);
-    eprintln!(
+    progress!(
         "vmprobe: {name} up in {:.1} s, KASLR slide {slide:#x}, plugin {} attached",
         booted.elapsed().as_secs_f64(),
         backend.plugin_version()

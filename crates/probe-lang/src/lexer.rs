@@ -46,8 +46,17 @@ pub struct Lexer<'s> {
 }
 
 impl<'s> Lexer<'s> {
+    /// A first line starting with `#!` at byte 0 (`#!/usr/bin/env vmprobe`)
+    /// is skipped, as bpftrace does, so scripts can be executables. Its
+    /// newline is kept, so later spans (byte offsets into `src`) still give
+    /// the right line numbers.
     pub fn new(src: &'s str) -> Self {
-        Lexer { src, pos: 0 }
+        let pos = if src.starts_with("#!") {
+            src.find('\n').unwrap_or(src.len())
+        } else {
+            0
+        };
+        Lexer { src, pos }
     }
 
     fn bytes(&self) -> &'s [u8] {
@@ -279,6 +288,19 @@ mod tests {
                 Tok::Eof
             ]
         );
+    }
+
+    #[test]
+    fn a_shebang_line_is_skipped_only_at_byte_0() {
+        let t = tokenize("#!/usr/bin/env vmprobe\nBEGIN").unwrap();
+        assert_eq!(t[0].tok, Tok::Ident("BEGIN".into()));
+        // Spans stay offsets into the whole source, shebang included.
+        assert_eq!(t[0].span, Span::new(23, 28));
+        assert_eq!(toks("#!/usr/bin/bpftrace"), vec![Tok::Eof]);
+        // Anywhere else `#` is still an error.
+        assert!(tokenize(" #!/usr/bin/bpftrace\nBEGIN").is_err());
+        assert!(tokenize("BEGIN\n#!/usr/bin/bpftrace").is_err());
+        assert!(tokenize("# comment\nBEGIN").is_err());
     }
 
     #[test]

@@ -310,6 +310,35 @@ impl Program {
         r.finish()
     }
 
+    /// Whether any block calls the builtin `name` (`ksym`, say), as a
+    /// statement or in an expression.
+    pub fn calls(&self, name: &str) -> bool {
+        struct Finder<'a> {
+            name: &'a str,
+            found: bool,
+        }
+        impl visit::Visitor for Finder<'_> {
+            fn visit_stmt(&mut self, s: &ast::Stmt) {
+                if matches!(&s.kind, ast::StmtKind::Call { name, .. } if name == self.name) {
+                    self.found = true;
+                }
+                visit::walk_stmt(self, s);
+            }
+            fn visit_expr(&mut self, e: &ast::Expr) {
+                if matches!(&e.kind, ast::ExprKind::Call { name, .. } if name == self.name) {
+                    self.found = true;
+                }
+                visit::walk_expr(self, e);
+            }
+        }
+        let mut f = Finder { name, found: false };
+        self.ast
+            .probes
+            .iter()
+            .for_each(|b| visit::walk_block(&mut f, b));
+        f.found
+    }
+
     /// Whether the script calls `trace()`: then `vmprobe record` writes
     /// only the events it traces, not every probe hit.
     pub fn uses_trace(&self) -> bool {

@@ -48,6 +48,25 @@ fn parse_error_line_col() {
     );
 }
 
+/// A `#!` first line (a script run as an executable) is skipped, and the
+/// line numbers of later errors count it.
+#[test]
+fn shebang_line_is_skipped_and_counted() {
+    for shebang in ["#!/usr/bin/bpftrace", "#!/usr/bin/env vmprobe"] {
+        let ok = format!("{shebang}\nBEGIN {{ printf(\"hi\\n\"); exit(); }}\n");
+        assert!(compile(&ok, "s.bt").is_ok(), "{ok}");
+        let bad = format!("{shebang}\n// comment\nBEGIN {{\n  @x = foo;\n}}\n");
+        let d = compile(&bad, "s.bt").err().unwrap();
+        assert_eq!((d.0[0].line, d.0[0].col), (4, 8), "{d}");
+        assert_eq!(
+            d.to_string(),
+            "error: unknown builtin 'foo'\n --> s.bt:4:8\n  |\n4 |   @x = foo;\n  |        ^^^\n"
+        );
+    }
+    // Only at byte 0: after a blank line it is not a shebang.
+    assert!(compile("\n#!/usr/bin/bpftrace\nBEGIN { exit(); }", "s.bt").is_err());
+}
+
 #[test]
 fn checker_errors() {
     let cases = [
