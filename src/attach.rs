@@ -537,7 +537,8 @@ fn layers_only(program: &probe_lang::Program) -> bool {
 }
 
 fn only_layers(probes: &[ProbeSpec]) -> bool {
-    let layer = |p: &ProbeSpec| matches!(p, ProbeSpec::Tracepoint { .. } | ProbeSpec::Vmm { .. });
+    let layer =
+        |p: &ProbeSpec| matches!(p, ProbeSpec::HostTracepoint { .. } | ProbeSpec::Vmm { .. });
     probes
         .iter()
         .all(|p| layer(p) || matches!(p, ProbeSpec::Begin | ProbeSpec::End))
@@ -579,7 +580,7 @@ fn compile_for(
     Ok((checked, kernel))
 }
 
-const NEED_QMP: &str = "tracepoint: probes need qmp:PATH to find the VM's vCPU threads";
+const NEED_QMP: &str = "host:tracepoint: probes need qmp:PATH to find the VM's vCPU threads";
 const NEED_LOG: &str = "vmm: probes need qmp:PATH and log:PATH (QEMU's -D file; start QEMU \
                         with -D PATH -msg timestamp=on)";
 
