@@ -1,7 +1,7 @@
 //! `vmprobe attach`: probe VMs that vmprobe did not start, through the GDB
 //! stub their VMM already offers, and leave them running on detach.
 //!
-//! A script of host tracepoints only (`tracepoint:kvm:kvm_pio`, ...) needs
+//! A script of host tracepoints only (`host:tracepoint:kvm:kvm_pio`, ...) needs
 //! neither a stub nor a kernel image: vmprobe finds the VM's vCPU threads
 //! through QMP and never stops the guest.
 

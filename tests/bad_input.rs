@@ -321,7 +321,7 @@ fn bad_record_and_attach_arguments() {
 
 /// A field the event does not declare is an error before booting, naming
 /// the fields it has: QEMU's declaration for `vmm:` events, the host's
-/// tracefs format for `tracepoint:` events.
+/// tracefs format for `host:tracepoint:` events.
 #[test]
 fn unknown_event_field_is_a_diagnostic_before_booting() {
     let e = fails_with(
@@ -346,12 +346,12 @@ fn unknown_event_field_is_a_diagnostic_before_booting() {
         &[
             "run",
             "-e",
-            "tracepoint:sched:sched_switch { @[args.next_cmm] = count(); }",
+            "host:tracepoint:sched:sched_switch { @[args.next_cmm] = count(); }",
             "--",
             "true",
         ],
         &[],
-        "'tracepoint:sched:sched_switch' has no field 'next_cmm' (fields: prev_comm, prev_pid",
+        "'host:tracepoint:sched:sched_switch' has no field 'next_cmm' (fields: prev_comm, prev_pid",
     );
 }
 

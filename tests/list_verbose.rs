@@ -62,10 +62,10 @@ fn list_covers_vmm_events_tracepoints_and_parametric_kinds() {
         "parametric kinds are listed"
     );
     if std::path::Path::new("/sys/kernel/tracing/events/sched/sched_switch").exists() {
-        let tp = list(&["-v", "t:sched:sched_switch"]);
+        let tp = list(&["-v", "host:t:sched:sched_switch"]);
         assert!(
             tp.starts_with(
-                "tracepoint:sched:sched_switch\n    char prev_comm[16]\n    pid_t prev_pid\n"
+                "host:tracepoint:sched:sched_switch\n    char prev_comm[16]\n    pid_t prev_pid\n"
             ),
             "{tp}"
         );
