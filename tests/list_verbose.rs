@@ -62,8 +62,15 @@ fn list_guest_syscall_tracepoints() {
     let n = all.lines().count();
     // Every syscall with metadata has both events (6.1 x86-64: 430).
     assert!(n > 600 && n % 2 == 0, "{n} events");
-    assert!(all.lines().all(|l| l.starts_with("tracepoint:syscalls:sys_e")), "{all}");
-    assert!(all.contains("tracepoint:syscalls:sys_enter_read\n"), "{all}");
+    assert!(
+        all.lines()
+            .all(|l| l.starts_with("tracepoint:syscalls:sys_e")),
+        "{all}"
+    );
+    assert!(
+        all.contains("tracepoint:syscalls:sys_enter_read\n"),
+        "{all}"
+    );
     // Without a kind, a name matches guest tracepoints too.
     assert!(list(&["*sys_exit_openat2"]).contains("tracepoint:syscalls:sys_exit_openat2\n"));
 }

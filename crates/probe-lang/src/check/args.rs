@@ -174,9 +174,7 @@ impl Checker<'_, '_> {
         };
         let mut found: Option<(Type, Access)> = None;
         for spec in specs {
-            let Some((sys, exit)) = spec.syscall_event() else {
-                return None;
-            };
+            let (sys, exit) = spec.syscall_event()?;
             if sys.contains(['*', '?']) {
                 self.r.error(
                     span,
