@@ -132,7 +132,8 @@ pub fn resolve_probes_at(
                             .into_iter()
                             .filter(|s| {
                                 let n = s.name.strip_prefix("__x64_sys_").unwrap_or(&s.name);
-                                !meta || symbols.lookup(&format!("__syscall_meta_{n}")).is_some()
+                                // SYSCALL_DEFINEn(openat) names it `__syscall_meta__openat`.
+                                !meta || symbols.lookup(&format!("__syscall_meta__{n}")).is_some()
                             })
                             .collect()
                     } else {
