@@ -1,7 +1,7 @@
 //! `vmprobe attach`: probe VMs that vmprobe did not start, through the GDB
 //! stub their VMM already offers, and leave them running on detach.
 //!
-//! A script of host tracepoints only (`tracepoint:kvm:kvm_pio`, ...) needs
+//! A script of host tracepoints only (`host:tracepoint:kvm:kvm_pio`, ...) needs
 //! neither a stub nor a kernel image: vmprobe finds the VM's vCPU threads
 //! through QMP and never stops the guest.
 
@@ -544,7 +544,8 @@ fn layers_only(program: &probe_lang::Program) -> bool {
 }
 
 fn only_layers(probes: &[ProbeSpec]) -> bool {
-    let layer = |p: &ProbeSpec| matches!(p, ProbeSpec::Tracepoint { .. } | ProbeSpec::Vmm { .. });
+    let layer =
+        |p: &ProbeSpec| matches!(p, ProbeSpec::HostTracepoint { .. } | ProbeSpec::Vmm { .. });
     probes
         .iter()
         .all(|p| layer(p) || matches!(p, ProbeSpec::Begin | ProbeSpec::End))
@@ -586,7 +587,7 @@ fn compile_for(
     Ok((checked, kernel))
 }
 
-const NEED_QMP: &str = "tracepoint: probes need qmp:PATH to find the VM's vCPU threads";
+const NEED_QMP: &str = "host:tracepoint: probes need qmp:PATH to find the VM's vCPU threads";
 const NEED_LOG: &str = "vmm: probes need qmp:PATH and log:PATH (QEMU's -D file; start QEMU \
                         with -D PATH -msg timestamp=on)";
 

@@ -66,6 +66,46 @@ pub struct KernelInfo {
     pub symbols: Arc<KernelSymbols>,
     /// Parsed once (BTF, ORC); each guest takes it with its own slide.
     pub guest: GuestKernel,
+    /// The image, for what only some programs need of it (syscalls).
+    image: std::path::PathBuf,
+    /// The guest's syscalls, read when a program first names a guest
+    /// tracepoint (three more sections of the image).
+    syscalls: std::sync::OnceLock<Vec<(String, probe_lang::SyscallDecl)>>,
+}
+
+impl KernelInfo {
+    /// The guest's syscalls as its `syscalls:*` tracepoints declare them,
+    /// sorted by name; empty if the image has no syscall metadata.
+    pub fn syscalls(&self) -> &[(String, probe_lang::SyscallDecl)] {
+        self.syscalls
+            .get_or_init(|| syscall_decls(&self.image, &self.symbols))
+    }
+}
+
+/// The image's syscalls (see [`KernelInfo::syscalls`]); an unreadable image
+/// has none (its symbols were read, so this is not expected).
+pub fn syscall_decls(
+    image: &std::path::Path,
+    symbols: &KernelSymbols,
+) -> Vec<(String, probe_lang::SyscallDecl)> {
+    let cache = qemu_guest::cache_dir().join("sections");
+    let _ = std::fs::create_dir_all(&cache);
+    let all = match kernel_image::load_syscalls(image, symbols, Some(&cache)) {
+        Ok(all) => all,
+        Err(e) => {
+            eprintln!("vmprobe: the guest's syscalls not read: {e}");
+            Vec::new()
+        }
+    };
+    all.into_iter()
+        .map(|s| {
+            let decl = probe_lang::SyscallDecl {
+                nr: s.nr,
+                params: s.params.into_iter().map(|p| (p.ty, p.name)).collect(),
+            };
+            (s.name, decl)
+        })
+        .collect()
 }
 
 pub fn load_kernel(symbols: KernelSymbols, image: &std::path::Path) -> KernelInfo {
@@ -75,7 +115,12 @@ pub fn load_kernel(symbols: KernelSymbols, image: &std::path::Path) -> KernelInf
     let sections = KernelSections::load(image, &linux_guest::SECTIONS, Some(&cache)).ok();
     let symbols = Arc::new(symbols);
     let guest = GuestKernel::from_image_sections(symbols.clone(), 0, sections.as_ref());
-    KernelInfo { symbols, guest }
+    KernelInfo {
+        symbols,
+        guest,
+        image: image.to_path_buf(),
+        syscalls: std::sync::OnceLock::new(),
+    }
 }
 
 /// Compiles with the kernel's BTF as the type provider, when the image has it.
@@ -84,10 +129,17 @@ pub fn compile_typed(
     source_name: &str,
     kernel: &KernelInfo,
 ) -> Result<probe_lang::Program, probe_lang::Diagnostics> {
-    let types = kernel
-        .guest
-        .btf()
-        .map(|btf| probe_engine::LayerTypes::new(probe_engine::BtfTypes::new(btf)));
+    let guest_tracepoints = probe_lang::attach_points(source)
+        .iter()
+        .any(|p| matches!(p, probe_lang::ProbeSpec::GuestTracepoint { .. }));
+    let types = kernel.guest.btf().map(|btf| {
+        let t = probe_engine::LayerTypes::new(probe_engine::BtfTypes::new(btf));
+        if guest_tracepoints {
+            t.with_syscalls(kernel.syscalls())
+        } else {
+            t
+        }
+    });
     probe_lang::compile_with_types(
         source,
         source_name,

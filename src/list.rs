@@ -1,6 +1,7 @@
 //! `vmprobe list [-v] [PATTERN]`: every probe a script can name, without
 //! booting: kernel functions (from the image's symbols), QEMU's trace events
-//! (from the QEMU binary), the host's tracepoints (from tracefs) and the
+//! (from the QEMU binary), the guest's syscall tracepoints (from the image's
+//! syscall metadata), the host's tracepoints (from tracefs) and the
 //! kinds that take parameters (interval, profile, watchpoint), as
 //! `bpftrace -l` lists probes. `-v` adds parameters and fields, as
 //! `bpftrace -lv` does.
@@ -39,6 +40,8 @@ impl<'a> Selection<'a> {
         for kind in [
             "kprobe",
             "vmm",
+            "host:tracepoint",
+            "host:t",
             "tracepoint",
             "t",
             "interval",
@@ -46,7 +49,11 @@ impl<'a> Selection<'a> {
             "watchpoint",
         ] {
             if let Some(name) = pattern.strip_prefix(kind).and_then(|r| r.strip_prefix(':')) {
-                let kind = if kind == "t" { "tracepoint" } else { kind };
+                let kind = match kind {
+                    "t" => "tracepoint",
+                    "host:t" => "host:tracepoint",
+                    k => k,
+                };
                 return Selection {
                     kind: Some(kind),
                     name,
@@ -74,7 +81,10 @@ pub fn list(pattern: Option<&str>, verbose: bool, args: &GuestArgs, qemu: &Path)
     if sel.wants("vmm") && !list_vmm(&sel, verbose, qemu, &mut emit) {
         return Ok(());
     }
-    if sel.wants("tracepoint") && !list_tracepoints(&sel, verbose, &mut emit) {
+    if sel.wants("tracepoint") && !list_guest_tracepoints(&sel, verbose, args, &mut emit)? {
+        return Ok(());
+    }
+    if sel.wants("host:tracepoint") && !list_tracepoints(&sel, verbose, &mut emit) {
         return Ok(());
     }
     for probe in PARAMETRIC {
@@ -164,6 +174,44 @@ fn list_vmm(
     true
 }
 
+/// The guest's tracepoints that vmprobe serves, `syscalls:sys_enter_NAME`
+/// and `syscalls:sys_exit_NAME` for each syscall of the image's metadata;
+/// with `-v`, their fields as the guest's tracefs declares them.
+fn list_guest_tracepoints(
+    sel: &Selection,
+    verbose: bool,
+    args: &GuestArgs,
+    emit: &mut dyn FnMut(String) -> bool,
+) -> Result<bool> {
+    let image = guest_image(args)?;
+    let symbols = load_symbols(args, &image)?;
+    let syscalls = crate::kernel::syscall_decls(&image.kernel, &symbols);
+    let mut events: Vec<(String, &probe_lang::SyscallDecl, bool)> = syscalls
+        .iter()
+        .flat_map(|(name, decl)| {
+            [
+                (format!("syscalls:sys_enter_{name}"), decl, false),
+                (format!("syscalls:sys_exit_{name}"), decl, true),
+            ]
+        })
+        .filter(|(e, _, _)| glob(sel.name, e))
+        .collect();
+    events.sort_by(|a, b| a.0.cmp(&b.0));
+    for (event, decl, exit) in events {
+        let mut text = format!("tracepoint:{event}\n");
+        if verbose {
+            for line in decl.field_lines(exit) {
+                text.push_str(&line);
+                text.push('\n');
+            }
+        }
+        if !emit(text) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// The host's tracepoints; with `-v`, their fields from tracefs.
 fn list_tracepoints(sel: &Selection, verbose: bool, emit: &mut dyn FnMut(String) -> bool) -> bool {
     let Some(tracefs) = host_tracepoints::Tracefs::find() else {
@@ -181,7 +229,7 @@ fn list_tracepoints(sel: &Selection, verbose: bool, emit: &mut dyn FnMut(String)
         if !glob(sel.name, &format!("{}:{}", tp.system, tp.event)) {
             continue;
         }
-        let mut text = format!("tracepoint:{}:{}\n", tp.system, tp.event);
+        let mut text = format!("host:tracepoint:{}:{}\n", tp.system, tp.event);
         if verbose && let Ok(format) = tracefs.format(&tp) {
             for f in format.event_fields() {
                 let array = match f.layout {

@@ -78,7 +78,7 @@ enum Command {
     /// QEMU trace events, host tracepoints, and the parametric kinds.
     List {
         /// Only probes matching this pattern ('*' and '?' wildcards), of one
-        /// kind with a prefix ("kprobe:vfs_*", "vmm:serial_*", "tracepoint:kvm:*").
+        /// kind with a prefix ("kprobe:vfs_*", "vmm:serial_*", "host:tracepoint:kvm:*", "tracepoint:syscalls:*").
         pattern: Option<String>,
         /// Also print parameters and fields: kernel functions' from BTF, QEMU
         /// events' from their declarations, tracepoints' from tracefs (bpftrace's -lv).

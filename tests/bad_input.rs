@@ -323,7 +323,7 @@ fn bad_record_and_attach_arguments() {
 
 /// A field the event does not declare is an error before booting, naming
 /// the fields it has: QEMU's declaration for `vmm:` events, the host's
-/// tracefs format for `tracepoint:` events.
+/// tracefs format for `host:tracepoint:` events.
 #[test]
 fn unknown_event_field_is_a_diagnostic_before_booting() {
     let e = fails_with(
@@ -348,12 +348,12 @@ fn unknown_event_field_is_a_diagnostic_before_booting() {
         &[
             "run",
             "-e",
-            "tracepoint:sched:sched_switch { @[args.next_cmm] = count(); }",
+            "host:tracepoint:sched:sched_switch { @[args.next_cmm] = count(); }",
             "--",
             "true",
         ],
         &[],
-        "'tracepoint:sched:sched_switch' has no field 'next_cmm' (fields: prev_comm, prev_pid",
+        "'host:tracepoint:sched:sched_switch' has no field 'next_cmm' (fields: prev_comm, prev_pid",
     );
 }
 
@@ -586,4 +586,50 @@ fn the_plugin_backend_says_why_it_cannot_serve() {
     );
     assert!(e.contains("stdin:2:40"), "{e}");
     assert!(!e.contains("booting"), "{e}");
+}
+
+/// A guest tracepoint that cannot be served from outside the guest is
+/// refused at its line:column before anything boots, saying why and what
+/// to use instead, once; so is a syscall the guest kernel does not have.
+#[test]
+fn unservable_guest_tracepoint_is_refused_before_booting() {
+    let e = fails_with(
+        &[
+            "run",
+            "-e",
+            "BEGIN { }\n  tracepoint:sched:sched_switch { @ = count(); }",
+            "--",
+            "true",
+        ],
+        &[],
+        "error: guest tracepoint sched:sched_switch: only syscalls:* can be served from outside the guest; \
+         probe a kernel function with kprobe: (e.g. kprobe:__schedule), or use host:tracepoint: for the host",
+    );
+    assert!(e.contains("stdin:2:3"), "{e}");
+    assert!(!e.contains("booting"), "must fail before booting:\n{e}");
+    assert_eq!(e.matches("sched_switch:").count(), 1, "reported once:\n{e}");
+    let e = fails_with(
+        &[
+            "run",
+            "-e",
+            "tracepoint:syscalls:sys_enter_nosuch { }",
+            "--",
+            "true",
+        ],
+        &[],
+        "guest tracepoint syscalls:sys_enter_nosuch: the guest kernel has no syscall 'nosuch'",
+    );
+    assert!(e.contains("stdin:1:1") && !e.contains("booting"), "{e}");
+    let e = fails_with(
+        &[
+            "run",
+            "-e",
+            "tracepoint:syscalls:sys_exit_openat { @[args.filename] = count(); }",
+            "--",
+            "true",
+        ],
+        &[],
+        "'tracepoint:syscalls:sys_exit_openat' has no field 'filename' (fields: __syscall_nr, ret)",
+    );
+    assert!(e.contains("stdin:1:41") && !e.contains("booting"), "{e}");
 }

@@ -323,7 +323,7 @@ fn run_guest_with(program: &str, with_bpftrace: bool, vmm_log: bool) -> Option<R
 #[test]
 fn kvm_pio_count_of_a_long_mode_guest_matches_its_code_and_bpftrace() {
     let program = format!(
-        "tracepoint:kvm:kvm_pio /args.port == {PORT:#x}/ {{ @pio = count(); @bytes = sum(args.val); }}"
+        "host:tracepoint:kvm:kvm_pio /args.port == {PORT:#x}/ {{ @pio = count(); @bytes = sum(args.val); }}"
     );
     let Some(run) = run_guest(&program, true) else {
         return;
@@ -354,7 +354,7 @@ fn kvm_pio_count_of_a_long_mode_guest_matches_its_code_and_bpftrace() {
 #[test]
 fn kvm_pio_count_without_an_in_kernel_filter_is_the_same() {
     let program = format!(
-        "tracepoint:kvm:kvm_pio /args.port == {PORT:#x} || nsecs == 0/ {{ @pio = count(); }}"
+        "host:tracepoint:kvm:kvm_pio /args.port == {PORT:#x} || nsecs == 0/ {{ @pio = count(); }}"
     );
     let Some(run) = run_guest(&program, false) else {
         return;
@@ -381,14 +381,14 @@ fn attach_refuses_layers_without_what_they_need() {
             "--vm",
             "vm1=gdb:127.0.0.1:1",
             "-e",
-            "tracepoint:kvm:kvm_pio { @ = count(); }",
+            "host:tracepoint:kvm:kvm_pio { @ = count(); }",
         ]),
         RUN_LIMIT,
     );
     assert!(!out.status.success());
     assert_eq!(
         text(&out.stderr).trim(),
-        "vmprobe: vm1: tracepoint: probes need qmp:PATH to find the VM's vCPU threads"
+        "vmprobe: vm1: host:tracepoint: probes need qmp:PATH to find the VM's vCPU threads"
     );
     let out = run_bounded(
         vmprobe().args([
@@ -415,7 +415,7 @@ fn attach_refuses_layers_without_what_they_need() {
 /// attached to through QMP alone.
 #[test]
 fn kvm_run_exit_in_qemu_equals_kvm_pio_in_the_host() {
-    let program = "tracepoint:kvm:kvm_pio { @pio = count(); }\n\
+    let program = "host:tracepoint:kvm:kvm_pio { @pio = count(); }\n\
                    vmm:kvm_run_exit /args.reason == 2/ { @io_exits = count(); @vcpu[args.cpu_index] = count(); }";
     let Some(run) = run_guest_with(program, false, true) else {
         return;

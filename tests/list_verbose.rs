@@ -38,6 +38,43 @@ fn list_verbose_prints_btf_prototypes() {
     assert_eq!(text(&out.stdout), "kprobe:ksys_write\n");
 }
 
+/// The guest's syscall tracepoints are listed from the image (no boot),
+/// with `-v` their fields as the guest's tracefs declares them
+/// (`syscalls/sys_enter_openat/format` of the 6.1 guest), as `bpftrace -lv`.
+#[test]
+fn list_guest_syscall_tracepoints() {
+    let _ = default_guest();
+    let list = |args: &[&str]| {
+        let out = run_bounded(vmprobe().arg("list").args(args), Duration::from_secs(120));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    assert_eq!(
+        list(&["-v", "tracepoint:syscalls:sys_enter_openat"]),
+        "tracepoint:syscalls:sys_enter_openat\n    int __syscall_nr\n    int dfd\n    \
+         const char * filename\n    int flags\n    umode_t mode\n"
+    );
+    assert_eq!(
+        list(&["-v", "t:syscalls:sys_exit_read"]),
+        "tracepoint:syscalls:sys_exit_read\n    int __syscall_nr\n    long ret\n"
+    );
+    let all = list(&["tracepoint:syscalls:*"]);
+    let n = all.lines().count();
+    // Every syscall with metadata has both events (6.1 x86-64: 430).
+    assert!(n > 600 && n % 2 == 0, "{n} events");
+    assert!(
+        all.lines()
+            .all(|l| l.starts_with("tracepoint:syscalls:sys_e")),
+        "{all}"
+    );
+    assert!(
+        all.contains("tracepoint:syscalls:sys_enter_read\n"),
+        "{all}"
+    );
+    // Without a kind, a name matches guest tracepoints too.
+    assert!(list(&["*sys_exit_openat2"]).contains("tracepoint:syscalls:sys_exit_openat2\n"));
+}
+
 /// Every kind of probe is listed: QEMU's trace events with their declared
 /// arguments, the host's tracepoints with their tracefs fields, and the
 /// parametric kinds.
@@ -62,10 +99,10 @@ fn list_covers_vmm_events_tracepoints_and_parametric_kinds() {
         "parametric kinds are listed"
     );
     if std::path::Path::new("/sys/kernel/tracing/events/sched/sched_switch").exists() {
-        let tp = list(&["-v", "t:sched:sched_switch"]);
+        let tp = list(&["-v", "host:t:sched:sched_switch"]);
         assert!(
             tp.starts_with(
-                "tracepoint:sched:sched_switch\n    char prev_comm[16]\n    pid_t prev_pid\n"
+                "host:tracepoint:sched:sched_switch\n    char prev_comm[16]\n    pid_t prev_pid\n"
             ),
             "{tp}"
         );

@@ -23,12 +23,19 @@
 //!   between slashes is the event's filter. `hits(NAME)` is the kernel's
 //!   `kprobe_profile` hit count, `events(NAME)` the number of events that
 //!   passed the filter into the trace.
+//! - `truth: hist:NAME GROUP/EVENT KEY /FILTER/` a hist trigger the guest
+//!   kernel keeps on one of its own events (a real tracepoint such as
+//!   `syscalls/sys_exit_read`, or `kprobes/NAME` of a `p:` truth above it),
+//!   counting events by the field KEY; `keyed(NAME)` is that table.
 //! - `expect: LHS OP RHS` with OP one of `== != >= <= > <`; operands are
 //!   integers, `@m` (a scalar map's value), `@m[KEY]` (an entry, KEY as
 //!   printed), `len(@m)`, `sum(@m)` (entries of a keyed map), `hist(@m)`
 //!   (all counts of a hist/lhist map), `lines("TEXT")` (stdout lines
 //!   containing TEXT), `hits(NAME)`, `events(NAME)`, `console(KEY)` (an
 //!   integer the workload printed as `KEY=N`).
+//! - `expect: @m == keyed(NAME)`: the keyed map `@m` has exactly the keys
+//!   and counts of the hist truth NAME (integer keys compared as signed
+//!   64-bit, as the kernel's table prints them unsigned).
 //! - `expect: stdout contains "TEXT"` / `stdout lacks "TEXT"` (`\n` allowed).
 //! - `expect: stderr contains "TEXT"`.
 //! - `flags: ...` more `vmprobe attach` options (e.g. `-f json`).
@@ -76,11 +83,15 @@ struct Truth {
     name: String,
     definition: String,
     filter: Option<String>,
+    /// A hist trigger instead of a kprobe event: (GROUP/EVENT, KEY).
+    hist: Option<(String, String)>,
 }
 
 #[derive(Debug)]
 enum Expect {
     Compare(Operand, String, Operand),
+    /// `@m == keyed(NAME)`.
+    Keyed(String, String),
     Contains(String),
     Lacks(String),
     StderrContains(String),
@@ -140,7 +151,8 @@ fn parse_fixture(path: &Path) -> Result<Fixture, String> {
 }
 
 fn parse_truth(v: &str) -> Result<Truth, String> {
-    let (definition, filter) = match v.split_once('/') {
+    // The filter starts at the first " /" (an event may be GROUP/EVENT).
+    let (definition, filter) = match v.split_once(" /") {
         Some((d, rest)) => {
             let filter = rest
                 .strip_suffix('/')
@@ -149,6 +161,18 @@ fn parse_truth(v: &str) -> Result<Truth, String> {
         }
         None => (v, None),
     };
+    if let Some(rest) = definition.strip_prefix("hist:") {
+        let w: Vec<&str> = rest.split_whitespace().collect();
+        let [name, event, key] = w[..] else {
+            return Err("a hist truth looks like 'hist:NAME GROUP/EVENT KEY [/FILTER/]'".into());
+        };
+        return Ok(Truth {
+            name: name.to_string(),
+            definition: String::new(),
+            filter,
+            hist: Some((event.to_string(), key.to_string())),
+        });
+    }
     // `p:NAME ...` or `r:NAME ...`
     let name = definition
         .split_whitespace()
@@ -161,6 +185,7 @@ fn parse_truth(v: &str) -> Result<Truth, String> {
         name,
         definition: definition.to_string(),
         filter,
+        hist: None,
     })
 }
 
@@ -196,6 +221,15 @@ fn parse_expect(v: &str) -> Result<Expect, String> {
     }
     if let Some(t) = v.strip_prefix("stderr contains ") {
         return Ok(Expect::StderrContains(unquote(t)?));
+    }
+    if let Some((m, t)) = v.split_once("==")
+        && let Some(m) = m.trim().strip_prefix('@')
+        && let Some(t) = t
+            .trim()
+            .strip_prefix("keyed(")
+            .and_then(|t| t.strip_suffix(')'))
+    {
+        return Ok(Expect::Keyed(m.to_string(), t.to_string()));
     }
     for op in ["==", "!=", ">=", "<=", ">", "<"] {
         if let Some((a, b)) = v.split_once(op) {
@@ -250,19 +284,49 @@ struct Outcome {
     console: String,
 }
 
+/// A table key as compared: integers as signed 64-bit.
+fn key_norm(k: &str) -> String {
+    let k = k.trim();
+    match k.parse::<u64>() {
+        Ok(n) => (n as i64).to_string(),
+        Err(_) => k.to_string(),
+    }
+}
+
 impl Outcome {
+    /// The entries of keyed map `@name` as printed.
+    fn map_lines(&self, name: &str) -> BTreeMap<String, u64> {
+        let prefix = format!("@{name}[");
+        self.stdout
+            .lines()
+            .filter_map(move |l| l.strip_prefix(prefix.as_str()).map(str::to_string))
+            .filter_map(|rest| {
+                let (k, v) = rest.rsplit_once("]: ")?;
+                Some((k.to_string(), v.trim().parse::<u64>().ok()?))
+            })
+            .collect::<BTreeMap<String, u64>>()
+    }
+
+    /// The hist truth `name`: `GTH NAME COUNT KEY` lines of the console.
+    fn keyed(&self, name: &str) -> Result<BTreeMap<String, u64>, String> {
+        let prefix = format!("GTH {name} ");
+        let mut m = BTreeMap::new();
+        for l in self.console.lines() {
+            let Some(rest) = l.trim().strip_prefix(&prefix) else {
+                continue;
+            };
+            let (n, k) = rest.split_once(' ').unwrap_or((rest, ""));
+            let n: u64 = n.parse().map_err(|_| format!("bad hist line {l:?}"))?;
+            *m.entry(key_norm(k)).or_default() += n;
+        }
+        if !self.console.contains(&format!("GTH-END {name}")) {
+            return Err(format!("the guest reported no table for {name}"));
+        }
+        Ok(m)
+    }
+
     fn value(&self, o: &Operand) -> Result<u64, String> {
-        let map_lines = |name: &str| {
-            let prefix = format!("@{name}[");
-            self.stdout
-                .lines()
-                .filter_map(move |l| l.strip_prefix(prefix.as_str()).map(str::to_string))
-                .filter_map(|rest| {
-                    let (k, v) = rest.rsplit_once("]: ")?;
-                    Some((k.to_string(), v.trim().parse::<u64>().ok()?))
-                })
-                .collect::<BTreeMap<String, u64>>()
-        };
+        let map_lines = |name: &str| self.map_lines(name);
         Ok(match o {
             Operand::Int(n) => *n,
             Operand::Map(name) => {
@@ -356,6 +420,21 @@ fn check(f: &Fixture, o: &Outcome) -> Vec<String> {
             Expect::StderrContains(t) if !o.stderr.contains(t.as_str()) => {
                 fails.push(format!("stderr lacks {t:?}"))
             }
+            Expect::Keyed(m, t) => match o.keyed(t) {
+                Ok(truth) => {
+                    let got: BTreeMap<String, u64> = o
+                        .map_lines(m)
+                        .into_iter()
+                        .map(|(k, v)| (key_norm(&k), v))
+                        .collect();
+                    if got != truth {
+                        fails.push(format!(
+                            "@{m} is {got:?}, the guest kernel's {t} is {truth:?}"
+                        ));
+                    }
+                }
+                Err(e) => fails.push(e),
+            },
             Expect::Compare(a, op, b) => match (o.value(a), o.value(b)) {
                 (Ok(x), Ok(y)) => {
                     let ok = match op.as_str() {
@@ -396,7 +475,12 @@ fn check(f: &Fixture, o: &Outcome) -> Vec<String> {
 fn wrapped_workload(f: &Fixture, marker: &str) -> String {
     let t = "/sys/kernel/tracing";
     let mut s = String::new();
-    for tr in &f.truths {
+    let trigger = |tr: &Truth, key: &str| match &tr.filter {
+        Some(filter) => format!("hist:keys={key} if {filter}"),
+        None => format!("hist:keys={key}"),
+    };
+    // Kprobe events first: a hist truth may count one of them.
+    for tr in f.truths.iter().filter(|tr| tr.hist.is_none()) {
         let ev = format!("{t}/events/kprobes/{}", tr.name);
         s.push_str(&format!(
             "echo '{}' >> {t}/kprobe_events && ",
@@ -407,8 +491,31 @@ fn wrapped_workload(f: &Fixture, marker: &str) -> String {
         }
         s.push_str(&format!("echo 1 > {ev}/enable && "));
     }
-    s.push_str(&format!("( {} ); status=$?; ", f.workload.join("; ")));
     for tr in &f.truths {
+        if let Some((event, key)) = &tr.hist {
+            s.push_str(&format!(
+                // `>>`: opening `trigger` with O_TRUNC removes its others.
+                "echo '{}' >> {t}/events/{event}/trigger && ",
+                trigger(tr, key)
+            ));
+        }
+    }
+    s.push_str(&format!("( {} ); status=$?; ", f.workload.join("; ")));
+    // `{ ret:          4 } hitcount:          3` -> `GTH NAME 3 4`; then
+    // the trigger goes, before the kprobe event it may count.
+    for tr in &f.truths {
+        if let Some((event, key)) = &tr.hist {
+            let n = &tr.name;
+            s.push_str(&format!(
+                // `hist` shows every trigger's table: this one's by its key.
+                "grep '^{{ {key}: ' {t}/events/{event}/hist | \
+                 sed -E 's/^\\{{ *[a-z_]+: *(.*[^ ]) *\\}} *hitcount: *([0-9]+).*/GTH {n} \\2 \\1/'; \
+                 echo GTH-END {n}; echo '!{}' >> {t}/events/{event}/trigger; ",
+                trigger(tr, key)
+            ));
+        }
+    }
+    for tr in f.truths.iter().filter(|tr| tr.hist.is_none()) {
         let n = &tr.name;
         s.push_str(&format!(
             "echo 0 > {t}/events/kprobes/{n}/enable; \

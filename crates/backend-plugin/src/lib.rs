@@ -108,10 +108,13 @@ pub fn check_program(program: &Program) -> Result<(), Diagnostics> {
     for (i, spec) in program.probes().iter().enumerate() {
         let span = spans.get(i).copied().unwrap_or_default();
         match spec {
-            ProbeSpec::Kprobe { .. } | ProbeSpec::Kretprobe { .. } | ProbeSpec::Profile { .. } => {
-                in_qemu.push(program.block_of(i))
-            }
-            ProbeSpec::Vmm { .. } | ProbeSpec::Tracepoint { .. } => {
+            // Guest syscall tracepoints are kprobes/kretprobes on
+            // `__x64_sys_NAME` (probe-plan), served in QEMU as those are.
+            ProbeSpec::Kprobe { .. }
+            | ProbeSpec::Kretprobe { .. }
+            | ProbeSpec::GuestTracepoint { .. }
+            | ProbeSpec::Profile { .. } => in_qemu.push(program.block_of(i)),
+            ProbeSpec::Vmm { .. } | ProbeSpec::HostTracepoint { .. } => {
                 layer_blocks.push(program.block_of(i))
             }
             _ => {}

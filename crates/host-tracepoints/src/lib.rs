@@ -1,4 +1,4 @@
-//! Host kernel tracepoints for vmprobe: `tracepoint:kvm:kvm_exit`,
+//! Host kernel tracepoints for vmprobe: `host:tracepoint:kvm:kvm_exit`,
 //! `tracepoint:sched:sched_switch`, ... on the host, seen only for a VM's
 //! vCPU threads, with the tracepoint's fields decoded by name and timestamps
 //! on host `CLOCK_MONOTONIC` (vmprobe's one time base).

@@ -28,9 +28,13 @@ mod image;
 mod kallsyms;
 #[cfg(feature = "images")]
 mod sections;
+#[cfg(feature = "images")]
+mod syscalls;
 
 #[cfg(feature = "images")]
 pub use sections::{KernelSections, Section};
+#[cfg(feature = "images")]
+pub use syscalls::{Syscall, SyscallParam, load_syscalls, parse_syscalls};
 
 #[cfg(feature = "images")]
 use std::path::Path;

@@ -644,3 +644,39 @@ fn real_image_sections() {
     assert!(warm < cold, "cache not faster: {warm:?} vs {cold:?}");
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// The syscalls' metadata of the real image: declarations as the guest's tracefs prints them
+/// (`syscalls/sys_enter_openat/format` of the booted 6.1 guest), numbers as in its unistd_64.h.
+#[test]
+fn real_image_syscalls() {
+    let Some(img) = real_image() else { return };
+    let d = tmpdir("syscalls");
+    let syms = KernelSymbols::load(&img, Some(&d)).unwrap();
+    let all = crate::load_syscalls(&img, &syms, Some(&d)).unwrap();
+    assert!(all.len() > 300, "{} syscalls", all.len());
+    let get = |n: &str| all.iter().find(|s| s.name == n).unwrap();
+    let decl = |n: &str| {
+        get(n)
+            .params
+            .iter()
+            .map(|p| format!("{} {}", p.ty, p.name))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        decl("openat"),
+        [
+            "int dfd",
+            "const char * filename",
+            "int flags",
+            "umode_t mode"
+        ]
+    );
+    assert_eq!(
+        decl("read"),
+        ["unsigned int fd", "char * buf", "size_t count"]
+    );
+    assert_eq!(get("read").nr, Some(0));
+    assert_eq!(get("openat").nr, Some(257));
+    assert_eq!(get("exit_group").nr, Some(231));
+    assert!(decl("getpid").is_empty());
+}

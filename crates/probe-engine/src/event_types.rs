@@ -1,13 +1,17 @@
 //! Types for the checker across layers: the guest kernel's BTF for kernel
 //! probes, and the declared fields of `vmm:` events (QEMU's installed
-//! `trace-events-all`) and `tracepoint:` events (the host's tracefs
-//! `format` files). With them `args.NAME` of an event is typed (string or
-//! integer) and a name the event lacks is an error before attaching.
+//! `trace-events-all`) and `host:tracepoint:` events (the host's tracefs
+//! `format` files), and the guest's syscalls for its `tracepoint:syscalls:*`
+//! (from the image's syscall metadata, handed in by the caller). With them
+//! `args.NAME` of an event is typed (string or integer) and a name the
+//! event lacks is an error before attaching.
 
 use crate::BtfTypes;
 use host_tracepoints::format::{Element, Layout};
 use host_tracepoints::{Tracefs, TracepointName};
-use probe_lang::{FieldType, KernelTypes, MemberInfo, ProbeSpec, Prototype, TypeInfo, TypeRef};
+use probe_lang::{
+    FieldType, KernelTypes, MemberInfo, ProbeSpec, Prototype, SyscallDecl, TypeInfo, TypeRef,
+};
 use qemu_vmm::catalogue::{Catalogue, Conv};
 use std::sync::OnceLock;
 
@@ -15,8 +19,10 @@ use std::sync::OnceLock;
 pub struct LayerTypes<'a> {
     /// `None` for programs with no guest probe (host and VMM events only).
     kernel: Option<BtfTypes<'a>>,
-    /// Found when a `tracepoint:` probe first asks: most programs have none.
+    /// Found when a `host:tracepoint:` probe first asks: most programs have none.
     host: OnceLock<Option<Tracefs>>,
+    /// The guest's syscalls by name, sorted, when the caller read them.
+    syscalls: Option<&'a [(String, SyscallDecl)]>,
 }
 
 impl<'a> LayerTypes<'a> {
@@ -36,7 +42,14 @@ impl<'a> LayerTypes<'a> {
         LayerTypes {
             kernel,
             host: OnceLock::new(),
+            syscalls: None,
         }
+    }
+
+    /// With the guest's syscalls (sorted by name), for `tracepoint:syscalls:*`.
+    pub fn with_syscalls(mut self, syscalls: &'a [(String, SyscallDecl)]) -> Self {
+        self.syscalls = Some(syscalls);
+        self
     }
 
     fn host(&self) -> Option<&Tracefs> {
@@ -68,7 +81,7 @@ impl KernelTypes for LayerTypes<'_> {
     fn event_fields(&self, probe: &ProbeSpec) -> Option<Vec<(String, FieldType)>> {
         match probe {
             ProbeSpec::Vmm { event } => vmm_fields(Catalogue::installed()?.as_ref(), event),
-            ProbeSpec::Tracepoint { system, event } => {
+            ProbeSpec::HostTracepoint { system, event } => {
                 let name = TracepointName::new(system, event).ok()?;
                 let format = self.host()?.format(&name).ok()?;
                 Some(
@@ -90,6 +103,16 @@ impl KernelTypes for LayerTypes<'_> {
             }
             _ => None,
         }
+    }
+
+    fn knows_syscalls(&self) -> bool {
+        self.syscalls.is_some_and(|s| !s.is_empty())
+    }
+
+    fn syscall(&self, name: &str) -> Option<SyscallDecl> {
+        let all = self.syscalls?;
+        let i = all.binary_search_by(|(n, _)| n.as_str().cmp(name)).ok()?;
+        Some(all[i].1.clone())
     }
 }
 

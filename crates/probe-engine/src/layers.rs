@@ -1,7 +1,7 @@
 //! Events from the other layers of a VM, on the guest probes' clock: QEMU's
 //! own trace events (the VMM layer, `vmm:EVENT`) and host kernel
 //! tracepoints on the VM's vCPU threads (the host layer,
-//! `tracepoint:SYS:EVENT`). Both are switched on for the run only and
+//! `host:tracepoint:SYS:EVENT`). Both are switched on for the run only and
 //! delivered to the guest's session thread, which runs their handlers
 //! between stops. Their handlers see the event's fields, not the guest:
 //! the guest is running when they fire.
@@ -34,7 +34,7 @@ pub struct LayerEvent {
     pub ts_ns: u64,
     /// The vCPU whose thread emitted it, when it was a vCPU thread.
     pub vcpu: Option<u32>,
-    /// The probe it matches: `vmm:NAME` or `tracepoint:SYS:NAME`.
+    /// The probe it matches: `vmm:NAME` or `host:tracepoint:SYS:NAME`.
     pub probe: String,
     pub fields: Vec<(String, LayerValue)>,
 }
@@ -87,7 +87,7 @@ pub struct LayerSet {
 
 impl LayerSet {
     /// Adds a source; `handlers` maps probe names (`vmm:serial_write`,
-    /// `tracepoint:sched:sched_switch`) to blocks.
+    /// `host:tracepoint:sched:sched_switch`) to blocks.
     pub fn add(
         &mut self,
         source: Box<dyn LayerSource>,
@@ -364,7 +364,7 @@ pub fn check_tracepoints(tracepoints: &[String]) -> Result<(), LayerError> {
 pub fn host_conditions(program: &Program) -> HashMap<String, FieldCondition> {
     let mut all: HashMap<String, Option<FieldCondition>> = HashMap::new();
     for (i, spec) in program.probes().iter().enumerate() {
-        let ProbeSpec::Tracepoint { system, event } = spec else {
+        let ProbeSpec::HostTracepoint { system, event } = spec else {
             continue;
         };
         let c = program.field_condition(program.block_of(i));
@@ -422,7 +422,7 @@ impl LayerSource for HostSource {
             out.push(LayerEvent {
                 ts_ns: s.ts_ns,
                 vcpu: self.vcpu_of_tid.get(&s.tid).copied(),
-                probe: format!("tracepoint:{}", s.name),
+                probe: format!("host:tracepoint:{}", s.name),
                 fields: s
                     .fields
                     .iter()
@@ -606,7 +606,7 @@ mod tests {
     #[test]
     fn predicates_become_in_kernel_filters() {
         let f = filters(
-            "tracepoint:kvm:kvm_pio /args.port == 0x99 && args.size <= 2/ { @ = count(); }",
+            "host:tracepoint:kvm:kvm_pio /args.port == 0x99 && args.size <= 2/ { @ = count(); }",
         );
         assert_eq!(
             f["kvm:kvm_pio"].as_deref(),
@@ -614,8 +614,8 @@ mod tests {
         );
         // Two blocks on one tracepoint: either may want the event.
         let f = filters(
-            "tracepoint:kvm:kvm_pio /args.port == 1/ { @a = count(); }
-             tracepoint:kvm:kvm_pio /args.port > 7 || args.rw != 0/ { @b = count(); }",
+            "host:tracepoint:kvm:kvm_pio /args.port == 1/ { @a = count(); }
+             host:tracepoint:kvm:kvm_pio /args.port > 7 || args.rw != 0/ { @b = count(); }",
         );
         assert_eq!(
             f["kvm:kvm_pio"].as_deref(),
@@ -627,21 +627,21 @@ mod tests {
     fn only_exact_comparisons_go_into_the_kernel() {
         // A block without a predicate wants every event.
         let f = filters(
-            "tracepoint:kvm:kvm_pio /args.port == 1/ { @a = count(); }
-             tracepoint:kvm:kvm_pio { @b = count(); }",
+            "host:tracepoint:kvm:kvm_pio /args.port == 1/ { @a = count(); }
+             host:tracepoint:kvm:kvm_pio { @b = count(); }",
         );
         assert_eq!(f["kvm:kvm_pio"], None);
         // A constant wider than the field would be truncated by the kernel;
         // a field the event lacks would be refused: both left to the
         // handler, and the conjunction keeps the rest.
         let f = filters(
-            "tracepoint:kvm:kvm_pio /args.port == 0x100000099 && args.nosuch == 1 && args.val == 7/ { @ = count(); }",
+            "host:tracepoint:kvm:kvm_pio /args.port == 0x100000099 && args.nosuch == 1 && args.val == 7/ { @ = count(); }",
         );
         assert_eq!(f["kvm:kvm_pio"].as_deref(), Some("val == 7"));
         // Signed fields (prev_pid is an int) compare differently; strings
         // (prev_comm) are not integers.
         let f = filters(
-            "tracepoint:sched:sched_switch /args.prev_pid == 5 || args.prev_comm == 1/ { @ = count(); }",
+            "host:tracepoint:sched:sched_switch /args.prev_pid == 5 || args.prev_comm == 1/ { @ = count(); }",
         );
         assert_eq!(f["sched:sched_switch"], None);
     }

@@ -5,7 +5,7 @@
 //!
 //! - [`Backend`]: what the serve loop asks of a backend;
 //! - [`serve`]: BEGIN, one thread per guest until the run ends, detach;
-//! - [`layers`]: the VMM's and host's events (`vmm:`, `tracepoint:`), run
+//! - [`layers`]: the VMM's and host's events (`vmm:`, `host:tracepoint:`), run
 //!   in time order with the guest's;
 //! - [`record`]: what `vmprobe record` is handed ([`EventSink`]);
 //! - [`event_context`]: the handler's view where no vCPU stopped (BEGIN,

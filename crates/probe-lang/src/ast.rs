@@ -181,8 +181,19 @@ pub enum Access {
         size: u8,
         signed: bool,
     },
-    /// `args.NAME` of a `vmm:`/`tracepoint:` probe.
+    /// `args.NAME` of a `vmm:`/`host:tracepoint:` probe.
     ProbeArg,
+    /// `args.NAME` of a guest `syscalls:sys_enter_*` tracepoint: the
+    /// syscall argument saved in the `struct pt_regs` whose address is the
+    /// probed `__x64_sys_NAME`'s argument (arg0), `offset` bytes into it.
+    /// All 8 bytes, as tracefs stores each argument (an `unsigned long`).
+    SyscallArg {
+        offset: u16,
+    },
+    /// `args.ret` of a `syscalls:sys_exit_*` tracepoint: the return value.
+    Retval,
+    /// A value known when compiling (`args.__syscall_nr`).
+    Const(u64),
 }
 
 /// Integer type names usable in casts: (name, size, signed).

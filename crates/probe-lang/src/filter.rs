@@ -96,7 +96,7 @@ mod tests {
 
     fn tp(pred: &str) -> Option<FieldCondition> {
         cond(&format!(
-            "tracepoint:kvm:kvm_pio /{pred}/ {{ @ = count(); }}"
+            "host:tracepoint:kvm:kvm_pio /{pred}/ {{ @ = count(); }}"
         ))
     }
 
@@ -141,6 +141,6 @@ mod tests {
         assert_eq!(tp("!(args.port == 0x99)"), None);
         assert_eq!(tp("args.port + 1 == 0x99"), None);
         assert_eq!(tp("args.port == args.val"), None);
-        assert_eq!(cond("tracepoint:kvm:kvm_pio { @ = count(); }"), None);
+        assert_eq!(cond("host:tracepoint:kvm:kvm_pio { @ = count(); }"), None);
     }
 }

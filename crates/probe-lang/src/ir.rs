@@ -558,6 +558,17 @@ impl Lower<'_> {
                     }
                 }
                 Access::ProbeArg => Expr::ProbeArg(self.intern(name)),
+                Access::SyscallArg { offset } => Expr::Deref {
+                    size: 8,
+                    signed: false,
+                    ptr: Box::new(Expr::Binary(
+                        Op2::Add,
+                        Box::new(Expr::Builtin(Builtin::Arg(0))),
+                        Box::new(Expr::Const(offset.into())),
+                    )),
+                },
+                Access::Retval => Expr::Builtin(Builtin::Retval),
+                Access::Const(v) => Expr::Const(v),
                 acc => {
                     let b = self.expr(base);
                     let addr = if *offset == 0 {
@@ -683,7 +694,13 @@ fn read_access(addr: Expr, acc: Access) -> Expr {
             ptr: Box::new(addr),
             len: Some(Box::new(Expr::Const(len as u64))),
         },
-        Access::Place | Access::Unresolved | Access::Arg { .. } | Access::ProbeArg => addr,
+        Access::Place
+        | Access::Unresolved
+        | Access::Arg { .. }
+        | Access::ProbeArg
+        | Access::SyscallArg { .. }
+        | Access::Retval
+        | Access::Const(_) => addr,
     }
 }
 

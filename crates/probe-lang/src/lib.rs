@@ -40,7 +40,9 @@ mod visit;
 pub use check::{TraceSite, TraceType};
 pub use diag::{Diagnostic, Diagnostics, Span};
 pub use filter::FieldCondition;
-pub use types::{FieldType, KernelTypes, MemberInfo, Param, Prototype, TypeInfo, TypeRef};
+pub use types::{
+    FieldType, KernelTypes, MemberInfo, Param, Prototype, SyscallDecl, TypeInfo, TypeRef,
+};
 pub use value::Value;
 
 use diag::Reporter;
@@ -77,8 +79,19 @@ pub enum ProbeSpec {
     Vmm {
         event: String,
     },
-    /// `tracepoint:SYSTEM:EVENT`: a host kernel tracepoint.
-    Tracepoint {
+    /// `host:tracepoint:SYSTEM:EVENT`: a host kernel tracepoint (Linux
+    /// perf), for the VM's vCPU threads.
+    HostTracepoint {
+        system: String,
+        event: String,
+    },
+    /// `tracepoint:SYSTEM:EVENT`: a guest kernel tracepoint, as a bpftrace
+    /// user means it. Only the syscall ones (`syscalls:sys_enter_NAME`,
+    /// `syscalls:sys_exit_NAME`, `EVENT` possibly a wildcard) can be served
+    /// from outside the guest: each is a kprobe (entry) or kretprobe
+    /// (return) on `__x64_sys_NAME`, whose `args` the checker reads as the
+    /// guest's tracefs would give them ([`ProbeSpec::syscall_event`]).
+    GuestTracepoint {
         system: String,
         event: String,
     },
@@ -165,8 +178,35 @@ impl ProbeSpec {
                 format!("watchpoint:{addr:#x}:{len}:{}", mode.name())
             }
             ProbeSpec::Vmm { event } => format!("vmm:{event}"),
-            ProbeSpec::Tracepoint { system, event } => format!("tracepoint:{system}:{event}"),
+            ProbeSpec::HostTracepoint { system, event } => {
+                format!("host:tracepoint:{system}:{event}")
+            }
+            ProbeSpec::GuestTracepoint { system, event } => format!("tracepoint:{system}:{event}"),
         }
+    }
+
+    /// A guest syscall tracepoint's syscall (`openat`, or a pattern such
+    /// as `open*`) and whether it fires at the syscall's return
+    /// (`sys_exit_*`) rather than its entry.
+    pub fn syscall_event(&self) -> Option<(&str, bool)> {
+        let ProbeSpec::GuestTracepoint { system, event } = self else {
+            return None;
+        };
+        if system != "syscalls" {
+            return None;
+        }
+        if let Some(n) = event.strip_prefix("sys_enter_") {
+            Some((n, false))
+        } else {
+            event.strip_prefix("sys_exit_").map(|n| (n, true))
+        }
+    }
+
+    /// The guest function a syscall tracepoint probes: `__x64_sys_NAME`
+    /// (the 64-bit entry each syscall has; its one argument is the
+    /// `struct pt_regs *` of the syscall's registers).
+    pub fn syscall_function(syscall: &str) -> String {
+        format!("__x64_sys_{syscall}")
     }
 }
 

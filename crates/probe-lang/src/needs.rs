@@ -104,7 +104,7 @@ impl Visitor for Walker<'_> {
             // not guest state; everything else reads registers or memory
             // (a struct place only when something loads from it).
             ExprKind::Member { name, access, .. }
-                if !matches!(access, Access::ProbeArg | Access::Place) =>
+                if !matches!(access, Access::ProbeArg | Access::Place | Access::Const(_)) =>
             {
                 self.note(Need::GuestState, e.span, name.clone())
             }

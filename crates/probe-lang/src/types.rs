@@ -74,6 +74,31 @@ pub enum FieldType {
     Str,
 }
 
+/// A guest syscall as its `syscalls:sys_enter_NAME` tracepoint declares
+/// it (from the kernel's own syscall metadata).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyscallDecl {
+    /// Its number, when known (`args.__syscall_nr`).
+    pub nr: Option<u32>,
+    /// (C type as tracefs prints it, name), in order: `("const char *",
+    /// "filename")`.
+    pub params: Vec<(String, String)>,
+}
+
+impl SyscallDecl {
+    /// bpftrace's `-lv` listing of `syscalls:sys_enter_NAME` (`exit`:
+    /// `sys_exit_NAME`): each field of the tracefs event as `    TYPE NAME`.
+    pub fn field_lines(&self, exit: bool) -> Vec<String> {
+        let mut v = vec!["    int __syscall_nr".to_string()];
+        if exit {
+            v.push("    long ret".into());
+        } else {
+            v.extend(self.params.iter().map(|(t, n)| format!("    {t} {n}")));
+        }
+        v
+    }
+}
+
 /// Kernel types for the checker. Implementations must not panic on any
 /// name or id (ids come only from earlier answers of the same provider).
 pub trait KernelTypes {
@@ -98,6 +123,15 @@ pub trait KernelTypes {
     /// Every field of a `vmm:`/`tracepoint:` probe, when the event's
     /// declaration is known: a name outside it is an error before attaching.
     fn event_fields(&self, _probe: &ProbeSpec) -> Option<Vec<(String, FieldType)>> {
+        None
+    }
+    /// Whether [`KernelTypes::syscall`] knows the guest's syscalls: then a
+    /// `tracepoint:syscalls:*` on a name it does not know is an error.
+    fn knows_syscalls(&self) -> bool {
+        false
+    }
+    /// A guest syscall by name (`openat`).
+    fn syscall(&self, _name: &str) -> Option<SyscallDecl> {
         None
     }
 }

@@ -126,7 +126,7 @@ fn checker_errors() {
         ),
         (
             "uprobe:a:b { }",
-            "probe type 'uprobe' is not supported (supported: BEGIN, END, kprobe, kretprobe, interval, profile, watchpoint, vmm, tracepoint)",
+            "probe type 'uprobe' is not supported (supported: BEGIN, END, kprobe, kretprobe, interval, profile, watchpoint, vmm, tracepoint (guest syscalls), host:tracepoint)",
         ),
         ("foo:bar { }", "unknown probe type 'foo'"),
         (

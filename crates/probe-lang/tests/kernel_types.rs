@@ -1,13 +1,14 @@
 //! Kernel types in the language, against a fake `KernelTypes` provider and
 //! fake guest memory: typed `args`, struct casts, `->`/`.`/`[]`, bitfields,
 //! unions, enums, pointers to pointers, `sizeof`/`offsetof`, typed
-//! `curtask`, bounded task-list walks, and `vmm:`/`tracepoint:` args.
+//! `curtask`, bounded task-list walks, `vmm:`/`host:tracepoint:` args, and
+//! guest syscall tracepoints' args.
 
 mod support;
 
 use probe_lang::{
-    FieldType, KernelTypes, MemberInfo, Param, ProbeSpec, Prototype, TypeInfo, TypeRef, Value,
-    compile, compile_with_types,
+    FieldType, KernelTypes, MemberInfo, Param, ProbeSpec, Prototype, SyscallDecl, TypeInfo,
+    TypeRef, Value, compile, compile_with_types,
 };
 use probe_runtime::Flow;
 use std::sync::Arc;
@@ -45,6 +46,8 @@ const FILE: u32 = 14;
 const TASK_PP: u32 = 15;
 const UNION: u32 = 16;
 const FILE_PTR: u32 = 17;
+/// `struct pt_regs` of x86-64 (the syscall argument registers only).
+const PT_REGS: u32 = 18;
 const TASK_ADDR: u64 = 0x2000;
 const PARENT_ADDR: u64 = 0x3000;
 
@@ -76,6 +79,8 @@ impl KernelTypes for Fake {
             "struct file" => FILE,
             "union u" => UNION,
             "enum state" => STATE,
+            "char" => CHAR,
+            "struct pt_regs" => PT_REGS,
             _ => return None,
         }))
     }
@@ -151,6 +156,12 @@ impl KernelTypes for Fake {
             (TASK, "pp") => Some(m(TASK_PP, 576, 0)),
             (UNION, "a") => Some(m(ULONG, 0, 0)),
             (UNION, "b") => Some(m(INT, 0, 0)),
+            (PT_REGS, "r10") => Some(m(ULONG, 7 * 64, 0)),
+            (PT_REGS, "r9") => Some(m(ULONG, 8 * 64, 0)),
+            (PT_REGS, "r8") => Some(m(ULONG, 9 * 64, 0)),
+            (PT_REGS, "dx") => Some(m(ULONG, 12 * 64, 0)),
+            (PT_REGS, "si") => Some(m(ULONG, 13 * 64, 0)),
+            (PT_REGS, "di") => Some(m(ULONG, 14 * 64, 0)),
             _ => None,
         }
     }
@@ -183,13 +194,39 @@ impl KernelTypes for Fake {
     }
     fn event_fields(&self, probe: &ProbeSpec) -> Option<Vec<(String, FieldType)>> {
         match probe {
-            ProbeSpec::Tracepoint { event, .. } if event == "kvm_pio" => Some(
+            ProbeSpec::HostTracepoint { event, .. } if event == "kvm_pio" => Some(
                 ["rw", "port", "size", "count"]
                     .map(|n| (n.to_string(), FieldType::Int { signed: false }))
                     .to_vec(),
             ),
             _ => None,
         }
+    }
+    fn knows_syscalls(&self) -> bool {
+        true
+    }
+    fn syscall(&self, name: &str) -> Option<SyscallDecl> {
+        let p = |t: &str, n: &str| (t.to_string(), n.to_string());
+        Some(match name {
+            "openat" => SyscallDecl {
+                nr: Some(257),
+                params: vec![
+                    p("int", "dfd"),
+                    p("const char *", "filename"),
+                    p("int", "flags"),
+                    p("umode_t", "mode"),
+                ],
+            },
+            "read" => SyscallDecl {
+                nr: Some(0),
+                params: vec![
+                    p("unsigned int", "fd"),
+                    p("char *", "buf"),
+                    p("size_t", "count"),
+                ],
+            },
+            _ => return None,
+        })
     }
 }
 
@@ -472,7 +509,7 @@ fn type_errors() {
 #[test]
 fn vmm_and_tracepoint_args() {
     let p = compile_ok(
-        r#"vmm:serial_write { printf("%s %d %d\n", args.name, args.delta, args.value); } tracepoint:kvm:kvm_exit, t:kvm:kvm_entry { @[args.exit_reason] = count(); }"#,
+        r#"vmm:serial_write { printf("%s %d %d\n", args.name, args.delta, args.value); } host:tracepoint:kvm:kvm_exit, host:t:kvm:kvm_entry { @[args.exit_reason] = count(); }"#,
     );
     assert_eq!(
         p.probes(),
@@ -480,17 +517,17 @@ fn vmm_and_tracepoint_args() {
             ProbeSpec::Vmm {
                 event: "serial_write".into()
             },
-            ProbeSpec::Tracepoint {
+            ProbeSpec::HostTracepoint {
                 system: "kvm".into(),
                 event: "kvm_exit".into()
             },
-            ProbeSpec::Tracepoint {
+            ProbeSpec::HostTracepoint {
                 system: "kvm".into(),
                 event: "kvm_entry".into()
             },
         ]
     );
-    assert_eq!(p.probes()[1].name(), "tracepoint:kvm:kvm_exit");
+    assert_eq!(p.probes()[1].name(), "host:tracepoint:kvm:kvm_exit");
     let mut c = FakeCtx::new("vmm:serial_write");
     c.probe_args = vec![
         ("name".into(), Value::Str("ttyS0".into())),
@@ -502,27 +539,30 @@ fn vmm_and_tracepoint_args() {
     rt.run(p.block_of(0), &mut c);
     assert_eq!(cap.take(), "ttyS0 -5 65\n");
     // A missing field is a counted runtime error (the default context has none).
-    rt.run(p.block_of(1), &mut FakeCtx::new("tracepoint:kvm:kvm_exit"));
+    rt.run(
+        p.block_of(1),
+        &mut FakeCtx::new("host:tracepoint:kvm:kvm_exit"),
+    );
     assert_eq!(rt.errors()[0].1, "no field 'exit_reason'");
     // Where the event's fields are known, another name is an error.
-    let e = compile_err("tracepoint:kvm:kvm_pio { @[args.prot] = count(); }");
+    let e = compile_err("host:tracepoint:kvm:kvm_pio { @[args.prot] = count(); }");
     assert!(
         e.contains(
-            "error: 'tracepoint:kvm:kvm_pio' has no field 'prot' (fields: rw, port, size, count)\n --> t:1:28"
+            "error: 'host:tracepoint:kvm:kvm_pio' has no field 'prot' (fields: rw, port, size, count)\n --> t:1:33"
         ),
         "{e}"
     );
-    compile_ok("tracepoint:kvm:kvm_pio /args.port == 0x99/ { @[args.size] = count(); }");
+    compile_ok("host:tracepoint:kvm:kvm_pio /args.port == 0x99/ { @[args.size] = count(); }");
     // Attach points without type checking (a caller picks the types).
     assert_eq!(
-        probe_lang::attach_points("kprobe:f { $x = args.y; } vmm:e, t:kvm:x { } nope:a { }"),
+        probe_lang::attach_points("kprobe:f { $x = args.y; } vmm:e, host:t:kvm:x { } nope:a { }"),
         [
             ProbeSpec::Kprobe {
                 target: probe_lang::KprobeTarget::Function("f".into()),
                 offset: 0
             },
             ProbeSpec::Vmm { event: "e".into() },
-            ProbeSpec::Tracepoint {
+            ProbeSpec::HostTracepoint {
                 system: "kvm".into(),
                 event: "x".into()
             },
@@ -532,7 +572,13 @@ fn vmm_and_tracepoint_args() {
     let p = compile("vmm:e { printf(\"%d\\n\", args.x); }", "t").unwrap();
     assert_eq!(p.probes()[0].name(), "vmm:e");
     assert!(compile("vmm:e { printf(\"%s\\n\", args.x); }", "t").is_err());
-    for bad in ["vmm:", "vmm:a*", "tracepoint:kvm", "tracepoint::x"] {
+    for bad in [
+        "vmm:",
+        "vmm:a*",
+        "host:tracepoint:kvm",
+        "host:tracepoint::x",
+        "tracepoint:kvm:kvm_exit",
+    ] {
         assert!(compile(&format!("{bad} {{ }}"), "t").is_err(), "{bad}");
     }
 }
@@ -606,7 +652,8 @@ fn no_panic_on_combinations() {
         "kretprobe:f",
         "BEGIN",
         "vmm:e",
-        "tracepoint:a:b",
+        "host:tracepoint:a:b",
+        "tracepoint:syscalls:sys_enter_openat",
     ];
     let mut compiled = 0;
     for probe in probes {
@@ -652,4 +699,78 @@ fn struct_values_are_not_printed_as_numbers() {
     // Pointers print as addresses, as bpftrace does.
     let (out, _) = run_with("kprobe:f { print(curtask); }", &mut ctx("kprobe:f"));
     assert_eq!(out, "8192\n");
+}
+
+/// `tracepoint:syscalls:*` in the guest: fields named and typed as the
+/// guest's tracefs has them, read from the `struct pt_regs` that
+/// `__x64_sys_NAME` gets (arg0), `args.ret` from the return.
+#[test]
+fn guest_syscall_tracepoints() {
+    let src = r#"tracepoint:syscalls:sys_enter_openat { printf("%s %d %d %d %d\n", str(args.filename), args.dfd, args.flags, args.mode, args.__syscall_nr); }"#;
+    let mut c = ctx("tracepoint:syscalls:sys_enter_openat");
+    let mut regs = vec![0u8; 168];
+    for (off, v) in [
+        (112, -100i64 as u64),
+        (104, 0x1000),
+        (96, 0o1101),
+        (56, 0o644),
+    ] {
+        regs[off..off + 8].copy_from_slice(&v.to_le_bytes());
+    }
+    c.memory.push((0x5000, regs));
+    // The live registers are not the syscall's: only arg0 (the pt_regs) is read.
+    c.args = [0x5000, 1, 2, 3, 4, 5];
+    let (out, errs) = run_with(src, &mut c);
+    assert!(errs.is_empty(), "{errs:?}");
+    assert_eq!(out, "/etc/passwd -100 577 420 257\n");
+    let p = compile_ok(src);
+    assert_eq!(p.probes()[0].syscall_event(), Some(("openat", false)));
+
+    let mut c = ctx("tracepoint:syscalls:sys_exit_read");
+    c.retval = -14i64 as u64;
+    let (out, _) = run_with(
+        r#"tracepoint:syscalls:sys_exit_read { printf("%d %d\n", args.ret, args.__syscall_nr); }"#,
+        &mut c,
+    );
+    assert_eq!(out, "-14 0\n");
+
+    // Errors, each at its line:column, before anything runs.
+    let e = compile_err("tracepoint:syscalls:sys_exit_read { @ = args.fd; }");
+    assert!(
+        e.contains(
+            "'tracepoint:syscalls:sys_exit_read' has no field 'fd' (fields: __syscall_nr, ret)"
+        ),
+        "{e}"
+    );
+    let e = compile_err("tracepoint:syscalls:sys_enter_read { @ = args.nope; }");
+    assert!(
+        e.contains("(fields: __syscall_nr, fd, buf, count)") && e.contains("t:1:42"),
+        "{e}"
+    );
+    let e = compile_err("tracepoint:syscalls:sys_enter_nosuch { }");
+    assert!(
+        e.contains(
+            "guest tracepoint syscalls:sys_enter_nosuch: the guest kernel has no syscall 'nosuch'"
+        ) && e.contains("t:1:1"),
+        "{e}"
+    );
+    let e = compile_err("BEGIN { }\n  tracepoint:sched:sched_switch { }");
+    assert!(e.contains("guest tracepoint sched:sched_switch: only syscalls:* can be served from outside the guest") && e.contains("t:2:3"), "{e}");
+    let e = compile_err("tracepoint:syscalls:sys_enter_open* { @ = args.flags; }");
+    assert!(e.contains("wildcard"), "{e}");
+    compile_ok("tracepoint:syscalls:sys_enter_open* { @[probe] = count(); }");
+    let e = compile_err(
+        "tracepoint:syscalls:sys_enter_openat, tracepoint:syscalls:sys_enter_read { @ = args.dfd; }",
+    );
+    assert!(e.contains("has no field 'dfd'"), "{e}");
+    // The first parameter of both: the same register, typed differently.
+    let e = compile_err(
+        "tracepoint:syscalls:sys_enter_openat, tracepoint:syscalls:sys_enter_read { @ = args.__syscall_nr; }",
+    );
+    assert!(e.contains("differs"), "{e}");
+    let e = compile_err("tracepoint:syscalls:sys_enter_read { @ = retval; }");
+    assert!(
+        e.contains("retval builtin can only be used in kretprobe"),
+        "{e}"
+    );
 }

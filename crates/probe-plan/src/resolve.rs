@@ -79,7 +79,8 @@ pub fn resolve_probes_at(
     let mut sites: Vec<ProbeSite> = Vec::new();
     for (index, spec) in program.probes().iter().enumerate() {
         let block = program.block_of(index);
-        let on_return = matches!(spec, ProbeSpec::Kretprobe { .. });
+        let on_return = matches!(spec, ProbeSpec::Kretprobe { .. })
+            || spec.syscall_event().is_some_and(|(_, exit)| exit);
         let mut add = |addr: u64, offset: u64, func: &str, probe: String| {
             let probe: Arc<str> = probe.into();
             let site = match sites.iter_mut().position(|s| s.addr == addr) {
@@ -110,7 +111,62 @@ pub fn resolve_probes_at(
                 | ProbeSpec::Profile { .. }
                 | ProbeSpec::Watchpoint { .. }
                 | ProbeSpec::Vmm { .. }
-                | ProbeSpec::Tracepoint { .. } => {}
+                | ProbeSpec::HostTracepoint { .. } => {}
+                // A guest syscall tracepoint is a kprobe (sys_enter_) or a
+                // kretprobe (sys_exit_) on the syscall's `__x64_sys_NAME`,
+                // under the tracepoint's own name (`probe`).
+                ProbeSpec::GuestTracepoint { system, event } => {
+                    let (sys, exit) = spec.syscall_event().ok_or_else(|| Error::UnknownSymbol {
+                        probe: spec.name(),
+                        name: format!("{system}:{event}"),
+                    })?;
+                    let kind = if exit { "sys_exit_" } else { "sys_enter_" };
+                    let pattern = ProbeSpec::syscall_function(sys);
+                    let syms: Vec<_> = if sys.contains(['*', '?']) {
+                        // Only syscalls with tracepoints: those with metadata
+                        // (`__x64_sys_ni_syscall` has none), when the symbols
+                        // include data (they do with CONFIG_KALLSYMS_ALL).
+                        let meta = symbols.lookup("__start_syscalls_metadata").is_some();
+                        symbols
+                            .matching(&pattern)
+                            .into_iter()
+                            .filter(|s| {
+                                let n = s.name.strip_prefix("__x64_sys_").unwrap_or(&s.name);
+                                // SYSCALL_DEFINEn(openat) names it `__syscall_meta__openat`.
+                                !meta || symbols.lookup(&format!("__syscall_meta__{n}")).is_some()
+                            })
+                            .collect()
+                    } else {
+                        symbols
+                            .lookup(&pattern)
+                            .filter(|s| symbols.is_text(s))
+                            .into_iter()
+                            .collect()
+                    };
+                    if syms.is_empty() {
+                        return Err(Error::UnknownSymbol {
+                            probe: spec.name(),
+                            name: pattern,
+                        });
+                    }
+                    if syms.len() > WILDCARD_LIMIT {
+                        return Err(Error::TooManyMatches {
+                            probe: spec.name(),
+                            pattern,
+                            count: syms.len(),
+                            limit: WILDCARD_LIMIT,
+                        });
+                    }
+                    for sym in syms {
+                        let name = sym.name.strip_prefix("__x64_sys_").unwrap_or(&sym.name);
+                        add(
+                            sym.addr.wrapping_add(slide),
+                            0,
+                            &sym.name,
+                            format!("tracepoint:{system}:{kind}{name}"),
+                        );
+                    }
+                }
                 ProbeSpec::Kprobe {
                     target: KprobeTarget::Address(addr),
                     offset,
@@ -258,7 +314,7 @@ pub fn resolve_watches(program: &Program) -> Vec<WatchProbe> {
     out
 }
 
-/// The program's `vmm:` and `tracepoint:` probes: QEMU trace event names,
+/// The program's `vmm:` and `host:tracepoint:` probes: QEMU trace event names,
 /// host tracepoints (`sys:event`), and the blocks of each probe name.
 #[derive(Default)]
 pub struct LayerPlan {
@@ -276,7 +332,7 @@ pub fn resolve_layers(program: &Program) -> LayerPlan {
                     plan.vmm_events.push(event.clone());
                 }
             }
-            ProbeSpec::Tracepoint { system, event } => {
+            ProbeSpec::HostTracepoint { system, event } => {
                 let tp = format!("{system}:{event}");
                 if !plan.tracepoints.contains(&tp) {
                     plan.tracepoints.push(tp);

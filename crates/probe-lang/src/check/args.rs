@@ -1,20 +1,28 @@
 //! `args.NAME`: a kprobe's parameter by its prototype in the guest
-//! kernel's BTF (an argument register), or a field of a VMM or host
-//! tracepoint event, depending on the block's attach points.
+//! kernel's BTF (an argument register), a field of a VMM or host
+//! tracepoint event, or a field of a guest syscall tracepoint (read from
+//! the syscall's saved registers), depending on the block's attach points.
 
 use super::Checker;
 use super::types::NO_BTF;
 use crate::ast::{Access, Type};
 use crate::diag::Span;
-use crate::types::{FieldType, TypeRef};
+use crate::types::{FieldType, TypeInfo, TypeRef};
 use crate::{KprobeTarget, ProbeSpec};
 
 impl Checker<'_, '_> {
     /// `args.NAME` / `args->NAME` in the current block.
     pub(super) fn args_member(&mut self, name: &str, span: Span) -> Option<(Type, Access)> {
         let specs = self.specs.clone();
+        if !specs.is_empty()
+            && specs
+                .iter()
+                .all(|s| matches!(s, ProbeSpec::GuestTracepoint { .. }))
+        {
+            return self.syscall_field(&specs, name, span);
+        }
         let is_event =
-            |s: &ProbeSpec| matches!(s, ProbeSpec::Vmm { .. } | ProbeSpec::Tracepoint { .. });
+            |s: &ProbeSpec| matches!(s, ProbeSpec::Vmm { .. } | ProbeSpec::HostTracepoint { .. });
         if !specs.is_empty() && specs.iter().all(is_event) {
             for spec in &specs {
                 let Some(fields) = self.types.and_then(|t| t.event_fields(spec)) else {
@@ -63,7 +71,7 @@ impl Checker<'_, '_> {
                     self.r.error(
                         span,
                         format!(
-                            "args can only be used in kprobes on a named function (without offset or wildcard), vmm and tracepoint probes, not in '{}'",
+                            "args can only be used in kprobes on a named function (without offset or wildcard), tracepoint, vmm and host:tracepoint probes, not in '{}'",
                             other.name()
                         ),
                     );
@@ -141,6 +149,154 @@ impl Checker<'_, '_> {
                 );
                 None
             }
+        }
+    }
+}
+
+/// The registers of the syscall arguments in `struct pt_regs`, in order
+/// (the x86-64 syscall convention: the fourth is `r10`, not `rcx`).
+const SYSCALL_ARG_REGS: [&str; 6] = ["di", "si", "dx", "r10", "r8", "r9"];
+
+impl Checker<'_, '_> {
+    /// `args.NAME` of guest syscall tracepoints, as the guest's tracefs
+    /// names and types the event's fields: `__syscall_nr`, then the
+    /// syscall's parameters (`sys_enter_*`) or `ret` (`sys_exit_*`). Every
+    /// attach point of the block must give the field the same reading.
+    fn syscall_field(
+        &mut self,
+        specs: &[ProbeSpec],
+        name: &str,
+        span: Span,
+    ) -> Option<(Type, Access)> {
+        let Some(types) = self.types else {
+            self.r.error(span, format!("args {NO_BTF}"));
+            return None;
+        };
+        let mut found: Option<(Type, Access)> = None;
+        for spec in specs {
+            let (sys, exit) = spec.syscall_event()?;
+            if sys.contains(['*', '?']) {
+                self.r.error(
+                    span,
+                    format!(
+                        "args cannot be used in '{}': a wildcard's syscalls have different fields",
+                        spec.name()
+                    ),
+                );
+                return None;
+            }
+            let Some(decl) = types.syscall(sys) else {
+                self.r.error(
+                    span,
+                    format!("args of '{}' needs the guest kernel's syscall metadata, which this compilation does not have", spec.name()),
+                );
+                return None;
+            };
+            let got = if name == "__syscall_nr" {
+                let Some(nr) = decl.nr else {
+                    self.r
+                        .error(span, format!("the number of syscall '{sys}' is not known"));
+                    return None;
+                };
+                (Type::SIGNED, Access::Const(nr.into()))
+            } else if exit {
+                if name != "ret" {
+                    self.r.error(
+                        span,
+                        format!(
+                            "'{}' has no field '{name}' (fields: __syscall_nr, ret)",
+                            spec.name()
+                        ),
+                    );
+                    return None;
+                }
+                // tracefs: `long ret`.
+                (Type::SIGNED, Access::Retval)
+            } else {
+                let Some(i) = decl.params.iter().position(|(_, n)| n == name) else {
+                    let mut names = vec!["__syscall_nr"];
+                    names.extend(decl.params.iter().map(|(_, n)| n.as_str()));
+                    self.r.error(
+                        span,
+                        format!(
+                            "'{}' has no field '{name}' (fields: {})",
+                            spec.name(),
+                            names.join(", ")
+                        ),
+                    );
+                    return None;
+                };
+                let offset = SYSCALL_ARG_REGS
+                    .get(i)
+                    .and_then(|reg| {
+                        Some(
+                            types
+                                .member(types.lookup("struct pt_regs")?, reg)?
+                                .bit_offset
+                                / 8,
+                        )
+                    })
+                    .and_then(|o| u16::try_from(o).ok());
+                let Some(offset) = offset else {
+                    self.r.error(span, "no 'struct pt_regs' (with di, si, dx, r10, r8, r9) in the guest kernel's BTF");
+                    return None;
+                };
+                (
+                    self.c_type(&decl.params[i].0),
+                    Access::SyscallArg { offset },
+                )
+            };
+            match found {
+                Some(f) if f != got => {
+                    self.r.error(
+                        span,
+                        format!("field '{name}' differs between the probed tracepoints"),
+                    );
+                    return None;
+                }
+                _ => found = Some(got),
+            }
+        }
+        found
+    }
+
+    /// The language type of a syscall parameter from its C type as the
+    /// metadata spells it (`const char *`, `unsigned int`, `umode_t`,
+    /// `struct stat *`): a kernel pointer where BTF has the pointee (so
+    /// `str()` and `->` work), otherwise an integer, signed as the C type is
+    /// (bpftrace reads each 8-byte field as a 64-bit integer of the type's
+    /// signedness).
+    fn c_type(&self, c: &str) -> Type {
+        let ptr = c.matches('*').count() as u8;
+        let base: Vec<&str> = c
+            .split(|ch: char| ch == '*' || ch.is_whitespace())
+            .filter(|w| !w.is_empty() && !matches!(*w, "const" | "volatile" | "__user"))
+            .collect();
+        let base = base.join(" ");
+        let Some(types) = self.types else {
+            return Type::UNSIGNED;
+        };
+        if ptr > 0 {
+            return match types.lookup(&base) {
+                Some(id) => self.norm(id, ptr),
+                None => Type::UNSIGNED,
+            };
+        }
+        let words: Vec<&str> = base.split(' ').collect();
+        if words.contains(&"unsigned") {
+            return Type::UNSIGNED;
+        }
+        if words
+            .iter()
+            .all(|w| matches!(*w, "int" | "long" | "short" | "char" | "signed"))
+        {
+            return Type::SIGNED;
+        }
+        match types.lookup(&base).map(|id| types.info(id)) {
+            Some(TypeInfo::Int { signed, .. } | TypeInfo::Enum { signed, .. }) => {
+                Type::Int { signed }
+            }
+            _ => Type::UNSIGNED,
         }
     }
 }

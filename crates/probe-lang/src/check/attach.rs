@@ -5,7 +5,7 @@
 use crate::ast::Ast;
 use crate::diag::Reporter;
 use crate::lexer::parse_int;
-use crate::{KprobeTarget, ProbeSpec, RateUnit, WatchMode};
+use crate::{KernelTypes, KprobeTarget, ProbeSpec, RateUnit, WatchMode};
 
 /// The attach points of one probe block.
 pub(super) struct BlockAttach {
@@ -23,6 +23,7 @@ pub(super) struct BlockAttach {
 pub(super) fn resolve(
     ast: &Ast,
     r: &mut Reporter<'_>,
+    types: Option<&dyn KernelTypes>,
 ) -> (Vec<(ProbeSpec, usize)>, Vec<BlockAttach>) {
     let mut probes = Vec::new();
     let mut blocks = Vec::new();
@@ -44,6 +45,9 @@ pub(super) fn resolve(
                     if *n == 2 {
                         r.error(*span, format!("More than one {text} probe defined"));
                     }
+                    if let Some(why) = types.and_then(|t| unknown_syscall(t, &spec)) {
+                        r.error(*span, why);
+                    }
                     all_k &= matches!(spec, ProbeSpec::Kprobe { .. });
                     all_kr &= matches!(spec, ProbeSpec::Kretprobe { .. });
                     specs.push(spec.clone());
@@ -59,6 +63,22 @@ pub(super) fn resolve(
         });
     }
     (probes, blocks)
+}
+
+/// Why a guest syscall tracepoint names no syscall of the guest's, when
+/// the types know the guest's syscalls (wildcards are matched later,
+/// against the kernel's symbols).
+fn unknown_syscall(types: &dyn KernelTypes, spec: &ProbeSpec) -> Option<String> {
+    let (sys, _) = spec.syscall_event()?;
+    if !types.knows_syscalls() || sys.contains(['*', '?']) || types.syscall(sys).is_some() {
+        return None;
+    }
+    let ProbeSpec::GuestTracepoint { system, event } = spec else {
+        return None;
+    };
+    Some(format!(
+        "guest tracepoint {system}:{event}: the guest kernel has no syscall '{sys}' with tracepoints (see `vmprobe list 'tracepoint:syscalls:*'`)"
+    ))
 }
 
 /// The shortest period of `interval` and `profile` probes (100 kHz).
@@ -187,28 +207,93 @@ pub fn parse_probe(text: &str) -> Result<ProbeSpec, String> {
                 event: rest.to_string(),
             })
         }
-        "tracepoint" | "t" => {
-            let Some((system, event)) = rest.split_once(':') else {
-                return Err(
-                    "tracepoint probes look like 'tracepoint:SYSTEM:EVENT', e.g. 'tracepoint:kvm:kvm_exit'"
-                        .into(),
-                );
+        "host" => {
+            let Some((kind, rest)) = rest.split_once(':') else {
+                return Err(format!(
+                    "invalid host probe '{text}' (host:tracepoint:SYSTEM:EVENT, e.g. 'host:tracepoint:kvm:kvm_exit')"
+                ));
             };
-            if !valid_name(system) || !valid_name(event) {
-                return Err(format!("invalid tracepoint '{system}:{event}'"));
+            if !matches!(kind, "tracepoint" | "t") {
+                return Err(format!(
+                    "unknown host probe type '{kind}' (supported: host:tracepoint:SYSTEM:EVENT)"
+                ));
             }
-            Ok(ProbeSpec::Tracepoint {
-                system: system.to_string(),
-                event: event.to_string(),
-            })
+            let (system, event) = tracepoint_name(rest, "host:tracepoint", "kvm:kvm_exit")?;
+            Ok(ProbeSpec::HostTracepoint { system, event })
+        }
+        "tracepoint" | "t" => {
+            let (system, event) = tracepoint_name(rest, "tracepoint", "syscalls:sys_enter_openat")?;
+            guest_tracepoint(&system, &event)?;
+            Ok(ProbeSpec::GuestTracepoint { system, event })
         }
         "uprobe" | "u" | "uretprobe" | "ur" | "usdt" | "U" | "software" | "s" | "hardware"
         | "h" | "kfunc" | "f" | "kretfunc" | "fr" | "rawtracepoint" | "rt" | "iter" => {
             Err(format!(
-                "probe type '{kind}' is not supported (supported: BEGIN, END, kprobe, kretprobe, interval, profile, watchpoint, vmm, tracepoint)"
+                "probe type '{kind}' is not supported (supported: BEGIN, END, kprobe, kretprobe, interval, profile, watchpoint, vmm, tracepoint (guest syscalls), host:tracepoint)"
             ))
         }
         _ => Err(format!("unknown probe type '{kind}'")),
+    }
+}
+
+/// `SYSTEM:EVENT` of a tracepoint spelled `kind:SYSTEM:EVENT`.
+fn tracepoint_name(rest: &str, kind: &str, example: &str) -> Result<(String, String), String> {
+    let Some((system, event)) = rest.split_once(':') else {
+        return Err(format!(
+            "{kind} probes look like '{kind}:SYSTEM:EVENT', e.g. '{kind}:{example}'"
+        ));
+    };
+    let valid = |n: &str| {
+        !n.is_empty()
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '*' | '?'))
+    };
+    if !valid(system) || !valid(event) {
+        return Err(format!("invalid {kind} '{system}:{event}'"));
+    }
+    Ok((system.to_string(), event.to_string()))
+}
+
+/// Which guest tracepoints can be served from outside the guest: those a
+/// breakpoint on a kernel function stands in for exactly. A syscall's
+/// events fire at its `__x64_sys_NAME` entry and return with its arguments
+/// and return value; any other tracepoint fires somewhere inside a
+/// function with values only the tracepoint's own code computes, and
+/// enabling the real one would mean changing the guest.
+fn guest_tracepoint(system: &str, event: &str) -> Result<(), String> {
+    let name = format!("guest tracepoint {system}:{event}");
+    match system {
+        "syscalls" => {
+            let sys = event
+                .strip_prefix("sys_enter_")
+                .or_else(|| event.strip_prefix("sys_exit_"));
+            match sys {
+                Some(s) if !s.is_empty() => Ok(()),
+                _ if event.contains(['*', '?']) => Err(format!(
+                    "{name}: a wildcard must keep the sys_enter_ or sys_exit_ prefix (e.g. syscalls:sys_enter_open*)"
+                )),
+                _ => Err(format!(
+                    "{name}: no such event (syscalls:sys_enter_NAME or syscalls:sys_exit_NAME)"
+                )),
+            }
+        }
+        _ if system.contains(['*', '?']) => Err(format!(
+            "{name}: a wildcard in the category is not supported for guest tracepoints; name it (syscalls:)"
+        )),
+        _ => {
+            let instead = match (system, event) {
+                ("sched", "sched_switch") => "kprobe:__schedule",
+                ("sched", e) if e.starts_with("sched_wak") => "kprobe:try_to_wake_up",
+                ("sched", "sched_process_fork") => "kprobe:kernel_clone",
+                ("sched", "sched_process_exit") => "kprobe:do_exit",
+                ("sched", "sched_process_exec") => "kprobe:begin_new_exec",
+                ("block", "block_rq_issue") => "kprobe:blk_mq_start_request",
+                _ => "kprobe:FUNCTION",
+            };
+            Err(format!(
+                "{name}: only syscalls:* can be served from outside the guest; probe a kernel function with kprobe: (e.g. {instead}), or use host:tracepoint: for the host"
+            ))
+        }
     }
 }
 
@@ -236,5 +321,39 @@ mod tests {
         assert!(parse_probe("kprobe:f+zz").is_err());
         assert!(parse_probe("kretprobe:f+1").is_err());
         assert!(parse_probe("BEGINX").is_err());
+    }
+
+    #[test]
+    fn tracepoint_layers() {
+        assert_eq!(
+            parse_probe("host:tracepoint:kvm:kvm_exit").unwrap(),
+            ProbeSpec::HostTracepoint {
+                system: "kvm".into(),
+                event: "kvm_exit".into()
+            }
+        );
+        assert_eq!(
+            parse_probe("host:t:kvm:kvm_exit").unwrap().name(),
+            "host:tracepoint:kvm:kvm_exit"
+        );
+        let p = parse_probe("tracepoint:syscalls:sys_enter_openat").unwrap();
+        assert_eq!(p.name(), "tracepoint:syscalls:sys_enter_openat");
+        assert_eq!(p.syscall_event(), Some(("openat", false)));
+        let p = parse_probe("t:syscalls:sys_exit_read").unwrap();
+        assert_eq!(p.syscall_event(), Some(("read", true)));
+        let e = parse_probe("tracepoint:sched:sched_switch").unwrap_err();
+        assert!(
+            e.starts_with("guest tracepoint sched:sched_switch: only syscalls:*"),
+            "{e}"
+        );
+        assert!(
+            e.contains("kprobe:__schedule") && e.contains("host:tracepoint:"),
+            "{e}"
+        );
+        assert!(parse_probe("tracepoint:syscalls:sys_enter_").is_err());
+        assert!(parse_probe("tracepoint:syscalls:foo").is_err());
+        assert!(parse_probe("tracepoint:syscalls:sys_enter_open*").is_ok());
+        assert!(parse_probe("host:kprobe:f").is_err());
+        assert!(parse_probe("host:tracepoint:kvm").is_err());
     }
 }

@@ -99,7 +99,7 @@ pub(crate) fn check(
     r: &mut Reporter<'_>,
     types: Option<&dyn KernelTypes>,
 ) -> Checked {
-    let (probes, blocks) = attach::resolve(ast, r);
+    let (probes, blocks) = attach::resolve(ast, r, types);
 
     // Pass A discovers map declarations wherever they are in the script (a
     // map may be read in a block that comes before its assignment); pass B
