@@ -162,9 +162,7 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
         signal_hook::flag::register_usize(sig, signal.clone(), sig as usize)
             .context("installing signal handlers")?;
     }
-    let deadline = args
-        .duration
-        .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let deadline = args.duration.and_then(|d| Instant::now().checked_add(d));
     let snapshot_requested = Arc::new(AtomicBool::new(false));
     let recorder = start_recorder(recording.as_ref(), &snapshot_requested)?;
     let plan = ServePlan {
@@ -283,7 +281,7 @@ fn interrupted(
     let what = e.to_string();
     match signal.load(Ordering::Relaxed) {
         0 => {
-            let seconds = args.duration.unwrap_or_default();
+            let seconds = args.duration.unwrap_or_default().as_secs_f64();
             eprintln!(
                 "vmprobe: {name}: --duration {seconds} s ran out while {what}; nothing was probed"
             );

@@ -143,17 +143,18 @@ pub struct BootArgs {
     backend: BackendArg,
     /// How long a guest's QEMU may stay stopped (SIGSTOP, a debugger on
     /// it) before the run ends with what was collected (exit status 3).
-    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_stall_timeout)]
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
     stall_timeout: std::time::Duration,
 }
 
-/// `--stall-timeout`, `run --duration`: seconds above 0.
-fn parse_stall_timeout(text: &str) -> Result<std::time::Duration, String> {
+/// `--stall-timeout`, `--duration`: seconds above 0 that a `Duration`
+/// holds (a huge value would panic in `Duration::from_secs_f64`).
+fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
     text.parse::<f64>()
         .ok()
         .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
         .filter(|d| !d.is_zero())
-        .ok_or_else(|| "a number of seconds above 0".to_string())
+        .ok_or_else(|| "a number of seconds above 0 and below 1.8e19".to_string())
 }
 
 #[derive(Args)]
@@ -184,7 +185,7 @@ pub struct RunArgs {
     verbose: bool,
     /// End the run this many seconds after the probes are live (else when
     /// the workload exits, at Ctrl-C or `exit()`).
-    #[arg(long, value_name = "SECONDS", value_parser = parse_stall_timeout)]
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     duration: Option<std::time::Duration>,
     /// The workload as one shell command line, as bpftrace's -c (the same
     /// as giving it after `--`).
@@ -239,8 +240,8 @@ pub struct AttachArgs {
     #[arg(short = 'f', value_enum, default_value = "text")]
     format: OutputArg,
     /// Detach after this many seconds (else at Ctrl-C or `exit()`).
-    #[arg(long, value_name = "SECONDS")]
-    duration: Option<f64>,
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    duration: Option<std::time::Duration>,
     /// Print hit statistics on stderr at the end.
     #[arg(long)]
     stats: bool,
@@ -255,7 +256,7 @@ pub struct AttachArgs {
     /// wedged) once the probes are live before the run ends with what was
     /// collected (exit status 3); vmprobe says so on stderr from a stub's
     /// reply 5 s late or 10 s of the plugin's silence (or half this).
-    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_stall_timeout)]
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
     stall_timeout: std::time::Duration,
     #[command(flatten)]
     bpftrace: BpftraceArgs,
@@ -299,8 +300,8 @@ pub struct RecordArgs {
     #[arg(long, value_name = "SPEC", value_parser = attach::parse_vm_spec)]
     vm: Vec<attach::VmSpec>,
     /// With --vm: detach after this many seconds.
-    #[arg(long, value_name = "SECONDS", requires = "vm")]
-    duration: Option<f64>,
+    #[arg(long, value_name = "SECONDS", requires = "vm", value_parser = parse_seconds)]
+    duration: Option<std::time::Duration>,
     /// Say which backend serves the guests, and why.
     #[arg(short, long)]
     verbose: bool,

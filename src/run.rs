@@ -233,7 +233,7 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
     }
     let plan = ServePlan {
         workload,
-        deadline: args.duration.map(|d| Instant::now() + d),
+        deadline: args.duration.and_then(|d| Instant::now().checked_add(d)),
         stats: args.stats,
         output: args.format.format(),
         flamegraph: recording.as_ref().and_then(|r| r.flamegraph.clone()),
@@ -267,7 +267,7 @@ fn run_without_guest(args: &RunArgs, program: Arc<probe_lang::Program>) -> Resul
     }];
     let plan = ServePlan {
         workload: None,
-        deadline: args.duration.map(|d| Instant::now() + d),
+        deadline: args.duration.and_then(|d| Instant::now().checked_add(d)),
         stats: args.stats,
         output: args.format.format(),
         flamegraph: None,

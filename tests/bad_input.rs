@@ -319,6 +319,21 @@ fn bad_record_and_attach_arguments() {
         "--vm records a running VM: it takes no workload",
     );
     last_line_is_one_error(&e, "takes no workload");
+    // Durations a `Duration` cannot hold are refused by name, not a panic.
+    for (command, value) in [
+        ("attach", "--duration=-1"),
+        ("attach", "--duration=1e300"),
+        ("attach", "--duration=nan"),
+        ("attach", "--stall-timeout=inf"),
+        ("record", "--duration=1e300"),
+    ] {
+        let mut args = vec![command, "--vm", "vm0=gdb:127.0.0.1:1", value];
+        if command == "record" {
+            args.extend(["-o", "/tmp/x"]);
+        }
+        args.extend(["-e", "kprobe:ksys_write {}"]);
+        fails_with(&args, &[], "a number of seconds above 0");
+    }
 }
 
 /// A field the event does not declare is an error before booting, naming
