@@ -25,7 +25,8 @@ pub fn arm_program(
     }
     let sites = resolve_probes(program, &kernel.symbols, slide)?;
     session.arm(sites)?;
-    session.arm_watches(resolve_watches(program))?;
+    let watches = resolve_watches(program, &kernel.symbols, slide).map_err(|(_, e)| e)?;
+    session.arm_watches(watches)?;
     session.set_timers(resolve_timers(program))?;
     session.set_kernel(Arc::new(kernel.guest.with_slide(slide)));
     Ok(slide)

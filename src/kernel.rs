@@ -153,7 +153,10 @@ pub fn check_program(program: &probe_lang::Program, symbols: &KernelSymbols) -> 
         eprint!("{diags}");
         return Ok(false);
     }
-    if let Err((index, e)) = probe_plan::resolve_probes_at(program, symbols, 0) {
+    let resolved = probe_plan::resolve_probes_at(program, symbols, 0)
+        .map(drop)
+        .and_then(|()| probe_plan::resolve_watches(program, symbols, 0).map(drop));
+    if let Err((index, e)) = resolved {
         let span = program
             .probe_spans()
             .get(index)

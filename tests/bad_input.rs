@@ -56,6 +56,20 @@ fn unknown_symbol_is_reported_before_booting() {
         .count();
     assert_eq!(naming, 1, "reported once:\n{e}");
     assert!(!e.contains("booting"), "must fail before booting:\n{e}");
+    // A watchpoint's symbol too, at its probe's place.
+    let e = fails_with(
+        &[
+            "run",
+            "-e",
+            "BEGIN { }\nwatchpoint:no_such_var_xyz:8:w { @c = count(); }",
+            "--",
+            "true",
+        ],
+        &[],
+        "unknown kernel symbol 'no_such_var_xyz' in probe watchpoint:no_such_var_xyz:8:w",
+    );
+    assert!(e.contains(" --> stdin:2:1\n"), "{e}");
+    assert!(!e.contains("booting"), "must fail before booting:\n{e}");
 }
 
 /// What constants prove is an error before booting, at its line:column: a

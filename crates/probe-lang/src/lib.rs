@@ -69,9 +69,10 @@ pub enum ProbeSpec {
         unit: RateUnit,
         value: u64,
     },
-    /// `watchpoint:0xADDR:LEN:MODE`: a hardware data breakpoint.
+    /// `watchpoint:0xADDR:LEN:MODE` or `watchpoint:SYMBOL[+OFF]:LEN:MODE`:
+    /// a hardware data breakpoint.
     Watchpoint {
-        addr: u64,
+        addr: WatchAddr,
         len: u8,
         mode: WatchMode,
     },
@@ -130,6 +131,25 @@ impl RateUnit {
 }
 
 /// Access that triggers a watchpoint.
+/// Where a watchpoint watches: an address as the guest sees it, or a
+/// kernel symbol (plus an offset), placed with the KASLR slide once the
+/// guest is found, since under KASLR no address is known before boot.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum WatchAddr {
+    Address(u64),
+    Symbol { name: String, offset: u64 },
+}
+
+impl std::fmt::Display for WatchAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WatchAddr::Address(a) => write!(f, "{a:#x}"),
+            WatchAddr::Symbol { name, offset: 0 } => f.write_str(name),
+            WatchAddr::Symbol { name, offset } => write!(f, "{name}+{offset:#x}"),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum WatchMode {
     Read,
@@ -175,7 +195,7 @@ impl ProbeSpec {
             ProbeSpec::Interval { unit, value } => format!("interval:{}:{value}", unit.name()),
             ProbeSpec::Profile { unit, value } => format!("profile:{}:{value}", unit.name()),
             ProbeSpec::Watchpoint { addr, len, mode } => {
-                format!("watchpoint:{addr:#x}:{len}:{}", mode.name())
+                format!("watchpoint:{addr}:{len}:{}", mode.name())
             }
             ProbeSpec::Vmm { event } => format!("vmm:{event}"),
             ProbeSpec::HostTracepoint { system, event } => {

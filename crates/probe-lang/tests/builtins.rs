@@ -3,7 +3,7 @@
 
 mod support;
 
-use probe_lang::{ProbeSpec, RateUnit, WatchMode, compile};
+use probe_lang::{ProbeSpec, RateUnit, WatchAddr, WatchMode, compile};
 use probe_runtime::{Flow, Runtime};
 use std::sync::Arc;
 use support::{Capture, FakeCtx, run_script};
@@ -226,17 +226,17 @@ fn new_probe_specs() {
                 value: 1000
             },
             ProbeSpec::Watchpoint {
-                addr: 0xffffffff81000000,
+                addr: WatchAddr::Address(0xffffffff81000000),
                 len: 8,
                 mode: WatchMode::Write
             },
             ProbeSpec::Watchpoint {
-                addr: 4096,
+                addr: WatchAddr::Address(4096),
                 len: 1,
                 mode: WatchMode::ReadWrite
             },
             ProbeSpec::Watchpoint {
-                addr: 0x10,
+                addr: WatchAddr::Address(0x10),
                 len: 4,
                 mode: WatchMode::Read
             },
@@ -251,6 +251,34 @@ fn new_probe_specs() {
     assert_eq!(RateUnit::Ms.period_ns(100), 100_000_000);
     assert_eq!(RateUnit::Hz.period_ns(99), 10_101_010);
     assert_eq!(RateUnit::Us.period_ns(50), 50_000);
+}
+
+#[test]
+fn watchpoints_on_kernel_symbols() {
+    let p = compile(
+        "watchpoint:jiffies_64:8:w, w:init_task+0x10:4:rw { @b = count(); }",
+        "t",
+    )
+    .unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(
+        p.probes()[0],
+        ProbeSpec::Watchpoint {
+            addr: WatchAddr::Symbol {
+                name: "jiffies_64".into(),
+                offset: 0
+            },
+            len: 8,
+            mode: WatchMode::Write
+        }
+    );
+    let names: Vec<String> = p.probes().iter().map(|s| s.name()).collect();
+    assert_eq!(
+        names,
+        [
+            "watchpoint:jiffies_64:8:w",
+            "watchpoint:init_task+0x10:4:rw"
+        ]
+    );
 }
 
 #[test]

@@ -354,7 +354,18 @@ fn checker_errors() {
             "watchpoint:0x1000:8:x { }",
             "invalid watchpoint mode 'x' (r, w or rw)",
         ),
-        ("watchpoint:zz:8:w { }", "invalid watchpoint address 'zz'"),
+        (
+            "watchpoint:0xzz:8:w { }",
+            "invalid watchpoint address '0xzz'",
+        ),
+        (
+            "watchpoint:jiff*:8:w { }",
+            "invalid watchpoint address or symbol 'jiff*'",
+        ),
+        (
+            "watchpoint:jiffies+x:8:w { }",
+            "invalid watchpoint offset 'x'",
+        ),
         (
             "BEGIN { $t = (1, \"a\"); $x = $t.2; }",
             "tuple index 2 out of range (the tuple has 2 elements)",
@@ -381,7 +392,7 @@ fn checker_errors() {
         ),
         (
             "watchpoint:0x1000:8 { }",
-            "watchpoint probes look like 'watchpoint:ADDR:LEN:MODE', e.g. 'watchpoint:0xffffffff81000000:8:w'",
+            "watchpoint probes look like 'watchpoint:ADDR:LEN:MODE', e.g. 'watchpoint:0xffffffff81000000:8:w' or 'watchpoint:jiffies_64:8:w'",
         ),
     ];
     for (src, want) in cases {

@@ -2,7 +2,7 @@
 
 use crate::{Error, Result};
 use kernel_image::KernelSymbols;
-use probe_lang::{BlockId, KprobeTarget, ProbeSpec, Program, WatchMode};
+use probe_lang::{BlockId, KprobeTarget, ProbeSpec, Program, WatchAddr, WatchMode};
 use std::sync::Arc;
 
 /// Wildcards may attach to at most this many functions: every site is a
@@ -296,22 +296,55 @@ pub fn resolve_timers(program: &Program) -> Vec<TimerProbe> {
     out
 }
 
-/// The program's `watchpoint` probes.
-pub fn resolve_watches(program: &Program) -> Vec<WatchProbe> {
+/// The program's `watchpoint` probes, symbols placed with the KASLR
+/// `slide`. An error carries the probe's index, for its line:column.
+pub fn resolve_watches(
+    program: &Program,
+    symbols: &KernelSymbols,
+    slide: u64,
+) -> std::result::Result<Vec<WatchProbe>, (usize, Error)> {
     let mut out = Vec::new();
     for (index, spec) in program.probes().iter().enumerate() {
         let ProbeSpec::Watchpoint { addr, len, mode } = spec else {
             continue;
         };
+        let addr = match addr {
+            WatchAddr::Address(a) => *a,
+            WatchAddr::Symbol { name, offset } => {
+                let sym = symbols.lookup(name).ok_or_else(|| {
+                    let probe = spec.name();
+                    (
+                        index,
+                        Error::UnknownSymbol {
+                            probe,
+                            name: name.clone(),
+                        },
+                    )
+                })?;
+                sym.addr
+                    .wrapping_add(slide)
+                    .checked_add(*offset)
+                    .ok_or_else(|| {
+                        let probe = spec.name();
+                        (
+                            index,
+                            Error::OffsetOutside {
+                                probe,
+                                offset: *offset,
+                            },
+                        )
+                    })?
+            }
+        };
         out.push(WatchProbe {
-            addr: *addr,
+            addr,
             len: u64::from(*len),
             mode: *mode,
             block: program.block_of(index),
             probe: spec.name().into(),
         });
     }
-    out
+    Ok(out)
 }
 
 /// The program's `vmm:` and `host:tracepoint:` probes: QEMU trace event names,

@@ -5,7 +5,7 @@
 use crate::ast::Ast;
 use crate::diag::Reporter;
 use crate::lexer::parse_int;
-use crate::{KernelTypes, KprobeTarget, ProbeSpec, RateUnit, WatchMode};
+use crate::{KernelTypes, KprobeTarget, ProbeSpec, RateUnit, WatchAddr, WatchMode};
 
 /// The attach points of one probe block.
 pub(super) struct BlockAttach {
@@ -181,12 +181,31 @@ pub fn parse_probe(text: &str) -> Result<ProbeSpec, String> {
             let parts: Vec<&str> = rest.split(':').collect();
             let [addr, len, mode] = parts[..] else {
                 return Err(
-                    "watchpoint probes look like 'watchpoint:ADDR:LEN:MODE', e.g. 'watchpoint:0xffffffff81000000:8:w'"
+                    "watchpoint probes look like 'watchpoint:ADDR:LEN:MODE', e.g. 'watchpoint:0xffffffff81000000:8:w' or 'watchpoint:jiffies_64:8:w'"
                         .into(),
                 );
             };
-            let addr =
-                parse_int(addr).ok_or_else(|| format!("invalid watchpoint address '{addr}'"))?;
+            let addr = if addr.starts_with(|c: char| c.is_ascii_digit()) {
+                WatchAddr::Address(
+                    parse_int(addr)
+                        .ok_or_else(|| format!("invalid watchpoint address '{addr}'"))?,
+                )
+            } else {
+                let (name, offset) = match addr.split_once('+') {
+                    Some((n, o)) => (
+                        n,
+                        parse_int(o).ok_or_else(|| format!("invalid watchpoint offset '{o}'"))?,
+                    ),
+                    None => (addr, 0),
+                };
+                if !valid_name(name) || name.contains(['*', '?']) {
+                    return Err(format!("invalid watchpoint address or symbol '{addr}'"));
+                }
+                WatchAddr::Symbol {
+                    name: name.to_string(),
+                    offset,
+                }
+            };
             let len = match parse_int(len) {
                 Some(l @ (1 | 2 | 4 | 8)) => l as u8,
                 _ => return Err(format!("invalid watchpoint length '{len}' (1, 2, 4 or 8)")),
