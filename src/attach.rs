@@ -141,7 +141,8 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
         }
     };
     let layers = probe_plan::resolve_layers(&program);
-    let recording_mode = crate::plugin::record_mode(recording.is_some(), &program);
+    let recording_mode =
+        crate::plugin::record_mode(recording.is_some() || args.otlp.is_some(), &program);
     if !layers.vmm_events.is_empty()
         && let Some(spec) = args.vm.iter().find(|s| s.qmp.is_none() || s.log.is_none())
     {
@@ -172,6 +173,10 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
         output: args.format.format(),
         flamegraph: recording.and_then(|r| r.flamegraph),
         out: crate::bpftrace::output(&args.bpftrace)?,
+        otlp: args.otlp.clone().map(|endpoint| crate::otlp::OtlpPlan {
+            endpoint,
+            releases: otlp_releases(&args.vm),
+        }),
     };
     if layers_only(&program) {
         let guests = attach_layers_only(&args, &program, &layers)?;
@@ -523,6 +528,24 @@ fn arm_with_layers(
 
 /// The VM's kernel (`kernel:IMAGE`, else the default guest's): its symbols
 /// and what handlers need of it.
+/// Each VM's kernel release, from its image (`kernel:` or the default
+/// guest's), for OTLP's resource attributes.
+fn otlp_releases(specs: &[VmSpec]) -> std::collections::HashMap<String, String> {
+    let default = std::sync::OnceLock::new();
+    specs
+        .iter()
+        .filter_map(|spec| {
+            let image = match &spec.kernel {
+                Some(k) => k.clone(),
+                None => default
+                    .get_or_init(|| crate::kernel::default_image().ok().map(|i| i.kernel))
+                    .clone()?,
+            };
+            Some((spec.name.clone(), crate::otlp::kernel_release(&image)?))
+        })
+        .collect()
+}
+
 fn vm_kernel(spec: &VmSpec) -> Result<KernelInfo> {
     let image = match &spec.kernel {
         Some(k) => k.clone(),

@@ -124,6 +124,7 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
     let recorder = start_recorder(recording.as_ref(), &snapshot_requested)?;
     let out = crate::bpftrace::output(&args.bpftrace)?;
 
+    let release = crate::otlp::kernel_release(&image.kernel);
     let mut cfg = LaunchConfig::new(image);
     cfg.vcpus = args.boot.vcpus;
     cfg.disk = args.boot.disk.clone();
@@ -154,7 +155,10 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
         Ok(crate::plugin::Choice::Plugin { library, qemu }) => {
             cfg.qemu = qemu;
             cfg.plugin = Some(library);
-            Some(crate::plugin::record_mode(recording.is_some(), &program))
+            Some(crate::plugin::record_mode(
+                recording.is_some() || args.otlp.is_some(),
+                &program,
+            ))
         }
         Ok(crate::plugin::Choice::Gdb) => None,
     };
@@ -238,6 +242,13 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
         output: args.format.format(),
         flamegraph: recording.as_ref().and_then(|r| r.flamegraph.clone()),
         out,
+        otlp: args.otlp.clone().map(|endpoint| crate::otlp::OtlpPlan {
+            endpoint,
+            releases: guests
+                .iter()
+                .filter_map(|g| Some((g.name.clone(), release.clone()?)))
+                .collect(),
+        }),
     };
     serve_and_report(
         guests,
@@ -272,6 +283,10 @@ fn run_without_guest(args: &RunArgs, program: Arc<probe_lang::Program>) -> Resul
         output: args.format.format(),
         flamegraph: None,
         out: crate::bpftrace::output(&args.bpftrace)?,
+        otlp: args.otlp.clone().map(|endpoint| crate::otlp::OtlpPlan {
+            endpoint,
+            releases: Default::default(),
+        }),
     };
     let snapshot_requested = AtomicBool::new(false);
     serve_and_report(guests, &program, None, &stop, &snapshot_requested, &plan)

@@ -1,0 +1,321 @@
+//! `--otlp URL`: what vmprobe sends to an OTLP/HTTP receiver, decoded with
+//! the official protobuf definitions (`opentelemetry-proto`), against what
+//! the same run printed and what the guest kernel counted itself. The
+//! receiver is a small HTTP server (tiny_http) started by each test; no
+//! OpenTelemetry Collector is installable from the registries this project
+//! uses.
+
+mod support;
+use otlp_export::proto::collector::logs::v1::ExportLogsServiceRequest;
+use otlp_export::proto::collector::trace::v1::ExportTraceServiceRequest;
+use otlp_export::proto::common::v1::{KeyValue, any_value};
+use prost::Message;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use support::*;
+
+/// What the receiver decoded: each log record (resource attributes, its
+/// attributes, body, time) and each span.
+#[derive(Default)]
+struct Received {
+    logs: Vec<(Attrs, Attrs, String, u64)>,
+    spans: Vec<(Attrs, Attrs, String, u64, u64)>,
+    bad: Vec<String>,
+}
+
+type Attrs = BTreeMap<String, String>;
+
+fn attrs(kvs: &[KeyValue]) -> Attrs {
+    kvs.iter()
+        .map(|kv| {
+            let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(any_value::Value::StringValue(s)) => s.clone(),
+                Some(any_value::Value::IntValue(i)) => i.to_string(),
+                other => format!("{other:?}"),
+            };
+            (kv.key.clone(), v)
+        })
+        .collect()
+}
+
+/// An OTLP/HTTP receiver on a loopback port, decoding every request.
+fn receiver() -> (String, Arc<Mutex<Received>>) {
+    let server = tiny_http::Server::http("127.0.0.1:0").expect("binding the receiver");
+    let url = format!("http://{}", server.server_addr().to_ip().unwrap());
+    let got = Arc::new(Mutex::new(Received::default()));
+    let into = got.clone();
+    std::thread::spawn(move || {
+        for mut req in server.incoming_requests() {
+            let mut body = Vec::new();
+            let _ = req.as_reader().read_to_end(&mut body);
+            let protobuf = req.headers().iter().any(|h| {
+                h.field.equiv("Content-Type") && h.value.as_str() == "application/x-protobuf"
+            });
+            let mut r = into.lock().unwrap();
+            match (req.method(), req.url(), protobuf) {
+                (tiny_http::Method::Post, "/v1/logs", true) => {
+                    let m = ExportLogsServiceRequest::decode(&body[..]).expect("logs decode");
+                    for rl in m.resource_logs {
+                        let res = attrs(&rl.resource.unwrap_or_default().attributes);
+                        for l in rl.scope_logs.into_iter().flat_map(|s| s.log_records) {
+                            let body = match l.body.and_then(|b| b.value) {
+                                Some(any_value::Value::StringValue(s)) => s,
+                                other => format!("{other:?}"),
+                            };
+                            r.logs.push((
+                                res.clone(),
+                                attrs(&l.attributes),
+                                body,
+                                l.time_unix_nano,
+                            ));
+                        }
+                    }
+                }
+                (tiny_http::Method::Post, "/v1/traces", true) => {
+                    let m = ExportTraceServiceRequest::decode(&body[..]).expect("traces decode");
+                    for rs in m.resource_spans {
+                        let res = attrs(&rs.resource.unwrap_or_default().attributes);
+                        for s in rs.scope_spans.into_iter().flat_map(|s| s.spans) {
+                            r.spans.push((
+                                res.clone(),
+                                attrs(&s.attributes),
+                                s.name,
+                                s.start_time_unix_nano,
+                                s.end_time_unix_nano,
+                            ));
+                        }
+                    }
+                }
+                (m, u, p) => r.bad.push(format!("{m} {u} protobuf={p}")),
+            }
+            drop(r);
+            let _ = req.respond(tiny_http::Response::empty(200));
+        }
+    });
+    (url, got)
+}
+
+/// Every ksys_write prints its size; every return its latency as vmprobe
+/// computes it (nsecs at return less nsecs at entry) and its return value.
+const PROGRAM: &str = r#"
+kprobe:ksys_write { @start[tid] = nsecs; printf("w %d\n", arg2); }
+kretprobe:ksys_write /@start[tid]/ {
+    printf("lat %d %d\n", nsecs - @start[tid], retval);
+    delete(@start[tid]);
+}"#;
+
+fn unix_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn check_export(backend: &[&str], expect_probe: bool) {
+    let n = 25;
+    let (url, got) = receiver();
+    let guest = default_guest();
+    let workload = ground_truth_workload(&format!("dd if=/dev/zero of=/dev/null bs=1 count={n}"));
+    let before = unix_now_ns();
+    let out = run_bounded(
+        vmprobe()
+            .args(["run", "--console", "--stats", "--otlp", &url])
+            .args(backend)
+            .args(["-e", PROGRAM, "--", &workload]),
+        RUN_LIMIT,
+    );
+    let after = unix_now_ns();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "vmprobe failed:\n{stderr}");
+    let printed: Vec<String> = stdout
+        .lines()
+        .filter(|l| l.starts_with("w ") || l.starts_with("lat "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let writes = printed.iter().filter(|l| l.starts_with("w ")).count();
+    let lats: Vec<(u64, String)> = printed
+        .iter()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace().skip(1);
+            // %d of a u64 return value: as the span's signed 64-bit integer.
+            let retval = w.nth(1)?.parse::<i128>().ok()? as u64 as i64;
+            Some((
+                l.split_whitespace().nth(1)?.parse().ok()?,
+                retval.to_string(),
+            ))
+        })
+        .collect();
+    assert!(writes >= n, "{stdout}");
+
+    let r = got.lock().unwrap();
+    assert!(r.bad.is_empty(), "unexpected requests: {:?}", r.bad);
+    // Log records: one per printf vmprobe printed, with the same text.
+    let mut bodies: Vec<String> = r.logs.iter().map(|l| l.2.clone()).collect();
+    let mut expected = printed.clone();
+    bodies.sort();
+    expected.sort();
+    assert_eq!(bodies, expected, "log bodies are the printf output");
+    // The guest kernel's own count of the workload's 1-byte writes, from
+    // its kprobe event, equals the records of 1-byte writes in its window.
+    let mut inside = None;
+    let mut in_order: Vec<&(Attrs, Attrs, String, u64)> = r.logs.iter().collect();
+    in_order.sort_by_key(|l| l.3);
+    for l in in_order.iter().filter(|l| l.2.starts_with("w ")) {
+        match (l.2.trim(), inside) {
+            ("w 4242", None) => inside = Some(0),
+            ("w 4343", Some(_)) => break,
+            ("w 1", Some(k)) => inside = Some(k + 1),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        inside,
+        Some(ground_truth_hits(&stderr)),
+        "1-byte writes between the markers"
+    );
+    let host = hostname();
+    for (res, at, body, t) in r.logs.iter() {
+        assert_eq!(res["host.name"], host);
+        assert_eq!(res["service.name"], "vmprobe");
+        assert_eq!(res["vmprobe.guest"], "vm0");
+        assert_eq!(
+            res["os.version"], guest.version,
+            "the guest kernel's release"
+        );
+        assert_eq!(at["vmprobe.guest"], "vm0");
+        assert!(at.contains_key("vmprobe.vcpu"), "{at:?}");
+        if expect_probe {
+            let probe = if body.starts_with("w ") {
+                "kprobe:ksys_write"
+            } else {
+                "kretprobe:ksys_write"
+            };
+            assert_eq!(at["vmprobe.probe"], probe);
+        }
+        assert!(before < *t && *t < after, "{t} is not in the run's time");
+    }
+    // Spans: one per completed call, each as long as the latency vmprobe
+    // printed for it, with the return value it printed.
+    assert_eq!(r.spans.len(), lats.len());
+    let mut spans: Vec<(u64, String)> = r
+        .spans
+        .iter()
+        .map(|(res, at, name, start, end)| {
+            assert_eq!(name, "ksys_write");
+            assert_eq!(res["vmprobe.guest"], "vm0");
+            assert!(before < *start && start <= end && *end < after);
+            assert!(at.contains_key("vmprobe.vcpu"), "{at:?}");
+            (end - start, at["vmprobe.retval"].clone())
+        })
+        .collect();
+    let mut lats = lats;
+    spans.sort();
+    lats.sort();
+    assert_eq!(spans, lats, "span durations and return values");
+    // The entry's arguments ride on the span: count was arg2.
+    assert!(
+        r.spans
+            .iter()
+            .filter(|s| s.1.get("vmprobe.arg2").map(String::as_str) == Some("1"))
+            .count()
+            >= n
+    );
+    eprintln!(
+        "{} log records, {} spans, {:?} 1-byte writes in the window",
+        r.logs.len(),
+        r.spans.len(),
+        inside
+    );
+    let stats = format!(
+        "vmprobe: stats: otlp: {} log records, {} spans sent, 0 events dropped",
+        printed.len(),
+        lats.len()
+    );
+    assert!(stderr.contains(&stats), "{stats} in:\n{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+}
+
+#[test]
+fn printf_output_and_calls_arrive_as_log_records_and_spans() {
+    check_export(&["--backend", "gdb"], true);
+}
+
+#[test]
+fn the_plugin_backend_exports_the_same() {
+    let Some(qemu) = qemu10() else { return };
+    plugin_library();
+    let qemu = qemu.to_string_lossy().into_owned();
+    // The plugin's printf output does not say which probe printed it.
+    check_export(&["--backend", "plugin", "--qemu", &qemu], false);
+}
+
+#[test]
+fn an_unreachable_endpoint_drops_counts_and_warns_once() {
+    // A port nothing listens on: bound, then closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let out = run_bounded(
+        vmprobe()
+            .args(["run", "--stats", "--backend", "gdb", "--otlp", &url])
+            .args(["-e", PROGRAM, "--"])
+            .arg("dd if=/dev/zero of=/dev/null bs=1 count=20 2>/dev/null"),
+        RUN_LIMIT,
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    let printed = stdout
+        .lines()
+        .filter(|l| l.starts_with("w ") || l.starts_with("lat "))
+        .count();
+    let spans = stdout.lines().filter(|l| l.starts_with("lat ")).count();
+    assert!(
+        stdout.lines().filter(|l| *l == "w 1").count() >= 20,
+        "{stdout}"
+    );
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(
+        warnings[0].contains(&format!("OTLP export to {url}")),
+        "{}",
+        warnings[0]
+    );
+    let stats = format!(
+        "vmprobe: stats: otlp: 0 log records, 0 spans sent, {} events dropped",
+        printed + spans
+    );
+    assert!(stderr.contains(&stats), "{stats} in:\n{stderr}");
+}
+
+#[test]
+fn an_invalid_url_is_refused_before_booting() {
+    for bad in [
+        "ftp://127.0.0.1:4318",
+        "127.0.0.1:4318",
+        "https://collector:4318",
+    ] {
+        let out = run_bounded(
+            vmprobe().args(["run", "--otlp", bad, "-e", PROGRAM, "--", "true"]),
+            RUN_LIMIT,
+        );
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        let first = stderr.lines().next().unwrap_or("");
+        assert!(
+            first.contains("--otlp")
+                && first.contains(&format!("'{bad}' is not an OTLP/HTTP endpoint")),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("booting"), "{stderr}");
+    }
+}
