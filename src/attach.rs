@@ -131,8 +131,12 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
     if args.vm.is_empty() {
         bail!("no VM: give --vm NAME=gdb:HOST:PORT or NAME=plugin:SOCKET (repeatable)");
     }
-    let (compiled, mut first_kernel) =
-        compile_for(&source, &source_name, &args.vm[0], recording.is_some())?;
+    let (compiled, mut first_kernel) = compile_for(
+        &source,
+        &source_name,
+        &args.vm[0],
+        allowed_recording(&recording, &args.otlp),
+    )?;
     let program = match compiled {
         Ok(p) => Arc::new(p),
         Err(diags) => {
@@ -528,6 +532,19 @@ fn arm_with_layers(
 
 /// The VM's kernel (`kernel:IMAGE`, else the default guest's): its symbols
 /// and what handlers need of it.
+/// Which recording calls a program may make: all of them when recording
+/// (`None`), `trace()` when exporting over OTLP, else none.
+pub(crate) fn allowed_recording(
+    recording: &Option<Recording>,
+    otlp: &Option<otlp_export::Endpoint>,
+) -> Option<&'static [&'static str]> {
+    match (recording, otlp) {
+        (Some(_), _) => None,
+        (None, Some(_)) => Some(&["trace"]),
+        (None, None) => Some(&[]),
+    }
+}
+
 /// Each VM's kernel release, from its image (`kernel:` or the default
 /// guest's), for OTLP's resource attributes.
 fn otlp_releases(specs: &[VmSpec]) -> std::collections::HashMap<String, String> {
@@ -588,7 +605,7 @@ fn compile_for(
     source: &str,
     source_name: &str,
     first: &VmSpec,
-    recording: bool,
+    recording: Option<&[&str]>,
 ) -> Result<Compiled> {
     let (typed, kernel) = if only_layers(&probe_lang::attach_points(source)) {
         let types = probe_engine::LayerTypes::events_only();
@@ -602,8 +619,8 @@ fn compile_for(
         )
     };
     let checked = match recording {
-        true => typed,
-        false => typed.and_then(|p| p.check_not_recording("attach").map(|()| p)),
+        None => typed,
+        Some(allowed) => typed.and_then(|p| p.check_recording_only("attach", allowed).map(|()| p)),
     };
     Ok((checked, kernel))
 }

@@ -92,10 +92,11 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
         print!("{}", program.dump());
         return Ok(0);
     }
-    // trace() and snapshot() need the trace `record` writes: an error
-    // before anything boots, as bpftrace reports errors before attaching.
-    if recording.is_none()
-        && let Err(diags) = program.check_not_recording("run")
+    // trace() and snapshot() need the trace `record` writes (trace() also
+    // goes out with --otlp): an error before anything boots, as bpftrace
+    // reports errors before attaching.
+    if let Some(allowed) = crate::attach::allowed_recording(&recording, &args.otlp)
+        && let Err(diags) = program.check_recording_only("run", allowed)
     {
         eprint!("{diags}");
         return Ok(1);

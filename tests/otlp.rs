@@ -319,3 +319,148 @@ fn an_invalid_url_is_refused_before_booting() {
         assert!(!stderr.contains("booting"), "{stderr}");
     }
 }
+
+#[test]
+fn traced_fields_are_log_records_and_traced_returns_spans() {
+    let n = 15;
+    let (url, got) = receiver();
+    let workload = ground_truth_workload(&format!("dd if=/dev/zero of=/dev/null bs=1 count={n}"));
+    // The script marks what goes out: the writes' sizes and who made them
+    // as records, the returns of 1-byte writes as spans.
+    let program = "kprobe:ksys_write { trace(n = arg2, who = comm); @size[tid] = arg2; }
+                   kretprobe:ksys_write /@size[tid] == 1/ { trace(); @ones = count(); }
+                   kretprobe:ksys_write { delete(@size[tid]); }";
+    let out = run_bounded(
+        vmprobe()
+            .args(["run", "--console", "--backend", "gdb", "--otlp", &url])
+            .args(["-e", program, "--", &workload]),
+        RUN_LIMIT,
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "vmprobe failed:\n{stderr}");
+    let r = got.lock().unwrap();
+    let mut records: Vec<&(Attrs, Attrs, String, u64)> = r.logs.iter().collect();
+    records.sort_by_key(|l| l.3);
+    let mut inside = None;
+    for (_, at, body, _) in &records {
+        assert_eq!(body, "kprobe:ksys_write");
+        match (at["vmprobe.n"].as_str(), inside) {
+            ("4242", None) => inside = Some(0),
+            ("4343", Some(_)) => break,
+            ("1", Some(k)) => {
+                assert_eq!(at["vmprobe.who"], "dd");
+                inside = Some(k + 1);
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(inside, Some(ground_truth_hits(&stderr)));
+    assert_eq!(r.spans.len() as u64, map_value(&stdout, "ones"));
+    assert!(
+        r.spans
+            .iter()
+            .all(|s| s.2 == "ksys_write" && s.1.contains_key("vmprobe.retval") && s.3 <= s.4)
+    );
+}
+
+#[test]
+fn record_writes_its_trace_and_exports_the_calls() {
+    let (url, got) = receiver();
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_bounded(
+        vmprobe()
+            .args(["record", "--backend", "gdb", "--otlp", &url, "-o"])
+            .arg(dir.path())
+            .args(["kprobe:ksys_write", "kretprobe:ksys_write", "--"])
+            .arg("dd if=/dev/zero of=/dev/null bs=1 count=10 2>/dev/null"),
+        RUN_LIMIT,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // babeltrace2 reads the CTF trace: its returns are the spans.
+    let returns: Vec<u64> = babeltrace(dir.path())
+        .iter()
+        .filter(|l| l.contains(" kretprobe:ksys_write: "))
+        .map(|l| {
+            l.split("retval = ")
+                .nth(1)
+                .unwrap()
+                .split([',', ' '])
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let r = got.lock().unwrap();
+    assert!(returns.len() >= 10);
+    let mut spans: Vec<u64> = r
+        .spans
+        .iter()
+        .map(|s| s.1["vmprobe.retval"].parse::<i64>().unwrap() as u64)
+        .collect();
+    let mut returns = returns;
+    spans.sort();
+    returns.sort();
+    assert_eq!(spans, returns, "one span per return, with its return value");
+    assert!(r.logs.is_empty(), "no printf, no trace(): no records");
+}
+
+/// `attach --otlp`: a VM the test started, as a user would, exports the
+/// same way; the resource names it and its kernel.
+#[test]
+fn attach_exports_a_running_vm() {
+    use qemu_guest::{Accel, LaunchConfig, Vm};
+    let image = default_guest();
+    let (kernel, version) = (image.kernel.clone(), image.version.clone());
+    let mut cfg = LaunchConfig::new(image);
+    cfg.accel = Accel::Tcg;
+    let mut vm = Vm::launch(&cfg).expect("launch");
+    let mut user =
+        gdb_remote::Client::connect_unix_wait(&vm.gdb_socket(), std::time::Duration::from_secs(5))
+            .unwrap();
+    user.resume(&[]).unwrap();
+    vm.wait_ready(std::time::Duration::from_secs(180))
+        .expect("guest boots");
+    user.interrupt().unwrap();
+    user.wait_stop(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    user.detach().unwrap();
+    // The stub serves one debugger at a time.
+    drop(user);
+    vm.start_workload(
+        "i=0; while [ $i -lt 40 ]; do dd if=/dev/zero of=/dev/null bs=1 count=100 2>/dev/null; \
+         sleep 0.5; i=$((i+1)); done",
+    )
+    .unwrap();
+    let (url, got) = receiver();
+    let spec = format!(
+        "prod-db=gdb:unix:{},kernel:{}",
+        vm.gdb_socket().display(),
+        kernel.display()
+    );
+    let program = r#"kprobe:ksys_write /arg2 == 1/ {
+        @n = count(); printf("write %d\n", tid); if (@n == 30) { exit(); } }"#;
+    let out = run_bounded(
+        vmprobe().args(["attach", "--vm", &spec, "--otlp", &url, "-e", program]),
+        RUN_LIMIT,
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    let mut printed: Vec<String> = stdout
+        .lines()
+        .filter(|l| l.starts_with("write "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(printed.len() >= 30, "{stdout}");
+    let r = got.lock().unwrap();
+    let mut bodies: Vec<String> = r.logs.iter().map(|l| l.2.clone()).collect();
+    printed.sort();
+    bodies.sort();
+    assert_eq!(bodies, printed);
+    for (res, at, _, _) in r.logs.iter() {
+        assert_eq!(res["vmprobe.guest"], "prod-db");
+        assert_eq!(res["os.version"], version);
+        assert_eq!(at["vmprobe.probe"], "kprobe:ksys_write");
+    }
+    let _ = vm.shutdown(std::time::Duration::from_secs(10));
+}
