@@ -464,3 +464,35 @@ fn attach_exports_a_running_vm() {
     }
     let _ = vm.shutdown(std::time::Duration::from_secs(10));
 }
+
+/// A receiver that takes connections and never answers: every request
+/// times out, the guest is never held up by it, and the run still ends.
+#[test]
+fn a_receiver_that_never_answers_does_not_hold_the_run() {
+    // Connections complete in the listen backlog; nothing reads them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let out = run_bounded(
+        vmprobe()
+            .args(["run", "--stats", "--backend", "gdb", "--otlp", &url])
+            .args(["-e", PROGRAM, "--"])
+            .arg("dd if=/dev/zero of=/dev/null bs=1 count=20 2>/dev/null"),
+        RUN_LIMIT,
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    let printed = stdout
+        .lines()
+        .filter(|l| l.starts_with("w ") || l.starts_with("lat "))
+        .count();
+    let spans = stdout.lines().filter(|l| l.starts_with("lat ")).count();
+    assert!(spans >= 20, "{stdout}");
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    let stats = format!(
+        "vmprobe: stats: otlp: 0 log records, 0 spans sent, {} events dropped",
+        printed + spans
+    );
+    assert!(stderr.contains(&stats), "{stats} in:\n{stderr}");
+    drop(silent);
+}
