@@ -36,7 +36,27 @@ pub struct OtlpPlan {
 /// A started export: its thread, and which resource each guest is.
 pub struct Otlp {
     exporter: Exporter,
-    resources: Arc<HashMap<String, ResourceId>>,
+    resources: Arc<Resources>,
+}
+
+/// Each guest's resource, and the host's, for what no guest printed
+/// (BEGIN, END, `interval`).
+struct Resources {
+    guests: HashMap<String, ResourceId>,
+    host: ResourceId,
+}
+
+impl Resources {
+    fn of(&self, guest: &str) -> ResourceId {
+        self.guests.get(guest).copied().unwrap_or(self.host)
+    }
+}
+
+/// The guest attribute of an event printed in a guest.
+fn guest_attr(attrs: &mut Attributes, guest: &str) {
+    if !guest.is_empty() {
+        attrs.push(("vmprobe.guest".into(), str_attr(guest)));
+    }
 }
 
 impl Otlp {
@@ -53,7 +73,7 @@ impl Otlp {
             ("service.name".into(), s("vmprobe")),
             ("service.version".into(), s(env!("CARGO_PKG_VERSION"))),
         ];
-        let resources: Vec<Attributes> = guests
+        let mut resources: Vec<Attributes> = guests
             .iter()
             .map(|g| {
                 let mut attrs = vec![("vmprobe.guest".to_string(), s(g))];
@@ -64,6 +84,8 @@ impl Otlp {
                 attrs
             })
             .collect();
+        // Last, the host's: the common attributes alone.
+        resources.push(Vec::new());
         let endpoint = plan.endpoint.clone();
         let options = Options {
             on_first_failure: Box::new(move |e| {
@@ -76,11 +98,14 @@ impl Otlp {
         };
         let exporter =
             Exporter::start(plan.endpoint.clone(), common, resources, options).context("--otlp")?;
-        let resources = guests
-            .iter()
-            .enumerate()
-            .map(|(i, g)| (g.clone(), ResourceId(i)))
-            .collect();
+        let resources = Resources {
+            guests: guests
+                .iter()
+                .enumerate()
+                .map(|(i, g)| (g.clone(), ResourceId(i)))
+                .collect(),
+            host: ResourceId(guests.len()),
+        };
         Ok(Otlp {
             exporter,
             resources: Arc::new(resources),
@@ -126,20 +151,11 @@ impl Otlp {
     }
 }
 
-fn resource(resources: &HashMap<String, ResourceId>, guest: &str) -> ResourceId {
-    // Events of a guest not named at start (none in vmprobe) are dropped
-    // and counted by the exporter.
-    resources
-        .get(guest)
-        .copied()
-        .unwrap_or(ResourceId(usize::MAX))
-}
-
 struct LogOutput {
     inner: Box<dyn Output>,
     exec: Arc<Executable>,
     handle: Handle,
-    resources: Arc<HashMap<String, ResourceId>>,
+    resources: Arc<Resources>,
 }
 
 impl Output for LogOutput {
@@ -153,7 +169,8 @@ impl Output for LogOutput {
         {
             let mut body = String::new();
             format.render(args, &mut body);
-            let mut attrs = vec![("vmprobe.guest".to_string(), str_attr(origin.guest))];
+            let mut attrs = Vec::new();
+            guest_attr(&mut attrs, origin.guest);
             if let Some(v) = origin.vcpu {
                 attrs.push(("vmprobe.vcpu".into(), AttrValue::Int(v.into())));
             }
@@ -161,7 +178,7 @@ impl Output for LogOutput {
                 attrs.push(("vmprobe.probe".into(), str_attr(p)));
             }
             self.handle
-                .log(resource(&self.resources, origin.guest), ts_ns, body, attrs);
+                .log(self.resources.of(origin.guest), ts_ns, body, attrs);
         }
         self.inner.emit_from(ts_ns, origin, event);
     }
@@ -187,7 +204,7 @@ fn attr(v: &FieldValue<'_>) -> AttrValue {
 /// entry, the arguments the entry saw. `trace()` events are log records.
 pub struct OtlpSink {
     handle: Handle,
-    resources: Arc<HashMap<String, ResourceId>>,
+    resources: Arc<Resources>,
     /// Functions with a kretprobe: only their entries' arguments are kept.
     returns: std::collections::HashSet<String>,
     /// Entry arguments by (guest, function, entry time).
@@ -196,7 +213,8 @@ pub struct OtlpSink {
 
 impl EventSink for OtlpSink {
     fn event(&mut self, e: &RecordedEvent<'_>) {
-        let mut attrs = vec![("vmprobe.guest".to_string(), str_attr(e.guest))];
+        let mut attrs = Vec::new();
+        guest_attr(&mut attrs, e.guest);
         if let Some(v) = e.vcpu {
             attrs.push(("vmprobe.vcpu".into(), AttrValue::Int(v.into())));
         }
@@ -204,7 +222,7 @@ impl EventSink for OtlpSink {
             .fields
             .iter()
             .map(|(n, v)| (format!("vmprobe.{n}"), attr(v)));
-        let res = resource(&self.resources, e.guest);
+        let res = self.resources.of(e.guest);
         match (e.site, e.entry_ns) {
             // A probe's own fields at a return: the call's span.
             (None, Some(entry)) => {

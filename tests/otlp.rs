@@ -97,12 +97,28 @@ fn receiver() -> (String, Arc<Mutex<Received>>) {
 
 /// Every ksys_write prints its size; every return its latency as vmprobe
 /// computes it (nsecs at return less nsecs at entry) and its return value.
+/// BEGIN and END print in no guest.
 const PROGRAM: &str = r#"
+BEGIN { printf("begin\n"); }
+END { printf("end\n"); }
 kprobe:ksys_write { @start[tid] = nsecs; printf("w %d\n", arg2); }
 kretprobe:ksys_write /@start[tid]/ {
     printf("lat %d %d\n", nsecs - @start[tid], retval);
     delete(@start[tid]);
 }"#;
+
+/// What PROGRAM printed, lines with their newline.
+fn printed_lines(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter(|l| {
+            ["w ", "lat ", "begin", "end"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
 
 fn unix_now_ns() -> u64 {
     std::time::SystemTime::now()
@@ -134,11 +150,7 @@ fn check_export(backend: &[&str], expect_probe: bool) {
     let after = unix_now_ns();
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "vmprobe failed:\n{stderr}");
-    let printed: Vec<String> = stdout
-        .lines()
-        .filter(|l| l.starts_with("w ") || l.starts_with("lat "))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let printed = printed_lines(&stdout);
     let writes = printed.iter().filter(|l| l.starts_with("w ")).count();
     let lats: Vec<(u64, String)> = printed
         .iter()
@@ -153,6 +165,10 @@ fn check_export(backend: &[&str], expect_probe: bool) {
         })
         .collect();
     assert!(writes >= n, "{stdout}");
+    assert!(
+        printed.contains(&"begin\n".to_string()) && printed.contains(&"end\n".to_string()),
+        "{stdout}"
+    );
 
     let r = got.lock().unwrap();
     assert!(r.bad.is_empty(), "unexpected requests: {:?}", r.bad);
@@ -184,6 +200,13 @@ fn check_export(backend: &[&str], expect_probe: bool) {
     for (res, at, body, t) in r.logs.iter() {
         assert_eq!(res["host.name"], host);
         assert_eq!(res["service.name"], "vmprobe");
+        assert!(before < *t && *t < after, "{t} is not in the run's time");
+        if body == "begin\n" || body == "end\n" {
+            // The host's resource: no guest printed it.
+            assert!(!res.contains_key("vmprobe.guest"), "{res:?}");
+            assert!(!at.contains_key("vmprobe.guest"), "{at:?}");
+            continue;
+        }
         assert_eq!(res["vmprobe.guest"], "vm0");
         assert_eq!(
             res["os.version"], guest.version,
@@ -199,7 +222,6 @@ fn check_export(backend: &[&str], expect_probe: bool) {
             };
             assert_eq!(at["vmprobe.probe"], probe);
         }
-        assert!(before < *t && *t < after, "{t} is not in the run's time");
     }
     // Spans: one per completed call, each as long as the latency vmprobe
     // printed for it, with the return value it printed.
@@ -274,10 +296,7 @@ fn an_unreachable_endpoint_drops_counts_and_warns_once() {
     );
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{stderr}");
-    let printed = stdout
-        .lines()
-        .filter(|l| l.starts_with("w ") || l.starts_with("lat "))
-        .count();
+    let printed = printed_lines(&stdout).len();
     let spans = stdout.lines().filter(|l| l.starts_with("lat ")).count();
     assert!(
         stdout.lines().filter(|l| *l == "w 1").count() >= 20,
@@ -481,10 +500,7 @@ fn a_receiver_that_never_answers_does_not_hold_the_run() {
     );
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{stderr}");
-    let printed = stdout
-        .lines()
-        .filter(|l| l.starts_with("w ") || l.starts_with("lat "))
-        .count();
+    let printed = printed_lines(&stdout).len();
     let spans = stdout.lines().filter(|l| l.starts_with("lat ")).count();
     assert!(spans >= 20, "{stdout}");
     let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("warning")).collect();
