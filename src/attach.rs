@@ -131,8 +131,12 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
     if args.vm.is_empty() {
         bail!("no VM: give --vm NAME=gdb:HOST:PORT or NAME=plugin:SOCKET (repeatable)");
     }
-    let (compiled, mut first_kernel) =
-        compile_for(&source, &source_name, &args.vm[0], recording.is_some())?;
+    let (compiled, mut first_kernel) = compile_for(
+        &source,
+        &source_name,
+        &args.vm[0],
+        allowed_recording(&recording, &args.otlp),
+    )?;
     let program = match compiled {
         Ok(p) => Arc::new(p),
         Err(diags) => {
@@ -141,7 +145,8 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
         }
     };
     let layers = probe_plan::resolve_layers(&program);
-    let recording_mode = crate::plugin::record_mode(recording.is_some(), &program);
+    let recording_mode =
+        crate::plugin::record_mode(recording.is_some() || args.otlp.is_some(), &program);
     if !layers.vmm_events.is_empty()
         && let Some(spec) = args.vm.iter().find(|s| s.qmp.is_none() || s.log.is_none())
     {
@@ -172,6 +177,10 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
         output: args.format.format(),
         flamegraph: recording.and_then(|r| r.flamegraph),
         out: crate::bpftrace::output(&args.bpftrace)?,
+        otlp: args.otlp.clone().map(|endpoint| crate::otlp::OtlpPlan {
+            endpoint,
+            releases: otlp_releases(&args.vm),
+        }),
     };
     if layers_only(&program) {
         let guests = attach_layers_only(&args, &program, &layers)?;
@@ -523,6 +532,37 @@ fn arm_with_layers(
 
 /// The VM's kernel (`kernel:IMAGE`, else the default guest's): its symbols
 /// and what handlers need of it.
+/// Which recording calls a program may make: all of them when recording
+/// (`None`), `trace()` when exporting over OTLP, else none.
+pub(crate) fn allowed_recording(
+    recording: &Option<Recording>,
+    otlp: &Option<otlp_export::Endpoint>,
+) -> Option<&'static [&'static str]> {
+    match (recording, otlp) {
+        (Some(_), _) => None,
+        (None, Some(_)) => Some(&["trace"]),
+        (None, None) => Some(&[]),
+    }
+}
+
+/// Each VM's kernel release, from its image (`kernel:` or the default
+/// guest's), for OTLP's resource attributes.
+fn otlp_releases(specs: &[VmSpec]) -> std::collections::HashMap<String, String> {
+    let default = std::sync::OnceLock::new();
+    specs
+        .iter()
+        .filter_map(|spec| {
+            let image = match &spec.kernel {
+                Some(k) => k.clone(),
+                None => default
+                    .get_or_init(|| crate::kernel::default_image().ok().map(|i| i.kernel))
+                    .clone()?,
+            };
+            Some((spec.name.clone(), crate::otlp::kernel_release(&image)?))
+        })
+        .collect()
+}
+
 fn vm_kernel(spec: &VmSpec) -> Result<KernelInfo> {
     let image = match &spec.kernel {
         Some(k) => k.clone(),
@@ -565,7 +605,7 @@ fn compile_for(
     source: &str,
     source_name: &str,
     first: &VmSpec,
-    recording: bool,
+    recording: Option<&[&str]>,
 ) -> Result<Compiled> {
     let (typed, kernel) = if only_layers(&probe_lang::attach_points(source)) {
         let types = probe_engine::LayerTypes::events_only();
@@ -579,8 +619,8 @@ fn compile_for(
         )
     };
     let checked = match recording {
-        true => typed,
-        false => typed.and_then(|p| p.check_not_recording("attach").map(|()| p)),
+        None => typed,
+        Some(allowed) => typed.and_then(|p| p.check_recording_only("attach", allowed).map(|()| p)),
     };
     Ok((checked, kernel))
 }

@@ -26,6 +26,7 @@ mod gdb;
 mod kernel;
 mod list;
 mod noguest;
+mod otlp;
 mod plugin;
 mod record;
 mod report;
@@ -195,6 +196,11 @@ pub struct RunArgs {
     /// FILE taken as a PATTERN, or the program's (-e), as bpftrace's -l.
     #[arg(short = 'l')]
     list: bool,
+    /// Also send printf output as OpenTelemetry log records, and
+    /// kprobe/kretprobe calls as spans, to this OTLP/HTTP receiver (e.g. a
+    /// collector's http://127.0.0.1:4318); events it cannot take are dropped.
+    #[arg(long, value_name = "URL", value_parser = otlp::parse_endpoint)]
+    otlp: Option<otlp_export::Endpoint>,
     #[command(flatten)]
     bpftrace: BpftraceArgs,
     /// The workload: one argument is a shell command line; several are quoted and joined.
@@ -258,6 +264,11 @@ pub struct AttachArgs {
     /// reply 5 s late or 10 s of the plugin's silence (or half this).
     #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
     stall_timeout: std::time::Duration,
+    /// Also send printf output as OpenTelemetry log records, and
+    /// kprobe/kretprobe calls as spans, to this OTLP/HTTP receiver (e.g. a
+    /// collector's http://127.0.0.1:4318); events it cannot take are dropped.
+    #[arg(long, value_name = "URL", value_parser = otlp::parse_endpoint)]
+    otlp: Option<otlp_export::Endpoint>,
     #[command(flatten)]
     bpftrace: BpftraceArgs,
 }
@@ -305,6 +316,11 @@ pub struct RecordArgs {
     /// Say which backend serves the guests, and why.
     #[arg(short, long)]
     verbose: bool,
+    /// Also send printf output as OpenTelemetry log records, and
+    /// kprobe/kretprobe calls as spans, to this OTLP/HTTP receiver (e.g. a
+    /// collector's http://127.0.0.1:4318); events it cannot take are dropped.
+    #[arg(long, value_name = "URL", value_parser = otlp::parse_endpoint)]
+    otlp: Option<otlp_export::Endpoint>,
     /// The workload, as for `run`.
     #[arg(last = true, value_name = "WORKLOAD")]
     workload: Vec<String>,

@@ -395,6 +395,7 @@ pub fn record(args: crate::RecordArgs) -> Result<i32> {
             backend: args.boot.backend,
             verbose: args.verbose,
             stall_timeout: args.boot.stall_timeout,
+            otlp: args.otlp,
             bpftrace: crate::BpftraceArgs::default(),
         };
         return crate::attach::attach_recording(attach_args, Some(recording));
@@ -411,6 +412,7 @@ pub fn record(args: crate::RecordArgs) -> Result<i32> {
         duration: None,
         command: None,
         list: false,
+        otlp: args.otlp,
         bpftrace: crate::BpftraceArgs::default(),
         workload: args.workload,
     };

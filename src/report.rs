@@ -26,6 +26,8 @@ pub struct ServePlan {
     pub flamegraph: Option<std::path::PathBuf>,
     /// `-o FILE`: the program's output goes there instead of stdout.
     pub out: Option<std::fs::File>,
+    /// `--otlp`: printf output and calls also go to an OTLP receiver.
+    pub otlp: Option<crate::otlp::OtlpPlan>,
 }
 
 /// Runs BEGIN, serves every guest in its own thread until the run ends
@@ -41,18 +43,38 @@ pub fn serve_and_report(
     plan: &ServePlan,
 ) -> Result<i32> {
     let count = guests.len();
-    if let Some(r) = &recorder {
-        for g in &mut guests {
-            // With trace() the script decides what is recorded.
-            g.backend
-                .set_recorder(Box::new(r.clone()), !program.uses_trace());
+    let otlp = match &plan.otlp {
+        Some(p) => {
+            let names: Vec<String> = guests.iter().map(|g| g.name.clone()).collect();
+            Some(crate::otlp::Otlp::start(p, &names)?)
         }
+        None => None,
+    };
+    for g in &mut guests {
+        let mut sinks: Vec<Box<dyn probe_engine::EventSink>> = Vec::new();
+        if let Some(r) = &recorder {
+            sinks.push(Box::new(r.clone()));
+        }
+        if let Some(o) = &otlp {
+            sinks.push(Box::new(o.sink(program)));
+        }
+        let sink: Box<dyn probe_engine::EventSink> = match sinks.len() {
+            0 => continue,
+            1 => sinks.remove(0),
+            _ => Box::new(crate::otlp::Tee(sinks)),
+        };
+        // With trace() the script decides what is recorded.
+        g.backend.set_recorder(sink, !program.uses_trace());
     }
-    let mut runtime = probe_output::printing_runtime(
-        program.executable().clone(),
-        crate::bpftrace::writer(plan.out.as_ref())?,
-        plan.output,
-    );
+    let exec = program.executable().clone();
+    let printer =
+        probe_output::Printer::new(crate::bpftrace::writer(plan.out.as_ref())?, exec.clone())
+            .with_format(plan.output);
+    let output = match &otlp {
+        Some(o) => o.output(exec.clone(), Box::new(printer)),
+        None => Box::new(printer),
+    };
+    let mut runtime = probe_runtime::Runtime::new(exec, output);
     runtime.set_start_nsecs(probe_engine::monotonic_ns());
     let runtime = Mutex::new(runtime);
     // bpftrace's -q leaves this line out; -o sends it to the file with the rest.
@@ -96,6 +118,8 @@ pub fn serve_and_report(
     }
     runtime.print_maps();
     let _ = std::io::stdout().flush();
+    // After END and the maps: END's printf output is exported too.
+    let otlp_stats = otlp.map(crate::otlp::Otlp::finish);
     let mut partial = Vec::new();
     let errors = runtime.errors();
     for (probe, error, count) in &errors {
@@ -121,6 +145,9 @@ pub fn serve_and_report(
             for line in &o.finished.layer_summaries {
                 eprintln!("vmprobe: stats: {}: {line}", o.name);
             }
+        }
+        if let Some(line) = &otlp_stats {
+            eprintln!("vmprobe: stats: {line}");
         }
     }
     for o in &outcomes {

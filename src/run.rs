@@ -92,10 +92,11 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
         print!("{}", program.dump());
         return Ok(0);
     }
-    // trace() and snapshot() need the trace `record` writes: an error
-    // before anything boots, as bpftrace reports errors before attaching.
-    if recording.is_none()
-        && let Err(diags) = program.check_not_recording("run")
+    // trace() and snapshot() need the trace `record` writes (trace() also
+    // goes out with --otlp): an error before anything boots, as bpftrace
+    // reports errors before attaching.
+    if let Some(allowed) = crate::attach::allowed_recording(&recording, &args.otlp)
+        && let Err(diags) = program.check_recording_only("run", allowed)
     {
         eprint!("{diags}");
         return Ok(1);
@@ -124,6 +125,7 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
     let recorder = start_recorder(recording.as_ref(), &snapshot_requested)?;
     let out = crate::bpftrace::output(&args.bpftrace)?;
 
+    let release = crate::otlp::kernel_release(&image.kernel);
     let mut cfg = LaunchConfig::new(image);
     cfg.vcpus = args.boot.vcpus;
     cfg.disk = args.boot.disk.clone();
@@ -154,7 +156,10 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
         Ok(crate::plugin::Choice::Plugin { library, qemu }) => {
             cfg.qemu = qemu;
             cfg.plugin = Some(library);
-            Some(crate::plugin::record_mode(recording.is_some(), &program))
+            Some(crate::plugin::record_mode(
+                recording.is_some() || args.otlp.is_some(),
+                &program,
+            ))
         }
         Ok(crate::plugin::Choice::Gdb) => None,
     };
@@ -238,6 +243,13 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
         output: args.format.format(),
         flamegraph: recording.as_ref().and_then(|r| r.flamegraph.clone()),
         out,
+        otlp: args.otlp.clone().map(|endpoint| crate::otlp::OtlpPlan {
+            endpoint,
+            releases: guests
+                .iter()
+                .filter_map(|g| Some((g.name.clone(), release.clone()?)))
+                .collect(),
+        }),
     };
     serve_and_report(
         guests,
@@ -272,6 +284,10 @@ fn run_without_guest(args: &RunArgs, program: Arc<probe_lang::Program>) -> Resul
         output: args.format.format(),
         flamegraph: None,
         out: crate::bpftrace::output(&args.bpftrace)?,
+        otlp: args.otlp.clone().map(|endpoint| crate::otlp::OtlpPlan {
+            endpoint,
+            releases: Default::default(),
+        }),
     };
     let snapshot_requested = AtomicBool::new(false);
     serve_and_report(guests, &program, None, &stop, &snapshot_requested, &plan)

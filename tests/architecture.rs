@@ -40,6 +40,10 @@ const NOT_IN_QEMU: &[&str] = &[
     "backend-gdb",
     "backend-plugin",
     "trace-formats",
+    // OTLP export: HTTP and protobuf belong to vmprobe, not to QEMU.
+    "otlp-export",
+    "opentelemetry-proto",
+    "ureq",
     "inferno",
     "xz2",
     "flate2",

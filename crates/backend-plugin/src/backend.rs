@@ -13,7 +13,7 @@ use probe_engine::record::{EventSink, RecordedEvent, UnfinishedCall, field_value
 use probe_engine::{Backend, BackendError, EndReason, Finished, monotonic_ns};
 use probe_lang::check::AggKind;
 use probe_plan::{ProbeSite, TimerProbe};
-use probe_runtime::{Cell, Flow, MapBackend, MapOp, MapStore, OutputEvent, Runtime};
+use probe_runtime::{Cell, Flow, MapBackend, MapOp, MapStore, Origin, OutputEvent, Runtime};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use trace_formats::{Layer, Value as FieldValue};
@@ -164,7 +164,7 @@ impl PluginBackend {
             FromPlugin::Output(batch) => {
                 let mut rt = lock(runtime);
                 for p in batch {
-                    self.render(&mut rt, p.ts_ns, p.event);
+                    self.render(&mut rt, p.ts_ns, p.vcpu, p.event);
                 }
                 Flow::Continue
             }
@@ -215,7 +215,7 @@ impl PluginBackend {
     /// An event the plugin printed, into vmprobe's output: a map the
     /// plugin printed gets vmprobe's own part of it added (what `interval`
     /// blocks aggregated), a map the plugin cleared is cleared here too.
-    fn render(&mut self, rt: &mut Runtime, ts: u64, event: OutputEvent) {
+    fn render(&mut self, rt: &mut Runtime, ts: u64, vcpu: u32, event: OutputEvent) {
         match event {
             OutputEvent::Map {
                 map,
@@ -249,7 +249,14 @@ impl PluginBackend {
                 // The plugin turns prints into maps before sending them.
                 MapOp::Print { .. } => {}
             },
-            e => rt.emit(ts, e),
+            e => {
+                let origin = Origin {
+                    guest: &self.name,
+                    vcpu: Some(vcpu),
+                    probe: None,
+                };
+                rt.emit_from(ts, &origin, e)
+            }
         }
     }
 

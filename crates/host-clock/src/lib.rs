@@ -87,6 +87,12 @@ impl RealtimeToMonotonic {
         (real_ns - self.offset_ns).clamp(0, u64::MAX as i128) as u64
     }
 
+    /// Converts a CLOCK_MONOTONIC stamp to ns since the Unix epoch (for
+    /// formats that want wall-clock time, such as OTLP). Saturates at 0.
+    pub fn monotonic_to_realtime_ns(&self, monotonic_ns: u64) -> u64 {
+        (monotonic_ns as i128 + self.offset_ns).clamp(0, u64::MAX as i128) as u64
+    }
+
     /// The worst-case error of [`Self::realtime_us_to_monotonic_ns`] absent
     /// wall-clock steps: bracket half-width plus half a microsecond.
     pub fn max_error_ns(&self) -> u64 {
@@ -110,6 +116,11 @@ mod tests {
         assert!(
             conv + slack >= m0 && conv <= m1 + slack,
             "{m0} <= {conv} <= {m1} ± {slack}"
+        );
+        let back = c.monotonic_to_realtime_ns(conv) as i128;
+        assert!(
+            (back - r_us as i128 * 1000 - 500).abs() <= 1,
+            "{back} vs {r_us} us"
         );
     }
 }

@@ -414,8 +414,18 @@ impl Program {
     /// record` has: elsewhere each call is an error at its position, before
     /// anything attaches (as bpftrace reports errors before attaching).
     pub fn check_not_recording(&self, command: &str) -> Result<(), Diagnostics> {
+        self.check_recording_only(command, &[])
+    }
+
+    /// As [`Self::check_not_recording`], except for the calls named in
+    /// `allowed` (`trace`, for a run that exports what it traces).
+    pub fn check_recording_only(&self, command: &str, allowed: &[&str]) -> Result<(), Diagnostics> {
         let mut r = Reporter::new(&self.source, &self.source_name);
-        for (name, span) in &self.recording {
+        for (name, span) in self
+            .recording
+            .iter()
+            .filter(|(n, _)| !allowed.contains(&&**n))
+        {
             r.error(
                 *span,
                 format!("{name}() writes to a trace, which `vmprobe {command}` does not make; use `vmprobe record`"),

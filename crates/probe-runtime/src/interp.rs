@@ -19,7 +19,7 @@
 //! over one store in vmprobe or over per-vCPU shards inside QEMU.
 
 use crate::context::{ContextError, Flow, ProbeContext, Traced, TracedValue};
-use crate::output::{MapOp, Output, OutputEvent};
+use crate::output::{MapOp, Origin, Output, OutputEvent};
 use crate::store::{Cell, MapBackend, zero_value};
 use probe_lang::check::{BUF_MAX, STR_MAX, TraceType};
 use probe_lang::ir::{Block, Builtin, Expr, KeyExpr, Op1, Op2, ReadAsKind, Stmt};
@@ -82,7 +82,12 @@ struct Env<'a> {
 impl Env<'_> {
     fn emit(&mut self, event: OutputEvent) {
         let ts = self.ctx.nsecs();
-        self.out.emit(ts, event);
+        let origin = Origin {
+            guest: self.ctx.guest(),
+            vcpu: Some(self.ctx.vcpu()),
+            probe: Some(self.ctx.probe()),
+        };
+        self.out.emit_from(ts, &origin, event);
     }
 }
 

@@ -20,6 +20,6 @@ pub mod store;
 
 pub use context::{ContextError, Flow, ProbeContext, Traced, TracedValue};
 pub use interp::{DEFAULT_STEP_BUDGET, DEFAULT_TIME_BUDGET, Interpreter};
-pub use output::{MapOp, Output, OutputEvent};
+pub use output::{MapOp, Origin, Output, OutputEvent};
 pub use runtime::Runtime;
 pub use store::{Cell, DEFAULT_MAP_LIMIT, MapBackend, MapStore, Shown};

@@ -41,10 +41,27 @@ pub enum MapOp {
     Zero,
 }
 
+/// Where an output event came from, for outputs that ship events with
+/// their context (OTLP log records).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin<'a> {
+    pub guest: &'a str,
+    pub vcpu: Option<u32>,
+    /// The probe as written; `None` where it is not known (output the QEMU
+    /// plugin sent).
+    pub probe: Option<&'a str>,
+}
+
 /// Where a runtime's output goes.
 pub trait Output: Send {
     /// `ts_ns` is the host CLOCK_MONOTONIC time of the hit that printed.
     fn emit(&mut self, ts_ns: u64, event: OutputEvent);
+
+    /// An event printed by a handler, with where it fired. Outputs that
+    /// only render text need not know.
+    fn emit_from(&mut self, ts_ns: u64, _origin: &Origin<'_>, event: OutputEvent) {
+        self.emit(ts_ns, event);
+    }
 }
 
 /// Keeps the events (for tests, and for shipping them elsewhere).

@@ -6,7 +6,7 @@
 
 use crate::context::{Flow, ProbeContext};
 use crate::interp::Interpreter;
-use crate::output::{Output, OutputEvent};
+use crate::output::{Origin, Output, OutputEvent};
 use crate::store::{MapBackend, MapStore, make_key};
 use probe_lang::value::{Key, KeyPart, Value};
 use probe_lang::{BlockId, Executable};
@@ -97,6 +97,12 @@ impl Runtime {
     /// Hands an event to the output as if a handler had printed it.
     pub fn emit(&mut self, ts_ns: u64, event: OutputEvent) {
         self.out.emit(ts_ns, event);
+    }
+
+    /// Hands an event a handler printed elsewhere (in QEMU) to the output,
+    /// with where it fired.
+    pub fn emit_from(&mut self, ts_ns: u64, origin: &Origin<'_>, event: OutputEvent) {
+        self.out.emit_from(ts_ns, origin, event);
     }
 
     /// bpftrace's at-exit output: `\n\n`, then every map in name order.
