@@ -6,7 +6,7 @@
 //! through QMP and never stops the guest.
 
 use crate::kernel::KernelInfo;
-use crate::record::{Recording, start_recorder};
+use crate::recorder::{Recording, start_recorder};
 use crate::report::{ServePlan, serve_and_report};
 use anyhow::{Context, Result, anyhow, bail};
 use backend_gdb::Session;

@@ -29,6 +29,7 @@ mod noguest;
 mod otlp;
 mod plugin;
 mod record;
+mod recorder;
 mod report;
 mod run;
 mod script;
@@ -280,10 +281,10 @@ pub struct RecordArgs {
     #[arg(short = 'o', long, value_name = "DIR")]
     output: PathBuf,
     #[arg(long, value_enum, default_value = "ctf")]
-    format: record::Format,
+    format: recorder::Format,
     /// Flight recorder: keep only the newest SIZE bytes of events per vCPU in
     /// memory (e.g. 1M); write them on exit or on SIGUSR1, nothing before.
-    #[arg(long, value_name = "SIZE", value_parser = record::parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = recorder::parse_size)]
     ring: Option<usize>,
     /// Also draw the program's kstack-keyed maps (e.g. `profile:hz:99 {
     /// @[kstack] = count(); }`) as a flame graph: FILE (SVG) and FILE's

@@ -2,7 +2,7 @@
 //! serve loop, then what bpftrace prints at exit (END's output, every
 //! map), the errors and statistics on stderr, and the exit status.
 
-use crate::record::{SharedRecorder, finish_recorder, snapshot};
+use crate::recorder::{SharedRecorder, finish_recorder, snapshot};
 use anyhow::{Context, Result};
 use probe_engine::EndReason;
 use probe_engine::serve::{Guest, GuestOutcome, serve};

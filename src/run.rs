@@ -1,7 +1,7 @@
 //! `vmprobe run`, `guest build` and `list`: the order of a run, and its reports.
 
 use crate::kernel::{KernelInfo, compile_typed, guest_image, load_kernel, load_symbols};
-use crate::record::{Recording, start_recorder};
+use crate::recorder::{Recording, start_recorder};
 use crate::report::{ServePlan, serve_and_report};
 use crate::{AccelArg, RunArgs};
 use anyhow::{Context, Result, anyhow, bail};

@@ -3,7 +3,7 @@
 //! runs). The guest kernel's symbols are there (`kaddr`, `ksym`); its
 //! registers and memory are not.
 
-use crate::layers::LayerValue;
+use crate::layer_event::LayerValue;
 use linux_guest::GuestKernel;
 use probe_lang::{BlockId, Value};
 use probe_runtime::{ContextError, Flow, ProbeContext, Runtime, Traced};

@@ -20,6 +20,7 @@
 pub mod boundary;
 pub mod event_context;
 pub mod event_types;
+pub mod layer_event;
 pub mod layers;
 pub mod record;
 pub mod serve;

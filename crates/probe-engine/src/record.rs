@@ -1,7 +1,7 @@
 //! What `vmprobe record` is handed: every probe hit (or what a program's
 //! `trace()` calls trace), whatever backend served it.
 
-use crate::layers::{LayerEvent, LayerValue};
+use crate::layer_event::{LayerEvent, LayerValue};
 use probe_lang::BlockId;
 use probe_runtime::{Traced, TracedValue};
 use std::sync::Arc;
