@@ -31,6 +31,7 @@ pub mod filter;
 pub mod format;
 pub mod ir;
 pub mod lexer;
+mod lower;
 pub mod needs;
 pub mod parser;
 pub mod types;
@@ -514,7 +515,7 @@ pub fn compile_with_types(
     let checked = check::check(&mut ast, &mut r, types);
     consts::check(&ast, &mut r);
     r.finish()?;
-    let ir = ir::lower(&ast, &checked);
+    let ir = lower::lower(&ast, &checked);
     let needs = needs::needs(&ast);
     let (probes, probe_blocks) = checked
         .probes
