@@ -1,0 +1,444 @@
+//! Serving one stop: a breakpoint hit (entry or return), a watchpoint, or
+//! the timers; and getting the vCPU going again afterwards.
+
+use super::*;
+
+impl Session {
+    /// Stops the guest and runs every timer probe that is due. A breakpoint
+    /// hit that races with the interrupt is served first (and resumed); the
+    /// timers then stay due and fire on the next pass.
+    pub(super) fn fire_timers(&mut self, runtime: &Mutex<Runtime>) -> Result<Flow, String> {
+        let stop = self.stop().map_err(|e| e.to_string())?;
+        let stopped_thread = match stop {
+            Some(
+                stop @ StopReply::Signal {
+                    signal: 5,
+                    thread: Some(_),
+                    ..
+                },
+            ) => return self.serve(stop, runtime, true),
+            Some(StopReply::Exited { status }) => {
+                return Err(format!("the VM exited (status {status})"));
+            }
+            Some(StopReply::Terminated { signal }) => {
+                return Err(format!("the VM was terminated (signal {signal})"));
+            }
+            Some(stop) => stop.thread(),
+            None => None,
+        };
+        let received = monotonic_ns();
+        let mut flow = Flow::Continue;
+        for i in 0..self.timers.len() {
+            let (timer, due) = &mut self.timers[i];
+            if *due > received {
+                continue;
+            }
+            // Periods missed while the guest was slow are skipped, not
+            // replayed in a burst (as bpftrace's timers, which do not queue).
+            let period = timer.period_ns.max(1);
+            let late = (received - *due) / period;
+            *due += (late + 1) * period;
+            let timer = timer.clone();
+            let threads: Vec<Option<ThreadId>> = if timer.every_vcpu {
+                self.vcpus.iter().copied().map(Some).collect()
+            } else {
+                vec![stopped_thread]
+            };
+            for thread in threads {
+                self.stats.timer_fires += 1;
+                let mut ctx = HitContext::at_stop(
+                    &mut self.client,
+                    self.kernel.as_deref(),
+                    &self.name,
+                    thread,
+                    None,
+                    received,
+                    "",
+                );
+                let block = [(timer.block, timer.probe.clone())];
+                if let Flow::Exit = ctx.run_all(runtime, &block) {
+                    flow = Flow::Exit;
+                }
+                let vcpu = ctx.vcpu;
+                if let Some(sink) = self.recorder.as_mut() {
+                    let base = EventBase {
+                        guest: &self.name,
+                        ts_ns: received,
+                        vcpu: Some(vcpu),
+                        layer: Layer::Guest,
+                        func: "",
+                        entry_ns: None,
+                    };
+                    base.emit(sink.as_mut(), &[], &ctx.traced);
+                }
+            }
+        }
+        if matches!(flow, Flow::Continue) {
+            self.resume_with(Resume::Continue, received)?;
+        }
+        Ok(flow)
+    }
+
+    /// Handles one stop: runs the handlers of the probe hit and, if
+    /// `resume`, gets the vCPU past the breakpoint and lets the guest go.
+    pub(super) fn serve(
+        &mut self,
+        stop: StopReply,
+        runtime: &Mutex<Runtime>,
+        resume: bool,
+    ) -> Result<Flow, String> {
+        let received = monotonic_ns();
+        // Events of the other layers that happened before this stop run
+        // first: one script sees the layers in the order things happened.
+        if let Flow::Exit = self.serve_layers(runtime, Some(probe_engine::layers::STOP_SYNC)) {
+            return Ok(Flow::Exit);
+        }
+        let (thread, reason) = match stop {
+            StopReply::Signal {
+                signal: 5,
+                thread: Some(thread),
+                reason,
+            } => (thread, reason),
+            StopReply::Signal { .. } => {
+                self.stats.stray_stops += 1;
+                return self
+                    .resume_if(resume, Resume::Continue, received)
+                    .map(|_| Flow::Continue);
+            }
+            StopReply::Exited { status } => return Err(format!("the VM exited (status {status})")),
+            StopReply::Terminated { signal } => {
+                return Err(format!("the VM was terminated (signal {signal})"));
+            }
+        };
+        if let Some(StopReason::Watch { addr, .. }) = reason {
+            return self.serve_watch(thread, addr, runtime, resume, received);
+        }
+        // With a single entry site and nothing else armed, every SIGTRAP
+        // while continuing is that site's breakpoint (QEMU reports only its
+        // own breakpoints to us; guest int3s stay in the guest), so the pc
+        // need not be read.
+        let only_site = self.sites.len() == 1
+            && self.returns.return_addresses().next().is_none()
+            && self.sites[0].ret_handlers.is_empty();
+        let mut regs = None;
+        let pc = if only_site {
+            self.sites[0].addr
+        } else {
+            let r = self
+                .client
+                .read_registers(thread)
+                .map_err(|e| e.to_string())?;
+            let pc = r.get("rip").ok_or("the stub reports no rip register")?;
+            regs = Some(r);
+            pc
+        };
+        if let Some(&index) = self.by_addr.get(&pc) {
+            return self.serve_entry(index, thread, regs, runtime, resume, received);
+        }
+        if self.returns.is_return_address(pc) {
+            return self.serve_return(pc, thread, regs, runtime, resume, received);
+        }
+        self.stats.stray_stops += 1;
+        self.resume_if(resume, Resume::Continue, received)
+            .map(|_| Flow::Continue)
+    }
+
+    pub(super) fn serve_entry(
+        &mut self,
+        index: usize,
+        thread: ThreadId,
+        regs: Option<Registers>,
+        runtime: &Mutex<Runtime>,
+        resume: bool,
+        received: u64,
+    ) -> Result<Flow, String> {
+        self.stats.hits += 1;
+        let site = &self.sites[index];
+        let mut ctx = HitContext::at_stop(
+            &mut self.client,
+            self.kernel.as_deref(),
+            &self.name,
+            Some(thread),
+            regs,
+            received,
+            &site.func,
+        );
+        let flow = ctx.run_all(runtime, &site.handlers);
+        let mut regs = ctx.regs.take();
+        let traced = std::mem::take(&mut ctx.traced);
+        if let Some(sink) = self.recorder.as_mut() {
+            let every = self.record_every_hit;
+            let mut fields = [("", FieldValue::U64(0)); 6];
+            if every || traced.iter().any(|(_, t)| *t == Traced::Probe) {
+                if regs.is_none() {
+                    regs = Some(
+                        self.client
+                            .read_registers(thread)
+                            .map_err(|e| e.to_string())?,
+                    );
+                }
+                let r = regs.as_ref().expect("fetched above");
+                for (i, f) in fields.iter_mut().enumerate() {
+                    *f = (
+                        ARG_NAMES[i],
+                        FieldValue::U64(r.get(ARG_REGS[i]).unwrap_or(0)),
+                    );
+                }
+            }
+            EventBase::guest_hit(&self.name, received, vcpu_index(thread), &site.func, None)
+                .emit_hit(
+                    sink.as_mut(),
+                    &fields,
+                    every.then_some(&site.handlers),
+                    &traced,
+                );
+        }
+        if matches!(flow, Flow::Exit) {
+            return Ok(Flow::Exit);
+        }
+        if !site.ret_handlers.is_empty() {
+            self.await_return(index, thread, regs, received)?;
+        }
+        let site = &self.sites[index];
+        let (addr, skippable) = (site.addr, site.skippable);
+        let skip = match skippable {
+            Some(Skip::Stable(len)) => Some(len),
+            Some(Skip::Verify(len)) => {
+                let mut now = [0u8; NOP5.len()];
+                self.client
+                    .read_memory(addr, &mut now)
+                    .map_err(|e| e.to_string())?;
+                (now == NOP5).then_some(len)
+            }
+            None => None,
+        };
+        let how = match skip {
+            Some(len) => Resume::SetPc(thread, addr + u64::from(len)),
+            None => Resume::StepOff(thread),
+        };
+        self.resume_if(resume, how, received)?;
+        Ok(flow)
+    }
+
+    /// At a function entry (the return address is on top of the stack),
+    /// arms a breakpoint at the return address and remembers the call.
+    pub(super) fn await_return(
+        &mut self,
+        site: usize,
+        thread: ThreadId,
+        regs: Option<Registers>,
+        entry_ns: u64,
+    ) -> Result<(), String> {
+        let rsp = register(&mut self.client, regs.as_ref(), thread, "rsp")?;
+        let mut word = [0u8; 8];
+        if self.client.read_memory(rsp, &mut word).is_err() {
+            self.returns.missed += 1;
+            return Ok(());
+        }
+        let ret = u64::from_le_bytes(word);
+        let call = PendingCall {
+            site,
+            entry_ns,
+            vcpu: vcpu_index(thread),
+        };
+        if let Entered::NewReturnAddress(ret) = self.returns.enter(ret, rsp, call)
+            && self
+                .client
+                .insert_breakpoint(BreakpointKind::Software, ret, 1)
+                .is_err()
+        {
+            // Not code the stub can break on (a wild return address).
+            self.returns.abandon(ret, rsp);
+        }
+        Ok(())
+    }
+
+    pub(super) fn serve_return(
+        &mut self,
+        pc: u64,
+        thread: ThreadId,
+        regs: Option<Registers>,
+        runtime: &Mutex<Runtime>,
+        resume: bool,
+        received: u64,
+    ) -> Result<Flow, String> {
+        let rsp = register(&mut self.client, regs.as_ref(), thread, "rsp")?;
+        let Returned::Call {
+            call: PendingCall { site, entry_ns, .. },
+            last,
+        } = self.returns.returned(pc, rsp)
+        else {
+            self.stats.stray_stops += 1;
+            return self
+                .resume_if(resume, Resume::StepOff(thread), received)
+                .map(|_| Flow::Continue);
+        };
+        self.stats.returns += 1;
+        let site = &self.sites[site];
+        let mut ctx = HitContext::at_stop(
+            &mut self.client,
+            self.kernel.as_deref(),
+            &self.name,
+            Some(thread),
+            regs,
+            received,
+            &site.func,
+        );
+        let flow = ctx.run_all(runtime, &site.ret_handlers);
+        let regs = ctx.regs.take();
+        let traced = std::mem::take(&mut ctx.traced);
+        if let Some(sink) = self.recorder.as_mut() {
+            let every = self.record_every_hit;
+            let retval = if every || traced.iter().any(|(_, t)| *t == Traced::Probe) {
+                register(&mut self.client, regs.as_ref(), thread, "rax")?
+            } else {
+                0
+            };
+            let own = [("retval", FieldValue::U64(retval))];
+            EventBase::guest_hit(
+                &self.name,
+                received,
+                vcpu_index(thread),
+                &site.func,
+                Some(entry_ns),
+            )
+            .emit_hit(
+                sink.as_mut(),
+                &own,
+                every.then_some(&site.ret_handlers),
+                &traced,
+            );
+        }
+        let how = if last {
+            // No call awaits this address any more: drop its breakpoint, and
+            // the vCPU can simply continue.
+            self.client
+                .remove_breakpoint(BreakpointKind::Software, pc, 1)
+                .map_err(|e| e.to_string())?;
+            Resume::Continue
+        } else {
+            Resume::StepOff(thread)
+        };
+        if matches!(flow, Flow::Continue) {
+            self.resume_if(resume, how, received)?;
+        }
+        Ok(flow)
+    }
+
+    pub(super) fn serve_watch(
+        &mut self,
+        thread: ThreadId,
+        addr: u64,
+        runtime: &Mutex<Runtime>,
+        resume: bool,
+        received: u64,
+    ) -> Result<Flow, String> {
+        // QEMU reports a data watchpoint after the access completed, with the
+        // pc on the next instruction: there is nothing to step over.
+        let hit: Vec<WatchProbe> = self
+            .watches
+            .iter()
+            .filter(|w| addr >= w.addr && addr < w.addr + w.len.max(1))
+            .cloned()
+            .collect();
+        if hit.is_empty() {
+            self.stats.stray_stops += 1;
+        }
+        let mut flow = Flow::Continue;
+        let mut ctx = HitContext::at_stop(
+            &mut self.client,
+            self.kernel.as_deref(),
+            &self.name,
+            Some(thread),
+            None,
+            received,
+            "",
+        );
+        // Others wait on the runtime while a handler runs: no stall wait.
+        ctx.client.set_stalls_deferred(true);
+        for w in &hit {
+            self.stats.watch_hits += 1;
+            ctx.probe = &w.probe;
+            if let Flow::Exit = lock(runtime).run(w.block, &mut ctx) {
+                flow = Flow::Exit;
+            }
+        }
+        ctx.client.set_stalls_deferred(false);
+        let traced = std::mem::take(&mut ctx.traced);
+        if let Some(sink) = self.recorder.as_mut() {
+            EventBase::guest_hit(&self.name, received, vcpu_index(thread), "", None).emit(
+                sink.as_mut(),
+                &[("addr", FieldValue::U64(addr))],
+                &traced,
+            );
+        }
+        if matches!(flow, Flow::Continue) {
+            self.resume_if(resume, Resume::Continue, received)?;
+        }
+        Ok(flow)
+    }
+
+    pub(super) fn resume_if(
+        &mut self,
+        resume: bool,
+        how: Resume,
+        received: u64,
+    ) -> Result<(), String> {
+        if resume {
+            self.resume_with(how, received)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn resume_with(&mut self, how: Resume, received: u64) -> Result<(), String> {
+        const ALL: &[(Option<ThreadId>, ResumeAction)] = &[(None, ResumeAction::Continue)];
+        match how {
+            Resume::Continue => self.client.resume(ALL),
+            Resume::SetPc(thread, pc) => self
+                .client
+                .write_register_and_resume(thread, "rip", pc, ALL),
+            Resume::StepOff(thread) => {
+                self.step_off_site(thread)?;
+                self.client.resume(ALL)
+            }
+        }
+        .map_err(|e| e.to_string())?;
+        self.running = true;
+        let _ = self
+            .stats
+            .service_ns
+            .record(monotonic_ns().saturating_sub(received));
+        Ok(())
+    }
+
+    /// Single-steps `thread` until its pc has left every breakpoint. A
+    /// single-stepping vCPU ignores the breakpoint at its pc, so breakpoints
+    /// stay armed. QEMU occasionally reports a step done with the pc unmoved
+    /// (seen about once in a thousand steps on TCG); resuming then would hit
+    /// the same breakpoint again and count one call twice, so the pc is
+    /// checked and the step repeated.
+    pub(super) fn step_off_site(&mut self, thread: ThreadId) -> Result<(), String> {
+        const MAX_STEPS: usize = 8;
+        for _ in 0..MAX_STEPS {
+            match self.client.step_thread(thread).map_err(|e| e.to_string())? {
+                StopReply::Exited { status } => {
+                    return Err(format!("the VM exited (status {status})"));
+                }
+                StopReply::Terminated { signal } => {
+                    return Err(format!("the VM was terminated (signal {signal})"));
+                }
+                StopReply::Signal { .. } => {}
+            }
+            let pc = self
+                .client
+                .read_register(thread, "rip")
+                .map_err(|e| e.to_string())?;
+            if !self.by_addr.contains_key(&pc) && !self.returns.is_return_address(pc) {
+                return Ok(());
+            }
+        }
+        Err(format!(
+            "vCPU {thread} did not move off a probe site after {MAX_STEPS} single steps"
+        ))
+    }
+}
