@@ -7,6 +7,10 @@
 //! script attaches to the same guest, so each one also proves the previous
 //! detach left the guest running and attachable.
 //!
+//! Long file: the fixture language (`//-` lines), the guest's ground truth
+//! (kprobe events, hist triggers) and the runner that judges each script
+//! against it are one harness, used only here.
+//!
 //! A script file is a valid script whose `//-` comment lines (in the style
 //! of rust-analyzer's test fixtures) say how to run and judge it:
 //!

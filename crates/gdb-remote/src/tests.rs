@@ -1,4 +1,7 @@
 //! Client tests against a scripted fake stub.
+//!
+//! Long file: every case talks to the same scripted fake stub, defined
+//! here, and shares its helpers.
 
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};

@@ -1,5 +1,9 @@
 //! Pass 2: recursive-descent parser producing the [`Ast`].
 //!
+//! Long file: one recursive-descent parser for one grammar; its rules call
+//! each other (statements, expressions, attach points), and read best in
+//! the order of the grammar rather than spread over files.
+//!
 //! Binary operators use precedence climbing with C precedence. Inside a
 //! predicate `/.../` a bare `/` ends the predicate, so division there needs
 //! parentheses (as in bpftrace). The first error aborts parsing.

@@ -1,5 +1,9 @@
 //! The interpreter: walks the resolved IR of one block per probe hit.
 //!
+//! Long file: the evaluator is one `match` per IR node kind (expressions,
+//! statements, builtins) over the same evaluation state; splitting it would
+//! spread one exhaustive match over files.
+//!
 //! Integer semantics: every integer is a 64-bit two's complement pattern;
 //! `+ - * << ~` and unary `-` wrap. Comparisons are signed only when the
 //! static types say so (literals are signed; `argN`, `nsecs`, `vcpu`,

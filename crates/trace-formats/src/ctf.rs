@@ -2,6 +2,10 @@
 //! per stream, following LTTng's conventions so that babeltrace2 and Trace
 //! Compass read it.
 //!
+//! Long file: the TSDL metadata and the binary packets it describes are
+//! written here together, so a change to a field's layout and its
+//! declaration stay side by side (babeltrace2 rejects any mismatch).
+//!
 //! No crate writes CTF 1.8: crates.io has readers/parsers (e.g.
 //! `barectf-parser`, for barectf's output) and bindings to the C
 //! babeltrace2 library, but no writer; `cargo search` could not be run from
