@@ -106,9 +106,6 @@ pub(crate) fn radix_lookup<M: GuestMemory + ?Sized>(
     )))
 }
 
-/// A NUL-terminated string of at most `max` bytes (cut there if longer),
-/// read a page at a time so that a short string at the end of a mapping
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -396,6 +396,8 @@ impl GuestKernel {
     }
 }
 
+/// A NUL-terminated string of at most `max` bytes (cut there if longer),
+/// read a page at a time so that a short string at the end of a mapping
 /// reads.
 pub(crate) fn read_cstr<M: GuestMemory + ?Sized>(
     client: &mut M,

@@ -46,7 +46,6 @@ const STALL_ABORT_GRACE: Duration = Duration::from_secs(1);
 /// [`Error::Aborted`].
 pub type AbortCheck = Box<dyn Fn() -> bool + Send>;
 
-/// What a client does when the stub is late with a reply it owes (to a
 /// A connection to a gdb stub. See the crate docs.
 pub struct Client {
     conn: Conn,

@@ -2,6 +2,7 @@
 
 use super::*;
 
+/// What a client does when the stub is late with a reply it owes (to a
 /// request, an interrupt or a single step): see [`Client::set_stall_policy`].
 pub struct StallPolicy {
     /// How long a reply is awaited in all, from when it was asked for (in
