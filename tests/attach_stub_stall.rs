@@ -204,6 +204,35 @@ fn a_stub_silent_for_good_ends_the_run_at_the_stall_timeout() {
     assert!(e.took < Duration::from_secs(40), "{:?}", e.took);
 }
 
+/// A stub whose connection closes while a handler reads guest memory (its
+/// QEMU killed, say): the broken connection ends that VM's run right after
+/// the handler, with what was collected and the read that broke it named,
+/// rather than being counted as one more handler error and used again.
+#[test]
+fn a_connection_lost_in_a_handler_ends_the_run_with_what_was_collected() {
+    let stub = FakeStub::hostile(Hostile::ClosesOnReadAfter { hits: HITS_BEFORE }, memory());
+    let e = attach(&args(
+        &[&vm(&stub, "vm0")],
+        &[
+            "-e",
+            "kprobe:ksys_write { @c = count(); @v = *(uint64 *)0xffffffff81000000; }",
+        ],
+    ));
+    report("closed in a handler", &stub, &e);
+    let read = stub.stalled_on.lock().unwrap().clone();
+    let read = read.expect("the stub closed on a read");
+    assert!(read.starts_with('m'), "{read}");
+    assert_eq!(e.code, 3, "{}", e.stderr);
+    // The run ends on the read that broke the connection, not on a later
+    // use of it (a resume, a detach).
+    let reason = format!("gdb stub closed the connection while waiting for reply to `{read}`");
+    assert!(e.stderr.contains(&reason), "{reason}: {}", e.stderr);
+    assert!(!e.stderr.contains("vCont"), "{}", e.stderr);
+    // Every hit counted, the last being the one whose read broke it.
+    assert_eq!(count(&e.stdout, "@c:"), HITS_BEFORE as u64, "{}", e.stdout);
+    assert!(e.took < Duration::from_secs(20), "{:?}", e.took);
+}
+
 /// Two VMs, one of whose stubs goes silent for good: the other's hits keep
 /// being served (its guest is not held stopped) until `--duration` ends the
 /// run, which also ends the wait on the silent one.

@@ -116,7 +116,7 @@ kprobe:ksys_write /comm == "dd" && arg2 == 1/ {{ @here = str({ADDR:#x}); }}
         "has no address space (mm is NULL",
         "0x1000 is not mapped",
         "0x7fffdead0000 is not mapped",
-        &format!("read at {ADDR:#x}"),
+        &format!("failed to read memory at {ADDR:#x}"),
     ] {
         assert!(
             stderr

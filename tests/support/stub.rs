@@ -68,6 +68,10 @@ pub enum Hostile {
         hits: usize,
         silent_for: Option<Duration>,
     },
+    /// As [`Hostile::Hits`]; once `hits` hits were sent, the next memory
+    /// read closes the connection instead of being answered (QEMU killed
+    /// while a handler reads).
+    ClosesOnReadAfter { hits: usize },
 }
 
 pub struct FakeStub {
@@ -382,6 +386,13 @@ fn serve_hostile(mut conn: UnixStream, how: Hostile, memory: &Memory, counts: Co
                     }
                     let qsupported = p.starts_with("qSupported");
                     close = qsupported && matches!(how, Hostile::CloseAfterQSupported);
+                    if let Hostile::ClosesOnReadAfter { hits: after } = how
+                        && p.starts_with('m')
+                        && hits.load(Ordering::SeqCst) >= after
+                    {
+                        *stalled_on.lock().unwrap() = Some(p.clone());
+                        return;
+                    }
                     let reply = match how {
                         Hostile::Unterminated(n) if qsupported => {
                             let mut v = vec![b'a'; n + 1];
@@ -449,7 +460,10 @@ fn write_out(
         Hostile::Flood(packet) => frame(packet).repeat(64 * 1024 / (packet.len() + 4) + 1),
         _ => Vec::new(),
     };
-    let hitting = matches!(how, Hostile::Hits | Hostile::StallsAfter { .. });
+    let hitting = matches!(
+        how,
+        Hostile::Hits | Hostile::StallsAfter { .. } | Hostile::ClosesOnReadAfter { .. }
+    );
     loop {
         let next = match replies.try_recv() {
             Ok(reply) => reply,

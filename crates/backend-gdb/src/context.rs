@@ -109,24 +109,52 @@ impl<'a> HitContext<'a> {
     }
 
     /// Runs each handler with this view, holding the shared runtime only
-    /// while one runs. `Exit` if any called `exit()`.
+    /// while one runs. `Exit` if any called `exit()`; an error if the
+    /// connection to the stub broke under a handler, which ends the VM's
+    /// run (the handler's error is counted as well).
     pub fn run_all(
         &mut self,
         runtime: &Mutex<Runtime>,
         handlers: &'a [(BlockId, Arc<str>)],
-    ) -> Flow {
+    ) -> Result<Flow, String> {
         // Others wait on the runtime while a handler runs, so a stub late
         // with a reply fails the read at the reply timeout; the session
         // waits for that reply afterwards.
         self.client.set_stalls_deferred(true);
         let flow = probe_engine::run_handlers(self, runtime, handlers, |c, p| c.probe = p);
         self.client.set_stalls_deferred(false);
-        flow
+        match self.client.lost() {
+            Some(why) => Err(why.to_string()),
+            None => Ok(flow),
+        }
+    }
+
+    /// A stub error as a handler sees it: [`ContextError::Lost`] once the
+    /// connection is broken (the session then ends this VM's run), else
+    /// what `class` makes of it.
+    fn stub_error(
+        &self,
+        e: gdb_remote::Error,
+        class: impl FnOnce(String) -> ContextError,
+    ) -> ContextError {
+        match self.client.lost() {
+            Some(_) => ContextError::Lost(e.to_string()),
+            None => class(e.to_string()),
+        }
+    }
+
+    /// An introspection error, or [`ContextError::Lost`] if the stub broke
+    /// under it.
+    fn guest_error(&self, e: GuestError) -> ContextError {
+        match self.client.lost() {
+            Some(why) => ContextError::Lost(why.to_string()),
+            None => guest_error(e),
+        }
     }
 
     fn kernel(&self, what: &str) -> Result<&'a GuestKernel, ContextError> {
         self.kernel.ok_or_else(|| {
-            ContextError::Message(format!(
+            ContextError::Unavailable(format!(
                 "{what}: no guest kernel information in {}",
                 self.probe
             ))
@@ -145,17 +173,17 @@ impl<'a> HitContext<'a> {
     fn registers(&mut self) -> Result<&Registers, ContextError> {
         if self.regs.is_none() {
             let Some(thread) = self.thread else {
-                return Err(ContextError::Message(format!(
+                return Err(ContextError::Unavailable(format!(
                     "no registers in {}",
                     self.probe
                 )));
             };
             // One `g` fetches every register: cheaper than a `p` per register
             // as soon as a handler reads two of them.
-            let regs = self
-                .client
-                .read_registers(thread)
-                .map_err(|e| ContextError::Message(e.to_string()))?;
+            let regs = match self.client.read_registers(thread) {
+                Ok(regs) => regs,
+                Err(e) => return Err(self.stub_error(e, ContextError::Register)),
+            };
             self.regs = Some(regs);
         }
         Ok(self.regs.as_ref().expect("fetched above"))
@@ -164,7 +192,7 @@ impl<'a> HitContext<'a> {
     fn get_register(&mut self, name: &str) -> Result<u64, ContextError> {
         self.registers()?
             .get(name)
-            .ok_or_else(|| ContextError::Message(format!("the stub has no register '{name}'")))
+            .ok_or_else(|| ContextError::Register(format!("the stub has no register '{name}'")))
     }
 
     fn task(&mut self) -> Result<u64, ContextError> {
@@ -173,7 +201,8 @@ impl<'a> HitContext<'a> {
         }
         let kernel = self.kernel("curtask")?;
         let mut cpu = self.stopped()?;
-        let t = kernel.current_task(&mut cpu).map_err(guest_error)?;
+        let t = kernel.current_task(&mut cpu);
+        let t = t.map_err(|e| self.guest_error(e))?;
         self.task = Some(t);
         Ok(t)
     }
@@ -187,18 +216,22 @@ impl<'a> HitContext<'a> {
     ) -> Result<T, ContextError> {
         let task = self.task()?;
         let kernel = self.kernel(what)?;
-        read(kernel, &mut StubMemory(self.client), task).map_err(guest_error)
+        let read = read(kernel, &mut StubMemory(self.client), task);
+        read.map_err(|e| self.guest_error(e))
     }
 }
 
 fn guest_error(e: GuestError) -> ContextError {
-    ContextError::Message(e.to_string())
+    match e {
+        GuestError::Memory { addr, reason } => ContextError::Memory { addr, reason },
+        e => ContextError::Guest(e.to_string()),
+    }
 }
 
 impl ProbeContext for HitContext<'_> {
     fn arg(&mut self, n: u8) -> Result<u64, ContextError> {
         let reg = ARG_REGS.get(n as usize).ok_or_else(|| {
-            ContextError::Message(format!("arg{n}: only arg0..arg5 are passed in registers"))
+            ContextError::Unavailable(format!("arg{n}: only arg0..arg5 are passed in registers"))
         })?;
         self.get_register(reg)
     }
@@ -222,7 +255,8 @@ impl ProbeContext for HitContext<'_> {
     fn kstack(&mut self, limit: usize) -> Result<Vec<u64>, ContextError> {
         let kernel = self.kernel("kstack")?;
         let mut cpu = self.stopped()?;
-        kernel.kstack(&mut cpu, limit).map_err(guest_error)
+        let stack = kernel.kstack(&mut cpu, limit);
+        stack.map_err(|e| self.guest_error(e))
     }
 
     fn curtask(&mut self) -> Result<u64, ContextError> {
@@ -232,8 +266,11 @@ impl ProbeContext for HitContext<'_> {
     fn vtop(&mut self, cr3: u64, vaddr: u64) -> Result<u64, ContextError> {
         let kernel = self.kernel;
         let mut cpu = self.stopped()?;
-        linux_guest::vtop(&mut cpu, kernel, cr3, vaddr)
-            .map_err(|e| ContextError::Message(format!("vtop: {e}")))
+        let paddr = linux_guest::vtop(&mut cpu, kernel, cr3, vaddr);
+        paddr.map_err(|e| match self.client.lost() {
+            Some(why) => ContextError::Lost(why.to_string()),
+            None => ContextError::Guest(format!("vtop: {e}")),
+        })
     }
 
     fn read_task_memory(
@@ -244,9 +281,11 @@ impl ProbeContext for HitContext<'_> {
     ) -> Result<(), ContextError> {
         let kernel = self.kernel("reading another task's memory")?;
         let mut cpu = self.stopped()?;
-        kernel
-            .read_task_memory(&mut cpu, task, addr, buf)
-            .map_err(|e| ContextError::Message(format!("read at {addr:#x} in task {task:#x}: {e}")))
+        let read = kernel.read_task_memory(&mut cpu, task, addr, buf);
+        read.map_err(|e| match self.client.lost() {
+            Some(why) => ContextError::Lost(why.to_string()),
+            None => ContextError::Guest(format!("read at {addr:#x} in task {task:#x}: {e}")),
+        })
     }
 
     fn ustack(&mut self, limit: usize) -> Result<Vec<u64>, ContextError> {
@@ -256,7 +295,8 @@ impl ProbeContext for HitContext<'_> {
         let in_user = self.registers()?.get("cs").is_some_and(|cs| cs & 3 == 3);
         let task = if in_user { None } else { Some(self.task()?) };
         let mut cpu = self.stopped()?;
-        kernel.ustack(&mut cpu, task, limit).map_err(guest_error)
+        let stack = kernel.ustack(&mut cpu, task, limit);
+        stack.map_err(|e| self.guest_error(e))
     }
 
     fn comm(&mut self) -> Result<String, ContextError> {
@@ -277,9 +317,8 @@ impl ProbeContext for HitContext<'_> {
 
     fn cgroup_path(&mut self, id: u64) -> Result<Option<String>, ContextError> {
         let kernel = self.kernel("cgroup_path")?;
-        kernel
-            .cgroup_path(&mut StubMemory(self.client), id)
-            .map_err(guest_error)
+        let path = kernel.cgroup_path(&mut StubMemory(self.client), id);
+        path.map_err(|e| self.guest_error(e))
     }
 
     fn guest(&self) -> &str {
@@ -308,8 +347,9 @@ impl ProbeContext for HitContext<'_> {
     }
 
     fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), ContextError> {
-        self.client
-            .read_memory(addr, buf)
-            .map_err(|e| ContextError::Message(format!("read at {addr:#x}: {e}")))
+        match self.client.read_memory(addr, buf) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.stub_error(e, |reason| ContextError::Memory { addr, reason })),
+        }
     }
 }

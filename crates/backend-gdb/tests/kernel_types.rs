@@ -55,10 +55,10 @@ struct NoGuest;
 
 impl ProbeContext for NoGuest {
     fn arg(&mut self, _: u8) -> Result<u64, ContextError> {
-        Err(ContextError::Message("no args".into()))
+        Err(ContextError::Unavailable("no args".into()))
     }
     fn retval(&mut self) -> Result<u64, ContextError> {
-        Err(ContextError::Message("no retval".into()))
+        Err(ContextError::Unavailable("no retval".into()))
     }
     fn vcpu(&self) -> u32 {
         0

@@ -380,6 +380,8 @@ fn error_replies_are_typed() {
             assert!(matches!(e, Error::Unsupported { .. }), "{e:?}");
             c.insert_breakpoint(BreakpointKind::AccessWatch, 0x3000, 8)
                 .unwrap();
+            // Error replies leave the connection as good as it was.
+            assert_eq!(c.lost(), None);
         },
     );
 }
@@ -395,6 +397,8 @@ fn stub_closing_mid_packet_is_closed_error() {
             "gdb stub closed the connection while waiting for reply to `?`"
         );
         assert!(t.elapsed() < Duration::from_secs(2));
+        // The first error that broke the connection is kept for the caller.
+        assert_eq!(c.lost(), Some(e.to_string().as_str()));
     });
 }
 
@@ -422,6 +426,8 @@ fn reply_timeout() {
         let msg = "timed out waiting for reply to `qfThreadInfo`";
         assert_eq!(e.to_string(), msg);
         assert!(t.elapsed() < Duration::from_millis(700));
+        // A late reply may still come: the connection is not lost.
+        assert_eq!(c.lost(), None);
     });
 }
 

@@ -48,7 +48,7 @@ impl<'a> EventContext<'a> {
     }
 
     fn no_guest(&self, what: &str) -> ContextError {
-        ContextError::Message(format!("{what}: {} does not stop a vCPU", self.probe))
+        ContextError::Unavailable(format!("{what}: {} does not stop a vCPU", self.probe))
     }
 }
 
@@ -88,7 +88,7 @@ impl ProbeContext for EventContext<'_> {
 
     fn probe_arg(&mut self, name: &str) -> Result<Value, ContextError> {
         let Some(fields) = self.fields else {
-            return Err(ContextError::Message(format!(
+            return Err(ContextError::Unavailable(format!(
                 "args.{name}: {} has no named arguments",
                 self.probe
             )));
@@ -96,7 +96,7 @@ impl ProbeContext for EventContext<'_> {
         match fields.iter().find(|(n, _)| n == name) {
             Some((_, LayerValue::Int(v))) => Ok(Value::Int(*v)),
             Some((_, LayerValue::Str(s))) => Ok(Value::Str(s.as_str().into())),
-            None => Err(ContextError::Message(format!(
+            None => Err(ContextError::Unavailable(format!(
                 "args.{name}: {} has fields {}",
                 self.probe,
                 fields

@@ -57,7 +57,7 @@ impl ProbeContext for Ctx {
         if cr3 == 0x1000 && vaddr >> 12 == 5 {
             Ok(0x9_9000 | (vaddr & 0xfff))
         } else {
-            Err(ContextError::Message(format!("{vaddr:#x} is not mapped")))
+            Err(ContextError::Guest(format!("{vaddr:#x} is not mapped")))
         }
     }
     fn read_task_memory(
@@ -68,7 +68,7 @@ impl ProbeContext for Ctx {
     ) -> Result<(), ContextError> {
         self.task_reads.push((addr, buf.len()));
         if task != TASK {
-            return Err(ContextError::Message(format!(
+            return Err(ContextError::Guest(format!(
                 "task {task:#x} has no address space"
             )));
         }
@@ -76,7 +76,7 @@ impl ProbeContext for Ctx {
         let start = 0x6000 - page.len() as u64;
         let end = addr.saturating_add(buf.len() as u64);
         if addr < start || end > 0x6000 {
-            return Err(ContextError::Message(format!("{addr:#x} is not mapped")));
+            return Err(ContextError::Guest(format!("{addr:#x} is not mapped")));
         }
         let off = (addr - start) as usize;
         buf.copy_from_slice(&page[off..off + buf.len()]);
@@ -85,7 +85,7 @@ impl ProbeContext for Ctx {
     fn ustack(&mut self, limit: usize) -> Result<Vec<u64>, ContextError> {
         match &self.user_stack {
             Some(s) => Ok(s.iter().copied().take(limit).collect()),
-            None => Err(ContextError::Message("no user stack".into())),
+            None => Err(ContextError::Guest("no user stack".into())),
         }
     }
 }

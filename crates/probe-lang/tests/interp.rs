@@ -117,7 +117,11 @@ fn runtime_errors_are_counted_per_probe() {
         vec![
             ("kprobe:f".into(), "division by zero".into(), 3),
             ("kprobe:g".into(), "division by zero".into(), 1),
-            ("kprobe:h".into(), "register read failed".into(), 1),
+            (
+                "kprobe:h".into(),
+                "failed to read register: register read failed".into(),
+                1
+            ),
         ]
     );
     // The handler aborted at the error: @b only counted the good run.

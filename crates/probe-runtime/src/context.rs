@@ -7,8 +7,11 @@ use std::sync::Arc;
 /// What a handler can ask about the place it fired; implemented by the
 /// probe engine (registers come lazily from the stub).
 ///
-/// Methods with a default body were added after the first engine; the
-/// defaults report "not supported" so older implementors keep compiling.
+/// Methods with a default body are what only some contexts have (a VMM
+/// event stops no vCPU; BEGIN has no guest): the default is
+/// [`ContextError::Unavailable`]. What a program asks of a probe kind or a
+/// backend that lacks it is refused before booting, at its line:column
+/// (`probe_engine::capabilities`), so these defaults are a backstop.
 pub trait ProbeContext {
     /// arg0..arg5 (the engine maps them to SysV argument registers).
     fn arg(&mut self, n: u8) -> Result<u64, ContextError>;
@@ -43,44 +46,44 @@ pub trait ProbeContext {
     /// at most `limit` (for `kstack`). The language symbolizes them with
     /// [`ProbeContext::ksym`].
     fn kstack(&mut self, _limit: usize) -> Result<Vec<u64>, ContextError> {
-        Err(ContextError::Message(
+        Err(ContextError::Unavailable(
             "kstack is not supported by this probe context".into(),
         ))
     }
     /// Address of the current task's `task_struct` (Linux guests).
     fn curtask(&mut self) -> Result<u64, ContextError> {
-        Err(ContextError::Message(
+        Err(ContextError::Unavailable(
             "curtask is not supported by this probe context".into(),
         ))
     }
     /// The current task's `comm` (Linux guests).
     fn comm(&mut self) -> Result<String, ContextError> {
-        Err(ContextError::Message(
+        Err(ContextError::Unavailable(
             "comm is not supported by this probe context".into(),
         ))
     }
     /// The current process id, `task->tgid` (Linux guests).
     fn pid(&mut self) -> Result<u64, ContextError> {
-        Err(ContextError::Message(
+        Err(ContextError::Unavailable(
             "pid is not supported by this probe context".into(),
         ))
     }
     /// The current thread id, `task->pid` (Linux guests).
     fn tid(&mut self) -> Result<u64, ContextError> {
-        Err(ContextError::Message(
+        Err(ContextError::Unavailable(
             "tid is not supported by this probe context".into(),
         ))
     }
     /// The current task's cgroup v2 id (Linux guests), as bpftrace's `cgroup`.
     fn cgroup(&mut self) -> Result<u64, ContextError> {
-        Err(ContextError::Message(
+        Err(ContextError::Unavailable(
             "cgroup is not supported by this probe context".into(),
         ))
     }
     /// The path of cgroup v2 id `id` in the default hierarchy (`/`,
     /// `/a/b`), `None` when no cgroup has that id (Linux guests).
     fn cgroup_path(&mut self, _id: u64) -> Result<Option<String>, ContextError> {
-        Err(ContextError::Message(
+        Err(ContextError::Unavailable(
             "cgroup_path is not supported by this probe context".into(),
         ))
     }
@@ -88,7 +91,7 @@ pub trait ProbeContext {
     /// `tracepoint:SYSTEM:EVENT` probe (an integer, or a string where the
     /// type provider said so).
     fn probe_arg(&mut self, name: &str) -> Result<Value, ContextError> {
-        Err(ContextError::Message(format!(
+        Err(ContextError::Unavailable(format!(
             "args.{name} is not supported by this probe context"
         )))
     }
@@ -99,7 +102,7 @@ pub trait ProbeContext {
     /// The physical address of `vaddr` in the address space whose
     /// top-level page table is at physical address `cr3` (`vtop`).
     fn vtop(&mut self, _cr3: u64, _vaddr: u64) -> Result<u64, ContextError> {
-        Err(ContextError::Message(
+        Err(ContextError::Unavailable(
             "vtop is not supported by this probe context".into(),
         ))
     }
@@ -112,21 +115,21 @@ pub trait ProbeContext {
         _addr: u64,
         _buf: &mut [u8],
     ) -> Result<(), ContextError> {
-        Err(ContextError::Message(
+        Err(ContextError::Unavailable(
             "reading another task's memory is not supported by this probe context".into(),
         ))
     }
     /// Return addresses of the current task's user stack, innermost first,
     /// at most `limit` (for `ustack`).
     fn ustack(&mut self, _limit: usize) -> Result<Vec<u64>, ContextError> {
-        Err(ContextError::Message(
+        Err(ContextError::Unavailable(
             "ustack is not supported by this probe context".into(),
         ))
     }
     /// `trace(...)` and `snapshot()`: hands the event (or the snapshot
     /// request) to the recorder of `vmprobe record`.
     fn trace(&mut self, _what: Traced) -> Result<(), ContextError> {
-        Err(ContextError::Message(
+        Err(ContextError::Unavailable(
             "trace() and snapshot() work only under `vmprobe record`".into(),
         ))
     }
@@ -156,14 +159,36 @@ pub enum TracedValue {
     Bytes(Arc<[u8]>),
 }
 
+/// Why a context could not give a handler what it asked for. Every class
+/// but [`ContextError::Lost`] is counted and ends only that handler run.
 #[derive(Debug, thiserror::Error)]
 pub enum ContextError {
+    /// The context does not have it: its probe kind (a VMM event stops no
+    /// vCPU) or its backend lacks it, or it does not apply (`arg7`).
     #[error("{0}")]
-    Message(String),
+    Unavailable(String),
     #[error("failed to read register: {0}")]
     Register(String),
+    /// A read of guest memory failed (unmapped, a wild pointer).
     #[error("failed to read memory at {addr:#x}: {reason}")]
     Memory { addr: u64, reason: String },
+    /// The guest kernel's structures did not give the answer: a missing
+    /// layout, a task without an address space, a failed page walk, a
+    /// corrupt list. The text says which.
+    #[error("{0}")]
+    Guest(String),
+    /// The connection to the VM broke (a closed or desynchronised stub):
+    /// nothing more can be served through it, so the backend ends that
+    /// VM's run with what was collected.
+    #[error("{0}")]
+    Lost(String),
+}
+
+impl ContextError {
+    /// Whether the backend must stop serving the VM after this.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, ContextError::Lost(_))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

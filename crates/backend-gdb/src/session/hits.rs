@@ -56,7 +56,7 @@ impl Session {
                     "",
                 );
                 let block = [(timer.block, timer.probe.clone())];
-                if let Flow::Exit = ctx.run_all(runtime, &block) {
+                if let Flow::Exit = ctx.run_all(runtime, &block)? {
                     flow = Flow::Exit;
                 }
                 let vcpu = ctx.vcpu;
@@ -163,7 +163,7 @@ impl Session {
             received,
             &site.func,
         );
-        let flow = ctx.run_all(runtime, &site.handlers);
+        let flow = ctx.run_all(runtime, &site.handlers)?;
         let mut regs = ctx.regs.take();
         let traced = std::mem::take(&mut ctx.traced);
         if let Some(sink) = self.recorder.as_mut() {
@@ -284,7 +284,7 @@ impl Session {
             received,
             &site.func,
         );
-        let flow = ctx.run_all(runtime, &site.ret_handlers);
+        let flow = ctx.run_all(runtime, &site.ret_handlers)?;
         let regs = ctx.regs.take();
         let traced = std::mem::take(&mut ctx.traced);
         if let Some(sink) = self.recorder.as_mut() {
@@ -364,6 +364,9 @@ impl Session {
             }
         }
         ctx.client.set_stalls_deferred(false);
+        if let Some(why) = ctx.client.lost() {
+            return Err(why.to_string());
+        }
         let traced = std::mem::take(&mut ctx.traced);
         if let Some(sink) = self.recorder.as_mut() {
             EventBase::guest_hit(&self.name, received, vcpu_index(thread), "", None).emit(

@@ -306,7 +306,7 @@ impl Client {
 
     /// The error for `e` while waiting for `what` (a reply, a stop reply).
     pub(super) fn recv_err(&self, e: RecvErr, what: impl FnOnce() -> String) -> Error {
-        match e {
+        let e = match e {
             // Silence, noise and a trickle all end at the timeout; which
             // one it was is told by what came.
             RecvErr::Timeout => Error::Timeout {
@@ -327,6 +327,21 @@ impl Client {
             RecvErr::Io(e) => Error::Io(e),
             RecvErr::Malformed { packet, reason } => Error::Malformed { packet, reason },
             RecvErr::Send(e) => e,
+        };
+        self.note_lost(&e);
+        e
+    }
+
+    /// Remembers the first error after which the stream cannot be trusted:
+    /// a closed connection, a socket error, or bytes that do not frame as
+    /// packets (called for errors of the connection itself, so `Malformed`
+    /// here is the decoder's, not a reply whose payload did not parse).
+    fn note_lost(&self, e: &Error) {
+        if matches!(
+            e,
+            Error::Closed { .. } | Error::Io(_) | Error::Malformed { .. }
+        ) {
+            let _ = self.lost.set(e.to_string());
         }
     }
 
@@ -380,13 +395,13 @@ impl Client {
         sent: Result<(), SendErr>,
         what: impl FnOnce(&Self) -> String,
     ) -> Result<(), Error> {
-        match sent {
-            Ok(()) => Ok(()),
+        let e = match sent {
+            Ok(()) => return Ok(()),
             Err(SendErr::Aborted { partial }) => {
                 self.broken |= partial;
-                Err(Error::Aborted)
+                Error::Aborted
             }
-            Err(SendErr::Io(e)) => Err(match e.kind() {
+            Err(SendErr::Io(e)) => match e.kind() {
                 io::ErrorKind::BrokenPipe
                 | io::ErrorKind::ConnectionReset
                 | io::ErrorKind::ConnectionAborted => Error::Closed {
@@ -396,8 +411,10 @@ impl Client {
                     waiting_for: format!("the stub to accept {}", what(self)),
                 },
                 _ => Error::Io(e),
-            }),
-        }
+            },
+        };
+        self.note_lost(&e);
+        Err(e)
     }
 
     /// Encodes `self.cmd` (after a pending `+`) and writes it in one write.

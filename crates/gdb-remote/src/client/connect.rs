@@ -126,6 +126,7 @@ impl Client {
             unanswered: false,
             unanswered_asked: None,
             broken: false,
+            lost: Default::default(),
             since_packet: 0,
             stall: None,
             stalls_deferred: false,

@@ -93,6 +93,9 @@ pub struct Client {
     unanswered_asked: Option<Instant>,
     /// A write was aborted part way: the stream is out of step for good.
     broken: bool,
+    /// The first error after which the connection cannot be trusted (see
+    /// [`Client::lost`]); a cell because errors are made under `&self`.
+    lost: std::cell::OnceCell<String>,
     /// Bytes received since the last packet, ack or nak: what a timeout
     /// says came (noise, or a packet too slow to finish).
     since_packet: usize,
@@ -201,6 +204,13 @@ impl Client {
     /// gdbserver waits for the ack and would drop a packet sent before it.
     pub fn set_stub_ignores_acks(&mut self, yes: bool) {
         self.stub_ignores_acks = yes;
+    }
+
+    /// The first error that broke the connection (closed, a socket error,
+    /// bytes that are not packets), if one did: no later request can be
+    /// trusted, so the caller ends its use of this stub.
+    pub fn lost(&self) -> Option<&str> {
+        self.lost.get().map(String::as_str)
     }
 }
 

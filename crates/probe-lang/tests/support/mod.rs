@@ -78,7 +78,7 @@ impl FakeCtx {
 impl ProbeContext for FakeCtx {
     fn arg(&mut self, n: u8) -> Result<u64, ContextError> {
         if self.fail_args {
-            return Err(ContextError::Message("register read failed".into()));
+            return Err(ContextError::Register("register read failed".into()));
         }
         Ok(self.args[n as usize])
     }
@@ -135,18 +135,18 @@ impl ProbeContext for FakeCtx {
     }
     fn curtask(&mut self) -> Result<u64, ContextError> {
         self.curtask
-            .ok_or_else(|| ContextError::Message("no curtask".into()))
+            .ok_or_else(|| ContextError::Guest("no curtask".into()))
     }
     fn probe_arg(&mut self, name: &str) -> Result<Value, ContextError> {
         self.probe_args
             .iter()
             .find(|a| a.0 == name)
             .map(|a| a.1.clone())
-            .ok_or_else(|| ContextError::Message(format!("no field '{name}'")))
+            .ok_or_else(|| ContextError::Unavailable(format!("no field '{name}'")))
     }
     fn kstack(&mut self, limit: usize) -> Result<Vec<u64>, ContextError> {
         if self.stack.is_empty() {
-            return Err(ContextError::Message("no stack".into()));
+            return Err(ContextError::Guest("no stack".into()));
         }
         Ok(self.stack.iter().copied().take(limit).collect())
     }

@@ -72,7 +72,10 @@ pub(crate) struct VcpuContext<'a, 'v> {
 }
 
 fn guest_error(e: GuestError) -> ContextError {
-    ContextError::Message(e.to_string())
+    match e {
+        GuestError::Memory { addr, reason } => ContextError::Memory { addr, reason },
+        e => ContextError::Guest(e.to_string()),
+    }
 }
 
 impl VcpuContext<'_, '_> {
@@ -106,7 +109,7 @@ impl VcpuContext<'_, '_> {
 impl ProbeContext for VcpuContext<'_, '_> {
     fn arg(&mut self, n: u8) -> Result<u64, ContextError> {
         let r = *ARG_REGS.get(n as usize).ok_or_else(|| {
-            ContextError::Message(format!("arg{n}: only arg0..arg5 are passed in registers"))
+            ContextError::Unavailable(format!("arg{n}: only arg0..arg5 are passed in registers"))
         })?;
         self.reg(r)
     }
@@ -194,7 +197,7 @@ impl ProbeContext for VcpuContext<'_, '_> {
 
     fn vtop(&mut self, cr3: u64, vaddr: u64) -> Result<u64, ContextError> {
         linux_guest::vtop(&mut VcpuView(self.vcpu), Some(self.kernel), cr3, vaddr)
-            .map_err(|e| ContextError::Message(format!("vtop: {e}")))
+            .map_err(|e| ContextError::Guest(format!("vtop: {e}")))
     }
 
     fn read_task_memory(
@@ -205,7 +208,7 @@ impl ProbeContext for VcpuContext<'_, '_> {
     ) -> Result<(), ContextError> {
         self.kernel
             .read_task_memory(&mut VcpuView(self.vcpu), task, addr, buf)
-            .map_err(|e| ContextError::Message(format!("read at {addr:#x} in task {task:#x}: {e}")))
+            .map_err(|e| ContextError::Guest(format!("read at {addr:#x} in task {task:#x}: {e}")))
     }
 
     fn ustack(&mut self, limit: usize) -> Result<Vec<u64>, ContextError> {
