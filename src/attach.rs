@@ -144,6 +144,11 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
             return Ok(1);
         }
     };
+    // What no probe kind has (guest state in a VMM event): refused before
+    // any VM is touched, layers-only attaches included.
+    if !crate::kernel::check_capabilities(&program) {
+        return Ok(1);
+    }
     let layers = probe_plan::resolve_layers(&program);
     let recording_mode =
         crate::plugin::record_mode(recording.is_some() || args.otlp.is_some(), &program);

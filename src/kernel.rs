@@ -147,8 +147,25 @@ pub fn compile_typed(
     )
 }
 
+/// What each probe kind's handlers can have (no guest state in BEGIN, END
+/// or a VMM or host event), before booting; a backend's own lacks are
+/// checked where it is chosen (`backend_plugin::check_program`).
+pub fn check_capabilities(program: &probe_lang::Program) -> bool {
+    match probe_engine::capabilities::check(program, &probe_engine::capabilities::Capabilities::ALL)
+    {
+        Ok(()) => true,
+        Err(diags) => {
+            eprint!("{diags}");
+            false
+        }
+    }
+}
+
 /// Checks what the program names in the kernel (`kaddr`) before booting.
 pub fn check_program(program: &probe_lang::Program, symbols: &KernelSymbols) -> Result<bool> {
+    if !check_capabilities(program) {
+        return Ok(false);
+    }
     if let Err(diags) = program.check_kaddrs(|s| symbols.lookup(s).is_some()) {
         eprint!("{diags}");
         return Ok(false);

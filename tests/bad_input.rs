@@ -260,6 +260,46 @@ fn missing_program_is_an_error() {
     fails_with(&["run", "-c", "true"], &[], "no program");
 }
 
+/// Guest state where no vCPU stops for the probe (BEGIN, END, a VMM event,
+/// a host tracepoint) is refused at its use before anything boots or is
+/// attached, instead of failing at each hit.
+#[test]
+fn guest_state_where_no_vcpu_stops_is_refused_before_booting() {
+    let e = fails_with(
+        &["run", "-e", "BEGIN { printf(\"%s\\n\", comm); exit(); }"],
+        &[],
+        "comm reads guest state, which BEGIN and END do not have",
+    );
+    assert!(e.contains("stdin:1:24"), "line:col of the use: {e}");
+    assert!(!e.contains("booting"), "nothing booted: {e}");
+    let e = fails_with(
+        &[
+            "run",
+            "-e",
+            "vmm:serial_write { @[kstack] = count(); }",
+            "--",
+            "true",
+        ],
+        &[],
+        "kstack reads guest state, which a VMM event does not have",
+    );
+    assert!(e.contains("stdin:1:22"), "{e}");
+    assert!(!e.contains("booting"), "nothing booted: {e}");
+    // attach refuses before it connects: the VM named does not exist.
+    let e = fails_with(
+        &[
+            "attach",
+            "--vm",
+            "x=gdb:127.0.0.1:1",
+            "-e",
+            "host:tracepoint:kvm:kvm_exit { @[pid] = count(); }",
+        ],
+        &[],
+        "pid reads guest state, which a host tracepoint does not have",
+    );
+    assert!(!e.contains("connect"), "nothing attached: {e}");
+}
+
 #[test]
 fn unknown_kaddr_symbol_is_a_diagnostic_before_booting() {
     let e = fails_with(

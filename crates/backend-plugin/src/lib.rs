@@ -25,8 +25,8 @@ pub use client::PluginClient;
 use kernel_image::KernelSymbols;
 use linux_guest::GuestKernel;
 use plugin_protocol::{Attach, RecordMode};
-use probe_lang::needs::Need;
-use probe_lang::{Diagnostics, ProbeSpec, Program};
+use probe_engine::capabilities::Capabilities;
+use probe_lang::{Diagnostics, Program};
 use probe_plan::{resolve_probes, resolve_timers};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -97,68 +97,23 @@ pub fn qemu_args(library: &Path, socket: &Path) -> Vec<String> {
     ]
 }
 
+/// What the plugin backend lacks, and what to use instead.
+pub const CAPABILITIES: Capabilities = Capabilities {
+    watchpoints: Some("watchpoints are served through the GDB stub: use --backend gdb"),
+    physical_memory: Some("which QEMU 10.0's plugin API cannot: use --backend gdb"),
+    interval_guest_state: Some(
+        "which an interval probe does not have with the plugin backend \
+         (it runs in vmprobe, no vCPU stops for it): use profile: or --backend gdb",
+    ),
+    ordered_layer_reads: Some(
+        "inside QEMU, and VMM and host events are served later in vmprobe, \
+         so this read would not see those writes in the order they happened: use --backend gdb",
+    ),
+};
+
 /// Refuses, each at its place in the script, what the plugin cannot serve.
 pub fn check_program(program: &Program) -> Result<(), Diagnostics> {
-    let mut errors = Vec::new();
-    let spans = program.probe_spans();
-    let mut interval_blocks = Vec::new();
-    // Blocks the plugin runs, and those vmprobe runs for VMM and host events
-    // after the fact.
-    let (mut in_qemu, mut layer_blocks) = (Vec::new(), Vec::new());
-    for (i, spec) in program.probes().iter().enumerate() {
-        let span = spans.get(i).copied().unwrap_or_default();
-        match spec {
-            // Guest syscall tracepoints are kprobes/kretprobes on
-            // `__x64_sys_NAME` (probe-plan), served in QEMU as those are.
-            ProbeSpec::Kprobe { .. }
-            | ProbeSpec::Kretprobe { .. }
-            | ProbeSpec::GuestTracepoint { .. }
-            | ProbeSpec::Profile { .. } => in_qemu.push(program.block_of(i)),
-            ProbeSpec::Vmm { .. } | ProbeSpec::HostTracepoint { .. } => {
-                layer_blocks.push(program.block_of(i))
-            }
-            _ => {}
-        }
-        match spec {
-            ProbeSpec::Watchpoint { .. } => errors.push((
-                span,
-                "watchpoints are served through the GDB stub: use --backend gdb".to_string(),
-            )),
-            ProbeSpec::Interval { .. } => interval_blocks.push(program.block_of(i)),
-            _ => {}
-        }
-    }
-    program.errors_at(&errors)?;
-    let written_in_qemu: Vec<&str> = program
-        .needs()
-        .iter()
-        .filter(|n| n.need == Need::MapWrite && in_qemu.contains(&n.block))
-        .map(|n| n.what.as_str())
-        .collect();
-    program.check_needs(|n| match n.need {
-        // The guest does not stop for a VMM or host event: by the time
-        // vmprobe serves it, guest probes have gone on writing.
-        Need::MapRead
-            if layer_blocks.contains(&n.block) && written_in_qemu.contains(&n.what.as_str()) =>
-        {
-            Some(format!(
-                "{} is written inside QEMU, and VMM and host events are served later in vmprobe, \
-                 so this read would not see those writes in the order they happened: use --backend gdb",
-                n.what
-            ))
-        }
-        Need::MapRead | Need::MapWrite => None,
-        Need::PhysicalMemory => Some(format!(
-            "{} reads guest-physical memory, which QEMU 10.0's plugin API cannot: use --backend gdb",
-            n.what
-        )),
-        Need::GuestState if interval_blocks.contains(&n.block) => Some(format!(
-            "{} reads guest state, which an interval probe does not have with the plugin backend \
-             (it runs in vmprobe, no vCPU stops for it): use profile: or --backend gdb",
-            n.what
-        )),
-        Need::GuestState => None,
-    })
+    probe_engine::capabilities::check(program, &CAPABILITIES)
 }
 
 /// What [`attach`] needs to know of the run.

@@ -18,6 +18,7 @@
 //! [`Backend`].
 
 pub mod boundary;
+pub mod capabilities;
 pub mod event_context;
 pub mod event_types;
 pub mod layer_event;
