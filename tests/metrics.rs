@@ -1,0 +1,316 @@
+//! `--metrics ADDR:PORT`: a real Prometheus server (Debian's `prometheus`,
+//! installed by `.ci/install-deps`) scrapes a run on the default guest, and
+//! what its HTTP API answers is compared with the guest kernel's own count
+//! (a kprobe event in the guest) and with the histogram vmprobe prints.
+//!
+//! The run must still be serving when Prometheus scrapes after the
+//! workload: the workload ends with a marker line and a long `sleep`; the
+//! test waits for the marker, waits for a scrape that began after it, asks
+//! Prometheus, then ends the run with SIGINT (END runs and the maps print,
+//! status 0, as after Ctrl-C). `attach` would do as well; `run` keeps the
+//! test to one process.
+
+mod support;
+use rustix::process::{Pid, Signal};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+use support::*;
+
+/// Prometheus' configuration, as README's Prometheus section shows it
+/// (with `TARGET` there `127.0.0.1:9464`); only the target differs.
+const SCRAPE_CONFIG: &str = "\
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+scrape_configs:
+  - job_name: vmprobe
+    static_configs:
+      - targets: ['TARGET']
+";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One Prometheus server on loopback, its storage in a temporary directory;
+/// killed (by its own pid) when dropped.
+struct Prometheus {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(&config, SCRAPE_CONFIG.replace("TARGET", target)).unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
+            .spawn()
+            .expect("prometheus (Debian's package; .ci/install-deps installs it)");
+        let p = Prometheus {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let start = Instant::now();
+        while get(&p.addr, "/-/ready").is_none_or(|(code, _)| code != 200) {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "prometheus not ready"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        p
+    }
+
+    /// An instant query's result vector: (labels, value) per series.
+    fn query(&self, promql: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+        let path = format!("/api/v1/query?query={}", percent(promql));
+        let (code, body) = get(&self.addr, &path).expect("prometheus answers");
+        assert_eq!(code, 200, "{promql}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["status"], "success", "{body}");
+        v["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let labels = r["metric"]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                    .collect();
+                let value = r["value"][1].as_str().unwrap().parse().unwrap();
+                (labels, value)
+            })
+            .collect()
+    }
+
+    /// The one value of an instant query.
+    fn one(&self, promql: &str) -> Option<f64> {
+        let r = self.query(promql);
+        assert!(r.len() <= 1, "{promql}: {r:?}");
+        r.first().map(|s| s.1)
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.0 GET on loopback: (status, body).
+fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut c = std::net::TcpStream::connect(addr).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(c, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut out = String::new();
+    c.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+fn percent(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Counts the workload's 1-byte writes between the markers (as the guest's
+/// kprobe event does), and every write's size there as a histogram.
+fn program() -> String {
+    format!(
+        "kprobe:ksys_write /arg2 == {WINDOW_START}/ {{ @on = sum(1); }}\n\
+         kprobe:ksys_write /arg2 == {WINDOW_END}/ {{ @on = sum(-1); }}\n\
+         kprobe:ksys_write /arg2 == 1 && @on == 1/ {{ @ksys_write = count(); }}\n\
+         kprobe:ksys_write /@on == 1/ {{ @size = hist(arg2); @bycomm[comm] = count(); }}\n\
+         END {{ clear(@on); }}"
+    )
+}
+
+/// The marker the workload prints once the window has closed and the
+/// guest's trace is out; `$((6*7))` keeps the command line itself from
+/// matching.
+const MARKER: &str = "scrape-42-now";
+
+/// bpftrace's printed `hist()` of `@name` as (lower bound, count) per
+/// printed bucket: `(..., 0)` is -1, `[0]` 0, `[4K, 8K)` 4096.
+fn printed_hist(stdout: &str, name: &str) -> Vec<(i64, u64)> {
+    let mut out = Vec::new();
+    let mut lines = stdout.lines().skip_while(|l| *l != format!("@{name}: "));
+    lines
+        .next()
+        .unwrap_or_else(|| panic!("no @{name} in:\n{stdout}"));
+    let num = |t: &str| -> i64 {
+        let t = t.trim();
+        let (digits, mult) = match t.chars().last() {
+            Some('K') => (&t[..t.len() - 1], 1 << 10),
+            Some('M') => (&t[..t.len() - 1], 1 << 20),
+            Some('G') => (&t[..t.len() - 1], 1 << 30),
+            _ => (t, 1),
+        };
+        digits.parse::<i64>().unwrap() * mult
+    };
+    for l in lines.take_while(|l| !l.trim().is_empty()) {
+        let (range, rest) = l.split_at(l.find([')', ']']).unwrap() + 1);
+        let count = rest.split('|').next().unwrap().trim().parse().unwrap();
+        let low = if range.starts_with("(...") {
+            -1
+        } else {
+            num(range[1..].split([',', ']']).next().unwrap())
+        };
+        out.push((low, count));
+    }
+    out
+}
+
+#[test]
+fn prometheus_scrapes_counters_histograms_and_labels() {
+    let n = 30;
+    let port = free_port();
+    let target = format!("127.0.0.1:{port}");
+    let prometheus = Prometheus::start(&target);
+    let dd = |bs: u32, count: u32| {
+        format!("dd if=/dev/zero of=/dev/null bs={bs} count={count} 2>/dev/null")
+    };
+    let inner = format!("{} && {} && {}", dd(1, n), dd(100, 3), dd(3000, 2));
+    let workload = format!(
+        "{}; echo scrape-$((6*7))-now; sleep 600",
+        ground_truth_workload(&inner)
+    );
+    let (mut child, stdout, stderr) = spawn_collected(
+        vmprobe()
+            .args(["run", "--console", "--backend", "gdb", "--metrics", &target])
+            .args(["-e", &program(), "--", &workload]),
+    );
+    stderr.wait_for(MARKER, RUN_LIMIT);
+    let marked = unix_now();
+    let truth = ground_truth_hits(&stderr.text());
+    // A scrape that began after the marker has the window's final counts.
+    let start = Instant::now();
+    while prometheus
+        .one("timestamp(ksys_write_total)")
+        .is_none_or(|t| t <= marked)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no scrape after the workload; up: {:?}",
+            prometheus.query("up")
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let writes = prometheus.one("ksys_write_total").unwrap();
+    let buckets = prometheus.query("size_bucket");
+    let bycomm = prometheus.query("bycomm_total");
+    let up = prometheus.one("up{job=\"vmprobe\"}");
+    let pid = Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, Signal::INT).unwrap();
+    let status = wait_for_exit(&mut child, RUN_LIMIT);
+    let (stdout, stderr) = (stdout.finish(), stderr.finish());
+    assert!(status.success(), "{stderr}");
+    assert_eq!(up, Some(1.0));
+
+    // The counter is the guest kernel's own count, and what vmprobe prints.
+    assert_eq!(
+        writes, truth as f64,
+        "ksys_write_total vs the guest's kprobe event"
+    );
+    assert_eq!(map_value(&stdout, "ksys_write"), truth);
+    assert!(truth >= n as u64, "{truth}");
+
+    // Every `le` bucket holds what the printed buckets up to it hold.
+    let printed = printed_hist(&stdout, "size");
+    let total: u64 = printed.iter().map(|b| b.1).sum();
+    assert_eq!(
+        buckets.len(),
+        34,
+        "one series per hist() bucket: {buckets:?}"
+    );
+    for (labels, cumulative) in &buckets {
+        let le = &labels["le"];
+        let want: u64 = match le.as_str() {
+            "+Inf" => total,
+            le => {
+                let le: f64 = le.parse().unwrap();
+                printed
+                    .iter()
+                    .filter(|b| b.0 as f64 <= le)
+                    .map(|b| b.1)
+                    .sum()
+            }
+        };
+        assert_eq!(*cumulative, want as f64, "le={le}: printed {printed:?}");
+    }
+    // 30 (or more) 1-byte writes, 3 of 100, 2 of 3000, the marker of 4242.
+    assert!(printed.contains(&(64, 3)), "{printed:?}");
+    assert!(printed.contains(&(2048, 2)), "{printed:?}");
+    assert!(printed.contains(&(4096, 1)), "{printed:?}");
+
+    // `@bycomm[comm]`: the label is named after the key.
+    let dd_writes = bycomm
+        .iter()
+        .find(|(l, _)| l.get("comm").map(String::as_str) == Some("dd"))
+        .unwrap_or_else(|| panic!("no comm=\"dd\" series: {bycomm:?}"));
+    assert_eq!(dd_writes.1, keyed_str(&stdout, "bycomm", "dd") as f64);
+    eprintln!(
+        "prometheus: ksys_write_total {writes} (guest kernel {truth}), {} size buckets, {} bycomm series",
+        buckets.len(),
+        bycomm.len()
+    );
+}
+
+/// `@name[KEY]: N` for a string key.
+fn keyed_str(stdout: &str, name: &str, key: &str) -> u64 {
+    let line = format!("@{name}[{key}]: ");
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(&line))
+        .unwrap_or_else(|| panic!("no {line} in:\n{stdout}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// README's scrape configuration is the one this test gives Prometheus.
+#[test]
+fn readme_shows_the_scrape_config_the_test_uses() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = format!(
+        "```yaml\n{}```",
+        SCRAPE_CONFIG.replace("TARGET", "127.0.0.1:9464")
+    );
+    assert!(readme.contains(&block), "README lacks:\n{block}");
+}
