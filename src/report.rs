@@ -105,9 +105,12 @@ pub fn serve_and_report(
         },
     };
     let (outcomes, kernel) = match &plan.metrics {
-        Some(m) => m.serve_while(&runtime, &|_| {}, || {
-            serve(guests, program, &runtime, &engine_plan)
-        }),
+        Some(m) => {
+            let live = crate::metrics::guest_live(&guests);
+            m.serve_while(&runtime, &live, otlp.as_ref(), || {
+                serve(guests, program, &runtime, &engine_plan)
+            })
+        }
         None => serve(guests, program, &runtime, &engine_plan),
     };
 

@@ -121,9 +121,21 @@ impl Drop for Prometheus {
 
 /// A plain HTTP/1.0 GET on loopback: (status, body).
 fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    get_with(addr, path, "*/*")
+}
+
+fn get_accept(addr: &str, path: &str, accept: &str) -> (u16, String) {
+    get_with(addr, path, accept).expect("an answer")
+}
+
+fn get_with(addr: &str, path: &str, accept: &str) -> Option<(u16, String)> {
     let mut c = std::net::TcpStream::connect(addr).ok()?;
     c.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(c, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    write!(
+        c,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: {accept}\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
     c.read_to_string(&mut out).ok()?;
     let (head, body) = out.split_once("\r\n\r\n")?;
@@ -154,7 +166,8 @@ fn program() -> String {
         "kprobe:ksys_write /arg2 == {WINDOW_START}/ {{ @on = sum(1); }}\n\
          kprobe:ksys_write /arg2 == {WINDOW_END}/ {{ @on = sum(-1); }}\n\
          kprobe:ksys_write /arg2 == 1 && @on == 1/ {{ @ksys_write = count(); }}\n\
-         kprobe:ksys_write /@on == 1/ {{ @size = hist(arg2); @bycomm[comm] = count(); }}\n\
+         kprobe:ksys_write /@on == 1/ {{ @size = hist(arg2); @bycomm[comm] = count(); \
+           @maxsize = max(arg2); @avgsize = avg(arg2); }}\n\
          END {{ clear(@on); }}"
     )
 }
@@ -197,6 +210,20 @@ fn printed_hist(stdout: &str, name: &str) -> Vec<(i64, u64)> {
 
 #[test]
 fn prometheus_scrapes_counters_histograms_and_labels() {
+    scrape_a_run(&["--backend", "gdb"], 0.0);
+}
+
+/// Inside QEMU the maps are the plugin's, as vmprobe last copied them
+/// (every 500 ms): a scrape 2 s after the marker has the final copy.
+#[test]
+fn the_plugin_backends_maps_are_scraped_as_copied() {
+    let Some(qemu) = qemu10() else { return };
+    plugin_library();
+    let qemu = qemu.to_string_lossy().into_owned();
+    scrape_a_run(&["--backend", "plugin", "--qemu", &qemu], 2.0);
+}
+
+fn scrape_a_run(backend: &[&str], settle: f64) {
     let n = 30;
     let port = free_port();
     let target = format!("127.0.0.1:{port}");
@@ -211,11 +238,12 @@ fn prometheus_scrapes_counters_histograms_and_labels() {
     );
     let (mut child, stdout, stderr) = spawn_collected(
         vmprobe()
-            .args(["run", "--console", "--backend", "gdb", "--metrics", &target])
+            .args(["run", "--console", "--stats", "--metrics", &target])
+            .args(backend)
             .args(["-e", &program(), "--", &workload]),
     );
     stderr.wait_for(MARKER, RUN_LIMIT);
-    let marked = unix_now();
+    let marked = unix_now() + settle;
     let truth = ground_truth_hits(&stderr.text());
     // A scrape that began after the marker has the window's final counts.
     let start = Instant::now();
@@ -233,7 +261,22 @@ fn prometheus_scrapes_counters_histograms_and_labels() {
     let writes = prometheus.one("ksys_write_total").unwrap();
     let buckets = prometheus.query("size_bucket");
     let bycomm = prometheus.query("bycomm_total");
+    let maxsize = prometheus.one("maxsize");
+    let avg = (
+        prometheus.one("avgsize_sum").unwrap(),
+        prometheus.one("avgsize_count").unwrap(),
+    );
     let up = prometheus.one("up{job=\"vmprobe\"}");
+    let health = |q: &str| prometheus.one(&format!("{q}{{guest=\"vm0\"}}"));
+    let (hits, served, lost) = (
+        health("vmprobe_hits_total"),
+        health("vmprobe_service_seconds_count"),
+        health("vmprobe_lost_events_total"),
+    );
+    let errors = prometheus.one("vmprobe_handler_errors_total");
+    let build = prometheus.query("vmprobe_build_info");
+    // Prometheus' own 0.0.4 text, when a scraper asks for it.
+    let (code, text004) = get_accept(&target, "/metrics", "text/plain;version=0.0.4");
     let pid = Pid::from_raw(child.id() as i32).unwrap();
     rustix::process::kill_process(pid, Signal::INT).unwrap();
     let status = wait_for_exit(&mut child, RUN_LIMIT);
@@ -283,8 +326,49 @@ fn prometheus_scrapes_counters_histograms_and_labels() {
         .find(|(l, _)| l.get("comm").map(String::as_str) == Some("dd"))
         .unwrap_or_else(|| panic!("no comm=\"dd\" series: {bycomm:?}"));
     assert_eq!(dd_writes.1, keyed_str(&stdout, "bycomm", "dd") as f64);
+
+    // max() is a gauge; avg() a _sum/_count pair whose quotient vmprobe prints.
+    assert_eq!(maxsize, Some(map_value(&stdout, "maxsize") as f64));
+    assert_eq!(maxsize, Some(WINDOW_START as f64));
+    assert_eq!(avg.1, total as f64, "avg's count is the histogram's");
+    assert_eq!(
+        (avg.0 / avg.1).floor(),
+        map_value(&stdout, "avgsize") as f64
+    );
+
+    // vmprobe's health.
+    assert_eq!(errors, Some(0.0));
+    assert_eq!(build.len(), 1, "{build:?}");
+    assert_eq!(build[0].0["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(build[0].1, 1.0);
+    if backend.contains(&"gdb") {
+        // Every write in the window was a hit; --stats counts the whole run.
+        let final_hits: f64 = stderr
+            .split(" backend, workload ")
+            .nth(1)
+            .and_then(|r| r.split(", ").nth(1))
+            .and_then(|h| h.strip_suffix(" hits"))
+            .and_then(|h| h.parse().ok())
+            .unwrap_or_else(|| panic!("no hits in --stats:\n{stderr}"));
+        let hits = hits.unwrap();
+        assert!(
+            hits >= (truth + 7) as f64 && hits <= final_hits,
+            "{hits} of {final_hits}"
+        );
+        assert!(served.unwrap() >= hits, "{served:?}");
+        assert_eq!(lost, Some(0.0));
+    } else {
+        // Inside QEMU hits are counted there, and told at detach.
+        assert_eq!((hits, served, lost), (None, None, None));
+    }
+    assert_eq!(code, 200);
+    assert!(
+        text004.contains("# TYPE ksys_write_total counter\n"),
+        "{text004}"
+    );
+    assert!(!text004.contains("# EOF"), "{text004}");
     eprintln!(
-        "prometheus: ksys_write_total {writes} (guest kernel {truth}), {} size buckets, {} bycomm series",
+        "prometheus: ksys_write_total {writes} (guest kernel {truth}), {} size buckets, {} bycomm series, hits {hits:?}",
         buckets.len(),
         bycomm.len()
     );

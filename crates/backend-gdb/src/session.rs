@@ -10,7 +10,7 @@ use kernel_image::KernelSymbols;
 use linux_guest::GuestKernel;
 use probe_engine::layers::{LayerSet, LayerSource};
 use probe_engine::record::{EventBase, EventSink, UnfinishedCall};
-use probe_engine::{EndReason, HitStats, monotonic_ns};
+use probe_engine::{EndReason, HitStats, LiveStats, monotonic_ns};
 use probe_lang::{BlockId, WatchMode};
 use probe_plan::{
     Entered, PendingCall, ProbeSite, ReturnTracker, Returned, Skip, TimerProbe, WatchProbe,
@@ -91,6 +91,8 @@ pub struct Session {
     /// The stall under way, as the client's stall policy last reported it.
     stall: Arc<AtomicU8>,
     pub stats: HitStats,
+    /// Hits and service times as they happen, for `--metrics`.
+    pub live: Arc<LiveStats>,
 }
 
 impl Session {
@@ -120,6 +122,7 @@ impl Session {
             stall_timeout: None,
             stall: Arc::default(),
             stats: HitStats::new(),
+            live: Arc::default(),
         }
     }
 
@@ -539,6 +542,7 @@ impl Session {
             };
             for thread in threads {
                 self.stats.timer_fires += 1;
+                self.live.hit();
                 let mut ctx = HitContext::at_stop(
                     &mut self.client,
                     self.kernel.as_deref(),
@@ -646,6 +650,7 @@ impl Session {
         received: u64,
     ) -> Result<Flow, String> {
         self.stats.hits += 1;
+        self.live.hit();
         let site = &self.sites[index];
         let mut ctx = HitContext::at_stop(
             &mut self.client,
@@ -767,6 +772,7 @@ impl Session {
                 .map(|_| Flow::Continue);
         };
         self.stats.returns += 1;
+        self.live.hit();
         let site = &self.sites[site];
         let mut ctx = HitContext::at_stop(
             &mut self.client,
@@ -851,6 +857,7 @@ impl Session {
         ctx.client.set_stalls_deferred(true);
         for w in &hit {
             self.stats.watch_hits += 1;
+            self.live.hit();
             ctx.probe = &w.probe;
             if let Flow::Exit = lock(runtime).run(w.block, &mut ctx) {
                 flow = Flow::Exit;
@@ -892,10 +899,9 @@ impl Session {
         }
         .map_err(|e| e.to_string())?;
         self.running = true;
-        let _ = self
-            .stats
-            .service_ns
-            .record(monotonic_ns().saturating_sub(received));
+        let took = monotonic_ns().saturating_sub(received);
+        let _ = self.stats.service_ns.record(took);
+        self.live.served(took);
         Ok(())
     }
 
