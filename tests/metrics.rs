@@ -398,3 +398,133 @@ fn readme_shows_the_scrape_config_the_test_uses() {
     );
     assert!(readme.contains(&block), "README lacks:\n{block}");
 }
+
+/// `attach` serves a VM started elsewhere; `@w[guest]` is labelled `guest`
+/// with the name given in `--vm`.
+#[test]
+fn attach_serves_a_running_vms_maps_labelled_by_guest() {
+    use qemu_guest::{Accel, LaunchConfig, Vm};
+    let image = default_guest();
+    let kernel = image.kernel.clone();
+    let mut cfg = LaunchConfig::new(image);
+    cfg.accel = Accel::Tcg;
+    let mut vm = Vm::launch(&cfg).expect("launch");
+    let mut user =
+        gdb_remote::Client::connect_unix_wait(&vm.gdb_socket(), Duration::from_secs(5)).unwrap();
+    user.resume(&[]).unwrap();
+    vm.wait_ready(Duration::from_secs(180))
+        .expect("guest boots");
+    user.interrupt().unwrap();
+    user.wait_stop(Some(Duration::from_secs(5))).unwrap();
+    user.detach().unwrap();
+    drop(user);
+    let port = free_port();
+    let target = format!("127.0.0.1:{port}");
+    let prometheus = Prometheus::start(&target);
+    let spec = format!(
+        "prod-db=gdb:unix:{},kernel:{}",
+        vm.gdb_socket().display(),
+        kernel.display()
+    );
+    let (mut child, stdout, stderr) = spawn_collected(vmprobe().args([
+        "attach",
+        "--vm",
+        &spec,
+        "--metrics",
+        &port.to_string(),
+        "-e",
+        "kprobe:ksys_write /arg2 == 1/ { @w[guest] = count(); }",
+    ]));
+    stdout.wait_for("Attaching 1 probe", RUN_LIMIT);
+    stderr.wait_for(&format!("metrics at http://{target}/metrics"), RUN_LIMIT);
+    vm.start_workload("dd if=/dev/zero of=/dev/null bs=1 count=40 2>/dev/null")
+        .unwrap();
+    assert_eq!(vm.wait_exit(RUN_LIMIT).unwrap(), 0);
+    // The guest idles now: a scrape after this has every write.
+    let done = unix_now();
+    let start = Instant::now();
+    while prometheus
+        .one("timestamp(w_total)")
+        .is_none_or(|t| t <= done)
+    {
+        assert!(start.elapsed() < Duration::from_secs(60), "no scrape");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let series = prometheus.query("w_total");
+    let pid = Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, Signal::INT).unwrap();
+    let status = wait_for_exit(&mut child, RUN_LIMIT);
+    let (stdout, stderr) = (stdout.finish(), stderr.finish());
+    assert!(status.success(), "{stderr}");
+    assert_eq!(series.len(), 1, "{series:?}");
+    assert_eq!(series[0].0["guest"], "prod-db");
+    let printed = keyed_str(&stdout, "w", "prod-db");
+    assert!(printed >= 40, "{stdout}");
+    assert_eq!(series[0].1, printed as f64);
+    let _ = vm.shutdown(Duration::from_secs(10));
+}
+
+/// A run with no guest serves too; an address other than loopback is said
+/// even with -q; what `--otlp` drops is counted at /metrics as it happens.
+#[test]
+fn otlp_drops_are_counted_and_other_addresses_are_told() {
+    let closed = free_port();
+    let port = free_port();
+    let all = format!("0.0.0.0:{port}");
+    let (child, _stdout, stderr) = spawn_collected(vmprobe().args([
+        "run",
+        "-q",
+        "--stats",
+        "--duration",
+        "4",
+        "--metrics",
+        &all,
+        "--otlp",
+        &format!("http://127.0.0.1:{closed}"),
+        "-e",
+        "interval:ms:50 { @ticks = count(); printf(\"tick\\n\"); }",
+    ]));
+    stderr.wait_for(
+        &format!("vmprobe: metrics at http://{all}/metrics, not loopback"),
+        RUN_LIMIT,
+    );
+    // Scraped on loopback, which 0.0.0.0 includes.
+    let local = format!("127.0.0.1:{port}");
+    let start = Instant::now();
+    let (ticks, dropped) = loop {
+        let (code, body) = get_accept(&local, "/metrics", "application/openmetrics-text");
+        assert_eq!(code, 200, "{body}");
+        let value = |name: &str| -> f64 {
+            body.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("no {name} in:\n{body}"))
+                .parse()
+                .unwrap()
+        };
+        let (t, d) = (
+            value("ticks_total"),
+            value("vmprobe_otlp_dropped_events_total"),
+        );
+        if d >= 5.0 {
+            assert!(body.ends_with("# EOF\n"), "{body}");
+            break (t, d);
+        }
+        assert!(start.elapsed() < Duration::from_secs(3), "{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut child = child;
+    let status = wait_for_exit(&mut child, RUN_LIMIT);
+    let stderr = stderr.finish();
+    assert!(status.success(), "{stderr}");
+    // Each tick printed once: every printf is one OTLP event, all dropped.
+    let final_dropped: f64 = stderr
+        .split("spans sent, ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|d| d.parse().ok())
+        .unwrap_or_else(|| panic!("no otlp stats:\n{stderr}"));
+    assert!(
+        dropped <= final_dropped && ticks >= 1.0,
+        "{dropped} {final_dropped}"
+    );
+}
