@@ -164,6 +164,7 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
             bail!("{}: {NEED_QMP}", spec.name);
         }
     }
+    let metrics = crate::metrics::bind(args.metrics, &program)?;
     let stop = Arc::new(AtomicBool::new(false));
     // Which signal it was, for the exit status of an interrupted attach.
     let signal = Arc::new(AtomicUsize::new(0));
@@ -186,6 +187,7 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
             endpoint,
             releases: otlp_releases(&args.vm),
         }),
+        metrics,
     };
     if layers_only(&program) {
         let guests = attach_layers_only(&args, &program, &layers)?;

@@ -25,6 +25,7 @@ mod bpftrace;
 mod gdb;
 mod kernel;
 mod list;
+mod metrics;
 mod noguest;
 mod otlp;
 mod plugin;
@@ -197,6 +198,11 @@ pub struct RunArgs {
     /// FILE taken as a PATTERN, or the program's (-e), as bpftrace's -l.
     #[arg(short = 'l')]
     list: bool,
+    /// Serve the program's maps and vmprobe's health at /metrics for
+    /// Prometheus (OpenMetrics text) on PORT or ADDR:PORT; a bare PORT is
+    /// on loopback.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = metrics::parse_addr)]
+    metrics: Option<std::net::SocketAddr>,
     /// Also send printf output as OpenTelemetry log records, and
     /// kprobe/kretprobe calls as spans, to this OTLP/HTTP receiver (e.g. a
     /// collector's http://127.0.0.1:4318); events it cannot take are dropped.
@@ -265,6 +271,11 @@ pub struct AttachArgs {
     /// reply 5 s late or 10 s of the plugin's silence (or half this).
     #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
     stall_timeout: std::time::Duration,
+    /// Serve the program's maps and vmprobe's health at /metrics for
+    /// Prometheus (OpenMetrics text) on PORT or ADDR:PORT; a bare PORT is
+    /// on loopback.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = metrics::parse_addr)]
+    metrics: Option<std::net::SocketAddr>,
     /// Also send printf output as OpenTelemetry log records, and
     /// kprobe/kretprobe calls as spans, to this OTLP/HTTP receiver (e.g. a
     /// collector's http://127.0.0.1:4318); events it cannot take are dropped.

@@ -141,6 +141,11 @@ impl Otlp {
         }
     }
 
+    /// Sent and dropped so far (`--metrics`).
+    pub fn stats(&self) -> otlp_export::Stats {
+        self.exporter.stats()
+    }
+
     /// Sends what is left; the line `--stats` prints.
     pub fn finish(self) -> String {
         let s = self.exporter.finish(FINISH_GRACE);

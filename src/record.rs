@@ -47,6 +47,7 @@ pub fn record(args: crate::RecordArgs) -> Result<i32> {
             verbose: args.verbose,
             stall_timeout: args.boot.stall_timeout,
             otlp: args.otlp,
+            metrics: None,
             bpftrace: crate::BpftraceArgs::default(),
         };
         return crate::attach::attach_recording(attach_args, Some(recording));
@@ -64,6 +65,7 @@ pub fn record(args: crate::RecordArgs) -> Result<i32> {
         command: None,
         list: false,
         otlp: args.otlp,
+        metrics: None,
         bpftrace: crate::BpftraceArgs::default(),
         workload: args.workload,
     };

@@ -28,6 +28,8 @@ pub struct ServePlan {
     pub out: Option<std::fs::File>,
     /// `--otlp`: printf output and calls also go to an OTLP receiver.
     pub otlp: Option<crate::otlp::OtlpPlan>,
+    /// `--metrics`: the maps and vmprobe's health at `/metrics`, bound.
+    pub metrics: Option<crate::metrics::Metrics>,
 }
 
 /// Runs BEGIN, serves every guest in its own thread until the run ends
@@ -102,7 +104,15 @@ pub fn serve_and_report(
             }
         },
     };
-    let (outcomes, kernel) = serve(guests, program, &runtime, &engine_plan);
+    let (outcomes, kernel) = match &plan.metrics {
+        Some(m) => {
+            let live = crate::metrics::guest_live(&guests);
+            m.serve_while(&runtime, &live, otlp.as_ref(), || {
+                serve(guests, program, &runtime, &engine_plan)
+            })
+        }
+        None => serve(guests, program, &runtime, &engine_plan),
+    };
 
     let trace_complete = match recorder {
         Some(r) => finish_recorder(r)?,

@@ -116,6 +116,7 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
     if !crate::kernel::check_program(&program, &kernel.symbols)? {
         return Ok(1);
     }
+    let metrics = crate::metrics::bind(args.metrics, &program)?;
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -250,6 +251,7 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
                 .filter_map(|g| Some((g.name.clone(), release.clone()?)))
                 .collect(),
         }),
+        metrics,
     };
     serve_and_report(
         guests,
@@ -272,6 +274,7 @@ fn run_without_guest(args: &RunArgs, program: Arc<probe_lang::Program>) -> Resul
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
+    let metrics = crate::metrics::bind(args.metrics, &program)?;
     let guests = vec![Guest {
         name: "host".to_string(),
         backend: Box::new(crate::noguest::NoGuest::new(&program)),
@@ -288,6 +291,7 @@ fn run_without_guest(args: &RunArgs, program: Arc<probe_lang::Program>) -> Resul
             endpoint,
             releases: Default::default(),
         }),
+        metrics,
     };
     let snapshot_requested = AtomicBool::new(false);
     serve_and_report(guests, &program, None, &stop, &snapshot_requested, &plan)

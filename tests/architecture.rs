@@ -44,6 +44,10 @@ const NOT_IN_QEMU: &[&str] = &[
     "otlp-export",
     "opentelemetry-proto",
     "ureq",
+    // Prometheus metrics: an HTTP server in vmprobe, never in QEMU.
+    "metrics-export",
+    "prometheus-client",
+    "tiny_http",
     "inferno",
     "xz2",
     "flate2",

@@ -702,3 +702,52 @@ fn unservable_guest_tracepoint_is_refused_before_booting() {
     );
     assert!(e.contains("stdin:1:41") && !e.contains("booting"), "{e}");
 }
+
+#[test]
+fn metrics_port_in_use_is_one_error_before_booting() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let program = "kprobe:ksys_write { @c = count(); }";
+    // A run that boots a guest, one that needs none, and an attach.
+    for args in [
+        vec!["run", "--metrics", &addr, "-e", program, "--", "true"],
+        vec!["run", "--metrics", &addr, "-e", "BEGIN { exit(); }"],
+        vec![
+            "attach",
+            "--vm",
+            "vm0=gdb:127.0.0.1:1",
+            "--metrics",
+            &addr,
+            "-e",
+            program,
+        ],
+    ] {
+        let out = run_bounded(vmprobe().args(&args), LIMIT);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        let needle = format!("--metrics: cannot listen on {addr}: ");
+        last_line_is_one_error(&stderr, &needle);
+        assert!(stderr.contains("in use"), "{stderr}");
+        assert!(!stderr.contains("booting"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    drop(taken);
+}
+
+#[test]
+fn bad_metrics_addresses_are_usage_errors() {
+    for bad in ["host:9464", "127.0.0.1", "99999", "127.0.0.1:port", ""] {
+        let out = run_bounded(
+            vmprobe().args(["run", "--metrics", bad, "-e", "BEGIN { exit(); }"]),
+            LIMIT,
+        );
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        let first = stderr.lines().next().unwrap_or("");
+        assert!(
+            first.contains("--metrics") && first.contains(&format!("'{bad}' is not ADDR:PORT")),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

@@ -32,6 +32,10 @@ impl Backend for Session {
         Session::run(self, runtime, poll)
     }
 
+    fn live_stats(&self) -> Option<Arc<probe_engine::LiveStats>> {
+        Some(self.live.clone())
+    }
+
     fn finish(mut self: Box<Self>, _runtime: Option<&Mutex<Runtime>>, gone: bool) -> Finished {
         let stats_line = self.stats_line();
         drop(self.take_recorder());

@@ -58,6 +58,8 @@ pub struct PluginBackend {
     /// The plugin's maps as last copied, and when (monotonic ns).
     snapshot: Option<(MapStore, u64)>,
     next_snapshot_ns: u64,
+    /// The last copy, for readers while the run goes on (`--metrics`).
+    live_maps: Arc<probe_engine::LiveMaps>,
     /// How long the plugin may stay silent before the run ends (`None`: no
     /// limit; a QEMU vmprobe launched is watched through its process).
     stall_timeout: Option<Duration>,
@@ -86,6 +88,7 @@ impl PluginBackend {
             home_errors: Vec::new(),
             snapshot: None,
             next_snapshot_ns: 0,
+            live_maps: Arc::default(),
             stall_timeout: None,
             heard_ns: monotonic_ns(),
             stall_reported: false,
@@ -275,6 +278,7 @@ impl PluginBackend {
                 self.heard();
                 let done = monotonic_ns();
                 let took = done - now;
+                self.live_maps.publish(&store);
                 self.snapshot = Some((store, done));
                 self.next_snapshot_ns = done + every.max(took * SNAPSHOT_SHARE);
             }
@@ -438,6 +442,10 @@ impl Backend for PluginBackend {
                 Err(e) => return EndReason::TargetGone(format!("the plugin: {e}")),
             }
         }
+    }
+
+    fn live_maps(&self) -> Option<Arc<probe_engine::LiveMaps>> {
+        Some(self.live_maps.clone())
     }
 
     fn finish(mut self: Box<Self>, runtime: Option<&Mutex<Runtime>>, gone: bool) -> Finished {

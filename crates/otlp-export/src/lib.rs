@@ -313,6 +313,16 @@ impl Exporter {
         self.handle.clone()
     }
 
+    /// What was sent and dropped so far, while the export goes on.
+    pub fn stats(&self) -> Stats {
+        let shared = &self.handle.shared;
+        Stats {
+            logs_sent: shared.logs_sent.load(Ordering::Relaxed),
+            spans_sent: shared.spans_sent.load(Ordering::Relaxed),
+            dropped: shared.dropped.load(Ordering::Relaxed),
+        }
+    }
+
     /// Sends what is queued, for at most `grace`, then stops; what could not
     /// be sent by then is counted as dropped.
     pub fn finish(self, grace: Duration) -> Stats {

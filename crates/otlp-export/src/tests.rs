@@ -243,6 +243,9 @@ fn a_full_queue_drops_instead_of_blocking() {
         h.log(ResourceId(0), i, "x".into(), Vec::new());
     }
     assert!(h.dropped() >= 100 - 4, "{}", h.dropped());
+    // The exporter's own getter says the same while it runs.
+    let live = exporter.stats();
+    assert!(live.dropped >= 100 - 4 && live.logs_sent == 0, "{live:?}");
     // The grace period is over before the receiver answers: the rest is
     // dropped too, and finish returns.
     let stats = exporter.finish(Duration::from_millis(100));

@@ -31,7 +31,7 @@ pub mod types;
 pub use event_types::LayerTypes;
 pub use host_clock::monotonic_ns;
 pub use record::{EventSink, RecordedEvent, UnfinishedCall, record_layer_event};
-pub use stats::HitStats;
+pub use stats::{HitStats, LiveMaps, LiveStats, SERVICE_BUCKETS};
 pub use types::BtfTypes;
 
 use event_context::EventContext;
@@ -98,6 +98,15 @@ pub trait Backend: Send {
     /// `runtime` (maps inside QEMU) is merged into it; without a runtime
     /// (a failed attach) it is dropped.
     fn finish(self: Box<Self>, runtime: Option<&Mutex<Runtime>>, gone: bool) -> Finished;
+    /// Hits and service times, counted as they are served (`--metrics`),
+    /// where the backend counts them live.
+    fn live_stats(&self) -> Option<Arc<LiveStats>> {
+        None
+    }
+    /// Maps the backend holds outside `runtime`, as last copied.
+    fn live_maps(&self) -> Option<Arc<LiveMaps>> {
+        None
+    }
 }
 
 /// Runs each of `handlers` (a probe's blocks) with `ctx`, holding the

@@ -1,6 +1,9 @@
 //! What a backend counts while it serves a run.
 
 use hdrhistogram::Histogram;
+use probe_runtime::MapStore;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Counters and the service-time distribution of hits, for the end-of-run
 /// report and `vmprobe bench`.
@@ -41,5 +44,90 @@ impl HitStats {
 impl Default for HitStats {
     fn default() -> Self {
         HitStats::new()
+    }
+}
+
+/// Service-time buckets of [`LiveStats`]: bucket `i` holds stops served in
+/// at most 2^i microseconds, the last one the rest.
+pub const SERVICE_BUCKETS: usize = 24;
+
+/// What a backend counts as it serves, readable from another thread while
+/// it does (`--metrics`): relaxed atomics, one increment per hit.
+#[derive(Debug, Default)]
+pub struct LiveStats {
+    /// Probe hits: entries, returns, watchpoint hits, timer firings.
+    pub hits: AtomicU64,
+    service: [AtomicU64; SERVICE_BUCKETS],
+    service_ns: AtomicU64,
+}
+
+impl LiveStats {
+    pub fn hit(&self) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One stop served in `ns` (stop reply to resume).
+    pub fn served(&self, ns: u64) {
+        let us = ns.div_ceil(1000);
+        let i = match us {
+            0 | 1 => 0,
+            us => (64 - (us - 1).leading_zeros()) as usize,
+        };
+        self.service[i.min(SERVICE_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
+        self.service_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// The service-time histogram: (inclusive upper bound in seconds, stops)
+    /// per bucket, the last `+Inf`, and the total in seconds.
+    pub fn service_seconds(&self) -> (Vec<(f64, u64)>, f64) {
+        let buckets = self
+            .service
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let le = if i + 1 == SERVICE_BUCKETS {
+                    f64::INFINITY
+                } else {
+                    (1u64 << i) as f64 * 1e-6
+                };
+                (le, n.load(Ordering::Relaxed))
+            })
+            .collect();
+        let total = self.service_ns.load(Ordering::Relaxed) as f64 * 1e-9;
+        (buckets, total)
+    }
+}
+
+/// The maps a backend holds outside vmprobe's runtime (inside QEMU), as
+/// last copied, for readers while the run goes on (`--metrics`).
+#[derive(Debug, Default)]
+pub struct LiveMaps(Mutex<Option<MapStore>>);
+
+impl LiveMaps {
+    pub fn publish(&self, store: &MapStore) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(store.clone());
+    }
+
+    pub fn get(&self) -> Option<MapStore> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_times_land_in_the_least_bucket_that_holds_them() {
+        let s = LiveStats::default();
+        for ns in [0, 1000, 1001, 2000, 2001, 1_000_000, u64::MAX / 4] {
+            s.served(ns);
+        }
+        let (b, _) = s.service_seconds();
+        let n = |i: usize| b[i].1;
+        // <= 1 us twice, <= 2 us twice, <= 4 us once, 1 ms in <= 1024 us.
+        assert_eq!((n(0), n(1), n(2), n(10)), (2, 2, 1, 1));
+        assert_eq!(b[SERVICE_BUCKETS - 1], (f64::INFINITY, 1));
+        assert_eq!(b[3].0, 8e-6);
     }
 }

@@ -30,6 +30,7 @@ pub mod diag;
 pub mod filter;
 pub mod format;
 pub mod ir;
+mod key_names;
 pub mod lexer;
 mod lower;
 pub mod needs;
@@ -320,6 +321,13 @@ impl Program {
     /// What a runtime runs: shared, and serialisable for other processes.
     pub fn executable(&self) -> &std::sync::Arc<Executable> {
         &self.exec
+    }
+
+    /// What each map's keys are named after where every write of the map
+    /// uses the same builtin or scratch variable there (`@w[guest, $fd]`:
+    /// `guest`, `fd`); `None` for any other key.
+    pub fn map_key_names(&self) -> std::collections::BTreeMap<String, Vec<Option<String>>> {
+        key_names::key_names(&self.ast)
     }
 
     /// The lowered IR.

@@ -46,6 +46,7 @@ impl Session {
             };
             for thread in threads {
                 self.stats.timer_fires += 1;
+                self.live.hit();
                 let mut ctx = HitContext::at_stop(
                     &mut self.client,
                     self.kernel.as_deref(),
@@ -153,6 +154,7 @@ impl Session {
         received: u64,
     ) -> Result<Flow, String> {
         self.stats.hits += 1;
+        self.live.hit();
         let site = &self.sites[index];
         let mut ctx = HitContext::at_stop(
             &mut self.client,
@@ -274,6 +276,7 @@ impl Session {
                 .map(|_| Flow::Continue);
         };
         self.stats.returns += 1;
+        self.live.hit();
         let site = &self.sites[site];
         let mut ctx = HitContext::at_stop(
             &mut self.client,
@@ -358,6 +361,7 @@ impl Session {
         ctx.client.set_stalls_deferred(true);
         for w in &hit {
             self.stats.watch_hits += 1;
+            self.live.hit();
             ctx.probe = &w.probe;
             if let Flow::Exit = lock(runtime).run(w.block, &mut ctx) {
                 flow = Flow::Exit;
@@ -407,10 +411,9 @@ impl Session {
         }
         .map_err(|e| e.to_string())?;
         self.running = true;
-        let _ = self
-            .stats
-            .service_ns
-            .record(monotonic_ns().saturating_sub(received));
+        let took = monotonic_ns().saturating_sub(received);
+        let _ = self.stats.service_ns.record(took);
+        self.live.served(took);
         Ok(())
     }
 

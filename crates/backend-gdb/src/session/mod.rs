@@ -13,7 +13,7 @@ use kernel_image::KernelSymbols;
 use linux_guest::GuestKernel;
 use probe_engine::layers::{LayerSet, LayerSource};
 use probe_engine::record::{EventBase, EventSink, UnfinishedCall};
-use probe_engine::{EndReason, HitStats, monotonic_ns};
+use probe_engine::{EndReason, HitStats, LiveStats, monotonic_ns};
 use probe_lang::{BlockId, WatchMode};
 use probe_plan::{
     Entered, PendingCall, ProbeSite, ReturnTracker, Returned, Skip, TimerProbe, WatchProbe,
@@ -94,6 +94,8 @@ pub struct Session {
     /// The stall under way, as the client's stall policy last reported it.
     stall: Arc<AtomicU8>,
     pub stats: HitStats,
+    /// Hits and service times as they happen, for `--metrics`.
+    pub live: Arc<LiveStats>,
 }
 
 impl Session {
@@ -123,6 +125,7 @@ impl Session {
             stall_timeout: None,
             stall: Arc::default(),
             stats: HitStats::new(),
+            live: Arc::default(),
         }
     }
 
