@@ -15,7 +15,7 @@ use probe_engine::serve::lock;
 use probe_engine::{Backend, BackendError, EndReason, EventSink, Finished};
 use probe_lang::needs::Need;
 use probe_lang::{ProbeSpec, Program};
-use probe_plan::TimerProbe;
+use probe_plan::TimerSchedule;
 use probe_runtime::{Flow, Runtime};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,7 +45,7 @@ fn names_kernel_symbols(program: &Program) -> bool {
 /// vmprobe, with no vCPU (as inside QEMU, where `interval` blocks also run
 /// in vmprobe).
 pub struct NoGuest {
-    timers: Vec<(TimerProbe, u64)>,
+    timers: TimerSchedule,
     fired: u64,
 }
 
@@ -55,10 +55,10 @@ const POLL: Duration = Duration::from_millis(20);
 impl NoGuest {
     pub fn new(program: &Program) -> Self {
         NoGuest {
-            timers: probe_plan::resolve_timers(program)
-                .into_iter()
-                .map(|t| (t, 0))
-                .collect(),
+            timers: TimerSchedule::new(
+                probe_plan::resolve_timers(program),
+                probe_engine::monotonic_ns(),
+            ),
             fired: 0,
         }
     }
@@ -66,13 +66,7 @@ impl NoGuest {
     fn fire_due(&mut self, runtime: &Mutex<Runtime>) -> Flow {
         let now = probe_engine::monotonic_ns();
         let mut flow = Flow::Continue;
-        for (timer, due) in &mut self.timers {
-            if *due > now {
-                continue;
-            }
-            // Periods missed are skipped, not replayed in a burst.
-            let period = timer.period_ns.max(1);
-            *due += ((now - *due) / period + 1) * period;
+        for timer in self.timers.take_due(now) {
             let mut ctx = EventContext::new("", now, "", None);
             ctx.probe = &timer.probe;
             self.fired += 1;
@@ -96,10 +90,7 @@ impl Backend for NoGuest {
     fn set_recorder(&mut self, _sink: Box<dyn EventSink>, _every_hit: bool) {}
 
     fn start(&mut self, _runtime: &Mutex<Runtime>) -> Result<(), BackendError> {
-        let now = probe_engine::monotonic_ns();
-        for (t, due) in &mut self.timers {
-            *due = now + t.period_ns.max(1);
-        }
+        self.timers.restart(probe_engine::monotonic_ns());
         Ok(())
     }
 
@@ -116,12 +107,7 @@ impl Backend for NoGuest {
                 return EndReason::ScriptExit;
             }
             let now = probe_engine::monotonic_ns();
-            let wait = self
-                .timers
-                .iter()
-                .map(|(_, due)| Duration::from_nanos(due.saturating_sub(now)))
-                .min()
-                .map_or(POLL, |d| d.min(POLL));
+            let wait = self.timers.wait(now, POLL);
             std::thread::sleep(wait);
         }
     }

@@ -12,7 +12,7 @@ use probe_engine::layers::{FINAL_SYNC, LayerSet};
 use probe_engine::record::{EventSink, RecordedEvent, UnfinishedCall, field_value};
 use probe_engine::{Backend, BackendError, EndReason, Finished, monotonic_ns};
 use probe_lang::check::AggKind;
-use probe_plan::{ProbeSite, TimerProbe};
+use probe_plan::{ProbeSite, TimerProbe, TimerSchedule};
 use probe_runtime::{Cell, Flow, MapBackend, MapOp, MapStore, Origin, OutputEvent, Runtime};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -49,7 +49,7 @@ pub struct PluginBackend {
     /// Probe sites as sent (their functions name recorded events).
     sites: Vec<ProbeSite>,
     /// `interval` probes: run in vmprobe, with their next due time.
-    timers: Vec<(TimerProbe, u64)>,
+    timers: TimerSchedule,
     layers: LayerSet,
     recorder: Option<Box<dyn EventSink>>,
     started: bool,
@@ -81,7 +81,7 @@ impl PluginBackend {
             client,
             kernel,
             sites,
-            timers: timers.into_iter().map(|t| (t, 0)).collect(),
+            timers: TimerSchedule::new(timers, monotonic_ns()),
             layers: LayerSet::default(),
             recorder: None,
             started: false,
@@ -190,15 +190,8 @@ impl PluginBackend {
     fn fire_timers(&mut self, runtime: &Mutex<Runtime>) -> Flow {
         let now = monotonic_ns();
         let mut flow = Flow::Continue;
-        for i in 0..self.timers.len() {
-            let (timer, due) = &mut self.timers[i];
-            if *due > now {
-                continue;
-            }
-            // Periods missed are skipped, not replayed in a burst.
-            let period = timer.period_ns.max(1);
-            *due += ((now - *due) / period + 1) * period;
-            let (block, probe) = (timer.block, timer.probe.clone());
+        for timer in self.timers.take_due(now) {
+            let (block, probe) = (timer.block, timer.probe);
             let mut ctx = EventContext::new(&self.name, now, "", Some(&self.kernel));
             ctx.probe = &probe;
             let mut rt = lock(runtime);
@@ -397,10 +390,7 @@ impl Backend for PluginBackend {
         };
         self.client.start(values, start_ns)?;
         self.started = true;
-        let now = monotonic_ns();
-        for (t, due) in &mut self.timers {
-            *due = now + t.period_ns.max(1);
-        }
+        self.timers.restart(monotonic_ns());
         Ok(())
     }
 
@@ -425,12 +415,7 @@ impl Backend for PluginBackend {
                 return end;
             }
             let now = monotonic_ns();
-            let wait = self
-                .timers
-                .iter()
-                .map(|(_, due)| Duration::from_nanos(due.saturating_sub(now)))
-                .min()
-                .map_or(POLL_INTERVAL, |d| d.min(POLL_INTERVAL));
+            let wait = self.timers.wait(now, POLL_INTERVAL);
             match self.client.next_event(wait) {
                 Ok(None) => {}
                 Ok(Some(m)) => {

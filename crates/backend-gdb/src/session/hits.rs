@@ -28,17 +28,7 @@ impl Session {
         };
         let received = monotonic_ns();
         let mut flow = Flow::Continue;
-        for i in 0..self.timers.len() {
-            let (timer, due) = &mut self.timers[i];
-            if *due > received {
-                continue;
-            }
-            // Periods missed while the guest was slow are skipped, not
-            // replayed in a burst (as bpftrace's timers, which do not queue).
-            let period = timer.period_ns.max(1);
-            let late = (received - *due) / period;
-            *due += (late + 1) * period;
-            let timer = timer.clone();
+        for timer in self.timers.take_due(received) {
             let threads: Vec<Option<ThreadId>> = if timer.every_vcpu {
                 self.vcpus.iter().copied().map(Some).collect()
             } else {

@@ -16,7 +16,8 @@ use probe_engine::record::{EventBase, EventSink, UnfinishedCall};
 use probe_engine::{EndReason, HitStats, LiveStats, monotonic_ns};
 use probe_lang::{BlockId, WatchMode};
 use probe_plan::{
-    Entered, PendingCall, ProbeSite, ReturnTracker, Returned, Skip, TimerProbe, WatchProbe,
+    Entered, PendingCall, ProbeSite, ReturnTracker, Returned, Skip, TimerProbe, TimerSchedule,
+    WatchProbe,
 };
 use probe_runtime::{Flow, Runtime, Traced};
 use std::collections::HashMap;
@@ -72,7 +73,7 @@ pub struct Session {
     /// Calls awaiting their return, and the return addresses that have a
     /// breakpoint for them.
     returns: ReturnTracker,
-    timers: Vec<(TimerProbe, u64)>,
+    timers: TimerSchedule,
     watches: Vec<WatchProbe>,
     vcpus: Vec<ThreadId>,
     kernel: Option<Arc<GuestKernel>>,
@@ -110,7 +111,7 @@ impl Session {
             sites: Vec::new(),
             by_addr: HashMap::new(),
             returns: ReturnTracker::new(),
-            timers: Vec::new(),
+            timers: TimerSchedule::default(),
             watches: Vec::new(),
             vcpus: Vec::new(),
             kernel: None,
@@ -438,14 +439,7 @@ impl Session {
         if timers.iter().any(|t| t.every_vcpu) {
             self.vcpus = self.client.threads()?;
         }
-        let now = monotonic_ns();
-        self.timers = timers
-            .into_iter()
-            .map(|t| {
-                let first = now + t.period_ns.max(1);
-                (t, first)
-            })
-            .collect();
+        self.timers = TimerSchedule::new(timers, monotonic_ns());
         Ok(())
     }
 
@@ -471,7 +465,7 @@ impl Session {
                 };
             }
             let now = monotonic_ns();
-            let next_timer = self.timers.iter().map(|(_, due)| *due).min();
+            let next_timer = self.timers.next_due();
             if next_timer.is_some_and(|due| due <= now) {
                 match self.fire_timers(runtime) {
                     Ok(Flow::Continue) => continue,
