@@ -162,6 +162,9 @@ pub enum ContextError {
     Message(String),
     #[error("failed to read register: {0}")]
     Register(String),
+    /// The guest faulted on a read (unmapped, non-canonical, a bad page
+    /// table): the interpreter counts it and reads zeroes. Backends use it
+    /// for nothing else (a lost stub is a `Message`).
     #[error("failed to read memory at {addr:#x}: {reason}")]
     Memory { addr: u64, reason: String },
 }

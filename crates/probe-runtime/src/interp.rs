@@ -8,9 +8,13 @@
 //! `/` and `%` are unsigned like bpftrace's BPF code; division by zero is a
 //! runtime error.
 //!
-//! A runtime error (division by zero, a failed register/memory read, the
-//! step budget running out) aborts that one handler run and is counted per
-//! (probe, message); nothing panics.
+//! A failed guest memory read ([`ContextError::Memory`]: `*p`, a kernel
+//! member, `str()`, `buf()`, `*_as()`) is counted per (probe, message) and
+//! yields zero (0, "" or zeroed bytes), and the handler goes on, as
+//! bpftrace's `probe_read` does. Any other runtime error (division by
+//! zero, a register or capability the context lacks, no current task, the
+//! step budget running out) aborts that one handler run and is counted the
+//! same way; nothing panics.
 //!
 //! Guest memory is only read through [`ProbeContext::read_memory`], and
 //! every read is bounded (`str()` and `buf()` by [`STR_MAX`]/[`BUF_MAX`]).
@@ -247,6 +251,42 @@ impl Interpreter {
             }
         };
         &mut self.per_vcpu[i].vals
+    }
+
+    /// bpftrace's `probe_read` semantics: a read the guest faulted on is
+    /// counted and reads as zeroes, and the handler goes on; any other
+    /// failure (the stub gone, no such capability) ends the run.
+    fn zero_on_fault(
+        &mut self,
+        ctx: &dyn ProbeContext,
+        r: Result<(), ContextError>,
+        buf: &mut [u8],
+    ) -> Result<(), RunError> {
+        match r {
+            Ok(()) => Ok(()),
+            Err(e @ ContextError::Memory { .. }) => {
+                self.count_error(ctx.probe(), e.to_string());
+                buf.fill(0);
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// As [`Interpreter::zero_on_fault`] for `str()`: a faulted read is "".
+    fn empty_on_fault(
+        &mut self,
+        ctx: &dyn ProbeContext,
+        r: Result<Value, ContextError>,
+    ) -> Result<Value, RunError> {
+        match r {
+            Ok(v) => Ok(v),
+            Err(e @ ContextError::Memory { .. }) => {
+                self.count_error(ctx.probe(), e.to_string());
+                Ok(Value::Str(Arc::from("")))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn step(&mut self) -> Result<(), RunError> {
@@ -625,18 +665,24 @@ impl Interpreter {
                             Some(l) => self.eval(p, l, env)?.as_int().min(STR_MAX - 1),
                             None => STR_MAX - 1,
                         };
-                        Self::read_str(&mut |a, b| env.ctx.read_task_memory(task, a, b), addr, max)?
+                        let r = Self::read_str(
+                            &mut |a, b| env.ctx.read_task_memory(task, a, b),
+                            addr,
+                            max,
+                        );
+                        self.empty_on_fault(&*env.ctx, r)?
                     }
                     ReadAsKind::Buf(len) => {
                         let len = self.eval(p, len, env)?.as_int().min(BUF_MAX);
                         let mut b = vec![0u8; len as usize];
-                        env.ctx.read_task_memory(task, addr, &mut b)?;
+                        let r = env.ctx.read_task_memory(task, addr, &mut b);
+                        self.zero_on_fault(&*env.ctx, r, &mut b)?;
                         Value::Buf(Arc::from(b))
                     }
                     ReadAsKind::Uint(n) => {
                         let mut b = [0u8; 8];
-                        env.ctx
-                            .read_task_memory(task, addr, &mut b[..*n as usize])?;
+                        let r = env.ctx.read_task_memory(task, addr, &mut b[..*n as usize]);
+                        self.zero_on_fault(&*env.ctx, r, &mut b)?;
                         Value::Int(u64::from_le_bytes(b))
                     }
                 }
@@ -665,7 +711,8 @@ impl Interpreter {
             Expr::Deref { size, signed, ptr } => {
                 let addr = self.eval(p, ptr, env)?.as_int();
                 let mut b = [0u8; 8];
-                env.ctx.read_memory(addr, &mut b[..*size as usize])?;
+                let r = env.ctx.read_memory(addr, &mut b[..*size as usize]);
+                self.zero_on_fault(&*env.ctx, r, &mut b)?;
                 Value::Int(extend(u64::from_le_bytes(b), *size, *signed))
             }
             Expr::StrRead { ptr, len } => {
@@ -675,13 +722,15 @@ impl Interpreter {
                     Some(l) => self.eval(p, l, env)?.as_int().min(STR_MAX - 1),
                     None => STR_MAX - 1,
                 };
-                Self::read_str(&mut |a, b| env.ctx.read_memory(a, b), addr, max)?
+                let r = Self::read_str(&mut |a, b| env.ctx.read_memory(a, b), addr, max);
+                self.empty_on_fault(&*env.ctx, r)?
             }
             Expr::BufRead { ptr, len } => {
                 let addr = self.eval(p, ptr, env)?.as_int();
                 let len = self.eval(p, len, env)?.as_int().min(BUF_MAX);
                 let mut b = vec![0u8; len as usize];
-                env.ctx.read_memory(addr, &mut b)?;
+                let r = env.ctx.read_memory(addr, &mut b);
+                self.zero_on_fault(&*env.ctx, r, &mut b)?;
                 Value::Buf(Arc::from(b))
             }
             Expr::Ksym(a) => {
