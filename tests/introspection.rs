@@ -93,9 +93,10 @@ kprobe:ksys_write /comm == "dd" && arg2 == 1/ {
         stdout.contains(&format!("@found[dd, {pid}]: 7")),
         "the walk found dd (pid {pid}) at every write:\n{stdout}"
     );
+    // As bpftrace's probe_read: the failed read gives 0, the handler goes on.
     assert!(
-        !stdout.contains("@wild["),
-        "no value from a wild pointer: {stdout}"
+        stdout.contains("@wild[0]: 7"),
+        "a wild pointer's member reads as 0: {stdout}"
     );
     assert!(
         stderr.contains("0xdead00000000") && stderr.contains("(7 times)"),

@@ -16,12 +16,14 @@ pub struct StubMemory<'a>(pub &'a mut Client);
 
 impl GuestMemory for StubMemory<'_> {
     fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), GuestError> {
-        self.0
-            .read_memory(addr, buf)
-            .map_err(|e| GuestError::Memory {
+        self.0.read_memory(addr, buf).map_err(|e| match e {
+            // The stub's error reply: the guest faulted on the read.
+            gdb_remote::Error::ErrorReply { .. } => GuestError::Memory {
                 addr,
                 reason: e.to_string(),
-            })
+            },
+            e => GuestError::Transport(format!("read at {addr:#x}: {e}")),
+        })
     }
 
     fn with_physical(&mut self, f: &mut dyn FnMut(&mut PhysReader<'_>)) -> Result<(), GuestError> {
@@ -228,6 +230,19 @@ fn guest_error(e: GuestError) -> ContextError {
     }
 }
 
+/// A failed read in another task's address space: a guest fault (the
+/// handler reads zeroes and goes on) or not (it stops).
+fn task_read_error(task: u64, addr: u64, e: GuestError) -> ContextError {
+    if e.is_guest_fault() {
+        ContextError::Memory {
+            addr,
+            reason: format!("in task {task:#x}: {e}"),
+        }
+    } else {
+        ContextError::Guest(format!("read at {addr:#x} in task {task:#x}: {e}"))
+    }
+}
+
 impl ProbeContext for HitContext<'_> {
     fn arg(&mut self, n: u8) -> Result<u64, ContextError> {
         let reg = ARG_REGS.get(n as usize).ok_or_else(|| {
@@ -284,7 +299,7 @@ impl ProbeContext for HitContext<'_> {
         let read = kernel.read_task_memory(&mut cpu, task, addr, buf);
         read.map_err(|e| match self.client.lost() {
             Some(why) => ContextError::Lost(why.to_string()),
-            None => ContextError::Guest(format!("read at {addr:#x} in task {task:#x}: {e}")),
+            None => task_read_error(task, addr, e),
         })
     }
 
@@ -349,7 +364,14 @@ impl ProbeContext for HitContext<'_> {
     fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), ContextError> {
         match self.client.read_memory(addr, buf) {
             Ok(()) => Ok(()),
-            Err(e) => Err(self.stub_error(e, |reason| ContextError::Memory { addr, reason })),
+            // The stub's error reply: the guest faulted on the read.
+            Err(e @ gdb_remote::Error::ErrorReply { .. }) => Err(ContextError::Memory {
+                addr,
+                reason: e.to_string(),
+            }),
+            Err(e) => Err(self.stub_error(e, |reason| {
+                ContextError::Guest(format!("read at {addr:#x}: {reason}"))
+            })),
         }
     }
 }

@@ -170,6 +170,32 @@ pub enum GuestError {
     NoPhysical,
     #[error("corrupt kernel structure: {0}")]
     Corrupt(String),
+    /// The memory could not be asked at all (the stub's connection failed
+    /// or timed out), as opposed to the guest faulting on the read.
+    #[error("{0}")]
+    Transport(String),
+}
+
+impl GuestError {
+    /// Whether the guest's own state made the read fail (an unmapped or
+    /// non-canonical address, a task or page table that points nowhere):
+    /// what bpftrace's `probe_read` reads as zeroes. A missing capability,
+    /// symbol or connection is not.
+    pub fn is_guest_fault(&self) -> bool {
+        match self {
+            GuestError::Memory { .. }
+            | GuestError::NoMm(_)
+            | GuestError::BadPgd { .. }
+            | GuestError::Corrupt(_) => true,
+            GuestError::Walk(w) => !matches!(w, x86_paging::WalkError::Read { .. }),
+            GuestError::Missing(..)
+            | GuestError::Register(_)
+            | GuestError::NoCurrentTask(_)
+            | GuestError::Physical(_)
+            | GuestError::NoPhysical
+            | GuestError::Transport(_) => false,
+        }
+    }
 }
 
 impl GuestKernel {

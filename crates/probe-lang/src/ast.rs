@@ -149,7 +149,7 @@ pub enum ExprKind {
     SizeofType(String),
     /// `offsetof(struct task_struct, comm)` (a `.`-separated member path).
     Offsetof(String, Vec<String>),
-    /// `self->name`: a per-vCPU variable (DTrace's thread-local syntax).
+    /// `self->name`: a thread-local variable (DTrace's), one per guest thread.
     SelfVar(String),
 }
 
@@ -515,7 +515,7 @@ fn dump_expr(s: &mut String, e: &Expr, d: usize) {
             let _ = writeln!(s, "{ind}offsetof: {t}, {}", path.join("."));
         }
         ExprKind::SelfVar(v) => {
-            let _ = writeln!(s, "{ind}per-vcpu variable: self->{v}");
+            let _ = writeln!(s, "{ind}thread-local variable: self->{v}");
         }
         ExprKind::Ternary(c, a, b) => {
             let _ = writeln!(s, "{ind}?:");

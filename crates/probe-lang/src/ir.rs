@@ -82,7 +82,7 @@ pub enum Expr {
     Const(u64),
     Str(u32),
     Scratch(u16),
-    /// A per-vCPU variable (`self->name`) by slot.
+    /// A thread-local variable (`self->name`) by slot.
     SelfVar(u16),
     Builtin(Builtin),
     MapRead {
@@ -271,7 +271,7 @@ pub struct Ir {
     pub tuples: Vec<Vec<Type>>,
     /// Field layouts of the `trace(name = ...)` call sites.
     pub traces: Vec<TraceSite>,
-    /// Per-vCPU variables by slot: name and type (what an unset one reads as).
+    /// Thread-local variables by slot: name and type (what an unset one reads as).
     pub self_vars: Vec<(String, Type)>,
 }
 
@@ -296,7 +296,7 @@ impl Ir {
             );
         }
         if !self.self_vars.is_empty() {
-            let _ = writeln!(s, " per-vcpu variables:");
+            let _ = writeln!(s, " thread-local variables:");
             for (i, (name, ty)) in self.self_vars.iter().enumerate() {
                 let _ = writeln!(s, "  self{i} self->{name} {}", ty.name());
             }

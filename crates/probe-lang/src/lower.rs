@@ -60,7 +60,7 @@ impl Lower<'_> {
         self.self_vars
             .iter()
             .position(|(n, _)| n == name)
-            .expect("checked: assigned per-vCPU variable") as u16
+            .expect("checked: assigned thread-local variable") as u16
     }
 
     fn intern(&mut self, s: &str) -> u32 {

@@ -349,7 +349,7 @@ impl Parser<'_> {
         })
     }
 
-    /// True when `tok` (just taken) is `self` and `->` follows: a per-vCPU
+    /// True when `tok` (just taken) is `self` and `->` follows: a thread-local
     /// variable rather than an identifier.
     fn at_self_var(&mut self, tok: &Tok) -> Result<bool, ParseError> {
         Ok(matches!(tok, Tok::Ident(n) if n == "self") && self.is_punct("->")?)

@@ -67,16 +67,21 @@ impl ProbeContext for Ctx {
         buf: &mut [u8],
     ) -> Result<(), ContextError> {
         self.task_reads.push((addr, buf.len()));
+        // As the backends report them: guest faults, read as zeroes.
         if task != TASK {
-            return Err(ContextError::Guest(format!(
-                "task {task:#x} has no address space"
-            )));
+            return Err(ContextError::Memory {
+                addr,
+                reason: format!("task {task:#x} has no address space"),
+            });
         }
         let page = b"......................other\0";
         let start = 0x6000 - page.len() as u64;
         let end = addr.saturating_add(buf.len() as u64);
         if addr < start || end > 0x6000 {
-            return Err(ContextError::Guest(format!("{addr:#x} is not mapped")));
+            return Err(ContextError::Memory {
+                addr,
+                reason: "not mapped".into(),
+            });
         }
         let off = (addr - start) as usize;
         buf.copy_from_slice(&page[off..off + buf.len()]);
@@ -142,7 +147,12 @@ kprobe:h { @c = uint_as(0x7000, 0x6000, 8); }"#;
         rt.run(p.block_of(i), &mut c);
     }
     rt.print_maps();
-    assert!(!cap.take().contains('@'), "no values from failed reads");
+    // A failed read gives "" or 0 and the handler goes on (bpftrace's
+    // probe_read); vtop() of an unmapped address is no read and stops it.
+    let out = cap.take();
+    assert!(out.contains("@a: \n"), "{out}");
+    assert!(out.contains("@c: 0\n"), "{out}");
+    assert!(!out.contains("@b"), "{out}");
     let errs = rt.errors();
     let msgs: Vec<&str> = errs.iter().map(|e| e.1.as_str()).collect();
     assert_eq!(errs.len(), 3, "{errs:?}");
@@ -152,7 +162,10 @@ kprobe:h { @c = uint_as(0x7000, 0x6000, 8); }"#;
             .any(|m| m.contains("task 0x8000 has no address space"))
     );
     assert!(msgs.iter().any(|m| m.contains("0xdead000 is not mapped")));
-    assert!(msgs.iter().any(|m| m.contains("0x6000 is not mapped")));
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("failed to read memory at 0x6000: not mapped"))
+    );
 }
 
 /// `ustack` prints as bpftrace prints user frames it cannot symbolize

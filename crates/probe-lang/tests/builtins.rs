@@ -79,6 +79,40 @@ fn bad_pointer_is_a_counted_error() {
             2
         )]
     );
+    // As bpftrace: the failed read gives 0 and the handler goes on.
+    assert_eq!(rt.map_value("a", &[]), Some(2));
+    assert_eq!(rt.map_value("b", &[]), Some(2));
+}
+
+#[test]
+fn failed_reads_give_zeroes_and_the_handler_goes_on() {
+    let (p, mut rt, cap) = runtime(
+        r#"kprobe:f { $x = *(uint32 *)0x10; $s = str(0x20); $b = buf(0x30, 4); printf("%d [%s] %r\n", $x + 1, $s, $b); $y = (uint64)(*(uint8 *)arg1); printf("%d\n", $y); @after = count(); }"#,
+    );
+    let mut c = ctx();
+    rt.run(p.block_of(0), &mut c);
+    assert_eq!(cap.take(), "1 [] \\x00\\x00\\x00\\x00\n7\n");
+    assert_eq!(rt.map_value("after", &[]), Some(1));
+    // Each failed read counted once, naming its address.
+    let errs = rt.errors();
+    assert_eq!(errs.len(), 3, "{errs:?}");
+    for (addr, e) in ["0x10", "0x20", "0x30"].iter().zip(&errs) {
+        assert!(
+            e.1.starts_with(&format!("failed to read memory at {addr}:")) && e.2 == 1,
+            "{errs:?}"
+        );
+    }
+}
+
+#[test]
+fn errors_that_are_not_reads_still_end_the_handler() {
+    let (p, mut rt, _) = runtime(r#"kprobe:f { @a = count(); $r = reg("zmm31"); @b = count(); }"#);
+    let mut c = ctx();
+    rt.run(p.block_of(0), &mut c);
+    assert_eq!(rt.map_value("a", &[]), Some(1));
+    assert_eq!(rt.map_value("b", &[]), Some(0));
+    let (p, mut rt, _) = runtime(r#"kprobe:f { @a = count(); $r = 1 / arg5; @b = count(); }"#);
+    rt.run(p.block_of(0), &mut c);
     assert_eq!(rt.map_value("b", &[]), Some(0));
 }
 

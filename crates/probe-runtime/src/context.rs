@@ -169,7 +169,10 @@ pub enum ContextError {
     Unavailable(String),
     #[error("failed to read register: {0}")]
     Register(String),
-    /// A read of guest memory failed (unmapped, a wild pointer).
+    /// The guest faulted on a read (unmapped, non-canonical, a bad page
+    /// table): the interpreter counts it and reads zeroes, as bpftrace's
+    /// `probe_read`. Backends use it for guest faults only (a broken stub
+    /// is `Lost`; other failures are `Guest`).
     #[error("failed to read memory at {addr:#x}: {reason}")]
     Memory { addr: u64, reason: String },
     /// The guest kernel's structures did not give the answer: a missing

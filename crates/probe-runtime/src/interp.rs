@@ -12,9 +12,13 @@
 //! `/` and `%` are unsigned like bpftrace's BPF code; division by zero is a
 //! runtime error.
 //!
-//! A runtime error (division by zero, a failed register/memory read, the
-//! step budget running out) aborts that one handler run and is counted per
-//! (probe, message); nothing panics.
+//! A failed guest memory read ([`ContextError::Memory`]: `*p`, a kernel
+//! member, `str()`, `buf()`, `*_as()`) is counted per (probe, message) and
+//! yields zero (0, "" or zeroed bytes), and the handler goes on, as
+//! bpftrace's `probe_read` does. Any other runtime error (division by
+//! zero, a register or capability the context lacks, no current task, the
+//! step budget running out) aborts that one handler run and is counted the
+//! same way; nothing panics.
 //!
 //! Guest memory is only read through [`ProbeContext::read_memory`], and
 //! every read is bounded (`str()` and `buf()` by [`STR_MAX`]/[`BUF_MAX`]).
@@ -25,12 +29,13 @@
 use crate::context::{ContextError, Flow, ProbeContext, Traced, TracedValue};
 use crate::output::{MapOp, Origin, Output, OutputEvent};
 use crate::store::{Cell, MapBackend, zero_value};
+use crate::thread_vars::{ThreadVars, thread_key};
 use probe_lang::check::{BUF_MAX, STR_MAX, TraceType};
 use probe_lang::ir::{Block, Builtin, Expr, KeyExpr, Op1, Op2, ReadAsKind, Stmt};
 use probe_lang::value::{Key, KeyPart, Value};
 use probe_lang::{BlockId, Executable};
 use rustc_hash::FxHashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Per-run step budget (IR nodes evaluated) unless changed with
 /// [`Interpreter::set_step_budget`].
@@ -45,14 +50,6 @@ pub const DEFAULT_TIME_BUDGET: std::time::Duration = std::time::Duration::from_m
 /// The clock is read every this many steps (reading it at every step would
 /// cost more than a typical handler).
 const STEPS_PER_CLOCK_READ: u64 = 32;
-
-/// The per-vCPU variables (`self->name`) of one vCPU of one guest, by
-/// slot; `None` is unset (reads as the type's zero).
-struct VcpuVars {
-    guest: String,
-    vcpu: u32,
-    vals: Vec<Option<Value>>,
-}
 
 /// Why a handler run stopped early. Kept to 16 bytes (boxed payloads) so
 /// `Result<Value, RunError>`, returned by every `eval`, stays small.
@@ -96,7 +93,7 @@ impl Env<'_> {
 }
 
 /// The state of one thread of execution: scratch variables, the step
-/// budget, error counts, per-vCPU variables and the clocks of `elapsed`
+/// budget, error counts, the `self->` table and the clocks of `elapsed`
 /// and `strftime`. Maps are not here: each run is given its
 /// [`MapBackend`].
 pub struct Interpreter {
@@ -115,8 +112,12 @@ pub struct Interpreter {
     wall_origin: Option<(u64, u64)>,
     /// xorshift64 state for `rand`.
     rng: u64,
-    /// Few entries (one per vCPU seen), so a linear search is the fastest.
-    per_vcpu: Vec<VcpuVars>,
+    /// `self->` values of every guest thread; shared by the interpreters
+    /// of one program (each vCPU's inside QEMU).
+    thread_vars: Arc<Mutex<ThreadVars>>,
+    /// The key of this run's guest thread, once read (a `tid` read per
+    /// run, and none in a run that uses no `self->`).
+    thread: Option<u64>,
 }
 
 impl Default for Interpreter {
@@ -138,8 +139,20 @@ impl Interpreter {
             start_ns: None,
             wall_origin: None,
             rng: 0,
-            per_vcpu: Vec::new(),
+            thread_vars: Arc::default(),
+            thread: None,
         }
+    }
+
+    /// Makes this interpreter keep `self->` values in `vars`, shared with
+    /// the others of the same program (each vCPU's inside QEMU).
+    pub fn share_thread_vars(&mut self, vars: Arc<Mutex<ThreadVars>>) {
+        self.thread_vars = vars;
+    }
+
+    /// The `self->` table (for its limit and for tests).
+    pub fn thread_vars(&self) -> &Arc<Mutex<ThreadVars>> {
+        &self.thread_vars
     }
 
     pub fn set_step_budget(&mut self, steps: u64) {
@@ -179,6 +192,7 @@ impl Interpreter {
             self.rng = now | 1;
         }
         self.steps = 0;
+        self.thread = None;
         self.started = std::time::Instant::now();
         self.slots.clear();
         self.slots.resize(b.slots as usize, Value::Int(0));
@@ -232,25 +246,102 @@ impl Interpreter {
         self.count_error(env.ctx.probe(), msg);
     }
 
-    /// The per-vCPU variables of the vCPU (of the guest) a probe fired on.
-    fn vcpu_vars(&mut self, p: &Executable, ctx: &dyn ProbeContext) -> &mut Vec<Option<Value>> {
-        let (guest, vcpu) = (ctx.guest(), ctx.vcpu());
-        let i = match self
-            .per_vcpu
-            .iter()
-            .position(|v| v.vcpu == vcpu && v.guest == guest)
-        {
-            Some(i) => i,
-            None => {
-                self.per_vcpu.push(VcpuVars {
-                    guest: guest.to_string(),
-                    vcpu,
-                    vals: vec![None; p.ir.self_vars.len()],
-                });
-                self.per_vcpu.len() - 1
-            }
+    /// The key of the guest thread this run fired in (read once a run).
+    fn thread(&mut self, env: &mut Env<'_>) -> Result<u64, RunError> {
+        if let Some(k) = self.thread {
+            return Ok(k);
+        }
+        let tid = env.ctx.tid().map_err(|e| {
+            RunError::Msg(Box::new(format!(
+                "self-> variables belong to the guest thread, and its tid is unknown here: {e}"
+            )))
+        })?;
+        let k = thread_key(tid, env.ctx.vcpu());
+        self.thread = Some(k);
+        Ok(k)
+    }
+
+    fn vars(&self) -> MutexGuard<'_, ThreadVars> {
+        self.thread_vars.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `self->x` as an expression: unset reads as 0 or "" (as DTrace's).
+    fn self_get(
+        &mut self,
+        p: &Executable,
+        slot: u16,
+        env: &mut Env<'_>,
+    ) -> Result<Value, RunError> {
+        let t = self.thread(env)?;
+        let v = self.vars().get(env.ctx.guest(), t, slot);
+        Ok(v.unwrap_or_else(|| zero_value(p.ir.self_vars[slot as usize].1, &p.ir.tuples)))
+    }
+
+    /// `self->x = v`; a zero (0 or "") clears it, as in DTrace, so a
+    /// thread holds nothing once its variables are back to zero.
+    fn self_set(
+        &mut self,
+        p: &Executable,
+        slot: u16,
+        v: Option<Value>,
+        env: &mut Env<'_>,
+    ) -> Result<(), RunError> {
+        let v = v.filter(|v| match v {
+            Value::Int(i) => *i != 0,
+            Value::Str(s) => !s.is_empty(),
+            _ => true,
+        });
+        let t = self.thread(env)?;
+        let n = p.ir.self_vars.len();
+        let (stored, limit) = {
+            let mut vars = self.vars();
+            (vars.set(env.ctx.guest(), t, slot, n, v), vars.limit())
         };
-        &mut self.per_vcpu[i].vals
+        if !stored {
+            self.count_error(
+                env.ctx.probe(),
+                format!(
+                    "self-> variables are held for {limit} threads (the limit); a new thread's value is dropped"
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// bpftrace's `probe_read` semantics: a read the guest faulted on is
+    /// counted and reads as zeroes, and the handler goes on; any other
+    /// failure (the stub gone, no such capability) ends the run.
+    fn zero_on_fault(
+        &mut self,
+        ctx: &dyn ProbeContext,
+        r: Result<(), ContextError>,
+        buf: &mut [u8],
+    ) -> Result<(), RunError> {
+        match r {
+            Ok(()) => Ok(()),
+            Err(e @ ContextError::Memory { .. }) => {
+                self.count_error(ctx.probe(), e.to_string());
+                buf.fill(0);
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// As [`Interpreter::zero_on_fault`] for `str()`: a faulted read is "".
+    fn empty_on_fault(
+        &mut self,
+        ctx: &dyn ProbeContext,
+        r: Result<Value, ContextError>,
+    ) -> Result<Value, RunError> {
+        match r {
+            Ok(v) => Ok(v),
+            Err(e @ ContextError::Memory { .. }) => {
+                self.count_error(ctx.probe(), e.to_string());
+                Ok(Value::Str(Arc::from("")))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn step(&mut self) -> Result<(), RunError> {
@@ -436,9 +527,9 @@ impl Interpreter {
             }
             Stmt::SelfSet(slot, e) => {
                 let v = self.eval(p, e, env)?;
-                self.vcpu_vars(p, &*env.ctx)[*slot as usize] = Some(v);
+                self.self_set(p, *slot, Some(v), env)?;
             }
-            Stmt::SelfDelete(slot) => self.vcpu_vars(p, &*env.ctx)[*slot as usize] = None,
+            Stmt::SelfDelete(slot) => self.self_set(p, *slot, None, env)?,
             // The rest is run by `exec` itself and never sent here.
             Stmt::Agg { .. }
             | Stmt::MapSet { .. }
@@ -580,11 +671,7 @@ impl Interpreter {
     ) -> Result<Value, RunError> {
         Ok(match e {
             Expr::Len(m) => Value::Int(env.maps.len(*m)),
-            Expr::SelfVar(slot) => match &self.vcpu_vars(p, &*env.ctx)[*slot as usize] {
-                Some(v) => v.clone(),
-                // Unset reads as 0 or "" (DTrace's thread-locals do too).
-                None => zero_value(p.ir.self_vars[*slot as usize].1, &p.ir.tuples),
-            },
+            Expr::SelfVar(slot) => self.self_get(p, *slot, env)?,
             Expr::Tuple(es) => {
                 let mut v = Vec::with_capacity(es.len());
                 for e in es {
@@ -629,18 +716,24 @@ impl Interpreter {
                             Some(l) => self.eval(p, l, env)?.as_int().min(STR_MAX - 1),
                             None => STR_MAX - 1,
                         };
-                        Self::read_str(&mut |a, b| env.ctx.read_task_memory(task, a, b), addr, max)?
+                        let r = Self::read_str(
+                            &mut |a, b| env.ctx.read_task_memory(task, a, b),
+                            addr,
+                            max,
+                        );
+                        self.empty_on_fault(&*env.ctx, r)?
                     }
                     ReadAsKind::Buf(len) => {
                         let len = self.eval(p, len, env)?.as_int().min(BUF_MAX);
                         let mut b = vec![0u8; len as usize];
-                        env.ctx.read_task_memory(task, addr, &mut b)?;
+                        let r = env.ctx.read_task_memory(task, addr, &mut b);
+                        self.zero_on_fault(&*env.ctx, r, &mut b)?;
                         Value::Buf(Arc::from(b))
                     }
                     ReadAsKind::Uint(n) => {
                         let mut b = [0u8; 8];
-                        env.ctx
-                            .read_task_memory(task, addr, &mut b[..*n as usize])?;
+                        let r = env.ctx.read_task_memory(task, addr, &mut b[..*n as usize]);
+                        self.zero_on_fault(&*env.ctx, r, &mut b)?;
                         Value::Int(u64::from_le_bytes(b))
                     }
                 }
@@ -669,7 +762,8 @@ impl Interpreter {
             Expr::Deref { size, signed, ptr } => {
                 let addr = self.eval(p, ptr, env)?.as_int();
                 let mut b = [0u8; 8];
-                env.ctx.read_memory(addr, &mut b[..*size as usize])?;
+                let r = env.ctx.read_memory(addr, &mut b[..*size as usize]);
+                self.zero_on_fault(&*env.ctx, r, &mut b)?;
                 Value::Int(extend(u64::from_le_bytes(b), *size, *signed))
             }
             Expr::StrRead { ptr, len } => {
@@ -679,13 +773,15 @@ impl Interpreter {
                     Some(l) => self.eval(p, l, env)?.as_int().min(STR_MAX - 1),
                     None => STR_MAX - 1,
                 };
-                Self::read_str(&mut |a, b| env.ctx.read_memory(a, b), addr, max)?
+                let r = Self::read_str(&mut |a, b| env.ctx.read_memory(a, b), addr, max);
+                self.empty_on_fault(&*env.ctx, r)?
             }
             Expr::BufRead { ptr, len } => {
                 let addr = self.eval(p, ptr, env)?.as_int();
                 let len = self.eval(p, len, env)?.as_int().min(BUF_MAX);
                 let mut b = vec![0u8; len as usize];
-                env.ctx.read_memory(addr, &mut b)?;
+                let r = env.ctx.read_memory(addr, &mut b);
+                self.zero_on_fault(&*env.ctx, r, &mut b)?;
                 Value::Buf(Arc::from(b))
             }
             Expr::Ksym(a) => {

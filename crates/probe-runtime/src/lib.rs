@@ -5,6 +5,7 @@
 //! - [`interp`]: the [`Interpreter`], which runs one block per hit with a
 //!   step budget;
 //! - [`store`]: map state ([`MapStore`]), shards and how they merge;
+//! - [`thread_vars`]: `self->` values per guest thread ([`ThreadVars`]);
 //! - [`output`]: what a program prints, as [`OutputEvent`]s (rendering
 //!   is `probe-output`'s);
 //! - [`runtime`]: the three together in one process ([`Runtime`]).
@@ -17,9 +18,11 @@ pub mod interp;
 pub mod output;
 pub mod runtime;
 pub mod store;
+pub mod thread_vars;
 
 pub use context::{ContextError, Flow, ProbeContext, Traced, TracedValue};
 pub use interp::{DEFAULT_STEP_BUDGET, DEFAULT_TIME_BUDGET, Interpreter};
 pub use output::{MapOp, Origin, Output, OutputEvent};
 pub use runtime::Runtime;
 pub use store::{Cell, DEFAULT_MAP_LIMIT, MapBackend, MapStore, Shown};
+pub use thread_vars::{DEFAULT_THREAD_LIMIT, ThreadVars};

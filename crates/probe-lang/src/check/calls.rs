@@ -118,7 +118,7 @@ impl Checker<'_, '_> {
             }
             "delete" => {
                 if self.arity(name, args.len(), 1, 1, span) {
-                    // `delete(self->x)` unsets a per-vCPU variable.
+                    // `delete(self->x)` unsets a thread-local variable.
                     if let ExprKind::SelfVar(_) = args[0].kind {
                         self.expr(&mut args[0]);
                     } else {
@@ -356,7 +356,7 @@ impl Checker<'_, '_> {
         if name == "self" {
             self.r.error(
                 span,
-                "self is used with a variable name: self->NAME (a per-vCPU variable)",
+                "self is used with a variable name: self->NAME (a thread-local variable)",
             );
             return Type::Unknown;
         }

@@ -49,7 +49,7 @@ pub struct Checked {
     /// Register names given to `reg()`, so the engine can check them
     /// against the stub's register set before attaching.
     pub regs: Vec<(String, Span)>,
-    /// Per-vCPU variables (`self->name`): name and type, by slot.
+    /// Thread-local variables (`self->name`): name and type, by slot.
     pub self_vars: Vec<(String, Type)>,
     /// The field layout of each `trace(name = expr, ...)` call site.
     pub traces: Vec<TraceSite>,
@@ -88,7 +88,7 @@ struct Checker<'a, 's> {
     specs: Vec<ProbeSpec>,
     traces: Vec<TraceSite>,
     recording: Vec<(String, Span)>,
-    /// Per-vCPU variables of the whole program: slot and type.
+    /// Thread-local variables of the whole program: slot and type.
     self_vars: FxHashMap<String, (u16, Type)>,
     /// The first pass, which only discovers declarations.
     discovering: bool,

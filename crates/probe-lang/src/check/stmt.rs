@@ -1,5 +1,5 @@
 //! Statements: control flow (`if`, `while`, `unroll`, `break` outside a
-//! loop), scratch variables (`$x`, one type per block) and per-vCPU
+//! loop), scratch variables (`$x`, one type per block) and thread-local
 //! variables (`self->x`, one type per program). Map statements, calls and
 //! `trace()` go to their own files.
 
@@ -7,7 +7,7 @@ use super::{Checker, same_shape};
 use crate::ast::{Expr, ExprKind, Stmt, StmtKind, Type};
 use crate::diag::Span;
 
-/// Scratch and per-vCPU variables live in slots numbered by a `u16`, and
+/// Scratch and thread-local variables live in slots numbered by a `u16`, and
 /// a block's slot count is a `u16` too: past this, a count wraps to 0 or
 /// two variables share a slot.
 const MAX_VARS: usize = u16::MAX as usize;
@@ -131,7 +131,7 @@ impl Checker<'_, '_> {
                     self.r.error(
                         value.span,
                         format!(
-                            "a {} cannot be stored in a per-vCPU variable",
+                            "a {} cannot be stored in a thread-local variable",
                             value.ty.name()
                         ),
                     );
@@ -142,13 +142,13 @@ impl Checker<'_, '_> {
         }
     }
 
-    /// Gives per-vCPU variable `name` the next slot; false (reported at
+    /// Gives thread-local variable `name` the next slot; false (reported at
     /// `span`) when there is none left.
     fn new_self_var(&mut self, name: &str, ty: Type, span: Span) -> bool {
         if self.self_vars.len() >= MAX_VARS {
             self.r.error(
                 span,
-                format!("too many per-vCPU variables (at most {MAX_VARS})"),
+                format!("too many thread-local variables (at most {MAX_VARS})"),
             );
             return false;
         }
@@ -175,9 +175,9 @@ mod tests {
     #[test]
     fn variable_slots_do_not_wrap() {
         // 65536 scratch variables made a block's slot count 0 (a panic
-        // when run); a 65537th per-vCPU variable shared slot 0.
+        // when run); a 65537th thread-local variable shared slot 0.
         assert_eq!(first_error(&assignments("$", 65535)), None);
-        for (prefix, what, n) in [("$", "scratch", 65536), ("self->", "per-vCPU", 65537)] {
+        for (prefix, what, n) in [("$", "scratch", 65536), ("self->", "thread-local", 65537)] {
             let e = first_error(&assignments(prefix, n))
                 .unwrap_or_else(|| panic!("{n} {what} variables compiled"));
             assert!(e.contains(&format!("too many {what} variables")), "{e}");

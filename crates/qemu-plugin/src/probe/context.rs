@@ -208,7 +208,17 @@ impl ProbeContext for VcpuContext<'_, '_> {
     ) -> Result<(), ContextError> {
         self.kernel
             .read_task_memory(&mut VcpuView(self.vcpu), task, addr, buf)
-            .map_err(|e| ContextError::Guest(format!("read at {addr:#x} in task {task:#x}: {e}")))
+            .map_err(|e| {
+                // As the gdb backend: a guest fault reads as zeroes.
+                if e.is_guest_fault() {
+                    ContextError::Memory {
+                        addr,
+                        reason: format!("in task {task:#x}: {e}"),
+                    }
+                } else {
+                    ContextError::Guest(format!("read at {addr:#x} in task {task:#x}: {e}"))
+                }
+            })
     }
 
     fn ustack(&mut self, limit: usize) -> Result<Vec<u64>, ContextError> {

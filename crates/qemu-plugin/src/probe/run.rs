@@ -87,10 +87,14 @@ impl Run {
             s.set_limit(a.map_limit);
             s
         };
+        // One `self->` table for every vCPU: a thread that sleeps on one
+        // vCPU and wakes on another finds its values.
+        let thread_vars = Arc::default();
         let interps = (0..vcpus.max(1))
             .map(|_| {
                 let mut interp = Interpreter::new();
                 interp.set_step_budget(a.step_budget);
+                interp.share_thread_vars(Arc::clone(&thread_vars));
                 Mutex::new(interp)
             })
             .collect();
