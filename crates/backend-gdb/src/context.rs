@@ -150,7 +150,7 @@ impl<'a> HitContext<'a> {
     fn guest_error(&self, e: GuestError) -> ContextError {
         match self.client.lost() {
             Some(why) => ContextError::Lost(why.to_string()),
-            None => guest_error(e),
+            None => e.into(),
         }
     }
 
@@ -223,26 +223,6 @@ impl<'a> HitContext<'a> {
     }
 }
 
-fn guest_error(e: GuestError) -> ContextError {
-    match e {
-        GuestError::Memory { addr, reason } => ContextError::Memory { addr, reason },
-        e => ContextError::Guest(e.to_string()),
-    }
-}
-
-/// A failed read in another task's address space: a guest fault (the
-/// handler reads zeroes and goes on) or not (it stops).
-fn task_read_error(task: u64, addr: u64, e: GuestError) -> ContextError {
-    if e.is_guest_fault() {
-        ContextError::Memory {
-            addr,
-            reason: format!("in task {task:#x}: {e}"),
-        }
-    } else {
-        ContextError::Guest(format!("read at {addr:#x} in task {task:#x}: {e}"))
-    }
-}
-
 impl ProbeContext for HitContext<'_> {
     fn arg(&mut self, n: u8) -> Result<u64, ContextError> {
         let reg = ARG_REGS.get(n as usize).ok_or_else(|| {
@@ -299,7 +279,7 @@ impl ProbeContext for HitContext<'_> {
         let read = kernel.read_task_memory(&mut cpu, task, addr, buf);
         read.map_err(|e| match self.client.lost() {
             Some(why) => ContextError::Lost(why.to_string()),
-            None => task_read_error(task, addr, e),
+            None => linux_guest::task_read_error(task, addr, e),
         })
     }
 

@@ -25,10 +25,12 @@ use x86_paging::{VirtualReadError, Walker};
 
 mod address_space;
 mod cgroup;
+mod handler_errors;
 mod layout;
 use address_space::reg;
 pub use address_space::vtop;
 use cgroup::cgroup_path_in;
+pub use handler_errors::task_read_error;
 pub use layout::KernelLayout;
 use layout::TaskLayout;
 

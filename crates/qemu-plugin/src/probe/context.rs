@@ -71,13 +71,6 @@ pub(crate) struct VcpuContext<'a, 'v> {
     pub traced: Vec<(Box<str>, Traced)>,
 }
 
-fn guest_error(e: GuestError) -> ContextError {
-    match e {
-        GuestError::Memory { addr, reason } => ContextError::Memory { addr, reason },
-        e => ContextError::Guest(e.to_string()),
-    }
-}
-
 impl VcpuContext<'_, '_> {
     fn reg(&mut self, r: TcgReg) -> Result<u64, ContextError> {
         self.vcpu
@@ -92,7 +85,7 @@ impl VcpuContext<'_, '_> {
         let t = self
             .kernel
             .current_task(&mut VcpuView(self.vcpu))
-            .map_err(guest_error)?;
+            .map_err(ContextError::from)?;
         self.task = Some(t);
         Ok(t)
     }
@@ -102,7 +95,7 @@ impl VcpuContext<'_, '_> {
         read: impl FnOnce(&GuestKernel, &mut dyn GuestMemory, u64) -> Result<T, GuestError>,
     ) -> Result<T, ContextError> {
         let task = self.task()?;
-        read(self.kernel, &mut VcpuView(self.vcpu), task).map_err(guest_error)
+        read(self.kernel, &mut VcpuView(self.vcpu), task).map_err(ContextError::from)
     }
 }
 
@@ -162,7 +155,7 @@ impl ProbeContext for VcpuContext<'_, '_> {
     fn kstack(&mut self, limit: usize) -> Result<Vec<u64>, ContextError> {
         self.kernel
             .kstack(&mut VcpuView(self.vcpu), limit)
-            .map_err(guest_error)
+            .map_err(ContextError::from)
     }
 
     fn curtask(&mut self) -> Result<u64, ContextError> {
@@ -188,7 +181,7 @@ impl ProbeContext for VcpuContext<'_, '_> {
     fn cgroup_path(&mut self, id: u64) -> Result<Option<String>, ContextError> {
         self.kernel
             .cgroup_path(&mut VcpuView(self.vcpu), id)
-            .map_err(guest_error)
+            .map_err(ContextError::from)
     }
 
     fn guest(&self) -> &str {
@@ -208,17 +201,7 @@ impl ProbeContext for VcpuContext<'_, '_> {
     ) -> Result<(), ContextError> {
         self.kernel
             .read_task_memory(&mut VcpuView(self.vcpu), task, addr, buf)
-            .map_err(|e| {
-                // As the gdb backend: a guest fault reads as zeroes.
-                if e.is_guest_fault() {
-                    ContextError::Memory {
-                        addr,
-                        reason: format!("in task {task:#x}: {e}"),
-                    }
-                } else {
-                    ContextError::Guest(format!("read at {addr:#x} in task {task:#x}: {e}"))
-                }
-            })
+            .map_err(|e| linux_guest::task_read_error(task, addr, e))
     }
 
     fn ustack(&mut self, limit: usize) -> Result<Vec<u64>, ContextError> {
@@ -226,7 +209,7 @@ impl ProbeContext for VcpuContext<'_, '_> {
         let task = if in_user { None } else { Some(self.task()?) };
         self.kernel
             .ustack(&mut VcpuView(self.vcpu), task, limit)
-            .map_err(guest_error)
+            .map_err(ContextError::from)
     }
 
     fn trace(&mut self, what: Traced) -> Result<(), ContextError> {
