@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// What a site's handlers did: their flow, the registers they read, what
+/// they traced.
+type SiteRun = (Flow, Option<Registers>, Vec<(Box<str>, Traced)>);
+
 impl Session {
     /// Stops the guest and runs every timer probe that is due. A breakpoint
     /// hit that races with the interrupt is served first (and resumed); the
@@ -145,19 +149,9 @@ impl Session {
     ) -> Result<Flow, String> {
         self.stats.hits += 1;
         self.live.hit();
+        let (flow, mut regs, traced) =
+            self.run_site(index, false, thread, regs, runtime, received)?;
         let site = &self.sites[index];
-        let mut ctx = HitContext::at_stop(
-            &mut self.client,
-            self.kernel.as_deref(),
-            &self.name,
-            Some(thread),
-            regs,
-            received,
-            &site.func,
-        );
-        let flow = ctx.run_all(runtime, &site.handlers)?;
-        let mut regs = ctx.regs.take();
-        let traced = std::mem::take(&mut ctx.traced);
         if let Some(sink) = self.recorder.as_mut() {
             let every = self.record_every_hit;
             let mut fields = [("", FieldValue::U64(0)); 6];
@@ -267,19 +261,8 @@ impl Session {
         };
         self.stats.returns += 1;
         self.live.hit();
+        let (flow, regs, traced) = self.run_site(site, true, thread, regs, runtime, received)?;
         let site = &self.sites[site];
-        let mut ctx = HitContext::at_stop(
-            &mut self.client,
-            self.kernel.as_deref(),
-            &self.name,
-            Some(thread),
-            regs,
-            received,
-            &site.func,
-        );
-        let flow = ctx.run_all(runtime, &site.ret_handlers)?;
-        let regs = ctx.regs.take();
-        let traced = std::mem::take(&mut ctx.traced);
         if let Some(sink) = self.recorder.as_mut() {
             let every = self.record_every_hit;
             let retval = if every || traced.iter().any(|(_, t)| *t == Traced::Probe) {
@@ -436,5 +419,34 @@ impl Session {
         Err(format!(
             "vCPU {thread} did not move off a probe site after {MAX_STEPS} single steps"
         ))
+    }
+
+    /// Runs the entry (or return) handlers of site `index` at a stop of
+    /// `thread`: their flow, the registers they read, what they traced.
+    fn run_site(
+        &mut self,
+        index: usize,
+        returning: bool,
+        thread: ThreadId,
+        regs: Option<Registers>,
+        runtime: &Mutex<Runtime>,
+        received: u64,
+    ) -> Result<SiteRun, String> {
+        let site = &self.sites[index];
+        let handlers = match returning {
+            true => &site.ret_handlers,
+            false => &site.handlers,
+        };
+        let mut ctx = HitContext::at_stop(
+            &mut self.client,
+            self.kernel.as_deref(),
+            &self.name,
+            Some(thread),
+            regs,
+            received,
+            &site.func,
+        );
+        let flow = ctx.run_all(runtime, handlers)?;
+        Ok((flow, ctx.regs.take(), std::mem::take(&mut ctx.traced)))
     }
 }
