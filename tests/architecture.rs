@@ -322,3 +322,41 @@ fn crate_references_reads_paths_and_groups() {
     let refs = crate_references("use super::x;\nuse super::super::y::Z;", 2);
     assert_eq!(refs, ["y".to_string()].into());
 }
+
+/// A crate with no `unsafe` block forbids them (`#![forbid(unsafe_code)]`
+/// in its root), so one added later is a decision, not an accident; the
+/// crates with `unsafe` (FFI: perf, QEMU's plugin API, process setup) deny
+/// undocumented blocks through the workspace lints.
+#[test]
+fn crates_without_unsafe_forbid_it() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let files = source_files();
+    let mut checked = 0;
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(root.join("crates"))
+        .expect("reads crates/")
+        .flatten()
+    {
+        let src = entry.path().join("src");
+        let lib = src.join("lib.rs");
+        if !lib.is_file() {
+            continue;
+        }
+        let uses_unsafe = files.iter().filter(|f| f.starts_with(&src)).any(|f| {
+            let text = std::fs::read_to_string(f).expect("reads a source file");
+            ["unsafe {", "unsafe fn", "unsafe impl", "unsafe extern"]
+                .iter()
+                .any(|u| text.contains(u))
+        });
+        let text = std::fs::read_to_string(&lib).expect("reads lib.rs");
+        if !uses_unsafe && !text.contains("#![forbid(unsafe_code)]") {
+            missing.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        checked += 1;
+    }
+    assert!(checked > 15, "checked only {checked} crates");
+    assert!(
+        missing.is_empty(),
+        "add #![forbid(unsafe_code)] to {missing:?}"
+    );
+}

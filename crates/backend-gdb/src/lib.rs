@@ -17,6 +17,7 @@
 //! - guest memory at each probe site is read before arming and after
 //!   disarming, and a difference is reported as an error.
 
+#![forbid(unsafe_code)]
 mod backend;
 mod context;
 mod session;

@@ -15,6 +15,7 @@
 //! - guest state in `interval` blocks: they run in vmprobe, where no vCPU
 //!   stopped for them.
 
+#![forbid(unsafe_code)]
 mod backend;
 pub mod client;
 mod home;

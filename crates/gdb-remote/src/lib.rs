@@ -81,6 +81,7 @@
 //! stall policy ([`Client::set_stall_policy`]) the client waits for late
 //! replies instead, and stays consistent when a request fails late.
 
+#![forbid(unsafe_code)]
 mod client;
 mod packet;
 mod regs;

@@ -31,6 +31,7 @@
 //! alone (the window is QEMU's own request latency), consistent with the
 //! ±0.55 µs from the method.
 
+#![forbid(unsafe_code)]
 use rustix::time::{ClockId, Timespec, clock_gettime};
 
 fn ns(t: Timespec) -> i128 {

@@ -20,6 +20,7 @@
 //! ([`KernelSymbols`], deserialised from another process): no decompression, ELF or hashing
 //! code is linked (vmprobe's QEMU plugin looks symbols up but never reads an image).
 
+#![forbid(unsafe_code)]
 #[cfg(feature = "images")]
 mod cache;
 #[cfg(feature = "images")]

@@ -31,6 +31,7 @@
 //! # }
 //! ```
 
+#![forbid(unsafe_code)]
 use std::collections::HashSet;
 
 /// ORC base registers (`ORC_REG_*`).

@@ -17,6 +17,7 @@
 //! guest is untrusted, and a cyclic list or a wild pointer ends in an error,
 //! never a hang.
 
+#![forbid(unsafe_code)]
 use kernel_btf::Btf;
 use kernel_image::KernelSymbols;
 use kernel_unwind::{OrcTable, Regs};

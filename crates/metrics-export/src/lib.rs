@@ -13,6 +13,7 @@
 //! thing run under the caller's locks; encoding and HTTP happen after it
 //! returned, on the server's thread.
 
+#![forbid(unsafe_code)]
 pub mod maps;
 mod server;
 

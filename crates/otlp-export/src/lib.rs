@@ -21,6 +21,7 @@
 //! (a later wall-clock step does not move events already converted, nor
 //! those after it).
 
+#![forbid(unsafe_code)]
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};

@@ -26,6 +26,7 @@
 //!    is over: the plugin is free for the next vmprobe before `Detached`
 //!    is sent, and reads nothing more on this connection.
 
+#![forbid(unsafe_code)]
 use kernel_image::TextSample;
 use linux_guest::KernelDescription;
 use probe_lang::Executable;

@@ -17,6 +17,7 @@
 //! The engine knows no backend: a new one is a crate that implements
 //! [`Backend`].
 
+#![forbid(unsafe_code)]
 pub mod boundary;
 pub mod capabilities;
 pub mod event_context;

@@ -23,6 +23,7 @@
 //! ([`types::KernelTypes`], e.g. from BTF) for `args.NAME`, struct casts,
 //! member access, `sizeof`/`offsetof` and a typed `curtask`.
 
+#![forbid(unsafe_code)]
 pub mod ast;
 pub mod check;
 mod consts;

@@ -18,6 +18,7 @@
 //! * at exit bpftrace prints `\n\n` (after END) and then every map in name
 //!   order.
 
+#![forbid(unsafe_code)]
 use probe_lang::ast::Type;
 use probe_lang::check::{AggKind, LhistParams, MapDecl};
 use probe_lang::format::{escape_buf, stack_text};

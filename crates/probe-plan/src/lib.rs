@@ -3,6 +3,7 @@
 //! Backend-neutral: shared by vmprobe (whatever backend serves the hits)
 //! and by its QEMU plugin, which is sent the sites resolved here.
 
+#![forbid(unsafe_code)]
 mod resolve;
 pub mod returns;
 mod timers;

@@ -13,6 +13,7 @@
 //! The crate knows nothing of GDB, QEMU or x86: the backend supplies the
 //! context, and it is shared by vmprobe and by its QEMU plugin.
 
+#![forbid(unsafe_code)]
 pub mod context;
 pub mod interp;
 pub mod output;

@@ -42,6 +42,7 @@
 //! # Ok(()) }
 //! ```
 
+#![forbid(unsafe_code)]
 pub mod catalogue;
 pub mod follow;
 pub mod qmp;

@@ -59,6 +59,7 @@
 //! # Ok::<(), trace_formats::Error>(())
 //! ```
 
+#![forbid(unsafe_code)]
 pub mod ctf;
 pub mod flame;
 pub mod model;

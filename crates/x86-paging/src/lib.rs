@@ -11,6 +11,7 @@
 //! a table or page beyond the physical address width or the memory limit,
 //! a failed read). Nothing panics on any input.
 
+#![forbid(unsafe_code)]
 #[cfg(test)]
 mod tests;
 
