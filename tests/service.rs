@@ -4,7 +4,11 @@
 //! going on from where they were.
 
 mod support;
+use qemu_guest::{Accel, LaunchConfig, Vm};
+use std::io::{Read, Write};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use support::*;
 
 /// Runs `attach --config` on `text`; returns (exit code, stderr).
@@ -85,4 +89,179 @@ fn a_bad_config_is_one_line_and_exit_status_1() {
         RUN_LIMIT,
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+/// The user's VM as a service would find it: QEMU with a second QMP
+/// monitor at a fixed path (`sockets/vm0.qmp`), the one the service is
+/// given, booted (the test resumes it through the launcher's own monitor).
+fn boot_vm(sockets: &Path, console: &Arc<Mutex<Vec<u8>>>) -> Vm {
+    let mut cfg = LaunchConfig::new(default_guest());
+    cfg.accel = Accel::Tcg;
+    cfg.gdbstub = false;
+    cfg.console = Some(console.clone());
+    cfg.extra_args = vec![
+        "-qmp".into(),
+        format!(
+            "unix:{},server=on,wait=off",
+            sockets.join("vm0.qmp").display()
+        ),
+    ];
+    let mut vm = Vm::launch(&cfg).expect("launch");
+    let mut qmp =
+        qemu_vmm::Qmp::connect_unix_wait(&vm.qmp_socket(), Duration::from_secs(5)).unwrap();
+    qmp.cont().unwrap();
+    vm.wait_ready(Duration::from_secs(180))
+        .expect("guest boots");
+    vm
+}
+
+/// N one-byte writes by dd, counted by the guest kernel's own kprobe event
+/// (`GT-WRITES n` on the console) and by dd (`N+0 records out`).
+fn writes_workload(n: u32, tag: &str) -> String {
+    format!(
+        "cd /sys/kernel/tracing && echo 'p:gt ksys_write count=%dx:u64' > kprobe_events && \
+         echo 'count == 1' > events/kprobes/gt/filter && echo 1 > events/kprobes/gt/enable && \
+         dd if=/dev/zero of=/dev/null bs=1 count={n} 2>/tmp/dd.txt; \
+         echo 0 > events/kprobes/gt/enable; \
+         echo \"{tag} GT-WRITES $(grep -c 'count=1$' trace) DD $(grep 'records out' /tmp/dd.txt)\""
+    )
+}
+
+/// The guest's counts of one boot, from its console: (kernel, dd).
+fn guest_counts(console: &str, tag: &str) -> (u64, u64) {
+    let line = console
+        .lines()
+        .find_map(|l| l.split_once(&format!("{tag} GT-WRITES ")).map(|(_, r)| r))
+        .unwrap_or_else(|| panic!("no {tag} counts on the console:\n{console}"));
+    let mut words = line.split_whitespace();
+    let kernel = words.next().unwrap().parse().unwrap();
+    assert_eq!(words.next(), Some("DD"), "{line}");
+    let dd = words
+        .next()
+        .and_then(|w| w.split('+').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    (kernel, dd)
+}
+
+/// `@c` as the service's /metrics shows it (`c_total`).
+fn scraped_count(addr: &str) -> u64 {
+    let mut c = std::net::TcpStream::connect(addr).expect("metrics listener");
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(c, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    out.lines()
+        .find_map(|l| l.strip_prefix("c_total "))
+        .unwrap_or_else(|| panic!("no c_total in:\n{out}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn console_text(console: &Arc<Mutex<Vec<u8>>>) -> String {
+    String::from_utf8_lossy(&console.lock().unwrap()).into_owned()
+}
+
+fn wait_console(console: &Arc<Mutex<Vec<u8>>>, needle: &str) {
+    let start = Instant::now();
+    while !console_text(console).contains(needle) {
+        assert!(
+            start.elapsed() < RUN_LIMIT,
+            "no {needle:?} on the console:\n{}",
+            console_text(console)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Acceptance: the service survives a VM restart. QEMU is killed with
+/// SIGKILL after 200 writes and a new QEMU started on the same socket; the
+/// service attaches again on its own and the count goes on: 300 more
+/// writes make @c 500, equal to what the guest kernel counted in its two
+/// boots, at /metrics as in the printed map.
+#[test]
+fn a_restarted_vm_is_attached_again_and_the_counts_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let sockets = dir.path().join("sockets");
+    std::fs::create_dir(&sockets).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    let config = dir.path().join("svc.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "program = \"kprobe:ksys_write /arg2 == 1/ {{ @c = count(); }}\"\n\
+             metrics = \"{metrics}\"\n\
+             [[vm]]\nname = \"vm0\"\nqmp = \"sockets/vm0.qmp\"\nkernel = \"{}\"\n",
+            default_guest().kernel.display()
+        ),
+    )
+    .unwrap();
+
+    let console1 = Arc::new(Mutex::new(Vec::new()));
+    let mut vm1 = boot_vm(&sockets, &console1);
+    let (mut service, stdout, stderr) =
+        spawn_collected(vmprobe().args(["attach", "--config"]).arg(&config));
+    stderr.wait_for("attached to vm0", RUN_LIMIT);
+    vm1.start_workload(&writes_workload(200, "BOOT1")).unwrap();
+    assert_eq!(vm1.wait_exit(RUN_LIMIT).unwrap(), 0);
+    wait_console(&console1, "BOOT1 GT-WRITES");
+    let before = scraped_count(&metrics);
+
+    // The VM dies under the service.
+    let killed = Instant::now();
+    vm1.kill();
+    drop(vm1);
+    stderr.wait_for("vm0: its connection ended", Duration::from_secs(30));
+    let noticed = killed.elapsed();
+    assert!(service.try_wait().unwrap().is_none(), "the service ended");
+    assert_eq!(scraped_count(&metrics), before, "the maps are kept");
+
+    // A new QEMU on the same socket: attached again once booted.
+    let console2 = Arc::new(Mutex::new(Vec::new()));
+    let mut vm2 = boot_vm(&sockets, &console2);
+    let restarted = Instant::now();
+    stderr.wait_for("vm0: attached again", RUN_LIMIT);
+    let reattach_secs = restarted.elapsed().as_secs_f64();
+    vm2.start_workload(&writes_workload(300, "BOOT2")).unwrap();
+    assert_eq!(vm2.wait_exit(RUN_LIMIT).unwrap(), 0);
+    wait_console(&console2, "BOOT2 GT-WRITES");
+    let after = scraped_count(&metrics);
+
+    // SIGTERM ends the service as Ctrl-C does: END, the maps.
+    std::process::Command::new("kill")
+        .args(["-TERM", &service.id().to_string()])
+        .status()
+        .unwrap();
+    let status = service.wait().unwrap();
+    let (stdout, stderr) = (stdout.finish(), stderr.finish());
+    let (kernel1, dd1) = guest_counts(&console_text(&console1), "BOOT1");
+    let (kernel2, dd2) = guest_counts(&console_text(&console2), "BOOT2");
+    eprintln!("{stderr}");
+    eprintln!(
+        "guest: {kernel1}+{kernel2} writes (dd {dd1}+{dd2}); service: {before} before the kill, \
+         {after} after; noticed in {noticed:?}, attached again {reattach_secs:.1} s after the new guest was ready"
+    );
+    assert_eq!(
+        (kernel1, kernel2),
+        (dd1, dd2),
+        "the guest's two counts agree"
+    );
+    assert_eq!((dd1, dd2), (200, 300));
+    assert_eq!(before, kernel1, "{stderr}");
+    let total = map_value(&stdout, "c");
+    assert_eq!(total, kernel1 + kernel2, "{stdout}\n{stderr}");
+    assert_eq!(after, total, "/metrics as printed");
+    assert!(
+        stderr.contains("vm0: attached again 1 time after its VM restarted"),
+        "{stderr}"
+    );
+    assert!(status.success(), "{status:?}\n{stderr}");
+    vm2.shutdown(Duration::from_secs(20)).ok();
 }
