@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 pub use crate::vm_spec::{StubAddr, VmSpec, parse_vm_spec};
 
+mod again;
+
 pub fn attach(args: crate::AttachArgs) -> Result<i32> {
     attach_recording(args, None)
 }
@@ -35,13 +37,19 @@ pub fn attach(args: crate::AttachArgs) -> Result<i32> {
 pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -> Result<i32> {
     crate::bpftrace::apply(&args.bpftrace)?;
     let (source, source_name) = crate::script::program_source(&args.program, &args.file)?;
-    if args.vm.is_empty() {
+    // With only a watched directory, the program is typed with the kernel
+    // its VMs will run.
+    let watched = args.watch.as_ref().map(|w| VmSpec {
+        kernel: w.kernel.clone(),
+        ..VmSpec::named("watch").expect("a valid name")
+    });
+    let Some(first) = args.vm.first().or(watched.as_ref()) else {
         bail!("no VM: give --vm NAME=gdb:HOST:PORT or NAME=plugin:SOCKET (repeatable)");
-    }
+    };
     let (compiled, mut first_kernel) = compile_for(
         &source,
         &source_name,
-        &args.vm[0],
+        first,
         allowed_recording(&recording, &args.otlp),
     )?;
     let program = match compiled {
@@ -57,6 +65,15 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
         return Ok(1);
     }
     let layers = probe_plan::resolve_layers(&program);
+    if args.watch.is_some() && (layers_only(&program) || !layers.vmm_events.is_empty()) {
+        bail!(
+            "{}: [watch] serves programs of guest probes (VMs found there have no QEMU log for vmm: probes)",
+            args.config
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""))
+                .display()
+        );
+    }
     let recording_mode =
         crate::plugin::record_mode(recording.is_some() || args.otlp.is_some(), &program);
     if !layers.vmm_events.is_empty()
@@ -96,6 +113,7 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
         }),
         metrics,
         reattach: None,
+        discover: None,
     };
     if layers_only(&program) {
         let guests = attach_layers_only(&args, &program, &layers)?;
@@ -161,8 +179,9 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
         }
     }
     let service = args.config.is_some().then(|| {
-        Arc::new(Service {
-            specs: args.vm.clone(),
+        Arc::new(again::Service {
+            specs: Mutex::new(args.vm.clone()),
+            watch: args.watch.clone(),
             program: program.clone(),
             private: private.path().to_path_buf(),
             until: Until {
@@ -171,11 +190,16 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
             },
             stall_timeout: args.stall_timeout,
             opened: Mutex::new(Vec::new()),
+            told: Mutex::new(HashMap::new()),
         })
     });
     if let Some(service) = &service {
-        let service = service.clone();
-        plan.reattach = Some(Box::new(move |name, ended| service.reattach(name, ended)));
+        let s = service.clone();
+        plan.reattach = Some(Box::new(move |name, ended| s.reattach(name, ended)));
+        if service.watch.is_some() {
+            let s = service.clone();
+            plan.discover = Some(Box::new(move |ended| s.discover(ended)));
+        }
     }
     let code = serve_and_report(
         guests,
@@ -185,114 +209,16 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
         &snapshot_requested,
         &plan,
     );
-    // Stubs opened through QMP on a VM attached again are closed too, once.
-    if let Some(service) = service {
-        for name in service
-            .opened
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            if let Some(spec) = args.vm.iter().find(|s| &s.name == name)
-                && !opened.iter().any(|o| &o.name == name)
-            {
-                opened.push(spec);
-            }
+    // Stubs opened through QMP on a VM attached again or found in the
+    // watched directory are closed too, once.
+    let more = service.map(|s| s.opened_specs()).unwrap_or_default();
+    for spec in &more {
+        if !opened.iter().any(|o| o.name == spec.name) {
+            opened.push(spec);
         }
     }
     close_stubs(&mut opened);
     code
-}
-
-/// How often a service looks for a VM that went away.
-const RETRY: Duration = Duration::from_millis(500);
-
-/// Service mode (`attach --config`): what attaching a VM again needs.
-struct Service {
-    specs: Vec<VmSpec>,
-    program: Arc<probe_lang::Program>,
-    private: PathBuf,
-    until: Until,
-    stall_timeout: Duration,
-    /// VMs whose stub was opened through QMP when attached again.
-    opened: Mutex<Vec<String>>,
-}
-
-impl Service {
-    /// Waits, in the VM's own thread, for the VM to be back (a new QEMU
-    /// at the same sockets, running a kernel past its boot) and attaches
-    /// to it again; `None` once the run has ended first.
-    fn reattach(&self, name: &str, ended: &dyn Fn() -> bool) -> Option<Box<dyn Backend>> {
-        let spec = self.specs.iter().find(|s| s.name == name)?;
-        progress!(
-            "vmprobe: {name}: its connection ended; attaching again once the VM is back (checking every {} ms)",
-            RETRY.as_millis()
-        );
-        let mut last = String::new();
-        loop {
-            if ended() {
-                return None;
-            }
-            match self.attach_again(spec) {
-                Ok(guest) => {
-                    progress!(
-                        "vmprobe: {name}: attached again; the maps go on from where they were"
-                    );
-                    return Some(guest.backend);
-                }
-                Err(e) => {
-                    // Each reason once, not every 500 ms.
-                    let line = crate::one_line(&e);
-                    if line != last {
-                        progress!("vmprobe: {name}: not back yet: {line}");
-                        last = line;
-                    }
-                }
-            }
-            let next = Instant::now() + RETRY;
-            while Instant::now() < next && !ended() {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-
-    fn attach_again(&self, spec: &VmSpec) -> Result<Guest> {
-        // A VM that is not running (QEMU just started with -S, or paused)
-        // is left alone: connecting a stub to it would change nothing but
-        // detaching would resume it.
-        if spec.qmp.is_some() {
-            let status = connect_qmp(spec, Duration::from_secs(1))?
-                .query_status()
-                .context("query-status")?;
-            if !status.running {
-                bail!("the VM is not running ({:?})", status.status);
-            }
-        }
-        let kernel = vm_kernel(spec)?;
-        let layers = probe_plan::resolve_layers(&self.program);
-        let mut opened = Vec::new();
-        let attached = attach_one(
-            spec,
-            kernel,
-            &self.program,
-            &layers,
-            &self.private,
-            &mut opened,
-            (&self.until, self.stall_timeout, true),
-        );
-        if !opened.is_empty() {
-            if attached.is_ok() {
-                self.opened
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(spec.name.clone());
-            } else {
-                // Opened again at the next try.
-                close_stubs(&mut opened);
-            }
-        }
-        attached
-    }
 }
 
 /// What ends an attach still under way: a signal (SIGINT, SIGTERM) or the

@@ -250,6 +250,9 @@ pub struct AttachArgs {
     /// and its counts go on.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["vm", "program", "file", "metrics", "otlp"])]
     config: Option<PathBuf>,
+    /// Set from `--config`'s `[watch]`.
+    #[arg(skip)]
+    watch: Option<service::Watch>,
     /// The probe program.
     #[arg(short = 'e', value_name = "PROGRAM", conflicts_with = "file")]
     program: Option<String>,

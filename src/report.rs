@@ -33,7 +33,14 @@ pub struct ServePlan {
     /// Service mode (`attach --config`): how a VM whose connection ended
     /// is attached again once it is back.
     pub reattach: Option<Box<Reattach>>,
+    /// Service mode with a watched directory: waits for a new VM and
+    /// attaches to it.
+    pub discover: Option<Box<Discover>>,
 }
+
+/// Waits for a VM that was not there and attaches to it; `None` once the
+/// check says the run has ended.
+pub type Discover = dyn Fn(&dyn Fn() -> bool) -> Option<Guest> + Sync;
 
 /// Waits for the named VM to be back and attaches to it again; `None` once
 /// the check says the run has ended.
@@ -90,6 +97,15 @@ pub fn serve_and_report(
             Some(backend)
         }
     });
+    let discover = plan.discover.as_ref().map(|d| {
+        move |ended: &dyn Fn() -> bool| {
+            let mut guest = d(ended)?;
+            if let Some(sink) = sink_for() {
+                guest.backend.set_recorder(sink, !program.uses_trace());
+            }
+            Some(guest)
+        }
+    });
     let exec = program.executable().clone();
     let printer =
         probe_output::Printer::new(crate::bpftrace::writer(plan.out.as_ref())?, exec.clone())
@@ -128,6 +144,9 @@ pub fn serve_and_report(
         reattach: reattach
             .as_ref()
             .map(|r| r as probe_engine::serve::Reattach<'_>),
+        discover: discover
+            .as_ref()
+            .map(|d| d as probe_engine::serve::Discover<'_>),
     };
     let (outcomes, kernel) = match &plan.metrics {
         Some(m) => {

@@ -253,6 +253,7 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
         }),
         metrics,
         reattach: None,
+        discover: None,
     };
     serve_and_report(
         guests,
@@ -294,6 +295,7 @@ fn run_without_guest(args: &RunArgs, program: Arc<probe_lang::Program>) -> Resul
         }),
         metrics,
         reattach: None,
+        discover: None,
     };
     let snapshot_requested = AtomicBool::new(false);
     serve_and_report(guests, &program, None, &stop, &snapshot_requested, &plan)

@@ -12,6 +12,10 @@
 //! name = "web"
 //! qmp = "/run/vms/web.qmp"        # and/or gdb = "unix:/run/vms/web.gdb" (or "127.0.0.1:1234")
 //! kernel = "/srv/images/vmlinuz"  # optional, as kernel: in --vm
+//!
+//! [watch]                         # optional: VMs that appear
+//! dir = "/run/vms"                # NAME.qmp (and NAME.gdb) there is VM NAME
+//! kernel = "/srv/images/vmlinuz"  # optional
 //! ```
 //!
 //! Relative paths are taken from the file's directory.
@@ -28,6 +32,17 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     pub otlp: Option<otlp_export::Endpoint>,
     pub vms: Vec<VmSpec>,
+    pub watch: Option<Watch>,
+}
+
+/// `[watch]`: a directory where each socket `NAME.qmp` that appears is a
+/// VM named NAME, reached through that QMP monitor (and `NAME.gdb`, if
+/// there, as its stub).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Watch {
+    pub dir: PathBuf,
+    /// The kernel image of the VMs found there (else the default guest's).
+    pub kernel: Option<PathBuf>,
 }
 
 /// Where the probe program is.
@@ -67,6 +82,14 @@ struct Raw {
     otlp: Option<otlp_export::Endpoint>,
     #[serde(default)]
     vm: Vec<RawVm>,
+    watch: Option<RawWatch>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatch {
+    dir: PathBuf,
+    kernel: Option<PathBuf>,
 }
 
 /// One `[[vm]]`: the keys of `--vm NAME=KEY:VALUE,...` as fields.
@@ -111,6 +134,7 @@ pub fn apply(mut args: crate::AttachArgs) -> anyhow::Result<crate::AttachArgs> {
     args.metrics = config.metrics;
     args.otlp = config.otlp;
     args.vm = config.vms;
+    args.watch = config.watch;
     Ok(args)
 }
 
@@ -155,10 +179,22 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             ));
         }
     };
-    if raw.vm.is_empty() {
+    let watch = raw.watch.map(|w| Watch {
+        dir: base.join(w.dir),
+        kernel: w.kernel.map(|k| base.join(k)),
+    });
+    if raw.vm.is_empty() && watch.is_none() {
         return Err(invalid(
-            "no VM: add a [[vm]] with a name and gdb or qmp".into(),
+            "no VM: add a [[vm]] with a name and gdb or qmp, or a [watch] dir".into(),
         ));
+    }
+    if let Some(w) = &watch
+        && !w.dir.is_dir()
+    {
+        return Err(invalid(format!(
+            "[watch] dir {}: not a directory",
+            w.dir.display()
+        )));
     }
     let mut vms: Vec<VmSpec> = Vec::new();
     for (i, vm) in raw.vm.into_iter().enumerate() {
@@ -173,6 +209,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         metrics: raw.metrics,
         otlp: raw.otlp,
         vms,
+        watch,
     })
 }
 
@@ -263,6 +300,23 @@ mod tests {
     }
 
     #[test]
+    fn a_watched_directory_alone() {
+        let c = parse(
+            "program = \"x\"\n[watch]\ndir = \"/tmp\"\nkernel = \"k\"\n",
+            Path::new("/etc/vmprobe/svc.toml"),
+        )
+        .unwrap();
+        assert!(c.vms.is_empty());
+        assert_eq!(
+            c.watch,
+            Some(Watch {
+                dir: "/tmp".into(),
+                kernel: Some("/etc/vmprobe/k".into())
+            })
+        );
+    }
+
+    #[test]
     fn errors_say_where() {
         assert_eq!(
             err("program = \"x\"\n[[vm]]\nname = \"a\"\nqmp = \n"),
@@ -288,6 +342,13 @@ mod tests {
         let e = err("program = \"x\"\n[[vm]]\nname = \"a\"\nplugin = \"p\"\n");
         assert!(e.contains("not plugin"), "{e}");
         assert!(err("program = \"x\"\n").contains("no VM"));
+        let e = err("program = \"x\"\n[watch]\ndir = \"/nonexistent\"\n");
+        assert!(
+            e.ends_with("[watch] dir /nonexistent: not a directory"),
+            "{e}"
+        );
+        let e = err("program = \"x\"\n[watch]\ndir = \"/tmp\"\nkernal = \"k\"\n");
+        assert!(e.contains(":4:1: unknown field `kernal`"), "{e}");
         for e in [err("x = "), err("[[vm]]\nname = 1\n")] {
             assert_eq!(e.lines().count(), 1, "{e}");
         }

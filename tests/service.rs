@@ -95,16 +95,17 @@ fn a_bad_config_is_one_line_and_exit_status_1() {
 /// monitor at a fixed path (`sockets/vm0.qmp`), the one the service is
 /// given, booted (the test resumes it through the launcher's own monitor).
 fn boot_vm(sockets: &Path, console: &Arc<Mutex<Vec<u8>>>) -> Vm {
+    boot_vm_at(&sockets.join("vm0.qmp"), console)
+}
+
+fn boot_vm_at(qmp_path: &Path, console: &Arc<Mutex<Vec<u8>>>) -> Vm {
     let mut cfg = LaunchConfig::new(default_guest());
     cfg.accel = Accel::Tcg;
     cfg.gdbstub = false;
     cfg.console = Some(console.clone());
     cfg.extra_args = vec![
         "-qmp".into(),
-        format!(
-            "unix:{},server=on,wait=off",
-            sockets.join("vm0.qmp").display()
-        ),
+        format!("unix:{},server=on,wait=off", qmp_path.display()),
     ];
     let mut vm = Vm::launch(&cfg).expect("launch");
     let mut qmp =
@@ -264,4 +265,93 @@ fn a_restarted_vm_is_attached_again_and_the_counts_go_on() {
     );
     assert!(status.success(), "{status:?}\n{stderr}");
     vm2.shutdown(Duration::from_secs(20)).ok();
+}
+
+/// `@c[NAME]: N` entries of a map keyed by guest name.
+fn by_guest(stdout: &str) -> std::collections::BTreeMap<String, u64> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("@c["))
+        .filter_map(|rest| {
+            let (k, v) = rest.split_once("]: ")?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// A watched socket directory: a VM whose `vmw.qmp` appears there is
+/// attached as `vmw`; its QEMU killed, the configured `vm0` is served on
+/// (its writes are counted while vmw is away); a new QEMU at the same
+/// socket is attached again and vmw's count goes on.
+#[test]
+fn a_vm_appearing_in_the_watched_directory_is_attached_and_the_others_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fixed, watched) = (dir.path().join("fixed"), dir.path().join("watched"));
+    std::fs::create_dir(&fixed).unwrap();
+    std::fs::create_dir(&watched).unwrap();
+    let kernel = default_guest().kernel;
+    let config = dir.path().join("svc.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "program = \"kprobe:ksys_write /arg2 == 1/ {{ @c[guest] = count(); }}\"\n\
+             [[vm]]\nname = \"vm0\"\nqmp = \"fixed/vm0.qmp\"\nkernel = \"{k}\"\n\
+             [watch]\ndir = \"watched\"\nkernel = \"{k}\"\n",
+            k = kernel.display()
+        ),
+    )
+    .unwrap();
+    let console0 = Arc::new(Mutex::new(Vec::new()));
+    let mut vm0 = boot_vm_at(&fixed.join("vm0.qmp"), &console0);
+    let (mut service, stdout, stderr) =
+        spawn_collected(vmprobe().args(["attach", "--config"]).arg(&config));
+    stderr.wait_for("attached to vm0", RUN_LIMIT);
+
+    // vmw appears.
+    let console1 = Arc::new(Mutex::new(Vec::new()));
+    let mut vmw = boot_vm_at(&watched.join("vmw.qmp"), &console1);
+    stderr.wait_for("vmw: found in", RUN_LIMIT);
+    vmw.start_workload(&writes_workload(100, "VMW1")).unwrap();
+    assert_eq!(vmw.wait_exit(RUN_LIMIT).unwrap(), 0);
+    wait_console(&console1, "VMW1 GT-WRITES");
+
+    // vmw dies; vm0 is served on.
+    vmw.kill();
+    drop(vmw);
+    stderr.wait_for("vmw: its connection ended", Duration::from_secs(30));
+    vm0.start_workload(&writes_workload(200, "VM0")).unwrap();
+    assert_eq!(vm0.wait_exit(RUN_LIMIT).unwrap(), 0);
+    wait_console(&console0, "VM0 GT-WRITES");
+
+    // vmw comes back at the same socket.
+    let console2 = Arc::new(Mutex::new(Vec::new()));
+    let mut vmw = boot_vm_at(&watched.join("vmw.qmp"), &console2);
+    stderr.wait_for("vmw: attached again", RUN_LIMIT);
+    vmw.start_workload(&writes_workload(50, "VMW2")).unwrap();
+    assert_eq!(vmw.wait_exit(RUN_LIMIT).unwrap(), 0);
+    wait_console(&console2, "VMW2 GT-WRITES");
+
+    std::process::Command::new("kill")
+        .args(["-TERM", &service.id().to_string()])
+        .status()
+        .unwrap();
+    let status = service.wait().unwrap();
+    let (stdout, stderr) = (stdout.finish(), stderr.finish());
+    eprintln!("{stderr}");
+    let (vm0_kernel, _) = guest_counts(&console_text(&console0), "VM0");
+    let (vmw1_kernel, _) = guest_counts(&console_text(&console1), "VMW1");
+    let (vmw2_kernel, _) = guest_counts(&console_text(&console2), "VMW2");
+    assert_eq!((vm0_kernel, vmw1_kernel, vmw2_kernel), (200, 100, 50));
+    let counts = by_guest(&stdout);
+    eprintln!("service: {counts:?}");
+    assert_eq!(counts.get("vm0"), Some(&vm0_kernel), "{stdout}\n{stderr}");
+    assert_eq!(
+        counts.get("vmw"),
+        Some(&(vmw1_kernel + vmw2_kernel)),
+        "{stdout}\n{stderr}"
+    );
+    assert!(status.success(), "{status:?}\n{stderr}");
+    for vm in [&mut vm0, &mut vmw] {
+        vm.shutdown(Duration::from_secs(20)).ok();
+    }
 }

@@ -8,7 +8,8 @@
 //! With [`ServePlan::reattach`] (`attach`'s service mode) a guest whose
 //! target went away does not end: its thread asks for a new backend on the
 //! same VM (its QEMU restarted) and serves that one, with the same runtime,
-//! so the maps go on where they were.
+//! so the maps go on where they were. [`ServePlan::discover`] adds guests
+//! that appear while the run goes on, each in a thread of its own.
 
 use crate::{Backend, BackendError, EndReason, Finished, run_special};
 use linux_guest::GuestKernel;
@@ -52,7 +53,13 @@ pub struct ServePlan<'a> {
     pub on_live: &'a (dyn Fn(&str, &'static str) + Sync),
     /// Service mode: brings back a guest whose target went away.
     pub reattach: Option<Reattach<'a>>,
+    /// Service mode: waits for a new guest to serve (a VM that appeared),
+    /// given a check that says the run has ended; `None` once it has.
+    pub discover: Option<Discover<'a>>,
 }
+
+/// See [`ServePlan::discover`].
+pub type Discover<'a> = &'a (dyn Fn(&dyn Fn() -> bool) -> Option<Guest> + Sync);
 
 /// Called from a guest's thread once its target went away, with the
 /// guest's name and a check that says the run has ended: waits for the VM
@@ -93,7 +100,13 @@ pub fn serve(
         kernel.as_deref(),
     ) == Flow::Exit;
     let script_exit = AtomicBool::new(false);
-    let names: Vec<String> = guests.iter().map(|g| g.name.clone()).collect();
+    let mut names: Vec<String> = guests.iter().map(|g| g.name.clone()).collect();
+    let first_count = guests.len();
+    let ended = || {
+        plan.stop.load(Ordering::Relaxed)
+            || script_exit.load(Ordering::Relaxed)
+            || plan.deadline.is_some_and(|d| Instant::now() >= d)
+    };
     let served: Vec<std::thread::Result<Served>> = std::thread::scope(|scope| {
         let handles: Vec<_> = guests
             .into_iter()
@@ -103,7 +116,34 @@ pub fn serve(
                 scope.spawn(move || serve_guest(g, index, begin_exit, runtime, script_exit, plan))
             })
             .collect();
-        handles.into_iter().map(|h| h.join()).collect()
+        // Guests found while the run goes on (a watched socket directory),
+        // each served in a thread of its own as the first ones are; the
+        // thread that finds them joins them.
+        let discovery = plan.discover.filter(|_| !begin_exit).map(|discover| {
+            let (script_exit, ended) = (&script_exit, &ended);
+            scope.spawn(move || {
+                let mut found = Vec::new();
+                while let Some(g) = discover(ended) {
+                    let index = first_count + found.len();
+                    let name = g.name.clone();
+                    let handle = scope
+                        .spawn(move || serve_guest(g, index, false, runtime, script_exit, plan));
+                    found.push((name, handle));
+                }
+                found
+                    .into_iter()
+                    .map(|(name, h)| (name, h.join()))
+                    .collect::<Vec<_>>()
+            })
+        });
+        let mut served: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
+        if let Some(Ok(found)) = discovery.map(|d| d.join()) {
+            for (name, result) in found {
+                names.push(name);
+                served.push(result);
+            }
+        }
+        served
     });
     let outcomes = served
         .into_iter()
