@@ -87,10 +87,15 @@ pub fn serve_and_report(
             g.backend.set_recorder(sink, !program.uses_trace());
         }
     }
+    // What backends count live, for --metrics; a service adds the
+    // backends it attaches later.
+    let live = crate::metrics::guest_live(&guests);
     // A VM attached again records and exports as it did before.
     let reattach = plan.reattach.as_ref().map(|r| {
+        let live = &live;
         move |name: &str, ended: &dyn Fn() -> bool| {
             let mut backend = r(name, ended)?;
+            crate::metrics::add_backend(live, name, &*backend);
             if let Some(sink) = sink_for() {
                 backend.set_recorder(sink, !program.uses_trace());
             }
@@ -98,8 +103,10 @@ pub fn serve_and_report(
         }
     });
     let discover = plan.discover.as_ref().map(|d| {
+        let live = &live;
         move |ended: &dyn Fn() -> bool| {
             let mut guest = d(ended)?;
+            crate::metrics::add_backend(live, &guest.name, &*guest.backend);
             if let Some(sink) = sink_for() {
                 guest.backend.set_recorder(sink, !program.uses_trace());
             }
@@ -149,12 +156,9 @@ pub fn serve_and_report(
             .map(|d| d as probe_engine::serve::Discover<'_>),
     };
     let (outcomes, kernel) = match &plan.metrics {
-        Some(m) => {
-            let live = crate::metrics::guest_live(&guests);
-            m.serve_while(&runtime, &live, otlp.as_ref(), || {
-                serve(guests, program, &runtime, &engine_plan)
-            })
-        }
+        Some(m) => m.serve_while(&runtime, &live, otlp.as_ref(), || {
+            serve(guests, program, &runtime, &engine_plan)
+        }),
         None => serve(guests, program, &runtime, &engine_plan),
     };
 

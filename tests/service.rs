@@ -148,14 +148,19 @@ fn guest_counts(console: &str, tag: &str) -> (u64, u64) {
 
 /// `@c` as the service's /metrics shows it (`c_total`).
 fn scraped_count(addr: &str) -> u64 {
+    scraped(addr, "c_total ")
+}
+
+/// The value of the sample `series` (name and labels, then a space).
+fn scraped(addr: &str, series: &str) -> u64 {
     let mut c = std::net::TcpStream::connect(addr).expect("metrics listener");
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(c, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
     let mut out = String::new();
     c.read_to_string(&mut out).unwrap();
     out.lines()
-        .find_map(|l| l.strip_prefix("c_total "))
-        .unwrap_or_else(|| panic!("no c_total in:\n{out}"))
+        .find_map(|l| l.strip_prefix(series))
+        .unwrap_or_else(|| panic!("no {series:?} in:\n{out}"))
         .trim()
         .parse()
         .unwrap()
@@ -214,6 +219,8 @@ fn a_restarted_vm_is_attached_again_and_the_counts_go_on() {
     assert_eq!(vm1.wait_exit(RUN_LIMIT).unwrap(), 0);
     wait_console(&console1, "BOOT1 GT-WRITES");
     let before = scraped_count(&metrics);
+    let hits = "vmprobe_hits_total{guest=\"vm0\"} ";
+    let hits_before = scraped(&metrics, hits);
 
     // The VM dies under the service.
     let killed = Instant::now();
@@ -234,6 +241,7 @@ fn a_restarted_vm_is_attached_again_and_the_counts_go_on() {
     assert_eq!(vm2.wait_exit(RUN_LIMIT).unwrap(), 0);
     wait_console(&console2, "BOOT2 GT-WRITES");
     let after = scraped_count(&metrics);
+    let hits_after = scraped(&metrics, hits);
 
     // SIGTERM ends the service as Ctrl-C does: END, the maps.
     std::process::Command::new("kill")
@@ -259,6 +267,14 @@ fn a_restarted_vm_is_attached_again_and_the_counts_go_on() {
     let total = map_value(&stdout, "c");
     assert_eq!(total, kernel1 + kernel2, "{stdout}\n{stderr}");
     assert_eq!(after, total, "/metrics as printed");
+    // vmprobe's own counter of stops served goes on too: every ksys_write
+    // stops, the predicate is checked in vmprobe.
+    eprintln!("vmprobe_hits_total: {hits_before} before the kill, {hits_after} at the end");
+    assert!(hits_before >= kernel1, "{hits_before}");
+    assert!(
+        hits_after >= hits_before + kernel2,
+        "{hits_before} {hits_after}"
+    );
     assert!(
         stderr.contains("vm0: attached again 1 time after its VM restarted"),
         "{stderr}"
