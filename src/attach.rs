@@ -20,104 +20,13 @@ use probe_plan::LayerPlan;
 use qemu_vmm::Qmp;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Where a VM's stub is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StubAddr {
-    Tcp(String),
-    Unix(PathBuf),
-}
+pub use crate::vm_spec::{StubAddr, VmSpec, parse_vm_spec};
 
-/// One `--vm NAME=gdb:HOST:PORT[,plugin:SOCKET][,qmp:PATH][,log:PATH][,kernel:IMAGE]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VmSpec {
-    pub name: String,
-    pub gdb: Option<StubAddr>,
-    /// The socket of vmprobe's plugin in the VM's QEMU.
-    pub plugin: Option<PathBuf>,
-    pub qmp: Option<PathBuf>,
-    /// QEMU's log file (`-D PATH -msg timestamp=on`), for `vmm:` probes.
-    pub log: Option<PathBuf>,
-    pub kernel: Option<PathBuf>,
-}
-
-/// Parses a `--vm` value; the error names the part that is wrong.
-/// `localhost`, 127.0.0.0/8 or `[::1]`.
-fn is_loopback(host: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost"
-        || bare
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
-pub fn parse_vm_spec(text: &str) -> Result<VmSpec, String> {
-    let (name, rest) = text.split_once('=').ok_or_else(|| {
-        format!("'{text}': expected NAME=gdb:HOST:PORT[,plugin:SOCKET][,qmp:PATH][,log:PATH][,kernel:IMAGE]")
-    })?;
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        return Err(format!(
-            "'{name}': a VM name is letters, digits, '-' and '_'"
-        ));
-    }
-    let mut spec = VmSpec {
-        name: name.to_string(),
-        gdb: None,
-        plugin: None,
-        qmp: None,
-        log: None,
-        kernel: None,
-    };
-    for part in rest.split(',') {
-        let (key, value) = part.split_once(':').ok_or_else(|| {
-            format!("'{part}': expected KEY:VALUE (gdb:, plugin:, qmp:, log: or kernel:)")
-        })?;
-        match key {
-            "gdb" => {
-                spec.gdb = Some(match value.strip_prefix("unix:") {
-                    Some(path) => StubAddr::Unix(PathBuf::from(path)),
-                    None => {
-                        let (host, port) = value
-                            .rsplit_once(':')
-                            .ok_or_else(|| format!("'{value}': expected HOST:PORT or unix:PATH"))?;
-                        port.parse::<u16>()
-                            .map_err(|_| format!("'{port}': not a TCP port"))?;
-                        if !is_loopback(host) {
-                            return Err(format!(
-                                "'{host}' is not a loopback address: a GDB stub gives whoever reaches it \
-                                 the VM, so vmprobe talks to stubs on this machine only (forward a remote one: \
-                                 ssh -L {port}:localhost:{port} HOST)"
-                            ));
-                        }
-                        StubAddr::Tcp(format!("{host}:{port}"))
-                    }
-                })
-            }
-            "qmp" => spec.qmp = Some(PathBuf::from(value)),
-            "plugin" => spec.plugin = Some(PathBuf::from(value)),
-            "log" => spec.log = Some(PathBuf::from(value)),
-            "kernel" => spec.kernel = Some(PathBuf::from(value)),
-            other => {
-                return Err(format!(
-                    "'{other}': unknown key (gdb, plugin, qmp, log or kernel)"
-                ));
-            }
-        }
-    }
-    if spec.gdb.is_none() && spec.qmp.is_none() && spec.plugin.is_none() {
-        return Err(format!(
-            "'{text}': give gdb:HOST:PORT (or qmp:PATH to open one), or plugin:SOCKET"
-        ));
-    }
-    Ok(spec)
-}
+mod again;
 
 pub fn attach(args: crate::AttachArgs) -> Result<i32> {
     attach_recording(args, None)
@@ -128,13 +37,19 @@ pub fn attach(args: crate::AttachArgs) -> Result<i32> {
 pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -> Result<i32> {
     crate::bpftrace::apply(&args.bpftrace)?;
     let (source, source_name) = crate::script::program_source(&args.program, &args.file)?;
-    if args.vm.is_empty() {
+    // With only a watched directory, the program is typed with the kernel
+    // its VMs will run.
+    let watched = args.watch.as_ref().map(|w| VmSpec {
+        kernel: w.kernel.clone(),
+        ..VmSpec::named("watch").expect("a valid name")
+    });
+    let Some(first) = args.vm.first().or(watched.as_ref()) else {
         bail!("no VM: give --vm NAME=gdb:HOST:PORT or NAME=plugin:SOCKET (repeatable)");
-    }
+    };
     let (compiled, mut first_kernel) = compile_for(
         &source,
         &source_name,
-        &args.vm[0],
+        first,
         allowed_recording(&recording, &args.otlp),
     )?;
     let program = match compiled {
@@ -150,6 +65,15 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
         return Ok(1);
     }
     let layers = probe_plan::resolve_layers(&program);
+    if args.watch.is_some() && (layers_only(&program) || !layers.vmm_events.is_empty()) {
+        bail!(
+            "{}: [watch] serves programs of guest probes (VMs found there have no QEMU log for vmm: probes)",
+            args.config
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""))
+                .display()
+        );
+    }
     let recording_mode =
         crate::plugin::record_mode(recording.is_some() || args.otlp.is_some(), &program);
     if !layers.vmm_events.is_empty()
@@ -176,7 +100,7 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
     let deadline = args.duration.and_then(|d| Instant::now().checked_add(d));
     let snapshot_requested = Arc::new(AtomicBool::new(false));
     let recorder = start_recorder(recording.as_ref(), &snapshot_requested)?;
-    let plan = ServePlan {
+    let mut plan = ServePlan {
         workload: None,
         deadline,
         stats: args.stats,
@@ -188,6 +112,8 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
             releases: otlp_releases(&args.vm),
         }),
         metrics,
+        reattach: None,
+        discover: None,
     };
     if layers_only(&program) {
         let guests = attach_layers_only(&args, &program, &layers)?;
@@ -228,7 +154,7 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
                 &layers,
                 private.path(),
                 &mut opened,
-                (&until, args.stall_timeout),
+                (&until, args.stall_timeout, false),
             ),
         });
         match attached {
@@ -252,6 +178,29 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
             }
         }
     }
+    let service = args.config.is_some().then(|| {
+        Arc::new(again::Service {
+            specs: Mutex::new(args.vm.clone()),
+            watch: args.watch.clone(),
+            program: program.clone(),
+            private: private.path().to_path_buf(),
+            until: Until {
+                stop: stop.clone(),
+                deadline,
+            },
+            stall_timeout: args.stall_timeout,
+            opened: Mutex::new(Vec::new()),
+            told: Mutex::new(HashMap::new()),
+        })
+    });
+    if let Some(service) = &service {
+        let s = service.clone();
+        plan.reattach = Some(Box::new(move |name, ended| s.reattach(name, ended)));
+        if service.watch.is_some() {
+            let s = service.clone();
+            plan.discover = Some(Box::new(move |ended| s.discover(ended)));
+        }
+    }
     let code = serve_and_report(
         guests,
         &program,
@@ -260,6 +209,14 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
         &snapshot_requested,
         &plan,
     );
+    // Stubs opened through QMP on a VM attached again or found in the
+    // watched directory are closed too, once.
+    let more = service.map(|s| s.opened_specs()).unwrap_or_default();
+    for spec in &more {
+        if !opened.iter().any(|o| o.name == spec.name) {
+            opened.push(spec);
+        }
+    }
     close_stubs(&mut opened);
     code
 }
@@ -426,7 +383,7 @@ fn attach_one<'s>(
     layers: &LayerPlan,
     private: &std::path::Path,
     opened: &mut Vec<&'s VmSpec>,
-    (until, stall_timeout): (&Until, Duration),
+    (until, stall_timeout, after_boot): (&Until, Duration, bool),
 ) -> Result<Guest> {
     if !crate::kernel::check_program(program, &kernel.symbols)? {
         bail!("the program names unknown kernel symbols");
@@ -450,6 +407,9 @@ fn attach_one<'s>(
             // The monitor connection is closed right after, freeing the
             // monitor for the `vmm:` event source.
             let sock = private.join(format!("{}.gdb", spec.name));
+            // A socket left by an earlier QEMU of this VM (service mode),
+            // in vmprobe's own directory.
+            let _ = std::fs::remove_file(&sock);
             connect_qmp(spec, timeout)?
                 .open_gdbstub_unix(&sock)
                 .context("opening a gdbstub through QMP")?;
@@ -463,7 +423,7 @@ fn attach_one<'s>(
     // boot in `run`.
     let mut session = Session::new(client);
     session.set_name(&spec.name);
-    match arm_with_layers(spec, &mut session, kernel, program, layers) {
+    match arm_with_layers(spec, &mut session, kernel, program, layers, after_boot) {
         Ok(slide) => {
             // vmprobe did not start this QEMU, so only the stub's silence
             // tells that it stopped: from here on a late reply is waited
@@ -521,9 +481,14 @@ fn arm_with_layers(
     kernel: KernelInfo,
     program: &Arc<probe_lang::Program>,
     layers: &LayerPlan,
+    after_boot: bool,
 ) -> Result<u64> {
     let timeout = Duration::from_secs(5);
-    let slide = crate::gdb::arm_program(session, program, &kernel)?;
+    let slide = if after_boot {
+        crate::gdb::arm_program_after_boot(session, program, &kernel)?
+    } else {
+        crate::gdb::arm_program(session, program, &kernel)?
+    };
     if !layers.tracepoints.is_empty() {
         // The guest is stopped: no event is missed between arming and
         // resuming.
@@ -711,66 +676,4 @@ fn attach_layers_only(
         });
     }
     Ok(guests)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn vm_specs() {
-        assert_eq!(
-            parse_vm_spec("web=gdb:127.0.0.1:1234,kernel:/boot/vmlinuz").unwrap(),
-            VmSpec {
-                name: "web".into(),
-                gdb: Some(StubAddr::Tcp("127.0.0.1:1234".into())),
-                plugin: None,
-                qmp: None,
-                log: None,
-                kernel: Some("/boot/vmlinuz".into()),
-            }
-        );
-        assert_eq!(
-            parse_vm_spec("p=plugin:/run/p.sock").unwrap().plugin,
-            Some("/run/p.sock".into())
-        );
-        assert_eq!(
-            parse_vm_spec("k=qmp:/run/k.qmp,log:/run/k.log")
-                .unwrap()
-                .log,
-            Some("/run/k.log".into())
-        );
-        assert_eq!(
-            parse_vm_spec("a=gdb:unix:/run/a.sock,qmp:/run/a.qmp")
-                .unwrap()
-                .gdb,
-            Some(StubAddr::Unix("/run/a.sock".into()))
-        );
-        for bad in [
-            "gdb:127.0.0.1:1",
-            "=gdb:h:1",
-            "a b=gdb:h:1",
-            "a=gdb:h",
-            "a=gdb:h:port",
-            "a=kernel:/x",
-            "a=log:/x",
-            "a=foo:bar",
-            "a=gdb",
-        ] {
-            assert!(parse_vm_spec(bad).is_err(), "{bad} should be refused");
-        }
-        // A stub gives away the VM: on this machine only.
-        for remote in [
-            "a=gdb:0.0.0.0:1234",
-            "a=gdb:10.0.0.5:1234",
-            "a=gdb:[::]:1",
-            "a=gdb:example.org:1",
-        ] {
-            let e = parse_vm_spec(remote).unwrap_err();
-            assert!(e.contains("is not a loopback address"), "{remote}: {e}");
-        }
-        for local in ["a=gdb:localhost:1", "a=gdb:127.0.0.2:1", "a=gdb:[::1]:1"] {
-            assert!(parse_vm_spec(local).is_ok(), "{local}");
-        }
-    }
 }

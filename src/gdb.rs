@@ -14,9 +14,50 @@ pub fn arm_program(
     program: &probe_lang::Program,
     kernel: &KernelInfo,
 ) -> Result<u64> {
+    arm(session, program, kernel, false)
+}
+
+/// `arm_program` on a guest that may still be booting (a VM attached again
+/// after its QEMU restarted): refused with [`StillBooting`] until the
+/// kernel's `system_state` says init is done, because the kernel patches
+/// its own text (alternatives, ftrace) while it boots, under the probes.
+pub fn arm_program_after_boot(
+    session: &mut Session,
+    program: &probe_lang::Program,
+    kernel: &KernelInfo,
+) -> Result<u64> {
+    arm(session, program, kernel, true)
+}
+
+/// The guest kernel has not finished booting yet.
+#[derive(Debug, thiserror::Error)]
+#[error("the guest kernel is still booting (system_state {0})")]
+pub struct StillBooting(pub u32);
+
+/// `SYSTEM_FREEING_INITMEM` since Linux 5.5 (`SYSTEM_RUNNING` before):
+/// from here on the kernel's boot-time patching of its text is done.
+const SYSTEM_PAST_INIT: u32 = 2;
+
+fn arm(
+    session: &mut Session,
+    program: &probe_lang::Program,
+    kernel: &KernelInfo,
+    after_boot: bool,
+) -> Result<u64> {
     let slide = session
         .detect_slide(&kernel.symbols)
         .context("finding the KASLR slide")?;
+    if after_boot && let Some(sym) = kernel.symbols.lookup("system_state") {
+        let mut state = [0u8; 4];
+        session
+            .client()
+            .read_memory(sym.addr.wrapping_add(slide), &mut state)
+            .context("reading the kernel's system_state")?;
+        let state = u32::from_le_bytes(state);
+        if state < SYSTEM_PAST_INIT {
+            return Err(StillBooting(state).into());
+        }
+    }
     // Arming is not interrupted part way: what was armed is removed again.
     session.client().set_abort(None);
     let map = session.client().register_map();

@@ -34,6 +34,8 @@ mod recorder;
 mod report;
 mod run;
 mod script;
+mod service;
+mod vm_spec;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -241,8 +243,16 @@ pub struct AttachArgs {
     /// A VM to probe: NAME=gdb:HOST:PORT (or gdb:unix:PATH), and/or
     /// plugin:SOCKET (see `vmprobe qemu-args`), [,qmp:PATH][,kernel:IMAGE].
     /// Repeat for several VMs. Without kernel:, the default guest's kernel.
-    #[arg(long, value_name = "SPEC", value_parser = attach::parse_vm_spec, required = true)]
+    #[arg(long, value_name = "SPEC", value_parser = attach::parse_vm_spec, required_unless_present = "config")]
     vm: Vec<attach::VmSpec>,
+    /// Service mode: the program and the VMs from this TOML file (see
+    /// README, "Service mode"); a VM whose QEMU restarts is attached again
+    /// and its counts go on.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["vm", "program", "file", "metrics", "otlp"])]
+    config: Option<PathBuf>,
+    /// Set from `--config`'s `[watch]`.
+    #[arg(skip)]
+    watch: Option<service::Watch>,
     /// The probe program.
     #[arg(short = 'e', value_name = "PROGRAM", conflicts_with = "file")]
     program: Option<String>,
@@ -395,7 +405,7 @@ fn main() {
         Command::Run(args) => run::run(args),
         Command::Bench(args) => bench::bench(args),
         Command::Record(args) => record::record(args),
-        Command::Attach(args) => attach::attach(args),
+        Command::Attach(args) => service::apply(args).and_then(attach::attach),
         Command::QemuArgs { socket } => plugin::qemu_args(&socket).map(|_| 0),
         Command::Guest {
             command: GuestCommand::Build,

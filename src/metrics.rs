@@ -61,22 +61,46 @@ fn label_names(program: &probe_lang::Program) -> LabelNames {
 }
 
 /// What a guest's backend counts live, taken before the guests are
-/// handed to the serve loop.
+/// handed to the serve loop, and again from each backend a service
+/// attaches later ([`add_backend`]).
 pub struct GuestLive {
     name: String,
-    stats: Option<Arc<LiveStats>>,
+    /// One per life of the guest (service mode: per attach), summed, so
+    /// that its counters go on across a restart.
+    stats: Vec<Arc<LiveStats>>,
     maps: Option<Arc<LiveMaps>>,
 }
 
-pub fn guest_live(guests: &[probe_engine::serve::Guest]) -> Vec<GuestLive> {
-    guests
-        .iter()
-        .map(|g| GuestLive {
-            name: g.name.clone(),
-            stats: g.backend.live_stats(),
-            maps: g.backend.live_maps(),
-        })
-        .collect()
+pub fn guest_live(guests: &[probe_engine::serve::Guest]) -> Mutex<Vec<GuestLive>> {
+    Mutex::new(
+        guests
+            .iter()
+            .map(|g| GuestLive {
+                name: g.name.clone(),
+                stats: g.backend.live_stats().into_iter().collect(),
+                maps: g.backend.live_maps(),
+            })
+            .collect(),
+    )
+}
+
+/// A guest's new backend (attached again, or found in a watched
+/// directory): its counters add to the guest's earlier ones.
+pub fn add_backend(live: &Mutex<Vec<GuestLive>>, name: &str, backend: &dyn probe_engine::Backend) {
+    let mut live = live.lock().unwrap_or_else(|e| e.into_inner());
+    match live.iter_mut().find(|g| g.name == name) {
+        Some(g) => {
+            g.stats.extend(backend.live_stats());
+            // The earlier backend's maps are merged into the runtime when
+            // it is finished; only the new one's are outside it.
+            g.maps = backend.live_maps();
+        }
+        None => live.push(GuestLive {
+            name: name.to_string(),
+            stats: backend.live_stats().into_iter().collect(),
+            maps: backend.live_maps(),
+        }),
+    }
 }
 
 impl Metrics {
@@ -84,7 +108,7 @@ impl Metrics {
     pub fn serve_while<R>(
         &self,
         runtime: &Mutex<Runtime>,
-        guests: &[GuestLive],
+        guests: &Mutex<Vec<GuestLive>>,
         otlp: Option<&crate::otlp::Otlp>,
         serving: impl FnOnce() -> R,
     ) -> R {
@@ -94,14 +118,15 @@ impl Metrics {
                 let rt = probe_engine::serve::lock(runtime);
                 (rt.maps().clone(), rt.errors())
             };
+            let guests = guests.lock().unwrap_or_else(|e| e.into_inner());
             // Maps inside QEMU, as last copied, merged as at detach.
-            for g in guests {
+            for g in guests.iter() {
                 if let Some(m) = g.maps.as_ref().and_then(|m| m.get()) {
                     store.merge(&m);
                 }
             }
             let mut families = metrics_export::maps::families(&store, &self.labels);
-            families.extend(health(guests, errors.iter().map(|e| e.2).sum(), otlp));
+            families.extend(health(&guests, errors.iter().map(|e| e.2).sum(), otlp));
             Snapshot { families }
         };
         let stopper = self.server.stopper();
@@ -119,12 +144,29 @@ impl Metrics {
     }
 }
 
+/// A service-time histogram: (upper bound, stops) per bucket, and the sum.
+type ServiceSeconds = (Vec<(f64, u64)>, f64);
+
 /// vmprobe's own families, all named `vmprobe_*`.
 fn health(guests: &[GuestLive], errors: u64, otlp: Option<&crate::otlp::Otlp>) -> Vec<Family> {
     let guest = |g: &GuestLive| vec![("guest".to_string(), g.name.clone())];
-    let counted: Vec<(&GuestLive, &LiveStats)> = guests
+    // Each guest's lives summed: hits, and the service-time histogram
+    // bucket by bucket.
+    let counted: Vec<(&GuestLive, u64, ServiceSeconds)> = guests
         .iter()
-        .filter_map(|g| Some((g, g.stats.as_deref()?)))
+        .filter(|g| !g.stats.is_empty())
+        .map(|g| {
+            let hits = g.stats.iter().map(|s| s.hits.load(Ordering::Relaxed)).sum();
+            let mut lives = g.stats.iter().map(|s| s.service_seconds());
+            let mut total = lives.next().unwrap_or_default();
+            for (buckets, sum) in lives {
+                for (t, b) in total.0.iter_mut().zip(buckets) {
+                    t.1 += b.1;
+                }
+                total.1 += sum;
+            }
+            (g, hits, total)
+        })
         .collect();
     let mut out = vec![
         build_info(),
@@ -141,7 +183,7 @@ fn health(guests: &[GuestLive], errors: u64, otlp: Option<&crate::otlp::Otlp>) -
                 .into(),
             samples: counted
                 .iter()
-                .map(|(g, s)| (guest(g), Value::Counter(s.hits.load(Ordering::Relaxed))))
+                .map(|(g, hits, _)| (guest(g), Value::Counter(*hits)))
                 .collect(),
         },
         Family {
@@ -149,9 +191,14 @@ fn health(guests: &[GuestLive], errors: u64, otlp: Option<&crate::otlp::Otlp>) -
             help: "Time from a guest's stop to its resume, per stop served through the stub".into(),
             samples: counted
                 .iter()
-                .map(|(g, s)| {
-                    let (buckets, sum) = s.service_seconds();
-                    (guest(g), Value::Histogram { buckets, sum })
+                .map(|(g, _, (buckets, sum))| {
+                    (
+                        guest(g),
+                        Value::Histogram {
+                            buckets: buckets.clone(),
+                            sum: *sum,
+                        },
+                    )
                 })
                 .collect(),
         },
@@ -161,7 +208,7 @@ fn health(guests: &[GuestLive], errors: u64, otlp: Option<&crate::otlp::Otlp>) -
                 .into(),
             samples: counted
                 .iter()
-                .map(|(g, _)| (guest(g), Value::Counter(0)))
+                .map(|(g, _, _)| (guest(g), Value::Counter(0)))
                 .collect(),
         },
     ];

@@ -38,6 +38,8 @@ pub fn record(args: crate::RecordArgs) -> Result<i32> {
         }
         let attach_args = crate::AttachArgs {
             vm: args.vm,
+            config: None,
+            watch: None,
             program,
             file,
             format: crate::OutputArg::Text,

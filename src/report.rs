@@ -30,7 +30,22 @@ pub struct ServePlan {
     pub otlp: Option<crate::otlp::OtlpPlan>,
     /// `--metrics`: the maps and vmprobe's health at `/metrics`, bound.
     pub metrics: Option<crate::metrics::Metrics>,
+    /// Service mode (`attach --config`): how a VM whose connection ended
+    /// is attached again once it is back.
+    pub reattach: Option<Box<Reattach>>,
+    /// Service mode with a watched directory: waits for a new VM and
+    /// attaches to it.
+    pub discover: Option<Box<Discover>>,
 }
+
+/// Waits for a VM that was not there and attaches to it; `None` once the
+/// check says the run has ended.
+pub type Discover = dyn Fn(&dyn Fn() -> bool) -> Option<Guest> + Sync;
+
+/// Waits for the named VM to be back and attaches to it again; `None` once
+/// the check says the run has ended.
+pub type Reattach =
+    dyn Fn(&str, &dyn Fn() -> bool) -> Option<Box<dyn probe_engine::Backend>> + Sync;
 
 /// Runs BEGIN, serves every guest in its own thread until the run ends
 /// (workloads done, Ctrl-C, `exit()`, deadline, or the target gone), then
@@ -52,7 +67,7 @@ pub fn serve_and_report(
         }
         None => None,
     };
-    for g in &mut guests {
+    let sink_for = || -> Option<Box<dyn probe_engine::EventSink>> {
         let mut sinks: Vec<Box<dyn probe_engine::EventSink>> = Vec::new();
         if let Some(r) = &recorder {
             sinks.push(Box::new(r.clone()));
@@ -60,14 +75,44 @@ pub fn serve_and_report(
         if let Some(o) = &otlp {
             sinks.push(Box::new(o.sink(program)));
         }
-        let sink: Box<dyn probe_engine::EventSink> = match sinks.len() {
-            0 => continue,
-            1 => sinks.remove(0),
-            _ => Box::new(crate::otlp::Tee(sinks)),
-        };
-        // With trace() the script decides what is recorded.
-        g.backend.set_recorder(sink, !program.uses_trace());
+        match sinks.len() {
+            0 => None,
+            1 => Some(sinks.remove(0)),
+            _ => Some(Box::new(crate::otlp::Tee(sinks))),
+        }
+    };
+    for g in &mut guests {
+        if let Some(sink) = sink_for() {
+            // With trace() the script decides what is recorded.
+            g.backend.set_recorder(sink, !program.uses_trace());
+        }
     }
+    // What backends count live, for --metrics; a service adds the
+    // backends it attaches later.
+    let live = crate::metrics::guest_live(&guests);
+    // A VM attached again records and exports as it did before.
+    let reattach = plan.reattach.as_ref().map(|r| {
+        let live = &live;
+        move |name: &str, ended: &dyn Fn() -> bool| {
+            let mut backend = r(name, ended)?;
+            crate::metrics::add_backend(live, name, &*backend);
+            if let Some(sink) = sink_for() {
+                backend.set_recorder(sink, !program.uses_trace());
+            }
+            Some(backend)
+        }
+    });
+    let discover = plan.discover.as_ref().map(|d| {
+        let live = &live;
+        move |ended: &dyn Fn() -> bool| {
+            let mut guest = d(ended)?;
+            crate::metrics::add_backend(live, &guest.name, &*guest.backend);
+            if let Some(sink) = sink_for() {
+                guest.backend.set_recorder(sink, !program.uses_trace());
+            }
+            Some(guest)
+        }
+    });
     let exec = program.executable().clone();
     let printer =
         probe_output::Printer::new(crate::bpftrace::writer(plan.out.as_ref())?, exec.clone())
@@ -103,14 +148,17 @@ pub fn serve_and_report(
                 progress!("vmprobe: {name}: probes live in QEMU");
             }
         },
+        reattach: reattach
+            .as_ref()
+            .map(|r| r as probe_engine::serve::Reattach<'_>),
+        discover: discover
+            .as_ref()
+            .map(|d| d as probe_engine::serve::Discover<'_>),
     };
     let (outcomes, kernel) = match &plan.metrics {
-        Some(m) => {
-            let live = crate::metrics::guest_live(&guests);
-            m.serve_while(&runtime, &live, otlp.as_ref(), || {
-                serve(guests, program, &runtime, &engine_plan)
-            })
-        }
+        Some(m) => m.serve_while(&runtime, &live, otlp.as_ref(), || {
+            serve(guests, program, &runtime, &engine_plan)
+        }),
         None => serve(guests, program, &runtime, &engine_plan),
     };
 
@@ -146,6 +194,13 @@ pub fn serve_and_report(
     }
     if !trace_complete {
         partial.push("events lost from the trace".to_string());
+    }
+    for o in outcomes.iter().filter(|o| o.reattached > 0) {
+        let times = if o.reattached == 1 { "time" } else { "times" };
+        eprintln!(
+            "vmprobe: {}: attached again {} {times} after its VM restarted",
+            o.name, o.reattached
+        );
     }
     if plan.stats {
         for o in &outcomes {

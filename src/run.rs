@@ -252,6 +252,8 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
                 .collect(),
         }),
         metrics,
+        reattach: None,
+        discover: None,
     };
     serve_and_report(
         guests,
@@ -292,6 +294,8 @@ fn run_without_guest(args: &RunArgs, program: Arc<probe_lang::Program>) -> Resul
             releases: Default::default(),
         }),
         metrics,
+        reattach: None,
+        discover: None,
     };
     let snapshot_requested = AtomicBool::new(false);
     serve_and_report(guests, &program, None, &stop, &snapshot_requested, &plan)

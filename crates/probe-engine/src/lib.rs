@@ -75,6 +75,21 @@ pub struct Finished {
     pub lost_events: u64,
 }
 
+impl Finished {
+    /// Takes in what an earlier backend of the same guest left (service
+    /// mode: the VM's life before a restart); its stats line is dropped.
+    pub fn absorb(&mut self, earlier: Finished) {
+        self.layer_summaries.extend(earlier.layer_summaries);
+        self.lost_events += earlier.lost_events;
+        if self.detach_error.is_none() {
+            self.detach_error = earlier.detach_error;
+        }
+        if self.caveat.is_none() {
+            self.caveat = earlier.caveat;
+        }
+    }
+}
+
 /// One guest's probes, armed by a backend, and how its hits are served.
 pub trait Backend: Send {
     /// Which backend serves the guest: `gdb` or `plugin`.

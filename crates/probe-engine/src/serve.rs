@@ -4,6 +4,12 @@
 //! finished. One guest's slowness or death never stalls another: each has
 //! its own thread and connection, and the shared runtime is locked only
 //! while a handler runs.
+//!
+//! With [`ServePlan::reattach`] (`attach`'s service mode) a guest whose
+//! target went away does not end: its thread asks for a new backend on the
+//! same VM (its QEMU restarted) and serves that one, with the same runtime,
+//! so the maps go on where they were. [`ServePlan::discover`] adds guests
+//! that appear while the run goes on, each in a thread of its own.
 
 use crate::{Backend, BackendError, EndReason, Finished, run_special};
 use linux_guest::GuestKernel;
@@ -45,7 +51,21 @@ pub struct ServePlan<'a> {
     /// Called from a guest's thread once its probes are live, with the
     /// guest's name and backend kind, before its workload starts.
     pub on_live: &'a (dyn Fn(&str, &'static str) + Sync),
+    /// Service mode: brings back a guest whose target went away.
+    pub reattach: Option<Reattach<'a>>,
+    /// Service mode: waits for a new guest to serve (a VM that appeared),
+    /// given a check that says the run has ended; `None` once it has.
+    pub discover: Option<Discover<'a>>,
 }
+
+/// See [`ServePlan::discover`].
+pub type Discover<'a> = &'a (dyn Fn(&dyn Fn() -> bool) -> Option<Guest> + Sync);
+
+/// Called from a guest's thread once its target went away, with the
+/// guest's name and a check that says the run has ended: waits for the VM
+/// to come back and returns its new backend, armed as after attach, or
+/// `None` once the run has ended first.
+pub type Reattach<'a> = &'a (dyn Fn(&str, &dyn Fn() -> bool) -> Option<Box<dyn Backend>> + Sync);
 
 /// How one guest's run went.
 pub struct GuestOutcome {
@@ -57,6 +77,9 @@ pub struct GuestOutcome {
     pub workload_secs: Option<f64>,
     pub stats_line: String,
     pub finished: Finished,
+    /// How many times the guest was attached again after its target went
+    /// away (service mode).
+    pub reattached: u32,
 }
 
 /// Runs BEGIN, serves every guest until the run ends and finishes every
@@ -77,28 +100,64 @@ pub fn serve(
         kernel.as_deref(),
     ) == Flow::Exit;
     let script_exit = AtomicBool::new(false);
-    let names: Vec<String> = guests.iter().map(|g| g.name.clone()).collect();
-    let served: Vec<std::thread::Result<(Guest, EndReason, Option<f64>)>> =
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = guests
-                .into_iter()
-                .enumerate()
-                .map(|(index, g)| {
-                    let script_exit = &script_exit;
-                    scope.spawn(move || {
-                        serve_guest(g, index, begin_exit, runtime, script_exit, plan)
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join()).collect()
+    let mut names: Vec<String> = guests.iter().map(|g| g.name.clone()).collect();
+    let first_count = guests.len();
+    let ended = || {
+        plan.stop.load(Ordering::Relaxed)
+            || script_exit.load(Ordering::Relaxed)
+            || plan.deadline.is_some_and(|d| Instant::now() >= d)
+    };
+    let served: Vec<std::thread::Result<Served>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = guests
+            .into_iter()
+            .enumerate()
+            .map(|(index, g)| {
+                let script_exit = &script_exit;
+                scope.spawn(move || serve_guest(g, index, begin_exit, runtime, script_exit, plan))
+            })
+            .collect();
+        // Guests found while the run goes on (a watched socket directory),
+        // each served in a thread of its own as the first ones are; the
+        // thread that finds them joins them.
+        let discovery = plan.discover.filter(|_| !begin_exit).map(|discover| {
+            let (script_exit, ended) = (&script_exit, &ended);
+            scope.spawn(move || {
+                let mut found = Vec::new();
+                while let Some(g) = discover(ended) {
+                    let index = first_count + found.len();
+                    let name = g.name.clone();
+                    let handle = scope
+                        .spawn(move || serve_guest(g, index, false, runtime, script_exit, plan));
+                    found.push((name, handle));
+                }
+                found
+                    .into_iter()
+                    .map(|(name, h)| (name, h.join()))
+                    .collect::<Vec<_>>()
+            })
         });
+        let mut served: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
+        if let Some(Ok(found)) = discovery.map(|d| d.join()) {
+            for (name, result) in found {
+                names.push(name);
+                served.push(result);
+            }
+        }
+        served
+    });
     let outcomes = served
         .into_iter()
         .zip(names)
         .map(|(served, name)| {
             // A guest thread that panicked took its backend down with it;
             // the backend's drop removed what it armed.
-            let Ok((g, reason, workload_secs)) = served else {
+            let Ok(Served {
+                guest: g,
+                reason,
+                workload_secs,
+                earlier,
+            }) = served
+            else {
                 return GuestOutcome {
                     name,
                     kind: "",
@@ -107,11 +166,16 @@ pub fn serve(
                     workload_secs: None,
                     stats_line: String::new(),
                     finished: Finished::default(),
+                    reattached: 0,
                 };
             };
             let kind = g.backend.kind();
             let gone = matches!(reason, EndReason::TargetGone(_));
-            let finished = g.backend.finish(Some(runtime), gone);
+            let mut finished = g.backend.finish(Some(runtime), gone);
+            let reattached = earlier.len() as u32;
+            for e in earlier {
+                finished.absorb(e);
+            }
             GuestOutcome {
                 name: g.name,
                 kind,
@@ -120,13 +184,24 @@ pub fn serve(
                 workload_secs,
                 stats_line: finished.stats_line.clone(),
                 finished,
+                reattached,
             }
         })
         .collect();
     (outcomes, kernel)
 }
 
-/// One guest's thread: start it, hand it the workload, serve it.
+/// What a guest's thread hands back.
+struct Served {
+    guest: Guest,
+    reason: EndReason,
+    workload_secs: Option<f64>,
+    /// The backends of the VM's earlier lives, finished (service mode).
+    earlier: Vec<Finished>,
+}
+
+/// One guest's thread: start it, hand it the workload, serve it; in
+/// service mode, again after each time its target went away and came back.
 fn serve_guest(
     mut g: Guest,
     index: usize,
@@ -134,15 +209,70 @@ fn serve_guest(
     runtime: &Mutex<Runtime>,
     script_exit: &AtomicBool,
     plan: &ServePlan<'_>,
-) -> (Guest, EndReason, Option<f64>) {
+) -> Served {
+    let mut earlier = Vec::new();
     if begin_exit {
-        return (g, EndReason::ScriptExit, None);
+        return Served {
+            guest: g,
+            reason: EndReason::ScriptExit,
+            workload_secs: None,
+            earlier,
+        };
     }
     let started = Instant::now();
+    let ended = || {
+        plan.stop.load(Ordering::Relaxed)
+            || script_exit.load(Ordering::Relaxed)
+            || plan.deadline.is_some_and(|d| Instant::now() >= d)
+    };
+    let mut first = true;
+    loop {
+        let reason = serve_once(&mut g, index, first, runtime, script_exit, plan);
+        first = false;
+        if reason == EndReason::ScriptExit {
+            script_exit.store(true, Ordering::Relaxed);
+        }
+        let (EndReason::TargetGone(_), Some(reattach)) = (&reason, plan.reattach) else {
+            return Served {
+                guest: g,
+                reason,
+                workload_secs: Some(started.elapsed().as_secs_f64()),
+                earlier,
+            };
+        };
+        // Waiting for the VM holds nothing of the others: only this thread
+        // waits, and the runtime is not locked.
+        match reattach(&g.name, &ended) {
+            Some(backend) => {
+                let old = std::mem::replace(&mut g.backend, backend);
+                earlier.push(old.finish(Some(runtime), true));
+            }
+            None => {
+                return Served {
+                    guest: g,
+                    reason,
+                    workload_secs: Some(started.elapsed().as_secs_f64()),
+                    earlier,
+                };
+            }
+        }
+    }
+}
+
+/// Starts the guest's backend (and, the first time, its workload) and
+/// serves it until the run ends or its target goes away.
+fn serve_once(
+    g: &mut Guest,
+    index: usize,
+    first: bool,
+    runtime: &Mutex<Runtime>,
+    script_exit: &AtomicBool,
+    plan: &ServePlan<'_>,
+) -> EndReason {
     let mut start = || -> Result<(), BackendError> {
         g.backend.start(runtime)?;
         (plan.on_live)(&g.name, g.backend.kind());
-        if let (Some(command), Some(control)) = (&plan.workload, g.control.as_mut()) {
+        if let (true, Some(command), Some(control)) = (first, &plan.workload, g.control.as_mut()) {
             let exports = format!(
                 "export VMPROBE_GUEST={} VMPROBE_GUEST_INDEX={index}; ",
                 g.name
@@ -152,7 +282,7 @@ fn serve_guest(
         Ok(())
     };
     if let Err(e) = start() {
-        return (g, EndReason::TargetGone(e.to_string()), None);
+        return EndReason::TargetGone(e.to_string());
     }
     let control = &mut g.control;
     let mut poll = || {
@@ -174,11 +304,7 @@ fn serve_guest(
             Err(e) => Some(EndReason::TargetGone(e.to_string())),
         }
     };
-    let reason = g.backend.run(runtime, &mut poll);
-    if reason == EndReason::ScriptExit {
-        script_exit.store(true, Ordering::Relaxed);
-    }
-    (g, reason, Some(started.elapsed().as_secs_f64()))
+    g.backend.run(runtime, &mut poll)
 }
 
 /// The runtime is shared by the guests of a run; a handler holds it only

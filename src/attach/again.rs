@@ -1,0 +1,187 @@
+//! Service mode (`attach --config`): a VM whose connection ended is
+//! attached again once it is back, and VMs that appear in a watched
+//! directory are attached, each from its own serving thread.
+
+use super::{Until, VmSpec, attach_one, close_stubs, connect_qmp, vm_kernel};
+use anyhow::{Context, Result, bail};
+use probe_engine::Backend;
+use probe_engine::serve::Guest;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often a service looks for a VM that went away.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// Service mode (`attach --config`): what attaching a VM again needs.
+pub(super) struct Service {
+    /// The VMs served: the configuration's, then those found.
+    pub specs: Mutex<Vec<VmSpec>>,
+    pub watch: Option<crate::service::Watch>,
+    pub program: Arc<probe_lang::Program>,
+    pub private: PathBuf,
+    pub until: Until,
+    pub stall_timeout: Duration,
+    /// VMs whose stub was opened through QMP when attached again.
+    pub opened: Mutex<Vec<String>>,
+    /// The last reason a VM found in the watched directory was not
+    /// attached, so that each is said once.
+    pub told: Mutex<HashMap<String, String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Service {
+    /// Waits, in the VM's own thread, for the VM to be back (a new QEMU
+    /// at the same sockets, running a kernel past its boot) and attaches
+    /// to it again; `None` once the run has ended first.
+    pub fn reattach(&self, name: &str, ended: &dyn Fn() -> bool) -> Option<Box<dyn Backend>> {
+        let spec = lock(&self.specs).iter().find(|s| s.name == name)?.clone();
+        progress!(
+            "vmprobe: {name}: its connection ended; attaching again once the VM is back (checking every {} ms)",
+            RETRY.as_millis()
+        );
+        let mut last = String::new();
+        loop {
+            if ended() {
+                return None;
+            }
+            match self.attach_again(&spec) {
+                Ok(guest) => {
+                    progress!(
+                        "vmprobe: {name}: attached again; the maps go on from where they were"
+                    );
+                    return Some(guest.backend);
+                }
+                Err(e) => {
+                    // Each reason once, not every 500 ms.
+                    let line = crate::one_line(&e);
+                    if line != last {
+                        progress!("vmprobe: {name}: not back yet: {line}");
+                        last = line;
+                    }
+                }
+            }
+            let next = Instant::now() + RETRY;
+            while Instant::now() < next && !ended() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    fn attach_again(&self, spec: &VmSpec) -> Result<Guest> {
+        // A VM that is not running (QEMU just started with -S, or paused)
+        // is left alone: connecting a stub to it would change nothing but
+        // detaching would resume it.
+        if spec.qmp.is_some() {
+            let status = connect_qmp(spec, Duration::from_secs(1))?
+                .query_status()
+                .context("query-status")?;
+            if !status.running {
+                bail!("the VM is not running ({:?})", status.status);
+            }
+        }
+        let kernel = vm_kernel(spec)?;
+        let layers = probe_plan::resolve_layers(&self.program);
+        let mut opened = Vec::new();
+        let attached = attach_one(
+            spec,
+            kernel,
+            &self.program,
+            &layers,
+            &self.private,
+            &mut opened,
+            (&self.until, self.stall_timeout, true),
+        );
+        if !opened.is_empty() {
+            if attached.is_ok() {
+                lock(&self.opened).push(spec.name.clone());
+            } else {
+                // Opened again at the next try.
+                close_stubs(&mut opened);
+            }
+        }
+        attached
+    }
+
+    /// Waits for a VM that is not served yet to appear in the watched
+    /// directory (`NAME.qmp`, a socket) and attaches to it; `None` once
+    /// the run has ended first.
+    pub fn discover(&self, ended: &dyn Fn() -> bool) -> Option<Guest> {
+        let watch = self.watch.as_ref()?;
+        loop {
+            if ended() {
+                return None;
+            }
+            for spec in self.new_sockets(watch) {
+                match self.attach_again(&spec) {
+                    Ok(guest) => {
+                        progress!(
+                            "vmprobe: {}: found in {}, attached",
+                            spec.name,
+                            watch.dir.display()
+                        );
+                        lock(&self.told).remove(&spec.name);
+                        lock(&self.specs).push(spec);
+                        return Some(guest);
+                    }
+                    Err(e) => {
+                        let line = crate::one_line(&e);
+                        let mut told = lock(&self.told);
+                        if told.get(&spec.name) != Some(&line) {
+                            progress!("vmprobe: {}: found, not attached yet: {line}", spec.name);
+                            told.insert(spec.name.clone(), line);
+                        }
+                    }
+                }
+            }
+            let next = Instant::now() + RETRY;
+            while Instant::now() < next && !ended() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// The watched directory's `NAME.qmp` sockets of VMs not served yet,
+    /// by name; `NAME.gdb` there is the VM's stub.
+    fn new_sockets(&self, watch: &crate::service::Watch) -> Vec<VmSpec> {
+        use std::os::unix::fs::FileTypeExt;
+        let Ok(entries) = std::fs::read_dir(&watch.dir) else {
+            return Vec::new();
+        };
+        let served = lock(&self.specs);
+        let mut found: Vec<VmSpec> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_socket()))
+            .filter_map(|e| {
+                let file = e.file_name();
+                let name = file.to_str()?.strip_suffix(".qmp")?;
+                let mut spec = VmSpec::named(name).ok()?;
+                if served.iter().any(|s| s.name == spec.name) {
+                    return None;
+                }
+                spec.qmp = Some(e.path());
+                let gdb = watch.dir.join(format!("{name}.gdb"));
+                if gdb.exists() {
+                    spec.gdb = Some(crate::vm_spec::StubAddr::Unix(gdb));
+                }
+                spec.kernel = watch.kernel.clone();
+                Some(spec)
+            })
+            .collect();
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        found
+    }
+
+    /// The VMs whose stub vmprobe opened through QMP after the start.
+    pub fn opened_specs(&self) -> Vec<VmSpec> {
+        let specs = lock(&self.specs);
+        lock(&self.opened)
+            .iter()
+            .filter_map(|n| specs.iter().find(|s| &s.name == n).cloned())
+            .collect()
+    }
+}
