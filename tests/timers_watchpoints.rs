@@ -79,14 +79,15 @@ fn profile_samples_every_vcpu_inside_qemu() {
     let per_vcpu = keyed_map(&stdout, "samples");
     assert_eq!(per_vcpu.len(), 2, "both vCPUs sampled: {stdout}");
     // 2 s at 20 Hz, give or take the ticks around the start and the exit.
-    for n in per_vcpu.values() {
-        assert!((34..=46).contains(n), "40 samples a vCPU: {stdout}");
-    }
     // Ticks a vCPU has not served when the run ends (its turn under
-    // single-threaded TCG came too late, more so on a loaded host) are
-    // lost: a few, not a vCPU's share.
+    // single-threaded TCG came too late) are lost: a few, not a vCPU's
+    // share. On a loaded host (CI on 2 cores, two test binaries at once)
+    // that was 7 ticks of 40 once (33 and 40).
+    for n in per_vcpu.values() {
+        assert!((30..=46).contains(n), "40 samples a vCPU: {stdout}");
+    }
     assert!(
-        per_vcpu[&0].abs_diff(per_vcpu[&1]) <= 6,
+        per_vcpu[&0].abs_diff(per_vcpu[&1]) <= 9,
         "one sample per vCPU per tick: {stdout}"
     );
 }
