@@ -102,11 +102,7 @@ pub fn serve(
     let script_exit = AtomicBool::new(false);
     let mut names: Vec<String> = guests.iter().map(|g| g.name.clone()).collect();
     let first_count = guests.len();
-    let ended = || {
-        plan.stop.load(Ordering::Relaxed)
-            || script_exit.load(Ordering::Relaxed)
-            || plan.deadline.is_some_and(|d| Instant::now() >= d)
-    };
+    let ended = || run_ended(plan, &script_exit);
     let served: Vec<std::thread::Result<Served>> = std::thread::scope(|scope| {
         let handles: Vec<_> = guests
             .into_iter()
@@ -220,25 +216,16 @@ fn serve_guest(
         };
     }
     let started = Instant::now();
-    let ended = || {
-        plan.stop.load(Ordering::Relaxed)
-            || script_exit.load(Ordering::Relaxed)
-            || plan.deadline.is_some_and(|d| Instant::now() >= d)
-    };
+    let ended = || run_ended(plan, script_exit);
     let mut first = true;
-    loop {
+    let reason = loop {
         let reason = serve_once(&mut g, index, first, runtime, script_exit, plan);
         first = false;
         if reason == EndReason::ScriptExit {
             script_exit.store(true, Ordering::Relaxed);
         }
         let (EndReason::TargetGone(_), Some(reattach)) = (&reason, plan.reattach) else {
-            return Served {
-                guest: g,
-                reason,
-                workload_secs: Some(started.elapsed().as_secs_f64()),
-                earlier,
-            };
+            break reason;
         };
         // Waiting for the VM holds nothing of the others: only this thread
         // waits, and the runtime is not locked.
@@ -247,16 +234,22 @@ fn serve_guest(
                 let old = std::mem::replace(&mut g.backend, backend);
                 earlier.push(old.finish(Some(runtime), true));
             }
-            None => {
-                return Served {
-                    guest: g,
-                    reason,
-                    workload_secs: Some(started.elapsed().as_secs_f64()),
-                    earlier,
-                };
-            }
+            None => break reason,
         }
+    };
+    Served {
+        guest: g,
+        reason,
+        workload_secs: Some(started.elapsed().as_secs_f64()),
+        earlier,
     }
+}
+
+/// Whether the run has ended: Ctrl-C, `exit()` or the deadline.
+fn run_ended(plan: &ServePlan<'_>, script_exit: &AtomicBool) -> bool {
+    plan.stop.load(Ordering::Relaxed)
+        || script_exit.load(Ordering::Relaxed)
+        || plan.deadline.is_some_and(|d| Instant::now() >= d)
 }
 
 /// Starts the guest's backend (and, the first time, its workload) and

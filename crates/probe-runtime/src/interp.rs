@@ -309,36 +309,20 @@ impl Interpreter {
     }
 
     /// bpftrace's `probe_read` semantics: a read the guest faulted on is
-    /// counted and reads as zeroes, and the handler goes on; any other
-    /// failure (the stub gone, no such capability) ends the run.
-    fn zero_on_fault(
+    /// counted and gives `zero()` (zeroes, or "" for `str()`), and the
+    /// handler goes on; any other failure (the stub gone, no such
+    /// capability) ends this handler run.
+    fn on_fault<T>(
         &mut self,
         ctx: &dyn ProbeContext,
-        r: Result<(), ContextError>,
-        buf: &mut [u8],
-    ) -> Result<(), RunError> {
-        match r {
-            Ok(()) => Ok(()),
-            Err(e @ ContextError::Memory { .. }) => {
-                self.count_error(ctx.probe(), e.to_string());
-                buf.fill(0);
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// As [`Interpreter::zero_on_fault`] for `str()`: a faulted read is "".
-    fn empty_on_fault(
-        &mut self,
-        ctx: &dyn ProbeContext,
-        r: Result<Value, ContextError>,
-    ) -> Result<Value, RunError> {
+        r: Result<T, ContextError>,
+        zero: impl FnOnce() -> T,
+    ) -> Result<T, RunError> {
         match r {
             Ok(v) => Ok(v),
             Err(e @ ContextError::Memory { .. }) => {
                 self.count_error(ctx.probe(), e.to_string());
-                Ok(Value::Str(Arc::from("")))
+                Ok(zero())
             }
             Err(e) => Err(e.into()),
         }
@@ -721,19 +705,19 @@ impl Interpreter {
                             addr,
                             max,
                         );
-                        self.empty_on_fault(&*env.ctx, r)?
+                        self.on_fault(&*env.ctx, r, || Value::Str(Arc::from("")))?
                     }
                     ReadAsKind::Buf(len) => {
                         let len = self.eval(p, len, env)?.as_int().min(BUF_MAX);
                         let mut b = vec![0u8; len as usize];
                         let r = env.ctx.read_task_memory(task, addr, &mut b);
-                        self.zero_on_fault(&*env.ctx, r, &mut b)?;
+                        self.on_fault(&*env.ctx, r, || b.fill(0))?;
                         Value::Buf(Arc::from(b))
                     }
                     ReadAsKind::Uint(n) => {
                         let mut b = [0u8; 8];
                         let r = env.ctx.read_task_memory(task, addr, &mut b[..*n as usize]);
-                        self.zero_on_fault(&*env.ctx, r, &mut b)?;
+                        self.on_fault(&*env.ctx, r, || b.fill(0))?;
                         Value::Int(u64::from_le_bytes(b))
                     }
                 }
@@ -763,7 +747,7 @@ impl Interpreter {
                 let addr = self.eval(p, ptr, env)?.as_int();
                 let mut b = [0u8; 8];
                 let r = env.ctx.read_memory(addr, &mut b[..*size as usize]);
-                self.zero_on_fault(&*env.ctx, r, &mut b)?;
+                self.on_fault(&*env.ctx, r, || b.fill(0))?;
                 Value::Int(extend(u64::from_le_bytes(b), *size, *signed))
             }
             Expr::StrRead { ptr, len } => {
@@ -774,14 +758,14 @@ impl Interpreter {
                     None => STR_MAX - 1,
                 };
                 let r = Self::read_str(&mut |a, b| env.ctx.read_memory(a, b), addr, max);
-                self.empty_on_fault(&*env.ctx, r)?
+                self.on_fault(&*env.ctx, r, || Value::Str(Arc::from("")))?
             }
             Expr::BufRead { ptr, len } => {
                 let addr = self.eval(p, ptr, env)?.as_int();
                 let len = self.eval(p, len, env)?.as_int().min(BUF_MAX);
                 let mut b = vec![0u8; len as usize];
                 let r = env.ctx.read_memory(addr, &mut b);
-                self.zero_on_fault(&*env.ctx, r, &mut b)?;
+                self.on_fault(&*env.ctx, r, || b.fill(0))?;
                 Value::Buf(Arc::from(b))
             }
             Expr::Ksym(a) => {
