@@ -46,12 +46,8 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
     let Some(first) = args.vm.first().or(watched.as_ref()) else {
         bail!("no VM: give --vm NAME=gdb:HOST:PORT or NAME=plugin:SOCKET (repeatable)");
     };
-    let (compiled, mut first_kernel) = compile_for(
-        &source,
-        &source_name,
-        first,
-        allowed_recording(&recording, &args.otlp),
-    )?;
+    let allowed = allowed_recording(&recording, &args.otlp);
+    let (compiled, mut first_kernel) = compile_for(&source, &source_name, first, allowed)?;
     let program = match compiled {
         Ok(p) => Arc::new(p),
         Err(diags) => {
@@ -64,30 +60,9 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
     if !crate::kernel::check_capabilities(&program) {
         return Ok(1);
     }
-    let layers = probe_plan::resolve_layers(&program);
-    if args.watch.is_some() && (layers_only(&program) || !layers.vmm_events.is_empty()) {
-        bail!(
-            "{}: [watch] serves programs of guest probes (VMs found there have no QEMU log for vmm: probes)",
-            args.config
-                .as_deref()
-                .unwrap_or(std::path::Path::new(""))
-                .display()
-        );
-    }
+    let layers = check_layers(&program, &args.vm, args.watch.is_some(), &args.config)?;
     let recording_mode =
         crate::plugin::record_mode(recording.is_some() || args.otlp.is_some(), &program);
-    if !layers.vmm_events.is_empty()
-        && let Some(spec) = args.vm.iter().find(|s| s.qmp.is_none() || s.log.is_none())
-    {
-        bail!("{}: {NEED_LOG}", spec.name);
-    }
-    // Host tracepoints fail here, not after a guest has been stopped and armed.
-    if !layers.tracepoints.is_empty() {
-        probe_engine::layers::check_tracepoints(&layers.tracepoints)?;
-        if let Some(spec) = args.vm.iter().find(|s| s.qmp.is_none()) {
-            bail!("{}: {NEED_QMP}", spec.name);
-        }
-    }
     let metrics = crate::metrics::bind(args.metrics, &program)?;
     let stop = Arc::new(AtomicBool::new(false));
     // Which signal it was, for the exit status of an interrupted attach.
@@ -114,6 +89,7 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
         metrics,
         reattach: None,
         discover: None,
+        reload: None,
     };
     if layers_only(&program) {
         let guests = attach_layers_only(&args, &program, &layers)?;
@@ -178,21 +154,37 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
             }
         }
     }
-    let service = args.config.is_some().then(|| {
-        Arc::new(again::Service {
-            specs: Mutex::new(args.vm.clone()),
-            watch: args.watch.clone(),
-            program: program.clone(),
-            private: private.path().to_path_buf(),
-            until: Until {
-                stop: stop.clone(),
-                deadline,
-            },
-            stall_timeout: args.stall_timeout,
-            opened: Mutex::new(Vec::new()),
-            told: Mutex::new(HashMap::new()),
-        })
-    });
+    let service = match &args.config {
+        Some(config) => {
+            // SIGHUP reloads the program (only in service mode: elsewhere
+            // it ends vmprobe, as it ends bpftrace).
+            let requested = Arc::new(AtomicBool::new(false));
+            signal_hook::flag::register(signal_hook::consts::SIGHUP, requested.clone())
+                .context("installing signal handlers")?;
+            let reload = again::Reload {
+                config: config.clone(),
+                requested,
+                typed_with: first.clone(),
+                recording: allowed,
+                settings: crate::service::load(config)?,
+            };
+            Some(Arc::new(again::Service {
+                specs: Mutex::new(args.vm.clone()),
+                watch: args.watch.clone(),
+                program: Mutex::new(program.clone()),
+                private: private.path().to_path_buf(),
+                until: Until {
+                    stop: stop.clone(),
+                    deadline,
+                },
+                stall_timeout: args.stall_timeout,
+                opened: Mutex::new(Vec::new()),
+                told: Mutex::new(HashMap::new()),
+                reload,
+            }))
+        }
+        None => None,
+    };
     if let Some(service) = &service {
         let s = service.clone();
         plan.reattach = Some(Box::new(move |name, ended| s.reattach(name, ended)));
@@ -200,6 +192,12 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
             let s = service.clone();
             plan.discover = Some(Box::new(move |ended| s.discover(ended)));
         }
+        let (s, i, r) = (service.clone(), service.clone(), service.clone());
+        plan.reload = Some(crate::report::ReloadPlan {
+            program: Box::new(move || s.reloaded_program()),
+            install: Box::new(move |p| *again::lock(&i.program) = p.clone()),
+            rearm: Box::new(move |name, ended| r.rearm(name, ended)),
+        });
     }
     let code = serve_and_report(
         guests,
@@ -595,6 +593,39 @@ fn compile_for(
         Some(allowed) => typed.and_then(|p| p.check_recording_only("attach", allowed).map(|()| p)),
     };
     Ok((checked, kernel))
+}
+
+/// What the program's layer probes need of the VMs, checked before any VM
+/// is touched (at start, and for a service's reload); the layer plan.
+fn check_layers(
+    program: &probe_lang::Program,
+    vms: &[VmSpec],
+    watch: bool,
+    config: &Option<std::path::PathBuf>,
+) -> Result<LayerPlan> {
+    let layers = probe_plan::resolve_layers(program);
+    if watch && (layers_only(program) || !layers.vmm_events.is_empty()) {
+        bail!(
+            "{}: [watch] serves programs of guest probes (VMs found there have no QEMU log for vmm: probes)",
+            config
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""))
+                .display()
+        );
+    }
+    if !layers.vmm_events.is_empty()
+        && let Some(spec) = vms.iter().find(|s| s.qmp.is_none() || s.log.is_none())
+    {
+        bail!("{}: {NEED_LOG}", spec.name);
+    }
+    // Host tracepoints fail here, not after a guest has been stopped and armed.
+    if !layers.tracepoints.is_empty() {
+        probe_engine::layers::check_tracepoints(&layers.tracepoints)?;
+        if let Some(spec) = vms.iter().find(|s| s.qmp.is_none()) {
+            bail!("{}: {NEED_QMP}", spec.name);
+        }
+    }
+    Ok(layers)
 }
 
 const NEED_QMP: &str = "host:tracepoint: probes need qmp:PATH to find the VM's vCPU threads";

@@ -21,7 +21,8 @@ pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
 /// A bound `/metrics` listener and how the program's keys are labelled.
 pub struct Metrics {
     server: Server,
-    labels: LabelNames,
+    /// The current program's (a service's reload changes it).
+    labels: Mutex<LabelNames>,
 }
 
 /// Binds `--metrics` (before anything boots: a port in use is an error
@@ -40,7 +41,7 @@ pub fn bind(addr: Option<SocketAddr>, program: &probe_lang::Program) -> Result<O
     }
     Ok(Some(Metrics {
         server,
-        labels: label_names(program),
+        labels: Mutex::new(label_names(program)),
     }))
 }
 
@@ -104,6 +105,11 @@ pub fn add_backend(live: &Mutex<Vec<GuestLive>>, name: &str, backend: &dyn probe
 }
 
 impl Metrics {
+    /// Labels the maps of `program`, the one a service reloaded.
+    pub fn relabel(&self, program: &probe_lang::Program) {
+        *self.labels.lock().unwrap_or_else(|e| e.into_inner()) = label_names(program);
+    }
+
     /// Serves `/metrics` on a thread of its own while `serving` runs.
     pub fn serve_while<R>(
         &self,
@@ -125,7 +131,9 @@ impl Metrics {
                     store.merge(&m);
                 }
             }
-            let mut families = metrics_export::maps::families(&store, &self.labels);
+            let labels = self.labels.lock().unwrap_or_else(|e| e.into_inner());
+            let mut families = metrics_export::maps::families(&store, &labels);
+            drop(labels);
             families.extend(health(&guests, errors.iter().map(|e| e.2).sum(), otlp));
             Snapshot { families }
         };

@@ -36,6 +36,21 @@ pub struct ServePlan {
     /// Service mode with a watched directory: waits for a new VM and
     /// attaches to it.
     pub discover: Option<Box<Discover>>,
+    /// Service mode: SIGHUP's new program.
+    pub reload: Option<ReloadPlan>,
+}
+
+type SharedProgram = Arc<probe_lang::Program>;
+
+/// How a service reloads its program (SIGHUP), as `attach` does its parts.
+pub struct ReloadPlan {
+    /// The new program, once asked for and valid (else the reason is
+    /// said); polled.
+    pub program: Box<dyn Fn() -> Option<SharedProgram> + Sync>,
+    /// Makes the program the one VMs are attached with from now on.
+    pub install: Box<dyn Fn(&SharedProgram) + Sync>,
+    /// Attaches a VM again with the program installed last.
+    pub rearm: Box<Reattach>,
 }
 
 /// Waits for a VM that was not there and attaches to it; `None` once the
@@ -67,7 +82,10 @@ pub fn serve_and_report(
         }
         None => None,
     };
-    let sink_for = || -> Option<Box<dyn probe_engine::EventSink>> {
+    // The program served now: a service's reload replaces it.
+    let current = Mutex::new(program.clone());
+    let program_now = || current.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let sink_for = |program: &probe_lang::Program| -> Option<Box<dyn probe_engine::EventSink>> {
         let mut sinks: Vec<Box<dyn probe_engine::EventSink>> = Vec::new();
         if let Some(r) = &recorder {
             sinks.push(Box::new(r.clone()));
@@ -81,57 +99,95 @@ pub fn serve_and_report(
             _ => Some(Box::new(crate::otlp::Tee(sinks))),
         }
     };
-    for g in &mut guests {
-        if let Some(sink) = sink_for() {
-            // With trace() the script decides what is recorded.
-            g.backend.set_recorder(sink, !program.uses_trace());
+    // With trace() the script decides what is recorded.
+    let set_recorder = |backend: &mut dyn probe_engine::Backend| {
+        let program = program_now();
+        if let Some(sink) = sink_for(&program) {
+            backend.set_recorder(sink, !program.uses_trace());
         }
+    };
+    for g in &mut guests {
+        set_recorder(&mut *g.backend);
     }
     // What backends count live, for --metrics; a service adds the
     // backends it attaches later.
     let live = crate::metrics::guest_live(&guests);
     // A VM attached again records and exports as it did before.
-    let reattach = plan.reattach.as_ref().map(|r| {
-        let live = &live;
-        move |name: &str, ended: &dyn Fn() -> bool| {
-            let mut backend = r(name, ended)?;
-            crate::metrics::add_backend(live, name, &*backend);
-            if let Some(sink) = sink_for() {
-                backend.set_recorder(sink, !program.uses_trace());
-            }
-            Some(backend)
-        }
-    });
+    let reattach = plan
+        .reattach
+        .as_deref()
+        .map(|r| with_sinks(r, &live, &set_recorder));
     let discover = plan.discover.as_ref().map(|d| {
         let live = &live;
         move |ended: &dyn Fn() -> bool| {
             let mut guest = d(ended)?;
             crate::metrics::add_backend(live, &guest.name, &*guest.backend);
-            if let Some(sink) = sink_for() {
-                guest.backend.set_recorder(sink, !program.uses_trace());
-            }
+            set_recorder(&mut *guest.backend);
             Some(guest)
         }
     });
-    let exec = program.executable().clone();
-    let printer =
-        probe_output::Printer::new(crate::bpftrace::writer(plan.out.as_ref())?, exec.clone())
-            .with_format(plan.output);
-    let output = match &otlp {
-        Some(o) => o.output(exec.clone(), Box::new(printer)),
-        None => Box::new(printer),
+    // A runtime for a program: its printer, and OTLP's log records.
+    let runtime_for = |program: &probe_lang::Program| -> Result<probe_runtime::Runtime> {
+        let exec = program.executable().clone();
+        let printer =
+            probe_output::Printer::new(crate::bpftrace::writer(plan.out.as_ref())?, exec.clone())
+                .with_format(plan.output);
+        let output = match &otlp {
+            Some(o) => o.output(exec.clone(), Box::new(printer)),
+            None => Box::new(printer),
+        };
+        Ok(probe_runtime::Runtime::new(exec, output))
     };
-    let mut runtime = probe_runtime::Runtime::new(exec, output);
+    // The line bpftrace prints as it attaches; -q leaves it out, -o sends
+    // it to the file with the rest.
+    let banner = |program: &probe_lang::Program| -> Result<()> {
+        if !crate::QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut out = crate::bpftrace::writer(plan.out.as_ref())?;
+            let message = probe_output::attaching_message_for(program.probes().len(), plan.output);
+            let _ = out.write_all(message.as_bytes());
+            let _ = out.flush();
+        }
+        Ok(())
+    };
+    let mut runtime = runtime_for(program)?;
+    banner(program)?;
     runtime.set_start_nsecs(probe_engine::monotonic_ns());
     let runtime = Mutex::new(runtime);
-    // bpftrace's -q leaves this line out; -o sends it to the file with the rest.
-    if !crate::QUIET.load(std::sync::atomic::Ordering::Relaxed) {
-        let mut out = crate::bpftrace::writer(plan.out.as_ref())?;
-        let _ = out.write_all(
-            probe_output::attaching_message_for(program.probes().len(), plan.output).as_bytes(),
-        );
-        let _ = out.flush();
-    }
+    let rearm = plan
+        .reload
+        .as_ref()
+        .map(|r| with_sinks(&*r.rearm, &live, &set_recorder));
+    let prepare = || {
+        let program = (plan.reload.as_ref()?.program)()?;
+        match runtime_for(&program) {
+            Ok(runtime) => Some(probe_engine::serve::Reloaded { program, runtime }),
+            Err(e) => {
+                eprintln!("vmprobe: reload: {e:#}; still serving the previous program");
+                None
+            }
+        }
+    };
+    let install = |program: &Arc<probe_lang::Program>| {
+        *current.lock().unwrap_or_else(|e| e.into_inner()) = program.clone();
+        if let Some(m) = &plan.metrics {
+            m.relabel(program);
+        }
+        if let Some(r) = &plan.reload {
+            (r.install)(program);
+        }
+        let _ = banner(program);
+    };
+    let reloaded = |carried: &[String]| {
+        let maps = match carried {
+            [] => "none".to_string(),
+            names => names
+                .iter()
+                .map(|n| format!("@{n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        progress!("vmprobe: reloaded; maps carried over: {maps}");
+    };
 
     let take_snapshot = || snapshot(recorder.as_ref());
     let engine_plan = probe_engine::serve::ServePlan {
@@ -154,6 +210,12 @@ pub fn serve_and_report(
         discover: discover
             .as_ref()
             .map(|d| d as probe_engine::serve::Discover<'_>),
+        reload: rearm.as_ref().map(|rearm| probe_engine::serve::Reload {
+            prepare: &prepare,
+            install: &install,
+            rearm,
+            done: &reloaded,
+        }),
     };
     let (outcomes, kernel) = match &plan.metrics {
         Some(m) => m.serve_while(&runtime, &live, otlp.as_ref(), || {
@@ -161,6 +223,13 @@ pub fn serve_and_report(
         }),
         None => serve(guests, program, &runtime, &engine_plan),
     };
+    // What attaches again holds the recorder and the OTLP exporter, which
+    // are finished below.
+    drop(engine_plan);
+    drop(reattach);
+    drop(rearm);
+    // END is the program's served last (a service's reload replaces it).
+    let program = &program_now();
 
     let trace_complete = match recorder {
         Some(r) => finish_recorder(r)?,
@@ -238,6 +307,21 @@ pub fn serve_and_report(
     Ok(EXIT_PARTIAL)
 }
 
+/// A VM attached again (it came back, or a reload) records, exports and
+/// counts for `/metrics` as it did before.
+fn with_sinks<'a>(
+    attach: &'a Reattach,
+    live: &'a Mutex<Vec<crate::metrics::GuestLive>>,
+    set_recorder: &'a (dyn Fn(&mut dyn probe_engine::Backend) + Sync),
+) -> impl Fn(&str, &dyn Fn() -> bool) -> Option<Box<dyn probe_engine::Backend>> + Sync + 'a {
+    move |name, ended| {
+        let mut backend = attach(name, ended)?;
+        crate::metrics::add_backend(live, name, &*backend);
+        set_recorder(&mut *backend);
+        Some(backend)
+    }
+}
+
 /// The exit status of a run whose results are incomplete: handler errors,
 /// lost events, a VM that went away or did not detach. (1 is an error
 /// before anything was probed, 2 a usage error, as clap makes it.)
@@ -275,7 +359,7 @@ fn exit_status(outcomes: Vec<GuestOutcome>, count: usize, partial: &mut Vec<Stri
                 }
                 status
             }
-            EndReason::ScriptExit | EndReason::Interrupted => 0,
+            EndReason::ScriptExit | EndReason::Interrupted | EndReason::Reload => 0,
             EndReason::VmExited => {
                 eprintln!("vmprobe: {}: the VM exited", o.name);
                 0

@@ -254,6 +254,7 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
         metrics,
         reattach: None,
         discover: None,
+        reload: None,
     };
     serve_and_report(
         guests,
@@ -296,6 +297,7 @@ fn run_without_guest(args: &RunArgs, program: Arc<probe_lang::Program>) -> Resul
         metrics,
         reattach: None,
         discover: None,
+        reload: None,
     };
     let snapshot_requested = AtomicBool::new(false);
     serve_and_report(guests, &program, None, &stop, &snapshot_requested, &plan)

@@ -371,3 +371,119 @@ fn a_vm_appearing_in_the_watched_directory_is_attached_and_the_others_go_on() {
         vm.shutdown(Duration::from_secs(20)).ok();
     }
 }
+
+/// Sends `signal` (`-HUP`, `-TERM`) to the service.
+fn signal(service: &std::process::Child, signal: &str) {
+    std::process::Command::new("kill")
+        .args([signal, &service.id().to_string()])
+        .status()
+        .unwrap();
+}
+
+/// Runs `n` counted writes in `vm` and returns the guest kernel's count.
+fn counted_writes(vm: &mut Vm, console: &Arc<Mutex<Vec<u8>>>, n: u32, tag: &str) -> u64 {
+    vm.start_workload(&writes_workload(n, tag)).unwrap();
+    assert_eq!(vm.wait_exit(RUN_LIMIT).unwrap(), 0);
+    wait_console(console, &format!("{tag} GT-WRITES"));
+    let (kernel, dd) = guest_counts(&console_text(console), tag);
+    assert_eq!((kernel, dd), (n as u64, n as u64), "{tag}");
+    kernel
+}
+
+/// Acceptance: SIGHUP reloads the script without losing the VMs' state.
+/// Two VMs count writes per guest; a script with an error is refused in
+/// place (the old program goes on counting); the corrected script is
+/// loaded: `@c[guest]`, declared alike in both, goes on from where it
+/// was, the map only the old program had is printed at the reload, the
+/// new program's own map counts from the reload on. Every count equals
+/// the guest kernels' own.
+#[test]
+fn sighup_reloads_the_script_and_the_maps_declared_alike_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let sockets = dir.path().join("sockets");
+    std::fs::create_dir(&sockets).unwrap();
+    let kernel = default_guest().kernel;
+    let script = dir.path().join("writes.bt");
+    std::fs::write(
+        &script,
+        "kprobe:ksys_write /arg2 == 1/ { @c[guest] = count(); @old = count(); }\n",
+    )
+    .unwrap();
+    let config = dir.path().join("svc.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "script = \"writes.bt\"\n\
+             [[vm]]\nname = \"vm0\"\nqmp = \"sockets/vm0.qmp\"\nkernel = \"{k}\"\n\
+             [[vm]]\nname = \"vm1\"\nqmp = \"sockets/vm1.qmp\"\nkernel = \"{k}\"\n",
+            k = kernel.display()
+        ),
+    )
+    .unwrap();
+    let (console0, console1) = (
+        Arc::new(Mutex::new(Vec::new())),
+        Arc::new(Mutex::new(Vec::new())),
+    );
+    let mut vm0 = boot_vm_at(&sockets.join("vm0.qmp"), &console0);
+    let mut vm1 = boot_vm_at(&sockets.join("vm1.qmp"), &console1);
+    let (mut service, stdout, stderr) =
+        spawn_collected(vmprobe().args(["attach", "--config"]).arg(&config));
+    stderr.wait_for("attached to vm1", RUN_LIMIT);
+    let a0 = counted_writes(&mut vm0, &console0, 100, "A0");
+    let a1 = counted_writes(&mut vm1, &console1, 50, "A1");
+
+    // A script with an error: said in place, the old program goes on.
+    std::fs::write(&script, "kprobe:ksys_write { @c[guest] = count(); \n").unwrap();
+    signal(&service, "-HUP");
+    stderr.wait_for("still serving the previous program", RUN_LIMIT);
+    let b0 = counted_writes(&mut vm0, &console0, 20, "B0");
+
+    std::fs::write(
+        &script,
+        "kprobe:ksys_write /arg2 == 1/ { @c[guest] = count(); @new = count(); }\n",
+    )
+    .unwrap();
+    let asked = Instant::now();
+    signal(&service, "-HUP");
+    stderr.wait_for("vmprobe: reloaded; maps carried over: @c", RUN_LIMIT);
+    let swapped = asked.elapsed();
+    stderr.wait_for("vm0: attached again", RUN_LIMIT);
+    stderr.wait_for("vm1: attached again", RUN_LIMIT);
+    eprintln!(
+        "reload: program swapped {swapped:?} after SIGHUP, both VMs armed again {:?} after it",
+        asked.elapsed()
+    );
+    let c0 = counted_writes(&mut vm0, &console0, 30, "C0");
+    let c1 = counted_writes(&mut vm1, &console1, 40, "C1");
+
+    signal(&service, "-TERM");
+    let status = wait_for_exit(&mut service, RUN_LIMIT);
+    let (stdout, stderr) = (stdout.finish(), stderr.finish());
+    eprintln!("{stderr}\n{stdout}");
+    assert!(status.success(), "{status:?}\n{stderr}");
+    // The refused script's error names where it is, in one line.
+    let refused: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("vmprobe: reload:"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{stderr}");
+    assert!(refused[0].contains("writes.bt"), "{stderr}");
+    assert!(
+        stderr.contains("writes.bt:2:1"),
+        "the error's line:column\n{stderr}"
+    );
+    // @old printed once, at the reload, before the new program's banner.
+    let (at_reload, after) = stdout
+        .split_once("Attaching 1 probe...\n")
+        .and_then(|(_, rest)| rest.split_once("Attaching 1 probe...\n"))
+        .unwrap_or_else(|| panic!("two banners:\n{stdout}"));
+    assert_eq!(map_value(at_reload, "old"), a0 + a1 + b0, "{stdout}");
+    assert!(!after.contains("@old"), "{stdout}");
+    assert_eq!(map_value(after, "new"), c0 + c1, "{stdout}");
+    let counts = by_guest(after);
+    assert_eq!(counts.get("vm0"), Some(&(a0 + b0 + c0)), "{stdout}");
+    assert_eq!(counts.get("vm1"), Some(&(a1 + c1)), "{stdout}");
+    for vm in [&mut vm0, &mut vm1] {
+        vm.shutdown(Duration::from_secs(20)).ok();
+    }
+}

@@ -1,13 +1,17 @@
 //! Service mode (`attach --config`): a VM whose connection ended is
-//! attached again once it is back, and VMs that appear in a watched
-//! directory are attached, each from its own serving thread.
+//! attached again once it is back, VMs that appear in a watched directory
+//! are attached, each from its own serving thread, and SIGHUP reloads the
+//! program from the configuration file.
 
-use super::{Until, VmSpec, attach_one, close_stubs, connect_qmp, vm_kernel};
-use anyhow::{Context, Result, bail};
+use super::{
+    Until, VmSpec, attach_one, check_layers, close_stubs, compile_for, connect_qmp, vm_kernel,
+};
+use anyhow::{Context, Result, anyhow, bail};
 use probe_engine::Backend;
 use probe_engine::serve::Guest;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,7 +23,9 @@ pub(super) struct Service {
     /// The VMs served: the configuration's, then those found.
     pub specs: Mutex<Vec<VmSpec>>,
     pub watch: Option<crate::service::Watch>,
-    pub program: Arc<probe_lang::Program>,
+    /// What VMs are attached with: the configuration's program, then
+    /// each reload's.
+    pub program: Mutex<Arc<probe_lang::Program>>,
     pub private: PathBuf,
     pub until: Until,
     pub stall_timeout: Duration,
@@ -28,9 +34,24 @@ pub(super) struct Service {
     /// The last reason a VM found in the watched directory was not
     /// attached, so that each is said once.
     pub told: Mutex<HashMap<String, String>>,
+    pub reload: Reload,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// What SIGHUP reads again, and what it is checked against.
+pub(super) struct Reload {
+    pub config: PathBuf,
+    /// Set by SIGHUP.
+    pub requested: Arc<AtomicBool>,
+    /// The VM whose kernel types the program: the first `[[vm]]`, else
+    /// `[watch]`'s.
+    pub typed_with: VmSpec,
+    pub recording: Option<&'static [&'static str]>,
+    /// The configuration as the service started with it, but its program:
+    /// a reload changes the program only.
+    pub settings: crate::service::Config,
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -39,11 +60,30 @@ impl Service {
     /// at the same sockets, running a kernel past its boot) and attaches
     /// to it again; `None` once the run has ended first.
     pub fn reattach(&self, name: &str, ended: &dyn Fn() -> bool) -> Option<Box<dyn Backend>> {
-        let spec = lock(&self.specs).iter().find(|s| s.name == name)?.clone();
         progress!(
             "vmprobe: {name}: its connection ended; attaching again once the VM is back (checking every {} ms)",
             RETRY.as_millis()
         );
+        self.attach_when_back(name, ended)
+    }
+
+    /// Attaches a VM again with the program a reload installed (it
+    /// detached for it); if the VM went meanwhile, once it is back.
+    pub fn rearm(&self, name: &str, ended: &dyn Fn() -> bool) -> Option<Box<dyn Backend>> {
+        let spec = lock(&self.specs).iter().find(|s| s.name == name)?.clone();
+        // A stub vmprobe opened through QMP is still open in this QEMU
+        // (QEMU would refuse a second one): closed, and opened again as
+        // at attach.
+        if spec.gdb.is_none()
+            && let Ok(mut qmp) = connect_qmp(&spec, Duration::from_secs(1))
+        {
+            let _ = qmp.close_gdbstub();
+        }
+        self.attach_when_back(name, ended)
+    }
+
+    fn attach_when_back(&self, name: &str, ended: &dyn Fn() -> bool) -> Option<Box<dyn Backend>> {
+        let spec = lock(&self.specs).iter().find(|s| s.name == name)?.clone();
         let mut last = String::new();
         loop {
             if ended() {
@@ -85,12 +125,13 @@ impl Service {
             }
         }
         let kernel = vm_kernel(spec)?;
-        let layers = probe_plan::resolve_layers(&self.program);
+        let program = lock(&self.program).clone();
+        let layers = probe_plan::resolve_layers(&program);
         let mut opened = Vec::new();
         let attached = attach_one(
             spec,
             kernel,
-            &self.program,
+            &program,
             &layers,
             &self.private,
             &mut opened,
@@ -174,6 +215,64 @@ impl Service {
             .collect();
         found.sort_by(|a, b| a.name.cmp(&b.name));
         found
+    }
+
+    /// SIGHUP's program: the configuration file's as it is now, checked
+    /// as at start, once SIGHUP asked for it; `None` otherwise, and when it
+    /// cannot be served (said on stderr: the previous program goes on).
+    pub fn reloaded_program(&self) -> Option<Arc<probe_lang::Program>> {
+        if !self.reload.requested.swap(false, Ordering::Relaxed) {
+            return None;
+        }
+        let file = self.reload.config.display();
+        progress!("vmprobe: SIGHUP: reloading the program of {file}");
+        match self.load_program() {
+            Ok(program) => Some(program),
+            Err(e) => {
+                eprintln!(
+                    "vmprobe: reload: {}; still serving the previous program",
+                    crate::one_line(&e)
+                );
+                None
+            }
+        }
+    }
+
+    fn load_program(&self) -> Result<Arc<probe_lang::Program>> {
+        let r = &self.reload;
+        let config = crate::service::load(&r.config)?;
+        let was = &r.settings;
+        if config.vms != was.vms
+            || config.watch != was.watch
+            || config.metrics != was.metrics
+            || config.otlp != was.otlp
+        {
+            eprintln!(
+                "vmprobe: reload: {}: only the program is reloaded; changes to the VMs, [watch], metrics or otlp need a restart",
+                r.config.display()
+            );
+        }
+        let (text, file) = match config.program {
+            crate::service::Program::File(f) => (None, Some(f)),
+            crate::service::Program::Text(t) => (Some(t), None),
+        };
+        let (source, source_name) = crate::script::program_source(&text, &file)?;
+        let (compiled, _) = compile_for(&source, &source_name, &r.typed_with, r.recording)?;
+        let program = compiled.map_err(|diags| {
+            // Every diagnostic, as at start; the summary line follows.
+            eprint!("{diags}");
+            anyhow!("{source_name}: the program has errors")
+        })?;
+        if !crate::kernel::check_capabilities(&program) {
+            bail!("{source_name}: the program asks for what no backend has");
+        }
+        check_layers(
+            &program,
+            &was.vms,
+            was.watch.is_some(),
+            &Some(r.config.clone()),
+        )?;
+        Ok(Arc::new(program))
     }
 
     /// The VMs whose stub vmprobe opened through QMP after the start.

@@ -54,6 +54,9 @@ pub enum EndReason {
     /// A VM vmprobe attached to exited (its probes were layers only, so
     /// nothing was armed in it).
     VmExited,
+    /// Service mode: the guest detaches for a new program (SIGHUP), and
+    /// is attached again with it. Never the reason a run ends.
+    Reload,
 }
 
 /// A backend's error, with its own type behind it.

@@ -163,6 +163,11 @@ impl Interpreter {
         self.time_budget = budget;
     }
 
+    /// The origin of `elapsed`, once set or taken from the first run.
+    pub fn start_nsecs(&self) -> Option<u64> {
+        self.start_ns
+    }
+
     /// Sets the origin of `elapsed` (by default the first run's `nsecs`).
     pub fn set_start_nsecs(&mut self, ns: u64) {
         self.start_ns = Some(ns);

@@ -107,9 +107,30 @@ impl Runtime {
 
     /// bpftrace's at-exit output: `\n\n`, then every map in name order.
     pub fn print_maps(&mut self) {
+        self.print_maps_where(|_| true);
+    }
+
+    /// Takes over from `old`, the runtime of the program this one's
+    /// replaces (service mode's SIGHUP): the maps both declare alike keep
+    /// their entries (see [`MapStore::carry_from`]), and handler error
+    /// counts and the origin of `elapsed` go on. Returns the names of the
+    /// maps carried; `old` keeps the rest.
+    pub fn carry_from(&mut self, old: &mut Runtime) -> Vec<String> {
+        let carried = self.maps.carry_from(&mut old.maps);
+        self.interp.add_errors(&old.interp.errors());
+        if let Some(ns) = old.interp.start_nsecs() {
+            self.interp.set_start_nsecs(ns);
+        }
+        carried
+    }
+
+    /// The maps `keep` chooses, as [`Runtime::print_maps`] prints them.
+    pub fn print_maps_where(&mut self, keep: impl Fn(&str) -> bool) {
         let ts = host_clock::monotonic_ns();
         self.out.emit(ts, OutputEvent::ExitSeparator);
-        let mut order: Vec<u32> = (0..self.exec.ir.maps.len() as u32).collect();
+        let mut order: Vec<u32> = (0..self.exec.ir.maps.len() as u32)
+            .filter(|&m| keep(&self.exec.ir.maps[m as usize].name))
+            .collect();
         let decls = &self.exec.ir.maps;
         order.sort_by(|&a, &b| decls[a as usize].name.cmp(&decls[b as usize].name));
         for map in order {

@@ -189,6 +189,31 @@ impl MapStore {
         }
     }
 
+    /// Moves into this store the entries of `old`'s maps that this store
+    /// declares alike (name, aggregation, signedness, `lhist` bounds, key
+    /// and value types, tuples compared element by element): a reloaded
+    /// program going on with the previous one's counts. Returns the names
+    /// of the maps moved; they are left empty in `old`.
+    pub fn carry_from(&mut self, old: &mut MapStore) -> Vec<String> {
+        let mut carried = Vec::new();
+        for (i, decl) in self.decls.iter().enumerate() {
+            let Some(j) = old.index_of(&decl.name).map(|j| j as usize) else {
+                continue;
+            };
+            let theirs = &old.decls[j];
+            let alike = decl.kind == theirs.kind
+                && decl.signed == theirs.signed
+                && decl.lhist == theirs.lhist
+                && same_types(&decl.keys, &self.tuples, &theirs.keys, &old.tuples)
+                && same_types(&[decl.value], &self.tuples, &[theirs.value], &old.tuples);
+            if alike {
+                self.maps[i] = std::mem::take(&mut old.maps[j]);
+                carried.push(decl.name.clone());
+            }
+        }
+        carried
+    }
+
     /// A copy holding only the maps `keep` chooses (the others empty).
     pub fn only(&self, keep: impl Fn(&MapDecl) -> bool) -> MapStore {
         let mut copy = self.clone();
@@ -208,6 +233,21 @@ impl MapStore {
             }
         }
     }
+}
+
+/// Whether two lists of types are the same, each tuple type looked up in
+/// its own program's tuple table (the indexes differ between programs).
+fn same_types(a: &[Type], a_tuples: &[Vec<Type>], b: &[Type], b_tuples: &[Vec<Type>]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| match (x, y) {
+            (Type::Tuple(i), Type::Tuple(j)) => {
+                match (a_tuples.get(*i as usize), b_tuples.get(*j as usize)) {
+                    (Some(ta), Some(tb)) => same_types(ta, a_tuples, tb, b_tuples),
+                    _ => false,
+                }
+            }
+            _ => x == y,
+        })
 }
 
 fn is_scalar_count(d: &MapDecl) -> bool {
@@ -518,6 +558,44 @@ mod tests {
     fn store(src: &str) -> MapStore {
         let p = probe_lang::compile(src, "t").unwrap();
         MapStore::new(&p.ir().maps, &p.ir().tuples)
+    }
+
+    /// A reloaded program keeps the maps declared alike, and only those:
+    /// a map whose aggregation, key types or tuple element types changed
+    /// starts empty, and the old store keeps it to be printed.
+    #[test]
+    fn a_reloaded_program_carries_maps_declared_alike() {
+        let old_src = r#"kprobe:f { @c = count(); @k[pid, comm] = sum(arg0); @t[1] = (1, "a");
+                         @gone = count(); @h = hist(arg0); @changed[pid] = count(); }"#;
+        let new_src = r#"kprobe:g { @x[2] = ("b", 2); @t[1] = (2, "b"); @c = count();
+                         @k[pid, comm] = sum(arg1); @h = lhist(arg0, 0, 10, 1); @changed[comm] = count(); }"#;
+        let mut old = store(old_src);
+        for name in ["c", "gone", "changed"] {
+            let i = old.index_of(name).unwrap();
+            let key = if name == "changed" {
+                Key::Int(7)
+            } else {
+                Key::None
+            };
+            old.agg(i, key.clone(), AggOp::Count, 0);
+            old.agg(i, key, AggOp::Count, 0);
+        }
+        let t = old.index_of("t").unwrap();
+        let pair = Value::Tuple(vec![Value::Int(1), Value::Str("a".into())].into());
+        old.set(t, Key::Int(1), Cell::Val(pair.clone()));
+        let mut new = store(new_src);
+        let mut carried = new.carry_from(&mut old);
+        carried.sort();
+        assert_eq!(carried, ["c", "k", "t"]);
+        let c = new.index_of("c").unwrap();
+        assert_eq!(new.read(c, &Key::None), Value::Int(2));
+        assert_eq!(new.read(new.index_of("t").unwrap(), &Key::Int(1)), pair);
+        // What was not carried stays in the old store, to be printed.
+        let gone = old.index_of("gone").unwrap();
+        assert_eq!(old.read(gone, &Key::None), Value::Int(2));
+        let changed = old.index_of("changed").unwrap();
+        assert_eq!(old.read(changed, &Key::Int(7)), Value::Int(2));
+        assert_eq!(old.cells(c).count(), 0);
     }
 
     /// Two shards updated with halves of the same values merge into what
