@@ -61,8 +61,8 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
         return Ok(1);
     }
     let layers = check_layers(&program, &args.vm, args.watch.is_some(), &args.config)?;
-    let recording_mode =
-        crate::plugin::record_mode(recording.is_some() || args.otlp.is_some(), &program);
+    let records = recording.is_some() || args.otlp.is_some();
+    let recording_mode = crate::plugin::record_mode(records, &program);
     let metrics = crate::metrics::bind(args.metrics, &program)?;
     let stop = Arc::new(AtomicBool::new(false));
     // Which signal it was, for the exit status of an interrupted attach.
@@ -118,21 +118,24 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
             stop: stop.clone(),
             deadline,
         };
-        let attached = kernel.and_then(|k| match plugin_choice(spec, &program, &args)? {
-            Some(socket) => {
-                let how = (recording_mode, args.stall_timeout);
-                attach_plugin(spec, &socket, k, &program, &layers, how)
-            }
-            None => attach_one(
-                spec,
-                k,
-                &program,
-                &layers,
-                private.path(),
-                &mut opened,
-                (&until, args.stall_timeout, false),
-            ),
-        });
+        let attached =
+            kernel.and_then(
+                |k| match plugin_choice(spec, &program, args.backend, args.verbose)? {
+                    Some(socket) => {
+                        let how = (recording_mode, args.stall_timeout);
+                        attach_plugin(spec, &socket, k, &program, &layers, how)
+                    }
+                    None => attach_one(
+                        spec,
+                        k,
+                        &program,
+                        &layers,
+                        private.path(),
+                        &mut opened,
+                        (&until, args.stall_timeout, false),
+                    ),
+                },
+            );
         match attached {
             Ok(g) => guests.push(g),
             Err(e) => {
@@ -178,6 +181,8 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
                     deadline,
                 },
                 stall_timeout: args.stall_timeout,
+                backend: args.backend,
+                records,
                 opened: Mutex::new(Vec::new()),
                 told: Mutex::new(HashMap::new()),
                 reload,
@@ -294,16 +299,17 @@ fn close_stubs(opened: &mut Vec<&VmSpec>) {
 fn plugin_choice(
     spec: &VmSpec,
     program: &probe_lang::Program,
-    args: &crate::AttachArgs,
+    backend: crate::BackendArg,
+    verbose: bool,
 ) -> Result<Option<PathBuf>> {
     let Some(socket) = &spec.plugin else {
-        if args.backend == crate::BackendArg::Plugin {
+        if backend == crate::BackendArg::Plugin {
             bail!("--backend plugin: give the VM's plugin socket (plugin:SOCKET)");
         }
         return Ok(None);
     };
     let no_stub = spec.gdb.is_none() && spec.qmp.is_none();
-    if args.backend == crate::BackendArg::Gdb {
+    if backend == crate::BackendArg::Gdb {
         if no_stub {
             bail!("--backend gdb: give the VM's stub (gdb:, or qmp: to open one)");
         }
@@ -311,19 +317,19 @@ fn plugin_choice(
     }
     match backend_plugin::check_program(program) {
         Ok(()) => {
-            if args.verbose {
+            if verbose {
                 eprintln!("vmprobe: {}: backend: plugin", spec.name);
             }
             Ok(Some(socket.clone()))
         }
-        Err(diags) if args.backend == crate::BackendArg::Plugin || no_stub => {
+        Err(diags) if backend == crate::BackendArg::Plugin || no_stub => {
             bail!(
                 "the plugin cannot serve this program:\n{}",
                 diags.to_string().trim_end()
             )
         }
         Err(diags) => {
-            if args.verbose {
+            if verbose {
                 let first = diags.to_string();
                 eprintln!(
                     "vmprobe: {}: backend: gdb ({})",

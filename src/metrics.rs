@@ -119,18 +119,23 @@ impl Metrics {
         serving: impl FnOnce() -> R,
     ) -> R {
         let source = || {
-            // The copy is all that happens under the lock.
-            let (mut store, errors) = {
+            // The copies are all that happens under the lock: the maps, and
+            // those inside QEMU as last copied (a backend merges its maps
+            // into the runtime and withdraws its copy with the runtime
+            // locked, so each count is seen once).
+            let (mut store, errors, inside) = {
                 let rt = probe_engine::serve::lock(runtime);
-                (rt.maps().clone(), rt.errors())
+                let guests = guests.lock().unwrap_or_else(|e| e.into_inner());
+                let inside: Vec<_> = guests
+                    .iter()
+                    .filter_map(|g| g.maps.as_ref().and_then(|m| m.get()))
+                    .collect();
+                (rt.maps().clone(), rt.errors(), inside)
             };
-            let guests = guests.lock().unwrap_or_else(|e| e.into_inner());
-            // Maps inside QEMU, as last copied, merged as at detach.
-            for g in guests.iter() {
-                if let Some(m) = g.maps.as_ref().and_then(|m| m.get()) {
-                    store.merge(&m);
-                }
+            for m in &inside {
+                store.merge(m);
             }
+            let guests = guests.lock().unwrap_or_else(|e| e.into_inner());
             let labels = self.labels.lock().unwrap_or_else(|e| e.into_inner());
             let mut families = metrics_export::maps::families(&store, &labels);
             drop(labels);

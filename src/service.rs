@@ -235,17 +235,9 @@ fn vm_spec(vm: RawVm, base: &Path) -> Result<VmSpec, String> {
             crate::vm_spec::set_vm_key(&mut spec, key, &path(v))?;
         }
     }
-    if spec.plugin.is_some() {
-        // The plugin keeps maps inside QEMU, which a restart loses; a
-        // service attaches again through the stub only.
+    if spec.gdb.is_none() && spec.qmp.is_none() && spec.plugin.is_none() {
         return Err(format!(
-            "'{}': the service mode attaches through the VM's stub (gdb or qmp), not plugin",
-            spec.name
-        ));
-    }
-    if spec.gdb.is_none() && spec.qmp.is_none() {
-        return Err(format!(
-            "'{}': no connection: give gdb = \"unix:PATH\" (or \"HOST:PORT\") or qmp = \"PATH\"",
+            "'{}': no connection: give gdb = \"unix:PATH\" (or \"HOST:PORT\"), qmp = \"PATH\" or plugin = \"PATH\"",
             spec.name
         ));
     }
@@ -339,8 +331,6 @@ mod tests {
         assert!(e.contains("a VM name is letters"), "{e}");
         let e = err("program = \"x\"\n[[vm]]\nname = \"a\"\ngdb = \"10.0.0.1:1\"\n");
         assert!(e.contains("not a loopback address"), "{e}");
-        let e = err("program = \"x\"\n[[vm]]\nname = \"a\"\nplugin = \"p\"\n");
-        assert!(e.contains("not plugin"), "{e}");
         assert!(err("program = \"x\"\n").contains("no VM"));
         let e = err("program = \"x\"\n[watch]\ndir = \"/nonexistent\"\n");
         assert!(

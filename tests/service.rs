@@ -487,3 +487,111 @@ fn sighup_reloads_the_script_and_the_maps_declared_alike_go_on() {
         vm.shutdown(Duration::from_secs(20)).ok();
     }
 }
+
+/// A VM served inside QEMU by vmprobe's plugin, as a user starts it (QEMU
+/// 10 with `vmprobe qemu-args`' flags), its plugin socket and QMP monitor
+/// at fixed paths a service is given.
+fn boot_plugin_vm(qemu: &Path, sockets: &Path, console: &Arc<Mutex<Vec<u8>>>) -> Vm {
+    let mut cfg = LaunchConfig::new(default_guest());
+    cfg.accel = Accel::Tcg;
+    cfg.qemu = qemu.to_path_buf();
+    cfg.gdbstub = false;
+    cfg.console = Some(console.clone());
+    cfg.extra_args = vec![
+        "-plugin".into(),
+        format!(
+            "{},sock={}",
+            plugin_library().display(),
+            sockets.join("vm0.plugin").display()
+        ),
+        "-qmp".into(),
+        format!(
+            "unix:{},server=on,wait=off",
+            sockets.join("vm0.qmp").display()
+        ),
+    ];
+    let mut vm = Vm::launch(&cfg).expect("launch QEMU 10 with the plugin");
+    let mut qmp =
+        qemu_vmm::Qmp::connect_unix_wait(&vm.qmp_socket(), Duration::from_secs(5)).unwrap();
+    qmp.cont().unwrap();
+    vm.wait_ready(Duration::from_secs(180))
+        .expect("guest boots");
+    vm
+}
+
+/// The service with the plugin backend: the maps live inside QEMU, so a
+/// QEMU killed takes with it what was counted since the plugin's last copy
+/// of its maps (every 500 ms). Once `/metrics` shows that copy holding the
+/// 200 writes, QEMU is killed; a new one on the same sockets is attached
+/// again through its plugin and 300 more writes make @c 500, the guest
+/// kernels' count.
+#[test]
+fn a_restarted_vm_is_attached_again_through_its_plugin() {
+    let Some(qemu) = qemu10() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let sockets = dir.path().join("sockets");
+    std::fs::create_dir(&sockets).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    let config = dir.path().join("svc.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "program = \"kprobe:ksys_write /arg2 == 1/ {{ @c = count(); }}\"\n\
+             metrics = \"{metrics}\"\n\
+             [[vm]]\nname = \"vm0\"\nplugin = \"sockets/vm0.plugin\"\nqmp = \"sockets/vm0.qmp\"\n\
+             kernel = \"{}\"\n",
+            default_guest().kernel.display()
+        ),
+    )
+    .unwrap();
+    let console1 = Arc::new(Mutex::new(Vec::new()));
+    let mut vm1 = boot_plugin_vm(&qemu, &sockets, &console1);
+    let (mut service, stdout, stderr) =
+        spawn_collected(vmprobe().args(["attach", "--config"]).arg(&config));
+    stderr.wait_for("vm0: probes live in QEMU", RUN_LIMIT);
+    let before = counted_writes(&mut vm1, &console1, 200, "P1");
+    let copied = Instant::now();
+    while scraped_count(&metrics) != before {
+        assert!(
+            copied.elapsed() < Duration::from_secs(30),
+            "the plugin's copy of its maps never reached {before}: {}",
+            scraped_count(&metrics)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    vm1.kill();
+    drop(vm1);
+    stderr.wait_for("vm0: its connection ended", Duration::from_secs(30));
+    assert_eq!(scraped_count(&metrics), before, "the maps are kept");
+
+    let console2 = Arc::new(Mutex::new(Vec::new()));
+    let mut vm2 = boot_plugin_vm(&qemu, &sockets, &console2);
+    stderr.wait_for("vm0: attached again", RUN_LIMIT);
+    let after = counted_writes(&mut vm2, &console2, 300, "P2");
+    signal(&service, "-TERM");
+    let status = wait_for_exit(&mut service, RUN_LIMIT);
+    let (stdout, stderr) = (stdout.finish(), stderr.finish());
+    eprintln!("{stderr}\n{stdout}");
+    assert!(
+        stderr.contains("attached to vm0 through its plugin"),
+        "{stderr}"
+    );
+    assert_eq!(
+        map_value(&stdout, "c"),
+        before + after,
+        "{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("vm0: attached again 1 time after its VM restarted"),
+        "{stderr}"
+    );
+    // The plugin's last copy stood for what the first QEMU had counted.
+    assert!(stderr.contains("its maps are as copied"), "{stderr}");
+    assert!(status.success(), "{status:?}\n{stderr}");
+    vm2.shutdown(Duration::from_secs(20)).ok();
+}

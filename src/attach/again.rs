@@ -4,7 +4,8 @@
 //! program from the configuration file.
 
 use super::{
-    Until, VmSpec, attach_one, check_layers, close_stubs, compile_for, connect_qmp, vm_kernel,
+    Until, VmSpec, attach_one, attach_plugin, check_layers, close_stubs, compile_for, connect_qmp,
+    plugin_choice, vm_kernel,
 };
 use anyhow::{Context, Result, anyhow, bail};
 use probe_engine::Backend;
@@ -29,6 +30,12 @@ pub(super) struct Service {
     pub private: PathBuf,
     pub until: Until,
     pub stall_timeout: Duration,
+    /// `--backend`: a VM with a plugin socket is served inside QEMU unless
+    /// it says `gdb`.
+    pub backend: crate::BackendArg,
+    /// Whether probe events are recorded or exported (`--otlp`), which
+    /// the plugin then sends.
+    pub records: bool,
     /// VMs whose stub was opened through QMP when attached again.
     pub opened: Mutex<Vec<String>>,
     /// The last reason a VM found in the watched directory was not
@@ -75,6 +82,7 @@ impl Service {
         // (QEMU would refuse a second one): closed, and opened again as
         // at attach.
         if spec.gdb.is_none()
+            && spec.plugin.is_none()
             && let Ok(mut qmp) = connect_qmp(&spec, Duration::from_secs(1))
         {
             let _ = qmp.close_gdbstub();
@@ -128,15 +136,22 @@ impl Service {
         let program = lock(&self.program).clone();
         let layers = probe_plan::resolve_layers(&program);
         let mut opened = Vec::new();
-        let attached = attach_one(
-            spec,
-            kernel,
-            &program,
-            &layers,
-            &self.private,
-            &mut opened,
-            (&self.until, self.stall_timeout, true),
-        );
+        let attached = match plugin_choice(spec, &program, self.backend, false)? {
+            Some(socket) => {
+                let record = crate::plugin::record_mode(self.records, &program);
+                let how = (record, self.stall_timeout);
+                attach_plugin(spec, &socket, kernel, &program, &layers, how)
+            }
+            None => attach_one(
+                spec,
+                kernel,
+                &program,
+                &layers,
+                &self.private,
+                &mut opened,
+                (&self.until, self.stall_timeout, true),
+            ),
+        };
         if !opened.is_empty() {
             if attached.is_ok() {
                 lock(&self.opened).push(spec.name.clone());

@@ -457,6 +457,7 @@ impl Backend for PluginBackend {
                 (Some((store, at)), Some(rt)) => {
                     let mut rt = lock(rt);
                     rt.maps_mut().merge(&store);
+                    self.live_maps.withdraw();
                     rt.interpreter_mut().add_errors(&self.home_errors);
                     format!(
                         "the plugin went away before detaching; its maps are as copied {} ms before the end",
@@ -476,6 +477,7 @@ impl Backend for PluginBackend {
         if let Some(rt) = runtime {
             let mut rt = lock(rt);
             rt.maps_mut().merge(&detached.store);
+            self.live_maps.withdraw();
             rt.interpreter_mut().add_errors(&detached.errors);
             rt.interpreter_mut().add_errors(&self.home_errors);
         }

@@ -32,6 +32,15 @@ pub struct PluginClient {
     pub plugin_version: String,
 }
 
+/// The reader thread holds a clone of the socket, so dropping the writer
+/// alone would leave the connection open, and the plugin, which serves one
+/// vmprobe at a time, busy: shut down, both ends see it closed.
+impl Drop for PluginClient {
+    fn drop(&mut self) {
+        let _ = self.writer.shutdown(std::net::Shutdown::Both);
+    }
+}
+
 impl PluginClient {
     /// Connects to the plugin's socket and checks that both sides speak the
     /// same protocol.

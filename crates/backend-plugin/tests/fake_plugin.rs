@@ -135,3 +135,23 @@ fn no_socket_is_a_clear_error() {
         "{e}"
     );
 }
+
+/// A client dropped (an attach that failed, say) closes the connection,
+/// though its reader thread still holds the socket: the plugin, which
+/// serves one vmprobe at a time, is free again at once.
+#[test]
+fn a_dropped_client_closes_the_connection() {
+    let (closed_tx, closed) = std::sync::mpsc::channel();
+    let (_dir, path) = fake(move |mut c| {
+        hello(&mut c, PROTOCOL_VERSION, "0.1.0");
+        let end = read_message::<ToPlugin>(&mut c);
+        let _ = closed_tx.send(end.is_err());
+    });
+    let client = PluginClient::connect(&path).unwrap();
+    drop(client);
+    assert_eq!(
+        closed.recv_timeout(Duration::from_secs(10)),
+        Ok(true),
+        "the plugin saw the connection close"
+    );
+}

@@ -111,6 +111,13 @@ impl LiveMaps {
     pub fn get(&self) -> Option<MapStore> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    /// No copy any more: the backend merged its maps into the runtime.
+    /// Done while the runtime is locked, and read with it locked, so that
+    /// a reader sees each count once.
+    pub fn withdraw(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
 }
 
 #[cfg(test)]
