@@ -165,11 +165,12 @@ fn health(guests: &[GuestLive], errors: u64, otlp: Option<&crate::otlp::Otlp>) -
     let guest = |g: &GuestLive| vec![("guest".to_string(), g.name.clone())];
     // Each guest's lives summed: hits, and the service-time histogram
     // bucket by bucket.
-    let counted: Vec<(&GuestLive, u64, ServiceSeconds)> = guests
+    let counted: Vec<(&GuestLive, u64, u64, ServiceSeconds)> = guests
         .iter()
         .filter(|g| !g.stats.is_empty())
         .map(|g| {
             let hits = g.stats.iter().map(|s| s.hits.load(Ordering::Relaxed)).sum();
+            let lost = g.stats.iter().map(|s| s.lost.load(Ordering::Relaxed)).sum();
             let mut lives = g.stats.iter().map(|s| s.service_seconds());
             let mut total = lives.next().unwrap_or_default();
             for (buckets, sum) in lives {
@@ -178,7 +179,7 @@ fn health(guests: &[GuestLive], errors: u64, otlp: Option<&crate::otlp::Otlp>) -
                 }
                 total.1 += sum;
             }
-            (g, hits, total)
+            (g, hits, lost, total)
         })
         .collect();
     let mut out = vec![
@@ -192,19 +193,22 @@ fn health(guests: &[GuestLive], errors: u64, otlp: Option<&crate::otlp::Otlp>) -
         },
         Family {
             name: "vmprobe_hits".into(),
-            help: "Probe hits served through the stub (entries, returns, watchpoints, timers)"
+            help: "Probe hits (entries, returns, watchpoints, timers, samples), through the stub \
+                   or inside QEMU (as last copied with the maps)"
                 .into(),
             samples: counted
                 .iter()
-                .map(|(g, hits, _)| (guest(g), Value::Counter(*hits)))
+                .map(|(g, hits, _, _)| (guest(g), Value::Counter(*hits)))
                 .collect(),
         },
         Family {
             name: "vmprobe_service_seconds".into(),
-            help: "Time from a guest's stop to its resume, per stop served through the stub".into(),
+            help: "Time to serve a hit: through the stub from the guest's stop to its resume, \
+                   inside QEMU the handler's time in the vCPU thread"
+                .into(),
             samples: counted
                 .iter()
-                .map(|(g, _, (buckets, sum))| {
+                .map(|(g, _, _, (buckets, sum))| {
                     (
                         guest(g),
                         Value::Histogram {
@@ -217,11 +221,12 @@ fn health(guests: &[GuestLive], errors: u64, otlp: Option<&crate::otlp::Otlp>) -
         },
         Family {
             name: "vmprobe_lost_events".into(),
-            help: "Events lost before vmprobe got them (none through the stub: the guest waits)"
+            help: "Events lost before vmprobe got them (inside QEMU: a vCPU's ring full; \
+                   none through the stub, where the guest waits)"
                 .into(),
             samples: counted
                 .iter()
-                .map(|(g, _, _)| (guest(g), Value::Counter(0)))
+                .map(|(g, _, lost, _)| (guest(g), Value::Counter(*lost)))
                 .collect(),
         },
     ];

@@ -595,3 +595,50 @@ fn a_restarted_vm_is_attached_again_through_its_plugin() {
     assert!(status.success(), "{status:?}\n{stderr}");
     vm2.shutdown(Duration::from_secs(20)).ok();
 }
+
+/// `contrib/vmprobe.service` is a unit systemd takes as written (no
+/// unknown key, no value it would ignore), pointed at the vmprobe under
+/// test, and `systemctl reload` sends the SIGHUP that reloads the program.
+#[test]
+fn the_systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/contrib/vmprobe.service"
+    ))
+    .unwrap();
+    assert!(
+        unit.contains("\nExecReload=/bin/kill -HUP $MAINPID\n"),
+        "{unit}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vmprobe.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/vmprobe", env!("CARGO_BIN_EXE_vmprobe")),
+    )
+    .unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (.ci/install-deps installs systemd)");
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{said}");
+    assert_eq!(said, "", "systemd-analyze verify said something");
+    // A unit with a mistake is told: the check can fail.
+    std::fs::write(
+        &path,
+        unit.replace("Restart=on-failure", "Restart=sometimes"),
+    )
+    .unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        text(&out.stderr).contains("restart specifier"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -60,6 +60,8 @@ pub struct PluginBackend {
     next_snapshot_ns: u64,
     /// The last copy, for readers while the run goes on (`--metrics`).
     live_maps: Arc<probe_engine::LiveMaps>,
+    /// The plugin's counts as last copied with the maps.
+    live_stats: Arc<probe_engine::LiveStats>,
     /// How long the plugin may stay silent before the run ends (`None`: no
     /// limit; a QEMU vmprobe launched is watched through its process).
     stall_timeout: Option<Duration>,
@@ -89,6 +91,7 @@ impl PluginBackend {
             snapshot: None,
             next_snapshot_ns: 0,
             live_maps: Arc::default(),
+            live_stats: Arc::default(),
             stall_timeout: None,
             heard_ns: monotonic_ns(),
             stall_reported: false,
@@ -267,11 +270,12 @@ impl PluginBackend {
         // Never long: the run loop must go on polling (a stopped QEMU
         // answers nothing, and vmprobe must notice it).
         match self.client.maps_within(SNAPSHOT_WAIT) {
-            Ok(store) => {
+            Ok((store, stats)) => {
                 self.heard();
                 let done = monotonic_ns();
                 let took = done - now;
                 self.live_maps.publish(&store);
+                publish_stats(&self.live_stats, &stats);
                 self.snapshot = Some((store, done));
                 self.next_snapshot_ns = done + every.max(took * SNAPSHOT_SHARE);
             }
@@ -429,6 +433,10 @@ impl Backend for PluginBackend {
         }
     }
 
+    fn live_stats(&self) -> Option<Arc<probe_engine::LiveStats>> {
+        Some(self.live_stats.clone())
+    }
+
     fn live_maps(&self) -> Option<Arc<probe_engine::LiveMaps>> {
         Some(self.live_maps.clone())
     }
@@ -492,6 +500,7 @@ impl Backend for PluginBackend {
             }
         }
         let s = &detached.stats;
+        publish_stats(&self.live_stats, s);
         let mean_us = if s.hits + s.returns + s.samples == 0 {
             0.0
         } else {
@@ -523,4 +532,22 @@ impl Backend for PluginBackend {
         }
         finished
     }
+}
+
+/// The plugin's counts as `--metrics` shows a backend's: every hit (entries,
+/// returns, samples), events lost, and each quarter-octave bucket of
+/// service times in the histogram bucket of its largest time, so that each
+/// `le` still bounds what is under it.
+fn publish_stats(live: &probe_engine::LiveStats, s: &plugin_protocol::PluginStats) {
+    let service = s
+        .service_ns_hist
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (plugin_protocol::service_bucket_end(i) - 1, n));
+    live.publish(
+        s.hits + s.returns + s.samples,
+        s.lost_events,
+        service,
+        s.service_ns_sum,
+    );
 }

@@ -233,16 +233,20 @@ impl PluginClient {
 
     /// Every shard and the value maps, merged.
     pub fn maps(&mut self) -> Result<MapStore, Error> {
-        self.maps_within(REQUEST_TIMEOUT)
+        self.maps_within(REQUEST_TIMEOUT).map(|(store, _)| store)
     }
 
-    /// Every map, if the plugin answers within `timeout`.
-    pub fn maps_within(&mut self, timeout: Duration) -> Result<MapStore, Error> {
+    /// Every map, and the plugin's counts so far, if the plugin answers
+    /// within `timeout`.
+    pub fn maps_within(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<(MapStore, plugin_protocol::PluginStats), Error> {
         match self.request_within("the maps", timeout, |id| ToPlugin::Maps {
             id,
             maps: Vec::new(),
         })? {
-            FromPlugin::Maps { store, .. } => Ok(store),
+            FromPlugin::Maps { store, stats, .. } => Ok((store, stats)),
             m => Err(unexpected(&m)),
         }
     }

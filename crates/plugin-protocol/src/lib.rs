@@ -36,7 +36,7 @@ use probe_runtime::{Cell, MapStore, OutputEvent, TracedValue};
 use std::io::{Read, Write};
 
 /// Bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The largest frame either side accepts: an attach carries the kernel's
 /// symbol table and unwind tables (a few MiB for Debian's 6.1).
@@ -182,6 +182,8 @@ pub enum FromPlugin {
     Maps {
         id: u64,
         store: MapStore,
+        /// The counts so far, for `--metrics` while the run goes on.
+        stats: PluginStats,
     },
     Value {
         id: u64,

@@ -59,6 +59,8 @@ pub struct LiveStats {
     pub hits: AtomicU64,
     service: [AtomicU64; SERVICE_BUCKETS],
     service_ns: AtomicU64,
+    /// Events lost before vmprobe got them (inside QEMU: a ring full).
+    pub lost: AtomicU64,
 }
 
 impl LiveStats {
@@ -68,13 +70,29 @@ impl LiveStats {
 
     /// One stop served in `ns` (stop reply to resume).
     pub fn served(&self, ns: u64) {
-        let us = ns.div_ceil(1000);
-        let i = match us {
-            0 | 1 => 0,
-            us => (64 - (us - 1).leading_zeros()) as usize,
-        };
-        self.service[i.min(SERVICE_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
+        self.service[service_bucket(ns)].fetch_add(1, Ordering::Relaxed);
         self.service_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Counts kept elsewhere (inside QEMU), as last copied: they replace
+    /// these. `service` is (time in ns, hits) pairs.
+    pub fn publish(
+        &self,
+        hits: u64,
+        lost: u64,
+        service: impl Iterator<Item = (u64, u64)>,
+        service_ns: u64,
+    ) {
+        let mut buckets = [0u64; SERVICE_BUCKETS];
+        for (ns, n) in service {
+            buckets[service_bucket(ns)] += n;
+        }
+        for (b, n) in self.service.iter().zip(buckets) {
+            b.store(n, Ordering::Relaxed);
+        }
+        self.service_ns.store(service_ns, Ordering::Relaxed);
+        self.hits.store(hits, Ordering::Relaxed);
+        self.lost.store(lost, Ordering::Relaxed);
     }
 
     /// The service-time histogram: (inclusive upper bound in seconds, stops)
@@ -96,6 +114,17 @@ impl LiveStats {
         let total = self.service_ns.load(Ordering::Relaxed) as f64 * 1e-9;
         (buckets, total)
     }
+}
+
+/// The bucket of a service time: the least power of two microseconds that
+/// holds it.
+fn service_bucket(ns: u64) -> usize {
+    let us = ns.div_ceil(1000);
+    let i = match us {
+        0 | 1 => 0,
+        us => (64 - (us - 1).leading_zeros()) as usize,
+    };
+    i.min(SERVICE_BUCKETS - 1)
 }
 
 /// The maps a backend holds outside vmprobe's runtime (inside QEMU), as
@@ -123,6 +152,19 @@ impl LiveMaps {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counts copied from inside QEMU replace, not add to, the last copy.
+    #[test]
+    fn published_counts_replace_the_last_copy() {
+        let s = LiveStats::default();
+        s.publish(5, 1, [(900, 2), (1500, 3)].into_iter(), 5000);
+        s.publish(7, 2, [(900, 3), (1500, 4)].into_iter(), 7000);
+        let (b, total) = s.service_seconds();
+        assert_eq!((b[0].1, b[1].1), (3, 4));
+        assert_eq!(s.hits.load(Ordering::Relaxed), 7);
+        assert_eq!(s.lost.load(Ordering::Relaxed), 2);
+        assert!((total - 7e-6).abs() < 1e-12, "{total}");
+    }
 
     #[test]
     fn service_times_land_in_the_least_bucket_that_holds_them() {

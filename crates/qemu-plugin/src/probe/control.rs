@@ -269,7 +269,8 @@ impl Session {
                     return self.error(id, "nothing is attached");
                 };
                 let store = merged(&run.shards, &run.values);
-                self.send(&FromPlugin::Maps { id, store }).is_ok()
+                let stats = run.stats();
+                self.send(&FromPlugin::Maps { id, store, stats }).is_ok()
             }
             ToPlugin::Clear { id, map, zero } => {
                 let Some(run) = run else {
