@@ -124,7 +124,30 @@ fn list_kprobes(
     if verbose && types.is_none() {
         bail!("the kernel image has no BTF: -v cannot show function parameters");
     }
-    for sym in symbols.matching(sel.name) {
+    // The traceable functions, as the guest's available_filter_functions
+    // (bpftrace -l's source); every function symbol when the image has no
+    // mcount table.
+    let cache = qemu_guest::cache_dir().join("sections");
+    let sections = kernel_image::KernelSections::load(
+        &image.kernel,
+        &kernel_image::mcount::SECTIONS,
+        Some(&cache),
+    );
+    let traceable = sections
+        .ok()
+        .and_then(|s| kernel_image::mcount::traceable(&s, &symbols));
+    let functions: Vec<&kernel_image::Symbol> = match traceable {
+        Some(t) => t.into_iter().filter(|s| glob(sel.name, &s.name)).collect(),
+        None => {
+            eprintln!(
+                "vmprobe: {}: no mcount table: listing every function symbol, not only those ftrace can trace",
+                image.kernel.display()
+            );
+            symbols.matching(sel.name)
+        }
+    };
+    let mut seen = std::collections::HashSet::new();
+    for sym in functions.into_iter().filter(|s| seen.insert(&s.name)) {
         let mut text = format!("kprobe:{}\n", sym.name);
         if let Some(t) = &types
             && let Some(proto) = probe_lang::KernelTypes::function(t, &sym.name)

@@ -28,6 +28,8 @@ mod image;
 #[cfg(feature = "images")]
 mod kallsyms;
 #[cfg(feature = "images")]
+pub mod mcount;
+#[cfg(feature = "images")]
 mod sections;
 #[cfg(feature = "images")]
 mod syscalls;

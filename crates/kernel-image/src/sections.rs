@@ -93,6 +93,15 @@ impl KernelSections {
         Ok(KernelSections { key, sections })
     }
 
+    /// Sections given as they are (tests of the crates that parse them).
+    #[cfg(test)]
+    pub(crate) fn from_sections(sections: Vec<(String, Option<Section>)>) -> KernelSections {
+        KernelSections {
+            key: String::new(),
+            sections,
+        }
+    }
+
     /// The named section, if it was requested and the image has it.
     pub fn get(&self, name: &str) -> Option<&Section> {
         self.sections
