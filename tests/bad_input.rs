@@ -751,3 +751,53 @@ fn bad_metrics_addresses_are_usage_errors() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// `kfunc:`/`kretfunc:` need a BTF prototype whose every parameter is in
+/// an entry register: anything else is an error at the attach point's
+/// line:column, before booting.
+#[test]
+fn kfunc_without_a_usable_prototype_is_refused_before_booting() {
+    for (program, says, at) in [
+        (
+            "BEGIN { }\nkfunc:no_such_function_xyz { }",
+            "kfunc:no_such_function_xyz: the guest kernel's BTF has no function 'no_such_function_xyz'",
+            "stdin:2:1",
+        ),
+        (
+            // Assembly: a symbol, but no BTF prototype.
+            "kretfunc:entry_SYSCALL_64 { }",
+            "kretfunc:entry_SYSCALL_64: the guest kernel's BTF has no function 'entry_SYSCALL_64'",
+            "stdin:1:1",
+        ),
+        (
+            "BEGIN { }  kfunc:do_mmap { }",
+            "kfunc:do_mmap: parameter 'populate' (parameter 7) is passed on the stack",
+            "stdin:1:12",
+        ),
+        (
+            "kfunc:set_pte_vaddr { }",
+            "kfunc:set_pte_vaddr: parameter 'pteval' is a 'pte_t' passed by value",
+            "stdin:1:1",
+        ),
+        (
+            "kretfunc:ksys_sync { @ = retval; }",
+            "'ksys_sync' returns void: kretfunc:ksys_sync has no retval",
+            "stdin:1:26",
+        ),
+        (
+            "kfunc:ksys_write { @ = args.nosuch; }",
+            "function 'ksys_write' has no parameter named 'nosuch' (parameters: fd, buf, count)",
+            "stdin:1:24",
+        ),
+        (
+            "fentry:ksys_write { }",
+            "unknown probe type 'fentry' (bpftrace 0.17 and vmprobe spell it kfunc:)",
+            "stdin:1:1",
+        ),
+    ] {
+        let e = fails_with(&["run", "-e", program, "--", "true"], &[], says);
+        assert!(e.contains(at), "{program}: expected {at} in\n{e}");
+        assert!(!e.contains("booting"), "must fail before booting:\n{e}");
+        assert_eq!(e.matches(says).count(), 1, "reported once:\n{e}");
+    }
+}

@@ -108,3 +108,43 @@ fn list_covers_vmm_events_tracepoints_and_parametric_kinds() {
         );
     }
 }
+
+/// `kfunc:`/`kretfunc:` are listed as `bpftrace -l` lists them
+/// (`kfunc:vmlinux:F`), only functions with a BTF prototype that they can
+/// serve; `-v` adds the parameters and `retval`, as `bpftrace -lv`.
+#[test]
+fn list_kfuncs_with_their_prototypes() {
+    let _ = default_guest();
+    let list = |args: &[&str]| {
+        let out = run_bounded(vmprobe().arg("list").args(args), Duration::from_secs(120));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    assert_eq!(
+        list(&["-v", "kfunc:ksys_write"]),
+        "kfunc:vmlinux:ksys_write\n    unsigned int fd\n    const char * buf\n    size_t count\n    ssize_t retval\n"
+    );
+    assert_eq!(
+        list(&["-v", "kretfunc:vmlinux:vfs_fstatat"]),
+        "kretfunc:vmlinux:vfs_fstatat\n    int dfd\n    const char * filename\n    \
+         struct kstat * stat\n    int flags\n    int retval\n"
+    );
+    // void: no retval line.
+    assert_eq!(
+        list(&["-v", "kfunc:ksys_sync"]),
+        "kfunc:vmlinux:ksys_sync\n"
+    );
+    // Seven parameters, a struct by value, no BTF (assembly): not listed.
+    for name in ["do_mmap", "set_pte_vaddr", "entry_SYSCALL_64"] {
+        assert_eq!(list(&[&format!("kfunc:{name}")]), "", "{name}");
+    }
+    // (A pattern, not `*`: the bounded runner reads stdout at the exit,
+    // and 43,000 lines would fill the pipe.)
+    let all = list(&["kfunc:vfs_*"]);
+    let n = all.lines().count();
+    assert!(n > 50, "{n} kfuncs");
+    assert!(all.lines().all(|l| l.starts_with("kfunc:vmlinux:vfs_")));
+    assert!(all.contains("kfunc:vmlinux:vfs_read\n"), "{all}");
+    // Only when asked for by kind, as bpftrace.
+    assert!(!list(&["ksys_write"]).contains("kfunc:"));
+}

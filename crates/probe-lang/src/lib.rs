@@ -62,6 +62,18 @@ pub enum ProbeSpec {
     Kretprobe {
         function: String,
     },
+    /// `kfunc:F` (bpftrace's fentry): F's entry, with `args` named and
+    /// typed by F's BTF prototype. Served as a breakpoint at F's entry, as
+    /// a kprobe is; the difference is the typed view, checked before boot.
+    Kfunc {
+        function: String,
+    },
+    /// `kretfunc:F` (fexit): F's return, with the `args` F was entered with
+    /// (captured at entry, paired as kretprobes pair calls) and `retval`
+    /// typed by the prototype's return type.
+    Kretfunc {
+        function: String,
+    },
     /// `interval:ms:100`: fires on one vCPU every period.
     Interval {
         unit: RateUnit,
@@ -195,6 +207,8 @@ impl ProbeSpec {
                 }
             }
             ProbeSpec::Kretprobe { function } => format!("kretprobe:{function}"),
+            ProbeSpec::Kfunc { function } => format!("kfunc:{function}"),
+            ProbeSpec::Kretfunc { function } => format!("kretfunc:{function}"),
             ProbeSpec::Interval { unit, value } => format!("interval:{}:{value}", unit.name()),
             ProbeSpec::Profile { unit, value } => format!("profile:{}:{value}", unit.name()),
             ProbeSpec::Watchpoint { addr, len, mode } => {

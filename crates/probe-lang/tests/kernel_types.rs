@@ -70,6 +70,10 @@ impl KernelTypes for Fake {
                 params: vec![p("t", TASK)],
                 ret: TypeRef(0),
             },
+            "int_ret" => Prototype {
+                params: vec![p("x", INT), p("filename", CHAR_PTR)],
+                ret: TypeRef(INT),
+            },
             _ => return None,
         })
     }
@@ -781,6 +785,57 @@ fn guest_syscall_tracepoints() {
     let e = compile_err("tracepoint:syscalls:sys_enter_read { @ = retval; }");
     assert!(
         e.contains("retval builtin can only be used in kretprobe"),
+        "{e}"
+    );
+}
+
+/// `kfunc`/`kretfunc`: `args` by the prototype, and a kretfunc's `retval`
+/// typed by the return type: an `int` is the low half of rax, signed.
+#[test]
+fn kfunc_args_and_typed_kretfunc_retval() {
+    let mut c = ctx("kretfunc:int_ret");
+    c.args = [(-7i32) as u32 as u64, 0x1000, 0, 0, 0, 0];
+    // `mov $-2, %eax` leaves rax zero-extended.
+    c.retval = 0xffff_fffe;
+    let src = r#"kretfunc:int_ret { printf("%d %d %d %s\n", retval, retval < 0, args.x, str(args->filename)); }"#;
+    let (out, errs) = run_with(src, &mut c);
+    assert!(errs.is_empty(), "{errs:?}");
+    assert_eq!(out, "-2 1 -7 /etc/passwd\n");
+    // A kretprobe's retval stays the raw (unsigned) register.
+    let (out, _) = run_with(
+        r#"kretprobe:int_ret { printf("%d\n", retval < 0); }"#,
+        &mut c,
+    );
+    assert_eq!(out, "0\n");
+    let (out, _) = run_with(r#"kfunc:int_ret { printf("%d\n", args.x); }"#, &mut c);
+    assert_eq!(out, "-7\n");
+    // Pointer return: typed, so members are reachable.
+    let p = compile_ok("kretfunc:do_sys_openat2 { @ = retval; }");
+    assert!(p.dump().contains("retval"), "{}", p.dump());
+    for (src, says) in [
+        (
+            "kfunc:seven { }",
+            "parameter 'a6' (parameter 7) is passed on the stack",
+        ),
+        ("kfunc:by_value { }", "parameter 't' is a "),
+        ("kretfunc:nosuch { }", "BTF has no function 'nosuch'"),
+        ("kretfunc:seven { @ = retval; }", "parameter 'a6'"),
+        (
+            "kfunc:int_ret { @ = retval; }",
+            "retval builtin can only be used in kretprobe and kretfunc",
+        ),
+        (
+            "kfunc:int_ret { @ = arg0; }",
+            "arg0 builtin can only be used in kprobe blocks",
+        ),
+    ] {
+        let e = compile_err(src);
+        assert!(e.contains(says), "{src}: {e}");
+    }
+    // Without BTF, kfunc is an error, not an untyped probe.
+    let e = compile("kfunc:int_ret { }", "t").unwrap_err().to_string();
+    assert!(
+        e.contains("needs the guest kernel's type information"),
         "{e}"
     );
 }

@@ -47,6 +47,10 @@ pub struct ProbeSite {
     /// Length of the instruction at `addr` if it is one the engine may skip
     /// instead of single-stepping (set when arming, from guest memory).
     pub skippable: Option<Skip>,
+    /// The return handlers read the entry's argument registers (`kretfunc`'s
+    /// `args`): the backend captures them at the entry with the call.
+    #[serde(default)]
+    pub entry_args: bool,
 }
 
 /// How a hit may move the pc past the instruction at a probe site instead of
@@ -79,8 +83,10 @@ pub fn resolve_probes_at(
     let mut sites: Vec<ProbeSite> = Vec::new();
     for (index, spec) in program.probes().iter().enumerate() {
         let block = program.block_of(index);
-        let on_return = matches!(spec, ProbeSpec::Kretprobe { .. })
-            || spec.syscall_event().is_some_and(|(_, exit)| exit);
+        let on_return = matches!(
+            spec,
+            ProbeSpec::Kretprobe { .. } | ProbeSpec::Kretfunc { .. }
+        ) || spec.syscall_event().is_some_and(|(_, exit)| exit);
         let mut add = |addr: u64, offset: u64, func: &str, probe: String| {
             let probe: Arc<str> = probe.into();
             let site = match sites.iter_mut().position(|s| s.addr == addr) {
@@ -93,11 +99,13 @@ pub fn resolve_probes_at(
                         handlers: Vec::new(),
                         ret_handlers: Vec::new(),
                         skippable: None,
+                        entry_args: false,
                     });
                     sites.last_mut().expect("just pushed")
                 }
             };
             if on_return {
+                site.entry_args |= matches!(spec, ProbeSpec::Kretfunc { .. });
                 site.ret_handlers.push((block, probe));
             } else {
                 site.handlers.push((block, probe));
@@ -166,6 +174,20 @@ pub fn resolve_probes_at(
                             format!("tracepoint:{system}:{kind}{name}"),
                         );
                     }
+                }
+                // A kfunc is a breakpoint at the function's entry, a kretfunc
+                // at its return, as kprobe and kretprobe are; the checker has
+                // already typed their args from the BTF prototype.
+                ProbeSpec::Kfunc { function } | ProbeSpec::Kretfunc { function } => {
+                    let probe = spec.name();
+                    let sym = symbols
+                        .lookup(function)
+                        .filter(|s| symbols.is_text(s))
+                        .ok_or_else(|| Error::UnknownSymbol {
+                            probe: probe.clone(),
+                            name: function.clone(),
+                        })?;
+                    add(sym.addr.wrapping_add(slide), 0, &sym.name, probe);
                 }
                 ProbeSpec::Kprobe {
                     target: KprobeTarget::Address(addr),

@@ -5,7 +5,7 @@
 
 use super::Checker;
 use super::types::NO_BTF;
-use crate::ast::{Access, Type};
+use crate::ast::{Access, Expr, ExprKind, Type};
 use crate::diag::Span;
 use crate::types::{FieldType, TypeInfo, TypeRef};
 use crate::{KprobeTarget, ProbeSpec};
@@ -60,10 +60,15 @@ impl Checker<'_, '_> {
                     target: KprobeTarget::Function(f),
                     offset: 0,
                 } if !f.contains(['*', '?']) => funcs.push(f.clone()),
+                // A kretfunc's args are the entry registers, captured at
+                // the entry and handed to the return's handlers.
+                ProbeSpec::Kfunc { function } | ProbeSpec::Kretfunc { function } => {
+                    funcs.push(function.clone())
+                }
                 ProbeSpec::Kretprobe { .. } => {
                     self.r.error(
                         span,
-                        "args is not available in kretprobe blocks (use retval for the return value)",
+                        "args is not available in kretprobe blocks (use retval for the return value, or kretfunc: for args and retval)",
                     );
                     return None;
                 }
@@ -71,7 +76,7 @@ impl Checker<'_, '_> {
                     self.r.error(
                         span,
                         format!(
-                            "args can only be used in kprobes on a named function (without offset or wildcard), tracepoint, vmm and host:tracepoint probes, not in '{}'",
+                            "args can only be used in kprobes on a named function (without offset or wildcard), kfunc, kretfunc, tracepoint, vmm and host:tracepoint probes, not in '{}'",
                             other.name()
                         ),
                     );
@@ -298,5 +303,79 @@ impl Checker<'_, '_> {
             }
             _ => Type::UNSIGNED,
         }
+    }
+}
+
+impl Checker<'_, '_> {
+    /// `retval` in a block of `kretfunc`s: typed by the functions' return
+    /// type (they must agree). An integer narrower than 8 bytes is only the
+    /// low bytes of rax, so the node becomes a cast of the raw register (in
+    /// the reporting pass only, so that a second walk does not wrap it twice).
+    pub(super) fn kretfunc_retval(&mut self, e: &mut Expr) -> Type {
+        let specs = self.specs.clone();
+        let Some(types) = self.types else {
+            self.r.error(e.span, format!("retval of kretfunc {NO_BTF}"));
+            return Type::Unknown;
+        };
+        let mut found: Option<(Type, Access)> = None;
+        for spec in &specs {
+            let ProbeSpec::Kretfunc { function } = spec else {
+                continue;
+            };
+            // A missing prototype is reported at the attach point.
+            let Some(proto) = types.function(function) else {
+                return Type::Unknown;
+            };
+            if matches!(types.info(proto.ret), TypeInfo::Void) {
+                self.r.error(
+                    e.span,
+                    format!("'{function}' returns void: kretfunc:{function} has no retval"),
+                );
+                return Type::Unknown;
+            }
+            let Some(got) = self.value_of(proto.ret, false, e.span) else {
+                return Type::Unknown;
+            };
+            if !matches!(got.1, Access::Load { .. }) {
+                self.r.error(
+                    e.span,
+                    format!(
+                        "'{function}' returns a '{}' by value, which is not supported",
+                        types.type_name(proto.ret)
+                    ),
+                );
+                return Type::Unknown;
+            }
+            match found {
+                Some(f) if f != got => {
+                    self.r.error(
+                        e.span,
+                        "retval differs in type between the probed functions",
+                    );
+                    return Type::Unknown;
+                }
+                _ => found = Some(got),
+            }
+        }
+        let Some((t, access)) = found else {
+            return Type::Unknown;
+        };
+        if let Access::Load { size, signed } = access
+            && size < 8
+            && !self.discovering
+        {
+            let raw = Expr {
+                kind: ExprKind::Ident("retval".into()),
+                span: e.span,
+                ty: Type::UNSIGNED,
+            };
+            e.kind = ExprKind::Cast {
+                size,
+                signed,
+                ptr: false,
+                expr: Box::new(raw),
+            };
+        }
+        t
     }
 }

@@ -15,6 +15,8 @@ pub(super) struct BlockAttach {
     pub(super) all_kprobe: bool,
     /// Every one is a kretprobe (`retval` is allowed).
     pub(super) all_kretprobe: bool,
+    /// Every one is a kretfunc (`retval` is allowed, typed).
+    pub(super) all_kretfunc: bool,
 }
 
 /// Parses every block's attach points, reporting those that do not parse
@@ -31,6 +33,7 @@ pub(super) fn resolve(
     for (bi, block) in ast.probes.iter().enumerate() {
         let mut all_k = true;
         let mut all_kr = true;
+        let mut all_krf = true;
         let mut specs = Vec::new();
         for (text, span) in &block.attach {
             match parse_probe(text) {
@@ -48,8 +51,12 @@ pub(super) fn resolve(
                     if let Some(why) = types.and_then(|t| unknown_syscall(t, &spec)) {
                         r.error(*span, why);
                     }
+                    if let Err(why) = kfunc_prototype(types, &spec) {
+                        r.error(*span, why);
+                    }
                     all_k &= matches!(spec, ProbeSpec::Kprobe { .. });
                     all_kr &= matches!(spec, ProbeSpec::Kretprobe { .. });
+                    all_krf &= matches!(spec, ProbeSpec::Kretfunc { .. });
                     specs.push(spec.clone());
                     probes.push((spec, bi));
                 }
@@ -60,6 +67,7 @@ pub(super) fn resolve(
             specs,
             all_kprobe: all_k,
             all_kretprobe: all_kr,
+            all_kretfunc: all_krf && !block.attach.is_empty(),
         });
     }
     (probes, blocks)
@@ -79,6 +87,52 @@ fn unknown_syscall(types: &dyn KernelTypes, spec: &ProbeSpec) -> Option<String> 
     Some(format!(
         "guest tracepoint {system}:{event}: the guest kernel has no syscall '{sys}' with tracepoints (see `vmprobe list 'tracepoint:syscalls:*'`)"
     ))
+}
+
+/// SysV x86-64 passes the first six integer or pointer parameters in
+/// registers; a `kfunc`'s `args` are read from them.
+const REGISTER_PARAMS: usize = 6;
+
+/// Why a `kfunc:F`/`kretfunc:F` cannot be served with typed `args`: F has no
+/// BTF prototype, or a parameter that is not in an entry register (past the
+/// sixth, or a struct or union passed by value). Checked for every
+/// parameter, used or not, since `kretfunc` captures them all at entry.
+fn kfunc_prototype(types: Option<&dyn KernelTypes>, spec: &ProbeSpec) -> Result<(), String> {
+    let (ProbeSpec::Kfunc { function } | ProbeSpec::Kretfunc { function }) = spec else {
+        return Ok(());
+    };
+    let name = spec.name();
+    let Some(types) = types else {
+        return Err(format!(
+            "{name} needs the guest kernel's type information (BTF), which this compilation does not have"
+        ));
+    };
+    let Some(proto) = types.function(function) else {
+        return Err(format!(
+            "{name}: the guest kernel's BTF has no function '{function}' (no such function, or one without a prototype: see `vmprobe list 'kfunc:*'`; kprobe: probes any function with untyped arg0..arg5)"
+        ));
+    };
+    for (i, p) in proto.params.iter().enumerate() {
+        let by_value = matches!(
+            types.info(p.ty),
+            crate::types::TypeInfo::Struct { .. } | crate::types::TypeInfo::Union { .. }
+        );
+        if by_value {
+            return Err(format!(
+                "{name}: parameter '{}' is a '{}' passed by value, which is not supported",
+                p.name,
+                types.type_name(p.ty)
+            ));
+        }
+        if i >= REGISTER_PARAMS {
+            return Err(format!(
+                "{name}: parameter '{}' (parameter {}) is passed on the stack; only the first {REGISTER_PARAMS} parameters (in registers) are supported",
+                p.name,
+                i + 1
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The shortest period of `interval` and `profile` probes (100 kHz).
@@ -135,6 +189,37 @@ pub fn parse_probe(text: &str) -> Result<ProbeSpec, String> {
             }
             Ok(ProbeSpec::Kretprobe {
                 function: rest.to_string(),
+            })
+        }
+        "kfunc" | "f" | "kretfunc" | "fr" => {
+            let full = if matches!(kind, "kfunc" | "f") {
+                "kfunc"
+            } else {
+                "kretfunc"
+            };
+            // bpftrace's `kfunc[:mod]:fn`: the kernel itself is `vmlinux`.
+            let function = match rest.split_once(':') {
+                Some(("vmlinux", f)) => f,
+                Some((module, _)) => {
+                    return Err(format!(
+                        "{full}: module '{module}' is not supported (only the kernel itself, vmlinux, has BTF here)"
+                    ));
+                }
+                None => rest,
+            };
+            if !valid_name(function) {
+                return Err(format!("invalid {full} function name '{function}'"));
+            }
+            if function.contains(['*', '?']) {
+                return Err(format!(
+                    "{full}: wildcards are not supported (name one function; kprobe: takes wildcards)"
+                ));
+            }
+            let function = function.to_string();
+            Ok(if full == "kfunc" {
+                ProbeSpec::Kfunc { function }
+            } else {
+                ProbeSpec::Kretfunc { function }
             })
         }
         "interval" | "i" | "profile" | "p" => {
@@ -246,11 +331,17 @@ pub fn parse_probe(text: &str) -> Result<ProbeSpec, String> {
             Ok(ProbeSpec::GuestTracepoint { system, event })
         }
         "uprobe" | "u" | "uretprobe" | "ur" | "usdt" | "U" | "software" | "s" | "hardware"
-        | "h" | "kfunc" | "f" | "kretfunc" | "fr" | "rawtracepoint" | "rt" | "iter" => {
-            Err(format!(
-                "probe type '{kind}' is not supported (supported: BEGIN, END, kprobe, kretprobe, interval, profile, watchpoint, vmm, tracepoint (guest syscalls), host:tracepoint)"
-            ))
-        }
+        | "h" | "rawtracepoint" | "rt" | "iter" => Err(format!(
+            "probe type '{kind}' is not supported (supported: BEGIN, END, kprobe, kretprobe, kfunc, kretfunc, interval, profile, watchpoint, vmm, tracepoint (guest syscalls), host:tracepoint)"
+        )),
+        "fentry" | "fexit" => Err(format!(
+            "unknown probe type '{kind}' (bpftrace 0.17 and vmprobe spell it {}:)",
+            if kind == "fentry" {
+                "kfunc"
+            } else {
+                "kretfunc"
+            }
+        )),
         _ => Err(format!("unknown probe type '{kind}'")),
     }
 }
@@ -337,6 +428,34 @@ mod tests {
             }
         );
         assert!(parse_probe("kprobe:").is_err());
+        let kfunc = |f: &str| ProbeSpec::Kfunc { function: f.into() };
+        assert_eq!(
+            parse_probe("kfunc:ksys_write").unwrap(),
+            kfunc("ksys_write")
+        );
+        assert_eq!(
+            parse_probe("f:vmlinux:ksys_write").unwrap(),
+            kfunc("ksys_write")
+        );
+        assert_eq!(
+            parse_probe("fr:vfs_read").unwrap(),
+            ProbeSpec::Kretfunc {
+                function: "vfs_read".into()
+            }
+        );
+        assert_eq!(kfunc("f").name(), "kfunc:f");
+        assert!(
+            parse_probe("kfunc:vfs_*")
+                .unwrap_err()
+                .contains("wildcards")
+        );
+        assert!(
+            parse_probe("kfunc:ext4:f")
+                .unwrap_err()
+                .contains("module 'ext4'")
+        );
+        assert!(parse_probe("kretfunc:").is_err());
+        assert!(parse_probe("fexit:f").unwrap_err().contains("kretfunc:"));
         assert!(parse_probe("kprobe:f+zz").is_err());
         assert!(parse_probe("kretprobe:f+1").is_err());
         assert!(parse_probe("BEGINX").is_err());

@@ -74,6 +74,7 @@ struct Checker<'a, 's> {
     /// What the current block's attach points allow.
     all_kprobe: bool,
     all_kretprobe: bool,
+    all_kretfunc: bool,
     loops: usize,
     kaddrs: Vec<(String, Span)>,
     tuples: Vec<Vec<Type>>,
@@ -123,6 +124,7 @@ pub(crate) fn check(
             vars: FxHashMap::default(),
             all_kprobe: false,
             all_kretprobe: false,
+            all_kretfunc: false,
             loops: 0,
             kaddrs: Vec::new(),
             tuples: std::mem::take(&mut tuples),
@@ -141,6 +143,7 @@ pub(crate) fn check(
             c.specs.clone_from(&attach.specs);
             c.all_kprobe = attach.all_kprobe;
             c.all_kretprobe = attach.all_kretprobe;
+            c.all_kretfunc = attach.all_kretfunc;
             if let Some(p) = &mut block.predicate {
                 c.expr(p);
                 c.want_int(p, "predicate");
