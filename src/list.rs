@@ -239,8 +239,9 @@ fn list_vmm(
     true
 }
 
-/// The guest's tracepoints that vmprobe serves, `syscalls:sys_enter_NAME`
-/// and `syscalls:sys_exit_NAME` for each syscall of the image's metadata;
+/// The guest's tracepoints that vmprobe serves, `raw_syscalls:sys_enter`
+/// and `sys_exit`, and `syscalls:sys_enter_NAME` and `syscalls:sys_exit_NAME`
+/// for each syscall of the image's metadata;
 /// with `-v`, their fields as the guest's tracefs declares them.
 fn list_guest_tracepoints(
     sel: &Selection,
@@ -262,6 +263,21 @@ fn list_guest_tracepoints(
         .filter(|(e, _, _)| glob(sel.name, e))
         .collect();
     events.sort_by(|a, b| a.0.cmp(&b.0));
+    // raw_syscalls, with their fields as the guest's tracefs declares them.
+    for (event, fields) in [
+        (
+            "raw_syscalls:sys_enter",
+            "    long id\n    unsigned long args[6]\n",
+        ),
+        ("raw_syscalls:sys_exit", "    long id\n    long ret\n"),
+    ] {
+        if glob(sel.name, event) {
+            let fields = if verbose { fields } else { "" };
+            if !emit(format!("tracepoint:{event}\n{fields}")) {
+                return Ok(false);
+            }
+        }
+    }
     for (event, decl, exit) in events {
         let mut text = format!("tracepoint:{event}\n");
         if verbose {

@@ -671,7 +671,7 @@ fn unservable_guest_tracepoint_is_refused_before_booting() {
             "true",
         ],
         &[],
-        "error: guest tracepoint sched:sched_switch: only syscalls:* can be served from outside the guest; \
+        "error: guest tracepoint sched:sched_switch: only syscalls:* and raw_syscalls:* can be served from outside the guest; \
          probe a kernel function with kprobe: (e.g. kprobe:__schedule), or use host:tracepoint: for the host",
     );
     assert!(e.contains("stdin:2:3"), "{e}");
@@ -793,6 +793,40 @@ fn kfunc_without_a_usable_prototype_is_refused_before_booting() {
             "fentry:ksys_write { }",
             "unknown probe type 'fentry' (bpftrace 0.17 and vmprobe spell it kfunc:)",
             "stdin:1:1",
+        ),
+    ] {
+        let e = fails_with(&["run", "-e", program, "--", "true"], &[], says);
+        assert!(e.contains(at), "{program}: expected {at} in\n{e}");
+        assert!(!e.contains("booting"), "must fail before booting:\n{e}");
+        assert_eq!(e.matches(says).count(), 1, "reported once:\n{e}");
+    }
+}
+
+/// raw_syscalls: an event that does not exist, a field the event does not
+/// have, and an `args.args` index that is not a constant 0..5 are errors
+/// at their line:column, before booting.
+#[test]
+fn bad_raw_syscalls_probes_are_refused_before_booting() {
+    for (program, says, at) in [
+        (
+            "tracepoint:raw_syscalls:sys_entr { }",
+            "guest tracepoint raw_syscalls:sys_entr: no such event (raw_syscalls:sys_enter or raw_syscalls:sys_exit",
+            "stdin:1:1",
+        ),
+        (
+            "tracepoint:raw_syscalls:sys_exit { @[args.args[0]] = count(); }",
+            "'tracepoint:raw_syscalls:sys_exit' has no field 'args' (fields: id, ret)",
+            "stdin:1:38",
+        ),
+        (
+            "tracepoint:raw_syscalls:sys_enter { $i = 1; @[args.args[$i]] = count(); }",
+            "args.args needs a constant index (0..5)",
+            "stdin:1:57",
+        ),
+        (
+            "tracepoint:raw_syscalls:sys_enter { @[args.args[6]] = count(); }",
+            "args.args has 6 elements (0..5)",
+            "stdin:1:39",
         ),
     ] {
         let e = fails_with(&["run", "-e", program, "--", "true"], &[], says);

@@ -71,6 +71,12 @@ fn list_guest_syscall_tracepoints() {
         all.contains("tracepoint:syscalls:sys_enter_read\n"),
         "{all}"
     );
+    // raw_syscalls, fields as the 6.1 guest's tracefs declares them.
+    assert_eq!(
+        list(&["-v", "tracepoint:raw_syscalls:*"]),
+        "tracepoint:raw_syscalls:sys_enter\n    long id\n    unsigned long args[6]\n\
+         tracepoint:raw_syscalls:sys_exit\n    long id\n    long ret\n"
+    );
     // Without a kind, a name matches guest tracepoints too.
     assert!(list(&["*sys_exit_openat2"]).contains("tracepoint:syscalls:sys_exit_openat2\n"));
 }

@@ -239,6 +239,35 @@ impl ProbeSpec {
         }
     }
 
+    /// A guest `raw_syscalls:sys_enter` (false) or `raw_syscalls:sys_exit`
+    /// (true) tracepoint.
+    pub fn raw_syscall_event(&self) -> Option<bool> {
+        match self {
+            ProbeSpec::GuestTracepoint { system, event } if system == "raw_syscalls" => {
+                match event.as_str() {
+                    "sys_enter" => Some(false),
+                    "sys_exit" => Some(true),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// The guest function where a `raw_syscalls` event is served, at its
+    /// entry, with the syscall's `struct pt_regs *` as its first argument:
+    /// every 64-bit syscall enters through `do_syscall_64(regs, nr)`, and
+    /// every syscall return the kernel traces (also a new child's first
+    /// return, from `ret_from_fork`, and 32-bit ones) goes through
+    /// `syscall_exit_to_user_mode(regs)` with the return value in `regs->ax`.
+    pub fn raw_syscall_function(exit: bool) -> &'static str {
+        if exit {
+            "syscall_exit_to_user_mode"
+        } else {
+            "do_syscall_64"
+        }
+    }
+
     /// The guest function a syscall tracepoint probes: `__x64_sys_NAME`
     /// (the 64-bit entry each syscall has; its one argument is the
     /// `struct pt_regs *` of the syscall's registers).

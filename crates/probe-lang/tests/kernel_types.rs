@@ -166,6 +166,8 @@ impl KernelTypes for Fake {
             (PT_REGS, "dx") => Some(m(ULONG, 12 * 64, 0)),
             (PT_REGS, "si") => Some(m(ULONG, 13 * 64, 0)),
             (PT_REGS, "di") => Some(m(ULONG, 14 * 64, 0)),
+            (PT_REGS, "ax") => Some(m(ULONG, 10 * 64, 0)),
+            (PT_REGS, "orig_ax") => Some(m(ULONG, 15 * 64, 0)),
             _ => None,
         }
     }
@@ -769,7 +771,7 @@ fn guest_syscall_tracepoints() {
         "{e}"
     );
     let e = compile_err("BEGIN { }\n  tracepoint:sched:sched_switch { }");
-    assert!(e.contains("guest tracepoint sched:sched_switch: only syscalls:* can be served from outside the guest") && e.contains("t:2:3"), "{e}");
+    assert!(e.contains("guest tracepoint sched:sched_switch: only syscalls:* and raw_syscalls:* can be served from outside the guest") && e.contains("t:2:3"), "{e}");
     let e = compile_err("tracepoint:syscalls:sys_enter_open* { @ = args.flags; }");
     assert!(e.contains("wildcard"), "{e}");
     compile_ok("tracepoint:syscalls:sys_enter_open* { @[probe] = count(); }");
@@ -838,4 +840,38 @@ fn kfunc_args_and_typed_kretfunc_retval() {
         e.contains("needs the guest kernel's type information"),
         "{e}"
     );
+}
+
+/// `raw_syscalls:sys_enter`/`sys_exit`: `args.id`, `args.args[N]` and
+/// `args.ret` from the `struct pt_regs` the probed function's first
+/// argument points to.
+#[test]
+fn raw_syscalls_fields_from_pt_regs() {
+    let mut regs = vec![0u8; 21 * 8];
+    let mut put =
+        |slot: usize, v: u64| regs[slot * 8..slot * 8 + 8].copy_from_slice(&v.to_le_bytes());
+    put(15, 1); // orig_ax: write
+    put(14, 3); // di
+    put(7, 44); // r10: the fourth argument
+    put(10, (-9i64) as u64); // ax: -EBADF
+    let mut c = ctx("tracepoint:raw_syscalls:sys_enter");
+    c.args = [0x8000, 1, 0, 0, 0, 0];
+    c.memory.push((0x8000, regs));
+    let src = r#"tracepoint:raw_syscalls:sys_enter { printf("%d %d %d\n", args.id, args.args[0], args.args[3]); }"#;
+    let (out, errs) = run_with(src, &mut c);
+    assert!(errs.is_empty(), "{errs:?}");
+    assert_eq!(out, "1 3 44\n");
+    let src = r#"tracepoint:raw_syscalls:sys_exit { printf("%d %d\n", args.id, args.ret); }"#;
+    let (out, errs) = run_with(src, &mut c);
+    assert!(errs.is_empty(), "{errs:?}");
+    assert_eq!(out, "1 -9\n");
+    let e = compile_err("tracepoint:raw_syscalls:sys_enter { @ = args.args[$x]; }");
+    assert!(
+        e.contains("undefined variable") || e.contains("constant index"),
+        "{e}"
+    );
+    let e = compile_err("tracepoint:raw_syscalls:sys_enter { @ = args.args; }");
+    assert!(e.contains("with a constant index"), "{e}");
+    let e = compile_err("tracepoint:raw_syscalls:sys_enter { @ = args.ret; }");
+    assert!(e.contains("(fields: id, args)"), "{e}");
 }

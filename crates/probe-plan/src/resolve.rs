@@ -123,6 +123,20 @@ pub fn resolve_probes_at(
                 // A guest syscall tracepoint is a kprobe (sys_enter_) or a
                 // kretprobe (sys_exit_) on the syscall's `__x64_sys_NAME`,
                 // under the tracepoint's own name (`probe`).
+                // raw_syscalls: a breakpoint at the entry of the function
+                // every syscall passes (`ProbeSpec::raw_syscall_function`).
+                ProbeSpec::GuestTracepoint { .. } if spec.raw_syscall_event().is_some() => {
+                    let exit = spec.raw_syscall_event().expect("checked");
+                    let function = ProbeSpec::raw_syscall_function(exit);
+                    let sym = symbols
+                        .lookup(function)
+                        .filter(|s| symbols.is_text(s))
+                        .ok_or_else(|| Error::UnknownSymbol {
+                            probe: spec.name(),
+                            name: function.to_string(),
+                        })?;
+                    add(sym.addr.wrapping_add(slide), 0, &sym.name, spec.name());
+                }
                 ProbeSpec::GuestTracepoint { system, event } => {
                     let (sys, exit) = spec.syscall_event().ok_or_else(|| Error::UnknownSymbol {
                         probe: spec.name(),

@@ -177,6 +177,9 @@ impl Checker<'_, '_> {
             self.r.error(span, format!("args {NO_BTF}"));
             return None;
         };
+        if specs.iter().any(|s| s.raw_syscall_event().is_some()) {
+            return self.raw_syscall_field(specs, name, span);
+        }
         let mut found: Option<(Type, Access)> = None;
         for spec in specs {
             let (sys, exit) = spec.syscall_event()?;
@@ -377,5 +380,139 @@ impl Checker<'_, '_> {
             };
         }
         t
+    }
+}
+
+impl Checker<'_, '_> {
+    /// `args.NAME` of `raw_syscalls:sys_enter` (`id`, `args[0]`..`args[5]`)
+    /// and `raw_syscalls:sys_exit` (`id`, `ret`), as the guest's tracefs
+    /// declares them (`long id; unsigned long args[6];` / `long id; long
+    /// ret;`): read from the `struct pt_regs` that the probed function's
+    /// first argument points to (`orig_ax`, the argument registers, `ax`).
+    /// `args.args[N]` arrives here as `args[N]` (see `raw_syscall_index`).
+    fn raw_syscall_field(
+        &mut self,
+        specs: &[ProbeSpec],
+        name: &str,
+        span: Span,
+    ) -> Option<(Type, Access)> {
+        let Some(types) = self.types else {
+            self.r.error(span, format!("args {NO_BTF}"));
+            return None;
+        };
+        let mut found: Option<(Type, Access)> = None;
+        for spec in specs {
+            let Some(exit) = spec.raw_syscall_event() else {
+                self.r.error(
+                    span,
+                    format!(
+                        "args cannot mix raw_syscalls with '{}' in one block",
+                        spec.name()
+                    ),
+                );
+                return None;
+            };
+            let (reg, ty) = match (name, exit) {
+                ("id", _) => ("orig_ax", Type::SIGNED),
+                ("ret", true) => ("ax", Type::SIGNED),
+                (n, false) if n.starts_with("args[") => {
+                    let i: Option<usize> = n
+                        .strip_prefix("args[")
+                        .and_then(|r| r.strip_suffix(']'))
+                        .and_then(|d| d.parse().ok());
+                    match i.and_then(|i| SYSCALL_ARG_REGS.get(i)) {
+                        Some(reg) => (*reg, Type::UNSIGNED),
+                        None => {
+                            self.r.error(span, "args.args has 6 elements (0..5)");
+                            return None;
+                        }
+                    }
+                }
+                ("args", false) => {
+                    self.r.error(
+                        span,
+                        "args.args is read by element, with a constant index: args.args[0]..args.args[5]",
+                    );
+                    return None;
+                }
+                _ => {
+                    self.r.error(
+                        span,
+                        format!(
+                            "'{}' has no field '{name}' (fields: {})",
+                            spec.name(),
+                            if exit { "id, ret" } else { "id, args" }
+                        ),
+                    );
+                    return None;
+                }
+            };
+            let offset = types
+                .lookup("struct pt_regs")
+                .and_then(|r| types.member(r, reg))
+                .and_then(|m| u16::try_from(m.bit_offset / 8).ok());
+            let Some(offset) = offset else {
+                self.r.error(
+                    span,
+                    format!("no 'struct pt_regs' with '{reg}' in the guest kernel's BTF"),
+                );
+                return None;
+            };
+            let got = (ty, Access::SyscallArg { offset });
+            match found {
+                Some(f) if f != got => {
+                    self.r.error(
+                        span,
+                        format!("field '{name}' differs between the probed tracepoints"),
+                    );
+                    return None;
+                }
+                _ => found = Some(got),
+            }
+        }
+        found
+    }
+
+    /// `args.args[N]` in `raw_syscalls:sys_enter` blocks: the six syscall
+    /// arguments are not contiguous in `struct pt_regs`, so each element is
+    /// its own field, `args[N]`, and N must be a constant. Rewrites the
+    /// index expression into that member; false if `e` is not one.
+    pub(super) fn raw_syscall_index(&mut self, e: &mut Expr) -> bool {
+        if !self
+            .specs
+            .iter()
+            .any(|s| s.raw_syscall_event() == Some(false))
+        {
+            return false;
+        }
+        let ExprKind::Index { base, index, .. } = &mut e.kind else {
+            return false;
+        };
+        let ExprKind::Member {
+            base: args, name, ..
+        } = &base.kind
+        else {
+            return false;
+        };
+        if name != "args" || !matches!(&args.kind, ExprKind::Ident(a) if a == "args") {
+            return false;
+        }
+        let ExprKind::Int(n) = index.kind else {
+            self.r.error(
+                index.span,
+                "args.args needs a constant index (0..5): the syscall's arguments are six registers",
+            );
+            e.ty = Type::Unknown;
+            return true;
+        };
+        let args = args.clone();
+        e.kind = ExprKind::Member {
+            base: args,
+            name: format!("args[{n}]"),
+            arrow: false,
+            offset: 0,
+            access: Access::Unresolved,
+        };
+        false
     }
 }

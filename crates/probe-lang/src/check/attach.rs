@@ -387,6 +387,12 @@ fn guest_tracepoint(system: &str, event: &str) -> Result<(), String> {
                 )),
             }
         }
+        "raw_syscalls" => match event {
+            "sys_enter" | "sys_exit" => Ok(()),
+            _ => Err(format!(
+                "{name}: no such event (raw_syscalls:sys_enter or raw_syscalls:sys_exit; no wildcards)"
+            )),
+        },
         _ if system.contains(['*', '?']) => Err(format!(
             "{name}: a wildcard in the category is not supported for guest tracepoints; name it (syscalls:)"
         )),
@@ -401,7 +407,7 @@ fn guest_tracepoint(system: &str, event: &str) -> Result<(), String> {
                 _ => "kprobe:FUNCTION",
             };
             Err(format!(
-                "{name}: only syscalls:* can be served from outside the guest; probe a kernel function with kprobe: (e.g. {instead}), or use host:tracepoint: for the host"
+                "{name}: only syscalls:* and raw_syscalls:* can be served from outside the guest; probe a kernel function with kprobe: (e.g. {instead}), or use host:tracepoint: for the host"
             ))
         }
     }
