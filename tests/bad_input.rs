@@ -1,5 +1,8 @@
 //! Bad input: each gives a one-line error naming the problem, a non-zero
 //! exit, no panic, and no QEMU left behind. None of these boot a guest.
+//!
+//! Long file: one test per kind of bad input, all judged by the same
+//! helpers (one error line, its line:column, nothing booted).
 
 mod support;
 use std::path::Path;

@@ -2,7 +2,10 @@
 //! fake guest memory: typed `args`, struct casts, `->`/`.`/`[]`, bitfields,
 //! unions, enums, pointers to pointers, `sizeof`/`offsetof`, typed
 //! `curtask`, bounded task-list walks, `vmm:`/`host:tracepoint:` args, and
-//! guest syscall tracepoints' args.
+//! guest syscall tracepoints' args, kfunc/kretfunc and raw_syscalls.
+//!
+//! Long file: every test here runs against the one fake kernel below (its
+//! types, prototypes and memory), which splitting would duplicate.
 
 mod support;
 
