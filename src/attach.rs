@@ -64,6 +64,15 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
     if !crate::kernel::check_capabilities(&program) {
         return Ok(1);
     }
+    // A per-guest probe (`vm1:kprobe:F`) names one of the VMs given; with a
+    // watched directory, VMs are named as they appear.
+    if args.watch.is_none() {
+        let names: Vec<&str> = args.vm.iter().map(|s| s.name.as_str()).collect();
+        if let Err(diags) = program.check_guests(&names) {
+            eprint!("{diags}");
+            return Ok(1);
+        }
+    }
     let layers = probe_plan::resolve_layers(&program);
     if args.watch.is_some() && (layers_only(&program) || !layers.vmm_events.is_empty()) {
         bail!(

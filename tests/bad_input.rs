@@ -838,3 +838,29 @@ fn bad_raw_syscalls_probes_are_refused_before_booting() {
         assert_eq!(e.matches(says).count(), 1, "reported once:\n{e}");
     }
 }
+
+/// A per-guest probe naming no guest of the run, or on a probe kind that is
+/// not armed per guest, is an error at its line:column before booting.
+#[test]
+fn a_per_guest_probe_on_an_unknown_guest_is_refused_before_booting() {
+    let e = fails_with(
+        &[
+            "run",
+            "--guests",
+            "2",
+            "-e",
+            "BEGIN { }\n vm2:kprobe:ksys_write { @ = count(); }",
+            "--",
+            "true",
+        ],
+        &[],
+        "vm2:kprobe:ksys_write: no guest named 'vm2' in this run (guests: vm0, vm1)",
+    );
+    assert!(e.contains("stdin:2:2") && !e.contains("booting"), "{e}");
+    let e = fails_with(
+        &["run", "-e", "vm0:interval:s:1 { }", "--", "true"],
+        &[],
+        "vm0:interval:s:1: a guest prefix applies to kprobe, kretprobe, kfunc, kretfunc and guest tracepoint probes only",
+    );
+    assert!(e.contains("stdin:1:1") && !e.contains("booting"), "{e}");
+}

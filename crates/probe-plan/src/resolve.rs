@@ -70,7 +70,19 @@ pub fn resolve_probes(
     symbols: &KernelSymbols,
     slide: u64,
 ) -> Result<Vec<ProbeSite>> {
-    resolve_probes_at(program, symbols, slide).map_err(|(_, e)| e)
+    resolve_sites(program, symbols, slide, None).map_err(|(_, e)| e)
+}
+
+/// [`resolve_probes`] for the guest named `guest`: without the probes that
+/// name another guest (`vm1:kprobe:F` is armed in vm1 only), so the others
+/// never stop for them.
+pub fn resolve_probes_for(
+    program: &Program,
+    symbols: &KernelSymbols,
+    slide: u64,
+    guest: &str,
+) -> Result<Vec<ProbeSite>> {
+    resolve_sites(program, symbols, slide, Some(guest)).map_err(|(_, e)| e)
 }
 
 /// [`resolve_probes`], with the index (into [`Program::probes`]) of the
@@ -80,8 +92,20 @@ pub fn resolve_probes_at(
     symbols: &KernelSymbols,
     slide: u64,
 ) -> std::result::Result<Vec<ProbeSite>, (usize, Error)> {
+    resolve_sites(program, symbols, slide, None)
+}
+
+fn resolve_sites(
+    program: &Program,
+    symbols: &KernelSymbols,
+    slide: u64,
+    guest: Option<&str>,
+) -> std::result::Result<Vec<ProbeSite>, (usize, Error)> {
     let mut sites: Vec<ProbeSite> = Vec::new();
     for (index, spec) in program.probes().iter().enumerate() {
+        if guest.is_some_and(|g| !program.armed_in(index, g)) {
+            continue;
+        }
         let block = program.block_of(index);
         let on_return = matches!(
             spec,

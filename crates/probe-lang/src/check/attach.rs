@@ -22,12 +22,18 @@ pub(super) struct BlockAttach {
 /// Parses every block's attach points, reporting those that do not parse
 /// and a second `BEGIN` or `END`. Returns (spec, index of the AST probe
 /// block) in source order, and each block's [`BlockAttach`].
+#[allow(clippy::type_complexity)]
 pub(super) fn resolve(
     ast: &Ast,
     r: &mut Reporter<'_>,
     types: Option<&dyn KernelTypes>,
-) -> (Vec<(ProbeSpec, usize)>, Vec<BlockAttach>) {
+) -> (
+    Vec<(ProbeSpec, usize)>,
+    Vec<Option<String>>,
+    Vec<BlockAttach>,
+) {
     let mut probes = Vec::new();
+    let mut guests = Vec::new();
     let mut blocks = Vec::new();
     let (mut begins, mut ends) = (0, 0);
     for (bi, block) in ast.probes.iter().enumerate() {
@@ -36,7 +42,8 @@ pub(super) fn resolve(
         let mut all_krf = true;
         let mut specs = Vec::new();
         for (text, span) in &block.attach {
-            match parse_probe(text) {
+            let (guest, text) = split_guest(text);
+            match parse_probe(text).and_then(|spec| per_guest(guest, spec)) {
                 Ok(spec) => {
                     // bpftrace 0.17 allows one of each.
                     let n = match spec {
@@ -59,6 +66,7 @@ pub(super) fn resolve(
                     all_krf &= matches!(spec, ProbeSpec::Kretfunc { .. });
                     specs.push(spec.clone());
                     probes.push((spec, bi));
+                    guests.push(guest.map(str::to_string));
                 }
                 Err(m) => r.error(*span, m),
             }
@@ -70,7 +78,86 @@ pub(super) fn resolve(
             all_kretfunc: all_krf && !block.attach.is_empty(),
         });
     }
-    (probes, blocks)
+    (probes, guests, blocks)
+}
+
+/// Every probe kind's spelling (and short name): a first segment that is
+/// none of these names a guest (`vm1:kprobe:F`).
+const KINDS: &[&str] = &[
+    "BEGIN",
+    "END",
+    "kprobe",
+    "k",
+    "kretprobe",
+    "kr",
+    "kfunc",
+    "f",
+    "kretfunc",
+    "fr",
+    "interval",
+    "i",
+    "profile",
+    "p",
+    "watchpoint",
+    "w",
+    "vmm",
+    "host",
+    "tracepoint",
+    "t",
+    "uprobe",
+    "u",
+    "uretprobe",
+    "ur",
+    "usdt",
+    "U",
+    "software",
+    "s",
+    "hardware",
+    "h",
+    "rawtracepoint",
+    "rt",
+    "iter",
+    "fentry",
+    "fexit",
+];
+
+/// `GUEST:PROBE` -> (Some(GUEST), PROBE) when the first segment is not a
+/// probe kind; otherwise the text as it is.
+pub fn split_guest(text: &str) -> (Option<&str>, &str) {
+    match text.split_once(':') {
+        Some((first, rest))
+            if !KINDS.contains(&first)
+                && !first.is_empty()
+                && first
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+                && rest
+                    .split_once(':')
+                    .is_some_and(|(kind, _)| KINDS.contains(&kind)) =>
+        {
+            (Some(first), rest)
+        }
+        _ => (None, text),
+    }
+}
+
+/// A guest prefix is for probes that fire in a guest's kernel at a place
+/// each guest arms for itself.
+fn per_guest(guest: Option<&str>, spec: ProbeSpec) -> Result<ProbeSpec, String> {
+    let Some(g) = guest else {
+        return Ok(spec);
+    };
+    match spec {
+        ProbeSpec::Kprobe { .. }
+        | ProbeSpec::Kretprobe { .. }
+        | ProbeSpec::Kfunc { .. }
+        | ProbeSpec::Kretfunc { .. }
+        | ProbeSpec::GuestTracepoint { .. } => Ok(spec),
+        other => Err(format!(
+            "{g}:{}: a guest prefix applies to kprobe, kretprobe, kfunc, kretfunc and guest tracepoint probes only",
+            other.name()
+        )),
+    }
 }
 
 /// Why a guest syscall tracepoint names no syscall of the guest's, when
@@ -462,6 +549,25 @@ mod tests {
         );
         assert!(parse_probe("kretfunc:").is_err());
         assert!(parse_probe("fexit:f").unwrap_err().contains("kretfunc:"));
+        // A first segment that is no probe kind, before one, names a guest.
+        assert_eq!(split_guest("vm1:kprobe:f"), (Some("vm1"), "kprobe:f"));
+        assert_eq!(
+            split_guest("web-1:t:syscalls:sys_enter_read"),
+            (Some("web-1"), "t:syscalls:sys_enter_read")
+        );
+        assert_eq!(split_guest("kprobe:f"), (None, "kprobe:f"));
+        assert_eq!(split_guest("vmm:serial_write"), (None, "vmm:serial_write"));
+        assert_eq!(
+            split_guest("host:tracepoint:kvm:kvm_exit"),
+            (None, "host:tracepoint:kvm:kvm_exit")
+        );
+        // A typo of a kind is not taken for a guest.
+        assert_eq!(
+            split_guest("tracepointt:syscalls:sys_enter_read"),
+            (None, "tracepointt:syscalls:sys_enter_read")
+        );
+        assert!(per_guest(Some("vm1"), parse_probe("interval:s:1").unwrap()).is_err());
+        assert!(per_guest(Some("vm1"), parse_probe("kfunc:f").unwrap()).is_ok());
         assert!(parse_probe("kprobe:f+zz").is_err());
         assert!(parse_probe("kretprobe:f+1").is_err());
         assert!(parse_probe("BEGINX").is_err());

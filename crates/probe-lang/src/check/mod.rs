@@ -28,7 +28,7 @@ mod stmt;
 mod trace;
 mod types;
 
-pub use attach::{MIN_PERIOD_NS, parse_probe};
+pub use attach::{MIN_PERIOD_NS, parse_probe, split_guest};
 pub use calls::{BUF_MAX, KSTACK_MAX, STR_MAX};
 pub use maps::{AggKind, HIST_BUCKETS, LhistParams, MapDecl};
 pub use trace::{TraceSite, TraceType};
@@ -39,6 +39,8 @@ pub struct Checked {
     pub map_index: FxHashMap<String, usize>,
     /// (spec, index of the AST probe block), source order.
     pub probes: Vec<(ProbeSpec, usize)>,
+    /// The guest each of `probes` names (`vm1:kprobe:F`), if any.
+    pub probe_guests: Vec<Option<String>>,
     /// Scratch variable slots per block.
     pub scratch: Vec<FxHashMap<String, (u16, Type)>>,
     /// Symbol names given to `kaddr()`, so the engine can resolve them
@@ -100,7 +102,7 @@ pub(crate) fn check(
     r: &mut Reporter<'_>,
     types: Option<&dyn KernelTypes>,
 ) -> Checked {
-    let (probes, blocks) = attach::resolve(ast, r, types);
+    let (probes, probe_guests, blocks) = attach::resolve(ast, r, types);
 
     // Pass A discovers map declarations wherever they are in the script (a
     // map may be read in a block that comes before its assignment); pass B
@@ -166,6 +168,7 @@ pub(crate) fn check(
         maps,
         map_index,
         probes,
+        probe_guests,
         scratch,
         kaddrs,
         tuples,
