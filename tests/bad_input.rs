@@ -857,6 +857,19 @@ fn a_per_guest_probe_on_an_unknown_guest_is_refused_before_booting() {
         "vm2:kprobe:ksys_write: no guest named 'vm2' in this run (guests: vm0, vm1)",
     );
     assert!(e.contains("stdin:2:2") && !e.contains("booting"), "{e}");
+    // In attach, guests are the --vm names; nothing is connected to.
+    let e = fails_with(
+        &[
+            "attach",
+            "--vm",
+            "web=gdb:127.0.0.1:9",
+            "-e",
+            "db:kprobe:ksys_write { @ = count(); }",
+        ],
+        &[],
+        "db:kprobe:ksys_write: no guest named 'db' in this run (guests: web)",
+    );
+    assert!(e.contains("stdin:1:1") && !e.contains("connecting"), "{e}");
     let e = fails_with(
         &["run", "-e", "vm0:interval:s:1 { }", "--", "true"],
         &[],
