@@ -60,6 +60,15 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
     if !crate::kernel::check_capabilities(&program) {
         return Ok(1);
     }
+    // A per-guest probe (`vm1:kprobe:F`) names one of the VMs given; with a
+    // watched directory, VMs are named as they appear.
+    if args.watch.is_none() {
+        let names: Vec<&str> = args.vm.iter().map(|s| s.name.as_str()).collect();
+        if let Err(diags) = program.check_guests(&names) {
+            eprint!("{diags}");
+            return Ok(1);
+        }
+    }
     let layers = check_layers(&program, &args.vm, args.watch.is_some(), &args.config)?;
     let records = recording.is_some() || args.otlp.is_some();
     let recording_mode = crate::plugin::record_mode(records, &program);

@@ -3,7 +3,7 @@
 use crate::kernel::KernelInfo;
 use anyhow::{Context, Result, bail};
 use backend_gdb::Session;
-use probe_plan::{resolve_probes, resolve_timers, resolve_watches};
+use probe_plan::{resolve_probes_for, resolve_timers, resolve_watches};
 use std::sync::Arc;
 
 /// On a stopped, attached guest: finds the KASLR slide, arms every probe of
@@ -64,7 +64,7 @@ fn arm(
     if let Err(diags) = program.check_registers(|r| map.lookup(r).is_some()) {
         bail!("{}", diags.to_string().trim_end());
     }
-    let sites = resolve_probes(program, &kernel.symbols, slide)?;
+    let sites = resolve_probes_for(program, &kernel.symbols, slide, session.name())?;
     session.arm(sites)?;
     let watches = resolve_watches(program, &kernel.symbols, slide).map_err(|(_, e)| e)?;
     session.arm_watches(watches)?;

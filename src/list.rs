@@ -39,6 +39,8 @@ impl<'a> Selection<'a> {
         let pattern = pattern.unwrap_or("*");
         for kind in [
             "kprobe",
+            "kfunc",
+            "kretfunc",
             "vmm",
             "host:tracepoint",
             "host:t",
@@ -77,6 +79,11 @@ pub fn list(pattern: Option<&str>, verbose: bool, args: &GuestArgs, qemu: &Path)
     let mut emit = |text: String| out.write_all(text.as_bytes()).is_ok();
     if sel.wants("kprobe") && !list_kprobes(&sel, verbose, args, &mut emit)? {
         return Ok(()); // stdout closed (e.g. piped into head)
+    }
+    for kind in ["kfunc", "kretfunc"] {
+        if sel.kind == Some(kind) && !list_kfuncs(kind, &sel, verbose, args, &mut emit)? {
+            return Ok(());
+        }
     }
     if sel.wants("vmm") && !list_vmm(&sel, verbose, qemu, &mut emit) {
         return Ok(());
@@ -164,6 +171,64 @@ fn list_kprobes(
     Ok(true)
 }
 
+/// `kfunc:`/`kretfunc:` (asked for by kind only, as `bpftrace -l` lists
+/// them only when asked): kernel functions with a BTF prototype whose
+/// parameters are all in entry registers, as `kfunc:vmlinux:F`; with `-v`,
+/// the parameters and `retval` typed as bpftrace 0.17 prints them.
+fn list_kfuncs(
+    kind: &str,
+    sel: &Selection,
+    verbose: bool,
+    args: &GuestArgs,
+    emit: &mut dyn FnMut(String) -> bool,
+) -> Result<bool> {
+    let image = guest_image(args)?;
+    let symbols = load_symbols(args, &image)?;
+    let k = load_kernel(symbols, &image.kernel);
+    let Some(btf) = k.guest.btf() else {
+        bail!("the kernel image has no BTF: there are no {kind} probes");
+    };
+    let types = probe_engine::BtfTypes::new(btf);
+    // bpftrace's `kfunc:vmlinux:F` and plain `kfunc:F` both select F.
+    let pattern = sel.name.strip_prefix("vmlinux:").unwrap_or(sel.name);
+    let mut names: Vec<&str> = k
+        .symbols
+        .matching(pattern)
+        .into_iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    for name in names {
+        let Some(proto) = probe_lang::KernelTypes::function(&types, name) else {
+            continue;
+        };
+        if !probe_lang::types::kfunc_servable(&types, &proto) {
+            continue;
+        }
+        let mut text = format!("{kind}:vmlinux:{name}\n");
+        if verbose {
+            for line in probe_lang::types::prototype_lines(&types, &proto) {
+                text.push_str(&line);
+                text.push('\n');
+            }
+            if !matches!(
+                probe_lang::KernelTypes::info(&types, proto.ret),
+                probe_lang::TypeInfo::Void
+            ) {
+                text.push_str(&format!(
+                    "    {} retval\n",
+                    probe_lang::KernelTypes::type_name(&types, proto.ret)
+                ));
+            }
+        }
+        if !emit(text) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// QEMU's trace events, as the binary lists them; with `-v`, each event's
 /// arguments from its declaration (the installed `trace-events-all`).
 fn list_vmm(
@@ -197,8 +262,9 @@ fn list_vmm(
     true
 }
 
-/// The guest's tracepoints that vmprobe serves, `syscalls:sys_enter_NAME`
-/// and `syscalls:sys_exit_NAME` for each syscall of the image's metadata;
+/// The guest's tracepoints that vmprobe serves, `raw_syscalls:sys_enter`
+/// and `sys_exit`, and `syscalls:sys_enter_NAME` and `syscalls:sys_exit_NAME`
+/// for each syscall of the image's metadata;
 /// with `-v`, their fields as the guest's tracefs declares them.
 fn list_guest_tracepoints(
     sel: &Selection,
@@ -220,6 +286,21 @@ fn list_guest_tracepoints(
         .filter(|(e, _, _)| glob(sel.name, e))
         .collect();
     events.sort_by(|a, b| a.0.cmp(&b.0));
+    // raw_syscalls, with their fields as the guest's tracefs declares them.
+    for (event, fields) in [
+        (
+            "raw_syscalls:sys_enter",
+            "    long id\n    unsigned long args[6]\n",
+        ),
+        ("raw_syscalls:sys_exit", "    long id\n    long ret\n"),
+    ] {
+        if glob(sel.name, event) {
+            let fields = if verbose { fields } else { "" };
+            if !emit(format!("tracepoint:{event}\n{fields}")) {
+                return Ok(false);
+            }
+        }
+    }
     for (event, decl, exit) in events {
         let mut text = format!("tracepoint:{event}\n");
         if verbose {

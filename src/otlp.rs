@@ -129,7 +129,8 @@ impl Otlp {
             .probes()
             .iter()
             .filter_map(|p| match p {
-                probe_lang::ProbeSpec::Kretprobe { function } => Some(function.clone()),
+                probe_lang::ProbeSpec::Kretprobe { function }
+                | probe_lang::ProbeSpec::Kretfunc { function } => Some(function.clone()),
                 _ => None,
             })
             .collect();

@@ -116,6 +116,15 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
     if !crate::kernel::check_program(&program, &kernel.symbols)? {
         return Ok(1);
     }
+    // Guests are vm0, vm1, ...: a per-guest probe (`vm1:kprobe:F`) names one.
+    let names: Vec<String> = (0..args.boot.guests.max(1))
+        .map(|i| format!("vm{i}"))
+        .collect();
+    if let Err(diags) = program.check_guests(&names.iter().map(String::as_str).collect::<Vec<_>>())
+    {
+        eprint!("{diags}");
+        return Ok(1);
+    }
     let metrics = crate::metrics::bind(args.metrics, &program)?;
 
     let stop = Arc::new(AtomicBool::new(false));

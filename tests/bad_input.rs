@@ -1,5 +1,8 @@
 //! Bad input: each gives a one-line error naming the problem, a non-zero
 //! exit, no panic, and no QEMU left behind. None of these boot a guest.
+//!
+//! Long file: one test per kind of bad input, all judged by the same
+//! helpers (one error line, its line:column, nothing booted).
 
 mod support;
 use std::path::Path;
@@ -671,7 +674,7 @@ fn unservable_guest_tracepoint_is_refused_before_booting() {
             "true",
         ],
         &[],
-        "error: guest tracepoint sched:sched_switch: only syscalls:* can be served from outside the guest; \
+        "error: guest tracepoint sched:sched_switch: only syscalls:* and raw_syscalls:* can be served from outside the guest; \
          probe a kernel function with kprobe: (e.g. kprobe:__schedule), or use host:tracepoint: for the host",
     );
     assert!(e.contains("stdin:2:3"), "{e}");
@@ -750,4 +753,127 @@ fn bad_metrics_addresses_are_usage_errors() {
         );
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+}
+
+/// `kfunc:`/`kretfunc:` need a BTF prototype whose every parameter is in
+/// an entry register: anything else is an error at the attach point's
+/// line:column, before booting.
+#[test]
+fn kfunc_without_a_usable_prototype_is_refused_before_booting() {
+    for (program, says, at) in [
+        (
+            "BEGIN { }\nkfunc:no_such_function_xyz { }",
+            "kfunc:no_such_function_xyz: the guest kernel's BTF has no function 'no_such_function_xyz'",
+            "stdin:2:1",
+        ),
+        (
+            // Assembly: a symbol, but no BTF prototype.
+            "kretfunc:entry_SYSCALL_64 { }",
+            "kretfunc:entry_SYSCALL_64: the guest kernel's BTF has no function 'entry_SYSCALL_64'",
+            "stdin:1:1",
+        ),
+        (
+            "BEGIN { }  kfunc:do_mmap { }",
+            "kfunc:do_mmap: parameter 'populate' (parameter 7) is passed on the stack",
+            "stdin:1:12",
+        ),
+        (
+            "kfunc:set_pte_vaddr { }",
+            "kfunc:set_pte_vaddr: parameter 'pteval' is a 'pte_t' passed by value",
+            "stdin:1:1",
+        ),
+        (
+            "kretfunc:ksys_sync { @ = retval; }",
+            "'ksys_sync' returns void: kretfunc:ksys_sync has no retval",
+            "stdin:1:26",
+        ),
+        (
+            "kfunc:ksys_write { @ = args.nosuch; }",
+            "function 'ksys_write' has no parameter named 'nosuch' (parameters: fd, buf, count)",
+            "stdin:1:24",
+        ),
+        (
+            "fentry:ksys_write { }",
+            "unknown probe type 'fentry' (bpftrace 0.17 and vmprobe spell it kfunc:)",
+            "stdin:1:1",
+        ),
+    ] {
+        let e = fails_with(&["run", "-e", program, "--", "true"], &[], says);
+        assert!(e.contains(at), "{program}: expected {at} in\n{e}");
+        assert!(!e.contains("booting"), "must fail before booting:\n{e}");
+        assert_eq!(e.matches(says).count(), 1, "reported once:\n{e}");
+    }
+}
+
+/// raw_syscalls: an event that does not exist, a field the event does not
+/// have, and an `args.args` index that is not a constant 0..5 are errors
+/// at their line:column, before booting.
+#[test]
+fn bad_raw_syscalls_probes_are_refused_before_booting() {
+    for (program, says, at) in [
+        (
+            "tracepoint:raw_syscalls:sys_entr { }",
+            "guest tracepoint raw_syscalls:sys_entr: no such event (raw_syscalls:sys_enter or raw_syscalls:sys_exit",
+            "stdin:1:1",
+        ),
+        (
+            "tracepoint:raw_syscalls:sys_exit { @[args.args[0]] = count(); }",
+            "'tracepoint:raw_syscalls:sys_exit' has no field 'args' (fields: id, ret)",
+            "stdin:1:38",
+        ),
+        (
+            "tracepoint:raw_syscalls:sys_enter { $i = 1; @[args.args[$i]] = count(); }",
+            "args.args needs a constant index (0..5)",
+            "stdin:1:57",
+        ),
+        (
+            "tracepoint:raw_syscalls:sys_enter { @[args.args[6]] = count(); }",
+            "args.args has 6 elements (0..5)",
+            "stdin:1:39",
+        ),
+    ] {
+        let e = fails_with(&["run", "-e", program, "--", "true"], &[], says);
+        assert!(e.contains(at), "{program}: expected {at} in\n{e}");
+        assert!(!e.contains("booting"), "must fail before booting:\n{e}");
+        assert_eq!(e.matches(says).count(), 1, "reported once:\n{e}");
+    }
+}
+
+/// A per-guest probe naming no guest of the run, or on a probe kind that is
+/// not armed per guest, is an error at its line:column before booting.
+#[test]
+fn a_per_guest_probe_on_an_unknown_guest_is_refused_before_booting() {
+    let e = fails_with(
+        &[
+            "run",
+            "--guests",
+            "2",
+            "-e",
+            "BEGIN { }\n vm2:kprobe:ksys_write { @ = count(); }",
+            "--",
+            "true",
+        ],
+        &[],
+        "vm2:kprobe:ksys_write: no guest named 'vm2' in this run (guests: vm0, vm1)",
+    );
+    assert!(e.contains("stdin:2:2") && !e.contains("booting"), "{e}");
+    // In attach, guests are the --vm names; nothing is connected to.
+    let e = fails_with(
+        &[
+            "attach",
+            "--vm",
+            "web=gdb:127.0.0.1:9",
+            "-e",
+            "db:kprobe:ksys_write { @ = count(); }",
+        ],
+        &[],
+        "db:kprobe:ksys_write: no guest named 'db' in this run (guests: web)",
+    );
+    assert!(e.contains("stdin:1:1") && !e.contains("connecting"), "{e}");
+    let e = fails_with(
+        &["run", "-e", "vm0:interval:s:1 { }", "--", "true"],
+        &[],
+        "vm0:interval:s:1: a guest prefix applies to kprobe, kretprobe, kfunc, kretfunc and guest tracepoint probes only",
+    );
+    assert!(e.contains("stdin:1:1") && !e.contains("booting"), "{e}");
 }

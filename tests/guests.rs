@@ -108,3 +108,78 @@ fn three_guests_counted_apart_and_one_killed() {
         );
     }
 }
+
+/// A per-guest probe (`vm1:kprobe:F`) is armed in that guest only: two
+/// guests run the same workload with different counts; vm1's count equals
+/// vm1's guest kernel's own, and vm0 never stops for the probe (0 hits in
+/// its `--stats` line), on both backends.
+#[test]
+fn a_per_guest_probe_is_armed_in_that_guest_only() {
+    let mut backends: Vec<Vec<String>> = vec![vec!["--backend".into(), "gdb".into()]];
+    match qemu10() {
+        Some(q) => backends.push(vec![
+            "--backend".into(),
+            "plugin".into(),
+            "--qemu".into(),
+            q.display().to_string(),
+        ]),
+        None => eprintln!("no QEMU 10: the plugin backend is not checked"),
+    }
+    let counts = [300, 120];
+    let dd = format!(
+        "case $VMPROBE_GUEST_INDEX in 0) n={};; *) n={};; esac; \
+         dd if=/dev/zero of=/dev/null bs=1 count=$n",
+        counts[0], counts[1]
+    );
+    let workload = ground_truth_workload(&dd);
+    let program = windowed_count_program()
+        .replace("kprobe:", "vm1:kprobe:")
+        .replace("@writes = count()", "@writes[guest] = count()");
+    assert_eq!(program.matches("vm1:kprobe:").count(), 3, "{program}");
+    for backend in backends {
+        let out = run_bounded(
+            vmprobe()
+                .args(["run", "--guests", "2", "--console", "--stats"])
+                .args(&backend)
+                .args(["-e", &program, "--", &workload]),
+            RUN_LIMIT,
+        );
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success(), "{backend:?}: {stderr}");
+        let console = |name: &str| -> String {
+            stderr
+                .lines()
+                .filter_map(|l| l.strip_prefix(&format!("{name}: ")))
+                .map(|l| format!("{l}\n"))
+                .collect()
+        };
+        let theirs = ground_truth_hits(&console("vm1"));
+        assert_eq!(theirs, counts[1], "vm1's own count");
+        // vm0 did its writes too, unseen.
+        assert_eq!(ground_truth_hits(&console("vm0")), counts[0]);
+        let ours = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("@writes[vm1]: "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{backend:?}: no count for vm1:\n{stdout}"));
+        assert_eq!(
+            ours, theirs,
+            "{backend:?}: vmprobe and vm1's kernel disagree"
+        );
+        assert!(
+            !stdout.contains("vm0"),
+            "{backend:?}: vm0 counted:\n{stdout}"
+        );
+        let hits = |name: &str| -> u64 {
+            stderr
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("vmprobe: stats: {name}: ")))
+                .and_then(|l| l.split(", ").find_map(|f| f.strip_suffix(" hits")))
+                .and_then(|h| h.parse().ok())
+                .unwrap_or_else(|| panic!("{backend:?}: no stats for {name}:\n{stderr}"))
+        };
+        assert_eq!(hits("vm0"), 0, "{backend:?}: vm0 stopped for vm1's probe");
+        // Every ksys_write of vm1 from arming to detach: at least its own.
+        assert!(hits("vm1") >= theirs + 2, "{backend:?}: {}", hits("vm1"));
+    }
+}

@@ -71,6 +71,12 @@ fn list_guest_syscall_tracepoints() {
         all.contains("tracepoint:syscalls:sys_enter_read\n"),
         "{all}"
     );
+    // raw_syscalls, fields as the 6.1 guest's tracefs declares them.
+    assert_eq!(
+        list(&["-v", "tracepoint:raw_syscalls:*"]),
+        "tracepoint:raw_syscalls:sys_enter\n    long id\n    unsigned long args[6]\n\
+         tracepoint:raw_syscalls:sys_exit\n    long id\n    long ret\n"
+    );
     // Without a kind, a name matches guest tracepoints too.
     assert!(list(&["*sys_exit_openat2"]).contains("tracepoint:syscalls:sys_exit_openat2\n"));
 }
@@ -107,4 +113,44 @@ fn list_covers_vmm_events_tracepoints_and_parametric_kinds() {
             "{tp}"
         );
     }
+}
+
+/// `kfunc:`/`kretfunc:` are listed as `bpftrace -l` lists them
+/// (`kfunc:vmlinux:F`), only functions with a BTF prototype that they can
+/// serve; `-v` adds the parameters and `retval`, as `bpftrace -lv`.
+#[test]
+fn list_kfuncs_with_their_prototypes() {
+    let _ = default_guest();
+    let list = |args: &[&str]| {
+        let out = run_bounded(vmprobe().arg("list").args(args), Duration::from_secs(120));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    assert_eq!(
+        list(&["-v", "kfunc:ksys_write"]),
+        "kfunc:vmlinux:ksys_write\n    unsigned int fd\n    const char * buf\n    size_t count\n    ssize_t retval\n"
+    );
+    assert_eq!(
+        list(&["-v", "kretfunc:vmlinux:vfs_fstatat"]),
+        "kretfunc:vmlinux:vfs_fstatat\n    int dfd\n    const char * filename\n    \
+         struct kstat * stat\n    int flags\n    int retval\n"
+    );
+    // void: no retval line.
+    assert_eq!(
+        list(&["-v", "kfunc:ksys_sync"]),
+        "kfunc:vmlinux:ksys_sync\n"
+    );
+    // Seven parameters, a struct by value, no BTF (assembly): not listed.
+    for name in ["do_mmap", "set_pte_vaddr", "entry_SYSCALL_64"] {
+        assert_eq!(list(&[&format!("kfunc:{name}")]), "", "{name}");
+    }
+    // (A pattern, not `*`: the bounded runner reads stdout at the exit,
+    // and 43,000 lines would fill the pipe.)
+    let all = list(&["kfunc:vfs_*"]);
+    let n = all.lines().count();
+    assert!(n > 50, "{n} kfuncs");
+    assert!(all.lines().all(|l| l.starts_with("kfunc:vmlinux:vfs_")));
+    assert!(all.contains("kfunc:vmlinux:vfs_read\n"), "{all}");
+    // Only when asked for by kind, as bpftrace.
+    assert!(!list(&["ksys_write"]).contains("kfunc:"));
 }

@@ -281,6 +281,13 @@ impl Service {
         if !crate::kernel::check_capabilities(&program) {
             bail!("{source_name}: the program asks for what no backend has");
         }
+        if was.watch.is_none() {
+            let names: Vec<&str> = was.vms.iter().map(|s| s.name.as_str()).collect();
+            if let Err(diags) = program.check_guests(&names) {
+                eprint!("{diags}");
+                bail!("{source_name}: the program names a VM the service does not serve");
+            }
+        }
         check_layers(
             &program,
             &was.vms,

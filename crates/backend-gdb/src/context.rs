@@ -81,6 +81,9 @@ pub(crate) struct HitContext<'a> {
     /// What this hit's `trace()`/`snapshot()` calls asked for, with the
     /// probe that asked; the session hands it to the recorder.
     pub traced: Vec<(Box<str>, Traced)>,
+    /// At a `kretfunc` return: the argument registers captured at the
+    /// call's entry, which `args` reads instead of the clobbered registers.
+    pub entry_args: Option<[u64; 6]>,
 }
 
 impl<'a> HitContext<'a> {
@@ -107,6 +110,7 @@ impl<'a> HitContext<'a> {
             guest,
             task: None,
             traced: Vec::new(),
+            entry_args: None,
         }
     }
 
@@ -225,6 +229,11 @@ impl<'a> HitContext<'a> {
 
 impl ProbeContext for HitContext<'_> {
     fn arg(&mut self, n: u8) -> Result<u64, ContextError> {
+        if let Some(args) = self.entry_args
+            && let Some(&v) = args.get(n as usize)
+        {
+            return Ok(v);
+        }
         let reg = ARG_REGS.get(n as usize).ok_or_else(|| {
             ContextError::Unavailable(format!("arg{n}: only arg0..arg5 are passed in registers"))
         })?;

@@ -28,7 +28,7 @@ use linux_guest::GuestKernel;
 use plugin_protocol::{Attach, RecordMode};
 use probe_engine::capabilities::Capabilities;
 use probe_lang::{Diagnostics, Program};
-use probe_plan::{resolve_probes, resolve_timers};
+use probe_plan::{resolve_probes_for, resolve_timers};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -141,7 +141,7 @@ pub fn attach(mut client: PluginClient, plan: AttachPlan<'_>) -> Result<PluginBa
     } else {
         client.detect_slide(samples)?.ok_or(Error::SlideNotFound)?
     };
-    let sites = resolve_probes(plan.program, plan.symbols, slide)?;
+    let sites = resolve_probes_for(plan.program, plan.symbols, slide, plan.guest)?;
     for site in &sites {
         probe_engine::boundary::check_instruction_boundary(site, |addr, len| {
             client

@@ -83,6 +83,8 @@ pub fn check(program: &Program, caps: &Capabilities) -> Result<(), Diagnostics> 
                 p,
                 ProbeSpec::Kprobe { .. }
                     | ProbeSpec::Kretprobe { .. }
+                    | ProbeSpec::Kfunc { .. }
+                    | ProbeSpec::Kretfunc { .. }
                     | ProbeSpec::GuestTracepoint { .. }
                     | ProbeSpec::Profile { .. }
             )

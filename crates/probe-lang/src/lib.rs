@@ -62,6 +62,18 @@ pub enum ProbeSpec {
     Kretprobe {
         function: String,
     },
+    /// `kfunc:F` (bpftrace's fentry): F's entry, with `args` named and
+    /// typed by F's BTF prototype. Served as a breakpoint at F's entry, as
+    /// a kprobe is; the difference is the typed view, checked before boot.
+    Kfunc {
+        function: String,
+    },
+    /// `kretfunc:F` (fexit): F's return, with the `args` F was entered with
+    /// (captured at entry, paired as kretprobes pair calls) and `retval`
+    /// typed by the prototype's return type.
+    Kretfunc {
+        function: String,
+    },
     /// `interval:ms:100`: fires on one vCPU every period.
     Interval {
         unit: RateUnit,
@@ -195,6 +207,8 @@ impl ProbeSpec {
                 }
             }
             ProbeSpec::Kretprobe { function } => format!("kretprobe:{function}"),
+            ProbeSpec::Kfunc { function } => format!("kfunc:{function}"),
+            ProbeSpec::Kretfunc { function } => format!("kretfunc:{function}"),
             ProbeSpec::Interval { unit, value } => format!("interval:{}:{value}", unit.name()),
             ProbeSpec::Profile { unit, value } => format!("profile:{}:{value}", unit.name()),
             ProbeSpec::Watchpoint { addr, len, mode } => {
@@ -225,6 +239,35 @@ impl ProbeSpec {
         }
     }
 
+    /// A guest `raw_syscalls:sys_enter` (false) or `raw_syscalls:sys_exit`
+    /// (true) tracepoint.
+    pub fn raw_syscall_event(&self) -> Option<bool> {
+        match self {
+            ProbeSpec::GuestTracepoint { system, event } if system == "raw_syscalls" => {
+                match event.as_str() {
+                    "sys_enter" => Some(false),
+                    "sys_exit" => Some(true),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// The guest function where a `raw_syscalls` event is served, at its
+    /// entry, with the syscall's `struct pt_regs *` as its first argument:
+    /// every 64-bit syscall enters through `do_syscall_64(regs, nr)`, and
+    /// every syscall return the kernel traces (also a new child's first
+    /// return, from `ret_from_fork`, and 32-bit ones) goes through
+    /// `syscall_exit_to_user_mode(regs)` with the return value in `regs->ax`.
+    pub fn raw_syscall_function(exit: bool) -> &'static str {
+        if exit {
+            "syscall_exit_to_user_mode"
+        } else {
+            "do_syscall_64"
+        }
+    }
+
     /// The guest function a syscall tracepoint probes: `__x64_sys_NAME`
     /// (the 64-bit entry each syscall has; its one argument is the
     /// `struct pt_regs *` of the syscall's registers).
@@ -247,10 +290,22 @@ pub struct BlockId(pub u32);
 pub struct Executable {
     pub probes: Vec<ProbeSpec>,
     pub probe_blocks: Vec<BlockId>,
+    /// The guest each probe is armed in (`vm1:kprobe:F`); `None`: every
+    /// guest. Empty when no probe names one.
+    #[serde(default)]
+    pub probe_guests: Vec<Option<String>>,
     pub ir: ir::Ir,
 }
 
 impl Executable {
+    /// Whether probe `probe_index` is armed in guest `guest`.
+    pub fn armed_in(&self, probe_index: usize, guest: &str) -> bool {
+        match self.probe_guests.get(probe_index) {
+            Some(Some(g)) => g == guest,
+            _ => true,
+        }
+    }
+
     /// Block run when probe `probe_index` (an index into `probes`) fires.
     pub fn block_of(&self, probe_index: usize) -> BlockId {
         self.probe_blocks[probe_index]
@@ -317,6 +372,39 @@ impl Program {
     /// Every attach point, in source order; several may share one block.
     pub fn probes(&self) -> &[ProbeSpec] {
         &self.exec.probes
+    }
+
+    /// Whether probe `index` is armed in guest `guest` (`vm1:kprobe:F` only
+    /// in vm1).
+    pub fn armed_in(&self, index: usize, guest: &str) -> bool {
+        self.exec.armed_in(index, guest)
+    }
+
+    /// Every guest a probe names (`vm1:` of `vm1:kprobe:F`) must be one of
+    /// the run's `guests`: otherwise an error at that attach point, before
+    /// anything boots.
+    pub fn check_guests(&self, guests: &[&str]) -> Result<(), Diagnostics> {
+        let spans = self.probe_spans();
+        let errors: Vec<(Span, String)> = self
+            .exec
+            .probe_guests
+            .iter()
+            .enumerate()
+            .filter_map(|(i, g)| {
+                let g = g.as_deref()?;
+                (!guests.contains(&g)).then(|| {
+                    (
+                        spans.get(i).copied().unwrap_or_default(),
+                        format!(
+                            "{g}:{}: no guest named '{g}' in this run (guests: {})",
+                            self.exec.probes[i].name(),
+                            guests.join(", ")
+                        ),
+                    )
+                })
+            })
+            .collect();
+        self.errors_at(&errors)
     }
 
     /// What a runtime runs: shared, and serialisable for other processes.
@@ -465,8 +553,18 @@ impl Program {
     /// AST and IR in readable text, for `-d`.
     pub fn dump(&self) -> String {
         let mut s = String::from("probes\n");
-        for (p, b) in self.exec.probes.iter().zip(&self.exec.probe_blocks) {
-            s.push_str(&format!(" {} -> block {}\n", p.name(), b.0));
+        for (i, (p, b)) in self
+            .exec
+            .probes
+            .iter()
+            .zip(&self.exec.probe_blocks)
+            .enumerate()
+        {
+            let guest = match self.exec.probe_guests.get(i) {
+                Some(Some(g)) => format!("{g}:"),
+                _ => String::new(),
+            };
+            s.push_str(&format!(" {guest}{} -> block {}\n", p.name(), b.0));
         }
         s.push_str(&self.ast.dump());
         s.push_str(&self.exec.ir.dump());
@@ -495,7 +593,7 @@ pub fn attach_points(source: &str) -> Vec<ProbeSpec> {
     ast.probes
         .iter()
         .flat_map(|b| &b.attach)
-        .filter_map(|(text, _)| check::parse_probe(text).ok())
+        .filter_map(|(text, _)| check::parse_probe(check::split_guest(text).1).ok())
         .collect()
 }
 
@@ -531,10 +629,16 @@ pub fn compile_with_types(
         .iter()
         .map(|(p, b)| (p.clone(), BlockId(*b as u32)))
         .unzip();
+    let probe_guests = if checked.probe_guests.iter().any(Option::is_some) {
+        checked.probe_guests.clone()
+    } else {
+        Vec::new()
+    };
     Ok(Program {
         exec: std::sync::Arc::new(Executable {
             probes,
             probe_blocks,
+            probe_guests,
             ir,
         }),
         ast,

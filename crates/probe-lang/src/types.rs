@@ -136,6 +136,19 @@ pub trait KernelTypes {
     }
 }
 
+/// Whether a `kfunc`/`kretfunc` can serve a function of this prototype:
+/// at most six parameters, none a struct or union by value (SysV x86-64
+/// passes those six in registers, where its `args` are read).
+pub fn kfunc_servable(types: &dyn KernelTypes, proto: &Prototype) -> bool {
+    proto.params.len() <= 6
+        && proto.params.iter().all(|p| {
+            !matches!(
+                types.info(p.ty),
+                TypeInfo::Struct { .. } | TypeInfo::Union { .. }
+            )
+        })
+}
+
 /// bpftrace's `-lv` listing of one kernel function's parameters:
 /// `    TYPE NAME` per line (a pointer's `*` stays on the type, as
 /// `const char * buf`).

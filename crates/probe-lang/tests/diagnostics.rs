@@ -118,7 +118,7 @@ fn checker_errors() {
         ),
         (
             "kprobe:f { $x = retval; }",
-            "the retval builtin can only be used in kretprobe blocks",
+            "the retval builtin can only be used in kretprobe and kretfunc blocks",
         ),
         (
             "BEGIN { $x = arg0; }",
@@ -126,7 +126,7 @@ fn checker_errors() {
         ),
         (
             "uprobe:a:b { }",
-            "probe type 'uprobe' is not supported (supported: BEGIN, END, kprobe, kretprobe, interval, profile, watchpoint, vmm, tracepoint (guest syscalls), host:tracepoint)",
+            "probe type 'uprobe' is not supported (supported: BEGIN, END, kprobe, kretprobe, kfunc, kretfunc, interval, profile, watchpoint, vmm, tracepoint (guest syscalls), host:tracepoint)",
         ),
         ("foo:bar { }", "unknown probe type 'foo'"),
         (

@@ -2,7 +2,10 @@
 //! fake guest memory: typed `args`, struct casts, `->`/`.`/`[]`, bitfields,
 //! unions, enums, pointers to pointers, `sizeof`/`offsetof`, typed
 //! `curtask`, bounded task-list walks, `vmm:`/`host:tracepoint:` args, and
-//! guest syscall tracepoints' args.
+//! guest syscall tracepoints' args, kfunc/kretfunc and raw_syscalls.
+//!
+//! Long file: every test here runs against the one fake kernel below (its
+//! types, prototypes and memory), which splitting would duplicate.
 
 mod support;
 
@@ -69,6 +72,10 @@ impl KernelTypes for Fake {
             "by_value" => Prototype {
                 params: vec![p("t", TASK)],
                 ret: TypeRef(0),
+            },
+            "int_ret" => Prototype {
+                params: vec![p("x", INT), p("filename", CHAR_PTR)],
+                ret: TypeRef(INT),
             },
             _ => return None,
         })
@@ -162,6 +169,8 @@ impl KernelTypes for Fake {
             (PT_REGS, "dx") => Some(m(ULONG, 12 * 64, 0)),
             (PT_REGS, "si") => Some(m(ULONG, 13 * 64, 0)),
             (PT_REGS, "di") => Some(m(ULONG, 14 * 64, 0)),
+            (PT_REGS, "ax") => Some(m(ULONG, 10 * 64, 0)),
+            (PT_REGS, "orig_ax") => Some(m(ULONG, 15 * 64, 0)),
             _ => None,
         }
     }
@@ -765,7 +774,7 @@ fn guest_syscall_tracepoints() {
         "{e}"
     );
     let e = compile_err("BEGIN { }\n  tracepoint:sched:sched_switch { }");
-    assert!(e.contains("guest tracepoint sched:sched_switch: only syscalls:* can be served from outside the guest") && e.contains("t:2:3"), "{e}");
+    assert!(e.contains("guest tracepoint sched:sched_switch: only syscalls:* and raw_syscalls:* can be served from outside the guest") && e.contains("t:2:3"), "{e}");
     let e = compile_err("tracepoint:syscalls:sys_enter_open* { @ = args.flags; }");
     assert!(e.contains("wildcard"), "{e}");
     compile_ok("tracepoint:syscalls:sys_enter_open* { @[probe] = count(); }");
@@ -783,4 +792,89 @@ fn guest_syscall_tracepoints() {
         e.contains("retval builtin can only be used in kretprobe"),
         "{e}"
     );
+}
+
+/// `kfunc`/`kretfunc`: `args` by the prototype, and a kretfunc's `retval`
+/// typed by the return type: an `int` is the low half of rax, signed.
+#[test]
+fn kfunc_args_and_typed_kretfunc_retval() {
+    let mut c = ctx("kretfunc:int_ret");
+    c.args = [(-7i32) as u32 as u64, 0x1000, 0, 0, 0, 0];
+    // `mov $-2, %eax` leaves rax zero-extended.
+    c.retval = 0xffff_fffe;
+    let src = r#"kretfunc:int_ret { printf("%d %d %d %s\n", retval, retval < 0, args.x, str(args->filename)); }"#;
+    let (out, errs) = run_with(src, &mut c);
+    assert!(errs.is_empty(), "{errs:?}");
+    assert_eq!(out, "-2 1 -7 /etc/passwd\n");
+    // A kretprobe's retval stays the raw (unsigned) register.
+    let (out, _) = run_with(
+        r#"kretprobe:int_ret { printf("%d\n", retval < 0); }"#,
+        &mut c,
+    );
+    assert_eq!(out, "0\n");
+    let (out, _) = run_with(r#"kfunc:int_ret { printf("%d\n", args.x); }"#, &mut c);
+    assert_eq!(out, "-7\n");
+    // Pointer return: typed, so members are reachable.
+    let p = compile_ok("kretfunc:do_sys_openat2 { @ = retval; }");
+    assert!(p.dump().contains("retval"), "{}", p.dump());
+    for (src, says) in [
+        (
+            "kfunc:seven { }",
+            "parameter 'a6' (parameter 7) is passed on the stack",
+        ),
+        ("kfunc:by_value { }", "parameter 't' is a "),
+        ("kretfunc:nosuch { }", "BTF has no function 'nosuch'"),
+        ("kretfunc:seven { @ = retval; }", "parameter 'a6'"),
+        (
+            "kfunc:int_ret { @ = retval; }",
+            "retval builtin can only be used in kretprobe and kretfunc",
+        ),
+        (
+            "kfunc:int_ret { @ = arg0; }",
+            "arg0 builtin can only be used in kprobe blocks",
+        ),
+    ] {
+        let e = compile_err(src);
+        assert!(e.contains(says), "{src}: {e}");
+    }
+    // Without BTF, kfunc is an error, not an untyped probe.
+    let e = compile("kfunc:int_ret { }", "t").unwrap_err().to_string();
+    assert!(
+        e.contains("needs the guest kernel's type information"),
+        "{e}"
+    );
+}
+
+/// `raw_syscalls:sys_enter`/`sys_exit`: `args.id`, `args.args[N]` and
+/// `args.ret` from the `struct pt_regs` the probed function's first
+/// argument points to.
+#[test]
+fn raw_syscalls_fields_from_pt_regs() {
+    let mut regs = vec![0u8; 21 * 8];
+    let mut put =
+        |slot: usize, v: u64| regs[slot * 8..slot * 8 + 8].copy_from_slice(&v.to_le_bytes());
+    put(15, 1); // orig_ax: write
+    put(14, 3); // di
+    put(7, 44); // r10: the fourth argument
+    put(10, (-9i64) as u64); // ax: -EBADF
+    let mut c = ctx("tracepoint:raw_syscalls:sys_enter");
+    c.args = [0x8000, 1, 0, 0, 0, 0];
+    c.memory.push((0x8000, regs));
+    let src = r#"tracepoint:raw_syscalls:sys_enter { printf("%d %d %d\n", args.id, args.args[0], args.args[3]); }"#;
+    let (out, errs) = run_with(src, &mut c);
+    assert!(errs.is_empty(), "{errs:?}");
+    assert_eq!(out, "1 3 44\n");
+    let src = r#"tracepoint:raw_syscalls:sys_exit { printf("%d %d\n", args.id, args.ret); }"#;
+    let (out, errs) = run_with(src, &mut c);
+    assert!(errs.is_empty(), "{errs:?}");
+    assert_eq!(out, "1 -9\n");
+    let e = compile_err("tracepoint:raw_syscalls:sys_enter { @ = args.args[$x]; }");
+    assert!(
+        e.contains("undefined variable") || e.contains("constant index"),
+        "{e}"
+    );
+    let e = compile_err("tracepoint:raw_syscalls:sys_enter { @ = args.args; }");
+    assert!(e.contains("with a constant index"), "{e}");
+    let e = compile_err("tracepoint:raw_syscalls:sys_enter { @ = args.ret; }");
+    assert!(e.contains("(fields: id, args)"), "{e}");
 }

@@ -10,7 +10,7 @@ mod timers;
 
 pub use resolve::{
     LayerPlan, ProbeSite, Skip, TimerProbe, WILDCARD_LIMIT, WatchProbe, resolve_layers,
-    resolve_probes, resolve_probes_at, resolve_timers, resolve_watches,
+    resolve_probes, resolve_probes_at, resolve_probes_for, resolve_timers, resolve_watches,
 };
 pub use returns::{Entered, MAX_PENDING_RETURNS, PendingCall, ReturnTracker, Returned};
 pub use timers::TimerSchedule;

@@ -47,6 +47,10 @@ pub struct ProbeSite {
     /// Length of the instruction at `addr` if it is one the engine may skip
     /// instead of single-stepping (set when arming, from guest memory).
     pub skippable: Option<Skip>,
+    /// The return handlers read the entry's argument registers (`kretfunc`'s
+    /// `args`): the backend captures them at the entry with the call.
+    #[serde(default)]
+    pub entry_args: bool,
 }
 
 /// How a hit may move the pc past the instruction at a probe site instead of
@@ -66,7 +70,19 @@ pub fn resolve_probes(
     symbols: &KernelSymbols,
     slide: u64,
 ) -> Result<Vec<ProbeSite>> {
-    resolve_probes_at(program, symbols, slide).map_err(|(_, e)| e)
+    resolve_sites(program, symbols, slide, None).map_err(|(_, e)| e)
+}
+
+/// [`resolve_probes`] for the guest named `guest`: without the probes that
+/// name another guest (`vm1:kprobe:F` is armed in vm1 only), so the others
+/// never stop for them.
+pub fn resolve_probes_for(
+    program: &Program,
+    symbols: &KernelSymbols,
+    slide: u64,
+    guest: &str,
+) -> Result<Vec<ProbeSite>> {
+    resolve_sites(program, symbols, slide, Some(guest)).map_err(|(_, e)| e)
 }
 
 /// [`resolve_probes`], with the index (into [`Program::probes`]) of the
@@ -76,11 +92,25 @@ pub fn resolve_probes_at(
     symbols: &KernelSymbols,
     slide: u64,
 ) -> std::result::Result<Vec<ProbeSite>, (usize, Error)> {
+    resolve_sites(program, symbols, slide, None)
+}
+
+fn resolve_sites(
+    program: &Program,
+    symbols: &KernelSymbols,
+    slide: u64,
+    guest: Option<&str>,
+) -> std::result::Result<Vec<ProbeSite>, (usize, Error)> {
     let mut sites: Vec<ProbeSite> = Vec::new();
     for (index, spec) in program.probes().iter().enumerate() {
+        if guest.is_some_and(|g| !program.armed_in(index, g)) {
+            continue;
+        }
         let block = program.block_of(index);
-        let on_return = matches!(spec, ProbeSpec::Kretprobe { .. })
-            || spec.syscall_event().is_some_and(|(_, exit)| exit);
+        let on_return = matches!(
+            spec,
+            ProbeSpec::Kretprobe { .. } | ProbeSpec::Kretfunc { .. }
+        ) || spec.syscall_event().is_some_and(|(_, exit)| exit);
         let mut add = |addr: u64, offset: u64, func: &str, probe: String| {
             let probe: Arc<str> = probe.into();
             let site = match sites.iter_mut().position(|s| s.addr == addr) {
@@ -93,11 +123,13 @@ pub fn resolve_probes_at(
                         handlers: Vec::new(),
                         ret_handlers: Vec::new(),
                         skippable: None,
+                        entry_args: false,
                     });
                     sites.last_mut().expect("just pushed")
                 }
             };
             if on_return {
+                site.entry_args |= matches!(spec, ProbeSpec::Kretfunc { .. });
                 site.ret_handlers.push((block, probe));
             } else {
                 site.handlers.push((block, probe));
@@ -115,6 +147,20 @@ pub fn resolve_probes_at(
                 // A guest syscall tracepoint is a kprobe (sys_enter_) or a
                 // kretprobe (sys_exit_) on the syscall's `__x64_sys_NAME`,
                 // under the tracepoint's own name (`probe`).
+                // raw_syscalls: a breakpoint at the entry of the function
+                // every syscall passes (`ProbeSpec::raw_syscall_function`).
+                ProbeSpec::GuestTracepoint { .. } if spec.raw_syscall_event().is_some() => {
+                    let exit = spec.raw_syscall_event().expect("checked");
+                    let function = ProbeSpec::raw_syscall_function(exit);
+                    let sym = symbols
+                        .lookup(function)
+                        .filter(|s| symbols.is_text(s))
+                        .ok_or_else(|| Error::UnknownSymbol {
+                            probe: spec.name(),
+                            name: function.to_string(),
+                        })?;
+                    add(sym.addr.wrapping_add(slide), 0, &sym.name, spec.name());
+                }
                 ProbeSpec::GuestTracepoint { system, event } => {
                     let (sys, exit) = spec.syscall_event().ok_or_else(|| Error::UnknownSymbol {
                         probe: spec.name(),
@@ -166,6 +212,20 @@ pub fn resolve_probes_at(
                             format!("tracepoint:{system}:{kind}{name}"),
                         );
                     }
+                }
+                // A kfunc is a breakpoint at the function's entry, a kretfunc
+                // at its return, as kprobe and kretprobe are; the checker has
+                // already typed their args from the BTF prototype.
+                ProbeSpec::Kfunc { function } | ProbeSpec::Kretfunc { function } => {
+                    let probe = spec.name();
+                    let sym = symbols
+                        .lookup(function)
+                        .filter(|s| symbols.is_text(s))
+                        .ok_or_else(|| Error::UnknownSymbol {
+                            probe: probe.clone(),
+                            name: function.clone(),
+                        })?;
+                    add(sym.addr.wrapping_add(slide), 0, &sym.name, probe);
                 }
                 ProbeSpec::Kprobe {
                     target: KprobeTarget::Address(addr),

@@ -24,6 +24,11 @@ pub struct PendingCall {
     pub entry_ns: u64,
     /// The vCPU the call entered on.
     pub vcpu: u32,
+    /// The argument registers at entry (rdi, rsi, rdx, rcx, r8, r9), when
+    /// the site's return handlers read them (`kretfunc`'s `args`); zeroes
+    /// otherwise. Kept with the call, so they pair as the call does: per
+    /// task stack, whichever vCPU the return comes on.
+    pub args: [u64; 6],
 }
 
 /// What an entry asks of the backend.
@@ -157,6 +162,7 @@ mod tests {
             site,
             entry_ns,
             vcpu: 0,
+            args: [site as u64; 6],
         }
     }
 

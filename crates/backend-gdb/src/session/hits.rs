@@ -150,7 +150,7 @@ impl Session {
         self.stats.hits += 1;
         self.live.hit();
         let (flow, mut regs, traced) =
-            self.run_site(index, false, thread, regs, runtime, received)?;
+            self.run_site(index, At::Entry, thread, regs, runtime, received)?;
         let site = &self.sites[index];
         if let Some(sink) = self.recorder.as_mut() {
             let every = self.record_every_hit;
@@ -222,10 +222,24 @@ impl Session {
             return Ok(());
         }
         let ret = u64::from_le_bytes(word);
+        let mut args = [0u64; 6];
+        if self.sites[site].entry_args {
+            let regs = match regs {
+                Some(r) => r,
+                None => self
+                    .client
+                    .read_registers(thread)
+                    .map_err(|e| e.to_string())?,
+            };
+            for (a, reg) in args.iter_mut().zip(ARG_REGS) {
+                *a = regs.get(reg).unwrap_or(0);
+            }
+        }
         let call = PendingCall {
             site,
             entry_ns,
             vcpu: vcpu_index(thread),
+            args,
         };
         if let Entered::NewReturnAddress(ret) = self.returns.enter(ret, rsp, call)
             && self
@@ -250,7 +264,13 @@ impl Session {
     ) -> Result<Flow, String> {
         let rsp = register(&mut self.client, regs.as_ref(), thread, "rsp")?;
         let Returned::Call {
-            call: PendingCall { site, entry_ns, .. },
+            call:
+                PendingCall {
+                    site,
+                    entry_ns,
+                    args,
+                    ..
+                },
             last,
         } = self.returns.returned(pc, rsp)
         else {
@@ -261,7 +281,15 @@ impl Session {
         };
         self.stats.returns += 1;
         self.live.hit();
-        let (flow, regs, traced) = self.run_site(site, true, thread, regs, runtime, received)?;
+        let entry_args = self.sites[site].entry_args.then_some(args);
+        let (flow, regs, traced) = self.run_site(
+            site,
+            At::Return(entry_args),
+            thread,
+            regs,
+            runtime,
+            received,
+        )?;
         let site = &self.sites[site];
         if let Some(sink) = self.recorder.as_mut() {
             let every = self.record_every_hit;
@@ -426,16 +454,16 @@ impl Session {
     fn run_site(
         &mut self,
         index: usize,
-        returning: bool,
+        at: At,
         thread: ThreadId,
         regs: Option<Registers>,
         runtime: &Mutex<Runtime>,
         received: u64,
     ) -> Result<SiteRun, String> {
         let site = &self.sites[index];
-        let handlers = match returning {
-            true => &site.ret_handlers,
-            false => &site.handlers,
+        let (handlers, entry_args) = match at {
+            At::Return(args) => (&site.ret_handlers, args),
+            At::Entry => (&site.handlers, None),
         };
         let mut ctx = HitContext::at_stop(
             &mut self.client,
@@ -446,7 +474,16 @@ impl Session {
             received,
             &site.func,
         );
+        ctx.entry_args = entry_args;
         let flow = ctx.run_all(runtime, handlers)?;
         Ok((flow, ctx.regs.take(), std::mem::take(&mut ctx.traced)))
     }
+}
+
+/// Which handlers of a site a stop runs: the entry's, or the return's with
+/// the argument registers captured at the entry (`kretfunc`'s `args`).
+#[derive(Clone, Copy)]
+enum At {
+    Entry,
+    Return(Option<[u64; 6]>),
 }

@@ -20,6 +20,9 @@ impl Checker<'_, '_> {
 
     /// Types `e` (a `Member` or `Index`) and records how it is read.
     pub(super) fn kernel_access(&mut self, e: &mut Expr, decay: bool) -> Type {
+        if self.raw_syscall_index(e) {
+            return Type::Unknown;
+        }
         let span = e.span;
         match &mut e.kind {
             ExprKind::Member {

@@ -5,7 +5,7 @@
 
 use super::Checker;
 use super::types::NO_BTF;
-use crate::ast::{Access, Type};
+use crate::ast::{Access, Expr, ExprKind, Type};
 use crate::diag::Span;
 use crate::types::{FieldType, TypeInfo, TypeRef};
 use crate::{KprobeTarget, ProbeSpec};
@@ -60,10 +60,15 @@ impl Checker<'_, '_> {
                     target: KprobeTarget::Function(f),
                     offset: 0,
                 } if !f.contains(['*', '?']) => funcs.push(f.clone()),
+                // A kretfunc's args are the entry registers, captured at
+                // the entry and handed to the return's handlers.
+                ProbeSpec::Kfunc { function } | ProbeSpec::Kretfunc { function } => {
+                    funcs.push(function.clone())
+                }
                 ProbeSpec::Kretprobe { .. } => {
                     self.r.error(
                         span,
-                        "args is not available in kretprobe blocks (use retval for the return value)",
+                        "args is not available in kretprobe blocks (use retval for the return value, or kretfunc: for args and retval)",
                     );
                     return None;
                 }
@@ -71,7 +76,7 @@ impl Checker<'_, '_> {
                     self.r.error(
                         span,
                         format!(
-                            "args can only be used in kprobes on a named function (without offset or wildcard), tracepoint, vmm and host:tracepoint probes, not in '{}'",
+                            "args can only be used in kprobes on a named function (without offset or wildcard), kfunc, kretfunc, tracepoint, vmm and host:tracepoint probes, not in '{}'",
                             other.name()
                         ),
                     );
@@ -172,6 +177,9 @@ impl Checker<'_, '_> {
             self.r.error(span, format!("args {NO_BTF}"));
             return None;
         };
+        if specs.iter().any(|s| s.raw_syscall_event().is_some()) {
+            return self.raw_syscall_field(specs, name, span);
+        }
         let mut found: Option<(Type, Access)> = None;
         for spec in specs {
             let (sys, exit) = spec.syscall_event()?;
@@ -298,5 +306,213 @@ impl Checker<'_, '_> {
             }
             _ => Type::UNSIGNED,
         }
+    }
+}
+
+impl Checker<'_, '_> {
+    /// `retval` in a block of `kretfunc`s: typed by the functions' return
+    /// type (they must agree). An integer narrower than 8 bytes is only the
+    /// low bytes of rax, so the node becomes a cast of the raw register (in
+    /// the reporting pass only, so that a second walk does not wrap it twice).
+    pub(super) fn kretfunc_retval(&mut self, e: &mut Expr) -> Type {
+        let specs = self.specs.clone();
+        let Some(types) = self.types else {
+            self.r.error(e.span, format!("retval of kretfunc {NO_BTF}"));
+            return Type::Unknown;
+        };
+        let mut found: Option<(Type, Access)> = None;
+        for spec in &specs {
+            let ProbeSpec::Kretfunc { function } = spec else {
+                continue;
+            };
+            // A missing prototype is reported at the attach point.
+            let Some(proto) = types.function(function) else {
+                return Type::Unknown;
+            };
+            if matches!(types.info(proto.ret), TypeInfo::Void) {
+                self.r.error(
+                    e.span,
+                    format!("'{function}' returns void: kretfunc:{function} has no retval"),
+                );
+                return Type::Unknown;
+            }
+            let Some(got) = self.value_of(proto.ret, false, e.span) else {
+                return Type::Unknown;
+            };
+            if !matches!(got.1, Access::Load { .. }) {
+                self.r.error(
+                    e.span,
+                    format!(
+                        "'{function}' returns a '{}' by value, which is not supported",
+                        types.type_name(proto.ret)
+                    ),
+                );
+                return Type::Unknown;
+            }
+            match found {
+                Some(f) if f != got => {
+                    self.r.error(
+                        e.span,
+                        "retval differs in type between the probed functions",
+                    );
+                    return Type::Unknown;
+                }
+                _ => found = Some(got),
+            }
+        }
+        let Some((t, access)) = found else {
+            return Type::Unknown;
+        };
+        if let Access::Load { size, signed } = access
+            && size < 8
+            && !self.discovering
+        {
+            let raw = Expr {
+                kind: ExprKind::Ident("retval".into()),
+                span: e.span,
+                ty: Type::UNSIGNED,
+            };
+            e.kind = ExprKind::Cast {
+                size,
+                signed,
+                ptr: false,
+                expr: Box::new(raw),
+            };
+        }
+        t
+    }
+}
+
+impl Checker<'_, '_> {
+    /// `args.NAME` of `raw_syscalls:sys_enter` (`id`, `args[0]`..`args[5]`)
+    /// and `raw_syscalls:sys_exit` (`id`, `ret`), as the guest's tracefs
+    /// declares them (`long id; unsigned long args[6];` / `long id; long
+    /// ret;`): read from the `struct pt_regs` that the probed function's
+    /// first argument points to (`orig_ax`, the argument registers, `ax`).
+    /// `args.args[N]` arrives here as `args[N]` (see `raw_syscall_index`).
+    fn raw_syscall_field(
+        &mut self,
+        specs: &[ProbeSpec],
+        name: &str,
+        span: Span,
+    ) -> Option<(Type, Access)> {
+        let Some(types) = self.types else {
+            self.r.error(span, format!("args {NO_BTF}"));
+            return None;
+        };
+        let mut found: Option<(Type, Access)> = None;
+        for spec in specs {
+            let Some(exit) = spec.raw_syscall_event() else {
+                self.r.error(
+                    span,
+                    format!(
+                        "args cannot mix raw_syscalls with '{}' in one block",
+                        spec.name()
+                    ),
+                );
+                return None;
+            };
+            let (reg, ty) = match (name, exit) {
+                ("id", _) => ("orig_ax", Type::SIGNED),
+                ("ret", true) => ("ax", Type::SIGNED),
+                (n, false) if n.starts_with("args[") => {
+                    let i: Option<usize> = n
+                        .strip_prefix("args[")
+                        .and_then(|r| r.strip_suffix(']'))
+                        .and_then(|d| d.parse().ok());
+                    match i.and_then(|i| SYSCALL_ARG_REGS.get(i)) {
+                        Some(reg) => (*reg, Type::UNSIGNED),
+                        None => {
+                            self.r.error(span, "args.args has 6 elements (0..5)");
+                            return None;
+                        }
+                    }
+                }
+                ("args", false) => {
+                    self.r.error(
+                        span,
+                        "args.args is read by element, with a constant index: args.args[0]..args.args[5]",
+                    );
+                    return None;
+                }
+                _ => {
+                    self.r.error(
+                        span,
+                        format!(
+                            "'{}' has no field '{name}' (fields: {})",
+                            spec.name(),
+                            if exit { "id, ret" } else { "id, args" }
+                        ),
+                    );
+                    return None;
+                }
+            };
+            let offset = types
+                .lookup("struct pt_regs")
+                .and_then(|r| types.member(r, reg))
+                .and_then(|m| u16::try_from(m.bit_offset / 8).ok());
+            let Some(offset) = offset else {
+                self.r.error(
+                    span,
+                    format!("no 'struct pt_regs' with '{reg}' in the guest kernel's BTF"),
+                );
+                return None;
+            };
+            let got = (ty, Access::SyscallArg { offset });
+            match found {
+                Some(f) if f != got => {
+                    self.r.error(
+                        span,
+                        format!("field '{name}' differs between the probed tracepoints"),
+                    );
+                    return None;
+                }
+                _ => found = Some(got),
+            }
+        }
+        found
+    }
+
+    /// `args.args[N]` in `raw_syscalls:sys_enter` blocks: the six syscall
+    /// arguments are not contiguous in `struct pt_regs`, so each element is
+    /// its own field, `args[N]`, and N must be a constant. Rewrites the
+    /// index expression into that member; false if `e` is not one.
+    pub(super) fn raw_syscall_index(&mut self, e: &mut Expr) -> bool {
+        if !self
+            .specs
+            .iter()
+            .any(|s| s.raw_syscall_event() == Some(false))
+        {
+            return false;
+        }
+        let ExprKind::Index { base, index, .. } = &mut e.kind else {
+            return false;
+        };
+        let ExprKind::Member {
+            base: args, name, ..
+        } = &base.kind
+        else {
+            return false;
+        };
+        if name != "args" || !matches!(&args.kind, ExprKind::Ident(a) if a == "args") {
+            return false;
+        }
+        let ExprKind::Int(n) = index.kind else {
+            self.r.error(
+                index.span,
+                "args.args needs a constant index (0..5): the syscall's arguments are six registers",
+            );
+            e.ty = Type::Unknown;
+            return true;
+        };
+        let args = args.clone();
+        e.kind = ExprKind::Member {
+            base: args,
+            name: format!("args[{n}]"),
+            arrow: false,
+            offset: 0,
+            access: Access::Unresolved,
+        };
+        false
     }
 }

@@ -15,25 +15,35 @@ pub(super) struct BlockAttach {
     pub(super) all_kprobe: bool,
     /// Every one is a kretprobe (`retval` is allowed).
     pub(super) all_kretprobe: bool,
+    /// Every one is a kretfunc (`retval` is allowed, typed).
+    pub(super) all_kretfunc: bool,
 }
 
 /// Parses every block's attach points, reporting those that do not parse
 /// and a second `BEGIN` or `END`. Returns (spec, index of the AST probe
 /// block) in source order, and each block's [`BlockAttach`].
+#[allow(clippy::type_complexity)]
 pub(super) fn resolve(
     ast: &Ast,
     r: &mut Reporter<'_>,
     types: Option<&dyn KernelTypes>,
-) -> (Vec<(ProbeSpec, usize)>, Vec<BlockAttach>) {
+) -> (
+    Vec<(ProbeSpec, usize)>,
+    Vec<Option<String>>,
+    Vec<BlockAttach>,
+) {
     let mut probes = Vec::new();
+    let mut guests = Vec::new();
     let mut blocks = Vec::new();
     let (mut begins, mut ends) = (0, 0);
     for (bi, block) in ast.probes.iter().enumerate() {
         let mut all_k = true;
         let mut all_kr = true;
+        let mut all_krf = true;
         let mut specs = Vec::new();
         for (text, span) in &block.attach {
-            match parse_probe(text) {
+            let (guest, text) = split_guest(text);
+            match parse_probe(text).and_then(|spec| per_guest(guest, spec)) {
                 Ok(spec) => {
                     // bpftrace 0.17 allows one of each.
                     let n = match spec {
@@ -48,10 +58,15 @@ pub(super) fn resolve(
                     if let Some(why) = types.and_then(|t| unknown_syscall(t, &spec)) {
                         r.error(*span, why);
                     }
+                    if let Err(why) = kfunc_prototype(types, &spec) {
+                        r.error(*span, why);
+                    }
                     all_k &= matches!(spec, ProbeSpec::Kprobe { .. });
                     all_kr &= matches!(spec, ProbeSpec::Kretprobe { .. });
+                    all_krf &= matches!(spec, ProbeSpec::Kretfunc { .. });
                     specs.push(spec.clone());
                     probes.push((spec, bi));
+                    guests.push(guest.map(str::to_string));
                 }
                 Err(m) => r.error(*span, m),
             }
@@ -60,9 +75,89 @@ pub(super) fn resolve(
             specs,
             all_kprobe: all_k,
             all_kretprobe: all_kr,
+            all_kretfunc: all_krf && !block.attach.is_empty(),
         });
     }
-    (probes, blocks)
+    (probes, guests, blocks)
+}
+
+/// Every probe kind's spelling (and short name): a first segment that is
+/// none of these names a guest (`vm1:kprobe:F`).
+const KINDS: &[&str] = &[
+    "BEGIN",
+    "END",
+    "kprobe",
+    "k",
+    "kretprobe",
+    "kr",
+    "kfunc",
+    "f",
+    "kretfunc",
+    "fr",
+    "interval",
+    "i",
+    "profile",
+    "p",
+    "watchpoint",
+    "w",
+    "vmm",
+    "host",
+    "tracepoint",
+    "t",
+    "uprobe",
+    "u",
+    "uretprobe",
+    "ur",
+    "usdt",
+    "U",
+    "software",
+    "s",
+    "hardware",
+    "h",
+    "rawtracepoint",
+    "rt",
+    "iter",
+    "fentry",
+    "fexit",
+];
+
+/// `GUEST:PROBE` -> (Some(GUEST), PROBE) when the first segment is not a
+/// probe kind; otherwise the text as it is.
+pub fn split_guest(text: &str) -> (Option<&str>, &str) {
+    match text.split_once(':') {
+        Some((first, rest))
+            if !KINDS.contains(&first)
+                && !first.is_empty()
+                && first
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+                && rest
+                    .split_once(':')
+                    .is_some_and(|(kind, _)| KINDS.contains(&kind)) =>
+        {
+            (Some(first), rest)
+        }
+        _ => (None, text),
+    }
+}
+
+/// A guest prefix is for probes that fire in a guest's kernel at a place
+/// each guest arms for itself.
+fn per_guest(guest: Option<&str>, spec: ProbeSpec) -> Result<ProbeSpec, String> {
+    let Some(g) = guest else {
+        return Ok(spec);
+    };
+    match spec {
+        ProbeSpec::Kprobe { .. }
+        | ProbeSpec::Kretprobe { .. }
+        | ProbeSpec::Kfunc { .. }
+        | ProbeSpec::Kretfunc { .. }
+        | ProbeSpec::GuestTracepoint { .. } => Ok(spec),
+        other => Err(format!(
+            "{g}:{}: a guest prefix applies to kprobe, kretprobe, kfunc, kretfunc and guest tracepoint probes only",
+            other.name()
+        )),
+    }
 }
 
 /// Why a guest syscall tracepoint names no syscall of the guest's, when
@@ -79,6 +174,52 @@ fn unknown_syscall(types: &dyn KernelTypes, spec: &ProbeSpec) -> Option<String> 
     Some(format!(
         "guest tracepoint {system}:{event}: the guest kernel has no syscall '{sys}' with tracepoints (see `vmprobe list 'tracepoint:syscalls:*'`)"
     ))
+}
+
+/// SysV x86-64 passes the first six integer or pointer parameters in
+/// registers; a `kfunc`'s `args` are read from them.
+const REGISTER_PARAMS: usize = 6;
+
+/// Why a `kfunc:F`/`kretfunc:F` cannot be served with typed `args`: F has no
+/// BTF prototype, or a parameter that is not in an entry register (past the
+/// sixth, or a struct or union passed by value). Checked for every
+/// parameter, used or not, since `kretfunc` captures them all at entry.
+fn kfunc_prototype(types: Option<&dyn KernelTypes>, spec: &ProbeSpec) -> Result<(), String> {
+    let (ProbeSpec::Kfunc { function } | ProbeSpec::Kretfunc { function }) = spec else {
+        return Ok(());
+    };
+    let name = spec.name();
+    let Some(types) = types else {
+        return Err(format!(
+            "{name} needs the guest kernel's type information (BTF), which this compilation does not have"
+        ));
+    };
+    let Some(proto) = types.function(function) else {
+        return Err(format!(
+            "{name}: the guest kernel's BTF has no function '{function}' (no such function, or one without a prototype: see `vmprobe list 'kfunc:*'`; kprobe: probes any function with untyped arg0..arg5)"
+        ));
+    };
+    for (i, p) in proto.params.iter().enumerate() {
+        let by_value = matches!(
+            types.info(p.ty),
+            crate::types::TypeInfo::Struct { .. } | crate::types::TypeInfo::Union { .. }
+        );
+        if by_value {
+            return Err(format!(
+                "{name}: parameter '{}' is a '{}' passed by value, which is not supported",
+                p.name,
+                types.type_name(p.ty)
+            ));
+        }
+        if i >= REGISTER_PARAMS {
+            return Err(format!(
+                "{name}: parameter '{}' (parameter {}) is passed on the stack; only the first {REGISTER_PARAMS} parameters (in registers) are supported",
+                p.name,
+                i + 1
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The shortest period of `interval` and `profile` probes (100 kHz).
@@ -135,6 +276,37 @@ pub fn parse_probe(text: &str) -> Result<ProbeSpec, String> {
             }
             Ok(ProbeSpec::Kretprobe {
                 function: rest.to_string(),
+            })
+        }
+        "kfunc" | "f" | "kretfunc" | "fr" => {
+            let full = if matches!(kind, "kfunc" | "f") {
+                "kfunc"
+            } else {
+                "kretfunc"
+            };
+            // bpftrace's `kfunc[:mod]:fn`: the kernel itself is `vmlinux`.
+            let function = match rest.split_once(':') {
+                Some(("vmlinux", f)) => f,
+                Some((module, _)) => {
+                    return Err(format!(
+                        "{full}: module '{module}' is not supported (only the kernel itself, vmlinux, has BTF here)"
+                    ));
+                }
+                None => rest,
+            };
+            if !valid_name(function) {
+                return Err(format!("invalid {full} function name '{function}'"));
+            }
+            if function.contains(['*', '?']) {
+                return Err(format!(
+                    "{full}: wildcards are not supported (name one function; kprobe: takes wildcards)"
+                ));
+            }
+            let function = function.to_string();
+            Ok(if full == "kfunc" {
+                ProbeSpec::Kfunc { function }
+            } else {
+                ProbeSpec::Kretfunc { function }
             })
         }
         "interval" | "i" | "profile" | "p" => {
@@ -246,11 +418,17 @@ pub fn parse_probe(text: &str) -> Result<ProbeSpec, String> {
             Ok(ProbeSpec::GuestTracepoint { system, event })
         }
         "uprobe" | "u" | "uretprobe" | "ur" | "usdt" | "U" | "software" | "s" | "hardware"
-        | "h" | "kfunc" | "f" | "kretfunc" | "fr" | "rawtracepoint" | "rt" | "iter" => {
-            Err(format!(
-                "probe type '{kind}' is not supported (supported: BEGIN, END, kprobe, kretprobe, interval, profile, watchpoint, vmm, tracepoint (guest syscalls), host:tracepoint)"
-            ))
-        }
+        | "h" | "rawtracepoint" | "rt" | "iter" => Err(format!(
+            "probe type '{kind}' is not supported (supported: BEGIN, END, kprobe, kretprobe, kfunc, kretfunc, interval, profile, watchpoint, vmm, tracepoint (guest syscalls), host:tracepoint)"
+        )),
+        "fentry" | "fexit" => Err(format!(
+            "unknown probe type '{kind}' (bpftrace 0.17 and vmprobe spell it {}:)",
+            if kind == "fentry" {
+                "kfunc"
+            } else {
+                "kretfunc"
+            }
+        )),
         _ => Err(format!("unknown probe type '{kind}'")),
     }
 }
@@ -296,6 +474,12 @@ fn guest_tracepoint(system: &str, event: &str) -> Result<(), String> {
                 )),
             }
         }
+        "raw_syscalls" => match event {
+            "sys_enter" | "sys_exit" => Ok(()),
+            _ => Err(format!(
+                "{name}: no such event (raw_syscalls:sys_enter or raw_syscalls:sys_exit; no wildcards)"
+            )),
+        },
         _ if system.contains(['*', '?']) => Err(format!(
             "{name}: a wildcard in the category is not supported for guest tracepoints; name it (syscalls:)"
         )),
@@ -310,7 +494,7 @@ fn guest_tracepoint(system: &str, event: &str) -> Result<(), String> {
                 _ => "kprobe:FUNCTION",
             };
             Err(format!(
-                "{name}: only syscalls:* can be served from outside the guest; probe a kernel function with kprobe: (e.g. {instead}), or use host:tracepoint: for the host"
+                "{name}: only syscalls:* and raw_syscalls:* can be served from outside the guest; probe a kernel function with kprobe: (e.g. {instead}), or use host:tracepoint: for the host"
             ))
         }
     }
@@ -337,6 +521,53 @@ mod tests {
             }
         );
         assert!(parse_probe("kprobe:").is_err());
+        let kfunc = |f: &str| ProbeSpec::Kfunc { function: f.into() };
+        assert_eq!(
+            parse_probe("kfunc:ksys_write").unwrap(),
+            kfunc("ksys_write")
+        );
+        assert_eq!(
+            parse_probe("f:vmlinux:ksys_write").unwrap(),
+            kfunc("ksys_write")
+        );
+        assert_eq!(
+            parse_probe("fr:vfs_read").unwrap(),
+            ProbeSpec::Kretfunc {
+                function: "vfs_read".into()
+            }
+        );
+        assert_eq!(kfunc("f").name(), "kfunc:f");
+        assert!(
+            parse_probe("kfunc:vfs_*")
+                .unwrap_err()
+                .contains("wildcards")
+        );
+        assert!(
+            parse_probe("kfunc:ext4:f")
+                .unwrap_err()
+                .contains("module 'ext4'")
+        );
+        assert!(parse_probe("kretfunc:").is_err());
+        assert!(parse_probe("fexit:f").unwrap_err().contains("kretfunc:"));
+        // A first segment that is no probe kind, before one, names a guest.
+        assert_eq!(split_guest("vm1:kprobe:f"), (Some("vm1"), "kprobe:f"));
+        assert_eq!(
+            split_guest("web-1:t:syscalls:sys_enter_read"),
+            (Some("web-1"), "t:syscalls:sys_enter_read")
+        );
+        assert_eq!(split_guest("kprobe:f"), (None, "kprobe:f"));
+        assert_eq!(split_guest("vmm:serial_write"), (None, "vmm:serial_write"));
+        assert_eq!(
+            split_guest("host:tracepoint:kvm:kvm_exit"),
+            (None, "host:tracepoint:kvm:kvm_exit")
+        );
+        // A typo of a kind is not taken for a guest.
+        assert_eq!(
+            split_guest("tracepointt:syscalls:sys_enter_read"),
+            (None, "tracepointt:syscalls:sys_enter_read")
+        );
+        assert!(per_guest(Some("vm1"), parse_probe("interval:s:1").unwrap()).is_err());
+        assert!(per_guest(Some("vm1"), parse_probe("kfunc:f").unwrap()).is_ok());
         assert!(parse_probe("kprobe:f+zz").is_err());
         assert!(parse_probe("kretprobe:f+1").is_err());
         assert!(parse_probe("BEGINX").is_err());

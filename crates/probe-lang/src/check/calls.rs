@@ -381,7 +381,7 @@ impl Checker<'_, '_> {
             "retval" if !self.all_kretprobe => {
                 self.r.error(
                     span,
-                    "the retval builtin can only be used in kretprobe blocks",
+                    "the retval builtin can only be used in kretprobe and kretfunc blocks",
                 );
                 Type::Unknown
             }

@@ -39,6 +39,10 @@ impl Checker<'_, '_> {
             }
             return;
         }
+        if self.all_kretfunc && matches!(&e.kind, ExprKind::Ident(n) if n == "retval") {
+            e.ty = self.kretfunc_retval(e);
+            return;
+        }
         e.ty = match &mut e.kind {
             ExprKind::Int(_) => Type::SIGNED,
             ExprKind::Str(_) => Type::Str,

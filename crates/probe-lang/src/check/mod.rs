@@ -28,7 +28,7 @@ mod stmt;
 mod trace;
 mod types;
 
-pub use attach::{MIN_PERIOD_NS, parse_probe};
+pub use attach::{MIN_PERIOD_NS, parse_probe, split_guest};
 pub use calls::{BUF_MAX, KSTACK_MAX, STR_MAX};
 pub use maps::{AggKind, HIST_BUCKETS, LhistParams, MapDecl};
 pub use trace::{TraceSite, TraceType};
@@ -39,6 +39,8 @@ pub struct Checked {
     pub map_index: FxHashMap<String, usize>,
     /// (spec, index of the AST probe block), source order.
     pub probes: Vec<(ProbeSpec, usize)>,
+    /// The guest each of `probes` names (`vm1:kprobe:F`), if any.
+    pub probe_guests: Vec<Option<String>>,
     /// Scratch variable slots per block.
     pub scratch: Vec<FxHashMap<String, (u16, Type)>>,
     /// Symbol names given to `kaddr()`, so the engine can resolve them
@@ -74,6 +76,7 @@ struct Checker<'a, 's> {
     /// What the current block's attach points allow.
     all_kprobe: bool,
     all_kretprobe: bool,
+    all_kretfunc: bool,
     loops: usize,
     kaddrs: Vec<(String, Span)>,
     tuples: Vec<Vec<Type>>,
@@ -99,7 +102,7 @@ pub(crate) fn check(
     r: &mut Reporter<'_>,
     types: Option<&dyn KernelTypes>,
 ) -> Checked {
-    let (probes, blocks) = attach::resolve(ast, r, types);
+    let (probes, probe_guests, blocks) = attach::resolve(ast, r, types);
 
     // Pass A discovers map declarations wherever they are in the script (a
     // map may be read in a block that comes before its assignment); pass B
@@ -123,6 +126,7 @@ pub(crate) fn check(
             vars: FxHashMap::default(),
             all_kprobe: false,
             all_kretprobe: false,
+            all_kretfunc: false,
             loops: 0,
             kaddrs: Vec::new(),
             tuples: std::mem::take(&mut tuples),
@@ -141,6 +145,7 @@ pub(crate) fn check(
             c.specs.clone_from(&attach.specs);
             c.all_kprobe = attach.all_kprobe;
             c.all_kretprobe = attach.all_kretprobe;
+            c.all_kretfunc = attach.all_kretfunc;
             if let Some(p) = &mut block.predicate {
                 c.expr(p);
                 c.want_int(p, "predicate");
@@ -163,6 +168,7 @@ pub(crate) fn check(
         maps,
         map_index,
         probes,
+        probe_guests,
         scratch,
         kaddrs,
         tuples,

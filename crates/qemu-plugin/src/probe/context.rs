@@ -69,6 +69,9 @@ pub(crate) struct VcpuContext<'a, 'v> {
     pub task: Option<u64>,
     /// What `trace()`/`snapshot()` calls asked for, with the probe.
     pub traced: Vec<(Box<str>, Traced)>,
+    /// At a `kretfunc` return: the argument registers captured at the
+    /// call's entry, which `args` reads instead of the clobbered registers.
+    pub entry_args: Option<[u64; 6]>,
 }
 
 impl VcpuContext<'_, '_> {
@@ -101,6 +104,11 @@ impl VcpuContext<'_, '_> {
 
 impl ProbeContext for VcpuContext<'_, '_> {
     fn arg(&mut self, n: u8) -> Result<u64, ContextError> {
+        if let Some(args) = self.entry_args
+            && let Some(&v) = args.get(n as usize)
+        {
+            return Ok(v);
+        }
         let r = *ARG_REGS.get(n as usize).ok_or_else(|| {
             ContextError::Unavailable(format!("arg{n}: only arg0..arg5 are passed in registers"))
         })?;

@@ -182,7 +182,7 @@ impl Run {
     fn entry(&self, vcpu: &mut Vcpu<'_>, site: usize, now: u64) -> bool {
         self.counters.hits.fetch_add(1, Ordering::Relaxed);
         let s = &self.sites[site];
-        let traced = self.run_blocks(vcpu, &s.handlers, &s.func, now);
+        let traced = self.run_blocks(vcpu, &s.handlers, &s.func, now, None);
         if self.record != RecordMode::Off {
             let own: Vec<(String, TracedValue)> = ARG_NAMES
                 .iter()
@@ -204,10 +204,17 @@ impl Run {
             tracker.missed += 1;
             return false;
         }
+        let mut args = [0u64; 6];
+        if s.entry_args {
+            for (a, r) in args.iter_mut().zip(ARG_REGS) {
+                *a = vcpu.reg_id(r).unwrap_or(0);
+            }
+        }
         let call = PendingCall {
             site,
             entry_ns: now,
             vcpu: vcpu.index(),
+            args,
         };
         match tracker.enter(u64::from_le_bytes(word), rsp, call) {
             Entered::NewReturnAddress(ret) => self
@@ -235,7 +242,8 @@ impl Run {
         };
         self.counters.returns.fetch_add(1, Ordering::Relaxed);
         let s = &self.sites[call.site];
-        let traced = self.run_blocks(vcpu, &s.ret_handlers, &s.func, now);
+        let entry_args = s.entry_args.then_some(call.args);
+        let traced = self.run_blocks(vcpu, &s.ret_handlers, &s.func, now, entry_args);
         if self.record != RecordMode::Off {
             let retval = vcpu.reg_id(Reg::Rax).unwrap_or(0);
             let own = [("retval".to_string(), TracedValue::U64(retval))];
@@ -258,7 +266,7 @@ impl Run {
         }
         self.counters.samples.fetch_add(1, Ordering::Relaxed);
         let now = host_clock::monotonic_ns();
-        let traced = self.run_blocks(vcpu, blocks, "", now);
+        let traced = self.run_blocks(vcpu, blocks, "", now, None);
         self.push_traced(vcpu.index(), u32::MAX, now, None, traced);
     }
 
@@ -269,6 +277,7 @@ impl Run {
         blocks: &[(BlockId, Arc<str>)],
         func: &str,
         now: u64,
+        entry_args: Option<[u64; 6]>,
     ) -> Vec<(Box<str>, Traced)> {
         let index = vcpu.index() as usize;
         let (Some(interp), Some(ring)) = (self.interps.get(index), self.rings.get(index)) else {
@@ -290,6 +299,7 @@ impl Run {
             probe: "",
             task: None,
             traced: Vec::new(),
+            entry_args,
         };
         for (block, probe) in blocks {
             ctx.probe = probe;
