@@ -1,0 +1,808 @@
+//! The fixture harness of `tests/scripts.rs` and `tests/oneliners.rs`:
+//! each `*.bt` of a directory runs against ONE long-lived default guest
+//! (attach, workload, Ctrl-C, detach), judged by its `//-` lines against
+//! the guest kernel's own account. The fixture language is documented in
+//! tests/scripts.rs; `fails:` and the histogram and line-set comparisons
+//! below are documented where they are parsed.
+
+#![allow(dead_code)]
+
+use crate::support::*;
+use qemu_guest::{Accel, LaunchConfig, Vm};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Bounds on each phase (hang detectors, not performance assertions).
+const ATTACH_LIMIT: Duration = Duration::from_secs(90);
+const WORKLOAD_LIMIT: Duration = Duration::from_secs(120);
+const DETACH_LIMIT: Duration = Duration::from_secs(60);
+/// Writing a small file in the guest, with nothing attached.
+const GUEST_STEP_LIMIT: Duration = Duration::from_secs(30);
+/// Marks a failure after which no later script can run on this guest.
+const GUEST_UNRESPONSIVE: &str = "the guest stopped responding";
+
+#[derive(Debug)]
+pub struct Fixture {
+    pub name: String,
+    pub path: PathBuf,
+    workload: Vec<String>,
+    truths: Vec<Truth>,
+    expects: Vec<Expect>,
+    allow_errors: bool,
+    flags: Vec<String>,
+}
+
+#[derive(Debug)]
+struct Truth {
+    name: String,
+    definition: String,
+    filter: Option<String>,
+    /// A hist trigger instead of a kprobe event: (GROUP/EVENT, KEY).
+    hist: Option<(String, String)>,
+}
+
+#[derive(Debug)]
+enum Expect {
+    Compare(Operand, String, Operand),
+    /// `@m == keyed(NAME)`.
+    Keyed(String, String),
+    Contains(String),
+    Lacks(String),
+    StderrContains(String),
+}
+
+#[derive(Debug)]
+enum Operand {
+    Int(u64),
+    Map(String),
+    Entry(String, String),
+    Len(String),
+    Sum(String),
+    Hist(String),
+    Lines(String),
+    Hits(String),
+    Events(String),
+    Console(String),
+}
+
+fn parse_fixture(path: &Path) -> Result<Fixture, String> {
+    let source = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+    let mut f = Fixture {
+        name,
+        path: path.to_path_buf(),
+        workload: Vec::new(),
+        truths: Vec::new(),
+        expects: Vec::new(),
+        allow_errors: false,
+        flags: Vec::new(),
+    };
+    for (i, line) in source.lines().enumerate() {
+        let Some(d) = line.strip_prefix("//-") else {
+            continue;
+        };
+        let at = |m: String| format!("{}:{}: {m}", path.display(), i + 1);
+        let (key, value) = d
+            .split_once(':')
+            .ok_or_else(|| at(format!("expected '//- KEY: VALUE', found {d:?}")))?;
+        let value = value.trim();
+        match key.trim() {
+            "workload" => f.workload.push(value.to_string()),
+            "truth" => f.truths.push(parse_truth(value).map_err(at)?),
+            "expect" => f.expects.push(parse_expect(value).map_err(at)?),
+            "allow" if value == "runtime-errors" => f.allow_errors = true,
+            "flags" => f.flags.extend(value.split_whitespace().map(str::to_string)),
+            other => return Err(at(format!("unknown directive '{other}'"))),
+        }
+    }
+    if f.workload.is_empty() {
+        return Err(format!("{}: no '//- workload:'", path.display()));
+    }
+    if f.expects.is_empty() {
+        return Err(format!("{}: no '//- expect:'", path.display()));
+    }
+    Ok(f)
+}
+
+fn parse_truth(v: &str) -> Result<Truth, String> {
+    // The filter starts at the first " /" (an event may be GROUP/EVENT).
+    let (definition, filter) = match v.split_once(" /") {
+        Some((d, rest)) => {
+            let filter = rest
+                .strip_suffix('/')
+                .ok_or("a truth filter is written /FILTER/")?;
+            (d.trim(), Some(filter.to_string()))
+        }
+        None => (v, None),
+    };
+    if let Some(rest) = definition.strip_prefix("hist:") {
+        let w: Vec<&str> = rest.split_whitespace().collect();
+        let [name, event, key] = w[..] else {
+            return Err("a hist truth looks like 'hist:NAME GROUP/EVENT KEY [/FILTER/]'".into());
+        };
+        return Ok(Truth {
+            name: name.to_string(),
+            definition: String::new(),
+            filter,
+            hist: Some((event.to_string(), key.to_string())),
+        });
+    }
+    // `p:NAME ...` or `r:NAME ...`
+    let name = definition
+        .split_whitespace()
+        .next()
+        .and_then(|head| head.split_once(':'))
+        .map(|(_, n)| n.to_string())
+        .filter(|n| !n.is_empty())
+        .ok_or("a truth looks like 'p:NAME FUNCTION [/FILTER/]'")?;
+    Ok(Truth {
+        name,
+        definition: definition.to_string(),
+        filter,
+        hist: None,
+    })
+}
+
+fn unquote(s: &str) -> Result<String, String> {
+    let inner = s
+        .trim()
+        .strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .ok_or_else(|| format!("expected a \"quoted\" text, found {s}"))?;
+    // `\n`, `\"` and `\\` as in Rust strings.
+    let mut out = String::new();
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some(c @ ('"' | '\\')) => out.push(c),
+            other => return Err(format!("unknown escape \\{other:?} in {s}")),
+        }
+    }
+    Ok(out)
+}
+
+fn parse_expect(v: &str) -> Result<Expect, String> {
+    if let Some(t) = v.strip_prefix("stdout contains ") {
+        return Ok(Expect::Contains(unquote(t)?));
+    }
+    if let Some(t) = v.strip_prefix("stdout lacks ") {
+        return Ok(Expect::Lacks(unquote(t)?));
+    }
+    if let Some(t) = v.strip_prefix("stderr contains ") {
+        return Ok(Expect::StderrContains(unquote(t)?));
+    }
+    if let Some((m, t)) = v.split_once("==")
+        && let Some(m) = m.trim().strip_prefix('@')
+        && let Some(t) = t
+            .trim()
+            .strip_prefix("keyed(")
+            .and_then(|t| t.strip_suffix(')'))
+    {
+        return Ok(Expect::Keyed(m.to_string(), t.to_string()));
+    }
+    for op in ["==", "!=", ">=", "<=", ">", "<"] {
+        if let Some((a, b)) = v.split_once(op) {
+            return Ok(Expect::Compare(
+                parse_operand(a)?,
+                op.to_string(),
+                parse_operand(b)?,
+            ));
+        }
+    }
+    Err(format!("cannot read expectation {v:?}"))
+}
+
+fn parse_operand(s: &str) -> Result<Operand, String> {
+    let s = s.trim();
+    if let Ok(n) = s.parse() {
+        return Ok(Operand::Int(n));
+    }
+    if let Some((f, arg)) = s.strip_suffix(')').and_then(|s| s.split_once('(')) {
+        let map = || {
+            arg.strip_prefix('@')
+                .map(str::to_string)
+                .ok_or_else(|| format!("{f}() takes a map, found {arg}"))
+        };
+        return Ok(match f {
+            "len" => Operand::Len(map()?),
+            "sum" => Operand::Sum(map()?),
+            "hist" => Operand::Hist(map()?),
+            "lines" => Operand::Lines(unquote(arg)?),
+            "hits" => Operand::Hits(arg.to_string()),
+            "events" => Operand::Events(arg.to_string()),
+            "console" => Operand::Console(arg.to_string()),
+            _ => return Err(format!("unknown operand function {f}()")),
+        });
+    }
+    if let Some(m) = s.strip_prefix('@') {
+        return Ok(match m.split_once('[') {
+            Some((name, key)) => Operand::Entry(
+                name.to_string(),
+                key.strip_suffix(']').ok_or("unclosed [")?.to_string(),
+            ),
+            None => Operand::Map(m.to_string()),
+        });
+    }
+    Err(format!("cannot read operand {s:?}"))
+}
+
+/// What one script produced.
+struct Outcome {
+    stdout: String,
+    stderr: String,
+    console: String,
+}
+
+/// A table key as compared: integers as signed 64-bit.
+fn key_norm(k: &str) -> String {
+    let k = k.trim();
+    match k.parse::<u64>() {
+        Ok(n) => (n as i64).to_string(),
+        Err(_) => k.to_string(),
+    }
+}
+
+impl Outcome {
+    /// The entries of keyed map `@name` as printed.
+    fn map_lines(&self, name: &str) -> BTreeMap<String, u64> {
+        let prefix = format!("@{name}[");
+        self.stdout
+            .lines()
+            .filter_map(move |l| l.strip_prefix(prefix.as_str()).map(str::to_string))
+            .filter_map(|rest| {
+                let (k, v) = rest.rsplit_once("]: ")?;
+                Some((k.to_string(), v.trim().parse::<u64>().ok()?))
+            })
+            .collect::<BTreeMap<String, u64>>()
+    }
+
+    /// The hist truth `name`: `GTH NAME COUNT KEY` lines of the console.
+    fn keyed(&self, name: &str) -> Result<BTreeMap<String, u64>, String> {
+        let prefix = format!("GTH {name} ");
+        let mut m = BTreeMap::new();
+        for l in self.console.lines() {
+            let Some(rest) = l.trim().strip_prefix(&prefix) else {
+                continue;
+            };
+            let (n, k) = rest.split_once(' ').unwrap_or((rest, ""));
+            let n: u64 = n.parse().map_err(|_| format!("bad hist line {l:?}"))?;
+            *m.entry(key_norm(k)).or_default() += n;
+        }
+        if !self.console.contains(&format!("GTH-END {name}")) {
+            return Err(format!("the guest reported no table for {name}"));
+        }
+        Ok(m)
+    }
+
+    fn value(&self, o: &Operand) -> Result<u64, String> {
+        let map_lines = |name: &str| self.map_lines(name);
+        Ok(match o {
+            Operand::Int(n) => *n,
+            Operand::Map(name) => {
+                let prefix = format!("@{name}: ");
+                self.stdout
+                    .lines()
+                    .rev()
+                    .find_map(|l| l.strip_prefix(&prefix))
+                    .and_then(|v| v.trim().parse().ok())
+                    .ok_or_else(|| format!("no integer @{name} in the output"))?
+            }
+            Operand::Entry(name, key) => *map_lines(name)
+                .get(key)
+                .ok_or_else(|| format!("no @{name}[{key}] in the output"))?,
+            Operand::Len(name) => map_lines(name).len() as u64,
+            Operand::Sum(name) => map_lines(name).values().sum(),
+            Operand::Hist(name) => hist_total(&self.stdout, name)?,
+            Operand::Lines(t) => self.stdout.lines().filter(|l| l.contains(t)).count() as u64,
+            Operand::Hits(n) => self.truth(n, "hits")?,
+            Operand::Events(n) => self.truth(n, "events")?,
+            Operand::Console(key) => {
+                let prefix = format!("{key}=");
+                self.console
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix(&prefix))
+                    .and_then(|v| v.trim().parse().ok())
+                    .ok_or_else(|| format!("the workload printed no {key}=N"))?
+            }
+        })
+    }
+
+    /// `GT NAME hits=H events=E`, printed by the workload wrapper.
+    fn truth(&self, name: &str, what: &str) -> Result<u64, String> {
+        let line = self
+            .console
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("GT {name} ")))
+            .ok_or_else(|| format!("the guest reported no count for {name}"))?;
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{what}=")))
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("no {what}= for {name} in {line:?}"))
+    }
+}
+
+/// Sum of the counts of every histogram printed for `@name` (keyed or
+/// not): the lines from `@name...:` up to the next blank line.
+fn hist_total(stdout: &str, name: &str) -> Result<u64, String> {
+    let mut total = 0;
+    let mut seen = false;
+    let mut inside = false;
+    for l in stdout.lines() {
+        if l.starts_with(&format!("@{name}:")) || l.starts_with(&format!("@{name}[")) {
+            inside = true;
+            seen = true;
+            continue;
+        }
+        if !inside {
+            continue;
+        }
+        if l.trim().is_empty() || l.starts_with('@') {
+            inside = l.starts_with(&format!("@{name}"));
+            continue;
+        }
+        // `[4K, 8K)   12 |@@@@   |`
+        let n = l
+            .split(')')
+            .nth(1)
+            .or_else(|| l.split(']').nth(1))
+            .and_then(|rest| rest.split('|').next())
+            .and_then(|c| c.trim().parse::<u64>().ok())
+            .ok_or_else(|| format!("not a histogram line of @{name}: {l:?}"))?;
+        total += n;
+    }
+    if !seen {
+        return Err(format!("no histogram @{name} in the output"));
+    }
+    Ok(total)
+}
+
+fn check(f: &Fixture, o: &Outcome) -> Vec<String> {
+    let mut fails = Vec::new();
+    for e in &f.expects {
+        match e {
+            Expect::Contains(t) if !o.stdout.contains(t.as_str()) => {
+                fails.push(format!("stdout lacks {t:?}"))
+            }
+            Expect::Lacks(t) if o.stdout.contains(t.as_str()) => {
+                fails.push(format!("stdout contains {t:?}"))
+            }
+            Expect::StderrContains(t) if !o.stderr.contains(t.as_str()) => {
+                fails.push(format!("stderr lacks {t:?}"))
+            }
+            Expect::Keyed(m, t) => match o.keyed(t) {
+                Ok(truth) => {
+                    let got: BTreeMap<String, u64> = o
+                        .map_lines(m)
+                        .into_iter()
+                        .map(|(k, v)| (key_norm(&k), v))
+                        .collect();
+                    if got != truth {
+                        fails.push(format!(
+                            "@{m} is {got:?}, the guest kernel's {t} is {truth:?}"
+                        ));
+                    }
+                }
+                Err(e) => fails.push(e),
+            },
+            Expect::Compare(a, op, b) => match (o.value(a), o.value(b)) {
+                (Ok(x), Ok(y)) => {
+                    let ok = match op.as_str() {
+                        "==" => x == y,
+                        "!=" => x != y,
+                        ">=" => x >= y,
+                        "<=" => x <= y,
+                        ">" => x > y,
+                        _ => x < y,
+                    };
+                    if !ok {
+                        fails.push(format!("{a:?} {op} {b:?} is false: {x} {op} {y}"));
+                    }
+                }
+                (Err(m), _) | (_, Err(m)) => fails.push(m),
+            },
+            _ => {}
+        }
+    }
+    if !f.allow_errors
+        && let Some(l) = o.stderr.lines().find(|l| l.ends_with(" times)"))
+    {
+        fails.push(format!("runtime errors: {l}"));
+    }
+    if let Some(l) = o.stderr.lines().find(|l| l.contains("detach:")) {
+        fails.push(format!("detach failed: {l}"));
+    }
+    if !o.stdout.starts_with("Attaching ")
+        && !o.stdout.starts_with("{\"type\": \"attached_probes\"")
+    {
+        fails.push("no 'Attaching N probes...' banner".into());
+    }
+    fails
+}
+
+/// The workload with the guest kernel's own kprobe events around it, then
+/// their counts as `GT NAME hits=H events=E`, then an end marker.
+fn wrapped_workload(f: &Fixture, marker: &str) -> String {
+    let t = "/sys/kernel/tracing";
+    let mut s = String::new();
+    let trigger = |tr: &Truth, key: &str| match &tr.filter {
+        Some(filter) => format!("hist:keys={key} if {filter}"),
+        None => format!("hist:keys={key}"),
+    };
+    // Kprobe events first: a hist truth may count one of them.
+    for tr in f.truths.iter().filter(|tr| tr.hist.is_none()) {
+        let ev = format!("{t}/events/kprobes/{}", tr.name);
+        s.push_str(&format!(
+            "echo '{}' >> {t}/kprobe_events && ",
+            tr.definition
+        ));
+        if let Some(filter) = &tr.filter {
+            s.push_str(&format!("echo '{filter}' > {ev}/filter && "));
+        }
+        s.push_str(&format!("echo 1 > {ev}/enable && "));
+    }
+    for tr in &f.truths {
+        if let Some((event, key)) = &tr.hist {
+            s.push_str(&format!(
+                // `>>`: opening `trigger` with O_TRUNC removes its others.
+                "echo '{}' >> {t}/events/{event}/trigger && ",
+                trigger(tr, key)
+            ));
+        }
+    }
+    s.push_str(&format!("( {} ); status=$?; ", f.workload.join("; ")));
+    // `{ ret:          4 } hitcount:          3` -> `GTH NAME 3 4`; then
+    // the trigger goes, before the kprobe event it may count.
+    for tr in &f.truths {
+        if let Some((event, key)) = &tr.hist {
+            let n = &tr.name;
+            s.push_str(&format!(
+                // `hist` shows every trigger's table: this one's by its key.
+                "grep '^{{ {key}: ' {t}/events/{event}/hist | \
+                 sed -E 's/^\\{{ *[a-z_]+: *(.*[^ ]) *\\}} *hitcount: *([0-9]+).*/GTH {n} \\2 \\1/'; \
+                 echo GTH-END {n}; echo '!{}' >> {t}/events/{event}/trigger; ",
+                trigger(tr, key)
+            ));
+        }
+    }
+    for tr in f.truths.iter().filter(|tr| tr.hist.is_none()) {
+        let n = &tr.name;
+        s.push_str(&format!(
+            "echo 0 > {t}/events/kprobes/{n}/enable; \
+             echo GT {n} hits=$(awk '$1==\"{n}\"{{print $2}}' {t}/kprobe_profile) \
+             events=$(grep -c ' {n}: ' {t}/trace); "
+        ));
+    }
+    if !f.truths.is_empty() {
+        s.push_str(&format!("echo > {t}/trace; echo > {t}/kprobe_events; "));
+    }
+    s.push_str(&format!("echo {marker}; exit $status"));
+    s
+}
+
+/// Lines of a child's pipe, collected in a thread (which ends at the
+/// pipe's end: join it before reading everything).
+fn collect(
+    pipe: impl Read + Send + 'static,
+) -> (Arc<Mutex<String>>, Receiver<String>, JoinHandle<()>) {
+    let buf = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = channel();
+    let b = buf.clone();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            let mut s = b.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+            let _ = tx.send(line);
+        }
+    });
+    (buf, rx, reader)
+}
+
+fn wait_child(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+struct Guest {
+    vm: Vm,
+    kernel: PathBuf,
+    console: Arc<Mutex<Vec<u8>>>,
+    /// Loaded with vmprobe's plugin: scripts attach through it where it
+    /// can serve them (the stub stays given, for those it cannot).
+    plugin: bool,
+}
+
+impl Guest {
+    fn console_len(&self) -> usize {
+        self.console.lock().unwrap().len()
+    }
+
+    /// The `--vm` argument that attaches vmprobe to this guest.
+    fn attach_spec(&self) -> String {
+        let plugin = if self.plugin {
+            format!(",plugin:{}", self.vm.plugin_socket().display())
+        } else {
+            String::new()
+        };
+        format!(
+            "vm0=gdb:unix:{}{plugin},kernel:{}",
+            self.vm.gdb_socket().display(),
+            self.kernel.display()
+        )
+    }
+
+    fn console_since(&self, from: usize) -> String {
+        String::from_utf8_lossy(&self.console.lock().unwrap()[from..]).into_owned()
+    }
+}
+
+/// Samples a hung guest's vCPUs with vmprobe itself (function and task per
+/// vCPU), so that a guest that stops responding in CI says where it spins.
+fn where_the_vcpus_are(g: &Guest) -> String {
+    let out = run_bounded(
+        vmprobe().args([
+            "attach",
+            "--vm",
+            &g.attach_spec(),
+            "-e",
+            "profile:hz:20 { @[vcpu, ksym(reg(\"rip\")), comm] = count(); } interval:s:3 { exit(); }",
+        ]),
+        Duration::from_secs(60),
+    );
+    format!("{}{}", text(&out.stdout), text(&out.stderr))
+}
+
+/// Runs one script: attach, workload, Ctrl-C, detach. Err: what failed.
+fn run_one(g: &mut Guest, f: &Fixture, index: usize) -> Result<Outcome, String> {
+    // The wrapper goes into a file first, unprobed: init reads its
+    // command line a byte at a time, and each read would be a probe hit
+    // for scripts that probe reads.
+    let script = wrapped_workload(f, &format!("SCRIPT-DONE-{index}")).replace('\'', "'\\''");
+    g.vm.start_workload(&format!("printf '%s\\n' '{script}' > /tmp/w.sh"))
+        .map_err(|e| e.to_string())?;
+    match g.vm.wait_exit(GUEST_STEP_LIMIT) {
+        Ok(0) => {}
+        other => {
+            return Err(format!(
+                "{GUEST_UNRESPONSIVE}: writing the workload file: {other:?}\n\
+                 --- console tail\n{}\n--- where the vCPUs are\n{}",
+                g.vm.console_tail(),
+                where_the_vcpus_are(g)
+            ));
+        }
+    }
+    let from = g.console_len();
+    let spec = g.attach_spec();
+    let t0 = Instant::now();
+    let mut child = vmprobe()
+        .args(["attach", "--vm", &spec])
+        .args(&f.flags)
+        .arg(&f.path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawning vmprobe: {e}"))?;
+    let (stdout, _, out_reader) = collect(child.stdout.take().unwrap());
+    let (stderr, lines, err_reader) = collect(child.stderr.take().unwrap());
+    let err_text = || stderr.lock().unwrap().clone();
+    // Armed: through the stub, the guest is stopped until vmprobe resumes
+    // it, so a workload sent now starts under the probes; through the
+    // plugin, the probes are live once it says so.
+    let deadline = Instant::now() + ATTACH_LIMIT;
+    let mut through_plugin = false;
+    loop {
+        match lines.recv_timeout(Duration::from_millis(100)) {
+            Ok(l) if l.contains("probes live") => break,
+            Ok(l) if l.contains("through its plugin") => through_plugin = true,
+            Ok(l) if l.contains("attached to vm0") => break,
+            Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+            // A program whose BEGIN calls exit() ends before its probes go
+            // live in QEMU; its output is judged as any other's.
+            Err(RecvTimeoutError::Disconnected) if through_plugin => break,
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = wait_child(&mut child, DETACH_LIMIT);
+                return Err(format!("vmprobe ended before attaching:\n{}", err_text()));
+            }
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err(format!(
+                "no attach within {ATTACH_LIMIT:?}:\n{}",
+                err_text()
+            ));
+        }
+    }
+    let t1 = Instant::now();
+    let marker = format!("SCRIPT-DONE-{index}");
+    g.vm.start_workload("sh /tmp/w.sh")
+        .map_err(|e| e.to_string())?;
+    let status = g.vm.wait_exit(WORKLOAD_LIMIT);
+    let t2 = Instant::now();
+    // Ctrl-C, as a user ends a bpftrace session (the script may have
+    // called exit() already; then this signals a finished process).
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::INT,
+    );
+    let exit = wait_child(&mut child, DETACH_LIMIT);
+    // vmprobe has exited (or was killed): its pipes are at their end.
+    let _ = out_reader.join();
+    let _ = err_reader.join();
+    eprintln!(
+        "  {}: attach {:.1} s, workload {:.1} s, detach {:.1} s",
+        f.name,
+        (t1 - t0).as_secs_f64(),
+        (t2 - t1).as_secs_f64(),
+        t2.elapsed().as_secs_f64()
+    );
+    match status {
+        Ok(0) => {}
+        Ok(s) => return Err(format!("the workload exited with {s}")),
+        Err(e) => return Err(format!("the workload did not finish: {e}")),
+    }
+    // The console arrives on its own socket: wait for the end marker.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !g.console_since(from).contains(&marker) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let out = Outcome {
+        stdout: stdout.lock().unwrap().clone(),
+        stderr: err_text(),
+        console: g.console_since(from),
+    };
+    match exit {
+        Some(s) if s.success() => Ok(out),
+        // Counted handler errors make the results partial: status 3.
+        Some(s) if f.allow_errors && s.code() == Some(3) => Ok(out),
+        Some(s) => Err(format!("vmprobe exited with {s}:\n{}", out.stderr)),
+        None => Err(format!("vmprobe did not detach:\n{}", out.stderr)),
+    }
+}
+
+/// The fixtures of `tests/DIR`, sorted by name.
+pub fn fixtures(dir: &str) -> Vec<Fixture> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(dir);
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "bt"))
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .map(|p| parse_fixture(p).unwrap_or_else(|e| panic!("{e}")))
+        .collect()
+}
+
+/// Runs every fixture of `tests/DIR` against one guest (on QEMU 10 with
+/// vmprobe's plugin when `plugin_qemu` is given) and fails with the report
+/// of each that did not pass. `VMPROBE_SCRIPTS=a,b` runs only those.
+pub fn run_suite(dir: &str, plugin_qemu: Option<PathBuf>) {
+    let only = std::env::var("VMPROBE_SCRIPTS").ok();
+    let all: Vec<Fixture> = fixtures(dir)
+        .into_iter()
+        .filter(|f| {
+            only.as_ref()
+                .is_none_or(|o| o.split(',').any(|n| n == f.name))
+        })
+        .collect();
+    let image = default_guest();
+    let kernel = image.kernel.clone();
+    let console = Arc::new(Mutex::new(Vec::new()));
+    let mut cfg = LaunchConfig::new(image);
+    cfg.accel = Accel::Tcg;
+    cfg.vcpus = 2;
+    cfg.console = Some(console.clone());
+    let plugin = plugin_qemu.is_some();
+    if let Some(qemu) = plugin_qemu {
+        cfg.qemu = qemu;
+        cfg.plugin = Some(plugin_library());
+    }
+    let mut vm = Vm::launch(&cfg).expect("launch");
+    // QEMU starts paused (-S); let the guest boot, untouched by any stub.
+    let mut qmp =
+        qemu_vmm::Qmp::connect_unix_wait(&vm.qmp_socket(), Duration::from_secs(5)).unwrap();
+    qmp.cont().unwrap();
+    vm.wait_ready(Duration::from_secs(180))
+        .expect("guest boots");
+    let mut g = Guest {
+        vm,
+        kernel,
+        console,
+        plugin,
+    };
+    let mut failures = Vec::new();
+    let mut in_qemu = Vec::new();
+    let start = Instant::now();
+    for (i, f) in all.iter().enumerate() {
+        let t = Instant::now();
+        let result = run_one(&mut g, f, i).and_then(|o| {
+            if o.stderr.contains("through its plugin") {
+                in_qemu.push(f.name.clone());
+            }
+            let fails = check(f, &o);
+            if fails.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{}\n--- stdout\n{}--- stderr\n{}--- console\n{}",
+                    fails.join("\n"),
+                    o.stdout,
+                    o.stderr,
+                    o.console
+                ))
+            }
+        });
+        eprintln!(
+            "script {} ... {} ({:.1} s)",
+            f.name,
+            if result.is_ok() { "ok" } else { "FAILED" },
+            t.elapsed().as_secs_f64()
+        );
+        if let Err(e) = result {
+            // A guest that is gone or hung fails every later script the
+            // same way: stop here, with this script's report.
+            let stop = !g.vm.is_running() || e.contains(GUEST_UNRESPONSIVE);
+            failures.push(format!("=== {}\n{e}", f.name));
+            if stop {
+                break;
+            }
+        }
+    }
+    eprintln!(
+        "{} scripts in {:.1} s, {} of them inside QEMU",
+        all.len(),
+        start.elapsed().as_secs_f64(),
+        in_qemu.len()
+    );
+    if plugin {
+        let fell_back: Vec<&str> = all
+            .iter()
+            .map(|f| f.name.as_str())
+            .filter(|n| !in_qemu.iter().any(|q| q == n))
+            .collect();
+        eprintln!("through the stub instead: {}", fell_back.join(", "));
+    }
+    let _ = g.vm.shutdown(Duration::from_secs(20));
+    assert!(
+        failures.is_empty(),
+        "{} of {} scripts failed:\n{}",
+        failures.len(),
+        all.len(),
+        failures.join("\n")
+    );
+    if plugin && only.is_none() {
+        // Most of the language runs inside QEMU; what falls back is what
+        // the plugin refuses (physical memory, watchpoints, guest state in
+        // interval blocks).
+        assert!(
+            in_qemu.len() * 4 >= all.len() * 3,
+            "only {} of {} scripts ran inside QEMU",
+            in_qemu.len(),
+            all.len()
+        );
+    }
+}
