@@ -72,7 +72,7 @@ fn fixtures_parse() {
 
 #[test]
 fn every_script_against_one_guest() {
-    run_suite("scripts", None);
+    run_suite("scripts", None, None);
 }
 
 /// The same scripts on QEMU 10 with vmprobe's plugin loaded: each one the
@@ -81,5 +81,5 @@ fn every_script_against_one_guest() {
 #[test]
 fn every_script_on_the_plugin_backend() {
     let Some(qemu) = qemu10() else { return };
-    run_suite("scripts", Some(qemu));
+    run_suite("scripts", Some(qemu), None);
 }

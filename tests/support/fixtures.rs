@@ -35,6 +35,9 @@ pub struct Fixture {
     truths: Vec<Truth>,
     expects: Vec<Expect>,
     allow_errors: bool,
+    /// `fails: "TEXT"`: vmprobe refuses the script before booting a
+    /// guest, with TEXT in its message.
+    pub fails: Option<String>,
     flags: Vec<String>,
 }
 
@@ -52,6 +55,14 @@ enum Expect {
     Compare(Operand, String, Operand),
     /// `@m == keyed(NAME)`.
     Keyed(String, String),
+    /// `hist(@m) == log2(NAME)` / `lhist(@m) == linear(NAME, MIN, MAX,
+    /// STEP)`: every bucket of the histogram `@m` (or `@m[KEY]`) holds
+    /// exactly the values of the hist truth NAME that fall in it.
+    Buckets(String, String, Option<(i64, i64, i64)>),
+    /// `printed("PREFIX") == keyed(NAME)`: the stdout lines that start
+    /// with PREFIX, PREFIX removed, are exactly (with repeats) the keys of
+    /// the hist truth NAME.
+    Printed(String, String),
     Contains(String),
     Lacks(String),
     StderrContains(String),
@@ -69,6 +80,19 @@ enum Operand {
     Hits(String),
     Events(String),
     Console(String),
+    /// `ticks(HZ, N)`: the most samples a `profile:hz:HZ` can take on N
+    /// vCPUs while vmprobe was attached (host time from its attach to the
+    /// Ctrl-C, rounded up, plus one tick at each end).
+    Ticks(u64, u64),
+    /// `percent(@m[KEY])`: that entry's share of the sum of `@m`'s entries.
+    Percent(String, String),
+    /// `counts("TEXT")`: the sum of the integers that follow TEXT at the end
+    /// of stdout lines (the values of a map keyed by stacks, `]: N`).
+    Counts(String),
+    /// `total(NAME)`: the sum of a hist truth's counts.
+    Total(String),
+    /// `weighted(NAME)`: the sum of key * count over a hist truth.
+    Weighted(String),
 }
 
 fn parse_fixture(path: &Path) -> Result<Fixture, String> {
@@ -81,6 +105,7 @@ fn parse_fixture(path: &Path) -> Result<Fixture, String> {
         truths: Vec::new(),
         expects: Vec::new(),
         allow_errors: false,
+        fails: None,
         flags: Vec::new(),
     };
     for (i, line) in source.lines().enumerate() {
@@ -97,9 +122,28 @@ fn parse_fixture(path: &Path) -> Result<Fixture, String> {
             "truth" => f.truths.push(parse_truth(value).map_err(at)?),
             "expect" => f.expects.push(parse_expect(value).map_err(at)?),
             "allow" if value == "runtime-errors" => f.allow_errors = true,
+            "fails" => f.fails = Some(unquote(value).map_err(at)?),
             "flags" => f.flags.extend(value.split_whitespace().map(str::to_string)),
             other => return Err(at(format!("unknown directive '{other}'"))),
         }
+    }
+    if f.fails.is_some() {
+        return Ok(f);
+    }
+    // An event's `hist` file shows every trigger's table, told apart here
+    // by their keys only.
+    let hists: Vec<_> = f.truths.iter().filter_map(|t| t.hist.as_ref()).collect();
+    if let Some(h) = hists
+        .iter()
+        .enumerate()
+        .find_map(|(i, h)| hists[..i].contains(h).then_some(h))
+    {
+        return Err(format!(
+            "{}: two hist truths on {} by {}: key one by another field",
+            path.display(),
+            h.0,
+            h.1
+        ));
     }
     if f.workload.is_empty() {
         return Err(format!("{}: no '//- workload:'", path.display()));
@@ -182,6 +226,34 @@ fn parse_expect(v: &str) -> Result<Expect, String> {
     if let Some(t) = v.strip_prefix("stderr contains ") {
         return Ok(Expect::StderrContains(unquote(t)?));
     }
+    if let Some((a, b)) = v.split_once("==") {
+        let call = |s: &str, f: &str| {
+            s.trim()
+                .strip_prefix(f)
+                .and_then(|s| s.strip_prefix('('))
+                .and_then(|s| s.strip_suffix(')'))
+                .map(str::to_string)
+        };
+        let map = |s: String| s.strip_prefix('@').map(str::to_string);
+        if let (Some(m), Some(t)) = (call(a, "hist").and_then(map), call(b, "log2")) {
+            return Ok(Expect::Buckets(m, t, None));
+        }
+        if let (Some(m), Some(t)) = (call(a, "lhist").and_then(map), call(b, "linear")) {
+            let w: Vec<&str> = t.split(',').map(str::trim).collect();
+            let n = |s: &str| s.parse::<i64>().map_err(|_| format!("bad number {s}"));
+            let [name, min, max, step] = w[..] else {
+                return Err("linear() takes NAME, MIN, MAX, STEP".into());
+            };
+            return Ok(Expect::Buckets(
+                m,
+                name.to_string(),
+                Some((n(min)?, n(max)?, n(step)?)),
+            ));
+        }
+        if let (Some(p), Some(t)) = (call(a, "printed"), call(b, "keyed")) {
+            return Ok(Expect::Printed(unquote(&p)?, t));
+        }
+    }
     if let Some((m, t)) = v.split_once("==")
         && let Some(m) = m.trim().strip_prefix('@')
         && let Some(t) = t
@@ -222,6 +294,22 @@ fn parse_operand(s: &str) -> Result<Operand, String> {
             "hits" => Operand::Hits(arg.to_string()),
             "events" => Operand::Events(arg.to_string()),
             "console" => Operand::Console(arg.to_string()),
+            "total" => Operand::Total(arg.to_string()),
+            "counts" => Operand::Counts(unquote(arg)?),
+            "ticks" => {
+                let (hz, vcpus) = arg.split_once(',').ok_or("ticks(HZ, VCPUS)")?;
+                let n = |s: &str| s.trim().parse().map_err(|_| format!("bad number {s}"));
+                Operand::Ticks(n(hz)?, n(vcpus)?)
+            }
+            "percent" => {
+                let (m, k) = arg
+                    .strip_prefix('@')
+                    .and_then(|a| a.strip_suffix(']'))
+                    .and_then(|a| a.split_once('['))
+                    .ok_or("percent(@m[KEY])")?;
+                Operand::Percent(m.to_string(), k.to_string())
+            }
+            "weighted" => Operand::Weighted(arg.to_string()),
             _ => return Err(format!("unknown operand function {f}()")),
         });
     }
@@ -242,6 +330,8 @@ struct Outcome {
     stdout: String,
     stderr: String,
     console: String,
+    /// From vmprobe's "attached" to the Ctrl-C.
+    window: Duration,
 }
 
 /// A table key as compared: integers as signed 64-bit.
@@ -307,6 +397,29 @@ impl Outcome {
             Operand::Lines(t) => self.stdout.lines().filter(|l| l.contains(t)).count() as u64,
             Operand::Hits(n) => self.truth(n, "hits")?,
             Operand::Events(n) => self.truth(n, "events")?,
+            Operand::Total(n) => self.keyed(n)?.values().sum(),
+            Operand::Ticks(hz, vcpus) => {
+                ((self.window.as_secs_f64() * *hz as f64).ceil() as u64 + 2) * vcpus
+            }
+            Operand::Percent(m, k) => {
+                let all = map_lines(m);
+                let total: u64 = all.values().sum();
+                let one = *all
+                    .get(k)
+                    .ok_or_else(|| format!("no @{m}[{k}] in the output"))?;
+                one * 100 / total.max(1)
+            }
+            Operand::Counts(t) => self
+                .stdout
+                .lines()
+                .filter_map(|l| l.rsplit_once(t.as_str()))
+                .filter_map(|(_, n)| n.trim().parse::<u64>().ok())
+                .sum(),
+            Operand::Weighted(n) => self
+                .keyed(n)?
+                .iter()
+                .map(|(k, c)| k.parse::<i64>().unwrap_or(0).wrapping_mul(*c as i64) as u64)
+                .fold(0u64, u64::wrapping_add),
             Operand::Console(key) => {
                 let prefix = format!("{key}=");
                 self.console
@@ -367,6 +480,60 @@ fn hist_total(stdout: &str, name: &str) -> Result<u64, String> {
     Ok(total)
 }
 
+/// The bucket a histogram puts `v` in, by its lower bound (`i64::MIN` for
+/// the one below every other): power-of-2 as bpftrace's `hist`, or
+/// `lhist`'s linear steps.
+fn bucket_of(v: i64, linear: Option<(i64, i64, i64)>) -> i64 {
+    match linear {
+        _ if v < 0 && linear.is_none() => i64::MIN,
+        None if v < 2 => v,
+        None => 1i64 << (63 - v.leading_zeros()),
+        Some((min, _, _)) if v < min => i64::MIN,
+        Some((_, max, _)) if v >= max => max,
+        Some((min, _, step)) => min + (v - min) / step * step,
+    }
+}
+
+/// Non-empty buckets of the histogram printed for `@name` (as `@m` or
+/// `@m[KEY]`), by lower bound: `[4K, 8K)` is 4096, `(..., 0)` `i64::MIN`.
+fn hist_buckets(stdout: &str, name: &str) -> Result<BTreeMap<i64, u64>, String> {
+    let head = format!("@{name}:");
+    let mut lines = stdout.lines().skip_while(|l| !l.starts_with(&head));
+    if lines.next().is_none() {
+        return Err(format!("no histogram @{name} in the output"));
+    }
+    let mut m = BTreeMap::new();
+    for l in lines.take_while(|l| !l.trim().is_empty() && !l.starts_with('@')) {
+        let bad = || format!("not a histogram line of @{name}: {l:?}");
+        let lower = if l.starts_with('(') {
+            i64::MIN
+        } else {
+            let n = l
+                .strip_prefix('[')
+                .and_then(|r| r.split([',', ']']).next())
+                .ok_or_else(bad)?
+                .trim();
+            let (digits, scale) = match n.chars().last() {
+                Some('K') => (&n[..n.len() - 1], 1i64 << 10),
+                Some('M') => (&n[..n.len() - 1], 1 << 20),
+                Some('G') => (&n[..n.len() - 1], 1 << 30),
+                _ => (n, 1),
+            };
+            digits.parse::<i64>().map_err(|_| bad())? * scale
+        };
+        let count = l
+            .split([')', ']'])
+            .nth(1)
+            .and_then(|rest| rest.split('|').next())
+            .and_then(|c| c.trim().parse::<u64>().ok())
+            .ok_or_else(bad)?;
+        if count > 0 {
+            m.insert(lower, count);
+        }
+    }
+    Ok(m)
+}
+
 fn check(f: &Fixture, o: &Outcome) -> Vec<String> {
     let mut fails = Vec::new();
     for e in &f.expects {
@@ -380,6 +547,40 @@ fn check(f: &Fixture, o: &Outcome) -> Vec<String> {
             Expect::StderrContains(t) if !o.stderr.contains(t.as_str()) => {
                 fails.push(format!("stderr lacks {t:?}"))
             }
+            Expect::Buckets(m, t, linear) => match (hist_buckets(&o.stdout, m), o.keyed(t)) {
+                (Ok(got), Ok(truth)) => {
+                    let mut want = BTreeMap::new();
+                    for (k, c) in truth {
+                        let v: i64 = k.parse().unwrap_or(i64::MIN);
+                        *want.entry(bucket_of(v, *linear)).or_insert(0) += c;
+                    }
+                    eprintln!("    hist @{m} by bucket {got:?}, guest {t} {want:?}");
+                    if got != want {
+                        fails.push(format!(
+                            "@{m}'s buckets (by lower bound) are {got:?}, the guest kernel's {t} \
+                             puts its values in {want:?}"
+                        ));
+                    }
+                }
+                (Err(e), _) | (_, Err(e)) => fails.push(e),
+            },
+            Expect::Printed(prefix, t) => match o.keyed(t) {
+                Ok(truth) => {
+                    let mut got = BTreeMap::new();
+                    for l in o.stdout.lines() {
+                        if let Some(rest) = l.strip_prefix(prefix.as_str()) {
+                            *got.entry(key_norm(rest)).or_insert(0u64) += 1;
+                        }
+                    }
+                    eprintln!("    lines {prefix:?}... {got:?}, guest {t} {truth:?}");
+                    if got != truth {
+                        fails.push(format!(
+                            "lines {prefix:?}... printed {got:?}, the guest kernel's {t} is {truth:?}"
+                        ));
+                    }
+                }
+                Err(e) => fails.push(e),
+            },
             Expect::Keyed(m, t) => match o.keyed(t) {
                 Ok(truth) => {
                     let got: BTreeMap<String, u64> = o
@@ -387,6 +588,7 @@ fn check(f: &Fixture, o: &Outcome) -> Vec<String> {
                         .into_iter()
                         .map(|(k, v)| (key_norm(&k), v))
                         .collect();
+                    eprintln!("    @{m} {got:?}, guest {t} {truth:?}");
                     if got != truth {
                         fails.push(format!(
                             "@{m} is {got:?}, the guest kernel's {t} is {truth:?}"
@@ -405,6 +607,7 @@ fn check(f: &Fixture, o: &Outcome) -> Vec<String> {
                         ">" => x > y,
                         _ => x < y,
                     };
+                    eprintln!("    {a:?} {op} {b:?}: {x} {op} {y}");
                     if !ok {
                         fails.push(format!("{a:?} {op} {b:?} is false: {x} {op} {y}"));
                     }
@@ -670,6 +873,7 @@ fn run_one(g: &mut Guest, f: &Fixture, index: usize) -> Result<Outcome, String> 
         stdout: stdout.lock().unwrap().clone(),
         stderr: err_text(),
         console: g.console_since(from),
+        window: t2 - t1,
     };
     match exit {
         Some(s) if s.success() => Ok(out),
@@ -697,10 +901,30 @@ pub fn fixtures(dir: &str) -> Vec<Fixture> {
         .collect()
 }
 
+/// A `fails:` fixture: `vmprobe run FILE -- true` must stop before it boots
+/// a guest, with TEXT in its message.
+fn refused_before_boot(f: &Fixture, text: &str) -> Result<(), String> {
+    let out = run_bounded(
+        vmprobe().arg("run").arg(&f.path).args(["--", "true"]),
+        Duration::from_secs(60),
+    );
+    let stderr = crate::support::text(&out.stderr);
+    if out.status.success() {
+        return Err(format!("vmprobe ran it:\n{stderr}"));
+    }
+    if stderr.contains("booting") {
+        return Err(format!("vmprobe booted a guest before failing:\n{stderr}"));
+    }
+    if !stderr.contains(text) {
+        return Err(format!("the message lacks {text:?}:\n{stderr}"));
+    }
+    Ok(())
+}
+
 /// Runs every fixture of `tests/DIR` against one guest (on QEMU 10 with
 /// vmprobe's plugin when `plugin_qemu` is given) and fails with the report
 /// of each that did not pass. `VMPROBE_SCRIPTS=a,b` runs only those.
-pub fn run_suite(dir: &str, plugin_qemu: Option<PathBuf>) {
+pub fn run_suite(dir: &str, plugin_qemu: Option<PathBuf>, disk_mib: Option<u64>) {
     let only = std::env::var("VMPROBE_SCRIPTS").ok();
     let all: Vec<Fixture> = fixtures(dir)
         .into_iter()
@@ -715,6 +939,15 @@ pub fn run_suite(dir: &str, plugin_qemu: Option<PathBuf>) {
     let mut cfg = LaunchConfig::new(image);
     cfg.accel = Accel::Tcg;
     cfg.vcpus = 2;
+    // A zero-filled raw image, the guest's /dev/vda.
+    let disk_dir = tempfile::tempdir().unwrap();
+    if let Some(mib) = disk_mib {
+        let path = disk_dir.path().join("disk.raw");
+        std::fs::File::create(&path)
+            .and_then(|f| f.set_len(mib << 20))
+            .expect("disk image");
+        cfg.disk = Some(path);
+    }
     cfg.console = Some(console.clone());
     let plugin = plugin_qemu.is_some();
     if let Some(qemu) = plugin_qemu {
@@ -739,6 +972,19 @@ pub fn run_suite(dir: &str, plugin_qemu: Option<PathBuf>) {
     let start = Instant::now();
     for (i, f) in all.iter().enumerate() {
         let t = Instant::now();
+        if let Some(text) = &f.fails {
+            let result = refused_before_boot(f, text);
+            eprintln!(
+                "script {} ... {} before booting ({:.1} s)",
+                f.name,
+                if result.is_ok() { "refused" } else { "FAILED" },
+                t.elapsed().as_secs_f64()
+            );
+            if let Err(e) = result {
+                failures.push(format!("=== {}\n{e}", f.name));
+            }
+            continue;
+        }
         let result = run_one(&mut g, f, i).and_then(|o| {
             if o.stderr.contains("through its plugin") {
                 in_qemu.push(f.name.clone());
