@@ -29,3 +29,37 @@ fn oneliners_parse() {
 fn every_oneliner_against_one_guest() {
     run_suite("oneliners", None, Some(16));
 }
+
+/// The bucket comparisons judge by bpftrace's own labels: each value of a
+/// guest table lands where bpftrace's `hist`/`lhist` would print it.
+#[test]
+fn buckets_follow_bpftrace() {
+    let lin = Some((0, 2000, 200));
+    let cases = [
+        (-2, None, i64::MIN),
+        (0, None, 0),
+        (1, None, 1),
+        (3, None, 2),
+        (700, None, 512),
+        (4096, None, 4096),
+        (-1, lin, i64::MIN),
+        (199, lin, 0),
+        (700, lin, 600),
+        (2000, lin, 2000),
+        (2500, lin, 2000),
+    ];
+    for (v, linear, want) in cases {
+        assert_eq!(bucket_of(v, linear), want, "{v} {linear:?}");
+    }
+    let printed = "@bytes: \n(..., 0)     1 |@@   |\n[0]          2 |@@@@ |\n\
+                   [4K, 8K)     0 |     |\n[128K, 256K) 3 |@@@@@|\n\n@other: 1\n";
+    let got = hist_buckets(printed, "bytes").unwrap();
+    assert_eq!(
+        got.into_iter().collect::<Vec<_>>(),
+        [(i64::MIN, 1), (0, 2), (131072, 3)]
+    );
+    let lhist = "@[dd]: \n[0, 200)     4 |@@@@|\n[2000, ...)  2 |@@  |\n";
+    let got = hist_buckets(lhist, "[dd]").unwrap();
+    assert_eq!(got.into_iter().collect::<Vec<_>>(), [(0, 4), (2000, 2)]);
+    assert!(hist_buckets(lhist, "missing").is_err());
+}

@@ -483,7 +483,7 @@ fn hist_total(stdout: &str, name: &str) -> Result<u64, String> {
 /// The bucket a histogram puts `v` in, by its lower bound (`i64::MIN` for
 /// the one below every other): power-of-2 as bpftrace's `hist`, or
 /// `lhist`'s linear steps.
-fn bucket_of(v: i64, linear: Option<(i64, i64, i64)>) -> i64 {
+pub fn bucket_of(v: i64, linear: Option<(i64, i64, i64)>) -> i64 {
     match linear {
         _ if v < 0 && linear.is_none() => i64::MIN,
         None if v < 2 => v,
@@ -496,7 +496,7 @@ fn bucket_of(v: i64, linear: Option<(i64, i64, i64)>) -> i64 {
 
 /// Non-empty buckets of the histogram printed for `@name` (as `@m` or
 /// `@m[KEY]`), by lower bound: `[4K, 8K)` is 4096, `(..., 0)` `i64::MIN`.
-fn hist_buckets(stdout: &str, name: &str) -> Result<BTreeMap<i64, u64>, String> {
+pub fn hist_buckets(stdout: &str, name: &str) -> Result<BTreeMap<i64, u64>, String> {
     let head = format!("@{name}:");
     let mut lines = stdout.lines().skip_while(|l| !l.starts_with(&head));
     if lines.next().is_none() {
