@@ -5,7 +5,7 @@
 //! workload that exercises it and agrees with the guest kernel's own
 //! account, or carries `//- fails: "TEXT"` and is refused before booting
 //! with TEXT in the message. The guest has a zero-filled disk as /dev/vda
-//! for the block I/O ones.
+//! for the block I/O ones, and the attach names its QMP socket too.
 
 #[path = "support/fixtures.rs"]
 mod fixtures;
@@ -27,7 +27,16 @@ fn oneliners_parse() {
 
 #[test]
 fn every_oneliner_against_one_guest() {
-    run_suite("oneliners", None, Some(16));
+    // QMP too: uprobes, once merged, are served only on a TCG VM, which
+    // vmprobe checks through it.
+    run_suite(
+        "oneliners",
+        Suite {
+            disk_mib: Some(16),
+            qmp: true,
+            ..Suite::default()
+        },
+    );
 }
 
 /// The bucket comparisons judge by bpftrace's own labels: each value of a

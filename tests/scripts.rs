@@ -72,7 +72,7 @@ fn fixtures_parse() {
 
 #[test]
 fn every_script_against_one_guest() {
-    run_suite("scripts", None, None);
+    run_suite("scripts", Suite::default());
 }
 
 /// The same scripts on QEMU 10 with vmprobe's plugin loaded: each one the
@@ -81,5 +81,11 @@ fn every_script_against_one_guest() {
 #[test]
 fn every_script_on_the_plugin_backend() {
     let Some(qemu) = qemu10() else { return };
-    run_suite("scripts", Some(qemu), None);
+    run_suite(
+        "scripts",
+        Suite {
+            plugin_qemu: Some(qemu),
+            ..Suite::default()
+        },
+    );
 }

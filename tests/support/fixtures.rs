@@ -733,6 +733,8 @@ struct Guest {
     /// Loaded with vmprobe's plugin: scripts attach through it where it
     /// can serve them (the stub stays given, for those it cannot).
     plugin: bool,
+    /// The attach also names the VM's QMP socket (what uprobes will need).
+    qmp: bool,
 }
 
 impl Guest {
@@ -747,8 +749,13 @@ impl Guest {
         } else {
             String::new()
         };
+        let qmp = if self.qmp {
+            format!(",qmp:{}", self.vm.qmp_socket().display())
+        } else {
+            String::new()
+        };
         format!(
-            "vm0=gdb:unix:{}{plugin},kernel:{}",
+            "vm0=gdb:unix:{}{plugin}{qmp},kernel:{}",
             self.vm.gdb_socket().display(),
             self.kernel.display()
         )
@@ -921,10 +928,26 @@ fn refused_before_boot(f: &Fixture, text: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// How a suite's guest is started and attached to.
+#[derive(Default)]
+pub struct Suite {
+    /// QEMU 10, with vmprobe's plugin loaded.
+    pub plugin_qemu: Option<PathBuf>,
+    /// A zero-filled disk of this many MiB, the guest's /dev/vda.
+    pub disk_mib: Option<u64>,
+    /// Attach with the VM's QMP socket too.
+    pub qmp: bool,
+}
+
 /// Runs every fixture of `tests/DIR` against one guest (on QEMU 10 with
 /// vmprobe's plugin when `plugin_qemu` is given) and fails with the report
 /// of each that did not pass. `VMPROBE_SCRIPTS=a,b` runs only those.
-pub fn run_suite(dir: &str, plugin_qemu: Option<PathBuf>, disk_mib: Option<u64>) {
+pub fn run_suite(dir: &str, suite: Suite) {
+    let Suite {
+        plugin_qemu,
+        disk_mib,
+        qmp: attach_qmp,
+    } = suite;
     let only = std::env::var("VMPROBE_SCRIPTS").ok();
     let all: Vec<Fixture> = fixtures(dir)
         .into_iter()
@@ -966,6 +989,7 @@ pub fn run_suite(dir: &str, plugin_qemu: Option<PathBuf>, disk_mib: Option<u64>)
         kernel,
         console,
         plugin,
+        qmp: attach_qmp,
     };
     let mut failures = Vec::new();
     let mut in_qemu = Vec::new();
