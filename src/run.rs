@@ -46,7 +46,16 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
         return list_probes(&args);
     }
     // Everything that can be checked before booting is checked first.
+    // With -e every positional argument is a parameter, as in bpftrace.
+    if args.program.is_some()
+        && let Some(first) = args.file.take()
+    {
+        args.params.insert(0, first.to_string_lossy().into_owned());
+    }
     let (source, source_name) = crate::script::program_source(&args.program, &args.file)?;
+    let options = probe_lang::Options {
+        params: args.params.clone(),
+    };
     if let Some(command) = args.command.take() {
         args.workload = vec![command];
     }
@@ -59,7 +68,7 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
             && !args.dump
             && crate::noguest::needs_no_guest(p)
     };
-    if let Ok(program) = probe_lang::compile(&source, &source_name)
+    if let Ok(program) = probe_lang::compile_with(&source, &source_name, None, &options)
         && guest_free(&program)
     {
         return run_without_guest(&args, Arc::new(program));
@@ -74,14 +83,14 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
     let (image, kernel) = match loaded {
         Ok(pair) => pair,
         Err(e) => {
-            if let Err(diags) = probe_lang::compile(&source, &source_name) {
+            if let Err(diags) = probe_lang::compile_with(&source, &source_name, None, &options) {
                 eprint!("{diags}");
                 return Ok(1);
             }
             return Err(e);
         }
     };
-    let program = match compile_typed(&source, &source_name, &kernel) {
+    let program = match compile_typed(&source, &source_name, &kernel, &options) {
         Ok(p) => Arc::new(p),
         Err(diags) => {
             eprint!("{diags}");

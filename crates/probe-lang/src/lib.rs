@@ -36,6 +36,7 @@ pub mod lexer;
 mod lower;
 pub mod needs;
 pub mod parser;
+pub mod preprocess;
 pub mod types;
 pub mod value;
 mod visit;
@@ -513,8 +514,25 @@ pub fn compile_with_types(
     source_name: &str,
     types: Option<&dyn KernelTypes>,
 ) -> Result<Program, Diagnostics> {
+    compile_with(source, source_name, types, &Options::default())
+}
+
+/// What a run adds to the program's text.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Positional parameters: `$1` is the first.
+    pub params: Vec<String>,
+}
+
+/// [`compile_with_types`] with a run's [`Options`].
+pub fn compile_with(
+    source: &str,
+    source_name: &str,
+    types: Option<&dyn KernelTypes>,
+    options: &Options,
+) -> Result<Program, Diagnostics> {
     let mut r = Reporter::new(source, source_name);
-    let mut ast = match parser::parse(source) {
+    let mut ast = match parser::parse_with(source, &options.params) {
         Ok(a) => a,
         Err(e) => {
             r.error(e.span, e.message);
