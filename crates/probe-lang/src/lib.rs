@@ -517,6 +517,29 @@ pub fn compile_with_types(
     compile_with(source, source_name, types, &Options::default())
 }
 
+/// A block on several guest tracepoints becomes one block per tracepoint,
+/// as bpftrace compiles one program per attach point: `args.filename` is
+/// the second argument of `openat` but the first of `open`, so each needs
+/// its own access.
+fn split_guest_tracepoints(ast: &mut ast::Ast) {
+    let tracepoint =
+        |t: &str| matches!(check::parse_probe(t), Ok(ProbeSpec::GuestTracepoint { .. }));
+    let blocks = std::mem::take(&mut ast.probes);
+    for b in blocks {
+        if b.attach.len() > 1 && b.attach.iter().all(|(t, _)| tracepoint(t)) {
+            for a in &b.attach {
+                ast.probes.push(ast::ProbeBlock {
+                    attach: vec![a.clone()],
+                    predicate: b.predicate.clone(),
+                    body: b.body.clone(),
+                });
+            }
+        } else {
+            ast.probes.push(b);
+        }
+    }
+}
+
 /// What a run adds to the program's text.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -539,6 +562,7 @@ pub fn compile_with(
             return Err(r.finish().expect_err("one error"));
         }
     };
+    split_guest_tracepoints(&mut ast);
     let checked = check::check(&mut ast, &mut r, types);
     consts::check(&ast, &mut r);
     r.finish()?;

@@ -367,6 +367,13 @@ impl Checker<'_, '_> {
             );
             return Type::Unknown;
         }
+        if name == "username" {
+            self.r.error(
+                span,
+                "username would name the uid from the host's /etc/passwd, not the guest's: use uid",
+            );
+            return Type::Unknown;
+        }
         if !BUILTINS.contains(&name) {
             self.r.error(span, format!("unknown builtin '{name}'"));
             return Type::Unknown;
