@@ -374,6 +374,20 @@ impl Checker<'_, '_> {
             );
             return Type::Unknown;
         }
+        if !BUILTINS.contains(&name)
+            && name.len() > 1
+            && name.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        {
+            // bpftrace takes such names from the C headers it #includes;
+            // here types come from BTF, which has enums but no macros.
+            self.r.error(
+                span,
+                format!(
+                    "unknown identifier '{name}': a C header's macro, which #include does not bring here (types come from the guest's BTF); #define {name} VALUE"
+                ),
+            );
+            return Type::Unknown;
+        }
         if !BUILTINS.contains(&name) {
             self.r.error(span, format!("unknown builtin '{name}'"));
             return Type::Unknown;
