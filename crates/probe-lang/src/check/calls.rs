@@ -376,7 +376,9 @@ impl Checker<'_, '_> {
         }
         if !BUILTINS.contains(&name)
             && name.len() > 1
-            && name.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
         {
             // bpftrace takes such names from the C headers it #includes;
             // here types come from BTF, which has enums but no macros.
