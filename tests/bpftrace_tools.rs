@@ -506,7 +506,7 @@ fn lhist_buckets(stdout: &str, name: &str) -> Vec<(u64, u64)> {
             .next()
             .and_then(|v| v.trim().parse().ok());
         let n = rest
-            .split_once(|c| c == ')' || c == ']')
+            .split_once([')', ']'])
             .and_then(|(_, r)| r.split_whitespace().next()?.parse().ok());
         if let (Some(lo), Some(n)) = (lo, n) {
             out.push((lo, n));
