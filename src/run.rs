@@ -55,6 +55,7 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
     let (source, source_name) = crate::script::program_source(&args.program, &args.file)?;
     let options = probe_lang::Options {
         params: args.params.clone(),
+        str_len: str_len_from_env()?,
     };
     if let Some(command) = args.command.take() {
         args.workload = vec![command];
@@ -614,5 +615,21 @@ mod tests {
         );
         assert_eq!(command_line(&w(&["echo a; echo b"])), "echo a; echo b");
         assert_eq!(command_line(&w(&["printf", ""])), "printf ''");
+    }
+}
+
+/// BPFTRACE_STRLEN as bpftrace reads it: the bytes a string holds, its NUL
+/// included, from 1 to 200 (default 64).
+fn str_len_from_env() -> Result<Option<u64>> {
+    let Some(v) = std::env::var_os("BPFTRACE_STRLEN") else {
+        return Ok(None);
+    };
+    let limit = probe_lang::check::STR_LEN_LIMIT;
+    match v.to_str().and_then(|s| s.trim().parse::<u64>().ok()) {
+        Some(n) if (1..=limit).contains(&n) => Ok(Some(n)),
+        _ => bail!(
+            "BPFTRACE_STRLEN={}: give a number of bytes from 1 to {limit}",
+            v.to_string_lossy()
+        ),
     }
 }

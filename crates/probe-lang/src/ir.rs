@@ -273,6 +273,8 @@ pub struct Ir {
     pub traces: Vec<TraceSite>,
     /// Thread-local variables by slot: name and type (what an unset one reads as).
     pub self_vars: Vec<(String, Type)>,
+    /// Bytes a string holds, its NUL included: bpftrace's BPFTRACE_STRLEN.
+    pub str_len: u64,
 }
 
 impl Ir {

@@ -545,6 +545,8 @@ fn split_guest_tracepoints(ast: &mut ast::Ast) {
 pub struct Options {
     /// Positional parameters: `$1` is the first.
     pub params: Vec<String>,
+    /// Bytes a string holds, NUL included (BPFTRACE_STRLEN); `None`: 64.
+    pub str_len: Option<u64>,
 }
 
 /// [`compile_with_types`] with a run's [`Options`].
@@ -566,7 +568,10 @@ pub fn compile_with(
     let checked = check::check(&mut ast, &mut r, types);
     consts::check(&ast, &mut r);
     r.finish()?;
-    let ir = lower::lower(&ast, &checked);
+    let mut ir = lower::lower(&ast, &checked);
+    if let Some(n) = options.str_len {
+        ir.str_len = n.clamp(1, check::STR_LEN_LIMIT);
+    }
     let needs = needs::needs(&ast);
     let (probes, probe_blocks) = checked
         .probes

@@ -41,6 +41,7 @@ pub fn lower(ast: &ast::Ast, checked: &Checked) -> Ir {
         });
     }
     Ir {
+        str_len: crate::check::STR_MAX,
         blocks,
         maps: checked.maps.clone(),
         strings,

@@ -57,6 +57,24 @@ fn str_and_buf_are_bounded() {
 }
 
 #[test]
+fn bpftrace_strlen_bounds_str() {
+    let src = r#"kprobe:f { printf("%s|%s|\n", str(arg0 + 6), str(arg0 + 6, 150)); }"#;
+    for (len, want) in [(Some(100), 99), (Some(8), 7), (None, 63)] {
+        let options = probe_lang::Options {
+            str_len: len,
+            ..Default::default()
+        };
+        let p = Arc::new(probe_lang::compile_with(src, "t", None, &options).unwrap());
+        let cap = Capture::default();
+        let mut rt = support::new_runtime(&p, cap.clone());
+        let mut c = ctx();
+        rt.run(p.block_of(0), &mut c);
+        let x = "x".repeat(want);
+        assert_eq!(cap.take(), format!("{x}|{x}|\n"), "BPFTRACE_STRLEN={len:?}");
+    }
+}
+
+#[test]
 fn typed_reads_and_pointer_arithmetic() {
     let (out, errs, _) = run_kprobe(
         r#"kprobe:f { $p = (uint32 *)arg1; printf("%d %d %d %d\n", *$p, *($p + 2), *(int32 *)(arg1 + 4), *(uint8 *)arg0); $q = (int8 *)arg1; printf("%d %lx\n", *($q + 4), *(uint64 *)arg1); }"#,

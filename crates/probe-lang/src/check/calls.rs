@@ -39,9 +39,13 @@ const EXPR_FUNCS: &[(&str, usize, usize)] = &[
     ("ustack", 1, 1),
 ];
 
-/// Default and maximum bytes `str()` reads (bpftrace's default
+/// Default bytes a string holds, its NUL included (bpftrace's default
 /// BPFTRACE_STRLEN is 64).
 pub const STR_MAX: u64 = 64;
+
+/// The largest BPFTRACE_STRLEN bpftrace 0.17 accepts (its BPF stack
+/// bounds strings to 200 bytes).
+pub const STR_LEN_LIMIT: u64 = 200;
 
 /// Frames `kstack` keeps (bpftrace's limit for BPF stack maps).
 pub const KSTACK_MAX: u64 = 127;
