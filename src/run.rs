@@ -580,6 +580,22 @@ fn tail(vm: &Vm) -> String {
     lines[lines.len().saturating_sub(3)..].join(" | ")
 }
 
+/// BPFTRACE_STRLEN as bpftrace reads it: the bytes a string holds, its NUL
+/// included, from 1 to 200 (default 64).
+fn str_len_from_env() -> Result<Option<u64>> {
+    let Some(v) = std::env::var_os("BPFTRACE_STRLEN") else {
+        return Ok(None);
+    };
+    let limit = probe_lang::check::STR_LEN_LIMIT;
+    match v.to_str().and_then(|s| s.trim().parse::<u64>().ok()) {
+        Some(n) if (1..=limit).contains(&n) => Ok(Some(n)),
+        _ => bail!(
+            "BPFTRACE_STRLEN={}: give a number of bytes from 1 to {limit}",
+            v.to_string_lossy()
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{PrefixLines, command_line};
@@ -615,21 +631,5 @@ mod tests {
         );
         assert_eq!(command_line(&w(&["echo a; echo b"])), "echo a; echo b");
         assert_eq!(command_line(&w(&["printf", ""])), "printf ''");
-    }
-}
-
-/// BPFTRACE_STRLEN as bpftrace reads it: the bytes a string holds, its NUL
-/// included, from 1 to 200 (default 64).
-fn str_len_from_env() -> Result<Option<u64>> {
-    let Some(v) = std::env::var_os("BPFTRACE_STRLEN") else {
-        return Ok(None);
-    };
-    let limit = probe_lang::check::STR_LEN_LIMIT;
-    match v.to_str().and_then(|s| s.trim().parse::<u64>().ok()) {
-        Some(n) if (1..=limit).contains(&n) => Ok(Some(n)),
-        _ => bail!(
-            "BPFTRACE_STRLEN={}: give a number of bytes from 1 to {limit}",
-            v.to_string_lossy()
-        ),
     }
 }
