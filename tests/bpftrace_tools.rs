@@ -156,7 +156,16 @@ const TOOLS: &[(&str, Expect)] = &[
             judged: "prints cat's lookup of the missing name",
         },
     ),
-    ("execsnoop", Refused("unknown function 'join'")),
+    (
+        "execsnoop",
+        Runs {
+            // By path: busybox's shell runs its own applets without exec.
+            workload: "/bin/busybox ls -a /tmp > /dev/null; /bin/busybox uname -s -r > /dev/null",
+            truths: &[],
+            check: execsnoop,
+            judged: "prints each command the workload execs, with its arguments",
+        },
+    ),
     ("gethostlatency", Refused(UPROBE)),
     (
         "killsnoop",
@@ -323,6 +332,16 @@ fn dcsnoop(r: &Run) -> Result<(), String> {
     // The lookup that misses: `M dcsnoop-missing` by cat.
     if r.lines_with(&["cat", "M", "dcsnoop-missing"]).is_empty() {
         return Err("no miss of dcsnoop-missing by cat".into());
+    }
+    Ok(())
+}
+
+fn execsnoop(r: &Run) -> Result<(), String> {
+    // TIME PID ARGS: the arguments as joined by join(args->argv).
+    for cmd in ["/bin/busybox ls -a /tmp", "/bin/busybox uname -s -r"] {
+        if !r.stdout.lines().any(|l| l.ends_with(&format!(" {cmd}"))) {
+            return Err(format!("no exec of '{cmd}'"));
+        }
     }
     Ok(())
 }

@@ -520,22 +520,50 @@ pub fn compile_with_types(
 /// A block on several guest tracepoints becomes one block per tracepoint,
 /// as bpftrace compiles one program per attach point: `args.filename` is
 /// the second argument of `openat` but the first of `open`, so each needs
-/// its own access.
-fn split_guest_tracepoints(ast: &mut ast::Ast) {
-    let tracepoint =
-        |t: &str| matches!(check::parse_probe(t), Ok(ProbeSpec::GuestTracepoint { .. }));
+/// its own access. A wildcard (`sys_enter_exec*`) in a block that reads
+/// `args` becomes its syscalls, when the guest's syscalls are known.
+fn split_guest_tracepoints(ast: &mut ast::Ast, types: Option<&dyn KernelTypes>) {
+    let names = types.map(|t| t.syscall_names()).unwrap_or_default();
+    // `tracepoint:syscalls:sys_enter_NAME` per matching syscall, or the
+    // attach point itself.
+    let expand = |text: &str, span: Span, uses_args: bool| -> Option<Vec<(String, Span)>> {
+        let spec = check::parse_probe(text).ok()?;
+        let (sys, exit) = spec.syscall_event()?;
+        if !sys.contains(['*', '?']) || !uses_args || names.is_empty() {
+            return Some(vec![(text.to_string(), span)]);
+        }
+        let kind = if exit { "sys_exit_" } else { "sys_enter_" };
+        let found: Vec<(String, Span)> = names
+            .iter()
+            .filter(|n| lower::wildcard_match(sys, n))
+            .map(|n| (format!("tracepoint:syscalls:{kind}{n}"), span))
+            .collect();
+        // No match: left for the checker to report as it does.
+        if found.is_empty() {
+            Some(vec![(text.to_string(), span)])
+        } else {
+            Some(found)
+        }
+    };
     let blocks = std::mem::take(&mut ast.probes);
     for b in blocks {
-        if b.attach.len() > 1 && b.attach.iter().all(|(t, _)| tracepoint(t)) {
-            for a in &b.attach {
-                ast.probes.push(ast::ProbeBlock {
-                    attach: vec![a.clone()],
-                    predicate: b.predicate.clone(),
-                    body: b.body.clone(),
-                });
+        let uses_args = needs::reads_args(&b);
+        let expanded: Option<Vec<Vec<(String, Span)>>> = b
+            .attach
+            .iter()
+            .map(|(t, s)| expand(t, *s, uses_args))
+            .collect();
+        match expanded {
+            Some(all) if all.iter().map(Vec::len).sum::<usize>() > 1 => {
+                for a in all.into_iter().flatten() {
+                    ast.probes.push(ast::ProbeBlock {
+                        attach: vec![a],
+                        predicate: b.predicate.clone(),
+                        body: b.body.clone(),
+                    });
+                }
             }
-        } else {
-            ast.probes.push(b);
+            _ => ast.probes.push(b),
         }
     }
 }
@@ -564,7 +592,7 @@ pub fn compile_with(
             return Err(r.finish().expect_err("one error"));
         }
     };
-    split_guest_tracepoints(&mut ast);
+    split_guest_tracepoints(&mut ast, types);
     let checked = check::check(&mut ast, &mut r, types);
     consts::check(&ast, &mut r);
     r.finish()?;

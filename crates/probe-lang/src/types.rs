@@ -134,6 +134,10 @@ pub trait KernelTypes {
     fn syscall(&self, _name: &str) -> Option<SyscallDecl> {
         None
     }
+    /// The names of every guest syscall [`KernelTypes::syscall`] knows.
+    fn syscall_names(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// bpftrace's `-lv` listing of one kernel function's parameters:

@@ -750,6 +750,29 @@ impl Interpreter {
                 self.on_fault(&*env.ctx, r, || b.fill(0))?;
                 Value::Int(extend(u64::from_le_bytes(b), *size, *signed))
             }
+            Expr::Join { ptr, delim } => {
+                let base = self.eval(p, ptr, env)?.as_int();
+                let mut parts: Vec<String> = Vec::new();
+                for i in 0..probe_lang::ir::JOIN_ARGS {
+                    let mut b = [0u8; 8];
+                    let r = env.ctx.read_memory(base.wrapping_add(i * 8), &mut b);
+                    self.on_fault(&*env.ctx, r, || b = [0; 8])?;
+                    let at = u64::from_le_bytes(b);
+                    if at == 0 {
+                        break;
+                    }
+                    let r = Self::read_str(
+                        &mut |a, b| env.ctx.read_memory(a, b),
+                        at,
+                        probe_lang::ir::JOIN_ARG_MAX - 1,
+                    );
+                    match self.on_fault(&*env.ctx, r, || Value::Str(Arc::from("")))? {
+                        Value::Str(s) => parts.push(s.to_string()),
+                        _ => break,
+                    }
+                }
+                Value::Str(Arc::from(parts.join(&p.ir.strings[*delim as usize])))
+            }
             Expr::StrRead { ptr, len } => {
                 let addr = self.eval(p, ptr, env)?.as_int();
                 // bpftrace's strings hold BPFTRACE_STRLEN bytes including the NUL.

@@ -73,6 +73,29 @@ impl Checker<'_, '_> {
             "exit" => {
                 self.arity(name, args.len(), 0, 0, span);
             }
+            "join" => {
+                if !self.arity(name, args.len(), 1, 2, span) {
+                    return;
+                }
+                for a in args.iter_mut() {
+                    self.expr(a);
+                }
+                if !args[0].ty.is_int() && args[0].ty != Type::Unknown {
+                    self.r.error(
+                        args[0].span,
+                        format!(
+                            "join() takes an array of string pointers, found {}",
+                            args[0].ty.name()
+                        ),
+                    );
+                }
+                if let Some(d) = args.get(1)
+                    && !matches!(d.kind, ExprKind::Str(_))
+                {
+                    self.r
+                        .error(d.span, "join: the delimiter must be a string literal");
+                }
+            }
             "snapshot" => {
                 self.arity(name, args.len(), 0, 0, span);
                 self.recording_call(name, span);
@@ -153,7 +176,7 @@ impl Checker<'_, '_> {
                 format!("{name}() can only be used as a map value, e.g. @x = {name}(...)")
             } else if matches!(
                 name,
-                "printf" | "print" | "clear" | "zero" | "delete" | "exit" | "time"
+                "printf" | "print" | "clear" | "zero" | "delete" | "exit" | "time" | "join"
             ) {
                 format!("{name}() is a statement and has no value")
             } else {
