@@ -1,5 +1,8 @@
 //! Bad input: each gives a one-line error naming the problem, a non-zero
 //! exit, no panic, and no QEMU left behind. None of these boot a guest.
+//!
+//! Long file: one short test per kind of bad input; split by kind, the
+//! shared helpers would have to move to support/ for one caller each.
 
 mod support;
 use std::path::Path;

@@ -17,6 +17,9 @@
 //! The test prints a table of tool and outcome. Without /usr/sbin/*.bt
 //! (bpftrace not installed: .ci/install-deps installs it) it says so and
 //! passes.
+//!
+//! Long file: the table of the 38 tools, their checks and the runner on
+//! one guest are one harness, used only here.
 
 mod support;
 

@@ -14,17 +14,10 @@
 //! offset into the original file and line:column stay right.
 
 use crate::diag::Span;
-use crate::lexer::LexError;
+use crate::lexer::{LexError, Macro};
 
 /// Defined before the program, as bpftrace defines it when BTF is there.
 pub const HAVE_BTF: &str = "BPFTRACE_HAVE_BTF";
-
-/// An object-like macro: its replacement text and where it was defined.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Macro {
-    pub value: String,
-    pub span: Span,
-}
 
 #[derive(Debug, PartialEq, Eq)]
 pub struct Preprocessed {
@@ -405,6 +398,48 @@ mod tests {
             e("#ifdef NOPE\n#warning x\n#endif\n")
                 .message
                 .contains("unknown")
+        );
+    }
+
+    #[test]
+    fn macros_expand_to_their_tokens_at_the_use() {
+        let src = "#define N 10\n#define TWO N + N\n#define E\nTWO E N";
+        let pre = preprocess(src).unwrap();
+        let mut lx = crate::lexer::Lexer::with_macros(&pre.text, &pre.macros);
+        let mut got = Vec::new();
+        loop {
+            let t = lx.next_token().unwrap();
+            if t.tok == crate::lexer::Tok::Eof {
+                break;
+            }
+            got.push((t.tok, t.span.start as usize));
+        }
+        let two = src.rfind("TWO").unwrap();
+        let n = src.rfind('N').unwrap();
+        assert_eq!(
+            got,
+            [
+                (crate::lexer::Tok::Int(10), two),
+                (crate::lexer::Tok::Punct("+"), two),
+                (crate::lexer::Tok::Int(10), two),
+                (crate::lexer::Tok::Int(10), n)
+            ]
+        );
+        // In force only from the #define to the #undef; a macro naming
+        // itself is not expanded again (as in C); errors name the macro.
+        let src = "A\n#define A 1\nA\n#undef A\nA\n#define S S\nS\n#define B 0x\nB";
+        let pre = preprocess(src).unwrap();
+        let mut lx = crate::lexer::Lexer::with_macros(&pre.text, &pre.macros);
+        let mut next = || lx.next_token().map(|t| t.tok);
+        assert_eq!(next().unwrap(), crate::lexer::Tok::Ident("A".into()));
+        assert_eq!(next().unwrap(), crate::lexer::Tok::Int(1));
+        assert_eq!(next().unwrap(), crate::lexer::Tok::Ident("A".into()));
+        assert_eq!(next().unwrap(), crate::lexer::Tok::Ident("S".into()));
+        assert!(
+            next()
+                .unwrap_err()
+                .message
+                .starts_with("in macro 'B': invalid integer literal")
         );
     }
 }
