@@ -82,6 +82,14 @@ impl Visitor for Walker<'_> {
         {
             self.note(Need::MapWrite, *name_span, format!("@{name}"));
         }
+        // join() reads the array and its strings in guest memory.
+        if let StmtKind::Call {
+            name, name_span, ..
+        } = &s.kind
+            && name == "join"
+        {
+            self.note(Need::GuestState, *name_span, "join()");
+        }
         visit::walk_stmt(self, s);
     }
 
