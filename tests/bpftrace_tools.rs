@@ -25,7 +25,7 @@ mod support;
 
 use qemu_guest::{Accel, LaunchConfig, Vm};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
@@ -875,14 +875,20 @@ fn bpftraces_tools_as_shipped() {
         .iter()
         .filter(|(_, r)| r.as_ref().is_ok_and(|s| s.starts_with("runs")))
         .count();
-    eprintln!("\n{:<16} outcome", "tool");
+    // Written to stderr itself, not through eprintln!, which the test
+    // harness captures: the table shows in every run's output.
+    let mut out = format!("\n{:<16} outcome\n", "tool");
     for (n, r) in &table {
         match r {
-            Ok(s) => eprintln!("{n:<16} {s}"),
-            Err(e) => eprintln!("{n:<16} FAILED: {}", e.lines().next().unwrap_or("")),
+            Ok(s) => out.push_str(&format!("{n:<16} {s}\n")),
+            Err(e) => out.push_str(&format!(
+                "{n:<16} FAILED: {}\n",
+                e.lines().next().unwrap_or("")
+            )),
         }
     }
-    eprintln!("{agree} of {} run and agree", table.len());
+    out.push_str(&format!("{agree} of {} run and agree\n", table.len()));
+    let _ = std::io::stderr().write_all(out.as_bytes());
     let failed: Vec<String> = table
         .iter()
         .filter_map(|(n, r)| r.as_ref().err().map(|e| format!("=== {n}\n{e}")))
