@@ -599,7 +599,7 @@ fn compile_for(
     } else {
         let kernel = vm_kernel(first)?;
         (
-            crate::kernel::compile_typed(source, source_name, &kernel),
+            crate::kernel::compile_typed(source, source_name, &kernel, &Default::default()),
             Some(kernel),
         )
     };

@@ -128,6 +128,7 @@ pub fn compile_typed(
     source: &str,
     source_name: &str,
     kernel: &KernelInfo,
+    options: &probe_lang::Options,
 ) -> Result<probe_lang::Program, probe_lang::Diagnostics> {
     let guest_tracepoints = probe_lang::attach_points(source)
         .iter()
@@ -140,10 +141,11 @@ pub fn compile_typed(
             t
         }
     });
-    probe_lang::compile_with_types(
+    probe_lang::compile_with(
         source,
         source_name,
         types.as_ref().map(|t| t as &dyn probe_lang::KernelTypes),
+        options,
     )
 }
 

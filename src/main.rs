@@ -165,11 +165,15 @@ fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
 #[derive(Args)]
 pub struct RunArgs {
     /// The probe program.
-    #[arg(short = 'e', value_name = "PROGRAM", conflicts_with = "file")]
+    #[arg(short = 'e', value_name = "PROGRAM")]
     program: Option<String>,
-    /// A file holding the probe program.
+    /// A file holding the probe program (with -e, the first ARG).
     #[arg(value_name = "FILE")]
     file: Option<PathBuf>,
+    /// Positional parameters, `$1`.. in the program (`$#` counts them), as
+    /// bpftrace's; before `--`.
+    #[arg(value_name = "ARG")]
+    params: Vec<String>,
     /// Print the program's AST and IR, then exit.
     #[arg(short = 'd')]
     dump: bool,

@@ -57,6 +57,7 @@ pub fn record(args: crate::RecordArgs) -> Result<i32> {
     let run_args = crate::RunArgs {
         program,
         file,
+        params: Vec::new(),
         dump: false,
         format: crate::OutputArg::Text,
         boot: args.boot,

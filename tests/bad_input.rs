@@ -877,3 +877,87 @@ fn a_per_guest_probe_on_an_unknown_guest_is_refused_before_booting() {
     );
     assert!(e.contains("stdin:1:1") && !e.contains("booting"), "{e}");
 }
+
+/// bpftrace's C preprocessor lines, literals, positional parameters and
+/// BPFTRACE_STRLEN: each mistake is one error at its line:column, before
+/// anything boots.
+#[test]
+fn preprocessor_literal_and_parameter_errors_name_their_place() {
+    let cases: &[(&str, &[&str], &str, &str)] = &[
+        (
+            "BEGIN { exit(); }\n  #pragma once\n",
+            &[],
+            "unknown directive '#pragma'",
+            "stdin:2:3",
+        ),
+        (
+            "#ifdef BPFTRACE_HAVE_BTF\nBEGIN { exit(); }\n",
+            &[],
+            "this conditional has no #endif",
+            "stdin:1:1",
+        ),
+        (
+            "BEGIN { exit(); }\n#endif\n",
+            &[],
+            "#endif without #ifdef or #ifndef",
+            "stdin:2:1",
+        ),
+        (
+            "#define F(x) x\nBEGIN { exit(); }\n",
+            &[],
+            "function-like macro 'F'",
+            "stdin:1:9",
+        ),
+        (
+            "BEGIN { @x = 12e3; exit(); }",
+            &[],
+            "invalid integer literal '12e3': the coefficient of a scientific literal must be 0 to 9",
+            "stdin:1:14",
+        ),
+        (
+            "BEGIN { @x = 1e17; exit(); }",
+            &[],
+            "the exponent of a scientific literal must be at most 16",
+            "stdin:1:14",
+        ),
+        (
+            "BEGIN { @x = $1; exit(); }",
+            &["abc"],
+            "$1 used numerically but given \"abc\"; try str($1)",
+            "stdin:1:14",
+        ),
+        (
+            "BEGIN { @x = $0; exit(); }",
+            &[],
+            "$0 is not a valid parameter",
+            "stdin:1:14",
+        ),
+        (
+            "kprobe:vfs_read { @[username] = count(); }",
+            &[],
+            "username would name the uid from the host's /etc/passwd",
+            "stdin:1:21",
+        ),
+    ];
+    for (program, params, needle, place) in cases {
+        let mut args = vec!["run", "-e", program];
+        args.extend_from_slice(params);
+        args.extend(["--", "true"]);
+        let e = fails_with(&args, &[], needle);
+        assert!(
+            e.contains(&format!(" --> {place}\n")),
+            "{place} expected:\n{e}"
+        );
+        assert!(!e.contains("booting"), "must fail before booting:\n{e}");
+        let naming = e.lines().filter(|l| l.contains(needle)).count();
+        assert_eq!(naming, 1, "reported once:\n{e}");
+    }
+    for bad in ["0", "201", "lots"] {
+        let e = fails_with(
+            &["run", "-e", "BEGIN { exit(); }"],
+            &[("BPFTRACE_STRLEN", bad)],
+            &format!("BPFTRACE_STRLEN={bad}: give a number of bytes from 1 to 200"),
+        );
+        last_line_is_one_error(&e, "BPFTRACE_STRLEN");
+    }
+}

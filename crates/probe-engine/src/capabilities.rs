@@ -158,6 +158,11 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("t.bt:1:24"), "{e}");
+        let e = errors("END { join(0x1000); }", &Capabilities::ALL);
+        assert!(
+            e.contains("join() reads guest state, which BEGIN and END do not have"),
+            "{e}"
+        );
         let e = errors(
             "vmm:serial_write { @[str(0)] = count(); }",
             &Capabilities::ALL,

@@ -36,6 +36,7 @@ pub mod lexer;
 mod lower;
 pub mod needs;
 pub mod parser;
+pub mod preprocess;
 pub mod types;
 pub mod value;
 mod visit;
@@ -611,18 +612,92 @@ pub fn compile_with_types(
     source_name: &str,
     types: Option<&dyn KernelTypes>,
 ) -> Result<Program, Diagnostics> {
+    compile_with(source, source_name, types, &Options::default())
+}
+
+/// A block on several guest tracepoints becomes one block per tracepoint,
+/// as bpftrace compiles one program per attach point: `args.filename` is
+/// the second argument of `openat` but the first of `open`, so each needs
+/// its own access. A wildcard (`sys_enter_exec*`) in a block that reads
+/// `args` becomes its syscalls, when the guest's syscalls are known.
+fn split_guest_tracepoints(ast: &mut ast::Ast, types: Option<&dyn KernelTypes>) {
+    let names = types.map(|t| t.syscall_names()).unwrap_or_default();
+    // `tracepoint:syscalls:sys_enter_NAME` per matching syscall, or the
+    // attach point itself.
+    let expand = |text: &str, span: Span, uses_args: bool| -> Option<Vec<(String, Span)>> {
+        let spec = check::parse_probe(text).ok()?;
+        let (sys, exit) = spec.syscall_event()?;
+        if !sys.contains(['*', '?']) || !uses_args || names.is_empty() {
+            return Some(vec![(text.to_string(), span)]);
+        }
+        let kind = if exit { "sys_exit_" } else { "sys_enter_" };
+        let found: Vec<(String, Span)> = names
+            .iter()
+            .filter(|n| lower::wildcard_match(sys, n))
+            .map(|n| (format!("tracepoint:syscalls:{kind}{n}"), span))
+            .collect();
+        // No match: left for the checker to report as it does.
+        if found.is_empty() {
+            Some(vec![(text.to_string(), span)])
+        } else {
+            Some(found)
+        }
+    };
+    let blocks = std::mem::take(&mut ast.probes);
+    for b in blocks {
+        let uses_args = needs::reads_args(&b);
+        let expanded: Option<Vec<Vec<(String, Span)>>> = b
+            .attach
+            .iter()
+            .map(|(t, s)| expand(t, *s, uses_args))
+            .collect();
+        match expanded {
+            Some(all) if all.iter().map(Vec::len).sum::<usize>() > 1 => {
+                for a in all.into_iter().flatten() {
+                    ast.probes.push(ast::ProbeBlock {
+                        attach: vec![a],
+                        predicate: b.predicate.clone(),
+                        body: b.body.clone(),
+                    });
+                }
+            }
+            _ => ast.probes.push(b),
+        }
+    }
+}
+
+/// What a run adds to the program's text.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Positional parameters: `$1` is the first.
+    pub params: Vec<String>,
+    /// Bytes a string holds, NUL included (BPFTRACE_STRLEN); `None`: 64.
+    pub str_len: Option<u64>,
+}
+
+/// [`compile_with_types`] with a run's [`Options`].
+pub fn compile_with(
+    source: &str,
+    source_name: &str,
+    types: Option<&dyn KernelTypes>,
+    options: &Options,
+) -> Result<Program, Diagnostics> {
     let mut r = Reporter::new(source, source_name);
-    let mut ast = match parser::parse(source) {
+    let mut ast = match parser::parse_with(source, &options.params) {
         Ok(a) => a,
         Err(e) => {
             r.error(e.span, e.message);
             return Err(r.finish().expect_err("one error"));
         }
     };
+    split_guest_tracepoints(&mut ast, types);
     let checked = check::check(&mut ast, &mut r, types);
     consts::check(&ast, &mut r);
     r.finish()?;
-    let ir = lower::lower(&ast, &checked);
+    let mut ir = lower::lower(&ast, &checked);
+    if let Some(n) = options.str_len {
+        ir.str_len = n.clamp(1, check::STR_LEN_LIMIT);
+    }
     let needs = needs::needs(&ast);
     let (probes, probe_blocks) = checked
         .probes

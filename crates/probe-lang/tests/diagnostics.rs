@@ -290,8 +290,8 @@ fn checker_errors() {
             "pointer argument of str() must be an integer, found string",
         ),
         (
-            "kprobe:f { $x = *arg0; }",
-            "cannot dereference a value of type integer (cast it first, e.g. *(uint64 *)addr)",
+            "kprobe:f { $x = *func; }",
+            "cannot dereference a value of type string (cast it first, e.g. *(uint64 *)addr)",
         ),
         (
             "kprobe:f { $x = strncmp(1, \"a\", 1); }",

@@ -265,6 +265,12 @@ fn resolve_sites(
                     if pattern.contains(['*', '?']) {
                         let matches = symbols.matching(pattern);
                         let probe = format!("{kind}:{pattern}{suffix}");
+                        // A block on several attach points attaches what
+                        // matches (dcsnoop.bt names `lookup_fast` and
+                        // `lookup_fast.constprop.*`, one per kernel build).
+                        if matches.is_empty() && sibling_matches(program, symbols, index) {
+                            return Ok(());
+                        }
                         if matches.is_empty() {
                             return Err(Error::NoMatch {
                                 probe,
@@ -313,6 +319,31 @@ fn resolve_sites(
         one().map_err(|e| (index, e))?;
     }
     Ok(sites)
+}
+
+/// Whether another attach point of probe `index`'s block resolves to a
+/// kernel function (or is not a kernel function probe at all).
+fn sibling_matches(program: &Program, symbols: &KernelSymbols, index: usize) -> bool {
+    let block = program.block_of(index);
+    program.probes().iter().enumerate().any(|(j, spec)| {
+        if j == index || program.block_of(j) != block {
+            return false;
+        }
+        match spec {
+            ProbeSpec::Kprobe {
+                target: KprobeTarget::Function(p),
+                ..
+            }
+            | ProbeSpec::Kretprobe { function: p } => {
+                if p.contains(['*', '?']) {
+                    !symbols.matching(p).is_empty()
+                } else {
+                    symbols.lookup(p).is_some_and(|s| symbols.is_text(s))
+                }
+            }
+            _ => true,
+        }
+    })
 }
 
 /// `F+OFFSET` must stay inside F, as bpftrace requires: the symbol that

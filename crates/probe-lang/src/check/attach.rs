@@ -247,13 +247,17 @@ pub fn parse_probe(text: &str) -> Result<ProbeSpec, String> {
         "kprobe" | "k" => {
             let (target, off) = match rest.split_once('+') {
                 Some((t, o)) => {
-                    let off = parse_int(o).ok_or_else(|| format!("invalid probe offset '{o}'"))?;
+                    let off = parse_int(o)
+                        .ok()
+                        .ok_or_else(|| format!("invalid probe offset '{o}'"))?;
                     (t, off)
                 }
                 None => (rest, 0),
             };
             if target.starts_with("0x") {
-                let a = parse_int(target).ok_or_else(|| format!("invalid address '{target}'"))?;
+                let a = parse_int(target)
+                    .ok()
+                    .ok_or_else(|| format!("invalid address '{target}'"))?;
                 return Ok(ProbeSpec::Kprobe {
                     target: KprobeTarget::Address(a),
                     offset: off,
@@ -331,7 +335,7 @@ pub fn parse_probe(text: &str) -> Result<ProbeSpec, String> {
                     ));
                 }
             };
-            let value = match parse_int(n) {
+            let value = match parse_int(n).ok() {
                 Some(v) if v > 0 => v,
                 _ => return Err(format!("invalid {full} count '{n}' (a positive integer)")),
             };
@@ -360,13 +364,16 @@ pub fn parse_probe(text: &str) -> Result<ProbeSpec, String> {
             let addr = if addr.starts_with(|c: char| c.is_ascii_digit()) {
                 WatchAddr::Address(
                     parse_int(addr)
+                        .ok()
                         .ok_or_else(|| format!("invalid watchpoint address '{addr}'"))?,
                 )
             } else {
                 let (name, offset) = match addr.split_once('+') {
                     Some((n, o)) => (
                         n,
-                        parse_int(o).ok_or_else(|| format!("invalid watchpoint offset '{o}'"))?,
+                        parse_int(o)
+                            .ok()
+                            .ok_or_else(|| format!("invalid watchpoint offset '{o}'"))?,
                     ),
                     None => (addr, 0),
                 };
@@ -378,7 +385,7 @@ pub fn parse_probe(text: &str) -> Result<ProbeSpec, String> {
                     offset,
                 }
             };
-            let len = match parse_int(len) {
+            let len = match parse_int(len).ok() {
                 Some(l @ (1 | 2 | 4 | 8)) => l as u8,
                 _ => return Err(format!("invalid watchpoint length '{len}' (1, 2, 4 or 8)")),
             };

@@ -39,9 +39,13 @@ const EXPR_FUNCS: &[(&str, usize, usize)] = &[
     ("ustack", 1, 1),
 ];
 
-/// Default and maximum bytes `str()` reads (bpftrace's default
+/// Default bytes a string holds, its NUL included (bpftrace's default
 /// BPFTRACE_STRLEN is 64).
 pub const STR_MAX: u64 = 64;
+
+/// The largest BPFTRACE_STRLEN bpftrace 0.17 accepts (its BPF stack
+/// bounds strings to 200 bytes).
+pub const STR_LEN_LIMIT: u64 = 200;
 
 /// Frames `kstack` keeps (bpftrace's limit for BPF stack maps).
 pub const KSTACK_MAX: u64 = 127;
@@ -68,6 +72,29 @@ impl Checker<'_, '_> {
             "printf" => self.printf(args, span),
             "exit" => {
                 self.arity(name, args.len(), 0, 0, span);
+            }
+            "join" => {
+                if !self.arity(name, args.len(), 1, 2, span) {
+                    return;
+                }
+                for a in args.iter_mut() {
+                    self.expr(a);
+                }
+                if !args[0].ty.is_int() && args[0].ty != Type::Unknown {
+                    self.r.error(
+                        args[0].span,
+                        format!(
+                            "join() takes an array of string pointers, found {}",
+                            args[0].ty.name()
+                        ),
+                    );
+                }
+                if let Some(d) = args.get(1)
+                    && !matches!(d.kind, ExprKind::Str(_))
+                {
+                    self.r
+                        .error(d.span, "join: the delimiter must be a string literal");
+                }
             }
             "snapshot" => {
                 self.arity(name, args.len(), 0, 0, span);
@@ -149,7 +176,7 @@ impl Checker<'_, '_> {
                 format!("{name}() can only be used as a map value, e.g. @x = {name}(...)")
             } else if matches!(
                 name,
-                "printf" | "print" | "clear" | "zero" | "delete" | "exit" | "time"
+                "printf" | "print" | "clear" | "zero" | "delete" | "exit" | "time" | "join"
             ) {
                 format!("{name}() is a statement and has no value")
             } else {
@@ -364,6 +391,29 @@ impl Checker<'_, '_> {
             self.r.error(
                 span,
                 "args is used with a field name: args.NAME or args->NAME",
+            );
+            return Type::Unknown;
+        }
+        if name == "username" {
+            self.r.error(
+                span,
+                "username would name the uid from the host's /etc/passwd, not the guest's: use uid",
+            );
+            return Type::Unknown;
+        }
+        if !BUILTINS.contains(&name)
+            && name.len() > 1
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        {
+            // bpftrace takes such names from the C headers it #includes;
+            // here types come from BTF, which has enums but no macros.
+            self.r.error(
+                span,
+                format!(
+                    "unknown identifier '{name}': a C header's macro, which #include does not bring here (types come from the guest's BTF); #define {name} VALUE"
+                ),
             );
             return Type::Unknown;
         }
