@@ -262,7 +262,20 @@ const TOOLS: &[(&str, Expect)] = &[
             judged: "prints each of the 3 sync calls the kernel counts",
         },
     ),
-    ("syscount", Refused("raw_syscalls:sys_enter")),
+    (
+        "syscount",
+        Runs {
+            // The guest's own raw_syscalls event, for dd only.
+            workload: "t=/sys/kernel/tracing; e=$t/events/raw_syscalls/sys_enter; \
+                       echo > $t/trace; echo 'comm == \"dd\"' > $e/filter; echo 1 > $e/enable; \
+                       dd if=/dev/zero of=/dev/null bs=1 count=20 2>/dev/null; \
+                       echo 0 > $e/enable; echo 0 > $e/filter; \
+                       echo DD_SYSCALLS=$(grep -c ' sys_enter: ' $t/trace)",
+            truths: &[],
+            check: syscount,
+            judged: "dd's syscalls equal the guest's own raw_syscalls:sys_enter events for dd",
+        },
+    ),
     ("tcpaccept", Refused("unknown identifier 'AF_INET'")),
     ("tcpconnect", Refused("unknown identifier 'AF_INET'")),
     ("tcpdrop", Refused(NOT_SYSCALL_TP)),
@@ -504,6 +517,17 @@ fn undump(r: &Run) -> Result<(), String> {
     };
     let n = r.stdout.lines().filter(timed).count() as u64;
     within(r, n, "unix stream reads", "gtunix")
+}
+
+fn syscount(r: &Run) -> Result<(), String> {
+    let truth = r.console_value("DD_SYSCALLS")?;
+    let dd = r.map("process").get("dd").copied().unwrap_or(0);
+    if dd != truth || truth < 40 {
+        return Err(format!(
+            "@process[dd]: {dd}; the guest's raw_syscalls events for dd: {truth} (at least its 20 reads and 20 writes)"
+        ));
+    }
+    Ok(())
 }
 
 fn vfscount(r: &Run) -> Result<(), String> {
