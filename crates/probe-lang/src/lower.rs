@@ -523,7 +523,10 @@ impl Lower<'_> {
                 },
             },
             "kaddr" => Expr::Kaddr(lit(self)),
-            "reg" => Expr::Reg(lit(self)),
+            "reg" => Expr::Reg(match &args[0].kind {
+                ExprKind::Str(s) => self.intern(crate::check::register_name(s)),
+                _ => unreachable!("checked: string literal"),
+            }),
             "strncmp" => Expr::Strncmp(b(self, 0), b(self, 1), b(self, 2)),
             "kptr" | "uptr" => self.expr(&args[0]),
             "sizeof" => Expr::Const(match &args[0].kind {

@@ -161,6 +161,18 @@ fn registers_and_symbols() {
     );
     assert!(errs.is_empty(), "{errs:?}");
     assert_eq!(out, "42 1234 vfs_read 0 0x5 ffff8000\n");
+    // bpftrace's pt_regs names read the same registers as GDB's.
+    let (out, errs, _) = run_kprobe(r#"kprobe:f { printf("%d %d\n", reg("ax"), reg("rax")); }"#);
+    assert!(errs.is_empty(), "{errs:?}");
+    assert_eq!(out, "42 42\n");
+    let p = compile(
+        r#"kprobe:f { $a = reg("ip") + reg("sp") + reg("flags"); }"#,
+        "t",
+    )
+    .unwrap();
+    assert_eq!(p.register_names(), ["rip", "rsp", "eflags"]);
+    let e = compile(r#"kprobe:f { $a = reg("orig_ax"); }"#, "t").unwrap_err();
+    assert!(e.to_string().contains("has no orig_ax"), "{e}");
     let (out, errs, _) = run_kprobe(r#"kprobe:f { printf("%d\n", reg("zmm31")); }"#);
     assert_eq!(out, "");
     assert_eq!(errs[0].1, "failed to read register: no register 'zmm31'");

@@ -322,14 +322,23 @@ impl Checker<'_, '_> {
                 self.want_int(&args[1], "timestamp argument of strftime()");
                 Type::Str
             }
+            "reg" if lit(&args[0]) == Some("orig_ax".into()) => {
+                self.r.error(
+                    args[0].span,
+                    "reg(\"orig_ax\"): a probe's stop has no orig_ax (the saved pt_regs slot of a \
+                     syscall or an exception); a syscall's number is args.id in \
+                     tracepoint:raw_syscalls:sys_enter",
+                );
+                Type::Unknown
+            }
             "kaddr" | "reg" => match lit(&args[0]) {
                 Some(s) if !s.is_empty() => {
-                    let list = if name == "kaddr" {
-                        &mut self.kaddrs
+                    if name == "kaddr" {
+                        self.kaddrs.push((s, args[0].span));
                     } else {
-                        &mut self.regs
-                    };
-                    list.push((s, args[0].span));
+                        self.regs
+                            .push((register_name(&s).to_string(), args[0].span));
+                    }
                     Type::UNSIGNED
                 }
                 _ => {
@@ -456,5 +465,25 @@ fn unknown_function(name: &str) -> String {
         "signal" => "signal() would send a signal inside the guest: vmprobe only observes, it changes nothing there".into(),
         "override" => "override() would change a guest function's return value: vmprobe only observes, it changes nothing there".into(),
         _ => format!("unknown function '{name}'"),
+    }
+}
+
+/// `reg(NAME)`: bpftrace's names are the x86-64 `pt_regs` fields (`ip`,
+/// `sp`, `ax`, `flags`, ...); the backends read registers by the GDB
+/// stub's names (`rip`, `rsp`, `rax`, `eflags`, ...), which are accepted as
+/// they are.
+pub fn register_name(name: &str) -> &str {
+    match name {
+        "ip" => "rip",
+        "sp" => "rsp",
+        "bp" => "rbp",
+        "ax" => "rax",
+        "bx" => "rbx",
+        "cx" => "rcx",
+        "dx" => "rdx",
+        "si" => "rsi",
+        "di" => "rdi",
+        "flags" => "eflags",
+        other => other,
     }
 }
