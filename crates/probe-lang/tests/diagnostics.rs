@@ -118,11 +118,11 @@ fn checker_errors() {
         ),
         (
             "kprobe:f { $x = retval; }",
-            "the retval builtin can only be used in kretprobe blocks",
+            "the retval builtin can only be used in kretprobe and uretprobe blocks",
         ),
         (
             "BEGIN { $x = arg0; }",
-            "the arg0 builtin can only be used in kprobe blocks",
+            "the arg0 builtin can only be used in kprobe and uprobe blocks",
         ),
         (
             "uprobe:a:b { }",

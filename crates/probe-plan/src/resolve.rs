@@ -47,6 +47,56 @@ pub struct ProbeSite {
     /// Length of the instruction at `addr` if it is one the engine may skip
     /// instead of single-stepping (set when arming, from guest memory).
     pub skippable: Option<Skip>,
+    /// A user address (uprobes): which file each probe here belongs to.
+    /// The address is a virtual address of every process, so a hit runs a
+    /// probe's handlers only where the current task maps that file there.
+    #[serde(default)]
+    pub user: Vec<UserFile>,
+}
+
+/// A uprobe's file: its guest path and the offset in it of the probed
+/// instruction, which the current task's mapping at the hit must match.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UserFile {
+    pub probe: Arc<str>,
+    pub path: Arc<str>,
+    pub file_offset: u64,
+}
+
+impl ProbeSite {
+    /// A site in user space: served only where its file is mapped.
+    pub fn is_user(&self) -> bool {
+        !self.user.is_empty()
+    }
+
+    /// The handlers of a user site whose file is `path` with the probed
+    /// instruction at `file_offset` (what the current task maps at the
+    /// site's address); every handler for a kernel site.
+    pub fn handlers_for(
+        &self,
+        returning: bool,
+        mapped: Option<(&str, u64)>,
+    ) -> Vec<(BlockId, Arc<str>)> {
+        let all = if returning {
+            &self.ret_handlers
+        } else {
+            &self.handlers
+        };
+        if !self.is_user() {
+            return all.clone();
+        }
+        let Some((path, offset)) = mapped else {
+            return Vec::new();
+        };
+        all.iter()
+            .filter(|(_, probe)| {
+                self.user.iter().any(|u| {
+                    u.probe == *probe && &*u.path == path && u.file_offset == offset
+                })
+            })
+            .cloned()
+            .collect()
+    }
 }
 
 /// How a hit may move the pc past the instruction at a probe site instead of
@@ -79,8 +129,15 @@ pub fn resolve_probes_at(
     let mut sites: Vec<ProbeSite> = Vec::new();
     for (index, spec) in program.probes().iter().enumerate() {
         let block = program.block_of(index);
-        let on_return = matches!(spec, ProbeSpec::Kretprobe { .. })
-            || spec.syscall_event().is_some_and(|(_, exit)| exit);
+        let on_return = spec.is_return() || spec.syscall_event().is_some_and(|(_, exit)| exit);
+        let mut user_file = match spec {
+            ProbeSpec::Uprobe {
+                path,
+                resolved: Some(at),
+                ..
+            } => Some((Arc::<str>::from(path.as_str()), at.file_offset)),
+            _ => None,
+        };
         let mut add = |addr: u64, offset: u64, func: &str, probe: String| {
             let probe: Arc<str> = probe.into();
             let site = match sites.iter_mut().position(|s| s.addr == addr) {
@@ -93,10 +150,18 @@ pub fn resolve_probes_at(
                         handlers: Vec::new(),
                         ret_handlers: Vec::new(),
                         skippable: None,
+                        user: Vec::new(),
                     });
                     sites.last_mut().expect("just pushed")
                 }
             };
+            if let Some((path, file_offset)) = user_file.take() {
+                site.user.push(UserFile {
+                    probe: probe.clone(),
+                    path,
+                    file_offset,
+                });
+            }
             if on_return {
                 site.ret_handlers.push((block, probe));
             } else {
@@ -112,6 +177,12 @@ pub fn resolve_probes_at(
                 | ProbeSpec::Watchpoint { .. }
                 | ProbeSpec::Vmm { .. }
                 | ProbeSpec::HostTracepoint { .. } => {}
+                ProbeSpec::Uprobe { resolved, .. } => {
+                    let at = resolved.as_ref().ok_or_else(|| Error::UnboundUprobe {
+                        probe: spec.name(),
+                    })?;
+                    add(at.vaddr, 0, &at.func, spec.name());
+                }
                 // A guest syscall tracepoint is a kprobe (sys_enter_) or a
                 // kretprobe (sys_exit_) on the syscall's `__x64_sys_NAME`,
                 // under the tracepoint's own name (`probe`).
