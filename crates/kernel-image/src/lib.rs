@@ -37,9 +37,9 @@ mod user_elf;
 #[cfg(feature = "images")]
 pub use sections::{KernelSections, Section};
 #[cfg(feature = "images")]
-pub use user_elf::{MAX_USER_ELF, UserElf, UserElfError, UserSymbol};
-#[cfg(feature = "images")]
 pub use syscalls::{Syscall, SyscallParam, load_syscalls, parse_syscalls};
+#[cfg(feature = "images")]
+pub use user_elf::{MAX_USER_ELF, UserElf, UserElfError, UserSymbol};
 
 #[cfg(feature = "images")]
 use std::path::Path;

@@ -124,6 +124,9 @@ pub struct KernelLayout {
     pub(crate) cgroup: Option<CgroupLayout>,
     pub(crate) cgroup_path: Option<CgroupPathLayout>,
     pub(crate) thread_size: u64,
+    /// The files tasks map (uprobes).
+    #[serde(default)]
+    pub(crate) vma: Option<crate::user_maps::VmaLayout>,
 }
 
 impl KernelLayout {
@@ -151,6 +154,7 @@ impl KernelLayout {
             cgroup: btf.and_then(CgroupLayout::from_btf),
             cgroup_path: btf.and_then(|b| CgroupPathLayout::new(b, symbols)),
             thread_size,
+            vma: btf.and_then(crate::user_maps::VmaLayout::from_btf),
         }
     }
 }

@@ -90,9 +90,9 @@ impl ProbeSite {
         };
         all.iter()
             .filter(|(_, probe)| {
-                self.user.iter().any(|u| {
-                    u.probe == *probe && &*u.path == path && u.file_offset == offset
-                })
+                self.user
+                    .iter()
+                    .any(|u| u.probe == *probe && &*u.path == path && u.file_offset == offset)
             })
             .cloned()
             .collect()
@@ -178,9 +178,9 @@ pub fn resolve_probes_at(
                 | ProbeSpec::Vmm { .. }
                 | ProbeSpec::HostTracepoint { .. } => {}
                 ProbeSpec::Uprobe { resolved, .. } => {
-                    let at = resolved.as_ref().ok_or_else(|| Error::UnboundUprobe {
-                        probe: spec.name(),
-                    })?;
+                    let at = resolved
+                        .as_ref()
+                        .ok_or_else(|| Error::UnboundUprobe { probe: spec.name() })?;
                     add(at.vaddr, 0, &at.func, spec.name());
                 }
                 // A guest syscall tracepoint is a kprobe (sys_enter_) or a

@@ -147,10 +147,41 @@ impl Session {
         resume: bool,
         received: u64,
     ) -> Result<Flow, String> {
+        // A user address is every process's: run only the probes whose
+        // file the current task maps there.
+        let (mut regs, user) = if self.sites[index].is_user() {
+            let (regs, mapped) = self.mapped_at(index, thread, regs, runtime)?;
+            let site = &self.sites[index];
+            let m = mapped.as_ref().map(|m| (m.path.as_str(), m.file_offset));
+            (
+                regs,
+                Some((site.handlers_for(false, m), site.handlers_for(true, m))),
+            )
+        } else {
+            (regs, None)
+        };
+        if let Some((entry, ret)) = &user
+            && entry.is_empty()
+            && ret.is_empty()
+        {
+            self.stats.other_files += 1;
+            return self
+                .resume_if(resume, Resume::StepOff(thread), received)
+                .map(|_| Flow::Continue);
+        }
         self.stats.hits += 1;
         self.live.hit();
-        let (flow, mut regs, traced) =
-            self.run_site(index, false, thread, regs, runtime, received)?;
+        let entry_handlers = user.as_ref().map(|(e, _)| e.clone());
+        let (flow, regs2, traced) = self.run_site(
+            index,
+            false,
+            thread,
+            regs.take(),
+            runtime,
+            received,
+            entry_handlers,
+        )?;
+        regs = regs2;
         let site = &self.sites[index];
         if let Some(sink) = self.recorder.as_mut() {
             let every = self.record_every_hit;
@@ -182,7 +213,11 @@ impl Session {
         if matches!(flow, Flow::Exit) {
             return Ok(Flow::Exit);
         }
-        if !site.ret_handlers.is_empty() {
+        let awaits = match &user {
+            Some((_, ret)) => !ret.is_empty(),
+            None => !site.ret_handlers.is_empty(),
+        };
+        if awaits {
             self.await_return(index, thread, regs, received)?;
         }
         let site = &self.sites[index];
@@ -227,14 +262,27 @@ impl Session {
             entry_ns,
             vcpu: vcpu_index(thread),
         };
-        if let Entered::NewReturnAddress(ret) = self.returns.enter(ret, rsp, call)
+        // User stacks of two processes can sit at the same address: a
+        // user call is also keyed by its thread (its task).
+        let owner = if self.sites[site].is_user() {
+            match self.current_task(thread, regs.as_ref()) {
+                Ok(task) => task,
+                Err(_) => {
+                    self.returns.missed += 1;
+                    return Ok(());
+                }
+            }
+        } else {
+            0
+        };
+        if let Entered::NewReturnAddress(ret) = self.returns.enter_owned(ret, rsp, owner, call)
             && self
                 .client
                 .insert_breakpoint(BreakpointKind::Software, ret, 1)
                 .is_err()
         {
             // Not code the stub can break on (a wild return address).
-            self.returns.abandon(ret, rsp);
+            self.returns.abandon_owned(ret, rsp, owner);
         }
         Ok(())
     }
@@ -249,19 +297,37 @@ impl Session {
         received: u64,
     ) -> Result<Flow, String> {
         let rsp = register(&mut self.client, regs.as_ref(), thread, "rsp")?;
+        // Kernel return addresses are never user ones: a user address
+        // pairs by its task too.
+        let owner = if pc < 0xffff_8000_0000_0000 {
+            self.current_task(thread, regs.as_ref()).unwrap_or(u64::MAX)
+        } else {
+            0
+        };
         let Returned::Call {
             call: PendingCall { site, entry_ns, .. },
             last,
-        } = self.returns.returned(pc, rsp)
+        } = self.returns.returned_owned(pc, rsp, owner)
         else {
             self.stats.stray_stops += 1;
             return self
                 .resume_if(resume, Resume::StepOff(thread), received)
                 .map(|_| Flow::Continue);
         };
+        // The task entered through the probed file; which of the site's
+        // uretprobes did is asked again of the entry address.
+        let (regs, handlers) = if self.sites[site].is_user() {
+            let (regs, mapped) = self.mapped_at(site, thread, regs, runtime)?;
+            let m = mapped.as_ref().map(|m| (m.path.as_str(), m.file_offset));
+            let h = self.sites[site].handlers_for(true, m);
+            (regs, Some(h))
+        } else {
+            (regs, None)
+        };
         self.stats.returns += 1;
         self.live.hit();
-        let (flow, regs, traced) = self.run_site(site, true, thread, regs, runtime, received)?;
+        let (flow, regs, traced) =
+            self.run_site(site, true, thread, regs, runtime, received, handlers)?;
         let site = &self.sites[site];
         if let Some(sink) = self.recorder.as_mut() {
             let every = self.record_every_hit;
@@ -421,8 +487,74 @@ impl Session {
         ))
     }
 
+    /// The current task at a stop of `thread`.
+    fn current_task(&mut self, thread: ThreadId, regs: Option<&Registers>) -> Result<u64, String> {
+        let kernel = self.kernel.clone().ok_or("no guest kernel known")?;
+        let r = match regs {
+            Some(r) => r.clone(),
+            None => self
+                .client
+                .read_registers(thread)
+                .map_err(|e| e.to_string())?,
+        };
+        let mut view = crate::context::StopView::new(&mut self.client, &r);
+        kernel.current_task(&mut view).map_err(|e| e.to_string())
+    }
+
+    /// The file the current task maps at user site `index`'s address (all
+    /// registers read, for the current task). A failed lookup is counted
+    /// as an error of the site's probes and taken as no file: the hit is
+    /// then not served, and the run says so.
+    fn mapped_at(
+        &mut self,
+        index: usize,
+        thread: ThreadId,
+        regs: Option<Registers>,
+        runtime: &Mutex<Runtime>,
+    ) -> Result<(Option<Registers>, Option<linux_guest::MappedFile>), String> {
+        let r = match regs {
+            Some(r) => r,
+            None => self
+                .client
+                .read_registers(thread)
+                .map_err(|e| e.to_string())?,
+        };
+        let addr = self.sites[index].addr;
+        let found = match self.kernel.clone() {
+            Some(kernel) => {
+                let mut view = crate::context::StopView::new(&mut self.client, &r);
+                kernel.mapped_file(&mut view, addr)
+            }
+            None => Err(linux_guest::GuestError::Missing("uprobes", "guest kernel")),
+        };
+        if let Some(why) = self.client.lost() {
+            return Err(why.to_string());
+        }
+        match found {
+            Ok(m) => Ok((Some(r), m)),
+            Err(e) => {
+                let site = &self.sites[index];
+                let errors: Vec<(String, String, u64)> = site
+                    .user
+                    .iter()
+                    .map(|u| {
+                        (
+                            u.probe.to_string(),
+                            format!("finding the file mapped at {addr:#x}: {e}"),
+                            1,
+                        )
+                    })
+                    .collect();
+                lock(runtime).interpreter_mut().add_errors(&errors);
+                Ok((Some(r), None))
+            }
+        }
+    }
+
     /// Runs the entry (or return) handlers of site `index` at a stop of
-    /// `thread`: their flow, the registers they read, what they traced.
+    /// `thread` (`only`: these of them): their flow, the registers they
+    /// read, what they traced.
+    #[allow(clippy::too_many_arguments)]
     fn run_site(
         &mut self,
         index: usize,
@@ -431,12 +563,14 @@ impl Session {
         regs: Option<Registers>,
         runtime: &Mutex<Runtime>,
         received: u64,
+        only: Option<Vec<(BlockId, Arc<str>)>>,
     ) -> Result<SiteRun, String> {
         let site = &self.sites[index];
-        let handlers = match returning {
+        let all = match returning {
             true => &site.ret_handlers,
             false => &site.handlers,
         };
+        let handlers = only.as_ref().unwrap_or(all);
         let mut ctx = HitContext::at_stop(
             &mut self.client,
             self.kernel.as_deref(),

@@ -372,6 +372,13 @@ impl Session {
             self.check_instruction_boundary(site)?;
         }
         for site in &mut sites {
+            // A user address reads as whatever the stopped vCPU's process
+            // maps there (often nothing), and its code was checked in the
+            // ELF; TCG keeps breakpoints outside guest memory, which holds
+            // nothing of ours to compare at detach.
+            if site.is_user() {
+                continue;
+            }
             let mut bytes = vec![0u8; SITE_BYTES];
             self.client.read_memory(site.addr, &mut bytes)?;
             if self.skip_nops {

@@ -246,12 +246,10 @@ pub fn parse_probe(text: &str) -> Result<ProbeSpec, String> {
             Ok(ProbeSpec::GuestTracepoint { system, event })
         }
         "uprobe" | "u" | "uretprobe" | "ur" => uprobe(rest, matches!(kind, "uretprobe" | "ur")),
-        "usdt" | "U" | "software" | "s" | "hardware"
-        | "h" | "kfunc" | "f" | "kretfunc" | "fr" | "rawtracepoint" | "rt" | "iter" => {
-            Err(format!(
-                "probe type '{kind}' is not supported (supported: BEGIN, END, kprobe, kretprobe, uprobe, uretprobe, interval, profile, watchpoint, vmm, tracepoint (guest syscalls), host:tracepoint)"
-            ))
-        }
+        "usdt" | "U" | "software" | "s" | "hardware" | "h" | "kfunc" | "f" | "kretfunc" | "fr"
+        | "rawtracepoint" | "rt" | "iter" => Err(format!(
+            "probe type '{kind}' is not supported (supported: BEGIN, END, kprobe, kretprobe, uprobe, uretprobe, interval, profile, watchpoint, vmm, tracepoint (guest syscalls), host:tracepoint)"
+        )),
         _ => Err(format!("unknown probe type '{kind}'")),
     }
 }
