@@ -4,7 +4,7 @@
 //! mounts (as `d_path()` builds it). Every walk is bounded: tree height,
 //! path components and name lengths.
 
-use crate::layout::member_offset;
+use crate::layout::VmaLayout;
 use crate::*;
 
 /// Maple tree levels walked at most (the kernel's `MAPLE_HEIGHT_MAX`).
@@ -16,77 +16,6 @@ const NAME_MAX: usize = 255;
 /// `enum maple_type`: leaves are below `maple_range_64`.
 const MAPLE_RANGE_64: u64 = 2;
 const MAPLE_ARANGE_64: u64 = 3;
-
-/// Offsets of the structures the walk reads, from BTF.
-#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
-pub(crate) struct VmaLayout {
-    task_mm: u64,
-    /// `mm->mm_mt.ma_root`.
-    mm_root: u64,
-    range_pivot: u64,
-    range_slot: u64,
-    range_pivots: u64,
-    arange_pivot: u64,
-    arange_slot: u64,
-    arange_pivots: u64,
-    vm_start: u64,
-    vm_end: u64,
-    vm_pgoff: u64,
-    vm_file: u64,
-    /// `file->f_path.mnt` and `.dentry`.
-    file_mnt: u64,
-    file_dentry: u64,
-    d_parent: u64,
-    /// `dentry->d_name.len` and `.name`.
-    d_name_len: u64,
-    d_name_ptr: u64,
-    /// `struct mount` around its `struct vfsmount mnt`.
-    mount_mnt: u64,
-    mount_parent: u64,
-    mount_mountpoint: u64,
-    vfsmount_root: u64,
-}
-
-impl VmaLayout {
-    pub(crate) fn from_btf(btf: &Btf) -> Option<VmaLayout> {
-        let off = |ty: &str, name: &str| member_offset(btf, ty, name);
-        let pivots = |ty: &str| -> Option<u64> {
-            let t = btf.struct_by_name(ty)?;
-            let m = btf.member(t, "pivot").ok()??;
-            // An array of `unsigned long`: its size over 8.
-            let n = btf.size_of(m.ty).ok()? / 8;
-            (1..=32).contains(&n).then_some(n)
-        };
-        let qstr_len = off("qstr", "len")?;
-        let path_mnt = off("path", "mnt")?;
-        let path_dentry = off("path", "dentry")?;
-        let f_path = off("file", "f_path")?;
-        let d_name = off("dentry", "d_name")?;
-        Some(VmaLayout {
-            task_mm: off("task_struct", "mm")?,
-            mm_root: off("mm_struct", "mm_mt")? + off("maple_tree", "ma_root")?,
-            range_pivot: off("maple_range_64", "pivot")?,
-            range_slot: off("maple_range_64", "slot")?,
-            range_pivots: pivots("maple_range_64")?,
-            arange_pivot: off("maple_arange_64", "pivot")?,
-            arange_slot: off("maple_arange_64", "slot")?,
-            arange_pivots: pivots("maple_arange_64")?,
-            vm_start: off("vm_area_struct", "vm_start")?,
-            vm_end: off("vm_area_struct", "vm_end")?,
-            vm_pgoff: off("vm_area_struct", "vm_pgoff")?,
-            vm_file: off("vm_area_struct", "vm_file")?,
-            file_mnt: f_path + path_mnt,
-            file_dentry: f_path + path_dentry,
-            d_parent: off("dentry", "d_parent")?,
-            d_name_len: d_name + qstr_len,
-            d_name_ptr: d_name + off("qstr", "name")?,
-            mount_mnt: off("mount", "mnt")?,
-            mount_parent: off("mount", "mnt_parent")?,
-            mount_mountpoint: off("mount", "mnt_mountpoint")?,
-            vfsmount_root: off("vfsmount", "mnt_root")?,
-        })
-    }
-}
 
 /// The file a task maps at an address, and where in the file that
 /// address is.

@@ -126,7 +126,7 @@ fn checker_errors() {
         ),
         (
             "uprobe:a:b { }",
-            "probe type 'uprobe' is not supported (supported: BEGIN, END, kprobe, kretprobe, interval, profile, watchpoint, vmm, tracepoint (guest syscalls), host:tracepoint)",
+            "uprobe:a: a library name is looked up in the guest's ld cache, which vmprobe does not read; give the file's absolute path in the guest (e.g. 'uprobe:/bin/busybox:b')",
         ),
         ("foo:bar { }", "unknown probe type 'foo'"),
         (

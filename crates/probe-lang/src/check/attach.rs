@@ -272,7 +272,7 @@ fn uprobe(rest: &str, ret: bool) -> Result<ProbeSpec, String> {
     }
     if !path.starts_with('/') {
         return Err(format!(
-            "{kind}:{path}: a library name is looked up in the guest's ld cache, which vmprobe does not read; give the file's absolute path in the guest (e.g. '{kind}:/lib/x86_64-linux-gnu/lib{path}.so.6:{target}')"
+            "{kind}:{path}: a library name is looked up in the guest's ld cache, which vmprobe does not read; give the file's absolute path in the guest (e.g. '{kind}:/bin/busybox:{target}')"
         ));
     }
     if path.contains("/../") || path.ends_with("/..") || path.contains("//") {
