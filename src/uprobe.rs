@@ -4,8 +4,10 @@
 
 use kernel_image::UserElf;
 use probe_lang::{ProbeSpec, UprobeTarget, UserAddr};
+use probe_plan::UserSymbols;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Why uprobes are refused under KVM. QEMU's gdbstub under KVM inserts a
 /// breakpoint by writing `int3` into guest memory through the stopped
@@ -73,6 +75,16 @@ impl GuestFiles {
     }
 }
 
+/// The symbols of the files the last bound program's uprobes name, for
+/// `ustack` frames; set by [`bind`], handed to each guest's session when
+/// it is armed. (One program per vmprobe process.)
+static SYMBOLS: std::sync::Mutex<Option<Arc<UserSymbols>>> = std::sync::Mutex::new(None);
+
+/// What [`bind`] read of the program's user files, if it had uprobes.
+pub fn symbols() -> Option<Arc<UserSymbols>> {
+    SYMBOLS.lock().ok()?.clone()
+}
+
 /// Places every uprobe of `program` in its ELF; the errors are the
 /// program's, at each attach point.
 pub fn bind(
@@ -93,7 +105,22 @@ pub fn bind(
             .as_ref()
             .map_err(Clone::clone)?;
         place(elf, path, target)
-    })
+    })?;
+    let mut symbols = UserSymbols::default();
+    for (path, elf) in &elves {
+        if let Ok(elf) = elf {
+            let funcs = elf
+                .functions()
+                .iter()
+                .map(|f| (f.addr, f.size, f.name.clone()))
+                .collect();
+            symbols.add(path, funcs);
+        }
+    }
+    if let Ok(mut s) = SYMBOLS.lock() {
+        *s = Some(Arc::new(symbols));
+    }
+    Ok(())
 }
 
 /// The address of `target` in `elf` (the guest's `path`).

@@ -12,6 +12,7 @@ use support::*;
 const PROGRAM: &str = r#"
 uprobe:/bin/vmprobe-ucount:ucount_step { @calls = count(); @args[arg0] = count(); }
 uretprobe:/bin/vmprobe-ucount:ucount_step { @ret[retval] = count(); @rets = count(); }
+uprobe:/bin/vmprobe-ucount:ucount_step /arg0 == 3/ { @stack[ustack(2)] = count(); }
 "#;
 
 /// The real binary's output goes to a file, printed with a prefix after
@@ -68,6 +69,15 @@ fn uprobe_counts_exactly_the_calls_of_its_file_and_uretprobe_sees_their_return_v
     let args = keyed_map(&stdout, "args");
     let expected: BTreeMap<u64, u64> = (0..25).map(|i| (i, if i < 6 { 2 } else { 1 })).collect();
     assert_eq!(args, expected, "{stdout}");
+    // ustack is symbolised from the ELF. At a function's entry the frame
+    // pointer is still the caller's, so the walk goes from the pc to the
+    // caller's return address (main's caller), as Linux's perf callchain
+    // (and so bpftrace) does.
+    assert!(
+        stdout.contains("@stack[\n    ucount_step+0\n    __libc_start_call_main+")
+            && stdout.contains("]: 2\n"),
+        "{stdout}"
+    );
     // The copy's 20 calls stopped the guest and were told apart.
     let other: u64 = stderr
         .split(" uprobe stops in other files")

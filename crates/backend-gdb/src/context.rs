@@ -81,6 +81,8 @@ pub(crate) struct HitContext<'a> {
     /// What this hit's `trace()`/`snapshot()` calls asked for, with the
     /// probe that asked; the session hands it to the recorder.
     pub traced: Vec<(Box<str>, Traced)>,
+    /// Symbols of the user files the program's uprobes name (`ustack`).
+    pub user_symbols: Option<&'a probe_plan::UserSymbols>,
 }
 
 impl<'a> HitContext<'a> {
@@ -107,6 +109,7 @@ impl<'a> HitContext<'a> {
             guest,
             task: None,
             traced: Vec::new(),
+            user_symbols: None,
         }
     }
 
@@ -292,6 +295,17 @@ impl ProbeContext for HitContext<'_> {
         let mut cpu = self.stopped()?;
         let stack = kernel.ustack(&mut cpu, task, limit);
         stack.map_err(|e| self.guest_error(e))
+    }
+
+    fn usym(&mut self, addr: u64) -> Option<(String, u64)> {
+        let symbols = self.user_symbols.filter(|s| !s.is_empty())?;
+        let kernel = self.kernel?;
+        let mut cpu = self.stopped().ok()?;
+        // The file the task maps at the frame, if its symbols are known.
+        let mapped = kernel.mapped_file(&mut cpu, addr).ok()??;
+        symbols
+            .knows(&mapped.path)
+            .then(|| symbols.symbolize(&mapped.path, addr))?
     }
 
     fn comm(&mut self) -> Result<String, ContextError> {

@@ -9,8 +9,8 @@ pub mod returns;
 mod timers;
 
 pub use resolve::{
-    LayerPlan, ProbeSite, Skip, TimerProbe, UserFile, WILDCARD_LIMIT, WatchProbe, resolve_layers,
-    resolve_probes, resolve_probes_at, resolve_timers, resolve_watches,
+    LayerPlan, ProbeSite, Skip, TimerProbe, UserFile, UserSymbols, WILDCARD_LIMIT, WatchProbe,
+    resolve_layers, resolve_probes, resolve_probes_at, resolve_timers, resolve_watches,
 };
 pub use returns::{Entered, MAX_PENDING_RETURNS, PendingCall, ReturnTracker, Returned};
 pub use timers::TimerSchedule;

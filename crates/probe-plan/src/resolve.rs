@@ -63,6 +63,44 @@ pub struct UserFile {
     pub file_offset: u64,
 }
 
+/// Function symbols of the user files a program's uprobes name, for
+/// `ustack` frames: by guest path, each file's functions by address
+/// (start, size, name), placed at their link addresses (executables linked
+/// at a fixed address only, as uprobes are).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct UserSymbols {
+    files: Vec<(Arc<str>, Vec<UserFunction>)>,
+}
+
+/// A user function: start address, size, name.
+pub type UserFunction = (u64, u64, String);
+
+impl UserSymbols {
+    /// Adds `path`'s functions (any order).
+    pub fn add(&mut self, path: &str, mut functions: Vec<UserFunction>) {
+        functions.sort_by_key(|f| f.0);
+        self.files.push((path.into(), functions));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// Whether `path`'s symbols are known.
+    pub fn knows(&self, path: &str) -> bool {
+        self.files.iter().any(|(p, _)| &**p == path)
+    }
+
+    /// The function of `path` holding `addr`, and the offset into it.
+    pub fn symbolize(&self, path: &str, addr: u64) -> Option<(String, u64)> {
+        let (_, funcs) = self.files.iter().find(|(p, _)| &**p == path)?;
+        let i = funcs.partition_point(|f| f.0 <= addr);
+        let (start, size, name) = funcs[..i].last()?;
+        let off = addr - start;
+        (off < (*size).max(1)).then(|| (name.clone(), off))
+    }
+}
+
 impl ProbeSite {
     /// A site in user space: served only where its file is mapped.
     pub fn is_user(&self) -> bool {
@@ -451,4 +489,81 @@ pub fn resolve_layers(program: &Program) -> LayerPlan {
             .push((program.block_of(index), name));
     }
     plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_symbols_cover_their_functions_only() {
+        let mut u = UserSymbols::default();
+        u.add(
+            "/bin/a",
+            vec![(0x2000, 0x10, "g".into()), (0x1000, 0x20, "f".into())],
+        );
+        assert!(u.knows("/bin/a") && !u.knows("/bin/b"));
+        assert_eq!(u.symbolize("/bin/a", 0x1004), Some(("f".into(), 4)));
+        assert_eq!(u.symbolize("/bin/a", 0x2000), Some(("g".into(), 0)));
+        assert_eq!(u.symbolize("/bin/a", 0x1020), None);
+        assert_eq!(u.symbolize("/bin/a", 0x10), None);
+        assert_eq!(u.symbolize("/bin/b", 0x1004), None);
+    }
+
+    #[test]
+    fn a_user_site_runs_the_probes_of_the_file_mapped_there() {
+        let probe = |p: &str| -> Arc<str> { p.into() };
+        let site = ProbeSite {
+            addr: 0x401000,
+            func: "main".into(),
+            handlers: vec![
+                (BlockId(0), probe("uprobe:/bin/a:main")),
+                (BlockId(1), probe("uprobe:/bin/b:main")),
+            ],
+            ret_handlers: vec![(BlockId(2), probe("uretprobe:/bin/a:main"))],
+            offset: 0,
+            skippable: None,
+            user: vec![
+                UserFile {
+                    probe: probe("uprobe:/bin/a:main"),
+                    path: "/bin/a".into(),
+                    file_offset: 0x1000,
+                },
+                UserFile {
+                    probe: probe("uprobe:/bin/b:main"),
+                    path: "/bin/b".into(),
+                    file_offset: 0x1000,
+                },
+                UserFile {
+                    probe: probe("uretprobe:/bin/a:main"),
+                    path: "/bin/a".into(),
+                    file_offset: 0x1000,
+                },
+            ],
+        };
+        let blocks =
+            |h: Vec<(BlockId, Arc<str>)>| h.into_iter().map(|(b, _)| b.0).collect::<Vec<_>>();
+        assert_eq!(
+            blocks(site.handlers_for(false, Some(("/bin/a", 0x1000)))),
+            [0]
+        );
+        assert_eq!(
+            blocks(site.handlers_for(false, Some(("/bin/b", 0x1000)))),
+            [1]
+        );
+        assert_eq!(
+            blocks(site.handlers_for(true, Some(("/bin/a", 0x1000)))),
+            [2]
+        );
+        // Another file, another offset in the file, or no file: nothing.
+        assert!(
+            site.handlers_for(false, Some(("/tmp/a", 0x1000)))
+                .is_empty()
+        );
+        assert!(
+            site.handlers_for(false, Some(("/bin/a", 0x2000)))
+                .is_empty()
+        );
+        assert!(site.handlers_for(false, None).is_empty());
+    }
 }

@@ -50,6 +50,7 @@ impl Session {
                     received,
                     "",
                 );
+                ctx.user_symbols = self.user_symbols.as_deref();
                 let block = [(timer.block, timer.probe.clone())];
                 if let Flow::Exit = ctx.run_all(runtime, &block)? {
                     flow = Flow::Exit;
@@ -396,6 +397,7 @@ impl Session {
             received,
             "",
         );
+        ctx.user_symbols = self.user_symbols.as_deref();
         // Others wait on the runtime while a handler runs: no stall wait.
         ctx.client.set_stalls_deferred(true);
         for w in &hit {
@@ -580,6 +582,7 @@ impl Session {
             received,
             &site.func,
         );
+        ctx.user_symbols = self.user_symbols.as_deref();
         let flow = ctx.run_all(runtime, handlers)?;
         Ok((flow, ctx.regs.take(), std::mem::take(&mut ctx.traced)))
     }

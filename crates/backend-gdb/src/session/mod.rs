@@ -77,6 +77,8 @@ pub struct Session {
     watches: Vec<WatchProbe>,
     vcpus: Vec<ThreadId>,
     kernel: Option<Arc<GuestKernel>>,
+    /// Symbols of the user files the program's uprobes name (`ustack`).
+    user_symbols: Option<Arc<probe_plan::UserSymbols>>,
     /// VMM and host event sources, and the blocks of their probes by name.
     layers: LayerSet,
     recorder: Option<Box<dyn EventSink>>,
@@ -115,6 +117,7 @@ impl Session {
             watches: Vec::new(),
             vcpus: Vec::new(),
             kernel: None,
+            user_symbols: None,
             layers: LayerSet::default(),
             recorder: None,
             record_every_hit: true,
@@ -208,6 +211,11 @@ impl Session {
 
     /// Adds a source of VMM or host events; `handlers` maps probe names
     /// (`vmm:serial_write`, `tracepoint:sched:sched_switch`) to blocks.
+    /// Symbols for `ustack` frames in user files (those uprobes name).
+    pub fn set_user_symbols(&mut self, symbols: Arc<probe_plan::UserSymbols>) {
+        self.user_symbols = Some(symbols);
+    }
+
     pub fn add_layer(
         &mut self,
         source: Box<dyn LayerSource>,
