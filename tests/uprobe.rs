@@ -3,7 +3,8 @@
 //! call's return value, and vmprobe's counts, arguments and return values
 //! must equal them. A copy of the same binary under another path (same
 //! code at the same virtual addresses, on another mount) runs alongside,
-//! on a second vCPU, and must count nothing.
+//! on a second vCPU, and must count nothing; a probe on a file no process
+//! runs never fires.
 
 mod support;
 use std::collections::BTreeMap;
@@ -13,6 +14,7 @@ const PROGRAM: &str = r#"
 uprobe:/bin/vmprobe-ucount:ucount_step { @calls = count(); @args[arg0] = count(); }
 uretprobe:/bin/vmprobe-ucount:ucount_step { @ret[retval] = count(); @rets = count(); }
 uprobe:/bin/vmprobe-ucount:ucount_step /arg0 == 3/ { @stack[ustack(2)] = count(); }
+uprobe:/bin/vmprobe-fpstack:f1 { @never = count(); }
 "#;
 
 /// The real binary's output goes to a file, printed with a prefix after
@@ -69,6 +71,12 @@ fn uprobe_counts_exactly_the_calls_of_its_file_and_uretprobe_sees_their_return_v
     let args = keyed_map(&stdout, "args");
     let expected: BTreeMap<u64, u64> = (0..25).map(|i| (i, if i < 6 { 2 } else { 1 })).collect();
     assert_eq!(args, expected, "{stdout}");
+    // A file no process maps never fires (a map its block writes prints
+    // as zero).
+    assert!(
+        !stdout.contains("@never") || map_value(&stdout, "never") == 0,
+        "{stdout}"
+    );
     // ustack is symbolised from the ELF. At a function's entry the frame
     // pointer is still the caller's, so the walk goes from the pc to the
     // caller's return address (main's caller), as Linux's perf callchain
@@ -142,4 +150,72 @@ fn list_names_the_functions_of_a_guest_file() {
         "{all}"
     );
     assert!(all.lines().count() > 100, "{all}");
+}
+
+/// `vmprobe attach` to a VM started elsewhere: without `qmp:` uprobes
+/// are refused (only QMP says the VM runs under TCG); with it, the calls
+/// of every run of `vmprobe-ucount` whose main vmprobe saw enter are
+/// counted, 4 per run, and the guest goes on after detach.
+#[test]
+fn attach_serves_uprobes_on_a_tcg_vm_given_its_qmp() {
+    use gdb_remote::Client;
+    use qemu_guest::{Accel, LaunchConfig, Vm};
+    use std::time::Duration;
+    let image = default_guest();
+    let kernel = image.kernel.clone();
+    let console = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut cfg = LaunchConfig::new(image);
+    cfg.accel = Accel::Tcg;
+    cfg.console = Some(console.clone());
+    let mut vm = Vm::launch(&cfg).expect("launch");
+    let mut user = Client::connect_unix_wait(&vm.gdb_socket(), Duration::from_secs(5)).unwrap();
+    user.resume(&[]).unwrap();
+    vm.wait_ready(Duration::from_secs(180))
+        .expect("guest boots");
+    user.interrupt().unwrap();
+    user.wait_stop(Some(Duration::from_secs(5))).unwrap();
+    user.detach().unwrap();
+    // The stub takes one debugger at a time.
+    drop(user);
+    vm.start_workload(
+        "i=0; while [ $i -lt 60 ]; do /bin/vmprobe-ucount 4 > /dev/null; sleep 0.3; \
+         i=$((i+1)); done; echo WORKLOAD-DONE",
+    )
+    .unwrap();
+    let gdb_only = format!(
+        "vm0=gdb:unix:{},kernel:{}",
+        vm.gdb_socket().display(),
+        kernel.display()
+    );
+    let program = "uprobe:/bin/vmprobe-ucount:main { @mains = count(); }
+        uprobe:/bin/vmprobe-ucount:ucount_step /@mains > 0/ { @steps = count(); }
+        uretprobe:/bin/vmprobe-ucount:main { @done = count(); if (@done == 3) { exit(); } }";
+    let out = run_bounded(
+        vmprobe().args(["attach", "--vm", &gdb_only, "-e", program]),
+        RUN_LIMIT,
+    );
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("uprobes need the VM's qmp:PATH, to check that it runs under TCG"),
+        "{stderr}"
+    );
+    let spec = format!("{gdb_only},qmp:{}", vm.qmp_socket().display());
+    let out = run_bounded(
+        vmprobe().args(["attach", "--duration", "120", "--vm", &spec, "-e", program]),
+        RUN_LIMIT,
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "vmprobe attach failed: {stderr}");
+    // A uretprobe pairs only with an entry it saw, and the steps of a run
+    // count only once its main was seen: 3 whole runs.
+    assert_eq!(map_value(&stdout, "done"), 3, "{stdout}");
+    assert_eq!(map_value(&stdout, "steps"), 12, "{stdout}");
+    assert!(map_value(&stdout, "mains") >= 3, "{stdout}");
+    assert_eq!(vm.wait_exit(RUN_LIMIT).unwrap(), 0);
+    std::thread::sleep(Duration::from_millis(300));
+    let console = String::from_utf8_lossy(&console.lock().unwrap()).into_owned();
+    assert!(console.contains("WORKLOAD-DONE"), "{console}");
+    vm.shutdown(Duration::from_secs(20))
+        .expect("guest powers off");
 }
