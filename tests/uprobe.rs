@@ -8,6 +8,11 @@
 
 mod support;
 use std::collections::BTreeMap;
+
+fn default_guest_cache() -> std::path::PathBuf {
+    default_guest();
+    qemu_guest::cache_dir()
+}
 use support::*;
 
 const PROGRAM: &str = r#"
@@ -27,6 +32,21 @@ const WORKLOAD: &str = "mkdir -p /tmp/bin && cp /bin/vmprobe-ucount /tmp/bin/vmp
 
 #[test]
 fn uprobe_counts_exactly_the_calls_of_its_file_and_uretprobe_sees_their_return_values() {
+    // The address form too: the second instruction of ucount_step, from
+    // the ELF the guest runs.
+    let ucount = qemu_guest::default_guest_files(&default_guest_cache())
+        .into_iter()
+        .find(|(g, _)| g == "/bin/vmprobe-ucount")
+        .expect("the default guest's ucount")
+        .1;
+    let elf = kernel_image::UserElf::load(&ucount).unwrap();
+    let step = elf.lookup("ucount_step").unwrap().addr;
+    let code = elf.code(step, 15).unwrap();
+    let first = iced_x86::Decoder::with_ip(64, code, step, 0).decode().len() as u64;
+    let program = format!(
+        "{PROGRAM}uprobe:/bin/vmprobe-ucount:{:#x} {{ @inside = count(); }}\n",
+        step + first
+    );
     let out = run_bounded(
         vmprobe().args([
             "run",
@@ -36,7 +56,7 @@ fn uprobe_counts_exactly_the_calls_of_its_file_and_uretprobe_sees_their_return_v
             "--vcpus",
             "2",
             "-e",
-            PROGRAM,
+            &program,
             "--",
             WORKLOAD,
         ]),
@@ -65,6 +85,7 @@ fn uprobe_counts_exactly_the_calls_of_its_file_and_uretprobe_sees_their_return_v
             .or_default() += 1;
     }
     assert_eq!(map_value(&stdout, "calls"), their_calls, "{stdout}");
+    assert_eq!(map_value(&stdout, "inside"), their_calls, "{stdout}");
     assert_eq!(map_value(&stdout, "rets"), their_calls, "{stdout}");
     assert_eq!(keyed_map(&stdout, "ret"), their_rets, "{stdout}");
     // arg0 is i: 0..25 from the first run and 0..6 from the second.

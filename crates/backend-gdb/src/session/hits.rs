@@ -166,8 +166,9 @@ impl Session {
             && ret.is_empty()
         {
             self.stats.other_files += 1;
+            let addr = self.sites[index].addr;
             return self
-                .resume_if(resume, Resume::StepOff(thread), received)
+                .resume_if(resume, Resume::StepOff(thread, addr), received)
                 .map(|_| Flow::Continue);
         }
         self.stats.hits += 1;
@@ -236,7 +237,7 @@ impl Session {
         };
         let how = match skip {
             Some(len) => Resume::SetPc(thread, addr + u64::from(len)),
-            None => Resume::StepOff(thread),
+            None => Resume::StepOff(thread, addr),
         };
         self.resume_if(resume, how, received)?;
         Ok(flow)
@@ -312,7 +313,7 @@ impl Session {
         else {
             self.stats.stray_stops += 1;
             return self
-                .resume_if(resume, Resume::StepOff(thread), received)
+                .resume_if(resume, Resume::StepOff(thread, pc), received)
                 .map(|_| Flow::Continue);
         };
         // The task entered through the probed file; which of the site's
@@ -360,7 +361,7 @@ impl Session {
                 .map_err(|e| e.to_string())?;
             Resume::Continue
         } else {
-            Resume::StepOff(thread)
+            Resume::StepOff(thread, pc)
         };
         if matches!(flow, Flow::Continue) {
             self.resume_if(resume, how, received)?;
@@ -445,8 +446,8 @@ impl Session {
             Resume::SetPc(thread, pc) => self
                 .client
                 .write_register_and_resume(thread, "rip", pc, ALL),
-            Resume::StepOff(thread) => {
-                self.step_off_site(thread)?;
+            Resume::StepOff(thread, at) => {
+                self.step_off_site(thread, at)?;
                 self.client.resume(ALL)
             }
         }
@@ -458,13 +459,17 @@ impl Session {
         Ok(())
     }
 
-    /// Single-steps `thread` until its pc has left every breakpoint. A
+    /// Single-steps `thread`, stopped at breakpoint `start`, until its pc
+    /// has left it. A
     /// single-stepping vCPU ignores the breakpoint at its pc, so breakpoints
     /// stay armed. QEMU occasionally reports a step done with the pc unmoved
     /// (seen about once in a thousand steps on TCG); resuming then would hit
     /// the same breakpoint again and count one call twice, so the pc is
-    /// checked and the step repeated.
-    pub(super) fn step_off_site(&mut self, thread: ThreadId) -> Result<(), String> {
+    /// checked and the step repeated. A step that lands on another probe's
+    /// address (the next instruction, or a call's target) stops there:
+    /// QEMU reports that breakpoint as soon as the vCPU continues, so it is
+    /// served rather than stepped over.
+    pub(super) fn step_off_site(&mut self, thread: ThreadId, start: u64) -> Result<(), String> {
         const MAX_STEPS: usize = 8;
         for _ in 0..MAX_STEPS {
             match self.client.step_thread(thread).map_err(|e| e.to_string())? {
@@ -480,7 +485,9 @@ impl Session {
                 .client
                 .read_register(thread, "rip")
                 .map_err(|e| e.to_string())?;
-            if !self.by_addr.contains_key(&pc) && !self.returns.is_return_address(pc) {
+            if pc != start
+                || (!self.by_addr.contains_key(&pc) && !self.returns.is_return_address(pc))
+            {
                 return Ok(());
             }
         }

@@ -61,8 +61,9 @@ enum Resume {
     Continue,
     /// Move `thread`'s pc to `pc`, then continue.
     SetPc(ThreadId, u64),
-    /// Single-step `thread` off the breakpoint at its pc, then continue.
-    StepOff(ThreadId),
+    /// Single-step `thread` off the breakpoint at its pc (the address),
+    /// then continue.
+    StepOff(ThreadId, u64),
 }
 
 pub struct Session {
