@@ -240,3 +240,37 @@ fn attach_serves_uprobes_on_a_tcg_vm_given_its_qmp() {
     vm.shutdown(Duration::from_secs(20))
         .expect("guest powers off");
 }
+
+/// `vmprobe record` of a uprobe and its uretprobe: one event per call and
+/// per return, with the argument and the return value the program computes
+/// (i * i + 7).
+#[test]
+fn record_traces_uprobe_arguments_and_return_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace");
+    let out = run_bounded(
+        vmprobe().args(["record", "-o"]).arg(&trace).args([
+            "-e",
+            "uprobe:/bin/vmprobe-ucount:ucount_step { trace(i = arg0); }
+                 uretprobe:/bin/vmprobe-ucount:ucount_step { trace(r = retval); }",
+            "--",
+            "/bin/vmprobe-ucount 3",
+        ]),
+        RUN_LIMIT,
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("recorded 6 events"), "{stderr}");
+    let fields: Vec<String> = babeltrace(&trace)
+        .iter()
+        .filter_map(|l| {
+            l.rsplit(", { ")
+                .next()
+                .map(|f| f.trim_end_matches(" }").to_string())
+        })
+        .collect();
+    assert_eq!(
+        fields,
+        ["i = 0", "r = 7", "i = 1", "r = 8", "i = 2", "r = 11"]
+    );
+}
