@@ -110,10 +110,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         "inside QEMU, and VMM and host events are served later in vmprobe, \
          so this read would not see those writes in the order they happened: use --backend gdb",
     ),
-    uprobes: Some(
-        "uprobes are served through the GDB stub (the plugin does not yet filter \
-         user addresses by the mapped file): use --backend gdb",
-    ),
+    uprobes: None,
 };
 
 /// Refuses, each at its place in the script, what the plugin cannot serve.
