@@ -110,7 +110,6 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         "inside QEMU, and VMM and host events are served later in vmprobe, \
          so this read would not see those writes in the order they happened: use --backend gdb",
     ),
-    uprobes: None,
 };
 
 /// Refuses, each at its place in the script, what the plugin cannot serve.

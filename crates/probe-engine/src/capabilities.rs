@@ -21,8 +21,6 @@ pub struct Capabilities {
     /// Map reads in VMM and host handlers that see what guest handlers
     /// wrote, in the order it happened; after "`@map` is written ...".
     pub ordered_layer_reads: Option<&'static str>,
-    /// `uprobe:`/`uretprobe:` probes.
-    pub uprobes: Option<&'static str>,
 }
 
 impl Capabilities {
@@ -33,7 +31,6 @@ impl Capabilities {
         physical_memory: None,
         interval_guest_state: None,
         ordered_layer_reads: None,
-        uprobes: None,
     };
 }
 
@@ -71,18 +68,6 @@ pub fn check(program: &Program, caps: &Capabilities) -> Result<(), Diagnostics> 
                 .enumerate()
                 .filter(|(_, p)| matches!(p, ProbeSpec::Watchpoint { .. }))
                 .map(|(i, _)| (spans.get(i).copied().unwrap_or_default(), why.to_string())),
-        );
-    }
-    if let Some(why) = caps.uprobes {
-        errors.extend(
-            probes
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| matches!(p, ProbeSpec::Uprobe { .. }))
-                .map(|(i, p)| {
-                    let span = spans.get(i).copied().unwrap_or_default();
-                    (span, format!("{}: {why}", p.name()))
-                }),
         );
     }
     // Blocks that run for a VMM or host event, and the maps guest handlers
@@ -162,17 +147,7 @@ mod tests {
         physical_memory: Some("which this backend cannot"),
         interval_guest_state: Some("which an interval has not here"),
         ordered_layer_reads: Some("out of order here"),
-        uprobes: Some("no uprobes here"),
     };
-
-    #[test]
-    fn uprobes_are_refused_where_a_backend_lacks_them() {
-        let src = "uprobe:/bin/x:f { @ = count(); }";
-        assert_eq!(errors(src, &Capabilities::ALL), "");
-        let e = errors(src, &LACKS_ALL);
-        assert!(e.contains("uprobe:/bin/x:f: no uprobes here"), "{e}");
-        assert!(e.contains("t.bt:1:1"), "{e}");
-    }
 
     #[test]
     fn guest_state_where_no_vcpu_stops_is_refused_at_its_use() {
