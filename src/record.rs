@@ -50,6 +50,7 @@ pub fn record(args: crate::RecordArgs) -> Result<i32> {
             stall_timeout: args.boot.stall_timeout,
             otlp: args.otlp,
             metrics: None,
+            guest_root: args.boot.guest.guest_root.clone(),
             bpftrace: crate::BpftraceArgs::default(),
         };
         return crate::attach::attach_recording(attach_args, Some(recording));

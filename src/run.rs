@@ -91,7 +91,13 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
             return Err(e);
         }
     };
-    let program = match compile_typed(&source, &source_name, &kernel, &options) {
+    let program = match compile_typed(
+        &source,
+        &source_name,
+        &kernel,
+        &options,
+        args.boot.guest.guest_root.as_deref(),
+    ) {
         Ok(p) => Arc::new(p),
         Err(diags) => {
             eprint!("{diags}");
@@ -157,6 +163,13 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
             AccelArg::Kvm => Accel::Kvm,
             AccelArg::Tcg => Accel::Tcg,
         };
+    }
+    if crate::uprobe::has_uprobes(&program) && cfg.accel == Accel::Kvm {
+        if args.boot.accel.is_some() {
+            bail!("{}", crate::uprobe::KVM_REFUSAL);
+        }
+        progress!("vmprobe: uprobes need TCG: booting under TCG, not KVM");
+        cfg.accel = Accel::Tcg;
     }
     if args.console {
         cfg.console = Some(Arc::new(std::sync::Mutex::new(std::io::stderr())));

@@ -85,6 +85,7 @@ pub fn check(program: &Program, caps: &Capabilities) -> Result<(), Diagnostics> 
                     | ProbeSpec::Kretprobe { .. }
                     | ProbeSpec::Kfunc { .. }
                     | ProbeSpec::Kretfunc { .. }
+                    | ProbeSpec::Uprobe { .. }
                     | ProbeSpec::GuestTracepoint { .. }
                     | ProbeSpec::Profile { .. }
             )

@@ -184,9 +184,16 @@ impl<'s> Lexer<'s> {
         self.skip_trivia()?;
         let start = self.pos;
         let b = self.bytes();
+        // A uprobe's second field is a path: `/` there is not a predicate.
+        let path_kind = ["uprobe:", "u:", "uretprobe:", "ur:"]
+            .iter()
+            .any(|k| b[start..].starts_with(k.as_bytes()));
+        let mut colons = 0;
         while self.pos < b.len() {
             let c = b[self.pos];
-            if c.is_ascii_whitespace() || matches!(c, b',' | b'{' | b'/') {
+            colons += usize::from(c == b':');
+            let in_path = path_kind && colons == 1;
+            if c.is_ascii_whitespace() || matches!(c, b',' | b'{') || (c == b'/' && !in_path) {
                 break;
             }
             self.pos += 1;
@@ -457,6 +464,12 @@ mod tests {
         assert_eq!(lx.attach_point().unwrap().0, "kprobe:vfs_*+0x10");
         assert_eq!(lx.next_token().unwrap().tok, Tok::Punct(","));
         assert_eq!(lx.attach_point().unwrap().0, "BEGIN");
+        let mut lx = Lexer::new("uprobe:/bin/x:f/arg0/ ur:/a/b:g,u:/c:0x10 {");
+        assert_eq!(lx.attach_point().unwrap().0, "uprobe:/bin/x:f");
+        lx.pos += "/arg0/".len();
+        assert_eq!(lx.attach_point().unwrap().0, "ur:/a/b:g");
+        lx.pos += 1;
+        assert_eq!(lx.attach_point().unwrap().0, "u:/c:0x10");
     }
 
     #[test]

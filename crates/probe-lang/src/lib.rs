@@ -112,6 +112,36 @@ pub enum ProbeSpec {
         system: String,
         event: String,
     },
+    /// `uprobe:PATH:SYMBOL`, `uprobe:PATH:0xADDR` (`ret`: `uretprobe:`): a
+    /// function of the guest's file PATH, in the processes that map it.
+    /// The address comes from a host copy of the ELF, before booting
+    /// ([`Program::bind_uprobes`]); `resolved` is `None` until then.
+    Uprobe {
+        path: String,
+        target: UprobeTarget,
+        ret: bool,
+        resolved: Option<UserAddr>,
+    },
+}
+
+/// What a uprobe names in its ELF.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum UprobeTarget {
+    /// A function symbol (no wildcards).
+    Symbol(String),
+    /// A virtual address as the ELF's symbols give them (bpftrace's
+    /// `uprobe:PATH:0xADDR`).
+    Address(u64),
+}
+
+/// Where a uprobe's instruction is: its run-time virtual address, its
+/// offset in the file (what a process's mapping of the file must place at
+/// that address) and the symbol it falls in.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UserAddr {
+    pub vaddr: u64,
+    pub file_offset: u64,
+    pub func: String,
 }
 
 /// Unit of an `interval`/`profile` probe.
@@ -220,7 +250,33 @@ impl ProbeSpec {
                 format!("host:tracepoint:{system}:{event}")
             }
             ProbeSpec::GuestTracepoint { system, event } => format!("tracepoint:{system}:{event}"),
+            ProbeSpec::Uprobe {
+                path, target, ret, ..
+            } => {
+                let kind = if *ret { "uretprobe" } else { "uprobe" };
+                match target {
+                    UprobeTarget::Symbol(s) => format!("{kind}:{path}:{s}"),
+                    UprobeTarget::Address(a) => format!("{kind}:{path}:{a:#x}"),
+                }
+            }
         }
+    }
+
+    /// Whether handlers of this probe see a call's entry registers
+    /// (`arg0`..`arg5`): kprobes and uprobes.
+    pub fn is_entry(&self) -> bool {
+        matches!(
+            self,
+            ProbeSpec::Kprobe { .. } | ProbeSpec::Uprobe { ret: false, .. }
+        )
+    }
+
+    /// Whether handlers of this probe run at a call's return (`retval`).
+    pub fn is_return(&self) -> bool {
+        matches!(
+            self,
+            ProbeSpec::Kretprobe { .. } | ProbeSpec::Uprobe { ret: true, .. }
+        )
     }
 
     /// A guest syscall tracepoint's syscall (`openat`, or a pattern such
@@ -360,6 +416,34 @@ impl Program {
             r.error(*span, msg.clone());
         }
         r.finish()
+    }
+
+    /// Places every uprobe: `resolve(path, target)` gives its address in
+    /// the ELF, or why not; each failure is an error at its attach point.
+    /// Runs before the program is shared (the [`Executable`] is copied if
+    /// it already was).
+    pub fn bind_uprobes(
+        &mut self,
+        mut resolve: impl FnMut(&str, &UprobeTarget) -> Result<UserAddr, String>,
+    ) -> Result<(), Diagnostics> {
+        let spans = self.probe_spans();
+        let mut errors = Vec::new();
+        let exec = std::sync::Arc::make_mut(&mut self.exec);
+        for (i, spec) in exec.probes.iter_mut().enumerate() {
+            if let ProbeSpec::Uprobe {
+                path,
+                target,
+                resolved,
+                ..
+            } = spec
+            {
+                match resolve(path, target) {
+                    Ok(addr) => *resolved = Some(addr),
+                    Err(why) => errors.push((spans.get(i).copied().unwrap_or_default(), why)),
+                }
+            }
+        }
+        self.errors_at(&errors)
     }
 
     /// The span of each attach point, in the order of [`Program::probes`].

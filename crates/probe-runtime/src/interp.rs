@@ -682,12 +682,15 @@ impl Interpreter {
             }
             Expr::Ustack(limit) => {
                 let frames = env.ctx.ustack(*limit as usize)?;
-                // No user symbols: addresses as bpftrace prints frames it
-                // cannot resolve.
+                // Where no symbols are known, addresses, as bpftrace prints
+                // frames it cannot resolve.
                 let lines: Vec<Arc<str>> = frames
                     .iter()
                     .take(*limit as usize)
-                    .map(|&a| Arc::from(format!("{a:#x}")))
+                    .map(|&a| match env.ctx.usym(a) {
+                        Some((s, off)) => Arc::from(format!("{s}+{off}")),
+                        None => Arc::from(format!("{a:#x}")),
+                    })
                     .collect();
                 Value::Stack(Arc::from(lines))
             }

@@ -440,14 +440,14 @@ impl Checker<'_, '_> {
             "retval" if !self.all_kretprobe => {
                 self.r.error(
                     span,
-                    "the retval builtin can only be used in kretprobe and kretfunc blocks",
+                    "the retval builtin can only be used in kretprobe, kretfunc and uretprobe blocks",
                 );
                 Type::Unknown
             }
             n if n.starts_with("arg") && !self.all_kprobe => {
                 self.r.error(
                     span,
-                    format!("the {n} builtin can only be used in kprobe blocks"),
+                    format!("the {n} builtin can only be used in kprobe and uprobe blocks"),
                 );
                 Type::Unknown
             }
