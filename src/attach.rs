@@ -47,7 +47,9 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
         bail!("no VM: give --vm NAME=gdb:HOST:PORT or NAME=plugin:SOCKET (repeatable)");
     };
     let allowed = allowed_recording(&recording, &args.otlp);
-    let (compiled, mut first_kernel) = compile_for(&source, &source_name, first, allowed)?;
+    let guest_root = args.guest_root.as_deref();
+    let (compiled, mut first_kernel) =
+        compile_for(&source, &source_name, first, allowed, guest_root)?;
     let program = match compiled {
         Ok(p) => Arc::new(p),
         Err(diags) => {
@@ -178,6 +180,7 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
                 requested,
                 typed_with: first.clone(),
                 recording: allowed,
+                guest_root: args.guest_root.clone(),
                 settings: crate::service::load(config)?,
             };
             Some(Arc::new(again::Service {
@@ -402,6 +405,21 @@ fn attach_one<'s>(
         bail!("the program names unknown kernel symbols");
     }
     let timeout = Duration::from_secs(5);
+    if crate::uprobe::has_uprobes(program) {
+        // Only QMP says which accelerator the VM runs under.
+        if spec.qmp.is_none() {
+            bail!(
+                "uprobes need the VM's qmp:PATH, to check that it runs under TCG ({})",
+                crate::uprobe::KVM_REFUSAL
+            );
+        }
+        let kvm = connect_qmp(spec, timeout)?
+            .execute_raw("query-kvm", None)
+            .context("asking QMP whether the VM runs under KVM (query-kvm)")?;
+        if kvm.get("enabled").and_then(|v| v.as_bool()) != Some(false) {
+            bail!("{}", crate::uprobe::KVM_REFUSAL);
+        }
+    }
     // Signals and --duration end the connection and the search for the
     // slide (`arm_program` takes the check off before arming).
     let abort = Some(until.abort_check());
@@ -591,6 +609,7 @@ fn compile_for(
     source_name: &str,
     first: &VmSpec,
     recording: Option<&[&str]>,
+    guest_root: Option<&std::path::Path>,
 ) -> Result<Compiled> {
     let (typed, kernel) = if only_layers(&probe_lang::attach_points(source)) {
         let types = probe_engine::LayerTypes::events_only();
@@ -599,7 +618,13 @@ fn compile_for(
     } else {
         let kernel = vm_kernel(first)?;
         (
-            crate::kernel::compile_typed(source, source_name, &kernel),
+            crate::kernel::compile_typed(
+                source,
+                source_name,
+                &kernel,
+                &Default::default(),
+                guest_root,
+            ),
             Some(kernel),
         )
     };

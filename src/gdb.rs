@@ -70,5 +70,8 @@ fn arm(
     session.arm_watches(watches)?;
     session.set_timers(resolve_timers(program))?;
     session.set_kernel(Arc::new(kernel.guest.with_slide(slide)));
+    if let Some(symbols) = crate::uprobe::symbols() {
+        session.set_user_symbols(symbols);
+    }
     Ok(slide)
 }

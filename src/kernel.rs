@@ -128,6 +128,8 @@ pub fn compile_typed(
     source: &str,
     source_name: &str,
     kernel: &KernelInfo,
+    options: &probe_lang::Options,
+    guest_root: Option<&std::path::Path>,
 ) -> Result<probe_lang::Program, probe_lang::Diagnostics> {
     let guest_tracepoints = probe_lang::attach_points(source)
         .iter()
@@ -140,11 +142,14 @@ pub fn compile_typed(
             t
         }
     });
-    probe_lang::compile_with_types(
+    let mut program = probe_lang::compile_with(
         source,
         source_name,
         types.as_ref().map(|t| t as &dyn probe_lang::KernelTypes),
-    )
+        options,
+    )?;
+    crate::uprobe::bind(&mut program, &crate::uprobe::GuestFiles::new(guest_root))?;
+    Ok(program)
 }
 
 /// What each probe kind's handlers can have (no guest state in BEGIN, END

@@ -77,6 +77,13 @@ pub fn list(pattern: Option<&str>, verbose: bool, args: &GuestArgs, qemu: &Path)
     let sel = Selection::parse(pattern);
     let mut out = std::io::stdout().lock();
     let mut emit = |text: String| out.write_all(text.as_bytes()).is_ok();
+    if let Some(p) = pattern
+        && let Some((kind, rest)) = p.split_once(':')
+        && matches!(kind, "uprobe" | "u" | "uretprobe" | "ur")
+    {
+        list_uprobes(kind, rest, args, &mut emit)?;
+        return Ok(());
+    }
     if sel.wants("kprobe") && !list_kprobes(&sel, verbose, args, &mut emit)? {
         return Ok(()); // stdout closed (e.g. piped into head)
     }
@@ -101,6 +108,47 @@ pub fn list(pattern: Option<&str>, verbose: bool, args: &GuestArgs, qemu: &Path)
             None => glob(sel.name, probe),
         };
         if matched && !emit(format!("{probe}\n")) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// `uprobe:PATH:PATTERN`: the function symbols of the guest's file PATH,
+/// read from its host copy, as bpftrace lists an ELF's.
+fn list_uprobes(
+    kind: &str,
+    rest: &str,
+    args: &GuestArgs,
+    emit: &mut dyn FnMut(String) -> bool,
+) -> Result<()> {
+    let kind = if kind.starts_with("uret") || kind == "ur" {
+        "uretprobe"
+    } else {
+        "uprobe"
+    };
+    let Some((path, pattern)) = rest.rsplit_once(':').filter(|(p, _)| p.starts_with('/')) else {
+        bail!("{kind}: name the guest file: '{kind}:PATH:*' (e.g. '{kind}:/bin/busybox:*')");
+    };
+    let files = crate::uprobe::GuestFiles::new(args.guest_root.as_deref());
+    let host = files.host_copy(path).map_err(anyhow::Error::msg)?;
+    let elf = kernel_image::UserElf::load(&host)?;
+    if elf.functions().is_empty() {
+        eprintln!(
+            "vmprobe: {path} ({}) has no symbol table (stripped)",
+            host.display()
+        );
+    }
+    let mut names: Vec<&str> = elf
+        .functions()
+        .iter()
+        .map(|f| f.name.as_str())
+        .filter(|n| glob(pattern, n))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    for name in names {
+        if !emit(format!("{kind}:{path}:{name}\n")) {
             break;
         }
     }

@@ -35,6 +35,7 @@ mod report;
 mod run;
 mod script;
 mod service;
+mod uprobe;
 mod vm_spec;
 
 use anyhow::Result;
@@ -117,6 +118,10 @@ pub struct GuestArgs {
     /// Where kernel symbols come from, if not the kernel image (System.map, /proc/kallsyms dump or ELF).
     #[arg(long, value_name = "PATH")]
     symbols: Option<PathBuf>,
+    /// The guest's files on the host, for uprobes' symbols (uprobe:PATH
+    /// reads DIR/PATH); by default the default guest's own programs.
+    #[arg(long, value_name = "DIR")]
+    guest_root: Option<PathBuf>,
 }
 
 /// How `run` and `record` boot their guests.
@@ -165,11 +170,15 @@ fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
 #[derive(Args)]
 pub struct RunArgs {
     /// The probe program.
-    #[arg(short = 'e', value_name = "PROGRAM", conflicts_with = "file")]
+    #[arg(short = 'e', value_name = "PROGRAM")]
     program: Option<String>,
-    /// A file holding the probe program.
+    /// A file holding the probe program (with -e, the first ARG).
     #[arg(value_name = "FILE")]
     file: Option<PathBuf>,
+    /// Positional parameters, `$1`.. in the program (`$#` counts them), as
+    /// bpftrace's; before `--`.
+    #[arg(value_name = "ARG")]
+    params: Vec<String>,
     /// Print the program's AST and IR, then exit.
     #[arg(short = 'd')]
     dump: bool,
@@ -291,6 +300,10 @@ pub struct AttachArgs {
     /// collector's http://127.0.0.1:4318); events it cannot take are dropped.
     #[arg(long, value_name = "URL", value_parser = otlp::parse_endpoint)]
     otlp: Option<otlp_export::Endpoint>,
+    /// The guest's files on the host, for uprobes' symbols (uprobe:PATH
+    /// reads DIR/PATH); by default the default guest's own programs.
+    #[arg(long, value_name = "DIR")]
+    guest_root: Option<PathBuf>,
     #[command(flatten)]
     bpftrace: BpftraceArgs,
 }

@@ -50,6 +50,7 @@ pub fn record(args: crate::RecordArgs) -> Result<i32> {
             stall_timeout: args.boot.stall_timeout,
             otlp: args.otlp,
             metrics: None,
+            guest_root: args.boot.guest.guest_root.clone(),
             bpftrace: crate::BpftraceArgs::default(),
         };
         return crate::attach::attach_recording(attach_args, Some(recording));
@@ -57,6 +58,7 @@ pub fn record(args: crate::RecordArgs) -> Result<i32> {
     let run_args = crate::RunArgs {
         program,
         file,
+        params: Vec::new(),
         dump: false,
         format: crate::OutputArg::Text,
         boot: args.boot,

@@ -46,7 +46,17 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
         return list_probes(&args);
     }
     // Everything that can be checked before booting is checked first.
+    // With -e every positional argument is a parameter, as in bpftrace.
+    if args.program.is_some()
+        && let Some(first) = args.file.take()
+    {
+        args.params.insert(0, first.to_string_lossy().into_owned());
+    }
     let (source, source_name) = crate::script::program_source(&args.program, &args.file)?;
+    let options = probe_lang::Options {
+        params: args.params.clone(),
+        str_len: str_len_from_env()?,
+    };
     if let Some(command) = args.command.take() {
         args.workload = vec![command];
     }
@@ -59,7 +69,7 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
             && !args.dump
             && crate::noguest::needs_no_guest(p)
     };
-    if let Ok(program) = probe_lang::compile(&source, &source_name)
+    if let Ok(program) = probe_lang::compile_with(&source, &source_name, None, &options)
         && guest_free(&program)
     {
         return run_without_guest(&args, Arc::new(program));
@@ -74,14 +84,20 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
     let (image, kernel) = match loaded {
         Ok(pair) => pair,
         Err(e) => {
-            if let Err(diags) = probe_lang::compile(&source, &source_name) {
+            if let Err(diags) = probe_lang::compile_with(&source, &source_name, None, &options) {
                 eprint!("{diags}");
                 return Ok(1);
             }
             return Err(e);
         }
     };
-    let program = match compile_typed(&source, &source_name, &kernel) {
+    let program = match compile_typed(
+        &source,
+        &source_name,
+        &kernel,
+        &options,
+        args.boot.guest.guest_root.as_deref(),
+    ) {
         Ok(p) => Arc::new(p),
         Err(diags) => {
             eprint!("{diags}");
@@ -147,6 +163,13 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
             AccelArg::Kvm => Accel::Kvm,
             AccelArg::Tcg => Accel::Tcg,
         };
+    }
+    if crate::uprobe::has_uprobes(&program) && cfg.accel == Accel::Kvm {
+        if args.boot.accel.is_some() {
+            bail!("{}", crate::uprobe::KVM_REFUSAL);
+        }
+        progress!("vmprobe: uprobes need TCG: booting under TCG, not KVM");
+        cfg.accel = Accel::Tcg;
     }
     if args.console {
         cfg.console = Some(Arc::new(std::sync::Mutex::new(std::io::stderr())));
@@ -579,6 +602,22 @@ fn tail(vm: &Vm) -> String {
     let text = vm.console_tail();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(3)..].join(" | ")
+}
+
+/// BPFTRACE_STRLEN as bpftrace reads it: the bytes a string holds, its NUL
+/// included, from 1 to 200 (default 64).
+fn str_len_from_env() -> Result<Option<u64>> {
+    let Some(v) = std::env::var_os("BPFTRACE_STRLEN") else {
+        return Ok(None);
+    };
+    let limit = probe_lang::check::STR_LEN_LIMIT;
+    match v.to_str().and_then(|s| s.trim().parse::<u64>().ok()) {
+        Some(n) if (1..=limit).contains(&n) => Ok(Some(n)),
+        _ => bail!(
+            "BPFTRACE_STRLEN={}: give a number of bytes from 1 to {limit}",
+            v.to_string_lossy()
+        ),
+    }
 }
 
 #[cfg(test)]

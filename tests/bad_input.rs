@@ -877,3 +877,182 @@ fn a_per_guest_probe_on_an_unknown_guest_is_refused_before_booting() {
     );
     assert!(e.contains("stdin:1:1") && !e.contains("booting"), "{e}");
 }
+
+/// bpftrace's C preprocessor lines, literals, positional parameters and
+/// BPFTRACE_STRLEN: each mistake is one error at its line:column, before
+/// anything boots.
+#[test]
+fn preprocessor_literal_and_parameter_errors_name_their_place() {
+    let cases: &[(&str, &[&str], &str, &str)] = &[
+        (
+            "BEGIN { exit(); }\n  #pragma once\n",
+            &[],
+            "unknown directive '#pragma'",
+            "stdin:2:3",
+        ),
+        (
+            "#ifdef BPFTRACE_HAVE_BTF\nBEGIN { exit(); }\n",
+            &[],
+            "this conditional has no #endif",
+            "stdin:1:1",
+        ),
+        (
+            "BEGIN { exit(); }\n#endif\n",
+            &[],
+            "#endif without #ifdef or #ifndef",
+            "stdin:2:1",
+        ),
+        (
+            "#define F(x) x\nBEGIN { exit(); }\n",
+            &[],
+            "function-like macro 'F'",
+            "stdin:1:9",
+        ),
+        (
+            "BEGIN { @x = 12e3; exit(); }",
+            &[],
+            "invalid integer literal '12e3': the coefficient of a scientific literal must be 0 to 9",
+            "stdin:1:14",
+        ),
+        (
+            "BEGIN { @x = 1e17; exit(); }",
+            &[],
+            "the exponent of a scientific literal must be at most 16",
+            "stdin:1:14",
+        ),
+        (
+            "BEGIN { @x = $1; exit(); }",
+            &["abc"],
+            "$1 used numerically but given \"abc\"; try str($1)",
+            "stdin:1:14",
+        ),
+        (
+            "BEGIN { @x = $0; exit(); }",
+            &[],
+            "$0 is not a valid parameter",
+            "stdin:1:14",
+        ),
+        (
+            "kprobe:vfs_read { @[username] = count(); }",
+            &[],
+            "username would name the uid from the host's /etc/passwd",
+            "stdin:1:21",
+        ),
+    ];
+    for (program, params, needle, place) in cases {
+        let mut args = vec!["run", "-e", program];
+        args.extend_from_slice(params);
+        args.extend(["--", "true"]);
+        let e = fails_with(&args, &[], needle);
+        assert!(
+            e.contains(&format!(" --> {place}\n")),
+            "{place} expected:\n{e}"
+        );
+        assert!(!e.contains("booting"), "must fail before booting:\n{e}");
+        let naming = e.lines().filter(|l| l.contains(needle)).count();
+        assert_eq!(naming, 1, "reported once:\n{e}");
+    }
+    for bad in ["0", "201", "lots"] {
+        let e = fails_with(
+            &["run", "-e", "BEGIN { exit(); }"],
+            &[("BPFTRACE_STRLEN", bad)],
+            &format!("BPFTRACE_STRLEN={bad}: give a number of bytes from 1 to 200"),
+        );
+        last_line_is_one_error(&e, "BPFTRACE_STRLEN");
+    }
+}
+
+/// A uprobe whose file has no host copy, a function its ELF lacks, a
+/// position-independent file, bpftrace's library-name form and an address
+/// outside the file's code: each an error at its attach point, before
+/// booting; and uprobes under KVM are refused before booting.
+#[test]
+fn bad_uprobes_are_errors_at_their_place_before_booting() {
+    default_guest();
+    let cases: [(&str, &str); 4] = [
+        (
+            "uprobe:/bin/no-such-file:main { }",
+            "/bin/no-such-file: vmprobe has no host copy of this guest file; give --guest-root DIR",
+        ),
+        (
+            "BEGIN { }\nuprobe:/bin/vmprobe-ucount:no_such_fn { }",
+            "has no function 'no_such_fn' (`vmprobe list 'uprobe:/bin/vmprobe-ucount:*'` lists them)",
+        ),
+        (
+            "uprobe:libc:getaddrinfo { }",
+            "a library name is looked up in the guest's ld cache, which vmprobe does not read",
+        ),
+        (
+            "uprobe:/bin/vmprobe-ucount:0x10 { }",
+            "0x10 is not in an executable segment of the file",
+        ),
+    ];
+    for (program, needle) in cases {
+        let e = fails_with(&["run", "-e", program, "--", "true"], &[], needle);
+        let line = program.lines().count();
+        assert!(e.contains(&format!(" --> stdin:{line}:1\n")), "{e}");
+        assert!(!e.contains("booting"), "must fail before booting:\n{e}");
+    }
+    // An address inside an instruction (ucount_step+1: its first one is
+    // 4 bytes long), from the ELF's code.
+    let elf = kernel_image::UserElf::load(
+        &qemu_guest::default_guest_files(&qemu_guest::cache_dir())
+            .into_iter()
+            .find(|(g, _)| g == "/bin/vmprobe-ucount")
+            .expect("the default guest's ucount")
+            .1,
+    )
+    .unwrap();
+    let step = elf.lookup("ucount_step").unwrap().addr;
+    let program = format!("uprobe:/bin/vmprobe-ucount:{:#x} {{ }}", step + 1);
+    let e = fails_with(
+        &["run", "-e", &program, "--", "true"],
+        &[],
+        "is inside an instruction",
+    );
+    assert!(!e.contains("booting"), "{e}");
+    // --guest-root: a position-independent executable is refused with why.
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("bin")).unwrap();
+    let src = root.path().join("p.c");
+    std::fs::write(&src, "int main(void) { return 0; }\n").unwrap();
+    let built = std::process::Command::new("cc")
+        .args(["-fPIE", "-pie", "-o"])
+        .arg(root.path().join("bin/pie"))
+        .arg(&src)
+        .status()
+        .is_ok_and(|s| s.success());
+    if built {
+        let root_arg = root.path().to_str().unwrap();
+        let e = fails_with(
+            &[
+                "run",
+                "--guest-root",
+                root_arg,
+                "-e",
+                "uprobe:/bin/pie:main { }",
+                "--",
+                "true",
+            ],
+            &[],
+            "position-independent",
+        );
+        assert!(e.contains(" --> stdin:1:1\n"), "{e}");
+    }
+    // Under KVM (asked for), uprobes are refused before booting.
+    let e = fails_with(
+        &[
+            "run",
+            "--accel",
+            "kvm",
+            "-e",
+            "uprobe:/bin/vmprobe-ucount:ucount_step { }",
+            "--",
+            "true",
+        ],
+        &[],
+        "uprobes are served only under TCG",
+    );
+    last_line_is_one_error(&e, "uprobes are served only under TCG");
+    assert!(!e.contains("booting"), "{e}");
+}

@@ -185,6 +185,46 @@ fn shebang_scripts_run_and_errors_count_the_first_line() {
     assert!(stderr.contains("4 |   @x = foo;\n"), "{stderr}");
 }
 
+/// Positional parameters after FILE (or after -e PROGRAM), as bpftrace's;
+/// and the C preprocessor lines of bpftrace's tools.
+#[test]
+fn positional_parameters_and_preprocessor_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("params.bt");
+    std::fs::write(
+        &script,
+        "#!/usr/bin/env bpftrace\n#include <linux/sched.h>\n#ifndef BPFTRACE_HAVE_BTF\n\
+         BEGIN { printf(\"no BTF\\n\"); }\n#else\n#define TIMES 3\n#endif\n\
+         BEGIN { printf(\"%d %s %d %d %s| %d\\n\", $1 * TIMES, str($2), $#, $3, str($3), 1e6 + 1_000); exit(); }\n",
+    )
+    .unwrap();
+    let out = run_bounded(
+        vmprobe_without_guest(dir.path()).args([
+            "run",
+            "-q",
+            script.to_str().unwrap(),
+            "7",
+            "word",
+        ]),
+        NO_BOOT_LIMIT,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "21 word 2 0 | 1001000\n\n\n");
+    let out = run_bounded(
+        vmprobe_without_guest(dir.path()).args([
+            "run",
+            "-q",
+            "-e",
+            "BEGIN { printf(\"%s %d\\n\", str($1), $#); exit(); }",
+            "one",
+            "two",
+        ]),
+        NO_BOOT_LIMIT,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "one 2\n\n\n");
+}
+
 /// The flags that have no meaning for a VM say so; `-c` and `-- CMD` are
 /// one workload; `-l` lists as `vmprobe list` does.
 #[test]

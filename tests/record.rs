@@ -323,7 +323,8 @@ vmm:serial_write /args.value == 90/ { trace(); }
 #[test]
 fn trace_fields_become_perfetto_args() {
     let dir = tempfile::tempdir().unwrap();
-    let program = "kprobe:ksys_write /arg2 == 1/ { trace(n = arg2, who = comm, b = buf(arg1, 1)); }\n\
+    let program = "kprobe:ksys_write /arg2 == 1/ { trace(n = arg2, who = comm, b = buf(arg1, 1), \
+                   task = curtask); }\n\
                    kretprobe:ksys_write /retval == 1/ { trace(); }";
     let out = run_bounded(
         vmprobe()
@@ -347,6 +348,10 @@ fn trace_fields_become_perfetto_args() {
         assert_eq!(i["args"]["n"], 1);
         assert_eq!(i["args"]["who"], "dd");
         assert!(i["args"]["b"].is_string(), "{i}");
+        // A kernel pointer is beyond what a JavaScript number holds
+        // exactly: hex text, not a rounded number.
+        let task = i["args"]["task"].as_str().unwrap_or_else(|| panic!("{i}"));
+        assert!(task.starts_with("0xffff"), "{i}");
     }
     // A bare trace() in a kretprobe is the return's slice with its retval.
     let slices = of("X");

@@ -53,6 +53,8 @@ pub(super) struct Reload {
     /// `[watch]`'s.
     pub typed_with: VmSpec,
     pub recording: Option<&'static [&'static str]>,
+    /// `--guest-root`: where uprobes' files are found on the host.
+    pub guest_root: Option<PathBuf>,
     /// The configuration as the service started with it, but its program:
     /// a reload changes the program only.
     pub settings: crate::service::Config,
@@ -272,7 +274,14 @@ impl Service {
             crate::service::Program::Text(t) => (Some(t), None),
         };
         let (source, source_name) = crate::script::program_source(&text, &file)?;
-        let (compiled, _) = compile_for(&source, &source_name, &r.typed_with, r.recording)?;
+        let guest_root = r.guest_root.as_deref();
+        let (compiled, _) = compile_for(
+            &source,
+            &source_name,
+            &r.typed_with,
+            r.recording,
+            guest_root,
+        )?;
         let program = compiled.map_err(|diags| {
             // Every diagnostic, as at start; the summary line follows.
             eprint!("{diags}");

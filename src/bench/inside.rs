@@ -306,7 +306,7 @@ struct Probed {
 }
 
 fn compile(program: &str, kernel: &KernelInfo) -> Result<probe_lang::Program> {
-    crate::kernel::compile_typed(program, "bench", kernel)
+    crate::kernel::compile_typed(program, "bench", kernel, &Default::default(), None)
         .map_err(|d| anyhow!("bench program: {d}"))
 }
 

@@ -979,9 +979,11 @@ pub fn run_suite(dir: &str, suite: Suite) {
     }
     let mut vm = Vm::launch(&cfg).expect("launch");
     // QEMU starts paused (-S); let the guest boot, untouched by any stub.
-    let mut qmp =
-        qemu_vmm::Qmp::connect_unix_wait(&vm.qmp_socket(), Duration::from_secs(5)).unwrap();
-    qmp.cont().unwrap();
+    // The monitor is let go at once: QEMU serves one client per monitor,
+    // and an attach given `qmp:` (uprobes) connects to it.
+    qemu_vmm::Qmp::connect_unix_wait(&vm.qmp_socket(), Duration::from_secs(5))
+        .and_then(|mut qmp| qmp.cont())
+        .unwrap();
     vm.wait_ready(Duration::from_secs(180))
         .expect("guest boots");
     let mut g = Guest {

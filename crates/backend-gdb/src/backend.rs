@@ -61,11 +61,16 @@ impl Session {
         let s = &self.stats;
         let h = &s.service_ns;
         format!(
-            "{} hits, {} returns, {} missed returns, {} stray stops, service time per hit: mean {:.1} us, p50 {:.1} us, p99 {:.1} us, {} round trips in all",
+            "{} hits, {} returns, {} missed returns, {} stray stops{}, service time per hit: mean {:.1} us, p50 {:.1} us, p99 {:.1} us, {} round trips in all",
             s.hits,
             s.returns,
             self.missed_returns(),
             s.stray_stops,
+            if self.sites().iter().any(|s| s.is_user()) {
+                format!(", {} uprobe stops in other files", s.other_files)
+            } else {
+                String::new()
+            },
             h.mean() / 1e3,
             h.value_at_quantile(0.5) as f64 / 1e3,
             h.value_at_quantile(0.99) as f64 / 1e3,

@@ -84,6 +84,8 @@ pub(crate) struct HitContext<'a> {
     /// At a `kretfunc` return: the argument registers captured at the
     /// call's entry, which `args` reads instead of the clobbered registers.
     pub entry_args: Option<[u64; 6]>,
+    /// Symbols of the user files the program's uprobes name (`ustack`).
+    pub user_symbols: Option<&'a probe_plan::UserSymbols>,
 }
 
 impl<'a> HitContext<'a> {
@@ -111,6 +113,7 @@ impl<'a> HitContext<'a> {
             task: None,
             traced: Vec::new(),
             entry_args: None,
+            user_symbols: None,
         }
     }
 
@@ -301,6 +304,17 @@ impl ProbeContext for HitContext<'_> {
         let mut cpu = self.stopped()?;
         let stack = kernel.ustack(&mut cpu, task, limit);
         stack.map_err(|e| self.guest_error(e))
+    }
+
+    fn usym(&mut self, addr: u64) -> Option<(String, u64)> {
+        let symbols = self.user_symbols.filter(|s| !s.is_empty())?;
+        let kernel = self.kernel?;
+        let mut cpu = self.stopped().ok()?;
+        // The file the task maps at the frame, if its symbols are known.
+        let mapped = kernel.mapped_file(&mut cpu, addr).ok()??;
+        symbols
+            .knows(&mapped.path)
+            .then(|| symbols.symbolize(&mapped.path, addr))?
     }
 
     fn comm(&mut self) -> Result<String, ContextError> {

@@ -33,11 +33,15 @@ pub mod mcount;
 mod sections;
 #[cfg(feature = "images")]
 mod syscalls;
+#[cfg(feature = "images")]
+mod user_elf;
 
 #[cfg(feature = "images")]
 pub use sections::{KernelSections, Section};
 #[cfg(feature = "images")]
 pub use syscalls::{Syscall, SyscallParam, load_syscalls, parse_syscalls};
+#[cfg(feature = "images")]
+pub use user_elf::{MAX_USER_ELF, UserElf, UserElfError, UserSymbol};
 
 #[cfg(feature = "images")]
 use std::path::Path;

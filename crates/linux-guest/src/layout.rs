@@ -112,6 +112,79 @@ impl CgroupPathLayout {
     }
 }
 
+/// What finding the file a task maps at an address needs (uprobes,
+/// `user_maps`): the `mm`'s maple tree, VMAs, files, dentries and mounts,
+/// from BTF.
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct VmaLayout {
+    pub(crate) task_mm: u64,
+    /// `mm->mm_mt.ma_root`.
+    pub(crate) mm_root: u64,
+    pub(crate) range_pivot: u64,
+    pub(crate) range_slot: u64,
+    pub(crate) range_pivots: u64,
+    pub(crate) arange_pivot: u64,
+    pub(crate) arange_slot: u64,
+    pub(crate) arange_pivots: u64,
+    pub(crate) vm_start: u64,
+    pub(crate) vm_end: u64,
+    pub(crate) vm_pgoff: u64,
+    pub(crate) vm_file: u64,
+    /// `file->f_path.mnt` and `.dentry`.
+    pub(crate) file_mnt: u64,
+    pub(crate) file_dentry: u64,
+    pub(crate) d_parent: u64,
+    /// `dentry->d_name.len` and `.name`.
+    pub(crate) d_name_len: u64,
+    pub(crate) d_name_ptr: u64,
+    /// `struct mount` around its `struct vfsmount mnt`.
+    pub(crate) mount_mnt: u64,
+    pub(crate) mount_parent: u64,
+    pub(crate) mount_mountpoint: u64,
+    pub(crate) vfsmount_root: u64,
+}
+
+impl VmaLayout {
+    pub(crate) fn from_btf(btf: &Btf) -> Option<VmaLayout> {
+        let off = |ty: &str, name: &str| member_offset(btf, ty, name);
+        let pivots = |ty: &str| -> Option<u64> {
+            let t = btf.struct_by_name(ty)?;
+            let m = btf.member(t, "pivot").ok()??;
+            // An array of `unsigned long`: its size over 8.
+            let n = btf.size_of(m.ty).ok()? / 8;
+            (1..=32).contains(&n).then_some(n)
+        };
+        let qstr_len = off("qstr", "len")?;
+        let path_mnt = off("path", "mnt")?;
+        let path_dentry = off("path", "dentry")?;
+        let f_path = off("file", "f_path")?;
+        let d_name = off("dentry", "d_name")?;
+        Some(VmaLayout {
+            task_mm: off("task_struct", "mm")?,
+            mm_root: off("mm_struct", "mm_mt")? + off("maple_tree", "ma_root")?,
+            range_pivot: off("maple_range_64", "pivot")?,
+            range_slot: off("maple_range_64", "slot")?,
+            range_pivots: pivots("maple_range_64")?,
+            arange_pivot: off("maple_arange_64", "pivot")?,
+            arange_slot: off("maple_arange_64", "slot")?,
+            arange_pivots: pivots("maple_arange_64")?,
+            vm_start: off("vm_area_struct", "vm_start")?,
+            vm_end: off("vm_area_struct", "vm_end")?,
+            vm_pgoff: off("vm_area_struct", "vm_pgoff")?,
+            vm_file: off("vm_area_struct", "vm_file")?,
+            file_mnt: f_path + path_mnt,
+            file_dentry: f_path + path_dentry,
+            d_parent: off("dentry", "d_parent")?,
+            d_name_len: d_name + qstr_len,
+            d_name_ptr: d_name + off("qstr", "name")?,
+            mount_mnt: off("mount", "mnt")?,
+            mount_parent: off("mount", "mnt_parent")?,
+            mount_mountpoint: off("mount", "mnt_mountpoint")?,
+            vfsmount_root: off("vfsmount", "mnt_root")?,
+        })
+    }
+}
+
 /// Where things are in the kernel's structures: offsets from BTF and a
 /// few symbols, computed once from the image. Serialisable, so a process
 /// without the image (the QEMU plugin) gets the same knowledge.
@@ -124,6 +197,9 @@ pub struct KernelLayout {
     pub(crate) cgroup: Option<CgroupLayout>,
     pub(crate) cgroup_path: Option<CgroupPathLayout>,
     pub(crate) thread_size: u64,
+    /// The files tasks map (uprobes).
+    #[serde(default)]
+    pub(crate) vma: Option<VmaLayout>,
 }
 
 impl KernelLayout {
@@ -151,6 +227,7 @@ impl KernelLayout {
             cgroup: btf.and_then(CgroupLayout::from_btf),
             cgroup_path: btf.and_then(|b| CgroupPathLayout::new(b, symbols)),
             thread_size,
+            vma: btf.and_then(VmaLayout::from_btf),
         }
     }
 }

@@ -28,12 +28,14 @@ mod address_space;
 mod cgroup;
 mod handler_errors;
 mod layout;
+mod user_maps;
 use address_space::reg;
 pub use address_space::vtop;
 use cgroup::cgroup_path_in;
 pub use handler_errors::task_read_error;
 pub use layout::KernelLayout;
 use layout::TaskLayout;
+pub use user_maps::MappedFile;
 
 /// The image sections this crate reads.
 pub const SECTIONS: [&str; 3] = [".BTF", ".orc_unwind_ip", ".orc_unwind"];

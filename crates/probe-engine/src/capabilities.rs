@@ -85,6 +85,7 @@ pub fn check(program: &Program, caps: &Capabilities) -> Result<(), Diagnostics> 
                     | ProbeSpec::Kretprobe { .. }
                     | ProbeSpec::Kfunc { .. }
                     | ProbeSpec::Kretfunc { .. }
+                    | ProbeSpec::Uprobe { .. }
                     | ProbeSpec::GuestTracepoint { .. }
                     | ProbeSpec::Profile { .. }
             )
@@ -158,6 +159,11 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("t.bt:1:24"), "{e}");
+        let e = errors("END { join(0x1000); }", &Capabilities::ALL);
+        assert!(
+            e.contains("join() reads guest state, which BEGIN and END do not have"),
+            "{e}"
+        );
         let e = errors(
             "vmm:serial_write { @[str(0)] = count(); }",
             &Capabilities::ALL,

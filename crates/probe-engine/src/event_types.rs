@@ -114,6 +114,12 @@ impl KernelTypes for LayerTypes<'_> {
         let i = all.binary_search_by(|(n, _)| n.as_str().cmp(name)).ok()?;
         Some(all[i].1.clone())
     }
+
+    fn syscall_names(&self) -> Vec<String> {
+        self.syscalls
+            .map(|all| all.iter().map(|(n, _)| n.clone()).collect())
+            .unwrap_or_default()
+    }
 }
 
 /// A `vmm:` event's fields as [`qemu_vmm::catalogue::EventDecl::match_message`]

@@ -22,6 +22,9 @@ pub struct HitStats {
     pub layer_events: u64,
     /// Stops that matched no probe site (resumed and otherwise ignored).
     pub stray_stops: u64,
+    /// Hits at a uprobe's address in a process that maps another file (or
+    /// none) there: not the probe's, resumed without running handlers.
+    pub other_files: u64,
     /// Nanoseconds from receiving a hit's stop reply to resuming the guest.
     pub service_ns: Histogram<u64>,
 }
@@ -36,6 +39,7 @@ impl HitStats {
             watch_hits: 0,
             layer_events: 0,
             stray_stops: 0,
+            other_files: 0,
             service_ns: Histogram::new(3).expect("3 significant digits is valid"),
         }
     }

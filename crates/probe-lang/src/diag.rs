@@ -174,6 +174,15 @@ impl<'s> Reporter<'s> {
             Ok(())
         } else {
             self.diags.sort_by_key(|d| d.span.start);
+            // A block split per attach point reports its errors once.
+            let mut seen = Vec::new();
+            self.diags.retain(|d| {
+                let new = !seen.contains(d);
+                if new {
+                    seen.push(d.clone());
+                }
+                new
+            });
             Err(Diagnostics(self.diags))
         }
     }

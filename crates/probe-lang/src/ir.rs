@@ -120,6 +120,12 @@ pub enum Expr {
         ptr: Box<Expr>,
         len: Box<Expr>,
     },
+    /// `join(argv[, delim])`'s text: the strings of a NULL-ended array of
+    /// at most [`JOIN_ARGS`] pointers, separated by string `delim`.
+    Join {
+        ptr: Box<Expr>,
+        delim: u32,
+    },
     Ksym(Box<Expr>),
     /// `cgroup_path(id [, filter])`: `unified:PATH`, or empty when the
     /// filter excludes the cgroup v2 hierarchy (bpftrace calls it
@@ -261,6 +267,10 @@ pub struct Block {
     pub slots: u16,
 }
 
+/// bpftrace's bounds for `join()`: 16 elements of at most 1024 bytes.
+pub const JOIN_ARGS: u64 = 16;
+pub const JOIN_ARG_MAX: u64 = 1024;
+
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Ir {
     pub blocks: Vec<Block>,
@@ -273,6 +283,8 @@ pub struct Ir {
     pub traces: Vec<TraceSite>,
     /// Thread-local variables by slot: name and type (what an unset one reads as).
     pub self_vars: Vec<(String, Type)>,
+    /// Bytes a string holds, its NUL included: bpftrace's BPFTRACE_STRLEN.
+    pub str_len: u64,
 }
 
 impl Ir {
@@ -386,6 +398,7 @@ fn dexpr(e: &Expr) -> String {
             None => format!("str({})", dexpr(ptr)),
         },
         Expr::BufRead { ptr, len } => format!("buf({}, {})", dexpr(ptr), dexpr(len)),
+        Expr::Join { ptr, delim } => format!("join({}, s{delim})", dexpr(ptr)),
         Expr::Ksym(a) => format!("ksym({})", dexpr(a)),
         Expr::CgroupPath { id, unified } => {
             format!("cgroup_path({}, unified={unified})", dexpr(id))

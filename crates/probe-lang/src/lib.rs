@@ -36,6 +36,7 @@ pub mod lexer;
 mod lower;
 pub mod needs;
 pub mod parser;
+pub mod preprocess;
 pub mod types;
 pub mod value;
 mod visit;
@@ -111,6 +112,36 @@ pub enum ProbeSpec {
         system: String,
         event: String,
     },
+    /// `uprobe:PATH:SYMBOL`, `uprobe:PATH:0xADDR` (`ret`: `uretprobe:`): a
+    /// function of the guest's file PATH, in the processes that map it.
+    /// The address comes from a host copy of the ELF, before booting
+    /// ([`Program::bind_uprobes`]); `resolved` is `None` until then.
+    Uprobe {
+        path: String,
+        target: UprobeTarget,
+        ret: bool,
+        resolved: Option<UserAddr>,
+    },
+}
+
+/// What a uprobe names in its ELF.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum UprobeTarget {
+    /// A function symbol (no wildcards).
+    Symbol(String),
+    /// A virtual address as the ELF's symbols give them (bpftrace's
+    /// `uprobe:PATH:0xADDR`).
+    Address(u64),
+}
+
+/// Where a uprobe's instruction is: its run-time virtual address, its
+/// offset in the file (what a process's mapping of the file must place at
+/// that address) and the symbol it falls in.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UserAddr {
+    pub vaddr: u64,
+    pub file_offset: u64,
+    pub func: String,
 }
 
 /// Unit of an `interval`/`profile` probe.
@@ -219,7 +250,33 @@ impl ProbeSpec {
                 format!("host:tracepoint:{system}:{event}")
             }
             ProbeSpec::GuestTracepoint { system, event } => format!("tracepoint:{system}:{event}"),
+            ProbeSpec::Uprobe {
+                path, target, ret, ..
+            } => {
+                let kind = if *ret { "uretprobe" } else { "uprobe" };
+                match target {
+                    UprobeTarget::Symbol(s) => format!("{kind}:{path}:{s}"),
+                    UprobeTarget::Address(a) => format!("{kind}:{path}:{a:#x}"),
+                }
+            }
         }
+    }
+
+    /// Whether handlers of this probe see a call's entry registers
+    /// (`arg0`..`arg5`): kprobes and uprobes.
+    pub fn is_entry(&self) -> bool {
+        matches!(
+            self,
+            ProbeSpec::Kprobe { .. } | ProbeSpec::Uprobe { ret: false, .. }
+        )
+    }
+
+    /// Whether handlers of this probe run at a call's return (`retval`).
+    pub fn is_return(&self) -> bool {
+        matches!(
+            self,
+            ProbeSpec::Kretprobe { .. } | ProbeSpec::Uprobe { ret: true, .. }
+        )
     }
 
     /// A guest syscall tracepoint's syscall (`openat`, or a pattern such
@@ -359,6 +416,34 @@ impl Program {
             r.error(*span, msg.clone());
         }
         r.finish()
+    }
+
+    /// Places every uprobe: `resolve(path, target)` gives its address in
+    /// the ELF, or why not; each failure is an error at its attach point.
+    /// Runs before the program is shared (the [`Executable`] is copied if
+    /// it already was).
+    pub fn bind_uprobes(
+        &mut self,
+        mut resolve: impl FnMut(&str, &UprobeTarget) -> Result<UserAddr, String>,
+    ) -> Result<(), Diagnostics> {
+        let spans = self.probe_spans();
+        let mut errors = Vec::new();
+        let exec = std::sync::Arc::make_mut(&mut self.exec);
+        for (i, spec) in exec.probes.iter_mut().enumerate() {
+            if let ProbeSpec::Uprobe {
+                path,
+                target,
+                resolved,
+                ..
+            } = spec
+            {
+                match resolve(path, target) {
+                    Ok(addr) => *resolved = Some(addr),
+                    Err(why) => errors.push((spans.get(i).copied().unwrap_or_default(), why)),
+                }
+            }
+        }
+        self.errors_at(&errors)
     }
 
     /// The span of each attach point, in the order of [`Program::probes`].
@@ -611,18 +696,92 @@ pub fn compile_with_types(
     source_name: &str,
     types: Option<&dyn KernelTypes>,
 ) -> Result<Program, Diagnostics> {
+    compile_with(source, source_name, types, &Options::default())
+}
+
+/// A block on several guest tracepoints becomes one block per tracepoint,
+/// as bpftrace compiles one program per attach point: `args.filename` is
+/// the second argument of `openat` but the first of `open`, so each needs
+/// its own access. A wildcard (`sys_enter_exec*`) in a block that reads
+/// `args` becomes its syscalls, when the guest's syscalls are known.
+fn split_guest_tracepoints(ast: &mut ast::Ast, types: Option<&dyn KernelTypes>) {
+    let names = types.map(|t| t.syscall_names()).unwrap_or_default();
+    // `tracepoint:syscalls:sys_enter_NAME` per matching syscall, or the
+    // attach point itself.
+    let expand = |text: &str, span: Span, uses_args: bool| -> Option<Vec<(String, Span)>> {
+        let spec = check::parse_probe(text).ok()?;
+        let (sys, exit) = spec.syscall_event()?;
+        if !sys.contains(['*', '?']) || !uses_args || names.is_empty() {
+            return Some(vec![(text.to_string(), span)]);
+        }
+        let kind = if exit { "sys_exit_" } else { "sys_enter_" };
+        let found: Vec<(String, Span)> = names
+            .iter()
+            .filter(|n| lower::wildcard_match(sys, n))
+            .map(|n| (format!("tracepoint:syscalls:{kind}{n}"), span))
+            .collect();
+        // No match: left for the checker to report as it does.
+        if found.is_empty() {
+            Some(vec![(text.to_string(), span)])
+        } else {
+            Some(found)
+        }
+    };
+    let blocks = std::mem::take(&mut ast.probes);
+    for b in blocks {
+        let uses_args = needs::reads_args(&b);
+        let expanded: Option<Vec<Vec<(String, Span)>>> = b
+            .attach
+            .iter()
+            .map(|(t, s)| expand(t, *s, uses_args))
+            .collect();
+        match expanded {
+            Some(all) if all.iter().map(Vec::len).sum::<usize>() > 1 => {
+                for a in all.into_iter().flatten() {
+                    ast.probes.push(ast::ProbeBlock {
+                        attach: vec![a],
+                        predicate: b.predicate.clone(),
+                        body: b.body.clone(),
+                    });
+                }
+            }
+            _ => ast.probes.push(b),
+        }
+    }
+}
+
+/// What a run adds to the program's text.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Positional parameters: `$1` is the first.
+    pub params: Vec<String>,
+    /// Bytes a string holds, NUL included (BPFTRACE_STRLEN); `None`: 64.
+    pub str_len: Option<u64>,
+}
+
+/// [`compile_with_types`] with a run's [`Options`].
+pub fn compile_with(
+    source: &str,
+    source_name: &str,
+    types: Option<&dyn KernelTypes>,
+    options: &Options,
+) -> Result<Program, Diagnostics> {
     let mut r = Reporter::new(source, source_name);
-    let mut ast = match parser::parse(source) {
+    let mut ast = match parser::parse_with(source, &options.params) {
         Ok(a) => a,
         Err(e) => {
             r.error(e.span, e.message);
             return Err(r.finish().expect_err("one error"));
         }
     };
+    split_guest_tracepoints(&mut ast, types);
     let checked = check::check(&mut ast, &mut r, types);
     consts::check(&ast, &mut r);
     r.finish()?;
-    let ir = lower::lower(&ast, &checked);
+    let mut ir = lower::lower(&ast, &checked);
+    if let Some(n) = options.str_len {
+        ir.str_len = n.clamp(1, check::STR_LEN_LIMIT);
+    }
     let needs = needs::needs(&ast);
     let (probes, probe_blocks) = checked
         .probes

@@ -41,6 +41,7 @@ pub fn lower(ast: &ast::Ast, checked: &Checked) -> Ir {
         });
     }
     Ir {
+        str_len: crate::check::STR_MAX,
         blocks,
         maps: checked.maps.clone(),
         strings,
@@ -188,6 +189,23 @@ impl Lower<'_> {
                         }
                     }
                     "exit" => Stmt::Exit,
+                    // bpftrace prints the joined strings and a newline.
+                    "join" => {
+                        let delim = match args.get(1).map(|a| &a.kind) {
+                            Some(ExprKind::Str(d)) => d.as_str(),
+                            _ => " ",
+                        };
+                        let delim = self.intern(delim);
+                        self.formats
+                            .push(Format::parse("%s\n").expect("a valid format"));
+                        Stmt::Printf {
+                            fmt: self.formats.len() as u32 - 1,
+                            args: vec![Expr::Join {
+                                ptr: Box::new(self.expr(&args[0])),
+                                delim,
+                            }],
+                        }
+                    }
                     "snapshot" => Stmt::Snapshot,
                     "time" => {
                         let f = match args.first().map(|a| &a.kind) {
@@ -505,7 +523,10 @@ impl Lower<'_> {
                 },
             },
             "kaddr" => Expr::Kaddr(lit(self)),
-            "reg" => Expr::Reg(lit(self)),
+            "reg" => Expr::Reg(match &args[0].kind {
+                ExprKind::Str(s) => self.intern(crate::check::register_name(s)),
+                _ => unreachable!("checked: string literal"),
+            }),
             "strncmp" => Expr::Strncmp(b(self, 0), b(self, 1), b(self, 2)),
             "kptr" | "uptr" => self.expr(&args[0]),
             "sizeof" => Expr::Const(match &args[0].kind {
@@ -550,7 +571,7 @@ impl Lower<'_> {
 
 /// `*`-only wildcard match, as bpftrace matches `cgroup_path()` filters
 /// against hierarchy names.
-fn wildcard_match(pattern: &str, name: &str) -> bool {
+pub(crate) fn wildcard_match(pattern: &str, name: &str) -> bool {
     let mut parts = pattern.split('*');
     let first = parts.next().unwrap_or("");
     let Some(mut rest) = name.strip_prefix(first) else {

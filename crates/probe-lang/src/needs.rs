@@ -82,6 +82,14 @@ impl Visitor for Walker<'_> {
         {
             self.note(Need::MapWrite, *name_span, format!("@{name}"));
         }
+        // join() reads the array and its strings in guest memory.
+        if let StmtKind::Call {
+            name, name_span, ..
+        } = &s.kind
+            && name == "join"
+        {
+            self.note(Need::GuestState, *name_span, "join()");
+        }
         visit::walk_stmt(self, s);
     }
 
@@ -115,4 +123,19 @@ impl Visitor for Walker<'_> {
         }
         visit::walk_expr(self, e);
     }
+}
+/// Whether a block reads its tracepoint's `args` (`args.NAME`, `args->NAME`).
+pub(crate) fn reads_args(block: &crate::ast::ProbeBlock) -> bool {
+    struct Args(bool);
+    impl Visitor for Args {
+        fn visit_expr(&mut self, e: &Expr) {
+            if matches!(&e.kind, ExprKind::Ident(n) if n == "args") {
+                self.0 = true;
+            }
+            visit::walk_expr(self, e);
+        }
+    }
+    let mut a = Args(false);
+    visit::walk_block(&mut a, block);
+    a.0
 }

@@ -23,11 +23,20 @@ pub const MAX_NESTING: usize = 64;
 pub type ParseError = LexError;
 
 pub fn parse(src: &str) -> Result<Ast, ParseError> {
+    parse_with(src, &[])
+}
+
+/// Parses after the preprocessor pass, with the positional parameters
+/// (`$1`.., `$#`) a run was given.
+pub fn parse_with(src: &str, params: &[String]) -> Result<Ast, ParseError> {
+    let pre = crate::preprocess::preprocess(src)?;
     let mut p = Parser {
-        lx: Lexer::new(src),
+        lx: Lexer::with_macros(&pre.text, &pre.macros),
         peeked: None,
         depth: 0,
         last_end: 0,
+        params,
+        in_str: false,
     };
     let mut probes = Vec::new();
     while !p.lx.at_eof()? {
@@ -58,6 +67,10 @@ struct Parser<'s> {
     peeked: Option<Token>,
     depth: usize,
     last_end: u32,
+    /// Positional parameters, `$1` first.
+    params: &'s [String],
+    /// Parsing the arguments of `str()`, where `$N` is the parameter's text.
+    in_str: bool,
 }
 
 fn err<T>(span: Span, msg: impl Into<String>) -> Result<T, ParseError> {
@@ -580,6 +593,10 @@ impl Parser<'_> {
         let n = match t.tok {
             Tok::Int(v) => self.node(ExprKind::Int(v), span, 0, span)?,
             Tok::Str(s) => self.node(ExprKind::Str(s), span, 0, span)?,
+            Tok::Var(v) if v == "#" || v.bytes().all(|b| b.is_ascii_digit()) => {
+                let kind = self.positional(&v, span)?;
+                self.node(kind, span, 0, span)?
+            }
             Tok::Var(v) => self.node(ExprKind::Var(v), span, 0, span)?,
             Tok::Map(name) => self.map_expr(name, span)?,
             Tok::Ident(name) => self.ident_expr(name, span)?,
@@ -642,9 +659,51 @@ impl Parser<'_> {
             let span = Span::new(span.start as usize, self.last_end as usize);
             return self.node(kind, span, 0, span);
         }
-        let (args, below) = self.args(")")?;
+        let was_in_str = std::mem::replace(&mut self.in_str, name == "str");
+        let parsed = self.args(")");
+        self.in_str = was_in_str;
+        let (mut args, below) = parsed?;
         let span = Span::new(span.start as usize, self.last_end as usize);
+        // `str($1)` is the parameter's text itself.
+        if name == "str" && args.len() == 1 && matches!(args[0].kind, ExprKind::Str(_)) {
+            let arg = args.remove(0);
+            return self.node(arg.kind, span, 0, span);
+        }
         self.node(ExprKind::Call { name, args }, span, below, span)
+    }
+
+    /// `$#` or `$N`, as bpftrace: the parameter's text inside `str()`, else
+    /// its number; an unset parameter is `""` or 0.
+    fn positional(&mut self, v: &str, span: Span) -> Result<ExprKind, ParseError> {
+        if v == "#" {
+            return Ok(ExprKind::Int(self.params.len() as u64));
+        }
+        let n: usize = v.parse().unwrap_or(usize::MAX);
+        if n == 0 {
+            return err(
+                span,
+                format!("${v} is not a valid parameter (they start at $1)"),
+            );
+        }
+        let text = self.params.get(n - 1).map(String::as_str);
+        if self.in_str {
+            return Ok(ExprKind::Str(text.unwrap_or("").to_string()));
+        }
+        let Some(text) = text else {
+            return Ok(ExprKind::Int(0));
+        };
+        let (negative, digits) = match text.strip_prefix('-') {
+            Some(d) => (true, d),
+            None => (false, text),
+        };
+        match crate::lexer::parse_int(digits) {
+            Ok(v) if !negative => Ok(ExprKind::Int(v)),
+            Ok(v) if v <= 1 << 63 => Ok(ExprKind::Int(v.wrapping_neg())),
+            _ => err(
+                span,
+                format!("${n} used numerically but given \"{text}\"; try str(${n})"),
+            ),
+        }
     }
 
     /// After `(` (at `span`): an integer cast `(uint32 *)e`, a struct
@@ -899,5 +958,41 @@ mod tests {
         assert!(parse("BEGIN").is_err());
         let deep = format!("BEGIN {{ $x = {}1; }}", "(".repeat(10_000));
         assert!(parse(&deep).is_err());
+    }
+
+    #[test]
+    fn positional_parameters_as_bpftrace() {
+        let params = ["7".to_string(), "abc".to_string(), "-2".to_string()];
+        let expr = |src: &str| {
+            let ast = parse_with(&format!("BEGIN {{ @x = {src}; }}"), &params).unwrap();
+            match &ast.probes[0].body[0].kind {
+                StmtKind::MapAssign { value, .. } => value.kind.clone(),
+                other => panic!("{other:?}"),
+            }
+        };
+        let int = |src: &str| match expr(src) {
+            ExprKind::Int(v) => v,
+            other => panic!("{other:?}"),
+        };
+        let str_arg = |src: &str| match expr(src) {
+            ExprKind::Str(s) => s,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(int("$1"), 7);
+        assert_eq!(int("$#"), 3);
+        assert_eq!(int("$3"), 2u64.wrapping_neg());
+        // Unset: 0, or "" in str().
+        assert_eq!(int("$9"), 0);
+        assert_eq!(str_arg("str($2)"), "abc");
+        assert_eq!(str_arg("str($1)"), "7");
+        assert_eq!(str_arg("str($9)"), "");
+        let e = parse_with("BEGIN { @x = $2; }", &params).unwrap_err();
+        assert_eq!(
+            e.message,
+            "$2 used numerically but given \"abc\"; try str($2)"
+        );
+        assert_eq!(e.span.start, 13);
+        let e = parse_with("BEGIN { @x = $0; }", &params).unwrap_err();
+        assert!(e.message.contains("not a valid parameter"));
     }
 }

@@ -134,6 +134,10 @@ pub trait KernelTypes {
     fn syscall(&self, _name: &str) -> Option<SyscallDecl> {
         None
     }
+    /// The names of every guest syscall [`KernelTypes::syscall`] knows.
+    fn syscall_names(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Whether a `kfunc`/`kretfunc` can serve a function of this prototype:

@@ -57,6 +57,44 @@ fn str_and_buf_are_bounded() {
 }
 
 #[test]
+fn bpftrace_strlen_bounds_str() {
+    let src = r#"kprobe:f { printf("%s|%s|\n", str(arg0 + 6), str(arg0 + 6, 150)); }"#;
+    for (len, want) in [(Some(100), 99), (Some(8), 7), (None, 63)] {
+        let options = probe_lang::Options {
+            str_len: len,
+            ..Default::default()
+        };
+        let p = Arc::new(probe_lang::compile_with(src, "t", None, &options).unwrap());
+        let cap = Capture::default();
+        let mut rt = support::new_runtime(&p, cap.clone());
+        let mut c = ctx();
+        rt.run(p.block_of(0), &mut c);
+        let x = "x".repeat(want);
+        assert_eq!(cap.take(), format!("{x}|{x}|\n"), "BPFTRACE_STRLEN={len:?}");
+    }
+}
+
+#[test]
+fn join_prints_a_null_ended_array_of_strings() {
+    let (p, mut rt, cap) = runtime(r#"kprobe:f { join(arg1); join(arg1, ","); }"#);
+    let mut c = ctx();
+    // argv at 0x5000: "hello", "llo", NULL, then what must not be read.
+    let argv: Vec<u8> = [0x1000u64, 0x1002, 0, 0x1000]
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .collect();
+    c.memory.push((0x5000, argv));
+    c.args[1] = 0x5000;
+    rt.run(p.block_of(0), &mut c);
+    assert!(rt.errors().is_empty(), "{:?}", rt.errors());
+    assert_eq!(cap.take(), "hello llo\nhello,llo\n");
+    let e = compile(r#"kprobe:f { join(arg0, 1); }"#, "t")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("the delimiter must be a string literal"), "{e}");
+}
+
+#[test]
 fn typed_reads_and_pointer_arithmetic() {
     let (out, errs, _) = run_kprobe(
         r#"kprobe:f { $p = (uint32 *)arg1; printf("%d %d %d %d\n", *$p, *($p + 2), *(int32 *)(arg1 + 4), *(uint8 *)arg0); $q = (int8 *)arg1; printf("%d %lx\n", *($q + 4), *(uint64 *)arg1); }"#,
@@ -123,6 +161,18 @@ fn registers_and_symbols() {
     );
     assert!(errs.is_empty(), "{errs:?}");
     assert_eq!(out, "42 1234 vfs_read 0 0x5 ffff8000\n");
+    // bpftrace's pt_regs names read the same registers as GDB's.
+    let (out, errs, _) = run_kprobe(r#"kprobe:f { printf("%d %d\n", reg("ax"), reg("rax")); }"#);
+    assert!(errs.is_empty(), "{errs:?}");
+    assert_eq!(out, "42 42\n");
+    let p = compile(
+        r#"kprobe:f { $a = reg("ip") + reg("sp") + reg("flags"); }"#,
+        "t",
+    )
+    .unwrap();
+    assert_eq!(p.register_names(), ["rip", "rsp", "eflags"]);
+    let e = compile(r#"kprobe:f { $a = reg("orig_ax"); }"#, "t").unwrap_err();
+    assert!(e.to_string().contains("has no orig_ax"), "{e}");
     let (out, errs, _) = run_kprobe(r#"kprobe:f { printf("%d\n", reg("zmm31")); }"#);
     assert_eq!(out, "");
     assert_eq!(errs[0].1, "failed to read register: no register 'zmm31'");

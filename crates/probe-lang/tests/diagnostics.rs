@@ -118,15 +118,15 @@ fn checker_errors() {
         ),
         (
             "kprobe:f { $x = retval; }",
-            "the retval builtin can only be used in kretprobe and kretfunc blocks",
+            "the retval builtin can only be used in kretprobe, kretfunc and uretprobe blocks",
         ),
         (
             "BEGIN { $x = arg0; }",
-            "the arg0 builtin can only be used in kprobe blocks",
+            "the arg0 builtin can only be used in kprobe and uprobe blocks",
         ),
         (
             "uprobe:a:b { }",
-            "probe type 'uprobe' is not supported (supported: BEGIN, END, kprobe, kretprobe, kfunc, kretfunc, interval, profile, watchpoint, vmm, tracepoint (guest syscalls), host:tracepoint)",
+            "uprobe:a: a library name is looked up in the guest's ld cache, which vmprobe does not read; give the file's absolute path in the guest (e.g. 'uprobe:/bin/busybox:b')",
         ),
         ("foo:bar { }", "unknown probe type 'foo'"),
         (
@@ -290,8 +290,8 @@ fn checker_errors() {
             "pointer argument of str() must be an integer, found string",
         ),
         (
-            "kprobe:f { $x = *arg0; }",
-            "cannot dereference a value of type integer (cast it first, e.g. *(uint64 *)addr)",
+            "kprobe:f { $x = *func; }",
+            "cannot dereference a value of type string (cast it first, e.g. *(uint64 *)addr)",
         ),
         (
             "kprobe:f { $x = strncmp(1, \"a\", 1); }",

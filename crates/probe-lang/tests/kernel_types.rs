@@ -782,11 +782,13 @@ fn guest_syscall_tracepoints() {
         "tracepoint:syscalls:sys_enter_openat, tracepoint:syscalls:sys_enter_read { @ = args.dfd; }",
     );
     assert!(e.contains("has no field 'dfd'"), "{e}");
-    // The first parameter of both: the same register, typed differently.
-    let e = compile_err(
+    // One block per tracepoint, as bpftrace compiles them: a field at a
+    // different place in each (filename: 1st of open, 2nd of openat) works
+    // (tests/bpftrace_tools.rs runs opensnoop.bt).
+    compile_ok(
         "tracepoint:syscalls:sys_enter_openat, tracepoint:syscalls:sys_enter_read { @ = args.__syscall_nr; }",
     );
-    assert!(e.contains("differs"), "{e}");
+
     let e = compile_err("tracepoint:syscalls:sys_enter_read { @ = retval; }");
     assert!(
         e.contains("retval builtin can only be used in kretprobe"),

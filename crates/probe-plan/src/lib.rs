@@ -9,8 +9,9 @@ pub mod returns;
 mod timers;
 
 pub use resolve::{
-    LayerPlan, ProbeSite, Skip, TimerProbe, WILDCARD_LIMIT, WatchProbe, resolve_layers,
-    resolve_probes, resolve_probes_at, resolve_probes_for, resolve_timers, resolve_watches,
+    LayerPlan, ProbeSite, Skip, TimerProbe, UserFile, UserSymbols, WILDCARD_LIMIT, WatchProbe,
+    resolve_layers, resolve_probes, resolve_probes_at, resolve_probes_for, resolve_timers,
+    resolve_watches,
 };
 pub use returns::{Entered, MAX_PENDING_RETURNS, PendingCall, ReturnTracker, Returned};
 pub use timers::TimerSchedule;
@@ -30,6 +31,8 @@ pub enum Error {
     },
     #[error("probe {probe}: no kernel function matches '{pattern}'")]
     NoMatch { probe: String, pattern: String },
+    #[error("{probe}: not placed in its ELF before arming")]
+    UnboundUprobe { probe: String },
     #[error("{probe}: offset {offset} is past the end of the function")]
     OffsetOutside { probe: String, offset: u64 },
 }

@@ -51,6 +51,94 @@ pub struct ProbeSite {
     /// `args`): the backend captures them at the entry with the call.
     #[serde(default)]
     pub entry_args: bool,
+    /// A user address (uprobes): which file each probe here belongs to.
+    /// The address is a virtual address of every process, so a hit runs a
+    /// probe's handlers only where the current task maps that file there.
+    #[serde(default)]
+    pub user: Vec<UserFile>,
+}
+
+/// A uprobe's file: its guest path and the offset in it of the probed
+/// instruction, which the current task's mapping at the hit must match.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UserFile {
+    pub probe: Arc<str>,
+    pub path: Arc<str>,
+    pub file_offset: u64,
+}
+
+/// Function symbols of the user files a program's uprobes name, for
+/// `ustack` frames: by guest path, each file's functions by address
+/// (start, size, name), placed at their link addresses (executables linked
+/// at a fixed address only, as uprobes are).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct UserSymbols {
+    files: Vec<(Arc<str>, Vec<UserFunction>)>,
+}
+
+/// A user function: start address, size, name.
+pub type UserFunction = (u64, u64, String);
+
+impl UserSymbols {
+    /// Adds `path`'s functions (any order).
+    pub fn add(&mut self, path: &str, mut functions: Vec<UserFunction>) {
+        functions.sort_by_key(|f| f.0);
+        self.files.push((path.into(), functions));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// Whether `path`'s symbols are known.
+    pub fn knows(&self, path: &str) -> bool {
+        self.files.iter().any(|(p, _)| &**p == path)
+    }
+
+    /// The function of `path` holding `addr`, and the offset into it.
+    pub fn symbolize(&self, path: &str, addr: u64) -> Option<(String, u64)> {
+        let (_, funcs) = self.files.iter().find(|(p, _)| &**p == path)?;
+        let i = funcs.partition_point(|f| f.0 <= addr);
+        let (start, size, name) = funcs[..i].last()?;
+        let off = addr - start;
+        (off < (*size).max(1)).then(|| (name.clone(), off))
+    }
+}
+
+impl ProbeSite {
+    /// A site in user space: served only where its file is mapped.
+    pub fn is_user(&self) -> bool {
+        !self.user.is_empty()
+    }
+
+    /// The handlers of a user site whose file is `path` with the probed
+    /// instruction at `file_offset` (what the current task maps at the
+    /// site's address); every handler for a kernel site.
+    pub fn handlers_for(
+        &self,
+        returning: bool,
+        mapped: Option<(&str, u64)>,
+    ) -> Vec<(BlockId, Arc<str>)> {
+        let all = if returning {
+            &self.ret_handlers
+        } else {
+            &self.handlers
+        };
+        if !self.is_user() {
+            return all.clone();
+        }
+        let Some((path, offset)) = mapped else {
+            return Vec::new();
+        };
+        all.iter()
+            .filter(|(_, probe)| {
+                self.user
+                    .iter()
+                    .any(|u| u.probe == *probe && &*u.path == path && u.file_offset == offset)
+            })
+            .cloned()
+            .collect()
+    }
 }
 
 /// How a hit may move the pc past the instruction at a probe site instead of
@@ -107,10 +195,17 @@ fn resolve_sites(
             continue;
         }
         let block = program.block_of(index);
-        let on_return = matches!(
-            spec,
-            ProbeSpec::Kretprobe { .. } | ProbeSpec::Kretfunc { .. }
-        ) || spec.syscall_event().is_some_and(|(_, exit)| exit);
+        let on_return = spec.is_return()
+            || matches!(spec, ProbeSpec::Kretfunc { .. })
+            || spec.syscall_event().is_some_and(|(_, exit)| exit);
+        let mut user_file = match spec {
+            ProbeSpec::Uprobe {
+                path,
+                resolved: Some(at),
+                ..
+            } => Some((Arc::<str>::from(path.as_str()), at.file_offset)),
+            _ => None,
+        };
         let mut add = |addr: u64, offset: u64, func: &str, probe: String| {
             let probe: Arc<str> = probe.into();
             let site = match sites.iter_mut().position(|s| s.addr == addr) {
@@ -124,10 +219,18 @@ fn resolve_sites(
                         ret_handlers: Vec::new(),
                         skippable: None,
                         entry_args: false,
+                        user: Vec::new(),
                     });
                     sites.last_mut().expect("just pushed")
                 }
             };
+            if let Some((path, file_offset)) = user_file.take() {
+                site.user.push(UserFile {
+                    probe: probe.clone(),
+                    path,
+                    file_offset,
+                });
+            }
             if on_return {
                 site.entry_args |= matches!(spec, ProbeSpec::Kretfunc { .. });
                 site.ret_handlers.push((block, probe));
@@ -144,6 +247,12 @@ fn resolve_sites(
                 | ProbeSpec::Watchpoint { .. }
                 | ProbeSpec::Vmm { .. }
                 | ProbeSpec::HostTracepoint { .. } => {}
+                ProbeSpec::Uprobe { resolved, .. } => {
+                    let at = resolved
+                        .as_ref()
+                        .ok_or_else(|| Error::UnboundUprobe { probe: spec.name() })?;
+                    add(at.vaddr, 0, &at.func, spec.name());
+                }
                 // A guest syscall tracepoint is a kprobe (sys_enter_) or a
                 // kretprobe (sys_exit_) on the syscall's `__x64_sys_NAME`,
                 // under the tracepoint's own name (`probe`).
@@ -265,6 +374,12 @@ fn resolve_sites(
                     if pattern.contains(['*', '?']) {
                         let matches = symbols.matching(pattern);
                         let probe = format!("{kind}:{pattern}{suffix}");
+                        // A block on several attach points attaches what
+                        // matches (dcsnoop.bt names `lookup_fast` and
+                        // `lookup_fast.constprop.*`, one per kernel build).
+                        if matches.is_empty() && sibling_matches(program, symbols, index) {
+                            return Ok(());
+                        }
                         if matches.is_empty() {
                             return Err(Error::NoMatch {
                                 probe,
@@ -313,6 +428,31 @@ fn resolve_sites(
         one().map_err(|e| (index, e))?;
     }
     Ok(sites)
+}
+
+/// Whether another attach point of probe `index`'s block resolves to a
+/// kernel function (or is not a kernel function probe at all).
+fn sibling_matches(program: &Program, symbols: &KernelSymbols, index: usize) -> bool {
+    let block = program.block_of(index);
+    program.probes().iter().enumerate().any(|(j, spec)| {
+        if j == index || program.block_of(j) != block {
+            return false;
+        }
+        match spec {
+            ProbeSpec::Kprobe {
+                target: KprobeTarget::Function(p),
+                ..
+            }
+            | ProbeSpec::Kretprobe { function: p } => {
+                if p.contains(['*', '?']) {
+                    !symbols.matching(p).is_empty()
+                } else {
+                    symbols.lookup(p).is_some_and(|s| symbols.is_text(s))
+                }
+            }
+            _ => true,
+        }
+    })
 }
 
 /// `F+OFFSET` must stay inside F, as bpftrace requires: the symbol that
@@ -440,4 +580,82 @@ pub fn resolve_layers(program: &Program) -> LayerPlan {
             .push((program.block_of(index), name));
     }
     plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_symbols_cover_their_functions_only() {
+        let mut u = UserSymbols::default();
+        u.add(
+            "/bin/a",
+            vec![(0x2000, 0x10, "g".into()), (0x1000, 0x20, "f".into())],
+        );
+        assert!(u.knows("/bin/a") && !u.knows("/bin/b"));
+        assert_eq!(u.symbolize("/bin/a", 0x1004), Some(("f".into(), 4)));
+        assert_eq!(u.symbolize("/bin/a", 0x2000), Some(("g".into(), 0)));
+        assert_eq!(u.symbolize("/bin/a", 0x1020), None);
+        assert_eq!(u.symbolize("/bin/a", 0x10), None);
+        assert_eq!(u.symbolize("/bin/b", 0x1004), None);
+    }
+
+    #[test]
+    fn a_user_site_runs_the_probes_of_the_file_mapped_there() {
+        let probe = |p: &str| -> Arc<str> { p.into() };
+        let site = ProbeSite {
+            addr: 0x401000,
+            func: "main".into(),
+            handlers: vec![
+                (BlockId(0), probe("uprobe:/bin/a:main")),
+                (BlockId(1), probe("uprobe:/bin/b:main")),
+            ],
+            ret_handlers: vec![(BlockId(2), probe("uretprobe:/bin/a:main"))],
+            offset: 0,
+            skippable: None,
+            entry_args: false,
+            user: vec![
+                UserFile {
+                    probe: probe("uprobe:/bin/a:main"),
+                    path: "/bin/a".into(),
+                    file_offset: 0x1000,
+                },
+                UserFile {
+                    probe: probe("uprobe:/bin/b:main"),
+                    path: "/bin/b".into(),
+                    file_offset: 0x1000,
+                },
+                UserFile {
+                    probe: probe("uretprobe:/bin/a:main"),
+                    path: "/bin/a".into(),
+                    file_offset: 0x1000,
+                },
+            ],
+        };
+        let blocks =
+            |h: Vec<(BlockId, Arc<str>)>| h.into_iter().map(|(b, _)| b.0).collect::<Vec<_>>();
+        assert_eq!(
+            blocks(site.handlers_for(false, Some(("/bin/a", 0x1000)))),
+            [0]
+        );
+        assert_eq!(
+            blocks(site.handlers_for(false, Some(("/bin/b", 0x1000)))),
+            [1]
+        );
+        assert_eq!(
+            blocks(site.handlers_for(true, Some(("/bin/a", 0x1000)))),
+            [2]
+        );
+        // Another file, another offset in the file, or no file: nothing.
+        assert!(
+            site.handlers_for(false, Some(("/tmp/a", 0x1000)))
+                .is_empty()
+        );
+        assert!(
+            site.handlers_for(false, Some(("/bin/a", 0x2000)))
+                .is_empty()
+        );
+        assert!(site.handlers_for(false, None).is_empty());
+    }
 }

@@ -56,8 +56,10 @@ pub enum Returned {
 
 #[derive(Default)]
 pub struct ReturnTracker {
-    /// Keyed by (return address, stack pointer after the return).
-    pending: HashMap<(u64, u64), PendingCall>,
+    /// Keyed by (return address, stack pointer after the return, owner):
+    /// the owner tells apart user stacks of two address spaces (0 for
+    /// kernel calls, whose stacks are all in one).
+    pending: HashMap<(u64, u64, u64), PendingCall>,
     /// Return addresses instrumented, and how many pending calls use each.
     users: HashMap<u64, usize>,
     /// Calls whose return could not be tracked.
@@ -72,7 +74,13 @@ impl ReturnTracker {
     /// A call entered with return address `ret` on top of the stack at
     /// `rsp`.
     pub fn enter(&mut self, ret: u64, rsp: u64, call: PendingCall) -> Entered {
-        let key = (ret, rsp.wrapping_add(8));
+        self.enter_owned(ret, rsp, 0, call)
+    }
+
+    /// [`ReturnTracker::enter`] for a call of `owner` (a guest thread:
+    /// user stacks of different processes may share addresses).
+    pub fn enter_owned(&mut self, ret: u64, rsp: u64, owner: u64, call: PendingCall) -> Entered {
+        let key = (ret, rsp.wrapping_add(8), owner);
         if let Some(pending) = self.pending.get_mut(&key) {
             // The same frame again: the earlier call never came back (the
             // task died, or its return was missed). Replace it.
@@ -96,7 +104,16 @@ impl ReturnTracker {
     /// The backend could not instrument the return address of the call
     /// just entered at (`ret`, `rsp`): forget it, as a missed return.
     pub fn abandon(&mut self, ret: u64, rsp: u64) {
-        if self.pending.remove(&(ret, rsp.wrapping_add(8))).is_some() {
+        self.abandon_owned(ret, rsp, 0)
+    }
+
+    /// [`ReturnTracker::abandon`] of a call of `owner`.
+    pub fn abandon_owned(&mut self, ret: u64, rsp: u64, owner: u64) {
+        if self
+            .pending
+            .remove(&(ret, rsp.wrapping_add(8), owner))
+            .is_some()
+        {
             self.release(ret);
         }
         self.missed += 1;
@@ -110,7 +127,12 @@ impl ReturnTracker {
     /// A hit at return address `pc`, with stack pointer `rsp` (after the
     /// `ret` popped the return address).
     pub fn returned(&mut self, pc: u64, rsp: u64) -> Returned {
-        match self.pending.remove(&(pc, rsp)) {
+        self.returned_owned(pc, rsp, 0)
+    }
+
+    /// [`ReturnTracker::returned`] in `owner`.
+    pub fn returned_owned(&mut self, pc: u64, rsp: u64, owner: u64) -> Returned {
+        match self.pending.remove(&(pc, rsp, owner)) {
             Some(call) => Returned::Call {
                 call,
                 last: self.release(pc),
@@ -164,6 +186,35 @@ mod tests {
             vcpu: 0,
             args: [site as u64; 6],
         }
+    }
+
+    #[test]
+    fn user_calls_pair_by_their_owner() {
+        let mut t = ReturnTracker::new();
+        // Two processes at the same return address and stack pointer.
+        assert_eq!(
+            t.enter_owned(0x401000, 0x7ffe_0000, 1, call(0, 1)),
+            Entered::NewReturnAddress(0x401000)
+        );
+        assert_eq!(
+            t.enter_owned(0x401000, 0x7ffe_0000, 2, call(0, 2)),
+            Entered::Tracked
+        );
+        assert_eq!(t.returned_owned(0x401000, 0x7ffe_0008, 3), Returned::Stray);
+        assert_eq!(
+            t.returned_owned(0x401000, 0x7ffe_0008, 2),
+            Returned::Call {
+                call: call(0, 2),
+                last: false
+            }
+        );
+        assert_eq!(
+            t.returned_owned(0x401000, 0x7ffe_0008, 1),
+            Returned::Call {
+                call: call(0, 1),
+                last: true
+            }
+        );
     }
 
     #[test]

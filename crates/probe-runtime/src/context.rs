@@ -126,6 +126,12 @@ pub trait ProbeContext {
             "ustack is not supported by this probe context".into(),
         ))
     }
+    /// The user function holding `addr` in the current task, and the
+    /// offset into it (`ustack` frames), where the context knows the
+    /// file mapped there; `None` prints the address.
+    fn usym(&mut self, _addr: u64) -> Option<(String, u64)> {
+        None
+    }
     /// `trace(...)` and `snapshot()`: hands the event (or the snapshot
     /// request) to the recorder of `vmprobe record`.
     fn trace(&mut self, _what: Traced) -> Result<(), ContextError> {

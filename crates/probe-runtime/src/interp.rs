@@ -21,7 +21,7 @@
 //! same way; nothing panics.
 //!
 //! Guest memory is only read through [`ProbeContext::read_memory`], and
-//! every read is bounded (`str()` and `buf()` by [`STR_MAX`]/[`BUF_MAX`]).
+//! every read is bounded (`str()` by the program's BPFTRACE_STRLEN, `buf()` by [`BUF_MAX`]).
 //! Maps are reached through a [`MapBackend`] and output goes out as
 //! [`OutputEvent`]s: the interpreter holds neither, so the same code runs
 //! over one store in vmprobe or over per-vCPU shards inside QEMU.
@@ -30,7 +30,7 @@ use crate::context::{ContextError, Flow, ProbeContext, Traced, TracedValue};
 use crate::output::{MapOp, Origin, Output, OutputEvent};
 use crate::store::{Cell, MapBackend, zero_value};
 use crate::thread_vars::{ThreadVars, thread_key};
-use probe_lang::check::{BUF_MAX, STR_MAX, TraceType};
+use probe_lang::check::{BUF_MAX, TraceType};
 use probe_lang::ir::{Block, Builtin, Expr, KeyExpr, Op1, Op2, ReadAsKind, Stmt};
 use probe_lang::value::{Key, KeyPart, Value};
 use probe_lang::{BlockId, Executable};
@@ -682,12 +682,15 @@ impl Interpreter {
             }
             Expr::Ustack(limit) => {
                 let frames = env.ctx.ustack(*limit as usize)?;
-                // No user symbols: addresses as bpftrace prints frames it
-                // cannot resolve.
+                // Where no symbols are known, addresses, as bpftrace prints
+                // frames it cannot resolve.
                 let lines: Vec<Arc<str>> = frames
                     .iter()
                     .take(*limit as usize)
-                    .map(|&a| Arc::from(format!("{a:#x}")))
+                    .map(|&a| match env.ctx.usym(a) {
+                        Some((s, off)) => Arc::from(format!("{s}+{off}")),
+                        None => Arc::from(format!("{a:#x}")),
+                    })
                     .collect();
                 Value::Stack(Arc::from(lines))
             }
@@ -702,8 +705,8 @@ impl Interpreter {
                 match kind {
                     ReadAsKind::Str(len) => {
                         let max = match len {
-                            Some(l) => self.eval(p, l, env)?.as_int().min(STR_MAX - 1),
-                            None => STR_MAX - 1,
+                            Some(l) => self.eval(p, l, env)?.as_int().min(p.ir.str_len - 1),
+                            None => p.ir.str_len - 1,
                         };
                         let r = Self::read_str(
                             &mut |a, b| env.ctx.read_task_memory(task, a, b),
@@ -755,12 +758,35 @@ impl Interpreter {
                 self.on_fault(&*env.ctx, r, || b.fill(0))?;
                 Value::Int(extend(u64::from_le_bytes(b), *size, *signed))
             }
+            Expr::Join { ptr, delim } => {
+                let base = self.eval(p, ptr, env)?.as_int();
+                let mut parts: Vec<String> = Vec::new();
+                for i in 0..probe_lang::ir::JOIN_ARGS {
+                    let mut b = [0u8; 8];
+                    let r = env.ctx.read_memory(base.wrapping_add(i * 8), &mut b);
+                    self.on_fault(&*env.ctx, r, || b = [0; 8])?;
+                    let at = u64::from_le_bytes(b);
+                    if at == 0 {
+                        break;
+                    }
+                    let r = Self::read_str(
+                        &mut |a, b| env.ctx.read_memory(a, b),
+                        at,
+                        probe_lang::ir::JOIN_ARG_MAX - 1,
+                    );
+                    match self.on_fault(&*env.ctx, r, || Value::Str(Arc::from("")))? {
+                        Value::Str(s) => parts.push(s.to_string()),
+                        _ => break,
+                    }
+                }
+                Value::Str(Arc::from(parts.join(&p.ir.strings[*delim as usize])))
+            }
             Expr::StrRead { ptr, len } => {
                 let addr = self.eval(p, ptr, env)?.as_int();
-                // bpftrace's strings hold STR_MAX bytes including the NUL.
+                // bpftrace's strings hold BPFTRACE_STRLEN bytes including the NUL.
                 let max = match len {
-                    Some(l) => self.eval(p, l, env)?.as_int().min(STR_MAX - 1),
-                    None => STR_MAX - 1,
+                    Some(l) => self.eval(p, l, env)?.as_int().min(p.ir.str_len - 1),
+                    None => p.ir.str_len - 1,
                 };
                 let r = Self::read_str(&mut |a, b| env.ctx.read_memory(a, b), addr, max);
                 self.on_fault(&*env.ctx, r, || Value::Str(Arc::from("")))?

@@ -14,7 +14,7 @@ const INIT: &str = include_str!("../guest/init");
 /// Small static programs for `vmprobe bench` and the tests, compiled on the host when the
 /// guest is built (busybox has no null-syscall or fork/exec loop), installed
 /// in the guest as `/bin/vmprobe-<name>`.
-const BENCH_PROGRAMS: [(&str, &str); 8] = [
+const BENCH_PROGRAMS: [(&str, &str); 9] = [
     ("nullsys", include_str!("../guest/bench/nullsys.c")),
     ("forkexec", include_str!("../guest/bench/forkexec.c")),
     ("mix", include_str!("../guest/bench/mix.c")),
@@ -23,6 +23,7 @@ const BENCH_PROGRAMS: [(&str, &str); 8] = [
     ("fpstack", include_str!("../guest/test/fpstack.c")),
     ("hostile", include_str!("../guest/test/hostile.c")),
     ("trap", include_str!("../guest/test/trap.c")),
+    ("ucount", include_str!("../guest/test/ucount.c")),
 ];
 
 /// Kernel modules packed into the initramfs, in load order (each after what
@@ -187,6 +188,26 @@ fn compile_bench_programs(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
         ));
     }
     Ok(out)
+}
+
+/// The default guest's own programs: (path in the guest, host copy), for
+/// the programs built into its current initramfs (`bench-src/`) and
+/// busybox, where they are on this host. Uprobes read their symbols here.
+pub fn default_guest_files(cache: &Path) -> Vec<(String, PathBuf)> {
+    let Some(image) = default_guest(cache) else {
+        return Vec::new();
+    };
+    let dir = cache.join("guest").join(&image.version).join("bench-src");
+    let mut files: Vec<(String, PathBuf)> = BENCH_PROGRAMS
+        .iter()
+        .map(|(name, _)| (format!("/bin/vmprobe-{name}"), dir.join(name)))
+        .collect();
+    files.push((
+        "/bin/busybox".into(),
+        cache.join("debs/busybox-static.root/bin/busybox"),
+    ));
+    files.retain(|(_, host)| host.is_file());
+    files
 }
 
 /// `files`: (path in the guest, bytes), each installed executable.

@@ -8,7 +8,10 @@
 //! (`ph: "i"`, `s: "t"`), entry/return pairs complete slices (`ph: "X"`) or
 //! `B`/`E` pairs; fields go to `args`. Timestamps are CLOCK_MONOTONIC in
 //! microseconds, written with their exact nanosecond fraction (`12.345`):
-//! not through an f64, which would round large values.
+//! not through an f64, which would round large values. For the same reason
+//! an integer arg that a JavaScript viewer would round (beyond 2^53, as
+//! kernel pointers are) is a string: hex for an unsigned value
+//! (`"0xffff888003a1c000"`), decimal for a signed one.
 //!
 //! The output is `{"displayTimeUnit":"ns","traceEvents":[...]}`, written
 //! in chunks of about 64 KiB, each followed by the closing `]}`, which the
@@ -315,7 +318,9 @@ impl<W: Write + Seek> PerfettoWriter<W> {
         let mut a = Map::new();
         for (k, v) in args {
             let j = match *v {
+                Value::U64(x) if x > MAX_SAFE_INTEGER => Json::from(format!("{x:#x}")),
                 Value::U64(x) => Json::from(x),
+                Value::I64(x) if x.unsigned_abs() > MAX_SAFE_INTEGER => Json::from(x.to_string()),
                 Value::I64(x) => Json::from(x),
                 Value::Str(s) => Json::from(s),
                 Value::Bytes(b) => Json::from(hex(b)),
@@ -339,6 +344,9 @@ impl<W: Write + Seek> PerfettoWriter<W> {
         Ok(())
     }
 }
+
+/// The largest integer a JavaScript number holds exactly (2^53 - 1).
+const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
 /// Nanoseconds as an exact decimal number of microseconds.
 fn micros(ns: u64) -> String {

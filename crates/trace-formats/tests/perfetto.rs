@@ -267,3 +267,41 @@ fn chunks_after_the_disk_has_room_again_are_kept() {
     assert!(got.windows(2).all(|p| p[0] < p[1]));
     assert_eq!(got.last(), Some(&(total - 1)));
 }
+
+/// Integers a JavaScript viewer would round (beyond 2^53) are strings:
+/// kernel pointers in hex, large signed values in decimal; the others stay
+/// numbers.
+#[test]
+fn integers_beyond_2_pow_53_are_strings() {
+    let mut w = PerfettoWriter::new(std::io::Cursor::new(Vec::new())).unwrap();
+    let s = w
+        .add_stream(StreamKey::new("vm0", Some(0), Layer::Guest))
+        .unwrap();
+    let safe = (1u64 << 53) - 1;
+    w.instant(
+        s,
+        1,
+        "kprobe:vfs_read",
+        &[
+            ("file", Value::U64(0xffff_8880_03a1_c000)),
+            ("count", Value::U64(safe)),
+            ("over", Value::U64(safe + 1)),
+            ("neg", Value::I64(-(1i64 << 60))),
+            ("small", Value::I64(-4)),
+        ],
+    )
+    .unwrap();
+    let out = String::from_utf8(w.finish().unwrap().into_inner()).unwrap();
+    let doc: Json = serde_json::from_str(&out).unwrap();
+    let args = &doc["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["ph"] == "i")
+        .unwrap()["args"];
+    assert_eq!(args["file"], "0xffff888003a1c000");
+    assert_eq!(args["count"], safe);
+    assert_eq!(args["over"], "0x20000000000000");
+    assert_eq!(args["neg"], "-1152921504606846976");
+    assert_eq!(args["small"], -4);
+}

@@ -50,6 +50,7 @@ impl Session {
                     received,
                     "",
                 );
+                ctx.user_symbols = self.user_symbols.as_deref();
                 let block = [(timer.block, timer.probe.clone())];
                 if let Flow::Exit = ctx.run_all(runtime, &block)? {
                     flow = Flow::Exit;
@@ -147,10 +148,42 @@ impl Session {
         resume: bool,
         received: u64,
     ) -> Result<Flow, String> {
+        // A user address is every process's: run only the probes whose
+        // file the current task maps there.
+        let (mut regs, user) = if self.sites[index].is_user() {
+            let (regs, mapped) = self.mapped_at(index, thread, regs, runtime)?;
+            let site = &self.sites[index];
+            let m = mapped.as_ref().map(|m| (m.path.as_str(), m.file_offset));
+            (
+                regs,
+                Some((site.handlers_for(false, m), site.handlers_for(true, m))),
+            )
+        } else {
+            (regs, None)
+        };
+        if let Some((entry, ret)) = &user
+            && entry.is_empty()
+            && ret.is_empty()
+        {
+            self.stats.other_files += 1;
+            let addr = self.sites[index].addr;
+            return self
+                .resume_if(resume, Resume::StepOff(thread, addr), received)
+                .map(|_| Flow::Continue);
+        }
         self.stats.hits += 1;
         self.live.hit();
-        let (flow, mut regs, traced) =
-            self.run_site(index, At::Entry, thread, regs, runtime, received)?;
+        let entry_handlers = user.as_ref().map(|(e, _)| e.clone());
+        let (flow, regs2, traced) = self.run_site(
+            index,
+            At::Entry,
+            thread,
+            regs.take(),
+            runtime,
+            received,
+            entry_handlers,
+        )?;
+        regs = regs2;
         let site = &self.sites[index];
         if let Some(sink) = self.recorder.as_mut() {
             let every = self.record_every_hit;
@@ -182,7 +215,11 @@ impl Session {
         if matches!(flow, Flow::Exit) {
             return Ok(Flow::Exit);
         }
-        if !site.ret_handlers.is_empty() {
+        let awaits = match &user {
+            Some((_, ret)) => !ret.is_empty(),
+            None => !site.ret_handlers.is_empty(),
+        };
+        if awaits {
             self.await_return(index, thread, regs, received)?;
         }
         let site = &self.sites[index];
@@ -200,7 +237,7 @@ impl Session {
         };
         let how = match skip {
             Some(len) => Resume::SetPc(thread, addr + u64::from(len)),
-            None => Resume::StepOff(thread),
+            None => Resume::StepOff(thread, addr),
         };
         self.resume_if(resume, how, received)?;
         Ok(flow)
@@ -224,12 +261,16 @@ impl Session {
         let ret = u64::from_le_bytes(word);
         let mut args = [0u64; 6];
         if self.sites[site].entry_args {
-            let regs = match regs {
+            let fetched;
+            let regs = match &regs {
                 Some(r) => r,
-                None => self
-                    .client
-                    .read_registers(thread)
-                    .map_err(|e| e.to_string())?,
+                None => {
+                    fetched = self
+                        .client
+                        .read_registers(thread)
+                        .map_err(|e| e.to_string())?;
+                    &fetched
+                }
             };
             for (a, reg) in args.iter_mut().zip(ARG_REGS) {
                 *a = regs.get(reg).unwrap_or(0);
@@ -241,14 +282,27 @@ impl Session {
             vcpu: vcpu_index(thread),
             args,
         };
-        if let Entered::NewReturnAddress(ret) = self.returns.enter(ret, rsp, call)
+        // User stacks of two processes can sit at the same address: a
+        // user call is also keyed by its thread (its task).
+        let owner = if self.sites[site].is_user() {
+            match self.current_task(thread, regs.as_ref()) {
+                Ok(task) => task,
+                Err(_) => {
+                    self.returns.missed += 1;
+                    return Ok(());
+                }
+            }
+        } else {
+            0
+        };
+        if let Entered::NewReturnAddress(ret) = self.returns.enter_owned(ret, rsp, owner, call)
             && self
                 .client
                 .insert_breakpoint(BreakpointKind::Software, ret, 1)
                 .is_err()
         {
             // Not code the stub can break on (a wild return address).
-            self.returns.abandon(ret, rsp);
+            self.returns.abandon_owned(ret, rsp, owner);
         }
         Ok(())
     }
@@ -263,6 +317,13 @@ impl Session {
         received: u64,
     ) -> Result<Flow, String> {
         let rsp = register(&mut self.client, regs.as_ref(), thread, "rsp")?;
+        // Kernel return addresses are never user ones: a user address
+        // pairs by its task too.
+        let owner = if pc < 0xffff_8000_0000_0000 {
+            self.current_task(thread, regs.as_ref()).unwrap_or(u64::MAX)
+        } else {
+            0
+        };
         let Returned::Call {
             call:
                 PendingCall {
@@ -272,12 +333,22 @@ impl Session {
                     ..
                 },
             last,
-        } = self.returns.returned(pc, rsp)
+        } = self.returns.returned_owned(pc, rsp, owner)
         else {
             self.stats.stray_stops += 1;
             return self
-                .resume_if(resume, Resume::StepOff(thread), received)
+                .resume_if(resume, Resume::StepOff(thread, pc), received)
                 .map(|_| Flow::Continue);
+        };
+        // The task entered through the probed file; which of the site's
+        // uretprobes did is asked again of the entry address.
+        let (regs, handlers) = if self.sites[site].is_user() {
+            let (regs, mapped) = self.mapped_at(site, thread, regs, runtime)?;
+            let m = mapped.as_ref().map(|m| (m.path.as_str(), m.file_offset));
+            let h = self.sites[site].handlers_for(true, m);
+            (regs, Some(h))
+        } else {
+            (regs, None)
         };
         self.stats.returns += 1;
         self.live.hit();
@@ -289,6 +360,7 @@ impl Session {
             regs,
             runtime,
             received,
+            handlers,
         )?;
         let site = &self.sites[site];
         if let Some(sink) = self.recorder.as_mut() {
@@ -321,7 +393,7 @@ impl Session {
                 .map_err(|e| e.to_string())?;
             Resume::Continue
         } else {
-            Resume::StepOff(thread)
+            Resume::StepOff(thread, pc)
         };
         if matches!(flow, Flow::Continue) {
             self.resume_if(resume, how, received)?;
@@ -358,6 +430,7 @@ impl Session {
             received,
             "",
         );
+        ctx.user_symbols = self.user_symbols.as_deref();
         // Others wait on the runtime while a handler runs: no stall wait.
         ctx.client.set_stalls_deferred(true);
         for w in &hit {
@@ -405,8 +478,8 @@ impl Session {
             Resume::SetPc(thread, pc) => self
                 .client
                 .write_register_and_resume(thread, "rip", pc, ALL),
-            Resume::StepOff(thread) => {
-                self.step_off_site(thread)?;
+            Resume::StepOff(thread, at) => {
+                self.step_off_site(thread, at)?;
                 self.client.resume(ALL)
             }
         }
@@ -418,13 +491,17 @@ impl Session {
         Ok(())
     }
 
-    /// Single-steps `thread` until its pc has left every breakpoint. A
+    /// Single-steps `thread`, stopped at breakpoint `start`, until its pc
+    /// has left it. A
     /// single-stepping vCPU ignores the breakpoint at its pc, so breakpoints
     /// stay armed. QEMU occasionally reports a step done with the pc unmoved
     /// (seen about once in a thousand steps on TCG); resuming then would hit
     /// the same breakpoint again and count one call twice, so the pc is
-    /// checked and the step repeated.
-    pub(super) fn step_off_site(&mut self, thread: ThreadId) -> Result<(), String> {
+    /// checked and the step repeated. A step that lands on another probe's
+    /// address (the next instruction, or a call's target) stops there:
+    /// QEMU reports that breakpoint as soon as the vCPU continues, so it is
+    /// served rather than stepped over.
+    pub(super) fn step_off_site(&mut self, thread: ThreadId, start: u64) -> Result<(), String> {
         const MAX_STEPS: usize = 8;
         for _ in 0..MAX_STEPS {
             match self.client.step_thread(thread).map_err(|e| e.to_string())? {
@@ -440,7 +517,9 @@ impl Session {
                 .client
                 .read_register(thread, "rip")
                 .map_err(|e| e.to_string())?;
-            if !self.by_addr.contains_key(&pc) && !self.returns.is_return_address(pc) {
+            if pc != start
+                || (!self.by_addr.contains_key(&pc) && !self.returns.is_return_address(pc))
+            {
                 return Ok(());
             }
         }
@@ -449,8 +528,74 @@ impl Session {
         ))
     }
 
+    /// The current task at a stop of `thread`.
+    fn current_task(&mut self, thread: ThreadId, regs: Option<&Registers>) -> Result<u64, String> {
+        let kernel = self.kernel.clone().ok_or("no guest kernel known")?;
+        let r = match regs {
+            Some(r) => r.clone(),
+            None => self
+                .client
+                .read_registers(thread)
+                .map_err(|e| e.to_string())?,
+        };
+        let mut view = crate::context::StopView::new(&mut self.client, &r);
+        kernel.current_task(&mut view).map_err(|e| e.to_string())
+    }
+
+    /// The file the current task maps at user site `index`'s address (all
+    /// registers read, for the current task). A failed lookup is counted
+    /// as an error of the site's probes and taken as no file: the hit is
+    /// then not served, and the run says so.
+    fn mapped_at(
+        &mut self,
+        index: usize,
+        thread: ThreadId,
+        regs: Option<Registers>,
+        runtime: &Mutex<Runtime>,
+    ) -> Result<(Option<Registers>, Option<linux_guest::MappedFile>), String> {
+        let r = match regs {
+            Some(r) => r,
+            None => self
+                .client
+                .read_registers(thread)
+                .map_err(|e| e.to_string())?,
+        };
+        let addr = self.sites[index].addr;
+        let found = match self.kernel.clone() {
+            Some(kernel) => {
+                let mut view = crate::context::StopView::new(&mut self.client, &r);
+                kernel.mapped_file(&mut view, addr)
+            }
+            None => Err(linux_guest::GuestError::Missing("uprobes", "guest kernel")),
+        };
+        if let Some(why) = self.client.lost() {
+            return Err(why.to_string());
+        }
+        match found {
+            Ok(m) => Ok((Some(r), m)),
+            Err(e) => {
+                let site = &self.sites[index];
+                let errors: Vec<(String, String, u64)> = site
+                    .user
+                    .iter()
+                    .map(|u| {
+                        (
+                            u.probe.to_string(),
+                            format!("finding the file mapped at {addr:#x}: {e}"),
+                            1,
+                        )
+                    })
+                    .collect();
+                lock(runtime).interpreter_mut().add_errors(&errors);
+                Ok((Some(r), None))
+            }
+        }
+    }
+
     /// Runs the entry (or return) handlers of site `index` at a stop of
-    /// `thread`: their flow, the registers they read, what they traced.
+    /// `thread` (`only`: these of them): their flow, the registers they
+    /// read, what they traced.
+    #[allow(clippy::too_many_arguments)]
     fn run_site(
         &mut self,
         index: usize,
@@ -459,12 +604,14 @@ impl Session {
         regs: Option<Registers>,
         runtime: &Mutex<Runtime>,
         received: u64,
+        only: Option<Vec<(BlockId, Arc<str>)>>,
     ) -> Result<SiteRun, String> {
         let site = &self.sites[index];
-        let (handlers, entry_args) = match at {
+        let (all, entry_args) = match at {
             At::Return(args) => (&site.ret_handlers, args),
             At::Entry => (&site.handlers, None),
         };
+        let handlers = only.as_ref().unwrap_or(all);
         let mut ctx = HitContext::at_stop(
             &mut self.client,
             self.kernel.as_deref(),
@@ -475,6 +622,7 @@ impl Session {
             &site.func,
         );
         ctx.entry_args = entry_args;
+        ctx.user_symbols = self.user_symbols.as_deref();
         let flow = ctx.run_all(runtime, handlers)?;
         Ok((flow, ctx.regs.take(), std::mem::take(&mut ctx.traced)))
     }

@@ -61,8 +61,9 @@ enum Resume {
     Continue,
     /// Move `thread`'s pc to `pc`, then continue.
     SetPc(ThreadId, u64),
-    /// Single-step `thread` off the breakpoint at its pc, then continue.
-    StepOff(ThreadId),
+    /// Single-step `thread` off the breakpoint at its pc (the address),
+    /// then continue.
+    StepOff(ThreadId, u64),
 }
 
 pub struct Session {
@@ -77,6 +78,8 @@ pub struct Session {
     watches: Vec<WatchProbe>,
     vcpus: Vec<ThreadId>,
     kernel: Option<Arc<GuestKernel>>,
+    /// Symbols of the user files the program's uprobes name (`ustack`).
+    user_symbols: Option<Arc<probe_plan::UserSymbols>>,
     /// VMM and host event sources, and the blocks of their probes by name.
     layers: LayerSet,
     recorder: Option<Box<dyn EventSink>>,
@@ -115,6 +118,7 @@ impl Session {
             watches: Vec::new(),
             vcpus: Vec::new(),
             kernel: None,
+            user_symbols: None,
             layers: LayerSet::default(),
             recorder: None,
             record_every_hit: true,
@@ -208,6 +212,11 @@ impl Session {
 
     /// Adds a source of VMM or host events; `handlers` maps probe names
     /// (`vmm:serial_write`, `tracepoint:sched:sched_switch`) to blocks.
+    /// Symbols for `ustack` frames in user files (those uprobes name).
+    pub fn set_user_symbols(&mut self, symbols: Arc<probe_plan::UserSymbols>) {
+        self.user_symbols = Some(symbols);
+    }
+
     pub fn add_layer(
         &mut self,
         source: Box<dyn LayerSource>,
@@ -372,6 +381,13 @@ impl Session {
             self.check_instruction_boundary(site)?;
         }
         for site in &mut sites {
+            // A user address reads as whatever the stopped vCPU's process
+            // maps there (often nothing), and its code was checked in the
+            // ELF; TCG keeps breakpoints outside guest memory, which holds
+            // nothing of ours to compare at detach.
+            if site.is_user() {
+                continue;
+            }
             let mut bytes = vec![0u8; SITE_BYTES];
             self.client.read_memory(site.addr, &mut bytes)?;
             if self.skip_nops {

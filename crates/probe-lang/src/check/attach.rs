@@ -5,7 +5,7 @@
 use crate::ast::Ast;
 use crate::diag::Reporter;
 use crate::lexer::parse_int;
-use crate::{KernelTypes, KprobeTarget, ProbeSpec, RateUnit, WatchAddr, WatchMode};
+use crate::{KernelTypes, KprobeTarget, ProbeSpec, RateUnit, UprobeTarget, WatchAddr, WatchMode};
 
 /// The attach points of one probe block.
 pub(super) struct BlockAttach {
@@ -61,8 +61,8 @@ pub(super) fn resolve(
                     if let Err(why) = kfunc_prototype(types, &spec) {
                         r.error(*span, why);
                     }
-                    all_k &= matches!(spec, ProbeSpec::Kprobe { .. });
-                    all_kr &= matches!(spec, ProbeSpec::Kretprobe { .. });
+                    all_k &= spec.is_entry();
+                    all_kr &= spec.is_return();
                     all_krf &= matches!(spec, ProbeSpec::Kretfunc { .. });
                     specs.push(spec.clone());
                     probes.push((spec, bi));
@@ -247,13 +247,17 @@ pub fn parse_probe(text: &str) -> Result<ProbeSpec, String> {
         "kprobe" | "k" => {
             let (target, off) = match rest.split_once('+') {
                 Some((t, o)) => {
-                    let off = parse_int(o).ok_or_else(|| format!("invalid probe offset '{o}'"))?;
+                    let off = parse_int(o)
+                        .ok()
+                        .ok_or_else(|| format!("invalid probe offset '{o}'"))?;
                     (t, off)
                 }
                 None => (rest, 0),
             };
             if target.starts_with("0x") {
-                let a = parse_int(target).ok_or_else(|| format!("invalid address '{target}'"))?;
+                let a = parse_int(target)
+                    .ok()
+                    .ok_or_else(|| format!("invalid address '{target}'"))?;
                 return Ok(ProbeSpec::Kprobe {
                     target: KprobeTarget::Address(a),
                     offset: off,
@@ -331,7 +335,7 @@ pub fn parse_probe(text: &str) -> Result<ProbeSpec, String> {
                     ));
                 }
             };
-            let value = match parse_int(n) {
+            let value = match parse_int(n).ok() {
                 Some(v) if v > 0 => v,
                 _ => return Err(format!("invalid {full} count '{n}' (a positive integer)")),
             };
@@ -360,13 +364,16 @@ pub fn parse_probe(text: &str) -> Result<ProbeSpec, String> {
             let addr = if addr.starts_with(|c: char| c.is_ascii_digit()) {
                 WatchAddr::Address(
                     parse_int(addr)
+                        .ok()
                         .ok_or_else(|| format!("invalid watchpoint address '{addr}'"))?,
                 )
             } else {
                 let (name, offset) = match addr.split_once('+') {
                     Some((n, o)) => (
                         n,
-                        parse_int(o).ok_or_else(|| format!("invalid watchpoint offset '{o}'"))?,
+                        parse_int(o)
+                            .ok()
+                            .ok_or_else(|| format!("invalid watchpoint offset '{o}'"))?,
                     ),
                     None => (addr, 0),
                 };
@@ -378,7 +385,7 @@ pub fn parse_probe(text: &str) -> Result<ProbeSpec, String> {
                     offset,
                 }
             };
-            let len = match parse_int(len) {
+            let len = match parse_int(len).ok() {
                 Some(l @ (1 | 2 | 4 | 8)) => l as u8,
                 _ => return Err(format!("invalid watchpoint length '{len}' (1, 2, 4 or 8)")),
             };
@@ -417,10 +424,12 @@ pub fn parse_probe(text: &str) -> Result<ProbeSpec, String> {
             guest_tracepoint(&system, &event)?;
             Ok(ProbeSpec::GuestTracepoint { system, event })
         }
-        "uprobe" | "u" | "uretprobe" | "ur" | "usdt" | "U" | "software" | "s" | "hardware"
-        | "h" | "rawtracepoint" | "rt" | "iter" => Err(format!(
-            "probe type '{kind}' is not supported (supported: BEGIN, END, kprobe, kretprobe, kfunc, kretfunc, interval, profile, watchpoint, vmm, tracepoint (guest syscalls), host:tracepoint)"
-        )),
+        "uprobe" | "u" | "uretprobe" | "ur" => uprobe(rest, matches!(kind, "uretprobe" | "ur")),
+        "usdt" | "U" | "software" | "s" | "hardware" | "h" | "rawtracepoint" | "rt" | "iter" => {
+            Err(format!(
+                "probe type '{kind}' is not supported (supported: BEGIN, END, kprobe, kretprobe, kfunc, kretfunc, uprobe, uretprobe, interval, profile, watchpoint, vmm, tracepoint (guest syscalls), host:tracepoint)"
+            ))
+        }
         "fentry" | "fexit" => Err(format!(
             "unknown probe type '{kind}' (bpftrace 0.17 and vmprobe spell it {}:)",
             if kind == "fentry" {
@@ -431,6 +440,68 @@ pub fn parse_probe(text: &str) -> Result<ProbeSpec, String> {
         )),
         _ => Err(format!("unknown probe type '{kind}'")),
     }
+}
+
+/// `PATH:SYMBOL` or `PATH:0xADDR` of a uprobe (`ret`: a uretprobe). PATH
+/// is the guest's absolute path of the file: bpftrace's library names
+/// (`uprobe:libc:f`) are found through the guest's ld cache, which vmprobe
+/// does not read.
+fn uprobe(rest: &str, ret: bool) -> Result<ProbeSpec, String> {
+    let kind = if ret { "uretprobe" } else { "uprobe" };
+    let Some((path, target)) = rest.rsplit_once(':') else {
+        return Err(format!(
+            "{kind} probes look like '{kind}:PATH:FUNCTION', e.g. '{kind}:/bin/busybox:main'"
+        ));
+    };
+    if path.is_empty() || target.is_empty() {
+        return Err(format!(
+            "{kind} probes look like '{kind}:PATH:FUNCTION', e.g. '{kind}:/bin/busybox:main'"
+        ));
+    }
+    if !path.starts_with('/') {
+        return Err(format!(
+            "{kind}:{path}: a library name is looked up in the guest's ld cache, which vmprobe does not read; give the file's absolute path in the guest (e.g. '{kind}:/bin/busybox:{target}')"
+        ));
+    }
+    if path.contains("/../") || path.ends_with("/..") || path.contains("//") {
+        return Err(format!(
+            "{kind}:{path}: give the file's canonical path in the guest (no '..' or '//')"
+        ));
+    }
+    let target = if target.starts_with("0x") {
+        if ret {
+            return Err(format!(
+                "{kind}:{path}:{target}: a uretprobe names a function, not an address"
+            ));
+        }
+        UprobeTarget::Address(
+            parse_int(target).map_err(|_| format!("invalid {kind} address '{target}'"))?,
+        )
+    } else {
+        if target.contains(['*', '?']) {
+            return Err(format!(
+                "{kind}:{path}:{target}: wildcards in uprobe functions are not supported; name the function (`vmprobe list '{kind}:{path}:*'` lists them)"
+            ));
+        }
+        if target.contains('+') {
+            return Err(format!(
+                "{kind}:{path}:{target}: FUNCTION+OFFSET is not supported; give the address (`uprobe:PATH:0xADDR`)"
+            ));
+        }
+        let valid = target
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '@' | '$'));
+        if !valid {
+            return Err(format!("invalid {kind} function name '{target}'"));
+        }
+        UprobeTarget::Symbol(target.to_string())
+    };
+    Ok(ProbeSpec::Uprobe {
+        path: path.to_string(),
+        target,
+        ret,
+        resolved: None,
+    })
 }
 
 /// `SYSTEM:EVENT` of a tracepoint spelled `kind:SYSTEM:EVENT`.
@@ -571,6 +642,41 @@ mod tests {
         assert!(parse_probe("kprobe:f+zz").is_err());
         assert!(parse_probe("kretprobe:f+1").is_err());
         assert!(parse_probe("BEGINX").is_err());
+    }
+
+    #[test]
+    fn uprobe_parsing() {
+        let p = parse_probe("uprobe:/bin/vmprobe-ucount:ucount_step").unwrap();
+        assert_eq!(
+            p,
+            ProbeSpec::Uprobe {
+                path: "/bin/vmprobe-ucount".into(),
+                target: UprobeTarget::Symbol("ucount_step".into()),
+                ret: false,
+                resolved: None,
+            }
+        );
+        assert_eq!(p.name(), "uprobe:/bin/vmprobe-ucount:ucount_step");
+        assert!(p.is_entry() && !p.is_return());
+        let p = parse_probe("ur:/bin/x:f").unwrap();
+        assert_eq!(p.name(), "uretprobe:/bin/x:f");
+        assert!(p.is_return() && !p.is_entry());
+        let p = parse_probe("u:/bin/x:0x401000").unwrap();
+        assert_eq!(p.name(), "uprobe:/bin/x:0x401000");
+        for (bad, why) in [
+            ("uprobe:libc:getaddrinfo", "ld cache"),
+            ("uprobe:/bin/x", "look like"),
+            ("uprobe:/bin/x:", "look like"),
+            ("uprobe:/bin/x:f*", "wildcards"),
+            ("uprobe:/bin/x:f+4", "FUNCTION+OFFSET"),
+            ("uretprobe:/bin/x:0x10", "names a function"),
+            ("uprobe:/bin/../x:f", "canonical"),
+            ("uprobe:/bin/x:0xzz", "invalid uprobe address"),
+            ("uprobe:/bin/x:f-g", "invalid uprobe function"),
+        ] {
+            let e = parse_probe(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -39,9 +39,13 @@ const EXPR_FUNCS: &[(&str, usize, usize)] = &[
     ("ustack", 1, 1),
 ];
 
-/// Default and maximum bytes `str()` reads (bpftrace's default
+/// Default bytes a string holds, its NUL included (bpftrace's default
 /// BPFTRACE_STRLEN is 64).
 pub const STR_MAX: u64 = 64;
+
+/// The largest BPFTRACE_STRLEN bpftrace 0.17 accepts (its BPF stack
+/// bounds strings to 200 bytes).
+pub const STR_LEN_LIMIT: u64 = 200;
 
 /// Frames `kstack` keeps (bpftrace's limit for BPF stack maps).
 pub const KSTACK_MAX: u64 = 127;
@@ -68,6 +72,29 @@ impl Checker<'_, '_> {
             "printf" => self.printf(args, span),
             "exit" => {
                 self.arity(name, args.len(), 0, 0, span);
+            }
+            "join" => {
+                if !self.arity(name, args.len(), 1, 2, span) {
+                    return;
+                }
+                for a in args.iter_mut() {
+                    self.expr(a);
+                }
+                if !args[0].ty.is_int() && args[0].ty != Type::Unknown {
+                    self.r.error(
+                        args[0].span,
+                        format!(
+                            "join() takes an array of string pointers, found {}",
+                            args[0].ty.name()
+                        ),
+                    );
+                }
+                if let Some(d) = args.get(1)
+                    && !matches!(d.kind, ExprKind::Str(_))
+                {
+                    self.r
+                        .error(d.span, "join: the delimiter must be a string literal");
+                }
             }
             "snapshot" => {
                 self.arity(name, args.len(), 0, 0, span);
@@ -149,7 +176,7 @@ impl Checker<'_, '_> {
                 format!("{name}() can only be used as a map value, e.g. @x = {name}(...)")
             } else if matches!(
                 name,
-                "printf" | "print" | "clear" | "zero" | "delete" | "exit" | "time"
+                "printf" | "print" | "clear" | "zero" | "delete" | "exit" | "time" | "join"
             ) {
                 format!("{name}() is a statement and has no value")
             } else {
@@ -295,14 +322,23 @@ impl Checker<'_, '_> {
                 self.want_int(&args[1], "timestamp argument of strftime()");
                 Type::Str
             }
+            "reg" if lit(&args[0]) == Some("orig_ax".into()) => {
+                self.r.error(
+                    args[0].span,
+                    "reg(\"orig_ax\"): a probe's stop has no orig_ax (the saved pt_regs slot of a \
+                     syscall or an exception); a syscall's number is args.id in \
+                     tracepoint:raw_syscalls:sys_enter",
+                );
+                Type::Unknown
+            }
             "kaddr" | "reg" => match lit(&args[0]) {
                 Some(s) if !s.is_empty() => {
-                    let list = if name == "kaddr" {
-                        &mut self.kaddrs
+                    if name == "kaddr" {
+                        self.kaddrs.push((s, args[0].span));
                     } else {
-                        &mut self.regs
-                    };
-                    list.push((s, args[0].span));
+                        self.regs
+                            .push((register_name(&s).to_string(), args[0].span));
+                    }
                     Type::UNSIGNED
                 }
                 _ => {
@@ -367,6 +403,29 @@ impl Checker<'_, '_> {
             );
             return Type::Unknown;
         }
+        if name == "username" {
+            self.r.error(
+                span,
+                "username would name the uid from the host's /etc/passwd, not the guest's: use uid",
+            );
+            return Type::Unknown;
+        }
+        if !BUILTINS.contains(&name)
+            && name.len() > 1
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        {
+            // bpftrace takes such names from the C headers it #includes;
+            // here types come from BTF, which has enums but no macros.
+            self.r.error(
+                span,
+                format!(
+                    "unknown identifier '{name}': a C header's macro, which #include does not bring here (types come from the guest's BTF); #define {name} VALUE"
+                ),
+            );
+            return Type::Unknown;
+        }
         if !BUILTINS.contains(&name) {
             self.r.error(span, format!("unknown builtin '{name}'"));
             return Type::Unknown;
@@ -381,14 +440,14 @@ impl Checker<'_, '_> {
             "retval" if !self.all_kretprobe => {
                 self.r.error(
                     span,
-                    "the retval builtin can only be used in kretprobe and kretfunc blocks",
+                    "the retval builtin can only be used in kretprobe, kretfunc and uretprobe blocks",
                 );
                 Type::Unknown
             }
             n if n.starts_with("arg") && !self.all_kprobe => {
                 self.r.error(
                     span,
-                    format!("the {n} builtin can only be used in kprobe blocks"),
+                    format!("the {n} builtin can only be used in kprobe and uprobe blocks"),
                 );
                 Type::Unknown
             }
@@ -406,5 +465,25 @@ fn unknown_function(name: &str) -> String {
         "signal" => "signal() would send a signal inside the guest: vmprobe only observes, it changes nothing there".into(),
         "override" => "override() would change a guest function's return value: vmprobe only observes, it changes nothing there".into(),
         _ => format!("unknown function '{name}'"),
+    }
+}
+
+/// `reg(NAME)`: bpftrace's names are the x86-64 `pt_regs` fields (`ip`,
+/// `sp`, `ax`, `flags`, ...); the backends read registers by the GDB
+/// stub's names (`rip`, `rsp`, `rax`, `eflags`, ...), which are accepted as
+/// they are.
+pub fn register_name(name: &str) -> &str {
+    match name {
+        "ip" => "rip",
+        "sp" => "rsp",
+        "bp" => "rbp",
+        "ax" => "rax",
+        "bx" => "rbx",
+        "cx" => "rcx",
+        "dx" => "rdx",
+        "si" => "rsi",
+        "di" => "rdi",
+        "flags" => "eflags",
+        other => other,
     }
 }

@@ -8,8 +8,54 @@ use crate::ast::{Access, BinOp, Expr, ExprKind, Type, UnOp};
 use crate::diag::Span;
 
 impl Checker<'_, '_> {
+    /// `uid`/`gid` as bpftrace's `bpf_get_current_uid_gid()` gives them:
+    /// the current task's `cred->uid`/`cred->gid`, read through the guest's
+    /// BTF as `curtask->cred->uid.val` would be.
+    fn cred_id(&mut self, e: &mut Expr) {
+        let ExprKind::Ident(name) = &e.kind else {
+            return;
+        };
+        let name = name.clone();
+        let has_cred = self.types.is_some_and(|t| {
+            t.lookup("struct task_struct")
+                .and_then(|task| t.member(task, "cred"))
+                .is_some()
+        });
+        if !has_cred {
+            self.r.error(
+                e.span,
+                format!("{name} needs the guest kernel's BTF (it reads the task's cred->{name})"),
+            );
+            e.ty = Type::Unknown;
+            return;
+        }
+        let node = |kind| {
+            Box::new(Expr {
+                kind,
+                span: e.span,
+                ty: Type::Unknown,
+            })
+        };
+        let member = |base, name: &str, arrow| ExprKind::Member {
+            base,
+            name: name.to_string(),
+            arrow,
+            offset: 0,
+            access: Access::Unresolved,
+        };
+        let cred = member(node(ExprKind::Ident("curtask".into())), "cred", true);
+        let id = member(node(cred), &name, true);
+        e.kind = member(node(id), "val", false);
+        self.expr(e);
+    }
+
     /// Types `e` and everything in it, reporting what does not type.
     pub(super) fn expr(&mut self, e: &mut Expr) {
+        if let ExprKind::Ident(name) = &e.kind
+            && (name == "uid" || name == "gid")
+        {
+            return self.cred_id(e);
+        }
         if let ExprKind::Deref(a) = &mut e.kind {
             self.expr(a);
             if let Type::Kernel { .. } = a.ty {
@@ -34,6 +80,13 @@ impl Checker<'_, '_> {
                 };
                 e.ty = self.kernel_access(e, true);
             } else {
+                // bpftrace reads a u64 at an integer address (`*kaddr("x")`).
+                if let Type::Int { .. } = a.ty {
+                    a.ty = Type::Ptr {
+                        size: 8,
+                        signed: false,
+                    };
+                }
                 let t = a.ty;
                 e.ty = self.deref_type(t, e.span);
             }

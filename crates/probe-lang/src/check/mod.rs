@@ -29,7 +29,7 @@ mod trace;
 mod types;
 
 pub use attach::{MIN_PERIOD_NS, parse_probe, split_guest};
-pub use calls::{BUF_MAX, KSTACK_MAX, STR_MAX};
+pub use calls::{BUF_MAX, KSTACK_MAX, STR_LEN_LIMIT, STR_MAX, register_name};
 pub use maps::{AggKind, HIST_BUCKETS, LhistParams, MapDecl};
 pub use trace::{TraceSite, TraceType};
 

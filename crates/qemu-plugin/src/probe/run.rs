@@ -68,6 +68,9 @@ pub(crate) struct Run {
     pub samplers: Vec<TimerProbe>,
 }
 
+/// Blocks to run, with their probe names.
+type Handlers = Vec<(BlockId, Arc<str>)>;
+
 /// The `arg0`..`arg5` registers, for recorded hits.
 const ARG_REGS: [Reg; 6] = [Reg::Rdi, Reg::Rsi, Reg::Rdx, Reg::Rcx, Reg::R8, Reg::R9];
 const ARG_NAMES: [&str; 6] = ["arg0", "arg1", "arg2", "arg3", "arg4", "arg5"];
@@ -179,19 +182,70 @@ impl Run {
             .contains(&vaddr)
     }
 
+    /// At a user site (uprobe): the entry and return handlers of the
+    /// probes whose file the current task maps at the site's address, and
+    /// the task; `None` for a kernel site. A failed lookup is counted as
+    /// each probe's error and runs nothing.
+    fn user_handlers(&self, vcpu: &mut Vcpu<'_>, site: usize) -> Option<(Handlers, Handlers, u64)> {
+        let s = &self.sites[site];
+        if !s.is_user() {
+            return None;
+        }
+        let mut view = super::context::VcpuView(vcpu);
+        let found = self
+            .kernel
+            .mapped_file(&mut view, s.addr)
+            .and_then(|m| Ok((m, self.kernel.current_task(&mut view)?)));
+        match found {
+            Ok((m, task)) => {
+                let m = m.as_ref().map(|m| (m.path.as_str(), m.file_offset));
+                Some((s.handlers_for(false, m), s.handlers_for(true, m), task))
+            }
+            Err(e) => {
+                let errors: Vec<(String, String, u64)> = s
+                    .user
+                    .iter()
+                    .map(|u| {
+                        let why = format!("finding the file mapped at {:#x}: {e}", s.addr);
+                        (u.probe.to_string(), why, 1)
+                    })
+                    .collect();
+                self.interps[vcpu.index() as usize % self.interps.len()]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .add_errors(&errors);
+                Some((Vec::new(), Vec::new(), 0))
+            }
+        }
+    }
+
     fn entry(&self, vcpu: &mut Vcpu<'_>, site: usize, now: u64) -> bool {
+        // A user address is every process's: only the probes of the file
+        // the current task maps there run.
+        let user = self.user_handlers(vcpu, site);
+        if let Some((entry, ret, _)) = &user
+            && entry.is_empty()
+            && ret.is_empty()
+        {
+            return false;
+        }
         self.counters.hits.fetch_add(1, Ordering::Relaxed);
         let s = &self.sites[site];
-        let traced = self.run_blocks(vcpu, &s.handlers, &s.func, now, None);
+        let handlers = user.as_ref().map_or(&s.handlers, |(e, _, _)| e);
+        let traced = self.run_blocks(vcpu, handlers, &s.func, now, None);
         if self.record != RecordMode::Off {
             let own: Vec<(String, TracedValue)> = ARG_NAMES
                 .iter()
                 .zip(ARG_REGS)
                 .map(|(n, r)| (n.to_string(), TracedValue::U64(vcpu.reg_id(r).unwrap_or(0))))
                 .collect();
-            self.record_hit(vcpu.index(), site, now, None, &s.handlers, &own, traced);
+            self.record_hit(vcpu.index(), site, now, None, handlers, &own, traced);
         }
-        if s.ret_handlers.is_empty() {
+        let (awaits, owner) = match &user {
+            Some((_, ret, task)) => (!ret.is_empty(), *task),
+            None => (!s.ret_handlers.is_empty(), 0),
+        };
+        if !awaits {
             return false;
         }
         // At the entry the return address is on top of the stack.
@@ -216,7 +270,7 @@ impl Run {
             vcpu: vcpu.index(),
             args,
         };
-        match tracker.enter(u64::from_le_bytes(word), rsp, call) {
+        match tracker.enter_owned(u64::from_le_bytes(word), rsp, owner, call) {
             Entered::NewReturnAddress(ret) => self
                 .return_sites
                 .write()
@@ -230,20 +284,32 @@ impl Run {
         let Some(rsp) = vcpu.reg_id(Reg::Rsp) else {
             return;
         };
+        // A user call pairs by its task too (user stacks of two processes
+        // share addresses).
+        let owner = if pc < 0xffff_8000_0000_0000 {
+            self.kernel
+                .current_task(&mut super::context::VcpuView(vcpu))
+                .unwrap_or(u64::MAX)
+        } else {
+            0
+        };
         let returned = self
             .tracker
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .returned(pc, rsp);
+            .returned_owned(pc, rsp, owner);
         // Another call returning to the same place (one that started
         // before attaching, or an untracked one) is not ours.
         let Returned::Call { call, .. } = returned else {
             return;
         };
+        // Which of a user site's uretprobes: asked again of its address.
+        let user = self.user_handlers(vcpu, call.site);
         self.counters.returns.fetch_add(1, Ordering::Relaxed);
         let s = &self.sites[call.site];
         let entry_args = s.entry_args.then_some(call.args);
-        let traced = self.run_blocks(vcpu, &s.ret_handlers, &s.func, now, entry_args);
+        let handlers = user.as_ref().map_or(&s.ret_handlers, |(_, r, _)| r);
+        let traced = self.run_blocks(vcpu, handlers, &s.func, now, entry_args);
         if self.record != RecordMode::Off {
             let retval = vcpu.reg_id(Reg::Rax).unwrap_or(0);
             let own = [("retval".to_string(), TracedValue::U64(retval))];
@@ -252,7 +318,7 @@ impl Run {
                 call.site,
                 now,
                 Some(call.entry_ns),
-                &s.ret_handlers,
+                handlers,
                 &own,
                 traced,
             );

@@ -1,0 +1,926 @@
+//! The tools Debian's bpftrace package ships (`/usr/sbin/*.bt`), run as
+//! shipped against the default guest. Each has an entry in [`TOOLS`]:
+//!
+//! - `Refused(TEXT)`: `vmprobe run TOOL` fails before booting anything,
+//!   with an error containing TEXT (what vmprobe lacks or the guest kernel
+//!   does not have). When a feature lands, its tools move to `Runs`.
+//! - `Runs { .. }`: the tool attaches to ONE long-lived guest (as
+//!   tests/scripts.rs does), a workload exercises it, Ctrl-C ends it, and
+//!   a check compares its output with what the workload did or with the
+//!   guest kernel's own kprobe counts.
+//!
+//! Kernel counts bracket the tool's window: `hits` before and after the
+//! workload (inside the window: a lower bound) and before attaching and
+//! after detaching (around it: an upper bound), from the guest kernel's
+//! kprobe_profile.
+//!
+//! The test prints a table of tool and outcome. Without /usr/sbin/*.bt
+//! (bpftrace not installed: .ci/install-deps installs it) it says so and
+//! passes.
+//!
+//! Long file: the table of the 38 tools, their checks and the runner on
+//! one guest are one harness, used only here.
+
+mod support;
+
+use qemu_guest::{Accel, LaunchConfig, Vm};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use support::*;
+
+const TOOLS_DIR: &str = "/usr/sbin";
+const ATTACH_LIMIT: Duration = Duration::from_secs(90);
+const WORKLOAD_LIMIT: Duration = Duration::from_secs(60);
+const DETACH_LIMIT: Duration = Duration::from_secs(60);
+const STEP_LIMIT: Duration = Duration::from_secs(30);
+
+/// What a run gives a check.
+struct Run {
+    stdout: String,
+    console: String,
+}
+
+impl Run {
+    /// `(inside, around)`: the guest kernel's hits of truth `name` during
+    /// the workload, and from before attaching to after detaching.
+    fn bounds(&self, name: &str) -> Result<(u64, u64), String> {
+        let get = |tag: &str| {
+            self.console
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix(&format!("{tag} {name} ")))
+                .find_map(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| format!("no {tag} {name} in the console:\n{}", self.console))
+        };
+        let (a, b, c, d) = (get("GTA")?, get("GTB")?, get("GTC")?, get("GTD")?);
+        Ok((c - b, d - a))
+    }
+
+    /// An integer the workload printed as `KEY=N`.
+    fn console_value(&self, key: &str) -> Result<u64, String> {
+        self.console
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix(&format!("{key}=")))
+            .find_map(|v| v.trim().parse().ok())
+            .ok_or_else(|| format!("the workload printed no {key}=N:\n{}", self.console))
+    }
+
+    /// Lines of the tool's output with every word of `words`.
+    fn lines_with(&self, words: &[&str]) -> Vec<&str> {
+        self.stdout
+            .lines()
+            .filter(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                words.iter().all(|x| w.contains(x))
+            })
+            .collect()
+    }
+
+    /// `@map[key]: N` lines of the tool's output (the last of each key).
+    fn map(&self, name: &str) -> BTreeMap<String, u64> {
+        let prefix = format!("@{name}[");
+        let mut m = BTreeMap::new();
+        for l in self.stdout.lines() {
+            if let Some(rest) = l.strip_prefix(&prefix)
+                && let Some((k, v)) = rest.split_once("]: ")
+                && let Ok(v) = v.trim().parse()
+            {
+                m.insert(k.to_string(), v);
+            }
+        }
+        m
+    }
+}
+
+type Check = fn(&Run) -> Result<(), String>;
+
+enum Expect {
+    Refused(&'static str),
+    Runs {
+        /// Shell for the guest (in /tmp).
+        workload: &'static str,
+        /// (name, kernel function): counted by the guest's own kprobes.
+        truths: &'static [(&'static str, &'static str)],
+        check: Check,
+        /// What the check establishes, for the table.
+        judged: &'static str,
+    },
+}
+use Expect::*;
+
+const NOT_SYSCALL_TP: &str = "only syscalls:* can be served from outside the guest";
+const UPROBE: &str = "probe type 'uprobe' is not supported";
+
+/// Every tool of bpftrace 0.17's package and what it does here.
+const TOOLS: &[(&str, Expect)] = &[
+    ("bashreadline", Refused("expected '{', found 'bash'")), // uretprobe:/bin/bash:readline
+    (
+        "biolatency",
+        Refused("unknown kernel symbol 'blk_account_io_start'"),
+    ),
+    (
+        "biosnoop",
+        Refused("unknown kernel symbol 'blk_account_io_start'"),
+    ),
+    (
+        "biostacks",
+        Refused("unknown kernel symbol 'blk_account_io_start'"),
+    ),
+    ("bitesize", Refused(NOT_SYSCALL_TP)),
+    (
+        "capable",
+        Runs {
+            workload: "mknod /tmp/capnode c 1 3; rm -f /tmp/capnode",
+            truths: &[],
+            check: capable,
+            judged: "prints mknod's CAP_MKNOD check, uid 0",
+        },
+    ),
+    (
+        "cpuwalk",
+        Runs {
+            workload: "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done",
+            truths: &[],
+            check: cpuwalk,
+            judged: "samples, on CPUs 0-1 only",
+        },
+    ),
+    (
+        "dcsnoop",
+        Runs {
+            workload: "cat /tmp/dcsnoop-missing 2>/dev/null; true",
+            truths: &[],
+            check: dcsnoop,
+            judged: "prints cat's lookup of the missing name",
+        },
+    ),
+    (
+        "execsnoop",
+        Runs {
+            // By path: busybox's shell runs its own applets without exec.
+            workload: "/bin/busybox ls -a /tmp > /dev/null; /bin/busybox uname -s -r > /dev/null",
+            truths: &[],
+            check: execsnoop,
+            judged: "prints each command the workload execs, with its arguments",
+        },
+    ),
+    ("gethostlatency", Refused(UPROBE)),
+    (
+        "killsnoop",
+        Runs {
+            workload: "sleep 30 & echo TPID=$!; kill -15 $!; wait",
+            truths: &[],
+            check: killsnoop,
+            judged: "prints the kill of the workload's sleep, signal 15",
+        },
+    ),
+    (
+        "loads",
+        Runs {
+            // The kernel's own view, every 0.5 s while the tool samples each
+            // second (both change only at the kernel's 5 s updates).
+            workload: "for i in 1 2 3 4 5 6; do echo LOADAVG=$(cut -d' ' -f1 /proc/loadavg | tr -d .); sleep 0.5; done",
+            truths: &[],
+            check: loads,
+            judged: "each load1 printed is one /proc/loadavg showed (to 0.02)",
+        },
+    ),
+    (
+        "mdflush",
+        Refused("unknown kernel symbol 'md_flush_request'"),
+    ),
+    (
+        "naptime",
+        Runs {
+            workload: "sleep 1; usleep 1000",
+            truths: &[("gtnap", "__x64_sys_nanosleep")],
+            check: naptime,
+            judged: "as many naps as the kernel counts nanosleeps (glibc sleeps with clock_nanosleep: none)",
+        },
+    ),
+    ("oomkill", Refused("cat() would read a host file")),
+    (
+        "opensnoop",
+        Runs {
+            workload: "echo x > /tmp/opensnoop-file; cat /tmp/opensnoop-file > /dev/null; cat /tmp/opensnoop-missing 2>/dev/null; true",
+            truths: &[],
+            check: opensnoop,
+            judged: "prints the paths cat opens, ENOENT for the missing one",
+        },
+    ),
+    ("pidpersec", Refused(NOT_SYSCALL_TP)),
+    ("runqlat", Refused(NOT_SYSCALL_TP)),
+    (
+        "runqlen",
+        Runs {
+            workload: "sleep 1",
+            truths: &[],
+            check: runqlen,
+            judged: "samples run queue lengths",
+        },
+    ),
+    (
+        "setuids",
+        Runs {
+            workload: "mkdir -p /etc; echo tooluser:x:1234:1234::/tmp:/bin/sh >> /etc/passwd; su -s /bin/sh tooluser -c true",
+            truths: &[],
+            check: setuids,
+            judged: "prints su's setuid(1234)",
+        },
+    ),
+    ("ssllatency", Refused(UPROBE)),
+    ("sslsnoop", Refused(UPROBE)),
+    (
+        "statsnoop",
+        Runs {
+            workload: "stat -f /tmp > /dev/null; stat -f /tmp/statsnoop-missing 2>/dev/null; true",
+            truths: &[],
+            check: statsnoop,
+            judged: "prints the paths stat -f passes to statfs, ENOENT for the missing one",
+        },
+    ),
+    (
+        "swapin",
+        Runs {
+            workload: "sleep 1",
+            truths: &[("gtswap", "swap_readpage")],
+            check: swapin,
+            judged: "counts swap-ins as the kernel does (none: no swap)",
+        },
+    ),
+    (
+        "syncsnoop",
+        Runs {
+            workload: "sync; sync; sync",
+            truths: &[("gtsync", "__x64_sys_sync")],
+            check: syncsnoop,
+            judged: "prints each of the 3 sync calls the kernel counts",
+        },
+    ),
+    (
+        "syscount",
+        Runs {
+            // The guest's own raw_syscalls event, for dd only.
+            workload: "t=/sys/kernel/tracing; e=$t/events/raw_syscalls/sys_enter; \
+                       echo > $t/trace; echo 'comm == \"dd\"' > $e/filter; echo 1 > $e/enable; \
+                       dd if=/dev/zero of=/dev/null bs=1 count=20 2>/dev/null; \
+                       echo 0 > $e/enable; echo 0 > $e/filter; \
+                       echo DD_SYSCALLS=$(grep -c ' sys_enter: ' $t/trace)",
+            truths: &[],
+            check: syscount,
+            judged: "dd's syscalls equal the guest's own raw_syscalls:sys_enter events for dd",
+        },
+    ),
+    ("tcpaccept", Refused("unknown identifier 'AF_INET'")),
+    ("tcpconnect", Refused("unknown identifier 'AF_INET'")),
+    ("tcpdrop", Refused(NOT_SYSCALL_TP)),
+    ("tcplife", Refused("unknown identifier 'TCP_FIN_WAIT1'")),
+    ("tcpretrans", Refused("unknown identifier 'AF_INET'")),
+    (
+        "tcpsynbl",
+        Runs {
+            workload: "sleep 1",
+            truths: &[("gtsyn", "tcp_v4_syn_recv_sock")],
+            check: tcpsynbl,
+            judged: "counts SYN backlogs as the kernel does (none: no network)",
+        },
+    ),
+    ("threadsnoop", Refused(UPROBE)),
+    (
+        "undump",
+        Runs {
+            workload: "sleep 1",
+            truths: &[("gtunix", "unix_stream_read_actor")],
+            check: undump,
+            judged: "prints a line per unix stream read the kernel counts",
+        },
+    ),
+    (
+        "vfscount",
+        Runs {
+            workload: "echo x > /tmp/vfscount; cat /tmp/vfscount > /dev/null",
+            truths: &[("gtr", "vfs_read"), ("gtw", "vfs_write")],
+            check: vfscount,
+            judged: "vfs_read/vfs_write counts within the kernel's",
+        },
+    ),
+    (
+        "vfsstat",
+        Runs {
+            workload: "echo x > /tmp/vfsstat; for i in 1 2 3; do cat /tmp/vfsstat > /dev/null; sleep 1; done",
+            truths: &[("gtr", "vfs_read")],
+            check: vfsstat,
+            judged: "per-second vfs_read counts add up within the kernel's",
+        },
+    ),
+    ("writeback", Refused(NOT_SYSCALL_TP)),
+    (
+        "xfsdist",
+        Refused("unknown kernel symbol 'xfs_file_read_iter'"),
+    ),
+];
+
+fn capable(r: &Run) -> Result<(), String> {
+    // UID PID COMM CAP NAME AUDIT
+    let l = r.lines_with(&["mknod", "27", "CAP_MKNOD"]);
+    match l.first() {
+        Some(l) if l.split_whitespace().nth(1) == Some("0") => Ok(()),
+        Some(l) => Err(format!("mknod's check is not uid 0: {l}")),
+        None => Err("no CAP_MKNOD check by mknod".into()),
+    }
+}
+
+fn cpuwalk(r: &Run) -> Result<(), String> {
+    let cpus = lhist_buckets(&r.stdout, "cpu");
+    if cpus.is_empty() {
+        return Err("no @cpu histogram".into());
+    }
+    match cpus.iter().find(|(c, _)| *c > 1) {
+        Some((c, _)) => Err(format!("a sample on CPU {c} of a 2-vCPU guest")),
+        None => Ok(()),
+    }
+}
+
+fn dcsnoop(r: &Run) -> Result<(), String> {
+    // The lookup that misses: `M dcsnoop-missing` by cat.
+    if r.lines_with(&["cat", "M", "dcsnoop-missing"]).is_empty() {
+        return Err("no miss of dcsnoop-missing by cat".into());
+    }
+    Ok(())
+}
+
+fn execsnoop(r: &Run) -> Result<(), String> {
+    // TIME PID ARGS: the arguments as joined by join(args->argv).
+    for cmd in ["/bin/busybox ls -a /tmp", "/bin/busybox uname -s -r"] {
+        if !r.stdout.lines().any(|l| l.ends_with(&format!(" {cmd}"))) {
+            return Err(format!("no exec of '{cmd}'"));
+        }
+    }
+    Ok(())
+}
+
+fn killsnoop(r: &Run) -> Result<(), String> {
+    let tpid = r.console_value("TPID")?.to_string();
+    // PID COMM SIG TPID RESULT
+    let l = r
+        .stdout
+        .lines()
+        .filter(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.len() >= 6 && w[3] == "15" && w[4] == tpid && w[5] == "0"
+        })
+        .count();
+    match l {
+        1 => Ok(()),
+        n => Err(format!("{n} lines of signal 15 to {tpid} with result 0")),
+    }
+}
+
+fn loads(r: &Run) -> Result<(), String> {
+    // `load averages: 0.123 ...`; /proc/loadavg rounds to 2 decimals.
+    let proc: Vec<f64> = r
+        .console
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("LOADAVG="))
+        .filter_map(|v| v.trim().parse::<u64>().ok())
+        .map(|v| v as f64 / 100.0)
+        .collect();
+    let tool: Vec<f64> = r
+        .stdout
+        .lines()
+        .filter_map(|l| l.split("load averages: ").nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse().ok())
+        .collect();
+    if tool.is_empty() || proc.is_empty() {
+        return Err(format!(
+            "{} load lines, {} /proc/loadavg reads",
+            tool.len(),
+            proc.len()
+        ));
+    }
+    for t in &tool {
+        if !proc.iter().any(|p| (t - p).abs() <= 0.02) {
+            return Err(format!("load1 {t}, and /proc/loadavg showed {proc:?}"));
+        }
+    }
+    Ok(())
+}
+
+fn naptime(r: &Run) -> Result<(), String> {
+    // PPID PCOMM PID COMM SECONDS, after the header.
+    let naps = r
+        .stdout
+        .lines()
+        .filter(|l| l.split_whitespace().count() == 5 && !l.starts_with("TIME"))
+        .count() as u64;
+    within(r, naps, "naps", "gtnap")
+}
+
+fn opensnoop(r: &Run) -> Result<(), String> {
+    // PID COMM FD ERR PATH
+    let found = r.lines_with(&["cat", "/tmp/opensnoop-file"]);
+    if !found
+        .iter()
+        .any(|l| l.split_whitespace().nth(3) == Some("0"))
+    {
+        return Err("no successful open of /tmp/opensnoop-file by cat".into());
+    }
+    let missing = r.lines_with(&["cat", "-1", "2", "/tmp/opensnoop-missing"]);
+    if missing.is_empty() {
+        return Err("no ENOENT open of /tmp/opensnoop-missing by cat".into());
+    }
+    Ok(())
+}
+
+fn runqlen(r: &Run) -> Result<(), String> {
+    let b = lhist_buckets(&r.stdout, "runqlen");
+    if b.iter().map(|(_, n)| n).sum::<u64>() == 0 {
+        return Err("no @runqlen samples".into());
+    }
+    Ok(())
+}
+
+fn setuids(r: &Run) -> Result<(), String> {
+    // PID COMM UID setuid uid=NEW (RET): su was root until then.
+    if r.lines_with(&["su", "0", "setuid", "uid=1234", "(0)"])
+        .is_empty()
+    {
+        return Err("no setuid(1234) by su".into());
+    }
+    Ok(())
+}
+
+fn statsnoop(r: &Run) -> Result<(), String> {
+    // PID COMM ERR PATH
+    if r.lines_with(&["stat", "0", "/tmp"]).is_empty() {
+        return Err("no successful statfs of /tmp by stat".into());
+    }
+    if r.lines_with(&["stat", "2", "/tmp/statsnoop-missing"])
+        .is_empty()
+    {
+        return Err("no ENOENT statfs of /tmp/statsnoop-missing by stat".into());
+    }
+    Ok(())
+}
+
+/// A count the tool keeps in `@name` (0 when it prints none) lies within
+/// the kernel's bounds for `truth`.
+fn within(r: &Run, count: u64, what: &str, truth: &str) -> Result<(), String> {
+    let (inside, around) = r.bounds(truth)?;
+    if count < inside || count > around {
+        return Err(format!(
+            "{what}: {count}, the guest kernel's {inside} during the workload, {around} around the run"
+        ));
+    }
+    Ok(())
+}
+
+fn swapin(r: &Run) -> Result<(), String> {
+    let n = r.map("").values().sum();
+    within(r, n, "swap-ins", "gtswap")
+}
+
+fn syncsnoop(r: &Run) -> Result<(), String> {
+    // PID COMM EVENT; busybox's shell may run `sync` itself (comm sh).
+    let n = r
+        .stdout
+        .lines()
+        .filter(|l| l.ends_with(" tracepoint:syscalls:sys_enter_sync"))
+        .count() as u64;
+    let (inside, _) = r.bounds("gtsync")?;
+    if inside != 3 || n != 3 {
+        return Err(format!(
+            "{n} sync calls printed; the kernel counted {inside} in the workload, which made 3"
+        ));
+    }
+    within(r, n, "sync calls", "gtsync")
+}
+
+fn tcpsynbl(r: &Run) -> Result<(), String> {
+    let n = lhist_buckets(&r.stdout, "backlog")
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
+    within(r, n, "SYN backlog samples", "gtsyn")
+}
+
+fn undump(r: &Run) -> Result<(), String> {
+    // One `HH:MM:SS COMM PID SIZE DATA` line per read.
+    let timed = |l: &&str| {
+        let b = l.as_bytes();
+        b.len() > 9 && b[2] == b':' && b[5] == b':' && b[8] == b' '
+    };
+    let n = r.stdout.lines().filter(timed).count() as u64;
+    within(r, n, "unix stream reads", "gtunix")
+}
+
+fn syscount(r: &Run) -> Result<(), String> {
+    let truth = r.console_value("DD_SYSCALLS")?;
+    let dd = r.map("process").get("dd").copied().unwrap_or(0);
+    if dd != truth || truth < 40 {
+        return Err(format!(
+            "@process[dd]: {dd}; the guest's raw_syscalls events for dd: {truth} (at least its 20 reads and 20 writes)"
+        ));
+    }
+    Ok(())
+}
+
+fn vfscount(r: &Run) -> Result<(), String> {
+    let m = r.map("");
+    let get = |f: &str| m.get(f).copied().unwrap_or(0);
+    within(r, get("vfs_read"), "vfs_read", "gtr")?;
+    within(r, get("vfs_write"), "vfs_write", "gtw")
+}
+
+fn vfsstat(r: &Run) -> Result<(), String> {
+    // One `@[vfs_read]: N` per second, each cleared after printing.
+    let total: u64 = r
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("@[vfs_read]: "))
+        .filter_map(|v| v.trim().parse::<u64>().ok())
+        .sum();
+    let (_, around) = r.bounds("gtr")?;
+    if total == 0 || total > around {
+        return Err(format!(
+            "vfs_read per second adds up to {total}; the kernel's count around the run is {around}"
+        ));
+    }
+    Ok(())
+}
+
+/// `[lo, hi)  N |@@@|` buckets of an `@name` (l)hist: (lo, N).
+fn lhist_buckets(stdout: &str, name: &str) -> Vec<(u64, u64)> {
+    let mut in_map = false;
+    let mut out = Vec::new();
+    for l in stdout.lines() {
+        if l.starts_with('@') {
+            in_map = l.starts_with(&format!("@{name}:"));
+            continue;
+        }
+        if !in_map {
+            continue;
+        }
+        let Some(rest) = l.strip_prefix('[') else {
+            continue;
+        };
+        let lo = rest
+            .split([',', ']', ')'])
+            .next()
+            .and_then(|v| v.trim().parse().ok());
+        let n = rest
+            .split_once([')', ']'])
+            .and_then(|(_, r)| r.split_whitespace().next()?.parse().ok());
+        if let (Some(lo), Some(n)) = (lo, n) {
+            out.push((lo, n));
+        }
+    }
+    out
+}
+
+fn tool_path(name: &str) -> PathBuf {
+    Path::new(TOOLS_DIR).join(format!("{name}.bt"))
+}
+
+/// The refusal: before any guest boots, with the named difference.
+fn refused(name: &str, text: &str) -> Result<String, String> {
+    let out = run_bounded(
+        vmprobe()
+            .arg("run")
+            .arg(tool_path(name))
+            .args(["--", "true"]),
+        Duration::from_secs(120),
+    );
+    let err = support::text(&out.stderr);
+    if out.status.success() {
+        return Err(format!("ran, but is expected to be refused with '{text}'"));
+    }
+    if err.contains("booting") {
+        return Err(format!("booted a guest before failing:\n{err}"));
+    }
+    if !err.contains(text) {
+        return Err(format!("refused, but not with '{text}':\n{err}"));
+    }
+    let first = err
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim_start_matches("error: ");
+    Ok(format!("refused before boot: {first}"))
+}
+
+fn collect(
+    pipe: impl Read + Send + 'static,
+) -> (Arc<Mutex<String>>, Receiver<String>, JoinHandle<()>) {
+    let buf = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = channel();
+    let b = buf.clone();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            let mut s = b.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+            let _ = tx.send(line);
+        }
+    });
+    (buf, rx, reader)
+}
+
+fn wait_child(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+struct Guest {
+    vm: Vm,
+    kernel: PathBuf,
+    console: Arc<Mutex<Vec<u8>>>,
+    plugin: bool,
+}
+
+impl Guest {
+    fn attach_spec(&self) -> String {
+        let plugin = if self.plugin {
+            format!(",plugin:{}", self.vm.plugin_socket().display())
+        } else {
+            String::new()
+        };
+        format!(
+            "vm0=gdb:unix:{}{plugin},kernel:{}",
+            self.vm.gdb_socket().display(),
+            self.kernel.display()
+        )
+    }
+
+    fn console_len(&self) -> usize {
+        self.console.lock().unwrap().len()
+    }
+
+    fn console_since(&self, from: usize) -> String {
+        String::from_utf8_lossy(&self.console.lock().unwrap()[from..]).into_owned()
+    }
+
+    /// Runs `cmd` in the guest with nothing attached; Err unless it exits 0.
+    fn step(&mut self, cmd: &str) -> Result<(), String> {
+        self.vm.start_workload(cmd).map_err(|e| e.to_string())?;
+        match self.vm.wait_exit(STEP_LIMIT) {
+            Ok(0) => Ok(()),
+            other => Err(format!(
+                "guest step {cmd:?}: {other:?}\n{}",
+                self.vm.console_tail()
+            )),
+        }
+    }
+}
+
+const TRACING: &str = "/sys/kernel/tracing";
+
+/// `echo TAG NAME HITS` for every truth.
+fn hits(tag: &str, truths: &[(&str, &str)]) -> String {
+    truths
+        .iter()
+        .map(|(n, _)| {
+            format!("echo {tag} {n} $(awk '$1==\"{n}\"{{print $2}}' {TRACING}/kprobe_profile); ")
+        })
+        .collect()
+}
+
+/// Attaches the tool, runs its workload, Ctrl-C, detaches.
+fn run_tool(
+    g: &mut Guest,
+    name: &str,
+    index: usize,
+    workload: &str,
+    truths: &[(&str, &str)],
+) -> Result<Run, String> {
+    let from = g.console_len();
+    let marker = format!("TOOL-DONE-{index}");
+    // The guest's own kprobes, enabled before the tool attaches.
+    let mut setup = String::new();
+    for (n, f) in truths {
+        setup.push_str(&format!(
+            "echo 'p:{n} {f}' >> {TRACING}/kprobe_events && echo 1 > {TRACING}/events/kprobes/{n}/enable && "
+        ));
+    }
+    setup.push_str(&hits("GTA", truths));
+    // The wrapper goes into a file first, unprobed (init reads a command
+    // line a byte at a time, each read a hit for tools on reads).
+    let wrapper = format!(
+        "cd /tmp; {} ( {workload} ); status=$?; {} echo {marker}; exit $status",
+        hits("GTB", truths),
+        hits("GTC", truths)
+    );
+    g.step(&format!(
+        "{setup} printf '%s\\n' '{}' > /tmp/w.sh",
+        wrapper.replace('\'', "'\\''")
+    ))?;
+    let mut child = vmprobe()
+        .args(["attach", "--vm", &g.attach_spec()])
+        .arg(tool_path(name))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawning vmprobe: {e}"))?;
+    let (stdout, _, out_reader) = collect(child.stdout.take().unwrap());
+    let (stderr, lines, err_reader) = collect(child.stderr.take().unwrap());
+    let deadline = Instant::now() + ATTACH_LIMIT;
+    loop {
+        match lines.recv_timeout(Duration::from_millis(100)) {
+            Ok(l) if l.contains("probes live") || l.contains("attached to vm0") => break,
+            Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = wait_child(&mut child, DETACH_LIMIT);
+                return Err(format!(
+                    "vmprobe ended before attaching:\n{}",
+                    stderr.lock().unwrap()
+                ));
+            }
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err(format!("no attach within {ATTACH_LIMIT:?}"));
+        }
+    }
+    g.vm.start_workload("sh /tmp/w.sh")
+        .map_err(|e| e.to_string())?;
+    let status = g.vm.wait_exit(WORKLOAD_LIMIT);
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::INT,
+    );
+    let exit = wait_child(&mut child, DETACH_LIMIT);
+    let _ = out_reader.join();
+    let _ = err_reader.join();
+    let err = stderr.lock().unwrap().clone();
+    match status {
+        Ok(0) => {}
+        other => {
+            return Err(format!(
+                "the workload: {other:?}\n{}",
+                g.console_since(from)
+            ));
+        }
+    }
+    if !exit.is_some_and(|s| s.success()) {
+        return Err(format!("vmprobe exited with {exit:?}:\n{err}"));
+    }
+    // After detaching: the kernel's count around the run, then its probes go.
+    let mut teardown = hits("GTD", truths);
+    for (n, _) in truths {
+        teardown.push_str(&format!("echo 0 > {TRACING}/events/kprobes/{n}/enable; "));
+    }
+    teardown.push_str(&format!(
+        "echo > {TRACING}/kprobe_events; echo TEARDOWN-{index}"
+    ));
+    g.step(&teardown)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !g.console_since(from).contains(&format!("TEARDOWN-{index}")) && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Run {
+        stdout: stdout.lock().unwrap().clone(),
+        console: g.console_since(from),
+    })
+}
+
+#[test]
+fn the_table_names_every_shipped_tool() {
+    let names: Vec<&str> = TOOLS.iter().map(|(n, _)| *n).collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(names, sorted, "TOOLS is sorted, without duplicates");
+    assert_eq!(TOOLS.len(), 38, "bpftrace 0.17 ships 38 tools");
+    let Ok(dir) = std::fs::read_dir(TOOLS_DIR) else {
+        return;
+    };
+    let shipped: Vec<String> = dir
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .into_string()
+                .ok()?
+                .strip_suffix(".bt")
+                .map(String::from)
+        })
+        .collect();
+    for s in &shipped {
+        assert!(names.contains(&s.as_str()), "{s}.bt has no entry in TOOLS");
+    }
+}
+
+#[test]
+fn bpftraces_tools_as_shipped() {
+    let present = TOOLS.iter().filter(|(n, _)| tool_path(n).is_file()).count();
+    if present == 0 {
+        eprintln!(
+            "no {TOOLS_DIR}/*.bt (bpftrace not installed; .ci/install-deps installs it): skipping"
+        );
+        return;
+    }
+    let only = std::env::var("VMPROBE_TOOLS").ok();
+    let chosen = |n: &str| only.as_ref().is_none_or(|o| o.split(',').any(|x| x == n));
+    let mut table: Vec<(&str, Result<String, String>)> = Vec::new();
+    for (name, e) in TOOLS {
+        if let Refused(text) = e
+            && chosen(name)
+            && tool_path(name).is_file()
+        {
+            table.push((name, refused(name, text)));
+        }
+    }
+    let runs: Vec<_> = TOOLS
+        .iter()
+        .filter(|(n, e)| matches!(e, Runs { .. }) && chosen(n) && tool_path(n).is_file())
+        .collect();
+    if !runs.is_empty() {
+        let image = default_guest();
+        let kernel = image.kernel.clone();
+        let console = Arc::new(Mutex::new(Vec::new()));
+        let mut cfg = LaunchConfig::new(image);
+        cfg.accel = Accel::Tcg;
+        cfg.vcpus = 2;
+        cfg.console = Some(console.clone());
+        let qemu = qemu10();
+        let plugin = qemu.is_some();
+        if let Some(q) = qemu {
+            cfg.qemu = q;
+            cfg.plugin = Some(plugin_library());
+        }
+        let mut vm = Vm::launch(&cfg).expect("launch");
+        let mut qmp =
+            qemu_vmm::Qmp::connect_unix_wait(&vm.qmp_socket(), Duration::from_secs(5)).unwrap();
+        qmp.cont().unwrap();
+        vm.wait_ready(Duration::from_secs(180))
+            .expect("guest boots");
+        let mut g = Guest {
+            vm,
+            kernel,
+            console,
+            plugin,
+        };
+        for (i, (name, e)) in runs.iter().enumerate() {
+            let Runs {
+                workload,
+                truths,
+                check,
+                judged,
+            } = e
+            else {
+                unreachable!("filtered")
+            };
+            let t = Instant::now();
+            let result = run_tool(&mut g, name, i, workload, truths).and_then(|r| {
+                check(&r)
+                    .map_err(|e| format!("{e}\n--- stdout\n{}--- console\n{}", r.stdout, r.console))
+            });
+            eprintln!("tool {name}: {:.1} s", t.elapsed().as_secs_f64());
+            table.push((name, result.map(|()| format!("runs, agrees: {judged}"))));
+        }
+        let _ = g.vm.shutdown(Duration::from_secs(20));
+    }
+    table.sort_by_key(|(n, _)| *n);
+    let agree = table
+        .iter()
+        .filter(|(_, r)| r.as_ref().is_ok_and(|s| s.starts_with("runs")))
+        .count();
+    // Written to stderr itself, not through eprintln!, which the test
+    // harness captures: the table shows in every run's output.
+    let mut out = format!("\n{:<16} outcome\n", "tool");
+    for (n, r) in &table {
+        match r {
+            Ok(s) => out.push_str(&format!("{n:<16} {s}\n")),
+            Err(e) => out.push_str(&format!(
+                "{n:<16} FAILED: {}\n",
+                e.lines().next().unwrap_or("")
+            )),
+        }
+    }
+    out.push_str(&format!("{agree} of {} run and agree\n", table.len()));
+    let _ = std::io::stderr().write_all(out.as_bytes());
+    let failed: Vec<String> = table
+        .iter()
+        .filter_map(|(n, r)| r.as_ref().err().map(|e| format!("=== {n}\n{e}")))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} tools failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}

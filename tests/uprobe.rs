@@ -1,0 +1,268 @@
+//! uprobe/uretprobe in guest processes (default guest, TCG, gdb backend):
+//! `vmprobe-ucount` prints its own count of `ucount_step` calls and each
+//! call's return value, and vmprobe's counts, arguments and return values
+//! must equal them. A copy of the same binary under another path (same
+//! code at the same virtual addresses, on another mount) runs alongside,
+//! on a second vCPU, and must count nothing; a probe on a file no process
+//! runs never fires.
+
+mod support;
+use std::collections::BTreeMap;
+
+fn default_guest_cache() -> std::path::PathBuf {
+    default_guest();
+    qemu_guest::cache_dir()
+}
+use support::*;
+
+const PROGRAM: &str = r#"
+uprobe:/bin/vmprobe-ucount:ucount_step { @calls = count(); @args[arg0] = count(); }
+uretprobe:/bin/vmprobe-ucount:ucount_step { @ret[retval] = count(); @rets = count(); }
+uprobe:/bin/vmprobe-ucount:ucount_step /arg0 == 3/ { @stack[ustack(2)] = count(); }
+uprobe:/bin/vmprobe-fpstack:f1 { @never = count(); }
+"#;
+
+/// The real binary's output goes to a file, printed with a prefix after
+/// both ran; the copy's (in /tmp, a tmpfs, under the same file name) is
+/// dropped. They run at once on two vCPUs, twice.
+const WORKLOAD: &str = "mkdir -p /tmp/bin && cp /bin/vmprobe-ucount /tmp/bin/vmprobe-ucount && \
+    (/tmp/bin/vmprobe-ucount 9 > /dev/null & /bin/vmprobe-ucount 25 > /tmp/real.txt; wait) && \
+    (/bin/vmprobe-ucount 6 >> /tmp/real.txt & /tmp/bin/vmprobe-ucount 11 > /dev/null; wait) && \
+    sed 's/^/REAL /' /tmp/real.txt";
+
+#[test]
+fn uprobe_counts_exactly_the_calls_of_its_file_and_uretprobe_sees_their_return_values() {
+    let (stdout, stderr) = counts_and_returns("gdb");
+    // ustack is symbolised from the ELF. At a function's entry the frame
+    // pointer is still the caller's, so the walk goes from the pc to the
+    // caller's return address (main's caller), as Linux's perf callchain
+    // (and so bpftrace) does.
+    assert!(
+        stdout.contains("@stack[\n    ucount_step+0\n    __libc_start_call_main+")
+            && stdout.contains("]: 2\n"),
+        "{stdout}"
+    );
+    // The copy's 20 calls stopped the guest and were told apart.
+    let other: u64 = stderr
+        .split(" uprobe stops in other files")
+        .next()
+        .and_then(|s| s.rsplit(", ").next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no uprobe stops in the stats: {stderr}"));
+    assert!(other >= 20, "{other} stops in other files: {stderr}");
+}
+
+/// The same inside QEMU: the plugin instruments the address at
+/// translation and filters by the mapped file the same way (`ustack`
+/// frames are addresses there: the plugin is not sent the ELF's symbols).
+#[test]
+fn the_plugin_backend_serves_uprobes_the_same() {
+    if qemu10().is_none() {
+        return;
+    }
+    let (stdout, stderr) = counts_and_returns("plugin");
+    assert!(stderr.contains("plugin backend"), "{stderr}");
+    assert!(stdout.contains("@stack[\n    0x"), "{stdout}");
+}
+
+/// Runs the workload with the probes on `backend`, checks every count,
+/// argument and return value against the program's own, and gives
+/// vmprobe's stdout and stderr.
+fn counts_and_returns(backend: &str) -> (String, String) {
+    // The address form too: the second instruction of ucount_step, from
+    // the ELF the guest runs.
+    let ucount = qemu_guest::default_guest_files(&default_guest_cache())
+        .into_iter()
+        .find(|(g, _)| g == "/bin/vmprobe-ucount")
+        .expect("the default guest's ucount")
+        .1;
+    let elf = kernel_image::UserElf::load(&ucount).unwrap();
+    let step = elf.lookup("ucount_step").unwrap().addr;
+    let code = elf.code(step, 15).unwrap();
+    let first = iced_x86::Decoder::with_ip(64, code, step, 0).decode().len() as u64;
+    let program = format!(
+        "{PROGRAM}uprobe:/bin/vmprobe-ucount:{:#x} {{ @inside = count(); }}\n",
+        step + first
+    );
+    let out = run_bounded(
+        vmprobe().args([
+            "run",
+            "--console",
+            "--stats",
+            "-v",
+            "--backend",
+            backend,
+            "--vcpus",
+            "2",
+            "-e",
+            &program,
+            "--",
+            WORKLOAD,
+        ]),
+        RUN_LIMIT,
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "vmprobe failed: {stderr}");
+    // What the program itself saw.
+    let real: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.split("REAL ").nth(1))
+        .collect();
+    let their_calls: u64 = real
+        .iter()
+        .filter_map(|l| l.strip_prefix("ucount calls "))
+        .map(|n| n.trim().parse::<u64>().expect("count"))
+        .sum();
+    assert_eq!(
+        their_calls, 31,
+        "the program's own counts: {real:?}\n{stderr}"
+    );
+    let mut their_rets: BTreeMap<u64, u64> = BTreeMap::new();
+    for r in real.iter().filter_map(|l| l.strip_prefix("ucount ret ")) {
+        *their_rets
+            .entry(r.trim().parse().expect("ret"))
+            .or_default() += 1;
+    }
+    assert_eq!(map_value(&stdout, "calls"), their_calls, "{stdout}");
+    assert_eq!(map_value(&stdout, "inside"), their_calls, "{stdout}");
+    assert_eq!(map_value(&stdout, "rets"), their_calls, "{stdout}");
+    assert_eq!(keyed_map(&stdout, "ret"), their_rets, "{stdout}");
+    // arg0 is i: 0..25 from the first run and 0..6 from the second.
+    let args = keyed_map(&stdout, "args");
+    let expected: BTreeMap<u64, u64> = (0..25).map(|i| (i, if i < 6 { 2 } else { 1 })).collect();
+    assert_eq!(args, expected, "{stdout}");
+    // A file no process maps never fires (a map its block writes prints
+    // as zero).
+    assert!(
+        !stdout.contains("@never") || map_value(&stdout, "never") == 0,
+        "{stdout}"
+    );
+    (stdout, stderr)
+}
+
+/// `vmprobe list 'uprobe:PATH:*'` lists the ELF's functions.
+#[test]
+fn list_names_the_functions_of_a_guest_file() {
+    default_guest();
+    let out = run_bounded(
+        vmprobe().args(["list", "uprobe:/bin/vmprobe-ucount:ucount_*"]),
+        RUN_LIMIT,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "uprobe:/bin/vmprobe-ucount:ucount_step\n"
+    );
+    let out = run_bounded(
+        vmprobe().args(["list", "uprobe:/bin/vmprobe-ucount:*"]),
+        RUN_LIMIT,
+    );
+    let all = text(&out.stdout);
+    assert!(
+        all.lines().any(|l| l == "uprobe:/bin/vmprobe-ucount:main"),
+        "{all}"
+    );
+    assert!(all.lines().count() > 100, "{all}");
+}
+
+/// `vmprobe attach` to a VM started elsewhere: without `qmp:` uprobes
+/// are refused (only QMP says the VM runs under TCG); with it, the calls
+/// of every run of `vmprobe-ucount` whose main vmprobe saw enter are
+/// counted, 4 per run, and the guest goes on after detach.
+#[test]
+fn attach_serves_uprobes_on_a_tcg_vm_given_its_qmp() {
+    use gdb_remote::Client;
+    use qemu_guest::{Accel, LaunchConfig, Vm};
+    use std::time::Duration;
+    let image = default_guest();
+    let kernel = image.kernel.clone();
+    let console = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut cfg = LaunchConfig::new(image);
+    cfg.accel = Accel::Tcg;
+    cfg.console = Some(console.clone());
+    let mut vm = Vm::launch(&cfg).expect("launch");
+    let mut user = Client::connect_unix_wait(&vm.gdb_socket(), Duration::from_secs(5)).unwrap();
+    user.resume(&[]).unwrap();
+    vm.wait_ready(Duration::from_secs(180))
+        .expect("guest boots");
+    user.interrupt().unwrap();
+    user.wait_stop(Some(Duration::from_secs(5))).unwrap();
+    user.detach().unwrap();
+    // The stub takes one debugger at a time.
+    drop(user);
+    vm.start_workload(
+        "i=0; while [ $i -lt 60 ]; do /bin/vmprobe-ucount 4 > /dev/null; sleep 0.3; \
+         i=$((i+1)); done; echo WORKLOAD-DONE",
+    )
+    .unwrap();
+    let gdb_only = format!(
+        "vm0=gdb:unix:{},kernel:{}",
+        vm.gdb_socket().display(),
+        kernel.display()
+    );
+    let program = "uprobe:/bin/vmprobe-ucount:main { @mains = count(); }
+        uprobe:/bin/vmprobe-ucount:ucount_step /@mains > 0/ { @steps = count(); }
+        uretprobe:/bin/vmprobe-ucount:main { @done = count(); if (@done == 3) { exit(); } }";
+    let out = run_bounded(
+        vmprobe().args(["attach", "--vm", &gdb_only, "-e", program]),
+        RUN_LIMIT,
+    );
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("uprobes need the VM's qmp:PATH, to check that it runs under TCG"),
+        "{stderr}"
+    );
+    let spec = format!("{gdb_only},qmp:{}", vm.qmp_socket().display());
+    let out = run_bounded(
+        vmprobe().args(["attach", "--duration", "120", "--vm", &spec, "-e", program]),
+        RUN_LIMIT,
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "vmprobe attach failed: {stderr}");
+    // A uretprobe pairs only with an entry it saw, and the steps of a run
+    // count only once its main was seen: 3 whole runs.
+    assert_eq!(map_value(&stdout, "done"), 3, "{stdout}");
+    assert_eq!(map_value(&stdout, "steps"), 12, "{stdout}");
+    assert!(map_value(&stdout, "mains") >= 3, "{stdout}");
+    assert_eq!(vm.wait_exit(RUN_LIMIT).unwrap(), 0);
+    std::thread::sleep(Duration::from_millis(300));
+    let console = String::from_utf8_lossy(&console.lock().unwrap()).into_owned();
+    assert!(console.contains("WORKLOAD-DONE"), "{console}");
+    vm.shutdown(Duration::from_secs(20))
+        .expect("guest powers off");
+}
+
+/// `vmprobe record` of a uprobe and its uretprobe: one event per call and
+/// per return, with the argument and the return value the program computes
+/// (i * i + 7).
+#[test]
+fn record_traces_uprobe_arguments_and_return_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace");
+    let out = run_bounded(
+        vmprobe().args(["record", "-o"]).arg(&trace).args([
+            "-e",
+            "uprobe:/bin/vmprobe-ucount:ucount_step { trace(i = arg0); }
+                 uretprobe:/bin/vmprobe-ucount:ucount_step { trace(r = retval); }",
+            "--",
+            "/bin/vmprobe-ucount 3",
+        ]),
+        RUN_LIMIT,
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("recorded 6 events"), "{stderr}");
+    let fields: Vec<String> = babeltrace(&trace)
+        .iter()
+        .filter_map(|l| {
+            l.rsplit(", { ")
+                .next()
+                .map(|f| f.trim_end_matches(" }").to_string())
+        })
+        .collect();
+    assert_eq!(
+        fields,
+        ["i = 0", "r = 7", "i = 1", "r = 8", "i = 2", "r = 11"]
+    );
+}
