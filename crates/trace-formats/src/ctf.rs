@@ -665,10 +665,11 @@ impl CtfWriter {
                 // A leading underscore is stripped by readers (CTF 1.8 §7.1),
                 // so field names may be TSDL keywords (`align`, `event`...).
                 match ty {
-                    FieldType::U64 | FieldType::I64 => s.push_str(&format!(
-                        "\t\tinteger {{ size = 64; align = {}; signed = {}; base = 10; }} _{name};\n",
+                    FieldType::U64 | FieldType::I64 | FieldType::Ptr => s.push_str(&format!(
+                        "\t\tinteger {{ size = 64; align = {}; signed = {}; base = {}; }} _{name};\n",
                         a(8),
-                        *ty == FieldType::I64
+                        *ty == FieldType::I64,
+                        if *ty == FieldType::Ptr { 16 } else { 10 }
                     )),
                     FieldType::Str => {
                         s.push_str(&format!("\t\tstring {{ encoding = UTF8; }} _{name};\n"))
@@ -763,7 +764,7 @@ fn payload_align(layout: Layout, class: &EventClass) -> usize {
         .fields
         .iter()
         .map(|(_, t)| match t {
-            FieldType::U64 | FieldType::I64 => layout.align(8),
+            FieldType::U64 | FieldType::I64 | FieldType::Ptr => layout.align(8),
             FieldType::Bytes => layout.align(4),
             FieldType::Str => 1,
         })
@@ -807,7 +808,7 @@ pub(crate) fn encode_event(
     pad(buf, payload_align(layout, class));
     for v in values {
         match *v {
-            Value::U64(x) => {
+            Value::U64(x) | Value::Ptr(x) => {
                 pad(buf, layout.align(8));
                 buf.extend_from_slice(&x.to_le_bytes());
             }
@@ -831,6 +832,31 @@ pub(crate) fn encode_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tsdl_gives_signedness_and_base() {
+        let tmp = std::env::temp_dir().join(format!("ctf-tsdl-{}", std::process::id()));
+        let mut w = CtfWriter::create(&tmp, CtfOptions::new(ClockOffset::measure())).unwrap();
+        w.declare(EventClass::new(
+            "kprobe:ksys_write",
+            &[
+                ("fd", FieldType::U64),
+                ("dfd", FieldType::I64),
+                ("buf", FieldType::Ptr),
+            ],
+        ))
+        .unwrap();
+        let tsdl = w.tsdl();
+        drop(w);
+        std::fs::remove_dir_all(&tmp).ok();
+        for line in [
+            "integer { size = 64; align = 8; signed = false; base = 10; } _fd;",
+            "integer { size = 64; align = 8; signed = true; base = 10; } _dfd;",
+            "integer { size = 64; align = 8; signed = false; base = 16; } _buf;",
+        ] {
+            assert!(tsdl.contains(line), "{line} in\n{tsdl}");
+        }
+    }
 
     #[test]
     fn compact_header_limits() {

@@ -96,6 +96,7 @@ fn bt_payload(class: &EventClass, values: &[OwnedValue]) -> String {
         match v {
             OwnedValue::U64(x) => parts.push(format!("{name} = {x}")),
             OwnedValue::I64(x) => parts.push(format!("{name} = {x}")),
+            OwnedValue::Ptr(x) => parts.push(format!("{name} = 0x{x:X}")),
             OwnedValue::Str(s) => {
                 // babeltrace2 escapes backslashes and quotes.
                 let e = s.replace('\\', "\\\\").replace('"', "\\\"");
@@ -346,6 +347,42 @@ fn empty_strings_and_arrays() {
             "s = \"\", _b_length = 0, b = [ ]",
             "s = \"x\", _b_length = 1, b = [ [0] = 0x0 ]",
             "s = \"\", _b_length = 0, b = [ ]"
+        ]
+    );
+}
+
+/// What `vmprobe record` makes of a kernel prototype: a signed `int` of
+/// -1 and -100 reads back negative, an address in hex, a count in decimal.
+#[test]
+fn signed_fields_read_negative_and_addresses_in_hex() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = CtfWriter::create(tmp.path(), CtfOptions::new(OFFSET)).unwrap();
+    let s = w
+        .add_stream(StreamKey::new("vm", Some(0), Layer::Guest))
+        .unwrap();
+    let fields = |dfd: i64, buf: u64, count: u64| {
+        [
+            ("dfd", Value::I64(dfd)),
+            ("buf", Value::Ptr(buf)),
+            ("count", Value::U64(count)),
+        ]
+    };
+    w.write_named(s, 1, "kprobe:f", &fields(-100, 0x7ffd_1000, 3))
+        .unwrap();
+    w.write_named(s, 2, "kprobe:f", &fields(-1, 0xffff_8880_03a1_c000, u64::MAX))
+        .unwrap();
+    w.write_named(s, 3, "kprobe:f", &fields(i64::MAX, 0, 0))
+        .unwrap();
+    w.finish().unwrap();
+    let (out, err) = babeltrace2(&["--clock-cycles"], tmp.path());
+    assert_eq!(err, "");
+    let payloads: Vec<String> = parse(&out).into_iter().map(|l| l.payload).collect();
+    assert_eq!(
+        payloads,
+        [
+            "dfd = -100, buf = 0x7FFD1000, count = 3",
+            "dfd = -1, buf = 0xFFFF888003A1C000, count = 18446744073709551615",
+            "dfd = 9223372036854775807, buf = 0x0, count = 0"
         ]
     );
 }
