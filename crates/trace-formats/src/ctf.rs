@@ -498,6 +498,12 @@ impl CtfWriter {
         }
         for i in 0..self.streams.len() {
             let unstated = |st: &Stream| st.discarded != st.discarded_written;
+            // A last packet that could not be written leaves its count to
+            // a small packet of its own; only where even that has no room
+            // is the stream's last packet on disk given up.
+            if unstated(&self.streams[i]) {
+                let _ = self.flush();
+            }
             if unstated(&self.streams[i]) && self.streams[i].drop_last_packet() {
                 let _ = self.flush();
             }

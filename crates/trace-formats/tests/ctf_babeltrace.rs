@@ -802,3 +802,40 @@ fn a_full_disk_loses_whole_packets_and_the_trace_says_how_many() {
         t.events, t.discarded
     );
 }
+
+/// The last packet does not fit, but a packet stating its count does:
+/// the packet before it stays in the trace (it was given up too, once).
+#[test]
+fn a_last_packet_too_big_for_the_disk_leaves_the_one_before() {
+    let Some(disk) = SmallDisk::mount(96 << 10) else {
+        return;
+    };
+    let dir = disk.path().join("trace");
+    // 64 KiB packets of 28-byte events: one packet, then 46 KiB that does
+    // not fit in what is left.
+    let mut w = CtfWriter::create(&dir, CtfOptions::new(OFFSET)).unwrap();
+    let s = w
+        .add_stream(StreamKey::new("vm", Some(0), Layer::Guest))
+        .unwrap();
+    for i in 0..4000u64 {
+        let fields = [
+            ("fd", Value::U64(3)),
+            ("offset", Value::I64(i as i64)),
+            ("whence", Value::U64(0)),
+        ];
+        w.write_named(s, 1_000 + i, "kprobe:ksys_lseek", &fields)
+            .unwrap();
+    }
+    assert!(w.close().is_err(), "the disk is full");
+    let t = w.totals();
+    drop(w);
+    assert_eq!(t.unstated, 0, "{t:?}");
+    assert_eq!(t.events + t.discarded, 4000, "{t:?}");
+    assert!(t.events > 2000, "the first packet is kept: {t:?}");
+    let (out, err) = babeltrace2(&[], &dir);
+    assert_eq!(out.lines().count() as u64, t.events);
+    assert!(
+        err.contains(&format!("Tracer discarded {} events", t.discarded)),
+        "{err}"
+    );
+}
