@@ -725,7 +725,10 @@ fn backends() -> Vec<(&'static str, Vec<String>)> {
     if let Some(qemu) = qemu10() {
         plugin_library();
         let qemu = qemu.to_string_lossy().into_owned();
-        all.push(("plugin", vec!["--backend".into(), "plugin".into(), "--qemu".into(), qemu]));
+        all.push((
+            "plugin",
+            vec!["--backend".into(), "plugin".into(), "--qemu".into(), qemu],
+        ));
     }
     all
 }
@@ -766,7 +769,10 @@ fn split_recorded(stderr: &str) -> (usize, String) {
         .unwrap_or_else(|| panic!("no 'recorded N events': {stderr}"));
     let len = stderr[at..].find('\n').map_or(stderr.len() - at, |e| e + 1);
     let line = &stderr[at..at + len];
-    (recorded_count(line), format!("{}{}", &stderr[..at], &stderr[at + len..]))
+    (
+        recorded_count(line),
+        format!("{}{}", &stderr[..at], &stderr[at + len..]),
+    )
 }
 
 /// Between the marker writes: the 1-byte writes, and the `dfd` of each
@@ -836,7 +842,10 @@ fn recorded_fields_are_named_and_typed_after_the_btf_prototype() {
             lines.iter().filter(|l| l.contains(&tag)).collect()
         };
         let (writes, opens) = (of(probes[0]), of(probes[2]));
-        assert!(!writes.is_empty() && !opens.is_empty(), "{backend}: {lines:?}");
+        assert!(
+            !writes.is_empty() && !opens.is_empty(),
+            "{backend}: {lines:?}"
+        );
         for (probe, names, pointers) in [
             (probes[0], &["fd", "buf", "count"][..], &["buf"][..]),
             (probes[1], &["retval"], &[]),
@@ -879,7 +888,10 @@ fn recorded_fields_are_named_and_typed_after_the_btf_prototype() {
                 (None, None)
             }
         }));
-        let (guest, traced) = (guest.expect("the guest's window"), traced.expect("the trace's"));
+        let (guest, traced) = (
+            guest.expect("the guest's window"),
+            traced.expect("the trace's"),
+        );
         eprintln!("{backend}: guest {guest:?}, trace {traced:?}");
         assert_eq!(guest.0, n, "{backend}");
         assert!(guest.1.contains(&-100), "{backend}: {guest:?}");
@@ -956,7 +968,10 @@ fn perfetto_args_are_named_after_the_prototype_with_addresses_in_hex() {
         for w in &writes {
             assert_eq!(keys(w), ["buf", "count", "fd"], "{backend}: {w}");
             assert!(hex(&w["args"]["buf"]), "{backend}: {w}");
-            assert!(w["args"]["count"].is_u64() && w["args"]["fd"].is_u64(), "{w}");
+            assert!(
+                w["args"]["count"].is_u64() && w["args"]["fd"].is_u64(),
+                "{w}"
+            );
         }
         let one_byte = writes
             .iter()
@@ -989,7 +1004,9 @@ fn perfetto_args_are_named_after_the_prototype_with_addresses_in_hex() {
             "{backend}: {opened:?}"
         );
         assert!(
-            opened.iter().any(|s| s["args"]["retval"].as_i64() >= Some(0)),
+            opened
+                .iter()
+                .any(|s| s["args"]["retval"].as_i64() >= Some(0)),
             "{backend}: {opened:?}"
         );
     }

@@ -234,10 +234,7 @@ mod tests {
             };
             match name {
                 "ksys_write" => Some(p(&[("fd", UINT), ("buf", PTR), ("count", ULONG)], LONG)),
-                "do_sys_openat2" => Some(p(
-                    &[("dfd", INT), ("filename", PTR), ("how", PTR)],
-                    LONG,
-                )),
+                "do_sys_openat2" => Some(p(&[("dfd", INT), ("filename", PTR), ("how", PTR)], LONG)),
                 "f" => Some(p(&[("by_value", STRUCT), ("x", INT)], 0)),
                 "g" => Some(p(
                     &[("b", BOOL), ("e", ENUM), ("__x", U8), ("2bad", INT)],
@@ -311,7 +308,11 @@ mod tests {
         OwnFields::new(
             &Types,
             &[
-                site("ksys_write", &["kprobe:ksys_write"], &["kretprobe:ksys_write"]),
+                site(
+                    "ksys_write",
+                    &["kprobe:ksys_write"],
+                    &["kretprobe:ksys_write"],
+                ),
                 site("do_sys_openat2", &["kfunc:do_sys_openat2"], &[]),
                 site("f", &["kprobe:f"], &["kretprobe:f"]),
                 site("g", &["kprobe:g"], &["kretfunc:g"]),
@@ -395,11 +396,17 @@ mod tests {
             Conv::Signed(4).apply(0xdead_beef_ffff_ff9c),
             Value::I64(-100)
         );
-        assert_eq!(Conv::Signed(4).apply(0x7fff_ffff), Value::I64(i32::MAX.into()));
+        assert_eq!(
+            Conv::Signed(4).apply(0x7fff_ffff),
+            Value::I64(i32::MAX.into())
+        );
         assert_eq!(Conv::Signed(8).apply(u64::MAX), Value::I64(-1));
         assert_eq!(Conv::Signed(1).apply(0x180), Value::I64(-128));
         assert_eq!(Conv::Signed(2).apply(0x1_7fff), Value::I64(0x7fff));
-        assert_eq!(Conv::Unsigned(4).apply(0xdead_beef_0000_0001), Value::U64(1));
+        assert_eq!(
+            Conv::Unsigned(4).apply(0xdead_beef_0000_0001),
+            Value::U64(1)
+        );
         assert_eq!(Conv::Unsigned(1).apply(0x101), Value::U64(1));
         assert_eq!(Conv::Unsigned(8).apply(u64::MAX), Value::U64(u64::MAX));
         assert_eq!(

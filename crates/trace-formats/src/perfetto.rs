@@ -378,7 +378,10 @@ mod tests {
             Json::from("0xffff888003a1c000")
         );
         assert_eq!(arg(&Value::I64(-100)), Json::from(-100));
-        assert_eq!(arg(&Value::I64(-(1 << 53))), Json::from("-9007199254740992"));
+        assert_eq!(
+            arg(&Value::I64(-(1 << 53))),
+            Json::from("-9007199254740992")
+        );
         assert_eq!(arg(&Value::I64(i64::MIN)), Json::from(i64::MIN.to_string()));
         assert_eq!(arg(&Value::U64(4096)), Json::from(4096));
         assert_eq!(arg(&Value::U64(1 << 53)), Json::from("0x20000000000000"));

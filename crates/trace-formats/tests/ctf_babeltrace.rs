@@ -369,8 +369,13 @@ fn signed_fields_read_negative_and_addresses_in_hex() {
     };
     w.write_named(s, 1, "kprobe:f", &fields(-100, 0x7ffd_1000, 3))
         .unwrap();
-    w.write_named(s, 2, "kprobe:f", &fields(-1, 0xffff_8880_03a1_c000, u64::MAX))
-        .unwrap();
+    w.write_named(
+        s,
+        2,
+        "kprobe:f",
+        &fields(-1, 0xffff_8880_03a1_c000, u64::MAX),
+    )
+    .unwrap();
     w.write_named(s, 3, "kprobe:f", &fields(i64::MAX, 0, 0))
         .unwrap();
     w.finish().unwrap();
