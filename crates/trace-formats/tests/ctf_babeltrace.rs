@@ -323,13 +323,26 @@ fn natural_layout_reads_back_exactly() {
     write_and_check(Layout::Natural);
 }
 
-#[test]
-fn empty_strings_and_arrays() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut w = CtfWriter::create(tmp.path(), CtfOptions::new(OFFSET)).unwrap();
+/// A trace in `dir` with one guest vCPU stream.
+fn one_stream(dir: &Path) -> (CtfWriter, StreamId) {
+    let mut w = CtfWriter::create(dir, CtfOptions::new(OFFSET)).unwrap();
     let s = w
         .add_stream(StreamKey::new("vm", Some(0), Layer::Guest))
         .unwrap();
+    (w, s)
+}
+
+/// The payloads babeltrace2 reads in `dir`, which it reads without a word.
+fn payloads(dir: &Path) -> Vec<String> {
+    let (out, err) = babeltrace2(&["--clock-cycles"], dir);
+    assert_eq!(err, "");
+    parse(&out).into_iter().map(|l| l.payload).collect()
+}
+
+#[test]
+fn empty_strings_and_arrays() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut w, s) = one_stream(tmp.path());
     let fields = |t: &'static str, b: &'static [u8]| [("s", Value::Str(t)), ("b", Value::Bytes(b))];
     w.write_named(s, 1, "e", &fields("", b"")).unwrap();
     w.write_named(s, 2, "e", &fields("x", b"\0")).unwrap();
@@ -338,11 +351,8 @@ fn empty_strings_and_arrays() {
     w.finish().unwrap();
     // Header, NUL, u32 length: 4 + 1 + 4 per empty event; 4 + 2 + 4 + 1.
     assert_eq!(std::fs::metadata(path).unwrap().len(), 88 + 9 + 11 + 9);
-    let (out, err) = babeltrace2(&["--clock-cycles"], tmp.path());
-    assert_eq!(err, "");
-    let payloads: Vec<String> = parse(&out).into_iter().map(|l| l.payload).collect();
     assert_eq!(
-        payloads,
+        payloads(tmp.path()),
         [
             "s = \"\", _b_length = 0, b = [ ]",
             "s = \"x\", _b_length = 1, b = [ [0] = 0x0 ]",
@@ -356,10 +366,7 @@ fn empty_strings_and_arrays() {
 #[test]
 fn signed_fields_read_negative_and_addresses_in_hex() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut w = CtfWriter::create(tmp.path(), CtfOptions::new(OFFSET)).unwrap();
-    let s = w
-        .add_stream(StreamKey::new("vm", Some(0), Layer::Guest))
-        .unwrap();
+    let (mut w, s) = one_stream(tmp.path());
     let fields = |dfd: i64, buf: u64, count: u64| {
         [
             ("dfd", Value::I64(dfd)),
@@ -379,11 +386,8 @@ fn signed_fields_read_negative_and_addresses_in_hex() {
     w.write_named(s, 3, "kprobe:f", &fields(i64::MAX, 0, 0))
         .unwrap();
     w.finish().unwrap();
-    let (out, err) = babeltrace2(&["--clock-cycles"], tmp.path());
-    assert_eq!(err, "");
-    let payloads: Vec<String> = parse(&out).into_iter().map(|l| l.payload).collect();
     assert_eq!(
-        payloads,
+        payloads(tmp.path()),
         [
             "dfd = -100, buf = 0x7FFD1000, count = 3",
             "dfd = -1, buf = 0xFFFF888003A1C000, count = 18446744073709551615",
@@ -818,10 +822,7 @@ fn a_last_packet_too_big_for_the_disk_leaves_the_one_before() {
     let dir = disk.path().join("trace");
     // 64 KiB packets of 28-byte events: one packet, then 46 KiB that does
     // not fit in what is left.
-    let mut w = CtfWriter::create(&dir, CtfOptions::new(OFFSET)).unwrap();
-    let s = w
-        .add_stream(StreamKey::new("vm", Some(0), Layer::Guest))
-        .unwrap();
+    let (mut w, s) = one_stream(&dir);
     for i in 0..4000u64 {
         let fields = [
             ("fd", Value::U64(3)),
