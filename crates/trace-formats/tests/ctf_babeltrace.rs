@@ -1,6 +1,11 @@
 //! CTF traces written by this crate, read back by babeltrace2 (the
 //! reference CTF reader; `.ci/install-deps` installs it). Every test fails,
 //! rather than skips, when babeltrace2 is missing.
+//!
+//! Long file: every test writes a trace and has babeltrace2 read it back,
+//! through the one babeltrace2 runner, text parser and expected-payload
+//! printer above; a second file would have to share them through a module
+//! of its own for no gain in reading.
 
 use std::path::Path;
 use std::process::Command;
