@@ -36,6 +36,7 @@ pub mod lexer;
 mod lower;
 pub mod needs;
 pub mod parser;
+mod pid_filter;
 pub mod preprocess;
 mod probe_spec;
 pub mod types;
@@ -477,6 +478,9 @@ pub struct Options {
     pub params: Vec<String>,
     /// Bytes a string holds, NUL included (BPFTRACE_STRLEN); `None`: 64.
     pub str_len: Option<u64>,
+    /// bpftrace's `-p PID`: blocks on probes that fire in a guest task
+    /// fire only for this tgid, as if their predicate began `pid == PID &&`.
+    pub pid: Option<u64>,
 }
 
 /// [`compile_with_types`] with a run's [`Options`].
@@ -495,6 +499,9 @@ pub fn compile_with(
         }
     };
     split_guest_tracepoints(&mut ast, types);
+    if let Some(pid) = options.pid {
+        pid_filter::apply(&mut ast, pid);
+    }
     let checked = check::check(&mut ast, &mut r, types);
     consts::check(&ast, &mut r);
     r.finish()?;
