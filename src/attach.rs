@@ -36,7 +36,8 @@ pub fn attach(args: crate::AttachArgs) -> Result<i32> {
 /// VMs also go into trace files.
 pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -> Result<i32> {
     crate::bpftrace::apply(&args.bpftrace)?;
-    let pid = crate::bpftrace::pid_for_attach(&args.bpftrace, args.vm.len(), args.config.is_some())?;
+    let pid =
+        crate::bpftrace::pid_for_attach(&args.bpftrace, args.vm.len(), args.config.is_some())?;
     let (source, source_name) = crate::script::program_source(&args.program, &args.file)?;
     // With only a watched directory, the program is typed with the kernel
     // its VMs will run.

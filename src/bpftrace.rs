@@ -39,7 +39,9 @@ pub fn pid_for_run(args: &BpftraceArgs) -> Result<()> {
 /// on, which needs one guest (a pid names a process in one kernel).
 pub fn pid_for_attach(args: &BpftraceArgs, vms: usize, config: bool) -> Result<Option<u64>> {
     match args.pid {
-        Some(pid) if config => bail!("-p {pid}: needs the VM on the command line (--vm), not --config"),
+        Some(pid) if config => {
+            bail!("-p {pid}: needs the VM on the command line (--vm), not --config")
+        }
         Some(pid) if vms != 1 => bail!(
             "-p {pid}: a pid names a process of one guest, and {vms} VMs were given (--vm): give one"
         ),

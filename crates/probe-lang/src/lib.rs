@@ -105,9 +105,18 @@ pub struct Program {
     needs: Vec<needs::NeedUse>,
     source: String,
     source_name: String,
+    /// Probes vmprobe added (the exit of `-p`'s process), last in
+    /// [`Program::probes`].
+    added_probes: usize,
 }
 
 impl Program {
+    /// The probes the program's text names, as bpftrace counts them in
+    /// `Attaching N probes...`: without those vmprobe added for `-p`.
+    pub fn written_probe_count(&self) -> usize {
+        self.exec.probes.len() - self.added_probes
+    }
+
     /// What each block needs of the place its probe fires (guest state,
     /// physical memory), with where.
     pub fn needs(&self) -> &[needs::NeedUse] {
@@ -499,9 +508,10 @@ pub fn compile_with(
         }
     };
     split_guest_tracepoints(&mut ast, types);
-    if let Some(pid) = options.pid {
-        pid_filter::apply(&mut ast, pid);
-    }
+    let added_blocks = match options.pid {
+        Some(pid) => pid_filter::apply(&mut ast, pid),
+        None => 0,
+    };
     let checked = check::check(&mut ast, &mut r, types);
     consts::check(&ast, &mut r);
     r.finish()?;
@@ -534,5 +544,7 @@ pub fn compile_with(
         needs,
         source: source.to_string(),
         source_name: source_name.to_string(),
+        // Each added block has one attach point.
+        added_probes: added_blocks,
     })
 }

@@ -3,8 +3,8 @@
 //! the checker, the IR and both backends see an ordinary predicate.
 
 use crate::ast::{Ast, BinOp, Expr, ExprKind, ProbeBlock, Stmt, StmtKind, Type};
-use crate::diag::Span;
 use crate::check;
+use crate::diag::Span;
 use crate::probe_spec::ProbeSpec;
 
 /// Whether a probe fires in a guest task's context, so that `pid` is the
@@ -32,13 +32,17 @@ fn in_guest_task(text: &str) -> bool {
 /// probes; a block that mixes them with others (`BEGIN, kprobe:f`) is split
 /// in two, the filtered part first. With any block filtered, the program
 /// also ends when the process does, as bpftrace's does: a last block,
-/// `kprobe:taskstats_exit /pid == PID && group_dead/ { exit(); }`.
-pub fn apply(ast: &mut Ast, pid: u64) {
+/// `kprobe:taskstats_exit /pid == PID && group_dead/ { exit(); }`. Returns
+/// how many blocks it added (each of one attach point).
+pub fn apply(ast: &mut Ast, pid: u64) -> usize {
     let blocks = std::mem::take(&mut ast.probes);
     let mut first = None;
     for b in blocks {
-        let (task, other): (Vec<_>, Vec<_>) =
-            b.attach.iter().cloned().partition(|(t, _)| in_guest_task(t));
+        let (task, other): (Vec<_>, Vec<_>) = b
+            .attach
+            .iter()
+            .cloned()
+            .partition(|(t, _)| in_guest_task(t));
         if task.is_empty() {
             ast.probes.push(b);
             continue;
@@ -68,8 +72,12 @@ pub fn apply(ast: &mut Ast, pid: u64) {
             });
         }
     }
-    if let Some(span) = first {
-        ast.probes.push(exit_with(span, pid));
+    match first {
+        Some(span) => {
+            ast.probes.push(exit_with(span, pid));
+            1
+        }
+        None => 0,
     }
 }
 
@@ -156,6 +164,13 @@ mod tests {
         );
         assert_eq!(with, written);
         assert_ne!(with, dump(source, None));
+        let options = Options {
+            pid: Some(42),
+            ..Default::default()
+        };
+        let program = compile_with(source, "t", None, &options).unwrap();
+        assert_eq!(program.written_probe_count(), 5);
+        assert_eq!(program.probes().len(), 6);
     }
 
     #[test]
