@@ -12,7 +12,7 @@
 //! to its last whole packet, Perfetto JSON up to its last complete event.
 
 use anyhow::{Context, Result, anyhow};
-use probe_engine::{EventSink, RecordedEvent, UnfinishedCall};
+use probe_engine::{EventSink, GuestThread, RecordedEvent, UnfinishedCall};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -99,6 +99,14 @@ impl EventSink for SharedRecorder {
         if let Ok(mut r) = self.0.lock() {
             r.unfinished_call(call);
         }
+    }
+
+    /// Perfetto puts guest events on their task's track; CTF keeps its
+    /// per-vCPU streams and needs no task.
+    fn wants_threads(&self) -> bool {
+        self.0
+            .lock()
+            .is_ok_and(|r| matches!(r.output, Output::Perfetto(_)))
     }
 }
 
@@ -217,10 +225,35 @@ impl Recorder {
         }
     }
 
+    /// A guest event's Perfetto track: its task's when known (and given
+    /// one), else its stream's (vCPU, VMM, host).
+    fn track(
+        &mut self,
+        key: StreamKey,
+        thread: Option<&GuestThread>,
+    ) -> Result<StreamId, trace_formats::Error> {
+        if let (Some(t), Output::Perfetto(w)) = (thread, &mut self.output)
+            && let Some(id) = w.thread(&key.guest, t.pid, t.tid, &t.comm())?
+        {
+            return Ok(id);
+        }
+        self.stream(key)
+    }
+
     fn try_event(&mut self, event: &RecordedEvent<'_>) -> Result<(), trace_formats::Error> {
-        let stream = self.stream(Self::stream_key(event))?;
-        if let Output::Perfetto(w) = &mut self.output {
-            let args: Vec<(&str, Value<'_>)> = event.fields.to_vec();
+        if matches!(self.output, Output::Perfetto(_)) {
+            let stream = self.track(Self::stream_key(event), event.thread.as_ref())?;
+            let Output::Perfetto(w) = &mut self.output else {
+                unreachable!("checked above")
+            };
+            let mut args: Vec<(&str, Value<'_>)> = event.fields.to_vec();
+            // On a task's track, where it ran is an arg (a field of the
+            // script's own name wins).
+            if let Some(v) = event.vcpu
+                && !args.iter().any(|(n, _)| *n == "vcpu")
+            {
+                args.push(("vcpu", Value::U64(v.into())));
+            }
             return match event.entry_ns {
                 // A return closes the slice of its call.
                 Some(entry) => w.complete(
@@ -233,6 +266,7 @@ impl Recorder {
                 None => w.instant(stream, event.ts_ns, event.probe, &args),
             };
         }
+        let stream = self.stream(Self::stream_key(event))?;
         let class = self.class(event)?;
         let values: Vec<Value<'_>> = event.fields.iter().map(|(_, v)| *v).collect();
         match &mut self.output {
@@ -250,10 +284,11 @@ impl Recorder {
             return;
         }
         let key = StreamKey::new(call.guest, Some(call.vcpu), Layer::Guest);
+        let args = [("vcpu", Value::U64(call.vcpu.into()))];
         let result = self
-            .stream(key.clone())
+            .track(key.clone(), call.thread.as_ref())
             .and_then(|stream| match &mut self.output {
-                Output::Perfetto(w) => w.begin(stream, call.entry_ns, call.func, &[]),
+                Output::Perfetto(w) => w.begin(stream, call.entry_ns, call.func, &args),
                 _ => unreachable!("checked above"),
             });
         self.count(&key, result);
