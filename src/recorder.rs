@@ -285,12 +285,12 @@ impl Recorder {
         }
         let key = StreamKey::new(call.guest, Some(call.vcpu), Layer::Guest);
         let args = [("vcpu", Value::U64(call.vcpu.into()))];
-        let result = self
-            .track(key.clone(), call.thread.as_ref())
-            .and_then(|stream| match &mut self.output {
-                Output::Perfetto(w) => w.begin(stream, call.entry_ns, call.func, &args),
-                _ => unreachable!("checked above"),
-            });
+        let result =
+            self.track(key.clone(), call.thread.as_ref())
+                .and_then(|stream| match &mut self.output {
+                    Output::Perfetto(w) => w.begin(stream, call.entry_ns, call.func, &args),
+                    _ => unreachable!("checked above"),
+                });
         self.count(&key, result);
     }
 
@@ -457,6 +457,93 @@ pub(crate) fn snapshot(recorder: Option<&SharedRecorder>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event<'a>(
+        thread: Option<GuestThread>,
+        entry_ns: Option<u64>,
+        fields: &'a [(&'a str, Value<'a>)],
+    ) -> RecordedEvent<'a> {
+        RecordedEvent {
+            guest: "vm0",
+            ts_ns: 5_000,
+            vcpu: Some(1),
+            layer: Layer::Guest,
+            probe: "kretprobe:vfs_read",
+            func: "vfs_read",
+            entry_ns,
+            site: None,
+            fields,
+            thread,
+        }
+    }
+
+    #[test]
+    fn perfetto_puts_guest_events_on_their_task_with_the_vcpu_as_an_arg() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctf = SharedRecorder(Arc::new(Mutex::new(
+            Recorder::create(&dir.path().join("ctf"), Format::Ctf, None).unwrap(),
+        )));
+        // CTF keeps its per-vCPU streams: no task is read for it.
+        assert!(!ctf.wants_threads());
+        let mut perfetto = SharedRecorder(Arc::new(Mutex::new(
+            Recorder::create(dir.path(), Format::Perfetto, None).unwrap(),
+        )));
+        assert!(perfetto.wants_threads());
+        let mut comm = [0u8; 16];
+        comm[..3].copy_from_slice(b"cat");
+        let cat = GuestThread {
+            pid: 90,
+            tid: 91,
+            comm,
+        };
+        let retval = [("retval", Value::U64(2))];
+        perfetto.event(&event(Some(cat), Some(1_000), &retval));
+        // A field the script named `vcpu` is kept as it is.
+        perfetto.event(&event(Some(cat), None, &[("vcpu", Value::U64(7))]));
+        // No task known (an idle vCPU, a failed read): the vCPU's track.
+        perfetto.event(&event(None, None, &[]));
+        perfetto.unfinished_call(&UnfinishedCall {
+            guest: "vm0",
+            vcpu: 1,
+            func: "ksys_read",
+            entry_ns: 900,
+            thread: Some(cat),
+        });
+        drop(ctf);
+        assert!(finish_recorder(perfetto).unwrap());
+        let doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("trace.json")).unwrap()).unwrap();
+        let events: Vec<&serde_json::Value> = doc["traceEvents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["ph"] != "M")
+            .collect();
+        let at = |e: &serde_json::Value| {
+            (
+                e["pid"].clone(),
+                e["tid"].clone(),
+                e["args"]["vcpu"].clone(),
+            )
+        };
+        let on_cat = (serde_json::json!(90), serde_json::json!(91));
+        assert_eq!(events[0]["ph"], "X");
+        assert_eq!(
+            at(events[0]),
+            (on_cat.0.clone(), on_cat.1.clone(), serde_json::json!(1))
+        );
+        assert_eq!(
+            at(events[1]),
+            (on_cat.0.clone(), on_cat.1.clone(), serde_json::json!(7))
+        );
+        assert!(
+            events[2]["tid"].as_u64().unwrap() >= 1 << 22,
+            "{}",
+            events[2]
+        );
+        assert_eq!(events[3]["ph"], "B");
+        assert_eq!(at(events[3]), (on_cat.0, on_cat.1, serde_json::json!(1)));
+    }
 
     #[test]
     fn sizes() {

@@ -133,7 +133,9 @@ fn perfetto_trace_has_tracks_instants_and_call_slices() {
         .collect();
     // Calls are on their task's track, in a process per guest pid.
     assert!(
-        names.iter().any(|n| n.starts_with("vm0 pid ") && n.ends_with(" (dd)")),
+        names
+            .iter()
+            .any(|n| n.starts_with("vm0 pid ") && n.ends_with(" (dd)")),
         "a process for each dd: {names:?}"
     );
     assert!(
@@ -252,9 +254,8 @@ fn calls_nest_on_guest_thread_tracks(backend: &[&str]) {
             _ => None,
         };
     }
-    let of = |ph: &str| -> Vec<&serde_json::Value> {
-        events.iter().filter(|e| e["ph"] == ph).collect()
-    };
+    let of =
+        |ph: &str| -> Vec<&serde_json::Value> { events.iter().filter(|e| e["ph"] == ph).collect() };
     let slices = of("X");
     // Every call ran in a task: all are on guest-thread tracks (ids of
     // guest tasks, below 2^22), none on a vCPU track; where it ran is an
@@ -273,7 +274,10 @@ fn calls_nest_on_guest_thread_tracks(backend: &[&str]) {
     let ksys = guest_calls_by_pid(&stderr, "gtk");
     let vfs = guest_calls_by_pid(&stderr, "gtv");
     for pid in cats {
-        assert_eq!(thread_names.get(&(pid, pid)).map(String::as_str), Some("cat"));
+        assert_eq!(
+            thread_names.get(&(pid, pid)).map(String::as_str),
+            Some("cat")
+        );
         assert_eq!(
             process_names.get(&pid).map(String::as_str),
             Some(format!("vm0 pid {pid} (cat)").as_str())
@@ -310,7 +314,11 @@ fn calls_nest_on_guest_thread_tracks(backend: &[&str]) {
                 open.pop();
             }
             if let Some(&outer) = open.last() {
-                assert!(end <= outer.1, "{track:?}: {outer:?} and {:?} overlap", (start, end));
+                assert!(
+                    end <= outer.1,
+                    "{track:?}: {outer:?} and {:?} overlap",
+                    (start, end)
+                );
             }
             open.push((start, end));
         }

@@ -355,7 +355,8 @@ impl GuestKernel {
 
     /// Who `task` is (its tgid, pid and comm), for naming what it did:
     /// one read of the span of `task_struct` that holds all three when it
-    /// is short (about 0x200 bytes in 6.1), else one read each.
+    /// is short (576 bytes in Debian's 6.1: `pid` at 0x970, `tgid` at
+    /// 0x974, `comm` at 0xba0), else one read each.
     pub fn task_ids(&self, mem: &mut dyn GuestMemory, task: u64) -> Result<TaskIds, GuestError> {
         task_ids_in(mem, &self.task_layout()?, task)
     }
@@ -560,11 +561,11 @@ mod task_ids_tests {
             pid: 124,
             comm,
         };
-        // 6.1's layout: pid, tgid, then comm 0x1c8 bytes further.
+        // Debian's 6.1.
         let near = TaskLayout {
-            pid: 0x5c8,
-            tgid: 0x5cc,
-            comm: 0x790,
+            pid: 0x970,
+            tgid: 0x974,
+            comm: 0xba0,
         };
         let mut t = task(&near);
         assert_eq!(task_ids_in(&mut t, &near, 0x1000).unwrap(), want);

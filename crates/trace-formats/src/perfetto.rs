@@ -144,7 +144,11 @@ impl<W: Write + Seek> PerfettoWriter<W> {
     /// Adds a track for `key` (the same key twice gives the same id) and
     /// writes the metadata events naming its process and thread.
     pub fn add_stream(&mut self, key: StreamKey) -> Result<StreamId, Error> {
-        if let Some(i) = self.tracks.iter().position(|t| t.key.as_ref() == Some(&key)) {
+        if let Some(i) = self
+            .tracks
+            .iter()
+            .position(|t| t.key.as_ref() == Some(&key))
+        {
             return Ok(StreamId(i as u32));
         }
         let pid = match key.layer {
@@ -585,12 +589,18 @@ mod tests {
         w.thread("vm1", 5, 5, "c").unwrap();
         w.add_stream(StreamKey::new("vm1", Some(1), Layer::Guest))
             .unwrap();
-        w.add_stream(StreamKey::new("vm0", None, Layer::Vmm)).unwrap();
+        w.add_stream(StreamKey::new("vm0", None, Layer::Vmm))
+            .unwrap();
         let ev = events(w);
         let sorted = |m: &str, by: &str| -> Vec<u64> {
             let mut v: Vec<(i64, u64)> = meta(&ev, m)
                 .iter()
-                .map(|e| (e["args"]["sort_index"].as_i64().unwrap(), e[by].as_u64().unwrap()))
+                .map(|e| {
+                    (
+                        e["args"]["sort_index"].as_i64().unwrap(),
+                        e[by].as_u64().unwrap(),
+                    )
+                })
                 .collect();
             v.sort();
             v.into_iter().map(|(_, id)| id).collect()
@@ -605,7 +615,12 @@ mod tests {
         // Within a process, threads by tid (vCPUs by number).
         let threads: Vec<(u64, i64)> = meta(&ev, "thread_sort_index")
             .iter()
-            .map(|e| (e["tid"].as_u64().unwrap(), e["args"]["sort_index"].as_i64().unwrap()))
+            .map(|e| {
+                (
+                    e["tid"].as_u64().unwrap(),
+                    e["args"]["sort_index"].as_i64().unwrap(),
+                )
+            })
             .collect();
         assert_eq!(threads[..3], [(301, 301), (20, 20), (span + 5, 5)]);
         assert_eq!(threads[3].1, 1);
@@ -657,7 +672,11 @@ mod tests {
             .filter(|e| e["ph"] == "X")
             .map(|e| {
                 let ts = e["ts"].as_f64().unwrap();
-                (e["tid"].as_u64().unwrap(), ts, ts + e["dur"].as_f64().unwrap())
+                (
+                    e["tid"].as_u64().unwrap(),
+                    ts,
+                    ts + e["dur"].as_f64().unwrap(),
+                )
             })
             .collect();
         assert_eq!(slices.len(), 4);

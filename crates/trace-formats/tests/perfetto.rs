@@ -251,7 +251,9 @@ fn a_full_disk_keeps_the_json_valid_and_counts_what_is_lost() {
     let tail = &got[prefix..];
     assert!(prefix > 1000, "{prefix} events before the disk filled");
     assert!(
-        tail.iter().zip(total - tail.len() as u64..).all(|(n, i)| *n == i),
+        tail.iter()
+            .zip(total - tail.len() as u64..)
+            .all(|(n, i)| *n == i),
         "only the last chunk after the gap: {tail:?}"
     );
 }

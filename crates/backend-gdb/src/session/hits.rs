@@ -480,11 +480,7 @@ impl Session {
         if let Some(sink) = self.recorder.as_mut() {
             EventBase::guest_hit(&self.name, received, vcpu_index(thread), "", None)
                 .in_thread(guest_thread)
-                .emit(
-                sink.as_mut(),
-                &[("addr", FieldValue::U64(addr))],
-                &traced,
-            );
+                .emit(sink.as_mut(), &[("addr", FieldValue::U64(addr))], &traced);
         }
         if matches!(flow, Flow::Continue) {
             self.resume_if(resume, Resume::Continue, received)?;

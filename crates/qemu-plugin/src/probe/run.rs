@@ -246,8 +246,8 @@ impl Run {
         let traced = self.run_blocks(vcpu, handlers, &s.func, now, None);
         // Every hit recorded: the task is read at the entry for the
         // entry's events and, kept with the call, for its return's.
-        let always =
-            self.record == RecordMode::EveryHit && !(s.handlers.is_empty() && s.ret_handlers.is_empty());
+        let always = self.record == RecordMode::EveryHit
+            && !(s.handlers.is_empty() && s.ret_handlers.is_empty());
         let thread = self.thread_if(vcpu, always || !traced.is_empty());
         if self.record != RecordMode::Off {
             let own: Vec<(String, TracedValue)> = ARG_NAMES
