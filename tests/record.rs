@@ -189,7 +189,7 @@ fn blocked_readers_workload() -> String {
      cat /tmp/f2 > /dev/null & echo PID2=$!; exec 4> /tmp/f2; \
      sleep 1; echo x >&3; exec 3>&-; sleep 1; echo y >&4; exec 4>&-; wait; \
      echo 0 > events/kprobes/enable; \
-     grep -v '^#' trace | sed 's/^/GT /' > /tmp/gt.txt; cat /tmp/gt.txt"
+     grep -v '^#' trace | sed 's/^/GT /' > /tmp/gt.txt; cat /tmp/gt.txt; echo GT-END"
         .to_string()
 }
 
@@ -233,6 +233,7 @@ fn calls_nest_on_guest_thread_tracks(backend: &[&str]) {
     );
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "vmprobe record failed: {stderr}");
+    assert!(stderr.contains("GT-END"), "the guest's whole trace: {stderr}");
     let said = |key: &str| -> u64 {
         stderr
             .lines()
