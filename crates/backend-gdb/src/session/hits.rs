@@ -61,7 +61,10 @@ impl Session {
                     flow = Flow::Exit;
                 }
                 let vcpu = ctx.vcpu;
-                let thread = match self.record_threads && !ctx.traced.is_empty() {
+                // A `profile` sample is the task it interrupted's; an
+                // `interval` is no task's.
+                let thread = match self.record_threads && timer.every_vcpu && !ctx.traced.is_empty()
+                {
                     true => ctx.thread(),
                     false => None,
                 };
