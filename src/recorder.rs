@@ -12,6 +12,7 @@
 //! to its last whole packet, Perfetto JSON up to its last complete event.
 
 use anyhow::{Context, Result, anyhow};
+use probe_engine::own_fields::{MAX_ARGS, OwnFields};
 use probe_engine::{EventSink, GuestThread, RecordedEvent, UnfinishedCall};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -55,6 +56,9 @@ pub struct Recorder {
     clock: ClockOffset,
     output: Output,
     registry: Registry,
+    /// A kprobe's or kretprobe's own fields as the kernel's prototype
+    /// names and types them.
+    own: OwnFields,
     /// Events handed to the writer (or ring), taken or not.
     attempted: u64,
     /// Events the writer did not take, per stream index, and those whose
@@ -113,7 +117,12 @@ impl EventSink for SharedRecorder {
 impl Recorder {
     /// `ring`: keep only the newest `ring` bytes per vCPU in memory and
     /// write nothing until a snapshot.
-    pub fn create(dir: &Path, format: Format, ring: Option<usize>) -> Result<Recorder> {
+    pub fn create(
+        dir: &Path,
+        format: Format,
+        ring: Option<usize>,
+        own: OwnFields,
+    ) -> Result<Recorder> {
         let clock = ClockOffset::measure();
         let output = match (ring, format) {
             (Some(bytes), _) => Output::Ring {
@@ -141,6 +150,7 @@ impl Recorder {
             clock,
             output,
             registry: Registry::default(),
+            own,
             attempted: 0,
             rejected: Vec::new(),
             unstreamed: 0,
@@ -207,7 +217,16 @@ impl Recorder {
     }
 
     fn event(&mut self, event: &RecordedEvent<'_>) {
-        let result = self.try_event(event);
+        let result = match self.own.layout(event).cloned() {
+            Some(layout) => {
+                let mut typed = [("", Value::U64(0)); MAX_ARGS];
+                match layout.apply(event.fields, &mut typed) {
+                    Some(fields) => self.try_event(&RecordedEvent { fields, ..*event }),
+                    None => self.try_event(event),
+                }
+            }
+            None => self.try_event(event),
+        };
         self.count(&Self::stream_key(event), result);
     }
 
@@ -394,6 +413,7 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
 pub fn start_recorder(
     recording: Option<&Recording>,
     snapshot_requested: &Arc<AtomicBool>,
+    own: impl FnOnce() -> OwnFields,
 ) -> Result<Option<SharedRecorder>> {
     let Some(r) = recording else {
         return Ok(None);
@@ -401,7 +421,7 @@ pub fn start_recorder(
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, snapshot_requested.clone())
         .context("installing the SIGUSR1 handler")?;
     Ok(Some(SharedRecorder(Arc::new(std::sync::Mutex::new(
-        Recorder::create(&r.dir, r.format, r.ring)?,
+        Recorder::create(&r.dir, r.format, r.ring, own())?,
     )))))
 }
 
@@ -481,12 +501,18 @@ mod tests {
     fn perfetto_puts_guest_events_on_their_task_with_the_vcpu_as_an_arg() {
         let dir = tempfile::tempdir().unwrap();
         let ctf = SharedRecorder(Arc::new(Mutex::new(
-            Recorder::create(&dir.path().join("ctf"), Format::Ctf, None).unwrap(),
+            Recorder::create(
+                &dir.path().join("ctf"),
+                Format::Ctf,
+                None,
+                OwnFields::default(),
+            )
+            .unwrap(),
         )));
         // CTF keeps its per-vCPU streams: no task is read for it.
         assert!(!ctf.wants_threads());
         let mut perfetto = SharedRecorder(Arc::new(Mutex::new(
-            Recorder::create(dir.path(), Format::Perfetto, None).unwrap(),
+            Recorder::create(dir.path(), Format::Perfetto, None, OwnFields::default()).unwrap(),
         )));
         assert!(perfetto.wants_threads());
         let mut comm = [0u8; 16];

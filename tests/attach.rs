@@ -141,7 +141,8 @@ fn attach_and_count(through_qmp: bool) {
         (
             "kprobe:ksys_write /arg2 == 1/ { trace(); @n = count(); if (@n == 30) { exit(); } }",
             30,
-            ["kprobe:ksys_write", "arg2 = 1"],
+            // Named after ksys_write's BTF prototype, as `record` names them.
+            ["kprobe:ksys_write", "count = 1"],
         )
     };
     let trace = log_dir.path().join("trace");

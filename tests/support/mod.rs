@@ -5,6 +5,7 @@
 
 pub mod small_disk;
 pub mod stub;
+pub mod trace_read;
 
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
