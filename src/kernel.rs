@@ -71,6 +71,8 @@ pub struct KernelInfo {
     /// The guest's syscalls, read when a program first names a guest
     /// tracepoint (three more sections of the image).
     syscalls: std::sync::OnceLock<Vec<(String, probe_lang::SyscallDecl)>>,
+    /// What kfunc wildcards expand to, read when a program first has one.
+    kfuncs: std::sync::OnceLock<Vec<String>>,
 }
 
 impl KernelInfo {
@@ -79,6 +81,37 @@ impl KernelInfo {
     pub fn syscalls(&self) -> &[(String, probe_lang::SyscallDecl)] {
         self.syscalls
             .get_or_init(|| syscall_decls(&self.image, &self.symbols))
+    }
+
+    /// The functions a kfunc wildcard expands to, sorted: those ftrace can
+    /// trace (the image's mcount table, as the guest's
+    /// `available_filter_functions`; every function symbol without one)
+    /// with a BTF prototype a kfunc can serve.
+    pub fn kfuncs(&self) -> &[String] {
+        self.kfuncs.get_or_init(|| {
+            let Some(btf) = self.guest.btf() else {
+                return Vec::new();
+            };
+            let types = probe_engine::BtfTypes::new(btf);
+            let cache = qemu_guest::cache_dir().join("sections");
+            let sections =
+                KernelSections::load(&self.image, &kernel_image::mcount::SECTIONS, Some(&cache));
+            let traceable = sections
+                .ok()
+                .and_then(|s| kernel_image::mcount::traceable(&s, &self.symbols))
+                .unwrap_or_else(|| self.symbols.matching("*"));
+            let mut names: Vec<String> = traceable
+                .into_iter()
+                .filter(|s| {
+                    probe_lang::KernelTypes::function(&types, &s.name)
+                        .is_some_and(|p| probe_lang::types::kfunc_servable(&types, &p))
+                })
+                .map(|s| s.name.clone())
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            names
+        })
     }
 }
 
@@ -120,6 +153,7 @@ pub fn load_kernel(symbols: KernelSymbols, image: &std::path::Path) -> KernelInf
         guest,
         image: image.to_path_buf(),
         syscalls: std::sync::OnceLock::new(),
+        kfuncs: std::sync::OnceLock::new(),
     }
 }
 
@@ -131,16 +165,23 @@ pub fn compile_typed(
     options: &probe_lang::Options,
     guest_root: Option<&std::path::Path>,
 ) -> Result<probe_lang::Program, probe_lang::Diagnostics> {
-    let guest_tracepoints = probe_lang::attach_points(source)
+    let points = probe_lang::attach_points(source);
+    let guest_tracepoints = points
         .iter()
         .any(|p| matches!(p, probe_lang::ProbeSpec::GuestTracepoint { .. }));
+    let kfunc_wildcards = points.iter().any(|p| {
+        matches!(p, probe_lang::ProbeSpec::Kfunc { function } | probe_lang::ProbeSpec::Kretfunc { function }
+            if function.contains(['*', '?']))
+    });
     let types = kernel.guest.btf().map(|btf| {
-        let t = probe_engine::LayerTypes::new(probe_engine::BtfTypes::new(btf));
+        let mut t = probe_engine::LayerTypes::new(probe_engine::BtfTypes::new(btf));
         if guest_tracepoints {
-            t.with_syscalls(kernel.syscalls())
-        } else {
-            t
+            t = t.with_syscalls(kernel.syscalls());
         }
+        if kfunc_wildcards {
+            t = t.with_kfuncs(kernel.kfuncs());
+        }
+        t
     });
     let mut program = probe_lang::compile_with(
         source,

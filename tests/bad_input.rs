@@ -756,8 +756,8 @@ fn bad_metrics_addresses_are_usage_errors() {
 }
 
 /// `kfunc:`/`kretfunc:` need a BTF prototype whose every parameter is in
-/// an entry register: anything else is an error at the attach point's
-/// line:column, before booting.
+/// an entry register, and a wildcard must match a function: anything else
+/// is an error at the attach point's line:column, before booting.
 #[test]
 fn kfunc_without_a_usable_prototype_is_refused_before_booting() {
     for (program, says, at) in [
@@ -795,6 +795,18 @@ fn kfunc_without_a_usable_prototype_is_refused_before_booting() {
         (
             "fentry:ksys_write { }",
             "unknown probe type 'fentry' (bpftrace 0.17 and vmprobe spell it kfunc:)",
+            "stdin:1:1",
+        ),
+        (
+            "BEGIN { }\n  kretfunc:vfs_nosuch_* { }",
+            "kretfunc:vfs_nosuch_*: no function matches 'vfs_nosuch_*'",
+            "stdin:2:3",
+        ),
+        (
+            // As bpftrace 0.17: `args` on a wildcard whose functions'
+            // parameters differ.
+            "kfunc:vfs_rea* { @[args.buf] = count(); }",
+            "kfunc:vfs_rea*: Probe has attach points with mixed arguments (vfs_read(file, buf, count, pos) and vfs_readlink(dentry, buffer, buflen))",
             "stdin:1:1",
         ),
     ] {

@@ -23,6 +23,8 @@ pub struct LayerTypes<'a> {
     host: OnceLock<Option<Tracefs>>,
     /// The guest's syscalls by name, sorted, when the caller read them.
     syscalls: Option<&'a [(String, SyscallDecl)]>,
+    /// What kfunc wildcards expand to, when the caller read it.
+    kfuncs: &'a [String],
 }
 
 impl<'a> LayerTypes<'a> {
@@ -43,12 +45,20 @@ impl<'a> LayerTypes<'a> {
             kernel,
             host: OnceLock::new(),
             syscalls: None,
+            kfuncs: &[],
         }
     }
 
     /// With the guest's syscalls (sorted by name), for `tracepoint:syscalls:*`.
     pub fn with_syscalls(mut self, syscalls: &'a [(String, SyscallDecl)]) -> Self {
         self.syscalls = Some(syscalls);
+        self
+    }
+
+    /// With the functions kfunc wildcards expand to
+    /// ([`KernelTypes::kfunc_names`]).
+    pub fn with_kfuncs(mut self, kfuncs: &'a [String]) -> Self {
+        self.kfuncs = kfuncs;
         self
     }
 
@@ -119,6 +129,10 @@ impl KernelTypes for LayerTypes<'_> {
         self.syscalls
             .map(|all| all.iter().map(|(n, _)| n.clone()).collect())
             .unwrap_or_default()
+    }
+
+    fn kfunc_names(&self) -> Vec<String> {
+        self.kfuncs.to_vec()
     }
 }
 

@@ -32,6 +32,7 @@ pub mod filter;
 pub mod format;
 pub mod ir;
 mod key_names;
+mod kfunc_wild;
 pub mod lexer;
 mod lower;
 pub mod needs;
@@ -46,6 +47,7 @@ mod visit;
 pub use check::{TraceSite, TraceType};
 pub use diag::{Diagnostic, Diagnostics, Span};
 pub use filter::FieldCondition;
+pub use kfunc_wild::WILDCARD_LIMIT;
 pub use probe_spec::*;
 pub use types::{
     FieldType, KernelTypes, MemberInfo, Param, Prototype, SyscallDecl, TypeInfo, TypeRef,
@@ -507,6 +509,7 @@ pub fn compile_with(
             return Err(r.finish().expect_err("one error"));
         }
     };
+    kfunc_wild::expand(&mut ast, types, &mut r);
     split_guest_tracepoints(&mut ast, types);
     let added_blocks = match options.pid {
         Some(pid) => pid_filter::apply(&mut ast, pid),

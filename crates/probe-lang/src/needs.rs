@@ -126,16 +126,21 @@ impl Visitor for Walker<'_> {
 }
 /// Whether a block reads its tracepoint's `args` (`args.NAME`, `args->NAME`).
 pub(crate) fn reads_args(block: &crate::ast::ProbeBlock) -> bool {
-    struct Args(bool);
-    impl Visitor for Args {
+    reads_builtin(block, "args")
+}
+
+/// Whether the block (predicate included) names the builtin `name`.
+pub(crate) fn reads_builtin(block: &crate::ast::ProbeBlock, name: &str) -> bool {
+    struct Named<'n>(&'n str, bool);
+    impl Visitor for Named<'_> {
         fn visit_expr(&mut self, e: &Expr) {
-            if matches!(&e.kind, ExprKind::Ident(n) if n == "args") {
-                self.0 = true;
+            if matches!(&e.kind, ExprKind::Ident(n) if n == self.0) {
+                self.1 = true;
             }
             visit::walk_expr(self, e);
         }
     }
-    let mut a = Args(false);
+    let mut a = Named(name, false);
     visit::walk_block(&mut a, block);
-    a.0
+    a.1
 }

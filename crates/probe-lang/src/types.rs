@@ -138,6 +138,12 @@ pub trait KernelTypes {
     fn syscall_names(&self) -> Vec<String> {
         Vec::new()
     }
+    /// The functions a `kfunc:`/`kretfunc:` wildcard expands to: those
+    /// ftrace can trace (the image's mcount table) with a BTF prototype a
+    /// kfunc can serve ([`kfunc_servable`]). Empty: not known.
+    fn kfunc_names(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Whether a `kfunc`/`kretfunc` can serve a function of this prototype:

@@ -77,6 +77,11 @@ impl KernelTypes for Fake {
                 params: vec![p("x", INT), p("filename", CHAR_PTR)],
                 ret: TypeRef(INT),
             },
+            // int_ret's parameter names, x of another type.
+            "int_rex" => Prototype {
+                params: vec![p("x", ULONG), p("filename", CHAR_PTR)],
+                ret: TypeRef(ULONG),
+            },
             _ => return None,
         })
     }
@@ -210,6 +215,11 @@ impl KernelTypes for Fake {
             ),
             _ => None,
         }
+    }
+    fn kfunc_names(&self) -> Vec<String> {
+        ["do_sys_openat2", "int_ret", "int_rex"]
+            .map(String::from)
+            .to_vec()
     }
     fn knows_syscalls(&self) -> bool {
         true
@@ -845,6 +855,68 @@ fn kfunc_args_and_typed_kretfunc_retval() {
         e.contains("needs the guest kernel's type information"),
         "{e}"
     );
+}
+
+/// `kfunc:`/`kretfunc:` wildcards expand to the provider's kfunc names; a
+/// block reading `args` or `retval` on one is compiled once per function,
+/// so each is typed by its own prototype.
+#[test]
+fn kfunc_wildcards_expand_and_type_args_per_function() {
+    // Without args: one block on every match, `probe` naming each.
+    let p = compile_ok("kfunc:*_* { @[probe] = count(); }");
+    let names: Vec<String> = p.probes().iter().map(|s| s.name()).collect();
+    assert_eq!(
+        names,
+        ["kfunc:do_sys_openat2", "kfunc:int_ret", "kfunc:int_rex"]
+    );
+    assert!((0..3).all(|i| p.block_of(i) == p.block_of(0)));
+    let p = compile_ok("kretfunc:vmlinux:int_re? { @ = count(); }");
+    let names: Vec<String> = p.probes().iter().map(|s| s.name()).collect();
+    assert_eq!(names, ["kretfunc:int_ret", "kretfunc:int_rex"]);
+
+    // `args.x` is an int in int_ret and an unsigned long in int_rex: one
+    // block each, so each reads its own (one block on both cannot).
+    let src = r#"kfunc:int_re* { printf("%s %d\n", probe, args.x > 0); }"#;
+    let p = compile_ok(src);
+    assert_eq!(p.probes().len(), 2);
+    assert_ne!(p.block_of(0), p.block_of(1));
+    let e = compile_err(r#"kfunc:int_ret, kfunc:int_rex { printf("%d\n", args.x); }"#);
+    assert!(e.contains("parameter 'x' differs"), "{e}");
+    for (probe, block, want) in [
+        ("kfunc:int_ret", 0, "kfunc:int_ret 0\n"),
+        ("kfunc:int_rex", 1, "kfunc:int_rex 1\n"),
+    ] {
+        let mut c = ctx(probe);
+        c.args = [(-7i32) as u32 as u64, 0x1000, 0, 0, 0, 0];
+        let cap = Capture::default();
+        let mut rt = support::new_runtime(&p, cap.clone());
+        rt.run(p.block_of(block), &mut c);
+        assert!(rt.errors().is_empty(), "{:?}", rt.errors());
+        assert_eq!(cap.take(), want);
+    }
+    // retval typed per function too: int_ret's int is signed.
+    let p = compile_ok("kretfunc:int_re* { @[probe] = sum(retval); }");
+    assert_eq!(p.probes().len(), 2);
+    assert_ne!(p.block_of(0), p.block_of(1));
+
+    // A wildcard that matches nothing: dropped beside another attach point,
+    // an error at its line:column alone.
+    let p = compile_ok("kfunc:nosuch*, kfunc:int_ret { @ = count(); }");
+    assert_eq!(p.probes().len(), 1);
+    let e = compile_err("BEGIN {}\n  kretfunc:nosuch* { @ = count(); }");
+    assert!(e.contains(":2:3"), "{e}");
+    assert!(e.contains("no function matches 'nosuch*'"), "{e}");
+
+    // As bpftrace 0.17: `args` on matches with different parameters is
+    // refused, naming two of them.
+    let e = compile_err("kfunc:*_* { @ = args.filename; }");
+    assert!(
+        e.contains(
+            "kfunc:*_*: Probe has attach points with mixed arguments (do_sys_openat2(dfd, filename, how) and int_ret(x, filename))"
+        ),
+        "{e}"
+    );
+    assert!(e.contains(":1:1"), "{e}");
 }
 
 /// `raw_syscalls:sys_enter`/`sys_exit`: `args.id`, `args.args[N]` and

@@ -5,9 +5,9 @@ use kernel_image::KernelSymbols;
 use probe_lang::{BlockId, KprobeTarget, ProbeSpec, Program, WatchAddr, WatchMode};
 use std::sync::Arc;
 
-/// Wildcards may attach to at most this many functions: every site is a
-/// breakpoint that costs a stop on each hit, and QEMU keeps them in a list.
-pub const WILDCARD_LIMIT: usize = 512;
+/// Wildcards may attach to at most this many functions (kfunc wildcards
+/// are expanded, and limited, when compiling).
+pub const WILDCARD_LIMIT: usize = probe_lang::WILDCARD_LIMIT;
 
 /// A probe that fires on a host timer: `interval` runs its block once per
 /// period, `profile` once per vCPU per period with that vCPU's registers.

@@ -194,6 +194,13 @@ fn kfunc_prototype(types: Option<&dyn KernelTypes>, spec: &ProbeSpec) -> Result<
             "{name} needs the guest kernel's type information (BTF), which this compilation does not have"
         ));
     };
+    // A wildcard is expanded before checking (`expand_kfuncs`): one still
+    // here matched nothing.
+    if function.contains(['*', '?']) {
+        return Err(format!(
+            "{name}: no function matches '{function}' (a kfunc wildcard matches the functions ftrace can trace that have a BTF prototype: see `vmprobe list 'kfunc:*'`)"
+        ));
+    }
     let Some(proto) = types.function(function) else {
         return Err(format!(
             "{name}: the guest kernel's BTF has no function '{function}' (no such function, or one without a prototype: see `vmprobe list 'kfunc:*'`; kprobe: probes any function with untyped arg0..arg5)"
@@ -300,11 +307,6 @@ pub fn parse_probe(text: &str) -> Result<ProbeSpec, String> {
             };
             if !valid_name(function) {
                 return Err(format!("invalid {full} function name '{function}'"));
-            }
-            if function.contains(['*', '?']) {
-                return Err(format!(
-                    "{full}: wildcards are not supported (name one function; kprobe: takes wildcards)"
-                ));
             }
             let function = function.to_string();
             Ok(if full == "kfunc" {
@@ -608,10 +610,11 @@ mod tests {
             }
         );
         assert_eq!(kfunc("f").name(), "kfunc:f");
-        assert!(
-            parse_probe("kfunc:vfs_*")
-                .unwrap_err()
-                .contains("wildcards")
+        assert_eq!(
+            parse_probe("kretfunc:vmlinux:vfs_rea?*").unwrap(),
+            ProbeSpec::Kretfunc {
+                function: "vfs_rea?*".into()
+            }
         );
         assert!(
             parse_probe("kfunc:ext4:f")
