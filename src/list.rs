@@ -220,8 +220,8 @@ fn list_kprobes(
 }
 
 /// `kfunc:`/`kretfunc:` (asked for by kind only, as `bpftrace -l` lists
-/// them only when asked): kernel functions with a BTF prototype whose
-/// parameters are all in entry registers, as `kfunc:vmlinux:F`; with `-v`,
+/// them only when asked): traceable kernel functions with a BTF prototype
+/// whose parameters are all in entry registers, as `kfunc:vmlinux:F`; with `-v`,
 /// the parameters and `retval` typed as bpftrace 0.17 prints them.
 fn list_kfuncs(
     kind: &str,
@@ -239,21 +239,12 @@ fn list_kfuncs(
     let types = probe_engine::BtfTypes::new(btf);
     // bpftrace's `kfunc:vmlinux:F` and plain `kfunc:F` both select F.
     let pattern = sel.name.strip_prefix("vmlinux:").unwrap_or(sel.name);
-    let mut names: Vec<&str> = k
-        .symbols
-        .matching(pattern)
-        .into_iter()
-        .map(|s| s.name.as_str())
-        .collect();
-    names.sort_unstable();
-    names.dedup();
+    // What a kfunc wildcard would match (traceable, sorted, deduplicated).
+    let names = k.kfuncs().iter().filter(|n| glob(pattern, n));
     for name in names {
         let Some(proto) = probe_lang::KernelTypes::function(&types, name) else {
             continue;
         };
-        if !probe_lang::types::kfunc_servable(&types, &proto) {
-            continue;
-        }
         let mut text = format!("{kind}:vmlinux:{name}\n");
         if verbose {
             for line in probe_lang::types::prototype_lines(&types, &proto) {
