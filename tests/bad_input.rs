@@ -798,6 +798,11 @@ fn kfunc_without_a_usable_prototype_is_refused_before_booting() {
             "stdin:1:1",
         ),
         (
+            "kfunc:* { }",
+            "functions; at most 512 can be probed at once",
+            "stdin:1:1",
+        ),
+        (
             "BEGIN { }\n  kretfunc:vfs_nosuch_* { }",
             "kretfunc:vfs_nosuch_*: no function matches 'vfs_nosuch_*'",
             "stdin:2:3",

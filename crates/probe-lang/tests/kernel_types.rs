@@ -873,6 +873,10 @@ fn kfunc_wildcards_expand_and_type_args_per_function() {
     let p = compile_ok("kretfunc:vmlinux:int_re? { @ = count(); }");
     let names: Vec<String> = p.probes().iter().map(|s| s.name()).collect();
     assert_eq!(names, ["kretfunc:int_ret", "kretfunc:int_rex"]);
+    // A guest prefix stays on each match.
+    let p = compile_ok("vm1:kfunc:int_re* { @ = count(); }");
+    assert_eq!(p.probes().len(), 2);
+    assert!((0..2).all(|i| p.armed_in(i, "vm1") && !p.armed_in(i, "vm2")));
 
     // `args.x` is an int in int_ret and an unsigned long in int_rex: one
     // block each, so each reads its own (one block on both cannot).
