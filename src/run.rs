@@ -56,6 +56,7 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
     let options = probe_lang::Options {
         params: args.params.clone(),
         str_len: str_len_from_env()?,
+        headers: Some(crate::script::host_headers()),
     };
     if let Some(command) = args.command.take() {
         args.workload = vec![command];

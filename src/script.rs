@@ -93,3 +93,21 @@ mod tests {
         );
     }
 }
+
+/// Where a program's `#include`s are read: the host's headers, in
+/// bpftrace's search directories (probe-lang reads no files itself). A
+/// file is read to at most the reader's whole budget, so a header that is
+/// a device or huge cannot fill memory.
+pub fn host_headers() -> probe_lang::headers::HeaderSearch {
+    use probe_lang::headers::{HeaderSearch, MAX_BYTES};
+    HeaderSearch {
+        dirs: HeaderSearch::host_dirs(),
+        read: std::sync::Arc::new(|path: &Path| {
+            let mut bytes = Vec::new();
+            std::fs::File::open(path)?
+                .take(MAX_BYTES as u64 + 1)
+                .read_to_end(&mut bytes)?;
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        }),
+    }
+}

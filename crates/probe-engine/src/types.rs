@@ -37,6 +37,10 @@ impl KernelTypes for BtfTypes<'_> {
         self.btf.lookup(c_name).map(TypeRef)
     }
 
+    fn enumerator(&self, name: &str) -> Option<i64> {
+        self.btf.find_enumerator(name).map(|(_, v)| v)
+    }
+
     fn info(&self, ty: TypeRef) -> TypeInfo {
         let Ok(id) = self.btf.resolve(ty.0) else {
             return TypeInfo::Other;

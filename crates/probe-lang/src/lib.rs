@@ -30,6 +30,7 @@ mod consts;
 pub mod diag;
 pub mod filter;
 pub mod format;
+pub mod headers;
 pub mod ir;
 mod key_names;
 pub mod lexer;
@@ -757,6 +758,8 @@ pub struct Options {
     pub params: Vec<String>,
     /// Bytes a string holds, NUL included (BPFTRACE_STRLEN); `None`: 64.
     pub str_len: Option<u64>,
+    /// Where `#include`s are read; `None`: they bring no macros.
+    pub headers: Option<headers::HeaderSearch>,
 }
 
 /// [`compile_with_types`] with a run's [`Options`].
@@ -767,7 +770,7 @@ pub fn compile_with(
     options: &Options,
 ) -> Result<Program, Diagnostics> {
     let mut r = Reporter::new(source, source_name);
-    let mut ast = match parser::parse_with(source, &options.params) {
+    let mut ast = match parser::parse_with(source, &options.params, options.headers.as_ref()) {
         Ok(a) => a,
         Err(e) => {
             r.error(e.span, e.message);

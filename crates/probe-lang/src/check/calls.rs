@@ -388,6 +388,37 @@ impl Checker<'_, '_> {
         }
     }
 
+    /// The value of enumerator `name` of the guest's enums, unless `name`
+    /// is a builtin (bpftrace lexes those apart).
+    pub(super) fn enumerator(&self, name: &str) -> Option<i64> {
+        if BUILTINS.contains(&name) {
+            return None;
+        }
+        self.types?.enumerator(name)
+    }
+
+    /// Why `name` is not known: what the `#include`s missed, if anything.
+    fn unknown_identifier(&self, name: &str) -> String {
+        let h = &self.headers;
+        let mut m = format!("unknown identifier '{name}'");
+        if let Some(file) = h.others.get(name) {
+            m.push_str(&format!(
+                ": {file} defines it, but not as an integer constant"
+            ));
+            return m;
+        }
+        m.push_str(if self.types.is_some() {
+            ": no #include'd header defines it as an integer and no enum of the guest kernel has it"
+        } else {
+            ": no #include'd header defines it as an integer (the guest kernel's enums need its BTF)"
+        });
+        for n in &h.notes {
+            m.push_str(&format!("; {n}"));
+        }
+        m.push_str(&format!("; #define {name} VALUE"));
+        m
+    }
+
     pub(super) fn builtin(&mut self, name: &str, span: Span) -> Type {
         if name == "self" {
             self.r.error(
@@ -416,14 +447,9 @@ impl Checker<'_, '_> {
                 .bytes()
                 .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
         {
-            // bpftrace takes such names from the C headers it #includes;
-            // here types come from BTF, which has enums but no macros.
-            self.r.error(
-                span,
-                format!(
-                    "unknown identifier '{name}': a C header's macro, which #include does not bring here (types come from the guest's BTF); #define {name} VALUE"
-                ),
-            );
+            // bpftrace takes such names from the C headers it #includes
+            // and from the guest's enums (BTF).
+            self.r.error(span, self.unknown_identifier(name));
             return Type::Unknown;
         }
         if !BUILTINS.contains(&name) {

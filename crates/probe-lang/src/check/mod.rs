@@ -95,6 +95,8 @@ struct Checker<'a, 's> {
     self_vars: FxHashMap<String, (u16, Type)>,
     /// The first pass, which only discovers declarations.
     discovering: bool,
+    /// What the program's `#include`s could not give.
+    headers: crate::preprocess::HeaderNotes,
 }
 
 pub(crate) fn check(
@@ -138,6 +140,7 @@ pub(crate) fn check(
             recording: Vec::new(),
             self_vars: std::mem::take(&mut self_vars),
             discovering: pass == 0,
+            headers: ast.headers.clone(),
         };
         scratch.clear();
         for (block, attach) in ast.probes.iter_mut().zip(&blocks) {
