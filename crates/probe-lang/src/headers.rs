@@ -24,7 +24,11 @@
 //! unknown.
 //!
 //! Only object-like macros whose whole expansion is an integer constant
-//! expression are handed to the program, as their value.
+//! expression are handed to the program, as their value, computed as
+//! bpftrace computes the expanded text (64-bit, not C's `int`: `(1<<31)`
+//! is 2147483648, where C makes it negative). Enumerators declared in
+//! headers (`SOCK_STREAM` of `enum __socket_type`) are not read: only
+//! the guest kernel's enums (from BTF) are.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -133,7 +137,19 @@ fn tokenize(s: &str) -> Vec<PTok> {
             while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
                 i += 1;
             }
-            Kind::Ident
+            // `L'x'`, `u"x"`, `u8"x"`: an encoding prefix of a literal.
+            if matches!(&s[start..i], "L" | "u" | "U" | "u8")
+                && let Some(&q @ (b'\'' | b'"')) = b.get(i)
+            {
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                i = (i + 1).min(b.len());
+                Kind::Literal
+            } else {
+                Kind::Ident
+            }
         } else if c.is_ascii_digit() || (c == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit))
         {
             // A pp-number: digits, letters, '.', and a sign after an exponent.
@@ -935,6 +951,7 @@ fn int_literal(s: &str) -> Option<i128> {
 
 /// A character literal's value (`'a'`, `'\n'`, `'\0'`, `'\x41'`).
 fn char_literal(s: &str) -> Option<i128> {
+    let s = s.trim_start_matches(['L', 'u', 'U', '8']);
     let inner = s.strip_prefix('\'')?.strip_suffix('\'')?;
     let b = inner.as_bytes();
     match b {
@@ -1077,7 +1094,7 @@ impl<'t> Eval<'t> {
                 self.eat(")").then_some(v)
             }
             (Kind::Number, s) => int_literal(s),
-            (Kind::Literal, s) if s.starts_with('\'') => char_literal(s),
+            (Kind::Literal, s) if s.ends_with('\'') => char_literal(s),
             (Kind::Ident, _) if self.in_if => Some(0),
             _ => None,
         }
@@ -1120,7 +1137,8 @@ mod tests {
                 "/* families */\n#define PF_INET\t2 /* IP */\n#define AF_INET PF_INET\n\
                  #define SHIFTED (1U << 4) | \\\n  0x3\n#define NEG (-PF_INET)\n\
                  #define CAST ((int) 0)\n#define F(x) ((x) + 1)\n#define USES_F F(PF_INET)\n\
-                 #define GLUE(a, b) a ## b\n#define PASTED GLUE(PF_, INET)\n#define CH 'A'\n",
+                 #define GLUE(a, b) a ## b\n#define PASTED GLUE(PF_, INET)\n#define CH 'A'\n\
+                 #if L'\\0' - 1 > 0\n#define WIDE 1\n#else\n#define WIDE 2\n#endif\n",
             ),
         ]);
         let m = read(&s, &[("sys/socket.h".into(), false)]);
@@ -1132,6 +1150,7 @@ mod tests {
         assert_eq!(v["USES_F"], 3);
         assert_eq!(v["PASTED"], 2);
         assert_eq!(v["CH"], 65);
+        assert_eq!(v["WIDE"], 2, "wchar_t is signed");
         assert_eq!(v["_S"], 1);
         assert!(!v.contains_key("CAST") && !v.contains_key("F"));
         assert_eq!(m.others["CAST"], "/a/bits/socket.h");

@@ -461,6 +461,49 @@ mod tests {
     }
 
     #[test]
+    fn includes_bring_header_integer_macros_from_the_include_on() {
+        use std::sync::Arc;
+        let search = HeaderSearch {
+            dirs: vec!["/i".into()],
+            read: Arc::new(|p: &std::path::Path| match p.to_str() {
+                Some("/i/s.h") => Ok("#ifdef WANT\n#define AF_INET 2\n#endif\n\
+                                      #define NEG (-1)\n#define STR \"x\"\n"
+                    .into()),
+                _ => Err(std::io::ErrorKind::NotFound.into()),
+            }),
+        };
+        // The program's #define is seen by the header after it.
+        let src = "AF_INET\n#define WANT\n#include <s.h>\nAF_INET NEG\n#include <missing.h>\n";
+        let pre = preprocess_with(src, Some(&search)).unwrap();
+        let mut lx = crate::lexer::Lexer::with_macros(&pre.text, &pre.macros);
+        let mut got = Vec::new();
+        loop {
+            let t = lx.next_token().unwrap().tok;
+            if t == crate::lexer::Tok::Eof {
+                break;
+            }
+            got.push(t);
+        }
+        use crate::lexer::Tok::*;
+        assert_eq!(
+            got,
+            [
+                Ident("AF_INET".into()),
+                Int(2),
+                Punct("("),
+                Punct("-"),
+                Int(1),
+                Punct(")")
+            ]
+        );
+        assert_eq!(pre.headers.others["STR"], "/i/s.h");
+        assert_eq!(pre.headers.notes, ["<missing.h> was not found in /i"]);
+        // Without a search, #include brings nothing (and is no error).
+        let pre = preprocess(src).unwrap();
+        assert!(!pre.macros.iter().any(|(n, ..)| n == "AF_INET"));
+    }
+
+    #[test]
     fn hashes_in_comments_strings_and_the_shebang_are_not_directives() {
         let src =
             "#!/usr/bin/env bpftrace\n/*\n # not a directive\n*/\nBEGIN { printf(\"#x\"); }\n";
