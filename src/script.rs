@@ -138,16 +138,19 @@ mod tests {
             "linux/if_ether.h",
             "linux/fs.h",
         ];
-        let includes: Vec<(String, bool)> = headers.iter().map(|h| (h.to_string(), false)).collect();
+        let includes: Vec<(String, bool)> =
+            headers.iter().map(|h| (h.to_string(), false)).collect();
         let m = probe_lang::headers::read(&host_headers(), &includes);
         // Only the compiler's own headers are elsewhere.
         for n in &m.notes {
             assert!(
-                n.starts_with("<stddef.h> was not found") || n.starts_with("<stdint.h> was not found"),
+                n.starts_with("<stddef.h> was not found")
+                    || n.starts_with("<stdint.h> was not found"),
                 "{n}"
             );
         }
-        let ints: Vec<&(String, i128)> = m.ints.iter().filter(|(n, _)| !n.starts_with('_')).collect();
+        let ints: Vec<&(String, i128)> =
+            m.ints.iter().filter(|(n, _)| !n.starts_with('_')).collect();
         let get = |name: &str| ints.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
         assert_eq!(get("AF_INET"), Some(2));
         assert_eq!(get("AF_INET6"), Some(10));
@@ -160,7 +163,9 @@ mod tests {
         }
         c.push_str("int main(void) {\n");
         for (n, _) in &ints {
-            c.push_str(&format!("printf(\"{n} %llu\\n\", (unsigned long long)({n}));\n"));
+            c.push_str(&format!(
+                "printf(\"{n} %llu\\n\", (unsigned long long)({n}));\n"
+            ));
         }
         c.push_str("return 0; }\n");
         let src = dir.path().join("m.c");
@@ -172,7 +177,11 @@ mod tests {
             .arg(&src)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let out = std::process::Command::new(&exe).output().unwrap();
         let printed = String::from_utf8(out.stdout).unwrap();
         let (mut agree, mut int32) = (0, Vec::new());
@@ -191,6 +200,4 @@ mod tests {
         assert!(int32.len() < 5, "{int32:?}");
         eprintln!("{agree} macros agree with gcc, {int32:?} differ as 32-bit C ints");
     }
-
 }
-

@@ -622,9 +622,7 @@ fn tcplife(r: &Run) -> Result<(), String> {
 
 fn tcpretrans(r: &Run) -> Result<(), String> {
     // TIME PID LADDR:LPORT RADDR:RPORT STATE
-    let n = r
-        .lines_with(&["10.9.9.2:80", "SYN_SENT"])
-        .len() as u64;
+    let n = r.lines_with(&["10.9.9.2:80", "SYN_SENT"]).len() as u64;
     let (inside, _) = r.bounds("gtretr")?;
     if inside == 0 {
         return Err("the kernel retransmitted nothing during the workload".into());

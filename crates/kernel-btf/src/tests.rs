@@ -207,7 +207,11 @@ fn check_sample(btf: &Btf) {
     assert_eq!(btf.find_enumerator("BLUE"), Some((13, 5)));
     assert_eq!(btf.find_enumerator("NEG"), Some((22, -3)));
     assert_eq!(btf.find_enumerator("X"), Some((14, i64::MIN)));
-    assert_eq!(btf.find_enumerator("task"), None, "a type name is no enumerator");
+    assert_eq!(
+        btf.find_enumerator("task"),
+        None,
+        "a type name is no enumerator"
+    );
     assert_eq!(btf.find_enumerator("GREEN"), None);
 
     let f = btf.function("do_thing").unwrap();

@@ -68,10 +68,14 @@ impl std::fmt::Debug for HeaderSearch {
 impl HeaderSearch {
     /// bpftrace 0.17's `-isystem` directories for x86-64.
     pub fn host_dirs() -> Vec<PathBuf> {
-        ["/usr/local/include", "/usr/include", "/usr/include/x86_64-linux-gnu"]
-            .iter()
-            .map(PathBuf::from)
-            .collect()
+        [
+            "/usr/local/include",
+            "/usr/include",
+            "/usr/include/x86_64-linux-gnu",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect()
     }
 }
 
@@ -156,13 +160,12 @@ fn tokenize(s: &str) -> Vec<PTok> {
             i += 1;
             while i < b.len() {
                 let d = b[i];
-                if (d == b'+' || d == b'-') && matches!(b[i - 1], b'e' | b'E' | b'p' | b'P') {
-                    i += 1;
-                } else if d.is_ascii_alphanumeric() || d == b'_' || d == b'.' {
-                    i += 1;
-                } else {
+                let sign =
+                    (d == b'+' || d == b'-') && matches!(b[i - 1], b'e' | b'E' | b'p' | b'P');
+                if !(sign || d.is_ascii_alphanumeric() || d == b'_' || d == b'.') {
                     break;
                 }
+                i += 1;
             }
             Kind::Number
         } else if c == b'"' || c == b'\'' {
@@ -283,6 +286,10 @@ struct Reader<'a> {
 
 /// Why reading stopped.
 type Stop = String;
+
+/// A header found: its path, the index of the search directory it is in
+/// (for `#include_next`), and its text.
+type Found = (PathBuf, Option<usize>, Rc<str>);
 
 /// Predefined as clang 14 for x86_64-linux-gnu in C mode, with bpftrace's
 /// `-D`s when BTF is there.
@@ -470,7 +477,7 @@ impl Reader<'_> {
         quoted: bool,
         from: Option<&Path>,
         after: Option<usize>,
-    ) -> Result<Option<(PathBuf, Option<usize>, Rc<str>)>, Stop> {
+    ) -> Result<Option<Found>, Stop> {
         let mut candidates: Vec<(PathBuf, Option<usize>)> = Vec::new();
         if quoted && after.is_none() {
             match from.and_then(Path::parent) {
@@ -576,7 +583,8 @@ impl Reader<'_> {
                     });
                 }
                 "if" => {
-                    let yes = taking && self.condition(args).map_err(|e| format!("{}: {e}", at()))?;
+                    let yes =
+                        taking && self.condition(args).map_err(|e| format!("{}: {e}", at()))?;
                     conds.push(Cond {
                         taking: yes,
                         done: yes,
@@ -602,21 +610,23 @@ impl Reader<'_> {
                     c.taking = c.outer && !c.done;
                     c.done = true;
                 }
-                "endif" => {
-                    if conds.pop().is_none() {
-                        return Err(format!("{}: #endif without #if", at()));
-                    }
+                "endif" if conds.pop().is_none() => {
+                    return Err(format!("{}: #endif without #if", at()));
                 }
+                "endif" => {}
                 _ if !taking => {}
-                "define" => self.define(args, &file).map_err(|e| format!("{}: {e}", at()))?,
+                "define" => self
+                    .define(args, &file)
+                    .map_err(|e| format!("{}: {e}", at()))?,
                 "undef" => {
                     if let Some(n) = args.first() {
                         self.defs.remove(&n.text);
                     }
                 }
                 "include" | "include_next" => {
-                    let (name, quoted) =
-                        self.include_name(args).map_err(|e| format!("{}: {e}", at()))?;
+                    let (name, quoted) = self
+                        .include_name(args)
+                        .map_err(|e| format!("{}: {e}", at()))?;
                     let next = first.text == "include_next";
                     self.include(
                         &name,
@@ -624,8 +634,7 @@ impl Reader<'_> {
                         Some(path),
                         if next { dir } else { None },
                         depth + 1,
-                    )
-?;
+                    )?;
                 }
                 "error" => {
                     return Err(format!("{}: #error{}", at(), &rest.trim_start()[5..]));
@@ -736,7 +745,11 @@ impl Reader<'_> {
                 if paren && q.pop_front().is_none_or(|c| c.text != ")") {
                     return Err("defined( without ')'".into());
                 }
-                let v = if self.defs.contains_key(&n.text) { "1" } else { "0" };
+                let v = if self.defs.contains_key(&n.text) {
+                    "1"
+                } else {
+                    "0"
+                };
                 out.push(number(v));
                 continue;
             }
@@ -1183,7 +1196,10 @@ mod tests {
     #[test]
     fn include_next_and_quoted_includes() {
         let s = files(&[
-            ("/a/l.h", "#define FIRST 1\n#include_next <l.h>\n#include \"q.h\"\n"),
+            (
+                "/a/l.h",
+                "#define FIRST 1\n#include_next <l.h>\n#include \"q.h\"\n",
+            ),
             ("/b/l.h", "#define SECOND 2\n"),
             ("/a/q.h", "#define QUOTED 3\n"),
         ]);
@@ -1195,7 +1211,10 @@ mod tests {
     #[test]
     fn problems_stop_the_reading_with_a_note() {
         let s = files(&[
-            ("/a/e.h", "#define BEFORE 1\n#include \"f.h\"\n#define AFTER 2\n"),
+            (
+                "/a/e.h",
+                "#define BEFORE 1\n#include \"f.h\"\n#define AFTER 2\n",
+            ),
             ("/a/f.h", "#if 1\n#error this platform is wrong\n#endif\n"),
             ("/a/loop.h", "#include <loop.h>\n"),
             ("/a/bad.h", "#if (1\n#endif\n"),
@@ -1208,7 +1227,11 @@ mod tests {
             m.notes
         );
         let m = read(&s, &[("loop.h".into(), false)]);
-        assert!(m.notes[0].contains("nested more than 200 deep"), "{:?}", m.notes);
+        assert!(
+            m.notes[0].contains("nested more than 200 deep"),
+            "{:?}",
+            m.notes
+        );
         let m = read(&s, &[("bad.h".into(), false)]);
         assert!(
             m.notes[0].contains("/a/bad.h:1: cannot evaluate #if ( 1"),

@@ -160,7 +160,10 @@ pub enum Expr {
     /// `args.NAME` of a `vmm:`/`tracepoint:` probe (string table index).
     ProbeArg(u32),
     /// `bswap(e)`: the low `size` bytes of `e` in reverse order.
-    Bswap { size: u8, e: Box<Expr> },
+    Bswap {
+        size: u8,
+        e: Box<Expr>,
+    },
 }
 
 /// What a [`Expr::ReadAs`] reads.

@@ -64,10 +64,7 @@ pub fn preprocess(src: &str) -> Result<Preprocessed, LexError> {
 }
 
 /// [`preprocess`], with `#include`s read from `search`.
-pub fn preprocess_with(
-    src: &str,
-    search: Option<&HeaderSearch>,
-) -> Result<Preprocessed, LexError> {
+pub fn preprocess_with(src: &str, search: Option<&HeaderSearch>) -> Result<Preprocessed, LexError> {
     let mut headers = search.map(|s| Headers {
         reader: HeaderReader::new(s),
         given: HashMap::new(),

@@ -377,8 +377,13 @@ fn enumerators_bswap_and_ntop_of_an_array() {
         e.contains("unknown identifier 'NOPE_X': no #include'd header defines it as an integer and no enum of the guest kernel has it"),
         "{e}"
     );
-    let e = compile_err("kprobe:f { $t = (struct task_struct *)arg0; printf(\"%s\\n\", ntop($t->u)); }");
-    assert!(e.contains("ntop() takes an integer (IPv4) or a buffer"), "{e}");
+    let e = compile_err(
+        "kprobe:f { $t = (struct task_struct *)arg0; printf(\"%s\\n\", ntop($t->u)); }",
+    );
+    assert!(
+        e.contains("ntop() takes an integer (IPv4) or a buffer"),
+        "{e}"
+    );
 }
 
 #[test]
