@@ -85,7 +85,13 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
     }
     let deadline = args.duration.and_then(|d| Instant::now().checked_add(d));
     let snapshot_requested = Arc::new(AtomicBool::new(false));
-    let recorder = start_recorder(recording.as_ref(), &snapshot_requested)?;
+    // Named and typed with the kernel the program was typed with.
+    let recorder = start_recorder(recording.as_ref(), &snapshot_requested, || {
+        first_kernel
+            .as_ref()
+            .map(|k| crate::kernel::own_fields(&program, k))
+            .unwrap_or_default()
+    })?;
     let mut plan = ServePlan {
         workload: None,
         deadline,

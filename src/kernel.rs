@@ -157,6 +157,22 @@ pub fn compile_typed(
     Ok(program)
 }
 
+/// How `record` names and types each kernel probe's own fields: after
+/// the prototypes in the image's BTF (none without BTF, or for probes that
+/// do not resolve, which the run reports itself).
+pub fn own_fields(
+    program: &probe_lang::Program,
+    kernel: &KernelInfo,
+) -> probe_engine::own_fields::OwnFields {
+    let sites = probe_plan::resolve_probes(program, &kernel.symbols, 0);
+    match (kernel.guest.btf(), sites) {
+        (Some(btf), Ok(sites)) => {
+            probe_engine::own_fields::OwnFields::new(&probe_engine::BtfTypes::new(btf), &sites)
+        }
+        _ => Default::default(),
+    }
+}
+
 /// What each probe kind's handlers can have (no guest state in BEGIN, END
 /// or a VMM or host event), before booting; a backend's own lacks are
 /// checked where it is chosen (`backend_plugin::check_program`).

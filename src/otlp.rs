@@ -199,6 +199,7 @@ fn attr(v: &FieldValue<'_>) -> AttrValue {
         // OTLP integers are signed 64-bit: a u64 keeps its bits.
         FieldValue::U64(v) => AttrValue::Int(*v as i64),
         FieldValue::I64(v) => AttrValue::Int(*v),
+        FieldValue::Ptr(v) => str_attr(&format!("{v:#x}")),
         FieldValue::Str(s) => str_attr(s),
         FieldValue::Bytes(b) => AttrValue::Bytes(b.to_vec()),
     }

@@ -12,6 +12,7 @@
 //! to its last whole packet, Perfetto JSON up to its last complete event.
 
 use anyhow::{Context, Result, anyhow};
+use probe_engine::own_fields::{MAX_ARGS, OwnFields};
 use probe_engine::{EventSink, RecordedEvent, UnfinishedCall};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -55,6 +56,9 @@ pub struct Recorder {
     clock: ClockOffset,
     output: Output,
     registry: Registry,
+    /// A kprobe's or kretprobe's own fields as the kernel's prototype
+    /// names and types them.
+    own: OwnFields,
     /// Events handed to the writer (or ring), taken or not.
     attempted: u64,
     /// Events the writer did not take, per stream index, and those whose
@@ -105,7 +109,12 @@ impl EventSink for SharedRecorder {
 impl Recorder {
     /// `ring`: keep only the newest `ring` bytes per vCPU in memory and
     /// write nothing until a snapshot.
-    pub fn create(dir: &Path, format: Format, ring: Option<usize>) -> Result<Recorder> {
+    pub fn create(
+        dir: &Path,
+        format: Format,
+        ring: Option<usize>,
+        own: OwnFields,
+    ) -> Result<Recorder> {
         let clock = ClockOffset::measure();
         let output = match (ring, format) {
             (Some(bytes), _) => Output::Ring {
@@ -133,6 +142,7 @@ impl Recorder {
             clock,
             output,
             registry: Registry::default(),
+            own,
             attempted: 0,
             rejected: Vec::new(),
             unstreamed: 0,
@@ -199,7 +209,16 @@ impl Recorder {
     }
 
     fn event(&mut self, event: &RecordedEvent<'_>) {
-        let result = self.try_event(event);
+        let result = match self.own.layout(event).cloned() {
+            Some(layout) => {
+                let mut typed = [("", Value::U64(0)); MAX_ARGS];
+                match layout.apply(event.fields, &mut typed) {
+                    Some(fields) => self.try_event(&RecordedEvent { fields, ..*event }),
+                    None => self.try_event(event),
+                }
+            }
+            None => self.try_event(event),
+        };
         self.count(&Self::stream_key(event), result);
     }
 
@@ -359,6 +378,7 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
 pub fn start_recorder(
     recording: Option<&Recording>,
     snapshot_requested: &Arc<AtomicBool>,
+    own: impl FnOnce() -> OwnFields,
 ) -> Result<Option<SharedRecorder>> {
     let Some(r) = recording else {
         return Ok(None);
@@ -366,7 +386,7 @@ pub fn start_recorder(
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, snapshot_requested.clone())
         .context("installing the SIGUSR1 handler")?;
     Ok(Some(SharedRecorder(Arc::new(std::sync::Mutex::new(
-        Recorder::create(&r.dir, r.format, r.ring)?,
+        Recorder::create(&r.dir, r.format, r.ring, own())?,
     )))))
 }
 

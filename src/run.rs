@@ -149,7 +149,9 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
     let snapshot_requested = Arc::new(AtomicBool::new(false));
-    let recorder = start_recorder(recording.as_ref(), &snapshot_requested)?;
+    let recorder = start_recorder(recording.as_ref(), &snapshot_requested, || {
+        crate::kernel::own_fields(&program, &kernel)
+    })?;
     let out = crate::bpftrace::output(&args.bpftrace)?;
 
     let release = crate::otlp::kernel_release(&image.kernel);

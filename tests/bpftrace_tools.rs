@@ -113,7 +113,8 @@ enum Expect {
 }
 use Expect::*;
 
-const NOT_SYSCALL_TP: &str = "only syscalls:* can be served from outside the guest";
+const NOT_SYSCALL_TP: &str =
+    "only syscalls:* and raw_syscalls:* can be served from outside the guest";
 /// bpftrace's library names need the guest's ld cache (and the guest has
 /// no libc, libssl or libpthread: its programs are static).
 const LD_CACHE: &str =

@@ -117,7 +117,7 @@ fn a_killed_vmprobe_leaves_the_vm_running_and_it_can_be_attached_again() {
     };
     let (stdout, stderr) = (stdout.finish(), stderr.finish());
     assert!(status.success(), "second attach: {stderr}");
-    let guest = String::from_utf8_lossy(&console.lock().unwrap()[from..]).into_owned();
+    let guest = console_until(&console, from, GT_END, Duration::from_secs(30));
     assert_eq!(map_value(&stdout, "writes"), ground_truth_hits(&guest));
     assert_eq!(map_value(&stdout, "writes"), n, "{stdout}\n{guest}");
     assert!(stderr.contains("plugin backend"), "{stderr}");

@@ -5,6 +5,7 @@
 
 pub mod small_disk;
 pub mod stub;
+pub mod trace_read;
 
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -65,8 +66,34 @@ pub fn ground_truth_workload(workload: &str) -> String {
          dd if=/dev/zero of=/dev/null bs={WINDOW_START} count=1 2>/dev/null && {workload} && \
          dd if=/dev/zero of=/dev/null bs={WINDOW_END} count=1 2>/dev/null; \
          echo 0 > events/kprobes/gt/enable; \
-         grep -v '^#' trace | sed 's/^/GT /' > /tmp/gt.txt; cat /tmp/gt.txt"
+         grep -v '^#' trace | sed 's/^/GT /' > /tmp/gt.txt; cat /tmp/gt.txt; echo {GT_END}"
     )
+}
+
+/// The last line the ground-truth workloads print: the console holds the
+/// whole trace once it shows this (the workload's exit status comes on
+/// another channel, which can be ahead of the console).
+pub const GT_END: &str = "GT-END";
+
+/// The console text from byte `from` on, once it contains `needle`.
+pub fn console_until(
+    console: &std::sync::Mutex<Vec<u8>>,
+    from: usize,
+    needle: &str,
+    limit: Duration,
+) -> String {
+    let start = Instant::now();
+    loop {
+        let text = String::from_utf8_lossy(&console.lock().unwrap()[from..]).into_owned();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "no {needle:?} on the console within {limit:?}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The guest kernel's count of 1-byte writes between the markers, from the
@@ -127,7 +154,7 @@ pub fn ground_truth_return_workload(workload: &str) -> String {
          dd if=/dev/zero of=/dev/null bs={WINDOW_START} count=1 2>/dev/null && {workload} && \
          dd if=/dev/zero of=/dev/null bs={WINDOW_END} count=1 2>/dev/null; \
          echo 0 > events/kprobes/gtr/enable; \
-         grep -v '^#' trace | sed 's/^/GT /' > /tmp/gt.txt; cat /tmp/gt.txt"
+         grep -v '^#' trace | sed 's/^/GT /' > /tmp/gt.txt; cat /tmp/gt.txt; echo {GT_END}"
     )
 }
 

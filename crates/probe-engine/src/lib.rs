@@ -8,6 +8,8 @@
 //! - [`layers`]: the VMM's and host's events (`vmm:`, `host:tracepoint:`), run
 //!   in time order with the guest's;
 //! - [`record`]: what `vmprobe record` is handed ([`EventSink`]);
+//! - [`own_fields`]: a recorded probe's own fields named and typed after
+//!   the kernel's prototype;
 //! - [`event_context`]: the handler's view where no vCPU stopped (BEGIN,
 //!   END, layer events);
 //! - [`types`], [`event_types`]: the kernel's BTF and the layers' event
@@ -24,6 +26,7 @@ pub mod event_context;
 pub mod event_types;
 pub mod layer_event;
 pub mod layers;
+pub mod own_fields;
 pub mod record;
 pub mod serve;
 mod stats;

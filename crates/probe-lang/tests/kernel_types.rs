@@ -860,11 +860,11 @@ fn kfunc_args_and_typed_kretfunc_retval() {
         ("kretfunc:seven { @ = retval; }", "parameter 'a6'"),
         (
             "kfunc:int_ret { @ = retval; }",
-            "retval builtin can only be used in kretprobe and kretfunc",
+            "retval builtin can only be used in kretprobe, kretfunc and uretprobe",
         ),
         (
             "kfunc:int_ret { @ = arg0; }",
-            "arg0 builtin can only be used in kprobe blocks",
+            "arg0 builtin can only be used in kprobe and uprobe blocks",
         ),
     ] {
         let e = compile_err(src);

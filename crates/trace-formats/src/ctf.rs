@@ -498,6 +498,12 @@ impl CtfWriter {
         }
         for i in 0..self.streams.len() {
             let unstated = |st: &Stream| st.discarded != st.discarded_written;
+            // A last packet that could not be written leaves its count to
+            // a small packet of its own; only where even that has no room
+            // is the stream's last packet on disk given up.
+            if unstated(&self.streams[i]) {
+                let _ = self.flush();
+            }
             if unstated(&self.streams[i]) && self.streams[i].drop_last_packet() {
                 let _ = self.flush();
             }
@@ -665,10 +671,11 @@ impl CtfWriter {
                 // A leading underscore is stripped by readers (CTF 1.8 §7.1),
                 // so field names may be TSDL keywords (`align`, `event`...).
                 match ty {
-                    FieldType::U64 | FieldType::I64 => s.push_str(&format!(
-                        "\t\tinteger {{ size = 64; align = {}; signed = {}; base = 10; }} _{name};\n",
+                    FieldType::U64 | FieldType::I64 | FieldType::Ptr => s.push_str(&format!(
+                        "\t\tinteger {{ size = 64; align = {}; signed = {}; base = {}; }} _{name};\n",
                         a(8),
-                        *ty == FieldType::I64
+                        *ty == FieldType::I64,
+                        if *ty == FieldType::Ptr { 16 } else { 10 }
                     )),
                     FieldType::Str => {
                         s.push_str(&format!("\t\tstring {{ encoding = UTF8; }} _{name};\n"))
@@ -763,7 +770,7 @@ fn payload_align(layout: Layout, class: &EventClass) -> usize {
         .fields
         .iter()
         .map(|(_, t)| match t {
-            FieldType::U64 | FieldType::I64 => layout.align(8),
+            FieldType::U64 | FieldType::I64 | FieldType::Ptr => layout.align(8),
             FieldType::Bytes => layout.align(4),
             FieldType::Str => 1,
         })
@@ -807,7 +814,7 @@ pub(crate) fn encode_event(
     pad(buf, payload_align(layout, class));
     for v in values {
         match *v {
-            Value::U64(x) => {
+            Value::U64(x) | Value::Ptr(x) => {
                 pad(buf, layout.align(8));
                 buf.extend_from_slice(&x.to_le_bytes());
             }
@@ -831,6 +838,31 @@ pub(crate) fn encode_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tsdl_gives_signedness_and_base() {
+        let tmp = std::env::temp_dir().join(format!("ctf-tsdl-{}", std::process::id()));
+        let mut w = CtfWriter::create(&tmp, CtfOptions::new(ClockOffset::measure())).unwrap();
+        w.declare(EventClass::new(
+            "kprobe:ksys_write",
+            &[
+                ("fd", FieldType::U64),
+                ("dfd", FieldType::I64),
+                ("buf", FieldType::Ptr),
+            ],
+        ))
+        .unwrap();
+        let tsdl = w.tsdl();
+        drop(w);
+        std::fs::remove_dir_all(&tmp).ok();
+        for line in [
+            "integer { size = 64; align = 8; signed = false; base = 10; } _fd;",
+            "integer { size = 64; align = 8; signed = true; base = 10; } _dfd;",
+            "integer { size = 64; align = 8; signed = false; base = 16; } _buf;",
+        ] {
+            assert!(tsdl.contains(line), "{line} in\n{tsdl}");
+        }
+    }
 
     #[test]
     fn compact_header_limits() {

@@ -76,6 +76,9 @@ pub struct ClassId(pub u32);
 pub enum FieldType {
     U64,
     I64,
+    /// An address: unsigned 64-bit, shown in hex (CTF `base = 16`,
+    /// Perfetto `"0x..."`).
+    Ptr,
     /// UTF-8 text without NUL bytes (CTF strings are NUL-terminated).
     Str,
     /// Arbitrary bytes (a length plus the bytes).
@@ -87,6 +90,7 @@ pub enum FieldType {
 pub enum Value<'a> {
     U64(u64),
     I64(i64),
+    Ptr(u64),
     Str(&'a str),
     Bytes(&'a [u8]),
 }
@@ -96,6 +100,7 @@ impl Value<'_> {
         match self {
             Value::U64(_) => FieldType::U64,
             Value::I64(_) => FieldType::I64,
+            Value::Ptr(_) => FieldType::Ptr,
             Value::Str(_) => FieldType::Str,
             Value::Bytes(_) => FieldType::Bytes,
         }
@@ -105,6 +110,7 @@ impl Value<'_> {
         match *self {
             Value::U64(v) => OwnedValue::U64(v),
             Value::I64(v) => OwnedValue::I64(v),
+            Value::Ptr(v) => OwnedValue::Ptr(v),
             Value::Str(s) => OwnedValue::Str(s.to_owned()),
             Value::Bytes(b) => OwnedValue::Bytes(b.to_vec()),
         }
@@ -116,6 +122,7 @@ impl Value<'_> {
 pub enum OwnedValue {
     U64(u64),
     I64(i64),
+    Ptr(u64),
     Str(String),
     Bytes(Vec<u8>),
 }
@@ -125,6 +132,7 @@ impl OwnedValue {
         match self {
             OwnedValue::U64(v) => Value::U64(*v),
             OwnedValue::I64(v) => Value::I64(*v),
+            OwnedValue::Ptr(v) => Value::Ptr(*v),
             OwnedValue::Str(s) => Value::Str(s),
             OwnedValue::Bytes(b) => Value::Bytes(b),
         }

@@ -11,7 +11,8 @@
 //! not through an f64, which would round large values. For the same reason
 //! an integer arg that a JavaScript viewer would round (beyond 2^53, as
 //! kernel pointers are) is a string: hex for an unsigned value
-//! (`"0xffff888003a1c000"`), decimal for a signed one.
+//! (`"0xffff888003a1c000"`), decimal for a signed one. An address
+//! ([`Value::Ptr`]) is hex text whatever its size (`"0x7ffd1000"`).
 //!
 //! The output is `{"displayTimeUnit":"ns","traceEvents":[...]}`, written
 //! in chunks of about 64 KiB, each followed by the closing `]}`, which the
@@ -317,15 +318,7 @@ impl<W: Write + Seek> PerfettoWriter<W> {
         let (pid, tid) = (t.pid, t.tid);
         let mut a = Map::new();
         for (k, v) in args {
-            let j = match *v {
-                Value::U64(x) if x > MAX_SAFE_INTEGER => Json::from(format!("{x:#x}")),
-                Value::U64(x) => Json::from(x),
-                Value::I64(x) if x.unsigned_abs() > MAX_SAFE_INTEGER => Json::from(x.to_string()),
-                Value::I64(x) => Json::from(x),
-                Value::Str(s) => Json::from(s),
-                Value::Bytes(b) => Json::from(hex(b)),
-            };
-            a.insert((*k).to_owned(), j);
+            a.insert((*k).to_owned(), arg(v));
         }
         let name = serde_json::to_string(name).map_err(std::io::Error::from)?;
         let args = serde_json::to_string(&a).map_err(std::io::Error::from)?;
@@ -345,6 +338,21 @@ impl<W: Write + Seek> PerfettoWriter<W> {
     }
 }
 
+/// One field as a JSON arg: numbers where a JavaScript viewer keeps them
+/// exact, text otherwise; an address is always hex text, as a viewer shows
+/// no number in hex.
+fn arg(v: &Value<'_>) -> Json {
+    match *v {
+        Value::Ptr(x) => Json::from(format!("{x:#x}")),
+        Value::U64(x) if x > MAX_SAFE_INTEGER => Json::from(format!("{x:#x}")),
+        Value::U64(x) => Json::from(x),
+        Value::I64(x) if x.unsigned_abs() > MAX_SAFE_INTEGER => Json::from(x.to_string()),
+        Value::I64(x) => Json::from(x),
+        Value::Str(s) => Json::from(s),
+        Value::Bytes(b) => Json::from(hex(b)),
+    }
+}
+
 /// The largest integer a JavaScript number holds exactly (2^53 - 1).
 const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
@@ -355,4 +363,28 @@ fn micros(ns: u64) -> String {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_keep_their_sign_and_addresses_are_hex() {
+        assert_eq!(arg(&Value::Ptr(0x7ffd_1000)), Json::from("0x7ffd1000"));
+        assert_eq!(arg(&Value::Ptr(0)), Json::from("0x0"));
+        assert_eq!(
+            arg(&Value::Ptr(0xffff_8880_03a1_c000)),
+            Json::from("0xffff888003a1c000")
+        );
+        assert_eq!(arg(&Value::I64(-100)), Json::from(-100));
+        assert_eq!(
+            arg(&Value::I64(-(1 << 53))),
+            Json::from("-9007199254740992")
+        );
+        assert_eq!(arg(&Value::I64(i64::MIN)), Json::from(i64::MIN.to_string()));
+        assert_eq!(arg(&Value::U64(4096)), Json::from(4096));
+        assert_eq!(arg(&Value::U64(1 << 53)), Json::from("0x20000000000000"));
+        assert_eq!(arg(&Value::Bytes(&[0xde, 0xad])), Json::from("dead"));
+    }
 }

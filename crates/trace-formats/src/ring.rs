@@ -80,6 +80,10 @@ impl EventRing {
                     r.push(1);
                     r.extend_from_slice(&x.to_le_bytes());
                 }
+                Value::Ptr(x) => {
+                    r.push(4);
+                    r.extend_from_slice(&x.to_le_bytes());
+                }
                 Value::Str(s) => {
                     r.push(2);
                     r.extend_from_slice(&(s.len() as u32).to_le_bytes());
@@ -257,6 +261,10 @@ fn decode(r: &[u8]) -> RingEvent {
                 p += 8;
                 OwnedValue::I64(u64_at(r, p - 8) as i64)
             }
+            4 => {
+                p += 8;
+                OwnedValue::Ptr(u64_at(r, p - 8))
+            }
             _ => {
                 let n = u32_at(r, p) as usize;
                 p += 4 + n;
@@ -292,13 +300,14 @@ mod tests {
             let v = [
                 Value::U64(i),
                 Value::I64(-(i as i64)),
+                Value::Ptr(!i),
                 Value::Str(comm),
                 Value::Bytes(&[1, 2, 3]),
             ];
             assert_eq!(ring.push(1000 + i * 10, ClassId(3), &v).unwrap(), i);
         }
         // Every record has the same size, so the window is exactly computable.
-        let rec = RECORD_HEADER + 9 + 9 + 5 + comm.len() + 5 + 3;
+        let rec = RECORD_HEADER + 9 + 9 + 9 + 5 + comm.len() + 5 + 3;
         let held = (cap / rec) as u64;
         assert!(ring.used_bytes() <= cap);
         assert_eq!(ring.len(), held);
@@ -315,6 +324,7 @@ mod tests {
                 vec![
                     OwnedValue::U64(i),
                     OwnedValue::I64(-(i as i64)),
+                    OwnedValue::Ptr(!i),
                     OwnedValue::Str(comm.into()),
                     OwnedValue::Bytes(vec![1, 2, 3])
                 ]

@@ -18,7 +18,7 @@ pub fn fixed_record_bytes(values: &[Value<'_>]) -> usize {
     let mut extra = 0;
     for v in values {
         match v {
-            Value::U64(_) | Value::I64(_) => ints += 1,
+            Value::U64(_) | Value::I64(_) | Value::Ptr(_) => ints += 1,
             Value::Str(s) => extra += 8 + (s.len() + 1).div_ceil(8) * 8,
             Value::Bytes(b) => extra += 8 + b.len().div_ceil(8) * 8,
         }

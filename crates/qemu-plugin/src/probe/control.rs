@@ -9,8 +9,8 @@ use super::shards::{clear_everywhere, merged};
 use super::{Plugin, VcpuWork};
 use crate::tcg;
 use plugin_protocol::{
-    Detached, FromPlugin, MAX_READ, PROTOCOL_VERSION, ProtocolError, ToPlugin, read_message,
-    write_message,
+    Detached, FromPlugin, MAX_READ, PROTOCOL_VERSION, ProtocolError, RecordMode, ToPlugin,
+    read_message, write_message,
 };
 use probe_runtime::{MapBackend, MapOp, OutputEvent};
 use std::os::unix::fs::PermissionsExt;
@@ -388,14 +388,19 @@ impl Session {
                 };
                 // No vCPU runs a handler any more: the state is final.
                 self.flush_output(&run)?;
-                let unfinished = run
-                    .tracker
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .pending()
-                    .into_iter()
-                    .map(|c| (c.vcpu, c.site as u32, c.entry_ns))
-                    .collect();
+                // Calls in flight are recorded only when every hit is: a
+                // program that calls trace() records just what it traces.
+                let unfinished = if run.record == RecordMode::EveryHit {
+                    run.tracker
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .pending()
+                        .into_iter()
+                        .map(|c| (c.vcpu, c.site as u32, c.entry_ns))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 let mut stats = run.stats();
                 // The detach's reset has run: this is the plugin idle.
                 stats.idle_untranslated = !tcg::translating();
