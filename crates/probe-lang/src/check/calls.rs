@@ -477,7 +477,7 @@ impl Checker<'_, '_> {
     /// The value of enumerator `name` of the guest's enums, unless `name`
     /// is a builtin (bpftrace lexes those apart).
     pub(super) fn enumerator(&self, name: &str) -> Option<i64> {
-        if BUILTINS.contains(&name) {
+        if BUILTINS.contains(&name) || matches!(name, "self" | "args" | "username") {
             return None;
         }
         self.types?.enumerator(name)

@@ -448,6 +448,7 @@ impl Reader<'_> {
                     c.taking = c.outer && !c.done;
                     c.done = true;
                 }
+                // The guard pops the conditional (once, whichever arm runs).
                 "endif" if conds.pop().is_none() => {
                     return Err(format!("{}: #endif without #if", at()));
                 }
