@@ -36,6 +36,8 @@ pub fn attach(args: crate::AttachArgs) -> Result<i32> {
 /// VMs also go into trace files.
 pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -> Result<i32> {
     crate::bpftrace::apply(&args.bpftrace)?;
+    let pid =
+        crate::bpftrace::pid_for_attach(&args.bpftrace, args.vm.len(), args.config.is_some())?;
     let (source, source_name) = crate::script::program_source(&args.program, &args.file)?;
     // With only a watched directory, the program is typed with the kernel
     // its VMs will run.
@@ -49,7 +51,7 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
     let allowed = allowed_recording(&recording, &args.otlp);
     let guest_root = args.guest_root.as_deref();
     let (compiled, mut first_kernel) =
-        compile_for(&source, &source_name, first, allowed, guest_root)?;
+        compile_for(&source, &source_name, first, allowed, guest_root, pid)?;
     let program = match compiled {
         Ok(p) => Arc::new(p),
         Err(diags) => {
@@ -616,6 +618,7 @@ fn compile_for(
     first: &VmSpec,
     recording: Option<&[&str]>,
     guest_root: Option<&std::path::Path>,
+    pid: Option<u64>,
 ) -> Result<Compiled> {
     let (typed, kernel) = if only_layers(&probe_lang::attach_points(source)) {
         let types = probe_engine::LayerTypes::events_only();
@@ -628,7 +631,10 @@ fn compile_for(
                 source,
                 source_name,
                 &kernel,
-                &Default::default(),
+                &probe_lang::Options {
+                    pid,
+                    ..Default::default()
+                },
                 guest_root,
             ),
             Some(kernel),

@@ -167,6 +167,15 @@ fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
         .ok_or_else(|| "a number of seconds above 0 and below 1.8e19".to_string())
 }
 
+/// A guest process id: a positive integer, as the guest's `pid_t` holds.
+fn parse_pid(text: &str) -> Result<u64, String> {
+    text.parse::<i32>()
+        .ok()
+        .filter(|&p| p > 0)
+        .map(|p| p as u64)
+        .ok_or_else(|| format!("'{text}' is not a process id (a positive integer)"))
+}
+
 #[derive(Args)]
 pub struct RunArgs {
     /// The probe program.
@@ -241,10 +250,12 @@ pub struct BpftraceArgs {
     /// builtins (system(), signal() ...), so it changes nothing.
     #[arg(long = "unsafe")]
     allow_unsafe: bool,
-    /// bpftrace's -p PID is refused with what to use instead: vmprobe
-    /// probes a VM's kernel from outside, not a host process.
-    #[arg(short = 'p', value_name = "PID")]
-    pid: Option<String>,
+    /// With `attach` and one VM, as bpftrace's -p: guest probes (kprobes,
+    /// uprobes, syscall tracepoints, profile ...) fire only in the guest
+    /// process PID (its tgid, bpftrace's `pid`); BEGIN, END, interval,
+    /// vmm: and host: blocks are not filtered.
+    #[arg(short = 'p', value_name = "PID", value_parser = parse_pid)]
+    pid: Option<u64>,
 }
 
 #[derive(Args)]

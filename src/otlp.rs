@@ -288,6 +288,10 @@ impl EventSink for Tee {
             s.unfinished_call(call);
         }
     }
+
+    fn wants_threads(&self) -> bool {
+        self.0.iter().any(|s| s.wants_threads())
+    }
 }
 
 /// The kernel release a bzImage states in its setup header (the boot

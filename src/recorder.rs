@@ -13,7 +13,7 @@
 
 use anyhow::{Context, Result, anyhow};
 use probe_engine::own_fields::{MAX_ARGS, OwnFields};
-use probe_engine::{EventSink, RecordedEvent, UnfinishedCall};
+use probe_engine::{EventSink, GuestThread, RecordedEvent, UnfinishedCall};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -103,6 +103,14 @@ impl EventSink for SharedRecorder {
         if let Ok(mut r) = self.0.lock() {
             r.unfinished_call(call);
         }
+    }
+
+    /// Perfetto puts guest events on their task's track; CTF keeps its
+    /// per-vCPU streams and needs no task.
+    fn wants_threads(&self) -> bool {
+        self.0
+            .lock()
+            .is_ok_and(|r| matches!(r.output, Output::Perfetto(_)))
     }
 }
 
@@ -236,10 +244,35 @@ impl Recorder {
         }
     }
 
+    /// A guest event's Perfetto track: its task's when known (and given
+    /// one), else its stream's (vCPU, VMM, host).
+    fn track(
+        &mut self,
+        key: StreamKey,
+        thread: Option<&GuestThread>,
+    ) -> Result<StreamId, trace_formats::Error> {
+        if let (Some(t), Output::Perfetto(w)) = (thread, &mut self.output)
+            && let Some(id) = w.thread(&key.guest, t.pid, t.tid, &t.comm())?
+        {
+            return Ok(id);
+        }
+        self.stream(key)
+    }
+
     fn try_event(&mut self, event: &RecordedEvent<'_>) -> Result<(), trace_formats::Error> {
-        let stream = self.stream(Self::stream_key(event))?;
-        if let Output::Perfetto(w) = &mut self.output {
-            let args: Vec<(&str, Value<'_>)> = event.fields.to_vec();
+        if matches!(self.output, Output::Perfetto(_)) {
+            let stream = self.track(Self::stream_key(event), event.thread.as_ref())?;
+            let Output::Perfetto(w) = &mut self.output else {
+                unreachable!("checked above")
+            };
+            let mut args: Vec<(&str, Value<'_>)> = event.fields.to_vec();
+            // On a task's track, where it ran is an arg (a field of the
+            // script's own name wins).
+            if let Some(v) = event.vcpu
+                && !args.iter().any(|(n, _)| *n == "vcpu")
+            {
+                args.push(("vcpu", Value::U64(v.into())));
+            }
             return match event.entry_ns {
                 // A return closes the slice of its call.
                 Some(entry) => w.complete(
@@ -252,6 +285,7 @@ impl Recorder {
                 None => w.instant(stream, event.ts_ns, event.probe, &args),
             };
         }
+        let stream = self.stream(Self::stream_key(event))?;
         let class = self.class(event)?;
         let values: Vec<Value<'_>> = event.fields.iter().map(|(_, v)| *v).collect();
         match &mut self.output {
@@ -269,12 +303,13 @@ impl Recorder {
             return;
         }
         let key = StreamKey::new(call.guest, Some(call.vcpu), Layer::Guest);
-        let result = self
-            .stream(key.clone())
-            .and_then(|stream| match &mut self.output {
-                Output::Perfetto(w) => w.begin(stream, call.entry_ns, call.func, &[]),
-                _ => unreachable!("checked above"),
-            });
+        let args = [("vcpu", Value::U64(call.vcpu.into()))];
+        let result =
+            self.track(key.clone(), call.thread.as_ref())
+                .and_then(|stream| match &mut self.output {
+                    Output::Perfetto(w) => w.begin(stream, call.entry_ns, call.func, &args),
+                    _ => unreachable!("checked above"),
+                });
         self.count(&key, result);
     }
 
@@ -442,6 +477,99 @@ pub(crate) fn snapshot(recorder: Option<&SharedRecorder>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event<'a>(
+        thread: Option<GuestThread>,
+        entry_ns: Option<u64>,
+        fields: &'a [(&'a str, Value<'a>)],
+    ) -> RecordedEvent<'a> {
+        RecordedEvent {
+            guest: "vm0",
+            ts_ns: 5_000,
+            vcpu: Some(1),
+            layer: Layer::Guest,
+            probe: "kretprobe:vfs_read",
+            func: "vfs_read",
+            entry_ns,
+            site: None,
+            fields,
+            thread,
+        }
+    }
+
+    #[test]
+    fn perfetto_puts_guest_events_on_their_task_with_the_vcpu_as_an_arg() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctf = SharedRecorder(Arc::new(Mutex::new(
+            Recorder::create(
+                &dir.path().join("ctf"),
+                Format::Ctf,
+                None,
+                OwnFields::default(),
+            )
+            .unwrap(),
+        )));
+        // CTF keeps its per-vCPU streams: no task is read for it.
+        assert!(!ctf.wants_threads());
+        let mut perfetto = SharedRecorder(Arc::new(Mutex::new(
+            Recorder::create(dir.path(), Format::Perfetto, None, OwnFields::default()).unwrap(),
+        )));
+        assert!(perfetto.wants_threads());
+        let mut comm = [0u8; 16];
+        comm[..3].copy_from_slice(b"cat");
+        let cat = GuestThread {
+            pid: 90,
+            tid: 91,
+            comm,
+        };
+        let retval = [("retval", Value::U64(2))];
+        perfetto.event(&event(Some(cat), Some(1_000), &retval));
+        // A field the script named `vcpu` is kept as it is.
+        perfetto.event(&event(Some(cat), None, &[("vcpu", Value::U64(7))]));
+        // No task known (an idle vCPU, a failed read): the vCPU's track.
+        perfetto.event(&event(None, None, &[]));
+        perfetto.unfinished_call(&UnfinishedCall {
+            guest: "vm0",
+            vcpu: 1,
+            func: "ksys_read",
+            entry_ns: 900,
+            thread: Some(cat),
+        });
+        drop(ctf);
+        assert!(finish_recorder(perfetto).unwrap());
+        let doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("trace.json")).unwrap()).unwrap();
+        let events: Vec<&serde_json::Value> = doc["traceEvents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["ph"] != "M")
+            .collect();
+        let at = |e: &serde_json::Value| {
+            (
+                e["pid"].clone(),
+                e["tid"].clone(),
+                e["args"]["vcpu"].clone(),
+            )
+        };
+        let on_cat = (serde_json::json!(90), serde_json::json!(91));
+        assert_eq!(events[0]["ph"], "X");
+        assert_eq!(
+            at(events[0]),
+            (on_cat.0.clone(), on_cat.1.clone(), serde_json::json!(1))
+        );
+        assert_eq!(
+            at(events[1]),
+            (on_cat.0.clone(), on_cat.1.clone(), serde_json::json!(7))
+        );
+        assert!(
+            events[2]["tid"].as_u64().unwrap() >= 1 << 22,
+            "{}",
+            events[2]
+        );
+        assert_eq!(events[3]["ph"], "B");
+        assert_eq!(at(events[3]), (on_cat.0, on_cat.1, serde_json::json!(1)));
+    }
 
     #[test]
     fn sizes() {

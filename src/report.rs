@@ -143,7 +143,8 @@ pub fn serve_and_report(
     let banner = |program: &probe_lang::Program| -> Result<()> {
         if !crate::QUIET.load(std::sync::atomic::Ordering::Relaxed) {
             let mut out = crate::bpftrace::writer(plan.out.as_ref())?;
-            let message = probe_output::attaching_message_for(program.probes().len(), plan.output);
+            let message =
+                probe_output::attaching_message_for(program.written_probe_count(), plan.output);
             let _ = out.write_all(message.as_bytes());
             let _ = out.flush();
         }

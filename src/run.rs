@@ -42,6 +42,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
 
 pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<i32> {
     crate::bpftrace::apply(&args.bpftrace)?;
+    crate::bpftrace::pid_for_run(&args.bpftrace)?;
     if args.list {
         return list_probes(&args);
     }
@@ -57,6 +58,7 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
         params: args.params.clone(),
         str_len: str_len_from_env()?,
         headers: Some(crate::script::host_headers()),
+        pid: None,
     };
     if let Some(command) = args.command.take() {
         args.workload = vec![command];

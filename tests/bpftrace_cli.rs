@@ -1,8 +1,8 @@
 //! What a bpftrace user expects of the command line (issue 16): runs with
 //! no workload that trace until Ctrl-C, `exit()` or `--duration`; programs
 //! of BEGIN/END/interval probes that run without booting a guest; `#!`
-//! scripts; `-o`, `-q`, `-c`, `-l`, `--unsafe`, and `-p` refused with what
-//! to use instead. Three tests boot a guest; the rest start no QEMU.
+//! scripts; `-o`, `-q`, `-c`, `-l`, `--unsafe`, and `-p`'s errors (the
+//! guest-process filter itself is tests/pid_filter.rs). Three tests boot a guest; the rest start no QEMU.
 
 mod support;
 use rustix::process::{Pid, Signal};
@@ -266,28 +266,56 @@ fn positional_parameters_and_preprocessor_lines() {
 #[test]
 fn bpftrace_flags_without_a_meaning_here_say_so() {
     let empty = tempfile::tempdir().unwrap();
-    for command in [
-        vec!["run", "-p", "1234", "-e", "BEGIN { exit(); }"],
-        vec![
-            "attach",
-            "--vm",
-            "vm0=gdb:127.0.0.1:1",
-            "-p",
-            "1234",
-            "-e",
-            "BEGIN { exit(); }",
-        ],
-    ] {
-        let out = run_bounded(vmprobe().args(&command), NO_BOOT_LIMIT);
+    // -p names a guest process: `run` has none yet, `attach` needs one VM.
+    let one_error = |args: &[&str], needles: &[&str]| {
+        let out = run_bounded(vmprobe().args(args), NO_BOOT_LIMIT);
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        assert!(
-            stderr.starts_with("vmprobe: -p 1234: vmprobe probes a VM's kernel from outside")
-                && stderr.contains("/pid == N/")
-                && stderr.contains("vmprobe attach --vm"),
-            "{stderr}"
-        );
+        assert!(needles.iter().all(|n| stderr.contains(n)), "{stderr}");
+    };
+    one_error(
+        &["run", "-p", "1234", "-e", "BEGIN { exit(); }"],
+        &[
+            "vmprobe: -p 1234: `vmprobe run` boots a fresh guest",
+            "/pid == N/",
+            "vmprobe attach --vm",
+        ],
+    );
+    one_error(
+        &[
+            "attach",
+            "--vm",
+            "vm0=gdb:127.0.0.1:1",
+            "--vm",
+            "vm1=gdb:127.0.0.1:2",
+            "-p",
+            "1234",
+            "-e",
+            "kprobe:vfs_read { }",
+        ],
+        &["vmprobe: -p 1234: a pid names a process of one guest, and 2 VMs were given"],
+    );
+    // Not a positive pid: a usage error naming the value.
+    for bad in ["0", "abc", "1.5", "99999999999", ""] {
+        for command in [&["run"][..], &["attach", "--vm", "vm0=gdb:127.0.0.1:1"]] {
+            let out = run_bounded(
+                vmprobe().args(command).args(["-p", bad, "-e", "BEGIN { }"]),
+                NO_BOOT_LIMIT,
+            );
+            let stderr = text(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{command:?} -p {bad:?}: {stderr}"
+            );
+            let first = stderr.lines().next().unwrap_or("");
+            assert!(
+                first.contains("-p <PID>")
+                    && first.contains(&format!("'{bad}' is not a process id")),
+                "{stderr}"
+            );
+        }
     }
 
     let out = run_bounded(

@@ -3,6 +3,9 @@
 //! the flight recorder's snapshot window.
 
 mod support;
+/// Perfetto's guest-thread tracks against the guest's own tasks.
+#[path = "record/threads.rs"]
+mod threads;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -98,13 +101,16 @@ fn perfetto_trace_has_tracks_instants_and_call_slices() {
         .iter()
         .map(|e| e["args"]["name"].as_str().unwrap_or("").to_string())
         .collect();
+    // Calls are on their task's track, in a process per guest pid.
     assert!(
-        names.iter().any(|n| n.contains("vm0")),
-        "a process for the guest: {names:?}"
+        names
+            .iter()
+            .any(|n| n.starts_with("vm0 pid ") && n.ends_with(" (dd)")),
+        "a process for each dd: {names:?}"
     );
     assert!(
-        names.iter().any(|n| n.contains("vcpu0")),
-        "a track for vCPU 0: {names:?}"
+        names.iter().any(|n| n == "dd"),
+        "a track for dd's thread: {names:?}"
     );
     let instants = of("i");
     let slices = of("X");

@@ -255,7 +255,8 @@ fn perfetto_args_are_named_after_the_prototype_with_addresses_in_hex() {
         let opens = named("i", "kprobe:do_sys_openat2");
         assert!(!writes.is_empty() && !opens.is_empty(), "{backend}");
         for w in &writes {
-            assert_eq!(keys(w), ["buf", "count", "fd"], "{backend}: {w}");
+            // Every Perfetto event also carries the vCPU it ran on.
+            assert_eq!(keys(w), ["buf", "count", "fd", "vcpu"], "{backend}: {w}");
             assert!(hex(&w["args"]["buf"]), "{backend}: {w}");
             assert!(
                 w["args"]["count"].is_u64() && w["args"]["fd"].is_u64(),
@@ -268,7 +269,11 @@ fn perfetto_args_are_named_after_the_prototype_with_addresses_in_hex() {
             .count();
         assert_eq!(one_byte, n, "{backend}");
         for o in &opens {
-            assert_eq!(keys(o), ["dfd", "filename", "how"], "{backend}: {o}");
+            assert_eq!(
+                keys(o),
+                ["dfd", "filename", "how", "vcpu"],
+                "{backend}: {o}"
+            );
             assert!(hex(&o["args"]["filename"]) && hex(&o["args"]["how"]), "{o}");
             let dfd = o["args"]["dfd"].as_i64().unwrap_or_else(|| panic!("{o}"));
             assert!(dfd == -100 || (0..1 << 20).contains(&dfd), "{backend}: {o}");
@@ -279,7 +284,7 @@ fn perfetto_args_are_named_after_the_prototype_with_addresses_in_hex() {
         );
         // Returns close their call's slice with the typed retval.
         let written = named("X", "ksys_write");
-        assert!(written.iter().all(|s| keys(s) == ["retval"]));
+        assert!(written.iter().all(|s| keys(s) == ["retval", "vcpu"]));
         assert_eq!(
             written.iter().filter(|s| s["args"]["retval"] == 1).count(),
             n,

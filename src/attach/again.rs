@@ -281,6 +281,7 @@ impl Service {
             &r.typed_with,
             r.recording,
             guest_root,
+            None,
         )?;
         let program = compiled.map_err(|diags| {
             // Every diagnostic, as at start; the summary line follows.

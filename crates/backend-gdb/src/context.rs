@@ -4,6 +4,7 @@
 
 use gdb_remote::{Client, Registers, ThreadId};
 use linux_guest::{GuestError, GuestKernel, GuestMemory, PhysReader, Reg, VcpuRegisters};
+use probe_engine::GuestThread;
 use probe_lang::BlockId;
 use probe_runtime::{ContextError, Flow, ProbeContext, Runtime, Traced};
 use std::sync::{Arc, Mutex};
@@ -214,6 +215,21 @@ impl<'a> HitContext<'a> {
         let t = t.map_err(|e| self.guest_error(e))?;
         self.task = Some(t);
         Ok(t)
+    }
+
+    /// The current task as a recording names it, `None` if it cannot be
+    /// read. Through the stub: a `g` unless this stop's registers were
+    /// read, an `m` for the current task unless a handler found it, and
+    /// one `m` for its tgid, pid and comm.
+    pub fn thread(&mut self) -> Option<GuestThread> {
+        let task = self.task().ok()?;
+        let ids = self.kernel?.task_ids(&mut StubMemory(self.client), task);
+        let ids = ids.ok()?;
+        Some(GuestThread {
+            pid: ids.tgid,
+            tid: ids.pid,
+            comm: ids.comm,
+        })
     }
 
     /// Something the guest kernel knows of the current task (`comm`,

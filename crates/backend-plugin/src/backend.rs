@@ -357,6 +357,7 @@ fn record(sink: &mut dyn EventSink, guest: &str, sites: &[ProbeSite], e: &Traced
         entry_ns: e.entry_ns,
         site: e.trace_site,
         fields: &fields,
+        thread: e.thread,
     });
 }
 
@@ -392,7 +393,8 @@ impl Backend for PluginBackend {
             rt.maps_mut().clear_where(is_value);
             (values, monotonic_ns())
         };
-        self.client.start(values, start_ns)?;
+        let threads = self.recorder.as_ref().is_some_and(|r| r.wants_threads());
+        self.client.start(values, start_ns, threads)?;
         self.started = true;
         self.timers.restart(monotonic_ns());
         Ok(())
@@ -490,12 +492,13 @@ impl Backend for PluginBackend {
             rt.interpreter_mut().add_errors(&self.home_errors);
         }
         if let Some(mut sink) = self.recorder.take() {
-            for (vcpu, site, entry_ns) in &detached.unfinished {
+            for (vcpu, site, entry_ns, thread) in &detached.unfinished {
                 sink.unfinished_call(&UnfinishedCall {
                     guest: &self.name,
                     vcpu: *vcpu,
                     func: self.sites.get(*site as usize).map_or("", |s| &s.func),
                     entry_ns: *entry_ns,
+                    thread: *thread,
                 });
             }
         }

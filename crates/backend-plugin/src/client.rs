@@ -216,11 +216,13 @@ impl PluginClient {
         .map(drop)
     }
 
-    pub fn start(&mut self, values: MapStore, start_ns: u64) -> Result<(), Error> {
+    /// `threads`: recorded events carry their task.
+    pub fn start(&mut self, values: MapStore, start_ns: u64, threads: bool) -> Result<(), Error> {
         self.request("starting the probes", |id| ToPlugin::Start {
             id,
             values,
             start_ns,
+            threads,
         })
         .map(drop)
     }

@@ -353,6 +353,14 @@ impl GuestKernel {
         Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
     }
 
+    /// Who `task` is (its tgid, pid and comm), for naming what it did:
+    /// one read of the span of `task_struct` that holds all three when it
+    /// is short (576 bytes in Debian's 6.1: `pid` at 0x970, `tgid` at
+    /// 0x974, `comm` at 0xba0), else one read each.
+    pub fn task_ids(&self, mem: &mut dyn GuestMemory, task: u64) -> Result<TaskIds, GuestError> {
+        task_ids_in(mem, &self.task_layout()?, task)
+    }
+
     /// `task->tgid`: what user space (and bpftrace's `pid`) calls the pid.
     pub fn tgid(&self, mem: &mut dyn GuestMemory, task: u64) -> Result<u32, GuestError> {
         read_u32(mem, task.wrapping_add(self.task_layout()?.tgid))
@@ -452,6 +460,51 @@ pub(crate) fn read_cstr<M: GuestMemory + ?Sized>(
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
+/// A task as `vmprobe record` names what it did: `tgid` is what user
+/// space calls its pid, `pid` its thread id, `comm` its name up to 16
+/// bytes (NUL-padded).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskIds {
+    pub tgid: u32,
+    pub pid: u32,
+    pub comm: [u8; 16],
+}
+
+/// The longest span of `task_struct` [`GuestKernel::task_ids`] reads at
+/// once: a stub's reply holds it in one packet.
+const TASK_IDS_SPAN: u64 = 1024;
+
+fn task_ids_in(
+    mem: &mut dyn GuestMemory,
+    l: &TaskLayout,
+    task: u64,
+) -> Result<TaskIds, GuestError> {
+    let start = l.pid.min(l.tgid).min(l.comm);
+    let end = (l.pid + 4).max(l.tgid + 4).max(l.comm + 16);
+    let mut ids = TaskIds {
+        tgid: 0,
+        pid: 0,
+        comm: [0; 16],
+    };
+    if end - start <= TASK_IDS_SPAN {
+        let mut span = vec![0u8; (end - start) as usize];
+        mem.read(task.wrapping_add(start), &mut span)?;
+        let at = |off: u64| (off - start) as usize;
+        let u32_at = |off: u64| {
+            let i = at(off);
+            u32::from_le_bytes(span[i..i + 4].try_into().expect("4 bytes"))
+        };
+        ids.tgid = u32_at(l.tgid);
+        ids.pid = u32_at(l.pid);
+        ids.comm.copy_from_slice(&span[at(l.comm)..at(l.comm) + 16]);
+    } else {
+        ids.tgid = read_u32(mem, task.wrapping_add(l.tgid))?;
+        ids.pid = read_u32(mem, task.wrapping_add(l.pid))?;
+        mem.read(task.wrapping_add(l.comm), &mut ids.comm)?;
+    }
+    Ok(ids)
+}
+
 pub(crate) fn read_u64<M: GuestMemory + ?Sized>(
     client: &mut M,
     addr: u64,
@@ -473,4 +526,57 @@ pub(crate) fn read_u32<M: GuestMemory + ?Sized>(
 /// Canonical upper-half addresses belong to the kernel on x86-64.
 pub(crate) fn is_kernel_address(addr: u64) -> bool {
     addr >= 0xffff_8000_0000_0000
+}
+
+#[cfg(test)]
+mod task_ids_tests {
+    use super::*;
+
+    /// A task_struct image at 0x1000, counting the reads made of it.
+    struct Task(Vec<u8>, u32);
+
+    impl GuestMemory for Task {
+        fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), GuestError> {
+            self.1 += 1;
+            let at = (addr - 0x1000) as usize;
+            buf.copy_from_slice(&self.0[at..at + buf.len()]);
+            Ok(())
+        }
+    }
+
+    fn task(l: &TaskLayout) -> Task {
+        let mut t = vec![0u8; 0x2000];
+        t[l.tgid as usize..][..4].copy_from_slice(&123u32.to_le_bytes());
+        t[l.pid as usize..][..4].copy_from_slice(&124u32.to_le_bytes());
+        t[l.comm as usize..][..3].copy_from_slice(b"cat");
+        Task(t, 0)
+    }
+
+    #[test]
+    fn ids_close_together_take_one_read_and_far_apart_three() {
+        let mut comm = [0u8; 16];
+        comm[..3].copy_from_slice(b"cat");
+        let want = TaskIds {
+            tgid: 123,
+            pid: 124,
+            comm,
+        };
+        // Debian's 6.1.
+        let near = TaskLayout {
+            pid: 0x970,
+            tgid: 0x974,
+            comm: 0xba0,
+        };
+        let mut t = task(&near);
+        assert_eq!(task_ids_in(&mut t, &near, 0x1000).unwrap(), want);
+        assert_eq!(t.1, 1);
+        let far = TaskLayout {
+            pid: 0x10,
+            tgid: 0x14,
+            comm: 0x1800,
+        };
+        let mut t = task(&far);
+        assert_eq!(task_ids_in(&mut t, &far, 0x1000).unwrap(), want);
+        assert_eq!(t.1, 3);
+    }
 }

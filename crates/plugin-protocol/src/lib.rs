@@ -31,12 +31,12 @@ use kernel_image::TextSample;
 use linux_guest::KernelDescription;
 use probe_lang::Executable;
 use probe_lang::value::{Key, Value};
-use probe_plan::{ProbeSite, TimerProbe};
+use probe_plan::{GuestThread, ProbeSite, TimerProbe};
 use probe_runtime::{Cell, MapStore, OutputEvent, TracedValue};
 use std::io::{Read, Write};
 
 /// Bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The largest frame either side accepts: an attach carries the kernel's
 /// symbol table and unwind tables (a few MiB for Debian's 6.1).
@@ -83,6 +83,9 @@ pub enum ToPlugin {
         id: u64,
         values: MapStore,
         start_ns: u64,
+        /// Recorded events carry their task ([`TracedEvent::thread`]):
+        /// what a recording with guest-thread tracks (Perfetto) needs.
+        threads: bool,
     },
     /// Every shard of these maps merged (for printing).
     Maps {
@@ -221,6 +224,9 @@ pub struct TracedEvent {
     pub fields: Vec<(String, TracedValue)>,
     /// `snapshot()` rather than an event.
     pub snapshot: bool,
+    /// The task it ran in, when `Start` asked for tasks (and it could be
+    /// read).
+    pub thread: Option<GuestThread>,
 }
 
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -293,8 +299,9 @@ pub struct Detached {
     /// Every shard and the value maps, merged.
     pub store: MapStore,
     pub errors: Vec<(String, String, u64)>,
-    /// Calls still awaiting their return: (vCPU, site, entry time).
-    pub unfinished: Vec<(u32, u32, u64)>,
+    /// Calls still awaiting their return: (vCPU, site, entry time, task
+    /// as the entry read it).
+    pub unfinished: Vec<(u32, u32, u64, Option<GuestThread>)>,
     pub stats: PluginStats,
 }
 

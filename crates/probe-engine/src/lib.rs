@@ -34,7 +34,7 @@ pub mod types;
 
 pub use event_types::LayerTypes;
 pub use host_clock::monotonic_ns;
-pub use record::{EventSink, RecordedEvent, UnfinishedCall, record_layer_event};
+pub use record::{EventSink, GuestThread, RecordedEvent, UnfinishedCall, record_layer_event};
 pub use stats::{HitStats, LiveMaps, LiveStats, SERVICE_BUCKETS};
 pub use types::BtfTypes;
 

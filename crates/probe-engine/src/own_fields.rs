@@ -440,6 +440,7 @@ mod tests {
             entry_ns: None,
             site,
             fields: &raw,
+            thread: None,
         };
         let layout = o.layout(&event("kfunc:do_sys_openat2", None)).unwrap();
         let mut out = [("", Value::U64(0)); MAX_ARGS];

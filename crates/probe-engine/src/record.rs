@@ -3,6 +3,7 @@
 
 use crate::layer_event::{LayerEvent, LayerValue};
 use probe_lang::BlockId;
+pub use probe_plan::GuestThread;
 use probe_runtime::{Traced, TracedValue};
 use std::sync::Arc;
 use trace_formats::{Layer, Value as FieldValue};
@@ -29,6 +30,10 @@ pub struct RecordedEvent<'a> {
     /// host event's fields.
     pub site: Option<u32>,
     pub fields: &'a [(&'a str, FieldValue<'a>)],
+    /// The guest task it ran in, read only for a sink that
+    /// [`wants_threads`](EventSink::wants_threads); `None` otherwise, for
+    /// VMM and host events, and where the task could not be read.
+    pub thread: Option<GuestThread>,
 }
 
 /// A call seen at entry (by a `kretprobe`) whose return had not come when
@@ -40,6 +45,8 @@ pub struct UnfinishedCall<'a> {
     pub vcpu: u32,
     pub func: &'a str,
     pub entry_ns: u64,
+    /// The task the call entered in, as [`RecordedEvent::thread`].
+    pub thread: Option<GuestThread>,
 }
 
 /// Where recorded events go. Called with the guest stopped, so a slow sink
@@ -50,6 +57,12 @@ pub trait EventSink: Send {
     fn snapshot(&mut self) {}
     /// At the end of recording, once per call still awaiting its return.
     fn unfinished_call(&mut self, _call: &UnfinishedCall<'_>) {}
+    /// Whether guest events should carry their task
+    /// ([`RecordedEvent::thread`]): the backend then reads it at each
+    /// recorded hit, which costs reads of guest memory.
+    fn wants_threads(&self) -> bool {
+        false
+    }
 }
 
 /// What the events of one hit have in common.
@@ -60,6 +73,7 @@ pub struct EventBase<'a> {
     pub layer: Layer,
     pub func: &'a str,
     pub entry_ns: Option<u64>,
+    pub thread: Option<GuestThread>,
 }
 
 impl<'a> EventBase<'a> {
@@ -78,7 +92,14 @@ impl<'a> EventBase<'a> {
             layer: Layer::Guest,
             func,
             entry_ns,
+            thread: None,
         }
+    }
+
+    /// The same, in `thread`.
+    pub fn in_thread(mut self, thread: Option<GuestThread>) -> Self {
+        self.thread = thread;
+        self
     }
 
     /// A kprobe/kretprobe hit: an event per probe in `every_hit` (when
@@ -120,6 +141,7 @@ impl<'a> EventBase<'a> {
                 entry_ns: self.entry_ns,
                 site,
                 fields,
+                thread: self.thread,
             };
             match t {
                 Traced::Probe => sink.event(&event(None, own)),
@@ -175,6 +197,7 @@ pub fn record_layer_event(
         },
         func: &ev.probe,
         entry_ns: None,
+        thread: None,
     };
     base.emit(sink, &own, traced);
 }

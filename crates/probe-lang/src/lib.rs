@@ -37,6 +37,7 @@ pub mod lexer;
 mod lower;
 pub mod needs;
 pub mod parser;
+mod pid_filter;
 pub mod preprocess;
 mod probe_spec;
 pub mod types;
@@ -105,9 +106,18 @@ pub struct Program {
     needs: Vec<needs::NeedUse>,
     source: String,
     source_name: String,
+    /// Probes vmprobe added (the exit of `-p`'s process), last in
+    /// [`Program::probes`].
+    added_probes: usize,
 }
 
 impl Program {
+    /// The probes the program's text names, as bpftrace counts them in
+    /// `Attaching N probes...`: without those vmprobe added for `-p`.
+    pub fn written_probe_count(&self) -> usize {
+        self.exec.probes.len() - self.added_probes
+    }
+
     /// What each block needs of the place its probe fires (guest state,
     /// physical memory), with where.
     pub fn needs(&self) -> &[needs::NeedUse] {
@@ -480,6 +490,9 @@ pub struct Options {
     pub str_len: Option<u64>,
     /// Where `#include`s are read; `None`: they bring no macros.
     pub headers: Option<headers::HeaderSearch>,
+    /// bpftrace's `-p PID`: blocks on probes that fire in a guest task
+    /// fire only for this tgid, as if their predicate began `pid == PID &&`.
+    pub pid: Option<u64>,
 }
 
 /// [`compile_with_types`] with a run's [`Options`].
@@ -498,6 +511,10 @@ pub fn compile_with(
         }
     };
     split_guest_tracepoints(&mut ast, types);
+    let added_blocks = match options.pid {
+        Some(pid) => pid_filter::apply(&mut ast, pid),
+        None => 0,
+    };
     let checked = check::check(&mut ast, &mut r, types);
     consts::check(&ast, &mut r);
     r.finish()?;
@@ -530,5 +547,7 @@ pub fn compile_with(
         needs,
         source: source.to_string(),
         source_name: source_name.to_string(),
+        // Each added block has one attach point.
+        added_probes: added_blocks,
     })
 }

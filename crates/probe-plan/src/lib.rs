@@ -13,7 +13,9 @@ pub use resolve::{
     resolve_layers, resolve_probes, resolve_probes_at, resolve_probes_for, resolve_timers,
     resolve_watches,
 };
-pub use returns::{Entered, MAX_PENDING_RETURNS, PendingCall, ReturnTracker, Returned};
+pub use returns::{
+    Entered, GuestThread, MAX_PENDING_RETURNS, PendingCall, ReturnTracker, Returned,
+};
 pub use timers::TimerSchedule;
 
 #[derive(Debug, thiserror::Error)]

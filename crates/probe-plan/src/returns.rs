@@ -29,6 +29,28 @@ pub struct PendingCall {
     /// otherwise. Kept with the call, so they pair as the call does: per
     /// task stack, whichever vCPU the return comes on.
     pub args: [u64; 6],
+    /// The task the call ran in, when the entry read it for a recording
+    /// that puts calls on guest-thread tracks (the return is the same
+    /// task's, so it need not be read again).
+    pub thread: Option<GuestThread>,
+}
+
+/// The guest task an event ran in, as a recording names it: its process
+/// (`pid`, the tgid), its thread (`tid`) and its name (`comm`, up to 16
+/// bytes, NUL-padded).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct GuestThread {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: [u8; 16],
+}
+
+impl GuestThread {
+    /// `comm` up to its NUL.
+    pub fn comm(&self) -> std::borrow::Cow<'_, str> {
+        let end = self.comm.iter().position(|&b| b == 0).unwrap_or(16);
+        String::from_utf8_lossy(&self.comm[..end])
+    }
 }
 
 /// What an entry asks of the backend.
@@ -185,6 +207,7 @@ mod tests {
             entry_ns,
             vcpu: 0,
             args: [site as u64; 6],
+            thread: None,
         }
     }
 

@@ -1,10 +1,21 @@
 //! Chrome trace-event JSON, the format ui.perfetto.dev (and
 //! chrome://tracing) opens directly: drag the file onto the Perfetto UI.
 //!
-//! Mapping: one process per guest (its guest-layer streams), plus one
-//! process `host` for every VMM- and host-layer stream; one thread (track)
-//! per stream, named by `M` metadata events (`process_name`, `thread_name`,
-//! and sort indexes so vCPUs appear in order). Probe hits are instant events
+//! Mapping: guest events that know their task go on that task's track
+//! ([`thread`](PerfettoWriter::thread)): a process per (guest, guest pid)
+//! named `vm0 pid 123 (sh)`, a thread per guest tid named by its `comm`,
+//! so that the calls of one task nest on its track however often it
+//! blocks and another task runs on the vCPU. The JSON pid and tid are the
+//! guest's own, offset by [`GUEST_ID_SPAN`] times the guest's index (order
+//! of first appearance) so that two guests' pids never merge. Other
+//! streams ([`add_stream`](PerfettoWriter::add_stream): guest events with
+//! no task, such as an idle vCPU's, and every VMM- and host-layer event)
+//! keep a track each: one process per guest for its vCPU tracks and one
+//! process `host`, with ids from [`SYNTHETIC_ID`] up. Names come as `M`
+//! metadata events (`process_name`, `thread_name`, and sort indexes so
+//! guests, their processes, threads and vCPUs appear in order; a name is
+//! written again when a task's `comm` changes, at `exec`, and Perfetto
+//! keeps the last). Probe hits are instant events
 //! (`ph: "i"`, `s: "t"`), entry/return pairs complete slices (`ph: "X"`) or
 //! `B`/`E` pairs; fields go to `args`. Timestamps are CLOCK_MONOTONIC in
 //! microseconds, written with their exact nanosecond fraction (`12.345`):
@@ -24,6 +35,7 @@
 //! ([`lost_events`](PerfettoWriter::lost_events)); later chunks are tried
 //! again.
 
+use std::collections::HashMap;
 use std::io::{Seek, SeekFrom, Write};
 
 use serde_json::{Map, Value as Json};
@@ -31,13 +43,35 @@ use serde_json::{Map, Value as Json};
 use crate::model::{Layer, StreamId, StreamKey};
 use crate::{Error, Value};
 
+/// JSON pids and tids of guest `g`'s tasks are `g * GUEST_ID_SPAN` plus
+/// the guest's own: Linux's pids stay below 2^22 (`PID_MAX_LIMIT`).
+pub const GUEST_ID_SPAN: u32 = 1 << 22;
+
+/// Ids of tracks that are no guest task (vCPUs, VMM, host) start here,
+/// above every guest's range (guests past the 447th get no task tracks).
+pub const SYNTHETIC_ID: u32 = 0x7000_0000;
+
 /// pid of the process holding the VMM and host layers.
-pub const HOST_PID: u32 = 1;
+pub const HOST_PID: u32 = SYNTHETIC_ID;
 
 struct Track {
-    key: StreamKey,
+    /// `None` for a guest task's track.
+    key: Option<StreamKey>,
     pid: u32,
     tid: u32,
+}
+
+/// A guest task's track, and the name it was last given.
+struct ThreadTrack {
+    stream: StreamId,
+    comm: String,
+}
+
+/// A guest process: its name's `comm`, and whether that is its leader's
+/// (the thread whose tid is the pid), which names it once seen.
+struct Process {
+    comm: String,
+    by_leader: bool,
 }
 
 const HEADER: &[u8] = b"{\"displayTimeUnit\":\"ns\",\"traceEvents\":[\n";
@@ -49,8 +83,15 @@ const CHUNK: usize = 64 * 1024;
 pub struct PerfettoWriter<W: Write + Seek> {
     out: W,
     tracks: Vec<Track>,
-    /// Guest names, in order of first appearance; pid = index + 2.
+    /// Guest names, in order of first appearance: their index places
+    /// their ids (see [`GUEST_ID_SPAN`]).
     guests: Vec<String>,
+    /// Guests (by index) whose vCPU-track process is named.
+    vcpu_processes: Vec<bool>,
+    /// Guest tasks' tracks by (guest index, pid, tid), and processes by
+    /// (guest index, pid).
+    threads: HashMap<(usize, u32, u32), ThreadTrack>,
+    processes: HashMap<(usize, u32), Process>,
     host_named: bool,
     /// Items (events, metadata) not written yet, joined by `,\n`.
     pending: Vec<u8>,
@@ -73,6 +114,9 @@ impl<W: Write + Seek> PerfettoWriter<W> {
             out,
             tracks: Vec::new(),
             guests: Vec::new(),
+            vcpu_processes: Vec::new(),
+            threads: HashMap::new(),
+            processes: HashMap::new(),
             host_named: false,
             pending: Vec::with_capacity(CHUNK + 4096),
             pending_events: 0,
@@ -101,21 +145,27 @@ impl<W: Write + Seek> PerfettoWriter<W> {
     /// Adds a track for `key` (the same key twice gives the same id) and
     /// writes the metadata events naming its process and thread.
     pub fn add_stream(&mut self, key: StreamKey) -> Result<StreamId, Error> {
-        if let Some(i) = self.tracks.iter().position(|t| t.key == key) {
+        if let Some(i) = self
+            .tracks
+            .iter()
+            .position(|t| t.key.as_ref() == Some(&key))
+        {
             return Ok(StreamId(i as u32));
         }
         let pid = match key.layer {
-            Layer::Guest => match self.guests.iter().position(|g| *g == key.guest) {
-                Some(i) => i as u32 + 2,
-                None => {
-                    self.guests.push(key.guest.clone());
-                    let pid = self.guests.len() as u32 + 1;
+            Layer::Guest => {
+                let g = self.guest_index(&key.guest);
+                let pid = SYNTHETIC_ID + 1 + g as u32;
+                if !self.vcpu_processes[g] {
+                    self.vcpu_processes[g] = true;
                     let name = format!("guest {}", key.guest);
                     self.meta(pid, 0, "process_name", "name", Json::from(name))?;
-                    self.meta(pid, 0, "process_sort_index", "sort_index", Json::from(pid))?;
-                    pid
+                    // Before the guest's processes.
+                    let sort = i64::from(g as u32 * GUEST_ID_SPAN);
+                    self.meta(pid, 0, "process_sort_index", "sort_index", Json::from(sort))?;
                 }
-            },
+                pid
+            }
             Layer::Vmm | Layer::Host => {
                 if !self.host_named {
                     self.host_named = true;
@@ -125,14 +175,14 @@ impl<W: Write + Seek> PerfettoWriter<W> {
                         0,
                         "process_sort_index",
                         "sort_index",
-                        Json::from(0),
+                        Json::from(-1),
                     )?;
                 }
                 HOST_PID
             }
         };
         // tids are unique across the file, so no two tracks ever merge.
-        let tid = self.tracks.len() as u32 + 1;
+        let tid = SYNTHETIC_ID + self.tracks.len() as u32 + 1;
         let name = match (key.layer, key.vcpu) {
             (Layer::Guest, Some(v)) => format!("vcpu{v}"),
             (Layer::Guest, None) => "guest".to_owned(),
@@ -148,8 +198,102 @@ impl<W: Write + Seek> PerfettoWriter<W> {
             "sort_index",
             Json::from(sort),
         )?;
-        self.tracks.push(Track { key, pid, tid });
+        self.tracks.push(Track {
+            key: Some(key),
+            pid,
+            tid,
+        });
         Ok(StreamId(self.tracks.len() as u32 - 1))
+    }
+
+    /// The track of guest task `tid` of process `pid` (the tgid) in
+    /// `guest`, named `comm`; made, with its process, on first use, and
+    /// named again when its `comm` changed (an `exec`). `None` where a task
+    /// has no track of its own: tid 0 (each CPU's idle task has it), ids
+    /// no Linux gives (2^22 and up), a guest past the 447th; its events go
+    /// on a vCPU track ([`add_stream`](Self::add_stream)) instead.
+    pub fn thread(
+        &mut self,
+        guest: &str,
+        pid: u32,
+        tid: u32,
+        comm: &str,
+    ) -> Result<Option<StreamId>, Error> {
+        if tid == 0 || pid >= GUEST_ID_SPAN || tid >= GUEST_ID_SPAN {
+            return Ok(None);
+        }
+        let g = self.guest_index(guest);
+        let Some(base) = (g as u32)
+            .checked_mul(GUEST_ID_SPAN)
+            .filter(|b| b + GUEST_ID_SPAN <= SYNTHETIC_ID)
+        else {
+            return Ok(None);
+        };
+        let (json_pid, json_tid) = (base + pid, base + tid);
+        let process_name = match self.processes.get_mut(&(g, pid)) {
+            None => {
+                let sort = Json::from(json_pid);
+                self.meta(json_pid, 0, "process_sort_index", "sort_index", sort)?;
+                self.processes.insert(
+                    (g, pid),
+                    Process {
+                        comm: comm.to_owned(),
+                        by_leader: tid == pid,
+                    },
+                );
+                true
+            }
+            // The leader names its process, also after an exec.
+            Some(p) if tid == pid && (!p.by_leader || p.comm != comm) => {
+                p.comm = comm.to_owned();
+                p.by_leader = true;
+                true
+            }
+            Some(_) => false,
+        };
+        if process_name {
+            let name = format!("{guest} pid {pid} ({comm})");
+            self.meta(json_pid, 0, "process_name", "name", Json::from(name))?;
+        }
+        let stream = match self.threads.get_mut(&(g, pid, tid)) {
+            Some(t) if t.comm == comm => return Ok(Some(t.stream)),
+            Some(t) => {
+                t.comm = comm.to_owned();
+                t.stream
+            }
+            None => {
+                let stream = StreamId(self.tracks.len() as u32);
+                self.tracks.push(Track {
+                    key: None,
+                    pid: json_pid,
+                    tid: json_tid,
+                });
+                self.threads.insert(
+                    (g, pid, tid),
+                    ThreadTrack {
+                        stream,
+                        comm: comm.to_owned(),
+                    },
+                );
+                let sort = Json::from(tid);
+                self.meta(json_pid, json_tid, "thread_sort_index", "sort_index", sort)?;
+                stream
+            }
+        };
+        self.meta(json_pid, json_tid, "thread_name", "name", Json::from(comm))?;
+        Ok(Some(stream))
+    }
+
+    /// The index of `guest`, added on first use.
+    fn guest_index(&mut self, guest: &str) -> usize {
+        match self.guests.iter().position(|g| g == guest) {
+            Some(i) => i,
+            None => {
+                self.guests.push(guest.to_owned());
+                self.vcpu_processes.push(false);
+                self.guests.len() - 1
+            }
+        }
     }
 
     /// An instant event (a probe hit), scoped to its thread.
@@ -368,6 +512,200 @@ fn hex(b: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Cursor;
+
+    fn events(w: PerfettoWriter<Cursor<Vec<u8>>>) -> Vec<Json> {
+        let bytes = w.finish().unwrap().into_inner();
+        let doc: Json = serde_json::from_slice(&bytes).unwrap();
+        doc["traceEvents"].as_array().unwrap().clone()
+    }
+
+    fn meta<'a>(events: &'a [Json], name: &str) -> Vec<&'a Json> {
+        events
+            .iter()
+            .filter(|e| e["ph"] == "M" && e["name"] == name)
+            .collect()
+    }
+
+    #[test]
+    fn each_guest_task_has_a_track_in_a_process_per_guest_pid() {
+        let mut w = PerfettoWriter::new(Cursor::new(Vec::new())).unwrap();
+        let leader = w.thread("vm0", 100, 100, "sh").unwrap().unwrap();
+        let worker = w.thread("vm0", 100, 101, "sh").unwrap().unwrap();
+        let cat = w.thread("vm0", 102, 102, "cat").unwrap().unwrap();
+        // The same pid in another guest is another process.
+        let other = w.thread("vm1", 100, 100, "sh").unwrap().unwrap();
+        assert_eq!(w.thread("vm0", 100, 101, "sh").unwrap(), Some(worker));
+        // Idle tasks (tid 0, one per CPU) and ids Linux never gives have
+        // no track of their own.
+        assert_eq!(w.thread("vm0", 0, 0, "swapper/0").unwrap(), None);
+        assert_eq!(w.thread("vm0", GUEST_ID_SPAN, 5, "x").unwrap(), None);
+        let vcpu = w
+            .add_stream(StreamKey::new("vm0", Some(0), Layer::Guest))
+            .unwrap();
+        for (i, s) in [leader, worker, cat, other, vcpu].into_iter().enumerate() {
+            w.instant(s, 1000 + i as u64, "kprobe:f", &[]).unwrap();
+        }
+        let ev = events(w);
+        let at: Vec<(u64, u64)> = ev
+            .iter()
+            .filter(|e| e["ph"] == "i")
+            .map(|e| (e["pid"].as_u64().unwrap(), e["tid"].as_u64().unwrap()))
+            .collect();
+        let span = u64::from(GUEST_ID_SPAN);
+        assert_eq!(
+            at[..4],
+            [(100, 100), (100, 101), (102, 102), (span + 100, span + 100)]
+        );
+        // The vCPU track is in the guest's own process, clear of tasks.
+        assert!(at[4].0 > u64::from(SYNTHETIC_ID) && at[4].1 > u64::from(SYNTHETIC_ID));
+        // One name per process and per thread: asking again wrote nothing.
+        let names = |m: &str| -> Vec<(u64, u64, String)> {
+            meta(&ev, m)
+                .iter()
+                .map(|e| {
+                    let n = e["args"]["name"].as_str().unwrap().to_string();
+                    (e["pid"].as_u64().unwrap(), e["tid"].as_u64().unwrap(), n)
+                })
+                .collect()
+        };
+        assert_eq!(
+            names("process_name")[..3],
+            [
+                (100, 0, "vm0 pid 100 (sh)".to_string()),
+                (102, 0, "vm0 pid 102 (cat)".to_string()),
+                (span + 100, 0, "vm1 pid 100 (sh)".to_string()),
+            ]
+        );
+        assert_eq!(names("process_name")[3].2, "guest vm0");
+        assert_eq!(
+            names("thread_name")[..4],
+            [
+                (100, 100, "sh".to_string()),
+                (100, 101, "sh".to_string()),
+                (102, 102, "cat".to_string()),
+                (span + 100, span + 100, "sh".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn sort_indexes_order_guests_then_pids_then_tids() {
+        let mut w = PerfettoWriter::new(Cursor::new(Vec::new())).unwrap();
+        w.thread("vm0", 300, 301, "b").unwrap();
+        w.thread("vm0", 20, 20, "a").unwrap();
+        w.thread("vm1", 5, 5, "c").unwrap();
+        w.add_stream(StreamKey::new("vm1", Some(1), Layer::Guest))
+            .unwrap();
+        w.add_stream(StreamKey::new("vm0", None, Layer::Vmm))
+            .unwrap();
+        let ev = events(w);
+        let sorted = |m: &str, by: &str| -> Vec<u64> {
+            let mut v: Vec<(i64, u64)> = meta(&ev, m)
+                .iter()
+                .map(|e| {
+                    (
+                        e["args"]["sort_index"].as_i64().unwrap(),
+                        e[by].as_u64().unwrap(),
+                    )
+                })
+                .collect();
+            v.sort();
+            v.into_iter().map(|(_, id)| id).collect()
+        };
+        let span = u64::from(GUEST_ID_SPAN);
+        let vm1_vcpus = u64::from(SYNTHETIC_ID) + 2;
+        // host, vm0's processes by pid, vm1's vCPUs, then vm1's processes.
+        assert_eq!(
+            sorted("process_sort_index", "pid"),
+            [u64::from(HOST_PID), 20, 300, vm1_vcpus, span + 5]
+        );
+        // Within a process, threads by tid (vCPUs by number).
+        let threads: Vec<(u64, i64)> = meta(&ev, "thread_sort_index")
+            .iter()
+            .map(|e| {
+                (
+                    e["tid"].as_u64().unwrap(),
+                    e["args"]["sort_index"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(threads[..3], [(301, 301), (20, 20), (span + 5, 5)]);
+        assert_eq!(threads[3].1, 1);
+    }
+
+    #[test]
+    fn a_new_comm_renames_the_thread_and_a_leader_its_process() {
+        let mut w = PerfettoWriter::new(Cursor::new(Vec::new())).unwrap();
+        // A child of the shell runs first as `sh`, then execs `cat`.
+        let sh = w.thread("vm0", 7, 8, "sh").unwrap();
+        let cat = w.thread("vm0", 7, 8, "cat").unwrap();
+        assert_eq!(sh, cat, "one task, one track");
+        w.thread("vm0", 7, 8, "cat").unwrap();
+        // The leader, seen later, names the process.
+        w.thread("vm0", 7, 7, "cat").unwrap();
+        w.thread("vm0", 7, 7, "cat").unwrap();
+        let ev = events(w);
+        let names = |m: &str| -> Vec<String> {
+            meta(&ev, m)
+                .iter()
+                .map(|e| e["args"]["name"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(names("thread_name"), ["sh", "cat", "cat"]);
+        assert_eq!(names("process_name"), ["vm0 pid 7 (sh)", "vm0 pid 7 (cat)"]);
+    }
+
+    /// Two tasks on one vCPU: A blocks in `ksys_read` > `vfs_read` while B
+    /// makes calls, then A's calls return. On A's and B's own tracks every
+    /// two slices nest or are apart; on one vCPU track they would overlap.
+    #[test]
+    fn a_blocked_call_nests_on_its_own_track() {
+        let mut w = PerfettoWriter::new(Cursor::new(Vec::new())).unwrap();
+        let a = w.thread("vm0", 10, 10, "cat").unwrap().unwrap();
+        let b = w.thread("vm0", 11, 11, "cat").unwrap().unwrap();
+        // (track, start, end, name), written at each return.
+        let calls = [
+            (a, 1_100, 9_000, "vfs_read"),
+            (a, 1_000, 9_500, "ksys_read"),
+            (b, 2_100, 11_000, "vfs_read"),
+            (b, 2_000, 12_000, "ksys_read"),
+        ];
+        for (track, start, end, name) in calls {
+            w.complete(track, start, end - start, name, &[]).unwrap();
+        }
+        let ev = events(w);
+        let slices: Vec<(u64, f64, f64)> = ev
+            .iter()
+            .filter(|e| e["ph"] == "X")
+            .map(|e| {
+                let ts = e["ts"].as_f64().unwrap();
+                (
+                    e["tid"].as_u64().unwrap(),
+                    ts,
+                    ts + e["dur"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(slices.len(), 4);
+        let nest_or_apart = |x: &(u64, f64, f64), y: &(u64, f64, f64)| {
+            let inside = |p: &(u64, f64, f64), q: &(u64, f64, f64)| p.1 >= q.1 && p.2 <= q.2;
+            x.2 <= y.1 || y.2 <= x.1 || inside(x, y) || inside(y, x)
+        };
+        for x in &slices {
+            for y in &slices {
+                if x.0 == y.0 {
+                    assert!(nest_or_apart(x, y), "{x:?} and {y:?} overlap");
+                }
+            }
+        }
+        // The same calls on one track would not nest.
+        assert!(!nest_or_apart(&slices[0], &slices[3]));
+        assert_eq!(
+            slices.iter().map(|s| s.0).collect::<Vec<_>>(),
+            [10, 10, 11, 11]
+        );
+    }
 
     #[test]
     fn args_keep_their_sign_and_addresses_are_hex() {

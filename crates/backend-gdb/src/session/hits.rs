@@ -4,8 +4,13 @@
 use super::*;
 
 /// What a site's handlers did: their flow, the registers they read, what
-/// they traced.
-type SiteRun = (Flow, Option<Registers>, Vec<(Box<str>, Traced)>);
+/// they traced, and the task they ran in (if a recording wants it).
+type SiteRun = (
+    Flow,
+    Option<Registers>,
+    Vec<(Box<str>, Traced)>,
+    Option<GuestThread>,
+);
 
 impl Session {
     /// Stops the guest and runs every timer probe that is due. A breakpoint
@@ -56,6 +61,13 @@ impl Session {
                     flow = Flow::Exit;
                 }
                 let vcpu = ctx.vcpu;
+                // A `profile` sample is the task it interrupted's; an
+                // `interval` is no task's.
+                let thread = match self.record_threads && timer.every_vcpu && !ctx.traced.is_empty()
+                {
+                    true => ctx.thread(),
+                    false => None,
+                };
                 if let Some(sink) = self.recorder.as_mut() {
                     let base = EventBase {
                         guest: &self.name,
@@ -64,6 +76,7 @@ impl Session {
                         layer: Layer::Guest,
                         func: "",
                         entry_ns: None,
+                        thread,
                     };
                     base.emit(sink.as_mut(), &[], &ctx.traced);
                 }
@@ -174,7 +187,12 @@ impl Session {
         self.stats.hits += 1;
         self.live.hit();
         let entry_handlers = user.as_ref().map(|(e, _)| e.clone());
-        let (flow, regs2, traced) = self.run_site(
+        // Every hit recorded: the task is read at the entry for the
+        // entry's events and, kept with the call, for its return's.
+        let site = &self.sites[index];
+        let thread_always =
+            self.record_every_hit && !(site.handlers.is_empty() && site.ret_handlers.is_empty());
+        let (flow, regs2, traced, guest_thread) = self.run_site(
             index,
             At::Entry,
             thread,
@@ -182,6 +200,7 @@ impl Session {
             runtime,
             received,
             entry_handlers,
+            thread_always,
         )?;
         regs = regs2;
         let site = &self.sites[index];
@@ -205,6 +224,7 @@ impl Session {
                 }
             }
             EventBase::guest_hit(&self.name, received, vcpu_index(thread), &site.func, None)
+                .in_thread(guest_thread)
                 .emit_hit(
                     sink.as_mut(),
                     &fields,
@@ -220,7 +240,7 @@ impl Session {
             None => !site.ret_handlers.is_empty(),
         };
         if awaits {
-            self.await_return(index, thread, regs, received)?;
+            self.await_return(index, thread, regs, received, guest_thread)?;
         }
         let site = &self.sites[index];
         let (addr, skippable) = (site.addr, site.skippable);
@@ -251,6 +271,7 @@ impl Session {
         thread: ThreadId,
         regs: Option<Registers>,
         entry_ns: u64,
+        guest_thread: Option<GuestThread>,
     ) -> Result<(), String> {
         let rsp = register(&mut self.client, regs.as_ref(), thread, "rsp")?;
         let mut word = [0u8; 8];
@@ -281,6 +302,7 @@ impl Session {
             entry_ns,
             vcpu: vcpu_index(thread),
             args,
+            thread: guest_thread,
         };
         // User stacks of two processes can sit at the same address: a
         // user call is also keyed by its thread (its task).
@@ -330,6 +352,7 @@ impl Session {
                     site,
                     entry_ns,
                     args,
+                    thread: entry_thread,
                     ..
                 },
             last,
@@ -353,7 +376,11 @@ impl Session {
         self.stats.returns += 1;
         self.live.hit();
         let entry_args = self.sites[site].entry_args.then_some(args);
-        let (flow, regs, traced) = self.run_site(
+        // The call's task, as its entry read it, else read here.
+        let thread_always = entry_thread.is_none()
+            && self.record_every_hit
+            && !self.sites[site].ret_handlers.is_empty();
+        let (flow, regs, traced, read_thread) = self.run_site(
             site,
             At::Return(entry_args),
             thread,
@@ -361,7 +388,9 @@ impl Session {
             runtime,
             received,
             handlers,
+            thread_always,
         )?;
+        let guest_thread = entry_thread.or(read_thread);
         let site = &self.sites[site];
         if let Some(sink) = self.recorder.as_mut() {
             let every = self.record_every_hit;
@@ -378,6 +407,7 @@ impl Session {
                 &site.func,
                 Some(entry_ns),
             )
+            .in_thread(guest_thread)
             .emit_hit(
                 sink.as_mut(),
                 &own,
@@ -446,12 +476,14 @@ impl Session {
             return Err(why.to_string());
         }
         let traced = std::mem::take(&mut ctx.traced);
+        let guest_thread = match self.record_threads && !traced.is_empty() {
+            true => ctx.thread(),
+            false => None,
+        };
         if let Some(sink) = self.recorder.as_mut() {
-            EventBase::guest_hit(&self.name, received, vcpu_index(thread), "", None).emit(
-                sink.as_mut(),
-                &[("addr", FieldValue::U64(addr))],
-                &traced,
-            );
+            EventBase::guest_hit(&self.name, received, vcpu_index(thread), "", None)
+                .in_thread(guest_thread)
+                .emit(sink.as_mut(), &[("addr", FieldValue::U64(addr))], &traced);
         }
         if matches!(flow, Flow::Continue) {
             self.resume_if(resume, Resume::Continue, received)?;
@@ -594,7 +626,8 @@ impl Session {
 
     /// Runs the entry (or return) handlers of site `index` at a stop of
     /// `thread` (`only`: these of them): their flow, the registers they
-    /// read, what they traced.
+    /// read, what they traced, and, for a recorder that wants tasks, the
+    /// task when they traced something (or `thread_always`).
     #[allow(clippy::too_many_arguments)]
     fn run_site(
         &mut self,
@@ -605,6 +638,7 @@ impl Session {
         runtime: &Mutex<Runtime>,
         received: u64,
         only: Option<Vec<(BlockId, Arc<str>)>>,
+        thread_always: bool,
     ) -> Result<SiteRun, String> {
         let site = &self.sites[index];
         let (all, entry_args) = match at {
@@ -624,7 +658,16 @@ impl Session {
         ctx.entry_args = entry_args;
         ctx.user_symbols = self.user_symbols.as_deref();
         let flow = ctx.run_all(runtime, handlers)?;
-        Ok((flow, ctx.regs.take(), std::mem::take(&mut ctx.traced)))
+        let wanted = self.recorder.is_some()
+            && self.record_threads
+            && (thread_always || !ctx.traced.is_empty());
+        let guest_thread = if wanted { ctx.thread() } else { None };
+        Ok((
+            flow,
+            ctx.regs.take(),
+            std::mem::take(&mut ctx.traced),
+            guest_thread,
+        ))
     }
 }
 

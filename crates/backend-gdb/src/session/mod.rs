@@ -12,7 +12,7 @@ use gdb_remote::{
 use kernel_image::KernelSymbols;
 use linux_guest::GuestKernel;
 use probe_engine::layers::{LayerSet, LayerSource};
-use probe_engine::record::{EventBase, EventSink, UnfinishedCall};
+use probe_engine::record::{EventBase, EventSink, GuestThread, UnfinishedCall};
 use probe_engine::{EndReason, HitStats, LiveStats, monotonic_ns};
 use probe_lang::{BlockId, WatchMode};
 use probe_plan::{
@@ -86,6 +86,9 @@ pub struct Session {
     /// Record every probe hit (a program without `trace()`), not only what
     /// `trace()` asks for.
     record_every_hit: bool,
+    /// The recorder wants each guest event's task (Perfetto's thread
+    /// tracks): read at each recorded hit.
+    record_threads: bool,
     before: Vec<(u64, Vec<u8>)>,
     armed: Vec<u64>,
     running: bool,
@@ -122,6 +125,7 @@ impl Session {
             layers: LayerSet::default(),
             recorder: None,
             record_every_hit: true,
+            record_threads: false,
             before: Vec::new(),
             armed: Vec::new(),
             running: false,
@@ -262,6 +266,7 @@ impl Session {
     /// (with `retval`) into `sink`, besides running the handlers, and
     /// whatever the handlers' `trace()` calls trace.
     pub fn set_recorder(&mut self, sink: Box<dyn EventSink>) {
+        self.record_threads = sink.wants_threads();
         self.recorder = Some(sink);
     }
 
@@ -286,6 +291,7 @@ impl Session {
                 vcpu: p.vcpu,
                 func: &self.sites[p.site].func,
                 entry_ns: p.entry_ns,
+                thread: p.thread,
             });
         }
         Some(sink)

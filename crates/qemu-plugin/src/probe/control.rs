@@ -249,12 +249,13 @@ impl Session {
                 id,
                 values,
                 start_ns,
+                threads,
             } => {
                 let Some(run) = run else {
                     return self.error(id, "nothing is attached");
                 };
                 self.plugin.clear_ticks();
-                run.start(values, start_ns);
+                run.start(values, start_ns, threads);
                 let now = Instant::now();
                 self.next_sample = run
                     .samplers
@@ -396,7 +397,7 @@ impl Session {
                         .unwrap_or_else(|e| e.into_inner())
                         .pending()
                         .into_iter()
-                        .map(|c| (c.vcpu, c.site as u32, c.entry_ns))
+                        .map(|c| (c.vcpu, c.site as u32, c.entry_ns, c.thread))
                         .collect()
                 } else {
                     Vec::new()

@@ -7,7 +7,9 @@ use crate::tcg::{Reg, Vcpu};
 use linux_guest::GuestKernel;
 use plugin_protocol::{Attach, PluginStats, Printed, RecordMode, TracedEvent};
 use probe_lang::{BlockId, Executable};
-use probe_plan::{Entered, PendingCall, ProbeSite, ReturnTracker, Returned, TimerProbe};
+use probe_plan::{
+    Entered, GuestThread, PendingCall, ProbeSite, ReturnTracker, Returned, TimerProbe,
+};
 use probe_runtime::{Interpreter, MapStore, Output, OutputEvent, Traced, TracedValue};
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::VecDeque;
@@ -65,11 +67,17 @@ pub(crate) struct Run {
     pub exit: AtomicBool,
     pub counters: Counters,
     pub record: RecordMode,
+    /// Recorded events carry their task (`Start`'s `threads`).
+    threads: AtomicBool,
     pub samplers: Vec<TimerProbe>,
 }
 
 /// Blocks to run, with their probe names.
 type Handlers = Vec<(BlockId, Arc<str>)>;
+
+/// Where a recorded hit happened: vCPU, site, time, the call's entry time
+/// (at a return), task.
+type HitAt = (u32, usize, u64, Option<u64>, Option<GuestThread>);
 
 /// The `arg0`..`arg5` registers, for recorded hits.
 const ARG_REGS: [Reg; 6] = [Reg::Rdi, Reg::Rsi, Reg::Rdx, Reg::Rcx, Reg::R8, Reg::R9];
@@ -120,6 +128,7 @@ impl Run {
             exit: AtomicBool::new(false),
             counters: Counters::default(),
             record: a.record,
+            threads: AtomicBool::new(false),
             samplers: a.samplers,
             exec,
         }
@@ -135,8 +144,10 @@ impl Run {
                 .contains(&vaddr)
     }
 
-    /// `BEGIN`'s value maps, and from now on hits run handlers.
-    pub fn start(&self, values: MapStore, start_ns: u64) {
+    /// `BEGIN`'s value maps, and from now on hits run handlers
+    /// (recording their tasks if `threads`).
+    pub fn start(&self, values: MapStore, start_ns: u64, threads: bool) {
+        self.threads.store(threads, Ordering::Relaxed);
         let mut mine = self.values.lock().unwrap_or_else(|e| e.into_inner());
         mine.merge(&values);
         for interp in self.interps.iter() {
@@ -233,13 +244,19 @@ impl Run {
         let s = &self.sites[site];
         let handlers = user.as_ref().map_or(&s.handlers, |(e, _, _)| e);
         let traced = self.run_blocks(vcpu, handlers, &s.func, now, None);
+        // Every hit recorded: the task is read at the entry for the
+        // entry's events and, kept with the call, for its return's.
+        let always = self.record == RecordMode::EveryHit
+            && !(s.handlers.is_empty() && s.ret_handlers.is_empty());
+        let thread = self.thread_if(vcpu, always || !traced.is_empty());
         if self.record != RecordMode::Off {
             let own: Vec<(String, TracedValue)> = ARG_NAMES
                 .iter()
                 .zip(ARG_REGS)
                 .map(|(n, r)| (n.to_string(), TracedValue::U64(vcpu.reg_id(r).unwrap_or(0))))
                 .collect();
-            self.record_hit(vcpu.index(), site, now, None, handlers, &own, traced);
+            let at = (vcpu.index(), site, now, None, thread);
+            self.record_hit(at, handlers, &own, traced);
         }
         let (awaits, owner) = match &user {
             Some((_, ret, task)) => (!ret.is_empty(), *task),
@@ -269,6 +286,7 @@ impl Run {
             entry_ns: now,
             vcpu: vcpu.index(),
             args,
+            thread,
         };
         match tracker.enter_owned(u64::from_le_bytes(word), rsp, owner, call) {
             Entered::NewReturnAddress(ret) => self
@@ -310,18 +328,19 @@ impl Run {
         let entry_args = s.entry_args.then_some(call.args);
         let handlers = user.as_ref().map_or(&s.ret_handlers, |(_, r, _)| r);
         let traced = self.run_blocks(vcpu, handlers, &s.func, now, entry_args);
+        // The call's task, as its entry read it, else read here.
+        let thread = match call.thread {
+            Some(t) => Some(t),
+            None => {
+                let always = self.record == RecordMode::EveryHit && !s.ret_handlers.is_empty();
+                self.thread_if(vcpu, always || !traced.is_empty())
+            }
+        };
         if self.record != RecordMode::Off {
             let retval = vcpu.reg_id(Reg::Rax).unwrap_or(0);
             let own = [("retval".to_string(), TracedValue::U64(retval))];
-            self.record_hit(
-                vcpu.index(),
-                call.site,
-                now,
-                Some(call.entry_ns),
-                handlers,
-                &own,
-                traced,
-            );
+            let at = (vcpu.index(), call.site, now, Some(call.entry_ns), thread);
+            self.record_hit(at, handlers, &own, traced);
         }
     }
 
@@ -333,7 +352,25 @@ impl Run {
         self.counters.samples.fetch_add(1, Ordering::Relaxed);
         let now = host_clock::monotonic_ns();
         let traced = self.run_blocks(vcpu, blocks, "", now, None);
-        self.push_traced(vcpu.index(), u32::MAX, now, None, traced);
+        let thread = self.thread_if(vcpu, !traced.is_empty());
+        self.push_traced(vcpu.index(), u32::MAX, now, thread, traced);
+    }
+
+    /// The current task as a recording names it, if `wanted` and `Start`
+    /// asked for tasks: two reads in the vCPU (the current task, then its
+    /// tgid, pid and comm in one span), no stop.
+    fn thread_if(&self, vcpu: &mut Vcpu<'_>, wanted: bool) -> Option<GuestThread> {
+        if !wanted || self.record == RecordMode::Off || !self.threads.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut view = super::context::VcpuView(vcpu);
+        let task = self.kernel.current_task(&mut view).ok()?;
+        let ids = self.kernel.task_ids(&mut view, task).ok()?;
+        Some(GuestThread {
+            pid: ids.tgid,
+            tid: ids.pid,
+            comm: ids.comm,
+        })
     }
 
     /// Runs `blocks` on `vcpu`'s shard; returns what they traced.
@@ -385,15 +422,12 @@ impl Run {
         ctx.traced
     }
 
-    /// The events `vmprobe record` gets of one hit: every hit's own fields
-    /// (when every hit is recorded), then what its handlers traced.
-    #[allow(clippy::too_many_arguments)]
+    /// The events `vmprobe record` gets of one hit (`at`: vCPU, site,
+    /// time, the call's entry time at a return, task): every hit's own
+    /// fields (when every hit is recorded), then what its handlers traced.
     fn record_hit(
         &self,
-        vcpu: u32,
-        site: usize,
-        now: u64,
-        entry_ns: Option<u64>,
+        (vcpu, site, now, entry_ns, thread): HitAt,
         handlers: &[(BlockId, Arc<str>)],
         own: &[(String, TracedValue)],
         traced: Vec<(Box<str>, Traced)>,
@@ -429,17 +463,19 @@ impl Run {
                 trace_site,
                 fields,
                 snapshot,
+                thread,
             }
         });
         self.push_events(vcpu, events);
     }
 
+    /// What a `profile` sample's handlers traced.
     fn push_traced(
         &self,
         vcpu: u32,
         site: u32,
         now: u64,
-        entry_ns: Option<u64>,
+        thread: Option<GuestThread>,
         traced: Vec<(Box<str>, Traced)>,
     ) {
         if self.record == RecordMode::Off || traced.is_empty() {
@@ -463,10 +499,11 @@ impl Run {
                 vcpu,
                 site,
                 probe: probe.into(),
-                entry_ns,
+                entry_ns: None,
                 trace_site,
                 fields,
                 snapshot,
+                thread,
             }
         });
         self.push_events(vcpu, events);
