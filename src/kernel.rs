@@ -183,11 +183,16 @@ pub fn compile_typed(
         }
         t
     });
+    // `#include`s are read from the host's headers, as bpftrace reads them.
+    let mut options = options.clone();
+    options
+        .headers
+        .get_or_insert_with(crate::script::host_headers);
     let mut program = probe_lang::compile_with(
         source,
         source_name,
         types.as_ref().map(|t| t as &dyn probe_lang::KernelTypes),
-        options,
+        &options,
     )?;
     crate::uprobe::bind(&mut program, &crate::uprobe::GuestFiles::new(guest_root))?;
     Ok(program)

@@ -57,6 +57,7 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
     let options = probe_lang::Options {
         params: args.params.clone(),
         str_len: str_len_from_env()?,
+        headers: Some(crate::script::host_headers()),
         pid: None,
     };
     if let Some(command) = args.command.take() {

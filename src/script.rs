@@ -59,6 +59,24 @@ pub fn read_script(path: &Path) -> Result<String> {
     })
 }
 
+/// Where a program's `#include`s are read: the host's headers, in
+/// bpftrace's search directories (probe-lang reads no files itself). A
+/// file is read to at most the reader's whole budget, so a header that is
+/// a device or huge cannot fill memory.
+pub fn host_headers() -> probe_lang::headers::HeaderSearch {
+    use probe_lang::headers::{HeaderSearch, MAX_BYTES};
+    HeaderSearch {
+        dirs: HeaderSearch::host_dirs(),
+        read: std::sync::Arc::new(|path: &Path| {
+            let mut bytes = Vec::new();
+            std::fs::File::open(path)?
+                .take(MAX_BYTES as u64 + 1)
+                .read_to_end(&mut bytes)?;
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +109,95 @@ mod tests {
             e.contains("big.bt:2:12: the script is not UTF-8 text (byte offset 20)"),
             "{e}"
         );
+    }
+
+    /// The integer macros of the host's headers, as this reader takes
+    /// them, have the values gcc compiles them to (public names: those
+    /// with a leading `_` may follow the compiler, and ours is clang's).
+    #[test]
+    fn host_header_macros_agree_with_gcc() {
+        let socket = Path::new("/usr/include/x86_64-linux-gnu/sys/socket.h");
+        let gcc = std::process::Command::new("gcc").arg("--version").output();
+        if !socket.is_file() || !gcc.is_ok_and(|o| o.status.success()) {
+            eprintln!("no libc6-dev headers or no gcc: skipping");
+            return;
+        }
+        let headers = [
+            "sys/socket.h",
+            "netinet/in.h",
+            "netinet/tcp.h",
+            "fcntl.h",
+            "signal.h",
+            "errno.h",
+            "sys/mman.h",
+            "sys/stat.h",
+            "sys/ioctl.h",
+            "unistd.h",
+            "time.h",
+            "linux/sched.h",
+            "linux/if_ether.h",
+            "linux/fs.h",
+        ];
+        let includes: Vec<(String, bool)> =
+            headers.iter().map(|h| (h.to_string(), false)).collect();
+        let m = probe_lang::headers::read(&host_headers(), &includes);
+        // Only the compiler's own headers are elsewhere.
+        for n in &m.notes {
+            assert!(
+                n.starts_with("<stddef.h> was not found")
+                    || n.starts_with("<stdint.h> was not found"),
+                "{n}"
+            );
+        }
+        let ints: Vec<&(String, i128)> =
+            m.ints.iter().filter(|(n, _)| !n.starts_with('_')).collect();
+        let get = |name: &str| ints.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+        assert_eq!(get("AF_INET"), Some(2));
+        assert_eq!(get("AF_INET6"), Some(10));
+        assert_eq!(get("TCP_NODELAY"), Some(1));
+        assert!(ints.len() > 300, "{} macros", ints.len());
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = String::from("#include <stdio.h>\n");
+        for h in headers {
+            c.push_str(&format!("#include <{h}>\n"));
+        }
+        c.push_str("int main(void) {\n");
+        for (n, _) in &ints {
+            c.push_str(&format!(
+                "printf(\"{n} %llu\\n\", (unsigned long long)({n}));\n"
+            ));
+        }
+        c.push_str("return 0; }\n");
+        let src = dir.path().join("m.c");
+        let exe = dir.path().join("m");
+        std::fs::write(&src, c).unwrap();
+        let out = std::process::Command::new("gcc")
+            .args(["-w", "-o"])
+            .arg(&exe)
+            .arg(&src)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = std::process::Command::new(&exe).output().unwrap();
+        let printed = String::from_utf8(out.stdout).unwrap();
+        let (mut agree, mut int32) = (0, Vec::new());
+        for (line, (n, v)) in printed.lines().zip(&ints) {
+            // In C `(1<<31)` is an int, negative; bpftrace evaluates the
+            // expanded text in 64 bits, as the reader does.
+            let c_int = (*v as u32 as i32) as i64 as u64;
+            if line != format!("{n} {}", *v as u64) && line == format!("{n} {c_int}") {
+                int32.push(n.as_str());
+                continue;
+            }
+            assert_eq!(line, format!("{n} {}", *v as u64), "{n}");
+            agree += 1;
+        }
+        assert_eq!(agree + int32.len(), ints.len());
+        assert!(int32.len() < 5, "{int32:?}");
+        eprintln!("{agree} macros agree with gcc, {int32:?} differ as 32-bit C ints");
     }
 }

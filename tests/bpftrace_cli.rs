@@ -185,6 +185,42 @@ fn shebang_scripts_run_and_errors_count_the_first_line() {
     assert!(stderr.contains("4 |   @x = foo;\n"), "{stderr}");
 }
 
+/// `#include` brings the host header's integer macros, as bpftrace gets
+/// them from clang; a missing header is named when a name stays unknown.
+#[test]
+fn includes_bring_host_header_macros() {
+    if !std::path::Path::new("/usr/include/x86_64-linux-gnu/sys/socket.h").is_file() {
+        eprintln!("no libc6-dev headers: skipping");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = |program: &str| {
+        run_bounded(
+            vmprobe_without_guest(dir.path()).args(["run", "-q", "-e", program]),
+            NO_BOOT_LIMIT,
+        )
+    };
+    let out = run("#include <sys/socket.h>\n#include <netinet/in.h>\n\
+         BEGIN { printf(\"%d %d %d\\n\", AF_INET, AF_INET6, IPV6_V6ONLY); exit(); }");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "2 10 26\n\n\n");
+    // ((in_addr_t) 0x7f000001) is a cast, not an integer constant.
+    let out = run("#include <netinet/in.h>\nBEGIN { printf(\"%d\\n\", INADDR_LOOPBACK); exit(); }");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("unknown identifier 'INADDR_LOOPBACK': /usr/include/netinet/in.h defines it, but not as an integer constant"),
+        "{err}"
+    );
+    let out = run("#include <net/sock.h>\nBEGIN { printf(\"%d\\n\", AF_INET); exit(); }");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("unknown identifier 'AF_INET'")
+            && err.contains("<net/sock.h> was not found in /usr/local/include, /usr/include, /usr/include/x86_64-linux-gnu"),
+        "{err}"
+    );
+}
+
 /// Positional parameters after FILE (or after -e PROGRAM), as bpftrace's;
 /// and the C preprocessor lines of bpftrace's tools.
 #[test]

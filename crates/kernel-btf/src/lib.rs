@@ -543,6 +543,18 @@ impl Btf {
             .map(|e| e.value))
     }
 
+    /// The enumerator `name` of any enum: the first enum (by id) that has
+    /// it, and its value, as bpftrace dumps the first such enum from BTF.
+    /// Anonymous enums count (the kernel's TCP states are one).
+    pub fn find_enumerator(&self, name: &str) -> Option<(TypeId, i64)> {
+        (1..self.type_count() as TypeId)
+            .filter(|&id| matches!(self.kind(id), Ok(Kind::Enum | Kind::Enum64)))
+            .find_map(|id| {
+                let v = self.enumerators(id).ok()?;
+                v.iter().find(|e| e.name == name).map(|e| (id, e.value))
+            })
+    }
+
     /// The first enumerator of enum `id` with this value.
     pub fn enum_name(&self, id: TypeId, value: i64) -> Result<Option<&str>, Error> {
         Ok(self

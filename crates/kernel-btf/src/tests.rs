@@ -204,6 +204,15 @@ fn check_sample(btf: &Btf) {
     );
     assert_eq!(btf.enum_value(22, "NEG").unwrap(), Some(-3));
     assert!(matches!(btf.enumerators(5), Err(Error::WrongKind { .. })));
+    assert_eq!(btf.find_enumerator("BLUE"), Some((13, 5)));
+    assert_eq!(btf.find_enumerator("NEG"), Some((22, -3)));
+    assert_eq!(btf.find_enumerator("X"), Some((14, i64::MIN)));
+    assert_eq!(
+        btf.find_enumerator("task"),
+        None,
+        "a type name is no enumerator"
+    );
+    assert_eq!(btf.find_enumerator("GREEN"), None);
 
     let f = btf.function("do_thing").unwrap();
     assert_eq!((f.id, f.proto, f.ret, f.variadic), (12, 11, 1, true));
@@ -432,6 +441,18 @@ fn real_image_types() {
     let pt = btf.lookup("enum pid_type").unwrap();
     assert_eq!(btf.enum_value(pt, "PIDTYPE_PID").unwrap(), Some(0));
     assert_eq!(btf.enum_name(pt, 1).unwrap(), Some("PIDTYPE_TGID"));
+    // The TCP states are an anonymous enum (include/net/tcp_states.h).
+    for (name, value) in [
+        ("TCP_ESTABLISHED", 1),
+        ("TCP_SYN_SENT", 2),
+        ("TCP_FIN_WAIT1", 4),
+        ("TCP_CLOSE", 7),
+        ("TCP_LAST_ACK", 9),
+        ("TCP_NEW_SYN_RECV", 12),
+    ] {
+        let (id, v) = btf.find_enumerator(name).unwrap();
+        assert_eq!((btf.name(id).unwrap(), v), ("", value), "{name}");
+    }
 
     // Type spellings as `bpftool btf dump ... format c` declares these members.
     let fops = btf.lookup("struct file_operations").unwrap();

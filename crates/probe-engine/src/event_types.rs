@@ -76,6 +76,10 @@ impl KernelTypes for LayerTypes<'_> {
         self.kernel?.lookup(c_name)
     }
 
+    fn enumerator(&self, name: &str) -> Option<i64> {
+        self.kernel?.enumerator(name)
+    }
+
     fn info(&self, ty: TypeRef) -> TypeInfo {
         self.kernel.map_or(TypeInfo::Other, |k| k.info(ty))
     }

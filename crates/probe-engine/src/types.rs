@@ -37,6 +37,10 @@ impl KernelTypes for BtfTypes<'_> {
         self.btf.lookup(c_name).map(TypeRef)
     }
 
+    fn enumerator(&self, name: &str) -> Option<i64> {
+        self.btf.find_enumerator(name).map(|(_, v)| v)
+    }
+
     fn info(&self, ty: TypeRef) -> TypeInfo {
         let Ok(id) = self.btf.resolve(ty.0) else {
             return TypeInfo::Other;
@@ -50,7 +54,12 @@ impl KernelTypes for BtfTypes<'_> {
                 Ok(Some(i)) if (1..=8).contains(&i.size) => TypeInfo::Int {
                     size: i.size as u8,
                     signed: i.signed,
-                    char: i.char || self.btf.name(id).is_ok_and(|n| n.ends_with("char")),
+                    // Only plain `char` arrays are strings, as in bpftrace
+                    // (clang's Char_S/Char_U): `unsigned char addr[16]`
+                    // (`__u8`) is an array of bytes.
+                    char: self.btf.name(id).is_ok_and(|n| {
+                        (i.char || n == "char") && n != "unsigned char" && n != "signed char"
+                    }),
                 },
                 _ => TypeInfo::Other,
             },

@@ -7,6 +7,8 @@ use std::fmt::Write;
 #[derive(Clone, Debug)]
 pub struct Ast {
     pub probes: Vec<ProbeBlock>,
+    /// What the `#include`s could not give, for unknown identifiers.
+    pub headers: crate::preprocess::HeaderNotes,
 }
 
 #[derive(Clone, Debug)]

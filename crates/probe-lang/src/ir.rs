@@ -159,6 +159,11 @@ pub enum Expr {
     Strftime(u32, Box<Expr>),
     /// `args.NAME` of a `vmm:`/`tracepoint:` probe (string table index).
     ProbeArg(u32),
+    /// `bswap(e)`: the low `size` bytes of `e` in reverse order.
+    Bswap {
+        size: u8,
+        e: Box<Expr>,
+    },
 }
 
 /// What a [`Expr::ReadAs`] reads.
@@ -400,6 +405,7 @@ fn dexpr(e: &Expr) -> String {
         Expr::BufRead { ptr, len } => format!("buf({}, {})", dexpr(ptr), dexpr(len)),
         Expr::Join { ptr, delim } => format!("join({}, s{delim})", dexpr(ptr)),
         Expr::Ksym(a) => format!("ksym({})", dexpr(a)),
+        Expr::Bswap { size, e } => format!("bswap{}({})", *size as u32 * 8, dexpr(e)),
         Expr::CgroupPath { id, unified } => {
             format!("cgroup_path({}, unified={unified})", dexpr(id))
         }

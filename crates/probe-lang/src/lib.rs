@@ -30,6 +30,7 @@ mod consts;
 pub mod diag;
 pub mod filter;
 pub mod format;
+pub mod headers;
 pub mod ir;
 mod key_names;
 mod kfunc_wild;
@@ -489,6 +490,8 @@ pub struct Options {
     pub params: Vec<String>,
     /// Bytes a string holds, NUL included (BPFTRACE_STRLEN); `None`: 64.
     pub str_len: Option<u64>,
+    /// Where `#include`s are read; `None`: they bring no macros.
+    pub headers: Option<headers::HeaderSearch>,
     /// bpftrace's `-p PID`: blocks on probes that fire in a guest task
     /// fire only for this tgid, as if their predicate began `pid == PID &&`.
     pub pid: Option<u64>,
@@ -502,7 +505,7 @@ pub fn compile_with(
     options: &Options,
 ) -> Result<Program, Diagnostics> {
     let mut r = Reporter::new(source, source_name);
-    let mut ast = match parser::parse_with(source, &options.params) {
+    let mut ast = match parser::parse_with(source, &options.params, options.headers.as_ref()) {
         Ok(a) => a,
         Err(e) => {
             r.error(e.span, e.message);

@@ -16,6 +16,7 @@ struct Lower<'a> {
     strings: &'a mut Vec<Arc<str>>,
     string_ids: &'a mut FxHashMap<String, u32>,
     formats: &'a mut Vec<Format>,
+    bswaps: &'a FxHashMap<(u32, u32), u8>,
 }
 
 pub fn lower(ast: &ast::Ast, checked: &Checked) -> Ir {
@@ -33,6 +34,7 @@ pub fn lower(ast: &ast::Ast, checked: &Checked) -> Ir {
             strings: &mut strings,
             string_ids: &mut string_ids,
             formats: &mut formats,
+            bswaps: &checked.bswaps,
         };
         blocks.push(Block {
             predicate: b.predicate.as_ref().map(|p| l.expr(p)),
@@ -265,7 +267,7 @@ impl Lower<'_> {
                 map: self.map(name),
                 key: self.key(keys),
             },
-            ExprKind::Call { name, args } => self.call(name, args),
+            ExprKind::Call { name, args } => self.call(name, args, e.span),
             ExprKind::Cast {
                 size,
                 signed,
@@ -489,7 +491,7 @@ fn op2(op: BinOp, s: bool, strs: bool) -> Op2 {
 }
 
 impl Lower<'_> {
-    fn call(&mut self, name: &str, args: &[ast::Expr]) -> Expr {
+    fn call(&mut self, name: &str, args: &[ast::Expr], span: crate::diag::Span) -> Expr {
         let b = |l: &mut Self, i: usize| Box::new(l.expr(&args[i]));
         let lit = |l: &mut Self| match &args[0].kind {
             ExprKind::Str(s) => l.intern(s),
@@ -514,6 +516,14 @@ impl Lower<'_> {
                 len: b(self, 1),
             },
             "ksym" => Expr::Ksym(b(self, 0)),
+            "bswap" => Expr::Bswap {
+                size: self
+                    .bswaps
+                    .get(&(span.start, span.end))
+                    .copied()
+                    .unwrap_or(8),
+                e: b(self, 0),
+            },
             "cgroup_path" => Expr::CgroupPath {
                 id: b(self, 0),
                 unified: match args.get(1).map(|a| &a.kind) {

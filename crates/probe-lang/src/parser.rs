@@ -23,13 +23,17 @@ pub const MAX_NESTING: usize = 64;
 pub type ParseError = LexError;
 
 pub fn parse(src: &str) -> Result<Ast, ParseError> {
-    parse_with(src, &[])
+    parse_with(src, &[], None)
 }
 
 /// Parses after the preprocessor pass, with the positional parameters
-/// (`$1`.., `$#`) a run was given.
-pub fn parse_with(src: &str, params: &[String]) -> Result<Ast, ParseError> {
-    let pre = crate::preprocess::preprocess(src)?;
+/// (`$1`.., `$#`) a run was given and where `#include`s are read.
+pub fn parse_with(
+    src: &str,
+    params: &[String],
+    headers: Option<&crate::headers::HeaderSearch>,
+) -> Result<Ast, ParseError> {
+    let pre = crate::preprocess::preprocess_with(src, headers)?;
     let mut p = Parser {
         lx: Lexer::with_macros(&pre.text, &pre.macros),
         peeked: None,
@@ -48,7 +52,10 @@ pub fn parse_with(src: &str, params: &[String]) -> Result<Ast, ParseError> {
             message: "expected at least one probe".into(),
         });
     }
-    Ok(Ast { probes })
+    Ok(Ast {
+        probes,
+        headers: pre.headers,
+    })
 }
 
 /// A parsed expression and the height of its tree (a leaf is 1), kept as
@@ -964,7 +971,7 @@ mod tests {
     fn positional_parameters_as_bpftrace() {
         let params = ["7".to_string(), "abc".to_string(), "-2".to_string()];
         let expr = |src: &str| {
-            let ast = parse_with(&format!("BEGIN {{ @x = {src}; }}"), &params).unwrap();
+            let ast = parse_with(&format!("BEGIN {{ @x = {src}; }}"), &params, None).unwrap();
             match &ast.probes[0].body[0].kind {
                 StmtKind::MapAssign { value, .. } => value.kind.clone(),
                 other => panic!("{other:?}"),
@@ -986,13 +993,13 @@ mod tests {
         assert_eq!(str_arg("str($2)"), "abc");
         assert_eq!(str_arg("str($1)"), "7");
         assert_eq!(str_arg("str($9)"), "");
-        let e = parse_with("BEGIN { @x = $2; }", &params).unwrap_err();
+        let e = parse_with("BEGIN { @x = $2; }", &params, None).unwrap_err();
         assert_eq!(
             e.message,
             "$2 used numerically but given \"abc\"; try str($2)"
         );
         assert_eq!(e.span.start, 13);
-        let e = parse_with("BEGIN { @x = $0; }", &params).unwrap_err();
+        let e = parse_with("BEGIN { @x = $0; }", &params, None).unwrap_err();
         assert!(e.message.contains("not a valid parameter"));
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! bpftrace hands `#` lines to clang with `-DBPFTRACE_HAVE_BTF` when the
 //! kernel has BTF, so `#include`s declare types and `#define`s make macros.
-//! Here the types always come from the guest's BTF, so an `#include` adds
-//! nothing and `BPFTRACE_HAVE_BTF` is always defined. What remains is:
+//! Here the types always come from the guest's BTF and `BPFTRACE_HAVE_BTF`
+//! is always defined; an `#include` brings the integer macros of the header
+//! (`AF_INET` from `<sys/socket.h>`, read by [`crate::headers`] when the
+//! caller gives a [`HeaderSearch`]), in force from the `#include` on.
 //! `#ifdef`/`#ifndef`/`#else`/`#endif` choose lines, `#define NAME [value]`
 //! and `#undef NAME` manage object-like macros, which the lexer expands.
 //! Unlike bpftrace (whose conditionals only govern the C lines), program
@@ -14,7 +16,9 @@
 //! offset into the original file and line:column stay right.
 
 use crate::diag::Span;
+use crate::headers::{HeaderReader, HeaderSearch};
 use crate::lexer::{LexError, Macro};
+use std::collections::HashMap;
 
 /// Defined before the program, as bpftrace defines it when BTF is there.
 pub const HAVE_BTF: &str = "BPFTRACE_HAVE_BTF";
@@ -26,6 +30,24 @@ pub struct Preprocessed {
     /// The macros defined at the end of the file (a macro is in force from
     /// its `#define` on; the lexer checks that, by span).
     pub macros: Vec<(String, Macro, Option<usize>)>,
+    /// What the `#include`s left unusable, for messages.
+    pub headers: HeaderNotes,
+}
+
+/// Why a name the program uses may be missing although it `#include`s a
+/// header: headers not found or not read to the end, and header macros
+/// that are not integer constants (with their header).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeaderNotes {
+    pub notes: Vec<String>,
+    pub others: HashMap<String, String>,
+}
+
+/// The header reader of one program and the integer values it handed over.
+struct Headers<'a> {
+    reader: HeaderReader<'a>,
+    given: HashMap<String, i128>,
+    notes: HeaderNotes,
 }
 
 /// One open `#ifdef`/`#ifndef`: where it is, whether its lines are taken,
@@ -38,6 +60,16 @@ struct Cond {
 }
 
 pub fn preprocess(src: &str) -> Result<Preprocessed, LexError> {
+    preprocess_with(src, None)
+}
+
+/// [`preprocess`], with `#include`s read from `search`.
+pub fn preprocess_with(src: &str, search: Option<&HeaderSearch>) -> Result<Preprocessed, LexError> {
+    let mut headers = search.map(|s| Headers {
+        reader: HeaderReader::new(s),
+        given: HashMap::new(),
+        notes: HeaderNotes::default(),
+    });
     let mut out = src.as_bytes().to_vec();
     let mut conds: Vec<Cond> = Vec::new();
     // Every macro with the byte range in which it is defined.
@@ -61,7 +93,15 @@ pub fn preprocess(src: &str) -> Result<Preprocessed, LexError> {
         let shebang = line_start == 0 && line.starts_with("#!");
         if !in_comment && trimmed.starts_with('#') && !shebang {
             let at = line_start + (line.len() - trimmed.len());
-            directive(src, at, line_end, taking, &mut conds, &mut defined)?;
+            directive(
+                src,
+                at,
+                line_end,
+                taking,
+                &mut conds,
+                &mut defined,
+                &mut headers,
+            )?;
             blank(&mut out, line_start, line_end);
         } else {
             if !taking {
@@ -85,6 +125,7 @@ pub fn preprocess(src: &str) -> Result<Preprocessed, LexError> {
     Ok(Preprocessed {
         text,
         macros: defined,
+        headers: headers.map(|h| h.notes).unwrap_or_default(),
     })
 }
 
@@ -140,6 +181,7 @@ fn directive(
     taking: bool,
     conds: &mut Vec<Cond>,
     defined: &mut Vec<(String, Macro, Option<usize>)>,
+    headers: &mut Option<Headers<'_>>,
 ) -> Result<(), LexError> {
     // A trailing `//` or `/* */` comment is not part of the directive.
     let mut body_end = end;
@@ -218,6 +260,11 @@ fn directive(
                     "#include needs <FILE> or \"FILE\"",
                 ));
             }
+            if let Some(h) = headers {
+                h.reader
+                    .include(&args[1..args.len() - 1], args.starts_with('"'));
+                take_header_macros(h, defined, at);
+            }
         }
         "define" => {
             let ident_len = args
@@ -237,6 +284,11 @@ fn directive(
                 ));
             }
             undefine(defined, ident, at);
+            let value = args[ident_len..].trim();
+            if let Some(h) = headers {
+                h.reader.define(ident, value);
+                h.given.remove(ident);
+            }
             defined.push((
                 ident.to_string(),
                 Macro {
@@ -249,10 +301,65 @@ fn directive(
         "undef" => {
             let ident = single_ident(args, args_at, name_span, name)?;
             undefine(defined, ident, at);
+            if let Some(h) = headers {
+                h.reader.undef(ident);
+                h.given.remove(ident);
+            }
         }
         _ => known(name, name_span)?,
     }
     Ok(())
+}
+
+/// The header macros that an `#include` at `at` defined or changed become
+/// the program's from there on (an `#undef` in a header ends one).
+fn take_header_macros(
+    h: &mut Headers<'_>,
+    defined: &mut Vec<(String, Macro, Option<usize>)>,
+    at: usize,
+) {
+    let now = h.reader.macros();
+    let ints: HashMap<String, i128> = now.ints.into_iter().collect();
+    let gone: Vec<String> = h
+        .given
+        .keys()
+        .filter(|n| !ints.contains_key(*n))
+        .cloned()
+        .collect();
+    for n in gone {
+        undefine(defined, &n, at);
+        h.given.remove(&n);
+    }
+    let mut names: Vec<&String> = ints.keys().collect();
+    names.sort();
+    for name in names {
+        let v = ints[name];
+        if h.given.get(name) == Some(&v) {
+            continue;
+        }
+        // The lexer's integers are 64-bit: larger values stay unusable.
+        let value = if v < 0 && v >= i64::MIN as i128 {
+            format!("(-{})", v.unsigned_abs())
+        } else if v >= 0 && v <= u64::MAX as i128 {
+            v.to_string()
+        } else {
+            continue;
+        };
+        undefine(defined, name, at);
+        defined.push((
+            name.clone(),
+            Macro {
+                value,
+                span: Span::new(at, at),
+            },
+            None,
+        ));
+        h.given.insert(name.clone(), v);
+    }
+    h.notes = HeaderNotes {
+        notes: now.notes,
+        others: now.others,
+    };
 }
 
 /// Ends the range in which a macro is defined.
@@ -348,6 +455,49 @@ mod tests {
         assert_eq!(n.2, Some(src.find("\n#undef").unwrap() + 1));
         let e = p.macros.iter().find(|(n, ..)| n == "E").unwrap();
         assert_eq!((e.1.value.as_str(), e.2), ("", None));
+    }
+
+    #[test]
+    fn includes_bring_header_integer_macros_from_the_include_on() {
+        use std::sync::Arc;
+        let search = HeaderSearch {
+            dirs: vec!["/i".into()],
+            read: Arc::new(|p: &std::path::Path| match p.to_str() {
+                Some("/i/s.h") => Ok("#ifdef WANT\n#define AF_INET 2\n#endif\n\
+                                      #define NEG (-1)\n#define STR \"x\"\n"
+                    .into()),
+                _ => Err(std::io::ErrorKind::NotFound.into()),
+            }),
+        };
+        // The program's #define is seen by the header after it.
+        let src = "AF_INET\n#define WANT\n#include <s.h>\nAF_INET NEG\n#include <missing.h>\n";
+        let pre = preprocess_with(src, Some(&search)).unwrap();
+        let mut lx = crate::lexer::Lexer::with_macros(&pre.text, &pre.macros);
+        let mut got = Vec::new();
+        loop {
+            let t = lx.next_token().unwrap().tok;
+            if t == crate::lexer::Tok::Eof {
+                break;
+            }
+            got.push(t);
+        }
+        use crate::lexer::Tok::*;
+        assert_eq!(
+            got,
+            [
+                Ident("AF_INET".into()),
+                Int(2),
+                Punct("("),
+                Punct("-"),
+                Int(1),
+                Punct(")")
+            ]
+        );
+        assert_eq!(pre.headers.others["STR"], "/i/s.h");
+        assert_eq!(pre.headers.notes, ["<missing.h> was not found in /i"]);
+        // Without a search, #include brings nothing (and is no error).
+        let pre = preprocess(src).unwrap();
+        assert!(!pre.macros.iter().any(|(n, ..)| n == "AF_INET"));
     }
 
     #[test]

@@ -144,6 +144,12 @@ pub trait KernelTypes {
     fn kfunc_names(&self) -> Vec<String> {
         Vec::new()
     }
+
+    /// The value of an enumerator of the guest kernel's enums by name
+    /// (`TCP_FIN_WAIT1`): the first enum that has it, as bpftrace takes it.
+    fn enumerator(&self, _name: &str) -> Option<i64> {
+        None
+    }
 }
 
 /// Whether a `kfunc`/`kretfunc` can serve a function of this prototype:

@@ -179,6 +179,9 @@ impl KernelTypes for Fake {
             _ => None,
         }
     }
+    fn enumerator(&self, name: &str) -> Option<i64> {
+        (name == "STATE_RUNNING").then_some(2)
+    }
     fn type_name(&self, ty: TypeRef) -> String {
         match ty.0 {
             INT => "int",
@@ -363,6 +366,34 @@ fn without_btf_types_are_clear_errors() {
         .to_string();
     assert!(e.contains("BTF"), "{e}");
     compile("kprobe:f { printf(\"%d\\n\", curtask); }", "t").unwrap();
+}
+
+#[test]
+fn enumerators_bswap_and_ntop_of_an_array() {
+    let out = run(r#"kprobe:do_sys_openat2 {
+        $t = (struct task_struct *)arg2;
+        printf("%d %d\n", $t->state == STATE_RUNNING, STATE_RUNNING);
+        $p = $t->pid;
+        printf("%x %x %d\n", bswap($p), bswap((uint16)0x1234), bswap(0x1122334455667788) == 0x8877665544332211);
+        printf("%s %s\n", ntop($t->arr), ntop(10, $t->arr));
+    }"#);
+    assert_eq!(
+        out,
+        "1 2\n2a000000 3412 1\n100:0:b00:0:1500:0:1f00:0 100:0:b00:0:1500:0:1f00:0\n"
+    );
+    // Without a header or an enum that has it, the message says where it looked.
+    let e = compile_err("BEGIN { printf(\"%d\\n\", NOPE_X); }");
+    assert!(
+        e.contains("unknown identifier 'NOPE_X': no #include'd header defines it as an integer and no enum of the guest kernel has it"),
+        "{e}"
+    );
+    let e = compile_err(
+        "kprobe:f { $t = (struct task_struct *)arg0; printf(\"%s\\n\", ntop($t->u)); }",
+    );
+    assert!(
+        e.contains("ntop() takes an integer (IPv4) or a buffer"),
+        "{e}"
+    );
 }
 
 #[test]

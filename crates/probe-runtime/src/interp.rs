@@ -799,6 +799,15 @@ impl Interpreter {
                 self.on_fault(&*env.ctx, r, || b.fill(0))?;
                 Value::Buf(Arc::from(b))
             }
+            Expr::Bswap { size, e } => {
+                let v = self.eval(p, e, env)?.as_int();
+                Value::Int(match size {
+                    1 => v & 0xff,
+                    2 => (v as u16).swap_bytes() as u64,
+                    4 => (v as u32).swap_bytes() as u64,
+                    _ => v.swap_bytes(),
+                })
+            }
             Expr::Ksym(a) => {
                 let addr = self.eval(p, a, env)?.as_int();
                 Value::Str(Arc::from(match env.ctx.ksym(addr) {

@@ -6,6 +6,7 @@
 use super::{AggKind, Checker};
 use crate::ast::{Expr, ExprKind, INT_TYPES, Type};
 use crate::diag::Span;
+use crate::types::{TypeInfo, TypeRef};
 
 /// Builtin identifiers.
 const BUILTINS: &[&str] = &[
@@ -26,6 +27,7 @@ const EXPR_FUNCS: &[(&str, usize, usize)] = &[
     ("reg", 1, 1),
     ("strncmp", 3, 3),
     ("ntop", 1, 2),
+    ("bswap", 1, 1),
     ("kptr", 1, 1),
     ("uptr", 1, 1),
     ("sizeof", 1, 1),
@@ -245,7 +247,11 @@ impl Checker<'_, '_> {
         };
         match name {
             "str" | "buf" => {
-                self.want_int(&args[0], &format!("pointer argument of {name}()"));
+                if name == "buf" && self.kernel_array(args[0].ty).is_some() {
+                    // An array in guest memory: read from where it is.
+                } else {
+                    self.want_int(&args[0], &format!("pointer argument of {name}()"));
+                }
                 if let Some(l) = args.get(1) {
                     self.want_int(l, &format!("length argument of {name}()"));
                 }
@@ -364,7 +370,16 @@ impl Checker<'_, '_> {
                 self.want_int(&args[2], "length argument of strncmp()");
                 Type::SIGNED
             }
+            "bswap" => {
+                self.want_int(&args[0], "argument of bswap()");
+                let size = self.int_size(&args[0]);
+                self.bswaps.insert((span.start, span.end), size);
+                Type::UNSIGNED
+            }
             "ntop" => {
+                if let Some(a) = args.last_mut() {
+                    self.array_as_buf(a, "ntop()", &[4, 16]);
+                }
                 let (af, addr) = match args {
                     [a] => (None, &*a),
                     [f, a] => (Some(f), &*a),
@@ -386,6 +401,108 @@ impl Checker<'_, '_> {
             }
             _ => Type::Unknown,
         }
+    }
+
+    /// The size in bytes of an integer expression as bpftrace types it: a
+    /// field or element read, a cast, a variable (its first value), a
+    /// `bswap()` of one; any other integer is 8.
+    pub(super) fn int_size(&self, e: &Expr) -> u8 {
+        use crate::ast::Access;
+        match &e.kind {
+            ExprKind::Member { access, .. } | ExprKind::Index { access, .. } => match access {
+                Access::Load { size, .. } | Access::Bits { size, .. } => *size,
+                _ => 8,
+            },
+            ExprKind::Cast {
+                size, ptr: false, ..
+            } => *size,
+            ExprKind::Var(n) => self.var_sizes.get(n).copied().unwrap_or(8),
+            ExprKind::Call { name, args } if name == "bswap" && args.len() == 1 => {
+                self.int_size(&args[0])
+            }
+            _ => 8,
+        }
+    }
+
+    /// The size of a kernel array type (an array member read in place).
+    fn kernel_array(&self, ty: Type) -> Option<u64> {
+        match ty {
+            Type::Kernel { id, ptr: 0 }
+                if matches!(self.info(TypeRef(id)), TypeInfo::Array { .. }) =>
+            {
+                self.size_of(TypeRef(id))
+            }
+            _ => None,
+        }
+    }
+
+    /// An array argument (`skc_v6_daddr.in6_u.u6_addr8`) becomes the
+    /// buffer of its bytes, `buf(ARRAY, SIZE)`, as bpftrace takes an array
+    /// of one of `sizes` bytes.
+    fn array_as_buf(&mut self, a: &mut Expr, what: &str, sizes: &[u64]) {
+        let Some(size) = self.kernel_array(a.ty) else {
+            return;
+        };
+        if !sizes.contains(&size) {
+            self.r.error(
+                a.span,
+                format!("{what} takes an array of {sizes:?} bytes, found one of {size}"),
+            );
+            return;
+        }
+        let span = a.span;
+        let place = std::mem::replace(
+            a,
+            Expr {
+                kind: ExprKind::Int(0),
+                span,
+                ty: Type::Unknown,
+            },
+        );
+        let len = Expr {
+            kind: ExprKind::Int(size),
+            span,
+            ty: Type::SIGNED,
+        };
+        *a = Expr {
+            kind: ExprKind::Call {
+                name: "buf".into(),
+                args: vec![place, len],
+            },
+            span,
+            ty: Type::Buf,
+        };
+    }
+
+    /// The value of enumerator `name` of the guest's enums, unless `name`
+    /// is a builtin (bpftrace lexes those apart).
+    pub(super) fn enumerator(&self, name: &str) -> Option<i64> {
+        if BUILTINS.contains(&name) || matches!(name, "self" | "args" | "username") {
+            return None;
+        }
+        self.types?.enumerator(name)
+    }
+
+    /// Why `name` is not known: what the `#include`s missed, if anything.
+    fn unknown_identifier(&self, name: &str) -> String {
+        let h = &self.headers;
+        let mut m = format!("unknown identifier '{name}'");
+        if let Some(file) = h.others.get(name) {
+            m.push_str(&format!(
+                ": {file} defines it, but not as an integer constant"
+            ));
+            return m;
+        }
+        m.push_str(if self.types.is_some() {
+            ": no #include'd header defines it as an integer and no enum of the guest kernel has it"
+        } else {
+            ": no #include'd header defines it as an integer (the guest kernel's enums need its BTF)"
+        });
+        for n in &h.notes {
+            m.push_str(&format!("; {n}"));
+        }
+        m.push_str(&format!("; #define {name} VALUE"));
+        m
     }
 
     pub(super) fn builtin(&mut self, name: &str, span: Span) -> Type {
@@ -416,14 +533,9 @@ impl Checker<'_, '_> {
                 .bytes()
                 .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
         {
-            // bpftrace takes such names from the C headers it #includes;
-            // here types come from BTF, which has enums but no macros.
-            self.r.error(
-                span,
-                format!(
-                    "unknown identifier '{name}': a C header's macro, which #include does not bring here (types come from the guest's BTF); #define {name} VALUE"
-                ),
-            );
+            // bpftrace takes such names from the C headers it #includes
+            // and from the guest's enums (BTF).
+            self.r.error(span, self.unknown_identifier(name));
             return Type::Unknown;
         }
         if !BUILTINS.contains(&name) {

@@ -107,7 +107,15 @@ impl Checker<'_, '_> {
                     Type::Unknown
                 }
             },
-            ExprKind::Ident(name) => self.builtin(name, e.span),
+            ExprKind::Ident(name) => match self.enumerator(name) {
+                // As bpftrace takes an enum from BTF for an enumerator the
+                // program names: a constant.
+                Some(v) => {
+                    e.kind = ExprKind::Int(v as u64);
+                    Type::SIGNED
+                }
+                None => self.builtin(name, e.span),
+            },
             ExprKind::SelfVar(name) => match self.self_vars.get(name.as_str()) {
                 Some(&(_, t)) => t,
                 None => {

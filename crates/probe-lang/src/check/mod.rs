@@ -58,6 +58,9 @@ pub struct Checked {
     /// Every `trace()` / `snapshot()` call (`"trace"` or `"snapshot"`),
     /// which only `vmprobe record` can serve.
     pub recording: Vec<(String, Span)>,
+    /// The integer size in bytes of each `bswap()` call's argument, by the
+    /// call's span.
+    pub bswaps: FxHashMap<(u32, u32), u8>,
 }
 
 /// Integers (and pointers, which are addresses) agree with each other;
@@ -95,6 +98,12 @@ struct Checker<'a, 's> {
     self_vars: FxHashMap<String, (u16, Type)>,
     /// The first pass, which only discovers declarations.
     discovering: bool,
+    /// What the program's `#include`s could not give.
+    headers: crate::preprocess::HeaderNotes,
+    /// The integer size of the current block's scratch variables, from
+    /// their first assignment (as bpftrace types a variable).
+    var_sizes: FxHashMap<String, u8>,
+    bswaps: FxHashMap<(u32, u32), u8>,
 }
 
 pub(crate) fn check(
@@ -116,6 +125,7 @@ pub(crate) fn check(
     let mut traces = Vec::new();
     let mut recording = Vec::new();
     let mut self_vars = FxHashMap::default();
+    let mut bswaps = FxHashMap::default();
     for pass in 0..2 {
         let mut tmp = Reporter::new(r.source, r.name);
         let rep = if pass == 0 { &mut tmp } else { &mut *r };
@@ -138,10 +148,14 @@ pub(crate) fn check(
             recording: Vec::new(),
             self_vars: std::mem::take(&mut self_vars),
             discovering: pass == 0,
+            headers: ast.headers.clone(),
+            var_sizes: FxHashMap::default(),
+            bswaps: FxHashMap::default(),
         };
         scratch.clear();
         for (block, attach) in ast.probes.iter_mut().zip(&blocks) {
             c.vars.clear();
+            c.var_sizes.clear();
             c.specs.clone_from(&attach.specs);
             c.all_kprobe = attach.all_kprobe;
             c.all_kretprobe = attach.all_kretprobe;
@@ -161,6 +175,7 @@ pub(crate) fn check(
         traces = c.traces;
         recording = c.recording;
         self_vars = c.self_vars;
+        bswaps = c.bswaps;
     }
     let mut self_vars: Vec<(String, (u16, Type))> = self_vars.into_iter().collect();
     self_vars.sort_by_key(|(_, (slot, _))| *slot);
@@ -176,6 +191,7 @@ pub(crate) fn check(
         traces,
         recording,
         self_vars: self_vars.into_iter().map(|(n, (_, t))| (n, t)).collect(),
+        bswaps,
     }
 }
 

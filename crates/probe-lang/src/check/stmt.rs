@@ -51,6 +51,8 @@ impl Checker<'_, '_> {
                     ),
                     None => {
                         self.vars.insert(name.clone(), (next, value.ty));
+                        let size = self.int_size(value);
+                        self.var_sizes.insert(name.clone(), size);
                     }
                 }
             }
