@@ -93,12 +93,7 @@ impl KernelInfo {
                 return Vec::new();
             };
             let types = probe_engine::BtfTypes::new(btf);
-            let cache = qemu_guest::cache_dir().join("sections");
-            let sections =
-                KernelSections::load(&self.image, &kernel_image::mcount::SECTIONS, Some(&cache));
-            let traceable = sections
-                .ok()
-                .and_then(|s| kernel_image::mcount::traceable(&s, &self.symbols))
+            let traceable = traceable_functions(&self.image, &self.symbols)
                 .unwrap_or_else(|| self.symbols.matching("*"));
             let mut names: Vec<String> = traceable
                 .into_iter()
@@ -113,6 +108,18 @@ impl KernelInfo {
             names
         })
     }
+}
+
+/// The functions ftrace can trace, from the image's mcount table (what the
+/// guest's `available_filter_functions` lists); `None` when the image has
+/// no such table or it cannot be read.
+pub fn traceable_functions<'s>(
+    image: &std::path::Path,
+    symbols: &'s KernelSymbols,
+) -> Option<Vec<&'s kernel_image::Symbol>> {
+    let cache = qemu_guest::cache_dir().join("sections");
+    let sections = KernelSections::load(image, &kernel_image::mcount::SECTIONS, Some(&cache));
+    kernel_image::mcount::traceable(&sections.ok()?, symbols)
 }
 
 /// The image's syscalls (see [`KernelInfo::syscalls`]); an unreadable image

@@ -182,15 +182,7 @@ fn list_kprobes(
     // The traceable functions, as the guest's available_filter_functions
     // (bpftrace -l's source); every function symbol when the image has no
     // mcount table.
-    let cache = qemu_guest::cache_dir().join("sections");
-    let sections = kernel_image::KernelSections::load(
-        &image.kernel,
-        &kernel_image::mcount::SECTIONS,
-        Some(&cache),
-    );
-    let traceable = sections
-        .ok()
-        .and_then(|s| kernel_image::mcount::traceable(&s, &symbols));
+    let traceable = crate::kernel::traceable_functions(&image.kernel, &symbols);
     let functions: Vec<&kernel_image::Symbol> = match traceable {
         Some(t) => t.into_iter().filter(|s| glob(sel.name, &s.name)).collect(),
         None => {
