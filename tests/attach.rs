@@ -4,7 +4,6 @@
 //! on and finishes its workload as if nothing had happened.
 
 mod support;
-use gdb_remote::Client;
 use qemu_guest::{Accel, LaunchConfig, Vm};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -49,13 +48,7 @@ fn attach_and_count(through_qmp: bool) {
         vm.wait_ready(Duration::from_secs(180))
             .expect("guest boots");
     } else {
-        let mut user = Client::connect_unix_wait(&vm.gdb_socket(), Duration::from_secs(5)).unwrap();
-        user.resume(&[]).unwrap();
-        vm.wait_ready(Duration::from_secs(180))
-            .expect("guest boots");
-        user.interrupt().unwrap();
-        user.wait_stop(Some(Duration::from_secs(5))).unwrap();
-        user.detach().unwrap();
+        boot_through_stub(&mut vm);
     }
 
     // A workload that makes 100 one-byte writes every half second for about

@@ -25,12 +25,11 @@ mod support;
 
 use qemu_guest::{Accel, LaunchConfig, Vm};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::process::Stdio;
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -744,76 +743,15 @@ fn refused(name: &str, text: &str) -> Result<String, String> {
     Ok(format!("refused before boot: {first}"))
 }
 
-fn collect(
-    pipe: impl Read + Send + 'static,
-) -> (Arc<Mutex<String>>, Receiver<String>, JoinHandle<()>) {
-    let buf = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = channel();
-    let b = buf.clone();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            let mut s = b.lock().unwrap();
-            s.push_str(&line);
-            s.push('\n');
-            let _ = tx.send(line);
-        }
-    });
-    (buf, rx, reader)
-}
-
-fn wait_child(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if let Ok(Some(s)) = child.try_wait() {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
-
-struct Guest {
-    vm: Vm,
-    kernel: PathBuf,
-    console: Arc<Mutex<Vec<u8>>>,
-    plugin: bool,
-}
-
-impl Guest {
-    fn attach_spec(&self) -> String {
-        let plugin = if self.plugin {
-            format!(",plugin:{}", self.vm.plugin_socket().display())
-        } else {
-            String::new()
-        };
-        format!(
-            "vm0=gdb:unix:{}{plugin},kernel:{}",
-            self.vm.gdb_socket().display(),
-            self.kernel.display()
-        )
-    }
-
-    fn console_len(&self) -> usize {
-        self.console.lock().unwrap().len()
-    }
-
-    fn console_since(&self, from: usize) -> String {
-        String::from_utf8_lossy(&self.console.lock().unwrap()[from..]).into_owned()
-    }
-
-    /// Runs `cmd` in the guest with nothing attached; Err unless it exits 0.
-    fn step(&mut self, cmd: &str) -> Result<(), String> {
-        self.vm.start_workload(cmd).map_err(|e| e.to_string())?;
-        match self.vm.wait_exit(STEP_LIMIT) {
-            Ok(0) => Ok(()),
-            other => Err(format!(
-                "guest step {cmd:?}: {other:?}\n{}",
-                self.vm.console_tail()
-            )),
-        }
+/// Runs `cmd` in the guest with nothing attached; Err unless it exits 0.
+fn step(g: &mut LongGuest, cmd: &str) -> Result<(), String> {
+    g.vm.start_workload(cmd).map_err(|e| e.to_string())?;
+    match g.vm.wait_exit(STEP_LIMIT) {
+        Ok(0) => Ok(()),
+        other => Err(format!(
+            "guest step {cmd:?}: {other:?}\n{}",
+            g.vm.console_tail()
+        )),
     }
 }
 
@@ -831,7 +769,7 @@ fn hits(tag: &str, truths: &[(&str, &str)]) -> String {
 
 /// Attaches the tool, runs its workload, Ctrl-C, detaches.
 fn run_tool(
-    g: &mut Guest,
+    g: &mut LongGuest,
     name: &str,
     index: usize,
     workload: &str,
@@ -854,10 +792,13 @@ fn run_tool(
         hits("GTB", truths),
         hits("GTC", truths)
     );
-    g.step(&format!(
-        "{setup} printf '%s\\n' '{}' > /tmp/w.sh",
-        wrapper.replace('\'', "'\\''")
-    ))?;
+    step(
+        g,
+        &format!(
+            "{setup} printf '%s\\n' '{}' > /tmp/w.sh",
+            wrapper.replace('\'', "'\\''")
+        ),
+    )?;
     let mut child = vmprobe()
         .args(["attach", "--vm", &g.attach_spec()])
         .arg(tool_path(name))
@@ -865,8 +806,8 @@ fn run_tool(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("spawning vmprobe: {e}"))?;
-    let (stdout, _, out_reader) = collect(child.stdout.take().unwrap());
-    let (stderr, lines, err_reader) = collect(child.stderr.take().unwrap());
+    let (stdout, _, out_reader) = collect_lines(child.stdout.take().unwrap());
+    let (stderr, lines, err_reader) = collect_lines(child.stderr.take().unwrap());
     let deadline = Instant::now() + ATTACH_LIMIT;
     loop {
         match lines.recv_timeout(Duration::from_millis(100)) {
@@ -916,7 +857,7 @@ fn run_tool(
     teardown.push_str(&format!(
         "echo > {TRACING}/kprobe_events; echo TEARDOWN-{index}"
     ));
-    g.step(&teardown)?;
+    step(g, &teardown)?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !g.console_since(from).contains(&format!("TEARDOWN-{index}")) && Instant::now() < deadline
     {
@@ -998,11 +939,12 @@ fn bpftraces_tools_as_shipped() {
         qmp.cont().unwrap();
         vm.wait_ready(Duration::from_secs(180))
             .expect("guest boots");
-        let mut g = Guest {
+        let mut g = LongGuest {
             vm,
             kernel,
             console,
             plugin,
+            qmp: false,
         };
         for (i, (name, e)) in runs.iter().enumerate() {
             let Runs {

@@ -44,11 +44,6 @@ fn list_verbose_prints_btf_prototypes() {
 #[test]
 fn list_guest_syscall_tracepoints() {
     let _ = default_guest();
-    let list = |args: &[&str]| {
-        let out = run_bounded(vmprobe().arg("list").args(args), Duration::from_secs(120));
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        text(&out.stdout)
-    };
     assert_eq!(
         list(&["-v", "tracepoint:syscalls:sys_enter_openat"]),
         "tracepoint:syscalls:sys_enter_openat\n    int __syscall_nr\n    int dfd\n    \
@@ -61,7 +56,7 @@ fn list_guest_syscall_tracepoints() {
     let all = list(&["tracepoint:syscalls:*"]);
     let n = all.lines().count();
     // Every syscall with metadata has both events (6.1 x86-64: 430).
-    assert!(n > 600 && n % 2 == 0, "{n} events");
+    assert!(n > 600 && n.is_multiple_of(2), "{n} events");
     assert!(
         all.lines()
             .all(|l| l.starts_with("tracepoint:syscalls:sys_e")),
@@ -87,11 +82,6 @@ fn list_guest_syscall_tracepoints() {
 #[test]
 fn list_covers_vmm_events_tracepoints_and_parametric_kinds() {
     let _ = default_guest();
-    let list = |args: &[&str]| {
-        let out = run_bounded(vmprobe().arg("list").args(args), Duration::from_secs(120));
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        text(&out.stdout)
-    };
     assert_eq!(
         list(&["-v", "vmm:serial_write"]),
         "vmm:serial_write\n    uint16_t addr\n    uint8_t value\n"
@@ -121,11 +111,6 @@ fn list_covers_vmm_events_tracepoints_and_parametric_kinds() {
 #[test]
 fn list_kfuncs_with_their_prototypes() {
     let _ = default_guest();
-    let list = |args: &[&str]| {
-        let out = run_bounded(vmprobe().arg("list").args(args), Duration::from_secs(120));
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        text(&out.stdout)
-    };
     assert_eq!(
         list(&["-v", "kfunc:ksys_write"]),
         "kfunc:vmlinux:ksys_write\n    unsigned int fd\n    const char * buf\n    size_t count\n    ssize_t retval\n"
@@ -153,4 +138,11 @@ fn list_kfuncs_with_their_prototypes() {
     assert!(all.contains("kfunc:vmlinux:vfs_read\n"), "{all}");
     // Only when asked for by kind, as bpftrace.
     assert!(!list(&["ksys_write"]).contains("kfunc:"));
+}
+
+/// `vmprobe list ARGS`' stdout; it must succeed.
+fn list(args: &[&str]) -> String {
+    let out = run_bounded(vmprobe().arg("list").args(args), Duration::from_secs(120));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
 }

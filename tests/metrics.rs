@@ -30,14 +30,6 @@ scrape_configs:
       - targets: ['TARGET']
 ";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// One Prometheus server on loopback, its storage in a temporary directory;
 /// killed (by its own pid) when dropped.
 struct Prometheus {
@@ -423,15 +415,7 @@ fn attach_serves_a_running_vms_maps_labelled_by_guest() {
     let mut cfg = LaunchConfig::new(image);
     cfg.accel = Accel::Tcg;
     let mut vm = Vm::launch(&cfg).expect("launch");
-    let mut user =
-        gdb_remote::Client::connect_unix_wait(&vm.gdb_socket(), Duration::from_secs(5)).unwrap();
-    user.resume(&[]).unwrap();
-    vm.wait_ready(Duration::from_secs(180))
-        .expect("guest boots");
-    user.interrupt().unwrap();
-    user.wait_stop(Some(Duration::from_secs(5))).unwrap();
-    user.detach().unwrap();
-    drop(user);
+    boot_through_stub(&mut vm);
     let port = free_port();
     let target = format!("127.0.0.1:{port}");
     let prometheus = Prometheus::start(&target);

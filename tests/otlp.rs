@@ -281,11 +281,7 @@ fn the_plugin_backend_exports_the_same() {
 #[test]
 fn an_unreachable_endpoint_drops_counts_and_warns_once() {
     // A port nothing listens on: bound, then closed.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let out = run_bounded(
         vmprobe()
@@ -434,18 +430,7 @@ fn attach_exports_a_running_vm() {
     let mut cfg = LaunchConfig::new(image);
     cfg.accel = Accel::Tcg;
     let mut vm = Vm::launch(&cfg).expect("launch");
-    let mut user =
-        gdb_remote::Client::connect_unix_wait(&vm.gdb_socket(), std::time::Duration::from_secs(5))
-            .unwrap();
-    user.resume(&[]).unwrap();
-    vm.wait_ready(std::time::Duration::from_secs(180))
-        .expect("guest boots");
-    user.interrupt().unwrap();
-    user.wait_stop(Some(std::time::Duration::from_secs(5)))
-        .unwrap();
-    user.detach().unwrap();
-    // The stub serves one debugger at a time.
-    drop(user);
+    boot_through_stub(&mut vm);
     vm.start_workload(
         "i=0; while [ $i -lt 40 ]; do dd if=/dev/zero of=/dev/null bs=1 count=100 2>/dev/null; \
          sleep 0.5; i=$((i+1)); done",

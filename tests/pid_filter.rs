@@ -4,7 +4,6 @@
 //! writer's pid, are the ground truth.
 
 mod support;
-use gdb_remote::Client;
 use qemu_guest::{Accel, LaunchConfig, Vm};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,15 +27,7 @@ fn attach_with_a_pid_counts_that_process_and_ends_with_it() {
     cfg.accel = Accel::Tcg;
     cfg.console = Some(console.clone());
     let mut vm = Vm::launch(&cfg).expect("launch");
-    let mut user = Client::connect_unix_wait(&vm.gdb_socket(), Duration::from_secs(5)).unwrap();
-    user.resume(&[]).unwrap();
-    vm.wait_ready(Duration::from_secs(180))
-        .expect("guest boots");
-    user.interrupt().unwrap();
-    user.wait_stop(Some(Duration::from_secs(5))).unwrap();
-    user.detach().unwrap();
-    // QEMU's stub takes one client: vmprobe's.
-    drop(user);
+    boot_through_stub(&mut vm);
     let from = console.lock().unwrap().len();
 
     // Two writers of one-byte writes, each a subshell that waits and then

@@ -192,11 +192,7 @@ fn a_restarted_vm_is_attached_again_and_the_counts_go_on() {
     let dir = tempfile::tempdir().unwrap();
     let sockets = dir.path().join("sockets");
     std::fs::create_dir(&sockets).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let metrics = format!("127.0.0.1:{port}");
     let config = dir.path().join("svc.toml");
     std::fs::write(
@@ -531,11 +527,7 @@ fn a_restarted_vm_is_attached_again_through_its_plugin() {
     let dir = tempfile::tempdir().unwrap();
     let sockets = dir.path().join("sockets");
     std::fs::create_dir(&sockets).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let metrics = format!("127.0.0.1:{port}");
     let config = dir.path().join("svc.toml");
     std::fs::write(

@@ -171,7 +171,6 @@ fn list_names_the_functions_of_a_guest_file() {
 /// counted, 4 per run, and the guest goes on after detach.
 #[test]
 fn attach_serves_uprobes_on_a_tcg_vm_given_its_qmp() {
-    use gdb_remote::Client;
     use qemu_guest::{Accel, LaunchConfig, Vm};
     use std::time::Duration;
     let image = default_guest();
@@ -181,15 +180,7 @@ fn attach_serves_uprobes_on_a_tcg_vm_given_its_qmp() {
     cfg.accel = Accel::Tcg;
     cfg.console = Some(console.clone());
     let mut vm = Vm::launch(&cfg).expect("launch");
-    let mut user = Client::connect_unix_wait(&vm.gdb_socket(), Duration::from_secs(5)).unwrap();
-    user.resume(&[]).unwrap();
-    vm.wait_ready(Duration::from_secs(180))
-        .expect("guest boots");
-    user.interrupt().unwrap();
-    user.wait_stop(Some(Duration::from_secs(5))).unwrap();
-    user.detach().unwrap();
-    // The stub takes one debugger at a time.
-    drop(user);
+    boot_through_stub(&mut vm);
     vm.start_workload(
         "i=0; while [ $i -lt 60 ]; do /bin/vmprobe-ucount 4 > /dev/null; sleep 0.3; \
          i=$((i+1)); done; echo WORKLOAD-DONE",

@@ -10,12 +10,10 @@
 use crate::support::*;
 use qemu_guest::{Accel, LaunchConfig, Vm};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::process::Stdio;
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 #[path = "fixtures/judge.rs"]
@@ -284,82 +282,9 @@ fn wrapped_workload(f: &Fixture, marker: &str) -> String {
     s
 }
 
-/// Lines of a child's pipe, collected in a thread (which ends at the
-/// pipe's end: join it before reading everything).
-fn collect(
-    pipe: impl Read + Send + 'static,
-) -> (Arc<Mutex<String>>, Receiver<String>, JoinHandle<()>) {
-    let buf = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = channel();
-    let b = buf.clone();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            let mut s = b.lock().unwrap();
-            s.push_str(&line);
-            s.push('\n');
-            let _ = tx.send(line);
-        }
-    });
-    (buf, rx, reader)
-}
-
-fn wait_child(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if let Ok(Some(s)) = child.try_wait() {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
-
-struct Guest {
-    vm: Vm,
-    kernel: PathBuf,
-    console: Arc<Mutex<Vec<u8>>>,
-    /// Loaded with vmprobe's plugin: scripts attach through it where it
-    /// can serve them (the stub stays given, for those it cannot).
-    plugin: bool,
-    /// The attach also names the VM's QMP socket (what uprobes will need).
-    qmp: bool,
-}
-
-impl Guest {
-    fn console_len(&self) -> usize {
-        self.console.lock().unwrap().len()
-    }
-
-    /// The `--vm` argument that attaches vmprobe to this guest.
-    fn attach_spec(&self) -> String {
-        let plugin = if self.plugin {
-            format!(",plugin:{}", self.vm.plugin_socket().display())
-        } else {
-            String::new()
-        };
-        let qmp = if self.qmp {
-            format!(",qmp:{}", self.vm.qmp_socket().display())
-        } else {
-            String::new()
-        };
-        format!(
-            "vm0=gdb:unix:{}{plugin}{qmp},kernel:{}",
-            self.vm.gdb_socket().display(),
-            self.kernel.display()
-        )
-    }
-
-    fn console_since(&self, from: usize) -> String {
-        String::from_utf8_lossy(&self.console.lock().unwrap()[from..]).into_owned()
-    }
-}
-
 /// Samples a hung guest's vCPUs with vmprobe itself (function and task per
 /// vCPU), so that a guest that stops responding in CI says where it spins.
-fn where_the_vcpus_are(g: &Guest) -> String {
+fn where_the_vcpus_are(g: &LongGuest) -> String {
     let out = run_bounded(
         vmprobe().args([
             "attach",
@@ -374,7 +299,7 @@ fn where_the_vcpus_are(g: &Guest) -> String {
 }
 
 /// Runs one script: attach, workload, Ctrl-C, detach. Err: what failed.
-fn run_one(g: &mut Guest, f: &Fixture, index: usize) -> Result<Outcome, String> {
+fn run_one(g: &mut LongGuest, f: &Fixture, index: usize) -> Result<Outcome, String> {
     // The wrapper goes into a file first, unprobed: init reads its
     // command line a byte at a time, and each read would be a probe hit
     // for scripts that probe reads.
@@ -403,8 +328,8 @@ fn run_one(g: &mut Guest, f: &Fixture, index: usize) -> Result<Outcome, String> 
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("spawning vmprobe: {e}"))?;
-    let (stdout, _, out_reader) = collect(child.stdout.take().unwrap());
-    let (stderr, lines, err_reader) = collect(child.stderr.take().unwrap());
+    let (stdout, _, out_reader) = collect_lines(child.stdout.take().unwrap());
+    let (stderr, lines, err_reader) = collect_lines(child.stderr.take().unwrap());
     let err_text = || stderr.lock().unwrap().clone();
     // Armed: through the stub, the guest is stopped until vmprobe resumes
     // it, so a workload sent now starts under the probes; through the
@@ -577,7 +502,7 @@ pub fn run_suite(dir: &str, suite: Suite) {
         .unwrap();
     vm.wait_ready(Duration::from_secs(180))
         .expect("guest boots");
-    let mut g = Guest {
+    let mut g = LongGuest {
         vm,
         kernel,
         console,

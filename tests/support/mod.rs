@@ -372,3 +372,109 @@ pub fn wait_for_exit(child: &mut std::process::Child, limit: Duration) -> std::p
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Boots a VM launched paused (`-S`) by resuming it through its stub, waits
+/// for its init, then stops it and lets the stub go: QEMU's stub takes one
+/// client at a time, and the next is vmprobe's.
+pub fn boot_through_stub(vm: &mut qemu_guest::Vm) {
+    let mut user =
+        gdb_remote::Client::connect_unix_wait(&vm.gdb_socket(), Duration::from_secs(5)).unwrap();
+    user.resume(&[]).unwrap();
+    vm.wait_ready(Duration::from_secs(180))
+        .expect("guest boots");
+    user.interrupt().unwrap();
+    user.wait_stop(Some(Duration::from_secs(5))).unwrap();
+    user.detach().unwrap();
+}
+
+/// Lines of a child's pipe, collected in a thread (which ends at the
+/// pipe's end: join it before reading everything), and sent as they come.
+pub fn collect_lines(
+    pipe: impl std::io::Read + Send + 'static,
+) -> (
+    std::sync::Arc<std::sync::Mutex<String>>,
+    std::sync::mpsc::Receiver<String>,
+    std::thread::JoinHandle<()>,
+) {
+    use std::io::BufRead;
+    let buf = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let b = buf.clone();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            let mut s = b.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+            let _ = tx.send(line);
+        }
+    });
+    (buf, rx, reader)
+}
+
+/// The child's exit status, or `None` (and the child killed) after `limit`.
+pub fn wait_child(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// A guest booted once for many attaches (a fixture suite, the bpftrace
+/// tools), with its console collected.
+pub struct LongGuest {
+    pub vm: qemu_guest::Vm,
+    pub kernel: std::path::PathBuf,
+    pub console: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    /// Loaded with vmprobe's plugin: the attach names its socket too.
+    pub plugin: bool,
+    /// The attach also names the VM's QMP socket (uprobes need it).
+    pub qmp: bool,
+}
+
+impl LongGuest {
+    /// The `--vm` argument that attaches vmprobe to this guest.
+    pub fn attach_spec(&self) -> String {
+        let plugin = if self.plugin {
+            format!(",plugin:{}", self.vm.plugin_socket().display())
+        } else {
+            String::new()
+        };
+        let qmp = if self.qmp {
+            format!(",qmp:{}", self.vm.qmp_socket().display())
+        } else {
+            String::new()
+        };
+        format!(
+            "vm0=gdb:unix:{}{plugin}{qmp},kernel:{}",
+            self.vm.gdb_socket().display(),
+            self.kernel.display()
+        )
+    }
+
+    pub fn console_len(&self) -> usize {
+        self.console.lock().unwrap().len()
+    }
+
+    pub fn console_since(&self, from: usize) -> String {
+        String::from_utf8_lossy(&self.console.lock().unwrap()[from..]).into_owned()
+    }
+}
+
+/// A loopback port free a moment ago (bound, then closed).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
