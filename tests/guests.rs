@@ -12,8 +12,11 @@ use support::*;
 #[test]
 fn three_guests_counted_apart_and_one_killed() {
     let counts = [60, 120, 4000];
+    // vm2 first sleeps, so that it is still running when it is killed: its
+    // 4000 writes alone take well under the second the test waits inside
+    // QEMU.
     let dd = format!(
-        "case $VMPROBE_GUEST_INDEX in 0) n={};; 1) n={};; *) n={};; esac; \
+        "case $VMPROBE_GUEST_INDEX in 0) n={};; 1) n={};; *) n={}; sleep 60;; esac; \
          dd if=/dev/zero of=/dev/null bs=1 count=$n",
         counts[0], counts[1], counts[2]
     );

@@ -1,6 +1,7 @@
 //! interval, profile and watchpoint probes on the real guest, and `-f json`.
 
 mod support;
+use std::time::Duration;
 use support::*;
 
 #[test]
@@ -59,23 +60,49 @@ fn profile_samples_every_vcpu_inside_qemu() {
     if qemu10().is_none() {
         return;
     }
-    plugin_library();
+    // Both vCPUs busy before the probes go live: vmprobe attaches to a
+    // guest whose two loops already run (with `run`, the window opened
+    // before the guest's init had started them, and a vCPU still halted
+    // then lost its ticks).
+    let image = default_guest();
+    let kernel = image.kernel.clone();
+    let mut cfg = qemu_guest::LaunchConfig::new(image);
+    cfg.accel = qemu_guest::Accel::Tcg;
+    cfg.vcpus = 2;
+    cfg.qemu = qemu10().unwrap();
+    cfg.plugin = Some(plugin_library());
+    let mut vm = qemu_guest::Vm::launch(&cfg).expect("launch");
+    qemu_vmm::Qmp::connect_unix_wait(&vm.qmp_socket(), Duration::from_secs(5))
+        .and_then(|mut qmp| qmp.cont())
+        .unwrap();
+    vm.wait_ready(Duration::from_secs(180))
+        .expect("guest boots");
+    vm.start_workload(
+        "taskset 1 sh -c 'while :; do :; done' & taskset 2 sh -c 'while :; do :; done' & \
+         sleep 1; echo LOOPS-RUNNING; wait",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let spec = format!(
+        "vm0=gdb:unix:{},plugin:{},kernel:{}",
+        vm.gdb_socket().display(),
+        vm.plugin_socket().display(),
+        kernel.display()
+    );
     let out = run_bounded(
         vmprobe().args([
-            "run",
-            "--backend",
-            "plugin",
-            "--vcpus",
-            "2",
+            "attach",
+            "--vm",
+            &spec,
             "-e",
             "profile:hz:20 { @samples[vcpu] = count(); } interval:s:2 { exit(); }",
-            "--",
-            "taskset 1 sh -c 'while :; do :; done' & taskset 2 sh -c 'while :; do :; done'",
         ]),
         RUN_LIMIT,
     );
+    let _ = vm.shutdown(Duration::from_secs(5));
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("through its plugin"), "{stderr}");
     let per_vcpu = keyed_map(&stdout, "samples");
     assert_eq!(per_vcpu.len(), 2, "both vCPUs sampled: {stdout}");
     // 2 s at 20 Hz, give or take the ticks around the start and the exit.
