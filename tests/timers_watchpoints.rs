@@ -95,7 +95,7 @@ fn profile_samples_every_vcpu_inside_qemu() {
             "--vm",
             &spec,
             "-e",
-            "profile:hz:20 { @samples[vcpu] = count(); } interval:s:2 { exit(); }",
+            "profile:hz:20 { @samples[vcpu] = count(); } interval:s:4 { exit(); }",
         ]),
         RUN_LIMIT,
     );
@@ -105,16 +105,17 @@ fn profile_samples_every_vcpu_inside_qemu() {
     assert!(stderr.contains("through its plugin"), "{stderr}");
     let per_vcpu = keyed_map(&stdout, "samples");
     assert_eq!(per_vcpu.len(), 2, "both vCPUs sampled: {stdout}");
-    // 2 s at 20 Hz, give or take the ticks around the start and the exit.
+    // 4 s at 20 Hz: 80 ticks, give or take 3 around the start and the exit.
     // Ticks a vCPU has not served when the run ends (its turn under
-    // single-threaded TCG came too late) are lost: a few, not a vCPU's
-    // share. On a loaded host (CI on 2 cores, two test binaries at once)
-    // that was 7 ticks of 40 once (33 and 40).
+    // single-threaded TCG came too late) are lost, at most the second's
+    // worth (20) a vCPU catches up (CATCH_UP in the plugin): in CI on 2
+    // busy cores a vCPU lost 13 of 40 in a 2 s run. A vCPU that missed
+    // every other tick would be far below.
     for n in per_vcpu.values() {
-        assert!((30..=46).contains(n), "40 samples a vCPU: {stdout}");
+        assert!((57..=86).contains(n), "80 samples a vCPU: {stdout}");
     }
     assert!(
-        per_vcpu[&0].abs_diff(per_vcpu[&1]) <= 9,
+        per_vcpu[&0].abs_diff(per_vcpu[&1]) <= 23,
         "one sample per vCPU per tick: {stdout}"
     );
 }
