@@ -180,10 +180,13 @@ pub fn compile_typed(
         matches!(p, probe_lang::ProbeSpec::Kfunc { function } | probe_lang::ProbeSpec::Kretfunc { function }
             if function.contains(['*', '?']))
     });
+    let events = guest_events(kernel, &points);
     let types = kernel.guest.btf().map(|btf| {
         let mut t = probe_engine::LayerTypes::new(probe_engine::BtfTypes::new(btf));
         if guest_tracepoints {
-            t = t.with_syscalls(kernel.syscalls());
+            t = t
+                .with_syscalls(kernel.syscalls())
+                .with_guest_events(&events);
         }
         if kfunc_wildcards {
             t = t.with_kfuncs(kernel.kfuncs());
@@ -202,7 +205,58 @@ pub fn compile_typed(
         &options,
     )?;
     crate::uprobe::bind(&mut program, &crate::uprobe::GuestFiles::new(guest_root))?;
+    program.bind_guest_events(|system, event| {
+        events
+            .iter()
+            .find(|(s, e, _)| s == system && e == event)
+            .map(|(_, _, found)| found.clone())
+            .unwrap_or_else(|| Err("not looked up in the image".into()))
+    })?;
     Ok(program)
+}
+
+/// The guest tracepoints other than syscalls' that `points` name, looked
+/// up in the image: how each is served, or why it cannot be.
+fn guest_events(
+    kernel: &KernelInfo,
+    points: &[probe_lang::ProbeSpec],
+) -> Vec<probe_engine::event_types::GuestEvent> {
+    let wanted: Vec<(&str, &str)> = points
+        .iter()
+        .filter_map(|p| match p {
+            probe_lang::ProbeSpec::GuestTracepoint { system, event }
+                if p.syscall_event().is_none() && p.raw_syscall_event().is_none() =>
+            {
+                Some((system.as_str(), event.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Vec::new();
+    }
+    let cache = qemu_guest::cache_dir().join("sections");
+    let sections = KernelSections::load(&kernel.image, &kernel_tracepoints::SECTIONS, Some(&cache))
+        .map_err(|e| e.to_string());
+    let finder = match (&sections, kernel.guest.btf()) {
+        (Ok(sections), Some(btf)) => Ok(kernel_tracepoints::EventFinder::new(
+            &kernel.symbols,
+            sections,
+            btf,
+        )),
+        (Err(e), _) => Err(format!("the image's sections could not be read: {e}")),
+        (_, None) => Err("the guest kernel's image has no BTF, which serving it needs".into()),
+    };
+    wanted
+        .into_iter()
+        .map(|(system, event)| {
+            let found = match &finder {
+                Ok(f) => f.find(system, event).map_err(|e| e.to_string()),
+                Err(e) => Err(e.clone()),
+            };
+            (system.to_string(), event.to_string(), found)
+        })
+        .collect()
 }
 
 /// How `record` names and types each kernel probe's own fields: after

@@ -178,6 +178,7 @@ fn check_boundary(elf: &UserElf, start: u64, off: u64, path: &str) -> Result<(),
         skippable: None,
         entry_args: false,
         user: Vec::new(),
+        event: None,
     };
     probe_engine::boundary::check_instruction_boundary(&site, |addr, len| {
         elf.code(addr, len)

@@ -70,6 +70,18 @@ impl Session {
                 format!(", {} uprobe stops in other files", s.other_files)
             } else {
                 String::new()
+            } + &if self.sites().iter().any(|s| s.event.is_some()) {
+                format!(
+                    ", {} tracepoint stops that did not fire, {} not served{}",
+                    s.events_not_fired,
+                    s.event_errors,
+                    s.event_error
+                        .as_ref()
+                        .map(|e| format!(" (first: {e})"))
+                        .unwrap_or_default()
+                )
+            } else {
+                String::new()
             },
             h.mean() / 1e3,
             h.value_at_quantile(0.5) as f64 / 1e3,

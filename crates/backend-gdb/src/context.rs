@@ -87,6 +87,11 @@ pub(crate) struct HitContext<'a> {
     pub entry_args: Option<[u64; 6]>,
     /// Symbols of the user files the program's uprobes name (`ustack`).
     pub user_symbols: Option<&'a probe_plan::UserSymbols>,
+    /// At a guest tracepoint's hit: the record its emulated code wrote.
+    pub event: Option<(
+        Arc<kernel_tracepoints::EventRecipe>,
+        kernel_tracepoints::Record,
+    )>,
 }
 
 impl<'a> HitContext<'a> {
@@ -115,6 +120,7 @@ impl<'a> HitContext<'a> {
             traced: Vec::new(),
             entry_args: None,
             user_symbols: None,
+            event: None,
         }
     }
 
@@ -265,6 +271,15 @@ impl ProbeContext for HitContext<'_> {
 
     fn register(&mut self, name: &str) -> Result<u64, ContextError> {
         self.get_register(name)
+    }
+
+    fn probe_arg(&mut self, name: &str) -> Result<probe_lang::value::Value, ContextError> {
+        match &self.event {
+            Some((recipe, record)) => probe_runtime::guest_event_arg(recipe, record, name),
+            None => Err(ContextError::Unavailable(format!(
+                "args.{name} is not supported by this probe context"
+            ))),
+        }
     }
 
     fn kaddr(&self, name: &str) -> Option<u64> {

@@ -25,7 +25,18 @@ pub struct LayerTypes<'a> {
     syscalls: Option<&'a [(String, SyscallDecl)]>,
     /// What kfunc wildcards expand to, when the caller read it.
     kfuncs: &'a [String],
+    /// The guest tracepoints (other than syscalls') the program names, as
+    /// the caller found them in the image: a recipe, or why not.
+    guest_events: Option<&'a [GuestEvent]>,
 }
+
+/// A guest tracepoint looked up in the image: `(system, event, recipe or
+/// why it cannot be served)`.
+pub type GuestEvent = (
+    String,
+    String,
+    Result<kernel_tracepoints::EventRecipe, String>,
+);
 
 impl<'a> LayerTypes<'a> {
     /// Event declarations from QEMU's installed catalogue and the host's
@@ -46,6 +57,7 @@ impl<'a> LayerTypes<'a> {
             host: OnceLock::new(),
             syscalls: None,
             kfuncs: &[],
+            guest_events: None,
         }
     }
 
@@ -59,6 +71,12 @@ impl<'a> LayerTypes<'a> {
     /// ([`KernelTypes::kfunc_names`]).
     pub fn with_kfuncs(mut self, kfuncs: &'a [String]) -> Self {
         self.kfuncs = kfuncs;
+        self
+    }
+
+    /// With the guest tracepoints the program names, for their `args`.
+    pub fn with_guest_events(mut self, events: &'a [GuestEvent]) -> Self {
+        self.guest_events = Some(events);
         self
     }
 
@@ -115,8 +133,33 @@ impl KernelTypes for LayerTypes<'_> {
                         .collect(),
                 )
             }
+            ProbeSpec::GuestTracepoint { system, event } => self.guest_event(system, event)?.ok(),
             _ => None,
         }
+    }
+
+    fn guest_event(
+        &self,
+        system: &str,
+        event: &str,
+    ) -> Option<Result<Vec<(String, FieldType)>, String>> {
+        let (_, _, found) = self
+            .guest_events?
+            .iter()
+            .find(|(s, e, _)| s == system && e == event)?;
+        Some(found.as_ref().map_err(Clone::clone).map(|recipe| {
+            recipe
+                .fields
+                .iter()
+                .map(|f| {
+                    let ty = match f.kind {
+                        kernel_tracepoints::FieldKind::Int => FieldType::Int { signed: f.signed },
+                        _ => FieldType::Str,
+                    };
+                    (f.name.clone(), ty)
+                })
+                .collect()
+        }))
     }
 
     fn knows_syscalls(&self) -> bool {

@@ -301,6 +301,7 @@ mod tests {
             skippable: None,
             entry_args: false,
             user: Vec::new(),
+            event: None,
         }
     }
 

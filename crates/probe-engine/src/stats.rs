@@ -25,6 +25,13 @@ pub struct HitStats {
     /// Hits at a uprobe's address in a process that maps another file (or
     /// none) there: not the probe's, resumed without running handlers.
     pub other_files: u64,
+    /// Stops at a guest tracepoint's call whose emulated code chose not to
+    /// fire (its condition).
+    pub events_not_fired: u64,
+    /// Stops at a guest tracepoint's call that could not be served, and
+    /// the first reason.
+    pub event_errors: u64,
+    pub event_error: Option<String>,
     /// Nanoseconds from receiving a hit's stop reply to resuming the guest.
     pub service_ns: Histogram<u64>,
 }
@@ -40,6 +47,9 @@ impl HitStats {
             layer_events: 0,
             stray_stops: 0,
             other_files: 0,
+            events_not_fired: 0,
+            event_errors: 0,
+            event_error: None,
             service_ns: Histogram::new(3).expect("3 significant digits is valid"),
         }
     }

@@ -76,6 +76,10 @@ pub struct Executable {
     #[serde(default)]
     pub probe_guests: Vec<Option<String>>,
     pub ir: ir::Ir,
+    /// How each guest tracepoint other than a syscall's is served, found
+    /// in the image before booting ([`Program::bind_guest_events`]).
+    #[serde(default)]
+    pub guest_events: Vec<kernel_tracepoints::EventRecipe>,
 }
 
 impl Executable {
@@ -177,6 +181,52 @@ impl Program {
             }
         }
         self.errors_at(&errors)
+    }
+
+    /// Finds how each guest tracepoint other than a syscall's is served:
+    /// `find(system, event)` gives its recipe, or why not; each failure is
+    /// an error at its attach point.
+    pub fn bind_guest_events(
+        &mut self,
+        mut find: impl FnMut(&str, &str) -> Result<kernel_tracepoints::EventRecipe, String>,
+    ) -> Result<(), Diagnostics> {
+        let spans = self.probe_spans();
+        let mut errors = Vec::new();
+        let mut found = Vec::new();
+        for (i, spec) in self.exec.probes.iter().enumerate() {
+            let ProbeSpec::GuestTracepoint { system, event } = spec else {
+                continue;
+            };
+            if spec.syscall_event().is_some() || spec.raw_syscall_event().is_some() {
+                continue;
+            }
+            if found
+                .iter()
+                .any(|r: &kernel_tracepoints::EventRecipe| &r.system == system && &r.event == event)
+            {
+                continue;
+            }
+            match find(system, event) {
+                Ok(recipe) => found.push(recipe),
+                Err(why) => errors.push((spans.get(i).copied().unwrap_or_default(), why)),
+            }
+        }
+        if !found.is_empty() {
+            std::sync::Arc::make_mut(&mut self.exec).guest_events = found;
+        }
+        self.errors_at(&errors)
+    }
+
+    /// How guest tracepoint `system:event` is served, once bound.
+    pub fn guest_event(
+        &self,
+        system: &str,
+        event: &str,
+    ) -> Option<&kernel_tracepoints::EventRecipe> {
+        self.exec
+            .guest_events
+            .iter()
+            .find(|r| r.system == system && r.event == event)
     }
 
     /// The span of each attach point, in the order of [`Program::probes`].
@@ -542,6 +592,7 @@ pub fn compile_with(
             probe_blocks,
             probe_guests,
             ir,
+            guest_events: Vec::new(),
         }),
         ast,
         kaddrs: checked.kaddrs,

@@ -125,6 +125,16 @@ pub trait KernelTypes {
     fn event_fields(&self, _probe: &ProbeSpec) -> Option<Vec<(String, FieldType)>> {
         None
     }
+    /// A guest tracepoint other than a syscall's (`sched:sched_switch`):
+    /// its record's fields, or why it cannot be served; `None` when these
+    /// types know no guest events.
+    fn guest_event(
+        &self,
+        _system: &str,
+        _event: &str,
+    ) -> Option<Result<Vec<(String, FieldType)>, String>> {
+        None
+    }
     /// Whether [`KernelTypes::syscall`] knows the guest's syscalls: then a
     /// `tracepoint:syscalls:*` on a name it does not know is an error.
     fn knows_syscalls(&self) -> bool {

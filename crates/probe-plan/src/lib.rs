@@ -35,6 +35,8 @@ pub enum Error {
     NoMatch { probe: String, pattern: String },
     #[error("{probe}: not placed in its ELF before arming")]
     UnboundUprobe { probe: String },
+    #[error("{probe}: the tracepoint was not found in the guest kernel's image before arming")]
+    UnboundEvent { probe: String },
     #[error("{probe}: offset {offset} is past the end of the function")]
     OffsetOutside { probe: String, offset: u64 },
 }

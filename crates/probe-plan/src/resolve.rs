@@ -56,6 +56,10 @@ pub struct ProbeSite {
     /// probe's handlers only where the current task maps that file there.
     #[serde(default)]
     pub user: Vec<UserFile>,
+    /// A guest tracepoint's call (not a syscall's): how a hit's record is
+    /// had (slid). A hit whose emulated code does not fire runs nothing.
+    #[serde(default)]
+    pub event: Option<Arc<kernel_tracepoints::EventRecipe>>,
 }
 
 /// A uprobe's file: its guest path and the offset in it of the probed
@@ -220,6 +224,7 @@ fn resolve_sites(
                         skippable: None,
                         entry_args: false,
                         user: Vec::new(),
+                        event: None,
                     });
                     sites.last_mut().expect("just pushed")
                 }
@@ -269,6 +274,17 @@ fn resolve_sites(
                             name: function.to_string(),
                         })?;
                     add(sym.addr.wrapping_add(slide), 0, &sym.name, spec.name());
+                }
+                // Any other guest tracepoint: a breakpoint at each of its
+                // static branches, whose hits are served by emulation.
+                ProbeSpec::GuestTracepoint { system, event } if spec.syscall_event().is_none() => {
+                    let recipe = program
+                        .guest_event(system, event)
+                        .ok_or_else(|| Error::UnboundEvent { probe: spec.name() })?;
+                    // Each site gets its recipe below, once `add` is done.
+                    for site in &recipe.sites {
+                        add(site.code.wrapping_add(slide), 0, &site.func, spec.name());
+                    }
                 }
                 ProbeSpec::GuestTracepoint { system, event } => {
                     let (sys, exit) = spec.syscall_event().ok_or_else(|| Error::UnknownSymbol {
@@ -426,6 +442,14 @@ fn resolve_sites(
             Ok(())
         };
         one().map_err(|e| (index, e))?;
+    }
+    for recipe in &program.executable().guest_events {
+        let slid = Arc::new(recipe.slid(slide));
+        for site in sites.iter_mut() {
+            if slid.sites.iter().any(|s| s.code == site.addr) {
+                site.event = Some(slid.clone());
+            }
+        }
     }
     Ok(sites)
 }

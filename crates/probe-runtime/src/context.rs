@@ -206,3 +206,28 @@ pub enum Flow {
     /// The handler called `exit()`.
     Exit,
 }
+
+/// `args.NAME` of a guest tracepoint's hit, from the record its emulated
+/// code wrote (`kernel_tracepoints::serve`): what a backend's
+/// [`ProbeContext::probe_arg`] answers at such a hit.
+pub fn guest_event_arg(
+    recipe: &kernel_tracepoints::EventRecipe,
+    record: &kernel_tracepoints::Record,
+    name: &str,
+) -> Result<Value, ContextError> {
+    use kernel_tracepoints::FieldValue;
+    let field = recipe.field(name).ok_or_else(|| {
+        ContextError::Unavailable(format!("{} has no field '{name}'", recipe.name()))
+    })?;
+    Ok(match record.value(field) {
+        FieldValue::Int(v) => Value::Int(v),
+        FieldValue::Str(s) => Value::Str(s.into()),
+        // Typed as a string by the checker, as host events' arrays are.
+        FieldValue::Bytes(b) => Value::Str(
+            b.iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<String>()
+                .into(),
+        ),
+    })
+}

@@ -21,7 +21,7 @@ pub mod runtime;
 pub mod store;
 pub mod thread_vars;
 
-pub use context::{ContextError, Flow, ProbeContext, Traced, TracedValue};
+pub use context::{ContextError, Flow, ProbeContext, Traced, TracedValue, guest_event_arg};
 pub use interp::{DEFAULT_STEP_BUDGET, DEFAULT_TIME_BUDGET, Interpreter};
 pub use output::{MapOp, Origin, Output, OutputEvent};
 pub use runtime::Runtime;

@@ -161,6 +161,20 @@ impl Session {
         resume: bool,
         received: u64,
     ) -> Result<Flow, String> {
+        // A guest tracepoint's call fires only if its own code, emulated,
+        // writes a record.
+        let mut regs = regs;
+        if let Some(recipe) = self.sites[index].event.clone() {
+            match self.serve_event(&recipe, index, thread, &mut regs)? {
+                Some(record) => self.event_record = Some((recipe, record)),
+                None => {
+                    let addr = self.sites[index].addr;
+                    return self
+                        .resume_if(resume, Resume::StepOff(thread, addr), received)
+                        .map(|_| Flow::Continue);
+                }
+            }
+        }
         // A user address is every process's: run only the probes whose
         // file the current task maps there.
         let (mut regs, user) = if self.sites[index].is_user() {
@@ -261,6 +275,57 @@ impl Session {
         };
         self.resume_if(resume, how, received)?;
         Ok(flow)
+    }
+
+    /// The record of a guest tracepoint's hit at site `index`, by emulating
+    /// the tracepoint's code over the stopped vCPU (`None`: it does not
+    /// fire, or could not be served, which is counted with the first
+    /// reason).
+    fn serve_event(
+        &mut self,
+        recipe: &kernel_tracepoints::EventRecipe,
+        index: usize,
+        thread: ThreadId,
+        regs: &mut Option<Registers>,
+    ) -> Result<Option<kernel_tracepoints::Record>, String> {
+        if regs.is_none() {
+            *regs = Some(
+                self.client
+                    .read_registers(thread)
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        let r = regs.as_ref().expect("fetched above");
+        let served = kernel_tracepoints::registers(&recipe.name(), |n| r.get(n)).and_then(|start| {
+            let kernel = self.kernel.as_deref();
+            let text = (
+                kernel.and_then(|k| k.kaddr("_stext")).unwrap_or(0),
+                kernel.and_then(|k| k.kaddr("_etext")).unwrap_or(0),
+            );
+            let lines = self
+                .event_lines
+                .get_or_insert_with(|| kernel_tracepoints::LineCache::new(text));
+            lines.new_hit();
+            let client = &mut self.client;
+            let mut read = |a: u64, b: &mut [u8]| client.read_memory(a, b).is_ok();
+            let mut mem = lines.memory(&mut read);
+            kernel_tracepoints::serve(recipe, self.sites[index].addr, start, &mut mem)
+        });
+        if let Some(e) = self.client.lost() {
+            return Err(e.to_string());
+        }
+        match served {
+            Ok(Some(record)) => Ok(Some(record)),
+            Ok(None) => {
+                self.stats.events_not_fired += 1;
+                Ok(None)
+            }
+            Err(e) => {
+                self.stats.event_errors += 1;
+                self.stats.event_error.get_or_insert_with(|| e.to_string());
+                Ok(None)
+            }
+        }
     }
 
     /// At a function entry (the return address is on top of the stack),
@@ -646,6 +711,10 @@ impl Session {
             At::Entry => (&site.handlers, None),
         };
         let handlers = only.as_ref().unwrap_or(all);
+        let event = match at {
+            At::Entry => self.event_record.take(),
+            At::Return(_) => None,
+        };
         let mut ctx = HitContext::at_stop(
             &mut self.client,
             self.kernel.as_deref(),
@@ -657,6 +726,7 @@ impl Session {
         );
         ctx.entry_args = entry_args;
         ctx.user_symbols = self.user_symbols.as_deref();
+        ctx.event = event;
         let flow = ctx.run_all(runtime, handlers)?;
         let wanted = self.recorder.is_some()
             && self.record_threads

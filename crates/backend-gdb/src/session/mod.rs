@@ -80,6 +80,10 @@ pub struct Session {
     kernel: Option<Arc<GuestKernel>>,
     /// Symbols of the user files the program's uprobes name (`ustack`).
     user_symbols: Option<Arc<probe_plan::UserSymbols>>,
+    /// Guest memory lines read while emulating tracepoints (kernel text
+    /// kept across hits), and the record of the hit being served.
+    event_lines: Option<kernel_tracepoints::LineCache>,
+    event_record: Option<(Arc<kernel_tracepoints::EventRecipe>, kernel_tracepoints::Record)>,
     /// VMM and host event sources, and the blocks of their probes by name.
     layers: LayerSet,
     recorder: Option<Box<dyn EventSink>>,
@@ -122,6 +126,8 @@ impl Session {
             vcpus: Vec::new(),
             kernel: None,
             user_symbols: None,
+            event_lines: None,
+            event_record: None,
             layers: LayerSet::default(),
             recorder: None,
             record_every_hit: true,

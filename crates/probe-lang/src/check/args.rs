@@ -14,15 +14,19 @@ impl Checker<'_, '_> {
     /// `args.NAME` / `args->NAME` in the current block.
     pub(super) fn args_member(&mut self, name: &str, span: Span) -> Option<(Type, Access)> {
         let specs = self.specs.clone();
-        if !specs.is_empty()
-            && specs
-                .iter()
-                .all(|s| matches!(s, ProbeSpec::GuestTracepoint { .. }))
-        {
+        let syscall = |s: &ProbeSpec| {
+            matches!(s, ProbeSpec::GuestTracepoint { .. })
+                && (s.syscall_event().is_some() || s.raw_syscall_event().is_some())
+        };
+        if !specs.is_empty() && specs.iter().all(syscall) {
             return self.syscall_field(&specs, name, span);
         }
-        let is_event =
-            |s: &ProbeSpec| matches!(s, ProbeSpec::Vmm { .. } | ProbeSpec::HostTracepoint { .. });
+        // Other guest tracepoints' records are fields as VMM and host
+        // events' are: typed by their declaration, read at the hit.
+        let is_event = |s: &ProbeSpec| {
+            matches!(s, ProbeSpec::Vmm { .. } | ProbeSpec::HostTracepoint { .. })
+                || matches!(s, ProbeSpec::GuestTracepoint { .. }) && !syscall(s)
+        };
         if !specs.is_empty() && specs.iter().all(is_event) {
             for spec in &specs {
                 let Some(fields) = self.types.and_then(|t| t.event_fields(spec)) else {

@@ -61,6 +61,9 @@ pub(super) fn resolve(
                     if let Err(why) = kfunc_prototype(types, &spec) {
                         r.error(*span, why);
                     }
+                    if let Err(why) = guest_event(types, &spec) {
+                        r.error(*span, why);
+                    }
                     all_k &= spec.is_entry();
                     all_kr &= spec.is_return();
                     all_krf &= matches!(spec, ProbeSpec::Kretfunc { .. });
@@ -174,6 +177,25 @@ fn unknown_syscall(types: &dyn KernelTypes, spec: &ProbeSpec) -> Option<String> 
     Some(format!(
         "guest tracepoint {system}:{event}: the guest kernel has no syscall '{sys}' with tracepoints (see `vmprobe list 'tracepoint:syscalls:*'`)"
     ))
+}
+
+/// Why a guest tracepoint other than a syscall's cannot be served: the
+/// types say whether this kernel has it and can be emulated there.
+fn guest_event(types: Option<&dyn KernelTypes>, spec: &ProbeSpec) -> Result<(), String> {
+    let ProbeSpec::GuestTracepoint { system, event } = spec else {
+        return Ok(());
+    };
+    if spec.syscall_event().is_some() || spec.raw_syscall_event().is_some() {
+        return Ok(());
+    }
+    let name = format!("guest tracepoint {system}:{event}");
+    match types.and_then(|t| t.guest_event(system, event)) {
+        Some(Ok(_)) => Ok(()),
+        Some(Err(why)) => Err(format!("{name}: {why}")),
+        None => Err(format!(
+            "{name} needs the guest kernel's image (its jump table and BTF), which this compilation does not have"
+        )),
+    }
 }
 
 /// SysV x86-64 passes the first six integer or pointer parameters in
@@ -556,20 +578,13 @@ fn guest_tracepoint(system: &str, event: &str) -> Result<(), String> {
         _ if system.contains(['*', '?']) => Err(format!(
             "{name}: a wildcard in the category is not supported for guest tracepoints; name it (syscalls:)"
         )),
-        _ => {
-            let instead = match (system, event) {
-                ("sched", "sched_switch") => "kprobe:__schedule",
-                ("sched", e) if e.starts_with("sched_wak") => "kprobe:try_to_wake_up",
-                ("sched", "sched_process_fork") => "kprobe:kernel_clone",
-                ("sched", "sched_process_exit") => "kprobe:do_exit",
-                ("sched", "sched_process_exec") => "kprobe:begin_new_exec",
-                ("block", "block_rq_issue") => "kprobe:blk_mq_start_request",
-                _ => "kprobe:FUNCTION",
-            };
-            Err(format!(
-                "{name}: only syscalls:* and raw_syscalls:* can be served from outside the guest; probe a kernel function with kprobe: (e.g. {instead}), or use host:tracepoint: for the host"
-            ))
-        }
+        // Any other event is served by emulating its own code at the
+        // hit (kernel-tracepoints); whether this kernel can is checked
+        // with the types (`guest_event`).
+        _ if event.contains(['*', '?']) => Err(format!(
+            "{name}: wildcards are supported for syscalls:* only; name the event"
+        )),
+        _ => Ok(()),
     }
 }
 
