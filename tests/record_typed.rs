@@ -7,21 +7,6 @@ mod support;
 use support::trace_read::*;
 use support::*;
 
-/// The backends a test runs on: through the stub always, inside QEMU
-/// where QEMU 10 is installed (always in CI).
-fn backends() -> Vec<(&'static str, Vec<String>)> {
-    let mut all = vec![("gdb", vec!["--backend".to_string(), "gdb".to_string()])];
-    if let Some(qemu) = qemu10() {
-        plugin_library();
-        let qemu = qemu.to_string_lossy().into_owned();
-        all.push((
-            "plugin",
-            vec!["--backend".into(), "plugin".into(), "--qemu".into(), qemu],
-        ));
-    }
-    all
-}
-
 /// The names of a babeltrace2 line's payload fields, in order.
 fn payload_names(line: &str) -> Vec<&str> {
     let payload = line.rsplit_once("}, {").map_or("", |p| p.1);

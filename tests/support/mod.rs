@@ -326,6 +326,21 @@ pub fn qemu10() -> Option<std::path::PathBuf> {
 
 /// vmprobe's plugin library, built next to the vmprobe binary the tests
 /// run (`cargo build -p vmprobe-qemu-plugin`).
+/// The backends a test runs on, with their `vmprobe run` flags: through
+/// the stub always, inside QEMU where QEMU 10 is installed (always in CI).
+pub fn backends() -> Vec<(&'static str, Vec<String>)> {
+    let mut all = vec![("gdb", vec!["--backend".to_string(), "gdb".to_string()])];
+    if let Some(qemu) = qemu10() {
+        plugin_library();
+        let qemu = qemu.to_string_lossy().into_owned();
+        all.push((
+            "plugin",
+            vec!["--backend".into(), "plugin".into(), "--qemu".into(), qemu],
+        ));
+    }
+    all
+}
+
 pub fn plugin_library() -> std::path::PathBuf {
     let lib = std::path::Path::new(env!("CARGO_BIN_EXE_vmprobe"))
         .with_file_name("libvmprobe_qemu_plugin.so");

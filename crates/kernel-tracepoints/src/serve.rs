@@ -81,9 +81,11 @@ pub fn serve(
     // The block's way back (the no-op's next instruction) means it chose
     // not to call (the static branch is 5 bytes on x86-64).
     m.set_return_stop(Some(site.code + 5));
-    let mut block = BlockHooks {
-        calls: &recipe.calls,
-    };
+    // Where the guest has the event on itself, x86's inline static calls
+    // may have the block call the event's code directly.
+    let mut stops = recipe.calls.clone();
+    stops.push(recipe.raw_event);
+    let mut block = BlockHooks { calls: &stops };
     match m.run(mem, &mut block, BLOCK_BUDGET).map_err(emu)? {
         Stopped {
             kind: Transfer::Return,

@@ -72,6 +72,11 @@ pub(crate) struct VcpuContext<'a, 'v> {
     /// At a `kretfunc` return: the argument registers captured at the
     /// call's entry, which `args` reads instead of the clobbered registers.
     pub entry_args: Option<[u64; 6]>,
+    /// At a guest tracepoint's hit: the record its emulated code wrote.
+    pub event: Option<&'a (
+        std::sync::Arc<kernel_tracepoints::EventRecipe>,
+        kernel_tracepoints::Record,
+    )>,
 }
 
 impl VcpuContext<'_, '_> {
@@ -123,6 +128,15 @@ impl ProbeContext for VcpuContext<'_, '_> {
         self.vcpu
             .reg(name)
             .ok_or_else(|| ContextError::Register(format!("QEMU lists no register '{name}'")))
+    }
+
+    fn probe_arg(&mut self, name: &str) -> Result<probe_lang::value::Value, ContextError> {
+        match self.event {
+            Some((recipe, record)) => probe_runtime::guest_event_arg(recipe, record, name),
+            None => Err(ContextError::Unavailable(format!(
+                "args.{name} is not supported by this probe context"
+            ))),
+        }
     }
 
     fn vcpu(&self) -> u32 {

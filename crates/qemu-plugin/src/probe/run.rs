@@ -230,7 +230,43 @@ impl Run {
         }
     }
 
+    /// At a guest tracepoint's call: the record its code, emulated on this
+    /// vCPU, writes; `None` when it does not fire or cannot be served (an
+    /// error of each of its probes, with the reason).
+    fn event_record(
+        &self,
+        vcpu: &mut Vcpu<'_>,
+        site: usize,
+    ) -> Option<(Arc<kernel_tracepoints::EventRecipe>, kernel_tracepoints::Record)> {
+        let s = &self.sites[site];
+        let recipe = s.event.clone()?;
+        let served = kernel_tracepoints::registers(&recipe.name(), |n| vcpu.reg(n)).and_then(
+            |start| kernel_tracepoints::serve(&recipe, s.addr, start, &mut VcpuMemory(vcpu)),
+        );
+        match served {
+            Ok(record) => record.map(|r| (recipe, r)),
+            Err(e) => {
+                let errors: Vec<(String, String, u64)> = s
+                    .handlers
+                    .iter()
+                    .map(|(_, probe)| (probe.to_string(), e.to_string(), 1))
+                    .collect();
+                self.interps[vcpu.index() as usize % self.interps.len()]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .add_errors(&errors);
+                None
+            }
+        }
+    }
+
     fn entry(&self, vcpu: &mut Vcpu<'_>, site: usize, now: u64) -> bool {
+        // A guest tracepoint's call is an event only where its own code,
+        // emulated, writes a record.
+        let event = self.event_record(vcpu, site);
+        if self.sites[site].event.is_some() && event.is_none() {
+            return false;
+        }
         // A user address is every process's: only the probes of the file
         // the current task maps there run.
         let user = self.user_handlers(vcpu, site);
@@ -243,7 +279,7 @@ impl Run {
         self.counters.hits.fetch_add(1, Ordering::Relaxed);
         let s = &self.sites[site];
         let handlers = user.as_ref().map_or(&s.handlers, |(e, _, _)| e);
-        let traced = self.run_blocks(vcpu, handlers, &s.func, now, None);
+        let traced = self.run_blocks(vcpu, handlers, &s.func, now, None, event.as_ref());
         // Every hit recorded: the task is read at the entry for the
         // entry's events and, kept with the call, for its return's.
         let always = self.record == RecordMode::EveryHit
@@ -327,7 +363,7 @@ impl Run {
         let s = &self.sites[call.site];
         let entry_args = s.entry_args.then_some(call.args);
         let handlers = user.as_ref().map_or(&s.ret_handlers, |(_, r, _)| r);
-        let traced = self.run_blocks(vcpu, handlers, &s.func, now, entry_args);
+        let traced = self.run_blocks(vcpu, handlers, &s.func, now, entry_args, None);
         // The call's task, as its entry read it, else read here.
         let thread = match call.thread {
             Some(t) => Some(t),
@@ -351,7 +387,7 @@ impl Run {
         }
         self.counters.samples.fetch_add(1, Ordering::Relaxed);
         let now = host_clock::monotonic_ns();
-        let traced = self.run_blocks(vcpu, blocks, "", now, None);
+        let traced = self.run_blocks(vcpu, blocks, "", now, None, None);
         let thread = self.thread_if(vcpu, !traced.is_empty());
         self.push_traced(vcpu.index(), u32::MAX, now, thread, traced);
     }
@@ -381,6 +417,7 @@ impl Run {
         func: &str,
         now: u64,
         entry_args: Option<[u64; 6]>,
+        event: Option<&(Arc<kernel_tracepoints::EventRecipe>, kernel_tracepoints::Record)>,
     ) -> Vec<(Box<str>, Traced)> {
         let index = vcpu.index() as usize;
         let (Some(interp), Some(ring)) = (self.interps.get(index), self.rings.get(index)) else {
@@ -403,6 +440,7 @@ impl Run {
             task: None,
             traced: Vec::new(),
             entry_args,
+            event,
         };
         for (block, probe) in blocks {
             ctx.probe = probe;
@@ -592,5 +630,18 @@ impl Output for RingOutput<'_> {
             vcpu: self.vcpu,
             event,
         });
+    }
+}
+
+/// Guest memory as the emulator reads it: this vCPU's virtual addresses.
+struct VcpuMemory<'a, 'v>(&'a mut Vcpu<'v>);
+
+impl x86_emulate::Memory for VcpuMemory<'_, '_> {
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), x86_emulate::MemoryFault> {
+        if self.0.read_memory(addr, buf) {
+            Ok(())
+        } else {
+            Err(x86_emulate::MemoryFault)
+        }
     }
 }
