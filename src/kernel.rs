@@ -215,6 +215,35 @@ pub fn compile_typed(
     Ok(program)
 }
 
+/// `with(finder, events)` over the image's tracepoints other than the
+/// syscalls' (which their metadata lists): what `vmprobe list` shows. None
+/// when the image's sections or BTF cannot be read.
+pub fn other_guest_events<T: Default>(
+    image: &std::path::Path,
+    symbols: &KernelSymbols,
+    with: impl FnOnce(&kernel_tracepoints::EventFinder, &[(String, String)]) -> T,
+) -> T {
+    let cache = qemu_guest::cache_dir().join("sections");
+    let mut names = kernel_tracepoints::SECTIONS.to_vec();
+    names.push(".BTF");
+    let Ok(sections) = KernelSections::load(image, &names, Some(&cache)) else {
+        return T::default();
+    };
+    let Some(btf) = sections
+        .get(".BTF")
+        .and_then(|b| kernel_btf::Btf::parse(&b.data).ok())
+    else {
+        return T::default();
+    };
+    let finder = kernel_tracepoints::EventFinder::new(symbols, &sections, &btf);
+    let all: Vec<(String, String)> = finder
+        .events()
+        .into_iter()
+        .filter(|(system, _)| system != "syscalls" && system != "raw_syscalls")
+        .collect();
+    with(&finder, &all)
+}
+
 /// The guest tracepoints other than syscalls' that `points` name, looked
 /// up in the image: how each is served, or why it cannot be.
 fn guest_events(

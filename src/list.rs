@@ -332,15 +332,41 @@ fn list_guest_tracepoints(
             }
         }
     }
-    for (event, decl, exit) in events {
-        let mut text = format!("tracepoint:{event}\n");
-        if verbose {
-            for line in decl.field_lines(exit) {
-                text.push_str(&line);
-                text.push('\n');
-            }
-        }
-        if !emit(text) {
+    // The other events, served by emulating their code: fields from BTF's
+    // layout of their record.
+    let others = crate::kernel::other_guest_events(&image.kernel, &symbols, |finder, all| {
+        all.iter()
+            .filter(|(system, event)| glob(sel.name, &format!("{system}:{event}")))
+            .map(|(system, event)| {
+                let fields = finder
+                    .find(system, event)
+                    .map(|r| {
+                        r.fields
+                            .iter()
+                            .map(|f| format!("    {}\n", f.declaration()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (format!("{system}:{event}"), fields)
+            })
+            .collect::<Vec<(String, String)>>()
+    });
+    let mut all: Vec<(String, String)> = events
+        .into_iter()
+        .map(|(event, decl, exit)| {
+            let fields = decl
+                .field_lines(exit)
+                .iter()
+                .map(|l| format!("{l}\n"))
+                .collect();
+            (event, fields)
+        })
+        .chain(others)
+        .collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    for (event, fields) in all {
+        let fields = if verbose { fields.as_str() } else { "" };
+        if !emit(format!("tracepoint:{event}\n{fields}")) {
             return Ok(false);
         }
     }

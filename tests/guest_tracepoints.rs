@@ -142,7 +142,141 @@ fn unservable_guest_tracepoints_are_refused_before_booting() {
         let stderr = text(&out.stderr);
         assert!(!out.status.success(), "{probe}: {stderr}");
         assert!(stderr.contains(why), "{probe}: {stderr}");
-        assert!(stderr.contains("<stdin>:2:1") || stderr.contains(":2:1"), "{probe}: {stderr}");
+        assert!(
+            stderr.contains("<stdin>:2:1") || stderr.contains(":2:1"),
+            "{probe}: {stderr}"
+        );
         assert!(!stderr.contains("booting"), "{probe}: {stderr}");
     }
+}
+
+/// `(name, offset, size, signed)` of each field of each event
+/// (`system/event`) the guest's tracefs declares, from the lines `E
+/// sys/event` and `F sys/event DECLARATION OFFSET SIZE SIGNED` the
+/// workload printed (common fields left out).
+fn guest_formats(
+    console: &str,
+) -> std::collections::BTreeMap<String, Vec<(String, u32, u32, bool)>> {
+    let mut all = std::collections::BTreeMap::new();
+    for l in console.lines() {
+        if let Some(e) = l.strip_prefix("E ") {
+            all.entry(e.trim().trim_end_matches('/').to_string())
+                .or_insert_with(Vec::new);
+        } else if let Some(rest) = l.strip_prefix("F ") {
+            // `sched/sched_switch char prev_comm[16] 8 16 1`: the name is
+            // the declaration's last word.
+            let w: Vec<&str> = rest.split_whitespace().collect();
+            let n = w.len();
+            if n < 6 {
+                continue;
+            }
+            let name = w[n - 4].split('[').next().unwrap_or("").to_string();
+            let num = |i: usize| w[i].parse::<u32>().unwrap_or(u32::MAX);
+            all.entry(w[0].to_string()).or_insert_with(Vec::new).push((
+                name,
+                num(n - 3),
+                num(n - 2),
+                w[n - 1] == "1",
+            ));
+        }
+    }
+    all
+}
+
+/// Every event vmprobe finds in the image is one the guest's tracefs has,
+/// with the same fields at the same offsets and sizes (and signedness for
+/// integers): what handlers read from an emulated record is laid out as
+/// the guest kernel lays out its own. `vmprobe list -v` prints them.
+#[test]
+fn every_event_found_in_the_image_is_laid_out_as_the_guests_tracefs_says() {
+    let Some(image) = std::env::var_os("VMPROBE_TEST_VMLINUZ") else {
+        eprintln!("VMPROBE_TEST_VMLINUZ unset: skipped");
+        return;
+    };
+    let workload = format!(
+        "cd /sys/kernel/tracing/events && ls -d */*/ | sed 's/^/E /' > /tmp/f.txt && \
+         grep -H 'field:' */*/format | grep -v common_ | \
+         sed -n 's|^\\(.*\\)/format:.*field:\\(.*\\);.*offset:\\([0-9]*\\);.*size:\\([0-9]*\\);.*signed:\\([0-9]\\);.*|F \\1 \\2 \\3 \\4 \\5|p' >> /tmp/f.txt; \
+         cat /tmp/f.txt; echo {GT_END}"
+    );
+    // The console is large: to a file, not a pipe nobody reads until the end.
+    let console = tempfile::NamedTempFile::new().unwrap();
+    let mut child = vmprobe()
+        .args([
+            "run",
+            "--console",
+            "-e",
+            "tracepoint:sched:sched_process_exec { @ = count(); }",
+            "--",
+            &workload,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(console.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let status = wait_child(&mut child, RUN_LIMIT);
+    let stderr = std::fs::read_to_string(console.path()).unwrap();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}: {stderr}");
+    assert!(stderr.contains(GT_END), "{stderr}");
+    let guest = guest_formats(&stderr);
+    let path = std::path::PathBuf::from(image);
+    let symbols = kernel_image::KernelSymbols::load(&path, None).unwrap();
+    let mut names = kernel_tracepoints::SECTIONS.to_vec();
+    names.push(".BTF");
+    let sections = kernel_image::KernelSections::load(&path, &names, None).unwrap();
+    let btf = kernel_btf::Btf::parse(&sections.get(".BTF").unwrap().data).unwrap();
+    let finder = kernel_tracepoints::EventFinder::new(&symbols, &sections, &btf);
+    let ours = finder.events();
+    let (mut compared, mut fields) = (0, 0);
+    for (system, event) in &ours {
+        if system == "syscalls" || system == "raw_syscalls" {
+            continue;
+        }
+        let key = format!("{system}/{event}");
+        let theirs = guest.get(&key).unwrap_or_else(|| {
+            panic!("{key}: vmprobe finds it, the guest's tracefs has no such event")
+        });
+        let recipe = finder
+            .find(system, event)
+            .unwrap_or_else(|e| panic!("{key}: {e}"));
+        let mine: Vec<(String, u32, u32, bool)> = recipe
+            .fields
+            .iter()
+            .map(|f| (f.name.clone(), f.offset, f.size, f.signed))
+            .collect();
+        let strip = |v: &[(String, u32, u32, bool)],
+                     ints: &[bool]|
+         -> Vec<(String, u32, u32, Option<bool>)> {
+            v.iter()
+                .zip(ints)
+                .map(|((n, o, s, g), &int)| (n.clone(), *o, *s, int.then_some(*g)))
+                .collect()
+        };
+        let ints: Vec<bool> = recipe
+            .fields
+            .iter()
+            .map(|f| f.kind == kernel_tracepoints::FieldKind::Int)
+            .collect();
+        assert_eq!(
+            mine.len(),
+            theirs.len(),
+            "{key}: fields\n ours {mine:?}\n guest {theirs:?}"
+        );
+        assert_eq!(strip(&mine, &ints), strip(theirs, &ints), "{key}");
+        compared += 1;
+        fields += mine.len();
+    }
+    eprintln!(
+        "{compared} events ({fields} fields) equal the guest's tracefs; the guest's tracefs has {} events in all",
+        guest.len()
+    );
+    assert!(compared > 500, "{compared}");
+    let listed = run_bounded(
+        vmprobe().args(["list", "-v", "tracepoint:sched:sched_switch"]),
+        RUN_LIMIT,
+    );
+    assert_eq!(
+        text(&listed.stdout),
+        "tracepoint:sched:sched_switch\n    char prev_comm[16]\n    pid_t prev_pid\n    int prev_prio\n    long prev_state\n    char next_comm[16]\n    pid_t next_pid\n    int next_prio\n"
+    );
 }

@@ -17,6 +17,7 @@
 use crate::{EventField, EventRecipe, EventSite, FieldKind};
 use kernel_btf::{Btf, Kind, TypeId};
 use kernel_image::{KernelSections, KernelSymbols, Section};
+use std::collections::HashMap;
 
 /// The image sections [`EventFinder`] reads.
 pub const SECTIONS: [&str; 2] = [".rodata", ".data"];
@@ -53,6 +54,8 @@ pub struct EventFinder<'a> {
     symbols: &'a KernelSymbols,
     sections: Vec<&'a Section>,
     btf: &'a Btf,
+    /// The jump table's sites by key, read once.
+    by_key: std::sync::OnceLock<HashMap<u64, Vec<EventSite>>>,
 }
 
 impl<'a> EventFinder<'a> {
@@ -62,6 +65,7 @@ impl<'a> EventFinder<'a> {
             symbols,
             sections: SECTIONS.iter().filter_map(|n| sections.get(n)).collect(),
             btf,
+            by_key: std::sync::OnceLock::new(),
         }
     }
 
@@ -143,12 +147,13 @@ impl<'a> EventFinder<'a> {
         })
     }
 
-    /// Every `SYSTEM:EVENT` of the image (tracepoints with a trace event),
-    /// sorted.
+    /// Every `SYSTEM:EVENT` of the image that the kernel calls (tracepoints
+    /// with a trace event and a static branch), sorted.
     pub fn events(&self) -> Vec<(String, String)> {
-        let (Some(class_off), Some(system_off)) = (
+        let (Some(class_off), Some(system_off), Some(key_off)) = (
             self.offset("trace_event_call", "class"),
             self.offset("trace_event_class", "system"),
+            self.offset("tracepoint", "key"),
         ) else {
             return Vec::new();
         };
@@ -160,7 +165,10 @@ impl<'a> EventFinder<'a> {
                 if event.starts_with("class_") || !matches!(s.kind, 'd' | 'D') {
                     return None;
                 }
-                self.symbols.lookup(&format!("__tracepoint_{event}"))?;
+                let tp = self.symbols.lookup(&format!("__tracepoint_{event}"))?;
+                if self.sites(tp.addr + key_off).is_empty() {
+                    return None;
+                }
                 let class = self.u64(s.addr + class_off)?;
                 let system = self.cstr(self.u64(class + system_off)?)?;
                 Some((system, event.to_string()))
@@ -173,14 +181,23 @@ impl<'a> EventFinder<'a> {
 
     /// The static branches keyed by the tracepoint's key at `key`.
     fn sites(&self, key: u64) -> Vec<EventSite> {
+        self.by_key
+            .get_or_init(|| self.jump_table())
+            .get(&key)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every jump table entry's site, by key.
+    fn jump_table(&self) -> HashMap<u64, Vec<EventSite>> {
+        let mut by_key: HashMap<u64, Vec<EventSite>> = HashMap::new();
         let (Some(start), Some(stop)) = (
             self.symbols.lookup("__start___jump_table"),
             self.symbols.lookup("__stop___jump_table"),
         ) else {
-            return Vec::new();
+            return by_key;
         };
         let count = (stop.addr.saturating_sub(start.addr) / JUMP_ENTRY).min(MAX_JUMP_ENTRIES);
-        let mut sites = Vec::new();
         for i in 0..count {
             let entry = start.addr + i * JUMP_ENTRY;
             let Some(raw) = self.bytes(entry, JUMP_ENTRY as usize) else {
@@ -189,10 +206,7 @@ impl<'a> EventFinder<'a> {
             let code = i32::from_le_bytes(raw[0..4].try_into().expect("4 bytes"));
             let target = i32::from_le_bytes(raw[4..8].try_into().expect("4 bytes"));
             let k = i64::from_le_bytes(raw[8..16].try_into().expect("8 bytes"));
-            let this_key = (entry + 8).wrapping_add(k as u64) & !3;
-            if this_key != key {
-                continue;
-            }
+            let key = (entry + 8).wrapping_add(k as u64) & !3;
             let code = entry.wrapping_add(code as i64 as u64);
             let block = (entry + 4).wrapping_add(target as i64 as u64);
             let func = self
@@ -200,9 +214,12 @@ impl<'a> EventFinder<'a> {
                 .symbolize(code)
                 .map(|(s, _)| s.name.clone())
                 .unwrap_or_default();
-            sites.push(EventSite { code, block, func });
+            by_key
+                .entry(key)
+                .or_default()
+                .push(EventSite { code, block, func });
         }
-        sites
+        by_key
     }
 
     /// The record's fields after `struct trace_entry ent`.
@@ -273,9 +290,19 @@ impl<'a> EventFinder<'a> {
             return "?".into();
         }
         match btf.kind(id) {
-            Ok(Kind::Typedef | Kind::Int | Kind::Float) => {
-                btf.name(id).map(str::to_string).unwrap_or_default()
+            Ok(Kind::Typedef | Kind::Float) => btf.name(id).map(str::to_string).unwrap_or_default(),
+            // BTF has DWARF's spellings; tracefs the C source's.
+            Ok(Kind::Int) => match btf.name(id).unwrap_or("") {
+                "long int" => "long",
+                "long unsigned int" => "unsigned long",
+                "long long int" => "long long",
+                "long long unsigned int" => "unsigned long long",
+                "short int" => "short",
+                "short unsigned int" => "unsigned short",
+                "_Bool" => "bool",
+                other => other,
             }
+            .to_string(),
             Ok(Kind::Struct) => format!("struct {}", btf.name(id).unwrap_or("")),
             Ok(Kind::Union) => format!("union {}", btf.name(id).unwrap_or("")),
             Ok(Kind::Enum | Kind::Enum64) => format!("enum {}", btf.name(id).unwrap_or("")),

@@ -145,6 +145,19 @@ impl EventRecipe {
     }
 }
 
+impl EventField {
+    /// The field as tracefs's `format` (and `bpftrace -lv`) declares it:
+    /// `char prev_comm[16]`, `pid_t prev_pid`, `__data_loc char[] cmd`.
+    pub fn declaration(&self) -> String {
+        match self.c_type.find('[') {
+            Some(i) if self.kind != FieldKind::DataLoc => {
+                format!("{} {}{}", &self.c_type[..i], self.name, &self.c_type[i..])
+            }
+            _ => format!("{} {}", self.c_type, self.name),
+        }
+    }
+}
+
 impl Record {
     /// `field`'s value; bytes past the record's end read as zero (a record
     /// is as long as the kernel reserved).

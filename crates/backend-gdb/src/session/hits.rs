@@ -296,21 +296,22 @@ impl Session {
             );
         }
         let r = regs.as_ref().expect("fetched above");
-        let served = kernel_tracepoints::registers(&recipe.name(), |n| r.get(n)).and_then(|start| {
-            let kernel = self.kernel.as_deref();
-            let text = (
-                kernel.and_then(|k| k.kaddr("_stext")).unwrap_or(0),
-                kernel.and_then(|k| k.kaddr("_etext")).unwrap_or(0),
-            );
-            let lines = self
-                .event_lines
-                .get_or_insert_with(|| kernel_tracepoints::LineCache::new(text));
-            lines.new_hit();
-            let client = &mut self.client;
-            let mut read = |a: u64, b: &mut [u8]| client.read_memory(a, b).is_ok();
-            let mut mem = lines.memory(&mut read);
-            kernel_tracepoints::serve(recipe, self.sites[index].addr, start, &mut mem)
-        });
+        let served =
+            kernel_tracepoints::registers(&recipe.name(), |n| r.get(n)).and_then(|start| {
+                let kernel = self.kernel.as_deref();
+                let text = (
+                    kernel.and_then(|k| k.kaddr("_stext")).unwrap_or(0),
+                    kernel.and_then(|k| k.kaddr("_etext")).unwrap_or(0),
+                );
+                let lines = self
+                    .event_lines
+                    .get_or_insert_with(|| kernel_tracepoints::LineCache::new(text));
+                lines.new_hit();
+                let client = &mut self.client;
+                let mut read = |a: u64, b: &mut [u8]| client.read_memory(a, b).is_ok();
+                let mut mem = lines.memory(&mut read);
+                kernel_tracepoints::serve(recipe, self.sites[index].addr, start, &mut mem)
+            });
         if let Some(e) = self.client.lost() {
             return Err(e.to_string());
         }

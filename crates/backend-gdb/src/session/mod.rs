@@ -83,7 +83,10 @@ pub struct Session {
     /// Guest memory lines read while emulating tracepoints (kernel text
     /// kept across hits), and the record of the hit being served.
     event_lines: Option<kernel_tracepoints::LineCache>,
-    event_record: Option<(Arc<kernel_tracepoints::EventRecipe>, kernel_tracepoints::Record)>,
+    event_record: Option<(
+        Arc<kernel_tracepoints::EventRecipe>,
+        kernel_tracepoints::Record,
+    )>,
     /// VMM and host event sources, and the blocks of their probes by name.
     layers: LayerSet,
     recorder: Option<Box<dyn EventSink>>,

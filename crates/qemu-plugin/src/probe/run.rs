@@ -237,12 +237,16 @@ impl Run {
         &self,
         vcpu: &mut Vcpu<'_>,
         site: usize,
-    ) -> Option<(Arc<kernel_tracepoints::EventRecipe>, kernel_tracepoints::Record)> {
+    ) -> Option<(
+        Arc<kernel_tracepoints::EventRecipe>,
+        kernel_tracepoints::Record,
+    )> {
         let s = &self.sites[site];
         let recipe = s.event.clone()?;
-        let served = kernel_tracepoints::registers(&recipe.name(), |n| vcpu.reg(n)).and_then(
-            |start| kernel_tracepoints::serve(&recipe, s.addr, start, &mut VcpuMemory(vcpu)),
-        );
+        let served =
+            kernel_tracepoints::registers(&recipe.name(), |n| vcpu.reg(n)).and_then(|start| {
+                kernel_tracepoints::serve(&recipe, s.addr, start, &mut VcpuMemory(vcpu))
+            });
         match served {
             Ok(record) => record.map(|r| (recipe, r)),
             Err(e) => {
@@ -417,7 +421,10 @@ impl Run {
         func: &str,
         now: u64,
         entry_args: Option<[u64; 6]>,
-        event: Option<&(Arc<kernel_tracepoints::EventRecipe>, kernel_tracepoints::Record)>,
+        event: Option<&(
+            Arc<kernel_tracepoints::EventRecipe>,
+            kernel_tracepoints::Record,
+        )>,
     ) -> Vec<(Box<str>, Traced)> {
         let index = vcpu.index() as usize;
         let (Some(interp), Some(ring)) = (self.interps.get(index), self.rings.get(index)) else {
