@@ -77,7 +77,11 @@ pub(crate) fn logic(r: u64, size: u32) -> Out {
 
 /// inc/dec: as add/sub of 1, CF kept.
 pub(crate) fn inc_dec(a: u64, dec: bool, size: u32) -> Out {
-    let mut o = if dec { sub(a, 1, false, size) } else { add(a, 1, false, size) };
+    let mut o = if dec {
+        sub(a, 1, false, size)
+    } else {
+        add(a, 1, false, size)
+    };
     o.affected &= !CF;
     o
 }

@@ -49,7 +49,11 @@ impl Machine {
     }
 
     /// push, pop, leave.
-    pub(crate) fn stack_op(&mut self, mem: &mut dyn Memory, instr: &Instruction) -> Result<(), EmuError> {
+    pub(crate) fn stack_op(
+        &mut self,
+        mem: &mut dyn Memory,
+        instr: &Instruction,
+    ) -> Result<(), EmuError> {
         // stack_pointer_increment is -8/+8, or -2/+2 with a 66 prefix.
         let size = instr.stack_pointer_increment().unsigned_abs();
         match instr.mnemonic() {
@@ -88,7 +92,11 @@ impl Machine {
     }
 
     /// The target of a jmp/call: direct, a register, or memory (RIP-relative included).
-    fn branch_target(&mut self, mem: &mut dyn Memory, instr: &Instruction) -> Result<u64, EmuError> {
+    fn branch_target(
+        &mut self,
+        mem: &mut dyn Memory,
+        instr: &Instruction,
+    ) -> Result<u64, EmuError> {
         match instr.op_kind(0) {
             OpKind::NearBranch64 => Ok(instr.near_branch64()),
             OpKind::Register | OpKind::Memory => {
@@ -143,7 +151,11 @@ impl Machine {
     }
 
     /// ret and ret imm16.
-    pub(crate) fn ret(&mut self, mem: &mut dyn Memory, instr: &Instruction) -> Result<(), EmuError> {
+    pub(crate) fn ret(
+        &mut self,
+        mem: &mut dyn Memory,
+        instr: &Instruction,
+    ) -> Result<(), EmuError> {
         let to = self.pop_sized(mem, 8)?;
         if instr.op_count() == 1 {
             self.regs.gpr[RSP] = self.regs.gpr[RSP].wrapping_add(u64::from(instr.immediate16()));

@@ -26,7 +26,11 @@ fn slot(rip: u64) -> usize {
 }
 
 impl DecodeCache {
-    pub(crate) fn fetch(&mut self, mem: &mut dyn Memory, rip: u64) -> Result<Instruction, EmuError> {
+    pub(crate) fn fetch(
+        &mut self,
+        mem: &mut dyn Memory,
+        rip: u64,
+    ) -> Result<Instruction, EmuError> {
         if self.slots.is_empty() {
             self.slots = vec![Instruction::default(); SLOTS];
         }
@@ -45,9 +49,21 @@ fn decode_at(mem: &mut dyn Memory, rip: u64) -> Result<Instruction, EmuError> {
     let mut buf = [0u8; MAX_LEN];
     let mut n = MAX_LEN;
     if mem.read(rip, &mut buf).is_err() {
+        // The end of a mapped page, or of a memory that maps less than pages: the bytes up
+        // to the page end, else as many single bytes as can be read.
         n = (PAGE - rip % PAGE) as usize;
         if n >= MAX_LEN || mem.read(rip, &mut buf[..n]).is_err() {
-            return Err(EmuError::Fault { rip, addr: rip });
+            n = 0;
+            while n < MAX_LEN {
+                let a = rip.wrapping_add(n as u64);
+                if mem.read(a, &mut buf[n..n + 1]).is_err() {
+                    break;
+                }
+                n += 1;
+            }
+            if n == 0 {
+                return Err(EmuError::Fault { rip, addr: rip });
+            }
         }
     }
     let mut decoder = Decoder::with_ip(64, &buf[..n], rip, DecoderOptions::NONE);

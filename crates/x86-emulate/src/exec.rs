@@ -310,14 +310,24 @@ impl Machine {
         Ok(())
     }
 
-    fn multiply_divide(&mut self, mem: &mut dyn Memory, instr: &Instruction) -> Result<(), EmuError> {
+    fn multiply_divide(
+        &mut self,
+        mem: &mut dyn Memory,
+        instr: &Instruction,
+    ) -> Result<(), EmuError> {
         let op = instr.mnemonic();
         let size = self.op_size(instr, 0)?;
         if op == Mnemonic::Imul && instr.op_count() > 1 {
             let (a, b) = if instr.op_count() == 2 {
-                (self.read_op(mem, instr, 0, size)?, self.read_op(mem, instr, 1, size)?)
+                (
+                    self.read_op(mem, instr, 0, size)?,
+                    self.read_op(mem, instr, 1, size)?,
+                )
             } else {
-                (self.read_op(mem, instr, 1, size)?, self.read_op(mem, instr, 2, size)?)
+                (
+                    self.read_op(mem, instr, 1, size)?,
+                    self.read_op(mem, instr, 2, size)?,
+                )
             };
             let (low, _, overflow) = alu::imul_wide(a, b, size);
             self.write_op(instr, 0, low)?;
@@ -335,7 +345,8 @@ impl Machine {
                 } else {
                     alu::mul_wide(low_in, src, size)
                 };
-                self.regs.rflags = (self.regs.rflags & !STATUS) | alu::mul_flags(low, overflow, size);
+                self.regs.rflags =
+                    (self.regs.rflags & !STATUS) | alu::mul_flags(low, overflow, size);
                 (low, high)
             }
             _ => {
@@ -358,7 +369,8 @@ impl Machine {
         let size = self.op_size(instr, 0)?;
         let bits = u64::from(size) * 8;
         let off = self.read_op(mem, instr, 1, size)?;
-        let (p, bit) = if instr.op_kind(0) == OpKind::Memory && instr.op_kind(1) == OpKind::Register {
+        let (p, bit) = if instr.op_kind(0) == OpKind::Memory && instr.op_kind(1) == OpKind::Register
+        {
             // A register bit offset into memory is signed and reaches past the operand.
             let off = sext(off, size);
             let base = self.memory_address(instr)?;

@@ -166,7 +166,9 @@ pub enum EmuError {
     #[error("x86 emulation at {rip:#x}: cannot read memory at {addr:#x}")]
     Fault { rip: u64, addr: u64 },
     /// The instruction budget ran out before a stop.
-    #[error("x86 emulation at {rip:#x}: instruction budget exhausted after {executed} instructions")]
+    #[error(
+        "x86 emulation at {rip:#x}: instruction budget exhausted after {executed} instructions"
+    )]
     Budget { rip: u64, executed: u64 },
     /// `div`/`idiv` by zero or with a quotient that does not fit (#DE on hardware).
     #[error("x86 emulation at {rip:#x}: divide error")]
@@ -214,10 +216,12 @@ impl Machine {
         addr: u64,
         buf: &mut [u8],
     ) -> Result<(), EmuError> {
-        self.overlay.read(mem, addr, buf).map_err(|addr| EmuError::Fault {
-            rip: self.regs.rip,
-            addr,
-        })
+        self.overlay
+            .read(mem, addr, buf)
+            .map_err(|addr| EmuError::Fault {
+                rip: self.regs.rip,
+                addr,
+            })
     }
 
     /// A little-endian u64 through [`Machine::read`].

@@ -44,7 +44,11 @@ impl Machine {
     pub(crate) fn get_reg(&self, instr: &Instruction, r: Register) -> Result<u64, EmuError> {
         let (i, size, high) = gpr(r).ok_or_else(|| unsupported(instr, "register"))?;
         let v = self.regs.gpr[i];
-        Ok(if high { (v >> 8) & 0xff } else { v & mask(size) })
+        Ok(if high {
+            (v >> 8) & 0xff
+        } else {
+            v & mask(size)
+        })
     }
 
     /// Writes with the architectural rules: 32-bit writes zero the upper half, 8/16-bit
@@ -102,7 +106,12 @@ impl Machine {
     }
 
     /// A little-endian value of `size` bytes (1, 2, 4 or 8) at `addr`.
-    pub(crate) fn load(&mut self, mem: &mut dyn Memory, addr: u64, size: u32) -> Result<u64, EmuError> {
+    pub(crate) fn load(
+        &mut self,
+        mem: &mut dyn Memory,
+        addr: u64,
+        size: u32,
+    ) -> Result<u64, EmuError> {
         let mut b = [0u8; 8];
         self.read(mem, addr, &mut b[..size as usize])?;
         Ok(u64::from_le_bytes(b))
@@ -180,7 +189,12 @@ impl Machine {
         }
     }
 
-    pub(crate) fn get(&mut self, mem: &mut dyn Memory, instr: &Instruction, p: Place) -> Result<u64, EmuError> {
+    pub(crate) fn get(
+        &mut self,
+        mem: &mut dyn Memory,
+        instr: &Instruction,
+        p: Place,
+    ) -> Result<u64, EmuError> {
         match p {
             Place::Reg(r, _) => self.get_reg(instr, r),
             Place::Mem(a, size) => self.load(mem, a, size),

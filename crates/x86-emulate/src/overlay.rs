@@ -54,12 +54,7 @@ impl Overlay {
 
     /// Fills `buf` from `addr`: overlay bytes, scratch zeroes, the rest from `mem`.
     /// On failure, the address `mem` could not read.
-    pub(crate) fn read(
-        &self,
-        mem: &mut dyn Memory,
-        addr: u64,
-        buf: &mut [u8],
-    ) -> Result<(), u64> {
+    pub(crate) fn read(&self, mem: &mut dyn Memory, addr: u64, buf: &mut [u8]) -> Result<(), u64> {
         let mut done = 0usize;
         while done < buf.len() {
             let a = addr.wrapping_add(done as u64);
@@ -87,7 +82,9 @@ impl Overlay {
                     || (scratch && self.in_scratch(addr + j as u64))
             };
             if covered(i) {
-                buf[i] = page.filter(|p| p.is_valid(off + i)).map_or(0, |p| p.data[off + i]);
+                buf[i] = page
+                    .filter(|p| p.is_valid(off + i))
+                    .map_or(0, |p| p.data[off + i]);
                 i += 1;
                 continue;
             }

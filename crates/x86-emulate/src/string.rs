@@ -27,8 +27,13 @@ impl Machine {
             return Err(unsupported(instr, "operand size"));
         }
         let op = instr.mnemonic();
-        let compares = matches!(op, Mnemonic::Cmpsb | Mnemonic::Cmpsw | Mnemonic::Cmpsd | Mnemonic::Cmpsq)
-            || matches!(op, Mnemonic::Scasb | Mnemonic::Scasw | Mnemonic::Scasd | Mnemonic::Scasq);
+        let compares = matches!(
+            op,
+            Mnemonic::Cmpsb | Mnemonic::Cmpsw | Mnemonic::Cmpsd | Mnemonic::Cmpsq
+        ) || matches!(
+            op,
+            Mnemonic::Scasb | Mnemonic::Scasw | Mnemonic::Scasd | Mnemonic::Scasq
+        );
         let repeated = instr.has_rep_prefix() || instr.has_repne_prefix();
         *left -= 1;
         self.executed += 1;
