@@ -127,7 +127,10 @@ impl Machine {
         instr: &Instruction,
         kind: Transfer,
     ) -> Result<Flow, EmuError> {
-        let target = self.branch_target(mem, instr)?;
+        let mut target = self.branch_target(mem, instr)?;
+        if let Some(&(_, reg)) = self.thunks.iter().find(|(t, _)| *t == target) {
+            target = self.regs.gpr[reg];
+        }
         match hooks.transfer(target, kind, self) {
             Action::Stop => return Ok(Flow::Stop(Stopped { target, kind })),
             Action::Return(v) => {

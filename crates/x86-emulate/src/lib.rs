@@ -42,7 +42,9 @@
 //! and learn when it returned, push a return address and register it with
 //! [`Machine::set_return_stop`] (or use [`Machine::call_function`]): when `rip` reaches that
 //! address (by the function's `ret`), [`Machine::run`] returns [`Stopped`] with
-//! [`Transfer::Return`]. Instructions are fetched from [`Memory`], not from the overlay: the
+//! [`Transfer::Return`]. Indirect calls in a retpoline kernel go through
+//! `__x86_indirect_thunk_<reg>`, which reaches its target by a `ret`: declare the thunks
+//! with [`Machine::add_indirect_thunk`] so hooks see the real targets. Instructions are fetched from [`Memory`], not from the overlay: the
 //! kernel's code does not modify itself, and decoded instructions are cached per [`Machine`]
 //! on that assumption.
 
@@ -181,6 +183,8 @@ pub struct Machine {
     pub regs: Registers,
     overlay: Overlay,
     return_stop: Option<u64>,
+    /// (address, register) of retpoline thunks: `__x86_indirect_thunk_<reg>`.
+    thunks: Vec<(u64, usize)>,
     executed: u64,
     cache: DecodeCache,
 }
@@ -191,6 +195,7 @@ impl Machine {
             regs,
             overlay: Overlay::default(),
             return_stop: None,
+            thunks: Vec::new(),
             executed: 0,
             cache: DecodeCache::default(),
         }
@@ -240,6 +245,16 @@ impl Machine {
     /// [`Transfer::Return`]; `None` removes it.
     pub fn set_return_stop(&mut self, addr: Option<u64>) {
         self.return_stop = addr;
+    }
+
+    /// Declares `addr` a retpoline thunk jumping to register `reg` (the kernel's
+    /// `__x86_indirect_thunk_<reg>`): a call or jump to it is taken as an indirect call or
+    /// jump through `reg`, so hooks see the real target. Without this the thunk runs as
+    /// code, and reaches its target by a `ret` that hooks do not see.
+    pub fn add_indirect_thunk(&mut self, addr: u64, reg: usize) {
+        if reg < 16 {
+            self.thunks.push((addr, reg));
+        }
     }
 
     /// Sets up a call of the function at `entry`: pushes `return_to` as its return address

@@ -20,6 +20,9 @@ use x86_emulate::{
 pub const HEAP: u64 = 0xffff_8880_0100_0000;
 pub const HEAP_LEN: usize = 1 << 20;
 pub const STACK_TOP: u64 = HEAP + HEAP_LEN as u64 - 0x100;
+/// `%gs:` points here (per-CPU data): the stack protector's canary is at %gs:0x28.
+pub const PERCPU: usize = 0x20000;
+pub const CANARY: u64 = 0x5eed_cafe_f00d_1234;
 /// The return address pushed for the emulated function; reaching it ends the run.
 pub const RETURN_TO: u64 = 0xffff_ffff_dead_0000;
 
@@ -77,9 +80,11 @@ pub struct TestMemory {
 
 impl TestMemory {
     pub fn new(kernel: &'static Kernel) -> TestMemory {
+        let mut heap = vec![0; HEAP_LEN];
+        heap[PERCPU + 0x28..PERCPU + 0x30].copy_from_slice(&CANARY.to_le_bytes());
         TestMemory {
             kernel,
-            heap: vec![0; HEAP_LEN],
+            heap,
             reads: 0,
         }
     }
@@ -154,9 +159,15 @@ impl Called {
     }
 }
 
+/// The retpoline thunks by register number (none for rsp).
+const THUNKS: [&str; 16] = [
+    "rax", "rcx", "rdx", "rbx", "", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13",
+    "r14", "r15",
+];
+
 /// Calls `name(args...)` as the SysV ABI says, running until it returns to RETURN_TO.
 pub fn call(k: &'static Kernel, mem: TestMemory, name: &str, args: &[u64]) -> Called {
-    call_with(k, mem, name, args, &[]).unwrap_or_else(|e| panic!("{name}: {e}"))
+    call_with(k, mem, name, args, &[], false).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 pub fn call_with(
@@ -165,9 +176,11 @@ pub fn call_with(
     name: &str,
     args: &[u64],
     fakes: &[(u64, Fake)],
+    thunks: bool,
 ) -> Result<Called, EmuError> {
     let mut regs = Registers {
         rflags: 0x202,
+        gs_base: HEAP + PERCPU as u64,
         ..Registers::default()
     };
     regs.gpr[RSP] = STACK_TOP;
@@ -176,6 +189,13 @@ pub fn call_with(
     }
     let mut machine = Machine::new(regs);
     machine.call_function(k.addr(name), RETURN_TO);
+    if thunks {
+        for (reg, name) in THUNKS.iter().enumerate() {
+            if !name.is_empty() {
+                machine.add_indirect_thunk(k.addr(&format!("__x86_indirect_thunk_{name}")), reg);
+            }
+        }
+    }
     let mut transfers = Vec::new();
     // The hooks see a snapshot of the heap: fakes read their inputs from there.
     let mut snapshot = TestMemory {
