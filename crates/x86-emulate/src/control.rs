@@ -48,7 +48,7 @@ impl Machine {
         Ok(v)
     }
 
-    /// push, pop, leave.
+    /// push, pop, pushfq, popfq, leave.
     pub(crate) fn stack_op(
         &mut self,
         mem: &mut dyn Memory,
@@ -74,6 +74,16 @@ impl Machine {
                     self.regs.gpr[RSP] = self.regs.gpr[RSP].wrapping_sub(u64::from(size));
                     return Err(e);
                 }
+            }
+            Mnemonic::Pushfq => {
+                // The pushed image has RF and VM clear.
+                let v = self.regs.rflags & !((1 << 16) | (1 << 17));
+                self.push_sized(v, 8);
+            }
+            Mnemonic::Popfq => {
+                let v = self.pop_sized(mem, 8)?;
+                // Writable bits (status, TF, IF, DF, IOPL, NT, AC, VIF, VIP, ID); bit 1 is 1.
+                self.regs.rflags = (v & 0x3c_7fd5) | 2;
             }
             Mnemonic::Leave => {
                 let saved = self.regs.gpr[RSP];

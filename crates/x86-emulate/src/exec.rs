@@ -143,9 +143,14 @@ impl Machine {
                 let a = self.get(mem, instr, p)?;
                 let b = self.read_op(mem, instr, 1, size)?;
                 let count = self.read_op(mem, instr, 2, 1)? as u32 & count_mask(size);
-                if let Some(out) = alu::double_shift(op == M::Shld, a, b, count, size) {
-                    self.put(instr, p, out.v)?;
-                    self.set_flags(out);
+                // A count of 0 keeps the flags, but a 32-bit register is still written
+                // (zero-extended), as for every shift.
+                match alu::double_shift(op == M::Shld, a, b, count, size) {
+                    Some(out) => {
+                        self.put(instr, p, out.v)?;
+                        self.set_flags(out);
+                    }
+                    None => self.put(instr, p, a)?,
                 }
             }
             M::Imul | M::Mul | M::Div | M::Idiv => self.multiply_divide(mem, instr)?,
@@ -206,7 +211,7 @@ impl Machine {
                 let v = u64::from(self.condition(instr)?);
                 self.write_op(instr, 0, v)?;
             }
-            M::Push | M::Pop | M::Leave => self.stack_op(mem, instr)?,
+            M::Push | M::Pop | M::Pushfq | M::Popfq | M::Leave => self.stack_op(mem, instr)?,
             M::Cbw | M::Cwde | M::Cdqe => {
                 let (from, to) = match op {
                     M::Cbw => (Register::AL, Register::AX),
@@ -303,9 +308,13 @@ impl Machine {
             Mnemonic::Rol => Shift::Rol,
             _ => Shift::Ror,
         };
-        if let Some(out) = alu::shift(op, a, count, size) {
-            self.put(instr, p, out.v)?;
-            self.set_flags(out);
+        // A count of 0 keeps the flags, but a 32-bit register is still written (zero-extended).
+        match alu::shift(op, a, count, size) {
+            Some(out) => {
+                self.put(instr, p, out.v)?;
+                self.set_flags(out);
+            }
+            None => self.put(instr, p, a)?,
         }
         Ok(())
     }

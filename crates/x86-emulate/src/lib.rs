@@ -15,7 +15,8 @@
 //! `imul` (1, 2, 3 operands), `mul`, `div`/`idiv` ([`EmuError::DivideError`] on a zero divisor
 //! or a quotient overflow), `bt`/`bts`/`btr`/`btc`, `bsf`/`bsr`/`tzcnt`/`lzcnt`/`popcnt`,
 //! `bswap`, `cmovcc`, `setcc`, `jcc`, `jmp`/`call` (direct, through a register or memory,
-//! RIP-relative included), `ret`/`ret imm16`, `push`/`pop`, `leave`, `cbw`..`cqo`, `xchg`,
+//! RIP-relative included), `ret`/`ret imm16`, `push`/`pop`, `pushfq`/`popfq` (`popfq` sets
+//! the emulated flags only, IF included), `leave`, `cbw`..`cqo`, `xchg`,
 //! `cmpxchg`, `xadd`, `movs`/`stos`/`lods`/`cmps`/`scas` with `rep`/`repe`/`repne` and either
 //! direction flag, `clc`/`stc`/`cmc`/`cld`/`std`, and as no-ops `nop`, `endbr64`, `pause`,
 //! the fences, `stac`/`clac` and `prefetch*`. `lock` changes nothing (one CPU, no other writer).
