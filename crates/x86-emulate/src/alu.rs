@@ -31,7 +31,7 @@ fn bit(cond: bool, f: u64) -> u64 {
 pub(crate) fn szp(r: u64, size: u32) -> u64 {
     bit(r & mask(size) == 0, ZF)
         | bit(r & sign(size) != 0, SF)
-        | bit((r as u8).count_ones() % 2 == 0, PF)
+        | bit((r as u8).count_ones().is_multiple_of(2), PF)
 }
 
 pub(crate) fn add(a: u64, b: u64, carry: bool, size: u32) -> Out {
@@ -238,5 +238,5 @@ pub(crate) fn idiv_wide(high: u64, low: u64, d: u64, size: u32) -> Option<(u64, 
     let max = (1i128 << (bits - 1)) - 1;
     (min..=max)
         .contains(&q)
-        .then(|| (q as u64 & m, r as u64 & m))
+        .then_some((q as u64 & m, r as u64 & m))
 }

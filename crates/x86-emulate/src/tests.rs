@@ -46,7 +46,7 @@ fn code(bytes: &[u8]) -> Flat {
 struct Xorshift(u64);
 
 impl Xorshift {
-    fn next(&mut self) -> u64 {
+    fn draw(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -59,9 +59,9 @@ struct RandomHooks(Xorshift);
 
 impl Hooks for RandomHooks {
     fn transfer(&mut self, _: u64, _: Transfer, _: &mut Machine) -> Action {
-        match self.0.next() % 3 {
+        match self.0.draw() % 3 {
             0 => Action::Continue,
-            1 => Action::Return(self.0.next()),
+            1 => Action::Return(self.0.draw()),
             _ => Action::Stop,
         }
     }
@@ -73,30 +73,27 @@ fn random_bytes_as_code_never_panic() {
     let mut outcomes = [0u32; 5];
     for _ in 0..5000 {
         // Code and data in one region, registers pointing into it and anywhere.
-        let bytes: Vec<u8> = (0..8192).map(|_| rng.next() as u8).collect();
-        let mut mem = Flat {
-            base: CODE,
-            bytes,
-        };
+        let bytes: Vec<u8> = (0..8192).map(|_| rng.draw() as u8).collect();
+        let mut mem = Flat { base: CODE, bytes };
         let mut regs = Registers {
-            rip: CODE + rng.next() % 8000,
-            rflags: rng.next(),
-            fs_base: rng.next(),
+            rip: CODE + rng.draw() % 8000,
+            rflags: rng.draw(),
+            fs_base: rng.draw(),
             gs_base: CODE,
             ..Registers::default()
         };
         for r in regs.gpr.iter_mut() {
-            *r = match rng.next() % 3 {
-                0 => CODE + rng.next() % 8192,
-                1 => rng.next() % 64,
-                _ => rng.next(),
+            *r = match rng.draw() % 3 {
+                0 => CODE + rng.draw() % 8192,
+                1 => rng.draw() % 64,
+                _ => rng.draw(),
             };
         }
         let mut m = Machine::new(regs);
-        if rng.next() % 2 == 0 {
-            m.add_scratch(CODE + 4096, rng.next() % 8192);
+        if rng.draw().is_multiple_of(2) {
+            m.add_scratch(CODE + 4096, rng.draw() % 8192);
         }
-        let mut hooks = RandomHooks(Xorshift(rng.next() | 1));
+        let mut hooks = RandomHooks(Xorshift(rng.draw() | 1));
         let i = match m.run(&mut mem, &mut hooks, 64) {
             Ok(_) => 0,
             Err(EmuError::Unsupported { .. }) => 1,
@@ -188,7 +185,10 @@ fn writes_stay_in_the_overlay_and_reads_see_them_first() {
     m.regs.gpr[RBX] = data;
     m.regs.gpr[RAX] = 0xaabb_ccdd;
     let _ = m.run(&mut mem, &mut NoHooks, 2);
-    assert_eq!(m.regs.gpr[RCX], 0x0807_aabb_ccdd_0201, "overlay bytes over memory bytes");
+    assert_eq!(
+        m.regs.gpr[RCX], 0x0807_aabb_ccdd_0201,
+        "overlay bytes over memory bytes"
+    );
     assert_eq!(mem.bytes, before, "memory is unchanged");
     let mut b = [0u8; 8];
     m.read(&mut mem, data, &mut b).unwrap();
@@ -197,7 +197,10 @@ fn writes_stay_in_the_overlay_and_reads_see_them_first() {
     m.write(CODE + 0xffe, &[9, 9, 9, 9]);
     let mut b = [0u8; 4];
     m.read(&mut mem, CODE + 0xffe, &mut b).unwrap();
-    assert_eq!(b, [9; 4], "read back across the page boundary, where memory has nothing");
+    assert_eq!(
+        b, [9; 4],
+        "read back across the page boundary, where memory has nothing"
+    );
 }
 
 #[test]
@@ -217,7 +220,10 @@ fn scratch_regions_read_zero_until_written_and_never_touch_memory() {
     // Scratch where memory faults reads fine.
     m.add_scratch(0x1000, 8);
     assert_eq!(m.read_u64(&mut mem, 0x1000), Ok(0));
-    assert!(m.read_u64(&mut mem, 0x1004).is_err(), "half outside the scratch region");
+    assert!(
+        m.read_u64(&mut mem, 0x1004).is_err(),
+        "half outside the scratch region"
+    );
 }
 
 /// Records and answers every transfer with one action.
@@ -246,7 +252,11 @@ fn hooks_stop_or_fake_calls_and_tail_calls() {
             kind: Transfer::Call
         }
     );
-    assert_eq!((m.regs.rip, m.regs.gpr[RSP]), (CODE, STACK), "stopped before the call");
+    assert_eq!(
+        (m.regs.rip, m.regs.gpr[RSP]),
+        (CODE, STACK),
+        "stopped before the call"
+    );
 
     // Faked: rax = 42, rip past the call, nothing pushed; then the ret to the stop.
     let mut m = machine();
@@ -358,7 +368,9 @@ fn privileged_and_trapping_instructions_are_refused_by_name() {
 #[test]
 fn gs_operands_add_the_gs_base() {
     // mov rax, gs:[0x28]; mov fs:[rbx], eax
-    let mut mem = code(&[0x65, 0x48, 0x8b, 0x04, 0x25, 0x28, 0, 0, 0, 0x64, 0x89, 0x03]);
+    let mut mem = code(&[
+        0x65, 0x48, 0x8b, 0x04, 0x25, 0x28, 0, 0, 0, 0x64, 0x89, 0x03,
+    ]);
     mem.bytes[0x828..0x830].copy_from_slice(&0x1122_3344_5566_7788u64.to_le_bytes());
     let mut m = machine();
     m.regs.gs_base = CODE + 0x800;

@@ -236,7 +236,13 @@ const STACK: u64 = 0x7000_0000;
 const OUT: u64 = 0x6000_0000;
 const RETURN_TO: u64 = 0x5000_0000;
 
-fn emulate(mem: &mut CodeMemory, entry: u64, a: u64, b: u64, flags: u64) -> Result<[u64; 6], EmuError> {
+fn emulate(
+    mem: &mut CodeMemory,
+    entry: u64,
+    a: u64,
+    b: u64,
+    flags: u64,
+) -> Result<[u64; 6], EmuError> {
     let mut regs = Registers {
         rflags: 0x202,
         ..Registers::default()
@@ -272,7 +278,11 @@ fn native(op: &Op, a: u64, b: u64, flags: u64) -> [u64; 6] {
 }
 
 fn mask(width: u32) -> u64 {
-    if width == 64 { u64::MAX } else { (1 << width) - 1 }
+    if width == 64 {
+        u64::MAX
+    } else {
+        (1 << width) - 1
+    }
 }
 
 /// The flags left undefined for these inputs, or None to skip them (a native fault).
@@ -376,7 +386,9 @@ fn instructions_compute_what_the_host_cpu_computes() {
                 // Flags in: all status flags clear, then all set (CF in for adc/sbb, kept
                 // flags for inc/dec and rotates).
                 for flags in [0x202, 0x202 | STATUS] {
-                    let Some(undef) = undefined(op, a, b) else { continue };
+                    let Some(undef) = undefined(op, a, b) else {
+                        continue;
+                    };
                     let want = native(op, a, b, flags);
                     let got = match emulate(&mut mem, entry as u64, a, b, flags) {
                         Ok(got) => got,
@@ -397,13 +409,21 @@ fn instructions_compute_what_the_host_cpu_computes() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(compared > 150_000, "compared {compared}");
-    eprintln!("{} functions, {compared} input sets equal to the CPU", OPS.len());
+    eprintln!(
+        "{} functions, {compared} input sets equal to the CPU",
+        OPS.len()
+    );
 }
 
 #[test]
 fn division_by_zero_and_quotient_overflow_are_divide_errors() {
     let end = emu_ops_end as *const () as usize;
-    for (op, a, b) in [("div32", 5, 0), ("div64", 0, 0), ("idiv8", 0x80, 0xff), ("idiv64", 1 << 63, u64::MAX)] {
+    for (op, a, b) in [
+        ("div32", 5, 0),
+        ("div64", 0, 0),
+        ("idiv8", 0x80, 0xff),
+        ("idiv64", 1 << 63, u64::MAX),
+    ] {
         let op = OPS.iter().find(|o| o.name == op).unwrap();
         let entry = op.f as usize;
         let mut mem = CodeMemory {
@@ -412,7 +432,11 @@ fn division_by_zero_and_quotient_overflow_are_divide_errors() {
         };
         match emulate(&mut mem, entry as u64, a, b, 0x202) {
             Err(EmuError::DivideError { rip }) => {
-                assert!(rip > entry as u64 && rip < end as u64, "{}: at {rip:#x}", op.name)
+                assert!(
+                    rip > entry as u64 && rip < end as u64,
+                    "{}: at {rip:#x}",
+                    op.name
+                )
             }
             other => panic!("{}({a:#x}, {b:#x}): {other:?}", op.name),
         }

@@ -8,7 +8,7 @@ const DST: usize = 0x9000;
 
 /// `len` random bytes, none of them NUL.
 fn text(rng: &mut Rng, len: usize) -> Vec<u8> {
-    (0..len).map(|_| (rng.next() % 255 + 1) as u8).collect()
+    (0..len).map(|_| (rng.draw() % 255 + 1) as u8).collect()
 }
 
 fn with_nul(s: &[u8]) -> Vec<u8> {
@@ -54,7 +54,7 @@ fn strcpy_strncpy_strscpy_copy_as_specified() {
         let fresh = |rng: &mut Rng| {
             let mut mem = TestMemory::new(k);
             // The destination's old contents, to see what was (not) overwritten.
-            let junk: Vec<u8> = (0..256).map(|_| rng.next() as u8 | 1).collect();
+            let junk: Vec<u8> = (0..256).map(|_| rng.draw() as u8 | 1).collect();
             let dst = mem.put(DST, &junk);
             let src = mem.put(SRC + len % 8, &with_nul(&s));
             (mem, dst, src, junk)
@@ -110,15 +110,15 @@ fn strcmp_and_memcmp_order_as_rust_does() {
     let mut rng = Rng(3);
     let mut seen = [false; 3];
     for round in 0..120 {
-        let len = (rng.next() % 40) as usize + 1;
+        let len = (rng.draw() % 40) as usize + 1;
         let a = text(&mut rng, len);
         let mut b = a.clone();
         match round % 4 {
             0 => {}
-            1 => b.truncate(rng.next() as usize % len),
+            1 => b.truncate(rng.draw() as usize % len),
             _ => {
-                let i = rng.next() as usize % len;
-                b[i] = (rng.next() % 255 + 1) as u8;
+                let i = rng.draw() as usize % len;
+                b[i] = (rng.draw() % 255 + 1) as u8;
             }
         }
         let want = a.cmp(&b);
@@ -147,7 +147,7 @@ fn memcpy_memset_memmove_move_bytes_as_rust_does() {
     for n in [
         0usize, 1, 2, 3, 7, 8, 15, 16, 31, 32, 33, 63, 64, 65, 100, 255, 256, 1000, 4100,
     ] {
-        let data: Vec<u8> = (0..n + 64).map(|_| rng.next() as u8).collect();
+        let data: Vec<u8> = (0..n + 64).map(|_| rng.draw() as u8).collect();
         let align = n % 8;
 
         let mut mem = TestMemory::new(k);
@@ -162,7 +162,7 @@ fn memcpy_memset_memmove_move_bytes_as_rust_does() {
             "memcpy of {n} stops at n"
         );
 
-        let byte = rng.next() as u8;
+        let byte = rng.draw() as u8;
         let mem = TestMemory::new(k);
         let mut c = call(
             k,
@@ -209,9 +209,9 @@ fn strchr_strrchr_memchr_strstr_find_as_rust_does() {
     let Some(k) = kernel() else { return };
     let mut rng = Rng(5);
     for round in 0..60 {
-        let len = (rng.next() % 50) as usize + 1;
+        let len = (rng.draw() % 50) as usize + 1;
         // A small alphabet, so characters repeat and substrings occur.
-        let s: Vec<u8> = (0..len).map(|_| b'a' + (rng.next() % 4) as u8).collect();
+        let s: Vec<u8> = (0..len).map(|_| b'a' + (rng.draw() % 4) as u8).collect();
         let c = b'a' + (round % 5) as u8;
         let pos = |f: Option<usize>, base: u64| f.map_or(0, |i| base + i as u64);
 
@@ -230,8 +230,8 @@ fn strchr_strrchr_memchr_strstr_find_as_rust_does() {
         let got = call(k, mem, "memchr", &[at, u64::from(c), len as u64]).rax;
         assert_eq!(got, pos(s.iter().position(|&x| x == c), at), "memchr");
 
-        let nlen = (rng.next() % 3) as usize + 1;
-        let needle: Vec<u8> = (0..nlen).map(|_| b'a' + (rng.next() % 4) as u8).collect();
+        let nlen = (rng.draw() % 3) as usize + 1;
+        let needle: Vec<u8> = (0..nlen).map(|_| b'a' + (rng.draw() % 4) as u8).collect();
         let mut mem = TestMemory::new(k);
         let at = mem.put(SRC, &with_nul(&s));
         let pn = mem.put(DST, &with_nul(&needle));
