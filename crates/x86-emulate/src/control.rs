@@ -119,14 +119,19 @@ impl Machine {
         }
     }
 
-    /// jcc: taken as the flags say.
-    pub(crate) fn jcc(&mut self, instr: &Instruction) -> Result<(), EmuError> {
-        self.regs.rip = if self.condition(instr)? {
-            instr.near_branch64()
-        } else {
-            instr.next_ip()
-        };
-        Ok(())
+    /// jcc: taken as the flags say; a taken one is a jump for the hooks (gcc emits
+    /// conditional tail calls).
+    pub(crate) fn jcc(
+        &mut self,
+        mem: &mut dyn Memory,
+        hooks: &mut dyn Hooks,
+        instr: &Instruction,
+    ) -> Result<Flow, EmuError> {
+        if !self.condition(instr)? {
+            self.regs.rip = instr.next_ip();
+            return Ok(Flow::Next);
+        }
+        self.transfer_to(mem, hooks, instr, instr.near_branch64(), Transfer::Jump)
     }
 
     /// call and jmp, after asking the hooks.
@@ -137,7 +142,18 @@ impl Machine {
         instr: &Instruction,
         kind: Transfer,
     ) -> Result<Flow, EmuError> {
-        let mut target = self.branch_target(mem, instr)?;
+        let target = self.branch_target(mem, instr)?;
+        self.transfer_to(mem, hooks, instr, target, kind)
+    }
+
+    fn transfer_to(
+        &mut self,
+        mem: &mut dyn Memory,
+        hooks: &mut dyn Hooks,
+        instr: &Instruction,
+        mut target: u64,
+        kind: Transfer,
+    ) -> Result<Flow, EmuError> {
         if let Some(&(_, reg)) = self.thunks.iter().find(|(t, _)| *t == target) {
             target = self.regs.gpr[reg];
         }

@@ -58,10 +58,7 @@ impl Machine {
             | Mnemonic::Jl
             | Mnemonic::Jge
             | Mnemonic::Jle
-            | Mnemonic::Jg => {
-                self.jcc(instr)?;
-                Flow::Next
-            }
+            | Mnemonic::Jg => self.jcc(mem, hooks, instr)?,
             _ => {
                 self.data_op(mem, instr)?;
                 self.regs.rip = instr.next_ip();

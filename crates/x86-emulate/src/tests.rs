@@ -381,3 +381,39 @@ fn gs_operands_add_the_gs_base() {
     m.add_scratch(0x10_0000, 0x100);
     assert_eq!(m.read_u64(&mut mem, 0x10_0020), Ok(0x5566_7788));
 }
+
+#[test]
+fn a_taken_conditional_jump_is_a_jump_for_the_hooks() {
+    // test eax, eax; jne +0x10; ret
+    let mut mem = code(&[0x85, 0xc0, 0x75, 0x10, 0xc3]);
+    for (rax, stopped) in [(0, false), (1, true)] {
+        let mut m = machine();
+        m.call_function(CODE, 0x4242);
+        m.regs.gpr[RAX] = rax;
+        let mut seen = Vec::new();
+        let s = m.run(&mut mem, &mut JumpsOnly(&mut seen), 10).unwrap();
+        if stopped {
+            assert_eq!(
+                s,
+                Stopped {
+                    target: CODE + 0x14,
+                    kind: Transfer::Jump
+                }
+            );
+            assert_eq!(m.regs.rip, CODE + 2, "stopped before the jne");
+        } else {
+            assert_eq!(s.kind, Transfer::Return);
+            assert!(seen.is_empty(), "a jcc not taken is not reported");
+        }
+    }
+}
+
+/// Records transfers and stops at each.
+struct JumpsOnly<'a>(&'a mut Vec<(u64, Transfer)>);
+
+impl Hooks for JumpsOnly<'_> {
+    fn transfer(&mut self, target: u64, kind: Transfer, _: &mut Machine) -> Action {
+        self.0.push((target, kind));
+        Action::Stop
+    }
+}
