@@ -6,6 +6,7 @@
 
 mod bits;
 mod strings;
+mod trace;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -28,6 +29,7 @@ pub const RETURN_TO: u64 = 0xffff_ffff_dead_0000;
 
 pub struct Kernel {
     pub syms: KernelSymbols,
+    pub btf: kernel_btf::Btf,
     sections: Vec<(u64, Vec<u8>)>,
 }
 
@@ -48,7 +50,10 @@ pub fn kernel() -> Option<&'static Kernel> {
             };
             let syms = KernelSymbols::load(&path, None).expect("loads the image's symbols");
             let names = [".text", ".rodata", ".data"];
-            let secs = KernelSections::load(&path, &names, None).expect("loads sections");
+            let secs = KernelSections::load(&path, &[&names[..], &[".BTF"]].concat(), None)
+                .expect("loads sections");
+            let btf = secs.get(".BTF").expect("the image has .BTF");
+            let btf = kernel_btf::Btf::parse(&btf.data).expect("parses .BTF");
             let sections = names
                 .iter()
                 .map(|n| {
@@ -56,7 +61,11 @@ pub fn kernel() -> Option<&'static Kernel> {
                     (s.addr, s.data.clone())
                 })
                 .collect();
-            Some(Kernel { syms, sections })
+            Some(Kernel {
+                syms,
+                btf,
+                sections,
+            })
         })
         .as_ref()
 }
