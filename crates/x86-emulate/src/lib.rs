@@ -109,6 +109,22 @@ pub trait Memory {
     fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryFault>;
 }
 
+/// Bytes at a base address, nothing elsewhere: a snapshot of code or data (and tests).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlatMemory {
+    pub base: u64,
+    pub bytes: Vec<u8>,
+}
+
+impl Memory for FlatMemory {
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryFault> {
+        let off = usize::try_from(addr.wrapping_sub(self.base)).map_err(|_| MemoryFault)?;
+        let end = off.checked_add(buf.len()).ok_or(MemoryFault)?;
+        buf.copy_from_slice(self.bytes.get(off..end).ok_or(MemoryFault)?);
+        Ok(())
+    }
+}
+
 /// A read [`Memory`] could not serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryFault;

@@ -3,21 +3,9 @@
 
 use super::*;
 
-/// Bytes at `base`; everything else faults. Counts reads, and is never written (the trait
-/// cannot write): `bytes` after a run is the proof.
-struct Flat {
-    base: u64,
-    bytes: Vec<u8>,
-}
-
-impl Memory for Flat {
-    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryFault> {
-        let off = usize::try_from(addr.wrapping_sub(self.base)).map_err(|_| MemoryFault)?;
-        let end = off.checked_add(buf.len()).ok_or(MemoryFault)?;
-        buf.copy_from_slice(self.bytes.get(off..end).ok_or(MemoryFault)?);
-        Ok(())
-    }
-}
+/// Bytes at `base`; everything else faults. Never written (the trait cannot write):
+/// `bytes` after a run is the proof.
+type Flat = FlatMemory;
 
 const CODE: u64 = 0xffff_ffff_8100_0000;
 const STACK: u64 = 0xffff_c900_0000_8000;

@@ -10,7 +10,7 @@
 use std::arch::global_asm;
 
 use x86_emulate::{
-    EmuError, Machine, Memory, MemoryFault, NoHooks, RCX, RDI, RDX, RSI, RSP, Registers,
+    EmuError, FlatMemory, Machine, NoHooks, RCX, RDI, RDX, RSI, RSP, Registers,
     flags::{AF, CF, OF, PF, SF, STATUS, ZF},
 };
 
@@ -218,19 +218,8 @@ fn code_between(start: usize, end: usize) -> Vec<u8> {
     unsafe { std::slice::from_raw_parts(start as *const u8, end - start) }.to_vec()
 }
 
-struct CodeMemory {
-    base: u64,
-    code: Vec<u8>,
-}
-
-impl Memory for CodeMemory {
-    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryFault> {
-        let off = usize::try_from(addr.wrapping_sub(self.base)).map_err(|_| MemoryFault)?;
-        let end = off.checked_add(buf.len()).ok_or(MemoryFault)?;
-        buf.copy_from_slice(self.code.get(off..end).ok_or(MemoryFault)?);
-        Ok(())
-    }
-}
+/// This file's assembly at its own addresses.
+type CodeMemory = FlatMemory;
 
 const STACK: u64 = 0x7000_0000;
 const OUT: u64 = 0x6000_0000;
@@ -379,7 +368,7 @@ fn instructions_compute_what_the_host_cpu_computes() {
         let entry = op.f as usize;
         let mut mem = CodeMemory {
             base: entry as u64,
-            code: code_between(entry, end),
+            bytes: code_between(entry, end),
         };
         for &a in &inputs {
             for &b in &inputs {
@@ -428,7 +417,7 @@ fn division_by_zero_and_quotient_overflow_are_divide_errors() {
         let entry = op.f as usize;
         let mut mem = CodeMemory {
             base: entry as u64,
-            code: code_between(entry, end),
+            bytes: code_between(entry, end),
         };
         match emulate(&mut mem, entry as u64, a, b, 0x202) {
             Err(EmuError::DivideError { rip }) => {

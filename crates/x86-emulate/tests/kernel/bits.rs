@@ -245,43 +245,31 @@ fn sort_orders_u32_with_the_kernels_and_a_hooked_comparator() {
 fn emulation_speed_is_reported() {
     let Some(k) = kernel() else { return };
     let mut rng = Rng(18);
+    let timed = |what: &str, input: &[u8], name: &str, args: &dyn Fn(u64) -> Vec<u64>| {
+        let mut mem = TestMemory::new(k);
+        let at = mem.put(0x1000, input);
+        let t = std::time::Instant::now();
+        let c = call(k, mem, name, &args(at));
+        let secs = t.elapsed().as_secs_f64();
+        let n = c.machine.executed();
+        eprintln!(
+            "{what}: {n} instructions in {:.1} ms, {:.2} M instructions/s",
+            secs * 1e3,
+            n as f64 / secs / 1e6
+        );
+        c.rax
+    };
     let data: Vec<u8> = (0..16384).map(|_| rng.draw() as u8).collect();
-    let mut mem = TestMemory::new(k);
-    let at = mem.put(0x1000, &data);
-    let t = std::time::Instant::now();
-    let c = call(
-        k,
-        mem,
-        "crc32_le_base",
-        &[0xffff_ffff, at, data.len() as u64],
-    );
-    let secs = t.elapsed().as_secs_f64();
-    assert_eq!(!(c.rax as u32), crc32fast::hash(&data));
-    let n = c.machine.executed();
-    eprintln!(
-        "crc32_le over {} bytes: {n} instructions in {:.1} ms, {:.2} M instructions/s",
-        data.len(),
-        secs * 1e3,
-        n as f64 / secs / 1e6
-    );
-
+    let len = data.len() as u64;
+    let crc = timed("crc32_le of 16 KiB", &data, "crc32_le_base", &|at| {
+        vec![0xffff_ffff, at, len]
+    });
+    assert_eq!(!(crc as u32), crc32fast::hash(&data));
     let values: Vec<u8> = (0..2000u32)
         .flat_map(|_| (rng.draw() as u32).to_le_bytes())
         .collect();
-    let mut mem = TestMemory::new(k);
-    let at = mem.put(0x1000, &values);
-    let t = std::time::Instant::now();
-    let c = call(
-        k,
-        mem,
-        "sort",
-        &[at, 2000, 4, k.addr("tracing_map_cmp_u32"), 0],
-    );
-    let secs = t.elapsed().as_secs_f64();
-    let n = c.machine.executed();
-    eprintln!(
-        "sort of 2000 u32: {n} instructions in {:.1} ms, {:.2} M instructions/s",
-        secs * 1e3,
-        n as f64 / secs / 1e6
-    );
+    let cmp = k.addr("tracing_map_cmp_u32");
+    timed("sort of 2000 u32", &values, "sort", &|at| {
+        vec![at, 2000, 4, cmp, 0]
+    });
 }
