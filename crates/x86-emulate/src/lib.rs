@@ -221,6 +221,17 @@ impl Machine {
         }
     }
 
+    /// Starts over with `regs`: forgets the overlay, scratch regions, return stop and
+    /// count of executed instructions, and keeps the declared thunks and the decoded
+    /// instructions (valid while the code in memory stays the same): one `Machine` can serve
+    /// many probe hits.
+    pub fn reset(&mut self, regs: Registers) {
+        self.regs = regs;
+        self.overlay.clear();
+        self.return_stop = None;
+        self.executed = 0;
+    }
+
     pub fn regs(&self) -> &Registers {
         &self.regs
     }

@@ -2,6 +2,7 @@
 //! byte, and scratch regions that are never read from guest memory.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::Memory;
 
@@ -20,9 +21,28 @@ impl Page {
     }
 }
 
+/// Page numbers hash by one multiplication: SipHash's DoS resistance buys nothing here, and
+/// every memory operand looks a page up.
+#[derive(Default, Clone, Copy)]
+struct PageHasher(u64);
+
+impl Hasher for PageHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 #[derive(Clone, Default)]
 pub(crate) struct Overlay {
-    pages: HashMap<u64, Box<Page>>,
+    pages: HashMap<u64, Box<Page>, BuildHasherDefault<PageHasher>>,
     /// (start, end exclusive) of scratch regions.
     scratch: Vec<(u64, u64)>,
 }
@@ -37,6 +57,12 @@ impl std::fmt::Debug for Overlay {
 }
 
 impl Overlay {
+    /// Forgets every write and scratch region.
+    pub(crate) fn clear(&mut self) {
+        self.pages.clear();
+        self.scratch.clear();
+    }
+
     pub(crate) fn add_scratch(&mut self, base: u64, len: u64) {
         if len > 0 {
             self.scratch.push((base, base.saturating_add(len)));

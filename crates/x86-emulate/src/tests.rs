@@ -405,3 +405,30 @@ impl Hooks for JumpsOnly<'_> {
         Action::Stop
     }
 }
+
+#[test]
+fn reset_forgets_writes_and_scratch_but_still_runs() {
+    // mov [rbx], eax; ret
+    let mut mem = code(&[0x89, 0x03, 0xc3]);
+    mem.bytes[0x800..0x804].copy_from_slice(&[1, 2, 3, 4]);
+    let mut m = machine();
+    m.regs.gpr[RBX] = CODE + 0x800;
+    m.regs.gpr[RAX] = 0xaabb_ccdd;
+    m.call_function(CODE, 0x4242);
+    m.run(&mut mem, &mut NoHooks, 10).unwrap();
+    assert_eq!(
+        m.read_u64(&mut mem, CODE + 0x800),
+        Ok(0xcccc_cccc_aabb_ccdd)
+    );
+    let regs = machine().regs;
+    m.reset(regs);
+    assert_eq!(m.executed(), 0);
+    assert_eq!(
+        m.read_u64(&mut mem, CODE + 0x800),
+        Ok(0xcccc_cccc_0403_0201)
+    );
+    assert!(
+        m.read_u64(&mut mem, STACK).is_err(),
+        "the stack scratch region is gone"
+    );
+}

@@ -79,6 +79,7 @@ fn record_with(
         },
         "{event} committed"
     );
+    eprintln!("{event}: {} instructions to the commit", m.executed());
     let (fbuffer, file, len) = hooks.reserved.expect("reserved a slot");
     assert_eq!(file, FILE);
     assert_eq!(m.regs().gpr[RDI], fbuffer, "commits the buffer it reserved");
