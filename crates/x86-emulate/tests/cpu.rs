@@ -5,7 +5,9 @@
 //!
 //! Each function takes (a = rdi, b = rsi, flags = rdx, out = rcx): it copies b to rcx (a
 //! shift count) and to rdx, a to rax, loads the flags with popfq, runs its body, and stores
-//! rdi, rax, rdx, rsi, rcx and the flags (pushfq) to `out`.
+//! rdi, rax, rdx, rsi, rcx and the flags (pushfq) to `out`. String instructions work in the
+//! rest of `out` (r8), and leave rdi/rsi relative to it (computed with `not` and `lea`,
+//! which keep the flags the string instruction set).
 
 use std::arch::global_asm;
 
@@ -46,9 +48,12 @@ enum Class {
     BitTest,
 }
 
+/// `out`: rdi, rax, rdx, rsi, rcx, the flags, then memory the string instructions use.
+const WORDS: usize = 16;
+
 struct Op {
     name: &'static str,
-    f: unsafe extern "C" fn(u64, u64, u64, *mut [u64; 6]),
+    f: unsafe extern "C" fn(u64, u64, u64, *mut [u64; WORDS]),
     width: u32,
     class: Class,
 }
@@ -67,7 +72,7 @@ macro_rules! ops {
             ".globl emu_ops_end\nemu_ops_end:\nret\n",
         );
         unsafe extern "C" {
-            $(fn $name(a: u64, b: u64, flags: u64, out: *mut [u64; 6]);)*
+            $(fn $name(a: u64, b: u64, flags: u64, out: *mut [u64; WORDS]);)*
             fn emu_ops_end();
         }
         const OPS: &[Op] = &[$(Op { name: stringify!($name), f: $name, width: $w, class: $class }),*];
@@ -207,6 +212,19 @@ ops! {
     movzx 64 Defined, "movzx edi, sil\nmovzx rdx, si\nmov ax, si";
     convert_a 64 Defined, "cbw\nmovsx rdi, ax\ncwde\nmovsxd rsi, eax\ncdqe";
     convert_b 64 Defined, "cwd\nmov rdi, rdx\ncdq\nmov rsi, rdx\ncqo";
+    stosb 8 Defined, "lea rdi, [r8+48]\nmov ecx, 9\nrep stosb\nnot r8\nlea rdi, [rdi+r8+1]\nnot r8";
+    stosw_down 16 Defined, "lea rdi, [r8+120]\nmov ecx, 5\nstd\nrep stosw\ncld\nnot r8\nlea rdi, [rdi+r8+1]\nnot r8";
+    stosq 64 Defined, "lea rdi, [r8+48]\nmov ecx, 3\nrep stosq\nstosd\nnot r8\nlea rdi, [rdi+r8+1]\nnot r8";
+    movsb_overlap 8 Defined, "lea rdi, [r8+48]\nmov [rdi], rax\nmov [rdi+8], rdx\nlea rsi, [r8+48]\nlea rdi, [r8+51]\nmov ecx, 29\nrep movsb\nnot r8\nlea rdi, [rdi+r8+1]\nlea rsi, [rsi+r8+1]\nnot r8";
+    movsq_down 64 Defined, "lea rdi, [r8+48]\nmov [rdi], rax\nmov [rdi+8], rdx\nmov [rdi+16], rax\nlea rsi, [r8+64]\nlea rdi, [r8+80]\nmov ecx, 3\nstd\nrep movsq\ncld\nnot r8\nlea rdi, [rdi+r8+1]\nlea rsi, [rsi+r8+1]\nnot r8";
+    movsd_once 32 Defined, "lea rdi, [r8+48]\nmov [rdi], rax\nlea rsi, [r8+48]\nlea rdi, [r8+60]\nmovsd\nmovsw\nnot r8\nlea rdi, [rdi+r8+1]\nlea rsi, [rsi+r8+1]\nnot r8";
+    cmpsb_repe 8 Defined, "lea rdi, [r8+48]\nmov [rdi], rax\nmov [rdi+8], rdx\nlea rsi, [r8+48]\nlea rdi, [r8+56]\nmov ecx, 8\nrepe cmpsb\nnot r8\nlea rdi, [rdi+r8+1]\nlea rsi, [rsi+r8+1]\nnot r8";
+    cmpsq_down 64 Defined, "lea rdi, [r8+48]\nmov [rdi], rax\nmov [rdi+8], rdx\nmov [rdi+16], rax\nlea rsi, [r8+64]\nlea rdi, [r8+56]\nmov ecx, 2\nstd\nrepe cmpsq\ncld\nnot r8\nlea rdi, [rdi+r8+1]\nlea rsi, [rsi+r8+1]\nnot r8";
+    cmpsw_repne 16 Defined, "lea rdi, [r8+48]\nmov [rdi], rax\nmov [rdi+8], rdx\nlea rsi, [r8+48]\nlea rdi, [r8+56]\nmov ecx, 4\nrepne cmpsw\nnot r8\nlea rdi, [rdi+r8+1]\nlea rsi, [rsi+r8+1]\nnot r8";
+    scasb_repne 8 Defined, "lea rdi, [r8+48]\nmov [rdi], rdx\nmov ecx, 8\nrepne scasb\nnot r8\nlea rdi, [rdi+r8+1]\nnot r8";
+    scasd_repe 32 Defined, "lea rdi, [r8+48]\nmov [rdi], rdx\nmov [rdi+4], rax\nmov ecx, 2\nrepe scasd\nnot r8\nlea rdi, [rdi+r8+1]\nnot r8";
+    lodsw_down 16 Defined, "lea rsi, [r8+48]\nmov [rsi], rdx\nlea rsi, [rsi+6]\nstd\nlodsw\nlodsb\ncld\nnot r8\nlea rsi, [rsi+r8+1]\nnot r8";
+    rep_zero 8 Defined, "lea rdi, [r8+48]\nxor ecx, ecx\nrep stosb\nrepe cmpsb\nnot r8\nlea rdi, [rdi+r8+1]\nnot r8";
 }
 
 /// [start, end) of this file's assembly, as bytes.
@@ -231,7 +249,7 @@ fn emulate(
     a: u64,
     b: u64,
     flags: u64,
-) -> Result<[u64; 6], EmuError> {
+) -> Result<[u64; WORDS], EmuError> {
     let mut regs = Registers {
         rflags: 0x202,
         ..Registers::default()
@@ -244,23 +262,23 @@ fn emulate(
     let mut m = Machine::new(regs);
     // Stack and output are fake objects: never read from memory.
     m.add_scratch(STACK - 0x1000, 0x2000);
-    m.add_scratch(OUT, 48);
+    m.add_scratch(OUT, 8 * WORDS as u64);
     m.call_function(entry, RETURN_TO);
     m.run(mem, &mut NoHooks, 100)?;
-    let mut bytes = [0u8; 48];
+    let mut bytes = [0u8; 8 * WORDS];
     m.read(mem, OUT, &mut bytes)?;
-    let mut out = [0u64; 6];
+    let mut out = [0u64; WORDS];
     for (o, c) in out.iter_mut().zip(bytes.chunks(8)) {
         *o = u64::from_le_bytes(c.try_into().unwrap());
     }
     Ok(out)
 }
 
-fn native(op: &Op, a: u64, b: u64, flags: u64) -> [u64; 6] {
-    let mut out = [0u64; 6];
+fn native(op: &Op, a: u64, b: u64, flags: u64) -> [u64; WORDS] {
+    let mut out = [0u64; WORDS];
     // SAFETY: the function is this file's assembly: it follows the C ABI (clobbers only rax,
     // rcx, rdx, rsi, rdi, r8 and the flags, leaves the stack balanced and DF/TF clear as
-    // `flags` has them), writes the 48 bytes of `out`, and faults for no input given to it
+    // `flags` has them), writes only within the 128 bytes of `out`, and faults for no input given to it
     // (inputs a division would fault on are skipped by the caller).
     unsafe { (op.f)(a, b, flags, &mut out) };
     out
@@ -383,7 +401,7 @@ fn instructions_compute_what_the_host_cpu_computes() {
                         Ok(got) => got,
                         Err(e) => panic!("{}: {e}", op.name),
                     };
-                    let regs_equal = want[..5] == got[..5];
+                    let regs_equal = want[..5] == got[..5] && want[6..] == got[6..];
                     let flags_equal = (want[5] ^ got[5]) & !undef == 0;
                     if !(regs_equal && flags_equal) && failures.len() < 20 {
                         failures.push(format!(
