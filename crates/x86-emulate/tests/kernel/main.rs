@@ -6,6 +6,7 @@
 
 mod bits;
 mod strings;
+mod survey;
 mod trace;
 
 use std::path::PathBuf;
