@@ -170,7 +170,7 @@ impl Called {
 }
 
 /// The retpoline thunks by register number (none for rsp).
-const THUNKS: [&str; 16] = [
+pub const THUNKS: [&str; 16] = [
     "rax", "rcx", "rdx", "rbx", "", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13",
     "r14", "r15",
 ];

@@ -196,3 +196,85 @@ fn sched_switch_records_both_tasks() {
         );
     }
 }
+
+/// The enabled path end to end: the static call trampoline (`jmp __traceiter_*` in the
+/// image) and the iterator over `__tracepoint_*.funcs` (given in the overlay, as the kernel
+/// would have it with the event enabled) reach the event function by an indirect call.
+#[test]
+fn the_tracepoint_iterator_reaches_the_event_function() {
+    let Some(k) = kernel() else { return };
+    const FUNCS: u64 = 0xffff_8880_7400_0000;
+    let tp = k.addr("__tracepoint_irq_handler_exit");
+    let funcs_at = tp + offset(k, "tracepoint", "funcs") as u64;
+    let event = k.addr("trace_event_raw_event_irq_handler_exit");
+    let iter = k.addr("__traceiter_irq_handler_exit");
+    let tramp = k.addr("__SCT__tp_func_irq_handler_exit");
+
+    let mut mem = TestMemory::new(k);
+    let mut regs = Registers {
+        rflags: 0x202,
+        gs_base: HEAP + PERCPU as u64,
+        ..Registers::default()
+    };
+    regs.gpr[RSP] = STACK_TOP;
+    // (__data, irq, action, ret), as the call site passes them.
+    regs.gpr[RDI] = 0;
+    regs.gpr[RSI] = 42;
+    regs.gpr[RDX] = 0;
+    regs.gpr[RCX] = 7;
+    let mut m = Machine::new(regs);
+    m.add_scratch(BUF, 4096);
+    m.add_scratch(FILE, 4096);
+    m.add_scratch(FUNCS, 4096);
+    // One probe: { func = the event function, data = its trace_event_file }, then NULL.
+    m.write(FUNCS, &event.to_le_bytes());
+    m.write(FUNCS + 8, &FILE.to_le_bytes());
+    m.write(funcs_at, &FUNCS.to_le_bytes());
+    for (reg, name) in crate::THUNKS.iter().enumerate() {
+        if !name.is_empty() {
+            m.add_indirect_thunk(k.addr(&format!("__x86_indirect_thunk_{name}")), reg);
+        }
+    }
+    m.call_function(tramp, RETURN_TO);
+
+    struct Seen {
+        reserve: u64,
+        commit: u64,
+        targets: Vec<u64>,
+    }
+    impl Hooks for Seen {
+        fn transfer(&mut self, target: u64, _: Transfer, _: &mut Machine) -> Action {
+            self.targets.push(target);
+            match target {
+                t if t == self.reserve => Action::Return(BUF),
+                // The commit returns (nothing): the iterator goes on to its end.
+                t if t == self.commit => Action::Return(0),
+                _ => Action::Continue,
+            }
+        }
+    }
+    let mut hooks = Seen {
+        reserve: k.addr("trace_event_buffer_reserve"),
+        commit: k.addr("trace_event_buffer_commit"),
+        targets: Vec::new(),
+    };
+    let stopped = m
+        .run(&mut mem, &mut hooks, 10_000)
+        .expect("runs to the return");
+    assert_eq!(stopped.kind, Transfer::Return);
+    for (what, t) in [
+        ("the iterator", iter),
+        ("the event function", event),
+        ("the commit", hooks.commit),
+    ] {
+        assert!(
+            hooks.targets.contains(&t),
+            "{what} was reached: {:x?}",
+            hooks.targets
+        );
+    }
+    let mut rec = [0u8; 16];
+    m.read(&mut mem, BUF, &mut rec).unwrap();
+    assert_eq!((int_at(&rec, 8), int_at(&rec, 12)), (42, 7));
+    eprintln!("trampoline to return: {} instructions", m.executed());
+}
