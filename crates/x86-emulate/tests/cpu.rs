@@ -224,6 +224,23 @@ ops! {
     scasb_repne 8 Defined, "lea rdi, [r8+48]\nmov [rdi], rdx\nmov ecx, 8\nrepne scasb\nnot r8\nlea rdi, [rdi+r8+1]\nnot r8";
     scasd_repe 32 Defined, "lea rdi, [r8+48]\nmov [rdi], rdx\nmov [rdi+4], rax\nmov ecx, 2\nrepe scasd\nnot r8\nlea rdi, [rdi+r8+1]\nnot r8";
     lodsw_down 16 Defined, "lea rsi, [r8+48]\nmov [rsi], rdx\nlea rsi, [rsi+6]\nstd\nlodsw\nlodsb\ncld\nnot r8\nlea rsi, [rsi+r8+1]\nnot r8";
+    bts_mem 64 BitTest, "lea rdi, [r8+56]\nmov [rdi-8], rax\nmov [rdi], rdx\nand rcx, 127\nsub rcx, 64\nbts [rdi], rcx\nnot r8\nlea rdi, [rdi+r8+1]\nnot r8";
+    btr_mem 32 BitTest, "lea rdi, [r8+56]\nmov [rdi-8], rax\nmov [rdi], rdx\nand ecx, 127\nsub ecx, 64\nbtr dword ptr [rdi], ecx\nnot r8\nlea rdi, [rdi+r8+1]\nnot r8";
+    btc_mem 16 BitTest, "lea rdi, [r8+56]\nmov [rdi-8], rax\nmov [rdi], rdx\nand ecx, 127\nsub ecx, 64\nbtc word ptr [rdi], cx\nnot r8\nlea rdi, [rdi+r8+1]\nnot r8";
+    bt_mem_imm 64 BitTest, "lea rdi, [r8+48]\nmov [rdi], rax\nbt qword ptr [rdi], 45\nnot r8\nlea rdi, [rdi+r8+1]\nnot r8";
+    rmw_mem 32 Defined, "lea rdi, [r8+48]\nmov [rdi], rax\nmov [rdi+8], rdx\nshl qword ptr [rdi+8], cl\nneg byte ptr [rdi+9]\nsbb [rdi+4], si\nadd dword ptr [rdi], esi\nnot r8\nlea rdi, [rdi+r8+1]\nnot r8";
+    lock_mem 64 Defined, "lea rdi, [r8+48]\nmov [rdi], rdx\nlock cmpxchg [rdi], rsi\nlock xadd [rdi+8], rax\nxchg [rdi+16], rdx\nnot r8\nlea rdi, [rdi+r8+1]\nnot r8";
+    cmpxchg_mem 32 Defined, "lea rdi, [r8+48]\nmov [rdi], rax\nlock cmpxchg [rdi], esi\nmov [rdi+8], rsi\nlock cmpxchg [rdi+8], esi\nnot r8\nlea rdi, [rdi+r8+1]\nnot r8";
+    ext_mem 64 Defined, "lea rdi, [r8+48]\nmov [rdi], rsi\nmovsx rax, byte ptr [rdi+1]\nmovzx edx, word ptr [rdi+3]\nmovsxd rcx, dword ptr [rdi+2]\nnot r8\nlea rdi, [rdi+r8+1]\nnot r8";
+    imul_mem 32 Mul, "lea rdi, [r8+48]\nmov [rdi], rsi\nimul esi, [rdi], 0x55\nimul rax, [rdi]\nnot r8\nlea rdi, [rdi+r8+1]\nnot r8";
+    mul_mem 64 Mul, "lea rdi, [r8+48]\nmov [rdi], rsi\nmul qword ptr [rdi]\nnot r8\nlea rdi, [rdi+r8+1]\nnot r8";
+    cmov_set_mem 64 Defined, "lea rdi, [r8+48]\nmov [rdi], rsi\ncmp rax, rsi\ncmovg rdx, [rdi]\nsetle byte ptr [rdi+8]\ncmovb ecx, [rdi+4]\nnot r8\nlea rdi, [rdi+r8+1]\nnot r8";
+    stack_mem 64 Defined, "lea rdi, [r8+48]\nmov [rdi], rdx\npush qword ptr [rdi]\npop qword ptr [rdi+8]\npush -5\npop rcx\npush si\npop ax\npush rbp\nmov rbp, rsp\npush rax\npush rdx\nleave\nnot r8\nlea rdi, [rdi+r8+1]\nnot r8";
+    call_ret 64 Defined, "push rax\ncall 1f\njmp 2f\n1: mov rsi, [rsp]\nret 8\n2: lea rdx, [rip+3f]\ncall rdx\njmp 4f\n3: mov rcx, [rsp]\nret\n4:";
+    jmp_mem 64 Defined, "lea rdi, [r8+48]\nlea rdx, [rip+1f]\nmov [rdi], rdx\njmp qword ptr [rdi]\nud2\n1: mov eax, 7\nnot r8\nlea rdi, [rdi+r8+1]\nnot r8";
+    lea_forms 64 Defined, "lea eax, [rdi+rsi*4+0x12345678]\nlea rdx, [edi+esi*2]\nlea cx, [rdi-1]\nlea rsi, [rsi+rsi*8-3]";
+    flags_ops 64 Defined, "cmp rdi, rsi\ncmc\nadc rax, 0\nstc\nsbb rdx, 0\nclc\nadc rcx, 1";
+    pushf_popf 64 Defined, "pushfq\npop rdx\nxor rdx, 0x8d5\npush rdx\npopfq";
     rep_zero 8 Defined, "lea rdi, [r8+48]\nxor ecx, ecx\nrep stosb\nrepe cmpsb\nnot r8\nlea rdi, [rdi+r8+1]\nnot r8";
 }
 
