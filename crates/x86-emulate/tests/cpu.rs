@@ -208,6 +208,10 @@ ops! {
     cmpxchg32 32 Defined, "cmpxchg edi, esi";
     cmpxchg64 64 Defined, "cmpxchg rdi, rsi";
     cmpxchg8 8 Defined, "cmpxchg dil, sil";
+    cmpxchg_ne8 8 Defined, "cmpxchg dl, dil";
+    cmpxchg_ne16 16 Defined, "cmpxchg dx, di";
+    cmpxchg_ne32 32 Defined, "cmpxchg edx, edi";
+    cmpxchg_ne64 64 Defined, "cmpxchg rdx, rdi";
     movsx 64 Defined, "movsx rdi, sil\nmovsx edx, si\nmovsxd rsi, esi";
     movzx 64 Defined, "movzx edi, sil\nmovzx rdx, si\nmov ax, si";
     convert_a 64 Defined, "cbw\nmovsx rdi, ax\ncwde\nmovsxd rsi, eax\ncdqe";
