@@ -170,10 +170,34 @@ impl Called {
 }
 
 /// The retpoline thunks by register number (none for rsp).
-pub const THUNKS: [&str; 16] = [
+const THUNKS: [&str; 16] = [
     "rax", "rcx", "rdx", "rbx", "", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13",
     "r14", "r15",
 ];
+
+/// Registers at a function's entry: `args` in rdi, rsi, rdx, rcx, r8, r9 (SysV), the test
+/// stack, `%gs` at the test per-CPU area.
+pub fn entry_regs(args: &[u64]) -> Registers {
+    let mut regs = Registers {
+        rflags: 0x202,
+        gs_base: HEAP + PERCPU as u64,
+        ..Registers::default()
+    };
+    regs.gpr[RSP] = STACK_TOP;
+    for (reg, v) in [RDI, RSI, RDX, RCX, R8, R9].iter().zip(args) {
+        regs.gpr[*reg] = *v;
+    }
+    regs
+}
+
+/// Declares the image's retpoline thunks, so hooks see indirect targets.
+pub fn declare_thunks(k: &Kernel, m: &mut Machine) {
+    for (reg, name) in THUNKS.iter().enumerate() {
+        if !name.is_empty() {
+            m.add_indirect_thunk(k.addr(&format!("__x86_indirect_thunk_{name}")), reg);
+        }
+    }
+}
 
 /// Calls `name(args...)` as the SysV ABI says, running until it returns to RETURN_TO.
 pub fn call(k: &'static Kernel, mem: TestMemory, name: &str, args: &[u64]) -> Called {
@@ -188,23 +212,10 @@ pub fn call_with(
     fakes: &[(u64, Fake)],
     thunks: bool,
 ) -> Result<Called, EmuError> {
-    let mut regs = Registers {
-        rflags: 0x202,
-        gs_base: HEAP + PERCPU as u64,
-        ..Registers::default()
-    };
-    regs.gpr[RSP] = STACK_TOP;
-    for (reg, v) in [RDI, RSI, RDX, RCX, R8, R9].iter().zip(args) {
-        regs.gpr[*reg] = *v;
-    }
-    let mut machine = Machine::new(regs);
+    let mut machine = Machine::new(entry_regs(args));
     machine.call_function(k.addr(name), RETURN_TO);
     if thunks {
-        for (reg, name) in THUNKS.iter().enumerate() {
-            if !name.is_empty() {
-                machine.add_indirect_thunk(k.addr(&format!("__x86_indirect_thunk_{name}")), reg);
-            }
-        }
+        declare_thunks(k, &mut machine);
     }
     let mut transfers = Vec::new();
     // The hooks see a snapshot of the heap: fakes read their inputs from there.

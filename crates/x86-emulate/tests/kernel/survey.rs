@@ -2,12 +2,9 @@
 //! arguments: the instruction subset covers what they execute. The fake objects are memory
 //! where every word points 0x100 bytes further, so pointer chains stay inside them.
 
-use x86_emulate::{
-    Action, EmuError, Hooks, Machine, Memory, MemoryFault, R8, R9, RCX, RDI, RDX, RSI, RSP,
-    Registers, Transfer,
-};
+use x86_emulate::{Action, EmuError, Hooks, Machine, Memory, MemoryFault, RDX, Transfer};
 
-use crate::{HEAP, PERCPU, RETURN_TO, STACK_TOP, TestMemory, kernel};
+use crate::{HEAP, PERCPU, RETURN_TO, TestMemory, entry_regs, kernel};
 
 const OBJ: u64 = 0xffff_8880_7100_0000;
 const OBJ_LEN: u64 = 64 << 20;
@@ -52,16 +49,8 @@ fn every_tracepoint_function_runs_within_the_subset() {
     let current = HEAP + PERCPU as u64 + k.addr("current_task");
     for sym in &events {
         let mut mem = TestMemory::new(k);
-        let mut regs = Registers {
-            rflags: 0x202,
-            gs_base: HEAP + PERCPU as u64,
-            ..Registers::default()
-        };
-        regs.gpr[RSP] = STACK_TOP;
-        for (i, r) in [RDI, RSI, RDX, RCX, R8, R9].into_iter().enumerate() {
-            regs.gpr[r] = OBJ + (i as u64) * (OBJ_LEN / 8);
-        }
-        let mut m = Machine::new(regs);
+        let args: Vec<u64> = (0..6).map(|i| OBJ + i * (OBJ_LEN / 8)).collect();
+        let mut m = Machine::new(entry_regs(&args));
         m.add_scratch(BUF, 1 << 16);
         // `current` is a fake task too: the third argument's (sched_switch's prev).
         let prev = m.regs().gpr[RDX];

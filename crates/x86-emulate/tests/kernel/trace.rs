@@ -3,11 +3,11 @@
 //! (a scratch buffer) and a stop at the commit; the record the kernel would have written is
 //! then in the overlay.
 
-use x86_emulate::{
-    Action, Hooks, Machine, R8, RCX, RDI, RDX, RSI, RSP, Registers, Stopped, Transfer,
-};
+use x86_emulate::{Action, Hooks, Machine, RDI, RDX, RSI, Stopped, Transfer};
 
-use crate::{CANARY, HEAP, Kernel, PERCPU, RETURN_TO, STACK_TOP, TestMemory, kernel};
+use crate::{
+    CANARY, HEAP, Kernel, PERCPU, RETURN_TO, TestMemory, declare_thunks, entry_regs, kernel,
+};
 
 /// The fake ring-buffer slot and the fake `struct trace_event_file`.
 const BUF: u64 = 0xffff_8880_7000_0000;
@@ -48,17 +48,7 @@ fn record_with(
     setup: impl FnOnce(&mut Machine),
 ) -> (u64, Vec<u8>) {
     let mut mem = TestMemory::new(k);
-    let mut regs = Registers {
-        rflags: 0x202,
-        gs_base: HEAP + PERCPU as u64,
-        ..Registers::default()
-    };
-    regs.gpr[RSP] = STACK_TOP;
-    regs.gpr[RDI] = FILE;
-    for (reg, v) in [RSI, RDX, RCX, R8].iter().zip(args) {
-        regs.gpr[*reg] = *v;
-    }
-    let mut m = Machine::new(regs);
+    let mut m = Machine::new(entry_regs(&[&[FILE], args].concat()));
     m.add_scratch(BUF, 4096);
     m.add_scratch(FILE, 4096);
     setup(&mut m);
@@ -211,18 +201,8 @@ fn the_tracepoint_iterator_reaches_the_event_function() {
     let tramp = k.addr("__SCT__tp_func_irq_handler_exit");
 
     let mut mem = TestMemory::new(k);
-    let mut regs = Registers {
-        rflags: 0x202,
-        gs_base: HEAP + PERCPU as u64,
-        ..Registers::default()
-    };
-    regs.gpr[RSP] = STACK_TOP;
     // (__data, irq, action, ret), as the call site passes them.
-    regs.gpr[RDI] = 0;
-    regs.gpr[RSI] = 42;
-    regs.gpr[RDX] = 0;
-    regs.gpr[RCX] = 7;
-    let mut m = Machine::new(regs);
+    let mut m = Machine::new(entry_regs(&[0, 42, 0, 7]));
     m.add_scratch(BUF, 4096);
     m.add_scratch(FILE, 4096);
     m.add_scratch(FUNCS, 4096);
@@ -230,11 +210,7 @@ fn the_tracepoint_iterator_reaches_the_event_function() {
     m.write(FUNCS, &event.to_le_bytes());
     m.write(FUNCS + 8, &FILE.to_le_bytes());
     m.write(funcs_at, &FUNCS.to_le_bytes());
-    for (reg, name) in crate::THUNKS.iter().enumerate() {
-        if !name.is_empty() {
-            m.add_indirect_thunk(k.addr(&format!("__x86_indirect_thunk_{name}")), reg);
-        }
-    }
+    declare_thunks(k, &mut m);
     m.call_function(tramp, RETURN_TO);
 
     struct Seen {
