@@ -156,6 +156,39 @@ pub(crate) fn shift(op: Shift, a: u64, count: u32, size: u32) -> Option<Out> {
     })
 }
 
+/// rcl (left) / rcr: a rotation through CF, of `size * 8 + 1` bits, by `count` (already
+/// masked to 5 or 6 bits); None when the count is zero. OF only for a count of 1.
+pub(crate) fn rotate_carry(left: bool, a: u64, count: u32, size: u32, cf: bool) -> Option<Out> {
+    if count == 0 {
+        return None;
+    }
+    let bits = size * 8;
+    let width = bits + 1;
+    let a = a & mask(size);
+    let v = (u128::from(cf) << bits) | u128::from(a);
+    let all = (1u128 << width) - 1;
+    let c = count % width;
+    let r = match (c, left) {
+        (0, _) => v,
+        (c, true) => ((v << c) | (v >> (width - c))) & all,
+        (c, false) => ((v >> c) | (v << (width - c))) & all,
+    };
+    let result = r as u64 & mask(size);
+    let cf_out = (r >> bits) & 1 != 0;
+    let msb = |x: u64| x & sign(size) != 0;
+    // rcl: the new MSB against the new CF; rcr: the old MSB against the old CF.
+    let of = if left {
+        msb(result) != cf_out
+    } else {
+        msb(a) != cf
+    };
+    Some(Out {
+        v: result,
+        flags: bit(cf_out, CF) | bit(of, OF),
+        affected: CF | if count == 1 { OF } else { 0 },
+    })
+}
+
 /// shld (left) / shrd: `a` shifted by `count` (masked to 5 or 6 bits), filled from `b`.
 pub(crate) fn double_shift(left: bool, a: u64, b: u64, count: u32, size: u32) -> Option<Out> {
     if count == 0 {

@@ -133,7 +133,9 @@ impl Machine {
                     self.set_flags(out);
                 }
             }
-            M::Shl | M::Sal | M::Shr | M::Sar | M::Rol | M::Ror => self.shift(mem, instr)?,
+            M::Shl | M::Sal | M::Shr | M::Sar | M::Rol | M::Ror | M::Rcl | M::Rcr => {
+                self.shift(mem, instr)?
+            }
             M::Shld | M::Shrd => {
                 let p = self.place(instr, 0)?;
                 let size = p.size();
@@ -298,6 +300,18 @@ impl Machine {
         let size = p.size();
         let a = self.get(mem, instr, p)?;
         let count = self.read_op(mem, instr, 1, 1)? as u32 & count_mask(size);
+        if matches!(instr.mnemonic(), Mnemonic::Rcl | Mnemonic::Rcr) {
+            let cf = self.regs.rflags & CF != 0;
+            let left = instr.mnemonic() == Mnemonic::Rcl;
+            match alu::rotate_carry(left, a, count, size, cf) {
+                Some(out) => {
+                    self.put(instr, p, out.v)?;
+                    self.set_flags(out);
+                }
+                None => self.put(instr, p, a)?,
+            }
+            return Ok(());
+        }
         let op = match instr.mnemonic() {
             Mnemonic::Shl | Mnemonic::Sal => Shift::Shl,
             Mnemonic::Shr => Shift::Shr,

@@ -9,47 +9,47 @@
 //!
 //! # What is emulated
 //! The integer subset gcc -O2 emits for kernel C code, at every operand size (8/16/32/64 bits,
-//! `ah`..`bh`, 32-bit writes zeroing the upper half, 8/16-bit writes merging):
-//! `mov`/`movabs`, `movzx`/`movsx`/`movsxd`, `lea`, `add`/`adc`/`sub`/`sbb`/`and`/`or`/`xor`/
-//! `not`/`neg`/`inc`/`dec`, `cmp`/`test`, `shl`/`shr`/`sar`/`rol`/`ror`/`shld`/`shrd`,
-//! `imul` (1, 2, 3 operands), `mul`, `div`/`idiv` ([`EmuError::DivideError`] on a zero divisor
-//! or a quotient overflow), `bt`/`bts`/`btr`/`btc`, `bsf`/`bsr`/`tzcnt`/`lzcnt`/`popcnt`,
-//! `bswap`, `cmovcc`, `setcc`, `jcc`, `jmp`/`call` (direct, through a register or memory,
-//! RIP-relative included), `ret`/`ret imm16`, `push`/`pop`, `pushfq`/`popfq` (`popfq` sets
-//! the emulated flags only, IF included), `leave`, `cbw`..`cqo`, `xchg`,
-//! `cmpxchg`, `xadd`, `movs`/`stos`/`lods`/`cmps`/`scas` with `rep`/`repe`/`repne` and either
-//! direction flag, `clc`/`stc`/`cmc`/`cld`/`std`, and as no-ops `nop`, `endbr64`, `pause`,
-//! the fences, `stac`/`clac` and `prefetch*`. `lock` changes nothing (one CPU, no other writer).
+//! `ah`..`bh`, 32-bit writes zeroing the upper half, 8/16-bit writes merging): `mov`/`movabs`,
+//! `movzx`/`movsx`/`movsxd`, `lea`, `add`/`adc`/`sub`/`sbb`/`and`/`or`/`xor`/`not`/`neg`/
+//! `inc`/`dec`, `cmp`/`test`, `shl`/`shr`/`sar`/`rol`/`ror`/`rcl`/`rcr`/`shld`/`shrd`, `imul`
+//! (1, 2, 3 operands), `mul`, `div`/`idiv` ([`EmuError::DivideError`] on a zero divisor or a
+//! quotient overflow), `bt`/`bts`/`btr`/`btc`, `bsf`/`bsr`/`tzcnt`/`lzcnt`/`popcnt`, `bswap`,
+//! `cmovcc`, `setcc`, `jcc`, `jmp`/`call` (direct, through a register or memory, RIP-relative
+//! included), `ret`/`ret imm16`, `push`/`pop`, `pushfq`/`popfq` (`popfq` sets the emulated
+//! flags only, IF included), `leave`, `cbw`..`cqo`, `xchg`, `cmpxchg`, `xadd`,
+//! `movs`/`stos`/`lods`/`cmps`/`scas` with `rep`/`repe`/`repne` and either direction flag,
+//! `clc`/`stc`/`cmc`/`cld`/`std`, and as no-ops `nop`, `endbr64`, `pause`, the fences,
+//! `stac`/`clac` and `prefetch*`. `lock` changes nothing (one CPU, no other writer).
 //! `%fs:`/`%gs:` operands add `fs_base`/`gs_base` (per-CPU data).
 //!
 //! Flags: CF PF AF ZF SF OF as the SDM defines them for each instruction (AF included). Where
 //! the SDM leaves a flag undefined this crate leaves it unchanged, except the arithmetic flags
-//! of `imul`/`mul` (SF ZF PF from the low half, AF clear) and logic instructions (AF clear).
-//! Tests compare the defined flags with the host CPU.
+//! of `imul`/`mul` (SF ZF PF from the low half, AF clear: an Intel host keeps ZF clear) and
+//! logic instructions (AF clear). Tests compare the defined flags with the host CPU.
 //!
 //! # What is refused
 //! Everything else is [`EmuError::Unsupported`] naming the instruction and its address:
 //! privileged and system instructions (`cli`, `sti`, `hlt`, `wrmsr`, `rdmsr`, `mov cr`, `in`,
 //! `out`, `iret`, `syscall`, `sysret`, `swapgs`, `invlpg`, `rdtsc`, ...), `ud2` (a `BUG()`),
-//! `int3` (padding), `int`, segment-register moves, x87/SSE/AVX, `rcl`/`rcr`, 32-bit
-//! addressing for string operations, and bytes that do not decode.
-//! No input makes it panic: arbitrary bytes as code, wild addresses, huge `rep` counts (each
-//! iteration counts against the budget of [`Machine::run`]).
+//! `int3` (padding), `int`, segment-register moves, x87/SSE/AVX, 32-bit addressing for string
+//! operations, and bytes that do not decode. No input makes it panic: arbitrary bytes as
+//! code, wild addresses, huge `rep` counts (each iteration counts against the budget of
+//! [`Machine::run`]).
 //!
 //! # Calls, jumps and returns
 //! Before every `call`, every unconditional `jmp` (direct or indirect) and every taken
 //! conditional jump (gcc emits conditional tail calls: in Debian's 6.1 image 5,922 `jcc`s
-//! target outside their symbol, tail calls and `.cold` parts), [`Hooks::transfer`] sees the resolved target with `rip` still at
-//! the instruction, and says whether to execute it, to act as if the target returned at once
-//! with a value, or to stop. To call a function
-//! and learn when it returned, push a return address and register it with
-//! [`Machine::set_return_stop`] (or use [`Machine::call_function`]): when `rip` reaches that
-//! address (by the function's `ret`), [`Machine::run`] returns [`Stopped`] with
-//! [`Transfer::Return`]. Indirect calls in a retpoline kernel go through
-//! `__x86_indirect_thunk_<reg>`, which reaches its target by a `ret`: declare the thunks
-//! with [`Machine::add_indirect_thunk`] so hooks see the real targets. Instructions are fetched from [`Memory`], not from the overlay: the
-//! kernel's code does not modify itself, and decoded instructions are cached per [`Machine`]
-//! on that assumption.
+//! target outside their symbol, tail calls and `.cold` parts), [`Hooks::transfer`] sees the
+//! resolved target with `rip` still at the instruction, and says whether to execute it, to act
+//! as if the target returned at once with a value, or to stop. To call a function and learn
+//! when it returned, push a return address and register it with [`Machine::set_return_stop`]
+//! (or use [`Machine::call_function`]): when `rip` reaches that address (by the function's
+//! `ret`), [`Machine::run`] returns [`Stopped`] with [`Transfer::Return`]. Indirect calls in a
+//! retpoline kernel go through `__x86_indirect_thunk_<reg>`, which reaches its target by a
+//! `ret`: declare the thunks with [`Machine::add_indirect_thunk`] so hooks see the real
+//! targets. Instructions are fetched from [`Memory`], not from the overlay: the kernel's code
+//! does not modify itself, and decoded instructions are cached per [`Machine`] on that
+//! assumption ([`Machine::reset`] keeps them for the next run over the same code).
 
 #![forbid(unsafe_code)]
 

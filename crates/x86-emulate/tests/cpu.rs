@@ -157,6 +157,16 @@ ops! {
     ror32 32 Rotate(Count::Cl), "ror edi, cl";
     ror64 64 Rotate(Count::Cl), "ror rdi, cl";
     ror1_64 64 Rotate(Count::Imm(1)), "ror rdi, 1";
+    rcl8 8 Rotate(Count::Cl), "rcl dil, cl";
+    rcl16 16 Rotate(Count::Cl), "rcl di, cl";
+    rcl32 32 Rotate(Count::Cl), "rcl edi, cl";
+    rcl64 64 Rotate(Count::Cl), "rcl rdi, cl";
+    rcl1_64 64 Rotate(Count::Imm(1)), "rcl rdi, 1";
+    rcr8 8 Rotate(Count::Cl), "rcr dil, cl";
+    rcr16 16 Rotate(Count::Cl), "rcr di, cl";
+    rcr32 32 Rotate(Count::Cl), "rcr edi, cl";
+    rcr64 64 Rotate(Count::Cl), "rcr rdi, cl";
+    rcr1_32 32 Rotate(Count::Imm(1)), "rcr edi, 1";
     shld32 32 DoubleShift, "shld edi, esi, cl";
     shld64 64 DoubleShift, "shld rdi, rsi, cl";
     shrd32 32 DoubleShift, "shrd edi, esi, cl";
