@@ -40,7 +40,8 @@ enum Class {
     Mul,
     /// div/idiv: all undefined; inputs that would fault are skipped.
     Div { signed: bool },
-    /// bsf/bsr: all but ZF undefined (a zero source is skipped: the destination is too).
+    /// bsf/bsr: all but ZF undefined. The destination for a zero source is undefined too,
+    /// but compared: this crate leaves it unchanged, as the host does.
     BitScan,
     /// tzcnt/lzcnt: OF SF AF PF undefined.
     Count,
@@ -356,7 +357,7 @@ fn undefined(op: &Op, a: u64, b: u64) -> Option<u64> {
             }
             STATUS
         }
-        BitScan if b & mask(w) == 0 => return None,
+
         BitScan => STATUS & !ZF,
         Count | BitTest => OF | SF | AF | PF,
     })
