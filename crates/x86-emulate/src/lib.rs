@@ -50,6 +50,33 @@
 //! targets. Instructions are fetched from [`Memory`], not from the overlay: the kernel's code
 //! does not modify itself, and decoded instructions are cached per [`Machine`] on that
 //! assumption ([`Machine::reset`] keeps them for the next run over the same code).
+//!
+//! # Example
+//! ```
+//! use x86_emulate::*;
+//!
+//! // f(rdi): call g (faked by the hook: returns 5); rax += rdi; ret
+//! let code = [0xe8, 0x10, 0, 0, 0, 0x48, 0x01, 0xf8, 0xc3];
+//! let mut mem = FlatMemory { base: 0xffff_ffff_8100_0000, bytes: code.to_vec() };
+//! let mut regs = Registers::default();
+//! regs.gpr[RSP] = 0xffff_c900_0000_8000;
+//! regs.gpr[RDI] = 37;
+//! let mut m = Machine::new(regs);
+//! m.add_scratch(0xffff_c900_0000_0000, 0x8000); // the stack: a fake object
+//! m.call_function(mem.base, 0xdead_0000); // pushes the return address, stops there
+//!
+//! struct FakeG(u64);
+//! impl Hooks for FakeG {
+//!     fn transfer(&mut self, target: u64, kind: Transfer, _: &mut Machine) -> Action {
+//!         if target == self.0 && kind == Transfer::Call { Action::Return(5) } else { Action::Continue }
+//!     }
+//! }
+//! let mut hooks = FakeG(mem.base + 0x15);
+//! let stopped = m.run(&mut mem, &mut hooks, 100).unwrap();
+//! assert_eq!(stopped, Stopped { target: 0xdead_0000, kind: Transfer::Return });
+//! assert_eq!(m.regs().gpr[RAX], 42);
+//! assert_eq!(m.executed(), 3);
+//! ```
 
 #![forbid(unsafe_code)]
 
