@@ -276,14 +276,34 @@ fn guest_events(
         (Err(e), _) => Err(format!("the image's sections could not be read: {e}")),
         (_, None) => Err("the guest kernel's image has no BTF, which serving it needs".into()),
     };
-    wanted
+    // A wildcard names every event of the image it matches.
+    let wild = |e: &str| e.contains(['*', '?']);
+    let all = match (&finder, wanted.iter().any(|(_, e)| wild(e))) {
+        (Ok(f), true) => f.events(),
+        _ => Vec::new(),
+    };
+    let mut names: Vec<(String, String)> = Vec::new();
+    for (system, event) in wanted {
+        if wild(event) {
+            names.extend(
+                all.iter()
+                    .filter(|(s, e)| s == system && kernel_image::glob(event, e))
+                    .cloned(),
+            );
+        } else {
+            names.push((system.to_string(), event.to_string()));
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
         .into_iter()
         .map(|(system, event)| {
             let found = match &finder {
-                Ok(f) => f.find(system, event).map_err(|e| e.to_string()),
+                Ok(f) => f.find(&system, &event).map_err(|e| e.to_string()),
                 Err(e) => Err(e.clone()),
             };
-            (system.to_string(), event.to_string(), found)
+            (system, event, found)
         })
         .collect()
 }

@@ -20,7 +20,10 @@ use kernel_image::{KernelSections, KernelSymbols, Section};
 use std::collections::HashMap;
 
 /// The image sections [`EventFinder`] reads.
-pub const SECTIONS: [&str; 2] = [".rodata", ".data"];
+pub const SECTIONS: [&str; 3] = [".rodata", ".data", ".text"];
+/// How far into a static branch's block its call must be: the blocks of
+/// 6.1's tracepoint calls reach it within a dozen instructions.
+const BLOCK_SCAN: usize = 48;
 const JUMP_ENTRY: u64 = 16;
 /// 6.1 has about 60,000 jump table entries.
 const MAX_JUMP_ENTRIES: u64 = 1 << 20;
@@ -114,13 +117,6 @@ impl<'a> EventFinder<'a> {
         let fields = self
             .fields(&class_name)
             .ok_or_else(|| missing(&format!("BTF struct trace_event_raw_{class_name}")))?;
-        let key = tp + off("tracepoint", "key")?;
-        let sites = self.sites(key);
-        if sites.is_empty() {
-            return Err(FindError::NotCalled {
-                event: event.to_string(),
-            });
-        }
         let calls: Vec<u64> = [
             format!("__SCT__tp_func_{event}"),
             format!("__traceiter_{event}"),
@@ -130,6 +126,19 @@ impl<'a> EventFinder<'a> {
         .collect();
         if calls.is_empty() {
             return Err(missing("__SCT__tp_func_EVENT or __traceiter_EVENT"));
+        }
+        let key = tp + off("tracepoint", "key")?;
+        // The key's other static branches are `trace_EVENT_enabled()`
+        // tests, not calls of it: only blocks that reach the call fire.
+        let sites: Vec<EventSite> = self
+            .sites(key)
+            .into_iter()
+            .filter(|s| self.block_calls(s.block, &calls))
+            .collect();
+        if sites.is_empty() {
+            return Err(FindError::NotCalled {
+                event: event.to_string(),
+            });
         }
         Ok(EventRecipe {
             system: system.to_string(),
@@ -166,7 +175,18 @@ impl<'a> EventFinder<'a> {
                     return None;
                 }
                 let tp = self.symbols.lookup(&format!("__tracepoint_{event}"))?;
-                if self.sites(tp.addr + key_off).is_empty() {
+                let calls: Vec<u64> = [
+                    format!("__SCT__tp_func_{event}"),
+                    format!("__traceiter_{event}"),
+                ]
+                .iter()
+                .filter_map(|n| self.symbols.lookup(n).map(|s| s.addr))
+                .collect();
+                if !self
+                    .sites(tp.addr + key_off)
+                    .iter()
+                    .any(|s| self.block_calls(s.block, &calls))
+                {
                     return None;
                 }
                 let class = self.u64(s.addr + class_off)?;
@@ -214,12 +234,58 @@ impl<'a> EventFinder<'a> {
                 .symbolize(code)
                 .map(|(s, _)| s.name.clone())
                 .unwrap_or_default();
-            by_key
-                .entry(key)
-                .or_default()
-                .push(EventSite { code, block, func });
+            let len = self.instruction_len(code).unwrap_or(5);
+            by_key.entry(key).or_default().push(EventSite {
+                code,
+                len,
+                block,
+                func,
+            });
         }
         by_key
+    }
+
+    /// Whether the block at `block`, read straight on from its start (up to
+    /// an unconditional jump or return), calls one of `calls`.
+    fn block_calls(&self, block: u64, calls: &[u64]) -> bool {
+        use iced_x86::{Decoder, DecoderOptions, FlowControl};
+        let Some(code) = self.bytes_from(block, BLOCK_SCAN * 15) else {
+            return false;
+        };
+        let mut d = Decoder::with_ip(64, code, block, DecoderOptions::NONE);
+        for _ in 0..BLOCK_SCAN {
+            if !d.can_decode() {
+                return false;
+            }
+            let i = d.decode();
+            match i.flow_control() {
+                FlowControl::Call if calls.contains(&i.near_branch_target()) => return true,
+                FlowControl::UnconditionalBranch
+                | FlowControl::IndirectBranch
+                | FlowControl::Return
+                | FlowControl::Exception
+                | FlowControl::Interrupt => return false,
+                _ => {}
+            }
+        }
+        false
+    }
+
+    /// The length of the instruction at `addr` in the image.
+    fn instruction_len(&self, addr: u64) -> Option<u8> {
+        let code = self.bytes_from(addr, 15)?;
+        let mut d = iced_x86::Decoder::with_ip(64, code, addr, iced_x86::DecoderOptions::NONE);
+        let i = d.decode();
+        (!i.is_invalid()).then(|| i.len() as u8)
+    }
+
+    /// At most `len` bytes from `addr` on, within one section.
+    fn bytes_from(&self, addr: u64, len: usize) -> Option<&[u8]> {
+        self.sections.iter().find_map(|s| {
+            let off = usize::try_from(addr.checked_sub(s.addr)?).ok()?;
+            let rest = s.data.get(off..)?;
+            Some(&rest[..rest.len().min(len)])
+        })
     }
 
     /// The record's fields after `struct trace_entry ent`.

@@ -64,9 +64,41 @@ pub struct EventRecipe {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EventSite {
     pub code: u64,
+    /// Length of the static branch's instruction (a 5- or 2-byte no-op,
+    /// or a jump where the kernel has the event on).
+    #[serde(default = "five")]
+    pub len: u8,
     pub block: u64,
     /// The function the call is in (`__schedule`).
     pub func: String,
+}
+
+fn five() -> u8 {
+    5
+}
+
+impl EventSite {
+    /// Whether `bytes` (read at the site) are what the kernel itself may
+    /// put there: a no-op of the site's length, or the jump to its block
+    /// (the event switched on inside the guest, by its tracefs).
+    pub fn is_own_branch(&self, bytes: &[u8]) -> bool {
+        let len = usize::from(self.len);
+        let Some(b) = bytes.get(..len) else {
+            return false;
+        };
+        let nop = match len {
+            5 => b == [0x0f, 0x1f, 0x44, 0x00, 0x00],
+            2 => b == [0x66, 0x90],
+            _ => false,
+        };
+        let rel = self.block.wrapping_sub(self.code + len as u64) as i64;
+        let jump = match len {
+            5 => b[0] == 0xe9 && i64::from(i32::from_le_bytes([b[1], b[2], b[3], b[4]])) == rel,
+            2 => b[0] == 0xeb && i64::from(b[1] as i8) == rel,
+            _ => false,
+        };
+        nop || jump
+    }
 }
 
 /// A field of the record.
@@ -126,6 +158,7 @@ impl EventRecipe {
                 .iter()
                 .map(|site| EventSite {
                     code: s(site.code),
+                    len: site.len,
                     block: s(site.block),
                     func: site.func.clone(),
                 })
@@ -209,6 +242,30 @@ mod tests {
             signed,
             kind,
         }
+    }
+
+    #[test]
+    fn a_site_accepts_only_its_own_no_op_or_jump() {
+        let site = EventSite {
+            code: 0x1000,
+            len: 5,
+            block: 0x1100,
+            func: String::new(),
+        };
+        assert!(site.is_own_branch(&[0x0f, 0x1f, 0x44, 0x00, 0x00, 0xcc]));
+        // jmp rel32 to 0x1100 from 0x1005.
+        assert!(site.is_own_branch(&[0xe9, 0xfb, 0x00, 0x00, 0x00]));
+        assert!(!site.is_own_branch(&[0xe9, 0xfc, 0x00, 0x00, 0x00]));
+        assert!(!site.is_own_branch(&[0xcc, 0x1f, 0x44, 0x00, 0x00]));
+        assert!(!site.is_own_branch(&[0x0f]));
+        let short = EventSite {
+            len: 2,
+            block: 0x1010,
+            ..site
+        };
+        assert!(short.is_own_branch(&[0x66, 0x90]));
+        assert!(short.is_own_branch(&[0xeb, 0x0e]));
+        assert!(!short.is_own_branch(&[0xeb, 0x0f]));
     }
 
     #[test]

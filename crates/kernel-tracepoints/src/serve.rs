@@ -79,18 +79,23 @@ pub fn serve(
         &FAKE_FILE.to_le_bytes(),
     );
     // The block's way back (the no-op's next instruction) means it chose
-    // not to call (the static branch is 5 bytes on x86-64).
-    m.set_return_stop(Some(site.code + 5));
+    // not to call.
+    m.set_return_stop(Some(site.code + u64::from(site.len)));
     // Where the guest has the event on itself, x86's inline static calls
     // may have the block call the event's code directly.
     let mut stops = recipe.calls.clone();
     stops.push(recipe.raw_event);
-    let mut block = BlockHooks { calls: &stops };
+    let mut block = BlockHooks {
+        calls: &stops,
+        body: (site.code, site.block),
+        went_back: false,
+    };
     match m.run(mem, &mut block, BLOCK_BUDGET).map_err(emu)? {
         Stopped {
             kind: Transfer::Return,
             ..
         } => return Ok(None),
+        Stopped { .. } if block.went_back => return Ok(None),
         Stopped { .. } => {}
     }
     // The static call's arguments are set: call the event's code instead.
@@ -116,14 +121,21 @@ pub fn serve(
     Ok(Some(Record(record)))
 }
 
-/// Stops the block at its static call.
+/// Stops the block at its static call, or where it jumps back into the
+/// function's body (between the no-op and the block, which compilers place
+/// after the body): then it chose not to call.
 struct BlockHooks<'a> {
     calls: &'a [u64],
+    body: (u64, u64),
+    went_back: bool,
 }
 
 impl Hooks for BlockHooks<'_> {
     fn transfer(&mut self, target: u64, kind: Transfer, _: &mut Machine) -> Action {
         if kind == Transfer::Call && self.calls.contains(&target) {
+            Action::Stop
+        } else if kind == Transfer::Jump && target >= self.body.0 && target < self.body.1 {
+            self.went_back = true;
             Action::Stop
         } else {
             Action::Continue

@@ -17,7 +17,9 @@ fn image() -> Option<std::path::PathBuf> {
 fn the_events_bpftrace_tools_use_are_found() {
     let Some(path) = image() else { return };
     let symbols = KernelSymbols::load(&path, None).unwrap();
-    let sections = KernelSections::load(&path, &[SECTIONS[0], SECTIONS[1], ".BTF"], None).unwrap();
+    let mut names = SECTIONS.to_vec();
+    names.push(".BTF");
+    let sections = KernelSections::load(&path, &names, None).unwrap();
     let btf = kernel_btf::Btf::parse(&sections.get(".BTF").unwrap().data).unwrap();
     let finder = EventFinder::new(&symbols, &sections, &btf);
     for (system, event) in [

@@ -162,6 +162,15 @@ impl KernelTypes for LayerTypes<'_> {
         }))
     }
 
+    fn guest_event_names(&self) -> Vec<String> {
+        self.guest_events
+            .unwrap_or_default()
+            .iter()
+            .filter(|(_, _, found)| found.is_ok())
+            .map(|(s, e, _)| format!("{s}:{e}"))
+            .collect()
+    }
+
     fn knows_syscalls(&self) -> bool {
         self.syscalls.is_some_and(|s| !s.is_empty())
     }

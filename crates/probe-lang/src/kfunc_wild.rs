@@ -100,6 +100,89 @@ pub(crate) fn expand(ast: &mut Ast, types: Option<&dyn KernelTypes>, r: &mut Rep
     }
 }
 
+/// Replaces each guest tracepoint wildcard other than a syscall one
+/// (`tracepoint:sched:sched*`) by the events of
+/// [`KernelTypes::guest_event_names`] it matches, as bpftrace expands
+/// tracepoint wildcards. A block that reads `args` becomes one block per
+/// event, each typed by its own record. A wildcard matching nothing is
+/// left for the checker to report.
+pub(crate) fn expand_guest_events(
+    ast: &mut Ast,
+    types: Option<&dyn KernelTypes>,
+    r: &mut Reporter,
+) {
+    let Some(types) = types else { return };
+    let pattern = |text: &str| match check::parse_probe(check::split_guest(text).1) {
+        Ok(spec @ ProbeSpec::GuestTracepoint { .. })
+            if spec.syscall_event().is_none() && spec.raw_syscall_event().is_none() =>
+        {
+            let ProbeSpec::GuestTracepoint { system, event } = spec else {
+                return None;
+            };
+            (event.contains(['*', '?'])).then(|| format!("{system}:{event}"))
+        }
+        _ => None,
+    };
+    if !ast
+        .probes
+        .iter()
+        .flat_map(|b| &b.attach)
+        .any(|(t, _)| pattern(t).is_some())
+    {
+        return;
+    }
+    let names = types.guest_event_names();
+    let blocks = std::mem::take(&mut ast.probes);
+    for b in blocks {
+        if !b.attach.iter().any(|(t, _)| pattern(t).is_some()) {
+            ast.probes.push(b);
+            continue;
+        }
+        let typed = needs::reads_args(&b);
+        let mut attach: Vec<(String, Span)> = Vec::new();
+        for (text, span) in &b.attach {
+            let Some(p) = pattern(text) else {
+                attach.push((text.clone(), *span));
+                continue;
+            };
+            let found: Vec<&String> = names.iter().filter(|n| glob(&p, n)).collect();
+            if found.is_empty() {
+                attach.push((text.clone(), *span));
+                continue;
+            }
+            if found.len() > WILDCARD_LIMIT {
+                r.error(
+                    *span,
+                    format!(
+                        "{text}: matches {} tracepoints; at most {WILDCARD_LIMIT} can be probed at once",
+                        found.len()
+                    ),
+                );
+            }
+            let prefix = check::split_guest(text)
+                .0
+                .map(|g| format!("{g}:"))
+                .unwrap_or_default();
+            attach.extend(
+                found
+                    .into_iter()
+                    .map(|e| (format!("{prefix}tracepoint:{e}"), *span)),
+            );
+        }
+        if typed && attach.len() > 1 {
+            for a in attach {
+                ast.probes.push(ProbeBlock {
+                    attach: vec![a],
+                    predicate: b.predicate.clone(),
+                    body: b.body.clone(),
+                });
+            }
+        } else {
+            ast.probes.push(ProbeBlock { attach, ..b });
+        }
+    }
+}
+
 /// The first two of `functions` whose parameter names differ, as
 /// `f(a, b) and g(c)`.
 fn mixed_params(types: &dyn KernelTypes, functions: &[&String]) -> Option<String> {

@@ -563,6 +563,7 @@ pub fn compile_with(
         }
     };
     kfunc_wild::expand(&mut ast, types, &mut r);
+    kfunc_wild::expand_guest_events(&mut ast, types, &mut r);
     split_guest_tracepoints(&mut ast, types);
     let added_blocks = match options.pid {
         Some(pid) => pid_filter::apply(&mut ast, pid),

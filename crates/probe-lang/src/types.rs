@@ -135,6 +135,12 @@ pub trait KernelTypes {
     ) -> Option<Result<Vec<(String, FieldType)>, String>> {
         None
     }
+    /// Every guest tracepoint other than syscalls' these types know, as
+    /// `SYSTEM:EVENT` (what a wildcard such as `tracepoint:sched:sched*`
+    /// expands to).
+    fn guest_event_names(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// Whether [`KernelTypes::syscall`] knows the guest's syscalls: then a
     /// `tracepoint:syscalls:*` on a name it does not know is an error.
     fn knows_syscalls(&self) -> bool {

@@ -87,6 +87,9 @@ pub struct Session {
         Arc<kernel_tracepoints::EventRecipe>,
         kernel_tracepoints::Record,
     )>,
+    /// The tracepoint calls among the sites, whose bytes the guest may
+    /// switch between its no-op and its jump while attached.
+    own_branches: Vec<kernel_tracepoints::EventSite>,
     /// VMM and host event sources, and the blocks of their probes by name.
     layers: LayerSet,
     recorder: Option<Box<dyn EventSink>>,
@@ -131,6 +134,7 @@ impl Session {
             user_symbols: None,
             event_lines: None,
             event_record: None,
+            own_branches: Vec::new(),
             layers: LayerSet::default(),
             recorder: None,
             record_every_hit: true,
@@ -413,6 +417,11 @@ impl Session {
                 }
             }
             self.before.push((site.addr, bytes));
+            if let Some(e) = &site.event
+                && let Some(s) = e.sites.iter().find(|s| s.code == site.addr)
+            {
+                self.own_branches.push(s.clone());
+            }
         }
         for site in &sites {
             let probe = site
@@ -563,7 +572,14 @@ impl Session {
         for (addr, bytes) in std::mem::take(&mut self.before) {
             let mut now = vec![0u8; bytes.len()];
             match self.client.read_memory(addr, &mut now) {
-                Ok(()) if now != bytes => {
+                // A tracepoint's static branch, which the guest may switch
+                // itself (its tracefs) while attached.
+                Ok(())
+                    if now != bytes
+                        && !self.own_branches.iter().any(|s| {
+                            s.code == addr && s.is_own_branch(&now) && s.is_own_branch(&bytes)
+                        }) =>
+                {
                     first_error.get_or_insert(Error::MemoryChanged { addr });
                 }
                 Ok(()) => {}

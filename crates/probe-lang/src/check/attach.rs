@@ -189,6 +189,12 @@ fn guest_event(types: Option<&dyn KernelTypes>, spec: &ProbeSpec) -> Result<(), 
         return Ok(());
     }
     let name = format!("guest tracepoint {system}:{event}");
+    // A wildcard is expanded before checking: one still here matched nothing.
+    if event.contains(['*', '?']) {
+        return Err(format!(
+            "{name}: no tracepoint of the guest kernel matches (see `vmprobe list 'tracepoint:{system}:*'`)"
+        ));
+    }
     match types.and_then(|t| t.guest_event(system, event)) {
         Some(Ok(_)) => Ok(()),
         Some(Err(why)) => Err(format!("{name}: {why}")),
@@ -581,9 +587,6 @@ fn guest_tracepoint(system: &str, event: &str) -> Result<(), String> {
         // Any other event is served by emulating its own code at the
         // hit (kernel-tracepoints); whether this kernel can is checked
         // with the types (`guest_event`).
-        _ if event.contains(['*', '?']) => Err(format!(
-            "{name}: wildcards are supported for syscalls:* only; name the event"
-        )),
         _ => Ok(()),
     }
 }
