@@ -656,6 +656,7 @@ mod tests {
                     file_offset: 0x1000,
                 },
             ],
+            event: None,
         };
         let blocks =
             |h: Vec<(BlockId, Arc<str>)>| h.into_iter().map(|(b, _)| b.0).collect::<Vec<_>>();

@@ -457,7 +457,7 @@ pub fn parse_probe(text: &str) -> Result<ProbeSpec, String> {
         "uprobe" | "u" | "uretprobe" | "ur" => uprobe(rest, matches!(kind, "uretprobe" | "ur")),
         "usdt" | "U" | "software" | "s" | "hardware" | "h" | "rawtracepoint" | "rt" | "iter" => {
             Err(format!(
-                "probe type '{kind}' is not supported (supported: BEGIN, END, kprobe, kretprobe, kfunc, kretfunc, uprobe, uretprobe, interval, profile, watchpoint, vmm, tracepoint (guest syscalls), host:tracepoint)"
+                "probe type '{kind}' is not supported (supported: BEGIN, END, kprobe, kretprobe, kfunc, kretfunc, uprobe, uretprobe, interval, profile, watchpoint, vmm, tracepoint, host:tracepoint)"
             ))
         }
         "fentry" | "fexit" => Err(format!(
