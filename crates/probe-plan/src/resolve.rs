@@ -65,6 +65,11 @@ pub struct UserFile {
     pub probe: Arc<str>,
     pub path: Arc<str>,
     pub file_offset: u64,
+    /// A PIE executable or shared library: the site's address is no
+    /// run-time address; the backend serves the file offset at each
+    /// process's own address for it ([`ProbeSite::relocatable`]).
+    #[serde(default)]
+    pub relocatable: bool,
 }
 
 /// Function symbols of the user files a program's uprobes name, for
@@ -109,6 +114,36 @@ impl ProbeSite {
     /// A site in user space: served only where its file is mapped.
     pub fn is_user(&self) -> bool {
         !self.user.is_empty()
+    }
+
+    /// A user site whose probes are all in position-independent files: its
+    /// own address is a link-time one, never armed; each process's
+    /// run-time address for it is ([`ProbeSite::at`]).
+    pub fn relocatable(&self) -> bool {
+        self.is_user() && self.user.iter().all(|u| u.relocatable)
+    }
+
+    /// The probes of a user site at a position-independent file's offset
+    /// `start + (file_offset - pgoff)` within a mapping of `path` at
+    /// [start, end) from file offset `pgoff`: the run-time addresses a
+    /// process mapping it that way runs them at.
+    pub fn run_time_addrs(&self, path: &str, start: u64, end: u64, pgoff: u64) -> Vec<u64> {
+        self.user
+            .iter()
+            .filter(|u| u.relocatable && &*u.path == path && u.file_offset >= pgoff)
+            .map(|u| start.wrapping_add(u.file_offset - pgoff))
+            .filter(|&a| a >= start && a < end)
+            .collect()
+    }
+
+    /// This site served at run-time address `addr` (a process's own for a
+    /// position-independent file): the same probes, checked at each hit
+    /// against the file the task maps there.
+    pub fn at(&self, addr: u64) -> ProbeSite {
+        ProbeSite {
+            addr,
+            ..self.clone()
+        }
     }
 
     /// The handlers of a user site whose file is `path` with the probed
@@ -200,10 +235,9 @@ fn resolve_sites(
             || spec.syscall_event().is_some_and(|(_, exit)| exit);
         let mut user_file = match spec {
             ProbeSpec::Uprobe {
-                path,
                 resolved: Some(at),
                 ..
-            } => Some((Arc::<str>::from(path.as_str()), at.file_offset)),
+            } => Some((Arc::<str>::from(at.file.as_str()), at.file_offset, at.relocatable)),
             _ => None,
         };
         let mut add = |addr: u64, offset: u64, func: &str, probe: String| {
@@ -224,11 +258,12 @@ fn resolve_sites(
                     sites.last_mut().expect("just pushed")
                 }
             };
-            if let Some((path, file_offset)) = user_file.take() {
+            if let Some((path, file_offset, relocatable)) = user_file.take() {
                 site.user.push(UserFile {
                     probe: probe.clone(),
                     path,
                     file_offset,
+                    relocatable,
                 });
             }
             if on_return {
@@ -620,16 +655,19 @@ mod tests {
                     probe: probe("uprobe:/bin/a:main"),
                     path: "/bin/a".into(),
                     file_offset: 0x1000,
+                    relocatable: false,
                 },
                 UserFile {
                     probe: probe("uprobe:/bin/b:main"),
                     path: "/bin/b".into(),
                     file_offset: 0x1000,
+                    relocatable: false,
                 },
                 UserFile {
                     probe: probe("uretprobe:/bin/a:main"),
                     path: "/bin/a".into(),
                     file_offset: 0x1000,
+                    relocatable: false,
                 },
             ],
         };
