@@ -74,16 +74,24 @@ impl GuestFiles {
         }
     }
 
-    /// bpftrace's library name `name` (`libc`) as the guest's ld cache
-    /// resolves it (bcc's `bcc_procutils_which_so`).
+    /// bpftrace 0.17's library name `name` (`libc`): a name starting with
+    /// `lib` is looked up in the guest's ld cache without that prefix, as
+    /// bcc's `bcc_procutils_which_so("c")` does (bpftrace's
+    /// `AttachPointParser::uprobe_parser`); bpftrace takes any other name
+    /// as a relative path, which has no meaning in the guest.
     pub fn library(&self, name: &str) -> Result<String, String> {
+        let Some(short) = name.strip_prefix("lib").filter(|s| !s.is_empty()) else {
+            return Err(format!(
+                "{name}: give the file's absolute path in the guest, or a library name starting with 'lib' (bpftrace's uprobe:libc:FUNC)"
+            ));
+        };
         let cache = self.ld_cache()?;
         let entries = kernel_image::ld_cache::read_ld_cache(&cache).map_err(|e| e.to_string())?;
-        kernel_image::ld_cache::which_so(&entries, name)
+        kernel_image::ld_cache::which_so(&entries, short)
             .map(str::to_string)
             .ok_or_else(|| {
                 format!(
-                    "{name}: no library lib{name}.so* in the guest's ld cache {}",
+                    "{name}: no library {name}.so* in the guest's ld cache {}",
                     cache.display()
                 )
             })
@@ -333,7 +341,8 @@ mod tests {
         };
         let e = default.host_copy("/bin/b").unwrap_err();
         assert!(e.contains("--guest-root") && e.contains("/bin/a"), "{e}");
-        assert!(default.library("c").unwrap_err().contains("ld cache"));
+        assert!(default.library("libc").unwrap_err().contains("ld cache"));
+        assert!(default.library("c").unwrap_err().contains("starting with 'lib'"));
     }
 
     #[test]
@@ -360,7 +369,7 @@ mod tests {
         );
         assert_eq!(files.canonical("/loop/x"), "/loop/x");
         assert!(files.host_copy("/lib64/t").is_ok());
-        let e = files.library("tinfo").unwrap_err();
+        let e = files.library("libtinfo").unwrap_err();
         assert!(e.contains("etc/ld.so.cache"), "{e}");
         let cache = kernel_image::ld_cache::write_ld_cache(&[(
             "libtinfo.so.6".into(),
@@ -368,10 +377,10 @@ mod tests {
         )]);
         std::fs::write(r.join("etc/ld.so.cache"), cache).unwrap();
         assert_eq!(
-            files.library("tinfo").unwrap(),
+            files.library("libtinfo").unwrap(),
             "/lib/x86_64-linux-gnu/libtinfo.so.6"
         );
-        let e = files.library("ssl").unwrap_err();
-        assert!(e.starts_with("ssl: no library libssl.so* in the guest's ld cache "), "{e}");
+        let e = files.library("libssl").unwrap_err();
+        assert!(e.starts_with("libssl: no library libssl.so* in the guest's ld cache "), "{e}");
     }
 }

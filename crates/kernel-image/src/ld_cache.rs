@@ -118,10 +118,10 @@ pub fn parse_ld_cache(bytes: &[u8]) -> Result<Vec<LdCacheEntry>, String> {
         .collect()
 }
 
-/// bpftrace 0.17's library name (`uprobe:libc:f`), as bcc's
-/// `bcc_procutils_which_so` finds it with no pid: the first entry, in the
+/// A library as bcc's `bcc_procutils_which_so(NAME, 0)` finds it (what
+/// bpftrace 0.17 does with `uprobe:libNAME:f`): the first entry, in the
 /// cache's order, whose name starts with `lib` NAME `.so` and whose flags
-/// are a 64-bit libc6 library's. A name with a `/` is a path already.
+/// are a 64-bit libc6 library's.
 pub fn which_so<'a>(entries: &'a [LdCacheEntry], name: &str) -> Option<&'a str> {
     let prefix = format!("lib{name}.so");
     entries

@@ -27,6 +27,11 @@ const BENCH_PROGRAMS: [(&str, &str); 9] = [
     ("ucount", include_str!("../guest/test/ucount.c")),
 ];
 
+/// Test programs built as position-independent executables dynamically
+/// linked against glibc (`cc -fPIE -pie`), for uprobes in a PIE and in the
+/// guest's libc; installed as `/bin/vmprobe-<name>` like the others.
+const PIE_PROGRAMS: [(&str, &str); 1] = [("upie", include_str!("../guest/test/upie.c"))];
+
 /// Kernel modules packed into the initramfs, in load order (each after what
 /// it depends on). Debian builds virtio as modules; with these a guest given
 /// a disk ([`crate::LaunchConfig::disk`]) sees it as /dev/vda. The init
@@ -89,6 +94,7 @@ fn initrd_name() -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let parts = std::iter::once(INIT)
         .chain(BENCH_PROGRAMS.iter().flat_map(|(n, c)| [*n, *c]))
+        .chain(PIE_PROGRAMS.iter().flat_map(|(n, c)| [*n, *c]))
         .chain(GUEST_MODULES)
         .chain(USERLAND.iter().flat_map(|(p, f)| std::iter::once(*p).chain(f.iter().copied())))
         .chain(ETC.iter().flat_map(|(n, c)| [*n, *c]))
@@ -222,12 +228,17 @@ fn compile_bench_programs(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     let src_dir = dir.join("bench-src");
     std::fs::create_dir_all(&src_dir).map_err(io_err(&src_dir))?;
     let mut out = Vec::new();
-    for (name, source) in BENCH_PROGRAMS {
+    let all = BENCH_PROGRAMS
+        .iter()
+        .map(|p| (p, &["-static"][..]))
+        .chain(PIE_PROGRAMS.iter().map(|p| (p, &["-fPIE", "-pie"][..])));
+    for ((name, source), link) in all {
         let src = src_dir.join(format!("{name}.c"));
         let bin = src_dir.join(name);
         std::fs::write(&src, source).map_err(io_err(&src))?;
         run(Command::new("cc")
-            .args(["-static", "-O2", "-fno-omit-frame-pointer", "-o"])
+            .args(link)
+            .args(["-O2", "-fno-omit-frame-pointer", "-o"])
             .arg(&bin)
             .arg(&src))?;
         out.push((
@@ -318,6 +329,7 @@ pub fn default_guest_files(cache: &Path) -> Vec<(String, PathBuf)> {
     let dir = cache.join("guest").join(&image.version).join("bench-src");
     let mut files: Vec<(String, PathBuf)> = BENCH_PROGRAMS
         .iter()
+        .chain(&PIE_PROGRAMS)
         .map(|(name, _)| (format!("/bin/vmprobe-{name}"), dir.join(name)))
         .collect();
     files.push((

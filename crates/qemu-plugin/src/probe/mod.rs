@@ -27,6 +27,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 pub(crate) enum VcpuWork {
     DetectSlide { id: u64, samples: Vec<TextSample> },
     Read { id: u64, addr: u64, len: u64 },
+    /// Arm the run-time addresses of the processes running at the start
+    /// (uprobes in position-independent files); nothing is answered.
+    ScanProcesses,
 }
 
 pub(crate) struct Plugin {
@@ -106,6 +109,14 @@ impl Plugin {
         self.work_pending.store(false, Ordering::Release);
         for (w, reply) in work {
             let answer = match w {
+                VcpuWork::ScanProcesses => {
+                    if let Some(run) = self.run.load_full()
+                        && run.scan_processes(vcpu)
+                    {
+                        tcg::request_reinstrument();
+                    }
+                    continue;
+                }
                 VcpuWork::DetectSlide { id, samples } => {
                     let slide = kernel_image::detect_slide(&samples, |addr, len| {
                         let mut buf = vec![0u8; len];
