@@ -342,7 +342,12 @@ mod tests {
         let e = default.host_copy("/bin/b").unwrap_err();
         assert!(e.contains("--guest-root") && e.contains("/bin/a"), "{e}");
         assert!(default.library("libc").unwrap_err().contains("ld cache"));
-        assert!(default.library("c").unwrap_err().contains("starting with 'lib'"));
+        assert!(
+            default
+                .library("c")
+                .unwrap_err()
+                .contains("starting with 'lib'")
+        );
     }
 
     #[test]
@@ -381,6 +386,9 @@ mod tests {
             "/lib/x86_64-linux-gnu/libtinfo.so.6"
         );
         let e = files.library("libssl").unwrap_err();
-        assert!(e.starts_with("libssl: no library libssl.so* in the guest's ld cache "), "{e}");
+        assert!(
+            e.starts_with("libssl: no library libssl.so* in the guest's ld cache "),
+            "{e}"
+        );
     }
 }

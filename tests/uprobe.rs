@@ -257,3 +257,86 @@ fn record_traces_uprobe_arguments_and_return_values() {
         ["i = 0", "r = 7", "i = 1", "r = 8", "i = 2", "r = 11"]
     );
 }
+
+/// A PIE executable and the guest's libc (bpftrace's library name `libc`,
+/// from the default guest's ld cache), each loaded at its own address in
+/// each process (ASLR on): `vmprobe-upie` (`cc -fPIE -pie`, dynamically
+/// linked) prints its pid, where its `upie_step` runs and its own count of
+/// the calls to `upie_step` and to libc's `getppid`. On both backends the
+/// counts per pid equal the program's, in two processes at different
+/// addresses; a copy of the program under another path (the same code at
+/// its own addresses) never fires the PIE's probe, and fires libc's, whose
+/// file it maps too.
+#[test]
+fn uprobes_in_a_pie_and_in_libc_count_each_processs_calls_at_its_own_addresses() {
+    default_guest();
+    pie_and_libc("gdb");
+    if qemu10().is_some() {
+        pie_and_libc("plugin");
+    }
+}
+
+fn pie_and_libc(backend: &str) {
+    let program = "uprobe:/bin/vmprobe-upie:upie_step { @steps[pid] = count(); }
+        uretprobe:/bin/vmprobe-upie:upie_step { @rets[pid] = sum(retval); }
+        uprobe:libc:getppid { @ppid[pid] = count(); }";
+    let workload = "cp /bin/vmprobe-upie /tmp/upie-copy && \
+        (/tmp/upie-copy 9 > /tmp/other.txt & /bin/vmprobe-upie 5 > /tmp/real.txt; wait) && \
+        /bin/vmprobe-upie 7 >> /tmp/real.txt && \
+        sed 's/^/REAL /' /tmp/real.txt && sed 's/^/OTHER /' /tmp/other.txt";
+    let out = run_bounded(
+        vmprobe().args([
+            "run",
+            "--console",
+            "--stats",
+            "--backend",
+            backend,
+            "--vcpus",
+            "2",
+            "-e",
+            program,
+            "--",
+            workload,
+        ]),
+        RUN_LIMIT,
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{backend}: vmprobe failed: {stderr}");
+    // "upie pid P at ADDR calls N sum S"
+    let runs = |prefix: &str| -> Vec<(u64, String, u64)> {
+        stderr
+            .lines()
+            .filter_map(|l| l.split(prefix).nth(1))
+            .map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                assert_eq!(w.len(), 9, "{l}");
+                (
+                    w[2].parse().unwrap(),
+                    w[4].to_string(),
+                    w[6].parse().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let real = runs("REAL ");
+    let other = runs("OTHER ");
+    assert_eq!(real.len(), 2, "{stderr}");
+    assert_eq!(other.len(), 1, "{stderr}");
+    assert_ne!(
+        real[0].1, real[1].1,
+        "ASLR placed both at one address: {real:?}"
+    );
+    let steps = keyed_map(&stdout, "steps");
+    let rets = keyed_map(&stdout, "rets");
+    let ppid = keyed_map(&stdout, "ppid");
+    let expected = |f: &dyn Fn(u64) -> u64| -> BTreeMap<u64, u64> {
+        real.iter().map(|(pid, _, n)| (*pid, f(*n))).collect()
+    };
+    assert_eq!(steps, expected(&|n| n), "{backend}: {stdout}\n{real:?}");
+    // upie_step(i) returns i + 1.
+    assert_eq!(rets, expected(&|n| n * (n + 1) / 2), "{backend}: {stdout}");
+    let mut all = expected(&|n| n);
+    all.insert(other[0].0, other[0].2);
+    assert_eq!(ppid, all, "{backend}: {stdout}\n{other:?}");
+    eprintln!("{backend}: steps {steps:?}, getppid {ppid:?}, at {real:?}");
+}

@@ -3,9 +3,9 @@
 //! library names (`uprobe:libc:f`), and written for a guest root without
 //! running ldconfig (whose `-r` needs chroot, so root).
 
+use object::Endianness;
 use object::elf;
 use object::read::elf::{Dyn, ElfFile64, FileHeader, ProgramHeader};
-use object::Endianness;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 20] = b"glibc-ld.so.cache1.1";
@@ -87,7 +87,9 @@ pub fn parse_ld_cache(bytes: &[u8]) -> Result<Vec<LdCacheEntry>, String> {
         // The old header: magic, then the entry count; entries of 12 bytes.
         let n = u32_at(bytes, OLD_MAGIC.len() + 1)? as usize;
         let end = (16usize.saturating_add(n.saturating_mul(OLD_ENTRY)) + 7) & !7;
-        new = bytes.get(end..).ok_or("old-format entries run past the end")?;
+        new = bytes
+            .get(end..)
+            .ok_or("old-format entries run past the end")?;
     }
     if !new.starts_with(MAGIC) {
         return Err("no glibc-ld.so.cache1.1 header".into());
@@ -323,8 +325,14 @@ mod tests {
     #[test]
     fn a_written_cache_is_what_ldconfig_reads() {
         let entries = vec![
-            ("libc.so.6".to_string(), "/lib/x86_64-linux-gnu/libc.so.6".to_string()),
-            ("libtinfo.so.6".into(), "/lib/x86_64-linux-gnu/libtinfo.so.6".into()),
+            (
+                "libc.so.6".to_string(),
+                "/lib/x86_64-linux-gnu/libc.so.6".to_string(),
+            ),
+            (
+                "libtinfo.so.6".into(),
+                "/lib/x86_64-linux-gnu/libtinfo.so.6".into(),
+            ),
             ("libm.so.10".into(), "/lib/m10".into()),
             ("libm.so.9".into(), "/lib/m9".into()),
             (
@@ -351,13 +359,20 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("ld.so.cache");
         std::fs::write(&file, &bytes).unwrap();
-        if let Ok(out) = Command::new("ldconfig").arg("-p").arg("-C").arg(&file).output() {
+        if let Ok(out) = Command::new("ldconfig")
+            .arg("-p")
+            .arg("-C")
+            .arg(&file)
+            .output()
+        {
             let text = String::from_utf8_lossy(&out.stdout);
             assert!(out.status.success(), "{text}");
             assert!(text.starts_with("5 libs found in cache"), "{text}");
             let printed = ldconfig_p(&text);
-            let mine: Vec<(String, String)> =
-                back.iter().map(|e| (e.name.clone(), e.path.clone())).collect();
+            let mine: Vec<(String, String)> = back
+                .iter()
+                .map(|e| (e.name.clone(), e.path.clone()))
+                .collect();
             assert_eq!(printed, mine);
             assert!(text.contains("libc.so.6 (libc6,x86-64) => /lib/x86_64-linux-gnu/libc.so.6"));
         }

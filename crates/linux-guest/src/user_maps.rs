@@ -115,9 +115,10 @@ impl GuestKernel {
             "the list of processes",
             ".BTF with task_struct.tasks",
         ))?;
-        let init = self
-            .kaddr("init_task")
-            .ok_or(GuestError::Missing("the list of processes", "init_task symbol"))?;
+        let init = self.kaddr("init_task").ok_or(GuestError::Missing(
+            "the list of processes",
+            "init_task symbol",
+        ))?;
         let head = init.wrapping_add(tasks_off);
         let mut out = Vec::new();
         let mut mms: Vec<u64> = Vec::new();
@@ -224,7 +225,8 @@ fn all_vmas(mem: &mut dyn GuestMemory, l: &VmaLayout, mm: u64) -> Result<Vec<u64
         mem.read(node.wrapping_add(pivot_at), &mut raw)?;
         let mut slots = vec![0u8; (n + 1) * 8];
         mem.read(node.wrapping_add(slot_at), &mut slots)?;
-        let word = |b: &[u8], i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8"));
+        let word =
+            |b: &[u8], i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8"));
         let mut children = Vec::new();
         for i in 0..=n {
             let slot = word(&slots, i);

@@ -235,9 +235,12 @@ fn resolve_sites(
             || spec.syscall_event().is_some_and(|(_, exit)| exit);
         let mut user_file = match spec {
             ProbeSpec::Uprobe {
-                resolved: Some(at),
-                ..
-            } => Some((Arc::<str>::from(at.file.as_str()), at.file_offset, at.relocatable)),
+                resolved: Some(at), ..
+            } => Some((
+                Arc::<str>::from(at.file.as_str()),
+                at.file_offset,
+                at.relocatable,
+            )),
             _ => None,
         };
         let mut add = |addr: u64, offset: u64, func: &str, probe: String| {

@@ -60,14 +60,20 @@ pub const USERLAND: [(&str, &[&str]); 4] = [
     ),
     (
         "libtinfo6",
-        &["lib/x86_64-linux-gnu/libtinfo.so.6", "lib/x86_64-linux-gnu/libtinfo.so.6.4"],
+        &[
+            "lib/x86_64-linux-gnu/libtinfo.so.6",
+            "lib/x86_64-linux-gnu/libtinfo.so.6.4",
+        ],
     ),
 ];
 
 /// Files of the guest's /etc: `hosts` (for getent and gethostlatency),
 /// and `nsswitch.conf` asking only the files (no DNS server to wait for).
 const ETC: [(&str, &str); 2] = [
-    ("etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
+    (
+        "etc/hosts",
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+    ),
     (
         "etc/nsswitch.conf",
         "passwd: files\ngroup: files\nhosts: files\nnetworks: files\n",
@@ -96,7 +102,11 @@ fn initrd_name() -> String {
         .chain(BENCH_PROGRAMS.iter().flat_map(|(n, c)| [*n, *c]))
         .chain(PIE_PROGRAMS.iter().flat_map(|(n, c)| [*n, *c]))
         .chain(GUEST_MODULES)
-        .chain(USERLAND.iter().flat_map(|(p, f)| std::iter::once(*p).chain(f.iter().copied())))
+        .chain(
+            USERLAND
+                .iter()
+                .flat_map(|(p, f)| std::iter::once(*p).chain(f.iter().copied())),
+        )
         .chain(ETC.iter().flat_map(|(n, c)| [*n, *c]))
         .chain(LD_DIRS);
     for part in parts {
@@ -399,7 +409,11 @@ fn copy_tree(w: &mut CpioWriter<Vec<u8>>, root: &Path, rel: &str) -> std::io::Re
             w.dir(&path)?;
             copy_tree(w, root, &path)?;
         } else {
-            w.file(&path, meta.permissions().mode() & 0o7777, &std::fs::read(e.path())?)?;
+            w.file(
+                &path,
+                meta.permissions().mode() & 0o7777,
+                &std::fs::read(e.path())?,
+            )?;
         }
     }
     Ok(())

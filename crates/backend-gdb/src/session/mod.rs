@@ -459,16 +459,20 @@ impl Session {
     /// at such an address still checks the file the task maps there. The
     /// guest must be stopped.
     pub fn arm_user_mappings(&mut self) -> Result<()> {
-        let relocatable = self.sites.iter().any(|s| s.user.iter().any(|u| u.relocatable));
+        let relocatable = self
+            .sites
+            .iter()
+            .any(|s| s.user.iter().any(|u| u.relocatable));
         let Some(kernel) = self.kernel.clone().filter(|_| relocatable) else {
             return Ok(());
         };
-        let hook = kernel
-            .kaddr("uprobe_mmap")
-            .ok_or(Error::Guest(linux_guest::GuestError::Missing(
-                "uprobes in PIE executables and shared libraries",
-                "the uprobe_mmap symbol (CONFIG_UPROBES)",
-            )))?;
+        let hook =
+            kernel
+                .kaddr("uprobe_mmap")
+                .ok_or(Error::Guest(linux_guest::GuestError::Missing(
+                    "uprobes in PIE executables and shared libraries",
+                    "the uprobe_mmap symbol (CONFIG_UPROBES)",
+                )))?;
         self.client
             .insert_breakpoint(BreakpointKind::Software, hook, 1)
             .map_err(|source| Error::Arm {

@@ -25,8 +25,15 @@ use std::sync::{Arc, Mutex, OnceLock};
 /// Something only a vCPU thread can do (read guest memory), asked by the
 /// control thread and answered through its channel.
 pub(crate) enum VcpuWork {
-    DetectSlide { id: u64, samples: Vec<TextSample> },
-    Read { id: u64, addr: u64, len: u64 },
+    DetectSlide {
+        id: u64,
+        samples: Vec<TextSample>,
+    },
+    Read {
+        id: u64,
+        addr: u64,
+        len: u64,
+    },
     /// Arm the run-time addresses of the processes running at the start
     /// (uprobes in position-independent files); nothing is answered.
     ScanProcesses,

@@ -113,9 +113,7 @@ impl Run {
             .map(|(i, s)| (s.addr, i as u32))
             .collect();
         let relocatable = a.sites.iter().any(|s| s.user.iter().any(|u| u.relocatable));
-        let mmap_hook = relocatable
-            .then(|| kernel.kaddr("uprobe_mmap"))
-            .flatten();
+        let mmap_hook = relocatable.then(|| kernel.kaddr("uprobe_mmap")).flatten();
         let store = || {
             let mut s = MapStore::new(&exec.ir.maps, &exec.ir.tuples);
             s.set_limit(a.map_limit);
@@ -224,10 +222,7 @@ impl Run {
     /// position-independent file's site (`sites.len()` + its place).
     fn user_site(&self, vaddr: u64) -> Option<usize> {
         let addrs = self.user_addrs.read().unwrap_or_else(|e| e.into_inner());
-        addrs
-            .0
-            .get(&vaddr)
-            .map(|&i| self.sites.len() + i as usize)
+        addrs.0.get(&vaddr).map(|&i| self.sites.len() + i as usize)
     }
 
     /// A site index of this run (see [`Run::user_site`]) as the site it
@@ -315,7 +310,10 @@ impl Run {
         }
         let index = vcpu.index() as usize;
         let mut view = super::context::VcpuView(vcpu);
-        match self.kernel.exec_file_mappings(&mut view, MAX_USER_ADDRS * 4) {
+        match self
+            .kernel
+            .exec_file_mappings(&mut view, MAX_USER_ADDRS * 4)
+        {
             Ok(maps) => maps
                 .iter()
                 .fold(false, |new, m| self.arm_mapping(index, m) | new),
@@ -339,7 +337,11 @@ impl Run {
     /// probes whose file the current task maps at the site's address, and
     /// the task; `None` for a kernel site. A failed lookup is counted as
     /// each probe's error and runs nothing.
-    fn user_handlers(&self, vcpu: &mut Vcpu<'_>, index: usize) -> Option<(Handlers, Handlers, u64)> {
+    fn user_handlers(
+        &self,
+        vcpu: &mut Vcpu<'_>,
+        index: usize,
+    ) -> Option<(Handlers, Handlers, u64)> {
         let (site, addr) = self.site_and_addr(index);
         let s = &self.sites[site];
         if !s.is_user() {
