@@ -163,6 +163,49 @@ fn list_names_the_functions_of_a_guest_file() {
         "{all}"
     );
     assert!(all.lines().count() > 100, "{all}");
+    // bpftrace's library names, from the default guest's ld cache.
+    let out = run_bounded(
+        vmprobe().args(["list", "uprobe:libc:getaddrinfo"]),
+        RUN_LIMIT,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "uprobe:/lib/x86_64-linux-gnu/libc.so.6:getaddrinfo\n"
+    );
+}
+
+/// A library name the guest's ld cache does not have is a one-line error
+/// naming it and the cache, before anything boots.
+#[test]
+fn an_unknown_library_name_fails_before_booting() {
+    let guest = default_guest();
+    let cache = qemu_guest::default_guest_root(&qemu_guest::cache_dir())
+        .expect("the default guest's root")
+        .join("etc/ld.so.cache");
+    assert!(guest.initrd.is_file());
+    let out = run_bounded(
+        vmprobe().args([
+            "run",
+            "-e",
+            "uprobe:libnothere:f { @ = count(); }",
+            "--",
+            "true",
+        ]),
+        RUN_LIMIT,
+    );
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let first = stderr.lines().next().unwrap_or("");
+    assert_eq!(
+        first,
+        format!(
+            "error: libnothere: no library libnothere.so* in the guest's ld cache {}",
+            cache.display()
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("booting"), "{stderr}");
 }
 
 /// `vmprobe attach` to a VM started elsewhere: without `qmp:` uprobes
