@@ -60,7 +60,7 @@ pub(crate) struct Run {
     /// Run-time addresses of position-independent files' uprobes: each
     /// with the site it serves. A hit there is known to this run as site
     /// `sites.len() + i` (what a pending call keeps), `i` its index here.
-    user_addrs: RwLock<(FxHashMap<u64, u32>, Vec<(u64, u32)>)>,
+    user_addrs: RwLock<UserAddrs>,
     /// The guest's `uprobe_mmap()`, where a process maps a file (also at
     /// exec), while a site is in a position-independent file.
     mmap_hook: Option<u64>,
@@ -87,6 +87,10 @@ pub(crate) struct Run {
     threads: AtomicBool,
     pub samplers: Vec<TimerProbe>,
 }
+
+/// Run-time addresses of position-independent files' sites: by address,
+/// each one's place in the list of (address, site).
+type UserAddrs = (FxHashMap<u64, u32>, Vec<(u64, u32)>);
 
 /// Blocks to run, with their probe names.
 type Handlers = Vec<(BlockId, Arc<str>)>;
