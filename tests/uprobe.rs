@@ -383,3 +383,77 @@ fn pie_and_libc(backend: &str) {
     assert_eq!(ppid, all, "{backend}: {stdout}\n{other:?}");
     eprintln!("{backend}: steps {steps:?}, getppid {ppid:?}, at {real:?}");
 }
+
+/// A process that mapped its PIE before vmprobe attached is found by the
+/// walk of the guest's processes at attach (it maps nothing after): a bash
+/// loop of builtins, started and running before `vmprobe attach`, fires
+/// `uprobe:/bin/bash:execute_command` in that bash only; the probe exits
+/// the run after 40 calls. Through the stub (QEMU 7.2 or 10) and, with
+/// QEMU 10, inside QEMU.
+#[test]
+fn a_pie_mapped_before_attaching_is_armed_at_attach() {
+    running_before_attach(false);
+    if qemu10().is_some() {
+        running_before_attach(true);
+    }
+}
+
+fn running_before_attach(plugin: bool) {
+    use qemu_guest::{Accel, LaunchConfig, Vm};
+    use std::time::{Duration, Instant};
+    let image = default_guest();
+    let kernel = image.kernel.clone();
+    let console = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut cfg = LaunchConfig::new(image);
+    cfg.accel = Accel::Tcg;
+    cfg.console = Some(console.clone());
+    if plugin {
+        cfg.qemu = qemu10().expect("QEMU 10");
+        cfg.plugin = Some(plugin_library());
+    }
+    let mut vm = Vm::launch(&cfg).expect("launch");
+    boot_through_stub(&mut vm);
+    vm.start_workload(
+        "bash --norc -c 'echo BPID=$$; i=0; while [ $i -lt 100000000 ]; do i=$((i+1)); done'",
+    )
+    .unwrap();
+    let deadline = Instant::now() + RUN_LIMIT;
+    let bpid = loop {
+        let text = String::from_utf8_lossy(&console.lock().unwrap()).into_owned();
+        if let Some(p) = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("BPID="))
+            .and_then(|p| p.trim().parse::<u64>().ok())
+        {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "no BPID=N:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut spec = format!(
+        "vm0=gdb:unix:{},qmp:{},kernel:{}",
+        vm.gdb_socket().display(),
+        vm.qmp_socket().display(),
+        kernel.display()
+    );
+    if plugin {
+        spec.push_str(&format!(",plugin:{}", vm.plugin_socket().display()));
+    }
+    let program = "uprobe:/bin/bash:execute_command { @calls[pid] = count(); @n = count();
+        if (@n == 40) { exit(); } }";
+    let out = run_bounded(
+        vmprobe().args(["attach", "--duration", "120", "--vm", &spec, "-e", program]),
+        RUN_LIMIT,
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "vmprobe attach failed: {stderr}");
+    let calls = keyed_map(&stdout, "calls");
+    assert_eq!(
+        calls.keys().copied().collect::<Vec<_>>(),
+        [bpid],
+        "plugin {plugin}: {stdout}"
+    );
+    assert!(calls[&bpid] >= 40, "plugin {plugin}: {stdout}");
+    eprintln!("plugin {plugin}: bash {bpid} running before attach: {calls:?}");
+    drop(vm);
+}
