@@ -698,5 +698,63 @@ mod tests {
                 .is_empty()
         );
         assert!(site.handlers_for(false, None).is_empty());
+        assert!(!site.relocatable());
+        assert!(
+            site.run_time_addrs("/bin/a", 0x40_0000, 0x40_2000, 0)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_relocatable_site_is_served_at_each_mappings_address() {
+        let probe: Arc<str> = "uprobe:libc:getppid".into();
+        let site = ProbeSite {
+            addr: 0x28_4f0,
+            func: "getppid".into(),
+            handlers: vec![(BlockId(0), probe.clone())],
+            ret_handlers: Vec::new(),
+            offset: 0,
+            skippable: None,
+            entry_args: false,
+            user: vec![UserFile {
+                probe,
+                path: "/lib/libc.so.6".into(),
+                file_offset: 0x28_4f0,
+                relocatable: true,
+            }],
+        };
+        assert!(site.relocatable());
+        // The text mapped at 0x7f00_0002_8000 from file offset 0x28000:
+        // vm_start + (file_offset - vm_pgoff * 4096).
+        let text = (0x7f00_0002_8000, 0x7f00_0010_0000, 0x28000);
+        assert_eq!(
+            site.run_time_addrs("/lib/libc.so.6", text.0, text.1, text.2),
+            [0x7f00_0002_84f0]
+        );
+        // A mapping that does not cover the offset, or another file: none.
+        assert!(
+            site.run_time_addrs("/lib/libc.so.6", 0x7f00_0000_0000, 0x7f00_0002_8000, 0)
+                .is_empty()
+        );
+        assert!(
+            site.run_time_addrs(
+                "/lib/libc.so.6",
+                0x7f00_0010_0000,
+                0x7f00_0020_0000,
+                0x29000
+            )
+            .is_empty()
+        );
+        assert!(
+            site.run_time_addrs("/tmp/libc.so.6", text.0, text.1, text.2)
+                .is_empty()
+        );
+        let at = site.at(0x7f00_0002_84f0);
+        assert_eq!(at.addr, 0x7f00_0002_84f0);
+        assert_eq!(
+            at.handlers_for(false, Some(("/lib/libc.so.6", 0x28_4f0)))
+                .len(),
+            1
+        );
     }
 }
