@@ -245,6 +245,9 @@ pub fn bind(
                 .map(|f| (f.addr, f.size, f.name.clone()))
                 .collect();
             symbols.add(file, funcs);
+            if elf.relocatable() {
+                symbols.set_relocatable(file, elf.exec_segments());
+            }
         }
     }
     if let Ok(mut s) = SYMBOLS.lock() {

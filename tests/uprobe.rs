@@ -320,9 +320,10 @@ fn uprobes_in_a_pie_and_in_libc_count_each_processs_calls_at_its_own_addresses()
 }
 
 fn pie_and_libc(backend: &str) {
-    let program = "uprobe:/bin/vmprobe-upie:upie_step { @steps[pid] = count(); }
+    let program =
+        "uprobe:/bin/vmprobe-upie:upie_step { @steps[pid] = count(); @top[ustack(1)] = count(); }
         uretprobe:/bin/vmprobe-upie:upie_step { @rets[pid] = sum(retval); }
-        uprobe:libc:getppid { @ppid[pid] = count(); }";
+        uprobe:libc:getppid { @ppid[pid] = count(); @ltop[ustack(1)] = count(); }";
     let workload = "cp /bin/vmprobe-upie /tmp/upie-copy && \
         (/tmp/upie-copy 9 > /tmp/other.txt & /bin/vmprobe-upie 5 > /tmp/real.txt; wait) && \
         /bin/vmprobe-upie 7 >> /tmp/real.txt && \
@@ -381,6 +382,18 @@ fn pie_and_libc(backend: &str) {
     let mut all = expected(&|n| n);
     all.insert(other[0].0, other[0].2);
     assert_eq!(ppid, all, "{backend}: {stdout}\n{other:?}");
+    // Through the stub, frames are placed by their offset in the file each
+    // process loaded at its own address.
+    if backend == "gdb" {
+        let steps_total: u64 = steps.values().sum();
+        let ppid_total: u64 = all.values().sum();
+        for frame in [
+            format!("@top[\n    upie_step+0\n]: {steps_total}\n"),
+            format!("@ltop[\n    getppid+0\n]: {ppid_total}\n"),
+        ] {
+            assert!(stdout.contains(&frame), "{frame}: {stdout}");
+        }
+    }
     eprintln!("{backend}: steps {steps:?}, getppid {ppid:?}, at {real:?}");
 }
 

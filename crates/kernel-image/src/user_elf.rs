@@ -173,6 +173,16 @@ impl UserElf {
             .map(|s| s.offset + (addr - s.vaddr))
     }
 
+    /// The executable segments' file bytes: (file offset, length, virtual
+    /// address), for placing a file offset of a relocatable file's code.
+    pub fn exec_segments(&self) -> Vec<(u64, u64, u64)> {
+        self.segments
+            .iter()
+            .filter(|s| s.exec)
+            .map(|s| (s.offset, s.filesz.min(s.memsz), s.vaddr))
+            .collect()
+    }
+
     /// `len` bytes of the file's code at virtual address `addr` (fewer at
     /// the end of its segment).
     pub fn code(&self, addr: u64, len: usize) -> Option<&[u8]> {

@@ -79,6 +79,11 @@ pub struct UserFile {
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct UserSymbols {
     files: Vec<(Arc<str>, Vec<UserFunction>)>,
+    /// Position-independent files: their executable segments (file offset,
+    /// length, link address), which place a frame by its offset in the
+    /// file, each process having loaded the file at its own address.
+    #[serde(default)]
+    relocatable: Vec<(Arc<str>, Vec<(u64, u64, u64)>)>,
 }
 
 /// A user function: start address, size, name.
@@ -89,6 +94,31 @@ impl UserSymbols {
     pub fn add(&mut self, path: &str, mut functions: Vec<UserFunction>) {
         functions.sort_by_key(|f| f.0);
         self.files.push((path.into(), functions));
+    }
+
+    /// `path` is position-independent, with these executable segments
+    /// (file offset, length, link address).
+    pub fn set_relocatable(&mut self, path: &str, segments: Vec<(u64, u64, u64)>) {
+        self.relocatable.push((path.into(), segments));
+    }
+
+    /// The function of `path` at run-time address `addr`, which the task
+    /// maps from `file_offset` in the file: a position-independent file's
+    /// frame placed by its offset, another's by its address.
+    pub fn symbolize_mapped(
+        &self,
+        path: &str,
+        addr: u64,
+        file_offset: u64,
+    ) -> Option<(String, u64)> {
+        let link = match self.relocatable.iter().find(|(p, _)| &**p == path) {
+            Some((_, segments)) => segments
+                .iter()
+                .find(|(off, len, _)| file_offset >= *off && file_offset - off < *len)
+                .map(|(off, _, vaddr)| vaddr + (file_offset - off))?,
+            None => addr,
+        };
+        self.symbolize(path, link)
     }
 
     pub fn is_empty(&self) -> bool {
