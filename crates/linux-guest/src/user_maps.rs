@@ -25,13 +25,13 @@ const MAX_VMAS: usize = 65_530;
 /// `VM_EXEC` in `vm_flags`.
 const VM_EXEC: u64 = 0x4;
 
-/// A file mapping: [start, end) holds the file from byte `offset` on.
+/// An executable file mapping: [start, end) holds the file from byte
+/// `offset` on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileMapping {
     pub start: u64,
     pub end: u64,
     pub offset: u64,
-    pub exec: bool,
     pub path: String,
 }
 
@@ -89,8 +89,9 @@ impl GuestKernel {
 }
 
 impl GuestKernel {
-    /// The file mapping VMA `vma` (a `struct vm_area_struct *`, such as
-    /// `uprobe_mmap()`'s argument) makes; `None` for anonymous memory.
+    /// The executable file mapping VMA `vma` (a `struct vm_area_struct *`,
+    /// such as `uprobe_mmap()`'s argument) makes; `None` for anonymous or
+    /// non-executable memory (whose file's path is then not read).
     pub fn vma_mapping(
         &self,
         mem: &mut dyn GuestMemory,
@@ -142,7 +143,6 @@ impl GuestKernel {
             };
             for vma in vmas {
                 if let Ok(Some(m)) = vma_mapping(mem, &l, vma, &mut paths)
-                    && m.exec
                     && out.len() < limit
                 {
                     out.push(m);
@@ -171,6 +171,9 @@ fn vma_mapping(
         Some(off) => read_u64(mem, vma.wrapping_add(off))? & VM_EXEC != 0,
         None => true,
     };
+    if !exec {
+        return Ok(None);
+    }
     let path = match paths.iter().find(|(f, _)| *f == file) {
         Some((_, p)) => p.clone(),
         None => {
@@ -183,7 +186,6 @@ fn vma_mapping(
         start,
         end,
         offset: pgoff.wrapping_mul(4096),
-        exec,
         path,
     }))
 }
@@ -567,15 +569,15 @@ mod tests {
                 start: 0x40_0000,
                 end: 0x40_1000,
                 offset: 0,
-                exec: true,
                 path: "/bin/prog".into(),
             }]
         );
-        // Not executable: not listed; but a VMA's own mapping says so.
+        let m = k.vma_mapping(&mut g, K + 0x5000).unwrap().unwrap();
+        assert_eq!(m.path, "/bin/prog");
+        // Not executable: not listed, nor a mapping of its own.
         g.put(K + 0x5000 + 32, 0x1);
         assert!(k.exec_file_mappings(&mut g, 16).unwrap().is_empty());
-        let m = k.vma_mapping(&mut g, K + 0x5000).unwrap().unwrap();
-        assert!(!m.exec && m.path == "/bin/prog");
+        assert_eq!(k.vma_mapping(&mut g, K + 0x5000).unwrap(), None);
         assert_eq!(k.vma_mapping(&mut g, K + 0x5100).unwrap(), None);
         // A list that loops back on itself ends at the bound.
         g.put(K + 0x5000 + 32, 0x5);

@@ -306,9 +306,7 @@ impl Session {
             if let Some(why) = self.client.lost() {
                 return Err(why.to_string());
             }
-            if let Ok(Some(m)) = mapping
-                && m.exec
-            {
+            if let Ok(Some(m)) = mapping {
                 self.arm_mapping(&m).map_err(|e| e.to_string())?;
             }
         }

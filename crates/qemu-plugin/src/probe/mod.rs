@@ -180,7 +180,10 @@ impl Hooks for Plugin {
         let Some(run) = self.run.load_full() else {
             return;
         };
-        if run.hit(vcpu, vaddr) {
+        // Where the instruction runs now (a shared library's block runs in
+        // every process mapping its page, at each one's own address).
+        let pc = vcpu.reg_id(crate::tcg::Reg::Rip).unwrap_or(vaddr);
+        if run.hit(vcpu, vaddr, pc) {
             // A call's return address needs a callback before it returns:
             // the flush runs before this vCPU's next block.
             tcg::request_reinstrument();

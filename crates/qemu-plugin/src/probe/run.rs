@@ -66,6 +66,14 @@ pub(crate) struct Run {
     mmap_hook: Option<u64>,
     /// The processes running at the start still have their mappings walked.
     pub scan_pending: AtomicBool,
+    /// Page offsets (one bit each of 4096) of the user addresses armed at
+    /// run time (position-independent files' sites, user return
+    /// addresses): QEMU runs a block translated for one process's address
+    /// of a shared page in every process mapping that page, so whether a
+    /// user instruction gets a callback cannot depend on the address it
+    /// was translated at, only on its offset in the page; the callback
+    /// then looks its run-time address up exactly.
+    user_offsets: Box<[AtomicU64]>,
     /// Return addresses given a callback: every one a tracked call used,
     /// kept until detach (dropping one would cost a flush of all code).
     return_sites: RwLock<FxHashSet<u64>>,
@@ -144,6 +152,7 @@ impl Run {
             user_addrs: RwLock::default(),
             mmap_hook,
             scan_pending: AtomicBool::new(relocatable),
+            user_offsets: (0..64).map(|_| AtomicU64::new(0)).collect(),
             return_sites: RwLock::default(),
             tracker: Mutex::new(ReturnTracker::new()),
             started: AtomicBool::new(false),
@@ -166,6 +175,7 @@ impl Run {
     pub fn instruments(&self, vaddr: u64) -> bool {
         self.site_at.contains_key(&vaddr)
             || self.mmap_hook == Some(vaddr)
+            || (is_user(vaddr) && self.user_offset_armed(vaddr))
             || self.user_site(vaddr).is_some()
             || self
                 .return_sites
@@ -189,10 +199,14 @@ impl Run {
         self.started.store(true, Ordering::Release);
     }
 
-    /// The instrumented instruction at `vaddr` is about to run on `vcpu`.
-    /// Returns whether a new return address needs a callback (the caller
-    /// asks QEMU to reinstrument).
-    pub fn hit(&self, vcpu: &mut Vcpu<'_>, vaddr: u64) -> bool {
+    /// The instrumented instruction translated at `vaddr` is about to run
+    /// on `vcpu`, at `pc`: the same in the kernel, and in user space where
+    /// the block was translated for this address; another process's where
+    /// QEMU runs a block translated for one process's mapping of a page
+    /// in another's (see `tcg::callbacks::run_time_pc`). Returns whether a
+    /// new return address needs a callback (the caller asks QEMU to
+    /// reinstrument).
+    pub fn hit(&self, vcpu: &mut Vcpu<'_>, vaddr: u64, pc: u64) -> bool {
         if !self.started.load(Ordering::Acquire) {
             return false;
         }
@@ -201,14 +215,14 @@ impl Run {
         if self.mmap_hook == Some(vaddr) {
             new_return |= self.mapped(vcpu);
         }
-        if let Some(&site) = self.site_at.get(&vaddr) {
+        if let Some(&site) = self.site_at.get(&pc) {
             new_return |= self.entry(vcpu, site as usize, t0);
         }
-        if let Some(index) = self.user_site(vaddr) {
+        if let Some(index) = self.user_site(pc) {
             new_return |= self.entry(vcpu, index, t0);
         }
-        if self.is_return_site(vaddr) {
-            self.ret(vcpu, vaddr, t0);
+        if self.is_return_site(pc) {
+            self.ret(vcpu, pc, t0);
         }
         let spent = host_clock::monotonic_ns().saturating_sub(t0);
         self.counters
@@ -220,6 +234,19 @@ impl Run {
         let bucket = plugin_protocol::service_bucket(spent);
         self.counters.service_ns_hist.0[bucket].fetch_add(1, Ordering::Relaxed);
         new_return
+    }
+
+    /// Marks user address `addr`'s page offset (see `user_offsets`).
+    fn arm_user_offset(&self, addr: u64) {
+        if is_user(addr) {
+            let off = (addr & 0xfff) as usize;
+            self.user_offsets[off / 64].fetch_or(1 << (off % 64), Ordering::AcqRel);
+        }
+    }
+
+    fn user_offset_armed(&self, addr: u64) -> bool {
+        let off = (addr & 0xfff) as usize;
+        self.user_offsets[off / 64].load(Ordering::Acquire) & (1 << (off % 64)) != 0
     }
 
     /// The run's index for run-time address `vaddr` of a
@@ -265,6 +292,7 @@ impl Run {
                 let at = addrs.1.len() as u32;
                 addrs.1.push((addr, i as u32));
                 addrs.0.insert(addr, at);
+                self.arm_user_offset(addr);
                 new = true;
             }
         }
@@ -287,7 +315,7 @@ impl Run {
         let index = vcpu.index() as usize;
         let mut view = super::context::VcpuView(vcpu);
         match self.kernel.vma_mapping(&mut view, vma) {
-            Ok(Some(m)) if m.exec => self.arm_mapping(index, &m),
+            Ok(Some(m)) => self.arm_mapping(index, &m),
             _ => false,
         }
     }
@@ -430,11 +458,13 @@ impl Run {
             thread,
         };
         match tracker.enter_owned(u64::from_le_bytes(word), rsp, owner, call) {
-            Entered::NewReturnAddress(ret) => self
-                .return_sites
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(ret),
+            Entered::NewReturnAddress(ret) => {
+                self.arm_user_offset(ret);
+                self.return_sites
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(ret)
+            }
             Entered::Tracked | Entered::Full => false,
         }
     }
@@ -712,6 +742,11 @@ impl Run {
         }
         all.errors()
     }
+}
+
+/// A user-space address (the lower half).
+fn is_user(addr: u64) -> bool {
+    addr < 0x8000_0000_0000_0000
 }
 
 /// A vCPU's handler output, into its ring.
