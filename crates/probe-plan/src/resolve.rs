@@ -83,8 +83,11 @@ pub struct UserSymbols {
     /// length, link address), which place a frame by its offset in the
     /// file, each process having loaded the file at its own address.
     #[serde(default)]
-    relocatable: Vec<(Arc<str>, Vec<(u64, u64, u64)>)>,
+    relocatable: Vec<(Arc<str>, Vec<ExecSegment>)>,
 }
+
+/// An executable segment of a file: file offset, length, link address.
+pub type ExecSegment = (u64, u64, u64);
 
 /// A user function: start address, size, name.
 pub type UserFunction = (u64, u64, String);
@@ -98,7 +101,7 @@ impl UserSymbols {
 
     /// `path` is position-independent, with these executable segments
     /// (file offset, length, link address).
-    pub fn set_relocatable(&mut self, path: &str, segments: Vec<(u64, u64, u64)>) {
+    pub fn set_relocatable(&mut self, path: &str, segments: Vec<ExecSegment>) {
         self.relocatable.push((path.into(), segments));
     }
 
