@@ -4,7 +4,10 @@
 //! must equal them. A copy of the same binary under another path (same
 //! code at the same virtual addresses, on another mount) runs alongside,
 //! on a second vCPU, and must count nothing; a probe on a file no process
-//! runs never fires.
+//! runs never fires. `vmprobe-upie` (a PIE, dynamically linked against the
+//! default guest's glibc) and libc itself are served at each process's own
+//! load address, on both backends, for processes started before and after
+//! attaching.
 
 mod support;
 use std::collections::BTreeMap;
