@@ -70,6 +70,9 @@ fn arm(
     session.arm_watches(watches)?;
     session.set_timers(resolve_timers(program))?;
     session.set_kernel(Arc::new(kernel.guest.with_slide(slide)));
+    session
+        .arm_user_mappings()
+        .context("arming uprobes in the guest's processes")?;
     if let Some(symbols) = crate::uprobe::symbols() {
         session.set_user_symbols(symbols);
     }

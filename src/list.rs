@@ -127,10 +127,18 @@ fn list_uprobes(
     } else {
         "uprobe"
     };
-    let Some((path, pattern)) = rest.rsplit_once(':').filter(|(p, _)| p.starts_with('/')) else {
+    let Some((path, pattern)) = rest.rsplit_once(':').filter(|(p, _)| !p.is_empty()) else {
         bail!("{kind}: name the guest file: '{kind}:PATH:*' (e.g. '{kind}:/bin/busybox:*')");
     };
     let files = crate::uprobe::GuestFiles::new(args.guest_root.as_deref());
+    // A library name (`libc`) lists as bpftrace lists it: under its path.
+    let resolved;
+    let path = if path.starts_with('/') {
+        path
+    } else {
+        resolved = files.library(path).map_err(anyhow::Error::msg)?;
+        resolved.as_str()
+    };
     let host = files.host_copy(path).map_err(anyhow::Error::msg)?;
     let elf = kernel_image::UserElf::load(&host)?;
     if elf.functions().is_empty() {

@@ -29,50 +29,170 @@ pub fn has_uprobes(program: &probe_lang::Program) -> bool {
 pub enum GuestFiles {
     /// The guest's root filesystem, as a directory.
     Root(PathBuf),
-    /// The default guest's programs: (guest path, host copy).
-    Default(Vec<(String, PathBuf)>),
+    /// The default guest: its own programs (guest path, host copy), and
+    /// the host copy of its root (the glibc userland, /etc, the ld cache).
+    Default {
+        programs: Vec<(String, PathBuf)>,
+        root: Option<PathBuf>,
+    },
 }
+
+/// Symlinks followed at most resolving one guest path (the kernel's
+/// `MAXSYMLINKS`).
+const MAX_LINKS: usize = 40;
 
 impl GuestFiles {
     pub fn new(root: Option<&Path>) -> GuestFiles {
         match root {
             Some(r) => GuestFiles::Root(r.to_path_buf()),
-            None => GuestFiles::Default(qemu_guest::default_guest_files(&qemu_guest::cache_dir())),
+            None => {
+                let cache = qemu_guest::cache_dir();
+                GuestFiles::Default {
+                    programs: qemu_guest::default_guest_files(&cache),
+                    root: qemu_guest::default_guest_root(&cache),
+                }
+            }
+        }
+    }
+
+    /// The host directory standing for the guest's `/`, if any.
+    fn root(&self) -> Option<&Path> {
+        match self {
+            GuestFiles::Root(r) => Some(r),
+            GuestFiles::Default { root, .. } => root.as_deref(),
+        }
+    }
+
+    /// The guest's ld cache on the host (`DIR/etc/ld.so.cache`).
+    pub fn ld_cache(&self) -> Result<PathBuf, String> {
+        match self.root() {
+            Some(r) => Ok(r.join("etc/ld.so.cache")),
+            None => Err(
+                "the default guest has no ld cache on this host (build it: vmprobe guest build), or give --guest-root DIR"
+                    .into(),
+            ),
+        }
+    }
+
+    /// bpftrace 0.17's library name `name` (`libc`): a name starting with
+    /// `lib` is looked up in the guest's ld cache without that prefix, as
+    /// bcc's `bcc_procutils_which_so("c")` does (bpftrace's
+    /// `AttachPointParser::uprobe_parser`); bpftrace takes any other name
+    /// as a relative path, which has no meaning in the guest.
+    pub fn library(&self, name: &str) -> Result<String, String> {
+        let Some(short) = name.strip_prefix("lib").filter(|s| !s.is_empty()) else {
+            return Err(format!(
+                "{name}: give the file's absolute path in the guest, or a library name starting with 'lib' (bpftrace's uprobe:libc:FUNC)"
+            ));
+        };
+        let cache = self.ld_cache()?;
+        let entries = kernel_image::ld_cache::read_ld_cache(&cache).map_err(|e| e.to_string())?;
+        kernel_image::ld_cache::which_so(&entries, short)
+            .map(str::to_string)
+            .ok_or_else(|| {
+                format!(
+                    "{name}: no library {name}.so* in the guest's ld cache {}",
+                    cache.display()
+                )
+            })
+    }
+
+    /// Guest path `path` with its symlinks resolved inside the guest's
+    /// root, as the guest kernel names the file a process maps (a
+    /// uprobe's file is the one the path leads to, as bpftrace's is).
+    pub fn canonical(&self, path: &str) -> String {
+        if let GuestFiles::Default { programs, .. } = self
+            && programs.iter().any(|(g, _)| g == path)
+        {
+            return path.to_string();
+        }
+        match self.root() {
+            Some(root) => resolve_in(root, path).unwrap_or_else(|| path.to_string()),
+            None => path.to_string(),
         }
     }
 
     /// The host copy of guest file `path`, or why there is none.
     pub fn host_copy(&self, path: &str) -> Result<PathBuf, String> {
+        let under = |root: &Path| {
+            let host = root.join(self.canonical(path).trim_start_matches('/'));
+            host.is_file().then_some(host)
+        };
         match self {
-            GuestFiles::Root(root) => {
-                let host = root.join(path.trim_start_matches('/'));
-                if host.is_file() {
-                    Ok(host)
-                } else {
-                    Err(format!(
-                        "{path}: no such file under --guest-root {} ({})",
-                        root.display(),
-                        host.display()
-                    ))
-                }
-            }
-            GuestFiles::Default(files) => files
+            GuestFiles::Root(root) => under(root).ok_or_else(|| {
+                format!(
+                    "{path}: no such file under --guest-root {} ({})",
+                    root.display(),
+                    root.join(path.trim_start_matches('/')).display()
+                )
+            }),
+            GuestFiles::Default { programs, root } => programs
                 .iter()
                 .find(|(g, _)| g == path)
                 .map(|(_, h)| h.clone())
+                .or_else(|| root.as_deref().and_then(under))
                 .ok_or_else(|| {
-                    let known: Vec<&str> = files.iter().map(|(g, _)| g.as_str()).collect();
+                    let known: Vec<&str> = programs.iter().map(|(g, _)| g.as_str()).collect();
                     format!(
                         "{path}: vmprobe has no host copy of this guest file; give --guest-root DIR (the guest's files on the host). The default guest's are: {}",
                         if known.is_empty() {
                             "none (build it: vmprobe guest build)".to_string()
                         } else {
-                            known.join(", ")
+                            format!(
+                                "{}, and its glibc userland (bash, getent, the libraries of /lib/x86_64-linux-gnu)",
+                                known.join(", ")
+                            )
                         }
                     )
                 }),
         }
     }
+}
+
+/// `path` resolved component by component below `root` (the guest's `/`),
+/// following symlinks there (absolute ones from `root`); `None` past
+/// [`MAX_LINKS`] links.
+fn resolve_in(root: &Path, path: &str) -> Option<String> {
+    let mut todo: Vec<String> = path
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .rev()
+        .map(str::to_string)
+        .collect();
+    let mut done: Vec<String> = Vec::new();
+    let mut links = 0;
+    while let Some(c) = todo.pop() {
+        match c.as_str() {
+            "." => continue,
+            ".." => {
+                done.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let host = root.join(done.join("/")).join(&c);
+        match std::fs::read_link(&host) {
+            Ok(target) => {
+                links += 1;
+                if links > MAX_LINKS {
+                    return None;
+                }
+                let target = target.to_string_lossy().into_owned();
+                if target.starts_with('/') {
+                    done.clear();
+                }
+                todo.extend(
+                    target
+                        .split('/')
+                        .filter(|c| !c.is_empty())
+                        .rev()
+                        .map(str::to_string),
+                );
+            }
+            Err(_) => done.push(c),
+        }
+    }
+    Some(format!("/{}", done.join("/")))
 }
 
 /// The symbols of the files the last bound program's uprobes name, for
@@ -94,27 +214,40 @@ pub fn bind(
     if !has_uprobes(program) {
         return Ok(());
     }
-    let mut elves: HashMap<String, Result<UserElf, String>> = HashMap::new();
+    let mut elves: HashMap<String, Result<(String, UserElf), String>> = HashMap::new();
     program.bind_uprobes(|path, target| {
-        let elf = elves
+        let (file, elf) = elves
             .entry(path.to_string())
             .or_insert_with(|| {
-                let host = files.host_copy(path)?;
-                UserElf::load(&host).map_err(|e| e.to_string())
+                // bpftrace's library names are the ld cache's; then the
+                // path the guest kernel names the file by.
+                let guest = if path.starts_with('/') {
+                    path.to_string()
+                } else {
+                    files.library(path)?
+                };
+                let file = files.canonical(&guest);
+                let host = files.host_copy(&file)?;
+                Ok((file, UserElf::load(&host).map_err(|e| e.to_string())?))
             })
             .as_ref()
             .map_err(Clone::clone)?;
-        place(elf, path, target)
+        let mut at = place(elf, file, target)?;
+        at.file = file.clone();
+        Ok(at)
     })?;
     let mut symbols = UserSymbols::default();
-    for (path, elf) in &elves {
-        if let Ok(elf) = elf {
+    for (file, elf) in elves.values().flatten() {
+        if !symbols.knows(file) {
             let funcs = elf
                 .functions()
                 .iter()
                 .map(|f| (f.addr, f.size, f.name.clone()))
                 .collect();
-            symbols.add(path, funcs);
+            symbols.add(file, funcs);
+            if elf.relocatable() {
+                symbols.set_relocatable(file, elf.exec_segments());
+            }
         }
     }
     if let Ok(mut s) = SYMBOLS.lock() {
@@ -160,6 +293,8 @@ pub fn place(elf: &UserElf, path: &str, target: &UprobeTarget) -> Result<UserAdd
         vaddr,
         file_offset,
         func,
+        relocatable: elf.relocatable(),
+        file: path.to_string(),
     })
 }
 
@@ -204,8 +339,60 @@ mod tests {
         );
         let e = root.host_copy("/bin/other").unwrap_err();
         assert!(e.contains("no such file under --guest-root"), "{e}");
-        let default = GuestFiles::Default(vec![("/bin/a".into(), "/nonexistent/a".into())]);
+        let default = GuestFiles::Default {
+            programs: vec![("/bin/a".into(), "/nonexistent/a".into())],
+            root: None,
+        };
         let e = default.host_copy("/bin/b").unwrap_err();
         assert!(e.contains("--guest-root") && e.contains("/bin/a"), "{e}");
+        assert!(default.library("libc").unwrap_err().contains("ld cache"));
+        assert!(
+            default
+                .library("c")
+                .unwrap_err()
+                .contains("starting with 'lib'")
+        );
+    }
+
+    #[test]
+    fn guest_paths_resolve_their_symlinks_inside_the_root_and_libraries_through_its_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        for d in ["lib/x86_64-linux-gnu", "lib64", "usr", "etc"] {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+        }
+        std::fs::write(r.join("lib/x86_64-linux-gnu/libtinfo.so.6.4"), b"x").unwrap();
+        let link = |target: &str, at: &str| std::os::unix::fs::symlink(target, r.join(at)).unwrap();
+        link("libtinfo.so.6.4", "lib/x86_64-linux-gnu/libtinfo.so.6");
+        link("/lib/x86_64-linux-gnu/libtinfo.so.6", "lib64/t");
+        link("../lib", "usr/lib");
+        link("/loop", "loop");
+        let files = GuestFiles::Root(r.to_path_buf());
+        assert_eq!(
+            files.canonical("/lib64/t"),
+            "/lib/x86_64-linux-gnu/libtinfo.so.6.4"
+        );
+        assert_eq!(
+            files.canonical("/usr/lib/x86_64-linux-gnu/libtinfo.so.6"),
+            "/lib/x86_64-linux-gnu/libtinfo.so.6.4"
+        );
+        assert_eq!(files.canonical("/loop/x"), "/loop/x");
+        assert!(files.host_copy("/lib64/t").is_ok());
+        let e = files.library("libtinfo").unwrap_err();
+        assert!(e.contains("etc/ld.so.cache"), "{e}");
+        let cache = kernel_image::ld_cache::write_ld_cache(&[(
+            "libtinfo.so.6".into(),
+            "/lib/x86_64-linux-gnu/libtinfo.so.6".into(),
+        )]);
+        std::fs::write(r.join("etc/ld.so.cache"), cache).unwrap();
+        assert_eq!(
+            files.library("libtinfo").unwrap(),
+            "/lib/x86_64-linux-gnu/libtinfo.so.6"
+        );
+        let e = files.library("libssl").unwrap_err();
+        assert!(
+            e.starts_with("libssl: no library libssl.so* in the guest's ld cache "),
+            "{e}"
+        );
     }
 }

@@ -4,7 +4,10 @@
 //! must equal them. A copy of the same binary under another path (same
 //! code at the same virtual addresses, on another mount) runs alongside,
 //! on a second vCPU, and must count nothing; a probe on a file no process
-//! runs never fires.
+//! runs never fires. `vmprobe-upie` (a PIE, dynamically linked against the
+//! default guest's glibc) and libc itself are served at each process's own
+//! load address, on both backends, for processes started before and after
+//! attaching.
 
 mod support;
 use std::collections::BTreeMap;
@@ -163,6 +166,49 @@ fn list_names_the_functions_of_a_guest_file() {
         "{all}"
     );
     assert!(all.lines().count() > 100, "{all}");
+    // bpftrace's library names, from the default guest's ld cache.
+    let out = run_bounded(
+        vmprobe().args(["list", "uprobe:libc:getaddrinfo"]),
+        RUN_LIMIT,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "uprobe:/lib/x86_64-linux-gnu/libc.so.6:getaddrinfo\n"
+    );
+}
+
+/// A library name the guest's ld cache does not have is a one-line error
+/// naming it and the cache, before anything boots.
+#[test]
+fn an_unknown_library_name_fails_before_booting() {
+    let guest = default_guest();
+    let cache = qemu_guest::default_guest_root(&qemu_guest::cache_dir())
+        .expect("the default guest's root")
+        .join("etc/ld.so.cache");
+    assert!(guest.initrd.is_file());
+    let out = run_bounded(
+        vmprobe().args([
+            "run",
+            "-e",
+            "uprobe:libnothere:f { @ = count(); }",
+            "--",
+            "true",
+        ]),
+        RUN_LIMIT,
+    );
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let first = stderr.lines().next().unwrap_or("");
+    assert_eq!(
+        first,
+        format!(
+            "error: libnothere: no library libnothere.so* in the guest's ld cache {}",
+            cache.display()
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("booting"), "{stderr}");
 }
 
 /// `vmprobe attach` to a VM started elsewhere: without `qmp:` uprobes
@@ -256,4 +302,174 @@ fn record_traces_uprobe_arguments_and_return_values() {
         fields,
         ["i = 0", "r = 7", "i = 1", "r = 8", "i = 2", "r = 11"]
     );
+}
+
+/// A PIE executable and the guest's libc (bpftrace's library name `libc`,
+/// from the default guest's ld cache), each loaded at its own address in
+/// each process (ASLR on): `vmprobe-upie` (`cc -fPIE -pie`, dynamically
+/// linked) prints its pid, where its `upie_step` runs and its own count of
+/// the calls to `upie_step` and to libc's `getppid`. On both backends the
+/// counts per pid equal the program's, in two processes at different
+/// addresses; a copy of the program under another path (the same code at
+/// its own addresses) never fires the PIE's probe, and fires libc's, whose
+/// file it maps too.
+#[test]
+fn uprobes_in_a_pie_and_in_libc_count_each_processs_calls_at_its_own_addresses() {
+    default_guest();
+    pie_and_libc("gdb");
+    if qemu10().is_some() {
+        pie_and_libc("plugin");
+    }
+}
+
+fn pie_and_libc(backend: &str) {
+    let program =
+        "uprobe:/bin/vmprobe-upie:upie_step { @steps[pid] = count(); @top[ustack(1)] = count(); }
+        uretprobe:/bin/vmprobe-upie:upie_step { @rets[pid] = sum(retval); }
+        uprobe:libc:getppid { @ppid[pid] = count(); @ltop[ustack(1)] = count(); }";
+    let workload = "cp /bin/vmprobe-upie /tmp/upie-copy && \
+        (/tmp/upie-copy 9 > /tmp/other.txt & /bin/vmprobe-upie 5 > /tmp/real.txt; wait) && \
+        /bin/vmprobe-upie 7 >> /tmp/real.txt && \
+        sed 's/^/REAL /' /tmp/real.txt && sed 's/^/OTHER /' /tmp/other.txt";
+    let out = run_bounded(
+        vmprobe().args([
+            "run",
+            "--console",
+            "--stats",
+            "--backend",
+            backend,
+            "--vcpus",
+            "2",
+            "-e",
+            program,
+            "--",
+            workload,
+        ]),
+        RUN_LIMIT,
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{backend}: vmprobe failed: {stderr}");
+    // "upie pid P at ADDR calls N sum S"
+    let runs = |prefix: &str| -> Vec<(u64, String, u64)> {
+        stderr
+            .lines()
+            .filter_map(|l| l.split(prefix).nth(1))
+            .map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                assert_eq!(w.len(), 9, "{l}");
+                (
+                    w[2].parse().unwrap(),
+                    w[4].to_string(),
+                    w[6].parse().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let real = runs("REAL ");
+    let other = runs("OTHER ");
+    assert_eq!(real.len(), 2, "{stderr}");
+    assert_eq!(other.len(), 1, "{stderr}");
+    assert_ne!(
+        real[0].1, real[1].1,
+        "ASLR placed both at one address: {real:?}"
+    );
+    let steps = keyed_map(&stdout, "steps");
+    let rets = keyed_map(&stdout, "rets");
+    let ppid = keyed_map(&stdout, "ppid");
+    let expected = |f: &dyn Fn(u64) -> u64| -> BTreeMap<u64, u64> {
+        real.iter().map(|(pid, _, n)| (*pid, f(*n))).collect()
+    };
+    assert_eq!(steps, expected(&|n| n), "{backend}: {stdout}\n{real:?}");
+    // upie_step(i) returns i + 1.
+    assert_eq!(rets, expected(&|n| n * (n + 1) / 2), "{backend}: {stdout}");
+    let mut all = expected(&|n| n);
+    all.insert(other[0].0, other[0].2);
+    assert_eq!(ppid, all, "{backend}: {stdout}\n{other:?}");
+    // Through the stub, frames are placed by their offset in the file each
+    // process loaded at its own address.
+    if backend == "gdb" {
+        let steps_total: u64 = steps.values().sum();
+        let ppid_total: u64 = all.values().sum();
+        for frame in [
+            format!("@top[\n    upie_step+0\n]: {steps_total}\n"),
+            format!("@ltop[\n    getppid+0\n]: {ppid_total}\n"),
+        ] {
+            assert!(stdout.contains(&frame), "{frame}: {stdout}");
+        }
+    }
+    eprintln!("{backend}: steps {steps:?}, getppid {ppid:?}, at {real:?}");
+}
+
+/// A process that mapped its PIE before vmprobe attached is found by the
+/// walk of the guest's processes at attach (it maps nothing after): a bash
+/// loop of builtins, started and running before `vmprobe attach`, fires
+/// `uprobe:/bin/bash:execute_command` in that bash only; the probe exits
+/// the run after 40 calls. Through the stub (QEMU 7.2 or 10) and, with
+/// QEMU 10, inside QEMU.
+#[test]
+fn a_pie_mapped_before_attaching_is_armed_at_attach() {
+    running_before_attach(false);
+    if qemu10().is_some() {
+        running_before_attach(true);
+    }
+}
+
+fn running_before_attach(plugin: bool) {
+    use qemu_guest::{Accel, LaunchConfig, Vm};
+    use std::time::{Duration, Instant};
+    let image = default_guest();
+    let kernel = image.kernel.clone();
+    let console = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut cfg = LaunchConfig::new(image);
+    cfg.accel = Accel::Tcg;
+    cfg.console = Some(console.clone());
+    if plugin {
+        cfg.qemu = qemu10().expect("QEMU 10");
+        cfg.plugin = Some(plugin_library());
+    }
+    let mut vm = Vm::launch(&cfg).expect("launch");
+    boot_through_stub(&mut vm);
+    vm.start_workload(
+        "bash --norc -c 'echo BPID=$$; i=0; while [ $i -lt 100000000 ]; do i=$((i+1)); done'",
+    )
+    .unwrap();
+    let deadline = Instant::now() + RUN_LIMIT;
+    let bpid = loop {
+        let text = String::from_utf8_lossy(&console.lock().unwrap()).into_owned();
+        if let Some(p) = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("BPID="))
+            .and_then(|p| p.trim().parse::<u64>().ok())
+        {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "no BPID=N:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut spec = format!(
+        "vm0=gdb:unix:{},qmp:{},kernel:{}",
+        vm.gdb_socket().display(),
+        vm.qmp_socket().display(),
+        kernel.display()
+    );
+    if plugin {
+        spec.push_str(&format!(",plugin:{}", vm.plugin_socket().display()));
+    }
+    let program = "uprobe:/bin/bash:execute_command { @calls[pid] = count(); @n = count();
+        if (@n == 40) { exit(); } }";
+    let out = run_bounded(
+        vmprobe().args(["attach", "--duration", "120", "--vm", &spec, "-e", program]),
+        RUN_LIMIT,
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "vmprobe attach failed: {stderr}");
+    let calls = keyed_map(&stdout, "calls");
+    assert_eq!(
+        calls.keys().copied().collect::<Vec<_>>(),
+        [bpid],
+        "plugin {plugin}: {stdout}"
+    );
+    assert!(calls[&bpid] >= 40, "plugin {plugin}: {stdout}");
+    eprintln!("plugin {plugin}: bash {bpid} running before attach: {calls:?}");
+    drop(vm);
 }

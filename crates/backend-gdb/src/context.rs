@@ -345,7 +345,7 @@ impl ProbeContext for HitContext<'_> {
         let mapped = kernel.mapped_file(&mut cpu, addr).ok()??;
         symbols
             .knows(&mapped.path)
-            .then(|| symbols.symbolize(&mapped.path, addr))?
+            .then(|| symbols.symbolize_mapped(&mapped.path, addr, mapped.file_offset))?
     }
 
     fn comm(&mut self) -> Result<String, ContextError> {

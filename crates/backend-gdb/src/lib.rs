@@ -51,6 +51,8 @@ pub enum Error {
     MemoryChanged { addr: u64 },
     #[error("{0}")]
     Stub(#[from] gdb_remote::Error),
+    #[error("{0}")]
+    Guest(#[from] linux_guest::GuestError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

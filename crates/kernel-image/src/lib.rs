@@ -28,6 +28,8 @@ mod image;
 #[cfg(feature = "images")]
 mod kallsyms;
 #[cfg(feature = "images")]
+pub mod ld_cache;
+#[cfg(feature = "images")]
 pub mod mcount;
 #[cfg(feature = "images")]
 mod sections;

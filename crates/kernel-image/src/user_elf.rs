@@ -2,11 +2,11 @@
 //! each virtual address of its code is in the file. Read from a host copy
 //! of the guest's file; only the file's bytes are read.
 //!
-//! Only executables linked at a fixed address (`ET_EXEC`, e.g. `cc
-//! -static` without `-static-pie`) are placed: a breakpoint goes in before
-//! any process runs, at one virtual address for every address space, and a
-//! position-independent file (`ET_DYN`: PIE executables, shared libraries)
-//! has its addresses chosen per process at load time.
+//! An executable linked at a fixed address (`ET_EXEC`, e.g. `cc -static`)
+//! runs its code at the addresses its symbols give; a position-independent
+//! file (`ET_DYN`: PIE executables, shared libraries) is placed per process
+//! at load time ([`UserElf::relocatable`]), so a uprobe in one is found
+//! through its file offset in each process's mappings.
 
 use object::elf;
 use object::read::elf::{ElfFile64, FileHeader, ProgramHeader};
@@ -29,10 +29,6 @@ pub enum UserElfError {
     TooLarge { path: PathBuf },
     #[error("{path}: not a 64-bit x86 ELF file: {why}")]
     NotElf { path: PathBuf, why: String },
-    #[error(
-        "{path}: position-independent (ELF type {kind}: a PIE executable or a shared library), whose addresses each process chooses at load time; uprobes are placed only in executables linked at a fixed address (cc -static -no-pie)"
-    )]
-    PositionIndependent { path: PathBuf, kind: &'static str },
 }
 
 /// A function symbol of a user ELF.
@@ -62,6 +58,8 @@ pub struct UserElf {
     functions: Vec<UserSymbol>,
     segments: Vec<Segment>,
     bytes: Vec<u8>,
+    /// `ET_DYN`: placed per process at load time.
+    relocatable: bool,
 }
 
 impl UserElf {
@@ -93,16 +91,11 @@ impl UserElf {
         if header.e_machine(endian) != elf::EM_X86_64 {
             return Err(not_elf(format!("machine {}", header.e_machine(endian))));
         }
-        match header.e_type(endian) {
-            elf::ET_EXEC => {}
-            elf::ET_DYN => {
-                return Err(UserElfError::PositionIndependent {
-                    path: path.to_path_buf(),
-                    kind: "ET_DYN",
-                });
-            }
+        let relocatable = match header.e_type(endian) {
+            elf::ET_EXEC => false,
+            elf::ET_DYN => true,
             t => return Err(not_elf(format!("ELF type {t}, not an executable"))),
-        }
+        };
         let segments = header
             .program_headers(endian, &*bytes)
             .map_err(|e| not_elf(e.to_string()))?
@@ -137,7 +130,15 @@ impl UserElf {
             functions,
             segments,
             bytes,
+            relocatable,
         })
+    }
+
+    /// A PIE executable or a shared library (`ET_DYN`): each process maps
+    /// it where its loader chooses, so its code is at a run-time address
+    /// of each process's own, not at its symbols' addresses.
+    pub fn relocatable(&self) -> bool {
+        self.relocatable
     }
 
     pub fn path(&self) -> &Path {
@@ -170,6 +171,16 @@ impl UserElf {
             .filter(|s| s.exec)
             .find(|s| addr >= s.vaddr && addr - s.vaddr < s.filesz.min(s.memsz))
             .map(|s| s.offset + (addr - s.vaddr))
+    }
+
+    /// The executable segments' file bytes: (file offset, length, virtual
+    /// address), for placing a file offset of a relocatable file's code.
+    pub fn exec_segments(&self) -> Vec<(u64, u64, u64)> {
+        self.segments
+            .iter()
+            .filter(|s| s.exec)
+            .map(|s| (s.offset, s.filesz.min(s.memsz), s.vaddr))
+            .collect()
     }
 
     /// `len` bytes of the file's code at virtual address `addr` (fewer at
@@ -253,7 +264,8 @@ mod tests {
             &bytes[off as usize..off as usize + 4]
         );
         assert!(elf.file_offset(0x10).is_none());
-        // A PIE is refused, with why.
+        assert!(!elf.relocatable());
+        // A PIE is placed per process: its functions are at file offsets.
         let pie = dir.join("pie");
         let ok = std::process::Command::new("cc")
             .args(["-fPIE", "-pie", "-O2", "-o"])
@@ -262,8 +274,12 @@ mod tests {
             .status()
             .is_ok_and(|s| s.success());
         if ok {
-            let e = UserElf::load(&pie).unwrap_err();
-            assert!(matches!(e, UserElfError::PositionIndependent { .. }), "{e}");
+            let elf = UserElf::load(&pie).unwrap();
+            assert!(elf.relocatable());
+            let twice = elf.lookup("twice").expect("twice");
+            let off = elf.file_offset(twice.addr).expect("in a segment") as usize;
+            let bytes = std::fs::read(&pie).unwrap();
+            assert_eq!(elf.code(twice.addr, 4).unwrap(), &bytes[off..off + 4]);
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -142,6 +142,12 @@ pub(crate) struct VmaLayout {
     pub(crate) mount_parent: u64,
     pub(crate) mount_mountpoint: u64,
     pub(crate) vfsmount_root: u64,
+    /// `vma->vm_flags` (`None`: every file mapping is taken as executable).
+    #[serde(default)]
+    pub(crate) vm_flags: Option<u64>,
+    /// `task->tasks`, the list of processes from `init_task`.
+    #[serde(default)]
+    pub(crate) task_tasks: Option<u64>,
 }
 
 impl VmaLayout {
@@ -181,6 +187,8 @@ impl VmaLayout {
             mount_parent: off("mount", "mnt_parent")?,
             mount_mountpoint: off("mount", "mnt_mountpoint")?,
             vfsmount_root: off("vfsmount", "mnt_root")?,
+            vm_flags: off("vm_area_struct", "vm_flags"),
+            task_tasks: off("task_struct", "tasks"),
         })
     }
 }

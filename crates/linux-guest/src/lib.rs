@@ -35,7 +35,7 @@ use cgroup::cgroup_path_in;
 pub use handler_errors::task_read_error;
 pub use layout::KernelLayout;
 use layout::TaskLayout;
-pub use user_maps::MappedFile;
+pub use user_maps::{FileMapping, MappedFile};
 
 /// The image sections this crate reads.
 pub const SECTIONS: [&str; 3] = [".BTF", ".orc_unwind_ip", ".orc_unwind"];

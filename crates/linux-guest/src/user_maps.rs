@@ -17,6 +17,24 @@ const NAME_MAX: usize = 255;
 const MAPLE_RANGE_64: u64 = 2;
 const MAPLE_ARANGE_64: u64 = 3;
 
+/// Processes walked at most from `init_task` (the default `pid_max`).
+const MAX_TASKS: usize = 32_768;
+/// Maple tree nodes and VMAs visited at most in one `mm`.
+const MAX_NODES: usize = 8_192;
+const MAX_VMAS: usize = 65_530;
+/// `VM_EXEC` in `vm_flags`.
+const VM_EXEC: u64 = 0x4;
+
+/// An executable file mapping: [start, end) holds the file from byte
+/// `offset` on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileMapping {
+    pub start: u64,
+    pub end: u64,
+    pub offset: u64,
+    pub path: String,
+}
+
 /// The file a task maps at an address, and where in the file that
 /// address is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,23 +88,198 @@ impl GuestKernel {
     }
 }
 
+impl GuestKernel {
+    /// The executable file mapping VMA `vma` (a `struct vm_area_struct *`,
+    /// such as `uprobe_mmap()`'s argument) makes; `None` for anonymous or
+    /// non-executable memory (whose file's path is then not read).
+    pub fn vma_mapping(
+        &self,
+        mem: &mut dyn GuestMemory,
+        vma: u64,
+    ) -> Result<Option<FileMapping>, GuestError> {
+        let l = self.vma_layout()?;
+        vma_mapping(mem, &l, vma, &mut Vec::new())
+    }
+
+    /// The executable file mappings of every process (the list from
+    /// `init_task`, each `mm` once), up to `limit` of them; each `mm`'s VMA
+    /// tree walked whole, bounded as [`MAX_TASKS`], [`MAX_NODES`] and
+    /// [`MAX_VMAS`] say. A process whose structures do not read is skipped
+    /// (it may be exiting while the guest runs).
+    pub fn exec_file_mappings(
+        &self,
+        mem: &mut dyn GuestMemory,
+        limit: usize,
+    ) -> Result<Vec<FileMapping>, GuestError> {
+        let l = self.vma_layout()?;
+        let tasks_off = l.task_tasks.ok_or(GuestError::Missing(
+            "the list of processes",
+            ".BTF with task_struct.tasks",
+        ))?;
+        let init = self.kaddr("init_task").ok_or(GuestError::Missing(
+            "the list of processes",
+            "init_task symbol",
+        ))?;
+        let head = init.wrapping_add(tasks_off);
+        let mut out = Vec::new();
+        let mut mms: Vec<u64> = Vec::new();
+        let mut paths: Vec<(u64, String)> = Vec::new();
+        let mut next = read_u64(mem, head)?;
+        for _ in 0..MAX_TASKS {
+            if next == head || !is_kernel_address(next) || out.len() >= limit {
+                break;
+            }
+            let task = next.wrapping_sub(tasks_off);
+            next = read_u64(mem, next)?;
+            let Ok(mm) = read_u64(mem, task.wrapping_add(l.task_mm)) else {
+                continue;
+            };
+            if mm == 0 || mms.contains(&mm) {
+                continue;
+            }
+            mms.push(mm);
+            let Ok(vmas) = all_vmas(mem, &l, mm) else {
+                continue;
+            };
+            for vma in vmas {
+                if let Ok(Some(m)) = vma_mapping(mem, &l, vma, &mut paths)
+                    && out.len() < limit
+                {
+                    out.push(m);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What [`GuestKernel::vma_mapping`] reads; `paths` caches paths by `file`.
+fn vma_mapping(
+    mem: &mut dyn GuestMemory,
+    l: &VmaLayout,
+    vma: u64,
+    paths: &mut Vec<(u64, String)>,
+) -> Result<Option<FileMapping>, GuestError> {
+    let file = read_u64(mem, vma.wrapping_add(l.vm_file))?;
+    if file == 0 {
+        return Ok(None);
+    }
+    let start = read_u64(mem, vma.wrapping_add(l.vm_start))?;
+    let end = read_u64(mem, vma.wrapping_add(l.vm_end))?;
+    let pgoff = read_u64(mem, vma.wrapping_add(l.vm_pgoff))?;
+    let exec = match l.vm_flags {
+        Some(off) => read_u64(mem, vma.wrapping_add(off))? & VM_EXEC != 0,
+        None => true,
+    };
+    if !exec {
+        return Ok(None);
+    }
+    let path = match paths.iter().find(|(f, _)| *f == file) {
+        Some((_, p)) => p.clone(),
+        None => {
+            let p = file_path(mem, l, file)?;
+            paths.push((file, p.clone()));
+            p
+        }
+    };
+    Ok(Some(FileMapping {
+        start,
+        end,
+        offset: pgoff.wrapping_mul(4096),
+        path,
+    }))
+}
+
+/// Every VMA of `mm`'s maple tree, in address order: each node's slots up
+/// to its data's end as [`find_vma`] reads it (a slot past a zero pivot is
+/// the last).
+fn all_vmas(mem: &mut dyn GuestMemory, l: &VmaLayout, mm: u64) -> Result<Vec<u64>, GuestError> {
+    let root = read_u64(mem, mm.wrapping_add(l.mm_root))?;
+    let mut out = Vec::new();
+    if !is_root_node(root) {
+        if is_vma(root) {
+            out.push(root);
+        }
+        return Ok(out);
+    }
+    // Nodes to visit: the root, then the children of internal nodes (see
+    // `find_vma`).
+    let mut stack = vec![(root, 0usize)];
+    let mut nodes = 0;
+    while let Some((entry, depth)) = stack.pop() {
+        if !is_kernel_address(entry) {
+            continue;
+        }
+        nodes += 1;
+        if nodes > MAX_NODES || depth >= MAX_TREE_HEIGHT {
+            return Err(GuestError::Corrupt(format!(
+                "mm {mm:#x}: the VMA tree has more than {MAX_NODES} nodes or {MAX_TREE_HEIGHT} levels"
+            )));
+        }
+        let node = entry & !0xff;
+        let kind = (entry >> 3) & 0xf;
+        let (pivot_at, slot_at, pivots) = match kind {
+            MAPLE_ARANGE_64 => (l.arange_pivot, l.arange_slot, l.arange_pivots),
+            _ => (l.range_pivot, l.range_slot, l.range_pivots),
+        };
+        let n = pivots as usize;
+        let mut raw = vec![0u8; n * 8];
+        mem.read(node.wrapping_add(pivot_at), &mut raw)?;
+        let mut slots = vec![0u8; (n + 1) * 8];
+        mem.read(node.wrapping_add(slot_at), &mut slots)?;
+        let word =
+            |b: &[u8], i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8"));
+        let mut children = Vec::new();
+        for i in 0..=n {
+            let slot = word(&slots, i);
+            if kind < MAPLE_RANGE_64 {
+                // A leaf's slot: a VMA, or empty (a gap).
+                if is_vma(slot) && out.len() < MAX_VMAS {
+                    out.push(slot);
+                }
+            } else {
+                children.push((slot, depth + 1));
+            }
+            if i == n || (i > 0 && word(&raw, i) == 0) {
+                break;
+            }
+        }
+        // Depth first, lowest addresses first.
+        stack.extend(children.into_iter().rev());
+    }
+    out.dedup();
+    Ok(out)
+}
+
+/// `xa_is_node()` of `mm->mm_mt.ma_root`: the tree's root is a node (low
+/// bits 10, above 4096), not a lone entry.
+fn is_root_node(entry: u64) -> bool {
+    entry & 3 == 2 && entry > 4096
+}
+
+/// A leaf's slot holding a VMA (a kernel pointer; empty slots are gaps).
+fn is_vma(entry: u64) -> bool {
+    entry != 0 && entry & 3 == 0 && is_kernel_address(entry)
+}
+
 /// The VMA whose range holds `addr` in `mm`'s maple tree, as
 /// `mtree_range_walk()` descends: in each node the first slot whose pivot
 /// (its range's last index) is at least `addr`; unused pivots past the
 /// node's data are 0, and the last slot's pivot is the node's maximum.
 fn find_vma(
-    mem: &mut dyn GuestVcpu,
+    mem: &mut dyn GuestMemory,
     l: &VmaLayout,
     mm: u64,
     addr: u64,
 ) -> Result<Option<u64>, GuestError> {
     let mut entry = read_u64(mem, mm.wrapping_add(l.mm_root))?;
+    if !is_root_node(entry) {
+        // A lone entry at index 0.
+        return Ok(is_vma(entry).then_some(entry));
+    }
     for _ in 0..MAX_TREE_HEIGHT {
-        // `xa_is_node()`: an internal entry (low bits 10) above 4096.
-        let is_node = entry & 3 == 2 && entry > 4096;
-        if !is_node {
-            // A leaf's entry (a VMA), or a lone entry at index 0 for a root.
-            return Ok((entry != 0 && entry & 3 == 0 && is_kernel_address(entry)).then_some(entry));
+        if !is_kernel_address(entry) {
+            return Ok(None);
         }
         let node = entry & !0xff;
         let kind = (entry >> 3) & 0xf;
@@ -113,8 +306,11 @@ fn find_vma(
         entry = read_u64(mem, node.wrapping_add(slot_at + slot as u64 * 8))?;
         if kind < MAPLE_RANGE_64 {
             // A leaf's slot: the VMA itself, or empty (a gap).
-            return Ok((entry != 0 && entry & 3 == 0 && is_kernel_address(entry)).then_some(entry));
+            return Ok(is_vma(entry).then_some(entry));
         }
+        // An internal node's slot is a child node (`mt_mk_node()`: the
+        // node, its type << 3, and MAPLE_ENODE_NULL, 0x4; only the root
+        // pointer carries `xa_is_node()`'s low bits 10).
     }
     Err(GuestError::Corrupt(format!(
         "mm {mm:#x}: the VMA tree is deeper than {MAX_TREE_HEIGHT} levels"
@@ -124,7 +320,7 @@ fn find_vma(
 /// `file`'s path as `d_path()` gives it: names from the dentry up to its
 /// mount's root, then on from the mount point in the parent mount, up to
 /// the root mount (its own parent).
-fn file_path(mem: &mut dyn GuestVcpu, l: &VmaLayout, file: u64) -> Result<String, GuestError> {
+fn file_path(mem: &mut dyn GuestMemory, l: &VmaLayout, file: u64) -> Result<String, GuestError> {
     let mut dentry = read_u64(mem, file.wrapping_add(l.file_dentry))?;
     let vfsmount = read_u64(mem, file.wrapping_add(l.file_mnt))?;
     let mut mount = vfsmount.wrapping_sub(l.mount_mnt);
@@ -230,6 +426,8 @@ mod tests {
         mount_parent: 8,
         mount_mountpoint: 16,
         vfsmount_root: 0,
+        vm_flags: Some(32),
+        task_tasks: Some(0x20),
     };
     const K: u64 = 0xffff_8880_0000_0000;
 
@@ -306,9 +504,13 @@ mod tests {
         for i in 0..9 {
             f.put(root + 8 + i * 8, 0);
         }
+        for i in 0..10 {
+            f.put(root + 80 + i * 8, 0);
+        }
         f.put(root + 8, 0xf_ffff_ffff);
-        f.put(root + 80, leaf1 | (1 << 3) | 2);
-        f.put(root + 88, leaf2 | (1 << 3) | 2);
+        // Children as `mt_mk_node()` encodes them: type << 3 | 0x4.
+        f.put(root + 80, leaf1 | (1 << 3) | 4);
+        f.put(root + 88, leaf2 | (1 << 3) | 4);
         let (mm, task, percpu) = (K + 0x7000, K + 0x8000, K + 0xa000);
         f.put(mm + L.mm_root, root | (3 << 3) | 2);
         f.put(task + L.task_mm, mm);
@@ -347,6 +549,59 @@ mod tests {
     }
 
     #[test]
+    fn every_processes_executable_mappings_through_the_task_list() {
+        let mut g = guest(false);
+        // vma1 executable, vma2 (anonymous) too; init_task's list holds the
+        // task (its mm) and a kernel thread (no mm).
+        g.put(K + 0x5000 + 32, 0x5);
+        g.put(K + 0x5100 + 32, 0x5);
+        let (init, task, kthread) = (K + 0xb000, K + 0x8000, K + 0xc000);
+        g.put(init + 0x20, task + 0x20);
+        g.put(task + 0x20, kthread + 0x20);
+        g.put(kthread + 0x20, init + 0x20);
+        g.put(kthread + L.task_mm, 0);
+        g.put(init + L.task_mm, 0);
+        let k = kernel_with_init(init);
+        let maps = k.exec_file_mappings(&mut g, 16).unwrap();
+        assert_eq!(
+            maps,
+            [FileMapping {
+                start: 0x40_0000,
+                end: 0x40_1000,
+                offset: 0,
+                path: "/bin/prog".into(),
+            }]
+        );
+        let m = k.vma_mapping(&mut g, K + 0x5000).unwrap().unwrap();
+        assert_eq!(m.path, "/bin/prog");
+        // Not executable: not listed, nor a mapping of its own.
+        g.put(K + 0x5000 + 32, 0x1);
+        assert!(k.exec_file_mappings(&mut g, 16).unwrap().is_empty());
+        assert_eq!(k.vma_mapping(&mut g, K + 0x5000).unwrap(), None);
+        assert_eq!(k.vma_mapping(&mut g, K + 0x5100).unwrap(), None);
+        // A list that loops back on itself ends at the bound.
+        g.put(K + 0x5000 + 32, 0x5);
+        g.put(kthread + 0x20, task + 0x20);
+        assert_eq!(k.exec_file_mappings(&mut g, 16).unwrap().len(), 1);
+    }
+
+    fn kernel_with_init(init: u64) -> GuestKernel {
+        let mut k = GuestKernel::new(
+            Arc::new(KernelSymbols::from_symbols(vec![kernel_image::Symbol {
+                name: "init_task".into(),
+                addr: init,
+                kind: 'D',
+            }])),
+            0,
+            None,
+            None,
+        );
+        k.layout.vma = Some(L);
+        k.layout.current_task = Some(0x100);
+        k
+    }
+
+    #[test]
     fn hostile_structures_end_in_errors() {
         let k = kernel();
         // A dentry that is its own parent's child forever: a cycle.
@@ -356,7 +611,7 @@ mod tests {
         assert!(e.to_string().contains("deeper than"), "{e}");
         // A tree node pointing at itself.
         let mut g = guest(false);
-        g.put(K + 0x6200 + 80, (K + 0x6200) | (3 << 3) | 2);
+        g.put(K + 0x6200 + 80, (K + 0x6200) | (3 << 3) | 4);
         let e = k.mapped_file(&mut g, 0x40_0000).unwrap_err();
         assert!(e.to_string().contains("deeper than"), "{e}");
         // A VMA whose range does not hold the address.
@@ -365,7 +620,10 @@ mod tests {
         assert!(k.mapped_file(&mut g, 0x40_0000).is_err());
         // Pointers into nothing are memory errors, never panics.
         let mut g = guest(false);
-        g.put(K + 0x7000 + L.mm_root, 0xdead_0000 | (3 << 3) | 2);
+        g.put(K + 0x7000 + L.mm_root, (K + 0xdead_0000) | (3 << 3) | 2);
         assert!(k.mapped_file(&mut g, 0x40_0000).is_err());
+        // A root that is no kernel pointer maps nothing.
+        g.put(K + 0x7000 + L.mm_root, 0xdead_0000 | (3 << 3) | 2);
+        assert_eq!(k.mapped_file(&mut g, 0x40_0000).unwrap(), None);
     }
 }

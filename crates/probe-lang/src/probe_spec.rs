@@ -84,14 +84,22 @@ pub enum UprobeTarget {
     Address(u64),
 }
 
-/// Where a uprobe's instruction is: its run-time virtual address, its
-/// offset in the file (what a process's mapping of the file must place at
-/// that address) and the symbol it falls in.
+/// Where a uprobe's instruction is: its virtual address as the ELF's
+/// symbols give it, its offset in the file (what a process's mapping of
+/// the file must place at the address it runs at) and the symbol it falls
+/// in. A `relocatable` file (PIE, shared library) runs at a different
+/// address in each process: `vaddr` is then no run-time address, and the
+/// backends find each process's from its mappings of the file.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UserAddr {
     pub vaddr: u64,
     pub file_offset: u64,
     pub func: String,
+    #[serde(default)]
+    pub relocatable: bool,
+    /// The file's guest path as the guest kernel names a mapping of it:
+    /// symlinks and bpftrace's library names (`libc`) resolved.
+    pub file: String,
 }
 
 /// Unit of an `interval`/`profile` probe.

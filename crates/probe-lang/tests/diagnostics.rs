@@ -125,8 +125,8 @@ fn checker_errors() {
             "the arg0 builtin can only be used in kprobe and uprobe blocks",
         ),
         (
-            "uprobe:a:b { }",
-            "uprobe:a: a library name is looked up in the guest's ld cache, which vmprobe does not read; give the file's absolute path in the guest (e.g. 'uprobe:/bin/busybox:b')",
+            "uprobe:x/y:b { }",
+            "uprobe:x/y: give the file's absolute path in the guest (e.g. 'uprobe:/bin/busybox:b') or a library name (e.g. 'uprobe:libc:b')",
         ),
         ("foo:bar { }", "unknown probe type 'foo'"),
         (

@@ -69,6 +69,11 @@ pub struct UserFile {
     pub probe: Arc<str>,
     pub path: Arc<str>,
     pub file_offset: u64,
+    /// A PIE executable or shared library: the site's address is no
+    /// run-time address; the backend serves the file offset at each
+    /// process's own address for it ([`ProbeSite::relocatable`]).
+    #[serde(default)]
+    pub relocatable: bool,
 }
 
 /// Function symbols of the user files a program's uprobes name, for
@@ -78,7 +83,15 @@ pub struct UserFile {
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct UserSymbols {
     files: Vec<(Arc<str>, Vec<UserFunction>)>,
+    /// Position-independent files: their executable segments (file offset,
+    /// length, link address), which place a frame by its offset in the
+    /// file, each process having loaded the file at its own address.
+    #[serde(default)]
+    relocatable: Vec<(Arc<str>, Vec<ExecSegment>)>,
 }
+
+/// An executable segment of a file: file offset, length, link address.
+pub type ExecSegment = (u64, u64, u64);
 
 /// A user function: start address, size, name.
 pub type UserFunction = (u64, u64, String);
@@ -88,6 +101,31 @@ impl UserSymbols {
     pub fn add(&mut self, path: &str, mut functions: Vec<UserFunction>) {
         functions.sort_by_key(|f| f.0);
         self.files.push((path.into(), functions));
+    }
+
+    /// `path` is position-independent, with these executable segments
+    /// (file offset, length, link address).
+    pub fn set_relocatable(&mut self, path: &str, segments: Vec<ExecSegment>) {
+        self.relocatable.push((path.into(), segments));
+    }
+
+    /// The function of `path` at run-time address `addr`, which the task
+    /// maps from `file_offset` in the file: a position-independent file's
+    /// frame placed by its offset, another's by its address.
+    pub fn symbolize_mapped(
+        &self,
+        path: &str,
+        addr: u64,
+        file_offset: u64,
+    ) -> Option<(String, u64)> {
+        let link = match self.relocatable.iter().find(|(p, _)| &**p == path) {
+            Some((_, segments)) => segments
+                .iter()
+                .find(|(off, len, _)| file_offset >= *off && file_offset - off < *len)
+                .map(|(off, _, vaddr)| vaddr + (file_offset - off))?,
+            None => addr,
+        };
+        self.symbolize(path, link)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -113,6 +151,36 @@ impl ProbeSite {
     /// A site in user space: served only where its file is mapped.
     pub fn is_user(&self) -> bool {
         !self.user.is_empty()
+    }
+
+    /// A user site whose probes are all in position-independent files: its
+    /// own address is a link-time one, never armed; each process's
+    /// run-time address for it is ([`ProbeSite::at`]).
+    pub fn relocatable(&self) -> bool {
+        self.is_user() && self.user.iter().all(|u| u.relocatable)
+    }
+
+    /// The probes of a user site at a position-independent file's offset
+    /// `start + (file_offset - pgoff)` within a mapping of `path` at
+    /// [start, end) from file offset `pgoff`: the run-time addresses a
+    /// process mapping it that way runs them at.
+    pub fn run_time_addrs(&self, path: &str, start: u64, end: u64, pgoff: u64) -> Vec<u64> {
+        self.user
+            .iter()
+            .filter(|u| u.relocatable && &*u.path == path && u.file_offset >= pgoff)
+            .map(|u| start.wrapping_add(u.file_offset - pgoff))
+            .filter(|&a| a >= start && a < end)
+            .collect()
+    }
+
+    /// This site served at run-time address `addr` (a process's own for a
+    /// position-independent file): the same probes, checked at each hit
+    /// against the file the task maps there.
+    pub fn at(&self, addr: u64) -> ProbeSite {
+        ProbeSite {
+            addr,
+            ..self.clone()
+        }
     }
 
     /// The handlers of a user site whose file is `path` with the probed
@@ -204,10 +272,12 @@ fn resolve_sites(
             || spec.syscall_event().is_some_and(|(_, exit)| exit);
         let mut user_file = match spec {
             ProbeSpec::Uprobe {
-                path,
-                resolved: Some(at),
-                ..
-            } => Some((Arc::<str>::from(path.as_str()), at.file_offset)),
+                resolved: Some(at), ..
+            } => Some((
+                Arc::<str>::from(at.file.as_str()),
+                at.file_offset,
+                at.relocatable,
+            )),
             _ => None,
         };
         let mut add = |addr: u64, offset: u64, func: &str, probe: String| {
@@ -229,11 +299,12 @@ fn resolve_sites(
                     sites.last_mut().expect("just pushed")
                 }
             };
-            if let Some((path, file_offset)) = user_file.take() {
+            if let Some((path, file_offset, relocatable)) = user_file.take() {
                 site.user.push(UserFile {
                     probe: probe.clone(),
                     path,
                     file_offset,
+                    relocatable,
                 });
             }
             if on_return {
@@ -644,16 +715,19 @@ mod tests {
                     probe: probe("uprobe:/bin/a:main"),
                     path: "/bin/a".into(),
                     file_offset: 0x1000,
+                    relocatable: false,
                 },
                 UserFile {
                     probe: probe("uprobe:/bin/b:main"),
                     path: "/bin/b".into(),
                     file_offset: 0x1000,
+                    relocatable: false,
                 },
                 UserFile {
                     probe: probe("uretprobe:/bin/a:main"),
                     path: "/bin/a".into(),
                     file_offset: 0x1000,
+                    relocatable: false,
                 },
             ],
             event: None,
@@ -682,5 +756,64 @@ mod tests {
                 .is_empty()
         );
         assert!(site.handlers_for(false, None).is_empty());
+        assert!(!site.relocatable());
+        assert!(
+            site.run_time_addrs("/bin/a", 0x40_0000, 0x40_2000, 0)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_relocatable_site_is_served_at_each_mappings_address() {
+        let probe: Arc<str> = "uprobe:libc:getppid".into();
+        let site = ProbeSite {
+            addr: 0x28_4f0,
+            func: "getppid".into(),
+            handlers: vec![(BlockId(0), probe.clone())],
+            ret_handlers: Vec::new(),
+            offset: 0,
+            skippable: None,
+            entry_args: false,
+            user: vec![UserFile {
+                probe,
+                path: "/lib/libc.so.6".into(),
+                file_offset: 0x28_4f0,
+                relocatable: true,
+            }],
+            event: None,
+        };
+        assert!(site.relocatable());
+        // The text mapped at 0x7f00_0002_8000 from file offset 0x28000:
+        // vm_start + (file_offset - vm_pgoff * 4096).
+        let text = (0x7f00_0002_8000, 0x7f00_0010_0000, 0x28000);
+        assert_eq!(
+            site.run_time_addrs("/lib/libc.so.6", text.0, text.1, text.2),
+            [0x7f00_0002_84f0]
+        );
+        // A mapping that does not cover the offset, or another file: none.
+        assert!(
+            site.run_time_addrs("/lib/libc.so.6", 0x7f00_0000_0000, 0x7f00_0002_8000, 0)
+                .is_empty()
+        );
+        assert!(
+            site.run_time_addrs(
+                "/lib/libc.so.6",
+                0x7f00_0010_0000,
+                0x7f00_0020_0000,
+                0x29000
+            )
+            .is_empty()
+        );
+        assert!(
+            site.run_time_addrs("/tmp/libc.so.6", text.0, text.1, text.2)
+                .is_empty()
+        );
+        let at = site.at(0x7f00_0002_84f0);
+        assert_eq!(at.addr, 0x7f00_0002_84f0);
+        assert_eq!(
+            at.handlers_for(false, Some(("/lib/libc.so.6", 0x28_4f0)))
+                .len(),
+            1
+        );
     }
 }

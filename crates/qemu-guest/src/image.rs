@@ -1,5 +1,6 @@
-//! The default guest: Debian's current `linux-image-amd64` kernel and
-//! `busybox-static`, fetched with `apt-get download` and unpacked with
+//! The default guest: Debian's current `linux-image-amd64` kernel,
+//! `busybox-static` and a glibc userland (bash, getent and their libraries,
+//! [`USERLAND`]), fetched with `apt-get download` and unpacked with
 //! `dpkg-deb -x` into vmprobe's cache (never installed into the host's /boot),
 //! plus an initramfs whose `/init` is `guest/init` from this crate.
 
@@ -26,6 +27,11 @@ const BENCH_PROGRAMS: [(&str, &str); 9] = [
     ("ucount", include_str!("../guest/test/ucount.c")),
 ];
 
+/// Test programs built as position-independent executables dynamically
+/// linked against glibc (`cc -fPIE -pie`), for uprobes in a PIE and in the
+/// guest's libc; installed as `/bin/vmprobe-<name>` like the others.
+const PIE_PROGRAMS: [(&str, &str); 1] = [("upie", include_str!("../guest/test/upie.c"))];
+
 /// Kernel modules packed into the initramfs, in load order (each after what
 /// it depends on). Debian builds virtio as modules; with these a guest given
 /// a disk ([`crate::LaunchConfig::disk`]) sees it as /dev/vda. The init
@@ -39,6 +45,54 @@ const GUEST_MODULES: [&str; 6] = [
     "drivers/block/virtio_blk.ko",
 ];
 
+/// The glibc userland of the default guest: (Debian package, what of it
+/// goes into the guest, as paths in the package; a path ending in `/` is
+/// every file and symlink directly in that directory). At the package's
+/// own paths, so that the dynamic loader, the ld cache and bpftrace's
+/// library names find them where a Debian system has them. busybox stays
+/// the init's shell.
+pub const USERLAND: [(&str, &[&str]); 4] = [
+    ("bash", &["bin/bash"]),
+    ("libc-bin", &["usr/bin/getent"]),
+    (
+        "libc6",
+        &["lib/x86_64-linux-gnu/", "lib64/ld-linux-x86-64.so.2"],
+    ),
+    (
+        "libtinfo6",
+        &[
+            "lib/x86_64-linux-gnu/libtinfo.so.6",
+            "lib/x86_64-linux-gnu/libtinfo.so.6.4",
+        ],
+    ),
+];
+
+/// Files of the guest's /etc: `hosts` (for getent and gethostlatency),
+/// and `nsswitch.conf` asking only the files (no DNS server to wait for).
+const ETC: [(&str, &str); 2] = [
+    (
+        "etc/hosts",
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+    ),
+    (
+        "etc/nsswitch.conf",
+        "passwd: files\ngroup: files\nhosts: files\nnetworks: files\n",
+    ),
+];
+
+/// The directories ldconfig reads on Debian (its ld.so.conf, then the
+/// trusted directories), in order: what the guest's ld cache lists.
+const LD_DIRS: [&str; 4] = [
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib",
+    "/usr/lib",
+];
+
+/// Where the guest's files are on the host, below `<guest dir>`: the
+/// userland, /etc and the ld cache as the initramfs has them.
+const ROOT_DIR: &str = "root";
+
 /// The initramfs file name, keyed by everything vmprobe puts into it, so
 /// that a changed init or bench program rebuilds a cached guest.
 fn initrd_name() -> String {
@@ -46,7 +100,15 @@ fn initrd_name() -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let parts = std::iter::once(INIT)
         .chain(BENCH_PROGRAMS.iter().flat_map(|(n, c)| [*n, *c]))
-        .chain(GUEST_MODULES);
+        .chain(PIE_PROGRAMS.iter().flat_map(|(n, c)| [*n, *c]))
+        .chain(GUEST_MODULES)
+        .chain(
+            USERLAND
+                .iter()
+                .flat_map(|(p, f)| std::iter::once(*p).chain(f.iter().copied())),
+        )
+        .chain(ETC.iter().flat_map(|(n, c)| [*n, *c]))
+        .chain(LD_DIRS);
     for part in parts {
         for b in part.bytes().chain([0]) {
             h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
@@ -149,8 +211,10 @@ pub fn build_default_guest(cache: &Path, progress: &mut dyn FnMut(&str)) -> Resu
         let name = Path::new(module).file_name().unwrap_or_default();
         files.push((format!("lib/modules/{}", name.to_string_lossy()), bytes));
     }
+    progress("assembling the glibc userland and its ld cache");
+    let root = userland_root(&debs, &dir, progress)?;
     let initrd = dir.join(initrd_name());
-    write_initramfs(&initrd, &busybox, &files)?;
+    write_initramfs(&initrd, &busybox, &files, &root)?;
 
     let current = cache.join("guest/current");
     write_atomically(&current, version.as_bytes())?;
@@ -174,12 +238,17 @@ fn compile_bench_programs(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     let src_dir = dir.join("bench-src");
     std::fs::create_dir_all(&src_dir).map_err(io_err(&src_dir))?;
     let mut out = Vec::new();
-    for (name, source) in BENCH_PROGRAMS {
+    let all = BENCH_PROGRAMS
+        .iter()
+        .map(|p| (p, &["-static"][..]))
+        .chain(PIE_PROGRAMS.iter().map(|p| (p, &["-fPIE", "-pie"][..])));
+    for ((name, source), link) in all {
         let src = src_dir.join(format!("{name}.c"));
         let bin = src_dir.join(name);
         std::fs::write(&src, source).map_err(io_err(&src))?;
         run(Command::new("cc")
-            .args(["-static", "-O2", "-fno-omit-frame-pointer", "-o"])
+            .args(link)
+            .args(["-O2", "-fno-omit-frame-pointer", "-o"])
             .arg(&bin)
             .arg(&src))?;
         out.push((
@@ -188,6 +257,76 @@ fn compile_bench_programs(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
         ));
     }
     Ok(out)
+}
+
+/// The guest's userland under `<guest dir>/root` (rebuilt each time): the
+/// [`USERLAND`] packages' files at their paths, [`ETC`], and an
+/// `/etc/ld.so.cache` of the libraries, written as ldconfig writes it
+/// (`ldconfig -r` would need chroot, hence root).
+fn userland_root(debs: &Path, dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    let root = dir.join(ROOT_DIR);
+    let _ = std::fs::remove_dir_all(&root);
+    for (pkg, paths) in USERLAND {
+        let pkg_root = unpack(debs, pkg, progress)?;
+        for path in paths {
+            let from = pkg_root.join(path.trim_end_matches('/'));
+            let names: Vec<String> = if path.ends_with('/') {
+                let list = std::fs::read_dir(&from).map_err(io_err(&from))?;
+                let mut names: Vec<String> = list
+                    .filter_map(|e| {
+                        let e = e.ok()?;
+                        let t = e.file_type().ok()?;
+                        (t.is_file() || t.is_symlink()).then_some(e.file_name().into_string().ok()?)
+                    })
+                    .map(|n| format!("{path}{n}"))
+                    .collect();
+                names.sort();
+                names
+            } else {
+                vec![path.to_string()]
+            };
+            for name in names {
+                copy_entry(&pkg_root.join(&name), &root.join(&name))?;
+            }
+        }
+    }
+    for (name, text) in ETC {
+        let path = root.join(name);
+        create_parent(&path)?;
+        std::fs::write(&path, text).map_err(io_err(&path))?;
+    }
+    let entries = kernel_image::ld_cache::ld_cache_entries(&root, &LD_DIRS);
+    let cache = root.join("etc/ld.so.cache");
+    std::fs::write(&cache, kernel_image::ld_cache::write_ld_cache(&entries))
+        .map_err(io_err(&cache))?;
+    Ok(root)
+}
+
+/// Copies a file (with its mode) or a symlink (as a symlink).
+fn copy_entry(from: &Path, to: &Path) -> Result<()> {
+    create_parent(to)?;
+    let meta = from.symlink_metadata().map_err(io_err(from))?;
+    if meta.file_type().is_symlink() {
+        let target = std::fs::read_link(from).map_err(io_err(from))?;
+        std::os::unix::fs::symlink(&target, to).map_err(io_err(to))
+    } else {
+        std::fs::copy(from, to).map(|_| ()).map_err(io_err(from))
+    }
+}
+
+fn create_parent(path: &Path) -> Result<()> {
+    match path.parent() {
+        Some(p) => std::fs::create_dir_all(p).map_err(io_err(p)),
+        None => Ok(()),
+    }
+}
+
+/// The host copy of the default guest's root filesystem as far as vmprobe
+/// knows it (its glibc userland, /etc and ld cache), if it was built.
+pub fn default_guest_root(cache: &Path) -> Option<PathBuf> {
+    let image = default_guest(cache)?;
+    let root = cache.join("guest").join(&image.version).join(ROOT_DIR);
+    root.join("etc/ld.so.cache").is_file().then_some(root)
 }
 
 /// The default guest's own programs: (path in the guest, host copy), for
@@ -200,6 +339,7 @@ pub fn default_guest_files(cache: &Path) -> Vec<(String, PathBuf)> {
     let dir = cache.join("guest").join(&image.version).join("bench-src");
     let mut files: Vec<(String, PathBuf)> = BENCH_PROGRAMS
         .iter()
+        .chain(&PIE_PROGRAMS)
         .map(|(name, _)| (format!("/bin/vmprobe-{name}"), dir.join(name)))
         .collect();
     files.push((
@@ -210,8 +350,14 @@ pub fn default_guest_files(cache: &Path) -> Vec<(String, PathBuf)> {
     files
 }
 
-/// `files`: (path in the guest, bytes), each installed executable.
-fn write_initramfs(path: &Path, busybox: &[u8], files: &[(String, Vec<u8>)]) -> Result<()> {
+/// `files`: (path in the guest, bytes), each installed executable; `root`:
+/// a tree copied as it is (directories, files with their modes, symlinks).
+fn write_initramfs(
+    path: &Path,
+    busybox: &[u8],
+    files: &[(String, Vec<u8>)],
+    root: &Path,
+) -> Result<()> {
     let mut w = CpioWriter::new(Vec::with_capacity(busybox.len() + 4096));
     let build = |w: &mut CpioWriter<Vec<u8>>| -> std::io::Result<()> {
         for d in [
@@ -234,12 +380,43 @@ fn write_initramfs(path: &Path, busybox: &[u8], files: &[(String, Vec<u8>)]) -> 
         for (path, bytes) in files {
             w.file(path, 0o755, bytes)?;
         }
+        copy_tree(w, root, "")?;
         w.file("init", 0o755, INIT.as_bytes())
     };
     build(&mut w)
         .and_then(|_| w.finish())
         .map_err(io_err(path))
         .and_then(|bytes| write_atomically(path, &bytes))
+}
+
+/// `dir` (the tree below `root` at `rel`) into the archive, in name order.
+fn copy_tree(w: &mut CpioWriter<Vec<u8>>, root: &Path, rel: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut entries: Vec<_> = std::fs::read_dir(root.join(rel))?.collect::<std::io::Result<_>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = if rel.is_empty() {
+            name
+        } else {
+            format!("{rel}/{name}")
+        };
+        let meta = e.path().symlink_metadata()?;
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(e.path())?;
+            w.symlink(&path, &target.to_string_lossy())?;
+        } else if meta.is_dir() {
+            w.dir(&path)?;
+            copy_tree(w, root, &path)?;
+        } else {
+            w.file(
+                &path,
+                meta.permissions().mode() & 0o7777,
+                &std::fs::read(e.path())?,
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {

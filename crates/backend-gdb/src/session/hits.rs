@@ -119,6 +119,10 @@ impl Session {
                 return Err(format!("the VM was terminated (signal {signal})"));
             }
         };
+        if !self.pending_errors.is_empty() {
+            let errors = std::mem::take(&mut self.pending_errors);
+            lock(runtime).interpreter_mut().add_errors(&errors);
+        }
         if let Some(StopReason::Watch { addr, .. }) = reason {
             return self.serve_watch(thread, addr, runtime, resume, received);
         }
@@ -127,6 +131,7 @@ impl Session {
         // own breakpoints to us; guest int3s stay in the guest), so the pc
         // need not be read.
         let only_site = self.sites.len() == 1
+            && self.mmap_hook.is_none()
             && self.returns.return_addresses().next().is_none()
             && self.sites[0].ret_handlers.is_empty();
         let mut regs = None;
@@ -141,6 +146,9 @@ impl Session {
             regs = Some(r);
             pc
         };
+        if self.mmap_hook == Some(pc) {
+            return self.serve_mmap(pc, thread, regs, runtime, resume, received);
+        }
         if let Some(&index) = self.by_addr.get(&pc) {
             return self.serve_entry(index, thread, regs, runtime, resume, received);
         }
@@ -173,6 +181,22 @@ impl Session {
                         .resume_if(resume, Resume::StepOff(thread, addr), received)
                         .map(|_| Flow::Continue);
                 }
+            }
+        }
+        // A user instruction on a page the process has not touched yet
+        // faults before it runs (TCG stops at the breakpoint before
+        // fetching it): the guest pages it in and comes back to the same
+        // breakpoint, and that stop is the call's.
+        if self.sites[index].is_user() {
+            let addr = self.sites[index].addr;
+            let mut byte = [0u8; 1];
+            if let Err(e) = self.client.read_memory(addr, &mut byte) {
+                if !matches!(e, gdb_remote::Error::ErrorReply { .. }) {
+                    return Err(e.to_string());
+                }
+                return self
+                    .resume_if(resume, Resume::StepOff(thread, addr), received)
+                    .map(|_| Flow::Continue);
             }
         }
         // A user address is every process's: run only the probes whose
@@ -327,6 +351,37 @@ impl Session {
                 Ok(None)
             }
         }
+    }
+
+    /// At `uprobe_mmap(vma)`: a process maps a file. An executable mapping
+    /// of a probed position-independent file arms its run-time addresses
+    /// before the process can run code there.
+    fn serve_mmap(
+        &mut self,
+        pc: u64,
+        thread: ThreadId,
+        regs: Option<Registers>,
+        runtime: &Mutex<Runtime>,
+        resume: bool,
+        received: u64,
+    ) -> Result<Flow, String> {
+        let vma = register(&mut self.client, regs.as_ref(), thread, "rdi")?;
+        if let Some(kernel) = self.kernel.clone() {
+            let mut view = crate::context::StubMemory(&mut self.client);
+            let mapping = kernel.vma_mapping(&mut view, vma);
+            if let Some(why) = self.client.lost() {
+                return Err(why.to_string());
+            }
+            if let Ok(Some(m)) = mapping {
+                self.arm_mapping(&m).map_err(|e| e.to_string())?;
+            }
+        }
+        if !self.pending_errors.is_empty() {
+            let errors = std::mem::take(&mut self.pending_errors);
+            lock(runtime).interpreter_mut().add_errors(&errors);
+        }
+        self.resume_if(resume, Resume::StepOff(thread, pc), received)
+            .map(|_| Flow::Continue)
     }
 
     /// At a function entry (the return address is on top of the stack),

@@ -52,6 +52,11 @@ const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
 /// at any time (ftrace, kprobes, BPF), so it is re-read at each hit.
 const NOP5: [u8; 5] = [0x0f, 0x1f, 0x44, 0x00, 0x00];
 
+/// Run-time addresses armed at most for uprobes in position-independent
+/// files (PIE executables, shared libraries), over all processes: beyond
+/// it a process's address is dropped, counted as an error of the probe.
+pub const MAX_USER_ADDRS: usize = 4096;
+
 const ARG_NAMES: [&str; 6] = ["arg0", "arg1", "arg2", "arg3", "arg4", "arg5"];
 const ARG_REGS: [&str; 6] = ["rdi", "rsi", "rdx", "rcx", "r8", "r9"];
 
@@ -101,6 +106,15 @@ pub struct Session {
     record_threads: bool,
     before: Vec<(u64, Vec<u8>)>,
     armed: Vec<u64>,
+    /// The guest's `uprobe_mmap()`, where a process maps a file, while a
+    /// site is in a position-independent file ([`Session::arm_user_mappings`]).
+    mmap_hook: Option<u64>,
+    /// Run-time addresses armed for position-independent files' sites
+    /// (each a copy of its site at that address, in `sites`).
+    user_addrs: usize,
+    /// Errors found while the guest was stopped with no handler running
+    /// (arming), handed to the runtime at the next stop.
+    pending_errors: Vec<(String, String, u64)>,
     running: bool,
     /// Detached from the stub: nothing is armed any more.
     detached: bool,
@@ -141,6 +155,9 @@ impl Session {
             record_threads: false,
             before: Vec::new(),
             armed: Vec::new(),
+            mmap_hook: None,
+            user_addrs: 0,
+            pending_errors: Vec::new(),
             running: false,
             detached: false,
             skip_nops: true,
@@ -423,7 +440,7 @@ impl Session {
                 self.own_branches.push(s.clone());
             }
         }
-        for site in &sites {
+        for site in sites.iter().filter(|s| !s.relocatable()) {
             let probe = site
                 .handlers
                 .iter()
@@ -440,9 +457,106 @@ impl Session {
                 })?;
             self.armed.push(site.addr);
         }
-        self.by_addr = sites.iter().enumerate().map(|(i, s)| (s.addr, i)).collect();
+        // A position-independent file's site is at a link-time address no
+        // process runs: [`Session::arm_user_mappings`] arms each process's.
+        self.by_addr = sites
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.relocatable())
+            .map(|(i, s)| (s.addr, i))
+            .collect();
         self.sites = sites;
         Ok(())
+    }
+
+    /// With sites in position-independent files (and the kernel known):
+    /// arms their run-time addresses in the processes running now (their
+    /// executable mappings of the file) and a breakpoint on the guest's
+    /// `uprobe_mmap()`, which `mmap_region()` calls for each new file
+    /// mapping (also at exec), to arm those of later processes. Each hit
+    /// at such an address still checks the file the task maps there. The
+    /// guest must be stopped.
+    pub fn arm_user_mappings(&mut self) -> Result<()> {
+        let relocatable = self
+            .sites
+            .iter()
+            .any(|s| s.user.iter().any(|u| u.relocatable));
+        let Some(kernel) = self.kernel.clone().filter(|_| relocatable) else {
+            return Ok(());
+        };
+        let hook =
+            kernel
+                .kaddr("uprobe_mmap")
+                .ok_or(Error::Guest(linux_guest::GuestError::Missing(
+                    "uprobes in PIE executables and shared libraries",
+                    "the uprobe_mmap symbol (CONFIG_UPROBES)",
+                )))?;
+        self.client
+            .insert_breakpoint(BreakpointKind::Software, hook, 1)
+            .map_err(|source| Error::Arm {
+                probe: "uprobe_mmap (vmprobe's own)".into(),
+                addr: hook,
+                source,
+            })?;
+        self.armed.push(hook);
+        self.mmap_hook = Some(hook);
+        let mut view = crate::context::StubMemory(&mut self.client);
+        match kernel.exec_file_mappings(&mut view, MAX_USER_ADDRS * 4) {
+            Ok(maps) => {
+                for m in maps {
+                    self.arm_mapping(&m)?;
+                }
+            }
+            Err(e) => {
+                let why = format!("walking the processes' mappings: {e}");
+                self.site_errors(|_, s| s.relocatable(), why);
+            }
+        }
+        Ok(())
+    }
+
+    /// Arms the run-time addresses mapping `m` gives the sites of
+    /// position-independent files: a copy of the site at each address.
+    fn arm_mapping(&mut self, m: &linux_guest::FileMapping) -> Result<()> {
+        for i in 0..self.sites.len() {
+            for addr in self.sites[i].run_time_addrs(&m.path, m.start, m.end, m.offset) {
+                if self.by_addr.contains_key(&addr) {
+                    continue;
+                }
+                if self.user_addrs >= MAX_USER_ADDRS {
+                    let why = format!(
+                        "more than {MAX_USER_ADDRS} run-time addresses of uprobes in position-independent files: {} at {addr:#x} not armed",
+                        m.path
+                    );
+                    self.site_errors(|j, _| j == i, why);
+                    continue;
+                }
+                // Under TCG QEMU keeps the breakpoint by virtual address
+                // and drops the code it translated there.
+                self.client
+                    .insert_breakpoint(BreakpointKind::Software, addr, 1)?;
+                self.armed.push(addr);
+                self.user_addrs += 1;
+                self.by_addr.insert(addr, self.sites.len());
+                let at = self.sites[i].at(addr);
+                self.sites.push(at);
+            }
+        }
+        Ok(())
+    }
+
+    /// An error of the user probes of the sites `which` takes, for the
+    /// runtime at the next stop.
+    fn site_errors(&mut self, which: impl Fn(usize, &ProbeSite) -> bool, why: String) {
+        let errors: Vec<(String, String, u64)> = self
+            .sites
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| which(*i, s))
+            .flat_map(|(_, s)| s.user.iter())
+            .map(|u| (u.probe.to_string(), why.clone(), 1))
+            .collect();
+        self.pending_errors.extend(errors);
     }
 
     /// `F+OFFSET` must start an instruction of F as it is in guest memory.

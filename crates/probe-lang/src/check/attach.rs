@@ -473,9 +473,9 @@ pub fn parse_probe(text: &str) -> Result<ProbeSpec, String> {
 }
 
 /// `PATH:SYMBOL` or `PATH:0xADDR` of a uprobe (`ret`: a uretprobe). PATH
-/// is the guest's absolute path of the file: bpftrace's library names
-/// (`uprobe:libc:f`) are found through the guest's ld cache, which vmprobe
-/// does not read.
+/// is the guest's absolute path of the file, or one of bpftrace's library
+/// names (`uprobe:libc:f`), found in the guest's ld cache when uprobes are
+/// bound.
 fn uprobe(rest: &str, ret: bool) -> Result<ProbeSpec, String> {
     let kind = if ret { "uretprobe" } else { "uprobe" };
     let Some((path, target)) = rest.rsplit_once(':') else {
@@ -488,10 +488,18 @@ fn uprobe(rest: &str, ret: bool) -> Result<ProbeSpec, String> {
             "{kind} probes look like '{kind}:PATH:FUNCTION', e.g. '{kind}:/bin/busybox:main'"
         ));
     }
+    // A name without '/' is a library bpftrace finds in the ld cache
+    // (`libc`: `libc.so*`), looked up in the guest's before booting.
     if !path.starts_with('/') {
-        return Err(format!(
-            "{kind}:{path}: a library name is looked up in the guest's ld cache, which vmprobe does not read; give the file's absolute path in the guest (e.g. '{kind}:/bin/busybox:{target}')"
-        ));
+        let name_ok = !path.contains('/')
+            && path
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '+'));
+        if !name_ok {
+            return Err(format!(
+                "{kind}:{path}: give the file's absolute path in the guest (e.g. '{kind}:/bin/busybox:{target}') or a library name (e.g. '{kind}:libc:{target}')"
+            ));
+        }
     }
     if path.contains("/../") || path.ends_with("/..") || path.contains("//") {
         return Err(format!(
@@ -684,8 +692,11 @@ mod tests {
         assert!(p.is_return() && !p.is_entry());
         let p = parse_probe("u:/bin/x:0x401000").unwrap();
         assert_eq!(p.name(), "uprobe:/bin/x:0x401000");
+        let p = parse_probe("uprobe:libc:getaddrinfo").unwrap();
+        assert_eq!(p.name(), "uprobe:libc:getaddrinfo");
         for (bad, why) in [
-            ("uprobe:libc:getaddrinfo", "ld cache"),
+            ("uprobe:lib c:f", "library name"),
+            ("uprobe:x/y:f", "absolute path"),
             ("uprobe:/bin/x", "look like"),
             ("uprobe:/bin/x:", "look like"),
             ("uprobe:/bin/x:f*", "wildcards"),

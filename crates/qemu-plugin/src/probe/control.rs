@@ -263,6 +263,13 @@ impl Session {
                     .map(|s| now + Duration::from_nanos(s.period_ns))
                     .collect();
                 self.reinstrument(id, AfterReinstrument::Started, !run.samplers.is_empty());
+                // The processes already running map position-independent
+                // probed files where they do: a vCPU walks their mappings
+                // (the `uprobe_mmap` hook, armed from now, sees later ones).
+                if run.scan_pending.load(Ordering::Acquire) {
+                    self.plugin
+                        .submit(VcpuWork::ScanProcesses, self.sender.clone());
+                }
                 true
             }
             ToPlugin::Maps { id, .. } => {

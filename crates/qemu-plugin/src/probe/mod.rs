@@ -25,8 +25,18 @@ use std::sync::{Arc, Mutex, OnceLock};
 /// Something only a vCPU thread can do (read guest memory), asked by the
 /// control thread and answered through its channel.
 pub(crate) enum VcpuWork {
-    DetectSlide { id: u64, samples: Vec<TextSample> },
-    Read { id: u64, addr: u64, len: u64 },
+    DetectSlide {
+        id: u64,
+        samples: Vec<TextSample>,
+    },
+    Read {
+        id: u64,
+        addr: u64,
+        len: u64,
+    },
+    /// Arm the run-time addresses of the processes running at the start
+    /// (uprobes in position-independent files); nothing is answered.
+    ScanProcesses,
 }
 
 pub(crate) struct Plugin {
@@ -106,6 +116,14 @@ impl Plugin {
         self.work_pending.store(false, Ordering::Release);
         for (w, reply) in work {
             let answer = match w {
+                VcpuWork::ScanProcesses => {
+                    if let Some(run) = self.run.load_full()
+                        && run.scan_processes(vcpu)
+                    {
+                        tcg::request_reinstrument();
+                    }
+                    continue;
+                }
                 VcpuWork::DetectSlide { id, samples } => {
                     let slide = kernel_image::detect_slide(&samples, |addr, len| {
                         let mut buf = vec![0u8; len];
@@ -162,7 +180,10 @@ impl Hooks for Plugin {
         let Some(run) = self.run.load_full() else {
             return;
         };
-        if run.hit(vcpu, vaddr) {
+        // Where the instruction runs now (a shared library's block runs in
+        // every process mapping its page, at each one's own address).
+        let pc = vcpu.reg_id(crate::tcg::Reg::Rip).unwrap_or(vaddr);
+        if run.hit(vcpu, vaddr, pc) {
             // A call's return address needs a callback before it returns:
             // the flush runs before this vCPU's next block.
             tcg::request_reinstrument();

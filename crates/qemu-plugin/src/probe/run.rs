@@ -44,12 +44,36 @@ impl Default for ServiceHist {
     }
 }
 
+/// Run-time addresses armed at most for uprobes in position-independent
+/// files (PIE executables, shared libraries), over all processes: beyond
+/// it a process's address is dropped, counted as an error of the probe.
+/// Processes mostly share a library's address after fork; each exec of a
+/// PIE adds one per probe.
+pub(crate) const MAX_USER_ADDRS: usize = 4096;
+
 pub(crate) struct Run {
     pub exec: Arc<Executable>,
     pub kernel: GuestKernel,
     pub guest: String,
     pub sites: Vec<ProbeSite>,
     site_at: FxHashMap<u64, u32>,
+    /// Run-time addresses of position-independent files' uprobes: each
+    /// with the site it serves. A hit there is known to this run as site
+    /// `sites.len() + i` (what a pending call keeps), `i` its index here.
+    user_addrs: RwLock<UserAddrs>,
+    /// The guest's `uprobe_mmap()`, where a process maps a file (also at
+    /// exec), while a site is in a position-independent file.
+    mmap_hook: Option<u64>,
+    /// The processes running at the start still have their mappings walked.
+    pub scan_pending: AtomicBool,
+    /// Page offsets (one bit each of 4096) of the user addresses armed at
+    /// run time (position-independent files' sites, user return
+    /// addresses): QEMU runs a block translated for one process's address
+    /// of a shared page in every process mapping that page, so whether a
+    /// user instruction gets a callback cannot depend on the address it
+    /// was translated at, only on its offset in the page; the callback
+    /// then looks its run-time address up exactly.
+    user_offsets: Box<[AtomicU64]>,
     /// Return addresses given a callback: every one a tracked call used,
     /// kept until detach (dropping one would cost a flush of all code).
     return_sites: RwLock<FxHashSet<u64>>,
@@ -72,6 +96,10 @@ pub(crate) struct Run {
     pub samplers: Vec<TimerProbe>,
 }
 
+/// Run-time addresses of position-independent files' sites: by address,
+/// each one's place in the list of (address, site).
+type UserAddrs = (FxHashMap<u64, u32>, Vec<(u64, u32)>);
+
 /// Blocks to run, with their probe names.
 type Handlers = Vec<(BlockId, Arc<str>)>;
 
@@ -87,12 +115,17 @@ impl Run {
     pub fn new(a: Attach, vcpus: u32) -> Run {
         let exec = Arc::new(a.exec);
         let kernel = GuestKernel::from_description(a.kernel, a.slide);
+        // A position-independent file's site has a link-time address, never
+        // run at: its run-time addresses are armed per process instead.
         let site_at = a
             .sites
             .iter()
             .enumerate()
+            .filter(|(_, s)| !s.relocatable())
             .map(|(i, s)| (s.addr, i as u32))
             .collect();
+        let relocatable = a.sites.iter().any(|s| s.user.iter().any(|u| u.relocatable));
+        let mmap_hook = relocatable.then(|| kernel.kaddr("uprobe_mmap")).flatten();
         let store = || {
             let mut s = MapStore::new(&exec.ir.maps, &exec.ir.tuples);
             s.set_limit(a.map_limit);
@@ -116,6 +149,10 @@ impl Run {
             guest: a.guest,
             sites: a.sites,
             site_at,
+            user_addrs: RwLock::default(),
+            mmap_hook,
+            scan_pending: AtomicBool::new(relocatable),
+            user_offsets: (0..64).map(|_| AtomicU64::new(0)).collect(),
             return_sites: RwLock::default(),
             tracker: Mutex::new(ReturnTracker::new()),
             started: AtomicBool::new(false),
@@ -137,6 +174,9 @@ impl Run {
     /// Whether the instruction at `vaddr` gets a callback.
     pub fn instruments(&self, vaddr: u64) -> bool {
         self.site_at.contains_key(&vaddr)
+            || self.mmap_hook == Some(vaddr)
+            || (is_user(vaddr) && self.user_offset_armed(vaddr))
+            || self.user_site(vaddr).is_some()
             || self
                 .return_sites
                 .read()
@@ -159,20 +199,30 @@ impl Run {
         self.started.store(true, Ordering::Release);
     }
 
-    /// The instrumented instruction at `vaddr` is about to run on `vcpu`.
-    /// Returns whether a new return address needs a callback (the caller
-    /// asks QEMU to reinstrument).
-    pub fn hit(&self, vcpu: &mut Vcpu<'_>, vaddr: u64) -> bool {
+    /// The instrumented instruction translated at `vaddr` is about to run
+    /// on `vcpu`, at `pc`: the same in the kernel, and in user space where
+    /// the block was translated for this address; another process's where
+    /// QEMU runs a block translated for one process's mapping of a page
+    /// in another's (see `tcg::callbacks::run_time_pc`). Returns whether a
+    /// new return address needs a callback (the caller asks QEMU to
+    /// reinstrument).
+    pub fn hit(&self, vcpu: &mut Vcpu<'_>, vaddr: u64, pc: u64) -> bool {
         if !self.started.load(Ordering::Acquire) {
             return false;
         }
         let t0 = host_clock::monotonic_ns();
         let mut new_return = false;
-        if let Some(&site) = self.site_at.get(&vaddr) {
-            new_return = self.entry(vcpu, site as usize, t0);
+        if self.mmap_hook == Some(vaddr) {
+            new_return |= self.mapped(vcpu);
         }
-        if self.is_return_site(vaddr) {
-            self.ret(vcpu, vaddr, t0);
+        if let Some(&site) = self.site_at.get(&pc) {
+            new_return |= self.entry(vcpu, site as usize, t0);
+        }
+        if let Some(index) = self.user_site(pc) {
+            new_return |= self.entry(vcpu, index, t0);
+        }
+        if self.is_return_site(pc) {
+            self.ret(vcpu, pc, t0);
         }
         let spent = host_clock::monotonic_ns().saturating_sub(t0);
         self.counters
@@ -186,6 +236,128 @@ impl Run {
         new_return
     }
 
+    /// Marks user address `addr`'s page offset (see `user_offsets`).
+    fn arm_user_offset(&self, addr: u64) {
+        if is_user(addr) {
+            let off = (addr & 0xfff) as usize;
+            self.user_offsets[off / 64].fetch_or(1 << (off % 64), Ordering::AcqRel);
+        }
+    }
+
+    fn user_offset_armed(&self, addr: u64) -> bool {
+        let off = (addr & 0xfff) as usize;
+        self.user_offsets[off / 64].load(Ordering::Acquire) & (1 << (off % 64)) != 0
+    }
+
+    /// The run's index for run-time address `vaddr` of a
+    /// position-independent file's site (`sites.len()` + its place).
+    fn user_site(&self, vaddr: u64) -> Option<usize> {
+        let addrs = self.user_addrs.read().unwrap_or_else(|e| e.into_inner());
+        addrs.0.get(&vaddr).map(|&i| self.sites.len() + i as usize)
+    }
+
+    /// A site index of this run (see [`Run::user_site`]) as the site it
+    /// serves and the address it is at.
+    fn site_and_addr(&self, index: usize) -> (usize, u64) {
+        match index.checked_sub(self.sites.len()) {
+            None => (index, self.sites[index].addr),
+            Some(i) => {
+                let addrs = self.user_addrs.read().unwrap_or_else(|e| e.into_inner());
+                let (addr, site) = addrs.1[i];
+                (site as usize, addr)
+            }
+        }
+    }
+
+    /// Arms the run-time addresses a file mapping gives the sites of
+    /// position-independent files; whether one is new (the caller then
+    /// has QEMU translate everything again).
+    fn arm_mapping(&self, vcpu: usize, m: &linux_guest::FileMapping) -> bool {
+        let mut new = false;
+        for (i, s) in self.sites.iter().enumerate() {
+            for addr in s.run_time_addrs(&m.path, m.start, m.end, m.offset) {
+                let mut addrs = self.user_addrs.write().unwrap_or_else(|e| e.into_inner());
+                if addrs.0.contains_key(&addr) {
+                    continue;
+                }
+                if addrs.1.len() >= MAX_USER_ADDRS {
+                    drop(addrs);
+                    let why = format!(
+                        "more than {MAX_USER_ADDRS} run-time addresses of uprobes in position-independent files: {} at {addr:#x} not armed",
+                        m.path
+                    );
+                    self.add_site_errors(vcpu, s, why);
+                    continue;
+                }
+                let at = addrs.1.len() as u32;
+                addrs.1.push((addr, i as u32));
+                addrs.0.insert(addr, at);
+                self.arm_user_offset(addr);
+                new = true;
+            }
+        }
+        new
+    }
+
+    /// At `uprobe_mmap(vma)`: a process maps a file (an exec, the dynamic
+    /// loader mapping a library). An executable mapping of a probed
+    /// position-independent file arms its run-time addresses. The code
+    /// there is translated only once this returns, but QEMU keys its
+    /// translations by virtual address and physical page, and an earlier
+    /// process may have run the same page at the same address before it
+    /// was armed: its code would be reused without our callback, so a new
+    /// address asks for a full flush (once per mapping of a probed file,
+    /// not per hit).
+    fn mapped(&self, vcpu: &mut Vcpu<'_>) -> bool {
+        let Some(vma) = vcpu.reg_id(Reg::Rdi) else {
+            return false;
+        };
+        let index = vcpu.index() as usize;
+        let mut view = super::context::VcpuView(vcpu);
+        match self.kernel.vma_mapping(&mut view, vma) {
+            Ok(Some(m)) => self.arm_mapping(index, &m),
+            _ => false,
+        }
+    }
+
+    /// An error of each of the site's uprobes, counted in `vcpu`'s shard.
+    fn add_site_errors(&self, vcpu: usize, site: &ProbeSite, why: String) {
+        let errors: Vec<(String, String, u64)> = site
+            .user
+            .iter()
+            .map(|u| (u.probe.to_string(), why.clone(), 1))
+            .collect();
+        self.interps[vcpu % self.interps.len()]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add_errors(&errors);
+    }
+
+    /// Arms the run-time addresses of the processes running now (their
+    /// executable file mappings); later ones come through `uprobe_mmap`.
+    /// Whether an address is new.
+    pub fn scan_processes(&self, vcpu: &mut Vcpu<'_>) -> bool {
+        if !self.scan_pending.swap(false, Ordering::AcqRel) {
+            return false;
+        }
+        let index = vcpu.index() as usize;
+        let mut view = super::context::VcpuView(vcpu);
+        match self
+            .kernel
+            .exec_file_mappings(&mut view, MAX_USER_ADDRS * 4)
+        {
+            Ok(maps) => maps
+                .iter()
+                .fold(false, |new, m| self.arm_mapping(index, m) | new),
+            Err(e) => {
+                for s in self.sites.iter().filter(|s| s.relocatable()) {
+                    self.add_site_errors(index, s, format!("walking the processes' mappings: {e}"));
+                }
+                false
+            }
+        }
+    }
+
     fn is_return_site(&self, vaddr: u64) -> bool {
         self.return_sites
             .read()
@@ -197,7 +369,12 @@ impl Run {
     /// probes whose file the current task maps at the site's address, and
     /// the task; `None` for a kernel site. A failed lookup is counted as
     /// each probe's error and runs nothing.
-    fn user_handlers(&self, vcpu: &mut Vcpu<'_>, site: usize) -> Option<(Handlers, Handlers, u64)> {
+    fn user_handlers(
+        &self,
+        vcpu: &mut Vcpu<'_>,
+        index: usize,
+    ) -> Option<(Handlers, Handlers, u64)> {
+        let (site, addr) = self.site_and_addr(index);
         let s = &self.sites[site];
         if !s.is_user() {
             return None;
@@ -205,7 +382,7 @@ impl Run {
         let mut view = super::context::VcpuView(vcpu);
         let found = self
             .kernel
-            .mapped_file(&mut view, s.addr)
+            .mapped_file(&mut view, addr)
             .and_then(|m| Ok((m, self.kernel.current_task(&mut view)?)));
         match found {
             Ok((m, task)) => {
@@ -213,18 +390,8 @@ impl Run {
                 Some((s.handlers_for(false, m), s.handlers_for(true, m), task))
             }
             Err(e) => {
-                let errors: Vec<(String, String, u64)> = s
-                    .user
-                    .iter()
-                    .map(|u| {
-                        let why = format!("finding the file mapped at {:#x}: {e}", s.addr);
-                        (u.probe.to_string(), why, 1)
-                    })
-                    .collect();
-                self.interps[vcpu.index() as usize % self.interps.len()]
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .add_errors(&errors);
+                let why = format!("finding the file mapped at {addr:#x}: {e}");
+                self.add_site_errors(vcpu.index() as usize, s, why);
                 Some((Vec::new(), Vec::new(), 0))
             }
         }
@@ -264,16 +431,18 @@ impl Run {
         }
     }
 
-    fn entry(&self, vcpu: &mut Vcpu<'_>, site: usize, now: u64) -> bool {
+    /// `index`: the run's index of the site (see [`Run::user_site`]).
+    fn entry(&self, vcpu: &mut Vcpu<'_>, index: usize, now: u64) -> bool {
         // A guest tracepoint's call is an event only where its own code,
-        // emulated, writes a record.
-        let event = self.event_record(vcpu, site);
-        if self.sites[site].event.is_some() && event.is_none() {
+        // emulated, writes a record (kernel sites are their own index).
+        let event = self.event_record(vcpu, self.site_and_addr(index).0);
+        if self.sites[self.site_and_addr(index).0].event.is_some() && event.is_none() {
             return false;
         }
         // A user address is every process's: only the probes of the file
         // the current task maps there run.
-        let user = self.user_handlers(vcpu, site);
+        let user = self.user_handlers(vcpu, index);
+        let site = self.site_and_addr(index).0;
         if let Some((entry, ret, _)) = &user
             && entry.is_empty()
             && ret.is_empty()
@@ -322,18 +491,20 @@ impl Run {
             }
         }
         let call = PendingCall {
-            site,
+            site: index,
             entry_ns: now,
             vcpu: vcpu.index(),
             args,
             thread,
         };
         match tracker.enter_owned(u64::from_le_bytes(word), rsp, owner, call) {
-            Entered::NewReturnAddress(ret) => self
-                .return_sites
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(ret),
+            Entered::NewReturnAddress(ret) => {
+                self.arm_user_offset(ret);
+                self.return_sites
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(ret)
+            }
             Entered::Tracked | Entered::Full => false,
         }
     }
@@ -363,8 +534,9 @@ impl Run {
         };
         // Which of a user site's uretprobes: asked again of its address.
         let user = self.user_handlers(vcpu, call.site);
+        let site = self.site_and_addr(call.site).0;
         self.counters.returns.fetch_add(1, Ordering::Relaxed);
-        let s = &self.sites[call.site];
+        let s = &self.sites[site];
         let entry_args = s.entry_args.then_some(call.args);
         let handlers = user.as_ref().map_or(&s.ret_handlers, |(_, r, _)| r);
         let traced = self.run_blocks(vcpu, handlers, &s.func, now, entry_args, None);
@@ -379,7 +551,7 @@ impl Run {
         if self.record != RecordMode::Off {
             let retval = vcpu.reg_id(Reg::Rax).unwrap_or(0);
             let own = [("retval".to_string(), TracedValue::U64(retval))];
-            let at = (vcpu.index(), call.site, now, Some(call.entry_ns), thread);
+            let at = (vcpu.index(), site, now, Some(call.entry_ns), thread);
             self.record_hit(at, handlers, &own, traced);
         }
     }
@@ -615,6 +787,11 @@ impl Run {
         }
         all.errors()
     }
+}
+
+/// A user-space address (the lower half).
+fn is_user(addr: u64) -> bool {
+    addr < 0x8000_0000_0000_0000
 }
 
 /// A vCPU's handler output, into its ring.

@@ -306,11 +306,36 @@ unsafe extern "C" fn on_insn(index: c_uint, userdata: *mut c_void) {
         // SAFETY: `userdata` is an `Entry` from `translate`, alive until the
         // next flush; this block cannot run after that flush.
         let entry = unsafe { &*(userdata as *const Entry) };
-        // QEMU's rip is stale inside a block (TCG writes it back lazily).
-        let mut overrides = Overrides::default();
-        overrides.set(Reg::Rip, entry.vaddr);
-        with_vcpu(p, index, overrides, |v| p.hooks.on_insn(v, entry.userdata));
+        with_vcpu(p, index, Overrides::default(), |v| {
+            // QEMU's rip is stale inside a block (TCG writes it back
+            // lazily), and the block may not be the one translated at
+            // `entry.vaddr`: see `run_time_pc`.
+            let env = v.reg_id(Reg::Rip);
+            v.overrides.set(Reg::Rip, run_time_pc(entry.vaddr, env));
+            p.hooks.on_insn(v, entry.userdata)
+        });
     });
+}
+
+/// The address the instruction translated at `vaddr` runs at now. x86
+/// system emulation translates position-independent blocks (QEMU's
+/// `CF_PCREL`), found by physical address: a user page that two processes
+/// map at different addresses (a shared library's code) runs one block
+/// in both, translated at the first one's address. Its instructions are
+/// at the same offsets in the page, so the two addresses differ by whole
+/// pages; QEMU's `rip` (`env`), written back lazily, is the real address
+/// of this instruction or of one before it in the block (less than a page
+/// before), so rounding the difference up to a page gives the shift.
+/// Kernel addresses are the same in every address space.
+fn run_time_pc(vaddr: u64, env: Option<u64>) -> u64 {
+    const PAGE: u64 = 4096;
+    match env {
+        Some(env) if vaddr < 0x8000_0000_0000_0000 && env < 0x8000_0000_0000_0000 => {
+            let shift = env.wrapping_sub(vaddr).wrapping_add(PAGE - 1) & !(PAGE - 1);
+            vaddr.wrapping_add(shift)
+        }
+        _ => vaddr,
+    }
 }
 
 /// Before a landmark instruction, when its vCPU's doorbell word is set: a
