@@ -64,17 +64,16 @@ pub fn read_script(path: &Path) -> Result<String> {
 /// file is read to at most the reader's whole budget, so a header that is
 /// a device or huge cannot fill memory.
 pub fn host_headers() -> probe_lang::headers::HeaderSearch {
-    use probe_lang::headers::{HeaderSearch, MAX_BYTES};
-    HeaderSearch {
-        dirs: HeaderSearch::host_dirs(),
-        read: std::sync::Arc::new(|path: &Path| {
-            let mut bytes = Vec::new();
-            std::fs::File::open(path)?
-                .take(MAX_BYTES as u64 + 1)
-                .read_to_end(&mut bytes)?;
-            Ok(String::from_utf8_lossy(&bytes).into_owned())
-        }),
-    }
+    use probe_lang::headers::HeaderSearch;
+    HeaderSearch::new(HeaderSearch::host_dirs(), std::sync::Arc::new(read_header))
+}
+
+fn read_header(path: &Path) -> std::io::Result<String> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(probe_lang::headers::MAX_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 #[cfg(test)]
