@@ -94,6 +94,18 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
             return Err(e);
         }
     };
+    // `#include`s read the guest kernel's headers (fetched on first need
+    // for the default guest), as bpftrace reads the running kernel's.
+    let mut options = options;
+    options.headers = Some(crate::script::program_headers(
+        &source,
+        args.boot.kernel_headers.as_deref(),
+        args.boot
+            .guest
+            .kernel
+            .is_none()
+            .then_some(image.version.as_str()),
+    )?);
     let program = match compile_typed(
         &source,
         &source_name,

@@ -160,6 +160,10 @@ pub struct HeaderMacros {
     pub others: HashMap<String, String>,
     /// Headers not found, and problems that stopped the reading.
     pub notes: Vec<String>,
+    /// Header files read, and their bytes (against [`MAX_FILES`] and
+    /// [`MAX_BYTES`]).
+    pub files: usize,
+    pub bytes: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -196,7 +200,7 @@ type Found = (PathBuf, Option<usize>, Rc<str>);
 
 /// Predefined as clang 14 for x86_64-linux-gnu in C mode, with bpftrace's
 /// `-D`s when BTF is there.
-const PREDEFINED: &[(&str, &str)] = &[
+pub const PREDEFINED: &[(&str, &str)] = &[
     ("__STDC__", "1"),
     ("__STDC_VERSION__", "201710L"),
     ("__STDC_HOSTED__", "1"),
@@ -368,6 +372,8 @@ impl<'a> HeaderReader<'a> {
     pub fn macros(&mut self) -> HeaderMacros {
         let mut out = HeaderMacros {
             notes: self.r.notes.clone(),
+            files: self.r.files,
+            bytes: self.r.bytes,
             ..Default::default()
         };
         let mut names: Vec<String> = self
