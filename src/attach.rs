@@ -50,15 +50,14 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
     };
     let allowed = allowed_recording(&recording, &args.otlp);
     let guest_root = args.guest_root.as_deref();
-    let (compiled, mut first_kernel) =
-        compile_for(
-            &source,
-            &source_name,
-            first,
-            allowed,
-            (guest_root, args.kernel_headers.as_deref()),
-            pid,
-        )?;
+    let (compiled, mut first_kernel) = compile_for(
+        &source,
+        &source_name,
+        first,
+        allowed,
+        (guest_root, args.kernel_headers.as_deref()),
+        pid,
+    )?;
     let program = match compiled {
         Ok(p) => Arc::new(p),
         Err(diags) => {

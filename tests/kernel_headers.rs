@@ -68,7 +68,10 @@ fn gcc_flags(s: &HeaderSearch) -> Vec<String> {
 /// The program's output after "Attaching N probes...".
 fn last_line(stdout: &[u8]) -> String {
     let t = text(stdout);
-    t.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").to_string()
+    t.lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .to_string()
 }
 
 fn gcc(args: &[String], input: &Path) -> String {
@@ -107,7 +110,11 @@ fn guest_kernel_header_macros_agree_with_gcc() {
     let defined: BTreeSet<String> = gcc(&dm, &unit)
         .lines()
         .filter_map(|l| l.strip_prefix("#define "))
-        .filter_map(|l| l.split([' ', '(']).next().filter(|n| !l[n.len()..].starts_with('(')))
+        .filter_map(|l| {
+            l.split([' ', '('])
+                .next()
+                .filter(|n| !l[n.len()..].starts_with('('))
+        })
         .map(str::to_string)
         .collect();
     let missing: Vec<&&str> = ints.keys().filter(|n| !defined.contains(**n)).collect();
@@ -220,7 +227,10 @@ fn own_kernels_read_the_headers_named() {
     let (image, h) = headers();
     let prog = "#include <linux/sched.h>\nBEGIN { printf(\"%d\\n\", TASK_RUNNING); exit(); }";
     let out = run_bounded(
-        vmprobe().args(["run", "--kernel"]).arg(&image.kernel).args(["-e", prog]),
+        vmprobe()
+            .args(["run", "--kernel"])
+            .arg(&image.kernel)
+            .args(["-e", prog]),
         LIMIT,
     );
     let err = text(&out.stderr);
@@ -245,8 +255,13 @@ fn own_kernels_read_the_headers_named() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(last_line(&out.stdout), "0");
     let out = run_bounded(
-        vmprobe()
-            .args(["run", "--kernel-headers", "/nonexistent/headers", "-e", prog]),
+        vmprobe().args([
+            "run",
+            "--kernel-headers",
+            "/nonexistent/headers",
+            "-e",
+            prog,
+        ]),
         LIMIT,
     );
     assert!(

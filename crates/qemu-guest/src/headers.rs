@@ -43,7 +43,11 @@ fn trees(debs: &Path, version: &str) -> Option<KernelHeaders> {
 pub fn default_guest_headers(cache: &Path, version: &str) -> Option<KernelHeaders> {
     let debs = cache.join("debs");
     let h = trees(&debs, version)?;
-    let stamped = |dir: &Path| dir.ancestors().nth(3).is_some_and(|r| r.join(".unpacked").exists());
+    let stamped = |dir: &Path| {
+        dir.ancestors()
+            .nth(3)
+            .is_some_and(|r| r.join(".unpacked").exists())
+    };
     (stamped(&h.source) && stamped(&h.build)).then_some(h)
 }
 
@@ -109,13 +113,20 @@ mod tests {
         let h = trees(Path::new("/c/debs"), "6.1.0-57-amd64").unwrap();
         assert_eq!(
             h.source,
-            Path::new("/c/debs/linux-headers-6.1.0-57-common.root/usr/src/linux-headers-6.1.0-57-common")
+            Path::new(
+                "/c/debs/linux-headers-6.1.0-57-common.root/usr/src/linux-headers-6.1.0-57-common"
+            )
         );
         assert_eq!(
             h.build,
-            Path::new("/c/debs/linux-headers-6.1.0-57-amd64.root/usr/src/linux-headers-6.1.0-57-amd64")
+            Path::new(
+                "/c/debs/linux-headers-6.1.0-57-amd64.root/usr/src/linux-headers-6.1.0-57-amd64"
+            )
         );
         // Not fetched: nothing is claimed.
-        assert_eq!(default_guest_headers(Path::new("/nonexistent"), "6.1.0-57-amd64"), None);
+        assert_eq!(
+            default_guest_headers(Path::new("/nonexistent"), "6.1.0-57-amd64"),
+            None
+        );
     }
 }

@@ -155,7 +155,9 @@ fn forced_includes_and_defines_come_before_the_first_include() {
     let m = read(&s, &[("s.h".into(), false)]);
     assert!(!ints(&m).contains_key("TASK_RUNNING"));
     assert!(
-        m.notes.iter().any(|n| n.starts_with("\"/k/missing.h\" was not found")),
+        m.notes
+            .iter()
+            .any(|n| n.starts_with("\"/k/missing.h\" was not found")),
         "{:?}",
         m.notes
     );
