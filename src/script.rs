@@ -98,9 +98,9 @@ pub fn program_headers(
         // finds them; a kernel built in its tree is both.
         let (src, build) = (dir.join("source"), dir.join("build"));
         return Ok(if src.is_dir() && build.is_dir() {
-            kernel(&src, &build, "--kernel-headers".into())
+            kernel(&src, &build, "the kernel's from --kernel-headers".into())
         } else {
-            kernel(dir, dir, "--kernel-headers".into())
+            kernel(dir, dir, "the kernel's from --kernel-headers".into())
         });
     }
     let includes = source
