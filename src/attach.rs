@@ -50,8 +50,14 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
     };
     let allowed = allowed_recording(&recording, &args.otlp);
     let guest_root = args.guest_root.as_deref();
-    let (compiled, mut first_kernel) =
-        compile_for(&source, &source_name, first, allowed, guest_root, pid)?;
+    let (compiled, mut first_kernel) = compile_for(
+        &source,
+        &source_name,
+        first,
+        allowed,
+        (guest_root, args.kernel_headers.as_deref()),
+        pid,
+    )?;
     let program = match compiled {
         Ok(p) => Arc::new(p),
         Err(diags) => {
@@ -189,6 +195,7 @@ pub fn attach_recording(args: crate::AttachArgs, recording: Option<Recording>) -
                 typed_with: first.clone(),
                 recording: allowed,
                 guest_root: args.guest_root.clone(),
+                kernel_headers: args.kernel_headers.clone(),
                 settings: crate::service::load(config)?,
             };
             Some(Arc::new(again::Service {
@@ -617,7 +624,7 @@ fn compile_for(
     source_name: &str,
     first: &VmSpec,
     recording: Option<&[&str]>,
-    guest_root: Option<&std::path::Path>,
+    (guest_root, kernel_headers): (Option<&std::path::Path>, Option<&std::path::Path>),
     pid: Option<u64>,
 ) -> Result<Compiled> {
     let (typed, kernel) = if only_layers(&probe_lang::attach_points(source)) {
@@ -626,6 +633,12 @@ fn compile_for(
         (typed, None)
     } else {
         let kernel = vm_kernel(first)?;
+        // A VM without kernel:IMAGE runs the default guest's kernel.
+        let default = match &first.kernel {
+            None => Some(crate::kernel::default_image()?.version),
+            Some(_) => None,
+        };
+        let headers = crate::script::program_headers(source, kernel_headers, default.as_deref())?;
         (
             crate::kernel::compile_typed(
                 source,
@@ -633,6 +646,7 @@ fn compile_for(
                 &kernel,
                 &probe_lang::Options {
                     pid,
+                    headers: Some(headers),
                     ..Default::default()
                 },
                 guest_root,

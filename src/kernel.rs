@@ -193,7 +193,8 @@ pub fn compile_typed(
         }
         t
     });
-    // `#include`s are read from the host's headers, as bpftrace reads them.
+    // `#include`s: the caller's search (the guest kernel's headers, see
+    // script::program_headers), else the host's.
     let mut options = options.clone();
     options
         .headers

@@ -155,6 +155,12 @@ pub struct BootArgs {
     /// it) before the run ends with what was collected (exit status 3).
     #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
     stall_timeout: std::time::Duration,
+    /// The kernel's headers for `#include` (a tree built in place, or a
+    /// /lib/modules/VERSION directory with source/ and build/); by default
+    /// the default guest's (Debian's linux-headers packages, fetched on
+    /// first use), the host's /usr/include only with --kernel.
+    #[arg(long, value_name = "DIR")]
+    kernel_headers: Option<PathBuf>,
 }
 
 /// `--stall-timeout`, `--duration`: seconds above 0 that a `Duration`
@@ -315,6 +321,12 @@ pub struct AttachArgs {
     /// reads DIR/PATH); by default the default guest's own programs.
     #[arg(long, value_name = "DIR")]
     guest_root: Option<PathBuf>,
+    /// The kernel's headers for `#include` (a tree built in place, or a
+    /// /lib/modules/VERSION directory with source/ and build/); by default
+    /// the default guest's (Debian's linux-headers packages, fetched on
+    /// first use), the host's /usr/include only for a VM's own kernel:IMAGE.
+    #[arg(long, value_name = "DIR")]
+    kernel_headers: Option<PathBuf>,
     #[command(flatten)]
     bpftrace: BpftraceArgs,
 }

@@ -51,6 +51,7 @@ pub fn record(args: crate::RecordArgs) -> Result<i32> {
             otlp: args.otlp,
             metrics: None,
             guest_root: args.boot.guest.guest_root.clone(),
+            kernel_headers: args.boot.kernel_headers.clone(),
             bpftrace: crate::BpftraceArgs::default(),
         };
         return crate::attach::attach_recording(attach_args, Some(recording));

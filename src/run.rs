@@ -54,10 +54,29 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
         args.params.insert(0, first.to_string_lossy().into_owned());
     }
     let (source, source_name) = crate::script::program_source(&args.program, &args.file)?;
-    let options = probe_lang::Options {
+    // `#include`s read the guest kernel's headers, then the host's, as
+    // bpftrace reads the running kernel's: the default guest's are
+    // fetched on first need (once the guest is built: below, if not yet).
+    let own_kernel = args.boot.guest.kernel.is_some();
+    let built = if own_kernel {
+        None
+    } else {
+        qemu_guest::default_guest(&qemu_guest::cache_dir())
+    };
+    let headers_known = own_kernel || built.is_some() || args.boot.kernel_headers.is_some();
+    let headers = if headers_known {
+        crate::script::program_headers(
+            &source,
+            args.boot.kernel_headers.as_deref(),
+            built.as_ref().map(|i| i.version.as_str()),
+        )?
+    } else {
+        crate::script::host_headers()
+    };
+    let mut options = probe_lang::Options {
         params: args.params.clone(),
         str_len: str_len_from_env()?,
-        headers: Some(crate::script::host_headers()),
+        headers: Some(headers),
         pid: None,
     };
     if let Some(command) = args.command.take() {
@@ -94,6 +113,13 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
             return Err(e);
         }
     };
+    if !headers_known {
+        options.headers = Some(crate::script::program_headers(
+            &source,
+            None,
+            Some(image.version.as_str()),
+        )?);
+    }
     let program = match compile_typed(
         &source,
         &source_name,

@@ -64,17 +64,83 @@ pub fn read_script(path: &Path) -> Result<String> {
 /// file is read to at most the reader's whole budget, so a header that is
 /// a device or huge cannot fill memory.
 pub fn host_headers() -> probe_lang::headers::HeaderSearch {
-    use probe_lang::headers::{HeaderSearch, MAX_BYTES};
-    HeaderSearch {
-        dirs: HeaderSearch::host_dirs(),
-        read: std::sync::Arc::new(|path: &Path| {
-            let mut bytes = Vec::new();
-            std::fs::File::open(path)?
-                .take(MAX_BYTES as u64 + 1)
-                .read_to_end(&mut bytes)?;
-            Ok(String::from_utf8_lossy(&bytes).into_owned())
-        }),
+    use probe_lang::headers::HeaderSearch;
+    HeaderSearch::new(HeaderSearch::host_dirs(), std::sync::Arc::new(read_header))
+}
+
+/// Where a program's `#include`s are read, as bpftrace reads the running
+/// kernel's headers and then the host's: `kernel_headers` (the user's
+/// `--kernel-headers DIR`), else the default guest's kernel's when the
+/// guest is the default one (`default_guest`: its kernel version; the
+/// headers are fetched on the first program that includes anything), else
+/// the host's only, which the unknown-identifier error then says.
+pub fn program_headers(
+    source: &str,
+    kernel_headers: Option<&Path>,
+    default_guest: Option<&str>,
+) -> Result<probe_lang::headers::HeaderSearch> {
+    use probe_lang::headers::HeaderSearch;
+    let read = std::sync::Arc::new(read_header);
+    let kernel = |ksrc: &Path, kobj: &Path, what: String| {
+        let mut s = HeaderSearch::kernel(ksrc, kobj, read.clone());
+        s.about = Some(format!(
+            "the headers read are {what} ({}, {}), then the host's",
+            ksrc.display(),
+            kobj.display()
+        ));
+        s
+    };
+    if let Some(dir) = kernel_headers {
+        if !dir.is_dir() {
+            bail!("--kernel-headers {}: not a directory", dir.display());
+        }
+        // A /lib/modules/VERSION directory names both trees, as bpftrace
+        // finds them; a kernel built in its tree is both.
+        let (src, build) = (dir.join("source"), dir.join("build"));
+        return Ok(if src.is_dir() && build.is_dir() {
+            kernel(&src, &build, "the kernel's from --kernel-headers".into())
+        } else {
+            kernel(dir, dir, "the kernel's from --kernel-headers".into())
+        });
     }
+    let includes = source
+        .lines()
+        .any(|l| l.trim_start().starts_with("#include"));
+    match default_guest {
+        Some(version) if includes => {
+            let cache = qemu_guest::cache_dir();
+            let h = qemu_guest::ensure_default_guest_headers(&cache, version, &mut |step| {
+                progress!("vmprobe: kernel headers: {step}")
+            })
+            .with_context(|| format!("fetching the default guest's kernel headers ({version})"))?;
+            Ok(kernel(
+                &h.source,
+                &h.build,
+                format!("the guest kernel's {version}"),
+            ))
+        }
+        Some(_) => Ok(host_headers()),
+        None => {
+            let mut s = host_headers();
+            s.about = Some(format!(
+                "the headers read are the host's only ({}): --kernel-headers DIR gives the guest kernel's",
+                s.dirs
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            Ok(s)
+        }
+    }
+}
+
+fn read_header(path: &Path) -> std::io::Result<String> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(probe_lang::headers::MAX_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 #[cfg(test)]

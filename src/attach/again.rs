@@ -55,6 +55,8 @@ pub(super) struct Reload {
     pub recording: Option<&'static [&'static str]>,
     /// `--guest-root`: where uprobes' files are found on the host.
     pub guest_root: Option<PathBuf>,
+    /// `--kernel-headers`, for the reloaded program's `#include`s.
+    pub kernel_headers: Option<PathBuf>,
     /// The configuration as the service started with it, but its program:
     /// a reload changes the program only.
     pub settings: crate::service::Config,
@@ -280,7 +282,7 @@ impl Service {
             &source_name,
             &r.typed_with,
             r.recording,
-            guest_root,
+            (guest_root, r.kernel_headers.as_deref()),
             None,
         )?;
         let program = compiled.map_err(|diags| {

@@ -460,15 +460,15 @@ mod tests {
     #[test]
     fn includes_bring_header_integer_macros_from_the_include_on() {
         use std::sync::Arc;
-        let search = HeaderSearch {
-            dirs: vec!["/i".into()],
-            read: Arc::new(|p: &std::path::Path| match p.to_str() {
+        let search = HeaderSearch::new(
+            vec!["/i".into()],
+            Arc::new(|p: &std::path::Path| match p.to_str() {
                 Some("/i/s.h") => Ok("#ifdef WANT\n#define AF_INET 2\n#endif\n\
                                       #define NEG (-1)\n#define STR \"x\"\n"
                     .into()),
                 _ => Err(std::io::ErrorKind::NotFound.into()),
             }),
-        };
+        );
         // The program's #define is seen by the header after it.
         let src = "AF_INET\n#define WANT\n#include <s.h>\nAF_INET NEG\n#include <missing.h>\n";
         let pre = preprocess_with(src, Some(&search)).unwrap();

@@ -440,7 +440,7 @@ fn current_kernel_package() -> Result<String> {
 }
 
 /// Downloads `pkg`'s .deb into `debs` and unpacks it to `debs/<pkg>.root`.
-fn unpack(debs: &Path, pkg: &str, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+pub(crate) fn unpack(debs: &Path, pkg: &str, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     let root = debs.join(format!("{pkg}.root"));
     let stamp = root.join(".unpacked");
     if stamp.exists() {

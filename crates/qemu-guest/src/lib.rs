@@ -6,11 +6,13 @@
 //! guest-control messages, and guarantees the QEMU process never outlives us.
 
 mod cpio;
+mod headers;
 mod image;
 mod launch;
 mod private;
 mod qemu;
 
+pub use headers::{KernelHeaders, default_guest_headers, ensure_default_guest_headers};
 pub use image::{
     DEFAULT_APPEND, GuestImage, USERLAND, build_default_guest, cache_dir, default_guest,
     default_guest_files, default_guest_root, ensure_default_guest,

@@ -60,6 +60,15 @@ pub struct HeaderSearch {
     /// Searched in order for `<file>` (and after the includer's directory
     /// for `"file"`).
     pub dirs: Vec<PathBuf>,
+    /// Read before the program's first `#include`, as clang's
+    /// `-include FILE` reads them before the main file.
+    pub forced: Vec<PathBuf>,
+    /// Defined before any header, as `-D NAME=VALUE` (after the
+    /// compiler's own predefined macros).
+    pub defines: Vec<(String, String)>,
+    /// Which headers these are, noted with what the reading missed (the
+    /// host's only, when the guest kernel's are not known).
+    pub about: Option<String>,
     /// Reads a file; `ErrorKind::NotFound` means there is none.
     pub read: Arc<ReadFn>,
 }
@@ -68,11 +77,67 @@ impl std::fmt::Debug for HeaderSearch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HeaderSearch")
             .field("dirs", &self.dirs)
+            .field("forced", &self.forced)
+            .field("defines", &self.defines)
+            .field("about", &self.about)
             .finish_non_exhaustive()
     }
 }
 
+/// bpftrace 0.17's `-D`s with kernel headers (`get_kernel_cflags`), with
+/// `__TARGET_ARCH_x86` as its `ARCH=x86` gives.
+pub const KERNEL_DEFINES: &[(&str, &str)] = &[
+    ("__KERNEL__", "1"),
+    ("__BPF_TRACING__", "1"),
+    ("__HAVE_BUILTIN_BSWAP16__", "1"),
+    ("__HAVE_BUILTIN_BSWAP32__", "1"),
+    ("__HAVE_BUILTIN_BSWAP64__", "1"),
+    ("KBUILD_MODNAME", "\"bpftrace\""),
+    ("__TARGET_ARCH_x86", "1"),
+];
+
 impl HeaderSearch {
+    /// A search of `dirs` only, nothing forced or defined.
+    pub fn new(dirs: Vec<PathBuf>, read: Arc<ReadFn>) -> Self {
+        HeaderSearch {
+            dirs,
+            forced: Vec::new(),
+            defines: Vec::new(),
+            about: None,
+            read,
+        }
+    }
+
+    /// The search bpftrace 0.17 makes with a kernel's headers: its `-I`
+    /// directories for x86 (`ksrc` the pristine tree, `kobj` the build
+    /// tree with the generated headers; the same directory for a kernel
+    /// built in its tree), which clang searches before the `-isystem`
+    /// host directories, `-include include/linux/kconfig.h` and
+    /// [`KERNEL_DEFINES`].
+    pub fn kernel(ksrc: &Path, kobj: &Path, read: Arc<ReadFn>) -> Self {
+        let mut dirs = vec![
+            ksrc.join("arch/x86/include"),
+            kobj.join("arch/x86/include/generated"),
+            ksrc.join("include"),
+            kobj.join("include"),
+            ksrc.join("arch/x86/include/uapi"),
+            kobj.join("arch/x86/include/generated/uapi"),
+            ksrc.join("include/uapi"),
+            kobj.join("include/generated/uapi"),
+        ];
+        dirs.extend(Self::host_dirs());
+        HeaderSearch {
+            dirs,
+            forced: vec![ksrc.join("include/linux/kconfig.h")],
+            defines: KERNEL_DEFINES
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            about: None,
+            read,
+        }
+    }
+
     /// bpftrace 0.17's `-isystem` directories for x86-64.
     pub fn host_dirs() -> Vec<PathBuf> {
         [
@@ -95,6 +160,10 @@ pub struct HeaderMacros {
     pub others: HashMap<String, String>,
     /// Headers not found, and problems that stopped the reading.
     pub notes: Vec<String>,
+    /// Header files read, and their bytes (against [`MAX_FILES`] and
+    /// [`MAX_BYTES`]).
+    pub files: usize,
+    pub bytes: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -131,7 +200,7 @@ type Found = (PathBuf, Option<usize>, Rc<str>);
 
 /// Predefined as clang 14 for x86_64-linux-gnu in C mode, with bpftrace's
 /// `-D`s when BTF is there.
-const PREDEFINED: &[(&str, &str)] = &[
+pub const PREDEFINED: &[(&str, &str)] = &[
     ("__STDC__", "1"),
     ("__STDC_VERSION__", "201710L"),
     ("__STDC_HOSTED__", "1"),
@@ -198,6 +267,8 @@ const PREDEFINED: &[(&str, &str)] = &[
 pub struct HeaderReader<'a> {
     r: Reader<'a>,
     stopped: bool,
+    /// The forced includes were read (at the first `#include`).
+    started: bool,
 }
 
 const BUILTIN: &str = "<built-in>";
@@ -225,12 +296,50 @@ impl<'a> HeaderReader<'a> {
                 },
             );
         }
-        HeaderReader { r, stopped: false }
+        for (n, v) in &search.defines {
+            r.defs.insert(
+                n.clone(),
+                Def {
+                    params: None,
+                    variadic: false,
+                    body: tokenize(v),
+                    file: builtin.clone(),
+                },
+            );
+        }
+        HeaderReader {
+            r,
+            stopped: false,
+            started: false,
+        }
+    }
+
+    /// The program's first `#include` reads the forced headers first
+    /// (after any `#define` of the program before it, which clang would
+    /// read after them: a difference only for a program that defines a
+    /// name those headers test).
+    fn start(&mut self) {
+        self.started = true;
+        let search = self.r.search;
+        if let Some(about) = &search.about {
+            self.r.notes.push(about.clone());
+        }
+        for f in &search.forced {
+            let name = f.display().to_string();
+            if let Err(stop) = self.r.include(&name, true, None, None, 0) {
+                self.r.notes.push(format!("-include {name}: {stop}"));
+                self.stopped = true;
+                return;
+            }
+        }
     }
 
     /// Reads `#include <name>` (`"name"` when `quoted`). After a problem
     /// that stopped the reading, later includes are not read.
     pub fn include(&mut self, name: &str, quoted: bool) {
+        if !self.started {
+            self.start();
+        }
         if self.stopped {
             return;
         }
@@ -263,6 +372,8 @@ impl<'a> HeaderReader<'a> {
     pub fn macros(&mut self) -> HeaderMacros {
         let mut out = HeaderMacros {
             notes: self.r.notes.clone(),
+            files: self.r.files,
+            bytes: self.r.bytes,
             ..Default::default()
         };
         let mut names: Vec<String> = self

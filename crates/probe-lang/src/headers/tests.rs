@@ -6,14 +6,14 @@ fn files(list: &[(&str, &str)]) -> HeaderSearch {
         .iter()
         .map(|(p, t)| (PathBuf::from(p), t.to_string()))
         .collect();
-    HeaderSearch {
-        dirs: vec!["/a".into(), "/b".into()],
-        read: Arc::new(move |p: &Path| {
+    HeaderSearch::new(
+        vec!["/a".into(), "/b".into()],
+        Arc::new(move |p: &Path| {
             map.get(p)
                 .cloned()
                 .ok_or_else(|| std::io::ErrorKind::NotFound.into())
         }),
-    }
+    )
 }
 
 fn ints(m: &HeaderMacros) -> HashMap<&str, i128> {
@@ -120,4 +120,73 @@ fn problems_stop_the_reading_with_a_note() {
         "{:?}",
         m.notes
     );
+}
+
+#[test]
+fn forced_includes_and_defines_come_before_the_first_include() {
+    let mut s = files(&[
+        (
+            "/k/kconfig.h",
+            "#include <auto.h>\n#ifdef __KERNEL__\n#define FORCED_SAW_KERNEL 1\n#endif\n",
+        ),
+        ("/a/auto.h", "#define CONFIG_HZ 250\n"),
+        (
+            "/a/s.h",
+            "#if CONFIG_HZ == 250 && defined(FORCED_SAW_KERNEL)\n#define TASK_RUNNING 0x0000\n#endif\n",
+        ),
+    ]);
+    s.forced = vec!["/k/kconfig.h".into()];
+    s.defines = vec![
+        ("__KERNEL__".into(), "1".into()),
+        ("KBUILD_MODNAME".into(), "\"bpftrace\"".into()),
+    ];
+    s.about = Some("read: the test's headers".into());
+    let m = read(&s, &[("s.h".into(), false)]);
+    let v = ints(&m);
+    assert_eq!(
+        (v["TASK_RUNNING"], v["CONFIG_HZ"], v["FORCED_SAW_KERNEL"]),
+        (0, 250, 1)
+    );
+    // -D names are the command line's, not a header's.
+    assert!(!v.contains_key("__KERNEL__") && !m.others.contains_key("KBUILD_MODNAME"));
+    assert_eq!(m.notes, ["read: the test's headers"]);
+    // A forced header that is missing is noted (clang would stop there).
+    s.forced = vec!["/k/missing.h".into()];
+    let m = read(&s, &[("s.h".into(), false)]);
+    assert!(!ints(&m).contains_key("TASK_RUNNING"));
+    assert!(
+        m.notes
+            .iter()
+            .any(|n| n.starts_with("\"/k/missing.h\" was not found")),
+        "{:?}",
+        m.notes
+    );
+}
+
+#[test]
+fn kernel_search_is_bpftraces_order() {
+    let s = HeaderSearch::kernel(
+        Path::new("/src"),
+        Path::new("/obj"),
+        Arc::new(|_: &Path| Err(std::io::ErrorKind::NotFound.into())),
+    );
+    let dirs: Vec<String> = s.dirs.iter().map(|d| d.display().to_string()).collect();
+    assert_eq!(
+        dirs,
+        [
+            "/src/arch/x86/include",
+            "/obj/arch/x86/include/generated",
+            "/src/include",
+            "/obj/include",
+            "/src/arch/x86/include/uapi",
+            "/obj/arch/x86/include/generated/uapi",
+            "/src/include/uapi",
+            "/obj/include/generated/uapi",
+            "/usr/local/include",
+            "/usr/include",
+            "/usr/include/x86_64-linux-gnu",
+        ]
+    );
+    assert_eq!(s.forced, [PathBuf::from("/src/include/linux/kconfig.h")]);
+    assert!(s.defines.iter().any(|(n, _)| n == "__KERNEL__"));
 }
