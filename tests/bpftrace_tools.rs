@@ -296,9 +296,15 @@ const TOOLS: &[(&str, Expect)] = &[
             judged: "new processes per second add up to the forks the kernel counts (at least the workload's 20)",
         },
     ),
-    // `#include <linux/sched.h>` is the kernel's header for bpftrace (from
-    // /lib/modules/.../build); here the host's UAPI one, without it.
-    ("runqlat", Refused("unknown identifier 'TASK_RUNNING'")),
+    (
+        "runqlat",
+        Runs {
+            workload: "for i in 1 2 3 4 5; do usleep 100000; done; i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done",
+            truths: &[("gtsw", "finish_task_switch.isra.0")],
+            check: runqlat,
+            judged: "at least one run-queue latency per sleep that woke, at most one per context switch the kernel made",
+        },
+    ),
     (
         "runqlen",
         Runs {
@@ -698,14 +704,13 @@ fn within(r: &Run, count: u64, what: &str, truth: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The counts of map `@[key]`'s histogram.
-fn hist_total(stdout: &str, key: &str) -> u64 {
-    let head = format!("@[{key}]:");
+/// The counts of the histogram printed under `head` (`@[dd]:`, `@usecs:`).
+fn hist_total(stdout: &str, head: &str) -> u64 {
     let mut inside = false;
     let mut n = 0;
     for l in stdout.lines() {
         if l.starts_with('@') {
-            inside = l.starts_with(&head);
+            inside = l.starts_with(head);
         } else if inside && l.starts_with('[') {
             n += l
                 .split_once([')', ']'])
@@ -717,7 +722,7 @@ fn hist_total(stdout: &str, key: &str) -> u64 {
 }
 
 fn bitesize(r: &Run) -> Result<(), String> {
-    let dd = hist_total(&r.stdout, "dd");
+    let dd = hist_total(&r.stdout, "@[dd]:");
     if dd < 16 {
         return Err(format!(
             "{dd} requests of dd in its histogram; it made 16 reads"
@@ -727,9 +732,23 @@ fn bitesize(r: &Run) -> Result<(), String> {
         .stdout
         .lines()
         .filter_map(|l| l.strip_prefix("@[")?.split_once("]:"))
-        .map(|(k, _)| hist_total(&r.stdout, k))
+        .map(|(k, _)| hist_total(&r.stdout, &format!("@[{k}]:")))
         .sum();
     within(r, all, "block requests issued", "gtrq")
+}
+
+fn runqlat(r: &Run) -> Result<(), String> {
+    // A sample per switch to a task seen woken or preempted: each of the 5
+    // usleeps wakes once; switches to idle give none, so the kernel's
+    // count of switches bounds it from above only.
+    let n = hist_total(&r.stdout, "@usecs:");
+    let (_, around) = r.bounds("gtsw")?;
+    if n < 5 || n > around {
+        return Err(format!(
+            "{n} @usecs samples; 5 sleeps woke, the guest kernel switched {around} times around the run"
+        ));
+    }
+    Ok(())
 }
 
 fn pidpersec(r: &Run) -> Result<(), String> {
