@@ -615,6 +615,14 @@ type Compiled = (
     Option<KernelInfo>,
 );
 
+/// Whether two paths name one file.
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
 /// Compiles the program typed: with the first VM's kernel types for guest
 /// probes (every VM's kernel is checked against it when attaching), with
 /// event fields only for a program of VMM and host events. The error is a
@@ -633,10 +641,13 @@ fn compile_for(
         (typed, None)
     } else {
         let kernel = vm_kernel(first)?;
-        // A VM without kernel:IMAGE runs the default guest's kernel.
+        // A VM without kernel:IMAGE, or with the default guest's own image,
+        // runs the default guest's kernel.
         let default = match &first.kernel {
             None => Some(crate::kernel::default_image()?.version),
-            Some(_) => None,
+            Some(k) => qemu_guest::default_guest(&qemu_guest::cache_dir())
+                .filter(|d| same_file(&d.kernel, k))
+                .map(|d| d.version),
         };
         let headers = crate::script::program_headers(source, kernel_headers, default.as_deref())?;
         (

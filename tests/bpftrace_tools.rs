@@ -1051,8 +1051,13 @@ fn run_tool(
 ) -> Result<Run, String> {
     let from = g.console_len();
     let marker = format!("TOOL-DONE-{index}");
-    // The guest's own kprobes, enabled before the tool attaches.
-    let mut setup = String::new();
+    // The guest's own kprobes, enabled before the tool attaches; what an
+    // earlier tool's failure left enabled goes first (an enabled event
+    // keeps `kprobe_events` from being cleared).
+    let mut setup = format!(
+        "for e in {TRACING}/events/kprobes/enable {TRACING}/events/uprobes/enable; do [ -e $e ] && echo 0 > $e; done; \
+         echo > {TRACING}/kprobe_events; echo > {TRACING}/uprobe_events; "
+    );
     for (n, f) in truths {
         let (event, kind) = truth_event(n, f)?;
         setup.push_str(&format!(

@@ -67,7 +67,8 @@ fn our_events(stdout: &str, shell: u64, children: &BTreeSet<u64>) -> Events {
 #[test]
 fn sched_records_equal_the_guest_kernels_own_trace() {
     let program = "tracepoint:sched:sched_process_fork { printf(\"FORK %d %s %d %s\\n\", args.parent_pid, args.parent_comm, args.child_pid, args.child_comm); }\n\
-                   tracepoint:sched:sched_wakeup_new { printf(\"NEW %d %d\\n\", args.pid, args.prio); }";
+                   tracepoint:sched:sched_wakeup_new { printf(\"NEW %d %d\\n\", args.pid, args.prio); }\n\
+                   tracepoint:sched:sched_switch { printf(\"SW %d\\n\", args.next_pid); }";
     let workload = format!(
         "cd /sys/kernel/tracing && echo 1 > events/sched/sched_process_fork/enable && \
          echo 1 > events/sched/sched_wakeup_new/enable && echo SHELL=$$ && \
@@ -112,6 +113,18 @@ fn sched_records_equal_the_guest_kernels_own_trace() {
             .collect();
         assert_eq!(woken.len(), children.len(), "{backend}: {theirs:?}");
         assert_eq!(ours.1, woken, "{backend}: new tasks woken differ\n{stdout}");
+        // Each child ran, so was switched to. With the guest's tracing on,
+        // its own probe (comm recording) is on sched_switch alone, and x86
+        // calls it straight from the tracepoint's block: the emulation
+        // must stop at the call's place, not at a known target.
+        let switched_to: BTreeSet<u64> = stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("SW ")?.trim().parse().ok())
+            .collect();
+        assert!(
+            children.is_subset(&switched_to),
+            "{backend}: children {children:?} not all switched to"
+        );
     }
 }
 

@@ -133,7 +133,10 @@ impl<'a> EventFinder<'a> {
         let sites: Vec<EventSite> = self
             .sites(key)
             .into_iter()
-            .filter(|s| self.block_calls(s.block, &calls))
+            .filter_map(|s| {
+                let call_at = self.block_call(s.block, &calls)?;
+                Some(EventSite { call_at, ..s })
+            })
             .collect();
         if sites.is_empty() {
             return Err(FindError::NotCalled {
@@ -185,7 +188,7 @@ impl<'a> EventFinder<'a> {
                 if !self
                     .sites(tp.addr + key_off)
                     .iter()
-                    .any(|s| self.block_calls(s.block, &calls))
+                    .any(|s| self.block_call(s.block, &calls).is_some())
                 {
                     return None;
                 }
@@ -239,36 +242,37 @@ impl<'a> EventFinder<'a> {
                 code,
                 len,
                 block,
+                call_at: 0,
                 func,
             });
         }
         by_key
     }
 
-    /// Whether the block at `block`, read straight on from its start (up to
+    /// Where the block at `block`, read straight on from its start (up to
     /// an unconditional jump or return), calls one of `calls`.
-    fn block_calls(&self, block: u64, calls: &[u64]) -> bool {
+    fn block_call(&self, block: u64, calls: &[u64]) -> Option<u64> {
         use iced_x86::{Decoder, DecoderOptions, FlowControl};
-        let Some(code) = self.bytes_from(block, BLOCK_SCAN * 15) else {
-            return false;
-        };
+        let code = self.bytes_from(block, BLOCK_SCAN * 15)?;
         let mut d = Decoder::with_ip(64, code, block, DecoderOptions::NONE);
         for _ in 0..BLOCK_SCAN {
             if !d.can_decode() {
-                return false;
+                return None;
             }
             let i = d.decode();
             match i.flow_control() {
-                FlowControl::Call if calls.contains(&i.near_branch_target()) => return true,
+                FlowControl::Call if calls.contains(&i.near_branch_target()) => {
+                    return Some(i.ip());
+                }
                 FlowControl::UnconditionalBranch
                 | FlowControl::IndirectBranch
                 | FlowControl::Return
                 | FlowControl::Exception
-                | FlowControl::Interrupt => return false,
+                | FlowControl::Interrupt => return None,
                 _ => {}
             }
         }
-        false
+        None
     }
 
     /// The length of the instruction at `addr` in the image.

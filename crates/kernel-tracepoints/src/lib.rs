@@ -69,6 +69,12 @@ pub struct EventSite {
     #[serde(default = "five")]
     pub len: u8,
     pub block: u64,
+    /// The block's call of the tracepoint's static call (in the image:
+    /// `call __SCT__tp_func_EVENT`). Where the guest has the event on,
+    /// x86's inline static calls make it a call of whatever probe is
+    /// registered, so the place, not the target, marks it.
+    #[serde(default)]
+    pub call_at: u64,
     /// The function the call is in (`__schedule`).
     pub func: String,
 }
@@ -160,6 +166,7 @@ impl EventRecipe {
                     code: s(site.code),
                     len: site.len,
                     block: s(site.block),
+                    call_at: s(site.call_at),
                     func: site.func.clone(),
                 })
                 .collect(),
@@ -250,6 +257,7 @@ mod tests {
             code: 0x1000,
             len: 5,
             block: 0x1100,
+            call_at: 0x1110,
             func: String::new(),
         };
         assert!(site.is_own_branch(&[0x0f, 0x1f, 0x44, 0x00, 0x00, 0xcc]));

@@ -81,12 +81,13 @@ pub fn serve(
     // The block's way back (the no-op's next instruction) means it chose
     // not to call.
     m.set_return_stop(Some(site.code + u64::from(site.len)));
-    // Where the guest has the event on itself, x86's inline static calls
-    // may have the block call the event's code directly.
+    // Without the call's place: its targets, including the event's code,
+    // which inline static calls may call directly.
     let mut stops = recipe.calls.clone();
     stops.push(recipe.raw_event);
     let mut block = BlockHooks {
         calls: &stops,
+        call_at: site.call_at,
         body: (site.code, site.block),
         went_back: false,
     };
@@ -126,13 +127,20 @@ pub fn serve(
 /// after the body): then it chose not to call.
 struct BlockHooks<'a> {
     calls: &'a [u64],
+    /// The block's call instruction (0: not known; then its target).
+    call_at: u64,
     body: (u64, u64),
     went_back: bool,
 }
 
 impl Hooks for BlockHooks<'_> {
-    fn transfer(&mut self, target: u64, kind: Transfer, _: &mut Machine) -> Action {
-        if kind == Transfer::Call && self.calls.contains(&target) {
+    fn transfer(&mut self, target: u64, kind: Transfer, m: &mut Machine) -> Action {
+        let at_call = if self.call_at != 0 {
+            m.regs().rip == self.call_at
+        } else {
+            self.calls.contains(&target)
+        };
+        if kind == Transfer::Call && at_call {
             Action::Stop
         } else if kind == Transfer::Jump && target >= self.body.0 && target < self.body.1 {
             self.went_back = true;
