@@ -1,6 +1,7 @@
 //! A probing session on one guest: arm, serve hits (`hits.rs`), disarm,
 //! detach.
 
+mod events;
 mod hits;
 
 use crate::context::HitContext;

@@ -10,6 +10,7 @@
 
 mod context;
 mod control;
+mod events;
 mod run;
 mod shards;
 

@@ -1,0 +1,136 @@
+use super::*;
+
+#[test]
+fn user_symbols_cover_their_functions_only() {
+    let mut u = UserSymbols::default();
+    u.add(
+        "/bin/a",
+        vec![(0x2000, 0x10, "g".into()), (0x1000, 0x20, "f".into())],
+    );
+    assert!(u.knows("/bin/a") && !u.knows("/bin/b"));
+    assert_eq!(u.symbolize("/bin/a", 0x1004), Some(("f".into(), 4)));
+    assert_eq!(u.symbolize("/bin/a", 0x2000), Some(("g".into(), 0)));
+    assert_eq!(u.symbolize("/bin/a", 0x1020), None);
+    assert_eq!(u.symbolize("/bin/a", 0x10), None);
+    assert_eq!(u.symbolize("/bin/b", 0x1004), None);
+}
+
+#[test]
+fn a_user_site_runs_the_probes_of_the_file_mapped_there() {
+    let probe = |p: &str| -> Arc<str> { p.into() };
+    let site = ProbeSite {
+        addr: 0x401000,
+        func: "main".into(),
+        handlers: vec![
+            (BlockId(0), probe("uprobe:/bin/a:main")),
+            (BlockId(1), probe("uprobe:/bin/b:main")),
+        ],
+        ret_handlers: vec![(BlockId(2), probe("uretprobe:/bin/a:main"))],
+        offset: 0,
+        skippable: None,
+        entry_args: false,
+        user: vec![
+            UserFile {
+                probe: probe("uprobe:/bin/a:main"),
+                path: "/bin/a".into(),
+                file_offset: 0x1000,
+                relocatable: false,
+            },
+            UserFile {
+                probe: probe("uprobe:/bin/b:main"),
+                path: "/bin/b".into(),
+                file_offset: 0x1000,
+                relocatable: false,
+            },
+            UserFile {
+                probe: probe("uretprobe:/bin/a:main"),
+                path: "/bin/a".into(),
+                file_offset: 0x1000,
+                relocatable: false,
+            },
+        ],
+        event: None,
+    };
+    let blocks = |h: Vec<(BlockId, Arc<str>)>| h.into_iter().map(|(b, _)| b.0).collect::<Vec<_>>();
+    assert_eq!(
+        blocks(site.handlers_for(false, Some(("/bin/a", 0x1000)))),
+        [0]
+    );
+    assert_eq!(
+        blocks(site.handlers_for(false, Some(("/bin/b", 0x1000)))),
+        [1]
+    );
+    assert_eq!(
+        blocks(site.handlers_for(true, Some(("/bin/a", 0x1000)))),
+        [2]
+    );
+    // Another file, another offset in the file, or no file: nothing.
+    assert!(
+        site.handlers_for(false, Some(("/tmp/a", 0x1000)))
+            .is_empty()
+    );
+    assert!(
+        site.handlers_for(false, Some(("/bin/a", 0x2000)))
+            .is_empty()
+    );
+    assert!(site.handlers_for(false, None).is_empty());
+    assert!(!site.relocatable());
+    assert!(
+        site.run_time_addrs("/bin/a", 0x40_0000, 0x40_2000, 0)
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_relocatable_site_is_served_at_each_mappings_address() {
+    let probe: Arc<str> = "uprobe:libc:getppid".into();
+    let site = ProbeSite {
+        addr: 0x28_4f0,
+        func: "getppid".into(),
+        handlers: vec![(BlockId(0), probe.clone())],
+        ret_handlers: Vec::new(),
+        offset: 0,
+        skippable: None,
+        entry_args: false,
+        user: vec![UserFile {
+            probe,
+            path: "/lib/libc.so.6".into(),
+            file_offset: 0x28_4f0,
+            relocatable: true,
+        }],
+        event: None,
+    };
+    assert!(site.relocatable());
+    // The text mapped at 0x7f00_0002_8000 from file offset 0x28000:
+    // vm_start + (file_offset - vm_pgoff * 4096).
+    let text = (0x7f00_0002_8000, 0x7f00_0010_0000, 0x28000);
+    assert_eq!(
+        site.run_time_addrs("/lib/libc.so.6", text.0, text.1, text.2),
+        [0x7f00_0002_84f0]
+    );
+    // A mapping that does not cover the offset, or another file: none.
+    assert!(
+        site.run_time_addrs("/lib/libc.so.6", 0x7f00_0000_0000, 0x7f00_0002_8000, 0)
+            .is_empty()
+    );
+    assert!(
+        site.run_time_addrs(
+            "/lib/libc.so.6",
+            0x7f00_0010_0000,
+            0x7f00_0020_0000,
+            0x29000
+        )
+        .is_empty()
+    );
+    assert!(
+        site.run_time_addrs("/tmp/libc.so.6", text.0, text.1, text.2)
+            .is_empty()
+    );
+    let at = site.at(0x7f00_0002_84f0);
+    assert_eq!(at.addr, 0x7f00_0002_84f0);
+    assert_eq!(
+        at.handlers_for(false, Some(("/lib/libc.so.6", 0x28_4f0)))
+            .len(),
+        1
+    );
+}
