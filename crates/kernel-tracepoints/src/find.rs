@@ -117,13 +117,7 @@ impl<'a> EventFinder<'a> {
         let fields = self
             .fields(&class_name)
             .ok_or_else(|| missing(&format!("BTF struct trace_event_raw_{class_name}")))?;
-        let calls: Vec<u64> = [
-            format!("__SCT__tp_func_{event}"),
-            format!("__traceiter_{event}"),
-        ]
-        .into_iter()
-        .filter_map(sym)
-        .collect();
+        let calls = self.call_targets(event);
         if calls.is_empty() {
             return Err(missing("__SCT__tp_func_EVENT or __traceiter_EVENT"));
         }
@@ -149,7 +143,6 @@ impl<'a> EventFinder<'a> {
             sites,
             funcs: tp + off("tracepoint", "funcs")?,
             func_data_offset: off("tracepoint_func", "data")?,
-            calls,
             raw_event,
             reserve: sym("trace_event_buffer_reserve".into())
                 .ok_or_else(|| missing("trace_event_buffer_reserve"))?,
@@ -178,13 +171,7 @@ impl<'a> EventFinder<'a> {
                     return None;
                 }
                 let tp = self.symbols.lookup(&format!("__tracepoint_{event}"))?;
-                let calls: Vec<u64> = [
-                    format!("__SCT__tp_func_{event}"),
-                    format!("__traceiter_{event}"),
-                ]
-                .iter()
-                .filter_map(|n| self.symbols.lookup(n).map(|s| s.addr))
-                .collect();
+                let calls = self.call_targets(event);
                 if !self
                     .sites(tp.addr + key_off)
                     .iter()
@@ -247,6 +234,19 @@ impl<'a> EventFinder<'a> {
             });
         }
         by_key
+    }
+
+    /// What a block calls to run the tracepoint's probes: its static call
+    /// `__SCT__tp_func_EVENT`, or `__traceiter_EVENT` (kernels without
+    /// static calls).
+    fn call_targets(&self, event: &str) -> Vec<u64> {
+        [
+            format!("__SCT__tp_func_{event}"),
+            format!("__traceiter_{event}"),
+        ]
+        .iter()
+        .filter_map(|n| self.symbols.lookup(n).map(|s| s.addr))
+        .collect()
     }
 
     /// Where the block at `block`, read straight on from its start (up to

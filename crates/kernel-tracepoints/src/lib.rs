@@ -48,9 +48,6 @@ pub struct EventRecipe {
     /// Offset of `data` in `struct tracepoint_func` (what the block passes
     /// as the first argument: the event's `trace_event_file` for tracefs).
     pub func_data_offset: u64,
-    /// `__SCT__tp_func_EVENT`, or `__traceiter_EVENT` (kernels without
-    /// static calls): the call that ends the block.
-    pub calls: Vec<u64>,
     /// `trace_event_raw_event_CLASS`.
     pub raw_event: u64,
     pub reserve: u64,
@@ -66,21 +63,15 @@ pub struct EventSite {
     pub code: u64,
     /// Length of the static branch's instruction (a 5- or 2-byte no-op,
     /// or a jump where the kernel has the event on).
-    #[serde(default = "five")]
     pub len: u8,
     pub block: u64,
     /// The block's call of the tracepoint's static call (in the image:
     /// `call __SCT__tp_func_EVENT`). Where the guest has the event on,
     /// x86's inline static calls make it a call of whatever probe is
     /// registered, so the place, not the target, marks it.
-    #[serde(default)]
     pub call_at: u64,
     /// The function the call is in (`__schedule`).
     pub func: String,
-}
-
-fn five() -> u8 {
-    5
 }
 
 impl EventSite {
@@ -172,7 +163,6 @@ impl EventRecipe {
                 .collect(),
             funcs: s(self.funcs),
             func_data_offset: self.func_data_offset,
-            calls: self.calls.iter().map(|&a| s(a)).collect(),
             raw_event: s(self.raw_event),
             reserve: s(self.reserve),
             commit: s(self.commit),

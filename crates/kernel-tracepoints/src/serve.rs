@@ -81,12 +81,7 @@ pub fn serve(
     // The block's way back (the no-op's next instruction) means it chose
     // not to call.
     m.set_return_stop(Some(site.code + u64::from(site.len)));
-    // Without the call's place: its targets, including the event's code,
-    // which inline static calls may call directly.
-    let mut stops = recipe.calls.clone();
-    stops.push(recipe.raw_event);
     let mut block = BlockHooks {
-        calls: &stops,
         call_at: site.call_at,
         body: (site.code, site.block),
         went_back: false,
@@ -125,22 +120,16 @@ pub fn serve(
 /// Stops the block at its static call, or where it jumps back into the
 /// function's body (between the no-op and the block, which compilers place
 /// after the body): then it chose not to call.
-struct BlockHooks<'a> {
-    calls: &'a [u64],
-    /// The block's call instruction (0: not known; then its target).
+struct BlockHooks {
+    /// The block's call instruction.
     call_at: u64,
     body: (u64, u64),
     went_back: bool,
 }
 
-impl Hooks for BlockHooks<'_> {
+impl Hooks for BlockHooks {
     fn transfer(&mut self, target: u64, kind: Transfer, m: &mut Machine) -> Action {
-        let at_call = if self.call_at != 0 {
-            m.regs().rip == self.call_at
-        } else {
-            self.calls.contains(&target)
-        };
-        if kind == Transfer::Call && at_call {
+        if kind == Transfer::Call && m.regs().rip == self.call_at {
             Action::Stop
         } else if kind == Transfer::Jump && target >= self.body.0 && target < self.body.1 {
             self.went_back = true;
