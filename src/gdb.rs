@@ -73,6 +73,9 @@ fn arm(
     session
         .arm_user_mappings()
         .context("arming uprobes in the guest's processes")?;
+    session
+        .arm_modules()
+        .context("arming kprobes in the guest's kernel modules")?;
     if let Some(symbols) = crate::uprobe::symbols() {
         session.set_user_symbols(symbols);
     }

@@ -206,6 +206,9 @@ pub fn compile_typed(
         &options,
     )?;
     crate::uprobe::bind(&mut program, &crate::uprobe::GuestFiles::new(guest_root))?;
+    if let Some(modules) = module_functions(kernel, &points) {
+        program.bind_module_functions(|name| modules.modules_of(name).to_vec());
+    }
     program.bind_guest_events(|system, event| {
         events
             .iter()
@@ -214,6 +217,41 @@ pub fn compile_typed(
             .unwrap_or_else(|| Err("not looked up in the image".into()))
     })?;
     Ok(program)
+}
+
+/// The functions of the kernel's modules, when a kprobe or kretprobe
+/// names a function the image lacks and the kernel is the default guest's
+/// (whose module files vmprobe has). Their addresses come from the guest
+/// once a module is loaded; this only says which module has the name.
+fn module_functions(
+    kernel: &KernelInfo,
+    points: &[probe_lang::ProbeSpec],
+) -> Option<kernel_image::modules::ModuleFunctions> {
+    use probe_lang::{KprobeTarget, ProbeSpec};
+    let missing = points.iter().any(|p| match p {
+        ProbeSpec::Kprobe {
+            target: KprobeTarget::Function(f),
+            ..
+        }
+        | ProbeSpec::Kretprobe { function: f } => {
+            !f.contains(['*', '?'])
+                && kernel
+                    .symbols
+                    .lookup(f)
+                    .is_none_or(|s| !kernel.symbols.is_text(s))
+        }
+        _ => false,
+    });
+    if !missing {
+        return None;
+    }
+    let cache = qemu_guest::cache_dir();
+    let default = qemu_guest::default_guest(&cache)?;
+    if !crate::attach::same_file(&default.kernel, &kernel.image) {
+        return None;
+    }
+    let (dir, index) = qemu_guest::default_guest_modules(&cache)?;
+    kernel_image::modules::ModuleFunctions::from_dir_cached(&dir, &index).ok()
 }
 
 /// `with(finder, events)` over the image's tracepoints other than the

@@ -314,6 +314,7 @@ fn check_boundary(elf: &UserElf, start: u64, off: u64, path: &str) -> Result<(),
         entry_args: false,
         user: Vec::new(),
         event: None,
+        modules: Vec::new(),
     };
     probe_engine::boundary::check_instruction_boundary(&site, |addr, len| {
         elf.code(addr, len)

@@ -32,6 +32,8 @@ pub mod ld_cache;
 #[cfg(feature = "images")]
 pub mod mcount;
 #[cfg(feature = "images")]
+pub mod modules;
+#[cfg(feature = "images")]
 mod sections;
 #[cfg(feature = "images")]
 mod syscalls;

@@ -208,6 +208,9 @@ pub struct KernelLayout {
     /// The files tasks map (uprobes).
     #[serde(default)]
     pub(crate) vma: Option<VmaLayout>,
+    /// Loaded modules and their symbols (module kprobes).
+    #[serde(default)]
+    pub(crate) module: Option<crate::modules::ModuleLayout>,
 }
 
 impl KernelLayout {
@@ -236,6 +239,7 @@ impl KernelLayout {
             cgroup_path: btf.and_then(|b| CgroupPathLayout::new(b, symbols)),
             thread_size,
             vma: btf.and_then(VmaLayout::from_btf),
+            module: btf.and_then(|b| crate::modules::ModuleLayout::new(b, symbols)),
         }
     }
 }

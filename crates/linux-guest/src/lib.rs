@@ -28,6 +28,7 @@ mod address_space;
 mod cgroup;
 mod handler_errors;
 mod layout;
+mod modules;
 mod user_maps;
 use address_space::reg;
 pub use address_space::vtop;
@@ -35,6 +36,7 @@ use cgroup::cgroup_path_in;
 pub use handler_errors::task_read_error;
 pub use layout::KernelLayout;
 use layout::TaskLayout;
+pub use modules::LoadedModule;
 pub use user_maps::{FileMapping, MappedFile};
 
 /// The image sections this crate reads.

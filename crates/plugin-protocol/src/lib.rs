@@ -36,7 +36,7 @@ use probe_runtime::{Cell, MapStore, OutputEvent, TracedValue};
 use std::io::{Read, Write};
 
 /// Bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The largest frame either side accepts: an attach carries the kernel's
 /// symbol table and unwind tables (a few MiB for Debian's 6.1).

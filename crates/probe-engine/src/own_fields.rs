@@ -302,6 +302,7 @@ mod tests {
             entry_args: false,
             user: Vec::new(),
             event: None,
+            modules: Vec::new(),
         }
     }
 

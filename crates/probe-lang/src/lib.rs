@@ -80,9 +80,24 @@ pub struct Executable {
     /// in the image before booting ([`Program::bind_guest_events`]).
     #[serde(default)]
     pub guest_events: Vec<kernel_tracepoints::EventRecipe>,
+    /// The kprobe and kretprobe functions that are not in the image but in
+    /// kernel modules, with the modules that define each
+    /// ([`Program::bind_module_functions`]): armed where such a module is
+    /// loaded.
+    #[serde(default)]
+    pub module_functions: Vec<(String, Vec<std::sync::Arc<str>>)>,
 }
 
 impl Executable {
+    /// The modules defining kernel function `name`, when the image does
+    /// not ([`Program::bind_module_functions`]).
+    pub fn modules_of(&self, name: &str) -> Option<&[std::sync::Arc<str>]> {
+        self.module_functions
+            .iter()
+            .find(|(f, _)| f == name)
+            .map(|(_, m)| m.as_slice())
+    }
+
     /// Whether probe `probe_index` is armed in guest `guest`.
     pub fn armed_in(&self, probe_index: usize, guest: &str) -> bool {
         match self.probe_guests.get(probe_index) {
@@ -181,6 +196,37 @@ impl Program {
             }
         }
         self.errors_at(&errors)
+    }
+
+    /// Names the modules of the kprobe and kretprobe functions (single
+    /// names, not wildcards) that the image lacks: `modules_of(name)`
+    /// gives the modules that define `name` where the image does not (or
+    /// nothing: an unknown name stays unknown, for the resolver to report).
+    pub fn bind_module_functions(
+        &mut self,
+        mut modules_of: impl FnMut(&str) -> Vec<std::sync::Arc<str>>,
+    ) {
+        let mut found: Vec<(String, Vec<std::sync::Arc<str>>)> = Vec::new();
+        for spec in &self.exec.probes {
+            let name = match spec {
+                ProbeSpec::Kprobe {
+                    target: KprobeTarget::Function(f),
+                    ..
+                }
+                | ProbeSpec::Kretprobe { function: f } => f,
+                _ => continue,
+            };
+            if name.contains(['*', '?']) || found.iter().any(|(f, _)| f == name) {
+                continue;
+            }
+            let modules = modules_of(name);
+            if !modules.is_empty() {
+                found.push((name.clone(), modules));
+            }
+        }
+        if !found.is_empty() {
+            std::sync::Arc::make_mut(&mut self.exec).module_functions = found;
+        }
     }
 
     /// Finds how each guest tracepoint other than a syscall's is served:
@@ -594,6 +640,7 @@ pub fn compile_with(
             probe_guests,
             ir,
             guest_events: Vec::new(),
+            module_functions: Vec::new(),
         }),
         ast,
         kaddrs: checked.kaddrs,

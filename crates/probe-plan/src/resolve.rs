@@ -60,6 +60,12 @@ pub struct ProbeSite {
     /// had (slid). A hit whose emulated code does not fire runs nothing.
     #[serde(default)]
     pub event: Option<Arc<kernel_tracepoints::EventRecipe>>,
+    /// A function of a kernel module (not in the image): the modules that
+    /// define it. The site's own address (0) is never armed; where such a
+    /// module is loaded, the function's address in it is
+    /// ([`ProbeSite::module_addrs`]).
+    #[serde(default)]
+    pub modules: Vec<Arc<str>>,
 }
 
 /// A uprobe's file: its guest path and the offset in it of the probed
@@ -160,6 +166,45 @@ impl ProbeSite {
         self.is_user() && self.user.iter().all(|u| u.relocatable)
     }
 
+    /// The probes served here, each once: an error arming or serving the
+    /// site is each of theirs.
+    pub fn probe_names(&self) -> Vec<Arc<str>> {
+        let mut names: Vec<Arc<str>> = if self.is_user() {
+            self.user.iter().map(|u| u.probe.clone()).collect()
+        } else {
+            let all = self.handlers.iter().chain(&self.ret_handlers);
+            all.map(|(_, p)| p.clone()).collect()
+        };
+        names.dedup();
+        names
+    }
+
+    /// A kernel module function's site, armed only where its module is.
+    pub fn in_module(&self) -> bool {
+        !self.modules.is_empty()
+    }
+
+    /// A site whose own address is never armed: its run-time addresses
+    /// come from the guest as it runs (a process's mapping of a
+    /// position-independent file, a module's load).
+    pub fn deferred(&self) -> bool {
+        self.relocatable() || self.in_module()
+    }
+
+    /// Where a module function's site is in loaded module `module`, whose
+    /// functions (`functions`: name, run-time address) the guest's own
+    /// symbol table of it gives; nothing for another module.
+    pub fn module_addrs(&self, module: &str, functions: &[(String, u64)]) -> Vec<u64> {
+        if !self.modules.iter().any(|m| &**m == module) {
+            return Vec::new();
+        }
+        functions
+            .iter()
+            .filter(|(name, _)| *name == *self.func)
+            .map(|(_, addr)| addr.wrapping_add(self.offset))
+            .collect()
+    }
+
     /// The probes of a user site at a position-independent file's offset
     /// `start + (file_offset - pgoff)` within a mapping of `path` at
     /// [start, end) from file offset `pgoff`: the run-time addresses a
@@ -179,6 +224,8 @@ impl ProbeSite {
     pub fn at(&self, addr: u64) -> ProbeSite {
         ProbeSite {
             addr,
+            // A module function at its address is a kernel site like any.
+            modules: Vec::new(),
             ..self.clone()
         }
     }
@@ -280,9 +327,15 @@ fn resolve_sites(
             )),
             _ => None,
         };
-        let mut add = |addr: u64, offset: u64, func: &str, probe: String| {
+        let mut add = |addr: u64, offset: u64, func: &str, probe: String, modules: &[Arc<str>]| {
             let probe: Arc<str> = probe.into();
-            let site = match sites.iter_mut().position(|s| s.addr == addr) {
+            // Module sites have no address yet: one per function and offset.
+            let same = |s: &ProbeSite| {
+                s.addr == addr
+                    && s.modules == modules
+                    && (modules.is_empty() || (&*s.func == func && s.offset == offset))
+            };
+            let site = match sites.iter_mut().position(|s| same(s)) {
                 Some(i) => &mut sites[i],
                 None => {
                     sites.push(ProbeSite {
@@ -295,6 +348,7 @@ fn resolve_sites(
                         entry_args: false,
                         user: Vec::new(),
                         event: None,
+                        modules: modules.to_vec(),
                     });
                     sites.last_mut().expect("just pushed")
                 }
@@ -327,7 +381,7 @@ fn resolve_sites(
                     let at = resolved
                         .as_ref()
                         .ok_or_else(|| Error::UnboundUprobe { probe: spec.name() })?;
-                    add(at.vaddr, 0, &at.func, spec.name());
+                    add(at.vaddr, 0, &at.func, spec.name(), &[]);
                 }
                 // A guest syscall tracepoint is a kprobe (sys_enter_) or a
                 // kretprobe (sys_exit_) on the syscall's `__x64_sys_NAME`,
@@ -344,7 +398,7 @@ fn resolve_sites(
                             probe: spec.name(),
                             name: function.to_string(),
                         })?;
-                    add(sym.addr.wrapping_add(slide), 0, &sym.name, spec.name());
+                    add(sym.addr.wrapping_add(slide), 0, &sym.name, spec.name(), &[]);
                 }
                 // Any other guest tracepoint: a breakpoint at each of its
                 // static branches, whose hits are served by emulation.
@@ -354,7 +408,13 @@ fn resolve_sites(
                         .ok_or_else(|| Error::UnboundEvent { probe: spec.name() })?;
                     // Each site gets its recipe below, once `add` is done.
                     for site in &recipe.sites {
-                        add(site.code.wrapping_add(slide), 0, &site.func, spec.name());
+                        add(
+                            site.code.wrapping_add(slide),
+                            0,
+                            &site.func,
+                            spec.name(),
+                            &[],
+                        );
                     }
                 }
                 ProbeSpec::GuestTracepoint { system, event } => {
@@ -406,6 +466,7 @@ fn resolve_sites(
                             0,
                             &sym.name,
                             format!("tracepoint:{system}:{kind}{name}"),
+                            &[],
                         );
                     }
                 }
@@ -421,7 +482,7 @@ fn resolve_sites(
                             probe: probe.clone(),
                             name: function.clone(),
                         })?;
-                    add(sym.addr.wrapping_add(slide), 0, &sym.name, probe);
+                    add(sym.addr.wrapping_add(slide), 0, &sym.name, probe, &[]);
                 }
                 ProbeSpec::Kprobe {
                     target: KprobeTarget::Address(addr),
@@ -438,7 +499,7 @@ fn resolve_sites(
                             }
                         })
                         .unwrap_or_else(|| format!("{addr:#x}"));
-                    add(addr, 0, &func, format!("kprobe:{addr:#x}"));
+                    add(addr, 0, &func, format!("kprobe:{addr:#x}"), &[]);
                 }
                 ProbeSpec::Kprobe {
                     target: KprobeTarget::Function(_),
@@ -489,23 +550,30 @@ fn resolve_sites(
                                 *offset,
                                 &sym.name,
                                 probe,
+                                &[],
                             );
                         }
                     } else {
-                        let sym = symbols
-                            .lookup(pattern)
-                            .filter(|s| symbols.is_text(s))
-                            .ok_or_else(|| Error::UnknownSymbol {
-                                probe: format!("{kind}:{pattern}{suffix}"),
-                                name: pattern.clone(),
-                            })?;
                         let probe = format!("{kind}:{pattern}{suffix}");
+                        let sym = symbols.lookup(pattern).filter(|s| symbols.is_text(s));
+                        // Not in the image but in a module: placed when the
+                        // guest has it loaded (its offset checked there).
+                        let modules = program.executable().modules_of(pattern);
+                        if let (None, Some(modules)) = (sym, modules) {
+                            add(0, *offset, pattern, probe, modules);
+                            return Ok(());
+                        }
+                        let sym = sym.ok_or_else(|| Error::UnknownSymbol {
+                            probe: probe.clone(),
+                            name: pattern.clone(),
+                        })?;
                         within_function(symbols, sym, *offset, &probe)?;
                         add(
                             sym.addr.wrapping_add(slide).wrapping_add(*offset),
                             *offset,
                             &sym.name,
                             probe,
+                            &[],
                         );
                     }
                 }

@@ -329,6 +329,19 @@ pub fn default_guest_root(cache: &Path) -> Option<PathBuf> {
     root.join("etc/ld.so.cache").is_file().then_some(root)
 }
 
+/// The module files of the default guest's kernel (its package's
+/// `lib/modules/VERSION/kernel`) and where the functions they define are
+/// kept between runs, if the guest was built.
+pub fn default_guest_modules(cache: &Path) -> Option<(PathBuf, PathBuf)> {
+    let image = default_guest(cache)?;
+    let version = &image.version;
+    let dir = cache.join("debs").join(format!(
+        "linux-image-{version}.root/lib/modules/{version}/kernel"
+    ));
+    let index = cache.join("guest").join(version).join("module-functions");
+    dir.is_dir().then_some((dir, index))
+}
+
 /// The default guest's own programs: (path in the guest, host copy), for
 /// the programs built into its current initramfs (`bench-src/`) and
 /// busybox, where they are on this host. Uprobes read their symbols here.

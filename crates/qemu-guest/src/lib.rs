@@ -15,7 +15,7 @@ mod qemu;
 pub use headers::{KernelHeaders, default_guest_headers, ensure_default_guest_headers};
 pub use image::{
     DEFAULT_APPEND, GuestImage, USERLAND, build_default_guest, cache_dir, default_guest,
-    default_guest_files, default_guest_root, ensure_default_guest,
+    default_guest_files, default_guest_modules, default_guest_root, ensure_default_guest,
 };
 pub use launch::{Accel, ControlEvent, LaunchConfig, Vm, kvm_usable};
 pub use private::{check_private_dir, check_private_socket, private_dir};

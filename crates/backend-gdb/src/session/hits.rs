@@ -132,6 +132,8 @@ impl Session {
         // need not be read.
         let only_site = self.sites.len() == 1
             && self.mmap_hook.is_none()
+            && self.module_hook.is_none()
+            && !self.sites[0].deferred()
             && self.returns.return_addresses().next().is_none()
             && self.sites[0].ret_handlers.is_empty();
         let mut regs = None;
@@ -148,6 +150,9 @@ impl Session {
         };
         if self.mmap_hook == Some(pc) {
             return self.serve_mmap(pc, thread, regs, runtime, resume, received);
+        }
+        if self.is_module_hook(pc) {
+            return self.serve_module_load(pc, thread, regs, runtime, resume, received);
         }
         if let Some(&index) = self.by_addr.get(&pc) {
             return self.serve_entry(index, thread, regs, runtime, resume, received);

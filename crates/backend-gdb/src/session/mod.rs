@@ -3,6 +3,7 @@
 
 mod events;
 mod hits;
+mod modules;
 
 use crate::context::HitContext;
 use crate::{Error, Result, vcpu_index};
@@ -110,6 +111,13 @@ pub struct Session {
     /// The guest's `uprobe_mmap()`, where a process maps a file, while a
     /// site is in a position-independent file ([`Session::arm_user_mappings`]).
     mmap_hook: Option<u64>,
+    /// The guest's `do_init_module()`, where a module is loaded, while a
+    /// site is a module's function ([`Session::arm_modules`]).
+    module_hook: Option<u64>,
+    /// The guest's `free_module()`, where a module goes away, with the
+    /// addresses armed in each module (by its `struct module`).
+    module_unload_hook: Option<u64>,
+    module_addrs: Vec<(u64, u64)>,
     /// Run-time addresses armed for position-independent files' sites
     /// (each a copy of its site at that address, in `sites`).
     user_addrs: usize,
@@ -157,6 +165,9 @@ impl Session {
             before: Vec::new(),
             armed: Vec::new(),
             mmap_hook: None,
+            module_hook: None,
+            module_unload_hook: None,
+            module_addrs: Vec::new(),
             user_addrs: 0,
             pending_errors: Vec::new(),
             running: false,
@@ -414,34 +425,15 @@ impl Session {
     /// Inserts a breakpoint at every site, after recording the guest memory
     /// there. The guest must be stopped.
     pub fn arm(&mut self, mut sites: Vec<ProbeSite>) -> Result<()> {
-        for site in &sites {
+        // A module function's site has no address until its module is
+        // loaded ([`Session::arm_modules`]).
+        for site in sites.iter().filter(|s| !s.in_module()) {
             self.check_instruction_boundary(site)?;
         }
-        for site in &mut sites {
-            // A user address reads as whatever the stopped vCPU's process
-            // maps there (often nothing), and its code was checked in the
-            // ELF; TCG keeps breakpoints outside guest memory, which holds
-            // nothing of ours to compare at detach.
-            if site.is_user() {
-                continue;
-            }
-            let mut bytes = vec![0u8; SITE_BYTES];
-            self.client.read_memory(site.addr, &mut bytes)?;
-            if self.skip_nops {
-                if bytes.starts_with(&ENDBR64) {
-                    site.skippable = Some(Skip::Stable(ENDBR64.len() as u8));
-                } else if bytes.starts_with(&NOP5) {
-                    site.skippable = Some(Skip::Verify(NOP5.len() as u8));
-                }
-            }
-            self.before.push((site.addr, bytes));
-            if let Some(e) = &site.event
-                && let Some(s) = e.sites.iter().find(|s| s.code == site.addr)
-            {
-                self.own_branches.push(s.clone());
-            }
+        for site in sites.iter_mut().filter(|s| !s.in_module()) {
+            self.prepare_kernel_site(site)?;
         }
-        for site in sites.iter().filter(|s| !s.relocatable()) {
+        for site in sites.iter().filter(|s| !s.deferred()) {
             let probe = site
                 .handlers
                 .iter()
@@ -463,7 +455,7 @@ impl Session {
         self.by_addr = sites
             .iter()
             .enumerate()
-            .filter(|(_, s)| !s.relocatable())
+            .filter(|(_, s)| !s.deferred())
             .map(|(i, s)| (s.addr, i))
             .collect();
         self.sites = sites;
@@ -546,21 +538,48 @@ impl Session {
         Ok(())
     }
 
-    /// An error of the user probes of the sites `which` takes, for the
-    /// runtime at the next stop.
+    /// An error of the probes of the sites `which` takes, for the runtime
+    /// at the next stop.
     fn site_errors(&mut self, which: impl Fn(usize, &ProbeSite) -> bool, why: String) {
         let errors: Vec<(String, String, u64)> = self
             .sites
             .iter()
             .enumerate()
             .filter(|(i, s)| which(*i, s))
-            .flat_map(|(_, s)| s.user.iter())
-            .map(|u| (u.probe.to_string(), why.clone(), 1))
+            .flat_map(|(_, s)| s.probe_names())
+            .map(|p| (p.to_string(), why.clone(), 1))
             .collect();
         self.pending_errors.extend(errors);
     }
 
     /// `F+OFFSET` must start an instruction of F as it is in guest memory.
+    /// Records the guest memory at a kernel site (compared at detach) and
+    /// whether its instruction may be skipped. A user address reads as
+    /// whatever the stopped vCPU's process maps there (often nothing), and
+    /// its code was checked in the ELF; TCG keeps breakpoints outside
+    /// guest memory, which holds nothing of ours to compare at detach.
+    fn prepare_kernel_site(&mut self, site: &mut ProbeSite) -> Result<()> {
+        if site.is_user() {
+            return Ok(());
+        }
+        let mut bytes = vec![0u8; SITE_BYTES];
+        self.client.read_memory(site.addr, &mut bytes)?;
+        if self.skip_nops {
+            if bytes.starts_with(&ENDBR64) {
+                site.skippable = Some(Skip::Stable(ENDBR64.len() as u8));
+            } else if bytes.starts_with(&NOP5) {
+                site.skippable = Some(Skip::Verify(NOP5.len() as u8));
+            }
+        }
+        self.before.push((site.addr, bytes));
+        if let Some(e) = &site.event
+            && let Some(s) = e.sites.iter().find(|s| s.code == site.addr)
+        {
+            self.own_branches.push(s.clone());
+        }
+        Ok(())
+    }
+
     fn check_instruction_boundary(&mut self, site: &ProbeSite) -> Result<()> {
         let client = &mut self.client;
         probe_engine::boundary::check_instruction_boundary(site, |addr, len| {

@@ -50,6 +50,7 @@ fn a_user_site_runs_the_probes_of_the_file_mapped_there() {
             },
         ],
         event: None,
+        modules: Vec::new(),
     };
     let blocks = |h: Vec<(BlockId, Arc<str>)>| h.into_iter().map(|(b, _)| b.0).collect::<Vec<_>>();
     assert_eq!(
@@ -99,6 +100,7 @@ fn a_relocatable_site_is_served_at_each_mappings_address() {
             relocatable: true,
         }],
         event: None,
+        modules: Vec::new(),
     };
     assert!(site.relocatable());
     // The text mapped at 0x7f00_0002_8000 from file offset 0x28000:
@@ -133,4 +135,59 @@ fn a_relocatable_site_is_served_at_each_mappings_address() {
             .len(),
         1
     );
+}
+
+#[test]
+fn a_module_function_is_a_site_placed_where_its_module_is_loaded() {
+    let symbols = KernelSymbols::from_symbols(vec![kernel_image::Symbol {
+        name: "vfs_read".into(),
+        addr: 0xffff_ffff_8100_0000,
+        kind: 'T',
+    }]);
+    let mut program = probe_lang::compile(
+        "kprobe:xfs_file_open, kprobe:vfs_read { @a = count(); }
+         kretprobe:xfs_file_open { @b = count(); }
+         kprobe:xfs_file_open+4 { @c = count(); }",
+        "t.bt",
+    )
+    .unwrap();
+    // Unknown names stay unknown: only `xfs_file_open` is in a module.
+    let unknown = resolve_probes(
+        &probe_lang::compile("kprobe:nowhere {}", "u.bt").unwrap(),
+        &symbols,
+        0,
+    );
+    assert!(matches!(unknown, Err(Error::UnknownSymbol { .. })));
+    program.bind_module_functions(|name| match name {
+        "xfs_file_open" => vec!["xfs".into()],
+        _ => Vec::new(),
+    });
+    let sites = resolve_probes(&program, &symbols, 0x1000).unwrap();
+    assert_eq!(sites.len(), 3, "{sites:?}");
+    let vfs = sites.iter().find(|s| &*s.func == "vfs_read").unwrap();
+    assert!(!vfs.deferred() && vfs.addr == 0xffff_ffff_8100_1000);
+    // Entry and return share the function's site; +4 is its own.
+    let open = sites
+        .iter()
+        .find(|s| &*s.func == "xfs_file_open" && s.offset == 0)
+        .unwrap();
+    assert!(open.in_module() && open.deferred() && open.addr == 0);
+    assert_eq!((open.handlers.len(), open.ret_handlers.len()), (1, 1));
+    let functions = [
+        ("xfs_file_open".to_string(), 0xffff_ffff_c000_1000),
+        ("xfs_file_fsync".to_string(), 0xffff_ffff_c000_2000),
+    ];
+    assert_eq!(
+        open.module_addrs("xfs", &functions),
+        [0xffff_ffff_c000_1000]
+    );
+    assert!(open.module_addrs("ext4", &functions).is_empty());
+    let plus4 = sites.iter().find(|s| s.offset == 4).unwrap();
+    assert_eq!(
+        plus4.module_addrs("xfs", &functions),
+        [0xffff_ffff_c000_1004]
+    );
+    // At its address the site is a kernel site like any other.
+    let armed = open.at(0xffff_ffff_c000_1000);
+    assert!(!armed.deferred() && !armed.in_module());
 }

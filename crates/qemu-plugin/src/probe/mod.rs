@@ -119,7 +119,7 @@ impl Plugin {
             let answer = match w {
                 VcpuWork::ScanProcesses => {
                     if let Some(run) = self.run.load_full()
-                        && run.scan_processes(vcpu)
+                        && run.scan_guest(vcpu)
                     {
                         tcg::request_reinstrument();
                     }

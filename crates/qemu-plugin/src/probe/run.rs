@@ -16,6 +16,8 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+mod modules;
+
 /// What one vCPU hands the control thread, bounded: a vCPU never waits
 /// for vmprobe. What does not fit is dropped and counted.
 #[derive(Default)]
@@ -64,7 +66,15 @@ pub(crate) struct Run {
     /// The guest's `uprobe_mmap()`, where a process maps a file (also at
     /// exec), while a site is in a position-independent file.
     mmap_hook: Option<u64>,
-    /// The processes running at the start still have their mappings walked.
+    /// The guest's `do_init_module()`, where a module is loaded, while a
+    /// site is a module's function (`modules`).
+    module_hook: Option<u64>,
+    /// The guest's `free_module()`, where a module goes away, and the
+    /// addresses armed in each module (by its `struct module`).
+    module_unload_hook: Option<u64>,
+    module_addrs: Mutex<Vec<(u64, u64)>>,
+    /// The processes (and modules) there are at the start are still to
+    /// be walked, for sites whose addresses they give.
     pub scan_pending: AtomicBool,
     /// Page offsets (one bit each of 4096) of the user addresses armed at
     /// run time (position-independent files' sites, user return
@@ -121,11 +131,14 @@ impl Run {
             .sites
             .iter()
             .enumerate()
-            .filter(|(_, s)| !s.relocatable())
+            .filter(|(_, s)| !s.deferred())
             .map(|(i, s)| (s.addr, i as u32))
             .collect();
         let relocatable = a.sites.iter().any(|s| s.user.iter().any(|u| u.relocatable));
         let mmap_hook = relocatable.then(|| kernel.kaddr("uprobe_mmap")).flatten();
+        let in_modules = a.sites.iter().any(|s| s.in_module());
+        let module_hook = in_modules.then(|| kernel.module_load_hook()).flatten();
+        let module_unload_hook = in_modules.then(|| kernel.module_unload_hook()).flatten();
         let store = || {
             let mut s = MapStore::new(&exec.ir.maps, &exec.ir.tuples);
             s.set_limit(a.map_limit);
@@ -151,7 +164,10 @@ impl Run {
             site_at,
             user_addrs: RwLock::default(),
             mmap_hook,
-            scan_pending: AtomicBool::new(relocatable),
+            module_hook,
+            module_unload_hook,
+            module_addrs: Mutex::default(),
+            scan_pending: AtomicBool::new(relocatable || in_modules),
             user_offsets: (0..64).map(|_| AtomicU64::new(0)).collect(),
             return_sites: RwLock::default(),
             tracker: Mutex::new(ReturnTracker::new()),
@@ -175,6 +191,8 @@ impl Run {
     pub fn instruments(&self, vaddr: u64) -> bool {
         self.site_at.contains_key(&vaddr)
             || self.mmap_hook == Some(vaddr)
+            || self.module_hook == Some(vaddr)
+            || self.module_unload_hook == Some(vaddr)
             || (is_user(vaddr) && self.user_offset_armed(vaddr))
             || self.user_site(vaddr).is_some()
             || self
@@ -214,6 +232,12 @@ impl Run {
         let mut new_return = false;
         if self.mmap_hook == Some(vaddr) {
             new_return |= self.mapped(vcpu);
+        }
+        if self.module_hook == Some(vaddr) {
+            new_return |= self.module_loaded(vcpu);
+        }
+        if self.module_unload_hook == Some(vaddr) {
+            new_return |= self.module_freed(vcpu);
         }
         if let Some(&site) = self.site_at.get(&pc) {
             new_return |= self.entry(vcpu, site as usize, t0);
@@ -320,12 +344,12 @@ impl Run {
         }
     }
 
-    /// An error of each of the site's uprobes, counted in `vcpu`'s shard.
+    /// An error of each of the site's probes, counted in `vcpu`'s shard.
     fn add_site_errors(&self, vcpu: usize, site: &ProbeSite, why: String) {
         let errors: Vec<(String, String, u64)> = site
-            .user
+            .probe_names()
             .iter()
-            .map(|u| (u.probe.to_string(), why.clone(), 1))
+            .map(|p| (p.to_string(), why.clone(), 1))
             .collect();
         self.interps[vcpu % self.interps.len()]
             .lock()
@@ -334,11 +358,16 @@ impl Run {
     }
 
     /// Arms the run-time addresses of the processes running now (their
-    /// executable file mappings); later ones come through `uprobe_mmap`.
-    /// Whether an address is new.
-    pub fn scan_processes(&self, vcpu: &mut Vcpu<'_>) -> bool {
+    /// executable file mappings) and of the modules loaded now; later ones
+    /// come through `uprobe_mmap` and `do_init_module`. Whether an address
+    /// is new.
+    pub fn scan_guest(&self, vcpu: &mut Vcpu<'_>) -> bool {
         if !self.scan_pending.swap(false, Ordering::AcqRel) {
             return false;
+        }
+        let modules = self.scan_modules(vcpu);
+        if !self.sites.iter().any(|s| s.relocatable()) {
+            return modules;
         }
         let index = vcpu.index() as usize;
         let mut view = super::context::VcpuView(vcpu);
@@ -348,12 +377,12 @@ impl Run {
         {
             Ok(maps) => maps
                 .iter()
-                .fold(false, |new, m| self.arm_mapping(index, m) | new),
+                .fold(modules, |new, m| self.arm_mapping(index, m) | new),
             Err(e) => {
                 for s in self.sites.iter().filter(|s| s.relocatable()) {
                     self.add_site_errors(index, s, format!("walking the processes' mappings: {e}"));
                 }
-                false
+                modules
             }
         }
     }
