@@ -615,14 +615,6 @@ type Compiled = (
     Option<KernelInfo>,
 );
 
-/// Whether two paths name one file.
-pub(crate) fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
-}
-
 /// Compiles the program typed: with the first VM's kernel types for guest
 /// probes (every VM's kernel is checked against it when attaching), with
 /// event fields only for a program of VMM and host events. The error is a
@@ -646,7 +638,7 @@ fn compile_for(
         let default = match &first.kernel {
             None => Some(crate::kernel::default_image()?.version),
             Some(k) => qemu_guest::default_guest(&qemu_guest::cache_dir())
-                .filter(|d| same_file(&d.kernel, k))
+                .filter(|d| crate::kernel::same_file(&d.kernel, k))
                 .map(|d| d.version),
         };
         let headers = crate::script::program_headers(source, kernel_headers, default.as_deref())?;

@@ -247,7 +247,7 @@ fn module_functions(
     }
     let cache = qemu_guest::cache_dir();
     let default = qemu_guest::default_guest(&cache)?;
-    if !crate::attach::same_file(&default.kernel, &kernel.image) {
+    if !same_file(&default.kernel, &kernel.image) {
         return None;
     }
     let (dir, index) = qemu_guest::default_guest_modules(&cache)?;
@@ -409,4 +409,12 @@ pub(crate) fn load_symbols(args: &GuestArgs, image: &GuestImage) -> Result<Kerne
     let cache = qemu_guest::cache_dir().join("symbols");
     let _ = std::fs::create_dir_all(&cache);
     KernelSymbols::load(path, Some(&cache)).with_context(|| "loading kernel symbols".to_string())
+}
+
+/// Whether two paths name one file.
+pub(crate) fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }

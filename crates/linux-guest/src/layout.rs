@@ -193,6 +193,45 @@ impl VmaLayout {
     }
 }
 
+/// Offsets in `struct module` and `struct mod_kallsyms`, from BTF, and
+/// the unslid address of the `modules` list head.
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ModuleLayout {
+    pub(crate) head: u64,
+    pub(crate) list: u64,
+    pub(crate) name: u64,
+    pub(crate) name_len: u64,
+    pub(crate) state: u64,
+    /// `module.core_kallsyms` plus `mod_kallsyms.symtab`, `.num_symtab`
+    /// and `.strtab`.
+    pub(crate) symtab: u64,
+    pub(crate) num_symtab: u64,
+    pub(crate) strtab: u64,
+}
+
+impl ModuleLayout {
+    pub(crate) fn new(btf: &Btf, symbols: &KernelSymbols) -> Option<ModuleLayout> {
+        let off = |ty: &str, name: &str| member_offset(btf, ty, name);
+        let module = btf.struct_by_name("module")?;
+        let name = btf.member(module, "name").ok()??;
+        let name_len = btf
+            .size_of(name.ty)
+            .ok()
+            .filter(|&n| (8..=256).contains(&n))?;
+        let kallsyms = off("module", "core_kallsyms")?;
+        Some(ModuleLayout {
+            head: symbols.lookup("modules")?.addr,
+            list: off("module", "list")?,
+            name: name.offset,
+            name_len,
+            state: off("module", "state")?,
+            symtab: kallsyms + off("mod_kallsyms", "symtab")?,
+            num_symtab: kallsyms + off("mod_kallsyms", "num_symtab")?,
+            strtab: kallsyms + off("mod_kallsyms", "strtab")?,
+        })
+    }
+}
+
 /// Where things are in the kernel's structures: offsets from BTF and a
 /// few symbols, computed once from the image. Serialisable, so a process
 /// without the image (the QEMU plugin) gets the same knowledge.
@@ -210,7 +249,7 @@ pub struct KernelLayout {
     pub(crate) vma: Option<VmaLayout>,
     /// Loaded modules and their symbols (module kprobes).
     #[serde(default)]
-    pub(crate) module: Option<crate::modules::ModuleLayout>,
+    pub(crate) module: Option<ModuleLayout>,
 }
 
 impl KernelLayout {
@@ -239,7 +278,7 @@ impl KernelLayout {
             cgroup_path: btf.and_then(|b| CgroupPathLayout::new(b, symbols)),
             thread_size,
             vma: btf.and_then(VmaLayout::from_btf),
-            module: btf.and_then(|b| crate::modules::ModuleLayout::new(b, symbols)),
+            module: btf.and_then(|b| ModuleLayout::new(b, symbols)),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! module loader has already relocated, and its string table). Nothing is
 //! read from a host copy of the module: its load address is the guest's.
 
-use crate::layout::member_offset;
+use crate::layout::ModuleLayout;
 use crate::*;
 
 /// Modules walked at most (a 6.1 distribution kernel ships about 4,000).
@@ -22,45 +22,6 @@ const STATE_UNFORMED: u32 = 3;
 const STT_FUNC: u8 = 2;
 /// Bytes asked of guest memory in one read.
 const CHUNK: usize = 4096;
-
-/// Offsets in `struct module` and `struct mod_kallsyms`, from BTF, and
-/// the unslid address of the `modules` list head.
-#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
-pub(crate) struct ModuleLayout {
-    pub(crate) head: u64,
-    pub(crate) list: u64,
-    pub(crate) name: u64,
-    pub(crate) name_len: u64,
-    pub(crate) state: u64,
-    /// `module.core_kallsyms` plus `mod_kallsyms.symtab`, `.num_symtab`
-    /// and `.strtab`.
-    pub(crate) symtab: u64,
-    pub(crate) num_symtab: u64,
-    pub(crate) strtab: u64,
-}
-
-impl ModuleLayout {
-    pub(crate) fn new(btf: &Btf, symbols: &KernelSymbols) -> Option<ModuleLayout> {
-        let off = |ty: &str, name: &str| member_offset(btf, ty, name);
-        let module = btf.struct_by_name("module")?;
-        let name = btf.member(module, "name").ok()??;
-        let name_len = btf
-            .size_of(name.ty)
-            .ok()
-            .filter(|&n| (8..=256).contains(&n))?;
-        let kallsyms = off("module", "core_kallsyms")?;
-        Some(ModuleLayout {
-            head: symbols.lookup("modules")?.addr,
-            list: off("module", "list")?,
-            name: name.offset,
-            name_len,
-            state: off("module", "state")?,
-            symtab: kallsyms + off("mod_kallsyms", "symtab")?,
-            num_symtab: kallsyms + off("mod_kallsyms", "num_symtab")?,
-            strtab: kallsyms + off("mod_kallsyms", "strtab")?,
-        })
-    }
-}
 
 /// A module the guest has loaded: where its `struct module` is, and its name.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-mod modules;
+mod deferred;
 
 /// What one vCPU hands the control thread, bounded: a vCPU never waits
 /// for vmprobe. What does not fit is dropped and counted.
@@ -293,57 +293,6 @@ impl Run {
         }
     }
 
-    /// Arms the run-time addresses a file mapping gives the sites of
-    /// position-independent files; whether one is new (the caller then
-    /// has QEMU translate everything again).
-    fn arm_mapping(&self, vcpu: usize, m: &linux_guest::FileMapping) -> bool {
-        let mut new = false;
-        for (i, s) in self.sites.iter().enumerate() {
-            for addr in s.run_time_addrs(&m.path, m.start, m.end, m.offset) {
-                let mut addrs = self.user_addrs.write().unwrap_or_else(|e| e.into_inner());
-                if addrs.0.contains_key(&addr) {
-                    continue;
-                }
-                if addrs.1.len() >= MAX_USER_ADDRS {
-                    drop(addrs);
-                    let why = format!(
-                        "more than {MAX_USER_ADDRS} run-time addresses of uprobes in position-independent files: {} at {addr:#x} not armed",
-                        m.path
-                    );
-                    self.add_site_errors(vcpu, s, why);
-                    continue;
-                }
-                let at = addrs.1.len() as u32;
-                addrs.1.push((addr, i as u32));
-                addrs.0.insert(addr, at);
-                self.arm_user_offset(addr);
-                new = true;
-            }
-        }
-        new
-    }
-
-    /// At `uprobe_mmap(vma)`: a process maps a file (an exec, the dynamic
-    /// loader mapping a library). An executable mapping of a probed
-    /// position-independent file arms its run-time addresses. The code
-    /// there is translated only once this returns, but QEMU keys its
-    /// translations by virtual address and physical page, and an earlier
-    /// process may have run the same page at the same address before it
-    /// was armed: its code would be reused without our callback, so a new
-    /// address asks for a full flush (once per mapping of a probed file,
-    /// not per hit).
-    fn mapped(&self, vcpu: &mut Vcpu<'_>) -> bool {
-        let Some(vma) = vcpu.reg_id(Reg::Rdi) else {
-            return false;
-        };
-        let index = vcpu.index() as usize;
-        let mut view = super::context::VcpuView(vcpu);
-        match self.kernel.vma_mapping(&mut view, vma) {
-            Ok(Some(m)) => self.arm_mapping(index, &m),
-            _ => false,
-        }
-    }
-
     /// An error of each of the site's probes, counted in `vcpu`'s shard.
     fn add_site_errors(&self, vcpu: usize, site: &ProbeSite, why: String) {
         let errors: Vec<(String, String, u64)> = site
@@ -355,36 +304,6 @@ impl Run {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .add_errors(&errors);
-    }
-
-    /// Arms the run-time addresses of the processes running now (their
-    /// executable file mappings) and of the modules loaded now; later ones
-    /// come through `uprobe_mmap` and `do_init_module`. Whether an address
-    /// is new.
-    pub fn scan_guest(&self, vcpu: &mut Vcpu<'_>) -> bool {
-        if !self.scan_pending.swap(false, Ordering::AcqRel) {
-            return false;
-        }
-        let modules = self.scan_modules(vcpu);
-        if !self.sites.iter().any(|s| s.relocatable()) {
-            return modules;
-        }
-        let index = vcpu.index() as usize;
-        let mut view = super::context::VcpuView(vcpu);
-        match self
-            .kernel
-            .exec_file_mappings(&mut view, MAX_USER_ADDRS * 4)
-        {
-            Ok(maps) => maps
-                .iter()
-                .fold(modules, |new, m| self.arm_mapping(index, m) | new),
-            Err(e) => {
-                for s in self.sites.iter().filter(|s| s.relocatable()) {
-                    self.add_site_errors(index, s, format!("walking the processes' mappings: {e}"));
-                }
-                modules
-            }
-        }
     }
 
     fn is_return_site(&self, vaddr: u64) -> bool {
