@@ -199,13 +199,17 @@ pub fn compile_typed(
     options
         .headers
         .get_or_insert_with(crate::script::host_headers);
+    let files = crate::uprobe::GuestFiles::new(guest_root);
+    if options.users.is_none() && source.contains("username") {
+        options.users = files.users();
+    }
     let mut program = probe_lang::compile_with(
         source,
         source_name,
         types.as_ref().map(|t| t as &dyn probe_lang::KernelTypes),
         &options,
     )?;
-    crate::uprobe::bind(&mut program, &crate::uprobe::GuestFiles::new(guest_root))?;
+    crate::uprobe::bind(&mut program, &files)?;
     if let Some(modules) = module_functions(kernel, &points) {
         program.bind_module_functions(|name| modules.modules_of(name).to_vec());
     }

@@ -78,6 +78,7 @@ pub fn run_recording(mut args: RunArgs, recording: Option<Recording>) -> Result<
         str_len: str_len_from_env()?,
         headers: Some(headers),
         pid: None,
+        users: None,
     };
     if let Some(command) = args.command.take() {
         args.workload = vec![command];

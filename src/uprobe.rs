@@ -63,6 +63,20 @@ impl GuestFiles {
         }
     }
 
+    /// The guest's users (uid, name) from its `/etc/passwd` on the host,
+    /// in file order (`username` takes the first of a uid, as bpftrace
+    /// does); `None` without a root or a passwd file.
+    pub fn users(&self) -> Option<Vec<(u64, String)>> {
+        // A passwd file is small; a larger one is not read whole.
+        const MAX_PASSWD: u64 = 16 << 20;
+        let path = self.root()?.join("etc/passwd");
+        let file = std::fs::File::open(path).ok()?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_PASSWD), &mut text)
+            .ok()?;
+        Some(parse_passwd(&text))
+    }
+
     /// The guest's ld cache on the host (`DIR/etc/ld.so.cache`).
     pub fn ld_cache(&self) -> Result<PathBuf, String> {
         match self.root() {
@@ -324,9 +338,31 @@ fn check_boundary(elf: &UserElf, start: u64, off: u64, path: &str) -> Result<(),
     .map_err(|e| e.to_string())
 }
 
+/// (uid, name) of each well-formed `name:password:uid:...` line of a
+/// passwd file.
+fn parse_passwd(text: &str) -> Vec<(u64, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            let uid = f.nth(1)?.parse().ok()?;
+            (!name.is_empty()).then(|| (uid, name.to_string()))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwd_lines_give_uids_and_names_and_others_are_skipped() {
+        let text = "root:x:0:0:root:/root:/bin/sh\n# comment\nbad\nnobody:x:65534:65534::/:/bin/false\nx:x:notanumber:0::/:\n";
+        assert_eq!(
+            parse_passwd(text),
+            vec![(0, "root".to_string()), (65534, "nobody".to_string())]
+        );
+    }
 
     #[test]
     fn guest_files_are_found_under_a_root_or_named_with_what_is_known() {

@@ -127,6 +127,9 @@ pub enum Expr {
         delim: u32,
     },
     Ksym(Box<Expr>),
+    /// The name of a uid in the guest's /etc/passwd ([`Ir::users`]), or
+    /// "" (bpftrace's `username`).
+    Username(Box<Expr>),
     /// `cgroup_path(id [, filter])`: `unified:PATH`, or empty when the
     /// filter excludes the cgroup v2 hierarchy (bpftrace calls it
     /// `unified`; vmprobe knows no v1 hierarchies).
@@ -290,6 +293,10 @@ pub struct Ir {
     pub self_vars: Vec<(String, Type)>,
     /// Bytes a string holds, its NUL included: bpftrace's BPFTRACE_STRLEN.
     pub str_len: u64,
+    /// The guest's users (uid, name), as its /etc/passwd lists them, for
+    /// `username` ([`crate::Options::users`]).
+    #[serde(default)]
+    pub users: Vec<(u64, Arc<str>)>,
 }
 
 impl Ir {
@@ -405,6 +412,7 @@ fn dexpr(e: &Expr) -> String {
         Expr::BufRead { ptr, len } => format!("buf({}, {})", dexpr(ptr), dexpr(len)),
         Expr::Join { ptr, delim } => format!("join({}, s{delim})", dexpr(ptr)),
         Expr::Ksym(a) => format!("ksym({})", dexpr(a)),
+        Expr::Username(a) => format!("username({})", dexpr(a)),
         Expr::Bswap { size, e } => format!("bswap{}({})", *size as u32 * 8, dexpr(e)),
         Expr::CgroupPath { id, unified } => {
             format!("cgroup_path({}, unified={unified})", dexpr(id))

@@ -591,6 +591,9 @@ pub struct Options {
     /// bpftrace's `-p PID`: blocks on probes that fire in a guest task
     /// fire only for this tgid, as if their predicate began `pid == PID &&`.
     pub pid: Option<u64>,
+    /// The guest's users (uid, name) from its /etc/passwd: `username`
+    /// names the current uid with them (`None`: `username` is an error).
+    pub users: Option<Vec<(u64, String)>>,
 }
 
 /// [`compile_with_types`] with a run's [`Options`].
@@ -615,12 +618,15 @@ pub fn compile_with(
         Some(pid) => pid_filter::apply(&mut ast, pid),
         None => 0,
     };
-    let checked = check::check(&mut ast, &mut r, types);
+    let checked = check::check(&mut ast, &mut r, types, options.users.is_some());
     consts::check(&ast, &mut r);
     r.finish()?;
     let mut ir = lower::lower(&ast, &checked);
     if let Some(n) = options.str_len {
         ir.str_len = n.clamp(1, check::STR_LEN_LIMIT);
+    }
+    if let Some(users) = &options.users {
+        ir.users = users.iter().map(|(u, n)| (*u, n.as_str().into())).collect();
     }
     let needs = needs::needs(&ast);
     let (probes, probe_blocks) = checked

@@ -44,6 +44,7 @@ pub fn lower(ast: &ast::Ast, checked: &Checked) -> Ir {
     }
     Ir {
         str_len: crate::check::STR_MAX,
+        users: Vec::new(),
         blocks,
         maps: checked.maps.clone(),
         strings,
@@ -516,6 +517,7 @@ impl Lower<'_> {
                 len: b(self, 1),
             },
             "ksym" => Expr::Ksym(b(self, 0)),
+            "username" => Expr::Username(b(self, 0)),
             "bswap" => Expr::Bswap {
                 size: self
                     .bswaps

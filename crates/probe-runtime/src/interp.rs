@@ -817,6 +817,16 @@ impl Interpreter {
                     None => format!("{addr:#x}"),
                 }))
             }
+            // As bpftrace resolves it: the first user with this uid, else "".
+            Expr::Username(a) => {
+                let uid = self.eval(p, a, env)?.as_int();
+                let users = &p.ir.users;
+                let name = users
+                    .iter()
+                    .find(|(u, _)| *u == uid)
+                    .map(|(_, n)| n.clone());
+                Value::Str(name.unwrap_or_else(|| Arc::from("")))
+            }
             Expr::CgroupPath { id, unified } => {
                 let id = self.eval(p, id, env)?.as_int();
                 // As bpftrace prints it: `hierarchy:path` for each

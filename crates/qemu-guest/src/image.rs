@@ -68,8 +68,15 @@ pub const USERLAND: [(&str, &[&str]); 4] = [
 ];
 
 /// Files of the guest's /etc: `hosts` (for getent and gethostlatency),
-/// and `nsswitch.conf` asking only the files (no DNS server to wait for).
-const ETC: [(&str, &str); 2] = [
+/// `nsswitch.conf` asking only the files (no DNS server to wait for), and
+/// the users `passwd` and `group` name (root, and nobody for a workload
+/// that drops privileges with `su`).
+const ETC: [(&str, &str); 4] = [
+    (
+        "etc/passwd",
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n",
+    ),
+    ("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
     (
         "etc/hosts",
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",

@@ -170,6 +170,12 @@ impl Checker<'_, '_> {
     }
 
     pub(super) fn call_expr(&mut self, name: &str, args: &mut [Expr], span: Span) -> Type {
+        // `username`, rewritten as a lookup of `uid` (see `Checker::expr`).
+        if name == "username" && self.users && args.len() == 1 {
+            self.expr(&mut args[0]);
+            self.want_int(&args[0], "uid");
+            return Type::Str;
+        }
         let Some(&(_, min, max)) = EXPR_FUNCS.iter().find(|f| f.0 == name) else {
             for a in args.iter_mut() {
                 self.expr(a);
@@ -523,7 +529,7 @@ impl Checker<'_, '_> {
         if name == "username" {
             self.r.error(
                 span,
-                "username would name the uid from the host's /etc/passwd, not the guest's: use uid",
+                "username needs the guest's /etc/passwd: give --guest-root DIR (a host copy of the guest's files), or use uid",
             );
             return Type::Unknown;
         }

@@ -56,6 +56,22 @@ impl Checker<'_, '_> {
         {
             return self.cred_id(e);
         }
+        // `username` is the current uid's name: a lookup of `uid` in the
+        // guest's users when the run knows them.
+        if let ExprKind::Ident(name) = &e.kind
+            && name == "username"
+            && self.users
+        {
+            let uid = Expr {
+                kind: ExprKind::Ident("uid".into()),
+                span: e.span,
+                ty: Type::Unknown,
+            };
+            e.kind = ExprKind::Call {
+                name: "username".into(),
+                args: vec![uid],
+            };
+        }
         if let ExprKind::Deref(a) = &mut e.kind {
             self.expr(a);
             if let Type::Kernel { .. } = a.ty {

@@ -104,12 +104,15 @@ struct Checker<'a, 's> {
     /// their first assignment (as bpftrace types a variable).
     var_sizes: FxHashMap<String, u8>,
     bswaps: FxHashMap<(u32, u32), u8>,
+    /// The run knows the guest's users (`username`).
+    users: bool,
 }
 
 pub(crate) fn check(
     ast: &mut Ast,
     r: &mut Reporter<'_>,
     types: Option<&dyn KernelTypes>,
+    users: bool,
 ) -> Checked {
     let (probes, probe_guests, blocks) = attach::resolve(ast, r, types);
 
@@ -151,6 +154,7 @@ pub(crate) fn check(
             headers: ast.headers.clone(),
             var_sizes: FxHashMap::default(),
             bswaps: FxHashMap::default(),
+            users,
         };
         scratch.clear();
         for (block, attach) in ast.probes.iter_mut().zip(&blocks) {
@@ -215,7 +219,7 @@ mod tests {
     fn checked(src: &str) -> (Ast, Checked, usize) {
         let mut ast = parse(src).unwrap();
         let mut r = Reporter::new(src, "t");
-        let c = check(&mut ast, &mut r, None);
+        let c = check(&mut ast, &mut r, None, false);
         let n = r.diags.len();
         (ast, c, n)
     }
