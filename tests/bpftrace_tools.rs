@@ -730,7 +730,10 @@ fn mdflush(r: &Run) -> Result<(), String> {
     // TIME PID COMM DEVICE
     let rows = rows(r, 4, 1);
     if let Some(w) = rows.iter().find(|w| w[3] != "md0" || w[2] != "dd") {
-        return Err(format!("a flush of {} by {}: only dd flushes md0", w[3], w[2]));
+        return Err(format!(
+            "a flush of {} by {}: only dd flushes md0",
+            w[3], w[2]
+        ));
     }
     let n = rows.len() as u64;
     let (inside, _) = r.bounds("gtmdf")?;
@@ -740,7 +743,9 @@ fn mdflush(r: &Run) -> Result<(), String> {
         ));
     }
     within(r, n, "flushes of md0", "gtmdf")?;
-    eprintln!("mdflush: {n} flushes of md0 printed; the kernel counted {inside} during the workload");
+    eprintln!(
+        "mdflush: {n} flushes of md0 printed; the kernel counted {inside} during the workload"
+    );
     Ok(())
 }
 
@@ -754,7 +759,9 @@ fn xfsdist(r: &Run) -> Result<(), String> {
             ));
         }
         within(r, n, &format!("@us[{func}] samples"), truth)?;
-        eprintln!("xfsdist: @us[{func}]: {n} samples; the kernel counted {inside} during the workload");
+        eprintln!(
+            "xfsdist: @us[{func}]: {n} samples; the kernel counted {inside} during the workload"
+        );
     }
     Ok(())
 }
