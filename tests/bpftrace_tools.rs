@@ -118,6 +118,11 @@ enum Expect {
     Runs {
         /// Shell for the guest (in /tmp).
         workload: &'static str,
+        /// Shell run before the truths are armed and the tool attaches
+        /// (empty for most): loads the modules whose functions the tool
+        /// and its truths probe, which neither the guest kernel's kprobes
+        /// nor the tool can name before they are loaded.
+        setup: &'static str,
         /// (name, kernel function, or `u:PATH:FUNC` for a user function):
         /// counted by the guest's own kprobes (uprobes).
         truths: &'static [(&'static str, &'static str)],
@@ -162,6 +167,7 @@ const TOOLS: &[(&str, Expect)] = &[
             // pipe here (no terminal: readline falls back to a dumb one);
             // the last line is `exit`, so readline never returns NULL at EOF.
             workload: "printf '%s\\n' 'echo BPID=$$' 'echo RL-TWO $((6*7))' 'true RL-THREE' exit | bash --norc --noprofile -i",
+            setup: "",
             truths: &[("gtrl", "u:/bin/bash:readline")],
             check: bashreadline,
             judged: "each command line the workload fed bash, once, with bash's pid; as many as the guest's own uprobe on readline counts",
@@ -183,6 +189,7 @@ const TOOLS: &[(&str, Expect)] = &[
         "bitesize",
         Runs {
             workload: "dd if=/dev/vda of=/dev/null bs=4096 count=16 iflag=direct 2>/dev/null",
+            setup: "",
             truths: &[("gtrq", "blk_mq_start_request")],
             check: bitesize,
             judged: "dd's 16 direct 4 KiB reads of the disk in its histogram, all requests as many as the kernel counts",
@@ -192,6 +199,7 @@ const TOOLS: &[(&str, Expect)] = &[
         "capable",
         Runs {
             workload: "mknod /tmp/capnode c 1 3; rm -f /tmp/capnode",
+            setup: "",
             truths: &[],
             check: capable,
             judged: "prints mknod's CAP_MKNOD check, uid 0",
@@ -201,6 +209,7 @@ const TOOLS: &[(&str, Expect)] = &[
         "cpuwalk",
         Runs {
             workload: "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done",
+            setup: "",
             truths: &[],
             check: cpuwalk,
             judged: "samples, on CPUs 0-1 only",
@@ -210,6 +219,7 @@ const TOOLS: &[(&str, Expect)] = &[
         "dcsnoop",
         Runs {
             workload: "cat /tmp/dcsnoop-missing 2>/dev/null; true",
+            setup: "",
             truths: &[],
             check: dcsnoop,
             judged: "prints cat's lookup of the missing name",
@@ -220,6 +230,7 @@ const TOOLS: &[(&str, Expect)] = &[
         Runs {
             // By path: busybox's shell runs its own applets without exec.
             workload: "/bin/busybox ls -a /tmp > /dev/null; /bin/busybox uname -s -r > /dev/null",
+            setup: "",
             truths: &[],
             check: execsnoop,
             judged: "prints each command the workload execs, with its arguments",
@@ -232,6 +243,7 @@ const TOOLS: &[(&str, Expect)] = &[
             // gethostbyname2 (AF_INET6 first; /etc/hosts has ::1 localhost).
             workload: "getent ahosts localhost > /dev/null & echo GPID=$!; wait; \
                        getent hosts localhost > /dev/null & echo GPID=$!; wait",
+            setup: "",
             truths: &[
                 ("gtgai", "u:/lib/x86_64-linux-gnu/libc.so.6:getaddrinfo"),
                 ("gtghbn", "u:/lib/x86_64-linux-gnu/libc.so.6:gethostbyname"),
@@ -248,6 +260,7 @@ const TOOLS: &[(&str, Expect)] = &[
         "killsnoop",
         Runs {
             workload: "sleep 30 & echo TPID=$!; kill -15 $!; wait",
+            setup: "",
             truths: &[],
             check: killsnoop,
             judged: "prints the kill of the workload's sleep, signal 15",
@@ -259,6 +272,7 @@ const TOOLS: &[(&str, Expect)] = &[
             // The kernel's own view, every 0.5 s while the tool samples each
             // second (both change only at the kernel's 5 s updates).
             workload: "for i in 1 2 3 4 5 6; do echo LOADAVG=$(cut -d' ' -f1 /proc/loadavg | tr -d .); sleep 0.5; done",
+            setup: "",
             truths: &[],
             check: loads,
             judged: "each load1 printed is one /proc/loadavg showed (to 0.02)",
@@ -266,12 +280,30 @@ const TOOLS: &[(&str, Expect)] = &[
     ),
     (
         "mdflush",
-        Refused("unknown kernel symbol 'md_flush_request'"),
+        Runs {
+            // A linear md array over /dev/vdc without mdadm, through md's
+            // sysfs (Documentation/admin-guide/md.rst): no metadata, the
+            // one device in slot 0 with its whole size (KiB). An fsync of
+            // /dev/md0 sends md an empty REQ_PREFLUSH bio, which linear's
+            // make_request hands to md_flush_request.
+            workload: "d=/sys/block/md0/md; echo md0 > /sys/module/md_mod/parameters/new_array && \
+                       echo none > $d/metadata_version && echo linear > $d/level && \
+                       echo 1 > $d/raid_disks && cat /sys/block/vdc/dev > $d/new_dev && \
+                       echo 0 > $d/dev-vdc/slot && echo $(($(cat /sys/block/vdc/size) / 2)) > $d/dev-vdc/size && \
+                       echo active > $d/array_state && grep '^md0 ' /proc/mdstat && \
+                       for i in 1 2 3; do dd if=/dev/zero of=/dev/md0 bs=4096 count=4 conv=fsync 2>/dev/null || exit 1; done; \
+                       echo clear > $d/array_state",
+            setup: MD_MODULES,
+            truths: &[("gtmdf", "md_flush_request")],
+            check: mdflush,
+            judged: "a line per flush of md0 by dd, as many as the kernel counts md_flush_request (at least the workload's 3 fsyncs of a linear array on /dev/vdc)",
+        },
     ),
     (
         "naptime",
         Runs {
             workload: "sleep 1; usleep 1000",
+            setup: "",
             truths: &[("gtnap", "__x64_sys_nanosleep")],
             check: naptime,
             judged: "as many naps as the kernel counts nanosleeps (glibc sleeps with clock_nanosleep: none)",
@@ -282,6 +314,7 @@ const TOOLS: &[(&str, Expect)] = &[
         "opensnoop",
         Runs {
             workload: "echo x > /tmp/opensnoop-file; cat /tmp/opensnoop-file > /dev/null; cat /tmp/opensnoop-missing 2>/dev/null; true",
+            setup: "",
             truths: &[],
             check: opensnoop,
             judged: "prints the paths cat opens, ENOENT for the missing one",
@@ -291,6 +324,7 @@ const TOOLS: &[(&str, Expect)] = &[
         "pidpersec",
         Runs {
             workload: "for i in $(seq 20); do /bin/true; done; sleep 2",
+            setup: "",
             truths: &[("gtclone", "kernel_clone")],
             check: pidpersec,
             judged: "new processes per second add up to the forks the kernel counts (at least the workload's 20)",
@@ -300,6 +334,7 @@ const TOOLS: &[(&str, Expect)] = &[
         "runqlat",
         Runs {
             workload: "for i in 1 2 3 4 5; do usleep 100000; done; i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done",
+            setup: "",
             truths: &[("gtsw", "finish_task_switch.isra.0")],
             check: runqlat,
             judged: "at least one run-queue latency per sleep that woke, at most one per context switch the kernel made",
@@ -309,6 +344,7 @@ const TOOLS: &[(&str, Expect)] = &[
         "runqlen",
         Runs {
             workload: "sleep 1",
+            setup: "",
             truths: &[],
             check: runqlen,
             judged: "samples run queue lengths",
@@ -318,6 +354,7 @@ const TOOLS: &[(&str, Expect)] = &[
         "setuids",
         Runs {
             workload: "mkdir -p /etc; echo tooluser:x:1234:1234::/tmp:/bin/sh >> /etc/passwd; su -s /bin/sh tooluser -c true",
+            setup: "",
             truths: &[],
             check: setuids,
             judged: "prints su's setuid(1234)",
@@ -329,6 +366,7 @@ const TOOLS: &[(&str, Expect)] = &[
         "statsnoop",
         Runs {
             workload: "stat -f /tmp > /dev/null; stat -f /tmp/statsnoop-missing 2>/dev/null; true",
+            setup: "",
             truths: &[],
             check: statsnoop,
             judged: "prints the paths stat -f passes to statfs, ENOENT for the missing one",
@@ -338,6 +376,7 @@ const TOOLS: &[(&str, Expect)] = &[
         "swapin",
         Runs {
             workload: "sleep 1",
+            setup: "",
             truths: &[("gtswap", "swap_readpage")],
             check: swapin,
             judged: "counts swap-ins as the kernel does (none: no swap)",
@@ -347,6 +386,7 @@ const TOOLS: &[(&str, Expect)] = &[
         "syncsnoop",
         Runs {
             workload: "sync; sync; sync",
+            setup: "",
             truths: &[("gtsync", "__x64_sys_sync")],
             check: syncsnoop,
             judged: "prints each of the 3 sync calls the kernel counts",
@@ -361,6 +401,7 @@ const TOOLS: &[(&str, Expect)] = &[
                        dd if=/dev/zero of=/dev/null bs=1 count=20 2>/dev/null; \
                        echo 0 > $e/enable; echo 0 > $e/filter; \
                        echo DD_SYSCALLS=$(grep -c ' sys_enter: ' $t/trace)",
+            setup: "",
             truths: &[],
             check: syscount,
             judged: "dd's syscalls equal the guest's own raw_syscalls:sys_enter events for dd",
@@ -370,6 +411,7 @@ const TOOLS: &[(&str, Expect)] = &[
         "tcpaccept",
         Runs {
             workload: tcp_loopback!("5001", "1389"),
+            setup: "",
             truths: &[("gtacc", "inet_csk_accept")],
             check: tcpaccept,
             judged: "prints nc -l's accept on loopback (v4-mapped on its IPv6 socket), as many as the kernel counts",
@@ -379,6 +421,7 @@ const TOOLS: &[(&str, Expect)] = &[
         "tcpconnect",
         Runs {
             workload: tcp_loopback!("5002", "138A"),
+            setup: "",
             truths: &[("gtconn", "tcp_connect")],
             check: tcpconnect,
             judged: "prints nc's connect to 127.0.0.1:5002, as many as the kernel counts",
@@ -395,6 +438,7 @@ const TOOLS: &[(&str, Expect)] = &[
         "tcplife",
         Runs {
             workload: tcp_loopback!("5003", "138B"),
+            setup: "",
             truths: &[],
             check: tcplife,
             judged: "prints both ends of nc's loopback session, ports and client pid as the workload had them",
@@ -407,6 +451,7 @@ const TOOLS: &[(&str, Expect)] = &[
             // kernel retransmits it until nc's 3 s connect timeout.
             workload: "ip link set lo up; ip route add 10.9.9.0/24 dev lo 2>/dev/null; \
                        nc -w 3 10.9.9.2 80 < /dev/null; true",
+            setup: "",
             truths: &[("gtretr", "tcp_retransmit_skb")],
             check: tcpretrans,
             judged: "prints each retransmit of an unanswered SYN the kernel counts (at least one)",
@@ -416,6 +461,7 @@ const TOOLS: &[(&str, Expect)] = &[
         "tcpsynbl",
         Runs {
             workload: "sleep 1",
+            setup: "",
             truths: &[("gtsyn", "tcp_v4_syn_recv_sock")],
             check: tcpsynbl,
             judged: "counts SYN backlogs as the kernel does (none: no network)",
@@ -429,6 +475,7 @@ const TOOLS: &[(&str, Expect)] = &[
         "undump",
         Runs {
             workload: "sleep 1",
+            setup: "",
             truths: &[("gtunix", "unix_stream_read_actor")],
             check: undump,
             judged: "prints a line per unix stream read the kernel counts",
@@ -438,6 +485,7 @@ const TOOLS: &[(&str, Expect)] = &[
         "vfscount",
         Runs {
             workload: "echo x > /tmp/vfscount; cat /tmp/vfscount > /dev/null",
+            setup: "",
             truths: &[("gtr", "vfs_read"), ("gtw", "vfs_write")],
             check: vfscount,
             judged: "vfs_read/vfs_write counts within the kernel's",
@@ -447,6 +495,7 @@ const TOOLS: &[(&str, Expect)] = &[
         "vfsstat",
         Runs {
             workload: "echo x > /tmp/vfsstat; for i in 1 2 3; do cat /tmp/vfsstat > /dev/null; sleep 1; done",
+            setup: "",
             truths: &[("gtr", "vfs_read")],
             check: vfsstat,
             judged: "per-second vfs_read counts add up within the kernel's",
@@ -458,6 +507,7 @@ const TOOLS: &[(&str, Expect)] = &[
             workload: "echo VDA=$(cat /sys/block/vda/dev); echo 1 > /proc/sys/vm/dirty_expire_centisecs; \
                        echo 10 > /proc/sys/vm/dirty_writeback_centisecs; \
                        dd if=/dev/zero of=/dev/vda bs=4096 count=64 2>/dev/null; sleep 2",
+            setup: "",
             truths: &[("gtwb", "wb_writeback")],
             check: writeback,
             judged: "the flusher's writebacks of the disk's dirty pages, named as the guest's /sys/block/vda/dev",
@@ -465,8 +515,46 @@ const TOOLS: &[(&str, Expect)] = &[
     ),
     (
         "xfsdist",
-        Refused("unknown kernel symbol 'xfs_file_read_iter'"),
+        Runs {
+            // /dev/vdb is an XFS filesystem made on the host: 8 writes and
+            // an fsync (dd), then the file read by cat and by dd (9 reads,
+            // the last at the end of the file), 3 opens in all.
+            workload: "mkdir -p /tmp/xfs && mount -t xfs /dev/vdb /tmp/xfs && \
+                       dd if=/dev/zero of=/tmp/xfs/f bs=4096 count=8 conv=fsync 2>/dev/null && \
+                       cat /tmp/xfs/f > /dev/null && dd if=/tmp/xfs/f of=/dev/null bs=4096 2>/dev/null; \
+                       status=$?; umount /tmp/xfs && exit $status",
+            setup: XFS_MODULES,
+            truths: &XFS_TRUTHS,
+            check: xfsdist,
+            judged: "a latency histogram per XFS operation (read, write, open, fsync of files on /dev/vdb), each as many as the kernel counts that function",
+        },
     ),
+];
+
+/// Setup of the md tool: md and its linear personality (loaded once,
+/// kept), and no md0 left by an earlier run that failed.
+const MD_MODULES: &str = "for m in md-mod linear; do insmod /lib/modules/$m.ko 2>/dev/null; done; \
+                          grep -q '^linear ' /proc/modules && \
+                          { [ ! -e /sys/block/md0/md ] || echo clear > /sys/block/md0/md/array_state; }";
+
+/// Setup of the XFS tool: xfs after what its init needs (loaded once, kept).
+const XFS_MODULES: &str = "for m in crc32c_generic libcrc32c xfs; do insmod /lib/modules/$m.ko 2>/dev/null; done; \
+                           grep -q '^xfs ' /proc/modules";
+
+/// xfsdist's functions, each with its truth and the calls the workload
+/// makes at least.
+const XFS_OPS: [(&str, &str, u64); 4] = [
+    ("gtxr", "xfs_file_read_iter", 9),
+    ("gtxw", "xfs_file_write_iter", 8),
+    ("gtxo", "xfs_file_open", 3),
+    ("gtxf", "xfs_file_fsync", 1),
+];
+
+const XFS_TRUTHS: [(&str, &str); 4] = [
+    (XFS_OPS[0].0, XFS_OPS[0].1),
+    (XFS_OPS[1].0, XFS_OPS[1].1),
+    (XFS_OPS[2].0, XFS_OPS[2].1),
+    (XFS_OPS[3].0, XFS_OPS[3].1),
 ];
 
 fn capable(r: &Run) -> Result<(), String> {
@@ -631,6 +719,49 @@ fn loads(r: &Run) -> Result<(), String> {
         if !proc.iter().any(|p| (t - p).abs() <= 0.02) {
             return Err(format!("load1 {t}, and /proc/loadavg showed {proc:?}"));
         }
+    }
+    Ok(())
+}
+
+fn mdflush(r: &Run) -> Result<(), String> {
+    if !r.console.contains("md0 : active linear vdc[0]") {
+        return Err("/proc/mdstat showed no active linear md0 on vdc".into());
+    }
+    // TIME PID COMM DEVICE
+    let rows = rows(r, 4, 1);
+    if let Some(w) = rows.iter().find(|w| w[3] != "md0" || w[2] != "dd") {
+        return Err(format!(
+            "a flush of {} by {}: only dd flushes md0",
+            w[3], w[2]
+        ));
+    }
+    let n = rows.len() as u64;
+    let (inside, _) = r.bounds("gtmdf")?;
+    if inside < 3 {
+        return Err(format!(
+            "the kernel counted {inside} md_flush_request calls; the workload fsynced md0 3 times"
+        ));
+    }
+    within(r, n, "flushes of md0", "gtmdf")?;
+    eprintln!(
+        "mdflush: {n} flushes of md0 printed; the kernel counted {inside} during the workload"
+    );
+    Ok(())
+}
+
+fn xfsdist(r: &Run) -> Result<(), String> {
+    for (truth, func, least) in XFS_OPS {
+        let n = hist_total(&r.stdout, &format!("@us[{func}]:"));
+        let (inside, _) = r.bounds(truth)?;
+        if inside < least {
+            return Err(format!(
+                "the kernel counted {inside} calls of {func}; the workload made at least {least}"
+            ));
+        }
+        within(r, n, &format!("@us[{func}] samples"), truth)?;
+        eprintln!(
+            "xfsdist: @us[{func}]: {n} samples; the kernel counted {inside} during the workload"
+        );
     }
     Ok(())
 }
@@ -1047,10 +1178,14 @@ fn run_tool(
     name: &str,
     index: usize,
     workload: &str,
+    setup: &str,
     truths: &[(&str, &str)],
 ) -> Result<Run, String> {
     let from = g.console_len();
     let marker = format!("TOOL-DONE-{index}");
+    if !setup.is_empty() {
+        step(g, setup)?;
+    }
     // The guest's own kprobes, enabled before the tool attaches; what an
     // earlier tool's failure left enabled goes first (an enabled event
     // keeps `kprobe_events` from being cleared).
@@ -1221,6 +1356,29 @@ fn bpftraces_tools_as_shipped() {
         let disk = tempfile::NamedTempFile::new().expect("disk file");
         disk.as_file().set_len(32 << 20).expect("disk size");
         cfg.disk = Some(disk.path().to_path_buf());
+        // /dev/vdb: an XFS filesystem for xfsdist (xfsprogs 6.1 makes none
+        // below 300 MB; the file stays sparse past what mkfs writes).
+        let xfs = tempfile::NamedTempFile::new().expect("XFS disk file");
+        xfs.as_file().set_len(300 << 20).expect("XFS disk size");
+        let mkfs = std::process::Command::new("mkfs.xfs")
+            .arg("-q")
+            .arg(xfs.path())
+            .output();
+        let why = match &mkfs {
+            Ok(out) if out.status.success() => None,
+            Ok(out) => Some(support::text(&out.stderr)),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = why {
+            panic!(
+                "mkfs.xfs {} (xfsprogs; .ci/install-deps installs it): {why}",
+                xfs.path().display()
+            );
+        }
+        // /dev/vdc: the one device of mdflush's md array.
+        let md = tempfile::NamedTempFile::new().expect("md disk file");
+        md.as_file().set_len(16 << 20).expect("md disk size");
+        cfg.extra_disks = vec![xfs.path().to_path_buf(), md.path().to_path_buf()];
         let qemu = qemu10();
         let plugin = qemu.is_some();
         if let Some(q) = qemu {
@@ -1243,6 +1401,7 @@ fn bpftraces_tools_as_shipped() {
         for (i, (name, e)) in runs.iter().enumerate() {
             let Runs {
                 workload,
+                setup,
                 truths,
                 check,
                 judged,
@@ -1251,7 +1410,7 @@ fn bpftraces_tools_as_shipped() {
                 unreachable!("filtered")
             };
             let t = Instant::now();
-            let result = run_tool(&mut g, name, i, workload, truths).and_then(|r| {
+            let result = run_tool(&mut g, name, i, workload, setup, truths).and_then(|r| {
                 check(&r)
                     .map_err(|e| format!("{e}\n--- stdout\n{}--- console\n{}", r.stdout, r.console))
             });

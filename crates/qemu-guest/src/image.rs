@@ -45,6 +45,21 @@ const GUEST_MODULES: [&str; 6] = [
     "drivers/block/virtio_blk.ko",
 ];
 
+/// Kernel modules packed into the initramfs beside [`GUEST_MODULES`] but
+/// never loaded by the init: a workload loads them (`insmod
+/// /lib/modules/NAME.ko`, in this order), so a guest that does not ask
+/// boots and runs exactly as without them. XFS (`xfs` needs `libcrc32c`,
+/// whose init asks the crypto API for crc32c: with no modprobe in the
+/// guest, `crc32c_generic` must already be there) and md's linear
+/// personality (`linear` needs `md-mod`), for the tools on them.
+const ON_DEMAND_MODULES: [&str; 5] = [
+    "crypto/crc32c_generic.ko",
+    "lib/libcrc32c.ko",
+    "fs/xfs/xfs.ko",
+    "drivers/md/md-mod.ko",
+    "drivers/md/linear.ko",
+];
+
 /// The glibc userland of the default guest: (Debian package, what of it
 /// goes into the guest, as paths in the package; a path ending in `/` is
 /// every file and symlink directly in that directory). At the package's
@@ -109,6 +124,7 @@ fn initrd_name() -> String {
         .chain(BENCH_PROGRAMS.iter().flat_map(|(n, c)| [*n, *c]))
         .chain(PIE_PROGRAMS.iter().flat_map(|(n, c)| [*n, *c]))
         .chain(GUEST_MODULES)
+        .chain(ON_DEMAND_MODULES)
         .chain(
             USERLAND
                 .iter()
@@ -209,7 +225,7 @@ pub fn build_default_guest(cache: &Path, progress: &mut dyn FnMut(&str)) -> Resu
     let busybox = std::fs::read(&busybox_path).map_err(io_err(&busybox_path))?;
     let modules_dir = kernel_root.join(format!("lib/modules/{version}/kernel"));
     let mut files = programs;
-    for module in GUEST_MODULES {
+    for module in GUEST_MODULES.iter().chain(&ON_DEMAND_MODULES) {
         let path = modules_dir.join(module);
         // Another kernel may build one in: the guest then needs no module.
         let Ok(bytes) = std::fs::read(&path) else {

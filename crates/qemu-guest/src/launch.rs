@@ -63,6 +63,10 @@ pub struct LaunchConfig {
     /// A raw disk image given to the guest as a virtio-blk device
     /// (/dev/vda in the default guest).
     pub disk: Option<PathBuf>,
+    /// More raw disk images, virtio-blk devices after [`Self::disk`], in
+    /// order: /dev/vdb, /dev/vdc, ... in the default guest (from /dev/vda
+    /// on without `disk`).
+    pub extra_disks: Vec<PathBuf>,
     /// Extra CPU features for TCG's `qemu64` model, e.g. `"+la57"` for
     /// five-level paging (empty by default).
     pub tcg_cpu_features: String,
@@ -88,6 +92,7 @@ impl LaunchConfig {
             log_file: None,
             gdbstub: true,
             disk: None,
+            extra_disks: Vec::new(),
             tcg_cpu_features: String::new(),
             plugin: None,
             extra_args: Vec::new(),
@@ -201,16 +206,7 @@ impl Vm {
         if let Some(log) = &cfg.log_file {
             cmd.arg("-D").arg(log).args(["-msg", "timestamp=on"]);
         }
-        if let Some(disk) = &cfg.disk {
-            // QEMU splits -drive options at commas: a comma in the path is doubled.
-            let file = disk.to_string_lossy().replace(',', ",,");
-            cmd.args([
-                "-drive",
-                &format!("file={file},if=none,id=disk0,format=raw"),
-                "-device",
-                "virtio-blk-pci,drive=disk0",
-            ]);
-        }
+        cmd.args(disk_args(cfg));
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -488,6 +484,82 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// `-drive` and `-device` arguments for [`LaunchConfig::disk`] then
+/// [`LaunchConfig::extra_disks`]: the guest finds the virtio-blk devices in
+/// PCI order, which is the order of the `-device` arguments.
+fn disk_args(cfg: &LaunchConfig) -> Vec<String> {
+    let mut args = Vec::new();
+    for (i, disk) in cfg.disk.iter().chain(&cfg.extra_disks).enumerate() {
+        // QEMU splits -drive options at commas: a comma in the path is doubled.
+        let file = disk.to_string_lossy().replace(',', ",,");
+        args.extend([
+            "-drive".to_string(),
+            format!("file={file},if=none,id=disk{i},format=raw"),
+            "-device".to_string(),
+            format!("virtio-blk-pci,drive=disk{i}"),
+        ]);
+    }
+    args
+}
+
+#[cfg(test)]
+mod disk_tests {
+    use super::*;
+
+    fn config() -> LaunchConfig {
+        LaunchConfig::new(GuestImage {
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            append: String::new(),
+            version: "custom".into(),
+        })
+    }
+
+    #[test]
+    fn no_disk_gives_no_drive() {
+        assert!(disk_args(&config()).is_empty());
+    }
+
+    #[test]
+    fn the_disk_comes_first_then_the_extra_disks_in_order() {
+        let mut cfg = config();
+        cfg.disk = Some("/d/a.img".into());
+        cfg.extra_disks = vec!["/d/b,1.img".into(), "/d/c.img".into()];
+        assert_eq!(
+            disk_args(&cfg),
+            [
+                "-drive",
+                "file=/d/a.img,if=none,id=disk0,format=raw",
+                "-device",
+                "virtio-blk-pci,drive=disk0",
+                "-drive",
+                "file=/d/b,,1.img,if=none,id=disk1,format=raw",
+                "-device",
+                "virtio-blk-pci,drive=disk1",
+                "-drive",
+                "file=/d/c.img,if=none,id=disk2,format=raw",
+                "-device",
+                "virtio-blk-pci,drive=disk2",
+            ]
+        );
+    }
+
+    #[test]
+    fn extra_disks_alone_start_at_the_first_device() {
+        let mut cfg = config();
+        cfg.extra_disks = vec!["/d/b.img".into()];
+        assert_eq!(
+            disk_args(&cfg),
+            [
+                "-drive",
+                "file=/d/b.img,if=none,id=disk0,format=raw",
+                "-device",
+                "virtio-blk-pci,drive=disk0",
+            ]
+        );
     }
 }
 
