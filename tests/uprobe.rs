@@ -22,6 +22,7 @@ const PROGRAM: &str = r#"
 uprobe:/bin/vmprobe-ucount:ucount_step { @calls = count(); @args[arg0] = count(); }
 uretprobe:/bin/vmprobe-ucount:ucount_step { @ret[retval] = count(); @rets = count(); }
 uprobe:/bin/vmprobe-ucount:ucount_step /arg0 == 3/ { @stack[ustack(2)] = count(); }
+uretprobe:/bin/vmprobe-ucount:ucount_step { @usym[usym(reg("ip"))] = count(); }
 uprobe:/bin/vmprobe-fpstack:f1 { @never = count(); }
 "#;
 
@@ -45,6 +46,12 @@ fn uprobe_counts_exactly_the_calls_of_its_file_and_uretprobe_sees_their_return_v
             && stdout.contains("]: 2\n"),
         "{stdout}"
     );
+    // usym of the pc at each return: the caller, main, from the ELF.
+    assert_eq!(
+        keyed_map_str(&stdout, "usym"),
+        [("main".to_string(), 31)],
+        "{stdout}"
+    );
     // The copy's 20 calls stopped the guest and were told apart.
     let other: u64 = stderr
         .split(" uprobe stops in other files")
@@ -66,6 +73,21 @@ fn the_plugin_backend_serves_uprobes_the_same() {
     let (stdout, stderr) = counts_and_returns("plugin");
     assert!(stderr.contains("plugin backend"), "{stderr}");
     assert!(stdout.contains("@stack[\n    0x"), "{stdout}");
+    let usyms = keyed_map_str(&stdout, "usym");
+    assert!(
+        usyms.len() == 1 && usyms[0].0.starts_with("0x") && usyms[0].1 == 31,
+        "{stdout}"
+    );
+}
+
+/// `@name[KEY]: N` lines of a map with string keys, in output order.
+fn keyed_map_str(stdout: &str, name: &str) -> Vec<(String, u64)> {
+    let prefix = format!("@{name}[");
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix)?.split_once("]: "))
+        .map(|(k, v)| (k.to_string(), v.trim().parse().expect("count")))
+        .collect()
 }
 
 /// Runs the workload with the probes on `backend`, checks every count,

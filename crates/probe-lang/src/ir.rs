@@ -127,6 +127,8 @@ pub enum Expr {
         delim: u32,
     },
     Ksym(Box<Expr>),
+    /// The user function holding an address in the current task (`usym`).
+    Usym(Box<Expr>),
     /// The name of a uid in the guest's /etc/passwd ([`Ir::users`]), or
     /// "" (bpftrace's `username`).
     Username(Box<Expr>),
@@ -412,6 +414,7 @@ fn dexpr(e: &Expr) -> String {
         Expr::BufRead { ptr, len } => format!("buf({}, {})", dexpr(ptr), dexpr(len)),
         Expr::Join { ptr, delim } => format!("join({}, s{delim})", dexpr(ptr)),
         Expr::Ksym(a) => format!("ksym({})", dexpr(a)),
+        Expr::Usym(a) => format!("usym({})", dexpr(a)),
         Expr::Username(a) => format!("username({})", dexpr(a)),
         Expr::Bswap { size, e } => format!("bswap{}({})", *size as u32 * 8, dexpr(e)),
         Expr::CgroupPath { id, unified } => {

@@ -517,6 +517,7 @@ impl Lower<'_> {
                 len: b(self, 1),
             },
             "ksym" => Expr::Ksym(b(self, 0)),
+            "usym" => Expr::Usym(b(self, 0)),
             "username" => Expr::Username(b(self, 0)),
             "bswap" => Expr::Bswap {
                 size: self

@@ -817,6 +817,15 @@ impl Interpreter {
                     None => format!("{addr:#x}"),
                 }))
             }
+            // As bpftrace prints it: the function's name, or the address
+            // where no symbols of the file mapped there are known.
+            Expr::Usym(a) => {
+                let addr = self.eval(p, a, env)?.as_int();
+                Value::Str(Arc::from(match env.ctx.usym(addr) {
+                    Some((s, _)) => s,
+                    None => format!("{addr:#x}"),
+                }))
+            }
             // As bpftrace resolves it: the first user with this uid, else "".
             Expr::Username(a) => {
                 let uid = self.eval(p, a, env)?.as_int();

@@ -22,6 +22,7 @@ const EXPR_FUNCS: &[(&str, usize, usize)] = &[
     ("str", 1, 2),
     ("buf", 2, 2),
     ("ksym", 1, 1),
+    ("usym", 1, 1),
     ("cgroup_path", 1, 2),
     ("kaddr", 1, 1),
     ("reg", 1, 1),
@@ -263,8 +264,8 @@ impl Checker<'_, '_> {
                 }
                 if name == "str" { Type::Str } else { Type::Buf }
             }
-            "ksym" => {
-                self.want_int(&args[0], "argument of ksym()");
+            "ksym" | "usym" => {
+                self.want_int(&args[0], &format!("argument of {name}()"));
                 Type::Str
             }
             // Address-space annotations; addresses are used as they are.
