@@ -534,6 +534,21 @@ impl Btf {
         }
     }
 
+    /// Whether enum `id` (through typedefs/qualifiers) is signed: BTF's
+    /// kind_flag, which pahole sets for an enum with a negative value.
+    pub fn enum_signed(&self, id: TypeId) -> Result<bool, Error> {
+        let r = self.resolve(id)?;
+        let h = self.hdr(r)?;
+        match h.kind {
+            Kind::Enum | Kind::Enum64 => Ok(h.kind_flag),
+            found => Err(Error::WrongKind {
+                id: r,
+                expected: "an enum",
+                found,
+            }),
+        }
+    }
+
     /// The value of enumerator `name` of enum `id`.
     pub fn enum_value(&self, id: TypeId, name: &str) -> Result<Option<i64>, Error> {
         Ok(self

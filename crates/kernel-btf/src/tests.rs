@@ -203,6 +203,8 @@ fn check_sample(btf: &Btf) {
         "bit pattern kept"
     );
     assert_eq!(btf.enum_value(22, "NEG").unwrap(), Some(-3));
+    assert!(btf.enum_signed(22).unwrap());
+    assert!(btf.enum_signed(9).is_err());
     assert!(matches!(btf.enumerators(5), Err(Error::WrongKind { .. })));
     assert_eq!(btf.find_enumerator("BLUE"), Some((13, 5)));
     assert_eq!(btf.find_enumerator("NEG"), Some((22, -3)));
@@ -441,6 +443,15 @@ fn real_image_types() {
     let pt = btf.lookup("enum pid_type").unwrap();
     assert_eq!(btf.enum_value(pt, "PIDTYPE_PID").unwrap(), Some(0));
     assert_eq!(btf.enum_name(pt, 1).unwrap(), Some("PIDTYPE_TGID"));
+    // An enum with a negative value is signed (INT_MIN first); one
+    // without is not.
+    assert!(!btf.enum_signed(pt).unwrap());
+    let prio = btf.lookup("enum nf_ip_hook_priorities").unwrap();
+    assert!(btf.enum_signed(prio).unwrap());
+    assert_eq!(
+        btf.enum_value(prio, "NF_IP_PRI_FIRST").unwrap(),
+        Some(i64::from(i32::MIN))
+    );
     // The TCP states are an anonymous enum (include/net/tcp_states.h).
     for (name, value) in [
         ("TCP_ESTABLISHED", 1),

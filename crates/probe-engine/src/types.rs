@@ -66,7 +66,7 @@ impl KernelTypes for BtfTypes<'_> {
             Ok(Kind::Enum | Kind::Enum64) => match size() {
                 Some(s @ 1..=8) => TypeInfo::Enum {
                     size: s as u8,
-                    signed: false,
+                    signed: self.btf.enum_signed(id).unwrap_or(false),
                 },
                 _ => TypeInfo::Other,
             },
