@@ -211,7 +211,7 @@ pub fn compile_typed(
     )?;
     crate::uprobe::bind(&mut program, &files)?;
     if let Some(modules) = module_functions(kernel, &points) {
-        program.bind_module_functions(|name| modules.modules_of(name).to_vec());
+        program.bind_module_functions(|name| module_functions_named(kernel, &modules, name));
     }
     program.bind_guest_events(|system, event| {
         events
@@ -224,29 +224,24 @@ pub fn compile_typed(
 }
 
 /// The functions of the kernel's modules, when a kprobe or kretprobe
-/// names a function the image lacks and the kernel is the default guest's
-/// (whose module files vmprobe has). Their addresses come from the guest
-/// once a module is loaded; this only says which module has the name.
+/// names a function the image lacks, or a wildcard, and the kernel is the
+/// default guest's (whose module files vmprobe has). Their addresses come
+/// from the guest once a module is loaded; this only says which module
+/// has the name.
 fn module_functions(
     kernel: &KernelInfo,
     points: &[probe_lang::ProbeSpec],
 ) -> Option<kernel_image::modules::ModuleFunctions> {
     use probe_lang::{KprobeTarget, ProbeSpec};
-    let missing = points.iter().any(|p| match p {
+    let wanted = points.iter().any(|p| match p {
         ProbeSpec::Kprobe {
             target: KprobeTarget::Function(f),
             ..
         }
-        | ProbeSpec::Kretprobe { function: f } => {
-            !f.contains(['*', '?'])
-                && kernel
-                    .symbols
-                    .lookup(f)
-                    .is_none_or(|s| !kernel.symbols.is_text(s))
-        }
+        | ProbeSpec::Kretprobe { function: f } => f.contains(['*', '?']) || !in_image(kernel, f),
         _ => false,
     });
-    if !missing {
+    if !wanted {
         return None;
     }
     let cache = qemu_guest::cache_dir();
@@ -256,6 +251,36 @@ fn module_functions(
     }
     let (dir, index) = qemu_guest::default_guest_modules(&cache)?;
     kernel_image::modules::ModuleFunctions::from_dir_cached(&dir, &index).ok()
+}
+
+/// Whether the image has `name` as a function.
+fn in_image(kernel: &KernelInfo, name: &str) -> bool {
+    kernel
+        .symbols
+        .lookup(name)
+        .is_some_and(|s| kernel.symbols.is_text(s))
+}
+
+/// The module functions (not the image's) that a kprobe's name or
+/// pattern names, with their modules.
+fn module_functions_named(
+    kernel: &KernelInfo,
+    modules: &kernel_image::modules::ModuleFunctions,
+    pattern: &str,
+) -> Vec<(String, Vec<Arc<str>>)> {
+    if !pattern.contains(['*', '?']) {
+        let of = modules.modules_of(pattern);
+        return match of.is_empty() || in_image(kernel, pattern) {
+            true => Vec::new(),
+            false => vec![(pattern.to_string(), of.to_vec())],
+        };
+    }
+    modules
+        .matching(pattern)
+        .into_iter()
+        .filter(|(name, _)| !in_image(kernel, name))
+        .map(|(name, of)| (name.to_string(), of.to_vec()))
+        .collect()
 }
 
 /// `with(finder, events)` over the image's tracepoints other than the

@@ -1,5 +1,5 @@
-//! Kprobes on kernel module functions, judged by the guest kernel's own
-//! kprobe on the same function. The default guest's virtio_blk is a
+//! Kprobes on kernel module functions (by name and by wildcard), judged
+//! by the guest kernel's own kprobe on the same function. The default guest's virtio_blk is a
 //! module; the workload removes it and loads it again, so vmprobe arms
 //! the probe at the module's load (`do_init_module`), not at attach, and
 //! disarms it at its removal (`free_module`): twice, at whatever address
@@ -43,6 +43,7 @@ fn program() -> String {
         "kprobe:ksys_write /arg2 == {WINDOW_START}/ {{ @on = 1; @n = @n + 1; }}\n\
          kprobe:ksys_write /arg2 == {WINDOW_END}/ {{ @on = 0; }}\n\
          kprobe:virtio_queue_rq /@on == 1/ {{ @q[@n] = count(); }}\n\
+         kprobe:virtio_queue_r? /@on == 1/ {{ @w[func] = count(); }}\n\
          END {{ clear(@on); clear(@n); }}"
     )
 }
@@ -78,6 +79,17 @@ fn counts_equal_the_guests_own(backend: &str) {
         let ours = map_value(&stdout, &format!("q[{}]", i + 1));
         assert_eq!(ours, *n, "{backend}: window {}\n{stdout}\n{stderr}", i + 1);
     }
+    // A wildcard matches the module's functions too (`virtio_queue_rq`,
+    // and `virtio_queue_rqs` if a batch came).
+    let total: u64 = READS.iter().sum();
+    assert_eq!(map_value(&stdout, "w[virtio_queue_rq]"), total, "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("@w["))
+            .all(|l| l.starts_with("@w[virtio_queue_rq")),
+        "{stdout}"
+    );
     assert!(!stderr.contains("changed across"), "{backend}: {stderr}");
     eprintln!("{backend}: per window ours = theirs = {READS:?}");
 }

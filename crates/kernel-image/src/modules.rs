@@ -39,6 +39,19 @@ impl ModuleFunctions {
         self.by_name.get(name).map(Vec::as_slice).unwrap_or(&[])
     }
 
+    /// The functions whose names match `pattern` (`*`, `?`, as
+    /// [`crate::KernelSymbols::matching`]), with their modules, by name.
+    pub fn matching(&self, pattern: &str) -> Vec<(&str, &[Arc<str>])> {
+        let mut found: Vec<(&str, &[Arc<str>])> = self
+            .by_name
+            .iter()
+            .filter(|(name, _)| crate::glob(pattern, name))
+            .map(|(name, modules)| (name.as_str(), modules.as_slice()))
+            .collect();
+        found.sort_unstable_by_key(|(name, _)| *name);
+        found
+    }
+
     pub fn len(&self) -> usize {
         self.by_name.len()
     }
@@ -249,6 +262,8 @@ mod tests {
         let shared: Vec<&str> = found.modules_of("shared").iter().map(|m| &**m).collect();
         assert_eq!(shared, ["xfs", "md_mod"]);
         assert!(found.modules_of("nope").is_empty());
+        let names: Vec<&str> = found.matching("*_f*").iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["md_flush_request", "xfs_file_open"]);
         assert!(cache.is_file());
         // From the cache: the same answers.
         let again = ModuleFunctions::from_dir_cached(dir.path(), &cache).unwrap();

@@ -198,13 +198,13 @@ impl Program {
         self.errors_at(&errors)
     }
 
-    /// Names the modules of the kprobe and kretprobe functions (single
-    /// names, not wildcards) that the image lacks: `modules_of(name)`
-    /// gives the modules that define `name` where the image does not (or
-    /// nothing: an unknown name stays unknown, for the resolver to report).
+    /// Names the modules of the kprobe and kretprobe functions that the
+    /// image lacks: `lookup(name or pattern)` gives the module functions
+    /// it names (and not the image's), each with the modules that define
+    /// it; nothing leaves an unknown name unknown, for the resolver.
     pub fn bind_module_functions(
         &mut self,
-        mut modules_of: impl FnMut(&str) -> Vec<std::sync::Arc<str>>,
+        mut lookup: impl FnMut(&str) -> Vec<(String, Vec<std::sync::Arc<str>>)>,
     ) {
         let mut found: Vec<(String, Vec<std::sync::Arc<str>>)> = Vec::new();
         for spec in &self.exec.probes {
@@ -216,12 +216,10 @@ impl Program {
                 | ProbeSpec::Kretprobe { function: f } => f,
                 _ => continue,
             };
-            if name.contains(['*', '?']) || found.iter().any(|(f, _)| f == name) {
-                continue;
-            }
-            let modules = modules_of(name);
-            if !modules.is_empty() {
-                found.push((name.clone(), modules));
+            for (function, modules) in lookup(name) {
+                if !modules.is_empty() && !found.iter().any(|(f, _)| *f == function) {
+                    found.push((function, modules));
+                }
             }
         }
         if !found.is_empty() {

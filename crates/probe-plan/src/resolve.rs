@@ -521,26 +521,34 @@ fn resolve_sites(
                     };
                     if pattern.contains(['*', '?']) {
                         let matches = symbols.matching(pattern);
+                        // And the module functions it names, placed where
+                        // their modules are loaded.
+                        let in_modules = module_matches(program, pattern);
+                        let count = matches.len() + in_modules.len();
                         let probe = format!("{kind}:{pattern}{suffix}");
                         // A block on several attach points attaches what
                         // matches (dcsnoop.bt names `lookup_fast` and
                         // `lookup_fast.constprop.*`, one per kernel build).
-                        if matches.is_empty() && sibling_matches(program, symbols, index) {
+                        if count == 0 && sibling_matches(program, symbols, index) {
                             return Ok(());
                         }
-                        if matches.is_empty() {
+                        if count == 0 {
                             return Err(Error::NoMatch {
                                 probe,
                                 pattern: pattern.clone(),
                             });
                         }
-                        if matches.len() > WILDCARD_LIMIT {
+                        if count > WILDCARD_LIMIT {
                             return Err(Error::TooManyMatches {
                                 probe,
                                 pattern: pattern.clone(),
-                                count: matches.len(),
+                                count,
                                 limit: WILDCARD_LIMIT,
                             });
+                        }
+                        for (function, modules) in in_modules {
+                            let probe = format!("{kind}:{function}{suffix}");
+                            add(0, *offset, function, probe, modules);
                         }
                         for sym in matches {
                             let probe = format!("{kind}:{}{suffix}", sym.name);
@@ -593,6 +601,16 @@ fn resolve_sites(
     Ok(sites)
 }
 
+/// The module functions bound to `program` that `pattern` matches.
+fn module_matches<'p>(program: &'p Program, pattern: &str) -> Vec<(&'p str, &'p [Arc<str>])> {
+    let bound = &program.executable().module_functions;
+    bound
+        .iter()
+        .filter(|(f, _)| kernel_image::glob(pattern, f))
+        .map(|(f, m)| (f.as_str(), m.as_slice()))
+        .collect()
+}
+
 /// Whether another attach point of probe `index`'s block resolves to a
 /// kernel function (or is not a kernel function probe at all).
 fn sibling_matches(program: &Program, symbols: &KernelSymbols, index: usize) -> bool {
@@ -608,9 +626,10 @@ fn sibling_matches(program: &Program, symbols: &KernelSymbols, index: usize) -> 
             }
             | ProbeSpec::Kretprobe { function: p } => {
                 if p.contains(['*', '?']) {
-                    !symbols.matching(p).is_empty()
+                    !symbols.matching(p).is_empty() || !module_matches(program, p).is_empty()
                 } else {
                     symbols.lookup(p).is_some_and(|s| symbols.is_text(s))
+                        || program.executable().modules_of(p).is_some()
                 }
             }
             _ => true,

@@ -159,7 +159,7 @@ fn a_module_function_is_a_site_placed_where_its_module_is_loaded() {
     );
     assert!(matches!(unknown, Err(Error::UnknownSymbol { .. })));
     program.bind_module_functions(|name| match name {
-        "xfs_file_open" => vec!["xfs".into()],
+        "xfs_file_open" => vec![("xfs_file_open".into(), vec!["xfs".into()])],
         _ => Vec::new(),
     });
     let sites = resolve_probes(&program, &symbols, 0x1000).unwrap();
@@ -190,4 +190,36 @@ fn a_module_function_is_a_site_placed_where_its_module_is_loaded() {
     // At its address the site is a kernel site like any other.
     let armed = open.at(0xffff_ffff_c000_1000);
     assert!(!armed.deferred() && !armed.in_module());
+}
+
+#[test]
+fn a_wildcard_matches_the_images_functions_and_the_modules_within_one_limit() {
+    let symbols = KernelSymbols::from_symbols(vec![kernel_image::Symbol {
+        name: "xfs_in_image".into(),
+        addr: 0xffff_ffff_8100_0000,
+        kind: 'T',
+    }]);
+    let bind = |program: &mut Program, n: usize| {
+        program.bind_module_functions(|pattern| {
+            assert_eq!(pattern, "xfs_*");
+            (0..n)
+                .map(|i| (format!("xfs_f{i}"), vec![Arc::<str>::from("xfs")]))
+                .collect()
+        })
+    };
+    let mut program = probe_lang::compile("kprobe:xfs_* { @[func] = count(); }", "w.bt").unwrap();
+    bind(&mut program, 2);
+    let sites = resolve_probes(&program, &symbols, 0).unwrap();
+    let mut names: Vec<(&str, bool)> = sites.iter().map(|s| (&*s.func, s.in_module())).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [("xfs_f0", true), ("xfs_f1", true), ("xfs_in_image", false)]
+    );
+    let mut many = probe_lang::compile("kprobe:xfs_* {}", "m.bt").unwrap();
+    bind(&mut many, WILDCARD_LIMIT);
+    assert!(matches!(
+        resolve_probes(&many, &symbols, 0),
+        Err(Error::TooManyMatches { count, .. }) if count == WILDCARD_LIMIT + 1
+    ));
 }
