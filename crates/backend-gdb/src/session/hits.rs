@@ -119,10 +119,7 @@ impl Session {
                 return Err(format!("the VM was terminated (signal {signal})"));
             }
         };
-        if !self.pending_errors.is_empty() {
-            let errors = std::mem::take(&mut self.pending_errors);
-            lock(runtime).interpreter_mut().add_errors(&errors);
-        }
+        self.hand_pending_errors(runtime);
         if let Some(StopReason::Watch { addr, .. }) = reason {
             return self.serve_watch(thread, addr, runtime, resume, received);
         }
@@ -329,10 +326,7 @@ impl Session {
                 self.arm_mapping(&m).map_err(|e| e.to_string())?;
             }
         }
-        if !self.pending_errors.is_empty() {
-            let errors = std::mem::take(&mut self.pending_errors);
-            lock(runtime).interpreter_mut().add_errors(&errors);
-        }
+        self.hand_pending_errors(runtime);
         self.resume_if(resume, Resume::StepOff(thread, pc), received)
             .map(|_| Flow::Continue)
     }

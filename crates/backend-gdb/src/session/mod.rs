@@ -484,14 +484,7 @@ impl Session {
                     "uprobes in PIE executables and shared libraries",
                     "the uprobe_mmap symbol (CONFIG_UPROBES)",
                 )))?;
-        self.client
-            .insert_breakpoint(BreakpointKind::Software, hook, 1)
-            .map_err(|source| Error::Arm {
-                probe: "uprobe_mmap (vmprobe's own)".into(),
-                addr: hook,
-                source,
-            })?;
-        self.armed.push(hook);
+        self.arm_own_hook("uprobe_mmap", hook)?;
         self.mmap_hook = Some(hook);
         let mut view = crate::context::StubMemory(&mut self.client);
         match kernel.exec_file_mappings(&mut view, MAX_USER_ADDRS * 4) {
@@ -506,6 +499,28 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// A breakpoint of vmprobe's own at kernel function `name` (at
+    /// `addr`), where the guest tells of something that arms sites.
+    fn arm_own_hook(&mut self, name: &str, addr: u64) -> Result<()> {
+        self.client
+            .insert_breakpoint(BreakpointKind::Software, addr, 1)
+            .map_err(|source| Error::Arm {
+                probe: format!("{name} (vmprobe's own)"),
+                addr,
+                source,
+            })?;
+        self.armed.push(addr);
+        Ok(())
+    }
+
+    /// Errors found while no handler ran (arming), for the runtime now.
+    fn hand_pending_errors(&mut self, runtime: &Mutex<Runtime>) {
+        if !self.pending_errors.is_empty() {
+            let errors = std::mem::take(&mut self.pending_errors);
+            lock(runtime).interpreter_mut().add_errors(&errors);
+        }
     }
 
     /// Arms the run-time addresses mapping `m` gives the sites of

@@ -21,24 +21,10 @@ impl Session {
                     "kprobes on kernel module functions",
                     "do_init_module symbol or .BTF with struct module",
                 )))?;
-        self.client
-            .insert_breakpoint(BreakpointKind::Software, hook, 1)
-            .map_err(|source| Error::Arm {
-                probe: "do_init_module (vmprobe's own)".into(),
-                addr: hook,
-                source,
-            })?;
-        self.armed.push(hook);
+        self.arm_own_hook("do_init_module", hook)?;
         self.module_hook = Some(hook);
         if let Some(unload) = kernel.module_unload_hook() {
-            self.client
-                .insert_breakpoint(BreakpointKind::Software, unload, 1)
-                .map_err(|source| Error::Arm {
-                    probe: "free_module (vmprobe's own)".into(),
-                    addr: unload,
-                    source,
-                })?;
-            self.armed.push(unload);
+            self.arm_own_hook("free_module", unload)?;
             self.module_unload_hook = Some(unload);
         }
         let mut view = crate::context::StubMemory(&mut self.client);
@@ -161,10 +147,7 @@ impl Session {
                 }
             }
         }
-        if !self.pending_errors.is_empty() {
-            let errors = std::mem::take(&mut self.pending_errors);
-            lock(runtime).interpreter_mut().add_errors(&errors);
-        }
+        self.hand_pending_errors(runtime);
         self.resume_if(resume, Resume::StepOff(thread, pc), received)
             .map(|_| Flow::Continue)
     }
