@@ -288,6 +288,20 @@ pub fn place(elf: &UserElf, path: &str, target: &UprobeTarget) -> Result<UserAdd
             })?;
             (sym.addr, sym.name.clone())
         }
+        UprobeTarget::SymbolOffset(name, off) => {
+            // As FUNC alone, found or refused with the same words.
+            place(elf, path, &UprobeTarget::Symbol(name.clone()))?;
+            let sym = elf.lookup(name).expect("placed above");
+            // Inside FUNC, as bpftrace requires (its size from the ELF).
+            if *off >= sym.size {
+                return Err(format!(
+                    "{path}: offset {off} is past the end of '{name}' ({} bytes)",
+                    sym.size
+                ));
+            }
+            check_boundary(elf, sym.addr, *off, path)?;
+            (sym.addr + off, format!("{name}+{off}"))
+        }
         UprobeTarget::Address(a) => {
             let func = match elf.symbolize(*a) {
                 Some((s, 0)) => s.name.clone(),

@@ -1026,6 +1026,34 @@ fn bad_uprobes_are_errors_at_their_place_before_booting() {
         "is inside an instruction",
     );
     assert!(!e.contains("booting"), "{e}");
+    // The same as FUNC+OFFSET, and an offset past the function's end.
+    let e = fails_with(
+        &[
+            "run",
+            "-e",
+            "uprobe:/bin/vmprobe-ucount:ucount_step+1 { }",
+            "--",
+            "true",
+        ],
+        &[],
+        "is inside an instruction",
+    );
+    assert!(!e.contains("booting"), "{e}");
+    let e = fails_with(
+        &[
+            "run",
+            "-e",
+            "uprobe:/bin/vmprobe-ucount:ucount_step+100000 { }",
+            "--",
+            "true",
+        ],
+        &[],
+        "offset 100000 is past the end of 'ucount_step'",
+    );
+    assert!(
+        e.contains(" --> stdin:1:1\n") && !e.contains("booting"),
+        "{e}"
+    );
     // --guest-root without an ld cache: a library name names the file.
     let root = tempfile::tempdir().unwrap();
     let root_arg = root.path().to_str().unwrap();

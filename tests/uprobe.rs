@@ -106,7 +106,8 @@ fn counts_and_returns(backend: &str) -> (String, String) {
     let code = elf.code(step, 15).unwrap();
     let first = iced_x86::Decoder::with_ip(64, code, step, 0).decode().len() as u64;
     let program = format!(
-        "{PROGRAM}uprobe:/bin/vmprobe-ucount:{:#x} {{ @inside = count(); }}\n",
+        "{PROGRAM}uprobe:/bin/vmprobe-ucount:{:#x} {{ @inside = count(); }}\n\
+         uprobe:/bin/vmprobe-ucount:ucount_step+{first} {{ @plus[func] = count(); }}\n",
         step + first
     );
     let out = run_bounded(
@@ -150,6 +151,11 @@ fn counts_and_returns(backend: &str) -> (String, String) {
     }
     assert_eq!(map_value(&stdout, "calls"), their_calls, "{stdout}");
     assert_eq!(map_value(&stdout, "inside"), their_calls, "{stdout}");
+    // FUNC+OFFSET is that same instruction, named as bpftrace names it.
+    let plus = keyed_map_str(&stdout, "plus");
+    assert_eq!(plus.len(), 1, "{stdout}");
+    assert!(plus[0].0.starts_with("ucount_step+"), "{stdout}");
+    assert_eq!(plus[0].1, their_calls, "{stdout}");
     assert_eq!(map_value(&stdout, "rets"), their_calls, "{stdout}");
     assert_eq!(keyed_map(&stdout, "ret"), their_rets, "{stdout}");
     // arg0 is i: 0..25 from the first run and 0..6 from the second.

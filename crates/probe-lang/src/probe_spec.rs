@@ -79,6 +79,9 @@ pub enum ProbeSpec {
 pub enum UprobeTarget {
     /// A function symbol (no wildcards).
     Symbol(String),
+    /// Bytes into a function (`uprobe:PATH:FUNC+OFFSET`): an instruction
+    /// boundary inside it, checked against the ELF's code.
+    SymbolOffset(String, u64),
     /// A virtual address as the ELF's symbols give them (bpftrace's
     /// `uprobe:PATH:0xADDR`).
     Address(u64),
@@ -214,6 +217,7 @@ impl ProbeSpec {
                 let kind = if *ret { "uretprobe" } else { "uprobe" };
                 match target {
                     UprobeTarget::Symbol(s) => format!("{kind}:{path}:{s}"),
+                    UprobeTarget::SymbolOffset(s, off) => format!("{kind}:{path}:{s}+{off}"),
                     UprobeTarget::Address(a) => format!("{kind}:{path}:{a:#x}"),
                 }
             }

@@ -521,18 +521,30 @@ fn uprobe(rest: &str, ret: bool) -> Result<ProbeSpec, String> {
                 "{kind}:{path}:{target}: wildcards in uprobe functions are not supported; name the function (`vmprobe list '{kind}:{path}:*'` lists them)"
             ));
         }
-        if target.contains('+') {
-            return Err(format!(
-                "{kind}:{path}:{target}: FUNCTION+OFFSET is not supported; give the address (`uprobe:PATH:0xADDR`)"
-            ));
-        }
-        let valid = target
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '@' | '$'));
+        let (name, offset) = match target.split_once('+') {
+            Some((name, off)) => {
+                let off = parse_int(off)
+                    .map_err(|_| format!("invalid {kind} offset '{off}' in '{target}'"))?;
+                if ret {
+                    return Err(format!(
+                        "{kind}:{path}:{target}: a uretprobe names a function, not an offset into one"
+                    ));
+                }
+                (name, Some(off))
+            }
+            None => (target, None),
+        };
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '@' | '$'));
         if !valid {
-            return Err(format!("invalid {kind} function name '{target}'"));
+            return Err(format!("invalid {kind} function name '{name}'"));
         }
-        UprobeTarget::Symbol(target.to_string())
+        match offset {
+            Some(off) if off > 0 => UprobeTarget::SymbolOffset(name.to_string(), off),
+            _ => UprobeTarget::Symbol(name.to_string()),
+        }
     };
     Ok(ProbeSpec::Uprobe {
         path: path.to_string(),
@@ -692,6 +704,12 @@ mod tests {
         assert!(p.is_return() && !p.is_entry());
         let p = parse_probe("u:/bin/x:0x401000").unwrap();
         assert_eq!(p.name(), "uprobe:/bin/x:0x401000");
+        let p = parse_probe("uprobe:/bin/x:f+0x10").unwrap();
+        assert_eq!(p.name(), "uprobe:/bin/x:f+16");
+        assert_eq!(
+            parse_probe("uprobe:/bin/x:f+0").unwrap().name(),
+            "uprobe:/bin/x:f"
+        );
         let p = parse_probe("uprobe:libc:getaddrinfo").unwrap();
         assert_eq!(p.name(), "uprobe:libc:getaddrinfo");
         for (bad, why) in [
@@ -700,7 +718,9 @@ mod tests {
             ("uprobe:/bin/x", "look like"),
             ("uprobe:/bin/x:", "look like"),
             ("uprobe:/bin/x:f*", "wildcards"),
-            ("uprobe:/bin/x:f+4", "FUNCTION+OFFSET"),
+            ("uretprobe:/bin/x:f+4", "not an offset into one"),
+            ("uprobe:/bin/x:f+x", "invalid uprobe offset"),
+            ("uprobe:/bin/x:+4", "invalid uprobe function"),
             ("uretprobe:/bin/x:0x10", "names a function"),
             ("uprobe:/bin/../x:f", "canonical"),
             ("uprobe:/bin/x:0xzz", "invalid uprobe address"),
