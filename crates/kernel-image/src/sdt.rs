@@ -49,7 +49,8 @@ pub enum SdtError {
 /// The USDT probes of the 64-bit ELF `bytes`, in note order; none for a
 /// file without `.note.stapsdt`.
 pub fn sdt_probes(bytes: &[u8]) -> Result<Vec<SdtProbe>, SdtError> {
-    let file = ElfFile64::<Endianness>::parse(bytes).map_err(|e| SdtError::NotElf(e.to_string()))?;
+    let file =
+        ElfFile64::<Endianness>::parse(bytes).map_err(|e| SdtError::NotElf(e.to_string()))?;
     let endian = file.endian();
     let base = file.section_by_name(".stapsdt.base").map(|s| s.address());
     let Some(section) = file.section_by_name(".note.stapsdt") else {
@@ -60,7 +61,9 @@ pub fn sdt_probes(bytes: &[u8]) -> Result<Vec<SdtProbe>, SdtError> {
         .notes(endian, bytes)
         .map_err(|e| SdtError::Notes(e.to_string()))?
     else {
-        return Err(SdtError::Notes("the section is not of type SHT_NOTE".into()));
+        return Err(SdtError::Notes(
+            "the section is not of type SHT_NOTE".into(),
+        ));
     };
     let mut probes = Vec::new();
     let mut index = 0;
