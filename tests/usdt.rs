@@ -11,7 +11,8 @@ mod support;
 use std::collections::BTreeMap;
 use support::*;
 
-const PROGRAM: &str = "usdt:/bin/vmprobe-usdt:vmprobe:step { @n = count(); @args[arg0, arg1] = count(); }
+const PROGRAM: &str =
+    "usdt:/bin/vmprobe-usdt:vmprobe:step { @n = count(); @args[arg0, arg1] = count(); }
 usdt:/bin/vmprobe-usdt:step { @m = count(); @noprov[arg0, arg1] = count(); }
 usdt:/bin/vmprobe-usdt:vmprobe:neg { @neg[(int64)arg0] = count(); }
 ";
@@ -170,6 +171,48 @@ fn a_probe_with_a_semaphore_is_refused_before_booting() {
         ],
         "usdt:/bin/gated:vmprobe:gated: the probe has a semaphore (at 0x",
     );
-    assert!(e.contains("a write to guest memory that vmprobe never makes"), "{e}");
+    assert!(
+        e.contains("a write to guest memory that vmprobe never makes"),
+        "{e}"
+    );
     assert!(e.contains(" --> stdin:1:1\n"), "{e}");
+}
+
+/// `vmprobe list 'usdt:PATH:*'` lists what bpftrace 0.17's `-l` lists of
+/// the same file (its host copy), under the guest's path.
+#[test]
+fn list_names_the_probes_as_bpftrace_lists_them() {
+    let cache = {
+        default_guest();
+        qemu_guest::cache_dir()
+    };
+    let host = qemu_guest::default_guest_files(&cache)
+        .into_iter()
+        .find(|(g, _)| g == "/bin/vmprobe-usdt")
+        .expect("the default guest's vmprobe-usdt")
+        .1;
+    let ours = run_bounded(
+        vmprobe().args(["list", "usdt:/bin/vmprobe-usdt:*"]),
+        RUN_LIMIT,
+    );
+    assert!(ours.status.success(), "{}", text(&ours.stderr));
+    let ours = text(&ours.stdout);
+    assert_eq!(
+        ours,
+        "usdt:/bin/vmprobe-usdt:vmprobe:neg\nusdt:/bin/vmprobe-usdt:vmprobe:step\n"
+    );
+    let theirs = std::process::Command::new("bpftrace")
+        .arg("-l")
+        .arg(format!("usdt:{}:*", host.display()))
+        .output()
+        .expect("bpftrace (.ci/install-deps installs it)");
+    let theirs = text(&theirs.stdout).replace(&host.display().to_string(), "/bin/vmprobe-usdt");
+    let mut theirs: Vec<&str> = theirs.lines().collect();
+    theirs.sort_unstable();
+    assert_eq!(ours.lines().collect::<Vec<_>>(), theirs);
+    let one = run_bounded(
+        vmprobe().args(["list", "usdt:/bin/vmprobe-usdt:step"]),
+        RUN_LIMIT,
+    );
+    assert_eq!(text(&one.stdout), "usdt:/bin/vmprobe-usdt:vmprobe:step\n");
 }
