@@ -1,8 +1,9 @@
 //! usdt probes in guest processes (default guest, TCG), on both backends:
 //! `vmprobe-usdt` fires `STAP_PROBE2(vmprobe, step, i, total)` (i in a
 //! register, total on the stack: `-8@%rbx -8@-56(%rbp)` in its note) and
-//! `STAP_PROBE1(vmprobe, neg, neg)` (a negative int, `-4@%r15d`) and
-//! prints every value itself; vmprobe's counts and arguments must equal
+//! `STAP_PROBE1(vmprobe, neg, neg)` (a negative int in a 32-bit register)
+//! and `vmprobe:twice`, inlined into two places that keep its argument in
+//! different registers (`-8@%rbx`, `-8@%rsi`), and prints every value itself; vmprobe's counts and arguments must equal
 //! them. A copy of the same file under another path runs first and must
 //! count nothing. Probes the ELF lacks, and probes with a semaphore, fail
 //! before booting at their line:column.
@@ -15,6 +16,7 @@ const PROGRAM: &str =
     "usdt:/bin/vmprobe-usdt:vmprobe:step { @n = count(); @args[arg0, arg1] = count(); }
 usdt:/bin/vmprobe-usdt:step { @m = count(); @noprov[arg0, arg1] = count(); }
 usdt:/bin/vmprobe-usdt:vmprobe:neg { @neg[(int64)arg0] = count(); }
+usdt:/bin/vmprobe-usdt:twice { @twice[arg0] = count(); }
 ";
 
 const WORKLOAD: &str = "mkdir -p /tmp/bin && cp /bin/vmprobe-usdt /tmp/bin/vmprobe-usdt && \
@@ -40,6 +42,7 @@ fn usdt_probes_count_and_read_the_arguments_the_program_printed_on_both_backends
             .collect();
         let mut steps: BTreeMap<(i64, i64), u64> = BTreeMap::new();
         let mut negs: BTreeMap<i64, u64> = BTreeMap::new();
+        let mut twice: BTreeMap<u64, u64> = BTreeMap::new();
         let mut fired = None;
         for l in &real {
             let f: Vec<&str> = l.split_whitespace().collect();
@@ -50,6 +53,7 @@ fn usdt_probes_count_and_read_the_arguments_the_program_printed_on_both_backends
                         .or_default() += 1
                 }
                 ["usdt", "neg", v] => *negs.entry(v.parse().unwrap()).or_default() += 1,
+                ["usdt", "twice", v] => *twice.entry(v.parse().unwrap()).or_default() += 1,
                 ["usdt", "fired", n] => fired = Some(n.parse::<u64>().unwrap()),
                 _ => {}
             }
@@ -75,7 +79,14 @@ fn usdt_probes_count_and_read_the_arguments_the_program_printed_on_both_backends
             .map(|(k, v)| (k.parse().unwrap(), v))
             .collect();
         assert_eq!(seen, negs, "{backend} @neg: {stdout}");
-        eprintln!("{backend}: @n {} @args {steps:?} @neg {negs:?}", 7);
+        // Both locations of `twice`, each argument from its own register.
+        assert_eq!(twice.values().sum::<u64>(), 14, "{real:?}");
+        let seen: BTreeMap<u64, u64> = keyed(&stdout, "twice")
+            .into_iter()
+            .map(|(k, v)| (k.parse().unwrap(), v))
+            .collect();
+        assert_eq!(seen, twice, "{backend} @twice: {stdout}");
+        eprintln!("{backend}: @n 7 @args {steps:?} @neg {negs:?} @twice {twice:?}");
     }
 }
 
@@ -199,7 +210,7 @@ fn list_names_the_probes_as_bpftrace_lists_them() {
     let ours = text(&ours.stdout);
     assert_eq!(
         ours,
-        "usdt:/bin/vmprobe-usdt:vmprobe:neg\nusdt:/bin/vmprobe-usdt:vmprobe:step\n"
+        "usdt:/bin/vmprobe-usdt:vmprobe:neg\nusdt:/bin/vmprobe-usdt:vmprobe:step\nusdt:/bin/vmprobe-usdt:vmprobe:twice\n"
     );
     let theirs = std::process::Command::new("bpftrace")
         .arg("-l")

@@ -715,51 +715,78 @@ fn usdt_args(exec: &mut Executable, span: &dyn Fn(usize) -> Span) -> Vec<(Span, 
             ));
             continue;
         }
-        // Every location of every probe of the block must give one set.
-        let mut sets: Vec<(usize, u64, String)> = Vec::new();
+        // Every location of every probe of the block: (probe, pc, args).
+        let mut locations: Vec<(usize, u64, String)> = Vec::new();
         for &i in &probes {
             if let ProbeSpec::Uprobe { resolved, also, .. } = &exec.probes[i] {
                 for at in resolved.iter().chain(also) {
-                    sets.push((i, at.vaddr, at.usdt_args.clone().unwrap_or_default()));
+                    locations.push((i, at.vaddr, at.usdt_args.clone().unwrap_or_default()));
                 }
             }
         }
-        let Some((_, pc0, args)) = sets.first().cloned() else {
-            continue;
-        };
-        if let Some((i, pc, other)) = sets.iter().find(|(_, _, a)| *a != args) {
+        // Locations inlined in several places may keep an argument in
+        // different places: each set is chosen at the hit by the pc's
+        // offset in its page, which loading never changes (a PIE or a
+        // library moves by whole pages), so it must tell the sets apart.
+        let mut sets: Vec<(String, Vec<u64>)> = Vec::new();
+        for (_, pc, args) in &locations {
+            match sets.iter_mut().find(|(a, _)| a == args) {
+                Some((_, pcs)) => pcs.push(*pc),
+                None => sets.push((args.clone(), vec![*pc])),
+            }
+        }
+        let clash = locations.iter().find_map(|(i, pc, args)| {
+            let other = locations
+                .iter()
+                .find(|(_, q, a)| a != args && q & 0xfff == pc & 0xfff)?;
+            Some((*i, *pc, args, other.1, &other.2))
+        });
+        if let Some((i, pc, args, q, other)) = clash {
             errors.push((
-                span(*i),
+                span(i),
                 format!(
-                    "{}: its locations keep the arguments in different places ('{args}' at {pc0:#x}, '{other}' at {pc:#x}); vmprobe reads argN of one block from one set: probe these separately by address (uprobe:PATH:0xADDR)",
-                    exec.probes[*i].name()
+                    "{}: its locations keep the arguments in different places ('{args}' at {pc:#x}, '{other}' at {q:#x}) at the same offset in a page, which vmprobe tells them apart by; probe them separately by address (uprobe:PATH:0xADDR)",
+                    exec.probes[i].name()
                 ),
             ));
             continue;
         }
-        let parsed = usdt::parse_args(&args);
-        let mut exprs: Vec<Option<ir::Expr>> = vec![None; parsed.len()];
+        let parsed: Vec<Vec<Result<usdt::Arg, String>>> =
+            sets.iter().map(|(a, _)| usdt::parse_args(a)).collect();
         used.sort_unstable();
         used.dedup();
-        for n in used {
-            let name = exec.probes[first].name();
-            match parsed.get(usize::from(n)) {
-                None => errors.push((
-                    span(first),
-                    format!(
-                        "{name}: arg{n}: the probe has {} argument(s) ('{args}')",
-                        parsed.len()
-                    ),
-                )),
-                Some(Err(why)) => {
-                    errors.push((span(first), format!("{name}: arg{n} is not served: {why}")))
-                }
-                Some(Ok(arg)) => {
-                    let strings = &mut exec.ir.strings;
-                    exprs[usize::from(n)] =
-                        Some(usdt::arg_expr(arg, &mut |s| usdt::intern(strings, s)));
+        let name = exec.probes[first].name();
+        let mut exprs: Vec<Option<ir::Expr>> = Vec::new();
+        'args: for n in used {
+            let mut per_set = Vec::new();
+            for ((args, _), parsed) in sets.iter().zip(&parsed) {
+                match parsed.get(usize::from(n)) {
+                    None => {
+                        errors.push((
+                            span(first),
+                            format!(
+                                "{name}: arg{n}: the probe has {} argument(s) ('{args}')",
+                                parsed.len()
+                            ),
+                        ));
+                        continue 'args;
+                    }
+                    Some(Err(why)) => {
+                        errors.push((span(first), format!("{name}: arg{n} is not served: {why}")));
+                        continue 'args;
+                    }
+                    Some(Ok(arg)) => {
+                        let strings = &mut exec.ir.strings;
+                        per_set.push(usdt::arg_expr(arg, &mut |s| usdt::intern(strings, s)));
+                    }
                 }
             }
+            let rip = usdt::intern(&mut exec.ir.strings, "rip");
+            let expr = usdt::choose_by_pc(rip, &sets, per_set);
+            if exprs.len() <= usize::from(n) {
+                exprs.resize(usize::from(n) + 1, None);
+            }
+            exprs[usize::from(n)] = Some(expr);
         }
         usdt::each_expr_mut(&mut exec.ir.blocks[b], &mut |e| {
             if let ir::Expr::Builtin(ir::Builtin::Arg(n)) = e

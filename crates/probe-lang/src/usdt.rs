@@ -191,6 +191,36 @@ pub fn arg_expr(arg: &Arg, intern: &mut dyn FnMut(&str) -> u32) -> Expr {
     }
 }
 
+/// `exprs[k]` (an argument as the `k`th set of locations keeps it) chosen
+/// by the hit's pc (`rip`, string `rip`): the last set is the default,
+/// each other one is taken where the pc's offset in its page is one of
+/// its locations'.
+pub fn choose_by_pc(rip: u32, sets: &[(String, Vec<u64>)], mut exprs: Vec<Expr>) -> Expr {
+    let mut chosen = exprs.pop().expect("one set at least");
+    for ((_, pcs), e) in sets.iter().zip(exprs).rev() {
+        let page_offset = || {
+            Expr::Binary(
+                Op2::And,
+                Box::new(Expr::Reg(rip)),
+                Box::new(Expr::Const(0xfff)),
+            )
+        };
+        let at = pcs
+            .iter()
+            .map(|pc| {
+                Expr::Binary(
+                    Op2::Eq,
+                    Box::new(page_offset()),
+                    Box::new(Expr::Const(pc & 0xfff)),
+                )
+            })
+            .reduce(|a, b| Expr::LogOr(Box::new(a), Box::new(b)))
+            .expect("a set has a location");
+        chosen = Expr::Ternary(Box::new(at), Box::new(e), Box::new(chosen));
+    }
+    chosen
+}
+
 /// Calls `f` on every expression of the block, children before parents.
 pub fn each_expr_mut(block: &mut Block, f: &mut dyn FnMut(&mut Expr)) {
     if let Some(p) = &mut block.predicate {
