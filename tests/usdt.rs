@@ -15,7 +15,7 @@ use support::*;
 const PROGRAM: &str =
     "usdt:/bin/vmprobe-usdt:vmprobe:step { @n = count(); @args[arg0, arg1] = count(); }
 usdt:/bin/vmprobe-usdt:step { @m = count(); @noprov[arg0, arg1] = count(); }
-usdt:/bin/vmprobe-usdt:vmprobe:neg { @neg[(int64)arg0] = count(); }
+usdt:/bin/vmprobe-usdt:vmprobe:neg { @neg[arg0] = count(); }
 usdt:/bin/vmprobe-usdt:twice { @twice[arg0] = count(); }
 ";
 

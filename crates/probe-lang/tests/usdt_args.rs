@@ -34,7 +34,7 @@ fn bound(
 #[test]
 fn args_read_registers_memory_and_immediates_with_their_size_and_sign() {
     let p = bound(
-        "usdt:/bin/x:p:n { @[arg0, arg1, arg2, (int64)arg3] = count(); }",
+        "usdt:/bin/x:p:n { @[arg0, arg1, arg2, arg3] = count(); }",
         vec![at(0x401545, "-8@%rbx -4@-56(%rbp) 4@$5 -4@%r15d")],
     )
     .unwrap();
