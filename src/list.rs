@@ -84,6 +84,12 @@ pub fn list(pattern: Option<&str>, verbose: bool, args: &GuestArgs, qemu: &Path)
         list_uprobes(kind, rest, args, &mut emit)?;
         return Ok(());
     }
+    if let Some(p) = pattern
+        && let Some(rest) = p.strip_prefix("usdt:").or_else(|| p.strip_prefix("U:"))
+    {
+        list_usdt(rest, args, &mut emit)?;
+        return Ok(());
+    }
     if sel.wants("kprobe") && !list_kprobes(&sel, verbose, args, &mut emit)? {
         return Ok(()); // stdout closed (e.g. piped into head)
     }
@@ -130,17 +136,7 @@ fn list_uprobes(
     let Some((path, pattern)) = rest.rsplit_once(':').filter(|(p, _)| !p.is_empty()) else {
         bail!("{kind}: name the guest file: '{kind}:PATH:*' (e.g. '{kind}:/bin/busybox:*')");
     };
-    let files = crate::uprobe::GuestFiles::new(args.guest_root.as_deref());
-    // A library name (`libc`) lists as bpftrace lists it: under its path.
-    let resolved;
-    let path = if path.starts_with('/') {
-        path
-    } else {
-        resolved = files.library(path).map_err(anyhow::Error::msg)?;
-        resolved.as_str()
-    };
-    let host = files.host_copy(path).map_err(anyhow::Error::msg)?;
-    let elf = kernel_image::UserElf::load(&host)?;
+    let (path, host, elf) = guest_elf(path, args)?;
     if elf.functions().is_empty() {
         eprintln!(
             "vmprobe: {path} ({}) has no symbol table (stripped)",
@@ -157,6 +153,52 @@ fn list_uprobes(
     names.dedup();
     for name in names {
         if !emit(format!("{kind}:{path}:{name}\n")) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The guest's file `path` (or library name, listed as bpftrace lists it:
+/// under its path): its guest path, host copy and ELF.
+fn guest_elf(
+    path: &str,
+    args: &GuestArgs,
+) -> Result<(String, std::path::PathBuf, kernel_image::UserElf)> {
+    let files = crate::uprobe::GuestFiles::new(args.guest_root.as_deref());
+    let path = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        files.library(path).map_err(anyhow::Error::msg)?
+    };
+    let host = files.host_copy(&path).map_err(anyhow::Error::msg)?;
+    let elf = kernel_image::UserElf::load(&host)?;
+    Ok((path, host, elf))
+}
+
+/// `usdt:PATH:PATTERN` (a probe name, or `PROVIDER:NAME`): the USDT probes
+/// of the guest's file PATH as bpftrace 0.17 lists them,
+/// `usdt:PATH:PROVIDER:NAME`, sorted, each once.
+fn list_usdt(rest: &str, args: &GuestArgs, emit: &mut dyn FnMut(String) -> bool) -> Result<()> {
+    let Some((path, pattern)) = rest.split_once(':').filter(|(p, _)| !p.is_empty()) else {
+        bail!("usdt: name the guest file: 'usdt:PATH:*' (e.g. 'usdt:/bin/vmprobe-usdt:*')");
+    };
+    let (path, host, elf) = guest_elf(path, args)?;
+    let probes = elf
+        .sdt_probes()
+        .map_err(|e| anyhow::anyhow!("{path} ({}): {e}", host.display()))?;
+    let mut names: Vec<String> = probes
+        .iter()
+        .filter(|p| match pattern.split_once(':') {
+            Some((prov, name)) => glob(prov, &p.provider) && glob(name, &p.name),
+            None => glob(pattern, &p.name),
+        })
+        .map(|p| format!("usdt:{path}:{}:{}\n", p.provider, p.name))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    for name in names {
+        if !emit(name) {
             break;
         }
     }

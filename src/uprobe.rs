@@ -246,9 +246,12 @@ pub fn bind(
             })
             .as_ref()
             .map_err(Clone::clone)?;
+        if let UprobeTarget::Usdt { provider, name } = target {
+            return usdt_locations(elf, file, provider.as_deref(), name);
+        }
         let mut at = place(elf, file, target)?;
         at.file = file.clone();
-        Ok(at)
+        Ok(vec![at])
     })?;
     let mut symbols = UserSymbols::default();
     for (file, elf) in elves.values().flatten() {
@@ -268,6 +271,64 @@ pub fn bind(
         *s = Some(Arc::new(symbols));
     }
     Ok(())
+}
+
+/// Each location of usdt probe `provider:name` (any provider for `None`)
+/// in `elf` (the guest's `path`), as a uprobe at its `nop`. A probe with a
+/// semaphore is refused: it fires only while its counter in the process
+/// is non-zero, and raising that counter (as bpftrace does) would be a
+/// write to guest memory.
+fn usdt_locations(
+    elf: &UserElf,
+    path: &str,
+    provider: Option<&str>,
+    name: &str,
+) -> Result<Vec<UserAddr>, String> {
+    let host = elf.path().display();
+    let probes = elf
+        .sdt_probes()
+        .map_err(|e| format!("{path} ({host}): {e}"))?;
+    let spelled = match provider {
+        Some(p) => format!("usdt:{path}:{p}:{name}"),
+        None => format!("usdt:{path}:{name}"),
+    };
+    let found: Vec<_> = probes
+        .iter()
+        .filter(|p| p.name == name && provider.is_none_or(|want| p.provider == want))
+        .collect();
+    if found.is_empty() {
+        return Err(format!(
+            "{path} ({host}) has no usdt probe {}{name} (`vmprobe list 'usdt:{path}:*'` lists {})",
+            provider.map(|p| format!("{p}:")).unwrap_or_default(),
+            if probes.is_empty() {
+                "none: the file has no .note.stapsdt"
+            } else {
+                "them"
+            }
+        ));
+    }
+    if let Some(p) = found.iter().find(|p| p.semaphore != 0) {
+        return Err(format!(
+            "{spelled}: the probe has a semaphore (at {:#x}): it fires only while a tracer raises that counter in the process, a write to guest memory that vmprobe never makes",
+            p.semaphore
+        ));
+    }
+    let providers: std::collections::BTreeSet<&str> =
+        found.iter().map(|p| p.provider.as_str()).collect();
+    if providers.len() > 1 {
+        return Err(format!(
+            "{spelled}: several providers have a probe '{name}' ({}); name one (usdt:{path}:PROVIDER:{name})",
+            providers.into_iter().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    found
+        .iter()
+        .map(|p| {
+            let mut at = place(elf, path, &UprobeTarget::Address(p.pc))?;
+            at.usdt_args = Some(p.args.clone());
+            Ok(at)
+        })
+        .collect()
 }
 
 /// The address of `target` in `elf` (the guest's `path`).
@@ -313,6 +374,9 @@ pub fn place(elf: &UserElf, path: &str, target: &UprobeTarget) -> Result<UserAdd
             };
             (*a, func)
         }
+        UprobeTarget::Usdt { .. } => {
+            return Err(format!("{path}: a usdt probe is placed from its notes"));
+        }
     };
     let file_offset = elf.file_offset(vaddr).ok_or_else(|| {
         format!("{path} ({host}): {vaddr:#x} is not in an executable segment of the file")
@@ -323,6 +387,7 @@ pub fn place(elf: &UserElf, path: &str, target: &UprobeTarget) -> Result<UserAdd
         func,
         relocatable: elf.relocatable(),
         file: path.to_string(),
+        usdt_args: None,
     })
 }
 

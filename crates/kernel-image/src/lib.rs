@@ -34,6 +34,8 @@ pub mod mcount;
 #[cfg(feature = "images")]
 pub mod modules;
 #[cfg(feature = "images")]
+pub mod sdt;
+#[cfg(feature = "images")]
 mod sections;
 #[cfg(feature = "images")]
 mod syscalls;

@@ -183,6 +183,11 @@ impl UserElf {
             .collect()
     }
 
+    /// The file's USDT probes (`.note.stapsdt`), in note order.
+    pub fn sdt_probes(&self) -> Result<Vec<crate::sdt::SdtProbe>, crate::sdt::SdtError> {
+        crate::sdt::sdt_probes(&self.bytes)
+    }
+
     /// `len` bytes of the file's code at virtual address `addr` (fewer at
     /// the end of its segment).
     pub fn code(&self, addr: u64, len: usize) -> Option<&[u8]> {

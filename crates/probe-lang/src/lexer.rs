@@ -184,8 +184,9 @@ impl<'s> Lexer<'s> {
         self.skip_trivia()?;
         let start = self.pos;
         let b = self.bytes();
-        // A uprobe's second field is a path: `/` there is not a predicate.
-        let path_kind = ["uprobe:", "u:", "uretprobe:", "ur:"]
+        // A uprobe's (usdt probe's) second field is a path: `/` there is
+        // not a predicate.
+        let path_kind = ["uprobe:", "u:", "uretprobe:", "ur:", "usdt:", "U:"]
             .iter()
             .any(|k| b[start..].starts_with(k.as_bytes()));
         let mut colons = 0;

@@ -42,6 +42,7 @@ mod pid_filter;
 pub mod preprocess;
 mod probe_spec;
 pub mod types;
+mod usdt;
 pub mod value;
 mod visit;
 
@@ -170,15 +171,19 @@ impl Program {
         r.finish()
     }
 
-    /// Places every uprobe: `resolve(path, target)` gives its address in
-    /// the ELF, or why not; each failure is an error at its attach point.
+    /// Places every uprobe: `resolve(path, target)` gives its locations in
+    /// the ELF (one for a uprobe; a usdt probe's each, with its argument
+    /// string), or why not; each failure is an error at its attach point.
+    /// In a block of usdt probes, `argN` is then rewritten to read the
+    /// operand the note gives ([`usdt`]).
     /// Runs before the program is shared (the [`Executable`] is copied if
     /// it already was).
     pub fn bind_uprobes(
         &mut self,
-        mut resolve: impl FnMut(&str, &UprobeTarget) -> Result<UserAddr, String>,
+        mut resolve: impl FnMut(&str, &UprobeTarget) -> Result<Vec<UserAddr>, String>,
     ) -> Result<(), Diagnostics> {
         let spans = self.probe_spans();
+        let span = |i: usize| spans.get(i).copied().unwrap_or_default();
         let mut errors = Vec::new();
         let exec = std::sync::Arc::make_mut(&mut self.exec);
         for (i, spec) in exec.probes.iter_mut().enumerate() {
@@ -186,14 +191,22 @@ impl Program {
                 path,
                 target,
                 resolved,
+                also,
                 ..
             } = spec
             {
                 match resolve(path, target) {
-                    Ok(addr) => *resolved = Some(addr),
-                    Err(why) => errors.push((spans.get(i).copied().unwrap_or_default(), why)),
+                    Ok(mut at) if !at.is_empty() => {
+                        *resolved = Some(at.remove(0));
+                        *also = at;
+                    }
+                    Ok(_) => errors.push((span(i), format!("{}: no location", spec.name()))),
+                    Err(why) => errors.push((span(i), why)),
                 }
             }
+        }
+        if errors.is_empty() {
+            errors = usdt_args(exec, &span);
         }
         self.errors_at(&errors)
     }
@@ -656,4 +669,130 @@ pub fn compile_with(
         // Each added block has one attach point.
         added_probes: added_blocks,
     })
+}
+
+/// Rewrites `argN` in each block of usdt probes into the IR reading the
+/// operand its note gives; the errors at the attach points: a block that
+/// mixes usdt probes with others, locations whose operands differ, an
+/// argument the probe lacks or vmprobe cannot read.
+fn usdt_args(exec: &mut Executable, span: &dyn Fn(usize) -> Span) -> Vec<(Span, String)> {
+    let mut errors = Vec::new();
+    for b in 0..exec.ir.blocks.len() {
+        let probes: Vec<usize> = (0..exec.probes.len())
+            .filter(|&i| exec.probe_blocks[i].0 as usize == b)
+            .collect();
+        let is_usdt = |i: &usize| {
+            matches!(
+                &exec.probes[*i],
+                ProbeSpec::Uprobe {
+                    target: UprobeTarget::Usdt { .. },
+                    ..
+                }
+            )
+        };
+        let Some(&first) = probes.iter().find(|i| is_usdt(i)) else {
+            continue;
+        };
+        let mut used = Vec::new();
+        usdt::each_expr_mut(&mut exec.ir.blocks[b], &mut |e| {
+            if let ir::Expr::Builtin(ir::Builtin::Arg(n)) = e {
+                used.push(*n);
+            }
+        });
+        if used.is_empty() {
+            continue;
+        }
+        if let Some(&other) = probes.iter().find(|i| !is_usdt(i)) {
+            errors.push((
+                span(other),
+                format!(
+                    "{}: shares a block reading argN with usdt probe {}, whose arguments are where its note says, not in the ABI's registers; give them separate blocks",
+                    exec.probes[other].name(),
+                    exec.probes[first].name()
+                ),
+            ));
+            continue;
+        }
+        // Every location of every probe of the block: (probe, pc, args).
+        let mut locations: Vec<(usize, u64, String)> = Vec::new();
+        for &i in &probes {
+            if let ProbeSpec::Uprobe { resolved, also, .. } = &exec.probes[i] {
+                for at in resolved.iter().chain(also) {
+                    locations.push((i, at.vaddr, at.usdt_args.clone().unwrap_or_default()));
+                }
+            }
+        }
+        // Locations inlined in several places may keep an argument in
+        // different places: each set is chosen at the hit by the pc's
+        // offset in its page, which loading never changes (a PIE or a
+        // library moves by whole pages), so it must tell the sets apart.
+        let mut sets: Vec<(String, Vec<u64>)> = Vec::new();
+        for (_, pc, args) in &locations {
+            match sets.iter_mut().find(|(a, _)| a == args) {
+                Some((_, pcs)) => pcs.push(*pc),
+                None => sets.push((args.clone(), vec![*pc])),
+            }
+        }
+        let clash = locations.iter().find_map(|(i, pc, args)| {
+            let other = locations
+                .iter()
+                .find(|(_, q, a)| a != args && q & 0xfff == pc & 0xfff)?;
+            Some((*i, *pc, args, other.1, &other.2))
+        });
+        if let Some((i, pc, args, q, other)) = clash {
+            errors.push((
+                span(i),
+                format!(
+                    "{}: its locations keep the arguments in different places ('{args}' at {pc:#x}, '{other}' at {q:#x}) at the same offset in a page, which vmprobe tells them apart by; probe them separately by address (uprobe:PATH:0xADDR)",
+                    exec.probes[i].name()
+                ),
+            ));
+            continue;
+        }
+        let parsed: Vec<Vec<Result<usdt::Arg, String>>> =
+            sets.iter().map(|(a, _)| usdt::parse_args(a)).collect();
+        used.sort_unstable();
+        used.dedup();
+        let name = exec.probes[first].name();
+        let mut exprs: Vec<Option<ir::Expr>> = Vec::new();
+        'args: for n in used {
+            let mut per_set = Vec::new();
+            for ((args, _), parsed) in sets.iter().zip(&parsed) {
+                match parsed.get(usize::from(n)) {
+                    None => {
+                        errors.push((
+                            span(first),
+                            format!(
+                                "{name}: arg{n}: the probe has {} argument(s) ('{args}')",
+                                parsed.len()
+                            ),
+                        ));
+                        continue 'args;
+                    }
+                    Some(Err(why)) => {
+                        errors.push((span(first), format!("{name}: arg{n} is not served: {why}")));
+                        continue 'args;
+                    }
+                    Some(Ok(arg)) => {
+                        let strings = &mut exec.ir.strings;
+                        per_set.push(usdt::arg_expr(arg, &mut |s| usdt::intern(strings, s)));
+                    }
+                }
+            }
+            let rip = usdt::intern(&mut exec.ir.strings, "rip");
+            let expr = usdt::choose_by_pc(rip, &sets, per_set);
+            if exprs.len() <= usize::from(n) {
+                exprs.resize(usize::from(n) + 1, None);
+            }
+            exprs[usize::from(n)] = Some(expr);
+        }
+        usdt::each_expr_mut(&mut exec.ir.blocks[b], &mut |e| {
+            if let ir::Expr::Builtin(ir::Builtin::Arg(n)) = e
+                && let Some(Some(x)) = exprs.get(usize::from(*n))
+            {
+                *e = x.clone();
+            }
+        });
+    }
+    errors
 }

@@ -66,11 +66,19 @@ pub enum ProbeSpec {
     /// function of the guest's file PATH, in the processes that map it.
     /// The address comes from a host copy of the ELF, before booting
     /// ([`Program::bind_uprobes`]); `resolved` is `None` until then.
+    ///
+    /// `usdt:PATH:[PROVIDER:]NAME` is one too ([`UprobeTarget::Usdt`]): a
+    /// uprobe at each location the file's `.note.stapsdt` gives the probe,
+    /// `resolved` the first and `also` the others.
     Uprobe {
         path: String,
         target: UprobeTarget,
         ret: bool,
         resolved: Option<UserAddr>,
+        /// A usdt probe's further locations (inlined into several places),
+        /// armed with the same handlers.
+        #[serde(default)]
+        also: Vec<UserAddr>,
     },
 }
 
@@ -85,6 +93,12 @@ pub enum UprobeTarget {
     /// A virtual address as the ELF's symbols give them (bpftrace's
     /// `uprobe:PATH:0xADDR`).
     Address(u64),
+    /// A USDT probe (bpftrace's `usdt:PATH:PROVIDER:NAME`, or
+    /// `usdt:PATH:NAME` for the name under any provider).
+    Usdt {
+        provider: Option<String>,
+        name: String,
+    },
 }
 
 /// Where a uprobe's instruction is: its virtual address as the ELF's
@@ -103,6 +117,10 @@ pub struct UserAddr {
     /// The file's guest path as the guest kernel names a mapping of it:
     /// symlinks and bpftrace's library names (`libc`) resolved.
     pub file: String,
+    /// A usdt location's argument string from its note (`-4@%edi
+    /// 8@-16(%rbp)`), from which its block's `argN` are read.
+    #[serde(default)]
+    pub usdt_args: Option<String>,
 }
 
 /// Unit of an `interval`/`profile` probe.
@@ -219,6 +237,14 @@ impl ProbeSpec {
                     UprobeTarget::Symbol(s) => format!("{kind}:{path}:{s}"),
                     UprobeTarget::SymbolOffset(s, off) => format!("{kind}:{path}:{s}+{off}"),
                     UprobeTarget::Address(a) => format!("{kind}:{path}:{a:#x}"),
+                    UprobeTarget::Usdt {
+                        provider: Some(p),
+                        name,
+                    } => format!("usdt:{path}:{p}:{name}"),
+                    UprobeTarget::Usdt {
+                        provider: None,
+                        name,
+                    } => format!("usdt:{path}:{name}"),
                 }
             }
         }

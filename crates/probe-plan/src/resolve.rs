@@ -317,16 +317,20 @@ fn resolve_sites(
         let on_return = spec.is_return()
             || matches!(spec, ProbeSpec::Kretfunc { .. })
             || spec.syscall_event().is_some_and(|(_, exit)| exit);
-        let mut user_file = match spec {
-            ProbeSpec::Uprobe {
-                resolved: Some(at), ..
-            } => Some((
+        let user_file_of = |at: &probe_lang::UserAddr| {
+            Some((
                 Arc::<str>::from(at.file.as_str()),
                 at.file_offset,
                 at.relocatable,
-            )),
-            _ => None,
+            ))
         };
+        // The user file of the next site `add` makes (a usdt probe's each).
+        let user_file = std::cell::Cell::new(match spec {
+            ProbeSpec::Uprobe {
+                resolved: Some(at), ..
+            } => user_file_of(at),
+            _ => None,
+        });
         let mut add = |addr: u64, offset: u64, func: &str, probe: String, modules: &[Arc<str>]| {
             let probe: Arc<str> = probe.into();
             // Module sites have no address yet: one per function and offset.
@@ -377,11 +381,15 @@ fn resolve_sites(
                 | ProbeSpec::Watchpoint { .. }
                 | ProbeSpec::Vmm { .. }
                 | ProbeSpec::HostTracepoint { .. } => {}
-                ProbeSpec::Uprobe { resolved, .. } => {
+                ProbeSpec::Uprobe { resolved, also, .. } => {
                     let at = resolved
                         .as_ref()
                         .ok_or_else(|| Error::UnboundUprobe { probe: spec.name() })?;
                     add(at.vaddr, 0, &at.func, spec.name(), &[]);
+                    for at in also {
+                        user_file.set(user_file_of(at));
+                        add(at.vaddr, 0, &at.func, spec.name(), &[]);
+                    }
                 }
                 // A guest syscall tracepoint is a kprobe (sys_enter_) or a
                 // kretprobe (sys_exit_) on the syscall's `__x64_sys_NAME`,

@@ -15,7 +15,7 @@ const INIT: &str = include_str!("../guest/init");
 /// Small static programs for `vmprobe bench` and the tests, compiled on the host when the
 /// guest is built (busybox has no null-syscall or fork/exec loop), installed
 /// in the guest as `/bin/vmprobe-<name>`.
-const BENCH_PROGRAMS: [(&str, &str); 9] = [
+const BENCH_PROGRAMS: [(&str, &str); 10] = [
     ("nullsys", include_str!("../guest/bench/nullsys.c")),
     ("forkexec", include_str!("../guest/bench/forkexec.c")),
     ("mix", include_str!("../guest/bench/mix.c")),
@@ -25,6 +25,7 @@ const BENCH_PROGRAMS: [(&str, &str); 9] = [
     ("hostile", include_str!("../guest/test/hostile.c")),
     ("trap", include_str!("../guest/test/trap.c")),
     ("ucount", include_str!("../guest/test/ucount.c")),
+    ("usdt", include_str!("../guest/test/usdt.c")),
 ];
 
 /// Test programs built as position-independent executables dynamically
@@ -260,6 +261,7 @@ fn compile_bench_programs(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     )?;
     let src_dir = dir.join("bench-src");
     std::fs::create_dir_all(&src_dir).map_err(io_err(&src_dir))?;
+    require_sdt_h(&src_dir)?;
     let mut out = Vec::new();
     let all = BENCH_PROGRAMS
         .iter()
@@ -280,6 +282,27 @@ fn compile_bench_programs(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
         ));
     }
     Ok(out)
+}
+
+/// The usdt test program's `<sys/sdt.h>` (SystemTap's header, which only
+/// `STAP_PROBEn` needs): its absence is named before anything compiles.
+fn require_sdt_h(src_dir: &Path) -> Result<()> {
+    let probe = src_dir.join("sdt-h.c");
+    std::fs::write(&probe, "#include <sys/sdt.h>\n").map_err(io_err(&probe))?;
+    let found = Command::new("cc")
+        .args(["-E", "-o", "/dev/null"])
+        .arg(&probe)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let _ = std::fs::remove_file(&probe);
+    if found {
+        Ok(())
+    } else {
+        Err(Error::MissingTool {
+            tool: "<sys/sdt.h>",
+            hint: "the default guest's usdt test program includes it (Debian: apt-get install systemtap-sdt-dev)",
+        })
+    }
 }
 
 /// The guest's userland under `<guest dir>/root` (rebuilt each time): the

@@ -455,11 +455,10 @@ pub fn parse_probe(text: &str) -> Result<ProbeSpec, String> {
             Ok(ProbeSpec::GuestTracepoint { system, event })
         }
         "uprobe" | "u" | "uretprobe" | "ur" => uprobe(rest, matches!(kind, "uretprobe" | "ur")),
-        "usdt" | "U" | "software" | "s" | "hardware" | "h" | "rawtracepoint" | "rt" | "iter" => {
-            Err(format!(
-                "probe type '{kind}' is not supported (supported: BEGIN, END, kprobe, kretprobe, kfunc, kretfunc, uprobe, uretprobe, interval, profile, watchpoint, vmm, tracepoint, host:tracepoint)"
-            ))
-        }
+        "usdt" | "U" => usdt(rest),
+        "software" | "s" | "hardware" | "h" | "rawtracepoint" | "rt" | "iter" => Err(format!(
+            "probe type '{kind}' is not supported (supported: BEGIN, END, kprobe, kretprobe, kfunc, kretfunc, uprobe, uretprobe, usdt, interval, profile, watchpoint, vmm, tracepoint, host:tracepoint)"
+        )),
         "fentry" | "fexit" => Err(format!(
             "unknown probe type '{kind}' (bpftrace 0.17 and vmprobe spell it {}:)",
             if kind == "fentry" {
@@ -472,22 +471,9 @@ pub fn parse_probe(text: &str) -> Result<ProbeSpec, String> {
     }
 }
 
-/// `PATH:SYMBOL` or `PATH:0xADDR` of a uprobe (`ret`: a uretprobe). PATH
-/// is the guest's absolute path of the file, or one of bpftrace's library
-/// names (`uprobe:libc:f`), found in the guest's ld cache when uprobes are
-/// bound.
-fn uprobe(rest: &str, ret: bool) -> Result<ProbeSpec, String> {
-    let kind = if ret { "uretprobe" } else { "uprobe" };
-    let Some((path, target)) = rest.rsplit_once(':') else {
-        return Err(format!(
-            "{kind} probes look like '{kind}:PATH:FUNCTION', e.g. '{kind}:/bin/busybox:main'"
-        ));
-    };
-    if path.is_empty() || target.is_empty() {
-        return Err(format!(
-            "{kind} probes look like '{kind}:PATH:FUNCTION', e.g. '{kind}:/bin/busybox:main'"
-        ));
-    }
+/// A uprobe's or usdt probe's PATH: the guest's absolute, canonical path
+/// of the file, or a library name.
+fn check_user_path(kind: &str, path: &str, target: &str) -> Result<(), String> {
     // A name without '/' is a library bpftrace finds in the ld cache
     // (`libc`: `libc.so*`), looked up in the guest's before booting.
     if !path.starts_with('/') {
@@ -506,6 +492,66 @@ fn uprobe(rest: &str, ret: bool) -> Result<ProbeSpec, String> {
             "{kind}:{path}: give the file's canonical path in the guest (no '..' or '//')"
         ));
     }
+    Ok(())
+}
+
+/// `PATH:PROVIDER:NAME` or `PATH:NAME` of a usdt probe (bpftrace 0.17's
+/// spellings; without PROVIDER, the name under any provider).
+fn usdt(rest: &str) -> Result<ProbeSpec, String> {
+    let shape = || {
+        "usdt probes look like 'usdt:PATH:PROVIDER:NAME' or 'usdt:PATH:NAME', e.g. 'usdt:/bin/vmprobe-usdt:vmprobe:step'".to_string()
+    };
+    let mut parts = rest.splitn(3, ':');
+    let path = parts.next().unwrap_or_default();
+    let (provider, name) = match (parts.next(), parts.next()) {
+        (Some(n), None) => (None, n),
+        (Some(p), Some(n)) => (Some(p), n),
+        _ => return Err(shape()),
+    };
+    if path.is_empty() || name.is_empty() || provider.is_some_and(str::is_empty) {
+        return Err(shape());
+    }
+    check_user_path("usdt", path, name)?;
+    let valid = |n: &str| n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    for n in provider.iter().chain([&name]) {
+        if n.contains(['*', '?']) {
+            return Err(format!(
+                "usdt:{rest}: wildcards in usdt probes are not supported; name the probe (`vmprobe list 'usdt:{path}:*'` lists them)"
+            ));
+        }
+        if !valid(n) {
+            return Err(format!("invalid usdt probe name '{n}'"));
+        }
+    }
+    Ok(ProbeSpec::Uprobe {
+        path: path.to_string(),
+        target: UprobeTarget::Usdt {
+            provider: provider.map(str::to_string),
+            name: name.to_string(),
+        },
+        ret: false,
+        resolved: None,
+        also: Vec::new(),
+    })
+}
+
+/// `PATH:SYMBOL` or `PATH:0xADDR` of a uprobe (`ret`: a uretprobe). PATH
+/// is the guest's absolute path of the file, or one of bpftrace's library
+/// names (`uprobe:libc:f`), found in the guest's ld cache when uprobes are
+/// bound.
+fn uprobe(rest: &str, ret: bool) -> Result<ProbeSpec, String> {
+    let kind = if ret { "uretprobe" } else { "uprobe" };
+    let Some((path, target)) = rest.rsplit_once(':') else {
+        return Err(format!(
+            "{kind} probes look like '{kind}:PATH:FUNCTION', e.g. '{kind}:/bin/busybox:main'"
+        ));
+    };
+    if path.is_empty() || target.is_empty() {
+        return Err(format!(
+            "{kind} probes look like '{kind}:PATH:FUNCTION', e.g. '{kind}:/bin/busybox:main'"
+        ));
+    }
+    check_user_path(kind, path, target)?;
     let target = if target.starts_with("0x") {
         if ret {
             return Err(format!(
@@ -551,6 +597,7 @@ fn uprobe(rest: &str, ret: bool) -> Result<ProbeSpec, String> {
         target,
         ret,
         resolved: None,
+        also: Vec::new(),
     })
 }
 
@@ -695,6 +742,7 @@ mod tests {
                 target: UprobeTarget::Symbol("ucount_step".into()),
                 ret: false,
                 resolved: None,
+                also: Vec::new(),
             }
         );
         assert_eq!(p.name(), "uprobe:/bin/vmprobe-ucount:ucount_step");

@@ -570,6 +570,22 @@ impl Checker<'_, '_> {
                 );
                 Type::Unknown
             }
+            // bpftrace 0.17 types a usdt probe's arguments int64, whatever
+            // their size and sign in the note (`8@%rdi` holding ~0 is -1).
+            n if n.starts_with("arg")
+                && !self.specs.is_empty()
+                && self.specs.iter().all(|s| {
+                    matches!(
+                        s,
+                        crate::ProbeSpec::Uprobe {
+                            target: crate::UprobeTarget::Usdt { .. },
+                            ..
+                        }
+                    )
+                }) =>
+            {
+                Type::SIGNED
+            }
             _ => Type::UNSIGNED,
         }
     }
