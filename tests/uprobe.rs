@@ -80,16 +80,6 @@ fn the_plugin_backend_serves_uprobes_the_same() {
     );
 }
 
-/// `@name[KEY]: N` lines of a map with string keys, in output order.
-fn keyed_map_str(stdout: &str, name: &str) -> Vec<(String, u64)> {
-    let prefix = format!("@{name}[");
-    stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix(&prefix)?.split_once("]: "))
-        .map(|(k, v)| (k.to_string(), v.trim().parse().expect("count")))
-        .collect()
-}
-
 /// Runs the workload with the probes on `backend`, checks every count,
 /// argument and return value against the program's own, and gives
 /// vmprobe's stdout and stderr.

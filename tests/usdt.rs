@@ -65,7 +65,7 @@ fn usdt_probes_count_and_read_the_arguments_the_program_printed_on_both_backends
         assert_eq!(map_value(&stdout, "n"), 7, "{backend}: {stdout}");
         assert_eq!(map_value(&stdout, "m"), 7, "{backend}: {stdout}");
         for map in ["args", "noprov"] {
-            let seen: BTreeMap<(i64, i64), u64> = keyed(&stdout, map)
+            let seen: BTreeMap<(i64, i64), u64> = keyed_map_str(&stdout, map)
                 .into_iter()
                 .map(|(k, v)| {
                     let (a, b) = k.split_once(", ").expect("two keys");
@@ -74,30 +74,20 @@ fn usdt_probes_count_and_read_the_arguments_the_program_printed_on_both_backends
                 .collect();
             assert_eq!(seen, steps, "{backend} @{map}: {stdout}");
         }
-        let seen: BTreeMap<i64, u64> = keyed(&stdout, "neg")
+        let seen: BTreeMap<i64, u64> = keyed_map_str(&stdout, "neg")
             .into_iter()
             .map(|(k, v)| (k.parse().unwrap(), v))
             .collect();
         assert_eq!(seen, negs, "{backend} @neg: {stdout}");
         // Both locations of `twice`, each argument from its own register.
         assert_eq!(twice.values().sum::<u64>(), 14, "{real:?}");
-        let seen: BTreeMap<u64, u64> = keyed(&stdout, "twice")
+        let seen: BTreeMap<u64, u64> = keyed_map_str(&stdout, "twice")
             .into_iter()
             .map(|(k, v)| (k.parse().unwrap(), v))
             .collect();
         assert_eq!(seen, twice, "{backend} @twice: {stdout}");
         eprintln!("{backend}: @n 7 @args {steps:?} @neg {negs:?} @twice {twice:?}");
     }
-}
-
-/// `@name[KEY]: N` lines, in output order.
-fn keyed(stdout: &str, name: &str) -> Vec<(String, u64)> {
-    let prefix = format!("@{name}[");
-    stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix(&prefix)?.split_once("]: "))
-        .map(|(k, v)| (k.to_string(), v.trim().parse().expect("count")))
-        .collect()
 }
 
 /// A run that fails before booting, with `needle` in its error.

@@ -139,6 +139,16 @@ pub fn map_value(stdout: &str, name: &str) -> u64 {
         .expect("integer map value")
 }
 
+/// `@name[KEY]: N` lines of a map, keys as text, in output order.
+pub fn keyed_map_str(stdout: &str, name: &str) -> Vec<(String, u64)> {
+    let prefix = format!("@{name}[");
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix)?.split_once("]: "))
+        .map(|(k, v)| (k.to_string(), v.trim().parse().expect("count")))
+        .collect()
+}
+
 /// The default guest, built on first use (serialised by a lock in the cache).
 pub fn default_guest() -> qemu_guest::GuestImage {
     qemu_guest::ensure_default_guest(&qemu_guest::cache_dir(), &mut |s| eprintln!("guest: {s}"))
